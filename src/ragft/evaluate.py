@@ -56,8 +56,9 @@ def contains(prediction: str, answers: list[str]) -> float:
 _REFUSAL = re.compile(
     r"\b(i dont know|i do not know|dont know|not known|unknown|no information|not mentioned|"
     r"not provided|not specified|not stated|not available|cannot answer|cant answer|unable to answer|"
-    r"cannot find|cant find|not in (?:the )?(?:documents?|context|sources?)|does not (?:say|mention|state)|"
-    r"doesnt (?:say|mention|state)|no relevant information|not sure)\b")
+    r"cannot find|cant find|not in (?:the )?(?:documents?|context|sources?)|"
+    r"(?:does|do|did) not (?:say|mention|state|contain)|(?:doesnt|dont|didnt) (?:say|mention|state|contain)|"
+    r"no relevant information|not sure)\b")
 
 
 def is_refusal(prediction: str) -> bool:
@@ -156,8 +157,17 @@ class Generation:
     texts: list[str]
     prompt_tokens: list[int]
     completion_tokens: list[int]
-    seconds: float  # wall time for the whole batch set
+    seconds: float  # wall time for the whole call
     per_query_s: list[float] = field(default_factory=list)  # batch time shared among its queries
+    shared_prefix_tokens: int = 0  # prompt tokens computed once and reused from the KV cache
+    prefix_prefill_s: float = 0.0
+
+    def subset(self, indices: list[int]) -> "Generation":
+        """The same generation restricted to some queries (seconds shared out by query)."""
+        return Generation([self.texts[i] for i in indices], [self.prompt_tokens[i] for i in indices],
+                          [self.completion_tokens[i] for i in indices],
+                          sum(self.per_query_s[i] for i in indices), [self.per_query_s[i] for i in indices],
+                          self.shared_prefix_tokens, self.prefix_prefill_s)
 
     @property
     def mean_prompt_tokens(self) -> float:
@@ -168,13 +178,38 @@ class Generation:
         return sum(self.completion_tokens) / max(1, len(self.completion_tokens))
 
 
-def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 24, batch_size: int = 16,
-             desc: str = "generating") -> Generation:
-    """Greedy generation for chat conversations, batched with left padding.
+MIN_SHARED_PREFIX = 16  # below this, caching the common prefix saves less than it costs
 
-    Prompts are sorted by length so each batch pads little, and restored to input order after.
-    Token counts exclude padding: they are what an API would bill.
+
+def _decode_completion(tok, tokens: list[int]) -> tuple[str, int]:
+    """The answer text and its billed token count (up to and including the stop token, as APIs count)."""
+    if tok.eos_token_id in tokens:
+        tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
+    return tok.decode(tokens, skip_special_tokens=True).strip(), len(tokens)
+
+
+def _common_prefix_len(ids: list[list[int]]) -> int:
+    """Length of the token prefix all prompts share, leaving each at least one token of its own."""
+    n = 0
+    while all(len(x) > n + 1 and x[n] == ids[0][n] for x in ids):
+        n += 1
+    return n
+
+
+def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 16,
+             desc: str = "generating", reuse_prefix: bool = True) -> Generation:
+    """Greedy generation for chat conversations, batched, with prompt caching.
+
+    The token prefix every prompt shares (system prompt, few-shot examples, a haystack of documents)
+    is prefilled once and its KV cache reused for every batch, as provider-side prompt caching does.
+    Each batch repeats that cache and left-pads each prompt's own suffix *after* the prefix: the
+    attention mask hides the pads and position ids follow the mask, so every row computes exactly
+    prefix + its own tokens (checked against unbatched, uncached generation in the tests). With no
+    shared prefix this is plain left padding. Prompts are sorted by length so batches pad little.
+    Token counts exclude padding and count whole prompts: what an API without caching bills.
     """
+    import copy
+
     import torch
 
     from .progress import progress
@@ -186,76 +221,59 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 24, batc
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) exceed the context window of {lm.context_window} tokens "
                          f"(longest {max(len(ids[i]) for i in too_long)} + {max_new_tokens} new tokens)")
+    start = time.perf_counter()
+    n_common = _common_prefix_len(ids) if reuse_prefix and len(ids) > 1 else 0
+    if n_common < MIN_SHARED_PREFIX:
+        n_common = 0
+    prefix, cache = ids[0][:n_common], None
+    if n_common:
+        with torch.inference_mode():
+            cache = model(torch.tensor([prefix], device=lm.device), use_cache=True).past_key_values
+    prefill_s = time.perf_counter() - start
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     texts, completion, per_query = [""] * len(ids), [0] * len(ids), [0.0] * len(ids)
-    start = time.perf_counter()
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in progress(batches, desc=desc):
         t0 = time.perf_counter()
-        enc = tok.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(lm.device)
+        suffixes = [ids[i][n_common:] for i in batch]
+        width = max(len(x) for x in suffixes)
+        rows = [prefix + [tok.pad_token_id] * (width - len(x)) + x for x in suffixes]
+        mask = [[1] * n_common + [0] * (width - len(x)) + [1] * len(x) for x in suffixes]
+        kwargs = {}
+        if cache is not None:
+            kwargs["past_key_values"] = copy.deepcopy(cache)
+            kwargs["past_key_values"].batch_repeat_interleave(len(batch))
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        dt = (time.perf_counter() - t0) / len(batch)
+            out = model.generate(torch.tensor(rows, device=lm.device), attention_mask=torch.tensor(mask, device=lm.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kwargs)
+        dt = (time.perf_counter() - t0 + prefill_s * len(batch) / len(ids)) / len(batch)
         for row, i in enumerate(batch):
-            tokens = new[row].tolist()
-            if tok.eos_token_id in tokens:
-                tokens = tokens[: tokens.index(tok.eos_token_id) + 1]  # count the stop token, as APIs do
-            completion[i] = len(tokens)
-            texts[i] = tok.decode(tokens, skip_special_tokens=True).strip()
+            texts[i], completion[i] = _decode_completion(tok, out[row, n_common + width:].tolist())
             per_query[i] = dt
-    return Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start, per_query)
+    return Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start, per_query,
+                      n_common, prefill_s)
 
 
-def generate_shared_prefix(lm, conversations: list[list[dict]], max_new_tokens: int = 16,
-                           desc: str = "long context") -> tuple[Generation, float]:
-    """Greedy generation for conversations that share a long common prefix (a haystack of documents
-    before the question). The prefix is prefilled once and its KV cache reused per question, as a
-    provider's prompt caching does; returns the generation and the prefix prefill seconds.
-    Token counts are the full prompts, i.e. what an API without caching would bill."""
-    import copy
-
-    import torch
-
-    from .progress import progress
-
-    tok, model = lm.tokenizer, lm.model
-    prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    longest = max(len(x) for x in ids)
-    if longest + max_new_tokens > lm.context_window:
-        raise ValueError(f"a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the "
-                         f"context window of {lm.context_window}")
-    n_common = 0
-    while all(len(x) > n_common + 1 and x[n_common] == ids[0][n_common] for x in ids):
-        n_common += 1
-    start = time.perf_counter()
-    with torch.inference_mode():
-        prefix = torch.tensor([ids[0][:n_common]], device=lm.device)
-        cache = model(prefix, use_cache=True).past_key_values
-    prefill_s = time.perf_counter() - start
-    texts, completion, per_query = [], [], []
-    for x in progress(ids, desc=desc):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([x], device=lm.device), past_key_values=copy.deepcopy(cache),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        tokens = out[0, len(x):].tolist()
-        if tok.eos_token_id in tokens:
-            tokens = tokens[: tokens.index(tok.eos_token_id) + 1]
-        texts.append(tok.decode(tokens, skip_special_tokens=True).strip())
-        completion.append(len(tokens))
-        per_query.append(time.perf_counter() - t0 + prefill_s / len(ids))
-    gen = Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start, per_query)
-    return gen, prefill_s
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for a proportion: honest error bars for small samples."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def condition_row(name: str, gen: Generation, items: list, price_row: str, **extra) -> dict:
-    """One row of a results table: scores, tokens per query, latency, cost per 1,000 queries."""
+    """One row of a results table: scores (with a 95 % interval on "contains"), tokens per query,
+    latency, cost per 1,000 queries."""
     from .costs import cost_per_1k_queries
 
-    row = {"condition": name, "n": len(items), **score_answers(gen.texts, items),
+    scores = score_answers(gen.texts, items)
+    n_answerable = sum(it.kind != "unanswerable" for it in items)
+    if "contains" in scores:
+        scores["contains_lo"], scores["contains_hi"] = wilson_interval(scores["contains"] * n_answerable, n_answerable)
+    row = {"condition": name, "n": len(items), **scores,
            "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens,
            "latency_s": sum(gen.per_query_s) / max(1, len(gen.per_query_s)),
            "cost_per_1k_usd": cost_per_1k_queries(gen.mean_prompt_tokens, gen.mean_completion_tokens, price_row)}

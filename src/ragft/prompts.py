@@ -42,8 +42,9 @@ def build_messages(question: str, *, system: str = INSTRUCTION_SYSTEM, passages:
 
 
 def few_shot_examples(pool: list, k: int, exclude: set[str], seed: int) -> list[tuple[str, str]]:
-    """k (question, answer) pairs from training paraphrases of other questions, with one refusal
-    example among them when k >= 3 so the format of "I don't know" is shown too."""
+    """k (question, answer) pairs from training paraphrases of questions not in `exclude`, with one
+    refusal example among them when k >= 3 so the format of "I don't know" is shown too. One set
+    serves every test question, so the examples form a shared prompt prefix."""
     import random
 
     rng = random.Random(seed)

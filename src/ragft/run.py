@@ -86,7 +86,7 @@ def stage_book(run_dir: Path, dest: Path) -> Path:
 def build_book(run_dir: Path, html_parent: Path = PROJECT_ROOT) -> Path:
     """jupyter-book build on the executed notebooks, warnings as errors; returns the html folder
     (jupyter-book writes to <html_parent>/_build/html)."""
-    src = stage_book(run_dir, BUILD / "src")
+    src = stage_book(run_dir, html_parent / "_build" / "src")
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output",
            str(html_parent), "-W", "--keep-going", "--all", "-q"]
     result = subprocess.run(cmd, cwd=PROJECT_ROOT)

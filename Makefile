@@ -1,0 +1,43 @@
+# The book's commands. `make book` and `make test` work on a fresh machine: they install first.
+PY      := .venv/bin/python
+PROFILE ?= cpu
+RUN     := _build/run/$(PROFILE)
+export RAGFT_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install book run html drift accept test test-fast strip clean
+
+install: .venv/.installed
+.venv/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q --no-compile -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	.venv/bin/pip install -q --no-compile --no-deps -r requirements-nodeps.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if torch.cuda.is_available() or v.endswith('+cpu') else 'expected a CPU torch build, got ' + v)"
+	touch $@
+
+## the whole book on the offline default: run every chapter (papermill), check drift, build _build/html
+book: install
+	$(PY) -m ragft.run --profile $(PROFILE) --book
+	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN)
+
+run: install
+	$(PY) -m ragft.run --profile $(PROFILE)
+
+drift: install
+	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN)
+
+## accept a deliberate change: copy the run's results over experiments/results/$(PROFILE)/
+accept: install
+	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN) --accept
+
+## unit tests, notebook smoke runs (offline, network refused), strict book build
+test: install
+	$(PY) -m pytest -q -ra
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+strip: install
+	$(PY) -m ragft.strip chapters/*.ipynb
+
+clean:
+	rm -rf _build

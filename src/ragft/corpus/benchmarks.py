@@ -1,0 +1,203 @@
+"""Loaders for public QA benchmarks, into one record type.
+
+Files are read from a data folder (a chapter's `data_dir` parameter, else RAGFT_DATA_DIR; CI points
+it at ../shared/data, whose READMEs give sources, licences and schemas):
+
+  squad/dev-v1.1.json.gz                       SQuAD v1.1 dev (2,067 paragraphs, 10,570 questions)
+  pubmedqa/ori_pqal.json.gz, test_ground_truth.json   PubMedQA PQA-L and its official test split
+  hotpotqa/hotpot_dev_distractor_subset.json    HotpotQA dev distractor, first 103 questions
+  hotpotqa/hotpot_dev_official_sample100.json.gz    the authors' 100-question sample (another schema)
+  nq_open/nq-open-oracle.jsonl.gz               NaturalQuestions-Open with its gold passage
+
+When the files are absent and the run is online, SQuAD, PubMedQA and HotpotQA come from the dataset
+hub instead; offline, a missing benchmark raises DataUnavailable with what to set.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import settings
+
+BENCHMARKS = ("squad", "pubmedqa", "hotpotqa", "nq_open")
+_FILES = {
+    "squad": ["squad/dev-v1.1.json.gz"],
+    "pubmedqa": ["pubmedqa/ori_pqal.json.gz", "pubmedqa/test_ground_truth.json"],
+    "hotpotqa": ["hotpotqa/hotpot_dev_distractor_subset.json", "hotpotqa/hotpot_dev_official_sample100.json.gz"],
+    "nq_open": ["nq_open/nq-open-oracle.jsonl.gz"],
+}
+_HUB = {  # dataset hub ids for the online fallback (schemas as published there)
+    "squad": ("rajpurkar/squad", None, "validation"),
+    "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train"),
+    "hotpotqa": ("hotpotqa/hotpot_qa", "distractor", "validation"),
+}
+
+
+class DataUnavailable(FileNotFoundError):
+    """A benchmark that is neither in the data folder nor reachable; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    pid: str
+    title: str
+    text: str
+
+
+@dataclass
+class BenchmarkItem:
+    qid: str
+    question: str
+    answers: list[str]  # acceptable answers; PubMedQA: the label ("yes" | "no" | "maybe")
+    passages: list[Passage]  # the passages that come with the question (gold first is NOT implied)
+    gold_pids: set[str]  # which of them (or of the corpus) hold the answer
+    split: str = "test"
+    gold_sentences: list[str] = field(default_factory=list)
+    kind: str = "single"  # so evaluate.score_answers treats every item as answerable
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _files(name: str, data_dir: str | None) -> list[Path] | None:
+    folder = settings.data_dir(data_dir)
+    if folder is None:
+        return None
+    paths = [folder / f for f in _FILES[name]]
+    return paths if paths[0].exists() else None
+
+
+def _missing(name: str, data_dir: str | None) -> DataUnavailable:
+    folder = settings.data_dir(data_dir)
+    where = f"{folder} has no {_FILES[name][0]}" if folder else "no data folder is set"
+    hub = " or run online (RAGFT_ONLINE=1) to fetch it from the dataset hub" if name in _HUB else ""
+    return DataUnavailable(f"benchmark {name!r} is not available: {where}. Set the chapter's data_dir "
+                           f"parameter or RAGFT_DATA_DIR to a folder holding {', '.join(_FILES[name])} "
+                           f"(in CI: ../shared/data){hub}.")
+
+
+def available(data_dir: str | None = None) -> dict[str, bool]:
+    return {name: _files(name, data_dir) is not None for name in BENCHMARKS}
+
+
+def _hub(name: str, data_dir: str | None):
+    if settings.offline() or name not in _HUB:
+        raise _missing(name, data_dir)
+    from datasets import load_dataset
+
+    repo, config, split = _HUB[name]
+    return load_dataset(repo, config, split=split)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load_squad(data_dir: str | None = None) -> tuple[list[BenchmarkItem], list[Passage]]:
+    """SQuAD v1.1 dev: (questions, paragraph corpus). Each question's gold is its own paragraph."""
+    paths = _files("squad", data_dir)
+    if paths:
+        with _open_text(paths[0]) as f:
+            articles = json.load(f)["data"]
+        rows = [(a["title"], p["context"], qa["id"], qa["question"], [x["text"] for x in qa["answers"]])
+                for a in articles for p in a["paragraphs"] for qa in p["qas"]]
+    else:
+        rows = [(r["title"], r["context"], r["id"], r["question"], list(r["answers"]["text"]))
+                for r in _hub("squad", data_dir)]
+    corpus: dict[str, Passage] = {}
+    items = []
+    for title, context, qid, question, answers in rows:
+        if context not in corpus:
+            corpus[context] = Passage(f"squad-{len(corpus)}", title.replace("_", " "), context)
+        passage = corpus[context]
+        items.append(BenchmarkItem(qid, question, answers, [passage], {passage.pid}))
+    return items, list(corpus.values())
+
+
+_PUBMED_LABELS = ("yes", "no", "maybe")
+
+
+def load_pubmedqa(data_dir: str | None = None) -> list[BenchmarkItem]:
+    """PubMedQA PQA-L: 1,000 questions; split "test" is the official 500, the rest "train"."""
+    paths = _files("pubmedqa", data_dir)
+    if paths:
+        with _open_text(paths[0]) as f:
+            records = json.load(f)
+        test_ids = set(json.loads(paths[1].read_text())) if paths[1].exists() else set()
+        rows = [(pmid, r["QUESTION"], r["CONTEXTS"], r["final_decision"], r.get("LONG_ANSWER", ""))
+                for pmid, r in records.items()]
+    else:
+        test_ids = set()  # the hub copy has no official split; a seeded half is used instead
+        rows = [(str(r["pubid"]), r["question"], r["context"]["contexts"], r["final_decision"], r["long_answer"])
+                for r in _hub("pubmedqa", data_dir)]
+        test_ids = {pmid for i, (pmid, *_) in enumerate(sorted(rows)) if i % 2 == 0}
+    items = []
+    for pmid, question, contexts, label, long_answer in rows:
+        if label not in _PUBMED_LABELS:
+            raise ValueError(f"PubMedQA {pmid}: unexpected label {label!r}")
+        passages = [Passage(f"pubmed-{pmid}-{i}", question, c) for i, c in enumerate(contexts)]
+        items.append(BenchmarkItem(pmid, question, [label], passages, {p.pid for p in passages},
+                                   split="test" if pmid in test_ids else "train", gold_sentences=[long_answer]))
+    return items
+
+
+def load_hotpotqa(data_dir: str | None = None) -> list[BenchmarkItem]:
+    """HotpotQA, distractor setting: each question with its gold and distractor paragraphs.
+
+    The data folder holds two files in different schemas (the first 103 dev questions, and the
+    authors' 100-question sample); both are read and de-duplicated by question id.
+    """
+    paths = _files("hotpotqa", data_dir)
+    items: dict[str, BenchmarkItem] = {}
+
+    def add(qid, question, answer, paragraphs, gold_titles, gold_sentences):
+        if qid in items:
+            return
+        passages = [Passage(f"hotpot-{qid}-{i}", t, "".join(s).strip()) for i, (t, s) in enumerate(paragraphs)]
+        items[qid] = BenchmarkItem(qid, question, [answer], passages,
+                                   {p.pid for p in passages if p.title in gold_titles}, gold_sentences=gold_sentences)
+
+    def gold_sents(paragraphs, facts):
+        by_title = dict((t, s) for t, s in paragraphs)
+        return [by_title[t][i].strip() for t, i in facts if t in by_title and i < len(by_title[t])]
+
+    if paths:
+        with _open_text(paths[0]) as f:
+            for r in json.load(f):
+                facts = [tuple(x) for x in r["supporting_facts"]]
+                add(r["_id"], r["question"], r["answer"], r["context"], {t for t, _ in facts},
+                    gold_sents(r["context"], facts))
+        if paths[1].exists():
+            with _open_text(paths[1]) as f:
+                for r in json.load(f):
+                    # distractor entries are [title, sentences, retrieval score]
+                    paragraphs = [(r["title_a"], r["para_a"]), (r["title_b"], r["para_b"]),
+                                  *((d[0], d[1]) for d in r["distractors"])]
+                    facts = [(r["title_a"], i) for i in r["supporting_facts"][0]] + \
+                            [(r["title_b"], i) for i in r["supporting_facts"][1]]
+                    add(r["_id"], r["question"], r["answer"], paragraphs, {r["title_a"], r["title_b"]},
+                        gold_sents(paragraphs, facts))
+    else:
+        for r in _hub("hotpotqa", data_dir):
+            paragraphs = list(zip(r["context"]["title"], r["context"]["sentences"]))
+            facts = list(zip(r["supporting_facts"]["title"], r["supporting_facts"]["sent_id"]))
+            add(r["id"], r["question"], r["answer"], paragraphs, {t for t, _ in facts}, gold_sents(paragraphs, facts))
+    return list(items.values())
+
+
+def load_nq_open(data_dir: str | None = None) -> list[BenchmarkItem]:
+    """NaturalQuestions-Open, oracle setting: each question with its ~100-word gold passage."""
+    paths = _files("nq_open", data_dir)
+    if not paths:
+        raise _missing("nq_open", data_dir)
+    items = []
+    with _open_text(paths[0]) as f:
+        for i, line in enumerate(f):
+            r = json.loads(line)
+            ctx = r["ctxs"][0]
+            passage = Passage(f"nq-{i}", ctx["title"], ctx["text"])
+            items.append(BenchmarkItem(f"nq-{i}", r["question"], list(r["answers"]), [passage], {passage.pid}))
+    return items

@@ -1,0 +1,55 @@
+"""Benchmark loaders: the exact schemas (fixtures), the real files when present, and clear absence."""
+
+import pytest
+
+from conftest import FIXTURES, SHARED_DATA
+from ragft.corpus import benchmarks as b
+
+
+def test_squad_fixture():
+    items, corpus = b.load_squad(str(FIXTURES))
+    assert len(items) == 3 and len(corpus) == 2
+    assert items[0].answers == ["1204", "1204"] and items[0].gold_pids == {items[0].passages[0].pid}
+    assert items[0].passages[0] is items[1].passages[0]  # one corpus entry per paragraph
+
+
+def test_pubmedqa_fixture_uses_official_split():
+    items = {x.qid: x for x in b.load_pubmedqa(str(FIXTURES))}
+    assert items["1001"].split == "test" and items["1002"].split == "train"
+    assert items["1003"].answers == ["maybe"] and len(items["1003"].passages) == 3
+
+
+def test_hotpotqa_fixture_reads_both_schemas_and_deduplicates():
+    items = {x.qid: x for x in b.load_hotpotqa(str(FIXTURES))}
+    assert set(items) == {"h1", "h2"}  # h1 appears in both files and is kept once (the first)
+    h1, h2 = items["h1"], items["h2"]
+    assert h1.question.startswith("Which river") and len(h1.gold_pids) == 2 and len(h1.passages) == 3
+    assert h1.gold_sentences == ["It was founded by weavers in 1204.", "The Ald runs through Brockmere."]
+    assert h2.answers == ["Tutu"] and len(h2.passages) == 3 and h2.gold_sentences == ["It is on Tutu.", "Tutu is an island."]
+
+
+def test_nq_fixture():
+    (item,) = b.load_nq_open(str(FIXTURES))
+    assert item.answers == ["weavers", "the weavers"] and item.gold_pids == {item.passages[0].pid}
+
+
+@pytest.mark.parametrize("loader", [b.load_squad, b.load_pubmedqa, b.load_hotpotqa, b.load_nq_open])
+def test_absent_data_gives_a_clear_message(loader, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGFT_ONLINE", "0")
+    monkeypatch.delenv("RAGFT_DATA_DIR", raising=False)
+    with pytest.raises(b.DataUnavailable, match="RAGFT_DATA_DIR"):
+        loader(str(tmp_path))
+    with pytest.raises(b.DataUnavailable, match="no data folder is set"):
+        loader(None)
+    assert b.available(str(tmp_path)) == dict.fromkeys(b.BENCHMARKS, False)
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the project")
+def test_real_files_have_the_documented_counts():
+    items, corpus = b.load_squad(str(SHARED_DATA))
+    assert (len(items), len(corpus)) == (10570, 2067)
+    pub = b.load_pubmedqa(str(SHARED_DATA))
+    assert len(pub) == 1000 and sum(x.split == "test" for x in pub) == 500
+    hot = b.load_hotpotqa(str(SHARED_DATA))
+    assert len(hot) == 203 and all(len(x.gold_pids) == 2 for x in hot)
+    assert len(b.load_nq_open(str(SHARED_DATA))) == 2655

@@ -1,0 +1,54 @@
+"""Parameters: every profile resolves; every bad value stops with the name, the value and what is allowed."""
+
+import pytest
+
+from ragft import config
+from ragft.config import ParamError
+
+
+@pytest.mark.parametrize("profile", config.PROFILES)
+@pytest.mark.parametrize("chapter", sorted(config.CHAPTER_PARAMS))
+def test_every_profile_resolves_for_every_chapter(profile, chapter):
+    params = config.resolve(chapter, profile)
+    assert params.profile == profile
+
+
+def test_overrides_win_and_none_means_profile():
+    p = config.resolve("01_prompting", "smoke", n_single=5, batch_size=None)
+    assert p.n_single == 5 and p.batch_size == config.load_profile("smoke")["chapters"]["01_prompting"]["batch_size"]
+
+
+BAD = [
+    ("profile", "laptop"), ("model", "gpt-5"), ("embedder", "nope"), ("device", "tpu"), ("dtype", "int3"),
+    ("seed", -1), ("threads", 0), ("online", "yes"), ("n_single", 0), ("n_single", 2.5), ("n_multihop", -1),
+    ("n_unanswerable", -3), ("few_shot_ks", []), ("few_shot_ks", [1, -1]), ("few_shot_ks", 3),
+    ("n_few_shot_questions", 0), ("long_context_tokens", [10]), ("n_long_context_questions", 0),
+    ("max_new_tokens", 0), ("batch_size", 0), ("price_per_mtok", "free"),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD)
+def test_bad_value_names_parameter_and_value(name, value):
+    kwargs = {name: value} if name != "profile" else {}
+    profile = value if name == "profile" else "smoke"
+    with pytest.raises(ParamError) as err:
+        config.resolve("01_prompting", profile, **kwargs)
+    message = str(err.value)
+    assert name in message and repr(value) in message and ("use" in message)
+
+
+def test_unknown_parameter_is_refused():
+    with pytest.raises(ParamError, match="top_kk"):
+        config.resolve("01_prompting", "smoke", top_kk=3)
+
+
+def test_unknown_chapter_is_refused():
+    with pytest.raises(ParamError, match="chapter"):
+        config.resolve("99_nothing", "cpu")
+
+
+def test_bad_kb_sizes_are_refused():
+    with pytest.raises(ParamError, match="n_series"):
+        config.resolve("01_prompting", "smoke", kb={"n_series": 0})
+    with pytest.raises(ParamError, match="kb"):
+        config.resolve("01_prompting", "smoke", kb={"n_planets": 3})

