@@ -144,5 +144,14 @@ def as_dict(params) -> dict:
     return dataclasses.asdict(params)
 
 
+def as_table(params):
+    """The resolved parameters as a two-column table, for the notebook's validation cell."""
+    import pandas as pd
+
+    flat = {k: v for k, v in as_dict(params).items() if k != "kb"}
+    flat.update({f"kb.{k}": v for k, v in as_dict(params)["kb"].items()})
+    return pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=pd.Index(list(flat), name="parameter"))
+
+
 def profile_path(profile: str) -> Path:
     return PROFILE_DIR / f"{profile}.yaml"

@@ -1,0 +1,47 @@
+"""Tables for readers: the same rows the results file stores, with units and readable numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+# row key -> (column header, formatter); columns appear in this order when present.
+_PCT = "{:.0%}".format
+_COLUMNS = {
+    "n": ("questions", "{:.0f}".format),
+    "contains": ("gold contained [95 % CI]", None),
+    "em": ("exact match", _PCT),
+    "f1": ("token F1", "{:.2f}".format),
+    "refusal_acc": ("refuses unanswerable", _PCT),
+    "false_refusal": ("refuses answerable", _PCT),
+    "documents": ("documents", "{:.0f}".format),
+    "prompt_tokens": ("prompt tokens / query", "{:,.0f}".format),
+    "completion_tokens": ("completion tokens / query", "{:.1f}".format),
+    "prefill_s": ("shared prefill (s)", "{:.1f}".format),
+    "latency_s": ("latency / query (s)", "{:.2f}".format),
+    "cost_per_1k_usd": ("$ / 1,000 queries", "{:.3f}".format),
+}
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def conditions_table(rows: list[dict]) -> pd.DataFrame:
+    """One line per condition (rows from evaluate.condition_row), formatted for reading."""
+    out = {}
+    for row in rows:
+        line = {}
+        for key, (header, fmt) in _COLUMNS.items():
+            if key not in row:
+                continue
+            value = row[key]
+            if key == "contains" and not _missing(value):
+                line[header] = f"{value:.0%} [{row['contains_lo']:.0%}, {row['contains_hi']:.0%}]"
+            else:
+                line[header] = "–" if _missing(value) else fmt(value)
+        out[row["condition"]] = line
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = "condition"
+    return table
