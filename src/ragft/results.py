@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,7 +60,7 @@ def matmul_gflops(dtype, n: int = 512, repeats: int = 4) -> float:
 
 
 def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
-    import torch
+    torch = sys.modules.get("torch")  # asked only if the chapter loaded it: importing it costs ~5 s
 
     versions = {}
     for pkg in PACKAGES:
@@ -74,7 +75,7 @@ def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
         "packages": versions,
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None,
         "threads": threads,
         "seed": seed,
         "started_utc": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
