@@ -29,6 +29,7 @@ def test_prompting_headline_keys_and_sanity_properties():
 
 
 def test_published_cpu_budget():
-    """DESIGN.md: chapters 0 and 1 of the cpu profile within 4 minutes (as measured when published)."""
-    total = sum(json.loads((PUBLISHED / f"{c}.json").read_text())["timings"]["wall_s"] for c in runner.toc_chapters())
-    assert total <= 240
+    """Issue budget: chapters 0 and 1 of the cpu profile within 4 minutes, as measured when published
+    (the front page records the other chapters' times with kernel start; its own is added)."""
+    front = json.loads((PUBLISHED / "00_front.json").read_text())
+    assert front["metrics"]["total_wall_s"] + front["timings"]["wall_s"] <= 240
