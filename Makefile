@@ -1,16 +1,20 @@
 # The book's commands. `make book` and `make test` work on a fresh machine: they install first.
+SHELL   := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PY      := .venv/bin/python
+# pip repeats a harmless warning per package for this machine's local index folders; drop only that line
+QUIET_PIP := sed -u '/^WARNING: Location .* is ignored/d' 
 PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
 export RAGFT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install book run html drift accept test test-fast strip clean
+.PHONY: install book run drift accept test test-fast strip clean
 
 install: .venv/.installed
 .venv/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv .venv
-	.venv/bin/pip install -q --no-compile -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-	.venv/bin/pip install -q --no-compile --no-deps -r requirements-nodeps.txt -e . 2>&1 | grep -v "^WARNING: Location" || true
+	.venv/bin/pip install -q --no-compile -r requirements.txt 2>&1 | $(QUIET_PIP)
+	.venv/bin/pip install -q --no-compile --no-deps -r requirements-nodeps.txt -e . 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if torch.cuda.is_available() or v.endswith('+cpu') else 'expected a CPU torch build, got ' + v)"
 	touch $@
 

@@ -31,6 +31,24 @@ def test_hub_model_offline_fails_fast_with_what_to_do(monkeypatch):
     assert "smollm2-135m" in str(err.value) and time.time() - t < 1
 
 
+def test_gpu_profile_goes_online_and_resolves_hub_ids_without_a_download():
+    """The Colab path: profile gpu sets online, the hub flags follow, and the registry hands
+    transformers a hub id (nothing is fetched here)."""
+    import huggingface_hub.constants as hub
+
+    params = config.resolve("01_prompting", "gpu")
+    assert params.online
+    try:
+        settings.configure(params)
+        assert not settings.offline() and not hub.HF_HUB_OFFLINE
+        assert models.model_source(params.model) == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    finally:
+        settings.set_online(False)
+    assert settings.offline() and hub.HF_HUB_OFFLINE
+    with pytest.raises(models.ModelUnavailable, match="offline"):
+        models.model_source(params.model)
+
+
 def test_missing_package_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import yaml
 
 from .corpus.kb import KBSizes
@@ -152,6 +150,3 @@ def as_table(params):
     flat.update({f"kb.{k}": v for k, v in as_dict(params)["kb"].items()})
     return pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=pd.Index(list(flat), name="parameter"))
 
-
-def profile_path(profile: str) -> Path:
-    return PROFILE_DIR / f"{profile}.yaml"

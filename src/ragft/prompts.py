@@ -50,7 +50,10 @@ def few_shot_examples(pool: list, k: int, exclude: set[str], seed: int) -> list[
     rng = random.Random(seed)
     answerable = [q for q in pool if q.kind == "single" and q.qid not in exclude]
     refusals = [q for q in pool if q.kind == "unanswerable" and q.qid not in exclude]
-    picked = rng.sample(answerable, k - 1) + rng.sample(refusals, 1) if k >= 3 and refusals else rng.sample(answerable, k)
+    if k >= 3 and refusals:
+        picked = rng.sample(answerable, k - 1) + rng.sample(refusals, 1)
+    else:
+        picked = rng.sample(answerable, k)
     rng.shuffle(picked)
     return [(rng.choice(q.train_texts), q.answer) for q in picked]
 

@@ -171,8 +171,3 @@ def glue_metrics(metrics: dict, prefix: str = "") -> None:
     """Glue every metric so the prose can cite it with {glue:text}."""
     for key, value in metrics.items():
         glue(prefix + key, value)
-
-
-def is_finished(doc: dict) -> bool:
-    return bool(doc.get("metrics")) and "wall_s" in doc.get("timings", {}) and bool(doc.get("provenance"))
-

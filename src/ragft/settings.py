@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,27 @@ def apply_network_policy() -> None:
             os.environ.setdefault(var, "1")
         elif os.environ.get(var) == "1":
             del os.environ[var]
+
+
+def set_online(online: bool) -> None:
+    """Switch the network policy at run time (a chapter's `online` parameter: the gpu profile on
+    Colab). The Hugging Face libraries read their offline flags at import, so the ones already
+    imported are updated too."""
+    os.environ["RAGFT_ONLINE"] = "1" if online else "0"
+    for var in _HUB_OFFLINE_VARS:
+        os.environ[var] = "0" if online else "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = not online
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:
+        datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = not online
+
+
+def configure(params) -> None:
+    """Apply a chapter's parameters to the process: network policy, seeds, thread count."""
+    set_online(params.online)
+    set_determinism(params.seed, params.threads)
 
 
 def cache_dir() -> Path:

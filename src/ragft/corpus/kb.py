@@ -144,7 +144,7 @@ class KBSizes:
 
     def __post_init__(self):
         limits = {
-            "n_series": (1, len(_SERIES) - 2), "models_per_series": (1, 4),
+            "n_series": (1, len(_SERIES) - 2), "models_per_series": (1, 4),  # 2 names kept for v2
             "n_people": (2, len(_FIRST) * 4), "n_sites": (2, len(_SITES)),
             "n_policies": (1, len(_POLICY_TOPICS)), "n_paraphrases": (2, 4),
             "v2_new_series": (0, 2),
@@ -263,8 +263,7 @@ def _slug(text: str) -> str:
 
 
 def _draw_world(rng: random.Random, s: KBSizes) -> _World:
-    series = rng.sample(_SERIES, s.n_series + s.v2_new_series + 1)
-    ghost_series_pool, series = series[-1:], series[:-1]
+    series = rng.sample(_SERIES, s.n_series + s.v2_new_series)  # the last v2_new_series appear in v2
     site_names = rng.sample(_SITES, s.n_sites)
     full_names = [f"{a} {b}" for a in _FIRST for b in _LAST]
     names = rng.sample(full_names, s.n_people)
@@ -306,7 +305,6 @@ def _draw_world(rng: random.Random, s: KBSizes) -> _World:
         sibling = next(p for p in products if p.series == ser)
         stem = re.match(r"(.* [A-Z])(\d+)", sibling.name)
         ghosts.append((f"{stem.group(1)}{int(stem.group(2)) + 90}", sibling.name))
-    del ghost_series_pool
     topics = rng.sample(_POLICY_TOPICS, s.n_policies)
     policies = [
         _Policy(f"{_COMPANIES[i % 2].split()[0]} {t}", _COMPANIES[i % 2], action,
