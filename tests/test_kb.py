@@ -108,3 +108,12 @@ def test_save_writes_jsonl(tmp_path, kb):
     kb.save(tmp_path)
     lines = (tmp_path / "questions.jsonl").read_text().splitlines()
     assert len(lines) == len(kb.questions) and json.loads(lines[0])["qid"] == kb.questions[0].qid
+
+
+def test_questions_about_documents_groups_questions_by_document(kb):
+    docs, questions = kb.questions_about_documents(10, seed=0)
+    assert len(questions) == 10 and 1 <= len(docs) <= 10
+    ids = {d.doc_id for d in docs}
+    assert all(q.kind == "single" and q.doc_ids[0] in ids for q in questions)
+    assert all(d.doc_id.startswith("product-") for d in docs)
+    assert kb.questions_about_documents(10, seed=0)[1] == questions

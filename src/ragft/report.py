@@ -42,6 +42,14 @@ def conditions_table(rows: list[dict]) -> pd.DataFrame:
             else:
                 line[header] = "–" if _missing(value) else fmt(value)
         out[row["condition"]] = line
-    table = pd.DataFrame.from_dict(out, orient="index")
+    table = pd.DataFrame.from_dict(out, orient="index").fillna("–")  # a score a condition has no items for
     table.index.name = "condition"
     return table
+
+
+def show_full_text(table: pd.DataFrame) -> None:
+    """Display a table of model outputs without pandas cutting long cells at 50 characters."""
+    from IPython.display import display
+
+    with pd.option_context("display.max_colwidth", None):
+        display(table)

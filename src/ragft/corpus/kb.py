@@ -179,6 +179,21 @@ class KnowledgeBase:
         pool = self.by_kind(kind)
         return random.Random(f"{seed}:{kind}").sample(pool, min(n, len(pool)))
 
+    def questions_about_documents(self, n: int, seed: int, prefix: str = "product-") -> tuple[list[Document], list[Question]]:
+        """Documents drawn at random (ids starting with `prefix`), with all their single-fact
+        questions, until there are n questions: a few documents that many questions are asked about."""
+        by_doc: dict[str, list[Question]] = {}
+        for q in self.by_kind("single"):
+            if q.doc_ids[0].startswith(prefix):
+                by_doc.setdefault(q.doc_ids[0], []).append(q)
+        docs, questions = [], []
+        for doc_id in random.Random(seed).sample(sorted(by_doc), len(by_doc)):
+            if len(questions) >= n:
+                break
+            docs.append(self.doc(doc_id))
+            questions += by_doc[doc_id]
+        return docs, questions[:n]
+
     def save(self, folder: str | Path) -> Path:
         """Write documents.jsonl and questions.jsonl (the format a reader can take elsewhere)."""
         folder = Path(folder)
