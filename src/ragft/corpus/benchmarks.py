@@ -130,9 +130,9 @@ def load_pubmedqa(data_dir: str | None = None) -> list[BenchmarkItem]:
         rows = [(pmid, r["QUESTION"], r["CONTEXTS"], r["final_decision"], r.get("LONG_ANSWER", ""))
                 for pmid, r in records.items()]
     else:
-        test_ids = set()  # the hub copy has no official split; a seeded half is used instead
         rows = [(str(r["pubid"]), r["question"], r["context"]["contexts"], r["final_decision"], r["long_answer"])
                 for r in _hub("pubmedqa", data_dir)]
+        # the hub copy has no official split: every other PMID in sorted order is the test half
         test_ids = {pmid for i, (pmid, *_) in enumerate(sorted(rows)) if i % 2 == 0}
     items = []
     for pmid, question, contexts, label, long_answer in rows:
