@@ -38,6 +38,13 @@ def check_int_list(name: str, values, lo: int, hi: int) -> None:
     check(ok, name, values, f"use a non-empty list of integers in [{lo}, {hi}]")
 
 
+def check_price_row(name: str, value) -> None:
+    from .costs import load_prices
+
+    rows = sorted(load_prices())
+    check(value in rows, name, value, f"use a row of data/pricing.yaml: {rows}")
+
+
 @dataclass
 class Common:
     """Parameters every chapter shares."""
@@ -100,13 +107,75 @@ class PromptingParams(Common):
         check_int("n_long_context_questions", self.n_long_context_questions, 1, 1_000)
         check_int("max_new_tokens", self.max_new_tokens, 1, 512)
         check_int("batch_size", self.batch_size, 1, 512)
-        from .costs import load_prices
-
-        rows = sorted(load_prices())
-        check(self.price_per_mtok in rows, "price_per_mtok", self.price_per_mtok, f"use a row of data/pricing.yaml: {rows}")
+        check_price_row("price_per_mtok", self.price_per_mtok)
 
 
-CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams}
+@dataclass
+class RagParams(Common):
+    """Chapter 2: RAG with LlamaIndex and Chroma."""
+
+    chunk_sizes: list = field(default_factory=lambda: [128, 256, 512, 1024])  # tokens of the embedder
+    chunk_overlap: int = 16  # tokens shared by neighbouring chunks
+    top_ks: list = field(default_factory=lambda: [1, 3, 5, 8])
+    docs_per_page: int = 8  # knowledge-base documents per indexed page
+    retrieval: str = "hybrid"  # dense | bm25 | hybrid: the method the answering experiments use
+    n_retrieval_questions: int = 200  # single-fact questions for the retrieval grid
+    n_answer_questions: int = 16  # answered end to end at every top-k
+    n_unanswerable: int = 8  # unanswerable questions answered end to end
+    n_rerank_questions: int = 12  # the LM reranker costs one prefill per candidate
+    rerank_pool: int = 8  # candidates the reranker reorders
+    n_latency_queries: int = 8  # live queries timed stage by stage
+    scale_sizes: list = field(default_factory=lambda: [1_000, 10_000, 100_000])  # chunks in the index
+    ef_search: list = field(default_factory=lambda: [100, 200, 400])  # HNSW search breadth; the first is used
+    n_scale_queries: int = 100
+    squad_paragraphs: int = 0  # SQuAD paragraphs indexed (0: all 2,067)
+    n_squad_questions: int = 200  # retrieval; the first n_answer_questions are also answered
+    n_nq_questions: int = 32  # NaturalQuestions-Open, read with the gold passage
+    data_dir: str = ""  # benchmark folder; empty: RAGFT_DATA_DIR
+    corpus_dir: str = ""  # your documents (.md .txt .html); empty: the sample folder data/sample_docs
+    questions_file: str = ""  # JSONL of your questions; empty: none (the sample folder brings its own)
+    max_file_mb: float = 2.0  # larger files are skipped
+    chroma_host: str = ""  # a Chroma server; empty: a local PersistentClient in the run folder
+    chroma_port: int = 8000
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    price_per_mtok: str = "s4_actian"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int_list("chunk_sizes", self.chunk_sizes, 32, 4096)
+        check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
+        check_int_list("top_ks", self.top_ks, 1, 50)
+        check_int("docs_per_page", self.docs_per_page, 1, 1_000)
+        check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
+        for name in ("n_retrieval_questions", "n_answer_questions", "n_rerank_questions", "n_latency_queries",
+                     "n_scale_queries", "n_squad_questions"):
+            check_int(name, getattr(self, name), 1, 100_000)
+        check_int("n_unanswerable", self.n_unanswerable, 0, 100_000)
+        check_int("n_nq_questions", self.n_nq_questions, 0, 100_000)
+        check_int("rerank_pool", self.rerank_pool, max(self.top_ks), 100)
+        check_int_list("scale_sizes", self.scale_sizes, 100, 10_000_000)
+        check_int_list("ef_search", self.ef_search, 10, 10_000)
+        check_int("squad_paragraphs", self.squad_paragraphs, 0, 1_000_000)
+        check(isinstance(self.max_file_mb, (int, float)) and 0 < self.max_file_mb <= 1_000, "max_file_mb",
+              self.max_file_mb, "use a size in MB in (0, 1000]")
+        check_int("chroma_port", self.chroma_port, 1, 65_535)
+        check_int("max_new_tokens", self.max_new_tokens, 1, 512)
+        check_int("batch_size", self.batch_size, 1, 512)
+        for name in ("data_dir", "corpus_dir", "questions_file", "chroma_host"):
+            check(isinstance(getattr(self, name), str), name, getattr(self, name), "use a string (empty for the default)")
+        from pathlib import Path
+
+        if self.corpus_dir:
+            check(Path(self.corpus_dir).expanduser().is_dir(), "corpus_dir", self.corpus_dir,
+                  "use an existing folder of .md, .txt or .html files")
+        if self.questions_file:
+            check(Path(self.questions_file).expanduser().is_file(), "questions_file", self.questions_file,
+                  "use an existing JSONL file (one {\"question\": ..., \"answers\": [...]} per line)")
+        check_price_row("price_per_mtok", self.price_per_mtok)
+
+
+CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams}
 
 
 def load_profile(profile: str) -> dict:

@@ -254,6 +254,37 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
                       n_common, prefill_s)
 
 
+def timed(fn):
+    """(fn(), seconds it took)."""
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def generate_streamed(lm, conversation: list[dict], max_new_tokens: int = 32) -> tuple[str, int, float, float]:
+    """One conversation, greedy, token by token as a chat server streams it: (answer, prompt tokens,
+    seconds to the first token, seconds in all). Time to first token is the prefill plus one step."""
+    import torch
+
+    tok, model = lm.tokenizer, lm.model
+    prompt = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=lm.device)
+    start = time.perf_counter()
+    tokens, cache, step = [], None, ids
+    with torch.inference_mode():
+        for i in range(max_new_tokens):
+            out = model(step, past_key_values=cache, use_cache=True)
+            cache, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
+            if i == 0:
+                ttft = time.perf_counter() - start
+            tokens.append(nxt)
+            if nxt == tok.eos_token_id:
+                break
+            step = torch.tensor([[nxt]], device=lm.device)
+    text, _ = _decode_completion(tok, tokens)
+    return text, ids.shape[1], ttft, time.perf_counter() - start
+
+
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval for a proportion: honest error bars for small samples."""
     if n == 0:

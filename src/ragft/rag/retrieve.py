@@ -1,0 +1,137 @@
+"""Retrieval over a ChunkStore: dense, BM25 keywords, their reciprocal-rank fusion, a similarity
+threshold for "no relevant information", and a reranker built from the local LM.
+
+Every method takes a batch of questions and returns, per question, a list of Hits best first, so
+the chapter's experiments and a single live query use the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .store import ChunkStore, Hit, bare_encoder
+
+RRF_K = 60  # the constant of Cormack et al. (2009); ranks matter, raw scores of the two systems do not
+
+
+class Retriever:
+    def __init__(self, store: ChunkStore, embed_model):
+        self.store, self.embed_model = store, embed_model
+        self._bm25 = None
+
+    # -- dense ----------------------------------------------------------------------------------
+
+    def embed(self, questions: list[str]) -> np.ndarray:
+        """Query vectors for a batch (a single live query goes through embed_model.get_query_embedding)."""
+        return bare_encoder(self.embed_model).encode(questions, batch_size=64, normalize_embeddings=True,
+                                                     convert_to_numpy=True)
+
+    def dense(self, questions: list[str], k: int, where: dict | None = None, vectors=None) -> list[list[Hit]]:
+        vectors = self.embed(questions) if vectors is None else vectors
+        return self.store.search(vectors, k, where)
+
+    # -- keywords -------------------------------------------------------------------------------
+
+    def _keyword_index(self):
+        """BM25 over every chunk in the store, built on first use (rebuild the Retriever after ingesting)."""
+        if self._bm25 is None:
+            import bm25s
+            from bm25s.tokenization import Tokenizer
+
+            chunks = self.store.all_chunks()
+            if not chunks:
+                raise ValueError("the store is empty: ingest documents before searching")
+            tokenizer = Tokenizer(stopwords="en")
+            index = bm25s.BM25()
+            index.index(tokenizer.tokenize([c.text for c in chunks], return_as="ids", show_progress=False),
+                        show_progress=False)
+            self._bm25 = (tokenizer, index, chunks)
+        return self._bm25
+
+    def keyword(self, questions: list[str], k: int) -> list[list[Hit]]:
+        tokenizer, index, chunks = self._keyword_index()
+        ids = tokenizer.tokenize(questions, return_as="ids", update_vocab=False, show_progress=False)
+        rows, scores = index.retrieve(ids, k=min(k, len(chunks)), show_progress=False, n_threads=1)
+        return [[Hit(**{**vars(chunks[i]), "score": float(s)}) for i, s in zip(r, sc) if s > 0]
+                for r, sc in zip(rows, scores)]
+
+    # -- fusion ---------------------------------------------------------------------------------
+
+    def hybrid(self, questions: list[str], k: int, pool: int = 20, vectors=None) -> list[list[Hit]]:
+        """Reciprocal-rank fusion of the dense and BM25 top-`pool` lists."""
+        dense = self.dense(questions, pool, vectors=vectors)
+        keyword = self.keyword(questions, pool)
+        return [fuse([d, kw])[:k] for d, kw in zip(dense, keyword)]
+
+
+    def search(self, questions: list[str], k: int, method: str = "hybrid", vectors=None) -> list[list[Hit]]:
+        """Top-k chunks per question by `method`: dense | bm25 | hybrid."""
+        if method == "dense":
+            return self.dense(questions, k, vectors=vectors)
+        if method == "bm25":
+            return self.keyword(questions, k)
+        if method == "hybrid":
+            return self.hybrid(questions, k, vectors=vectors)
+        raise ValueError(f"retrieval method {method!r}: use dense, bm25 or hybrid")
+
+
+def fuse(rankings: list[list[Hit]], rrf_k: int = RRF_K) -> list[Hit]:
+    """Reciprocal-rank fusion: each list gives 1 / (rrf_k + rank) to its hits."""
+    scores: dict[str, float] = {}
+    first: dict[str, Hit] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, 1):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (rrf_k + rank)
+            first.setdefault(hit.chunk_id, hit)
+    order = sorted(scores, key=lambda cid: (-scores[cid], cid))
+    return [Hit(**{**vars(first[cid]), "score": scores[cid]}) for cid in order]
+
+
+def above_threshold(hits: list[Hit], threshold: float) -> list[Hit]:
+    """The hits, or none when even the best dense similarity is under the threshold: the caller then
+    answers that it has no relevant information instead of asking the model."""
+    return hits if hits and hits[0].score >= threshold else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Reranking with the LM's own judgement
+
+
+RERANK_SYSTEM = "You judge whether a document answers a question. Reply yes or no."
+
+
+class LMReranker:
+    """Pointwise reranking: the LM reads (question, chunk) and the score is log P(yes) - log P(no)
+    for its first reply token. No cross-encoder weights ship offline; any chat LM in the registry
+    can do this, at the price of one prefill per candidate."""
+
+    def __init__(self, lm, batch_size: int = 8):
+        self.lm, self.batch_size = lm, batch_size
+        tok = lm.tokenizer
+        self.yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes")]
+        self.no = [tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No")]
+
+    def prompt(self, question: str, text: str) -> str:
+        messages = [{"role": "system", "content": RERANK_SYSTEM},
+                    {"role": "user", "content": f"Question: {question}\n\nDocument: {text}\n\n"
+                                                "Does the document answer the question?"}]
+        return self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def scores(self, question: str, hits: list[Hit]) -> list[float]:
+        import torch
+
+        tok, model = self.lm.tokenizer, self.lm.model
+        out = []
+        for i in range(0, len(hits), self.batch_size):
+            batch = [self.prompt(question, h.text) for h in hits[i:i + self.batch_size]]
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.lm.device)
+            with torch.inference_mode():
+                logits = model(**enc).logits[:, -1, :].float().log_softmax(-1)  # left padding: last = next token
+            yes = torch.logsumexp(logits[:, self.yes], -1)
+            no = torch.logsumexp(logits[:, self.no], -1)
+            out += (yes - no).tolist()
+        return out
+
+    def rerank(self, question: str, hits: list[Hit], k: int) -> list[Hit]:
+        scored = zip(self.scores(question, hits), range(len(hits)), hits)
+        return [Hit(**{**vars(h), "score": s}) for s, _, h in sorted(scored, key=lambda x: (-x[0], x[1]))][:k]

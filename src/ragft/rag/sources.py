@@ -1,0 +1,242 @@
+"""What goes into the index: source documents, and the questions asked of them.
+
+Three corpora, one record type (`Source`):
+  kb_pages        the knowledge base, as catalogue pages of several documents each (real manuals and
+                  wikis are long pages, so chunk size has something to cut)
+  load_folder     a reader's own folder of .md / .txt / .html files, with a list of what was skipped
+  passages        benchmark passages (SQuAD paragraphs ...)
+
+and one question type (`QAItem`) that carries what decides whether a retrieved chunk is relevant:
+gold sentences (knowledge base), gold document ids (benchmarks), or only the answers (a reader's
+questions file without document ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html.parser
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..evaluate import normalize
+
+SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm")
+
+
+class CorpusError(ValueError):
+    """A corpus or questions file that cannot be used; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Source:
+    doc_id: str
+    title: str
+    text: str
+    version: str = "v1"
+    kind: str = "document"
+
+    @property
+    def content_hash(self) -> str:
+        """Changes whenever anything that ends up in the index changes."""
+        payload = "\x1f".join([self.title, self.version, self.kind, self.text])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class Corpus:
+    sources: list[Source]
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def skipped_table(self):
+        import pandas as pd
+
+        return pd.DataFrame([vars(s) for s in self.skipped], columns=["path", "reason"])
+
+
+@dataclass(frozen=True)
+class QAItem:
+    qid: str
+    question: str
+    answers: tuple[str, ...]
+    kind: str = "single"  # single | multihop | unanswerable
+    gold_sentences: tuple[str, ...] = ()
+    gold_doc_ids: tuple[str, ...] = ()
+
+    def is_relevant(self, doc_id: str, text: str) -> bool:
+        """Does a retrieved chunk hold what answers this question? The most specific evidence wins."""
+        if self.gold_sentences:
+            flat = " ".join(text.split())
+            return any(s in flat for s in self.gold_sentences)
+        if self.gold_doc_ids:
+            return doc_id in self.gold_doc_ids
+        norm = normalize(text)
+        return any(normalize(a) and normalize(a) in norm for a in self.answers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The knowledge base
+
+
+def kb_pages(kb, docs_per_page: int = 8) -> list[Source]:
+    """The knowledge base as pages: consecutive documents of one kind (a product line's models sit
+    side by side), each under its own heading, `docs_per_page` to a page."""
+    by_kind: dict[str, list] = {}
+    for d in kb.documents:
+        by_kind.setdefault(d.kind, []).append(d)
+    pages = []
+    for kind, docs in by_kind.items():
+        for start in range(0, len(docs), docs_per_page):
+            part = docs[start:start + docs_per_page]
+            title = f"{kind.capitalize()} pages, part {start // docs_per_page + 1}"
+            text = "\n\n".join(f"## {d.title}\n\n{d.text}" for d in part)
+            pages.append(Source(f"kb-{kind}-{start // docs_per_page + 1}", title, text, kb.version, kind))
+    return pages
+
+
+def kb_items(questions) -> list[QAItem]:
+    """Knowledge-base questions (their held-out paraphrase) as retrieval items."""
+    return [QAItem(q.qid, q.test_text, tuple(q.answers) if q.kind != "unanswerable" else (), q.kind,
+                   tuple(q.gold_sentences)) for q in questions]
+
+
+def benchmark_items(items) -> list[QAItem]:
+    return [QAItem(it.qid, it.question, tuple(it.answers), it.kind, tuple(it.gold_sentences), tuple(sorted(it.gold_pids)))
+            for it in items]
+
+
+def passages(corpus, kind: str = "passage") -> list[Source]:
+    return [Source(p.pid, p.title, p.text, kind=kind) for p in corpus]
+
+
+# ---------------------------------------------------------------------------------------------
+# A reader's folder
+
+
+class _HTMLText(html.parser.HTMLParser):
+    """Visible text and <title> of an HTML page (scripts and styles dropped)."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self.title = ""
+        self._skip = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        self._in_title = tag == "title"
+        if tag in ("p", "div", "br", "li", "h1", "h2", "h3", "h4", "tr", "section", "article"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        elif not self._skip:
+            self.parts.append(data)
+
+
+def _html_to_text(raw: str) -> tuple[str, str]:
+    parser = _HTMLText()
+    parser.feed(raw)
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return "\n".join(line for line in lines if line), " ".join(parser.title.split())
+
+
+def _title_of(text: str, fallback: str) -> str:
+    for line in text.splitlines()[:20]:
+        if line.startswith("#"):
+            return line.lstrip("#").strip() or fallback
+    return fallback
+
+
+def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
+    """Every usable document under a folder; the rest listed with the reason it was skipped.
+
+    Skipped, never fatal: other file types, files over `max_file_mb`, binary or non-UTF-8 files,
+    empty files and exact duplicates of an earlier file. A folder with nothing usable raises
+    CorpusError listing what it found."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise CorpusError(f"corpus_dir={str(folder)!r} is not a folder: give a folder of .md, .txt or .html files")
+    sources, skipped, seen = [], [], {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files and folders (.git, .DS_Store) are not documents
+        if path.suffix.lower() not in SUFFIXES:
+            skipped.append(Skipped(rel, f"unsupported type {path.suffix or '(none)'}: use one of {', '.join(SUFFIXES)}"))
+            continue
+        size = path.stat().st_size
+        if size > max_file_mb * 1e6:
+            skipped.append(Skipped(rel, f"too large: {size / 1e6:.1f} MB > max_file_mb={max_file_mb}"))
+            continue
+        raw = path.read_bytes()
+        if b"\x00" in raw:
+            skipped.append(Skipped(rel, "binary file (contains NUL bytes)"))
+            continue
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            skipped.append(Skipped(rel, f"not UTF-8 (byte {e.start}): re-save it as UTF-8"))
+            continue
+        title = ""
+        if path.suffix.lower() in (".html", ".htm"):
+            text, title = _html_to_text(text)
+        text = text.strip()
+        if not text:
+            skipped.append(Skipped(rel, "empty"))
+            continue
+        digest = hashlib.sha256(" ".join(text.split()).encode()).hexdigest()
+        if digest in seen:
+            skipped.append(Skipped(rel, f"duplicate of {seen[digest]}"))
+            continue
+        seen[digest] = rel
+        sources.append(Source(rel, title or _title_of(text, path.stem), text, kind=path.suffix.lower().lstrip(".")))
+    if not sources:
+        found = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:10]) or "no files at all"
+        raise CorpusError(f"corpus_dir={str(folder)!r} holds no usable document ({found})")
+    return Corpus(sources, skipped)
+
+
+def load_questions(path: str | Path) -> list[QAItem]:
+    """A JSONL file, one question per line: {"question": ..., "answers": [...]} (or "answer": "...");
+    optional "id", and "doc_id" (a path relative to the corpus folder) naming the gold document.
+    An empty answer list marks a question the corpus cannot answer."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CorpusError(f"questions_file={str(path)!r} does not exist: give a JSONL file or leave it empty")
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path.name} line {n} is not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
+            raise CorpusError(f'{path.name} line {n} has no "question"')
+        answers = row.get("answers", row.get("answer", []))
+        answers = [answers] if isinstance(answers, str) else list(answers)
+        if not all(isinstance(a, str) for a in answers):
+            raise CorpusError(f'{path.name} line {n}: "answers" must be a string or a list of strings')
+        doc_ids = row.get("doc_id") or ()
+        doc_ids = (doc_ids,) if isinstance(doc_ids, str) else tuple(doc_ids)
+        items.append(QAItem(str(row.get("id", f"q{n}")), row["question"].strip(), tuple(answers),
+                            "single" if answers else "unanswerable", (), doc_ids))
+    if not items:
+        raise CorpusError(f"questions_file={str(path)!r} holds no question")
+    return items
