@@ -120,7 +120,8 @@ class RagParams(Common):
     docs_per_page: int = 8  # knowledge-base documents per indexed page
     retrieval: str = "hybrid"  # dense | bm25 | hybrid: the method the answering experiments use
     n_retrieval_questions: int = 200  # single-fact questions for the retrieval grid
-    n_answer_questions: int = 16  # answered end to end at every top-k
+    n_answer_questions: int = 16  # answered end to end at every answer top-k
+    answer_top_ks: list = field(default_factory=lambda: [1, 3, 5])  # top-ks answered end to end (prefill grows with k)
     n_unanswerable: int = 8  # unanswerable questions answered end to end
     n_rerank_questions: int = 12  # the LM reranker costs one prefill per candidate
     rerank_pool: int = 8  # candidates the reranker reorders
@@ -146,6 +147,7 @@ class RagParams(Common):
         check_int_list("chunk_sizes", self.chunk_sizes, 32, 4096)
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check_int_list("top_ks", self.top_ks, 1, 50)
+        check_int_list("answer_top_ks", self.answer_top_ks, 1, 50)
         check_int("docs_per_page", self.docs_per_page, 1, 1_000)
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
         for name in ("n_retrieval_questions", "n_answer_questions", "n_rerank_questions", "n_latency_queries",
