@@ -95,12 +95,32 @@ def test_prompting_results_are_sane(smoke_run):
     assert m["gold_context_contains"] > m["closed_book_contains"]
 
 
+HEADLINE_02 = ["recall_at_5_best", "best_chunk_size", "best_top_k", "rag_contains", "hybrid_recall_at_5",
+               "rerank_recall_at_5", "refusal_f1_best", "citation_accuracy", "ingest_chunks_per_s",
+               "embedder_only_chunks_per_s", "ttft_p50_ms", "squad_recall_at_5", "squad_rag_f1"]
+
+
+@pytest.mark.slow
+def test_rag_results_are_sane(smoke_run):
+    m = json.loads((smoke_run["dir"] / "results" / "02_rag.json").read_text())["metrics"]
+    for key in HEADLINE_02:
+        assert key in m, key
+    for key, value in m.items():
+        if "recall" in key or key.endswith(("contains", "_em", "_f1", "accuracy", "_acc")):
+            assert 0.0 <= value <= 1.0, key
+    assert m["best_chunk_size"] in (128, 256) and m["best_top_k"] in (1, 3)
+    # prefill of the retrieved chunks dominates the time to first token; retrieval is milliseconds
+    assert m["ttft_p50_ms"] > m["embed_p50_ms"] + m["search_p50_ms"]
+    assert m["prompt_tokens_top3"] > m["prompt_tokens_top1"]
+
+
 @pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
-    page = (html / "chapters" / "01_prompting.html").read_text()
-    assert "<img" in page  # the glued figure rendered as an image
-    assert "np.float64" not in page and "{glue" not in page
+    for chapter in ("01_prompting", "02_rag"):
+        page = (html / "chapters" / f"{chapter}.html").read_text()
+        assert "<img" in page  # the glued figures rendered as images
+        assert "np.float64" not in page and "{glue" not in page
 
 
 @pytest.mark.slow

@@ -28,8 +28,29 @@ def test_prompting_headline_keys_and_sanity_properties():
     assert m["gold_context_contains"] >= 0.6
 
 
+def test_rag_headline_keys_and_performance_goals():
+    m = json.loads((PUBLISHED / "02_rag.json").read_text())["metrics"]
+    for key in ["recall_at_5_best", "best_chunk_size", "best_top_k", "rag_contains", "hybrid_recall_at_5",
+                "rerank_recall_at_5", "refusal_f1_best", "citation_accuracy", "retrieval_p50_ms_10k",
+                "retrieval_p50_ms_100k", "hnsw_recall_at_10_100k", "ingest_chunks_per_s",
+                "embedder_only_chunks_per_s", "ttft_p50_ms", "squad_recall_at_5", "squad_rag_f1"]:
+        assert key in m, key
+    # issue 3's performance goals, as measured by the chapter's own benchmark when published
+    assert m["retrieval_p50_ms_10k"] <= 5 and m["retrieval_p50_ms_100k"] <= 20
+    assert m["hnsw_recall_at_10_100k"] >= 0.95
+    assert m["ingest_chunks_per_s"] >= 0.7 * m["embedder_only_chunks_per_s"]
+
+
+# Seconds per chapter with kernel start, cpu profile (DESIGN.md: the whole book within 40 minutes).
+BUDGET_S = {"01_prompting": 240, "02_rag": 420}
+
+
 def test_published_cpu_budget():
-    """Issue budget: chapters 0 and 1 of the cpu profile within 4 minutes, as measured when published
-    (the front page records the other chapters' times with kernel start; its own is added)."""
+    """Each chapter within its budget, as measured when published (the front page records the
+    other chapters' times with kernel start; its own time counts towards chapter 1's budget)."""
     front = json.loads((PUBLISHED / "00_front.json").read_text())
-    assert front["metrics"]["total_wall_s"] + front["timings"]["wall_s"] <= 240
+    times = {row["chapter"]: row["with kernel start and imports (s)"] for row in front["tables"]["chapter_times"]}
+    assert set(times) == set(BUDGET_S)
+    times["01_prompting"] += front["timings"]["wall_s"]
+    over = {c: t for c, t in times.items() if t > BUDGET_S[c]}
+    assert not over, f"over budget: {over}"
