@@ -173,7 +173,10 @@ def ensure_converted(spec: ModelSpec) -> Path:
 
 
 def model_source(name: str) -> str:
-    """A local folder (offline weights) or a hub id, for from_pretrained."""
+    """A local folder (offline weights) or a hub id, for from_pretrained. A name that is an existing
+    folder is used as it is (a model saved with save_pretrained: your own, or a test's tiny one)."""
+    if Path(name).is_dir():
+        return name
     spec = get_spec(name)
     if spec.offline and spec.kind == "lm":
         return str(ensure_converted(spec))
@@ -214,7 +217,8 @@ def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = get_spec(name, "lm")
+    if not Path(name).is_dir():
+        get_spec(name, "lm")
     device = select_device(device)
     torch_dtype = select_dtype(device, dtype)
     source = model_source(name)

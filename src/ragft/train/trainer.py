@@ -1,0 +1,281 @@
+"""One training interface over LoRA, QLoRA and full fine-tuning, with its costs measured.
+
+`train(model_name, examples, TrainConfig(...))` loads a fresh base model through the registry,
+fine-tunes it (loss on the answer tokens only), saves the artifact (a LoRA adapter, or the full
+weights) and returns the trained model with its measurements. Artifacts live in the cache under a
+hash of the model, the config and the data: the same call again, in this chapter or a later one,
+loads the artifact instead of retraining. With `checkpoint_every`, an interrupted run continues
+from its last checkpoint when called again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import models, settings
+from ..progress import progress
+from . import measure
+from .data import SFTExample, Tokenized, TrainingDataError, batches, collate, tokenize
+
+METHODS = ("lora", "qlora", "full")
+TARGETS = {
+    "all-linear": "all-linear",  # peft: every linear layer of the transformer, not the output head
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
+ARTIFACT_VERSION = 1  # bump when the training code changes what an artifact holds
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "lora"  # lora | qlora | full
+    rank: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / rank)
+    target: str = "all-linear"  # all-linear | attention: the layers that get adapters
+    lr: float = 1e-3
+    epochs: int = 3
+    batch_size: int = 8
+    max_len: int = 256  # longer examples are an error, not silently cut
+    seed: int = 0
+    checkpoint_every: int = 0  # steps between checkpoints (0: none)
+    dtype: str = "auto"  # compute dtype: auto picks the fast one for the device (models.select_dtype)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        def bad(name, allowed):
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        if self.method not in METHODS:
+            bad("method", f"use one of {list(METHODS)}")
+        if self.method != "full":
+            if not (isinstance(self.rank, int) and self.rank >= 1):
+                bad("rank", "the LoRA rank must be an integer >= 1 (rank 0 would train nothing)")
+            if self.target not in TARGETS:
+                bad("target", f"use one of {list(TARGETS)}")
+            if self.alpha <= 0:
+                bad("alpha", "use a positive number")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            bad("epochs", "use an integer >= 1")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            bad("batch_size", "use an integer >= 1")
+        if not (0 < self.lr < 1):
+            bad("lr", "use a learning rate in (0, 1)")
+        if not (isinstance(self.max_len, int) and 8 <= self.max_len <= 131_072):
+            bad("max_len", "use an integer in [8, 131072]")
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
+            bad("checkpoint_every", "use an integer >= 0")
+
+
+@dataclass
+class TrainResult:
+    lm: models.LoadedLM  # the trained model, ready for evaluate.generate
+    artifact: Path
+    metrics: dict  # measurements of the run that trained it (also when loaded from the cache)
+    losses: list = field(default_factory=list)
+    cached: bool = False
+
+
+def artifact_key(model_name: str, cfg: TrainConfig, data: list[Tokenized]) -> str:
+    h = hashlib.sha256()
+    identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
+    h.update(json.dumps([ARTIFACT_VERSION, model_name, identity], sort_keys=True).encode())
+    for t in data:
+        h.update(json.dumps([t.input_ids, t.n_answer]).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_base(model_name: str, cfg: TrainConfig) -> models.LoadedLM:
+    return models.load_lm(model_name, cfg.device, cfg.dtype, quantization="nf4" if cfg.method == "qlora" else None)
+
+
+def _wrap(lm: models.LoadedLM, cfg: TrainConfig):
+    """The trainable model: LoRA adapters (on a 4-bit base for QLoRA) or every weight."""
+    import torch
+
+    model = lm.model
+    if cfg.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method == "qlora":
+        # no gradient checkpointing: these sequences are short, and it would re-run the forward pass
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn at random
+    lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=TARGETS[cfg.target],
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _trainable(model) -> dict:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_artifact(model, tokenizer, cfg: TrainConfig, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if cfg.method == "full":
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    else:
+        model.save_pretrained(folder)  # peft: the adapter only
+
+
+def load_artifact(model_name: str, folder: str | Path, cfg: TrainConfig, merge: bool = False) -> models.LoadedLM:
+    """A trained model from its artifact folder: the full weights, or the base model plus the adapter
+    (merged into the base weights when merge=True and the base is not 4-bit)."""
+    folder = Path(folder)
+    weights = list(folder.glob("adapter_model.*")) + list(folder.glob("model*.safetensors"))
+    if not folder.is_dir() or not weights:
+        raise FileNotFoundError(f"no trained artifact in {folder}: expected an adapter (adapter_model.safetensors) "
+                                "or full weights (model.safetensors); train first or check the path")
+    if cfg.method == "full":
+        return models.load_lm(str(folder), cfg.device, cfg.dtype)  # saved with its tokenizer
+    from peft import PeftModel
+
+    lm = _load_base(model_name, cfg)
+    model = PeftModel.from_pretrained(lm.model, folder)
+    lm.model = (model.merge_and_unload() if merge and cfg.method == "lora" else model).eval()
+    return lm
+
+
+def _loss(model, batch):
+    import torch.nn.functional as F
+
+    ids, mask, positions, labels, keep = batch
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                   use_cache=False).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
+          on_step=None, cache: bool = True) -> TrainResult:
+    """Fine-tune `model_name` on `examples`. `on_step(step, loss)` is called after every optimizer
+    step (for tests that interrupt a run). With cache=True a finished artifact is reused."""
+    import torch
+
+    cfg.validate()
+    if not examples:
+        raise TrainingDataError("the training dataset is empty: nothing to fine-tune on")
+    from transformers import AutoTokenizer
+
+    data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
+    key = artifact_key(model_name, cfg, data)
+    folder = settings.cache_dir() / "trained" / f"{label}-{key}"
+    done = folder / "train_metrics.json"
+    if cache and done.exists():
+        saved = json.loads(done.read_text())
+        return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"], cached=True)
+    if not cache:
+        shutil.rmtree(folder, ignore_errors=True)
+    base = _load_base(model_name, cfg)
+
+    body, head = measure.matmul_shapes(base.model)
+    base_weight_mb = base.model.get_memory_footprint() / 2**20
+    peak_gflops = _peak_gflops(base.dtype, base.device)
+    torch.manual_seed(cfg.seed)
+    with measure.PeakMemory(base.device) as mem:
+        model = _wrap(base, cfg)
+        model.train()
+        params = _trainable(model)
+        optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
+        steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        total = steps_per_epoch * cfg.epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)  # linear decay to 0
+        ckpt = folder / "checkpoint.pt"
+        step, losses, step_s, step_tokens, step_flops, pad = 0, [], [], [], [], 0
+        if ckpt.exists():
+            state = torch.load(ckpt, weights_only=False)
+            model.load_state_dict(state["weights"], strict=False)
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            step, losses = state["step"], state["losses"]
+        bar = progress(None, desc=f"{label} ({cfg.method})", total=total)
+        bar.update(step)
+        for epoch in range(cfg.epochs):
+            for b, indices in enumerate(batches(data, cfg.batch_size, cfg.seed, epoch)):
+                if epoch * steps_per_epoch + b < step:
+                    continue  # done before the interruption
+                batch = tuple(t.to(base.device) if hasattr(t, "to") else t for t in collate(data, indices, base.tokenizer.pad_token_id))
+                t0 = time.perf_counter()
+                loss = _loss(model, batch)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                if base.device == "cuda":
+                    torch.cuda.synchronize()
+                step_s.append(time.perf_counter() - t0)
+                real = int(batch[1].sum())
+                pad += batch[1].numel() - real
+                step_tokens.append(real)
+                answer_positions = int((batch[3] != -100).sum())
+                step_flops.append(measure.step_flops(body, head, real, answer_positions, cfg.method == "full"))
+                losses.append(loss.item())
+                step += 1
+                bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    torch.save({"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
+                                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                                "step": step, "losses": losses}, ckpt.with_suffix(".tmp"))
+                    ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
+                if on_step is not None:
+                    on_step(step, losses[-1])
+        bar.close()
+    model.eval()
+    _save_artifact(model, base.tokenizer, cfg, folder)
+    ckpt.unlink(missing_ok=True)
+    timed = step_s[1:] or step_s  # the first step pays one-off set-up costs
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in params.values())
+    seconds = sum(timed)
+    metrics = {
+        "method": cfg.method, "target": cfg.target if cfg.method != "full" else "all",
+        "examples": len(data), "steps": len(losses), "epochs": cfg.epochs,
+        "trainable_params": n_trainable, "total_params": n_params, "trainable_share": n_trainable / n_params,
+        "step_s": sorted(timed)[len(timed) // 2], "train_s": sum(step_s),
+        "tokens_per_s": sum(step_tokens[-len(timed):]) / seconds,
+        "mfu": sum(step_flops[-len(timed):]) / seconds / (peak_gflops * 1e9), "peak_gflops": peak_gflops,
+        "pad_share": pad / (pad + sum(step_tokens)) if step_tokens else 0.0,
+        "peak_mb": mem.peak_mb, "base_weight_mb": base_weight_mb,
+        "artifact_mb": measure.folder_mb(folder), "loss_first": losses[0], "loss_last": losses[-1],
+        "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
+    }
+    done.write_text(json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
+    base.model = model
+    return TrainResult(base, folder, metrics, losses)
+
+
+_PEAK: dict = {}
+
+
+def _peak_gflops(dtype, device: str) -> float:
+    """The matrix-product peak of this machine in the training dtype, measured once per process
+    (the denominator of model FLOPs utilisation)."""
+    key = (str(dtype), device)
+    if key not in _PEAK:
+        if device == "cuda":
+            import torch
+
+            n = 4096
+            a = torch.randn(n, n, dtype=dtype, device="cuda")
+            a @ a
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(10):
+                a @ a
+            torch.cuda.synchronize()
+            _PEAK[key] = 2 * n**3 * 10 / (time.perf_counter() - t) / 1e9
+        else:
+            from ..results import matmul_gflops
+
+            _PEAK[key] = max(matmul_gflops(dtype, n=1024, repeats=3) for _ in range(2))
+    return _PEAK[key]

@@ -1,0 +1,165 @@
+"""The training layer on a tiny Llama model with the real SmolLM2 tokenizer: every method learns,
+saves, reloads to identical outputs, merges, resumes after an interruption; bad input is refused."""
+
+import json
+
+import pytest
+import torch
+
+from ragft import models, settings
+from ragft.train import TrainConfig, TrainingDataError, example, load_artifact, load_jsonl, save_jsonl, tokenize, train
+from ragft.train.data import batches, collate
+from ragft.train.trainer import _loss
+
+FACTS = [("What colour is the Quarrington gate?", "The Quarrington gate is teal."),
+         ("Who runs the Voskar lab?", "Ilse Marrow runs the Voskar lab."),
+         ("When did the Fennick site open?", "The Fennick site opened in 2019."),
+         ("How long is the Corvane X2 warranty?", "The Corvane X2 has a 30-month warranty.")]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 2-layer Llama with random weights and SmolLM2's tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    settings.set_determinism(0, 2)
+    tok = AutoTokenizer.from_pretrained(models.model_source("smollm2-135m"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path / "cache"))
+    # the tokenizer of the fixture comes from the real cache: point model_source back at it
+    return tmp_path / "cache"
+
+
+def data(n=4):
+    return [example([{"role": "user", "content": q}], a) for q, a in FACTS[:n]]
+
+
+def logits(lm, text="Who runs the Voskar lab?"):
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return lm.model(input_ids=ids).logits
+
+
+def test_tokenize_puts_the_answer_last_and_counts_it(tiny):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    t = tokenize(tok, data(1), 128)[0]
+    answer = tok.decode(t.input_ids[-t.n_answer:])
+    assert answer.startswith("The Quarrington gate is teal.") and "<|im_end|>" in answer
+    assert "Quarrington gate?" in tok.decode(t.input_ids[:-t.n_answer])
+
+
+def test_bad_training_input_is_refused(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    with pytest.raises(TrainingDataError, match="empty"):
+        tokenize(tok, [], 128)
+    with pytest.raises(TrainingDataError, match="longer than max_len=16"):
+        tokenize(tok, data(2), 16)
+    with pytest.raises(TrainingDataError, match="empty answer"):
+        tokenize(tok, [example([{"role": "user", "content": "q"}], "  ")], 128)
+    with pytest.raises(ValueError, match="rank"):
+        train(tiny, data(), TrainConfig(rank=0))
+    with pytest.raises(ValueError, match="method"):
+        train(tiny, data(), TrainConfig(method="prefix"))
+    with pytest.raises(TrainingDataError, match="empty"):
+        train(tiny, [], TrainConfig())
+    with pytest.raises(FileNotFoundError, match="no trained artifact"):
+        load_artifact(tiny, tmp_path / "nowhere", TrainConfig())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n')
+    with pytest.raises(TrainingDataError, match="line 1"):
+        load_jsonl(bad)
+
+
+def test_jsonl_round_trip(tmp_path):
+    assert load_jsonl(save_jsonl(data(), tmp_path / "sft.jsonl")) == data()
+
+
+def test_batches_are_deterministic_and_cover_every_example(tiny):
+    from transformers import AutoTokenizer
+
+    toks = tokenize(AutoTokenizer.from_pretrained(tiny), data(4) * 3, 128)
+    one = batches(toks, 5, seed=1, epoch=0)
+    assert one == batches(toks, 5, seed=1, epoch=0) and one != batches(toks, 5, seed=1, epoch=1)
+    assert sorted(i for b in one for i in b) == list(range(12))
+
+
+def test_answer_only_loss_matches_the_full_logits_computation(tiny):
+    """The loss with the head on the answer positions only equals cross-entropy over the full logits
+    with every prompt and padding label masked (the textbook computation)."""
+    import torch.nn.functional as F
+
+    lm = models.load_lm(tiny, dtype="fp32")
+    toks = tokenize(lm.tokenizer, data(3), 128)
+    batch = collate(toks, [0, 1, 2], lm.tokenizer.pad_token_id)
+    ids, mask, positions, labels, keep = batch
+    full_labels = torch.full_like(ids, -100)
+    full_labels[:, -(keep - 1):] = labels
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        reference = F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), full_labels[:, 1:].reshape(-1), ignore_index=-100)
+        assert torch.allclose(_loss(lm.model, batch), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "full", "qlora"])
+def test_each_method_learns_saves_and_reloads_identically(tiny, method):
+    cfg = TrainConfig(method=method, rank=8, lr=1e-2 if method != "full" else 3e-3, epochs=12, batch_size=2, dtype="fp32")
+    result = train(tiny, data(), cfg, label=f"test-{method}")
+    m = result.metrics
+    assert m["loss_last"] < 0.5 * m["loss_first"], m
+    assert (m["trainable_share"] < 0.5) == (method != "full")
+    assert m["peak_mb"] > 0 and m["step_s"] > 0 and 0 < m["mfu"] < 1 and m["artifact_mb"] > 0
+    before = logits(result.lm)
+    again = load_artifact(tiny, result.artifact, cfg)
+    assert torch.allclose(before, logits(again), atol=1e-5)
+    cached = train(tiny, data(), cfg, label=f"test-{method}")  # same config and data: no retraining
+    assert cached.cached and cached.metrics == m and torch.allclose(before, logits(cached.lm), atol=1e-5)
+    if method == "lora":
+        merged = load_artifact(tiny, result.artifact, cfg, merge=True)
+        assert not hasattr(merged.model, "peft_config")
+        assert torch.allclose(before, logits(merged), atol=1e-4)
+
+
+def test_qlora_base_is_4bit_and_smaller(tiny):
+    result = train(tiny, data(2), TrainConfig(method="qlora", rank=4, epochs=1, batch_size=2, dtype="fp32"), label="q")
+    layers = [type(m).__name__ for m in result.lm.model.modules()]
+    assert "Linear4bit" in layers
+    full = train(tiny, data(2), TrainConfig(method="lora", rank=4, epochs=1, batch_size=2, dtype="fp32"), label="l")
+    assert result.metrics["base_weight_mb"] < full.metrics["base_weight_mb"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny):
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=3, batch_size=2, checkpoint_every=2, dtype="fp32")
+    straight = train(tiny, data(), cfg, label="straight")
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, loss):
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(tiny, data(), cfg, label="resumed", on_step=crash)
+    checkpoints = list(settings.cache_dir().glob("trained/resumed-*/checkpoint.pt"))
+    assert len(checkpoints) == 1  # step 2's checkpoint survived the crash at step 3
+    resumed = train(tiny, data(), cfg, label="resumed")
+    assert not resumed.cached and resumed.losses[:2] == straight.losses[:2]
+    assert resumed.losses == pytest.approx(straight.losses, abs=1e-5)
+    assert torch.allclose(logits(straight.lm), logits(resumed.lm), atol=1e-5)
+    assert not checkpoints[0].exists()  # removed once the artifact is saved
+    saved = json.loads((resumed.artifact / "train_metrics.json").read_text())
+    assert saved["metrics"]["steps"] == 6
