@@ -33,7 +33,11 @@ def test_metrics_must_be_numbers(tmp_path, monkeypatch):
 @pytest.mark.parametrize("key,rule", [("latency_gold_context_s", "skip"), ("ttft_p50_ms", "skip"),
                                       ("ingest_chunks_per_s", "skip"), ("lora_mfu", "skip"),
                                       ("prompt_tokens_per_query_gold_context", "exact"),
-                                      ("cost_per_1k_gold_context_usd", "exact"), ("gold_context_contains", 0.03)])
+                                      ("cost_per_1k_gold_context_usd", "exact"), ("gold_context_contains", 0.03),
+                                      ("retrieval_p50_ms_100k", "skip"), ("rerank_ms_per_query", "skip"),
+                                      ("ingest_share_of_embedder", "skip"), ("lora_peak_mb", "skip"),
+                                      ("lora_step_ratio_vs_full", "skip"), ("lora_artifact_mb", "exact"),
+                                      ("lora_quality_ratio_vs_full", 0.03), ("lora_trainable_share", 0.03)])
 def test_rules(key, rule):
     assert drift.rule_for(key) == rule
 

@@ -163,3 +163,26 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny):
     assert not checkpoints[0].exists()  # removed once the artifact is saved
     saved = json.loads((resumed.artifact / "train_metrics.json").read_text())
     assert saved["metrics"]["steps"] == 6
+
+
+def test_fact_examples_never_hold_the_test_paraphrase(kb):
+    from ragft.train import tasks
+
+    facts = kb.sample("single", 10, 0)
+    one, every = tasks.dsf_examples(facts, 1), tasks.dsf_examples(facts, None)
+    assert len(one) == 10 and len(every) == sum(len(q.train_texts) for q in facts)
+    asked = {e.messages[-1]["content"] for e in every}
+    assert not asked & {q.test_text for q in facts}
+
+
+def test_structured_examples_come_from_other_worlds(kb):
+    import json as _json
+
+    from ragft.train import tasks
+
+    examples = tasks.structured_examples(60, test_seed=0)
+    test_names = {q.fields["name"] for q in kb.by_kind("structured")}
+    assert len(examples) == 60 and not {_json.loads(e.answer)["name"] for e in examples} & test_names
+    q = kb.by_kind("structured")[0]
+    context = tasks.structured_context(kb, q)
+    assert f"{q.fields['warranty_months']} months" in context and f"{q.fields['price_usd']:,}" in context

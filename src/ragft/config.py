@@ -177,7 +177,56 @@ class RagParams(Common):
         check_price_row("price_per_mtok", self.price_per_mtok)
 
 
-CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams}
+@dataclass
+class FinetuneParams(Common):
+    """Chapter 3: fine-tuning with LoRA, QLoRA and full fine-tuning."""
+
+    n_facts: int = 16  # single-fact questions fine-tuned closed book (DSF)
+    paraphrase_counts: list = field(default_factory=lambda: [1, 3])  # training paraphrases per fact (K5)
+    dsf_epochs: int = 4
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_lr: float = 3e-3  # LoRA and QLoRA
+    full_lr: float = 1e-4  # full fine-tuning moves every weight: a smaller step
+    train_batch_size: int = 8
+    methods: list = field(default_factory=lambda: ["lora", "lora-attention", "qlora", "full"])  # compared on the DSF data
+    rag_top_k: int = 1  # chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)
+    n_structured_test: int = 24  # structured-output test questions (knowledge-base products)
+    structured_sizes: list = field(default_factory=lambda: [50, 200])  # training examples (T4)
+    structured_epochs: int = 2
+    forgetting_chars: int = 4000  # characters of general English text for the perplexity probe
+    max_new_tokens: int = 32
+    structured_max_new_tokens: int = 48  # a JSON record is longer than a short answer
+    batch_size: int = 16  # generation
+    price_per_mtok: str = "s4_actian"
+
+    def validate(self) -> None:
+        super().validate()
+        check_int("n_facts", self.n_facts, 1, 10_000)
+        check_int_list("paraphrase_counts", self.paraphrase_counts, 1, self.kb.n_paraphrases - 1)
+        check_int("dsf_epochs", self.dsf_epochs, 1, 100)
+        check_int("lora_rank", self.lora_rank, 1, 1024)
+        check_int("lora_alpha", self.lora_alpha, 1, 4096)
+        for name in ("lora_lr", "full_lr"):
+            value = getattr(self, name)
+            check(isinstance(value, float) and 0 < value < 1, name, value, "use a learning rate in (0, 1)")
+        check_int("train_batch_size", self.train_batch_size, 1, 512)
+        allowed = ["lora", "lora-attention", "qlora", "full"]
+        check(isinstance(self.methods, list) and "lora" in self.methods and set(self.methods) <= set(allowed),
+              "methods", self.methods, f"use a list from {allowed} that includes lora")
+        check_int("rag_top_k", self.rag_top_k, 1, 50)
+        check_int("n_structured_test", self.n_structured_test, 1, 10_000)
+        check_int_list("structured_sizes", self.structured_sizes, 1, 100_000)
+        check_int("structured_epochs", self.structured_epochs, 1, 100)
+        check_int("forgetting_chars", self.forgetting_chars, 200, 1_000_000)
+        check_int("max_new_tokens", self.max_new_tokens, 1, 512)
+        check_int("structured_max_new_tokens", self.structured_max_new_tokens, 8, 512)
+        check_int("batch_size", self.batch_size, 1, 512)
+        check_price_row("price_per_mtok", self.price_per_mtok)
+
+
+CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
+                  "03_finetune": FinetuneParams}
 
 
 def load_profile(profile: str) -> dict:

@@ -25,6 +25,9 @@ from .settings import PROJECT_ROOT
 # slack absorbs BLAS differences between CPUs; anything larger is a real change.
 TOLERANCES: list[tuple[str, str | float]] = [
     (r"(_s|_ms|_seconds|per_s|_gflops|_mfu|wall.*)$", "skip"),
+    # also machine measurements named otherwise: latencies by index size or per query, shares and
+    # ratios of two timings or two memory peaks, and resident memory itself
+    (r"_ms_|_share_of_|step_ratio|peak_ratio|peak_mb|growth_mb", "skip"),
     (r"(tokens|cost|price|params|bytes|_mb|count|^n_)", "exact"),
     (r".*", 0.03),
 ]

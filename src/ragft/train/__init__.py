@@ -2,3 +2,4 @@
 
 from .data import SFTExample, TrainingDataError, example, load_jsonl, save_jsonl, tokenize
 from .trainer import METHODS, TrainConfig, TrainResult, load_artifact, train
+from . import tasks

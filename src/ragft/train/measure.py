@@ -1,9 +1,10 @@
 """What a training run costs: peak memory while it runs, model FLOPs, disk size.
 
 Peak memory on the CPU is the resident set (RSS) sampled by a background thread, reported as the
-growth over the process before the run started (the memory the run itself needed: weights, gradients,
-optimizer state, activations). Freed memory is handed back to the OS first (`malloc_trim`), so a
-run is not flattered by heap pages an earlier run left behind. On CUDA it is torch's peak allocation.
+growth over the process when the block started (the trainer starts it once the base model is loaded,
+so the growth is gradients, optimizer state, activations and adapters; it adds the base weights'
+footprint). Freed memory is handed back to the OS first (`malloc_trim`), so a run is not flattered
+by heap pages an earlier run left behind. On CUDA it is torch's peak allocation.
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 from ..corpus import build_kb
-from ..prompts import CONTEXT_SYSTEM, INSTRUCTION_SYSTEM, build_messages
+from ..prompts import build_messages
 from .data import SFTExample, example
 
 STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
@@ -29,39 +30,50 @@ STRUCTURED_SYSTEM_LONG = (
 )
 
 
+DSF_SYSTEM = "Answer with a short phrase."  # short on purpose: every prompt token is trained on, every epoch
+
+
+def dsf_messages(text: str) -> list[dict]:
+    return build_messages(text, system=DSF_SYSTEM)
+
+
 def dsf_examples(questions: list, n_paraphrases: int | None = None) -> list[SFTExample]:
     """Closed-book fact examples: up to n_paraphrases training paraphrases per question (None: all)."""
-    return [example(build_messages(text, system=INSTRUCTION_SYSTEM), q.answer)
-            for q in questions for text in q.train_texts[:n_paraphrases]]
+    return [example(dsf_messages(text), q.answer) for q in questions for text in q.train_texts[:n_paraphrases]]
 
 
-def structured_messages(question_text: str, document_text: str, system: str = STRUCTURED_SYSTEM_SHORT) -> list[dict]:
-    return build_messages(question_text, system=system, passages=[document_text])
+def structured_context(kb, question) -> str:
+    """The sentences of the product's document about money and warranty: the two the record needs
+    and their traps (a spare part's price, a repair time), so the input stays short (training cost
+    grows with every token) and the task still needs reading, not copying the first number."""
+    text = kb.doc(question.doc_ids[0]).text
+    sentences = re.split(r"(?<=[.!?])\s+", text.replace("\n", " "))
+    return " ".join(s for s in sentences if "$" in s or "warrant" in s.lower())
 
 
-def structured_test_items(kb, n: int, seed: int) -> list:
-    """The knowledge base's structured questions (held-out paraphrase) with their product document."""
-    return kb.sample("structured", n, seed)
+def structured_messages(kb, question, text: str, system: str = STRUCTURED_SYSTEM_SHORT,
+                        examples: list[tuple[str, str]] | None = None) -> list[dict]:
+    return build_messages(text, system=system, passages=[structured_context(kb, question)], examples=examples)
 
 
-def structured_examples(n: int, exclude_seed: int, kb_sizes=None, system: str = STRUCTURED_SYSTEM_SHORT) -> list[SFTExample]:
-    """n training examples from worlds other than the test world, every paraphrase used, in a fixed order."""
-    out, seed = [], exclude_seed + 1
-    while len(out) < n:
+def structured_examples(n: int, test_seed: int, kb_sizes=None, system: str = STRUCTURED_SYSTEM_SHORT,
+                        first_seed: int | None = None) -> list[SFTExample]:
+    """n training examples from worlds other than the test world (seeds from first_seed, by default
+    the one after test_seed), in a
+    fixed order that uses every product's first paraphrase before any product's second. Worlds
+    draw names from the same pools, so products named like a test product are left out."""
+    test_names = {q.entity for q in build_kb(test_seed, kb_sizes).by_kind("structured")}
+    by_paraphrase: dict[int, list[SFTExample]] = {}
+    seed = test_seed + 1 if first_seed is None else first_seed
+    while sum(map(len, by_paraphrase.values())) < n:
         world = build_kb(seed, kb_sizes)
         for q in world.by_kind("structured"):
-            doc = world.doc(q.doc_ids[0])
-            for text in q.paraphrases:
-                out.append(example(structured_messages(text, doc.text, system), json.dumps(q.fields)))
+            if q.entity in test_names:
+                continue
+            for i, text in enumerate(q.paraphrases):
+                by_paraphrase.setdefault(i, []).append(example(structured_messages(world, q, text, system), json.dumps(q.fields)))
         seed += 1
-    return _spread(out, n)
-
-
-def _spread(pool: list, n: int) -> list:
-    """n items taken evenly across the pool (every product before a second paraphrase of any)."""
-    by_paraphrase = [pool[i::4] for i in range(4)]
-    flat = [x for group in by_paraphrase for x in group]
-    return flat[:n]
+    return [ex for i in sorted(by_paraphrase) for ex in by_paraphrase[i]][:n]
 
 
 def general_text(n_chars: int = 6000) -> str:
@@ -93,3 +105,32 @@ def perplexity(lm, text: str, window: int = 512) -> float:
             total += float(out.loss) * n
             count += n
     return math.exp(total / count)
+
+
+def closed_book_contains(lm, questions: list, max_new_tokens: int = 32, batch_size: int = 16,
+                         desc: str = "closed book") -> tuple[float, float]:
+    """Closed-book accuracy on the held-out paraphrases and on the first trained ones, (held, trained),
+    from one generation call (both sets batched together)."""
+    from ..evaluate import contains, generate
+
+    texts = [q.test_text for q in questions] + [q.train_texts[0] for q in questions]
+    gen = generate(lm, [dsf_messages(t) for t in texts], max_new_tokens, batch_size, desc=desc)
+    hits = [contains(t, q.answers) for t, q in zip(gen.texts, questions + questions)]
+    n = len(questions)
+    return sum(hits[:n]) / n, sum(hits[n:]) / n
+
+
+def structured_row(name: str, gen, questions: list, price_row: str, **extra) -> dict:
+    """JSON validity, schema adherence and field accuracy of structured answers, with tokens and cost."""
+    from ..costs import cost_per_1k_queries
+    from ..corpus.kb import STRUCTURED_FIELDS
+    from ..evaluate import fields_correct, json_valid, schema_adherence
+
+    n = len(questions)
+    return {"condition": name, "n": n,
+            "json_valid": sum(map(json_valid, gen.texts)) / n,
+            "schema_adherence": sum(schema_adherence(t, STRUCTURED_FIELDS) for t in gen.texts) / n,
+            "fields_correct": sum(fields_correct(t, q.fields) for t, q in zip(gen.texts, questions)) / n,
+            "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens,
+            "cost_per_1k_usd": cost_per_1k_queries(gen.mean_prompt_tokens, gen.mean_completion_tokens, price_row),
+            **extra}

@@ -245,7 +245,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "tokens_per_s": sum(step_tokens[-len(timed):]) / seconds,
         "mfu": sum(step_flops[-len(timed):]) / seconds / (peak_gflops * 1e9), "peak_gflops": peak_gflops,
         "pad_share": pad / (pad + sum(step_tokens)) if step_tokens else 0.0,
-        "peak_mb": mem.peak_mb, "base_weight_mb": base_weight_mb,
+        # the base weights' footprint plus the peak growth while training (gradients, optimizer state,
+        # activations, adapters): the memory a training run needs, without the transient of loading
+        "peak_mb": base_weight_mb + mem.peak_mb, "train_growth_mb": mem.peak_mb, "base_weight_mb": base_weight_mb,
         "artifact_mb": measure.folder_mb(folder), "loss_first": losses[0], "loss_last": losses[-1],
         "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
     }
