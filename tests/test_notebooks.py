@@ -114,10 +114,33 @@ def test_rag_results_are_sane(smoke_run):
     assert m["prompt_tokens_top3"] > m["prompt_tokens_top1"]
 
 
+HEADLINE_03 = ["dsf_heldout_contains", "dsf_train_contains", "dsf_plus_rag_contains", "rag_contains_same_questions",
+               "json_valid_zero_shot", "json_valid_lora_best", "schema_adherence_lora_best", "lora_trainable_share",
+               "lora_step_s", "full_step_s", "qlora_step_s", "lora_peak_mb", "full_peak_mb", "qlora_peak_mb",
+               "lora_quality_ratio_vs_full", "forgetting_delta_lora", "forgetting_delta_full", "lora_mfu"]
+
+
+@pytest.mark.slow
+def test_finetune_results_are_sane(smoke_run):
+    doc = json.loads((smoke_run["dir"] / "results" / "03_finetune.json").read_text())
+    m = doc["metrics"]
+    for key in HEADLINE_03:
+        assert key in m, key
+    for key, value in m.items():
+        if key.endswith(("contains", "share", "json_valid_zero_shot", "_best")):
+            assert 0.0 <= value <= 1.0, key
+    # full fine-tuning trains every weight; LoRA a small share; QLoRA's base is smaller than LoRA's
+    runs = doc["tables"]["train_runs"]
+    assert runs["full"]["trainable_share"] == 1.0 and m["lora_trainable_share"] < 0.05
+    assert runs["qlora"]["base_weight_mb"] < runs["lora"]["base_weight_mb"]
+    for r in runs.values():
+        assert r["loss_last"] < r["loss_first"] and r["steps"] >= 1
+
+
 @pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
-    for chapter in ("01_prompting", "02_rag"):
+    for chapter in ("01_prompting", "02_rag", "03_finetune"):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page

@@ -139,6 +139,9 @@ def test_qlora_base_is_4bit_and_smaller(tiny):
     assert "Linear4bit" in layers
     full = train(tiny, data(2), TrainConfig(method="lora", rank=4, epochs=1, batch_size=2, dtype="fp32"), label="l")
     assert result.metrics["base_weight_mb"] < full.metrics["base_weight_mb"]
+    # the same adapters on the same model: the same share, though the 4-bit weights are stored packed
+    assert result.metrics["total_params"] == full.metrics["total_params"]
+    assert result.metrics["trainable_share"] == pytest.approx(full.metrics["trainable_share"])
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import math
 import threading
 import time
 from pathlib import Path
@@ -84,6 +85,16 @@ def matmul_shapes(model) -> tuple[int, int]:
             else:
                 body += n
     return body, head
+
+
+def logical_params(params) -> int:
+    """Parameter count as the model defines it: a 4-bit weight stores two numbers per byte in a
+    packed tensor, and counts as the matrix it stands for (its quant_state keeps the shape)."""
+    total = 0
+    for p in params:
+        state = getattr(p, "quant_state", None)
+        total += math.prod(state.shape) if state is not None else p.numel()
+    return total
 
 
 def step_flops(body_params: int, head_params: int, tokens: int, head_positions: int, full: bool) -> float:

@@ -234,7 +234,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     _save_artifact(model, base.tokenizer, cfg, folder)
     ckpt.unlink(missing_ok=True)
     timed = step_s[1:] or step_s  # the first step pays one-off set-up costs
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = measure.logical_params(model.parameters())
     n_trainable = sum(p.numel() for p in params.values())
     seconds = sum(timed)
     metrics = {
