@@ -36,7 +36,7 @@ def test_metrics_must_be_numbers(tmp_path, monkeypatch):
                                       ("cost_per_1k_gold_context_usd", "exact"), ("gold_context_contains", 0.03),
                                       ("retrieval_p50_ms_100k", "skip"), ("rerank_ms_per_query", "skip"),
                                       ("ingest_share_of_embedder", "skip"), ("lora_peak_mb", "skip"),
-                                      ("lora_step_ratio_vs_full", "skip"), ("lora_artifact_mb", "exact"),
+                                      ("lora_step_ratio_vs_full", "skip"), ("lora_artifact_mb", 0.01), ("bf16_weight_mb", "exact"),
                                       ("lora_quality_ratio_vs_full", 0.03), ("lora_trainable_share", 0.03)])
 def test_rules(key, rule):
     assert drift.rule_for(key) == rule
