@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import models, settings
 from ..progress import progress
 from . import measure
-from .data import SFTExample, Tokenized, TrainingDataError, batches, collate, tokenize
+from .data import SFTExample, Tokenized, batches, collate, tokenize
 
 METHODS = ("lora", "qlora", "full")
 TARGETS = {
@@ -161,8 +161,6 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     import torch
 
     cfg.validate()
-    if not examples:
-        raise TrainingDataError("the training dataset is empty: nothing to fine-tune on")
     from transformers import AutoTokenizer
 
     data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
