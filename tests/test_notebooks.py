@@ -137,10 +137,30 @@ def test_finetune_results_are_sane(smoke_run):
         assert r["loss_last"] < r["loss_first"] and r["steps"] >= 1
 
 
+HEADLINE_04 = ["base_closed_contains", "base_rag_contains", "dsf_contains", "dsf_rag_contains", "raft_rag_contains",
+               "raft_nocot_rag_contains", "raft_quote_correct", "raft_best_p", "pubmedqa_raft_acc",
+               "pubmedqa_base_rag_acc", "pubmedqa_majority_acc", "hotpotqa_raft_f1", "hotpotqa_base_rag_f1"]
+
+
+@pytest.mark.slow
+def test_raft_results_are_sane(smoke_run):
+    doc = json.loads((smoke_run["dir"] / "results" / "04_raft.json").read_text())
+    m = doc["metrics"]
+    for key in HEADLINE_04 if SHARED_DATA.exists() else HEADLINE_04[:8]:
+        assert key in m, key
+    for key, value in m.items():
+        if key.endswith(("contains", "_acc", "_f1", "_em", "quote_correct")):
+            assert 0.0 <= value <= 1.0, key
+    assert m["raft_best_p"] in doc["params"]["p_values"]
+    # more retrieved chunks, longer prompts; RAFT's training data was written for reuse
+    assert m["base_rag_top2_contains"] >= 0 and m["raft_rag_prompt_tokens"] > m["base_closed_prompt_tokens"]
+    assert (smoke_run["dir"] / "raft" / "kb_train.jsonl").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
-    for chapter in ("01_prompting", "02_rag", "03_finetune"):
+    for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft"):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page

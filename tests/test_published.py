@@ -57,8 +57,20 @@ def test_finetune_headline_keys_and_performance_goals():
     assert m["base_closed_contains"] <= 0.05  # the facts are new to the model
 
 
+def test_raft_headline_keys_and_sanity():
+    doc = json.loads((PUBLISHED / "04_raft.json").read_text())
+    m = doc["metrics"]
+    from test_notebooks import HEADLINE_04
+
+    for key in HEADLINE_04:
+        assert key in m, key
+    assert m["base_closed_contains"] <= 0.05  # the facts are new to the model
+    assert m["raft_best_p"] in doc["params"]["p_values"]
+    assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 20
+
+
 # Seconds per chapter with kernel start, cpu profile (DESIGN.md: the whole book within 40 minutes).
-BUDGET_S = {"01_prompting": 240, "02_rag": 420, "03_finetune": 750}
+BUDGET_S = {"01_prompting": 240, "02_rag": 420, "03_finetune": 750, "04_raft": 900}
 
 
 def test_published_cpu_budget():

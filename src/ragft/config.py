@@ -225,8 +225,80 @@ class FinetuneParams(Common):
         check_price_row("price_per_mtok", self.price_per_mtok)
 
 
+@dataclass
+class RaftParams(Common):
+    """Chapter 4: RAFT, set beside DSF and RAG. The DSF rows reuse chapter 3's fine-tune, with chapter
+    3's parameters from the same profile."""
+
+    n_facts: int = 16  # test facts: chapter 3's, asked in their held-out paraphrase
+    n_unanswerable: int = 8  # questions the knowledge base cannot answer (refusal)
+    chunk_size: int = 64  # tokens per chunk: the documents RAFT trains and answers on
+    rag_top_k: int = 3  # chunks in the prompt for the main table
+    top_ks: list = field(default_factory=lambda: [1, 3, 5, 8])  # test-time documents (F5, F6)
+    n_train: int = 32  # RAFT training questions: other facts of the knowledge base, never a test fact
+    n_distractors: int = 3  # distractor documents per training example
+    p_oracle: float = 0.8  # share of training examples that keep the oracle document (F2)
+    distractors: str = "random"  # random (the reference code) | retrieved (hard negatives)
+    p_values: list = field(default_factory=lambda: [0.0, 0.4, 0.8, 1.0])  # P ablation (F2)
+    distractor_counts: list = field(default_factory=lambda: [0, 1, 3])  # training distractors ablation (F5)
+    epochs: int = 1
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_lr: float = 3e-3
+    train_batch_size: int = 4
+    data_dir: str = ""  # benchmark folder; empty: RAGFT_DATA_DIR
+    bench_train: int = 16  # RAFT training questions per benchmark (their train split)
+    bench_test: int = 32  # test questions per benchmark
+    bench_distractors: int = 1  # distractors per benchmark training example
+    pubmedqa_chunk_size: int = 128  # abstracts are indexed in chunks of this many tokens
+    pubmedqa_top_k: int = 2  # abstract chunks in the prompt
+    hotpotqa_top_k: int = 3  # of the question's ten paragraphs
+    bench_dsf: bool = False  # also train and test closed-book fine-tunes on the benchmarks
+    max_new_tokens: int = 32  # a short answer (closed book, RAG, RAFT without CoT)
+    cot_max_new_tokens: int = 48  # a quote and the answer
+    bench_max_new_tokens: int = 96  # a quote and the answer on the benchmarks: longer sentences, HotpotQA quotes two
+    batch_size: int = 16
+    price_per_mtok: str = "s4_actian"
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("n_facts", "n_train", "bench_test"):
+            check_int(name, getattr(self, name), 1, 100_000)
+        check_int("n_unanswerable", self.n_unanswerable, 0, 10_000)
+        check_int("bench_train", self.bench_train, 1, 100_000)
+        check_int("chunk_size", self.chunk_size, 32, 4096)
+        check_int_list("top_ks", self.top_ks, 1, 50)
+        check(self.rag_top_k in self.top_ks, "rag_top_k", self.rag_top_k, f"use one of top_ks {self.top_ks}")
+        check_int("n_distractors", self.n_distractors, 0, 50)
+        check_int_list("distractor_counts", self.distractor_counts, 0, 50)
+        check(self.n_distractors in self.distractor_counts, "n_distractors", self.n_distractors,
+              f"use one of distractor_counts {self.distractor_counts}")
+        check_share = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+        check(check_share(self.p_oracle), "p_oracle", self.p_oracle, "use a share in [0, 1]")
+        check(isinstance(self.p_values, list) and self.p_values and all(map(check_share, self.p_values))
+              and self.p_oracle in self.p_values, "p_values", self.p_values,
+              f"use a list of shares in [0, 1] that includes p_oracle={self.p_oracle}")
+        check(self.distractors in ("random", "retrieved"), "distractors", self.distractors, "use random or retrieved")
+        check_int("epochs", self.epochs, 1, 100)
+        check_int("lora_rank", self.lora_rank, 1, 1024)
+        check_int("lora_alpha", self.lora_alpha, 1, 4096)
+        check(isinstance(self.lora_lr, float) and 0 < self.lora_lr < 1, "lora_lr", self.lora_lr, "use a learning rate in (0, 1)")
+        check_int("train_batch_size", self.train_batch_size, 1, 512)
+        check(isinstance(self.data_dir, str), "data_dir", self.data_dir, "use a string (empty for the default)")
+        check_int("bench_distractors", self.bench_distractors, 0, 8)
+        check_int("pubmedqa_chunk_size", self.pubmedqa_chunk_size, 32, 4096)
+        check_int("pubmedqa_top_k", self.pubmedqa_top_k, 1, 20)
+        check_int("hotpotqa_top_k", self.hotpotqa_top_k, 1, 10)
+        check(isinstance(self.bench_dsf, bool), "bench_dsf", self.bench_dsf, "use True or False")
+        check_int("max_new_tokens", self.max_new_tokens, 1, 512)
+        check_int("cot_max_new_tokens", self.cot_max_new_tokens, 8, 1024)
+        check_int("bench_max_new_tokens", self.bench_max_new_tokens, 8, 1024)
+        check_int("batch_size", self.batch_size, 1, 512)
+        check_price_row("price_per_mtok", self.price_per_mtok)
+
+
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
-                  "03_finetune": FinetuneParams}
+                  "03_finetune": FinetuneParams, "04_raft": RaftParams}
 
 
 def load_profile(profile: str) -> dict:

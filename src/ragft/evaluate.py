@@ -295,6 +295,16 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mean_interval(values: list[float], z: float = 1.96) -> tuple[float, float]:
+    """95 % normal-approximation interval for a mean of scores in [0, 1] (such as per-question F1)."""
+    n = len(values)
+    if n < 2:
+        return (float("nan"), float("nan"))
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return (max(0.0, mean - z * sd / math.sqrt(n)), min(1.0, mean + z * sd / math.sqrt(n)))
+
+
 def condition_row(name: str, gen: Generation, items: list, price_row: str, **extra) -> dict:
     """One row of a results table: scores (with a 95 % interval on "contains"), tokens per query,
     latency, cost per 1,000 queries."""

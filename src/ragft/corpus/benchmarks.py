@@ -148,17 +148,22 @@ def load_hotpotqa(data_dir: str | None = None) -> list[BenchmarkItem]:
     """HotpotQA, distractor setting: each question with its gold and distractor paragraphs.
 
     The data folder holds two files in different schemas (the first 103 dev questions, and the
-    authors' 100-question sample); both are read and de-duplicated by question id.
+    authors' 100-question sample); both are read and de-duplicated by question id. Splits alternate
+    within each file (even positions "test", odd "train"), so both schemas are in both splits and no
+    question is in both.
     """
     paths = _files("hotpotqa", data_dir)
     items: dict[str, BenchmarkItem] = {}
 
-    def add(qid, question, answer, paragraphs, gold_titles, gold_sentences):
+    position: dict[str, int] = {}  # per file, so each schema gives half its questions to each split
+
+    def add(qid, question, answer, paragraphs, gold_titles, gold_sentences, origin):
         if qid in items:
             return
+        n = position[origin] = position.get(origin, -1) + 1
         passages = [Passage(f"hotpot-{qid}-{i}", t, "".join(s).strip()) for i, (t, s) in enumerate(paragraphs)]
-        items[qid] = BenchmarkItem(qid, question, [answer], passages,
-                                   {p.pid for p in passages if p.title in gold_titles}, gold_sentences=gold_sentences)
+        items[qid] = BenchmarkItem(qid, question, [answer], passages, {p.pid for p in passages if p.title in gold_titles},
+                                   split="test" if n % 2 == 0 else "train", gold_sentences=gold_sentences)
 
     def gold_sents(paragraphs, facts):
         by_title = dict((t, s) for t, s in paragraphs)
@@ -169,7 +174,7 @@ def load_hotpotqa(data_dir: str | None = None) -> list[BenchmarkItem]:
             for r in json.load(f):
                 facts = [tuple(x) for x in r["supporting_facts"]]
                 add(r["_id"], r["question"], r["answer"], r["context"], {t for t, _ in facts},
-                    gold_sents(r["context"], facts))
+                    gold_sents(r["context"], facts), "subset")
         if paths[1].exists():
             with _open_text(paths[1]) as f:
                 for r in json.load(f):
@@ -179,12 +184,12 @@ def load_hotpotqa(data_dir: str | None = None) -> list[BenchmarkItem]:
                     facts = [(r["title_a"], i) for i in r["supporting_facts"][0]] + \
                             [(r["title_b"], i) for i in r["supporting_facts"][1]]
                     add(r["_id"], r["question"], r["answer"], paragraphs, {r["title_a"], r["title_b"]},
-                        gold_sents(paragraphs, facts))
+                        gold_sents(paragraphs, facts), "sample")
     else:
         for r in _hub("hotpotqa", data_dir):
             paragraphs = list(zip(r["context"]["title"], r["context"]["sentences"]))
             facts = list(zip(r["supporting_facts"]["title"], r["supporting_facts"]["sent_id"]))
-            add(r["id"], r["question"], r["answer"], paragraphs, {t for t, _ in facts}, gold_sents(paragraphs, facts))
+            add(r["id"], r["question"], r["answer"], paragraphs, {t for t, _ in facts}, gold_sents(paragraphs, facts), "hub")
     return list(items.values())
 
 

@@ -31,27 +31,34 @@ def example(messages: list[dict], answer: str) -> SFTExample:
     return SFTExample(tuple(dict(m) for m in messages), answer)
 
 
-def save_jsonl(examples: list[SFTExample], path: str | Path) -> Path:
+def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples))
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
-def load_jsonl(path: str | Path) -> list[SFTExample]:
+def read_jsonl(path: str | Path, parse, expected: str) -> list:
+    """`parse(row)` for each line of a JSONL file; a bad line raises TrainingDataError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise TrainingDataError(f"training file {path} does not exist")
+        raise TrainingDataError(f"file {path} does not exist")
     out = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out.append(example(row["messages"], row["answer"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise TrainingDataError(f"{path}, line {n}: expected {{\"messages\": [...], \"answer\": \"...\"}} ({e})") from e
+        if line.strip():
+            try:
+                out.append(parse(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise TrainingDataError(f"{path}, line {n}: expected {expected} ({e})") from e
     return out
+
+
+def save_jsonl(examples: list[SFTExample], path: str | Path) -> Path:
+    return write_jsonl([e.to_json() for e in examples], path)
+
+
+def load_jsonl(path: str | Path) -> list[SFTExample]:
+    return read_jsonl(path, lambda row: example(row["messages"], row["answer"]), '{"messages": [...], "answer": "..."}')
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import re
 from ..corpus import build_kb
 from ..prompts import build_messages
 from .data import SFTExample, example
+from .trainer import TrainConfig, TrainResult, train
 
 STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
 STRUCTURED_SYSTEM_LONG = (
@@ -40,6 +41,20 @@ def dsf_messages(text: str) -> list[dict]:
 def dsf_examples(questions: list, n_paraphrases: int | None = None) -> list[SFTExample]:
     """Closed-book fact examples: up to n_paraphrases training paraphrases per question (None: all)."""
     return [example(dsf_messages(text), q.answer) for q in questions for text in q.train_texts[:n_paraphrases]]
+
+
+def lora_config(params, epochs: int, **overrides) -> TrainConfig:
+    """The chapters' LoRA run from their parameters; overrides change a field (method, target, lr ...)."""
+    base = dict(method="lora", rank=params.lora_rank, alpha=params.lora_alpha, lr=params.lora_lr, epochs=epochs,
+                batch_size=params.train_batch_size, seed=params.seed, dtype=params.dtype, device=params.device)
+    return TrainConfig(**{**base, **overrides})
+
+
+def train_dsf(params, facts: list, n_paraphrases: int) -> TrainResult:
+    """Chapter 3's closed-book fine-tune on the facts. Chapter 4 calls it with chapter 3's parameters,
+    so the same model, config and data hash to the same cached adapter: reloaded, not retrained."""
+    return train(params.model, dsf_examples(facts, n_paraphrases), lora_config(params, params.dsf_epochs),
+                 label=f"dsf-p{n_paraphrases}")
 
 
 def structured_context(kb, question) -> str:

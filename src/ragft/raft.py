@@ -1,0 +1,354 @@
+"""RAFT training data (Zhang et al. 2024): question + oracle + distractor documents -> an answer that
+quotes the oracle and ends with a final-answer marker.
+
+A `RaftSource` is one question with its evidence: the oracle documents (the ones that hold the
+answer) and the quotes (sentences of an oracle that state it). `build_raft` turns sources into
+`RaftRecord`s: k distractors each (random from a pool, as the reference code does, or hard
+negatives a retriever ranked high), the oracle kept with probability P and replaced by one more
+distractor otherwise, documents shuffled. The target is a short chain of thought that quotes the
+evidence between ##begin_quote## and ##end_quote## and ends with `<ANSWER>: ...`; the no-CoT
+variant's target is the answer alone.
+
+Where the gold sentence is known (the knowledge base, HotpotQA's supporting facts) the targets need
+no teacher model. For corpora without one, `teacher_quotes` asks any model to copy the supporting
+sentence and keeps it only if it really is in the oracle (else the sentence of the oracle closest
+to the answer, by word overlap).
+
+JSONL, one record per line, so a reader can train elsewhere:
+`{"qid", "question", "documents": [str], "oracle_positions": [int], "quotes": [str], "answer",
+"cot": bool, "target"}`. `RaftRecord.to_example()` gives the chat form the training layer takes.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .evaluate import f1, normalize
+from .prompts import build_messages
+from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
+
+BEGIN_QUOTE, END_QUOTE, ANSWER_MARKER = "##begin_quote##", "##end_quote##", "<ANSWER>:"
+RAFT_SYSTEM = (f"Copy the sentence of the documents that answers the question between {BEGIN_QUOTE} and "
+               f"{END_QUOTE}, then give the short answer after {ANSWER_MARKER}")
+NOCOT_SYSTEM = "Answer the question from the documents. Reply with the short answer only."
+_QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+@dataclass(frozen=True)
+class RaftSource:
+    qid: str
+    question: str
+    answer: str
+    oracles: tuple[str, ...]  # documents that hold the answer (HotpotQA: two)
+    quotes: tuple[str, ...] = ()  # sentences of the oracles that state it (empty: ask a teacher)
+
+
+@dataclass
+class RaftRecord:
+    qid: str
+    question: str
+    documents: list[str]
+    oracle_positions: list[int]  # where the oracles sit in `documents` (empty: left out, 1 - P of records)
+    quotes: list[str]
+    answer: str
+    cot: bool = True
+    target: str = field(default="")
+
+    def __post_init__(self):
+        if not self.target:
+            self.target = cot_answer(self.quotes, self.answer) if self.cot else self.answer
+
+    def messages(self) -> list[dict]:
+        return raft_messages(self.question, self.documents, self.cot)
+
+    def to_example(self) -> SFTExample:
+        return example(self.messages(), self.target)
+
+
+def raft_messages(question: str, documents: list[str], cot: bool = True) -> list[dict]:
+    """The prompt a RAFT model is trained on and asked with: the documents, then the question."""
+    return build_messages(question, system=RAFT_SYSTEM if cot else NOCOT_SYSTEM, passages=documents)
+
+
+def cot_answer(quotes: list[str] | tuple[str, ...], answer: str) -> str:
+    """The chain-of-thought target: the evidence quoted, then the answer after the marker."""
+    quoted = " ".join(f"{BEGIN_QUOTE}{q}{END_QUOTE}" for q in quotes)
+    return f"{quoted}\n{ANSWER_MARKER} {answer}"  # short on purpose: every target token is trained and decoded
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def build_raft(sources: list[RaftSource], distractor_pool: list[str], n_distractors: int, p_oracle: float,
+               seed: int, cot: bool = True, hard_negatives: dict[str, list[str]] | None = None) -> list[RaftRecord]:
+    """RAFT records: per source, the oracles (with probability `p_oracle`) and `n_distractors`
+    distractors, one more distractor per oracle left out, shuffled.
+
+    Distractors come from `hard_negatives[qid]` in rank order when given (a retriever's top hits, or
+    a benchmark's own distractor paragraphs), topped up at random from `distractor_pool`. A candidate
+    never counts as a distractor if it is an oracle or holds one of the quotes. A source with too
+    few candidates raises TrainingDataError.
+    """
+    if not 0.0 <= p_oracle <= 1.0:
+        raise TrainingDataError(f"p_oracle={p_oracle}: use a share in [0, 1]")
+    if n_distractors < 0:
+        raise TrainingDataError(f"n_distractors={n_distractors}: use 0 or more")
+    rng = random.Random(seed)
+    pool = list(dict.fromkeys(distractor_pool))  # unique, order kept: deterministic sampling
+    records = []
+    for s in sources:
+        if not s.oracles or not s.quotes:
+            raise TrainingDataError(f"{s.qid}: a RAFT source needs its oracle documents and quotes "
+                                    "(use teacher_quotes for a corpus without gold sentences)")
+        keep = rng.random() < p_oracle
+        need = n_distractors + (0 if keep else len(s.oracles))
+        oracles = {_flat(o) for o in s.oracles}
+
+        def usable(text: str) -> bool:
+            flat = _flat(text)
+            return flat not in oracles and not any(_flat(q) in flat for q in s.quotes)
+
+        chosen = [t for t in dict.fromkeys((hard_negatives or {}).get(s.qid, [])) if usable(t)][:need]
+        for t in rng.sample(pool, len(pool)) if len(chosen) < need else []:
+            if usable(t) and t not in chosen:
+                chosen.append(t)
+                if len(chosen) == need:
+                    break
+        if len(chosen) < need:
+            raise TrainingDataError(f"{s.qid}: needs {need} distractors, found {len(chosen)} usable ones")
+        docs = [(t, False) for t in chosen] + ([(o, True) for o in s.oracles] if keep else [])
+        rng.shuffle(docs)
+        records.append(RaftRecord(s.qid, s.question, [t for t, _ in docs], [i for i, (_, o) in enumerate(docs) if o],
+                                  list(s.quotes), s.answer, cot))
+    return records
+
+
+def save_jsonl(records: list[RaftRecord], path: str | Path) -> Path:
+    return write_jsonl([asdict(r) for r in records], path)
+
+
+def load_jsonl(path: str | Path) -> list[RaftRecord]:
+    return read_jsonl(path, lambda row: RaftRecord(**row), "a RAFT record (see ragft.raft)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a RAFT model's answer
+
+
+def final_answer(text: str) -> str:
+    """What follows the last final-answer marker; the whole text when there is none (no-CoT)."""
+    return text.rsplit(ANSWER_MARKER, 1)[-1].strip() if ANSWER_MARKER in text else text.strip()
+
+
+def quotes_in(text: str) -> list[str]:
+    return [q.strip() for q in _QUOTE.findall(text) if q.strip()]
+
+
+def quote_correct(text: str, oracles: list[str]) -> float:
+    """1.0 when the answer quotes at least once and every quote is a span of an oracle document."""
+    quotes = quotes_in(text)
+    flat = [_flat(o) for o in oracles]
+    return float(bool(quotes) and all(any(_flat(q) in o for o in flat) for q in quotes))
+
+
+def label_of(text: str, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> str | None:
+    """The first of `labels` the answer says as a word (PubMedQA's yes / no / maybe), or None."""
+    words = normalize(final_answer(text)).split()
+    return next((w for w in words if w in labels), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quotes for corpora without gold sentences
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(_flat(text)) if s.strip()]
+
+
+def closest_sentence(document: str, reference: str) -> str:
+    """The sentence of `document` with the highest word-overlap F1 with `reference` (an answer or a
+    conclusion): a lexical stand-in for a teacher model."""
+    candidates = sentences(document)
+    if not candidates:
+        raise TrainingDataError("an oracle document without text has no sentence to quote")
+    return max(candidates, key=lambda s: (f1(s, [reference]), -candidates.index(s)))
+
+
+TEACHER_SYSTEM = "Copy, word for word, the one sentence of the document that supports the answer. Reply with that sentence only."
+
+
+def teacher_quotes(lm, sources: list[RaftSource], references: list[str] | None = None, max_new_tokens: int = 64,
+                   batch_size: int = 8) -> tuple[list[RaftSource], int]:
+    """Fill in missing quotes with a teacher model (any model the registry loads, local or hub).
+
+    The teacher sees each oracle with the question and answer and copies the supporting sentence.
+    A copy that is not verbatim in an oracle is replaced by the oracle's sentence closest to the
+    reference (the answer, or `references[i]` such as a conclusion). Returns the sources and how
+    many quotes fell back to the lexical choice.
+    """
+    from .evaluate import generate
+
+    todo = [i for i, s in enumerate(sources) if not s.quotes]
+    prompts = [build_messages(f"Question: {sources[i].question}\nAnswer: {sources[i].answer}", system=TEACHER_SYSTEM,
+                              passages=list(sources[i].oracles)) for i in todo]
+    texts = generate(lm, prompts, max_new_tokens, batch_size, desc="teacher quotes").texts if todo else []
+    out, fallbacks = list(sources), 0
+    for i, text in zip(todo, texts):
+        s = sources[i]
+        quote = text.strip().strip('"')
+        if not quote or not any(_flat(quote) in _flat(o) for o in s.oracles):
+            reference = references[i] if references else s.answer
+            quote = closest_sentence(" ".join(s.oracles), reference)
+            fallbacks += 1
+        out[i] = RaftSource(s.qid, s.question, s.answer, s.oracles, (quote,))
+    return out, fallbacks
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources from the book's corpora
+
+
+def kb_sources(questions, chunks, paraphrase: str = "train", seed: int = 0) -> list[RaftSource]:
+    """Knowledge-base questions with their oracle chunks (those holding a gold sentence).
+
+    paraphrase: "train" takes one training paraphrase per question (drawn with `seed`), "test" the
+    held-out one. Questions whose gold sentence no chunk holds whole are left out.
+    """
+    rng = random.Random(seed)
+    out = []
+    for q in questions:
+        oracles = tuple(dict.fromkeys(c.text for c in chunks if any(g in _flat(c.text) for g in q.gold_sentences)))
+        if oracles:
+            text = rng.choice(q.train_texts) if paraphrase == "train" else q.test_text
+            out.append(RaftSource(q.qid, text, q.answer, oracles, tuple(q.gold_sentences)))
+    return out
+
+
+def benchmark_sources(items, quote_reference: str = "gold") -> list[RaftSource]:
+    """Benchmark items (HotpotQA, PubMedQA) as RAFT sources; each item's own passages are the
+    oracles (gold ones) and its distractors (the rest).
+
+    quote_reference: "gold" quotes the item's gold sentences (HotpotQA's supporting facts); "closest"
+    quotes the oracle sentence closest to the item's gold sentence (PubMedQA's conclusion, which is
+    not in the abstract's other sections).
+    """
+    out = []
+    for it in items:
+        oracles = tuple(p.text for p in it.passages if p.pid in it.gold_pids)
+        if quote_reference == "closest":
+            quotes = (closest_sentence(" ".join(oracles), it.gold_sentences[0] if it.gold_sentences else it.answers[0]),)
+        else:
+            quotes = tuple(g for g in it.gold_sentences if any(_flat(g) in _flat(o) for o in oracles))
+        out.append(RaftSource(it.qid, it.question, it.answers[0], oracles, quotes))
+    return out
+
+
+def chunk_sources(items, chunks) -> list[RaftSource]:
+    """Benchmark items whose documents were indexed in chunks (a chunk's doc_id is one of the item's
+    passage ids): the quote is the sentence of the item's chunks closest to its gold sentence
+    (PubMedQA: the authors' conclusion, which the abstract's other sections do not contain), and
+    the oracle is the chunk that holds it. Items with no chunk are left out."""
+    by_doc: dict[str, list[str]] = {}
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c.text)
+    out = []
+    for it in items:
+        own = [t for p in it.passages for t in by_doc.get(p.pid, [])]
+        if own:
+            reference = it.gold_sentences[0] if it.gold_sentences else it.answers[0]
+            quote, oracle = max(((closest_sentence(t, reference), t) for t in own), key=lambda qt: f1(qt[0], [reference]))
+            out.append(RaftSource(it.qid, it.question, it.answers[0], (oracle,), (quote,)))
+    return out
+
+
+def one_document(items) -> list:
+    """Benchmark items with their passages joined into one document (a PubMed abstract's sections)."""
+    from .corpus.benchmarks import BenchmarkItem, Passage
+
+    out = []
+    for it in items:
+        doc = Passage(f"{it.qid}-all", it.passages[0].title if it.passages else it.question,
+                      " ".join(p.text for p in it.passages))
+        out.append(BenchmarkItem(it.qid, it.question, it.answers, [doc], {doc.pid}, it.split, it.gold_sentences, it.kind))
+    return out
+
+
+def own_distractors(items) -> dict[str, list[str]]:
+    """Each benchmark item's non-gold passages, in file order: its natural hard negatives."""
+    return {it.qid: [p.text for p in it.passages if p.pid not in it.gold_pids] for it in items}
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking and scoring: the same rows for every reader
+
+
+def ask(lm, questions: list[str], documents: list[list[str]], style: str, max_new_tokens: int, batch_size: int,
+        desc: str = "answering"):
+    """Answers from one model for many questions, in one of the book's prompt styles:
+    "closed" (no documents, chapter 3's DSF prompt), "rag" (chapter 2's numbered sources with
+    citations), "raft" or "raft-nocot" (the RAFT prompt). Returns a Generation."""
+    from .evaluate import generate
+    from .rag.answer import CITE_SYSTEM
+    from .train.tasks import dsf_messages
+
+    if style == "closed":
+        conversations = [dsf_messages(q) for q in questions]
+    elif style == "rag":
+        conversations = [build_messages(q, system=CITE_SYSTEM, passages=d, numbered=True) for q, d in zip(questions, documents)]
+    elif style in ("raft", "raft-nocot"):
+        conversations = [raft_messages(q, d, cot=style == "raft") for q, d in zip(questions, documents)]
+    else:
+        raise ValueError(f"style={style!r}: use closed, rag, raft or raft-nocot")
+    return generate(lm, conversations, max_new_tokens, batch_size, desc=desc)
+
+
+def answers_of(texts: list[str]) -> list[str]:
+    """The answer each reply gives: after the final-answer marker, without citation brackets."""
+    from .rag.answer import strip_citations
+
+    return [strip_citations(final_answer(t)) for t in texts]
+
+
+def score_row(name: str, gen, items: list, oracles: list[list[str]] | None, price_row: str, **extra) -> dict:
+    """One row of the chapter's tables: gold contained, EM, F1 (answerable items), refusal accuracy
+    (unanswerable items), quote correctness (replies whose quotes are all oracle spans; only for a
+    quoting reader, `oracles` given), prompt tokens and cost per 1,000 queries."""
+    from .costs import cost_per_1k_queries
+    from .evaluate import score_answers
+
+    s = score_answers(answers_of(gen.texts), items)
+    row = {"condition": name, "contains": s.get("contains"), "em": s.get("em"), "f1": s.get("f1"),
+           "refusal_acc": s.get("refusal_acc")}
+    answerable = [i for i, it in enumerate(items) if it.kind != "unanswerable"]
+    if oracles is not None and answerable:
+        row["quote_correct"] = sum(quote_correct(gen.texts[i], oracles[i]) for i in answerable) / len(answerable)
+    row.update(prompt_tokens=gen.mean_prompt_tokens, completion_tokens=gen.mean_completion_tokens,
+               cost_per_1k_usd=cost_per_1k_queries(gen.mean_prompt_tokens, gen.mean_completion_tokens, price_row), **extra)
+    return row
+
+
+def label_scores(texts: list[str], gold: list[str], labels: tuple[str, ...] = ("yes", "no", "maybe")) -> dict[str, float]:
+    """Accuracy and macro-F1 of yes / no / maybe answers (PubMedQA's official metrics); a reply
+    that says none of the labels counts as wrong."""
+    said = [label_of(t, labels) for t in texts]
+    acc = sum(p == g for p, g in zip(said, gold)) / len(gold)
+    f1s = []
+    for lab in labels:
+        tp = sum(p == lab and g == lab for p, g in zip(said, gold))
+        fp = sum(p == lab and g != lab for p, g in zip(said, gold))
+        fn = sum(p != lab and g == lab for p, g in zip(said, gold))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"acc": acc, "macro_f1": sum(f1s) / len(f1s), "no_label": sum(p is None for p in said) / len(gold)}
+
+
+# The RAFT paper's Table 1 (LLaMA2-7B; PubMedQA accuracy %, HotpotQA EM-style score), quoted for
+# comparison with this chapter's rows (claims F3 and F4 in CLAIMS.md).
+PAPER_TABLE1 = {
+    "base, 0-shot": (56.5, 0.54), "base + RAG": (58.8, 0.03), "DSF": (59.7, 6.38), "DSF + RAG": (71.6, 4.41),
+    "RAFT + RAG": (73.30, 35.28), "RAFT without CoT + RAG": (68.30, 25.62), "GPT-3.5 + RAG": (71.6, 41.5),
+}

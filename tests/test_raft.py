@@ -1,0 +1,140 @@
+"""The RAFT dataset builder: oracle share, exact quotes, clean distractors, determinism, JSONL, and
+the readers of a RAFT answer."""
+
+import math
+
+import pytest
+
+from conftest import FIXTURES
+from ragft import raft
+from ragft.corpus import benchmarks
+from ragft.rag import Hit
+from ragft.train import TrainingDataError
+
+POOL = [f"Document {i}: the Quarrington gate number {i} is painted colour {i}." for i in range(40)]
+
+
+def sources(n=200):
+    return [raft.RaftSource(f"q{i}", f"Who runs lab {i}?", f"Person {i}",
+                            (f"Lab {i} opened in 2019. Lab {i} is run by Person {i}. It has a teal door.",),
+                            (f"Lab {i} is run by Person {i}.",)) for i in range(n)]
+
+
+@pytest.mark.parametrize("p", [0.0, 0.4, 0.8, 1.0])
+def test_oracle_share_is_p_within_sampling_error(p):
+    n = 400
+    records = raft.build_raft(sources(n), POOL, 3, p, seed=1)
+    share = sum(bool(r.oracle_positions) for r in records) / n
+    assert abs(share - p) <= 3 * math.sqrt(p * (1 - p) / n) + 1e-9
+    for r in records:  # always 1 + k documents: a left-out oracle is replaced by one more distractor
+        assert len(r.documents) == 4
+
+
+def test_quotes_are_exact_spans_of_the_oracle_and_distractors_never_the_oracle():
+    records = raft.build_raft(sources(), POOL, 3, 0.8, seed=2)
+    for s, r in zip(sources(), records):
+        for q in raft.quotes_in(r.target):
+            assert q in s.oracles[0]
+        assert raft.quote_correct(r.target, list(s.oracles)) == 1.0
+        distractors = [d for i, d in enumerate(r.documents) if i not in r.oracle_positions]
+        assert s.oracles[0] not in distractors
+        assert [r.documents[i] for i in r.oracle_positions] in ([], list(s.oracles))
+        assert raft.final_answer(r.target) == s.answer
+
+
+def test_a_chunk_holding_the_gold_sentence_is_never_a_distractor():
+    s = sources(1)[0]
+    twin = "Another page. " + s.quotes[0]  # a second chunk that also states the answer
+    records = raft.build_raft([s] * 50, [twin, *POOL[:5]], 3, 0.0, seed=0)
+    assert all(twin not in r.documents for r in records)
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds():
+    a = raft.build_raft(sources(30), POOL, 3, 0.8, seed=5)
+    b = raft.build_raft(sources(30), POOL, 3, 0.8, seed=5)
+    c = raft.build_raft(sources(30), POOL, 3, 0.8, seed=6)
+    assert [r.documents for r in a] == [r.documents for r in b]
+    assert [r.documents for r in a] != [r.documents for r in c]
+
+
+def test_hard_negatives_are_used_in_rank_order():
+    s = sources(1)[0]
+    ranked = [s.oracles[0], "near miss 1", "near miss 2", "near miss 3"]
+    (r,) = raft.build_raft([s], POOL, 2, 1.0, seed=0, hard_negatives={s.qid: ranked})
+    assert sorted(r.documents) == sorted([s.oracles[0], "near miss 1", "near miss 2"])
+
+
+def test_no_cot_target_is_the_answer_alone_and_prompts_differ():
+    s = sources(1)
+    (cot,) = raft.build_raft(s, POOL, 1, 1.0, seed=0)
+    (plain,) = raft.build_raft(s, POOL, 1, 1.0, seed=0, cot=False)
+    assert plain.target == "Person 0" and raft.BEGIN_QUOTE in cot.target and raft.ANSWER_MARKER in cot.target
+    assert cot.documents == plain.documents and cot.messages()[0] != plain.messages()[0]
+    assert plain.to_example().answer == "Person 0"
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(TrainingDataError, match="p_oracle"):
+        raft.build_raft(sources(1), POOL, 1, 1.5, seed=0)
+    with pytest.raises(TrainingDataError, match="needs 3 distractors"):
+        raft.build_raft(sources(1), POOL[:2], 3, 1.0, seed=0)
+    with pytest.raises(TrainingDataError, match="teacher_quotes"):
+        raft.build_raft([raft.RaftSource("x", "q?", "a", ("doc",), ())], POOL, 1, 1.0, seed=0)
+
+
+def test_jsonl_round_trip_and_bad_line(tmp_path):
+    records = raft.build_raft(sources(5), POOL, 2, 0.8, seed=0)
+    path = raft.save_jsonl(records, tmp_path / "raft.jsonl")
+    assert raft.load_jsonl(path) == records
+    path.write_text(path.read_text() + '{"qid": 1}\n')
+    with pytest.raises(TrainingDataError, match="line 6"):
+        raft.load_jsonl(path)
+
+
+def test_answer_readers():
+    text = "The documents say ##begin_quote##Lab 3 is run by Person 3.##end_quote##.\n<ANSWER>: Person 3"
+    assert raft.final_answer(text) == "Person 3" and raft.final_answer("just this") == "just this"
+    assert raft.quote_correct(text, ["Lab 3 opened. Lab 3 is run by  Person 3."]) == 1.0  # whitespace-insensitive
+    assert raft.quote_correct(text, ["Lab 3 is run by Person 4."]) == 0.0
+    assert raft.quote_correct("<ANSWER>: Person 3", ["Lab 3 is run by Person 3."]) == 0.0  # no quote
+    assert raft.label_of("<ANSWER>: No, it does not.") == "no" and raft.label_of("unclear") is None
+
+
+def test_closest_sentence_and_kb_sources(kb):
+    assert raft.closest_sentence("It rains. The gate is teal and tall. Cats sleep.", "teal gate") == "The gate is teal and tall."
+    facts = kb.sample("single", 5, 0)
+    chunks = [Hit(f"c{i}", d.doc_id, d.title, d.text, 0.0) for i, d in enumerate(kb.documents)]
+    out = raft.kb_sources(facts, chunks, "test")
+    assert len(out) == 5
+    for s, q in zip(out, facts):
+        assert s.question == q.test_text and all(any(g in o for o in s.oracles) for g in q.gold_sentences)
+
+
+def test_benchmark_sources_from_fixtures():
+    hot = benchmarks.load_hotpotqa(str(FIXTURES))
+    srcs = raft.benchmark_sources(hot)
+    negatives = raft.own_distractors(hot)
+    for s, it in zip(srcs, hot):
+        assert len(s.oracles) == 2 and s.quotes and all(any(q in o for o in s.oracles) for q in s.quotes)
+        assert not set(negatives[it.qid]) & set(s.oracles)
+    pub = raft.one_document(benchmarks.load_pubmedqa(str(FIXTURES)))
+    (s, *_) = raft.benchmark_sources(pub, quote_reference="closest")
+    assert len(s.oracles) == 1 and s.quotes[0] in s.oracles[0] and s.answer in ("yes", "no", "maybe")
+
+
+def test_teacher_quotes_are_always_verbatim(lm):
+    s = raft.RaftSource("t", "Who runs lab 7?", "Person 7",
+                        ("Lab 7 opened in 2019. Lab 7 is run by Person 7. It has a teal door.",))
+    (out,), fallbacks = raft.teacher_quotes(lm, [s], max_new_tokens=24)
+    assert out.quotes[0] in s.oracles[0] and fallbacks in (0, 1)
+
+
+def test_chunk_sources_quote_the_sentence_closest_to_the_conclusion():
+    pub = raft.one_document(benchmarks.load_pubmedqa(str(FIXTURES)))
+    it = pub[0]
+    text = it.passages[0].text
+    half = len(text) // 2
+    chunks = [Hit("a", it.passages[0].pid, "", text[:half], 0.0), Hit("b", it.passages[0].pid, "", text[half:], 0.0)]
+    (s,) = raft.chunk_sources([it], chunks)
+    assert s.oracles[0] in (text[:half], text[half:]) and s.quotes[0] in s.oracles[0]
+    assert raft.chunk_sources([it], []) == []
