@@ -26,6 +26,7 @@ def test_hotpotqa_fixture_reads_both_schemas_and_deduplicates():
     assert h1.question.startswith("Which river") and len(h1.gold_pids) == 2 and len(h1.passages) == 3
     assert h1.gold_sentences == ["It was founded by weavers in 1204.", "The Ald runs through Brockmere."]
     assert h2.answers == ["Tutu"] and len(h2.passages) == 3 and h2.gold_sentences == ["It is on Tutu.", "Tutu is an island."]
+    assert h1.split == h2.split == "test"  # each file's first question; splits alternate within a file
 
 
 def test_nq_fixture():
@@ -52,4 +53,6 @@ def test_real_files_have_the_documented_counts():
     assert len(pub) == 1000 and sum(x.split == "test" for x in pub) == 500
     hot = b.load_hotpotqa(str(SHARED_DATA))
     assert len(hot) == 203 and all(len(x.gold_pids) == 2 for x in hot)
+    # both files give half their questions to each split, and no question is in both
+    assert sum(x.split == "test" for x in hot) == 102 and len({x.question for x in hot}) == 203
     assert len(b.load_nq_open(str(SHARED_DATA))) == 2655

@@ -52,3 +52,15 @@ def test_bad_kb_sizes_are_refused():
         config.resolve("01_prompting", "smoke", kb={"n_series": 0})
     with pytest.raises(ParamError, match="kb"):
         config.resolve("01_prompting", "smoke", kb={"n_planets": 3})
+
+
+RAFT_BAD = [("p_oracle", 1.5), ("p_values", [0.0, 0.4]), ("n_distractors", 5), ("distractors", "nearest"),
+            ("rag_top_k", 4), ("n_train", 0), ("chunk_size", 8), ("bench_test", 0), ("hotpotqa_top_k", 11),
+            ("cot_max_new_tokens", 2), ("bench_dsf", "yes")]
+
+
+@pytest.mark.parametrize("name,value", RAFT_BAD)
+def test_raft_bad_values_are_refused(name, value):
+    with pytest.raises(ParamError) as err:
+        config.resolve("04_raft", "smoke", **{name: value})
+    assert name in str(err.value) and repr(value) in str(err.value)

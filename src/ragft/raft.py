@@ -348,6 +348,7 @@ def label_scores(texts: list[str], gold: list[str], labels: tuple[str, ...] = ("
 
 # The RAFT paper's Table 1 (LLaMA2-7B; PubMedQA accuracy %, HotpotQA EM-style score), quoted for
 # comparison with this chapter's rows (claims F3 and F4 in CLAIMS.md).
+PAPER_MODEL_PARAMS = 6.74e9  # LLaMA2-7B
 PAPER_TABLE1 = {
     "base, 0-shot": (56.5, 0.54), "base + RAG": (58.8, 0.03), "DSF": (59.7, 6.38), "DSF + RAG": (71.6, 4.41),
     "RAFT + RAG": (73.30, 35.28), "RAFT without CoT + RAG": (68.30, 25.62), "GPT-3.5 + RAG": (71.6, 41.5),
