@@ -118,7 +118,8 @@ def test_benchmark_sources_from_fixtures():
         assert len(s.oracles) == 2 and s.quotes and all(any(q in o for o in s.oracles) for q in s.quotes)
         assert not set(negatives[it.qid]) & set(s.oracles)
     pub = raft.one_document(benchmarks.load_pubmedqa(str(FIXTURES)))
-    (s, *_) = raft.benchmark_sources(pub, quote_reference="closest")
+    whole = [Hit(it.qid, it.passages[0].pid, "", it.passages[0].text, 0.0) for it in pub]  # one chunk per abstract
+    (s, *_) = raft.chunk_sources(pub, whole)
     assert len(s.oracles) == 1 and s.quotes[0] in s.oracles[0] and s.answer in ("yes", "no", "maybe")
 
 

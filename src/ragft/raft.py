@@ -229,21 +229,13 @@ def kb_sources(questions, chunks, paraphrase: str = "train", seed: int = 0) -> l
     return out
 
 
-def benchmark_sources(items, quote_reference: str = "gold") -> list[RaftSource]:
-    """Benchmark items (HotpotQA, PubMedQA) as RAFT sources; each item's own passages are the
-    oracles (gold ones) and its distractors (the rest).
-
-    quote_reference: "gold" quotes the item's gold sentences (HotpotQA's supporting facts); "closest"
-    quotes the oracle sentence closest to the item's gold sentence (PubMedQA's conclusion, which is
-    not in the abstract's other sections).
-    """
+def benchmark_sources(items) -> list[RaftSource]:
+    """Benchmark items with gold sentences (HotpotQA's supporting facts) as RAFT sources: the gold
+    passages are the oracles and the gold sentences they hold are the quotes."""
     out = []
     for it in items:
         oracles = tuple(p.text for p in it.passages if p.pid in it.gold_pids)
-        if quote_reference == "closest":
-            quotes = (closest_sentence(" ".join(oracles), it.gold_sentences[0] if it.gold_sentences else it.answers[0]),)
-        else:
-            quotes = tuple(g for g in it.gold_sentences if any(_flat(g) in _flat(o) for o in oracles))
+        quotes = tuple(g for g in it.gold_sentences if any(_flat(g) in _flat(o) for o in oracles))
         out.append(RaftSource(it.qid, it.question, it.answers[0], oracles, quotes))
     return out
 
@@ -293,13 +285,13 @@ def ask(lm, questions: list[str], documents: list[list[str]], style: str, max_ne
     "closed" (no documents, chapter 3's DSF prompt), "rag" (chapter 2's numbered sources with
     citations), "raft" or "raft-nocot" (the RAFT prompt). Returns a Generation."""
     from .evaluate import generate
-    from .rag.answer import CITE_SYSTEM
+    from .rag.answer import cited_messages
     from .train.tasks import dsf_messages
 
     if style == "closed":
         conversations = [dsf_messages(q) for q in questions]
     elif style == "rag":
-        conversations = [build_messages(q, system=CITE_SYSTEM, passages=d, numbered=True) for q, d in zip(questions, documents)]
+        conversations = [cited_messages(q, d) for q, d in zip(questions, documents)]
     elif style in ("raft", "raft-nocot"):
         conversations = [raft_messages(q, d, cot=style == "raft") for q, d in zip(questions, documents)]
     else:

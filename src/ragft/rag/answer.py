@@ -25,8 +25,13 @@ CITE_SYSTEM = (
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
+def cited_messages(question: str, passages: list[str]) -> list[dict]:
+    """The cited-answer prompt over passage texts (numbered sources)."""
+    return build_messages(question, system=CITE_SYSTEM, passages=passages, numbered=True)
+
+
 def rag_messages(question: str, hits: list[Hit]) -> list[dict]:
-    return build_messages(question, system=CITE_SYSTEM, passages=[h.text for h in hits], numbered=True)
+    return cited_messages(question, [h.text for h in hits])
 
 
 def parse_citations(answer: str, n_sources: int) -> list[int]:
