@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ragft.corpus import REFUSAL_ANSWER, STRUCTURED_FIELDS, KBSizes, build_kb
-from ragft.evaluate import normalize
+from ragft.metrics import normalize
 
 
 def test_same_seed_same_corpus_and_other_seed_differs(kb):

@@ -97,15 +97,15 @@ def test_embedder_ships_offline():
 @pytest.mark.slow
 def test_cached_batched_generation_matches_plain_single(lm, kb):
     """Prompt caching + middle padding must give each prompt exactly its own uncached answer."""
-    from ragft import evaluate, prompts
+    from ragft import generation, prompts
 
     docs = [d.text for d in kb.documents[:3]]
     questions = ["How much does it cost?", "Who designed the first product in the documents?", "When?"]
     convs = [prompts.build_messages(q, system=prompts.CONTEXT_SYSTEM, passages=docs) for q in questions]
-    cached = evaluate.generate(lm, convs, max_new_tokens=12, batch_size=3)
+    cached = generation.generate(lm, convs, max_new_tokens=12, batch_size=3)
     assert cached.shared_prefix_tokens > 300 and cached.prefix_prefill_s > 0
     for i, conv in enumerate(convs):
-        plain = evaluate.generate(lm, [conv], max_new_tokens=12, batch_size=1, reuse_prefix=False)
+        plain = generation.generate(lm, [conv], max_new_tokens=12, batch_size=1, reuse_prefix=False)
         assert plain.shared_prefix_tokens == 0
         assert plain.texts[0] == cached.texts[i] and plain.prompt_tokens[0] == cached.prompt_tokens[i]
     assert all(cached.texts) and lm.context_window == 8192
@@ -113,10 +113,10 @@ def test_cached_batched_generation_matches_plain_single(lm, kb):
 
 @pytest.mark.slow
 def test_too_long_prompt_is_refused(lm):
-    from ragft import evaluate, prompts
+    from ragft import generation, prompts
 
     with pytest.raises(ValueError, match="context window"):
-        evaluate.generate(lm, [prompts.build_messages("word " * 9000)], max_new_tokens=4)
+        generation.generate(lm, [prompts.build_messages("word " * 9000)], max_new_tokens=4)
 
 
 @pytest.mark.slow
@@ -127,9 +127,9 @@ def test_nf4_path_loads_4bit_layers_on_cpu():
     lm4 = models.load_lm("smollm2-135m", quantization="nf4")
     layers = [m for m in lm4.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and layers[0].weight.quant_type == "nf4"
-    from ragft import evaluate, prompts
+    from ragft import generation, prompts
 
-    out = evaluate.generate(lm4, [prompts.build_messages("Say hello.")], max_new_tokens=4)
+    out = generation.generate(lm4, [prompts.build_messages("Say hello.")], max_new_tokens=4)
     assert out.completion_tokens[0] >= 1
 
 

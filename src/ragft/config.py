@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+
 import yaml
 
 from .corpus.kb import KBSizes
@@ -20,6 +21,14 @@ PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
 class ParamError(ValueError):
     """A chapter parameter with a value that is not allowed."""
+
+
+def param(default, help: str):
+    """Declare a chapter parameter once: its default and the one-line comment that the notebook's
+    parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 def check(ok: bool, name: str, value, allowed: str) -> None:
@@ -49,16 +58,16 @@ def check_price_row(name: str, value) -> None:
 class Common:
     """Parameters every chapter shares."""
 
-    profile: str = "cpu"
-    model: str = "smollm2-135m"
-    embedder: str = "minilm"
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16
-    seed: int = 0
-    threads: int = 2
-    kb_seed: int = 0
-    online: bool = False  # let hub ids load (Colab); offline runs make no network call
-    kb: KBSizes = field(default_factory=KBSizes)
+    profile: str = param("cpu", "smoke | cpu | gpu: sizes and models from experiments/profiles/<profile>.yaml")
+    model: str = param("smollm2-135m", "a language model name in ragft.models.REGISTRY")
+    embedder: str = param("minilm", "an embedder name in ragft.models.REGISTRY")
+    device: str = param("auto", "auto | cpu | cuda")
+    dtype: str = param("auto", "auto (fp32 on a CPU, bf16 on a GPU) | fp32 | bf16 | fp16; bf16 on a CPU is faster on some CPUs, not drift-checked")
+    seed: int = param(0, "seed of every sampling and training draw")
+    threads: int = param(2, "CPU threads for torch (fixed: results depend on it)")
+    kb_seed: int = param(0, "seed of the synthetic knowledge base")
+    online: bool = param(False, "let hub ids load (Colab); offline runs make no network call")
+    kb: KBSizes = field(default_factory=KBSizes, metadata={"help": "knowledge-base sizes, a mapping of KBSizes fields (pass with -y)"})
 
     def validate(self) -> None:
         from .models import REGISTRY
@@ -85,16 +94,16 @@ class FrontPageParams(Common):
 class PromptingParams(Common):
     """Chapter 1: prompt engineering and long context."""
 
-    n_single: int = 36  # single-fact test questions (held-out paraphrases)
-    n_multihop: int = 8
-    n_unanswerable: int = 12
-    few_shot_ks: list = field(default_factory=lambda: [0, 1, 3, 5])
-    n_few_shot_questions: int = 16  # few-shot runs: the first n single-fact and n/2 unanswerable questions
-    long_context_tokens: list = field(default_factory=lambda: [1000, 2500])  # haystack sizes
-    n_long_context_questions: int = 12
-    max_new_tokens: int = 32  # this model states the answer in a sentence: 16 tokens cut half of them off
-    batch_size: int = 16
-    price_per_mtok: str = "s4_actian"  # a row of data/pricing.yaml
+    n_single: int = param(36, "single-fact test questions (held-out paraphrases)")
+    n_multihop: int = param(8, "two-document questions")
+    n_unanswerable: int = param(12, "questions whose right answer is a refusal")
+    few_shot_ks: list = param([0, 1, 3, 5], "numbers of few-shot examples to try")
+    n_few_shot_questions: int = param(16, "few-shot runs: the first n single-fact and n/2 unanswerable questions")
+    long_context_tokens: list = param([1000, 2500], "haystack sizes")
+    n_long_context_questions: int = param(12, "questions asked of each haystack")
+    max_new_tokens: int = param(32, "this model states the answer in a sentence: 16 tokens cut half of them off")
+    batch_size: int = param(16, "questions generated together")
+    price_per_mtok: str = param("s4_actian", "a row of data/pricing.yaml")
 
     def validate(self) -> None:
         super().validate()
@@ -114,33 +123,33 @@ class PromptingParams(Common):
 class RagParams(Common):
     """Chapter 2: RAG with LlamaIndex and Chroma."""
 
-    chunk_sizes: list = field(default_factory=lambda: [128, 256, 512, 1024])  # tokens of the embedder
-    chunk_overlap: int = 16  # tokens shared by neighbouring chunks
-    top_ks: list = field(default_factory=lambda: [1, 3, 5, 8])
-    docs_per_page: int = 8  # knowledge-base documents per indexed page
-    retrieval: str = "hybrid"  # dense | bm25 | hybrid: the method the answering experiments use
-    n_retrieval_questions: int = 200  # single-fact questions for the retrieval grid
-    n_answer_questions: int = 16  # answered end to end at every answer top-k
-    answer_top_ks: list = field(default_factory=lambda: [1, 3, 5])  # top-ks answered end to end (prefill grows with k)
-    n_unanswerable: int = 8  # unanswerable questions answered end to end
-    n_rerank_questions: int = 12  # the LM reranker costs one prefill per candidate
-    rerank_pool: int = 8  # candidates the reranker reorders
-    n_latency_queries: int = 8  # live queries timed stage by stage
-    scale_sizes: list = field(default_factory=lambda: [1_000, 10_000, 100_000])  # chunks in the index
-    ef_search: list = field(default_factory=lambda: [100, 200, 400])  # HNSW search breadth; the first is used
-    n_scale_queries: int = 100
-    squad_paragraphs: int = 0  # SQuAD paragraphs indexed (0: all 2,067)
-    n_squad_questions: int = 200  # retrieval; the first n_answer_questions are also answered
-    n_nq_questions: int = 32  # NaturalQuestions-Open, read with the gold passage
-    data_dir: str = ""  # benchmark folder; empty: RAGFT_DATA_DIR
-    corpus_dir: str = ""  # your documents (.md .txt .html); empty: the sample folder data/sample_docs
-    questions_file: str = ""  # JSONL of your questions; empty: none (the sample folder brings its own)
-    max_file_mb: float = 2.0  # larger files are skipped
-    chroma_host: str = ""  # a Chroma server; empty: a local PersistentClient in the run folder
-    chroma_port: int = 8000
-    max_new_tokens: int = 32
-    batch_size: int = 16
-    price_per_mtok: str = "s4_actian"
+    chunk_sizes: list = param([128, 256, 512, 1024], "tokens of the embedder")
+    chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
+    top_ks: list = param([1, 3, 5, 8], "chunks retrieved per question, for the retrieval grid")
+    docs_per_page: int = param(8, "knowledge-base documents per indexed page")
+    retrieval: str = param("hybrid", "dense | bm25 | hybrid: the method the answering experiments use")
+    n_retrieval_questions: int = param(200, "single-fact questions for the retrieval grid")
+    n_answer_questions: int = param(16, "answered end to end at every answer top-k")
+    answer_top_ks: list = param([1, 3, 5], "top-ks answered end to end (prefill grows with k)")
+    n_unanswerable: int = param(8, "unanswerable questions answered end to end")
+    n_rerank_questions: int = param(12, "the LM reranker costs one prefill per candidate")
+    rerank_pool: int = param(8, "candidates the reranker reorders")
+    n_latency_queries: int = param(8, "live queries timed stage by stage")
+    scale_sizes: list = param([1_000, 10_000, 100_000], "chunks in the index")
+    ef_search: list = param([100, 200, 400], "HNSW search breadth; the first is used")
+    n_scale_queries: int = param(100, "queries timed per index size")
+    squad_paragraphs: int = param(0, "SQuAD paragraphs indexed (0: all 2,067)")
+    n_squad_questions: int = param(200, "retrieval; the first n_answer_questions are also answered")
+    n_nq_questions: int = param(32, "NaturalQuestions-Open, read with the gold passage")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR")
+    corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample folder data/sample_docs")
+    questions_file: str = param("", "JSONL of your questions; empty: none (the sample folder brings its own)")
+    max_file_mb: float = param(2.0, "larger files are skipped")
+    chroma_host: str = param("", "a Chroma server; empty: a local PersistentClient in the run folder")
+    chroma_port: int = param(8000, "port of the Chroma server")
+    max_new_tokens: int = param(32, "tokens generated per answer")
+    batch_size: int = param(16, "questions generated together")
+    price_per_mtok: str = param("s4_actian", "a price row of data/pricing.yaml")
 
     def validate(self) -> None:
         super().validate()
@@ -181,24 +190,24 @@ class RagParams(Common):
 class FinetuneParams(Common):
     """Chapter 3: fine-tuning with LoRA, QLoRA and full fine-tuning."""
 
-    n_facts: int = 16  # single-fact questions fine-tuned closed book (DSF)
-    paraphrase_counts: list = field(default_factory=lambda: [1, 3])  # training paraphrases per fact (K5)
-    dsf_epochs: int = 4
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_lr: float = 3e-3  # LoRA and QLoRA
-    full_lr: float = 1e-4  # full fine-tuning moves every weight: a smaller step
-    train_batch_size: int = 8
-    methods: list = field(default_factory=lambda: ["lora", "lora-attention", "qlora", "full"])  # compared on the DSF data
-    rag_top_k: int = 1  # chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)
-    n_structured_test: int = 24  # structured-output test questions (knowledge-base products)
-    structured_sizes: list = field(default_factory=lambda: [50, 200])  # training examples (T4)
-    structured_epochs: int = 2
-    forgetting_chars: int = 4000  # characters of general English text for the perplexity probe
-    max_new_tokens: int = 32
-    structured_max_new_tokens: int = 48  # a JSON record is longer than a short answer
-    batch_size: int = 16  # generation
-    price_per_mtok: str = "s4_actian"
+    n_facts: int = param(16, "single-fact questions fine-tuned closed book (DSF)")
+    paraphrase_counts: list = param([1, 3], "training paraphrases per fact (K5)")
+    dsf_epochs: int = param(4, "epochs of closed-book fine-tuning on the facts")
+    lora_rank: int = param(8, "LoRA rank r")
+    lora_alpha: int = param(16, "LoRA scaling numerator (scale = alpha / r)")
+    lora_lr: float = param(3e-3, "LoRA and QLoRA")
+    full_lr: float = param(1e-4, "full fine-tuning moves every weight: a smaller step")
+    train_batch_size: int = param(8, "examples per optimizer step")
+    methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
+    rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)")
+    n_structured_test: int = param(24, "structured-output test questions (knowledge-base products)")
+    structured_sizes: list = param([50, 200], "training examples (T4)")
+    structured_epochs: int = param(2, "epochs of structured-output fine-tuning")
+    forgetting_chars: int = param(4000, "characters of general English text for the perplexity probe")
+    max_new_tokens: int = param(32, "tokens generated per answer")
+    structured_max_new_tokens: int = param(48, "a JSON record is longer than a short answer")
+    batch_size: int = param(16, "generation")
+    price_per_mtok: str = param("s4_actian", "a price row of data/pricing.yaml")
 
     def validate(self) -> None:
         super().validate()
@@ -230,35 +239,35 @@ class RaftParams(Common):
     """Chapter 4: RAFT, set beside DSF and RAG. The DSF rows reuse chapter 3's fine-tune, with chapter
     3's parameters from the same profile."""
 
-    n_facts: int = 16  # test facts: chapter 3's, asked in their held-out paraphrase
-    n_unanswerable: int = 8  # questions the knowledge base cannot answer (refusal)
-    chunk_size: int = 64  # tokens per chunk: the documents RAFT trains and answers on
-    rag_top_k: int = 3  # chunks in the prompt for the main table
-    top_ks: list = field(default_factory=lambda: [1, 3, 5, 8])  # test-time documents (F5, F6)
-    n_train: int = 32  # RAFT training questions: other facts of the knowledge base, never a test fact
-    n_distractors: int = 3  # distractor documents per training example
-    p_oracle: float = 0.8  # share of training examples that keep the oracle document (F2)
-    distractors: str = "random"  # random (the reference code) | retrieved (hard negatives)
-    p_values: list = field(default_factory=lambda: [0.0, 0.4, 0.8, 1.0])  # P ablation (F2)
-    distractor_counts: list = field(default_factory=lambda: [0, 1, 3])  # training distractors ablation (F5)
-    epochs: int = 1
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_lr: float = 3e-3
-    train_batch_size: int = 4
-    data_dir: str = ""  # benchmark folder; empty: RAGFT_DATA_DIR
-    bench_train: int = 16  # RAFT training questions per benchmark (their train split)
-    bench_test: int = 32  # test questions per benchmark
-    bench_distractors: int = 1  # distractors per benchmark training example
-    pubmedqa_chunk_size: int = 128  # abstracts are indexed in chunks of this many tokens
-    pubmedqa_top_k: int = 2  # abstract chunks in the prompt
-    hotpotqa_top_k: int = 3  # of the question's ten paragraphs
-    bench_dsf: bool = False  # also train and test closed-book fine-tunes on the benchmarks
-    max_new_tokens: int = 32  # a short answer (closed book, RAG, RAFT without CoT)
-    cot_max_new_tokens: int = 48  # a quote and the answer
-    bench_max_new_tokens: int = 96  # a quote and the answer on the benchmarks: longer sentences, HotpotQA quotes two
-    batch_size: int = 16
-    price_per_mtok: str = "s4_actian"
+    n_facts: int = param(16, "test facts: chapter 3's, asked in their held-out paraphrase")
+    n_unanswerable: int = param(8, "questions the knowledge base cannot answer (refusal)")
+    chunk_size: int = param(64, "tokens per chunk: the documents RAFT trains and answers on")
+    rag_top_k: int = param(3, "chunks in the prompt for the main table")
+    top_ks: list = param([1, 3, 5, 8], "test-time documents (F5, F6)")
+    n_train: int = param(32, "RAFT training questions: other facts of the knowledge base, never a test fact")
+    n_distractors: int = param(3, "distractor documents per training example")
+    p_oracle: float = param(0.8, "share of training examples that keep the oracle document (F2)")
+    distractors: str = param("random", "random (the reference code) | retrieved (hard negatives)")
+    p_values: list = param([0.0, 0.4, 0.8, 1.0], "P ablation (F2)")
+    distractor_counts: list = param([0, 1, 3], "training distractors ablation (F5)")
+    epochs: int = param(1, "epochs of RAFT training")
+    lora_rank: int = param(8, "LoRA rank r")
+    lora_alpha: int = param(16, "LoRA scaling numerator (scale = alpha / r)")
+    lora_lr: float = param(3e-3, "LoRA learning rate")
+    train_batch_size: int = param(4, "examples per optimizer step")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR")
+    bench_train: int = param(16, "RAFT training questions per benchmark (their train split)")
+    bench_test: int = param(32, "test questions per benchmark")
+    bench_distractors: int = param(1, "distractors per benchmark training example")
+    pubmedqa_chunk_size: int = param(128, "abstracts are indexed in chunks of this many tokens")
+    pubmedqa_top_k: int = param(2, "abstract chunks in the prompt")
+    hotpotqa_top_k: int = param(3, "of the question's ten paragraphs")
+    bench_dsf: bool = param(False, "also train and test closed-book fine-tunes on the benchmarks")
+    max_new_tokens: int = param(32, "a short answer (closed book, RAG, RAFT without CoT)")
+    cot_max_new_tokens: int = param(48, "a quote and the answer")
+    bench_max_new_tokens: int = param(96, "a quote and the answer on the benchmarks: longer sentences, HotpotQA quotes two")
+    batch_size: int = param(16, "questions generated together")
+    price_per_mtok: str = param("s4_actian", "a price row of data/pricing.yaml")
 
     def validate(self) -> None:
         super().validate()
@@ -299,6 +308,38 @@ class RaftParams(Common):
 
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
                   "03_finetune": FinetuneParams, "04_raft": RaftParams}
+
+
+# Names a notebook's namespace holds that are not parameters (IPython's own).
+_NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def parameters_cell(chapter: str) -> str:
+    """The source of a chapter's `parameters` cell, generated from the declarations: `profile` and
+    one line per parameter, None meaning "the profile's value"."""
+    fields = dataclasses.fields(CHAPTER_PARAMS[chapter])
+    width = max(len(f.name) for f in fields) + len(" = None")
+    lines = []
+    for f in fields:
+        value = '"cpu"' if f.name == "profile" else "None"
+        lines.append(f"{f.name} = {value}".ljust(width + 1) + f"  # {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def from_notebook(chapter: str, namespace: dict):
+    """Validated parameters from a notebook's namespace right after its parameters cell (and the cell
+    papermill injects): an unknown name stops the run, naming it and listing the known ones."""
+    check(chapter in CHAPTER_PARAMS, "chapter", chapter, f"use one of {sorted(CHAPTER_PARAMS)}")
+    import types
+
+    known = [f.name for f in dataclasses.fields(CHAPTER_PARAMS[chapter])]
+    given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _NOT_PARAMETERS
+             and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ParamError(f"unknown parameter(s) {unknown} for chapter {chapter}: it takes {known}")
+    profile = given.pop("profile", None) or "cpu"
+    return resolve(chapter, profile, **given)
 
 
 def load_profile(profile: str) -> dict:

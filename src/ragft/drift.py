@@ -1,54 +1,91 @@
-"""The drift check: a run's metrics against the committed results, with the tolerances in one place.
+"""The drift check: a run's metrics against the committed results, by rules each metric declares.
 
   python -m ragft.drift --profile cpu --run _build/run/cpu            # check; exit 1 on drift
   python -m ragft.drift --profile cpu --run _build/run/cpu --accept   # rewrite the committed files
 
-Metrics are compared key by key. The first rule whose pattern matches a key decides:
-"skip" (wall-clock timings: they measure the machine, not the method), "exact" (deterministic
-arithmetic: token counts, costs, sizes), or an absolute tolerance (accuracies, in [0, 1]).
-A key in the committed file missing from the run is drift too; a new key is reported, not failed.
+Each chapter declares what every metric is (ragft.results.METRIC_KINDS, in the results file's
+`metric_rules`); the kind and n decide the comparison, never the metric's name:
+
+  rate, mean   may move by a few answers: max(FLIPS, SHARE x n) questions out of n. Another CPU's
+               BLAS flips near-tie answers; a real change moves more than that.
+  derived      by the tolerance the chapter states for it
+  exact        must match (deterministic arithmetic)
+  choice, machine   not compared (an argmax over near ties; a measurement of the machine)
+
+A metric in the committed file missing from the run is drift; a new one is reported, not failed.
+Accepting refuses a dirty tree, results that are not this book's chapter results, and results that
+do not name a clean commit of this repository's history.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import math
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
-from .results import load_results
+from .results import METRIC_KINDS
 from .settings import PROJECT_ROOT
 
-# (pattern, rule): first match wins. Accuracies get 3 points: runs here are deterministic, and the
-# slack absorbs BLAS differences between CPUs; anything larger is a real change.
-TOLERANCES: list[tuple[str, str | float]] = [
-    (r"(_s|_ms|_seconds|per_s|_gflops|_mfu|wall.*)$", "skip"),
-    # also machine measurements named otherwise: latencies by index size or per query, shares and
-    # ratios of two timings or two memory peaks, and resident memory itself
-    (r"_ms_|_share_of_|step_ratio|peak_ratio|peak_mb|growth_mb", "skip"),
-    # a saved adapter folder holds peft's config and model card, which name the base model's folder:
-    # another cache path changes the size by bytes, so sizes on disk get 0.01 MB
-    (r"artifact_mb", 0.01),
-    (r"(tokens|cost|price|params|bytes|_mb|count|^n_)", "exact"),
-    (r".*", 0.03),
-]
+FLIPS = 2  # answers that may flip between machines, at the least
+SHARE = 0.05  # ... or this share of the questions, when that is more
+EXACT_REL = 1e-9
 
 
-def rule_for(key: str) -> str | float:
-    for pattern, rule in TOLERANCES:
-        if re.search(pattern, key):
-            return rule
-    raise AssertionError("the last rule matches everything")
+class ResultsError(ValueError):
+    """A results file that cannot be checked or accepted; the message names the file."""
 
 
-def compare(committed: dict, run: dict) -> tuple[list[str], list[str]]:
-    """(drifts, notes) for one chapter's metrics."""
+def tolerance(rule: dict) -> float | None:
+    """The absolute tolerance a declared rule allows; None: not compared; 0.0: exact."""
+    kind = rule.get("kind")
+    if kind in ("rate", "mean"):
+        n = rule["n"]
+        return max(FLIPS, math.ceil(SHARE * n)) / n
+    if kind == "derived":
+        return float(rule["tol"])
+    if kind == "exact":
+        return 0.0
+    return None
+
+
+def _is_number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def read_results(path: Path, chapter: str | None = None) -> dict:
+    """A results file, validated: JSON with numeric metrics and a rule for each; errors name the file."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not a readable results file ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict):
+        raise ResultsError(f"{path}: not a chapter results file (no `metrics` mapping)")
+    if chapter is not None and doc.get("chapter") != chapter:
+        raise ResultsError(f"{path}: holds chapter {doc.get('chapter')!r}, expected {chapter!r}")
+    bad = {k: v for k, v in doc["metrics"].items() if not _is_number(v)}
+    if bad:
+        raise ResultsError(f"{path}: metrics must be numbers; got {bad}")
+    rules = doc.get("metric_rules", {})
+    if not isinstance(rules, dict) or any(not isinstance(r, dict) or r.get("kind") not in METRIC_KINDS
+                                          for r in rules.values()):
+        raise ResultsError(f"{path}: metric_rules must map names to {{'kind': one of {sorted(METRIC_KINDS)}, ...}}")
+    return doc
+
+
+def compare(committed: dict, run: dict, rules: dict) -> tuple[list[str], list[str]]:
+    """(drifts, notes) for one chapter's metrics, each compared by its declared rule."""
     drifts, notes = [], []
     for key, old in committed.items():
-        rule = rule_for(key)
-        if rule == "skip":
+        rule = rules.get(key)
+        if rule is None:
+            drifts.append(f"{key}: no declared kind, so it cannot be compared (declare it with ChapterRun.metric)")
+            continue
+        tol = tolerance(rule)
+        if tol is None:
             continue
         if key not in run:
             drifts.append(f"{key}: in the committed results, missing from the run")
@@ -57,18 +94,22 @@ def compare(committed: dict, run: dict) -> tuple[list[str], list[str]]:
         if old is None or new is None:
             if old != new:
                 drifts.append(f"{key}: {old} -> {new}")
-        elif rule == "exact":
-            if abs(new - old) > 1e-9 * max(1.0, abs(old)):
+        elif tol == 0.0:
+            if abs(new - old) > EXACT_REL * max(1.0, abs(old)):
                 drifts.append(f"{key}: {old} -> {new} (must match exactly)")
-        elif abs(new - old) > rule:
-            drifts.append(f"{key}: {old:.4g} -> {new:.4g} (tolerance {rule})")
+        elif abs(new - old) > tol + 1e-12:
+            drifts.append(f"{key}: {old:.4g} -> {new:.4g} ({rule['kind']}, tolerance {tol:.3g})")
     notes += [f"{key}: new metric {run[key]}" for key in run if key not in committed]
     return drifts, notes
 
 
+def _folder(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(Path(folder).glob("*.json"))}
+
+
 def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> list[str]:
     committed_dir = committed_dir or PROJECT_ROOT / "experiments" / "results" / profile
-    old, new = load_results(committed_dir), load_results(Path(run_dir) / "results")
+    old, new = _folder(committed_dir), _folder(Path(run_dir) / "results")
     problems = []
     for chapter in sorted(set(old) | set(new)):
         if chapter not in new:
@@ -77,18 +118,54 @@ def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> lis
         if chapter not in old:
             print(f"{chapter}: no committed results yet (accept them with `make accept`)")
             continue
-        drifts, notes = compare(old[chapter]["metrics"], new[chapter]["metrics"])
+        try:
+            was, now = read_results(old[chapter]), read_results(new[chapter])
+        except ResultsError as e:
+            problems.append(str(e))
+            continue
+        # the run's declarations are the code's current ones; the committed file's fill in for a metric
+        # the run no longer writes
+        rules = {**was.get("metric_rules", {}), **now.get("metric_rules", {})}
+        drifts, notes = compare(was["metrics"], now["metrics"], rules)
         problems += [f"{chapter}: {d}" for d in drifts]
         for n in notes:
             print(f"{chapter}: {n}")
     return problems
 
 
-def accept(profile: str, run_dir: Path) -> list[Path]:
-    target = PROJECT_ROOT / "experiments" / "results" / profile
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+
+
+def accept(profile: str, run_dir: Path, target: Path | None = None, chapters: list[str] | None = None) -> list[Path]:
+    """Copy a run's results over the committed ones, after checking that each is a results file of a
+    book chapter in this profile, run from a clean commit of this repository's history, and that the
+    tree is clean now (the accepted files then say exactly what produced them)."""
+    from .run import toc_chapters
+
+    if _git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+        raise ResultsError("the working tree has uncommitted changes: commit them, rerun, then accept, "
+                           "so the published results name the commit that produced them")
+    chapters = chapters if chapters is not None else toc_chapters()
+    sources = _folder(Path(run_dir) / "results")
+    if not sources:
+        raise ResultsError(f"{run_dir}/results holds no results files")
+    for chapter, src in sources.items():
+        if chapter not in chapters:
+            raise ResultsError(f"{src}: not a chapter of the book (chapters: {chapters})")
+        doc = read_results(src, chapter)
+        if doc.get("profile") != profile:
+            raise ResultsError(f"{src}: profile {doc.get('profile')!r}, expected {profile!r}")
+        prov = doc.get("provenance") or {}
+        sha = prov.get("git_sha")
+        if prov.get("git_dirty") is not False or not sha:
+            raise ResultsError(f"{src}: ran from a tree with uncommitted changes (or outside git); rerun from a clean commit")
+        if _git("merge-base", "--is-ancestor", sha, "HEAD").returncode != 0:
+            raise ResultsError(f"{src}: ran from commit {sha[:12]}, which is not in this branch's history")
+    target = target or PROJECT_ROOT / "experiments" / "results" / profile
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for src in sorted((Path(run_dir) / "results").glob("*.json")):
+    for chapter, src in sources.items():
         shutil.copyfile(src, target / src.name)
         written.append(target / src.name)
     return written
@@ -104,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no results in {args.run}: run `python -m ragft.run --profile {args.profile}` first", file=sys.stderr)
         return 2
     if args.accept:
-        for path in accept(args.profile, args.run):
+        try:
+            written = accept(args.profile, args.run)
+        except ResultsError as e:
+            print(f"not accepted: {e}", file=sys.stderr)
+            return 1
+        for path in written:
             print(f"accepted {path.relative_to(PROJECT_ROOT)}")
         return 0
     problems = check(args.profile, args.run)

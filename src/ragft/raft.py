@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .evaluate import f1, normalize
+from .metrics import f1, normalize
 from .prompts import build_messages
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
 
@@ -191,7 +191,7 @@ def teacher_quotes(lm, sources: list[RaftSource], references: list[str] | None =
     reference (the answer, or `references[i]` such as a conclusion). Returns the sources and how
     many quotes fell back to the lexical choice.
     """
-    from .evaluate import generate
+    from .generation import generate
 
     todo = [i for i, s in enumerate(sources) if not s.quotes]
     prompts = [build_messages(f"Question: {sources[i].question}\nAnswer: {sources[i].answer}", system=TEACHER_SYSTEM,
@@ -284,7 +284,7 @@ def ask(lm, questions: list[str], documents: list[list[str]], style: str, max_ne
     """Answers from one model for many questions, in one of the book's prompt styles:
     "closed" (no documents, chapter 3's DSF prompt), "rag" (chapter 2's numbered sources with
     citations), "raft" or "raft-nocot" (the RAFT prompt). Returns a Generation."""
-    from .evaluate import generate
+    from .generation import generate
     from .rag.answer import cited_messages
     from .train.tasks import dsf_messages
 
@@ -311,7 +311,7 @@ def score_row(name: str, gen, items: list, oracles: list[list[str]] | None, pric
     (unanswerable items), quote correctness (replies whose quotes are all oracle spans; only for a
     quoting reader, `oracles` given), prompt tokens and cost per 1,000 queries."""
     from .costs import cost_per_1k_queries
-    from .evaluate import score_answers
+    from .metrics import score_answers
 
     s = score_answers(answers_of(gen.texts), items)
     row = {"condition": name, "contains": s.get("contains"), "em": s.get("em"), "f1": s.get("f1"),

@@ -29,7 +29,7 @@ def _missing(value) -> bool:
 
 
 def conditions_table(rows: list[dict]) -> pd.DataFrame:
-    """One line per condition (rows from evaluate.condition_row), formatted for reading."""
+    """One line per condition (rows from metrics.condition_row), formatted for reading."""
     out = {}
     for row in rows:
         line = {}

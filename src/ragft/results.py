@@ -1,8 +1,15 @@
 """Results files with provenance, and the glue helpers chapters use to put numbers in prose.
 
 Each chapter writes one file, <run dir>/results/<chapter>.json:
-  chapter, profile, params, metrics (flat name -> number: the headline figures), tables
-  (name -> list of row dicts), timings (wall_s and per-stage seconds), provenance.
+  chapter, profile, params,
+  metrics       flat name -> number: the headline figures
+  metric_rules  name -> {"kind", "n"?, "tol"?}: what each metric is, which decides how the drift
+                check compares it (ragft.drift): declared by the chapter, never guessed from a name
+  outcomes      condition -> {question id -> score}: every scored condition, per question
+  outcome_tokens condition -> {question id -> [prompt tokens, completion tokens]}
+  comparisons   the paired comparisons the chapter states (ragft.stats.Comparison as dicts)
+  artifacts     name -> path of what later chapters of the same run reuse (trained adapters)
+  tables (name -> list of row dicts), timings (wall_s and per-stage seconds), provenance.
 """
 
 from __future__ import annotations
@@ -101,16 +108,71 @@ def _clean(value):
     return value
 
 
+# Metric kinds: what a number is decides how a rerun may move it (ragft.drift holds the tolerances).
+METRIC_KINDS = {
+    "rate": "a share of n questions (accuracy, recall@k): near-tie answers may flip on another CPU",
+    "mean": "a mean of n per-question scores in [0, 1] (F1): moves like a rate",
+    "derived": "arithmetic on other measured metrics (a ratio, a difference): its own stated tolerance",
+    "exact": "deterministic arithmetic: token counts, costs, sizes, parameter counts",
+    "choice": "an argmax over conditions (best k, best P): flips with near ties; its comparison carries the finding",
+    "machine": "a measurement of this machine (time, memory, throughput): not compared",
+}
+
+
 @dataclass
 class ChapterRun:
-    """Collects a chapter's metrics, tables and stage timings; `save` writes the results file."""
+    """Collects a chapter's metrics (with their kinds), per-question outcomes, comparisons, tables and
+    stage timings; `save` writes the results file."""
 
     chapter: str
     params: object
     started: float = field(default_factory=time.time)
     metrics: dict = field(default_factory=dict)
+    metric_rules: dict = field(default_factory=dict)
+    outcomes: dict = field(default_factory=dict)
+    outcome_tokens: dict = field(default_factory=dict)
+    comparisons: list = field(default_factory=list)
+    artifacts: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
+
+    def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None):
+        """Record a headline metric with its kind (METRIC_KINDS); rates and means need their n,
+        derived metrics their tolerance. Returns the value."""
+        if kind not in METRIC_KINDS:
+            raise ValueError(f"metric {key}: kind={kind!r} is not allowed: use one of {sorted(METRIC_KINDS)}")
+        if kind in ("rate", "mean") and not (isinstance(n, int) and n >= 1):
+            raise ValueError(f"metric {key}: a {kind} needs the number of questions behind it (n >= 1), got {n!r}")
+        if kind == "derived" and not (isinstance(tol, (int, float)) and tol >= 0):
+            raise ValueError(f"metric {key}: a derived metric needs its tolerance (tol >= 0), got {tol!r}")
+        self.metrics[key] = value
+        self.metric_rules[key] = {"kind": kind, **({"n": n} if n is not None else {}),
+                                  **({"tol": tol} if tol is not None else {})}
+        return value
+
+    def record(self, condition: str, scores: dict, tokens: dict | None = None) -> None:
+        """Keep a condition's per-question outcomes: {question id: score} (1/0 for right/wrong, or a
+        continuous score), and optionally {question id: (prompt tokens, completion tokens)}."""
+        if not scores:
+            raise ValueError(f"condition {condition!r}: no outcomes to record")
+        if len({str(q) for q in scores}) != len(scores):
+            raise ValueError(f"condition {condition!r}: question ids are not unique as strings")
+        self.outcomes[condition] = {str(q): float(v) for q, v in scores.items()}
+        if tokens is not None:
+            self.outcome_tokens[condition] = {str(q): [int(p), int(c)] for q, (p, c) in tokens.items()}
+
+    def compare(self, claim: str, a: str, b: str, expect: str = "greater", kind: str | None = None,
+                margin: float = 0.0):
+        """A paired comparison of two recorded conditions (ragft.stats.compare), kept for the
+        results file; returns it so the prose can glue its verdict and sentence."""
+        from .stats import compare
+
+        missing = [c for c in (a, b) if c not in self.outcomes]
+        if missing:
+            raise KeyError(f"no outcomes recorded for {missing}; recorded: {sorted(self.outcomes)}")
+        result = compare(claim, a, self.outcomes[a], b, self.outcomes[b], expect, kind, margin)
+        self.comparisons = [c for c in self.comparisons if c["claim"] != claim] + [result.as_dict()]
+        return result
 
     def stage(self, name: str):
         """Context manager that adds the wall time of a block to timings[name]."""
@@ -131,6 +193,9 @@ class ChapterRun:
         bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))}
         if bad:
             raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}")
+        undeclared = sorted(set(self.metrics) - set(self.metric_rules))
+        if undeclared:
+            raise TypeError(f"metrics without a declared kind (use ChapterRun.metric): {undeclared}")
         params = as_dict(self.params)
         prov = provenance(params.get("seed", 0), params.get("threads", 0), self.started, lm)
         prov.update(extra_provenance or {})
@@ -139,6 +204,11 @@ class ChapterRun:
             "profile": params.get("profile"),
             "params": params,
             "metrics": self.metrics,
+            "metric_rules": self.metric_rules,
+            "outcomes": self.outcomes,
+            "outcome_tokens": self.outcome_tokens,
+            "comparisons": self.comparisons,
+            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
             "tables": self.tables,
             "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.stages},
             "provenance": prov,
@@ -165,6 +235,21 @@ def glue(key: str, value) -> None:
     from myst_nb import glue as _glue
 
     _glue(key, _clean(value) if isinstance(value, (numbers.Number, str)) else value, display=False)
+
+
+def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:
+    """Another chapter's results from this run (None when that chapter has not run here)."""
+    path = results_dir(run_dir) / f"{chapter}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: str | None = None,
+                    pct: bool = True) -> None:
+    """Glue a comparison for the prose: `<key>` is its full sentence (verdict, difference, interval,
+    p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference."""
+    glue(key, comparison.sentence(a_label, b_label, pct))
+    glue(f"{key}_verdict", comparison.verdict)
+    glue(f"{key}_diff", comparison.diff)
 
 
 def glue_metrics(metrics: dict, prefix: str = "") -> None:

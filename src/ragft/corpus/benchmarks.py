@@ -56,7 +56,7 @@ class BenchmarkItem:
     gold_pids: set[str]  # which of them (or of the corpus) hold the answer
     split: str = "test"
     gold_sentences: list[str] = field(default_factory=list)
-    kind: str = "single"  # so evaluate.score_answers treats every item as answerable
+    kind: str = "single"  # so metrics.score_answers treats every item as answerable
 
 
 def _open_text(path: Path):

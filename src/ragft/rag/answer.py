@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..corpus.kb import REFUSAL_ANSWER
-from ..evaluate import generate, generate_streamed
+from ..generation import generate, generate_streamed
 from ..prompts import build_messages
 from .retrieve import Retriever, above_threshold
 from .sources import QAItem

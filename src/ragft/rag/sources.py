@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..evaluate import normalize
+from ..metrics import normalize
 
 SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm")
 

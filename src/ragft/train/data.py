@@ -80,7 +80,7 @@ def tokenize(tokenizer, examples: list[SFTExample], max_len: int) -> list[Tokeni
     for i, ex in enumerate(examples):
         if not ex.answer.strip():
             raise TrainingDataError(f"example {i} has an empty answer: the loss would have nothing to learn")
-        # the same text -> ids route as evaluate.generate, so training sees the prompts evaluation sends
+        # the same text -> ids route as generation.generate, so training sees the prompts evaluation sends
         prompt = _ids(tokenizer, tokenizer.apply_chat_template(list(ex.messages), tokenize=False, add_generation_prompt=True))
         full = _ids(tokenizer, tokenizer.apply_chat_template(
             list(ex.messages) + [{"role": "assistant", "content": ex.answer}], tokenize=False))

@@ -126,7 +126,8 @@ def closed_book_contains(lm, questions: list, max_new_tokens: int = 32, batch_si
                          desc: str = "closed book") -> tuple[float, float]:
     """Closed-book accuracy on the held-out paraphrases and on the first trained ones, (held, trained),
     from one generation call (both sets batched together)."""
-    from ..evaluate import contains, generate
+    from ..generation import generate
+    from ..metrics import contains
 
     texts = [q.test_text for q in questions] + [q.train_texts[0] for q in questions]
     gen = generate(lm, [dsf_messages(t) for t in texts], max_new_tokens, batch_size, desc=desc)
@@ -139,7 +140,7 @@ def structured_row(name: str, gen, questions: list, price_row: str, **extra) -> 
     """JSON validity, schema adherence and field accuracy of structured answers, with tokens and cost."""
     from ..costs import cost_per_1k_queries
     from ..corpus.kb import STRUCTURED_FIELDS
-    from ..evaluate import fields_correct, json_valid, schema_adherence
+    from ..metrics import fields_correct, json_valid, schema_adherence
 
     n = len(questions)
     return {"condition": name, "n": n,

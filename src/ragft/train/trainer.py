@@ -74,7 +74,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    lm: models.LoadedLM  # the trained model, ready for evaluate.generate
+    lm: models.LoadedLM  # the trained model, ready for generation.generate
     artifact: Path
     metrics: dict  # measurements of the run that trained it (also when loaded from the cache)
     losses: list = field(default_factory=list)

@@ -1,0 +1,141 @@
+"""Answer and retrieval metrics: one implementation of each.
+
+Answer metrics follow the SQuAD v1.1 evaluation script's normalisation (lower case, drop punctuation
+and the articles a/an/the, fold white space). "contains" is the lenient score: a normalised gold
+answer (or alias) appears inside the normalised prediction, which suits chatty small models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+
+from .stats import wilson_interval
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, answers: list[str]) -> float:
+    pred = normalize(prediction)
+    return float(any(pred == normalize(a) for a in answers))
+
+
+def f1(prediction: str, answers: list[str]) -> float:
+    """Token F1, the best over the gold answers (SQuAD rules)."""
+    pred_tokens = normalize(prediction).split()
+    best = 0.0
+    for a in answers:
+        gold_tokens = normalize(a).split()
+        common = Counter(pred_tokens) & Counter(gold_tokens)
+        same = sum(common.values())
+        if same == 0:
+            continue
+        p, r = same / len(pred_tokens), same / len(gold_tokens)
+        best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def contains(prediction: str, answers: list[str]) -> float:
+    """1 when a normalised gold answer appears in the normalised prediction, on word boundaries."""
+    pred = f" {normalize(prediction)} "
+    return float(any(normalize(a) and f" {normalize(a)} " in pred for a in answers))
+
+
+# A refusal says the information is missing; checked on the normalised text.
+_REFUSAL = re.compile(
+    r"\b(i dont know|i do not know|dont know|not known|unknown|no information|not mentioned|"
+    r"not provided|not specified|not stated|not available|cannot answer|cant answer|unable to answer|"
+    r"cannot find|cant find|not in (?:the )?(?:documents?|context|sources?)|"
+    r"(?:does|do|did) not (?:say|mention|state|contain)|(?:doesnt|dont|didnt) (?:say|mention|state|contain)|"
+    r"no relevant information|not sure)\b")
+
+
+def is_refusal(prediction: str) -> bool:
+    return bool(_REFUSAL.search(normalize(prediction)))
+
+
+_JSON_BLOCK = re.compile(r"\{.*\}", re.DOTALL)
+
+
+def parse_json(prediction: str) -> dict | None:
+    """The first JSON object in the text (models often wrap it in prose or a code fence), or None."""
+    match = _JSON_BLOCK.search(prediction)
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(0))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def json_valid(prediction: str) -> float:
+    return float(parse_json(prediction) is not None)
+
+
+def schema_adherence(prediction: str, schema: dict[str, type]) -> float:
+    """1 when the JSON object has exactly the schema's fields with the right types."""
+    obj = parse_json(prediction)
+    if obj is None or set(obj) != set(schema):
+        return 0.0
+    for key, typ in schema.items():
+        value = obj[key]
+        if typ is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            return 0.0
+        if typ is str and not isinstance(value, str):
+            return 0.0
+    return 1.0
+
+
+def fields_correct(prediction: str, gold: dict) -> float:
+    """Share of the gold fields whose values the JSON object gets right."""
+    obj = parse_json(prediction) or {}
+    return sum(normalize(str(obj.get(k, ""))) == normalize(str(v)) for k, v in gold.items()) / len(gold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a set of answers
+
+
+def score_answers(predictions: list[str], items: list) -> dict[str, float]:
+    """Mean scores over QA items (objects with .answers and .kind). Unanswerable items count only
+    towards refusal accuracy; answerable ones count towards the answer scores and false refusals."""
+    answerable = [(p, it) for p, it in zip(predictions, items) if it.kind != "unanswerable"]
+    unanswerable = [p for p, it in zip(predictions, items) if it.kind == "unanswerable"]
+    out: dict[str, float] = {}
+    if answerable:
+        n = len(answerable)
+        out["contains"] = sum(contains(p, it.answers) for p, it in answerable) / n
+        out["em"] = sum(exact_match(p, it.answers) for p, it in answerable) / n
+        out["f1"] = sum(f1(p, it.answers) for p, it in answerable) / n
+        out["false_refusal"] = sum(is_refusal(p) for p, _ in answerable) / n
+    if unanswerable:
+        out["refusal_acc"] = sum(is_refusal(p) for p in unanswerable) / len(unanswerable)
+    return out
+
+
+def condition_row(name: str, gen, items: list, price_row: str, **extra) -> dict:
+    """One row of a results table: scores (with a 95 % interval on "contains"), tokens per query,
+    latency, cost per 1,000 queries."""
+    from .costs import cost_per_1k_queries
+
+    scores = score_answers(gen.texts, items)
+    n_answerable = sum(it.kind != "unanswerable" for it in items)
+    if "contains" in scores:
+        scores["contains_lo"], scores["contains_hi"] = wilson_interval(scores["contains"] * n_answerable, n_answerable)
+    row = {"condition": name, "n": len(items), **scores,
+           "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens,
+           "latency_s": sum(gen.per_query_s) / max(1, len(gen.per_query_s)),
+           "cost_per_1k_usd": cost_per_1k_queries(gen.mean_prompt_tokens, gen.mean_completion_tokens, price_row)}
+    row.update(extra)
+    return row
