@@ -69,7 +69,7 @@ def test_device_and_dtype_selection():
 
     assert models.select_device("auto") in ("cpu", "cuda")
     assert models.select_dtype("cpu", "fp32") is torch.float32
-    assert models.select_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    assert models.select_dtype("cpu", "auto") is torch.float32
     with pytest.raises(ValueError, match="dtype"):
         models.select_dtype("cpu", "fp8")
     with pytest.raises(ValueError, match="device"):
@@ -77,6 +77,37 @@ def test_device_and_dtype_selection():
     if not torch.cuda.is_available():
         with pytest.raises(models.ModelUnavailable, match="CUDA"):
             models.select_device("cuda")
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False], ids=["avx512-bf16-or-amx", "avx2-only"])
+def test_published_cpu_profile_resolves_to_fp32_on_every_cpu(monkeypatch, fast_bf16):
+    """Both CPU kinds seen on these machines: the cpu and smoke profiles compute in fp32 either way,
+    so the published numbers do not depend on which CPU ran them; bf16 stays an explicit opt-in."""
+    import torch
+
+    from ragft import config
+
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: fast_bf16, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.cpu_has_fast_bf16() is fast_bf16
+    for profile in ("smoke", "cpu"):
+        for chapter in ("01_prompting", "03_finetune"):
+            p = config.resolve(chapter, profile)
+            assert models.select_dtype(models.select_device(p.device), p.dtype) is torch.float32
+    assert models.select_dtype("cpu", "bf16") is torch.bfloat16
+
+
+def test_gpu_profile_resolves_to_cuda_bf16_when_a_gpu_is_present(monkeypatch):
+    import torch
+
+    from ragft import config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    p = config.resolve("03_finetune", "gpu")
+    device = models.select_device(p.device)
+    assert device == "cuda" and models.select_dtype(device, p.dtype) is torch.bfloat16
 
 
 def test_cuda_dtype_choice_without_a_gpu(monkeypatch):

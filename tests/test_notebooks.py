@@ -35,14 +35,25 @@ def test_committed_notebooks_are_stripped(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_parameters_cell_first_then_validation(path):
+def test_parameters_cell_first_generated_from_the_declarations_then_validation(path):
+    from ragft.config import parameters_cell
+
     code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged parameters"
+    assert code[0].source == parameters_cell(path.stem), "regenerate it: python -m ragft.strip " + path.name
     for line in code[0].source.splitlines():
-        if line.strip():
-            assert "#" in line, f"each parameter has a comment: {line!r}"
-            assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a comment: {line!r}"
-    assert "config.resolve(" in code[1].source, "the cell after the parameters validates them"
+        assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a comment: {line!r}"
+    assert f'config.from_notebook("{path.stem}", globals())' in code[1].source, \
+        "the cell after the parameters validates them (and refuses unknown names)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_cells_are_short(path):
+    """Experiments live in the package; a chapter's code cells are short calls (DESIGN.md)."""
+    cells = nbformat.read(path, as_version=4).cells
+    long = {i: len(c.source.splitlines()) for i, c in enumerate(cells)
+            if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []) and len(c.source.splitlines()) > 25}
+    assert not long, f"{path.name}: cells over 25 lines {long}"
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +89,16 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     doc = json.loads((smoke_run["dir"] / "results" / f"{chapter}.json").read_text())
     assert doc["chapter"] == chapter and doc["profile"] == "smoke"
     assert doc["metrics"] and doc["timings"]["wall_s"] > 0 and doc["provenance"]["python"]
+    assert set(doc["metric_rules"]) == set(doc["metrics"])
+    if chapter == runner.toc_chapters()[0]:
+        return  # the front page reports on the others; it scores nothing itself
+    # every scored condition per question, and every comparison stated from them
+    assert doc["outcomes"] and all(doc["outcomes"].values())
+    assert doc["comparisons"], "the chapter states no comparison"
+    for c in doc["comparisons"]:
+        assert c["a"] in doc["outcomes"] and c["b"] in doc["outcomes"] and c["n"] >= 1
+        assert c["verdict"] in ("supported", "contradicted", "inconclusive at this n")
+    assert len({c["claim"] for c in doc["comparisons"]}) == len(doc["comparisons"])
 
 
 HEADLINE_01 = ["closed_book_contains", "gold_context_contains", "few_shot_best_contains", "long_context_contains",
@@ -168,6 +189,16 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page
+
+
+@pytest.mark.slow
+def test_unknown_parameter_stops_the_notebook_with_its_name(tmp_path):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError, match="max_fil_mb.*it takes"):
+        pm.execute_notebook(str(ROOT / "chapters" / "02_rag.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "max_fil_mb": 3}, kernel_name="python3",
+                            cwd=str(ROOT / "chapters"), progress_bar=False)
 
 
 @pytest.mark.slow

@@ -133,6 +133,23 @@ def test_each_method_learns_saves_and_reloads_identically(tiny, method):
         assert torch.allclose(before, logits(merged), atol=1e-4)
 
 
+def test_full_fine_tuning_in_bf16_learns_with_fp32_master_weights(tiny):
+    """Pure bf16 full fine-tuning learned nothing on a CPU with native bf16 (updates below bf16's
+    rounding step vanish). The bf16 opt-in (and the gpu profile's CUDA bf16) keeps fp32 master weights
+    and AdamW states and computes under autocast; the trained model then serves in bf16."""
+    from ragft.train.trainer import mixed_precision
+
+    cfg = TrainConfig(method="full", lr=3e-3, epochs=12, batch_size=2, dtype="bf16", device="cpu")
+    assert mixed_precision(cfg) is torch.bfloat16
+    assert mixed_precision(TrainConfig(method="lora", dtype="bf16", device="cpu")) is None
+    assert mixed_precision(TrainConfig(method="full", dtype="fp32", device="cpu")) is None
+    result = train(tiny, data(), cfg, label="bf16-full")
+    m = result.metrics
+    assert m["master_weights"] == "fp32" and m["dtype"] == "bfloat16"
+    assert m["loss_last"] < 0.5 * m["loss_first"], m
+    assert next(result.lm.model.parameters()).dtype is torch.bfloat16
+
+
 def test_qlora_base_is_4bit_and_smaller(tiny):
     result = train(tiny, data(2), TrainConfig(method="qlora", rank=4, epochs=1, batch_size=2, dtype="fp32"), label="q")
     layers = [type(m).__name__ for m in result.lm.model.modules()]

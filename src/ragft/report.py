@@ -53,3 +53,19 @@ def show_full_text(table: pd.DataFrame) -> None:
 
     with pd.option_context("display.max_colwidth", None):
         display(table)
+
+
+def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
+    """Every comparison the chapters' results files state, one line each, for reading."""
+    rows = []
+    for chapter, doc in chapter_results.items():
+        for c in doc.get("comparisons", []):
+            need = c.get("n_for_effect") or 0
+            rows.append({
+                "claim": c["claim"], "chapter": chapter, "comparison": f"{c['a']} vs {c['b']}",
+                "n": c["n"], "difference [95 % CI]": f"{100 * c['diff']:+.0f} [{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]"
+                if c.get("kind", "binary") == "binary" else f"{c['diff']:+.3g} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]",
+                "p": f"{c['p']:.2g}", "verdict": c["verdict"],
+                "paired questions to detect it": f"{need:,}" if need and c["verdict"].startswith("inconclusive") else "–"})
+    columns = ["claim", "chapter", "comparison", "n", "difference [95 % CI]", "p", "verdict", "paired questions to detect it"]
+    return pd.DataFrame(rows, columns=columns).set_index("claim")

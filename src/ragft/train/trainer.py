@@ -44,7 +44,7 @@ class TrainConfig:
     max_len: int = 256  # longer examples are an error, not silently cut
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
-    dtype: str = "auto"  # compute dtype: auto picks the fast one for the device (models.select_dtype)
+    dtype: str = "auto"  # compute dtype (models.select_dtype); full fine-tuning keeps fp32 master weights
     device: str = "auto"
 
     def validate(self) -> None:
@@ -90,8 +90,24 @@ def artifact_key(model_name: str, cfg: TrainConfig, data: list[Tokenized]) -> st
     return h.hexdigest()[:16]
 
 
-def _load_base(model_name: str, cfg: TrainConfig) -> models.LoadedLM:
-    return models.load_lm(model_name, cfg.device, cfg.dtype, quantization="nf4" if cfg.method == "qlora" else None)
+def _load_base(model_name: str, cfg: TrainConfig, master_fp32: bool = False) -> models.LoadedLM:
+    dtype = "fp32" if master_fp32 else cfg.dtype
+    return models.load_lm(model_name, cfg.device, dtype, quantization="nf4" if cfg.method == "qlora" else None)
+
+
+def mixed_precision(cfg: TrainConfig):
+    """The compute dtype when full fine-tuning must keep fp32 master weights, else None.
+
+    Full fine-tuning updates every weight: in pure bf16 an update smaller than a weight's rounding
+    step (lr 1e-4 x a weight of 0.05 is far below bf16's 8 bits of mantissa) is lost, and the model
+    learned nothing. The standard recipe keeps the weights and AdamW states in fp32 and runs the
+    forward and backward passes under autocast in the low-precision dtype. LoRA and QLoRA need no
+    recipe: the base is frozen, and peft keeps the adapter weights in fp32.
+    """
+    import torch
+
+    compute = models.select_dtype(models.select_device(cfg.device), cfg.dtype)
+    return compute if cfg.method == "full" and compute != torch.float32 else None
 
 
 def _wrap(lm: models.LoadedLM, cfg: TrainConfig):
@@ -172,11 +188,17 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"], cached=True)
     if not cache:
         shutil.rmtree(folder, ignore_errors=True)
-    base = _load_base(model_name, cfg)
+    import contextlib
+
+    compute = mixed_precision(cfg)
+    base = _load_base(model_name, cfg, master_fp32=compute is not None)
+    autocast = (lambda: torch.autocast(device_type=base.device, dtype=compute)) if compute else contextlib.nullcontext
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(base.device) if compute == torch.float16 else None
 
     body, head = measure.matmul_shapes(base.model)
     base_weight_mb = base.model.get_memory_footprint() / 2**20
-    peak_gflops = _peak_gflops(base.dtype, base.device)
+    peak_gflops = _peak_gflops(compute or base.dtype, base.device)
     torch.manual_seed(cfg.seed)
     with measure.PeakMemory(base.device) as mem:
         model = _wrap(base, cfg)
@@ -202,10 +224,19 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     continue  # done before the interruption
                 batch = tuple(t.to(base.device) if hasattr(t, "to") else t for t in collate(data, indices, base.tokenizer.pad_token_id))
                 t0 = time.perf_counter()
-                loss = _loss(model, batch)
-                loss.backward()
+                with autocast():
+                    loss = _loss(model, batch)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 if base.device == "cuda":
@@ -229,6 +260,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     on_step(step, losses[-1])
         bar.close()
     model.eval()
+    if compute is not None:  # the trained weights serve, and are saved, in the compute dtype
+        model.to(compute)
+        base.dtype = compute
     _save_artifact(model, base.tokenizer, cfg, folder)
     ckpt.unlink(missing_ok=True)
     timed = step_s[1:] or step_s  # the first step pays one-off set-up costs
@@ -248,6 +282,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "peak_mb": base_weight_mb + mem.peak_mb, "train_growth_mb": mem.peak_mb, "base_weight_mb": base_weight_mb,
         "artifact_mb": measure.folder_mb(folder), "loss_first": losses[0], "loss_last": losses[-1],
         "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
+        "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
     }
     done.write_text(json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
     base.model = model
