@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import html.parser
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..jsonl import read_rows
 from ..metrics import normalize
 
 SUFFIXES = (".md", ".markdown", ".txt", ".html", ".htm")
@@ -220,13 +220,7 @@ def load_questions(path: str | Path) -> list[QAItem]:
     if not path.is_file():
         raise CorpusError(f"questions_file={str(path)!r} does not exist: give a JSONL file or leave it empty")
     items = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path.name} line {n} is not JSON ({e.msg})") from None
+    for n, row in read_rows(path, CorpusError):
         if not isinstance(row, dict) or not str(row.get("question") or "").strip():
             raise CorpusError(f'{path.name} line {n} has no "question"')
         answers = row.get("answers", row.get("answer", []))

@@ -8,10 +8,11 @@ plus the assistant answer. The documented JSONL form, one example per line, is
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..jsonl import read_rows, write_rows
 
 
 class TrainingDataError(ValueError):
@@ -32,24 +33,17 @@ def example(messages: list[dict], answer: str) -> SFTExample:
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
+    return write_rows(rows, path)
 
 
 def read_jsonl(path: str | Path, parse, expected: str) -> list:
     """`parse(row)` for each line of a JSONL file; a bad line raises TrainingDataError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingDataError(f"file {path} does not exist")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(parse(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrainingDataError(f"{path}, line {n}: expected {expected} ({e})") from e
+    for n, row in read_rows(path, TrainingDataError):
+        try:
+            out.append(parse(row))
+        except (KeyError, TypeError) as e:
+            raise TrainingDataError(f"{path}, line {n}: expected {expected} ({e})") from e
     return out
 
 
