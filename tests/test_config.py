@@ -64,3 +64,40 @@ def test_raft_bad_values_are_refused(name, value):
     with pytest.raises(ParamError) as err:
         config.resolve("04_raft", "smoke", **{name: value})
     assert name in str(err.value) and repr(value) in str(err.value)
+
+
+def _declared(chapter):
+    import dataclasses
+
+    from ragft.config import CHAPTER_PARAMS
+
+    return [f for f in dataclasses.fields(CHAPTER_PARAMS[chapter])]
+
+
+@pytest.mark.parametrize("chapter", ["01_prompting", "02_rag", "03_finetune", "04_raft"])
+def test_every_declared_range_and_type_is_enforced(chapter):
+    """Each parameter is declared once (default, comment, range); validation follows the declaration."""
+    from ragft.config import ParamError, resolve
+
+    for f in _declared(chapter):
+        if f.name == "profile":
+            continue  # resolve's own argument, checked against PROFILES
+        assert f.metadata.get("help"), f"{f.name} has no comment for the parameters cell"
+        bounds = f.metadata.get("bounds")
+        bad = []
+        if bounds is not None:
+            lo, hi = bounds
+            bad = [[lo - 1], [hi + 1], []] if f.type == "list" else [lo - 1, hi + 1, 1.5, True]
+        elif f.type in ("str", "bool"):
+            bad = [5]
+        for value in bad:
+            with pytest.raises(ParamError, match=f.name):
+                resolve(chapter, "smoke", **{f.name: value})
+
+
+def test_unknown_notebook_parameter_names_itself_and_the_known_ones():
+    from ragft.config import ParamError, from_notebook
+
+    with pytest.raises(ParamError, match=r"\['max_fil_mb'\].*it takes \['profile'"):
+        from_notebook("02_rag", {"profile": "smoke", "max_fil_mb": 3, "In": [], "_": None})
+    assert from_notebook("02_rag", {"profile": "smoke", "max_file_mb": 3.0}).max_file_mb == 3.0
