@@ -104,12 +104,15 @@ def general_text(n_chars: int = 6000) -> str:
     return text[:n_chars]
 
 
-def perplexity(lm, text: str, window: int = 512) -> float:
-    """Token-level perplexity of `text` under the model, in non-overlapping windows."""
+def perplexity_probe(lm, text: str, window: int = 512) -> tuple[float, list[float]]:
+    """Token-level perplexity of `text` under the model, in non-overlapping windows, and the negative
+    log-likelihood of each predicted token in text order, from the same forward passes (so the
+    per-token values are outcomes of exactly the probe the perplexity summarises)."""
     import torch
+    import torch.nn.functional as F
 
     ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0].to(lm.device)
-    total, count = 0.0, 0
+    total, count, token_nll = 0.0, 0, []
     with torch.no_grad():
         for start in range(0, len(ids) - 1, window):
             chunk = ids[start:start + window][None, :]
@@ -119,7 +122,13 @@ def perplexity(lm, text: str, window: int = 512) -> float:
             n = chunk.shape[1] - 1
             total += float(out.loss) * n
             count += n
-    return math.exp(total / count)
+            token_nll += F.cross_entropy(out.logits[0, :-1].float(), chunk[0, 1:], reduction="none").tolist()
+    return math.exp(total / count), token_nll
+
+
+def perplexity(lm, text: str, window: int = 512) -> float:
+    """Token-level perplexity of `text` under the model, in non-overlapping windows."""
+    return perplexity_probe(lm, text, window)[0]
 
 
 def closed_book_contains(lm, questions: list, max_new_tokens: int = 32, batch_size: int = 16,

@@ -1,0 +1,695 @@
+"""Chapter 3, fine-tuning: what it teaches (facts, a JSON format), what it costs, what it forgets.
+
+Sections, in the order the chapter runs them (prompts, question order, batch sizes and seeds are
+those of the published numbers, so do not reorder them):
+
+  knowledge     the base model closed book; a LoRA fine-tune on the facts (DSF) per paraphrase count,
+                asked a held-out and a trained paraphrase; RAG and DSF + RAG on the held-out ones
+  structured    strict JSON records: the base model with a short, a long and a long + two-example
+                instruction, and LoRA fine-tunes of each training size with the short one
+  methods       the DSF data trained with LoRA, attention-only LoRA, QLoRA and full fine-tuning
+  forgetting    each fine-tune's log-likelihood of general English text no fine-tune saw
+
+Every scored condition is recorded per question (the fact's qid, the product's qid) under these
+names: "<model> held-out" and "<model> trained paraphrase" (1 when the answer contains the gold),
+"<model> quality" (the mean of the two), "base + RAG" and "DSF pN + RAG", "<JSON condition>:
+json_valid | schema | fields", and "NLL: <model>" (the mean negative log-likelihood of each
+segment of the general text, a continuous outcome: lower is better).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import metrics
+from ..corpus.kb import STRUCTURED_FIELDS
+from ..costs import load_prices
+from ..drift import tolerance
+from ..generation import Generation, generate
+from ..results import ChapterRun, glue, glue_comparison, glue_metrics
+from ..stats import Comparison
+from ..train import tasks
+
+CHAPTER = "03_finetune"
+# Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
+# or three outcomes on the probe; 32-token segments give dozens while each still averages enough
+# tokens that one rare word does not decide it. Neighbouring segments are not independent, so the
+# forgetting comparison's interval is on the narrow side.
+SEGMENT_TOKENS = 32
+BASE = "base"
+JSON_SCORES = ("json_valid", "schema", "fields")  # the suffixes of the structured conditions' names
+METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
+# Equivalence margin of QLoRA against LoRA quality (T3: "matches 16-bit quality"), as a share of the
+# score scale; T1's margin is 5 % of full fine-tuning's own quality (LoRA reaches "about 95 %").
+QLORA_MARGIN = 0.05
+T1_SHARE = 0.05
+# Drift tolerances of measurements on a model's log-likelihood: another CPU's BLAS moves a
+# perplexity by about 1e-5 of itself, a retrained adapter's forgetting delta by well under a point.
+PERPLEXITY_TOL = 0.01
+FORGETTING_DELTA_TOL = 0.01
+ARTIFACT_MB_TOL = 0.01  # peft's adapter config names the base model's folder: the cache path moves bytes
+
+
+@dataclass
+class ForgettingProbe:
+    """A model's perplexity on the general text and the mean NLL of each segment of it."""
+
+    perplexity: float
+    segment_nll: dict  # "tokens a-b" -> mean negative log-likelihood of those tokens
+
+
+@dataclass
+class Chapter:
+    """The chapter's state: parameters, results file, models, the facts, and what each section measured."""
+
+    params: object
+    run: ChapterRun
+    lm: object
+    embed_model: object
+    kb: object
+    facts: list
+    general: str
+    forgetting: dict = field(default_factory=dict)  # model label -> ForgettingProbe, in run order
+    dsf: dict = field(default_factory=dict)  # paraphrase count -> TrainResult
+    knowledge: pd.DataFrame | None = None
+    structured_test: list = field(default_factory=list)
+    behaviour: pd.DataFrame | None = None
+    outputs: dict = field(default_factory=dict)  # JSON condition -> answers
+    best_structured: str = ""  # the LoRA JSON condition with the best schema adherence (then fields)
+    best_structured_size: int = 0
+    runs: dict = field(default_factory=dict)  # method -> TrainResult
+    cost: pd.DataFrame | None = None
+
+    @property
+    def best_count(self) -> int:
+        return max(self.params.paraphrase_counts)
+
+    @property
+    def n_facts(self) -> int:
+        return len(self.facts)
+
+    def summary(self) -> str:
+        return (f"{self.lm.name}: {self.lm.n_params() / 1e6:.0f} M parameters, {self.lm.dtype}; {len(self.facts)} "
+                f"facts, {len(self.facts[0].train_texts)} training paraphrases each")
+
+
+def setup(params) -> Chapter:
+    """Seeds, threads and network policy; the model and the embedder; the facts; the base model's
+    forgetting probe (before any training)."""
+    from .. import models, rag, settings
+    from ..corpus import build_kb
+
+    settings.configure(params)
+    run = ChapterRun(CHAPTER, params)
+    with run.stage("load_models"):
+        lm = models.load_lm(params.model, params.device, params.dtype)
+        embed_model = rag.load_embedder(params.embedder, lm.device)
+    kb = build_kb(params.kb_seed, params.kb)
+    ch = Chapter(params, run, lm, embed_model, kb, kb.sample("single", params.n_facts, params.seed),
+                 tasks.general_text(params.forgetting_chars))
+    probe(ch, "base model", lm)
+    return ch
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-question outcomes
+
+
+def segment_means(token_nll: list[float], size: int = SEGMENT_TOKENS) -> dict[str, float]:
+    """Mean NLL of consecutive segments of `size` predicted tokens, keyed by their token range; a
+    short last segment joins the one before it, so no outcome rests on a handful of tokens."""
+    if size < 1:
+        raise ValueError(f"segment size must be at least 1 token, got {size}")
+    if not token_nll:
+        raise ValueError("no token log-likelihoods: the general text is too short to probe")
+    bounds = list(range(0, len(token_nll), size))
+    if len(bounds) > 1 and len(token_nll) - bounds[-1] < size // 2:
+        bounds.pop()
+    ends = bounds[1:] + [len(token_nll)]
+    return {f"tokens {a}-{b - 1}": sum(token_nll[a:b]) / (b - a) for a, b in zip(bounds, ends)}
+
+
+def probe(ch: Chapter, label: str, model_lm) -> ForgettingProbe:
+    """A model's forgetting probe: its perplexity on the general text (the headline figure) and its
+    per-segment NLL, recorded as the outcomes "NLL: <label>"."""
+    ppl, token_nll = tasks.perplexity_probe(model_lm, ch.general)
+    result = ForgettingProbe(ppl, segment_means(token_nll))
+    ch.forgetting[label] = result
+    ch.run.record(f"NLL: {label}", result.segment_nll)
+    return result
+
+
+def contains_outcomes(questions: list, texts: list[str], gen: Generation | None = None,
+                      rows: list[int] | None = None) -> tuple[dict, dict]:
+    """({qid: 1 or 0}, {qid: (prompt tokens, completion tokens)}) for answers paired with questions
+    in order; `rows` says which rows of `gen` hold the token counts (default: the same positions)."""
+    if len(questions) != len(texts):
+        raise ValueError(f"{len(questions)} questions but {len(texts)} answers: they must pair up in order")
+    scores, tokens = {}, {}
+    for i, (q, text) in enumerate(zip(questions, texts)):
+        if q.qid in scores:
+            raise ValueError(f"question {q.qid!r} asked twice in one condition: outcomes are per question")
+        scores[q.qid] = metrics.contains(text, q.answers)
+        if gen is not None:
+            j = i if rows is None else rows[i]
+            tokens[q.qid] = (gen.prompt_tokens[j], gen.completion_tokens[j])
+    return scores, tokens
+
+
+def closed_book(ch: Chapter, model_lm, name: str) -> tuple[float, float]:
+    """Closed-book accuracy of a model on the held-out and on the first trained paraphrase of each
+    fact, from one generation call (both sets batched together, as tasks.closed_book_contains
+    does), recorded as "<name> held-out", "<name> trained paraphrase" and "<name> quality"."""
+    p, facts = ch.params, ch.facts
+    texts = [q.test_text for q in facts] + [q.train_texts[0] for q in facts]
+    gen = generate(model_lm, [tasks.dsf_messages(t) for t in texts], p.max_new_tokens, p.batch_size, desc=name)
+    n = len(facts)
+    held, held_tokens = contains_outcomes(facts, gen.texts[:n], gen)
+    seen, seen_tokens = contains_outcomes(facts, gen.texts[n:], gen, rows=list(range(n, 2 * n)))
+    ch.run.record(f"{name} held-out", held, tokens=held_tokens)
+    ch.run.record(f"{name} trained paraphrase", seen, tokens=seen_tokens)
+    ch.run.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
+    return sum(held.values()) / n, sum(seen.values()) / n
+
+
+def dsf_name(count: int) -> str:
+    """The outcomes' name of the DSF fine-tune on `count` paraphrases per fact."""
+    return f"DSF p{count}"
+
+
+def dsf_row_label(count: int) -> str:
+    """Its row in the knowledge table."""
+    return f"DSF, {count} paraphrase{'s' if count > 1 else ''} per fact"
+
+
+def method_name(ch: Chapter, method: str) -> str:
+    """The outcomes' name of a method's fine-tune; LoRA's is the knowledge section's DSF on the most paraphrases."""
+    return dsf_name(ch.best_count) if method == "lora" else f"DSF p{ch.best_count} {method}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge: fine-tuning on facts, closed book, beside RAG
+
+
+def knowledge(ch: Chapter) -> pd.DataFrame:
+    """The base model closed book, a DSF fine-tune per paraphrase count (held-out and trained
+    paraphrase), and RAG with the base and with the most-paraphrase DSF model on the held-out
+    questions. Hands the DSF adapter to chapter 4 (artifacts["dsf_adapter"], tables["dsf_facts"])."""
+    from .. import rag, settings
+
+    p, run = ch.params, ch.run
+    rows = []
+    held, seen = closed_book(ch, ch.lm, BASE)
+    rows.append({"condition": "base model, closed book", "held_out": held, "trained_paraphrase": seen})
+    with run.stage("dsf_train"):
+        for count in p.paraphrase_counts:
+            ch.dsf[count] = tasks.train_dsf(p, ch.facts, count)
+            held, seen = closed_book(ch, ch.dsf[count].lm, dsf_name(count))
+            rows.append({"condition": dsf_row_label(count), "held_out": held,
+                         "trained_paraphrase": seen, "examples": len(tasks.dsf_examples(ch.facts, count)),
+                         "train_s": ch.dsf[count].metrics["train_s"]})
+    dsf_best = ch.dsf[ch.best_count]
+    run.artifacts["dsf_adapter"] = str(dsf_best.artifact)
+    run.tables["dsf_facts"] = [q.qid for q in ch.facts]
+    fact_items = rag.kb_items(ch.facts)  # held-out paraphrases, as RAG sees them
+    chroma_folder = settings.run_dir() / "chroma" / CHAPTER
+    shutil.rmtree(chroma_folder, ignore_errors=True)
+    store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
+    store.ingest(rag.kb_pages(ch.kb, 8))
+    ranked = rag.Retriever(store, ch.embed_model).search([it.question for it in fact_items], p.rag_top_k, "hybrid")
+    with run.stage("rag"):
+        answered = {
+            "base + RAG": rag.answer_batch(ch.lm, fact_items, ranked, p.max_new_tokens, p.batch_size, desc="base + RAG"),
+            f"{dsf_name(ch.best_count)} + RAG": rag.answer_batch(dsf_best.lm, fact_items, ranked, p.max_new_tokens,
+                                                                  p.batch_size, desc="DSF + RAG")}
+    labels = [f"base model + RAG (top-{p.rag_top_k})", f"DSF ({ch.best_count} paraphrases) + RAG"]
+    for label, (name, (gen, answers)) in zip(labels, answered.items()):
+        asked = [i for i, hits in enumerate(ranked) if hits]  # the rows answer_batch generated
+        scores, _ = contains_outcomes(ch.facts, [rag.strip_citations(a) for a in answers])
+        tokens = {ch.facts[i].qid: (gen.prompt_tokens[j], gen.completion_tokens[j]) for j, i in enumerate(asked)}
+        run.record(name, scores, tokens=tokens)
+        rows.append({"condition": label, "held_out": sum(scores.values()) / len(scores)})
+    for count, result in ch.dsf.items():  # only the most-paraphrase model is used again
+        if count != ch.best_count:
+            result.lm = None
+    probe(ch, f"DSF, LoRA ({ch.best_count} paraphrases)", dsf_best.lm)
+    ch.knowledge = pd.DataFrame(rows).set_index("condition")
+    return ch.knowledge
+
+
+def knowledge_style(table: pd.DataFrame):
+    return table.style.format({"held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "examples": "{:.0f}",
+                               "train_s": "{:.0f} s"}, na_rep="-")
+
+
+def plot_knowledge(table: pd.DataFrame):
+    """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    y = np.arange(len(table))
+    ax.barh(y - 0.2, table.held_out, 0.4, label="held-out paraphrase")
+    ax.barh(y + 0.2, table.trained_paraphrase.fillna(0), 0.4, label="trained paraphrase")
+    ax.set_yticks(y, table.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="answer contains the gold")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Facts: fine-tuned closed book against RAG")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour: strict JSON records
+
+
+def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
+    """Per-question JSON validity, exact-schema adherence (1 or 0) and share of fields right."""
+    if len(questions) != len(gen.texts):
+        raise ValueError(f"{len(questions)} products but {len(gen.texts)} answers: they must pair up in order")
+    return {"json_valid": {q.qid: metrics.json_valid(t) for t, q in zip(gen.texts, questions)},
+            "schema": {q.qid: metrics.schema_adherence(t, STRUCTURED_FIELDS) for t, q in zip(gen.texts, questions)},
+            "fields": {q.qid: metrics.fields_correct(t, q.fields) for t, q in zip(gen.texts, questions)}}
+
+
+def lora_structured_name(size: int) -> str:
+    return f"LoRA on {size} examples, short instruction"
+
+
+def structured(ch: Chapter) -> pd.DataFrame:
+    """The base model with a short, a long and a long + two-example instruction, then a LoRA
+    fine-tune per training size with the short one; each condition's row and per-product outcomes."""
+    from ..train import train
+    from ..train.measure import release_memory
+
+    p, run, kb = ch.params, ch.run, ch.kb
+    test = ch.structured_test = kb.sample("structured", p.n_structured_test, p.seed)
+    shots = [(m.messages[-1]["content"], m.answer) for m in
+             tasks.structured_examples(2, p.kb_seed, p.kb, tasks.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
+    conditions = {"base, short instruction": (tasks.STRUCTURED_SYSTEM_SHORT, None),
+                  "base, long instruction": (tasks.STRUCTURED_SYSTEM_LONG, None),
+                  "base, long instruction + 2 examples": (tasks.STRUCTURED_SYSTEM_LONG, shots)}
+
+    def answer(model_lm, system, examples, name, **extra):
+        gen = generate(model_lm, [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test],
+                       p.structured_max_new_tokens, p.batch_size, desc=name)
+        for score, outcomes in structured_outcomes(gen, test).items():
+            run.record(f"{name}: {score}", outcomes,
+                       tokens={q.qid: (gen.prompt_tokens[i], gen.completion_tokens[i]) for i, q in enumerate(test)})
+        ch.outputs[name] = gen.texts
+        return tasks.structured_row(name, gen, test, p.price_per_mtok, **extra)
+
+    rows = []
+    with run.stage("structured"):
+        for name, (system, examples) in conditions.items():
+            rows.append(answer(ch.lm, system, examples, name))
+        for size in p.structured_sizes:
+            fit = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
+                        tasks.lora_config(p, p.structured_epochs), label=f"json-{size}")
+            rows.append(answer(fit.lm, tasks.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
+                               train_s=fit.metrics["train_s"]))
+            if size == max(p.structured_sizes):
+                probe(ch, f"JSON, LoRA ({size} examples)", fit.lm)
+            del fit
+            release_memory()
+    ch.behaviour = pd.DataFrame(rows).set_index("condition")
+    tuned = ch.behaviour[ch.behaviour.index.str.startswith("LoRA")]
+    ch.best_structured = tuned.sort_values(["schema_adherence", "fields_correct"]).index[-1]
+    ch.best_structured_size = next(s for s in p.structured_sizes if lora_structured_name(s) == ch.best_structured)
+    return ch.behaviour
+
+
+def behaviour_style(table: pd.DataFrame):
+    pct = {c: "{:.0%}" for c in ("json_valid", "schema_adherence", "fields_correct")}
+    return table.style.format({**pct, "prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
+                               "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s"}, na_rep="-")
+
+
+def plot_structured(table: pd.DataFrame):
+    """Valid JSON, exact schema and fields right per condition."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    y = np.arange(len(table))
+    for i, (col, label) in enumerate([("json_valid", "valid JSON"), ("schema_adherence", "exact schema"),
+                                      ("fields_correct", "fields right")]):
+        ax.barh(y + (i - 1) * 0.27, table[col], 0.27, label=label)
+    ax.set_yticks(y, table.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="share of test products", title="Structured output: prompting against fine-tuning")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def output_examples(ch: Chapter, n: int = 3) -> pd.DataFrame:
+    """The first n products' answers under every JSON condition."""
+    return pd.DataFrame({c: o[:n] for c, o in ch.outputs.items()}).T.rename(columns=lambda i: f"product {i + 1}")
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA, QLoRA and full fine-tuning
+
+
+VARIANTS = {"lora-attention": {"target": "attention"}, "qlora": {"method": "qlora"}, "full": {"method": "full"}}
+COST_COLUMNS = ("trainable_share", "step_s", "tokens_per_s", "mfu", "peak_mb", "base_weight_mb", "artifact_mb")
+
+
+def methods(ch: Chapter) -> pd.DataFrame:
+    """The DSF data (most paraphrases) trained with every method of `methods`; LoRA is the knowledge
+    section's run. Each method's closed-book quality and training costs, one row per method."""
+    from ..train import train
+    from ..train.measure import release_memory
+
+    p = ch.params
+    examples = tasks.dsf_examples(ch.facts, ch.best_count)
+    ch.runs = {"lora": ch.dsf[ch.best_count]}
+    with ch.run.stage("methods"):
+        for name in p.methods:
+            if name in ch.runs:
+                continue
+            overrides = {**VARIANTS[name], **({"lr": p.full_lr} if name == "full" else {})}
+            ch.runs[name] = train(p.model, examples, tasks.lora_config(p, p.dsf_epochs, **overrides),
+                                  label=f"dsf-p{ch.best_count}-{name}")
+    lora_row = ch.knowledge.loc[dsf_row_label(ch.best_count)]
+    rows = []
+    for name, result in ch.runs.items():
+        if name == "lora":  # scored in the knowledge section
+            held, seen = lora_row.held_out, lora_row.trained_paraphrase
+        else:
+            held, seen = closed_book(ch, result.lm, method_name(ch, name))
+        if name in ("full", "qlora"):
+            probe(ch, f"DSF, {METHOD_LABELS[name] if name == 'full' else 'QLoRA'}", result.lm)
+        rows.append({"method": name, "held_out": held, "trained_paraphrase": seen, "quality": (held + seen) / 2,
+                     **{k: result.metrics[k] for k in COST_COLUMNS}})
+        if name != "lora":
+            result.lm = None
+    release_memory()
+    ch.cost = pd.DataFrame(rows).set_index("method")
+    return ch.cost
+
+
+def cost_style(table: pd.DataFrame):
+    return table.style.format({"held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "quality": "{:.0%}",
+                               "trainable_share": "{:.2%}", "step_s": "{:.2f} s", "tokens_per_s": "{:.0f}",
+                               "mfu": "{:.0%}", "peak_mb": "{:,.0f} MB", "base_weight_mb": "{:,.0f} MB",
+                               "artifact_mb": "{:,.1f} MB"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Forgetting
+
+
+def forgetting_table(ch: Chapter) -> pd.DataFrame:
+    """Perplexity on the general text per model, and its change against the base model."""
+    table = pd.DataFrame({"perplexity": {k: v.perplexity for k, v in ch.forgetting.items()}}).rename_axis("model")
+    table["change"] = table.perplexity / ch.forgetting["base model"].perplexity - 1
+    return table
+
+
+def forgetting_style(table: pd.DataFrame):
+    return table.style.format({"perplexity": "{:.2f}", "change": "{:+.1%}"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Headline metrics
+
+
+def _rate_tol(n: int) -> float:
+    """The drift tolerance of a rate or mean over n questions (ragft.drift's rule)."""
+    return tolerance({"kind": "rate", "n": n})
+
+
+def ratio_tol(a: float, b: float, tol_a: float, tol_b: float) -> float:
+    """Tolerance of a / b from the parts' tolerances (first order), finite when b is 0 or near it."""
+    floor = max(abs(b), tol_b, 1e-9)
+    return (tol_a + abs(a / floor) * tol_b) / floor
+
+
+def cost_saving_rule(params, n: int, tuned_cost: float, prompt_cost: float) -> dict:
+    """How `1 - tuned_cost / prompt_cost` (dollars per 1,000 queries) may move: exact when only
+    prompt tokens are priced (they are deterministic); otherwise each answer that may flip can move
+    its completion by up to structured_max_new_tokens, which moves both costs (first order)."""
+    price = load_prices()[params.price_per_mtok]
+    if price.get("output_per_mtok") is None:
+        return {"kind": "exact"}
+    cost_shift = _rate_tol(n) * params.structured_max_new_tokens * price["output_per_mtok"] / 1000
+    return {"kind": "derived", "tol": ratio_tol(tuned_cost, prompt_cost, cost_shift, cost_shift)}
+
+
+def headline_metrics(ch: Chapter) -> dict:
+    """The chapter's headline metrics, each declared with its kind on the results file."""
+    run, p, n = ch.run, ch.params, ch.n_facts
+    k, b, cost = ch.knowledge, ch.behaviour, ch.cost
+    m: dict = {}
+
+    def put(key, value, kind, **rule):
+        m[key] = run.metric(key, value, kind, **rule)
+
+    best_count = ch.best_count
+    dsf_row = k.loc[dsf_row_label(best_count)]
+    put("base_closed_contains", k.iloc[0].held_out, "rate", n=n)
+    put("dsf_heldout_contains", dsf_row.held_out, "rate", n=n)
+    put("dsf_train_contains", dsf_row.trained_paraphrase, "rate", n=n)
+    put("rag_contains_same_questions", k.iloc[-2].held_out, "rate", n=n)
+    put("dsf_plus_rag_contains", k.iloc[-1].held_out, "rate", n=n)
+    put("n_facts", n, "exact")
+    for count in p.paraphrase_counts:
+        r = k.loc[dsf_row_label(count)]
+        put(f"dsf_p{count}_heldout_contains", r.held_out, "rate", n=n)
+        put(f"dsf_p{count}_train_contains", r.trained_paraphrase, "rate", n=n)
+
+    n_json = len(ch.structured_test)
+    tuned = b[b.index.str.startswith("LoRA")]
+    best, long_prompt, zero_shot = ch.best_structured, b.loc["base, long instruction"], b.loc["base, short instruction"]
+    put("json_valid_zero_shot", zero_shot.json_valid, "rate", n=n_json)
+    put("json_valid_long_prompt", long_prompt.json_valid, "rate", n=n_json)
+    put("json_valid_few_shot", b.iloc[2].json_valid, "rate", n=n_json)
+    put("json_valid_lora_best", tuned.loc[best, "json_valid"], "rate", n=n_json)
+    put("schema_adherence_lora_best", tuned.loc[best, "schema_adherence"], "rate", n=n_json)
+    put("schema_adherence_zero_shot", zero_shot.schema_adherence, "rate", n=n_json)
+    put("schema_adherence_long_prompt", long_prompt.schema_adherence, "rate", n=n_json)
+    put("fields_correct_lora_best", tuned.loc[best, "fields_correct"], "mean", n=n_json)
+    put("fields_correct_long_prompt", long_prompt.fields_correct, "mean", n=n_json)
+    put("prompt_tokens_long", long_prompt.prompt_tokens, "exact")
+    put("prompt_tokens_lora", tuned.loc[best, "prompt_tokens"], "exact")
+    put("s8_cost_saving", 1 - tuned.loc[best, "cost_per_1k_usd"] / long_prompt.cost_per_1k_usd,
+        **cost_saving_rule(p, n_json, tuned.loc[best, "cost_per_1k_usd"], long_prompt.cost_per_1k_usd))
+    for size in p.structured_sizes:
+        put(f"schema_adherence_lora_{size}", tuned.loc[lora_structured_name(size), "schema_adherence"], "rate", n=n_json)
+    put("json_lora_best_size", ch.best_structured_size, "choice")
+
+    for name, r in cost.iterrows():
+        key = name.replace("-", "_")
+        put(f"{key}_step_s", r.step_s, "machine")
+        put(f"{key}_peak_mb", r.peak_mb, "machine")
+        put(f"{key}_mfu", r.mfu, "machine")
+        put(f"{key}_trainable_share", r.trainable_share, "exact")
+        put(f"{key}_quality", r.quality, "mean", n=n)
+        put(f"{key}_artifact_mb", r.artifact_mb, "derived", tol=ARTIFACT_MB_TOL)
+    bf16_mb = ch.lm.n_params() * 2 / 2**20
+    put("peak_gflops", ch.runs["lora"].metrics["peak_gflops"], "machine")
+    put("bf16_weight_mb", bf16_mb, "exact")
+    if "full" in cost.index:
+        full, lora = cost.loc["full"], cost.loc["lora"]
+        put("lora_step_ratio_vs_full", lora.step_s / full.step_s, "machine")
+        put("lora_peak_ratio_vs_full", lora.peak_mb / full.peak_mb, "machine")
+        quality_ratio = lora.quality / full.quality if full.quality > 0 else 0.0
+        put("lora_quality_ratio_vs_full", quality_ratio, "derived",
+            tol=ratio_tol(lora.quality, full.quality, _rate_tol(n), _rate_tol(n)))
+    if "qlora" in cost.index:
+        put("qlora_base_weight_ratio_vs_bf16", cost.loc["qlora"].base_weight_mb / bf16_mb, "exact")
+    put("embedding_share", ch.lm.model.get_input_embeddings().weight.numel() / ch.lm.n_params(), "exact")
+
+    ppl = forgetting_table(ch)
+    put("perplexity_base", ch.forgetting["base model"].perplexity, "derived", tol=PERPLEXITY_TOL)
+    put("forgetting_delta_lora", ppl.loc[f"DSF, LoRA ({best_count} paraphrases)", "change"], "derived",
+        tol=FORGETTING_DELTA_TOL)
+    if "DSF, full fine-tuning" in ppl.index:
+        put("forgetting_delta_full", ppl.loc["DSF, full fine-tuning", "change"], "derived", tol=FORGETTING_DELTA_TOL)
+    put("model_params_m", ch.lm.n_params() / 1e6, "exact")
+    # The questions behind each headline figure: a change of n is a change of design, never drift.
+    put("knowledge_n", n, "exact")
+    put("structured_n", n_json, "exact")
+    put("forgetting_segments_n", len(ch.forgetting["base model"].segment_nll), "exact")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons and sentences
+
+
+@dataclass
+class StatedComparison:
+    """A comparison the prose states, with its sentence's labels; `comparison` is None (and
+    `missing` says why) when this run's parameters leave one side unmeasured."""
+
+    key: str  # glue key of the sentence
+    comparison: Comparison | None
+    a_label: str = ""
+    b_label: str = ""
+    missing: str = ""
+    pct: bool = True
+
+    def glue(self) -> None:
+        if self.comparison is not None:
+            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, pct=self.pct)
+        else:
+            glue(self.key, f"not measured in this run: {self.missing}")
+            glue(f"{self.key}_verdict", "not measured")
+
+
+def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+    """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed
+    by glue key. Directions are the claims' own, whatever this run measured."""
+    run, p = ch.run, ch.params
+    out: dict[str, StatedComparison] = {}
+
+    def state(key, claim, a, b, a_label, b_label, expect="greater", margin=0.0, kind=None, pct=True):
+        out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind, margin=margin),
+                                    a_label, b_label, pct=pct)
+
+    def missing(key, why):
+        out[key] = StatedComparison(key, None, missing=why)
+
+    top = ch.best_count
+    dsf, dsf_label = dsf_name(top), f"DSF ({top} paraphrases)"
+    held = f"{dsf} held-out"
+    state("k1_rag_vs_dsf", "K1-rag-vs-dsf", "base + RAG", held, "RAG", f"closed-book {dsf_label}")
+    # K1's other face: a fine-tune that learnt the facts would answer new phrasings as well as trained ones.
+    state("k1_memorisation", "K1-memorisation", f"{dsf} trained paraphrase", held, "trained phrasings", "held-out phrasings")
+    low = min(p.paraphrase_counts)
+    if low < top:
+        state("k5_paraphrases", "K5-paraphrases", held, f"{dsf_name(low)} held-out",
+              f"{top} paraphrases per fact", f"{low} paraphrase{'s' if low > 1 else ''} per fact")
+    else:
+        missing("k5_paraphrases", "paraphrase_counts has one count")
+    state("k6_dsf_plus_rag", "K6-dsf-plus-rag", f"{dsf} + RAG", held, f"{dsf_label} + RAG", f"{dsf_label} alone")
+    state("k5_rag_vs_dsf_rag", "K5-rag-vs-dsf-rag", "base + RAG", f"{dsf} + RAG", "RAG alone", f"{dsf_label} + RAG")
+
+    best = ch.best_structured
+    state("k4_json", "K4-json", f"{best}: json_valid", "base, short instruction: json_valid",
+          f"the best fine-tune ({best})", "the zero-shot short instruction")
+    # K4 says the fine-tune wins "even with examples in context": the exact schema against the few-shot prompt.
+    state("k4_few_shot", "K4-few-shot", f"{best}: schema", "base, long instruction + 2 examples: schema",
+          "the best fine-tune", "two worked examples in the prompt")
+    sizes = p.structured_sizes
+    if len(sizes) > 1:
+        big, small = max(sizes), min(sizes)
+        state("t4_sizes", "T4-sizes", f"{lora_structured_name(big)}: schema", f"{lora_structured_name(small)}: schema",
+              f"{big} training examples", f"{small} training examples")
+    else:
+        missing("t4_sizes", "structured_sizes has one size")
+
+    quality = lambda method: f"{method_name(ch, method)} quality"  # noqa: E731
+    if "full" in ch.runs:
+        margin = T1_SHARE * float(ch.cost.loc["full"].quality)
+        state("t1_lora_vs_full", "T1-lora-vs-full", quality("lora"), quality("full"), "LoRA", "full fine-tuning",
+              expect="equal", margin=margin, kind="continuous")
+    else:
+        missing("t1_lora_vs_full", "full fine-tuning is not in methods")
+    if "qlora" in ch.runs:
+        state("t3_qlora_vs_lora", "T3-qlora-vs-lora", quality("qlora"), quality("lora"), "QLoRA", "LoRA",
+              expect="equal", margin=QLORA_MARGIN, kind="continuous")
+    else:
+        missing("t3_qlora_vs_lora", "QLoRA is not in methods")
+    if "lora-attention" in ch.runs:
+        state("t3_attention_only", "T3-attention-only", quality("lora"), quality("lora-attention"),
+              "adapters on every linear layer", "attention projections only", kind="continuous")
+    else:
+        missing("t3_attention_only", "attention-only LoRA is not in methods")
+    # K7: the more weights move, the more is forgotten; NLL per segment of the general text, lower is better.
+    lora_probe = f"NLL: DSF, LoRA ({top} paraphrases)"
+    if "NLL: DSF, full fine-tuning" in run.outcomes:
+        state("k7_forgetting", "K7-forgetting", "NLL: DSF, full fine-tuning", lora_probe,
+              "full fine-tuning", "LoRA", kind="continuous", pct=False)
+    else:
+        missing("k7_forgetting", "full fine-tuning is not in methods")
+    return out
+
+
+def dtype_reason(ch: Chapter) -> str:
+    m = ch.runs["lora"].metrics
+    if m["dtype"] == "float32":
+        return ("this CPU has no fast bf16 arithmetic (the provenance of this run records both dtypes' "
+                "matrix-product speed), so training uses the faster fp32")
+    return f"{m['dtype']} is the fast path on this {m['device'].upper()}"
+
+
+def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
+    """The cost section's sentences: measured ratios with what explains them at this model size.
+    They describe machine measurements (no per-question outcomes); quality claims are comparisons."""
+    cost, dtype = ch.cost, ch.runs["lora"].metrics["dtype"]
+    out = {}
+    if "full" in cost.index:
+        parts = [f"LoRA trains {m['lora_trainable_share']:.1%} of the weights, takes {m['lora_step_ratio_vs_full']:.2f} "
+                 f"times full fine-tuning's step time and {m['lora_peak_ratio_vs_full']:.2f} times its peak memory, and "
+                 f"reaches {m['lora_quality_ratio_vs_full']:.0%} of its quality score"]
+        if m["lora_step_ratio_vs_full"] > 0.8:
+            parts.append("LoRA saves less time than the weight gradients it skips suggest, because every step still "
+                         "runs the backward pass through all layers for the activations, and at these short sequences "
+                         "the fixed cost of the adapters' many small products weighs more than in a large model")
+        if m["lora_peak_ratio_vs_full"] > 0.7:
+            parts.append("the memory saving is smaller than T2's 3x because in a model this small the activations of "
+                         "a batch, which LoRA keeps as full fine-tuning does, weigh as much as the weights, gradients "
+                         "and optimizer state that LoRA saves")
+        out["t1_sentence"] = "; ".join(parts) + "."
+    else:
+        out["t1_sentence"] = "Full fine-tuning was not in this run's methods, so the LoRA ratios are not measured."
+    if "qlora" in cost.index:
+        ratio = m["qlora_base_weight_ratio_vs_bf16"]
+        out["qlora_sentence"] = (
+            f"QLoRA's base weights take {ratio:.2f} times the bf16 size ({cost.loc['qlora'].base_weight_mb:,.0f} MB "
+            f"against {m['bf16_weight_mb']:,.0f} MB). "
+            + (f"That is far from 4 bits' quarter because the embedding matrix, {m['embedding_share']:.0%} of this "
+               "small model's weights, stays unquantized (bitsandbytes leaves embeddings and the output head alone) "
+               f"and is kept in {dtype}; in a 7B model the embeddings are a few percent of the weights. "
+               if ratio > 0.35 else "")
+            + f"Its steps take {cost.loc['qlora'].step_s / cost.loc['lora'].step_s:.2f} times LoRA's: the 4-bit "
+            "weights are unpacked for every product.")
+    else:
+        out["qlora_sentence"] = "QLoRA was not in this run's methods."
+    if "lora-attention" in cost.index:
+        out["t3_sentence"] = (f"Adapters on the attention projections only train "
+                              f"{cost.loc['lora-attention'].trainable_share:.2%} of the weights.")
+    else:
+        out["t3_sentence"] = "Attention-only adapters were not in this run's methods."
+    forgetting = f"LoRA raises perplexity by {m['forgetting_delta_lora']:.1%}"
+    out["k7_sentence"] = (f"full fine-tuning raises perplexity by {m['forgetting_delta_full']:.1%} and LoRA by "
+                          f"{m['forgetting_delta_lora']:.1%}" if "forgetting_delta_full" in m else forgetting)
+    out["s8_sentence"] = (f"The fine-tune reads {m['prompt_tokens_lora']:.0f} prompt tokens per query against "
+                          f"{m['prompt_tokens_long']:.0f} for the long instruction ({m['s8_cost_saving']:.0%} less "
+                          f"input to pay for), and gets {m['fields_correct_lora_best']:.0%} of the fields right, "
+                          f"the long instruction {m['fields_correct_long_prompt']:.0%}.")
+    return out
+
+
+def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+    """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
+    glue_metrics(headline)
+    for stated in comparisons.values():
+        stated.glue()
+    for key, sentence in cost_sentences(ch, headline).items():
+        glue(key, sentence)
+    glue("n_structured_test", len(ch.structured_test))
+    glue("json_best_condition", ch.best_structured)
+    glue("dtype_name", ch.runs["lora"].metrics["dtype"])
+    glue("dtype_reason", dtype_reason(ch))
+    glue("min_structured_size", min(ch.params.structured_sizes))
+    glue("max_structured_size", max(ch.params.structured_sizes))
+    glue("max_paraphrases", ch.best_count)
+    glue("t1_margin_share", T1_SHARE)
+    glue("qlora_margin", QLORA_MARGIN)
+
+
+def save(ch: Chapter):
+    run = ch.run
+    run.tables.update(knowledge=ch.knowledge.reset_index().to_dict("records"),
+                      behaviour=ch.behaviour.reset_index().to_dict("records"),
+                      methods=ch.cost.reset_index().to_dict("records"),
+                      forgetting=forgetting_table(ch).reset_index().to_dict("records"),
+                      train_runs={name: r.metrics for name, r in ch.runs.items()})
+    return run.save(lm=ch.lm)

@@ -1,0 +1,176 @@
+"""Chapter 3's experiment module without a language model: outcomes, metric declarations, comparisons."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ragft import config
+from ragft.experiments import ch03_finetune as ch03
+from ragft.generation import Generation
+from ragft.results import ChapterRun
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED = ROOT / "experiments" / "results" / "cpu" / "03_finetune.json"
+
+
+def test_segment_means_cover_every_token_and_merge_a_short_tail():
+    nll = [1.0] * 64 + [3.0] * 10  # a 10-token tail is under half a segment: it joins the last one
+    seg = ch03.segment_means(nll, 32)
+    assert list(seg) == ["tokens 0-31", "tokens 32-73"]
+    assert seg["tokens 0-31"] == 1.0 and seg["tokens 32-73"] == pytest.approx((32 + 30) / 42)
+    assert list(ch03.segment_means([2.0] * 80, 32)) == ["tokens 0-31", "tokens 32-63", "tokens 64-79"]
+    assert ch03.segment_means([5.0] * 3, 32) == {"tokens 0-2": 5.0}
+    with pytest.raises(ValueError, match="too short"):
+        ch03.segment_means([], 32)
+    with pytest.raises(ValueError, match="at least 1"):
+        ch03.segment_means([1.0], 0)
+
+
+def _q(qid, answers=("Blue",), **extra):
+    return SimpleNamespace(qid=qid, answers=list(answers), **extra)
+
+
+def test_contains_outcomes_pair_answers_and_token_rows():
+    gen = Generation(["x", "y", "It is blue.", "no"], [10, 11, 12, 13], [1, 2, 3, 4], 0.0)
+    qs = [_q("a"), _q("b")]
+    scores, tokens = ch03.contains_outcomes(qs, gen.texts[2:], gen, rows=[2, 3])
+    assert scores == {"a": 1.0, "b": 0.0} and tokens == {"a": (12, 3), "b": (13, 4)}
+    with pytest.raises(ValueError, match="pair up"):
+        ch03.contains_outcomes(qs, ["only one"])
+    with pytest.raises(ValueError, match="asked twice"):
+        ch03.contains_outcomes([_q("a"), _q("a")], ["blue", "blue"])
+
+
+def test_structured_outcomes_score_each_product(kb):
+    products = kb.by_kind("structured")[:2]
+    good = json.dumps(products[0].fields)
+    gen = Generation([good, "no json here"], [5, 5], [9, 3], 0.0)
+    out = ch03.structured_outcomes(gen, products)
+    a, b = products[0].qid, products[1].qid
+    assert out["json_valid"] == {a: 1.0, b: 0.0}
+    assert out["schema"] == {a: 1.0, b: 0.0}
+    assert out["fields"][a] == 1.0 and out["fields"][b] == 0.0
+    assert set(out) == set(ch03.JSON_SCORES)
+
+
+def test_ratio_tolerance_and_cost_saving_rule():
+    assert ch03.ratio_tol(0.5, 0.5, 0.1, 0.1) == pytest.approx(0.4)
+    assert ch03.ratio_tol(0.5, 0.0, 0.1, 0.1) > 0  # finite when the denominator is 0
+    params = config.resolve("03_finetune", "cpu")
+    assert ch03.cost_saving_rule(params, 24, 0.2, 0.4) == {"kind": "exact"}  # s4_actian prices input only
+
+
+def _fake_chapter(profile="cpu"):
+    """A chapter whose sections 'ran': the tables and outcomes the sections would leave, from the
+    profile's sizes, with a perfect fine-tune so every comparison has something to say."""
+    p = config.resolve("03_finetune", profile)
+    run = ChapterRun(ch03.CHAPTER, p)
+    facts = [_q(f"f{i}") for i in range(p.n_facts)]
+    products = [_q(f"s{i}") for i in range(p.n_structured_test)]
+    ch = ch03.Chapter(p, run, lm=None, embed_model=None, kb=None, facts=facts, general="")
+    ch.structured_test = products
+    top = ch.best_count
+
+    def record(name, score, items):
+        run.record(name, {q.qid: score(i) for i, q in enumerate(items)})
+
+    rows = [{"condition": "base model, closed book", "held_out": 0.0, "trained_paraphrase": 0.0}]
+    record("base held-out", lambda i: 0, facts)
+    for count in p.paraphrase_counts:
+        hit = (lambda i: 1) if count == top else (lambda i: i % 4 == 0)
+        record(f"DSF p{count} held-out", hit, facts)
+        record(f"DSF p{count} trained paraphrase", lambda i: 1, facts)
+        record(f"DSF p{count} quality", lambda i: (hit(i) + 1) / 2, facts)
+        rows.append({"condition": ch03.dsf_row_label(count), "held_out": sum(map(hit, range(len(facts)))) / len(facts),
+                     "trained_paraphrase": 1.0, "examples": 3 * len(facts), "train_s": 1.0})
+    record("base + RAG", lambda i: i % 2, facts)
+    record(f"DSF p{top} + RAG", lambda i: 1, facts)
+    rows += [{"condition": "base model + RAG (top-1)", "held_out": 0.5}, {"condition": "DSF + RAG", "held_out": 1.0}]
+    ch.knowledge = pd.DataFrame(rows).set_index("condition")
+
+    names = ["base, short instruction", "base, long instruction", "base, long instruction + 2 examples"]
+    names += [ch03.lora_structured_name(s) for s in p.structured_sizes]
+    brows = []
+    for name in names:
+        tuned = name.startswith("LoRA")
+        for score in ch03.JSON_SCORES:
+            record(f"{name}: {score}", (lambda i: 1) if tuned else (lambda i: 0), products)
+        brows.append({"condition": name, "json_valid": float(tuned), "schema_adherence": float(tuned),
+                      "fields_correct": float(tuned), "prompt_tokens": 100.0 if tuned else 250.0,
+                      "completion_tokens": 20.0, "cost_per_1k_usd": 0.1 if tuned else 0.25})
+    ch.behaviour = pd.DataFrame(brows).set_index("condition")
+    ch.best_structured, ch.best_structured_size = names[-1], p.structured_sizes[-1]
+
+    cost = {k: 1.0 for k in ch03.COST_COLUMNS}
+    ch.runs = {m: SimpleNamespace(metrics={**cost, "peak_gflops": 100.0, "dtype": "float32", "device": "cpu"})
+               for m in p.methods}
+    crows = []
+    for m in p.methods:
+        if m != "lora":
+            record(f"DSF p{top} {m} quality", lambda i: 1.0 if m != "lora-attention" else 0.5, facts)
+        crows.append({"method": m, "held_out": 1.0, "trained_paraphrase": 1.0, "quality": 1.0, **cost})
+    ch.cost = pd.DataFrame(crows).set_index("method")
+
+    for label, nll in [("base model", 2.0), (f"DSF, LoRA ({top} paraphrases)", 2.2), ("DSF, full fine-tuning", 2.1)]:
+        segments = {f"tokens {i}": nll + 0.01 * (i % 3) for i in range(20)}
+        ch.forgetting[label] = ch03.ForgettingProbe(float(np.exp(nll)), segments)
+        run.record(f"NLL: {label}", ch.forgetting[label].segment_nll)
+    embeddings = SimpleNamespace(weight=SimpleNamespace(numel=lambda: 30))
+    ch.lm = SimpleNamespace(n_params=lambda: 135, model=SimpleNamespace(get_input_embeddings=lambda: embeddings))
+    return ch
+
+
+
+def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
+    ch = _fake_chapter("cpu")
+    m = ch03.headline_metrics(ch)
+    published = json.loads(PUBLISHED.read_text())["metrics"]
+    assert not sorted(set(published) - set(m)), "a published metric is no longer written"
+    rules = ch.run.metric_rules
+    assert set(rules) == set(m)
+    n = ch.params.n_facts
+    assert rules["dsf_heldout_contains"] == {"kind": "rate", "n": n}
+    assert rules["lora_quality"] == {"kind": "mean", "n": n}
+    assert rules["fields_correct_lora_best"]["kind"] == "mean"
+    assert rules["lora_trainable_share"] == {"kind": "exact"}
+    assert rules["lora_artifact_mb"] == {"kind": "derived", "tol": ch03.ARTIFACT_MB_TOL}
+    for key in ("lora_step_s", "full_peak_mb", "qlora_mfu", "peak_gflops", "lora_step_ratio_vs_full"):
+        assert rules[key] == {"kind": "machine"}, key
+    assert rules["lora_quality_ratio_vs_full"]["kind"] == "derived" and rules["lora_quality_ratio_vs_full"]["tol"] > 0
+    assert m["knowledge_n"] == n and m["structured_n"] == ch.params.n_structured_test
+
+
+def test_comparisons_use_the_claim_ids_and_directions():
+    ch = _fake_chapter("cpu")
+    stated = ch03.state_comparisons(ch)
+    by_claim = {c["claim"]: c for c in ch.run.comparisons}
+    assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag",
+                             "K5-rag-vs-dsf-rag", "K4-json", "K4-few-shot", "T4-sizes", "T1-lora-vs-full",
+                             "T3-qlora-vs-lora", "T3-attention-only", "K7-forgetting"}
+    assert by_claim["K1-rag-vs-dsf"]["a"] == "base + RAG" and by_claim["K1-rag-vs-dsf"]["expect"] == "greater"
+    assert by_claim["K5-paraphrases"]["a"] == "DSF p3 held-out" and by_claim["K5-paraphrases"]["b"] == "DSF p1 held-out"
+    assert by_claim["K5-paraphrases"]["verdict"] == "supported"  # 16 facts: 12 discordant pairs, all one way
+    assert by_claim["T1-lora-vs-full"]["expect"] == "equal" and by_claim["T1-lora-vs-full"]["margin"] == pytest.approx(0.05)
+    assert by_claim["T3-qlora-vs-lora"]["a"] == "DSF p3 qlora quality" and by_claim["T3-qlora-vs-lora"]["b"] == "DSF p3 quality"
+    assert by_claim["K7-forgetting"]["kind"] == "continuous" and by_claim["K7-forgetting"]["a"] == "NLL: DSF, full fine-tuning"
+    assert all(s.comparison is not None for s in stated.values())
+
+
+def test_comparisons_the_smoke_profile_cannot_make_say_why():
+    ch = _fake_chapter("smoke")  # one paraphrase count, one JSON size, no attention-only LoRA
+    stated = ch03.state_comparisons(ch)
+    for key, why in (("k5_paraphrases", "one count"), ("t4_sizes", "one size"), ("t3_attention_only", "attention-only")):
+        assert stated[key].comparison is None and why in stated[key].missing
+    assert stated["k1_rag_vs_dsf"].comparison is not None
+
+
+def test_cost_sentences_carry_no_quality_verdict():
+    ch = _fake_chapter("cpu")
+    sentences = ch03.cost_sentences(ch, ch03.headline_metrics(ch))
+    assert set(sentences) == {"t1_sentence", "qlora_sentence", "t3_sentence", "k7_sentence", "s8_sentence"}
+    for text in sentences.values():
+        assert not any(word in text for word in (" beats", " wins", " better", " ahead", " holds here"))
