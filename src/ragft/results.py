@@ -162,7 +162,7 @@ class ChapterRun:
             self.outcome_tokens[condition] = {str(q): [int(p), int(c)] for q, (p, c) in tokens.items()}
 
     def compare(self, claim: str, a: str, b: str, expect: str = "greater", kind: str | None = None,
-                margin: float = 0.0):
+                margin: float = 0.0, unit: str = "questions"):
         """A paired comparison of two recorded conditions (ragft.stats.compare), kept for the
         results file; returns it so the prose can glue its verdict and sentence."""
         from .stats import compare
@@ -170,7 +170,7 @@ class ChapterRun:
         missing = [c for c in (a, b) if c not in self.outcomes]
         if missing:
             raise KeyError(f"no outcomes recorded for {missing}; recorded: {sorted(self.outcomes)}")
-        result = compare(claim, a, self.outcomes[a], b, self.outcomes[b], expect, kind, margin)
+        result = compare(claim, a, self.outcomes[a], b, self.outcomes[b], expect, kind, margin, unit=unit)
         self.comparisons = [c for c in self.comparisons if c["claim"] != claim] + [result.as_dict()]
         return result
 

@@ -133,6 +133,7 @@ class Comparison:
     mean_b: float = 0.0
     mde: float = 0.0  # minimum detectable effect at 80 % power for this n
     n_for_effect: int = 0  # paired questions that would detect the observed difference (or the margin)
+    unit: str = "questions"  # what was paired (questions; segments of a text ...)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -142,19 +143,23 @@ class Comparison:
         return self.verdict != INCONCLUSIVE
 
     def sentence(self, a_label: str | None = None, b_label: str | None = None, pct: bool = True) -> str:
-        """The comparison as a sentence for the prose: the verdict, the difference, its interval,
-        p and n, and for an inconclusive one the n that would decide it."""
+        """The comparison as a sentence for the prose (plain text: glue renders no markup): the
+        verdict, the difference, its interval, p and n, and for an inconclusive one what this n can
+        detect and the n that would decide it."""
         a_label, b_label = a_label or self.a, b_label or self.b
         unit = (lambda x: f"{100 * x:+.0f} points") if pct else (lambda x: f"{x:+.3g}")
         span = (lambda x: f"{100 * x:+.0f}") if pct else (lambda x: f"{x:+.3g}")
         stat = (f"{a_label} minus {b_label}: {unit(self.diff)} (95 % CI {span(self.ci_low)} to "
-                f"{span(self.ci_high)}, p = {self.p:.2g}, n = {self.n})")
-        if self.verdict == INCONCLUSIVE:
-            need = (f"; about {self.n_for_effect:,} paired questions would detect a difference this size"
-                    if self.n_for_effect else "")
-            mde = f"{100 * self.mde:.0f} points" if pct else f"{self.mde:.3g}"
-            return f"**inconclusive at this n**: {stat}; the smallest effect this n detects is {mde}{need}"
-        return f"**{self.verdict}**: {stat}"
+                f"{span(self.ci_high)}, p = {self.p:.2g}, n = {self.n} paired {self.unit})")
+        if self.verdict != INCONCLUSIVE:
+            return f"{self.verdict}: {stat}"
+        if self.kind == "binary" and self.mde >= 1:
+            power = f"at this n no difference is detectable with {POWER:.0%} power"
+        else:
+            power = f"the smallest effect this n detects is {f'{100 * self.mde:.0f} points' if pct else f'{self.mde:.3g}'}"
+        need = (f"; about {self.n_for_effect:,} paired {self.unit} would detect a difference this size"
+                if self.n_for_effect else "")
+        return f"{INCONCLUSIVE}: {stat}; {power}{need}"
 
 
 def _paired(a: dict, b: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -171,7 +176,7 @@ def _paired(a: dict, b: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 
 def compare(claim: str, a_name: str, a: dict, b_name: str, b: dict, expect: str = "greater",
-            kind: str | None = None, margin: float = 0.0, alpha: float = ALPHA) -> Comparison:
+            kind: str | None = None, margin: float = 0.0, alpha: float = ALPHA, unit: str = "questions") -> Comparison:
     """Compare two conditions on the questions both were asked, and give the claim its verdict.
 
     expect: "greater" (the claim says a beats b), "less" (a is below b), or "equal" (a matches b
@@ -210,4 +215,4 @@ def compare(claim: str, a_name: str, a: dict, b_name: str, b: dict, expect: str 
             verdict = INCONCLUSIVE
         need = n_needed(diff, sd) if verdict == INCONCLUSIVE and diff != 0 else 0
     return Comparison(claim, a_name, b_name, n, diff, low, high, p, verdict, expect, kind, margin,
-                      float(va.mean()), float(vb.mean()), min_detectable_effect(n, sd), need)
+                      float(va.mean()), float(vb.mean()), min_detectable_effect(n, sd), need, unit)
