@@ -1,0 +1,193 @@
+"""Chapter 4's experiment module without the language model: per-question outcomes, the DSF
+hand-over from chapter 3, metric kinds, macro-F1's drift tolerance and the stated comparisons."""
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from ragft import config, settings
+from ragft.experiments import ch04_raft as ch04
+from ragft.generation import Generation
+from ragft.results import ChapterRun
+
+
+def item(qid, answers=("Lena Voss",), kind="single"):
+    return SimpleNamespace(qid=qid, answers=list(answers), kind=kind, question=f"question {qid}")
+
+
+def gen(texts):
+    return Generation(list(texts), [10 + i for i in range(len(texts))], [3] * len(texts), 0.0, [0.0] * len(texts))
+
+
+def params(**overrides):
+    return config.resolve("04_raft", "smoke", **overrides)
+
+
+def chapter(p=None, **fields):
+    """A Chapter with only what the tested functions read."""
+    p = p or params()
+    ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], None, [],
+                      settings.PROJECT_ROOT / "kb_train.jsonl")
+    for name, value in fields.items():
+        setattr(ch, name, value)
+    return ch
+
+
+def test_split_outcomes_score_the_final_answer_and_refusals_apart():
+    items = [item("q1"), item("q2"), item("u1", (), "unanswerable")]
+    texts = ["##begin_quote##Lab 4 is run by Omar.##end_quote##\n<ANSWER>: Lena Voss [1]", "<ANSWER>: Omar",
+             "I don't know."]
+    parts = ch04.split_outcomes(items, gen(texts))
+    assert parts["answer"][0] == {"q1": 1.0, "q2": 0.0}
+    assert parts["refusal"][0] == {"u1": 1.0}
+    assert parts["answer"][1]["q2"] == (11, 3)
+
+
+def test_split_outcomes_refuse_mismatched_and_repeated_questions():
+    with pytest.raises(ValueError, match="pair up"):
+        ch04.split_outcomes([item("q1")], gen(["a", "b"]))
+    with pytest.raises(ValueError, match="asked twice"):
+        ch04.split_outcomes([item("q1"), item("q1")], gen(["a", "b"]))
+
+
+def test_benchmark_outcomes_label_and_f1():
+    items = [item("p1", ["yes"]), item("p2", ["maybe"]), item("p3", ["no"])]
+    assert ch04.label_outcomes(items, ["<ANSWER>: Yes, it does.", "no", "nothing"]) == {"p1": 1.0, "p2": 0.0, "p3": 0.0}
+    f1 = ch04.f1_outcomes([item("h1", ["Paris France"])], ["<ANSWER>: Paris"])
+    assert f1["h1"] == pytest.approx(2 / 3)
+
+
+def test_macro_f1_tolerance_is_a_capped_bound_that_shrinks_with_n():
+    assert ch04.macro_f1_tol(["yes"] * 10 + ["no"] * 8 + ["maybe"] * 2) == 1.0  # a rare label swings it
+    big = ["yes"] * 400 + ["no"] * 400 + ["maybe"] * 200  # 50 flips allowed, smallest class 200
+    assert ch04.macro_f1_tol(big) == pytest.approx(50 * 4 / (3 * 200))
+    assert ch04.macro_f1_tol([]) == 0.0
+
+
+def test_best_p_breaks_ties_towards_the_larger_p():
+    table = pd.DataFrame({"p_oracle": [0.0, 0.4, 0.8, 1.0], "contains": [0.5, 0.75, 0.75, 0.5]})
+    assert ch04.best_p(table) == 0.8
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(settings, "run_dir", lambda: tmp_path)
+    (tmp_path / "results").mkdir()
+    return tmp_path
+
+
+def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
+    adapter = run_dir / "dsf-adapter"
+    adapter.mkdir()
+    facts = [SimpleNamespace(qid="f1"), SimpleNamespace(qid="f2")]
+    p = params()
+    (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
+        {"params": {"model": p.model}, "artifacts": {"dsf_adapter": str(adapter)}, "tables": {"dsf_facts": ["f1", "f2"]}}))
+    loaded = []
+    monkeypatch.setattr("ragft.train.load_artifact", lambda model, path, cfg: loaded.append((model, path, cfg)) or "lm")
+    monkeypatch.setattr(ch04.tasks, "train_dsf", lambda *a: pytest.fail("must not retrain chapter 3's adapter"))
+    dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
+    lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=facts))
+    assert lm == "lm" and "chapter 3's adapter from this run" in line
+    assert loaded[0][1] == str(adapter) and loaded[0][2].epochs == dsf_params.dsf_epochs
+
+
+@pytest.mark.parametrize("doc, why", [
+    (None, "has not run"),
+    ({"params": {"model": "smollm2-135m"}, "artifacts": {}}, "no DSF adapter"),
+    ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}, "tables": {"dsf_facts": ["x"]}},
+     "other facts"),
+    ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is gone"),
+])
+def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, why):
+    if doc is not None:
+        (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
+    trained = []
+    monkeypatch.setattr(ch04.tasks, "train_dsf",
+                        lambda p3, facts, n: trained.append(n) or SimpleNamespace(lm="own", cached=False))
+    p = params()
+    dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
+    lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=[SimpleNamespace(qid="f1")]))
+    assert lm == "own" and trained == [max(dsf_params.paraphrase_counts)]
+    assert "fine-tuned here" in line and why in line
+
+
+def measured_chapter(p):
+    """A chapter whose sections have 'run': tables and per-question outcomes of a fake measurement."""
+    ch = chapter(p, facts=[SimpleNamespace(qid=f"f{i}") for i in range(4)],
+                 test_items=[item(f"f{i}") for i in range(4)] + [item("u0", (), "unanswerable")],
+                 train_sources=[object(), object()], lm=SimpleNamespace(n_params=lambda: 134_515_008),
+                 fits={"raft": SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0})})
+    names = list(ch04.MAIN.values())
+    rows = [{"condition": n, "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
+             "quote_correct": 0.5 if n.startswith("RAFT") else None} for n in names]
+    ch.table = pd.DataFrame(rows).set_index("condition")
+    ch.p_table = pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "contains": 0.5} for x in p.p_values]).set_index("condition")
+    ch.d_table = pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "contains": 0.5}
+                               for d in p.distractor_counts]).set_index("condition")
+    ch.curve = pd.DataFrame({ch04.BASE_READER: {k: 0.5 for k in p.top_ks}, ch.raft_reader: {k: 0.75 for k in p.top_ks},
+                             ch.least_reader: {k: 0.25 for k in p.top_ks}}).rename_axis("top-k")
+    ch.curve_tokens = {(r, k): 50.0 * k for r in ch.curve for k in p.top_ks}
+    ones, zeros = {f"f{i}": 1.0 for i in range(4)}, {f"f{i}": float(i % 2) for i in range(4)}
+    for name in names + [ch04.p_outcome(x) for x in p.p_values] + [ch04.d_outcome(d) for d in p.distractor_counts]:
+        ch.run.record(name, ones if "RAFT" in name else zeros)
+    for r in ch.curve:
+        for k in p.top_ks:
+            ch.run.record(ch04.topk_outcome(r, k), ones if r == ch.raft_reader else zeros)
+    return ch
+
+
+def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
+    p = params()
+    ch = measured_chapter(p)
+    m = ch04.headline_metrics(ch)
+    rules = ch.run.metric_rules
+    assert set(m) <= set(rules)
+    assert rules["raft_best_p"]["kind"] == "choice"
+    assert rules["raft_rag_contains"] == {"kind": "rate", "n": 4}
+    assert rules["raft_rag_f1"]["kind"] == "mean" and rules["raft_rag_prompt_tokens"]["kind"] == "exact"
+    assert rules["raft_train_s"]["kind"] == "machine" and rules["raft_topk_spread"]["kind"] == "derived"
+    assert rules["raft_rag_refusal_acc"]["n"] == 1
+    for k in p.top_ks:
+        assert f"base_rag_top{k}_contains" in m and f"raft_rag_top{k}_contains" in m and f"raft_d0_rag_top{k}_contains" in m
+    assert m["raft_k_for_base_best"] == min(p.top_ks)
+    assert m["raft_rag_n"] == 4 and m["ablation_n"] == 4
+    assert "pubmedqa_raft_acc" not in m  # no benchmark rows: no benchmark metrics
+
+
+def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
+    p = params()  # smoke: p_values has no P = 1, no benchmark outcomes
+    ch = measured_chapter(p)
+    out = ch04.state_comparisons(ch)
+    stated = {k: s.comparison.claim for k, s in out.items() if s.comparison is not None}
+    assert stated == {"f3_raft_vs_base_rag": "F3-raft-vs-base-rag", "f3_raft_vs_dsf_rag": "F3-raft-vs-dsf-rag",
+                      "f4_cot": "F4-cot", "f5_distractors": "F5-distractors", "f5_topk_robust": "F5-topk-robust",
+                      "f6_fewer_chunks": "F6-fewer-chunks", "k6_ladder": "K6-ladder", "k3_rag_vs_ft": "K3-rag-vs-ft"}
+    assert {c["claim"] for c in ch.run.comparisons} == set(stated.values())  # stored for the results file
+    assert {k for k, s in out.items() if s.comparison is None} == {"f2_best_p", "f3_hotpotqa", "f3_pubmedqa"}
+    assert "no P = 1" in out["f2_best_p"].missing
+    assert all(s.comparison.expect == "greater" for s in out.values() if s.comparison is not None)
+    f6 = out["f6_fewer_chunks"].comparison  # RAFT at the fewest chunks against the base at its best top-k
+    assert f6.a == ch04.topk_outcome(f"RAFT, {p.n_distractors} distractors", min(p.top_ks))
+    assert f6.b == ch04.topk_outcome(ch04.BASE_READER, min(p.top_ks))  # a flat base curve: its first top-k
+
+
+def test_f2_is_stated_when_p_one_was_trained():
+    p = params(p_values=[0.0, 0.8, 1.0])
+    ch = measured_chapter(p)
+    out = ch04.state_comparisons(ch)
+    assert out["f2_best_p"].comparison.a == "RAFT P=0.8" and out["f2_best_p"].comparison.b == "RAFT P=1"
+    assert [c["claim"] for c in ch.run.comparisons].count("F2-best-p") == 1
+
+
+def test_sentences_describe_without_verdicts():
+    p = params()
+    ch = measured_chapter(p)
+    out = ch04.sentences(ch, ch04.headline_metrics(ch))
+    assert "the one trained with 0 spans 0 points and the base reader spans 0 points" in out["f5_spread_sentence"]
+    assert "no data folder" in out["pubmedqa_sentence"] and "no data folder" in out["hotpotqa_sentence"]
+    assert "(the same top-k: no chunks can be saved here)" in out["f6_tokens_sentence"]
+    for sentence in out.values():
+        assert not any(word in sentence for word in (" beats ", " better ", " ahead ", " worse "))
