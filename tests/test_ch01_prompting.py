@@ -132,7 +132,7 @@ def test_comparisons_state_the_chapter_claims(chapter):
     assert (by_claim["refusal-instruction"]["a"], by_claim["refusal-instruction"]["b"]) == (
         "instruction refusal", "closed book refusal")
     assert all(s.comparison is not None for s in stated.values())
-    assert stated["k1_gold_document"].comparison.sentence("gold document", "instruction prompt").startswith("**supported**")
+    assert stated["k1_gold_document"].comparison.sentence("gold document", "instruction prompt").startswith("supported:")
 
 
 def test_comparisons_say_what_was_not_measured(chapter):

@@ -91,7 +91,7 @@ def test_chunk_size_comparisons_set_the_best_size_against_the_largest_and_smalle
 def test_a_best_size_at_the_edge_of_the_grid_is_not_compared_with_itself():
     ch = grid_chapter([128, 256], 256, [1, 3], 1)
     large, small = ch02.chunk_size_comparisons(ch)
-    assert large.comparison is None and "largest" in large.why_not
+    assert large.comparison is None and "largest" in large.missing
     assert small.comparison.b == "dense 128-token hit@5"
 
 

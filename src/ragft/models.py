@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -219,7 +218,6 @@ def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: 
     quantization: None, or "nf4" (bitsandbytes 4-bit NF4 with double quantization, QLoRA's format;
     runs through bitsandbytes' CPU backend here and on CUDA on a GPU).
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not Path(name).is_dir():

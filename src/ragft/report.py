@@ -69,3 +69,19 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
                 "paired questions to detect it": f"{need:,}" if need and c["verdict"].startswith("inconclusive") else "–"})
     columns = ["claim", "chapter", "comparison", "n", "difference [95 % CI]", "p", "verdict", "paired questions to detect it"]
     return pd.DataFrame(rows, columns=columns).set_index("claim")
+
+
+def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, str], xlabel: str, title: str):
+    """Two shares per condition as paired horizontal bars (a missing right-hand value draws as 0)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    y = np.arange(len(table))
+    ax.barh(y - 0.2, table[left], 0.4, label=labels[0])
+    ax.barh(y + 0.2, table[right].fillna(0), 0.4, label=labels[1])
+    ax.set_yticks(y, table.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel=xlabel, title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig

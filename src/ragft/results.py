@@ -252,6 +252,37 @@ def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: s
     glue(f"{key}_diff", comparison.diff)
 
 
+@dataclass
+class StatedComparison:
+    """A comparison the prose states, with the labels its sentence uses; `comparison` is None (and
+    `missing` says why) when this run's parameters or data leave one side unmeasured, so the
+    sentence says so instead of the build failing on a missing glue key."""
+
+    key: str  # glue key of the sentence
+    comparison: object | None  # ragft.stats.Comparison
+    a_label: str = ""
+    b_label: str = ""
+    missing: str = ""
+    pct: bool = True  # differences of rates read as points; other scores as numbers
+
+    def glue(self) -> None:
+        if self.comparison is not None:
+            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, self.pct)
+        else:
+            glue(self.key, f"not measured in this run: {self.missing}")
+            glue(f"{self.key}_verdict", "not measured")
+            glue(f"{self.key}_diff", float("nan"))
+
+
+def glue_findings(metrics: dict, comparisons, sentences: dict | None = None) -> None:
+    """Glue what a chapter's prose cites: its metrics, its stated comparisons, its sentences."""
+    glue_metrics(metrics)
+    for stated in comparisons:
+        stated.glue()
+    for key, sentence in (sentences or {}).items():
+        glue(key, sentence)
+
+
 def glue_metrics(metrics: dict, prefix: str = "") -> None:
     """Glue every metric so the prose can cite it with {glue:text}."""
     for key, value in metrics.items():

@@ -24,8 +24,8 @@ import pandas as pd
 from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
-from ..results import ChapterRun, glue, glue_comparison, glue_metrics
-from ..stats import Comparison
+from ..results import ChapterRun, StatedComparison, glue, glue_metrics
+from .common import start
 
 CHAPTER = "01_prompting"
 REFUSAL_SUFFIX = " refusal"
@@ -90,14 +90,7 @@ class Chapter:
 
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model; the knowledge base; the sampled question sets."""
-    from .. import models, settings
-    from ..corpus import build_kb
-
-    settings.configure(params)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("load_model"):
-        lm = models.load_lm(params.model, params.device, params.dtype)
-    kb = build_kb(params.kb_seed, params.kb)
+    run, lm, _, kb = start(CHAPTER, params)
     return Chapter(params, run, lm, kb, kb.sample("single", params.n_single, params.seed),
                    kb.sample("multihop", params.n_multihop, params.seed),
                    kb.sample("unanswerable", params.n_unanswerable, params.seed))
@@ -357,25 +350,6 @@ def headline_metrics(ch: Chapter) -> dict:
                    ("unanswerable_n", n_unanswerable)):
         out[key] = run.metric(key, n, "exact")
     return out
-
-
-@dataclass
-class StatedComparison:
-    """A comparison the prose states, with the labels its sentence uses; `comparison` is None (and
-    `missing` says why) when this run's parameters leave one side unmeasured."""
-
-    key: str  # glue key of the sentence
-    comparison: Comparison | None
-    a_label: str
-    b_label: str
-    missing: str = ""
-
-    def glue(self) -> None:
-        if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label)
-        else:
-            glue(self.key, f"not measured in this run: {self.missing}")
-            glue(f"{self.key}_verdict", "not measured")
 
 
 def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:

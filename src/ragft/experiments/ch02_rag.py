@@ -37,8 +37,9 @@ from .. import rag, report
 from ..drift import tolerance
 from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
-from ..results import ChapterRun, glue, glue_comparison
-from ..stats import Comparison, wilson_interval
+from ..results import ChapterRun, StatedComparison, glue
+from ..stats import wilson_interval
+from .common import start
 
 CHAPTER = "02_rag"
 HEADLINE_K = 5  # recall@5 is a headline figure whatever top_ks holds
@@ -117,29 +118,6 @@ def rate_tol(n: int) -> float:
 
 
 @dataclass
-class Stated:
-    """A comparison the prose states, with the labels its sentence uses, or the reason it is not made."""
-
-    key: str
-    comparison: Comparison | None
-    a_label: str = ""
-    b_label: str = ""
-    why_not: str = ""
-
-    def glue(self) -> None:
-        if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label)
-        else:
-            glue(self.key, self.why_not)
-            glue(f"{self.key}_verdict", "not compared")
-            glue(f"{self.key}_diff", 0.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Setup
-
-
-@dataclass
 class Chapter:
     """The chapter's state: parameters, results file, models, knowledge base, stores, the retrieval
     questions and the choices the retrieval grid makes (chunk size, top-k)."""
@@ -192,15 +170,9 @@ class Chapter:
 def setup(params) -> Chapter:
     """Seeds and threads; the language model and the embedder; the knowledge base as pages; a fresh
     local Chroma folder (so ingestion is measured from scratch) or the configured server."""
-    from .. import models, settings
-    from ..corpus import build_kb
+    from .. import settings
 
-    settings.configure(params)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("load_models"):
-        lm = models.load_lm(params.model, params.device, params.dtype)
-        embed_model = rag.load_embedder(params.embedder, lm.device)
-    kb = build_kb(params.kb_seed, params.kb)
+    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
     where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=folder)
@@ -242,7 +214,7 @@ def ingest(ch: Chapter) -> pd.DataFrame:
 class Grid:
     table: pd.DataFrame  # chunk size -> recall@k for every scored k, and MRR
     top_ks: list[int]  # the columns the heat map shows
-    stated: list[Stated]
+    stated: list[StatedComparison]
 
     @property
     def recall_cols(self) -> list[str]:
@@ -277,7 +249,7 @@ def retrieval_grid(ch: Chapter) -> Grid:
     return Grid(table, list(p.top_ks), [*chunk_size_comparisons(ch), top_k_comparison(ch)])
 
 
-def chunk_size_comparisons(ch: Chapter) -> list[Stated]:
+def chunk_size_comparisons(ch: Chapter) -> list[StatedComparison]:
     """R1: recall@5 at the chosen size against the largest size tried (chunks above 1,024 tokens
     dilute) and the smallest (below 128 lose context)."""
     best, out = ch.best_chunk, []
@@ -285,27 +257,27 @@ def chunk_size_comparisons(ch: Chapter) -> list[Stated]:
     for claim, key, other, side in (("R1-chunk-size", "r1_large", max(ch.params.chunk_sizes), "largest"),
                                     ("R1-small-chunks", "r1_small", min(ch.params.chunk_sizes), "smallest")):
         if other == best:
-            out.append(Stated(key, None, why_not=f"the chosen size is the {side} one tried ({best} tokens), "
+            out.append(StatedComparison(key, None, missing=f"the chosen size is the {side} one tried ({best} tokens), "
                                                  "so there is nothing to compare it with"))
             continue
         cmp = ch.run.compare(claim, retrieval_condition("dense", best, HEADLINE_K),
                              retrieval_condition("dense", other, HEADLINE_K), expect="greater")
-        out.append(Stated(key, cmp, best_label, f"at {other} tokens"))
+        out.append(StatedComparison(key, cmp, best_label, f"at {other} tokens"))
     return out
 
 
-def top_k_comparison(ch: Chapter) -> Stated:
+def top_k_comparison(ch: Chapter) -> StatedComparison:
     """R2 (retrieve the top 3-8): does the largest top-k tried still find relevant chunks the chosen
     top-k misses? Dense retrieval at the chosen chunk size."""
     ks = sorted(ch.params.top_ks)
     more = ks[-1]
     fewer = ch.best_k if ch.best_k < more else (ks[-2] if len(ks) > 1 else None)
     if fewer is None:
-        return Stated("r2_top_k", None, why_not=f"only one top-k was tried ({more})")
+        return StatedComparison("r2_top_k", None, missing=f"only one top-k was tried ({more})")
     size = ch.best_chunk
     cmp = ch.run.compare("R2-top-k", retrieval_condition("dense", size, more),
                          retrieval_condition("dense", size, fewer), expect="greater")
-    return Stated("r2_top_k", cmp, f"recall@{more}", f"recall@{fewer}")
+    return StatedComparison("r2_top_k", cmp, f"recall@{more}", f"recall@{fewer}")
 
 
 def heatmap(grid: Grid):
@@ -331,7 +303,7 @@ def heatmap(grid: Grid):
 class Methods:
     table: pd.DataFrame  # method -> n, recall@k, MRR, ms per query
     n_rerank: int
-    stated: list[Stated]
+    stated: list[StatedComparison]
     score_ks: list[int]
 
     def glue(self) -> None:
@@ -382,8 +354,8 @@ def retrieval_methods(ch: Chapter) -> Methods:
                              retrieval_condition("dense", size, HEADLINE_K), expect="greater")
     rerank_cmp = run.compare("R3-rerank", f"{rerank_name} hit@{HEADLINE_K}", f"{pool_name} hit@{HEADLINE_K}",
                              expect="greater")
-    return Methods(table, n_sub, [Stated("hybrid_vs_dense", hybrid_cmp, "hybrid recall@5", "dense recall@5"),
-                                  Stated("rerank_comparison", rerank_cmp, "reranked recall@5",
+    return Methods(table, n_sub, [StatedComparison("hybrid_vs_dense", hybrid_cmp, "hybrid recall@5", "dense recall@5"),
+                                  StatedComparison("rerank_comparison", rerank_cmp, "reranked recall@5",
                                          "hybrid recall@5 on the same questions")], ch.score_ks)
 
 
@@ -401,7 +373,7 @@ class Answers:
     rows: list[dict]  # ragft.metrics.condition_row, one per answer top-k
     table: pd.DataFrame
     n_unanswerable: int
-    stated: Stated
+    stated: StatedComparison
 
     def glue(self, retrieval: str) -> None:
         glue("retrieval_method", retrieval)
@@ -436,9 +408,9 @@ def answers(ch: Chapter) -> Answers:
     _answer_metrics(ch, table, len(answer_items), len(unanswerable))
     if len(ks) > 1:
         cmp = run.compare("K9-top-k", f"answer top-{ks[0]}", f"answer top-{ks[-1]}", expect="greater")
-        stated = Stated("k9_comparison", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}")
+        stated = StatedComparison("k9_comparison", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}")
     else:
-        stated = Stated("k9_comparison", None, why_not=f"only top-{ks[0]} was answered, so there is nothing to compare")
+        stated = StatedComparison("k9_comparison", None, missing=f"only top-{ks[0]} was answered, so there is nothing to compare")
     return Answers(rows, table, len(unanswerable), stated)
 
 

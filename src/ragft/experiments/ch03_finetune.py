@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics
+from .. import metrics, report, results
 from ..corpus.kb import STRUCTURED_FIELDS
 from ..costs import load_prices
 from ..drift import tolerance
 from ..generation import Generation, generate
-from ..results import ChapterRun, glue, glue_comparison, glue_metrics
-from ..stats import Comparison
+from ..results import ChapterRun, StatedComparison, glue
 from ..train import tasks
+from .common import start
 
 CHAPTER = "03_finetune"
 # Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
@@ -99,15 +99,7 @@ class Chapter:
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the facts; the base model's
     forgetting probe (before any training)."""
-    from .. import models, rag, settings
-    from ..corpus import build_kb
-
-    settings.configure(params)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("load_models"):
-        lm = models.load_lm(params.model, params.device, params.dtype)
-        embed_model = rag.load_embedder(params.embedder, lm.device)
-    kb = build_kb(params.kb_seed, params.kb)
+    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     ch = Chapter(params, run, lm, embed_model, kb, kb.sample("single", params.n_facts, params.seed),
                  tasks.general_text(params.forgetting_chars))
     probe(ch, "base model", lm)
@@ -247,23 +239,8 @@ def knowledge_style(table: pd.DataFrame):
 
 def plot_knowledge(table: pd.DataFrame):
     """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    y = np.arange(len(table))
-    ax.barh(y - 0.2, table.held_out, 0.4, label="held-out paraphrase")
-    ax.barh(y + 0.2, table.trained_paraphrase.fillna(0), 0.4, label="trained paraphrase")
-    ax.set_yticks(y, table.index, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="answer contains the gold")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Facts: fine-tuned closed book against RAG")
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Behaviour: strict JSON records
+    return report.paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),
+                              "answer contains the gold", "Facts: fine-tuned closed book against RAG")
 
 
 def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
@@ -522,26 +499,6 @@ def headline_metrics(ch: Chapter) -> dict:
 # Comparisons and sentences
 
 
-@dataclass
-class StatedComparison:
-    """A comparison the prose states, with its sentence's labels; `comparison` is None (and
-    `missing` says why) when this run's parameters leave one side unmeasured."""
-
-    key: str  # glue key of the sentence
-    comparison: Comparison | None
-    a_label: str = ""
-    b_label: str = ""
-    missing: str = ""
-    pct: bool = True
-
-    def glue(self) -> None:
-        if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, pct=self.pct)
-        else:
-            glue(self.key, f"not measured in this run: {self.missing}")
-            glue(f"{self.key}_verdict", "not measured")
-
-
 def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed
     by glue key. Directions are the claims' own, whatever this run measured."""
@@ -669,11 +626,7 @@ def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
 
 def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    glue_metrics(headline)
-    for stated in comparisons.values():
-        stated.glue()
-    for key, sentence in cost_sentences(ch, headline).items():
-        glue(key, sentence)
+    results.glue_findings(headline, comparisons.values(), cost_sentences(ch, headline))
     glue("n_structured_test", len(ch.structured_test))
     glue("json_best_condition", ch.best_structured)
     glue("dtype_name", ch.runs["lora"].metrics["dtype"])

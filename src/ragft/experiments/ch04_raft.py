@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import metrics, raft
+from .. import metrics, raft, report, results
 from ..drift import tolerance
 from ..generation import Generation
-from ..results import ChapterRun, glue, glue_comparison, glue_metrics, read_chapter
-from ..stats import Comparison
+from ..results import ChapterRun, StatedComparison, glue, read_chapter
 from ..train import tasks
+from .common import start
 
 CHAPTER = "04_raft"
 DSF_CHAPTER = "03_finetune"
@@ -119,16 +119,10 @@ def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the knowledge base indexed in
     Chroma in chunks; the test questions and their retrieved chunks; RAFT's training sources and the
     main variant's data, written as JSONL."""
-    from .. import config, models, rag, settings
-    from ..corpus import build_kb
+    from .. import config, rag, settings
 
-    settings.configure(params)
     dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("load_models"):
-        lm = models.load_lm(params.model, params.device, params.dtype)
-        embed_model = rag.load_embedder(params.embedder, lm.device)
-    kb = build_kb(params.kb_seed, params.kb)
+    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     with run.stage("index"):
         folder = settings.run_dir() / "chroma" / CHAPTER
         shutil.rmtree(folder, ignore_errors=True)
@@ -299,17 +293,9 @@ def table_style(table: pd.DataFrame):
 
 
 def plot_table(table: pd.DataFrame):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    y = np.arange(len(table))
-    ax.barh(y - 0.2, table.contains, 0.4, label="answer contains the gold")
-    ax.barh(y + 0.2, table.refusal_acc.fillna(0), 0.4, label="refuses an unanswerable question")
-    ax.set_yticks(y, table.index, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="share of test questions", title="Knowledge-base questions, every approach")
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
+    return report.paired_bars(table, "contains", "refusal_acc",
+                              ("answer contains the gold", "refuses an unanswerable question"),
+                              "share of test questions", "Knowledge-base questions, every approach")
 
 
 def paper_table() -> pd.DataFrame:
@@ -606,7 +592,7 @@ def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> 
 
 def headline_metrics(ch: Chapter) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file."""
-    run, p = ch.run, ch.params
+    run = ch.run
     n_facts, n_unanswerable, n_ablation = len(ch.facts), len(ch.test_items) - len(ch.facts), len(ch.facts_only)
     m: dict = {}
 
@@ -676,36 +662,17 @@ def headline_metrics(ch: Chapter) -> dict:
 # Comparisons and sentences
 
 
-@dataclass
-class Stated:
-    """A comparison the prose states, with its sentence's labels; `comparison` is None (and `missing`
-    says why) when this run's parameters or data leave one side unmeasured."""
-
-    key: str  # glue key of the sentence
-    comparison: Comparison | None
-    a_label: str = ""
-    b_label: str = ""
-    missing: str = ""
-
-    def glue(self) -> None:
-        if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label)
-        else:
-            glue(self.key, f"not measured in this run: {self.missing}")
-            glue(f"{self.key}_verdict", "not measured")
-
-
-def state_comparisons(ch: Chapter) -> dict[str, Stated]:
+def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed by
     glue key. Directions are the claims' own, whatever this run measured."""
     run, p = ch.run, ch.params
-    out: dict[str, Stated] = {}
+    out: dict[str, StatedComparison] = {}
 
     def state(key, claim, a, b, a_label, b_label, expect="greater", kind=None):
-        out[key] = Stated(key, run.compare(claim, a, b, expect=expect, kind=kind), a_label, b_label)
+        out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind), a_label, b_label)
 
     def missing(key, why):
-        out[key] = Stated(key, None, missing=why)
+        out[key] = StatedComparison(key, None, missing=why)
 
     state("f3_raft_vs_base_rag", "F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
     state("f3_raft_vs_dsf_rag", "F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
@@ -795,13 +762,9 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
     return out
 
 
-def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, Stated]) -> None:
+def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    glue_metrics(headline)
-    for stated in comparisons.values():
-        stated.glue()
-    for key, sentence in sentences(ch, headline).items():
-        glue(key, sentence)
+    results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("dsf_source", ch.dsf_source)
 
