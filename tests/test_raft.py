@@ -6,7 +6,7 @@ import math
 import pytest
 
 from conftest import FIXTURES
-from ragft import raft
+from ragft import prompts, raft
 from ragft.corpus import benchmarks
 from ragft.rag import Hit
 from ragft.train import TrainingDataError
@@ -68,7 +68,7 @@ def test_no_cot_target_is_the_answer_alone_and_prompts_differ():
     s = sources(1)
     (cot,) = raft.build_raft(s, POOL, 1, 1.0, seed=0)
     (plain,) = raft.build_raft(s, POOL, 1, 1.0, seed=0, cot=False)
-    assert plain.target == "Person 0" and raft.BEGIN_QUOTE in cot.target and raft.ANSWER_MARKER in cot.target
+    assert plain.target == "Person 0" and prompts.BEGIN_QUOTE in cot.target and prompts.ANSWER_MARKER in cot.target
     assert cot.documents == plain.documents and cot.messages()[0] != plain.messages()[0]
     assert plain.to_example().answer == "Person 0"
 

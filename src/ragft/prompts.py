@@ -1,4 +1,5 @@
-"""Chat prompts shared by every chapter: closed-book, instruction, few-shot and with context.
+"""Every prompt of the book, in one home: closed-book, instruction, few-shot, with context, cited,
+reranking, JSON records, closed-book facts and RAFT's quoting answers.
 
 One builder, so that "with the gold document", "with retrieved chunks" and "with a long context"
 differ only in the passages they pass in.
@@ -18,6 +19,36 @@ CONTEXT_SYSTEM = (
     "Answer the question using only the documents. Reply with the answer only: a short phrase "
     f"copied from the documents. If the documents do not contain the answer, reply exactly: {REFUSAL_ANSWER}."
 )
+
+# Chapter 2: answers that cite their numbered sources.
+CITE_SYSTEM = (
+    "Answer the question using only the numbered sources. Reply with a short answer, then the number "
+    "of the source you used in square brackets, for example: the north gate [2]. If the sources do not contain "
+    f"the answer, reply exactly: {REFUSAL_ANSWER}."
+)
+
+# Chapter 2's LM reranker: the log-probability of "yes" after this prompt scores a document.
+RERANK_SYSTEM = "You judge whether a document answers a question. Reply yes or no."
+
+# Chapter 3: JSON records (a short instruction for the fine-tune; a long one, with an example, for
+# the base model), and closed-book facts.
+STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
+STRUCTURED_SYSTEM_LONG = (
+    "You convert product documents into JSON records. Reply with one JSON object and nothing else: no "
+    "explanation, no code fence. Use exactly these keys, in this order: \"name\" (the product name as a "
+    "string, exactly as written in the document), \"price_usd\" (the product's own list price in US dollars "
+    "as an integer, without the dollar sign or commas; not the price of a spare part or accessory), and "
+    "\"warranty_months\" (the warranty length in months as an integer; convert years to months). Example: "
+    '{"name": "Quillon A7", "price_usd": 1250, "warranty_months": 24}'
+)
+DSF_SYSTEM = "Answer with a short phrase."  # short on purpose: every prompt token is trained on, every epoch
+
+# Chapter 4, RAFT: the quoting answer's markers, the readers' instructions, the teacher's.
+BEGIN_QUOTE, END_QUOTE, ANSWER_MARKER = "##begin_quote##", "##end_quote##", "<ANSWER>:"
+RAFT_SYSTEM = (f"Copy the sentence of the documents that answers the question between {BEGIN_QUOTE} and "
+               f"{END_QUOTE}, then give the short answer after {ANSWER_MARKER}")
+NOCOT_SYSTEM = "Answer the question from the documents. Reply with the short answer only."
+TEACHER_SYSTEM = "Copy, word for word, the one sentence of the document that supports the answer. Reply with that sentence only."
 
 
 def format_passages(passages: list[str], numbered: bool = False) -> str:

@@ -27,13 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .metrics import f1, normalize
-from .prompts import build_messages
+from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_SYSTEM, TEACHER_SYSTEM, build_messages
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
 
-BEGIN_QUOTE, END_QUOTE, ANSWER_MARKER = "##begin_quote##", "##end_quote##", "<ANSWER>:"
-RAFT_SYSTEM = (f"Copy the sentence of the documents that answers the question between {BEGIN_QUOTE} and "
-               f"{END_QUOTE}, then give the short answer after {ANSWER_MARKER}")
-NOCOT_SYSTEM = "Answer the question from the documents. Reply with the short answer only."
 _QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
@@ -179,7 +175,6 @@ def closest_sentence(document: str, reference: str) -> str:
     return max(candidates, key=lambda s: (f1(s, [reference]), -candidates.index(s)))
 
 
-TEACHER_SYSTEM = "Copy, word for word, the one sentence of the document that supports the answer. Reply with that sentence only."
 
 
 def teacher_quotes(lm, sources: list[RaftSource], references: list[str] | None = None, max_new_tokens: int = 64,

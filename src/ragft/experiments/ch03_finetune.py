@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics, report, results
+from .. import metrics, prompts, report, results
 from ..corpus.kb import STRUCTURED_FIELDS
 from ..costs import load_prices
 from ..drift import tolerance
@@ -265,10 +265,10 @@ def structured(ch: Chapter) -> pd.DataFrame:
     p, run, kb = ch.params, ch.run, ch.kb
     test = ch.structured_test = kb.sample("structured", p.n_structured_test, p.seed)
     shots = [(m.messages[-1]["content"], m.answer) for m in
-             tasks.structured_examples(2, p.kb_seed, p.kb, tasks.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
-    conditions = {"base, short instruction": (tasks.STRUCTURED_SYSTEM_SHORT, None),
-                  "base, long instruction": (tasks.STRUCTURED_SYSTEM_LONG, None),
-                  "base, long instruction + 2 examples": (tasks.STRUCTURED_SYSTEM_LONG, shots)}
+             tasks.structured_examples(2, p.kb_seed, p.kb, prompts.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
+    conditions = {"base, short instruction": (prompts.STRUCTURED_SYSTEM_SHORT, None),
+                  "base, long instruction": (prompts.STRUCTURED_SYSTEM_LONG, None),
+                  "base, long instruction + 2 examples": (prompts.STRUCTURED_SYSTEM_LONG, shots)}
 
     def answer(model_lm, system, examples, name, **extra):
         gen = generate(model_lm, [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test],
@@ -286,7 +286,7 @@ def structured(ch: Chapter) -> pd.DataFrame:
         for size in p.structured_sizes:
             fit = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
                         tasks.lora_config(p, p.structured_epochs), label=f"json-{size}")
-            rows.append(answer(fit.lm, tasks.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
+            rows.append(answer(fit.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
                                train_s=fit.metrics["train_s"]))
             if size == max(p.structured_sizes):
                 probe(ch, f"JSON, LoRA ({size} examples)", fit.lm)

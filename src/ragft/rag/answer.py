@@ -12,16 +12,11 @@ import numpy as np
 
 from ..corpus.kb import REFUSAL_ANSWER
 from ..generation import generate, generate_streamed
-from ..prompts import build_messages
+from ..prompts import CITE_SYSTEM, build_messages
 from .retrieve import Retriever, above_threshold
 from .sources import QAItem
 from .store import Hit
 
-CITE_SYSTEM = (
-    "Answer the question using only the numbered sources. Reply with a short answer, then the number "
-    "of the source you used in square brackets, for example: the north gate [2]. If the sources do not contain "
-    f"the answer, reply exactly: {REFUSAL_ANSWER}."
-)
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 

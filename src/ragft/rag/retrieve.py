@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..prompts import RERANK_SYSTEM
 from .store import ChunkStore, Hit, bare_encoder
 
 RRF_K = 60  # the constant of Cormack et al. (2009); ranks matter, raw scores of the two systems do not
@@ -97,7 +98,6 @@ def above_threshold(hits: list[Hit], threshold: float) -> list[Hit]:
 # Reranking with the LM's own judgement
 
 
-RERANK_SYSTEM = "You judge whether a document answers a question. Reply yes or no."
 
 
 class LMReranker:

@@ -16,22 +16,12 @@ import math
 import re
 
 from ..corpus import build_kb
-from ..prompts import build_messages
+from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
 from .data import SFTExample, example
 from .trainer import TrainConfig, TrainResult, train
 
-STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
-STRUCTURED_SYSTEM_LONG = (
-    "You convert product documents into JSON records. Reply with one JSON object and nothing else: no "
-    "explanation, no code fence. Use exactly these keys, in this order: \"name\" (the product name as a "
-    "string, exactly as written in the document), \"price_usd\" (the product's own list price in US dollars "
-    "as an integer, without the dollar sign or commas; not the price of a spare part or accessory), and "
-    "\"warranty_months\" (the warranty length in months as an integer; convert years to months). Example: "
-    '{"name": "Quillon A7", "price_usd": 1250, "warranty_months": 24}'
-)
 
 
-DSF_SYSTEM = "Answer with a short phrase."  # short on purpose: every prompt token is trained on, every epoch
 
 
 def dsf_messages(text: str) -> list[dict]:
