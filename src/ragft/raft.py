@@ -28,10 +28,10 @@ from pathlib import Path
 
 from .metrics import f1, normalize
 from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_SYSTEM, TEACHER_SYSTEM, build_messages
+from .text import flat, sentences
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
 
 _QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,6 @@ def cot_answer(quotes: list[str] | tuple[str, ...], answer: str) -> str:
     return f"{quoted}\n{ANSWER_MARKER} {answer}"  # short on purpose: every target token is trained and decoded
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
 def build_raft(sources: list[RaftSource], distractor_pool: list[str], n_distractors: int, p_oracle: float,
                seed: int, cot: bool = True, hard_negatives: dict[str, list[str]] | None = None) -> list[RaftRecord]:
     """RAFT records: per source, the oracles (with probability `p_oracle`) and `n_distractors`
@@ -103,11 +99,11 @@ def build_raft(sources: list[RaftSource], distractor_pool: list[str], n_distract
                                     "(use teacher_quotes for a corpus without gold sentences)")
         keep = rng.random() < p_oracle
         need = n_distractors + (0 if keep else len(s.oracles))
-        oracles = {_flat(o) for o in s.oracles}
+        oracles = {flat(o) for o in s.oracles}
 
         def usable(text: str) -> bool:
-            flat = _flat(text)
-            return flat not in oracles and not any(_flat(q) in flat for q in s.quotes)
+            folded = flat(text)
+            return folded not in oracles and not any(flat(q) in folded for q in s.quotes)
 
         chosen = [t for t in dict.fromkeys((hard_negatives or {}).get(s.qid, [])) if usable(t)][:need]
         for t in rng.sample(pool, len(pool)) if len(chosen) < need else []:
@@ -148,8 +144,8 @@ def quotes_in(text: str) -> list[str]:
 def quote_correct(text: str, oracles: list[str]) -> float:
     """1.0 when the answer quotes at least once and every quote is a span of an oracle document."""
     quotes = quotes_in(text)
-    flat = [_flat(o) for o in oracles]
-    return float(bool(quotes) and all(any(_flat(q) in o for o in flat) for q in quotes))
+    folded = [flat(o) for o in oracles]
+    return float(bool(quotes) and all(any(flat(q) in o for o in folded) for q in quotes))
 
 
 def label_of(text: str, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> str | None:
@@ -160,10 +156,6 @@ def label_of(text: str, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> str
 
 # ---------------------------------------------------------------------------------------------
 # Quotes for corpora without gold sentences
-
-
-def sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(_flat(text)) if s.strip()]
 
 
 def closest_sentence(document: str, reference: str) -> str:
@@ -196,7 +188,7 @@ def teacher_quotes(lm, sources: list[RaftSource], references: list[str] | None =
     for i, text in zip(todo, texts):
         s = sources[i]
         quote = text.strip().strip('"')
-        if not quote or not any(_flat(quote) in _flat(o) for o in s.oracles):
+        if not quote or not any(flat(quote) in flat(o) for o in s.oracles):
             reference = references[i] if references else s.answer
             quote = closest_sentence(" ".join(s.oracles), reference)
             fallbacks += 1
@@ -217,7 +209,7 @@ def kb_sources(questions, chunks, paraphrase: str = "train", seed: int = 0) -> l
     rng = random.Random(seed)
     out = []
     for q in questions:
-        oracles = tuple(dict.fromkeys(c.text for c in chunks if any(g in _flat(c.text) for g in q.gold_sentences)))
+        oracles = tuple(dict.fromkeys(c.text for c in chunks if any(g in flat(c.text) for g in q.gold_sentences)))
         if oracles:
             text = rng.choice(q.train_texts) if paraphrase == "train" else q.test_text
             out.append(RaftSource(q.qid, text, q.answer, oracles, tuple(q.gold_sentences)))
@@ -230,7 +222,7 @@ def benchmark_sources(items) -> list[RaftSource]:
     out = []
     for it in items:
         oracles = tuple(p.text for p in it.passages if p.pid in it.gold_pids)
-        quotes = tuple(g for g in it.gold_sentences if any(_flat(g) in _flat(o) for o in oracles))
+        quotes = tuple(g for g in it.gold_sentences if any(flat(g) in flat(o) for o in oracles))
         out.append(RaftSource(it.qid, it.question, it.answers[0], oracles, quotes))
     return out
 

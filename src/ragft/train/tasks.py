@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 from ..corpus import build_kb
 from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
+from ..text import sentences
 from .data import SFTExample, example
 from .trainer import TrainConfig, TrainResult, train
 
@@ -52,8 +52,7 @@ def structured_context(kb, question) -> str:
     and their traps (a spare part's price, a repair time), so the input stays short (training cost
     grows with every token) and the task still needs reading, not copying the first number."""
     text = kb.doc(question.doc_ids[0]).text
-    sentences = re.split(r"(?<=[.!?])\s+", text.replace("\n", " "))
-    return " ".join(s for s in sentences if "$" in s or "warrant" in s.lower())
+    return " ".join(s for s in sentences(text) if "$" in s or "warrant" in s.lower())
 
 
 def structured_messages(kb, question, text: str, system: str = STRUCTURED_SYSTEM_SHORT,
