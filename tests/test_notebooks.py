@@ -192,20 +192,14 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_unknown_parameter_stops_the_notebook_with_its_name(tmp_path):
+@pytest.mark.parametrize("chapter,parameters,message", [
+    ("01_prompting", {"n_single": 0}, "n_single"),  # a bad value, named
+    ("02_rag", {"max_fil_mb": 3}, "max_fil_mb.*it takes"),  # an unknown name, named with the known ones
+], ids=["bad-value", "unknown-name"])
+def test_bad_parameter_stops_the_notebook_with_its_name(tmp_path, chapter, parameters, message):
     import papermill as pm
 
-    with pytest.raises(pm.PapermillExecutionError, match="max_fil_mb.*it takes"):
-        pm.execute_notebook(str(ROOT / "chapters" / "02_rag.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"profile": "smoke", "max_fil_mb": 3}, kernel_name="python3",
-                            cwd=str(ROOT / "chapters"), progress_bar=False)
-
-
-@pytest.mark.slow
-def test_bad_parameter_stops_the_notebook_with_its_name(tmp_path):
-    import papermill as pm
-
-    with pytest.raises(pm.PapermillExecutionError, match="n_single"):
-        pm.execute_notebook(str(ROOT / "chapters" / "01_prompting.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"profile": "smoke", "n_single": 0}, kernel_name="python3",
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        pm.execute_notebook(str(ROOT / "chapters" / f"{chapter}.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", **parameters}, kernel_name="python3",
                             cwd=str(ROOT / "chapters"), progress_bar=False)
