@@ -11,11 +11,22 @@ PUBLISHED = ROOT / "experiments" / "results" / "cpu"
 
 
 @pytest.mark.parametrize("chapter", runner.toc_chapters())
-def test_every_chapter_has_published_results_with_provenance(chapter):
+def test_every_chapter_has_published_results_with_clean_provenance(chapter):
+    import subprocess
+
     doc = json.loads((PUBLISHED / f"{chapter}.json").read_text())
     assert doc["profile"] == "cpu" and doc["metrics"]
     prov = doc["provenance"]
     assert prov["git_sha"] and len(prov["git_sha"]) == 40 and prov["python"] and prov["cpu"]
+    # published from a clean tree, at a commit of this branch (make accept refuses anything else)
+    assert prov["git_dirty"] is False
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", prov["git_sha"], "HEAD"], cwd=ROOT)
+    assert ancestor.returncode == 0, f"{chapter}: published from {prov['git_sha'][:12]}, not in this branch"
+    assert set(doc["metric_rules"]) == set(doc["metrics"]), "every published metric declares its kind"
+    if chapter != runner.toc_chapters()[0]:
+        assert doc["outcomes"] and doc["comparisons"]
+        # one dtype on every CPU: the published profile computes in fp32
+        assert prov["dtype"] == "float32"
 
 
 def test_prompting_headline_keys_and_sanity_properties():
