@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import ROOT
+
 from ragft import metrics, rag
 from ragft.experiments import ch02_rag as ch02
 from ragft.generation import Generation
@@ -108,7 +110,14 @@ def test_a_single_top_k_is_not_compared():
     assert ch02.top_k_comparison(grid_chapter([128], 128, [3], 3)).comparison is None
 
 
-def test_a_questions_file_that_repeats_an_id_is_refused_naming_it():
-    with pytest.raises(CorpusError, match=r"repeats the id\(s\) \['q1'\]"):
-        ch02.check_unique_ids([item("q1"), item("q2"), item("q1")], "mine.jsonl")
-    ch02.check_unique_ids([item("q1"), item("q2")], "mine.jsonl")
+def test_own_inputs_are_read_before_any_model_loads(tmp_path):
+    """A malformed questions file fails in the first step of the chapter, naming the file and line."""
+    from ragft.config import resolve
+
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "Where?", "answers": ["north"]}\n{nope\n')
+    params = resolve("02_rag", "smoke", corpus_dir=str(ROOT / "data" / "sample_docs"), questions_file=str(bad))
+    with pytest.raises(CorpusError, match="q.jsonl, line 2: not JSON"):
+        ch02.read_own_inputs(params)
+    own = ch02.read_own_inputs(resolve("02_rag", "smoke"))
+    assert own.corpus.sources and own.items and own.questions_file.endswith("sample_questions.jsonl")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -23,11 +24,12 @@ class ParamError(ValueError):
     """A chapter parameter with a value that is not allowed."""
 
 
-def param(default, help: str, bounds: tuple[int, int] | None = None):
+def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None):
     """Declare a chapter parameter once: its default, the one-line comment that the notebook's
-    parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`)
-    and, for integers and lists of integers, the allowed range (checked by `Common.validate`)."""
-    meta = {"help": help, "bounds": bounds}
+    parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`),
+    for integers and lists of integers the allowed range, and for a path whether it must be an
+    existing "folder" or "file" when given (all checked by `Common.validate`)."""
+    meta = {"help": help, "bounds": bounds, "exists": exists}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,7 +48,9 @@ def check_int(name: str, value, lo: int, hi: int) -> None:
 def check_int_list(name: str, values, lo: int, hi: int) -> None:
     ok = isinstance(values, (list, tuple)) and len(values) > 0 and all(
         isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in values)
-    check(ok, name, values, f"use a non-empty list of integers in [{lo}, {hi}]")
+    # papermill's -p passes "[1, 3]" as text; -y parses YAML
+    hint = f" (papermill -p passes text: give a list with -y \"{name}: [{lo}, {hi}]\")" if isinstance(values, str) else ""
+    check(ok, name, values, f"use a non-empty list of integers in [{lo}, {hi}]{hint}")
 
 
 def check_price_row(name: str, value) -> None:
@@ -90,6 +94,11 @@ class Common:
             bounds = f.metadata.get("bounds")
             if bounds is not None:
                 (check_int_list if f.type == "list" else check_int)(f.name, value, *bounds)
+            exists = f.metadata.get("exists")
+            if exists and value:  # empty: the default, which the chapter names
+                path = Path(value).expanduser()
+                check(path.is_dir() if exists == "folder" else path.is_file(), f.name, value,
+                      f"use an existing {exists}: {f.metadata['help']}")
 
 
 @dataclass
@@ -148,9 +157,11 @@ class RagParams(Answering):
     squad_paragraphs: int = param(0, "SQuAD paragraphs indexed (0: all 2,067)", bounds=(0, 1_000_000))
     n_squad_questions: int = param(200, "retrieval; the first n_answer_questions are also answered", bounds=(1, 100_000))
     n_nq_questions: int = param(32, "NaturalQuestions-Open, read with the gold passage", bounds=(0, 100_000))
-    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR")
-    corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample folder data/sample_docs")
-    questions_file: str = param("", "JSONL of your questions; empty: none (the sample folder brings its own)")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR", exists="folder")
+    corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample folder data/sample_docs",
+                            exists="folder")
+    questions_file: str = param("", "JSONL of your questions, one {'question', 'answers'} a line; empty: none (the sample folder brings its own)",
+                                exists="file")
     max_file_mb: float = param(2.0, "larger files are skipped")
     chroma_host: str = param("", "a Chroma server; empty: a local PersistentClient in the run folder")
     chroma_port: int = param(8000, "port of the Chroma server", bounds=(1, 65_535))
@@ -162,14 +173,6 @@ class RagParams(Answering):
         check_int("rerank_pool", self.rerank_pool, max(self.top_ks), 100)
         check(isinstance(self.max_file_mb, (int, float)) and 0 < self.max_file_mb <= 1_000, "max_file_mb",
               self.max_file_mb, "use a size in MB in (0, 1000]")
-        from pathlib import Path
-
-        if self.corpus_dir:
-            check(Path(self.corpus_dir).expanduser().is_dir(), "corpus_dir", self.corpus_dir,
-                  "use an existing folder of .md, .txt or .html files")
-        if self.questions_file:
-            check(Path(self.questions_file).expanduser().is_file(), "questions_file", self.questions_file,
-                  "use an existing JSONL file (one {\"question\": ..., \"answers\": [...]} per line)")
 
 
 @dataclass
@@ -224,7 +227,7 @@ class RaftParams(Answering):
     lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
     lora_lr: float = param(3e-3, "LoRA learning rate")
     train_batch_size: int = param(4, "examples per optimizer step", bounds=(1, 512))
-    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR", exists="folder")
     bench_train: int = param(16, "RAFT training questions per benchmark (their train split)", bounds=(1, 100_000))
     bench_test: int = param(32, "test questions per benchmark", bounds=(1, 100_000))
     bench_distractors: int = param(1, "distractors per benchmark training example", bounds=(0, 8))

@@ -238,11 +238,20 @@ def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: 
         kwargs["device_map"] = device
     elif quantization is not None:
         raise ValueError(f"quantization={quantization!r} is not allowed: use None or 'nf4'")
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        if Path(source).is_dir():
+            raise
+        raise ModelUnavailable(
+            f"model {name!r} ({source}) could not be loaded from the model hub: {str(e).splitlines()[0]}. This run is "
+            "online (online=True, which the gpu profile sets, or RAGFT_ONLINE=1), but the hub did not deliver the "
+            f"weights. Give the machine hub access (Colab has it), or run offline with an offline model "
+            f"{sorted(n for n, s in REGISTRY.items() if s.offline and s.kind == 'lm')} (profile cpu)") from e
     tokenizer.padding_side = "left"  # batched generation: prompts end where generation starts
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quantization is None:
         model.to(device)
     model.eval()

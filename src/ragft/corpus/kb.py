@@ -94,6 +94,9 @@ class Document:
     entity: str
 
 
+QUESTION_KINDS = ("single", "multihop", "unanswerable", "structured")
+
+
 @dataclass(frozen=True)
 class Question:
     qid: str
@@ -176,6 +179,10 @@ class KnowledgeBase:
 
     def sample(self, kind: str, n: int, seed: int) -> list[Question]:
         """n questions of a kind, drawn reproducibly (all of them when there are fewer)."""
+        if kind not in QUESTION_KINDS:
+            raise ValueError(f"kind={kind!r} is not allowed: use one of {list(QUESTION_KINDS)}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n={n!r} is not allowed: use an integer >= 0")
         pool = self.by_kind(kind)
         return random.Random(f"{seed}:{kind}").sample(pool, min(n, len(pool)))
 
@@ -528,6 +535,10 @@ def build_kb(seed: int = 0, sizes: KBSizes | None = None, version: str = "v1") -
 
     In both versions a question's `changed_in_v2` says whether its gold answer differs between them.
     """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} is not allowed: use an integer >= 0")
+    if sizes is not None and not isinstance(sizes, KBSizes):
+        raise TypeError(f"sizes={sizes!r} is not allowed: use a KBSizes(...) or None for the defaults")
     if version not in ("v1", "v2"):
         raise ValueError(f"version={version!r} is not allowed: use 'v1' or 'v2'")
     sizes = sizes or KBSizes()

@@ -136,6 +136,7 @@ class Chapter:
     best_chunk: int | None = None
     best_k: int | None = None
     nq: list = field(default_factory=list)  # NaturalQuestions-Open, when the data folder has it
+    own: "OwnInputs | None" = None  # your documents and questions, read and checked before any model loads
 
     def open_store(self, name: str, chunk_size: int):
         return rag.ChunkStore(name, embed_model=self.embed_model, chunk_size=chunk_size,
@@ -172,11 +173,12 @@ def setup(params) -> Chapter:
     local Chroma folder (so ingestion is measured from scratch) or the configured server."""
     from .. import settings
 
+    own = read_own_inputs(params)  # a bad file fails here, in seconds, not after the whole chapter
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
     where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=folder)
-    return Chapter(params, run, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where)
+    return Chapter(params, run, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where, own=own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -751,32 +753,34 @@ class OwnDocuments:
                 f"{len(self.corpus.skipped)} skipped{scored}")
 
 
-def check_unique_ids(items: list, source: str) -> None:
-    """Outcomes are kept per question id: a questions file that repeats one is refused, naming it."""
-    seen, repeated = set(), []
-    for it in items:
-        if it.qid in seen and it.qid not in repeated:
-            repeated.append(it.qid)
-        seen.add(it.qid)
-    if repeated:
-        raise rag.CorpusError(f"questions_file={source!r} repeats the id(s) {repeated}: give each question its own \"id\"")
+@dataclass
+class OwnInputs:
+    corpus: object  # rag.Corpus
+    items: list  # QAItems: your questions, or three placeholder questions when there are none
+    questions_file: str  # empty when there are none
+
+
+def read_own_inputs(params) -> OwnInputs:
+    """Read and check corpus_dir (default: the sample folder) and questions_file (default: the sample
+    questions; none for a corpus_dir without one): errors name the file and line."""
+    from .. import settings
+
+    sample = settings.PROJECT_ROOT / "data"
+    folder = params.corpus_dir or str(sample / "sample_docs")
+    qfile = params.questions_file or ("" if params.corpus_dir else str(sample / "sample_questions.jsonl"))
+    corpus = rag.load_folder(folder, params.max_file_mb)
+    items = rag.load_questions(qfile) if qfile else [rag.QAItem(f"sample-{i}", f"What does {s.title} say?", ())
+                                                     for i, s in enumerate(corpus.sources[:3])]
+    return OwnInputs(corpus, items, qfile)
 
 
 def own_documents(ch: Chapter) -> OwnDocuments:
     """Index corpus_dir (default: the sample folder) at the chosen chunk size and answer
     questions_file's questions (default: the sample questions; none for a corpus_dir without one)."""
-    from .. import settings
-
     p, run, k = ch.params, ch.run, ch.best_k
-    sample = settings.PROJECT_ROOT / "data"
-    folder = p.corpus_dir or str(sample / "sample_docs")
-    qfile = p.questions_file or ("" if p.corpus_dir else str(sample / "sample_questions.jsonl"))
-    corpus = rag.load_folder(folder, p.max_file_mb)
+    corpus, items, qfile = ch.own.corpus, ch.own.items, ch.own.questions_file
     store = ch.open_store("own-documents", ch.best_chunk)
     store.ingest(corpus.sources, keep={s.path for s in corpus.skipped})
-    items = rag.load_questions(qfile) if qfile else [rag.QAItem(f"sample-{i}", f"What does {s.title} say?", ())
-                                                     for i, s in enumerate(corpus.sources[:3])]
-    check_unique_ids(items, qfile)
     ranked = rag.Retriever(store, ch.embed_model).search([it.question for it in items], k, p.retrieval)
     gen, texts = rag.answer_batch(ch.lm, items, ranked, p.max_new_tokens, p.batch_size, desc="own documents")
     scores = {}

@@ -13,6 +13,7 @@ questions file without document ids).
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import html.parser
 from dataclasses import dataclass, field
@@ -163,6 +164,22 @@ def _title_of(text: str, fallback: str) -> str:
     return fallback
 
 
+def _decode(raw: bytes) -> str:
+    """A document's text: UTF-8 (with or without a byte-order mark), or UTF-16 with its byte-order
+    mark (what some Windows editors save); anything else is refused with the reason."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not valid UTF-16 (byte {e.start}): re-save it as UTF-8") from None
+    if b"\x00" in raw:
+        raise ValueError("binary file (contains NUL bytes)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {e.start}): re-save it as UTF-8") from None
+
+
 def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
     """Every usable document under a folder; the rest listed with the reason it was skipped.
 
@@ -185,13 +202,10 @@ def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
             skipped.append(Skipped(rel, f"too large: {size / 1e6:.1f} MB > max_file_mb={max_file_mb}"))
             continue
         raw = path.read_bytes()
-        if b"\x00" in raw:
-            skipped.append(Skipped(rel, "binary file (contains NUL bytes)"))
-            continue
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            skipped.append(Skipped(rel, f"not UTF-8 (byte {e.start}): re-save it as UTF-8"))
+            text = _decode(raw)
+        except ValueError as e:
+            skipped.append(Skipped(rel, str(e)))
             continue
         title = ""
         if path.suffix.lower() in (".html", ".htm"):
@@ -219,18 +233,25 @@ def load_questions(path: str | Path) -> list[QAItem]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CorpusError(f"questions_file={str(path)!r} does not exist: give a JSONL file or leave it empty")
-    items = []
+    items, lines = [], {}
     for n, row in read_rows(path, CorpusError):
         if not isinstance(row, dict) or not str(row.get("question") or "").strip():
             raise CorpusError(f'{path.name} line {n} has no "question"')
         answers = row.get("answers", row.get("answer", []))
-        answers = [answers] if isinstance(answers, str) else list(answers)
-        if not all(isinstance(a, str) for a in answers):
-            raise CorpusError(f'{path.name} line {n}: "answers" must be a string or a list of strings')
+        answers = [answers] if isinstance(answers, str) else answers
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise CorpusError(f'{path.name} line {n}: "answers" must be a string or a list of strings, not {answers!r}')
         doc_ids = row.get("doc_id") or ()
-        doc_ids = (doc_ids,) if isinstance(doc_ids, str) else tuple(doc_ids)
-        items.append(QAItem(str(row.get("id", f"q{n}")), row["question"].strip(), tuple(answers),
-                            "single" if answers else "unanswerable", (), doc_ids))
+        doc_ids = (doc_ids,) if isinstance(doc_ids, str) else doc_ids
+        if not isinstance(doc_ids, (list, tuple)) or not all(isinstance(d, str) for d in doc_ids):
+            raise CorpusError(f'{path.name} line {n}: "doc_id" must be a path or a list of paths, not {doc_ids!r}')
+        qid = str(row.get("id", f"q{n}"))
+        if qid in lines:
+            # outcomes are kept per question id: two questions with one id would overwrite each other
+            raise CorpusError(f'{path.name} line {n} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
+        lines[qid] = n
+        items.append(QAItem(qid, row["question"].strip(), tuple(answers), "single" if answers else "unanswerable",
+                            (), tuple(doc_ids)))
     if not items:
         raise CorpusError(f"questions_file={str(path)!r} holds no question")
     return items

@@ -1,0 +1,99 @@
+"""Every bad input tried on the library's public entry points, as a table: each must fail at once with
+a clear error that names the argument (and, for files, the file and line), never deep inside.
+Add a row when a new bad input is found."""
+
+import json
+
+import pytest
+
+from ragft import config, models
+from ragft.config import ParamError
+from ragft.corpus import build_kb
+from ragft.corpus.kb import KBSizes
+from ragft.rag import CorpusError, load_folder, load_questions
+
+
+def _file(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return path
+
+
+def _questions(tmp_path, *rows):
+    return _file(tmp_path, "q.jsonl", "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows))
+
+
+# (case, call, exception, the message must match)
+CASES = [
+    ("kb seed is text", lambda tmp: build_kb("abc"), ValueError, r"seed='abc'.*integer >= 0"),
+    ("kb seed is a fraction", lambda tmp: build_kb(1.5), ValueError, r"seed=1.5"),
+    ("kb seed is negative", lambda tmp: build_kb(-1), ValueError, r"seed=-1"),
+    ("kb seed is a boolean", lambda tmp: build_kb(True), ValueError, r"seed=True"),
+    ("kb sizes are a dict", lambda tmp: build_kb(0, {"n_series": 3}), TypeError, r"sizes=.*KBSizes"),
+    ("kb size out of range", lambda tmp: KBSizes(n_series=0), ValueError, r"kb.n_series=0"),
+    ("kb version", lambda tmp: build_kb(0, version="v3"), ValueError, r"version='v3'"),
+    ("question kind", lambda tmp: build_kb(0).sample("trivia", 3, 0), ValueError, r"kind='trivia'"),
+    ("question count", lambda tmp: build_kb(0).sample("single", -2, 0), ValueError, r"n=-2"),
+    ("answers is a number", lambda tmp: load_questions(_questions(tmp, {"question": "Q?", "answers": 45})),
+     CorpusError, r'q.jsonl line 1: "answers" must be a string or a list of strings, not 45'),
+    ("doc_id is a number", lambda tmp: load_questions(_questions(tmp, {"question": "Q?", "answers": ["a"], "doc_id": 5})),
+     CorpusError, r'line 1: "doc_id"'),
+    ("repeated question id", lambda tmp: load_questions(_questions(tmp, {"id": "a", "question": "Q?"}, {"id": "a", "question": "R?"})),
+     CorpusError, r"line 2 repeats the id 'a' of line 1"),
+    ("questions file in Latin-1", lambda tmp: load_questions(_file(tmp, "q.jsonl", '{"question": "Où?"}'.encode("latin-1"))),
+     CorpusError, r"q.jsonl is not UTF-8"),
+    ("questions line not JSON", lambda tmp: load_questions(_questions(tmp, {"question": "Q?"}, "{nope")),
+     CorpusError, r"q.jsonl, line 2: not JSON"),
+    ("question missing", lambda tmp: load_questions(_questions(tmp, {"answers": ["x"]})), CorpusError, r'line 1 has no "question"'),
+    ("questions file missing", lambda tmp: load_questions(tmp / "none.jsonl"), CorpusError, r"does not exist"),
+    ("corpus folder missing", lambda tmp: load_folder(tmp / "none"), CorpusError, r"corpus_dir=.* is not a folder"),
+    ("corpus folder unusable", lambda tmp: load_folder(_file(tmp, "a.bin", b"\x00\x01").parent), CorpusError,
+     r"holds no usable document \(a.bin: unsupported type"),
+    ("data_dir missing", lambda tmp: config.resolve("02_rag", "smoke", data_dir=str(tmp / "none")), ParamError,
+     r"data_dir=.*use an existing folder"),
+    ("corpus_dir missing", lambda tmp: config.resolve("02_rag", "smoke", corpus_dir=str(tmp / "none")), ParamError,
+     r"corpus_dir=.*use an existing folder"),
+    ("questions_file missing", lambda tmp: config.resolve("02_rag", "smoke", questions_file=str(tmp / "q.jsonl")),
+     ParamError, r"questions_file=.*use an existing file"),
+    ("a list passed with -p", lambda tmp: config.resolve("01_prompting", "smoke", few_shot_ks="[0, 1]"), ParamError,
+     r"few_shot_ks=.*give a list with -y"),
+    ("unknown notebook parameter", lambda tmp: config.from_notebook("02_rag", {"max_fil_mb": 3}), ParamError,
+     r"unknown parameter\(s\) \['max_fil_mb'\].*it takes"),
+    ("seed is a fraction", lambda tmp: config.resolve("01_prompting", "smoke", seed=1.5), ParamError, r"seed=1.5"),
+    ("seed is a boolean", lambda tmp: config.resolve("01_prompting", "smoke", seed=True), ParamError, r"seed=True"),
+    ("profile unknown", lambda tmp: config.resolve("01_prompting", "laptop"), ParamError, r"profile='laptop'"),
+    ("model unknown", lambda tmp: models.get_spec("gpt-5"), models.ModelUnavailable, r"unknown model 'gpt-5'.*registry knows"),
+    ("hub model offline", lambda tmp: models.model_source("qwen2.5-0.5b"), models.ModelUnavailable,
+     r"comes from the model hub, and this run is offline"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_at_once_with_a_clear_message(tmp_path, monkeypatch, call, error, message):
+    monkeypatch.setenv("RAGFT_ONLINE", "0")
+    with pytest.raises(error, match=message):
+        call(tmp_path)
+
+
+def test_hub_model_online_without_a_hub_names_the_online_setting(monkeypatch):
+    """`-p profile gpu` on a machine without the hub: not a raw OSError, but what to change."""
+    import transformers
+
+    monkeypatch.setenv("RAGFT_ONLINE", "1")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", unreachable)
+    with pytest.raises(models.ModelUnavailable, match=r"online=True, which the gpu profile sets.*smollm2-135m"):
+        models.load_lm("qwen2.5-0.5b", device="cpu")
+
+
+def test_documents_in_utf16_are_read_and_binary_or_latin1_ones_skipped_with_the_reason(tmp_path):
+    _file(tmp_path, "windows.txt", "Notes saved by Notepad: the gate is teal.".encode("utf-16"))
+    _file(tmp_path, "latin.txt", "Où est la porte?".encode("latin-1"))
+    _file(tmp_path, "nul.md", b"# x\x00y")
+    corpus = load_folder(tmp_path)
+    assert [s.doc_id for s in corpus.sources] == ["windows.txt"] and "teal" in corpus.sources[0].text
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert reasons["latin.txt"].startswith("not UTF-8") and reasons["nul.md"].startswith("binary")
