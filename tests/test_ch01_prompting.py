@@ -7,6 +7,7 @@ import pytest
 
 from ragft import config
 from ragft.experiments import ch01_prompting as ch01
+from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
 from ragft.results import METRIC_KINDS, ChapterRun
 
@@ -66,19 +67,19 @@ def fill(ch, gold_right=range(100), haystack_right=((0, 1, 2), (0,))):
 def test_outcomes_keep_answers_and_refusals_apart(kb):
     single, unanswerable = kb.sample("single", 2, 0), kb.sample("unanswerable", 2, 0)
     items = single + unanswerable
-    parts = ch01.split_outcomes(items, gen(answers(items, {0, 2}), prompt_tokens=40, completion_tokens=3))
+    parts = split_outcomes(items, gen(answers(items, {0, 2}), prompt_tokens=40, completion_tokens=3))
     assert parts["answer"][0] == {single[0].qid: 1.0, single[1].qid: 0.0}
     assert parts["refusal"][0] == {unanswerable[0].qid: 1.0, unanswerable[1].qid: 0.0}
     assert parts["answer"][1][single[0].qid] == (40, 3)
-    assert "refusal" not in ch01.split_outcomes(single, gen(answers(single, set())))
+    assert "refusal" not in split_outcomes(single, gen(answers(single, set())))
 
 
 def test_outcomes_refuse_mismatched_or_repeated_questions(kb):
     single = kb.sample("single", 2, 0)
     with pytest.raises(ValueError, match="pair up"):
-        ch01.split_outcomes(single, gen(["a"]))
+        split_outcomes(single, gen(["a"]))
     with pytest.raises(ValueError, match="asked twice"):
-        ch01.split_outcomes(single[:1] * 2, gen(["a", "b"]))
+        split_outcomes(single[:1] * 2, gen(["a", "b"]))
 
 
 def test_conditions_are_recorded_by_meaning_and_agree_with_the_table(chapter):

@@ -40,7 +40,7 @@ def test_hits_at_k_average_to_the_recall_at_k(k):
 
 def test_answer_outcomes_split_by_meaning_and_agree_with_score_answers():
     texts = ["It weighs 4 kg [1].", "About 5 kg.", "I don't know.", "I don't know."]
-    answered, refused = ch02.answer_outcomes(ITEMS, texts)
+    answered, refused = metrics.answer_outcomes(ITEMS, texts)
     scores = metrics.score_answers(texts, ITEMS)
     assert answered == {"q1": 1, "q2": 0, "q3": 0} and refused == {"u1": 1}
     assert sum(answered.values()) / len(answered) == scores["contains"]

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from ragft import config, settings
+from ragft import config, raft, settings
 from ragft.experiments import ch04_raft as ch04
+from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
 from ragft.results import ChapterRun
 
@@ -39,7 +40,7 @@ def test_split_outcomes_score_the_final_answer_and_refusals_apart():
     items = [item("q1"), item("q2"), item("u1", (), "unanswerable")]
     texts = ["##begin_quote##Lab 4 is run by Omar.##end_quote##\n<ANSWER>: Lena Voss [1]", "<ANSWER>: Omar",
              "I don't know."]
-    parts = ch04.split_outcomes(items, gen(texts))
+    parts = split_outcomes(items, gen(texts), raft.answers_of(texts))  # scored on the final answer
     assert parts["answer"][0] == {"q1": 1.0, "q2": 0.0}
     assert parts["refusal"][0] == {"u1": 1.0}
     assert parts["answer"][1]["q2"] == (11, 3)
@@ -47,9 +48,9 @@ def test_split_outcomes_score_the_final_answer_and_refusals_apart():
 
 def test_split_outcomes_refuse_mismatched_and_repeated_questions():
     with pytest.raises(ValueError, match="pair up"):
-        ch04.split_outcomes([item("q1")], gen(["a", "b"]))
+        split_outcomes([item("q1")], gen(["a", "b"]))
     with pytest.raises(ValueError, match="asked twice"):
-        ch04.split_outcomes([item("q1"), item("q1")], gen(["a", "b"]))
+        split_outcomes([item("q1"), item("q1")], gen(["a", "b"]))
 
 
 def test_benchmark_outcomes_label_and_f1():

@@ -39,12 +39,16 @@ class ResultsError(ValueError):
     """A results file that cannot be checked or accepted; the message names the file."""
 
 
+def rate_tolerance(n: int) -> float:
+    """How far a rate (or a mean of scores in [0, 1]) over n questions may move between machines."""
+    return max(FLIPS, math.ceil(SHARE * n)) / n
+
+
 def tolerance(rule: dict) -> float | None:
     """The absolute tolerance a declared rule allows; None: not compared; 0.0: exact."""
     kind = rule.get("kind")
     if kind in ("rate", "mean"):
-        n = rule["n"]
-        return max(FLIPS, math.ceil(SHARE * n)) / n
+        return rate_tolerance(rule["n"])
     if kind == "derived":
         return float(rule["tol"])
     if kind == "exact":

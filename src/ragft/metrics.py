@@ -124,6 +124,22 @@ def score_answers(predictions: list[str], items: list) -> dict[str, float]:
     return out
 
 
+def answer_outcomes(items: list, texts: list[str]) -> tuple[dict, dict]:
+    """Per question, as `score_answers` scores them (so their means are its rates): {qid: contains}
+    for the answerable items and {qid: refused} for the unanswerable ones, each 0 or 1."""
+    if len(items) != len(texts):
+        raise ValueError(f"{len(items)} questions but {len(texts)} answers: they must pair up in order")
+    answered, refused = {}, {}
+    for item, text in zip(items, texts):
+        if item.qid in answered or item.qid in refused:
+            raise ValueError(f"question {item.qid!r} asked twice in one condition: outcomes are per question")
+        if item.kind == "unanswerable":
+            refused[item.qid] = int(is_refusal(text))
+        else:
+            answered[item.qid] = int(contains(text, item.answers))
+    return answered, refused
+
+
 def condition_row(name: str, gen, items: list, price_row: str, **extra) -> dict:
     """One row of a results table: scores (with a 95 % interval on "contains"), tokens per query,
     latency, cost per 1,000 queries."""

@@ -25,10 +25,9 @@ from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue, glue_metrics
-from .common import start
+from .common import REFUSAL_SUFFIX, record_answers, start
 
 CHAPTER = "01_prompting"
-REFUSAL_SUFFIX = " refusal"
 # Tokens a haystack must leave free in the context window for the question and the answer.
 HAYSTACK_HEADROOM = 200
 # The knowledge base's sanity properties (DESIGN): unknown to the model, readable with the right text.
@@ -107,30 +106,6 @@ def question_examples(ch: Chapter) -> pd.DataFrame:
 # Per-question outcomes
 
 
-def split_outcomes(items: list, gen: Generation) -> dict[str, tuple[dict, dict]]:
-    """Per-question outcomes of one condition, by meaning: "answer" holds the "contains" score of
-    each answerable question, "refusal" 1 or 0 for each unanswerable one (refused or not); each
-    with {qid: (prompt tokens, completion tokens)}. A part with no questions is left out."""
-    if len(items) != len(gen.texts):
-        raise ValueError(f"{len(items)} questions but {len(gen.texts)} answers: they must pair up in order")
-    parts: dict[str, tuple[dict, dict]] = {}
-    for i, (q, text) in enumerate(zip(items, gen.texts)):
-        part = "refusal" if q.kind == "unanswerable" else "answer"
-        score = metrics.is_refusal(text) if part == "refusal" else metrics.contains(text, q.answers)
-        scores, tokens = parts.setdefault(part, ({}, {}))
-        if q.qid in scores:
-            raise ValueError(f"question {q.qid!r} asked twice in one condition: outcomes are per question")
-        scores[q.qid] = float(score)
-        tokens[q.qid] = (gen.prompt_tokens[i], gen.completion_tokens[i])
-    return parts
-
-
-def record_outcomes(run: ChapterRun, name: str, items: list, gen: Generation) -> None:
-    """Record a condition's outcomes: answers under `name`, refusals under `name + " refusal"`."""
-    for part, (scores, tokens) in split_outcomes(items, gen).items():
-        run.record(name if part == "answer" else name + REFUSAL_SUFFIX, scores, tokens=tokens)
-
-
 def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generation, **extra) -> Condition:
     """Score, record and keep a condition whose answers are already generated."""
     if group not in GROUPS:
@@ -138,7 +113,7 @@ def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generati
     if name in ch.conditions:
         raise ValueError(f"condition {name!r} is already measured")
     row = metrics.condition_row(name, gen, items, ch.params.price_per_mtok, **extra)
-    record_outcomes(ch.run, name, items, gen)
+    record_answers(ch.run, name, items, gen)
     ch.conditions[name] = Condition(name, group, items, gen, row)
     return ch.conditions[name]
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from .. import metrics as answer_metrics
 from .. import rag, report
-from ..drift import tolerance
+from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
 from ..results import ChapterRun, StatedComparison, glue
@@ -70,18 +70,6 @@ def hits_at(items: list, rankings: list, k: int) -> dict[str, int]:
     return out
 
 
-def answer_outcomes(items: list, texts: list[str], tokens: dict | None = None) -> tuple[dict, dict]:
-    """(contains of each answerable question, refusal of each unanswerable one), both {qid: 0 or 1},
-    scored as ragft.metrics.score_answers scores them, so their means are the chapter's rates."""
-    answered, refused = {}, {}
-    for item, text in zip(items, texts):
-        if item.kind == "unanswerable":
-            refused[item.qid] = int(answer_metrics.is_refusal(text))
-        else:
-            answered[item.qid] = int(answer_metrics.contains(text, item.answers))
-    return answered, refused
-
-
 def generation_tokens(items: list, rankings: list, gen: Generation) -> dict[str, tuple[int, int]]:
     """{qid: (prompt tokens, completion tokens)} for the items rag.answer_batch sent to the model
     (those with a non-empty ranking, in order)."""
@@ -111,10 +99,6 @@ def rate(run: ChapterRun, key: str, value: float, n: int):
     """A share of n questions, left out when there were none (NaN is not a number the file keeps)."""
     if n and value is not None and not math.isnan(value):
         run.metric(key, value, "rate", n=n)
-
-
-def rate_tol(n: int) -> float:
-    return tolerance({"kind": "rate", "n": n})
 
 
 @dataclass
@@ -402,7 +386,7 @@ def answers(ch: Chapter) -> Answers:
             row["retrieved_recall"] = row.pop(f"recall_at_{k}")
             rows.append(row)
             tokens = generation_tokens(asked, ranked, gen)
-            answered, refused = answer_outcomes(asked, gen.texts)
+            answered, refused = answer_metrics.answer_outcomes(asked, gen.texts)
             record(run, f"answer top-{k}", answered, tokens)
             record(run, f"answer top-{k} refusal", refused, tokens)
             record(run, f"citation top-{k}", citation_outcomes(asked, ranked, texts))
@@ -421,8 +405,8 @@ def _answer_metrics(ch: Chapter, table: pd.DataFrame, n: int, n_unanswerable: in
     main = table.loc[f"top-{ch.best_k}"]
     run.metric("rag_contains", main["contains"], "rate", n=n)
     # Wilson bounds move with the rate: one flipped answer moves them by about as much as the rate
-    run.metric("rag_contains_lo", main["contains_lo"], "derived", tol=rate_tol(n))
-    run.metric("rag_contains_hi", main["contains_hi"], "derived", tol=rate_tol(n))
+    run.metric("rag_contains_lo", main["contains_lo"], "derived", tol=rate_tolerance(n))
+    run.metric("rag_contains_hi", main["contains_hi"], "derived", tol=rate_tolerance(n))
     run.metric("rag_em", main["em"], "rate", n=n)
     run.metric("rag_f1", main["f1"], "mean", n=n)
     rate(run, "rag_refusal_acc", main.get("refusal_acc", np.nan), n_unanswerable)
@@ -506,7 +490,7 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
     best_t = sweep.refusal_f1.idxmax()
     n_a, n_u = len(ch.items), len(near_miss)
-    f1_tol = rate_tol(n_a) + rate_tol(n_u)  # F1 of refusals moves with its two rates
+    f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 of refusals moves with its two rates
     run.metric("refusal_f1_best", sweep.refusal_f1.max(), "derived", tol=f1_tol)
     run.metric("refusal_threshold_best", best_t, "choice")
     run.metric("refusal_recall_at_best", sweep.loc[best_t, "refusal_recall"], "rate", n=n_u)
@@ -517,7 +501,7 @@ def refusal_threshold(ch: Chapter) -> Refusal:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
         run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1.max(), "derived",
-                   tol=rate_tol(n_a) + rate_tol(len(offtopic_sim)))
+                   tol=rate_tolerance(n_a) + rate_tolerance(len(offtopic_sim)))
     return Refusal(sweep, offtopic, n_a, n_u)
 
 
@@ -678,7 +662,7 @@ def real_data(ch: Chapter, grid: Grid) -> RealData:
                        p.max_new_tokens, p.batch_size, desc="NQ")
         texts = [rag.strip_citations(a) for a in gen.texts]
         scores = answer_metrics.score_answers(texts, nq_read)
-        answered, _ = answer_outcomes(nq_read, texts)
+        answered, _ = answer_metrics.answer_outcomes(nq_read, texts)
         record(run, "NQ gold passage", answered, {it.qid: (pt, ct) for it, pt, ct in
                                                   zip(nq_read, gen.prompt_tokens, gen.completion_tokens)})
         n = len(answered)
@@ -721,7 +705,7 @@ def _squad(ch: Chapter) -> dict | None:
         answered = answer_metrics.score_answers(texts, read)
     for k in ch.score_ks:
         run.record(f"SQuAD {p.retrieval} hit@{k}", hits_at(sq, ranked, k))
-    contains, _ = answer_outcomes(read, texts)
+    contains, _ = answer_metrics.answer_outcomes(read, texts)
     record(run, f"SQuAD answer top-{ch.best_k}", contains, generation_tokens(read, top, gen))
     n, n_read = len(sq), len(contains)
     run.metric("squad_paragraphs", len(corpus), "exact")
@@ -789,7 +773,7 @@ def own_documents(ch: Chapter) -> OwnDocuments:
         answerable = [it for it in items if it.kind != "unanswerable"]
         if answerable:
             scores.update(rag.retrieval_scores(items, ranked, [k]))
-        answered, refused = answer_outcomes(items, texts)
+        answered, refused = answer_metrics.answer_outcomes(items, texts)
         tokens = generation_tokens(items, ranked, gen)
         record(run, f"own documents top-{k}", answered, tokens)
         record(run, f"own documents top-{k} refusal", refused, tokens)

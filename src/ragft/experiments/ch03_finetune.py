@@ -27,7 +27,7 @@ import pandas as pd
 from .. import metrics, prompts, report, results
 from ..corpus.kb import STRUCTURED_FIELDS
 from ..costs import load_prices
-from ..drift import tolerance
+from ..drift import rate_tolerance
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue
 from ..train import tasks
@@ -395,11 +395,6 @@ def forgetting_style(table: pd.DataFrame):
 # Headline metrics
 
 
-def _rate_tol(n: int) -> float:
-    """The drift tolerance of a rate or mean over n questions (ragft.drift's rule)."""
-    return tolerance({"kind": "rate", "n": n})
-
-
 def ratio_tol(a: float, b: float, tol_a: float, tol_b: float) -> float:
     """Tolerance of a / b from the parts' tolerances (first order), finite when b is 0 or near it."""
     floor = max(abs(b), tol_b, 1e-9)
@@ -413,7 +408,7 @@ def cost_saving_rule(params, n: int, tuned_cost: float, prompt_cost: float) -> d
     price = load_prices()[params.price_per_mtok]
     if price.get("output_per_mtok") is None:
         return {"kind": "exact"}
-    cost_shift = _rate_tol(n) * params.structured_max_new_tokens * price["output_per_mtok"] / 1000
+    cost_shift = rate_tolerance(n) * params.structured_max_new_tokens * price["output_per_mtok"] / 1000
     return {"kind": "derived", "tol": ratio_tol(tuned_cost, prompt_cost, cost_shift, cost_shift)}
 
 
@@ -476,7 +471,7 @@ def headline_metrics(ch: Chapter) -> dict:
         put("lora_peak_ratio_vs_full", lora.peak_mb / full.peak_mb, "machine")
         quality_ratio = lora.quality / full.quality if full.quality > 0 else 0.0
         put("lora_quality_ratio_vs_full", quality_ratio, "derived",
-            tol=ratio_tol(lora.quality, full.quality, _rate_tol(n), _rate_tol(n)))
+            tol=ratio_tol(lora.quality, full.quality, rate_tolerance(n), rate_tolerance(n)))
     if "qlora" in cost.index:
         put("qlora_base_weight_ratio_vs_bf16", cost.loc["qlora"].base_weight_mb / bf16_mb, "exact")
     put("embedding_share", ch.lm.model.get_input_embeddings().weight.numel() / ch.lm.n_params(), "exact")

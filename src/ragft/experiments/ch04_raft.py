@@ -29,15 +29,14 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics, raft, report, results
-from ..drift import tolerance
+from ..drift import rate_tolerance
 from ..generation import Generation
 from ..results import ChapterRun, StatedComparison, glue, read_chapter
 from ..train import tasks
-from .common import start
+from .common import record_answers, start
 
 CHAPTER = "04_raft"
 DSF_CHAPTER = "03_finetune"
-REFUSAL_SUFFIX = " refusal"
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
 # Outcome names of the main table's conditions, by metric key prefix (run order).
 MAIN = {"base_closed": "base closed", "base_rag": "base + RAG", "dsf": "DSF closed", "dsf_rag": "DSF + RAG",
@@ -187,32 +186,13 @@ def ask(ch: Chapter, model_lm, style: str, k: int, desc: str, idx: list[int] | N
     return raft.ask(model_lm, [ch.test_items[i].question for i in idx], docs, style, limit, p.batch_size, desc=desc)
 
 
-def split_outcomes(items: list, gen: Generation) -> dict[str, tuple[dict, dict]]:
-    """Per-question outcomes of one reader, scored on the answer its reply gives (`raft.answers_of`,
-    as `raft.score_row` scores it): "answer" holds 1 or 0 (the answer contains the gold) for each
-    answerable item, "refusal" 1 or 0 (refused or not) for each unanswerable one; each with
-    {qid: (prompt tokens, completion tokens)}. A part with no items is left out."""
-    if len(items) != len(gen.texts):
-        raise ValueError(f"{len(items)} questions but {len(gen.texts)} answers: they must pair up in order")
-    parts: dict[str, tuple[dict, dict]] = {}
-    for i, (it, answer) in enumerate(zip(items, raft.answers_of(gen.texts))):
-        part = "refusal" if it.kind == "unanswerable" else "answer"
-        scores, tokens = parts.setdefault(part, ({}, {}))
-        if it.qid in scores:
-            raise ValueError(f"question {it.qid!r} asked twice in one condition: outcomes are per question")
-        scores[it.qid] = float(metrics.is_refusal(answer) if part == "refusal" else metrics.contains(answer, it.answers))
-        tokens[it.qid] = (gen.prompt_tokens[i], gen.completion_tokens[i])
-    return parts
-
-
 def score(ch: Chapter, label: str, outcome: str, gen: Generation, idx: list[int] | None = None,
           quoting: bool = False, **extra) -> dict:
     """A table row for a reader's answers to the items at `idx` (`raft.score_row`), its outcomes
     recorded under `outcome` (and `outcome + " refusal"` for unanswerable items)."""
     idx = list(range(len(ch.test_items))) if idx is None else list(idx)
     items = [ch.test_items[i] for i in idx]
-    for part, (scores, tokens) in split_outcomes(items, gen).items():
-        ch.run.record(outcome if part == "answer" else outcome + REFUSAL_SUFFIX, scores, tokens=tokens)
+    record_answers(ch.run, outcome, items, gen, raft.answers_of(gen.texts))  # scored as raft.score_row scores
     return raft.score_row(label, gen, items, [ch.oracles[i] for i in idx] if quoting else None,
                           ch.params.price_per_mtok, **extra)
 
@@ -570,11 +550,6 @@ def benchmark_style(ch: Chapter):
 # Headline metrics
 
 
-def rate_tol(n: int) -> float:
-    """The drift tolerance of a rate over n questions (ragft.drift's rule)."""
-    return tolerance({"kind": "rate", "n": n})
-
-
 def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> float:
     """How far macro-F1 over `labels` can move when as many answers flip as the drift rule allows a
     rate over the same items. A label's F1 is 2 tp / (predicted + gold) and 0 without a true
@@ -586,7 +561,7 @@ def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> 
     present = [c for c in counts if c > 0]
     if not present:
         return 0.0
-    flips = round(rate_tol(len(gold)) * len(gold))
+    flips = round(rate_tolerance(len(gold)) * len(gold))
     return min(1.0, flips * 4 / (len(labels) * min(present)))
 
 
@@ -624,7 +599,7 @@ def headline_metrics(ch: Chapter) -> dict:
     for name in curve:
         for kk, v in curve[name].items():
             put(f"{keys[name]}_top{kk}_contains", v, "rate", n=n_ablation)
-    spread_tol = 2 * rate_tol(n_ablation)  # max - min: each end may move by a rate's tolerance
+    spread_tol = 2 * rate_tolerance(n_ablation)  # max - min: each end may move by a rate's tolerance
     spread = lambda c: c.max() - c.min()  # noqa: E731
     put("raft_topk_spread", spread(curve[ch.raft_reader]), "derived", tol=spread_tol)
     put("base_topk_spread", spread(curve[BASE_READER]), "derived", tol=spread_tol)
