@@ -201,6 +201,27 @@ class KnowledgeBase:
             questions += by_doc[doc_id]
         return docs, questions[:n]
 
+    def candidates(self, question: Question, k: int = 3, seed: int = 0) -> tuple[list[str], int]:
+        """The gold answer and up to `k` look-alikes: other values of the same attribute in this
+        knowledge base (a price for a price, a person for a manager), none of which counts as right.
+        Drawn per question from `seed`, in a shuffled order; returns (candidates, index of gold)."""
+        from ..metrics import normalize
+
+        if question.kind in ("unanswerable", "structured"):
+            raise ValueError(f"question {question.qid!r} is {question.kind}: it has no single value to rank")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k={k!r} is not allowed: use an integer >= 1")
+        right = {normalize(a) for a in question.answers}
+        pool = sorted({q.answer for q in self.questions if q.kind in ("single", "multihop")
+                       and _value_kind(q.attribute) == _value_kind(question.attribute)
+                       and normalize(q.answer) not in right})
+        if not pool:
+            raise ValueError(f"question {question.qid!r}: no other value of its attribute to rank against")
+        rng = random.Random(f"{seed}:{question.qid}")
+        others = rng.sample(pool, min(k, len(pool)))
+        gold = rng.randrange(len(others) + 1)
+        return others[:gold] + [question.answer] + others[gold:], gold
+
     def save(self, folder: str | Path) -> Path:
         """Write documents.jsonl and questions.jsonl (the format a reader can take elsewhere)."""
         folder = Path(folder)
@@ -505,6 +526,15 @@ _Q_STRUCTURED = [
     "Answer in JSON: name, price_usd and warranty_months for the {name}.",
 ]
 STRUCTURED_FIELDS = {"name": str, "price_usd": int, "warranty_months": int}
+
+
+_VALUE_KINDS = {"designer": "person", "manager": "person", "owner": "person", "site_manager": "person",
+                "designer_site": "site", "site": "site"}
+
+
+def _value_kind(attribute: str) -> str:
+    """Attributes whose values are the same kind of thing (a manager and a designer are people)."""
+    return _VALUE_KINDS.get(attribute, attribute)
 
 
 def _aliases(attribute: str, value) -> tuple[str, ...]:

@@ -1,0 +1,62 @@
+"""Candidate log-likelihood scoring and the knowledge base's look-alike candidates."""
+
+import pytest
+
+from ragft import prompts
+from ragft.metrics import normalize
+from ragft.scoring import Ranking, rank_candidates
+
+
+def test_candidates_are_the_gold_and_distinct_look_alikes_of_its_attribute(kb):
+    for q in kb.by_kind("single")[:40] + kb.by_kind("multihop")[:10]:
+        cands, gold = kb.candidates(q, k=3, seed=0)
+        assert cands[gold] == q.answer and len(cands) == len({normalize(c) for c in cands})
+        right = {normalize(a) for a in q.answers}
+        assert not any(normalize(c) in right for i, c in enumerate(cands) if i != gold)
+        pool = {x.answer for x in kb.questions if x.attribute == q.attribute}
+        if q.attribute in ("price", "warranty", "launch"):  # same attribute, not merely the same kind
+            assert set(cands) <= pool
+    q = kb.by_kind("single")[0]
+    assert kb.candidates(q, 3, 0) == kb.candidates(q, 3, 0)
+    golds = {kb.candidates(x, 3, 0)[1] for x in kb.by_kind("single")}
+    assert golds == {0, 1, 2, 3}  # the gold's position is drawn, never always first
+
+
+def test_candidates_refuse_what_has_no_single_value(kb):
+    with pytest.raises(ValueError, match="unanswerable"):
+        kb.candidates(kb.by_kind("unanswerable")[0])
+    with pytest.raises(ValueError, match="k=0"):
+        kb.candidates(kb.by_kind("single")[0], k=0)
+
+
+def test_ranking_matches_full_sequence_log_likelihood_and_reads_documents(lm, kb):
+    import torch
+
+    qs = kb.sample("single", 6, 0)
+    cands = [kb.candidates(q, 3, 0) for q in qs]
+    convs = [prompts.build_messages(q.test_text, passages=[kb.doc(q.doc_ids[0]).text]) for q in qs]
+    ranked = rank_candidates(lm, convs, [c for c, _ in cands], [g for _, g in cands])
+    tok = lm.tokenizer
+    prompt = tok(tok.apply_chat_template(convs[0], tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False)["input_ids"]
+    for j, c in enumerate(cands[0][0]):  # one question, every candidate, scored without any cache
+        ids = tok(c, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(lm.model(torch.tensor([prompt + ids])).logits[0].float(), -1)
+        plain = sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+        assert ranked.scores[0][j] == pytest.approx(plain, abs=1e-3)
+    assert ranked.accuracy >= 5 / 6  # the answer is in the document: the model finds it
+    assert ranked.chance == pytest.approx(0.25) and len(ranked.margins) == 6
+    assert set(ranked.outcomes([q.qid for q in qs])) == {q.qid for q in qs}
+
+
+def test_ranking_counts_ties_as_wrong_and_refuses_bad_input(lm):
+    r = Ranking([[-1.0, -1.0], [-1.0, -2.0]], [0, 0], [5, 5], 0.0)
+    assert r.correct == [0, 1] and r.margins == [0.0, 1.0]
+    conv = [prompts.build_messages("Hi?")]
+    with pytest.raises(ValueError, match="pair up"):
+        rank_candidates(lm, conv, [["a", "b"], ["c", "d"]], [0])
+    with pytest.raises(ValueError, match="at least 2"):
+        rank_candidates(lm, conv, [["a"]], [0])
+    with pytest.raises(ValueError, match="gold=2"):
+        rank_candidates(lm, conv, [["a", "b"]], [2])
