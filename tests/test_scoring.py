@@ -23,8 +23,11 @@ def test_candidates_are_the_gold_and_distinct_look_alikes_of_its_attribute(kb):
 
 
 def test_candidates_refuse_what_has_no_single_value(kb):
-    with pytest.raises(ValueError, match="unanswerable"):
-        kb.candidates(kb.by_kind("unanswerable")[0])
+    q = kb.by_kind("unanswerable")[0]
+    values, gold = kb.candidates(q, k=3)
+    assert gold is None and len(values) == 4 and len(set(values)) == 4
+    with pytest.raises(ValueError, match="structured"):
+        kb.candidates(kb.by_kind("structured")[0])
     with pytest.raises(ValueError, match="k=0"):
         kb.candidates(kb.by_kind("single")[0], k=0)
 
@@ -60,3 +63,16 @@ def test_ranking_counts_ties_as_wrong_and_refuses_bad_input(lm):
         rank_candidates(lm, conv, [["a"]], [0])
     with pytest.raises(ValueError, match="gold=2"):
         rank_candidates(lm, conv, [["a", "b"]], [2])
+
+
+def test_auroc_and_recall_at_a_false_refusal_rate():
+    from ragft.stats import auroc, recall_at_fpr
+
+    assert auroc([3, 4, 5], [0, 1, 2]) == 1.0 and auroc([0, 1], [0, 1]) == 0.5
+    assert auroc([0, 1, 2], [3, 4, 5]) == 0.0
+    negatives = list(range(20))  # 5 % of 20 is one negative allowed above the threshold
+    recall, threshold = recall_at_fpr([18.5, 19.5, 30, 2], negatives, max_fpr=0.05)
+    assert threshold == 18 and recall == 0.75
+    assert recall_at_fpr([1, 2], [0, 0, 0], max_fpr=0.0) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="both kinds"):
+        auroc([], [1])

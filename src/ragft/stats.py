@@ -87,6 +87,28 @@ def diff_interval(a, b, confidence: float = 0.95) -> tuple[float, float]:
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
+def auroc(positives, negatives) -> float:
+    """Area under the ROC curve of a score meant to be higher for `positives` (e.g. a refusal score
+    on unanswerable questions) than for `negatives` (answerable ones): the probability that a random
+    positive outscores a random negative, ties counting half (the Mann-Whitney U statistic)."""
+    pos, neg = np.asarray(positives, float), np.asarray(negatives, float)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"AUROC needs both kinds of questions: {len(pos)} positives, {len(neg)} negatives")
+    return float(_st.mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
+
+
+def recall_at_fpr(positives, negatives, max_fpr: float = 0.05) -> tuple[float, float]:
+    """The share of positives caught by the lowest threshold that flags at most `max_fpr` of the
+    negatives (refusal recall at <= 5 % false refusals): (recall, threshold). A positive is flagged
+    when its score is strictly above the threshold."""
+    pos, neg = np.sort(np.asarray(positives, float)), np.sort(np.asarray(negatives, float))
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"recall at a false-positive rate needs both kinds: {len(pos)} positives, {len(neg)} negatives")
+    allowed = math.floor(max_fpr * len(neg))  # negatives that may score above the threshold
+    threshold = float(neg[len(neg) - 1 - allowed])
+    return float(np.mean(pos > threshold)), threshold
+
+
 def _sd(d, kind: str) -> float:
     """Spread of the paired differences for power arithmetic. Binary differences are floored at the
     planning value: at small n a low observed discordance is mostly luck, and would promise power the

@@ -204,11 +204,13 @@ class KnowledgeBase:
     def candidates(self, question: Question, k: int = 3, seed: int = 0) -> tuple[list[str], int]:
         """The gold answer and up to `k` look-alikes: other values of the same attribute in this
         knowledge base (a price for a price, a person for a manager), none of which counts as right.
-        Drawn per question from `seed`, in a shuffled order; returns (candidates, index of gold)."""
+        Drawn per question from `seed`, in a shuffled order; returns (candidates, index of gold).
+        An unanswerable question gets k + 1 values of its attribute and None: none of them is right
+        (the model's preference for a refusal over them is a refusal score)."""
         from ..metrics import normalize
 
-        if question.kind in ("unanswerable", "structured"):
-            raise ValueError(f"question {question.qid!r} is {question.kind}: it has no single value to rank")
+        if question.kind == "structured":
+            raise ValueError(f"question {question.qid!r} is structured: it has no single value to rank")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k={k!r} is not allowed: use an integer >= 1")
         right = {normalize(a) for a in question.answers}
@@ -218,6 +220,8 @@ class KnowledgeBase:
         if not pool:
             raise ValueError(f"question {question.qid!r}: no other value of its attribute to rank against")
         rng = random.Random(f"{seed}:{question.qid}")
+        if question.kind == "unanswerable":
+            return rng.sample(pool, min(k + 1, len(pool))), None
         others = rng.sample(pool, min(k, len(pool)))
         gold = rng.randrange(len(others) + 1)
         return others[:gold] + [question.answer] + others[gold:], gold
