@@ -1,0 +1,51 @@
+"""The claims the book tests (data/claims.yaml): one place for their ids, words, sources and the
+comparisons that carry each verdict."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .settings import PROJECT_ROOT
+
+CLAIMS_FILE = PROJECT_ROOT / "data" / "claims.yaml"
+ID = re.compile(r"^[KRFTSUD]\d+$")
+COMPARISON_ID = re.compile(r"^([KRFTSUD]\d+)-")  # a comparison key that names the claim it tests
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    claim: str
+    sources: tuple[str, ...]
+    figure: str
+    chapter: str
+    comparisons: tuple[str, ...] = ()
+    untested: str | None = None  # why no comparison carries it (yet)
+
+
+def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
+    """The claims by id, checked: each has its words, sources, figure and chapter, and either the
+    comparisons that test it or the reason none does (never both, never neither)."""
+    raw = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: expected a mapping of claim ids to claims")
+    out = {}
+    for cid, c in raw.items():
+        where = f"{path}: claim {cid}"
+        if not ID.match(str(cid)):
+            raise ValueError(f"{where}: an id is a letter of KRFTSUD and a number")
+        missing = [k for k in ("claim", "sources", "figure", "chapter") if not c.get(k)]
+        if missing:
+            raise ValueError(f"{where}: missing {missing}")
+        unknown = set(c) - {"claim", "sources", "figure", "chapter", "comparisons", "untested"}
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
+        if bool(c.get("comparisons")) == bool(c.get("untested")):
+            raise ValueError(f"{where}: give either the comparisons that test it or `untested` with the reason")
+        out[cid] = Claim(cid, c["claim"], tuple(c["sources"]), str(c["figure"]), c["chapter"],
+                         tuple(c.get("comparisons") or ()), c.get("untested"))
+    return out
