@@ -90,8 +90,8 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     assert doc["chapter"] == chapter and doc["profile"] == "smoke"
     assert doc["metrics"] and doc["timings"]["wall_s"] > 0 and doc["provenance"]["python"]
     assert set(doc["metric_rules"]) == set(doc["metrics"])
-    if chapter == runner.toc_chapters()[0]:
-        return  # the front page reports on the others; it scores nothing itself
+    if chapter in (runner.toc_chapters()[0], "07_verdict"):
+        return  # the front page and the verdict report on the others; they score nothing themselves
     # every scored condition per question, and every comparison stated from them
     assert doc["outcomes"] and all(doc["outcomes"].values())
     assert doc["comparisons"], "the chapter states no comparison"
@@ -183,9 +183,23 @@ def test_raft_results_are_sane(smoke_run):
 
 
 @pytest.mark.slow
+def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(smoke_run):
+    from ragft.claims import load_claims
+
+    doc = json.loads((smoke_run["dir"] / "results" / "07_verdict.json").read_text())
+    m, ledger = doc["metrics"], doc["ledger"]
+    assert [r["claim"] for r in ledger] == list(load_claims()) and m["n_claims"] == len(ledger)
+    assert m["n_claims"] == sum(m[k] for k in ("n_supported", "n_contradicted", "n_depends", "n_inconclusive", "n_not_testable"))
+    for r in ledger:
+        assert set(r) == {"claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "reason"} and r["reason"]
+        assert (r["n"] is None) == (r["verdict"] == "not testable here")
+    assert m["n_supported"] + m["n_contradicted"] + m["n_depends"] + m["n_inconclusive"] >= 10  # chapters 1-4 ran
+
+
+@pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
-    for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft"):
+    for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "07_verdict"):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page

@@ -252,8 +252,13 @@ class RaftParams(Answering):
         check(isinstance(self.lora_lr, float) and 0 < self.lora_lr < 1, "lora_lr", self.lora_lr, "use a learning rate in (0, 1)")
 
 
+@dataclass
+class VerdictParams(Common):
+    """Chapter 7: the verdict on every claim (reads the other chapters' results of the run; no model)."""
+
+
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
-                  "03_finetune": FinetuneParams, "04_raft": RaftParams}
+                  "03_finetune": FinetuneParams, "04_raft": RaftParams, "07_verdict": VerdictParams}
 
 
 # Names a notebook's namespace holds that are not parameters (IPython's own).

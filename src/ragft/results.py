@@ -9,7 +9,8 @@ Each chapter writes one file, <run dir>/results/<chapter>.json:
   outcome_tokens condition -> {question id -> [prompt tokens, completion tokens]}
   comparisons   the paired comparisons the chapter states (ragft.stats.Comparison as dicts)
   artifacts     name -> path of what later chapters of the same run reuse (trained adapters)
-  tables (name -> list of row dicts), timings (wall_s and per-stage seconds), provenance.
+  tables (name -> list of row dicts), timings (wall_s and per-stage seconds), provenance,
+  and any named sections a chapter adds (the verdict chapter's `ledger`).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class ChapterRun:
     artifacts: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)  # named records beside the standard keys (the ledger)
 
     def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None):
         """Record a headline metric with its kind (METRIC_KINDS); rates and means need their n,
@@ -213,6 +215,10 @@ class ChapterRun:
             "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.stages},
             "provenance": prov,
         }
+        clash = sorted(set(self.sections) & set(doc))
+        if clash:
+            raise ValueError(f"sections {clash} would overwrite the results file's own keys")
+        doc.update(self.sections)
         path = results_dir() / f"{self.chapter}.json"
         path.write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
         return path

@@ -1,0 +1,88 @@
+"""Chapter 7, the verdict: every claim beside what this run measured (ragft.verdict), as a table, a
+forest plot and counts the front page shows. Reads the other chapters' results of the same run; runs
+in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import results, settings
+from ..claims import load_claims
+from ..results import ChapterRun, glue
+from ..verdict import INCONCLUSIVE, VERDICTS, LedgerRow, counts, ledger
+
+CHAPTER = "07_verdict"
+COUNT_KEYS = {"supported": "n_supported", "contradicted": "n_contradicted", "depends": "n_depends",
+              INCONCLUSIVE: "n_inconclusive", "not testable here": "n_not_testable"}
+COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", INCONCLUSIVE: "tab:gray"}
+
+
+@dataclass
+class Verdicts:
+    run: ChapterRun
+    rows: list[LedgerRow]
+    claims: dict
+    chapters: list[str]  # the chapters of this run whose results the ledger read
+
+
+def setup(params) -> Verdicts:
+    settings.configure(params)
+    run = ChapterRun(CHAPTER, params)
+    with run.stage("ledger"):
+        chapter_results = {k: v for k, v in results.load_results(results.results_dir()).items()
+                           if k not in ("00_front", CHAPTER)}
+        claims = load_claims()
+        rows = ledger(claims, chapter_results)
+    return Verdicts(run, rows, claims, sorted(chapter_results))
+
+
+def ledger_table(v: Verdicts) -> pd.DataFrame:
+    """One line per claim: its words, source figure, what this run measured, the verdict, why."""
+    lines = []
+    for r in v.rows:
+        c = v.claims[r.claim]
+        measured = "–" if r.n is None else f"{r.difference()}, n = {r.n} ({r.comparison})"
+        lines.append({"claim": r.claim, "what the sources say": c.claim, "their figure": c.figure,
+                      "measured here": measured, "verdict": r.verdict, "evidence or reason": r.reason})
+    return pd.DataFrame(lines).set_index("claim")
+
+
+def forest(v: Verdicts):
+    """Each tested claim's measured difference with its 95 % interval, coloured by verdict."""
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in v.rows if r.n is not None and r.kind == "binary"]  # one axis: points
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(shown) + 1.2))
+    for y, r in enumerate(shown):
+        ax.errorbar(100 * r.diff, y, xerr=[[100 * (r.diff - r.ci_low)], [100 * (r.ci_high - r.diff)]],
+                    fmt="o", color=COLOURS.get(r.verdict, "black"), capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(shown)), [f"{r.claim}: {r.comparison} (n={r.n})" for r in shown], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="measured difference, points (95 % interval); green supported, red contradicted, grey inconclusive",
+           title="What the book measured, claim by claim")
+    ax.xaxis.label.set_size(7)
+    fig.tight_layout()
+    return fig
+
+
+def headline(v: Verdicts) -> dict:
+    run, tally = v.run, counts(v.rows)
+    run.metric("n_claims", len(v.rows), "exact")
+    for verdict, key in COUNT_KEYS.items():
+        run.metric(key, tally[verdict], "exact")
+        glue(key, tally[verdict])
+    glue("n_claims", len(v.rows))
+    glue("verdict_chapters", ", ".join(v.chapters) or "none")
+    return {"counts": tally, "verdicts": VERDICTS}
+
+
+LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "reason")
+
+
+def save(v: Verdicts):
+    v.run.sections["ledger"] = [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]
+    v.run.tables["ledger"] = [r.as_dict() for r in v.rows]  # with the comparison shown and its kind
+    return v.run.save()

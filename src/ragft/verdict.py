@@ -1,0 +1,114 @@
+"""The ledger: every claim of data/claims.yaml beside what the chapters of one run measured, with a
+verdict that comes from their paired comparisons, never typed.
+
+A claim's verdict, from the comparisons it lists that this run holds:
+- the decided ones (supported / contradicted) agree: that verdict, the first decided one its evidence;
+- they disagree: **depends** (on which comparison: the reason names them);
+- none is decided: **inconclusive at this n**, with the most paired questions one of them would need;
+- it lists none (`untested` in the claims file) or the run holds none of them: **not testable here**,
+  with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .claims import Claim
+from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+
+DEPENDS = "depends"
+NOT_TESTABLE = "not testable here"
+VERDICTS = (SUPPORTED, CONTRADICTED, DEPENDS, INCONCLUSIVE, NOT_TESTABLE)
+FEASIBLE_N = 100_000  # paired questions beyond which "it would need N" stops meaning anything
+
+
+@dataclass
+class LedgerRow:
+    claim: str
+    verdict: str
+    chapter: str
+    n: int | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    reason: str
+    comparison: str | None = None  # the comparison whose numbers the row shows
+    kind: str = "binary"  # its score: binary (a difference of rates, in points) or continuous
+
+    def difference(self) -> str:
+        """The measured difference with its interval, in points for rates, as numbers otherwise."""
+        if self.n is None:
+            return "–"
+        if self.kind == "binary":
+            return f"{100 * self.diff:+.0f} points [{100 * self.ci_low:+.0f}, {100 * self.ci_high:+.0f}]"
+        return f"{self.diff:+.3g} [{self.ci_low:+.3g}, {self.ci_high:+.3g}]"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _evidence(c: dict) -> str:
+    return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} at n = {c['n']}"
+
+
+def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
+    """One claim's ledger row from the run's comparisons ({claim key: comparison dict})."""
+    if claim.untested:
+        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None, claim.untested)
+    held = [comparisons[k] for k in claim.comparisons if k in comparisons]
+    if not held:
+        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None,
+                         f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): "
+                         f"run chapter {claim.chapter} in the same run")
+    decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED)]
+    if decided and len({c["verdict"] for c in decided}) == 1:
+        verdict, shown = decided[0]["verdict"], decided[0]
+    elif decided:
+        verdict, shown = DEPENDS, decided[0]
+    else:
+        verdict, shown = INCONCLUSIVE, max(held, key=lambda c: c["n"])
+    reason = "; ".join(_evidence(c) for c in held)
+    if verdict == INCONCLUSIVE:
+        need = max((c.get("n_for_effect") or 0) for c in held)
+        if need > FEASIBLE_N:
+            reason += "; the observed difference is near zero: no feasible number of questions would detect it"
+        elif need:
+            reason += f"; about {need:,} paired questions would detect the observed difference"
+    return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
+                     shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"))
+
+
+def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[LedgerRow]:
+    """Every claim's row, in the claims file's order, from one run's chapter results."""
+    comparisons = {}
+    for chapter, doc in chapter_results.items():
+        for c in doc.get("comparisons", []):
+            comparisons[c["claim"]] = {**c, "chapter": chapter}
+    return [judge(c, comparisons) for c in claims.values()]
+
+
+def counts(rows: list[LedgerRow]) -> dict[str, int]:
+    """How many claims got each verdict (every verdict present, zeros included)."""
+    return {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
+
+
+def summary_sentence(doc: dict | None) -> str:
+    """One sentence of the verdict chapter's counts, for the front page (its results file, or None)."""
+    if not doc:
+        return "The verdict chapter did not run in this run, so no claim has a verdict on this page."
+    m = doc["metrics"]
+    return (f"Of the {m['n_claims']} claims this book tests, {m['n_supported']} are supported by this run's "
+            f"measurements, {m['n_contradicted']} contradicted, {m['n_depends']} depend on the condition, "
+            f"{m['n_inconclusive']} are inconclusive at the number of questions a 2-core CPU run affords, and "
+            f"{m['n_not_testable']} are not testable here (yet).")
+
+
+def decided_table(doc: dict | None):
+    """The decided claims of a verdict results file (supported, contradicted, depends), for reading."""
+    import pandas as pd
+
+    rows = [{"claim": r["claim"], "verdict": r["verdict"], "chapter": r["chapter"], "n": r["n"],
+             "comparison": r["comparison"], "difference [95 % CI]": LedgerRow(**r).difference()}
+            for r in (doc or {}).get("tables", {}).get("ledger", []) if r["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
+    columns = ["claim", "verdict", "chapter", "comparison", "n", "difference [95 % CI]"]
+    return pd.DataFrame(rows, columns=columns).set_index("claim")

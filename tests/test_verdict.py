@@ -1,0 +1,44 @@
+"""The verdict rule: a claim's verdict comes from its comparisons, table-driven."""
+
+import pytest
+
+from ragft.claims import Claim
+from ragft.verdict import DEPENDS, NOT_TESTABLE, counts, judge, ledger
+
+S, C, I = "supported", "contradicted", "inconclusive at this n"
+
+
+def cmp(key, verdict, n=64, diff=0.2, need=0):
+    return {"claim": key, "a": "x", "b": "y", "verdict": verdict, "n": n, "diff": diff,
+            "ci_low": diff - 0.1, "ci_high": diff + 0.1, "n_for_effect": need}
+
+
+CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", "K1-b"))
+
+
+@pytest.mark.parametrize("held,verdict,shown", [
+    ([cmp("K1-a", S), cmp("K1-b", S)], S, "K1-a"),
+    ([cmp("K1-a", I, n=100), cmp("K1-b", C)], C, "K1-b"),  # the decided one carries it
+    ([cmp("K1-a", S), cmp("K1-b", C)], DEPENDS, "K1-a"),
+    ([cmp("K1-a", I, n=16, need=90), cmp("K1-b", I, n=64, need=300)], I, "K1-b"),  # most questions shown
+    ([cmp("K1-b", S)], S, "K1-b"),  # one of two comparisons in the run
+], ids=["agree", "one-decided", "disagree", "none-decided", "partial"])
+def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
+    row = judge(CLAIM, {c["claim"]: c for c in held})
+    assert (row.verdict, row.comparison) == (verdict, shown)
+    assert all(c["claim"] in row.reason for c in held)
+    if verdict == I:
+        assert "300 paired questions" in row.reason
+
+
+def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
+    untested = Claim("S3", "words", ("heym2026",), "$", "06_cost", (), "a price computation")
+    assert judge(untested, {}).verdict == NOT_TESTABLE and judge(untested, {}).reason == "a price computation"
+    row = judge(CLAIM, {"other": cmp("other", S)})
+    assert row.verdict == NOT_TESTABLE and "run chapter 03_finetune" in row.reason and row.n is None
+
+
+def test_ledger_reads_every_chapter_and_counts_every_verdict():
+    rows = ledger({"K1": CLAIM}, {"03_finetune": {"comparisons": [cmp("K1-a", S)]}, "00_front": {}})
+    assert [r.verdict for r in rows] == [S]
+    assert counts(rows) == {S: 1, C: 0, DEPENDS: 0, I: 0, NOT_TESTABLE: 0}
