@@ -254,7 +254,28 @@ class RaftParams(Answering):
 
 @dataclass
 class VerdictParams(Common):
-    """Chapter 7: the verdict on every claim (reads the other chapters' results of the run; no model)."""
+    """Chapter 7: the verdict on every claim (reads the other chapters' results of the run; no model),
+    and the decision helper run for your own case (ragft.decide.Reader's fields, prefixed reader_)."""
+
+    reader_task: str = param("facts", "your case: what the model gets wrong, facts | format | both")
+    reader_updates_per_month: float = param(4.0, "your case: how often the facts change, per month")
+    reader_queries_per_month: float = param(1e6, "your case: queries per month")
+    reader_examples: int = param(0, "your case: labelled examples of the behaviour you want", bounds=(0, 10**9))
+    reader_private_documents: bool = param(True, "your case: answers must come from your own documents")
+
+    def reader(self):
+        from .decide import Reader
+
+        return Reader(self.reader_task, updates_per_month=self.reader_updates_per_month,
+                      queries_per_month=self.reader_queries_per_month, examples=self.reader_examples,
+                      private_documents=self.reader_private_documents)
+
+    def validate(self) -> None:
+        super().validate()
+        try:
+            self.reader()
+        except ValueError as e:  # Reader names its field; the parameter carries the prefix
+            raise ParamError(f"parameter reader_{e}") from None
 
 
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,

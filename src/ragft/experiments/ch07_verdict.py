@@ -86,3 +86,34 @@ def save(v: Verdicts):
     v.run.sections["ledger"] = [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]
     v.run.tables["ledger"] = [r.as_dict() for r in v.rows]  # with the comparison shown and its kind
     return v.run.save()
+
+
+# A few readers the articles write for, to show the helper at work (your own: the reader_ parameters).
+TYPICAL_READERS = {
+    "support bot over a product catalogue that changes weekly": dict(task="facts", updates_per_month=4,
+                                                                      queries_per_month=2e6, private_documents=True),
+    "JSON extraction from forms, 5 M calls a month, 500 examples": dict(task="format", queries_per_month=5e6,
+                                                                         examples=500, rag_baseline=True, eval_set=True,
+                                                                         ready_to_retrain=True),
+    "assistant over a static policy manual, 50 K queries a month": dict(task="facts", updates_per_month=0.1,
+                                                                         queries_per_month=5e4, private_documents=True),
+    "domain assistant that must know facts and answer in a fixed form": dict(task="both", updates_per_month=0.5,
+                                                                             queries_per_month=60e6, examples=2000),
+}
+
+
+def advice_table(v: Verdicts, readers: dict) -> pd.DataFrame:
+    """Each reader's advice from each rule (D1-D3), with its reasons and this run's verdict on every
+    claim a reason rests on."""
+    from ..decide import Reader, decide
+
+    verdict_of = {r.claim: r.verdict for r in v.rows}
+    lines = []
+    for label, reader in readers.items():
+        reader = reader if isinstance(reader, Reader) else Reader(**reader)
+        for advice in decide(reader):
+            claims = sorted({c for reason in advice.reasons for c in reason.claims})
+            lines.append({"reader": label, "rule": advice.rule, "advice": advice.approach,
+                          "because": "; ".join(reason.says for reason in advice.reasons),
+                          "the book's evidence": "; ".join(f"{c}: {verdict_of.get(c, 'not in the claims file')}" for c in claims)})
+    return pd.DataFrame(lines).set_index(["reader", "rule"])
