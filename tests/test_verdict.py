@@ -13,7 +13,7 @@ def cmp(key, verdict, n=64, diff=0.2, need=0):
             "ci_low": diff - 0.1, "ci_high": diff + 0.1, "n_for_effect": need}
 
 
-CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", "K1-b"))
+CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", "K1-b"), scales="why")
 
 
 @pytest.mark.parametrize("held,verdict,shown", [

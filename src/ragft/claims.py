@@ -25,6 +25,7 @@ class Claim:
     chapter: str
     comparisons: tuple[str, ...] = ()
     untested: str | None = None  # why no comparison carries it (yet)
+    scales: str = ""  # whether the verdict should hold for larger models, and why
 
 
 def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
@@ -38,14 +39,14 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
         where = f"{path}: claim {cid}"
         if not ID.match(str(cid)):
             raise ValueError(f"{where}: an id is a letter of KRFTSUD and a number")
-        missing = [k for k in ("claim", "sources", "figure", "chapter") if not c.get(k)]
+        missing = [k for k in ("claim", "sources", "figure", "chapter", "scales") if not c.get(k)]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
-        unknown = set(c) - {"claim", "sources", "figure", "chapter", "comparisons", "untested"}
+        unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested"}
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
         if bool(c.get("comparisons")) == bool(c.get("untested")):
             raise ValueError(f"{where}: give either the comparisons that test it or `untested` with the reason")
         out[cid] = Claim(cid, c["claim"], tuple(c["sources"]), str(c["figure"]), c["chapter"],
-                         tuple(c.get("comparisons") or ()), c.get("untested"))
+                         tuple(c.get("comparisons") or ()), c.get("untested"), c["scales"])
     return out

@@ -45,7 +45,8 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
         c = v.claims[r.claim]
         measured = "–" if r.n is None else f"{r.difference()}, n = {r.n} ({r.comparison})"
         lines.append({"claim": r.claim, "what the sources say": c.claim, "their figure": c.figure,
-                      "measured here": measured, "verdict": r.verdict, "evidence or reason": r.reason})
+                      "measured here": measured, "verdict": r.verdict, "evidence or reason": r.reason,
+                      "at larger scale": c.scales})
     return pd.DataFrame(lines).set_index("claim")
 
 
