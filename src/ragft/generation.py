@@ -50,7 +50,7 @@ def _common_prefix_len(ids: list[list[int]]) -> int:
 
 
 def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 16,
-             desc: str = "generating", reuse_prefix: bool = True) -> Generation:
+             desc: str = "generating", reuse_prefix: bool = True, logits_processors=None) -> Generation:
     """Greedy generation for chat conversations, batched, with prompt caching.
 
     The token prefix every prompt shares (system prompt, few-shot examples, a haystack of documents)
@@ -60,10 +60,13 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     prefix + its own tokens (checked against unbatched, uncached generation in the tests). With no
     shared prefix this is plain left padding. Prompts are sorted by length so batches pad little.
     Token counts exclude padding and count whole prompts: what an API without caching bills.
+    logits_processors, when given, is called once per batch for that batch's fresh list of
+    transformers logits processors (a grammar's matchers hold per-row state; see ragft.constrained).
     """
     import copy
 
     import torch
+    from transformers import LogitsProcessorList
 
     from .progress import progress
 
@@ -93,6 +96,8 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
         rows = [prefix + [tok.pad_token_id] * (width - len(x)) + x for x in suffixes]
         mask = [[1] * n_common + [0] * (width - len(x)) + [1] * len(x) for x in suffixes]
         kwargs = {}
+        if logits_processors is not None:
+            kwargs["logits_processor"] = LogitsProcessorList(logits_processors())
         if cache is not None:
             kwargs["past_key_values"] = copy.deepcopy(cache)
             kwargs["past_key_values"].batch_repeat_interleave(len(batch))

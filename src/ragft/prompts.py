@@ -30,7 +30,7 @@ CITE_SYSTEM = (
 # Chapter 2's LM reranker: the log-probability of "yes" after this prompt scores a document.
 RERANK_SYSTEM = "You judge whether a document answers a question. Reply yes or no."
 
-# Chapter 3: JSON records (a short instruction for the fine-tune; a long one, with an example, for
+# Chapter 3: JSON records (a short instruction for the fine-tune; a long one, with no example, for
 # the base model), and closed-book facts.
 STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
 STRUCTURED_SYSTEM_LONG = (
@@ -38,9 +38,8 @@ STRUCTURED_SYSTEM_LONG = (
     "explanation, no code fence. Use exactly these keys, in this order: \"name\" (the product name as a "
     "string, exactly as written in the document), \"price_usd\" (the product's own list price in US dollars "
     "as an integer, without the dollar sign or commas; not the price of a spare part or accessory), and "
-    "\"warranty_months\" (the warranty length in months as an integer; convert years to months). Example: "
-    '{"name": "Quillon A7", "price_usd": 1250, "warranty_months": 24}'
-)
+    "\"warranty_months\" (the warranty length in months as an integer; convert years to months)."
+)  # zero-shot: no example values in it (an example name here was copied into the answers)
 DSF_SYSTEM = "Answer with a short phrase."  # short on purpose: every prompt token is trained on, every epoch
 
 # Chapter 4, RAFT: the quoting answer's markers, the readers' instructions, the teacher's.
