@@ -189,9 +189,9 @@ class FinetuneParams(Answering):
     train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
     rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)", bounds=(1, 50))
-    n_structured_test: int = param(24, "structured-output test questions (knowledge-base products)", bounds=(1, 10_000))
-    structured_sizes: list = param([50, 200], "training examples (T4)", bounds=(1, 100_000))
-    structured_epochs: int = param(2, "epochs of structured-output fine-tuning", bounds=(1, 100))
+    n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
+    structured_sizes: list = param([10, 25, 50], "training examples (T4), one fine-tune each", bounds=(1, 100_000))
+    structured_epochs: int = param(1, "epochs of structured-output fine-tuning (one pass: sizes differ in data, not repetition)", bounds=(1, 100))
     forgetting_chars: int = param(4000, "characters of general English text for the perplexity probe", bounds=(200, 1_000_000))
     structured_max_new_tokens: int = param(48, "a JSON record is longer than a short answer", bounds=(8, 512))
 

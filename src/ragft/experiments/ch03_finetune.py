@@ -5,8 +5,10 @@ those of the published numbers, so do not reorder them):
 
   knowledge     the base model closed book; a LoRA fine-tune on the facts (DSF) per paraphrase count,
                 asked a held-out and a trained paraphrase; RAG and DSF + RAG on the held-out ones
-  structured    strict JSON records: the base model with a short, a long and a long + two-example
-                instruction, and LoRA fine-tunes of each training size with the short one
+  structured    strict JSON records: the base model with a short, a long (zero-shot: no example
+                values) and a long + two-example instruction, the base model under a JSON-schema
+                grammar (constrained decoding) with the short one, and LoRA fine-tunes of each
+                training size (one epoch each) with the short one
   methods       the DSF data trained with LoRA, attention-only LoRA, QLoRA and full fine-tuning
   forgetting    each fine-tune's log-likelihood of general English text no fine-tune saw
 
@@ -28,6 +30,7 @@ from .. import metrics, prompts, report, results
 from ..corpus.kb import STRUCTURED_FIELDS
 from ..costs import load_prices
 from ..drift import rate_tolerance
+from ..constrained import generate_json, json_schema, max_record_tokens
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue
 from ..train import tasks
@@ -256,9 +259,19 @@ def lora_structured_name(size: int) -> str:
     return f"LoRA on {size} examples, short instruction"
 
 
+# The JSON conditions on the base model. The long instruction is zero-shot: it names the keys and
+# their types but holds no example values (an example name in it was copied into the answers).
+SHORT, ZERO_SHOT, FEW_SHOT = "base, short instruction", "base, long instruction", "base, long instruction + 2 examples"
+CONSTRAINED = "base, short instruction + JSON grammar"
+JSON_COLUMNS = {"json_valid": "json_valid", "schema_adherence": "schema", "fields_correct": "fields"}
+
+
 def structured(ch: Chapter) -> pd.DataFrame:
-    """The base model with a short, a long and a long + two-example instruction, then a LoRA
-    fine-tune per training size with the short one; each condition's row and per-product outcomes."""
+    """The base model with a short, a long (zero-shot) and a long + two-example instruction, the base
+    model under the record's JSON-schema grammar with the short instruction, then a LoRA fine-tune
+    per training size (one epoch each) with the short one; each condition's row (rates with 95 %
+    intervals) and per-product outcomes."""
+    from ..stats import mean_interval, wilson_interval
     from ..train import train
     from ..train.measure import release_memory
 
@@ -266,23 +279,32 @@ def structured(ch: Chapter) -> pd.DataFrame:
     test = ch.structured_test = kb.sample("structured", p.n_structured_test, p.seed)
     shots = [(m.messages[-1]["content"], m.answer) for m in
              tasks.structured_examples(2, p.kb_seed, p.kb, prompts.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
-    conditions = {"base, short instruction": (prompts.STRUCTURED_SYSTEM_SHORT, None),
-                  "base, long instruction": (prompts.STRUCTURED_SYSTEM_LONG, None),
-                  "base, long instruction + 2 examples": (prompts.STRUCTURED_SYSTEM_LONG, shots)}
+    conditions = {SHORT: (prompts.STRUCTURED_SYSTEM_SHORT, None), ZERO_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, None),
+                  FEW_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, shots)}
+    schema = json_schema(STRUCTURED_FIELDS)
 
-    def answer(model_lm, system, examples, name, **extra):
-        gen = generate(model_lm, [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test],
-                       p.structured_max_new_tokens, p.batch_size, desc=name)
-        for score, outcomes in structured_outcomes(gen, test).items():
+    def answer(model_lm, system, examples, name, constrained=False, **extra):
+        convs = [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test]
+        if constrained:  # enough new tokens for the longest record the grammar allows: it always closes
+            gen = generate_json(model_lm, convs, schema, max_record_tokens(schema), p.batch_size, desc=name)
+        else:
+            gen = generate(model_lm, convs, p.structured_max_new_tokens, p.batch_size, desc=name)
+        row, scored = tasks.structured_row(name, gen, test, p.price_per_mtok, **extra), structured_outcomes(gen, test)
+        for column, score in JSON_COLUMNS.items():
+            outcomes = scored[score]
             run.record(f"{name}: {score}", outcomes,
                        tokens={q.qid: (gen.prompt_tokens[i], gen.completion_tokens[i]) for i, q in enumerate(test)})
+            values = list(outcomes.values())
+            low, high = wilson_interval(sum(values), len(values)) if score != "fields" else mean_interval(values)
+            row.update({f"{column}_low": low, f"{column}_high": high})
         ch.outputs[name] = gen.texts
-        return tasks.structured_row(name, gen, test, p.price_per_mtok, **extra)
+        return row
 
     rows = []
     with run.stage("structured"):
         for name, (system, examples) in conditions.items():
             rows.append(answer(ch.lm, system, examples, name))
+        rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
         for size in p.structured_sizes:
             fit = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
                         tasks.lora_config(p, p.structured_epochs), label=f"json-{size}")
@@ -300,24 +322,33 @@ def structured(ch: Chapter) -> pd.DataFrame:
 
 
 def behaviour_style(table: pd.DataFrame):
-    pct = {c: "{:.0%}" for c in ("json_valid", "schema_adherence", "fields_correct")}
-    return table.style.format({**pct, "prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
+    """Each rate with its 95 % interval (Wilson; a bootstrap for the mean share of fields right)."""
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_low", "_high"))])
+    for column in JSON_COLUMNS:
+        if f"{column}_low" in table:
+            shown[column] = [f"{v:.0%} [{lo:.0%}, {hi:.0%}]" for v, lo, hi in
+                             zip(table[column], table[f"{column}_low"], table[f"{column}_high"])]
+    return shown.style.format({"prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
                                "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
 def plot_structured(table: pd.DataFrame):
-    """Valid JSON, exact schema and fields right per condition."""
+    """Valid JSON, exact schema and fields right per condition, with 95 % intervals."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(table) + 1.2))
     y = np.arange(len(table))
     for i, (col, label) in enumerate([("json_valid", "valid JSON"), ("schema_adherence", "exact schema"),
                                       ("fields_correct", "fields right")]):
-        ax.barh(y + (i - 1) * 0.27, table[col], 0.27, label=label)
+        err = None
+        if f"{col}_low" in table:
+            err = np.clip([table[col] - table[f"{col}_low"], table[f"{col}_high"] - table[col]], 0, None)
+        ax.barh(y + (i - 1) * 0.27, table[col], 0.27, label=label, xerr=err, capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(y, table.index, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="share of test products", title="Structured output: prompting against fine-tuning")
+    ax.set(xlim=(0, 1.05), xlabel=f"share of test products (n = {int(table['n'].iloc[0])}, 95 % intervals)",
+           title="Structured output: prompting, a grammar and fine-tuning")
     ax.legend(fontsize=8, loc="lower right")
     return fig
 
@@ -436,22 +467,31 @@ def headline_metrics(ch: Chapter) -> dict:
 
     n_json = len(ch.structured_test)
     tuned = b[b.index.str.startswith("LoRA")]
-    best, long_prompt, zero_shot = ch.best_structured, b.loc["base, long instruction"], b.loc["base, short instruction"]
+    best, long_prompt, zero_shot = ch.best_structured, b.loc[ZERO_SHOT], b.loc[SHORT]
+    few_shot, grammar = b.loc[FEW_SHOT], b.loc[CONSTRAINED]
     put("json_valid_zero_shot", zero_shot.json_valid, "rate", n=n_json)
     put("json_valid_long_prompt", long_prompt.json_valid, "rate", n=n_json)
-    put("json_valid_few_shot", b.iloc[2].json_valid, "rate", n=n_json)
+    put("json_valid_few_shot", few_shot.json_valid, "rate", n=n_json)
+    put("json_valid_constrained", grammar.json_valid, "rate", n=n_json)
     put("json_valid_lora_best", tuned.loc[best, "json_valid"], "rate", n=n_json)
     put("schema_adherence_lora_best", tuned.loc[best, "schema_adherence"], "rate", n=n_json)
     put("schema_adherence_zero_shot", zero_shot.schema_adherence, "rate", n=n_json)
     put("schema_adherence_long_prompt", long_prompt.schema_adherence, "rate", n=n_json)
+    put("schema_adherence_few_shot", few_shot.schema_adherence, "rate", n=n_json)
+    put("schema_adherence_constrained", grammar.schema_adherence, "rate", n=n_json)
     put("fields_correct_lora_best", tuned.loc[best, "fields_correct"], "mean", n=n_json)
     put("fields_correct_long_prompt", long_prompt.fields_correct, "mean", n=n_json)
+    put("fields_correct_few_shot", few_shot.fields_correct, "mean", n=n_json)
+    put("fields_correct_constrained", grammar.fields_correct, "mean", n=n_json)
     put("prompt_tokens_long", long_prompt.prompt_tokens, "exact")
     put("prompt_tokens_lora", tuned.loc[best, "prompt_tokens"], "exact")
     put("s8_cost_saving", 1 - tuned.loc[best, "cost_per_1k_usd"] / long_prompt.cost_per_1k_usd,
         **cost_saving_rule(p, n_json, tuned.loc[best, "cost_per_1k_usd"], long_prompt.cost_per_1k_usd))
     for size in p.structured_sizes:
         put(f"schema_adherence_lora_{size}", tuned.loc[lora_structured_name(size), "schema_adherence"], "rate", n=n_json)
+        put(f"fields_correct_lora_{size}", tuned.loc[lora_structured_name(size), "fields_correct"], "mean", n=n_json)
+    for condition in ("zero_shot", "long_prompt", "few_shot", "constrained", "lora_best"):  # every JSON row: the same products
+        put(f"json_{condition}_n", n_json, "exact")
     put("json_lora_best_size", ch.best_structured_size, "choice")
 
     for name, r in cost.iterrows():
@@ -523,11 +563,15 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("k5_rag_vs_dsf_rag", "K5-rag-vs-dsf-rag", "base + RAG", f"{dsf} + RAG", "RAG alone", f"{dsf_label} + RAG")
 
     best = ch.best_structured
-    state("k4_json", "K4-json", f"{best}: json_valid", "base, short instruction: json_valid",
-          f"the best fine-tune ({best})", "the zero-shot short instruction")
+    # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values).
+    state("k4_json", "K4-json", f"{best}: json_valid", f"{ZERO_SHOT}: json_valid",
+          f"the best fine-tune ({best})", "the zero-shot long instruction")
     # K4 says the fine-tune wins "even with examples in context": the exact schema against the few-shot prompt.
-    state("k4_few_shot", "K4-few-shot", f"{best}: schema", "base, long instruction + 2 examples: schema",
+    state("k4_few_shot", "K4-few-shot", f"{best}: schema", f"{FEW_SHOT}: schema",
           "the best fine-tune", "two worked examples in the prompt")
+    # K4's limit: constrained decoding forces the schema on the base model, so what is left to win is the values.
+    state("k4_constrained", "K4-constrained", f"{best}: fields", f"{CONSTRAINED}: fields",
+          "the best fine-tune", "the base model under a JSON-schema grammar", kind="continuous")
     sizes = p.structured_sizes
     if len(sizes) > 1:
         big, small = max(sizes), min(sizes)
@@ -626,6 +670,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("json_best_condition", ch.best_structured)
     glue("dtype_name", ch.runs["lora"].metrics["dtype"])
     glue("dtype_reason", dtype_reason(ch))
+    glue("max_record_tokens", max_record_tokens(json_schema(STRUCTURED_FIELDS)))
     glue("min_structured_size", min(ch.params.structured_sizes))
     glue("max_structured_size", max(ch.params.structured_sizes))
     glue("max_paraphrases", ch.best_count)
