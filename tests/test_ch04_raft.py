@@ -1,5 +1,6 @@
-"""Chapter 4's experiment module without the language model: per-question outcomes, the DSF
-hand-over from chapter 3, metric kinds, macro-F1's drift tolerance and the stated comparisons."""
+"""Chapter 4's experiment module without the language model: per-question outcomes, candidate
+scores and refusal as a detector, the DSF and fact hand-over from chapter 3, metric kinds, macro-F1's
+drift tolerance and the stated comparisons."""
 
 import json
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from ragft.experiments import ch04_raft as ch04
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
 from ragft.results import ChapterRun
+from ragft.scoring import Ranking
 
 
 def item(qid, answers=("Lena Voss",), kind="single"):
@@ -29,8 +31,8 @@ def params(**overrides):
 def chapter(p=None, **fields):
     """A Chapter with only what the tested functions read."""
     p = p or params()
-    ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], None, [],
-                      settings.PROJECT_ROOT / "kb_train.jsonl")
+    ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], [], None,
+                      [], settings.PROJECT_ROOT / "kb_train.jsonl")
     for name, value in fields.items():
         setattr(ch, name, value)
     return ch
@@ -53,11 +55,55 @@ def test_split_outcomes_refuse_mismatched_and_repeated_questions():
         split_outcomes([item("q1"), item("q1")], gen(["a", "b"]))
 
 
-def test_benchmark_outcomes_label_and_f1():
-    items = [item("p1", ["yes"]), item("p2", ["maybe"]), item("p3", ["no"])]
-    assert ch04.label_outcomes(items, ["<ANSWER>: Yes, it does.", "no", "nothing"]) == {"p1": 1.0, "p2": 0.0, "p3": 0.0}
+def test_benchmark_labels_are_named_and_f1_reads_the_final_answer():
+    assert ch04.pubmedqa_question("Does it work?") == "Does it work? Answer yes, no or maybe."
     f1 = ch04.f1_outcomes([item("h1", ["Paris France"])], ["<ANSWER>: Paris"])
     assert f1["h1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="pair up"):
+        ch04.f1_outcomes([item("h1")], [])
+
+
+def test_rank_scores_values_apart_from_the_refusal(monkeypatch):
+    """Accuracy ranks the values only; the refusal column becomes a refusal score (its
+    log-likelihood minus the best value's) on every item, unanswerable ones the positives."""
+    items = [item("f0"), item("f1"), item("u0", (), "unanswerable")]
+    ch = chapter(test_items=items, ranked=[[]] * 3,
+                 candidates=[(["a", "b"], 0), (["c", "d"], 1), (["e", "f"], None)])
+    seen = {}
+
+    def fake_rank(lm, questions, docs, style, candidates, gold, reasoning, desc):
+        seen.update(candidates=candidates, gold=gold, reasoning=reasoning)
+        # f0: gold first, but the refusal scores higher still; f1: gold second; u0: refusal far ahead
+        return Ranking([[-1.0, -2.0, -0.5], [-1.0, -3.0, -9.0], [-4.0, -5.0, -1.0]], gold, [10, 20, 30], 0.1)
+
+    monkeypatch.setattr(ch04.raft, "rank", fake_rank)
+    sc = ch04.rank(ch, None, "closed", 0, reasoning=["r0", "r1", "r2"])
+    assert seen["candidates"][0] == ["a", "b", ch04.REFUSAL_ANSWER] and seen["gold"] == [0, 1, 0]
+    assert seen["reasoning"] == ["r0", "r1", "r2"]
+    assert sc.outcomes == {"f0": 1, "f1": 0} and sc.acc == 0.5 and sc.ranking.chance == 0.5
+    assert sc.refuse_pos == [3.0] and sc.refuse_neg == [0.5, -8.0]
+    area, recall = sc.refusal()
+    assert area == 1.0 and recall == 1.0
+    row = sc.row()
+    assert row["n"] == 2 and row["acc_lo"] < 0.5 < row["acc_hi"] and row["scored_prompt_tokens"] == 20
+
+
+def test_marker_rate_counts_replies_that_reach_the_answer():
+    assert ch04.marker_rate(gen(["##begin_quote##x##end_quote##\n<ANSWER>: y", "##begin_quote##x, cut"])) == 0.5
+
+
+def test_chapter3_facts_follow_its_list_else_its_draw(run_dir, kb):
+    p3 = config.resolve("03_finetune", "smoke")
+    drawn, where = ch04.chapter3_facts(kb, p3)
+    assert [q.qid for q in drawn] == [q.qid for q in kb.sample("single", p3.n_facts, p3.seed)] and "drawn" in where
+    chosen = [q.qid for q in kb.by_kind("single")[5:12]]  # any size, in chapter 3's order
+    (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
+        {"params": {"model": p3.model, "kb_seed": p3.kb_seed}, "tables": {"dsf_facts": chosen}}))
+    facts, where = ch04.chapter3_facts(kb, p3)
+    assert [q.qid for q in facts] == chosen and "chapter 3's list" in where
+    (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
+        {"params": {"model": "other"}, "tables": {"dsf_facts": chosen}}))
+    assert ch04.chapter3_facts(kb, p3)[0] == drawn
 
 
 def test_macro_f1_tolerance_is_a_capped_bound_that_shrinks_with_n():
@@ -68,7 +114,7 @@ def test_macro_f1_tolerance_is_a_capped_bound_that_shrinks_with_n():
 
 
 def test_best_p_breaks_ties_towards_the_larger_p():
-    table = pd.DataFrame({"p_oracle": [0.0, 0.4, 0.8, 1.0], "contains": [0.5, 0.75, 0.75, 0.5]})
+    table = pd.DataFrame({"p_oracle": [0.0, 0.4, 0.8, 1.0], "acc": [0.5, 0.75, 0.75, 0.5]})
     assert ch04.best_p(table) == 0.8
 
 
@@ -122,14 +168,18 @@ def measured_chapter(p):
                  train_sources=[object(), object()], lm=SimpleNamespace(n_params=lambda: 134_515_008),
                  fits={"raft": SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0})})
     names = list(ch04.MAIN.values())
-    rows = [{"condition": n, "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
-             "quote_correct": 0.5 if n.startswith("RAFT") else None} for n in names]
+    rows = [{"condition": n, "acc": 0.75, "chance": 0.25, "n": 4, "refusal_auroc": 0.5, "refusal_recall": 0.0,
+             "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
+             "quote_correct": 0.5 if n.startswith("RAFT") else None,
+             "marker_rate": 0.9 if n.startswith("RAFT") else None} for n in names]
     ch.table = pd.DataFrame(rows).set_index("condition")
-    ch.p_table = pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "contains": 0.5} for x in p.p_values]).set_index("condition")
-    ch.d_table = pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "contains": 0.5}
+    ch.p_table = pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "acc": 0.5, "contains": 0.5}
+                               for x in p.p_values]).set_index("condition")
+    ch.d_table = pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "acc": 0.5, "contains": 0.5}
                                for d in p.distractor_counts]).set_index("condition")
     ch.curve = pd.DataFrame({ch04.BASE_READER: {k: 0.5 for k in p.top_ks}, ch.raft_reader: {k: 0.75 for k in p.top_ks},
                              ch.least_reader: {k: 0.25 for k in p.top_ks}}).rename_axis("top-k")
+    ch.curve_contains = ch.curve * 0.5
     ch.curve_tokens = {(r, k): 50.0 * k for r in ch.curve for k in p.top_ks}
     ones, zeros = {f"f{i}": 1.0 for i in range(4)}, {f"f{i}": float(i % 2) for i in range(4)}
     for name in names + [ch04.p_outcome(x) for x in p.p_values] + [ch04.d_outcome(d) for d in p.distractor_counts]:
@@ -147,12 +197,17 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
     rules = ch.run.metric_rules
     assert set(m) <= set(rules)
     assert rules["raft_best_p"]["kind"] == "choice"
-    assert rules["raft_rag_contains"] == {"kind": "rate", "n": 4}
+    assert rules["raft_rag_acc"] == {"kind": "rate", "n": 4}  # candidate accuracy on every test fact
+    assert rules["raft_rag_contains"] == {"kind": "rate", "n": p.n_generated}  # generated answers on the subset
+    assert rules["raft_rag_refusal_auroc"]["kind"] == "derived"
+    assert rules["raft_rag_refusal_recall_at_5pct_fpr"] == {"kind": "rate", "n": 1}
     assert rules["raft_rag_f1"]["kind"] == "mean" and rules["raft_rag_prompt_tokens"]["kind"] == "exact"
     assert rules["raft_train_s"]["kind"] == "machine" and rules["raft_topk_spread"]["kind"] == "derived"
-    assert rules["raft_rag_refusal_acc"]["n"] == 1
+    assert rules["raft_rag_refusal_acc"]["n"] == min(1, p.n_generated_unanswerable)
     for k in p.top_ks:
-        assert f"base_rag_top{k}_contains" in m and f"raft_rag_top{k}_contains" in m and f"raft_d0_rag_top{k}_contains" in m
+        for reader in ("base_rag", "raft_rag", "raft_d0_rag"):
+            assert f"{reader}_top{k}_contains" in m and f"{reader}_top{k}_acc" in m
+    assert m["raft_marker_rate"] == 0.9 and m["generated_n"] == p.n_generated
     assert m["raft_k_for_base_best"] == min(p.top_ks)
     assert m["raft_rag_n"] == 4 and m["ablation_n"] == 4
     assert "pubmedqa_raft_acc" not in m  # no benchmark rows: no benchmark metrics
@@ -189,6 +244,8 @@ def test_sentences_describe_without_verdicts():
     out = ch04.sentences(ch, ch04.headline_metrics(ch))
     assert "the one trained with 0 spans 0 points and the base reader spans 0 points" in out["f5_spread_sentence"]
     assert "no data folder" in out["pubmedqa_sentence"] and "no data folder" in out["hotpotqa_sentence"]
+    assert "AUROC 0.50 (base closed)" in out["refusal_sentence"] and "chance" not in out["refusal_sentence"]
+    assert "guessing ranks the gold first 25%" in out["scoring_sentence"]
     assert "(the same top-k: no chunks can be saved here)" in out["f6_tokens_sentence"]
     for sentence in out.values():
         assert not any(word in sentence for word in (" beats ", " better ", " ahead ", " worse "))

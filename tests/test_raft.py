@@ -97,7 +97,52 @@ def test_answer_readers():
     assert raft.quote_correct(text, ["Lab 3 opened. Lab 3 is run by  Person 3."]) == 1.0  # whitespace-insensitive
     assert raft.quote_correct(text, ["Lab 3 is run by Person 4."]) == 0.0
     assert raft.quote_correct("<ANSWER>: Person 3", ["Lab 3 is run by Person 3."]) == 0.0  # no quote
-    assert raft.label_of("<ANSWER>: No, it does not.") == "no" and raft.label_of("unclear") is None
+    assert raft.reached_marker(text) and not raft.reached_marker("##begin_quote##Lab 3 is")
+
+
+def test_reasoning_prefix_ends_at_the_marker_even_when_the_budget_cut_it():
+    text = "##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>: Person 3"
+    assert raft.reasoning_prefix(text) == "##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>:"
+    assert raft.reasoning_prefix("##begin_quote##Lab 3 is run ") == "##begin_quote##Lab 3 is run\n<ANSWER>:"
+    assert raft.reasoning_prefix("") == "<ANSWER>:"
+
+
+def test_label_scores_from_ranked_labels():
+    from ragft.scoring import Ranking
+
+    r = Ranking([[-1.0, -2.0, -3.0], [-2.0, -1.0, -3.0], [-3.0, -2.0, -1.0], [-1.0, -2.0, -3.0]], [0, 0, 2, 1], [1] * 4, 0.0)
+    said = raft.predicted_labels(r)
+    assert said == ["yes", "no", "maybe", "yes"]
+    s = raft.label_scores(said, ["yes", "yes", "maybe", "no"])
+    assert s["acc"] == 0.5
+    # yes: tp 1, fp 1, fn 1 -> 0.5; no: tp 0 -> 0; maybe: tp 1 -> 1
+    assert s["macro_f1"] == pytest.approx((0.5 + 0 + 1) / 3)
+    with pytest.raises(ValueError, match="pair up"):
+        raft.label_scores(["yes"], ["yes", "no"])
+
+
+def test_conversations_refuse_an_unknown_style_and_missing_documents():
+    with pytest.raises(ValueError, match="style"):
+        raft.conversations(["q?"], [["d"]], "open")
+    with pytest.raises(ValueError, match="documents"):
+        raft.conversations(["q?"], None, "raft")
+    assert raft.conversations(["q?"], None, "closed")[0][-1]["content"] == "q?"
+
+
+def test_rank_after_reasoning_scores_the_answer_after_the_readers_own_quote(lm):
+    """Scoring after the reasoning is scoring the whole reply: the same as ranking the prefixed
+    candidates, and the ranking follows the answer, not the shared quote."""
+    from ragft.scoring import rank_candidates
+
+    docs = [["Lab 3 opened in 2019. Lab 3 is run by Person 3.", "The gate is teal."]]
+    reply = ["##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>: Person 3"]
+    cands = [["Person 3", "Person 8"]]
+    r = raft.rank(lm, ["Who runs lab 3?"], docs, "raft", cands, [0], reasoning=reply)
+    prefix = "##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>:"
+    ref = rank_candidates(lm, raft.conversations(["Who runs lab 3?"], docs, "raft"),
+                          [[f"{prefix} Person 3", f"{prefix} Person 8"]], [0])
+    assert r.scores[0] == pytest.approx(ref.scores[0])
+    assert r.correct == [1]  # after quoting Person 3, the model prefers Person 3
 
 
 def test_closest_sentence_and_kb_sources(kb):
@@ -108,6 +153,20 @@ def test_closest_sentence_and_kb_sources(kb):
     assert len(out) == 5
     for s, q in zip(out, facts):
         assert s.question == q.test_text and all(any(g in o for o in s.oracles) for g in q.gold_sentences)
+
+
+def test_benchmark_sources_keep_the_quote_that_names_the_answer():
+    from ragft.corpus.benchmarks import BenchmarkItem, Passage
+
+    a = Passage("a", "A", "Anna was born in Oslo. She sings.")
+    b = Passage("b", "B", "Oslo is the capital of Norway, a country in the north of Europe.")
+    it = BenchmarkItem("x", "In which country was Anna born?", ["Norway"], [a, b], {"a", "b"},
+                       gold_sentences=["Anna was born in Oslo.", "Oslo is the capital of Norway, a country in the north of Europe."])
+    (both,) = raft.benchmark_sources([it])
+    (one,) = raft.benchmark_sources([it], max_quotes=1)
+    assert len(both.quotes) == 2 and one.quotes == (it.gold_sentences[1],)  # names the answer, though longer
+    it.answers = ["Anna"]
+    assert raft.benchmark_sources([it], max_quotes=1)[0].quotes == (it.gold_sentences[0],)
 
 
 def test_benchmark_sources_from_fixtures():

@@ -148,10 +148,17 @@ def quote_correct(text: str, oracles: list[str]) -> float:
     return float(bool(quotes) and all(any(flat(q) in o for o in folded) for q in quotes))
 
 
-def label_of(text: str, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> str | None:
-    """The first of `labels` the answer says as a word (PubMedQA's yes / no / maybe), or None."""
-    words = normalize(final_answer(text)).split()
-    return next((w for w in words if w in labels), None)
+def reached_marker(text: str) -> bool:
+    """Whether a quoting reply got as far as the final-answer marker (else the budget cut it short)."""
+    return ANSWER_MARKER in text
+
+
+def reasoning_prefix(text: str) -> str:
+    """A quoting reply's reasoning, ending with the final-answer marker: the text before its last
+    marker, or the whole reply (cut short by the token budget) with the marker added. Candidate
+    answers are scored after it, so a reader that reasons first is scored on its own reasoning."""
+    head = text.rsplit(ANSWER_MARKER, 1)[0] if ANSWER_MARKER in text else text
+    return f"{head.rstrip()}\n{ANSWER_MARKER}".lstrip()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,14 +223,20 @@ def kb_sources(questions, chunks, paraphrase: str = "train", seed: int = 0) -> l
     return out
 
 
-def benchmark_sources(items) -> list[RaftSource]:
+def benchmark_sources(items, max_quotes: int | None = None) -> list[RaftSource]:
     """Benchmark items with gold sentences (HotpotQA's supporting facts) as RAFT sources: the gold
-    passages are the oracles and the gold sentences they hold are the quotes."""
+    passages are the oracles and the gold sentences they hold are the quotes. `max_quotes` keeps
+    that many: those that name the answer first, then the shortest (a short target fits a short
+    decoding budget; every target token is trained and decoded)."""
     out = []
     for it in items:
         oracles = tuple(p.text for p in it.passages if p.pid in it.gold_pids)
-        quotes = tuple(g for g in it.gold_sentences if any(flat(g) in flat(o) for o in oracles))
-        out.append(RaftSource(it.qid, it.question, it.answers[0], oracles, quotes))
+        quotes = [g for g in it.gold_sentences if any(flat(g) in flat(o) for o in oracles)]
+        if max_quotes is not None:
+            answer = normalize(it.answers[0])
+            ranked = sorted(quotes, key=lambda g: (answer not in normalize(g), len(g)))[:max_quotes]
+            quotes = [g for g in quotes if g in ranked]  # document order kept
+        out.append(RaftSource(it.qid, it.question, it.answers[0], oracles, tuple(quotes)))
     return out
 
 
@@ -272,18 +285,40 @@ def ask(lm, questions: list[str], documents: list[list[str]], style: str, max_ne
     "closed" (no documents, chapter 3's DSF prompt), "rag" (chapter 2's numbered sources with
     citations), "raft" or "raft-nocot" (the RAFT prompt). Returns a Generation."""
     from .generation import generate
+
+    return generate(lm, conversations(questions, documents, style), max_new_tokens, batch_size, desc=desc)
+
+
+def conversations(questions: list[str], documents: list[list[str]] | None, style: str) -> list[list[dict]]:
+    """The prompts of one of the book's styles: "closed" (no documents, chapter 3's DSF prompt),
+    "rag" (chapter 2's numbered sources with citations), "raft" or "raft-nocot" (the RAFT prompt)."""
     from .rag.answer import cited_messages
     from .train.tasks import dsf_messages
 
     if style == "closed":
-        conversations = [dsf_messages(q) for q in questions]
-    elif style == "rag":
-        conversations = [cited_messages(q, d) for q, d in zip(questions, documents)]
-    elif style in ("raft", "raft-nocot"):
-        conversations = [raft_messages(q, d, cot=style == "raft") for q, d in zip(questions, documents)]
-    else:
+        return [dsf_messages(q) for q in questions]
+    if style not in ("rag", "raft", "raft-nocot"):
         raise ValueError(f"style={style!r}: use closed, rag, raft or raft-nocot")
-    return generate(lm, conversations, max_new_tokens, batch_size, desc=desc)
+    if documents is None or len(documents) != len(questions):
+        raise ValueError(f"style={style!r} reads documents: give one list per question")
+    if style == "rag":
+        return [cited_messages(q, d) for q, d in zip(questions, documents)]
+    return [raft_messages(q, d, cot=style == "raft") for q, d in zip(questions, documents)]
+
+
+def rank(lm, questions: list[str], documents: list[list[str]] | None, style: str, candidates: list[list[str]],
+         gold: list[int], reasoning: list[str] | None = None, desc: str = "scoring"):
+    """Candidate answers ranked by log-likelihood as the reply to a style's prompt
+    (`ragft.scoring.rank_candidates`). `reasoning`: the reader's own generated replies (a quoting
+    reader); each candidate is then scored after that reply's reasoning and the final-answer
+    marker, so the shared reasoning adds the same log-likelihood to every candidate of a question."""
+    from .scoring import rank_candidates
+
+    if reasoning is not None:
+        if len(reasoning) != len(questions):
+            raise ValueError(f"{len(reasoning)} replies for {len(questions)} questions: they must pair up")
+        candidates = [[f"{reasoning_prefix(t)} {c}" for c in cands] for t, cands in zip(reasoning, candidates)]
+    return rank_candidates(lm, conversations(questions, documents, style), candidates, gold, desc=desc)
 
 
 def answers_of(texts: list[str]) -> list[str]:
@@ -311,10 +346,15 @@ def score_row(name: str, gen, items: list, oracles: list[list[str]] | None, pric
     return row
 
 
-def label_scores(texts: list[str], gold: list[str], labels: tuple[str, ...] = ("yes", "no", "maybe")) -> dict[str, float]:
-    """Accuracy and macro-F1 of yes / no / maybe answers (PubMedQA's official metrics); a reply
-    that says none of the labels counts as wrong."""
-    said = [label_of(t, labels) for t in texts]
+def predicted_labels(ranking, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> list[str]:
+    """Each question's label of highest log-likelihood (a `rank` over `labels`, in that order)."""
+    return [labels[max(range(len(s)), key=s.__getitem__)] for s in ranking.scores]
+
+
+def label_scores(said: list[str], gold: list[str], labels: tuple[str, ...] = ("yes", "no", "maybe")) -> dict[str, float]:
+    """Accuracy and macro-F1 of predicted yes / no / maybe labels (PubMedQA's official metrics)."""
+    if len(said) != len(gold) or not gold:
+        raise ValueError(f"{len(said)} predicted labels for {len(gold)} gold ones: they must pair up (and be some)")
     acc = sum(p == g for p, g in zip(said, gold)) / len(gold)
     f1s = []
     for lab in labels:
@@ -322,7 +362,7 @@ def label_scores(texts: list[str], gold: list[str], labels: tuple[str, ...] = ("
         fp = sum(p == lab and g != lab for p, g in zip(said, gold))
         fn = sum(p != lab and g == lab for p, g in zip(said, gold))
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"acc": acc, "macro_f1": sum(f1s) / len(f1s), "no_label": sum(p is None for p in said) / len(gold)}
+    return {"acc": acc, "macro_f1": sum(f1s) / len(f1s)}
 
 
 # The RAFT paper's Table 1 (LLaMA2-7B; PubMedQA accuracy %, HotpotQA EM-style score), quoted for

@@ -1,22 +1,32 @@
 """Chapter 4, RAFT: a model fine-tuned to read retrieved documents, set beside RAG and DSF.
 
-Sections, in the order the chapter runs them (prompts, question order, batch sizes, seeds and the
-reuse of generations are those of the published numbers, so do not reorder them):
+Sections, in the order the chapter runs them:
 
   main table   the base model closed book and with RAG, chapter 3's closed-book fine-tune (DSF) alone
                and with RAG, RAFT with and without the chain of thought, on the same retrieved chunks
-  ablations    RAFT trained with the oracle kept in a share P of the examples (F2), and with 0, 1 or
-               more distractors per example (F5), on the fact questions
+  ablations    RAFT trained with the oracle kept in a share P of the examples (F2), and with fewer
+               distractors per example (F5), on the fact questions
   top-k        the base reader, RAFT and the fewest-distractor RAFT at every test-time top-k (F5, F6)
   benchmarks   PubMedQA (label accuracy) and HotpotQA (answer F1) rows, when the data folder is there
 
-RAFT's data, readers and scores are `ragft.raft`'s; this module holds the experiment around them.
+How a reader is scored. Knowledge-base questions are scored by candidate log-likelihood: the gold
+value and `n_candidates` look-alike values of the same attribute (`KnowledgeBase.candidates`, chance
+1 / (n + 1)) are ranked by the model's log-likelihood as its reply (`raft.rank`). A reader that
+quotes before answering (RAFT) first generates its reply, and the candidates are scored after its own
+reasoning and the final-answer marker. The refusal reply is ranked beside them: its log-likelihood
+minus the best value's is a refusal score, reported as AUROC and as refusal recall at <= 5 % false
+refusals. Generated answers stay on a subset (`n_generated` facts, `n_generated_unanswerable`
+unanswerable questions) for the format view (contains, EM, F1, refusals said in words); the quoting
+reader is generated on every question, since its scoring needs its reasoning.
+
 Every scored condition is recorded per question (the knowledge-base question's qid, the benchmark
-item's id): "<condition>" holds 1 or 0 for an answer that contains the gold (what `raft.score_row`
-scores), "<condition> refusal" 1 or 0 for each unanswerable question refused. The ablations are
-"RAFT P=<p>" and "RAFT <d> distractors", the curves "<reader>, top-<k>". The benchmarks' are
-"PubMedQA <reader>" (1 when the reply's label is the gold one) and "HotpotQA <reader>" (answer F1,
-a continuous outcome).
+item's id): "<condition>" holds 1 or 0 for the gold ranked first (the main table's names in MAIN,
+the ablations' "RAFT P=<p>" and "RAFT <d> distractors", the curves' "<reader>, top-<k>");
+"<condition> (generated)" 1 or 0 for a generated answer that contains the gold (what
+`raft.score_row` scores) and "<condition> (generated) refusal" for each unanswerable question
+refused in words. The benchmarks' are "PubMedQA <reader>" (1 when the label of highest
+log-likelihood is the gold one) and "HotpotQA <reader>" (answer F1 of the generated reply, a
+continuous outcome).
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics, raft, report, results
+from ..corpus.kb import REFUSAL_ANSWER
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..results import ChapterRun, StatedComparison, glue, read_chapter
@@ -38,6 +49,7 @@ from .common import record_answers, start
 CHAPTER = "04_raft"
 DSF_CHAPTER = "03_finetune"
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
+GENERATED = " (generated)"  # the suffix of a condition's generated answers (the format view)
 # Outcome names of the main table's conditions, by metric key prefix (run order).
 MAIN = {"base_closed": "base closed", "base_rag": "base + RAG", "dsf": "DSF closed", "dsf_rag": "DSF + RAG",
         "raft_rag": "RAFT + RAG", "raft_nocot_rag": "RAFT no-CoT + RAG"}
@@ -50,7 +62,12 @@ BENCH_METRICS = [("PubMedQA", "RAFT + RAG", "acc", "pubmedqa_raft_acc"), ("PubMe
                  ("PubMedQA", "base, closed book", "acc", "pubmedqa_base_closed_acc"),
                  ("HotpotQA", "RAFT + RAG", "f1", "hotpotqa_raft_f1"), ("HotpotQA", "base + RAG", "f1", "hotpotqa_base_rag_f1"),
                  ("HotpotQA", "RAFT + RAG", "em", "hotpotqa_raft_em"), ("HotpotQA", "base + RAG", "em", "hotpotqa_base_rag_em"),
-                 ("HotpotQA", "base, closed book", "f1", "hotpotqa_base_closed_f1")]
+                 ("HotpotQA", "base, closed book", "f1", "hotpotqa_base_closed_f1"),
+                 ("PubMedQA", "base, closed book", "macro_f1", "pubmedqa_base_closed_macro_f1"),
+                 ("HotpotQA", "RAFT + RAG", "contains", "hotpotqa_raft_contains"),
+                 ("HotpotQA", "base + RAG", "contains", "hotpotqa_base_rag_contains"),
+                 ("HotpotQA", "RAFT + RAG", "marker_rate", "hotpotqa_raft_marker_rate"),
+                 ("PubMedQA", "RAFT + RAG", "marker_rate", "pubmedqa_raft_marker_rate")]
 
 
 @dataclass
@@ -68,6 +85,7 @@ class Chapter:
     chunks: list
     facts: list  # chapter 3's test facts
     test_items: list  # the facts (held-out paraphrase), then the unanswerable questions
+    candidates: list  # per test item: (values to rank, index of the gold or None for an unanswerable one)
     oracles: list  # per test item: the chunks that hold its gold sentence
     ranked: list  # per test item: hybrid hits up to max(top_ks)
     train_sources: list  # RAFT's training questions: other facts, never a test fact
@@ -75,16 +93,20 @@ class Chapter:
     main_records: list
     jsonl: Path
     dsf_source: str = ""  # the visible line that says where the DSF model came from
+    facts_source: str = ""  # where the test facts came from
     fits: dict = field(default_factory=dict)  # "raft" and distractor counts -> TrainResult
-    gens: dict = field(default_factory=dict)  # outcome name -> Generation (the main table's, all test items)
+    gens: dict = field(default_factory=dict)  # outcome name -> Generation (a quoting reader's: all its items)
+    scored: dict = field(default_factory=dict)  # outcome name -> Scored (candidate log-likelihoods)
     table: pd.DataFrame | None = None
     p_table: pd.DataFrame | None = None
     d_table: pd.DataFrame | None = None
     curve: pd.DataFrame | None = None
+    curve_contains: pd.DataFrame | None = None  # generated answers with the gold, per reader and top-k
     curve_tokens: dict = field(default_factory=dict)  # (reader, k) -> mean prompt tokens
     bench_rows: list = field(default_factory=list)
     bench_notes: list = field(default_factory=list)
     pubmedqa_gold: list = field(default_factory=list)  # the test labels, for macro-F1's drift tolerance
+    hotpotqa_available: int = 0  # HotpotQA test questions the data folder holds after the train split
 
     @property
     def k(self) -> int:
@@ -94,6 +116,18 @@ class Chapter:
     def facts_only(self) -> list[int]:
         """Positions of the answerable test items: the ablations and curves ask these only."""
         return [i for i, it in enumerate(self.test_items) if it.kind != "unanswerable"]
+
+    @property
+    def generated(self) -> list[int]:
+        """Positions of the test items also answered in words: the first n_generated facts and the
+        first n_generated_unanswerable unanswerable questions."""
+        p = self.params
+        unanswerable = [i for i, it in enumerate(self.test_items) if it.kind == "unanswerable"]
+        return self.facts_only[:p.n_generated] + unanswerable[:p.n_generated_unanswerable]
+
+    @property
+    def generated_facts(self) -> list[int]:
+        return self.facts_only[:self.params.n_generated]
 
     @property
     def least_distractors(self) -> int:
@@ -109,8 +143,9 @@ class Chapter:
 
     def summary(self) -> str:
         n_facts = len(self.facts)
-        return (f"{len(self.chunks)} chunks of up to {self.params.chunk_size} tokens; {n_facts} test facts and "
-                f"{len(self.test_items) - n_facts} unanswerable questions; {len(self.train_sources)} RAFT training "
+        return (f"{len(self.chunks)} chunks of up to {self.params.chunk_size} tokens; {n_facts} test facts "
+                f"({self.facts_source}) and {len(self.test_items) - n_facts} unanswerable questions, "
+                f"{len(self.generated)} of them also answered in words; {len(self.train_sources)} RAFT training "
                 f"questions, written to {self.jsonl.name}")
 
 
@@ -122,6 +157,7 @@ def setup(params) -> Chapter:
 
     dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model)
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
+    facts, facts_source = chapter3_facts(kb, dsf_params)
     with run.stage("index"):
         folder = settings.run_dir() / "chroma" / CHAPTER
         shutil.rmtree(folder, ignore_errors=True)
@@ -130,8 +166,9 @@ def setup(params) -> Chapter:
         store.ingest(rag.kb_pages(kb, 8))
     retriever = rag.Retriever(store, embed_model)
     chunks = store.all_chunks()
-    facts = kb.sample("single", dsf_params.n_facts, dsf_params.seed)  # chapter 3's test facts
-    test_items = rag.kb_items(facts + kb.sample("unanswerable", params.n_unanswerable, params.seed))
+    asked = facts + kb.sample("unanswerable", params.n_unanswerable, params.seed)
+    test_items = rag.kb_items(asked)
+    candidates = [kb.candidates(q, params.n_candidates, params.seed) for q in asked]
     oracles = [[c.text for c in chunks if it.is_relevant(c.doc_id, c.text)] for it in test_items]
     ranked = retriever.search([it.question for it in test_items], max(params.top_ks), "hybrid")
     tested = {q.qid for q in facts}
@@ -141,11 +178,24 @@ def setup(params) -> Chapter:
     if params.distractors == "retrieved":
         hits = retriever.search([s.question for s in train_sources], max(params.distractor_counts) + 4, "hybrid")
         hard = {s.qid: [h.text for h in row] for s, row in zip(train_sources, hits)}
-    ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, oracles, ranked,
-                 train_sources, hard, [], Path())
+    ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
+                 oracles, ranked, train_sources, hard, [], Path(), facts_source=facts_source)
     ch.main_records = raft_data(ch)
     ch.jsonl = raft.save_jsonl(ch.main_records, settings.run_dir() / "raft" / "kb_train.jsonl")
     return ch
+
+
+def chapter3_facts(kb, p3) -> tuple[list, str]:
+    """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
+    this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
+    Returns (facts, where they came from)."""
+    doc = read_chapter(DSF_CHAPTER) or {}
+    qids, ran = (doc.get("tables") or {}).get("dsf_facts"), doc.get("params") or {}
+    by_qid = {q.qid: q for q in kb.questions}
+    same = ran.get("model") == p3.model and ran.get("kb_seed", p3.kb_seed) == p3.kb_seed
+    if qids and same and all(q in by_qid for q in qids):
+        return [by_qid[q] for q in qids], "chapter 3's list from this run"
+    return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
 
 
 def example_record(ch: Chapter) -> pd.DataFrame:
@@ -188,13 +238,87 @@ def ask(ch: Chapter, model_lm, style: str, k: int, desc: str, idx: list[int] | N
 
 def score(ch: Chapter, label: str, outcome: str, gen: Generation, idx: list[int] | None = None,
           quoting: bool = False, **extra) -> dict:
-    """A table row for a reader's answers to the items at `idx` (`raft.score_row`), its outcomes
-    recorded under `outcome` (and `outcome + " refusal"` for unanswerable items)."""
+    """A table row for a reader's generated answers to the items at `idx` (`raft.score_row`), its
+    outcomes recorded under `outcome` (and `outcome + " refusal"` for unanswerable items)."""
     idx = list(range(len(ch.test_items))) if idx is None else list(idx)
     items = [ch.test_items[i] for i in idx]
     record_answers(ch.run, outcome, items, gen, raft.answers_of(gen.texts))  # scored as raft.score_row scores
     return raft.score_row(label, gen, items, [ch.oracles[i] for i in idx] if quoting else None,
                           ch.params.price_per_mtok, **extra)
+
+
+@dataclass
+class Scored:
+    """A reader's candidate ranking on some test items (`raft.rank`): the values alone on the
+    answerable items (`ranking`, qids `qids`), and a refusal score on every item, the refusal
+    reply's log-likelihood minus the best value's (unanswerable items: `refuse_pos`, answerable:
+    `refuse_neg`)."""
+
+    ranking: object
+    qids: list
+    refuse_pos: list
+    refuse_neg: list
+    prompt_tokens: float
+
+    @property
+    def outcomes(self) -> dict:
+        return self.ranking.outcomes(self.qids)
+
+    @property
+    def acc(self) -> float:
+        return self.ranking.accuracy
+
+    def refusal(self) -> tuple[float, float]:
+        """(AUROC, refusal recall at <= 5 % false refusals), NaN without both kinds of question."""
+        from ..stats import auroc, recall_at_fpr
+
+        if not self.refuse_pos or not self.refuse_neg:
+            return float("nan"), float("nan")
+        return auroc(self.refuse_pos, self.refuse_neg), recall_at_fpr(self.refuse_pos, self.refuse_neg, 0.05)[0]
+
+    def row(self) -> dict:
+        from ..stats import wilson_interval
+
+        area, recall = self.refusal()
+        lo, hi = wilson_interval(sum(self.ranking.correct), len(self.qids))
+        return {"acc": self.acc, "acc_lo": lo, "acc_hi": hi, "chance": self.ranking.chance, "n": len(self.qids),
+                "refusal_auroc": area, "refusal_recall": recall, "scored_prompt_tokens": self.prompt_tokens}
+
+
+def rank(ch: Chapter, model_lm, style: str, k: int, idx: list[int] | None = None, reasoning: list[str] | None = None,
+         desc: str = "scoring") -> Scored:
+    """A reader's candidate log-likelihoods on the items at `idx` (all by default), reading their top-k
+    chunks; `reasoning`: its generated replies to the same items, for a reader that quotes first."""
+    from ..scoring import Ranking
+
+    idx = list(range(len(ch.test_items))) if idx is None else list(idx)
+    docs = [[h.text for h in ch.ranked[i][:k]] for i in idx] if k else None
+    values = [ch.candidates[i][0] for i in idx]
+    gold = [0 if ch.candidates[i][1] is None else ch.candidates[i][1] for i in idx]
+    r = raft.rank(model_lm, [ch.test_items[i].question for i in idx], docs, style,
+                  [v + [REFUSAL_ANSWER] for v in values], gold, reasoning, desc)
+    answerable = [j for j, i in enumerate(idx) if ch.candidates[i][1] is not None]
+    refuse = [s[-1] - max(s[:-1]) for s in r.scores]
+    ranking = Ranking([r.scores[j][:-1] for j in answerable], [gold[j] for j in answerable],
+                      [r.prompt_tokens[j] for j in answerable], r.seconds)
+    return Scored(ranking, [ch.test_items[idx[j]].qid for j in answerable],
+                  [refuse[j] for j in range(len(idx)) if j not in set(answerable)], [refuse[j] for j in answerable],
+                  sum(r.prompt_tokens) / len(idx))
+
+
+def marker_rate(gen: Generation) -> float:
+    """The share of a quoting reader's replies that reach the final-answer marker."""
+    return sum(map(raft.reached_marker, gen.texts)) / max(1, len(gen.texts))
+
+
+def read(ch: Chapter, model_lm, style: str, k: int, name: str, idx: list[int] | None = None) -> tuple[Scored, Generation | None]:
+    """A reader scored by candidate log-likelihood on the items at `idx` and recorded under `name`;
+    a quoting reader ("raft") first generates its reasoning on the same items (returned, else None)."""
+    gen = ask(ch, model_lm, style, k, name, idx) if style == "raft" else None
+    sc = rank(ch, model_lm, style, k, idx, gen.texts if gen else None, f"scoring {name}")
+    ch.run.record(name, sc.outcomes)
+    ch.scored[name] = sc
+    return sc, gen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,47 +359,63 @@ def dsf_model(ch: Chapter):
 
 
 def main_table(ch: Chapter) -> pd.DataFrame:
-    """The six rows on every test item at top-k = rag_top_k, each recorded per question; prints where
-    the DSF model came from."""
+    """The six rows at top-k = rag_top_k: candidate log-likelihood on every test item (accuracy,
+    refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
+    recorded per question; prints where the DSF model came from."""
     from ..train.measure import release_memory
 
-    k, rows, run = ch.k, [], ch.run
+    k, rows, run, sub = ch.k, [], ch.run, ch.generated
 
-    def add(key, label, model_lm, style, k_read, desc, quoting=False, **extra):
-        ch.gens[MAIN[key]] = gen = ask(ch, model_lm, style, k_read, desc)
-        rows.append(score(ch, label, MAIN[key], gen, quoting=quoting, **extra))
+    def add(key, label, model_lm, style, k_read, quoting=False, **extra):
+        name = MAIN[key]
+        sc, full = read(ch, model_lm, style, k_read, name)
+        if full is not None:  # a quoting reader: its replies to every item, the subset's for the format view
+            ch.gens[name] = full
+            extra["marker_rate"] = marker_rate(full)
+        gen = full.subset(sub) if full is not None else ask(ch, model_lm, style, k_read, name + GENERATED, sub)
+        rows.append({**score(ch, label, name + GENERATED, gen, sub, quoting=quoting, **extra), **sc.row()})
 
     with run.stage("table"):
-        add("base_closed", "base, closed book", ch.lm, "closed", 0, "base closed")
-        add("base_rag", f"base + RAG (top-{k})", ch.lm, "rag", k, "base + RAG")
+        add("base_closed", "base, closed book", ch.lm, "closed", 0)
+        add("base_rag", f"base + RAG (top-{k})", ch.lm, "rag", k)
         dsf_lm, ch.dsf_source = dsf_model(ch)
         print(ch.dsf_source)
-        add("dsf", "DSF, closed book", dsf_lm, "closed", 0, "DSF closed")
-        add("dsf_rag", f"DSF + RAG (top-{k})", dsf_lm, "rag", k, "DSF + RAG")
+        add("dsf", "DSF, closed book", dsf_lm, "closed", 0)
+        add("dsf_rag", f"DSF + RAG (top-{k})", dsf_lm, "rag", k)
         del dsf_lm
         release_memory()
         ch.fits["raft"] = fit(ch, ch.main_records, "raft-kb")
-        add("raft_rag", f"RAFT + RAG (top-{k})", ch.fits["raft"].lm, "raft", k, "RAFT + RAG", quoting=True,
+        add("raft_rag", f"RAFT + RAG (top-{k})", ch.fits["raft"].lm, "raft", k, quoting=True,
             train_s=ch.fits["raft"].metrics["train_s"])
         nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
-        add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", nocot.lm, "raft-nocot", k, "RAFT no CoT",
-            quoting=True, train_s=nocot.metrics["train_s"])
+        add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", nocot.lm, "raft-nocot", k, quoting=True,
+            train_s=nocot.metrics["train_s"])
         del nocot
         release_memory()
     ch.table = pd.DataFrame(rows).set_index("condition")
     return ch.table
 
 
+TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
+                 "refusal_acc", "quote_correct", "marker_rate", "prompt_tokens", "completion_tokens", "cost_per_1k_usd",
+                 "train_s"]
+
+
 def table_style(table: pd.DataFrame):
-    pct = {c: "{:.0%}" for c in ("contains", "em", "refusal_acc", "quote_correct")}
-    return table.style.format({**pct, "f1": "{:.2f}", "prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
-                               "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s"}, na_rep="-")
+    """The main table: candidate accuracy with its 95 % Wilson interval and chance, refusal as a
+    detector, then the generated answers' format view."""
+    pct = {c: "{:.0%}" for c in ("acc", "acc_lo", "acc_hi", "chance", "refusal_recall", "contains", "em", "refusal_acc",
+                                 "quote_correct", "marker_rate")}
+    cols = [c for c in TABLE_COLUMNS if c in table]
+    return table[cols].style.format({**pct, "refusal_auroc": "{:.2f}", "f1": "{:.2f}", "prompt_tokens": "{:.0f}",
+                                     "completion_tokens": "{:.1f}", "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s",
+                                     "n": "{:.0f}"}, na_rep="-")
 
 
 def plot_table(table: pd.DataFrame):
-    return report.paired_bars(table, "contains", "refusal_acc",
-                              ("answer contains the gold", "refuses an unanswerable question"),
-                              "share of test questions", "Knowledge-base questions, every approach")
+    return report.paired_bars(table, "acc", "refusal_auroc",
+                              ("gold ranked first among the candidates", "refusal AUROC (0.5: no signal)"),
+                              "share / area", "Knowledge-base questions, every approach")
 
 
 def paper_table() -> pd.DataFrame:
@@ -297,39 +437,52 @@ def d_outcome(d: int) -> str:
 
 def ablations(ch: Chapter) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAFT trained at every P of p_values and every count of distractor_counts, asked the fact
-    questions at the main table's top-k; the main variant's answers are reused, not regenerated."""
+    questions at the main table's top-k (generated, then scored after its reasoning); the main
+    variant's replies and scores are reused, not recomputed."""
     from ..train.measure import release_memory
 
     p, k, idx = ch.params, ch.k, ch.facts_only
-    main_gen = ch.gens[MAIN["raft_rag"]].subset(idx)
+    main = MAIN["raft_rag"]
     p_rows, d_rows = [], []
+
+    def variant(outcome, model_lm):
+        if model_lm is None:  # the main variant
+            sc, gen = ch.scored[main], ch.gens[main].subset(idx)
+            ch.run.record(outcome, sc.outcomes)
+            ch.scored[outcome] = sc
+        else:
+            sc, gen = read(ch, model_lm, "raft", k, outcome, idx)
+        ch.gens[outcome] = gen
+        return sc, gen
+
     with ch.run.stage("ablations"):
         for share in p.p_values:
-            result = ch.fits["raft"] if share == p.p_oracle else fit(ch, raft_data(ch, p=share), f"raft-kb-p{share:g}")
-            gen = main_gen if share == p.p_oracle else ask(ch, result.lm, "raft", k, f"RAFT P={share:g}", idx)
-            p_rows.append(score(ch, f"P = {share:g}", p_outcome(share), gen, idx, quoting=True, p_oracle=share))
-            if share != p.p_oracle:
-                del result
-                release_memory()
+            result = None if share == p.p_oracle else fit(ch, raft_data(ch, p=share), f"raft-kb-p{share:g}")
+            sc, gen = variant(p_outcome(share), result.lm if result else None)
+            p_rows.append({**score(ch, f"P = {share:g}", p_outcome(share) + GENERATED, gen, idx, quoting=True,
+                                   p_oracle=share, marker_rate=marker_rate(gen)), **sc.row()})
+            del result
+            release_memory()
         for d in p.distractor_counts:
             ch.fits[d] = ch.fits["raft"] if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
-            gen = main_gen if d == p.n_distractors else ask(ch, ch.fits[d].lm, "raft", k, f"RAFT {d} distractors", idx)
-            ch.gens[d_outcome(d)] = gen
-            d_rows.append(score(ch, f"{d} distractors", d_outcome(d), gen, idx, quoting=True, n_distractors=d))
+            sc, gen = variant(d_outcome(d), None if d == p.n_distractors else ch.fits[d].lm)
+            d_rows.append({**score(ch, f"{d} distractors", d_outcome(d) + GENERATED, gen, idx, quoting=True,
+                                   n_distractors=d, marker_rate=marker_rate(gen)), **sc.row()})
     ch.p_table = pd.DataFrame(p_rows).set_index("condition")
     ch.d_table = pd.DataFrame(d_rows).set_index("condition")
     return ch.p_table, ch.d_table
 
 
 def best_p(p_table: pd.DataFrame) -> float:
-    """The P with the most answers containing the gold; ties go to the larger P (an argmax over near
+    """The P with the most gold answers ranked first; ties go to the larger P (an argmax over near
     ties: the F2 comparison, not this choice, carries the finding)."""
-    return float(p_table.sort_values(["contains", "p_oracle"], ascending=[False, False]).p_oracle.iloc[0])
+    return float(p_table.sort_values(["acc", "p_oracle"], ascending=[False, False]).p_oracle.iloc[0])
 
 
 def ablation_style(ch: Chapter):
-    return pd.concat([ch.p_table, ch.d_table])[["contains", "f1", "quote_correct", "prompt_tokens"]].style.format(
-        {"contains": "{:.0%}", "f1": "{:.2f}", "quote_correct": "{:.0%}", "prompt_tokens": "{:.0f}"})
+    cols = ["n", "acc", "acc_lo", "acc_hi", "contains", "quote_correct", "marker_rate", "prompt_tokens"]
+    return pd.concat([ch.p_table, ch.d_table])[cols].style.format(
+        {"n": "{:.0f}", "prompt_tokens": "{:.0f}"} | {c: "{:.0%}" for c in cols[1:-1]})
 
 
 def plot_ablations(ch: Chapter):
@@ -337,12 +490,13 @@ def plot_ablations(ch: Chapter):
 
     p_table, d_table = ch.p_table, ch.d_table
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), sharey=True)
-    axes[0].plot(p_table.p_oracle, p_table.contains, "o-", label="gold contained")
+    err = lambda t: [t.acc - t.acc_lo, t.acc_hi - t.acc]  # noqa: E731  (95 % Wilson)
+    axes[0].errorbar(p_table.p_oracle, p_table.acc, yerr=err(p_table), fmt="o-", capsize=3, label="gold ranked first")
     axes[0].plot(p_table.p_oracle, p_table.quote_correct, "s--", label="quote correct")
     axes[0].set(xlabel="P, share of examples with the oracle", ylabel="share of test questions", ylim=(0, 1),
                 title="F2: oracle share")
     axes[0].legend(fontsize=8)
-    axes[1].bar(d_table.n_distractors.astype(int).astype(str), d_table.contains)
+    axes[1].bar(d_table.n_distractors.astype(int).astype(str), d_table.acc, yerr=err(d_table), capsize=3)
     axes[1].set(xlabel="distractors per training example", title="Distractors in training")
     return fig
 
@@ -356,22 +510,37 @@ def topk_outcome(reader: str, k: int) -> str:
 
 
 def top_k_curves(ch: Chapter) -> pd.DataFrame:
-    """Gold contained at every test-time top-k for the base reader, RAFT and (when trained) the
-    fewest-distractor RAFT, on the fact questions only (the unanswerable ones would add prefill and
-    no point). Answers already generated at a top-k are reused."""
-    p, k, idx = ch.params, ch.k, ch.facts_only
-    readers = {BASE_READER: (ch.lm, "rag", {k: ch.gens[MAIN["base_rag"]].subset(idx)}),
-               ch.raft_reader: (ch.fits["raft"].lm, "raft", {k: ch.gens[MAIN["raft_rag"]].subset(idx)})}
+    """Gold ranked first at every test-time top-k for the base reader and RAFT, and at the main
+    table's and the largest top-k for the fewest-distractor RAFT (when trained), on the fact questions only (the unanswerable ones would add prefill and
+    no point); generated answers beside them (the RAFT readers' on the same questions, the base
+    reader's on the generated subset). What the main table or the ablations measured is reused."""
+    p, k, idx, sub = ch.params, ch.k, ch.facts_only, ch.generated_facts
+    readers = {BASE_READER: (ch.lm, "rag", MAIN["base_rag"]), ch.raft_reader: (ch.fits["raft"].lm, "raft", MAIN["raft_rag"])}
     if ch.least_distractors != p.n_distractors:
-        readers[ch.least_reader] = (ch.fits[ch.least_distractors].lm, "raft", {k: ch.gens[d_outcome(ch.least_distractors)]})
-    curves = {}
+        readers[ch.least_reader] = (ch.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
+    curves, contains = {}, {}
     with ch.run.stage("top_k"):
-        for name, (model_lm, style, asked) in readers.items():
-            for kk in p.top_ks:
-                gen = asked[kk] if kk in asked else ask(ch, model_lm, style, kk, f"{name}, top-{kk}", idx)
-                curves.setdefault(name, {})[kk] = score(ch, name, topk_outcome(name, kk), gen, idx)["contains"]
-                ch.curve_tokens[name, kk] = gen.mean_prompt_tokens
+        for name, (model_lm, style, at_k) in readers.items():
+            # the fewest-distractor reader only where a claim reads it (F5 at the largest top-k)
+            for kk in p.top_ks if name != ch.least_reader else sorted({k, max(p.top_ks)}):
+                outcome = topk_outcome(name, kk)
+                if kk == k:  # measured already: the same scores under the curve's name
+                    sc = ch.scored[at_k]
+                    ch.run.record(outcome, sc.outcomes)
+                else:
+                    sc, gen = read(ch, model_lm, style, kk, outcome, idx)
+                if style != "raft":  # the base reader in words, on the generated subset
+                    said = (ch.table.loc[f"base + RAG (top-{k})", "contains"] if kk == k else
+                            score(ch, name, outcome + GENERATED, ask(ch, model_lm, style, kk, outcome, sub), sub)["contains"])
+                else:  # a quoting reader's replies on the fact questions, generated for its scoring
+                    if kk == k:
+                        gen = ch.gens[at_k].subset(idx) if at_k == MAIN["raft_rag"] else ch.gens[at_k]
+                    said = score(ch, name, outcome + GENERATED, gen, idx)["contains"]
+                contains.setdefault(name, {})[kk] = said
+                curves.setdefault(name, {})[kk] = sc.acc
+                ch.curve_tokens[name, kk] = sc.prompt_tokens
     ch.curve = pd.DataFrame(curves).rename_axis("top-k")
+    ch.curve_contains = pd.DataFrame(contains).rename_axis("top-k")
     return ch.curve
 
 
@@ -381,7 +550,7 @@ def plot_top_k(curve: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 3))
     for name in curve:
         ax.plot(curve.index, curve[name], "o-", label=name)
-    ax.set(xticks=list(curve.index), xlabel="retrieved chunks in the prompt (top-k)", ylabel="gold contained",
+    ax.set(xticks=list(curve.index), xlabel="retrieved chunks in the prompt (top-k)", ylabel="gold ranked first",
            ylim=(0, 1), title="F5, F6: accuracy against documents at test time")
     ax.legend(fontsize=8)
     return fig
@@ -396,12 +565,9 @@ def base_best_k(curve: pd.DataFrame) -> int:
 # Real benchmarks: PubMedQA and HotpotQA
 
 
-def label_outcomes(items: list, texts: list[str]) -> dict[str, float]:
-    """PubMedQA per item: 1 when the reply's label (`raft.label_of`) is the gold one, as
-    `raft.label_scores` counts accuracy."""
-    if len(items) != len(texts):
-        raise ValueError(f"{len(items)} items but {len(texts)} replies: they must pair up in order")
-    return {it.qid: float(raft.label_of(t, PUBMEDQA_LABELS) == it.answers[0]) for it, t in zip(items, texts)}
+def pubmedqa_question(question: str) -> str:
+    """A PubMedQA question with its labels named, as every reader (and RAFT's training) sees it."""
+    return f"{question} Answer {', '.join(PUBMEDQA_LABELS[:-1])} or {PUBMEDQA_LABELS[-1]}."
 
 
 def f1_outcomes(items: list, texts: list[str]) -> dict[str, float]:
@@ -452,8 +618,12 @@ def _bench_limit(ch: Chapter, style: str) -> int:
 
 
 def pubmedqa(ch: Chapter) -> None:
-    """PubMedQA rows (accuracy and macro-F1 of the yes / no / maybe label), each reader recorded per
-    item as "PubMedQA <reader>"; a note instead when the data is not there."""
+    """PubMedQA rows: each reader's label of highest log-likelihood among yes / no / maybe, after a
+    question that names them (RAFT: after its own generated quote and the final-answer marker);
+    accuracy and macro-F1 beside the majority label, each reader recorded per item as
+    "PubMedQA <reader>"; a note instead when the data is not there."""
+    from dataclasses import replace
+
     from ..corpus import benchmarks
     from ..train.measure import release_memory
 
@@ -463,7 +633,8 @@ def pubmedqa(ch: Chapter) -> None:
     except benchmarks.DataUnavailable as e:
         ch.bench_notes.append(f"PubMedQA is not in this run: {e}")
         return
-    test, train_items = _pick(ch, pub, "test", p.bench_test), _pick(ch, pub, "train", p.bench_train)
+    pub = [replace(it, question=pubmedqa_question(it.question)) for it in pub]
+    test, train_items = _pick(ch, pub, "test", p.pubmedqa_test), _pick(ch, pub, "train", p.bench_train)
     gold = ch.pubmedqa_gold = [it.answers[0] for it in test]
     majority = pd.Series([it.answers[0] for it in pub if it.split == "train"]).mode()[0]
     retriever = _bench_store(ch, "pubmedqa", test + train_items, p.pubmedqa_chunk_size)
@@ -474,12 +645,19 @@ def pubmedqa(ch: Chapter) -> None:
                           **raft.label_scores([majority] * len(gold), gold)})
     readers = _bench_readers(ch, "pubmedqa", train_items, raft.chunk_sources(train_items, train_chunks),
                              [c.text for c in train_chunks], None)
+    questions, labels = [it.question for it in test], [list(PUBMEDQA_LABELS)] * len(test)
+    gold_idx = [PUBMEDQA_LABELS.index(g) for g in gold]
     for name, model_lm, style in readers:
-        gen = raft.ask(model_lm, [it.question for it in test], docs if style != "closed" else None, style,
-                       _bench_limit(ch, style), p.batch_size, f"PubMedQA {name}")
-        ch.run.record(f"PubMedQA {name}", label_outcomes(test, gen.texts), tokens=_tokens(test, gen))
+        read_docs = docs if style != "closed" else None
+        gen = raft.ask(model_lm, questions, read_docs, style, p.bench_max_new_tokens, p.batch_size,
+                       f"PubMedQA {name}") if style == "raft" else None
+        r = raft.rank(model_lm, questions, read_docs, style, labels, gold_idx, gen.texts if gen else None,
+                      f"PubMedQA {name}")
+        ch.run.record(f"PubMedQA {name}", r.outcomes([it.qid for it in test]))
         ch.bench_rows.append({"benchmark": "PubMedQA", "condition": name, "n": len(gold),
-                              **raft.label_scores(gen.texts, gold), "prompt_tokens": gen.mean_prompt_tokens})
+                              **raft.label_scores(raft.predicted_labels(r, PUBMEDQA_LABELS), gold),
+                              "chance": r.chance, "prompt_tokens": sum(r.prompt_tokens) / len(test),
+                              **({"marker_rate": marker_rate(gen)} if gen else {})})
     del readers
     release_memory()
 
@@ -498,13 +676,14 @@ def hotpotqa(ch: Chapter) -> None:
         ch.bench_notes.append(f"HotpotQA is not in this run: {e}")
         return
     test, train_items = _pick(ch, hot, "test", p.bench_test), _pick(ch, hot, "train", p.bench_train)
+    ch.hotpotqa_available = sum(it.split == "test" for it in hot)
     retriever = _bench_store(ch, "hotpotqa", test, 1024)  # a paragraph is one chunk; search filters to the question's ten
     vectors = retriever.embed([it.question for it in test])
     docs = [[h.text for h in retriever.dense([it.question], p.hotpotqa_top_k, vectors=vectors[i:i + 1],
                                              where={"doc_id": {"$in": [q.pid for q in it.passages]}})[0]]
             for i, it in enumerate(test)]
     oracles = [[q.text for q in it.passages if q.pid in it.gold_pids] for it in test]
-    readers = _bench_readers(ch, "hotpotqa", train_items, raft.benchmark_sources(train_items),
+    readers = _bench_readers(ch, "hotpotqa", train_items, raft.benchmark_sources(train_items, p.hotpotqa_quotes or None),
                              [q.text for it in hot if it.split == "train" for q in it.passages],
                              raft.own_distractors(train_items))
     for name, model_lm, style in readers:
@@ -514,8 +693,10 @@ def hotpotqa(ch: Chapter) -> None:
         f1s = f1_outcomes(test, gen.texts)
         ch.run.record(f"HotpotQA {name}", f1s, tokens=_tokens(test, gen))
         ch.bench_rows.append({"benchmark": "HotpotQA", "condition": name, "n": len(test), "em": r["em"], "f1": r["f1"],
-                              "f1_ci": mean_interval(list(f1s.values())), "quote_correct": r.get("quote_correct"),
-                              "prompt_tokens": gen.mean_prompt_tokens})
+                              "f1_ci": mean_interval(list(f1s.values())), "contains": r["contains"],
+                              "quote_correct": r.get("quote_correct"),
+                              "marker_rate": marker_rate(gen) if style == "raft" else None,
+                              "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens})
     del readers
     release_memory()
 
@@ -541,9 +722,10 @@ def benchmark_style(ch: Chapter):
     if "acc" in show:
         show["acc_ci"] = [f"{lo:.0%}-{hi:.0%}" if a == a else "-" for a, n in zip(show.acc, show.n)
                           for lo, hi in [wilson_interval(a * n, n) if a == a else (0, 0)]]
+    pct = [c for c in ("acc", "chance", "em", "contains", "quote_correct", "marker_rate") if c in show]
     return show.set_index(["benchmark", "condition"]).style.format(
-        {c: "{:.0%}" for c in ("acc", "em", "quote_correct", "no_label")}
-        | {"macro_f1": "{:.2f}", "f1": "{:.2f}", "prompt_tokens": "{:.0f}"}, na_rep="-")
+        {c: "{:.0%}" for c in pct} | {c: "{:.2f}" for c in ("macro_f1", "f1") if c in show}
+        | {c: "{:.0f}" for c in ("prompt_tokens", "completion_tokens") if c in show}, na_rep="-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,39 +748,58 @@ def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> 
 
 
 def headline_metrics(ch: Chapter) -> dict:
-    """The chapter's headline metrics, each declared with its kind on the results file."""
+    """The chapter's headline metrics, each declared with its kind on the results file. `<key>_acc`
+    is candidate accuracy on every test fact (`<key>_n` of them); `<key>_contains`, `_em`, `_f1` and
+    `_refusal_acc` are the generated answers on the subset (`generated_n` facts,
+    `generated_unanswerable_n` unanswerable questions)."""
     run = ch.run
     n_facts, n_unanswerable, n_ablation = len(ch.facts), len(ch.test_items) - len(ch.facts), len(ch.facts_only)
+    sub = ch.generated
+    n_gen = len(ch.generated_facts)
+    n_gen_unanswerable = len(sub) - n_gen
     m: dict = {}
 
     def put(key, value, kind, **rule):
         m[key] = run.metric(key, value, kind, **rule)
 
+    def refusal(key, r):
+        if pd.notna(r.refusal_auroc):
+            put(f"{key}_refusal_auroc", r.refusal_auroc, "derived", tol=rate_tolerance(min(n_unanswerable, n_facts)))
+            put(f"{key}_refusal_recall_at_5pct_fpr", r.refusal_recall, "rate", n=n_unanswerable)
+
     table = ch.table
     for key, (_, r) in zip(MAIN, table.iterrows()):
-        put(f"{key}_contains", r.contains, "rate", n=n_facts)
-        put(f"{key}_f1", r.f1, "mean", n=n_facts)
-        put(f"{key}_em", r.em, "rate", n=n_facts)
+        put(f"{key}_acc", r.acc, "rate", n=n_facts)
+        put(f"{key}_chance", r.chance, "exact")
+        refusal(key, r)
+        put(f"{key}_contains", r.contains, "rate", n=n_gen)
+        put(f"{key}_f1", r.f1, "mean", n=n_gen)
+        put(f"{key}_em", r.em, "rate", n=n_gen)
         put(f"{key}_prompt_tokens", r.prompt_tokens, "exact")
         if pd.notna(r.refusal_acc):
-            put(f"{key}_refusal_acc", r.refusal_acc, "rate", n=n_unanswerable)
-    put("raft_quote_correct", table.iloc[4].quote_correct, "rate", n=n_facts)
-    put("raft_nocot_quote_correct", table.iloc[5].quote_correct, "rate", n=n_facts)
+            put(f"{key}_refusal_acc", r.refusal_acc, "rate", n=n_gen_unanswerable)
+    put("raft_quote_correct", table.iloc[4].quote_correct, "rate", n=n_gen)
+    put("raft_nocot_quote_correct", table.iloc[5].quote_correct, "rate", n=n_gen)
+    put("raft_marker_rate", table.iloc[4].marker_rate, "rate", n=len(ch.test_items))
     put("n_test_facts", n_facts, "exact")
     put("n_unanswerable", n_unanswerable, "exact")
     put("n_train", len(ch.train_sources), "exact")
 
     put("raft_best_p", best_p(ch.p_table), "choice")
     for _, r in ch.p_table.iterrows():
+        put(f"raft_p{r.p_oracle * 100:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_p{r.p_oracle * 100:.0f}_contains", r.contains, "rate", n=n_ablation)
     for _, r in ch.d_table.iterrows():
+        put(f"raft_d{r.n_distractors:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_d{r.n_distractors:.0f}_contains", r.contains, "rate", n=n_ablation)
 
     curve = ch.curve
     keys = {BASE_READER: "base_rag", ch.raft_reader: "raft_rag", ch.least_reader: f"raft_d{ch.least_distractors}_rag"}
     for name in curve:
-        for kk, v in curve[name].items():
-            put(f"{keys[name]}_top{kk}_contains", v, "rate", n=n_ablation)
+        for kk, v in curve[name].dropna().items():
+            put(f"{keys[name]}_top{kk}_acc", v, "rate", n=n_ablation)
+            put(f"{keys[name]}_top{kk}_contains", ch.curve_contains[name][kk], "rate",
+                n=n_gen if name == BASE_READER else n_ablation)
     spread_tol = 2 * rate_tolerance(n_ablation)  # max - min: each end may move by a rate's tolerance
     spread = lambda c: c.max() - c.min()  # noqa: E731
     put("raft_topk_spread", spread(curve[ch.raft_reader]), "derived", tol=spread_tol)
@@ -613,7 +814,7 @@ def headline_metrics(ch: Chapter) -> dict:
     if len(bench):
         for b, c, col, key in BENCH_METRICS:
             hit = bench[(bench.benchmark == b) & (bench.condition == c)]
-            if not len(hit):
+            if not len(hit) or col not in hit or pd.isna(hit[col].iloc[0]):
                 continue
             n = int(hit.n.iloc[0])
             if col == "macro_f1":
@@ -622,12 +823,16 @@ def headline_metrics(ch: Chapter) -> dict:
                 put(key, hit[col].iloc[0], "mean" if col == "f1" else "rate", n=n)
         for name, n in bench.groupby("benchmark").n.first().items():
             put(f"{name.lower()}_n_test", int(n), "exact")
+        if ch.hotpotqa_available:
+            put("hotpotqa_n_available", ch.hotpotqa_available, "exact")
     put("model_params_m", ch.lm.n_params() / 1e6, "exact")
     put("raft_train_s", ch.fits["raft"].metrics["train_s"], "machine")
     put("raft_tokens_per_s", ch.fits["raft"].metrics["tokens_per_s"], "machine")
     # The questions behind each headline figure: a change of n is a change of design, never drift.
     for key in MAIN:
         put(f"{key}_n", n_facts, "exact")
+    put("generated_n", n_gen, "exact")
+    put("generated_unanswerable_n", n_gen_unanswerable, "exact")
     put("ablation_n", n_ablation, "exact")
     put("topk_n", n_ablation, "exact")
     return m
@@ -692,29 +897,40 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
 def sentences(ch: Chapter, m: dict) -> dict[str, str]:
     """Descriptive sentences of measurements (no verdicts: those are the glued comparisons)."""
     p, n_ablation = ch.params, len(ch.facts_only)
-    out = {"quote_sentence": f"{m['raft_quote_correct']:.0%} of RAFT's answers quote only text that is really in "
-                             "a document holding the answer"}
-    refusals = ch.table.refusal_acc.dropna()
-    if refusals.empty:
+    out = {"quote_sentence": f"{m['raft_quote_correct']:.0%} of RAFT's generated answers quote only text that is "
+                             f"really in a document holding the answer, and {m['raft_marker_rate']:.0%} of its replies "
+                             "reach the final-answer marker within the token budget"}
+    out["scoring_sentence"] = (f"Each of the {m['raft_rag_n']:.0f} test facts is asked with its gold value and "
+                               f"{p.n_candidates} look-alike values of the same attribute, so guessing ranks the gold "
+                               f"first {m['raft_rag_chance']:.0%} of the time; the generated answers (contains, EM, F1) are "
+                               f"kept on the first {m['generated_n']:.0f} facts and {m['generated_unanswerable_n']:.0f} "
+                               "unanswerable questions")
+    aurocs = {name: r.refusal_auroc for name, r in ch.table.iterrows() if pd.notna(r.refusal_auroc)}
+    if not aurocs:
         out["refusal_sentence"] = "This run asked no unanswerable question"
-    elif refusals.max() == 0:
-        out["refusal_sentence"] = ("No reader refused a single unanswerable question. None was taught to: RAFT's recipe "
-                                   "trains on answerable questions only and keeps the answer as the target when it leaves "
-                                   "the oracle out, and the base model ignores chapter 2's instruction to say it does not know")
     else:
-        out["refusal_sentence"] = "Unanswerable questions refused: " + ", ".join(f"{name} {v:.0%}" for name, v in refusals.items())
-    chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").contains
+        out["refusal_sentence"] = (
+            f"As refusal detectors (the refusal reply's log-likelihood minus the best value's, on "
+            f"{m['n_unanswerable']:.0f} unanswerable against {m['n_test_facts']:.0f} answerable questions), the readers "
+            "reach AUROC " + ", ".join(f"{v:.2f} ({name})" for name, v in aurocs.items())
+            + f" (0.5 is no signal); at <= 5 % false refusals RAFT + RAG refuses "
+            f"{m.get('raft_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%} of the unanswerable questions and the base "
+            f"model with RAG {m.get('base_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%}. RAFT's recipe trains on "
+            "answerable questions only")
+    chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").acc
     tied = [f"{x:g}" for x, v in ties.items() if x != chosen and v == ties[chosen]]
-    out["p_sentence"] = (f"Of the P values tried, P = {chosen:g} has the highest share of answers with the gold "
-                         f"({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
-                         + f"). One test question is {1 / n_ablation:.0%} here")
+    out["p_sentence"] = (f"Of the P values trained ({', '.join(f'{x:g}' for x in p.p_values)}), P = {chosen:g} ranks the gold "
+                         f"first most often ({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
+                         + f"). One test question is {1 / n_ablation:.1%} here")
     lo, hi = min(p.top_ks), max(p.top_ks)
     spreads = [f"the reader trained with {p.n_distractors} distractors spans {100 * m['raft_topk_spread']:.0f} points"]
     least_key = f"raft_d{ch.least_distractors}_topk_spread"
     if least_key in m and ch.least_distractors != p.n_distractors:
-        spreads.append(f"the one trained with {ch.least_distractors} spans {100 * m[least_key]:.0f} points")
+        asked = ch.curve[ch.least_reader].dropna().index
+        where = "" if len(asked) == len(ch.curve) else f" (asked at top-{' and top-'.join(map(str, asked))} only)"
+        spreads.append(f"the one trained with {ch.least_distractors}{where} spans {100 * m[least_key]:.0f} points")
     spreads.append(f"the base reader spans {100 * m['base_topk_spread']:.0f} points")
-    out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share with the gold), "
+    out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share of gold answers ranked first), "
                                  + ", ".join(spreads[:-1]) + " and " + spreads[-1])
     base_k = base_best_k(ch.curve)
     out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {ch.curve_tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
@@ -722,19 +938,34 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
                                  f"{ch.curve_tokens[BASE_READER, base_k]:.0f}"
                                  + (" (the same top-k: no chunks can be saved here)" if base_k == lo else ""))
     if "pubmedqa_raft_acc" in m:
-        out["pubmedqa_sentence"] = (f"On {m['pubmedqa_n_test']:.0f} PubMedQA test questions RAFT + RAG answers "
-                                    f"{m['pubmedqa_raft_acc']:.0%} with the right label, the base model reading the same "
-                                    f"abstract chunks {m['pubmedqa_base_rag_acc']:.0%}, and always answering the "
-                                    f"majority label {m['pubmedqa_majority_acc']:.0%}")
+        out["pubmedqa_sentence"] = (
+            f"On {m['pubmedqa_n_test']:.0f} PubMedQA test questions, scored by the label of highest log-likelihood "
+            f"(chance 33 %), RAFT + RAG picks the right label for {m['pubmedqa_raft_acc']:.0%} (macro-F1 "
+            f"{m['pubmedqa_raft_macro_f1']:.2f}), the base model reading the same abstract chunks "
+            f"{m['pubmedqa_base_rag_acc']:.0%} (macro-F1 {m['pubmedqa_base_rag_macro_f1']:.2f}) and closed book "
+            f"{m['pubmedqa_base_closed_acc']:.0%}; always answering the majority label scores "
+            f"{m['pubmedqa_majority_acc']:.0%} (macro-F1 {_bench_value(ch, 'PubMedQA', 'majority class', 'macro_f1'):.2f}). "
+            f"{m.get('pubmedqa_raft_marker_rate', float('nan')):.0%} of RAFT's quotes reach the final-answer marker "
+            f"within {p.bench_max_new_tokens} tokens")
     else:
         out["pubmedqa_sentence"] = "PubMedQA was not in this run (no data folder), so its rows are absent"
     if "hotpotqa_raft_f1" in m:
-        out["hotpotqa_sentence"] = (f"On {m['hotpotqa_n_test']:.0f} HotpotQA test questions RAFT + RAG reaches answer F1 "
-                                    f"{m['hotpotqa_raft_f1']:.2f} and the base model reading the same paragraphs "
-                                    f"{m['hotpotqa_base_rag_f1']:.2f}")
+        out["hotpotqa_sentence"] = (
+            f"On {m['hotpotqa_n_test']:.0f} HotpotQA test questions (of the {m.get('hotpotqa_n_available', 0):.0f} the data "
+            f"folder holds after the train split), with targets quoting {p.hotpotqa_quotes or 'every'} gold sentence"
+            f"{'s' if p.hotpotqa_quotes != 1 else ''} and {p.bench_max_new_tokens} tokens to answer in, "
+            f"{m['hotpotqa_raft_marker_rate']:.0%} of RAFT's replies reach the final-answer marker; RAFT + RAG reaches "
+            f"answer F1 {m['hotpotqa_raft_f1']:.2f} (EM {m['hotpotqa_raft_em']:.0%}, gold contained "
+            f"{m['hotpotqa_raft_contains']:.0%}) and the base model reading the same paragraphs F1 "
+            f"{m['hotpotqa_base_rag_f1']:.2f} (EM {m['hotpotqa_base_rag_em']:.0%}, contained {m['hotpotqa_base_rag_contains']:.0%})")
     else:
         out["hotpotqa_sentence"] = "HotpotQA was not in this run (no data folder), so its rows are absent"
     return out
+
+
+def _bench_value(ch: Chapter, benchmark: str, condition: str, column: str) -> float:
+    return next((r[column] for r in ch.bench_rows if r["benchmark"] == benchmark and r["condition"] == condition),
+                float("nan"))
 
 
 def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
@@ -742,12 +973,14 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("dsf_source", ch.dsf_source)
+    glue("facts_source", ch.facts_source)
 
 
 def save(ch: Chapter) -> Path:
     run = ch.run
     run.tables.update(table=ch.table.reset_index().to_dict("records"), p_ablation=ch.p_table.reset_index().to_dict("records"),
                       distractor_ablation=ch.d_table.reset_index().to_dict("records"),
-                      top_k=ch.curve.reset_index().to_dict("records"), benchmarks=ch.bench_rows,
+                      top_k=ch.curve.reset_index().to_dict("records"),
+                      top_k_generated=ch.curve_contains.reset_index().to_dict("records"), benchmarks=ch.bench_rows,
                       benchmark_notes=ch.bench_notes, paper_table1=raft.PAPER_TABLE1, dsf_source=ch.dsf_source)
     return run.save(lm=ch.lm)
