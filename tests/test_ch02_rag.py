@@ -121,3 +121,74 @@ def test_own_inputs_are_read_before_any_model_loads(tmp_path):
         ch02.read_own_inputs(params)
     own = ch02.read_own_inputs(resolve("02_rag", "smoke"))
     assert own.corpus.sources and own.items and own.questions_file.endswith("sample_questions.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scored answers: candidate layout, per-question outcomes, refusal detectors, fresh ingestion
+
+
+def test_reply_candidates_and_split_scores_share_one_layout():
+    values = ["3 kg", "4 kg", "5 kg", "6 kg"]
+    cands = ch02.reply_candidates(values, 1, 3)
+    assert cands == values + [ch02.REFUSAL_ANSWER, "4 kg [1]", "4 kg [2]", "4 kg [3]", "[1]", "[2]", "[3]"]
+    parts = ch02.split_scores(list(range(len(cands))), 4, 3)
+    assert parts == {"values": [0, 1, 2, 3], "refusal": 4, "cite": [5, 6, 7], "source": [8, 9, 10]}
+    # an unanswerable question, or a single source: values and the refusal only
+    assert ch02.reply_candidates(values, None, 3) == values + [ch02.REFUSAL_ANSWER]
+    assert ch02.reply_candidates(values, 1, 1) == values + [ch02.REFUSAL_ANSWER]
+
+
+def test_question_outcomes_read_answer_citation_rerank_and_refusal():
+    # values (gold at 1), refusal, "4 kg [i]" for i = 1..3, "[i]" for i = 1..3; source 3 (index 2) is relevant
+    scores = [-5.0, -2.0, -6.0, -7.0, -4.0, -9.0, -8.0, -3.0, -1.0, -2.5, -3.5]
+    got = ch02.question_outcomes(scores, 4, 1, {2}, 3)
+    assert got == {"refusal_score": -2.0, "answer": 1, "pool_hit": 1, "retrieval_hit1": 0,
+                   "rerank_hit1": 0, "attribution": 1}
+    # a tie with a look-alike is wrong; no relevant source: no attribution, reranking cannot hit
+    tie = [-2.0, -2.0, -6.0, -7.0, -4.0, -9.0, -8.0, -3.0, -1.0, -2.5, -3.5]
+    got = ch02.question_outcomes(tie, 4, 1, set(), 3)
+    assert got["answer"] == 0 and "attribution" not in got and got["rerank_hit1"] == 0 and got["pool_hit"] == 0
+    # unanswerable: only the refusal score (refusal LL minus the best value's)
+    assert ch02.question_outcomes([-3.0, -2.0, -6.0, -7.0, -1.5], 4, None, set(), 0) == {"refusal_score": 0.5}
+
+
+def test_refusal_detectors_report_auroc_and_recall_at_five_percent_false_refusals():
+    run = ChapterRun("02_rag", None)
+    answerable = [i / 100 for i in range(100)]
+    table = ch02.refusal_detectors(run, {"perfect": ("perfect", [2.0, 3.0], answerable),
+                                         "useless": ("useless", answerable[::10], answerable),
+                                         "empty": ("empty", [], answerable)})
+    assert list(table.index) == ["perfect", "useless"]  # a detector with no positives is left out
+    assert run.metrics["perfect_auroc"] == 1.0 and run.metrics["perfect_recall_at_5pct_fpr"] == 1.0
+    assert abs(run.metrics["useless_auroc"] - 0.5) < 0.06 and run.metrics["useless_recall_at_5pct_fpr"] <= 0.1
+    assert run.metrics["perfect_n_unanswerable"] == 2 and run.metrics["perfect_n_answerable"] == 100
+
+
+class FakeStore:
+    """Holds chunk counts: each ingest adds what is not there yet (as ChunkStore.ingest reports)."""
+
+    def __init__(self, chunks: int = 0):
+        self.chunks = chunks
+
+    def count(self):
+        return self.chunks
+
+    def ingest(self, pages):
+        added = 0 if self.chunks else 2 * len(pages)
+        self.chunks += added
+        return SimpleNamespace(docs_added=len(pages) if added else 0, chunks_added=added, seconds=0.01)
+
+
+def test_ingestion_throughput_is_measured_on_a_fresh_collection_only():
+    """Issue 12: a re-run against a store that already holds the pages must not publish the
+    throughput of an ingest that did nothing (the 2,689 chunks/s of a Chroma-server re-run)."""
+    pages = ["a", "b", "c"]
+    report = ch02.fresh_ingest(FakeStore(), pages)
+    assert report.chunks_added == 6 and report.docs_added == 3
+    with pytest.raises(RuntimeError, match="fresh collection"):
+        ch02.fresh_ingest(FakeStore(6), pages)
+
+
+def test_each_run_names_its_own_knowledge_base_collections():
+    a, b = (ch02.Chapter(None, None, None, None, None, [], {}) for _ in range(2))
+    assert a.run_tag != b.run_tag and len(a.run_tag) == 8

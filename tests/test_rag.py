@@ -319,7 +319,7 @@ def test_rag_parameters_are_validated(tmp_path):
     from ragft.config import ParamError, resolve
 
     assert resolve("02_rag", "smoke").chunk_sizes
-    bad = {"chunk_sizes": [0], "chunk_overlap": 500, "top_ks": [], "retrieval": "sparse", "rerank_pool": 1,
+    bad = {"chunk_sizes": [0], "chunk_overlap": 500, "top_ks": [], "retrieval": "sparse", "n_scored_questions": 21,
            "corpus_dir": str(tmp_path / "missing"), "questions_file": str(tmp_path / "missing.jsonl"),
            "max_file_mb": 0, "chroma_port": 0, "scale_sizes": [10]}
     for name, value in bad.items():

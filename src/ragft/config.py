@@ -145,11 +145,11 @@ class RagParams(Answering):
     docs_per_page: int = param(8, "knowledge-base documents per indexed page", bounds=(1, 1_000))
     retrieval: str = param("hybrid", "dense | bm25 | hybrid: the method the answering experiments use")
     n_retrieval_questions: int = param(200, "single-fact questions for the retrieval grid", bounds=(1, 100_000))
-    n_answer_questions: int = param(16, "answered end to end at every answer top-k", bounds=(1, 100_000))
-    answer_top_ks: list = param([1, 3, 5], "top-ks answered end to end (prefill grows with k)", bounds=(1, 50))
-    n_unanswerable: int = param(8, "unanswerable questions answered end to end", bounds=(0, 100_000))
-    n_rerank_questions: int = param(12, "the LM reranker costs one prefill per candidate", bounds=(1, 100_000))
-    rerank_pool: int = param(8, "candidates the reranker reorders")
+    n_scored_questions: int = param(64, "answerable questions scored by candidate log-likelihood at every answer top-k", bounds=(1, 100_000))
+    n_scored_unanswerable: int = param(29, "unanswerable questions scored at the chosen top-k (refusal as a detector)", bounds=(0, 100_000))
+    answer_top_ks: list = param([1, 3, 5], "top-ks scored and answered (prefill grows with k)", bounds=(1, 50))
+    n_answer_questions: int = param(16, "generated answers at every answer top-k, to show their form", bounds=(1, 100_000))
+    n_unanswerable: int = param(8, "unanswerable questions with generated answers", bounds=(0, 100_000))
     n_latency_queries: int = param(8, "live queries timed stage by stage", bounds=(1, 100_000))
     scale_sizes: list = param([1_000, 10_000, 100_000], "chunks in the index", bounds=(100, 10_000_000))
     ef_search: list = param([100, 200, 400], "HNSW search breadth; the first is used", bounds=(10, 10_000))
@@ -170,7 +170,9 @@ class RagParams(Answering):
         super().validate()
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
-        check_int("rerank_pool", self.rerank_pool, max(self.top_ks), 100)
+        # scored and answered questions are the retrieval grid's first ones
+        check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)
+        check_int("n_answer_questions", self.n_answer_questions, 1, self.n_retrieval_questions)
         check(isinstance(self.max_file_mb, (int, float)) and 0 < self.max_file_mb <= 1_000, "max_file_mb",
               self.max_file_mb, "use a size in MB in (0, 1000]")
 

@@ -1,13 +1,16 @@
 """Chapter 2, RAG with LlamaIndex and Chroma: every stage of a retrieval pipeline, measured.
 
-Sections, in the order the notebook runs them (order, prompts, batch sizes and seeds are those of
-the published numbers, so do not reorder them):
+Sections, in the order the notebook runs them:
 
-  ingest               one Chroma collection per chunk size; ingestion against the bare embedder
+  ingest               one fresh Chroma collection per chunk size; ingestion against the bare embedder
   retrieval_grid       recall@k by chunk size and top-k (dense): picks the chunk size and top-k
-  retrieval_methods    dense, BM25, hybrid, and the LM reranker on a subset
-  answers              cited answers at each answer top-k; refusals at the chosen top-k
-  refusal_threshold    R5's similarity threshold, on near misses and off-topic questions
+  retrieval_methods    dense, BM25, hybrid
+  scored_answers       answers scored by candidate log-likelihood at each answer top-k (K9); at the
+                       chosen top-k also attribution (citations), the listwise LL reranker (R3) and
+                       the LL refusal score (refusal as a detector)
+  answers              generated cited answers on a small subset: the format view
+  refusal_threshold    R5's similarity threshold, on near misses and off-topic questions; the top
+                       similarity as a refusal detector
   latency, scale       stage latencies of live queries; HNSW against exact search as the index grows
   real_data            SQuAD retrieval and answers, NaturalQuestions-Open read with its gold passage
   own_documents        the reader's folder (corpus_dir, questions_file), indexed with the same code
@@ -15,11 +18,13 @@ the published numbers, so do not reorder them):
 Per-question outcomes (ChapterRun.record), one condition per meaning:
 
   "<method> <size>-token hit@<k>"       1 when a relevant chunk is in the top k (retrieval)
-  "hybrid top-<pool> hit@<k>", "LM rerank of hybrid top-<pool> hit@<k>"   the rerank subset
-  "answer top-<k>"                      "contains" of each answerable question, with its tokens
+  "scored top-<k>"                      1 when the gold value outscores its 3 look-alikes (chance 1/4)
+  "attribution top-<k>"                 1 when "<gold> [i]" is most likely for a source i that holds the
+                                        gold sentence (questions with such a source among the k)
+  "LL rerank of <method> top-<k> hit@1" 1 when the most likely bare "[i]" is a relevant source
+  "answer top-<k>"                      "contains" of each generated answer, with its tokens
   "answer top-<k> refusal"              1 when an unanswerable question was refused
-  "citation top-<k>"                    1 when the answer cites a relevant source (questions whose
-                                        relevant chunk was among the sources)
+  "citation top-<k>"                    1 when the generated answer cites a relevant source
   "SQuAD ...", "NQ gold passage", "own documents ..."   the same on real data and the reader's files
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +44,7 @@ from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
 from ..results import ChapterRun, StatedComparison, glue
+from ..corpus.kb import REFUSAL_ANSWER
 from ..stats import wilson_interval
 from .common import start
 
@@ -121,6 +128,8 @@ class Chapter:
     best_k: int | None = None
     nq: list = field(default_factory=list)  # NaturalQuestions-Open, when the data folder has it
     own: "OwnInputs | None" = None  # your documents and questions, read and checked before any model loads
+    # names this run's knowledge-base collections, so ingestion is timed on fresh ones (issue 12)
+    run_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def open_store(self, name: str, chunk_size: int):
         return rag.ChunkStore(name, embed_model=self.embed_model, chunk_size=chunk_size,
@@ -178,9 +187,12 @@ def ingest(ch: Chapter) -> pd.DataFrame:
     rows = []
     with run.stage("ingest"):
         for size in p.chunk_sizes:
-            ch.stores[size] = ch.open_store(f"kb-{size}", size)
-            first, again = ch.stores[size].ingest(ch.pages), ch.stores[size].ingest(ch.pages)
-            rows.append({"chunk_size": size, "chunks": ch.stores[size].count(), "ingest_s": first.seconds,
+            # a collection of this run's own (issue 12): a re-run against a Chroma server that holds
+            # last run's collection would otherwise time an ingest that adds nothing
+            ch.stores[size] = ch.open_store(f"kb-{size}-{ch.run_tag}", size)
+            first = fresh_ingest(ch.stores[size], ch.pages)
+            again = ch.stores[size].ingest(ch.pages)
+            rows.append({"chunk_size": size, "chunks": first.chunks_added, "ingest_s": first.seconds,
                          "embed_s": first.embed_seconds, "chunks_added_again": again.chunks_added,
                          "docs_unchanged_again": again.docs_unchanged})
     table = pd.DataFrame(rows).set_index("chunk_size")
@@ -190,6 +202,20 @@ def ingest(ch: Chapter) -> pd.DataFrame:
     bare = run.metric("embedder_only_chunks_per_s", len(texts) / encoder_s, "machine")
     run.metric("ingest_share_of_embedder", pipeline / bare, "machine")
     return table
+
+
+def fresh_ingest(store, pages: list):
+    """Ingest `pages` into a store that must start empty, and check that every page and chunk was
+    written by this call: the throughput the chapter publishes is that of a full ingest, never of a
+    re-run that found the work done (issue 12)."""
+    if store.count():
+        raise RuntimeError(f"the collection holds {store.count()} chunks before ingesting: ingestion throughput "
+                           "is measured on a fresh collection only")
+    report = store.ingest(pages)
+    if report.docs_added != len(pages) or report.chunks_added != store.count() or not report.chunks_added:
+        raise RuntimeError(f"a fresh ingest of {len(pages)} pages added {report.docs_added} pages and "
+                           f"{report.chunks_added} chunks, and the collection holds {store.count()}")
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,20 +314,18 @@ def heatmap(grid: Grid):
 @dataclass
 class Methods:
     table: pd.DataFrame  # method -> n, recall@k, MRR, ms per query
-    n_rerank: int
     stated: list[StatedComparison]
     score_ks: list[int]
 
     def glue(self) -> None:
-        glue("n_rerank_questions", self.n_rerank)
         for s in self.stated:
             s.glue()
 
 
 def retrieval_methods(ch: Chapter) -> Methods:
-    """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size, then the LM
-    reranker over the hybrid top-rerank_pool of the first n_rerank_questions."""
-    p, run, best, size = ch.params, ch.run, ch.best, ch.best_chunk
+    """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size. (Reranking is
+    scored with the answers: the LL reranker reads the same prompt the answer scoring reads.)"""
+    run, best, size = ch.run, ch.best, ch.best_chunk
     rows = []
     for name in ("dense", "bm25", "hybrid"):
         ranked, seconds = timed(lambda: best.search(ch.questions, ch.depth, name, vectors=ch.query_vectors))
@@ -310,44 +334,300 @@ def retrieval_methods(ch: Chapter) -> Methods:
         if name != "dense":  # dense at this size is the grid's, recorded there
             for k in ch.score_ks:
                 run.record(retrieval_condition(name, size, k), hits_at(ch.items, ranked, k))
-    reranker = rag.LMReranker(ch.lm)
-    sub = ch.items[:p.n_rerank_questions]
-    with run.stage("rerank"):
-        pools = best.hybrid([it.question for it in sub], p.rerank_pool, vectors=ch.query_vectors[:len(sub)])
-        reranked, rerank_s = timed(lambda: [reranker.rerank(it.question, pool, p.rerank_pool)
-                                            for it, pool in zip(sub, pools)])
-    pool_name, rerank_name = f"hybrid top-{p.rerank_pool}", f"LM rerank of hybrid top-{p.rerank_pool}"
-    for k in ch.score_ks:
-        run.record(f"{pool_name} hit@{k}", hits_at(sub, pools, k))
-        run.record(f"{rerank_name} hit@{k}", hits_at(sub, reranked, k))
-    rows.append({"method": "hybrid (same questions)", "n": len(sub), **rag.retrieval_scores(sub, pools, ch.score_ks),
-                 "ms_per_query": np.nan})
-    rows.append({"method": f"hybrid + LM rerank of top-{p.rerank_pool}", "n": len(sub),
-                 **rag.retrieval_scores(sub, reranked, ch.score_ks), "ms_per_query": 1000 * rerank_s / len(sub)})
     table = pd.DataFrame(rows).set_index("method")
-    n, n_sub = len(ch.items), len(sub)
+    n = len(ch.items)
     for name in ("dense", "bm25", "hybrid"):
         run.metric(f"{name}_recall_at_5", table.loc[name, "recall_at_5"], "rate", n=n)
     if "recall_at_1" in table:
         run.metric("hybrid_recall_at_1", table.loc["hybrid", "recall_at_1"], "rate", n=n)
-        run.metric("rerank_recall_at_1", table.iloc[-1]["recall_at_1"], "rate", n=n_sub)
-        run.metric("rerank_subset_hybrid_recall_at_1", table.iloc[-2]["recall_at_1"], "rate", n=n_sub)
-    run.metric("rerank_recall_at_5", table.iloc[-1]["recall_at_5"], "rate", n=n_sub)
-    run.metric("rerank_n", n_sub, "exact")
-    run.metric("rerank_ms_per_query", table.iloc[-1]["ms_per_query"], "machine")
     run.metric("hybrid_ms_per_query", table.loc["hybrid", "ms_per_query"], "machine")
     hybrid_cmp = run.compare("hybrid-vs-dense", retrieval_condition("hybrid", size, HEADLINE_K),
                              retrieval_condition("dense", size, HEADLINE_K), expect="greater")
-    rerank_cmp = run.compare("R3-rerank", f"{rerank_name} hit@{HEADLINE_K}", f"{pool_name} hit@{HEADLINE_K}",
-                             expect="greater")
-    return Methods(table, n_sub, [StatedComparison("hybrid_vs_dense", hybrid_cmp, "hybrid recall@5", "dense recall@5"),
-                                  StatedComparison("rerank_comparison", rerank_cmp, "reranked recall@5",
-                                         "hybrid recall@5 on the same questions")], ch.score_ks)
+    return Methods(table, [StatedComparison("hybrid_vs_dense", hybrid_cmp, "hybrid recall@5", "dense recall@5")],
+                   ch.score_ks)
 
 
 def methods_styled(methods: Methods):
     fmt = {**{f"recall_at_{k}": "{:.1%}" for k in methods.score_ks}, "mrr": "{:.3f}", "ms_per_query": "{:.1f} ms"}
     return methods.table.style.format(fmt, na_rep="-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers, citations, reranking and refusal scored by candidate log-likelihood
+
+
+def reply_candidates(values: list[str], gold: int | None, n_sources: int) -> list[str]:
+    """One question's candidate replies, ranked in one prefill of its prompt (question and numbered
+    sources): the look-alike values (the answer; chance 1 / len(values)), the refusal, and with two
+    or more sources the gold value followed by each citation ("4 kg [2]", the format the prompt asks
+    for: attribution) and each bare citation ("[2]": which source the model turns to, a listwise
+    reranker that does not know the answer). Unanswerable questions (gold None) get values and the
+    refusal only. `split_scores` reads the scores back in this layout."""
+    out = list(values) + [REFUSAL_ANSWER]
+    if gold is not None and n_sources >= 2:
+        out += [f"{values[gold]} [{i}]" for i in range(1, n_sources + 1)]
+        out += [f"[{i}]" for i in range(1, n_sources + 1)]
+    return out
+
+
+def split_scores(scores: list[float], n_values: int, n_sources: int) -> dict:
+    """reply_candidates' log-likelihoods by part: values, refusal, cite (gold + [i]), source ([i])."""
+    cite = scores[n_values + 1:n_values + 1 + n_sources]
+    source = scores[n_values + 1 + n_sources:n_values + 1 + 2 * n_sources]
+    return {"values": scores[:n_values], "refusal": scores[n_values], "cite": cite, "source": source}
+
+
+def first_best(scores: list[float]) -> int:
+    return int(np.argmax(scores))
+
+
+def question_outcomes(scores: list[float], n_values: int, gold: int | None, relevant: set[int], n_sources: int) -> dict:
+    """One question's outcomes from its candidate scores (reply_candidates' layout). relevant: the
+    0-based positions of the sources that hold the gold sentence. Always "refusal_score" (the
+    refusal's LL minus the best value's); for an answerable question also "answer" (1 when the gold
+    value beats every look-alike; a tie is wrong), "pool_hit", "retrieval_hit1", and with two
+    sources or more "rerank_hit1" and, when a relevant source is among them, "attribution"."""
+    parts = split_scores(scores, n_values, n_sources)
+    out = {"refusal_score": parts["refusal"] - max(parts["values"])}
+    if gold is None:
+        return out
+    values = parts["values"]
+    out["answer"] = int(all(values[gold] > x for j, x in enumerate(values) if j != gold))
+    out["pool_hit"] = int(bool(relevant))
+    out["retrieval_hit1"] = int(0 in relevant)
+    if n_sources:
+        out["rerank_hit1"] = int(first_best(parts["source"]) in relevant)
+        if relevant:
+            out["attribution"] = int(first_best(parts["cite"]) in relevant)
+    return out
+
+
+@dataclass
+class ScoredAt:
+    """One answer top-k scored by log-likelihood: per-question outcomes and scores."""
+
+    k: int
+    answer: dict  # qid -> 1 when the gold value outscores every look-alike (chance 1 / candidates)
+    chance: float
+    refusal_score: dict  # qid -> LL(refusal) - best value's LL, answerable and unanswerable questions
+    attribution: dict  # qid -> 1 when "gold [i]" is most likely for a source i holding the gold sentence
+    attribution_chance: float  # mean share of the sources that hold it, over the eligible questions
+    rerank_hit1: dict  # qid -> 1 when the most likely bare "[i]" is a relevant source
+    retrieval_hit1: dict  # qid -> 1 when the retrieval's own first chunk is relevant (same lists)
+    pool_hit: dict  # qid -> 1 when any of the k chunks is relevant
+    prompt_tokens: dict  # qid -> prompt tokens
+    seconds: float  # this top-k's share of the scoring time (shared prefixes prorated by prompt tokens)
+    n_unanswerable: int
+
+
+def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int]) -> dict[int, ScoredAt]:
+    """Retrieve each question's top max(ks) chunks (the configured method; a top-k is the first k of
+    them), then rank its candidate replies given the numbered chunks at every k, and for the
+    unanswerable questions at the chosen top-k only (ragft.scoring.rank_candidates). A question's
+    prompts at different k share their beginning (system prompt and its first chunks), so they are
+    scored in one call that computes that beginning once."""
+    from ..progress import progress
+    from ..scoring import rank_candidates
+
+    p, best_k = ch.params, ch.best_k
+    by_id = {q.qid: q for q in ch.kb.questions}
+    asked = answerable + unanswerable
+    ranked = ch.best.search([it.question for it in asked], max(ks), p.retrieval)
+    out = {k: ScoredAt(k, {}, 0.0, {}, {}, float("nan"), {}, {}, {}, {}, 0.0, 0) for k in ks}
+    chances, shares, seconds = {k: [] for k in ks}, {k: [] for k in ks}, 0.0
+    for it, hits_all in progress(list(zip(asked, ranked)), desc="scoring"):
+        values, gold = ch.kb.candidates(by_id[it.qid], k=3, seed=p.seed)
+        its_ks = ks if gold is not None else [best_k]
+        convs, cands, golds = [], [], []
+        for k in its_ks:
+            hits = hits_all[:k]
+            convs.append(rag.rag_messages(it.question, hits))
+            cands.append(reply_candidates(values, gold, len(hits)))
+            golds.append(gold if gold is not None else len(values))  # the refusal is right when nothing is
+        ranking = rank_candidates(ch.lm, convs, cands, golds, desc=it.qid)
+        seconds += ranking.seconds
+        for k, row, tokens in zip(its_ks, ranking.scores, ranking.prompt_tokens):
+            sc, hits = out[k], hits_all[:k]
+            n_src = len(hits) if gold is not None and len(hits) >= 2 else 0
+            sc.prompt_tokens[it.qid] = tokens
+            relevant = {i for i, h in enumerate(hits) if it.is_relevant(h.doc_id, h.text)}
+            got = question_outcomes(row, len(values), gold, relevant, n_src)
+            sc.refusal_score[it.qid] = got.pop("refusal_score")
+            if gold is None:
+                sc.n_unanswerable += 1
+                continue
+            chances[k].append(1 / len(values))
+            if "attribution" in got:
+                shares[k].append(len(relevant) / n_src)
+            for name, value in got.items():
+                getattr(sc, name)[it.qid] = value
+    all_tokens = sum(sum(sc.prompt_tokens.values()) for sc in out.values())
+    for k, sc in out.items():
+        sc.chance = float(np.mean(chances[k])) if chances[k] else float("nan")
+        sc.attribution_chance = float(np.mean(shares[k])) if shares[k] else float("nan")
+        sc.seconds = seconds * sum(sc.prompt_tokens.values()) / all_tokens  # the shared time, by prompt tokens
+    return out
+
+
+@dataclass
+class Scored:
+    by_k: dict  # answer top-k -> ScoredAt
+    best_k: int
+    table: pd.DataFrame  # one row per answer top-k: n, accuracy and its interval, chance, tokens, seconds
+    stated: list[StatedComparison]
+    detectors: pd.DataFrame  # refusal detectors: AUROC and recall at <= 5 % false refusals
+    pointwise_rerank_s: float  # what the pointwise yes/no reranker would cost a question here (estimate)
+
+    def glue(self) -> None:
+        glue("ll_k_list", ", ".join(f"top-{k}" for k in self.by_k))
+        glue("pointwise_rerank_s", self.pointwise_rerank_s)
+        for s in self.stated:
+            s.glue()
+
+
+def rate_row(name: str, outcomes: dict, chance: float, **extra) -> dict:
+    n, hits = len(outcomes), sum(outcomes.values())
+    lo, hi = wilson_interval(hits, n)
+    return {"condition": name, "n": n, "accuracy": hits / n if n else float("nan"), "lo": lo, "hi": hi,
+            "chance": chance, **extra}
+
+
+def scored_answers(ch: Chapter) -> Scored:
+    """The answers scored by candidate log-likelihood on n_scored_questions answerable questions at
+    every answer top-k (K9: the fewest chunks against the most), and at the chosen top-k also
+    attribution (which numbered source the gold answer is cited with), the listwise LL reranker
+    (R3: its first source against the retrieval's first) and the LL refusal score on
+    n_scored_unanswerable unanswerable questions (refusal as a detector)."""
+    p, run, best_k = ch.params, ch.run, ch.best_k
+    answerable = ch.items[:p.n_scored_questions]
+    unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_scored_unanswerable, p.seed))
+    ks = sorted(set(p.answer_top_ks) | {best_k})
+    rows = []
+    with run.stage("scored_answers"):
+        by_k = score_top_ks(ch, answerable, unanswerable, ks)
+        for k, sc in by_k.items():
+            if k == best_k:
+                run.record(f"scored top-{k} unanswerable refusal score", {q: v for q, v in sc.refusal_score.items()
+                                                                          if q not in sc.answer})
+            run.record(f"scored top-{k}", sc.answer, {q: (sc.prompt_tokens[q], 0) for q in sc.answer})
+            n = len(sc.answer)
+            rows.append(rate_row(f"top-{k}", sc.answer, sc.chance, top_k=k,
+                                 prompt_tokens=float(np.mean([sc.prompt_tokens[q] for q in sc.answer])),
+                                 s_per_question=sc.seconds / len(sc.prompt_tokens)))
+            run.metric(f"ll_top{k}_acc", rows[-1]["accuracy"], "rate", n=n)
+            run.metric(f"ll_top{k}_n", n, "exact")
+    table = pd.DataFrame(rows).set_index("condition")
+    main = by_k[best_k]
+    n = len(main.answer)
+    run.metric("rag_ll_acc", table.loc[f"top-{best_k}", "accuracy"], "rate", n=n)
+    run.metric("rag_ll_n", n, "exact")
+    run.metric("ll_chance", main.chance, "exact")
+    stated = []
+    if len(ks) > 1:
+        cmp = run.compare("K9-top-k", f"scored top-{ks[0]}", f"scored top-{ks[-1]}", expect="greater")
+        stated.append(StatedComparison("k9_comparison", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}"))
+    else:
+        stated.append(StatedComparison("k9_comparison", None,
+                                       missing=f"only top-{ks[0]} was scored, so there is nothing to compare"))
+    # citations and reranking need two sources or more: at the chosen top-k, else the largest scored
+    stated += _attribution_and_rerank(ch, main if best_k >= 2 else by_k[ks[-1]])
+    unans = sorted(q for q in main.refusal_score if q not in main.answer)
+    detectors = refusal_detectors(run, {"LL refusal score": (
+        "refusal_ll", [main.refusal_score[q] for q in unans], [main.refusal_score[q] for q in main.answer])})
+    # the pointwise yes/no reranker this chapter used before reads one (question, chunk) prompt per
+    # pool candidate, about a top-1 prompt each: its cost at this run's prefill speed
+    fewest = by_k[ks[0]]
+    per_chunk_s = fewest.seconds / len(fewest.prompt_tokens) / ks[0]
+    pointwise = run.metric("pointwise_rerank_s_per_query_est", POINTWISE_POOL * per_chunk_s, "machine")
+    return Scored(by_k, best_k, table, stated, detectors, pointwise)
+
+
+POINTWISE_POOL = 8  # the pool the pointwise LM reranker reordered in the published runs before
+
+
+def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedComparison]:
+    run, k = ch.run, main.k
+    out = []
+    if main.attribution:
+        run.record(f"attribution top-{k}", main.attribution)
+        n = len(main.attribution)
+        acc = sum(main.attribution.values()) / n
+        lo, hi = wilson_interval(sum(main.attribution.values()), n)
+        run.metric("attribution_accuracy", acc, "rate", n=n)
+        run.metric("attribution_n", n, "exact")
+        run.metric("attribution_chance", main.attribution_chance, "derived", tol=rate_tolerance(n))
+        glue("attribution_lo", lo)
+        glue("attribution_hi", hi)
+    if main.rerank_hit1:
+        method = ch.params.retrieval
+        name, base = f"LL rerank of {method} top-{k} hit@1", f"{method} top-{k} hit@1 (scored questions)"
+        run.record(name, main.rerank_hit1)
+        run.record(base, main.retrieval_hit1)
+        n = len(main.rerank_hit1)
+        run.metric("rerank_recall_at_1", sum(main.rerank_hit1.values()) / n, "rate", n=n)
+        run.metric("rerank_subset_hybrid_recall_at_1", sum(main.retrieval_hit1.values()) / n, "rate", n=n)
+        # the reranked list is the same k chunks in another order: its recall@5 is the pool's recall@k
+        run.metric("rerank_recall_at_5", sum(main.pool_hit.values()) / n, "rate", n=n)
+        run.metric("rerank_n", n, "exact")
+        run.metric("rerank_ms_per_query", 1000 * main.seconds / len(main.prompt_tokens), "machine")
+        cmp = run.compare("R3-rerank", name, base, expect="greater")
+        out.append(StatedComparison("rerank_comparison", cmp, "the LL reranker's first chunk",
+                                    f"the {ch.params.retrieval} ranking's first, on the same questions"))
+    else:
+        out.append(StatedComparison("rerank_comparison", None,
+                                    missing=f"the chosen top-k is {k}: one source leaves nothing to rerank"))
+    return out
+
+
+def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
+    """Refusal as a detector, unanswerable questions the positives: {name: (metric key, scores of
+    unanswerable questions, scores of answerable ones)}, a higher score meaning "refuse". Each gets
+    its AUROC and its refusal recall at <= 5 % false refusals (with a Wilson interval), as metrics."""
+    from ..stats import auroc, recall_at_fpr
+
+    rows = []
+    for name, (key, pos, neg) in detectors.items():
+        if not pos or not neg:
+            continue
+        area = auroc(pos, neg)
+        recall, _ = recall_at_fpr(pos, neg, 0.05)
+        lo, hi = wilson_interval(recall * len(pos), len(pos))
+        run.metric(f"{key}_auroc", area, "derived", tol=rate_tolerance(min(len(pos), len(neg))))
+        run.metric(f"{key}_recall_at_5pct_fpr", recall, "rate", n=len(pos))
+        run.metric(f"{key}_n_unanswerable", len(pos), "exact")
+        run.metric(f"{key}_n_answerable", len(neg), "exact")
+        rows.append({"detector": name, "unanswerable": len(pos), "answerable": len(neg), "AUROC": area,
+                     "recall at <= 5 % false refusals": recall, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows).set_index("detector") if rows else pd.DataFrame()
+
+
+def detectors_styled(*tables: pd.DataFrame):
+    t = pd.concat([x for x in tables if len(x)])
+    return t.style.format({"AUROC": "{:.2f}", "recall at <= 5 % false refusals": "{:.0%}", "lo": "{:.0%}",
+                           "hi": "{:.0%}"})
+
+
+def scored_table(sc: Scored) -> pd.DataFrame:
+    t = sc.table.copy()
+    return t.style.format({"accuracy": "{:.1%}", "lo": "{:.0%}", "hi": "{:.0%}", "chance": "{:.0%}",
+                           "prompt_tokens": "{:.0f}", "s_per_question": "{:.2f} s"})
+
+
+def scored_plot(sc: Scored):
+    """LL accuracy by answer top-k with Wilson error bars, and chance."""
+    import matplotlib.pyplot as plt
+
+    t = sc.table
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    ax.errorbar(t.prompt_tokens, t.accuracy, yerr=[t.accuracy - t.lo, t.hi - t.accuracy], fmt="o-", capsize=3,
+                label="gold value ranked first (log-likelihood)")
+    ax.axhline(t.chance.iloc[0], color="grey", ls=":", label="chance")
+    for name, r in t.iterrows():
+        ax.annotate(name, (r.prompt_tokens, r.accuracy), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set(xlabel="prompt tokens per question", ylabel="share of questions", ylim=(0, 1.05),
+           title="Reading the retrieved chunks, scored by log-likelihood")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,18 +639,17 @@ class Answers:
     rows: list[dict]  # ragft.metrics.condition_row, one per answer top-k
     table: pd.DataFrame
     n_unanswerable: int
-    stated: StatedComparison
 
     def glue(self, retrieval: str) -> None:
         glue("retrieval_method", retrieval)
         glue("n_unanswerable_answered", self.n_unanswerable)
-        self.stated.glue()
 
 
 def answers(ch: Chapter) -> Answers:
-    """Cited answers at every answer top-k (and the chosen one) with the configured retrieval method;
-    the unanswerable questions at the chosen top-k only. States K9: the fewest chunks against the
-    most, on the same answerable questions."""
+    """Generated cited answers, the format view, on a small subset: n_answer_questions answerable
+    questions at every answer top-k (and the chosen one) with the configured retrieval method, and
+    n_unanswerable unanswerable ones at the chosen top-k. The claims are decided on the scored
+    answers (scored_answers); these rates carry their intervals and no paired verdict."""
     p, run, best_k = ch.params, ch.run, ch.best_k
     answer_items = ch.items[:p.n_answer_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_unanswerable, p.seed))
@@ -392,12 +671,7 @@ def answers(ch: Chapter) -> Answers:
             record(run, f"citation top-{k}", citation_outcomes(asked, ranked, texts))
     table = pd.DataFrame(rows).set_index("condition")
     _answer_metrics(ch, table, len(answer_items), len(unanswerable))
-    if len(ks) > 1:
-        cmp = run.compare("K9-top-k", f"answer top-{ks[0]}", f"answer top-{ks[-1]}", expect="greater")
-        stated = StatedComparison("k9_comparison", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}")
-    else:
-        stated = StatedComparison("k9_comparison", None, missing=f"only top-{ks[0]} was answered, so there is nothing to compare")
-    return Answers(rows, table, len(unanswerable), stated)
+    return Answers(rows, table, len(unanswerable))
 
 
 def _answer_metrics(ch: Chapter, table: pd.DataFrame, n: int, n_unanswerable: int) -> None:
@@ -455,6 +729,7 @@ class Refusal:
     offtopic: pd.DataFrame | None  # the same for off-topic questions, when NQ is available
     n_answerable: int
     n_near_miss: int
+    detectors: pd.DataFrame  # the top similarity as a refusal detector: AUROC, recall at <= 5 % false refusals
 
     def glue(self, run: ChapterRun) -> None:
         m = run.metrics
@@ -496,13 +771,15 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     run.metric("refusal_recall_at_best", sweep.loc[best_t, "refusal_recall"], "rate", n=n_u)
     run.metric("answerable_refused_at_best", sweep.loc[best_t, "answerable_refused"], "rate", n=n_a)
     run.metric("refusal_near_miss_n", n_u, "exact")
+    detectors = refusal_detectors(run, {"top retrieval similarity (negated)": (
+        "refusal_sim", [-x for x in near_sim], [-x for x in answerable_sim])})
     offtopic = None
     if ch.nq:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
         run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1.max(), "derived",
                    tol=rate_tolerance(n_a) + rate_tolerance(len(offtopic_sim)))
-    return Refusal(sweep, offtopic, n_a, n_u)
+    return Refusal(sweep, offtopic, n_a, n_u, detectors)
 
 
 def refusal_plot(ref: Refusal):
@@ -790,8 +1067,8 @@ def own_documents(ch: Chapter) -> OwnDocuments:
 # Saving
 
 
-def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods, ans: Answers, ref: Refusal,
-           lat: Latency, sc: Scale, real: RealData):
+def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
+           ref: Refusal, lat: Latency, sc: Scale, real: RealData):
     """The model size, the tables, every metric glued, and the results file written."""
     from ..results import glue_metrics
 
@@ -799,6 +1076,8 @@ def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods
     run.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
     run.tables.update(ingest=ingest_table.reset_index().to_dict("records"), grid=grid.table.reset_index().to_dict("records"),
                       methods=methods.table.reset_index().to_dict("records"), answers=ans.rows,
+                      scored=scored.table.reset_index().to_dict("records"),
+                      refusal_detectors=pd.concat([scored.detectors, ref.detectors]).reset_index().to_dict("records"),
                       refusal=ref.sweep.reset_index().to_dict("records"), latency=lat.summary, scale=sc.rows,
                       ef_search=sc.ef_rows, real_data=real.table.reset_index().to_dict("records"))
     glue_metrics(run.metrics)

@@ -1,5 +1,6 @@
 """Retrieval over a ChunkStore: dense, BM25 keywords, their reciprocal-rank fusion, a similarity
-threshold for "no relevant information", and a reranker built from the local LM.
+threshold for "no relevant information". (Reranking is scored in chapter 2 by the LM's log-likelihood of
+each numbered source, in the same prefill that scores the answer: ragft.experiments.ch02_rag.)
 
 Every method takes a batch of questions and returns, per question, a list of Hits best first, so
 the chapter's experiments and a single live query use the same code.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..prompts import RERANK_SYSTEM
 from .store import ChunkStore, Hit, bare_encoder
 
 RRF_K = 60  # the constant of Cormack et al. (2009); ranks matter, raw scores of the two systems do not
@@ -92,46 +92,3 @@ def above_threshold(hits: list[Hit], threshold: float) -> list[Hit]:
     """The hits, or none when even the best dense similarity is under the threshold: the caller then
     answers that it has no relevant information instead of asking the model."""
     return hits if hits and hits[0].score >= threshold else []
-
-
-# ---------------------------------------------------------------------------------------------
-# Reranking with the LM's own judgement
-
-
-
-
-class LMReranker:
-    """Pointwise reranking: the LM reads (question, chunk) and the score is log P(yes) - log P(no)
-    for its first reply token. No cross-encoder weights ship offline; any chat LM in the registry
-    can do this, at the price of one prefill per candidate."""
-
-    def __init__(self, lm, batch_size: int = 8):
-        self.lm, self.batch_size = lm, batch_size
-        tok = lm.tokenizer
-        self.yes = [tok.encode(w, add_special_tokens=False)[0] for w in ("yes", "Yes")]
-        self.no = [tok.encode(w, add_special_tokens=False)[0] for w in ("no", "No")]
-
-    def prompt(self, question: str, text: str) -> str:
-        messages = [{"role": "system", "content": RERANK_SYSTEM},
-                    {"role": "user", "content": f"Question: {question}\n\nDocument: {text}\n\n"
-                                                "Does the document answer the question?"}]
-        return self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def scores(self, question: str, hits: list[Hit]) -> list[float]:
-        import torch
-
-        tok, model = self.lm.tokenizer, self.lm.model
-        out = []
-        for i in range(0, len(hits), self.batch_size):
-            batch = [self.prompt(question, h.text) for h in hits[i:i + self.batch_size]]
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.lm.device)
-            with torch.inference_mode():
-                logits = model(**enc).logits[:, -1, :].float().log_softmax(-1)  # left padding: last = next token
-            yes = torch.logsumexp(logits[:, self.yes], -1)
-            no = torch.logsumexp(logits[:, self.no], -1)
-            out += (yes - no).tolist()
-        return out
-
-    def rerank(self, question: str, hits: list[Hit], k: int) -> list[Hit]:
-        scored = zip(self.scores(question, hits), range(len(hits)), hits)
-        return [Hit(**{**vars(h), "score": s}) for s, _, h in sorted(scored, key=lambda x: (-x[0], x[1]))][:k]
