@@ -181,15 +181,20 @@ class RagParams(Answering):
 class FinetuneParams(Answering):
     """Chapter 3: fine-tuning with LoRA, QLoRA and full fine-tuning."""
 
-    n_facts: int = param(16, "single-fact questions fine-tuned closed book (DSF)", bounds=(1, 10_000))
-    paraphrase_counts: list = param([1, 3], "training paraphrases per fact (K5)")
-    dsf_epochs: int = param(4, "epochs of closed-book fine-tuning on the facts", bounds=(1, 100))
+    n_facts: int = param(16, "test facts fine-tuned closed book (DSF) and asked with RAG", bounds=(1, 10_000))
+    n_val_facts: int = param(16, "validation facts for the learning-rate sweep, never test facts", bounds=(1, 10_000))
+    paraphrase_counts: list = param([1, 3], "training paraphrases per fact (K5); fewer get more epochs, same steps")
+    dsf_epochs: int = param(4, "epochs of closed-book fine-tuning on the most paraphrases", bounds=(1, 100))
     lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
     lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
-    lora_lr: float = param(3e-3, "LoRA and QLoRA")
-    full_lr: float = param(1e-4, "full fine-tuning moves every weight: a smaller step")
+    lora_lr: float = param(3e-3, "LoRA and QLoRA: the middle of their sweep")
+    full_lr: float = param(1e-4, "full fine-tuning: the middle of its sweep")
+    lr_factors: list = param([0.3, 1.0, 3.0], "the sweep tries each middle learning rate times these")
+    sweep_methods: list = param(["lora", "full"], "methods with a sweep of their own; the others take LoRA's choice")
     train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
+    n_method_facts: int = param(16, "test facts the methods are compared on (T1-T3, K7): the first test facts", bounds=(1, 10_000))
+    n_format_facts: int = param(8, "test facts also answered by generation, to show the answers' form", bounds=(1, 10_000))
     rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)", bounds=(1, 50))
     n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
     structured_sizes: list = param([10, 25, 50], "training examples (T4), one fine-tune each", bounds=(1, 100_000))
@@ -206,6 +211,14 @@ class FinetuneParams(Answering):
         allowed = ["lora", "lora-attention", "qlora", "full"]
         check(isinstance(self.methods, list) and "lora" in self.methods and set(self.methods) <= set(allowed),
               "methods", self.methods, f"use a list from {allowed} that includes lora")
+        check(isinstance(self.sweep_methods, list) and "lora" in self.sweep_methods
+              and set(self.sweep_methods) <= set(self.methods), "sweep_methods", self.sweep_methods,
+              f"use a list from methods {self.methods} that includes lora")
+        check(isinstance(self.lr_factors, list) and len(self.lr_factors) >= 1, "lr_factors", self.lr_factors,
+              "use a non-empty list of positive factors")
+        for f in self.lr_factors:
+            check(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 and 0 < f * max(self.lora_lr, self.full_lr) < 1,
+                  "lr_factors", self.lr_factors, "every factor times lora_lr and full_lr must stay a learning rate in (0, 1)")
 
 
 @dataclass

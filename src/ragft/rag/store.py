@@ -3,17 +3,25 @@
 documents -> LlamaIndex SentenceSplitter (chunk size counted in the embedder's own tokens, so a chunk
 never silently exceeds what the embedder reads) -> MiniLM embeddings -> a Chroma collection.
 
-Chunk ids are stable: `<doc_id>#<content hash>#<chunk number>`. Ingestion compares each document's
-hash with what the collection holds: unchanged documents cost nothing, a changed document's old
-chunks are deleted before its new ones go in, and documents that left the corpus are deleted. The
-collection lives on disk (`PersistentClient`) or on a Chroma server (`HttpClient`, when a host is
-given); the code is the same.
+The store holds exactly its documents. Chunk ids are stable: `<doc_id>#<content hash>#<chunk number>`.
+Next to the chunks, a manifest collection (`<name>-manifest`) holds one record per document: its content
+hash, the hash of its text and the ids of the chunks written. A document's record is written only after
+all its chunks are in, and removed before its chunks are, so a write cut short (a crash, a kill) leaves a
+document whose chunks do not match its manifest: `check()` lists them and the next `ingest` or `upsert`
+writes them again ("repaired"). Unchanged documents cost nothing, a changed one's old chunks are deleted
+before its new ones go in, documents that left the corpus are deleted. `ingest(fresh=True)` empties the
+collection first, so its seconds always measure the same work. The collection lives on disk
+(`PersistentClient`) or on a Chroma server (`HttpClient`, when a host is given); the code is the same.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import models
@@ -21,6 +29,8 @@ from .sources import Source
 
 DOC_ID, HASH = "doc_id", "doc_hash"  # metadata keys this module relies on
 MAX_BATCH = 5000  # Chroma rejects larger writes (its limit is 5,461 here)
+MANIFEST = "-manifest"  # the manifest collection's name is the store's name plus this
+NAME = re.compile(rf"[a-zA-Z0-9][a-zA-Z0-9._-]{{1,{510 - len(MANIFEST)}}}[a-zA-Z0-9]")  # Chroma's rule, less the suffix
 
 
 def load_embedder(name: str = "minilm", device: str = "cpu", batch_size: int = 64):
@@ -51,57 +61,110 @@ class Hit:
     score: float  # cosine similarity for dense hits; the fused or reranked score otherwise
 
 
+OUTCOMES = ("added", "replaced", "repaired", "unchanged", "kept", "deleted")
+
+
 @dataclass
 class IngestReport:
-    docs_added: int = 0
-    docs_updated: int = 0
-    docs_unchanged: int = 0
-    docs_deleted: int = 0
-    chunks_added: int = 0
-    chunks_deleted: int = 0
+    """What one call did, per document and in chunks.
+
+    docs: doc id -> outcome: added, replaced (its content changed), repaired (its stored chunks did not
+    match its manifest: an interrupted write), unchanged, kept (not in the sources, protected by `keep`)
+    or deleted. chunks: outcome -> chunks written (added, replaced, repaired), left as they were
+    (unchanged, kept) or removed (deleted: removed documents, old versions and broken remains).
+    Seconds and chunks_per_s describe the same work on every run only when `fresh` (an emptied collection).
+    """
+
+    docs: dict = field(default_factory=dict)
+    chunks: Counter = field(default_factory=Counter)
+    fresh: bool = False
     seconds: float = 0.0
     embed_seconds: float = 0.0  # of which computing embeddings
 
+    def n_docs(self, outcome: str) -> int:
+        return sum(o == outcome for o in self.docs.values())
+
+    docs_added = property(lambda self: self.n_docs("added"))
+    docs_replaced = property(lambda self: self.n_docs("replaced"))
+    docs_updated = docs_replaced  # the name before repairs were told apart
+    docs_repaired = property(lambda self: self.n_docs("repaired"))
+    docs_unchanged = property(lambda self: self.n_docs("unchanged"))
+    docs_kept = property(lambda self: self.n_docs("kept"))
+    docs_deleted = property(lambda self: self.n_docs("deleted"))
+    chunks_added = property(lambda self: self.chunks["added"])
+    chunks_replaced = property(lambda self: self.chunks["replaced"])
+    chunks_repaired = property(lambda self: self.chunks["repaired"])
+    chunks_unchanged = property(lambda self: self.chunks["unchanged"] + self.chunks["kept"])
+    chunks_deleted = property(lambda self: self.chunks["deleted"])
+
+    @property
+    def chunks_written(self) -> int:
+        return self.chunks["added"] + self.chunks["replaced"] + self.chunks["repaired"]
+
     @property
     def chunks_per_s(self) -> float:
-        return self.chunks_added / self.seconds if self.seconds else float("nan")
+        """Chunks written per second; NaN when nothing was written (a re-run that found everything in place)."""
+        return self.chunks_written / self.seconds if self.chunks_written and self.seconds else float("nan")
+
+    def row(self) -> dict:
+        """One flat row for a table: documents and chunks by outcome, seconds, throughput."""
+        return {**{f"docs_{o}": self.n_docs(o) for o in OUTCOMES}, **{f"chunks_{o}": self.chunks[o] for o in OUTCOMES},
+                "chunks_written": self.chunks_written, "fresh": self.fresh, "seconds": self.seconds,
+                "embed_seconds": self.embed_seconds, "chunks_per_s": self.chunks_per_s}
 
 
 class ChunkStore:
-    """One Chroma collection of embedded chunks, for one chunking setting.
+    """One Chroma collection of embedded chunks, for one chunking setting, and its manifest.
 
     path: a folder for a local PersistentClient; host (and port): a Chroma server instead.
     The chunking setting is written into the collection's metadata, and reopening a collection with
     another setting is refused: mixing chunk sizes in one collection would corrupt every measurement.
+    write_batch: chunks per write call (Chroma's limit is about 5,461).
     """
 
     def __init__(self, name: str, *, path: str | Path | None = None, host: str | None = None, port: int = 8000,
-                 embed_model=None, chunk_size: int = 256, chunk_overlap: int = 32, hnsw: dict | None = None):
+                 embed_model=None, chunk_size: int = 256, chunk_overlap: int = 32, hnsw: dict | None = None,
+                 write_batch: int = MAX_BATCH):
         import chromadb
 
-        if not 3 <= len(name) <= 512:
-            raise ValueError(f"collection name {name!r}: Chroma needs 3-512 characters")
+        if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
+            raise ValueError(f"name={name!r}: a collection name needs 3-{512 - len(MANIFEST)} characters from "
+                             f"a-z A-Z 0-9 . _ -, starting and ending with a letter or digit (Chroma allows "
+                             f"3-512; the store adds {MANIFEST!r} for its manifest)")
+        _whole("chunk_size", chunk_size, 1)
+        _whole("chunk_overlap", chunk_overlap, 0)
+        _whole("write_batch", write_batch, 1, MAX_BATCH)
         if chunk_overlap >= chunk_size:
             raise ValueError(f"chunk_overlap={chunk_overlap} must be smaller than chunk_size={chunk_size}")
-        self._open_args = dict(name=name, path=path, host=host, port=port, embed_model=embed_model,
-                               chunk_size=chunk_size, chunk_overlap=chunk_overlap, hnsw=hnsw)
+        if hnsw is not None and not isinstance(hnsw, dict):
+            raise ValueError(f"hnsw={hnsw!r}: give a dict of Chroma HNSW settings (say {{'ef_search': 100}}) or None")
+        if (path is None) == (not host):
+            raise ValueError(f"path={path!r}, host={host!r}: give a folder (path=...) for a local store "
+                             "or a host for a Chroma server, one of the two")
         if host:
+            _whole("port", port, 1, 65535)
             self.client = chromadb.HttpClient(host=host, port=port)
-        elif path is not None:
-            self.client = chromadb.PersistentClient(path=str(path))
         else:
-            raise ValueError("give a folder (path=...) for a local store or a host for a Chroma server")
-        self.embed_model = embed_model
+            self.client = chromadb.PersistentClient(path=str(path))
+        self._open_args = dict(name=name, path=path, host=host, port=port, embed_model=embed_model, chunk_size=chunk_size,
+                               chunk_overlap=chunk_overlap, hnsw=hnsw, write_batch=write_batch)
+        self.name, self.embed_model, self.write_batch = name, embed_model, write_batch
         self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
-        setting = {"chunk_size": chunk_size, "chunk_overlap": chunk_overlap,
-                   "embedder": getattr(embed_model, "model_name", "none")}
+        self._open()
+
+    def _open(self) -> None:
+        args = self._open_args
+        setting = {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
+                   "embedder": getattr(self.embed_model, "model_name", "none")}
         self.collection = self.client.get_or_create_collection(
-            name, embedding_function=None,  # Chroma's default would download a model
-            metadata=setting, configuration={"hnsw": {"space": "cosine", **(hnsw or {})}})
+            self.name, embedding_function=None,  # Chroma's default would download a model
+            metadata=setting, configuration={"hnsw": {"space": "cosine", **(args["hnsw"] or {})}})
         stored = {k: self.collection.metadata.get(k) for k in setting} if self.collection.metadata else setting
         if stored != setting:
-            raise ValueError(f"collection {name!r} was built with {stored}, not {setting}: "
+            raise ValueError(f"collection {self.name!r} was built with {stored}, not {setting}: "
                              "use another collection name (or delete it) for another chunking setting")
+        # one record per document, with a one-number placeholder vector (Chroma stores no record without one)
+        self.manifest = self.client.get_or_create_collection(self.name + MANIFEST, embedding_function=None)
 
     def reopen(self) -> "ChunkStore":
         """A fresh client on the same collection, as a new process would see it (Chroma shares one
@@ -111,39 +174,67 @@ class ChunkStore:
         SharedSystemClient.clear_system_cache()
         return ChunkStore(**self._open_args)
 
-    # -- ingestion ------------------------------------------------------------------------------
+    def clear(self) -> None:
+        """Delete every chunk and manifest record (the collection is dropped and created again)."""
+        for name in (self.name, self.name + MANIFEST):
+            self.client.delete_collection(name)
+        self._open()
+
+    # -- what is stored -------------------------------------------------------------------------
 
     def count(self) -> int:
         return self.collection.count()
 
-    def doc_hashes(self) -> dict[str, set[str]]:
-        """doc_id -> the content hashes of its chunks in the collection."""
+    def chunk_ids(self, doc_id: str | None = None) -> list[str]:
+        """The ids of the stored chunks (of one document when doc_id is given), sorted."""
+        if doc_id is None:
+            return sorted(c for ids in self._stored().values() for c in ids)
+        return sorted(self.collection.get(where={DOC_ID: _doc_id("doc_id", doc_id)}, include=[])["ids"])
+
+    def documents(self) -> dict[str, str]:
+        """doc_id -> content hash, for every document stored whole (its chunks match its manifest)."""
+        stored = self._stored()
+        return {d: m["doc_hash"] for d, m in self._manifests().items() if not _problem(m, stored.get(d, set()))}
+
+    def check(self) -> dict[str, str]:
+        """doc_id -> what is wrong, for every document whose stored chunks do not match its manifest
+        (an interrupted write). Empty when the store holds exactly its documents."""
+        stored, manifests = self._stored(), self._manifests()
+        problems = {d: _problem(manifests.get(d), stored.get(d, set())) for d in sorted(set(stored) | set(manifests))}
+        return {d: p for d, p in problems.items() if p}
+
+    def _stored(self) -> dict[str, set[str]]:
+        """doc_id -> the ids of its chunks in the collection."""
         out: dict[str, set[str]] = {}
-        total, offset = self.count(), 0
-        while offset < total:
-            got = self.collection.get(include=["metadatas"], limit=MAX_BATCH, offset=offset)
-            for meta in got["metadatas"]:
-                out.setdefault(meta[DOC_ID], set()).add(meta[HASH])
-            offset += MAX_BATCH
+        for got in _pages(self.collection):
+            for cid, meta in zip(got["ids"], got["metadatas"]):
+                out.setdefault((meta or {}).get(DOC_ID, ""), set()).add(cid)
         return out
+
+    def _manifests(self) -> dict[str, dict]:
+        """doc_id -> its manifest record: doc_hash, text_hash, chunk_ids (a set)."""
+        return {d: {**meta, "chunk_ids": set(json.loads(meta["chunk_ids"]))}
+                for got in _pages(self.manifest) for d, meta in zip(got["ids"], got["metadatas"])}
+
+    # -- writing --------------------------------------------------------------------------------
 
     def split(self, sources: list[Source]):
         """LlamaIndex nodes with stable ids and the metadata filters use (doc id, title, version, kind)."""
         from llama_index.core import Document
         from llama_index.core.node_parser import SentenceSplitter
 
+        # stable ids, given by the splitter so the chunks' previous/next links name them too
         splitter = SentenceSplitter(chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap,
-                                    tokenizer=token_counter(self.embed_model))
+                                    tokenizer=token_counter(self.embed_model),
+                                    id_func=lambda i, doc: f"{doc.id_}#{doc.metadata[HASH]}#{i:04d}")
         nodes = []
-        for s in sources:
+        for s in _sources(sources):
             meta = {DOC_ID: s.doc_id, "title": s.title, "version": s.version, "kind": s.kind, HASH: s.content_hash}
             doc = Document(text=s.text, id_=s.doc_id, metadata=meta,
                            # the title helps the embedding; ids and hashes would only add noise
                            excluded_embed_metadata_keys=[DOC_ID, "version", "kind", HASH],
                            excluded_llm_metadata_keys=[DOC_ID, "version", "kind", HASH])
-            for i, node in enumerate(splitter.get_nodes_from_documents([doc])):
-                node.id_ = f"{s.doc_id}#{s.content_hash}#{i:04d}"
-                nodes.append(node)
+            nodes += splitter.get_nodes_from_documents([doc])
         return nodes
 
     def embed_texts(self, sources: list[Source]) -> list[str]:
@@ -152,39 +243,75 @@ class ChunkStore:
 
         return [n.get_content(metadata_mode=MetadataMode.EMBED) for n in self.split(sources)]
 
-    def ingest(self, sources: list[Source], keep: set[str] = frozenset(), prune: bool = True) -> IngestReport:
-        """Bring the collection in line with `sources`.
+    def ingest(self, sources: list[Source], keep=frozenset(), prune: bool = True, fresh: bool = False) -> IngestReport:
+        """Bring the collection in line with `sources`: afterwards it holds exactly their chunks.
 
         keep: doc ids to leave alone although they are not in `sources` (say, files that could not
-        be read this time: a bad file must not delete what was indexed from it before).
+        be read this time: a bad file must not delete what was indexed from it before). A kept
+        document is deleted all the same when it is not stored whole or when its text is that of one
+        of `sources` (a duplicate file is never indexed twice).
         prune: delete documents that are neither in `sources` nor in `keep`.
+        fresh: empty the collection first, so that seconds and chunks_per_s measure the whole ingest
+        (the same work on every run, whatever a server or an earlier run left).
         """
+        keep = _doc_ids("keep", keep)
+        for arg, value in (("prune", prune), ("fresh", fresh)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{arg}={value!r}: give True or False")
+        return self._sync(_sources(sources), keep, prune, fresh)
+
+    def upsert(self, sources: list[Source]) -> IngestReport:
+        """Add these documents or replace their chunks (repairing broken ones); others are left alone.
+        Idempotent: a second call with the same sources finds them unchanged."""
+        return self._sync(_sources(sources), set(), prune=False, fresh=False)
+
+    def delete(self, doc_ids) -> IngestReport:
+        """Delete these documents (manifest first, then chunks); ids not stored are ignored, so a
+        second call does nothing."""
+        doc_ids = _doc_ids("doc_ids", doc_ids)
+        start, report = time.perf_counter(), IngestReport()
+        stored, manifests = self._stored(), self._manifests()
+        gone = [d for d in sorted(doc_ids) if d in stored or d in manifests]
+        report.chunks["deleted"] = self._remove(gone, stored)
+        report.docs.update(dict.fromkeys(gone, "deleted"))
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _sync(self, sources: list[Source], keep: set[str], prune: bool, fresh: bool) -> IngestReport:
         from llama_index.core.schema import MetadataMode
 
         if self.embed_model is None:
             raise ValueError("this store was opened without an embedder: pass embed_model to ingest documents")
-        ids = [s.doc_id for s in sources]
-        if len(set(ids)) != len(ids):
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            raise ValueError(f"duplicate document ids: {dupes[:5]}")
-        start, report = time.perf_counter(), IngestReport()
-        existing = self.doc_hashes()
-        todo = []
+        if fresh:
+            self.clear()
+        start, report = time.perf_counter(), IngestReport(fresh=fresh)
+        stored, manifests = self._stored(), self._manifests()
+        todo, remove = [], []
         for s in sources:
-            hashes = existing.get(s.doc_id)
-            if hashes == {s.content_hash}:
-                report.docs_unchanged += 1
-                continue
-            if hashes:
-                report.docs_updated += 1
-                report.chunks_deleted += self._delete_doc(s.doc_id)
+            m, ids = manifests.get(s.doc_id), stored.get(s.doc_id, set())
+            if m is None and not ids:
+                outcome = "added"
+            elif _problem(m, ids):
+                outcome = "repaired"
+            elif m["doc_hash"] != s.content_hash:
+                outcome = "replaced"
             else:
-                report.docs_added += 1
+                report.docs[s.doc_id], report.chunks["unchanged"] = "unchanged", report.chunks["unchanged"] + len(ids)
+                continue
+            report.docs[s.doc_id] = outcome
             todo.append(s)
+            if ids or m:
+                remove.append(s.doc_id)
         if prune:
-            for doc_id in sorted(set(existing) - set(ids) - set(keep)):
-                report.docs_deleted += 1
-                report.chunks_deleted += self._delete_doc(doc_id)
+            given, texts = {s.doc_id for s in sources}, {_text_hash(s.text) for s in sources}
+            for doc_id in sorted((set(stored) | set(manifests)) - given):
+                m, ids = manifests.get(doc_id), stored.get(doc_id, set())
+                if doc_id in keep and not _problem(m, ids) and m.get("text_hash") not in texts:
+                    report.docs[doc_id], report.chunks["kept"] = "kept", report.chunks["kept"] + len(ids)
+                else:
+                    report.docs[doc_id] = "deleted"
+                    remove.append(doc_id)
+        report.chunks["deleted"] = self._remove(remove, stored)
         nodes = self.split(todo)
         t = time.perf_counter()
         texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
@@ -192,27 +319,55 @@ class ChunkStore:
         report.embed_seconds = time.perf_counter() - t
         for node, vector in zip(nodes, vectors):
             node.embedding = vector
-        self._add_nodes(nodes)
-        report.chunks_added = len(nodes)
+            report.chunks[report.docs[node.metadata[DOC_ID]]] += 1
+        self._write(todo, nodes)
         report.seconds = time.perf_counter() - start
         return report
 
-    def _add_nodes(self, nodes) -> None:
+    def _write(self, sources: list[Source], nodes) -> None:
+        """The chunks in batches of write_batch; each document's manifest record right after the batch
+        that holds its last chunk (never before all its chunks are in)."""
+        ids: dict[str, list[str]] = {s.doc_id: [] for s in sources}
+        for node in nodes:
+            ids[node.metadata[DOC_ID]].append(node.id_)
+        ends, done = [], 0  # (position after a document's last chunk, the document), in node order
+        for s in sources:
+            done += len(ids[s.doc_id])
+            ends.append((done, s))
+
+        def commit(upto: int) -> None:
+            ready = [s for end, s in ends if end <= upto]
+            del ends[:len(ready)]
+            for part in _batches(ready):
+                self.manifest.upsert(ids=[s.doc_id for s in part], embeddings=[[0.0]] * len(part), metadatas=[
+                    {"doc_hash": s.content_hash, "text_hash": _text_hash(s.text), "chunk_ids": json.dumps(ids[s.doc_id])}
+                    for s in part])
+
+        commit(0)  # documents without a chunk
+        for i in range(0, len(nodes), self.write_batch):
+            self._write_batch(nodes[i:i + self.write_batch])
+            commit(i + self.write_batch)
+
+    def _write_batch(self, nodes) -> None:
         """Through LlamaIndex's Chroma store (which keeps the node in the metadata, so LlamaIndex can
-        read the collection back), in batches: its own batch limit is above Chroma's."""
+        read the collection back)."""
         from llama_index.vector_stores.chroma import ChromaVectorStore
 
-        store = ChromaVectorStore(chroma_collection=self.collection)
-        for i in range(0, len(nodes), MAX_BATCH):
-            store.add(nodes[i:i + MAX_BATCH])
+        ChromaVectorStore(chroma_collection=self.collection).add(nodes)
 
-    def _delete_doc(self, doc_id: str) -> int:
-        n = len(self.collection.get(where={DOC_ID: doc_id}, include=[])["ids"])
-        self.collection.delete(where={DOC_ID: doc_id})
-        return n
+    def _remove(self, doc_ids: list[str], stored: dict[str, set[str]]) -> int:
+        """Delete documents: their manifest records first, then their chunks. Returns chunks deleted."""
+        for part in _batches(doc_ids):
+            self.manifest.delete(ids=part)
+        chunk_ids = [c for d in doc_ids for c in sorted(stored.get(d, ()))]
+        for part in _batches(chunk_ids):
+            self.collection.delete(ids=part)
+        return len(chunk_ids)
 
     def add_vectors(self, ids: list[str], vectors, doc_id: str = "filler") -> float:
         """Add precomputed vectors (the scale benchmark's fillers); returns the seconds it took."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"ids and vectors must have the same length, not {len(ids)} and {len(vectors)}")
         start = time.perf_counter()
         for i in range(0, len(ids), MAX_BATCH):
             n = len(ids[i:i + MAX_BATCH])
@@ -224,6 +379,7 @@ class ChunkStore:
 
     def search(self, query_vectors, k: int, where: dict | None = None) -> list[list[Hit]]:
         """Nearest chunks for each query vector (cosine similarity, best first)."""
+        _whole("k", k, 1)
         got = self.collection.query(query_embeddings=query_vectors, n_results=k, where=where,
                                     include=["documents", "metadatas", "distances"])
         return [[Hit(cid, meta[DOC_ID], meta.get("title", ""), text or "", 1.0 - dist)
@@ -243,3 +399,70 @@ class ChunkStore:
 
         return VectorStoreIndex.from_vector_store(ChromaVectorStore(chroma_collection=self.collection),
                                                   embed_model=self.embed_model)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and small helpers
+
+
+def _whole(arg: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise ValueError(f"{arg}={value!r}: give a whole number {allowed}")
+    return value
+
+
+def _doc_id(arg: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{arg}={value!r}: a document id is a non-empty string")
+    return value
+
+
+def _doc_ids(arg: str, values) -> set[str]:
+    """A collection of document ids; a lone string is refused (it would be read as its characters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (set, frozenset, list, tuple)):
+        raise ValueError(f"{arg}={values!r}: give a set or list of document ids (wrap a single id in a list)")
+    return {_doc_id(f"{arg} item", v) for v in values}
+
+
+def _sources(sources) -> list[Source]:
+    if not isinstance(sources, (list, tuple)):
+        raise ValueError(f"sources: give a list of Source records, not a {type(sources).__name__}")
+    for i, s in enumerate(sources):
+        if not isinstance(s, Source):
+            raise ValueError(f"sources[{i}] is a {type(s).__name__}, not a Source")
+        _doc_id(f"sources[{i}].doc_id", s.doc_id)
+        if not isinstance(s.text, str):
+            raise ValueError(f"sources[{i}].text is a {type(s.text).__name__}, not a string")
+    ids = [s.doc_id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"sources: duplicate document ids: {sorted(i for i, n in Counter(ids).items() if n > 1)[:5]}")
+    return list(sources)
+
+
+def _text_hash(text: str) -> str:
+    """What makes two documents duplicates: the same text, whitespace aside (as load_folder decides)."""
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
+
+
+def _problem(manifest: dict | None, ids: set[str]) -> str:
+    """Why a document's stored chunks do not match its manifest ('' when they do)."""
+    if manifest is None:
+        return f"{len(ids)} chunks without a manifest record (a write cut short)"
+    missing, extra = manifest["chunk_ids"] - ids, ids - manifest["chunk_ids"]
+    return "; ".join([f"{len(missing)} of its {len(manifest['chunk_ids'])} chunks missing"] * bool(missing) +
+                     [f"{len(extra)} chunks not in its manifest"] * bool(extra))
+
+
+def _pages(collection):
+    """A whole collection's ids and metadata, MAX_BATCH records at a time."""
+    offset = 0
+    while got := collection.get(include=["metadatas"], limit=MAX_BATCH, offset=offset):
+        if not got["ids"]:
+            return
+        yield got
+        offset += MAX_BATCH
+
+
+def _batches(items: list) -> list[list]:
+    return [items[i:i + MAX_BATCH] for i in range(0, len(items), MAX_BATCH)]

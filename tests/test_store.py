@@ -1,0 +1,261 @@
+"""The Chroma store holds exactly its documents: a process killed between write batches is repaired
+by the next run, duplicates are never kept twice, upsert and delete by document id are idempotent,
+local and server mode give the same chunks, and the report says what was written.
+
+The embedder here is a stand-in (whitespace tokens, a vector from the text's hash): which chunks are
+stored does not depend on it, and the tests need no model. tests/test_rag.py runs the real one."""
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ragft import rag
+from ragft.rag.sources import Source
+from test_rag import chroma_server  # noqa: F401  (a fixture: a real `chroma run` subprocess)
+
+BATCH = 3  # chunks per write call, small so that documents straddle batches
+
+
+class HashEmbedding:
+    """Stand-in embedder: what ChunkStore reads from one (a tokenizer, batch embeddings, a name)."""
+
+    model_name = "hash-embedding"
+
+    class _model:  # rag.store.bare_encoder(embed_model) -> ._model; token_counter reads its tokenizer
+        @staticmethod
+        def tokenizer(text, **_):
+            return {"input_ids": text.split()}
+
+    @staticmethod
+    def get_text_embedding_batch(texts):
+        seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
+        return [np.random.default_rng(s).standard_normal(8).tolist() for s in seeds]
+
+
+def corpus(version: int = 1) -> list[Source]:
+    """Five documents of about four chunks each; version 2 changes d1 and d3 and drops d4 for d5."""
+    def doc(i, edit=""):
+        text = " ".join(f"Document {i} sentence {j} says the gate {edit}opens at {j + i} o'clock." for j in range(20))
+        return Source(f"d{i}", f"Doc {i}", text)
+    if version == 1:
+        return [doc(i) for i in range(5)]
+    return [doc(0), doc(1, "now "), doc(2), doc(3, "still "), doc(5)]
+
+
+def open_store(folder, name="crash-test", **kw):
+    where = kw.pop("where", None) or {"path": folder}
+    return rag.ChunkStore(name, embed_model=HashEmbedding(), chunk_size=64, chunk_overlap=0, write_batch=BATCH,
+                          **where, **kw)
+
+
+def reference(tmp_path, sources) -> dict[str, list[str]]:
+    """doc_id -> chunk ids, from an uninterrupted ingest into an empty store."""
+    store = open_store(tmp_path / "reference", name="reference")
+    store.ingest(sources)
+    return {s.doc_id: store.chunk_ids(s.doc_id) for s in sources}
+
+
+# The ingest process: says "batch" after each write call and waits, so the test kills it between two.
+CHILD = textwrap.dedent("""
+    import sys
+    from test_store import corpus, open_store
+    store = open_store(sys.argv[1])
+    write = store._write_batch
+    def write_and_wait(nodes):
+        write(nodes)
+        print("batch", flush=True)
+        sys.stdin.readline()
+    store._write_batch = write_and_wait
+    store.ingest(corpus(int(sys.argv[2])))
+    print("done", flush=True)
+""")
+
+
+def run_ingest(folder, version: int, kill_after: int | None) -> int:
+    """Ingest corpus(version) in a new process; SIGKILL it after `kill_after` write batches."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(version)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    batches = 0
+    for line in proc.stdout:
+        if line.strip() == "batch":
+            batches += 1
+            if batches == kill_after:
+                proc.kill()  # SIGKILL: no cleanup, no flush, as a crash or an OOM kill
+                break
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+    proc.wait(timeout=60)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("start, kill_after", [("empty", 1), ("empty", 4), ("update", 2)])
+def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, start, kill_after):
+    folder = tmp_path / "store"
+    if start == "update":  # a complete version 1, then version 2 cut short
+        assert run_ingest(folder, 1, None) == 0
+    assert run_ingest(folder, 2 if start == "update" else 1, kill_after) == -signal.SIGKILL
+    target = corpus(2 if start == "update" else 1)
+    expected = reference(tmp_path, target)
+
+    store = open_store(folder)
+    broken = store.check()
+    assert broken, "the kill left nothing half-written: kill later"
+    report = store.ingest(target)
+    assert {d: report.docs[d] for d in broken} == dict.fromkeys(broken, "repaired")
+    assert all(o in ("added", "unchanged", "replaced", "deleted") for d, o in report.docs.items() if d not in broken)
+    assert store.check() == {}
+    assert store.chunk_ids() == sorted(c for ids in expected.values() for c in ids)
+    assert {d: len(store.chunk_ids(d)) for d in expected} == {d: len(ids) for d, ids in expected.items()}
+    assert report.chunks_written == sum(len(expected[d]) for d, o in report.docs.items() if o != "unchanged"
+                                        and d in expected)
+    again = store.ingest(target)
+    assert (again.docs_unchanged, again.chunks_written) == (len(target), 0)
+
+
+def test_an_empty_start_cut_short_reports_exactly_what_it_rewrites(tmp_path):
+    """Killed after 4 batches of 3 chunks: documents whose manifest was committed (all chunks within the
+    first 3 batches) are unchanged, the ones with some chunks written are repaired, the rest added."""
+    folder, sources = tmp_path / "store", corpus(1)
+    assert run_ingest(folder, 1, 4) == -signal.SIGKILL
+    expected, end, outcome = reference(tmp_path, sources), 0, {}
+    for s in sources:
+        start, end = end, end + len(expected[s.doc_id])
+        outcome[s.doc_id] = "unchanged" if end <= 3 * BATCH else "repaired" if start < 4 * BATCH else "added"
+    report = open_store(folder).ingest(sources)
+    assert report.docs == outcome and {"unchanged", "repaired", "added"} <= set(outcome.values())
+
+
+def test_missing_extra_and_unrecorded_chunks_are_found_and_repaired(tmp_path):
+    store, sources = open_store(tmp_path), corpus(1)
+    store.ingest(sources)
+    expected = store.chunk_ids()
+    store.collection.delete(ids=[store.chunk_ids("d0")[1]])  # a chunk lost
+    stray = store.collection.get(ids=[store.chunk_ids("d1")[0]], include=["embeddings", "metadatas", "documents"])
+    store.collection.add(ids=["d1#stray#9999"], embeddings=stray["embeddings"], metadatas=stray["metadatas"],
+                         documents=stray["documents"])  # a chunk too many
+    store.manifest.delete(ids=["d2"])  # chunks written, manifest never committed
+    problems = store.check()
+    assert set(problems) == {"d0", "d1", "d2"}
+    assert "1 of its" in problems["d0"] and "not in its manifest" in problems["d1"] and "without" in problems["d2"]
+    assert set(store.documents()) == {"d3", "d4"}
+    report = store.ingest(sources)
+    assert report.docs == {"d0": "repaired", "d1": "repaired", "d2": "repaired", "d3": "unchanged", "d4": "unchanged"}
+    assert store.chunk_ids() == expected and store.check() == {}
+
+
+def test_a_duplicate_file_is_never_kept_twice(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "b.md").write_text("# Gates\n\nThe beta gate opens at ten.")
+    store = open_store(tmp_path / "db")
+    first = rag.load_folder(docs)
+    store.ingest(first.sources, keep={s.path for s in first.skipped})
+    (docs / "a.md").write_text("# Gates\n\nThe beta  gate opens at ten.\n")  # sorts first: b.md is now the duplicate
+    again = rag.load_folder(docs)
+    assert [s.path for s in again.skipped] == ["b.md"]
+    report = store.ingest(again.sources, keep={s.path for s in again.skipped})  # what chapter 2 passes
+    assert report.docs == {"a.md": "added", "b.md": "deleted"}
+    assert {c.split("#")[0] for c in store.chunk_ids()} == {"a.md"}
+
+
+def test_keep_still_protects_an_unreadable_file(tmp_path):
+    store, sources = open_store(tmp_path), corpus(1)
+    store.ingest(sources)
+    report = store.ingest(sources[1:], keep={"d0"})
+    assert report.docs["d0"] == "kept" and report.chunks_deleted == 0 and len(store.chunk_ids("d0")) > 0
+
+
+def test_upsert_and_delete_by_document_id_are_idempotent(tmp_path):
+    store, (d0, d1, d2, *_) = open_store(tmp_path), corpus(1)
+    assert store.upsert([d0, d1]).docs == {"d0": "added", "d1": "added"}
+    assert store.upsert([d0, d1]).docs == {"d0": "unchanged", "d1": "unchanged"}
+    changed = replace(d1, text=d1.text.replace("gate", "door"))
+    n_old = len(store.chunk_ids("d1"))
+    report = store.upsert([changed, d2])  # replace one, add one; d0 is left alone
+    assert report.docs == {"d1": "replaced", "d2": "added"} and report.chunks_deleted == n_old
+    assert set(store.documents()) == {"d0", "d1", "d2"} and store.documents()["d1"] == changed.content_hash
+    assert all(changed.content_hash in c for c in store.chunk_ids("d1"))
+    n = len(store.chunk_ids("d0"))
+    first = store.delete(["d0", "nope"])
+    assert first.docs == {"d0": "deleted"} and first.chunks_deleted == n
+    assert store.delete(["d0"]).docs == {} and store.chunk_ids("d0") == [] and "d0" not in store.documents()
+    assert store.upsert([changed, d2]).docs_unchanged == 2 and store.check() == {}
+
+
+def test_local_and_server_ingest_twice_give_identical_chunk_sets(tmp_path, chroma_server):  # noqa: F811
+    sources, stored = corpus(1), {}
+    for mode, where in {"local": {"path": tmp_path / "local"},
+                        "server": {"host": "127.0.0.1", "port": chroma_server}}.items():
+        store = open_store(None, name="same-work", where=where)
+        first, second = store.ingest(sources), store.ingest(sources)
+        assert first.docs_added == len(sources) and first.chunks_written == store.count() > len(sources)
+        assert second.docs_unchanged == len(sources) and second.chunks_written == 0
+        assert np.isnan(second.chunks_per_s), "a run that wrote nothing has no throughput"
+        got = store.collection.get(include=["documents", "metadatas", "embeddings"])
+        order = np.argsort(got["ids"])
+        stored[mode] = ([(got["ids"][i], got["documents"][i], got["metadatas"][i]) for i in order],
+                        np.asarray(got["embeddings"])[order])
+        fresh = store.ingest(sources, fresh=True)  # the throughput of the same work, on every run
+        assert (fresh.fresh, fresh.docs_added, fresh.chunks_written) == (True, len(sources), store.count())
+        assert fresh.chunks_per_s > 0 and store.check() == {}
+    assert stored["local"][0] == stored["server"][0]  # ids, texts and metadata (the node, its links)
+    assert np.allclose(stored["local"][1], stored["server"][1], atol=1e-6)  # float32 after the HTTP round trip: equal to 1e-6
+
+
+def test_the_report_reads_as_a_table_row(tmp_path):
+    store = open_store(tmp_path)
+    store.ingest(corpus(1))
+    report = store.ingest(corpus(2))
+    row = report.row()
+    assert (row["docs_unchanged"], row["docs_replaced"], row["docs_added"], row["docs_deleted"]) == (2, 2, 1, 1)
+    assert row["chunks_written"] == row["chunks_added"] + row["chunks_replaced"] == store.count() - row["chunks_unchanged"]
+    assert report.docs_updated == report.docs_replaced == 2 and not row["fresh"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: each names the argument
+
+
+BAD = [
+    (lambda p: rag.ChunkStore("ab", path=p), "name='ab'"),
+    (lambda p: rag.ChunkStore("has space", path=p), "name='has space'"),
+    (lambda p: rag.ChunkStore("a" * 504, path=p), "3-503"),
+    (lambda p: rag.ChunkStore("abc", path=p, chunk_size=0), "chunk_size=0"),
+    (lambda p: rag.ChunkStore("abc", path=p, chunk_size=True), "chunk_size=True"),
+    (lambda p: rag.ChunkStore("abc", path=p, chunk_size=64, chunk_overlap=64), "chunk_overlap=64"),
+    (lambda p: rag.ChunkStore("abc", path=p, chunk_overlap=-1), "chunk_overlap=-1"),
+    (lambda p: rag.ChunkStore("abc", path=p, write_batch=6000), "write_batch=6000"),
+    (lambda p: rag.ChunkStore("abc", path=p, hnsw="fast"), "hnsw='fast'"),
+    (lambda p: rag.ChunkStore("abc"), "path=None, host=None"),
+    (lambda p: rag.ChunkStore("abc", path=p, host="localhost"), "one of the two"),
+    (lambda p: rag.ChunkStore("abc", host="localhost", port=70000), "port=70000"),
+    (lambda p: open_store(p).ingest("d0.md"), "sources: give a list"),
+    (lambda p: open_store(p).ingest(rag.Corpus(corpus(1))), "not a Corpus"),
+    (lambda p: open_store(p).ingest([corpus(1)[0], "d1"]), r"sources\[1\] is a str"),
+    (lambda p: open_store(p).ingest([Source("", "t", "x")]), r"sources\[0\].doc_id=''"),
+    (lambda p: open_store(p).ingest([Source("a", "t", "x"), Source("a", "t", "y")]), "duplicate document ids"),
+    (lambda p: open_store(p).ingest(corpus(1), keep="d0"), "keep='d0'"),
+    (lambda p: open_store(p).ingest(corpus(1), keep=[3]), "keep item=3"),
+    (lambda p: open_store(p).ingest(corpus(1), fresh="yes"), "fresh='yes'"),
+    (lambda p: open_store(p).upsert(corpus(1)[0]), "not a Source"),
+    (lambda p: open_store(p).delete("d0"), "doc_ids='d0'"),
+    (lambda p: open_store(p).chunk_ids(doc_id=0), "doc_id=0"),
+    (lambda p: open_store(p).search([[0.0] * 8], k=0), "k=0"),
+    (lambda p: open_store(p).add_vectors(["a", "b"], [[0.0] * 8]), "same length"),
+    (lambda p: rag.ChunkStore("abc", path=p).ingest(corpus(1)), "without an embedder"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD, ids=[m for _, m in BAD])
+def test_bad_inputs_name_the_argument(tmp_path, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path)
