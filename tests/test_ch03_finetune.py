@@ -72,7 +72,9 @@ def _fake_chapter(profile="cpu"):
     run = ChapterRun(ch03.CHAPTER, p)
     facts = [_q(f"f{i}") for i in range(p.n_facts)]
     products = [_q(f"s{i}") for i in range(p.n_structured_test)]
-    ch = ch03.Chapter(p, run, lm=None, embed_model=None, kb=None, facts=facts, general="")
+    ch = ch03.Chapter(p, run, lm=None, embed_model=None, kb=None, facts=facts,
+                      general={"help topics": "", "module docs": ""}, val_facts=[_q(f"v{i}") for i in range(p.n_val_facts)])
+    ch.lrs = {m: (1e-4 if m == "full" else 3e-3) for m in p.methods}
     ch.structured_test = products
     top = ch.best_count
 
@@ -91,6 +93,8 @@ def _fake_chapter(profile="cpu"):
     record("base + RAG", lambda i: i % 2, facts)
     record(f"DSF p{top} + RAG", lambda i: 1, facts)
     rows += [{"condition": "base model + RAG (top-1)", "held_out": 0.5}, {"condition": "DSF + RAG", "held_out": 1.0}]
+    for name in ("base", f"DSF p{top}", "base + RAG", f"DSF p{top} + RAG"):
+        record(f"{name} generated", lambda i: i % 2, ch.format_facts)
     ch.knowledge = pd.DataFrame(rows).set_index("condition")
 
     names = [ch03.SHORT, ch03.ZERO_SHOT, ch03.FEW_SHOT, ch03.CONSTRAINED]
@@ -111,14 +115,14 @@ def _fake_chapter(profile="cpu"):
                for m in p.methods}
     crows = []
     for m in p.methods:
-        if m != "lora":
-            record(f"DSF p{top} {m} quality", lambda i: 1.0 if m != "lora-attention" else 0.5, facts)
+        if ch03.method_name(ch, m) != f"DSF p{top}":
+            record(f"{ch03.method_name(ch, m)} quality", lambda i: 1.0 if m != "lora-attention" else 0.5, ch.method_facts)
         crows.append({"method": m, "held_out": 1.0, "trained_paraphrase": 1.0, "quality": 1.0, **cost})
     ch.cost = pd.DataFrame(crows).set_index("method")
 
-    for label, nll in [("base model", 2.0), (f"DSF, LoRA ({top} paraphrases)", 2.2), ("DSF, full fine-tuning", 2.1)]:
-        segments = {f"tokens {i}": nll + 0.01 * (i % 3) for i in range(20)}
-        ch.forgetting[label] = ch03.ForgettingProbe(float(np.exp(nll)), segments)
+    for label, nll in [("base model", 2.0)] + [(ch03.method_label(m), 2.2 if m != "full" else 2.1) for m in p.methods]:
+        segments = {f"{text}, tokens {i}": nll + 0.01 * (i % 3) for text in ch.general for i in range(20)}
+        ch.forgetting[label] = ch03.ForgettingProbe(float(np.exp(nll)), segments, {t: float(np.exp(nll)) for t in ch.general})
         run.record(f"NLL: {label}", ch.forgetting[label].segment_nll)
     embeddings = SimpleNamespace(weight=SimpleNamespace(numel=lambda: 30))
     ch.lm = SimpleNamespace(n_params=lambda: 135, model=SimpleNamespace(get_input_embeddings=lambda: embeddings))
@@ -137,7 +141,15 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert set(rules) == set(m)
     n = ch.params.n_facts
     assert rules["dsf_heldout_contains"] == {"kind": "rate", "n": n}
-    assert rules["lora_quality"] == {"kind": "mean", "n": n}
+    assert rules["lora_quality"] == {"kind": "mean", "n": ch.params.n_method_facts}
+    assert m["knowledge_chance"] == 0.25 and rules["knowledge_chance"] == {"kind": "exact"}
+    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
+        assert m[f"{key}_n"] == n >= 64, key  # issue 13: the headline knowledge comparisons pair >= 64 facts
+    assert m["methods_n"] == ch.params.n_method_facts and m["val_facts_n"] == ch.params.n_val_facts
+    assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}
+    assert rules["dsf_generated_contains"] == {"kind": "rate", "n": ch.params.n_format_facts}
+    for method in ch.params.methods:
+        assert rules["forgetting_delta_" + method.replace("-", "_")]["kind"] == "derived"
     assert rules["fields_correct_lora_best"]["kind"] == "mean"
     assert rules["lora_trainable_share"] == {"kind": "exact"}
     assert rules["lora_artifact_mb"] == {"kind": "derived", "tol": ch03.ARTIFACT_MB_TOL}
@@ -189,8 +201,14 @@ def test_comparisons_use_the_claim_ids_and_directions():
     assert by_claim["K5-paraphrases"]["a"] == "DSF p3 held-out" and by_claim["K5-paraphrases"]["b"] == "DSF p1 held-out"
     assert by_claim["K5-paraphrases"]["verdict"] == "supported"  # 16 facts: 12 discordant pairs, all one way
     assert by_claim["T1-lora-vs-full"]["expect"] == "equal" and by_claim["T1-lora-vs-full"]["margin"] == pytest.approx(0.05)
-    assert by_claim["T3-qlora-vs-lora"]["a"] == "DSF p3 qlora quality" and by_claim["T3-qlora-vs-lora"]["b"] == "DSF p3 quality"
-    assert by_claim["K7-forgetting"]["kind"] == "continuous" and by_claim["K7-forgetting"]["a"] == "NLL: DSF, full fine-tuning"
+    # The methods train on fewer facts than the headline: LoRA gets a run of its own on them.
+    assert by_claim["T3-qlora-vs-lora"]["a"] == "DSF p3 qlora quality" and by_claim["T3-qlora-vs-lora"]["b"] == "DSF p3 lora quality"
+    assert by_claim["T1-lora-vs-full"]["n"] == ch.params.n_method_facts
+    for claim in ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K5-rag-vs-dsf-rag"):
+        assert by_claim[claim]["n"] >= 64, claim
+    k7 = by_claim["K7-forgetting"]
+    assert k7["kind"] == "continuous" and k7["a"] == "NLL: DSF, full fine-tuning" and k7["b"] == "NLL: DSF, LoRA"
+    assert k7["n"] == 40 and k7["unit"] == "segments"  # 20 segments of each of the two texts
     assert all(s.comparison is not None for s in stated.values())
 
 
@@ -208,3 +226,40 @@ def test_cost_sentences_carry_no_quality_verdict():
     assert set(sentences) == {"t1_sentence", "qlora_sentence", "t3_sentence", "k7_sentence", "s8_sentence"}
     for text in sentences.values():
         assert not any(word in text for word in (" beats", " wins", " better", " ahead", " holds here"))
+
+
+def test_validation_facts_are_never_test_facts(kb):
+    test = kb.sample("single", 64, 0)
+    val = ch03.validation_facts(kb, test, 16, 0)
+    assert len(val) == 16 and not {q.qid for q in val} & {q.qid for q in test}
+    assert [q.qid for q in val] == [q.qid for q in ch03.validation_facts(kb, test, 16, 0)]  # reproducible
+    with pytest.raises(ValueError, match="n_val_facts"):
+        ch03.validation_facts(kb, test, len(kb.by_kind("single")), 0)
+
+
+def test_paraphrase_counts_get_the_same_optimizer_steps():
+    import math
+
+    from ragft.train import tasks
+
+    p = config.resolve("03_finetune", "cpu")
+    low, top = min(p.paraphrase_counts), max(p.paraphrase_counts)
+    assert tasks.dsf_epochs(p, top) == p.dsf_epochs
+    steps = {c: math.ceil(p.n_facts * c / p.train_batch_size) * tasks.dsf_epochs(p, c) for c in (low, top)}
+    assert steps[low] == steps[top], steps
+
+
+def test_learning_rates_one_rule_for_every_method():
+    p = config.resolve("03_finetune", "cpu")
+    assert ch03.sweep_lrs(p, "lora") == pytest.approx([p.lora_lr * f for f in p.lr_factors])
+    assert ch03.sweep_lrs(p, "full") == pytest.approx([p.full_lr * f for f in p.lr_factors])
+    sweep = pd.DataFrame([
+        {"method": "lora", "lr": 1e-3, "val_heldout": 0.50, "val_margin": 0.1},
+        {"method": "lora", "lr": 3e-3, "val_heldout": 0.75, "val_margin": -0.2},  # best accuracy wins
+        {"method": "lora", "lr": 1e-2, "val_heldout": 0.50, "val_margin": 2.0},
+        {"method": "full", "lr": 3e-5, "val_heldout": 0.25, "val_margin": 0.1},
+        {"method": "full", "lr": 1e-4, "val_heldout": 0.25, "val_margin": 0.4},  # a tie goes to the margin
+        {"method": "full", "lr": 3e-4, "val_heldout": 0.25, "val_margin": 0.4},  # ... then the smaller rate
+    ])
+    chosen = ch03.pick_lrs(sweep, ["lora", "lora-attention", "qlora", "full"])
+    assert chosen == {"lora": 3e-3, "lora-attention": 3e-3, "qlora": 3e-3, "full": 1e-4}

@@ -3,20 +3,28 @@
 Sections, in the order the chapter runs them (prompts, question order, batch sizes and seeds are
 those of the published numbers, so do not reorder them):
 
-  knowledge     the base model closed book; a LoRA fine-tune on the facts (DSF) per paraphrase count,
-                asked a held-out and a trained paraphrase; RAG and DSF + RAG on the held-out ones
+  sweep         each method's learning rate, chosen on validation facts that are never test facts
+                (the best held-out accuracy, ties to the larger gold margin: one rule for every method)
+  knowledge     the base model closed book; a LoRA fine-tune on the facts (DSF) per paraphrase count
+                (the same optimizer steps for every count), asked a held-out and a trained paraphrase;
+                RAG and DSF + RAG on the held-out ones; all scored by candidate log-likelihood (the
+                gold value against LOOKALIKES look-alike values of its attribute), with generated
+                answers on the first n_format_facts for the form of the answers
   structured    strict JSON records: the base model with a short, a long (zero-shot: no example
                 values) and a long + two-example instruction, the base model under a JSON-schema
                 grammar (constrained decoding) with the short one, and LoRA fine-tunes of each
                 training size (one epoch each) with the short one
-  methods       the DSF data trained with LoRA, attention-only LoRA, QLoRA and full fine-tuning
-  forgetting    each fine-tune's log-likelihood of general English text no fine-tune saw
+  methods       the first n_method_facts test facts trained with LoRA, attention-only LoRA, QLoRA and
+                full fine-tuning, each at its own chosen learning rate
+  forgetting    each fine-tune's log-likelihood of two kinds of general English text no fine-tune saw
 
 Every scored condition is recorded per question (the fact's qid, the product's qid) under these
-names: "<model> held-out" and "<model> trained paraphrase" (1 when the answer contains the gold),
-"<model> quality" (the mean of the two), "base + RAG" and "DSF pN + RAG", "<JSON condition>:
-json_valid | schema | fields", and "NLL: <model>" (the mean negative log-likelihood of each
-segment of the general text, a continuous outcome: lower is better).
+names: "<model> held-out" and "<model> trained paraphrase" (1 when the gold candidate has the
+highest log-likelihood), "<model> quality" (the mean of the two), "base + RAG" and "DSF pN + RAG",
+"<model> generated" (1 when a generated answer contains the gold, on the format subset), "sweep
+<method> lr <lr>" (validation facts), "<JSON condition>: json_valid | schema | fields", and "NLL:
+<model>" (the mean negative log-likelihood of each segment of the general texts, a continuous
+outcome: lower is better).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from ..drift import rate_tolerance
 from ..constrained import generate_json, json_schema, max_record_tokens
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue
+from ..scoring import rank_candidates
 from ..train import tasks
 from .common import start
 
@@ -43,6 +52,7 @@ CHAPTER = "03_finetune"
 # forgetting comparison's interval is on the narrow side.
 SEGMENT_TOKENS = 32
 BASE = "base"
+LOOKALIKES = 3  # look-alike values ranked against each gold answer: chance is 1 in 4
 JSON_SCORES = ("json_valid", "schema", "fields")  # the suffixes of the structured conditions' names
 METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 # Equivalence margin of QLoRA against LoRA quality (T3: "matches 16-bit quality"), as a share of the
@@ -61,7 +71,8 @@ class ForgettingProbe:
     """A model's perplexity on the general text and the mean NLL of each segment of it."""
 
     perplexity: float
-    segment_nll: dict  # "tokens a-b" -> mean negative log-likelihood of those tokens
+    segment_nll: dict  # "<text>, tokens a-b" -> mean negative log-likelihood of those tokens
+    by_text: dict = field(default_factory=dict)  # text name -> perplexity
 
 
 @dataclass
@@ -74,8 +85,12 @@ class Chapter:
     embed_model: object
     kb: object
     facts: list
-    general: str
+    general: dict  # text name -> general English text (the forgetting probe)
+    val_facts: list = field(default_factory=list)  # the learning-rate sweep's facts, never test facts
     forgetting: dict = field(default_factory=dict)  # model label -> ForgettingProbe, in run order
+    lrs: dict = field(default_factory=dict)  # method -> chosen learning rate
+    sweep: pd.DataFrame | None = None
+    answers: pd.DataFrame | None = None  # generated answers on the format subset
     dsf: dict = field(default_factory=dict)  # paraphrase count -> TrainResult
     knowledge: pd.DataFrame | None = None
     structured_test: list = field(default_factory=list)
@@ -94,19 +109,40 @@ class Chapter:
     def n_facts(self) -> int:
         return len(self.facts)
 
+    @property
+    def method_facts(self) -> list:
+        return self.facts[:self.params.n_method_facts]
+
+    @property
+    def format_facts(self) -> list:
+        return self.facts[:self.params.n_format_facts]
+
     def summary(self) -> str:
         return (f"{self.lm.name}: {self.lm.n_params() / 1e6:.0f} M parameters, {self.lm.dtype}; {len(self.facts)} "
-                f"facts, {len(self.facts[0].train_texts)} training paraphrases each")
+                f"test facts and {len(self.val_facts)} validation facts, {len(self.facts[0].train_texts)} "
+                f"training paraphrases each")
 
 
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the facts; the base model's
     forgetting probe (before any training)."""
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
-    ch = Chapter(params, run, lm, embed_model, kb, kb.sample("single", params.n_facts, params.seed),
-                 tasks.general_text(params.forgetting_chars))
+    facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
+    ch = Chapter(params, run, lm, embed_model, kb, facts, tasks.general_texts(params.forgetting_chars),
+                 val_facts=validation_facts(kb, facts, params.n_val_facts, params.seed))
     probe(ch, "base model", lm)
     return ch
+
+
+def validation_facts(kb, test: list, n: int, seed: int) -> list:
+    """n single facts that are not test facts (nor about a test fact's entity and attribute), drawn
+    reproducibly: the learning-rate sweep trains and scores on them only."""
+    taken = {q.qid for q in test}
+    pool = [q for q in kb.sample("single", len(kb.by_kind("single")), seed + 1) if q.qid not in taken]
+    if len(pool) < n:
+        raise ValueError(f"n_val_facts={n}: only {len(pool)} single facts are left after {len(test)} test facts; "
+                         "lower n_facts or n_val_facts, or use a larger knowledge base")
+    return pool[:n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,10 +164,17 @@ def segment_means(token_nll: list[float], size: int = SEGMENT_TOKENS) -> dict[st
 
 
 def probe(ch: Chapter, label: str, model_lm) -> ForgettingProbe:
-    """A model's forgetting probe: its perplexity on the general text (the headline figure) and its
-    per-segment NLL, recorded as the outcomes "NLL: <label>"."""
-    ppl, token_nll = tasks.perplexity_probe(model_lm, ch.general)
-    result = ForgettingProbe(ppl, segment_means(token_nll))
+    """A model's forgetting probe: its perplexity on the general texts together (the headline figure),
+    per text, and its per-segment NLL on each text, recorded as the outcomes "NLL: <label>"."""
+    import math
+
+    segments, total, count, by_text = {}, 0.0, 0, {}
+    for text_name, text in ch.general.items():
+        ppl, token_nll = tasks.perplexity_probe(model_lm, text)
+        by_text[text_name] = ppl
+        total, count = total + sum(token_nll), count + len(token_nll)
+        segments.update({f"{text_name}, {k}": v for k, v in segment_means(token_nll).items()})
+    result = ForgettingProbe(math.exp(total / count), segments, by_text)
     ch.forgetting[label] = result
     ch.run.record(f"NLL: {label}", result.segment_nll)
     return result
@@ -154,20 +197,46 @@ def contains_outcomes(questions: list, texts: list[str], gen: Generation | None 
     return scores, tokens
 
 
-def closed_book(ch: Chapter, model_lm, name: str) -> tuple[float, float]:
+def candidates(ch: Chapter, q) -> tuple[list[str], int]:
+    """The fact's gold value and LOOKALIKES look-alike values of its attribute, in a fixed order."""
+    return ch.kb.candidates(q, LOOKALIKES, ch.params.seed)
+
+
+def rank_facts(ch: Chapter, model_lm, conversations: list, facts: list, desc: str):
+    """A model's candidate ranking for each fact, given one conversation per fact."""
+    pairs = [candidates(ch, q) for q in facts]
+    return rank_candidates(model_lm, conversations, [c for c, _ in pairs], [g for _, g in pairs], desc=desc)
+
+
+def closed_book(ch: Chapter, model_lm, name: str, facts: list | None = None) -> tuple[float, float]:
     """Closed-book accuracy of a model on the held-out and on the first trained paraphrase of each
-    fact, from one generation call (both sets batched together, as tasks.closed_book_contains
-    does), recorded as "<name> held-out", "<name> trained paraphrase" and "<name> quality"."""
-    p, facts = ch.params, ch.facts
+    fact (default: the test facts), by candidate log-likelihood, recorded as "<name> held-out",
+    "<name> trained paraphrase" and "<name> quality" (the mean of the two per fact)."""
+    facts = ch.facts if facts is None else facts
+    qids = [q.qid for q in facts]
     texts = [q.test_text for q in facts] + [q.train_texts[0] for q in facts]
-    gen = generate(model_lm, [tasks.dsf_messages(t) for t in texts], p.max_new_tokens, p.batch_size, desc=name)
+    ranking = rank_facts(ch, model_lm, [tasks.dsf_messages(t) for t in texts], facts + facts, name)
     n = len(facts)
-    held, held_tokens = contains_outcomes(facts, gen.texts[:n], gen)
-    seen, seen_tokens = contains_outcomes(facts, gen.texts[n:], gen, rows=list(range(n, 2 * n)))
-    ch.run.record(f"{name} held-out", held, tokens=held_tokens)
-    ch.run.record(f"{name} trained paraphrase", seen, tokens=seen_tokens)
+    held = dict(zip(qids, ranking.correct[:n]))
+    seen = dict(zip(qids, ranking.correct[n:]))
+    tokens = [(t, 0) for t in ranking.prompt_tokens]
+    ch.run.record(f"{name} held-out", held, tokens=dict(zip(qids, tokens[:n])))
+    ch.run.record(f"{name} trained paraphrase", seen, tokens=dict(zip(qids, tokens[n:])))
     ch.run.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
     return sum(held.values()) / n, sum(seen.values()) / n
+
+
+def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str]:
+    """Generated answers to the format subset's conversations, recorded as "<name> generated"
+    (1 when the answer contains the gold): the form of the answers, beside the ranking's verdict."""
+    from .. import rag
+
+    p, facts = ch.params, ch.format_facts
+    gen = generate(model_lm, conversations, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
+    texts = [rag.strip_citations(t) for t in gen.texts]
+    scores, tokens = contains_outcomes(facts, texts, gen)
+    ch.run.record(f"{name} generated", scores, tokens=tokens)
+    return texts
 
 
 def dsf_name(count: int) -> str:
@@ -181,8 +250,65 @@ def dsf_row_label(count: int) -> str:
 
 
 def method_name(ch: Chapter, method: str) -> str:
-    """The outcomes' name of a method's fine-tune; LoRA's is the knowledge section's DSF on the most paraphrases."""
-    return dsf_name(ch.best_count) if method == "lora" else f"DSF p{ch.best_count} {method}"
+    """The outcomes' name of a method's fine-tune; LoRA's is the knowledge section's DSF on the most
+    paraphrases when the methods use every test fact (else a LoRA run of their own)."""
+    shared = method == "lora" and ch.params.n_method_facts >= ch.n_facts
+    return dsf_name(ch.best_count) if shared else f"DSF p{ch.best_count} {method}"
+
+
+def method_label(method: str) -> str:
+    """A method's fine-tune in the forgetting table."""
+    return f"DSF, {METHOD_LABELS[method]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning rates: one rule for every method, on facts that are never test facts
+
+
+def sweep_lrs(params, method: str) -> list[float]:
+    middle = params.full_lr if method == "full" else params.lora_lr
+    return [float(f"{middle * f:.3g}") for f in params.lr_factors]
+
+
+def choose_learning_rates(ch: Chapter) -> pd.DataFrame:
+    """Each method of sweep_methods trained on the validation facts (most paraphrases, dsf_epochs) at
+    each of its learning rates and scored on their held-out paraphrases; the chosen rate has the best
+    held-out accuracy, ties going to the larger mean gold margin. Methods without a sweep take LoRA's."""
+    from ..train.measure import release_memory
+
+    p, facts, rows = ch.params, ch.val_facts, []
+    qids = [q.qid for q in facts]
+    with ch.run.stage("lr_sweep"):
+        for method in p.sweep_methods:
+            for lr in sweep_lrs(p, method):
+                fit = tasks.train_dsf(p, facts, ch.best_count, lr=lr, method=method, label=f"sweep-{method}")
+                name = f"sweep {method} lr {lr:g}"
+                ranking = rank_facts(ch, fit.lm, [tasks.dsf_messages(q.test_text) for q in facts], facts, name)
+                ch.run.record(name, dict(zip(qids, ranking.correct)))
+                rows.append({"method": method, "lr": lr, "val_heldout": ranking.accuracy,
+                             "val_margin": sum(ranking.margins) / len(facts), "train_s": fit.metrics["train_s"]})
+                del fit
+                release_memory()
+    table = pd.DataFrame(rows)
+    ch.lrs = pick_lrs(table, p.methods)
+    table["chosen"] = [ch.lrs[m] == lr for m, lr in zip(table.method, table.lr)]
+    ch.sweep = table.set_index(["method", "lr"])
+    return ch.sweep
+
+
+def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
+    """The rule, the same for every method: the learning rate with the best validation held-out
+    accuracy, ties to the larger mean gold margin (then the smaller rate); a method without a sweep
+    of its own takes LoRA's."""
+    chosen = {}
+    for method, part in sweep.groupby("method", sort=False):
+        best = part.assign(neg_lr=-part.lr).sort_values(["val_heldout", "val_margin", "neg_lr"]).iloc[-1]
+        chosen[method] = float(best.lr)
+    return {m: chosen.get(m, chosen["lora"]) for m in methods}
+
+
+def sweep_style(table: pd.DataFrame):
+    return table.style.format({"val_heldout": "{:.0%}", "val_margin": "{:+.2f}", "train_s": "{:.0f} s"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,59 +317,68 @@ def method_name(ch: Chapter, method: str) -> str:
 
 def knowledge(ch: Chapter) -> pd.DataFrame:
     """The base model closed book, a DSF fine-tune per paraphrase count (held-out and trained
-    paraphrase), and RAG with the base and with the most-paraphrase DSF model on the held-out
-    questions. Hands the DSF adapter to chapter 4 (artifacts["dsf_adapter"], tables["dsf_facts"])."""
+    paraphrase; the same optimizer steps for every count, at LoRA's chosen learning rate), and RAG
+    with the base and with the most-paraphrase DSF model on the held-out questions, all ranked by
+    candidate log-likelihood; generated answers on the format subset. Hands the DSF adapter to
+    chapter 4 (artifacts["dsf_adapter"], tables["dsf_facts"])."""
     from .. import rag, settings
 
-    p, run = ch.params, ch.run
+    if not ch.lrs:
+        choose_learning_rates(ch)
+    p, run, lr = ch.params, ch.run, ch.lrs["lora"]
     rows = []
     held, seen = closed_book(ch, ch.lm, BASE)
     rows.append({"condition": "base model, closed book", "held_out": held, "trained_paraphrase": seen})
     with run.stage("dsf_train"):
         for count in p.paraphrase_counts:
-            ch.dsf[count] = tasks.train_dsf(p, ch.facts, count)
+            ch.dsf[count] = tasks.train_dsf(p, ch.facts, count, lr=lr)
             held, seen = closed_book(ch, ch.dsf[count].lm, dsf_name(count))
-            rows.append({"condition": dsf_row_label(count), "held_out": held,
-                         "trained_paraphrase": seen, "examples": len(tasks.dsf_examples(ch.facts, count)),
-                         "train_s": ch.dsf[count].metrics["train_s"]})
+            rows.append({"condition": dsf_row_label(count), "held_out": held, "trained_paraphrase": seen,
+                         "examples": len(tasks.dsf_examples(ch.facts, count)),
+                         "steps": ch.dsf[count].metrics["steps"], "train_s": ch.dsf[count].metrics["train_s"]})
     dsf_best = ch.dsf[ch.best_count]
     run.artifacts["dsf_adapter"] = str(dsf_best.artifact)
     run.tables["dsf_facts"] = [q.qid for q in ch.facts]
-    fact_items = rag.kb_items(ch.facts)  # held-out paraphrases, as RAG sees them
     chroma_folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(chroma_folder, ignore_errors=True)
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
     store.ingest(rag.kb_pages(ch.kb, 8))
-    ranked = rag.Retriever(store, ch.embed_model).search([it.question for it in fact_items], p.rag_top_k, "hybrid")
+    ranked = rag.Retriever(store, ch.embed_model).search([q.test_text for q in ch.facts], p.rag_top_k, "hybrid")
+    rag_conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
+    qids = [q.qid for q in ch.facts]
+    labels = {"base + RAG": f"base model + RAG (top-{p.rag_top_k})",
+              f"{dsf_name(ch.best_count)} + RAG": f"DSF ({ch.best_count} paraphrases) + RAG"}
     with run.stage("rag"):
-        answered = {
-            "base + RAG": rag.answer_batch(ch.lm, fact_items, ranked, p.max_new_tokens, p.batch_size, desc="base + RAG"),
-            f"{dsf_name(ch.best_count)} + RAG": rag.answer_batch(dsf_best.lm, fact_items, ranked, p.max_new_tokens,
-                                                                  p.batch_size, desc="DSF + RAG")}
-    labels = [f"base model + RAG (top-{p.rag_top_k})", f"DSF ({ch.best_count} paraphrases) + RAG"]
-    for label, (name, (gen, answers)) in zip(labels, answered.items()):
-        asked = [i for i, hits in enumerate(ranked) if hits]  # the rows answer_batch generated
-        scores, _ = contains_outcomes(ch.facts, [rag.strip_citations(a) for a in answers])
-        tokens = {ch.facts[i].qid: (gen.prompt_tokens[j], gen.completion_tokens[j]) for j, i in enumerate(asked)}
-        run.record(name, scores, tokens=tokens)
-        rows.append({"condition": label, "held_out": sum(scores.values()) / len(scores)})
+        for (name, label), model_lm in zip(labels.items(), (ch.lm, dsf_best.lm)):
+            ranking = rank_facts(ch, model_lm, rag_conversations, ch.facts, name)
+            run.record(name, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
+            rows.append({"condition": label, "held_out": ranking.accuracy})
+    with run.stage("format_view"):
+        k = len(ch.format_facts)
+        closed = [tasks.dsf_messages(q.test_text) for q in ch.format_facts]
+        ch.answers = pd.DataFrame({
+            "question": [q.test_text for q in ch.format_facts], "gold": [q.answer for q in ch.format_facts],
+            "base, closed book": generated(ch, ch.lm, BASE, closed),
+            dsf_row_label(ch.best_count): generated(ch, dsf_best.lm, dsf_name(ch.best_count), closed),
+            "base + RAG": generated(ch, ch.lm, "base + RAG", rag_conversations[:k]),
+            "DSF + RAG": generated(ch, dsf_best.lm, f"{dsf_name(ch.best_count)} + RAG", rag_conversations[:k])})
     for count, result in ch.dsf.items():  # only the most-paraphrase model is used again
         if count != ch.best_count:
             result.lm = None
-    probe(ch, f"DSF, LoRA ({ch.best_count} paraphrases)", dsf_best.lm)
     ch.knowledge = pd.DataFrame(rows).set_index("condition")
     return ch.knowledge
 
 
 def knowledge_style(table: pd.DataFrame):
     return table.style.format({"held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "examples": "{:.0f}",
-                               "train_s": "{:.0f} s"}, na_rep="-")
+                               "steps": "{:.0f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
 def plot_knowledge(table: pd.DataFrame):
     """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars."""
     return report.paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),
-                              "answer contains the gold", "Facts: fine-tuned closed book against RAG")
+                              f"gold ranked first of {LOOKALIKES + 1} (chance {1 / (LOOKALIKES + 1):.0%})",
+                              "Facts: fine-tuned closed book against RAG")
 
 
 def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
@@ -362,46 +497,43 @@ def output_examples(ch: Chapter, n: int = 3) -> pd.DataFrame:
 # LoRA, QLoRA and full fine-tuning
 
 
-VARIANTS = {"lora-attention": {"target": "attention"}, "qlora": {"method": "qlora"}, "full": {"method": "full"}}
 COST_COLUMNS = ("trainable_share", "step_s", "tokens_per_s", "mfu", "peak_mb", "base_weight_mb", "artifact_mb")
 
 
 def methods(ch: Chapter) -> pd.DataFrame:
-    """The DSF data (most paraphrases) trained with every method of `methods`; LoRA is the knowledge
-    section's run. Each method's closed-book quality and training costs, one row per method."""
-    from ..train import train
+    """The first n_method_facts test facts (most paraphrases) trained with every method of `methods`,
+    each at its own chosen learning rate and the same steps; LoRA is the knowledge section's run when
+    the methods use every test fact. Each method's closed-book quality, training costs and forgetting
+    probe, one row per method."""
     from ..train.measure import release_memory
 
-    p = ch.params
-    examples = tasks.dsf_examples(ch.facts, ch.best_count)
-    ch.runs = {"lora": ch.dsf[ch.best_count]}
+    p, facts = ch.params, ch.method_facts
+    shared = p.n_method_facts >= ch.n_facts
+    ch.runs = {"lora": ch.dsf[ch.best_count]} if shared else {}
+    rows = []
     with ch.run.stage("methods"):
         for name in p.methods:
-            if name in ch.runs:
-                continue
-            overrides = {**VARIANTS[name], **({"lr": p.full_lr} if name == "full" else {})}
-            ch.runs[name] = train(p.model, examples, tasks.lora_config(p, p.dsf_epochs, **overrides),
-                                  label=f"dsf-p{ch.best_count}-{name}")
-    lora_row = ch.knowledge.loc[dsf_row_label(ch.best_count)]
-    rows = []
-    for name, result in ch.runs.items():
-        if name == "lora":  # scored in the knowledge section
-            held, seen = lora_row.held_out, lora_row.trained_paraphrase
-        else:
-            held, seen = closed_book(ch, result.lm, method_name(ch, name))
-        if name in ("full", "qlora"):
-            probe(ch, f"DSF, {METHOD_LABELS[name] if name == 'full' else 'QLoRA'}", result.lm)
-        rows.append({"method": name, "held_out": held, "trained_paraphrase": seen, "quality": (held + seen) / 2,
-                     **{k: result.metrics[k] for k in COST_COLUMNS}})
-        if name != "lora":
-            result.lm = None
-    release_memory()
+            if name not in ch.runs:
+                ch.runs[name] = tasks.train_dsf(p, facts, ch.best_count, lr=ch.lrs[name], method=name,
+                                                label=f"dsf-p{ch.best_count}-{name}")
+            result = ch.runs[name]
+            if name == "lora" and shared:  # scored in the knowledge section
+                row = ch.knowledge.loc[dsf_row_label(ch.best_count)]
+                held, seen = row.held_out, row.trained_paraphrase
+            else:
+                held, seen = closed_book(ch, result.lm, method_name(ch, name), facts)
+            probe(ch, method_label(name), result.lm)
+            rows.append({"method": name, "lr": ch.lrs[name], "held_out": held, "trained_paraphrase": seen,
+                         "quality": (held + seen) / 2, **{k: result.metrics[k] for k in COST_COLUMNS}})
+            if not (name == "lora" and shared):
+                result.lm = None
+            release_memory()
     ch.cost = pd.DataFrame(rows).set_index("method")
     return ch.cost
 
 
 def cost_style(table: pd.DataFrame):
-    return table.style.format({"held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "quality": "{:.0%}",
+    return table.style.format({"lr": "{:.1e}", "held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "quality": "{:.0%}",
                                "trainable_share": "{:.2%}", "step_s": "{:.2f} s", "tokens_per_s": "{:.0f}",
                                "mfu": "{:.0%}", "peak_mb": "{:,.0f} MB", "base_weight_mb": "{:,.0f} MB",
                                "artifact_mb": "{:,.1f} MB"})
@@ -412,14 +544,18 @@ def cost_style(table: pd.DataFrame):
 
 
 def forgetting_table(ch: Chapter) -> pd.DataFrame:
-    """Perplexity on the general text per model, and its change against the base model."""
+    """Perplexity on the general texts (together and per text) per model, and the change of the
+    together figure against the base model."""
     table = pd.DataFrame({"perplexity": {k: v.perplexity for k, v in ch.forgetting.items()}}).rename_axis("model")
     table["change"] = table.perplexity / ch.forgetting["base model"].perplexity - 1
+    for text_name in ch.general:
+        table[f"{text_name} change"] = [v.by_text.get(text_name, float("nan")) / ch.forgetting["base model"].by_text[text_name] - 1
+                                        if v.by_text else float("nan") for v in ch.forgetting.values()]
     return table
 
 
 def forgetting_style(table: pd.DataFrame):
-    return table.style.format({"perplexity": "{:.2f}", "change": "{:+.1%}"})
+    return table.style.format({"perplexity": "{:.2f}", **{c: "{:+.1%}" for c in table.columns if c.endswith("change")}})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +600,21 @@ def headline_metrics(ch: Chapter) -> dict:
         r = k.loc[dsf_row_label(count)]
         put(f"dsf_p{count}_heldout_contains", r.held_out, "rate", n=n)
         put(f"dsf_p{count}_train_contains", r.trained_paraphrase, "rate", n=n)
+        put(f"dsf_p{count}_n", n, "exact")
+    # The rates above rank the gold value against LOOKALIKES look-alikes: guessing scores this.
+    put("knowledge_chance", 1 / (LOOKALIKES + 1), "exact")
+    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
+        put(f"{key}_n", n, "exact")
+    put("val_facts_n", len(ch.val_facts), "exact")
+    put("methods_n", len(ch.method_facts), "exact")
+    put("format_n", len(ch.format_facts), "exact")
+    generated_keys = {"base": BASE, "dsf": dsf_name(best_count), "rag": "base + RAG",
+                      "dsf_plus_rag": f"{dsf_name(best_count)} + RAG"}
+    for key, name in generated_keys.items():
+        put(f"{key}_generated_contains", sum(run.outcomes[f"{name} generated"].values()) / len(ch.format_facts),
+            "rate", n=len(ch.format_facts))
+    for method, lr in ch.lrs.items():
+        put(f"{method.replace('-', '_')}_lr_chosen", lr, "choice")
 
     n_json = len(ch.structured_test)
     tuned = b[b.index.str.startswith("LoRA")]
@@ -494,13 +645,14 @@ def headline_metrics(ch: Chapter) -> dict:
         put(f"json_{condition}_n", n_json, "exact")
     put("json_lora_best_size", ch.best_structured_size, "choice")
 
+    n_methods = len(ch.method_facts)
     for name, r in cost.iterrows():
         key = name.replace("-", "_")
         put(f"{key}_step_s", r.step_s, "machine")
         put(f"{key}_peak_mb", r.peak_mb, "machine")
         put(f"{key}_mfu", r.mfu, "machine")
         put(f"{key}_trainable_share", r.trainable_share, "exact")
-        put(f"{key}_quality", r.quality, "mean", n=n)
+        put(f"{key}_quality", r.quality, "mean", n=n_methods)
         put(f"{key}_artifact_mb", r.artifact_mb, "derived", tol=ARTIFACT_MB_TOL)
     bf16_mb = ch.lm.n_params() * 2 / 2**20
     put("peak_gflops", ch.runs["lora"].metrics["peak_gflops"], "machine")
@@ -511,17 +663,16 @@ def headline_metrics(ch: Chapter) -> dict:
         put("lora_peak_ratio_vs_full", lora.peak_mb / full.peak_mb, "machine")
         quality_ratio = lora.quality / full.quality if full.quality > 0 else 0.0
         put("lora_quality_ratio_vs_full", quality_ratio, "derived",
-            tol=ratio_tol(lora.quality, full.quality, rate_tolerance(n), rate_tolerance(n)))
+            tol=ratio_tol(lora.quality, full.quality, rate_tolerance(n_methods), rate_tolerance(n_methods)))
     if "qlora" in cost.index:
         put("qlora_base_weight_ratio_vs_bf16", cost.loc["qlora"].base_weight_mb / bf16_mb, "exact")
     put("embedding_share", ch.lm.model.get_input_embeddings().weight.numel() / ch.lm.n_params(), "exact")
 
     ppl = forgetting_table(ch)
     put("perplexity_base", ch.forgetting["base model"].perplexity, "derived", tol=PERPLEXITY_TOL)
-    put("forgetting_delta_lora", ppl.loc[f"DSF, LoRA ({best_count} paraphrases)", "change"], "derived",
-        tol=FORGETTING_DELTA_TOL)
-    if "DSF, full fine-tuning" in ppl.index:
-        put("forgetting_delta_full", ppl.loc["DSF, full fine-tuning", "change"], "derived", tol=FORGETTING_DELTA_TOL)
+    for method in cost.index:
+        key = "forgetting_delta_" + method.replace("-", "_")
+        put(key, ppl.loc[method_label(method), "change"], "derived", tol=FORGETTING_DELTA_TOL)
     put("model_params_m", ch.lm.n_params() / 1e6, "exact")
     # The questions behind each headline figure: a change of n is a change of design, never drift.
     put("knowledge_n", n, "exact")
@@ -540,8 +691,8 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     run, p = ch.run, ch.params
     out: dict[str, StatedComparison] = {}
 
-    def state(key, claim, a, b, a_label, b_label, expect="greater", margin=0.0, kind=None, pct=True):
-        out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind, margin=margin),
+    def state(key, claim, a, b, a_label, b_label, expect="greater", margin=0.0, kind=None, pct=True, unit="questions"):
+        out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind, margin=margin, unit=unit),
                                     a_label, b_label, pct=pct)
 
     def missing(key, why):
@@ -598,10 +749,9 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     else:
         missing("t3_attention_only", "attention-only LoRA is not in methods")
     # K7: the more weights move, the more is forgotten; NLL per segment of the general text, lower is better.
-    lora_probe = f"NLL: DSF, LoRA ({top} paraphrases)"
-    if "NLL: DSF, full fine-tuning" in run.outcomes:
-        state("k7_forgetting", "K7-forgetting", "NLL: DSF, full fine-tuning", lora_probe,
-              "full fine-tuning", "LoRA", kind="continuous", pct=False)
+    if f"NLL: {method_label('full')}" in run.outcomes:
+        state("k7_forgetting", "K7-forgetting", f"NLL: {method_label('full')}", f"NLL: {method_label('lora')}",
+              "full fine-tuning", "LoRA", kind="continuous", pct=False, unit="segments")
     else:
         missing("k7_forgetting", "full fine-tuning is not in methods")
     return out
@@ -674,6 +824,15 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("min_structured_size", min(ch.params.structured_sizes))
     glue("max_structured_size", max(ch.params.structured_sizes))
     glue("max_paraphrases", ch.best_count)
+    glue("n_candidates", LOOKALIKES + 1)
+    glue("lr_factors", ", ".join(f"{f:g}" for f in ch.params.lr_factors))
+    glue("sweep_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.sweep_methods))
+    glue("unswept_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods)
+         or "none")
+    glue("general_texts", " and ".join(ch.general))
+    low = min(ch.params.paraphrase_counts)
+    glue("low_paraphrase_epochs", tasks.dsf_epochs(ch.params, low))
+    glue("top_paraphrase_epochs", tasks.dsf_epochs(ch.params, ch.best_count))
     glue("t1_margin_share", T1_SHARE)
     glue("qlora_margin", QLORA_MARGIN)
 
@@ -684,5 +843,7 @@ def save(ch: Chapter):
                       behaviour=ch.behaviour.reset_index().to_dict("records"),
                       methods=ch.cost.reset_index().to_dict("records"),
                       forgetting=forgetting_table(ch).reset_index().to_dict("records"),
+                      lr_sweep=ch.sweep.reset_index().to_dict("records"),
+                      generated_answers=ch.answers.to_dict("records"),
                       train_runs={name: r.metrics for name, r in ch.runs.items()})
     return run.save(lm=ch.lm)

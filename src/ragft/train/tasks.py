@@ -40,11 +40,22 @@ def lora_config(params, epochs: int, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def train_dsf(params, facts: list, n_paraphrases: int) -> TrainResult:
-    """Chapter 3's closed-book fine-tune on the facts. Chapter 4 calls it with chapter 3's parameters,
-    so the same model, config and data hash to the same cached adapter: reloaded, not retrained."""
-    return train(params.model, dsf_examples(facts, n_paraphrases), lora_config(params, params.dsf_epochs),
-                 label=f"dsf-p{n_paraphrases}")
+def dsf_epochs(params, n_paraphrases: int) -> int:
+    """Epochs for n_paraphrases per fact: dsf_epochs on the most paraphrases, proportionally more on
+    fewer, so every paraphrase count gets the same number of optimizer steps (K5 without a confound)."""
+    return max(1, round(params.dsf_epochs * max(params.paraphrase_counts) / n_paraphrases))
+
+
+def train_dsf(params, facts: list, n_paraphrases: int, lr: float | None = None, method: str = "lora",
+              label: str | None = None) -> TrainResult:
+    """Chapter 3's closed-book fine-tune on the facts (lr: default lora_lr). Chapter 4 calls it with
+    chapter 3's parameters and learning rate, so the same model, config and data hash to the same
+    cached adapter: reloaded, not retrained. `method` is a chapter 3 method name (lora,
+    lora-attention, qlora, full)."""
+    overrides = {"lora-attention": {"target": "attention"}, "qlora": {"method": "qlora"},
+                 "full": {"method": "full"}}.get(method, {})
+    cfg = lora_config(params, dsf_epochs(params, n_paraphrases), **overrides, **({"lr": lr} if lr else {}))
+    return train(params.model, dsf_examples(facts, n_paraphrases), cfg, label=label or f"dsf-p{n_paraphrases}")
 
 
 def structured_context(kb, question) -> str:
@@ -78,6 +89,28 @@ def structured_examples(n: int, test_seed: int, kb_sizes=None, system: str = STR
                 by_paraphrase.setdefault(i, []).append(example(structured_messages(world, q, text, system), json.dumps(q.fields)))
         seed += 1
     return [ex for i in sorted(by_paraphrase) for ex in by_paraphrase[i]][:n]
+
+
+def general_texts(n_chars: int = 6000) -> dict[str, str]:
+    """Two kinds of English prose no fine-tune here sees, n_chars of each, by name: Python's help
+    topics (a language reference) and the standard library's module docstrings (library manuals)."""
+    return {"help topics": general_text(n_chars), "module docs": module_docs_text(n_chars)}
+
+
+def module_docs_text(n_chars: int = 6000) -> str:
+    """The docstrings of standard-library modules that ship with Python, in a fixed order."""
+    import importlib
+    import inspect
+
+    out = []
+    for name in ("argparse", "logging", "unittest", "email", "json", "pickle", "textwrap", "heapq", "bisect",
+                 "calendar", "difflib", "sched", "queue", "string", "shlex", "gettext", "locale", "ftplib"):
+        doc = inspect.getdoc(importlib.import_module(name))
+        if doc:
+            out.append(doc)
+        if sum(map(len, out)) >= n_chars:
+            break
+    return "\n\n".join(out)[:n_chars]
 
 
 def general_text(n_chars: int = 6000) -> str:
@@ -118,20 +151,6 @@ def perplexity_probe(lm, text: str, window: int = 512) -> tuple[float, list[floa
 def perplexity(lm, text: str, window: int = 512) -> float:
     """Token-level perplexity of `text` under the model, in non-overlapping windows."""
     return perplexity_probe(lm, text, window)[0]
-
-
-def closed_book_contains(lm, questions: list, max_new_tokens: int = 32, batch_size: int = 16,
-                         desc: str = "closed book") -> tuple[float, float]:
-    """Closed-book accuracy on the held-out paraphrases and on the first trained ones, (held, trained),
-    from one generation call (both sets batched together)."""
-    from ..generation import generate
-    from ..metrics import contains
-
-    texts = [q.test_text for q in questions] + [q.train_texts[0] for q in questions]
-    gen = generate(lm, [dsf_messages(t) for t in texts], max_new_tokens, batch_size, desc=desc)
-    hits = [contains(t, q.answers) for t, q in zip(gen.texts, questions + questions)]
-    n = len(questions)
-    return sum(hits[:n]) / n, sum(hits[n:]) / n
 
 
 def structured_row(name: str, gen, questions: list, price_row: str, **extra) -> dict:
