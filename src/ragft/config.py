@@ -146,7 +146,7 @@ class RagParams(Answering):
     retrieval: str = param("hybrid", "dense | bm25 | hybrid: the method the answering experiments use")
     n_retrieval_questions: int = param(200, "single-fact questions for the retrieval grid", bounds=(1, 100_000))
     n_scored_questions: int = param(64, "answerable questions scored by candidate log-likelihood at every answer top-k", bounds=(1, 100_000))
-    n_scored_unanswerable: int = param(29, "unanswerable questions scored at the chosen top-k (refusal as a detector)", bounds=(0, 100_000))
+    n_scored_unanswerable: int = param(29, "unanswerable questions scored at the fewest chunks (refusal as a detector)", bounds=(0, 100_000))
     answer_top_ks: list = param([1, 3, 5], "top-ks scored and answered (prefill grows with k)", bounds=(1, 50))
     n_answer_questions: int = param(16, "generated answers at every answer top-k, to show their form", bounds=(1, 100_000))
     n_unanswerable: int = param(8, "unanswerable questions with generated answers", bounds=(0, 100_000))

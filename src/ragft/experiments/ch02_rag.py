@@ -423,7 +423,7 @@ class ScoredAt:
 def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int]) -> dict[int, ScoredAt]:
     """Retrieve each question's top max(ks) chunks (the configured method; a top-k is the first k of
     them), then rank its candidate replies given the numbered chunks at every k, and for the
-    unanswerable questions at the chosen top-k only (ragft.scoring.rank_candidates). A question's
+    unanswerable questions at the fewest chunks only (ragft.scoring.rank_candidates). A question's
     prompts at different k share their beginning (system prompt and its first chunks), so they are
     scored in one call that computes that beginning once."""
     from ..progress import progress
@@ -437,7 +437,7 @@ def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int
     chances, shares, seconds = {k: [] for k in ks}, {k: [] for k in ks}, 0.0
     for it, hits_all in progress(list(zip(asked, ranked)), desc="scoring"):
         values, gold = ch.kb.candidates(by_id[it.qid], k=3, seed=p.seed)
-        its_ks = ks if gold is not None else [best_k]
+        its_ks = ks if gold is not None else [ks[0]]  # refusal: the cheapest prompt is enough to rank it
         convs, cands, golds = [], [], []
         for k in its_ks:
             hits = hits_all[:k]
@@ -497,7 +497,7 @@ def scored_answers(ch: Chapter) -> Scored:
     every answer top-k (K9: the fewest chunks against the most), and at the chosen top-k also
     attribution (which numbered source the gold answer is cited with), the listwise LL reranker
     (R3: its first source against the retrieval's first) and the LL refusal score on
-    n_scored_unanswerable unanswerable questions (refusal as a detector)."""
+    n_scored_unanswerable unanswerable questions at the fewest chunks (refusal as a detector)."""
     p, run, best_k = ch.params, ch.run, ch.best_k
     answerable = ch.items[:p.n_scored_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_scored_unanswerable, p.seed))
@@ -506,7 +506,7 @@ def scored_answers(ch: Chapter) -> Scored:
     with run.stage("scored_answers"):
         by_k = score_top_ks(ch, answerable, unanswerable, ks)
         for k, sc in by_k.items():
-            if k == best_k:
+            if k == ks[0]:
                 run.record(f"scored top-{k} unanswerable refusal score", {q: v for q, v in sc.refusal_score.items()
                                                                           if q not in sc.answer})
             run.record(f"scored top-{k}", sc.answer, {q: (sc.prompt_tokens[q], 0) for q in sc.answer})
@@ -531,12 +531,13 @@ def scored_answers(ch: Chapter) -> Scored:
                                        missing=f"only top-{ks[0]} was scored, so there is nothing to compare"))
     # citations and reranking need two sources or more: at the chosen top-k, else the largest scored
     stated += _attribution_and_rerank(ch, main if best_k >= 2 else by_k[ks[-1]])
-    unans = sorted(q for q in main.refusal_score if q not in main.answer)
+    fewest = by_k[ks[0]]  # the refusal score is measured at the fewest chunks
+    unans = sorted(q for q in fewest.refusal_score if q not in fewest.answer)
     detectors = refusal_detectors(run, {"LL refusal score": (
-        "refusal_ll", [main.refusal_score[q] for q in unans], [main.refusal_score[q] for q in main.answer])})
+        "refusal_ll", [fewest.refusal_score[q] for q in unans], [fewest.refusal_score[q] for q in fewest.answer])})
+    glue("refusal_ll_k", ks[0])
     # the pointwise yes/no reranker this chapter used before reads one (question, chunk) prompt per
     # pool candidate, about a top-1 prompt each: its cost at this run's prefill speed
-    fewest = by_k[ks[0]]
     per_chunk_s = fewest.seconds / len(fewest.prompt_tokens) / ks[0]
     pointwise = run.metric("pointwise_rerank_s_per_query_est", POINTWISE_POOL * per_chunk_s, "machine")
     return Scored(by_k, best_k, table, stated, detectors, pointwise)
