@@ -1,8 +1,8 @@
 """Scoring by log-likelihood: rank a question's candidate answers by how likely the model finds each
 as its reply, as knowledge-injection studies score knowledge (multiple choice, Ovadia et al. 2024).
 
-One prefill per question (the prompt, after a prefix every prompt shares is computed once), then
-all candidates in one small batch on top of that cache: several times cheaper than decoding an
+One prefill per question (the prompt, after a prefix every prompt shares is computed once; questions
+batched), then all candidates in one batch on top of that cache: several times cheaper than decoding an
 answer, and it measures what the model knows rather than how it phrases it. The candidate is scored
 as the first words of the assistant's reply, summed over its tokens (lm-evaluation-harness "acc");
 candidates of one question are values of the same attribute, so their lengths are alike.
@@ -51,10 +51,33 @@ class Ranking:
         return dict(zip(qids, self.correct))
 
 
+def _batches(order: list[int], lengths: list[int], counts: list[int], batch_size: int,
+             max_cached_tokens: int) -> list[list[int]]:
+    """Questions (in `order`) grouped for batched scoring: at most batch_size questions, and at most
+    max_cached_tokens prompt tokens over all their candidate rows (each row holds its question's
+    padded prompt in the KV cache); a question alone in its batch may exceed it."""
+    batches, current, width, rows = [], [], 0, 0
+    for i in order:
+        w, r = max(width, lengths[i]), rows + counts[i]
+        if current and (len(current) >= batch_size or w * r > max_cached_tokens):
+            batches.append(current)
+            current, w, r = [], lengths[i], counts[i]
+        current.append(i)
+        width, rows = w, r
+    return batches + ([current] if current else [])
+
+
 def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
-                    desc: str = "scoring") -> Ranking:
+                    desc: str = "scoring", batch_size: int = 16, max_cached_tokens: int = 8192) -> Ranking:
     """Log-likelihood of each candidate reply to each conversation (chat template, as `generate`
-    sends it). `candidates[i]` are question i's answers to rank, `gold[i]` the index of the right one."""
+    sends it). `candidates[i]` are question i's answers to rank, `gold[i]` the index of the right one.
+
+    Questions are scored in batches (sorted by length, at most `batch_size`, and at most
+    `max_cached_tokens` prompt tokens over all candidate rows of a batch): each prompt's own tokens are
+    left-padded after the shared prefix (the mask hides the pads, position ids skip them), then every
+    candidate of every question of the batch is one row on top of its question's cache. On 2 CPU
+    cores this is several times faster than one question at a time for short prompts; the scores
+    are those of each prompt + candidate scored alone, without a cache (checked in the tests)."""
     import torch
 
     from .progress import progress
@@ -68,35 +91,53 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
         if not (isinstance(g, int) and 0 <= g < len(cands)):
             raise ValueError(f"question {i}: gold={g!r} is not an index into its {len(cands)} candidates")
     tok, model = lm.tokenizer, lm.model
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
                add_special_tokens=False)["input_ids"] for c in conversations]
+    cand_ids = [[tok(c, add_special_tokens=False)["input_ids"] for c in cands] for cands in candidates]
     start = time.perf_counter()
     n_common = _common_prefix_len(ids) if len(ids) > 1 else 0
     shared = None
+    scores: list[list[float]] = [[] for _ in ids]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    lengths = [len(x) + max(len(c) for c in cs) for x, cs in zip(ids, cand_ids)]
+    batches = _batches(order, lengths, [len(c) for c in cand_ids], batch_size, max_cached_tokens)
+
+    def tensor(rows):
+        return torch.tensor(rows, device=lm.device)
+
     with torch.inference_mode():
         if n_common >= MIN_SHARED_PREFIX:
-            shared = model(torch.tensor([ids[0][:n_common]], device=lm.device), use_cache=True).past_key_values
+            shared = model(tensor([ids[0][:n_common]]), use_cache=True).past_key_values
         else:
             n_common = 0
-        scores = []
-        for prompt, cands in progress(list(zip(ids, candidates)), desc=desc):
-            # the question's own prompt on top of the shared prefix; its last logits predict token 1
-            out = model(torch.tensor([prompt[n_common:]], device=lm.device), use_cache=True,
-                        past_key_values=copy.deepcopy(shared) if shared is not None else None)
-            first = torch.log_softmax(out.logits[0, -1].float(), -1)
-            cand_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in cands]
-            width = max(len(c) for c in cand_ids)
+        for batch in progress(batches, desc=desc):
+            # each question's own prompt, left-padded after the shared prefix; its last logits predict token 1
+            own = [ids[i][n_common:] for i in batch]
+            width = max(len(x) for x in own)
+            mask = [[1] * n_common + [0] * (width - len(x)) + [1] * len(x) for x in own]
+            positions = [[n_common] * (width - len(x)) + list(range(n_common, n_common + len(x))) for x in own]
+            cache = None
+            if shared is not None:
+                cache = copy.deepcopy(shared)
+                cache.batch_repeat_interleave(len(batch))
+            out = model(tensor([[pad] * (width - len(x)) + x for x in own]), attention_mask=tensor(mask),
+                        position_ids=tensor(positions), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), -1)
+            # every candidate of every question: one row each, on top of its question's cache
+            owner = [b for b, i in enumerate(batch) for _ in cand_ids[i]]
+            flat = [c for i in batch for c in cand_ids[i]]
+            w2 = max(len(c) for c in flat)
             cache = out.past_key_values
-            cache.batch_repeat_interleave(len(cands))
-            rows = [c + [tok.pad_token_id] * (width - len(c)) for c in cand_ids]
-            mask = [[1] * len(prompt) + [1] * len(c) + [0] * (width - len(c)) for c in cand_ids]
-            logits = model(torch.tensor(rows, device=lm.device), past_key_values=cache,
-                           attention_mask=torch.tensor(mask, device=lm.device)).logits.float()
-            logp = torch.log_softmax(logits, -1)
-            row = []
-            for j, c in enumerate(cand_ids):
-                total = float(first[c[0]])  # later tokens are predicted by the candidate's own positions
-                total += sum(float(logp[j, t - 1, c[t]]) for t in range(1, len(c)))
-                row.append(total)
-            scores.append(row)
+            cache.batch_select_indices(tensor(owner))
+            rows = [c + [pad] * (w2 - len(c)) for c in flat]
+            cmask = [mask[b] + [1] * len(c) + [0] * (w2 - len(c)) for b, c in zip(owner, flat)]
+            cpos = [list(range(n_common + len(own[b]), n_common + len(own[b]) + w2)) for b in owner]
+            logits = model(tensor(rows), attention_mask=tensor(cmask), position_ids=tensor(cpos),
+                           past_key_values=cache).logits
+            logp = torch.log_softmax(logits.float(), -1)
+            for r, (b, c) in enumerate(zip(owner, flat)):
+                total = float(first[b, c[0]])  # later tokens are predicted by the candidate's own positions
+                total += sum(float(logp[r, t - 1, c[t]]) for t in range(1, len(c)))
+                scores[batch[b]].append(total)
     return Ranking(scores, list(gold), [len(x) for x in ids], time.perf_counter() - start)
