@@ -19,8 +19,9 @@ from ragft import run as runner
 
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
 # DESIGN.md asks for 5 minutes. With chapter 4 (seven small trainings on every code path) the
-# smoke book measured 296 s with a warm artifact cache and about 340 s expected on a fresh one.
-SMOKE_BUDGET_S = 420
+# smoke book measured 296 s with a warm artifact cache. Issue 13 added chapter 3's learning-rate sweep
+# and the scored conditions (chapter 3 alone measured 185 s in smoke, chapter 4 109 s): 10 minutes.
+SMOKE_BUDGET_S = 600
 
 
 def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc():
