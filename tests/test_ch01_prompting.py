@@ -1,5 +1,6 @@
-"""Chapter 1's experiment module without the language model: outcomes, metrics, comparisons, sanity,
-figure. Conditions are built from planted answers (Generation objects), scored by the real metrics."""
+"""Chapter 1's experiment module without the language model: rankings, outcomes, metrics,
+comparisons, refusal as a detector, sanity, figure. Conditions are built from planted log-likelihood
+rankings (ragft.scoring.Ranking) and planted answers (Generation objects), scored by the real code."""
 
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from ragft.experiments import ch01_prompting as ch01
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
 from ragft.results import METRIC_KINDS, ChapterRun
+from ragft.scoring import Ranking
 
 PUBLISHED_KEYS = [
     "closed_book_contains", "instruction_contains", "few_shot_best_contains", "few_shot_best_k",
@@ -17,7 +19,12 @@ PUBLISHED_KEYS = [
     "long_context_contains", "long_context_gold_only_contains", "long_context_prompt_tokens",
     "prompt_tokens_per_query_closed_book", "prompt_tokens_per_query_gold_context", "refusal_acc_instruction",
     "refusal_acc_gold_context", "cost_per_1k_gold_context_usd", "cost_per_1k_long_context_usd",
-    "latency_gold_context_s", "latency_long_context_s"]
+    "latency_gold_context_s", "latency_long_context_s", "closed_book_n", "instruction_n", "few_shot_n",
+    "gold_context_n", "multihop_gold_n", "long_context_n", "unanswerable_n"]
+LL_KEYS = ["ll_chance", "closed_book_ll_acc", "instruction_ll_acc", "few_shot_best_ll_acc", "gold_context_ll_acc",
+           "multihop_gold_ll_acc", "long_context_ll_acc", "long_context_gold_only_ll_acc", "generated_n",
+           "refusal_auroc_instruction", "refusal_recall_instruction", "refusal_auroc_gold_context",
+           "refusal_recall_gold_context", "false_refusal_instruction", "refusal_preferred_instruction"]
 
 
 def gen(texts, prompt_tokens=100, completion_tokens=5):
@@ -37,6 +44,30 @@ def answers(items, right):
     return out
 
 
+def planted(ch, items, right, refuse=(), tokens=100):
+    """A ranking in candidate_lists' layout: the gold value first for questions whose index is in
+    `right` (a look-alike first for the others); the refusal, when ranked, first for the indices in
+    `refuse` and last for the others."""
+    cands, golds, with_refusal = ch01.candidate_lists(ch, items)
+    scores = []
+    for i, (c, g) in enumerate(zip(cands, golds)):
+        n_values = len(c) - 1 if with_refusal else len(c)
+        values_gold = g if g < n_values else 0  # an unanswerable question has no gold value
+        row = [-5.0 - j for j in range(n_values)]
+        if i in right:
+            row[values_gold] = 0.0
+        else:
+            row[(values_gold + 1) % n_values] = 0.0
+        if with_refusal:
+            row.append(1.0 if i in refuse else -20.0)
+        scores.append(row)
+    return Ranking(scores, golds, [tokens] * len(items), 0.1 * len(items)), with_refusal
+
+
+def unanswerable_indices(items):
+    return {i for i, q in enumerate(items) if q.kind == "unanswerable"}
+
+
 @pytest.fixture()
 def chapter(kb):
     params = config.resolve("01_prompting", "smoke")
@@ -44,21 +75,37 @@ def chapter(kb):
                         kb, kb.sample("single", 8, 0), kb.sample("multihop", 2, 0), kb.sample("unanswerable", 4, 0))
 
 
+def rank_planted(ch, name, group, items, right, refuse=(), tokens=100, **extra):
+    ranking, with_refusal = planted(ch, items, set(right), set(refuse), tokens)
+    return ch01.add_ranked(ch, name, group, items, ranking, with_refusal, **extra)
+
+
 def fill(ch, gold_right=range(100), haystack_right=((0, 1, 2), (0,))):
-    """Every condition of the chapter, with planted answers: closed book always wrong and never
-    refusing, the instruction refusing every unanswerable question, the gold document right on
-    `gold_right`, the haystacks right on the given indices."""
+    """Every condition of the chapter. Ranked: closed book always wrong and refusing nothing, the
+    instruction refusing every unanswerable question (and nothing else), few-shot k=1 right on the
+    first question, the gold document right on `gold_right`, the haystacks on the given indices.
+    Generated: the same pattern on the first questions."""
     test = ch.test
-    ch01.add_condition(ch, "closed book", "test", test, gen(answers(test, set()), 30))
-    ch01.add_condition(ch, "instruction", "test", test,
-                       gen(answers(test, {i for i, q in enumerate(test) if q.kind == "unanswerable"}), 70))
+    unans = unanswerable_indices(test)
+    rank_planted(ch, "closed book", "test", test, set(), tokens=30)
+    rank_planted(ch, "instruction", "test", test, set(), refuse=unans, tokens=70)
     items = ch.few_shot_items
-    ch01.add_condition(ch, "few-shot k=0", "few-shot", items,
-                       ch.conditions["instruction"].generation.subset([test.index(q) for q in items]), k=0)
-    ch01.add_condition(ch, "few-shot k=1", "few-shot", items, gen(answers(items, {0}), 110), k=1)
-    ch01.add_condition(ch, "gold document", "test", test, gen(answers(test, set(gold_right)), 220))
-    ch01.add_condition(ch, "gold documents, two-hop", "test", ch.multihop, gen(answers(ch.multihop, {0}), 330))
+    base = ch.ranked["instruction"]
+    ch01.add_ranked(ch, "few-shot k=0", "few-shot", items,
+                    ch01.subset_ranking(base.ranking, [test.index(q) for q in items]), base.with_refusal, k=0)
+    rank_planted(ch, "few-shot k=1", "few-shot", items, {0}, tokens=110, k=1)
+    rank_planted(ch, "gold document", "test", test, set(gold_right), refuse=unans, tokens=220)
+    rank_planted(ch, "gold documents, two-hop", "test", ch.multihop, {0}, tokens=330)
     ch.long_context_questions = ch.single[:3]
+    for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right, (400, 650)):
+        rank_planted(ch, name, "long context", ch.long_context_questions, set(right), tokens=tokens, documents=2)
+    shown = ch.generated_test
+    ch01.add_condition(ch, "closed book", "test", shown, gen(answers(shown, set()), 30))
+    ch01.add_condition(ch, "instruction", "test", shown, gen(answers(shown, unanswerable_indices(shown)), 70))
+    few = [q for q in shown if q in items]
+    ch01.add_condition(ch, "few-shot k=1", "few-shot", few, gen(answers(few, {0}), 110), k=1)
+    ch01.add_condition(ch, "gold document", "test", shown, gen(answers(shown, set(gold_right)), 220))
+    ch01.add_condition(ch, "gold documents, two-hop", "test", ch.multihop, gen(answers(ch.multihop, {0}), 330))
     for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right, (400, 650)):
         ch01.add_condition(ch, name, "long context", ch.long_context_questions,
                            gen(answers(ch.long_context_questions, set(right)), tokens), documents=2)
@@ -82,46 +129,87 @@ def test_outcomes_refuse_mismatched_or_repeated_questions(kb):
         split_outcomes(single[:1] * 2, gen(["a", "b"]))
 
 
-def test_conditions_are_recorded_by_meaning_and_agree_with_the_table(chapter):
-    fill(chapter)
+def test_candidates_rank_the_refusal_only_beside_unanswerable_questions(chapter):
+    cands, golds, with_refusal = ch01.candidate_lists(chapter, chapter.test)
+    assert with_refusal and all(c[-1] == ch01.prompts.REFUSAL_ANSWER for c in cands)
+    for q, c, g in zip(chapter.test, cands, golds):
+        assert len(c) == ch01.CANDIDATES_K + 2
+        assert (g == len(c) - 1) if q.kind == "unanswerable" else (c[g] == q.answer)
+    cands, golds, with_refusal = ch01.candidate_lists(chapter, chapter.single)
+    assert not with_refusal and all(len(c) == ch01.CANDIDATES_K + 1 and c[g] == q.answer
+                                    for q, c, g in zip(chapter.single, cands, golds))
+
+
+def test_rankings_are_recorded_by_meaning_and_agree_with_their_rows(chapter):
+    fill(chapter, gold_right={0, 1, 2})
     outcomes = chapter.run.outcomes
-    assert {"instruction", "instruction refusal", "closed book refusal", "few-shot k=1", "haystack 600"} <= set(outcomes)
+    assert {"instruction", "instruction refusal", "closed book refusal", "few-shot k=1", "haystack 600",
+            "instruction, generated", "instruction, generated refusal"} <= set(outcomes)
     assert "haystack 600 refusal" not in outcomes  # the haystacks ask answerable questions only
-    for cond in chapter.conditions.values():
-        scores = outcomes[cond.name]
+    for r in chapter.ranked.values():
+        scores = outcomes[r.name]
+        assert len(scores) == r.row["n"] == sum(q.kind != "unanswerable" for q in r.items)
+        assert sum(scores.values()) / len(scores) == pytest.approx(r.row["ll_acc"])
+        assert r.row["chance"] == pytest.approx(1 / (ch01.CANDIDATES_K + 1))  # the refusal is no value
+    assert chapter.ranked["gold document"].row["ll_acc"] == pytest.approx(3 / 8)
+    assert chapter.ranked["gold document"].row["ll_lo"] < 3 / 8 < chapter.ranked["gold document"].row["ll_hi"]
+    assert set(outcomes["instruction refusal"].values()) == {1.0} and set(outcomes["closed book refusal"].values()) == {0.0}
+    for cond in chapter.conditions.values():  # generated answers: their own names, the format view
+        scores = outcomes[cond.name + ch01.GENERATED]
         assert sum(scores.values()) / len(scores) == pytest.approx(cond.row["contains"])
-        assert set(chapter.run.outcome_tokens[cond.name]) == set(scores)
-    refusals = outcomes["instruction refusal"]
-    assert sum(refusals.values()) / len(refusals) == pytest.approx(chapter.conditions["instruction"].row["refusal_acc"])
+    with pytest.raises(ValueError, match="already ranked"):
+        rank_planted(chapter, "instruction", "test", chapter.test, set())
+    with pytest.raises(ValueError, match="group"):
+        rank_planted(chapter, "other", "closed", chapter.test, set())
+    with pytest.raises(ValueError, match="ranked questions"):
+        ch01.add_ranked(chapter, "short", "test", chapter.test, planted(chapter, chapter.single, set())[0], True)
     with pytest.raises(ValueError, match="already measured"):
         ch01.add_condition(chapter, "instruction", "test", chapter.test, gen(answers(chapter.test, set())))
-    with pytest.raises(ValueError, match="group"):
-        ch01.add_condition(chapter, "other", "closed", chapter.test, gen(answers(chapter.test, set())))
+
+
+def test_refusal_is_read_as_a_detector(chapter):
+    test, unans = chapter.test, unanswerable_indices(chapter.test)
+    perfect = rank_planted(chapter, "closed book", "test", test, set(), refuse=unans).row
+    assert perfect["refusal_auroc"] == 1.0 and perfect["refusal_recall"] == 1.0
+    assert perfect["refusal_preferred"] == 1.0 and perfect["false_refusal"] == 0.0
+    everything = rank_planted(chapter, "instruction", "test", test, set(), refuse=set(range(len(test)))).row
+    # refusing everything: every unanswerable question refused, but the detector is no better than chance
+    assert everything["refusal_preferred"] == 1.0 and everything["false_refusal"] == 1.0
+    assert everything["refusal_auroc"] == pytest.approx(0.5) and everything["refusal_recall"] == 0.0
+    backwards = rank_planted(chapter, "gold document", "test", test, set(),
+                             refuse=set(range(len(test))) - unans).row
+    assert backwards["refusal_auroc"] == 0.0 and backwards["refusal_recall"] == 0.0
+    assert "refusal_auroc" not in rank_planted(chapter, "two", "test", chapter.single, set()).row
 
 
 def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
     fill(chapter)
     m = ch01.headline_metrics(chapter)
-    assert set(PUBLISHED_KEYS) <= set(m)
+    assert set(PUBLISHED_KEYS + LL_KEYS) <= set(m)
     rules = chapter.run.metric_rules
     assert set(rules) == set(m) and all(r["kind"] in METRIC_KINDS for r in rules.values())
-    assert rules["closed_book_contains"] == {"kind": "rate", "n": 8}
-    assert rules["refusal_acc_instruction"] == {"kind": "rate", "n": 4}
+    n_gen = len(chapter.single[:chapter.params.n_generated])
+    assert rules["closed_book_contains"] == {"kind": "rate", "n": n_gen} and m["generated_n"] == n_gen
+    assert rules["closed_book_ll_acc"] == {"kind": "rate", "n": 8} and m["closed_book_n"] == 8
+    assert rules["refusal_acc_instruction"]["kind"] == "rate" and rules["refusal_auroc_instruction"]["kind"] == "mean"
     assert rules["few_shot_best_k"]["kind"] == "choice" and rules["latency_long_context_s"]["kind"] == "machine"
     assert rules["cost_per_1k_gold_context_usd"]["kind"] == "exact"  # s4_actian prices input tokens only
-    assert m["few_shot_best_k"] == 1 and m["gold_context_contains"] == 1.0 and m["refusal_acc_instruction"] == 1.0
-    assert m["long_context_gold_only_contains"] == 1.0 and m["long_context_contains"] == pytest.approx(1 / 3)
-    assert m["long_context_prompt_tokens"] == 650 and m["closed_book_n"] == 8 and m["unanswerable_n"] == 4
+    assert m["few_shot_best_k"] == 1 and m["gold_context_ll_acc"] == 1.0 and m["closed_book_ll_acc"] == 0.0
+    assert m["ll_chance"] == pytest.approx(0.25) and m["refusal_auroc_instruction"] == 1.0
+    assert m["refusal_auroc_closed_book"] == pytest.approx(0.5)  # all tied: no refusal anywhere
+    assert m["gold_context_contains"] == 1.0 and m["refusal_acc_instruction"] == 1.0
+    assert m["long_context_gold_only_ll_acc"] == 1.0 and m["long_context_ll_acc"] == pytest.approx(1 / 3)
+    assert m["long_context_prompt_tokens"] == 650 and m["unanswerable_n"] == 4 and m["long_context_n"] == 3
 
 
 def test_best_few_shot_keeps_the_first_of_ties_and_can_leave_out_k0(chapter):
     fill(chapter)
-    chapter.conditions["few-shot k=1"].row["contains"] = 0.0  # all tied at zero
+    chapter.ranked["few-shot k=1"].row["ll_acc"] = 0.0  # all tied at zero
     assert ch01.best_few_shot(chapter).name == "few-shot k=0"
     assert ch01.best_few_shot(chapter, with_examples=True).name == "few-shot k=1"
 
 
-def test_comparisons_state_the_chapter_claims(chapter):
+def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
     fill(chapter)
     stated = ch01.state_comparisons(chapter)
     by_claim = {c["claim"]: c for c in chapter.run.comparisons}
@@ -132,6 +220,8 @@ def test_comparisons_state_the_chapter_claims(chapter):
     assert by_claim["prompting-few-shot"]["b"] == "few-shot k=0"
     assert (by_claim["refusal-instruction"]["a"], by_claim["refusal-instruction"]["b"]) == (
         "instruction refusal", "closed book refusal")
+    assert by_claim["refusal-instruction"]["n"] == 4 and by_claim["refusal-instruction"]["mean_a"] == 1.0
+    assert all(c["mde"] > 0 for c in by_claim.values())
     assert all(s.comparison is not None for s in stated.values())
     assert stated["k1_gold_document"].comparison.sentence("gold document", "instruction prompt").startswith("supported:")
 
@@ -139,27 +229,48 @@ def test_comparisons_state_the_chapter_claims(chapter):
 def test_comparisons_say_what_was_not_measured(chapter):
     chapter.unanswerable = []
     fill(chapter)
-    del chapter.conditions["haystack 600"]
+    del chapter.ranked["haystack 600"]
     stated = ch01.state_comparisons(chapter)
     assert stated["k9_long_context"].comparison is None and "window" in stated["k9_long_context"].missing
     assert stated["refusal_instruction"].comparison is None
-    assert "refusal_acc_instruction" not in ch01.headline_metrics(chapter)
+    m = ch01.headline_metrics(chapter)
+    assert "refusal_acc_instruction" not in m and "refusal_auroc_instruction" not in m
 
 
 def test_sanity_properties_hold_only_when_all_do(chapter):
     fill(chapter)
-    planted = ch01.headline_metrics(chapter)
-    assert ch01.sanity_properties(planted)["holds"].tolist() == [True, False, True]  # k=1 finds 1 of 3
-    m = {**planted, "few_shot_best_contains": 0.0}
-    table = ch01.sanity_properties(m)
-    assert table["holds"].tolist() == [True, True, True] and ch01.sanity_wording(table) == "hold"
-    low_gold = ch01.sanity_properties({**m, "gold_context_contains": ch01.SANITY_GOLD_DOCUMENT_MIN - 0.01})
+    planted_m = ch01.headline_metrics(chapter)
+    assert ch01.sanity_properties(planted_m)["holds"].tolist() == [True, True, True]
+    above_chance = {**planted_m, "few_shot_best_ll_acc": planted_m["ll_chance"] + ch01.SANITY_CLOSED_BOOK_MAX + 0.01}
+    assert ch01.sanity_properties(above_chance)["holds"].tolist() == [True, False, True]
+    low_gold = ch01.sanity_properties({**planted_m, "gold_context_ll_acc": ch01.SANITY_GOLD_DOCUMENT_MIN - 0.01})
     assert low_gold["holds"].tolist() == [True, True, False] and ch01.sanity_wording(low_gold) == "do NOT all hold"
+    assert ch01.sanity_wording(ch01.sanity_properties(planted_m)) == "hold"
 
 
 def test_haystack_levels_leave_room_in_the_window():
     params = SimpleNamespace(long_context_tokens=[600, 1800, 1900])
     assert ch01.haystack_levels(params, 2048) == [0, 600, 1800]
+
+
+def test_haystack_groups_ask_each_haystack_its_own_documents_questions(chapter):
+    chapter.params.n_long_context_questions, chapter.params.haystack_documents = 20, 2
+    groups = ch01.haystack_groups(chapter)
+    docs, questions = chapter.kb.questions_about_documents(20, chapter.params.seed)
+    assert [q for _, asked in groups for q in asked] == [q for q in questions if q in {x for _, a in groups for x in a}]
+    assert sum(len(a) for _, a in groups) == len(questions) and len(groups) > 1
+    for group_docs, asked in groups:
+        assert 1 <= len(group_docs) <= 2 and {q.doc_ids[0] for q in asked} <= {d.doc_id for d in group_docs}
+
+
+def test_tables_show_accuracy_against_chance_and_the_detector(chapter):
+    fill(chapter)
+    table = ch01.ranked_table(chapter, "test")
+    assert list(table.index) == ["closed book", "instruction", "gold document", "gold documents, two-hop"]
+    assert table.loc["closed book", "chance"] == "25%" and table.loc["gold document", "questions"] == 8
+    refusals = ch01.refusal_table(chapter)
+    assert "gold documents, two-hop" not in refusals.index and refusals.loc["instruction", "AUROC"] == "1.00"
+    assert "few-shot k=1" in ch01.conditions_table(chapter).index
 
 
 def test_figure_has_error_bars_for_every_condition(chapter):
@@ -172,5 +283,6 @@ def test_figure_has_error_bars_for_every_condition(chapter):
     fig = ch01.plot_accuracy_vs_tokens(chapter)
     ax = fig.axes[0]
     assert len(ax.containers) == 3  # test conditions, few-shot, haystacks: each an errorbar container
-    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(chapter.conditions)
+    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(chapter.ranked)
+    assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # chance
     plt.close(fig)

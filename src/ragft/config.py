@@ -123,13 +123,15 @@ class FrontPageParams(Common):
 class PromptingParams(Answering):
     """Chapter 1: prompt engineering and long context."""
 
-    n_single: int = param(36, "single-fact test questions (held-out paraphrases)", bounds=(1, 10_000))
-    n_multihop: int = param(8, "two-document questions", bounds=(0, 10_000))
-    n_unanswerable: int = param(12, "questions whose right answer is a refusal", bounds=(0, 10_000))
+    n_single: int = param(64, "single-fact test questions (held-out paraphrases), ranked by log-likelihood", bounds=(1, 10_000))
+    n_multihop: int = param(32, "two-document questions", bounds=(0, 10_000))
+    n_unanswerable: int = param(29, "questions whose right answer is a refusal", bounds=(0, 10_000))
     few_shot_ks: list = param([0, 1, 3, 5], "numbers of few-shot examples to try", bounds=(0, 16))
-    n_few_shot_questions: int = param(16, "few-shot runs: the first n single-fact and n/2 unanswerable questions", bounds=(1, 10_000))
+    n_few_shot_questions: int = param(64, "few-shot runs: the first n single-fact and n/2 unanswerable questions", bounds=(1, 10_000))
     long_context_tokens: list = param([1000, 2500], "haystack sizes", bounds=(300, 128_000))
-    n_long_context_questions: int = param(12, "questions asked of each haystack", bounds=(1, 1_000))
+    n_long_context_questions: int = param(64, "questions asked of the haystacks at each size", bounds=(1, 1_000))
+    haystack_documents: int = param(2, "gold documents per haystack; each haystack is asked all their questions", bounds=(1, 100))
+    n_generated: int = param(12, "answers generated (the format view: EM, F1, refusals): the first n single-fact and n/2 unanswerable and two-hop questions", bounds=(1, 10_000))
 
     def validate(self) -> None:
         super().validate()

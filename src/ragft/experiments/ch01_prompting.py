@@ -1,18 +1,26 @@
 """Chapter 1, prompt engineering and long context: how far prompting alone gets on the knowledge base.
 
-Conditions, in the order the chapter generates them (the order, prompts, batch sizes and seeds are
-those of the published numbers, so do not reorder them):
+Knowledge is scored by candidate log-likelihood (ragft.scoring.rank_candidates): for each question
+the gold value and CANDIDATES_K look-alike values of the same attribute (KnowledgeBase.candidates),
+right when the gold value is the most likely reply (chance 1 / (CANDIDATES_K + 1)). When a condition
+asks unanswerable questions, the refusal reply prompts.REFUSAL_ANSWER is ranked too: its
+log-likelihood minus the best value's is the question's refusal score (a detector: AUROC, and
+refusal recall at <= 5 % false refusals on the answerable questions).
+
+Conditions, in the order the chapter measures them:
 
   closed book          the question alone, a plain system prompt
   instruction          the question with an instruction to answer briefly or refuse
-  few-shot k=K         the instruction plus K question-answer examples (k=0 reuses the instruction's answers)
+  few-shot k=K         the instruction plus K question-answer examples (k=0 is the instruction's scores)
   gold document        the document that holds the answer in the prompt
   gold documents, two-hop   both documents of a two-document question
-  haystack gold only / haystack T   a few documents, alone and hidden among others up to T tokens
+  haystack gold only / haystack T   groups of haystack_documents documents, each alone and hidden
+                       among others up to T tokens, with all their questions
 
-Each condition is recorded per question twice over: the "contains" score of the answerable questions
-under its own name, and the refusal (1 when refused) of the unanswerable ones under
-"<name> refusal", so scores of different meanings never share a condition.
+Recorded per question: "<name>" 1 when the gold value outscores its look-alikes (answerable
+questions), "<name> refusal" 1 when the refusal outscores every look-alike value (unanswerable
+ones). Generated answers, on the first n_generated questions, are the format view (EM, F1,
+"contains", generated refusals): recorded as "<name>, generated" and "<name>, generated refusal".
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue, glue_metrics
+from ..scoring import Ranking, rank_candidates
+from ..stats import auroc, recall_at_fpr, wilson_interval
 from .common import REFUSAL_SUFFIX, record_answers, start
 
 CHAPTER = "01_prompting"
@@ -34,17 +44,35 @@ HAYSTACK_HEADROOM = 200
 SANITY_CLOSED_BOOK_MAX = 0.10
 SANITY_GOLD_DOCUMENT_MIN = 0.60
 GROUPS = ("test", "few-shot", "long context")
+CANDIDATES_K = 3  # look-alike values ranked against the gold one: chance 1 / 4
+MAX_FALSE_REFUSALS = 0.05  # refusal recall is read where at most this share of answerable questions is refused
+GENERATED = ", generated"  # suffix of the recorded outcomes of generated answers
 
 
 @dataclass
 class Condition:
-    """One prompting condition: the questions asked, the model's answers and their table row."""
+    """One prompting condition's generated answers (the format view) and their table row."""
 
     name: str
     group: str  # one of GROUPS: which line or points of the figure it belongs to
     items: list  # ragft.corpus.kb.Question objects, in the order asked
     generation: Generation
     row: dict  # ragft.metrics.condition_row
+
+
+@dataclass
+class Ranked:
+    """One condition scored by candidate log-likelihood: the knowledge ranking of its answerable
+    questions (values only), the refusal score of every question when the refusal was ranked, the row."""
+
+    name: str
+    group: str
+    items: list
+    knowledge: Ranking  # answerable questions only, in item order, values only
+    refusal_scores: dict  # qid -> LL(refusal) - max LL(value); empty when the refusal was not ranked
+    row: dict
+    ranking: Ranking  # every question, in candidate_lists' layout (the refusal last when ranked)
+    with_refusal: bool
 
 
 @dataclass
@@ -59,13 +87,21 @@ class Chapter:
     single: list
     multihop: list
     unanswerable: list
-    conditions: dict = field(default_factory=dict)
+    conditions: dict = field(default_factory=dict)  # name -> Condition (generated answers)
+    ranked: dict = field(default_factory=dict)  # name -> Ranked (log-likelihood scores)
     long_context_questions: list = field(default_factory=list)
 
     @property
     def test(self) -> list:
         """The test set: single-fact questions, then unanswerable ones (the order answers are kept in)."""
         return self.single + self.unanswerable
+
+    @property
+    def generated_test(self) -> list:
+        """The questions whose answers are generated (the format view): the first n_generated
+        single-fact and n_generated/2 unanswerable test questions."""
+        n = self.params.n_generated
+        return self.single[:n] + self.unanswerable[: max(1, n // 2)]
 
     @property
     def few_shot_items(self) -> list:
@@ -77,8 +113,12 @@ class Chapter:
         return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def rows(self, *groups: str) -> list[dict]:
-        """Table rows of the conditions in these groups (all when none is named), in run order."""
+        """Table rows of the generated conditions in these groups (all when none is named), in run order."""
         return [c.row for c in self.conditions.values() if not groups or c.group in groups]
+
+    def ranked_rows(self, *groups: str) -> list[dict]:
+        """Rows of the log-likelihood conditions in these groups (all when none is named), in run order."""
+        return [c.row for c in self.ranked.values() if not groups or c.group in groups]
 
     def summary(self) -> str:
         lm, kb = self.lm, self.kb
@@ -96,14 +136,106 @@ def setup(params) -> Chapter:
 
 
 def question_examples(ch: Chapter) -> pd.DataFrame:
-    """A few test questions of each kind with their gold answers."""
+    """A few test questions of each kind with their gold answers and the look-alikes ranked against them."""
     shown = ch.single[:3] + ch.multihop[:1] + ch.unanswerable[:2]
-    return pd.DataFrame([(q.kind, q.test_text, q.answer) for q in shown],
-                        columns=["kind", "question (test paraphrase)", "gold answer"])
+    rows = []
+    for q in shown:
+        values, gold = ch.kb.candidates(q, CANDIDATES_K, ch.params.seed)
+        rows.append((q.kind, q.test_text, q.answer, ", ".join(v for i, v in enumerate(values) if i != gold)))
+    return pd.DataFrame(rows, columns=["kind", "question (test paraphrase)", "gold answer", "look-alikes ranked against it"])
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-question outcomes
+# Per-question outcomes: log-likelihood ranking
+
+
+def _answerable(items: list) -> int:
+    return sum(q.kind != "unanswerable" for q in items)
+
+
+def _unanswerable(items: list) -> int:
+    return sum(q.kind == "unanswerable" for q in items)
+
+
+def candidate_lists(ch: Chapter, items: list) -> tuple[list[list[str]], list[int], bool]:
+    """Each question's values (gold and CANDIDATES_K look-alikes), with the refusal reply appended when
+    the items include unanswerable questions; the index to pass as gold (the refusal's for an
+    unanswerable question); whether the refusal was appended."""
+    with_refusal = _unanswerable(items) > 0
+    cands, golds = [], []
+    for q in items:
+        values, gold = ch.kb.candidates(q, CANDIDATES_K, ch.params.seed)
+        if with_refusal:
+            values = values + [prompts.REFUSAL_ANSWER]
+            gold = len(values) - 1 if gold is None else gold
+        cands.append(values)
+        golds.append(gold)
+    return cands, golds, with_refusal
+
+
+def ranked_row(name: str, items: list, knowledge: Ranking, refusal_scores: dict, prompt_tokens: list[int],
+               seconds: float, **extra) -> dict:
+    """A log-likelihood condition's row: accuracy with its Wilson interval against chance, and the
+    refusal detector's scores when the refusal was ranked."""
+    n = len(knowledge.correct)
+    lo, hi = wilson_interval(sum(knowledge.correct), n)
+    row = {"condition": name, "n": n, "ll_acc": knowledge.accuracy, "ll_lo": lo, "ll_hi": hi,
+           "chance": knowledge.chance, "prompt_tokens": sum(prompt_tokens) / max(1, len(prompt_tokens)),
+           "s_per_question": seconds / max(1, len(items))}
+    if refusal_scores:
+        pos = [refusal_scores[q.qid] for q in items if q.kind == "unanswerable"]
+        neg = [refusal_scores[q.qid] for q in items if q.kind != "unanswerable"]
+        recall, _ = recall_at_fpr(pos, neg, MAX_FALSE_REFUSALS)
+        row.update({"n_unanswerable": len(pos), "refusal_preferred": sum(x > 0 for x in pos) / len(pos),
+                    "false_refusal": sum(x > 0 for x in neg) / len(neg), "refusal_auroc": auroc(pos, neg),
+                    "refusal_recall": recall})
+    row.update(extra)
+    return row
+
+
+def add_ranked(ch: Chapter, name: str, group: str, items: list, ranking: Ranking, with_refusal: bool,
+               **extra) -> Ranked:
+    """Split a ranking (candidate_lists' layout) into knowledge and refusal, record both, keep the row."""
+    if group not in GROUPS:
+        raise ValueError(f"group={group!r} is not allowed: use one of {list(GROUPS)}")
+    if name in ch.ranked:
+        raise ValueError(f"condition {name!r} is already ranked")
+    if len(ranking.scores) != len(items):
+        raise ValueError(f"{len(ranking.scores)} ranked questions for {len(items)} items")
+    answerable = [i for i, q in enumerate(items) if q.kind != "unanswerable"]
+    cut = (lambda s: s[:-1]) if with_refusal else (lambda s: s)
+    knowledge = Ranking([cut(ranking.scores[i]) for i in answerable], [ranking.gold[i] for i in answerable],
+                        [ranking.prompt_tokens[i] for i in answerable], ranking.seconds)
+    refusal = ({q.qid: s[-1] - max(s[:-1]) for q, s in zip(items, ranking.scores)} if with_refusal else {})
+    tokens = {q.qid: (t, 0) for q, t in zip(items, ranking.prompt_tokens)}
+    if answerable:
+        ids = [items[i].qid for i in answerable]
+        ch.run.record(name, knowledge.outcomes(ids), tokens={q: tokens[q] for q in ids})
+    refusals = {q.qid: int(refusal[q.qid] > 0) for q in items if q.kind == "unanswerable"}
+    if refusals:
+        ch.run.record(name + REFUSAL_SUFFIX, refusals, tokens={q: tokens[q] for q in refusals})
+    row = ranked_row(name, items, knowledge, refusal, ranking.prompt_tokens, ranking.seconds, **extra)
+    ch.ranked[name] = Ranked(name, group, items, knowledge, refusal, row, ranking, with_refusal)
+    return ch.ranked[name]
+
+
+def rank(ch: Chapter, name: str, group: str, conversations: list, items: list, stage: str | None = None,
+         **extra) -> Ranked:
+    """Rank each question's candidates after its prompt (timed as a stage of the results file)."""
+    cands, golds, with_refusal = candidate_lists(ch, items)
+    with ch.run.stage(stage or name):
+        ranking = rank_candidates(ch.lm, conversations, cands, golds, desc=name, batch_size=ch.params.batch_size)
+    return add_ranked(ch, name, group, items, ranking, with_refusal, **extra)
+
+
+def subset_ranking(ranking: Ranking, indices: list[int]) -> Ranking:
+    """The same ranking restricted to some questions (seconds shared out by question)."""
+    return Ranking([ranking.scores[i] for i in indices], [ranking.gold[i] for i in indices],
+                   [ranking.prompt_tokens[i] for i in indices], ranking.seconds * len(indices) / max(1, len(ranking.scores)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-question outcomes: generated answers (the format view)
 
 
 def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generation, **extra) -> Condition:
@@ -113,7 +245,7 @@ def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generati
     if name in ch.conditions:
         raise ValueError(f"condition {name!r} is already measured")
     row = metrics.condition_row(name, gen, items, ch.params.price_per_mtok, **extra)
-    record_answers(ch.run, name, items, gen)
+    record_answers(ch.run, name + GENERATED, items, gen)
     ch.conditions[name] = Condition(name, group, items, gen, row)
     return ch.conditions[name]
 
@@ -122,7 +254,7 @@ def measure(ch: Chapter, name: str, group: str, conversations: list, items: list
             **extra) -> Condition:
     """Generate the answers of one condition (timed as a stage of the results file), then score it."""
     p = ch.params
-    with ch.run.stage(stage or name):
+    with ch.run.stage(stage or name + GENERATED):
         gen = generate(ch.lm, conversations, p.max_new_tokens, p.batch_size, desc=name)
     return add_condition(ch, name, group, items, gen, **extra)
 
@@ -131,30 +263,40 @@ def measure(ch: Chapter, name: str, group: str, conversations: list, items: list
 # The chapter's sections
 
 
-def closed_book(ch: Chapter) -> tuple[Condition, Condition]:
-    """The test questions alone: with a plain system prompt, then with the instruction."""
-    plain = measure(ch, "closed book", "test",
-                    [prompts.build_messages(q.test_text, system=prompts.PLAIN_SYSTEM) for q in ch.test], ch.test)
-    instructed = measure(ch, "instruction", "test", [prompts.build_messages(q.test_text) for q in ch.test], ch.test)
-    return plain, instructed
-
-
-def few_shot(ch: Chapter) -> list[Condition]:
-    """The instruction prompt with k examples from other facts' training paraphrases, for each k of
-    few_shot_ks. With no examples the prompt is the instruction prompt, so k=0 reuses its answers."""
-    if "instruction" not in ch.conditions:
-        raise RuntimeError("run closed_book first: k=0 reuses the instruction prompt's answers")
-    items, exclude = ch.few_shot_items, {q.qid for q in ch.test}
+def closed_book(ch: Chapter) -> tuple[Ranked, Ranked]:
+    """The test questions alone: with a plain system prompt, then with the instruction; ranked on
+    every test question, answers generated on the first few."""
     out = []
+    for name, system in (("closed book", prompts.PLAIN_SYSTEM), ("instruction", prompts.INSTRUCTION_SYSTEM)):
+        out.append(rank(ch, name, "test", [prompts.build_messages(q.test_text, system=system) for q in ch.test], ch.test))
+        measure(ch, name, "test", [prompts.build_messages(q.test_text, system=system) for q in ch.generated_test],
+                ch.generated_test)
+    return out[0], out[1]
+
+
+def few_shot(ch: Chapter) -> list[Ranked]:
+    """The instruction prompt with k examples from other facts' training paraphrases, for each k of
+    few_shot_ks, ranked. With no examples the prompt is the instruction prompt, so k=0 reuses its
+    scores. The best k > 0 also generates answers on the first few questions (the format view)."""
+    if "instruction" not in ch.ranked:
+        raise RuntimeError("run closed_book first: k=0 reuses the instruction prompt's scores")
+    items, exclude = ch.few_shot_items, {q.qid for q in ch.test}
+    out, examples_of = [], {}
     for k in ch.params.few_shot_ks:
         name = f"few-shot k={k}"
         if k == 0:
-            subset = ch.conditions["instruction"].generation.subset([ch.test.index(q) for q in items])
-            out.append(add_condition(ch, name, "few-shot", items, subset, k=0))
+            base = ch.ranked["instruction"]
+            picked = subset_ranking(base.ranking, [base.items.index(q) for q in items])
+            out.append(add_ranked(ch, name, "few-shot", items, picked, base.with_refusal, k=0))
             continue
-        examples = prompts.few_shot_examples(ch.kb.questions, k, exclude, ch.params.seed)
-        conversations = [prompts.build_messages(q.test_text, examples=examples) for q in items]
-        out.append(measure(ch, name, "few-shot", conversations, items, k=k))
+        examples_of[k] = prompts.few_shot_examples(ch.kb.questions, k, exclude, ch.params.seed)
+        conversations = [prompts.build_messages(q.test_text, examples=examples_of[k]) for q in items]
+        out.append(rank(ch, name, "few-shot", conversations, items, k=k))
+    best = best_few_shot(ch, with_examples=True)
+    if best is not None:
+        shown = [q for q in ch.generated_test if q in items]
+        measure(ch, best.name, "few-shot", [prompts.build_messages(q.test_text, examples=examples_of[best.row["k"]])
+                                            for q in shown], shown, k=best.row["k"])
     return out
 
 
@@ -163,18 +305,22 @@ def _with_documents(ch: Chapter, question, documents: list[str] | None = None) -
     return prompts.build_messages(question.test_text, system=prompts.CONTEXT_SYSTEM, passages=documents)
 
 
-def gold_documents(ch: Chapter) -> tuple[Condition, Condition]:
+def gold_documents(ch: Chapter) -> tuple[Ranked, Ranked]:
     """The document that holds the answer in the prompt (the nearest one for an unanswerable
-    question), and both documents of each two-document question."""
-    gold = measure(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.test], ch.test)
-    two_hop = measure(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in ch.multihop],
-                      ch.multihop)
+    question), and both documents of each two-document question; ranked on every question, answers
+    generated on the first few."""
+    gold = rank(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.test], ch.test)
+    measure(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.generated_test], ch.generated_test)
+    two_hop = rank(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in ch.multihop], ch.multihop)
+    shown = ch.multihop[: max(1, ch.params.n_generated // 2)]
+    if shown:
+        measure(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in shown], shown)
     return gold, two_hop
 
 
 def answer_examples(ch: Chapter) -> pd.DataFrame:
     """The same few test questions (four answerable, two unanswerable) under three conditions."""
-    test = ch.test
+    test = ch.generated_test
     shown = ([i for i, q in enumerate(test) if q.kind == "single"][:4]
              + [i for i, q in enumerate(test) if q.kind == "unanswerable"][:2])
     table = {"question": [test[i].test_text for i in shown], "gold": [test[i].answer for i in shown]}
@@ -189,26 +335,90 @@ def haystack_levels(params, context_window: int) -> list[int]:
     return [0] + [t for t in params.long_context_tokens if t + HAYSTACK_HEADROOM < context_window]
 
 
-def long_context(ch: Chapter) -> list[Condition]:
-    """A few documents and all their single-fact questions, asked against one shared haystack: the
-    documents alone, then shuffled among others up to each size of long_context_tokens."""
+def haystack_groups(ch: Chapter) -> list[tuple[list, list]]:
+    """Product documents with all their single-fact questions (n_long_context_questions in all), in
+    groups of haystack_documents documents: each group's questions are asked against its own haystack."""
     p = ch.params
     documents, questions = ch.kb.questions_about_documents(p.n_long_context_questions, p.seed)
-    ch.long_context_questions = questions
+    groups = []
+    for start_ in range(0, len(documents), p.haystack_documents):
+        docs = documents[start_:start_ + p.haystack_documents]
+        ids = {d.doc_id for d in docs}
+        asked = [q for q in questions if q.doc_ids[0] in ids]
+        if asked:
+            groups.append((docs, asked))
+    return groups
+
+
+def long_context(ch: Chapter) -> list[Ranked]:
+    """Groups of a few documents and all their single-fact questions, each group asked against its
+    own haystack: the documents alone, then shuffled among others up to each size of
+    long_context_tokens. Ranked on every question (one haystack prefill per group); answers generated
+    for the first group's first questions, with the documents alone and in the largest haystack."""
+    p = ch.params
+    groups = haystack_groups(ch)
+    ch.long_context_questions = [q for _, asked in groups for q in asked]
+    levels = haystack_levels(p, ch.lm.context_window)
+    shown_docs, shown = groups[0][0], groups[0][1][: max(1, p.n_generated // 2)]
     out = []
-    for target in haystack_levels(p, ch.lm.context_window):
-        haystack = prompts.build_haystack(documents, ch.kb.documents, target, ch.count_tokens, p.seed)
-        conversations = [_with_documents(ch, q, haystack) for q in questions]
+    for target in levels:
         name = f"haystack {target or 'gold only'}"
+        parts, n_docs = [], []
         with ch.run.stage(f"long context {target}"):
-            gen = generate(ch.lm, conversations, p.max_new_tokens, p.batch_size, desc=f"haystack {target}")
-        out.append(add_condition(ch, name, "long context", questions, gen, documents=len(haystack),
-                                 prefill_s=gen.prefix_prefill_s))
+            for g, (docs, asked) in enumerate(groups):
+                haystack = prompts.build_haystack(docs, ch.kb.documents, target, ch.count_tokens, p.seed + g)
+                cands, golds, _ = candidate_lists(ch, asked)
+                parts.append(rank_candidates(ch.lm, [_with_documents(ch, q, haystack) for q in asked], cands, golds,
+                                             desc=f"{name}, haystack {g + 1}/{len(groups)}", batch_size=p.batch_size))
+                n_docs.append(len(haystack))
+        merged = Ranking([s for r in parts for s in r.scores], [x for r in parts for x in r.gold],
+                         [t for r in parts for t in r.prompt_tokens], sum(r.seconds for r in parts))
+        out.append(add_ranked(ch, name, "long context", ch.long_context_questions, merged, False,
+                              documents=sum(n_docs) / len(n_docs)))
+        if target in (levels[0], levels[-1]):
+            haystack = prompts.build_haystack(shown_docs, ch.kb.documents, target, ch.count_tokens, p.seed)
+            with ch.run.stage(f"long context {target}{GENERATED}"):
+                gen = generate(ch.lm, [_with_documents(ch, q, haystack) for q in shown], p.max_new_tokens,
+                               p.batch_size, desc=f"{name}{GENERATED}")
+            add_condition(ch, name, "long context", shown, gen, documents=len(haystack), prefill_s=gen.prefix_prefill_s)
     return out
 
 
 def conditions_table(ch: Chapter, *groups: str) -> pd.DataFrame:
+    """The format view: generated answers' scores (contains, EM, F1, refusals), tokens, latency, cost."""
     return report.conditions_table(ch.rows(*groups))
+
+
+def ranked_table(ch: Chapter, *groups: str) -> pd.DataFrame:
+    """The knowledge view: the share of answerable questions whose gold value the model ranks above
+    its look-alikes, with its 95 % interval, against chance."""
+    lines = {}
+    for r in ch.ranked_rows(*groups):
+        lines[r["condition"]] = {
+            "questions": r["n"], "gold value ranked first [95 % CI]": f"{r['ll_acc']:.0%} [{r['ll_lo']:.0%}, {r['ll_hi']:.0%}]",
+            "chance": f"{r['chance']:.0%}", "prompt tokens / query": f"{r['prompt_tokens']:,.0f}",
+            "scoring s / question": f"{r['s_per_question']:.2f}"}
+    table = pd.DataFrame.from_dict(lines, orient="index")
+    table.index.name = "condition"
+    return table
+
+
+def refusal_table(ch: Chapter) -> pd.DataFrame:
+    """Refusal as a detector, per condition that asked unanswerable questions: the refusal score
+    (log-likelihood of the refusal reply minus the best value's) separating unanswerable from
+    answerable questions."""
+    lines = {}
+    for r in ch.ranked_rows():
+        if "refusal_auroc" in r:
+            lines[r["condition"]] = {
+                "unanswerable / answerable": f"{r['n_unanswerable']} / {r['n']}",
+                "refusal preferred, unanswerable": f"{r['refusal_preferred']:.0%}",
+                "refusal preferred, answerable": f"{r['false_refusal']:.0%}",
+                "AUROC": f"{r['refusal_auroc']:.2f}",
+                f"refusal recall at <= {MAX_FALSE_REFUSALS:.0%} false refusals": f"{r['refusal_recall']:.0%}"}
+    table = pd.DataFrame.from_dict(lines, orient="index")
+    table.index.name = "condition"
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,49 +426,42 @@ def conditions_table(ch: Chapter, *groups: str) -> pd.DataFrame:
 
 
 def plot_accuracy_vs_tokens(ch: Chapter):
-    """Gold answer contained (with its 95 % Wilson interval) against prompt tokens per query: the
-    test-set conditions as points, few-shot and haystacks as lines."""
+    """Gold value ranked first (with its 95 % Wilson interval) against prompt tokens per query: the
+    test-set conditions as points, few-shot and haystacks as lines, chance as a dashed line."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
     def errors(frame):
-        return [frame["contains"] - frame["contains_lo"], frame["contains_hi"] - frame["contains"]]
+        return [frame["ll_acc"] - frame["ll_lo"], frame["ll_hi"] - frame["ll_acc"]]
 
-    points = pd.DataFrame(ch.rows("test")).set_index("condition")
-    shots = pd.DataFrame(ch.rows("few-shot")).set_index("condition")
-    haystacks = pd.DataFrame(ch.rows("long context")).set_index("condition")
+    points = pd.DataFrame(ch.ranked_rows("test")).set_index("condition")
+    shots = pd.DataFrame(ch.ranked_rows("few-shot")).set_index("condition")
+    haystacks = pd.DataFrame(ch.ranked_rows("long context")).set_index("condition")
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar(points["prompt_tokens"], points["contains"], yerr=errors(points), fmt="o", color="C0",
+    ax.errorbar(points["prompt_tokens"], points["ll_acc"], yerr=errors(points), fmt="o", color="C0",
                 capsize=3, label="test set conditions")
     for name, r in points.iterrows():
-        ax.annotate(name, (r["prompt_tokens"], r["contains"]), fontsize=8, xytext=(4, 6), textcoords="offset points")
+        ax.annotate(name, (r["prompt_tokens"], r["ll_acc"]), fontsize=8, xytext=(4, 6), textcoords="offset points")
     if len(shots):
-        ax.errorbar(shots["prompt_tokens"], shots["contains"], yerr=errors(shots), fmt="s-", color="C2", capsize=3,
+        ax.errorbar(shots["prompt_tokens"], shots["ll_acc"], yerr=errors(shots), fmt="s-", color="C2", capsize=3,
                     label="few-shot, k = " + ", ".join(str(int(k)) for k in shots["k"]))
-    ax.errorbar(haystacks["prompt_tokens"], haystacks["contains"], yerr=errors(haystacks), fmt="o--", color="C3",
+    ax.errorbar(haystacks["prompt_tokens"], haystacks["ll_acc"], yerr=errors(haystacks), fmt="o--", color="C3",
                 capsize=3, label="long-context haystacks")
+    ax.axhline(points["chance"].iloc[0], color="grey", ls=":", lw=1, label="chance (1 of 4 values)")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
     ax.set_xlabel("prompt tokens per query (log scale)")
-    ax.set_ylabel("gold answer contained (95 % interval)")
+    ax.set_ylabel("gold value ranked first (95 % interval)")
     ax.set_ylim(-0.03, 1.03)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{ch.lm.name}: accuracy against prompt tokens")
+    ax.set_title(f"{ch.lm.name}: knowledge against prompt tokens")
     fig.tight_layout()
     return fig
 
 
 # ---------------------------------------------------------------------------------------------
 # Headline metrics, comparisons, sanity properties
-
-
-def _answerable(items: list) -> int:
-    return sum(q.kind != "unanswerable" for q in items)
-
-
-def _unanswerable(items: list) -> int:
-    return sum(q.kind == "unanswerable" for q in items)
 
 
 def _cost_rule(params) -> dict:
@@ -271,69 +474,98 @@ def _cost_rule(params) -> dict:
     return {"kind": "derived", "tol": 1000 * params.max_new_tokens * price["output_per_mtok"] / 1e6}
 
 
-def few_shot_conditions(ch: Chapter) -> list[Condition]:
-    return [c for c in ch.conditions.values() if c.group == "few-shot"]
+def few_shot_conditions(ch: Chapter) -> list[Ranked]:
+    return [c for c in ch.ranked.values() if c.group == "few-shot"]
 
 
-def best_few_shot(ch: Chapter, with_examples: bool = False) -> Condition | None:
-    """The few-shot condition with the highest "contains" (the first in few_shot_ks order on a tie);
-    with_examples: among k > 0 only (what the examples add is then measured against k = 0)."""
+def best_few_shot(ch: Chapter, with_examples: bool = False) -> Ranked | None:
+    """The few-shot condition with the highest log-likelihood accuracy (the first in few_shot_ks order
+    on a tie); with_examples: among k > 0 only (what the examples add is then measured against k = 0)."""
     pool = [c for c in few_shot_conditions(ch) if c.row["k"] > 0 or not with_examples]
-    return max(pool, key=lambda c: c.row["contains"]) if pool else None  # max keeps the first of ties
+    return max(pool, key=lambda c: c.row["ll_acc"]) if pool else None  # max keeps the first of ties
 
 
 def headline_metrics(ch: Chapter) -> dict:
-    """The chapter's headline metrics, each declared with its kind on the results file."""
-    run, c = ch.run, ch.conditions
-    closed, instructed, gold, two_hop = c["closed book"], c["instruction"], c["gold document"], c["gold documents, two-hop"]
-    haystacks = [x for x in c.values() if x.group == "long context"]
-    gold_only, largest = haystacks[0], haystacks[-1]
+    """The chapter's headline metrics, each declared with its kind on the results file. The
+    "_ll_acc" rates are the knowledge scores (all questions of the condition, n in "_n"); the
+    "_contains", "_em", "_f1" and "refusal_acc_" rates are the generated answers' (the format view,
+    on the first n_generated questions, n in "generated_n" and friends)."""
+    run, c, r = ch.run, ch.conditions, ch.ranked
+    haystacks = [x for x in r.values() if x.group == "long context"]
+    lc_gold_only, lc_largest = haystacks[0], haystacks[-1]
+    gen_haystacks = [x for x in c.values() if x.group == "long context"]
     best = best_few_shot(ch)
-    n_test, n_unanswerable = _answerable(ch.test), _unanswerable(ch.test)
-    n_long = len(ch.long_context_questions)
+    gen_best = c.get(best.name) or c["instruction"]  # k=0's answers are the instruction's
+    n_gen = _answerable(c["closed book"].items)
     cost = _cost_rule(ch.params)
-    out = {
-        "closed_book_contains": run.metric("closed_book_contains", closed.row["contains"], "rate", n=n_test),
-        "instruction_contains": run.metric("instruction_contains", instructed.row["contains"], "rate", n=n_test),
-        "few_shot_best_contains": run.metric("few_shot_best_contains", best.row["contains"], "rate",
-                                             n=_answerable(best.items)),
-        "few_shot_best_k": run.metric("few_shot_best_k", int(best.row["k"]), "choice"),
-        "gold_context_contains": run.metric("gold_context_contains", gold.row["contains"], "rate", n=n_test),
-        "gold_context_em": run.metric("gold_context_em", gold.row["em"], "rate", n=n_test),
-        "gold_context_f1": run.metric("gold_context_f1", gold.row["f1"], "mean", n=n_test),
-        "multihop_gold_contains": run.metric("multihop_gold_contains", two_hop.row["contains"], "rate",
-                                             n=len(two_hop.items)),
-        "long_context_contains": run.metric("long_context_contains", largest.row["contains"], "rate", n=n_long),
-        "long_context_gold_only_contains": run.metric("long_context_gold_only_contains", gold_only.row["contains"],
-                                                      "rate", n=n_long),
-        "long_context_prompt_tokens": run.metric("long_context_prompt_tokens", largest.row["prompt_tokens"], "exact"),
-        "prompt_tokens_per_query_closed_book": run.metric("prompt_tokens_per_query_closed_book",
-                                                          closed.row["prompt_tokens"], "exact"),
-        "prompt_tokens_per_query_gold_context": run.metric("prompt_tokens_per_query_gold_context",
-                                                           gold.row["prompt_tokens"], "exact"),
-    }
+    out = {}
+
+    def rate(key, value, n):
+        out[key] = run.metric(key, value, "rate", n=n)
+
+    # the format view: generated answers on the first questions
+    rate("closed_book_contains", c["closed book"].row["contains"], n_gen)
+    rate("instruction_contains", c["instruction"].row["contains"], n_gen)
+    rate("few_shot_best_contains", gen_best.row["contains"], _answerable(gen_best.items))
+    out["few_shot_best_k"] = run.metric("few_shot_best_k", int(best.row["k"]), "choice")
+    rate("gold_context_contains", c["gold document"].row["contains"], n_gen)
+    rate("gold_context_em", c["gold document"].row["em"], n_gen)
+    out["gold_context_f1"] = run.metric("gold_context_f1", c["gold document"].row["f1"], "mean", n=n_gen)
+    two_hop = c.get("gold documents, two-hop")
+    if two_hop is not None:
+        rate("multihop_gold_contains", two_hop.row["contains"], len(two_hop.items))
+    rate("long_context_contains", gen_haystacks[-1].row["contains"], len(gen_haystacks[-1].items))
+    rate("long_context_gold_only_contains", gen_haystacks[0].row["contains"], len(gen_haystacks[0].items))
+    # the knowledge view: candidate log-likelihood on every question of each condition
+    out["ll_chance"] = run.metric("ll_chance", r["closed book"].row["chance"], "exact")
+    for key, cond in (("closed_book", r["closed book"]), ("instruction", r["instruction"]),
+                      ("few_shot_best", best), ("gold_context", r["gold document"]),
+                      ("multihop_gold", r["gold documents, two-hop"]), ("long_context", lc_largest),
+                      ("long_context_gold_only", lc_gold_only)):
+        rate(f"{key}_ll_acc", cond.row["ll_acc"], cond.row["n"])
+    out["long_context_prompt_tokens"] = run.metric("long_context_prompt_tokens", lc_largest.row["prompt_tokens"], "exact")
+    for key, cond in (("prompt_tokens_per_query_closed_book", r["closed book"]),
+                      ("prompt_tokens_per_query_gold_context", r["gold document"])):
+        out[key] = run.metric(key, cond.row["prompt_tokens"], "exact")
+    # refusals: generated (the refuse-or-not answers) and as a detector (threshold-free)
+    n_unanswerable = _unanswerable(c["instruction"].items)
     if n_unanswerable:
-        for key, cond in (("refusal_acc_instruction", instructed), ("refusal_acc_gold_context", gold)):
-            out[key] = run.metric(key, cond.row["refusal_acc"], "rate", n=n_unanswerable)
-    for key, cond in (("cost_per_1k_gold_context_usd", gold), ("cost_per_1k_long_context_usd", largest)):
+        for key, cond in (("refusal_acc_instruction", c["instruction"]), ("refusal_acc_gold_context", c["gold document"])):
+            rate(key, cond.row["refusal_acc"], n_unanswerable)
+    for key, cond in (("closed_book", r["closed book"]), ("instruction", r["instruction"]),
+                      ("gold_context", r["gold document"])):
+        row = cond.row
+        if "refusal_auroc" in row:
+            n_pos = row["n_unanswerable"]
+            out[f"refusal_auroc_{key}"] = run.metric(f"refusal_auroc_{key}", row["refusal_auroc"], "mean",
+                                                     n=min(n_pos, row["n"]))
+            rate(f"refusal_recall_{key}", row["refusal_recall"], n_pos)
+            rate(f"refusal_preferred_{key}", row["refusal_preferred"], n_pos)
+            rate(f"false_refusal_{key}", row["false_refusal"], row["n"])
+    gold_gen, largest_gen = c["gold document"], gen_haystacks[-1]
+    for key, cond in (("cost_per_1k_gold_context_usd", gold_gen), ("cost_per_1k_long_context_usd", largest_gen)):
         out[key] = run.metric(key, cond.row["cost_per_1k_usd"], **cost)
-    out["latency_gold_context_s"] = run.metric("latency_gold_context_s", gold.row["latency_s"], "machine")
-    out["latency_long_context_s"] = run.metric("latency_long_context_s", largest.row["latency_s"], "machine")
+    out["latency_gold_context_s"] = run.metric("latency_gold_context_s", gold_gen.row["latency_s"], "machine")
+    out["latency_long_context_s"] = run.metric("latency_long_context_s", largest_gen.row["latency_s"], "machine")
     # The questions behind each headline rate: a change of n is a change of design, never drift.
-    for key, n in (("closed_book_n", n_test), ("instruction_n", n_test), ("few_shot_n", _answerable(best.items)),
-                   ("gold_context_n", n_test), ("multihop_gold_n", len(two_hop.items)), ("long_context_n", n_long),
-                   ("unanswerable_n", n_unanswerable)):
+    ns = (("closed_book_n", r["closed book"].row["n"]), ("instruction_n", r["instruction"].row["n"]),
+          ("few_shot_n", best.row["n"]), ("gold_context_n", r["gold document"].row["n"]),
+          ("multihop_gold_n", r["gold documents, two-hop"].row["n"]), ("long_context_n", lc_largest.row["n"]),
+          ("unanswerable_n", _unanswerable(ch.test)), ("generated_n", n_gen),
+          ("generated_unanswerable_n", n_unanswerable), ("long_context_generated_n", len(largest_gen.items)),
+          ("multihop_generated_n", len(two_hop.items) if two_hop is not None else 0))
+    for key, n in ns:
         out[key] = run.metric(key, n, "exact")
     return out
 
 
 def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
-    """The chapter's paired comparisons (claim ids of CLAIMS.md, or descriptive ones), stored on the
-    results file; keyed by glue key."""
-    run, c = ch.run, ch.conditions
+    """The chapter's paired comparisons (claim ids of CLAIMS.md, or descriptive ones) on the
+    log-likelihood outcomes, stored on the results file; keyed by glue key."""
+    run, r = ch.run, ch.ranked
     out: dict[str, StatedComparison] = {}
 
-    haystacks = [x for x in c.values() if x.group == "long context"]
+    haystacks = [x for x in r.values() if x.group == "long context"]
     if len(haystacks) > 1:  # K9: large contexts dilute the signal, so the documents alone score higher
         largest = haystacks[-1]
         cmp = run.compare("K9-long-context", haystacks[0].name, largest.name, expect="greater")
@@ -350,7 +582,7 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     # Examples change the form, not the knowledge: the chapter expects no support here. Picking the
     # best of several k before testing favours "supported", so a supported verdict is an upper bound.
     best = best_few_shot(ch, with_examples=True)
-    baseline = "few-shot k=0" if "few-shot k=0" in c else "instruction"  # the same answers on the same questions
+    baseline = "few-shot k=0" if "few-shot k=0" in r else "instruction"  # the same scores on the same questions
     if best is not None:
         cmp = run.compare("prompting-few-shot", best.name, baseline, expect="greater")
         out["few_shot_examples"] = StatedComparison("few_shot_examples", cmp, f"best few-shot prompt (k={best.row['k']})",
@@ -358,8 +590,9 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     else:
         out["few_shot_examples"] = StatedComparison("few_shot_examples", None, "", "", "few_shot_ks has no k > 0")
 
+    # The instruction makes the refusal the model's first choice on more unanswerable questions.
     refusals = ("instruction" + REFUSAL_SUFFIX, "closed book" + REFUSAL_SUFFIX)
-    if all(r in run.outcomes for r in refusals):
+    if all(x in run.outcomes for x in refusals):
         cmp = run.compare("refusal-instruction", *refusals, expect="greater")
         out["refusal_instruction"] = StatedComparison("refusal_instruction", cmp, "refusals with the instruction",
                                                       "with a plain prompt")
@@ -369,15 +602,18 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
 
 
 def sanity_properties(headline: dict) -> pd.DataFrame:
-    """The knowledge base's sanity properties as measured: a check on the design, not a comparison."""
-    closed_best = max(headline["instruction_contains"], headline["few_shot_best_contains"])
+    """The knowledge base's sanity properties as measured: a check on the design, not a comparison.
+    Closed book the model should rank the gold value first no more often than chance allows (chance
+    plus SANITY_CLOSED_BOOK_MAX); with the gold document, at least SANITY_GOLD_DOCUMENT_MIN."""
+    limit = headline["ll_chance"] + SANITY_CLOSED_BOOK_MAX
+    closed_best = max(headline["instruction_ll_acc"], headline["few_shot_best_ll_acc"])
     table = pd.DataFrame([
-        ("closed book, plain prompt: gold answer contained", headline["closed_book_contains"],
-         f"<= {SANITY_CLOSED_BOOK_MAX:.0%}", headline["closed_book_contains"] <= SANITY_CLOSED_BOOK_MAX),
+        ("closed book, plain prompt: gold value ranked first", headline["closed_book_ll_acc"],
+         f"<= {limit:.0%} (chance + {SANITY_CLOSED_BOOK_MAX:.0%})", headline["closed_book_ll_acc"] <= limit),
         ("best closed-book prompt (instruction or few-shot)", closed_best,
-         f"<= {SANITY_CLOSED_BOOK_MAX:.0%}", closed_best <= SANITY_CLOSED_BOOK_MAX),
-        ("gold document in the prompt: gold answer contained", headline["gold_context_contains"],
-         f">= {SANITY_GOLD_DOCUMENT_MIN:.0%}", headline["gold_context_contains"] >= SANITY_GOLD_DOCUMENT_MIN),
+         f"<= {limit:.0%} (chance + {SANITY_CLOSED_BOOK_MAX:.0%})", closed_best <= limit),
+        ("gold document in the prompt: gold value ranked first", headline["gold_context_ll_acc"],
+         f">= {SANITY_GOLD_DOCUMENT_MIN:.0%}", headline["gold_context_ll_acc"] >= SANITY_GOLD_DOCUMENT_MIN),
     ], columns=["property", "measured", "required", "holds"])
     return table
 
@@ -396,10 +632,15 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
         stated.glue()
     glue("price_row", ch.params.price_per_mtok)
     glue("lc_n", len(ch.long_context_questions))
+    glue("lc_groups", len(haystack_groups(ch)))
+    glue("haystack_documents", ch.params.haystack_documents)
+    glue("candidates_k", CANDIDATES_K)
+    glue("max_false_refusals", MAX_FALSE_REFUSALS)
     glue("model_name", ch.lm.name)
     glue("context_window", ch.lm.context_window)
 
 
 def save(ch: Chapter):
     ch.run.tables["conditions"] = ch.rows()
+    ch.run.tables["ranked"] = ch.ranked_rows()
     return ch.run.save(lm=ch.lm)
