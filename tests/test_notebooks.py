@@ -157,8 +157,8 @@ def test_finetune_results_are_sane(smoke_run):
     runs = doc["tables"]["train_runs"]
     assert runs["full"]["trainable_share"] == 1.0 and m["lora_trainable_share"] < 0.05
     assert runs["qlora"]["base_weight_mb"] < runs["lora"]["base_weight_mb"]
-    for r in runs.values():
-        assert r["loss_last"] < r["loss_first"] and r["steps"] >= 1
+    for r in runs.values():  # the smoke profile trains two epochs: the second sees the first's examples
+        assert r["epochs"] >= 2 and r["loss_last_epoch"] < r["loss_first_epoch"], r
 
 
 HEADLINE_04 = ["base_closed_contains", "base_rag_contains", "dsf_contains", "dsf_rag_contains", "raft_rag_contains",

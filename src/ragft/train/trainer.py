@@ -281,6 +281,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         # activations, adapters): the memory a training run needs, without the transient of loading
         "peak_mb": base_weight_mb + mem.peak_mb, "train_growth_mb": mem.peak_mb, "base_weight_mb": base_weight_mb,
         "artifact_mb": measure.folder_mb(folder), "loss_first": losses[0], "loss_last": losses[-1],
+        # the same examples in the first and the last epoch: a drop between these is learning, while
+        # the first and last steps' losses are of different batches
+        "loss_first_epoch": sum(losses[:steps_per_epoch]) / len(losses[:steps_per_epoch]),
+        "loss_last_epoch": sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:]),
         "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
         "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
     }
