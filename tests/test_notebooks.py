@@ -28,6 +28,20 @@ def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc():
     assert {p.stem for p in NOTEBOOKS} == set(runner.toc_chapters())
 
 
+def test_a_chapter_rerun_keeps_the_other_chapters_times(tmp_path, monkeypatch):
+    """The root page lists every chapter's time from the run folder: re-running one chapter there
+    replaces its own time and keeps the others'."""
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: None)
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
+    first, second = runner.toc_chapters()[1:3]
+    (tmp_path / runner.RUNNER_TIMINGS).write_text(json.dumps({first: 100.0, second: 200.0}))
+    runner.run_chapters("smoke", [second], tmp_path)
+    times = json.loads((tmp_path / runner.RUNNER_TIMINGS).read_text())
+    assert times[first] == 100.0 and times[second] < 100
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebooks_are_stripped(path):
     nb = nbformat.read(path, as_version=4)

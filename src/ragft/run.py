@@ -51,7 +51,10 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
     import papermill as pm
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUNNER_TIMINGS).unlink(missing_ok=True)
+    timings = run_dir / RUNNER_TIMINGS
+    # a chapter re-run into a folder keeps the other chapters' times there (the root page lists them all)
+    earlier = json.loads(timings.read_text()) if timings.exists() else {}
+    earlier = {c: s for c, s in earlier.items() if c not in chapters}
     os.environ["RAGFT_RUN_DIR"] = str(run_dir.resolve())
     out_dir = run_dir / "notebooks" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
                             execution_timeout=CELL_TIMEOUT_S, log_output=False)
         seconds[chapter] = round(time.time() - t, 1)
         # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
-        (run_dir / RUNNER_TIMINGS).write_text(json.dumps(seconds, indent=1) + "\n")
+        timings.write_text(json.dumps(earlier | seconds, indent=1) + "\n")
         print(f"[ragft.run] {chapter} done in {seconds[chapter]} s", flush=True)
     return seconds
 
