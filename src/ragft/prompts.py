@@ -27,9 +27,6 @@ CITE_SYSTEM = (
     f"the answer, reply exactly: {REFUSAL_ANSWER}."
 )
 
-# Chapter 2's LM reranker: the log-probability of "yes" after this prompt scores a document.
-RERANK_SYSTEM = "You judge whether a document answers a question. Reply yes or no."
-
 # Chapter 3: JSON records (a short instruction for the fine-tune; a long one, with no example, for
 # the base model), and closed-book facts.
 STRUCTURED_SYSTEM_SHORT = "Reply with JSON only."
