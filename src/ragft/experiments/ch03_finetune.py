@@ -366,19 +366,29 @@ def knowledge(ch: Chapter) -> pd.DataFrame:
         if count != ch.best_count:
             result.lm = None
     ch.knowledge = pd.DataFrame(rows).set_index("condition")
+    ch.knowledge.insert(0, "n", ch.n_facts)  # every row asks the same test facts
     return ch.knowledge
 
 
 def knowledge_style(table: pd.DataFrame):
-    return table.style.format({"held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "examples": "{:.0f}",
+    return table.style.format({"n": "{:.0f}", "held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "examples": "{:.0f}",
                                "steps": "{:.0f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
 def plot_knowledge(table: pd.DataFrame):
-    """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars."""
+    """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars with 95 %
+    Wilson intervals."""
+    from ..stats import wilson_interval
+
+    def wilson(col):
+        bounds = [wilson_interval(v * n, int(n)) if v == v else (v, v) for v, n in zip(table[col], table["n"])]
+        return [lo for lo, _ in bounds], [hi for _, hi in bounds]
+
     return report.paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),
-                              f"gold ranked first of {LOOKALIKES + 1} (chance {1 / (LOOKALIKES + 1):.0%})",
-                              "Facts: fine-tuned closed book against RAG")
+                              f"gold ranked first of {LOOKALIKES + 1} (chance {1 / (LOOKALIKES + 1):.0%}; "
+                              f"n = {int(table['n'].iloc[0])}, 95 % intervals)",
+                              "Facts: fine-tuned closed book against RAG",
+                              intervals={c: wilson(c) for c in ("held_out", "trained_paraphrase")})
 
 
 def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
