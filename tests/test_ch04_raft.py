@@ -88,6 +88,17 @@ def test_rank_scores_values_apart_from_the_refusal(monkeypatch):
     assert row["n"] == 2 and row["acc_lo"] < 0.5 < row["acc_hi"] and row["scored_prompt_tokens"] == 20
 
 
+def test_a_readers_scores_restricted_to_the_ablation_facts():
+    """The main run's scores reused on the ablations' first facts: same per-question outcomes, the
+    accuracy and n of the subset, no unanswerable item left."""
+    ranking = Ranking([[0.0, -1.0], [-2.0, -1.0], [0.0, -3.0]], [0, 0, 0], [10, 20, 30], 1.0)
+    scored = ch04.Scored(ranking, ["a", "b", "c"], [0.5], [-1.0, -2.0, -3.0], 25.0)
+    sub = scored.only(["a", "b", "u"])
+    assert sub.qids == ["a", "b"] and sub.outcomes == {"a": 1, "b": 0}
+    assert sub.acc == 0.5 and sub.row()["n"] == 2 and sub.refuse_pos == [] and sub.refuse_neg == [-1.0, -2.0]
+    assert sub.prompt_tokens == 15
+
+
 def test_marker_rate_counts_replies_that_reach_the_answer():
     assert ch04.marker_rate(gen(["##begin_quote##x##end_quote##\n<ANSWER>: y", "##begin_quote##x, cut"])) == 0.5
 
@@ -209,7 +220,7 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
             assert f"{reader}_top{k}_contains" in m and f"{reader}_top{k}_acc" in m
     assert m["raft_marker_rate"] == 0.9 and m["generated_n"] == p.n_generated
     assert m["raft_k_for_base_best"] == min(p.top_ks)
-    assert m["raft_rag_n"] == 4 and m["ablation_n"] == 4
+    assert m["raft_rag_n"] == 4 and m["ablation_n"] == p.n_ablation_facts == 3  # the smoke profile asks the subset
     assert "pubmedqa_raft_acc" not in m  # no benchmark rows: no benchmark metrics
 
 

@@ -118,6 +118,16 @@ class Chapter:
         return [i for i, it in enumerate(self.test_items) if it.kind != "unanswerable"]
 
     @property
+    def ablation_facts(self) -> list[int]:
+        """Positions of the facts the ablations and top-k curves ask: the first n_ablation_facts (every
+        RAFT variant there generates its quote on each, the chapter's largest cost)."""
+        return self.facts_only[:self.params.n_ablation_facts or None]
+
+    @property
+    def ablation_qids(self) -> list[str]:
+        return [self.test_items[i].qid for i in self.ablation_facts]
+
+    @property
     def generated(self) -> list[int]:
         """Positions of the test items also answered in words: the first n_generated facts and the
         first n_generated_unanswerable unanswerable questions."""
@@ -275,6 +285,17 @@ class Scored:
         if not self.refuse_pos or not self.refuse_neg:
             return float("nan"), float("nan")
         return auroc(self.refuse_pos, self.refuse_neg), recall_at_fpr(self.refuse_pos, self.refuse_neg, 0.05)[0]
+
+    def only(self, qids: list[str]) -> "Scored":
+        """The same reader's scores on the answerable items among `qids` (a subset of its run)."""
+        from ..scoring import Ranking
+
+        keep = set(qids)
+        js = [j for j, q in enumerate(self.qids) if q in keep]
+        r = self.ranking
+        ranking = Ranking([r.scores[j] for j in js], [r.gold[j] for j in js], [r.prompt_tokens[j] for j in js], r.seconds)
+        return Scored(ranking, [self.qids[j] for j in js], [], [self.refuse_neg[j] for j in js],
+                      sum(ranking.prompt_tokens) / max(1, len(js)))
 
     def row(self) -> dict:
         from ..stats import wilson_interval
@@ -444,13 +465,13 @@ def ablations(ch: Chapter) -> tuple[pd.DataFrame, pd.DataFrame]:
     variant's replies and scores are reused, not recomputed."""
     from ..train.measure import release_memory
 
-    p, k, idx = ch.params, ch.k, ch.facts_only
+    p, k, idx = ch.params, ch.k, ch.ablation_facts
     main = MAIN["raft_rag"]
     p_rows, d_rows = [], []
 
     def variant(outcome, model_lm):
-        if model_lm is None:  # the main variant
-            sc, gen = ch.scored[main], ch.gens[main].subset(idx)
+        if model_lm is None:  # the main variant, on the ablations' facts
+            sc, gen = ch.scored[main].only(ch.ablation_qids), ch.gens[main].subset(idx)
             ch.run.record(outcome, sc.outcomes)
             ch.scored[outcome] = sc
         else:
@@ -517,7 +538,7 @@ def top_k_curves(ch: Chapter) -> pd.DataFrame:
     table's and the largest top-k for the fewest-distractor RAFT (when trained), on the fact questions only (the unanswerable ones would add prefill and
     no point); generated answers beside them (the RAFT readers' on the same questions, the base
     reader's on the generated subset). What the main table or the ablations measured is reused."""
-    p, k, idx, sub = ch.params, ch.k, ch.facts_only, ch.generated_facts
+    p, k, idx, sub = ch.params, ch.k, ch.ablation_facts, ch.generated_facts
     readers = {BASE_READER: (ch.lm, "rag", MAIN["base_rag"]), ch.raft_reader: (ch.fits["raft"].lm, "raft", MAIN["raft_rag"])}
     if ch.least_distractors != p.n_distractors:
         readers[ch.least_reader] = (ch.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
@@ -527,8 +548,8 @@ def top_k_curves(ch: Chapter) -> pd.DataFrame:
             # the fewest-distractor reader only where a claim reads it (F5 at the largest top-k)
             for kk in p.top_ks if name != ch.least_reader else sorted({k, max(p.top_ks)}):
                 outcome = topk_outcome(name, kk)
-                if kk == k:  # measured already: the same scores under the curve's name
-                    sc = ch.scored[at_k]
+                if kk == k:  # measured already: the same scores, on the curves' facts, under the curve's name
+                    sc = ch.scored[at_k].only(ch.ablation_qids)
                     ch.run.record(outcome, sc.outcomes)
                 else:
                     sc, gen = read(ch, model_lm, style, kk, outcome, idx)
@@ -756,7 +777,7 @@ def headline_metrics(ch: Chapter) -> dict:
     `_refusal_acc` are the generated answers on the subset (`generated_n` facts,
     `generated_unanswerable_n` unanswerable questions)."""
     run = ch.run
-    n_facts, n_unanswerable, n_ablation = len(ch.facts), len(ch.test_items) - len(ch.facts), len(ch.facts_only)
+    n_facts, n_unanswerable, n_ablation = len(ch.facts), len(ch.test_items) - len(ch.facts), len(ch.ablation_facts)
     sub = ch.generated
     n_gen = len(ch.generated_facts)
     n_gen_unanswerable = len(sub) - n_gen
@@ -899,10 +920,12 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
 
 def sentences(ch: Chapter, m: dict) -> dict[str, str]:
     """Descriptive sentences of measurements (no verdicts: those are the glued comparisons)."""
-    p, n_ablation = ch.params, len(ch.facts_only)
+    p, n_ablation = ch.params, len(ch.ablation_facts)
     out = {"quote_sentence": f"{m['raft_quote_correct']:.0%} of RAFT's generated answers quote only text that is "
                              f"really in a document holding the answer, and {m['raft_marker_rate']:.0%} of its replies "
                              "reach the final-answer marker within the token budget"}
+    out["ablation_scope"] = (f"the first {n_ablation} of the {m['n_test_facts']:.0f} fact questions" if n_ablation < m["n_test_facts"]
+                             else f"all {n_ablation} fact questions")
     out["scoring_sentence"] = (f"Each of the {m['raft_rag_n']:.0f} test facts is asked with its gold value and "
                                f"{p.n_candidates} look-alike values of the same attribute, so guessing ranks the gold "
                                f"first {m['raft_rag_chance']:.0%} of the time; the generated answers (contains, EM, F1) are "
