@@ -381,7 +381,7 @@ def plot_knowledge(table: pd.DataFrame):
     from ..stats import wilson_interval
 
     def wilson(col):
-        bounds = [wilson_interval(v * n, int(n)) if v == v else (v, v) for v, n in zip(table[col], table["n"])]
+        bounds = [wilson_interval(v * n, int(n)) if pd.notna(v) else (v, v) for v, n in zip(table[col], table["n"])]
         return [lo for lo, _ in bounds], [hi for _, hi in bounds]
 
     return report.paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),

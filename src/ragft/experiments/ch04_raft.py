@@ -114,7 +114,8 @@ class Chapter:
 
     @property
     def facts_only(self) -> list[int]:
-        """Positions of the answerable test items: the ablations and curves ask these only."""
+        """Positions of the answerable test items (the ablations and curves ask the first of them,
+        `ablation_facts`)."""
         return [i for i, it in enumerate(self.test_items) if it.kind != "unanswerable"]
 
     @property
@@ -535,7 +536,7 @@ def topk_outcome(reader: str, k: int) -> str:
 
 def top_k_curves(ch: Chapter) -> pd.DataFrame:
     """Gold ranked first at every test-time top-k for the base reader and RAFT, and at the main
-    table's and the largest top-k for the fewest-distractor RAFT (when trained), on the fact questions only (the unanswerable ones would add prefill and
+    table's and the largest top-k for the fewest-distractor RAFT (when trained), on `ablation_facts` only (the unanswerable ones would add prefill and
     no point); generated answers beside them (the RAFT readers' on the same questions, the base
     reader's on the generated subset). What the main table or the ablations measured is reused."""
     p, k, idx, sub = ch.params, ch.k, ch.ablation_facts, ch.generated_facts
