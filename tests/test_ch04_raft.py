@@ -10,6 +10,7 @@ import pytest
 
 from ragft import config, raft, settings
 from ragft.experiments import ch04_raft as ch04
+from ragft.experiments import common
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
 from ragft.results import ChapterRun
@@ -105,16 +106,16 @@ def test_marker_rate_counts_replies_that_reach_the_answer():
 
 def test_chapter3_facts_follow_its_list_else_its_draw(run_dir, kb):
     p3 = config.resolve("03_finetune", "smoke")
-    drawn, where = ch04.chapter3_facts(kb, p3)
+    drawn, where = common.chapter3_facts(kb, p3)
     assert [q.qid for q in drawn] == [q.qid for q in kb.sample("single", p3.n_facts, p3.seed)] and "drawn" in where
     chosen = [q.qid for q in kb.by_kind("single")[5:12]]  # any size, in chapter 3's order
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
         {"params": {"model": p3.model, "kb_seed": p3.kb_seed}, "tables": {"dsf_facts": chosen}}))
-    facts, where = ch04.chapter3_facts(kb, p3)
+    facts, where = common.chapter3_facts(kb, p3)
     assert [q.qid for q in facts] == chosen and "chapter 3's list" in where
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
         {"params": {"model": "other"}, "tables": {"dsf_facts": chosen}}))
-    assert ch04.chapter3_facts(kb, p3)[0] == drawn
+    assert common.chapter3_facts(kb, p3)[0] == drawn
 
 
 def test_macro_f1_tolerance_is_a_capped_bound_that_shrinks_with_n():
@@ -164,7 +165,7 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
         (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
     trained = []
     monkeypatch.setattr(ch04.tasks, "train_dsf",
-                        lambda p3, facts, n: trained.append(n) or SimpleNamespace(lm="own", cached=False))
+                        lambda p3, facts, n: trained.append(n) or SimpleNamespace(lm="own", cached=False, artifact="x"))
     p = params()
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
     lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=[SimpleNamespace(qid="f1")]))

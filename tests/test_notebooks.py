@@ -232,3 +232,26 @@ def test_bad_parameter_stops_the_notebook_with_its_name(tmp_path, chapter, param
         pm.execute_notebook(str(ROOT / "chapters" / f"{chapter}.ipynb"), str(tmp_path / "out.ipynb"),
                             parameters={"profile": "smoke", **parameters}, kernel_name="python3",
                             cwd=str(ROOT / "chapters"), progress_bar=False)
+
+
+HEADLINE_05 = ["rag_v2_changed_acc", "dsf_v2_changed_acc", "dsf_stale_rate", "dsf_rag_v2_changed_acc",
+               "raft_rag_v2_changed_acc", "retrain_v2_changed_acc", "continued_v2_changed_acc", "continued_unchanged_acc",
+               "replay_unchanged_acc", "rag_new_entity_acc", "dsf_new_entity_acc", "conflict_context_wins_rate",
+               "index_update_s", "retrain_s", "continued_s", "update_seconds_ratio", "stale_chunks_after_update",
+               "index_chunks_after_update"]
+
+
+@pytest.mark.slow
+def test_freshness_results_are_sane(smoke_run):
+    doc = json.loads((smoke_run["dir"] / "results" / "05_freshness.json").read_text())
+    m = doc["metrics"]
+    for key in HEADLINE_05:
+        if key == "conflict_context_wins_rate" and not m["conflict_n"]:
+            continue  # no changed fact had the old value in the weights and the new one retrieved
+        assert key in m, key
+    # the store holds exactly the v2 chunks after the update, and a second application writes nothing
+    assert m["index_chunks_after_update"] == m["index_chunks_expected"] and m["stale_chunks_after_update"] == 0
+    assert m["index_chunks_lost"] == m["index_chunks_duplicated"] == m["second_application_chunks_written"] == 0
+    # the three fine-tune updates ran; the smallest of them trains on fewer tokens than retraining
+    assert m["continued_tokens"] < m["retrain_tokens"] and m["retrain_s"] > 0
+    assert {c["claim"] for c in doc["comparisons"]} >= {"U1-rag-vs-dsf", "U1-retrain", "U2-seconds", "K8-stale"}

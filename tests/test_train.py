@@ -206,3 +206,30 @@ def test_structured_examples_come_from_other_worlds(kb):
     q = kb.by_kind("structured")[0]
     context = tasks.structured_context(kb, q)
     assert f"{q.fields['warranty_months']} months" in context and f"{q.fields['price_usd']:,}" in context
+
+
+def test_continued_training_starts_from_the_adapter_it_names(tiny, tmp_path):
+    """init_from loads the adapter's weights before the first step: at a negligible learning rate the
+    continued run ends where the adapter was; the artifact is keyed by its start; shapes must match."""
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(rank=4, epochs=1, batch_size=2, dtype="fp32", lr=1e-2)
+    first = train(tiny, data(), cfg, label="first")
+    still = replace_lr(cfg, 1e-12)
+    continued = train(tiny, data(2), still, label="continued", init_from=first.artifact)
+    fresh = train(tiny, data(2), still, label="continued")
+    a, b = load_file(first.artifact / "adapter_model.safetensors"), load_file(continued.artifact / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert continued.artifact != fresh.artifact and continued.metrics["train_tokens"] > 0
+    with pytest.raises(ValueError, match="same shape"):
+        train(tiny, data(2), replace_lr(TrainConfig(rank=8, epochs=1, batch_size=2, dtype="fp32"), 1e-3), init_from=first.artifact)
+    with pytest.raises(ValueError, match="full"):
+        train(tiny, data(2), TrainConfig(method="full", epochs=1, batch_size=2, dtype="fp32"), init_from=first.artifact)
+    with pytest.raises(FileNotFoundError, match="no LoRA adapter"):
+        train(tiny, data(2), cfg, init_from=tmp_path)
+
+
+def replace_lr(cfg, lr):
+    import dataclasses
+
+    return dataclasses.replace(cfg, lr=lr)

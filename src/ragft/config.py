@@ -276,6 +276,29 @@ class RaftParams(Answering):
 
 
 @dataclass
+class FreshnessParams(Answering):
+    """Chapter 5: freshness. Reads chapter 3's DSF adapter and chapter 4's RAFT adapter of the same run
+    (trains them with those chapters' parameters when they have not run there)."""
+
+    change_share: float = param(0.8, "share of the mutable facts the v2 world changes (the knowledge base's v2_change_share)")
+    n_new: int = param(24, "facts about product lines that exist only in v2", bounds=(0, 100_000))
+    n_candidates: int = param(3, "look-alike values ranked beside the gold (a changed fact's always hold its other value)", bounds=(1, 20))
+    chunk_size: int = param(64, "tokens per chunk (chapter 4's, which RAFT reads)", bounds=(32, 4096))
+    rag_top_k: int = param(3, "chunks in the prompt of every reader that reads", bounds=(1, 50))
+    replay_share: float = param(0.5, "unchanged facts replayed per changed fact in the replay update")
+    cot_max_new_tokens: int = param(48, "RAFT's quote and answer", bounds=(8, 1024))
+
+    def validate(self) -> None:
+        super().validate()
+        share = self.change_share
+        check(isinstance(share, (int, float)) and not isinstance(share, bool) and 0.35 <= share <= 1.0, "change_share",
+              share, "use a share in [0.35, 1.0] (the knowledge base's v2_change_share)")
+        r = self.replay_share
+        check(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 10, "replay_share", r,
+              "use a number in [0, 10] (unchanged facts per changed fact)")
+
+
+@dataclass
 class VerdictParams(Common):
     """Chapter 7: the verdict on every claim (reads the other chapters' results of the run; no model),
     and the decision helper run for your own case (ragft.decide.Reader's fields, prefixed reader_)."""
@@ -302,7 +325,8 @@ class VerdictParams(Common):
 
 
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
-                  "03_finetune": FinetuneParams, "04_raft": RaftParams, "07_verdict": VerdictParams}
+                  "03_finetune": FinetuneParams, "04_raft": RaftParams, "05_freshness": FreshnessParams,
+                  "07_verdict": VerdictParams}
 
 
 # Names a notebook's namespace holds that are not parameters (IPython's own).

@@ -201,12 +201,13 @@ class KnowledgeBase:
             questions += by_doc[doc_id]
         return docs, questions[:n]
 
-    def candidates(self, question: Question, k: int = 3, seed: int = 0) -> tuple[list[str], int]:
+    def candidates(self, question: Question, k: int = 3, seed: int = 0, include: tuple[str, ...] = ()) -> tuple[list[str], int]:
         """The gold answer and up to `k` look-alikes: other values of the same attribute in this
         knowledge base (a price for a price, a person for a manager), none of which counts as right.
         Drawn per question from `seed`, in a shuffled order; returns (candidates, index of gold).
         An unanswerable question gets k + 1 values of its attribute and None: none of them is right
-        (the model's preference for a refusal over them is a refusal score)."""
+        (the model's preference for a refusal over them is a refusal score). `include`: values that
+        must be among the look-alikes (a changed fact's value in the other version of the world)."""
         from ..metrics import normalize
 
         if question.kind == "structured":
@@ -223,6 +224,12 @@ class KnowledgeBase:
         if question.kind == "unanswerable":
             return rng.sample(pool, min(k + 1, len(pool))), None
         others = rng.sample(pool, min(k, len(pool)))
+        forced = [v for v in dict.fromkeys(include) if normalize(v) not in right]
+        if len(forced) > k:
+            raise ValueError(f"include={list(include)!r}: more values than the {k} look-alikes")
+        if forced:  # the forced values take the places of the last drawn ones
+            kept = [v for v in others if v not in forced][:k - len(forced)]
+            others = rng.sample(kept + forced, len(kept) + len(forced))
         gold = rng.randrange(len(others) + 1)
         return others[:gold] + [question.answer] + others[gold:], gold
 

@@ -42,9 +42,10 @@ from .. import metrics, raft, report, results
 from ..corpus.kb import REFUSAL_ANSWER
 from ..drift import rate_tolerance
 from ..generation import Generation
-from ..results import ChapterRun, StatedComparison, glue, read_chapter
+from ..results import ChapterRun, StatedComparison, glue
 from ..train import tasks
-from .common import record_answers, start
+from .common import chapter3_facts, record_answers, start
+from .common import dsf_model as common_dsf_model
 
 CHAPTER = "04_raft"
 DSF_CHAPTER = "03_finetune"
@@ -196,19 +197,6 @@ def setup(params) -> Chapter:
     return ch
 
 
-def chapter3_facts(kb, p3) -> tuple[list, str]:
-    """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
-    this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
-    Returns (facts, where they came from)."""
-    doc = read_chapter(DSF_CHAPTER) or {}
-    qids, ran = (doc.get("tables") or {}).get("dsf_facts"), doc.get("params") or {}
-    by_qid = {q.qid: q for q in kb.questions}
-    same = ran.get("model") == p3.model and ran.get("kb_seed", p3.kb_seed) == p3.kb_seed
-    if qids and same and all(q in by_qid for q in qids):
-        return [by_qid[q] for q in qids], "chapter 3's list from this run"
-    return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
-
-
 def example_record(ch: Chapter) -> pd.DataFrame:
     """One training example as the model sees it, and its target."""
     first = ch.main_records[0]
@@ -348,32 +336,8 @@ def read(ch: Chapter, model_lm, style: str, k: int, name: str, idx: list[int] | 
 
 
 def dsf_model(ch: Chapter):
-    """Chapter 3's closed-book fine-tune (DSF), handed over explicitly: the adapter chapter 3 of this
-    run names in its results (`artifacts["dsf_adapter"]`), loaded with chapter 3's configuration.
-    When chapter 3 has not run here (chapter 4 alone), fine-tuned on other facts or for another
-    model, or its adapter folder is gone, it is trained here with chapter 3's parameters.
-    Returns (model, the line that says which happened)."""
-    from ..train import load_artifact
-
-    p3 = ch.dsf_params
-    doc = read_chapter(DSF_CHAPTER)
-    adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
-    if doc is None:
-        why = "chapter 3 has not run in this run folder"
-    elif not adapter:
-        why = "chapter 3's results name no DSF adapter"
-    elif (doc.get("params") or {}).get("model") != p3.model:
-        why = f"chapter 3 fine-tuned {doc['params'].get('model')!r}, this chapter reads with {p3.model!r}"
-    elif (doc.get("tables") or {}).get("dsf_facts", [q.qid for q in ch.facts]) != [q.qid for q in ch.facts]:
-        why = "chapter 3 fine-tuned other facts (other parameters) than this chapter's test facts"
-    elif not Path(adapter).is_dir():
-        why = f"chapter 3's adapter folder {adapter} is gone"
-    else:
-        lm = load_artifact(p3.model, adapter, tasks.lora_config(p3, p3.dsf_epochs))
-        return lm, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained."
-    result = tasks.train_dsf(p3, ch.facts, max(p3.paraphrase_counts))
-    how = "reloaded from the artifact cache" if result.cached else "trained now"
-    return result.lm, f"DSF model: fine-tuned here with chapter 3's parameters ({how}), because {why}."
+    """Chapter 3's closed-book fine-tune for this chapter's test facts (`common.dsf_model`)."""
+    return common_dsf_model(ch.dsf_params, ch.facts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +371,7 @@ def main_table(ch: Chapter) -> pd.DataFrame:
         del dsf_lm
         release_memory()
         ch.fits["raft"] = fit(ch, ch.main_records, "raft-kb")
+        run.artifacts["raft_adapter"] = str(ch.fits["raft"].artifact)  # the freshness chapter reads it
         add("raft_rag", f"RAFT + RAG (top-{k})", ch.fits["raft"].lm, "raft", k, quoting=True,
             train_s=ch.fits["raft"].metrics["train_s"])
         nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")

@@ -12,6 +12,8 @@ def start(chapter: str, params, embedder: bool = False):
     """Network policy, seeds and threads from the parameters; the chapter's results collector; the
     language model (and the embedder, on the model's device); the knowledge base.
     Returns (run, lm, embed_model or None, kb)."""
+    import gc
+
     from .. import models, rag, settings
     from ..corpus import build_kb
 
@@ -20,7 +22,12 @@ def start(chapter: str, params, embedder: bool = False):
     with run.stage("load_models"):
         lm = models.load_lm(params.model, params.device, params.dtype)
         embed_model = rag.load_embedder(params.embedder, lm.device) if embedder else None
-    return run, lm, embed_model, build_kb(params.kb_seed, params.kb)
+    kb = build_kb(params.kb_seed, params.kb)
+    # the imports, the models and the knowledge base live as long as the chapter: out of the
+    # collector's sight, each full collection (release_memory before every training) skips their
+    # ~700,000 objects, 0.5 s a collection on these CPUs
+    gc.freeze()
+    return run, lm, embed_model, kb
 
 
 def split_outcomes(items: list, gen, texts: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
@@ -38,3 +45,66 @@ def record_answers(run: ChapterRun, name: str, items: list, gen, texts: list[str
     """Record a condition's outcomes: answers under `name`, refusals under `name + " refusal"`."""
     for part, (scores, tokens) in split_outcomes(items, gen, texts).items():
         run.record(name if part == "answer" else name + REFUSAL_SUFFIX, scores, tokens=tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3's fine-tune, handed over to the chapters after it
+
+DSF_CHAPTER = "03_finetune"
+
+
+def chapter3_facts(kb, p3) -> tuple[list, str]:
+    """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
+    this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
+    Returns (facts, where they came from)."""
+    from ..results import read_chapter
+
+    doc = read_chapter(DSF_CHAPTER) or {}
+    qids, ran = (doc.get("tables") or {}).get("dsf_facts"), doc.get("params") or {}
+    by_qid = {q.qid: q for q in kb.questions}
+    same = ran.get("model") == p3.model and ran.get("kb_seed", p3.kb_seed) == p3.kb_seed
+    if qids and same and all(q in by_qid for q in qids):
+        return [by_qid[q] for q in qids], "chapter 3's list from this run"
+    return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
+
+
+def dsf_adapter(p3, facts: list):
+    """Chapter 3's closed-book fine-tune (DSF) on `facts`, handed over explicitly: the adapter chapter 3
+    of this run names in its results (`artifacts["dsf_adapter"]`). When chapter 3 has not run here
+    (a later chapter alone), fine-tuned other facts or another model, or its adapter folder is gone,
+    it is trained here with chapter 3's parameters.
+    Returns (adapter folder, the line that says which happened, the TrainResult when trained here)."""
+    from pathlib import Path
+
+    from ..results import read_chapter
+    from ..train import tasks
+
+    doc = read_chapter(DSF_CHAPTER)
+    adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
+    if doc is None:
+        why = "chapter 3 has not run in this run folder"
+    elif not adapter:
+        why = "chapter 3's results name no DSF adapter"
+    elif (doc.get("params") or {}).get("model") != p3.model:
+        why = f"chapter 3 fine-tuned {doc['params'].get('model')!r}, this chapter reads with {p3.model!r}"
+    elif (doc.get("tables") or {}).get("dsf_facts", [q.qid for q in facts]) != [q.qid for q in facts]:
+        why = "chapter 3 fine-tuned other facts (other parameters) than this chapter's test facts"
+    elif not Path(adapter).is_dir():
+        why = f"chapter 3's adapter folder {adapter} is gone"
+    else:
+        return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
+    result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts))
+    how = "reloaded from the artifact cache" if result.cached else "trained now"
+    return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters ({how}), because {why}.",
+            result)
+
+
+def dsf_model(p3, facts: list):
+    """The DSF model itself (`dsf_adapter`), ready to answer. Returns (model, the line that says where
+    it came from)."""
+    from ..train import load_artifact, tasks
+
+    folder, line, trained = dsf_adapter(p3, facts)
+    if trained is not None:
+        return trained.lm, line
+    return load_artifact(p3.model, folder, tasks.lora_config(p3, p3.dsf_epochs)), line

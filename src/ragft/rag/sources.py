@@ -101,6 +101,13 @@ def kb_pages(kb, docs_per_page: int = 8) -> list[Source]:
     return pages
 
 
+def kb_documents(kb) -> list[Source]:
+    """The knowledge base one document to a source, under the document's own id: a changed document
+    is re-indexed alone, as a documentation site re-indexes a changed page. The version is not part
+    of a source (it is in its content hash): a document the new version left as it was stays indexed."""
+    return [Source(d.doc_id, d.title, f"## {d.title}\n\n{d.text}", "latest", d.kind) for d in kb.documents]
+
+
 def kb_items(questions) -> list[QAItem]:
     """Knowledge-base questions (their held-out paraphrase) as retrieval items."""
     return [QAItem(q.qid, q.test_text, tuple(q.answers) if q.kind != "unanswerable" else (), q.kind,

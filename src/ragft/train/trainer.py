@@ -81,10 +81,12 @@ class TrainResult:
     cached: bool = False
 
 
-def artifact_key(model_name: str, cfg: TrainConfig, data: list[Tokenized]) -> str:
+def artifact_key(model_name: str, cfg: TrainConfig, data: list[Tokenized], start: dict | None = None) -> str:
     h = hashlib.sha256()
     identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
     h.update(json.dumps([ARTIFACT_VERSION, model_name, identity], sort_keys=True).encode())
+    for name in sorted(start or {}):  # a continued run is another run for every starting adapter
+        h.update(name.encode() + start[name].float().numpy().tobytes())
     for t in data:
         h.update(json.dumps([t.input_ids, t.n_answer]).encode())
     return h.hexdigest()[:16]
@@ -130,6 +132,26 @@ def _wrap(lm: models.LoadedLM, cfg: TrainConfig):
     return get_peft_model(model, lora)
 
 
+def _adapter_weights(folder: str | Path, cfg: TrainConfig) -> dict:
+    """The tensors of a saved LoRA adapter, checked against the run that continues it."""
+    folder = Path(folder)
+    if cfg.method == "full":
+        raise ValueError("init_from continues a LoRA or QLoRA adapter; full fine-tuning starts from a model name")
+    weights, config = folder / "adapter_model.safetensors", folder / "adapter_config.json"
+    if not (weights.is_file() and config.is_file()):
+        raise FileNotFoundError(f"init_from={str(folder)!r} holds no LoRA adapter (adapter_model.safetensors and "
+                                "adapter_config.json)")
+    saved = json.loads(config.read_text())
+    targets = TARGETS[cfg.target]
+    same_target = sorted(saved.get("target_modules") or []) == sorted(targets) if isinstance(targets, list) else True
+    if saved.get("r") != cfg.rank or not same_target:
+        raise ValueError(f"init_from={str(folder)!r} has rank {saved.get('r')} on {saved.get('target_modules')}; this run "
+                         f"trains rank {cfg.rank} on {cfg.target}: continue an adapter with the same shape")
+    from safetensors.torch import load_file
+
+    return load_file(weights)
+
+
 def _trainable(model) -> dict:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -171,16 +193,19 @@ def _loss(model, batch):
 
 
 def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
-          on_step=None, cache: bool = True) -> TrainResult:
+          on_step=None, cache: bool = True, init_from: str | Path | None = None) -> TrainResult:
     """Fine-tune `model_name` on `examples`. `on_step(step, loss)` is called after every optimizer
-    step (for tests that interrupt a run). With cache=True a finished artifact is reused."""
+    step (for tests that interrupt a run). With cache=True a finished artifact is reused.
+    `init_from`: a LoRA adapter folder trained with the same method, rank and target, whose weights
+    the run starts from (continued training) instead of fresh adapters."""
     import torch
 
     cfg.validate()
     from transformers import AutoTokenizer
 
+    start = _adapter_weights(init_from, cfg) if init_from is not None else None
     data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
-    key = artifact_key(model_name, cfg, data)
+    key = artifact_key(model_name, cfg, data, start)
     folder = settings.cache_dir() / "trained" / f"{label}-{key}"
     done = folder / "train_metrics.json"
     if cache and done.exists():
@@ -202,6 +227,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     torch.manual_seed(cfg.seed)
     with measure.PeakMemory(base.device) as mem:
         model = _wrap(base, cfg)
+        if start is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, start)
         model.train()
         params = _trainable(model)
         optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
@@ -271,7 +300,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     seconds = sum(timed)
     metrics = {
         "method": cfg.method, "target": cfg.target if cfg.method != "full" else "all",
-        "examples": len(data), "steps": len(losses), "epochs": cfg.epochs,
+        "examples": len(data), "steps": len(losses), "epochs": cfg.epochs, "train_tokens": sum(step_tokens),
         "trainable_params": n_trainable, "total_params": n_params, "trainable_share": n_trainable / n_params,
         "step_s": sorted(timed)[len(timed) // 2], "train_s": sum(step_s),
         "tokens_per_s": sum(step_tokens[-len(timed):]) / seconds,

@@ -1,0 +1,545 @@
+"""Chapter 5, freshness: what each approach answers after the facts change, and what bringing it up to
+date costs.
+
+Sections, in the order the chapter runs them:
+
+  setup     the v1 world (chapter 3's test facts and its DSF adapter of this run, chapter 4's RAFT
+            adapter) and the v2 world: a share `change_share` of the mutable facts changed, new product
+            lines added. Test sets: the changed facts and the unchanged facts among chapter 3's test
+            facts (the ones its fine-tune learnt), and facts about the new entities
+  before    the v1 documents indexed in Chroma, one document to a source; the readers asked the
+            changed facts in the v1 world
+  index     the change applied to the store by document id (each changed or new document upserted
+            alone and timed, removed ones deleted), applied a second time (nothing may change), and the
+            store checked chunk by chunk against the v2 documents
+  after     every approach in the v2 world, the fine-tunes with their v1 weights
+  updates   the fine-tune brought up to date three ways: retrained from the base on every v2 fact; the
+            v1 adapter trained further on the changed facts only; and on them plus a replay sample of
+            unchanged facts
+
+Scoring is chapters 3 and 4's: the gold value against `n_candidates` look-alike values of its
+attribute, ranked by the model's log-likelihood (RAFT's after its own quote). For a changed fact the
+look-alikes always hold the value of the other version, so the same ranking says whether the answer
+is **stale** (the v1 value ranked first after the change).
+
+Every scored condition is recorded per question (the fact's qid): "<approach>, <world>: <set>" (1 when
+the gold value is ranked first; world v1 or v2, set changed, unchanged or new), "<approach>, v2:
+changed, stale" (1 when the v1 value is ranked first), and "seconds to fresh: <update>" (a continuous
+outcome per changed fact: the index's upsert of the fact's document, or a fine-tune update's training
+time shared evenly among the facts it updates).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import raft, report, results
+from ..drift import rate_tolerance
+from ..results import ChapterRun, StatedComparison, glue
+from ..stats import wilson_interval
+from ..train import tasks
+from .common import chapter3_facts, dsf_adapter, start
+
+CHAPTER = "05_freshness"
+RAFT_CHAPTER = "04_raft"
+SETS = ("changed", "unchanged", "new")
+# Readers by outcome-name prefix: the prompt style each reads with, and whether it reads documents.
+BASE_RAG, DSF, DSF_RAG, RAFT_RAG = "base + RAG", "DSF", "DSF + RAG", "RAFT + RAG"
+UPDATES = {"retrain": "DSF retrained on v2", "continued": "DSF continued on the changes",
+           "replay": "DSF continued with replay"}
+INDEX = "index"
+
+
+@dataclass
+class Chapter:
+    """The chapter's state: parameters, results file, models, both worlds, the test sets, the store."""
+
+    params: object
+    p3: object  # chapter 3's parameters (the DSF recipe)
+    p4: object  # chapter 4's (the RAFT reader)
+    run: ChapterRun
+    lm: object
+    embed_model: object
+    kb: object  # v1
+    kb2: object  # v2
+    facts: list  # chapter 3's test facts (v1 questions)
+    sets: dict  # (world, set) -> questions of that world
+    candidates: dict  # (world, set) -> [(values, gold index, index of the other version's value or None)]
+    dsf_adapter: str
+    dsf_source: str
+    lr: float  # the DSF's learning rate, for every update
+    store: object = None
+    ranked: dict = field(default_factory=dict)  # (world, set) -> retrieved chunks per question
+    scores: dict = field(default_factory=dict)  # outcome name -> Ranking
+    rows: list = field(default_factory=list)  # the accuracy table
+    index: dict = field(default_factory=dict)  # the index update's measurements
+    fits: dict = field(default_factory=dict)  # update -> train metrics
+    upsert_s: dict = field(default_factory=dict)  # doc id -> seconds of its upsert
+    raft_source: str = ""
+    raft_adapter: str = ""
+
+    @property
+    def changed(self) -> list:
+        return self.sets[("v1", "changed")]
+
+    def summary(self) -> str:
+        n = {s: len(self.sets[("v2", s)]) for s in SETS}
+        return (f"{len(self.facts)} of chapter 3's test facts: {n['changed']} change in v2 and {n['unchanged']} do not; "
+                f"{n['new']} facts about new products. {self.dsf_source}")
+
+
+def setup(params) -> Chapter:
+    """Seeds, threads and network policy; the model and the embedder; both worlds and the test sets;
+    where the DSF adapter comes from (chapter 3's of this run, else trained here)."""
+    from .. import config
+    from ..corpus import build_kb
+
+    p3 = config.resolve("03_finetune", params.profile, model=params.model)
+    p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model)
+    run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
+    sizes = replace(params.kb, v2_change_share=params.change_share)
+    kb, kb2 = build_kb(params.kb_seed, sizes), build_kb(params.kb_seed, sizes, "v2")
+    facts, facts_source = chapter3_facts(kb, p3)
+    v2 = {q.qid: q for q in kb2.questions}
+    changed = [q for q in facts if q.changed_in_v2]
+    old = {q.qid for q in kb.questions}
+    new = [q for q in kb2.sample("single", len(kb2.by_kind("single")), params.seed) if q.qid not in old][:params.n_new]
+    sets = {("v1", "changed"): changed, ("v2", "changed"): [v2[q.qid] for q in changed],
+            ("v2", "unchanged"): [v2[q.qid] for q in facts if not q.changed_in_v2], ("v2", "new"): new}
+    value = {"v1": {q.qid: q.answer for q in changed}, "v2": {q.qid: v2[q.qid].answer for q in changed}}
+    candidates = {}
+    for (world, part), qs in sets.items():
+        base, other = (kb, value["v2"]) if world == "v1" else (kb2, value["v1"])
+        cands = []
+        for q in qs:  # a changed fact's look-alikes hold its value in the other world
+            alt = other.get(q.qid) if part == "changed" else None
+            values, gold = base.candidates(q, params.n_candidates, params.seed, include=(alt,) if alt else ())
+            cands.append((values, gold, values.index(alt) if alt in values else None))
+        candidates[(world, part)] = cands
+    with run.stage("dsf_handover"):
+        adapter, source, _ = dsf_adapter(p3, facts)
+    ch = Chapter(params, p3, p4, run, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
+                 f"{source} Test facts: {facts_source}.", dsf_lr(p3, source))
+    return ch
+
+
+def dsf_lr(p3, source: str) -> float:
+    """The learning rate the DSF adapter was trained with: chapter 3's choice when the adapter is
+    chapter 3's, else the rate the fallback trains with (chapter 3's lora_lr)."""
+    doc = results.read_chapter("03_finetune") or {}
+    chosen = (doc.get("metrics") or {}).get("lora_lr_chosen")
+    return float(chosen) if chosen and "chapter 3's adapter" in source else p3.lora_lr
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking: one reader, one world, one test set
+
+
+def outcome(approach: str, world: str, part: str) -> str:
+    return f"{approach}, {world}: {part}"
+
+
+def stale_outcome(approach: str) -> str:
+    return f"{approach}, v2: changed, stale"
+
+
+def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str) -> dict:
+    """A reader's candidate ranking on one test set (the documents retrieved from the store as it is
+    now, for a reader that reads; a quoting reader's own reply first), recorded per question; the
+    accuracy table's row."""
+    p, qs = ch.params, ch.sets[(world, part)]
+    if not qs:
+        return {}
+    cands = ch.candidates[(world, part)]
+    docs = [[h.text for h in hits[:p.rag_top_k]] for hits in ch.ranked[(world, part)]] if style != "closed" else None
+    questions = [q.test_text for q in qs]
+    name = outcome(approach, world, part)
+    reasoning = None
+    if style == "raft":
+        reasoning = raft.ask(model_lm, questions, docs, style, p.cot_max_new_tokens, p.batch_size, desc=name).texts
+    r = raft.rank(model_lm, questions, docs, style, [c[0] for c in cands], [c[1] for c in cands], reasoning,
+                  desc=f"scoring {name}")
+    qids = [q.qid for q in qs]
+    ch.run.record(name, r.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, r.prompt_tokens)})
+    ch.scores[name] = r
+    row = {"approach": approach, "world": world, "set": part, "n": len(qs), "acc": r.accuracy, "chance": r.chance}
+    row["acc_lo"], row["acc_hi"] = wilson_interval(sum(r.correct), len(qs))
+    if world == "v2" and part == "changed":
+        top = [int(np.argmax(s)) for s in r.scores]
+        stale = {q: int(c[2] is not None and t == c[2]) for q, t, c in zip(qids, top, cands)}
+        ch.run.record(stale_outcome(approach), stale)
+        row["stale"] = sum(stale.values()) / len(qids)
+    ch.rows.append(row)
+    return row
+
+
+def search(ch: Chapter, world: str, parts: tuple[str, ...]) -> None:
+    """The chunks each question of these sets retrieves from the store as it is now (hybrid search)."""
+    from .. import rag
+
+    retriever = rag.Retriever(ch.store, ch.embed_model)  # a new one: BM25 is built from the store's chunks
+    for part in parts:
+        qs = ch.sets[(world, part)]
+        ch.ranked[(world, part)] = retriever.search([q.test_text for q in qs], ch.params.rag_top_k, "hybrid") if qs else []
+
+
+def readers(ch: Chapter):
+    """The fine-tuned readers, loaded: (DSF model, RAFT model or None)."""
+    from ..train import load_artifact
+
+    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, ch.p3.dsf_epochs))
+    ch.raft_adapter, ch.raft_source = raft_adapter(ch)
+    raft_lm = load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs)) if ch.raft_adapter else None
+    return dsf, raft_lm
+
+
+def raft_adapter(ch: Chapter) -> tuple[str, str]:
+    """Chapter 4's RAFT adapter of this run (`artifacts["raft_adapter"]`), else trained here with chapter
+    4's parameters and data. Returns (adapter folder, the line that says which happened)."""
+    doc = results.read_chapter(RAFT_CHAPTER)
+    adapter = ((doc or {}).get("artifacts") or {}).get("raft_adapter")
+    same = doc is not None and (doc.get("params") or {}).get("model") == ch.p4.model
+    if adapter and same and Path(adapter).is_dir():
+        return adapter, f"RAFT model: chapter 4's adapter from this run ({Path(adapter).name}), loaded, not retrained."
+    from . import ch04_raft as ch04
+
+    why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
+    c4 = ch04.setup(ch.p4)
+    fit = ch04.fit(c4, c4.main_records, "raft-kb")
+    how = "reloaded from the artifact cache" if fit.cached else "trained now"
+    return str(fit.artifact), f"RAFT model: fine-tuned here with chapter 4's parameters ({how}), because {why}."
+
+
+# ---------------------------------------------------------------------------------------------
+# Before and after the change, and the change itself
+
+
+def before(ch: Chapter, dsf_lm, raft_lm) -> None:
+    """The v1 documents indexed; every reader asked the changed facts in the v1 world."""
+    from .. import rag, settings
+
+    p = ch.params
+    with ch.run.stage("index_v1"):
+        ch.store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=settings.run_dir() / "chroma" / CHAPTER,
+                                  embed_model=ch.embed_model, chunk_size=p.chunk_size, chunk_overlap=0)
+        first = ch.store.ingest(rag.kb_documents(ch.kb), fresh=True)
+        ch.index["v1_chunks"] = first.chunks_written
+        search(ch, "v1", ("changed",))
+    with ch.run.stage("before"):
+        ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed")
+        ask(ch, DSF, dsf_lm, "closed", "v1", "changed")
+        ask(ch, DSF_RAG, dsf_lm, "rag", "v1", "changed")
+        if raft_lm is not None:
+            ask(ch, RAFT_RAG, raft_lm, "raft", "v1", "changed")
+
+
+def update_index(ch: Chapter) -> dict:
+    """Apply the v2 change by document id: each changed or new document upserted alone (timed: a
+    change arrives, its page is re-indexed), removed documents deleted; then the same change again
+    (it must write nothing), and the store checked against the v2 documents chunk by chunk."""
+    from .. import rag
+    from ..rag.store import token_counter
+
+    store, old, new = ch.store, rag.kb_documents(ch.kb), rag.kb_documents(ch.kb2)
+    before_hash = {s.doc_id: s.content_hash for s in old}
+    changes = [s for s in new if before_hash.get(s.doc_id) != s.content_hash]
+    removed = sorted(set(before_hash) - {s.doc_id for s in new})
+
+    def apply() -> tuple[float, dict, int]:
+        seconds, written, outcomes = {}, 0, {}
+        for s in changes:
+            t = time.perf_counter()
+            report = store.upsert([s])
+            seconds[s.doc_id] = time.perf_counter() - t
+            written += report.chunks_written
+            outcomes.update(report.docs)
+        if removed:
+            report = store.delete(removed)
+            outcomes.update(report.docs)
+        return seconds, outcomes, written
+
+    with ch.run.stage("index_update"):
+        t = time.perf_counter()
+        ch.upsert_s, outcomes, written = apply()
+        total_s = time.perf_counter() - t
+    _, again, rewritten = apply()
+    count = token_counter(ch.embed_model)
+    expected = {n.id_ for n in store.split(new)}
+    v1_only = {n.id_ for n in store.split(old)} - expected
+    stored = store.chunk_ids()
+    search(ch, "v2", SETS)
+    retrieved = [h.chunk_id for part in SETS for hits in ch.ranked[("v2", part)] for h in hits]
+    ch.index.update({
+        "seconds": total_s, "docs_changed": sum(o == "replaced" for o in outcomes.values()),
+        "docs_added": sum(o == "added" for o in outcomes.values()), "docs_deleted": len(removed),
+        "docs_total_v2": len(new), "chunks_written": written,
+        "tokens_embedded": sum(len(count(t)) for t in store.embed_texts(changes)),
+        "second_application_chunks_written": rewritten,
+        "second_application_unchanged": sum(o == "unchanged" for o in again.values()),
+        "chunks_after": len(stored), "chunks_expected": len(expected),
+        "chunks_lost": len(expected - set(stored)), "chunks_extra": len(set(stored) - expected),
+        "chunks_duplicated": len(stored) - len(set(stored)), "stale_chunks": len(set(stored) & v1_only),
+        "stale_chunks_retrieved": sum(c in v1_only for c in retrieved),
+    })
+    return ch.index
+
+
+def after(ch: Chapter, dsf_lm, raft_lm) -> None:
+    """Every approach in the v2 world: the readers on the updated index, the fine-tunes with v1 weights."""
+    with ch.run.stage("after"):
+        for part in SETS:
+            ask(ch, BASE_RAG, ch.lm, "rag", "v2", part)
+            ask(ch, DSF, dsf_lm, "closed", "v2", part)
+        for part in ("changed", "new"):
+            ask(ch, DSF_RAG, dsf_lm, "rag", "v2", part)
+        if raft_lm is not None:
+            ask(ch, RAFT_RAG, raft_lm, "raft", "v2", "changed")
+
+
+def change_table(ch: Chapter) -> pd.DataFrame:
+    """Accuracy per approach, world and test set, with its 95 % Wilson interval and n, and the stale
+    rate on the changed facts after the change."""
+    return pd.DataFrame(ch.rows).set_index(["approach", "world", "set"])
+
+
+def table_style(table: pd.DataFrame):
+    pct = {c: "{:.0%}" for c in ("acc", "acc_lo", "acc_hi", "chance", "stale")}
+    return table.style.format({**pct, "n": "{:.0f}"}, na_rep="-")
+
+
+def plot_changed(table: pd.DataFrame):
+    """Accuracy on the changed facts before and after the change, per approach, with 95 % intervals."""
+    changed = table.xs("changed", level="set")
+    wide = changed["acc"].unstack("world")
+    low, high = changed["acc_lo"].unstack("world"), changed["acc_hi"].unstack("world")
+    wide = wide.reindex(columns=["v1", "v2"])
+    return report.paired_bars(wide, "v1", "v2", ("before the change (v1 truth)", "after (v2 truth)"),
+                              f"gold ranked first on the changed facts (n = {int(changed['n'].max())}, 95 % intervals)",
+                              "Changed facts, before and after the change",
+                              intervals={"v1": (low["v1"].reindex(wide.index), high["v1"].reindex(wide.index)),
+                                         "v2": (low["v2"].reindex(wide.index), high["v2"].reindex(wide.index))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Bringing the fine-tune up to date
+
+
+def update_fine_tune(ch: Chapter) -> pd.DataFrame:
+    """The DSF brought to v2 three ways, each with chapter 3's recipe (epochs, learning rate, the most
+    paraphrases): retrained from the base on every v2 fact; the v1 adapter trained further on the
+    changed facts only; and on them plus a replay sample of unchanged facts. Each scored closed book on
+    the changed and the unchanged facts."""
+    from ..train import train
+    from ..train.measure import release_memory
+
+    p, p3 = ch.params, ch.p3
+    count = max(p3.paraphrase_counts)
+    cfg = tasks.lora_config(p3, tasks.dsf_epochs(p3, count), lr=ch.lr)
+    v2 = {q.qid: q for q in ch.kb2.questions}
+    changed, unchanged = ch.sets[("v2", "changed")], ch.sets[("v2", "unchanged")]
+    replay = unchanged[:round(p.replay_share * len(changed))]
+    plans = {"retrain": ([v2[q.qid] for q in ch.facts], None), "continued": (changed, ch.dsf_adapter),
+             "replay": (changed + replay, ch.dsf_adapter)}
+    rows = []
+    for key, (facts, start_from) in plans.items():
+        with ch.run.stage(key):
+            fit = train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}", init_from=start_from)
+            ch.fits[key] = {**fit.metrics, "facts": len(facts)}
+            accs = {part: ask(ch, UPDATES[key], fit.lm, "closed", "v2", part).get("acc") for part in ("changed", "unchanged")}
+        rows.append({"update": UPDATES[key], "facts_trained": len(facts), "train_s": fit.metrics["train_s"],
+                     "train_tokens": fit.metrics.get("train_tokens"), "changed_acc": accs["changed"],
+                     "unchanged_acc": accs["unchanged"]})
+        del fit
+        release_memory()
+    idx = ch.index
+    rows.insert(0, {"update": "index (upsert by document id)", "facts_trained": 0, "train_s": idx["seconds"],
+                    "train_tokens": idx["tokens_embedded"],
+                    "changed_acc": acc_of(ch, BASE_RAG, "changed"), "unchanged_acc": acc_of(ch, BASE_RAG, "unchanged")})
+    seconds_to_fresh(ch)
+    return pd.DataFrame(rows).set_index("update").rename(columns={"train_s": "seconds", "train_tokens": "tokens"})
+
+
+def seconds_to_fresh(ch: Chapter) -> None:
+    """Per changed fact, the seconds that made it fresh: its document's upsert (shared among the changed
+    test facts of that document), and each update's training time shared evenly among the facts it
+    trained on."""
+    changed = ch.sets[("v2", "changed")]
+    per_doc: dict[str, int] = {}
+    for q in changed:
+        per_doc[q.doc_ids[0]] = per_doc.get(q.doc_ids[0], 0) + 1
+    ch.run.record(f"seconds to fresh: {INDEX}",
+                  {q.qid: ch.upsert_s.get(q.doc_ids[0], 0.0) / per_doc[q.doc_ids[0]] for q in changed})
+    for key, m in ch.fits.items():
+        ch.run.record(f"seconds to fresh: {key}", {q.qid: m["train_s"] / m["facts"] for q in changed})
+
+
+def acc_of(ch: Chapter, approach: str, part: str, world: str = "v2") -> float:
+    """An approach's accuracy on a test set (NaN when it was not asked)."""
+    return next((r["acc"] for r in ch.rows if (r["approach"], r["world"], r["set"]) == (approach, world, part)), float("nan"))
+
+
+def costs_style(table: pd.DataFrame):
+    return table.style.format({"seconds": "{:,.1f} s", "tokens": "{:,.0f}", "changed_acc": "{:.0%}",
+                               "unchanged_acc": "{:.0%}", "facts_trained": "{:.0f}"}, na_rep="-")
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge conflict: the old value in the weights, the new one in the retrieved chunk
+
+
+def conflict(ch: Chapter) -> dict:
+    """On the changed facts whose v1 value the DSF gives closed book (the old value sits in its
+    weights) and whose retrieved chunks state the v2 value: how often DSF + RAG answers with the
+    retrieved value (the context wins), with the stale one (the weights win), or with neither."""
+    from ..metrics import contains
+
+    qs, cands = ch.sets[("v2", "changed")], ch.candidates[("v2", "changed")]
+    closed = ch.run.outcomes.get(stale_outcome(DSF), {})
+    reading = ch.scores.get(outcome(DSF_RAG, "v2", "changed"))
+    if reading is None:
+        return {"n": 0}
+    wins = {"context": 0, "weights": 0, "neither": 0}
+    for j, (q, c) in enumerate(zip(qs, cands)):
+        shown = " ".join(h.text for h in ch.ranked[("v2", "changed")][j][:ch.params.rag_top_k])
+        if not closed.get(q.qid) or not contains(shown, q.answers):
+            continue
+        top = int(np.argmax(reading.scores[j]))
+        wins["context" if top == c[1] else "weights" if top == c[2] else "neither"] += 1
+    n = sum(wins.values())
+    return {"n": n, **{k: v / n if n else float("nan") for k, v in wins.items()}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Headline metrics, comparisons, prose
+
+
+def headline_metrics(ch: Chapter) -> dict:
+    """The chapter's headline metrics, each declared with its kind on the results file."""
+    run, m = ch.run, {}
+    n = {part: len(ch.sets[("v2", part)]) for part in SETS}
+
+    def put(key, value, kind, **rule):
+        m[key] = run.metric(key, value, kind, **rule)
+
+    def acc(key, approach, part, world="v2"):
+        value = acc_of(ch, approach, part, world)
+        if pd.notna(value):
+            put(key, value, "rate", n=n[part])
+
+    for part in SETS:
+        put(f"{part}_n", n[part], "exact")
+    acc("rag_v1_changed_acc", BASE_RAG, "changed", "v1")
+    acc("dsf_v1_changed_acc", DSF, "changed", "v1")
+    acc("dsf_rag_v1_changed_acc", DSF_RAG, "changed", "v1")
+    acc("raft_rag_v1_changed_acc", RAFT_RAG, "changed", "v1")
+    acc("rag_v2_changed_acc", BASE_RAG, "changed")
+    acc("dsf_v2_changed_acc", DSF, "changed")
+    acc("dsf_rag_v2_changed_acc", DSF_RAG, "changed")
+    acc("raft_rag_v2_changed_acc", RAFT_RAG, "changed")
+    acc("rag_unchanged_acc", BASE_RAG, "unchanged")
+    acc("dsf_unchanged_acc", DSF, "unchanged")
+    acc("rag_new_entity_acc", BASE_RAG, "new")
+    acc("dsf_new_entity_acc", DSF, "new")
+    acc("dsf_rag_new_entity_acc", DSF_RAG, "new")
+    for key, label in UPDATES.items():
+        acc(f"{key}_v2_changed_acc", label, "changed")
+        acc(f"{key}_unchanged_acc", label, "unchanged")
+    for key, approach in (("rag", BASE_RAG), ("dsf", DSF), ("dsf_rag", DSF_RAG), ("raft_rag", RAFT_RAG)):
+        stale = run.outcomes.get(stale_outcome(approach))
+        if stale:
+            put(f"{key}_stale_rate", sum(stale.values()) / len(stale), "rate", n=len(stale))
+    c = conflict(ch)
+    put("conflict_n", c["n"], "exact")
+    if c["n"]:
+        put("conflict_context_wins_rate", c["context"], "rate", n=c["n"])
+        put("conflict_weights_win_rate", c["weights"], "rate", n=c["n"])
+    idx = ch.index
+    put("index_update_s", idx["seconds"], "machine")
+    for key in ch.fits:
+        put(f"{key}_s", ch.fits[key]["train_s"], "machine")
+        put(f"{key}_tokens", ch.fits[key]["train_tokens"], "exact")
+    put("update_seconds_ratio", ch.fits["retrain"]["train_s"] / idx["seconds"], "machine")
+    put("continued_seconds_ratio", ch.fits["continued"]["train_s"] / idx["seconds"], "machine")
+    put("index_update_tokens", idx["tokens_embedded"], "exact")
+    put("update_tokens_ratio", ch.fits["retrain"]["train_tokens"] / max(1, idx["tokens_embedded"]), "exact")
+    for key, name in (("index_docs_changed", "docs_changed"), ("index_docs_added", "docs_added"),
+                      ("index_docs_deleted", "docs_deleted"), ("index_chunks_written", "chunks_written"),
+                      ("index_chunks_after_update", "chunks_after"), ("index_chunks_expected", "chunks_expected"),
+                      ("index_chunks_lost", "chunks_lost"), ("index_chunks_extra", "chunks_extra"),
+                      ("index_chunks_duplicated", "chunks_duplicated"), ("stale_chunks_after_update", "stale_chunks"),
+                      ("stale_chunks_retrieved", "stale_chunks_retrieved"),
+                      ("second_application_chunks_written", "second_application_chunks_written")):
+        put(key, idx[name], "exact")
+    return m
+
+
+def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+    """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file."""
+    run = ch.run
+    out: dict[str, StatedComparison] = {}
+
+    def state(key, claim, a, b, a_label, b_label, expect="greater", kind=None, pct=True):
+        if a in run.outcomes and b in run.outcomes:
+            out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind), a_label, b_label, pct=pct)
+        else:
+            out[key] = StatedComparison(key, None, missing=f"{a if a not in run.outcomes else b} was not asked in this run")
+
+    changed = lambda approach: outcome(approach, "v2", "changed")  # noqa: E731
+    state("u1_rag_vs_dsf", "U1-rag-vs-dsf", changed(BASE_RAG), changed(DSF), "RAG on the updated index",
+          "the fine-tune with its v1 weights")
+    state("u1_retrain", "U1-retrain", changed(UPDATES["retrain"]), changed(DSF), "the fine-tune retrained on v2",
+          "the same fine-tune before retraining")
+    state("u2_seconds", "U2-seconds", f"seconds to fresh: continued", f"seconds to fresh: {INDEX}",
+          "the cheapest fine-tune update", "the index update", kind="continuous", pct=False)
+    state("k8_stale", "K8-stale", stale_outcome(DSF), stale_outcome(BASE_RAG), "the fine-tune", "RAG")
+    state("replay_keeps", "U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
+          outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
+    state("dsf_rag_vs_rag", "U-dsf-rag", changed(DSF_RAG), changed(BASE_RAG), "DSF + RAG", "base + RAG")
+    return out
+
+
+def sentences(ch: Chapter, m: dict) -> dict[str, str]:
+    """The prose's sentences built from this run's numbers."""
+    idx = ch.index
+    c = conflict(ch)
+    intact = not (idx["chunks_lost"] or idx["chunks_extra"] or idx["chunks_duplicated"] or idx["stale_chunks"])
+    out = {
+        "index_sentence": (
+            f"The change touched {idx['docs_changed']} of the v1 documents and added {idx['docs_added']} "
+            f"(deleted {idx['docs_deleted']}); applying it wrote {idx['chunks_written']:,} chunks "
+            f"({idx['tokens_embedded']:,} embedder tokens) in {idx['seconds']:.1f} s. Afterwards the store held "
+            f"{idx['chunks_after']:,} chunks against the {idx['chunks_expected']:,} of the v2 documents: "
+            + ("exactly those, none lost, none duplicated, no v1 chunk left" if intact else
+               f"{idx['chunks_lost']} lost, {idx['chunks_extra']} extra, {idx['chunks_duplicated']} duplicated, "
+               f"{idx['stale_chunks']} stale: the update is broken")
+            + f"; the same change applied again wrote {idx['second_application_chunks_written']} chunks"),
+        "conflict_sentence": (
+            f"On {c['n']} changed facts the fine-tune gives the old value closed book while the retrieved chunks "
+            f"state the new one; there DSF + RAG answers with the retrieved value in {c['context']:.0%} of cases "
+            f"and with the value in its weights in {c['weights']:.0%}" if c["n"] else
+            "No changed fact had both the old value in the fine-tune's answer and the new value in its retrieved "
+            "chunks in this run, so the conflict was not observed"),
+    }
+    return out
+
+
+def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+    results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
+    glue("dsf_source", ch.dsf_source)
+    glue("raft_source", ch.raft_source or "RAFT was not asked in this run")
+    glue("change_share", f"{ch.params.change_share:.0%}")
+
+
+def save(ch: Chapter) -> Path:
+    run = ch.run
+    run.tables.update(changes=change_table(ch).reset_index().to_dict("records"), index_update=ch.index,
+                      fine_tune_updates={k: {x: v for x, v in m.items() if isinstance(v, (int, float, str))}
+                                         for k, m in ch.fits.items()},
+                      test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()})
+    run.artifacts["dsf_adapter"] = ch.dsf_adapter
+    return run.save(lm=ch.lm)

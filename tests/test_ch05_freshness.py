@@ -1,0 +1,73 @@
+"""Chapter 5's pieces on small data: the index update is exact and idempotent (with a change, a delete
+and an add), the candidates of a changed fact hold its other value, the comparisons it cannot make
+say why, and continued training starts from the adapter it names."""
+
+from contextlib import nullcontext
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from ragft import config, rag
+from ragft.corpus import build_kb
+from ragft.corpus.kb import KnowledgeBase
+from ragft.experiments import ch05_freshness as ch05
+from ragft.results import ChapterRun
+from test_store import HashEmbedding
+
+
+def small_worlds():
+    sizes = config.resolve("05_freshness", "smoke").kb
+    kb = build_kb(0, sizes)
+    v2 = build_kb(0, sizes, "v2")
+    # the v2 world also retires one document: the update must delete it
+    retired = kb.documents[-1].doc_id
+    kb2 = KnowledgeBase("v2", 0, [d for d in v2.documents if d.doc_id != retired], v2.questions)
+    return kb, kb2, retired
+
+
+def test_the_index_update_is_exact_idempotent_and_leaves_no_stale_chunk(tmp_path):
+    kb, kb2, retired = small_worlds()
+    embed = HashEmbedding()
+    store = rag.ChunkStore("fresh", path=tmp_path, embed_model=embed, chunk_size=64, chunk_overlap=0)
+    store.ingest(rag.kb_documents(kb), fresh=True)
+    ch = SimpleNamespace(kb=kb, kb2=kb2, store=store, embed_model=embed, index={}, upsert_s={}, ranked={},
+                         params=SimpleNamespace(rag_top_k=1), run=SimpleNamespace(stage=lambda name: nullcontext()),
+                         sets={("v2", s): [] for s in ch05.SETS})
+    idx = ch05.update_index(ch)
+    assert idx["docs_deleted"] == 1 and idx["docs_added"] >= 1 and idx["docs_changed"] >= 1
+    assert (idx["chunks_lost"], idx["chunks_extra"], idx["chunks_duplicated"], idx["stale_chunks"]) == (0, 0, 0, 0)
+    assert idx["chunks_after"] == idx["chunks_expected"] == len(store.split(rag.kb_documents(kb2)))
+    assert idx["second_application_chunks_written"] == 0 and idx["tokens_embedded"] > 0
+    assert set(store.chunk_ids()) == {n.id_ for n in store.split(rag.kb_documents(kb2))}
+    assert not store.chunk_ids(retired)
+    old = {s.doc_id: s.content_hash for s in rag.kb_documents(kb)}
+    changes = {s.doc_id for s in rag.kb_documents(kb2) if old.get(s.doc_id) != s.content_hash}
+    assert set(ch.upsert_s) == changes and len(changes) < len(kb2.documents)  # only changes are re-indexed
+
+
+def test_a_changed_facts_candidates_hold_its_other_value(kb, kb_v2):
+    v2 = {q.qid: q for q in kb_v2.questions}
+    changed = [q for q in kb.by_kind("single") if q.changed_in_v2][:20]
+    for q in changed:
+        values, gold = kb_v2.candidates(v2[q.qid], 3, 0, include=(q.answer,))
+        assert values[gold] == v2[q.qid].answer and q.answer in values and len(values) == 4
+        assert kb_v2.candidates(v2[q.qid], 3, 0, include=(q.answer,)) == (values, gold)  # reproducible
+    with pytest.raises(ValueError, match="include"):
+        kb.candidates(changed[0], 1, 0, include=("a", "b"))
+
+
+def test_comparisons_it_cannot_make_say_why():
+    p = config.resolve("05_freshness", "smoke")
+    run = ChapterRun("05_freshness", p)
+    ch = SimpleNamespace(run=run)
+    run.record(ch05.outcome(ch05.BASE_RAG, "v2", "changed"), {"a": 1, "b": 1})
+    out = ch05.state_comparisons(ch)
+    assert out["u1_rag_vs_dsf"].comparison is None and "DSF" in out["u1_rag_vs_dsf"].missing
+    assert set(out) == {"u1_rag_vs_dsf", "u1_retrain", "u2_seconds", "k8_stale", "replay_keeps", "dsf_rag_vs_rag"}
+
+
+def test_bad_parameters_are_refused():
+    for name, value in (("change_share", 0.1), ("replay_share", -1), ("n_new", -2), ("change_share", True)):
+        with pytest.raises(config.ParamError, match=name):
+            config.resolve("05_freshness", "smoke", **{name: value})
