@@ -21,11 +21,15 @@ NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
 # DESIGN.md asks for 5 minutes. With chapter 4 (seven small trainings on every code path) the
 # smoke book measured 296 s with a warm artifact cache. Issue 13 added chapter 3's learning-rate sweep
 # and the scored conditions (chapter 3 alone measured 185 s in smoke, chapter 4 109 s): 10 minutes.
+# The smoke run measured 604 s in CI; trimmed, it measured 470 s here, plus 70 s for the draft chapter 5.
 SMOKE_BUDGET_S = 600
 
 
-def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc():
-    assert {p.stem for p in NOTEBOOKS} == set(runner.toc_chapters())
+def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc_or_a_draft():
+    assert {p.stem for p in NOTEBOOKS} == set(runner.toc_chapters()) | set(runner.DRAFTS)
+    assert not set(runner.toc_chapters()) & set(runner.DRAFTS)
+    assert runner.execution_order(["00_front", "07_verdict", *runner.DRAFTS, "04_raft"]) == [
+        "04_raft", *runner.DRAFTS, "07_verdict", "00_front"]
 
 
 def test_a_chapter_rerun_keeps_the_other_chapters_times(tmp_path, monkeypatch):
@@ -80,7 +84,7 @@ def smoke_run(tmp_path_factory):
     if SHARED_DATA.exists():
         env["RAGFT_DATA_DIR"] = str(SHARED_DATA)
     t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--out", str(out / "run")],
+    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
                           env=env, capture_output=True, text=True)
     seconds = time.time() - t
     assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -99,7 +103,7 @@ def test_smoke_run_within_budget(smoke_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", runner.toc_chapters())
+@pytest.mark.parametrize("chapter", runner.all_chapters())
 def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     doc = json.loads((smoke_run["dir"] / "results" / f"{chapter}.json").read_text())
     assert doc["chapter"] == chapter and doc["profile"] == "smoke"

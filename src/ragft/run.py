@@ -41,8 +41,24 @@ def toc_chapters(toc_file: Path = PROJECT_ROOT / "_toc.yml") -> list[str]:
     return [Path(f).stem for f in files if (PROJECT_ROOT / f).with_suffix(".ipynb").exists()]
 
 
+# Chapters that run (in the smoke profile, and by name) but are not in the published book yet: the cpu
+# profile's chapter 5 measured 506 s, and CI, which executes the whole cpu book after the tests, cannot
+# hold it inside 90 minutes until time is won back in chapters 1-4 (issue 13).
+DRAFTS = ("05_freshness",)
+BEFORE_DRAFTS = "07_verdict"  # drafts run before the verdict, which reads every chapter's comparisons
+
+
+def all_chapters() -> list[str]:
+    """The book's chapters with the drafts in their place (before the verdict)."""
+    book = toc_chapters()
+    at = book.index(BEFORE_DRAFTS) if BEFORE_DRAFTS in book else len(book)
+    return book[:at] + list(DRAFTS) + book[at:]
+
+
 def execution_order(chapters: list[str]) -> list[str]:
     root = toc_chapters()[0]
+    order = all_chapters()
+    chapters = sorted(chapters, key=lambda c: order.index(c) if c in order else len(order))
     return [c for c in chapters if c != root] + ([root] if root in chapters else [])
 
 
@@ -107,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ragft.run", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True, choices=PROFILES)
     ap.add_argument("--chapters", nargs="*", help="chapter stems (default: every chapter in _toc.yml)")
+    ap.add_argument("--drafts", action="store_true", help=f"also run the draft chapters, not yet in the book: {list(DRAFTS)}")
     ap.add_argument("--out", type=Path, help="run folder (default: _build/run/<profile>)")
     ap.add_argument("--book", action="store_true", help="build the HTML book from this run (-W)")
     args = ap.parse_args(argv)
-    known = toc_chapters()
-    chapters = args.chapters or known
+    known = all_chapters()
+    chapters = args.chapters or (known if args.drafts else toc_chapters())
     unknown = [c for c in chapters if c not in known]
     if unknown:
-        ap.error(f"unknown chapters {unknown}; the book has {known}")
+        ap.error(f"unknown chapters {unknown}; the book has {toc_chapters()} and the drafts {list(DRAFTS)}")
     run_dir = args.out or BUILD / "run" / args.profile
     seconds = run_chapters(args.profile, chapters, run_dir)
     print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
