@@ -3,7 +3,6 @@ and an add), the candidates of a changed fact hold its other value, the comparis
 say why, and continued training starts from the adapter it names."""
 
 from contextlib import nullcontext
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest

@@ -39,7 +39,6 @@ import numpy as np
 import pandas as pd
 
 from .. import raft, report, results
-from ..drift import rate_tolerance
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import tasks
@@ -494,7 +493,7 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
           "the fine-tune with its v1 weights")
     state("u1_retrain", "U1-retrain", changed(UPDATES["retrain"]), changed(DSF), "the fine-tune retrained on v2",
           "the same fine-tune before retraining")
-    state("u2_seconds", "U2-seconds", f"seconds to fresh: continued", f"seconds to fresh: {INDEX}",
+    state("u2_seconds", "U2-seconds", "seconds to fresh: continued", f"seconds to fresh: {INDEX}",
           "the cheapest fine-tune update", "the index update", kind="continuous", pct=False)
     state("k8_stale", "K8-stale", stale_outcome(DSF), stale_outcome(BASE_RAG), "the fine-tune", "RAG")
     state("replay_keeps", "U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
