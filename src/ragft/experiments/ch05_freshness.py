@@ -100,9 +100,9 @@ def setup(params) -> Chapter:
 
     p3 = config.resolve("03_finetune", params.profile, model=params.model)
     p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model)
-    run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
-    sizes = replace(params.kb, v2_change_share=params.change_share)
-    kb, kb2 = build_kb(params.kb_seed, sizes), build_kb(params.kb_seed, sizes, "v2")
+    sizes = replace(params.kb, v2_change_share=params.change_share)  # v1's documents do not depend on it
+    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True, kb_sizes=sizes)
+    kb2 = build_kb(params.kb_seed, sizes, "v2")
     facts, facts_source = chapter3_facts(kb, p3)
     v2 = {q.qid: q for q in kb2.questions}
     changed = [q for q in facts if q.changed_in_v2]

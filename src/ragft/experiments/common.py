@@ -8,10 +8,10 @@ from ..results import ChapterRun
 REFUSAL_SUFFIX = " refusal"  # the condition that holds a condition's unanswerable questions
 
 
-def start(chapter: str, params, embedder: bool = False):
+def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
     """Network policy, seeds and threads from the parameters; the chapter's results collector; the
-    language model (and the embedder, on the model's device); the knowledge base.
-    Returns (run, lm, embed_model or None, kb)."""
+    language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
+    default params.kb). Returns (run, lm, embed_model or None, kb)."""
     import gc
 
     from .. import models, rag, settings
@@ -22,7 +22,7 @@ def start(chapter: str, params, embedder: bool = False):
     with run.stage("load_models"):
         lm = models.load_lm(params.model, params.device, params.dtype)
         embed_model = rag.load_embedder(params.embedder, lm.device) if embedder else None
-    kb = build_kb(params.kb_seed, params.kb)
+    kb = build_kb(params.kb_seed, kb_sizes or params.kb)
     # the imports, the models and the knowledge base live as long as the chapter: out of the
     # collector's sight, each full collection (release_memory before every training) skips their
     # ~700,000 objects, 0.5 s a collection on these CPUs
