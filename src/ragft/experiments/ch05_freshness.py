@@ -82,10 +82,6 @@ class Chapter:
     raft_source: str = ""
     raft_adapter: str = ""
 
-    @property
-    def changed(self) -> list:
-        return self.sets[("v1", "changed")]
-
     def summary(self) -> str:
         n = {s: len(self.sets[("v2", s)]) for s in SETS}
         return (f"{len(self.facts)} of chapter 3's test facts: {n['changed']} change in v2 and {n['unchanged']} do not; "
@@ -188,13 +184,12 @@ def search(ch: Chapter, world: str, parts: tuple[str, ...]) -> None:
 
 
 def readers(ch: Chapter):
-    """The fine-tuned readers, loaded: (DSF model, RAFT model or None)."""
+    """The fine-tuned readers, loaded: (DSF model, RAFT model)."""
     from ..train import load_artifact
 
     dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, ch.p3.dsf_epochs))
     ch.raft_adapter, ch.raft_source = raft_adapter(ch)
-    raft_lm = load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs)) if ch.raft_adapter else None
-    return dsf, raft_lm
+    return dsf, load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs))
 
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
@@ -233,8 +228,7 @@ def before(ch: Chapter, dsf_lm, raft_lm) -> None:
         ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed")
         ask(ch, DSF, dsf_lm, "closed", "v1", "changed")
         ask(ch, DSF_RAG, dsf_lm, "rag", "v1", "changed")
-        if raft_lm is not None:
-            ask(ch, RAFT_RAG, raft_lm, "raft", "v1", "changed")
+        ask(ch, RAFT_RAG, raft_lm, "raft", "v1", "changed")
 
 
 def update_index(ch: Chapter) -> dict:
@@ -296,8 +290,7 @@ def after(ch: Chapter, dsf_lm, raft_lm) -> None:
             ask(ch, DSF, dsf_lm, "closed", "v2", part)
         for part in ("changed", "new"):
             ask(ch, DSF_RAG, dsf_lm, "rag", "v2", part)
-        if raft_lm is not None:
-            ask(ch, RAFT_RAG, raft_lm, "raft", "v2", "changed")
+        ask(ch, RAFT_RAG, raft_lm, "raft", "v2", "changed")
 
 
 def change_table(ch: Chapter) -> pd.DataFrame:
@@ -530,7 +523,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
 def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
     glue("dsf_source", ch.dsf_source)
-    glue("raft_source", ch.raft_source or "RAFT was not asked in this run")
+    glue("raft_source", ch.raft_source)
     glue("change_share", f"{ch.params.change_share:.0%}")
 
 
