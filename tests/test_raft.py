@@ -130,19 +130,24 @@ def test_conversations_refuse_an_unknown_style_and_missing_documents():
 
 
 def test_rank_after_reasoning_scores_the_answer_after_the_readers_own_quote(lm):
-    """Scoring after the reasoning is scoring the whole reply: the same as ranking the prefixed
-    candidates, and the ranking follows the answer, not the shared quote."""
+    """Scoring after the reasoning is scoring the whole reply: the reasoning is prefilled once, and the
+    candidates differ exactly as the fully prefixed candidates scored one by one do; the ranking
+    follows the answer, not the shared quote."""
     from ragft.scoring import rank_candidates
 
     docs = [["Lab 3 opened in 2019. Lab 3 is run by Person 3.", "The gate is teal."]]
     reply = ["##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>: Person 3"]
-    cands = [["Person 3", "Person 8"]]
+    cands = [["Person 3", "Person 8", "Person 11"]]
     r = raft.rank(lm, ["Who runs lab 3?"], docs, "raft", cands, [0], reasoning=reply)
     prefix = "##begin_quote##Lab 3 is run by Person 3.##end_quote##\n<ANSWER>:"
-    ref = rank_candidates(lm, raft.conversations(["Who runs lab 3?"], docs, "raft"),
-                          [[f"{prefix} Person 3", f"{prefix} Person 8"]], [0])
-    assert r.scores[0] == pytest.approx(ref.scores[0])
+    whole = rank_candidates(lm, raft.conversations(["Who runs lab 3?"], docs, "raft"),
+                            [[f"{prefix} {c}" for c in cands[0]]], [0])
+    shift = whole.scores[0][0] - r.scores[0][0]  # the reasoning's own log-likelihood
+    assert shift < 0
+    assert r.scores[0] == pytest.approx([s - shift for s in whole.scores[0]], abs=1e-3)
     assert r.correct == [1]  # after quoting Person 3, the model prefers Person 3
+    with pytest.raises(ValueError, match="reply prefixes"):
+        rank_candidates(lm, raft.conversations(["q?"], docs, "raft"), cands, [0], reply_prefixes=[])
 
 
 def test_closest_sentence_and_kb_sources(kb):

@@ -311,14 +311,19 @@ def rank(lm, questions: list[str], documents: list[list[str]] | None, style: str
     """Candidate answers ranked by log-likelihood as the reply to a style's prompt
     (`ragft.scoring.rank_candidates`). `reasoning`: the reader's own generated replies (a quoting
     reader); each candidate is then scored after that reply's reasoning and the final-answer
-    marker, so the shared reasoning adds the same log-likelihood to every candidate of a question."""
+    marker (the reasoning's own log-likelihood, the same for every candidate of a question, is left
+    out of the scores)."""
     from .scoring import rank_candidates
 
+    prefixes = None
     if reasoning is not None:
         if len(reasoning) != len(questions):
             raise ValueError(f"{len(reasoning)} replies for {len(questions)} questions: they must pair up")
-        candidates = [[f"{reasoning_prefix(t)} {c}" for c in cands] for t, cands in zip(reasoning, candidates)]
-    return rank_candidates(lm, conversations(questions, documents, style), candidates, gold, desc=desc)
+        # the reasoning is prefilled once with the prompt; each candidate continues it after a space
+        prefixes = [reasoning_prefix(t) for t in reasoning]
+        candidates = [[f" {c}" for c in cands] for cands in candidates]
+    return rank_candidates(lm, conversations(questions, documents, style), candidates, gold, desc=desc,
+                           reply_prefixes=prefixes)
 
 
 def answers_of(texts: list[str]) -> list[str]:

@@ -68,9 +68,14 @@ def _batches(order: list[int], lengths: list[int], counts: list[int], batch_size
 
 
 def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
-                    desc: str = "scoring", batch_size: int = 16, max_cached_tokens: int = 8192) -> Ranking:
+                    desc: str = "scoring", batch_size: int = 16, max_cached_tokens: int = 8192,
+                    reply_prefixes: list[str] | None = None) -> Ranking:
     """Log-likelihood of each candidate reply to each conversation (chat template, as `generate`
     sends it). `candidates[i]` are question i's answers to rank, `gold[i]` the index of the right one.
+    `reply_prefixes[i]`: the start of the reply the candidates continue (a reader's own reasoning),
+    tokenized on its own as if it led every candidate string and scored once with the prompt, not
+    once per candidate: it adds the same log-likelihood to each candidate, so it is left out of the
+    scores and the ranking is that of the prefixed candidates.
 
     Questions are scored in batches (sorted by length, at most `batch_size`, and at most
     `max_cached_tokens` prompt tokens over all candidate rows of a batch): each prompt's own tokens are
@@ -85,6 +90,8 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     if not (len(conversations) == len(candidates) == len(gold)):
         raise ValueError(f"{len(conversations)} conversations, {len(candidates)} candidate lists and "
                          f"{len(gold)} gold indices: they must pair up")
+    if reply_prefixes is not None and len(reply_prefixes) != len(conversations):
+        raise ValueError(f"{len(reply_prefixes)} reply prefixes for {len(conversations)} conversations: they must pair up")
     for i, (cands, g) in enumerate(zip(candidates, gold)):
         if len(cands) < 2 or not all(isinstance(c, str) and c.strip() for c in cands):
             raise ValueError(f"question {i}: needs at least 2 non-empty candidate strings, got {cands!r}")
@@ -94,6 +101,8 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
                add_special_tokens=False)["input_ids"] for c in conversations]
+    if reply_prefixes is not None:
+        ids = [x + tok(r, add_special_tokens=False)["input_ids"] for x, r in zip(ids, reply_prefixes)]
     cand_ids = [[tok(c, add_special_tokens=False)["input_ids"] for c in cands] for cands in candidates]
     start = time.perf_counter()
     n_common = _common_prefix_len(ids) if len(ids) > 1 else 0
