@@ -51,20 +51,37 @@ class Ranking:
         return dict(zip(qids, self.correct))
 
 
+PAD_SLACK = 0.1  # a batch's longest prompt is at most 10 % (and 8 tokens) longer than its shortest
+
+
 def _batches(order: list[int], lengths: list[int], counts: list[int], batch_size: int,
-             max_cached_tokens: int) -> list[list[int]]:
-    """Questions (in `order`) grouped for batched scoring: at most batch_size questions, and at most
-    max_cached_tokens prompt tokens over all their candidate rows (each row holds its question's
-    padded prompt in the KV cache); a question alone in its batch may exceed it."""
+             max_cached_tokens: int, prefix: int = 0) -> list[list[int]]:
+    """Questions (in `order`, shortest first) grouped for batched scoring: at most batch_size questions;
+    at most max_cached_tokens of their own tokens (`lengths`, after a shared `prefix`) times their
+    `counts` of candidates, and of cached tokens, the prefix included, over the batch (a question
+    alone in its batch may exceed both: measured, a long shared prefix repeated for many questions
+    costs more in copies than it saves); none more than PAD_SLACK longer than the batch's first:
+    prefill is the cost, and padding is prefill for nothing."""
     batches, current, width, rows = [], [], 0, 0
     for i in order:
         w, r = max(width, lengths[i]), rows + counts[i]
-        if current and (len(current) >= batch_size or w * r > max_cached_tokens):
+        if current and (len(current) >= batch_size or w * r > max_cached_tokens
+                        or (prefix + w) * (len(current) + 1) > max_cached_tokens
+                        or lengths[i] > lengths[current[0]] * (1 + PAD_SLACK) + 8):
             batches.append(current)
             current, w, r = [], lengths[i], counts[i]
         current.append(i)
         width, rows = w, r
     return batches + ([current] if current else [])
+
+
+def _packed(candidates: list[list[int]]) -> list[tuple[int, int]]:
+    """(start, end) of each candidate's tokens when a question's candidates are laid side by side."""
+    spans, at = [], 0
+    for c in candidates:
+        spans.append((at, at + len(c)))
+        at += len(c)
+    return spans
 
 
 def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
@@ -77,12 +94,14 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     once per candidate: it adds the same log-likelihood to each candidate, so it is left out of the
     scores and the ranking is that of the prefixed candidates.
 
-    Questions are scored in batches (sorted by length, at most `batch_size`, and at most
-    `max_cached_tokens` prompt tokens over all candidate rows of a batch): each prompt's own tokens are
-    left-padded after the shared prefix (the mask hides the pads, position ids skip them), then every
-    candidate of every question of the batch is one row on top of its question's cache. On 2 CPU
-    cores this is several times faster than one question at a time for short prompts; the scores
-    are those of each prompt + candidate scored alone, without a cache (checked in the tests)."""
+    Questions are scored in batches (sorted by length, at most `batch_size`, at most
+    `max_cached_tokens` of their own prompt tokens times their candidates): each prompt's own tokens
+    are left-padded after the shared prefix (the mask hides the pads, position ids skip them), then
+    each question's candidates are laid side by side in one row on top of its cache, a block mask
+    keeping them apart. On 2 CPU cores this is several times faster than one question at a time for
+    short prompts, and no cache is copied per candidate (a long shared haystack is not repeated
+    five times); the scores are those of each prompt + candidate scored alone, without a cache
+    (checked in the tests)."""
     import torch
 
     from .progress import progress
@@ -106,20 +125,20 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     cand_ids = [[tok(c, add_special_tokens=False)["input_ids"] for c in cands] for cands in candidates]
     start = time.perf_counter()
     n_common = _common_prefix_len(ids) if len(ids) > 1 else 0
+    n_common = n_common if n_common >= MIN_SHARED_PREFIX else 0
     shared = None
     scores: list[list[float]] = [[] for _ in ids]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    lengths = [len(x) + max(len(c) for c in cs) for x, cs in zip(ids, cand_ids)]
-    batches = _batches(order, lengths, [len(c) for c in cand_ids], batch_size, max_cached_tokens)
+    # batched by each question's own tokens (after the shared prefix, computed once) times its candidates
+    lengths = [len(x) - n_common + max(len(c) for c in cs) for x, cs in zip(ids, cand_ids)]
+    batches = _batches(order, lengths, [len(c) for c in cand_ids], batch_size, max_cached_tokens, n_common)
 
     def tensor(rows):
         return torch.tensor(rows, device=lm.device)
 
     with torch.inference_mode():
-        if n_common >= MIN_SHARED_PREFIX:
+        if n_common:
             shared = model(tensor([ids[0][:n_common]]), use_cache=True).past_key_values
-        else:
-            n_common = 0
         for batch in progress(batches, desc=desc):
             # each question's own prompt, left-padded after the shared prefix; its last logits predict token 1
             own = [ids[i][n_common:] for i in batch]
@@ -133,20 +152,26 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
             out = model(tensor([[pad] * (width - len(x)) + x for x in own]), attention_mask=tensor(mask),
                         position_ids=tensor(positions), past_key_values=cache, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), -1)
-            # every candidate of every question: one row each, on top of its question's cache
-            owner = [b for b, i in enumerate(batch) for _ in cand_ids[i]]
-            flat = [c for i in batch for c in cand_ids[i]]
-            w2 = max(len(c) for c in flat)
-            cache = out.past_key_values
-            cache.batch_select_indices(tensor(owner))
-            rows = [c + [pad] * (w2 - len(c)) for c in flat]
-            cmask = [mask[b] + [1] * len(c) + [0] * (w2 - len(c)) for b, c in zip(owner, flat)]
-            cpos = [list(range(n_common + len(own[b]), n_common + len(own[b]) + w2)) for b in owner]
-            logits = model(tensor(rows), attention_mask=tensor(cmask), position_ids=tensor(cpos),
-                           past_key_values=cache).logits
+            # a question's candidates packed side by side in its own row, on top of its cache: each
+            # candidate sees the prompt and its own earlier tokens only (a block mask), and its
+            # positions continue the prompt's, as if it were scored alone; no cache is copied per candidate
+            spans = [_packed(cand_ids[i]) for i in batch]
+            w2 = max(end for sp in spans for _, end in sp)
+            rows = [[t for c in cand_ids[i] for t in c] + [pad] * (w2 - sum(map(len, cand_ids[i]))) for i in batch]
+            cpos = [[n_common + len(x)] * w2 for x in own]
+            block = torch.zeros(len(batch), 1, w2, len(mask[0]) + w2, dtype=torch.bool)
+            block[:, 0, :, len(mask[0]):] = torch.eye(w2, dtype=torch.bool)  # a pad sees itself: no empty row, no NaN
+            for b, sp in enumerate(spans):
+                block[b, 0, :, :len(mask[b])] = torch.tensor(mask[b], dtype=torch.bool)
+                for lo, hi in sp:
+                    cpos[b][lo:hi] = range(n_common + len(own[b]), n_common + len(own[b]) + hi - lo)
+                    block[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi] = torch.ones(hi - lo, hi - lo).tril().bool()
+            logits = model(tensor(rows), attention_mask=block.to(lm.device), position_ids=tensor(cpos),
+                           past_key_values=out.past_key_values).logits
             logp = torch.log_softmax(logits.float(), -1)
-            for r, (b, c) in enumerate(zip(owner, flat)):
-                total = float(first[b, c[0]])  # later tokens are predicted by the candidate's own positions
-                total += sum(float(logp[r, t - 1, c[t]]) for t in range(1, len(c)))
-                scores[batch[b]].append(total)
+            for b, i in enumerate(batch):
+                for c, (lo, _) in zip(cand_ids[i], spans[b]):
+                    total = float(first[b, c[0]])  # later tokens are predicted by the candidate's own positions
+                    total += sum(float(logp[b, lo + t - 1, c[t]]) for t in range(1, len(c)))
+                    scores[i].append(total)
     return Ranking(scores, list(gold), [len(x) for x in ids], time.perf_counter() - start)
