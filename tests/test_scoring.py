@@ -89,3 +89,15 @@ def test_auroc_and_recall_at_a_false_refusal_rate():
     assert recall_at_fpr([1, 2], [0, 0, 0], max_fpr=0.0) == (1.0, 0.0)
     with pytest.raises(ValueError, match="both kinds"):
         auroc([], [1])
+
+
+def test_batches_bound_the_cache_the_candidates_and_the_padding():
+    from ragft.scoring import _batches
+
+    # short prompts, four candidates each: the candidate rows bound a batch (10 * 4 * 3 > 100)
+    assert _batches(list(range(6)), [10] * 6, [4] * 6, 16, 100) == [[0, 1], [2, 3], [4, 5]]
+    # a long shared prefix counts once per question in the cache: 3 questions of 10 + 40 fit in 150
+    assert _batches(list(range(6)), [10] * 6, [1] * 6, 16, 150, prefix=40) == [[0, 1, 2], [3, 4, 5]]
+    # shortest first; a prompt over 10 % (and 8 tokens) longer than the batch's first starts a new batch
+    assert _batches([0, 1, 2, 3], [100, 105, 119, 121], [1] * 4, 16, 10_000) == [[0, 1], [2, 3]]
+    assert _batches([0], [5_000], [5], 16, 100) == [[0]]  # alone, a question may exceed the bound
