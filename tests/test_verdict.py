@@ -18,17 +18,18 @@ CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", 
 
 @pytest.mark.parametrize("held,verdict,shown", [
     ([cmp("K1-a", S), cmp("K1-b", S)], S, "K1-a"),
-    ([cmp("K1-a", I, n=100), cmp("K1-b", C)], C, "K1-b"),  # the decided one carries it
+    ([cmp("K1-a", I, n=100, need=300), cmp("K1-b", C)], I, "K1-a"),  # a part undecided: the claim is too
     ([cmp("K1-a", S), cmp("K1-b", C)], DEPENDS, "K1-a"),
     ([cmp("K1-a", I, n=16, need=90), cmp("K1-b", I, n=64, need=300)], I, "K1-b"),  # most questions shown
     ([cmp("K1-b", S)], S, "K1-b"),  # one of two comparisons in the run
-], ids=["agree", "one-decided", "disagree", "none-decided", "partial"])
+], ids=["agree", "one-undecided", "disagree", "none-decided", "partial"])
 def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
     row = judge(CLAIM, {c["claim"]: c for c in held})
     assert (row.verdict, row.comparison) == (verdict, shown)
     assert all(c["claim"] in row.reason for c in held)
     if verdict == I:
         assert "300 paired questions" in row.reason
+        assert ("partly decided (contradicted in 1 of 2 parts)" in row.reason) == any(c["verdict"] != I for c in held)
 
 
 def test_untested_and_unrun_claims_are_not_testable_with_a_reason():

@@ -1,10 +1,12 @@
 """The ledger: every claim of data/claims.yaml beside what the chapters of one run measured, with a
 verdict that comes from their paired comparisons, never typed.
 
-A claim's verdict, from the comparisons it lists that this run holds:
-- the decided ones (supported / contradicted) agree: that verdict, the first decided one its evidence;
-- they disagree: **depends** (on which comparison: the reason names them);
-- none is decided: **inconclusive at this n**, with the most paired questions one of them would need;
+A claim's verdict, from the comparisons it lists that this run holds (a claim's comparisons are its
+parts: a claim holds only when every part does):
+- every one is decided (supported / contradicted) and they agree: that verdict, the first its evidence;
+- decided ones disagree: **depends** (on which comparison: the reason names them);
+- otherwise **inconclusive at this n**: none is decided, or some part is not yet (the reason says which
+  parts are decided), with the most paired questions an undecided one would need;
 - it lists none (`untested` in the claims file) or the run holds none of them: **not testable here**,
   with the reason.
 """
@@ -61,15 +63,18 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
                          f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): "
                          f"run chapter {claim.chapter} in the same run")
     decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED)]
-    if decided and len({c["verdict"] for c in decided}) == 1:
-        verdict, shown = decided[0]["verdict"], decided[0]
-    elif decided:
+    open_ = [c for c in held if c not in decided]
+    if len({c["verdict"] for c in decided}) > 1:
         verdict, shown = DEPENDS, decided[0]
-    else:
-        verdict, shown = INCONCLUSIVE, max(held, key=lambda c: c["n"])
+    elif decided and not open_:
+        verdict, shown = decided[0]["verdict"], decided[0]
+    else:  # a claim is only as decided as its least decided part
+        verdict, shown = INCONCLUSIVE, max(open_, key=lambda c: c["n"])
     reason = "; ".join(_evidence(c) for c in held)
+    if verdict == INCONCLUSIVE and decided:
+        reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
     if verdict == INCONCLUSIVE:
-        need = max((c.get("n_for_effect") or 0) for c in held)
+        need = max((c.get("n_for_effect") or 0) for c in open_)
         if need > FEASIBLE_N:
             reason += "; the observed difference is near zero: no feasible number of questions would detect it"
         elif need:
