@@ -101,3 +101,18 @@ def test_batches_bound_the_cache_the_candidates_and_the_padding():
     # shortest first; a prompt over 10 % (and 8 tokens) longer than the batch's first starts a new batch
     assert _batches([0, 1, 2, 3], [100, 105, 119, 121], [1] * 4, 16, 10_000) == [[0, 1], [2, 3]]
     assert _batches([0], [5_000], [5], 16, 100) == [[0]]  # alone, a question may exceed the bound
+
+
+def test_packed_candidates_score_the_same_under_eager_attention(lm, kb):
+    """The block mask is additive, so an attention implementation other than SDPA reads it the same."""
+    qs = kb.sample("single", 3, 0)
+    cands = [kb.candidates(q, 3, 0) for q in qs]
+    convs = [prompts.build_messages(q.test_text, passages=[kb.doc(q.doc_ids[0]).text]) for q in qs]
+    sdpa = rank_candidates(lm, convs, [c for c, _ in cands], [g for _, g in cands])
+    lm.model.set_attn_implementation("eager")
+    try:
+        eager = rank_candidates(lm, convs, [c for c, _ in cands], [g for _, g in cands])
+    finally:
+        lm.model.set_attn_implementation("sdpa")
+    for a, b in zip(sdpa.scores, eager.scores):
+        assert a == pytest.approx(b, abs=1e-3)

@@ -166,7 +166,9 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
                 for lo, hi in sp:
                     cpos[b][lo:hi] = range(n_common + len(own[b]), n_common + len(own[b]) + hi - lo)
                     block[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi] = torch.ones(hi - lo, hi - lo).tril().bool()
-            logits = model(tensor(rows), attention_mask=block.to(lm.device), position_ids=tensor(cpos),
+            # additive (0 / most negative), as every attention implementation reads a ready 4D mask
+            bias = torch.zeros(block.shape, dtype=model.dtype).masked_fill_(~block, torch.finfo(model.dtype).min)
+            logits = model(tensor(rows), attention_mask=bias.to(lm.device), position_ids=tensor(cpos),
                            past_key_values=out.past_key_values).logits
             logp = torch.log_softmax(logits.float(), -1)
             for b, i in enumerate(batch):
