@@ -159,15 +159,16 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
             w2 = max(end for sp in spans for _, end in sp)
             rows = [[t for c in cand_ids[i] for t in c] + [pad] * (w2 - sum(map(len, cand_ids[i]))) for i in batch]
             cpos = [[n_common + len(x)] * w2 for x in own]
-            block = torch.zeros(len(batch), 1, w2, len(mask[0]) + w2, dtype=torch.bool)
-            block[:, 0, :, len(mask[0]):] = torch.eye(w2, dtype=torch.bool)  # a pad sees itself: no empty row, no NaN
+            # an additive mask (0 where a token may look, the dtype's most negative elsewhere): every
+            # attention implementation reads a ready 4D mask as it is
+            bias = torch.full((len(batch), 1, w2, len(mask[0]) + w2), torch.finfo(model.dtype).min, dtype=model.dtype)
             for b, sp in enumerate(spans):
-                block[b, 0, :, :len(mask[b])] = torch.tensor(mask[b], dtype=torch.bool)
+                bias[b, 0, :, len(mask[b]):].fill_diagonal_(0.0)  # a pad sees itself: no empty row, no NaN
+                bias[b, 0, :, :len(mask[b])].masked_fill_(torch.tensor(mask[b], dtype=torch.bool), 0.0)
                 for lo, hi in sp:
                     cpos[b][lo:hi] = range(n_common + len(own[b]), n_common + len(own[b]) + hi - lo)
-                    block[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi] = torch.ones(hi - lo, hi - lo).tril().bool()
-            # additive (0 / most negative), as every attention implementation reads a ready 4D mask
-            bias = torch.zeros(block.shape, dtype=model.dtype).masked_fill_(~block, torch.finfo(model.dtype).min)
+                    own_tokens = bias[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi]
+                    own_tokens.masked_fill_(torch.ones(hi - lo, hi - lo, dtype=torch.bool).tril(), 0.0)
             logits = model(tensor(rows), attention_mask=bias.to(lm.device), position_ids=tensor(cpos),
                            past_key_values=out.past_key_values).logits
             logp = torch.log_softmax(logits.float(), -1)

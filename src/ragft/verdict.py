@@ -63,18 +63,18 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
                          f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): "
                          f"run chapter {claim.chapter} in the same run")
     decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED)]
-    open_ = [c for c in held if c not in decided]
+    undecided = [c for c in held if c not in decided]
     if len({c["verdict"] for c in decided}) > 1:
         verdict, shown = DEPENDS, decided[0]
-    elif decided and not open_:
+    elif decided and not undecided:
         verdict, shown = decided[0]["verdict"], decided[0]
     else:  # a claim is only as decided as its least decided part
-        verdict, shown = INCONCLUSIVE, max(open_, key=lambda c: c["n"])
+        verdict, shown = INCONCLUSIVE, max(undecided, key=lambda c: c["n"])
     reason = "; ".join(_evidence(c) for c in held)
     if verdict == INCONCLUSIVE and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
     if verdict == INCONCLUSIVE:
-        need = max((c.get("n_for_effect") or 0) for c in open_)
+        need = max((c.get("n_for_effect") or 0) for c in undecided)
         if need > FEASIBLE_N:
             reason += "; the observed difference is near zero: no feasible number of questions would detect it"
         elif need:
