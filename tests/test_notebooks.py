@@ -118,6 +118,9 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     assert doc["outcomes"] and all(doc["outcomes"].values())
     assert doc["comparisons"], "the chapter states no comparison"
     for c in doc["comparisons"]:
+        if c.get("kind") == "computed":  # a figure rebuilt by arithmetic (chapter 6): a note, no n
+            assert c["verdict"] in ("supported", "contradicted", "depends") and c["note"] and c["n"] is None
+            continue
         assert c["a"] in doc["outcomes"] and c["b"] in doc["outcomes"] and c["n"] >= 1
         assert c["verdict"] in ("supported", "contradicted", "inconclusive at this n")
     assert len({c["claim"] for c in doc["comparisons"]}) == len(doc["comparisons"])
@@ -212,16 +215,18 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(smoke_run):
     m, ledger = doc["metrics"], doc["ledger"]
     assert [r["claim"] for r in ledger] == list(load_claims()) and m["n_claims"] == len(ledger)
     assert m["n_claims"] == sum(m[k] for k in ("n_supported", "n_contradicted", "n_depends", "n_inconclusive", "n_not_testable"))
+    computed = {r["claim"] for r in doc["tables"]["ledger"] if r["kind"] == "computed"}
+    assert computed, "chapter 6's rebuilt cost figures carry their claims"
     for r in ledger:
         assert set(r) == {"claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "reason"} and r["reason"]
-        assert (r["n"] is None) == (r["verdict"] == "not testable here")
+        assert (r["n"] is None) == (r["verdict"] == "not testable here" or r["claim"] in computed)
     assert m["n_supported"] + m["n_contradicted"] + m["n_depends"] + m["n_inconclusive"] >= 10  # chapters 1-4 ran
 
 
 @pytest.mark.slow
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
-    for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "07_verdict"):
+    for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "06_cost", "07_verdict"):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page
@@ -262,3 +267,53 @@ def test_freshness_results_are_sane(smoke_run):
     # the three fine-tune updates ran; the smallest of them trains on fewer tokens than retraining
     assert m["continued_tokens"] < m["retrain_tokens"] and m["retrain_s"] > 0
     assert {c["claim"] for c in doc["comparisons"]} >= {"U1-rag-vs-dsf", "U1-retrain", "U2-seconds", "K8-stale"}
+
+
+HEADLINE_06 = ["rag_prompt_tokens_per_query", "ft_prompt_tokens_per_query", "crossover_queries_per_month_ft_vs_rag",
+               "crossover_queries_per_month_hybrid_vs_rag", "s4_monthly_usd_10m", "s5_rag_monthly_usd_100k",
+               "s5_ft_monthly_usd_100k", "s8_saving_measured", "t5_lora_70b_usd", "t5_full_7b_usd",
+               "retrieval_added_ms_p50", "merged_vs_base_latency_ratio", "unmerged_vs_base_latency_ratio"]
+
+
+@pytest.mark.slow
+def test_cost_results_are_sane(smoke_run):
+    doc = json.loads((smoke_run["dir"] / "results" / "06_cost.json").read_text())
+    m = doc["metrics"]
+    for key in HEADLINE_06:
+        assert key in m, key
+    assert m["s4_monthly_usd_10m"] == pytest.approx(8750)  # S4 rebuilt from its own inputs
+    # the tokens came from this run's chapters 1 and 4, not from the published files
+    assert set(doc["tables"]["inputs_from"].values()) == {"this run"}
+    ch4 = json.loads((smoke_run["dir"] / "results" / "04_raft.json").read_text())["outcome_tokens"]
+    rag = ch4["base + RAG (generated)"].values()
+    assert m["rag_prompt_tokens_per_query"] == pytest.approx(sum(p for p, _ in rag) / len(rag))
+    claims = {c["claim"] for c in doc["comparisons"]}
+    assert {"T2-merged-latency", "S1-context-prefill", "S4-arithmetic", "S5-table", "T5-api"} <= claims
+    assert 0.5 < m["merged_vs_base_latency_ratio"] < 2 and m["ttft_ms_long"] > m["ttft_ms_ft"]
+
+
+@pytest.mark.slow
+def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_path):
+    """`papermill chapters/06_cost.ipynb out.ipynb -p queries_per_month 2e6 -p updates_per_month 4`,
+    in a run folder that holds chapters 1-5: the reader's volume and updates change the monthly costs."""
+    import shutil
+
+    import papermill as pm
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run["dir"] / "results", run_dir / "results")
+    before = json.loads((run_dir / "results" / "06_cost.json").read_text())["metrics"]
+    env = {"RAGFT_RUN_DIR": str(run_dir)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        pm.execute_notebook(str(ROOT / "chapters" / "06_cost.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "smoke", "queries_per_month": 2e6, "updates_per_month": 4.0},
+                            kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    doc = json.loads((run_dir / "results" / "06_cost.json").read_text())
+    assert doc["params"]["queries_per_month"] == 2e6 and doc["params"]["updates_per_month"] == 4.0
+    assert doc["metrics"]["rag_monthly_usd"] > before["rag_monthly_usd"]  # twice the queries of the smoke profile's 1 M
+    assert doc["metrics"]["s4_monthly_usd_10m"] == before["s4_monthly_usd_10m"]  # the article's own figure stays

@@ -43,3 +43,26 @@ def test_ledger_reads_every_chapter_and_counts_every_verdict():
     rows = ledger({"K1": CLAIM}, {"03_finetune": {"comparisons": [cmp("K1-a", S)]}, "00_front": {}})
     assert [r.verdict for r in rows] == [S]
     assert counts(rows) == {S: 1, C: 0, DEPENDS: 0, I: 0, NOT_TESTABLE: 0}
+
+
+def computed(key, verdict):
+    """A figure rebuilt by arithmetic (chapter 6): no n, a note that says from what."""
+    return {"claim": key, "a": "stated", "b": "rebuilt", "verdict": verdict, "n": None, "diff": None, "ci_low": None,
+            "ci_high": None, "kind": "computed", "note": f"note of {key}", "computed": f"figure of {key}"}
+
+
+@pytest.mark.parametrize("held,verdict,shown", [
+    ([computed("K1-a", S), computed("K1-b", S)], S, "K1-a"),
+    ([computed("K1-a", DEPENDS), computed("K1-b", S)], DEPENDS, "K1-a"),  # a part that depends: the claim does
+    ([cmp("K1-a", S), computed("K1-b", DEPENDS)], DEPENDS, "K1-b"),
+    ([computed("K1-a", DEPENDS), cmp("K1-b", I, need=200)], I, "K1-b"),  # still a part undecided
+    ([computed("K1-a", DEPENDS)], DEPENDS, "K1-a"),
+], ids=["computed-agree", "computed-depends", "paired-and-computed", "depends-and-undecided", "depends-alone"])
+def test_computed_parts_carry_their_verdict_and_note(held, verdict, shown):
+    row = judge(CLAIM, {c["claim"]: c for c in held})
+    assert (row.verdict, row.comparison) == (verdict, shown)
+    for c in held:
+        if c.get("kind") == "computed":
+            assert c["note"] in row.reason
+    if row.n is None:
+        assert row.difference() == f"figure of {shown}"

@@ -299,6 +299,57 @@ class FreshnessParams(Answering):
 
 
 @dataclass
+class CostParams(Common):
+    """Chapter 6: what it costs to serve and keep current. Tokens, latencies and training figures come
+    from chapters 1-5 of the same run (or, where this run folder lacks one, the published results of
+    the profile); every other input is yours to set."""
+
+    queries_per_month: float = param(1e6, "your volume: queries a month")
+    updates_per_month: float = param(1.0, "your facts change this often a month (an index is re-embedded, a closed-book fine-tune retrained)")
+    serving_price: str = param("gpt-4o-mini", "serving price row of data/pricing.yaml (a fine-tune is served at its fine_tuned row)")
+    training_price: str = param("gpt-4o-mini", "training price row (training section of data/pricing.yaml)")
+    train_tokens: float = param(10e6, "tokens x epochs of one training run of your fine-tune (T5 prices a 10 M-token run)")
+    training_life_months: float = param(6.0, "a run no update redoes is amortised over this many months (D2: retrain every 3-6)")
+    docs_per_update: float = param(1000.0, "documents re-embedded per update (tokens and chunks per document as chapter 5 measured)")
+    index_gb: float = param(1.0, "vector index size in GB (storage at the vector_db row's price)")
+    embedding_price: str = param("text-embedding-3-small", "embedding price row")
+    vector_db: str = param("pinecone_s9", "vector database price row")
+    gpu_price: str = param("h100_runpod", "GPU rental row, for training cost at scale (T5)")
+    gpu_utilisation: float = param(0.4, "share of the GPU's bf16 peak a training run reaches (chapter 3 measures the CPU's)")
+    rag_prompt_tokens: float = param(0.0, "prompt tokens per RAG query; 0: as chapter 4 measured")
+    ft_prompt_tokens: float = param(0.0, "prompt tokens per fine-tune query; 0: as chapter 4 measured")
+    hybrid_prompt_tokens: float = param(0.0, "prompt tokens per hybrid (RAFT + RAG) query; 0: as chapter 4 measured")
+    long_prompt_tokens: float = param(0.0, "prompt tokens per long-context prompt; 0: as chapter 1 measured")
+    completion_tokens: float = param(0.0, "completion tokens per query, every approach; 0: each as measured")
+    n_ttft_repeats: int = param(8, "timed prefills per approach (the long-context prompt: once, it costs seconds)", bounds=(1, 1_000))
+    n_latency_repeats: int = param(10, "timed answers of the base, merged and unmerged LoRA models (T2)", bounds=(2, 1_000))
+    latency_new_tokens: int = param(4, "tokens decoded per timed answer", bounds=(1, 512))
+    lora_rank: int = param(8, "LoRA rank of the adapter timed merged and unmerged", bounds=(1, 1024))
+
+    NUMBERS = ("queries_per_month", "updates_per_month", "train_tokens", "docs_per_update", "index_gb",
+               "rag_prompt_tokens", "ft_prompt_tokens", "hybrid_prompt_tokens", "long_prompt_tokens", "completion_tokens")
+
+    def validate(self) -> None:
+        super().validate()
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        for name in self.NUMBERS:
+            value = getattr(self, name)
+            check(number(value) and 0 <= value < 1e15, name, value, "use a number >= 0 (papermill: -p name 2e6)")
+        check(number(self.training_life_months) and self.training_life_months > 0, "training_life_months",
+              self.training_life_months, "use a number of months > 0")
+        check(number(self.gpu_utilisation) and 0 < self.gpu_utilisation <= 1, "gpu_utilisation", self.gpu_utilisation,
+              "use a share in (0, 1]")
+        from .costs import row
+
+        for name, section in (("serving_price", "prices"), ("training_price", "training"), ("embedding_price", "embedding"),
+                              ("vector_db", "vector_db"), ("gpu_price", "gpu")):
+            try:
+                row(section, getattr(self, name))
+            except ValueError as e:
+                raise ParamError(f"parameter {name}: {e}") from None
+
+
+@dataclass
 class VerdictParams(Common):
     """Chapter 7: the verdict on every claim (reads the other chapters' results of the run; no model),
     and the decision helper run for your own case (ragft.decide.Reader's fields, prefixed reader_)."""
@@ -326,7 +377,7 @@ class VerdictParams(Common):
 
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
                   "03_finetune": FinetuneParams, "04_raft": RaftParams, "05_freshness": FreshnessParams,
-                  "07_verdict": VerdictParams}
+                  "06_cost": CostParams, "07_verdict": VerdictParams}
 
 
 # Names a notebook's namespace holds that are not parameters (IPython's own).

@@ -138,18 +138,23 @@ class ChapterRun:
     stages: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)  # named records beside the standard keys (the ledger)
 
-    def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None):
+    def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None,
+               none_means: str | None = None):
         """Record a headline metric with its kind (METRIC_KINDS); rates and means need their n,
-        derived metrics their tolerance. Returns the value."""
+        derived metrics their tolerance; a metric that may be None says what None means (a crossover
+        that never happens). Returns the value."""
         if kind not in METRIC_KINDS:
             raise ValueError(f"metric {key}: kind={kind!r} is not allowed: use one of {sorted(METRIC_KINDS)}")
         if kind in ("rate", "mean") and not (isinstance(n, int) and n >= 1):
             raise ValueError(f"metric {key}: a {kind} needs the number of questions behind it (n >= 1), got {n!r}")
         if kind == "derived" and not (isinstance(tol, (int, float)) and tol >= 0):
             raise ValueError(f"metric {key}: a derived metric needs its tolerance (tol >= 0), got {tol!r}")
+        if value is None and none_means is None:
+            raise ValueError(f"metric {key}: None is a number only where the metric says what it means (none_means)")
         self.metrics[key] = value
         self.metric_rules[key] = {"kind": kind, **({"n": n} if n is not None else {}),
-                                  **({"tol": tol} if tol is not None else {})}
+                                  **({"tol": tol} if tol is not None else {}),
+                                  **({"none_means": none_means} if none_means is not None else {})}
         return value
 
     def record(self, condition: str, scores: dict, tokens: dict | None = None) -> None:
@@ -192,7 +197,8 @@ class ChapterRun:
     def save(self, lm=None, extra_provenance: dict | None = None) -> Path:
         from .config import as_dict
 
-        bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))}
+        bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))
+               and not (v is None and "none_means" in self.metric_rules.get(k, {}))}
         if bad:
             raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}")
         undeclared = sorted(set(self.metrics) - set(self.metric_rules))

@@ -4,7 +4,8 @@ verdict that comes from their paired comparisons, never typed.
 A claim's verdict, from the comparisons it lists that this run holds (a claim's comparisons are its
 parts: a claim holds only when every part does):
 - every one is decided (supported / contradicted) and they agree: that verdict, the first its evidence;
-- decided ones disagree: **depends** (on which comparison: the reason names them);
+- decided ones disagree, or one itself depends (a cost figure that holds only at its source's
+  unstated inputs): **depends** (the reason names on what);
 - otherwise **inconclusive at this n**: none is decided, or some part is not yet (the reason says which
   parts are decided), with the most paired questions an undecided one would need;
 - it lists none (`untested` in the claims file) or the run holds none of them: **not testable here**,
@@ -35,12 +36,13 @@ class LedgerRow:
     ci_high: float | None
     reason: str
     comparison: str | None = None  # the comparison whose numbers the row shows
-    kind: str = "binary"  # its score: binary (a difference of rates, in points) or continuous
+    kind: str = "binary"  # its score: binary (a difference of rates, in points), continuous, or computed
+    measured: str | None = None  # a computed check's figure (a price rebuilt from measured tokens)
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
         if self.n is None:
-            return "–"
+            return self.measured or "–"
         if self.kind == "binary":
             return f"{100 * self.diff:+.0f} points [{100 * self.ci_low:+.0f}, {100 * self.ci_high:+.0f}]"
         return f"{self.diff:+.3g} [{self.ci_low:+.3g}, {self.ci_high:+.3g}]"
@@ -50,6 +52,8 @@ class LedgerRow:
 
 
 def _evidence(c: dict) -> str:
+    if c.get("kind") == "computed":  # a figure rebuilt by arithmetic: its note says from what
+        return f"{c['claim']}: {c['verdict']}: {c['note']}"
     return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} at n = {c['n']}"
 
 
@@ -62,14 +66,14 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
         return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None,
                          f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): "
                          f"run chapter {claim.chapter} in the same run")
-    decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED)]
+    decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
     undecided = [c for c in held if c not in decided]
-    if len({c["verdict"] for c in decided}) > 1:
-        verdict, shown = DEPENDS, decided[0]
+    if len({c["verdict"] for c in decided}) > 1 or (decided and not undecided and decided[0]["verdict"] == DEPENDS):
+        verdict, shown = DEPENDS, next((c for c in decided if c["verdict"] == DEPENDS), decided[0])
     elif decided and not undecided:
         verdict, shown = decided[0]["verdict"], decided[0]
     else:  # a claim is only as decided as its least decided part
-        verdict, shown = INCONCLUSIVE, max(undecided, key=lambda c: c["n"])
+        verdict, shown = INCONCLUSIVE, max(undecided, key=lambda c: c["n"] or 0)
     reason = "; ".join(_evidence(c) for c in held)
     if verdict == INCONCLUSIVE and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
@@ -80,7 +84,8 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
         elif need:
             reason += f"; about {need:,} paired questions would detect the observed difference"
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
-                     shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"))
+                     shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
+                     shown.get("computed"))
 
 
 def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[LedgerRow]:

@@ -43,7 +43,10 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
     lines = []
     for r in v.rows:
         c = v.claims[r.claim]
-        measured = "–" if r.n is None else f"{r.difference()}, n = {r.n} ({r.comparison})"
+        if r.n is None:  # untested, or a figure rebuilt by arithmetic (chapter 6)
+            measured = f"{r.measured} ({r.comparison})" if r.measured else "–"
+        else:
+            measured = f"{r.difference()}, n = {r.n} ({r.comparison})"
         lines.append({"claim": r.claim, "what the sources say": c.claim, "their figure": c.figure,
                       "measured here": measured, "verdict": r.verdict, "evidence or reason": r.reason,
                       "at larger scale": c.scales})

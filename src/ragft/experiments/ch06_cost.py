@@ -1,0 +1,501 @@
+"""Chapter 6, cost: what serving and keeping each approach current costs a month, from the tokens,
+latencies and training figures chapters 1-5 measured in the same run, priced by data/pricing.yaml;
+the articles' cost figures (S1-S9, T5) rebuilt from their stated inputs; time to first token per
+approach and a merged against an unmerged LoRA adapter (T2), timed here."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .. import costs, settings
+from ..costs import Approach, Check, Workload
+from ..results import ChapterRun, glue, read_chapter
+
+CHAPTER = "06_cost"
+# Where each approach's tokens per query come from: (chapter, condition of its outcome_tokens).
+# Chapter 4's table asks the same facts with the same chunks and top-k of every reader, so RAG, the
+# fine-tune and the hybrid differ only in the approach; chapter 1's largest haystack is the long prompt.
+SOURCES = {"long-context prompting": ("01_prompting", "haystack {largest}, generated"),
+           "RAG": ("04_raft", "base + RAG (generated)"),
+           "fine-tune": ("04_raft", "DSF closed (generated)"),
+           "hybrid (RAFT + RAG)": ("04_raft", "RAFT + RAG (generated)")}
+NEEDED = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness")
+COLOURS = {"long-context prompting": "tab:purple", "RAG": "tab:blue", "fine-tune": "tab:orange",
+           "hybrid (RAFT + RAG)": "tab:green"}
+MARGIN = 0.05  # T2: "no latency once merged" holds when merged is within 5 % of the base model
+
+
+@dataclass
+class Costs:
+    run: ChapterRun
+    params: object
+    docs: dict  # chapter -> results document the inputs come from
+    origin: dict  # chapter -> "this run" | the published file it fell back to
+    approaches: dict[str, Approach]
+    workload: Workload
+    checks: list[Check] = field(default_factory=list)
+    latency: dict = field(default_factory=dict)
+
+
+def read_inputs(profile: str) -> tuple[dict, dict]:
+    """The results of chapters 1-5: this run's where it holds them, else the published ones of the
+    profile (a reader's papermill run of this chapter alone). A chapter in neither is an error that
+    says what to run."""
+    docs, origin = {}, {}
+    for chapter in NEEDED:
+        doc = read_chapter(chapter)
+        if doc is not None:
+            docs[chapter], origin[chapter] = doc, "this run"
+            continue
+        published = settings.PROJECT_ROOT / "experiments" / "results" / profile / f"{chapter}.json"
+        if not published.exists():
+            raise FileNotFoundError(
+                f"chapter 6 prices what chapters 1-5 measured, and neither this run folder ({settings.run_dir()}) "
+                f"nor the published {profile} results hold {chapter}: run `python -m ragft.run --profile {profile} "
+                f"--chapters {' '.join(NEEDED)} {CHAPTER}`, or pass profile='cpu' to price the published cpu run")
+        docs[chapter], origin[chapter] = json.loads(published.read_text()), f"published {profile} results"
+    return docs, origin
+
+
+def mean_tokens(doc: dict, condition: str) -> tuple[float, float]:
+    """(mean prompt tokens, mean completion tokens) of a condition's outcome_tokens."""
+    tokens = (doc.get("outcome_tokens") or {}).get(condition)
+    if not tokens:
+        raise KeyError(f"chapter {doc.get('chapter')} recorded no tokens for {condition!r}; it has "
+                       f"{sorted(doc.get('outcome_tokens') or {})}")
+    arr = np.array(list(tokens.values()), dtype=float)
+    return float(arr[:, 0].mean()), float(arr[:, 1].mean())
+
+
+def source(docs: dict, name: str) -> tuple[str, str]:
+    """(chapter, condition) an approach's tokens come from; the long prompt is chapter 1's largest haystack."""
+    import re
+
+    chapter, condition = SOURCES[name]
+    if "{largest}" in condition:
+        pattern = re.escape(condition).replace(re.escape("{largest}"), r"(\d+)")
+        sizes = [int(m.group(1)) for k in docs[chapter].get("outcome_tokens", {}) if (m := re.fullmatch(pattern, k))]
+        if not sizes:
+            raise KeyError(f"chapter {chapter} generated no answers in a haystack ({condition!r}): run it with long_context_tokens")
+        condition = condition.format(largest=max(sizes))
+    return chapter, condition
+
+
+def build_approaches(docs: dict, params) -> dict[str, Approach]:
+    base, tuned = params.serving_price, costs.fine_tuned_row(params.serving_price)
+    override = {"long-context prompting": params.long_prompt_tokens, "RAG": params.rag_prompt_tokens,
+                "fine-tune": params.ft_prompt_tokens, "hybrid (RAFT + RAG)": params.hybrid_prompt_tokens}
+    out = {}
+    for name in SOURCES:
+        chapter, condition = source(docs, name)
+        prompt, completion = mean_tokens(docs[chapter], condition)
+        prompt = override[name] or prompt
+        completion = params.completion_tokens or completion
+        trained, retrieval = name in ("fine-tune", "hybrid (RAFT + RAG)"), name in ("RAG", "hybrid (RAFT + RAG)")
+        out[name] = Approach(name, prompt, completion, tuned if trained else base, retrieval=retrieval,
+                             trained=trained, retrain_on_update=name == "fine-tune")
+    return out
+
+
+def build_workload(docs: dict, params, queries_per_month: float | None = None,
+                   updates_per_month: float | None = None) -> Workload:
+    """The reader's volumes and rows, with re-indexing per update as chapter 5 measured it per document."""
+    update = docs["05_freshness"]["tables"]["index_update"]
+    changed = update["docs_changed"] + update["docs_added"]
+    return Workload(
+        queries_per_month=params.queries_per_month if queries_per_month is None else queries_per_month,
+        updates_per_month=params.updates_per_month if updates_per_month is None else updates_per_month,
+        train_tokens=params.train_tokens, training=params.training_price,
+        training_life_months=params.training_life_months,
+        reindex_tokens=params.docs_per_update * update["tokens_embedded"] / changed,
+        writes_per_update=params.docs_per_update * update["chunks_written"] / changed,
+        embedding=params.embedding_price, vector_db=params.vector_db, index_gb=params.index_gb)
+
+
+def setup(params) -> Costs:
+    settings.configure(params)
+    run = ChapterRun(CHAPTER, params)
+    with run.stage("inputs"):
+        docs, origin = read_inputs(params.profile)
+        approaches = build_approaches(docs, params)
+        workload = build_workload(docs, params)
+    c = Costs(run, params, docs, origin, approaches, workload)
+    for key, name in (("rag", "RAG"), ("ft", "fine-tune"), ("hybrid", "hybrid (RAFT + RAG)"), ("long", "long-context prompting")):
+        a = approaches[name]
+        run.metric(f"{key}_prompt_tokens_per_query", a.prompt_tokens, "exact")
+        run.metric(f"{key}_completion_tokens_per_query", a.completion_tokens, "derived", tol=0.25 * a.completion_tokens + 1)
+    return c
+
+
+def sources_table(c: Costs) -> pd.DataFrame:
+    """Each approach: its tokens per query, where they were measured, the row it is served at, what else it pays."""
+    lines = []
+    for name, a in c.approaches.items():
+        chapter, condition = source(c.docs, name)
+        pays = (["retrieval (query embedding, vector read, index)"] if a.retrieval else []) + (
+            ["a training run per update" if a.retrain_on_update else f"a training run per {c.workload.training_life_months:g} months"]
+            if a.trained else [])
+        lines.append({"approach": name, "prompt tokens": round(a.prompt_tokens, 1),
+                      "completion tokens": round(a.completion_tokens, 1), "served at": a.price,
+                      "also pays for": "; ".join(pays) or "nothing else",
+                      "measured in": f"chapter {chapter[:2].lstrip('0')}, {condition!r} ({c.origin[chapter]})"})
+    return pd.DataFrame(lines).set_index("approach")
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs at the reader's volume, crossovers, the map
+
+
+def monthly_table(c: Costs) -> pd.DataFrame:
+    """Dollars a month by part, per approach, at the reader's volume and update frequency."""
+    rows = {name: {**{k: round(v, 2) for k, v in costs.monthly_parts(a, c.workload).items()},
+                   "total": round(costs.monthly_usd(a, c.workload), 2)} for name, a in c.approaches.items()}
+    table = pd.DataFrame(rows).T
+    table.columns = [f"{col} ($/month)" for col in table.columns]
+    table.index.name = (f"{c.workload.queries_per_month:,.0f} queries and {c.workload.updates_per_month:g} "
+                        f"updates a month")
+    return table
+
+
+def crossovers(c: Costs) -> dict:
+    """The volumes where the fine-tune and the hybrid become cheaper than RAG (None: never, at these inputs)."""
+    a = c.approaches
+    ft = costs.crossover(a["fine-tune"], a["RAG"], c.workload)
+    hybrid = costs.crossover(a["hybrid (RAFT + RAG)"], a["RAG"], c.workload)
+    tol = lambda v: None if v is None else 0.1 * v  # completion lengths may move on another CPU
+    c.run.metric("crossover_queries_per_month_ft_vs_rag", ft, "derived", tol=tol(ft) or 0.0, none_means="never cheaper")
+    c.run.metric("crossover_queries_per_month_hybrid_vs_rag", hybrid, "derived", tol=tol(hybrid) or 0.0,
+                 none_means="never cheaper")
+    for name, appr in a.items():
+        key = {"RAG": "rag", "fine-tune": "ft", "hybrid (RAFT + RAG)": "hybrid", "long-context prompting": "long"}[name]
+        total = costs.monthly_usd(appr, c.workload)
+        c.run.metric(f"{key}_monthly_usd", total, "derived", tol=0.1 * total)
+    return {"fine-tune": ft, "hybrid (RAFT + RAG)": hybrid}
+
+
+def volumes(lo: float = 1e3, hi: float = 1e9, n: int = 61) -> np.ndarray:
+    return np.logspace(np.log10(lo), np.log10(hi), n)
+
+
+def cost_curves(c: Costs, cross: dict):
+    """Monthly cost against queries a month per approach (log axes), crossovers with RAG marked."""
+    import matplotlib.pyplot as plt
+
+    q = volumes()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for name, a in c.approaches.items():
+        ax.plot(q, [costs.monthly_usd(a, c.workload, v) for v in q], label=name, color=COLOURS[name])
+    for name, v in cross.items():
+        if v:
+            ax.axvline(v, color=COLOURS[name], ls=":", lw=1)
+            ax.annotate(f"{name} cheaper than RAG\nabove {v:,.0f}", (v, costs.monthly_usd(c.approaches["RAG"], c.workload, v)),
+                        textcoords="offset points", xytext=(6, -24), fontsize=7, color=COLOURS[name])
+    ax.axvline(c.workload.queries_per_month, color="black", lw=0.8, alpha=0.4)
+    ax.set(xscale="log", yscale="log", xlabel="queries a month",
+           ylabel="dollars a month", title=f"Monthly cost at {c.workload.updates_per_month:g} updates a month "
+           f"({c.params.serving_price} prices)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+UPDATE_GRID = np.array([0, 0.25, 0.5, 1, 2, 4, 8, 16, 30])
+
+
+def cheapest_map(c: Costs):
+    """The cheapest approach over (queries a month, updates a month)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    names = list(c.approaches)
+    q = volumes(n=41)
+    grid = np.array([[names.index(costs.cheapest(list(c.approaches.values()),
+                                                 build_workload(c.docs, c.params, v, u))) for v in q] for u in UPDATE_GRID])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.pcolormesh(q, np.arange(len(UPDATE_GRID)), grid, cmap=ListedColormap([COLOURS[n] for n in names]),
+                  vmin=-0.5, vmax=len(names) - 0.5, shading="nearest")
+    ax.scatter([c.workload.queries_per_month], [np.interp(c.workload.updates_per_month, UPDATE_GRID, np.arange(len(UPDATE_GRID)))],
+               marker="*", s=120, color="white", edgecolor="black", label="your case")
+    ax.set(xscale="log", xlabel="queries a month", ylabel="updates a month", title="The cheapest approach")
+    ax.set_yticks(np.arange(len(UPDATE_GRID)), [f"{u:g}" for u in UPDATE_GRID])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLOURS[n]) for n in names]
+    ax.legend(handles + [ax.collections[-1]], names + ["your case"], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency, timed here: time to first token per approach (S1, S2), merged and unmerged LoRA (T2)
+
+
+def _timed_answer(model, ids, new_tokens: int) -> tuple[float, float]:
+    """(prefill ms, decode ms) of a greedy answer: the prompt in one pass, then one token per pass."""
+    import torch
+
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        t1 = time.perf_counter()
+        past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(new_tokens):
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        t2 = time.perf_counter()
+    return 1000 * (t1 - t0), 1000 * (t2 - t1)
+
+
+def _prompt_ids(lm, params, n_tokens: float):
+    """A prompt of n_tokens real knowledge-base text (its content does not change the time)."""
+    from ..corpus import build_kb
+
+    text = " ".join(d.text for d in build_kb(params.kb_seed, params.kb).documents)
+    n = max(1, int(round(n_tokens)))
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids[0]
+    ids = ids.repeat(n // len(ids) + 1)[:n]
+    return ids.unsqueeze(0).to(lm.device)
+
+
+def measure_latency(c: Costs) -> dict:
+    """Time to first token at each approach's measured prompt length, and answers of the base model,
+    its LoRA unmerged and merged, interleaved run by run so the machine's drift falls on all alike."""
+    import copy
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from .. import models
+    from ..train.trainer import TARGETS
+
+    p, run = c.params, c.run
+    with run.stage("load_models"):
+        lm = models.load_lm(p.model, p.device, p.dtype)
+    with run.stage("first_token"):
+        prompts = {name: _prompt_ids(lm, p, a.prompt_tokens) for name, a in c.approaches.items()}
+        _timed_answer(lm.model, prompts["RAG"], 1)  # warm-up: the first pass pays for allocation
+        ttft = {name: {} for name in prompts}
+        for r in range(p.n_ttft_repeats):
+            for name, ids in prompts.items():
+                if name == "long-context prompting" and r > 0:
+                    continue  # once: one prefill of a haystack costs seconds
+                ttft[name][f"run {r}"] = _timed_answer(lm.model, ids, 0)[0]
+        for name, times in ttft.items():
+            run.record(f"first token, {name}", times)
+    with run.stage("merged_vs_unmerged"):
+        cfg = LoraConfig(r=p.lora_rank, lora_alpha=2 * p.lora_rank, lora_dropout=0.0, target_modules=TARGETS["all-linear"],
+                         task_type="CAUSAL_LM")
+        with warnings.catch_warnings():  # peft asks a deprecated transformers property; nothing to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            unmerged = get_peft_model(copy.deepcopy(lm.model), cfg).eval()
+            merged = get_peft_model(copy.deepcopy(lm.model), cfg).merge_and_unload().eval()
+        variants = {"base": lm.model, "LoRA merged": merged, "LoRA unmerged": unmerged}
+        ids = _prompt_ids(lm, p, c.approaches["fine-tune"].prompt_tokens)
+        for m in variants.values():
+            _timed_answer(m, ids, 2)
+        answer = {name: {} for name in variants}
+        decode = {name: [] for name in variants}
+        order = list(variants)
+        for r in range(p.n_latency_repeats):
+            for name in order[r % 3:] + order[: r % 3]:
+                pre, dec = _timed_answer(variants[name], ids, p.latency_new_tokens)
+                answer[name][f"run {r}"] = pre + dec
+                decode[name].append(dec / p.latency_new_tokens)
+        for name, times in answer.items():
+            run.record(f"answer, {name}", times)
+        del unmerged, merged
+    base_ms = float(np.mean(list(answer["base"].values())))
+    c.latency = {"ttft_ms": {k: float(np.median(list(v.values()))) for k, v in ttft.items()},
+                 "answer_ms": {k: float(np.median(list(v.values()))) for k, v in answer.items()},
+                 "decode_ms_per_token": {k: float(np.median(v)) for k, v in decode.items()}}
+    t2 = run.compare("T2-merged-latency", "answer, LoRA merged", "answer, base", expect="equal", kind="continuous",
+                     margin=MARGIN * base_ms, unit="timed answers")
+    t2_unmerged = run.compare("T2-unmerged-latency", "answer, LoRA unmerged", "answer, base", kind="continuous",
+                              unit="timed answers")
+    s1 = run.compare("S1-context-prefill", "first token, RAG", "first token, fine-tune", kind="continuous",
+                     unit="timed prefills")
+    ratio = lambda k: c.latency["answer_ms"][k] / c.latency["answer_ms"]["base"]
+    run.metric("merged_vs_base_latency_ratio", ratio("LoRA merged"), "machine")
+    run.metric("unmerged_vs_base_latency_ratio", ratio("LoRA unmerged"), "machine")
+    for key, name in (("rag", "RAG"), ("ft", "fine-tune"), ("hybrid", "hybrid (RAFT + RAG)"), ("long", "long-context prompting")):
+        run.metric(f"ttft_ms_{key}", c.latency["ttft_ms"][name], "machine")
+    return {"T2": t2, "T2-unmerged": t2_unmerged, "S1": s1}
+
+
+def stage_table(c: Costs) -> pd.DataFrame:
+    """Milliseconds to the first token and to the whole answer per approach: the retrieval stages
+    chapter 2 timed, the prefill timed here, the decode of the approach's measured completion."""
+    m2 = c.docs["02_rag"]["metrics"]
+    decode = c.latency["decode_ms_per_token"]["base"]
+    rows = {}
+    for name, a in c.approaches.items():
+        embed, search = (m2["embed_p50_ms"], m2["search_p50_ms"]) if a.retrieval else (0.0, 0.0)
+        rows[name] = {"embed query": embed, "vector search": search, "prefill (first token)": c.latency["ttft_ms"][name],
+                      "decode the answer": a.completion_tokens * decode}
+    table = pd.DataFrame(rows).T
+    table["to first token"] = table[["embed query", "vector search", "prefill (first token)"]].sum(axis=1)
+    table["whole answer"] = table["to first token"] + table["decode the answer"]
+    return table.round(1).rename(columns=lambda col: f"{col} (ms)")
+
+
+def latency_bars(table: pd.DataFrame):
+    """The stage table as stacked bars."""
+    import matplotlib.pyplot as plt
+
+    stages = [col for col in table.columns if not col.startswith(("to first token", "whole answer"))]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    left = np.zeros(len(table))
+    for stage, colour in zip(stages, ("tab:cyan", "tab:blue", "tab:red", "tab:gray")):
+        ax.barh(table.index, table[stage], left=left, label=stage.replace(" (ms)", ""), color=colour)
+        left += table[stage].to_numpy()
+    ax.set(xscale="symlog", xlabel="milliseconds (log scale above 10), median of timed runs",
+           title="Where an answer's time goes, per approach")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The articles' figures, rebuilt (ragft.costs holds each check)
+
+
+def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
+    a, w, p, run = c.approaches, c.workload, c.params, c.run
+    m2, m3 = c.docs["02_rag"]["metrics"], c.docs["03_finetune"]["metrics"]
+    ms = lambda v: f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
+    retrieval = m2["embed_p50_ms"] + m2["search_p50_ms"]
+    run.metric("retrieval_added_ms_p50", retrieval, "machine")
+    checks = [costs.range_check("S1-retrieval-ms", retrieval, *costs.stated("S1")["retrieval_ms"],
+                                "query embedding and vector search (chapter 2, p50)", ms,
+                                "where the embedder and the index run (here: in-process, on the CPU, beside the model)")]
+    s2 = costs.stated("S2")
+    st, tft = s2["stages_ms"], s2["to_first_token_ms"]
+    sums = {"RAG": sum(st.values()), "fine-tune": st["first_token"],
+            "hybrid": st["embed"] + st["search"] + st["first_token"]}
+    follows = all(costs.close(sums[k], tft[k], 0.05) for k in tft)
+    share_here = retrieval / stages.loc["RAG", "to first token (ms)"]
+    checks.append(Check("S2-arithmetic", ", ".join(f"{k} {v} ms" for k, v in tft.items()),
+                        f"retrieval {share_here:.1%} of RAG's time to first token here",
+                        costs.rule(follows, False, "hardware"),
+                        f"its stages add up to {', '.join(f'{k} {v} ms' for k, v in sums.items())}: "
+                        + ("the hybrid's 660 ms is the RAG sum less its vector search, and a hybrid searches too"
+                           if not follows else "each figure matches its stages")
+                        + f". Here retrieval is {share_here:.1%} of RAG's time to first token, against "
+                        f"{(st['embed'] + st['search']) / tft['RAG']:.0%} in the source: prefill of the retrieved text decides it"))
+    checks.append(costs.check_s3(a["RAG"]))
+    s4, s4_measured = costs.check_s4(a["RAG"])
+    checks.append(s4)
+    run.metric("s4_monthly_usd_10m", costs.stated("S4")["retrieved_tokens"] * 1e7
+               * costs.row("prices", costs.stated("S4")["price_row"])["input_per_mtok"] / 1e6, "exact")
+    run.metric("s4_monthly_usd_10m_measured", s4_measured[1e7], "exact")
+    checks.append(costs.check_s5_table())
+    at_100k = build_workload(c.docs, p, 1e5)
+    run.metric("s5_rag_monthly_usd_100k", costs.monthly_usd(a["RAG"], at_100k), "derived",
+               tol=0.1 * costs.monthly_usd(a["RAG"], at_100k))
+    run.metric("s5_ft_monthly_usd_100k", costs.monthly_usd(a["fine-tune"], at_100k), "derived",
+               tol=0.1 * costs.monthly_usd(a["fine-tune"], at_100k))
+    cross = costs.crossover(a["fine-tune"], a["RAG"], w)
+    count = lambda v: "never" if v is None else f"{v:,.0f} queries a month"
+    low, high = costs.stated("S5")["crossover_calls_per_month"]
+    checks.append(_volume_check("S5-crossover", cross, low, high, count,
+                                "the fine-tune's training cost, its update frequency and the tokens each approach sends"))
+    s6 = costs.stated("S6")
+    checks.append(_volume_check("S6-thresholds", cross, s6["rag_cheaper_below"], s6["fine_tune_above"], count,
+                                "the training cost and the update frequency (the source states neither)"))
+    s7 = costs.stated("S7")
+    static = build_workload(c.docs, p, 30 * s7["queries_per_day"], 0.0)
+    saving = 1 - costs.monthly_usd(a["fine-tune"], static) / costs.monthly_usd(a["RAG"], static)
+    run.metric("s7_saving_measured", saving, "derived", tol=0.05)
+    checks.append(costs.range_check("S7-saving", saving, *s7["saving"],
+                                    f"the fine-tune's saving over RAG at {30 * s7['queries_per_day']:,} queries a month, static facts",
+                                    lambda v: f"{v:.0%}", "the prompt tokens retrieval adds and the fine-tuned price premium"))
+    best = m3.get("json_lora_best_size")
+    long_prompt = Approach("long instruction", *mean_tokens(c.docs["03_finetune"], "base, long instruction: json_valid"), p.serving_price)
+    tuned = Approach("LoRA", *mean_tokens(c.docs["03_finetune"], f"LoRA on {best} examples, short instruction: json_valid"),
+                     costs.fine_tuned_row(p.serving_price))
+    s8, s8_measured = costs.check_s8(long_prompt, tuned)
+    checks.append(s8)
+    run.metric("s8_saving_measured", s8_measured, "derived", tol=0.05)
+    s9, s9_gb = costs.check_s9()
+    checks.append(s9)
+    run.metric("s9_implied_storage_gb", s9_gb, "exact")
+    t5, lora_70b = costs.check_t5_lora_70b(p.gpu_price, p.gpu_utilisation, p.train_tokens)
+    checks += [t5, costs.check_t5_api()]
+    run.metric("t5_lora_70b_usd", lora_70b, "exact")
+    run.metric("t5_full_7b_usd", costs.train_usd(7e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
+    run.metric("t5_lora_7b_usd", costs.train_usd(7e9, p.train_tokens, False, p.gpu_price, p.gpu_utilisation), "exact")
+    run.metric("t5_full_70b_usd", costs.train_usd(70e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
+    run.comparisons = [x for x in run.comparisons if x["claim"] not in {k.claim for k in checks}]
+    run.comparisons += [k.as_comparison() for k in checks]
+    c.checks = checks
+    return checks
+
+
+def _volume_check(claim: str, volume: float | None, low: float, high: float, unit, depends_on: str) -> Check:
+    if volume is None:
+        return Check(claim, f"{unit(low)}-{unit(high)}", "never", costs.rule(True, False, depends_on),
+                     f"at these inputs the fine-tune is never cheaper than RAG; it depends on {depends_on}")
+    return costs.range_check(claim, volume, low, high, "the volume above which the fine-tune costs less than RAG",
+                             unit, depends_on)
+
+
+def checks_table(checks: list[Check]) -> pd.DataFrame:
+    return pd.DataFrame([{"claim": k.claim, "the source says": k.stated, "rebuilt here": k.computed,
+                          "verdict": k.verdict, "why": k.note} for k in checks]).set_index("claim")
+
+
+def training_table(c: Costs) -> pd.DataFrame:
+    """One training run of `train_tokens` on rented GPUs, by 6 N D (full) and 4 N D (LoRA), beside the
+    CPU run of chapter 3 that checks the FLOP count and the utilisation."""
+    p = c.params
+    lines = []
+    for size in (7e9, 70e9):
+        for full in (False, True):
+            flops = costs.train_flops(size, p.train_tokens, full)
+            lines.append({"model": f"{size / 1e9:.0f}B", "method": "full" if full else "LoRA",
+                          "FLOPs": f"{flops:.2e}", "GPU-hours": round(costs.gpu_hours(flops, p.gpu_price, p.gpu_utilisation), 2),
+                          "dollars": round(costs.train_usd(size, p.train_tokens, full, p.gpu_price, p.gpu_utilisation), 2)})
+    return pd.DataFrame(lines).set_index(["model", "method"])
+
+
+def measured_training(c: Costs) -> dict:
+    """Chapter 3's CPU runs: utilisation reached and the LoRA / full step-time ratio (4/6 by the FLOP count)."""
+    runs = c.docs["03_finetune"]["tables"]["train_runs"]
+    m = {"lora_mfu": runs["lora"]["mfu"], "full_mfu": runs["full"]["mfu"],
+         "lora_vs_full_step": runs["lora"]["step_s"] / runs["full"]["step_s"]}
+    c.run.metric("cpu_training_mfu_lora", m["lora_mfu"], "machine")
+    c.run.metric("lora_vs_full_step_ratio", m["lora_vs_full_step"], "machine")
+    return m
+
+
+def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
+    from ..results import glue_findings, StatedComparison
+
+    w = c.workload
+    glue_findings(c.run.metrics, [StatedComparison("t2_merged", stated["T2"], "merged LoRA", "base model", pct=False),
+                                  StatedComparison("t2_unmerged", stated["T2-unmerged"], "unmerged LoRA", "base model", pct=False),
+                                  StatedComparison("s1_prefill", stated["S1"], "RAG prompt", "fine-tune prompt", pct=False)],
+                  {"crossover_ft_text": "never, at these inputs" if cross["fine-tune"] is None else f"{cross['fine-tune']:,.0f} queries a month",
+                   "crossover_hybrid_text": "never, at these inputs" if cross["hybrid (RAFT + RAG)"] is None
+                   else f"{cross['hybrid (RAFT + RAG)']:,.0f} queries a month",
+                   "reader_volume": f"{w.queries_per_month:,.0f}", "reader_updates": f"{w.updates_per_month:g}",
+                   "cheapest_here": costs.cheapest(list(c.approaches.values()), w),
+                   "prices_as_of": costs.prices_as_of(), "serving_row": c.params.serving_price,
+                   "tuned_row": costs.fine_tuned_row(c.params.serving_price),
+                   "inputs_from": "; ".join(sorted({f"{k}: {v}" for k, v in c.origin.items()})),
+                   "lora_mfu_text": f"{training['lora_mfu']:.0%}", "lora_step_text": f"{training['lora_vs_full_step']:.2f}"})
+    for k in c.checks:
+        glue(f"verdict_{k.claim}", k.verdict)
+
+
+def save(c: Costs):
+    c.run.tables["checks"] = [{"claim": k.claim, "stated": k.stated, "computed": k.computed, "verdict": k.verdict,
+                               "note": k.note} for k in c.checks]
+    c.run.tables["approaches"] = [{"approach": n, **a.__dict__} for n, a in c.approaches.items()]
+    c.run.tables["latency"] = c.latency
+    c.run.tables["inputs_from"] = c.origin
+    return c.run.save()
