@@ -166,3 +166,40 @@ def test_chapter_reads_published_results_when_run_alone_and_says_what_to_run_oth
     assert approaches["fine-tune"].price == "gpt-4o-mini-ft" and approaches["RAG"].price == "gpt-4o-mini"
     with pytest.raises(FileNotFoundError, match="python -m ragft.run --profile smoke"):
         ch06_cost.read_inputs("smoke")
+
+
+def test_the_verdict_chapter_prices_readers_with_chapter_6s_model():
+    """Chapter 6 saves its model; the verdict chapter rebuilds it and prices each reader's case."""
+    from dataclasses import asdict
+
+    from ragft.experiments.ch07_verdict import Verdicts, reader_costs, thresholds_table
+
+    w = workload()
+    doc = {"tables": {"cost_model": {"approaches": {a.name: asdict(a) for a in (RAG, FT, HYBRID)}, "workload": asdict(w)}}}
+    approaches, again = costs.model_from_results(doc)
+    assert again == w and approaches["fine-tune"] == FT
+    v = Verdicts(run=None, rows=[], claims={}, chapters=["06_cost"], docs={"06_cost": doc})
+    table = reader_costs(v, {"static, 10 M a month": dict(task="facts", queries_per_month=1e7, updates_per_month=0)})
+    static = Workload(**{**asdict(w), "queries_per_month": 1e7, "updates_per_month": 0.0})
+    assert table.loc["static, 10 M a month", "RAG ($/month)"] == round(costs.monthly_usd(RAG, static))
+    assert table.loc["static, 10 M a month", "cheapest"] == costs.cheapest([RAG, FT, HYBRID], static)
+    rows = thresholds_table(v)["queries a month"].tolist()
+    assert rows[:4] == ["3,000,000", "50,000", "10,000,000", "50,000,000"] and len(rows) == 7
+    assert reader_costs(Verdicts(None, [], {}, [], {}), {}) is None  # chapter 6 not in the run: said, not a crash
+
+
+@pytest.mark.parametrize("effects,ok", [({"K1-a": [5, 10]}, True), ({"K1-b": [5, 10]}, False), ({"K1-a": [10, 5]}, False),
+                                        ({"K1-a": "big"}, False)])
+def test_a_claims_stated_effects_name_its_own_comparisons(tmp_path, effects, ok):
+    import yaml
+
+    from ragft.claims import load_claims
+
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump({"K1": {"claim": "c", "sources": ["s"], "figure": "f", "chapter": "03_finetune",
+                                           "scales": "s", "comparisons": ["K1-a"], "effects": effects}}))
+    if ok:
+        assert load_claims(path)["K1"].effects == {"K1-a": (5, 10)}
+    else:
+        with pytest.raises(ValueError, match="effects"):
+            load_claims(path)

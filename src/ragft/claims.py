@@ -4,7 +4,7 @@ comparisons that carry each verdict."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -26,6 +26,7 @@ class Claim:
     comparisons: tuple[str, ...] = ()
     untested: str | None = None  # why no comparison carries it (yet)
     scales: str = ""  # whether the verdict should hold for larger models, and why
+    effects: dict = field(default_factory=dict)  # comparison key -> (low, high): the source's stated difference, in points
 
 
 def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
@@ -42,11 +43,17 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
         missing = [k for k in ("claim", "sources", "figure", "chapter", "scales") if not c.get(k)]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
-        unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested"}
+        unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested", "effects"}
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
         if bool(c.get("comparisons")) == bool(c.get("untested")):
             raise ValueError(f"{where}: give either the comparisons that test it or `untested` with the reason")
+        effects = c.get("effects") or {}
+        for key, span in effects.items():
+            if key not in (c.get("comparisons") or ()) or not (
+                    isinstance(span, list) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span) and span[0] <= span[1]):
+                raise ValueError(f"{where}: effects[{key!r}] must be [low, high] points for one of its comparisons")
         out[cid] = Claim(cid, c["claim"], tuple(c["sources"]), str(c["figure"]), c["chapter"],
-                         tuple(c.get("comparisons") or ()), c.get("untested"), c["scales"])
+                         tuple(c.get("comparisons") or ()), c.get("untested"), c["scales"],
+                         {k: tuple(v) for k, v in effects.items()})
     return out

@@ -156,6 +156,12 @@ def cheapest(approaches: list[Approach], w: Workload) -> str:
     return min(approaches, key=lambda a: monthly_usd(a, w)).name
 
 
+def model_from_results(doc: dict) -> tuple[dict[str, Approach], Workload]:
+    """Chapter 6's approaches (measured tokens, price rows) and workload, from its results file."""
+    m = doc["tables"]["cost_model"]
+    return {n: Approach(**a) for n, a in m["approaches"].items()}, Workload(**m["workload"])
+
+
 # ---------------------------------------------------------------------------------------------
 # Training compute
 

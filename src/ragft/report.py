@@ -57,15 +57,20 @@ def show_full_text(table: pd.DataFrame) -> None:
 
 def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     """Every comparison the chapters' results files state, one line each, for reading."""
+    from .verdict import difference_text
+
     rows = []
     for chapter, doc in chapter_results.items():
         for c in doc.get("comparisons", []):
             need = c.get("n_for_effect") or 0
+            computed = c.get("kind") == "computed"  # a cost figure rebuilt by arithmetic (chapter 6)
             rows.append({
-                "claim": c["claim"], "chapter": chapter, "comparison": f"{c['a']} vs {c['b']}",
-                "n": c["n"], "difference [95 % CI]": f"{100 * c['diff']:+.0f} [{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]"
-                if c.get("kind", "binary") == "binary" else f"{c['diff']:+.3g} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]",
-                "p": f"{c['p']:.2g}", "verdict": c["verdict"],
+                "claim": c["claim"], "chapter": chapter,
+                "comparison": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
+                "n": "–" if computed else c["n"],
+                "difference [95 % CI]": f"{c['computed']} (stated {c['stated']})" if computed
+                else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary")),
+                "p": "–" if computed else f"{c['p']:.2g}", "verdict": c["verdict"],
                 "paired questions to detect it": f"{need:,}" if need and c["verdict"].startswith("inconclusive") else "–"})
     columns = ["claim", "chapter", "comparison", "n", "difference [95 % CI]", "p", "verdict", "paired questions to detect it"]
     return pd.DataFrame(rows, columns=columns).set_index("claim")

@@ -43,12 +43,17 @@ class LedgerRow:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
         if self.n is None:
             return self.measured or "–"
-        if self.kind == "binary":
-            return f"{100 * self.diff:+.0f} points [{100 * self.ci_low:+.0f}, {100 * self.ci_high:+.0f}]"
-        return f"{self.diff:+.3g} [{self.ci_low:+.3g}, {self.ci_high:+.3g}]"
+        return difference_text(self.diff, self.ci_low, self.ci_high, self.kind)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def difference_text(diff: float, low: float, high: float, kind: str = "binary") -> str:
+    """A paired difference with its 95 % interval: in points for rates, as numbers otherwise."""
+    if kind == "binary":
+        return f"{100 * diff:+.0f} points [{100 * low:+.0f}, {100 * high:+.0f}]"
+    return f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
 
 
 def _evidence(c: dict) -> str:

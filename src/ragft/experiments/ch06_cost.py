@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -487,6 +487,7 @@ def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
                    "prices_as_of": costs.prices_as_of(), "serving_row": c.params.serving_price,
                    "tuned_row": costs.fine_tuned_row(c.params.serving_price),
                    "inputs_from": "; ".join(sorted({f"{k}: {v}" for k, v in c.origin.items()})),
+                   "rag_top_k_text": str(c.docs["04_raft"]["params"]["rag_top_k"]),
                    "lora_mfu_text": f"{training['lora_mfu']:.0%}", "lora_step_text": f"{training['lora_vs_full_step']:.2f}"})
     for k in c.checks:
         glue(f"verdict_{k.claim}", k.verdict)
@@ -495,7 +496,9 @@ def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
 def save(c: Costs):
     c.run.tables["checks"] = [{"claim": k.claim, "stated": k.stated, "computed": k.computed, "verdict": k.verdict,
                                "note": k.note} for k in c.checks]
-    c.run.tables["approaches"] = [{"approach": n, **a.__dict__} for n, a in c.approaches.items()]
+    # the model itself, so the verdict chapter prices its readers' cases with this run's measurements
+    c.run.tables["cost_model"] = {"approaches": {n: asdict(a) for n, a in c.approaches.items()},
+                                  "workload": asdict(c.workload)}
     c.run.tables["latency"] = c.latency
     c.run.tables["inputs_from"] = c.origin
     return c.run.save()

@@ -25,6 +25,7 @@ class Verdicts:
     rows: list[LedgerRow]
     claims: dict
     chapters: list[str]  # the chapters of this run whose results the ledger read
+    docs: dict  # those chapters' results
 
 
 def setup(params) -> Verdicts:
@@ -35,7 +36,7 @@ def setup(params) -> Verdicts:
                            if k not in ("00_front", CHAPTER)}
         claims = load_claims()
         rows = ledger(claims, chapter_results)
-    return Verdicts(run, rows, claims, sorted(chapter_results))
+    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results)
 
 
 def ledger_table(v: Verdicts) -> pd.DataFrame:
@@ -60,8 +61,17 @@ def forest(v: Verdicts):
     shown = [r for r in v.rows if r.n is not None and r.kind == "binary"]  # one axis: points
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(shown) + 1.2))
     for y, r in enumerate(shown):
+        stated = v.claims[r.claim].effects.get(r.comparison)
+        if stated:  # the source's own difference: a bar for a range, a diamond for one figure
+            low, high = stated
+            ax.plot([low, high], [y, y], color="black", lw=6, alpha=0.18, solid_capstyle="butt")
+            ax.plot([(low + high) / 2], [y], marker="D", color="black", mfc="none", ms=5,
+                    label="the source's stated difference" if "the source's stated difference" not in
+                    [h.get_label() for h in ax.lines] else None)
         ax.errorbar(100 * r.diff, y, xerr=[[100 * (r.diff - r.ci_low)], [100 * (r.ci_high - r.diff)]],
                     fmt="o", color=COLOURS.get(r.verdict, "black"), capsize=3)
+    if any(v.claims[r.claim].effects.get(r.comparison) for r in shown):
+        ax.legend(fontsize=7, loc="lower right")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(shown)), [f"{r.claim}: {r.comparison} (n={r.n})" for r in shown], fontsize=7)
     ax.invert_yaxis()
@@ -109,15 +119,70 @@ TYPICAL_READERS = {
 def advice_table(v: Verdicts, readers: dict) -> pd.DataFrame:
     """Each reader's advice from each rule (D1-D3), with its reasons and this run's verdict on every
     claim a reason rests on."""
-    from ..decide import Reader, decide
+    from ..decide import decide
 
     verdict_of = {r.claim: r.verdict for r in v.rows}
     lines = []
     for label, reader in readers.items():
-        reader = reader if isinstance(reader, Reader) else Reader(**reader)
-        for advice in decide(reader):
+        for advice in decide(_reader(reader)):
             claims = sorted({c for reason in advice.reasons for c in reason.claims})
             lines.append({"reader": label, "rule": advice.rule, "advice": advice.approach,
                           "because": "; ".join(reason.says for reason in advice.reasons),
                           "the book's evidence": "; ".join(f"{c}: {verdict_of.get(c, 'not in the claims file')}" for c in claims)})
     return pd.DataFrame(lines).set_index(["reader", "rule"])
+
+
+def _reader(reader):
+    from ..decide import Reader
+
+    return reader if isinstance(reader, Reader) else Reader(**reader)
+
+
+def reader_costs(v: Verdicts, readers: dict) -> pd.DataFrame | None:
+    """Each reader's monthly cost per approach at their volume and update frequency, priced by chapter
+    6's model with this run's measured tokens (None when chapter 6 has not run here)."""
+    from dataclasses import replace
+
+    from .. import costs
+
+    if "06_cost" not in v.docs:
+        return None
+    approaches, workload = costs.model_from_results(v.docs["06_cost"])
+    lines = []
+    for label, reader in readers.items():
+        r = _reader(reader)
+        w = replace(workload, queries_per_month=r.queries_per_month, updates_per_month=r.updates_per_month)
+        lines.append({"reader": label, **{f"{n} ($/month)": round(costs.monthly_usd(a, w)) for n, a in approaches.items()},
+                      "cheapest": costs.cheapest(list(approaches.values()), w)})
+    return pd.DataFrame(lines).set_index("reader")
+
+
+# The volumes the rules name, in queries a month (decide.py holds them as the sources state them).
+def _rule_volumes():
+    from .. import decide
+
+    return [("D1", "over 100 K queries a day on a static task: consider fine-tuning", 30 * decide.HEYM_STATIC_QUERIES_PER_DAY),
+            ("D2", "over 50 K calls a month before fine-tuning", decide.ERGINI_MIN_CALLS_PER_MONTH),
+            ("D3 / S6", "under 10 M queries a month retrieval is cheaper", decide.ACTIAN_VOLUME_BANDS[0]),
+            ("D3 / S6", "over 50 M: fine-tune or hybrid", decide.ACTIAN_VOLUME_BANDS[1])]
+
+
+UPDATES = (0.0, 1.0, 4.0)
+
+
+def thresholds_table(v: Verdicts) -> pd.DataFrame | None:
+    """The rules' volume thresholds, and below them the volume where, in this run's cost model, the
+    fine-tune becomes cheaper than RAG at a few update frequencies (None when chapter 6 has not run here)."""
+    from dataclasses import replace
+
+    from .. import costs
+
+    if "06_cost" not in v.docs:
+        return None
+    a, w = costs.model_from_results(v.docs["06_cost"])
+    lines = [{"where": rule, "what": says, "queries a month": f"{volume:,.0f}"} for rule, says, volume in _rule_volumes()]
+    for u in UPDATES:
+        q = costs.crossover(a["fine-tune"], a["RAG"], replace(w, updates_per_month=u))
+        lines.append({"where": "this run (chapter 6)", "what": f"the fine-tune costs less than RAG above, at {u:g} updates a month",
+                      "queries a month": "never" if q is None else f"{q:,.0f}"})
+    return pd.DataFrame(lines).set_index(["where", "what"])
