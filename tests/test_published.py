@@ -95,7 +95,7 @@ def test_raft_headline_keys_and_sanity():
 # 486 s. About 61 minutes against DESIGN.md's 40 (and the guide's 45): over, and said so in the issue
 # notes; these budgets keep it from growing while the time is won back.
 BUDGET_S = {"01_prompting": 440, "02_rag": 660, "03_finetune": 820, "04_raft": 1500, "05_freshness": 540,
-            "06_cost": 60, "07_verdict": 30}
+            "06_cost": 75, "07_verdict": 30}
 BOOK_BUDGET_S = 3900  # CI runs the tests (about 17 minutes with the install) and then this book within 90 minutes
 
 
