@@ -27,7 +27,9 @@ SOURCES = {"long-context prompting": ("01_prompting", "haystack {largest}, gener
 NEEDED = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness")
 COLOURS = {"long-context prompting": "tab:purple", "RAG": "tab:blue", "fine-tune": "tab:orange",
            "hybrid (RAFT + RAG)": "tab:green"}
-MARGIN = 0.05  # T2: "no latency once merged" holds when merged is within 5 % of the base model
+# T2: "no latency once merged" holds when merged is within 10 % of the base model: half of what the
+# unmerged adapter adds here (about 20 %), and twice the timing noise of one answer on 2 cores (about 5 %)
+MARGIN = 0.10
 
 
 @dataclass
@@ -491,6 +493,7 @@ def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
                    "tuned_row": costs.fine_tuned_row(c.params.serving_price),
                    "inputs_from": "; ".join(sorted({f"{k}: {v}" for k, v in c.origin.items()})),
                    "rag_top_k_text": str(c.docs["04_raft"]["params"]["rag_top_k"]),
+                   "t2_margin_text": f"{MARGIN:.0%}",
                    "lora_mfu_text": f"{training['lora_mfu']:.0%}", "lora_step_text": f"{training['lora_vs_full_step']:.2f}"})
     for k in c.checks:
         glue(f"verdict_{k.claim}", k.verdict)
