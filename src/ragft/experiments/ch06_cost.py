@@ -42,6 +42,7 @@ class Costs:
     workload: Workload
     checks: list[Check] = field(default_factory=list)
     latency: dict = field(default_factory=dict)
+    lm: object = None  # the model timed here (its dtype and device go into the provenance)
 
 
 def read_inputs(profile: str) -> tuple[dict, dict]:
@@ -275,7 +276,7 @@ def measure_latency(c: Costs) -> dict:
 
     p, run = c.params, c.run
     with run.stage("load_models"):
-        lm = models.load_lm(p.model, p.device, p.dtype)
+        lm = c.lm = models.load_lm(p.model, p.device, p.dtype)
     with run.stage("first_token"):
         prompts = {name: _prompt_ids(lm, p, a.prompt_tokens) for name, a in c.approaches.items()}
         _timed_answer(lm.model, prompts["RAG"], 1)  # warm-up: the first pass pays for allocation
@@ -507,4 +508,4 @@ def save(c: Costs):
                                   "workload": asdict(c.workload)}
     c.run.tables["latency"] = c.latency
     c.run.tables["inputs_from"] = c.origin
-    return c.run.save()
+    return c.run.save(lm=c.lm)
