@@ -60,8 +60,12 @@ def test_committed_notebooks_are_stripped(path):
 def test_parameters_cell_first_generated_from_the_declarations_then_validation(path):
     from ragft.config import parameters_cell
 
-    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    from ragft.colab import TAG
+
+    # the hidden Colab set-up cell comes first (tests/test_colab.py); then the parameters
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" and TAG not in c.metadata.get("tags", [])]
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged parameters"
+    assert "hide-cell" in code[0].metadata["tags"], "the parameters are folded on the page (make strip)"
     assert code[0].source == parameters_cell(path.stem), "regenerate it: python -m ragft.strip " + path.name
     for line in code[0].source.splitlines():
         assert "=" not in line.split("#", 1)[1], f"papermill cannot parse '=' in a comment: {line!r}"
@@ -230,6 +234,17 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page
+        assert "colab.research.google.com" not in page  # no repository set, no launch button
+        # the chapter's parameters cell, folded; papermill's injected one is not shown as a second one
+        assert "tag_parameters" in page and "tag_hide-cell" in page and "tag_injected-parameters" not in page
+
+
+@pytest.mark.slow
+def test_setting_the_repository_url_puts_a_colab_button_on_every_chapter(smoke_run, tmp_path):
+    html = runner.build_book(smoke_run["dir"], html_parent=tmp_path, repository_url="https://github.com/x/ragft")
+    for chapter in runner.toc_chapters()[1:]:
+        page = (html / "chapters" / f"{chapter}.html").read_text()
+        assert f"colab.research.google.com/github/x/ragft/blob/main/chapters/{chapter}.ipynb" in page, chapter
 
 
 @pytest.mark.slow

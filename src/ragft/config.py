@@ -64,7 +64,7 @@ def check_price_row(name: str, value) -> None:
 class Common:
     """Parameters every chapter shares."""
 
-    profile: str = param("cpu", "smoke | cpu | gpu: sizes and models from experiments/profiles/<profile>.yaml")
+    profile: str = param("cpu", "smoke | cpu | gpu: sizes and models from experiments/profiles/<profile>.yaml; None: gpu where CUDA is, else cpu")
     model: str = param("smollm2-135m", "a language model name in ragft.models.REGISTRY")
     embedder: str = param("minilm", "an embedder name in ragft.models.REGISTRY")
     device: str = param("auto", "auto | cpu | cuda")
@@ -385,14 +385,13 @@ _NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 
 def parameters_cell(chapter: str) -> str:
-    """The source of a chapter's `parameters` cell, generated from the declarations: `profile` and
-    one line per parameter, None meaning "the profile's value"."""
+    """The source of a chapter's `parameters` cell, generated from the declarations: one line per
+    parameter, None meaning "the profile's value" (and for `profile`, the machine's: default_profile)."""
     fields = dataclasses.fields(CHAPTER_PARAMS[chapter])
     width = max(len(f.name) for f in fields) + len(" = None")
     lines = []
     for f in fields:
-        value = '"cpu"' if f.name == "profile" else "None"
-        lines.append(f"{f.name} = {value}".ljust(width + 1) + f"  # {f.metadata['help']}")
+        lines.append(f"{f.name} = None".ljust(width + 1) + f"  # {f.metadata['help']}")
     return "\n".join(lines)
 
 
@@ -408,8 +407,15 @@ def from_notebook(chapter: str, namespace: dict):
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ParamError(f"unknown parameter(s) {unknown} for chapter {chapter}: it takes {known}")
-    profile = given.pop("profile", None) or "cpu"
+    profile = given.pop("profile", None) or default_profile()
     return resolve(chapter, profile, **given)
+
+
+def default_profile() -> str:
+    """The profile a notebook opened without one runs: gpu where a CUDA device is (Colab), else cpu."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def load_profile(profile: str) -> dict:

@@ -29,6 +29,7 @@ from .settings import PROJECT_ROOT
 BUILD = PROJECT_ROOT / "_build"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
 RUNNER_TIMINGS = "runner_seconds.json"  # chapter -> seconds including kernel start, written by run_chapters
+COLAB_URL = "https://colab.research.google.com"
 CELL_TIMEOUT_S = 1800  # a long experiment cell on 2 cores; a hung kernel still fails the run
 
 
@@ -62,6 +63,16 @@ def execution_order(chapters: list[str]) -> list[str]:
     return [c for c in chapters if c != root] + ([root] if root in chapters else [])
 
 
+def published_seconds(profile: str) -> dict[str, float]:
+    """Each chapter's time in the last published run of the profile (with kernel start), as the
+    front page recorded it; empty where the profile has none published."""
+    front = PROJECT_ROOT / "experiments" / "results" / profile / f"{toc_chapters()[0]}.json"
+    if not front.exists():
+        return {}
+    rows = json.loads(front.read_text()).get("tables", {}).get("chapter_times", [])
+    return {r["chapter"]: r["with kernel start and imports (s)"] for r in rows}
+
+
 def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None) -> dict[str, float]:
     """Execute chapters in order; stop at the first failure (papermill marks the failing cell)."""
     import papermill as pm
@@ -74,15 +85,19 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
     os.environ["RAGFT_RUN_DIR"] = str(run_dir.resolve())
     out_dir = run_dir / "notebooks" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    for chapter in execution_order(chapters):
+    seconds, expected = {}, published_seconds(profile)
+    order = execution_order(chapters)
+    for i, chapter in enumerate(order, 1):
         src = PROJECT_ROOT / "chapters" / f"{chapter}.ipynb"
         if not src.exists():
             raise FileNotFoundError(f"no chapter {chapter!r}: expected {src}")
-        print(f"[ragft.run] {profile}: {chapter}", flush=True)
+        was = f", {expected[chapter]:.0f} s in the last published run" if chapter in expected else ""
+        print(f"[ragft.run] {profile}: {chapter} ({i} of {len(order)}{was})", flush=True)
         t = time.time()
+        # cells done and time elapsed, on the terminal; a log file gets a line every minute at most
+        progress = {"desc": chapter, "file": sys.stderr, "mininterval": 1 if sys.stderr.isatty() else 60}
         pm.execute_notebook(str(src), str(out_dir / src.name), parameters={"profile": profile, **(params or {})},
-                            kernel_name="python3", cwd=str(src.parent), progress_bar=False,
+                            kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
                             execution_timeout=CELL_TIMEOUT_S, log_output=False)
         seconds[chapter] = round(time.time() - t, 1)
         # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
@@ -91,26 +106,47 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
     return seconds
 
 
-def stage_book(run_dir: Path, dest: Path) -> Path:
-    """Lay out the book sources with the executed notebooks in place of the stripped ones."""
+def stage_book(run_dir: Path, dest: Path, repository_url: str | None = None) -> Path:
+    """Lay out the book sources with the executed notebooks in place of the stripped ones;
+    `repository_url` replaces _config.yml's (its launch buttons appear with one)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for name in BOOK_FILES:
         shutil.copy(PROJECT_ROOT / name, dest / name)
+    config = yaml.safe_load((dest / "_config.yml").read_text())
+    if repository_url is not None:
+        config.setdefault("repository", {})["url"] = repository_url
+    if (config.get("repository") or {}).get("url"):  # the one setting that turns the Colab buttons on
+        config.setdefault("launch_buttons", {})["colab_url"] = COLAB_URL
+    (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(PROJECT_ROOT / "chapters", dest / "chapters", ignore=shutil.ignore_patterns("*.ipynb", ".*"))
     for nb in (run_dir / "notebooks" / "chapters").glob("*.ipynb"):
-        shutil.copy(nb, dest / "chapters" / nb.name)
+        _without_injected_parameters(nb, dest / "chapters" / nb.name)
     missing = [c for c in toc_chapters() if not (dest / "chapters" / f"{c}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"the book needs every chapter executed; missing {missing} in {run_dir}")
     return dest
 
 
-def build_book(run_dir: Path, html_parent: Path = PROJECT_ROOT) -> Path:
+def _without_injected_parameters(src: Path, dest: Path) -> None:
+    """Copy an executed notebook with papermill's injected-parameters cell removed from the page: the
+    chapter's own parameters cell (folded) already lists every parameter, and the injected one would
+    show as a second parameters cell."""
+    import nbformat
+
+    nb = nbformat.read(src, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, dest)
+
+
+def build_book(run_dir: Path, html_parent: Path = PROJECT_ROOT, repository_url: str | None = None) -> Path:
     """jupyter-book build on the executed notebooks, warnings as errors; returns the html folder
     (jupyter-book writes to <html_parent>/_build/html)."""
-    src = stage_book(run_dir, html_parent / "_build" / "src")
+    src = stage_book(run_dir, html_parent / "_build" / "src", repository_url)
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(src), "--path-output",
            str(html_parent), "-W", "--keep-going", "--all", "-q"]
     result = subprocess.run(cmd, cwd=PROJECT_ROOT)

@@ -1,5 +1,6 @@
 """Strip outputs and execution counts from notebooks, so git holds sources only, and regenerate each
-chapter's `parameters` cell from the parameter declarations in ragft.config.
+chapter's generated cells: the hidden Colab set-up cell first (ragft.colab, from _config.yml's
+repository) and the `parameters` cell (from the parameter declarations in ragft.config).
 
   python -m ragft.strip chapters/*.ipynb      (make strip)
 """
@@ -12,11 +13,18 @@ import nbformat
 
 def strip(path: str) -> bool:
     """Strip one notebook in place and rewrite its parameters cell; True when it changed."""
+    from ragft import colab
     from ragft.config import CHAPTER_PARAMS, parameters_cell
 
     nb = nbformat.read(path, as_version=4)
     changed = False
     chapter = Path(path).stem
+    if chapter in CHAPTER_PARAMS:
+        if not nb.cells or colab.TAG not in nb.cells[0].metadata.get("tags", []):
+            nb.cells.insert(0, nbformat.v4.new_code_cell(metadata={"tags": [colab.TAG, "remove-cell"]}))
+            changed = True
+        if nb.cells[0].source != colab.setup_cell():
+            nb.cells[0].source, changed = colab.setup_cell(), True
     for cell in nb.cells:
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
             cell.outputs, cell.execution_count, changed = [], None, True
@@ -28,6 +36,9 @@ def strip(path: str) -> bool:
             source = parameters_cell(chapter)
             if cell.source != source:
                 cell.source, changed = source, True
+            if "hide-cell" not in cell.metadata["tags"]:  # folded on the page: a dropdown, not a wall of names
+                cell.metadata["tags"].append("hide-cell")
+                changed = True
     if changed:
         nbformat.write(nb, path)
     return changed
