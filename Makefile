@@ -8,7 +8,7 @@ PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
 export RAGFT_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install book run drift accept test test-fast strip clean
+.PHONY: install book run drift accept test test-fast strip clean chromium browser
 
 install: .venv/.installed
 .venv/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -42,6 +42,16 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+## Debian's chromium for the browser check (no browser download); needs root and Debian's package index
+chromium:
+	@command -v chromium > /dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null \
+	  || (apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > /dev/null))
+	@chromium --version
+
+## every page of the built book in headless Chromium: JavaScript errors, glue, images, links, width; screenshots
+browser: install chromium
+	$(PY) -m ragft.browser _build/html
 
 strip: install
 	$(PY) -m ragft.strip chapters/*.ipynb

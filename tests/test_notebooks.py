@@ -237,6 +237,23 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
         assert "colab.research.google.com" not in page  # no repository set, no launch button
         # the chapter's parameters cell, folded; papermill's injected one is not shown as a second one
         assert "tag_parameters" in page and "tag_hide-cell" in page and "tag_injected-parameters" not in page
+    status = (html / "chapters" / "execution_status.html").read_text()  # from papermill's metadata
+    assert all(chapter in status for chapter in runner.toc_chapters()) and status.count("finished") == len(runner.toc_chapters())
+
+
+@pytest.mark.slow
+def test_the_built_book_passes_the_browser_check(smoke_run, tmp_path):
+    """Every page in headless Chromium: no JavaScript error, no unrendered glue, no broken image or
+    link, nothing wider than 1280 pixels; a screenshot of each (tests/test_browser.py: the check itself)."""
+    from ragft import browser
+
+    if browser.find_chromium() is None:
+        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
+            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
+        pytest.skip(f"no Chromium here: {browser.INSTALL}")
+    html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
+    assert browser.check_book(html) == []
+    assert len(list((tmp_path / "_build" / "screenshots").glob("*.png"))) == len(browser.pages(html))
 
 
 @pytest.mark.slow

@@ -126,7 +126,30 @@ def stage_book(run_dir: Path, dest: Path, repository_url: str | None = None) -> 
     missing = [c for c in toc_chapters() if not (dest / "chapters" / f"{c}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"the book needs every chapter executed; missing {missing} in {run_dir}")
+    (dest / "chapters" / "execution_status.md").write_text(execution_status(run_dir))
     return dest
+
+
+def execution_status(run_dir: Path) -> str:
+    """The execution-status page: per chapter, from papermill's metadata in the executed notebook
+    (myst-nb's own table stays empty with execute_notebooks off) and the commit its results name."""
+    import nbformat
+
+    lines = ["# How this book was executed", "",
+             "Each chapter was executed by papermill (`python -m ragft.run`) before the build; this table "
+             "comes from the metadata papermill wrote into each executed notebook.", "",
+             "| chapter | profile | commit | started (UTC) | duration (s) | outcome |", "|---|---|---|---|---|---|"]
+    for chapter in toc_chapters():
+        nb = nbformat.read(run_dir / "notebooks" / "chapters" / f"{chapter}.ipynb", as_version=4)
+        meta = nb.metadata.get("papermill", {})
+        results = run_dir / "results" / f"{chapter}.json"
+        prov = json.loads(results.read_text()).get("provenance", {}) if results.exists() else {}
+        sha = (prov.get("git_sha") or "")[:10] + (" (dirty)" if prov.get("git_dirty") else "")
+        outcome = "finished" if meta.get("exception") is None and meta.get("end_time") else "failed"
+        duration = f"{meta['duration']:.1f}" if meta.get("duration") is not None else "–"
+        lines.append(f"| {chapter} | {meta.get('parameters', {}).get('profile', '–')} | {sha or '–'} | "
+                     f"{(meta.get('start_time') or '–')[:19].replace('T', ' ')} | {duration} | {outcome} |")
+    return "\n".join(lines) + "\n"
 
 
 def _without_injected_parameters(src: Path, dest: Path) -> None:
@@ -152,7 +175,26 @@ def build_book(run_dir: Path, html_parent: Path = PROJECT_ROOT, repository_url: 
     result = subprocess.run(cmd, cwd=PROJECT_ROOT)
     if result.returncode != 0:
         raise RuntimeError(f"the book build failed (warnings are errors): {' '.join(cmd)}")
-    return html_parent / "_build" / "html"
+    html = html_parent / "_build" / "html"
+    for page in html.rglob("*.html"):
+        _declare_thebe_once(page)
+    return html
+
+
+THEBE_CONFIG = "<script>const THEBE_JS_URL"
+
+
+def _declare_thebe_once(page: Path) -> None:
+    """sphinx-thebe (with jupyter-book 1.0.4) writes its inline configuration script twice into every
+    page, and the second `const THEBE_JS_URL` is a JavaScript SyntaxError the browser check reports:
+    keep the first."""
+    text = page.read_text()
+    first = text.find(THEBE_CONFIG)
+    if first < 0 or text.find(THEBE_CONFIG, first + 1) < 0:
+        return
+    head, tail = text[: first + 1], text[first + 1:]
+    tail = "\n".join(line for line in tail.split("\n") if not line.lstrip().startswith(THEBE_CONFIG))
+    page.write_text(head + tail)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,107 @@
+"""The browser check of the built book: every page opened in headless Chromium (Debian's `chromium`
+package; no browser download), failing on a JavaScript error, a glue value that did not render, a
+broken image or local link, or a page wider than a 1280-pixel window; a screenshot of each page is
+saved beside the book (<html>/../screenshots).
+
+  python -m ragft.browser _build/html          (make browser: installs chromium first where it can)
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from html import unescape
+from pathlib import Path
+
+WIDTH = 1280
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+INSTALL = "apt-get install -y chromium (Debian's package; `make browser` runs it)"
+# A probe appended to a copy of the page: the page's width and the window's, after the page's own scripts ran.
+PROBE = ('<script>window.addEventListener("load", () => setTimeout(() => {document.title = "ragft-probe "'
+         ' + document.documentElement.scrollWidth + " " + document.documentElement.clientWidth;}, 500));</script>')
+SKIP = {"search.html", "genindex.html"}  # Sphinx's own pages
+
+
+def find_chromium() -> str | None:
+    return next((path for name in CANDIDATES if (path := shutil.which(name))), None)
+
+
+def pages(html: Path) -> list[Path]:
+    """The book's pages: every chapter page, the front page among them (index.html only redirects to it)."""
+    return [p for p in sorted((html / "chapters").glob("*.html")) if p.name not in SKIP]
+
+
+def _chromium(chromium: str, *args: str) -> subprocess.CompletedProcess:
+    # offline like the book's readers without a network: every host unresolvable, at once (a CDN script
+    # that cannot load is the theme's business, not an error of this book's pages)
+    return subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _local_targets(dom: str, attribute: str, tag: str) -> list[str]:
+    found = re.findall(rf"<{tag}\b[^>]*\b{attribute}=\"([^\"]*)\"", dom)
+    return [unescape(t) for t in found if t and not re.match(r"^(https?:|mailto:|data:|javascript:|#)", t)]
+
+
+def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
+    """What is wrong with one page, each problem a line naming the page."""
+    name = f"{page.parent.name}/{page.name}"
+    probe = page.with_name(f".probe-{page.name}")
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    try:
+        run = _chromium(chromium, f"--window-size={WIDTH},1000", "--virtual-time-budget=3000", "--dump-dom", probe.as_uri())
+    finally:
+        probe.unlink()
+    problems = [f"{name}: JavaScript error: {line.split('] ', 1)[-1]}" for line in run.stderr.splitlines()
+                if ":CONSOLE" in line and re.search(r"Uncaught|Error", line)]
+    dom = run.stdout
+    if not dom.strip():
+        return problems + [f"{name}: Chromium returned no page ({run.stderr.strip()[-300:]})"]
+    width = re.search(r"<title>ragft-probe (\d+) (\d+)</title>", dom)
+    if width is None:
+        problems.append(f"{name}: the page did not finish loading")
+    elif int(width.group(1)) > int(width.group(2)):
+        problems.append(f"{name}: {width.group(1)} px wide in a {width.group(2)} px window (scrolls sideways)")
+    for marker in ("{glue", "np.float64", "not measured in this run: ", "KeyError"):
+        if marker in dom and marker != "not measured in this run: ":
+            problems.append(f"{name}: {marker!r} on the page (a glue value that did not render)")
+    for kind, attribute, tag in (("image", "src", "img"), ("link", "href", "a")):
+        for target in _local_targets(dom, attribute, tag):
+            path = (page.parent / target.split("#")[0].split("?")[0]).resolve()
+            if target.split("#")[0] and not path.exists():
+                problems.append(f"{name}: broken {kind} {target}")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    shot = screenshots / f"{page.stem}.png"
+    _chromium(chromium, f"--window-size={WIDTH},2400", "--virtual-time-budget=2000", f"--screenshot={shot}", page.as_uri())
+    if not shot.exists():
+        problems.append(f"{name}: no screenshot")
+    return problems
+
+
+def check_book(html: Path, screenshots: Path | None = None) -> list[str]:
+    """Every page's problems (empty: the book passes). Raises when there is no browser or no book."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError(f"no Chromium on this machine: {INSTALL}")
+    found = pages(Path(html))
+    if not found:
+        raise FileNotFoundError(f"no built book in {html}: build it first (make book)")
+    screenshots = screenshots or Path(html).parent / "screenshots"
+    return [p for page in found for p in check_page(chromium, page, screenshots)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    html = Path(args[0] if args else "_build/html")
+    problems = check_book(html)
+    for p in problems:
+        print(f"[browser] {p}")
+    print(f"[browser] {len(pages(html))} pages checked, {len(problems)} problems; screenshots in {html.parent / 'screenshots'}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The browser check (ragft.browser) catches what it says it does, on pages made to fail; the built
+smoke book passes it (tests/test_notebooks.py). Needs Debian's chromium: `make chromium` installs it,
+CI always does (RAGFT_BROWSER_REQUIRED=1 turns a missing browser into a failure)."""
+
+import os
+
+import pytest
+
+from ragft import browser
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = browser.find_chromium()
+    if path is None:
+        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
+            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
+        pytest.skip(f"no Chromium here: {browser.INSTALL}")
+    return path
+
+
+def book(tmp_path, body: str):
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "chapters" / "ok.png").write_bytes(b"")
+    page = tmp_path / "chapters" / "page.html"
+    page.write_text(f"<html><head><title>t</title></head><body>{body}</body></html>")
+    return tmp_path, page
+
+
+@pytest.mark.parametrize("body,problem", [
+    ('<p>fine</p><img src="ok.png"><a href="page.html#top">self</a><a href="https://example.org">out</a>', None),
+    ("<script>undefinedFunction();</script>", "JavaScript error"),
+    ('<img src="missing.png">', "broken image missing.png"),
+    ('<a href="../elsewhere.html">x</a>', "broken link ../elsewhere.html"),
+    ('<p>{glue:text}`key`</p>', "a glue value that did not render"),
+    ('<div style="width: 3000px">wide</div>', "scrolls sideways"),
+], ids=["good", "js-error", "image", "link", "glue", "wide"])
+def test_the_check_finds_what_is_wrong(chromium, tmp_path, body, problem):
+    html, page = book(tmp_path, body)
+    problems = browser.check_page(chromium, page, tmp_path / "shots")
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+    assert (tmp_path / "shots" / "page.png").exists()
+    assert not list(html.glob("chapters/.probe-*"))  # the probe copy is cleaned up
+
+
+def test_no_book_is_a_clear_error(chromium, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no built book"):
+        browser.check_book(tmp_path)
