@@ -96,3 +96,13 @@ def test_a_notebook_opened_without_a_profile_takes_gpu_where_cuda_is(monkeypatch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert from_notebook("07_verdict", {"profile": None}).profile == profile
     assert from_notebook("07_verdict", {"profile": "smoke"}).profile == "smoke"  # a profile given wins
+
+
+def test_the_setup_cell_leaves_no_name_the_parameters_would_take_for_one():
+    """The cell runs in the notebook's namespace, which the next cell reads as parameters."""
+    from ragft.config import from_notebook
+
+    namespace = {}
+    exec(compile(colab.setup_cell("https://github.com/x/ragft", "main"), "colab-setup", "exec"), namespace)
+    namespace.pop("__builtins__")
+    assert from_notebook("07_verdict", {**namespace, "profile": "smoke"}).profile == "smoke"

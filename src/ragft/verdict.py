@@ -122,7 +122,7 @@ def decided_table(doc: dict | None):
     """The decided claims of a verdict results file (supported, contradicted, depends), for reading."""
     import pandas as pd
 
-    rows = [{"claim": r["claim"], "verdict": r["verdict"], "chapter": r["chapter"], "n": r["n"],
+    rows = [{"claim": r["claim"], "verdict": r["verdict"], "chapter": r["chapter"], "n": "–" if r["n"] is None else r["n"],
              "comparison": r["comparison"], "difference [95 % CI]": LedgerRow(**r).difference()}
             for r in (doc or {}).get("tables", {}).get("ledger", []) if r["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
     columns = ["claim", "verdict", "chapter", "comparison", "n", "difference [95 % CI]"]
