@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 
 from ragft import metrics, rag
+from ragft.config import resolve
 from ragft.experiments import ch02_rag as ch02
 from ragft.generation import Generation
 from ragft.rag.sources import CorpusError, QAItem
@@ -112,8 +113,6 @@ def test_a_single_top_k_is_not_compared():
 
 def test_own_inputs_are_read_before_any_model_loads(tmp_path):
     """A malformed questions file fails in the first step of the chapter, naming the file and line."""
-    from ragft.config import resolve
-
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "Where?", "answers": ["north"]}\n{nope\n')
     params = resolve("02_rag", "smoke", corpus_dir=str(ROOT / "data" / "sample_docs"), questions_file=str(bad))
@@ -192,3 +191,30 @@ def test_ingestion_throughput_is_measured_on_a_fresh_collection_only():
 def test_each_run_names_its_own_knowledge_base_collections():
     a, b = (ch02.Chapter(None, None, None, None, None, [], {}) for _ in range(2))
     assert a.run_tag != b.run_tag and len(a.run_tag) == 8
+
+
+def test_a_section_left_out_of_sections_is_skipped_and_its_cells_run_through():
+    """`sections` leaves the knowledge base out: its steps return a Skipped that every attribute,
+    call and loop of the chapter's cells passes through, figures come back as None (glued and closed
+    as nothing), and the step itself never runs (no model here to run it with)."""
+    params = resolve("02_rag", "smoke", sections=["own_documents"])
+    ch = ch02.Chapter(params, run=None, lm=None, embed_model=None, kb=None, pages=[], where={})
+    grid = ch02.retrieval_grid(ch)
+    assert isinstance(grid, ch02.Skipped) and "knowledge_base" in repr(grid)
+    assert isinstance(grid.table.style.format("{:.1%}"), ch02.Skipped) and list(grid.stated) == []
+    assert ch02.heatmap(grid) is None and isinstance(ch02.methods_styled(ch02.retrieval_methods(ch)), ch02.Skipped)
+    assert isinstance(ch02.scale(ch), ch02.Skipped) and isinstance(ch02.real_data(ch, grid), ch02.Skipped)
+    assert "not in this run's sections" in grid._repr_markdown_()
+    with pytest.raises(AttributeError):
+        grid._repr_html_  # IPython's look-ups find nothing, so the one-line markdown is what shows
+
+
+@pytest.mark.parametrize("sections,message", [
+    (["own_documents", "everything"], "use a non-empty list from"), ([], "use a non-empty list from"),
+    (["own_documents", "scale"], "read the knowledge base's index: add knowledge_base"),
+])
+def test_sections_are_checked_by_name(sections, message):
+    from ragft.config import ParamError
+
+    with pytest.raises(ParamError, match=f"sections=.*{message}"):
+        resolve("02_rag", "smoke", sections=sections)

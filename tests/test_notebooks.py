@@ -349,3 +349,37 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_p
     assert doc["params"]["queries_per_month"] == 2e6 and doc["params"]["updates_per_month"] == 4.0
     assert doc["metrics"]["rag_monthly_usd"] > before["rag_monthly_usd"]  # twice the queries of the smoke profile's 1 M
     assert doc["metrics"]["s4_monthly_usd_10m"] == before["s4_monthly_usd_10m"]  # the article's own figure stays
+
+
+BYO_BUDGET_S = 150  # about a minute on 2 cores (33 s measured with a warm model cache), generously
+
+
+@pytest.mark.slow
+def test_your_own_documents_alone_take_about_a_minute(tmp_path):
+    """The README's bring-your-own command, cpu profile, the sample folder: own documents first and
+    alone, with recall@k, scores with intervals, the answers and the skipped files."""
+    import papermill as pm
+
+    env = {"RAGFT_RUN_DIR": str(tmp_path / "run")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    t = time.time()
+    try:
+        nb = pm.execute_notebook(str(ROOT / "chapters" / "02_rag.ipynb"), str(tmp_path / "out.ipynb"),
+                                 parameters={"profile": "cpu", "corpus_dir": str(ROOT / "data" / "sample_docs"),
+                                             "questions_file": str(ROOT / "data" / "sample_questions.jsonl"),
+                                             "sections": ["own_documents"]},
+                                 kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    seconds = time.time() - t
+    assert seconds < BYO_BUDGET_S, f"{seconds:.0f} s"
+    doc = json.loads((tmp_path / "run" / "results" / "02_rag.json").read_text())
+    m = doc["metrics"]
+    assert {"own_recall_at_3", "own_contains", "own_f1"} <= set(m) and "best_chunk_size" not in m
+    assert doc["tables"]["sections"] == ["own_documents"]
+    shown = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for c in nb.cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert "95 % interval" in shown and "duplicate of onboarding.md" in shown  # scores with intervals, skipped files
+    assert "knowledge_base is not in this run's sections" in shown

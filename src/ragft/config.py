@@ -167,9 +167,19 @@ class RagParams(Answering):
     max_file_mb: float = param(2.0, "larger files are skipped")
     chroma_host: str = param("", "a Chroma server; empty: a local PersistentClient in the run folder")
     chroma_port: int = param(8000, "port of the Chroma server", bounds=(1, 65_535))
+    sections: list = param(["own_documents", "knowledge_base", "scale", "benchmarks"],
+                           "what runs; your documents alone (about a minute): -y 'sections: [own_documents]'")
+    own_chunk_size: int = param(256, "chunk size for your documents (the knowledge-base grid's choice in the cpu run)", bounds=(32, 4096))
+    own_top_k: int = param(3, "chunks retrieved per question of yours", bounds=(1, 50))
+
+    SECTIONS = ("own_documents", "knowledge_base", "scale", "benchmarks")
 
     def validate(self) -> None:
         super().validate()
+        check(isinstance(self.sections, list) and self.sections and set(self.sections) <= set(self.SECTIONS),
+              "sections", self.sections, f"use a non-empty list from {list(self.SECTIONS)} (papermill: -y \"sections: [own_documents]\")")
+        needs = [s for s in ("scale", "benchmarks") if s in self.sections and "knowledge_base" not in self.sections]
+        check(not needs, "sections", self.sections, f"{needs} read the knowledge base's index: add knowledge_base")
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
         # scored and answered questions are the retrieval grid's first ones

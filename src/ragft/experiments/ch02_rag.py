@@ -61,6 +61,52 @@ SQUAD_CHUNK_SIZE = 256
 SIMILARITY_TOL = 0.01
 
 
+class Skipped:
+    """What a section that the `sections` parameter leaves out returns. Every attribute, call and
+    iteration gives itself (or nothing), and it shows as one line, so the chapter's cells run through
+    unchanged: a bring-your-own-documents run skips the knowledge base without a notebook of its own."""
+
+    def __init__(self, section: str):
+        self.section = section
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # IPython's and Python's own look-ups: not here
+            raise AttributeError(name)
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __iter__(self):
+        return iter(())
+
+    def __repr__(self) -> str:
+        return f"(skipped: {self.section} is not in this run's sections)"
+
+    def _repr_markdown_(self) -> str:
+        return f"*{self!r}*"
+
+
+def section(name: str, figure: bool = False):
+    """A chapter step of section `name`: skipped (a Skipped, or None for a figure, which the cell
+    then glues and closes as nothing) when the run's sections leave it out or it is handed a skipped
+    step's result."""
+    import functools
+
+    def wrap(step):
+        @functools.wraps(step)
+        def run_or_skip(*args, **kwargs):
+            skipped = next((a for a in args if isinstance(a, Skipped)), None)
+            ch = args[0] if args and isinstance(args[0], Chapter) else None
+            if skipped is None and ch is not None and name not in ch.params.sections:
+                skipped = Skipped(name)
+            if skipped is not None:
+                return None if figure else skipped
+            return step(*args, **kwargs)
+        return run_or_skip
+    return wrap
+
+
 def retrieval_condition(method: str, chunk_size: int, k: int) -> str:
     return f"{method} {chunk_size}-token hit@{k}"
 
@@ -178,6 +224,7 @@ def setup(params) -> Chapter:
 # Ingestion
 
 
+@section("knowledge_base")
 def ingest(ch: Chapter) -> pd.DataFrame:
     """Ingest the pages at every chunk size (twice: the second pass must add nothing) and time the
     bare embedder on the same chunk texts. One row per chunk size."""
@@ -233,6 +280,7 @@ class Grid:
         return [f"recall_at_{k}" for k in self.top_ks]
 
 
+@section("knowledge_base")
 def retrieval_grid(ch: Chapter) -> Grid:
     """Dense recall@k at every chunk size; chooses the chunk size (best MRR) and the top-k (the
     smallest within BEST_K_SHARE of the best recall there). States R1 (best size against the largest
@@ -292,6 +340,7 @@ def top_k_comparison(ch: Chapter) -> StatedComparison:
     return StatedComparison("r2_top_k", cmp, f"recall@{more}", f"recall@{fewer}")
 
 
+@section("knowledge_base", figure=True)
 def heatmap(grid: Grid):
     import matplotlib.pyplot as plt
 
@@ -322,6 +371,7 @@ class Methods:
             s.glue()
 
 
+@section("knowledge_base")
 def retrieval_methods(ch: Chapter) -> Methods:
     """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size. (Reranking is
     scored with the answers: the LL reranker reads the same prompt the answer scoring reads.)"""
@@ -347,6 +397,7 @@ def retrieval_methods(ch: Chapter) -> Methods:
                    ch.score_ks)
 
 
+@section("knowledge_base")
 def methods_styled(methods: Methods):
     fmt = {**{f"recall_at_{k}": "{:.1%}" for k in methods.score_ks}, "mrr": "{:.3f}", "ms_per_query": "{:.1f} ms"}
     return methods.table.style.format(fmt, na_rep="-")
@@ -429,7 +480,7 @@ def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int
     from ..progress import progress
     from ..scoring import rank_candidates
 
-    p, best_k = ch.params, ch.best_k
+    p = ch.params
     by_id = {q.qid: q for q in ch.kb.questions}
     asked = answerable + unanswerable
     ranked = ch.best.search([it.question for it in asked], max(ks), p.retrieval)
@@ -492,6 +543,7 @@ def rate_row(name: str, outcomes: dict, chance: float, **extra) -> dict:
             "chance": chance, **extra}
 
 
+@section("knowledge_base")
 def scored_answers(ch: Chapter) -> Scored:
     """The answers scored by candidate log-likelihood on n_scored_questions answerable questions at
     every answer top-k (K9: the fewest chunks against the most), and at the chosen top-k also
@@ -602,18 +654,21 @@ def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("detector") if rows else pd.DataFrame()
 
 
+@section("knowledge_base")
 def detectors_styled(*tables: pd.DataFrame):
     t = pd.concat([x for x in tables if len(x)])
     return t.style.format({"AUROC": "{:.2f}", "recall at <= 5 % false refusals": "{:.0%}", "lo": "{:.0%}",
                            "hi": "{:.0%}"})
 
 
+@section("knowledge_base")
 def scored_table(sc: Scored) -> pd.DataFrame:
     t = sc.table.copy()
     return t.style.format({"accuracy": "{:.1%}", "lo": "{:.0%}", "hi": "{:.0%}", "chance": "{:.0%}",
                            "prompt_tokens": "{:.0f}", "s_per_question": "{:.2f} s"})
 
 
+@section("knowledge_base", figure=True)
 def scored_plot(sc: Scored):
     """LL accuracy by answer top-k with Wilson error bars, and chance."""
     import matplotlib.pyplot as plt
@@ -646,6 +701,7 @@ class Answers:
         glue("n_unanswerable_answered", self.n_unanswerable)
 
 
+@section("knowledge_base")
 def answers(ch: Chapter) -> Answers:
     """Generated cited answers, the format view, on a small subset: n_answer_questions answerable
     questions at every answer top-k (and the chosen one) with the configured retrieval method, and
@@ -699,6 +755,7 @@ def _answer_metrics(ch: Chapter, table: pd.DataFrame, n: int, n_unanswerable: in
         run.metric(f"prompt_tokens_top{k}", row["prompt_tokens"], "exact")
 
 
+@section("knowledge_base", figure=True)
 def context_plot(ans: Answers):
     import matplotlib.pyplot as plt
 
@@ -744,6 +801,7 @@ class Refusal:
              "The off-topic questions need NaturalQuestions-Open in the data folder; it is absent in this run.")
 
 
+@section("knowledge_base")
 def refusal_threshold(ch: Chapter) -> Refusal:
     """Refuse whenever the best dense similarity is under a threshold: a sweep over thresholds for the
     knowledge base's unanswerable questions (near misses) and, when the data folder has them,
@@ -783,6 +841,7 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     return Refusal(sweep, offtopic, n_a, n_u, detectors)
 
 
+@section("knowledge_base", figure=True)
 def refusal_plot(ref: Refusal):
     import matplotlib.pyplot as plt
 
@@ -816,6 +875,7 @@ class Latency:
         glue("lookup_p50_ms", self.summary["embed_ms"]["p50"] + self.summary["search_ms"]["p50"])
 
 
+@section("knowledge_base")
 def latency(ch: Chapter) -> Latency:
     """n_latency_queries questions answered one at a time, as a service would, each stage timed."""
     run, times = ch.run, []
@@ -869,6 +929,7 @@ class Scale:
             glue(f"largest_{key}", t.loc[largest, key])
 
 
+@section("scale")
 def scale(ch: Chapter) -> Scale:
     """Grow one collection through scale_sizes (real chunk vectors, then Gaussian fillers with their
     mean and covariance) and time HNSW against exact search at each size (ragft.rag.bench)."""
@@ -894,6 +955,7 @@ def scale(ch: Chapter) -> Scale:
     return Scale(rows, ef_rows, filler)
 
 
+@section("scale", figure=True)
 def scale_plot(sc: Scale):
     import matplotlib.pyplot as plt
 
@@ -927,6 +989,7 @@ class RealData:
         return t.style.format(fmt | {"f1": "{:.2f}", "mrr": "{:.3f}"}, na_rep="-")
 
 
+@section("benchmarks")
 def real_data(ch: Chapter, grid: Grid) -> RealData:
     """SQuAD dev: every kept paragraph indexed, retrieval on n_squad_questions, the first
     n_answer_questions answered at the chosen top-k; NaturalQuestions-Open read with its gold passage."""
@@ -1008,11 +1071,21 @@ class OwnDocuments:
     n_chunks: int
     answers: pd.DataFrame  # question, answer, sources
     scores: dict  # empty without a questions file
+    n: dict = field(default_factory=dict)  # questions behind each score
 
     def summary(self) -> str:
-        scored = "; " + ", ".join(f"{k} {v:.3f}" for k, v in self.scores.items()) if self.scores else ""
         return (f"{len(self.corpus.sources)} documents indexed as {self.n_chunks} chunks; "
-                f"{len(self.corpus.skipped)} skipped{scored}")
+                f"{len(self.corpus.skipped)} skipped" + ("" if self.scores else "; no questions file, so no scores"))
+
+    def scores_table(self) -> pd.DataFrame:
+        """Each score with its n and, for a rate, its 95 % Wilson interval (F1 and MRR are means)."""
+        rows = []
+        for key, value in self.scores.items():
+            n = self.n.get(key, 0)
+            low, high = wilson_interval(value * n, n) if n and key not in ("f1", "mrr") else (float("nan"), float("nan"))
+            rows.append({"score": key, "value": value, "95 % interval": "–" if math.isnan(low) else f"[{low:.2f}, {high:.2f}]",
+                         "questions": n})
+        return pd.DataFrame(rows, columns=["score", "value", "95 % interval", "questions"]).set_index("score")
 
 
 @dataclass
@@ -1036,12 +1109,14 @@ def read_own_inputs(params) -> OwnInputs:
     return OwnInputs(corpus, items, qfile)
 
 
+@section("own_documents")
 def own_documents(ch: Chapter) -> OwnDocuments:
-    """Index corpus_dir (default: the sample folder) at the chosen chunk size and answer
-    questions_file's questions (default: the sample questions; none for a corpus_dir without one)."""
-    p, run, k = ch.params, ch.run, ch.best_k
+    """Index corpus_dir (default: the sample folder) at own_chunk_size and answer questions_file's
+    questions (default: the sample questions; none for a corpus_dir without one) from own_top_k chunks.
+    It runs first and needs nothing of the knowledge base's sections."""
+    p, run, k = ch.params, ch.run, ch.params.own_top_k
     corpus, items, qfile = ch.own.corpus, ch.own.items, ch.own.questions_file
-    store = ch.open_store("own-documents", ch.best_chunk)
+    store = ch.open_store("own-documents", p.own_chunk_size)
     store.ingest(corpus.sources, keep={s.path for s in corpus.skipped})
     ranked = rag.Retriever(store, ch.embed_model).search([it.question for it in items], k, p.retrieval)
     gen, texts = rag.answer_batch(ch.lm, items, ranked, p.max_new_tokens, p.batch_size, desc="own documents")
@@ -1061,7 +1136,8 @@ def own_documents(ch: Chapter) -> OwnDocuments:
             run.metric(f"own_{key}", value, "mean" if key in ("f1", "mrr") else "rate", n=n)
     table = pd.DataFrame({"question": [it.question for it in items], "answer": texts,
                           "sources": [", ".join(h.doc_id for h in r) for r in ranked]})
-    return OwnDocuments(corpus, store.count(), table, scores)
+    counts = {key: (n_u if key == "refusal_acc" else n_a) for key in scores} if qfile else {}
+    return OwnDocuments(corpus, store.count(), table, scores, counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1075,15 +1151,21 @@ def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods
 
     run = ch.run
     run.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
-    run.tables.update(ingest=ingest_table.reset_index().to_dict("records"), grid=grid.table.reset_index().to_dict("records"),
-                      methods=methods.table.reset_index().to_dict("records"), answers=ans.rows,
-                      scored=scored.table.reset_index().to_dict("records"),
-                      refusal_detectors=pd.concat([scored.detectors, ref.detectors]).reset_index().to_dict("records"),
-                      refusal=ref.sweep.reset_index().to_dict("records"), latency=lat.summary, scale=sc.rows,
-                      ef_search=sc.ef_rows, real_data=real.table.reset_index().to_dict("records"))
+    records = lambda table: table.reset_index().to_dict("records")
+    if "knowledge_base" in ch.params.sections:
+        run.tables.update(ingest=records(ingest_table), grid=records(grid.table), methods=records(methods.table),
+                          answers=ans.rows, scored=records(scored.table),
+                          refusal_detectors=records(pd.concat([scored.detectors, ref.detectors])),
+                          refusal=records(ref.sweep), latency=lat.summary)
+    if "scale" in ch.params.sections:
+        run.tables.update(scale=sc.rows, ef_search=sc.ef_rows)
+    if "benchmarks" in ch.params.sections:
+        run.tables.update(real_data=records(real.table))
+    run.tables["sections"] = list(ch.params.sections)
     glue_metrics(run.metrics)
     return run.save(lm=ch.lm)
 
 
+@section("knowledge_base")
 def answers_table(ans: Answers) -> pd.DataFrame:
     return report.conditions_table(ans.rows)
