@@ -30,13 +30,14 @@ def book(tmp_path, body: str):
 
 
 @pytest.mark.parametrize("body,problem", [
-    ('<p>fine</p><img src="ok.png"><a href="page.html#top">self</a><a href="https://example.org">out</a>', None),
+    ('<p>fine</p><img src="ok.png" alt="a plot"><a href="page.html#top">self</a><a href="https://example.org">out</a>', None),
+    ('<img src="ok.png" alt="ok.png">', "an image without alt text"),  # Sphinx's default: the file name
     ("<script>undefinedFunction();</script>", "JavaScript error"),
-    ('<img src="missing.png">', "broken image missing.png"),
+    ('<img src="missing.png" alt="x">', "broken image missing.png"),
     ('<a href="../elsewhere.html">x</a>', "broken link ../elsewhere.html"),
     ('<p>{glue:text}`key`</p>', "a glue value that did not render"),
     ('<div style="width: 3000px">wide</div>', "scrolls sideways"),
-], ids=["good", "js-error", "image", "link", "glue", "wide"])
+], ids=["good", "no-alt", "js-error", "image", "link", "glue", "wide"])
 def test_the_check_finds_what_is_wrong(chromium, tmp_path, body, problem):
     html, page = book(tmp_path, body)
     problems = browser.check_page(chromium, page, tmp_path / "shots")

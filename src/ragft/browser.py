@@ -1,7 +1,7 @@
 """The browser check of the built book: every page opened in headless Chromium (Debian's `chromium`
 package; no browser download), failing on a JavaScript error, a glue value that did not render, a
-broken image or local link, or a page wider than a 1280-pixel window; a screenshot of each page is
-saved beside the book (<html>/../screenshots).
+broken image or local link, an image without alt text, or a page wider than a 1280-pixel window; a
+screenshot of each page is saved beside the book (<html>/../screenshots).
 
   python -m ragft.browser _build/html          (make browser: installs chromium first where it can)
 """
@@ -68,6 +68,10 @@ def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
     for marker in ("{glue", "np.float64", "not measured in this run: ", "KeyError"):
         if marker in dom and marker != "not measured in this run: ":
             problems.append(f"{name}: {marker!r} on the page (a glue value that did not render)")
+    for img in re.findall(r"<img\b[^>]*>", dom):  # alt text a reader's screen reader can say (not the file name)
+        alt, src = re.search(r'\balt="([^"]*)"', img), re.search(r'\bsrc="([^"]*)"', img)
+        if alt is None or not alt.group(1).strip() or (src and alt.group(1) == src.group(1)):
+            problems.append(f"{name}: an image without alt text ({src.group(1) if src else img[:80]})")
     for kind, attribute, tag in (("image", "src", "img"), ("link", "href", "a")):
         for target in _local_targets(dom, attribute, tag):
             path = (page.parent / target.split("#")[0].split("?")[0]).resolve()
