@@ -325,7 +325,7 @@ def test_cost_results_are_sane(smoke_run):
 
 
 @pytest.mark.slow
-def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_path):
+def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_path, monkeypatch):
     """`papermill chapters/06_cost.ipynb out.ipynb -p queries_per_month 2e6 -p updates_per_month 4`,
     in a run folder that holds chapters 1-5: the reader's volume and updates change the monthly costs."""
     import shutil
@@ -335,16 +335,10 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_p
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run["dir"] / "results", run_dir / "results")
     before = json.loads((run_dir / "results" / "06_cost.json").read_text())["metrics"]
-    env = {"RAGFT_RUN_DIR": str(run_dir)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        pm.execute_notebook(str(ROOT / "chapters" / "06_cost.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"profile": "smoke", "queries_per_month": 2e6, "updates_per_month": 4.0},
-                            kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
+    pm.execute_notebook(str(ROOT / "chapters" / "06_cost.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters={"profile": "smoke", "queries_per_month": 2e6, "updates_per_month": 4.0},
+                        kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
     doc = json.loads((run_dir / "results" / "06_cost.json").read_text())
     assert doc["params"]["queries_per_month"] == 2e6 and doc["params"]["updates_per_month"] == 4.0
     assert doc["metrics"]["rag_monthly_usd"] > before["rag_monthly_usd"]  # twice the queries of the smoke profile's 1 M
@@ -355,24 +349,18 @@ BYO_BUDGET_S = 150  # about a minute on 2 cores (33 s measured with a warm model
 
 
 @pytest.mark.slow
-def test_your_own_documents_alone_take_about_a_minute(tmp_path):
+def test_your_own_documents_alone_take_about_a_minute(tmp_path, monkeypatch):
     """The README's bring-your-own command, cpu profile, the sample folder: own documents first and
     alone, with recall@k, scores with intervals, the answers and the skipped files."""
     import papermill as pm
 
-    env = {"RAGFT_RUN_DIR": str(tmp_path / "run")}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path / "run"))  # the kernel inherits it
     t = time.time()
-    try:
-        nb = pm.execute_notebook(str(ROOT / "chapters" / "02_rag.ipynb"), str(tmp_path / "out.ipynb"),
-                                 parameters={"profile": "cpu", "corpus_dir": str(ROOT / "data" / "sample_docs"),
-                                             "questions_file": str(ROOT / "data" / "sample_questions.jsonl"),
-                                             "sections": ["own_documents"]},
-                                 kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
-    finally:
-        for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb = pm.execute_notebook(str(ROOT / "chapters" / "02_rag.ipynb"), str(tmp_path / "out.ipynb"),
+                             parameters={"profile": "cpu", "corpus_dir": str(ROOT / "data" / "sample_docs"),
+                                         "questions_file": str(ROOT / "data" / "sample_questions.jsonl"),
+                                         "sections": ["own_documents"]},
+                             kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
     seconds = time.time() - t
     assert seconds < BYO_BUDGET_S, f"{seconds:.0f} s"
     doc = json.loads((tmp_path / "run" / "results" / "02_rag.json").read_text())
