@@ -1,5 +1,7 @@
 """The cost model (ragft.costs) and the articles' cost figures rebuilt from their own inputs."""
 
+import json
+
 import pytest
 
 from ragft import costs
@@ -164,6 +166,15 @@ def test_chapter_reads_published_results_when_run_alone_and_says_what_to_run_oth
     approaches = ch06_cost.build_approaches(docs, params)
     assert approaches["RAG"].prompt_tokens == 500.0  # the reader's own prompt length wins
     assert approaches["fine-tune"].price == "gpt-4o-mini-ft" and approaches["RAG"].price == "gpt-4o-mini"
+    # a profile with nothing published (smoke; gpu until someone runs it): the cpu run's, said so
+    assert set(ch06_cost.read_inputs("smoke")[1].values()) == {"published cpu results"}
+    # this run folder's chapter 2 ran only your documents: no stage times, so the published ones price it
+    (tmp_path / "results").mkdir(exist_ok=True)  # read_chapter made it
+    (tmp_path / "results" / "02_rag.json").write_text(json.dumps({"chapter": "02_rag", "profile": "cpu", "metrics": {"own_f1": 0.2}}))
+    assert ch06_cost.read_inputs("cpu")[1]["02_rag"] == "published cpu results"
+    from ragft import settings
+
+    monkeypatch.setattr(settings, "PROJECT_ROOT", tmp_path)  # nothing published anywhere
     with pytest.raises(FileNotFoundError, match="python -m ragft.run --profile smoke"):
         ch06_cost.read_inputs("smoke")
 

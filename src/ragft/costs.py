@@ -254,10 +254,11 @@ def check_s4(rag: Approach) -> tuple[Check, dict[float, float]]:
     follows = all(close(rebuilt[float(q)], v) for q, v in s["monthly_usd"].items())
     measured = {q: q * cost_per_1k_queries(rag.prompt_tokens, 0, s["price_row"]) / 1000 for q in rebuilt}
     lands = all(close(measured[q], rebuilt[q], 0.25) for q in rebuilt)
+    q0 = min(rebuilt)
     note = (f"{s['retrieved_tokens']} tokens x ${row('prices', s['price_row'])['input_per_mtok']} per million "
             f"rebuilds {', '.join(usd(v) for v in rebuilt.values())}; this book's RAG prompt holds "
-            f"{rag.prompt_tokens:.0f} tokens, so at 10 M queries it is {usd(measured[1e7])} a month: "
-            f"the figure depends on the prompt length it assumes")
+            f"{rag.prompt_tokens:.0f} tokens, so at {q0 / 1e6:g} M queries it is {usd(measured[q0])} a month"
+            + ("" if lands else ": the figure depends on the prompt length it assumes"))
     return Check("S4-arithmetic", ", ".join(usd(v) for v in s["monthly_usd"].values()),
                  ", ".join(usd(v) for v in measured.values()), rule(follows, lands, "" if lands else "tokens"),
                  note), measured
@@ -286,13 +287,15 @@ def check_s5_table() -> Check:
     cross, off = s5_from_table()
     low, high = s["crossover_calls_per_month"]
     linear = all(v <= 0.05 for v in off.values())
-    follows = cross is not None and low <= cross <= high and linear
-    note = (f"between its own rows the fine-tune line crosses the RAG line at {cross:,.0f} calls a month, "
-            f"not {low:,}-{high:,}; and no fixed price per token and monthly fee fits its rows (each approach's "
-            f"middle row is {', '.join(f'{k} {v:.0%}' for k, v in off.items())} off the straight line through "
-            f"the other two)")
-    return Check("S5-table", f"crossover {low:,}-{high:,} calls a month", f"{cross:,.0f} from its own table",
-                 rule(follows, True), note)
+    inside = cross is not None and low <= cross <= high
+    where = "never" if cross is None else f"{cross:,.0f} calls a month"
+    note = (f"between its own rows the fine-tune line crosses the RAG line {'at ' if cross is not None else ''}{where}"
+            + ("" if inside else f", not {low:,}-{high:,}") + "; "
+            + ("its rows fit straight lines" if linear else
+               "no fixed price per token and monthly fee fits its rows (each approach's middle row is "
+               + ", ".join(f"{k} {v:.0%}" for k, v in off.items()) + " off the straight line through the other two)"))
+    return Check("S5-table", f"crossover {low:,}-{high:,} calls a month", f"{where} from its own table",
+                 rule(inside and linear, True), note)
 
 
 def range_check(claim: str, measured: float, low: float, high: float, what: str, unit, depends_on: str) -> Check:
@@ -312,14 +315,19 @@ def check_s8(long_prompt: Approach, tuned: Approach) -> tuple[Check, float]:
     pb, pf = row("prices", base), row("prices", ft)
     # 1 - (P_ft in_ft + c out_ft) / (P_long in_b + c out_b) = saving, solved for the completion tokens c
     target = 1 - s["saving"]
-    c = ((target * s["long_prompt_tokens"] * pb["input_per_mtok"] - s["fine_tuned_prompt_tokens"] * pf["input_per_mtok"])
-         / ((pf["output_per_mtok"] or 0) - target * (pb["output_per_mtok"] or 0)))
+    per_completion = (pf["output_per_mtok"] or 0) - target * (pb["output_per_mtok"] or 0)
+    prompt_gap = target * s["long_prompt_tokens"] * pb["input_per_mtok"] - s["fine_tuned_prompt_tokens"] * pf["input_per_mtok"]
     prompt_only = 1 - s["fine_tuned_prompt_tokens"] * pf["input_per_mtok"] / (s["long_prompt_tokens"] * pb["input_per_mtok"])
     measured = 1 - (cost_per_1k_queries(tuned.prompt_tokens, tuned.completion_tokens, ft)
                     / cost_per_1k_queries(long_prompt.prompt_tokens, long_prompt.completion_tokens, base))
-    follows = c >= 0
-    note = (f"prompt tokens alone, at {ft} against {base}, would save {prompt_only:.0%}; 73 % needs about "
-            f"{c:.0f} completion tokens a query, which the source does not state. This book's fine-tune "
+    if per_completion > 0:  # completions cost the fine-tune more: some completion length gives the saving
+        c = prompt_gap / per_completion
+        follows, needs = c >= 0, f"about {c:.0f} completion tokens a query, which the source does not state"
+    else:  # rows without output prices (or no premium): the prompt alone decides
+        follows = close(prompt_only, s["saving"], 0.02)
+        needs = f"prices these rows do not give (prompt tokens alone save {prompt_only:.0%})"
+    note = (f"prompt tokens alone, at {ft} against {base}, would save {prompt_only:.0%}; {s['saving']:.0%} needs "
+            f"{needs}. This book's fine-tune "
             f"(chapter 3's structured output: {long_prompt.prompt_tokens:.0f} -> {tuned.prompt_tokens:.0f} "
             f"prompt tokens) " + (f"saves {measured:.0%}" if measured >= 0 else f"costs {-measured:.0%} more")
             + " at these rows, completions included")
@@ -346,13 +354,14 @@ def check_t5_lora_70b(gpu: str, utilisation: float, tokens: float) -> tuple[Chec
     hours = s["gpus"] * s["hours"]
     low, high = (v / hours for v in s["usd"])
     g = row("gpu", gpu)
-    trained = hours * 3600 * g["peak_tflops_bf16"] * 1e12 * utilisation / train_flops(70e9, 1, full=False)
-    cost = train_usd(70e9, tokens, False, gpu, utilisation)
+    trained = hours * 3600 * g["peak_tflops_bf16"] * 1e12 * utilisation / train_flops(s["params"], 1, full=False)
+    cost = train_usd(s["params"], tokens, False, gpu, utilisation)
     lands = low <= g["per_hour"] <= high
-    note = (f"{hours} GPU-hours at $200-600 is ${low:.2f}-{high:.2f} per GPU-hour ({gpu}: ${g['per_hour']}); those hours "
+    stated_usd = f"${s['usd'][0]:,}-{s['usd'][1]:,}"
+    note = (f"{hours} GPU-hours at {stated_usd} is ${low:.2f}-{high:.2f} per GPU-hour ({gpu}: ${g['per_hour']}); those hours "
             f"train about {trained / 1e6:,.0f} M tokens at {utilisation:.0%} utilisation, while {tokens / 1e6:,.0f} M tokens "
             f"cost {usd(cost)}")
-    return Check("T5-lora-70b", "$200-600", usd(cost), rule(True, lands, "" if lands else "the GPU-hour price and the tokens"),
+    return Check("T5-lora-70b", stated_usd, usd(cost), rule(True, lands, "" if lands else "the GPU-hour price and the tokens"),
                  note), cost
 
 

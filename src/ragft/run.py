@@ -108,7 +108,9 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
 
 def stage_book(run_dir: Path, dest: Path, repository_url: str | None = None) -> Path:
     """Lay out the book sources with the executed notebooks in place of the stripped ones;
-    `repository_url` replaces _config.yml's (its launch buttons appear with one)."""
+    `repository_url` replaces _config.yml's for this build only (its launch buttons appear with one;
+    the chapters' Colab cells take theirs from _config.yml through `make strip`, so publish by
+    setting it there)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

@@ -73,9 +73,9 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
                          f"run chapter {claim.chapter} in the same run")
     decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
     undecided = [c for c in held if c not in decided]
-    if len({c["verdict"] for c in decided}) > 1 or (decided and not undecided and decided[0]["verdict"] == DEPENDS):
+    if len({c["verdict"] for c in decided}) > 1:
         verdict, shown = DEPENDS, next((c for c in decided if c["verdict"] == DEPENDS), decided[0])
-    elif decided and not undecided:
+    elif decided and not undecided:  # all agree: supported, contradicted, or all depend
         verdict, shown = decided[0]["verdict"], decided[0]
     else:  # a claim is only as decided as its least decided part
         verdict, shown = INCONCLUSIVE, max(undecided, key=lambda c: c["n"] or 0)

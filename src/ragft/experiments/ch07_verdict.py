@@ -62,12 +62,14 @@ def forest(v: Verdicts):
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(shown) + 1.2))
     for y, r in enumerate(shown):
         stated = v.claims[r.claim].effects.get(r.comparison)
-        if stated:  # the source's own difference: a bar for a range, a diamond for one figure
+        if stated:  # the source's own difference: a grey band for a range, a diamond for one figure
             low, high = stated
-            ax.plot([low, high], [y, y], color="black", lw=6, alpha=0.18, solid_capstyle="butt")
-            ax.plot([(low + high) / 2], [y], marker="D", color="black", mfc="none", ms=5,
-                    label="the source's stated difference" if "the source's stated difference" not in
-                    [h.get_label() for h in ax.lines] else None)
+            if low < high:
+                ax.plot([low, high], [y, y], color="black", lw=6, alpha=0.18, solid_capstyle="butt",
+                        label=_once(ax, "the source's stated range"))
+            else:
+                ax.plot([low], [y], marker="D", color="black", mfc="none", ms=5, ls="none",
+                        label=_once(ax, "the source's stated difference"))
         ax.errorbar(100 * r.diff, y, xerr=[[100 * (r.diff - r.ci_low)], [100 * (r.ci_high - r.diff)]],
                     fmt="o", color=COLOURS.get(r.verdict, "black"), capsize=3)
     if any(v.claims[r.claim].effects.get(r.comparison) for r in shown):
@@ -80,6 +82,11 @@ def forest(v: Verdicts):
     ax.xaxis.label.set_size(7)
     fig.tight_layout()
     return fig
+
+
+def _once(ax, label: str) -> str | None:
+    """A legend label the first time it is drawn on these axes, None after."""
+    return None if label in [h.get_label() for h in ax.lines] else label
 
 
 def headline(v: Verdicts) -> dict:
