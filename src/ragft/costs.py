@@ -246,11 +246,16 @@ def check_s3(rag: Approach) -> Check:
     return Check("S3-arithmetic", f"{usd(low)}-{usd(high)} per 1,000 queries", usd(measured), rule(follows, lands), note)
 
 
+def s4_rebuilt() -> dict[float, float]:
+    """S4's monthly dollars at each of its volumes, from its own tokens and price."""
+    s = stated("S4")
+    return {float(q): q * cost_per_1k_queries(s["retrieved_tokens"], 0, s["price_row"]) / 1000 for q in s["monthly_usd"]}
+
+
 def check_s4(rag: Approach) -> tuple[Check, dict[float, float]]:
     """500 retrieved tokens at $1.75 per million: $8,750 / $43,750 / $87,500 a month at 10 / 50 / 100 M."""
     s = stated("S4")
-    rebuilt = {float(q): q * cost_per_1k_queries(s["retrieved_tokens"], 0, s["price_row"]) / 1000
-               for q in s["monthly_usd"]}
+    rebuilt = s4_rebuilt()
     follows = all(close(rebuilt[float(q)], v) for q, v in s["monthly_usd"].items())
     measured = {q: q * cost_per_1k_queries(rag.prompt_tokens, 0, s["price_row"]) / 1000 for q in rebuilt}
     lands = all(close(measured[q], rebuilt[q], 0.25) for q in rebuilt)
