@@ -1,6 +1,10 @@
 """The model registry: names, offline policy, device and dtype, clear errors, and the real loads."""
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +171,21 @@ def test_nf4_path_loads_4bit_layers_on_cpu():
 def test_bad_quantization_is_refused():
     with pytest.raises(ValueError, match="quantization"):
         models.load_lm("smollm2-135m", quantization="int3")
+
+
+def _kernels_in_a_fresh_process(env_extra: dict) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in settings.CPU_KERNELS} | env_extra
+    code = "import ragft, torch; print(torch.backends.cpu.get_cpu_capability())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+@pytest.mark.skipif(not (CPUINFO.exists() and " avx2" in CPUINFO.read_text()), reason="needs an x86 CPU with AVX2")
+def test_import_selects_the_avx2_kernels_unless_the_reader_chose():
+    """AVX512 and AVX2 kernels round differently, and training turns that into different answers:
+    `import ragft` selects AVX2 on every x86 machine, and a variable the reader set wins."""
+    assert _kernels_in_a_fresh_process({}) == "AVX2"
+    assert _kernels_in_a_fresh_process({"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"

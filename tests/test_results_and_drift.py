@@ -130,6 +130,16 @@ def test_check_names_the_file_for_every_problem(tmp_path):
         assert str(bad) in problem and message in problem
 
 
+def test_check_names_other_cpu_kernels_as_the_likely_cause(tmp_path, capsys):
+    committed, run_dir = tmp_path / "committed", tmp_path / "run"
+    (run_dir / "results").mkdir(parents=True)
+    committed.mkdir()
+    (committed / "01_prompting.json").write_text(json.dumps(_doc(provenance={"cpu_kernels": "AVX2"})))
+    (run_dir / "results" / "01_prompting.json").write_text(json.dumps(_doc(provenance={"cpu_kernels": "AVX512"})))
+    assert drift.check("cpu", run_dir, committed) == []
+    assert "computed with PyTorch's AVX512 CPU kernels, published with AVX2" in capsys.readouterr().out
+
+
 def test_accept_refuses_what_it_cannot_vouch_for(tmp_path, monkeypatch):
     head = drift._git("rev-parse", "HEAD").stdout.strip()
     clean = {"git_sha": head, "git_dirty": False}

@@ -131,6 +131,10 @@ def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> lis
         # the run no longer writes
         rules = {**was.get("metric_rules", {}), **now.get("metric_rules", {})}
         drifts, notes = compare(was["metrics"], now["metrics"], rules)
+        kernels = [(doc.get("provenance") or {}).get("cpu_kernels") for doc in (was, now)]
+        if None not in kernels and kernels[0] != kernels[1]:  # the likely cause of any drift above
+            notes.append(f"computed with PyTorch's {kernels[1]} CPU kernels, published with {kernels[0]} "
+                         "(ragft.settings.CPU_KERNELS)")
         problems += [f"{chapter}: {d}" for d in drifts]
         for n in notes:
             print(f"{chapter}: {n}")

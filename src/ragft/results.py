@@ -85,6 +85,7 @@ def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
         "cpu_count": os.cpu_count(),
         "gpu": torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None,
         "threads": threads,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
         "seed": seed,
         "started_utc": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
     }

@@ -5,17 +5,26 @@ Environment variables (all optional):
   RAGFT_CACHE_DIR  converted models and trained artifacts (default ~/.cache/ragft)
   RAGFT_RUN_DIR    the current run's folder; chapters write their results there (set by the runner)
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
+  ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA   the CPU kernels (CPU_KERNELS: AVX2 unless set)
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import random
 import sys
+import warnings
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+# PyTorch's vector kernels, MKL's GEMM and oneDNN each pick AVX2 or AVX512 code by the CPU, and the two
+# round differently. Training amplifies that rounding: chapter 5 moved 4 answers of 30, and a verdict,
+# between an AVX2 machine and an AVX512 one. Every x86 CPU computes with the AVX2 kernels (all the
+# machines seen have AVX2; on an AVX512 one they were no slower), so the published numbers are the same
+# on both. Read once per process, at the first operation: `import ragft` sets them before that.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def offline() -> bool:
@@ -35,6 +44,13 @@ def apply_network_policy() -> None:
             os.environ.setdefault(var, "1")
         elif os.environ.get(var) == "1":
             del os.environ[var]
+
+
+def pin_cpu_kernels() -> None:
+    """Select the AVX2 kernels on x86 (CPU_KERNELS), unless the variables are set already."""
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        for var, value in CPU_KERNELS.items():
+            os.environ.setdefault(var, value)
 
 
 def set_online(online: bool) -> None:
@@ -84,6 +100,11 @@ def set_determinism(seed: int, threads: int) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
+    want, have = os.environ.get("ATEN_CPU_CAPABILITY"), torch.backends.cpu.get_cpu_capability()
+    if want and have.lower() != want.lower() and have != "DEFAULT":
+        warnings.warn(f"PyTorch computes with its {have} kernels, not {want}: it ran before `import ragft` "
+                      "could select them, so numbers may differ from the published ones; restart the kernel "
+                      "and import ragft before torch", stacklevel=2)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
