@@ -72,15 +72,15 @@ def test_rank_scores_values_apart_from_the_refusal(monkeypatch):
                  candidates=[(["a", "b"], 0), (["c", "d"], 1), (["e", "f"], None)])
     seen = {}
 
-    def fake_rank(lm, questions, docs, style, candidates, gold, reasoning, desc):
-        seen.update(candidates=candidates, gold=gold, reasoning=reasoning)
+    def fake_read(lm, questions, docs, style, candidates, gold, max_new_tokens, batch_size, desc):
+        seen.update(candidates=candidates, gold=gold, max_new_tokens=max_new_tokens)
         # f0: gold first, but the refusal scores higher still; f1: gold second; u0: refusal far ahead
-        return Ranking([[-1.0, -2.0, -0.5], [-1.0, -3.0, -9.0], [-4.0, -5.0, -1.0]], gold, [10, 20, 30], 0.1)
+        return "generated", Ranking([[-1.0, -2.0, -0.5], [-1.0, -3.0, -9.0], [-4.0, -5.0, -1.0]], gold, [10, 20, 30], 0.1)
 
-    monkeypatch.setattr(ch04.raft, "rank", fake_rank)
-    sc = ch04.rank(ch, None, "closed", 0, reasoning=["r0", "r1", "r2"])
+    monkeypatch.setattr(ch04.raft, "read", fake_read)
+    sc, gen = ch04.rank(ch, None, "raft", 0)
     assert seen["candidates"][0] == ["a", "b", ch04.REFUSAL_ANSWER] and seen["gold"] == [0, 1, 0]
-    assert seen["reasoning"] == ["r0", "r1", "r2"]
+    assert gen == "generated" and seen["max_new_tokens"] == ch.params.cot_max_new_tokens
     assert sc.outcomes == {"f0": 1, "f1": 0} and sc.acc == 0.5 and sc.ranking.chance == 0.5
     assert sc.refuse_pos == [3.0] and sc.refuse_neg == [0.5, -8.0]
     area, recall = sc.refusal()
@@ -145,12 +145,14 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
         {"params": {"model": p.model}, "artifacts": {"dsf_adapter": str(adapter)}, "tables": {"dsf_facts": ["f1", "f2"]}}))
     loaded = []
-    monkeypatch.setattr("ragft.train.load_artifact", lambda model, path, cfg: loaded.append((model, path, cfg)) or "lm")
+    monkeypatch.setattr("ragft.train.load_artifact",
+                        lambda model, path, cfg, merge: loaded.append((model, path, cfg, merge)) or "lm")
     monkeypatch.setattr(ch04.tasks, "train_dsf", lambda *a: pytest.fail("must not retrain chapter 3's adapter"))
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
     lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=facts))
     assert lm == "lm" and "chapter 3's adapter from this run" in line
     assert loaded[0][1] == str(adapter) and loaded[0][2].epochs == dsf_params.dsf_epochs
+    assert loaded[0][3]  # merged: it only answers
 
 
 @pytest.mark.parametrize("doc, why", [

@@ -150,6 +150,29 @@ def test_rank_after_reasoning_scores_the_answer_after_the_readers_own_quote(lm):
         rank_candidates(lm, raft.conversations(["q?"], docs, "raft"), cands, [0], reply_prefixes=[])
 
 
+def test_read_scores_a_quoting_reader_on_its_own_generation_as_rank_does(lm, kb):
+    """`raft.read` scores the quoting reader on its generation's own KV cache: the same replies as
+    `raft.ask`, and the same scores and token counts as the reasoning prefilled again (`raft.rank`),
+    for replies the budget cut short (the marker fed with each candidate) and longer ones, in
+    batches of unequal prompt lengths; another style is `raft.rank` with no generation."""
+    qs = kb.sample("single", 5, 0)
+    questions, docs = [q.test_text for q in qs], [[kb.doc(q.doc_ids[0]).text] for q in qs]
+    cands = [kb.candidates(q, 3, 0) for q in qs]
+    values, gold = [c for c, _ in cands], [g for _, g in cands]
+    for budget in (5, 40):
+        gen, r = raft.read(lm, questions, docs, "raft", values, gold, budget, batch_size=3)
+        asked = raft.ask(lm, questions, docs, "raft", budget, batch_size=3)
+        assert gen.texts == asked.texts and gen.completion_tokens == asked.completion_tokens
+        again = raft.rank(lm, questions, docs, "raft", values, gold, reasoning=gen.texts)
+        for mine, ref in zip(r.scores, again.scores):
+            assert mine == pytest.approx(ref, abs=1e-3)
+        assert r.prompt_tokens == again.prompt_tokens and r.seconds > 0
+        if budget == 5:  # no reply reaches the marker: it is fed after the cache, with each candidate
+            assert not any(map(raft.reached_marker, gen.texts))
+    none, plain = raft.read(lm, questions, docs, "rag", values, gold, 40, batch_size=3)
+    assert none is None and plain.scores == raft.rank(lm, questions, docs, "rag", values, gold).scores
+
+
 def test_closest_sentence_and_kb_sources(kb):
     assert raft.closest_sentence("It rains. The gate is teal and tall. Cats sleep.", "teal gate") == "The gate is teal and tall."
     facts = kb.sample("single", 5, 0)

@@ -8,6 +8,7 @@ import torch
 
 from ragft import models, settings
 from ragft.train import TrainConfig, TrainingDataError, example, load_artifact, load_jsonl, save_jsonl, tokenize, train
+from ragft.train import merged as train_merged
 from ragft.train.data import batches, collate
 from ragft.train.trainer import _loss
 
@@ -131,6 +132,11 @@ def test_each_method_learns_saves_and_reloads_identically(tiny, method):
         merged = load_artifact(tiny, result.artifact, cfg, merge=True)
         assert not hasattr(merged.model, "peft_config")
         assert torch.allclose(before, logits(merged), atol=1e-4)
+        in_place = train_merged(cached.lm)  # a trained result, merged where it stands
+        assert in_place is cached.lm and not hasattr(in_place.model, "peft_config")
+        assert torch.allclose(before, logits(in_place), atol=1e-4)
+    if method == "qlora":  # a 4-bit base keeps its adapter: merging would round it to 4 bits
+        assert hasattr(train_merged(cached.lm).model, "peft_config")
 
 
 def test_full_fine_tuning_in_bf16_learns_with_fp32_master_weights(tiny):

@@ -50,7 +50,8 @@ def _common_prefix_len(ids: list[list[int]]) -> int:
 
 
 def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 16,
-             desc: str = "generating", reuse_prefix: bool = True, logits_processors=None) -> Generation:
+             desc: str = "generating", reuse_prefix: bool = True, logits_processors=None,
+             on_batch=None) -> Generation:
     """Greedy generation for chat conversations, batched, with prompt caching.
 
     The token prefix every prompt shares (system prompt, few-shot examples, a haystack of documents)
@@ -62,6 +63,10 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     Token counts exclude padding and count whole prompts: what an API without caching bills.
     logits_processors, when given, is called once per batch for that batch's fresh list of
     transformers logits processors (a grammar's matchers hold per-row state; see ragft.constrained).
+    on_batch, when given, is called after each batch as on_batch(batch, generated, cache, mask, starts):
+    the batch's conversation indices, its generated token ids (a tensor, one row each), the KV cache
+    of the prompts and the generated tokens but the last, the prompts' attention mask (lists) and the
+    position of each row's first generated token; its time is not counted in the generation's.
     """
     import copy
 
@@ -88,6 +93,7 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     prefill_s = time.perf_counter() - start
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     texts, completion, per_query = [""] * len(ids), [0] * len(ids), [0.0] * len(ids)
+    hook_s = 0.0
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in progress(batches, desc=desc):
         t0 = time.perf_counter()
@@ -103,12 +109,18 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
             kwargs["past_key_values"].batch_repeat_interleave(len(batch))
         with torch.inference_mode():
             out = model.generate(torch.tensor(rows, device=lm.device), attention_mask=torch.tensor(mask, device=lm.device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id, **kwargs)
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 return_dict_in_generate=True, **kwargs)
         dt = (time.perf_counter() - t0 + prefill_s * len(batch) / len(ids)) / len(batch)
+        generated = out.sequences[:, n_common + width:]
         for row, i in enumerate(batch):
-            texts[i], completion[i] = _decode_completion(tok, out[row, n_common + width:].tolist())
+            texts[i], completion[i] = _decode_completion(tok, generated[row].tolist())
             per_query[i] = dt
-    return Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start, per_query,
+        if on_batch is not None:
+            t1 = time.perf_counter()
+            on_batch(batch, generated, out.past_key_values, mask, [n_common + len(x) for x in suffixes])
+            hook_s += time.perf_counter() - t1
+    return Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start - hook_s, per_query,
                       n_common, prefill_s)
 
 

@@ -326,6 +326,22 @@ def rank(lm, questions: list[str], documents: list[list[str]] | None, style: str
                            reply_prefixes=prefixes)
 
 
+def read(lm, questions: list[str], documents: list[list[str]] | None, style: str, candidates: list[list[str]],
+         gold: list[int], max_new_tokens: int, batch_size: int, desc: str = "reading"):
+    """A reader's candidate ranking in one of the book's prompt styles, as `rank` scores it, and, for
+    the quoting style ("raft"), its generated replies: it reasons first, so its candidates are scored
+    after its own reasoning, on the generation's own KV cache (`ragft.scoring.rank_after_generating`:
+    the prompt is prefilled once, not once to answer and once to score). Returns (the Generation or
+    None, the Ranking)."""
+    from .scoring import rank_after_generating
+
+    if style != "raft":
+        return None, rank(lm, questions, documents, style, candidates, gold, desc=desc)
+    return rank_after_generating(lm, conversations(questions, documents, style),
+                                 [[f" {c}" for c in cands] for cands in candidates], gold, reasoning_prefix,
+                                 max_new_tokens, batch_size, desc)
+
+
 def answers_of(texts: list[str]) -> list[str]:
     """The answer each reply gives: after the final-answer marker, without citation brackets."""
     from .rag.answer import strip_citations

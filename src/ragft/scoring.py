@@ -14,7 +14,7 @@ import copy
 import time
 from dataclasses import dataclass
 
-from .generation import MIN_SHARED_PREFIX, _common_prefix_len
+from .generation import MIN_SHARED_PREFIX, Generation, _common_prefix_len
 
 
 @dataclass
@@ -84,6 +84,17 @@ def _packed(candidates: list[list[int]]) -> list[tuple[int, int]]:
     return spans
 
 
+def _check(conversations: list, candidates: list[list[str]], gold: list[int]) -> None:
+    if not (len(conversations) == len(candidates) == len(gold)):
+        raise ValueError(f"{len(conversations)} conversations, {len(candidates)} candidate lists and "
+                         f"{len(gold)} gold indices: they must pair up")
+    for i, (cands, g) in enumerate(zip(candidates, gold)):
+        if len(cands) < 2 or not all(isinstance(c, str) and c.strip() for c in cands):
+            raise ValueError(f"question {i}: needs at least 2 non-empty candidate strings, got {cands!r}")
+        if not (isinstance(g, int) and 0 <= g < len(cands)):
+            raise ValueError(f"question {i}: gold={g!r} is not an index into its {len(cands)} candidates")
+
+
 def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
                     desc: str = "scoring", batch_size: int = 16, max_cached_tokens: int = 8192,
                     reply_prefixes: list[str] | None = None) -> Ranking:
@@ -106,16 +117,9 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
 
     from .progress import progress
 
-    if not (len(conversations) == len(candidates) == len(gold)):
-        raise ValueError(f"{len(conversations)} conversations, {len(candidates)} candidate lists and "
-                         f"{len(gold)} gold indices: they must pair up")
+    _check(conversations, candidates, gold)
     if reply_prefixes is not None and len(reply_prefixes) != len(conversations):
         raise ValueError(f"{len(reply_prefixes)} reply prefixes for {len(conversations)} conversations: they must pair up")
-    for i, (cands, g) in enumerate(zip(candidates, gold)):
-        if len(cands) < 2 or not all(isinstance(c, str) and c.strip() for c in cands):
-            raise ValueError(f"question {i}: needs at least 2 non-empty candidate strings, got {cands!r}")
-        if not (isinstance(g, int) and 0 <= g < len(cands)):
-            raise ValueError(f"question {i}: gold={g!r} is not an index into its {len(cands)} candidates")
     tok, model = lm.tokenizer, lm.model
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = [tok(tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
@@ -152,29 +156,100 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
             out = model(tensor([[pad] * (width - len(x)) + x for x in own]), attention_mask=tensor(mask),
                         position_ids=tensor(positions), past_key_values=cache, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), -1)
-            # a question's candidates packed side by side in its own row, on top of its cache: each
-            # candidate sees the prompt and its own earlier tokens only (a block mask), and its
-            # positions continue the prompt's, as if it were scored alone; no cache is copied per candidate
-            spans = [_packed(cand_ids[i]) for i in batch]
-            w2 = max(end for sp in spans for _, end in sp)
-            rows = [[t for c in cand_ids[i] for t in c] + [pad] * (w2 - sum(map(len, cand_ids[i]))) for i in batch]
-            cpos = [[n_common + len(x)] * w2 for x in own]
-            # an additive mask (0 where a token may look, the dtype's most negative elsewhere): every
-            # attention implementation reads a ready 4D mask as it is
-            bias = torch.full((len(batch), 1, w2, len(mask[0]) + w2), torch.finfo(model.dtype).min, dtype=model.dtype)
-            for b, sp in enumerate(spans):
-                bias[b, 0, :, len(mask[b]):].fill_diagonal_(0.0)  # a pad sees itself: no empty row, no NaN
-                bias[b, 0, :, :len(mask[b])].masked_fill_(torch.tensor(mask[b], dtype=torch.bool), 0.0)
-                for lo, hi in sp:
-                    cpos[b][lo:hi] = range(n_common + len(own[b]), n_common + len(own[b]) + hi - lo)
-                    own_tokens = bias[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi]
-                    own_tokens.masked_fill_(torch.ones(hi - lo, hi - lo, dtype=torch.bool).tril(), 0.0)
-            logits = model(tensor(rows), attention_mask=bias.to(lm.device), position_ids=tensor(cpos),
-                           past_key_values=out.past_key_values).logits
-            logp = torch.log_softmax(logits.float(), -1)
+            rows = _packed_scores(lm, out.past_key_values, mask, [n_common + len(x) for x in own],
+                                  [[] for _ in batch], [cand_ids[i] for i in batch], first)
             for b, i in enumerate(batch):
-                for c, (lo, _) in zip(cand_ids[i], spans[b]):
-                    total = float(first[b, c[0]])  # later tokens are predicted by the candidate's own positions
-                    total += sum(float(logp[b, lo + t - 1, c[t]]) for t in range(1, len(c)))
-                    scores[i].append(total)
+                scores[i] = rows[b]
     return Ranking(scores, list(gold), [len(x) for x in ids], time.perf_counter() - start)
+
+
+def rank_after_generating(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
+                          reply_prefix, max_new_tokens: int, batch_size: int = 16,
+                          desc: str = "answering") -> tuple[Generation, Ranking]:
+    """A reader that reasons before it answers, generated (`ragft.generation.generate`) and scored in
+    one pass: each reply's candidates are scored after `reply_prefix(reply)` (its reasoning up to the
+    final-answer marker), as `rank_candidates` with `reply_prefixes` scores them, but on top of the
+    generation's own KV cache, so the prompt and the reasoning are not prefilled a second time.
+
+    The prefix is tokenized on its own, as `rank_candidates` tokenizes it; where its tokens begin
+    with the generated ones, those are reused from the cache, and the rest (a marker the token budget
+    cut off, text that tokenizes differently once decoded) is fed before each candidate. So every
+    candidate is conditioned on exactly the tokens `rank_candidates` conditions it on, and the scores
+    are the same up to float rounding (checked in the tests); `prompt_tokens` counts the prompt and
+    the prefix, as there. Returns (the generation, the ranking); the ranking's seconds are the
+    scoring passes alone, and the generation's exclude them."""
+    import torch
+
+    from .generation import _decode_completion, generate
+
+    _check(conversations, candidates, gold)
+    tok = lm.tokenizer
+    cand_ids = [[tok(c, add_special_tokens=False)["input_ids"] for c in cands] for cands in candidates]
+    scores: list[list[float]] = [[] for _ in conversations]
+    prefix_tokens, seconds = [0] * len(conversations), [0.0]
+
+    def score_batch(batch, generated, cache, mask, starts):
+        t = time.perf_counter()
+        cached = cache.get_seq_length()
+        tails, visible, positions = [], [], []
+        for b, i in enumerate(batch):
+            ids = generated[b].tolist()
+            target = tok(reply_prefix(_decode_completion(tok, ids)[0]), add_special_tokens=False)["input_ids"]
+            prefix_tokens[i] = len(target)
+            reuse = 0  # generated tokens the prefix starts with, up to the cache's end, leaving one to feed
+            while reuse < min(len(target) - 1, cached - len(mask[b])) and ids[reuse] == target[reuse]:
+                reuse += 1
+            tails.append(target[reuse:])
+            visible.append(mask[b] + [1] * reuse + [0] * (cached - len(mask[b]) - reuse))
+            positions.append(starts[b] + reuse)
+        with torch.inference_mode():
+            rows = _packed_scores(lm, cache, visible, positions, tails, [cand_ids[i] for i in batch])
+        for b, i in enumerate(batch):
+            scores[i] = rows[b]
+        seconds[0] += time.perf_counter() - t
+
+    gen = generate(lm, conversations, max_new_tokens, batch_size, desc=desc, on_batch=score_batch)
+    return gen, Ranking(scores, list(gold), [p + n for p, n in zip(gen.prompt_tokens, prefix_tokens)], seconds[0])
+
+
+def _packed_scores(lm, cache, mask: list[list[int]], start: list[int], tails: list[list[int]],
+                   cand_ids: list[list[list[int]]], first=None) -> list[list[float]]:
+    """Each row's candidates scored on top of its KV cache: row b's cached tokens visible where
+    `mask[b]` is 1; its candidates laid side by side in one row, each candidate being `tails[b]` (the
+    end of the reply before the candidates, scored with each) and then the candidate's own tokens,
+    at positions from `start[b]`. Each candidate sees the visible cache and its own earlier tokens
+    only (a block mask), as if scored alone; no cache is copied per candidate. Only the candidate's
+    own tokens are summed; with an empty tail its first token is predicted by `first[b]` (the log
+    softmax of the row's last prompt logits)."""
+    import torch
+
+    tok, model = lm.tokenizer, lm.model
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    segments = [[tail + c for c in cands] for tail, cands in zip(tails, cand_ids)]
+    spans = [_packed(seg) for seg in segments]
+    w2 = max(end for sp in spans for _, end in sp)
+    rows = [[t for c in seg for t in c] + [pad] * (w2 - sum(map(len, seg))) for seg in segments]
+    cpos = [[s] * w2 for s in start]
+    # an additive mask (0 where a token may look, the dtype's most negative elsewhere): every
+    # attention implementation reads a ready 4D mask as it is
+    bias = torch.full((len(rows), 1, w2, len(mask[0]) + w2), torch.finfo(model.dtype).min, dtype=model.dtype)
+    for b, sp in enumerate(spans):
+        bias[b, 0, :, len(mask[b]):].fill_diagonal_(0.0)  # a pad sees itself: no empty row, no NaN
+        bias[b, 0, :, :len(mask[b])].masked_fill_(torch.tensor(mask[b], dtype=torch.bool), 0.0)
+        for lo, hi in sp:
+            cpos[b][lo:hi] = range(start[b], start[b] + hi - lo)
+            own_tokens = bias[b, 0, lo:hi, len(mask[b]) + lo:len(mask[b]) + hi]
+            own_tokens.masked_fill_(torch.ones(hi - lo, hi - lo, dtype=torch.bool).tril(), 0.0)
+    logits = model(torch.tensor(rows, device=lm.device), attention_mask=bias.to(lm.device),
+                   position_ids=torch.tensor(cpos, device=lm.device), past_key_values=cache).logits
+    logp = torch.log_softmax(logits.float(), -1)
+    scores = []
+    for b in range(len(rows)):
+        row, n_tail = [], len(tails[b])
+        for c, (lo, _) in zip(cand_ids[b], spans[b]):
+            # token t of the candidate sits at lo + n_tail + t and is predicted by the position before it
+            total = float(first[b, c[0]]) if n_tail == 0 else float(logp[b, lo + n_tail - 1, c[0]])
+            total += sum(float(logp[b, lo + n_tail + t - 1, c[t]]) for t in range(1, len(c)))
+            row.append(total)
+        scores.append(row)
+    return scores

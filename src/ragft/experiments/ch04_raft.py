@@ -217,12 +217,14 @@ def raft_data(ch: Chapter, p: float | None = None, k: int | None = None, cot: bo
 
 
 def fit(ch: Chapter, records: list, label: str):
-    """A LoRA fine-tune on RAFT records (cached by configuration and data)."""
-    from ..train import train
+    """A LoRA fine-tune on RAFT records (cached by configuration and data), merged for answering."""
+    from ..train import merged, train
 
     # batches pad to their own longest example, so a generous max_len costs nothing
-    return train(ch.params.model, [r.to_example() for r in records],
-                 tasks.lora_config(ch.params, ch.params.epochs, max_len=4096), label=label)
+    result = train(ch.params.model, [r.to_example() for r in records],
+                   tasks.lora_config(ch.params, ch.params.epochs, max_len=4096), label=label)
+    merged(result.lm)  # it only answers from here on
+    return result
 
 
 def ask(ch: Chapter, model_lm, style: str, k: int, desc: str, idx: list[int] | None = None) -> Generation:
@@ -295,40 +297,41 @@ class Scored:
                 "refusal_auroc": area, "refusal_recall": recall, "scored_prompt_tokens": self.prompt_tokens}
 
 
-def rank(ch: Chapter, model_lm, style: str, k: int, idx: list[int] | None = None, reasoning: list[str] | None = None,
-         desc: str = "scoring") -> Scored:
+def rank(ch: Chapter, model_lm, style: str, k: int, idx: list[int] | None = None,
+         desc: str = "scoring") -> tuple[Scored, Generation | None]:
     """A reader's candidate log-likelihoods on the items at `idx` (all by default), reading their top-k
-    chunks; `reasoning`: its generated replies to the same items, for a reader that quotes first."""
+    chunks (`raft.read`); a quoting reader ("raft") generates its reasoning first and is scored after
+    it, and its generation is returned (else None)."""
     from ..scoring import Ranking
 
+    p = ch.params
     idx = list(range(len(ch.test_items))) if idx is None else list(idx)
     docs = [[h.text for h in ch.ranked[i][:k]] for i in idx] if k else None
     values = [ch.candidates[i][0] for i in idx]
     gold = [0 if ch.candidates[i][1] is None else ch.candidates[i][1] for i in idx]
-    r = raft.rank(model_lm, [ch.test_items[i].question for i in idx], docs, style,
-                  [v + [REFUSAL_ANSWER] for v in values], gold, reasoning, desc)
+    gen, r = raft.read(model_lm, [ch.test_items[i].question for i in idx], docs, style,
+                       [v + [REFUSAL_ANSWER] for v in values], gold, p.cot_max_new_tokens, p.batch_size, desc)
     answerable = [j for j, i in enumerate(idx) if ch.candidates[i][1] is not None]
     refuse = [s[-1] - max(s[:-1]) for s in r.scores]
     ranking = Ranking([r.scores[j][:-1] for j in answerable], [gold[j] for j in answerable],
                       [r.prompt_tokens[j] for j in answerable], r.seconds)
     return Scored(ranking, [ch.test_items[idx[j]].qid for j in answerable],
                   [refuse[j] for j in range(len(idx)) if j not in set(answerable)], [refuse[j] for j in answerable],
-                  sum(r.prompt_tokens) / len(idx))
-
-
-def marker_rate(gen: Generation) -> float:
-    """The share of a quoting reader's replies that reach the final-answer marker."""
-    return sum(map(raft.reached_marker, gen.texts)) / max(1, len(gen.texts))
+                  sum(r.prompt_tokens) / len(idx)), gen
 
 
 def read(ch: Chapter, model_lm, style: str, k: int, name: str, idx: list[int] | None = None) -> tuple[Scored, Generation | None]:
     """A reader scored by candidate log-likelihood on the items at `idx` and recorded under `name`;
     a quoting reader ("raft") first generates its reasoning on the same items (returned, else None)."""
-    gen = ask(ch, model_lm, style, k, name, idx) if style == "raft" else None
-    sc = rank(ch, model_lm, style, k, idx, gen.texts if gen else None, f"scoring {name}")
+    sc, gen = rank(ch, model_lm, style, k, idx, name)
     ch.run.record(name, sc.outcomes)
     ch.scored[name] = sc
     return sc, gen
+
+
+def marker_rate(gen: Generation) -> float:
+    """The share of a quoting reader's replies that reach the final-answer marker."""
+    return sum(map(raft.reached_marker, gen.texts)) / max(1, len(gen.texts))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -590,14 +593,14 @@ def _bench_store(ch: Chapter, name: str, items: list, size: int):
 def _bench_readers(ch: Chapter, name: str, train_items: list, sources: list, pool: list, negatives) -> list:
     """(row name, model, prompt style): the base model, optionally DSF, and RAFT trained on the train split."""
     from .. import settings
-    from ..train import example, train
+    from ..train import example, merged, train
 
     p = ch.params
     readers = [("base, closed book", ch.lm, "closed"), ("base + RAG", ch.lm, "rag")]
     if p.bench_dsf:
         examples = [example(tasks.dsf_messages(it.question), it.answers[0]) for it in train_items]
-        dsf_fit = train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}")
-        readers += [("DSF, closed book", dsf_fit.lm, "closed"), ("DSF + RAG", dsf_fit.lm, "rag")]
+        dsf_lm = merged(train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}").lm)
+        readers += [("DSF, closed book", dsf_lm, "closed"), ("DSF + RAG", dsf_lm, "rag")]
     records = raft.build_raft(sources, pool, p.bench_distractors, p.p_oracle, p.seed, hard_negatives=negatives)
     raft.save_jsonl(records, settings.run_dir() / "raft" / f"{name}_train.jsonl")
     return readers + [("RAFT + RAG", fit(ch, records, f"raft-{name}").lm, "raft")]
@@ -639,10 +642,8 @@ def pubmedqa(ch: Chapter) -> None:
     gold_idx = [PUBMEDQA_LABELS.index(g) for g in gold]
     for name, model_lm, style in readers:
         read_docs = docs if style != "closed" else None
-        gen = raft.ask(model_lm, questions, read_docs, style, p.bench_max_new_tokens, p.batch_size,
-                       f"PubMedQA {name}") if style == "raft" else None
-        r = raft.rank(model_lm, questions, read_docs, style, labels, gold_idx, gen.texts if gen else None,
-                      f"PubMedQA {name}")
+        gen, r = raft.read(model_lm, questions, read_docs, style, labels, gold_idx, p.bench_max_new_tokens,
+                           p.batch_size, f"PubMedQA {name}")
         ch.run.record(f"PubMedQA {name}", r.outcomes([it.qid for it in test]))
         ch.bench_rows.append({"benchmark": "PubMedQA", "condition": name, "n": len(gold),
                               **raft.label_scores(raft.predicted_labels(r, PUBMEDQA_LABELS), gold),

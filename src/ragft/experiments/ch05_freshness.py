@@ -154,11 +154,8 @@ def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str)
     docs = [[h.text for h in hits[:p.rag_top_k]] for hits in ch.ranked[(world, part)]] if style != "closed" else None
     questions = [q.test_text for q in qs]
     name = outcome(approach, world, part)
-    reasoning = None
-    if style == "raft":
-        reasoning = raft.ask(model_lm, questions, docs, style, p.cot_max_new_tokens, p.batch_size, desc=name).texts
-    r = raft.rank(model_lm, questions, docs, style, [c[0] for c in cands], [c[1] for c in cands], reasoning,
-                  desc=f"scoring {name}")
+    _, r = raft.read(model_lm, questions, docs, style, [c[0] for c in cands], [c[1] for c in cands],
+                     p.cot_max_new_tokens, p.batch_size, name)
     qids = [q.qid for q in qs]
     ch.run.record(name, r.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, r.prompt_tokens)})
     ch.scores[name] = r
@@ -187,9 +184,9 @@ def readers(ch: Chapter):
     """The fine-tuned readers, loaded: (DSF model, RAFT model)."""
     from ..train import load_artifact
 
-    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, ch.p3.dsf_epochs))
+    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, ch.p3.dsf_epochs), merge=True)
     ch.raft_adapter, ch.raft_source = raft_adapter(ch)
-    return dsf, load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs))
+    return dsf, load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True)
 
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
@@ -326,7 +323,7 @@ def update_fine_tune(ch: Chapter) -> pd.DataFrame:
     paraphrases): retrained from the base on every v2 fact; the v1 adapter trained further on the
     changed facts only; and on them plus a replay sample of unchanged facts. Each scored closed book on
     the changed and the unchanged facts."""
-    from ..train import train
+    from ..train import merged, train
     from ..train.measure import release_memory
 
     p, p3 = ch.params, ch.p3
@@ -342,11 +339,12 @@ def update_fine_tune(ch: Chapter) -> pd.DataFrame:
         with ch.run.stage(key):
             fit = train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}", init_from=start_from)
             ch.fits[key] = {**fit.metrics, "facts": len(facts)}
-            accs = {part: ask(ch, UPDATES[key], fit.lm, "closed", "v2", part).get("acc") for part in ("changed", "unchanged")}
+            answerer = merged(fit.lm)
+            accs = {part: ask(ch, UPDATES[key], answerer, "closed", "v2", part).get("acc") for part in ("changed", "unchanged")}
         rows.append({"update": UPDATES[key], "facts_trained": len(facts), "train_s": fit.metrics["train_s"],
                      "train_tokens": fit.metrics.get("train_tokens"), "changed_acc": accs["changed"],
                      "unchanged_acc": accs["unchanged"]})
-        del fit
+        del fit, answerer
         release_memory()
     idx = ch.index
     rows.insert(0, {"update": "index (upsert by document id)", "facts_trained": 0, "train_s": idx["seconds"],

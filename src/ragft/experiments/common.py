@@ -100,11 +100,11 @@ def dsf_adapter(p3, facts: list):
 
 
 def dsf_model(p3, facts: list):
-    """The DSF model itself (`dsf_adapter`), ready to answer. Returns (model, the line that says where
-    it came from)."""
-    from ..train import load_artifact, tasks
+    """The DSF model itself (`dsf_adapter`), ready to answer (the adapter merged). Returns (model, the
+    line that says where it came from)."""
+    from ..train import load_artifact, merged, tasks
 
     folder, line, trained = dsf_adapter(p3, facts)
     if trained is not None:
-        return trained.lm, line
-    return load_artifact(p3.model, folder, tasks.lora_config(p3, p3.dsf_epochs)), line
+        return merged(trained.lm), line
+    return load_artifact(p3.model, folder, tasks.lora_config(p3, p3.dsf_epochs), merge=True), line
