@@ -6,8 +6,10 @@
 Each chapter declares what every metric is (ragft.results.METRIC_KINDS, in the results file's
 `metric_rules`); the kind and n decide the comparison, never the metric's name:
 
-  rate, mean   may move by a few answers: max(FLIPS, SHARE x n) questions out of n. Another CPU's
-               BLAS flips near-tie answers; a real change moves more than that.
+  rate, mean   may move by a few answers: max(FLIPS, SHARE x n) questions out of n. Every x86 CPU
+               computes with the same AVX2 kernels (ragft.settings.CPU_KERNELS), but another library
+               build or CPU family may round differently and flip near-tie answers; a real change
+               moves more than that. A run with other kernels than the published one is named.
   derived      by the tolerance the chapter states for it
   exact        must match (deterministic arithmetic)
   choice, machine   not compared (an argmax over near ties; a measurement of the machine)

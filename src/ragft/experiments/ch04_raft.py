@@ -11,9 +11,10 @@ Sections, in the order the chapter runs them:
 
 How a reader is scored. Knowledge-base questions are scored by candidate log-likelihood: the gold
 value and `n_candidates` look-alike values of the same attribute (`KnowledgeBase.candidates`, chance
-1 / (n + 1)) are ranked by the model's log-likelihood as its reply (`raft.rank`). A reader that
+1 / (n + 1)) are ranked by the model's log-likelihood as its reply (`raft.read`). A reader that
 quotes before answering (RAFT) first generates its reply, and the candidates are scored after its own
-reasoning and the final-answer marker. The refusal reply is ranked beside them: its log-likelihood
+reasoning and the final-answer marker, on the generation's own KV cache. LoRA readers answer with
+their adapter merged. The refusal reply is ranked beside them: its log-likelihood
 minus the best value's is a refusal score, reported as AUROC and as refusal recall at <= 5 % false
 refusals. Generated answers stay on a subset (`n_generated` facts, `n_generated_unanswerable`
 unanswerable questions) for the format view (contains, EM, F1, refusals said in words); the quoting
