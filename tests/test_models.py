@@ -175,6 +175,7 @@ def test_bad_quantization_is_refused():
 
 def _kernels_in_a_fresh_process(env_extra: dict) -> str:
     env = {k: v for k, v in os.environ.items() if k not in settings.CPU_KERNELS} | env_extra
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(settings.PROJECT_ROOT / "src"), env.get("PYTHONPATH")]))
     code = "import ragft, torch; print(torch.backends.cpu.get_cpu_capability())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           check=True).stdout.strip()

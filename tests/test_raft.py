@@ -155,6 +155,8 @@ def test_read_scores_a_quoting_reader_on_its_own_generation_as_rank_does(lm, kb)
     `raft.ask`, and the same scores and token counts as the reasoning prefilled again (`raft.rank`),
     for replies the budget cut short (the marker fed with each candidate) and longer ones, in
     batches of unequal prompt lengths; another style is `raft.rank` with no generation."""
+    from ragft.scoring import rank_after_generating
+
     qs = kb.sample("single", 5, 0)
     questions, docs = [q.test_text for q in qs], [[kb.doc(q.doc_ids[0]).text] for q in qs]
     cands = [kb.candidates(q, 3, 0) for q in qs]
@@ -169,6 +171,9 @@ def test_read_scores_a_quoting_reader_on_its_own_generation_as_rank_does(lm, kb)
         assert r.prompt_tokens == again.prompt_tokens and r.seconds > 0
         if budget == 5:  # no reply reaches the marker: it is fed after the cache, with each candidate
             assert not any(map(raft.reached_marker, gen.texts))
+    with pytest.raises(ValueError, match="empty prefix"):
+        rank_after_generating(lm, raft.conversations(questions[:1], docs[:1], "raft"), values[:1], gold[:1],
+                              lambda reply: "", max_new_tokens=2)
     none, plain = raft.read(lm, questions, docs, "rag", values, gold, 40, batch_size=3)
     assert none is None and plain.scores == raft.rank(lm, questions, docs, "rag", values, gold).scores
 

@@ -120,6 +120,7 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
             t1 = time.perf_counter()
             on_batch(batch, generated, out.past_key_values, mask, [n_common + len(x) for x in suffixes])
             hook_s += time.perf_counter() - t1
+        del out, generated  # the batch's KV cache: not held while the next batch runs
     return Generation(texts, [len(x) for x in ids], completion, time.perf_counter() - start - hook_s, per_query,
                       n_common, prefill_s)
 

@@ -5,7 +5,9 @@ One prefill per question (the prompt, after a prefix every prompt shares is comp
 batched), then all candidates in one batch on top of that cache: several times cheaper than decoding an
 answer, and it measures what the model knows rather than how it phrases it. The candidate is scored
 as the first words of the assistant's reply, summed over its tokens (lm-evaluation-harness "acc");
-candidates of one question are values of the same attribute, so their lengths are alike.
+candidates of one question are values of the same attribute, so their lengths are alike. A reader
+that reasons before it answers is generated and scored in one pass (`rank_after_generating`): its
+candidates are scored on its generation's own KV cache, after its reasoning.
 """
 
 from __future__ import annotations
@@ -195,6 +197,9 @@ def rank_after_generating(lm, conversations: list[list[dict]], candidates: list[
         for b, i in enumerate(batch):
             ids = generated[b].tolist()
             target = tok(reply_prefix(_decode_completion(tok, ids)[0]), add_special_tokens=False)["input_ids"]
+            if not target:
+                raise ValueError(f"conversation {i}: reply_prefix gave an empty prefix; the candidates must follow "
+                                 "some of the reply (a quoting reader's reasoning and its final-answer marker)")
             prefix_tokens[i] = len(target)
             reuse = 0  # generated tokens the prefix starts with, up to the cache's end, leaving one to feed
             while reuse < min(len(target) - 1, cached - len(mask[b])) and ids[reuse] == target[reuse]:

@@ -5,7 +5,7 @@ Environment variables (all optional):
   RAGFT_CACHE_DIR  converted models and trained artifacts (default ~/.cache/ragft)
   RAGFT_RUN_DIR    the current run's folder; chapters write their results there (set by the runner)
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
-  ATEN_CPU_CAPABILITY, MKL_CBWR, ONEDNN_MAX_CPU_ISA   the CPU kernels (CPU_KERNELS: AVX2 unless set)
+  ATEN_CPU_CAPABILITY, MKL_CBWR   the CPU kernels (CPU_KERNELS: AVX2 on x86 unless set)
 """
 
 from __future__ import annotations
@@ -19,12 +19,14 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-# PyTorch's vector kernels, MKL's GEMM and oneDNN each pick AVX2 or AVX512 code by the CPU, and the two
-# round differently. Training amplifies that rounding: chapter 5 moved 4 answers of 30, and a verdict,
-# between an AVX2 machine and an AVX512 one. Every x86 CPU computes with the AVX2 kernels (all the
-# machines seen have AVX2; on an AVX512 one they were no slower), so the published numbers are the same
-# on both. Read once per process, at the first operation: `import ragft` sets them before that.
-CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# PyTorch's vector kernels and MKL's GEMM each pick AVX2 or AVX512 code by the CPU, and the two round
+# differently. Training amplifies that rounding: chapter 5 moved 4 answers of 30, and a verdict, between
+# an AVX2 machine and an AVX512 one. Every x86 CPU with AVX2 computes with the AVX2 kernels (all the
+# machines seen have it; on an AVX512 one they were no slower), so the published numbers are the same on
+# both. oneDNN is left free: fp32 products do not use it here, and bf16 ones (an opt-in) need its
+# AVX512-BF16 and AMX code to be fast. Read once per process, at the first operation: `import ragft`
+# sets them before that.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
 
 
 def offline() -> bool:
@@ -47,8 +49,15 @@ def apply_network_policy() -> None:
 
 
 def pin_cpu_kernels() -> None:
-    """Select the AVX2 kernels on x86 (CPU_KERNELS), unless the variables are set already."""
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    """Select the AVX2 kernels on an x86 CPU that has AVX2 and FMA (CPU_KERNELS), unless the variables
+    are set already; elsewhere nothing (asking for AVX2 code on a CPU without it would crash)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1 kept them under numpy.core
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    if features.get("AVX2") and features.get("FMA3"):
         for var, value in CPU_KERNELS.items():
             os.environ.setdefault(var, value)
 

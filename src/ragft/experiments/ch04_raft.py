@@ -251,7 +251,7 @@ def score(ch: Chapter, label: str, outcome: str, gen: Generation, idx: list[int]
 
 @dataclass
 class Scored:
-    """A reader's candidate ranking on some test items (`raft.rank`): the values alone on the
+    """A reader's candidate ranking on some test items (`raft.read`): the values alone on the
     answerable items (`ranking`, qids `qids`), and a refusal score on every item, the refusal
     reply's log-likelihood minus the best value's (unanswerable items: `refuse_pos`, answerable:
     `refuse_neg`)."""
