@@ -52,3 +52,12 @@ def test_the_check_finds_what_is_wrong(chromium, tmp_path, body, problem):
 def test_no_book_is_a_clear_error(chromium, tmp_path):
     with pytest.raises(FileNotFoundError, match="no built book"):
         browser.check_book(tmp_path)
+
+
+def test_a_relative_book_path_is_checked(chromium, tmp_path, monkeypatch):
+    """`make browser` passes _build/html, a relative path; Chromium needs absolute file URIs (CI failed on it)."""
+    (tmp_path / "html").mkdir()
+    book(tmp_path / "html", '<p>fine</p>')
+    monkeypatch.chdir(tmp_path)
+    assert browser.main(["html"]) == 0
+    assert (tmp_path / "screenshots" / "page.png").exists()

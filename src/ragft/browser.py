@@ -90,10 +90,11 @@ def check_book(html: Path, screenshots: Path | None = None) -> list[str]:
     chromium = find_chromium()
     if chromium is None:
         raise FileNotFoundError(f"no Chromium on this machine: {INSTALL}")
-    found = pages(Path(html))
+    html = Path(html).resolve()  # Chromium takes file:// URIs, which must be absolute (`make browser` passes _build/html)
+    found = pages(html)
     if not found:
         raise FileNotFoundError(f"no built book in {html}: build it first (make book)")
-    screenshots = screenshots or Path(html).parent / "screenshots"
+    screenshots = screenshots or html.parent / "screenshots"
     return [p for page in found for p in check_page(chromium, page, screenshots)]
 
 
