@@ -142,11 +142,12 @@ def test_question_outcomes_read_answer_citation_rerank_and_refusal():
     scores = [-5.0, -2.0, -6.0, -7.0, -4.0, -9.0, -8.0, -3.0, -1.0, -2.5, -3.5]
     got = ch02.question_outcomes(scores, 4, 1, {2}, 3)
     assert got == {"refusal_score": -2.0, "answer": 1, "pool_hit": 1, "retrieval_hit1": 0,
-                   "rerank_hit1": 0, "attribution": 1}
+                   "rerank_hit1": 0, "attribution": 1, "cite_position": 3, "relevant_sources": [3]}
     # a tie with a look-alike is wrong; no relevant source: no attribution, reranking cannot hit
     tie = [-2.0, -2.0, -6.0, -7.0, -4.0, -9.0, -8.0, -3.0, -1.0, -2.5, -3.5]
     got = ch02.question_outcomes(tie, 4, 1, set(), 3)
     assert got["answer"] == 0 and "attribution" not in got and got["rerank_hit1"] == 0 and got["pool_hit"] == 0
+    assert "cite_position" not in got
     # unanswerable: only the refusal score (refusal LL minus the best value's)
     assert ch02.question_outcomes([-3.0, -2.0, -6.0, -7.0, -1.5], 4, None, set(), 0) == {"refusal_score": 0.5}
 

@@ -132,6 +132,14 @@ def test_the_rule(follows, lands, unstated, verdict):
     assert costs.rule(follows, lands, unstated) == verdict
 
 
+def test_s2_stages_do_not_add_up_for_the_hybrid():
+    # 60 + 40 + 180 + 420 = 700 (RAG) and 420 (fine-tune) add up; the hybrid embeds and searches too:
+    # 60 + 40 + 420 = 520, not the stated 660 (= 700 less the search alone)
+    out = costs.check_s2(retrieval_ms=12.0, rag_first_token_ms=1200.0)
+    assert out.verdict == "contradicted" and "the hybrid's stated 660 ms is not its stages' 520 ms" in out.note
+    assert "retrieval 1.0% of RAG's time" in out.computed and "against 14% in the source" in out.note
+
+
 def test_range_check():
     assert costs.range_check("S7-saving", 0.5, 0.4, 0.7, "saving", str, "x").verdict == "supported"
     out = costs.range_check("S7-saving", 0.9, 0.4, 0.7, "saving", str, "the prompt tokens")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ragft.decide import Reader, actian_d3, decide, ergini_d2, heym_d1
+from ragft.decide import Reader, actian_d3, decide, ergini_d2, heym_d1, latency_reason
 
 READY = dict(examples=500, tried_prompting=True, rag_baseline=True, eval_set=True, ready_to_retrain=True)
 
@@ -10,16 +10,20 @@ READY = dict(examples=500, tried_prompting=True, rag_baseline=True, eval_set=Tru
 @pytest.mark.parametrize("reader,approach,claim", [
     (Reader("facts", updates_per_month=8), "RAG", "U1"),  # 1. facts that change
     (Reader("both", updates_per_month=1), "RAG", "U1"),
-    (Reader("facts", private_documents=True), "RAG", "K1"),  # 2. private documents
+    (Reader("facts", private_documents=True), "RAG", "private documents"),  # 2. private documents
+    (Reader("both", private_documents=True), "RAG", "private documents"),  # asked before "both -> hybrid"
     (Reader("facts"), "RAG", "K2"),  # 3. wrong facts
     (Reader("format", queries_per_month=100_000), "fine-tune", "K4"),  # 3. wrong format
     (Reader("format", queries_per_month=3_100_000), "fine-tune", "S7"),  # 4. > 100 K a day, static
     (Reader("format", updates_per_month=8), "fine-tune", "K4"),  # changing facts do not matter to format
+    (Reader("format", updates_per_month=1, queries_per_month=3_100_000), "fine-tune", "K4"),  # not a static set
     (Reader("both"), "hybrid", "F3"),  # 5. both
-], ids=["changing", "changing-both", "private", "facts", "format", "volume", "format-changing", "both"])
+], ids=["changing", "changing-both", "private", "private-both", "facts", "format", "volume", "format-changing",
+        "volume-not-static", "both"])
 def test_heym_d1_asks_its_five_questions_in_order(reader, approach, claim):
+    """`claim` is a claim id the reason rests on, or words of the reason itself."""
     advice = heym_d1(reader)
-    assert advice.approach == approach and any(claim in r.claims for r in advice.reasons)
+    assert advice.approach == approach and any(claim in r.claims or claim in r.says for r in advice.reasons)
 
 
 def test_ergini_d2_fine_tunes_only_when_all_eight_checks_pass():
@@ -58,10 +62,28 @@ def test_decide_gives_each_rules_advice():
     assert [a.rule for a in decide(Reader("facts"))] == ["D1", "D2", "D3"]
 
 
+@pytest.mark.parametrize("budget,measured,says", [(500, 12.0, "within"), (10, 12.0, "over"), (0, 12.0, None), (500, None, None)])
+def test_a_latency_budget_is_set_beside_the_measured_retrieval_latency(budget, measured, says):
+    reader = Reader("facts", latency_budget_ms=budget)
+    advice = decide(reader, measured)
+    added = [r for a in advice for r in a.reasons if "S1" in r.claims]
+    if says is None:
+        assert added == []
+    else:  # every advice that retrieves (here all three: RAG) says where 12 ms sits against the budget
+        assert len(added) == 3 and all(f"12 ms per answer in this run: {says}" in r.says for r in added)
+    assert latency_reason(Reader("format", latency_budget_ms=10), heym_d1(Reader("format")), 12.0) is None  # no retrieval
+
+
 @pytest.mark.parametrize("kwargs,name", [
     (dict(task="knowledge"), "task"), (dict(task="facts", updates_per_month=-1), "updates_per_month"),
     (dict(task="facts", queries_per_month="many"), "queries_per_month"), (dict(task="facts", examples=2.5), "examples"),
     (dict(task="facts", examples=True), "examples"), (dict(task="facts", private_documents="yes"), "private_documents"),
+    (dict(task="facts", queries_per_month=float("nan")), "queries_per_month"),
+    (dict(task="facts", updates_per_month=float("inf")), "updates_per_month"),
+    (dict(task="facts", prompt_cost_usd_per_month=-1.0), "prompt_cost_usd_per_month"),
+    (dict(task="facts", latency_budget_ms=-5), "latency_budget_ms"),
+    (dict(task="facts", tried_prompting=1), "tried_prompting"), (dict(task="facts", rag_baseline="no"), "rag_baseline"),
+    (dict(task="facts", eval_set=None), "eval_set"), (dict(task="facts", ready_to_retrain="yes"), "ready_to_retrain"),
 ])
 def test_a_bad_reader_is_refused_naming_the_field(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}="):
@@ -70,7 +92,9 @@ def test_a_bad_reader_is_refused_naming_the_field(kwargs, name):
 
 @pytest.mark.parametrize("override,name", [({"reader_task": "knowledge"}, "reader_task"),
                                           ({"reader_queries_per_month": -5.0}, "reader_queries_per_month"),
-                                          ({"reader_private_documents": "yes"}, "reader_private_documents")])
+                                          ({"reader_private_documents": "yes"}, "reader_private_documents"),
+                                          ({"reader_latency_budget_ms": -1.0}, "reader_latency_budget_ms"),
+                                          ({"reader_eval_set": "yes"}, "reader_eval_set")])
 def test_the_verdict_chapters_reader_parameters_are_checked_by_name(override, name):
     from ragft.config import ParamError, resolve
 

@@ -61,6 +61,13 @@ def test_equivalence_claims_need_the_whole_interval_inside_the_margin():
     small = stats.compare("T1", "lora", _outcomes([1, 0, 1, 0]), "full", _outcomes([1, 1, 0, 0]),
                           expect="equal", margin=0.05)
     assert small.verdict == stats.INCONCLUSIVE
+    # outside the margin but the interval still reaches it: the n that would put it wholly outside,
+    # sized by the distance past the margin (was sized by 0.001, and promised hundreds of thousands)
+    past = stats.compare("T1", "lora", _outcomes([0] * 3 + [1] * 13), "full", _outcomes([1] * 16),
+                         expect="equal", margin=0.04, kind="continuous")
+    assert past.verdict == stats.INCONCLUSIVE and past.diff < -0.04
+    assert past.n_for_effect == stats.n_needed(abs(past.diff) - 0.04, stats._sd(
+        [-1] * 3 + [0] * 13, "continuous")) < 1000
 
 
 def test_comparison_uses_only_shared_questions_and_refuses_bad_input():

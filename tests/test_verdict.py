@@ -32,6 +32,11 @@ def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
         assert ("partly decided (contradicted in 1 of 2 parts)" in row.reason) == any(c["verdict"] != I for c in held)
 
 
+def test_an_undecided_claim_with_no_observed_difference_says_no_n_would_detect_one():
+    row = judge(CLAIM, {"K1-a": {**cmp("K1-a", I, diff=0.0), "mde": 0.21}})
+    assert row.verdict == I and "no difference was observed" in row.reason and "about 21 points" in row.reason
+
+
 def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
     untested = Claim("S3", "words", ("heym2026",), "$", "06_cost", (), "a price computation")
     assert judge(untested, {}).verdict == NOT_TESTABLE and judge(untested, {}).reason == "a price computation"

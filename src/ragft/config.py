@@ -369,13 +369,17 @@ class VerdictParams(Common):
     reader_queries_per_month: float = param(1e6, "your case: queries per month")
     reader_examples: int = param(0, "your case: labelled examples of the behaviour you want", bounds=(0, 10**9))
     reader_private_documents: bool = param(True, "your case: answers must come from your own documents")
+    reader_tried_prompting: bool = param(True, "your case: prompting has been tried")
+    reader_rag_baseline: bool = param(False, "your case: a RAG baseline has shipped")
+    reader_eval_set: bool = param(False, "your case: an evaluation set exists")
+    reader_ready_to_retrain: bool = param(False, "your case: retraining every 3-6 months is planned")
+    reader_prompt_cost_usd_per_month: float = param(0.0, "your case: what prompting costs now, dollars a month")
+    reader_latency_budget_ms: float = param(0.0, "your case: the most an answer may take, ms (0: no budget)")
 
     def reader(self):
         from .decide import Reader
 
-        return Reader(self.reader_task, updates_per_month=self.reader_updates_per_month,
-                      queries_per_month=self.reader_queries_per_month, examples=self.reader_examples,
-                      private_documents=self.reader_private_documents)
+        return Reader(**{f.name: getattr(self, f"reader_{f.name}") for f in dataclasses.fields(Reader)})
 
     def validate(self) -> None:
         super().validate()

@@ -229,6 +229,25 @@ def usd(x: float) -> str:
     return f"${x:,.0f}" if abs(x) >= 100 else f"${x:,.2f}" if abs(x) >= 0.1 else f"${x:,.4f}"
 
 
+def check_s2(retrieval_ms: float, rag_first_token_ms: float) -> Check:
+    """RAG's 700 ms to the first token split into embed, search, rerank and first token, beside the
+    fine-tune's and the hybrid's: does each total add up from its stages (a hybrid embeds and searches
+    too), and what share of RAG's time retrieval takes here (measured) against there."""
+    s = stated("S2")
+    st, tft = s["stages_ms"], s["to_first_token_ms"]
+    sums = {"RAG": sum(st.values()), "fine-tune": st["first_token"],
+            "hybrid": st["embed"] + st["search"] + st["first_token"]}
+    mismatched = [f"the {k}'s stated {tft[k]} ms is not its stages' {sums[k]} ms" for k in tft if not close(sums[k], tft[k], 0.05)]
+    share_here = retrieval_ms / rag_first_token_ms
+    return Check("S2-arithmetic", ", ".join(f"{k} {v} ms" for k, v in tft.items()),
+                 f"retrieval {share_here:.1%} of RAG's time to first token here",
+                 rule(not mismatched, False, "hardware"),
+                 f"its stages add up to {', '.join(f'{k} {v} ms' for k, v in sums.items())}: "
+                 + ("; ".join(mismatched) if mismatched else "each figure matches its stages")
+                 + f". Here retrieval is {share_here:.1%} of RAG's time to first token, against "
+                 f"{(st['embed'] + st['search']) / tft['RAG']:.0%} in the source: prefill of the retrieved text decides it")
+
+
 def check_s3(rag: Approach) -> Check:
     """$0.10-1.55 per 1,000 queries with a GPT-4-class model and 2 K retrieved tokens."""
     s = stated("S3")

@@ -7,6 +7,7 @@ disagrees with a rule, the verdict chapter shows the rule's reason next to that 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 TASKS = ("facts", "format", "both")
@@ -35,14 +36,15 @@ class Reader:
     eval_set: bool = False
     prompt_cost_usd_per_month: float = 0.0
     ready_to_retrain: bool = False
+    latency_budget_ms: float = 0.0  # the most an answer may take; 0: no budget
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not allowed: use one of {list(TASKS)}")
-        for name in ("updates_per_month", "queries_per_month", "prompt_cost_usd_per_month"):
+        for name in ("updates_per_month", "queries_per_month", "prompt_cost_usd_per_month", "latency_budget_ms"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}={value!r} is not allowed: use a number >= 0")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}={value!r} is not allowed: use a finite number >= 0")
         if isinstance(self.examples, bool) or not isinstance(self.examples, int) or self.examples < 0:
             raise ValueError(f"examples={self.examples!r} is not allowed: use an integer >= 0")
         for name in ("private_documents", "tried_prompting", "rag_baseline", "eval_set", "ready_to_retrain"):
@@ -68,12 +70,12 @@ def heym_d1(r: Reader) -> Advice:
     """D1: five questions in order; the first that applies decides."""
     if r.updates_per_month > 0 and r.task != "format":
         return Advice("D1", "RAG", [Reason("D1", "the facts change: an index is updated by re-embedding, a fine-tune by retraining", ("U1", "U2"))])
-    if r.private_documents and r.task == "facts":
+    if r.private_documents:  # the source's second question, asked whatever else is wrong
         return Advice("D1", "RAG", [Reason("D1", "the answers must come from private documents", ("K1",))])
     if r.task == "facts":
         return Advice("D1", "RAG", [Reason("D1", "the model gets facts wrong: retrieval is the tool for knowledge", ("K1", "K2", "K5"))])
     if r.task == "format":
-        if r.queries_per_month / 30 > HEYM_STATIC_QUERIES_PER_DAY:
+        if r.updates_per_month == 0 and r.queries_per_month / 30 > HEYM_STATIC_QUERIES_PER_DAY:
             return Advice("D1", "fine-tune", [Reason("D1", "over 100 K queries a day on a static task: consider fine-tuning a small model", ("S7",))])
         return Advice("D1", "fine-tune", [Reason("D1", "the model gets the format wrong: fine-tuning is the tool for behaviour", ("K4", "T4"))])
     return Advice("D1", "hybrid", [Reason("D1", "both knowledge and strict behaviour are wrong: the hybrid", ("F3", "K6"))])
@@ -113,6 +115,21 @@ def actian_d3(r: Reader) -> Advice:
     return Advice("D3", approach, [Reason("D3", f"{volume}, {why}", ("S6", "U1"))])
 
 
-def decide(r: Reader) -> list[Advice]:
-    """The three rules' advice for one reader, each with its reasons and the claims behind them."""
-    return [heym_d1(r), ergini_d2(r), actian_d3(r)]
+def latency_reason(r: Reader, advice: Advice, retrieval_added_ms: float | None) -> Reason | None:
+    """None of the rules asks about latency; where the reader has a budget and the advice retrieves,
+    what retrieval added per answer in this run (chapter 6, S1/S2) set beside that budget."""
+    if not r.latency_budget_ms or retrieval_added_ms is None or advice.approach not in ("RAG", "hybrid"):
+        return None
+    within = "within" if retrieval_added_ms <= r.latency_budget_ms else "over"
+    return Reason(advice.rule, f"retrieval added {retrieval_added_ms:.0f} ms per answer in this run: {within} "
+                               f"the {r.latency_budget_ms:g} ms budget", ("S1", "S2"))
+
+
+def decide(r: Reader, retrieval_added_ms: float | None = None) -> list[Advice]:
+    """The three rules' advice for one reader, each with its reasons and the claims behind them; with
+    a measured retrieval latency, each retrieving advice also says how it sits with the reader's budget."""
+    advice = [heym_d1(r), ergini_d2(r), actian_d3(r)]
+    for a in advice:
+        if (reason := latency_reason(r, a, retrieval_added_ms)) is not None:
+            a.reasons.append(reason)
+    return advice

@@ -228,7 +228,8 @@ def compare(claim: str, a_name: str, a: dict, b_name: str, b: dict, expect: str 
             verdict = CONTRADICTED
         else:
             verdict = INCONCLUSIVE
-        need = n_needed(max(margin - abs(diff), 1e-3), sd) if verdict == INCONCLUSIVE else 0
+        # the interval must shrink inside the margin (|diff| < margin) or wholly past it (|diff| > margin)
+        need = n_needed(max(abs(margin - abs(diff)), 1e-3), sd) if verdict == INCONCLUSIVE else 0
     else:
         sign = 1 if expect == "greater" else -1
         if p < alpha and diff != 0:

@@ -88,6 +88,11 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
             reason += "; the observed difference is near zero: no feasible number of questions would detect it"
         elif need:
             reason += f"; about {need:,} paired questions would detect the observed difference"
+        elif all(c.get("diff") == 0 for c in undecided):
+            mde = max(c.get("mde") or 0 for c in undecided)
+            reason += (f"; no difference was observed, so no number of questions would detect one "
+                       f"(this n detects about {100 * mde:.0f} points)" if shown.get("kind", "binary") == "binary"
+                       else "; no difference was observed, so no number of questions would detect one")
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
                      shown.get("computed"))
@@ -114,7 +119,7 @@ def summary_sentence(doc: dict | None) -> str:
     m = doc["metrics"]
     return (f"Of the {m['n_claims']} claims this book tests, {m['n_supported']} are supported by this run's "
             f"measurements, {m['n_contradicted']} contradicted, {m['n_depends']} depend on the condition, "
-            f"{m['n_inconclusive']} are inconclusive at the number of questions a 2-core CPU run affords, and "
+            f"{m['n_inconclusive']} are inconclusive at the number of questions this run affords, and "
             f"{m['n_not_testable']} are not testable here (yet).")
 
 

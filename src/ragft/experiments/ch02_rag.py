@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import shutil
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -437,7 +438,9 @@ def question_outcomes(scores: list[float], n_values: int, gold: int | None, rele
     0-based positions of the sources that hold the gold sentence. Always "refusal_score" (the
     refusal's LL minus the best value's); for an answerable question also "answer" (1 when the gold
     value beats every look-alike; a tie is wrong), "pool_hit", "retrieval_hit1", and with two
-    sources or more "rerank_hit1" and, when a relevant source is among them, "attribution"."""
+    sources or more "rerank_hit1" and, when a relevant source is among them, "attribution" and
+    "cite_position" (the 1-based source number the model cites the gold value with) and
+    "relevant_sources" (the 1-based numbers of the sources that hold it)."""
     parts = split_scores(scores, n_values, n_sources)
     out = {"refusal_score": parts["refusal"] - max(parts["values"])}
     if gold is None:
@@ -450,6 +453,8 @@ def question_outcomes(scores: list[float], n_values: int, gold: int | None, rele
         out["rerank_hit1"] = int(first_best(parts["source"]) in relevant)
         if relevant:
             out["attribution"] = int(first_best(parts["cite"]) in relevant)
+            out["cite_position"] = first_best(parts["cite"]) + 1
+            out["relevant_sources"] = sorted(i + 1 for i in relevant)
     return out
 
 
@@ -469,6 +474,8 @@ class ScoredAt:
     prompt_tokens: dict  # qid -> prompt tokens
     seconds: float  # this top-k's share of the scoring time (shared prefixes prorated by prompt tokens)
     n_unanswerable: int
+    cite_position: dict = field(default_factory=dict)  # qid -> the source number "gold [i]" is most likely with
+    relevant_sources: dict = field(default_factory=dict)  # qid -> the source numbers that hold the gold sentence
 
 
 def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int]) -> dict[int, ScoredAt]:
@@ -611,6 +618,16 @@ def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedCompariso
         run.metric("attribution_chance", main.attribution_chance, "derived", tol=rate_tolerance(n))
         glue("attribution_lo", lo)
         glue("attribution_hi", hi)
+        # why it cannot cite: the source number it prefers, whichever source holds the answer
+        position, count = Counter(main.cite_position.values()).most_common(1)[0]
+        run.metric("attribution_preferred_source", position, "exact")
+        run.metric("attribution_preferred_source_share", count / n, "rate", n=n)
+        holds = sum(position in main.relevant_sources[q] for q in main.cite_position)
+        run.metric("attribution_preferred_source_relevant_share", holds / n, "rate", n=n)
+        below = acc < main.attribution_chance
+        glue("attribution_why", (f"It cites source [{position}] for {count / n:.0%} of these questions, and that source holds "
+                                 f"the answer in {holds / n:.0%} of them" + (": a preference for a position, not a reading "
+                                 "of the sources, which is why it attributes below chance" if below and count / n > 0.5 else "")))
     if main.rerank_hit1:
         method = ch.params.retrieval
         name, base = f"LL rerank of {method} top-{k} hit@1", f"{method} top-{k} hit@1 (scored questions)"

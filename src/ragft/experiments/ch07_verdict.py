@@ -40,7 +40,8 @@ def setup(params) -> Verdicts:
 
 
 def ledger_table(v: Verdicts) -> pd.DataFrame:
-    """One line per claim: its words, source figure, what this run measured, the verdict, why."""
+    """One line per claim: its words, sources (bibliography keys), source figure, what this run
+    measured, the verdict, why, and the chapter that measured it."""
     lines = []
     for r in v.rows:
         c = v.claims[r.claim]
@@ -48,10 +49,31 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
             measured = f"{r.measured} ({r.comparison})" if r.measured else "–"
         else:
             measured = f"{r.difference()}, n = {r.n} ({r.comparison})"
-        lines.append({"claim": r.claim, "what the sources say": c.claim, "their figure": c.figure,
-                      "measured here": measured, "verdict": r.verdict, "evidence or reason": r.reason,
-                      "at larger scale": c.scales})
+        lines.append({"claim": r.claim, "what the sources say": c.claim, "sources": ", ".join(c.sources),
+                      "their figure": c.figure, "measured here": measured, "verdict": r.verdict,
+                      "evidence or reason": r.reason, "chapter": r.chapter, "at larger scale": c.scales})
     return pd.DataFrame(lines).set_index("claim")
+
+
+def show_ledger(table: pd.DataFrame) -> None:
+    """The ledger as HTML, each chapter a link to its page (the book's pages sit side by side)."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    shown = table.map(lambda text: escape(str(text)))
+    shown["chapter"] = [f'<a href="{escape(ch)}.html">{escape(ch)}</a>' for ch in table["chapter"]]
+    display(HTML(shown.to_html(escape=False)))
+
+
+def model_and_hardware(v: Verdicts) -> tuple[str, str]:
+    """What the run's language model was and what it ran on, from the chapters' provenance."""
+    prov = next((d["provenance"] for d in v.docs.values() if d.get("provenance", {}).get("model_params")), None)
+    if prov is None:
+        return "the chapters' language model", "this machine"
+    size = f"{prov['model']} ({prov['model_params'] / 1e6:,.0f} M parameters, {prov['dtype']})"
+    where = prov["gpu"] or f"a {prov['cpu']} CPU, {prov['threads']} threads"
+    return size, where
 
 
 def forest(v: Verdicts):
@@ -97,6 +119,9 @@ def headline(v: Verdicts) -> dict:
         glue(key, tally[verdict])
     glue("n_claims", len(v.rows))
     glue("verdict_chapters", ", ".join(v.chapters) or "none")
+    model, hardware = model_and_hardware(v)
+    glue("verdict_model", model)
+    glue("verdict_hardware", hardware)
     return {"counts": tally, "verdicts": VERDICTS}
 
 
@@ -112,7 +137,8 @@ def save(v: Verdicts):
 # A few readers the articles write for, to show the helper at work (your own: the reader_ parameters).
 TYPICAL_READERS = {
     "support bot over a product catalogue that changes weekly": dict(task="facts", updates_per_month=4,
-                                                                      queries_per_month=2e6, private_documents=True),
+                                                                      queries_per_month=2e6, private_documents=True,
+                                                                      latency_budget_ms=500),
     "JSON extraction from forms, 5 M calls a month, 500 examples": dict(task="format", queries_per_month=5e6,
                                                                          examples=500, rag_baseline=True, eval_set=True,
                                                                          ready_to_retrain=True),
@@ -129,9 +155,10 @@ def advice_table(v: Verdicts, readers: dict) -> pd.DataFrame:
     from ..decide import decide
 
     verdict_of = {r.claim: r.verdict for r in v.rows}
+    retrieval_ms = v.docs.get("06_cost", {}).get("metrics", {}).get("retrieval_added_ms_p50")
     lines = []
     for label, reader in readers.items():
-        for advice in decide(_reader(reader)):
+        for advice in decide(_reader(reader), retrieval_ms):
             claims = sorted({c for reason in advice.reasons for c in reason.claims})
             lines.append({"reader": label, "rule": advice.rule, "advice": advice.approach,
                           "because": "; ".join(reason.says for reason in advice.reasons),
