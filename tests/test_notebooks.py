@@ -345,6 +345,32 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_p
     assert doc["metrics"]["s4_monthly_usd_10m"] == before["s4_monthly_usd_10m"]  # the article's own figure stays
 
 
+@pytest.mark.slow
+def test_verdict_chapter_advises_a_readers_own_case_with_papermill(smoke_run, tmp_path, monkeypatch):
+    """`papermill chapters/07_verdict.ipynb out.ipynb -p reader_task format ... -p reader_latency_budget_ms 500`
+    in a run folder that holds chapters 1-6: each rule's advice for the reader's case, its latency
+    budget set beside chapter 6's measured retrieval latency, a bad value refused by name."""
+    import shutil
+
+    import papermill as pm
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run["dir"] / "results", run_dir / "results")
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
+    case = {"profile": "smoke", "reader_task": "format", "reader_queries_per_month": 2e6, "reader_updates_per_month": 0.0,
+            "reader_examples": 300, "reader_private_documents": False, "reader_latency_budget_ms": 500.0}
+    nb = pm.execute_notebook(str(ROOT / "chapters" / "07_verdict.ipynb"), str(tmp_path / "out.ipynb"), parameters=case,
+                             kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
+    shown = "\n".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "the model gets the format wrong" in shown  # D1 for a format task
+    assert "not yet: a RAG baseline has shipped" in shown  # D2's failing checks, named
+    assert "within the 500 ms budget" in shown  # D3 says RAG at 2 M a month; retrieval measured in chapter 6
+    with pytest.raises(pm.PapermillExecutionError, match="reader_latency_budget_ms"):
+        pm.execute_notebook(str(ROOT / "chapters" / "07_verdict.ipynb"), str(tmp_path / "bad.ipynb"),
+                            parameters={**case, "reader_latency_budget_ms": -1.0}, kernel_name="python3",
+                            cwd=str(ROOT / "chapters"), progress_bar=False)
+
+
 BYO_BUDGET_S = 150  # about a minute on 2 cores (33 s measured with a warm model cache), generously
 
 
