@@ -55,15 +55,20 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
     return pd.DataFrame(lines).set_index("claim")
 
 
-def show_ledger(table: pd.DataFrame) -> None:
-    """The ledger as HTML, each chapter a link to its page (the book's pages sit side by side)."""
+REASON_COLUMNS = ["evidence or reason", "at larger scale"]  # long text: a table of their own
+
+
+def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
+    """Some of the ledger's columns as HTML, each chapter a link to its page (the book's pages sit side
+    by side). Two calls, the short columns and then REASON_COLUMNS, keep each table readable at 1280 px."""
     from html import escape
 
     from IPython.display import HTML, display
 
-    shown = table.map(lambda text: escape(str(text)))
-    shown["chapter"] = [f'<a href="{escape(ch)}.html">{escape(ch)}</a>' for ch in table["chapter"]]
-    display(HTML(shown.to_html(escape=False)))
+    shown = table[columns].map(lambda text: escape(str(text)))
+    if "chapter" in columns:
+        shown["chapter"] = [f'<a href="{escape(ch)}.html">{escape(ch)}</a>' for ch in table["chapter"]]
+    display(HTML(shown.to_html(escape=False, justify="left")))
 
 
 def model_and_hardware(v: Verdicts) -> tuple[str, str]:
