@@ -140,6 +140,16 @@ def test_s2_stages_do_not_add_up_for_the_hybrid():
     assert "retrieval 1.0% of RAG's time" in out.computed and "against 14% in the source" in out.note
 
 
+def test_a_volume_that_never_comes_depends_on_what_moves_it():
+    from ragft.experiments.ch06_cost import _volume_check
+
+    count = lambda v: f"{v:,.0f} queries a month"
+    never = _volume_check("S6-thresholds", None, 10e6, 50e6, count, "the training cost")
+    assert never.verdict == "depends" and never.computed == "never" and "never cheaper" in never.note
+    assert _volume_check("S6-thresholds", 20e6, 10e6, 50e6, count, "x").verdict == "supported"
+    assert _volume_check("S5-crossover", 537_708, 50_000, 100_000, count, "x").verdict == "depends"
+
+
 def test_range_check():
     assert costs.range_check("S7-saving", 0.5, 0.4, 0.7, "saving", str, "x").verdict == "supported"
     out = costs.range_check("S7-saving", 0.9, 0.4, 0.7, "saving", str, "the prompt tokens")
