@@ -89,10 +89,9 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
         elif need:
             reason += f"; about {need:,} paired questions would detect the observed difference"
         elif all(c.get("diff") == 0 for c in undecided):
-            mde = max(c.get("mde") or 0 for c in undecided)
-            reason += (f"; no difference was observed, so no number of questions would detect one "
-                       f"(this n detects about {100 * mde:.0f} points)" if shown.get("kind", "binary") == "binary"
-                       else "; no difference was observed, so no number of questions would detect one")
+            reason += "; no difference was observed, so no number of questions would detect one"
+            if shown.get("kind", "binary") == "binary":  # what this n could have seen, in points
+                reason += f" (this n detects about {100 * max(c.get('mde') or 0 for c in undecided):.0f} points)"
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
                      shown.get("computed"))

@@ -624,10 +624,10 @@ def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedCompariso
         run.metric("attribution_preferred_source_share", count / n, "rate", n=n)
         holds = sum(position in main.relevant_sources[q] for q in main.cite_position)
         run.metric("attribution_preferred_source_relevant_share", holds / n, "rate", n=n)
-        below = acc < main.attribution_chance
-        glue("attribution_why", (f"It cites source [{position}] for {count / n:.0%} of these questions, and that source holds "
-                                 f"the answer in {holds / n:.0%} of them" + (": a preference for a position, not a reading "
-                                 "of the sources, which is why it attributes below chance" if below and count / n > 0.5 else "")))
+        why = f"It cites source [{position}] for {count / n:.0%} of these questions, and that source holds the answer in {holds / n:.0%} of them"
+        if acc < main.attribution_chance and count / n > 0.5:
+            why += ": a preference for a position, not a reading of the sources, which is why it attributes below chance"
+        glue("attribution_why", why)
     if main.rerank_hit1:
         method = ch.params.retrieval
         name, base = f"LL rerank of {method} top-{k} hit@1", f"{method} top-{k} hit@1 (scored questions)"
