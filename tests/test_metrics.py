@@ -19,6 +19,32 @@ def test_exact_match_and_f1():
     assert ev.f1("", ["x"]) == 0.0
 
 
+@pytest.mark.parametrize("reply, short", [
+    ("The answer is: 6 months.", "6 months"),  # a lead-in and a full stop
+    ("The document states it. So, the answer is: Jarek Sadowski", "Jarek Sadowski"),  # the last lead-in
+    ("##begin_quote##Built at Quarrington.##end_quote##\n<ANSWER>: Quarrington", "Quarrington"),  # RAFT's marker
+    ("the north gate [2]", "the north gate"),  # a citation
+    ('Answer: "Paris"', "Paris"),
+    ("1 February 2021.\nIt came into force then.", "1 February 2021"),  # the first line
+    ("St. Louis, Missouri. It lies on the river.", "St. Louis, Missouri"),  # an abbreviation ends no sentence
+    ("It costs $2.5 million. Another sentence.", "It costs $2.5 million"),  # a whole sentence stays one
+    ("The answer is", "The answer is"),  # a lead-in with nothing after it is left alone
+])
+def test_short_answer_one_rule_for_every_reader(reply, short):
+    assert ev.short_answer(reply) == short
+
+
+def test_em_and_f1_score_the_short_answer_and_contains_the_reply():
+    class Item:
+        kind, answers = "single", ["6 months"]
+
+    scores = ev.score_answers(["The answer is: 6 months.", "The warranty is 6 months long, as stated."], [Item, Item])
+    assert scores["em"] == 0.5 and scores["contains"] == 1.0
+    assert scores["f1"] == pytest.approx((1 + 2 * (2 / 7) * 1 / (2 / 7 + 1)) / 2)
+    assert scores["wordy"] == 0.5  # the sentence is 7 words for a 2-word answer; "6 months" is not wordy
+    assert ev.wordy("about 6 months in all", ["6 months"]) == 0.0  # 3 words more: still a phrase
+
+
 def test_contains_uses_word_boundaries():
     assert ev.contains("It costs $1,266 per unit.", ["$1,266"]) == 1.0
     assert ev.contains("It costs 12,660 dollars", ["1266"]) == 0.0

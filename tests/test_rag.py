@@ -218,6 +218,10 @@ def test_refusal_sweep_counts():
     r = rows[0]
     assert (r["refusal_recall"], r["answerable_refused"]) == (0.5, 1 / 3)
     assert r["refusal_precision"] == 0.5 and r["refusal_f1"] == pytest.approx(0.5)
+    assert r["refusal_j"] == pytest.approx(0.5 - 1 / 3)
+    # refusing everything: F1 above 0 (precision is the unanswerable share), J exactly 0
+    everything = rag.refusal_sweep(answerable=[0.9, 0.8, 0.4], unanswerable=[0.3, 0.5], thresholds=[1.0])[0]
+    assert everything["refusal_f1"] == pytest.approx(2 * 0.4 / 1.4) and everything["refusal_j"] == 0.0
 
 
 def test_scale_benchmark_pieces(tmp_path):

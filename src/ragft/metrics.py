@@ -1,8 +1,11 @@
 """Answer and retrieval metrics: one implementation of each.
 
 Answer metrics follow the SQuAD v1.1 evaluation script's normalisation (lower case, drop punctuation
-and the articles a/an/the, fold white space). "contains" is the lenient score: a normalised gold
-answer (or alias) appears inside the normalised prediction, which suits chatty small models.
+and the articles a/an/the, fold white space). EM and F1 score the short answer that `short_answer`
+extracts from a reply, by one rule for every reader, so that "The answer is: 6 months." counts as
+"6 months"; a reply that is a whole sentence stays a whole sentence (EM then measures its format).
+"contains" is the lenient score: a normalised gold answer (or alias) appears inside the normalised
+prediction, which suits chatty small models.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import string
 from collections import Counter
 
+from .prompts import ANSWER_MARKER
 from .stats import wilson_interval
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -23,6 +27,41 @@ def normalize(text: str) -> str:
     text = "".join(ch for ch in text if ch not in _PUNCT)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
+
+
+CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [2] or [1, 3]
+# A lead-in before the answer proper: "The answer is:", "So, the answer to this question is", "Answer:".
+_LEAD_IN = re.compile(r"\banswer(?: to (?:this|the) question)?(?: is)?\s*:|\banswer(?: to (?:this|the) question)? is\b",
+                      re.IGNORECASE)
+# A sentence ends at . ! or ? after two lower-case letters or digits and before a capital ("St. Louis",
+# "Dr. Lee" and "$2.5" do not end one).
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9]{2}[.!?])\s+(?=[A-Z])")
+_TRIM = " \t\"'`*.,;:!?"
+WORDY_EXTRA = 4  # words beyond the longest gold answer that make a reply a sentence, not a phrase
+
+
+def strip_citations(answer: str) -> str:
+    return CITATION.sub("", answer).strip()
+
+
+def short_answer(text: str) -> str:
+    """The short answer in a reply, the same rule for every reader before EM and F1: the text after
+    the last final-answer marker (RAFT's), without citation brackets, after the last lead-in ("the
+    answer is:"), its first line and first sentence, without surrounding quotes or end punctuation."""
+    text = strip_citations(text.rsplit(ANSWER_MARKER, 1)[-1])
+    lead_ins = list(_LEAD_IN.finditer(text))
+    if lead_ins and text[lead_ins[-1].end():].strip():
+        text = text[lead_ins[-1].end():]
+    text = next((line for line in text.strip().splitlines() if line.strip()), "")
+    return _SENTENCE_END.split(text.strip(), maxsplit=1)[0].strip(_TRIM)
+
+
+def wordy(prediction: str, answers: list[str]) -> float:
+    """1 when the short answer is WORDY_EXTRA or more words longer than the longest gold answer: a
+    sentence where a phrase was asked for (EM then measures its format, not knowledge)."""
+    longest = max(len(normalize(a).split()) for a in answers)
+    return float(len(normalize(short_answer(prediction)).split()) >= longest + WORDY_EXTRA)
+
 
 
 def exact_match(prediction: str, answers: list[str]) -> float:
@@ -109,15 +148,17 @@ def fields_correct(prediction: str, gold: dict) -> float:
 
 def score_answers(predictions: list[str], items: list) -> dict[str, float]:
     """Mean scores over QA items (objects with .answers and .kind). Unanswerable items count only
-    towards refusal accuracy; answerable ones count towards the answer scores and false refusals."""
+    towards refusal accuracy; answerable ones count towards the answer scores and false refusals.
+    EM and F1 score each reply's `short_answer`; "contains" and refusals the whole reply."""
     answerable = [(p, it) for p, it in zip(predictions, items) if it.kind != "unanswerable"]
     unanswerable = [p for p, it in zip(predictions, items) if it.kind == "unanswerable"]
     out: dict[str, float] = {}
     if answerable:
         n = len(answerable)
         out["contains"] = sum(contains(p, it.answers) for p, it in answerable) / n
-        out["em"] = sum(exact_match(p, it.answers) for p, it in answerable) / n
-        out["f1"] = sum(f1(p, it.answers) for p, it in answerable) / n
+        out["em"] = sum(exact_match(short_answer(p), it.answers) for p, it in answerable) / n
+        out["f1"] = sum(f1(short_answer(p), it.answers) for p, it in answerable) / n
+        out["wordy"] = sum(wordy(p, it.answers) for p, it in answerable) / n
         out["false_refusal"] = sum(is_refusal(p) for p, _ in answerable) / n
     if unanswerable:
         out["refusal_acc"] = sum(is_refusal(p) for p in unanswerable) / len(unanswerable)

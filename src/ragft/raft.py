@@ -344,7 +344,7 @@ def read(lm, questions: list[str], documents: list[list[str]] | None, style: str
 
 def answers_of(texts: list[str]) -> list[str]:
     """The answer each reply gives: after the final-answer marker, without citation brackets."""
-    from .rag.answer import strip_citations
+    from .metrics import strip_citations
 
     return [strip_citations(final_answer(t)) for t in texts]
 

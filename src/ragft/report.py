@@ -12,6 +12,7 @@ _COLUMNS = {
     "n": ("questions", "{:.0f}".format),
     "contains": ("gold contained [95 % CI]", None),
     "em": ("exact match", _PCT),
+    "wordy": ("answers in a sentence", _PCT),
     "f1": ("token F1", "{:.2f}".format),
     "refusal_acc": ("refuses unanswerable", _PCT),
     "false_refusal": ("refuses answerable", _PCT),

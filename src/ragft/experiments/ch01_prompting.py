@@ -510,6 +510,7 @@ def headline_metrics(ch: Chapter) -> dict:
     out["few_shot_best_k"] = run.metric("few_shot_best_k", int(best.row["k"]), "choice")
     rate("gold_context_contains", c["gold document"].row["contains"], n_gen)
     rate("gold_context_em", c["gold document"].row["em"], n_gen)
+    rate("gold_context_wordy", c["gold document"].row["wordy"], n_gen)  # why EM is low: sentences, not phrases
     out["gold_context_f1"] = run.metric("gold_context_f1", c["gold document"].row["f1"], "mean", n=n_gen)
     two_hop = c.get("gold documents, two-hop")
     if two_hop is not None:
@@ -635,6 +636,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("lc_groups", len(haystack_groups(ch)))
     glue("haystack_documents", ch.params.haystack_documents)
     glue("candidates_k", CANDIDATES_K)
+    glue("wordy_extra", metrics.WORDY_EXTRA)
     glue("max_false_refusals", MAX_FALSE_REFUSALS)
     glue("model_name", ch.lm.name)
     glue("context_window", ch.lm.context_window)

@@ -839,10 +839,15 @@ def refusal_threshold(ch: Chapter) -> Refusal:
         ch.nq = []
         print(f"NaturalQuestions-Open not available: {e}")
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-    best_t = sweep.refusal_f1.idxmax()
+    # The operating point: the threshold of highest Youden's J. With few unanswerable questions among
+    # many answerable ones, the highest refusal F1 is refusing everything (precision = their share).
+    best_t = sweep.refusal_j.idxmax()
     n_a, n_u = len(ch.items), len(near_miss)
-    f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 of refusals moves with its two rates
-    run.metric("refusal_f1_best", sweep.refusal_f1.max(), "derived", tol=f1_tol)
+    f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 and J of refusals move with their two rates
+    run.metric("refusal_f1_best", sweep.loc[best_t, "refusal_f1"], "derived", tol=f1_tol)
+    run.metric("refusal_j_best", sweep.loc[best_t, "refusal_j"], "derived", tol=f1_tol)
+    run.metric("refusal_f1_max", sweep.refusal_f1.max(), "derived", tol=f1_tol)
+    run.metric("refusal_f1_refuse_all", 2 * n_u / (2 * n_u + n_a), "exact")  # recall 1, precision n_u / (n_u + n_a)
     run.metric("refusal_threshold_best", best_t, "choice")
     run.metric("refusal_recall_at_best", sweep.loc[best_t, "refusal_recall"], "rate", n=n_u)
     run.metric("answerable_refused_at_best", sweep.loc[best_t, "answerable_refused"], "rate", n=n_a)
@@ -853,7 +858,7 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     if ch.nq:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-        run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1.max(), "derived",
+        run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1[offtopic.refusal_j.idxmax()], "derived",
                    tol=rate_tolerance(n_a) + rate_tolerance(len(offtopic_sim)))
     return Refusal(sweep, offtopic, n_a, n_u, detectors)
 
@@ -867,6 +872,8 @@ def refusal_plot(ref: Refusal):
     ax.plot(ref.sweep.index, ref.sweep.answerable_refused, "s-", label="answerable questions refused")
     if ref.offtopic is not None:
         ax.plot(ref.offtopic.index, ref.offtopic.refusal_recall, "^-", label="off-topic questions refused")
+    best = ref.sweep.refusal_j.idxmax()
+    ax.axvline(best, color="grey", linestyle=":", label=f"operating point (highest J), {best:.2f}")
     ax.set(xlabel="similarity threshold", ylabel="share refused", title="Refusing under a similarity threshold")
     ax.legend(fontsize=8)
     return fig

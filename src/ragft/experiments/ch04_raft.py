@@ -565,10 +565,11 @@ def pubmedqa_question(question: str) -> str:
 
 
 def f1_outcomes(items: list, texts: list[str]) -> dict[str, float]:
-    """HotpotQA per item: token F1 of the reply's answer against the gold answers (continuous)."""
+    """HotpotQA per item: token F1 of the reply's short answer against the gold answers (continuous),
+    as `metrics.score_answers` scores it."""
     if len(items) != len(texts):
         raise ValueError(f"{len(items)} items but {len(texts)} replies: they must pair up in order")
-    return {it.qid: metrics.f1(a, it.answers) for it, a in zip(items, raft.answers_of(texts))}
+    return {it.qid: metrics.f1(metrics.short_answer(a), it.answers) for it, a in zip(items, texts)}
 
 
 def _tokens(items: list, gen: Generation) -> dict:

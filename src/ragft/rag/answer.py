@@ -4,7 +4,6 @@ timed stage by stage, the way a deployed service answers.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
@@ -12,12 +11,12 @@ import numpy as np
 
 from ..corpus.kb import REFUSAL_ANSWER
 from ..generation import generate, generate_streamed
+from ..metrics import CITATION, strip_citations
 from ..prompts import CITE_SYSTEM, build_messages
 from .retrieve import Retriever, above_threshold
 from .sources import QAItem
 from .store import Hit
 
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def cited_messages(question: str, passages: list[str]) -> list[dict]:
@@ -32,15 +31,11 @@ def rag_messages(question: str, hits: list[Hit]) -> list[dict]:
 def parse_citations(answer: str, n_sources: int) -> list[int]:
     """Source numbers cited as [2] or [1, 3], in order, valid ones only (1-based)."""
     cited = []
-    for group in _CITATION.findall(answer):
+    for group in CITATION.findall(answer):
         for n in (int(x) for x in group.split(",")):
             if 1 <= n <= n_sources and n not in cited:
                 cited.append(n)
     return cited
-
-
-def strip_citations(answer: str) -> str:
-    return _CITATION.sub("", answer).strip()
 
 
 def answer_batch(lm, items: list[QAItem], rankings: list[list[Hit]], max_new_tokens: int = 32,

@@ -49,8 +49,9 @@ def retrieval_scores(items: list[QAItem], rankings: list[list[Hit]], ks=(1, 3, 5
 
 def refusal_sweep(answerable: list[float], unanswerable: list[float], thresholds) -> list[dict]:
     """Refusing whenever the best dense similarity is under a threshold, for each threshold:
-    precision and recall of the refusals (unanswerable questions are the positives) and the share
-    of answerable questions wrongly refused."""
+    precision and recall of the refusals (unanswerable questions are the positives), the share of
+    answerable questions wrongly refused, and Youden's J (recall minus that share: 0 for refusing
+    everything or nothing, whatever the mix of questions, where F1 can peak at refusing everything)."""
     a, u = np.asarray(answerable), np.asarray(unanswerable)
     rows = []
     for t in thresholds:
@@ -59,7 +60,8 @@ def refusal_sweep(answerable: list[float], unanswerable: list[float], thresholds
         recall = tp / len(u) if len(u) else float("nan")
         f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
         rows.append({"threshold": float(t), "refusal_precision": precision, "refusal_recall": recall,
-                     "refusal_f1": f1, "answerable_refused": fp / len(a) if len(a) else float("nan")})
+                     "refusal_f1": f1, "answerable_refused": fp / len(a) if len(a) else float("nan"),
+                     "refusal_j": recall - fp / len(a) if len(a) and len(u) else float("nan")})
     return rows
 
 
