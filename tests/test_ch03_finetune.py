@@ -263,3 +263,15 @@ def test_learning_rates_one_rule_for_every_method():
     ])
     chosen = ch03.pick_lrs(sweep, ["lora", "lora-attention", "qlora", "full"])
     assert chosen == {"lora": 3e-3, "lora-attention": 3e-3, "qlora": 3e-3, "full": 1e-4}
+
+
+def test_a_chosen_rate_at_the_end_of_its_grid_is_named():
+    sweep = pd.DataFrame([
+        {"method": "lora", "lr": 3e-3, "chosen": False}, {"method": "lora", "lr": 1e-2, "chosen": True},
+        {"method": "full", "lr": 1e-4, "chosen": False}, {"method": "full", "lr": 3e-4, "chosen": True},
+        {"method": "full", "lr": 1e-3, "chosen": False},
+    ]).set_index(["method", "lr"])
+    sentence = ch03.lr_edge_sentence(sweep)
+    assert "LoRA" in sentence and "largest" in sentence and "full" not in sentence.split(":")[0].lower()
+    inside = sweep.drop(("lora", 3e-3))  # one rate tried: no grid to be at the end of
+    assert ch03.lr_edge_sentence(inside) == "Every chosen rate lies inside the rates its sweep tried."

@@ -307,6 +307,20 @@ def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
     return {m: chosen.get(m, chosen["lora"]) for m in methods}
 
 
+def lr_edge_sentence(sweep: pd.DataFrame) -> str:
+    """The methods whose chosen rate is the largest or smallest their sweep tried: their best rate
+    may lie beyond the grid, which the reader should know before comparing methods."""
+    edges = []
+    for method, part in sweep.reset_index().groupby("method", sort=False):
+        chosen = part.lr[part.chosen].iloc[0]
+        if len(part) > 1 and chosen in (part.lr.max(), part.lr.min()):
+            edges.append(f"{METHOD_LABELS[method]} (the {'largest' if chosen == part.lr.max() else 'smallest'} tried)")
+    if not edges:
+        return "Every chosen rate lies inside the rates its sweep tried."
+    return (f"The chosen rate is at the end of its grid for {' and '.join(edges)}: a rate beyond it was not "
+            "tried, so that method may train below its best here (the profile's `lr_factors` widens the grid).")
+
+
 def sweep_style(table: pd.DataFrame):
     return table.style.format({"val_heldout": "{:.0%}", "val_margin": "{:+.2f}", "train_s": "{:.0f} s"})
 
@@ -840,6 +854,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("unswept_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods)
          or "none")
     glue("general_texts", " and ".join(ch.general))
+    glue("lr_edge_sentence", lr_edge_sentence(ch.sweep))
     low = min(ch.params.paraphrase_counts)
     glue("low_paraphrase_epochs", tasks.dsf_epochs(ch.params, low))
     glue("top_paraphrase_epochs", tasks.dsf_epochs(ch.params, ch.best_count))
