@@ -851,8 +851,9 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("n_candidates", LOOKALIKES + 1)
     glue("lr_factors", ", ".join(f"{f:g}" for f in ch.params.lr_factors))
     glue("sweep_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.sweep_methods))
-    glue("unswept_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods)
-         or "none")
+    unswept = [METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods]
+    glue("unswept_sentence", f"{', '.join(unswept)} take LoRA's choice." if unswept else
+         "Every method has a sweep of its own.")
     glue("general_texts", " and ".join(ch.general))
     glue("lr_edge_sentence", lr_edge_sentence(ch.sweep))
     low = min(ch.params.paraphrase_counts)
