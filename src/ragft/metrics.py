@@ -44,11 +44,16 @@ def strip_citations(answer: str) -> str:
     return CITATION.sub("", answer).strip()
 
 
+def final_answer(text: str) -> str:
+    """What follows the last final-answer marker (RAFT's); the whole text when there is none."""
+    return text.rsplit(ANSWER_MARKER, 1)[-1].strip()
+
+
 def short_answer(text: str) -> str:
     """The short answer in a reply, the same rule for every reader before EM and F1: the text after
     the last final-answer marker (RAFT's), without citation brackets, after the last lead-in ("the
     answer is:"), its first line and first sentence, without surrounding quotes or end punctuation."""
-    text = strip_citations(text.rsplit(ANSWER_MARKER, 1)[-1])
+    text = strip_citations(final_answer(text))
     lead_ins = list(_LEAD_IN.finditer(text))
     if lead_ins and text[lead_ins[-1].end():].strip():
         text = text[lead_ins[-1].end():]
@@ -61,7 +66,6 @@ def wordy(prediction: str, answers: list[str]) -> float:
     sentence where a phrase was asked for (EM then measures its format, not knowledge)."""
     longest = max(len(normalize(a).split()) for a in answers)
     return float(len(normalize(short_answer(prediction)).split()) >= longest + WORDY_EXTRA)
-
 
 
 def exact_match(prediction: str, answers: list[str]) -> float:

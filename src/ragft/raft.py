@@ -26,7 +26,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .metrics import f1, normalize
+from .metrics import f1, final_answer, normalize, strip_citations
 from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_SYSTEM, TEACHER_SYSTEM, build_messages
 from .text import flat, sentences
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
@@ -130,11 +130,6 @@ def load_jsonl(path: str | Path) -> list[RaftRecord]:
 
 # ---------------------------------------------------------------------------------------------
 # Reading a RAFT model's answer
-
-
-def final_answer(text: str) -> str:
-    """What follows the last final-answer marker; the whole text when there is none (no-CoT)."""
-    return text.rsplit(ANSWER_MARKER, 1)[-1].strip() if ANSWER_MARKER in text else text.strip()
 
 
 def quotes_in(text: str) -> list[str]:
@@ -344,8 +339,6 @@ def read(lm, questions: list[str], documents: list[list[str]] | None, style: str
 
 def answers_of(texts: list[str]) -> list[str]:
     """The answer each reply gives: after the final-answer marker, without citation brackets."""
-    from .metrics import strip_citations
-
     return [strip_citations(final_answer(t)) for t in texts]
 
 

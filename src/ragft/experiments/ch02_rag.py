@@ -813,7 +813,7 @@ class Refusal:
             glue(f"{key}_lo", lo)
             glue(f"{key}_hi", hi)
         glue("n_near_miss", self.n_near_miss)
-        glue("offtopic_sentence", f"For off-topic questions the best threshold reaches an F1 of "
+        glue("offtopic_sentence", f"For off-topic questions the best threshold (highest J) reaches an F1 of "
              f"{m['offtopic_refusal_f1_best']:.2f}." if self.offtopic is not None else
              "The off-topic questions need NaturalQuestions-Open in the data folder; it is absent in this run.")
 

@@ -18,7 +18,6 @@ from .sources import QAItem
 from .store import Hit
 
 
-
 def cited_messages(question: str, passages: list[str]) -> list[dict]:
     """The cited-answer prompt over passage texts (numbered sources)."""
     return build_messages(question, system=CITE_SYSTEM, passages=passages, numbered=True)
