@@ -91,3 +91,9 @@ def test_generation_subset_keeps_order():
     g = Generation(["a", "b", "c"], [1, 2, 3], [4, 5, 6], 3.0, [1.0, 1.0, 1.0])
     s = g.subset([2, 0])
     assert s.texts == ["c", "a"] and s.prompt_tokens == [3, 1] and s.seconds == 2.0
+
+
+def test_join_words_names_a_list_as_a_sentence_does():
+    from ragft.report import join_words
+
+    assert [join_words(w) for w in (["a"], ["a", "b"], ["a", "b", "c"])] == ["a", "a and b", "a, b and c"]

@@ -25,6 +25,11 @@ _COLUMNS = {
 }
 
 
+def join_words(words: list[str]) -> str:
+    """"a", "a and b", "a, b and c": a list as a sentence names it."""
+    return " and ".join(words) if len(words) < 3 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 

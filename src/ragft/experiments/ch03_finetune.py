@@ -310,15 +310,16 @@ def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
 def lr_edge_sentence(sweep: pd.DataFrame) -> str:
     """The methods whose chosen rate is the largest or smallest their sweep tried: their best rate
     may lie beyond the grid, which the reader should know before comparing methods."""
-    edges = []
+    edges = {"largest": [], "smallest": []}
     for method, part in sweep.reset_index().groupby("method", sort=False):
         chosen = part.lr[part.chosen].iloc[0]
         if len(part) > 1 and chosen in (part.lr.max(), part.lr.min()):
-            edges.append(f"{METHOD_LABELS[method]} (the {'largest' if chosen == part.lr.max() else 'smallest'} tried)")
-    if not edges:
+            edges["largest" if chosen == part.lr.max() else "smallest"].append(METHOD_LABELS[method])
+    said = [f"the {side} rate tried for {report.join_words(methods)}" for side, methods in edges.items() if methods]
+    if not said:
         return "Every chosen rate lies inside the rates its sweep tried."
-    return (f"The chosen rate is at the end of its grid for {' and '.join(edges)}: a rate beyond it was not "
-            "tried, so that method may train below its best here (the profile's `lr_factors` widens the grid).")
+    return (f"The chosen rate is {' and '.join(said)}: a rate beyond it was not tried, so a method may "
+            "train below its best here (the profile's lr_factors widens the grid).")
 
 
 def sweep_style(table: pd.DataFrame):
@@ -850,11 +851,11 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("max_paraphrases", ch.best_count)
     glue("n_candidates", LOOKALIKES + 1)
     glue("lr_factors", ", ".join(f"{f:g}" for f in ch.params.lr_factors))
-    glue("sweep_methods", ", ".join(METHOD_LABELS[m] for m in ch.params.sweep_methods))
+    glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in ch.params.sweep_methods]))
     unswept = [METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods]
-    glue("unswept_sentence", f"{', '.join(unswept)} take LoRA's choice." if unswept else
+    glue("unswept_sentence", f"The others ({report.join_words(unswept)}) take LoRA's choice." if unswept else
          "Every method has a sweep of its own.")
-    glue("general_texts", " and ".join(ch.general))
+    glue("general_texts", report.join_words(ch.general))
     glue("lr_edge_sentence", lr_edge_sentence(ch.sweep))
     low = min(ch.params.paraphrase_counts)
     glue("low_paraphrase_epochs", tasks.dsf_epochs(ch.params, low))

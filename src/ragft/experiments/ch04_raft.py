@@ -926,7 +926,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
         spreads.append(f"the one trained with {ch.least_distractors}{where} spans {100 * m[least_key]:.0f} points")
     spreads.append(f"the base reader spans {100 * m['base_topk_spread']:.0f} points")
     out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share of gold answers ranked first), "
-                                 + ", ".join(spreads[:-1]) + " and " + spreads[-1])
+                                 + report.join_words(spreads))
     base_k = base_best_k(ch.curve)
     out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {ch.curve_tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
                                  f"question; the base model at top-{base_k}, its highest-scoring top-k, reads "
