@@ -873,7 +873,7 @@ def refusal_plot(ref: Refusal):
     if ref.offtopic is not None:
         ax.plot(ref.offtopic.index, ref.offtopic.refusal_recall, "^-", label="off-topic questions refused")
     best = ref.sweep.refusal_j.idxmax()
-    ax.axvline(best, color="grey", linestyle=":", label=f"operating point (highest J), {best:.2f}")
+    ax.axvline(best, color="grey", linestyle=":", label=f"near-miss operating point (highest J), {best:.2f}")
     ax.set(xlabel="similarity threshold", ylabel="share refused", title="Refusing under a similarity threshold")
     ax.legend(fontsize=8)
     return fig
