@@ -273,5 +273,7 @@ def test_a_chosen_rate_at_the_end_of_its_grid_is_named():
     ]).set_index(["method", "lr"])
     sentence = ch03.lr_edge_sentence(sweep)
     assert sentence.startswith("The chosen rate is the largest rate tried for LoRA:"), sentence
-    inside = sweep.drop(("lora", 3e-3))  # one rate tried: no grid to be at the end of
+    one = sweep.drop(("lora", 3e-3))  # one rate tried: no grid to be at the end of
+    assert ch03.lr_edge_sentence(one).startswith("LoRA tried one rate only")
+    inside = sweep.drop("lora", level="method")
     assert ch03.lr_edge_sentence(inside) == "Every chosen rate lies inside the rates its sweep tried."

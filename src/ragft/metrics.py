@@ -52,7 +52,9 @@ def final_answer(text: str) -> str:
 def short_answer(text: str) -> str:
     """The short answer in a reply, the same rule for every reader before EM and F1: the text after
     the last final-answer marker (RAFT's), without citation brackets, after the last lead-in ("the
-    answer is:"), its first line and first sentence, without surrounding quotes or end punctuation."""
+    answer is:"), its first line and first sentence, without surrounding quotes or end punctuation.
+    Known limits of a rule this simple: a later "this answer is ..." wins over an earlier lead-in, and
+    an abbreviation of three or more letters before a capital ("Gen. Lee") ends a sentence."""
     text = strip_citations(final_answer(text))
     lead_ins = list(_LEAD_IN.finditer(text))
     if lead_ins and text[lead_ins[-1].end():].strip():
@@ -64,7 +66,7 @@ def short_answer(text: str) -> str:
 def wordy(prediction: str, answers: list[str]) -> float:
     """1 when the short answer is WORDY_EXTRA or more words longer than the longest gold answer: a
     sentence where a phrase was asked for (EM then measures its format, not knowledge)."""
-    longest = max(len(normalize(a).split()) for a in answers)
+    longest = max((len(normalize(a).split()) for a in answers), default=0)
     return float(len(normalize(short_answer(prediction)).split()) >= longest + WORDY_EXTRA)
 
 
@@ -160,8 +162,9 @@ def score_answers(predictions: list[str], items: list) -> dict[str, float]:
     if answerable:
         n = len(answerable)
         out["contains"] = sum(contains(p, it.answers) for p, it in answerable) / n
-        out["em"] = sum(exact_match(short_answer(p), it.answers) for p, it in answerable) / n
-        out["f1"] = sum(f1(short_answer(p), it.answers) for p, it in answerable) / n
+        short = [short_answer(p) for p, _ in answerable]
+        out["em"] = sum(exact_match(s, it.answers) for s, (_, it) in zip(short, answerable)) / n
+        out["f1"] = sum(f1(s, it.answers) for s, (_, it) in zip(short, answerable)) / n
         out["wordy"] = sum(wordy(p, it.answers) for p, it in answerable) / n
         out["false_refusal"] = sum(is_refusal(p) for p, _ in answerable) / n
     if unanswerable:

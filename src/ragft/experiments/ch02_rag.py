@@ -805,6 +805,7 @@ class Refusal:
     n_answerable: int
     n_near_miss: int
     detectors: pd.DataFrame  # the top similarity as a refusal detector: AUROC, recall at <= 5 % false refusals
+    threshold: float  # the operating point: highest Youden's J on the near misses
 
     def glue(self, run: ChapterRun) -> None:
         m = run.metrics
@@ -841,7 +842,7 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
     # The operating point: the threshold of highest Youden's J. With few unanswerable questions among
     # many answerable ones, the highest refusal F1 is refusing everything (precision = their share).
-    best_t = sweep.refusal_j.idxmax()
+    best_t = best_threshold(sweep)
     n_a, n_u = len(ch.items), len(near_miss)
     f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 and J of refusals move with their two rates
     run.metric("refusal_f1_best", sweep.loc[best_t, "refusal_f1"], "derived", tol=f1_tol)
@@ -858,9 +859,14 @@ def refusal_threshold(ch: Chapter) -> Refusal:
     if ch.nq:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-        run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1[offtopic.refusal_j.idxmax()], "derived",
+        run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1[best_threshold(offtopic)], "derived",
                    tol=rate_tolerance(n_a) + rate_tolerance(len(offtopic_sim)))
-    return Refusal(sweep, offtopic, n_a, n_u, detectors)
+    return Refusal(sweep, offtopic, n_a, n_u, detectors, best_t)
+
+
+def best_threshold(sweep: pd.DataFrame) -> float:
+    """The threshold of highest Youden's J (the lowest one when J is undefined: no unanswerable questions)."""
+    return sweep.refusal_j.fillna(-1.0).idxmax()
 
 
 @section("knowledge_base", figure=True)
@@ -872,8 +878,7 @@ def refusal_plot(ref: Refusal):
     ax.plot(ref.sweep.index, ref.sweep.answerable_refused, "s-", label="answerable questions refused")
     if ref.offtopic is not None:
         ax.plot(ref.offtopic.index, ref.offtopic.refusal_recall, "^-", label="off-topic questions refused")
-    best = ref.sweep.refusal_j.idxmax()
-    ax.axvline(best, color="grey", linestyle=":", label=f"near-miss operating point (highest J), {best:.2f}")
+    ax.axvline(ref.threshold, color="grey", linestyle=":", label=f"near-miss operating point (highest J), {ref.threshold:.2f}")
     ax.set(xlabel="similarity threshold", ylabel="share refused", title="Refusing under a similarity threshold")
     ax.legend(fontsize=8)
     return fig

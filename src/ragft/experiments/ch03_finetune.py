@@ -310,16 +310,21 @@ def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
 def lr_edge_sentence(sweep: pd.DataFrame) -> str:
     """The methods whose chosen rate is the largest or smallest their sweep tried: their best rate
     may lie beyond the grid, which the reader should know before comparing methods."""
-    edges = {"largest": [], "smallest": []}
+    edges, single = {"largest": [], "smallest": []}, []
     for method, part in sweep.reset_index().groupby("method", sort=False):
         chosen = part.lr[part.chosen].iloc[0]
-        if len(part) > 1 and chosen in (part.lr.max(), part.lr.min()):
+        if len(part) == 1:
+            single.append(METHOD_LABELS[method])
+        elif chosen in (part.lr.max(), part.lr.min()):
             edges["largest" if chosen == part.lr.max() else "smallest"].append(METHOD_LABELS[method])
     said = [f"the {side} rate tried for {report.join_words(methods)}" for side, methods in edges.items() if methods]
-    if not said:
-        return "Every chosen rate lies inside the rates its sweep tried."
-    return (f"The chosen rate is {' and '.join(said)}: a rate beyond it was not tried, so a method may "
-            "train below its best here (the profile's lr_factors widens the grid).")
+    out = []
+    if said:
+        out.append(f"The chosen rate is {' and '.join(said)}: a rate beyond it was not tried, so a method may "
+                   "train below its best here (the profile's lr_factors widens the grid).")
+    if single:
+        out.append(f"{report.join_words(single)} tried one rate only, so nothing here says where the best rate lies.")
+    return " ".join(out) or "Every chosen rate lies inside the rates its sweep tried."
 
 
 def sweep_style(table: pd.DataFrame):
@@ -800,7 +805,9 @@ def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
                  f"times full fine-tuning's step time and {m['lora_peak_ratio_vs_full']:.2f} times its peak memory, and "
                  f"reaches {m['lora_quality_ratio_vs_full']:.0%} of its quality score"]
         if m["lora_step_ratio_vs_full"] > 0.8:
-            parts.append("LoRA saves less time than the weight gradients it skips suggest, because every step still "
+            saves = ("saves no step time here, though it skips the weight gradients" if m["lora_step_ratio_vs_full"] >= 1
+                     else "saves less time than the weight gradients it skips suggest")
+            parts.append(f"LoRA {saves}, because every step still "
                          "runs the backward pass through all layers for the activations, and at these short sequences "
                          "the fixed cost of the adapters' many small products weighs more than in a large model")
         if m["lora_peak_ratio_vs_full"] > 0.7:
