@@ -32,6 +32,11 @@ class Generation:
 
 
 MIN_SHARED_PREFIX = 16  # below this, caching the common prefix saves less than it costs
+# Tokens a batch's prefill computes per forward pass. One pass over 24 prompts of 280 tokens (6,720
+# tokens) ran at 573 tokens/s on 2 cores; in passes of about 1,700 tokens the same prefill ran at
+# 790-830 (the activations stay in cache), with the same greedy tokens. Decoding still runs the
+# whole batch at once, where a larger batch is cheaper per token.
+PREFILL_TOKENS = 1536
 
 
 def _decode_completion(tok, tokens: list[int]) -> tuple[str, int]:
@@ -82,6 +87,9 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) exceed the context window of {lm.context_window} tokens "
                          f"(longest {max(len(ids[i]) for i in too_long)} + {max_new_tokens} new tokens)")
+    def chunk(rows: int) -> int | None:  # a GPU prefills a whole batch at once faster
+        return max(16, PREFILL_TOKENS // rows) if lm.device == "cpu" else None
+
     start = time.perf_counter()
     n_common = _common_prefix_len(ids) if reuse_prefix and len(ids) > 1 else 0
     if n_common < MIN_SHARED_PREFIX:
@@ -89,7 +97,7 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     prefix, cache = ids[0][:n_common], None
     if n_common:
         with torch.inference_mode():
-            cache = model(torch.tensor([prefix], device=lm.device), use_cache=True).past_key_values
+            cache = model(torch.tensor([prefix], device=lm.device), use_cache=True, logits_to_keep=1).past_key_values
     prefill_s = time.perf_counter() - start
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     texts, completion, per_query = [""] * len(ids), [0] * len(ids), [0.0] * len(ids)
@@ -110,7 +118,8 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
         with torch.inference_mode():
             out = model.generate(torch.tensor(rows, device=lm.device), attention_mask=torch.tensor(mask, device=lm.device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 return_dict_in_generate=True, **kwargs)
+                                 return_dict_in_generate=True, prefill_chunk_size=chunk(len(batch)),
+                                 **kwargs)
         dt = (time.perf_counter() - t0 + prefill_s * len(batch) / len(ids)) / len(batch)
         generated = out.sequences[:, n_common + width:]
         for row, i in enumerate(batch):
@@ -144,7 +153,7 @@ def generate_streamed(lm, conversation: list[dict], max_new_tokens: int = 32) ->
     tokens, cache, step = [], None, ids
     with torch.inference_mode():
         for i in range(max_new_tokens):
-            out = model(step, past_key_values=cache, use_cache=True)
+            out = model(step, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache, nxt = out.past_key_values, int(out.logits[0, -1].argmax())
             if i == 0:
                 ttft = time.perf_counter() - start

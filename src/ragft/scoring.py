@@ -144,7 +144,7 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
 
     with torch.inference_mode():
         if n_common:
-            shared = model(tensor([ids[0][:n_common]]), use_cache=True).past_key_values
+            shared = model(tensor([ids[0][:n_common]]), use_cache=True, logits_to_keep=1).past_key_values
         for batch in progress(batches, desc=desc):
             # each question's own prompt, left-padded after the shared prefix; its last logits predict token 1
             own = [ids[i][n_common:] for i in batch]

@@ -42,7 +42,7 @@ from ..constrained import generate_json, json_schema, max_record_tokens
 from ..generation import Generation, generate
 from ..results import ChapterRun, StatedComparison, glue
 from ..scoring import rank_candidates
-from ..train import tasks
+from ..train import merged, tasks
 from .common import start
 
 CHAPTER = "03_finetune"
@@ -261,6 +261,14 @@ def method_label(method: str) -> str:
     return f"DSF, {METHOD_LABELS[method]}"
 
 
+def answering(result):
+    """A fine-tune ready to answer: a LoRA adapter merged into the base weights (`train.merged`: the
+    same function up to float rounding, and cheaper to run), as chapters 4 and 5 answer with theirs.
+    The adapter itself was saved when it was trained."""
+    merged(result.lm)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # Learning rates: one rule for every method, on facts that are never test facts
 
@@ -281,7 +289,7 @@ def choose_learning_rates(ch: Chapter) -> pd.DataFrame:
     with ch.run.stage("lr_sweep"):
         for method in p.sweep_methods:
             for lr in sweep_lrs(p, method):
-                fit = tasks.train_dsf(p, facts, ch.best_count, lr=lr, method=method, label=f"sweep-{method}")
+                fit = answering(tasks.train_dsf(p, facts, ch.best_count, lr=lr, method=method, label=f"sweep-{method}"))
                 name = f"sweep {method} lr {lr:g}"
                 ranking = rank_facts(ch, fit.lm, [tasks.dsf_messages(q.test_text) for q in facts], facts, name)
                 ch.run.record(name, dict(zip(qids, ranking.correct)))
@@ -351,7 +359,7 @@ def knowledge(ch: Chapter) -> pd.DataFrame:
     rows.append({"condition": "base model, closed book", "held_out": held, "trained_paraphrase": seen})
     with run.stage("dsf_train"):
         for count in p.paraphrase_counts:
-            ch.dsf[count] = tasks.train_dsf(p, ch.facts, count, lr=lr)
+            ch.dsf[count] = answering(tasks.train_dsf(p, ch.facts, count, lr=lr))
             held, seen = closed_book(ch, ch.dsf[count].lm, dsf_name(count))
             rows.append({"condition": dsf_row_label(count), "held_out": held, "trained_paraphrase": seen,
                          "examples": len(tasks.dsf_examples(ch.facts, count)),
@@ -471,8 +479,8 @@ def structured(ch: Chapter) -> pd.DataFrame:
             rows.append(answer(ch.lm, system, examples, name))
         rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
         for size in p.structured_sizes:
-            fit = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
-                        tasks.lora_config(p, p.structured_epochs), label=f"json-{size}")
+            fit = answering(train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
+                                  tasks.lora_config(p, p.structured_epochs), label=f"json-{size}"))
             rows.append(answer(fit.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
                                train_s=fit.metrics["train_s"]))
             if size == max(p.structured_sizes):
@@ -544,8 +552,8 @@ def methods(ch: Chapter) -> pd.DataFrame:
     with ch.run.stage("methods"):
         for name in p.methods:
             if name not in ch.runs:
-                ch.runs[name] = tasks.train_dsf(p, facts, ch.best_count, lr=ch.lrs[name], method=name,
-                                                label=f"dsf-p{ch.best_count}-{name}")
+                ch.runs[name] = answering(tasks.train_dsf(p, facts, ch.best_count, lr=ch.lrs[name], method=name,
+                                                          label=f"dsf-p{ch.best_count}-{name}"))
             result = ch.runs[name]
             if name == "lora" and shared:  # scored in the knowledge section
                 row = ch.knowledge.loc[dsf_row_label(ch.best_count)]
