@@ -152,15 +152,18 @@ def test_chunked_prefill_gives_the_same_answers_as_one_pass(lm, kb, monkeypatch)
     to unequal lengths) answer exactly as when they are prefilled in one pass."""
     from ragft import generation, prompts
 
+    if lm.device != "cpu":
+        pytest.skip("prefill is chunked on the CPU only")
+
     questions = ["How much does it cost?", "Who designed the first product in the documents, and when?", "When?"]
     convs = [prompts.build_messages(q, system=prompts.CONTEXT_SYSTEM, passages=[d.text for d in kb.documents[i:i + 2]])
              for i, q in enumerate(questions)]
     answers = {}
-    for tokens in (48, 10**6):  # 16 tokens a row a pass for 3 rows, against all of them at once
+    for tokens in (48, None):  # 16 tokens a row a pass for 3 rows, against all of them in one pass
         monkeypatch.setattr(generation, "PREFILL_TOKENS", tokens)
         for reuse in (True, False):
             answers[tokens, reuse] = generation.generate(lm, convs, max_new_tokens=12, batch_size=3, reuse_prefix=reuse).texts
-    assert answers[48, True] == answers[10**6, True] and answers[48, False] == answers[10**6, False]
+    assert answers[48, True] == answers[None, True] and answers[48, False] == answers[None, False]
     assert all(answers[48, False])
 
 

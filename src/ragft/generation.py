@@ -87,8 +87,8 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) exceed the context window of {lm.context_window} tokens "
                          f"(longest {max(len(ids[i]) for i in too_long)} + {max_new_tokens} new tokens)")
-    def chunk(rows: int) -> int | None:  # a GPU prefills a whole batch at once faster
-        return max(16, PREFILL_TOKENS // rows) if lm.device == "cpu" else None
+    def chunk(rows: int) -> int | None:  # None: one pass (a GPU prefills a whole batch at once faster)
+        return max(16, PREFILL_TOKENS // rows) if PREFILL_TOKENS and lm.device == "cpu" else None
 
     start = time.perf_counter()
     n_common = _common_prefix_len(ids) if reuse_prefix and len(ids) > 1 else 0

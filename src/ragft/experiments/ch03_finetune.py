@@ -262,9 +262,10 @@ def method_label(method: str) -> str:
 
 
 def answering(result):
-    """A fine-tune ready to answer: a LoRA adapter merged into the base weights (`train.merged`: the
-    same function up to float rounding, and cheaper to run), as chapters 4 and 5 answer with theirs.
-    The adapter itself was saved when it was trained."""
+    """A fine-tune ready to answer: a LoRA adapter on an fp32 base merged into the base weights
+    (`train.merged`: the same function up to float rounding, and cheaper to run), as chapters 4 and 5
+    answer with theirs; QLoRA, bf16 and full fine-tunes as they are. The adapter itself was saved when
+    it was trained, and its costs measured."""
     merged(result.lm)
     return result
 

@@ -29,7 +29,7 @@ KEYS = {"RAG": "rag", "fine-tune": "ft", "hybrid (RAFT + RAG)": "hybrid", "long-
 COLOURS = {"long-context prompting": "tab:purple", "RAG": "tab:blue", "fine-tune": "tab:orange",
            "hybrid (RAFT + RAG)": "tab:green"}
 # T2: "no latency once merged" holds when merged is within 10 % of the base model: below what the
-# unmerged adapter adds here (16-19 % in the published runs), and twice one answer's timing noise on
+# unmerged adapter adds here (16-20 % in the published runs), and twice one answer's timing noise on
 # 2 cores (about 5 %)
 MARGIN = 0.10
 
