@@ -64,7 +64,9 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     Each batch repeats that cache and left-pads each prompt's own suffix *after* the prefix: the
     attention mask hides the pads and position ids follow the mask, so every row computes exactly
     prefix + its own tokens (checked against unbatched, uncached generation in the tests). With no
-    shared prefix this is plain left padding. Prompts are sorted by length so batches pad little.
+    shared prefix this is plain left padding. Prompts are sorted by length so batches pad little. On
+    the CPU a batch's prompts are prefilled in chunks of about PREFILL_TOKENS tokens in all, then
+    decoded together.
     Token counts exclude padding and count whole prompts: what an API without caching bills.
     logits_processors, when given, is called once per batch for that batch's fresh list of
     transformers logits processors (a grammar's matchers hold per-row state; see ragft.constrained).
@@ -87,6 +89,7 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) exceed the context window of {lm.context_window} tokens "
                          f"(longest {max(len(ids[i]) for i in too_long)} + {max_new_tokens} new tokens)")
+
     def chunk(rows: int) -> int | None:  # None: one pass (a GPU prefills a whole batch at once faster)
         return max(16, PREFILL_TOKENS // rows) if PREFILL_TOKENS and lm.device == "cpu" else None
 
