@@ -6,7 +6,6 @@ PY      := .venv/bin/python
 QUIET_PIP := sed -u '/^WARNING: Location .* is ignored/d' 
 PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
-export RAGFT_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: install book run drift accept test test-fast strip clean chromium browser
 
@@ -38,10 +37,11 @@ accept: install
 
 ## unit tests, notebook smoke runs (offline, network refused), strict book build
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
+## the tests that load no language model and execute no notebook (about a minute)
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -ra --durations=15 -m "not lm and not notebooks"
 
 ## Debian's chromium for the browser check (no browser download); needs root and Debian's package index
 chromium:

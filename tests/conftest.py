@@ -1,15 +1,88 @@
+"""Shared fixtures, the markers that say what a test loads, and the time budgets the run reports.
+
+Markers (set here from the fixtures a test uses, or by hand where a test loads a model itself):
+  lm         loads a language model (the offline 135 M model, or a tiny random one)
+  embedder   loads the MiniLM embedder
+  chroma     talks to a real `chroma run` server (one per test session)
+  notebooks  executes notebooks (the one smoke run of the book, or a chapter with papermill)
+`make test-fast` deselects lm and notebooks; a test that loads the language model without the lm
+marker fails (the guard below), so the fast run cannot start loading one by accident.
+
+Budgets are reported, never asserted: `report_budget(what, seconds, target_s)` records a timing
+against a target set on the faster CPU kind, and the summary at the end prints each one beside the
+target scaled by this host's measured speed (ragft.host), so CI's log shows them.
+"""
+
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "data"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+BENCHMARKS = ROOT / "data" / "benchmarks"  # the benchmark files the repository carries
 
 os.environ.setdefault("RAGFT_ONLINE", "0")
 sys.path.insert(0, str(ROOT / "src"))
+
+# fixture -> the marker a test that uses it gets
+_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "smoke_run": "notebooks"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _language_models_only_where_marked(request, monkeypatch):
+    """A test without the lm marker that loads a language model fails, naming the marker to add."""
+    if request.node.get_closest_marker("lm") or request.node.get_closest_marker("notebooks"):
+        return
+    from ragft import models
+
+    def refuse(*args, **kwargs):
+        pytest.fail("this test loads a language model: mark it @pytest.mark.lm (make test-fast deselects those)")
+
+    monkeypatch.setattr(models, "load_lm", refuse)
+
+
+# ---------------------------------------------------------------------------------------------
+# Time budgets: reported at the end of the run
+
+
+_BUDGETS: list[tuple[str, float, float]] = []
+
+
+def report_budget(what: str, seconds: float, target_s: float) -> None:
+    """Record a timing and its target on the faster CPU kind; the terminal summary prints them."""
+    _BUDGETS.append((what, seconds, target_s))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _BUDGETS:
+        return
+    from ragft import host
+
+    speed = host.measure()
+    terminalreporter.section("time budgets (reported, not asserted)")
+    terminalreporter.write_line(f"this host: {speed.describe()}")
+    for what, seconds, target in _BUDGETS:
+        here = target * speed.factor
+        mark = "within" if seconds <= here else "OVER"
+        terminalreporter.write_line(f"{what}: {seconds:.0f} s, {mark} its target of {here:.0f} s here "
+                                    f"({target:.0f} s on the faster kind)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models, data and servers, loaded once per session
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +106,43 @@ def lm():
 
     settings.set_determinism(0, 2)
     return models.load_lm("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def embed_model():
+    from ragft import rag, settings
+
+    settings.set_determinism(0, 2)
+    return rag.load_embedder("minilm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real `chroma run` server on loopback, started once for the session (tests use their own
+    collection names)."""
+    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
+    assert exe, "the chroma CLI ships with chromadb"
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("chroma-server")
+    proc = subprocess.Popen([exe, "run", "--path", str(folder), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError("chroma server did not start")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -75,6 +75,7 @@ def test_bad_input_fails_at_once_with_a_clear_message(tmp_path, monkeypatch, cal
         call(tmp_path)
 
 
+@pytest.mark.lm  # asks load_lm for a hub model (refused before any weight loads)
 def test_hub_model_online_without_a_hub_names_the_online_setting(monkeypatch):
     """`-p profile gpu` on a machine without the hub: not a raw OSError, but what to change."""
     import transformers

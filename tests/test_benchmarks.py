@@ -1,8 +1,9 @@
-"""Benchmark loaders: the exact schemas (fixtures), the real files when present, and clear absence."""
+"""Benchmark loaders: the exact schemas (fixtures), the real files the repository carries, and clear absence."""
 
 import pytest
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import BENCHMARKS, FIXTURES
+from ragft import settings
 from ragft.corpus import benchmarks as b
 
 
@@ -38,6 +39,7 @@ def test_nq_fixture():
 def test_absent_data_gives_a_clear_message(loader, tmp_path, monkeypatch):
     monkeypatch.setenv("RAGFT_ONLINE", "0")
     monkeypatch.delenv("RAGFT_DATA_DIR", raising=False)
+    monkeypatch.setattr(settings, "BUNDLED_DATA", tmp_path / "not-carried")  # a package installed without the repository
     with pytest.raises(b.DataUnavailable, match="RAGFT_DATA_DIR"):
         loader(str(tmp_path))
     with pytest.raises(b.DataUnavailable, match="no data folder is set"):
@@ -45,14 +47,28 @@ def test_absent_data_gives_a_clear_message(loader, tmp_path, monkeypatch):
     assert b.available(str(tmp_path)) == dict.fromkeys(b.BENCHMARKS, False)
 
 
-@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the project")
+def test_the_repository_carries_the_benchmarks_and_reads_them_by_default(monkeypatch):
+    """A clone needs nothing beside it: data/benchmarks is the default folder, and every file there
+    has the checksum its README (and SHA256SUMS) gives, so it is byte-identical to the source's."""
+    import hashlib
+
+    monkeypatch.delenv("RAGFT_DATA_DIR", raising=False)
+    assert settings.data_dir() == BENCHMARKS and b.available() == dict.fromkeys(b.BENCHMARKS, True)
+    sums = dict(line.split()[::-1] for line in (BENCHMARKS / "SHA256SUMS").read_text().splitlines())
+    carried = {str(p.relative_to(BENCHMARKS)) for p in BENCHMARKS.rglob("*") if p.suffix in (".gz", ".json")}
+    assert set(sums) == carried == {f for files in b._FILES.values() for f in files}
+    for name, digest in sums.items():
+        assert hashlib.sha256((BENCHMARKS / name).read_bytes()).hexdigest() == digest, name
+        assert digest in (BENCHMARKS / name.split("/")[0] / "README.md").read_text(), f"{name}: its README gives another checksum"
+
+
 def test_real_files_have_the_documented_counts():
-    items, corpus = b.load_squad(str(SHARED_DATA))
+    items, corpus = b.load_squad(str(BENCHMARKS))
     assert (len(items), len(corpus)) == (10570, 2067)
-    pub = b.load_pubmedqa(str(SHARED_DATA))
+    pub = b.load_pubmedqa(str(BENCHMARKS))
     assert len(pub) == 1000 and sum(x.split == "test" for x in pub) == 500
-    hot = b.load_hotpotqa(str(SHARED_DATA))
+    hot = b.load_hotpotqa(str(BENCHMARKS))
     assert len(hot) == 203 and all(len(x.gold_pids) == 2 for x in hot)
     # both files give half their questions to each split, and no question is in both
     assert sum(x.split == "test" for x in hot) == 102 and len({x.question for x in hot}) == 203
-    assert len(b.load_nq_open(str(SHARED_DATA))) == 2655
+    assert len(b.load_nq_open(str(BENCHMARKS))) == 2655

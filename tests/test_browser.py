@@ -8,7 +8,7 @@ import pytest
 
 from ragft import browser
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")

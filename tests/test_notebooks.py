@@ -14,15 +14,13 @@ import time
 import nbformat
 import pytest
 
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, report_budget
 from ragft import run as runner
 
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
-# DESIGN.md asks for 5 minutes. With chapter 4 (seven small trainings on every code path) the
-# smoke book measured 296 s with a warm artifact cache. Issue 13 added chapter 3's learning-rate sweep
-# and the scored conditions (chapter 3 alone measured 185 s in smoke, chapter 4 109 s): 10 minutes.
-# The smoke run measured 604 s in CI; trimmed, it measured 470 s here, plus 70 s for chapter 5.
-SMOKE_BUDGET_S = 600
+# The smoke run of every chapter, on the faster CPU kind (reported against it, scaled by this host's
+# speed, never asserted: conftest.report_budget). Mostly kernel start-up, imports and model loads.
+SMOKE_TARGET_S = 300
 
 
 def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc_or_a_draft(monkeypatch):
@@ -88,28 +86,23 @@ def smoke_run(tmp_path_factory):
     log = out / "netguard.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
            "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
-    if SHARED_DATA.exists():
-        env["RAGFT_DATA_DIR"] = str(SHARED_DATA)
+    env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
     t = time.time()
     proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
                           env=env, capture_output=True, text=True)
     seconds = time.time() - t
+    report_budget("smoke run of every chapter", seconds, SMOKE_TARGET_S)
     assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return {"dir": out / "run", "log": log, "seconds": seconds, "env": env}
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_smoke_run_made_no_network_call(smoke_run):
     log = smoke_run["log"]
     assert not log.exists() or not log.read_text().strip(), f"network attempts:\n{log.read_text()[:2000]}"
 
 
-@pytest.mark.slow
-def test_smoke_run_within_budget(smoke_run):
-    assert smoke_run["seconds"] < SMOKE_BUDGET_S
-
-
-@pytest.mark.slow
+@pytest.mark.notebooks
 @pytest.mark.parametrize("chapter", runner.all_chapters())
 def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     doc = json.loads((smoke_run["dir"] / "results" / f"{chapter}.json").read_text())
@@ -134,7 +127,7 @@ HEADLINE_01 = ["closed_book_contains", "gold_context_contains", "few_shot_best_c
                "prompt_tokens_per_query_gold_context"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_prompting_results_are_sane(smoke_run):
     m = json.loads((smoke_run["dir"] / "results" / "01_prompting.json").read_text())["metrics"]
     for key in HEADLINE_01:
@@ -152,7 +145,7 @@ HEADLINE_02 = ["recall_at_5_best", "best_chunk_size", "best_top_k", "rag_contain
                "embedder_only_chunks_per_s", "ttft_p50_ms", "squad_recall_at_5", "squad_rag_f1"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_rag_results_are_sane(smoke_run):
     m = json.loads((smoke_run["dir"] / "results" / "02_rag.json").read_text())["metrics"]
     for key in HEADLINE_02:
@@ -172,7 +165,7 @@ HEADLINE_03 = ["dsf_heldout_contains", "dsf_train_contains", "dsf_plus_rag_conta
                "lora_quality_ratio_vs_full", "forgetting_delta_lora", "forgetting_delta_full", "lora_mfu"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_finetune_results_are_sane(smoke_run):
     doc = json.loads((smoke_run["dir"] / "results" / "03_finetune.json").read_text())
     m = doc["metrics"]
@@ -194,11 +187,11 @@ HEADLINE_04 = ["base_closed_contains", "base_rag_contains", "dsf_contains", "dsf
                "pubmedqa_base_rag_acc", "pubmedqa_majority_acc", "hotpotqa_raft_f1", "hotpotqa_base_rag_f1"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_raft_results_are_sane(smoke_run):
     doc = json.loads((smoke_run["dir"] / "results" / "04_raft.json").read_text())
     m = doc["metrics"]
-    for key in HEADLINE_04 if SHARED_DATA.exists() else HEADLINE_04[:8]:
+    for key in HEADLINE_04:
         assert key in m, key
     for key, value in m.items():
         if key.endswith(("contains", "_acc", "_f1", "_em", "quote_correct")):
@@ -211,7 +204,7 @@ def test_raft_results_are_sane(smoke_run):
     assert (smoke_run["dir"] / "raft" / "kb_train.jsonl").stat().st_size > 0
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(smoke_run):
     from ragft.claims import load_claims
 
@@ -227,7 +220,7 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(smoke_run):
     assert m["n_supported"] + m["n_contradicted"] + m["n_depends"] + m["n_inconclusive"] >= 10  # chapters 1-4 ran
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path)
     for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "06_cost", "07_verdict"):
@@ -241,7 +234,7 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
     assert all(chapter in status for chapter in runner.toc_chapters()) and status.count("finished") == len(runner.toc_chapters())
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_the_built_book_passes_the_browser_check(smoke_run, tmp_path):
     """Every page in headless Chromium: no JavaScript error, no unrendered glue, no broken image or
     link, nothing wider than 1280 pixels; a screenshot of each (tests/test_browser.py: the check itself)."""
@@ -256,7 +249,7 @@ def test_the_built_book_passes_the_browser_check(smoke_run, tmp_path):
     assert len(list((tmp_path / "_build" / "screenshots").glob("*.png"))) == len(browser.pages(html))
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_setting_the_repository_url_puts_a_colab_button_on_every_chapter(smoke_run, tmp_path):
     html = runner.build_book(smoke_run["dir"], html_parent=tmp_path, repository_url="https://github.com/x/ragft")
     for chapter in runner.toc_chapters()[1:]:
@@ -264,7 +257,7 @@ def test_setting_the_repository_url_puts_a_colab_button_on_every_chapter(smoke_r
         assert f"colab.research.google.com/github/x/ragft/blob/main/chapters/{chapter}.ipynb" in page, chapter
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 @pytest.mark.parametrize("chapter,parameters,message", [
     ("01_prompting", {"n_single": 0}, "n_single"),  # a bad value, named
     ("02_rag", {"max_fil_mb": 3}, "max_fil_mb.*it takes"),  # an unknown name, named with the known ones
@@ -285,7 +278,7 @@ HEADLINE_05 = ["rag_v2_changed_acc", "dsf_v2_changed_acc", "dsf_stale_rate", "ds
                "index_chunks_after_update"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_freshness_results_are_sane(smoke_run):
     doc = json.loads((smoke_run["dir"] / "results" / "05_freshness.json").read_text())
     m = doc["metrics"]
@@ -307,7 +300,7 @@ HEADLINE_06 = ["rag_prompt_tokens_per_query", "ft_prompt_tokens_per_query", "cro
                "retrieval_added_ms_p50", "merged_vs_base_latency_ratio", "unmerged_vs_base_latency_ratio"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_cost_results_are_sane(smoke_run):
     doc = json.loads((smoke_run["dir"] / "results" / "06_cost.json").read_text())
     m = doc["metrics"]
@@ -324,7 +317,7 @@ def test_cost_results_are_sane(smoke_run):
     assert 0.5 < m["merged_vs_base_latency_ratio"] < 2 and m["ttft_ms_long"] > m["ttft_ms_ft"]
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_path, monkeypatch):
     """`papermill chapters/06_cost.ipynb out.ipynb -p queries_per_month 2e6 -p updates_per_month 4`,
     in a run folder that holds chapters 1-5: the reader's volume and updates change the monthly costs."""
@@ -345,7 +338,7 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(smoke_run, tmp_p
     assert doc["metrics"]["s4_monthly_usd_10m"] == before["s4_monthly_usd_10m"]  # the article's own figure stays
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_verdict_chapter_advises_a_readers_own_case_with_papermill(smoke_run, tmp_path, monkeypatch):
     """`papermill chapters/07_verdict.ipynb out.ipynb -p reader_task format ... -p reader_latency_budget_ms 500`
     in a run folder that holds chapters 1-6: each rule's advice for the reader's case, its latency
@@ -371,10 +364,10 @@ def test_verdict_chapter_advises_a_readers_own_case_with_papermill(smoke_run, tm
                             cwd=str(ROOT / "chapters"), progress_bar=False)
 
 
-BYO_BUDGET_S = 150  # about a minute on 2 cores (33 s measured with a warm model cache), generously
+BYO_TARGET_S = 60  # the README's "about a minute" on the faster kind (reported, not asserted)
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
 def test_your_own_documents_alone_take_about_a_minute(tmp_path, monkeypatch):
     """The README's bring-your-own command, cpu profile, the sample folder: own documents first and
     alone, with recall@k, scores with intervals, the answers and the skipped files."""
@@ -387,8 +380,7 @@ def test_your_own_documents_alone_take_about_a_minute(tmp_path, monkeypatch):
                                          "questions_file": str(ROOT / "data" / "sample_questions.jsonl"),
                                          "sections": ["own_documents"]},
                              kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
-    seconds = time.time() - t
-    assert seconds < BYO_BUDGET_S, f"{seconds:.0f} s"
+    report_budget("chapter 2 on your own documents (cpu profile)", time.time() - t, BYO_TARGET_S)
     doc = json.loads((tmp_path / "run" / "results" / "02_rag.json").read_text())
     m = doc["metrics"]
     assert {"own_recall_at_3", "own_contains", "own_f1"} <= set(m) and "best_chunk_size" not in m

@@ -90,27 +90,47 @@ def test_raft_headline_keys_and_sanity():
     assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 20
 
 
-# Seconds per chapter with kernel start, cpu profile, as published. Hosts differ: the book before
-# the prefill and batching speed-ups took 2,346 s on one AVX2 host and 3,727 s on another (every
-# stage 1.4-1.7x slower there, matmul peak 155 against 164 GFLOP/s). With them, 1,719 s on an
-# AVX512-BF16 EPYC computing with the AVX2 kernels (2026-11-25: chapters 1-6 192, 268, 376, 627,
-# 212 and 39 s). These budgets are those times with the slow host's 1.6x, so that a publication from
-# either host passes and the book does not grow back.
-BUDGET_S = {"01_prompting": 320, "02_rag": 440, "03_finetune": 620, "04_raft": 1040, "05_freshness": 360,
-            "06_cost": 80, "07_verdict": 30}
-BOOK_BUDGET_S = 2800  # CI runs the tests (about 12-18 minutes with the install) and then this book within 90 minutes
+# Each chapter's cap in seconds in the notebook, cpu profile, on 2 cores of the faster CPU kind
+# (../shared/DESIGN.md), and the book's: 34 minutes there, about 68 on the AVX2-only kind, which ran
+# every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
+# about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
+# 90 minutes on either kind. As published (on an AVX512-BF16 EPYC at 182 GFLOP/s fp32): 189, 264,
+# 372, 624, 213, 35 and 1 s. Chapter 4 is over DESIGN.md's 520 s until the RAFT rework (issue 29) and,
+# as DESIGN.md allows when said, takes 110 s of chapter 3's unused 228 s (600 -> 490).
+CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 490, "04_raft": 630, "05_freshness": 230,
+         "06_cost": 40, "07_verdict": 10}
+BOOK_CAP_S = 2040
 
 
 def test_published_cpu_budget():
-    """Each chapter within its budget, as measured when published (the front page records the
-    other chapters' times with kernel start; its own time counts towards chapter 1's budget)."""
+    """Each chapter within its cap, as measured when published, scaled by the publishing host's
+    speed as its provenance records it (x2.0 on the AVX2-only kind; on the faster kind the ratio of
+    the reference matmul rate to the host's, at most 2.0). The front page's own time counts towards
+    the verdict's, as in DESIGN.md's table."""
+    from ragft.host import factor_from_provenance
+
     front = json.loads((PUBLISHED / "00_front.json").read_text())
-    times = {row["chapter"]: row["with kernel start and imports (s)"] for row in front["tables"]["chapter_times"]}
-    assert set(times) == set(BUDGET_S)
-    times["01_prompting"] += front["timings"]["wall_s"]
-    over = {c: t for c, t in times.items() if t > BUDGET_S[c]}
-    assert not over, f"over budget: {over}"
-    assert sum(times.values()) <= BOOK_BUDGET_S
+    times = {row["chapter"]: row["in the notebook (s)"] for row in front["tables"]["chapter_times"]}
+    assert set(times) == set(CAP_S) and sum(CAP_S.values()) <= BOOK_CAP_S
+    times["07_verdict"] += front["timings"]["wall_s"]
+    # one publication, one host: the slowest rate any chapter measured (the verdict loads no model)
+    provs = [json.loads((PUBLISHED / f"{c}.json").read_text())["provenance"] for c in times]
+    factor = max(factor_from_provenance(p) for p in provs if "matmul_gflops_fp32" in p)
+    over = {c: (t, CAP_S[c] * factor) for c, t in times.items() if t > CAP_S[c] * factor}
+    assert not over, f"over the cap (seconds, scaled cap): {over}"
+    assert sum(times.values()) <= BOOK_CAP_S * factor
+
+
+def test_host_time_factor():
+    """The scaling rule on its own: the faster kind at the reference rate is x1; at half the rate
+    x2 (never more); a CPU that emulates bf16 (slower than its fp32) is the slower kind, x2.0."""
+    from ragft import host
+
+    assert host.time_factor(host.REFERENCE_GFLOPS, 4 * host.REFERENCE_GFLOPS) == 1.0
+    assert host.time_factor(250.0, 1000.0) == 1.0  # a faster host gets no extra time
+    assert host.time_factor(host.REFERENCE_GFLOPS / 1.25, 600.0) == pytest.approx(1.25)
+    assert host.time_factor(30.0, 400.0) == host.SLOWER_KIND_RATIO
+    assert host.time_factor(118.0, 40.0) == host.SLOWER_KIND_RATIO
 
 
 def test_published_verdict_has_every_claim_and_matches_the_chapters():

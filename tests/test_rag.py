@@ -2,11 +2,6 @@
 retrieval pieces, citations, refusal sweep, a reader's folder and questions file with bad input."""
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,14 +17,6 @@ from ragft.rag.sources import CorpusError, QAItem, Source
 from ragft.rag.store import Hit
 
 SMALL = KBSizes(n_series=3, models_per_series=2, n_people=6, n_sites=3, n_policies=2)
-
-
-@pytest.fixture(scope="module")
-def embed_model():
-    from ragft import settings
-
-    settings.set_determinism(0, 2)
-    return rag.load_embedder("minilm")
 
 
 @pytest.fixture(scope="module")
@@ -121,35 +108,6 @@ def test_store_rejects_bad_settings(embed_model, tmp_path):
         rag.ChunkStore("abc", path=tmp_path, embed_model=embed_model, chunk_size=64, chunk_overlap=64)
     with pytest.raises(ValueError, match="duplicate document ids"):
         rag.ChunkStore("abc", path=tmp_path, embed_model=embed_model).ingest([Source("a", "t", "x"), Source("a", "t", "y")])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def chroma_server(tmp_path):
-    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    assert exe, "the chroma CLI ships with chromadb"
-    port = _free_port()
-    proc = subprocess.Popen([exe, "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise RuntimeError("chroma server did not start")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_same_store_code_against_a_real_chroma_server(embed_model, pages, chroma_server):

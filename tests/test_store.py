@@ -19,7 +19,6 @@ import pytest
 from conftest import ROOT
 from ragft import rag
 from ragft.rag.sources import Source
-from test_rag import chroma_server  # noqa: F401  (a fixture: a real `chroma run` subprocess)
 
 BATCH = 3  # chunks per write call, small so that documents straddle batches
 
@@ -191,7 +190,7 @@ def test_upsert_and_delete_by_document_id_are_idempotent(tmp_path):
     assert store.upsert([changed, d2]).docs_unchanged == 2 and store.check() == {}
 
 
-def test_local_and_server_ingest_twice_give_identical_chunk_sets(tmp_path, chroma_server):  # noqa: F811
+def test_local_and_server_ingest_twice_give_identical_chunk_sets(tmp_path, chroma_server):
     sources, stored = corpus(1), {}
     for mode, where in {"local": {"path": tmp_path / "local"},
                         "server": {"host": "127.0.0.1", "port": chroma_server}}.items():

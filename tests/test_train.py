@@ -12,6 +12,8 @@ from ragft.train import merged as train_merged
 from ragft.train.data import batches, collate
 from ragft.train.trainer import _loss
 
+pytestmark = pytest.mark.lm  # a tiny random Llama, or the 135 M model
+
 FACTS = [("What colour is the Quarrington gate?", "The Quarrington gate is teal."),
          ("Who runs the Voskar lab?", "Ilse Marrow runs the Voskar lab."),
          ("When did the Fennick site open?", "The Fennick site opened in 2019."),

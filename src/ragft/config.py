@@ -159,7 +159,7 @@ class RagParams(Answering):
     squad_paragraphs: int = param(0, "SQuAD paragraphs indexed (0: all 2,067)", bounds=(0, 1_000_000))
     n_squad_questions: int = param(200, "retrieval; the first n_answer_questions are also answered", bounds=(1, 100_000))
     n_nq_questions: int = param(32, "NaturalQuestions-Open, read with the gold passage", bounds=(0, 100_000))
-    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR", exists="folder")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR, else the repository data/benchmarks", exists="folder")
     corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample folder data/sample_docs",
                             exists="folder")
     questions_file: str = param("", "JSONL of your questions, one {'question', 'answers'} a line; empty: none (the sample folder brings its own)",
@@ -258,7 +258,7 @@ class RaftParams(Answering):
     lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
     lora_lr: float = param(3e-3, "LoRA learning rate")
     train_batch_size: int = param(4, "examples per optimizer step", bounds=(1, 512))
-    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR", exists="folder")
+    data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR, else the repository data/benchmarks", exists="folder")
     bench_train: int = param(16, "RAFT training questions per benchmark (their train split)", bounds=(1, 100_000))
     bench_test: int = param(32, "HotpotQA test questions (the data folder holds about 100 after the train split)", bounds=(1, 100_000))
     pubmedqa_test: int = param(100, "PubMedQA test questions, of its official 500", bounds=(1, 100_000))

@@ -1,7 +1,7 @@
 """Process-wide settings read from the environment: folders, network policy, threads, seeds.
 
 Environment variables (all optional):
-  RAGFT_DATA_DIR   folder with the public benchmark files (CI: ../shared/data)
+  RAGFT_DATA_DIR   folder with the public benchmark files (default: the repository's data/benchmarks)
   RAGFT_CACHE_DIR  converted models and trained artifacts (default ~/.cache/ragft)
   RAGFT_RUN_DIR    the current run's folder; chapters write their results there (set by the runner)
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
@@ -89,10 +89,17 @@ def cache_dir() -> Path:
     return path
 
 
+BUNDLED_DATA = PROJECT_ROOT / "data" / "benchmarks"  # the benchmark files the repository carries
+
+
 def data_dir(override: str | None = None) -> Path | None:
-    """The benchmark data folder: a parameter wins over RAGFT_DATA_DIR; None when neither is set."""
+    """The benchmark data folder: a parameter wins over RAGFT_DATA_DIR, which wins over the
+    repository's own data/benchmarks; None when none of them is there (an installed package without
+    the repository)."""
     value = override or os.environ.get("RAGFT_DATA_DIR")
-    return Path(value).expanduser() if value else None
+    if value:
+        return Path(value).expanduser()
+    return BUNDLED_DATA if BUNDLED_DATA.is_dir() else None
 
 
 def run_dir() -> Path:

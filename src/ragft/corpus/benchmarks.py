@@ -1,7 +1,7 @@
 """Loaders for public QA benchmarks, into one record type.
 
-Files are read from a data folder (a chapter's `data_dir` parameter, else RAGFT_DATA_DIR; CI points
-it at ../shared/data, whose READMEs give sources, licences and schemas):
+Files are read from a data folder (a chapter's `data_dir` parameter, else RAGFT_DATA_DIR, else the
+repository's own data/benchmarks, whose READMEs give sources, licences, checksums and schemas):
 
   squad/dev-v1.1.json.gz                       SQuAD v1.1 dev (2,067 paragraphs, 10,570 questions)
   pubmedqa/ori_pqal.json.gz, test_ground_truth.json   PubMedQA PQA-L and its official test split
@@ -77,7 +77,7 @@ def _missing(name: str, data_dir: str | None) -> DataUnavailable:
     hub = " or run online (RAGFT_ONLINE=1) to fetch it from the dataset hub" if name in _HUB else ""
     return DataUnavailable(f"benchmark {name!r} is not available: {where}. Set the chapter's data_dir "
                            f"parameter or RAGFT_DATA_DIR to a folder holding {', '.join(_FILES[name])} "
-                           f"(in CI: ../shared/data){hub}.")
+                           f"(the repository carries them in data/benchmarks){hub}.")
 
 
 def available(data_dir: str | None = None) -> dict[str, bool]:

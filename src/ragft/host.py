@@ -1,0 +1,65 @@
+"""How fast this host is, and what a time budget set on the faster CPU kind means here.
+
+The book's time caps (../shared/DESIGN.md, `tests/test_published.py`) are seconds on 2 cores of the
+faster CPU kind (one that multiplies bf16 natively, AVX512-BF16 or AMX), measured at
+REFERENCE_GFLOPS fp32. The AVX2-only kind ran every chapter 2.0 times as long on a fresh clone
+(chapter 3: 719 s against 372; chapter 4: 1,339 against 624), while its fp32 matrix products
+measured 65-118 GFLOP/s: the matmul rate alone under-predicts it, so the kind decides the factor
+there. A host of the faster kind that is slower than the reference (a busy neighbour, another CPU
+model) gets the ratio of the rates, at most the slower kind's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REFERENCE_GFLOPS = 181.7  # fp32 matmul of the host the caps were set on (the published cpu run's provenance)
+SLOWER_KIND_RATIO = 2.0  # the AVX2-only kind's chapter times over the faster kind's, measured on a fresh clone
+
+
+def native_bf16(fp32_gflops: float, bf16_gflops: float) -> bool:
+    """bf16 products run natively where they beat fp32 by far (measured 4.1x with AVX512-BF16); an
+    AVX2-only CPU emulates them, slower than fp32."""
+    return bf16_gflops > 2 * fp32_gflops
+
+
+def time_factor(fp32_gflops: float, bf16_gflops: float) -> float:
+    """What a budget set on the reference host is multiplied by on a host with these rates."""
+    if not native_bf16(fp32_gflops, bf16_gflops):
+        return SLOWER_KIND_RATIO
+    return min(SLOWER_KIND_RATIO, max(1.0, REFERENCE_GFLOPS / fp32_gflops))
+
+
+def factor_from_provenance(prov: dict) -> float:
+    """The time factor of the host a results file was computed on (its provenance records the rates)."""
+    return time_factor(prov["matmul_gflops_fp32"], prov["matmul_gflops_bf16"])
+
+
+@dataclass(frozen=True)
+class HostSpeed:
+    fp32_gflops: float
+    bf16_gflops: float
+
+    @property
+    def kind(self) -> str:
+        return "faster (native bf16)" if native_bf16(self.fp32_gflops, self.bf16_gflops) else "slower (AVX2 only)"
+
+    @property
+    def factor(self) -> float:
+        return time_factor(self.fp32_gflops, self.bf16_gflops)
+
+    def describe(self) -> str:
+        return (f"{self.kind} CPU kind, fp32 matmul {self.fp32_gflops:.0f} GFLOP/s (reference "
+                f"{REFERENCE_GFLOPS:.0f}): budgets x{self.factor:.2f}")
+
+
+def measure(threads: int = 2) -> HostSpeed:
+    """This host's fp32 and bf16 matmul rates on `threads` threads (best of three, about a second)."""
+    import torch
+
+    from .results import matmul_gflops
+
+    torch.set_num_threads(threads)
+    fp32 = max(matmul_gflops(torch.float32, n=1024, repeats=3) for _ in range(3))
+    bf16 = max(matmul_gflops(torch.bfloat16, n=1024, repeats=3) for _ in range(3))
+    return HostSpeed(round(fp32, 1), round(bf16, 1))
