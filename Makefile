@@ -39,9 +39,9 @@ accept: install
 test: install
 	$(PY) -m pytest -q -ra --durations=15
 
-## the tests that load no language model and execute no notebook (about a minute)
+## the tests that load no language model, execute no notebook and need no package index (about a minute)
 test-fast: install
-	$(PY) -m pytest -q -ra --durations=15 -m "not lm and not notebooks"
+	$(PY) -m pytest -q -ra --durations=15 -m "not lm and not notebooks and not index"
 
 ## Debian's chromium for the browser check (no browser download); needs root and Debian's package index
 chromium:

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
+from conftest import ROOT
+
 from ragft import config, raft, settings
 from ragft.experiments import ch04_raft as ch04
 from ragft.experiments import common
@@ -166,13 +168,15 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
     if doc is not None:
         (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
     trained = []
-    monkeypatch.setattr(ch04.tasks, "train_dsf",
-                        lambda p3, facts, n: trained.append(n) or SimpleNamespace(lm="own", cached=False, artifact="x"))
+    monkeypatch.setattr(ch04.tasks, "train_dsf", lambda p3, facts, n, lr: trained.append((n, lr))
+                        or SimpleNamespace(lm="own", cached=False, artifact="x"))
     p = params()
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
     lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=[SimpleNamespace(qid="f1")]))
-    assert lm == "own" and trained == [max(dsf_params.paraphrase_counts)]
-    assert "fine-tuned here" in line and why in line
+    # at the rate chapter 3 chose in its published (cpu) results, so a chapter alone trains what the book did
+    published = json.loads((ROOT / "experiments" / "results" / "cpu" / "03_finetune.json").read_text())["metrics"]
+    assert lm == "own" and trained == [(max(dsf_params.paraphrase_counts), published["lora_lr_chosen"])]
+    assert "fine-tuned here" in line and why in line and "published cpu results" in line
 
 
 def measured_chapter(p):

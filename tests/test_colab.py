@@ -14,7 +14,7 @@ from ragft import run as runner
 
 # in requirements.txt, not for Colab: its own torch and kernel stay; book-building and test tools
 NOT_ON_COLAB = {"torch", "ipykernel", "nbformat", "nbclient", "papermill", "jupyter-book", "jupyter-cache", "pytest"}
-COLAB_OWN = {"numpy", "pandas", "matplotlib"}  # Colab's own, left unpinned (replacing them needs a restart)
+COLAB_OWN = {"numpy", "pandas", "matplotlib", "scipy"}  # Colab's own, left unpinned (replacing them needs a restart)
 
 
 def requirements(name: str) -> dict[str, str | None]:
@@ -106,3 +106,32 @@ def test_the_setup_cell_leaves_no_name_the_parameters_would_take_for_one():
     exec(compile(colab.setup_cell("https://github.com/x/ragft", "main"), "colab-setup", "exec"), namespace)
     namespace.pop("__builtins__")
     assert from_notebook("07_verdict", {**namespace, "profile": "smoke"}).profile == "smoke"
+
+
+@pytest.mark.index
+def test_the_colab_install_resolves_on_colabs_python_without_replacing_torch():
+    """requirements-colab.txt against Colab's published packages (data/colab, with its source and
+    date) for Python 3.13, with pip's resolver and the package index: it resolves, torch stays
+    Colab's own build, and every package whose Colab version it changes is a named upgrade with its
+    reason (ragft.colab.UPGRADES). Needs the package index: without one it skips, except where
+    RAGFT_COLAB_RESOLVE_REQUIRED=1 (CI), where it fails."""
+    import os
+
+    try:
+        resolved = colab.resolve_on_colab()
+    except RuntimeError as e:
+        if "(from versions: none)" in str(e) and os.environ.get("RAGFT_COLAB_RESOLVE_REQUIRED") != "1":
+            pytest.skip(f"no package index here: {e}")
+        raise
+    on_colab = colab.colab_versions()
+    assert resolved["torch"] == on_colab["torch"] and "+cu" in on_colab["torch"]  # Colab's CUDA torch, untouched
+    changed = {n for n, v in resolved.items() if n in on_colab and on_colab[n] != v}
+    assert changed <= set(colab.UPGRADES), f"Colab packages replaced without a stated reason: {sorted(changed - set(colab.UPGRADES))}"
+    pinned = requirements("requirements-colab.txt")
+    assert all(resolved[p] == v for p, v in pinned.items() if v), "the resolve took another version than the pin"
+
+
+def test_the_colab_constraints_read_colabs_own_list():
+    versions = colab.colab_versions()
+    assert versions["torch"].startswith("2.11.0") and versions["transformers"] == "5.15.0"
+    assert not any(" " in n or "@" in n for n in versions)  # `name @ url` lines are left out

@@ -99,5 +99,25 @@ def test_unknown_notebook_parameter_names_itself_and_the_known_ones():
     from ragft.config import ParamError, from_notebook
 
     with pytest.raises(ParamError, match=r"\['max_fil_mb'\].*it takes \['profile'"):
-        from_notebook("02_rag", {"profile": "smoke", "max_fil_mb": 3, "In": [], "_": None})
+        from_notebook("02_rag", {"profile": "smoke", "max_fil_mb": 3, "_": None})
+    # in a kernel: papermill injected a misspelt name (its cell is plain `name = literal` lines)
+    injected = '# Parameters\nprofile = "smoke"\nmax_fil_mb = 3\n'
+    with pytest.raises(ParamError, match=r"\['max_fil_mb'\].*it takes \['profile'"):
+        from_notebook("02_rag", {"profile": "smoke", "max_fil_mb": 3, "In": ["", injected]})
     assert from_notebook("02_rag", {"profile": "smoke", "max_file_mb": 3.0}).max_file_mb == 3.0
+
+
+def test_a_rerun_in_the_same_kernel_sees_the_same_parameters():
+    """Run all twice, or the validation cell again: the chapter's own variables (params, ch, a table)
+    are in the namespace by then, and only what the parameter cells assigned counts."""
+    from ragft.config import from_notebook, parameter_names, parameters_cell
+
+    validate = 'from ragft import config\n\nparams = config.from_notebook("02_rag", globals())'
+    cells = ["", parameters_cell("02_rag"), '# Parameters\nprofile = "smoke"\nmax_file_mb = 3.0\n', validate,
+             "ch = ch02.setup(params)\ntable = ch02.grid(ch)", "%matplotlib inline"]
+    names = parameter_names(cells)
+    assert names[0] == "profile" and "max_file_mb" in names and not {"params", "ch", "table"} & set(names)
+    namespace = {name: None for name in names} | {"profile": "smoke", "max_file_mb": 3.0}
+    first = from_notebook("02_rag", {**namespace, "In": cells[:4]})
+    again = from_notebook("02_rag", {**namespace, "In": cells + cells, "params": first, "ch": object(), "table": 1})
+    assert again == first and again.max_file_mb == 3.0

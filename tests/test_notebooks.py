@@ -123,6 +123,63 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     assert len({c["claim"] for c in doc["comparisons"]}) == len(doc["comparisons"])
 
 
+def _glued_and_shown(nb) -> tuple[set, dict, set, str]:
+    """From an executed notebook: the glued figures' keys, the glued verdicts (key -> text), the
+    keys of figures shown as visible image outputs, and all visible text."""
+    import ast
+
+    from ragft.results import READER_COPY
+
+    figures, verdicts, images, text = set(), {}, set(), []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            meta, data = out.get("metadata", {}), out.get("data", {})
+            name = meta.get("scrapbook", {}).get("name")
+            if name and "application/papermill.record/image/png" in data:
+                figures.add(name)
+            if name and name.endswith("_verdict"):
+                verdicts[name] = str(ast.literal_eval(data["application/papermill.record/text/plain"]))
+            if READER_COPY in meta and "image/png" in data:
+                images.add(meta[READER_COPY])
+            text.append(out.get("text", "") + data.get("text/plain", ""))
+    return figures, verdicts, images, "\n".join(text)
+
+
+@pytest.mark.notebooks
+@pytest.mark.parametrize("chapter", runner.toc_chapters())
+def test_an_executed_chapter_shows_its_figures_and_verdicts_outside_the_book(smoke_run, chapter):
+    """papermill's output notebook (as Jupyter and Colab show it, where {glue:text} roles do not
+    render): every glued figure is a visible image output, every glued verdict visible text."""
+    nb = nbformat.read(smoke_run["dir"] / "notebooks" / "chapters" / f"{chapter}.ipynb", as_version=4)
+    figures, verdicts, images, text = _glued_and_shown(nb)
+    assert figures <= images, f"glued figures not shown: {sorted(figures - images)}"
+    for key, verdict in verdicts.items():
+        assert f"{key}: {verdict}" in text, key
+    if chapter in ("01_prompting", "03_finetune", "04_raft", "07_verdict"):
+        assert figures and verdicts  # these chapters glue both
+
+
+@pytest.mark.notebooks
+def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(smoke_run, tmp_path, monkeypatch):
+    """Run all, then Run all again in the same kernel (the chapter's own variables, `params` among
+    them, are globals by then): the second pass validates the same parameters and shows the same."""
+    import shutil
+
+    from nbclient import NotebookClient
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run["dir"] / "results", run_dir / "results")
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
+    nb = nbformat.read(ROOT / "chapters" / "07_verdict.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
+    nb.cells.insert(at, nbformat.v4.new_code_cell('# Parameters\nprofile = "smoke"\n'))  # as papermill injects it
+    once = len(nb.cells)
+    nb.cells = nb.cells + [nbformat.v4.new_code_cell(c.source) if c.cell_type == "code" else c for c in nb.cells]
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "chapters")}}).execute()
+    first, second = nbformat.v4.new_notebook(cells=nb.cells[:once]), nbformat.v4.new_notebook(cells=nb.cells[once:])
+    assert _glued_and_shown(first)[1] == _glued_and_shown(second)[1] != {}
+
+
 HEADLINE_01 = ["closed_book_contains", "gold_context_contains", "few_shot_best_contains", "long_context_contains",
                "prompt_tokens_per_query_gold_context"]
 
@@ -227,6 +284,7 @@ def test_book_builds_with_warnings_as_errors(smoke_run, tmp_path):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page
+        assert "What the text cites from this cell" not in page  # the reader's copies are dropped: each number once
         assert "colab.research.google.com" not in page  # no repository set, no launch button
         # the chapter's parameters cell, folded; papermill's injected one is not shown as a second one
         assert "tag_parameters" in page and "tag_hide-cell" in page and "tag_injected-parameters" not in page

@@ -12,6 +12,9 @@ import yaml
 
 from .settings import PROJECT_ROOT
 
+# Notebook metadata that makes Colab open a chapter on a GPU runtime, a T4 unless the reader picks
+# another (Colab reads `accelerator` and `colab.gpuType`); written by `python -m ragft.strip`.
+NOTEBOOK_METADATA = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
 TAG = "colab-setup"  # the cell's tag; it is also tagged remove-cell, so the HTML does not show it
 HOME = "/content/ragft"  # where the clone lives on Colab
 
@@ -46,3 +49,91 @@ def setup_cell(url: str | None = None, branch: str | None = None) -> str:
     configured = repository()
     return TEMPLATE.format(url=configured[0] if url is None else url,
                            branch=configured[1] if branch is None else branch, home=HOME)
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the Colab install resolve on the runtime people get? (tests/test_colab.py runs it)
+
+COLAB_PACKAGES = PROJECT_ROOT / "data" / "colab" / "pip-freeze.gpu.txt"  # Colab's published `pip freeze`
+COLAB_PYTHON = "3.13"  # data/colab/os-info-gpu.txt: Python 3.13.15
+# The packages whose Colab version the book's install replaces, and why. Everything else Colab has
+# stays at Colab's version (the resolve is constrained to it), torch above all.
+UPGRADES = {
+    "transformers": "the book is tested with 5.23 (Colab: 5.15); its chat templates and cache API",
+    "peft": "0.21.2, tested with transformers 5.23 (Colab: 0.20)",
+    "accelerate": "1.15, tested with transformers 5.23 (Colab: 1.14)",
+    "datasets": "5.2, the tested lock (Colab: 4.0); only the online benchmark fallback uses it",
+    "sentence-transformers": "6.2, the tested lock (Colab: 5.7): the embedder's package needs it",
+    "huggingface-hub": "transformers 5.23 needs >= 1.31 (Colab: 1.27)",
+    "tokenizers": "transformers 5.23 needs a newer one than Colab's",
+    "pyarrow": "datasets 5.2 needs >= 24 (Colab: 18.1)",
+    "nltk": "llama-index-core 0.14.25 needs >= 3.9.3 (Colab: 3.9.1)",
+    "setuptools": "llama-index-core 0.14.25 needs >= 80.9 (Colab: 75.2)",
+}
+
+
+def _normal(name: str) -> str:
+    import re
+
+    return re.sub(r"[-_.]+", "-", name.lower())
+
+
+def colab_versions(freeze=COLAB_PACKAGES) -> dict[str, str]:
+    """package -> version on Colab, from its `pip freeze` (lines pip cannot read as name==version,
+    such as `name @ git+https://...`, are left out)."""
+    out = {}
+    for line in freeze.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line and " @ " not in line:
+            name, _, version = line.partition("==")
+            out[_normal(name)] = version.strip()
+    return out
+
+
+def _stand_in_wheel(folder, name: str, version: str):
+    """A metadata-only wheel that stands for a package as Colab has it installed: the resolve reads
+    its version and never its dependencies (torch's CUDA libraries are on Colab already)."""
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}.dist-info"
+    path = folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl"
+    files = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ragft\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             f"{dist}/RECORD": ""}
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+    return path
+
+
+def resolve_on_colab(requirements=PROJECT_ROOT / "requirements-colab.txt", freeze=COLAB_PACKAGES,
+                     upgrades=UPGRADES, timeout_s: float = 600) -> dict[str, str]:
+    """Resolve the Colab install for Colab's Python against Colab's packages as constraints (less
+    `upgrades`), with pip's resolver and the package index, downloading no package: package ->
+    version it would leave installed. Colab's torch stands in as installed (a metadata-only wheel of
+    its exact local version, which no index has), so a resolve that wanted another torch fails.
+    Raises RuntimeError with pip's reason when it does not resolve."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    colab = colab_versions(freeze)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "wheels").mkdir()
+        _stand_in_wheel(tmp / "wheels", "torch", colab["torch"])
+        pins = {n: v for n, v in colab.items() if n not in upgrades}
+        (tmp / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
+        cmd = [sys.executable, "-m", "pip", "--isolated", "install", "--dry-run", "--ignore-installed",
+               "--python-version", COLAB_PYTHON, "--only-binary=:all:", "--target", str(tmp / "target"),
+               "--find-links", str(tmp / "wheels"), "-r", str(requirements), "-c", str(tmp / "constraints.txt"),
+               "--report", str(tmp / "report.json"), "--disable-pip-version-check"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            reason = [line for line in (done.stdout + done.stderr).splitlines() if "ERROR" in line or "depends on" in line
+                      or "(constraint)" in line]
+            raise RuntimeError("the Colab install does not resolve:\n" + "\n".join(reason[-12:]))
+        report = json.loads((tmp / "report.json").read_text())
+    return {_normal(i["metadata"]["name"]): i["metadata"]["version"] for i in report["install"]}

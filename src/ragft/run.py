@@ -124,7 +124,7 @@ def stage_book(run_dir: Path, dest: Path, repository_url: str | None = None) -> 
     (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     shutil.copytree(PROJECT_ROOT / "chapters", dest / "chapters", ignore=shutil.ignore_patterns("*.ipynb", ".*"))
     for nb in (run_dir / "notebooks" / "chapters").glob("*.ipynb"):
-        _without_injected_parameters(nb, dest / "chapters" / nb.name)
+        _for_the_book(nb, dest / "chapters" / nb.name)
     missing = [c for c in toc_chapters() if not (dest / "chapters" / f"{c}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"the book needs every chapter executed; missing {missing} in {run_dir}")
@@ -154,17 +154,22 @@ def execution_status(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _without_injected_parameters(src: Path, dest: Path) -> None:
-    """Copy an executed notebook with papermill's injected-parameters cell removed from the page: the
-    chapter's own parameters cell (folded) already lists every parameter, and the injected one would
-    show as a second parameters cell."""
+def _for_the_book(src: Path, dest: Path) -> None:
+    """Copy an executed notebook for the book: papermill's injected-parameters cell removed from the
+    page (the chapter's own parameters cell, folded, already lists every parameter, and the injected
+    one would show as a second parameters cell), and the reader's copies of glued values dropped
+    (results.READER_COPY: the prose shows them where it cites them, so the page shows each once)."""
     import nbformat
+
+    from .results import READER_COPY
 
     nb = nbformat.read(src, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             cell.metadata["tags"] = [*tags, "remove-cell"]
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if READER_COPY not in o.get("metadata", {})]
     nbformat.write(nb, dest)
 
 

@@ -25,6 +25,9 @@ def strip(path: str) -> bool:
             changed = True
         if nb.cells[0].source != colab.setup_cell():
             nb.cells[0].source, changed = colab.setup_cell(), True
+    if chapter in CHAPTER_PARAMS and any(nb.metadata.get(k) != v for k, v in colab.NOTEBOOK_METADATA.items()):
+        nb.metadata.update(colab.NOTEBOOK_METADATA)  # Colab opens the chapter on a GPU runtime (a T4)
+        changed = True
     for cell in nb.cells:
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
             cell.outputs, cell.execution_count, changed = [], None, True

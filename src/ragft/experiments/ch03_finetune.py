@@ -99,6 +99,7 @@ class Chapter:
     best_structured: str = ""  # the LoRA JSON condition with the best schema adherence (then fields)
     best_structured_size: int = 0
     runs: dict = field(default_factory=dict)  # method -> TrainResult
+    skipped: dict = field(default_factory=dict)  # method -> why it does not fit the device (set up before any training)
     cost: pd.DataFrame | None = None
 
     @property
@@ -131,7 +132,34 @@ def setup(params) -> Chapter:
     ch = Chapter(params, run, lm, embed_model, kb, facts, tasks.general_texts(params.forgetting_chars),
                  val_facts=validation_facts(kb, facts, params.n_val_facts, params.seed))
     probe(ch, "base model", lm)
+    ch.skipped = methods_that_do_not_fit(params, lm.device)
+    for message in ch.skipped.values():
+        print(message)
     return ch
+
+
+EXAMPLE_TOKENS_MAX = 128  # a fact's training example with its chat template, padded: about 40-100 tokens
+
+
+def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
+    """method -> why it is skipped, for the methods whose training would not fit the device's memory
+    (estimated from the model's shape before any training; LoRA always runs: the chapter rests on it)."""
+    from .. import models
+    from ..train import memory
+
+    spec = models.get_spec(params.model, "lm")
+    if spec.shape is None:
+        return {}
+    dtype = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[
+        str(models.select_dtype(device, params.dtype))]
+    tokens = params.train_batch_size * EXAMPLE_TOKENS_MAX
+    available = memory.device_bytes(device)
+    out = {}
+    for method in params.methods:
+        message = memory.fit_message(params.model, memory.Shape(*spec.shape), method, dtype, tokens, device, available)
+        if message and method != "lora":
+            out[method] = message
+    return out
 
 
 def validation_facts(kb, test: list, n: int, seed: int) -> list:
@@ -288,7 +316,7 @@ def choose_learning_rates(ch: Chapter) -> pd.DataFrame:
     p, facts, rows = ch.params, ch.val_facts, []
     qids = [q.qid for q in facts]
     with ch.run.stage("lr_sweep"):
-        for method in p.sweep_methods:
+        for method in [m for m in p.sweep_methods if m not in ch.skipped]:
             for lr in sweep_lrs(p, method):
                 fit = answering(tasks.train_dsf(p, facts, ch.best_count, lr=lr, method=method, label=f"sweep-{method}"))
                 name = f"sweep {method} lr {lr:g}"
@@ -299,7 +327,7 @@ def choose_learning_rates(ch: Chapter) -> pd.DataFrame:
                 del fit
                 release_memory()
     table = pd.DataFrame(rows)
-    ch.lrs = pick_lrs(table, p.methods)
+    ch.lrs = pick_lrs(table, [m for m in p.methods if m not in ch.skipped])
     table["chosen"] = [ch.lrs[m] == lr for m, lr in zip(table.method, table.lr)]
     ch.sweep = table.set_index(["method", "lr"])
     return ch.sweep
@@ -551,7 +579,7 @@ def methods(ch: Chapter) -> pd.DataFrame:
     ch.runs = {"lora": ch.dsf[ch.best_count]} if shared else {}
     rows = []
     with ch.run.stage("methods"):
-        for name in p.methods:
+        for name in [m for m in p.methods if m not in ch.skipped]:
             if name not in ch.runs:
                 ch.runs[name] = answering(tasks.train_dsf(p, facts, ch.best_count, lr=ch.lrs[name], method=name,
                                                           label=f"dsf-p{ch.best_count}-{name}"))

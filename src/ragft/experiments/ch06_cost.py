@@ -5,7 +5,6 @@ approach and a merged against an unmerged LoRA adapter (T2), timed here."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -14,7 +13,7 @@ import pandas as pd
 
 from .. import costs, settings
 from ..costs import Approach, Check, Workload
-from ..results import ChapterRun, glue, read_chapter
+from ..results import ChapterRun, glue, read_chapter, read_published
 
 CHAPTER = "06_cost"
 # Where each approach's tokens per query come from: (chapter, condition of its outcome_tokens).
@@ -57,13 +56,10 @@ def read_inputs(profile: str) -> tuple[dict, dict]:
         if usable(chapter, doc, profile):
             docs[chapter], origin[chapter] = doc, "this run"
             continue
-        # a reader's run of this chapter alone: the profile's published results, else the cpu run's
-        # (only cpu results are published until someone runs the gpu profile on a GPU)
-        for published_profile in dict.fromkeys((profile, "cpu")):
-            published = settings.PROJECT_ROOT / "experiments" / "results" / published_profile / f"{chapter}.json"
-            if published.exists():
-                docs[chapter], origin[chapter] = json.loads(published.read_text()), f"published {published_profile} results"
-                break
+        # a reader's run of this chapter alone: the published results, labelled
+        published = read_published(chapter, profile)
+        if published is not None:
+            docs[chapter], origin[chapter] = published
         else:
             raise FileNotFoundError(
                 f"chapter 6 prices what chapters 1-5 measured, and neither this run folder ({settings.run_dir()}) "

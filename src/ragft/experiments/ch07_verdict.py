@@ -4,7 +4,7 @@ in seconds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -14,6 +14,8 @@ from ..results import ChapterRun, glue
 from ..verdict import INCONCLUSIVE, VERDICTS, LedgerRow, counts, ledger
 
 CHAPTER = "07_verdict"
+# the chapters whose comparisons the ledger reads (published results stand in when none has run here)
+EARLIER_CHAPTERS = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness", "06_cost")
 COUNT_KEYS = {"supported": "n_supported", "contradicted": "n_contradicted", "depends": "n_depends",
               INCONCLUSIVE: "n_inconclusive", "not testable here": "n_not_testable"}
 COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", INCONCLUSIVE: "tab:gray"}
@@ -24,8 +26,9 @@ class Verdicts:
     run: ChapterRun
     rows: list[LedgerRow]
     claims: dict
-    chapters: list[str]  # the chapters of this run whose results the ledger read
+    chapters: list[str]  # the chapters whose results the ledger read
     docs: dict  # those chapters' results
+    origin: dict = field(default_factory=dict)  # chapter -> "this run" | the published results it fell back to
 
 
 def setup(params) -> Verdicts:
@@ -34,9 +37,18 @@ def setup(params) -> Verdicts:
     with run.stage("ledger"):
         chapter_results = {k: v for k, v in results.load_results(results.results_dir()).items()
                            if k not in ("00_front", CHAPTER)}
+        origin = dict.fromkeys(chapter_results, "this run")
+        if not chapter_results:  # this chapter alone (a reader's papermill run): the published verdicts, labelled
+            for chapter in EARLIER_CHAPTERS:
+                published = results.read_published(chapter, params.profile)
+                if published is not None:
+                    chapter_results[chapter], origin[chapter] = published
+            if origin:
+                print(f"No chapter has run in this run folder ({results.results_dir().parent}): the ledger reads "
+                      f"the {', '.join(sorted(set(origin.values())))} of chapters {', '.join(sorted(origin))}.")
         claims = load_claims()
         rows = ledger(claims, chapter_results)
-    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results)
+    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin)
 
 
 def ledger_table(v: Verdicts) -> pd.DataFrame:

@@ -93,10 +93,26 @@ def dsf_adapter(p3, facts: list):
         why = f"chapter 3's adapter folder {adapter} is gone"
     else:
         return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
-    result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts))
+    lr, at = published_dsf_lr(p3)
+    result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts), lr=lr)
     how = "reloaded from the artifact cache" if result.cached else "trained now"
-    return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters ({how}), because {why}.",
+    return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.",
             result)
+
+
+def published_dsf_lr(p3) -> tuple[float, str]:
+    """The learning rate a DSF trained outside chapter 3 uses: the one chapter 3 chose in its published
+    results for this model (a later chapter run alone trains what the book trained), else lora_lr.
+    Returns (rate, the words that say which)."""
+    from ..results import read_published
+
+    published = read_published(DSF_CHAPTER, p3.profile)
+    if published is not None:
+        doc, label = published
+        chosen = (doc.get("metrics") or {}).get("lora_lr_chosen")
+        if chosen and (doc.get("params") or {}).get("model") == p3.model:
+            return float(chosen), f"at the learning rate chapter 3 chose in its {label} ({float(chosen):g})"
+    return p3.lora_lr, f"at lora_lr ({p3.lora_lr:g}; no published choice for {p3.model})"
 
 
 def dsf_model(p3, facts: list):
