@@ -64,6 +64,10 @@ def test_benchmark_labels_are_named_and_f1_reads_the_final_answer():
     assert f1["h1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="pair up"):
         ch04.f1_outcomes([item("h1")], [])
+    # the official script's yes/no rule: "yes it is" against "yes" is 0, not token F1's 2/3
+    yes = ch04.f1_outcomes([item("h2", ["yes"]), item("h3", ["Paris"]), item("h4", ["yes"])],
+                           ["<ANSWER>: yes it is", "<ANSWER>: no", "<ANSWER>: Yes."])
+    assert yes == {"h2": 0.0, "h3": 0.0, "h4": 1.0}
 
 
 def test_rank_scores_values_apart_from_the_refusal(monkeypatch):

@@ -49,3 +49,12 @@ def test_a_bad_claims_file_is_refused_with_its_name(tmp_path):
     bad.write_text("K1: {claim: x, figure: y, chapter: 01, scales: s, untested: z}\n")
     with pytest.raises(ValueError, match=r"missing \['sources'\]"):
         load_claims(bad)
+
+
+def test_every_source_links_to_its_copy_or_says_why_not():
+    """The bibliography: a url for every paper; an article without a recorded address says so."""
+    entries = re.findall(r"^@\w+\{([^,]+),(.*?)^\}", (ROOT / "references.bib").read_text(), re.M | re.S)
+    assert entries
+    for key, body in entries:
+        assert re.search(r"url\s*=\s*\{https://", body) or "no public address was recorded" in body.lower(), key
+    assert "shared" not in (ROOT / "chapters" / "bibliography.md").read_text()

@@ -135,3 +135,16 @@ def test_the_colab_constraints_read_colabs_own_list():
     versions = colab.colab_versions()
     assert versions["torch"].startswith("2.11.0") and versions["transformers"] == "5.15.0"
     assert not any(" " in n or "@" in n for n in versions)  # `name @ url` lines are left out
+
+
+def test_a_profile_chosen_for_the_reader_says_when_it_goes_online(monkeypatch, capsys):
+    import torch
+
+    from ragft.config import from_notebook
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert from_notebook("07_verdict", {"profile": None}).online
+    assert 'goes online to load hub models. To stay offline, set profile = "cpu"' in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not from_notebook("07_verdict", {"profile": None}).online
+    assert capsys.readouterr().out == ""

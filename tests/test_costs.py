@@ -232,3 +232,26 @@ def test_a_claims_stated_effects_name_its_own_comparisons(tmp_path, effects, ok)
     else:
         with pytest.raises(ValueError, match="effects"):
             load_claims(path)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t["prices"]["gpt-4o"].pop("input_per_mtok"), r"prices.gpt-4o: missing 'input_per_mtok'"),
+    (lambda t: t["prices"]["gpt-4o"].update(input_per_mtok="2.50"), r"prices.gpt-4o.input_per_mtok: '2.50' is not a number"),
+    (lambda t: t["prices"]["gpt-4o"].update(output_per_mtok=-10.0), r"prices.gpt-4o.output_per_mtok: -10.0: use a finite number >= 0"),
+    (lambda t: t["gpu"]["h100_runpod"].update(per_hour=float("inf")), r"gpu.h100_runpod.per_hour: inf"),
+    (lambda t: t["training"]["gpt-4o"].update(per_mtok=None), r"training.gpt-4o.per_mtok: None is not a number"),
+    (lambda t: t["prices"]["gpt-4o"].update(source=""), "every row names its source"),
+    (lambda t: t.pop("gpu"), "gpu: missing"),
+], ids=["missing-key", "string-price", "negative", "infinite", "null-training", "no-source", "no-section"])
+def test_a_bad_price_table_is_refused_when_loaded(change, message):
+    import copy
+
+    table = copy.deepcopy(costs._table())
+    change(table)
+    with pytest.raises(ValueError, match=message):
+        costs.validate_table(table, "pricing.yaml")
+
+
+def test_a_row_without_an_output_price_says_so():
+    assert costs.output_unpriced("gpt-4o") is None
+    assert "no output price" in costs.output_unpriced("s4_actian")

@@ -97,3 +97,15 @@ def test_join_words_names_a_list_as_a_sentence_does():
     from ragft.report import join_words
 
     assert [join_words(w) for w in (["a"], ["a", "b"], ["a", "b", "c"])] == ["a", "a and b", "a, b and c"]
+
+
+def test_hotpotqa_f1_is_the_official_scripts():
+    """hotpot_evaluate_v1.py: a yes/no/noanswer prediction or gold scores 0 unless both are the same
+    word; otherwise SQuAD's token F1 (best over the gold answers)."""
+    from ragft.metrics import f1, hotpotqa_f1
+
+    assert f1("yes it is", ["yes"]) == pytest.approx(0.5) and hotpotqa_f1("yes it is", ["yes"]) == 0.0
+    assert hotpotqa_f1("no", ["Paris"]) == 0.0 and f1("no", ["Paris"]) == 0.0
+    assert hotpotqa_f1("No.", ["no"]) == 1.0 and hotpotqa_f1("noanswer", ["noanswer"]) == 1.0
+    assert hotpotqa_f1("the city of Paris", ["Paris", "Paris, France"]) == f1("the city of Paris", ["Paris", "Paris, France"])
+    assert hotpotqa_f1("anything", []) == 0.0

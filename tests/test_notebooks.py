@@ -123,40 +123,53 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
     assert len({c["claim"] for c in doc["comparisons"]}) == len(doc["comparisons"])
 
 
-def _glued_and_shown(nb) -> tuple[set, dict, set, str]:
-    """From an executed notebook: the glued figures' keys, the glued verdicts (key -> text), the
-    keys of figures shown as visible image outputs, and all visible text."""
+def _glued_and_shown(nb) -> dict:
+    """From an executed notebook: what it glued for the book (figures, and the text of every other
+    value) and what a reader of the notebook sees (the keys of figures shown as image outputs, and
+    the reader's copies of glued values as text)."""
     import ast
 
     from ragft.results import READER_COPY
 
-    figures, verdicts, images, text = set(), {}, set(), []
+    out = {"figures": set(), "values": {}, "images": set(), "copies": [], "shown": set()}
     for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            meta, data = out.get("metadata", {}), out.get("data", {})
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            meta, data = o.get("metadata", {}), o.get("data", {})
             name = meta.get("scrapbook", {}).get("name")
             if name and "application/papermill.record/image/png" in data:
-                figures.add(name)
-            if name and name.endswith("_verdict"):
-                verdicts[name] = str(ast.literal_eval(data["application/papermill.record/text/plain"]))
+                out["figures"].add(name)
+            elif name and "application/papermill.record/text/plain" in data:
+                text = data["application/papermill.record/text/plain"]
+                try:
+                    text = str(ast.literal_eval(text))
+                except (ValueError, SyntaxError):
+                    pass
+                out["values"][name] = text
             if READER_COPY in meta and "image/png" in data:
-                images.add(meta[READER_COPY])
-            text.append(out.get("text", "") + data.get("text/plain", ""))
-    return figures, verdicts, images, "\n".join(text)
+                out["images"].add(meta[READER_COPY])
+            elif READER_COPY in meta:  # a table under its key, or the cell's list of values
+                out["shown"].add(meta[READER_COPY])
+                out["copies"].append(data.get("text/plain", ""))
+    return out
 
 
 @pytest.mark.notebooks
 @pytest.mark.parametrize("chapter", runner.toc_chapters())
-def test_an_executed_chapter_shows_its_figures_and_verdicts_outside_the_book(smoke_run, chapter):
+def test_an_executed_chapter_shows_its_figures_and_numbers_outside_the_book(smoke_run, chapter):
     """papermill's output notebook (as Jupyter and Colab show it, where {glue:text} roles do not
-    render): every glued figure is a visible image output, every glued verdict visible text."""
+    render): every glued figure is a visible image output; every glued number, verdict and label is
+    in a visible text output, each verdict word for word."""
     nb = nbformat.read(smoke_run["dir"] / "notebooks" / "chapters" / f"{chapter}.ipynb", as_version=4)
-    figures, verdicts, images, text = _glued_and_shown(nb)
-    assert figures <= images, f"glued figures not shown: {sorted(figures - images)}"
-    for key, verdict in verdicts.items():
-        assert f"{key}: {verdict}" in text, key
-    if chapter in ("01_prompting", "03_finetune", "04_raft", "07_verdict"):
-        assert figures and verdicts  # these chapters glue both
+    got = _glued_and_shown(nb)
+    assert got["figures"] <= got["images"], f"glued figures not shown: {sorted(got['figures'] - got['images'])}"
+    shown = "\n".join(got["copies"])
+    missing = [key for key in got["values"] if f"\n{key}: " not in shown and key not in got["shown"]]
+    assert not missing, f"glued values not shown: {missing[:10]}"
+    for key, verdict in got["values"].items():
+        if key.endswith("_verdict"):
+            assert f"\n{key}: {verdict}" in shown, key
+    if chapter != runner.toc_chapters()[0]:
+        assert got["values"]  # every chapter glues numbers for its prose
 
 
 @pytest.mark.notebooks
@@ -176,8 +189,9 @@ def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(smoke_run, tmp_
     once = len(nb.cells)
     nb.cells = nb.cells + [nbformat.v4.new_code_cell(c.source) if c.cell_type == "code" else c for c in nb.cells]
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "chapters")}}).execute()
-    first, second = nbformat.v4.new_notebook(cells=nb.cells[:once]), nbformat.v4.new_notebook(cells=nb.cells[once:])
-    assert _glued_and_shown(first)[1] == _glued_and_shown(second)[1] != {}
+    first = _glued_and_shown(nbformat.v4.new_notebook(cells=nb.cells[:once]))
+    second = _glued_and_shown(nbformat.v4.new_notebook(cells=nb.cells[once:]))
+    assert first["copies"] and first["copies"] == second["copies"] and first["values"] == second["values"]
 
 
 HEADLINE_01 = ["closed_book_contains", "gold_context_contains", "few_shot_best_contains", "long_context_contains",

@@ -24,12 +24,28 @@ def test_results_file_has_the_schema_and_provenance(tmp_path, monkeypatch):
     assert prov["git_sha"] is None or len(prov["git_sha"]) == 40
 
 
-def test_metrics_must_be_numbers(tmp_path, monkeypatch):
+def test_metrics_must_be_numbers_and_a_bad_one_loses_nothing_else(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
     run = results.ChapterRun("01_prompting", config.resolve("01_prompting", "smoke"))
+    run.metric("acc", 0.5, "rate", n=10)
+    run.record("rag", {"q1": 1})
     run.metrics["bad"] = "high"
-    with pytest.raises(TypeError, match="bad"):
+    run.metric("nan_one", float("nan"), "exact")
+    with pytest.raises(TypeError, match=r"'bad'.*'nan_one'.*saved in"):
         run.save()
+    doc = json.loads((tmp_path / "results" / "01_prompting.json").read_text())  # a finished chapter is kept
+    assert doc["metrics"] == {"acc": 0.5} and doc["outcomes"] == {"rag": {"q1": 1}}
+    assert set(doc["rejected_metrics"]) == {"bad", "nan_one"} and not list((tmp_path / "results").glob(".*tmp"))
+
+
+def test_a_truncated_results_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "03_finetune.json").write_text('{"metrics": {"a": 0.')
+    with pytest.raises(ValueError, match="03_finetune.json: not a readable results file"):
+        results.read_chapter("03_finetune")
+    with pytest.raises(ValueError, match="03_finetune.json"):
+        results.load_results(tmp_path / "results")
 
 
 def test_metrics_need_a_declared_kind(tmp_path, monkeypatch):
@@ -186,3 +202,58 @@ def test_costs_use_the_dated_cited_table():
         assert row["source"] and row["input_per_mtok"] > 0
     # 500 tokens at $1.75 per million: $0.000875 per query (claim S4's arithmetic), $0.875 per 1,000
     assert costs.cost_per_1k_queries(500, 10, "s4_actian") == pytest.approx(0.875)
+
+
+def _pair(tmp_path, committed_doc, run_doc):
+    committed, run_dir = tmp_path / "committed", tmp_path / "run"
+    (run_dir / "results").mkdir(parents=True, exist_ok=True)
+    committed.mkdir(exist_ok=True)
+    (committed / "01_prompting.json").write_text(json.dumps(committed_doc))
+    (run_dir / "results" / "01_prompting.json").write_text(json.dumps(run_doc))
+    return drift.check("cpu", run_dir, committed)
+
+
+@pytest.mark.parametrize("run_rule", [{"kind": "rate", "n": 2}, {"kind": "machine"}, {"kind": "derived", "tol": 1.0}],
+                         ids=["smaller-n", "another-kind", "derived"])
+def test_a_run_cannot_loosen_its_own_check(tmp_path, run_rule):
+    """The committed file defines the rules: a run that re-declares a metric drifts on it, even when
+    its value moved by +0.5 that its own rule would pass."""
+    problems = _pair(tmp_path, _doc(), _doc(metrics={"acc16": 1.0}, rules={"acc16": run_rule}))
+    assert problems == [f"01_prompting: acc16: its rule changed from {RULES['acc16']} to {run_rule} (a rule is the committed file's)"]
+
+
+@pytest.mark.parametrize("committed_value,run_value", [(0.5, float("nan")), (float("nan"), 0.5), (0.5, float("inf"))])
+def test_non_finite_values_are_drift(tmp_path, committed_value, run_value):
+    problems = _pair(tmp_path, _doc(metrics={"acc16": committed_value}), _doc(metrics={"acc16": run_value}))
+    assert len(problems) == 1 and "not a finite number" in problems[0]
+
+
+@pytest.mark.parametrize("rule,message", [({"kind": "rate"}, "needs n"), ({"kind": "rate", "n": 0}, "needs n"),
+                                          ({"kind": "mean", "n": "16"}, "needs n"), ({"kind": "rate", "n": True}, "needs n"),
+                                          ({"kind": "derived", "tol": float("nan")}, "needs tol"),
+                                          ({"kind": "derived", "tol": float("inf")}, "needs tol"),
+                                          ({"kind": "derived"}, "needs tol")])
+def test_a_malformed_rule_names_the_file_and_the_metric(tmp_path, rule, message):
+    (problem,) = _pair(tmp_path, _doc(rules={"acc16": rule}), _doc())
+    assert "committed" in problem and "metric_rules['acc16']" in problem and message in problem
+
+
+def _with_evidence(verdict="supported", flipped=0, timed_verdict="supported"):
+    outcomes = {"rag": {f"q{i}": int(i >= flipped) for i in range(40)}, "closed": {f"q{i}": 0 for i in range(40)},
+                "answer, merged": {f"r{i}": 200.0 + i for i in range(5)}}
+    comparisons = [{"claim": "K1-x", "a": "rag", "b": "closed", "kind": "binary", "unit": "questions", "verdict": verdict},
+                   {"claim": "T2-x", "a": "answer, merged", "b": "answer, merged", "kind": "continuous",
+                    "unit": "timed answers", "verdict": timed_verdict}]
+    return _doc(outcomes=outcomes, comparisons=comparisons)
+
+
+def test_outcomes_and_verdicts_are_checked_not_only_the_headline(tmp_path):
+    assert _pair(tmp_path, _with_evidence(), _with_evidence(flipped=2, timed_verdict="inconclusive at this n")) == []
+    (problem,) = _pair(tmp_path, _with_evidence(), _with_evidence(flipped=20))  # half the answers flipped
+    assert "outcomes of 'rag': 20 of 40 questions changed (at most 2 may" in problem
+    (problem,) = _pair(tmp_path, _with_evidence(), _with_evidence(verdict="inconclusive at this n"))
+    assert problem == "01_prompting: comparison K1-x: verdict 'supported' -> 'inconclusive at this n'"
+    missing = _with_evidence()
+    missing["comparisons"] = missing["comparisons"][1:]
+    (problem,) = _pair(tmp_path, _with_evidence(), missing)
+    assert "comparison K1-x: in the committed results, missing from the run" in problem

@@ -431,7 +431,15 @@ def from_notebook(chapter: str, namespace: dict):
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise ParamError(f"unknown parameter(s) {unknown} for chapter {chapter}: it takes {known}")
-    profile = given.pop("profile", None) or default_profile()
+    profile = given.pop("profile", None)
+    if not profile:
+        profile = default_profile()
+        params = resolve(chapter, profile, **given)
+        if params.online:
+            print(f"No profile was given and a CUDA GPU is here, so this chapter runs the {profile!r} profile, which "
+                  "goes online to load hub models. To stay offline, set profile = \"cpu\" in the parameters cell "
+                  "(papermill: -p profile cpu).")
+        return params
     return resolve(chapter, profile, **given)
 
 

@@ -24,10 +24,67 @@ PRICING_FILE = PROJECT_ROOT / "data" / "pricing.yaml"
 SECTIONS = ("prices", "training", "embedding", "vector_db", "gpu", "stated")
 
 
+# The keys every row of a section needs (`stated` holds the articles' own figures, of many shapes)
+REQUIRED = {"prices": ("input_per_mtok", "output_per_mtok", "source"), "training": ("per_mtok", "source"),
+            "embedding": ("per_mtok", "source"), "vector_db": ("gb_month", "reads_per_m", "writes_per_m", "source"),
+            "gpu": ("per_hour", "peak_tflops_bf16", "source")}
+NULLABLE = {("prices", "output_per_mtok")}  # a source that quotes an input price only
+
+
 @lru_cache(maxsize=1)
 def _table() -> dict:
     with open(PRICING_FILE) as f:
-        return yaml.safe_load(f)
+        return validate_table(yaml.safe_load(f), PRICING_FILE)
+
+
+def validate_table(table, path) -> dict:
+    """The price table as loaded, refused with the file, row and key named when a section or a key is
+    missing, a price is not a number, or a number is negative or not finite."""
+    import math
+
+    def bad(where: str, what: str):
+        raise ValueError(f"{path}: {where}: {what}")
+
+    if not isinstance(table, dict):
+        bad("the file", "not a mapping of sections")
+    for section in ("as_of", *SECTIONS):
+        if section not in table:
+            bad(section, "missing")
+
+    def numbers(where: str, value):
+        if isinstance(value, bool):
+            bad(where, f"{value!r} is not a number")
+        if isinstance(value, (int, float)):
+            if not math.isfinite(value) or value < 0:
+                bad(where, f"{value!r}: use a finite number >= 0")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                numbers(f"{where}.{k}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                numbers(f"{where}[{i}]", v)
+
+    for section in SECTIONS:
+        rows = table[section]
+        if not isinstance(rows, dict) or not rows:
+            bad(section, "needs rows (a mapping of row names to their values)")
+        for name, row_ in rows.items():
+            where = f"{section}.{name}"
+            if not isinstance(row_, dict):
+                bad(where, "a row is a mapping of keys to values")
+            for key in REQUIRED.get(section, ("source",)):
+                if key not in row_:
+                    bad(where, f"missing {key!r}")
+                value = row_[key]
+                if key == "source":
+                    if not isinstance(value, str) or not value.strip():
+                        bad(f"{where}.source", "every row names its source")
+                elif value is None and (section, key) in NULLABLE:
+                    continue
+                elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                    bad(f"{where}.{key}", f"{value!r} is not a number")
+            numbers(where, {k: v for k, v in row_.items() if k not in ("source", "fine_tuned")})
+    return table
 
 
 def load_prices() -> dict[str, dict]:
@@ -50,12 +107,21 @@ def row(section: str, name: str) -> dict:
 
 
 def cost_per_1k_queries(prompt_tokens: float, completion_tokens: float, price: str) -> float:
-    """Dollars per 1,000 queries at the mean token counts; unpriced output tokens cost nothing here."""
+    """Dollars per 1,000 queries at the mean token counts; a row without an output price (its source
+    quotes input only) prices completion tokens at 0, and says so (`output_unpriced`)."""
     p = row("prices", price)
     dollars = prompt_tokens * p["input_per_mtok"] / 1e6
     if p.get("output_per_mtok") is not None:
         dollars += completion_tokens * p["output_per_mtok"] / 1e6
     return 1000 * dollars
+
+
+def output_unpriced(price: str) -> str | None:
+    """The sentence to show where a row without an output price is used; None when it has one."""
+    if row("prices", price).get("output_per_mtok") is None:
+        return (f"{price!r} has no output price (its source quotes input tokens only): completion tokens "
+                "cost nothing in its rows")
+    return None
 
 
 def fine_tuned_row(price: str) -> str:

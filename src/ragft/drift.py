@@ -14,7 +14,14 @@ Each chapter declares what every metric is (ragft.results.METRIC_KINDS, in the r
   exact        must match (deterministic arithmetic)
   choice, machine   not compared (an argmax over near ties; a measurement of the machine)
 
+Only the committed file defines the rules: a run that declares a metric otherwise (another kind, n
+or tolerance) drifts on that metric, and a malformed rule in either file is a ResultsError naming the
+file and the metric. A value that is not a finite number (NaN, infinity) is drift.
 A metric in the committed file missing from the run is drift; a new one is reported, not failed.
+Beyond the headline metrics: every committed comparison must be in the run with the same verdict,
+and the per-question outcomes of every condition a question-level comparison reads may differ in at
+most as many questions as a rate over them may move (FLIPS, SHARE); outcomes that are measurements
+of the machine (timings) are not compared.
 Accepting refuses a dirty tree, results that are not this book's chapter results, and results that
 do not name a clean commit of this repository's history.
 """
@@ -58,6 +65,27 @@ def tolerance(rule: dict) -> float | None:
     return None
 
 
+def rule_problem(rule) -> str | None:
+    """What is wrong with a declared rule, or None: a known kind; rate and mean with a whole number
+    n >= 1; derived with a finite tolerance >= 0."""
+    if not isinstance(rule, dict) or rule.get("kind") not in METRIC_KINDS:
+        return f"its rule {rule!r} has no kind of {sorted(METRIC_KINDS)}"
+    kind = rule["kind"]
+    if kind in ("rate", "mean"):
+        n = rule.get("n")
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            return f"a {kind} rule needs n, a whole number >= 1; got {n!r}"
+    if kind == "derived":
+        tol = rule.get("tol")
+        if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol) and tol >= 0):
+            return f"a derived rule needs tol, a finite number >= 0; got {tol!r}"
+    return None
+
+
+def _finite(v) -> bool:
+    return v is None or math.isfinite(v)
+
+
 def _is_number(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
@@ -76,19 +104,26 @@ def read_results(path: Path, chapter: str | None = None) -> dict:
     if bad:
         raise ResultsError(f"{path}: metrics must be numbers; got {bad}")
     rules = doc.get("metric_rules", {})
-    if not isinstance(rules, dict) or any(not isinstance(r, dict) or r.get("kind") not in METRIC_KINDS
-                                          for r in rules.values()):
+    if not isinstance(rules, dict):
         raise ResultsError(f"{path}: metric_rules must map names to {{'kind': one of {sorted(METRIC_KINDS)}, ...}}")
+    for key, rule in rules.items():
+        problem = rule_problem(rule)
+        if problem:
+            raise ResultsError(f"{path}: metric_rules[{key!r}]: {problem}")
     return doc
 
 
-def compare(committed: dict, run: dict, rules: dict) -> tuple[list[str], list[str]]:
-    """(drifts, notes) for one chapter's metrics, each compared by its declared rule."""
+def compare(committed: dict, run: dict, rules: dict, run_rules: dict | None = None) -> tuple[list[str], list[str]]:
+    """(drifts, notes) for one chapter's metrics, each compared by the committed file's rule
+    (`rules`); `run_rules`, the run's declarations, only ever add drift (a changed rule)."""
     drifts, notes = [], []
     for key, old in committed.items():
         rule = rules.get(key)
         if rule is None:
             drifts.append(f"{key}: no declared kind, so it cannot be compared (declare it with ChapterRun.metric)")
+            continue
+        if run_rules is not None and key in run_rules and run_rules[key] != rule:
+            drifts.append(f"{key}: its rule changed from {rule} to {run_rules[key]} (a rule is the committed file's)")
             continue
         tol = tolerance(rule)
         if tol is None:
@@ -97,7 +132,9 @@ def compare(committed: dict, run: dict, rules: dict) -> tuple[list[str], list[st
             drifts.append(f"{key}: in the committed results, missing from the run")
             continue
         new = run[key]
-        if old is None or new is None:
+        if not (_finite(old) and _finite(new)):
+            drifts.append(f"{key}: {old} -> {new} (not a finite number)")
+        elif old is None or new is None:
             if old != new:
                 drifts.append(f"{key}: {old} -> {new}")
         elif tol == 0.0:
@@ -107,6 +144,54 @@ def compare(committed: dict, run: dict, rules: dict) -> tuple[list[str], list[st
             drifts.append(f"{key}: {old:.4g} -> {new:.4g} ({rule['kind']}, tolerance {tol:.3g})")
     notes += [f"{key}: new metric {run[key]}" for key in run if key not in committed]
     return drifts, notes
+
+
+def compare_evidence(committed: dict, run: dict) -> list[str]:
+    """Drift in what the verdicts rest on: every committed comparison present in the run with the
+    same verdict, and the per-question outcomes of the conditions that question-level comparisons
+    read differing in no more questions than a rate over them may move (timed conditions, in
+    comparisons of measurements, are the machine's and not compared)."""
+    drifts = []
+    runs = {c.get("claim"): c for c in run.get("comparisons") or []}
+    read = set()
+    for c in committed.get("comparisons") or []:
+        claim = c.get("claim")
+        mine = runs.get(claim)
+        if mine is None:
+            drifts.append(f"comparison {claim}: in the committed results, missing from the run")
+            continue
+        if c.get("kind") not in ("binary", "continuous") or measures_the_machine(c):
+            continue  # figures rebuilt by arithmetic are checked as metrics; timings are the machine's
+        if mine.get("verdict") != c.get("verdict"):
+            drifts.append(f"comparison {claim}: verdict {c.get('verdict')!r} -> {mine.get('verdict')!r}")
+        if c.get("kind") == "binary":
+            read |= {c.get("a"), c.get("b")}
+    was, now = committed.get("outcomes") or {}, run.get("outcomes") or {}
+    for condition in sorted(x for x in read if x in was):
+        if condition not in now:
+            drifts.append(f"outcomes of {condition!r}: in the committed results, missing from the run")
+            continue
+        old, new = was[condition], now[condition]
+        questions = set(old) | set(new)
+        changed = sum(1 for q in questions if q not in old or q not in new or not _same(old[q], new[q]))
+        allowed = max(FLIPS, math.ceil(SHARE * len(questions)))
+        if changed > allowed:
+            drifts.append(f"outcomes of {condition!r}: {changed} of {len(questions)} questions changed "
+                          f"(at most {allowed} may, as near ties on another machine)")
+    return drifts
+
+
+def measures_the_machine(comparison: dict) -> bool:
+    """A comparison of timings (first tokens, answers, seconds to fresh): its verdict may move with the
+    host, as a `machine` metric does."""
+    unit, a = str(comparison.get("unit") or ""), str(comparison.get("a") or "")
+    return unit.startswith("timed") or a.startswith("seconds")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= 1e-9 * max(1.0, abs(a))
+    return a == b
 
 
 def _folder(folder: Path) -> dict[str, Path]:
@@ -129,10 +214,9 @@ def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> lis
         except ResultsError as e:
             problems.append(str(e))
             continue
-        # the run's declarations are the code's current ones; the committed file's fill in for a metric
-        # the run no longer writes
-        rules = {**was.get("metric_rules", {}), **now.get("metric_rules", {})}
-        drifts, notes = compare(was["metrics"], now["metrics"], rules)
+        # the committed file defines every rule; the run's may only differ by being drift
+        drifts, notes = compare(was["metrics"], now["metrics"], was.get("metric_rules", {}), now.get("metric_rules", {}))
+        drifts += compare_evidence(was, now)
         kernels = [(doc.get("provenance") or {}).get("cpu_kernels") for doc in (was, now)]
         if None not in kernels and kernels[0] != kernels[1]:  # the likely cause of any drift above
             notes.append(f"computed with PyTorch's {kernels[1]} CPU kernels, published with {kernels[0]} "

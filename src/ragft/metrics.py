@@ -90,6 +90,25 @@ def f1(prediction: str, answers: list[str]) -> float:
     return best
 
 
+HOTPOTQA_SPECIAL = ("yes", "no", "noanswer")
+
+
+def hotpotqa_f1(prediction: str, answers: list[str]) -> float:
+    """Token F1 as HotpotQA's official script (hotpot_evaluate_v1.py) computes it: where the normalized
+    prediction or gold answer is yes, no or noanswer, anything but the same word scores 0 (plain
+    token F1 would give "yes it is" against "yes" 0.5); otherwise SQuAD's token F1. The best over
+    the gold answers."""
+    pred = normalize(prediction)
+    scores = []
+    for a in answers:
+        gold = normalize(a)
+        if (pred in HOTPOTQA_SPECIAL or gold in HOTPOTQA_SPECIAL) and pred != gold:
+            scores.append(0.0)
+        else:
+            scores.append(f1(prediction, [a]))
+    return max(scores, default=0.0)
+
+
 def contains(prediction: str, answers: list[str]) -> float:
     """1 when a normalised gold answer appears in the normalised prediction, on word boundaries."""
     pred = f" {normalize(prediction)} "

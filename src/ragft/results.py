@@ -198,13 +198,12 @@ class ChapterRun:
     def save(self, lm=None, extra_provenance: dict | None = None) -> Path:
         from .config import as_dict
 
+        # A bad metric is reported by name, after the rest of a finished chapter is written (without it)
         bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))
                and not (v is None and "none_means" in self.metric_rules.get(k, {}))}
-        if bad:
-            raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}")
-        undeclared = sorted(set(self.metrics) - set(self.metric_rules))
-        if undeclared:
-            raise TypeError(f"metrics without a declared kind (use ChapterRun.metric): {undeclared}")
+        undeclared = sorted(set(self.metrics) - set(self.metric_rules) - set(bad))
+        metrics = {k: v for k, v in self.metrics.items() if k not in bad and k not in undeclared}
+        rules = {k: r for k, r in self.metric_rules.items() if k in metrics}
         params = as_dict(self.params)
         prov = provenance(params.get("seed", 0), params.get("threads", 0), self.started, lm)
         prov.update(extra_provenance or {})
@@ -212,8 +211,8 @@ class ChapterRun:
             "chapter": self.chapter,
             "profile": params.get("profile"),
             "params": params,
-            "metrics": self.metrics,
-            "metric_rules": self.metric_rules,
+            "metrics": metrics,
+            "metric_rules": rules,
             "outcomes": self.outcomes,
             "outcome_tokens": self.outcome_tokens,
             "comparisons": self.comparisons,
@@ -226,9 +225,33 @@ class ChapterRun:
         if clash:
             raise ValueError(f"sections {clash} would overwrite the results file's own keys")
         doc.update(self.sections)
+        if bad or undeclared:
+            doc["rejected_metrics"] = {**{k: repr(v) for k, v in bad.items()}, **{k: "no declared kind" for k in undeclared}}
         path = results_dir() / f"{self.chapter}.json"
-        path.write_text(json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
+        write_atomically(path, json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
+        if bad:
+            raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}. The rest of the results "
+                            f"is saved in {path}, without them (under rejected_metrics)")
+        if undeclared:
+            raise TypeError(f"metrics without a declared kind (use ChapterRun.metric): {undeclared}. The rest of "
+                            f"the results is saved in {path}, without them")
         return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old one or the new one, never a half-written one: a
+    temporary file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    """A results file, with its name in the error when it cannot be parsed (a truncated write, say)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a readable results file ({e})") from None
 
 
 def results_dir(run_dir: Path | None = None) -> Path:
@@ -239,7 +262,7 @@ def results_dir(run_dir: Path | None = None) -> Path:
 
 def load_results(folder: Path) -> dict[str, dict]:
     """chapter -> results document, for every results file in a folder."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
+    return {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))}
 
 
 # Output metadata key of a reader's copy: what the book's prose glues, shown as a visible output for
@@ -271,7 +294,7 @@ def _reader_copy(key: str, value) -> None:
         return
     from IPython.display import display
 
-    if isinstance(value, (numbers.Number, str)):
+    if value is None or isinstance(value, (numbers.Number, str)):  # None: a NaN made JSON-safe
         if not _pending and _flush_pending not in shell.events.callbacks["post_execute"]:
             shell.events.register("post_execute", _flush_pending)
         _pending.append(f"{key}: {_plain(value)}")
@@ -280,6 +303,8 @@ def _reader_copy(key: str, value) -> None:
 
 
 def _plain(value) -> str:
+    if value is None:
+        return "not a finite number"
     if isinstance(value, float) and not isinstance(value, bool):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
@@ -301,14 +326,14 @@ def read_published(chapter: str, profile: str) -> tuple[dict, str] | None:
     for published_profile in dict.fromkeys((profile, "cpu")):
         path = settings.PROJECT_ROOT / "experiments" / "results" / published_profile / f"{chapter}.json"
         if path.exists():
-            return json.loads(path.read_text()), f"published {published_profile} results"
+            return read_json(path), f"published {published_profile} results"
     return None
 
 
 def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:
     """Another chapter's results from this run (None when that chapter has not run here)."""
     path = results_dir(run_dir) / f"{chapter}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: str | None = None,

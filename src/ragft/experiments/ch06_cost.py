@@ -102,6 +102,9 @@ def source(docs: dict, name: str) -> tuple[str, str]:
 
 def build_approaches(docs: dict, params) -> dict[str, Approach]:
     base, tuned = params.serving_price, costs.fine_tuned_row(params.serving_price)
+    for row_name in dict.fromkeys((base, tuned)):
+        if costs.output_unpriced(row_name):
+            print(costs.output_unpriced(row_name))
     override = {"long-context prompting": params.long_prompt_tokens, "RAG": params.rag_prompt_tokens,
                 "fine-tune": params.ft_prompt_tokens, "hybrid (RAFT + RAG)": params.hybrid_prompt_tokens}
     out = {}

@@ -19,6 +19,8 @@ EARLIER_CHAPTERS = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_fres
 COUNT_KEYS = {"supported": "n_supported", "contradicted": "n_contradicted", "depends": "n_depends",
               INCONCLUSIVE: "n_inconclusive", "not testable here": "n_not_testable"}
 COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", INCONCLUSIVE: "tab:gray"}
+# marker shape and fill tell the verdicts apart without colour (greyscale print, colour blindness)
+MARKERS = {"supported": ("o", True), "contradicted": ("X", True), "depends": ("s", True), INCONCLUSIVE: ("o", False)}
 
 
 @dataclass
@@ -109,23 +111,26 @@ def forest(v: Verdicts):
             else:
                 ax.plot([low], [y], marker="D", color="black", mfc="none", ms=5, ls="none",
                         label=_once(ax, "the source's stated difference"))
+        marker, filled = MARKERS.get(r.verdict, ("o", False))
+        colour = COLOURS.get(r.verdict, "black")
         ax.errorbar(100 * r.diff, y, xerr=[[100 * (r.diff - r.ci_low)], [100 * (r.ci_high - r.diff)]],
-                    fmt="o", color=COLOURS.get(r.verdict, "black"), capsize=3)
-    if any(v.claims[r.claim].effects.get(r.comparison) for r in shown):
-        ax.legend(fontsize=7, loc="lower right")
+                    fmt=marker, color=colour, mfc=colour if filled else "white", ms=6, capsize=3,
+                    label=_once(ax, r.verdict, containers=True))
+    ax.legend(fontsize=7, loc="lower right")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(shown)), [f"{r.claim}: {r.comparison} (n={r.n})" for r in shown], fontsize=7)
     ax.invert_yaxis()
-    ax.set(xlabel="measured difference, points (95 % interval); green supported, red contradicted, grey inconclusive",
+    ax.set(xlabel="measured difference, points (95 % interval); the marker's shape gives the verdict",
            title="What the book measured, claim by claim")
     ax.xaxis.label.set_size(7)
     fig.tight_layout()
     return fig
 
 
-def _once(ax, label: str) -> str | None:
-    """A legend label the first time it is drawn on these axes, None after."""
-    return None if label in [h.get_label() for h in ax.lines] else label
+def _once(ax, label: str, containers: bool = False) -> str | None:
+    """A legend label the first time it is drawn on these axes (lines, or error bars), None after."""
+    drawn = ax.containers if containers else ax.lines
+    return None if label in [h.get_label() for h in drawn] else label
 
 
 def headline(v: Verdicts) -> dict:

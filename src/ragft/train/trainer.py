@@ -254,7 +254,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         ckpt = folder / "checkpoint.pt"
         step, losses, step_s, step_tokens, step_flops, pad = 0, [], [], [], [], 0
         if ckpt.exists():
-            state = torch.load(ckpt, weights_only=False)
+            state = torch.load(ckpt, weights_only=True)  # tensors, numbers and lists only: no code runs on load
             model.load_state_dict(state["weights"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
