@@ -255,7 +255,7 @@ def test_a_file_going_bad_loses_nothing_already_indexed(embed_model, tmp_path):
 def test_questions_file(tmp_path):
     good = write(tmp_path / "q.jsonl", "\n".join([
         json.dumps({"id": "a", "question": "Where?", "answers": ["north"], "doc_id": "a.md"}),
-        json.dumps({"question": "When?", "answer": "nine"}), "",
+        json.dumps({"question": "When?", "answers": "nine"}), "",
         json.dumps({"question": "Unknown?", "answers": []})]))
     items = rag.load_questions(good)
     assert [(i.qid, i.answers, i.kind) for i in items] == [("a", ("north",), "single"), ("q2", ("nine",), "single"),
@@ -287,3 +287,10 @@ def test_rag_parameters_are_validated(tmp_path):
     for name, value in bad.items():
         with pytest.raises(ParamError, match=name):
             resolve("02_rag", "smoke", **{name: value})
+
+
+def test_a_questions_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes("\ufeff".encode("utf-8") + json.dumps({"question": "Where?", "answers": ["north"]}).encode("utf-8"))
+    (item,) = rag.load_questions(path)
+    assert item.question == "Where?" and item.answers == ("north",)

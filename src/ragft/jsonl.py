@@ -14,7 +14,7 @@ def read_rows(path: str | Path, error: type[Exception] = ValueError) -> list[tup
     if not path.is_file():
         raise error(f"file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as some editors write, is accepted
     except UnicodeDecodeError as e:
         raise error(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
     rows = []

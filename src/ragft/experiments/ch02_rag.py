@@ -1133,8 +1133,9 @@ def read_own_inputs(params) -> OwnInputs:
     folder = params.corpus_dir or str(sample / "sample_docs")
     qfile = params.questions_file or ("" if params.corpus_dir else str(sample / "sample_questions.jsonl"))
     corpus = rag.load_folder(folder, params.max_file_mb)
-    items = rag.load_questions(qfile) if qfile else [rag.QAItem(f"sample-{i}", f"What does {s.title} say?", ())
-                                                     for i, s in enumerate(corpus.sources[:3])]
+    documents, skipped = {s.doc_id for s in corpus.sources}, {s.path: s.reason for s in corpus.skipped}
+    items = rag.load_questions(qfile, documents, skipped) if qfile else [
+        rag.QAItem(f"sample-{i}", f"What does {s.title} say?", ()) for i, s in enumerate(corpus.sources[:3])]
     return OwnInputs(corpus, items, qfile)
 
 

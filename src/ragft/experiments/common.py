@@ -94,10 +94,31 @@ def dsf_adapter(p3, facts: list):
     else:
         return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
     lr, at = published_dsf_lr(p3)
+    print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts))}", flush=True)
     result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts), lr=lr)
     how = "reloaded from the artifact cache" if result.cached else "trained now"
     return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.",
             result)
+
+
+def training_estimate(p3, n_facts: int) -> str:
+    """What training chapter 3's fine-tune here will cost, said before it starts: its optimizer steps,
+    and their time at the published run's LoRA step time (2 cores of the faster CPU kind)."""
+    import math
+
+    from ..results import read_published
+    from ..train import tasks
+
+    n = max(p3.paraphrase_counts)
+    steps = math.ceil(n_facts * n / p3.train_batch_size) * tasks.dsf_epochs(p3, n)
+    published = read_published(DSF_CHAPTER, p3.profile)
+    step_s = ((published or ({}, ""))[0].get("metrics") or {}).get("lora_step_s")
+    if not step_s:
+        return f"{steps} optimizer steps"
+    total = steps * step_s
+    took = f"{total:.0f} s" if total < 120 else f"{total / 60:.0f} minutes"
+    return (f"{steps} optimizer steps, about {took} at the published run's {step_s:.2f} s a step (2 cores of "
+            "the faster CPU kind; twice that on an AVX2-only CPU, far less on a GPU)")
 
 
 def published_dsf_lr(p3) -> tuple[float, str]:

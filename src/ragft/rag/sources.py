@@ -233,31 +233,63 @@ def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
     return Corpus(sources, skipped)
 
 
-def load_questions(path: str | Path) -> list[QAItem]:
-    """A JSONL file, one question per line: {"question": ..., "answers": [...]} (or "answer": "...");
-    optional "id", and "doc_id" (a path relative to the corpus folder) naming the gold document.
-    An empty answer list marks a question the corpus cannot answer."""
+QUESTION_KEYS = ("id", "question", "answers", "doc_id")  # answers: [] marks a question the corpus cannot answer
+
+
+def load_questions(path: str | Path, documents: set[str] | None = None,
+                   skipped: dict[str, str] | None = None) -> list[QAItem]:
+    """A JSONL file, one question per line: {"question": "...", "answers": ["...", ...]}, with an
+    optional "id" and "doc_id" (a path relative to the corpus folder, or a list of them) naming the
+    gold document. A question the corpus cannot answer says so with "answers": [] (the one way).
+    Refused, with the file, the line and the fix: a missing or unknown key (a misspelt "answers"
+    would otherwise read as an unanswerable question), a question that is not text, an empty answer,
+    and, given the corpus's `documents` (and its `skipped` files with their reasons), a doc_id that
+    names no document of it. A UTF-8 byte-order mark is accepted."""
+    import difflib
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise CorpusError(f"questions_file={str(path)!r} does not exist: give a JSONL file or leave it empty")
     items, lines = [], {}
     for n, row in read_rows(path, CorpusError):
-        if not isinstance(row, dict) or not str(row.get("question") or "").strip():
-            raise CorpusError(f'{path.name} line {n} has no "question"')
-        answers = row.get("answers", row.get("answer", []))
+        where = f"{path.name} line {n}"
+        if not isinstance(row, dict):
+            raise CorpusError(f'{where} is not an object: give {{"question": "...", "answers": [...]}}')
+        unknown = [k for k in row if k not in QUESTION_KEYS]
+        if unknown:
+            hints = [f"{k!r} (did you mean {difflib.get_close_matches(k, QUESTION_KEYS, 1)[0]!r}?)"
+                     if difflib.get_close_matches(k, QUESTION_KEYS, 1) else repr(k) for k in unknown]
+            raise CorpusError(f"{where} has unknown keys {', '.join(hints)}: a line takes {list(QUESTION_KEYS)}")
+        question = row.get("question")
+        if question is None or (isinstance(question, str) and not question.strip()):
+            raise CorpusError(f'{where} has no "question"')
+        if not isinstance(question, str):
+            raise CorpusError(f'{where}: "question" must be text, not {question!r}')
+        if "answers" not in row:
+            raise CorpusError(f'{where} has no "answers": give the accepted answers as a list of strings, '
+                              f'or "answers": [] for a question the documents cannot answer')
+        answers = row["answers"]
         answers = [answers] if isinstance(answers, str) else answers
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise CorpusError(f'{path.name} line {n}: "answers" must be a string or a list of strings, not {answers!r}')
+            raise CorpusError(f'{where}: "answers" must be a string or a list of strings, not {row["answers"]!r}')
+        if any(not a.strip() for a in answers):
+            raise CorpusError(f'{where}: an empty answer can never be matched: remove it (an unanswerable '
+                              f'question has "answers": [])')
         doc_ids = row.get("doc_id") or ()
         doc_ids = (doc_ids,) if isinstance(doc_ids, str) else doc_ids
         if not isinstance(doc_ids, (list, tuple)) or not all(isinstance(d, str) for d in doc_ids):
-            raise CorpusError(f'{path.name} line {n}: "doc_id" must be a path or a list of paths, not {doc_ids!r}')
+            raise CorpusError(f'{where}: "doc_id" must be a path or a list of paths, not {doc_ids!r}')
+        for d in doc_ids if documents is not None else ():
+            if d not in documents:
+                why = f"it was skipped ({skipped[d]})" if skipped and d in skipped else "the corpus folder has no such document"
+                raise CorpusError(f'{where}: "doc_id" {d!r} names no indexed document: {why}; use a path '
+                                  f"relative to the corpus folder, such as {sorted(documents)[:3]}")
         qid = str(row.get("id", f"q{n}"))
         if qid in lines:
             # outcomes are kept per question id: two questions with one id would overwrite each other
-            raise CorpusError(f'{path.name} line {n} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
+            raise CorpusError(f'{where} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
         lines[qid] = n
-        items.append(QAItem(qid, row["question"].strip(), tuple(answers), "single" if answers else "unanswerable",
+        items.append(QAItem(qid, question.strip(), tuple(answers), "single" if answers else "unanswerable",
                             (), tuple(doc_ids)))
     if not items:
         raise CorpusError(f"questions_file={str(path)!r} holds no question")
