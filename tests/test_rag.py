@@ -294,3 +294,14 @@ def test_a_questions_file_with_a_byte_order_mark_is_read(tmp_path):
     path.write_bytes("\ufeff".encode("utf-8") + json.dumps({"question": "Where?", "answers": ["north"]}).encode("utf-8"))
     (item,) = rag.load_questions(path)
     assert item.question == "Where?" and item.answers == ("north",)
+
+
+def test_hybrid_returns_the_top_k_asked_for_above_its_pool(monkeypatch):
+    """own_top_k 50 returned 20 before: the fused pool is at least k deep."""
+    from ragft.rag.retrieve import Retriever
+
+    retriever = Retriever.__new__(Retriever)
+    ranked = lambda questions, k, **kw: [[hit(f"c{i}") for i in range(k)] for _ in questions]  # noqa: E731
+    monkeypatch.setattr(retriever, "dense", ranked, raising=False)
+    monkeypatch.setattr(retriever, "keyword", ranked, raising=False)
+    assert len(retriever.hybrid(["q"], 50)[0]) == 50 and len(retriever.hybrid(["q"], 5)[0]) == 5

@@ -8,6 +8,7 @@ with a message naming the parameter, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,12 @@ class Common:
                 check(isinstance(value, str), f.name, value, "use a string (empty for the default, where allowed)")
             elif f.type == "bool":
                 check(isinstance(value, bool), f.name, value, "use True or False")
+            elif f.type == "float" and value is not None:  # inf and nan pass every comparison: refuse them here
+                check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                      f.name, value, "use a finite number")
+            elif f.type == "list" and isinstance(value, list):  # a repeated entry would run (or train) twice
+                repeated = sorted({repr(v) for v in value if value.count(v) > 1})
+                check(not repeated, f.name, value, f"list each value once (repeated: {', '.join(repeated)})")
             bounds = f.metadata.get("bounds")
             if bounds is not None:
                 (check_int_list if f.type == "list" else check_int)(f.name, value, *bounds)
@@ -180,7 +187,8 @@ class RagParams(Answering):
               "sections", self.sections, f"use a non-empty list from {list(self.SECTIONS)} (papermill: -y \"sections: [own_documents]\")")
         needs = [s for s in ("scale", "benchmarks") if s in self.sections and "knowledge_base" not in self.sections]
         check(not needs, "sections", self.sections, f"{needs} read the knowledge base's index: add knowledge_base")
-        check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
+        # the overlap applies to every chunk size, the grid's and your documents' alike
+        check_int("chunk_overlap", self.chunk_overlap, 0, min([*self.chunk_sizes, self.own_chunk_size]) - 1)
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
         # scored and answered questions are the retrieval grid's first ones
         check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)

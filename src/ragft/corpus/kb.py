@@ -184,6 +184,8 @@ class KnowledgeBase:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n={n!r} is not allowed: use an integer >= 0")
         pool = self.by_kind(kind)
+        if n > len(pool):  # all of them, and said so: a chapter's n is then smaller than asked
+            print(f"asked for {n} {kind} questions; this knowledge base holds {len(pool)}: using all {len(pool)}")
         return random.Random(f"{seed}:{kind}").sample(pool, min(n, len(pool)))
 
     def questions_about_documents(self, n: int, seed: int, prefix: str = "product-") -> tuple[list[Document], list[Question]]:

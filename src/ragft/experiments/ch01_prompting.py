@@ -359,6 +359,10 @@ def long_context(ch: Chapter) -> list[Ranked]:
     groups = haystack_groups(ch)
     ch.long_context_questions = [q for _, asked in groups for q in asked]
     levels = haystack_levels(p, ch.lm.context_window)
+    dropped = [t for t in p.long_context_tokens if t not in levels]
+    if dropped:  # said, not silently skipped
+        print(f"long_context_tokens {dropped} leave no room in {ch.lm.name}'s {ch.lm.context_window:,}-token window "
+              f"for the question and the answer ({HAYSTACK_HEADROOM} tokens): those sizes are not run")
     shown_docs, shown = groups[0][0], groups[0][1][: max(1, p.n_generated // 2)]
     out = []
     for target in levels:

@@ -59,7 +59,9 @@ class Retriever:
     # -- fusion ---------------------------------------------------------------------------------
 
     def hybrid(self, questions: list[str], k: int, pool: int = 20, vectors=None) -> list[list[Hit]]:
-        """Reciprocal-rank fusion of the dense and BM25 top-`pool` lists."""
+        """Reciprocal-rank fusion of the dense and BM25 top-`pool` lists (at least k deep, so a top-k
+        above the pool is what was asked for, not the pool cut short)."""
+        pool = max(pool, k)
         dense = self.dense(questions, pool, vectors=vectors)
         keyword = self.keyword(questions, pool)
         return [fuse([d, kw])[:k] for d, kw in zip(dense, keyword)]
