@@ -226,6 +226,26 @@ def test_folder_with_bad_files_lists_what_it_skipped(tmp_path):
     assert html.title == "Gamma" and "Gamma body" in html.text and "var x" not in html.text
     assert next(s for s in corpus.sources if s.doc_id == "a.md").title == "Alpha"
     assert list(corpus.skipped_table().columns) == ["path", "reason"]
+    assert reasons[".hidden"] == "hidden folder: not read"
+
+
+def test_the_corpus_folder_is_a_boundary(tmp_path):
+    """A link to /etc/passwd inside the folder was indexed as passwd.txt: links that leave the folder,
+    dangling links and hidden files are skipped, each with its reason; a link inside it is read."""
+    docs = tmp_path / "docs"
+    write(docs / "a.md", "# Alpha\n\nThe alpha gate opens at nine.")
+    write(tmp_path / "secret.txt", "outside the corpus")
+    (docs / "passwd.txt").symlink_to(tmp_path / "secret.txt")
+    (docs / "gone.md").symlink_to(docs / "missing.md")
+    (docs / "alias.md").symlink_to(docs / "a.md")  # inside: read (and then a duplicate of a.md)
+    (docs / "outside").symlink_to(tmp_path, target_is_directory=True)
+    write(docs / ".notes.md", "private")
+    corpus = rag.load_folder(docs)
+    assert [s.doc_id for s in corpus.sources] == ["a.md"]
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert reasons["passwd.txt"] == "a link to a file outside the corpus folder: not read"
+    assert reasons["gone.md"].startswith("a link to nothing") and reasons[".notes.md"] == "hidden file: not read"
+    assert reasons["outside"].startswith("a link to a folder: not followed") and "duplicate of a.md" in reasons["alias.md"]
 
 
 def test_empty_or_missing_folder_is_a_clear_error(tmp_path):

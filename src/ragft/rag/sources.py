@@ -187,20 +187,58 @@ def _decode(raw: bytes) -> str:
         raise ValueError(f"not UTF-8 (byte {e.start}): re-save it as UTF-8") from None
 
 
+def _walk(root: Path):
+    """(path, reason to skip it or "") for every entry under root, in path order, without following a
+    link out of it: hidden entries and links are named with their reason, folders are descended."""
+    import os
+
+    inside = root.resolve()
+    out = []
+    for here, dirs, files in os.walk(root):  # links to folders are listed, never followed
+        here = Path(here)
+        for name in sorted(dirs):
+            path = here / name
+            if name.startswith("."):
+                out.append((path, "hidden folder: not read"))
+            elif path.is_symlink():
+                out.append((path, "a link to a folder: not followed (copy the folder in instead)"))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here / d).is_symlink())
+        for name in sorted(files):
+            path = here / name
+            if name.startswith("."):
+                out.append((path, "hidden file: not read"))
+            elif path.is_symlink():
+                target = path.resolve()
+                if not target.exists():
+                    out.append((path, f"a link to nothing ({os.readlink(path)})"))
+                elif not target.is_relative_to(inside):
+                    out.append((path, "a link to a file outside the corpus folder: not read"))
+                elif target.is_file():
+                    out.append((path, ""))
+                else:
+                    out.append((path, "a link to something that is not a file"))
+            elif path.is_file():
+                out.append((path, ""))
+    return sorted(out, key=lambda entry: entry[0].relative_to(root).parts)  # path order: the first of two duplicates is kept
+
+
 def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
     """Every usable document under a folder; the rest listed with the reason it was skipped.
 
-    Skipped, never fatal: other file types, files over `max_file_mb`, binary or non-UTF-8 files,
-    empty files and exact duplicates of an earlier file. A folder with nothing usable raises
-    CorpusError listing what it found."""
+    Skipped, never fatal, each with its reason in the skipped table: other file types, files over
+    `max_file_mb`, binary or non-UTF-8 files, empty files, exact duplicates of an earlier file,
+    hidden files and folders (.git, .DS_Store), and links: the folder is a boundary, so a link that
+    resolves outside it is not read (nor one to nothing, nor a linked folder). A folder with nothing
+    usable raises CorpusError listing what it found."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise CorpusError(f"corpus_dir={str(folder)!r} is not a folder: give a folder of .md, .txt or .html files")
     sources, skipped, seen = [], [], {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path, why in _walk(root):
         rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue  # hidden files and folders (.git, .DS_Store) are not documents
+        if why:
+            skipped.append(Skipped(rel, why))
+            continue
         if path.suffix.lower() not in SUFFIXES:
             skipped.append(Skipped(rel, f"unsupported type {path.suffix or '(none)'}: use one of {', '.join(SUFFIXES)}"))
             continue
