@@ -71,3 +71,20 @@ def test_computed_parts_carry_their_verdict_and_note(held, verdict, shown):
             assert c["note"] in row.reason
     if row.n is None:
         assert row.difference() == f"figure of {shown}"
+
+
+def test_the_verdict_chapter_alone_reads_the_published_results_and_says_so(tmp_path, monkeypatch, capsys):
+    """A reader's papermill run of chapter 7 in a fresh folder (a Colab button gives a fresh machine):
+    the ledger is the published one, labelled, not empty."""
+    import json
+
+    from conftest import ROOT
+    from ragft import config
+    from ragft.experiments import ch07_verdict as ch07
+
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
+    v = ch07.setup(config.resolve("07_verdict", "cpu"))
+    assert set(v.origin.values()) == {"published cpu results"} and set(v.origin) == set(ch07.EARLIER_CHAPTERS)
+    assert "the ledger reads the published cpu results of chapters 01_prompting" in capsys.readouterr().out
+    published = json.loads((ROOT / "experiments" / "results" / "cpu" / "07_verdict.json").read_text())["ledger"]
+    assert [r.verdict for r in v.rows] == [r["verdict"] for r in published]
