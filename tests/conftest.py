@@ -82,43 +82,6 @@ def pytest_terminal_summary(terminalreporter):
 
 
 # ---------------------------------------------------------------------------------------------
-# The one smoke run of every chapter: started in the background as soon as the tests are collected,
-# so that its kernels (start-up, imports and model loads are mostly one core's work) overlap the unit
-# tests; tests/test_notebooks.py's smoke_run fixture waits for it. RAGFT_SMOKE_IN_BACKGROUND=0 runs it
-# in the foreground when the first test needs it.
-
-SMOKE: dict = {}
-
-
-def start_smoke_run(out: Path) -> dict:
-    """Start `python -m ragft.run --profile smoke` into out/run, offline and with the network refused
-    (tests/netguard, logging any attempt to out/netguard.log); returns what smoke_run needs."""
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "netguard.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
-           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
-    env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
-    stdout, stderr = open(out / "stdout.log", "w"), open(out / "stderr.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
-                            env=env, stdout=stdout, stderr=stderr, text=True)
-    return {"proc": proc, "started": time.time(), "out": out, "log": log, "env": env, "files": (stdout, stderr)}
-
-
-def pytest_collection_finish(session):
-    if os.environ.get("RAGFT_SMOKE_IN_BACKGROUND", "1") != "1":
-        return
-    if any("smoke_run" in getattr(item, "fixturenames", ()) for item in session.items):
-        SMOKE.update(start_smoke_run(session.config._tmp_path_factory.mktemp("smoke")))
-
-
-def pytest_sessionfinish(session):
-    proc = SMOKE.get("proc")
-    if proc is not None and proc.poll() is None:  # the run ended before the notebook tests (-x, Ctrl-C)
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-# ---------------------------------------------------------------------------------------------
 # Models, data and servers, loaded once per session
 
 

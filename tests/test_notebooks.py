@@ -1,20 +1,20 @@
 """Notebook and book level: sources are clean, and the smoke profile runs end to end offline.
 
-One smoke run of every chapter (papermill, real model, tiny data) serves all the checks below; it
-starts in the background when the tests are collected (conftest.start_smoke_run) and the first check
-waits for it. It runs with tests/netguard on PYTHONPATH, which refuses every non-loopback connection
-and DNS lookup in the runner and in every kernel, and logs any attempt: the run must pass with an
-empty log.
+One smoke run of every chapter (papermill, real model, tiny data) serves all the checks below. It runs
+with tests/netguard on PYTHONPATH, which refuses every non-loopback connection and DNS lookup in the
+runner and in every kernel, and logs any attempt: the run must pass with an empty log.
 """
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import nbformat
 import pytest
 
-from conftest import ROOT, SMOKE, report_budget, start_smoke_run
+from conftest import ROOT, report_budget
 from ragft import run as runner
 
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -82,19 +82,18 @@ def test_chapter_cells_are_short(path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """The one smoke run (conftest.SMOKE: started in the background when the tests were collected),
-    waited for; else started here."""
-    run = SMOKE if SMOKE else start_smoke_run(tmp_path_factory.mktemp("smoke"))
-    run["proc"].wait()
-    for f in run["files"]:
-        f.close()
-    seconds = time.time() - run["started"]
-    where = "in the background, beside the other tests" if run is SMOKE else "alone"
-    report_budget(f"smoke run of every chapter ({where})", seconds, SMOKE_TARGET_S)
-    out = run["out"]
-    assert run["proc"].returncode == 0, (f"smoke run failed:\n{(out / 'stdout.log').read_text()[-3000:]}\n"
-                                         f"{(out / 'stderr.log').read_text()[-3000:]}")
-    return {"dir": out / "run", "log": run["log"], "seconds": seconds, "env": run["env"]}
+    out = tmp_path_factory.mktemp("smoke")
+    log = out / "netguard.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
+           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
+    env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
+                          env=env, capture_output=True, text=True)
+    seconds = time.time() - t
+    report_budget("smoke run of every chapter", seconds, SMOKE_TARGET_S)
+    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {"dir": out / "run", "log": log, "seconds": seconds, "env": env}
 
 
 @pytest.mark.notebooks
