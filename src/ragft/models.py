@@ -114,7 +114,7 @@ def select_dtype(device: str, preference: str = "auto"):
     against the fp32 results."""
     import torch
 
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    table = dtypes()
     if preference != "auto":
         if preference not in table:
             raise ValueError(f"dtype={preference!r} is not allowed: use 'auto', {sorted(table)}")
@@ -122,6 +122,18 @@ def select_dtype(device: str, preference: str = "auto"):
     if device == "cuda":
         return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
     return torch.float32
+
+
+def dtypes() -> dict:
+    """The dtype names a chapter's `dtype` parameter takes, and their torch dtypes."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_name(dtype) -> str:
+    """The parameter's name for a torch dtype (dtypes() the other way round)."""
+    return {v: k for k, v in dtypes().items()}[dtype]
 
 
 def cuda_has_native_bf16() -> bool:

@@ -150,8 +150,7 @@ def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
     spec = models.get_spec(params.model, "lm")
     if spec.shape is None:
         return {}
-    dtype = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[
-        str(models.select_dtype(device, params.dtype))]
+    dtype = models.dtype_name(models.select_dtype(device, params.dtype))
     tokens = params.train_batch_size * EXAMPLE_TOKENS_MAX
     available = memory.device_bytes(device)
     out = {}

@@ -126,11 +126,11 @@ def setup(params) -> Chapter:
 def dsf_lr(p3, source: str) -> float:
     """The learning rate the DSF adapter was trained with: chapter 3's choice when the adapter is
     chapter 3's, else the rate the fallback trains with (common.published_dsf_lr)."""
-    from .common import published_dsf_lr
+    from .common import published_dsf, published_dsf_lr
 
     doc = results.read_chapter("03_finetune") or {}
     chosen = (doc.get("metrics") or {}).get("lora_lr_chosen")
-    return float(chosen) if chosen and "chapter 3's adapter" in source else published_dsf_lr(p3)[0]
+    return float(chosen) if chosen and "chapter 3's adapter" in source else published_dsf_lr(p3, published_dsf(p3))[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,26 +93,37 @@ def dsf_adapter(p3, facts: list):
         why = f"chapter 3's adapter folder {adapter} is gone"
     else:
         return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
-    lr, at = published_dsf_lr(p3)
-    print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts))}", flush=True)
+    published = published_dsf(p3)
+    lr, at = published_dsf_lr(p3, published)
+    print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts), published)}",
+          flush=True)
     result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts), lr=lr)
     how = "reloaded from the artifact cache" if result.cached else "trained now"
     return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.",
             result)
 
 
-def training_estimate(p3, n_facts: int) -> str:
+def published_dsf(p3) -> tuple[dict, str] | None:
+    """Chapter 3's published metrics for this model, with the label that says where they came from
+    (ragft.results.read_published), or None: what a DSF trained outside chapter 3 follows."""
+    from ..results import read_published
+
+    published = read_published(DSF_CHAPTER, p3.profile)
+    if published is None or (published[0].get("params") or {}).get("model") != p3.model:
+        return None
+    return published[0].get("metrics") or {}, published[1]
+
+
+def training_estimate(p3, n_facts: int, published: tuple[dict, str] | None) -> str:
     """What training chapter 3's fine-tune here will cost, said before it starts: its optimizer steps,
     and their time at the published run's LoRA step time (2 cores of the faster CPU kind)."""
     import math
 
-    from ..results import read_published
     from ..train import tasks
 
     n = max(p3.paraphrase_counts)
     steps = math.ceil(n_facts * n / p3.train_batch_size) * tasks.dsf_epochs(p3, n)
-    published = read_published(DSF_CHAPTER, p3.profile)
-    step_s = ((published or ({}, ""))[0].get("metrics") or {}).get("lora_step_s")
+    step_s = published[0].get("lora_step_s") if published else None
     if not step_s:
         return f"{steps} optimizer steps"
     total = steps * step_s
@@ -121,18 +132,13 @@ def training_estimate(p3, n_facts: int) -> str:
             "the faster CPU kind; twice that on an AVX2-only CPU, far less on a GPU)")
 
 
-def published_dsf_lr(p3) -> tuple[float, str]:
+def published_dsf_lr(p3, published: tuple[dict, str] | None) -> tuple[float, str]:
     """The learning rate a DSF trained outside chapter 3 uses: the one chapter 3 chose in its published
     results for this model (a later chapter run alone trains what the book trained), else lora_lr.
     Returns (rate, the words that say which)."""
-    from ..results import read_published
-
-    published = read_published(DSF_CHAPTER, p3.profile)
-    if published is not None:
-        doc, label = published
-        chosen = (doc.get("metrics") or {}).get("lora_lr_chosen")
-        if chosen and (doc.get("params") or {}).get("model") == p3.model:
-            return float(chosen), f"at the learning rate chapter 3 chose in its {label} ({float(chosen):g})"
+    chosen = published[0].get("lora_lr_chosen") if published else None
+    if chosen:
+        return float(chosen), f"at the learning rate chapter 3 chose in its {published[1]} ({float(chosen):g})"
     return p3.lora_lr, f"at lora_lr ({p3.lora_lr:g}; no published choice for {p3.model})"
 
 
