@@ -1,13 +1,29 @@
-"""The evidence layer: intervals, paired tests, power arithmetic and the verdict rule."""
+"""The evidence layer: intervals, tests, power arithmetic and the verdict of one planned comparison,
+on tiny planted outcomes whose answers can be worked out by hand."""
+
+import math
 
 import numpy as np
 import pytest
 
 from ragft import stats
+from ragft.plan import Planned
 
 
 def _outcomes(values):
     return {f"q{i}": v for i, v in enumerate(values)}
+
+
+def spec(**kw) -> Planned:
+    """A planned comparison with the book's defaults for a rate: two-sided paired test, 10 points."""
+    base = dict(id="K1-x", claim="K1", chapter="01_prompting", a="a", b="b", metric="right", unit="questions",
+                test="paired", kind="binary", expect="greater", sesoi=0.10, sesoi_from="accuracy", n=64,
+                floor=0.0, ceiling=1.0, role="primary")
+    return Planned(**{**base, **kw})
+
+
+def judge(a, b, **kw):
+    return stats.judge(spec(**kw), "a", _outcomes(a), "b", _outcomes(b))
 
 
 def test_wilson_interval_matches_the_textbook_value():
@@ -16,71 +32,117 @@ def test_wilson_interval_matches_the_textbook_value():
     assert np.isnan(stats.wilson_interval(0, 0)[0])
 
 
-def test_exact_mcnemar_counts_only_discordant_pairs():
-    a, b = [1] * 10 + [0] * 6, [1] * 10 + [0] * 6
-    assert stats.mcnemar_exact(a, b) == 1.0
-    # 8 discordant pairs, all favouring a: two-sided binomial p = 2 / 2**8
+def test_the_sign_flip_test_on_0_1_outcomes_is_the_exact_mcnemar_test():
     a, b = [1] * 8 + [0] * 8, [0] * 8 + [0] * 8
+    # 8 discordant pairs, all favouring a: two-sided binomial p = 2 / 2**8
     assert stats.mcnemar_exact(a, b) == pytest.approx(2 / 2**8)
+    assert stats.signflip_p(np.subtract(a, b)) == pytest.approx(2 / 2**8)
+    # 5 against 1 among 40 pairs: binomial(6, 0.5), P(>= 5 or <= 1) = 14 / 64
+    a, b = [1] * 5 + [0] + [1] * 34, [0] * 5 + [1] + [1] * 34
+    assert stats.signflip_p(np.subtract(a, b)) == pytest.approx(stats.mcnemar_exact(a, b)) == pytest.approx(14 / 64)
 
 
-def test_a_planted_large_difference_is_supported():
-    a = _outcomes([1] * 56 + [0] * 8)
-    b = _outcomes([1] * 16 + [0] * 48)
-    c = stats.compare("K1", "rag", a, "ft", b, expect="greater")
+def test_a_planted_large_difference_is_supported_and_its_interval_excludes_zero():
+    c = judge([1] * 56 + [0] * 8, [1] * 16 + [0] * 48)
     assert c.verdict == stats.SUPPORTED and c.n == 64 and c.diff == pytest.approx(40 / 64)
-    assert c.ci_low > 0 and c.p < 1e-6
-    assert stats.compare("K1", "rag", a, "ft", b, expect="less").verdict == stats.CONTRADICTED
+    assert 0 < c.ci_low < c.diff < c.ci_high and c.p < 1e-3
+    assert judge([1] * 56 + [0] * 8, [1] * 16 + [0] * 48, expect="less").verdict == stats.CONTRADICTED
 
 
-def test_a_one_question_difference_at_n16_is_inconclusive():
-    a = _outcomes([1] * 9 + [0] * 7)
-    b = _outcomes([1] * 8 + [0] * 8)
-    c = stats.compare("K1", "rag", a, "ft", b)
-    assert c.verdict == stats.INCONCLUSIVE and c.p == 1.0 and c.diff == pytest.approx(1 / 16)
+@pytest.mark.parametrize("seed", range(12))
+def test_the_raw_interval_and_the_raw_p_never_disagree(seed):
+    """The interval is the set of differences the test does not reject, searched on the side of zero
+    that the test at zero decides: zero lies inside exactly when p > alpha."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(8, 80))
+    a = (rng.random(n) < rng.uniform(0.3, 0.9)).astype(float)
+    b = (rng.random(n) < rng.uniform(0.3, 0.9)).astype(float)
+    for kind, (x, y) in (("binary", (a, b)), ("continuous", (a * rng.random(n), b * rng.random(n)))):
+        c = judge(list(x), list(y), kind=kind, floor=None, ceiling=None)
+        assert (c.ci_low <= 0 <= c.ci_high) == (c.p >= stats.ALPHA), (kind, c.ci_low, c.ci_high, c.p)
+        assert c.ci_low <= c.diff <= c.ci_high
+
+
+def test_a_one_question_difference_at_n16_is_not_decided_and_sized_on_the_smallest_effect():
+    c = judge([1] * 9 + [0] * 7, [1] * 8 + [0] * 8, n=16, floor=0.25)
+    assert c.verdict == stats.NOT_DECIDED and c.p == 1.0 and c.diff == pytest.approx(1 / 16)
     assert c.mde > 0.3  # at n = 16 only an effect of more than 30 points is detectable
-    assert c.n_for_effect > 16
-    assert "inconclusive at this n" in c.sentence() and "n = 16" in c.sentence()
+    # sized for the smallest effect of interest (10 points, sd floored at 0.5), not the observed 6:
+    # ((1.96 + 0.84) * 0.5 / 0.10)^2 = 196.2 -> 197 at the unadjusted level
+    assert c.n_needed == stats.n_needed(0.10, 0.5) == 197
+    assert "not decided at this n" in c.sentence() and "n = 16" in c.sentence()
 
 
-def test_continuous_scores_use_a_paired_permutation_test():
-    rng = np.random.default_rng(0)
-    x = rng.random(40)
-    c = stats.compare("F", "better", _outcomes(x + 0.2), "worse", _outcomes(x), kind="continuous")
-    assert c.kind == "continuous" and c.verdict == stats.SUPPORTED
-    assert c.ci_low == pytest.approx(0.2) and c.ci_high == pytest.approx(0.2)
-    noisy = stats.compare("F", "a", _outcomes(x), "b", _outcomes(rng.permutation(x)), kind="continuous")
-    assert noisy.verdict == stats.INCONCLUSIVE
+def test_questions_needed_are_sized_at_the_familys_strictest_holm_level():
+    a, b = [1, 0] * 8, [0, 1] * 8
+    one = stats.judge(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=1)
+    forty = stats.judge(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=40)
+    sd = stats._sd(np.subtract(a, b), "binary")  # every pair discordant: sd = 1.03
+    assert one.n_needed == stats.n_needed(0.10, sd) and forty.n_needed == stats.n_needed(0.10, sd, 0.05 / 40)
+    assert forty.n_needed > one.n_needed
 
 
-def test_equivalence_claims_need_the_whole_interval_inside_the_margin():
-    same = _outcomes([1] * 60 + [0] * 40)
-    assert stats.compare("T1", "lora", same, "full", same, expect="equal", margin=0.05).verdict == stats.SUPPORTED
-    far = stats.compare("T1", "lora", _outcomes([0] * 100), "full", same, expect="equal", margin=0.05)
-    assert far.verdict == stats.CONTRADICTED
-    small = stats.compare("T1", "lora", _outcomes([1, 0, 1, 0]), "full", _outcomes([1, 1, 0, 0]),
-                          expect="equal", margin=0.05)
-    assert small.verdict == stats.INCONCLUSIVE
-    # outside the margin but the interval still reaches it: the n that would put it wholly outside,
-    # sized by the distance past the margin (was sized by 0.001, and promised hundreds of thousands)
-    past = stats.compare("T1", "lora", _outcomes([0] * 3 + [1] * 13), "full", _outcomes([1] * 16),
-                         expect="equal", margin=0.04, kind="continuous")
-    assert past.verdict == stats.INCONCLUSIVE and past.diff < -0.04
-    assert past.n_for_effect == stats.n_needed(abs(past.diff) - 0.04, stats._sd(
-        [-1] * 3 + [0] * 13, "continuous")) < 1000
+def test_an_arm_at_the_ceiling_or_floor_is_uninformative_whatever_p_says():
+    # 200 questions, 199 against 190: p = 0.004, but the lower arm has 5 points of room below 1.0,
+    # less than the 10-point smallest effect of interest
+    c = judge([1] * 199 + [0], [1] * 190 + [0] * 10, n=200)
+    assert c.p < 0.01 and c.bound == stats.CEILING and c.verdict == stats.UNINFORMATIVE["ceiling"]
+    # both arms near chance (0.25): the higher one is 4 points above the floor
+    c = judge([1] * 29 + [0] * 71, [1] * 20 + [0] * 80, n=100, floor=0.25)
+    assert c.bound == stats.FLOOR and c.verdict == stats.UNINFORMATIVE["floor"]
+    assert judge([1] * 60 + [0] * 40, [1] * 40 + [0] * 60, n=100).bound is None
+
+
+def test_size_against_the_stated_effect():
+    assert stats.size_vs_stated(0.20, 0.40, (0.07, 0.11)) == "larger"
+    assert stats.size_vs_stated(-0.05, 0.05, (0.07, 0.11)) == "smaller"
+    assert stats.size_vs_stated(0.05, 0.30, (0.07, 0.11)) == "consistent"
+    assert stats.size_vs_stated(0.0, 1.0, None) is None
+
+
+def test_equivalence_claims_use_two_one_sided_tests_and_their_90_percent_interval():
+    same = [1] * 60 + [0] * 40
+    eq = dict(expect="equal", margin=0.05, sesoi=0.05, n=100)
+    c = judge(same, same, **eq)
+    assert c.verdict == stats.SUPPORTED and c.level == pytest.approx(0.90)
+    far = judge([0] * 100, same, **eq)
+    assert far.verdict == stats.CONTRADICTED and far.ci_high < -0.05
+    small = judge([1, 0, 1, 0], [1, 1, 0, 0], **{**eq, "n": 4})
+    assert small.verdict == stats.NOT_DECIDED
+    # agreement: supported exactly when the 90 % interval lies inside the margin
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        x, y = rng.random(30), rng.random(30)
+        c = stats.judge(spec(kind="continuous", floor=None, ceiling=None, **{**eq, "n": 30}), "a", _outcomes(x + 0.5 * y),
+                        "b", _outcomes(0.5 * y + x + rng.normal(0, 0.02, 30)))
+        assert (c.verdict == stats.SUPPORTED) == (-0.05 <= c.ci_low and c.ci_high <= 0.05)
+
+
+def test_timed_repetitions_use_welch_on_log_seconds():
+    fast, slow = [0.10, 0.12, 0.11, 0.09, 0.10, 0.13], [2.0, 2.4, 2.2, 1.9, 2.1, 2.6]
+    s = spec(id="U2-x", claim="U2", test="welch-log", kind="continuous", sesoi=math.log(1.25), n=6, floor=None, ceiling=None)
+    c = stats.judge(s, "slow", _outcomes(slow), "fast", _outcomes(fast))
+    assert c.verdict == stats.SUPPORTED and c.ci_low > 0 and math.exp(c.diff) == pytest.approx(20, rel=0.1)
+    assert "x (95 % CI" in c.sentence() and "independent" in c.sentence()
+    with pytest.raises(ValueError, match="positive"):
+        stats.judge(s, "slow", _outcomes([0.0, 1.0]), "fast", _outcomes(fast))
+
+
+def test_holm_adjusts_step_down():
+    # sorted p 0.01, 0.02, 0.04 in a family of 3: 0.03, max(0.03, 0.04), max(0.04, 0.04)
+    assert stats.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_comparison_uses_only_shared_questions_and_refuses_bad_input():
-    c = stats.compare("X", "a", {"q1": 1, "q2": 0, "q3": 1}, "b", {"q2": 1, "q3": 1, "q9": 0})
+    c = stats.judge(spec(), "a", {"q1": 1, "q2": 0, "q3": 1}, "b", {"q2": 1, "q3": 1, "q9": 0})
     assert c.n == 2
     with pytest.raises(ValueError, match="share no question ids"):
-        stats.compare("X", "a", {"q1": 1}, "b", {"q2": 1})
-    with pytest.raises(ValueError, match="expect"):
-        stats.compare("X", "a", {"q1": 1}, "b", {"q1": 1}, expect="bigger")
-    with pytest.raises(ValueError, match="0 or 1"):
-        stats.compare("X", "a", {"q1": 0.5}, "b", {"q1": 1}, kind="binary")
+        stats.judge(spec(), "a", {"q1": 1}, "b", {"q2": 1})
+    with pytest.raises(ValueError, match="0/1"):
+        stats.judge(spec(), "a", {"q1": 0.5}, "b", {"q1": 1})
     with pytest.raises(TypeError):
-        stats.compare("X", "a", [1, 0], "b", [0, 1])
+        stats.judge(spec(), "a", [1, 0], "b", [0, 1])
 
 
 def test_power_arithmetic():
@@ -91,5 +153,5 @@ def test_power_arithmetic():
 
 
 def test_results_are_deterministic():
-    a, b = _outcomes([1, 0, 1, 1, 0, 1, 1, 1]), _outcomes([0, 0, 1, 0, 0, 1, 0, 1])
-    assert stats.compare("X", "a", a, "b", b).as_dict() == stats.compare("X", "a", a, "b", b).as_dict()
+    a, b = [1, 0, 1, 1, 0, 1, 1, 1] * 4, [0, 0, 1, 0, 0, 1, 0, 1] * 4
+    assert judge(a, b).as_dict() == judge(a, b).as_dict()

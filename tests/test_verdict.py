@@ -3,14 +3,16 @@
 import pytest
 
 from ragft.claims import Claim
-from ragft.verdict import DEPENDS, NOT_TESTABLE, counts, judge, ledger
+from ragft.stats import UNINFORMATIVE
+from ragft.verdict import DEPENDS, NOT_FIT, NOT_TESTABLE, VERDICTS, counts, judge, ledger
 
-S, C, I = "supported", "contradicted", "inconclusive at this n"
+S, C, I = "supported", "contradicted", "not decided at this n"
+CEIL = UNINFORMATIVE["ceiling"]
 
 
-def cmp(key, verdict, n=64, diff=0.2, need=0):
-    return {"claim": key, "a": "x", "b": "y", "verdict": verdict, "n": n, "diff": diff,
-            "ci_low": diff - 0.1, "ci_high": diff + 0.1, "n_for_effect": need}
+def cmp(key, verdict, n=64, diff=0.2, need=0, **extra):
+    return {"claim": key, "a": "x", "b": "y", "verdict": verdict, "n": n, "diff": diff, "p": 0.01,
+            "ci_low": diff - 0.1, "ci_high": diff + 0.1, "n_needed": need, "role": "primary", "test": "paired", **extra}
 
 
 CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", "K1-b"), scales="why")
@@ -22,19 +24,25 @@ CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", 
     ([cmp("K1-a", S), cmp("K1-b", C)], DEPENDS, "K1-a"),
     ([cmp("K1-a", I, n=16, need=90), cmp("K1-b", I, n=64, need=300)], I, "K1-b"),  # most questions shown
     ([cmp("K1-b", S)], S, "K1-b"),  # one of two comparisons in the run
-], ids=["agree", "one-undecided", "disagree", "none-decided", "partial"])
+    ([cmp("K1-a", S), cmp("K1-b", CEIL, bound="ceiling", sesoi=0.05)], CEIL, "K1-b"),  # a part at a bound
+    ([cmp("K1-a", S), cmp("K1-b", NOT_FIT)], NOT_FIT, "K1-b"),
+    ([cmp("K1-a", S), cmp("K1-b", C, role="secondary")], S, "K1-a"),  # a secondary part is shown, never decides
+], ids=["agree", "one-undecided", "disagree", "none-decided", "partial", "bound", "unfit", "secondary"])
 def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
     row = judge(CLAIM, {c["claim"]: c for c in held})
     assert (row.verdict, row.comparison) == (verdict, shown)
     assert all(c["claim"] in row.reason for c in held)
     if verdict == I:
-        assert "300 paired questions" in row.reason
+        assert "about 300 questions would detect the smallest effect of interest" in row.reason
         assert ("partly decided (contradicted in 1 of 2 parts)" in row.reason) == any(c["verdict"] != I for c in held)
+    if verdict == CEIL:
+        assert "of the ceiling" in row.reason and "partly decided (supported in 1 of 2 parts)" in row.reason
 
 
-def test_an_undecided_claim_with_no_observed_difference_says_no_n_would_detect_one():
-    row = judge(CLAIM, {"K1-a": {**cmp("K1-a", I, diff=0.0), "mde": 0.21}})
-    assert row.verdict == I and "no difference was observed" in row.reason and "about 21 points" in row.reason
+def test_the_adjustment_and_the_sizes_show_on_the_row():
+    row = judge(CLAIM, {"K1-a": cmp("K1-a", I, verdict_raw=S, p_adjusted=0.2, size_vs_stated="larger")})
+    assert row.changed_by_adjustment == ["K1-a: supported before the adjustment"]
+    assert row.p_adjusted == 0.2 and row.size == "K1-a: larger than stated"
 
 
 def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
@@ -44,10 +52,14 @@ def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
     assert row.verdict == NOT_TESTABLE and "run chapter 03_finetune" in row.reason and row.n is None
 
 
-def test_ledger_reads_every_chapter_and_counts_every_verdict():
-    rows = ledger({"K1": CLAIM}, {"03_finetune": {"comparisons": [cmp("K1-a", S)]}, "00_front": {}})
-    assert [r.verdict for r in rows] == [S]
-    assert counts(rows) == {S: 1, C: 0, DEPENDS: 0, I: 0, NOT_TESTABLE: 0}
+def test_ledger_judges_every_chapter_by_the_plan_and_counts_every_verdict():
+    claim = Claim("K1", "words", ("heym2026",), "a figure", "01_prompting", ("K1-gold-document",), scales="why")
+    doc = {"chapter": "01_prompting", "comparisons": [{"claim": "K1-gold-document", "a": "gold document", "b": "instruction"}],
+           "outcomes": {"gold document": {f"q{i}": 1 for i in range(40)},
+                        "instruction": {f"q{i}": int(i < 10) for i in range(40)}}}
+    rows = ledger({"K1": claim}, {"01_prompting": doc, "00_front": {}})
+    assert [r.verdict for r in rows] == [S] and rows[0].p_adjusted == rows[0].p  # a family of one
+    assert counts(rows) == {v: int(v == S) for v in VERDICTS}
 
 
 def computed(key, verdict):

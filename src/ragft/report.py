@@ -62,24 +62,31 @@ def show_full_text(table: pd.DataFrame) -> None:
 
 
 def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
-    """Every comparison the chapters' results files state, one line each, for reading."""
+    """Every comparison the chapters' results files state, one line each, for reading: its test's
+    interval and p (adjusted where chapter 7 has adjusted the family), its bound and its size against
+    the source's stated effect."""
     from .verdict import difference_text
 
     rows = []
     for chapter, doc in chapter_results.items():
         for c in doc.get("comparisons", []):
-            need = c.get("n_for_effect") or 0
             computed = c.get("kind") == "computed"  # a cost figure rebuilt by arithmetic (chapter 6)
+            check = c.get("test") == "check"
+            p = "–" if computed or check else f"{c['p']:.2g}"
+            if c.get("p_adjusted") is not None:
+                p += f" (Holm {c['p_adjusted']:.2g})"
             rows.append({
-                "claim": c["claim"], "chapter": chapter,
-                "comparison": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
+                "comparison": c["claim"], "chapter": chapter, "role": c.get("role", "primary"),
+                "conditions": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
                 "n": "–" if computed else c["n"],
-                "difference [95 % CI]": f"{c['computed']} (stated {c['stated']})" if computed
-                else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary")),
-                "p": "–" if computed else f"{c['p']:.2g}", "verdict": c["verdict"],
-                "paired questions to detect it": f"{need:,}" if need and c["verdict"].startswith("inconclusive") else "–"})
-    columns = ["claim", "chapter", "comparison", "n", "difference [95 % CI]", "p", "verdict", "paired questions to detect it"]
-    return pd.DataFrame(rows, columns=columns).set_index("claim")
+                "difference [interval]": f"{c['computed']} (stated {c['stated']})" if computed
+                else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary"), c.get("test", "paired")),
+                "p": p, "verdict": c["verdict"], "bound": c.get("bound") or "–",
+                "vs stated effect": c.get("size_vs_stated") or "–",
+                "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–"})
+    columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict", "bound",
+               "vs stated effect", "units to detect the smallest effect"]
+    return pd.DataFrame(rows, columns=columns).set_index("comparison")
 
 
 def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, str], xlabel: str, title: str,

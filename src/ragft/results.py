@@ -169,17 +169,15 @@ class ChapterRun:
         if tokens is not None:
             self.outcome_tokens[condition] = {str(q): [int(p), int(c)] for q, (p, c) in tokens.items()}
 
-    def compare(self, claim: str, a: str, b: str, expect: str = "greater", kind: str | None = None,
-                margin: float = 0.0, unit: str = "questions"):
-        """A paired comparison of two recorded conditions (ragft.stats.compare), kept for the
-        results file; returns it so the prose can glue its verdict and sentence."""
-        from .stats import compare
+    def compare(self, comparison_id: str, a: str | None = None, b: str | None = None):
+        """The declared comparison `comparison_id` of data/analysis_plan.yaml on two recorded conditions
+        (the plan's names; `a` and `b` give the values of its placeholders), judged by the plan's
+        engine (ragft.plan.judge) and kept for the results file; returns it so the prose can glue
+        its sentence. Its test, direction, margin and bounds are the plan's, never the chapter's."""
+        from .plan import judge
 
-        missing = [c for c in (a, b) if c not in self.outcomes]
-        if missing:
-            raise KeyError(f"no outcomes recorded for {missing}; recorded: {sorted(self.outcomes)}")
-        result = compare(claim, a, self.outcomes[a], b, self.outcomes[b], expect, kind, margin, unit=unit)
-        self.comparisons = [c for c in self.comparisons if c["claim"] != claim] + [result.as_dict()]
+        result = judge(comparison_id, self.outcomes, a, b)
+        self.comparisons = [c for c in self.comparisons if c["claim"] != comparison_id] + [result.as_dict()]
         return result
 
     def stage(self, name: str):
@@ -341,22 +339,43 @@ def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: s
     """Glue a comparison for the prose: `<key>` is its full sentence (verdict, difference, interval,
     p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference."""
     glue(key, comparison.sentence(a_label, b_label, pct))
-    glue(f"{key}_verdict", comparison.verdict)
+    glue(f"{key}_verdict", verdict_text(comparison.as_dict()))
     glue(f"{key}_diff", comparison.diff)
+
+
+def verdict_text(c: dict) -> str:
+    """A chapter's verdict on one comparison, as the prose cites it: a primary comparison decided at
+    its raw p says that chapter 7 adjusts it for the book's number of tests; a secondary one says it
+    is exploratory."""
+    from .plan import the_plan
+    from .stats import DECIDED
+
+    if c.get("role") == "secondary":
+        return f"exploratory, {c['verdict']}"
+    if c["verdict"] in DECIDED and c.get("p_adjusted") is None:
+        return f"{c['verdict']} at the raw p (chapter 7 adjusts it for the book's {len(the_plan().primary)} tests)"
+    return c["verdict"]
 
 
 @dataclass
 class StatedComparison:
-    """A comparison the prose states, with the labels its sentence uses; `comparison` is None (and
-    `missing` says why) when this run's parameters or data leave one side unmeasured, so the
-    sentence says so instead of the build failing on a missing glue key."""
+    """A comparison the prose states, by its id in the analysis plan, with the labels its sentence
+    uses; `comparison` is None (and `missing` says why) when this run's parameters or data leave one
+    side unmeasured, so the sentence says so instead of the build failing on a missing glue key. Its
+    glue keys derive from the id (ragft.plan.glue_key): K1-rag-vs-dsf is glued as k1_rag_vs_dsf."""
 
-    key: str  # glue key of the sentence
+    comparison_id: str
     comparison: object | None  # ragft.stats.Comparison
     a_label: str = ""
     b_label: str = ""
     missing: str = ""
     pct: bool = True  # differences of rates read as points; other scores as numbers
+
+    @property
+    def key(self) -> str:
+        from .plan import glue_key
+
+        return glue_key(self.comparison_id)
 
     def glue(self) -> None:
         if self.comparison is not None:

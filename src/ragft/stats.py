@@ -1,24 +1,23 @@
-"""Intervals, paired tests, minimum detectable effects and the verdict rule, on scipy.stats.
+"""Intervals, paired tests, power arithmetic and the verdict of one planned comparison, on scipy.stats.
 
-Every comparison the book states goes through `compare`: two conditions scored on the same questions
-(per-question outcomes, `{question_id: score}`), a paired test, an interval on the difference and a
-verdict that a sentence can carry:
+A comparison is declared in the analysis plan (data/analysis_plan.yaml, read by ragft.plan) and
+judged here from two conditions' per-unit outcomes ({unit id: score}) by `judge`:
 
-  supported                the difference is significant (p < alpha) in the claimed direction
-  contradicted             significant in the other direction, or an equivalence claim whose
-                           interval lies wholly outside its margin
-  inconclusive at this n   neither; the comparison says how many paired questions would detect
-                           the claimed effect (or the minimum detectable effect at this n)
+  paired      a sign-flip test on the paired differences (on 0/1 outcomes at zero difference, the
+              exact McNemar test), two-sided, and the interval of differences it does not reject
+  welch-log   independent timed repetitions: Welch's t-test on log seconds and its own interval
 
-Binary outcomes (right or wrong) get the exact McNemar test (a binomial test on the discordant
-pairs); continuous ones (F1, log-likelihoods, perplexities) a paired permutation test. The interval
-on the mean difference is a paired bootstrap (fixed seed), so reruns give the same numbers.
+so a raw interval excludes zero exactly when the raw p is below alpha. An equivalence claim uses two
+one-sided tests against its margin and their 90 % interval. A comparison whose arms sit at the floor
+or ceiling of the metric by less than the smallest effect of interest is uninformative, whatever its
+p; the family's adjustment (Holm, ragft.plan.adjust) decides the book's verdicts.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as _st
@@ -33,7 +32,7 @@ KINDS = ("binary", "continuous")
 # the standard deviation of a difference of two binary outcomes that disagree on a quarter of the
 # questions. Without it a comparison of two identical columns would claim it could detect anything.
 PLANNING_SD = 0.5
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this n"
+SUPPORTED, CONTRADICTED = "supported", "contradicted"
 
 
 def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -63,28 +62,6 @@ def mcnemar_exact(a, b) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(_st.binomtest(only_a, only_a + only_b, 0.5).pvalue)
-
-
-def paired_permutation_p(a, b) -> float:
-    """Two-sided p-value of a paired permutation (sign-flip) test on the mean difference; exact
-    when the n allows it, else a fixed-seed Monte Carlo estimate."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if np.all(d == 0):
-        return 1.0
-    res = _st.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=N_RESAMPLES,
-                               alternative="two-sided", rng=np.random.default_rng(SEED))
-    return float(res.pvalue)
-
-
-def diff_interval(a, b, confidence: float = 0.95) -> tuple[float, float]:
-    """Paired bootstrap interval on mean(a - b). Percentile, not BCa: differences of binary outcomes
-    are mostly ties, where BCa's corrections swing wildly."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(d) < 2 or np.all(d == d[0]):
-        return (float(d.mean()), float(d.mean())) if len(d) else (float("nan"), float("nan"))
-    res = _st.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=N_RESAMPLES,
-                        method="percentile", rng=np.random.default_rng(SEED))
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
 def auroc(positives, negatives) -> float:
@@ -137,56 +114,306 @@ def n_needed(effect: float, sd: float = PLANNING_SD, alpha: float = ALPHA, power
     return int(math.ceil((z * sd / abs(effect)) ** 2))
 
 
+# ---------------------------------------------------------------------------------------------
+# Tests whose intervals are the sets of differences they do not reject (so a raw interval and a raw
+# p never disagree), and the verdict of one planned comparison. The plan (ragft.plan) says which test,
+# which direction, the smallest effect of interest and the floor and ceiling of the metric.
+
+TESTS = ("paired", "welch-log")
+EXACT_MAX = 16  # up to 2**16 sign patterns are enumerated; above, N_SIGNS fixed-seed random ones
+N_SIGNS = 19_999
+# verdicts of one comparison (ragft.verdict adds those of a claim)
+NOT_DECIDED = "not decided at this n"
+FLOOR, CEILING = "floor", "ceiling"
+UNINFORMATIVE = {FLOOR: "uninformative here (floor)", CEILING: "uninformative here (ceiling)"}
+DECIDED = (SUPPORTED, CONTRADICTED)
+
+
+@lru_cache(maxsize=64)
+def _sign_matrix(n: int) -> np.ndarray:
+    """Every sign pattern of n paired differences (n <= EXACT_MAX), else N_SIGNS random ones (seeded).
+    Cached: an interval's search asks for the same n many times."""
+    if n <= EXACT_MAX:
+        grid = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+        return 1.0 - 2.0 * grid
+    return np.random.default_rng(SEED).choice([-1.0, 1.0], size=(N_SIGNS, n))
+
+
+def _tail(stat: np.ndarray, observed: float, scale: float, alternative: str, exact: bool) -> float:
+    """The share of sign patterns whose statistic is as extreme as the observed one."""
+    tol = 1e-9 * max(1.0, scale)
+    if alternative == "two-sided":
+        hits = np.abs(stat) >= abs(observed) - tol
+    elif alternative == "greater":
+        hits = stat >= observed - tol
+    elif alternative == "less":
+        hits = stat <= observed + tol
+    else:
+        raise ValueError(f"alternative={alternative!r}: use two-sided, greater or less")
+    return float(hits.mean()) if exact else float((1 + hits.sum()) / (1 + len(stat)))
+
+
+def signflip_p(d, delta: float = 0.0, alternative: str = "two-sided") -> float:
+    """p of the paired sign-flip test that the differences `d` are symmetric about `delta` (their mean
+    is delta). Differences equal to delta carry no sign and are left out, so on 0/1 outcomes at
+    delta = 0 this is the exact McNemar test (a binomial test on the discordant pairs). Exact up to
+    EXACT_MAX non-zero differences, else a fixed-seed Monte Carlo estimate with the observed pattern
+    counted ((1 + hits) / (1 + N_SIGNS)), so it is never 0."""
+    x = np.asarray(d, dtype=float) - delta
+    x = x[np.abs(x) > 1e-12]
+    if len(x) == 0:
+        return 1.0
+    return _tail(_sign_matrix(len(x)) @ x, x.sum(), np.abs(x).sum(), alternative, len(x) <= EXACT_MAX)
+
+
+def signflip_interval(d, alpha: float = ALPHA) -> tuple[float, float]:
+    """The differences delta that the two-sided sign-flip test at `alpha` does not reject, by bisection
+    from the mean outwards. Each end is searched on the side of zero the test at zero decides, so zero
+    lies inside exactly when p(0) > alpha. Outside [min(d), max(d)] every difference has one sign and
+    the test rejects whenever it can (n >= 6 at 5 %); where it cannot, the interval is the data's range."""
+    d = np.asarray(d, dtype=float)
+    mean = float(d.mean())
+    if np.all(d == d[0]):
+        return mean, mean
+    signs = _sign_matrix(len(d))
+    signed, counts = signs @ d, signs.sum(axis=1)  # S (d - delta) = S d - delta S 1: one product for all deltas
+
+    def accepts(delta: float) -> bool:
+        if np.any(np.abs(d - delta) <= 1e-12):  # a difference equal to delta drops out: the general test
+            return signflip_p(d, delta) > alpha
+        x = d - delta
+        return _tail(signed - delta * counts, x.sum(), np.abs(x).sum(), "two-sided", len(d) <= EXACT_MAX) > alpha
+
+    zero_in = signflip_p(d, 0.0) > alpha
+
+    def end(outer: float) -> float:
+        inner = mean  # the test at the mean never rejects (its statistic is 0)
+        if min(inner, outer) <= 0 <= max(inner, outer) and inner != 0:
+            if zero_in:
+                inner = 0.0  # the end lies beyond zero
+            else:
+                outer = 0.0  # the end lies between zero and the mean
+        if accepts(outer):
+            return outer
+        for _ in range(40):  # 2**-40 of the data's range
+            mid = (inner + outer) / 2
+            if accepts(mid):
+                inner = mid
+            else:
+                outer = mid
+        return inner
+
+    low, high = end(float(d.min())), end(float(d.max()))
+    return float(low), float(high)
+
+
+def welch_log(a, b, alpha: float = ALPHA) -> tuple[float, float, float, float]:
+    """Independent repetitions of two timings: Welch's t-test on log seconds and the interval it
+    inverts, as (log ratio of geometric means, low, high, two-sided p)."""
+    la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
+    res = _st.ttest_ind(la, lb, equal_var=False)
+    ci = res.confidence_interval(1 - alpha)
+    return float(la.mean() - lb.mean()), float(ci.low), float(ci.high), float(res.pvalue)
+
+
+def welch_log_one_sided(a, b, shift: float, alternative: str) -> float:
+    """One-sided Welch p for log(a) - log(b) against `shift` (for an equivalence margin on the log scale)."""
+    la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
+    return float(_st.ttest_ind(la - shift, lb, equal_var=False, alternative=alternative).pvalue)
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (familywise error at the level they are compared with)."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    out, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def n_per_arm(effect: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int:
+    """Repetitions per arm for a two-sample test of a mean difference `effect` (normal approximation)."""
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    return int(math.ceil(2 * (z * sd / abs(effect)) ** 2)) if effect else 0
+
+
+def n_equivalence(margin: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> int:
+    """Paired units for two one-sided tests to show equivalence within `margin` when the true
+    difference is 0 (normal approximation)."""
+    z = _st.norm.ppf(1 - alpha) + _st.norm.ppf(1 - (1 - power) / 2)
+    return int(math.ceil((z * sd / margin) ** 2)) if margin else 0
+
+
 @dataclass
 class Comparison:
-    claim: str  # the claim id of CLAIMS.md it tests (K1, F3, ...), with a suffix when a claim has several
+    claim: str  # the plan's comparison id (K1-rag-vs-dsf ...): the claim id and a suffix
     a: str  # condition names, as in the results file's outcomes
     b: str
-    n: int  # paired questions
-    diff: float  # mean(a) - mean(b)
-    ci_low: float
+    n: int  # paired units (for welch-log: repetitions of the smaller arm)
+    diff: float  # mean(a) - mean(b); for welch-log the log of the ratio of geometric means
+    ci_low: float  # the interval the test inverts, at `level`
     ci_high: float
-    p: float
-    verdict: str
-    expect: str = "greater"  # the claim's direction: a greater | less than b | equal within margin
+    p: float  # raw p of the test the plan declares (an equivalence claim: the two one-sided tests)
+    verdict: str  # raw: at alpha, before the family's adjustment (chapter 7 adjusts)
+    expect: str = "greater"
     kind: str = "binary"
-    margin: float = 0.0  # equivalence margin for expect="equal"
+    margin: float = 0.0
     mean_a: float = 0.0
     mean_b: float = 0.0
-    mde: float = 0.0  # minimum detectable effect at 80 % power for this n
-    n_for_effect: int = 0  # paired questions that would detect the observed difference (or the margin)
-    unit: str = "questions"  # what was paired (questions; segments of a text ...)
+    mde: float = 0.0  # smallest effect this n detects at 80 % power (two-sided, unadjusted)
+    n_needed: int = 0  # units that would detect the smallest effect of interest at 80 % power, adjusted level
+    unit: str = "questions"
+    test: str = "paired"
+    level: float = 0.95  # confidence of the interval (0.90 for an equivalence claim: two one-sided tests)
+    sesoi: float = 0.0  # the plan's smallest effect of interest
+    role: str = "primary"
+    bound: str | None = None  # floor | ceiling | None: an arm with less room than the smallest effect
+    size_vs_stated: str | None = None  # smaller | consistent | larger than the source's stated effect
+    stated: list | None = None  # that effect, as a difference of means
+    p_adjusted: float | None = None  # the family's Holm-adjusted p (set by chapter 7)
+    verdict_raw: str | None = None  # the verdict at the raw p, where the adjustment changed it
+    n_planned: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @property
     def decided(self) -> bool:
-        return self.verdict != INCONCLUSIVE
+        return self.verdict in DECIDED
 
     def sentence(self, a_label: str | None = None, b_label: str | None = None, pct: bool = True) -> str:
-        """The comparison as a sentence for the prose (plain text: glue renders no markup): the
-        verdict, the difference, its interval, p and n, and for an inconclusive one what this n can
-        detect and the n that would decide it."""
-        a_label, b_label = a_label or self.a, b_label or self.b
-        unit = (lambda x: f"{100 * x:+.0f} points") if pct else (lambda x: f"{x:+.3g}")
-        span = (lambda x: f"{100 * x:+.0f}") if pct else (lambda x: f"{x:+.3g}")
-        stat = (f"{a_label} minus {b_label}: {unit(self.diff)} (95 % CI {span(self.ci_low)} to "
-                f"{span(self.ci_high)}, p = {self.p:.2g}, n = {self.n} paired {self.unit})")
-        if self.verdict != INCONCLUSIVE:
-            return f"{self.verdict}: {stat}"
-        if self.kind == "binary" and self.mde >= 1:
-            power = f"at this n no difference is detectable with {POWER:.0%} power"
-        else:
-            power = f"the smallest effect this n detects is {f'{100 * self.mde:.0f} points' if pct else f'{self.mde:.3g}'}"
-        need = (f"; about {self.n_for_effect:,} paired {self.unit} would detect a difference this size"
-                if self.n_for_effect else "")
-        return f"{INCONCLUSIVE}: {stat}; {power}{need}"
+        """The comparison as a sentence for the prose (plain text: glue renders no markup)."""
+        return sentence(self.as_dict(), a_label, b_label, pct)
+
+
+def sentence(c: dict, a_label: str | None = None, b_label: str | None = None, pct: bool = True) -> str:
+    """A comparison (as stored) as a sentence: its verdict, difference, interval, p (raw, and adjusted
+    once the family is), n, and for an undecided one the n that would decide it."""
+    a_label, b_label = a_label or c["a"], b_label or c["b"]
+    level = f"{100 * c.get('level', 0.95):.0f} %"
+    if c.get("test") == "check":  # equal by construction: the measured difference, no test
+        return (f"{c['verdict']}: {a_label} minus {b_label}: {c['diff']:+.3g} (single measurements ranged "
+                f"{c['ci_low']:+.3g} to {c['ci_high']:+.3g}, {c['n']} {c['unit']})")
+    if c.get("test") == "welch-log":
+        ratio = lambda x: f"{math.exp(x):.3g}x"  # noqa: E731
+        stat = (f"{a_label} over {b_label}: {ratio(c['diff'])} ({level} CI {ratio(c['ci_low'])} to {ratio(c['ci_high'])}, "
+                f"p = {c['p']:.2g}, {c['n']} independent {c['unit']} per arm")
+    else:
+        unit = (lambda x: f"{100 * x:+.0f} points") if pct else (lambda x: f"{x:+.3g}")  # noqa: E731
+        span = (lambda x: f"{100 * x:+.0f}") if pct else (lambda x: f"{x:+.3g}")  # noqa: E731
+        stat = (f"{a_label} minus {b_label}: {unit(c['diff'])} ({level} CI {span(c['ci_low'])} to "
+                f"{span(c['ci_high'])}, p = {c['p']:.2g}, n = {c['n']} paired {c['unit']}")
+    if c.get("p_adjusted") is not None:
+        stat += f", Holm-adjusted p = {c['p_adjusted']:.2g})"
+    else:
+        stat += ")"
+    verdict = c["verdict"]
+    if c.get("role") == "secondary":
+        verdict = f"exploratory, {verdict}"
+    if c["verdict"] == NOT_DECIDED and c.get("n_needed"):
+        return f"{verdict}: {stat}; about {c['n_needed']:,} would detect the smallest effect of interest"
+    return f"{verdict}: {stat}"
+
+
+def _bound(spec, mean_a: float, mean_b: float) -> str | None:
+    """Floor or ceiling: the lower arm's room below the ceiling, or the higher arm's height above the
+    floor, is smaller than the smallest effect of interest, so no difference that matters could show."""
+    low, high = min(mean_a, mean_b), max(mean_a, mean_b)
+    if spec.ceiling is not None and spec.ceiling - low < spec.sesoi:
+        return CEILING
+    if spec.floor is not None and high - spec.floor < spec.sesoi:
+        return FLOOR
+    return None
+
+
+def size_vs_stated(low: float, high: float, stated) -> str | None:
+    """The measured interval against the source's stated difference [s_low, s_high]."""
+    if not stated:
+        return None
+    if high < stated[0]:
+        return "smaller"
+    if low > stated[1]:
+        return "larger"
+    return "consistent"
+
+
+def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA, family_size: int = 1,
+          stated=None) -> Comparison:
+    """One planned comparison (a ragft.plan.Planned) of two recorded conditions, with its raw verdict:
+
+    - the test the plan declares: `paired` (sign-flip on per-unit differences; exact McNemar on 0/1
+      outcomes) or `welch-log` (independent timed repetitions, Welch's t on log seconds);
+    - the interval that test inverts (95 %; 90 % for an equivalence claim, whose two one-sided tests
+      at 5 % reject exactly when it lies inside the margin);
+    - the bound: an arm at the floor or ceiling of the metric by less than the smallest effect of
+      interest makes the comparison uninformative, whatever p says;
+    - n_needed: units that would detect the smallest effect of interest with 80 % power at the
+      family's strictest Holm level (alpha / family_size).
+    """
+    if spec.test == "welch-log":
+        va = np.array([float(v) for v in a.values()])
+        vb = np.array([float(v) for v in b.values()])
+        if min(len(va), len(vb)) < 2 or (va <= 0).any() or (vb <= 0).any():
+            raise ValueError(f"{spec.id}: welch-log needs at least 2 positive timings per arm")
+        n = min(len(va), len(vb))
+        diff, low, high, p2 = welch_log(va, vb, alpha if spec.expect != "equal" else 2 * alpha)
+        sd = float(np.sqrt((np.var(np.log(va), ddof=1) + np.var(np.log(vb), ddof=1)) / 2)) or PLANNING_SD
+        if spec.expect == "equal":
+            m = spec.margin
+            p_eq = max(welch_log_one_sided(va, vb, -m, "greater"), welch_log_one_sided(va, vb, m, "less"))
+            p_out = (welch_log_one_sided(va, vb, m, "greater") if diff > 0 else welch_log_one_sided(va, vb, -m, "less"))
+        mde = math.sqrt(2) * min_detectable_effect(n, sd)
+        need = (n_equivalence(spec.margin, sd, alpha / family_size) if spec.expect == "equal"
+                else n_per_arm(spec.sesoi, sd, alpha / family_size))
+        kind = "continuous"
+    else:
+        _, va, vb = _paired(a, b)
+        kind = spec.kind
+        if kind == "binary" and not set(np.unique(np.concatenate([va, vb]))) <= {0.0, 1.0}:
+            raise ValueError(f"{spec.id}: the plan declares 0/1 outcomes; {a_name!r} or {b_name!r} has other values")
+        n, d = len(va), va - vb
+        diff = float(d.mean())
+        level_alpha = alpha if spec.expect != "equal" else 2 * alpha
+        low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
+        p2 = signflip_p(d)
+        if spec.expect == "equal":
+            m = spec.margin
+            p_eq = max(signflip_p(d, -m, "greater"), signflip_p(d, m, "less"))
+            p_out = signflip_p(d, m, "greater") if diff > 0 else signflip_p(d, -m, "less")
+        sd = _sd(d, kind)
+        mde = min_detectable_effect(n, sd)
+        need = (n_equivalence(spec.margin, sd, alpha / family_size) if spec.expect == "equal"
+                else n_needed(spec.sesoi, sd, alpha / family_size))
+    mean_a, mean_b = float(np.mean(va)), float(np.mean(vb))
+    if spec.expect == "equal":
+        p = p_eq if abs(diff) <= spec.margin else p_out
+    else:
+        p = p2
+    c = Comparison(spec.id, a_name, b_name, n, diff, low, high, p, NOT_DECIDED, spec.expect, kind, spec.margin,
+                   mean_a, mean_b, mde, need, spec.unit, spec.test, 1 - (2 * alpha if spec.expect == "equal" else alpha),
+                   spec.sesoi, spec.role, _bound(spec, mean_a, mean_b) if spec.test == "paired" else None,
+                   size_vs_stated(low, high, stated), list(stated) if stated else None, None, None, spec.n)
+    c.verdict = decide(c.as_dict(), p, alpha)
+    return c
+
+
+def decide(c: dict, p: float, alpha: float = ALPHA) -> str:
+    """A comparison's verdict at p (raw, or adjusted by its family): a bound first; then the test."""
+    if c.get("bound"):
+        return UNINFORMATIVE[c["bound"]]
+    if p >= alpha:
+        return NOT_DECIDED
+    if c["expect"] == "equal":
+        return SUPPORTED if abs(c["diff"]) <= c["margin"] else CONTRADICTED
+    sign = 1 if c["expect"] == "greater" else -1
+    return SUPPORTED if sign * c["diff"] > 0 else CONTRADICTED
 
 
 def _paired(a: dict, b: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
     if not isinstance(a, dict) or not isinstance(b, dict):
-        raise TypeError("compare takes per-question outcomes: {question_id: score} for each condition")
+        raise TypeError("a comparison takes per-question outcomes: {question_id: score} for each condition")
     ids = [q for q in a if q in b]
     if not ids:
         raise ValueError("the two conditions share no question ids: a paired comparison needs the same questions")
@@ -195,47 +422,3 @@ def _paired(a: dict, b: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
     if np.isnan(va).any() or np.isnan(vb).any():
         raise ValueError("outcomes must be numbers, not NaN")
     return ids, va, vb
-
-
-def compare(claim: str, a_name: str, a: dict, b_name: str, b: dict, expect: str = "greater",
-            kind: str | None = None, margin: float = 0.0, alpha: float = ALPHA, unit: str = "questions") -> Comparison:
-    """Compare two conditions on the questions both were asked, and give the claim its verdict.
-
-    expect: "greater" (the claim says a beats b), "less" (a is below b), or "equal" (a matches b
-    within `margin`: supported when the whole interval lies inside it, contradicted when it lies
-    wholly outside). kind: "binary" (0/1 outcomes, exact McNemar) or "continuous" (permutation
-    test); None infers it from the values.
-    """
-    if expect not in DIRECTIONS:
-        raise ValueError(f"expect={expect!r} is not allowed: use one of {list(DIRECTIONS)}")
-    _, va, vb = _paired(a, b)
-    if kind is None:
-        kind = "binary" if set(np.unique(np.concatenate([va, vb]))) <= {0.0, 1.0} else "continuous"
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not allowed: use one of {list(KINDS)}")
-    if kind == "binary" and not set(np.unique(np.concatenate([va, vb]))) <= {0.0, 1.0}:
-        raise ValueError("kind='binary' needs outcomes of 0 or 1")
-    n = len(va)
-    d = va - vb
-    diff = float(d.mean())
-    p = mcnemar_exact(va, vb) if kind == "binary" else paired_permutation_p(va, vb)
-    low, high = diff_interval(va, vb) if n > 1 else (diff, diff)
-    sd = _sd(d, kind)
-    if expect == "equal":
-        if -margin <= low and high <= margin:
-            verdict = SUPPORTED
-        elif low > margin or high < -margin:
-            verdict = CONTRADICTED
-        else:
-            verdict = INCONCLUSIVE
-        # the interval must shrink inside the margin (|diff| < margin) or wholly past it (|diff| > margin)
-        need = n_needed(max(abs(margin - abs(diff)), 1e-3), sd) if verdict == INCONCLUSIVE else 0
-    else:
-        sign = 1 if expect == "greater" else -1
-        if p < alpha and diff != 0:
-            verdict = SUPPORTED if sign * diff > 0 else CONTRADICTED
-        else:
-            verdict = INCONCLUSIVE
-        need = n_needed(diff, sd) if verdict == INCONCLUSIVE and diff != 0 else 0
-    return Comparison(claim, a_name, b_name, n, diff, low, high, p, verdict, expect, kind, margin,
-                      float(va.mean()), float(vb.mean()), min_detectable_effect(n, sd), need, unit)

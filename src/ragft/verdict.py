@@ -1,15 +1,21 @@
 """The ledger: every claim of data/claims.yaml beside what the chapters of one run measured, with a
-verdict that comes from their paired comparisons, never typed.
+verdict that comes from its primary comparisons, decided on the family's adjusted p (ragft.plan),
+never typed.
 
-A claim's verdict, from the comparisons it lists that this run holds (a claim's comparisons are its
-parts: a claim holds only when every part does):
-- every one is decided (supported / contradicted) and they agree: that verdict, the first its evidence;
-- decided ones disagree, or one itself depends (a cost figure that holds only at its source's
-  unstated inputs): **depends** (the reason names on what);
-- otherwise **inconclusive at this n**: none is decided, or some part is not yet (the reason says which
-  parts are decided), with the most paired questions an undecided one would need;
-- it lists none (`untested` in the claims file) or the run holds none of them: **not testable here**,
-  with the reason.
+A claim's verdict, from the primary comparisons it lists that this run holds (its parts: a claim
+holds only when every part does):
+- decided parts disagree, or one depends (a cost figure that holds only at its source's unstated
+  inputs): **depends**;
+- a part is uninformative (an arm at the floor or ceiling of its metric by less than the smallest
+  effect of interest): **uninformative here (floor / ceiling)**, whatever the other parts say;
+- a part's arm did not reach its declared fitness: **not decided: an arm did not reach its fitness**;
+- a part is not decided at the adjusted level: **not decided at this n**, with the questions that
+  would detect the smallest effect of interest;
+- every part decided and agreeing: that verdict (supported / contradicted);
+- none held: **not testable here** (or **not testable at cpu scale** where only the gpu profile can
+  run an arm), with the reason.
+Each row also carries the raw and adjusted p of the part it shows, whether the adjustment changed a
+part's verdict, and the parts' size judgments against the sources' stated effects.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim
-from .stats import CONTRADICTED, INCONCLUSIVE, SUPPORTED
+from .stats import CONTRADICTED, DECIDED, NOT_DECIDED, SUPPORTED, UNINFORMATIVE
 
 DEPENDS = "depends"
 NOT_TESTABLE = "not testable here"
-VERDICTS = (SUPPORTED, CONTRADICTED, DEPENDS, INCONCLUSIVE, NOT_TESTABLE)
-FEASIBLE_N = 100_000  # paired questions beyond which "it would need N" stops meaning anything
+NOT_AT_CPU = "not testable at cpu scale"
+NOT_FIT = "not decided: an arm did not reach its fitness"
+VERDICTS = (SUPPORTED, CONTRADICTED, DEPENDS, NOT_DECIDED, UNINFORMATIVE["floor"], UNINFORMATIVE["ceiling"],
+            NOT_FIT, NOT_AT_CPU, NOT_TESTABLE)
+FEASIBLE_N = 100_000  # units beyond which "it would need N" stops meaning anything
 
 
 @dataclass
@@ -38,19 +47,30 @@ class LedgerRow:
     comparison: str | None = None  # the comparison whose numbers the row shows
     kind: str = "binary"  # its score: binary (a difference of rates, in points), continuous, or computed
     measured: str | None = None  # a computed check's figure (a price rebuilt from measured tokens)
+    p: float | None = None  # raw p of the shown comparison
+    p_adjusted: float | None = None  # its Holm-adjusted p in the book's family
+    changed_by_adjustment: list | None = None  # parts whose verdict the adjustment changed (raw verdicts)
+    size: str | None = None  # the parts' sizes against the sources' stated effects
+    bound: str | None = None
+    test: str = "paired"
+    level: float = 0.95
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
         if self.n is None:
             return self.measured or "–"
-        return difference_text(self.diff, self.ci_low, self.ci_high, self.kind)
+        return difference_text(self.diff, self.ci_low, self.ci_high, self.kind, self.test)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def difference_text(diff: float, low: float, high: float, kind: str = "binary") -> str:
-    """A paired difference with its 95 % interval: in points for rates, as numbers otherwise."""
+def difference_text(diff: float, low: float, high: float, kind: str = "binary", test: str = "paired") -> str:
+    """A difference with its interval: in points for rates, as a ratio for timings, as numbers otherwise."""
+    import math
+
+    if test == "welch-log":
+        return f"{math.exp(diff):.3g}x [{math.exp(low):.3g}, {math.exp(high):.3g}]"
     if kind == "binary":
         return f"{100 * diff:+.0f} points [{100 * low:+.0f}, {100 * high:+.0f}]"
     return f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
@@ -59,51 +79,87 @@ def difference_text(diff: float, low: float, high: float, kind: str = "binary") 
 def _evidence(c: dict) -> str:
     if c.get("kind") == "computed":  # a figure rebuilt by arithmetic: its note says from what
         return f"{c['claim']}: {c['verdict']}: {c['note']}"
-    return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} at n = {c['n']}"
+    p = f"p = {c['p']:.2g}" + (f", adjusted {c['p_adjusted']:.2g}" if c.get("p_adjusted") is not None else "")
+    return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} at n = {c['n']}, {p}"
+
+
+def _deciding(c: dict) -> bool:
+    """A part that decides its claim: primary, and tested or rebuilt by arithmetic (not a sanity check)."""
+    return c.get("kind") == "computed" or (c.get("role", "primary") == "primary" and c.get("test", "paired") != "check")
 
 
 def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
-    """One claim's ledger row from the run's comparisons ({claim key: comparison dict})."""
+    """One claim's ledger row from the run's comparisons ({comparison id: comparison dict}, adjusted
+    by the family)."""
     if claim.untested:
         return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None, claim.untested)
-    held = [comparisons[k] for k in claim.comparisons if k in comparisons]
+    listed = [comparisons[k] for k in claim.comparisons if k in comparisons]
+    held = [c for c in listed if _deciding(c)]
+    shown_only = [c for c in listed if not _deciding(c)]
     if not held:
-        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None,
-                         f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): "
-                         f"run chapter {claim.chapter} in the same run")
-    decided = [c for c in held if c["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
-    undecided = [c for c in held if c not in decided]
+        why = (f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): run chapter {claim.chapter} "
+               f"in the same run")
+        if shown_only:
+            why = "; ".join(f"{c['claim']}: {c['verdict']}" for c in shown_only) + " (shown, not a test)"
+        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None, why)
+    decided = [c for c in held if c["verdict"] in (*DECIDED, DEPENDS)]
+    bounded = [c for c in held if c["verdict"] in UNINFORMATIVE.values()]
+    unfit = [c for c in held if c["verdict"] == NOT_FIT]
+    undecided = [c for c in held if c not in decided and c not in bounded and c not in unfit]
     if len({c["verdict"] for c in decided}) > 1:
         verdict, shown = DEPENDS, next((c for c in decided if c["verdict"] == DEPENDS), decided[0])
-    elif decided and not undecided:  # all agree: supported, contradicted, or all depend
+    elif bounded:
+        verdict, shown = bounded[0]["verdict"], bounded[0]
+    elif unfit:
+        verdict, shown = NOT_FIT, unfit[0]
+    elif undecided:
+        verdict, shown = NOT_DECIDED, max(undecided, key=lambda c: c.get("n") or 0)
+    else:
         verdict, shown = decided[0]["verdict"], decided[0]
-    else:  # a claim is only as decided as its least decided part
-        verdict, shown = INCONCLUSIVE, max(undecided, key=lambda c: c["n"] or 0)
-    reason = "; ".join(_evidence(c) for c in held)
-    if verdict == INCONCLUSIVE and decided:
+    reason = "; ".join(_evidence(c) for c in held + shown_only)
+    if verdict in (NOT_DECIDED, *UNINFORMATIVE.values()) and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
-    if verdict == INCONCLUSIVE:
-        need = max((c.get("n_for_effect") or 0) for c in undecided)
+    if verdict == NOT_DECIDED:
+        need = max((c.get("n_needed") or 0) for c in undecided)
         if need > FEASIBLE_N:
-            reason += "; the observed difference is near zero: no feasible number of questions would detect it"
+            reason += f"; the smallest effect of interest would need more than {FEASIBLE_N:,} units"
         elif need:
-            reason += f"; about {need:,} paired questions would detect the observed difference"
-        elif all(c.get("diff") == 0 for c in undecided):
-            reason += "; no difference was observed, so no number of questions would detect one"
-            if shown.get("kind", "binary") == "binary":  # what this n could have seen, in points
-                reason += f" (this n detects about {100 * max(c.get('mde') or 0 for c in undecided):.0f} points)"
+            reason += f"; about {need:,} {shown.get('unit', 'questions')} would detect the smallest effect of interest"
+    if verdict in UNINFORMATIVE.values():
+        reason += "; " + bound_advice(shown)
+    changed = [f"{c['claim']}: {c['verdict_raw']} before the adjustment" for c in held if c.get("verdict_raw")]
+    sizes = [f"{c['claim']}: {c['size_vs_stated']} than stated" if c["size_vs_stated"] != "consistent"
+             else f"{c['claim']}: consistent with the stated effect" for c in held if c.get("size_vs_stated")]
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
-                     shown.get("computed"))
+                     shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
+                     "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95))
+
+
+def bound_advice(c: dict) -> str:
+    """What would move a comparison off its bound."""
+    if c.get("bound") == "ceiling":
+        return (f"both arms sit within the smallest effect of interest ({100 * c.get('sesoi', 0):.0f} points) of the "
+                "ceiling: a harder task (a larger corpus, harder questions, a smaller k) would leave room to differ")
+    return (f"the higher arm sits within the smallest effect of interest ({100 * c.get('sesoi', 0):.0f} points) of the "
+            "floor: a reader able to do the task (a larger model, more training) would leave room to differ")
 
 
 def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[LedgerRow]:
-    """Every claim's row, in the claims file's order, from one run's chapter results."""
-    comparisons = {}
+    """Every claim's row, in the claims file's order, from one run's chapter results: each chapter's
+    comparisons recomputed from its outcomes by the plan, then adjusted as one family."""
+    return [judge(c, family(chapter_results)) for c in claims.values()]
+
+
+def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
+    """Every comparison of the chapters' results, recomputed from their outcomes by the plan and
+    adjusted as one family: {comparison id: comparison dict with its chapter}."""
+    from .plan import adjust, rejudge
+
+    found = []
     for chapter, doc in chapter_results.items():
-        for c in doc.get("comparisons", []):
-            comparisons[c["claim"]] = {**c, "chapter": chapter}
-    return [judge(c, comparisons) for c in claims.values()]
+        found += [{**c, "chapter": chapter} for c in rejudge(doc)]
+    return {c["claim"]: c for c in adjust(found)}
 
 
 def counts(rows: list[LedgerRow]) -> dict[str, int]:
@@ -117,9 +173,10 @@ def summary_sentence(doc: dict | None) -> str:
         return "The verdict chapter did not run in this run, so no claim has a verdict on this page."
     m = doc["metrics"]
     return (f"Of the {m['n_claims']} claims this book tests, {m['n_supported']} are supported by this run's "
-            f"measurements, {m['n_contradicted']} contradicted, {m['n_depends']} depend on the condition, "
-            f"{m['n_inconclusive']} are inconclusive at the number of questions this run affords, and "
-            f"{m['n_not_testable']} are not testable here (yet).")
+            f"measurements after the correction for the number of tests, {m['n_contradicted']} contradicted, "
+            f"{m['n_depends']} depend on the condition, {m['n_not_decided']} are not decided at the number of "
+            f"questions this run affords, {m['n_uninformative']} are uninformative here (an arm at the floor or "
+            f"ceiling of its metric), and {m['n_not_testable']} are not testable here (yet).")
 
 
 def decided_table(doc: dict | None):

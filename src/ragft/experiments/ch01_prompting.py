@@ -573,36 +573,36 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     haystacks = [x for x in r.values() if x.group == "long context"]
     if len(haystacks) > 1:  # K9: large contexts dilute the signal, so the documents alone score higher
         largest = haystacks[-1]
-        cmp = run.compare("K9-long-context", haystacks[0].name, largest.name, expect="greater")
-        out["k9_long_context"] = StatedComparison("k9_long_context", cmp, "the documents alone",
+        cmp = run.compare("K9-long-context", haystacks[0].name, largest.name)
+        out["K9-long-context"] = StatedComparison("K9-long-context", cmp, "the documents alone",
                                                   f"the {largest.row['prompt_tokens']:,.0f}-token haystack")
     else:
-        out["k9_long_context"] = StatedComparison("k9_long_context", None, "", "",
+        out["K9-long-context"] = StatedComparison("K9-long-context", None, "", "",
                                                   "no haystack size fits the model's context window")
 
     # K1: the knowledge is in the document, not in the prompt's wording.
-    cmp = run.compare("K1-gold-document", "gold document", "instruction", expect="greater")
-    out["k1_gold_document"] = StatedComparison("k1_gold_document", cmp, "gold document", "instruction prompt")
+    cmp = run.compare("K1-gold-document", "gold document", "instruction")
+    out["K1-gold-document"] = StatedComparison("K1-gold-document", cmp, "gold document", "instruction prompt")
 
     # Examples change the form, not the knowledge: the chapter expects no support here. Picking the
     # best of several k before testing favours "supported", so a supported verdict is an upper bound.
     best = best_few_shot(ch, with_examples=True)
     baseline = "few-shot k=0" if "few-shot k=0" in r else "instruction"  # the same scores on the same questions
     if best is not None:
-        cmp = run.compare("prompting-few-shot", best.name, baseline, expect="greater")
-        out["few_shot_examples"] = StatedComparison("few_shot_examples", cmp, f"best few-shot prompt (k={best.row['k']})",
+        cmp = run.compare("prompting-few-shot", best.name, baseline)
+        out["prompting-few-shot"] = StatedComparison("prompting-few-shot", cmp, f"best few-shot prompt (k={best.row['k']})",
                                                     "no examples (k=0)")
     else:
-        out["few_shot_examples"] = StatedComparison("few_shot_examples", None, "", "", "few_shot_ks has no k > 0")
+        out["prompting-few-shot"] = StatedComparison("prompting-few-shot", None, "", "", "few_shot_ks has no k > 0")
 
     # The instruction makes the refusal the model's first choice on more unanswerable questions.
     refusals = ("instruction" + REFUSAL_SUFFIX, "closed book" + REFUSAL_SUFFIX)
     if all(x in run.outcomes for x in refusals):
-        cmp = run.compare("refusal-instruction", *refusals, expect="greater")
-        out["refusal_instruction"] = StatedComparison("refusal_instruction", cmp, "refusals with the instruction",
+        cmp = run.compare("refusal-instruction", *refusals)
+        out["refusal-instruction"] = StatedComparison("refusal-instruction", cmp, "refusals with the instruction",
                                                       "with a plain prompt")
     else:
-        out["refusal_instruction"] = StatedComparison("refusal_instruction", None, "", "", "no unanswerable questions")
+        out["refusal-instruction"] = StatedComparison("refusal-instruction", None, "", "", "no unanswerable questions")
     return out
 
 

@@ -315,15 +315,15 @@ def chunk_size_comparisons(ch: Chapter) -> list[StatedComparison]:
     dilute) and the smallest (below 128 lose context)."""
     best, out = ch.best_chunk, []
     best_label = f"recall@{HEADLINE_K} at {best} tokens"
-    for claim, key, other, side in (("R1-chunk-size", "r1_large", max(ch.params.chunk_sizes), "largest"),
-                                    ("R1-small-chunks", "r1_small", min(ch.params.chunk_sizes), "smallest")):
+    for claim, other, side in (("R1-chunk-size", max(ch.params.chunk_sizes), "largest"),
+                               ("R1-small-chunks", min(ch.params.chunk_sizes), "smallest")):
         if other == best:
-            out.append(StatedComparison(key, None, missing=f"the chosen size is the {side} one tried ({best} tokens), "
+            out.append(StatedComparison(claim, None, missing=f"the chosen size is the {side} one tried ({best} tokens), "
                                                  "so there is nothing to compare it with"))
             continue
         cmp = ch.run.compare(claim, retrieval_condition("dense", best, HEADLINE_K),
-                             retrieval_condition("dense", other, HEADLINE_K), expect="greater")
-        out.append(StatedComparison(key, cmp, best_label, f"at {other} tokens"))
+                             retrieval_condition("dense", other, HEADLINE_K))
+        out.append(StatedComparison(claim, cmp, best_label, f"at {other} tokens"))
     return out
 
 
@@ -334,11 +334,11 @@ def top_k_comparison(ch: Chapter) -> StatedComparison:
     more = ks[-1]
     fewer = ch.best_k if ch.best_k < more else (ks[-2] if len(ks) > 1 else None)
     if fewer is None:
-        return StatedComparison("r2_top_k", None, missing=f"only one top-k was tried ({more})")
+        return StatedComparison("R2-top-k", None, missing=f"only one top-k was tried ({more})")
     size = ch.best_chunk
     cmp = ch.run.compare("R2-top-k", retrieval_condition("dense", size, more),
-                         retrieval_condition("dense", size, fewer), expect="greater")
-    return StatedComparison("r2_top_k", cmp, f"recall@{more}", f"recall@{fewer}")
+                         retrieval_condition("dense", size, fewer))
+    return StatedComparison("R2-top-k", cmp, f"recall@{more}", f"recall@{fewer}")
 
 
 @section("knowledge_base", figure=True)
@@ -393,8 +393,8 @@ def retrieval_methods(ch: Chapter) -> Methods:
         run.metric("hybrid_recall_at_1", table.loc["hybrid", "recall_at_1"], "rate", n=n)
     run.metric("hybrid_ms_per_query", table.loc["hybrid", "ms_per_query"], "machine")
     hybrid_cmp = run.compare("hybrid-vs-dense", retrieval_condition("hybrid", size, HEADLINE_K),
-                             retrieval_condition("dense", size, HEADLINE_K), expect="greater")
-    return Methods(table, [StatedComparison("hybrid_vs_dense", hybrid_cmp, "hybrid recall@5", "dense recall@5")],
+                             retrieval_condition("dense", size, HEADLINE_K))
+    return Methods(table, [StatedComparison("hybrid-vs-dense", hybrid_cmp, "hybrid recall@5", "dense recall@5")],
                    ch.score_ks)
 
 
@@ -583,10 +583,10 @@ def scored_answers(ch: Chapter) -> Scored:
     run.metric("ll_chance", main.chance, "exact")
     stated = []
     if len(ks) > 1:
-        cmp = run.compare("K9-top-k", f"scored top-{ks[0]}", f"scored top-{ks[-1]}", expect="greater")
-        stated.append(StatedComparison("k9_comparison", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}"))
+        cmp = run.compare("K9-top-k", f"scored top-{ks[0]}", f"scored top-{ks[-1]}")
+        stated.append(StatedComparison("K9-top-k", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}"))
     else:
-        stated.append(StatedComparison("k9_comparison", None,
+        stated.append(StatedComparison("K9-top-k", None,
                                        missing=f"only top-{ks[0]} was scored, so there is nothing to compare"))
     # citations and reranking need two sources or more: at the chosen top-k, else the largest scored
     stated += _attribution_and_rerank(ch, main if best_k >= 2 else by_k[ks[-1]])
@@ -640,11 +640,11 @@ def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedCompariso
         run.metric("rerank_recall_at_5", sum(main.pool_hit.values()) / n, "rate", n=n)
         run.metric("rerank_n", n, "exact")
         run.metric("rerank_ms_per_query", 1000 * main.seconds / len(main.prompt_tokens), "machine")
-        cmp = run.compare("R3-rerank", name, base, expect="greater")
-        out.append(StatedComparison("rerank_comparison", cmp, "the LL reranker's first chunk",
+        cmp = run.compare("R3-rerank", name, base)
+        out.append(StatedComparison("R3-rerank", cmp, "the LL reranker's first chunk",
                                     f"the {ch.params.retrieval} ranking's first, on the same questions"))
     else:
-        out.append(StatedComparison("rerank_comparison", None,
+        out.append(StatedComparison("R3-rerank", None,
                                     missing=f"the chosen top-k is {k}: one source leaves nothing to rerank"))
     return out
 

@@ -842,49 +842,49 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     run, p = ch.run, ch.params
     out: dict[str, StatedComparison] = {}
 
-    def state(key, claim, a, b, a_label, b_label, expect="greater", kind=None):
-        out[key] = StatedComparison(key, run.compare(claim, a, b, expect=expect, kind=kind), a_label, b_label)
+    def state(claim, a, b, a_label, b_label):
+        out[claim] = StatedComparison(claim, run.compare(claim, a, b), a_label, b_label)
 
-    def missing(key, why):
-        out[key] = StatedComparison(key, None, missing=why)
+    def missing(claim, why):
+        out[claim] = StatedComparison(claim, None, missing=why)
 
-    state("f3_raft_vs_base_rag", "F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
-    state("f3_raft_vs_dsf_rag", "F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
-    state("f4_cot", "F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
+    state("F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
+    state("F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
+    state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
     if 1.0 in p.p_values and p.p_oracle != 1.0:
-        state("f2_best_p", "F2-best-p", p_outcome(p.p_oracle), p_outcome(1.0), f"P = {p.p_oracle:g}", "P = 1")
+        state("F2-best-p", p_outcome(p.p_oracle), p_outcome(1.0), f"P = {p.p_oracle:g}", "P = 1")
     else:
-        missing("f2_best_p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
+        missing("F2-best-p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
     least = ch.least_distractors
     if least < p.n_distractors:
-        state("f5_distractors", "F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
+        state("F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
               f"{p.n_distractors} training distractors", f"{least} training distractors")
         top = max(p.top_ks)
-        state("f5_topk_robust", "F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
+        state("F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
               f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}")
     else:
-        for key in ("f5_distractors", "f5_topk_robust"):
-            missing(key, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
+        for cid in ("F5-distractors", "F5-topk-robust"):
+            missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
     # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
     # the fewest chunks tried against the base reader at the top-k where it scored highest. Picking the
     # base's best k on these same questions favours the base (its luck is kept), so a "supported"
     # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
     # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
     low, base_k = min(p.top_ks), base_best_k(ch.curve)
-    state("f6_fewer_chunks", "F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
+    state("F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
           f"RAFT at top-{low}", f"the base model at top-{base_k}")
-    state("k6_ladder", "K6-ladder", MAIN["dsf_rag"], MAIN["dsf"], "DSF + RAG", "DSF alone")
-    state("k3_rag_vs_ft", "K3-rag-vs-ft", MAIN["base_rag"], MAIN["dsf"], "base + RAG", "DSF alone")
+    state("K6-ladder", MAIN["dsf_rag"], MAIN["dsf"], "DSF + RAG", "DSF alone")
+    state("K3-rag-vs-ft", MAIN["base_rag"], MAIN["dsf"], "base + RAG", "DSF alone")
     if "HotpotQA RAFT + RAG" in run.outcomes:
-        state("f3_hotpotqa", "F3-hotpotqa", "HotpotQA RAFT + RAG", "HotpotQA base + RAG", "RAFT + RAG F1",
-              "base + RAG F1", kind="continuous")
+        state("F3-hotpotqa", "HotpotQA RAFT + RAG", "HotpotQA base + RAG", "RAFT + RAG F1",
+              "base + RAG F1")
     else:
-        missing("f3_hotpotqa", "no HotpotQA data")
+        missing("F3-hotpotqa", "no HotpotQA data")
     if "PubMedQA RAFT + RAG" in run.outcomes:
-        state("f3_pubmedqa", "F3-pubmedqa", "PubMedQA RAFT + RAG", "PubMedQA base + RAG", "RAFT + RAG accuracy",
-              "base + RAG accuracy", kind="binary")
+        state("F3-pubmedqa", "PubMedQA RAFT + RAG", "PubMedQA base + RAG", "RAFT + RAG accuracy",
+              "base + RAG accuracy")
     else:
-        missing("f3_pubmedqa", "no PubMedQA data")
+        missing("F3-pubmedqa", "no PubMedQA data")
     return out
 
 

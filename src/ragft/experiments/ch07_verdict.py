@@ -11,16 +11,22 @@ import pandas as pd
 from .. import results, settings
 from ..claims import load_claims
 from ..results import ChapterRun, glue
-from ..verdict import INCONCLUSIVE, VERDICTS, LedgerRow, counts, ledger
+from ..plan import the_plan
+from ..stats import UNINFORMATIVE
+from ..verdict import NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge
 
 CHAPTER = "07_verdict"
 # the chapters whose comparisons the ledger reads (published results stand in when none has run here)
 EARLIER_CHAPTERS = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness", "06_cost")
+# the counts the front page and the prose cite: the two bounds count together as uninformative
 COUNT_KEYS = {"supported": "n_supported", "contradicted": "n_contradicted", "depends": "n_depends",
-              INCONCLUSIVE: "n_inconclusive", "not testable here": "n_not_testable"}
-COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", INCONCLUSIVE: "tab:gray"}
+              NOT_DECIDED: "n_not_decided", "uninformative": "n_uninformative", NOT_FIT: "n_not_fit",
+              NOT_AT_CPU: "n_not_at_cpu_scale", NOT_TESTABLE: "n_not_testable"}
+COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", NOT_DECIDED: "tab:gray",
+           UNINFORMATIVE["floor"]: "tab:purple", UNINFORMATIVE["ceiling"]: "tab:purple"}
 # marker shape and fill tell the verdicts apart without colour (greyscale print, colour blindness)
-MARKERS = {"supported": ("o", True), "contradicted": ("X", True), "depends": ("s", True), INCONCLUSIVE: ("o", False)}
+MARKERS = {"supported": ("o", True), "contradicted": ("X", True), "depends": ("s", True), NOT_DECIDED: ("o", False),
+           UNINFORMATIVE["floor"]: ("v", False), UNINFORMATIVE["ceiling"]: ("^", False)}
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Verdicts:
     chapters: list[str]  # the chapters whose results the ledger read
     docs: dict  # those chapters' results
     origin: dict = field(default_factory=dict)  # chapter -> "this run" | the published results it fell back to
+    comparisons: dict = field(default_factory=dict)  # the family: comparison id -> recomputed, adjusted comparison
 
 
 def setup(params) -> Verdicts:
@@ -49,8 +56,9 @@ def setup(params) -> Verdicts:
                 print(f"No chapter has run in this run folder ({results.results_dir().parent}): the ledger reads "
                       f"the {', '.join(sorted(set(origin.values())))} of chapters {', '.join(sorted(origin))}.")
         claims = load_claims()
-        rows = ledger(claims, chapter_results)
-    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin)
+        comparisons = family(chapter_results)
+        rows = [judge(c, comparisons) for c in claims.values()]
+    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin, comparisons)
 
 
 def ledger_table(v: Verdicts) -> pd.DataFrame:
@@ -63,13 +71,16 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
             measured = f"{r.measured} ({r.comparison})" if r.measured else "–"
         else:
             measured = f"{r.difference()}, n = {r.n} ({r.comparison})"
+        p = "–" if r.p is None else f"{r.p:.2g}" + ("" if r.p_adjusted is None else f" / {r.p_adjusted:.2g}")
         lines.append({"claim": r.claim, "what the sources say": c.claim, "sources": ", ".join(c.sources),
-                      "their figure": c.figure, "measured here": measured, "verdict": r.verdict,
-                      "evidence or reason": r.reason, "chapter": r.chapter, "at larger scale": c.scales})
+                      "their figure": c.figure, "measured here": measured, "p raw / Holm": p, "verdict": r.verdict,
+                      "changed by the adjustment": "; ".join(r.changed_by_adjustment or []) or "–",
+                      "size vs stated": r.size or "–", "evidence or reason": r.reason, "chapter": r.chapter,
+                      "at larger scale": c.scales})
     return pd.DataFrame(lines).set_index("claim")
 
 
-REASON_COLUMNS = ["evidence or reason", "at larger scale"]  # long text: a table of their own
+REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "at larger scale"]  # long text: a table of their own
 
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
@@ -99,7 +110,7 @@ def forest(v: Verdicts):
     """Each tested claim's measured difference with its 95 % interval, coloured by verdict."""
     import matplotlib.pyplot as plt
 
-    shown = [r for r in v.rows if r.n is not None and r.kind == "binary"]  # one axis: points
+    shown = [r for r in v.rows if r.n is not None and r.kind == "binary" and r.test == "paired"]  # one axis: points
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(shown) + 1.2))
     for y, r in enumerate(shown):
         stated = v.claims[r.claim].effects.get(r.comparison)
@@ -135,10 +146,17 @@ def _once(ax, label: str, containers: bool = False) -> str | None:
 
 def headline(v: Verdicts) -> dict:
     run, tally = v.run, counts(v.rows)
+    tally["uninformative"] = tally.pop(UNINFORMATIVE["floor"]) + tally.pop(UNINFORMATIVE["ceiling"])
     run.metric("n_claims", len(v.rows), "exact")
     for verdict, key in COUNT_KEYS.items():
         run.metric(key, tally[verdict], "exact")
         glue(key, tally[verdict])
+    family_rows = [c for c in v.comparisons.values() if c.get("p_adjusted") is not None]
+    run.metric("n_family", len(family_rows), "exact")
+    run.metric("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows), "exact")
+    glue("n_family", len(family_rows))
+    glue("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows))
+    glue("family_alpha", f"{the_plan().alpha:g}")
     glue("n_claims", len(v.rows))
     glue("verdict_chapters", ", ".join(v.chapters) or "none")
     model, hardware = model_and_hardware(v)
@@ -147,10 +165,50 @@ def headline(v: Verdicts) -> dict:
     return {"counts": tally, "verdicts": VERDICTS}
 
 
-LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "reason")
+LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "p", "p_adjusted", "size", "reason")
+
+
+def family_table(v: Verdicts) -> pd.DataFrame:
+    """Every comparison of the family and beside it, one line each: raw and adjusted p, verdict, the
+    raw verdict where the adjustment changed it, bound and size against the stated effect."""
+    from .. import report
+
+    table = report.comparisons_table({"": {"comparisons": list(v.comparisons.values())}})
+    table["chapter"] = [v.comparisons[k].get("chapter", "") for k in table.index]
+    table["before the adjustment"] = [v.comparisons[k].get("verdict_raw") or "–" for k in table.index]
+    return table
+
+
+def plan_history(v: Verdicts) -> tuple[str, pd.DataFrame]:
+    """The plan's last commit, and the comparisons whose plan entry changed after the commit of the
+    results that judge them (each chapter's git_sha): those verdicts rest on a plan their run did not
+    have. Empty where git or a commit is unavailable (a copy without history)."""
+    import yaml
+
+    from ..results import _git
+
+    plan_rel = str(the_plan().path.relative_to(settings.PROJECT_ROOT))
+    plan_sha = _git("log", "-1", "--format=%h %cs", "--", plan_rel) or "not committed"
+    lines = []
+    for chapter, doc in v.docs.items():
+        sha = (doc.get("provenance") or {}).get("git_sha")
+        then = yaml.safe_load(_git("show", f"{sha}:{plan_rel}") or "null") if sha else None
+        then = (then or {}).get("comparisons") or {}
+        now = yaml.safe_load(the_plan().path.read_text())["comparisons"]
+        for cid, entry in now.items():
+            if entry.get("chapter") == chapter and then.get(cid) != entry:
+                lines.append({"comparison": cid, "chapter": chapter, "results of": (sha or "?")[:12],
+                              "plan then": "not declared" if cid not in then else "declared differently"})
+    return plan_sha, pd.DataFrame(lines, columns=["comparison", "chapter", "results of", "plan then"]).set_index("comparison")
+
+
+def choices_table() -> pd.DataFrame:
+    """The plan's record of the choices that shape a reported number, and what each was made on."""
+    return pd.DataFrame(the_plan().choices).set_index("what")
 
 
 def save(v: Verdicts):
+    v.run.comparisons = list(v.comparisons.values())
     v.run.sections["ledger"] = [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]
     v.run.tables["ledger"] = [r.as_dict() for r in v.rows]  # with the comparison shown and its kind
     return v.run.save()

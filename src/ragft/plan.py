@@ -1,0 +1,305 @@
+"""The analysis plan (data/analysis_plan.yaml): every comparison that can carry a verdict, declared
+before the run, and the one engine that turns recorded outcomes into comparisons and a family of
+adjusted verdicts.
+
+- `load_plan` reads and checks the plan: each comparison's conditions, test, direction, smallest
+  effect of interest, bounds and role.
+- `judge` computes one comparison from two conditions' outcomes (ragft.stats.judge), after checking
+  that the comparison and its conditions are declared; a chapter asks for comparisons by id
+  (`ChapterRun.compare`) and never codes a test, a direction or a margin.
+- `adjust` decides a family: Holm's adjusted p for the primary comparisons, each verdict decided on
+  it, and the verdicts the adjustment changed flagged.
+- `rejudge` recomputes a results file's comparisons from its stored outcomes (the measurement is
+  untouched; only the analysis moves to this plan).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from . import stats
+from .settings import PROJECT_ROOT
+
+PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
+FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
+          "ceiling", "role", "note"}
+REQUIRED = FIELDS - {"margin", "note"}
+ROLES = ("primary", "secondary")
+TESTS = (*stats.TESTS, "check")
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+CLAIM_PREFIX = re.compile(r"^([KRFTSUD]\d+)-")
+
+
+@dataclass(frozen=True)
+class Planned:
+    id: str
+    claim: str | None  # the claim id it tests (None for a secondary comparison of its own)
+    chapter: str
+    a: str
+    b: str
+    metric: str
+    unit: str
+    test: str
+    kind: str
+    expect: str
+    sesoi: float
+    sesoi_from: str
+    n: int
+    floor: float | None
+    ceiling: float | None
+    role: str
+    margin: float = 0.0
+    note: str = ""
+
+    def condition_matches(self, template: str, name: str) -> bool:
+        """A condition name against the plan's (a placeholder stands for any value the run chose)."""
+        parts = PLACEHOLDER.split(template)
+        pattern = "".join(re.escape(p) if i % 2 == 0 else r"[^,:]+?" for i, p in enumerate(parts))
+        return re.fullmatch(pattern, name) is not None
+
+    def names(self, a: str | None, b: str | None) -> tuple[str, str]:
+        """The conditions a chapter compares: the plan's own, or values for its placeholders that
+        match; anything else is a condition the plan does not declare."""
+        out = []
+        for side, template, name in (("a", self.a, a), ("b", self.b, b)):
+            name = template if name is None else name
+            if PLACEHOLDER.search(name) or not self.condition_matches(template, name):
+                raise ValueError(f"comparison {self.id}: condition {side} {name!r} is not the plan's {template!r} "
+                                 f"({PLAN_FILE.name})")
+            out.append(name)
+        return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    comparisons: dict[str, Planned]
+    computed: tuple[str, ...]
+    alpha: float
+    power: float
+    adjustment: str
+    choices: tuple[dict, ...]
+    path: Path
+
+    @property
+    def primary(self) -> list[str]:
+        """The family: primary comparisons that are tested (not sanity checks)."""
+        return [k for k, c in self.comparisons.items() if c.role == "primary" and c.test != "check"]
+
+    def get(self, comparison_id: str) -> Planned:
+        if comparison_id not in self.comparisons:
+            raise KeyError(f"comparison {comparison_id!r} is not declared in {self.path}: declare it (conditions, "
+                           f"test, direction, smallest effect of interest, bounds) before a chapter computes it")
+        return self.comparisons[comparison_id]
+
+
+def _number(value, where: str, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (low is not None and value < low):
+        raise ValueError(f"{where}: {value!r} is not a finite number{f' >= {low}' if low is not None else ''}")
+    return float(value)
+
+
+def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
+    """The plan, checked: every field present and of its kind, conditions with balanced placeholders,
+    secondary comparisons only where no claim rests on them, the smallest effect of interest from a
+    declared rule or the claim's stated figure."""
+    from .claims import load_claims
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("comparisons"), dict):
+        raise ValueError(f"{path}: expected `family`, `rules` and `comparisons` mappings")
+    family, rules = raw.get("family") or {}, raw.get("rules") or {}
+    if family.get("adjustment") != "holm":
+        raise ValueError(f"{path}: family.adjustment must be holm (the only one the engine implements)")
+    alpha = _number(family.get("alpha"), f"{path}: family.alpha", 0)
+    claims = load_claims() if claims is None else claims
+    out = {}
+    for cid, c in raw["comparisons"].items():
+        where = f"{path}: comparison {cid}"
+        if not isinstance(c, dict):
+            raise ValueError(f"{where}: expected a mapping")
+        missing, unknown = sorted(REQUIRED - set(c)), sorted(set(c) - FIELDS)
+        if missing or unknown:
+            raise ValueError(f"{where}: missing {missing}, unknown {unknown}")
+        if c["test"] not in TESTS or c["kind"] not in stats.KINDS or c["expect"] not in stats.DIRECTIONS or c["role"] not in ROLES:
+            raise ValueError(f"{where}: test {c['test']!r} (one of {TESTS}), kind {c['kind']!r}, expect "
+                             f"{c['expect']!r} or role {c['role']!r} (one of {ROLES}) is not allowed")
+        m = CLAIM_PREFIX.match(cid)
+        claim = m.group(1) if m and m.group(1) in claims else None
+        if claim is None and c["role"] == "primary":
+            raise ValueError(f"{where}: a primary comparison tests a claim of data/claims.yaml (its id starts with one)")
+        if c["sesoi_from"] == "stated":
+            span = claims[claim].effects.get(cid) if claim else None
+            if not span:
+                raise ValueError(f"{where}: sesoi_from: stated, but data/claims.yaml states no effect for it")
+            sesoi = min(abs(span[0]), abs(span[1])) / 100
+        elif c["sesoi_from"] in rules:
+            sesoi = _number(rules[c["sesoi_from"]].get("sesoi"), f"{path}: rules.{c['sesoi_from']}", 0)
+        else:
+            raise ValueError(f"{where}: sesoi_from {c['sesoi_from']!r} is neither `stated` nor a rule of {sorted(rules)}")
+        margin = _number(c.get("margin", 0.0), f"{where}: margin", 0)
+        if c["test"] != "check" and (c["expect"] == "equal") != (margin > 0):
+            raise ValueError(f"{where}: an equivalence claim (expect: equal) and only one has a margin > 0")
+        bounds = [None if c[k] is None else _number(c[k], f"{where}: {k}") for k in ("floor", "ceiling")]
+        if None not in bounds and bounds[0] >= bounds[1]:
+            raise ValueError(f"{where}: floor {bounds[0]} is not below ceiling {bounds[1]}")
+        if c["test"] == "welch-log" and (c["n"] < 5 or any(b is not None for b in bounds)):
+            raise ValueError(f"{where}: timed repetitions need n >= 5 per arm and no floor or ceiling")
+        for side in ("a", "b"):
+            if not isinstance(c[side], str) or c[side].count("{") != c[side].count("}"):
+                raise ValueError(f"{where}: condition {side} must be a name, with balanced {{placeholders}}")
+        n = c["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{where}: n must be the planned number of units (an integer >= 1)")
+        out[cid] = Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
+                           c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
+                           margin, str(c.get("note") or ""))
+    computed = tuple(raw.get("computed") or ())
+    clash = sorted(set(computed) & set(out))
+    if clash:
+        raise ValueError(f"{path}: {clash} are both tested and computed")
+    for i, choice in enumerate(raw.get("choices") or ()):
+        if set(choice) != {"what", "chapter", "made_on", "evidence"} or choice["made_on"] not in ("development", "test", "fixed"):
+            raise ValueError(f"{path}: choice {i}: give what, chapter, made_on (development | test | fixed) and evidence")
+    return Plan(out, computed, alpha, _number(family.get("power", stats.POWER), f"{path}: family.power", 0),
+                family["adjustment"], tuple(raw.get("choices") or ()), path)
+
+
+@lru_cache(maxsize=1)
+def the_plan() -> Plan:
+    """The repository's plan, read once per process."""
+    return load_plan()
+
+
+def glue_key(comparison_id: str) -> str:
+    """The glue key of a comparison's sentence in the prose: its plan id, lower case, with underscores
+    (K1-rag-vs-dsf -> k1_rag_vs_dsf; `<key>_verdict` and `<key>_diff` beside it)."""
+    return comparison_id.lower().replace("-", "_")
+
+
+def stated_effect(spec: Planned) -> tuple[float, float] | None:
+    """The source's stated difference for this comparison, as a difference of rates (claims.yaml
+    states points)."""
+    from .claims import load_claims
+
+    span = load_claims()[spec.claim].effects.get(spec.id) if spec.claim else None
+    return (span[0] / 100, span[1] / 100) if span else None
+
+
+def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b: str | None = None,
+          plan: Plan | None = None) -> stats.Comparison:
+    """One declared comparison from recorded outcomes ({condition: {unit id: score}}), raw: its test,
+    the interval the test inverts, its bound, its size against the stated effect, and the units that
+    would detect the smallest effect of interest at the family's strictest Holm level."""
+    plan = plan or the_plan()
+    spec = plan.get(comparison_id)
+    a, b = spec.names(a, b)
+    missing = [x for x in (a, b) if x not in outcomes]
+    if missing:
+        raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
+    if spec.test == "check":
+        return _check(spec, a, outcomes[a], b, outcomes[b])
+    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), stated_effect(spec))
+
+
+def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
+    """A quantity identical by construction: shown (its mean difference and spread), never tested."""
+    import numpy as np
+
+    x, y = np.array(list(va.values()), float), np.array(list(vb.values()), float)
+    diff = float(x.mean() - y.mean())
+    return stats.Comparison(spec.id, a, b, min(len(x), len(y)), diff, float(np.min(x) - np.max(y)),
+                            float(np.max(x) - np.min(y)), None, CHECK, spec.expect, spec.kind, spec.margin,
+                            float(x.mean()), float(y.mean()), 0.0, 0, spec.unit, "check", 1.0, spec.sesoi, spec.role,
+                            n_planned=spec.n)
+
+
+CHECK = "sanity check: equal by construction, not tested"
+
+
+def adjust(comparisons: list[dict], plan: Plan | None = None) -> list[dict]:
+    """The family's verdicts: Holm's adjusted p over the primary comparisons held (each verdict
+    decided on it, a bound first), the raw verdict kept where the adjustment changed it. Secondary
+    comparisons keep their raw verdict (exploratory); computed figures and checks are untouched."""
+    plan = plan or the_plan()
+    family = [c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS]
+    adjusted = dict(zip([c["claim"] for c in family], stats.holm([c["p"] for c in family])))
+    out = []
+    for c in comparisons:
+        c = dict(c)
+        if c["claim"] in adjusted:
+            c["p_adjusted"] = adjusted[c["claim"]]
+            raw = stats.decide(c, c["p"], plan.alpha)
+            c["verdict"] = stats.decide(c, c["p_adjusted"], plan.alpha)
+            c["verdict_raw"] = raw if raw != c["verdict"] else None
+        out.append(c)
+    return out
+
+
+def rejudge(doc: dict, plan: Plan | None = None) -> list[dict]:
+    """A results file's comparisons recomputed from its stored outcomes by this plan: each declared
+    comparison it held (by id, with the conditions it compared), plus the plan's comparisons of its
+    chapter whose conditions the file holds without placeholders; computed figures kept as they are."""
+    plan = plan or the_plan()
+    outcomes, out, seen = doc.get("outcomes") or {}, [], set()
+    for c in doc.get("comparisons") or []:
+        if c.get("kind") == "computed":
+            out.append(c)
+            continue
+        cid = RENAMED.get(c["claim"], c["claim"])
+        spec = plan.get(cid)
+        a, b = c["a"], c["b"]
+        if cid in RECORDED_AS:
+            a, b = RECORDED_AS[cid]
+        out.append(judge(cid, outcomes, a if spec.condition_matches(spec.a, a) else None,
+                         b if spec.condition_matches(spec.b, b) else None, plan).as_dict())
+        seen.add(cid)
+    for cid, spec in plan.comparisons.items():
+        if cid in seen or spec.chapter != doc.get("chapter") or PLACEHOLDER.search(spec.a + spec.b):
+            continue
+        if spec.a in outcomes and spec.b in outcomes:
+            out.append(judge(cid, outcomes, plan=plan).as_dict())
+    return out
+
+
+# Comparisons of published results that the plan renamed or re-measured: old id -> the plan's id.
+RENAMED = {"K7-forgetting": "K7-full-vs-lora"}
+RECORDED_AS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ragft.plan rejudge FILE...`: recompute the comparisons of results files from their
+    stored outcomes by this plan, in place, and record it in their provenance (`rejudged`: the commit
+    whose plan and engine judged them). The measurements, and the provenance of the run that made
+    them, are untouched."""
+    import argparse
+    import json
+
+    from .results import _git, read_json, write_atomically
+
+    parser = argparse.ArgumentParser(prog="python -m ragft.plan", description=main.__doc__)
+    parser.add_argument("command", choices=["rejudge", "check"])
+    parser.add_argument("files", nargs="*", type=Path)
+    args = parser.parse_args(argv)
+    plan = load_plan()
+    print(f"{plan.path}: {len(plan.comparisons)} comparisons, {len(plan.primary)} in the family")
+    if args.command == "check":
+        return 0
+    sha = _git("rev-parse", "HEAD")
+    for path in args.files:
+        doc = read_json(path)
+        doc["comparisons"] = rejudge(doc, plan)
+        doc["provenance"]["rejudged"] = {"git_sha": sha, "git_dirty": bool(_git("status", "--porcelain"))}
+        write_atomically(path, json.dumps(doc, indent=1) + "\n")
+        print(f"{path}: {len(doc['comparisons'])} comparisons rejudged")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""The analysis plan and its engine: every comparison declared before it is computed, one family
+adjusted by Holm, and the published results judged by it."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from ragft import plan, stats
+from ragft.results import ChapterRun
+
+PUBLISHED = ROOT / "experiments" / "results" / "cpu"
+EXPERIMENTS = ROOT / "src" / "ragft" / "experiments"
+
+
+def published() -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(PUBLISHED.glob("0*.json"))}
+
+
+def test_the_plan_loads_and_every_primary_comparison_tests_a_claim():
+    p = plan.load_plan()
+    assert len(p.primary) >= 30 and p.alpha == 0.05
+    for cid in p.primary:
+        assert p.comparisons[cid].claim and cid.startswith(p.comparisons[cid].claim + "-")
+    # K7 is declared as the claim says: each fine-tune's loss against the base model's
+    for method in ("lora", "qlora", "full"):
+        k7 = p.get(f"K7-forgetting-{method}")
+        assert k7.b == "NLL: base model" and k7.role == "primary"
+    assert p.get("K7-full-vs-lora").role == "secondary"
+    assert p.get("T2-merged-latency").test == "check" and p.get("U2-seconds").test == "welch-log"
+
+
+def test_every_comparison_the_chapters_ask_for_is_declared():
+    """Read from the code, so a mistyped or undeclared id fails here, not after a publication."""
+    p = plan.load_plan()
+    asked = set()
+    for path in EXPERIMENTS.glob("ch0*.py"):
+        text = path.read_text()
+        asked |= set(re.findall(r'\.compare\("([^"]+)"', text))
+        asked |= set(re.findall(r'state\("[a-z0-9_]+", "([^"]+)"', text))
+    assert asked and not [a for a in asked if "{" not in a and a not in p.comparisons]
+
+
+def test_an_undeclared_comparison_or_condition_is_refused_before_any_test():
+    run = ChapterRun("01_prompting", None)
+    run.record("gold document", {"q1": 1, "q2": 1})
+    run.record("instruction", {"q1": 0, "q2": 1})
+    run.record("planted", {"q1": 0, "q2": 1})
+    with pytest.raises(KeyError, match="not declared"):
+        run.compare("K1-planted")
+    with pytest.raises(ValueError, match="not the plan's"):
+        run.compare("K1-gold-document", "gold document", "planted")
+    # a placeholder takes a value the run chose, never an unrelated name
+    spec = plan.load_plan().get("R1-chunk-size")
+    assert spec.condition_matches(spec.a, "dense 256-token hit@5")
+    assert not spec.condition_matches(spec.a, "hybrid 256-token hit@5")
+    assert run.compare("K1-gold-document").n == 2 and run.comparisons[0]["claim"] == "K1-gold-document"
+
+
+def _planted_plan(tmp_path, **change):
+    raw = yaml.safe_load(plan.PLAN_FILE.read_text())
+    entry = dict(raw["comparisons"]["K1-gold-document"])
+    entry.update(change)
+    raw["comparisons"]["K1-gold-document"] = entry
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"test": "t-test"}, "test"), ({"role": "primary", "sesoi_from": "taste"}, "sesoi_from"),
+    ({"expect": "equal"}, "margin"), ({"floor": 1.0}, "floor"), ({"n": 0}, "n must"), ({"extra": 1}, "unknown"),
+])
+def test_a_bad_plan_entry_is_refused_with_its_name(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        plan.load_plan(_planted_plan(tmp_path, **change))
+
+
+def test_a_primary_comparison_must_test_a_claim(tmp_path):
+    raw = yaml.safe_load(plan.PLAN_FILE.read_text())
+    raw["comparisons"]["planted-thing"] = {**raw["comparisons"]["K1-gold-document"], "role": "primary"}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="tests a claim"):
+        plan.load_plan(path)
+
+
+def _comparison(cid, p, diff=0.2, role="primary", bound=None):
+    return {"claim": cid, "a": "a", "b": "b", "n": 64, "diff": diff, "ci_low": diff - 0.1, "ci_high": diff + 0.1,
+            "p": p, "verdict": stats.SUPPORTED if p < 0.05 else stats.NOT_DECIDED, "expect": "greater",
+            "margin": 0.0, "role": role, "test": "paired", "bound": bound, "kind": "binary"}
+
+
+def test_a_difference_that_survives_only_unadjusted_is_not_decided_and_flagged():
+    family = [_comparison("K1-a", 0.001), _comparison("K2-a", 0.03), _comparison("K3-a", 0.5),
+              _comparison("prompting-x", 0.03, role="secondary")]
+    out = {c["claim"]: c for c in plan.adjust(family)}
+    # Holm over the 3 primary ones: 0.001 * 3, then 0.03 * 2, then 0.5 * 1
+    assert out["K1-a"]["p_adjusted"] == pytest.approx(0.003) and out["K1-a"]["verdict"] == stats.SUPPORTED
+    assert out["K2-a"]["p_adjusted"] == pytest.approx(0.06) and out["K2-a"]["verdict"] == stats.NOT_DECIDED
+    assert out["K2-a"]["verdict_raw"] == stats.SUPPORTED and out["K1-a"]["verdict_raw"] is None
+    assert "p_adjusted" not in out["prompting-x"] and out["prompting-x"]["verdict"] == stats.SUPPORTED
+    bounded = plan.adjust([_comparison("K1-a", 0.001, bound="ceiling")])[0]
+    assert bounded["verdict"] == stats.UNINFORMATIVE["ceiling"]
+
+
+def test_rejudging_a_results_file_keeps_its_outcomes_and_recomputes_its_comparisons():
+    doc = {"chapter": "01_prompting", "outcomes": {"gold document": {"q1": 1, "q2": 1, "q3": 1},
+                                                   "instruction": {"q1": 0, "q2": 1, "q3": 0}},
+           "comparisons": [{"claim": "K1-gold-document", "a": "gold document", "b": "instruction", "kind": "binary"}]}
+    (c,) = plan.rejudge(doc)
+    assert c["claim"] == "K1-gold-document" and c["n"] == 3 and c["p"] == pytest.approx(0.5)  # 2 discordant: 2/4
+
+
+def test_every_published_comparison_is_declared_and_every_primary_one_is_published():
+    p = plan.load_plan()
+    seen = set()
+    for chapter, doc in published().items():
+        for c in doc.get("comparisons") or []:
+            if c.get("kind") == "computed":
+                assert c["claim"] in p.computed, c["claim"]
+                continue
+            assert c["claim"] in p.comparisons, f"{chapter}: {c['claim']} is not in the plan"
+            if chapter != "07_verdict":
+                assert p.comparisons[c["claim"]].chapter == chapter
+            seen.add(c["claim"])
+    assert not sorted(set(p.primary) - seen), "primary comparisons the published results do not hold"
+
+
+def test_no_published_raw_interval_disagrees_with_its_raw_p():
+    checked = 0
+    for chapter, doc in published().items():
+        for c in doc.get("comparisons") or []:
+            if c.get("kind") == "computed" or c.get("test") == "check":
+                continue
+            if c["expect"] == "equal":  # the 90 % interval inside the margin exactly when the TOST p < alpha
+                inside = -c["margin"] <= c["ci_low"] and c["ci_high"] <= c["margin"]
+                assert inside == (abs(c["diff"]) <= c["margin"] and c["p"] < 0.05), (chapter, c["claim"])
+            else:
+                assert (c["ci_low"] <= 0 <= c["ci_high"]) == (c["p"] >= 0.05), (chapter, c["claim"], c["ci_low"], c["ci_high"], c["p"])
+            for key in ("bound", "p_adjusted", "size_vs_stated"):
+                assert key in c, (chapter, c["claim"], key)
+            checked += 1
+    assert checked >= 40
+
+
+def test_the_published_family_is_adjusted_and_judged_by_this_plan():
+    """Chapter 7's results hold the family as this plan and the published outcomes give it."""
+    from ragft.verdict import family
+
+    docs = published()
+    verdict = {c["claim"]: c for c in docs.pop("07_verdict")["comparisons"]}
+    docs.pop("00_front", None)
+    now = family(docs)
+    assert set(now) == set(verdict)
+    for cid, c in now.items():
+        assert verdict[cid]["verdict"] == c["verdict"], cid
+        if c.get("p_adjusted") is not None:
+            assert verdict[cid]["p_adjusted"] == pytest.approx(c["p_adjusted"]), cid
