@@ -216,14 +216,14 @@ def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
     assert set(by_claim) == {"K9-long-context", "K1-gold-document", "prompting-few-shot", "refusal-instruction"}
     assert (by_claim["K9-long-context"]["a"], by_claim["K9-long-context"]["b"]) == ("haystack gold only", "haystack 600")
     assert by_claim["K1-gold-document"]["n"] == 8 and by_claim["K1-gold-document"]["verdict"] == "supported"
-    assert by_claim["K9-long-context"]["verdict"] == "inconclusive at this n"  # 2 questions of 3
+    assert by_claim["K9-long-context"]["verdict"] == "not decided at this n"  # 2 questions of 3
     assert by_claim["prompting-few-shot"]["b"] == "few-shot k=0"
     assert (by_claim["refusal-instruction"]["a"], by_claim["refusal-instruction"]["b"]) == (
         "instruction refusal", "closed book refusal")
     assert by_claim["refusal-instruction"]["n"] == 4 and by_claim["refusal-instruction"]["mean_a"] == 1.0
     assert all(c["mde"] > 0 for c in by_claim.values())
     assert all(s.comparison is not None for s in stated.values())
-    assert stated["k1_gold_document"].comparison.sentence("gold document", "instruction prompt").startswith("supported:")
+    assert stated["K1-gold-document"].comparison.sentence("gold document", "instruction prompt").startswith("supported:")
 
 
 def test_comparisons_say_what_was_not_measured(chapter):
@@ -231,8 +231,8 @@ def test_comparisons_say_what_was_not_measured(chapter):
     fill(chapter)
     del chapter.ranked["haystack 600"]
     stated = ch01.state_comparisons(chapter)
-    assert stated["k9_long_context"].comparison is None and "window" in stated["k9_long_context"].missing
-    assert stated["refusal_instruction"].comparison is None
+    assert stated["K9-long-context"].comparison is None and "window" in stated["K9-long-context"].missing
+    assert stated["refusal-instruction"].comparison is None
     m = ch01.headline_metrics(chapter)
     assert "refusal_acc_instruction" not in m and "refusal_auroc_instruction" not in m
 

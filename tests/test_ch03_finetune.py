@@ -196,7 +196,8 @@ def test_comparisons_use_the_claim_ids_and_directions():
     by_claim = {c["claim"]: c for c in ch.run.comparisons}
     assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag",
                              "K5-rag-vs-dsf-rag", "K4-json", "K4-few-shot", "K4-constrained", "T4-sizes", "T1-lora-vs-full",
-                             "T3-qlora-vs-lora", "T3-attention-only", "K7-forgetting"}
+                             "T3-qlora-vs-lora", "T3-attention-only", "K7-forgetting-lora", "K7-forgetting-qlora",
+                             "K7-forgetting-full", "K7-full-vs-lora"}
     assert by_claim["K1-rag-vs-dsf"]["a"] == "base + RAG" and by_claim["K1-rag-vs-dsf"]["expect"] == "greater"
     assert by_claim["K5-paraphrases"]["a"] == "DSF p3 held-out" and by_claim["K5-paraphrases"]["b"] == "DSF p1 held-out"
     assert by_claim["K5-paraphrases"]["verdict"] == "supported"  # 16 facts: 12 discordant pairs, all one way
@@ -206,18 +207,21 @@ def test_comparisons_use_the_claim_ids_and_directions():
     assert by_claim["T1-lora-vs-full"]["n"] == ch.params.n_method_facts
     for claim in ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K5-rag-vs-dsf-rag"):
         assert by_claim[claim]["n"] >= 64, claim
-    k7 = by_claim["K7-forgetting"]
+    k7 = by_claim["K7-full-vs-lora"]
     assert k7["kind"] == "continuous" and k7["a"] == "NLL: DSF, full fine-tuning" and k7["b"] == "NLL: DSF, LoRA"
     assert k7["n"] == 40 and k7["unit"] == "segments"  # 20 segments of each of the two texts
+    assert k7["role"] == "secondary"  # K7 itself is each fine-tune against the base model
+    for method in ("lora", "qlora", "full"):
+        assert by_claim[f"K7-forgetting-{method}"]["b"] == "NLL: base model"
     assert all(s.comparison is not None for s in stated.values())
 
 
 def test_comparisons_the_smoke_profile_cannot_make_say_why():
     ch = _fake_chapter("smoke")  # one paraphrase count, one JSON size, no attention-only LoRA
     stated = ch03.state_comparisons(ch)
-    for key, why in (("k5_paraphrases", "one count"), ("t4_sizes", "one size"), ("t3_attention_only", "attention-only")):
+    for key, why in (("K5-paraphrases", "one count"), ("T4-sizes", "one size"), ("T3-attention-only", "attention-only")):
         assert stated[key].comparison is None and why in stated[key].missing
-    assert stated["k1_rag_vs_dsf"].comparison is not None
+    assert stated["K1-rag-vs-dsf"].comparison is not None
 
 
 def test_cost_sentences_carry_no_quality_verdict():

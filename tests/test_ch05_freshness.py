@@ -62,8 +62,9 @@ def test_comparisons_it_cannot_make_say_why():
     ch = SimpleNamespace(run=run)
     run.record(ch05.outcome(ch05.BASE_RAG, "v2", "changed"), {"a": 1, "b": 1})
     out = ch05.state_comparisons(ch)
-    assert out["u1_rag_vs_dsf"].comparison is None and "DSF" in out["u1_rag_vs_dsf"].missing
-    assert set(out) == {"u1_rag_vs_dsf", "u1_retrain", "u2_seconds", "k8_stale", "replay_keeps", "dsf_rag_vs_rag"}
+    assert out["U1-rag-vs-dsf"].comparison is None and "DSF" in out["U1-rag-vs-dsf"].missing
+    assert set(out) == {"U1-rag-vs-dsf", "U1-retrain", "U2-seconds", "K8-stale", "U-replay", "U-dsf-rag"}
+    assert out["U1-rag-vs-dsf"].key == "u1_rag_vs_dsf"  # the glue key derives from the plan's id
 
 
 def test_bad_parameters_are_refused():

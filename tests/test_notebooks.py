@@ -16,6 +16,9 @@ import pytest
 
 from conftest import ROOT, report_budget
 from ragft import run as runner
+from ragft.experiments.ch07_verdict import COUNT_KEYS, LEDGER_KEYS
+from ragft.plan import CHECK
+from ragft.stats import DECIDED, NOT_DECIDED, UNINFORMATIVE
 
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
 # The smoke run of every chapter, on the faster CPU kind (reported against it, scaled by this host's
@@ -119,7 +122,8 @@ def test_each_chapter_wrote_finished_results(smoke_run, chapter):
             assert c["verdict"] in ("supported", "contradicted", "depends") and c["note"] and c["n"] is None
             continue
         assert c["a"] in doc["outcomes"] and c["b"] in doc["outcomes"] and c["n"] >= 1
-        assert c["verdict"] in ("supported", "contradicted", "inconclusive at this n")
+        assert c["verdict"] in (*DECIDED, NOT_DECIDED, *UNINFORMATIVE.values(), CHECK), c["verdict"]
+        assert {"bound", "size_vs_stated", "p_adjusted", "test", "role"} <= set(c)
     assert len({c["claim"] for c in doc["comparisons"]}) == len(doc["comparisons"])
 
 
@@ -282,13 +286,17 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(smoke_run):
     doc = json.loads((smoke_run["dir"] / "results" / "07_verdict.json").read_text())
     m, ledger = doc["metrics"], doc["ledger"]
     assert [r["claim"] for r in ledger] == list(load_claims()) and m["n_claims"] == len(ledger)
-    assert m["n_claims"] == sum(m[k] for k in ("n_supported", "n_contradicted", "n_depends", "n_inconclusive", "n_not_testable"))
+    assert m["n_claims"] == sum(m[k] for k in COUNT_KEYS.values())
     computed = {r["claim"] for r in doc["tables"]["ledger"] if r["kind"] == "computed"}
     assert computed, "chapter 6's rebuilt cost figures carry their claims"
     for r in ledger:
-        assert set(r) == {"claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "reason"} and r["reason"]
+        assert set(r) == set(LEDGER_KEYS) and r["reason"]
         assert (r["n"] is None) == (r["verdict"] == "not testable here" or r["claim"] in computed)
-    assert m["n_supported"] + m["n_contradicted"] + m["n_depends"] + m["n_inconclusive"] >= 10  # chapters 1-4 ran
+    assert m["n_claims"] - m["n_not_testable"] >= 10  # chapters 1-4 ran
+    # the family: every primary comparison of the chapters, adjusted; each flagged where it changed
+    family = [c for c in doc["comparisons"] if c.get("p_adjusted") is not None]
+    assert m["n_family"] == len(family) >= 10 and all(c["p_adjusted"] >= c["p"] for c in family)
+    assert m["n_changed_by_adjustment"] == sum(bool(c["verdict_raw"]) for c in family)
 
 
 @pytest.mark.notebooks

@@ -65,18 +65,18 @@ def test_metrics_need_a_declared_kind(tmp_path, monkeypatch):
 def test_outcomes_and_comparisons_reach_the_results_file(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
     run = results.ChapterRun("01_prompting", config.resolve("01_prompting", "smoke"))
-    run.record("rag", {f"q{i}": 1 for i in range(40)}, tokens={f"q{i}": (300, 12) for i in range(40)})
-    run.record("closed", {f"q{i}": int(i < 5) for i in range(40)})
-    c = run.compare("K1", "rag", "closed")
+    run.record("gold document", {f"q{i}": 1 for i in range(40)}, tokens={f"q{i}": (300, 12) for i in range(40)})
+    run.record("instruction", {f"q{i}": int(i < 5) for i in range(40)})
+    c = run.compare("K1-gold-document")
     assert c.verdict == "supported" and c.n == 40
     run.metric("rag_contains", 1.0, "rate", n=40)
     doc = json.loads(run.save().read_text())
-    assert doc["outcomes"]["closed"]["q3"] == 1.0 and doc["outcome_tokens"]["rag"]["q0"] == [300, 12]
+    assert doc["outcomes"]["instruction"]["q3"] == 1.0 and doc["outcome_tokens"]["gold document"]["q0"] == [300, 12]
     (row,) = doc["comparisons"]
     assert {"claim", "a", "b", "n", "diff", "ci_low", "ci_high", "p", "verdict"} <= set(row)
     assert doc["metric_rules"]["rag_contains"] == {"kind": "rate", "n": 40}
     with pytest.raises(KeyError, match="no outcomes"):
-        run.compare("K2", "rag", "nothing")
+        run.compare("K9-long-context", "haystack gold only", "haystack 600")
 
 
 RULES = {"acc16": {"kind": "rate", "n": 16}, "acc36": {"kind": "rate", "n": 36}, "acc200": {"kind": "rate", "n": 200},

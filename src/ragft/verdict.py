@@ -79,6 +79,8 @@ def difference_text(diff: float, low: float, high: float, kind: str = "binary", 
 def _evidence(c: dict) -> str:
     if c.get("kind") == "computed":  # a figure rebuilt by arithmetic: its note says from what
         return f"{c['claim']}: {c['verdict']}: {c['note']}"
+    if c.get("test") == "check":  # equal by construction: shown with what was measured, never tested
+        return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} (measured {c['diff']:+.3g} at n = {c['n']})"
     p = f"p = {c['p']:.2g}" + (f", adjusted {c['p_adjusted']:.2g}" if c.get("p_adjusted") is not None else "")
     return f"{c['claim']} ({c['a']} vs {c['b']}): {c['verdict']} at n = {c['n']}, {p}"
 
@@ -148,7 +150,8 @@ def bound_advice(c: dict) -> str:
 def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[LedgerRow]:
     """Every claim's row, in the claims file's order, from one run's chapter results: each chapter's
     comparisons recomputed from its outcomes by the plan, then adjusted as one family."""
-    return [judge(c, family(chapter_results)) for c in claims.values()]
+    comparisons = family(chapter_results)
+    return [judge(c, comparisons) for c in claims.values()]
 
 
 def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
