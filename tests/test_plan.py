@@ -159,3 +159,17 @@ def test_the_published_family_is_adjusted_and_judged_by_this_plan():
         assert verdict[cid]["verdict"] == c["verdict"], cid
         if c.get("p_adjusted") is not None:
             assert verdict[cid]["p_adjusted"] == pytest.approx(c["p_adjusted"]), cid
+
+
+def test_claims_and_plan_agree(tmp_path):
+    """A claim that lists an undeclared comparison, or a primary comparison no claim lists, is refused."""
+    from ragft.claims import load_claims
+
+    claims = load_claims()
+    claims["K1"] = claims["K1"].__class__(**{**claims["K1"].__dict__, "comparisons": ("K1-planted",)})
+    with pytest.raises(ValueError, match="K1-planted"):
+        plan.load_plan(claims=claims)
+    claims = load_claims()
+    claims["K9"] = claims["K9"].__class__(**{**claims["K9"].__dict__, "comparisons": ("K9-top-k",)})
+    with pytest.raises(ValueError, match="K9-long-context"):
+        plan.load_plan(claims=claims)  # declared primary, but its claim no longer lists it

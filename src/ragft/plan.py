@@ -106,8 +106,9 @@ def _number(value, where: str, low: float | None = None) -> float:
 
 def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
     """The plan, checked: every field present and of its kind, conditions with balanced placeholders,
-    secondary comparisons only where no claim rests on them, the smallest effect of interest from a
-    declared rule or the claim's stated figure."""
+    the smallest effect of interest from a declared rule or the claim's stated figure, a primary
+    comparison only where it tests a claim that lists it, and every comparison a claim lists declared
+    here (tested, or computed by chapter 6's arithmetic)."""
     from .claims import load_claims
 
     path = Path(path)
@@ -164,6 +165,14 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
     clash = sorted(set(computed) & set(out))
     if clash:
         raise ValueError(f"{path}: {clash} are both tested and computed")
+    for claim in claims.values():
+        undeclared = [k for k in claim.comparisons if k not in out and k not in computed]
+        if undeclared:
+            raise ValueError(f"{path}: claim {claim.id} lists {undeclared}, which the plan does not declare")
+    unlisted = [k for k, c in out.items() if c.role == "primary" and k not in claims[c.claim].comparisons]
+    if unlisted:
+        raise ValueError(f"{path}: primary comparisons {unlisted} are not listed by their claim in data/claims.yaml, "
+                         f"so they would decide nothing")
     for i, choice in enumerate(raw.get("choices") or ()):
         if set(choice) != {"what", "chapter", "made_on", "evidence"} or choice["made_on"] not in ("development", "test", "fixed"):
             raise ValueError(f"{path}: choice {i}: give what, chapter, made_on (development | test | fixed) and evidence")
@@ -205,7 +214,8 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), stated_effect(spec))
+    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), stated_effect(spec),
+                       plan.power)
 
 
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
@@ -243,34 +253,13 @@ def adjust(comparisons: list[dict], plan: Plan | None = None) -> list[dict]:
 
 
 def rejudge(doc: dict, plan: Plan | None = None) -> list[dict]:
-    """A results file's comparisons recomputed from its stored outcomes by this plan: each declared
-    comparison it held (by id, with the conditions it compared), plus the plan's comparisons of its
-    chapter whose conditions the file holds without placeholders; computed figures kept as they are."""
+    """A results file's comparisons recomputed from its stored outcomes by this plan (each by its id,
+    on the conditions it compared; one the plan does not declare is refused); figures rebuilt by
+    arithmetic are kept as they are."""
     plan = plan or the_plan()
-    outcomes, out, seen = doc.get("outcomes") or {}, [], set()
-    for c in doc.get("comparisons") or []:
-        if c.get("kind") == "computed":
-            out.append(c)
-            continue
-        cid = RENAMED.get(c["claim"], c["claim"])
-        spec = plan.get(cid)
-        a, b = c["a"], c["b"]
-        if cid in RECORDED_AS:
-            a, b = RECORDED_AS[cid]
-        out.append(judge(cid, outcomes, a if spec.condition_matches(spec.a, a) else None,
-                         b if spec.condition_matches(spec.b, b) else None, plan).as_dict())
-        seen.add(cid)
-    for cid, spec in plan.comparisons.items():
-        if cid in seen or spec.chapter != doc.get("chapter") or PLACEHOLDER.search(spec.a + spec.b):
-            continue
-        if spec.a in outcomes and spec.b in outcomes:
-            out.append(judge(cid, outcomes, plan=plan).as_dict())
-    return out
-
-
-# Comparisons of published results that the plan renamed or re-measured: old id -> the plan's id.
-RENAMED = {"K7-forgetting": "K7-full-vs-lora"}
-RECORDED_AS: dict[str, tuple[str, str]] = {}
+    outcomes = doc.get("outcomes") or {}
+    return [c if c.get("kind") == "computed" else judge(c["claim"], outcomes, c["a"], c["b"], plan).as_dict()
+            for c in doc.get("comparisons") or []]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -340,7 +340,7 @@ def size_vs_stated(low: float, high: float, stated) -> str | None:
 
 
 def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA, family_size: int = 1,
-          stated=None) -> Comparison:
+          stated=None, power: float = POWER) -> Comparison:
     """One planned comparison (a ragft.plan.Planned) of two recorded conditions, with its raw verdict:
 
     - the test the plan declares: `paired` (sign-flip on per-unit differences; exact McNemar on 0/1
@@ -349,7 +349,7 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
       at 5 % reject exactly when it lies inside the margin);
     - the bound: an arm at the floor or ceiling of the metric by less than the smallest effect of
       interest makes the comparison uninformative, whatever p says;
-    - n_needed: units that would detect the smallest effect of interest with 80 % power at the
+    - n_needed: units that would detect the smallest effect of interest with `power` (80 %) at the
       family's strictest Holm level (alpha / family_size).
     """
     if spec.test == "welch-log":
@@ -365,8 +365,8 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
             p_eq = max(welch_log_one_sided(va, vb, -m, "greater"), welch_log_one_sided(va, vb, m, "less"))
             p_out = (welch_log_one_sided(va, vb, m, "greater") if diff > 0 else welch_log_one_sided(va, vb, -m, "less"))
         mde = math.sqrt(2) * min_detectable_effect(n, sd)
-        need = (n_equivalence(spec.margin, sd, alpha / family_size) if spec.expect == "equal"
-                else n_per_arm(spec.sesoi, sd, alpha / family_size))
+        need = (n_equivalence(spec.margin, sd, alpha / family_size, power) if spec.expect == "equal"
+                else n_per_arm(spec.sesoi, sd, alpha / family_size, power))
         kind = "continuous"
     else:
         _, va, vb = _paired(a, b)
@@ -384,8 +384,8 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
             p_out = signflip_p(d, m, "greater") if diff > 0 else signflip_p(d, -m, "less")
         sd = _sd(d, kind)
         mde = min_detectable_effect(n, sd)
-        need = (n_equivalence(spec.margin, sd, alpha / family_size) if spec.expect == "equal"
-                else n_needed(spec.sesoi, sd, alpha / family_size))
+        need = (n_equivalence(spec.margin, sd, alpha / family_size, power) if spec.expect == "equal"
+                else n_needed(spec.sesoi, sd, alpha / family_size, power))
     mean_a, mean_b = float(np.mean(va)), float(np.mean(vb))
     if spec.expect == "equal":
         p = p_eq if abs(diff) <= spec.margin else p_out
