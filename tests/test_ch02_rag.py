@@ -219,3 +219,39 @@ def test_sections_are_checked_by_name(sections, message):
 
     with pytest.raises(ParamError, match=f"sections=.*{message}"):
         resolve("02_rag", "smoke", sections=sections)
+
+
+def test_chunk_size_and_top_k_are_chosen_on_development_questions_only():
+    """The choice reads questions about other facts than the test questions, and its evidence is kept:
+    here the 256-token store ranks the relevant chunk first for development questions, the 128-token
+    one third, whatever the test questions would say."""
+    from ragft.corpus import build_kb
+
+    p = resolve("02_rag", "smoke")
+    kb = build_kb(p.kb_seed, p.kb)
+    test = rag.kb_items(kb.sample("single", 4, p.seed))
+    asked = []
+
+    class Store:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def embed(self, questions):
+            return [None] * len(questions)
+
+        def dense(self, questions, depth, vectors=None):
+            asked.extend(questions)
+            rows = []
+            for q in questions:
+                it = next(i for i in dev_items if i.question == q)
+                relevant = hit(it.gold_sentences[0])
+                rows.append([OTHER] * (self.rank - 1) + [relevant] + [OTHER] * (depth - self.rank))
+            return rows
+
+    dev_items = [it for it in rag.kb_items(kb.by_kind("single")) if it.qid not in {t.qid for t in test}]
+    ch = SimpleNamespace(params=p, kb=kb, items=test, retrievers={128: Store(3), 256: Store(1)}, depth=3,
+                         score_ks=[1, 3], run=ChapterRun("02_rag", p))
+    out = ch02.development_choice(ch)
+    assert (ch.best_chunk, ch.best_k) == (256, 1) and out["n"] == min(p.n_retrieval_questions, len(dev_items))
+    assert not set(asked) & {t.question for t in test}  # no test question was read to choose
+    assert [r["chunk_size"] for r in ch.run.tables["development_choice"]] == [128, 256]

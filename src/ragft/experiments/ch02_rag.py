@@ -283,9 +283,11 @@ class Grid:
 
 @section("knowledge_base")
 def retrieval_grid(ch: Chapter) -> Grid:
-    """Dense recall@k at every chunk size; chooses the chunk size (best MRR) and the top-k (the
-    smallest within BEST_K_SHARE of the best recall there). States R1 (best size against the largest
-    and the smallest) and R2 (the largest top-k against the chosen one)."""
+    """Dense recall@k at every chunk size on the test questions. The chunk size (best MRR) and the
+    top-k (the smallest within BEST_K_SHARE of the best recall there) are chosen on development
+    questions: the knowledge base's other single-fact questions, which share no fact with the test
+    ones (development_choice). States R1 (the chosen size against the largest and the smallest) and
+    R2 (the largest top-k against the chosen one) on the test questions."""
     p, run = ch.params, ch.run
     ch.items = rag.kb_items(ch.kb.sample("single", p.n_retrieval_questions, p.seed))
     ch.retrievers = {size: rag.Retriever(ch.stores[size], ch.embed_model) for size in p.chunk_sizes}
@@ -297,17 +299,40 @@ def retrieval_grid(ch: Chapter) -> Grid:
             rows.append({"chunk_size": size, **rag.retrieval_scores(ch.items, ranked, ch.score_ks)})
             for k in ch.score_ks:
                 run.record(retrieval_condition("dense", size, k), hits_at(ch.items, ranked, k))
+        dev = development_choice(ch)
     table = pd.DataFrame(rows).set_index("chunk_size")
-    ch.best_chunk = int(table["mrr"].idxmax())  # the size that ranks the relevant chunk highest
-    at_best = table.loc[ch.best_chunk, [f"recall_at_{k}" for k in p.top_ks]]
-    ch.best_k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
     n = len(ch.items)
     run.metric("best_chunk_size", ch.best_chunk, "choice")
     run.metric("best_top_k", ch.best_k, "choice")
+    run.metric("dev_retrieval_n", dev["n"], "exact")
     run.metric("recall_at_5_best", table.loc[ch.best_chunk, f"recall_at_{HEADLINE_K}"], "rate", n=n)
     run.metric("mrr_best", table.loc[ch.best_chunk, "mrr"], "mean", n=n)
     run.metric("n_retrieval_questions", n, "exact")
     return Grid(table, list(p.top_ks), [*chunk_size_comparisons(ch), top_k_comparison(ch)])
+
+
+def development_choice(ch: Chapter) -> dict:
+    """The chunk size and top-k the answering experiments use, chosen on development questions: up to
+    n_retrieval_questions of the knowledge base's single-fact questions that are not test questions
+    (one fact each, so none shares a fact with a test question). Sets ch.best_chunk and ch.best_k and
+    keeps the evidence (MRR and recall per chunk size) in the results' tables."""
+    p = ch.params
+    test = {it.qid for it in ch.items}
+    pool = [q for q in ch.kb.sample("single", len(ch.kb.by_kind("single")), p.seed + 1) if q.qid not in test]
+    dev = rag.kb_items(pool[:p.n_retrieval_questions])
+    if not dev:
+        raise ValueError("no development questions: every single-fact question of this knowledge base is a test "
+                         "question; lower n_retrieval_questions or grow the knowledge base (kb)")
+    questions = [it.question for it in dev]
+    vectors = ch.retrievers[p.chunk_sizes[0]].embed(questions)
+    rows = [{"chunk_size": size, **rag.retrieval_scores(dev, r.dense(questions, ch.depth, vectors=vectors), ch.score_ks)}
+            for size, r in ch.retrievers.items()]
+    table = pd.DataFrame(rows).set_index("chunk_size")
+    ch.best_chunk = int(table["mrr"].idxmax())  # the size that ranks the relevant chunk highest
+    at_best = table.loc[ch.best_chunk, [f"recall_at_{k}" for k in p.top_ks]]
+    ch.best_k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
+    ch.run.tables["development_choice"] = table.reset_index().to_dict("records")
+    return {"n": len(dev), "table": table}
 
 
 def chunk_size_comparisons(ch: Chapter) -> list[StatedComparison]:

@@ -174,7 +174,6 @@ def family_table(v: Verdicts) -> pd.DataFrame:
     from .. import report
 
     table = report.comparisons_table({"": {"comparisons": list(v.comparisons.values())}})
-    table["chapter"] = [v.comparisons[k].get("chapter", "") for k in table.index]
     table["before the adjustment"] = [v.comparisons[k].get("verdict_raw") or "–" for k in table.index]
     return table
 
