@@ -173,3 +173,15 @@ def test_claims_and_plan_agree(tmp_path):
     claims["K9"] = claims["K9"].__class__(**{**claims["K9"].__dict__, "comparisons": ("K9-top-k",)})
     with pytest.raises(ValueError, match="K9-long-context"):
         plan.load_plan(claims=claims)  # declared primary, but its claim no longer lists it
+
+
+def test_an_arm_that_missed_its_fitness_decides_nothing():
+    """K1's fine-tune answers half of its own training phrasings: whatever p says, the comparison is
+    not decided, and the ledger says which rule it missed; met or unknown, the test decides."""
+    c = _comparison("K1-rag-vs-dsf", 0.0001)
+    (low,) = plan.adjust([c], metrics={"03_finetune": {"dsf_train_contains": 0.52}})
+    assert low["verdict"] == stats.NOT_FIT and low["unfit"] == ["dsf: dsf_train_contains 0.52 < 0.90"]
+    (fit,) = plan.adjust([c], metrics={"03_finetune": {"dsf_train_contains": 0.97}})
+    assert fit["verdict"] == stats.SUPPORTED and fit["unfit"] == []
+    (unknown,) = plan.adjust([c], metrics={})
+    assert unknown["verdict"] == stats.SUPPORTED and unknown["unfit"] is None

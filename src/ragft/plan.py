@@ -28,8 +28,8 @@ from .settings import PROJECT_ROOT
 
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
 FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
-          "ceiling", "role", "note"}
-REQUIRED = FIELDS - {"margin", "note"}
+          "ceiling", "role", "note", "fitness"}
+REQUIRED = FIELDS - {"margin", "note", "fitness"}
 ROLES = ("primary", "secondary")
 TESTS = (*stats.TESTS, "check")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -56,6 +56,7 @@ class Planned:
     role: str
     margin: float = 0.0
     note: str = ""
+    fitness: tuple[str, ...] = ()  # the fitness rules (Plan.fitness) its trained arms must meet
 
     def condition_matches(self, template: str, name: str) -> bool:
         """A condition name against the plan's (a placeholder stands for any value the run chose)."""
@@ -85,6 +86,8 @@ class Plan:
     adjustment: str
     choices: tuple[dict, ...]
     path: Path
+    fitness: dict = None  # name -> {chapter, metric, min, why}: what a trained arm must reach to speak
+
 
     @property
     def primary(self) -> list[str]:
@@ -120,6 +123,11 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         raise ValueError(f"{path}: family.adjustment must be holm (the only one the engine implements)")
     alpha = _number(family.get("alpha"), f"{path}: family.alpha", 0)
     claims = load_claims() if claims is None else claims
+    fitness = raw.get("fitness") or {}
+    for name, rule in fitness.items():
+        if not isinstance(rule, dict) or set(rule) != {"chapter", "metric", "min", "why"}:
+            raise ValueError(f"{path}: fitness {name}: give chapter, metric, min and why")
+        _number(rule["min"], f"{path}: fitness {name}: min", 0)
     out = {}
     for cid, c in raw["comparisons"].items():
         where = f"{path}: comparison {cid}"
@@ -158,9 +166,12 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         n = c["n"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{where}: n must be the planned number of units (an integer >= 1)")
+        unknown = [f for f in c.get("fitness") or () if f not in fitness]
+        if unknown:
+            raise ValueError(f"{where}: fitness {unknown} is not a rule of `fitness` ({sorted(fitness)})")
         out[cid] = Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
                            c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
-                           margin, str(c.get("note") or ""))
+                           margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()))
     computed = tuple(raw.get("computed") or ())
     clash = sorted(set(computed) & set(out))
     if clash:
@@ -177,7 +188,7 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         if set(choice) != {"what", "chapter", "made_on", "evidence"} or choice["made_on"] not in ("development", "test", "fixed"):
             raise ValueError(f"{path}: choice {i}: give what, chapter, made_on (development | test | fixed) and evidence")
     return Plan(out, computed, alpha, _number(family.get("power", stats.POWER), f"{path}: family.power", 0),
-                family["adjustment"], tuple(raw.get("choices") or ()), path)
+                family["adjustment"], tuple(raw.get("choices") or ()), path, fitness)
 
 
 @lru_cache(maxsize=1)
@@ -233,9 +244,27 @@ def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Compariso
 CHECK = "sanity check: equal by construction, not tested"
 
 
-def adjust(comparisons: list[dict], plan: Plan | None = None) -> list[dict]:
-    """The family's verdicts: Holm's adjusted p over the primary comparisons held (each verdict
-    decided on it, a bound first), the raw verdict kept where the adjustment changed it. Secondary
+def unfit(comparison: dict, metrics: dict[str, dict], plan: Plan | None = None) -> list[str] | None:
+    """The fitness rules a comparison's trained arms miss, as "rule: measured < min" lines ([] when
+    all are met); None when a rule's chapter has not published its metric in this run (not known)."""
+    plan = plan or the_plan()
+    spec = plan.comparisons.get(comparison["claim"])
+    missed = []
+    for name in spec.fitness if spec else ():
+        rule = plan.fitness[name]
+        value = (metrics.get(rule["chapter"]) or {}).get(rule["metric"])
+        if value is None:
+            return None
+        if value < rule["min"]:
+            missed.append(f"{name}: {rule['metric']} {value:.2f} < {rule['min']:.2f}")
+    return missed
+
+
+def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None) -> list[dict]:
+    """The family's verdicts: Holm's adjusted p over the primary comparisons held, each verdict
+    decided on it, the raw verdict kept where the adjustment changed it. Before p: an arm that missed
+    its declared fitness (the chapters' `metrics`, {chapter: metrics}) makes the comparison "not
+    decided: an arm did not reach its fitness"; then a bound makes it uninformative. Secondary
     comparisons keep their raw verdict (exploratory); computed figures and checks are untouched."""
     plan = plan or the_plan()
     family = [c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS]
@@ -243,9 +272,12 @@ def adjust(comparisons: list[dict], plan: Plan | None = None) -> list[dict]:
     out = []
     for c in comparisons:
         c = dict(c)
+        if c.get("test") in stats.TESTS:
+            c["unfit"] = unfit(c, metrics or {}, plan)
+            raw = stats.decide(c, c["p"], plan.alpha)
+            c["verdict"] = raw
         if c["claim"] in adjusted:
             c["p_adjusted"] = adjusted[c["claim"]]
-            raw = stats.decide(c, c["p"], plan.alpha)
             c["verdict"] = stats.decide(c, c["p_adjusted"], plan.alpha)
             c["verdict_raw"] = raw if raw != c["verdict"] else None
         out.append(c)

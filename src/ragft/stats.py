@@ -399,8 +399,14 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
     return c
 
 
+NOT_FIT = "not decided: an arm did not reach its fitness"
+
+
 def decide(c: dict, p: float, alpha: float = ALPHA) -> str:
-    """A comparison's verdict at p (raw, or adjusted by its family): a bound first; then the test."""
+    """A comparison's verdict at p (raw, or adjusted by its family): an arm that missed its declared
+    fitness first (`unfit`, set by the family), then a bound; then the test."""
+    if c.get("unfit"):
+        return NOT_FIT
     if c.get("bound"):
         return UNINFORMATIVE[c["bound"]]
     if p >= alpha:

@@ -6,9 +6,10 @@ A claim's verdict, from the primary comparisons it lists that this run holds (it
 holds only when every part does):
 - decided parts disagree, or one depends (a cost figure that holds only at its source's unstated
   inputs): **depends**;
+- a part's trained arm did not reach its declared fitness (the plan's `fitness` rules): **not
+  decided: an arm did not reach its fitness**, whatever the other parts say;
 - a part is uninformative (an arm at the floor or ceiling of its metric by less than the smallest
-  effect of interest): **uninformative here (floor / ceiling)**, whatever the other parts say;
-- a part's arm did not reach its declared fitness: **not decided: an arm did not reach its fitness**;
+  effect of interest): **uninformative here (floor / ceiling)**;
 - a part is not decided at the adjusted level: **not decided at this n**, with the questions that
   would detect the smallest effect of interest;
 - every part decided and agreeing: that verdict (supported / contradicted);
@@ -23,12 +24,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim
-from .stats import CONTRADICTED, DECIDED, NOT_DECIDED, SUPPORTED, UNINFORMATIVE
+from .stats import CONTRADICTED, DECIDED, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
 
 DEPENDS = "depends"
 NOT_TESTABLE = "not testable here"
 NOT_AT_CPU = "not testable at cpu scale"
-NOT_FIT = "not decided: an arm did not reach its fitness"
 VERDICTS = (SUPPORTED, CONTRADICTED, DEPENDS, NOT_DECIDED, UNINFORMATIVE["floor"], UNINFORMATIVE["ceiling"],
             NOT_FIT, NOT_AT_CPU, NOT_TESTABLE)
 FEASIBLE_N = 100_000  # units beyond which "it would need N" stops meaning anything
@@ -110,16 +110,16 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
     undecided = [c for c in held if c not in decided and c not in bounded and c not in unfit]
     if len({c["verdict"] for c in decided}) > 1:
         verdict, shown = DEPENDS, next((c for c in decided if c["verdict"] == DEPENDS), decided[0])
+    elif unfit:  # an arm that did not learn what it was trained on speaks for no method
+        verdict, shown = NOT_FIT, unfit[0]
     elif bounded:
         verdict, shown = bounded[0]["verdict"], bounded[0]
-    elif unfit:
-        verdict, shown = NOT_FIT, unfit[0]
     elif undecided:
         verdict, shown = NOT_DECIDED, max(undecided, key=lambda c: c.get("n") or 0)
     else:
         verdict, shown = decided[0]["verdict"], decided[0]
     reason = "; ".join(_evidence(c) for c in held + shown_only)
-    if verdict in (NOT_DECIDED, *UNINFORMATIVE.values()) and decided:
+    if verdict in (NOT_DECIDED, NOT_FIT, *UNINFORMATIVE.values()) and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
     if verdict == NOT_DECIDED:
         need = max((c.get("n_needed") or 0) for c in undecided)
@@ -129,6 +129,10 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
             reason += f"; about {need:,} {shown.get('unit', 'questions')} would detect the smallest effect of interest"
     if verdict in UNINFORMATIVE.values():
         reason += "; " + bound_advice(shown)
+    if verdict == NOT_FIT:
+        missed = sorted({u for c in unfit for u in c.get("unfit") or []})
+        reason += (f"; a trained arm missed its declared fitness ({'; '.join(missed)}): a fine-tune that did not "
+                   "learn what it was trained on cannot speak for fine-tuning")
     changed = [f"{c['claim']}: {c['verdict_raw']} before the adjustment" for c in held if c.get("verdict_raw")]
     sizes = [f"{c['claim']}: {c['size_vs_stated']} than stated" if c["size_vs_stated"] != "consistent"
              else f"{c['claim']}: consistent with the stated effect" for c in held if c.get("size_vs_stated")]
@@ -162,7 +166,8 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     found = []
     for chapter, doc in chapter_results.items():
         found += [{**c, "chapter": chapter} for c in rejudge(doc)]
-    return {c["claim"]: c for c in adjust(found)}
+    metrics = {chapter: doc.get("metrics") or {} for chapter, doc in chapter_results.items()}
+    return {c["claim"]: c for c in adjust(found, metrics=metrics)}
 
 
 def counts(rows: list[LedgerRow]) -> dict[str, int]:
