@@ -889,6 +889,11 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     results.glue_findings(headline, comparisons.values(), cost_sentences(ch, headline))
     glue("n_structured_test", len(ch.structured_test))
     glue("json_best_condition", ch.best_structured)
+    # the plan's fitness rule for the knowledge fine-tune: chapter 7 gates every comparison that reads it
+    rule = the_plan().fitness["dsf"]
+    glue("dsf_fitness_min", f"{rule['min']:.0%}")
+    reached = headline.get(rule["metric"])
+    glue("dsf_fitness", "meets" if reached is not None and reached >= rule["min"] else "misses")
     glue("dtype_name", ch.runs["lora"].metrics["dtype"])
     glue("dtype_reason", dtype_reason(ch))
     glue("max_record_tokens", max_record_tokens(json_schema(STRUCTURED_FIELDS)))
