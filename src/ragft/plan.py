@@ -57,6 +57,7 @@ class Planned:
     margin: float = 0.0
     note: str = ""
     fitness: tuple[str, ...] = ()  # the fitness rules (Plan.fitness) its trained arms must meet
+    stated: tuple[float, float] | None = None  # the source's stated difference (claims.yaml, in points) as rates
 
     def condition_matches(self, template: str, name: str) -> bool:
         """A condition name against the plan's (a placeholder stands for any value the run chose)."""
@@ -143,8 +144,8 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         claim = m.group(1) if m and m.group(1) in claims else None
         if claim is None and c["role"] == "primary":
             raise ValueError(f"{where}: a primary comparison tests a claim of data/claims.yaml (its id starts with one)")
+        span = claims[claim].effects.get(cid) if claim else None
         if c["sesoi_from"] == "stated":
-            span = claims[claim].effects.get(cid) if claim else None
             if not span:
                 raise ValueError(f"{where}: sesoi_from: stated, but data/claims.yaml states no effect for it")
             sesoi = min(abs(span[0]), abs(span[1])) / 100
@@ -158,8 +159,9 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         bounds = [None if c[k] is None else _number(c[k], f"{where}: {k}") for k in ("floor", "ceiling")]
         if None not in bounds and bounds[0] >= bounds[1]:
             raise ValueError(f"{where}: floor {bounds[0]} is not below ceiling {bounds[1]}")
-        if c["test"] == "welch-log" and (c["n"] < 5 or any(b is not None for b in bounds)):
-            raise ValueError(f"{where}: timed repetitions need n >= 5 per arm and no floor or ceiling")
+        if c["test"] == "welch-log" and (c["n"] < 5 or any(b is not None for b in bounds) or c["expect"] == "equal"):
+            raise ValueError(f"{where}: timed repetitions need n >= 5 per arm, no floor or ceiling, and a direction "
+                             f"(equal by construction is a check)")
         for side in ("a", "b"):
             if not isinstance(c[side], str) or c[side].count("{") != c[side].count("}"):
                 raise ValueError(f"{where}: condition {side} must be a name, with balanced {{placeholders}}")
@@ -171,7 +173,8 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
             raise ValueError(f"{where}: fitness {unknown} is not a rule of `fitness` ({sorted(fitness)})")
         out[cid] = Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
                            c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
-                           margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()))
+                           margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()),
+                           (span[0] / 100, span[1] / 100) if span else None)
     computed = tuple(raw.get("computed") or ())
     clash = sorted(set(computed) & set(out))
     if clash:
@@ -197,19 +200,18 @@ def the_plan() -> Plan:
     return load_plan()
 
 
+def prose_terms(plan: Plan | None = None) -> dict[str, str]:
+    """The plan's levels as the prose cites them (glued, never typed): the family's alpha, as a number
+    and a share, the power "questions needed" is sized for, and an equivalence claim's interval."""
+    plan = plan or the_plan()
+    return {"plan_alpha": f"{plan.alpha:g}", "plan_alpha_pct": f"{plan.alpha:.0%}", "plan_power": f"{plan.power:.0%}",
+            "equivalence_level": f"{1 - 2 * plan.alpha:.0%}"}
+
+
 def glue_key(comparison_id: str) -> str:
     """The glue key of a comparison's sentence in the prose: its plan id, lower case, with underscores
     (K1-rag-vs-dsf -> k1_rag_vs_dsf; `<key>_verdict` and `<key>_diff` beside it)."""
     return comparison_id.lower().replace("-", "_")
-
-
-def stated_effect(spec: Planned) -> tuple[float, float] | None:
-    """The source's stated difference for this comparison, as a difference of rates (claims.yaml
-    states points)."""
-    from .claims import load_claims
-
-    span = load_claims()[spec.claim].effects.get(spec.id) if spec.claim else None
-    return (span[0] / 100, span[1] / 100) if span else None
 
 
 def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b: str | None = None,
@@ -225,8 +227,7 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), stated_effect(spec),
-                       plan.power)
+    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), spec.stated, plan.power)
 
 
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:

@@ -74,7 +74,10 @@ def auroc(positives, negatives) -> float:
     return float(_st.mannwhitneyu(pos, neg, alternative="two-sided").statistic / (len(pos) * len(neg)))
 
 
-def recall_at_fpr(positives, negatives, max_fpr: float = 0.05) -> tuple[float, float]:
+MAX_FALSE_REFUSALS = 0.05  # refusal recall is read where at most this share of answerable questions is refused
+
+
+def recall_at_fpr(positives, negatives, max_fpr: float = MAX_FALSE_REFUSALS) -> tuple[float, float]:
     """The share of positives caught by the lowest threshold that flags at most `max_fpr` of the
     negatives (refusal recall at <= 5 % false refusals): (recall, threshold). A positive is flagged
     when its score is strictly above the threshold."""
@@ -216,12 +219,6 @@ def welch_log(a, b, alpha: float = ALPHA) -> tuple[float, float, float, float]:
     return float(la.mean() - lb.mean()), float(ci.low), float(ci.high), float(res.pvalue)
 
 
-def welch_log_one_sided(a, b, shift: float, alternative: str) -> float:
-    """One-sided Welch p for log(a) - log(b) against `shift` (for an equivalence margin on the log scale)."""
-    la, lb = np.log(np.asarray(a, dtype=float)), np.log(np.asarray(b, dtype=float))
-    return float(_st.ttest_ind(la - shift, lb, equal_var=False, alternative=alternative).pvalue)
-
-
 def holm(ps: list[float]) -> list[float]:
     """Holm's step-down adjusted p-values (familywise error at the level they are compared with)."""
     m = len(ps)
@@ -278,10 +275,6 @@ class Comparison:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-    @property
-    def decided(self) -> bool:
-        return self.verdict in DECIDED
 
     def sentence(self, a_label: str | None = None, b_label: str | None = None, pct: bool = True) -> str:
         """The comparison as a sentence for the prose (plain text: glue renders no markup)."""
@@ -358,15 +351,10 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         if min(len(va), len(vb)) < 2 or (va <= 0).any() or (vb <= 0).any():
             raise ValueError(f"{spec.id}: welch-log needs at least 2 positive timings per arm")
         n = min(len(va), len(vb))
-        diff, low, high, p2 = welch_log(va, vb, alpha if spec.expect != "equal" else 2 * alpha)
+        diff, low, high, p = welch_log(va, vb, alpha)  # the plan declares no equivalence on timings
         sd = float(np.sqrt((np.var(np.log(va), ddof=1) + np.var(np.log(vb), ddof=1)) / 2)) or PLANNING_SD
-        if spec.expect == "equal":
-            m = spec.margin
-            p_eq = max(welch_log_one_sided(va, vb, -m, "greater"), welch_log_one_sided(va, vb, m, "less"))
-            p_out = (welch_log_one_sided(va, vb, m, "greater") if diff > 0 else welch_log_one_sided(va, vb, -m, "less"))
         mde = math.sqrt(2) * min_detectable_effect(n, sd)
-        need = (n_equivalence(spec.margin, sd, alpha / family_size, power) if spec.expect == "equal"
-                else n_per_arm(spec.sesoi, sd, alpha / family_size, power))
+        need = n_per_arm(spec.sesoi, sd, alpha / family_size, power)
         kind = "continuous"
     else:
         _, va, vb = _paired(a, b)
@@ -377,20 +365,16 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         diff = float(d.mean())
         level_alpha = alpha if spec.expect != "equal" else 2 * alpha
         low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
-        p2 = signflip_p(d)
-        if spec.expect == "equal":
+        p = signflip_p(d)
+        if spec.expect == "equal":  # two one-sided tests inside the margin; one outside it, where the data sit
             m = spec.margin
-            p_eq = max(signflip_p(d, -m, "greater"), signflip_p(d, m, "less"))
-            p_out = signflip_p(d, m, "greater") if diff > 0 else signflip_p(d, -m, "less")
+            p = (max(signflip_p(d, -m, "greater"), signflip_p(d, m, "less")) if abs(diff) <= m
+                 else signflip_p(d, m, "greater") if diff > 0 else signflip_p(d, -m, "less"))
         sd = _sd(d, kind)
         mde = min_detectable_effect(n, sd)
         need = (n_equivalence(spec.margin, sd, alpha / family_size, power) if spec.expect == "equal"
                 else n_needed(spec.sesoi, sd, alpha / family_size, power))
     mean_a, mean_b = float(np.mean(va)), float(np.mean(vb))
-    if spec.expect == "equal":
-        p = p_eq if abs(diff) <= spec.margin else p_out
-    else:
-        p = p2
     c = Comparison(spec.id, a_name, b_name, n, diff, low, high, p, NOT_DECIDED, spec.expect, kind, spec.margin,
                    mean_a, mean_b, mde, need, spec.unit, spec.test, 1 - (2 * alpha if spec.expect == "equal" else alpha),
                    spec.sesoi, spec.role, _bound(spec, mean_a, mean_b) if spec.test == "paired" else None,

@@ -32,9 +32,10 @@ import pandas as pd
 from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
+from ..plan import prose_terms
 from ..results import ChapterRun, StatedComparison, glue, glue_metrics
 from ..scoring import Ranking, rank_candidates
-from ..stats import auroc, recall_at_fpr, wilson_interval
+from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
 from .common import REFUSAL_SUFFIX, record_answers, start
 
 CHAPTER = "01_prompting"
@@ -45,7 +46,6 @@ SANITY_CLOSED_BOOK_MAX = 0.10
 SANITY_GOLD_DOCUMENT_MIN = 0.60
 GROUPS = ("test", "few-shot", "long context")
 CANDIDATES_K = 3  # look-alike values ranked against the gold one: chance 1 / 4
-MAX_FALSE_REFUSALS = 0.05  # refusal recall is read where at most this share of answerable questions is refused
 GENERATED = ", generated"  # suffix of the recorded outcomes of generated answers
 
 
@@ -642,6 +642,8 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("candidates_k", CANDIDATES_K)
     glue("wordy_extra", metrics.WORDY_EXTRA)
     glue("max_false_refusals", MAX_FALSE_REFUSALS)
+    for key, text in prose_terms().items():
+        glue(key, text)
     glue("model_name", ch.lm.name)
     glue("context_window", ch.lm.context_window)
 

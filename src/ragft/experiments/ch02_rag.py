@@ -332,6 +332,7 @@ def development_choice(ch: Chapter) -> dict:
     at_best = table.loc[ch.best_chunk, [f"recall_at_{k}" for k in p.top_ks]]
     ch.best_k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
     ch.run.tables["development_choice"] = table.reset_index().to_dict("records")
+    glue("best_k_share", f"{BEST_K_SHARE:.0%}")
     return {"n": len(dev), "table": table}
 
 
@@ -562,7 +563,10 @@ class Scored:
     pointwise_rerank_s: float  # what the pointwise yes/no reranker would cost a question here (estimate)
 
     def glue(self) -> None:
+        from ..stats import MAX_FALSE_REFUSALS
+
         glue("ll_k_list", ", ".join(f"top-{k}" for k in self.by_k))
+        glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
         glue("pointwise_rerank_s", self.pointwise_rerank_s)
         for s in self.stated:
             s.glue()
@@ -685,7 +689,7 @@ def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
         if not pos or not neg:
             continue
         area = auroc(pos, neg)
-        recall, _ = recall_at_fpr(pos, neg, 0.05)
+        recall, _ = recall_at_fpr(pos, neg)  # at most stats.MAX_FALSE_REFUSALS of the answerable refused
         lo, hi = wilson_interval(recall * len(pos), len(pos))
         run.metric(f"{key}_auroc", area, "derived", tol=rate_tolerance(min(len(pos), len(neg))))
         run.metric(f"{key}_recall_at_5pct_fpr", recall, "rate", n=len(pos))

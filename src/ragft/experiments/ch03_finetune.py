@@ -40,7 +40,7 @@ from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..constrained import generate_json, json_schema, max_record_tokens
 from ..generation import Generation, generate
-from ..plan import the_plan
+from ..plan import prose_terms, the_plan
 from ..results import ChapterRun, StatedComparison, glue
 from ..scoring import rank_candidates
 from ..train import merged, tasks
@@ -889,6 +889,8 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     results.glue_findings(headline, comparisons.values(), cost_sentences(ch, headline))
     glue("n_structured_test", len(ch.structured_test))
     glue("json_best_condition", ch.best_structured)
+    for key, text in prose_terms().items():
+        glue(key, text)
     # the plan's fitness rule for the knowledge fine-tune: chapter 7 gates every comparison that reads it
     rule = the_plan().fitness["dsf"]
     glue("dsf_fitness_min", f"{rule['min']:.0%}")

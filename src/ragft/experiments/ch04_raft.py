@@ -44,6 +44,7 @@ from ..corpus.kb import REFUSAL_ANSWER
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..results import ChapterRun, StatedComparison, glue
+from ..stats import MAX_FALSE_REFUSALS
 from ..train import tasks
 from .common import chapter3_facts, record_answers, start
 from .common import dsf_model as common_dsf_model
@@ -276,7 +277,7 @@ class Scored:
 
         if not self.refuse_pos or not self.refuse_neg:
             return float("nan"), float("nan")
-        return auroc(self.refuse_pos, self.refuse_neg), recall_at_fpr(self.refuse_pos, self.refuse_neg, 0.05)[0]
+        return auroc(self.refuse_pos, self.refuse_neg), recall_at_fpr(self.refuse_pos, self.refuse_neg)[0]
 
     def only(self, qids: list[str]) -> "Scored":
         """The same reader's scores on the answerable items among `qids` (a subset of its run)."""
@@ -968,6 +969,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
     results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
+    glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", ch.dsf_source)
     glue("facts_source", ch.facts_source)
 

@@ -11,7 +11,7 @@ import pandas as pd
 from .. import results, settings
 from ..claims import load_claims
 from ..results import ChapterRun, glue
-from ..plan import the_plan
+from ..plan import prose_terms, the_plan
 from ..stats import UNINFORMATIVE
 from ..verdict import NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge
 
@@ -156,7 +156,8 @@ def headline(v: Verdicts) -> dict:
     run.metric("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows), "exact")
     glue("n_family", len(family_rows))
     glue("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows))
-    glue("family_alpha", f"{the_plan().alpha:g}")
+    for key, text in prose_terms().items():
+        glue(key, text)
     glue("n_claims", len(v.rows))
     glue("verdict_chapters", ", ".join(v.chapters) or "none")
     model, hardware = model_and_hardware(v)
@@ -188,12 +189,11 @@ def plan_history(v: Verdicts) -> tuple[str, pd.DataFrame]:
 
     plan_rel = str(the_plan().path.relative_to(settings.PROJECT_ROOT))
     plan_sha = _git("log", "-1", "--format=%h %cs", "--", plan_rel) or "not committed"
-    lines = []
+    lines, now = [], yaml.safe_load(the_plan().path.read_text())["comparisons"]
     for chapter, doc in v.docs.items():
         sha = (doc.get("provenance") or {}).get("git_sha")
         then = yaml.safe_load(_git("show", f"{sha}:{plan_rel}") or "null") if sha else None
         then = (then or {}).get("comparisons") or {}
-        now = yaml.safe_load(the_plan().path.read_text())["comparisons"]
         for cid, entry in now.items():
             if entry.get("chapter") == chapter and then.get(cid) != entry:
                 lines.append({"comparison": cid, "chapter": chapter, "results of": (sha or "?")[:12],
