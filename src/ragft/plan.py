@@ -87,7 +87,7 @@ class Plan:
     adjustment: str
     choices: tuple[dict, ...]
     path: Path
-    fitness: dict = None  # name -> {chapter, metric, min, why}: what a trained arm must reach to speak
+    fitness: dict = None  # name -> {chapter, metric, min, why[, checkpoint]}: what a trained arm must reach to speak
 
 
     @property
@@ -126,9 +126,16 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
     claims = load_claims() if claims is None else claims
     fitness = raw.get("fitness") or {}
     for name, rule in fitness.items():
-        if not isinstance(rule, dict) or set(rule) != {"chapter", "metric", "min", "why"}:
-            raise ValueError(f"{path}: fitness {name}: give chapter, metric, min and why")
+        if not isinstance(rule, dict) or not {"chapter", "metric", "min", "why"} <= set(rule) <= {
+                "chapter", "metric", "min", "why", "checkpoint"}:
+            raise ValueError(f"{path}: fitness {name}: give chapter, metric, min and why (and optionally checkpoint)")
         _number(rule["min"], f"{path}: fitness {name}: min", 0)
+        if "checkpoint" in rule:  # the rule that picks a curve's checkpoint on development facts
+            cp = rule["checkpoint"]
+            if not isinstance(cp, dict) or set(cp) != {"dev_trained_min", "heldout_slack"}:
+                raise ValueError(f"{path}: fitness {name}: checkpoint takes dev_trained_min and heldout_slack")
+            _number(cp["dev_trained_min"], f"{path}: fitness {name}: checkpoint.dev_trained_min", 0)
+            _number(cp["heldout_slack"], f"{path}: fitness {name}: checkpoint.heldout_slack", 0)
     out = {}
     for cid, c in raw["comparisons"].items():
         where = f"{path}: comparison {cid}"
