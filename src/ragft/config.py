@@ -202,9 +202,12 @@ class FinetuneParams(Answering):
     """Chapter 3: fine-tuning with LoRA, QLoRA and full fine-tuning."""
 
     n_facts: int = param(16, "test facts fine-tuned closed book (DSF) and asked with RAG", bounds=(1, 10_000))
-    n_val_facts: int = param(16, "validation facts for the learning-rate sweep, never test facts", bounds=(1, 10_000))
-    paraphrase_counts: list = param([1, 3], "training paraphrases per fact (K5); fewer get more epochs, same steps")
-    dsf_epochs: int = param(4, "epochs of closed-book fine-tuning on the most paraphrases", bounds=(1, 100))
+    n_dev_facts: int = param(16, "development facts: the learning-rate sweep and the checkpoint choice, never test facts", bounds=(1, 10_000))
+    paraphrase_counts: list = param([1, 3], "training paraphrases per fact: the curve trains the most, K5 sets the fewest beside it")
+    curve_exposures: list = param([3, 6, 12], "exposures per fact (epochs x paraphrases) at which the knowledge curve is scored", bounds=(1, 10_000))
+    k5_exposures: int = param(6, "exposures per fact at which K5 compares the paraphrase counts (one of curve_exposures)", bounds=(1, 10_000))
+    sweep_exposures: int = param(6, "exposures per fact of each learning-rate sweep run (development facts)", bounds=(1, 10_000))
+    warmup_steps: int = param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
     lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
     lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
     lora_lr: float = param(3e-3, "LoRA and QLoRA: the middle of their sweep")
@@ -213,7 +216,10 @@ class FinetuneParams(Answering):
     sweep_methods: list = param(["lora", "full"], "methods with a sweep of their own; the others take LoRA's choice")
     train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
-    n_method_facts: int = param(16, "test facts the methods are compared on (T1-T3, K7): the first test facts", bounds=(1, 10_000))
+    n_method_facts: int = param(16, "test facts the methods are compared on (T1, T3, K7): the first test facts", bounds=(1, 10_000))
+    method_exposures: int = param(6, "exposures per fact of each method's run", bounds=(1, 10_000))
+    n_training_seeds: int = param(3, "seeds of the LoRA method run: the seed spread of a trained arm", bounds=(1, 20))
+    n_known: int = param(64, "real-world questions screened for facts the base model knows (NQ-Open)", bounds=(0, 2_000))
     n_format_facts: int = param(8, "test facts also answered by generation, to show the answers' form", bounds=(1, 10_000))
     rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)", bounds=(1, 50))
     n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
@@ -225,6 +231,14 @@ class FinetuneParams(Answering):
     def validate(self) -> None:
         super().validate()
         check_int_list("paraphrase_counts", self.paraphrase_counts, 1, self.kb.n_paraphrases - 1)
+        top, low = max(self.paraphrase_counts), min(self.paraphrase_counts)
+        check(sorted(set(self.curve_exposures)) == list(self.curve_exposures) and all(e % top == 0 for e in self.curve_exposures),
+              "curve_exposures", self.curve_exposures,
+              f"use increasing multiples of the most paraphrases ({top}): a checkpoint is a whole number of epochs")
+        check(self.k5_exposures in self.curve_exposures and self.k5_exposures % low == 0, "k5_exposures",
+              self.k5_exposures, f"use one of curve_exposures {self.curve_exposures} that is a multiple of {low}")
+        for name in ("sweep_exposures", "method_exposures"):
+            check(getattr(self, name) % top == 0, name, getattr(self, name), f"use a multiple of the most paraphrases ({top})")
         for name in ("lora_lr", "full_lr"):
             value = getattr(self, name)
             check(isinstance(value, float) and 0 < value < 1, name, value, "use a learning rate in (0, 1)")

@@ -1,30 +1,31 @@
 """Chapter 3, fine-tuning: what it teaches (facts, a JSON format), what it costs, what it forgets.
 
-Sections, in the order the chapter runs them (prompts, question order, batch sizes and seeds are
-those of the published numbers, so do not reorder them):
+Steps, in the order the chapter runs them (prompts, question order, batch sizes and seeds are those
+of the published numbers, so do not reorder them). Each takes its inputs and returns its result; the
+Chapter holds the set-up only (parameters, models, facts, the known questions, the base probe).
 
-  sweep         each method's learning rate, chosen on validation facts that are never test facts
-                (the best held-out accuracy, ties to the larger gold margin: one rule for every method)
-  knowledge     the base model closed book; a LoRA fine-tune on the facts (DSF) per paraphrase count
-                (the same optimizer steps for every count), asked a held-out and a trained paraphrase;
-                RAG and DSF + RAG on the held-out ones; all scored by candidate log-likelihood (the
-                gold value against LOOKALIKES look-alike values of its attribute), with generated
-                answers on the first n_format_facts for the form of the answers
-  structured    strict JSON records: the base model with a short, a long (zero-shot: no example
-                values) and a long + two-example instruction, the base model under a JSON-schema
-                grammar (constrained decoding) with the short one, and LoRA fine-tunes of each
-                training size (one epoch each) with the short one
-  methods       the first n_method_facts test facts trained with LoRA, attention-only LoRA, QLoRA and
-                full fine-tuning, each at its own chosen learning rate
-  forgetting    each fine-tune's log-likelihood of two kinds of general English text no fine-tune saw
+  learning_rate_sweep  each swept method at three rates on the development facts, never test facts
+                       (the best development held-out accuracy, ties to the larger gold margin)
+  knowledge_curve      one LoRA run on the test and the development facts (most paraphrases, constant
+                       rate), scored after each epoch of curve_exposures on trained and held-out
+                       phrasings and on real-world questions the base model knew
+  choose_checkpoint    the plan's rule on the development facts picks the checkpoint that stands for
+                       "the fine-tune" (and says whether it reached fitness)
+  knowledge            the base model closed book, the chosen checkpoint, RAG and DSF + RAG on the
+                       test facts' held-out phrasings
+  paraphrase_variety   one paraphrase per fact at k5_exposures, beside the curve's checkpoint there
+  structured           strict JSON records: prompts, a grammar, LoRA fine-tunes per training size
+  methods              the first n_method_facts test facts trained with every method at method_exposures
+                       (LoRA with n_training_seeds seeds), each at its own chosen rate
+  forgetting           each fine-tune's log-likelihood of general English text no fine-tune saw
 
-Every scored condition is recorded per question (the fact's qid, the product's qid) under these
-names: "<model> held-out" and "<model> trained paraphrase" (1 when the gold candidate has the
-highest log-likelihood), "<model> quality" (the mean of the two), "base + RAG" and "DSF pN + RAG",
-"<model> generated" (1 when a generated answer contains the gold, on the format subset), "sweep
-<method> lr <lr>" (validation facts), "<JSON condition>: json_valid | schema | fields", and "NLL:
-<model>" (the mean negative log-likelihood of each segment of the general texts, a continuous
-outcome: lower is better).
+Every scored condition is recorded per question under these names: "<model> held-out" and "<model>
+trained paraphrase" (1 when the gold candidate has the highest log-likelihood), "<model> quality"
+(the mean of the two), "<model> known" (a real-world question the base model knew, still ranked
+right), "base + RAG" and "DSF p<n> + RAG", "<model> generated" (on the format subset), "<JSON
+condition>: json_valid | schema | fields", and "NLL: <model>" (the mean negative log-likelihood of
+each segment of the general texts, a continuous outcome: lower is better). The curve's checkpoints
+are "DSF p<n> e<exposures>"; the chosen one is also "DSF p<n>".
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora
 PERPLEXITY_TOL = 0.01
 FORGETTING_DELTA_TOL = 0.01
 ARTIFACT_MB_TOL = 0.01  # peft's adapter config names the base model's folder: the cache path moves bytes
+CURVE_COLUMNS = ("exposures", "trained_acc", "heldout_acc", "known_acc", "seconds", "flops",
+                 "dev_trained_acc", "dev_heldout_acc")
 
 
 @dataclass
@@ -74,7 +77,8 @@ class ForgettingProbe:
 
 @dataclass
 class Chapter:
-    """The chapter's state: parameters, results file, models, the facts, and what each section measured."""
+    """The chapter's set-up: parameters, results file, models, the facts, the real-world questions
+    the base model knows, and the base model's forgetting probe. No step writes here."""
 
     params: object
     run: ChapterRun
@@ -82,22 +86,11 @@ class Chapter:
     embed_model: object
     kb: object
     facts: list
+    dev_facts: list  # the sweep's and the checkpoint rule's facts, never test facts
     general: dict  # text name -> general English text (the forgetting probe)
-    val_facts: list = field(default_factory=list)  # the learning-rate sweep's facts, never test facts
-    forgetting: dict = field(default_factory=dict)  # model label -> ForgettingProbe, in run order
-    lrs: dict = field(default_factory=dict)  # method -> chosen learning rate
-    sweep: pd.DataFrame | None = None
-    answers: pd.DataFrame | None = None  # generated answers on the format subset
-    dsf: dict = field(default_factory=dict)  # paraphrase count -> TrainResult
-    knowledge: pd.DataFrame | None = None
-    structured_test: list = field(default_factory=list)
-    behaviour: pd.DataFrame | None = None
-    outputs: dict = field(default_factory=dict)  # JSON condition -> answers
-    best_structured: str = ""  # the LoRA JSON condition K4 tests: the one trained on the most examples
-    best_structured_size: int = 0
-    runs: dict = field(default_factory=dict)  # method -> TrainResult
-    skipped: dict = field(default_factory=dict)  # method -> why it does not fit the device (set up before any training)
-    cost: pd.DataFrame | None = None
+    known: list = field(default_factory=list)  # corpus.known.RankedQuestion the base model ranks right
+    base_probe: ForgettingProbe | None = None
+    skipped: dict = field(default_factory=dict)  # method -> why it does not fit the device
 
     @property
     def best_count(self) -> int:
@@ -117,18 +110,18 @@ class Chapter:
 
     def summary(self) -> str:
         return (f"{self.lm.name}: {self.lm.n_params() / 1e6:.0f} M parameters, {self.lm.dtype}; {len(self.facts)} "
-                f"test facts and {len(self.val_facts)} validation facts, {len(self.facts[0].train_texts)} "
-                f"training paraphrases each")
+                f"test facts and {len(self.dev_facts)} development facts, {len(self.facts[0].train_texts)} "
+                f"training paraphrases each; {len(self.known)} real-world questions the base model knows")
 
 
 def setup(params) -> Chapter:
-    """Seeds, threads and network policy; the model and the embedder; the facts; the base model's
-    forgetting probe (before any training)."""
+    """Seeds, threads and network policy; the model and the embedder; the test and development facts;
+    the real-world questions the base model knows; the base model's forgetting probe."""
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
-    ch = Chapter(params, run, lm, embed_model, kb, facts, tasks.general_texts(params.forgetting_chars),
-                 val_facts=validation_facts(kb, facts, params.n_val_facts, params.seed))
-    probe(ch, "base model", lm)
+    general = tasks.general_texts(params.forgetting_chars)
+    ch = Chapter(params, run, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
+                 general, known=known_questions(run, lm, params), base_probe=probe(run, "base model", lm, general))
     ch.skipped = methods_that_do_not_fit(params, lm.device)
     for message in ch.skipped.values():
         print(message)
@@ -158,15 +151,38 @@ def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
     return out
 
 
-def validation_facts(kb, test: list, n: int, seed: int) -> list:
-    """n single facts that are not test facts (nor about a test fact's entity and attribute), drawn
-    reproducibly: the learning-rate sweep trains and scores on them only."""
+def development_facts(kb, test: list, n: int, seed: int) -> list:
+    """n single facts that are not test facts, drawn reproducibly: every choice of this chapter (the
+    learning rates, the checkpoint) is made on them, never on a test fact."""
     taken = {q.qid for q in test}
     pool = [q for q in kb.sample("single", len(kb.by_kind("single")), seed + 1) if q.qid not in taken]
     if len(pool) < n:
-        raise ValueError(f"n_val_facts={n}: only {len(pool)} single facts are left after {len(test)} test facts; "
-                         "lower n_facts or n_val_facts, or use a larger knowledge base")
+        raise ValueError(f"n_dev_facts={n}: only {len(pool)} single facts are left after {len(test)} test facts; "
+                         "lower n_facts or n_dev_facts, or use a larger knowledge base")
     return pool[:n]
+
+
+def known_questions(run: ChapterRun, lm, params) -> list:
+    """The first n_known usable NQ-Open questions (corpus.known) that the base model ranks right closed
+    book: facts it knew before any training. Recorded as "base known" (1 for each, by construction);
+    a fine-tune's "<model> known" says which it still ranks right. Empty when n_known is 0."""
+    from ..corpus.benchmarks import load_nq_open
+    from ..corpus.known import ranked_questions
+
+    if not params.n_known:
+        return []
+    screened = ranked_questions(load_nq_open(getattr(params, "data_dir", None) or None), params.n_known, LOOKALIKES,
+                                params.seed)
+    ranking = rank_known(lm, screened, "known (screen)")
+    known = [q for q, right in zip(screened, ranking.correct) if right]
+    if known:
+        run.record(f"{BASE} known", {q.qid: 1 for q in known})
+    return known
+
+
+def rank_known(model_lm, questions: list, desc: str):
+    return rank_candidates(model_lm, [tasks.dsf_messages(q.text) for q in questions],
+                           [list(q.candidates) for q in questions], [q.gold for q in questions], desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,20 +203,19 @@ def segment_means(token_nll: list[float], size: int = SEGMENT_TOKENS) -> dict[st
     return {f"tokens {a}-{b - 1}": sum(token_nll[a:b]) / (b - a) for a, b in zip(bounds, ends)}
 
 
-def probe(ch: Chapter, label: str, model_lm) -> ForgettingProbe:
+def probe(run: ChapterRun, label: str, model_lm, general: dict) -> ForgettingProbe:
     """A model's forgetting probe: its perplexity on the general texts together (the headline figure),
     per text, and its per-segment NLL on each text, recorded as the outcomes "NLL: <label>"."""
     import math
 
     segments, total, count, by_text = {}, 0.0, 0, {}
-    for text_name, text in ch.general.items():
+    for text_name, text in general.items():
         ppl, token_nll = tasks.perplexity_probe(model_lm, text)
         by_text[text_name] = ppl
         total, count = total + sum(token_nll), count + len(token_nll)
         segments.update({f"{text_name}, {k}": v for k, v in segment_means(token_nll).items()})
     result = ForgettingProbe(math.exp(total / count), segments, by_text)
-    ch.forgetting[label] = result
-    ch.run.record(f"NLL: {label}", result.segment_nll)
+    run.record(f"NLL: {label}", result.segment_nll)
     return result
 
 
@@ -232,22 +247,28 @@ def rank_facts(ch: Chapter, model_lm, conversations: list, facts: list, desc: st
     return rank_candidates(model_lm, conversations, [c for c, _ in pairs], [g for _, g in pairs], desc=desc)
 
 
-def closed_book(ch: Chapter, model_lm, name: str, facts: list | None = None) -> tuple[float, float]:
-    """Closed-book accuracy of a model on the held-out and on the first trained paraphrase of each
-    fact (default: the test facts), by candidate log-likelihood, recorded as "<name> held-out",
-    "<name> trained paraphrase" and "<name> quality" (the mean of the two per fact)."""
+def closed_book(ch: Chapter, model_lm, name: str | None, facts: list | None = None) -> tuple[dict, dict]:
+    """A model's closed-book outcomes on the held-out and on the first trained paraphrase of each fact
+    (default: the test facts), by candidate log-likelihood: ({qid: 1/0} held-out, {qid: 1/0} trained).
+    With a name they are recorded as "<name> held-out", "<name> trained paraphrase" and "<name>
+    quality" (the mean of the two per fact)."""
     facts = ch.facts if facts is None else facts
     qids = [q.qid for q in facts]
     texts = [q.test_text for q in facts] + [q.train_texts[0] for q in facts]
-    ranking = rank_facts(ch, model_lm, [tasks.dsf_messages(t) for t in texts], facts + facts, name)
+    ranking = rank_facts(ch, model_lm, [tasks.dsf_messages(t) for t in texts], facts + facts, name or "development")
     n = len(facts)
     held = dict(zip(qids, ranking.correct[:n]))
     seen = dict(zip(qids, ranking.correct[n:]))
-    tokens = [(t, 0) for t in ranking.prompt_tokens]
-    ch.run.record(f"{name} held-out", held, tokens=dict(zip(qids, tokens[:n])))
-    ch.run.record(f"{name} trained paraphrase", seen, tokens=dict(zip(qids, tokens[n:])))
-    ch.run.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
-    return sum(held.values()) / n, sum(seen.values()) / n
+    if name:
+        tokens = [(t, 0) for t in ranking.prompt_tokens]
+        ch.run.record(f"{name} held-out", held, tokens=dict(zip(qids, tokens[:n])))
+        ch.run.record(f"{name} trained paraphrase", seen, tokens=dict(zip(qids, tokens[n:])))
+        ch.run.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
+    return held, seen
+
+
+def share(outcomes: dict) -> float:
+    return sum(outcomes.values()) / len(outcomes)
 
 
 def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str]:
@@ -263,26 +284,23 @@ def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str
     return texts
 
 
-def dsf_name(count: int) -> str:
-    """The outcomes' name of the DSF fine-tune on `count` paraphrases per fact."""
-    return f"DSF p{count}"
+def dsf_name(count: int, exposures: int | None = None) -> str:
+    """The outcomes' name of the DSF fine-tune on `count` paraphrases per fact (the chosen checkpoint),
+    or of its checkpoint after `exposures` exposures per fact."""
+    return f"DSF p{count}" + (f" e{exposures}" if exposures is not None else "")
 
 
-def dsf_row_label(count: int) -> str:
-    """Its row in the knowledge table."""
-    return f"DSF, {count} paraphrase{'s' if count > 1 else ''} per fact"
-
-
-def method_name(ch: Chapter, method: str) -> str:
-    """The outcomes' name of a method's fine-tune; LoRA's is the knowledge section's DSF on the most
-    paraphrases when the methods use every test fact (else a LoRA run of their own)."""
-    shared = method == "lora" and ch.params.n_method_facts >= ch.n_facts
-    return dsf_name(ch.best_count) if shared else f"DSF p{ch.best_count} {method}"
+def method_name(method: str, seed: int = 0) -> str:
+    """The outcomes' name of a method's run on the method facts (a LoRA seed other than 0 is named)."""
+    return f"methods {method}" + (f" seed {seed}" if seed else "")
 
 
 def method_label(method: str) -> str:
-    """A method's fine-tune in the forgetting table."""
-    return f"DSF, {METHOD_LABELS[method]}"
+    """A method's fine-tune in the forgetting table (its outcomes: "NLL: <label>")."""
+    return f"methods, {METHOD_LABELS[method]}"
+
+
+DSF_LABEL = "DSF, LoRA"  # the chosen checkpoint in the forgetting table
 
 
 def answering(result):
@@ -295,7 +313,7 @@ def answering(result):
 
 
 # ---------------------------------------------------------------------------------------------
-# Learning rates: one rule for every method, on facts that are never test facts
+# Learning rates: one rule for every method, on development facts
 
 
 def sweep_lrs(params, method: str) -> list[float]:
@@ -303,41 +321,43 @@ def sweep_lrs(params, method: str) -> list[float]:
     return [float(f"{middle * f:.3g}") for f in params.lr_factors]
 
 
-def choose_learning_rates(ch: Chapter) -> pd.DataFrame:
-    """Each method of sweep_methods trained on the validation facts (most paraphrases, dsf_epochs) at
-    each of its learning rates and scored on their held-out paraphrases; the chosen rate has the best
-    held-out accuracy, ties going to the larger mean gold margin. Methods without a sweep take LoRA's."""
+def learning_rate_sweep(ch: Chapter) -> pd.DataFrame:
+    """Each method of sweep_methods trained on the development facts (most paraphrases,
+    sweep_exposures per fact, constant rate) at each of its rates and scored on their held-out
+    paraphrases; one row per (method, rate). pick_lrs applies the rule."""
     from ..train.measure import release_memory
 
-    p, facts, rows = ch.params, ch.val_facts, []
-    qids = [q.qid for q in facts]
+    p, facts, rows = ch.params, ch.dev_facts, []
     with ch.run.stage("lr_sweep"):
         for method in [m for m in p.sweep_methods if m not in ch.skipped]:
             for lr in sweep_lrs(p, method):
-                fit = answering(tasks.train_dsf(p, facts, ch.best_count, lr=lr, method=method, label=f"sweep-{method}"))
-                name = f"sweep {method} lr {lr:g}"
-                ranking = rank_facts(ch, fit.lm, [tasks.dsf_messages(q.test_text) for q in facts], facts, name)
-                ch.run.record(name, dict(zip(qids, ranking.correct)))
-                rows.append({"method": method, "lr": lr, "val_heldout": ranking.accuracy,
-                             "val_margin": sum(ranking.margins) / len(facts), "train_s": fit.metrics["train_s"]})
+                fit = answering(tasks.train_dsf(p, facts, ch.best_count, p.sweep_exposures, lr=lr, method=method,
+                                                label=f"sweep-{method}"))
+                ranking = rank_facts(ch, fit.lm, [tasks.dsf_messages(q.test_text) for q in facts], facts,
+                                     f"sweep {method} lr {lr:g}")
+                rows.append({"method": method, "lr": lr, "dev_heldout": ranking.accuracy,
+                             "dev_margin": sum(ranking.margins) / len(facts), "train_s": fit.metrics["train_s"]})
                 del fit
                 release_memory()
-    table = pd.DataFrame(rows)
-    ch.lrs = pick_lrs(table, [m for m in p.methods if m not in ch.skipped])
-    table["chosen"] = [ch.lrs[m] == lr for m, lr in zip(table.method, table.lr)]
-    ch.sweep = table.set_index(["method", "lr"])
-    return ch.sweep
+    return pd.DataFrame(rows).set_index(["method", "lr"])
 
 
 def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
-    """The rule, the same for every method: the learning rate with the best validation held-out
+    """The rule, the same for every method: the learning rate with the best development held-out
     accuracy, ties to the larger mean gold margin (then the smaller rate); a method without a sweep
     of its own takes LoRA's."""
     chosen = {}
-    for method, part in sweep.groupby("method", sort=False):
-        best = part.assign(neg_lr=-part.lr).sort_values(["val_heldout", "val_margin", "neg_lr"]).iloc[-1]
+    for method, part in sweep.reset_index().groupby("method", sort=False):
+        best = part.assign(neg_lr=-part.lr).sort_values(["dev_heldout", "dev_margin", "neg_lr"]).iloc[-1]
         chosen[method] = float(best.lr)
     return {m: chosen.get(m, chosen["lora"]) for m in methods}
+
+
+def mark_chosen(sweep: pd.DataFrame, lrs: dict) -> pd.DataFrame:
+    """The sweep with a `chosen` column (the rate pick_lrs kept for each method)."""
+    table = sweep.reset_index()
+    table["chosen"] = [lrs.get(m) == lr for m, lr in zip(table.method, table.lr)]
+    return table.set_index(["method", "lr"])
 
 
 def lr_edge_sentence(sweep: pd.DataFrame) -> str:
@@ -361,71 +381,205 @@ def lr_edge_sentence(sweep: pd.DataFrame) -> str:
 
 
 def sweep_style(table: pd.DataFrame):
-    return table.style.format({"val_heldout": "{:.0%}", "val_margin": "{:+.2f}", "train_s": "{:.0f} s"})
+    return table.style.format({"dev_heldout": "{:.0%}", "dev_margin": "{:+.2f}", "train_s": "{:.0f} s"})
 
 
 # ---------------------------------------------------------------------------------------------
-# Knowledge: fine-tuning on facts, closed book, beside RAG
+# Knowledge: the acquisition curve, the chosen checkpoint, RAG
 
 
-def knowledge(ch: Chapter) -> pd.DataFrame:
-    """The base model closed book, a DSF fine-tune per paraphrase count (held-out and trained
-    paraphrase; the same optimizer steps for every count, at LoRA's chosen learning rate), and RAG
-    with the base and with the most-paraphrase DSF model on the held-out questions, all ranked by
-    candidate log-likelihood; generated answers on the format subset. Hands the DSF adapter to
-    chapter 4 (artifacts["dsf_adapter"], tables["dsf_facts"])."""
+@dataclass
+class Curve:
+    """The knowledge curve: one row per checkpoint (CURVE_COLUMNS), the artifact folder of each
+    checkpoint by its exposures per fact, the rate it trained at and the run's training metrics."""
+
+    table: pd.DataFrame
+    folders: dict
+    lr: float
+    train: dict
+
+
+def curve_run(params, facts: list, dev_facts: list, lr: float):
+    """The curve's training run: the test and the development facts together, the most paraphrases,
+    up to the last of curve_exposures, with a snapshot after each checkpoint's epoch. Chapters 4 and
+    5 call it with chapter 3's parameters to reload the same run from the cache."""
+    count = max(params.paraphrase_counts)
+    return tasks.train_dsf(params, facts + dev_facts, count, max(params.curve_exposures), lr=lr, label=f"dsf-p{count}",
+                           snapshots=tuple(e // count for e in params.curve_exposures))
+
+
+def checkpoint_folder(result, exposures: int, count: int) -> str:
+    """The artifact folder of the curve's checkpoint after `exposures` exposures per fact."""
+    from ..train.trainer import snapshot_folder
+
+    epoch = exposures // count
+    return str(result.artifact if epoch == result.metrics["epochs"] else snapshot_folder(result.artifact, epoch))
+
+
+def knowledge_curve(ch: Chapter, lr: float) -> Curve:
+    """One LoRA run on the test and the development facts (curve_run), scored after each checkpoint:
+    the test facts' trained and held-out phrasings (recorded as "DSF p<n> e<exposures> ..."), the
+    development facts' (for the checkpoint rule), and the known real-world questions; with the
+    training seconds and FLOPs up to that checkpoint."""
+    from ..train import load_artifact
+    from ..train.measure import release_memory
+
+    p, count = ch.params, ch.best_count
+    with ch.run.stage("dsf_curve"):
+        result = curve_run(p, ch.facts, ch.dev_facts, lr)
+        cfg = tasks.dsf_config(p, count, max(p.curve_exposures), lr)
+        rows, folders = [], {}
+        for exposures in p.curve_exposures:
+            folders[exposures] = checkpoint_folder(result, exposures, count)
+            model_lm = load_artifact(p.model, folders[exposures], cfg, merge=True)
+            name = dsf_name(count, exposures)
+            held, seen = closed_book(ch, model_lm, name)
+            dev_held, dev_seen = closed_book(ch, model_lm, None, ch.dev_facts)
+            known = float("nan")
+            if ch.known:
+                right = rank_known(model_lm, ch.known, f"{name} known").correct
+                ch.run.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
+                known = sum(right) / len(right)
+            cost = result.metrics["snapshots"][str(exposures // count)]
+            rows.append({"exposures": exposures, "trained_acc": share(seen), "heldout_acc": share(held), "known_acc": known,
+                         "seconds": cost["train_s"], "flops": cost["flops"], "dev_trained_acc": share(dev_seen),
+                         "dev_heldout_acc": share(dev_held)})
+            del model_lm
+            release_memory()
+    metrics_ = {k: v for k, v in result.metrics.items() if k != "snapshots"}
+    return Curve(pd.DataFrame(rows, columns=list(CURVE_COLUMNS)), folders, lr, metrics_)
+
+
+@dataclass
+class Checkpoint:
+    """The checkpoint that stands for the fine-tune, chosen on the development facts."""
+
+    exposures: int
+    reached: bool  # the plan's fitness rule holds on the development facts there
+    converged: int  # the curve's last checkpoint, reported beside it
+
+
+def choose_checkpoint(curve: pd.DataFrame, rule: dict, n_dev: int) -> Checkpoint:
+    """The plan's rule (fitness.dsf.checkpoint), on development facts only: the earliest checkpoint at
+    which the development facts' trained phrasings reach dev_trained_min and their held-out accuracy
+    has stopped improving (within heldout_slack facts of the best the curve reaches). Where no
+    checkpoint reaches the bar, the best held-out checkpoint stands, marked unfit."""
+    slack = rule["heldout_slack"] / n_dev
+    best = curve.dev_heldout_acc.max()
+    fit = curve[(curve.dev_trained_acc >= rule["dev_trained_min"]) & (curve.dev_heldout_acc >= best - slack - 1e-9)]
+    last = int(curve.exposures.iloc[-1])
+    if len(fit):
+        return Checkpoint(int(fit.exposures.iloc[0]), True, last)
+    return Checkpoint(int(curve.exposures[curve.dev_heldout_acc.idxmax()]), False, last)
+
+
+def curve_style(table: pd.DataFrame):
+    return table.style.format({"trained_acc": "{:.0%}", "heldout_acc": "{:.0%}", "known_acc": "{:.0%}",
+                               "seconds": "{:.0f} s", "flops": "{:.2e}", "dev_trained_acc": "{:.0%}",
+                               "dev_heldout_acc": "{:.0%}"}, na_rep="-")
+
+
+@dataclass
+class Knowledge:
+    """The knowledge table (one row per condition on the test facts' held-out phrasings), the chosen
+    fine-tune ready to answer, and the RAG conversations both models read."""
+
+    table: pd.DataFrame
+    dsf_lm: object
+    rag_conversations: list
+    rag_recall: float  # share of test facts whose retrieved chunks come from the fact's document
+
+
+def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
+    """The base model closed book; the chosen checkpoint (its outcomes copied to "DSF p<n> ..."), and
+    the last one (converged); RAG with the base and with the chosen fine-tune on the held-out
+    questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
+    (artifacts["dsf_adapter"], tables["dsf_facts"])."""
     from .. import rag, settings
+    from ..train import load_artifact
 
-    if not ch.lrs:
-        choose_learning_rates(ch)
-    p, run, lr = ch.params, ch.run, ch.lrs["lora"]
-    rows = []
+    p, run, count = ch.params, ch.run, ch.best_count
     held, seen = closed_book(ch, ch.lm, BASE)
-    rows.append({"condition": "base model, closed book", "held_out": held, "trained_paraphrase": seen})
-    with run.stage("dsf_train"):
-        for count in p.paraphrase_counts:
-            ch.dsf[count] = answering(tasks.train_dsf(p, ch.facts, count, lr=lr))
-            held, seen = closed_book(ch, ch.dsf[count].lm, dsf_name(count))
-            rows.append({"condition": dsf_row_label(count), "held_out": held, "trained_paraphrase": seen,
-                         "examples": len(tasks.dsf_examples(ch.facts, count)),
-                         "steps": ch.dsf[count].metrics["steps"], "train_s": ch.dsf[count].metrics["train_s"]})
-    dsf_best = ch.dsf[ch.best_count]
-    run.artifacts["dsf_adapter"] = str(dsf_best.artifact)
+    rows = [{"condition": "base model, closed book", "held_out": share(held), "trained_paraphrase": share(seen)}]
+    name = dsf_name(count)
+    for part in ("held-out", "trained paraphrase", "quality", "known"):
+        source = f"{dsf_name(count, chosen.exposures)} {part}"
+        if source in run.outcomes:
+            run.record(f"{name} {part}", run.outcomes[source], tokens=run.outcome_tokens.get(source))
+    for label, exposures in ((dsf_row_label(count, chosen.exposures, "chosen"), chosen.exposures),
+                             (dsf_row_label(count, chosen.converged, "last"), chosen.converged)):
+        row = curve.table.set_index("exposures").loc[exposures]
+        rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
+                     "exposures": exposures, "train_s": row.seconds})
+    run.artifacts["dsf_adapter"] = curve.folders[chosen.exposures]
     run.tables["dsf_facts"] = [q.qid for q in ch.facts]
+    dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
+                           merge=True)
     chroma_folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(chroma_folder, ignore_errors=True)
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
     store.ingest(rag.kb_pages(ch.kb, 8))
     ranked = rag.Retriever(store, ch.embed_model).search([q.test_text for q in ch.facts], p.rag_top_k, "hybrid")
-    rag_conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
+    recall = sum(any(h.doc_id in q.doc_ids for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
+    conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
     qids = [q.qid for q in ch.facts]
-    labels = {"base + RAG": f"base model + RAG (top-{p.rag_top_k})",
-              f"{dsf_name(ch.best_count)} + RAG": f"DSF ({ch.best_count} paraphrases) + RAG"}
+    labels = {"base + RAG": f"base model + RAG (top-{p.rag_top_k})", f"{name} + RAG": "DSF (chosen) + RAG"}
     with run.stage("rag"):
-        for (name, label), model_lm in zip(labels.items(), (ch.lm, dsf_best.lm)):
-            ranking = rank_facts(ch, model_lm, rag_conversations, ch.facts, name)
-            run.record(name, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
+        for (outcome, label), model_lm in zip(labels.items(), (ch.lm, dsf_lm)):
+            ranking = rank_facts(ch, model_lm, conversations, ch.facts, outcome)
+            run.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
             rows.append({"condition": label, "held_out": ranking.accuracy})
-    with run.stage("format_view"):
+    table = pd.DataFrame(rows).set_index("condition")
+    table.insert(0, "n", ch.n_facts)  # every row asks the same test facts
+    return Knowledge(table, dsf_lm, conversations, recall)
+
+
+def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
+    """A DSF row of the knowledge table."""
+    what = {"chosen": ", chosen", "last": ", last checkpoint"}.get(which, "")
+    return f"DSF, {count} paraphrase{'s' if count > 1 else ''} per fact, {exposures} exposures{what}"
+
+
+def format_view(ch: Chapter, found: Knowledge) -> pd.DataFrame:
+    """Generated answers on the format subset: the base model and the chosen fine-tune, closed book
+    and with RAG (recorded as "<name> generated")."""
+    name = dsf_name(ch.best_count)
+    with ch.run.stage("format_view"):
         k = len(ch.format_facts)
         closed = [tasks.dsf_messages(q.test_text) for q in ch.format_facts]
-        ch.answers = pd.DataFrame({
+        return pd.DataFrame({
             "question": [q.test_text for q in ch.format_facts], "gold": [q.answer for q in ch.format_facts],
             "base, closed book": generated(ch, ch.lm, BASE, closed),
-            dsf_row_label(ch.best_count): generated(ch, dsf_best.lm, dsf_name(ch.best_count), closed),
-            "base + RAG": generated(ch, ch.lm, "base + RAG", rag_conversations[:k]),
-            "DSF + RAG": generated(ch, dsf_best.lm, f"{dsf_name(ch.best_count)} + RAG", rag_conversations[:k])})
-    for count, result in ch.dsf.items():  # only the most-paraphrase model is used again
-        if count != ch.best_count:
-            result.lm = None
-    ch.knowledge = pd.DataFrame(rows).set_index("condition")
-    ch.knowledge.insert(0, "n", ch.n_facts)  # every row asks the same test facts
-    return ch.knowledge
+            "DSF (chosen), closed book": generated(ch, found.dsf_lm, name, closed),
+            "base + RAG": generated(ch, ch.lm, "base + RAG", found.rag_conversations[:k]),
+            "DSF + RAG": generated(ch, found.dsf_lm, f"{name} + RAG", found.rag_conversations[:k])})
+
+
+def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
+    """K5 at equal exposures: one paraphrase per fact trained on the curve's facts for k5_exposures
+    exposures (k5_exposures epochs), asked the held-out phrasings; beside it the curve's checkpoint at
+    the same exposures (the most paraphrases). One row per paraphrase count."""
+    from ..train.measure import release_memory
+
+    p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
+    rows = []
+    with ch.run.stage("paraphrases"):
+        if low < top:
+            fit = answering(tasks.train_dsf(p, ch.facts + ch.dev_facts, low, p.k5_exposures, lr=curve.lr))
+            held, seen = closed_book(ch, fit.lm, dsf_name(low, p.k5_exposures))
+            rows.append({"paraphrases": low, "exposures": p.k5_exposures, "held_out": share(held),
+                         "trained_paraphrase": share(seen), "train_s": fit.metrics["train_s"]})
+            del fit
+            release_memory()
+        row = curve.table.set_index("exposures").loc[p.k5_exposures]
+        rows.append({"paraphrases": top, "exposures": p.k5_exposures, "held_out": row.heldout_acc,
+                     "trained_paraphrase": row.trained_acc, "train_s": row.seconds})
+    return pd.DataFrame(rows).set_index("paraphrases")
 
 
 def knowledge_style(table: pd.DataFrame):
-    return table.style.format({"n": "{:.0f}", "held_out": "{:.0%}", "trained_paraphrase": "{:.0%}", "examples": "{:.0f}",
-                               "steps": "{:.0f}", "train_s": "{:.0f} s"}, na_rep="-")
+    return table.style.format({"n": "{:.0f}", "held_out": "{:.0%}", "trained_paraphrase": "{:.0%}",
+                               "exposures": "{:.0f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
 def plot_knowledge(table: pd.DataFrame):
@@ -464,7 +618,19 @@ CONSTRAINED = "base, short instruction + JSON grammar"
 JSON_COLUMNS = {"json_valid": "json_valid", "schema_adherence": "schema", "fields_correct": "fields"}
 
 
-def structured(ch: Chapter) -> pd.DataFrame:
+@dataclass
+class Behaviour:
+    """The structured-output section: its table (one row per condition), the answers of each
+    condition, the fine-tune K4 tests, and the forgetting probe of the largest JSON fine-tune."""
+
+    table: pd.DataFrame
+    outputs: dict
+    best: str
+    best_size: int
+    probe: tuple  # (label, ForgettingProbe)
+
+
+def structured(ch: Chapter) -> Behaviour:
     """The base model with a short, a long (zero-shot) and a long + two-example instruction, the base
     model under the record's JSON-schema grammar with the short instruction, then a LoRA fine-tune
     per training size (one epoch each) with the short one; each condition's row (rates with 95 %
@@ -474,12 +640,13 @@ def structured(ch: Chapter) -> pd.DataFrame:
     from ..train.measure import release_memory
 
     p, run, kb = ch.params, ch.run, ch.kb
-    test = ch.structured_test = kb.sample("structured", p.n_structured_test, p.seed)
+    test = kb.sample("structured", p.n_structured_test, p.seed)
     shots = [(m.messages[-1]["content"], m.answer) for m in
              tasks.structured_examples(2, p.kb_seed, p.kb, prompts.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
     conditions = {SHORT: (prompts.STRUCTURED_SYSTEM_SHORT, None), ZERO_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, None),
                   FEW_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, shots)}
     schema = json_schema(STRUCTURED_FIELDS)
+    outputs = {}
 
     def answer(model_lm, system, examples, name, constrained=False, **extra):
         convs = [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test]
@@ -495,10 +662,10 @@ def structured(ch: Chapter) -> pd.DataFrame:
             values = list(outcomes.values())
             low, high = wilson_interval(sum(values), len(values)) if score != "fields" else mean_interval(values)
             row.update({f"{column}_low": low, f"{column}_high": high})
-        ch.outputs[name] = gen.texts
+        outputs[name] = gen.texts
         return row
 
-    rows = []
+    rows, json_probe = [], None
     with run.stage("structured"):
         for name, (system, examples) in conditions.items():
             rows.append(answer(ch.lm, system, examples, name))
@@ -509,15 +676,15 @@ def structured(ch: Chapter) -> pd.DataFrame:
             rows.append(answer(fit.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
                                train_s=fit.metrics["train_s"]))
             if size == max(p.structured_sizes):
-                probe(ch, f"JSON, LoRA ({size} examples)", fit.lm)
+                label = f"JSON, LoRA ({size} examples)"
+                json_probe = (label, probe(run, label, fit.lm, ch.general))
             del fit
             release_memory()
-    ch.behaviour = pd.DataFrame(rows).set_index("condition")
     # K4's fine-tune is declared, not picked: the one trained on the most examples (picking the best
     # size on these test products would favour the fine-tune by its luck on them)
-    ch.best_structured_size = max(p.structured_sizes)
-    ch.best_structured = lora_structured_name(ch.best_structured_size)
-    return ch.behaviour
+    best_size = max(p.structured_sizes)
+    return Behaviour(pd.DataFrame(rows).set_index("condition"), outputs, lora_structured_name(best_size), best_size,
+                     json_probe)
 
 
 def behaviour_style(table: pd.DataFrame):
@@ -552,9 +719,9 @@ def plot_structured(table: pd.DataFrame):
     return fig
 
 
-def output_examples(ch: Chapter, n: int = 3) -> pd.DataFrame:
+def output_examples(behaviour: Behaviour, n: int = 3) -> pd.DataFrame:
     """The first n products' answers under every JSON condition."""
-    return pd.DataFrame({c: o[:n] for c, o in ch.outputs.items()}).T.rename(columns=lambda i: f"product {i + 1}")
+    return pd.DataFrame({c: o[:n] for c, o in behaviour.outputs.items()}).T.rename(columns=lambda i: f"product {i + 1}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,36 +731,47 @@ def output_examples(ch: Chapter, n: int = 3) -> pd.DataFrame:
 COST_COLUMNS = ("trainable_share", "step_s", "tokens_per_s", "mfu", "peak_mb", "base_weight_mb", "artifact_mb")
 
 
-def methods(ch: Chapter) -> pd.DataFrame:
-    """The first n_method_facts test facts (most paraphrases) trained with every method of `methods`,
-    each at its own chosen learning rate and the same steps; LoRA is the knowledge section's run when
-    the methods use every test fact. Each method's closed-book quality, training costs and forgetting
-    probe, one row per method."""
+@dataclass
+class Methods:
+    """The methods section: one row per method (quality on the method facts, training costs), the
+    LoRA seeds' rows, each method's forgetting probe by label, and each run's training metrics."""
+
+    table: pd.DataFrame
+    seeds: pd.DataFrame
+    probes: dict
+    runs: dict
+
+
+def methods(ch: Chapter, lrs: dict) -> Methods:
+    """The first n_method_facts test facts (most paraphrases, method_exposures per fact, constant
+    rate) trained with every method of `methods` at its own chosen rate, LoRA once per seed of
+    n_training_seeds: each run's closed-book quality ("methods <method> quality"), training costs and
+    forgetting probe ("NLL: methods, <method>")."""
     from ..train.measure import release_memory
 
-    p, facts = ch.params, ch.method_facts
-    shared = p.n_method_facts >= ch.n_facts
-    ch.runs = {"lora": ch.dsf[ch.best_count]} if shared else {}
-    rows = []
+    p, facts, count = ch.params, ch.method_facts, ch.best_count
+    rows, seed_rows, probes, runs = [], [], {}, {}
     with ch.run.stage("methods"):
         for name in [m for m in p.methods if m not in ch.skipped]:
-            if name not in ch.runs:
-                ch.runs[name] = answering(tasks.train_dsf(p, facts, ch.best_count, lr=ch.lrs[name], method=name,
-                                                          label=f"dsf-p{ch.best_count}-{name}"))
-            result = ch.runs[name]
-            if name == "lora" and shared:  # scored in the knowledge section
-                row = ch.knowledge.loc[dsf_row_label(ch.best_count)]
-                held, seen = row.held_out, row.trained_paraphrase
-            else:
-                held, seen = closed_book(ch, result.lm, method_name(ch, name), facts)
-            probe(ch, method_label(name), result.lm)
-            rows.append({"method": name, "lr": ch.lrs[name], "held_out": held, "trained_paraphrase": seen,
-                         "quality": (held + seen) / 2, **{k: result.metrics[k] for k in COST_COLUMNS}})
-            if not (name == "lora" and shared):
-                result.lm = None
-            release_memory()
-    ch.cost = pd.DataFrame(rows).set_index("method")
-    return ch.cost
+            for seed in (range(p.n_training_seeds) if name == "lora" else [0]):
+                fit = answering(tasks.train_dsf(p, facts, count, p.method_exposures, lr=lrs[name], method=name,
+                                                seed=p.seed + seed, label=f"dsf-p{count}-{name}"))
+                held, seen = closed_book(ch, fit.lm, method_name(name, seed), facts)
+                if name == "lora":
+                    seed_rows.append({"seed": p.seed + seed, "held_out": share(held), "trained_paraphrase": share(seen)})
+                if seed == 0:
+                    probes[method_label(name)] = probe(ch.run, method_label(name), fit.lm, ch.general)
+                    runs[name] = fit.metrics
+                    rows.append({"method": name, "lr": lrs[name], "held_out": share(held), "trained_paraphrase": share(seen),
+                                 "quality": (share(held) + share(seen)) / 2, **{k: fit.metrics[k] for k in COST_COLUMNS}})
+                del fit
+                release_memory()
+    return Methods(pd.DataFrame(rows).set_index("method"), pd.DataFrame(seed_rows).set_index("seed"), probes, runs)
+
+
+def seed_spread(seeds: pd.DataFrame) -> float:
+    """The largest difference in held-out accuracy between two seeds (0 with one seed)."""
+    return float(seeds.held_out.max() - seeds.held_out.min()) if len(seeds) else 0.0
 
 
 def cost_style(table: pd.DataFrame):
@@ -607,14 +785,15 @@ def cost_style(table: pd.DataFrame):
 # Forgetting
 
 
-def forgetting_table(ch: Chapter) -> pd.DataFrame:
-    """Perplexity on the general texts (together and per text) per model, and the change of the
-    together figure against the base model."""
-    table = pd.DataFrame({"perplexity": {k: v.perplexity for k, v in ch.forgetting.items()}}).rename_axis("model")
-    table["change"] = table.perplexity / ch.forgetting["base model"].perplexity - 1
-    for text_name in ch.general:
-        table[f"{text_name} change"] = [v.by_text.get(text_name, float("nan")) / ch.forgetting["base model"].by_text[text_name] - 1
-                                        if v.by_text else float("nan") for v in ch.forgetting.values()]
+def forgetting_table(probes: dict) -> pd.DataFrame:
+    """Perplexity on the general texts (together and per text) per model (label -> ForgettingProbe,
+    the base model's first), and the change of each against the base model."""
+    base = probes["base model"]
+    table = pd.DataFrame({"perplexity": {k: v.perplexity for k, v in probes.items()}}).rename_axis("model")
+    table["change"] = table.perplexity / base.perplexity - 1
+    for text_name in base.by_text:
+        table[f"{text_name} change"] = [v.by_text.get(text_name, float("nan")) / base.by_text[text_name] - 1
+                                        for v in probes.values()]
     return table
 
 
@@ -643,46 +822,91 @@ def cost_saving_rule(params, n: int, tuned_cost: float, prompt_cost: float) -> d
     return {"kind": "derived", "tol": ratio_tol(tuned_cost, prompt_cost, cost_shift, cost_shift)}
 
 
-def headline_metrics(ch: Chapter) -> dict:
+@dataclass
+class Findings:
+    """What the chapter's steps returned, handed together to the metrics, comparisons and glue."""
+
+    sweep: pd.DataFrame  # with its `chosen` column
+    lrs: dict
+    curve: Curve
+    chosen: Checkpoint
+    knowledge: Knowledge
+    variety: pd.DataFrame
+    behaviour: Behaviour
+    methods: Methods
+    answers: pd.DataFrame | None = None
+
+    def probes(self, ch: Chapter) -> dict:
+        """Every forgetting probe by its label, the base model's first."""
+        return {"base model": ch.base_probe, **({DSF_LABEL: self.dsf_probe} if self.dsf_probe else {}),
+                self.behaviour.probe[0]: self.behaviour.probe[1], **self.methods.probes}
+
+    dsf_probe: ForgettingProbe | None = None
+
+
+def probe_chosen(ch: Chapter, found: Knowledge) -> ForgettingProbe:
+    """The chosen fine-tune's forgetting probe ("NLL: DSF, LoRA"): K7 at the checkpoint that stands
+    for fine-tuning."""
+    return probe(ch.run, DSF_LABEL, found.dsf_lm, ch.general)
+
+
+def headline_metrics(ch: Chapter, f: Findings) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file."""
     run, p, n = ch.run, ch.params, ch.n_facts
-    k, b, cost = ch.knowledge, ch.behaviour, ch.cost
+    k, b, cost = f.knowledge.table, f.behaviour.table, f.methods.table
     m: dict = {}
 
     def put(key, value, kind, **rule):
         m[key] = run.metric(key, value, kind, **rule)
 
-    best_count = ch.best_count
-    dsf_row = k.loc[dsf_row_label(best_count)]
+    count, curve = ch.best_count, f.curve.table.set_index("exposures")
+    chosen = curve.loc[f.chosen.exposures]
     put("base_closed_contains", k.iloc[0].held_out, "rate", n=n)
-    put("dsf_heldout_contains", dsf_row.held_out, "rate", n=n)
-    put("dsf_train_contains", dsf_row.trained_paraphrase, "rate", n=n)
+    put("dsf_heldout_contains", chosen.heldout_acc, "rate", n=n)
+    put("dsf_train_contains", chosen.trained_acc, "rate", n=n)
     put("rag_contains_same_questions", k.iloc[-2].held_out, "rate", n=n)
     put("dsf_plus_rag_contains", k.iloc[-1].held_out, "rate", n=n)
+    put("rag_recall", f.knowledge.rag_recall, "rate", n=n)
     put("n_facts", n, "exact")
-    for count in p.paraphrase_counts:
-        r = k.loc[dsf_row_label(count)]
-        put(f"dsf_p{count}_heldout_contains", r.held_out, "rate", n=n)
-        put(f"dsf_p{count}_train_contains", r.trained_paraphrase, "rate", n=n)
-        put(f"dsf_p{count}_n", n, "exact")
+    # the curve and the checkpoint that stands for the fine-tune (chosen on the development facts)
+    put("dsf_chosen_exposures", f.chosen.exposures, "choice")
+    put("dsf_converged_exposures", f.chosen.converged, "exact")
+    put("dsf_fitness_trained", chosen.trained_acc, "rate", n=n)
+    put("dsf_fitness_reached", int(f.chosen.reached), "choice")
+    put("dsf_dev_trained", chosen.dev_trained_acc, "rate", n=len(ch.dev_facts))
+    put("dsf_dev_heldout", chosen.dev_heldout_acc, "rate", n=len(ch.dev_facts))
+    put("dsf_converged_heldout", curve.loc[f.chosen.converged].heldout_acc, "rate", n=n)
+    put("dsf_chosen_train_s", chosen.seconds, "machine")
+    if ch.known:
+        put("known_n", len(ch.known), "exact")
+        put("dsf_known_acc", chosen.known_acc, "rate", n=len(ch.known))
+    for exposures, row in curve.iterrows():
+        put(f"dsf_e{exposures}_heldout_contains", row.heldout_acc, "rate", n=n)
+        put(f"dsf_e{exposures}_train_contains", row.trained_acc, "rate", n=n)
+    for count_, row in f.variety.iterrows():
+        put(f"dsf_p{count_}_heldout_contains", row.held_out, "rate", n=n)
+        put(f"dsf_p{count_}_train_contains", row.trained_paraphrase, "rate", n=n)
+    put("k5_exposures", p.k5_exposures, "exact")
+    put("n_training_seeds", len(f.methods.seeds), "exact")
+    put("dsf_seed_spread", seed_spread(f.methods.seeds), "rate", n=len(ch.method_facts))
     # The rates above rank the gold value against LOOKALIKES look-alikes: guessing scores this.
     put("knowledge_chance", 1 / (LOOKALIKES + 1), "exact")
     for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
         put(f"{key}_n", n, "exact")
-    put("val_facts_n", len(ch.val_facts), "exact")
+    put("dev_facts_n", len(ch.dev_facts), "exact")
     put("methods_n", len(ch.method_facts), "exact")
     put("format_n", len(ch.format_facts), "exact")
-    generated_keys = {"base": BASE, "dsf": dsf_name(best_count), "rag": "base + RAG",
-                      "dsf_plus_rag": f"{dsf_name(best_count)} + RAG"}
-    for key, name in generated_keys.items():
-        put(f"{key}_generated_contains", sum(run.outcomes[f"{name} generated"].values()) / len(ch.format_facts),
-            "rate", n=len(ch.format_facts))
-    for method, lr in ch.lrs.items():
+    if f.answers is not None:
+        generated_keys = {"base": BASE, "dsf": dsf_name(count), "rag": "base + RAG", "dsf_plus_rag": f"{dsf_name(count)} + RAG"}
+        for key, name in generated_keys.items():
+            put(f"{key}_generated_contains", sum(run.outcomes[f"{name} generated"].values()) / len(ch.format_facts),
+                "rate", n=len(ch.format_facts))
+    for method, lr in f.lrs.items():
         put(f"{method.replace('-', '_')}_lr_chosen", lr, "choice")
 
-    n_json = len(ch.structured_test)
+    n_json = int(b["n"].iloc[0])
     tuned = b[b.index.str.startswith("LoRA")]
-    best, long_prompt, zero_shot = ch.best_structured, b.loc[ZERO_SHOT], b.loc[SHORT]
+    best, long_prompt, zero_shot = f.behaviour.best, b.loc[ZERO_SHOT], b.loc[SHORT]
     few_shot, grammar = b.loc[FEW_SHOT], b.loc[CONSTRAINED]
     put("json_valid_zero_shot", zero_shot.json_valid, "rate", n=n_json)
     put("json_valid_long_prompt", long_prompt.json_valid, "rate", n=n_json)
@@ -707,7 +931,7 @@ def headline_metrics(ch: Chapter) -> dict:
         put(f"fields_correct_lora_{size}", tuned.loc[lora_structured_name(size), "fields_correct"], "mean", n=n_json)
     for condition in ("zero_shot", "long_prompt", "few_shot", "constrained", "lora_best"):  # every JSON row: the same products
         put(f"json_{condition}_n", n_json, "exact")
-    put("json_lora_best_size", ch.best_structured_size, "choice")
+    put("json_lora_best_size", f.behaviour.best_size, "choice")
 
     n_methods = len(ch.method_facts)
     for name, r in cost.iterrows():
@@ -719,7 +943,7 @@ def headline_metrics(ch: Chapter) -> dict:
         put(f"{key}_quality", r.quality, "mean", n=n_methods)
         put(f"{key}_artifact_mb", r.artifact_mb, "derived", tol=ARTIFACT_MB_TOL)
     bf16_mb = ch.lm.n_params() * 2 / 2**20
-    put("peak_gflops", ch.runs["lora"].metrics["peak_gflops"], "machine")
+    put("peak_gflops", f.methods.runs["lora"]["peak_gflops"], "machine")
     put("bf16_weight_mb", bf16_mb, "exact")
     if "full" in cost.index:
         full, lora = cost.loc["full"], cost.loc["lora"]
@@ -732,8 +956,10 @@ def headline_metrics(ch: Chapter) -> dict:
         put("qlora_base_weight_ratio_vs_bf16", cost.loc["qlora"].base_weight_mb / bf16_mb, "exact")
     put("embedding_share", ch.lm.model.get_input_embeddings().weight.numel() / ch.lm.n_params(), "exact")
 
-    ppl = forgetting_table(ch)
-    put("perplexity_base", ch.forgetting["base model"].perplexity, "derived", tol=PERPLEXITY_TOL)
+    ppl = forgetting_table(f.probes(ch))
+    put("perplexity_base", ch.base_probe.perplexity, "derived", tol=PERPLEXITY_TOL)
+    if DSF_LABEL in ppl.index:
+        put("forgetting_delta_dsf", ppl.loc[DSF_LABEL, "change"], "derived", tol=FORGETTING_DELTA_TOL)
     for method in cost.index:
         key = "forgetting_delta_" + method.replace("-", "_")
         put(key, ppl.loc[method_label(method), "change"], "derived", tol=FORGETTING_DELTA_TOL)
@@ -741,7 +967,7 @@ def headline_metrics(ch: Chapter) -> dict:
     # The questions behind each headline figure: a change of n is a change of design, never drift.
     put("knowledge_n", n, "exact")
     put("structured_n", n_json, "exact")
-    put("forgetting_segments_n", len(ch.forgetting["base model"].segment_nll), "exact")
+    put("forgetting_segments_n", len(ch.base_probe.segment_nll), "exact")
     return m
 
 
@@ -749,7 +975,11 @@ def headline_metrics(ch: Chapter) -> dict:
 # Comparisons and sentences
 
 
-def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+TRAINED_COMPARISONS = ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K5-rag-vs-dsf-rag",
+                       "T1-lora-vs-full", "T3-qlora-vs-lora", "T3-attention-only")
+
+
+def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
     """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed
     by glue key. Directions are the claims' own, whatever this run measured."""
     run, p = ch.run, ch.params
@@ -763,21 +993,25 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
         out[claim] = StatedComparison(claim, None, missing=why)
 
     top = ch.best_count
-    dsf, dsf_label = dsf_name(top), f"DSF ({top} paraphrases)"
+    dsf, dsf_label = dsf_name(top), f"the chosen DSF ({f.chosen.exposures} exposures)"
     held = f"{dsf} held-out"
     state("K1-rag-vs-dsf", "base + RAG", held, "RAG", f"closed-book {dsf_label}")
     # K1's other face: a fine-tune that learnt the facts would answer new phrasings as well as trained ones.
     state("K1-memorisation", f"{dsf} trained paraphrase", held, "trained phrasings", "held-out phrasings")
-    low = min(p.paraphrase_counts)
+    low, e5 = min(p.paraphrase_counts), p.k5_exposures
     if low < top:
-        state("K5-paraphrases", held, f"{dsf_name(low)} held-out",
-              f"{top} paraphrases per fact", f"{low} paraphrase{'s' if low > 1 else ''} per fact")
+        state("K5-paraphrases", f"{dsf_name(top, e5)} held-out", f"{dsf_name(low, e5)} held-out",
+              f"{top} paraphrases per fact", f"{low} paraphrase{'s' if low > 1 else ''} per fact (both {e5} exposures)")
     else:
         missing("K5-paraphrases", "paraphrase_counts has one count")
     state("K6-dsf-plus-rag", f"{dsf} + RAG", held, f"{dsf_label} + RAG", f"{dsf_label} alone")
     state("K5-rag-vs-dsf-rag", "base + RAG", f"{dsf} + RAG", "RAG alone", f"{dsf_label} + RAG")
+    if ch.known:
+        state("K7-known-facts", f"{dsf} known", f"{BASE} known", dsf_label, "the base model")
+    else:
+        missing("K7-known-facts", "n_known is 0")
 
-    best = ch.best_structured
+    best = f.behaviour.best
     # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values).
     state("K4-json", f"{best}: json_valid", f"{ZERO_SHOT}: json_valid",
           f"the best fine-tune ({best})", "the zero-shot long instruction")
@@ -795,30 +1029,32 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     else:
         missing("T4-sizes", "structured_sizes has one size")
 
-    quality = lambda method: f"{method_name(ch, method)} quality"  # noqa: E731
-    if "full" in ch.runs:
+    ran = f.methods.table.index
+    quality = lambda method: f"{method_name(method)} quality"  # noqa: E731
+    if "full" in ran:
         state("T1-lora-vs-full", quality("lora"), quality("full"), "LoRA", "full fine-tuning")
     else:
         missing("T1-lora-vs-full", "full fine-tuning is not in methods")
-    if "qlora" in ch.runs:
+    if "qlora" in ran:
         state("T3-qlora-vs-lora", quality("qlora"), quality("lora"), "QLoRA", "LoRA")
     else:
         missing("T3-qlora-vs-lora", "QLoRA is not in methods")
-    if "lora-attention" in ch.runs:
+    if "lora-attention" in ran:
         state("T3-attention-only", quality("lora"), quality("lora-attention"),
               "adapters on every linear layer", "attention projections only")
     else:
         missing("T3-attention-only", "attention-only LoRA is not in methods")
-    # K7: fine-tuning forgets, each fine-tune's loss on general text against the base model's (per
-    # segment, lower is better); full fine-tuning against LoRA is a comparison of its own.
+    # K7: fine-tuning forgets: the chosen fine-tune's loss on general text against the base model's (per
+    # segment, lower is better), and each method's run; full fine-tuning against LoRA on the same facts.
     base_nll = "NLL: base model"
-    for method in ("lora", "qlora", "full"):
-        if f"NLL: {method_label(method)}" in run.outcomes and base_nll in run.outcomes:
+    state("K7-forgetting-lora", f"NLL: {DSF_LABEL}", base_nll, "the chosen LoRA fine-tune", "the base model", pct=False)
+    for method in ("qlora", "full"):
+        if f"NLL: {method_label(method)}" in run.outcomes:
             state(f"K7-forgetting-{method}", f"NLL: {method_label(method)}", base_nll, METHOD_LABELS[method],
                   "the base model", pct=False)
         else:
             missing(f"K7-forgetting-{method}", f"{METHOD_LABELS[method]} is not in methods")
-    if f"NLL: {method_label('full')}" in run.outcomes and f"NLL: {method_label('lora')}" in run.outcomes:
+    if "full" in ran:
         state("K7-full-vs-lora", f"NLL: {method_label('full')}", f"NLL: {method_label('lora')}",
               "full fine-tuning", "LoRA", pct=False)
     else:
@@ -826,18 +1062,36 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     return out
 
 
-def dtype_reason(ch: Chapter) -> str:
-    m = ch.runs["lora"].metrics
+def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) -> pd.DataFrame:
+    """For each comparison of a trained arm on accuracies: its measured difference, and whether a
+    seed spread as large as the one measured could flip its sign (|difference| <= spread)."""
+    rows = []
+    for claim in TRAINED_COMPARISONS:
+        stated = comparisons.get(claim)
+        c = getattr(stated, "comparison", None)
+        if c is None:
+            continue
+        rows.append({"comparison": claim, "difference": c.diff, "seed_spread": spread,
+                     "a_seed_could_flip_it": abs(c.diff) <= spread})
+    return pd.DataFrame(rows, columns=["comparison", "difference", "seed_spread", "a_seed_could_flip_it"]).set_index("comparison")
+
+
+def seed_style(table: pd.DataFrame):
+    return table.style.format({"difference": "{:+.0%}", "seed_spread": "{:.0%}"})
+
+
+def dtype_reason(f: Findings) -> str:
+    m = f.methods.runs["lora"]
     if m["dtype"] == "float32":
         return ("this CPU has no fast bf16 arithmetic (the provenance of this run records both dtypes' "
                 "matrix-product speed), so training uses the faster fp32")
     return f"{m['dtype']} is the fast path on this {m['device'].upper()}"
 
 
-def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
+def cost_sentences(f: Findings, m: dict) -> dict[str, str]:
     """The cost section's sentences: measured ratios with what explains them at this model size.
     They describe machine measurements (no per-question outcomes); quality claims are comparisons."""
-    cost, dtype = ch.cost, ch.runs["lora"].metrics["dtype"]
+    cost, dtype = f.methods.table, f.methods.runs["lora"]["dtype"]
     out = {}
     if "full" in cost.index:
         parts = [f"LoRA trains {m['lora_trainable_share']:.1%} of the weights, takes {m['lora_step_ratio_vs_full']:.2f} "
@@ -874,9 +1128,9 @@ def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
                               f"{cost.loc['lora-attention'].trainable_share:.2%} of the weights.")
     else:
         out["t3_sentence"] = "Attention-only adapters were not in this run's methods."
-    forgetting = f"LoRA raises perplexity by {m['forgetting_delta_lora']:.1%}"
-    out["k7_sentence"] = (f"full fine-tuning raises perplexity by {m['forgetting_delta_full']:.1%} and LoRA by "
-                          f"{m['forgetting_delta_lora']:.1%}" if "forgetting_delta_full" in m else forgetting)
+    out["k7_sentence"] = (f"the chosen LoRA fine-tune changes perplexity by {m['forgetting_delta_dsf']:+.1%}; on the "
+                          "method facts, " + ", ".join(f"{METHOD_LABELS[k]} by {m['forgetting_delta_' + k.replace('-', '_')]:+.1%}"
+                                                       for k in cost.index))
     out["s8_sentence"] = (f"The fine-tune reads {m['prompt_tokens_lora']:.0f} prompt tokens per query against "
                           f"{m['prompt_tokens_long']:.0f} for the long instruction ({m['s8_cost_saving']:.0%} less "
                           f"input to pay for), and gets {m['fields_correct_lora_best']:.0%} of the fields right, "
@@ -884,47 +1138,80 @@ def cost_sentences(ch: Chapter, m: dict) -> dict[str, str]:
     return out
 
 
-def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    results.glue_findings(headline, comparisons.values(), cost_sentences(ch, headline))
-    glue("n_structured_test", len(ch.structured_test))
-    glue("json_best_condition", ch.best_structured)
+    p = ch.params
+    results.glue_findings(headline, comparisons.values(), cost_sentences(f, headline))
+    glue("n_structured_test", int(f.behaviour.table["n"].iloc[0]))
+    glue("json_best_condition", f.behaviour.best)
     for key, text in prose_terms().items():
         glue(key, text)
-    # the plan's fitness rule for the knowledge fine-tune: chapter 7 gates every comparison that reads it
-    rule = the_plan().fitness["dsf"]
-    glue("dsf_fitness_min", f"{rule['min']:.0%}")
-    reached = headline.get(rule["metric"])
-    glue("dsf_fitness", "meets" if reached is not None and reached >= rule["min"] else "misses")
-    glue("dtype_name", ch.runs["lora"].metrics["dtype"])
-    glue("dtype_reason", dtype_reason(ch))
+    # the plan's fitness rule for the knowledge fine-tune, applied to the development facts
+    rule = the_plan().fitness["dsf"]["checkpoint"]
+    glue("dev_trained_min", f"{rule['dev_trained_min']:.0%}")
+    glue("heldout_slack", rule["heldout_slack"])
+    glue("dsf_fitness", "reached" if f.chosen.reached else "did not reach")
+    glue("curve_exposures", report.join_words([str(e) for e in p.curve_exposures]))
+    glue("chosen_is_last", "the last checkpoint" if f.chosen.exposures == f.chosen.converged else "an earlier checkpoint than the last")
+    glue("dtype_name", f.methods.runs["lora"]["dtype"])
+    glue("dtype_reason", dtype_reason(f))
     glue("max_record_tokens", max_record_tokens(json_schema(STRUCTURED_FIELDS)))
-    glue("min_structured_size", min(ch.params.structured_sizes))
-    glue("max_structured_size", max(ch.params.structured_sizes))
+    glue("min_structured_size", min(p.structured_sizes))
+    glue("max_structured_size", max(p.structured_sizes))
     glue("max_paraphrases", ch.best_count)
+    glue("min_paraphrases", min(p.paraphrase_counts))
+    glue("method_exposures", p.method_exposures)
     glue("n_candidates", LOOKALIKES + 1)
-    glue("lr_factors", ", ".join(f"{f:g}" for f in ch.params.lr_factors))
-    glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in ch.params.sweep_methods]))
-    unswept = [METHOD_LABELS[m] for m in ch.params.methods if m not in ch.params.sweep_methods]
+    glue("lr_factors", ", ".join(f"{x:g}" for x in p.lr_factors))
+    glue("sweep_exposures", p.sweep_exposures)
+    glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in p.sweep_methods]))
+    unswept = [METHOD_LABELS[m] for m in p.methods if m not in p.sweep_methods]
     glue("unswept_sentence", f"The others ({report.join_words(unswept)}) take LoRA's choice." if unswept else
          "Every method has a sweep of its own.")
     glue("general_texts", report.join_words(ch.general))
-    glue("lr_edge_sentence", lr_edge_sentence(ch.sweep))
-    low = min(ch.params.paraphrase_counts)
-    glue("low_paraphrase_epochs", tasks.dsf_epochs(ch.params, low))
-    glue("top_paraphrase_epochs", tasks.dsf_epochs(ch.params, ch.best_count))
+    glue("lr_edge_sentence", lr_edge_sentence(f.sweep))
+    spread = headline["dsf_seed_spread"]
+    flips = seed_sensitivity(comparisons, spread)
+    could = [c for c, v in flips["a_seed_could_flip_it"].items() if v]
+    glue("seed_flip_list", report.join_words(could) if could else "none of them")
     # the equivalence margins are the plan's (data/analysis_plan.yaml), in points of quality
     glue("t1_margin", f"{100 * the_plan().get('T1-lora-vs-full').margin:.0f} points")
     glue("qlora_margin", f"{100 * the_plan().get('T3-qlora-vs-lora').margin:.0f} points")
 
 
-def save(ch: Chapter):
+def save(ch: Chapter, f: Findings):
     run = ch.run
-    run.tables.update(knowledge=ch.knowledge.reset_index().to_dict("records"),
-                      behaviour=ch.behaviour.reset_index().to_dict("records"),
-                      methods=ch.cost.reset_index().to_dict("records"),
-                      forgetting=forgetting_table(ch).reset_index().to_dict("records"),
-                      lr_sweep=ch.sweep.reset_index().to_dict("records"),
-                      generated_answers=ch.answers.to_dict("records"),
-                      train_runs={name: r.metrics for name, r in ch.runs.items()})
+    run.tables.update(knowledge_curve=f.curve.table.to_dict("records"),
+                      knowledge=f.knowledge.table.reset_index().to_dict("records"),
+                      paraphrases=f.variety.reset_index().to_dict("records"),
+                      behaviour=f.behaviour.table.reset_index().to_dict("records"),
+                      methods=f.methods.table.reset_index().to_dict("records"),
+                      seeds=f.methods.seeds.reset_index().to_dict("records"),
+                      forgetting=forgetting_table(f.probes(ch)).reset_index().to_dict("records"),
+                      lr_sweep=f.sweep.reset_index().to_dict("records"),
+                      generated_answers=f.answers.to_dict("records") if f.answers is not None else [],
+                      curve_run=f.curve.train, train_runs=f.methods.runs)
     return run.save(lm=ch.lm)
+
+
+def plot_curve(curve: pd.DataFrame, rag: float, chosen: int):
+    """The knowledge curve: accuracy on trained and held-out phrasings (test facts), and on the known
+    real-world questions, against exposures per fact and against training seconds, with base + RAG's
+    accuracy on the same held-out questions as a line and the chosen checkpoint marked."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, x, label in ((axes[0], "exposures", "exposures per fact (epochs x paraphrases)"),
+                         (axes[1], "seconds", "training seconds (this machine)")):
+        for col, name, style in (("trained_acc", "trained phrasing", "o-"), ("heldout_acc", "held-out phrasing", "s-"),
+                                 ("known_acc", "known real-world facts", "^--")):
+            if curve[col].notna().any():
+                ax.plot(curve[x], curve[col], style, label=name)
+        ax.axhline(rag, color="grey", ls=":", label="base + RAG (held-out)")
+        ax.axhline(1 / (LOOKALIKES + 1), color="lightgrey", ls="-", lw=0.8, label="chance")
+        ax.axvline(float(curve.loc[curve.exposures == chosen, x].iloc[0]), color="black", lw=0.6, alpha=0.5)
+        ax.set(xlabel=label, ylim=(0, 1.05))
+    axes[0].set(ylabel="gold ranked first", title="Knowledge curve (test facts)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -342,7 +342,7 @@ def marker_rate(gen: Generation) -> float:
 
 def dsf_model(ch: Chapter):
     """Chapter 3's closed-book fine-tune for this chapter's test facts (`common.dsf_model`)."""
-    return common_dsf_model(ch.dsf_params, ch.facts)
+    return common_dsf_model(ch.dsf_params, ch.kb, ch.facts)
 
 
 # ---------------------------------------------------------------------------------------------

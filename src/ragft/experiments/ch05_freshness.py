@@ -72,6 +72,7 @@ class Chapter:
     dsf_adapter: str
     dsf_source: str
     lr: float  # the DSF's learning rate, for every update
+    exposures: int  # the DSF's exposures per fact (chapter 3's chosen checkpoint), for every update
     store: object = None
     ranked: dict = field(default_factory=dict)  # (world, set) -> retrieved chunks per question
     scores: dict = field(default_factory=dict)  # outcome name -> Ranking
@@ -117,20 +118,21 @@ def setup(params) -> Chapter:
             cands.append((values, gold, values.index(alt) if alt in values else None))
         candidates[(world, part)] = cands
     with run.stage("dsf_handover"):
-        adapter, source, _ = dsf_adapter(p3, facts)
+        adapter, source, _ = dsf_adapter(p3, kb, facts)
+    lr, exposures = dsf_recipe(p3, source)
     ch = Chapter(params, p3, p4, run, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
-                 f"{source} Test facts: {facts_source}.", dsf_lr(p3, source))
+                 f"{source} Test facts: {facts_source}.", lr, exposures)
     return ch
 
 
-def dsf_lr(p3, source: str) -> float:
-    """The learning rate the DSF adapter was trained with: chapter 3's choice when the adapter is
-    chapter 3's, else the rate the fallback trains with (common.published_dsf_lr)."""
-    from .common import published_dsf, published_dsf_lr
+def dsf_recipe(p3, source: str) -> tuple[float, int]:
+    """(learning rate, exposures per fact) the DSF adapter was trained with: chapter 3's choice of this
+    run when the adapter is chapter 3's, else what the fallback trains with (common.dsf_recipe); the
+    updates below train with the same recipe."""
+    from . import common
 
-    doc = results.read_chapter("03_finetune") or {}
-    chosen = (doc.get("metrics") or {}).get("lora_lr_chosen")
-    return float(chosen) if chosen and "chapter 3's adapter" in source else published_dsf_lr(p3, published_dsf(p3))[0]
+    doc = results.read_chapter("03_finetune") if "chapter 3's adapter" in source else None
+    return common.dsf_recipe(p3, common.published_dsf(p3), doc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def readers(ch: Chapter):
     """The fine-tuned readers, loaded: (DSF model, RAFT model)."""
     from ..train import load_artifact
 
-    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, ch.p3.dsf_epochs), merge=True)
+    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, 1), merge=True)
     ch.raft_adapter, ch.raft_source = raft_adapter(ch)
     return dsf, load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True)
 
@@ -330,7 +332,7 @@ def update_fine_tune(ch: Chapter) -> pd.DataFrame:
 
     p, p3 = ch.params, ch.p3
     count = max(p3.paraphrase_counts)
-    cfg = tasks.lora_config(p3, tasks.dsf_epochs(p3, count), lr=ch.lr)
+    cfg = tasks.dsf_config(p3, count, ch.exposures, ch.lr)
     v2 = {q.qid: q for q in ch.kb2.questions}
     changed, unchanged = ch.sets[("v2", "changed")], ch.sets[("v2", "unchanged")]
     replay = unchanged[:round(p.replay_share * len(changed))]
@@ -371,7 +373,7 @@ def update_repetitions(ch: Chapter) -> None:
     from ..train.measure import release_memory
 
     p3, count = ch.p3, max(ch.p3.paraphrase_counts)
-    cfg = tasks.lora_config(p3, tasks.dsf_epochs(p3, count), lr=ch.lr)
+    cfg = tasks.dsf_config(p3, count, ch.exposures, ch.lr)
     facts, docs = [], set()
     for q in ch.sets[("v2", "changed")]:
         if q.doc_ids[0] not in docs and q.doc_ids[0] in ch.upsert_s:

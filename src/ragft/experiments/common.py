@@ -68,16 +68,17 @@ def chapter3_facts(kb, p3) -> tuple[list, str]:
     return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
 
 
-def dsf_adapter(p3, facts: list):
+def dsf_adapter(p3, kb, facts: list):
     """Chapter 3's closed-book fine-tune (DSF) on `facts`, handed over explicitly: the adapter chapter 3
-    of this run names in its results (`artifacts["dsf_adapter"]`). When chapter 3 has not run here
-    (a later chapter alone), fine-tuned other facts or another model, or its adapter folder is gone,
-    it is trained here with chapter 3's parameters.
+    of this run names in its results (`artifacts["dsf_adapter"]`, its chosen checkpoint). When chapter 3
+    has not run here (a later chapter alone), fine-tuned other facts or another model, or its adapter
+    folder is gone, chapter 3's curve run is trained here (or reloaded from the cache) with chapter 3's
+    parameters, and the checkpoint chapter 3 chose in its published results is taken.
     Returns (adapter folder, the line that says which happened, the TrainResult when trained here)."""
     from pathlib import Path
 
     from ..results import read_chapter
-    from ..train import tasks
+    from . import ch03_finetune as ch03
 
     doc = read_chapter(DSF_CHAPTER)
     adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
@@ -94,13 +95,14 @@ def dsf_adapter(p3, facts: list):
     else:
         return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
     published = published_dsf(p3)
-    lr, at = published_dsf_lr(p3, published)
+    (lr, exposures), at = dsf_recipe(p3, published), recipe_words(p3, published)
     print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts), published)}",
           flush=True)
-    result = tasks.train_dsf(p3, facts, max(p3.paraphrase_counts), lr=lr)
+    dev = ch03.development_facts(kb, facts, p3.n_dev_facts, p3.seed)
+    result = ch03.curve_run(p3, facts, dev, lr)
     how = "reloaded from the artifact cache" if result.cached else "trained now"
-    return (str(result.artifact), f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.",
-            result)
+    folder = ch03.checkpoint_folder(result, exposures, max(p3.paraphrase_counts))
+    return (folder, f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.", result)
 
 
 def published_dsf(p3) -> tuple[dict, str] | None:
@@ -115,14 +117,12 @@ def published_dsf(p3) -> tuple[dict, str] | None:
 
 
 def training_estimate(p3, n_facts: int, published: tuple[dict, str] | None) -> str:
-    """What training chapter 3's fine-tune here will cost, said before it starts: its optimizer steps,
+    """What training chapter 3's curve run here will cost, said before it starts: its optimizer steps,
     and their time at the published run's LoRA step time (2 cores of the faster CPU kind)."""
     import math
 
-    from ..train import tasks
-
     n = max(p3.paraphrase_counts)
-    steps = math.ceil(n_facts * n / p3.train_batch_size) * tasks.dsf_epochs(p3, n)
+    steps = math.ceil((n_facts + p3.n_dev_facts) * n / p3.train_batch_size) * (max(p3.curve_exposures) // n)
     step_s = published[0].get("lora_step_s") if published else None
     if not step_s:
         return f"{steps} optimizer steps"
@@ -132,22 +132,29 @@ def training_estimate(p3, n_facts: int, published: tuple[dict, str] | None) -> s
             "the faster CPU kind; twice that on an AVX2-only CPU, far less on a GPU)")
 
 
-def published_dsf_lr(p3, published: tuple[dict, str] | None) -> tuple[float, str]:
-    """The learning rate a DSF trained outside chapter 3 uses: the one chapter 3 chose in its published
-    results for this model (a later chapter run alone trains what the book trained), else lora_lr.
-    Returns (rate, the words that say which)."""
-    chosen = published[0].get("lora_lr_chosen") if published else None
-    if chosen:
-        return float(chosen), f"at the learning rate chapter 3 chose in its {published[1]} ({float(chosen):g})"
-    return p3.lora_lr, f"at lora_lr ({p3.lora_lr:g}; no published choice for {p3.model})"
+def dsf_recipe(p3, published: tuple[dict, str] | None, doc: dict | None = None) -> tuple[float, int]:
+    """(learning rate, exposures per fact) of chapter 3's chosen fine-tune: from chapter 3's results of
+    this run (`doc`) when given, else its published results for this model, else lora_lr and the
+    curve's last checkpoint. Chapter 5 updates the fine-tune with the same recipe."""
+    metrics = (doc or {}).get("metrics") or (published[0] if published else {})
+    lr = metrics.get("lora_lr_chosen") or p3.lora_lr
+    exposures = metrics.get("dsf_chosen_exposures") or max(p3.curve_exposures)
+    return float(lr), int(exposures)
 
 
-def dsf_model(p3, facts: list):
+def recipe_words(p3, published: tuple[dict, str] | None) -> str:
+    """The words that say where dsf_recipe's values came from."""
+    lr, exposures = dsf_recipe(p3, published)
+    if published and published[0].get("dsf_chosen_exposures"):
+        return (f"at the learning rate and checkpoint chapter 3 chose in its {published[1]} ({lr:g}, {exposures} "
+                "exposures per fact)")
+    return f"at lora_lr ({lr:g}) and the curve's last checkpoint ({exposures} exposures; no published choice for {p3.model})"
+
+
+def dsf_model(p3, kb, facts: list):
     """The DSF model itself (`dsf_adapter`), ready to answer (the adapter merged). Returns (model, the
     line that says where it came from)."""
-    from ..train import load_artifact, merged, tasks
+    from ..train import load_artifact, tasks
 
-    folder, line, trained = dsf_adapter(p3, facts)
-    if trained is not None:
-        return merged(trained.lm), line
-    return load_artifact(p3.model, folder, tasks.lora_config(p3, p3.dsf_epochs), merge=True), line
+    folder, line, _ = dsf_adapter(p3, kb, facts)
+    return load_artifact(p3.model, folder, tasks.lora_config(p3, 1), merge=True), line

@@ -40,22 +40,28 @@ def lora_config(params, epochs: int, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def dsf_epochs(params, n_paraphrases: int) -> int:
-    """Epochs for n_paraphrases per fact: dsf_epochs on the most paraphrases, proportionally more on
-    fewer, so every paraphrase count gets the same number of optimizer steps (K5 without a confound)."""
-    return max(1, round(params.dsf_epochs * max(params.paraphrase_counts) / n_paraphrases))
-
-
-def train_dsf(params, facts: list, n_paraphrases: int, lr: float | None = None, method: str = "lora",
-              label: str | None = None) -> TrainResult:
-    """Chapter 3's closed-book fine-tune on the facts (lr: default lora_lr). Chapter 4 calls it with
-    chapter 3's parameters and learning rate, so the same model, config and data hash to the same
-    cached adapter: reloaded, not retrained. `method` is a chapter 3 method name (lora,
-    lora-attention, qlora, full)."""
+def dsf_config(params, n_paraphrases: int, exposures: int, lr: float | None = None, method: str = "lora",
+               seed: int | None = None) -> TrainConfig:
+    """Chapter 3's closed-book fine-tune: `exposures` per fact (epochs = exposures / n_paraphrases) at a
+    constant learning rate after a short warm-up, so that the model after any epoch is what a run of
+    that length gives (the knowledge curve's checkpoints). `method` is a chapter 3 method name (lora,
+    lora-attention, qlora, full); lr defaults to lora_lr."""
+    if exposures % n_paraphrases:
+        raise ValueError(f"{exposures} exposures per fact over {n_paraphrases} paraphrases is not a whole number of epochs")
     overrides = {"lora-attention": {"target": "attention"}, "qlora": {"method": "qlora"},
                  "full": {"method": "full"}}.get(method, {})
-    cfg = lora_config(params, dsf_epochs(params, n_paraphrases), **overrides, **({"lr": lr} if lr else {}))
-    return train(params.model, dsf_examples(facts, n_paraphrases), cfg, label=label or f"dsf-p{n_paraphrases}")
+    return lora_config(params, exposures // n_paraphrases, schedule="constant", warmup=params.warmup_steps,
+                       **overrides, **({"lr": lr} if lr else {}), **({"seed": seed} if seed is not None else {}))
+
+
+def train_dsf(params, facts: list, n_paraphrases: int, exposures: int, lr: float | None = None, method: str = "lora",
+              label: str | None = None, seed: int | None = None, snapshots: tuple[int, ...] = ()) -> TrainResult:
+    """Chapter 3's closed-book fine-tune on the facts (dsf_config), saving the model after each epoch
+    in `snapshots`. Chapters 4 and 5 call it with chapter 3's parameters, learning rate and facts, so
+    the same model, config and data hash to the same cached run: reloaded, not retrained."""
+    cfg = dsf_config(params, n_paraphrases, exposures, lr, method, seed)
+    return train(params.model, dsf_examples(facts, n_paraphrases), cfg, label=label or f"dsf-p{n_paraphrases}",
+                 snapshots=snapshots)
 
 
 def structured_context(kb, question) -> str:

@@ -29,6 +29,7 @@ TARGETS = {
     "all-linear": "all-linear",  # peft: every linear layer of the transformer, not the output head
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
+SCHEDULES = ("linear", "constant")
 ARTIFACT_VERSION = 1  # bump when the training code changes what an artifact holds
 
 
@@ -44,6 +45,10 @@ class TrainConfig:
     max_len: int = 256  # longer examples are an error, not silently cut
     seed: int = 0
     checkpoint_every: int = 0  # steps between checkpoints (0: none)
+    # linear: warm-up, then linear decay to 0 at the last step; constant: warm-up, then the rate held,
+    # so that the model after any epoch is what a run of that many epochs gives (a curve's checkpoints)
+    schedule: str = "linear"
+    warmup: int = 0  # optimizer steps of linear warm-up from 1/(warmup+1) of the rate
     dtype: str = "auto"  # compute dtype (models.select_dtype); full fine-tuning keeps fp32 master weights
     device: str = "auto"
 
@@ -70,6 +75,10 @@ class TrainConfig:
             bad("max_len", "use an integer in [8, 131072]")
         if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
             bad("checkpoint_every", "use an integer >= 0")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"use one of {list(SCHEDULES)}")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            bad("warmup", "use an integer >= 0")
 
 
 @dataclass
@@ -84,6 +93,9 @@ class TrainResult:
 def artifact_key(model_name: str, cfg: TrainConfig, data: list[Tokenized], start: dict | None = None) -> str:
     h = hashlib.sha256()
     identity = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_every"}
+    for k, default in (("schedule", "linear"), ("warmup", 0)):  # fields added later: old runs keep their hash
+        if identity[k] == default:
+            del identity[k]
     h.update(json.dumps([ARTIFACT_VERSION, model_name, identity], sort_keys=True).encode())
     for name in sorted(start or {}):  # a continued run is another run for every starting adapter
         h.update(name.encode() + start[name].float().numpy().tobytes())
@@ -197,6 +209,20 @@ def merged(lm: models.LoadedLM) -> models.LoadedLM:
     return lm
 
 
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """The share of cfg.lr at optimizer step `step` (0-based) of `total`: a linear warm-up over
+    cfg.warmup steps, then the rate held (constant) or decayed linearly to 0 at `total` (linear)."""
+    if step < cfg.warmup:
+        return (step + 1) / (cfg.warmup + 1)
+    return 1.0 if cfg.schedule == "constant" else 1 - step / total
+
+
+def snapshot_folder(folder: str | Path, epoch: int) -> Path:
+    """Where a run's model after `epoch` epochs is kept (train's `snapshots`): an artifact folder
+    of its own (load_artifact reads it)."""
+    return Path(folder) / "snapshots" / f"epoch-{epoch}"
+
+
 def _loss(model, batch):
     import torch.nn.functional as F
 
@@ -207,14 +233,20 @@ def _loss(model, batch):
 
 
 def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
-          on_step=None, cache: bool = True, init_from: str | Path | None = None) -> TrainResult:
+          on_step=None, cache: bool = True, init_from: str | Path | None = None,
+          snapshots: tuple[int, ...] = ()) -> TrainResult:
     """Fine-tune `model_name` on `examples`. `on_step(step, loss)` is called after every optimizer
     step (for tests that interrupt a run). With cache=True a finished artifact is reused.
     `init_from`: a LoRA adapter folder trained with the same method, rank and target, whose weights
-    the run starts from (continued training) instead of fresh adapters."""
+    the run starts from (continued training) instead of fresh adapters. `snapshots`: epochs after
+    which the model is saved as an artifact of its own (snapshot_folder), with the run's seconds,
+    tokens and FLOPs up to there in metrics["snapshots"]; the last epoch's is the artifact itself."""
     import torch
 
     cfg.validate()
+    snapshots = tuple(sorted(set(snapshots)))
+    if snapshots and not all(isinstance(e, int) and 1 <= e <= cfg.epochs for e in snapshots):
+        raise ValueError(f"snapshots={list(snapshots)}: use epochs between 1 and epochs={cfg.epochs}")
     from transformers import AutoTokenizer
 
     start = _adapter_weights(init_from, cfg) if init_from is not None else None
@@ -224,7 +256,11 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     done = folder / "train_metrics.json"
     if cache and done.exists():
         saved = json.loads(done.read_text())
-        return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"], cached=True)
+        kept = {int(e) for e in saved["metrics"].get("snapshots", {})}
+        if set(snapshots) <= kept:
+            return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"],
+                               cached=True)
+        cache = False  # the finished run lacks a snapshot asked for now: train it again
     if not cache:
         shutil.rmtree(folder, ignore_errors=True)
     import contextlib
@@ -250,15 +286,17 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
         steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total)  # linear decay to 0
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total))
         ckpt = folder / "checkpoint.pt"
         step, losses, step_s, step_tokens, step_flops, pad = 0, [], [], [], [], 0
+        kept: dict = {}  # epoch -> the run's cost up to its snapshot
         if ckpt.exists():
             state = torch.load(ckpt, weights_only=True)  # tensors, numbers and lists only: no code runs on load
             model.load_state_dict(state["weights"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             step, losses = state["step"], state["losses"]
+            kept = state.get("snapshots", {})
         bar = progress(None, desc=f"{label} ({cfg.method})", total=total)
         bar.update(step)
         for epoch in range(cfg.epochs):
@@ -297,10 +335,16 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     folder.mkdir(parents=True, exist_ok=True)
                     torch.save({"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
                                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                "step": step, "losses": losses}, ckpt.with_suffix(".tmp"))
+                                "step": step, "losses": losses, "snapshots": kept}, ckpt.with_suffix(".tmp"))
                     ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
                 if on_step is not None:
                     on_step(step, losses[-1])
+            if epoch + 1 in snapshots and str(epoch + 1) not in kept:
+                # seconds and FLOPs of the steps so far (a resumed run counts the steps it ran itself)
+                kept[str(epoch + 1)] = {"step": step, "train_s": sum(step_s), "train_tokens": sum(step_tokens),
+                                        "flops": sum(step_flops)}
+                if epoch + 1 < cfg.epochs:
+                    _save_artifact(model, base.tokenizer, cfg, snapshot_folder(folder, epoch + 1))
         bar.close()
     model.eval()
     if compute is not None:  # the trained weights serve, and are saved, in the compute dtype
@@ -330,6 +374,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "loss_last_epoch": sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:]),
         "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
         "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
+        "flops": sum(step_flops), "snapshots": kept,
     }
     done.write_text(json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
     base.model = model
