@@ -72,3 +72,27 @@ def test_real_files_have_the_documented_counts():
     # both files give half their questions to each split, and no question is in both
     assert sum(x.split == "test" for x in hot) == 102 and len({x.question for x in hot}) == 203
     assert len(b.load_nq_open(str(BENCHMARKS))) == 2655
+
+
+def test_known_questions_take_look_alikes_from_questions_of_their_kind():
+    from types import SimpleNamespace
+
+    from ragft.corpus.known import ranked_questions
+
+    items = [SimpleNamespace(qid=f"q{i}", question=q, answers=[a]) for i, (q, a) in enumerate([
+        ("who wrote hamlet", "William Shakespeare"), ("who painted the mona lisa", "Leonardo da Vinci"),
+        ("who discovered penicillin", "Alexander Fleming"), ("who invented the telephone", "Alexander Graham Bell"),
+        ("when did the titanic sink", "1912"), ("where is the eiffel tower", "Paris"),
+        ("who is the author of the book who", "who"),  # the answer is in the question: not usable
+        ("what is the capital of peru", "Lima"),  # no question word of the four: not usable
+        ("who wrote a very long answer", "one two three four five six")])]  # over four words
+    out = ranked_questions(items, 10, k=3, seed=0)
+    # from the end of the file backwards; "when" and "where" have too few of their kind for 3 look-alikes
+    assert [q.qid for q in out] == ["q3", "q2", "q1", "q0"]
+    for q in out:
+        gold = next(i for i in items if i.qid == q.qid).answers[0]
+        assert q.candidates[q.gold] == gold and len(set(q.candidates)) == 4
+        assert set(q.candidates) <= {"William Shakespeare", "Leonardo da Vinci", "Alexander Fleming", "Alexander Graham Bell"}
+    assert ranked_questions(items, 10, k=3, seed=0) == out  # reproducible
+    with pytest.raises(ValueError, match="at least one"):
+        ranked_questions(items, 0)

@@ -66,36 +66,58 @@ def test_ratio_tolerance_and_cost_saving_rule():
 
 
 def _fake_chapter(profile="cpu"):
-    """A chapter whose sections 'ran': the tables and outcomes the sections would leave, from the
-    profile's sizes, with a perfect fine-tune so every comparison has something to say."""
+    """A chapter whose steps 'ran': the results each step would return and the outcomes it would
+    record, from the profile's sizes, with a fine-tune that learnt its facts so every comparison has
+    something to say. Returns (chapter, findings)."""
     p = config.resolve("03_finetune", profile)
     run = ChapterRun(ch03.CHAPTER, p)
     facts = [_q(f"f{i}") for i in range(p.n_facts)]
     products = [_q(f"s{i}") for i in range(p.n_structured_test)]
+    known = [SimpleNamespace(qid=f"k{i}") for i in range(8)]
+    general = {"help topics": "", "module docs": ""}
     ch = ch03.Chapter(p, run, lm=None, embed_model=None, kb=None, facts=facts,
-                      general={"help topics": "", "module docs": ""}, val_facts=[_q(f"v{i}") for i in range(p.n_val_facts)])
-    ch.lrs = {m: (1e-4 if m == "full" else 3e-3) for m in p.methods}
-    ch.structured_test = products
-    top = ch.best_count
+                      dev_facts=[_q(f"d{i}") for i in range(p.n_dev_facts)], general=general, known=known)
+    lrs = {m: (1e-4 if m == "full" else 3e-3) for m in p.methods}
+    top, low = ch.best_count, min(p.paraphrase_counts)
 
     def record(name, score, items):
         run.record(name, {q.qid: score(i) for i, q in enumerate(items)})
 
-    rows = [{"condition": "base model, closed book", "held_out": 0.0, "trained_paraphrase": 0.0}]
+    def probe(label, nll):
+        segments = {f"{text}, tokens {i}": nll + 0.01 * (i % 3) for text in general for i in range(20)}
+        run.record(f"NLL: {label}", segments)
+        return ch03.ForgettingProbe(float(np.exp(nll)), segments, {t: float(np.exp(nll)) for t in general})
+
+    ch.base_probe = probe("base model", 2.0)
     record("base held-out", lambda i: 0, facts)
-    for count in p.paraphrase_counts:
-        hit = (lambda i: 1) if count == top else (lambda i: i % 4 == 0)
-        record(f"DSF p{count} held-out", hit, facts)
-        record(f"DSF p{count} trained paraphrase", lambda i: 1, facts)
-        record(f"DSF p{count} quality", lambda i: (hit(i) + 1) / 2, facts)
-        rows.append({"condition": ch03.dsf_row_label(count), "held_out": sum(map(hit, range(len(facts)))) / len(facts),
-                     "trained_paraphrase": 1.0, "examples": 3 * len(facts), "train_s": 1.0})
+    record("base known", lambda i: 1, known)
+    curve_rows = []
+    for e in p.curve_exposures:
+        hit = (lambda i: 1) if e >= p.k5_exposures else (lambda i: i % 2)
+        record(f"DSF p{top} e{e} held-out", hit, facts)
+        record(f"DSF p{top} e{e} trained paraphrase", lambda i: 1, facts)
+        record(f"DSF p{top} e{e} known", lambda i: int(i > 0), known)
+        curve_rows.append({"exposures": e, "trained_acc": 1.0, "heldout_acc": 1.0 if e >= p.k5_exposures else 0.5,
+                           "known_acc": 7 / 8, "seconds": float(e), "flops": 1e12 * e, "dev_trained_acc": 1.0,
+                           "dev_heldout_acc": 1.0})
+    curve = ch03.Curve(pd.DataFrame(curve_rows, columns=list(ch03.CURVE_COLUMNS)), {e: f"/x/{e}" for e in p.curve_exposures},
+                       3e-3, {})
+    chosen = ch03.choose_checkpoint(curve.table, {"dev_trained_min": 0.95, "heldout_slack": 1}, p.n_dev_facts)
+    for part in ("held-out", "trained paraphrase", "known"):
+        run.record(f"DSF p{top} {part}", run.outcomes[f"DSF p{top} e{chosen.exposures} {part}"])
+    record(f"DSF p{low} e{p.k5_exposures} held-out", lambda i: i % 4 == 0, facts)
     record("base + RAG", lambda i: i % 2, facts)
     record(f"DSF p{top} + RAG", lambda i: 1, facts)
-    rows += [{"condition": "base model + RAG (top-1)", "held_out": 0.5}, {"condition": "DSF + RAG", "held_out": 1.0}]
+    rows = [{"condition": "base model, closed book", "held_out": 0.0, "trained_paraphrase": 0.0},
+            {"condition": "base model + RAG (top-1)", "held_out": 0.5}, {"condition": "DSF (chosen) + RAG", "held_out": 1.0}]
+    table = pd.DataFrame(rows).set_index("condition")
+    table.insert(0, "n", len(facts))
+    knowledge = ch03.Knowledge(table, None, [], 0.9)
+    variety = pd.DataFrame([{"paraphrases": low, "exposures": p.k5_exposures, "held_out": 0.25, "trained_paraphrase": 1.0},
+                            {"paraphrases": top, "exposures": p.k5_exposures, "held_out": 1.0, "trained_paraphrase": 1.0}
+                            ]).set_index("paraphrases")
     for name in ("base", f"DSF p{top}", "base + RAG", f"DSF p{top} + RAG"):
         record(f"{name} generated", lambda i: i % 2, ch.format_facts)
-    ch.knowledge = pd.DataFrame(rows).set_index("condition")
 
     names = [ch03.SHORT, ch03.ZERO_SHOT, ch03.FEW_SHOT, ch03.CONSTRAINED]
     names += [ch03.lora_structured_name(s) for s in p.structured_sizes]
@@ -104,35 +126,34 @@ def _fake_chapter(profile="cpu"):
         tuned = name.startswith("LoRA")
         for score in ch03.JSON_SCORES:
             record(f"{name}: {score}", (lambda i: 1) if tuned else (lambda i: 0), products)
-        brows.append({"condition": name, "json_valid": float(tuned), "schema_adherence": float(tuned),
+        brows.append({"condition": name, "n": len(products), "json_valid": float(tuned), "schema_adherence": float(tuned),
                       "fields_correct": float(tuned), "prompt_tokens": 100.0 if tuned else 250.0,
                       "completion_tokens": 20.0, "cost_per_1k_usd": 0.1 if tuned else 0.25})
-    ch.behaviour = pd.DataFrame(brows).set_index("condition")
-    ch.best_structured, ch.best_structured_size = names[-1], p.structured_sizes[-1]
+    behaviour = ch03.Behaviour(pd.DataFrame(brows).set_index("condition"), {}, names[-1], p.structured_sizes[-1],
+                               ("JSON, LoRA", probe("JSON, LoRA", 2.05)))
 
     cost = {k: 1.0 for k in ch03.COST_COLUMNS}
-    ch.runs = {m: SimpleNamespace(metrics={**cost, "peak_gflops": 100.0, "dtype": "float32", "device": "cpu"})
-               for m in p.methods}
-    crows = []
+    runs = {m: {**cost, "peak_gflops": 100.0, "dtype": "float32", "device": "cpu"} for m in p.methods}
+    crows, probes = [], {}
     for m in p.methods:
-        if ch03.method_name(ch, m) != f"DSF p{top}":
-            record(f"{ch03.method_name(ch, m)} quality", lambda i: 1.0 if m != "lora-attention" else 0.5, ch.method_facts)
+        record(f"{ch03.method_name(m)} quality", lambda i: 1.0 if m != "lora-attention" else 0.5, ch.method_facts)
         crows.append({"method": m, "held_out": 1.0, "trained_paraphrase": 1.0, "quality": 1.0, **cost})
-    ch.cost = pd.DataFrame(crows).set_index("method")
-
-    for label, nll in [("base model", 2.0)] + [(ch03.method_label(m), 2.2 if m != "full" else 2.1) for m in p.methods]:
-        segments = {f"{text}, tokens {i}": nll + 0.01 * (i % 3) for text in ch.general for i in range(20)}
-        ch.forgetting[label] = ch03.ForgettingProbe(float(np.exp(nll)), segments, {t: float(np.exp(nll)) for t in ch.general})
-        run.record(f"NLL: {label}", ch.forgetting[label].segment_nll)
+        probes[ch03.method_label(m)] = probe(ch03.method_label(m), 2.2 if m != "full" else 2.1)
+    seeds = pd.DataFrame([{"seed": s, "held_out": 1.0 - 0.0625 * s, "trained_paraphrase": 1.0}
+                          for s in range(p.n_training_seeds)]).set_index("seed")
+    methods = ch03.Methods(pd.DataFrame(crows).set_index("method"), seeds, probes, runs)
+    sweep = ch03.mark_chosen(pd.DataFrame([{"method": m, "lr": lr, "dev_heldout": 1.0, "dev_margin": 1.0, "train_s": 1.0}
+                                           for m, lr in lrs.items() if m in p.sweep_methods]).set_index(["method", "lr"]), lrs)
     embeddings = SimpleNamespace(weight=SimpleNamespace(numel=lambda: 30))
     ch.lm = SimpleNamespace(n_params=lambda: 135, model=SimpleNamespace(get_input_embeddings=lambda: embeddings))
-    return ch
-
+    found = ch03.Findings(sweep, lrs, curve, chosen, knowledge, variety, behaviour, methods, None,
+                          dsf_probe=probe(ch03.DSF_LABEL, 2.1))
+    return ch, found
 
 
 def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
-    ch = _fake_chapter("cpu")
-    m = ch03.headline_metrics(ch)
+    ch, f = _fake_chapter("cpu")
+    m = ch03.headline_metrics(ch, f)
     published = json.loads(PUBLISHED.read_text())["metrics"]
     # Per-size JSON keys follow structured_sizes (the published run may have had other sizes).
     size_keys = re.compile(r"(schema_adherence|fields_correct)_lora_\d+$")
@@ -145,7 +166,14 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert m["knowledge_chance"] == 0.25 and rules["knowledge_chance"] == {"kind": "exact"}
     for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
         assert m[f"{key}_n"] == n >= 64, key  # issue 13: the headline knowledge comparisons pair >= 64 facts
-    assert m["methods_n"] == ch.params.n_method_facts and m["val_facts_n"] == ch.params.n_val_facts
+    assert m["methods_n"] == ch.params.n_method_facts and m["dev_facts_n"] == ch.params.n_dev_facts
+    # the issue's keys: the curve's checkpoint, its fitness and the seeds
+    assert m["dsf_chosen_exposures"] == ch.params.k5_exposures  # the first checkpoint that met the rule
+    assert m["dsf_fitness_reached"] == 1 and m["dsf_fitness_trained"] == 1.0
+    assert m["n_training_seeds"] == ch.params.n_training_seeds == 3
+    assert m["dsf_seed_spread"] == pytest.approx(0.125)  # seeds at 100 %, 93.75 %, 87.5 %
+    assert rules["dsf_chosen_exposures"] == {"kind": "choice"} and rules["dsf_seed_spread"]["kind"] == "rate"
+    assert m["forgetting_delta_dsf"] == pytest.approx(np.exp(0.1) - 1)
     assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}
     assert rules["dsf_generated_contains"] == {"kind": "rate", "n": ch.params.n_format_facts}
     for method in ch.params.methods:
@@ -164,10 +192,10 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
 
 
 def test_json_comparisons_set_the_fine_tune_against_zero_shot_few_shot_and_a_grammar():
-    ch = _fake_chapter("cpu")
-    ch03.state_comparisons(ch)
+    ch, f = _fake_chapter("cpu")
+    ch03.state_comparisons(ch, f)
     by_claim = {c["claim"]: c for c in ch.run.comparisons}
-    best = ch.best_structured
+    best = f.behaviour.best
     assert by_claim["K4-json"]["b"] == f"{ch03.ZERO_SHOT}: json_valid" and by_claim["K4-json"]["a"] == f"{best}: json_valid"
     assert by_claim["K4-few-shot"]["b"] == f"{ch03.FEW_SHOT}: schema"
     constrained = by_claim["K4-constrained"]
@@ -191,66 +219,105 @@ def test_behaviour_table_shows_each_rate_with_its_interval():
 
 
 def test_comparisons_use_the_claim_ids_and_directions():
-    ch = _fake_chapter("cpu")
-    stated = ch03.state_comparisons(ch)
+    ch, f = _fake_chapter("cpu")
+    stated = ch03.state_comparisons(ch, f)
     by_claim = {c["claim"]: c for c in ch.run.comparisons}
-    assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag",
+    assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K7-known-facts",
                              "K5-rag-vs-dsf-rag", "K4-json", "K4-few-shot", "K4-constrained", "T4-sizes", "T1-lora-vs-full",
                              "T3-qlora-vs-lora", "T3-attention-only", "K7-forgetting-lora", "K7-forgetting-qlora",
                              "K7-forgetting-full", "K7-full-vs-lora"}
     assert by_claim["K1-rag-vs-dsf"]["a"] == "base + RAG" and by_claim["K1-rag-vs-dsf"]["expect"] == "greater"
-    assert by_claim["K5-paraphrases"]["a"] == "DSF p3 held-out" and by_claim["K5-paraphrases"]["b"] == "DSF p1 held-out"
-    assert by_claim["K5-paraphrases"]["verdict"] == "supported"  # 16 facts: 12 discordant pairs, all one way
+    # K5 at equal exposures: the curve's checkpoint at k5_exposures against one paraphrase trained as long
+    assert by_claim["K5-paraphrases"]["a"] == "DSF p3 e6 held-out" and by_claim["K5-paraphrases"]["b"] == "DSF p1 e6 held-out"
+    assert by_claim["K5-paraphrases"]["verdict"] == "supported"  # 64 facts: 48 discordant pairs, all one way
+    assert by_claim["K1-rag-vs-dsf"]["b"] == "DSF p3 held-out"  # the chosen checkpoint's outcomes, copied
     assert by_claim["T1-lora-vs-full"]["expect"] == "equal" and by_claim["T1-lora-vs-full"]["margin"] == pytest.approx(0.05)
     # The methods train on fewer facts than the headline: LoRA gets a run of its own on them.
-    assert by_claim["T3-qlora-vs-lora"]["a"] == "DSF p3 qlora quality" and by_claim["T3-qlora-vs-lora"]["b"] == "DSF p3 lora quality"
+    assert by_claim["T3-qlora-vs-lora"]["a"] == "methods qlora quality" and by_claim["T3-qlora-vs-lora"]["b"] == "methods lora quality"
     assert by_claim["T1-lora-vs-full"]["n"] == ch.params.n_method_facts
     for claim in ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K5-rag-vs-dsf-rag"):
         assert by_claim[claim]["n"] >= 64, claim
     k7 = by_claim["K7-full-vs-lora"]
-    assert k7["kind"] == "continuous" and k7["a"] == "NLL: DSF, full fine-tuning" and k7["b"] == "NLL: DSF, LoRA"
+    assert k7["kind"] == "continuous" and k7["a"] == "NLL: methods, full fine-tuning" and k7["b"] == "NLL: methods, LoRA"
     assert k7["n"] == 40 and k7["unit"] == "segments"  # 20 segments of each of the two texts
     assert k7["role"] == "secondary"  # K7 itself is each fine-tune against the base model
     for method in ("lora", "qlora", "full"):
         assert by_claim[f"K7-forgetting-{method}"]["b"] == "NLL: base model"
+    assert by_claim["K7-forgetting-lora"]["a"] == "NLL: DSF, LoRA"  # the chosen fine-tune, not a method run
+    assert by_claim["K7-known-facts"]["expect"] == "less" and by_claim["K7-known-facts"]["n"] == 8
     assert all(s.comparison is not None for s in stated.values())
 
 
 def test_comparisons_the_smoke_profile_cannot_make_say_why():
-    ch = _fake_chapter("smoke")  # one paraphrase count, one JSON size, no attention-only LoRA
-    stated = ch03.state_comparisons(ch)
-    for key, why in (("K5-paraphrases", "one count"), ("T4-sizes", "one size"), ("T3-attention-only", "attention-only")):
+    ch, f = _fake_chapter("smoke")  # one JSON size, no attention-only LoRA
+    stated = ch03.state_comparisons(ch, f)
+    for key, why in (("T4-sizes", "one size"), ("T3-attention-only", "attention-only")):
         assert stated[key].comparison is None and why in stated[key].missing
     assert stated["K1-rag-vs-dsf"].comparison is not None
 
 
 def test_cost_sentences_carry_no_quality_verdict():
-    ch = _fake_chapter("cpu")
-    sentences = ch03.cost_sentences(ch, ch03.headline_metrics(ch))
+    ch, f = _fake_chapter("cpu")
+    sentences = ch03.cost_sentences(f, ch03.headline_metrics(ch, f))
     assert set(sentences) == {"t1_sentence", "qlora_sentence", "t3_sentence", "k7_sentence", "s8_sentence"}
     for text in sentences.values():
         assert not any(word in text for word in (" beats", " wins", " better", " ahead", " holds here"))
 
 
-def test_validation_facts_are_never_test_facts(kb):
+def test_development_facts_are_never_test_facts(kb):
     test = kb.sample("single", 64, 0)
-    val = ch03.validation_facts(kb, test, 16, 0)
-    assert len(val) == 16 and not {q.qid for q in val} & {q.qid for q in test}
-    assert [q.qid for q in val] == [q.qid for q in ch03.validation_facts(kb, test, 16, 0)]  # reproducible
-    with pytest.raises(ValueError, match="n_val_facts"):
-        ch03.validation_facts(kb, test, len(kb.by_kind("single")), 0)
+    dev = ch03.development_facts(kb, test, 16, 0)
+    assert len(dev) == 16 and not {q.qid for q in dev} & {q.qid for q in test}
+    assert [q.qid for q in dev] == [q.qid for q in ch03.development_facts(kb, test, 16, 0)]  # reproducible
+    with pytest.raises(ValueError, match="n_dev_facts"):
+        ch03.development_facts(kb, test, len(kb.by_kind("single")), 0)
 
 
-def test_paraphrase_counts_get_the_same_optimizer_steps():
-    import math
+def _curve(dev_trained, dev_heldout, exposures=(3, 6, 12)):
+    return pd.DataFrame({"exposures": list(exposures), "dev_trained_acc": dev_trained, "dev_heldout_acc": dev_heldout})
 
+
+RULE = {"dev_trained_min": 0.95, "heldout_slack": 1}
+
+
+def test_the_checkpoint_rule_reads_development_facts_only():
+    # 16 development facts: one fact is 6.25 points. At 6 exposures trained 15/16 (94 %) misses the bar;
+    # at 12 it is met and held-out (15/16) is within one fact of the best (16/16 at 12): chosen.
+    chosen = ch03.choose_checkpoint(_curve([0.5, 15 / 16, 1.0], [0.5, 0.75, 15 / 16]), RULE, 16)
+    assert (chosen.exposures, chosen.reached, chosen.converged) == (12, True, 12)
+    # trained at the bar at 6, held-out 14/16 against a best of 16/16: still improving, so 12
+    assert ch03.choose_checkpoint(_curve([0.5, 1.0, 1.0], [0.5, 14 / 16, 1.0]), RULE, 16).exposures == 12
+    # within one fact of the best at 6: the earliest that meets the rule stands, the last is reported beside it
+    early = ch03.choose_checkpoint(_curve([0.5, 1.0, 1.0], [0.5, 15 / 16, 1.0]), RULE, 16)
+    assert (early.exposures, early.converged) == (6, 12)
+    # no checkpoint reaches the bar: the best held-out one stands, unfit
+    unfit = ch03.choose_checkpoint(_curve([0.5, 0.75, 0.9], [0.25, 0.5, 0.4375]), RULE, 16)
+    assert (unfit.exposures, unfit.reached) == (6, False)
+
+
+def test_the_curve_trains_whole_epochs_at_a_constant_rate():
     from ragft.train import tasks
 
     p = config.resolve("03_finetune", "cpu")
-    low, top = min(p.paraphrase_counts), max(p.paraphrase_counts)
-    assert tasks.dsf_epochs(p, top) == p.dsf_epochs
-    steps = {c: math.ceil(p.n_facts * c / p.train_batch_size) * tasks.dsf_epochs(p, c) for c in (low, top)}
-    assert steps[low] == steps[top], steps
+    cfg = tasks.dsf_config(p, 3, 12, 3e-3)
+    assert (cfg.epochs, cfg.schedule, cfg.warmup, cfg.lr) == (4, "constant", p.warmup_steps, 3e-3)
+    assert tasks.dsf_config(p, 1, 6).epochs == 6  # K5: one paraphrase, six epochs, six exposures
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        tasks.dsf_config(p, 3, 4)
+    with pytest.raises(config.ParamError, match="curve_exposures"):
+        config.resolve("03_finetune", "cpu", curve_exposures=[3, 5])
+    with pytest.raises(config.ParamError, match="k5_exposures"):
+        config.resolve("03_finetune", "cpu", k5_exposures=9)
+
+
+def test_seed_sensitivity_names_the_comparisons_a_seed_could_flip():
+    ch, f = _fake_chapter("cpu")
+    stated = ch03.state_comparisons(ch, f)
+    table = ch03.seed_sensitivity(stated, 0.5)
+    # K1-rag-vs-dsf: RAG 50 % against a fine-tune at 100 %: a difference of 50 points, no larger than the spread
+    assert table.loc["K1-rag-vs-dsf", "a_seed_could_flip_it"]
+    assert not table.loc["K5-paraphrases", "a_seed_could_flip_it"]  # 75 points apart
+    assert set(table.index) <= set(ch03.TRAINED_COMPARISONS)
 
 
 def test_learning_rates_one_rule_for_every_method():
@@ -258,12 +325,12 @@ def test_learning_rates_one_rule_for_every_method():
     assert ch03.sweep_lrs(p, "lora") == pytest.approx([p.lora_lr * f for f in p.lr_factors])
     assert ch03.sweep_lrs(p, "full") == pytest.approx([p.full_lr * f for f in p.lr_factors])
     sweep = pd.DataFrame([
-        {"method": "lora", "lr": 1e-3, "val_heldout": 0.50, "val_margin": 0.1},
-        {"method": "lora", "lr": 3e-3, "val_heldout": 0.75, "val_margin": -0.2},  # best accuracy wins
-        {"method": "lora", "lr": 1e-2, "val_heldout": 0.50, "val_margin": 2.0},
-        {"method": "full", "lr": 3e-5, "val_heldout": 0.25, "val_margin": 0.1},
-        {"method": "full", "lr": 1e-4, "val_heldout": 0.25, "val_margin": 0.4},  # a tie goes to the margin
-        {"method": "full", "lr": 3e-4, "val_heldout": 0.25, "val_margin": 0.4},  # ... then the smaller rate
+        {"method": "lora", "lr": 1e-3, "dev_heldout": 0.50, "dev_margin": 0.1},
+        {"method": "lora", "lr": 3e-3, "dev_heldout": 0.75, "dev_margin": -0.2},  # best accuracy wins
+        {"method": "lora", "lr": 1e-2, "dev_heldout": 0.50, "dev_margin": 2.0},
+        {"method": "full", "lr": 3e-5, "dev_heldout": 0.25, "dev_margin": 0.1},
+        {"method": "full", "lr": 1e-4, "dev_heldout": 0.25, "dev_margin": 0.4},  # a tie goes to the margin
+        {"method": "full", "lr": 3e-4, "dev_heldout": 0.25, "dev_margin": 0.4},  # ... then the smaller rate
     ])
     chosen = ch03.pick_lrs(sweep, ["lora", "lora-attention", "qlora", "full"])
     assert chosen == {"lora": 3e-3, "lora-attention": 3e-3, "qlora": 3e-3, "full": 1e-4}

@@ -157,7 +157,7 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
     lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=facts))
     assert lm == "lm" and "chapter 3's adapter from this run" in line
-    assert loaded[0][1] == str(adapter) and loaded[0][2].epochs == dsf_params.dsf_epochs
+    assert loaded[0][1] == str(adapter) and loaded[0][2].method == "lora"
     assert loaded[0][3]  # merged: it only answers
 
 
@@ -169,17 +169,26 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is gone"),
 ])
 def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, why):
+    from ragft.experiments import ch03_finetune as ch03
+
     if doc is not None:
         (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
     trained = []
-    monkeypatch.setattr(ch04.tasks, "train_dsf", lambda p3, facts, n, lr: trained.append((n, lr))
-                        or SimpleNamespace(lm="own", cached=False, artifact="x"))
+    monkeypatch.setattr(ch03, "development_facts", lambda kb, facts, n, seed: [])
+    monkeypatch.setattr(ch03, "curve_run", lambda p3, facts, dev, lr: trained.append(lr)
+                        or SimpleNamespace(lm="own", cached=False, artifact=run_dir / "curve",
+                                           metrics={"epochs": max(p3.curve_exposures) // max(p3.paraphrase_counts)}))
+    monkeypatch.setattr("ragft.train.load_artifact", lambda model, path, cfg, merge: ("own", str(path)))
     p = params()
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
-    lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=[SimpleNamespace(qid="f1")]))
-    # at the rate chapter 3 chose in its published (cpu) results, so a chapter alone trains what the book did
+    (lm, folder), line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=[SimpleNamespace(qid="f1")]))
+    # chapter 3's curve run at the rate and checkpoint chapter 3 chose in its published (cpu) results,
+    # so a chapter alone trains what the book did
     published = json.loads((ROOT / "experiments" / "results" / "cpu" / "03_finetune.json").read_text())["metrics"]
-    assert lm == "own" and trained == [(max(dsf_params.paraphrase_counts), published["lora_lr_chosen"])]
+    assert lm == "own" and trained == [published["lora_lr_chosen"]]
+    epoch = published["dsf_chosen_exposures"] // max(dsf_params.paraphrase_counts)
+    assert folder == str(run_dir / "curve" if epoch == max(dsf_params.curve_exposures) // 3
+                         else run_dir / "curve" / "snapshots" / f"epoch-{epoch}")
     assert "fine-tuned here" in line and why in line and "published cpu results" in line
 
 

@@ -30,10 +30,10 @@ def test_the_index_update_is_exact_idempotent_and_leaves_no_stale_chunk(tmp_path
     embed = HashEmbedding()
     store = rag.ChunkStore("fresh", path=tmp_path, embed_model=embed, chunk_size=64, chunk_overlap=0)
     store.ingest(rag.kb_documents(kb), fresh=True)
-    ch = SimpleNamespace(kb=kb, kb2=kb2, store=store, embed_model=embed, index={}, upsert_s={}, ranked={},
-                         params=SimpleNamespace(rag_top_k=1), run=SimpleNamespace(stage=lambda name: nullcontext()),
-                         sets={("v2", s): [] for s in ch05.SETS})
-    idx = ch05.update_index(ch)
+    ch = SimpleNamespace(kb=kb, kb2=kb2, embed_model=embed, params=SimpleNamespace(rag_top_k=1),
+                         run=SimpleNamespace(stage=lambda name: nullcontext()), sets={("v2", s): [] for s in ch05.SETS})
+    update = ch05.update_index(ch, ch05.Index(store, 0, {}))
+    idx = update.measures
     assert idx["docs_deleted"] == 1 and idx["docs_added"] >= 1 and idx["docs_changed"] >= 1
     assert (idx["chunks_lost"], idx["chunks_extra"], idx["chunks_duplicated"], idx["stale_chunks"]) == (0, 0, 0, 0)
     assert idx["chunks_after"] == idx["chunks_expected"] == len(store.split(rag.kb_documents(kb2)))
@@ -42,7 +42,7 @@ def test_the_index_update_is_exact_idempotent_and_leaves_no_stale_chunk(tmp_path
     assert not store.chunk_ids(retired)
     old = {s.doc_id: s.content_hash for s in rag.kb_documents(kb)}
     changes = {s.doc_id for s in rag.kb_documents(kb2) if old.get(s.doc_id) != s.content_hash}
-    assert set(ch.upsert_s) == changes and len(changes) < len(kb2.documents)  # only changes are re-indexed
+    assert set(update.upsert_s) == changes and len(changes) < len(kb2.documents)  # only changes are re-indexed
 
 
 def test_a_changed_facts_candidates_hold_its_other_value(kb, kb_v2):

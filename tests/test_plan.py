@@ -176,12 +176,24 @@ def test_claims_and_plan_agree(tmp_path):
 
 
 def test_an_arm_that_missed_its_fitness_decides_nothing():
-    """K1's fine-tune answers half of its own training phrasings: whatever p says, the comparison is
-    not decided, and the ledger says which rule it missed; met or unknown, the test decides."""
+    """K1's fine-tune did not meet the checkpoint rule on its development facts: whatever p says, the
+    comparison is not decided, and the ledger says which rule it missed; met or unknown, the test decides."""
     c = _comparison("K1-rag-vs-dsf", 0.0001)
-    (low,) = plan.adjust([c], metrics={"03_finetune": {"dsf_train_contains": 0.52}})
-    assert low["verdict"] == stats.NOT_FIT and low["unfit"] == ["dsf: dsf_train_contains 0.52 < 0.90"]
-    (fit,) = plan.adjust([c], metrics={"03_finetune": {"dsf_train_contains": 0.97}})
+    (low,) = plan.adjust([c], metrics={"03_finetune": {"dsf_fitness_reached": 0}})
+    assert low["verdict"] == stats.NOT_FIT and low["unfit"] == ["dsf: dsf_fitness_reached 0.00 < 1.00"]
+    (fit,) = plan.adjust([c], metrics={"03_finetune": {"dsf_fitness_reached": 1}})
     assert fit["verdict"] == stats.SUPPORTED and fit["unfit"] == []
     (unknown,) = plan.adjust([c], metrics={})
     assert unknown["verdict"] == stats.SUPPORTED and unknown["unfit"] is None
+
+
+def test_the_checkpoint_rule_is_checked_with_the_plan(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(plan.PLAN_FILE.read_text())
+    assert raw["fitness"]["dsf"]["checkpoint"] == {"dev_trained_min": 0.95, "heldout_slack": 1}
+    raw["fitness"]["dsf"]["checkpoint"] = {"dev_trained_min": 0.95}
+    bad = tmp_path / "plan.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="checkpoint takes dev_trained_min and heldout_slack"):
+        plan.load_plan(bad)

@@ -193,6 +193,36 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny):
     assert saved["metrics"]["steps"] == 6
 
 
+def test_the_constant_schedule_holds_the_rate_after_warm_up():
+    from ragft.train.trainer import lr_factor
+
+    linear, constant = TrainConfig(epochs=1), TrainConfig(epochs=1, schedule="constant", warmup=3)
+    assert [lr_factor(linear, s, 4) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]  # the old schedule, unchanged
+    assert [lr_factor(constant, s, 10) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="cosine").validate()
+
+
+def test_a_snapshot_is_the_model_a_run_of_that_length_gives(tiny):
+    """With a constant rate, the model after epoch 2 of a 3-epoch run is the 2-epoch run's model: the
+    knowledge curve's checkpoints stand for runs of their own length."""
+    from ragft.train.trainer import snapshot_folder
+
+    cfg = lambda epochs: TrainConfig(rank=4, lr=1e-2, epochs=epochs, batch_size=2, dtype="fp32",  # noqa: E731
+                                     schedule="constant", warmup=1)
+    long = train(tiny, data(), cfg(3), label="curve", snapshots=(1, 2))
+    short = train(tiny, data(), cfg(2), label="short")
+    snap = load_artifact(tiny, snapshot_folder(long.artifact, 2), cfg(3))
+    assert torch.allclose(logits(snap), logits(short.lm), atol=1e-5)
+    kept = long.metrics["snapshots"]
+    assert sorted(kept) == ["1", "2"] and kept["2"]["step"] == 4 and 0 < kept["1"]["flops"] < kept["2"]["flops"]
+    assert not snapshot_folder(long.artifact, 3).exists()  # the last epoch's model is the artifact itself
+    again = train(tiny, data(), cfg(3), label="curve", snapshots=(2,))
+    assert again.cached  # the snapshots asked for are kept
+    with pytest.raises(ValueError, match="snapshots"):
+        train(tiny, data(), cfg(3), label="curve", snapshots=(4,))
+
+
 def test_fact_examples_never_hold_the_test_paraphrase(kb):
     from ragft.train import tasks
 

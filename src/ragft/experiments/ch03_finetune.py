@@ -487,7 +487,7 @@ class Knowledge:
     table: pd.DataFrame
     dsf_lm: object
     rag_conversations: list
-    rag_recall: float  # share of test facts whose retrieved chunks come from the fact's document
+    rag_recall: float  # share of test facts whose retrieved chunks hold the gold value
 
 
 def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
@@ -520,7 +520,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
     store.ingest(rag.kb_pages(ch.kb, 8))
     ranked = rag.Retriever(store, ch.embed_model).search([q.test_text for q in ch.facts], p.rag_top_k, "hybrid")
-    recall = sum(any(h.doc_id in q.doc_ids for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
+    recall = sum(any(metrics.contains(h.text, q.answers) for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
     conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
     qids = [q.qid for q in ch.facts]
     labels = {"base + RAG": f"base model + RAG (top-{p.rag_top_k})", f"{name} + RAG": "DSF (chosen) + RAG"}

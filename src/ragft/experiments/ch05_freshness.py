@@ -1,21 +1,23 @@
 """Chapter 5, freshness: what each approach answers after the facts change, and what bringing it up to
 date costs.
 
-Sections, in the order the chapter runs them:
+Steps, in the order the chapter runs them; each takes its inputs and returns its result (the Chapter
+holds the set-up only):
 
-  setup     the v1 world (chapter 3's test facts and its DSF adapter of this run, chapter 4's RAFT
-            adapter) and the v2 world: a share `change_share` of the mutable facts changed, new product
-            lines added. Test sets: the changed facts and the unchanged facts among chapter 3's test
-            facts (the ones its fine-tune learnt), and facts about the new entities
-  before    the v1 documents indexed in Chroma, one document to a source; the readers asked the
-            changed facts in the v1 world
-  index     the change applied to the store by document id (each changed or new document upserted
+  setup     the v1 world (chapter 3's test facts and its chosen DSF checkpoint of this run) and the v2
+            world: a share `change_share` of the mutable facts changed, new product lines added. Test
+            sets: the changed facts and the unchanged facts among chapter 3's test facts (the ones its
+            fine-tune learnt), and facts about the new entities
+  readers   chapter 3's DSF and chapter 4's RAFT reader, loaded (Readers)
+  index_v1  the v1 documents indexed in Chroma, one document to a source (Index)
+  before    the readers asked the changed facts in the v1 world (a list of Asked)
+  update_index  the change applied to the store by document id (each changed or new document upserted
             alone and timed, removed ones deleted), applied a second time (nothing may change), and the
-            store checked chunk by chunk against the v2 documents
-  after     every approach in the v2 world, the fine-tunes with their v1 weights
-  updates   the fine-tune brought up to date three ways: retrained from the base on every v2 fact; the
-            v1 adapter trained further on the changed facts only; and on them plus a replay sample of
-            unchanged facts
+            store checked chunk by chunk against the v2 documents (IndexUpdate)
+  after     every approach in the v2 world, the fine-tunes with their v1 weights (a list of Asked)
+  update_fine_tune  the fine-tune brought up to date three ways with chapter 3's recipe: retrained from
+            the base on every v2 fact; the v1 adapter trained further on the changed facts only; and on
+            them plus a replay sample of unchanged facts (Updates)
 
 Scoring is chapters 3 and 4's: the gold value against `n_candidates` look-alike values of its
 attribute, ranked by the model's log-likelihood (RAFT's after its own quote). For a changed fact the
@@ -32,7 +34,7 @@ document upserted on its own, or one continued-training run of the fine-tune on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +75,6 @@ class Chapter:
     dsf_source: str
     lr: float  # the DSF's learning rate, for every update
     exposures: int  # the DSF's exposures per fact (chapter 3's chosen checkpoint), for every update
-    store: object = None
-    ranked: dict = field(default_factory=dict)  # (world, set) -> retrieved chunks per question
-    scores: dict = field(default_factory=dict)  # outcome name -> Ranking
-    rows: list = field(default_factory=list)  # the accuracy table
-    index: dict = field(default_factory=dict)  # the index update's measurements
-    fits: dict = field(default_factory=dict)  # update -> train metrics
-    upsert_s: dict = field(default_factory=dict)  # doc id -> seconds of its upsert
-    raft_source: str = ""
-    raft_adapter: str = ""
 
     def summary(self) -> str:
         n = {s: len(self.sets[("v2", s)]) for s in SETS}
@@ -147,22 +140,29 @@ def stale_outcome(approach: str) -> str:
     return f"{approach}, v2: changed, stale"
 
 
-def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str) -> dict:
-    """A reader's candidate ranking on one test set (the documents retrieved from the store as it is
-    now, for a reader that reads; a quoting reader's own reply first), recorded per question; the
-    accuracy table's row."""
+@dataclass
+class Asked:
+    """One reader on one test set: the accuracy table's row and the candidate ranking behind it."""
+
+    row: dict
+    ranking: object
+
+
+def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str, ranked: dict) -> Asked | None:
+    """A reader's candidate ranking on one test set (the documents `ranked` holds for it, retrieved
+    from the store as it was then, for a reader that reads; a quoting reader's own reply first),
+    recorded per question; None when the set is empty."""
     p, qs = ch.params, ch.sets[(world, part)]
     if not qs:
-        return {}
+        return None
     cands = ch.candidates[(world, part)]
-    docs = [[h.text for h in hits[:p.rag_top_k]] for hits in ch.ranked[(world, part)]] if style != "closed" else None
+    docs = [[h.text for h in hits[:p.rag_top_k]] for hits in ranked[(world, part)]] if style != "closed" else None
     questions = [q.test_text for q in qs]
     name = outcome(approach, world, part)
     _, r = raft.read(model_lm, questions, docs, style, [c[0] for c in cands], [c[1] for c in cands],
                      p.cot_max_new_tokens, p.batch_size, name)
     qids = [q.qid for q in qs]
     ch.run.record(name, r.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, r.prompt_tokens)})
-    ch.scores[name] = r
     row = {"approach": approach, "world": world, "set": part, "n": len(qs), "acc": r.accuracy, "chance": r.chance}
     row["acc_lo"], row["acc_hi"] = wilson_interval(sum(r.correct), len(qs))
     if world == "v2" and part == "changed":
@@ -170,27 +170,36 @@ def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str)
         stale = {q: int(c[2] is not None and t == c[2]) for q, t, c in zip(qids, top, cands)}
         ch.run.record(stale_outcome(approach), stale)
         row["stale"] = sum(stale.values()) / len(qids)
-    ch.rows.append(row)
-    return row
+    return Asked(row, r)
 
 
-def search(ch: Chapter, world: str, parts: tuple[str, ...]) -> None:
-    """The chunks each question of these sets retrieves from the store as it is now (hybrid search)."""
+def search(ch: Chapter, store, world: str, parts: tuple[str, ...]) -> dict:
+    """{(world, set): the chunks each question of the set retrieves from the store as it is now}."""
     from .. import rag
 
-    retriever = rag.Retriever(ch.store, ch.embed_model)  # a new one: BM25 is built from the store's chunks
-    for part in parts:
-        qs = ch.sets[(world, part)]
-        ch.ranked[(world, part)] = retriever.search([q.test_text for q in qs], ch.params.rag_top_k, "hybrid") if qs else []
+    retriever = rag.Retriever(store, ch.embed_model)  # a new one: BM25 is built from the store's chunks
+    return {(world, part): retriever.search([q.test_text for q in ch.sets[(world, part)]], ch.params.rag_top_k, "hybrid")
+            if ch.sets[(world, part)] else [] for part in parts}
 
 
-def readers(ch: Chapter):
-    """The fine-tuned readers, loaded: (DSF model, RAFT model)."""
+@dataclass
+class Readers:
+    """The fine-tuned readers, loaded, and where the RAFT adapter came from."""
+
+    dsf: object
+    raft: object
+    raft_adapter: str
+    raft_source: str
+
+
+def readers(ch: Chapter) -> Readers:
+    """Chapter 3's DSF (its chosen checkpoint) and chapter 4's RAFT reader, loaded and merged."""
     from ..train import load_artifact
 
     dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, 1), merge=True)
-    ch.raft_adapter, ch.raft_source = raft_adapter(ch)
-    return dsf, load_artifact(ch.p4.model, ch.raft_adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True)
+    adapter, source = raft_adapter(ch)
+    return Readers(dsf, load_artifact(ch.p4.model, adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True),
+                   adapter, source)
 
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
@@ -214,32 +223,54 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
 # Before and after the change, and the change itself
 
 
-def before(ch: Chapter, dsf_lm, raft_lm) -> None:
-    """The v1 documents indexed; every reader asked the changed facts in the v1 world."""
+@dataclass
+class Index:
+    """The v1 store and what the v1 questions retrieved from it."""
+
+    store: object
+    v1_chunks: int
+    ranked: dict
+
+
+def index_v1(ch: Chapter) -> Index:
+    """The v1 documents indexed in Chroma, one document to a source; the changed facts' v1 retrieval."""
     from .. import rag, settings
 
     p = ch.params
     with ch.run.stage("index_v1"):
-        ch.store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=settings.run_dir() / "chroma" / CHAPTER,
-                                  embed_model=ch.embed_model, chunk_size=p.chunk_size, chunk_overlap=0)
-        first = ch.store.ingest(rag.kb_documents(ch.kb), fresh=True)
-        ch.index["v1_chunks"] = first.chunks_written
-        search(ch, "v1", ("changed",))
+        store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=settings.run_dir() / "chroma" / CHAPTER,
+                               embed_model=ch.embed_model, chunk_size=p.chunk_size, chunk_overlap=0)
+        first = store.ingest(rag.kb_documents(ch.kb), fresh=True)
+        return Index(store, first.chunks_written, search(ch, store, "v1", ("changed",)))
+
+
+def before(ch: Chapter, readers: Readers, index: Index) -> list[Asked]:
+    """Every reader asked the changed facts in the v1 world."""
     with ch.run.stage("before"):
-        ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed")
-        ask(ch, DSF, dsf_lm, "closed", "v1", "changed")
-        ask(ch, DSF_RAG, dsf_lm, "rag", "v1", "changed")
-        ask(ch, RAFT_RAG, raft_lm, "raft", "v1", "changed")
+        return [ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed", index.ranked),
+                ask(ch, DSF, readers.dsf, "closed", "v1", "changed", index.ranked),
+                ask(ch, DSF_RAG, readers.dsf, "rag", "v1", "changed", index.ranked),
+                ask(ch, RAFT_RAG, readers.raft, "raft", "v1", "changed", index.ranked)]
 
 
-def update_index(ch: Chapter) -> dict:
-    """Apply the v2 change by document id: each changed or new document upserted alone (timed: a
-    change arrives, its page is re-indexed), removed documents deleted; then the same change again
-    (it must write nothing), and the store checked against the v2 documents chunk by chunk."""
+@dataclass
+class IndexUpdate:
+    """The change applied to the store: its measurements, each changed document's upsert seconds,
+    and what the v2 questions retrieve afterwards."""
+
+    measures: dict
+    upsert_s: dict
+    ranked: dict
+
+
+def update_index(ch: Chapter, index: Index) -> IndexUpdate:
+    """Apply the v2 change by document id to the v1 store: each changed or new document upserted alone
+    (timed: a change arrives, its page is re-indexed), removed documents deleted; then the same change
+    again (it must write nothing), and the store checked against the v2 documents chunk by chunk."""
     from .. import rag
     from ..rag.store import token_counter
 
-    store, old, new = ch.store, rag.kb_documents(ch.kb), rag.kb_documents(ch.kb2)
+    store, old, new = index.store, rag.kb_documents(ch.kb), rag.kb_documents(ch.kb2)
     before_hash = {s.doc_id: s.content_hash for s in old}
     changes = [s for s in new if before_hash.get(s.doc_id) != s.content_hash]
     removed = sorted(set(before_hash) - {s.doc_id for s in new})
@@ -259,17 +290,17 @@ def update_index(ch: Chapter) -> dict:
 
     with ch.run.stage("index_update"):
         t = time.perf_counter()
-        ch.upsert_s, outcomes, written = apply()
+        upsert_s, outcomes, written = apply()
         total_s = time.perf_counter() - t
     _, again, rewritten = apply()
     count = token_counter(ch.embed_model)
     expected = {n.id_ for n in store.split(new)}
     v1_only = {n.id_ for n in store.split(old)} - expected
     stored = store.chunk_ids()
-    search(ch, "v2", SETS)
-    retrieved = [h.chunk_id for part in SETS for hits in ch.ranked[("v2", part)] for h in hits]
-    ch.index.update({
-        "seconds": total_s, "docs_changed": sum(o == "replaced" for o in outcomes.values()),
+    ranked = search(ch, store, "v2", SETS)
+    retrieved = [h.chunk_id for part in SETS for hits in ranked[("v2", part)] for h in hits]
+    measures = {
+        "v1_chunks": index.v1_chunks, "seconds": total_s, "docs_changed": sum(o == "replaced" for o in outcomes.values()),
         "docs_added": sum(o == "added" for o in outcomes.values()), "docs_deleted": len(removed),
         "docs_total_v2": len(new), "chunks_written": written,
         "tokens_embedded": sum(len(count(t)) for t in store.embed_texts(changes)),
@@ -279,25 +310,27 @@ def update_index(ch: Chapter) -> dict:
         "chunks_lost": len(expected - set(stored)), "chunks_extra": len(set(stored) - expected),
         "chunks_duplicated": len(stored) - len(set(stored)), "stale_chunks": len(set(stored) & v1_only),
         "stale_chunks_retrieved": sum(c in v1_only for c in retrieved),
-    })
-    return ch.index
+    }
+    return IndexUpdate(measures, upsert_s, ranked)
 
 
-def after(ch: Chapter, dsf_lm, raft_lm) -> None:
+def after(ch: Chapter, readers: Readers, update: IndexUpdate) -> list[Asked]:
     """Every approach in the v2 world: the readers on the updated index, the fine-tunes with v1 weights."""
+    asked = []
     with ch.run.stage("after"):
         for part in SETS:
-            ask(ch, BASE_RAG, ch.lm, "rag", "v2", part)
-            ask(ch, DSF, dsf_lm, "closed", "v2", part)
+            asked.append(ask(ch, BASE_RAG, ch.lm, "rag", "v2", part, update.ranked))
+            asked.append(ask(ch, DSF, readers.dsf, "closed", "v2", part, update.ranked))
         for part in ("changed", "new"):
-            ask(ch, DSF_RAG, dsf_lm, "rag", "v2", part)
-        ask(ch, RAFT_RAG, raft_lm, "raft", "v2", "changed")
+            asked.append(ask(ch, DSF_RAG, readers.dsf, "rag", "v2", part, update.ranked))
+        asked.append(ask(ch, RAFT_RAG, readers.raft, "raft", "v2", "changed", update.ranked))
+    return asked
 
 
-def change_table(ch: Chapter) -> pd.DataFrame:
+def change_table(asked: list[Asked | None]) -> pd.DataFrame:
     """Accuracy per approach, world and test set, with its 95 % Wilson interval and n, and the stale
-    rate on the changed facts after the change."""
-    return pd.DataFrame(ch.rows).set_index(["approach", "world", "set"])
+    rate on the changed facts after the change (one row per reader and set asked)."""
+    return pd.DataFrame([a.row for a in asked if a is not None]).set_index(["approach", "world", "set"])
 
 
 def table_style(table: pd.DataFrame):
@@ -322,11 +355,22 @@ def plot_changed(table: pd.DataFrame):
 # Bringing the fine-tune up to date
 
 
-def update_fine_tune(ch: Chapter) -> pd.DataFrame:
-    """The DSF brought to v2 three ways, each with chapter 3's recipe (epochs, learning rate, the most
-    paraphrases): retrained from the base on every v2 fact; the v1 adapter trained further on the
-    changed facts only; and on them plus a replay sample of unchanged facts. Each scored closed book on
-    the changed and the unchanged facts."""
+@dataclass
+class Updates:
+    """The fine-tune brought up to date: the costs table (the index's row first), each update's
+    training metrics, and its readings on the changed and unchanged facts."""
+
+    table: pd.DataFrame
+    fits: dict
+    asked: list
+
+
+def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> Updates:
+    """The DSF brought to v2 three ways, each with chapter 3's recipe (its chosen exposures per fact
+    and learning rate, the most paraphrases, constant rate): retrained from the base on every v2 fact;
+    the v1 adapter trained further on the changed facts only; and on them plus a replay sample of
+    unchanged facts. Each scored closed book on the changed and the unchanged facts; beside them the
+    index update (`update`) with base + RAG's accuracy from the change table."""
     from ..train import merged, train
     from ..train.measure import release_memory
 
@@ -338,31 +382,36 @@ def update_fine_tune(ch: Chapter) -> pd.DataFrame:
     replay = unchanged[:round(p.replay_share * len(changed))]
     plans = {"retrain": ([v2[q.qid] for q in ch.facts], None), "continued": (changed, ch.dsf_adapter),
              "replay": (changed + replay, ch.dsf_adapter)}
-    rows = []
+    rows, fits, asked = [], {}, []
     for key, (facts, start_from) in plans.items():
         with ch.run.stage(key):
             fit = train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}", init_from=start_from)
-            ch.fits[key] = {**fit.metrics, "facts": len(facts)}
+            fits[key] = {**fit.metrics, "facts": len(facts)}
             answerer = merged(fit.lm)
-            accs = {part: ask(ch, UPDATES[key], answerer, "closed", "v2", part).get("acc") for part in ("changed", "unchanged")}
+            accs = {}
+            for part in ("changed", "unchanged"):
+                a = ask(ch, UPDATES[key], answerer, "closed", "v2", part, update.ranked)
+                asked.append(a)
+                accs[part] = a.row["acc"] if a else None
         rows.append({"update": UPDATES[key], "facts_trained": len(facts), "train_s": fit.metrics["train_s"],
                      "train_tokens": fit.metrics.get("train_tokens"), "changed_acc": accs["changed"],
                      "unchanged_acc": accs["unchanged"]})
         del fit, answerer
         release_memory()
-    idx = ch.index
+    idx = update.measures
     rows.insert(0, {"update": "index (upsert by document id)", "facts_trained": 0, "train_s": idx["seconds"],
                     "train_tokens": idx["tokens_embedded"],
-                    "changed_acc": acc_of(ch, BASE_RAG, "changed"), "unchanged_acc": acc_of(ch, BASE_RAG, "unchanged")})
+                    "changed_acc": acc_of(table, BASE_RAG, "changed"), "unchanged_acc": acc_of(table, BASE_RAG, "unchanged")})
     with ch.run.stage("u2_repetitions"):
-        update_repetitions(ch)
-    return pd.DataFrame(rows).set_index("update").rename(columns={"train_s": "seconds", "train_tokens": "tokens"})
+        update_repetitions(ch, update.upsert_s)
+    costs = pd.DataFrame(rows).set_index("update").rename(columns={"train_s": "seconds", "train_tokens": "tokens"})
+    return Updates(costs, fits, asked)
 
 
 U2_INDEX, U2_TRAIN = "seconds to update one fact: index", "seconds to update one fact: continued training"
 
 
-def update_repetitions(ch: Chapter) -> None:
+def update_repetitions(ch: Chapter, upsert_s: dict) -> None:
     """U2's timed repetitions, each a measurement of its own (the plan: at least 5 per arm, Welch's t
     on log seconds): for each of the first changed facts in distinct documents, the seconds its
     document's upsert took (timed on its own when the change was applied) and the seconds of a
@@ -376,11 +425,11 @@ def update_repetitions(ch: Chapter) -> None:
     cfg = tasks.dsf_config(p3, count, ch.exposures, ch.lr)
     facts, docs = [], set()
     for q in ch.sets[("v2", "changed")]:
-        if q.doc_ids[0] not in docs and q.doc_ids[0] in ch.upsert_s:
+        if q.doc_ids[0] not in docs and q.doc_ids[0] in upsert_s:
             facts.append(q)
             docs.add(q.doc_ids[0])
     facts = facts[:the_plan().get("U2-seconds").n]
-    ch.run.record(U2_INDEX, {q.qid: ch.upsert_s[q.doc_ids[0]] for q in facts})
+    ch.run.record(U2_INDEX, {q.qid: upsert_s[q.doc_ids[0]] for q in facts})
     seconds = {}
     for q in facts:
         fit = train(p3.model, tasks.dsf_examples([q], count), cfg, label=f"fresh-one-{q.qid}", init_from=ch.dsf_adapter)
@@ -390,9 +439,10 @@ def update_repetitions(ch: Chapter) -> None:
     ch.run.record(U2_TRAIN, seconds)
 
 
-def acc_of(ch: Chapter, approach: str, part: str, world: str = "v2") -> float:
-    """An approach's accuracy on a test set (NaN when it was not asked)."""
-    return next((r["acc"] for r in ch.rows if (r["approach"], r["world"], r["set"]) == (approach, world, part)), float("nan"))
+def acc_of(table: pd.DataFrame, approach: str, part: str, world: str = "v2") -> float:
+    """An approach's accuracy on a test set in a change table (NaN when it was not asked)."""
+    key = (approach, world, part)
+    return float(table.loc[key, "acc"]) if key in table.index else float("nan")
 
 
 def costs_style(table: pd.DataFrame):
@@ -404,7 +454,7 @@ def costs_style(table: pd.DataFrame):
 # Knowledge conflict: the old value in the weights, the new one in the retrieved chunk
 
 
-def conflict(ch: Chapter) -> dict:
+def conflict(ch: Chapter, asked: list[Asked | None], update: IndexUpdate) -> dict:
     """On the changed facts whose v1 value the DSF gives closed book (the old value sits in its
     weights) and whose retrieved chunks state the v2 value: how often DSF + RAG answers with the
     retrieved value (the context wins), with the stale one (the weights win), or with neither."""
@@ -412,12 +462,13 @@ def conflict(ch: Chapter) -> dict:
 
     qs, cands = ch.sets[("v2", "changed")], ch.candidates[("v2", "changed")]
     closed = ch.run.outcomes.get(stale_outcome(DSF), {})
-    reading = ch.scores.get(outcome(DSF_RAG, "v2", "changed"))
+    reading = next((a.ranking for a in asked if a and (a.row["approach"], a.row["world"], a.row["set"])
+                    == (DSF_RAG, "v2", "changed")), None)
     if reading is None:
         return {"n": 0}
     wins = {"context": 0, "weights": 0, "neither": 0}
     for j, (q, c) in enumerate(zip(qs, cands)):
-        shown = " ".join(h.text for h in ch.ranked[("v2", "changed")][j][:ch.params.rag_top_k])
+        shown = " ".join(h.text for h in update.ranked[("v2", "changed")][j][:ch.params.rag_top_k])
         if not closed.get(q.qid) or not contains(shown, q.answers):
             continue
         top = int(np.argmax(reading.scores[j]))
@@ -430,16 +481,32 @@ def conflict(ch: Chapter) -> dict:
 # Headline metrics, comparisons, prose
 
 
-def headline_metrics(ch: Chapter) -> dict:
+@dataclass
+class Findings:
+    """What the chapter's steps returned, handed together to the metrics, comparisons and glue."""
+
+    readers: Readers
+    update: IndexUpdate
+    asked: list  # every Asked of before, after and the updates
+    table: pd.DataFrame  # the change table (before and after)
+    updates: Updates
+
+    @property
+    def all_asked(self) -> pd.DataFrame:
+        return change_table(self.asked)
+
+
+def headline_metrics(ch: Chapter, f: Findings) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file."""
     run, m = ch.run, {}
+    table = f.all_asked
     n = {part: len(ch.sets[("v2", part)]) for part in SETS}
 
     def put(key, value, kind, **rule):
         m[key] = run.metric(key, value, kind, **rule)
 
     def acc(key, approach, part, world="v2"):
-        value = acc_of(ch, approach, part, world)
+        value = acc_of(table, approach, part, world)
         if pd.notna(value):
             put(key, value, "rate", n=n[part])
 
@@ -465,20 +532,21 @@ def headline_metrics(ch: Chapter) -> dict:
         stale = run.outcomes.get(stale_outcome(approach))
         if stale:
             put(f"{key}_stale_rate", sum(stale.values()) / len(stale), "rate", n=len(stale))
-    c = conflict(ch)
+    c = conflict(ch, f.asked, f.update)
     put("conflict_n", c["n"], "exact")
     if c["n"]:
         put("conflict_context_wins_rate", c["context"], "rate", n=c["n"])
         put("conflict_weights_win_rate", c["weights"], "rate", n=c["n"])
-    idx = ch.index
+    idx, fits = f.update.measures, f.updates.fits
     put("index_update_s", idx["seconds"], "machine")
-    for key in ch.fits:
-        put(f"{key}_s", ch.fits[key]["train_s"], "machine")
-        put(f"{key}_tokens", ch.fits[key]["train_tokens"], "exact")
-    put("update_seconds_ratio", ch.fits["retrain"]["train_s"] / idx["seconds"], "machine")
-    put("continued_seconds_ratio", ch.fits["continued"]["train_s"] / idx["seconds"], "machine")
+    for key in fits:
+        put(f"{key}_s", fits[key]["train_s"], "machine")
+        put(f"{key}_tokens", fits[key]["train_tokens"], "exact")
+    put("update_seconds_ratio", fits["retrain"]["train_s"] / idx["seconds"], "machine")
+    put("continued_seconds_ratio", fits["continued"]["train_s"] / idx["seconds"], "machine")
     put("index_update_tokens", idx["tokens_embedded"], "exact")
-    put("update_tokens_ratio", ch.fits["retrain"]["train_tokens"] / max(1, idx["tokens_embedded"]), "exact")
+    put("update_tokens_ratio", fits["retrain"]["train_tokens"] / max(1, idx["tokens_embedded"]), "exact")
+    put("update_exposures", ch.exposures, "exact")
     for key, name in (("index_docs_changed", "docs_changed"), ("index_docs_added", "docs_added"),
                       ("index_docs_deleted", "docs_deleted"), ("index_chunks_written", "chunks_written"),
                       ("index_chunks_after_update", "chunks_after"), ("index_chunks_expected", "chunks_expected"),
@@ -515,10 +583,10 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     return out
 
 
-def sentences(ch: Chapter, m: dict) -> dict[str, str]:
+def sentences(ch: Chapter, f: Findings) -> dict[str, str]:
     """The prose's sentences built from this run's numbers."""
-    idx = ch.index
-    c = conflict(ch)
+    idx = f.update.measures
+    c = conflict(ch, f.asked, f.update)
     intact = not (idx["chunks_lost"] or idx["chunks_extra"] or idx["chunks_duplicated"] or idx["stale_chunks"])
     out = {
         "index_sentence": (
@@ -540,18 +608,18 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
     return out
 
 
-def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
-    results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
+def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+    results.glue_findings(headline, comparisons.values(), sentences(ch, f))
     glue("dsf_source", ch.dsf_source)
-    glue("raft_source", ch.raft_source)
+    glue("raft_source", f.readers.raft_source)
     glue("change_share", f"{ch.params.change_share:.0%}")
 
 
-def save(ch: Chapter) -> Path:
+def save(ch: Chapter, f: Findings) -> Path:
     run = ch.run
-    run.tables.update(changes=change_table(ch).reset_index().to_dict("records"), index_update=ch.index,
+    run.tables.update(changes=f.all_asked.reset_index().to_dict("records"), index_update=f.update.measures,
                       fine_tune_updates={k: {x: v for x, v in m.items() if isinstance(v, (int, float, str))}
-                                         for k, m in ch.fits.items()},
+                                         for k, m in f.updates.fits.items()},
                       test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()})
     run.artifacts["dsf_adapter"] = ch.dsf_adapter
     return run.save(lm=ch.lm)
