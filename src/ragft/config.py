@@ -318,6 +318,7 @@ class FreshnessParams(Answering):
     chunk_size: int = param(64, "tokens per chunk (chapter 4's, which RAFT reads)", bounds=(32, 4096))
     rag_top_k: int = param(3, "chunks in the prompt of every reader that reads", bounds=(1, 50))
     replay_share: float = param(0.5, "unchanged facts replayed per changed fact in the replay update")
+    update_exposures: int = param(0, "exposures per fact of each update of the fine-tune; 0: chapter 3's chosen checkpoint's", bounds=(0, 10_000))
     cot_max_new_tokens: int = param(48, "RAFT's quote and answer", bounds=(8, 1024))
 
     def validate(self) -> None:
@@ -325,6 +326,8 @@ class FreshnessParams(Answering):
         share = self.change_share
         check(isinstance(share, (int, float)) and not isinstance(share, bool) and 0.35 <= share <= 1.0, "change_share",
               share, "use a share in [0.35, 1.0] (the knowledge base's v2_change_share)")
+        check(self.update_exposures % 3 == 0, "update_exposures", self.update_exposures,
+              "use 0 or a multiple of 3 (the fine-tune trains on 3 paraphrases per fact: whole epochs)")
         r = self.replay_share
         check(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 10, "replay_share", r,
               "use a number in [0, 10] (unchanged facts per changed fact)")

@@ -342,15 +342,17 @@ def learning_rate_sweep(ch: Chapter) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "lr"])
 
 
-def pick_lrs(sweep: pd.DataFrame, methods: list) -> dict[str, float]:
+def pick_lrs(sweep: pd.DataFrame, methods: list, full_lr: float | None = None) -> dict[str, float]:
     """The rule, the same for every method: the learning rate with the best development held-out
-    accuracy, ties to the larger mean gold margin (then the smaller rate); a method without a sweep
-    of its own takes LoRA's."""
+    accuracy, ties to the larger mean gold margin (then the smaller rate). A method without a sweep
+    of its own takes LoRA's, except full fine-tuning, whose rates lie an order of magnitude lower
+    (Biderman et al.): it takes `full_lr` (the profile's, set on development facts)."""
     chosen = {}
     for method, part in sweep.reset_index().groupby("method", sort=False):
         best = part.assign(neg_lr=-part.lr).sort_values(["dev_heldout", "dev_margin", "neg_lr"]).iloc[-1]
         chosen[method] = float(best.lr)
-    return {m: chosen.get(m, chosen["lora"]) for m in methods}
+    fixed = {"full": full_lr} if full_lr is not None else {}
+    return {m: chosen.get(m, fixed.get(m, chosen["lora"])) for m in methods}
 
 
 def mark_chosen(sweep: pd.DataFrame, lrs: dict) -> pd.DataFrame:
@@ -378,6 +380,19 @@ def lr_edge_sentence(sweep: pd.DataFrame) -> str:
     if single:
         out.append(f"{report.join_words(single)} tried one rate only, so nothing here says where the best rate lies.")
     return " ".join(out) or "Every chosen rate lies inside the rates its sweep tried."
+
+
+def unswept_sentence(p) -> str:
+    """What the methods without a sweep of their own train at (pick_lrs)."""
+    unswept = [m for m in p.methods if m not in p.sweep_methods]
+    parts = []
+    adapters = [METHOD_LABELS[m] for m in unswept if m != "full"]
+    if adapters:
+        parts.append(f"{report.join_words(adapters)} take{'s' if len(adapters) == 1 else ''} LoRA's choice (the same adapters)")
+    if "full" in unswept:
+        parts.append(f"full fine-tuning trains at the profile's full_lr ({p.full_lr:g}), set on development facts "
+                     "(its sweep costs more than this profile's cap carries; the gpu profile runs it)")
+    return (report.join_words(parts)[0].upper() + report.join_words(parts)[1:] + ".") if parts else "Every method has a sweep of its own."
 
 
 def sweep_style(table: pd.DataFrame):
@@ -1165,9 +1180,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("lr_factors", ", ".join(f"{x:g}" for x in p.lr_factors))
     glue("sweep_exposures", p.sweep_exposures)
     glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in p.sweep_methods]))
-    unswept = [METHOD_LABELS[m] for m in p.methods if m not in p.sweep_methods]
-    glue("unswept_sentence", f"The others ({report.join_words(unswept)}) take LoRA's choice." if unswept else
-         "Every method has a sweep of its own.")
+    glue("unswept_sentence", unswept_sentence(p))
     glue("general_texts", report.join_words(ch.general))
     glue("lr_edge_sentence", lr_edge_sentence(f.sweep))
     spread = headline["dsf_seed_spread"]

@@ -74,7 +74,8 @@ class Chapter:
     dsf_adapter: str
     dsf_source: str
     lr: float  # the DSF's learning rate, for every update
-    exposures: int  # the DSF's exposures per fact (chapter 3's chosen checkpoint), for every update
+    exposures: int  # exposures per fact of every update (update_exposures, else the DSF's own)
+    dsf_exposures: int  # the DSF's exposures per fact (chapter 3's chosen checkpoint)
 
     def summary(self) -> str:
         n = {s: len(self.sets[("v2", s)]) for s in SETS}
@@ -114,7 +115,7 @@ def setup(params) -> Chapter:
         adapter, source, _ = dsf_adapter(p3, kb, facts)
     lr, exposures = dsf_recipe(p3, source)
     ch = Chapter(params, p3, p4, run, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
-                 f"{source} Test facts: {facts_source}.", lr, exposures)
+                 f"{source} Test facts: {facts_source}.", lr, params.update_exposures or exposures, exposures)
     return ch
 
 
@@ -366,8 +367,8 @@ class Updates:
 
 
 def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> Updates:
-    """The DSF brought to v2 three ways, each with chapter 3's recipe (its chosen exposures per fact
-    and learning rate, the most paraphrases, constant rate): retrained from the base on every v2 fact;
+    """The DSF brought to v2 three ways, each with chapter 3's recipe (its learning rate, the most
+    paraphrases, a constant rate) for update_exposures per fact: retrained from the base on every v2 fact;
     the v1 adapter trained further on the changed facts only; and on them plus a replay sample of
     unchanged facts. Each scored closed book on the changed and the unchanged facts; beside them the
     index update (`update`) with base + RAG's accuracy from the change table."""
@@ -547,6 +548,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("index_update_tokens", idx["tokens_embedded"], "exact")
     put("update_tokens_ratio", fits["retrain"]["train_tokens"] / max(1, idx["tokens_embedded"]), "exact")
     put("update_exposures", ch.exposures, "exact")
+    put("dsf_exposures", ch.dsf_exposures, "exact")
     for key, name in (("index_docs_changed", "docs_changed"), ("index_docs_added", "docs_added"),
                       ("index_docs_deleted", "docs_deleted"), ("index_chunks_written", "chunks_written"),
                       ("index_chunks_after_update", "chunks_after"), ("index_chunks_expected", "chunks_expected"),
