@@ -143,7 +143,9 @@ def _fake_chapter(profile="cpu"):
                           for s in range(p.n_training_seeds)]).set_index("seed")
     methods = ch03.Methods(pd.DataFrame(crows).set_index("method"), seeds, probes, runs)
     sweep = ch03.mark_chosen(pd.DataFrame([{"method": m, "lr": lr, "dev_heldout": 1.0, "dev_margin": 1.0, "train_s": 1.0}
-                                           for m, lr in lrs.items() if m in p.sweep_methods]).set_index(["method", "lr"]), lrs)
+                                           for m, lr in lrs.items() if m in p.sweep_methods],
+                                          columns=["method", "lr", "dev_heldout", "dev_margin", "train_s"]
+                                          ).set_index(["method", "lr"]), lrs)
     embeddings = SimpleNamespace(weight=SimpleNamespace(numel=lambda: 30))
     ch.lm = SimpleNamespace(n_params=lambda: 135, model=SimpleNamespace(get_input_embeddings=lambda: embeddings))
     found = ch03.Findings(sweep, lrs, curve, chosen, knowledge, variety, behaviour, methods, pd.DataFrame(),
@@ -335,8 +337,18 @@ def test_learning_rates_one_rule_for_every_method():
         {"method": "full", "lr": 1e-4, "dev_heldout": 0.25, "dev_margin": 0.4},  # a tie goes to the margin
         {"method": "full", "lr": 3e-4, "dev_heldout": 0.25, "dev_margin": 0.4},  # ... then the smaller rate
     ])
-    chosen = ch03.pick_lrs(sweep, ["lora", "lora-attention", "qlora", "full"])
+    chosen = ch03.pick_lrs(sweep, ["lora", "lora-attention", "qlora", "full"], p)
     assert chosen == {"lora": 3e-3, "lora-attention": 3e-3, "qlora": 3e-3, "full": 1e-4}
+    # without a sweep of its own, QLoRA takes LoRA's choice and full fine-tuning the profile's full_lr
+    only_lora = ch03.pick_lrs(sweep[sweep.method == "lora"], ["lora", "qlora", "full"], p)
+    assert only_lora == {"lora": 3e-3, "qlora": 3e-3, "full": p.full_lr}
+    # no sweep at all (the cpu profile): every rate is the profile's
+    empty = ch03.mark_chosen(pd.DataFrame(columns=["method", "lr", "dev_heldout", "dev_margin", "train_s"]).set_index(["method", "lr"]), {})
+    none = ch03.pick_lrs(empty, ["lora", "qlora", "full"], p)
+    assert none == {"lora": p.lora_lr, "qlora": p.lora_lr, "full": p.full_lr}
+    assert ch03.lr_edge_sentence(empty).startswith("This profile sweeps no rate")
+    table = ch03.rates_table(empty, none, p)
+    assert list(table["from"]) == ["the profile's lora_lr, set on development facts"] * 2 + ["the profile's full_lr, set on development facts"]
 
 
 def test_a_chosen_rate_at_the_end_of_its_grid_is_named():

@@ -71,3 +71,19 @@ def test_bad_parameters_are_refused():
     for name, value in (("change_share", 0.1), ("replay_share", -1), ("n_new", -2), ("change_share", True)):
         with pytest.raises(config.ParamError, match=name):
             config.resolve("05_freshness", "smoke", **{name: value})
+
+
+def test_the_update_recipe_is_chapter_3s_choice():
+    """Chapter 5 updates the fine-tune at the rate and exposures chapter 3 chose in this run, else in
+    its published results, else lora_lr and the curve's last checkpoint; update_exposures overrides
+    the exposures (0: chapter 3's)."""
+    from ragft.experiments import common
+
+    p3 = config.resolve("03_finetune", "smoke")
+    doc = {"metrics": {"lora_lr_chosen": 0.002, "dsf_chosen_exposures": 6}}
+    assert common.dsf_recipe(p3, None, doc) == (0.002, 6)
+    assert common.dsf_recipe(p3, ({"lora_lr_chosen": 0.004, "dsf_chosen_exposures": 3}, "published"), None) == (0.004, 3)
+    assert common.dsf_recipe(p3, None, None) == (p3.lora_lr, max(p3.curve_exposures))
+    assert config.resolve("05_freshness", "gpu").update_exposures == 0  # the gpu profile trains updates as chapter 3 did
+    with pytest.raises(config.ParamError, match="update_exposures"):
+        config.resolve("05_freshness", "cpu", update_exposures=4)

@@ -206,14 +206,14 @@ class FinetuneParams(Answering):
     paraphrase_counts: list = param([1, 3], "training paraphrases per fact: the curve trains the most, K5 sets the fewest beside it")
     curve_exposures: list = param([3, 6, 12], "exposures per fact (epochs x paraphrases) at which the knowledge curve is scored", bounds=(1, 10_000))
     k5_exposures: int = param(6, "exposures per fact at which K5 compares the paraphrase counts (one of curve_exposures)", bounds=(1, 10_000))
-    sweep_exposures: int = param(6, "exposures per fact of each learning-rate sweep run (development facts)", bounds=(1, 10_000))
+    sweep_exposures: int = param(12, "exposures per fact of each learning-rate sweep run (development facts): the curve's length, since a rate chosen on a short run can be too large for a long one", bounds=(1, 10_000))
     warmup_steps: int = param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
     lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
     lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
-    lora_lr: float = param(3e-3, "LoRA and QLoRA: the middle of their sweep")
-    full_lr: float = param(1e-4, "full fine-tuning: the middle of its sweep")
+    lora_lr: float = param(3e-3, "LoRA and QLoRA: the middle of their sweep, or their rate without one")
+    full_lr: float = param(1e-4, "full fine-tuning: the middle of its sweep, or its rate without one")
     lr_factors: list = param([0.3, 1.0, 3.0], "the sweep tries each middle learning rate times these")
-    sweep_methods: list = param(["lora", "full"], "methods with a sweep of their own; the others take LoRA's choice")
+    sweep_methods: list = param(["lora", "full"], "methods swept on the development facts ([]: every rate as set here)")
     train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
     n_method_facts: int = param(16, "test facts the methods are compared on (T1, T3, K7): the first test facts", bounds=(1, 10_000))
@@ -245,9 +245,9 @@ class FinetuneParams(Answering):
         allowed = ["lora", "lora-attention", "qlora", "full"]
         check(isinstance(self.methods, list) and "lora" in self.methods and set(self.methods) <= set(allowed),
               "methods", self.methods, f"use a list from {allowed} that includes lora")
-        check(isinstance(self.sweep_methods, list) and "lora" in self.sweep_methods
-              and set(self.sweep_methods) <= set(self.methods), "sweep_methods", self.sweep_methods,
-              f"use a list from methods {self.methods} that includes lora")
+        check(isinstance(self.sweep_methods, list) and set(self.sweep_methods) <= set(self.methods)
+              and (not self.sweep_methods or "lora" in self.sweep_methods), "sweep_methods", self.sweep_methods,
+              f"use [] or a list from methods {self.methods} that includes lora")
         check(isinstance(self.lr_factors, list) and len(self.lr_factors) >= 1, "lr_factors", self.lr_factors,
               "use a non-empty list of positive factors")
         for f in self.lr_factors:

@@ -339,20 +339,21 @@ def learning_rate_sweep(ch: Chapter) -> pd.DataFrame:
                              "dev_margin": sum(ranking.margins) / len(facts), "train_s": fit.metrics["train_s"]})
                 del fit
                 release_memory()
-    return pd.DataFrame(rows).set_index(["method", "lr"])
+    return pd.DataFrame(rows, columns=["method", "lr", "dev_heldout", "dev_margin", "train_s"]).set_index(["method", "lr"])
 
 
-def pick_lrs(sweep: pd.DataFrame, methods: list, full_lr: float | None = None) -> dict[str, float]:
+def pick_lrs(sweep: pd.DataFrame, methods: list, params) -> dict[str, float]:
     """The rule, the same for every method: the learning rate with the best development held-out
     accuracy, ties to the larger mean gold margin (then the smaller rate). A method without a sweep
-    of its own takes LoRA's, except full fine-tuning, whose rates lie an order of magnitude lower
-    (Biderman et al.): it takes `full_lr` (the profile's, set on development facts)."""
+    of its own takes LoRA's rate (the same adapters), except full fine-tuning, whose rates lie an
+    order of magnitude lower (Biderman et al.): it takes the profile's full_lr. Without any sweep,
+    LoRA takes the profile's lora_lr (set on development facts before the run)."""
     chosen = {}
     for method, part in sweep.reset_index().groupby("method", sort=False):
         best = part.assign(neg_lr=-part.lr).sort_values(["dev_heldout", "dev_margin", "neg_lr"]).iloc[-1]
         chosen[method] = float(best.lr)
-    fixed = {"full": full_lr} if full_lr is not None else {}
-    return {m: chosen.get(m, fixed.get(m, chosen["lora"])) for m in methods}
+    lora = chosen.get("lora", params.lora_lr)
+    return {m: chosen.get(m, params.full_lr if m == "full" else lora) for m in methods}
 
 
 def mark_chosen(sweep: pd.DataFrame, lrs: dict) -> pd.DataFrame:
@@ -365,6 +366,10 @@ def mark_chosen(sweep: pd.DataFrame, lrs: dict) -> pd.DataFrame:
 def lr_edge_sentence(sweep: pd.DataFrame) -> str:
     """The methods whose chosen rate is the largest or smallest their sweep tried: their best rate
     may lie beyond the grid, which the reader should know before comparing methods."""
+    if sweep.empty:
+        return ("This profile sweeps no rate (its sweep_methods is empty, for the chapter's time): every method "
+                "trains at the rate the profile sets, chosen on development facts before the run (the profile's "
+                "comments give that evidence). Setting sweep_methods runs the sweep here.")
     edges, single = {"largest": [], "smallest": []}, []
     for method, part in sweep.reset_index().groupby("method", sort=False):
         chosen = part.lr[part.chosen].iloc[0]
@@ -382,17 +387,17 @@ def lr_edge_sentence(sweep: pd.DataFrame) -> str:
     return " ".join(out) or "Every chosen rate lies inside the rates its sweep tried."
 
 
-def unswept_sentence(p) -> str:
-    """What the methods without a sweep of their own train at (pick_lrs)."""
-    unswept = [m for m in p.methods if m not in p.sweep_methods]
-    parts = []
-    adapters = [METHOD_LABELS[m] for m in unswept if m != "full"]
-    if adapters:
-        parts.append(f"{report.join_words(adapters)} take{'s' if len(adapters) == 1 else ''} LoRA's choice (the same adapters)")
-    if "full" in unswept:
-        parts.append(f"full fine-tuning trains at the profile's full_lr ({p.full_lr:g}), set on development facts "
-                     "(its sweep costs more than this profile's cap carries; the gpu profile runs it)")
-    return (report.join_words(parts)[0].upper() + report.join_words(parts)[1:] + ".") if parts else "Every method has a sweep of its own."
+def rates_table(sweep: pd.DataFrame, lrs: dict, params) -> pd.DataFrame:
+    """Each method's learning rate and where it came from: the sweep on development facts, LoRA's
+    choice, or the profile (set on development facts before the run)."""
+    swept = set(sweep.reset_index().method) if not sweep.empty else set()
+    def source(m):
+        if m in swept:
+            return "swept on the development facts"
+        if m != "full" and "lora" in swept:
+            return "LoRA's choice (the same adapters)"
+        return f"the profile's {'full_lr' if m == 'full' else 'lora_lr'}, set on development facts"
+    return pd.DataFrame([{"method": METHOD_LABELS[m], "lr": lr, "from": source(m)} for m, lr in lrs.items()]).set_index("method")
 
 
 def sweep_style(table: pd.DataFrame):
@@ -571,16 +576,17 @@ def format_view(ch: Chapter, found: Knowledge) -> pd.DataFrame:
 
 
 def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
-    """K5 at equal exposures: one paraphrase per fact trained on the curve's facts for k5_exposures
-    exposures (k5_exposures epochs), asked the held-out phrasings; beside it the curve's checkpoint at
-    the same exposures (the most paraphrases). One row per paraphrase count."""
+    """K5 at equal exposures: one paraphrase per test fact trained for k5_exposures exposures
+    (k5_exposures epochs; the development facts are left out, for time: nothing is chosen on this
+    run), asked the held-out phrasings; beside it the curve's checkpoint at the same exposures (the
+    most paraphrases). One row per paraphrase count."""
     from ..train.measure import release_memory
 
     p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
     rows = []
     with ch.run.stage("paraphrases"):
         if low < top:
-            fit = answering(tasks.train_dsf(p, ch.facts + ch.dev_facts, low, p.k5_exposures, lr=curve.lr))
+            fit = answering(tasks.train_dsf(p, ch.facts, low, p.k5_exposures, lr=curve.lr))
             held, seen = closed_book(ch, fit.lm, dsf_name(low, p.k5_exposures))
             rows.append({"paraphrases": low, "exposures": p.k5_exposures, "held_out": share(held),
                          "trained_paraphrase": share(seen), "train_s": fit.metrics["train_s"]})
@@ -849,14 +855,13 @@ class Findings:
     variety: pd.DataFrame
     behaviour: Behaviour
     methods: Methods
-    answers: pd.DataFrame | None = None
+    answers: pd.DataFrame | None = None  # format_view's generated answers
+    dsf_probe: ForgettingProbe | None = None  # the chosen fine-tune's (probe_chosen)
 
     def probes(self, ch: Chapter) -> dict:
         """Every forgetting probe by its label, the base model's first."""
         return {"base model": ch.base_probe, **({DSF_LABEL: self.dsf_probe} if self.dsf_probe else {}),
                 self.behaviour.probe[0]: self.behaviour.probe[1], **self.methods.probes}
-
-    dsf_probe: ForgettingProbe | None = None
 
 
 def probe_chosen(ch: Chapter, found: Knowledge) -> ForgettingProbe:
@@ -1179,8 +1184,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("n_candidates", LOOKALIKES + 1)
     glue("lr_factors", ", ".join(f"{x:g}" for x in p.lr_factors))
     glue("sweep_exposures", p.sweep_exposures)
-    glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in p.sweep_methods]))
-    glue("unswept_sentence", unswept_sentence(p))
+    glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in p.sweep_methods]) or "none in this profile")
     glue("general_texts", report.join_words(ch.general))
     glue("lr_edge_sentence", lr_edge_sentence(f.sweep))
     spread = headline["dsf_seed_spread"]
