@@ -1100,8 +1100,12 @@ def seed_style(table: pd.DataFrame):
     return table.style.format({"difference": "{:+.0%}", "seed_spread": "{:.0%}"})
 
 
-def dtype_reason(f: Findings) -> str:
+def dtype_reason(params, f: Findings) -> str:
+    """Why training runs in its dtype here: the profile pins it, or the device's fast path."""
     m = f.methods.runs["lora"]
+    if params.dtype == "fp32":
+        return ("the profile computes in fp32 on every CPU, so that its numbers do not depend on whether the CPU "
+                "multiplies bf16 natively (the provenance of this run records both dtypes' matrix-product speed)")
     if m["dtype"] == "float32":
         return ("this CPU has no fast bf16 arithmetic (the provenance of this run records both dtypes' "
                 "matrix-product speed), so training uses the faster fp32")
@@ -1174,7 +1178,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("curve_exposures", report.join_words([str(e) for e in p.curve_exposures]))
     glue("chosen_is_last", "the last checkpoint" if f.chosen.exposures == f.chosen.converged else "an earlier checkpoint than the last")
     glue("dtype_name", f.methods.runs["lora"]["dtype"])
-    glue("dtype_reason", dtype_reason(f))
+    glue("dtype_reason", dtype_reason(p, f))
     glue("max_record_tokens", max_record_tokens(json_schema(STRUCTURED_FIELDS)))
     glue("min_structured_size", min(p.structured_sizes))
     glue("max_structured_size", max(p.structured_sizes))
