@@ -363,3 +363,13 @@ def test_a_chosen_rate_at_the_end_of_its_grid_is_named():
     assert ch03.lr_edge_sentence(one).startswith("LoRA tried one rate only")
     inside = sweep.drop("lora", level="method")
     assert ch03.lr_edge_sentence(inside) == "Every chosen rate lies inside the rates its sweep tried."
+
+
+def test_the_curve_plot_starts_from_the_base_model():
+    ch, f = _fake_chapter("cpu")
+    table = f.knowledge.table.assign(trained_paraphrase=[0.0, None, None])
+    base = ch03.base_point(ch03.Knowledge(table, None, [], 0.0), ch.known)
+    assert base == {"trained_acc": 0.0, "heldout_acc": 0.0, "known_acc": 1.0}  # every known question, by construction
+    fig = ch03.plot_curve(f.curve.table, 0.5, f.chosen.exposures, base)
+    lines = [l for l in fig.axes[0].get_lines() if l.get_label() == "held-out phrasing"]
+    assert list(lines[0].get_xdata()) == [0, *ch.params.curve_exposures]

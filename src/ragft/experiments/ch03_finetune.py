@@ -493,6 +493,13 @@ def choose_checkpoint(curve: pd.DataFrame, rule: dict, n_dev: int) -> Checkpoint
     return Checkpoint(int(curve.exposures[curve.dev_heldout_acc.idxmax()]), False, last)
 
 
+def base_point(found: Knowledge, known: list) -> dict:
+    """The base model's place on the curve: its closed-book accuracies, and every known question
+    right (that is how they were chosen)."""
+    row = found.table.loc["base model, closed book"]
+    return {"trained_acc": row.trained_paraphrase, "heldout_acc": row.held_out, "known_acc": 1.0 if known else float("nan")}
+
+
 def curve_style(table: pd.DataFrame):
     return table.style.format({"trained_acc": "{:.0%}", "heldout_acc": "{:.0%}", "known_acc": "{:.0%}",
                                "seconds": "{:.0f} s", "flops": "{:.2e}", "dev_trained_acc": "{:.0%}",
@@ -1215,12 +1222,15 @@ def save(ch: Chapter, f: Findings):
     return run.save(lm=ch.lm)
 
 
-def plot_curve(curve: pd.DataFrame, rag: float, chosen: int):
+def plot_curve(curve: pd.DataFrame, rag: float, chosen: int, base: dict | None = None):
     """The knowledge curve: accuracy on trained and held-out phrasings (test facts), and on the known
     real-world questions, against exposures per fact and against training seconds, with base + RAG's
-    accuracy on the same held-out questions as a line and the chosen checkpoint marked."""
+    accuracy on the same held-out questions as a line and the chosen checkpoint marked. `base`: the
+    base model's {trained_acc, heldout_acc, known_acc}, drawn at 0 exposures and 0 seconds."""
     import matplotlib.pyplot as plt
 
+    if base:
+        curve = pd.concat([pd.DataFrame([{"exposures": 0, "seconds": 0.0, **base}]), curve], ignore_index=True)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, x, label in ((axes[0], "exposures", "exposures per fact (epochs x paraphrases)"),
                          (axes[1], "seconds", "training seconds (this machine)")):
