@@ -171,8 +171,7 @@ def known_questions(run: ChapterRun, lm, params) -> list:
 
     if not params.n_known:
         return []
-    screened = ranked_questions(load_nq_open(getattr(params, "data_dir", None) or None), params.n_known, LOOKALIKES,
-                                params.seed)
+    screened = ranked_questions(load_nq_open(), params.n_known, LOOKALIKES, params.seed)
     ranking = rank_known(lm, screened, "known (screen)")
     known = [q for q, right in zip(screened, ranking.correct) if right]
     if known:

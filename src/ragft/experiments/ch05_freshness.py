@@ -112,20 +112,20 @@ def setup(params) -> Chapter:
             cands.append((values, gold, values.index(alt) if alt in values else None))
         candidates[(world, part)] = cands
     with run.stage("dsf_handover"):
-        adapter, source, _ = dsf_adapter(p3, kb, facts)
-    lr, exposures = dsf_recipe(p3, source)
+        adapter, source, trained = dsf_adapter(p3, kb, facts)
+    lr, exposures = dsf_recipe(p3, trained is None)
     ch = Chapter(params, p3, p4, run, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
                  f"{source} Test facts: {facts_source}.", lr, params.update_exposures or exposures, exposures)
     return ch
 
 
-def dsf_recipe(p3, source: str) -> tuple[float, int]:
+def dsf_recipe(p3, from_chapter_3: bool) -> tuple[float, int]:
     """(learning rate, exposures per fact) the DSF adapter was trained with: chapter 3's choice of this
-    run when the adapter is chapter 3's, else what the fallback trains with (common.dsf_recipe); the
-    updates below train with the same recipe."""
+    run when the adapter is chapter 3's (dsf_adapter trained nothing here), else what the fallback
+    trains with (common.dsf_recipe); the updates below train with the same recipe."""
     from . import common
 
-    doc = results.read_chapter("03_finetune") if "chapter 3's adapter" in source else None
+    doc = results.read_chapter("03_finetune") if from_chapter_3 else None
     return common.dsf_recipe(p3, common.published_dsf(p3), doc)
 
 
