@@ -532,8 +532,12 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
         source = f"{dsf_name(count, chosen.exposures)} {part}"
         if source in run.outcomes:
             run.record(f"{name} {part}", run.outcomes[source], tokens=run.outcome_tokens.get(source))
-    for label, exposures in ((dsf_row_label(count, chosen.exposures, "chosen"), chosen.exposures),
-                             (dsf_row_label(count, chosen.converged, "last"), chosen.converged)):
+    # the last checkpoint gets a row of its own only where it is not the chosen one
+    points = [(dsf_row_label(count, chosen.exposures, "chosen" if chosen.converged != chosen.exposures else "both"),
+               chosen.exposures)]
+    if chosen.converged != chosen.exposures:
+        points.append((dsf_row_label(count, chosen.converged, "last"), chosen.converged))
+    for label, exposures in points:
         row = curve.table.set_index("exposures").loc[exposures]
         rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
                      "exposures": exposures, "train_s": row.seconds})
@@ -562,7 +566,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
 
 def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
     """A DSF row of the knowledge table."""
-    what = {"chosen": ", chosen", "last": ", last checkpoint"}.get(which, "")
+    what = {"chosen": ", chosen", "last": ", last checkpoint", "both": ", chosen (the last checkpoint)"}.get(which, "")
     return f"DSF, {count} paraphrase{'s' if count > 1 else ''} per fact, {exposures} exposures{what}"
 
 
