@@ -95,8 +95,9 @@ def test_raft_headline_keys_and_sanity():
 # every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
 # about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
 # 90 minutes on either kind. Chapter 4 is over DESIGN.md's 520 s until the RAFT rework (issue 29) and,
-# as DESIGN.md allows when said, takes 110 s of chapter 3's 600 (600 -> 490).
-CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 490, "04_raft": 630, "05_freshness": 230,
+# as DESIGN.md allows when said, takes 110 s of the 150 that DESIGN.md keeps for chapter 8 (not built
+# yet, issue 31); chapter 3, whose knowledge curve now runs to fitness (24 exposures), has its 600.
+CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 630, "05_freshness": 230,
          "06_cost": 40, "07_verdict": 10}
 BOOK_CAP_S = 2040
 
