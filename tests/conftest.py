@@ -5,7 +5,7 @@ Markers (set here from the fixtures a test uses, or by hand where a test loads a
   embedder   loads the MiniLM embedder
   chroma     talks to a real `chroma run` server (one per test session)
   notebooks  executes notebooks (the one smoke run of the book, or a chapter with papermill)
-  start_early(fn)  starts fn in a thread when collection ends; the test reads it from `started`
+  start_early(fn=f)  starts f in a thread when collection ends; the test reads it from `started`
 `make test-fast` deselects lm and notebooks; a test that loads the language model without the lm
 marker fails (the guard below), so the fast run cannot start loading one by accident.
 
@@ -40,13 +40,15 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in _FIXTURE_MARKERS.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+    # tests whose work started early (below) run last, when that work has had the whole run to finish
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("start_early") is not None)
 
 
 # ---------------------------------------------------------------------------------------------
 # Work that mostly waits (the Colab resolve waits on the package index for about 35 s): a test
-# marked @pytest.mark.start_early(fn) has fn started in a thread as soon as collection ends, so
-# the wait overlaps the rest of the run; the test reads fn's result (or its exception) from the
-# `started` fixture. Only tests that are selected start anything.
+# marked @pytest.mark.start_early(fn=f) has f started in a thread as soon as collection ends, so
+# the wait overlaps the rest of the run, and runs last; it reads f's result (or its exception) from
+# the `started` fixture. Only tests that are selected start anything.
 
 _EARLY: dict = {}
 
@@ -54,7 +56,7 @@ _EARLY: dict = {}
 def pytest_collection_finish(session):
     from concurrent.futures import ThreadPoolExecutor
 
-    marked = [(item.nodeid, m.args[0]) for item in session.items if (m := item.get_closest_marker("start_early"))]
+    marked = [(item.nodeid, m.kwargs["fn"]) for item in session.items if (m := item.get_closest_marker("start_early"))]
     if marked:
         pool = ThreadPoolExecutor(max_workers=len(marked), thread_name_prefix="start-early")
         _EARLY.update({nodeid: pool.submit(fn) for nodeid, fn in marked})
@@ -65,7 +67,7 @@ def pytest_collection_finish(session):
 def started(request):
     """The future of the test's start_early function (started at the end of collection)."""
     if request.node.nodeid not in _EARLY:
-        pytest.fail("the `started` fixture needs @pytest.mark.start_early(fn) on the test")
+        pytest.fail("the `started` fixture needs @pytest.mark.start_early(fn=...) on the test")
     return _EARLY[request.node.nodeid]
 
 

@@ -164,12 +164,12 @@ def test_chunked_prefill_gives_the_same_answers_as_one_pass(lm, kb, monkeypatch)
     convs = [prompts.build_messages(q, system=prompts.CONTEXT_SYSTEM, passages=[d.text for d in kb.documents[i:i + 2]])
              for i, q in enumerate(questions)]
     answers = {}
-    for tokens in (48, None):  # 16 tokens a row a pass for 3 rows, against all of them in one pass
+    for tokens in (96, None):  # 32 tokens a row a pass for 3 rows (several passes a prompt), against one pass
         monkeypatch.setattr(generation, "PREFILL_TOKENS", tokens)
         for reuse in (True, False):
             answers[tokens, reuse] = generation.generate(lm, convs, max_new_tokens=12, batch_size=3, reuse_prefix=reuse).texts
-    assert answers[48, True] == answers[None, True] and answers[48, False] == answers[None, False]
-    assert all(answers[48, False])
+    assert answers[96, True] == answers[None, True] and answers[96, False] == answers[None, False]
+    assert all(answers[96, False])
 
 
 def test_too_long_prompt_is_refused(lm):
