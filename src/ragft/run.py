@@ -73,110 +73,37 @@ def published_seconds(profile: str) -> dict[str, float]:
     return {r["chapter"]: r["with kernel start and imports (s)"] for r in rows}
 
 
-# What a chapter reads from the chapters before it in the same run (their results, or a model they
-# trained into the cache); the verdict reads every chapter before it and the root page every chapter.
-# A run with jobs > 1 starts a chapter only after these have finished.
-READS = {"04_raft": ("03_finetune",), "05_freshness": ("03_finetune",),
-         "06_cost": ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness")}
-
-
-def waits_for(chapter: str, chapters: list[str]) -> set[str]:
-    """The chapters of this run that `chapter` reads, so must follow."""
-    order = execution_order(chapters)
-    if chapter in (toc_chapters()[0], BEFORE_DRAFTS):
-        return set(order[:order.index(chapter)])
-    return set(READS.get(chapter, ())) & set(order)
-
-
-def schedule(chapters: list[str]) -> list[str]:
-    """The run's chapters by how many others wait for them (directly or not), most first, then in
-    execution order: a parallel run starts chapter 3, which three others read, before chapter 1."""
-    order = execution_order(chapters)
-
-    def upstream(chapter: str) -> set[str]:
-        found, todo = set(), list(waits_for(chapter, chapters))
-        while todo:
-            if (c := todo.pop()) not in found:
-                found.add(c)
-                todo += waits_for(c, chapters)
-        return found
-
-    behind = {c: sum(c in upstream(d) for d in order) for c in order}
-    return sorted(order, key=lambda c: (-behind[c], order.index(c)))
-
-
-def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None,
-                 jobs: int = 1) -> dict[str, float]:
-    """Execute chapters in order; stop at the first failure (papermill marks the failing cell).
-    jobs > 1 runs that many chapters at a time, each after the chapters it reads (waits_for): the
-    test suite's smoke run does, with a profile of one thread a kernel (smoke.yaml); a chapter's
-    seconds then include the other's load on the machine."""
+def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None) -> dict[str, float]:
+    """Execute chapters in order; stop at the first failure (papermill marks the failing cell)."""
     import papermill as pm
 
-    run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     timings = run_dir / RUNNER_TIMINGS
     # a chapter re-run into a folder keeps the other chapters' times there (the root page lists them all)
     earlier = json.loads(timings.read_text()) if timings.exists() else {}
     earlier = {c: s for c, s in earlier.items() if c not in chapters}
-    os.environ["RAGFT_RUN_DIR"] = str(run_dir)
+    os.environ["RAGFT_RUN_DIR"] = str(run_dir.resolve())
     out_dir = run_dir / "notebooks" / "chapters"
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds, expected = {}, published_seconds(profile)
     order = execution_order(chapters)
-    for chapter in order:
-        if not (PROJECT_ROOT / "chapters" / f"{chapter}.ipynb").exists():
-            raise FileNotFoundError(f"no chapter {chapter!r}: expected {PROJECT_ROOT / 'chapters' / f'{chapter}.ipynb'}")
-
-    def execute(chapter: str, cwd: Path | None) -> None:
+    for i, chapter in enumerate(order, 1):
         src = PROJECT_ROOT / "chapters" / f"{chapter}.ipynb"
+        if not src.exists():
+            raise FileNotFoundError(f"no chapter {chapter!r}: expected {src}")
         was = f", {expected[chapter]:.0f} s in the last published run" if chapter in expected else ""
-        print(f"[ragft.run] {profile}: {chapter} ({order.index(chapter) + 1} of {len(order)}{was})", flush=True)
+        print(f"[ragft.run] {profile}: {chapter} ({i} of {len(order)}{was})", flush=True)
         t = time.time()
         # cells done and time elapsed, on the terminal; a log file gets a line every minute at most
         progress = {"desc": chapter, "file": sys.stderr, "mininterval": 1 if sys.stderr.isatty() else 60}
         pm.execute_notebook(str(src), str(out_dir / src.name), parameters={"profile": profile, **(params or {})},
-                            kernel_name="python3", cwd=str(cwd) if cwd else None, progress_bar=progress,
+                            kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
                             execution_timeout=CELL_TIMEOUT_S, log_output=False)
         seconds[chapter] = round(time.time() - t, 1)
         # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
         timings.write_text(json.dumps(earlier | seconds, indent=1) + "\n")
         print(f"[ragft.run] {chapter} done in {seconds[chapter]} s", flush=True)
-
-    if jobs <= 1:
-        for chapter in order:
-            execute(chapter, PROJECT_ROOT / "chapters")
-        return seconds
-    _run_parallel(execute, chapters, jobs)
     return seconds
-
-
-def _run_parallel(execute, chapters: list[str], jobs: int) -> None:
-    """`jobs` chapters at a time, each once the chapters it reads are done; the first failure stops
-    new starts (a running chapter finishes) and is raised. papermill's own change of directory is not
-    thread-safe, so the process enters chapters/ once for all of them (kernels start there)."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    pending, running, done = schedule(chapters), {}, set()
-    here = Path.cwd()
-    os.chdir(PROJECT_ROOT / "chapters")
-    try:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="chapter") as pool:
-            while pending or running:
-                ready = [c for c in pending if waits_for(c, chapters) <= done][: jobs - len(running)]
-                for chapter in ready:
-                    pending.remove(chapter)
-                    running[pool.submit(execute, chapter, None)] = chapter
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    chapter = running.pop(future)
-                    if future.exception() is not None:
-                        pending.clear()
-                        wait(running)
-                        raise future.exception()
-                    done.add(chapter)
-    finally:
-        os.chdir(here)
 
 
 def stage_book(run_dir: Path, dest: Path, repository_url: str | None = None) -> Path:
@@ -284,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drafts", action="store_true", help=f"also run the draft chapters, not yet in the book: {list(DRAFTS)}")
     ap.add_argument("--out", type=Path, help="run folder (default: _build/run/<profile>)")
     ap.add_argument("--book", action="store_true", help="build the HTML book from this run (-W)")
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="chapters at a time, each after the chapters it reads (the smoke profile, one thread a kernel)")
     args = ap.parse_args(argv)
     known = all_chapters()
     chapters = args.chapters or (known if args.drafts else toc_chapters())
@@ -293,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown chapters {unknown}; the book has {toc_chapters()} and the drafts {list(DRAFTS)}")
     run_dir = args.out or BUILD / "run" / args.profile
-    seconds = run_chapters(args.profile, chapters, run_dir, jobs=args.jobs)
+    seconds = run_chapters(args.profile, chapters, run_dir)
     print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
     if args.book:
         html = build_book(run_dir)
