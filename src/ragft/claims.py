@@ -12,8 +12,8 @@ import yaml
 from .settings import PROJECT_ROOT
 
 CLAIMS_FILE = PROJECT_ROOT / "data" / "claims.yaml"
-ID = re.compile(r"^[KRFTSUD]\d+$")
-COMPARISON_ID = re.compile(r"^([KRFTSUD]\d+)-")  # a comparison key that names the claim it tests
+ID = re.compile(r"^[KRFTSUDN]\d+$")
+COMPARISON_ID = re.compile(r"^([KRFTSUDN]\d+)-")  # a comparison key that names the claim it tests
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
     for cid, c in raw.items():
         where = f"{path}: claim {cid}"
         if not ID.match(str(cid)):
-            raise ValueError(f"{where}: an id is a letter of KRFTSUD and a number")
+            raise ValueError(f"{where}: an id is a letter of KRFTSUDN and a number")
         missing = [k for k in ("claim", "sources", "figure", "chapter", "scales") if not c.get(k)]
         if missing:
             raise ValueError(f"{where}: missing {missing}")

@@ -33,7 +33,7 @@ REQUIRED = FIELDS - {"margin", "note", "fitness"}
 ROLES = ("primary", "secondary")
 TESTS = (*stats.TESTS, "check")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
-CLAIM_PREFIX = re.compile(r"^([KRFTSUD]\d+)-")
+CLAIM_PREFIX = re.compile(r"^([KRFTSUDN]\d+)-")
 
 
 @dataclass(frozen=True)
