@@ -18,6 +18,9 @@ holds the set-up only):
   update_fine_tune  the fine-tune brought up to date three ways with chapter 3's recipe: retrained from
             the base on every v2 fact; the v1 adapter trained further on the changed facts only; and on
             them plus a replay sample of unchanged facts (Updates)
+  planted_instruction  an instruction planted in the chunks the changed facts retrieve from their own
+            updated document: how often the base model's reply obeys it, with plain sources and with
+            the sources delimited as data (Planted)
 
 Scoring is chapters 3 and 4's: the gold value against `n_candidates` look-alike values of its
 attribute, ranked by the model's log-likelihood (RAFT's after its own quote). For a changed fact the
@@ -479,6 +482,66 @@ def conflict(ch: Chapter, asked: list[Asked | None], update: IndexUpdate) -> dic
 
 
 # ---------------------------------------------------------------------------------------------
+# An update that carries an instruction (N1)
+
+PLANTED_PLAIN, PLANTED_DELIMITED = "planted instruction, plain", "planted instruction, delimited"
+
+
+@dataclass
+class Planted:
+    """The untrusted-document section: one row per reader (n, the share of replies that obey the
+    planted instruction and the share that hold the gold value, with 95 % intervals) and the replies."""
+
+    table: pd.DataFrame
+    n: int
+    replies: dict
+
+
+def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
+    """The changed facts whose retrieved chunks (after the update) include their own document's: the
+    instruction of `ragft.untrusted` planted in those chunks, as an updated document would carry it;
+    the base model's generated reply with chapter 2's numbered sources, and with the sources delimited
+    as data (recorded per question as "<reader>: followed" and "<reader>: answered"). The fine-tune
+    reads no document at answer time: its row is 0 by construction, shown, not tested."""
+    from .. import metrics, untrusted
+    from ..generation import generate
+    from ..rag.answer import cited_messages
+
+    p, qs = ch.params, ch.sets[("v2", "changed")]
+    hits = update.ranked[("v2", "changed")]
+    chosen = [(q, h[:p.rag_top_k]) for q, h in zip(qs, hits) if any(x.doc_id in q.doc_ids for x in h[:p.rag_top_k])]
+    passages = [[(untrusted.plant(x.text) if x.doc_id in q.doc_ids else x.text) for x in chunks] for q, chunks in chosen]
+    questions, qids = [q.test_text for q, _ in chosen], [q.qid for q, _ in chosen]
+    rows, replies = [], {}
+    with ch.run.stage("planted"):
+        for name, build in ((PLANTED_PLAIN, cited_messages), (PLANTED_DELIMITED, untrusted.delimited_messages)):
+            texts = generate(ch.lm, [build(q, d) for q, d in zip(questions, passages)], p.max_new_tokens,
+                             p.batch_size, desc=name).texts if chosen else []
+            obeyed = {qid: untrusted.followed(t) for qid, t in zip(qids, texts)}
+            right = {qid: int(metrics.contains(t, q.answers)) for qid, t, (q, _) in zip(qids, texts, chosen)}
+            if chosen:
+                ch.run.record(f"{name}: followed", obeyed)
+                ch.run.record(f"{name}: answered", right)
+            replies[name] = texts
+            rows.append(planted_row(f"base + RAG, {name.split(', ')[1]} sources", obeyed, right))
+    rows.append({"reader": "DSF, closed book (reads no document)", "n": len(chosen), "followed": 0.0})
+    return Planted(pd.DataFrame(rows).set_index("reader"), len(chosen), replies)
+
+
+def planted_row(reader: str, obeyed: dict, right: dict) -> dict:
+    n = len(obeyed)
+    row = {"reader": reader, "n": n}
+    for key, outcomes in (("followed", obeyed), ("answered", right)):
+        row[key] = sum(outcomes.values()) / n if n else float("nan")
+        row[f"{key}_lo"], row[f"{key}_hi"] = wilson_interval(sum(outcomes.values()), n) if n else (float("nan"),) * 2
+    return row
+
+
+def planted_style(table: pd.DataFrame):
+    return table.style.format({c: "{:.0%}" for c in table.columns if c != "n"}, na_rep="-")
+
+
+# ---------------------------------------------------------------------------------------------
 # Headline metrics, comparisons, prose
 
 
@@ -491,6 +554,7 @@ class Findings:
     asked: list  # every Asked of before, after and the updates
     table: pd.DataFrame  # the change table (before and after)
     updates: Updates
+    planted: Planted
 
     @property
     def all_asked(self) -> pd.DataFrame:
@@ -547,6 +611,12 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("continued_seconds_ratio", fits["continued"]["train_s"] / idx["seconds"], "machine")
     put("index_update_tokens", idx["tokens_embedded"], "exact")
     put("update_tokens_ratio", fits["retrain"]["train_tokens"] / max(1, idx["tokens_embedded"]), "exact")
+    put("planted_n", f.planted.n, "exact")
+    if f.planted.n:
+        for key, reader in (("plain", PLANTED_PLAIN), ("delimited", PLANTED_DELIMITED)):
+            for what in ("followed", "answered"):
+                outcomes = run.outcomes[f"{reader}: {what}"]
+                put(f"planted_{what}_{key}", sum(outcomes.values()) / len(outcomes), "rate", n=len(outcomes))
     put("update_exposures", ch.exposures, "exact")
     put("dsf_exposures", ch.dsf_exposures, "exact")
     for key, name in (("index_docs_changed", "docs_changed"), ("index_docs_added", "docs_added"),
@@ -582,6 +652,8 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
           outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
     state("U-dsf-rag", changed(DSF_RAG), changed(BASE_RAG), "DSF + RAG", "base + RAG")
+    state("N1-delimit", f"{PLANTED_PLAIN}: followed", f"{PLANTED_DELIMITED}: followed", "plain sources",
+          "sources delimited as data")
     return out
 
 
@@ -610,11 +682,18 @@ def sentences(ch: Chapter, f: Findings) -> dict[str, str]:
     return out
 
 
+PLANTED_RATES = [f"planted_{what}_{key}" for what in ("followed", "answered") for key in ("plain", "delimited")]
+
+
 def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     results.glue_findings(headline, comparisons.values(), sentences(ch, f))
+    for key in PLANTED_RATES:  # no question retrieved its planted chunk: the prose shows nan, the table says n = 0
+        if key not in headline:
+            glue(key, float("nan"))
     glue("dsf_source", ch.dsf_source)
     glue("raft_source", f.readers.raft_source)
     glue("change_share", f"{ch.params.change_share:.0%}")
+    glue("rag_top_k", ch.params.rag_top_k)
 
 
 def save(ch: Chapter, f: Findings) -> Path:
@@ -622,6 +701,7 @@ def save(ch: Chapter, f: Findings) -> Path:
     run.tables.update(changes=f.all_asked.reset_index().to_dict("records"), index_update=f.update.measures,
                       fine_tune_updates={k: {x: v for x, v in m.items() if isinstance(v, (int, float, str))}
                                          for k, m in f.updates.fits.items()},
-                      test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()})
+                      test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()},
+                      planted=f.planted.table.reset_index().to_dict("records"), planted_replies=f.planted.replies)
     run.artifacts["dsf_adapter"] = ch.dsf_adapter
     return run.save(lm=ch.lm)
