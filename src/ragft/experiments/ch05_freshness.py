@@ -485,6 +485,7 @@ def conflict(ch: Chapter, asked: list[Asked | None], update: IndexUpdate) -> dic
 # An update that carries an instruction (N1)
 
 PLANTED_PLAIN, PLANTED_DELIMITED = "planted instruction, plain", "planted instruction, delimited"
+PLANTED_ROWS = {PLANTED_PLAIN: "base + RAG, plain sources", PLANTED_DELIMITED: "base + RAG, delimited sources"}
 
 
 @dataclass
@@ -523,12 +524,14 @@ def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
                 ch.run.record(f"{name}: followed", obeyed)
                 ch.run.record(f"{name}: answered", right)
             replies[name] = texts
-            rows.append(planted_row(f"base + RAG, {name.split(', ')[1]} sources", obeyed, right))
+            rows.append(planted_row(PLANTED_ROWS[name], obeyed, right))
     rows.append({"reader": "DSF, closed book (reads no document)", "n": len(chosen), "followed": 0.0})
     return Planted(pd.DataFrame(rows).set_index("reader"), len(chosen), replies)
 
 
 def planted_row(reader: str, obeyed: dict, right: dict) -> dict:
+    """A reader's row: n, and the shares that obeyed the plant and that held the gold value, each with
+    its 95 % Wilson interval (NaN where no question qualified)."""
     n = len(obeyed)
     row = {"reader": reader, "n": n}
     for key, outcomes in (("followed", obeyed), ("answered", right)):
