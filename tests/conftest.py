@@ -45,10 +45,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---------------------------------------------------------------------------------------------
-# Work that mostly waits (the Colab resolve waits on the package index for about 35 s): a test
-# marked @pytest.mark.start_early(fn=f) has f started in a thread as soon as collection ends, so
-# the wait overlaps the rest of the run, and runs last; it reads f's result (or its exception) from
-# the `started` fixture. Only tests that are selected start anything.
+# Work that mostly waits (the Colab resolve: about 35 s on the package index, a share of it pip's
+# resolver on the CPU): a test marked @pytest.mark.start_early(fn=f) has f started in a thread as
+# soon as collection ends, so the wait overlaps the rest of the run, and runs last; it reads f's
+# result (or its exception) from the `started` fixture. Only tests that are selected start anything;
+# a run that stops early still waits for f before the interpreter exits.
 
 _EARLY: dict = {}
 
