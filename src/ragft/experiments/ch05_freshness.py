@@ -618,8 +618,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     if f.planted.n:
         for key, reader in (("plain", PLANTED_PLAIN), ("delimited", PLANTED_DELIMITED)):
             for what in ("followed", "answered"):
-                outcomes = run.outcomes[f"{reader}: {what}"]
-                put(f"planted_{what}_{key}", sum(outcomes.values()) / len(outcomes), "rate", n=len(outcomes))
+                put(f"planted_{what}_{key}", f.planted.table.loc[PLANTED_ROWS[reader], what], "rate", n=f.planted.n)
     put("update_exposures", ch.exposures, "exact")
     put("dsf_exposures", ch.dsf_exposures, "exact")
     for key, name in (("index_docs_changed", "docs_changed"), ("index_docs_added", "docs_added"),
