@@ -42,7 +42,7 @@ def test_published_comparisons_and_claims_point_at_each_other():
 def test_a_bad_claims_file_is_refused_with_its_name(tmp_path):
     bad = tmp_path / "claims.yaml"
     bad.write_text("K1: {claim: x, sources: [a], figure: y, chapter: 01, scales: s}\n")
-    with pytest.raises(ValueError, match="claim K1: give either"):
+    with pytest.raises(ValueError, match="claim K1: give the comparisons that test it"):
         load_claims(bad)
     bad.write_text("X1: {claim: x, sources: [a], figure: y, chapter: 01, scales: s, untested: z}\n")
     with pytest.raises(ValueError, match="X1"):

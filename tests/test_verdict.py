@@ -50,6 +50,11 @@ def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
     assert judge(untested, {}).verdict == NOT_TESTABLE and judge(untested, {}).reason == "a price computation"
     row = judge(CLAIM, {"other": cmp("other", S)})
     assert row.verdict == NOT_TESTABLE and "run chapter 03_finetune" in row.reason and row.n is None
+    # an untestable claim may show what a comparison measured beside it: never as its verdict
+    shown = Claim("R3", "words", ("heym2026",), "$", "02_rag", ("R3-rerank",), "no corpus of 10,000 documents")
+    row = judge(shown, {"R3-rerank": cmp("R3-rerank", S, role="secondary")})
+    assert row.verdict == NOT_TESTABLE and row.n is None
+    assert row.reason.startswith("no corpus of 10,000 documents (shown: R3-rerank") and S in row.reason
 
 
 def test_ledger_judges_every_chapter_by_the_plan_and_counts_every_verdict():

@@ -46,8 +46,9 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
         unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested", "effects"}
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
-        if bool(c.get("comparisons")) == bool(c.get("untested")):
-            raise ValueError(f"{where}: give either the comparisons that test it or `untested` with the reason")
+        if not c.get("comparisons") and not c.get("untested"):
+            raise ValueError(f"{where}: give the comparisons that test it or `untested` with the reason (or both: "
+                             "comparisons shown beside an untestable claim)")
         effects = c.get("effects") or {}
         for key, span in effects.items():
             if key not in (c.get("comparisons") or ()) or not (

@@ -93,9 +93,11 @@ def _deciding(c: dict) -> bool:
 def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
     """One claim's ledger row from the run's comparisons ({comparison id: comparison dict}, adjusted
     by the family)."""
-    if claim.untested:
-        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None, claim.untested)
     listed = [comparisons[k] for k in claim.comparisons if k in comparisons]
+    if claim.untested:  # what its comparisons measured is shown beside the reason, never as a verdict
+        shown = "; ".join(_evidence(c) for c in listed)
+        return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None,
+                         claim.untested + (f" (shown: {shown})" if shown else ""))
     held = [c for c in listed if _deciding(c)]
     shown_only = [c for c in listed if not _deciding(c)]
     if not held:
