@@ -9,9 +9,20 @@ from ragft.corpus import benchmarks as b
 
 def test_squad_fixture():
     items, corpus = b.load_squad(str(FIXTURES))
-    assert len(items) == 3 and len(corpus) == 2
+    assert len(items) == 4 and len(corpus) == 3
     assert items[0].answers == ["1204", "1204"] and items[0].gold_pids == {items[0].passages[0].pid}
     assert items[0].passages[0] is items[1].passages[0]  # one corpus entry per paragraph
+
+
+def test_squad_articles_fixture_spans_point_at_the_answers():
+    town, island = b.load_squad_articles(str(FIXTURES))
+    assert town.title == "Fictional Town" and [q.qid for q in town.questions] == ["q1", "q2", "q3"]
+    # the second paragraph starts after the first (72 characters) and the blank line: 74
+    assert town.text.index("The Ald flows") == 74
+    (start, end), = town.questions[2].spans  # "the Northern Sea" at 19 in its paragraph
+    assert (start, end) == (74 + 19, 74 + 19 + 16) and town.text[start:end] == "the Northern Sea"
+    assert town.questions[0].spans == ((56, 60),)  # two annotators, one span
+    assert island.questions[0].answers == ("1871",)
 
 
 def test_pubmedqa_fixture_uses_official_split():

@@ -3,6 +3,7 @@ chapter's rates, and the chunk-size and top-k comparisons pick their conditions 
 
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from conftest import ROOT
@@ -69,46 +70,55 @@ def test_record_leaves_out_an_empty_part_and_keeps_tokens_of_its_own_questions()
     assert list(run.outcomes) == ["answer top-1"] and run.outcome_tokens["answer top-1"] == {"q1": [10, 2]}
 
 
-def grid_chapter(chunk_sizes, best_chunk, top_ks, best_k, n=30):
-    """A chapter whose grid outcomes are recorded: larger chunk sizes and top-ks find more."""
+ARTICLE = "Brockmere is a town on the river Ald. It was founded in 1204 by weavers.\n\nThe Ald flows north."
+SPAN = rag.SpanItem("q1", "When was Brockmere founded?", ("1204",), "single", (), ("art-1",), ARTICLE, ((56, 60),))
+
+
+@pytest.mark.parametrize("doc_id, text, relevant", [
+    ("art-1", "It was founded in 1204 by weavers.", True),  # covers characters 56-60
+    ("art-1", "It was founded in 12", False),  # cuts the span
+    ("art-1", "The Ald flows north.", False),  # the right article, another place
+    ("art-2", "It was founded in 1204 by weavers.", False),  # the same words in another article
+    ("art-1", "founded in 1204, said nobody", False),  # not a piece of the article: its place is unknown
+])
+def test_a_span_item_counts_a_chunk_that_covers_its_answer_span(doc_id, text, relevant):
+    assert SPAN.is_relevant(doc_id, text) is relevant
+
+
+def test_the_budget_is_the_largest_where_every_arm_is_below_the_bar_on_development_questions():
+    dev = pd.DataFrame({"hit_within_256": [0.85, 0.60], "hit_within_512": [0.89, 0.73],
+                        "hit_within_1024": [0.94, 0.86]}, index=pd.Index([64, 256], name="chunk_size"))
+    assert ch02.choose_budget(dev, [64, 256], [256, 512, 1024]) == 512  # 1024: 64-token chunks reach 0.94
+    assert ch02.choose_budget(dev.assign(hit_within_256=0.95, hit_within_512=0.95), [64, 256], [256, 512, 1024]) == 256
+    # a budget that cannot hold one chunk of a compared size is never chosen: 510 does not fit in 256
+    assert ch02.budget_k(510, 256) == 0 and ch02.budget_k(64, 512) == 8
+
+
+def articles_run(n=40):
+    """Recorded SQuAD outcomes: 256-token chunks find 30 of 40 within the budget, 64-token ones 20."""
     run = ChapterRun("02_rag", None)
-    for size in chunk_sizes:
-        for k in sorted(set(top_ks) | {ch02.HEADLINE_K}):
-            found = n if size == best_chunk else n // 3
-            found = min(n, found + 3 * k) if size == best_chunk else found
-            run.record(ch02.retrieval_condition("dense", size, k), {f"q{i}": int(i < found) for i in range(n)})
-    params = SimpleNamespace(chunk_sizes=chunk_sizes, top_ks=top_ks)
-    return SimpleNamespace(run=run, params=params, best_chunk=best_chunk, best_k=best_k)
+    hits = lambda found: {f"q{i}": int(i < found) for i in range(n)}
+    for size, within, at1, at3 in ((64, 20, 10, 25), (256, 30, 15, 28)):
+        run.record(ch02.squad_budget_hit(size, 512), hits(within))
+        run.record(ch02.squad_hit("dense", size, 1), hits(at1))
+        run.record(ch02.squad_hit("dense", size, 3), hits(at3))
+    run.record(ch02.squad_hit("hybrid", 256, 3), hits(33))
+    return SimpleNamespace(run=run)
 
 
-def test_chunk_size_comparisons_set_the_best_size_against_the_largest_and_smallest():
-    ch = grid_chapter([128, 256, 512, 1024], 256, [1, 3, 5, 8], 3)
-    large, small = ch02.chunk_size_comparisons(ch)
-    assert (large.comparison.claim, large.comparison.a, large.comparison.b) == (
-        "R1-chunk-size", "dense 256-token hit@5", "dense 1024-token hit@5")
-    assert (small.comparison.claim, small.comparison.b) == ("R1-small-chunks", "dense 128-token hit@5")
-    assert large.comparison.verdict == "supported" and large.comparison.expect == "greater"
-    assert {c["claim"] for c in ch.run.comparisons} == {"R1-chunk-size", "R1-small-chunks"}
+def test_squad_comparisons_are_the_plans_r1_and_r2_at_the_chosen_budget():
+    stated = {s.comparison_id: s.comparison for s in ch02._articles_comparisons(articles_run(), [64, 256, 510], 512)}
+    assert set(stated) == {"R1-small-chunks", "R1-small-chunks-equal-k", "R2-top-k", "hybrid-vs-dense"}
+    r1 = stated["R1-small-chunks"]
+    assert (r1.a, r1.b) == ("SQuAD dense 256-token hit within 512 tokens", "SQuAD dense 64-token hit within 512 tokens")
+    assert r1.diff == pytest.approx(10 / 40)  # 30 against 20 of 40, every one of the 10 a discordant pair
+    assert (stated["R2-top-k"].a, stated["R2-top-k"].b) == ("SQuAD dense 256-token hit@3", "SQuAD dense 256-token hit@1")
+    assert stated["R2-top-k"].diff == pytest.approx(13 / 40)
 
 
-def test_a_best_size_at_the_edge_of_the_grid_is_not_compared_with_itself():
-    ch = grid_chapter([128, 256], 256, [1, 3], 1)
-    large, small = ch02.chunk_size_comparisons(ch)
-    assert large.comparison is None and "largest" in large.missing
-    assert small.comparison.b == "dense 128-token hit@5"
-
-
-@pytest.mark.parametrize("top_ks, best_k, expected", [([1, 3, 5, 8], 3, (8, 3)), ([1, 3], 3, (3, 1))])
-def test_top_k_comparison_sets_the_largest_top_k_against_the_chosen_one(top_ks, best_k, expected):
-    ch = grid_chapter([128, 256], 256, top_ks, best_k)
-    stated = ch02.top_k_comparison(ch)
-    more, fewer = expected
-    assert stated.comparison.claim == "R2-top-k"
-    assert (stated.comparison.a, stated.comparison.b) == (f"dense 256-token hit@{more}", f"dense 256-token hit@{fewer}")
-
-
-def test_a_single_top_k_is_not_compared():
-    assert ch02.top_k_comparison(grid_chapter([128], 128, [3], 3)).comparison is None
+def test_squad_comparisons_without_the_claims_sizes_say_so():
+    stated = ch02._articles_comparisons(articles_run(), [128, 256], 512)
+    assert [s.comparison for s in stated] == [None, None] and "lack 64" in stated[0].missing
 
 
 def test_own_inputs_are_read_before_any_model_loads(tmp_path):

@@ -81,6 +81,7 @@ def test_index_reopens_from_disk_without_embedding(embed_model, pages, tmp_path)
 
     class NoEmbedding:  # any embedding call would fail the test
         model_name = embed_model.model_name
+        _model = embed_model._model  # read for its window and tokenizer, never to embed
 
         def __getattr__(self, name):
             raise AssertionError(f"re-embedding on reopen: {name}")

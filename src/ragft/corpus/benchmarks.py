@@ -117,6 +117,58 @@ def load_squad(data_dir: str | None = None) -> tuple[list[BenchmarkItem], list[P
     return items, list(corpus.values())
 
 
+@dataclass(frozen=True)
+class SpanQuestion:
+    qid: str
+    question: str
+    answers: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...]  # each answer's [start, end) in its article's text
+
+
+@dataclass(frozen=True)
+class Article:
+    """One SQuAD article whole: its paragraphs joined by blank lines, and its questions with the
+    character spans of their answers in that text (so relevance is exact at any chunk size)."""
+
+    aid: str
+    title: str
+    text: str
+    questions: tuple[SpanQuestion, ...]
+
+
+PARAGRAPH_SEP = "\n\n"
+
+
+def load_squad_articles(data_dir: str | None = None) -> list[Article]:
+    """SQuAD v1.1 dev as its 48 articles, in file order (the hub copy: in order of first appearance)."""
+    paths = _files("squad", data_dir)
+    if paths:
+        with _open_text(paths[0]) as f:
+            data = json.load(f)["data"]
+        rows = [(a["title"], p["context"], qa["id"], qa["question"], [x["text"] for x in qa["answers"]],
+                 [x["answer_start"] for x in qa["answers"]]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    else:
+        rows = [(r["title"], r["context"], r["id"], r["question"], list(r["answers"]["text"]),
+                 list(r["answers"]["answer_start"])) for r in _hub("squad", data_dir)]
+    grouped: dict[str, dict[str, list]] = {}  # title -> context -> its questions, in order
+    for title, context, qid, question, answers, starts in rows:
+        grouped.setdefault(title, {}).setdefault(context, []).append((qid, question, answers, starts))
+    articles = []
+    for i, (title, paragraphs) in enumerate(grouped.items()):
+        offset, questions = 0, []
+        for context, qas in paragraphs.items():
+            for qid, question, answers, starts in qas:
+                spans = tuple(sorted({(offset + s, offset + s + len(a)) for a, s in zip(answers, starts)}))
+                questions.append(SpanQuestion(qid, question, tuple(answers), spans))
+            offset += len(context) + len(PARAGRAPH_SEP)
+        text = PARAGRAPH_SEP.join(paragraphs)
+        for q in questions:  # the spans must point at the answers, or every relevance judgment is off
+            if not all(text[a:b] in q.answers for a, b in q.spans):
+                raise ValueError(f"SQuAD {q.qid}: an answer_start does not point at its answer's text")
+        articles.append(Article(f"squad-article-{i}", title.replace("_", " "), text, tuple(questions)))
+    return articles
+
+
 _PUBMED_LABELS = ("yes", "no", "maybe")
 
 

@@ -54,10 +54,6 @@ HEADLINE_K = 5  # recall@5 is a headline figure whatever top_ks holds
 BEST_K_SHARE = 0.95  # the chosen top-k: the smallest within this share of the best recall
 EF_CONSTRUCTION = 100  # Chroma's default HNSW graph-build breadth
 REFUSAL_THRESHOLDS = np.round(np.arange(0.20, 0.81, 0.05), 2)
-# SQuAD paragraphs are indexed at a fixed chunk size (the published numbers use 256): a paragraph is
-# about one chunk, so the knowledge base's best size says nothing about it. A parameter would be better
-# (config.RagParams has none yet).
-SQUAD_CHUNK_SIZE = 256
 # Embeddings in float32: BLAS differences between CPUs move a mean cosine similarity by ~1e-6.
 SIMILARITY_TOL = 0.01
 
@@ -274,7 +270,6 @@ def fresh_ingest(store, pages: list):
 class Grid:
     table: pd.DataFrame  # chunk size -> recall@k for every scored k, and MRR
     top_ks: list[int]  # the columns the heat map shows
-    stated: list[StatedComparison]
 
     @property
     def recall_cols(self) -> list[str]:
@@ -284,10 +279,10 @@ class Grid:
 @section("knowledge_base")
 def retrieval_grid(ch: Chapter) -> Grid:
     """Dense recall@k at every chunk size on the test questions. The chunk size (best MRR) and the
-    top-k (the smallest within BEST_K_SHARE of the best recall there) are chosen on development
-    questions: the knowledge base's other single-fact questions, which share no fact with the test
-    ones (development_choice). States R1 (the chosen size against the largest and the smallest) and
-    R2 (the largest top-k against the chosen one) on the test questions."""
+    top-k (the smallest within BEST_K_SHARE of the best recall there) that the answering experiments
+    use are chosen on development questions: the knowledge base's other single-fact questions, which
+    share no fact with the test ones (development_choice). Retrieval here is at the ceiling, so R1
+    and R2 are compared on SQuAD articles (squad_articles)."""
     p, run = ch.params, ch.run
     ch.items = rag.kb_items(ch.kb.sample("single", p.n_retrieval_questions, p.seed))
     ch.retrievers = {size: rag.Retriever(ch.stores[size], ch.embed_model) for size in p.chunk_sizes}
@@ -308,7 +303,7 @@ def retrieval_grid(ch: Chapter) -> Grid:
     run.metric("recall_at_5_best", table.loc[ch.best_chunk, f"recall_at_{HEADLINE_K}"], "rate", n=n)
     run.metric("mrr_best", table.loc[ch.best_chunk, "mrr"], "mean", n=n)
     run.metric("n_retrieval_questions", n, "exact")
-    return Grid(table, list(p.top_ks), [*chunk_size_comparisons(ch), top_k_comparison(ch)])
+    return Grid(table, list(p.top_ks))
 
 
 def development_choice(ch: Chapter) -> dict:
@@ -336,37 +331,6 @@ def development_choice(ch: Chapter) -> dict:
     return {"n": len(dev), "table": table}
 
 
-def chunk_size_comparisons(ch: Chapter) -> list[StatedComparison]:
-    """R1: recall@5 at the chosen size against the largest size tried (chunks above 1,024 tokens
-    dilute) and the smallest (below 128 lose context)."""
-    best, out = ch.best_chunk, []
-    best_label = f"recall@{HEADLINE_K} at {best} tokens"
-    for claim, other, side in (("R1-chunk-size", max(ch.params.chunk_sizes), "largest"),
-                               ("R1-small-chunks", min(ch.params.chunk_sizes), "smallest")):
-        if other == best:
-            out.append(StatedComparison(claim, None, missing=f"the chosen size is the {side} one tried ({best} tokens), "
-                                                 "so there is nothing to compare it with"))
-            continue
-        cmp = ch.run.compare(claim, retrieval_condition("dense", best, HEADLINE_K),
-                             retrieval_condition("dense", other, HEADLINE_K))
-        out.append(StatedComparison(claim, cmp, best_label, f"at {other} tokens"))
-    return out
-
-
-def top_k_comparison(ch: Chapter) -> StatedComparison:
-    """R2 (retrieve the top 3-8): does the largest top-k tried still find relevant chunks the chosen
-    top-k misses? Dense retrieval at the chosen chunk size."""
-    ks = sorted(ch.params.top_ks)
-    more = ks[-1]
-    fewer = ch.best_k if ch.best_k < more else (ks[-2] if len(ks) > 1 else None)
-    if fewer is None:
-        return StatedComparison("R2-top-k", None, missing=f"only one top-k was tried ({more})")
-    size = ch.best_chunk
-    cmp = ch.run.compare("R2-top-k", retrieval_condition("dense", size, more),
-                         retrieval_condition("dense", size, fewer))
-    return StatedComparison("R2-top-k", cmp, f"recall@{more}", f"recall@{fewer}")
-
-
 @section("knowledge_base", figure=True)
 def heatmap(grid: Grid):
     import matplotlib.pyplot as plt
@@ -390,18 +354,14 @@ def heatmap(grid: Grid):
 @dataclass
 class Methods:
     table: pd.DataFrame  # method -> n, recall@k, MRR, ms per query
-    stated: list[StatedComparison]
     score_ks: list[int]
-
-    def glue(self) -> None:
-        for s in self.stated:
-            s.glue()
 
 
 @section("knowledge_base")
 def retrieval_methods(ch: Chapter) -> Methods:
-    """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size. (Reranking is
-    scored with the answers: the LL reranker reads the same prompt the answer scoring reads.)"""
+    """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size, a table (at the
+    ceiling here: hybrid against dense is compared on SQuAD articles). (Reranking is scored with the
+    answers: the LL reranker reads the same prompt the answer scoring reads.)"""
     run, best, size = ch.run, ch.best, ch.best_chunk
     rows = []
     for name in ("dense", "bm25", "hybrid"):
@@ -418,10 +378,7 @@ def retrieval_methods(ch: Chapter) -> Methods:
     if "recall_at_1" in table:
         run.metric("hybrid_recall_at_1", table.loc["hybrid", "recall_at_1"], "rate", n=n)
     run.metric("hybrid_ms_per_query", table.loc["hybrid", "ms_per_query"], "machine")
-    hybrid_cmp = run.compare("hybrid-vs-dense", retrieval_condition("hybrid", size, HEADLINE_K),
-                             retrieval_condition("dense", size, HEADLINE_K))
-    return Methods(table, [StatedComparison("hybrid-vs-dense", hybrid_cmp, "hybrid recall@5", "dense recall@5")],
-                   ch.score_ks)
+    return Methods(table, ch.score_ks)
 
 
 @section("knowledge_base")
@@ -1030,16 +987,207 @@ def scale_plot(sc: Scale):
 # Real data: SQuAD and NaturalQuestions
 
 
+# ---------------------------------------------------------------------------------------------
+# Chunk size and top-k where retrieval is hard: SQuAD articles whole
+
+
+# R1's arms: the size the claim calls the sweet spot, against one below the 128 where it says chunks
+# lose context (declared in data/analysis_plan.yaml, never chosen on results)
+SWEET_SPOT, SMALL = 256, 64
+R2_MORE, R2_FEWER = 3, 1  # R2's "top 3-8" against one chunk: both off the ceiling here (top-8 is not)
+CEILING_BAR = 0.9  # a budget is usable when every compared arm stays below this on development questions
+
+
+def squad_hit(method: str, size: int, k: int) -> str:
+    return f"SQuAD {method} {size}-token hit@{k}"
+
+
+def squad_budget_hit(size: int, budget: int) -> str:
+    return f"SQuAD dense {size}-token hit within {budget} tokens"
+
+
+def squad_reader(size: int, budget: int) -> str:
+    return f"SQuAD reader {size}-token within {budget} tokens"
+
+
+def budget_k(size: int, budget: int) -> int:
+    """Chunks of `size` tokens that fit a budget of retrieved tokens (0: not even one)."""
+    return budget // size
+
+
+@dataclass
+class Articles:
+    table: pd.DataFrame  # chunk size -> chunks, hit@k, hit within each budget, MRR (test questions)
+    dev: pd.DataFrame  # the same on development questions (other articles)
+    budget: int  # the token budget the comparisons use, chosen on the development questions
+    reader: pd.DataFrame  # chunk size -> generated answers at the budget: n, contains, F1, prompt tokens
+    stated: list[StatedComparison]
+
+    def glue(self) -> None:
+        glue("ceiling_bar", CEILING_BAR)
+        for s in self.stated:
+            s.glue()
+
+    def styled(self):
+        fmt = {c: "{:.1%}" for c in self.table.columns if c.startswith(("hit", "recall"))}
+        return self.table.style.format(fmt | {"mrr": "{:.3f}"}, na_rep="-")
+
+
+@section("benchmarks")
+def articles_reader_styled(articles: Articles):
+    """The model's answers at the chosen budget, one row per chunk size."""
+    return articles.reader.style.format({"contains": "{:.1%}", "em": "{:.1%}", "f1": "{:.2f}",
+                                         "prompt_tokens": "{:.0f}"}, na_rep="-")
+
+
+@section("benchmarks")
+def squad_articles(ch: Chapter) -> Articles:
+    """R1 and R2 where retrieval is hard: squad_articles SQuAD dev articles indexed whole (every
+    paragraph, so most chunks that compete are about the same subject) at every squad_chunk_sizes;
+    a chunk is relevant when it covers a gold answer span. Questions of squad_dev_articles articles
+    are development questions: they choose the token budget (the largest of token_budgets at which
+    every compared chunk size stays below CEILING_BAR); the other articles' questions are the test
+    questions. Sizes are compared at equal k and at an equal budget of retrieved tokens, and the
+    model answers n_squad_read test questions at the budget from 64- and 256-token chunks."""
+    from ..corpus import benchmarks
+
+    p, run = ch.params, ch.run
+    try:
+        found = benchmarks.load_squad_articles(p.data_dir or None)
+    except benchmarks.DataUnavailable as e:
+        print(f"SQuAD not available: {e}")
+        why = f"SQuAD is not in the data folder ({e})"
+        return Articles(pd.DataFrame(), pd.DataFrame(), 0, pd.DataFrame(),
+                        [StatedComparison(c, None, missing=why) for c in ("R1-small-chunks", "R2-top-k")])
+    if p.squad_articles > len(found) or p.squad_dev_articles >= p.squad_articles:
+        raise ValueError(f"squad_articles={p.squad_articles}, squad_dev_articles={p.squad_dev_articles}: the data "
+                         f"holds {len(found)} articles, and test questions need at least one article that is not "
+                         "a development one")
+    rng = np.random.default_rng(p.seed)
+    chosen = [found[i] for i in rng.permutation(len(found))[:p.squad_articles]]
+    dev = [it for a in chosen[:p.squad_dev_articles] for it in rag.article_items(a)]
+    test = [it for a in chosen[p.squad_dev_articles:] for it in rag.article_items(a)]
+    test = [test[i] for i in rng.permutation(len(test))[:p.n_squad_questions]]
+    sizes = sorted(p.squad_chunk_sizes)
+    ks = sorted(set(ch.score_ks) | {R2_MORE, R2_FEWER})
+    depth = max(ks + [budget_k(min(sizes), b) for b in p.token_budgets])
+    tables, rankings, chunks = {"dev": [], "test": []}, {}, {}
+    with run.stage("squad_articles"):
+        encoder = rag.Retriever(None, ch.embed_model)  # query vectors do not depend on the chunking
+        vectors = {"dev": encoder.embed([it.question for it in dev]), "test": encoder.embed([it.question for it in test])}
+        for size in sizes:
+            store = ch.open_store(f"squad-{size}-{ch.run_tag}", size)
+            store.ingest(rag.articles(chosen))
+            chunks[size] = store.count()
+            retriever = rag.Retriever(store, ch.embed_model)
+            for name, items in (("dev", dev), ("test", test)):
+                ranked = retriever.dense([it.question for it in items], depth, vectors=vectors[name])
+                row = {"chunk_size": size, "chunks": chunks[size], **rag.retrieval_scores(items, ranked, ks)}
+                for b in p.token_budgets:
+                    row[f"hit_within_{b}"] = (hits_share(items, ranked, budget_k(size, b))
+                                              if budget_k(size, b) else float("nan"))
+                tables[name].append(row)
+            rankings[size] = ranked  # the test questions'
+            for k in ks:
+                run.record(squad_hit("dense", size, k), hits_at(test, ranked, k))
+            for b in p.token_budgets:
+                if budget_k(size, b):
+                    run.record(squad_budget_hit(size, b), hits_at(test, ranked, budget_k(size, b)))
+            if size == SWEET_SPOT:  # hybrid against dense where the claim's sweet spot is
+                hybrid = retriever.hybrid([it.question for it in test], max(ks), vectors=vectors["test"])
+                for k in ks:
+                    run.record(squad_hit("hybrid", size, k), hits_at(test, hybrid, k))
+        dev_table = pd.DataFrame(tables["dev"]).set_index("chunk_size")
+        budget = choose_budget(dev_table, [s for s in (SMALL, SWEET_SPOT) if s in sizes], p.token_budgets)
+        reader = read_at_budget(ch, test[:p.n_squad_read], rankings, budget)
+    table = pd.DataFrame(tables["test"]).set_index("chunk_size")
+    _articles_metrics(ch, chosen, dev, test, table, dev_table, budget, reader)
+    return Articles(table, dev_table, budget, reader, _articles_comparisons(ch, sizes, budget))
+
+
+def hits_share(items: list, rankings: list, k: int) -> float:
+    hits = hits_at(items, rankings, k)
+    return sum(hits.values()) / len(hits)
+
+
+def choose_budget(dev: pd.DataFrame, sizes: list[int], budgets: list[int]) -> int:
+    """The largest budget at which every compared size holds at least one chunk and stays below
+    CEILING_BAR on development questions; the smallest budget when none does."""
+    usable = [b for b in sorted(budgets) if all(budget_k(s, b) and dev.loc[s, f"hit_within_{b}"] < CEILING_BAR
+                                                for s in sizes)]
+    return usable[-1] if usable else min(budgets)
+
+
+def read_at_budget(ch: Chapter, items: list, rankings: dict, budget: int) -> pd.DataFrame:
+    """The model answers `items` from the chunks that fit the budget, at R1's two sizes: does a
+    small chunk that covers the answer still give the reader enough context? One row per size."""
+    p, run, rows = ch.params, ch.run, []
+    for size in (SMALL, SWEET_SPOT):
+        if size not in rankings or not items or not budget_k(size, budget):
+            continue
+        top = [r[:budget_k(size, budget)] for r in rankings[size][:len(items)]]
+        gen, texts = rag.answer_batch(ch.lm, items, top, p.max_new_tokens, p.batch_size, desc=f"SQuAD {size}")
+        texts = [rag.strip_citations(a) for a in texts]
+        contains, _ = answer_metrics.answer_outcomes(items, texts)
+        record(run, squad_reader(size, budget), contains, generation_tokens(items, top, gen))
+        scores = answer_metrics.score_answers(texts, items)
+        rows.append({"chunk_size": size, "k": budget_k(size, budget), "n": len(items), "contains": scores["contains"],
+                     "f1": scores["f1"], "em": scores["em"], "prompt_tokens": float(np.mean(gen.prompt_tokens))})
+    return pd.DataFrame(rows).set_index("chunk_size") if rows else pd.DataFrame()
+
+
+def _articles_metrics(ch: Chapter, chosen: list, dev: list, test: list, table: pd.DataFrame, dev_table: pd.DataFrame,
+                      budget: int, reader: pd.DataFrame) -> None:
+    run, n = ch.run, len(test)
+    run.metric("embedder_window_tokens", rag.embedder_window(ch.embed_model), "exact")
+    run.metric("squad_articles", len(chosen), "exact")
+    run.metric("squad_dev_n", len(dev), "exact")
+    run.metric("squad_n", n, "exact")
+    run.metric("squad_budget", budget, "choice")
+    for size in table.index:
+        run.metric(f"squad_chunks_{size}", table.loc[size, "chunks"], "exact")
+        run.metric(f"squad_hit_budget_{size}", table.loc[size, f"hit_within_{budget}"], "rate", n=n)
+        run.metric(f"squad_dev_hit_budget_{size}", dev_table.loc[size, f"hit_within_{budget}"], "rate", n=len(dev))
+        for k in (R2_FEWER, R2_MORE):
+            run.metric(f"squad_hit{k}_{size}", table.loc[size, f"recall_at_{k}"], "rate", n=n)
+    if SWEET_SPOT in table.index:
+        run.metric("squad_recall_at_5", table.loc[SWEET_SPOT, "recall_at_5"], "rate", n=n)
+        run.metric("squad_mrr", table.loc[SWEET_SPOT, "mrr"], "mean", n=n)
+    for size in reader.index:
+        m = len(reader.loc[size]) and int(reader.loc[size, "n"])
+        run.metric(f"squad_reader_contains_{size}", reader.loc[size, "contains"], "rate", n=m)
+        run.metric(f"squad_reader_f1_{size}", reader.loc[size, "f1"], "mean", n=m)
+    if SWEET_SPOT in reader.index:
+        run.metric("squad_rag_f1", reader.loc[SWEET_SPOT, "f1"], "mean", n=int(reader.loc[SWEET_SPOT, "n"]))
+        run.metric("squad_read_n", int(reader.loc[SWEET_SPOT, "n"]), "exact")
+
+
+def _articles_comparisons(ch: Chapter, sizes: list[int], budget: int) -> list[StatedComparison]:
+    """R1 (the sweet spot against a small chunk, at the chosen budget; secondary: at equal k and read
+    by the model), R2 (top-3 against top-1 at the sweet spot) and hybrid against dense."""
+    run, out = ch.run, []
+    if not {SMALL, SWEET_SPOT} <= set(sizes):
+        why = f"squad_chunk_sizes {sizes} lack {SMALL} or {SWEET_SPOT}, R1's arms"
+        return [StatedComparison(c, None, missing=why) for c in ("R1-small-chunks", "R2-top-k")]
+    pairs = [("R1-small-chunks", squad_budget_hit(SWEET_SPOT, budget), squad_budget_hit(SMALL, budget),
+              f"{SWEET_SPOT}-token chunks within {budget} tokens", f"{SMALL}-token chunks"),
+             ("R1-small-chunks-equal-k", squad_hit("dense", SWEET_SPOT, R2_MORE), squad_hit("dense", SMALL, R2_MORE),
+              f"top-{R2_MORE} of {SWEET_SPOT}-token chunks", f"top-{R2_MORE} of {SMALL}-token chunks"),
+             ("R2-top-k", squad_hit("dense", SWEET_SPOT, R2_MORE), squad_hit("dense", SWEET_SPOT, R2_FEWER),
+              f"hit@{R2_MORE}", f"hit@{R2_FEWER}"),
+             ("hybrid-vs-dense", squad_hit("hybrid", SWEET_SPOT, R2_MORE), squad_hit("dense", SWEET_SPOT, R2_MORE),
+              f"hybrid hit@{R2_MORE}", f"dense hit@{R2_MORE}")]
+    if squad_reader(SWEET_SPOT, budget) in run.outcomes and squad_reader(SMALL, budget) in run.outcomes:
+        pairs.append(("R1-reader", squad_reader(SWEET_SPOT, budget), squad_reader(SMALL, budget),
+                      f"answers from {SWEET_SPOT}-token chunks", f"from {SMALL}-token chunks"))
+    for claim, a, b, label_a, label_b in pairs:
+        out.append(StatedComparison(claim, run.compare(claim, a, b), label_a, label_b))
+    return out
+
+
 @dataclass
 class RealData:
     table: pd.DataFrame  # one row per data set: retrieval and answer scores
-    squad: bool  # SQuAD was available
-
-    def glue(self, run: ChapterRun) -> None:
-        m = run.metrics
-        glue("real_data_sentence", (f"On SQuAD, recall@5 is {m['squad_recall_at_5']:.1%} over {m['squad_paragraphs']:,} "
-                                    f"real paragraphs and RAG answers reach a token F1 of {m['squad_rag_f1']:.2f}.")
-             if self.squad else "SQuAD is not in the data folder in this run, so only the knowledge-base figures are shown.")
 
     def styled(self):
         t = self.table
@@ -1048,12 +1196,18 @@ class RealData:
 
 
 @section("benchmarks")
-def real_data(ch: Chapter, grid: Grid) -> RealData:
-    """SQuAD dev: every kept paragraph indexed, retrieval on n_squad_questions, the first
-    n_answer_questions answered at the chosen top-k; NaturalQuestions-Open read with its gold passage."""
+def real_data(ch: Chapter, grid: Grid, articles: Articles) -> RealData:
+    """One row per data set: the knowledge base (its grid's chosen size), SQuAD articles (256-token
+    chunks; answers at the chosen budget) and NaturalQuestions-Open read with its gold passage."""
     p, run = ch.params, ch.run
-    squad_row = _squad(ch)
-    rows = [squad_row] if squad_row else []
+    rows = []
+    if SWEET_SPOT in articles.table.index:
+        t, r = articles.table.loc[SWEET_SPOT], articles.reader
+        rows.append({"data": f"SQuAD dev, {run.metrics['squad_articles']} articles whole ({SWEET_SPOT}-token chunks)",
+                     "n": run.metrics["squad_n"], **{c: t[c] for c in grid.table.columns if c in t},
+                     **({"answered": int(r.loc[SWEET_SPOT, "n"]), "em": r.loc[SWEET_SPOT, "em"],
+                         "f1": r.loc[SWEET_SPOT, "f1"], "contains": r.loc[SWEET_SPOT, "contains"]}
+                        if SWEET_SPOT in r.index else {})})
     nq_read = ch.nq[:p.n_nq_questions]
     if nq_read:
         gold = [[rag.Hit(x.pid, x.pid, x.title, x.text, 1.0) for x in it.passages] for it in nq_read]
@@ -1075,48 +1229,7 @@ def real_data(ch: Chapter, grid: Grid) -> RealData:
     kb_row = {"data": "knowledge base", "n": len(ch.items), **grid.table.loc[ch.best_chunk].to_dict(),
               "answered": m["n_answer_questions"], "em": m["rag_em"], "f1": m["rag_f1"],
               "contains": m["rag_contains"]}
-    return RealData(pd.DataFrame([kb_row] + rows).set_index("data"), squad_row is not None)
-
-
-def _squad(ch: Chapter) -> dict | None:
-    """SQuAD's retrieval and answer row, or None (with the reason printed) when the data is absent."""
-    from ..corpus import benchmarks
-
-    p, run = ch.params, ch.run
-    try:
-        squad_items, squad_corpus = benchmarks.load_squad(p.data_dir or None)
-    except benchmarks.DataUnavailable as e:
-        print(f"SQuAD not available: {e}")
-        return None
-    corpus = squad_corpus[:p.squad_paragraphs or None]
-    kept = {x.pid for x in corpus}
-    sq = rag.benchmark_items([it for it in squad_items if it.gold_pids <= kept])
-    sq = [sq[i] for i in np.random.default_rng(p.seed).permutation(len(sq))[:p.n_squad_questions]]
-    with run.stage("squad"):
-        store = ch.open_store("squad", SQUAD_CHUNK_SIZE)
-        store.ingest(rag.sources.passages(corpus))
-        ranked = rag.Retriever(store, ch.embed_model).search([it.question for it in sq], ch.depth, p.retrieval)
-        scores = rag.retrieval_scores(sq, ranked, ch.score_ks)
-        read = sq[:p.n_answer_questions]
-        top = [r[:ch.best_k] for r in ranked[:len(read)]]
-        gen, texts = rag.answer_batch(ch.lm, read, top, p.max_new_tokens, p.batch_size, desc="SQuAD")
-        texts = [rag.strip_citations(a) for a in texts]
-        answered = answer_metrics.score_answers(texts, read)
-    for k in ch.score_ks:
-        run.record(f"SQuAD {p.retrieval} hit@{k}", hits_at(sq, ranked, k))
-    contains, _ = answer_metrics.answer_outcomes(read, texts)
-    record(run, f"SQuAD answer top-{ch.best_k}", contains, generation_tokens(read, top, gen))
-    n, n_read = len(sq), len(contains)
-    run.metric("squad_paragraphs", len(corpus), "exact")
-    run.metric("squad_recall_at_5", scores["recall_at_5"], "rate", n=n)
-    run.metric("squad_mrr", scores["mrr"], "mean", n=n)
-    run.metric("squad_rag_em", answered["em"], "rate", n=n_read)
-    run.metric("squad_rag_f1", answered["f1"], "mean", n=n_read)
-    run.metric("squad_rag_contains", answered["contains"], "rate", n=n_read)
-    run.metric("squad_n", n, "exact")
-    run.metric("squad_answered_n", n_read, "exact")
-    return {"data": f"SQuAD dev ({len(corpus):,} paragraphs)", "n": n, **scores, "answered": len(read),
-            "em": answered["em"], "f1": answered["f1"], "contains": answered["contains"]}
+    return RealData(pd.DataFrame([kb_row] + rows).set_index("data"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1204,7 +1317,7 @@ def own_documents(ch: Chapter) -> OwnDocuments:
 
 
 def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
-           ref: Refusal, lat: Latency, sc: Scale, real: RealData):
+           ref: Refusal, lat: Latency, sc: Scale, articles: Articles, real: RealData):
     """The model size, the tables, every metric glued, and the results file written."""
     from ..results import glue_metrics
 
@@ -1219,7 +1332,8 @@ def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods
     if "scale" in ch.params.sections:
         run.tables.update(scale=sc.rows, ef_search=sc.ef_rows)
     if "benchmarks" in ch.params.sections:
-        run.tables.update(real_data=records(real.table))
+        run.tables.update(real_data=records(real.table), squad_articles=records(articles.table),
+                          squad_development=records(articles.dev), squad_reader=records(articles.reader))
     run.tables["sections"] = list(ch.params.sections)
     glue_metrics(run.metrics)
     return run.save(lm=ch.lm)

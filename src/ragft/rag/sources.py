@@ -81,6 +81,34 @@ class QAItem:
         return any(normalize(a) and normalize(a) in norm for a in self.answers)
 
 
+@dataclass(frozen=True)
+class SpanItem(QAItem):
+    """A question whose answer is a span of one document (SQuAD articles): a chunk is relevant when it
+    comes from that document and covers a gold span whole. Chunks are exact substrings of their
+    document (LlamaIndex's splitter cuts, it does not rewrite), so where a chunk sits is found in the
+    document's text; the answer string merely appearing elsewhere does not count."""
+
+    doc_text: str = field(default="", repr=False)
+    spans: tuple[tuple[int, int], ...] = ()
+
+    def is_relevant(self, doc_id: str, text: str) -> bool:
+        if doc_id not in self.gold_doc_ids or not text:
+            return False
+        start = self.doc_text.find(text)
+        return start >= 0 and any(start <= a and b <= start + len(text) for a, b in self.spans)
+
+
+def article_items(article) -> list[SpanItem]:
+    """A SQuAD article's questions as retrieval items (ragft.corpus.benchmarks.Article)."""
+    return [SpanItem(q.qid, q.question, q.answers, "single", (), (article.aid,), article.text, q.spans)
+            for q in article.questions]
+
+
+def articles(items) -> list[Source]:
+    """Articles whole, as sources: the splitter chunks each at the store's size."""
+    return [Source(a.aid, a.title, a.text, kind="article") for a in items]
+
+
 # ---------------------------------------------------------------------------------------------
 # The knowledge base
 

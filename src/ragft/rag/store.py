@@ -1,7 +1,8 @@
 """Ingestion into Chroma through LlamaIndex, kept in sync with a corpus.
 
-documents -> LlamaIndex SentenceSplitter (chunk size counted in the embedder's own tokens, so a chunk
-never silently exceeds what the embedder reads) -> MiniLM embeddings -> a Chroma collection.
+documents -> LlamaIndex SentenceSplitter (chunk size counted in the embedder's own tokens, title
+included, so a chunk never exceeds what the embedder reads: a size above the embedder's window is
+refused, see `embedder_window`) -> MiniLM embeddings -> a Chroma collection.
 
 The store holds exactly its documents. Chunk ids are stable: `<doc_id>#<content hash>#<chunk number>`.
 Next to the chunks, a manifest collection (`<name>-manifest`) holds one record per document: its content
@@ -34,16 +35,32 @@ NAME = re.compile(rf"[a-zA-Z0-9][a-zA-Z0-9._-]{{1,{510 - len(MANIFEST)}}}[a-zA-Z
 
 
 def load_embedder(name: str = "minilm", device: str = "cpu", batch_size: int = 64):
-    """The registry's embedder as a LlamaIndex embedding model (normalized vectors)."""
+    """The registry's embedder as a LlamaIndex embedding model (normalized vectors), reading up to its
+    whole window (MiniLM's configuration stops at 256 of its 512 positions)."""
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
-    return HuggingFaceEmbedding(model_name=models.embedder_path(name), device=device,
-                                embed_batch_size=batch_size, normalize=True)
+    return HuggingFaceEmbedding(model_name=models.embedder_path(name), device=device, embed_batch_size=batch_size,
+                                normalize=True, max_length=models.get_spec(name, "embedder").window)
 
 
 def bare_encoder(embed_model):
     """The sentence-transformers model inside LlamaIndex's wrapper: the 'embedder alone' baseline."""
     return embed_model._model
+
+
+def embedder_window(embed_model) -> int:
+    """The most word pieces the embedder reads, its special tokens included: longer texts are cut."""
+    return int(bare_encoder(embed_model).max_seq_length)
+
+
+def check_chunk_size(chunk_size: int, embed_model) -> None:
+    """Refuse a chunk size the embedder would cut: its chunks (title included) plus [CLS] and [SEP]
+    must fit the window, or the end of every long chunk would be embedded as if it were not there."""
+    most = embedder_window(embed_model) - models.EMBEDDER_SPECIAL_TOKENS
+    if chunk_size > most:
+        raise ValueError(f"chunk_size={chunk_size}: the embedder reads at most {most} tokens of a chunk "
+                         f"(a window of {embedder_window(embed_model)} with its 2 special tokens); a longer "
+                         "chunk would be embedded by its beginning only")
 
 
 def token_counter(embed_model):
@@ -148,6 +165,8 @@ class ChunkStore:
         _whole("write_batch", write_batch, 1, MAX_BATCH)
         if chunk_overlap >= chunk_size:
             raise ValueError(f"chunk_overlap={chunk_overlap} must be smaller than chunk_size={chunk_size}")
+        if embed_model is not None:
+            check_chunk_size(chunk_size, embed_model)
         if hnsw is not None and not isinstance(hnsw, dict):
             raise ValueError(f"hnsw={hnsw!r}: give a dict of Chroma HNSW settings (say {{'ef_search': 100}}) or None")
         if (path is None) == (not host):
