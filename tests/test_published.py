@@ -52,6 +52,21 @@ def test_rag_headline_keys_and_performance_goals():
     assert m["ingest_chunks_per_s"] >= 0.7 * m["embedder_only_chunks_per_s"]
 
 
+def test_rag_compares_chunk_sizes_the_embedder_reads_whole_and_off_the_ceiling():
+    """Issue 29: no compared chunk is cut by the embedder (the window less [CLS] and [SEP] holds every
+    size), and R1's and R2's arms sit below 0.9 on the test questions, so a difference can show."""
+    doc = json.loads((PUBLISHED / "02_rag.json").read_text())
+    m, params = doc["metrics"], doc["params"]
+    sizes = [*params["chunk_sizes"], *params["squad_chunk_sizes"], params["own_chunk_size"]]
+    assert m["embedder_window_tokens"] - 2 >= max(sizes)
+    compared = {c["claim"]: c for c in doc["comparisons"]}
+    for cid in ("R1-small-chunks", "R1-small-chunks-equal-k", "R2-top-k"):
+        for arm in (compared[cid]["a"], compared[cid]["b"]):
+            outcomes = doc["outcomes"][arm]
+            assert sum(outcomes.values()) / len(outcomes) < 0.9, (cid, arm)
+        assert compared[cid]["n"] == m["squad_n"] >= 400
+
+
 def test_finetune_headline_keys_and_performance_goals():
     m = json.loads((PUBLISHED / "03_finetune.json").read_text())["metrics"]
     from test_notebooks import HEADLINE_03

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as answer_metrics
-from .. import rag, report
+from .. import plots, rag, report
 from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
@@ -333,18 +333,7 @@ def development_choice(ch: Chapter) -> dict:
 
 @section("knowledge_base", figure=True)
 def heatmap(grid: Grid):
-    import matplotlib.pyplot as plt
-
-    values = grid.table[grid.recall_cols].values
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(grid.top_ks)), [f"top-{k}" for k in grid.top_ks])
-    ax.set_yticks(range(len(grid.table)), [f"{s} tokens" for s in grid.table.index])
-    for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, f"{v:.0%}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=9)
-    ax.set_title("Recall@k by chunk size (dense retrieval)")
-    fig.colorbar(im, ax=ax, label="recall@k")
-    return fig
+    return plots.recall_heatmap(grid.table, grid.top_ks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -674,19 +663,7 @@ def scored_table(sc: Scored) -> pd.DataFrame:
 @section("knowledge_base", figure=True)
 def scored_plot(sc: Scored):
     """LL accuracy by answer top-k with Wilson error bars, and chance."""
-    import matplotlib.pyplot as plt
-
-    t = sc.table
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.errorbar(t.prompt_tokens, t.accuracy, yerr=[t.accuracy - t.lo, t.hi - t.accuracy], fmt="o-", capsize=3,
-                label="gold value ranked first (log-likelihood)")
-    ax.axhline(t.chance.iloc[0], color="grey", ls=":", label="chance")
-    for name, r in t.iterrows():
-        ax.annotate(name, (r.prompt_tokens, r.accuracy), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax.set(xlabel="prompt tokens per question", ylabel="share of questions", ylim=(0, 1.05),
-           title="Reading the retrieved chunks, scored by log-likelihood")
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
+    return plots.accuracy_by_context(sc.table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,21 +737,7 @@ def _answer_metrics(ch: Chapter, table: pd.DataFrame, n: int, n_unanswerable: in
 
 @section("knowledge_base", figure=True)
 def context_plot(ans: Answers):
-    import matplotlib.pyplot as plt
-
-    t = ans.table.sort_values("prompt_tokens")
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.plot(t.prompt_tokens, t.contains, "o-", label="answer contains gold")
-    ax.plot(t.prompt_tokens, t.retrieved_recall, "s--", label="relevant chunk retrieved")
-    for _, r in t.iterrows():
-        ax.annotate(f"top-{r.top_k}", (r.prompt_tokens, r.contains), textcoords="offset points", xytext=(4, -12), fontsize=8)
-    ax2 = ax.twinx()
-    ax2.bar(t.prompt_tokens, t.latency_s, width=t.prompt_tokens.max() / 25, alpha=0.25, color="grey")
-    ax2.set_ylabel("seconds per query (grey)")
-    ax.set(xlabel="prompt tokens per query", ylabel="share of questions", ylim=(0, 1.05),
-           title="Answers and retrieval as the context grows")
-    ax.legend(loc="lower right", fontsize=8)
-    return fig
+    return plots.answers_by_context(ans.table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,17 +820,7 @@ def best_threshold(sweep: pd.DataFrame) -> float:
 
 @section("knowledge_base", figure=True)
 def refusal_plot(ref: Refusal):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.plot(ref.sweep.index, ref.sweep.refusal_recall, "o-", label="near-miss questions refused")
-    ax.plot(ref.sweep.index, ref.sweep.answerable_refused, "s-", label="answerable questions refused")
-    if ref.offtopic is not None:
-        ax.plot(ref.offtopic.index, ref.offtopic.refusal_recall, "^-", label="off-topic questions refused")
-    ax.axvline(ref.threshold, color="grey", linestyle=":", label=f"near-miss operating point (highest J), {ref.threshold:.2f}")
-    ax.set(xlabel="similarity threshold", ylabel="share refused", title="Refusing under a similarity threshold")
-    ax.legend(fontsize=8)
-    return fig
+    return plots.refusal_sweep(ref.sweep, ref.offtopic, ref.threshold)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -972,15 +925,7 @@ def scale(ch: Chapter) -> Scale:
 
 @section("scale", figure=True)
 def scale_plot(sc: Scale):
-    import matplotlib.pyplot as plt
-
-    t = sc.table
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    ax.plot(t.index, t.hnsw_p50_ms, "o-", label="Chroma HNSW, p50")
-    ax.plot(t.index, t.exact_p50_ms, "s-", label="exact numpy search, p50")
-    ax.set(xscale="log", xlabel="chunks in the index", ylabel="ms per query", title="Retrieval latency as the corpus grows")
-    ax.legend(fontsize=8)
-    return fig
+    return plots.latency_by_index_size(sc.table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1031,6 +976,12 @@ class Articles:
     def styled(self):
         fmt = {c: "{:.1%}" for c in self.table.columns if c.startswith(("hit", "recall"))}
         return self.table.style.format(fmt | {"mrr": "{:.3f}"}, na_rep="-")
+
+
+@section("benchmarks", figure=True)
+def articles_plot(articles: Articles):
+    """Hit rate by chunk size, within the chosen budget and at R2's top-3."""
+    return plots.chunk_size_lines(articles.table, articles.budget, R2_MORE)
 
 
 @section("benchmarks")
@@ -1146,8 +1097,9 @@ def _articles_metrics(ch: Chapter, chosen: list, dev: list, test: list, table: p
     run.metric("squad_budget", budget, "choice")
     for size in table.index:
         run.metric(f"squad_chunks_{size}", table.loc[size, "chunks"], "exact")
-        run.metric(f"squad_hit_budget_{size}", table.loc[size, f"hit_within_{budget}"], "rate", n=n)
-        run.metric(f"squad_dev_hit_budget_{size}", dev_table.loc[size, f"hit_within_{budget}"], "rate", n=len(dev))
+        if budget_k(size, budget):  # a chunk larger than the budget has no hit rate within it
+            run.metric(f"squad_hit_budget_{size}", table.loc[size, f"hit_within_{budget}"], "rate", n=n)
+            run.metric(f"squad_dev_hit_budget_{size}", dev_table.loc[size, f"hit_within_{budget}"], "rate", n=len(dev))
         for k in (R2_FEWER, R2_MORE):
             run.metric(f"squad_hit{k}_{size}", table.loc[size, f"recall_at_{k}"], "rate", n=n)
     if SWEET_SPOT in table.index:
