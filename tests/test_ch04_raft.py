@@ -35,7 +35,7 @@ def chapter(p=None, **fields):
     """A Chapter with only what the tested functions read."""
     p = p or params()
     ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], [], None,
-                      [], settings.PROJECT_ROOT / "kb_train.jsonl")
+                      [], settings.PROJECT_ROOT / "kb_train.jsonl", None)
     for name, value in fields.items():
         setattr(ch, name, value)
     return ch
@@ -197,7 +197,8 @@ def measured_chapter(p):
     ch = chapter(p, facts=[SimpleNamespace(qid=f"f{i}") for i in range(4)],
                  test_items=[item(f"f{i}") for i in range(4)] + [item("u0", (), "unanswerable")],
                  train_sources=[object(), object()], lm=SimpleNamespace(n_params=lambda: 134_515_008),
-                 fits={"raft": SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0})})
+                 fits={"raft": SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0})},
+                 fitness=ch04.RaftFitness(2, 0.5, 0.5, 0.5))
     names = list(ch04.MAIN.values())
     rows = [{"condition": n, "acc": 0.75, "chance": 0.25, "n": 4, "refusal_auroc": 0.5, "refusal_recall": 0.0,
              "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
@@ -242,6 +243,9 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
     assert m["raft_k_for_base_best"] == min(p.top_ks)
     assert m["raft_rag_n"] == 4 and m["ablation_n"] == p.n_ablation_facts == 3  # the smoke profile asks the subset
     assert "pubmedqa_raft_acc" not in m  # no benchmark rows: no benchmark metrics
+    # issue 29's keys: RAFT's fitness on the development questions, and its training size and epochs
+    assert (m["raft_dev_fitness"], m["raft_n_train"], m["raft_epochs"]) == (0, len(ch.train_sources), p.epochs)
+    assert rules["raft_dev_fitness"]["kind"] == "choice" and rules["raft_dev_quote_marker"] == {"kind": "rate", "n": 2}
 
 
 def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
@@ -279,3 +283,24 @@ def test_sentences_describe_without_verdicts():
     assert "(the same top-k: no chunks can be saved here)" in out["f6_tokens_sentence"]
     for sentence in out.values():
         assert not any(word in sentence for word in (" beats ", " better ", " ahead ", " worse "))
+
+
+@pytest.mark.parametrize("quote_marker, acc, base_acc, met", [
+    (0.9, 0.6, 0.5, True),  # 90 % is the bar, and RAFT ranks above the base reader
+    (0.875, 0.9, 0.5, False),  # 21 of 24 development replies quote and reach the marker: under 90 %
+    (1.0, 0.5, 0.5, False),  # level with the base reader is not beating it
+])
+def test_raft_fitness_needs_the_quote_and_the_marker_and_a_better_reader(quote_marker, acc, base_acc, met):
+    assert ch04.RaftFitness(24, quote_marker, acc, base_acc).met is met
+
+
+def test_development_questions_never_share_a_fact_with_training():
+    """Three facts besides the test ones: two train, so two development questions would take one of
+    them; refused before any model reads."""
+    fact = lambda i: SimpleNamespace(qid=f"f{i}", gold_sentences=[f"Fact {i} holds."], train_texts=[f"q{i}?"],
+                                     test_text=f"Q{i}?", answer=str(i))
+    others = [fact(i) for i in range(3)]
+    chunks = [SimpleNamespace(text=f"Fact {i} holds.") for i in range(3)]
+    p = params(n_train=2, n_dev=2)
+    with pytest.raises(ValueError, match="n_train=2 and n_dev=2"):
+        ch04.development_questions(None, None, chunks, others, {"f0", "f1"}, p)

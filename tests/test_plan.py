@@ -186,6 +186,11 @@ def test_an_arm_that_missed_its_fitness_decides_nothing():
     assert fit["verdict"] == stats.SUPPORTED and fit["unfit"] == []
     (unknown,) = plan.adjust([c], metrics={})
     assert unknown["verdict"] == stats.SUPPORTED and unknown["unfit"] is None
+    # RAFT against DSF + RAG needs both readers fit: a RAFT that has not learned RAFT decides nothing
+    both = _comparison("F3-raft-vs-dsf-rag", 0.0001)
+    (raft_unfit,) = plan.adjust([both], metrics={"03_finetune": {"dsf_fitness_reached": 1},
+                                                 "04_raft": {"raft_dev_fitness": 0}})
+    assert raft_unfit["verdict"] == stats.NOT_FIT and raft_unfit["unfit"] == ["raft: raft_dev_fitness 0.00 < 1.00"]
 
 
 def test_the_checkpoint_rule_is_checked_with_the_plan(tmp_path):

@@ -285,6 +285,7 @@ class RaftParams(Answering):
     top_ks: list = param([1, 3, 5, 8], "test-time documents (F5, F6)", bounds=(1, 50))
     n_ablation_facts: int = param(0, "test facts the P and distractor ablations and the top-k curves ask (the first n; 0: all)", bounds=(0, 100_000))
     n_train: int = param(32, "RAFT training questions: other facts of the knowledge base, never a test fact", bounds=(1, 100_000))
+    n_dev: int = param(24, "development questions RAFT's fitness is measured on: other facts, never a test or training one", bounds=(1, 10_000))
     n_distractors: int = param(3, "distractor documents per training example", bounds=(0, 50))
     p_oracle: float = param(0.8, "share of training examples that keep the oracle document (F2)")
     distractors: str = param("random", "random (the reference code) | retrieved (hard negatives)")

@@ -43,6 +43,7 @@ from .. import metrics, raft, report, results
 from ..corpus.kb import REFUSAL_ANSWER
 from ..drift import rate_tolerance
 from ..generation import Generation
+from ..models import max_chunk_tokens
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import MAX_FALSE_REFUSALS
 from ..train import tasks
@@ -95,9 +96,11 @@ class Chapter:
     hard: dict | None  # retrieved hard negatives per training qid (distractors="retrieved")
     main_records: list
     jsonl: Path
+    dev: "DevQuestions"  # RAFT's development questions: its fitness is measured there, never on a test fact
     dsf_source: str = ""  # the visible line that says where the DSF model came from
     facts_source: str = ""  # where the test facts came from
     fits: dict = field(default_factory=dict)  # "raft" and distractor counts -> TrainResult
+    fitness: "RaftFitness | None" = None  # the main RAFT model's, on the development questions
     gens: dict = field(default_factory=dict)  # outcome name -> Generation (a quoting reader's: all its items)
     scored: dict = field(default_factory=dict)  # outcome name -> Scored (candidate log-likelihoods)
     table: pd.DataFrame | None = None
@@ -188,15 +191,71 @@ def setup(params) -> Chapter:
     tested = {q.qid for q in facts}
     others = [q for q in kb.sample("single", len(kb.by_kind("single")), params.seed + 1) if q.qid not in tested]
     train_sources = raft.kb_sources(others, chunks, "train", params.seed)[:params.n_train]
+    dev = development_questions(kb, retriever, chunks, others, {s.qid for s in train_sources}, params)
     hard = None
     if params.distractors == "retrieved":
         hits = retriever.search([s.question for s in train_sources], max(params.distractor_counts) + 4, "hybrid")
         hard = {s.qid: [h.text for h in row] for s, row in zip(train_sources, hits)}
     ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
-                 oracles, ranked, train_sources, hard, [], Path(), facts_source=facts_source)
+                 oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
     ch.main_records = raft_data(ch)
     ch.jsonl = raft.save_jsonl(ch.main_records, settings.run_dir() / "raft" / "kb_train.jsonl")
     return ch
+
+
+# The plan's `raft` fitness rule: on the development questions, the share of replies that quote only
+# oracle text and reach the answer marker, and a gold ranked first more often than the base reader's
+RAFT_FIT_QUOTES = 0.9
+
+
+@dataclass
+class DevQuestions:
+    """RAFT's development questions: knowledge-base facts that are neither test facts nor training
+    questions, asked in their held-out paraphrase with the main table's top-k chunks."""
+
+    questions: list[str]
+    docs: list[list[str]]
+    values: list[list[str]]  # the gold and its look-alikes
+    gold: list[int]
+    oracles: list[list[str]]  # the chunks that hold each question's gold sentence
+
+
+def development_questions(kb, retriever, chunks: list, others: list, training: set[str], params) -> DevQuestions:
+    """The last n_dev of `others` (the facts that are not test facts, in their seeded order; training
+    takes the first ones) that a chunk holds whole; refused when they would meet a training question."""
+    sources = raft.kb_sources(list(reversed(others)), chunks, "test", params.seed)[:params.n_dev]
+    if len(sources) < params.n_dev or {s.qid for s in sources} & training:
+        raise ValueError(f"n_train={params.n_train} and n_dev={params.n_dev}: the knowledge base has {len(others)} facts "
+                         "besides the test facts, too few for both without sharing one; lower either or grow kb")
+    by_id = {q.qid: q for q in others}
+    candidates = [kb.candidates(by_id[s.qid], params.n_candidates, params.seed) for s in sources]
+    hits = retriever.search([s.question for s in sources], params.rag_top_k, "hybrid")
+    return DevQuestions([s.question for s in sources], [[h.text for h in row] for row in hits],
+                        [values for values, _ in candidates], [gold for _, gold in candidates],
+                        [list(s.oracles) for s in sources])
+
+
+@dataclass
+class RaftFitness:
+    n: int
+    quote_marker: float  # replies that quote only oracle text and reach the answer marker
+    acc: float  # gold ranked first after its own reasoning
+    base_acc: float  # the base reader's, with the same chunks
+
+    @property
+    def met(self) -> bool:
+        return self.quote_marker >= RAFT_FIT_QUOTES and self.acc > self.base_acc
+
+
+def raft_fitness(ch: Chapter, raft_lm) -> RaftFitness:
+    """The plan's `raft` fitness rule measured on the development questions (`Chapter.dev`)."""
+    p, dev = ch.params, ch.dev
+    gen, ranking = raft.read(raft_lm, dev.questions, dev.docs, "raft", dev.values, dev.gold, p.cot_max_new_tokens,
+                             p.batch_size, "RAFT, development questions")
+    _, base = raft.read(ch.lm, dev.questions, dev.docs, "rag", dev.values, dev.gold, p.max_new_tokens, p.batch_size,
+                        "base + RAG, development questions")
+    both = [raft.quote_correct(t, o) == 1.0 and raft.reached_marker(t) for t, o in zip(gen.texts, dev.oracles)]
+    return RaftFitness(len(both), sum(both) / len(both), ranking.accuracy, base.accuracy)
 
 
 def example_record(ch: Chapter) -> pd.DataFrame:
@@ -352,7 +411,8 @@ def dsf_model(ch: Chapter):
 def main_table(ch: Chapter) -> pd.DataFrame:
     """The six rows at top-k = rag_top_k: candidate log-likelihood on every test item (accuracy,
     refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
-    recorded per question; prints where the DSF model came from."""
+    recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
+    on the development questions (raft_fitness, the plan's `raft` rule) is measured."""
     from ..train.measure import release_memory
 
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
@@ -377,6 +437,9 @@ def main_table(ch: Chapter) -> pd.DataFrame:
         release_memory()
         ch.fits["raft"] = fit(ch, ch.main_records, "raft-kb")
         run.artifacts["raft_adapter"] = str(ch.fits["raft"].artifact)  # the freshness chapter reads it
+    with run.stage("raft_fitness"):
+        ch.fitness = raft_fitness(ch, ch.fits["raft"].lm)
+    with run.stage("table"):
         add("raft_rag", f"RAFT + RAG (top-{k})", ch.fits["raft"].lm, "raft", k, quoting=True,
             train_s=ch.fits["raft"].metrics["train_s"])
         nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
@@ -672,7 +735,9 @@ def hotpotqa(ch: Chapter) -> None:
         return
     test, train_items = _pick(ch, hot, "test", p.bench_test), _pick(ch, hot, "train", p.bench_train)
     ch.hotpotqa_available = sum(it.split == "test" for it in hot)
-    retriever = _bench_store(ch, "hotpotqa", test, 1024)  # a paragraph is one chunk; search filters to the question's ten
+    # a paragraph is one chunk as far as the embedder reads whole (a longer one is split, never cut);
+    # search filters to the question's ten
+    retriever = _bench_store(ch, "hotpotqa", test, max_chunk_tokens(ch.params.embedder))
     vectors = retriever.embed([it.question for it in test])
     docs = [[h.text for h in retriever.dense([it.question], p.hotpotqa_top_k, vectors=vectors[i:i + 1],
                                              where={"doc_id": {"$in": [q.pid for q in it.passages]}})[0]]
@@ -779,6 +844,14 @@ def headline_metrics(ch: Chapter) -> dict:
     put("n_test_facts", n_facts, "exact")
     put("n_unanswerable", n_unanswerable, "exact")
     put("n_train", len(ch.train_sources), "exact")
+    f = ch.fitness
+    put("raft_dev_fitness", int(f.met), "choice")  # the plan's `raft` rule: 1 met, 0 missed
+    put("raft_dev_quote_marker", f.quote_marker, "rate", n=f.n)
+    put("raft_dev_acc", f.acc, "rate", n=f.n)
+    put("raft_dev_base_acc", f.base_acc, "rate", n=f.n)
+    put("raft_dev_n", f.n, "exact")
+    put("raft_n_train", len(ch.train_sources), "exact")
+    put("raft_epochs", ch.params.epochs, "exact")
 
     put("raft_best_p", best_p(ch.p_table), "choice")
     for _, r in ch.p_table.iterrows():
@@ -971,6 +1044,8 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", ch.dsf_source)
+    glue("raft_fit_bar", RAFT_FIT_QUOTES)
+    glue("raft_fitness_label", "met" if ch.fitness.met else "not met")
     glue("facts_source", ch.facts_source)
 
 
