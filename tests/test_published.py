@@ -102,17 +102,18 @@ def test_raft_headline_keys_and_sanity():
         assert key in m, key
     assert m["base_closed_contains"] <= 0.05  # the facts are new to the model
     assert m["raft_best_p"] in doc["params"]["p_values"]
-    assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 20
+    # HotpotQA is a capability check since issue 29 (no verdict): one batch of 16 shows the floor
+    assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 16
 
 
 # Each chapter's cap in seconds in the notebook, cpu profile, on 2 cores of the faster CPU kind
 # (../shared/DESIGN.md), and the book's: 34 minutes there, about 68 on the AVX2-only kind, which ran
 # every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
 # about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
-# 90 minutes on either kind. Chapter 4 is over DESIGN.md's 520 s until the RAFT rework (issue 29) and,
-# as DESIGN.md allows when said, takes 110 s of the 150 that DESIGN.md keeps for chapter 8 (not built
-# yet, issue 31); chapter 3, whose knowledge curve now runs to fitness (24 exposures), has its 600.
-CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 630, "05_freshness": 230,
+# 90 minutes on either kind. Chapter 4 is back within DESIGN.md's 520 s (HotpotQA, a capability check
+# since issue 29, asks 16 questions, not 48), so chapter 8 (issue 31) has its 150 again; chapter 3,
+# whose knowledge curve runs to fitness (24 exposures), has its 600.
+CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 520, "05_freshness": 230,
          "06_cost": 40, "07_verdict": 10}
 BOOK_CAP_S = 2040
 
