@@ -172,7 +172,7 @@ class RagParams(Answering):
     n_scale_queries: int = param(100, "queries timed per index size", bounds=(1, 100_000))
     squad_articles: int = param(12, "SQuAD dev articles indexed whole, chunked at every squad_chunk_sizes (of 48)", bounds=(2, 48))
     squad_dev_articles: int = param(4, "of them, the articles whose questions are development questions (the rest: test)", bounds=(1, 47))
-    squad_chunk_sizes: list = param([64, 128, 256, 510], "SQuAD chunk sizes compared (R1); must hold 64 and 256, R1's arms", bounds=(32, 4096), chunk=True)
+    squad_chunk_sizes: list = param([64, 128, 256, 510], "SQuAD chunk sizes measured; R1 compares 64 with 256 when both are listed", bounds=(32, 4096), chunk=True)
     token_budgets: list = param([256, 512], "retrieved tokens per question at which chunk sizes are compared; development questions choose one", bounds=(32, 100_000))
     n_squad_questions: int = param(400, "SQuAD test questions for retrieval (R1, R2)", bounds=(1, 100_000))
     n_squad_read: int = param(48, "of them, questions the model answers at the chosen budget, at 64 and 256 tokens per chunk", bounds=(0, 100_000))

@@ -301,7 +301,11 @@ EMBEDDER_SPECIAL_TOKENS = 2  # [CLS] and [SEP] around every text a BERT-style em
 
 def max_chunk_tokens(name: str = "minilm") -> int:
     """The longest chunk (in the embedder's own word pieces, title included) that `name` reads whole."""
-    return get_spec(name, "embedder").window - EMBEDDER_SPECIAL_TOKENS
+    window = get_spec(name, "embedder").window
+    if not window:
+        raise ModelUnavailable(f"embedder {name!r} declares no window in ragft.models.REGISTRY: give its positions "
+                               "(ModelSpec.window), so that no chunk is embedded past what it reads")
+    return window - EMBEDDER_SPECIAL_TOKENS
 
 
 def embedder_path(name: str = "minilm") -> str:
