@@ -96,20 +96,24 @@ def _hub(name: str, data_dir: str | None):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_squad(data_dir: str | None = None) -> tuple[list[BenchmarkItem], list[Passage]]:
-    """SQuAD v1.1 dev: (questions, paragraph corpus). Each question's gold is its own paragraph."""
+def _squad_rows(data_dir: str | None) -> list[tuple]:
+    """SQuAD v1.1 dev, one row per question: (title, context, id, question, answer texts, answer
+    starts), from the data folder's file, else (online) the dataset hub, in the source's order."""
     paths = _files("squad", data_dir)
     if paths:
         with _open_text(paths[0]) as f:
-            articles = json.load(f)["data"]
-        rows = [(a["title"], p["context"], qa["id"], qa["question"], [x["text"] for x in qa["answers"]])
-                for a in articles for p in a["paragraphs"] for qa in p["qas"]]
-    else:
-        rows = [(r["title"], r["context"], r["id"], r["question"], list(r["answers"]["text"]))
-                for r in _hub("squad", data_dir)]
+            data = json.load(f)["data"]
+        return [(a["title"], p["context"], qa["id"], qa["question"], [x["text"] for x in qa["answers"]],
+                 [x["answer_start"] for x in qa["answers"]]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
+    return [(r["title"], r["context"], r["id"], r["question"], list(r["answers"]["text"]),
+             list(r["answers"]["answer_start"])) for r in _hub("squad", data_dir)]
+
+
+def load_squad(data_dir: str | None = None) -> tuple[list[BenchmarkItem], list[Passage]]:
+    """SQuAD v1.1 dev: (questions, paragraph corpus). Each question's gold is its own paragraph."""
     corpus: dict[str, Passage] = {}
     items = []
-    for title, context, qid, question, answers in rows:
+    for title, context, qid, question, answers, _ in _squad_rows(data_dir):
         if context not in corpus:
             corpus[context] = Passage(f"squad-{len(corpus)}", title.replace("_", " "), context)
         passage = corpus[context]
@@ -141,17 +145,8 @@ PARAGRAPH_SEP = "\n\n"
 
 def load_squad_articles(data_dir: str | None = None) -> list[Article]:
     """SQuAD v1.1 dev as its 48 articles, in file order (the hub copy: in order of first appearance)."""
-    paths = _files("squad", data_dir)
-    if paths:
-        with _open_text(paths[0]) as f:
-            data = json.load(f)["data"]
-        rows = [(a["title"], p["context"], qa["id"], qa["question"], [x["text"] for x in qa["answers"]],
-                 [x["answer_start"] for x in qa["answers"]]) for a in data for p in a["paragraphs"] for qa in p["qas"]]
-    else:
-        rows = [(r["title"], r["context"], r["id"], r["question"], list(r["answers"]["text"]),
-                 list(r["answers"]["answer_start"])) for r in _hub("squad", data_dir)]
     grouped: dict[str, dict[str, list]] = {}  # title -> context -> its questions, in order
-    for title, context, qid, question, answers, starts in rows:
+    for title, context, qid, question, answers, starts in _squad_rows(data_dir):
         grouped.setdefault(title, {}).setdefault(context, []).append((qid, question, answers, starts))
     articles = []
     for i, (title, paragraphs) in enumerate(grouped.items()):
