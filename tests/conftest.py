@@ -32,7 +32,7 @@ os.environ.setdefault("RAGFT_ONLINE", "0")
 sys.path.insert(0, str(ROOT / "src"))
 
 # fixture -> the marker a test that uses it gets
-_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "smoke_run": "notebooks"}
+_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "notebook_run": "notebooks"}
 
 
 def pytest_collection_modifyitems(config, items):

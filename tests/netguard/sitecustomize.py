@@ -1,5 +1,6 @@
 """Refuse every non-loopback network connection in this process (and, through PYTHONPATH, in every
-Python process it starts: papermill's kernels too). Attempts are appended to $RAGFT_NETGUARD_LOG.
+Python process it starts: papermill's kernels too). Attempts are appended to $RAGFT_NETGUARD_LOG,
+which loading the guard creates.
 
 Loopback stays open: Jupyter kernels talk to papermill over 127.0.0.1.
 """
@@ -11,6 +12,11 @@ import traceback
 
 _LOG = os.environ.get("RAGFT_NETGUARD_LOG")
 _LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", ""}
+
+
+if _LOG:  # the log exists once the guard is loaded, so that an empty log says "guarded, no attempt"
+    os.makedirs(os.path.dirname(os.path.abspath(_LOG)), exist_ok=True)
+    open(_LOG, "a").close()
 
 
 def _record(what: str) -> None:
