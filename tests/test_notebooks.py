@@ -217,7 +217,8 @@ def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(notebook_run, t
     monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
     nb = nbformat.read(ROOT / "chapters" / "07_verdict.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
-    nb.cells.insert(at, nbformat.v4.new_code_cell(f'# Parameters\nprofile = "{notebook_run['profile']}"\n'))  # as papermill injects it
+    profile = notebook_run["profile"]
+    nb.cells.insert(at, nbformat.v4.new_code_cell(f'# Parameters\nprofile = "{profile}"\n'))  # as papermill injects it
     once = len(nb.cells)
     nb.cells = nb.cells + [nbformat.v4.new_code_cell(c.source) if c.cell_type == "code" else c for c in nb.cells]
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "chapters")}}).execute()
