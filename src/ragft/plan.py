@@ -24,12 +24,13 @@ from pathlib import Path
 import yaml
 
 from . import stats
+from .config import PROFILES
 from .settings import PROJECT_ROOT
 
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
 FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
-          "ceiling", "role", "note", "fitness"}
-REQUIRED = FIELDS - {"margin", "note", "fitness"}
+          "ceiling", "role", "note", "fitness", "profiles"}
+REQUIRED = FIELDS - {"margin", "note", "fitness", "profiles"}
 ROLES = ("primary", "secondary")
 TESTS = (*stats.TESTS, "check")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -58,6 +59,7 @@ class Planned:
     note: str = ""
     fitness: tuple[str, ...] = ()  # the fitness rules (Plan.fitness) its trained arms must meet
     stated: tuple[float, float] | None = None  # the source's stated difference (claims.yaml, in points) as rates
+    profiles: tuple[str, ...] = ()  # the profiles that measure it (empty: every one); `note` says why not the others
 
     def condition_matches(self, template: str, name: str) -> bool:
         """A condition name against the plan's (a placeholder stands for any value the run chose)."""
@@ -94,6 +96,16 @@ class Plan:
     def primary(self) -> list[str]:
         """The family: primary comparisons that are tested (not sanity checks)."""
         return [k for k, c in self.comparisons.items() if c.role == "primary" and c.test != "check"]
+
+    def measured_in(self, comparison_id: str, profile: str) -> bool:
+        """Whether a profile's run measures the comparison (the plan's `profiles`; every one if unset)."""
+        spec = self.get(comparison_id)
+        return not spec.profiles or profile in spec.profiles
+
+    def not_measured(self, profile: str) -> dict[str, str]:
+        """{comparison id: why} for the comparisons a profile's run leaves to other profiles."""
+        return {k: f"measured in the {' and '.join(c.profiles)} profiles only: {c.note}"
+                for k, c in self.comparisons.items() if not self.measured_in(k, profile)}
 
     def get(self, comparison_id: str) -> Planned:
         if comparison_id not in self.comparisons:
@@ -178,10 +190,14 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         unknown = [f for f in c.get("fitness") or () if f not in fitness]
         if unknown:
             raise ValueError(f"{where}: fitness {unknown} is not a rule of `fitness` ({sorted(fitness)})")
+        profiles = c.get("profiles") or []
+        if not isinstance(profiles, list) or not set(profiles) <= set(PROFILES) or (profiles and not c.get("note")):
+            raise ValueError(f"{where}: profiles must list some of {PROFILES}, with a note that says why the others "
+                             f"do not measure it")
         out[cid] = Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
                            c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
                            margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()),
-                           (span[0] / 100, span[1] / 100) if span else None)
+                           (span[0] / 100, span[1] / 100) if span else None, tuple(profiles))
     computed = tuple(raw.get("computed") or ())
     clash = sorted(set(computed) & set(out))
     if clash:
