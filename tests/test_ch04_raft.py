@@ -264,6 +264,34 @@ def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
     assert f6.b == ch04.topk_outcome(ch04.BASE_READER, min(p.top_ks))  # a flat base curve: its first top-k
 
 
+def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring():
+    """The cpu profile runs no ablation, top-k curve or PubMedQA (the plan's `profiles`): the sections
+    return empty tables before training anything, and the metrics, comparisons and sentences say
+    where those comparisons run."""
+    p = config.resolve("04_raft", "cpu")
+    assert ch04.not_here(p, ch04.ABLATION_COMPARISONS) and ch04.not_here(p, ch04.TOPK_COMPARISONS)
+    assert ch04.not_here(p, ch04.PUBMEDQA_COMPARISONS) and not ch04.not_here(params(), ch04.ABLATION_COMPARISONS)
+    ch = measured_chapter(params())
+    ch.params = p
+    p_table, d_table = ch04.ablations(ch)  # returns before `fit`: nothing here could train
+    assert p_table.empty and d_table.empty and ch04.top_k_curves(ch).empty and ch.curve_contains.empty
+    ch04.pubmedqa(ch)
+    assert "PubMedQA is not run in the cpu profile" in ch.bench_notes[0]
+    m = ch04.headline_metrics(ch)
+    assert not {"raft_best_p", "ablation_n", "topk_n", "raft_topk_spread"} & set(m) and "raft_rag_acc" in m
+    out = ch04.state_comparisons(ch)
+    for cid in ("F2-best-p", "F5-distractors", "F5-topk-robust", "F6-fewer-chunks", "F3-pubmedqa"):
+        assert out[cid].comparison is None and "smoke and gpu profiles measure it" in out[cid].missing, cid
+    said = ch04.sentences(ch, m)
+    assert "No P value is trained in this run" in said["p_sentence"] and "PubMedQA is not run" in said["pubmedqa_sentence"]
+    assert "not measured in this run" in said["f5_spread_sentence"] == said["f6_tokens_sentence"]
+    import matplotlib.pyplot as plt
+
+    for fig in (ch04.plot_ablations(ch), ch04.plot_top_k(ch.curve, p)):  # a figure that says why, for the glue key
+        assert "Not measured in this run" in " ".join(t.get_text() for t in fig.axes[0].texts)
+        plt.close(fig)
+
+
 def test_f2_is_stated_when_p_one_was_trained():
     p = params(p_values=[0.0, 0.8, 1.0])
     ch = measured_chapter(p)

@@ -291,21 +291,30 @@ def test_finetune_results_are_sane(notebook_run):
 
 
 HEADLINE_04 = ["base_closed_contains", "base_rag_contains", "dsf_contains", "dsf_rag_contains", "raft_rag_contains",
-               "raft_nocot_rag_contains", "raft_quote_correct", "raft_best_p", "pubmedqa_raft_acc",
-               "pubmedqa_base_rag_acc", "pubmedqa_majority_acc", "hotpotqa_raft_f1", "hotpotqa_base_rag_f1"]
+               "raft_nocot_rag_contains", "raft_quote_correct", "raft_dev_fitness", "hotpotqa_raft_f1",
+               "hotpotqa_base_rag_f1"]
+# headline keys of the sections a profile runs only where the plan measures their comparison there
+HEADLINE_04_WHERE_MEASURED = {"F2-best-p": ["raft_best_p", "ablation_n"], "F6-fewer-chunks": ["topk_n", "raft_topk_spread"],
+                              "F3-pubmedqa": ["pubmedqa_raft_acc", "pubmedqa_base_rag_acc", "pubmedqa_majority_acc"]}
 
 
 @pytest.mark.notebooks
 def test_raft_results_are_sane(notebook_run):
+    from ragft.plan import the_plan
+
     doc = json.loads((notebook_run["dir"] / "results" / "04_raft.json").read_text())
     m = doc["metrics"]
     for key in HEADLINE_04:
         assert key in m, key
+    for cid, keys in HEADLINE_04_WHERE_MEASURED.items():
+        here = the_plan().measured_in(cid, notebook_run["profile"])
+        assert all((key in m) == here for key in keys), (cid, keys)
     for key, value in m.items():
         if key.endswith(("contains", "_acc", "_f1", "_em", "quote_correct")):
             assert 0.0 <= value <= 1.0, key
-    assert m["raft_best_p"] in doc["params"]["p_values"]
-    for k in doc["params"]["top_ks"]:  # the F5/F6 curves cover every test-time top-k
+    if "raft_best_p" in m:
+        assert m["raft_best_p"] in doc["params"]["p_values"]
+    for k in doc["params"]["top_ks"] if "topk_n" in m else ():  # the F5/F6 curves cover every test-time top-k
         assert f"base_rag_top{k}_contains" in m and f"raft_rag_top{k}_contains" in m
     # documents in the prompt cost tokens; RAFT's training data was written for reuse
     assert m["raft_rag_prompt_tokens"] > m["base_closed_prompt_tokens"]
@@ -430,6 +439,11 @@ def test_cost_results_are_sane(notebook_run):
     assert 0.5 < m["merged_vs_base_latency_ratio"] < 2 and m["ttft_ms_long"] > m["ttft_ms_ft"]
 
 
+# The reader's question is about volumes; chapter 6's latency measurements then run at the smoke
+# profile's sizes, whatever the run's profile (at the cpu profile's they take about 35 s of 50)
+CHEAPEST_TIMINGS = {"n_ttft_repeats": 2, "n_latency_repeats": 2, "latency_new_tokens": 2}
+
+
 @pytest.mark.notebooks
 def test_cost_chapter_answers_a_readers_question_with_papermill(notebook_run, tmp_path, monkeypatch):
     """`papermill chapters/06_cost.ipynb out.ipynb -p queries_per_month 2e6 -p updates_per_month 4`,
@@ -445,7 +459,8 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(notebook_run, tm
     before = before["metrics"]
     monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
     pm.execute_notebook(str(ROOT / "chapters" / "06_cost.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"profile": notebook_run["profile"], "queries_per_month": queries, "updates_per_month": 4.0},
+                        parameters={"profile": notebook_run["profile"], "queries_per_month": queries, "updates_per_month": 4.0,
+                                    **CHEAPEST_TIMINGS},
                         kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
     doc = json.loads((run_dir / "results" / "06_cost.json").read_text())
     assert doc["params"]["queries_per_month"] == queries and doc["params"]["updates_per_month"] == 4.0

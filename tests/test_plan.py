@@ -73,6 +73,7 @@ def _planted_plan(tmp_path, **change):
 @pytest.mark.parametrize("change, message", [
     ({"test": "t-test"}, "test"), ({"role": "primary", "sesoi_from": "taste"}, "sesoi_from"),
     ({"expect": "equal"}, "margin"), ({"floor": 1.0}, "floor"), ({"n": 0}, "n must"), ({"extra": 1}, "unknown"),
+    ({"profiles": ["tpu"], "note": "why"}, "profiles"), ({"profiles": ["gpu"], "note": ""}, "with a note"),
 ])
 def test_a_bad_plan_entry_is_refused_with_its_name(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
@@ -127,7 +128,17 @@ def test_every_published_comparison_is_declared_and_every_primary_one_is_publish
             if chapter != "07_verdict":
                 assert p.comparisons[c["claim"]].chapter == chapter
             seen.add(c["claim"])
-    assert not sorted(set(p.primary) - seen), "primary comparisons the published results do not hold"
+    # every primary comparison is published, but those the plan leaves to other profiles than cpu
+    assert not sorted(set(p.primary) - seen - set(p.not_measured("cpu"))), "primary comparisons the published results do not hold"
+    assert not seen & set(p.not_measured("cpu")), "the published cpu results hold a comparison the plan keeps from cpu"
+
+
+def test_a_comparison_is_measured_in_the_profiles_the_plan_names():
+    p = plan.load_plan()
+    away = p.not_measured("cpu")
+    assert {"F2-best-p", "F6-fewer-chunks", "F3-pubmedqa"} <= set(away) and not p.not_measured("gpu")
+    assert p.measured_in("F3-raft-vs-base-rag", "cpu") and not p.measured_in("F2-best-p", "cpu")
+    assert p.measured_in("F2-best-p", "smoke") and away["F2-best-p"].startswith("measured in the smoke and gpu profiles only: ")
 
 
 def test_no_published_raw_interval_disagrees_with_its_raw_p():

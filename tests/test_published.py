@@ -101,9 +101,13 @@ def test_raft_headline_keys_and_sanity():
     for key in HEADLINE_04:
         assert key in m, key
     assert m["base_closed_contains"] <= 0.05  # the facts are new to the model
-    assert m["raft_best_p"] in doc["params"]["p_values"]
+    # the cpu profile runs no ablation, top-k curve or PubMedQA (the plan's `profiles`): RAFT does not
+    # reach its fitness on 2 cores, and the ledger calls their claims not testable at cpu scale
+    assert m["raft_dev_fitness"] == 0 and not {"raft_best_p", "topk_n", "pubmedqa_raft_acc"} & set(m)
+    ledger = {r["claim"]: r for r in json.loads((PUBLISHED / "07_verdict.json").read_text())["ledger"]}
+    assert all(ledger[c]["verdict"] == "not testable at cpu scale" for c in ("F2", "F5", "F6"))
     # HotpotQA is a capability check since issue 29 (no verdict): one batch of 16 shows the floor
-    assert 0.0 <= m["pubmedqa_majority_acc"] <= 1.0 and m["hotpotqa_n_test"] >= 16
+    assert m["hotpotqa_n_test"] >= 16
 
 
 # Each chapter's cap in seconds in the notebook, cpu profile, on 2 cores of the faster CPU kind

@@ -4,7 +4,7 @@ import pytest
 
 from ragft.claims import Claim
 from ragft.stats import UNINFORMATIVE
-from ragft.verdict import DEPENDS, NOT_FIT, NOT_TESTABLE, VERDICTS, counts, judge, ledger
+from ragft.verdict import DEPENDS, NOT_AT_CPU, NOT_FIT, NOT_TESTABLE, VERDICTS, counts, judge, ledger
 
 S, C, I = "supported", "contradicted", "not decided at this n"
 CEIL = UNINFORMATIVE["ceiling"]
@@ -55,6 +55,16 @@ def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
     row = judge(shown, {"R3-rerank": cmp("R3-rerank", S, role="secondary")})
     assert row.verdict == NOT_TESTABLE and row.n is None
     assert row.reason.startswith("no corpus of 10,000 documents (shown: R3-rerank") and S in row.reason
+
+
+def test_a_claim_the_profile_leaves_to_others_is_not_testable_at_cpu_scale_with_the_plans_reason():
+    away = {"K1-a": "measured in the gpu profile only: why", "K1-b": "measured in the gpu profile only: why"}
+    row = judge(CLAIM, {}, away)
+    assert row.verdict == NOT_AT_CPU and row.n is None and row.reason.startswith("K1-a: measured in the gpu profile only")
+    # one part here, one elsewhere: the part here decides, and the reason names the other
+    row = judge(CLAIM, {"K1-a": cmp("K1-a", S)}, {"K1-b": away["K1-b"]})
+    assert row.verdict == S and "K1-b: measured in the gpu profile only: why" in row.reason
+    assert judge(CLAIM, {}).verdict == NOT_TESTABLE  # absent without a declaration: not run, not "at cpu scale"
 
 
 def test_ledger_judges_every_chapter_by_the_plan_and_counts_every_verdict():

@@ -104,3 +104,18 @@ def latency_by_index_size(table: pd.DataFrame):
     ax.set(xscale="log", xlabel="chunks in the index", ylabel="ms per query", title="Retrieval latency as the corpus grows")
     ax.legend(fontsize=8)
     return fig
+
+
+def not_measured(title: str, why: str):
+    """The figure a section shows where this run's profile does not measure it: its title and the
+    plan's reason, so the page (and a glued figure key) says why instead of breaking."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(WIDE[0], 1.6))
+    ax.axis("off")
+    ax.text(0.0, 1.0, title, fontsize=11, fontweight="bold", va="top", transform=ax.transAxes)
+    ax.text(0.0, 0.72, textwrap.fill(f"Not measured in this run: {why}", 95), fontsize=8, va="top",
+            transform=ax.transAxes)
+    return fig

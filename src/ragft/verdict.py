@@ -90,16 +90,21 @@ def _deciding(c: dict) -> bool:
     return c.get("kind") == "computed" or (c.get("role", "primary") == "primary" and c.get("test", "paired") != "check")
 
 
-def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
+def judge(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] | None = None) -> LedgerRow:
     """One claim's ledger row from the run's comparisons ({comparison id: comparison dict}, adjusted
-    by the family)."""
+    by the family); `elsewhere` ({comparison id: why}, from `not_measured`) names those the run's
+    profile leaves to other profiles by the plan's declaration."""
     listed = [comparisons[k] for k in claim.comparisons if k in comparisons]
+    away = {k: why for k, why in (elsewhere or {}).items() if k in claim.comparisons and k not in comparisons}
     if claim.untested:  # what its comparisons measured is shown beside the reason, never as a verdict
         shown = "; ".join(_evidence(c) for c in listed)
         return LedgerRow(claim.id, NOT_TESTABLE, claim.chapter, None, None, None, None,
                          claim.untested + (f" (shown: {shown})" if shown else ""))
     held = [c for c in listed if _deciding(c)]
     shown_only = [c for c in listed if not _deciding(c)]
+    if not held and away and not shown_only:
+        return LedgerRow(claim.id, NOT_AT_CPU, claim.chapter, None, None, None, None,
+                         "; ".join(f"{k}: {why}" for k, why in away.items()))
     if not held:
         why = (f"this run holds none of its comparisons ({', '.join(claim.comparisons)}): run chapter {claim.chapter} "
                f"in the same run")
@@ -120,7 +125,7 @@ def judge(claim: Claim, comparisons: dict[str, dict]) -> LedgerRow:
         verdict, shown = NOT_DECIDED, max(undecided, key=lambda c: c.get("n") or 0)
     else:
         verdict, shown = decided[0]["verdict"], decided[0]
-    reason = "; ".join(_evidence(c) for c in held + shown_only)
+    reason = "; ".join([_evidence(c) for c in held + shown_only] + [f"{k}: {why}" for k, why in away.items()])
     if verdict in (NOT_DECIDED, NOT_FIT, *UNINFORMATIVE.values()) and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
     if verdict == NOT_DECIDED:
@@ -156,8 +161,20 @@ def bound_advice(c: dict) -> str:
 def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[LedgerRow]:
     """Every claim's row, in the claims file's order, from one run's chapter results: each chapter's
     comparisons recomputed from its outcomes by the plan, then adjusted as one family."""
-    comparisons = family(chapter_results)
-    return [judge(c, comparisons) for c in claims.values()]
+    comparisons, elsewhere = family(chapter_results), not_measured(chapter_results)
+    return [judge(c, comparisons, elsewhere) for c in claims.values()]
+
+
+def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:
+    """{comparison id: why} for the comparisons of these chapters that their profile does not measure
+    (the plan's `profiles`)."""
+    from .plan import the_plan
+
+    plan, out = the_plan(), {}
+    for chapter, doc in chapter_results.items():
+        if doc.get("profile"):
+            out |= {k: why for k, why in plan.not_measured(doc["profile"]).items() if plan.get(k).chapter == chapter}
+    return out
 
 
 def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
@@ -186,7 +203,9 @@ def summary_sentence(doc: dict | None) -> str:
             f"measurements after the correction for the number of tests, {m['n_contradicted']} contradicted, "
             f"{m['n_depends']} depend on the condition, {m['n_not_decided']} are not decided at the number of "
             f"questions this run affords, {m['n_uninformative']} are uninformative here (an arm at the floor or "
-            f"ceiling of its metric), and {m['n_not_testable']} are not testable here (yet).")
+            f"ceiling of its metric), {m.get('n_not_fit', 0)} rest on a trained arm that did not reach its fitness, "
+            f"{m.get('n_not_at_cpu_scale', 0)} are not testable at cpu scale and {m['n_not_testable']} are not "
+            "testable here (yet).")
 
 
 def decided_table(doc: dict | None):

@@ -58,6 +58,11 @@ GENERATED = " (generated)"  # the suffix of a condition's generated answers (the
 MAIN = {"base_closed": "base closed", "base_rag": "base + RAG", "dsf": "DSF closed", "dsf_rag": "DSF + RAG",
         "raft_rag": "RAFT + RAG", "raft_nocot_rag": "RAFT no-CoT + RAG"}
 BASE_READER = "base + RAG"  # the base reader's column in the top-k curves
+# The comparisons each optional section serves: a profile whose plan entry leaves all of them to other
+# profiles (the plan's `profiles`) skips the section, and its figure and sentences say why.
+ABLATION_COMPARISONS = ("F2-best-p", "F5-distractors")
+TOPK_COMPARISONS = ("F5-topk-robust", "F6-fewer-chunks")
+PUBMEDQA_COMPARISONS = ("F3-pubmedqa",)
 # Benchmark rows that become headline metrics: (benchmark, reader, column, metric key).
 BENCH_METRICS = [("PubMedQA", "RAFT + RAG", "acc", "pubmedqa_raft_acc"), ("PubMedQA", "base + RAG", "acc", "pubmedqa_base_rag_acc"),
                  ("PubMedQA", "majority class", "acc", "pubmedqa_majority_acc"),
@@ -494,13 +499,35 @@ def d_outcome(d: int) -> str:
     return f"RAFT {d} distractors"
 
 
+def not_here(params, comparisons: tuple[str, ...]) -> str:
+    """Why this profile's run leaves a section's comparisons to other profiles (the plan's
+    `profiles`), or "" when it measures any of them."""
+    from ..plan import the_plan
+
+    away = the_plan().not_measured(params.profile)
+    return away[comparisons[0]] if all(c in away for c in comparisons) else ""
+
+
+def elsewhere_label(comparison_id: str) -> str:
+    """Where a comparison is measured, as its "not measured in this run" sentence says it."""
+    from ..plan import the_plan
+
+    return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
+
+
 def ablations(ch: Chapter) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RAFT trained at every P of p_values and every count of distractor_counts, asked the fact
     questions at the main table's top-k (generated, then scored after its reasoning); the main
-    variant's replies and scores are reused, not recomputed."""
+    variant's replies and scores are reused, not recomputed. Empty tables where the profile does not
+    run them (`not_here`)."""
     from ..train.measure import release_memory
 
     p, k, idx = ch.params, ch.k, ch.ablation_facts
+    why = not_here(p, ABLATION_COMPARISONS)
+    if why:
+        print(f"The ablations are not run in the {p.profile} profile: {why}.")
+        ch.p_table, ch.d_table = pd.DataFrame(), pd.DataFrame()
+        return ch.p_table, ch.d_table
     main = MAIN["raft_rag"]
     p_rows, d_rows = [], []
 
@@ -539,6 +566,8 @@ def best_p(p_table: pd.DataFrame) -> float:
 
 
 def ablation_style(ch: Chapter):
+    if ch.p_table.empty:
+        return pd.DataFrame({"not measured in this run": [not_here(ch.params, ABLATION_COMPARISONS)]})
     cols = ["n", "acc", "acc_lo", "acc_hi", "contains", "quote_correct", "marker_rate", "prompt_tokens"]
     return pd.concat([ch.p_table, ch.d_table])[cols].style.format(
         {"n": "{:.0f}", "prompt_tokens": "{:.0f}"} | {c: "{:.0%}" for c in cols[1:-1]})
@@ -547,7 +576,11 @@ def ablation_style(ch: Chapter):
 def plot_ablations(ch: Chapter):
     import matplotlib.pyplot as plt
 
+    from .. import plots
+
     p_table, d_table = ch.p_table, ch.d_table
+    if p_table.empty:
+        return plots.not_measured("F2, F5: the ablations", not_here(ch.params, ABLATION_COMPARISONS))
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), sharey=True)
     err = lambda t: [t.acc - t.acc_lo, t.acc_hi - t.acc]  # noqa: E731  (95 % Wilson)
     axes[0].errorbar(p_table.p_oracle, p_table.acc, yerr=err(p_table), fmt="o-", capsize=3, label="gold ranked first")
@@ -574,6 +607,11 @@ def top_k_curves(ch: Chapter) -> pd.DataFrame:
     no point); generated answers beside them (the RAFT readers' on the same questions, the base
     reader's on the generated subset). What the main table or the ablations measured is reused."""
     p, k, idx, sub = ch.params, ch.k, ch.ablation_facts, ch.generated_facts
+    why = not_here(p, TOPK_COMPARISONS)
+    if why:
+        print(f"The top-k curves are not run in the {p.profile} profile: {why}.")
+        ch.curve, ch.curve_contains = pd.DataFrame(), pd.DataFrame()
+        return ch.curve
     readers = {BASE_READER: (ch.lm, "rag", MAIN["base_rag"]), ch.raft_reader: (ch.fits["raft"].lm, "raft", MAIN["raft_rag"])}
     if ch.least_distractors != p.n_distractors:
         readers[ch.least_reader] = (ch.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
@@ -603,9 +641,14 @@ def top_k_curves(ch: Chapter) -> pd.DataFrame:
     return ch.curve
 
 
-def plot_top_k(curve: pd.DataFrame):
+def plot_top_k(curve: pd.DataFrame, params=None):
+    """The top-k curves; where `params`' profile does not run them (an empty curve), why."""
     import matplotlib.pyplot as plt
 
+    from .. import plots
+
+    if curve.empty:
+        return plots.not_measured("F5, F6: documents at test time", not_here(params, TOPK_COMPARISONS) if params else "")
     fig, ax = plt.subplots(figsize=(6, 3))
     for name in curve:
         ax.plot(curve.index, curve[name], "o-", label=name)
@@ -688,6 +731,10 @@ def pubmedqa(ch: Chapter) -> None:
     from ..train.measure import release_memory
 
     p = ch.params
+    why = not_here(p, PUBMEDQA_COMPARISONS)
+    if why:
+        ch.bench_notes.append(f"PubMedQA is not run in the {p.profile} profile: {why}")
+        return
     try:
         pub = raft.one_document(benchmarks.load_pubmedqa(p.data_dir or None))
     except benchmarks.DataUnavailable as e:
@@ -808,6 +855,27 @@ def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> 
     return min(1.0, flips * 4 / (len(labels) * min(present)))
 
 
+def _curve_metrics(ch: Chapter, put, n_gen: int, n_ablation: int) -> None:
+    """The top-k curves' metrics (headline_metrics, where the profile runs the curves)."""
+    curve = ch.curve
+    keys = {BASE_READER: "base_rag", ch.raft_reader: "raft_rag", ch.least_reader: f"raft_d{ch.least_distractors}_rag"}
+    for name in curve:
+        for kk, v in curve[name].dropna().items():
+            put(f"{keys[name]}_top{kk}_acc", v, "rate", n=n_ablation)
+            put(f"{keys[name]}_top{kk}_contains", ch.curve_contains[name][kk], "rate",
+                n=n_gen if name == BASE_READER else n_ablation)
+    spread_tol = 2 * rate_tolerance(n_ablation)  # max - min: each end may move by a rate's tolerance
+    spread = lambda c: c.max() - c.min()  # noqa: E731
+    put("raft_topk_spread", spread(curve[ch.raft_reader]), "derived", tol=spread_tol)
+    put("base_topk_spread", spread(curve[BASE_READER]), "derived", tol=spread_tol)
+    if ch.least_reader in curve:
+        put(f"raft_d{ch.least_distractors}_topk_spread", spread(curve[ch.least_reader]), "derived", tol=spread_tol)
+    enough = [kk for kk in curve.index if curve[ch.raft_reader][kk] >= curve[BASE_READER].max()]
+    if enough:  # the fewest chunks at which RAFT reaches the base reader's best: an argmin over near ties
+        put("raft_k_for_base_best", int(min(enough)), "choice")
+    put("topk_n", n_ablation, "exact")
+
+
 def headline_metrics(ch: Chapter) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file. `<key>_acc`
     is candidate accuracy on every test fact (`<key>_n` of them); `<key>_contains`, `_em`, `_f1` and
@@ -853,7 +921,9 @@ def headline_metrics(ch: Chapter) -> dict:
     put("raft_n_train", len(ch.train_sources), "exact")
     put("raft_epochs", ch.params.epochs, "exact")
 
-    put("raft_best_p", best_p(ch.p_table), "choice")
+    if not ch.p_table.empty:
+        put("raft_best_p", best_p(ch.p_table), "choice")
+        put("ablation_n", n_ablation, "exact")
     for _, r in ch.p_table.iterrows():
         put(f"raft_p{r.p_oracle * 100:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_p{r.p_oracle * 100:.0f}_contains", r.contains, "rate", n=n_ablation)
@@ -861,22 +931,8 @@ def headline_metrics(ch: Chapter) -> dict:
         put(f"raft_d{r.n_distractors:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_d{r.n_distractors:.0f}_contains", r.contains, "rate", n=n_ablation)
 
-    curve = ch.curve
-    keys = {BASE_READER: "base_rag", ch.raft_reader: "raft_rag", ch.least_reader: f"raft_d{ch.least_distractors}_rag"}
-    for name in curve:
-        for kk, v in curve[name].dropna().items():
-            put(f"{keys[name]}_top{kk}_acc", v, "rate", n=n_ablation)
-            put(f"{keys[name]}_top{kk}_contains", ch.curve_contains[name][kk], "rate",
-                n=n_gen if name == BASE_READER else n_ablation)
-    spread_tol = 2 * rate_tolerance(n_ablation)  # max - min: each end may move by a rate's tolerance
-    spread = lambda c: c.max() - c.min()  # noqa: E731
-    put("raft_topk_spread", spread(curve[ch.raft_reader]), "derived", tol=spread_tol)
-    put("base_topk_spread", spread(curve[BASE_READER]), "derived", tol=spread_tol)
-    if ch.least_reader in curve:
-        put(f"raft_d{ch.least_distractors}_topk_spread", spread(curve[ch.least_reader]), "derived", tol=spread_tol)
-    enough = [kk for kk in curve.index if curve[ch.raft_reader][kk] >= curve[BASE_READER].max()]
-    if enough:  # the fewest chunks at which RAFT reaches the base reader's best: an argmin over near ties
-        put("raft_k_for_base_best", int(min(enough)), "choice")
+    if not ch.curve.empty:
+        _curve_metrics(ch, put, n_gen, n_ablation)
 
     bench = pd.DataFrame(ch.bench_rows)
     if len(bench):
@@ -901,13 +957,45 @@ def headline_metrics(ch: Chapter) -> dict:
         put(f"{key}_n", n_facts, "exact")
     put("generated_n", n_gen, "exact")
     put("generated_unanswerable_n", n_gen_unanswerable, "exact")
-    put("ablation_n", n_ablation, "exact")
-    put("topk_n", n_ablation, "exact")
     return m
 
 
 # ---------------------------------------------------------------------------------------------
 # Comparisons and sentences
+
+
+def _ablation_comparisons(ch: Chapter, state, missing) -> None:
+    """F2 and F5 (state_comparisons, where the profile runs the ablations and the top-k curves)."""
+    p = ch.params
+    if 1.0 in p.p_values and p.p_oracle != 1.0:
+        state("F2-best-p", p_outcome(p.p_oracle), p_outcome(1.0), f"P = {p.p_oracle:g}", "P = 1")
+    else:
+        missing("F2-best-p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
+    least = ch.least_distractors
+    if least < p.n_distractors:
+        state("F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
+              f"{p.n_distractors} training distractors", f"{least} training distractors")
+        top = max(p.top_ks)
+        if ch.curve.empty:
+            return  # F5-topk-robust reads the curves: `state_comparisons` says why they are absent
+        state("F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
+              f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}")
+    else:
+        for cid in ("F5-distractors", "F5-topk-robust"):
+            missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
+
+
+def _curve_comparisons(ch: Chapter, state, missing) -> None:
+    """F6 (state_comparisons, where the profile runs the top-k curves)."""
+    p = ch.params
+    # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
+    # the fewest chunks tried against the base reader at the top-k where it scored highest. Picking the
+    # base's best k on these same questions favours the base (its luck is kept), so a "supported"
+    # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
+    # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
+    low, base_k = min(p.top_ks), base_best_k(ch.curve)
+    state("F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
+          f"RAFT at top-{low}", f"the base model at top-{base_k}")
 
 
 def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
@@ -925,28 +1013,13 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
     state("F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
     state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
-    if 1.0 in p.p_values and p.p_oracle != 1.0:
-        state("F2-best-p", p_outcome(p.p_oracle), p_outcome(1.0), f"P = {p.p_oracle:g}", "P = 1")
-    else:
-        missing("F2-best-p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
-    least = ch.least_distractors
-    if least < p.n_distractors:
-        state("F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
-              f"{p.n_distractors} training distractors", f"{least} training distractors")
-        top = max(p.top_ks)
-        state("F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
-              f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}")
-    else:
-        for cid in ("F5-distractors", "F5-topk-robust"):
-            missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
-    # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
-    # the fewest chunks tried against the base reader at the top-k where it scored highest. Picking the
-    # base's best k on these same questions favours the base (its luck is kept), so a "supported"
-    # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
-    # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
-    low, base_k = min(p.top_ks), base_best_k(ch.curve)
-    state("F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
-          f"RAFT at top-{low}", f"the base model at top-{base_k}")
+    if not ch.p_table.empty:
+        _ablation_comparisons(ch, state, missing)
+    if not ch.curve.empty:
+        _curve_comparisons(ch, state, missing)
+    for cid in ABLATION_COMPARISONS + TOPK_COMPARISONS:
+        if cid not in out:  # a section this profile leaves to others: the sentence says where it runs
+            missing(cid, elsewhere_label(cid))
     state("K6-ladder", MAIN["dsf_rag"], MAIN["dsf"], "DSF + RAG", "DSF alone")
     state("K3-rag-vs-ft", MAIN["base_rag"], MAIN["dsf"], "base + RAG", "DSF alone")
     if "HotpotQA RAFT + RAG" in run.outcomes:
@@ -958,7 +1031,41 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
         state("F3-pubmedqa", "PubMedQA RAFT + RAG", "PubMedQA base + RAG", "RAFT + RAG accuracy",
               "base + RAG accuracy")
     else:
-        missing("F3-pubmedqa", "no PubMedQA data")
+        missing("F3-pubmedqa", elsewhere_label("F3-pubmedqa") if not_here(p, PUBMEDQA_COMPARISONS) else "no PubMedQA data")
+    return out
+
+
+def _ablation_sentences(ch: Chapter, m: dict) -> dict[str, str]:
+    """F2's, F5's and F6's sentences (`sentences`), or where this run leaves them."""
+    p, n_ablation = ch.params, len(ch.ablation_facts)
+    out = {}
+    if ch.p_table.empty:
+        out["p_sentence"] = f"No P value is trained in this run ({elsewhere_label('F2-best-p')})"
+    else:
+        chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").acc
+        tied = [f"{x:g}" for x, v in ties.items() if x != chosen and v == ties[chosen]]
+        out["p_sentence"] = (f"Of the P values trained ({', '.join(f'{x:g}' for x in p.p_values)}), P = {chosen:g} ranks the gold "
+                             f"first most often ({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
+                             + f"). One test question is {1 / n_ablation:.1%} here")
+    if ch.curve.empty:
+        out["f5_spread_sentence"] = out["f6_tokens_sentence"] = (
+            f"The top-k curves are not measured in this run ({elsewhere_label('F6-fewer-chunks')})")
+        return out
+    lo, hi = min(p.top_ks), max(p.top_ks)
+    spreads = [f"the reader trained with {p.n_distractors} distractors spans {100 * m['raft_topk_spread']:.0f} points"]
+    least_key = f"raft_d{ch.least_distractors}_topk_spread"
+    if least_key in m and ch.least_distractors != p.n_distractors:
+        asked = ch.curve[ch.least_reader].dropna().index
+        where = "" if len(asked) == len(ch.curve) else f" (asked at top-{' and top-'.join(map(str, asked))} only)"
+        spreads.append(f"the one trained with {ch.least_distractors}{where} spans {100 * m[least_key]:.0f} points")
+    spreads.append(f"the base reader spans {100 * m['base_topk_spread']:.0f} points")
+    out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share of gold answers ranked first), "
+                                 + report.join_words(spreads))
+    base_k = base_best_k(ch.curve)
+    out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {ch.curve_tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
+                                 f"question; the base model at top-{base_k}, its highest-scoring top-k, reads "
+                                 f"{ch.curve_tokens[BASE_READER, base_k]:.0f}"
+                                 + (" (the same top-k: no chunks can be saved here)" if base_k == lo else ""))
     return out
 
 
@@ -987,26 +1094,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
             f"{m.get('raft_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%} of the unanswerable questions and the base "
             f"model with RAG {m.get('base_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%}. RAFT's recipe trains on "
             "answerable questions only")
-    chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").acc
-    tied = [f"{x:g}" for x, v in ties.items() if x != chosen and v == ties[chosen]]
-    out["p_sentence"] = (f"Of the P values trained ({', '.join(f'{x:g}' for x in p.p_values)}), P = {chosen:g} ranks the gold "
-                         f"first most often ({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
-                         + f"). One test question is {1 / n_ablation:.1%} here")
-    lo, hi = min(p.top_ks), max(p.top_ks)
-    spreads = [f"the reader trained with {p.n_distractors} distractors spans {100 * m['raft_topk_spread']:.0f} points"]
-    least_key = f"raft_d{ch.least_distractors}_topk_spread"
-    if least_key in m and ch.least_distractors != p.n_distractors:
-        asked = ch.curve[ch.least_reader].dropna().index
-        where = "" if len(asked) == len(ch.curve) else f" (asked at top-{' and top-'.join(map(str, asked))} only)"
-        spreads.append(f"the one trained with {ch.least_distractors}{where} spans {100 * m[least_key]:.0f} points")
-    spreads.append(f"the base reader spans {100 * m['base_topk_spread']:.0f} points")
-    out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share of gold answers ranked first), "
-                                 + report.join_words(spreads))
-    base_k = base_best_k(ch.curve)
-    out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {ch.curve_tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
-                                 f"question; the base model at top-{base_k}, its highest-scoring top-k, reads "
-                                 f"{ch.curve_tokens[BASE_READER, base_k]:.0f}"
-                                 + (" (the same top-k: no chunks can be saved here)" if base_k == lo else ""))
+    out |= _ablation_sentences(ch, m)
     if "pubmedqa_raft_acc" in m:
         out["pubmedqa_sentence"] = (
             f"On {m['pubmedqa_n_test']:.0f} PubMedQA test questions, scored by the label of highest log-likelihood "
@@ -1017,6 +1105,8 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
             f"{m['pubmedqa_majority_acc']:.0%} (macro-F1 {_bench_value(ch, 'PubMedQA', 'majority class', 'macro_f1'):.2f}). "
             f"{m.get('pubmedqa_raft_marker_rate', float('nan')):.0%} of RAFT's quotes reach the final-answer marker "
             f"within {p.bench_max_new_tokens} tokens")
+    elif not_here(p, PUBMEDQA_COMPARISONS):
+        out["pubmedqa_sentence"] = f"PubMedQA is not run in this profile ({elsewhere_label('F3-pubmedqa')})"
     else:
         out["pubmedqa_sentence"] = "PubMedQA was not in this run (no data folder), so its rows are absent"
     if "hotpotqa_raft_f1" in m:

@@ -13,7 +13,8 @@ from ..claims import load_claims
 from ..results import ChapterRun, glue
 from ..plan import prose_terms, the_plan
 from ..stats import UNINFORMATIVE
-from ..verdict import NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge
+from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge,
+                       not_measured)
 
 CHAPTER = "07_verdict"
 # the chapters whose comparisons the ledger reads (published results stand in when none has run here)
@@ -56,8 +57,8 @@ def setup(params) -> Verdicts:
                 print(f"No chapter has run in this run folder ({results.results_dir().parent}): the ledger reads "
                       f"the {', '.join(sorted(set(origin.values())))} of chapters {', '.join(sorted(origin))}.")
         claims = load_claims()
-        comparisons = family(chapter_results)
-        rows = [judge(c, comparisons) for c in claims.values()]
+        comparisons, elsewhere = family(chapter_results), not_measured(chapter_results)
+        rows = [judge(c, comparisons, elsewhere) for c in claims.values()]
     return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin, comparisons)
 
 
