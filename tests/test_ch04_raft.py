@@ -283,7 +283,7 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
     for cid in ("F2-best-p", "F5-distractors", "F5-topk-robust", "F6-fewer-chunks", "F3-pubmedqa"):
         assert out[cid].comparison is None and "smoke and gpu profiles measure it" in out[cid].missing, cid
     said = ch04.sentences(ch, m)
-    assert "No P value is trained in this run" in said["p_sentence"] and "PubMedQA is not run" in said["pubmedqa_sentence"]
+    assert said["p_sentence"] == "No P value is trained in this run" and "PubMedQA is not run" in said["pubmedqa_sentence"]
     assert "not measured in this run" in said["f5_spread_sentence"] == said["f6_tokens_sentence"]
     import matplotlib.pyplot as plt
 

@@ -347,13 +347,12 @@ def verdict_text(c: dict) -> str:
     """A chapter's verdict on one comparison, as the prose cites it: a primary comparison decided at
     its raw p says that chapter 7 adjusts it for the book's number of tests; a secondary one says it
     is exploratory."""
-    from .plan import the_plan
     from .stats import DECIDED
 
     if c.get("role") == "secondary":
         return f"exploratory, {c['verdict']}"
     if c["verdict"] in DECIDED and c.get("p_adjusted") is None:
-        return f"{c['verdict']} at the raw p (chapter 7 adjusts it for the book's {len(the_plan().primary)} tests)"
+        return f"{c['verdict']} at the raw p (chapter 7 adjusts it for the number of tests in the book's family)"
     return c["verdict"]
 
 

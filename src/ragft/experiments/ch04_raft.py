@@ -567,7 +567,7 @@ def best_p(p_table: pd.DataFrame) -> float:
 
 def ablation_style(ch: Chapter):
     if ch.p_table.empty:
-        return pd.DataFrame({"not measured in this run": [not_here(ch.params, ABLATION_COMPARISONS)]})
+        return None  # `ablations` printed why
     cols = ["n", "acc", "acc_lo", "acc_hi", "contains", "quote_correct", "marker_rate", "prompt_tokens"]
     return pd.concat([ch.p_table, ch.d_table])[cols].style.format(
         {"n": "{:.0f}", "prompt_tokens": "{:.0f}"} | {c: "{:.0%}" for c in cols[1:-1]})
@@ -1040,7 +1040,7 @@ def _ablation_sentences(ch: Chapter, m: dict) -> dict[str, str]:
     p, n_ablation = ch.params, len(ch.ablation_facts)
     out = {}
     if ch.p_table.empty:
-        out["p_sentence"] = f"No P value is trained in this run ({elsewhere_label('F2-best-p')})"
+        out["p_sentence"] = "No P value is trained in this run"
     else:
         chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").acc
         tied = [f"{x:g}" for x, v in ties.items() if x != chosen and v == ties[chosen]]
@@ -1048,8 +1048,7 @@ def _ablation_sentences(ch: Chapter, m: dict) -> dict[str, str]:
                              f"first most often ({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
                              + f"). One test question is {1 / n_ablation:.1%} here")
     if ch.curve.empty:
-        out["f5_spread_sentence"] = out["f6_tokens_sentence"] = (
-            f"The top-k curves are not measured in this run ({elsewhere_label('F6-fewer-chunks')})")
+        out["f5_spread_sentence"] = out["f6_tokens_sentence"] = "The top-k curves are not measured in this run"
         return out
     lo, hi = min(p.top_ks), max(p.top_ks)
     spreads = [f"the reader trained with {p.n_distractors} distractors spans {100 * m['raft_topk_spread']:.0f} points"]
@@ -1106,7 +1105,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
             f"{m.get('pubmedqa_raft_marker_rate', float('nan')):.0%} of RAFT's quotes reach the final-answer marker "
             f"within {p.bench_max_new_tokens} tokens")
     elif not_here(p, PUBMEDQA_COMPARISONS):
-        out["pubmedqa_sentence"] = f"PubMedQA is not run in this profile ({elsewhere_label('F3-pubmedqa')})"
+        out["pubmedqa_sentence"] = "PubMedQA is not run in this profile"
     else:
         out["pubmedqa_sentence"] = "PubMedQA was not in this run (no data folder), so its rows are absent"
     if "hotpotqa_raft_f1" in m:
