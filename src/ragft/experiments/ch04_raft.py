@@ -985,7 +985,7 @@ def _ablation_comparisons(ch: Chapter, state, missing) -> None:
             missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
 
 
-def _curve_comparisons(ch: Chapter, state, missing) -> None:
+def _curve_comparisons(ch: Chapter, state) -> None:
     """F6 (state_comparisons, where the profile runs the top-k curves)."""
     p = ch.params
     # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
@@ -1016,7 +1016,7 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     if not ch.p_table.empty:
         _ablation_comparisons(ch, state, missing)
     if not ch.curve.empty:
-        _curve_comparisons(ch, state, missing)
+        _curve_comparisons(ch, state)
     for cid in ABLATION_COMPARISONS + TOPK_COMPARISONS:
         if cid not in out:  # a section this profile leaves to others: the sentence says where it runs
             missing(cid, elsewhere_label(cid))
