@@ -114,9 +114,9 @@ def test_raft_headline_keys_and_sanity():
 # (../shared/DESIGN.md), and the book's: 34 minutes there, about 68 on the AVX2-only kind, which ran
 # every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
 # about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
-# 90 minutes on either kind. Chapter 4 is back within DESIGN.md's 520 s (HotpotQA, a capability check
-# since issue 29, asks 16 questions, not 48), so chapter 8 (issue 31) has its 150 again; chapter 3,
-# whose knowledge curve runs to fitness (24 exposures), has its 600.
+# 90 minutes on either kind. Chapter 4 takes about 290 s of its 520 since the cpu profile leaves RAFT's
+# ablations, top-k curves and PubMedQA to the gpu profile (the plan's `profiles`); chapter 8 (issue 31)
+# has its 150; chapter 3, whose knowledge curve runs to fitness (24 exposures), has its 600.
 CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 520, "05_freshness": 230,
          "06_cost": 40, "07_verdict": 10}
 BOOK_CAP_S = 2040
