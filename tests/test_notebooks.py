@@ -109,6 +109,37 @@ def _given_run(run: Path) -> dict:
     return {"dir": run, "log": run / NETGUARD_LOG, "profile": profiles.pop()}
 
 
+def test_a_given_run_is_refused_unless_it_is_a_whole_run_of_this_commit(tmp_path):
+    """RAGFT_TEST_RUN names the book's run for the notebook checks (CI): a folder that lacks a
+    chapter, holds another commit's results or mixes profiles is refused with the fix, before any
+    check reads it."""
+    from ragft.results import _git
+
+    head = _git("rev-parse", "HEAD")
+
+    def plant(sha=head, profile="cpu", skip=()):
+        for c in runner.toc_chapters():
+            if c in skip:
+                continue
+            (tmp_path / "notebooks" / "chapters").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "notebooks" / "chapters" / f"{c}.ipynb").write_text("{}")
+            (tmp_path / "results").mkdir(exist_ok=True)
+            doc = {"profile": profile if c != "06_cost" else "cpu", "provenance": {"git_sha": sha, "git_dirty": False}}
+            (tmp_path / "results" / f"{c}.json").write_text(json.dumps(doc))
+
+    plant(skip=("04_raft",))
+    with pytest.raises(pytest.fail.Exception, match=r"lacks chapters \['04_raft'\]: run `make book`"):
+        _given_run(tmp_path)
+    plant(sha="0" * 40)
+    with pytest.raises(pytest.fail.Exception, match="ran from another commit or a changed tree"):
+        _given_run(tmp_path)
+    plant(profile="smoke")
+    with pytest.raises(pytest.fail.Exception, match="mixes profiles"):
+        _given_run(tmp_path)
+    plant()
+    assert _given_run(tmp_path) == {"dir": tmp_path, "log": tmp_path / NETGUARD_LOG, "profile": "cpu"}
+
+
 @pytest.fixture(scope="session")
 def notebook_run(tmp_path_factory):
     if os.environ.get("RAGFT_TEST_RUN"):
