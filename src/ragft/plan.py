@@ -333,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args(argv)
     plan = load_plan()
-    print(f"{plan.path}: {len(plan.comparisons)} comparisons, {len(plan.primary)} in the family")
+    here = {profile: sum(plan.measured_in(k, profile) for k in plan.primary) for profile in PROFILES}
+    print(f"{plan.path}: {len(plan.comparisons)} comparisons, {len(plan.primary)} in the family ("
+          + ", ".join(f"{n} measured in the {profile} profile" for profile, n in here.items()) + ")")
     if args.command == "check":
         return 0
     sha = _git("rev-parse", "HEAD")
