@@ -292,6 +292,27 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
         plt.close(fig)
 
 
+def test_a_comparison_whose_raft_arm_missed_its_fitness_is_glued_as_not_fit(monkeypatch):
+    """The chapter's prose says what the ledger will: RAFT below its fitness bar (this chapter's
+    `raft_dev_fitness` 0) makes F3 and F4 "not decided: an arm did not reach its fitness" whatever
+    the raw p; a comparison without that rule (K6, whose rule is chapter 3's) keeps its raw verdict."""
+    from ragft import results
+    from ragft.stats import NOT_FIT
+
+    glued = {}
+    monkeypatch.setattr(results, "glue", lambda key, value: glued.__setitem__(key, value))
+    ch = measured_chapter(params())
+    m = ch04.headline_metrics(ch)
+    assert m["raft_dev_fitness"] == 0
+    results.glue_findings(m, ch04.state_comparisons(ch).values())
+    assert glued["f4_cot_verdict"] == glued["f3_raft_vs_base_rag_verdict"] == NOT_FIT
+    assert glued["f4_cot"].startswith(NOT_FIT + ": RAFT with the quote minus RAFT without it")
+    assert glued["k6_ladder_verdict"] != NOT_FIT
+    glued.clear()
+    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.state_comparisons(ch).values())
+    assert glued["f4_cot_verdict"] != NOT_FIT
+
+
 def test_f2_is_stated_when_p_one_was_trained():
     p = params(p_values=[0.0, 0.8, 1.0])
     ch = measured_chapter(p)

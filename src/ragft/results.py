@@ -335,12 +335,31 @@ def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:
 
 
 def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: str | None = None,
-                    pct: bool = True) -> None:
+                    pct: bool = True, metrics: dict | None = None) -> None:
     """Glue a comparison for the prose: `<key>` is its full sentence (verdict, difference, interval,
-    p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference."""
-    glue(key, comparison.sentence(a_label, b_label, pct))
-    glue(f"{key}_verdict", verdict_text(comparison.as_dict()))
+    p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference. With the chapter's
+    `metrics`, a trained arm that missed a fitness rule of this chapter makes both say so, as the
+    ledger will (ragft.plan.adjust), rather than show the raw verdict."""
+    from .stats import NOT_FIT, sentence
+
+    c = comparison.as_dict()
+    if missed_fitness(c, metrics or {}):
+        c["verdict"] = NOT_FIT
+    glue(key, sentence(c, a_label, b_label, pct))
+    glue(f"{key}_verdict", verdict_text(c))
     glue(f"{key}_diff", comparison.diff)
+
+
+def missed_fitness(c: dict, metrics: dict) -> list[str]:
+    """The fitness rules of a comparison's plan entry that the chapter's own `metrics` show missed
+    (a rule measured in another chapter is left to the ledger)."""
+    from .plan import the_plan
+
+    plan = the_plan()
+    spec = plan.comparisons.get(c["claim"])
+    rules = {name: plan.fitness[name] for name in (spec.fitness if spec else ())}
+    return [name for name, rule in rules.items() if rule["chapter"] == spec.chapter
+            and rule["metric"] in metrics and metrics[rule["metric"]] < rule["min"]]
 
 
 def verdict_text(c: dict) -> str:
@@ -376,9 +395,9 @@ class StatedComparison:
 
         return glue_key(self.comparison_id)
 
-    def glue(self) -> None:
+    def glue(self, metrics: dict | None = None) -> None:
         if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, self.pct)
+            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, self.pct, metrics)
         else:
             glue(self.key, f"not measured in this run: {self.missing}")
             glue(f"{self.key}_verdict", "not measured")
@@ -389,7 +408,7 @@ def glue_findings(metrics: dict, comparisons, sentences: dict | None = None) -> 
     """Glue what a chapter's prose cites: its metrics, its stated comparisons, its sentences."""
     glue_metrics(metrics)
     for stated in comparisons:
-        stated.glue()
+        stated.glue(metrics)
     for key, sentence in (sentences or {}).items():
         glue(key, sentence)
 
