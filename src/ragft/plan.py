@@ -268,15 +268,20 @@ def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Compariso
 CHECK = "sanity check: equal by construction, not tested"
 
 
-def unfit(comparison: dict, metrics: dict[str, dict], plan: Plan | None = None) -> list[str] | None:
+def unfit(comparison: dict, metrics: dict[str, dict], plan: Plan | None = None,
+          known_only: bool = False) -> list[str] | None:
     """The fitness rules a comparison's trained arms miss, as "rule: measured < min" lines ([] when
-    all are met); None when a rule's chapter has not published its metric in this run (not known)."""
+    all are met); None when a rule's chapter has not published its metric in this run (not known),
+    unless `known_only`, which checks the rules whose metric is there and skips the others (a
+    chapter's own prose, before the ledger sees the other chapters)."""
     plan = plan or the_plan()
     spec = plan.comparisons.get(comparison["claim"])
     missed = []
     for name in spec.fitness if spec else ():
         rule = plan.fitness[name]
         value = (metrics.get(rule["chapter"]) or {}).get(rule["metric"])
+        if value is None and known_only:
+            continue
         if value is None:
             return None
         if value < rule["min"]:

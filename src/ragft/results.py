@@ -340,26 +340,16 @@ def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: s
     p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference. With the chapter's
     `metrics`, a trained arm that missed a fitness rule of this chapter makes both say so, as the
     ledger will (ragft.plan.adjust), rather than show the raw verdict."""
+    from .plan import the_plan, unfit
     from .stats import NOT_FIT, sentence
 
     c = comparison.as_dict()
-    if missed_fitness(c, metrics or {}):
+    chapter = the_plan().get(c["claim"]).chapter
+    if unfit(c, {chapter: metrics or {}}, known_only=True):  # this chapter's own rules; others wait for the ledger
         c["verdict"] = NOT_FIT
     glue(key, sentence(c, a_label, b_label, pct))
     glue(f"{key}_verdict", verdict_text(c))
     glue(f"{key}_diff", comparison.diff)
-
-
-def missed_fitness(c: dict, metrics: dict) -> list[str]:
-    """The fitness rules of a comparison's plan entry that the chapter's own `metrics` show missed
-    (a rule measured in another chapter is left to the ledger)."""
-    from .plan import the_plan
-
-    plan = the_plan()
-    spec = plan.comparisons.get(c["claim"])
-    rules = {name: plan.fitness[name] for name in (spec.fitness if spec else ())}
-    return [name for name, rule in rules.items() if rule["chapter"] == spec.chapter
-            and rule["metric"] in metrics and metrics[rule["metric"]] < rule["min"]]
 
 
 def verdict_text(c: dict) -> str:
