@@ -430,9 +430,67 @@ class VerdictParams(Common):
             raise ParamError(f"parameter reader_{e}") from None
 
 
+@dataclass
+class YourCaseParams(Answering):
+    """Chapter 8: the ladder on your own documents and questions (the sample case by default)."""
+
+    corpus_dir: str = param("", "your documents (.md .txt .html); empty: the sample case, data/sample_case/docs", exists="folder")
+    questions_file: str = param("", "JSONL of the questions the arms are judged on, one {'question', 'answers', 'doc_id'} a line "
+                                "(chapter 2's format); empty: the sample case's", exists="file")
+    train_questions_file: str = param("", "JSONL of training questions (same format), which the fine-tunes train on; empty: the "
+                                      "sample case's with the sample folder, none with yours", exists="file")
+    max_file_mb: float = param(2.0, "larger files are skipped")
+    max_questions: int = param(0, "use at most this many questions of each file, in file order (0: all; a quick first run)", bounds=(0, 10**6))
+    dev_share: float = param(0.4, "share of your questions, whole source documents at a time, kept for development (every choice)")
+    min_dev: int = param(4, "fewest development questions a split may leave", bounds=(1, 10_000))
+    min_test: int = param(8, "fewest test questions a split may leave", bounds=(2, 100_000))
+    chunk_sizes: list = param([64, 128], "chunk sizes tried on the development questions", bounds=(32, 4096), chunk=True)
+    chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
+    top_ks: list = param([1, 3], "chunks per question tried on the development questions", bounds=(1, 50))
+    retrieval: str = param("hybrid", "dense | bm25 | hybrid")
+    train_on_documents: bool = param(True, "the fine-tune also trains on your documents' text (each chunk recited), not only on training questions")
+    dsf_epochs: list = param([4, 8, 12], "epochs after which the fine-tune is scored on the development questions (one run, constant rate)", bounds=(1, 1_000))
+    raft_epochs: int = param(2, "epochs of RAFT training", bounds=(1, 1_000))
+    n_distractors: int = param(2, "distractor chunks beside the oracle in a RAFT training example", bounds=(0, 50))
+    p_oracle: float = param(0.8, "share of RAFT training examples that keep the oracle chunk")
+    lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
+    lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
+    lora_lr: float = param(3e-3, "LoRA learning rate (chapter 3's choice on its development facts)")
+    warmup_steps: int = param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
+    train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
+    cot_max_new_tokens: int = param(64, "RAFT's quote and answer", bounds=(8, 1024))
+    queries_per_month: float = param(1e6, "your volume: queries a month (chapter 6's cost model)")
+    updates_per_month: float = param(1.0, "your documents change this often a month (re-indexed; a closed-book fine-tune retrained)")
+    serving_price: str = param("gpt-4o-mini", "serving price row of data/pricing.yaml (a fine-tune at its fine_tuned row)")
+    training_price: str = param("gpt-4o-mini", "training price row (training section of data/pricing.yaml)")
+    training_life_months: float = param(6.0, "a training run no update redoes is amortised over this many months")
+
+    def validate(self) -> None:
+        super().validate()
+        share = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        check(share(self.dev_share) and 0.1 <= self.dev_share <= 0.8, "dev_share", self.dev_share, "use a share in [0.1, 0.8]")
+        check(share(self.p_oracle) and 0 <= self.p_oracle <= 1, "p_oracle", self.p_oracle, "use a share in [0, 1]")
+        check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
+        check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
+        check(sorted(self.dsf_epochs) == list(self.dsf_epochs), "dsf_epochs", self.dsf_epochs, "list the epochs in increasing order")
+        check(isinstance(self.lora_lr, float) and 0 < self.lora_lr < 1, "lora_lr", self.lora_lr, "use a learning rate in (0, 1)")
+        number = lambda v: share(v) and v == v and 0 <= v < 1e15  # noqa: E731
+        for name in ("queries_per_month", "updates_per_month"):
+            check(number(getattr(self, name)), name, getattr(self, name), "use a number >= 0 (papermill: -p name 2e6)")
+        check(number(self.training_life_months) and self.training_life_months > 0, "training_life_months",
+              self.training_life_months, "use a number of months > 0")
+        from .costs import row
+
+        for name, section in (("serving_price", "prices"), ("training_price", "training")):
+            try:
+                row(section, getattr(self, name))
+            except ValueError as e:
+                raise ParamError(f"parameter {name}: {e}") from None
+
+
 CHAPTER_PARAMS = {"00_front": FrontPageParams, "01_prompting": PromptingParams, "02_rag": RagParams,
                   "03_finetune": FinetuneParams, "04_raft": RaftParams, "05_freshness": FreshnessParams,
-                  "06_cost": CostParams, "07_verdict": VerdictParams}
+                  "06_cost": CostParams, "07_verdict": VerdictParams, "08_your_case": YourCaseParams}
 
 
 # Names a notebook's namespace holds that are not parameters (IPython's own).

@@ -11,6 +11,10 @@ adjusted verdicts.
   it, and the verdicts the adjustment changed flagged.
 - `rejudge` recomputes a results file's comparisons from its stored outcomes (the measurement is
   untouched; only the analysis moves to this plan).
+
+Two families: the book's (`comparisons`: the claims' tests, adjusted together by chapter 7) and the
+reader's case (`case.comparisons`: chapter 8's template, the same engine on the reader's own
+questions, adjusted among themselves and never mixed into the book's).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .config import PROFILES
 from .settings import PROJECT_ROOT
 
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
+BOOK, CASE = "book", "case"  # the families: the book's claims, and chapter 8's template for a reader's case
 FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
           "ceiling", "role", "note", "fitness", "profiles"}
 REQUIRED = FIELDS - {"margin", "note", "fitness", "profiles"}
@@ -60,6 +65,7 @@ class Planned:
     fitness: tuple[str, ...] = ()  # the fitness rules (Plan.fitness) its trained arms must meet
     stated: tuple[float, float] | None = None  # the source's stated difference (claims.yaml, in points) as rates
     profiles: tuple[str, ...] = ()  # the profiles that measure it (empty: every one); `note` says why not the others
+    family: str = BOOK  # BOOK, or CASE: chapter 8's family of its own (adjusted apart, no claim)
 
     def condition_matches(self, template: str, name: str) -> bool:
         """A condition name against the plan's (a placeholder stands for any value the run chose)."""
@@ -94,8 +100,17 @@ class Plan:
 
     @property
     def primary(self) -> list[str]:
-        """The family: primary comparisons that are tested (not sanity checks)."""
-        return [k for k, c in self.comparisons.items() if c.role == "primary" and c.test != "check"]
+        """The book's family: primary comparisons that are tested (not sanity checks)."""
+        return self.members(BOOK)
+
+    def members(self, family: str) -> list[str]:
+        """A family's primary comparisons that are tested (BOOK: the claims'; CASE: chapter 8's)."""
+        return [k for k, c in self.comparisons.items() if c.role == "primary" and c.test != "check" and c.family == family]
+
+    def family_of(self, comparison_id: str) -> str:
+        """The family a comparison id belongs to (a figure rebuilt by arithmetic: the book's)."""
+        spec = self.comparisons.get(comparison_id)
+        return spec.family if spec else BOOK
 
     def measured_in(self, comparison_id: str, profile: str) -> bool:
         """Whether a profile's run measures the comparison (the plan's `profiles`; every one if unset)."""
@@ -149,55 +164,16 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
             _number(cp["dev_trained_min"], f"{path}: fitness {name}: checkpoint.dev_trained_min", 0)
             _number(cp["heldout_slack"], f"{path}: fitness {name}: checkpoint.heldout_slack", 0)
     out = {}
-    for cid, c in raw["comparisons"].items():
-        where = f"{path}: comparison {cid}"
-        if not isinstance(c, dict):
-            raise ValueError(f"{where}: expected a mapping")
-        missing, unknown = sorted(REQUIRED - set(c)), sorted(set(c) - FIELDS)
-        if missing or unknown:
-            raise ValueError(f"{where}: missing {missing}, unknown {unknown}")
-        if c["test"] not in TESTS or c["kind"] not in stats.KINDS or c["expect"] not in stats.DIRECTIONS or c["role"] not in ROLES:
-            raise ValueError(f"{where}: test {c['test']!r} (one of {TESTS}), kind {c['kind']!r}, expect "
-                             f"{c['expect']!r} or role {c['role']!r} (one of {ROLES}) is not allowed")
-        m = CLAIM_PREFIX.match(cid)
-        claim = m.group(1) if m and m.group(1) in claims else None
-        if claim is None and c["role"] == "primary":
-            raise ValueError(f"{where}: a primary comparison tests a claim of data/claims.yaml (its id starts with one)")
-        span = claims[claim].effects.get(cid) if claim else None
-        if c["sesoi_from"] == "stated":
-            if not span:
-                raise ValueError(f"{where}: sesoi_from: stated, but data/claims.yaml states no effect for it")
-            sesoi = min(abs(span[0]), abs(span[1])) / 100
-        elif c["sesoi_from"] in rules:
-            sesoi = _number(rules[c["sesoi_from"]].get("sesoi"), f"{path}: rules.{c['sesoi_from']}", 0)
-        else:
-            raise ValueError(f"{where}: sesoi_from {c['sesoi_from']!r} is neither `stated` nor a rule of {sorted(rules)}")
-        margin = _number(c.get("margin", 0.0), f"{where}: margin", 0)
-        if c["test"] != "check" and (c["expect"] == "equal") != (margin > 0):
-            raise ValueError(f"{where}: an equivalence claim (expect: equal) and only one has a margin > 0")
-        bounds = [None if c[k] is None else _number(c[k], f"{where}: {k}") for k in ("floor", "ceiling")]
-        if None not in bounds and bounds[0] >= bounds[1]:
-            raise ValueError(f"{where}: floor {bounds[0]} is not below ceiling {bounds[1]}")
-        if c["test"] == "welch-log" and (c["n"] < 5 or any(b is not None for b in bounds) or c["expect"] == "equal"):
-            raise ValueError(f"{where}: timed repetitions need n >= 5 per arm, no floor or ceiling, and a direction "
-                             f"(equal by construction is a check)")
-        for side in ("a", "b"):
-            if not isinstance(c[side], str) or c[side].count("{") != c[side].count("}"):
-                raise ValueError(f"{where}: condition {side} must be a name, with balanced {{placeholders}}")
-        n = c["n"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{where}: n must be the planned number of units (an integer >= 1)")
-        unknown = [f for f in c.get("fitness") or () if f not in fitness]
-        if unknown:
-            raise ValueError(f"{where}: fitness {unknown} is not a rule of `fitness` ({sorted(fitness)})")
-        profiles = c.get("profiles") or []
-        if not isinstance(profiles, list) or not set(profiles) <= set(PROFILES) or (profiles and not c.get("note")):
-            raise ValueError(f"{where}: profiles must list some of {PROFILES}, with a note that says why the others "
-                             f"do not measure it")
-        out[cid] = Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
-                           c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
-                           margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()),
-                           (span[0] / 100, span[1] / 100) if span else None, tuple(profiles))
+    case = raw.get("case") or {}
+    if case and (not isinstance(case, dict) or not isinstance(case.get("comparisons"), dict)):
+        raise ValueError(f"{path}: case: expected a `comparisons` mapping (chapter 8's template for a reader's case)")
+    sections = [(BOOK, raw["comparisons"]), (CASE, (case or {}).get("comparisons") or {})]
+    for family_name, section in sections:
+        for cid, c in section.items():
+            if cid in out:
+                raise ValueError(f"{path}: comparison {cid}: declared twice (ids are unique across the book's and the "
+                                 "case's comparisons)")
+            out[cid] = _comparison(cid, c, family_name, path, claims, rules, fitness)
     computed = tuple(raw.get("computed") or ())
     clash = sorted(set(computed) & set(out))
     if clash:
@@ -206,7 +182,7 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         undeclared = [k for k in claim.comparisons if k not in out and k not in computed]
         if undeclared:
             raise ValueError(f"{path}: claim {claim.id} lists {undeclared}, which the plan does not declare")
-    unlisted = [k for k, c in out.items() if c.role == "primary" and k not in claims[c.claim].comparisons]
+    unlisted = [k for k, c in out.items() if c.role == "primary" and c.family == BOOK and k not in claims[c.claim].comparisons]
     if unlisted:
         raise ValueError(f"{path}: primary comparisons {unlisted} are not listed by their claim in data/claims.yaml, "
                          f"so they would decide nothing")
@@ -215,6 +191,60 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
             raise ValueError(f"{path}: choice {i}: give what, chapter, made_on (development | test | fixed) and evidence")
     return Plan(out, computed, alpha, _number(family.get("power", stats.POWER), f"{path}: family.power", 0),
                 family["adjustment"], tuple(raw.get("choices") or ()), path, fitness)
+
+
+def _comparison(cid: str, c, family_name: str, path: Path, claims: dict, rules: dict, fitness: dict) -> Planned:
+    """One comparison of the plan, checked (load_plan's rules), in the family it is declared in."""
+    where = f"{path}: comparison {cid}"
+    if not isinstance(c, dict):
+        raise ValueError(f"{where}: expected a mapping")
+    missing, unknown = sorted(REQUIRED - set(c)), sorted(set(c) - FIELDS)
+    if missing or unknown:
+        raise ValueError(f"{where}: missing {missing}, unknown {unknown}")
+    if c["test"] not in TESTS or c["kind"] not in stats.KINDS or c["expect"] not in stats.DIRECTIONS or c["role"] not in ROLES:
+        raise ValueError(f"{where}: test {c['test']!r} (one of {TESTS}), kind {c['kind']!r}, expect "
+                         f"{c['expect']!r} or role {c['role']!r} (one of {ROLES}) is not allowed")
+    m = CLAIM_PREFIX.match(cid)
+    claim = m.group(1) if m and m.group(1) in claims else None
+    if family_name == CASE and claim is not None:
+        raise ValueError(f"{where}: a case comparison tests the reader's questions, not a claim: name it Y-...")
+    if claim is None and c["role"] == "primary" and family_name == BOOK:
+        raise ValueError(f"{where}: a primary comparison tests a claim of data/claims.yaml (its id starts with one)")
+    span = claims[claim].effects.get(cid) if claim else None
+    if c["sesoi_from"] == "stated":
+        if not span:
+            raise ValueError(f"{where}: sesoi_from: stated, but data/claims.yaml states no effect for it")
+        sesoi = min(abs(span[0]), abs(span[1])) / 100
+    elif c["sesoi_from"] in rules:
+        sesoi = _number(rules[c["sesoi_from"]].get("sesoi"), f"{path}: rules.{c['sesoi_from']}", 0)
+    else:
+        raise ValueError(f"{where}: sesoi_from {c['sesoi_from']!r} is neither `stated` nor a rule of {sorted(rules)}")
+    margin = _number(c.get("margin", 0.0), f"{where}: margin", 0)
+    if c["test"] != "check" and (c["expect"] == "equal") != (margin > 0):
+        raise ValueError(f"{where}: an equivalence claim (expect: equal) and only one has a margin > 0")
+    bounds = [None if c[k] is None else _number(c[k], f"{where}: {k}") for k in ("floor", "ceiling")]
+    if None not in bounds and bounds[0] >= bounds[1]:
+        raise ValueError(f"{where}: floor {bounds[0]} is not below ceiling {bounds[1]}")
+    if c["test"] == "welch-log" and (c["n"] < 5 or any(b is not None for b in bounds) or c["expect"] == "equal"):
+        raise ValueError(f"{where}: timed repetitions need n >= 5 per arm, no floor or ceiling, and a direction "
+                         f"(equal by construction is a check)")
+    for side in ("a", "b"):
+        if not isinstance(c[side], str) or c[side].count("{") != c[side].count("}"):
+            raise ValueError(f"{where}: condition {side} must be a name, with balanced {{placeholders}}")
+    n = c["n"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{where}: n must be the planned number of units (an integer >= 1)")
+    unknown = [f for f in c.get("fitness") or () if f not in fitness]
+    if unknown:
+        raise ValueError(f"{where}: fitness {unknown} is not a rule of `fitness` ({sorted(fitness)})")
+    profiles = c.get("profiles") or []
+    if not isinstance(profiles, list) or not set(profiles) <= set(PROFILES) or (profiles and not c.get("note")):
+        raise ValueError(f"{where}: profiles must list some of {PROFILES}, with a note that says why the others "
+                         f"do not measure it")
+    return Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
+                       c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
+                       margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()),
+                       (span[0] / 100, span[1] / 100) if span else None, tuple(profiles), family_name)
 
 
 @lru_cache(maxsize=1)
@@ -250,7 +280,8 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.primary), spec.stated, plan.power)
+    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.members(spec.family)), spec.stated,
+                       plan.power)
 
 
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
@@ -289,15 +320,18 @@ def unfit(comparison: dict, metrics: dict[str, dict], plan: Plan | None = None,
     return missed
 
 
-def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None) -> list[dict]:
-    """The family's verdicts: Holm's adjusted p over the primary comparisons held, each verdict
+def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None,
+           family: str = BOOK) -> list[dict]:
+    """A family's verdicts (BOOK, or CASE for chapter 8): Holm's adjusted p over the family's primary
+    comparisons held, each verdict
     decided on it, the raw verdict kept where the adjustment changed it. Before p: an arm that missed
     its declared fitness (the chapters' `metrics`, {chapter: metrics}) makes the comparison "not
     decided: an arm did not reach its fitness"; then a bound makes it uninformative. Secondary
     comparisons keep their raw verdict (exploratory); computed figures and checks are untouched."""
     plan = plan or the_plan()
-    family = [c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS]
-    adjusted = dict(zip([c["claim"] for c in family], stats.holm([c["p"] for c in family])))
+    held = [c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS
+            and plan.family_of(c["claim"]) == family]
+    adjusted = dict(zip([c["claim"] for c in held], stats.holm([c["p"] for c in held])))
     out = []
     for c in comparisons:
         c = dict(c)
@@ -339,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = load_plan()
     here = {profile: sum(plan.measured_in(k, profile) for k in plan.primary) for profile in PROFILES}
-    print(f"{plan.path}: {len(plan.comparisons)} comparisons, {len(plan.primary)} in the family ("
-          + ", ".join(f"{n} measured in the {profile} profile" for profile, n in here.items()) + ")")
+    print(f"{plan.path}: {len(plan.comparisons)} comparisons, {len(plan.primary)} in the book's family ("
+          + ", ".join(f"{n} measured in the {profile} profile" for profile, n in here.items())
+          + f"), {len(plan.members(CASE))} in the reader's case's")
     if args.command == "check":
         return 0
     sha = _git("rev-parse", "HEAD")

@@ -119,3 +119,29 @@ def not_measured(title: str, why: str):
     ax.text(0.0, 0.72, textwrap.fill(f"Not measured in this run: {why}", 95), fontsize=8, va="top",
             transform=ax.transAxes)
     return fig
+
+
+def case_arms(scores: pd.DataFrame, n: int, checkpoints: pd.DataFrame | None = None):
+    """Chapter 8: each arm's share of test questions answered (a Wilson 95 % interval on n), and beside
+    it, where a fine-tune trained, its accuracy after each epoch on its own training questions and on
+    the development questions, which chose the checkpoint."""
+    import matplotlib.pyplot as plt
+
+    from .stats import wilson_interval
+
+    two = checkpoints is not None and len(checkpoints)
+    fig, axes = plt.subplots(1, 2 if two else 1, figsize=(WIDE[0], 3.2 if two else 2.6), squeeze=False)
+    ax = axes[0][0]
+    rates = scores["contains"].to_numpy()
+    lows, highs = np.array([wilson_interval(r * n, n) for r in rates]).T
+    y = np.arange(len(scores))[::-1]
+    ax.errorbar(rates, y, xerr=[rates - lows, highs - rates], fmt="o", capsize=3)
+    ax.set(yticks=y, yticklabels=list(scores.index), xlim=(0, 1), xlabel=f"test questions answered (n = {n})")
+    if two:
+        ax2 = axes[0][1]
+        ax2.plot(checkpoints.index, checkpoints.trained_acc, "o-", label="its training questions")
+        ax2.plot(checkpoints.index, checkpoints.dev_acc, "s-", label="development questions")
+        ax2.set(xlabel="epochs of the fine-tune", ylim=(0, 1.02), title="The fine-tune's checkpoints")
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

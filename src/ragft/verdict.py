@@ -180,11 +180,11 @@ def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:
 def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     """Every comparison of the chapters' results, recomputed from their outcomes by the plan and
     adjusted as one family: {comparison id: comparison dict with its chapter}."""
-    from .plan import adjust, rejudge
+    from .plan import BOOK, adjust, rejudge, the_plan
 
-    found = []
-    for chapter, doc in chapter_results.items():
-        found += [{**c, "chapter": chapter} for c in rejudge(doc)]
+    found, plan = [], the_plan()
+    for chapter, doc in chapter_results.items():  # a reader's case (chapter 8) is a family of its own
+        found += [{**c, "chapter": chapter} for c in rejudge(doc) if plan.family_of(c["claim"]) == BOOK]
     metrics = {chapter: doc.get("metrics") or {} for chapter, doc in chapter_results.items()}
     return {c["claim"]: c for c in adjust(found, metrics=metrics)}
 

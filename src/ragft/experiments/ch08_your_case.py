@@ -1,0 +1,649 @@
+"""Chapter 8, your own case: the book's ladder (closed book, RAG, a knowledge fine-tune, the fine-tune
+with RAG, RAFT with RAG) run on the reader's documents and questions, judged by the analysis plan's
+template for a reader's case and priced by chapter 6's cost model.
+
+Steps, in the order the chapter runs them; each takes its inputs and returns its result (the Case
+holds the set-up only):
+
+  read_inputs   the documents, the questions the arms are judged on and the training questions, all
+                checked, and the questions split by source document into development and test
+                questions, before any model loads (CaseInputs; bad inputs raise CorpusError)
+  estimate      the training time, from the training data's tokens and this host's measured speed,
+                said before anything trains (Estimate)
+  setup         seeds, the language model and the embedder, a fresh Chroma folder (Case)
+  index         the documents in Chroma at every chunk size (Index)
+  choose_retrieval  the chunk size and top-k with the best RAG answers on the development questions
+                (RetrievalChoice); the test questions' retrieval recall at that choice
+  base_arms     the base model closed book and with RAG, on the test questions (a list of Asked)
+  fine_tune     the knowledge fine-tune (LoRA at a constant rate on the training questions and the
+                documents' text), scored after each of dsf_epochs on its own training questions and on
+                the development questions; the checkpoint with the best development accuracy stands,
+                fit when it answers its training questions as the plan's rule asks (FineTune); then
+                asked the test questions closed book and with RAG
+  raft          RAFT trained on the training questions with their oracle chunk and retrieved
+                distractors; its fitness on its own training examples; asked the test questions with
+                the chosen chunks (Raft)
+  judged        every arm's scores with intervals and the plan's case comparisons, Holm-adjusted as a
+                family of their own (Judged)
+  priced        each arm's monthly cost at the reader's volumes (chapter 6's model), from this run's
+                tokens per query and training tokens (Priced)
+  closing       the closing table: which arm answers best, by how much, at what cost, how sure
+
+Every arm's outcome per test question is recorded as "case: <arm>" (1 when the generated answer
+contains a gold answer), so each comparison recomputes from the results file.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .. import costs, metrics, raft, rag
+from ..plan import CASE, adjust, the_plan, unfit
+from ..rag import CorpusError
+from ..results import ChapterRun, glue
+from ..stats import NOT_FIT, wilson_interval
+from .common import record_answers, start
+
+CHAPTER = "08_your_case"
+SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample_case"
+# The arms, by the condition names the plan's case comparisons use (data/analysis_plan.yaml `case`)
+BASE, RAG, DSF, DSF_RAG, RAFT_RAG = "case: base", "case: base + RAG", "case: DSF", "case: DSF + RAG", "case: RAFT + RAG"
+ARMS = (BASE, RAG, DSF, DSF_RAG, RAFT_RAG)
+LABELS = {BASE: "base, closed book", RAG: "base + RAG", DSF: "fine-tune (DSF), closed book", DSF_RAG: "DSF + RAG",
+          RAFT_RAG: "RAFT + RAG"}
+KEYS = {BASE: "base", RAG: "rag", DSF: "dsf", DSF_RAG: "dsf_rag", RAFT_RAG: "raft_rag"}  # metric prefixes
+STYLE = {BASE: "closed", RAG: "rag", DSF: "closed", DSF_RAG: "rag", RAFT_RAG: "raft"}  # ragft.raft prompt styles
+COMPARISONS = ("Y-rag-vs-base", "Y-dsf-vs-base", "Y-rag-vs-dsf", "Y-dsf-rag-vs-rag", "Y-raft-vs-rag")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs, checked before any model loads
+
+
+@dataclass(frozen=True)
+class CaseInputs:
+    corpus: object  # rag.Corpus
+    dev: list  # QAItems: every choice is made on these
+    test: list  # QAItems: scored once
+    train: list  # QAItems the fine-tunes train on (empty: none given)
+    sources: dict  # question id -> the document that answers it (given doc_id, else the first holding an answer)
+    dev_docs: tuple
+    test_docs: tuple
+    left_out: tuple  # ids of unanswerable questions (answers: []), which this chapter does not judge
+    files: dict  # what was read: corpus_dir, questions_file, train_questions_file
+
+    def split_table(self) -> pd.DataFrame:
+        rows = [{"set": "development", "questions": len(self.dev), "documents": ", ".join(self.dev_docs)},
+                {"set": "test", "questions": len(self.test), "documents": ", ".join(self.test_docs)},
+                {"set": "training questions", "questions": len(self.train),
+                 "documents": ", ".join(sorted({self.sources[it.qid] for it in self.train})) or "–"}]
+        return pd.DataFrame(rows).set_index("set")
+
+
+def read_inputs(params) -> CaseInputs:
+    """The reader's case, read and checked: refused with a CorpusError that says what is missing, for
+    a folder with no usable document, a question whose answers appear in no document (no arm could be
+    judged on it fairly), a training question that is word for word a judged one, and too few questions
+    for a split by document (at least min_dev development and min_test test questions, from two or
+    more documents)."""
+    sample = not params.corpus_dir
+    folder = params.corpus_dir or str(SAMPLE / "docs")
+    qfile = params.questions_file or (str(SAMPLE / "questions.jsonl") if sample else "")
+    if not qfile:
+        raise CorpusError("questions_file is empty: with your own corpus_dir, give the questions the arms are judged on "
+                          '(JSONL, one {"question": "...", "answers": ["..."], "doc_id": "..."} a line)')
+    tfile = params.train_questions_file or (str(SAMPLE / "train_questions.jsonl") if sample else "")
+    corpus = rag.load_folder(folder, params.max_file_mb)
+    documents, skipped = {s.doc_id for s in corpus.sources}, {s.path: s.reason for s in corpus.skipped}
+    cut = params.max_questions or None
+    asked = rag.load_questions(qfile, documents, skipped)[:cut]
+    train = (rag.load_questions(tfile, documents, skipped) if tfile else [])[:cut]
+    judged = [it for it in asked if it.kind != "unanswerable"]
+    left_out = tuple(it.qid for it in asked if it.kind == "unanswerable")
+    sources = {**answer_sources(judged, corpus, qfile), **answer_sources(train, corpus, tfile)}
+    same = sorted({it.question.casefold() for it in judged} & {it.question.casefold() for it in train})
+    if same:
+        raise CorpusError(f"{len(same)} training question(s) are word for word questions the arms are judged on "
+                          f"(first: {same[0]!r}): a fine-tune trained on a test question measures recall of it, "
+                          "not knowledge; reword them or leave them out of train_questions_file")
+    dev, test, dev_docs, test_docs = split_by_document(judged, sources, params.dev_share, params.seed,
+                                                       params.min_dev, params.min_test)
+    return CaseInputs(corpus, dev, test, [it for it in train if it.kind != "unanswerable"], sources, dev_docs,
+                      test_docs, left_out, {"corpus_dir": folder, "questions_file": qfile, "train_questions_file": tfile})
+
+
+def answer_sources(items: list, corpus, path: str) -> dict[str, str]:
+    """{question id: its source document}: the doc_id it names, else the first document whose text
+    contains one of its answers. A question whose answers appear in none of its candidate documents
+    is refused (the first five named)."""
+    by_id = {s.doc_id: s for s in corpus.sources}
+    out, missing = {}, []
+    for it in items:
+        if it.kind == "unanswerable":
+            continue
+        candidates = [by_id[d] for d in it.gold_doc_ids] or corpus.sources
+        holding = [s.doc_id for s in candidates if metrics.contains(s.text, list(it.answers))]
+        if holding:
+            out[it.qid] = holding[0]
+        else:
+            missing.append(it.qid)
+    if missing:
+        where = "the document its doc_id names" if any(it.gold_doc_ids for it in items) else "any document"
+        raise CorpusError(f"{Path(path).name}: the answers of {len(missing)} question(s) appear in no document "
+                          f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; checked against {where}): "
+                          "give answers as the documents word them, or add the documents that hold them")
+    return out
+
+
+def split_by_document(items: list, sources: dict, dev_share: float, seed: int, min_dev: int,
+                      min_test: int) -> tuple[list, list, tuple, tuple]:
+    """Development and test questions, whole source documents at a time (so no fact of a test question
+    is a development question's): the documents in a seeded order, each to development until it holds
+    dev_share of the questions, the rest to test."""
+    docs = sorted({sources[it.qid] for it in items})
+    random.Random(seed).shuffle(docs)
+    target, dev_docs, n_dev = dev_share * len(items), [], 0
+    counts = {d: sum(sources[it.qid] == d for it in items) for d in docs}
+    for d in docs[:-1]:  # the last document is always a test document
+        if n_dev >= target:
+            break
+        dev_docs.append(d)
+        n_dev += counts[d]
+    dev = [it for it in items if sources[it.qid] in dev_docs]
+    test = [it for it in items if sources[it.qid] not in dev_docs]
+    if len(docs) < 2 or len(dev) < min_dev or len(test) < min_test:
+        raise CorpusError(f"too few questions for a split by document: {len(items)} answerable question(s) from "
+                          f"{len(docs)} document(s) gave {len(dev)} development and {len(test)} test questions; this "
+                          f"chapter needs at least {min_dev} and {min_test} (min_dev, min_test), from two or more "
+                          "documents: add questions about more documents")
+    return dev, test, tuple(sorted(dev_docs)), tuple(sorted(set(docs) - set(dev_docs)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The time estimate, said before anything trains
+
+
+@dataclass(frozen=True)
+class Estimate:
+    dsf_tokens: int  # tokens the fine-tune trains on, over all its epochs
+    raft_tokens: int  # about: RAFT's examples hold chunks that the index makes later
+    tokens_per_s: float
+    host: str
+
+    @property
+    def seconds(self) -> float:
+        return (self.dsf_tokens + self.raft_tokens) / self.tokens_per_s
+
+    def sentence(self) -> str:
+        took = f"{self.seconds:.0f} s" if self.seconds < 120 else f"{self.seconds / 60:.0f} minutes"
+        return (f"Training estimate: about {took} ({self.dsf_tokens:,} fine-tune and about {self.raft_tokens:,} RAFT "
+                f"tokens at {self.tokens_per_s:.0f} tokens/s, LoRA on this host: {self.host}); far less on a GPU.")
+
+
+def estimate(params, inputs: CaseInputs) -> Estimate:
+    """Training tokens from the training data itself (the tokenizer only), at the reference LoRA rate
+    scaled by this host's measured speed (ragft.host)."""
+    from transformers import AutoTokenizer
+
+    from .. import host, models
+    from ..train.data import tokenize
+
+    tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
+    per_epoch = sum(len(t.input_ids) for t in tokenize(tok, dsf_examples(inputs, document_parts(inputs, tok, max(params.chunk_sizes)),
+                                                                           params.train_on_documents), 4096))
+    chunk = max(params.chunk_sizes)
+    raft_tokens = len(inputs.train) * ((params.n_distractors + 1) * chunk + 80) * params.raft_epochs
+    speed = host.measure(params.threads)
+    rate = host.REFERENCE_LORA_TOKENS_PER_S / speed.factor
+    return Estimate(per_epoch * max(params.dsf_epochs), raft_tokens, rate, speed.describe())
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up
+
+
+@dataclass
+class Case:
+    params: object
+    run: ChapterRun
+    lm: object
+    embed_model: object
+    inputs: CaseInputs
+    chroma: Path
+
+    def open_store(self, chunk_size: int):
+        return rag.ChunkStore(f"case-{chunk_size}", embed_model=self.embed_model, chunk_size=chunk_size,
+                              chunk_overlap=self.params.chunk_overlap, path=self.chroma)
+
+
+def setup(params, inputs: CaseInputs) -> Case:
+    """Seeds and threads, the language model and the embedder, and a fresh local Chroma folder."""
+    from .. import settings
+
+    run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
+    folder = settings.run_dir() / "chroma" / CHAPTER
+    shutil.rmtree(folder, ignore_errors=True)
+    return Case(params, run, lm, embed_model, inputs, folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval
+
+
+@dataclass
+class Index:
+    stores: dict  # chunk size -> ChunkStore
+    retrievers: dict  # chunk size -> Retriever
+    chunks: dict  # chunk size -> every chunk (rag.Hit), in id order
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"chunk_size": list(self.chunks), "chunks": [len(c) for c in self.chunks.values()]}).set_index("chunk_size")
+
+
+def index(case: Case) -> Index:
+    stores, retrievers, chunks = {}, {}, {}
+    with case.run.stage("index"):
+        for size in case.params.chunk_sizes:
+            stores[size] = case.open_store(size)
+            stores[size].ingest(case.inputs.corpus.sources, keep={s.path for s in case.inputs.corpus.skipped})
+            retrievers[size] = rag.Retriever(stores[size], case.embed_model)
+            chunks[size] = stores[size].all_chunks()
+    return Index(stores, retrievers, chunks)
+
+
+def hits(items: list, rankings: list, sources: dict) -> dict[str, int]:
+    """{question id: 1 when a retrieved chunk comes from the question's source document}."""
+    return {it.qid: int(any(h.doc_id == sources[it.qid] for h in r)) for it, r in zip(items, rankings)}
+
+
+@dataclass
+class RetrievalChoice:
+    chunk_size: int
+    top_k: int
+    dev: pd.DataFrame  # per chunk size and top-k: development hit rate and RAG answer accuracy
+    test_hit: float  # the test questions' hit rate at the choice
+
+
+def choose_retrieval(case: Case, idx: Index) -> RetrievalChoice:
+    """On the development questions only: each chunk size and top-k's hit rate and the base model's
+    RAG answers; the best answer accuracy wins (ties: fewer tokens, so the smaller k, then size)."""
+    p, inputs = case.params, case.inputs
+    rows = []
+    with case.run.stage("choose_retrieval"):
+        for size in p.chunk_sizes:
+            ranked = idx.retrievers[size].search([it.question for it in inputs.dev], max(p.top_ks), p.retrieval)
+            for k in p.top_ks:
+                top = [r[:k] for r in ranked]
+                asked = ask(case.lm, inputs.dev, top, "rag", p, f"development, {size} tokens, top-{k}")
+                rows.append({"chunk_size": size, "top_k": k, "hit_rate": mean(hits(inputs.dev, top, inputs.sources)),
+                             "contains": asked.scores["contains"], "prompt_tokens": asked.gen.mean_prompt_tokens})
+    dev = pd.DataFrame(rows)
+    best = dev.sort_values(["contains", "top_k", "chunk_size"], ascending=[False, True, True]).iloc[0]
+    size, k = int(best.chunk_size), int(best.top_k)
+    test_hits = hits(inputs.test, retrieve(case, idx, size, k, inputs.test), inputs.sources)
+    case.run.record("case: retrieval hit", test_hits)
+    return RetrievalChoice(size, k, dev.set_index(["chunk_size", "top_k"]), mean(test_hits))
+
+
+def retrieve(case: Case, idx: Index, size: int, k: int, items: list) -> list:
+    return idx.retrievers[size].search([it.question for it in items], k, case.params.retrieval)
+
+
+# ---------------------------------------------------------------------------------------------
+# Asking an arm
+
+
+@dataclass
+class Asked:
+    arm: str
+    items: list
+    gen: object  # Generation
+    texts: list  # the answers scored (RAFT: after its answer marker)
+    scores: dict  # ragft.metrics.score_answers
+
+
+def ask(lm, items: list, rankings: list | None, style: str, params, desc: str) -> Asked:
+    """One model's answers in one of the book's prompt styles (closed, rag, raft), scored."""
+    docs = None if style == "closed" else [[h.text for h in r] for r in rankings]
+    budget = params.cot_max_new_tokens if style == "raft" else params.max_new_tokens
+    gen = raft.ask(lm, [it.question for it in items], docs, style, budget, params.batch_size, desc=desc)
+    texts = raft.answers_of(gen.texts) if style == "raft" else gen.texts
+    return Asked(desc, items, gen, texts, metrics.score_answers(texts, items))
+
+
+def arm(case: Case, lm, name: str, rankings: list | None) -> Asked:
+    """An arm on the test questions, its outcomes recorded under its condition name."""
+    with case.run.stage(KEYS[name]):
+        asked = ask(lm, case.inputs.test, rankings, STYLE[name], case.params, LABELS[name])
+    asked.arm = name
+    record_answers(case.run, name, case.inputs.test, asked.gen, asked.texts)
+    return asked
+
+
+def base_arms(case: Case, idx: Index, choice: RetrievalChoice) -> list[Asked]:
+    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, case.inputs.test)
+    return [arm(case, case.lm, BASE, None), arm(case, case.lm, RAG, ranked)]
+
+
+def mean(values) -> float:
+    values = list(values.values()) if isinstance(values, dict) else list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# The knowledge fine-tune
+
+
+def document_parts(inputs: CaseInputs, tokenizer, size: int) -> list[tuple[str, str]]:
+    """The documents' text in parts of about `size` tokens, as (title and part number, text)."""
+    out = []
+    for s in inputs.corpus.sources:
+        ids = tokenizer(s.text, add_special_tokens=False)["input_ids"]
+        parts = [tokenizer.decode(ids[i:i + size]).strip() for i in range(0, len(ids), size)]
+        out += [(f"{s.title}, part {i + 1}", t) for i, t in enumerate(parts) if t]
+    return out
+
+
+def dsf_examples(inputs: CaseInputs, parts: list[tuple[str, str]], on_documents: bool) -> list:
+    """The knowledge fine-tune's examples: each training question with its first answer (chapter 3's
+    closed-book prompt), and with on_documents each part of the documents recited from its title."""
+    from ..train.data import example
+    from ..train.tasks import dsf_messages
+
+    out = [example(dsf_messages(it.question), it.answers[0]) for it in inputs.train]
+    if on_documents:
+        out += [example(dsf_messages(f"Recite {where}."), text) for where, text in parts]
+    return out
+
+
+@dataclass
+class FineTune:
+    checkpoints: pd.DataFrame  # per epoch: training-question and development accuracy, seconds, tokens
+    chosen_epoch: int
+    trained_acc: float  # its own training questions at the chosen checkpoint: the fitness measure
+    fit: bool
+    train_tokens: int  # up to the chosen checkpoint
+    train_s: float
+    lm: object  # the chosen checkpoint, merged, ready to answer
+    asked: list  # DSF and DSF + RAG on the test questions
+    skipped: str = ""  # why there is no fine-tune, when there is none
+
+
+def fine_tune(case: Case, idx: Index, choice: RetrievalChoice) -> FineTune:
+    """LoRA at a constant rate after warm-up on the training questions (and the documents' text),
+    snapshots after each of dsf_epochs scored closed book on the training questions and the
+    development questions; the best development accuracy chooses (ties: the earlier)."""
+    from ..train import load_artifact, tasks
+    from ..train.trainer import snapshot_folder, train
+
+    p, inputs, run = case.params, case.inputs, case.run
+    if not inputs.train and not p.train_on_documents:
+        return FineTune(pd.DataFrame(), 0, float("nan"), False, 0, 0.0, None, [],
+                        skipped="it needs training questions (train_questions_file) or train_on_documents")
+    parts = document_parts(inputs, case.lm.tokenizer, choice.chunk_size)
+    examples = dsf_examples(inputs, parts, p.train_on_documents)
+    cfg = tasks.lora_config(p, max(p.dsf_epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
+    with run.stage("dsf_train"):
+        result = train(p.model, examples, cfg, label="case-dsf", snapshots=tuple(p.dsf_epochs))
+    rows, models = [], {}
+    with run.stage("dsf_checkpoints"):
+        for epoch in p.dsf_epochs:
+            folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
+            lm = load_artifact(p.model, folder, cfg, merge=True)
+            trained = ask(lm, inputs.train, None, "closed", p, f"DSF epoch {epoch}, training questions") if inputs.train else None
+            dev = ask(lm, inputs.dev, None, "closed", p, f"DSF epoch {epoch}, development")
+            cost = result.metrics["snapshots"][str(epoch)]
+            rows.append({"epoch": epoch, "trained_acc": trained.scores["contains"] if trained else float("nan"),
+                         "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
+            models[epoch] = lm
+    table = pd.DataFrame(rows).set_index("epoch")
+    chosen = int(table.dev_acc.idxmax())  # idxmax: the first (earliest) of equal maxima
+    lm = models[chosen]
+    trained_acc = float(table.loc[chosen, "trained_acc"])
+    rule = the_plan().fitness["case_dsf"]
+    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, inputs.test)
+    asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, ranked)]
+    return FineTune(table, chosen, trained_acc, trained_acc >= rule["min"], int(table.loc[chosen, "train_tokens"]),
+                    float(table.loc[chosen, "seconds"]), lm, asked)
+
+
+# ---------------------------------------------------------------------------------------------
+# RAFT
+
+
+@dataclass
+class Raft:
+    n_examples: int
+    trained_acc: float  # its own training examples: the fitness measure
+    fit: bool
+    train_tokens: int
+    train_s: float
+    asked: list  # RAFT + RAG on the test questions
+    skipped: str = ""
+
+
+def raft_sources(inputs: CaseInputs, chunks: list) -> list:
+    """A RAFT source per training question: the first chunk of its source document that holds an
+    answer is the oracle, its sentence closest to the answer the quote (a question whose answer a
+    chunk boundary cuts is left out)."""
+    out = []
+    for it in inputs.train:
+        own = [c.text for c in chunks if c.doc_id == inputs.sources[it.qid] and metrics.contains(c.text, list(it.answers))]
+        if own:
+            out.append(raft.RaftSource(it.qid, it.question, it.answers[0], (own[0],),
+                                       (raft.closest_sentence(own[0], it.answers[0]),)))
+    return out
+
+
+def train_raft(case: Case, idx: Index, choice: RetrievalChoice) -> Raft:
+    """RAFT (chapter 4's recipe) on the training questions: the oracle chunk kept in p_oracle of the
+    examples, n_distractors retrieved chunks beside it (hard negatives, topped up at random), the
+    quote then the answer as the target; LoRA at a constant rate. Its fitness: its answers to its own
+    training examples. Then RAFT + RAG on the test questions with the chosen chunks."""
+    from ..train import tasks
+    from ..train.trainer import train
+
+    p, inputs, run = case.params, case.inputs, case.run
+    if not inputs.train:
+        return Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
+    chunks = idx.chunks[choice.chunk_size]
+    sources = raft_sources(inputs, chunks)
+    found = retrieve(case, idx, choice.chunk_size, p.n_distractors + 1, [it for it in inputs.train
+                                                                        if it.qid in {s.qid for s in sources}])
+    negatives = {s.qid: [h.text for h in r] for s, r in zip(sources, found)}
+    records = raft.build_raft(sources, [c.text for c in chunks], p.n_distractors, p.p_oracle, p.seed,
+                              hard_negatives=negatives)
+    cfg = tasks.lora_config(p, p.raft_epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
+    with run.stage("raft_train"):
+        result = train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
+    by_id = {it.qid: it for it in inputs.train}
+    items = [by_id[r.qid] for r in records]
+    with run.stage("raft_fitness"):
+        own = ask(result.lm, items, [[rag.Hit("", "", "", d, 0.0) for d in r.documents] for r in records], "raft", p,
+                  "RAFT, its training examples")
+    trained_acc = own.scores["contains"]
+    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, inputs.test)
+    asked = [arm(case, result.lm, RAFT_RAG, ranked)]
+    return Raft(len(records), trained_acc, trained_acc >= the_plan().fitness["case_raft"]["min"],
+                int(result.metrics["train_tokens"]), float(result.metrics["train_s"]), asked)
+
+
+# ---------------------------------------------------------------------------------------------
+# Judged: scores, comparisons
+
+
+@dataclass
+class Judged:
+    scores: pd.DataFrame  # per arm that ran: contains with its 95 % interval, EM, F1, tokens
+    comparisons: list  # the plan's case comparisons whose arms ran, Holm-adjusted among themselves
+    skipped: dict  # arm -> what it would need
+
+
+def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
+    run, n = case.run, len(case.inputs.test)
+    if not ft.skipped and case.inputs.train:  # fitness is measured on the training questions
+        run.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=len(case.inputs.train))
+    if not rf.skipped:
+        run.metric("case_raft_trained_acc", rf.trained_acc, "rate", n=rf.n_examples)
+    rows = []
+    for a in asked:
+        s = a.scores
+        low, high = wilson_interval(s["contains"] * n, n)
+        run.metric(f"case_{KEYS[a.arm]}_contains", s["contains"], "rate", n=n)
+        run.metric(f"case_{KEYS[a.arm]}_f1", s["f1"], "mean", n=n)
+        rows.append({"arm": LABELS[a.arm], "contains": s["contains"], "95 % interval": f"[{low:.2f}, {high:.2f}]",
+                     "em": s["em"], "f1": s["f1"], "prompt tokens": a.gen.mean_prompt_tokens,
+                     "completion tokens": a.gen.mean_completion_tokens})
+    ran = {a.arm for a in asked}
+    for cid in COMPARISONS:
+        spec = the_plan().get(cid)
+        if spec.a in ran and spec.b in ran:
+            run.compare(cid)
+    run.comparisons = adjust(run.comparisons, metrics={CHAPTER: run.metrics}, family=CASE)
+    for c in run.comparisons:  # a fitness no question measured (a fine-tune on documents alone) is not met
+        if unfit(c, {CHAPTER: run.metrics}) is None:
+            c["unfit"], c["verdict"] = ["fitness not measured: no training questions"], NOT_FIT
+    skipped = {DSF: ft.skipped, DSF_RAG: ft.skipped, RAFT_RAG: rf.skipped}
+    return Judged(pd.DataFrame(rows).set_index("arm"), list(run.comparisons),
+                  {LABELS[k]: v for k, v in skipped.items() if v})
+
+
+def comparisons_table(j: Judged) -> pd.DataFrame:
+    """The case's comparisons: difference with its interval, raw and Holm-adjusted p, the verdict on
+    the adjusted p, and for an undecided one the questions that would detect the smallest effect."""
+    rows = []
+    for c in j.comparisons:
+        a, b = LABELS[c["a"]], LABELS[c["b"]]
+        rows.append({"comparison": f"{a} against {b}", "difference (points)": 100 * c["diff"],
+                     "95 % CI": f"[{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]", "p": c["p"],
+                     "Holm-adjusted p": c.get("p_adjusted"), "verdict": reading(c),
+                     "questions that would decide": c["n_needed"] if c["verdict"].startswith("not decided") else "–"})
+    return pd.DataFrame(rows).set_index("comparison")
+
+
+def reading(c: dict) -> str:
+    """A case comparison's verdict in the reader's words: which arm is better, or why it is not said."""
+    from ..stats import NOT_DECIDED, SUPPORTED
+
+    if c["verdict"] == SUPPORTED:
+        return f"{LABELS[c['a']]} better"
+    if c["verdict"] == "contradicted":
+        return f"{LABELS[c['b']]} better"
+    if c["verdict"] == NOT_DECIDED:
+        return f"not decided at n = {c['n']}"
+    return c["verdict"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Priced: chapter 6's cost model at the reader's volumes
+
+
+@dataclass
+class Priced:
+    table: pd.DataFrame  # per arm: dollars a month by part, and in all
+    workload: dict  # what every arm shares: volumes, price rows, index
+
+
+def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, choice: RetrievalChoice) -> Priced:
+    """Each arm's monthly dollars (ragft.costs): its measured prompt and completion tokens per query at
+    the serving row (a fine-tune at its fine-tuned row); retrieval arms pay a query embedding, a read
+    and re-indexing the corpus per update; trained arms their training run (this run's training
+    tokens at the training row), redone at every update for the closed-book fine-tune, whose facts
+    are in its weights, else amortised over training_life_months."""
+    p, run = case.params, case.run
+    chunks = idx.chunks[choice.chunk_size]
+    corpus_tokens = sum(len(case.lm.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks)
+    dims = case.embed_model.get_sentence_embedding_dimension() if hasattr(case.embed_model, "get_sentence_embedding_dimension") else 384
+    shared = dict(queries_per_month=p.queries_per_month, updates_per_month=p.updates_per_month, training=p.training_price,
+                  training_life_months=p.training_life_months, reindex_tokens=float(corpus_tokens),
+                  writes_per_update=float(len(chunks)), index_gb=len(chunks) * dims * 4 / 1e9)
+    trained_tokens = {DSF: ft.train_tokens, DSF_RAG: ft.train_tokens, RAFT_RAG: rf.train_tokens}
+    rows = []
+    for a in asked:
+        tuned = a.arm in trained_tokens
+        approach = costs.Approach(LABELS[a.arm], a.gen.mean_prompt_tokens, a.gen.mean_completion_tokens,
+                                  costs.fine_tuned_row(p.serving_price) if tuned else p.serving_price,
+                                  retrieval=STYLE[a.arm] != "closed", trained=tuned, retrain_on_update=a.arm == DSF)
+        w = costs.Workload(**shared, train_tokens=float(trained_tokens.get(a.arm, 0)))
+        parts = costs.monthly_parts(approach, w)
+        # derived from measured token counts: a reply a token longer moves it (chapter 6's tolerance)
+        total = run.metric(f"case_{KEYS[a.arm]}_monthly_usd", sum(parts.values()), "derived", tol=0.1 * sum(parts.values()))
+        rows.append({"arm": LABELS[a.arm], **{f"{k} ($)": v for k, v in parts.items()}, "per month ($)": total})
+    return Priced(pd.DataFrame(rows).set_index("arm"), shared)
+
+
+# ---------------------------------------------------------------------------------------------
+# The closing table
+
+
+def closing(j: Judged, pr: Priced, ft: FineTune, rf: Raft) -> pd.DataFrame:
+    """Per arm: its accuracy with the interval, the cost a month, whether a trained arm reached its
+    fitness, and how it stands against base + RAG (the plan's comparison, adjusted)."""
+    against = {c["a"] if c["b"] == RAG else c["b"]: c for c in j.comparisons if RAG in (c["a"], c["b"])}
+    fitness = {LABELS[DSF]: ft.fit, LABELS[DSF_RAG]: ft.fit, LABELS[RAFT_RAG]: rf.fit}
+    rows = []
+    for name in ARMS:
+        label = LABELS[name]
+        if label in j.skipped:
+            rows.append({"arm": label, "answers right": "–", "per month ($)": "–", "fit": "–",
+                         "against base + RAG": f"skipped: {j.skipped[label]}"})
+            continue
+        c = against.get(name)
+        rows.append({"arm": label, "answers right": f"{j.scores.loc[label, 'contains']:.0%} {j.scores.loc[label, '95 % interval']}",
+                     "per month ($)": f"{pr.table.loc[label, 'per month ($)']:,.2f}",
+                     "fit": {True: "yes", False: "no"}.get(fitness.get(label), "–"),
+                     "against base + RAG": "–" if name == RAG else (reading(c) if c else "not compared")})
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def headline(j: Judged) -> dict[str, str]:
+    """The words the prose glues: the best arm on the test questions, and whether its lead is decided."""
+    best = j.scores.contains.idxmax()
+    name = next(k for k, v in LABELS.items() if v == best)
+    decided = [c for c in j.comparisons if name in (c["a"], c["b"]) and reading(c) == f"{best} better"]
+    undecided = [c for c in j.comparisons if name in (c["a"], c["b"]) and c["verdict"].startswith("not decided")]
+    if decided:
+        sure = "better than " + ", ".join(LABELS[c["b"] if c["a"] == name else c["a"]] for c in decided) + " after the adjustment"
+    elif undecided:
+        need = max(c["n_needed"] for c in undecided)
+        sure = f"not decided at this n: about {need:,} test questions would decide"
+    else:
+        sure = "no declared comparison decides its lead"
+    return {"case_best_arm": best, "case_best_sure": sure}
+
+
+def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoice, ft: FineTune, rf: Raft,
+           j: Judged, pr: Priced) -> Path:
+    """The metrics and tables of the results file, every metric glued, the file written."""
+    from ..results import glue_metrics
+
+    run, records = case.run, (lambda t: t.reset_index().to_dict("records"))
+    run.metric("case_n_docs", len(inputs.corpus.sources), "exact")
+    run.metric("case_n_dev", len(inputs.dev), "exact")
+    run.metric("case_n_test", len(inputs.test), "exact")
+    run.metric("case_n_train", len(inputs.train), "exact")
+    run.metric("case_chunk_size", choice.chunk_size, "choice")
+    run.metric("case_top_k", choice.top_k, "choice")
+    run.metric("case_retrieval_hit", choice.test_hit, "rate", n=len(inputs.test))
+    run.metric("case_estimate_s", est.seconds, "machine")
+    if not ft.skipped:
+        run.metric("case_dsf_chosen_epoch", ft.chosen_epoch, "choice")
+        run.metric("case_dsf_train_s", ft.train_s, "machine")
+    if not rf.skipped:
+        run.metric("case_raft_train_s", rf.train_s, "machine")
+        run.metric("case_raft_examples", rf.n_examples, "exact")
+    run.tables.update(split=records(inputs.split_table()), retrieval_dev=records(choice.dev),
+                      dsf_checkpoints=records(ft.checkpoints) if not ft.skipped else [],
+                      scores=records(j.scores), costs=records(pr.table), cost_workload=pr.workload,
+                      skipped=j.skipped, files=inputs.files)
+    glue_metrics(run.metrics)
+    words = {**headline(j), "case_queries_per_month": f"{case.params.queries_per_month:,.0f}",
+             "case_updates_per_month": f"{case.params.updates_per_month:g}"}
+    for key, value in words.items():
+        glue(key, value)
+    return run.save(lm=case.lm)
