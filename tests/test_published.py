@@ -115,10 +115,12 @@ def test_raft_headline_keys_and_sanity():
 # every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
 # about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
 # 90 minutes on either kind. Chapter 4 takes about 290 s of its 520 since the cpu profile leaves RAFT's
-# ablations, top-k curves and PubMedQA to the gpu profile (the plan's `profiles`); chapter 8 (issue 31)
-# has its 150; chapter 3, whose knowledge curve runs to fitness (24 exposures), has its 600.
-CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 520, "05_freshness": 230,
-         "06_cost": 40, "07_verdict": 10}
+# ablations, top-k curves and PubMedQA to the gpu profile (the plan's `profiles`), so 100 s of its cap
+# go to chapter 8 (issue 31: 150 + 100), whose sample case trains two fine-tunes (about 140 s of its
+# 235 on the host that published it); chapter 3, whose knowledge curve runs to fitness (24 exposures),
+# has its 600. The caps still sum to the book's.
+CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 420, "05_freshness": 230,
+         "06_cost": 40, "07_verdict": 10, "08_your_case": 250}
 BOOK_CAP_S = 2040
 
 

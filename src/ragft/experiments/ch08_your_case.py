@@ -602,19 +602,24 @@ def closing(j: Judged, pr: Priced, ft: FineTune, rf: Raft) -> pd.DataFrame:
 
 
 def headline(j: Judged) -> dict[str, str]:
-    """The words the prose glues: the best arm on the test questions, and whether its lead is decided."""
+    """The words the prose glues: the arm that answers most test questions, and how sure the run is
+    of its lead: each of the plan's comparisons that involve it, decided or not (with the questions
+    that would decide), or that no comparison decides it."""
     best = j.scores.contains.idxmax()
     name = next(k for k, v in LABELS.items() if v == best)
-    decided = [c for c in j.comparisons if name in (c["a"], c["b"]) and reading(c) == f"{best} better"]
-    undecided = [c for c in j.comparisons if name in (c["a"], c["b"]) and c["verdict"].startswith("not decided")]
-    if decided:
-        sure = "better than " + ", ".join(LABELS[c["b"] if c["a"] == name else c["a"]] for c in decided) + " after the adjustment"
-    elif undecided:
-        need = max(c["n_needed"] for c in undecided)
-        sure = f"not decided at this n: about {need:,} test questions would decide"
-    else:
-        sure = "no declared comparison decides its lead"
-    return {"case_best_arm": best, "case_best_sure": sure}
+    parts = []
+    for c in j.comparisons:
+        if name not in (c["a"], c["b"]):
+            continue
+        other = LABELS[c["b"] if c["a"] == name else c["a"]]
+        said = reading(c)
+        if said == f"{best} better":
+            parts.append(f"better than {other} after the adjustment")
+        elif c["verdict"].startswith("not decided at"):
+            parts.append(f"not decided against {other} at n = {c['n']}: about {c['n_needed']:,} test questions would decide")
+        else:
+            parts.append(f"against {other}: {said}")
+    return {"case_best_arm": best, "case_best_sure": "; ".join(parts) or "no declared comparison involves it"}
 
 
 def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoice, ft: FineTune, rf: Raft,
@@ -642,8 +647,13 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
                       scores=records(j.scores), costs=records(pr.table), cost_workload=pr.workload,
                       skipped=j.skipped, files=inputs.files)
     glue_metrics(run.metrics)
+    plan = the_plan()
     words = {**headline(j), "case_queries_per_month": f"{case.params.queries_per_month:,.0f}",
-             "case_updates_per_month": f"{case.params.updates_per_month:g}"}
+             "case_updates_per_month": f"{case.params.updates_per_month:g}",
+             # the plan's rules, as the prose cites them (glued, never typed)
+             "case_dsf_fitness_min": f"{plan.fitness['case_dsf']['min']:.0%}",
+             "case_raft_fitness_min": f"{plan.fitness['case_raft']['min']:.0%}",
+             "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
     for key, value in words.items():
         glue(key, value)
     return run.save(lm=case.lm)
