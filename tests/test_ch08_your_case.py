@@ -153,3 +153,14 @@ def test_your_case_runs_a_new_corpus_end_to_end_with_papermill(tmp_path, monkeyp
         pm.execute_notebook(str(ROOT / "chapters" / "08_your_case.ipynb"), str(tmp_path / "bad.ipynb"),
                             parameters={**case, "max_questions": 3}, kernel_name="python3",
                             cwd=str(ROOT / "chapters"), progress_bar=False)
+
+
+def test_the_training_plan_keeps_what_fits_the_token_budget():
+    # everything fits: 1,000 x 12 + 500 x 2 = 13,000 <= 100,000
+    assert ch08.training_plan(1_000, 500, [4, 8, 12], 2, 100_000) == ((4, 8, 12), 2, "")
+    # a reader's 30,000-token corpus: 36,000 x 12 + 34,000 x 2 = 500,000 against 300,000, f = 0.6:
+    # checkpoints up to 0.6 x 12 = 7.2 epochs (4), floor(0.6 x 2) = 1 RAFT epoch
+    kept, raft_kept, said = ch08.training_plan(36_000, 34_000, [4, 8, 12], 2, 300_000)
+    assert (kept, raft_kept) == ((4,), 1) and "keeps the fine-tune's checkpoints [4] of [4, 8, 12]" in said
+    # nothing fits: the first checkpoint and one RAFT epoch all the same (said)
+    assert ch08.training_plan(36_000, 34_000, [4, 8], 3, 1_000)[:2] == ((4,), 1)

@@ -35,6 +35,7 @@ contains a gold answer), so each comparison recomputes from the results file.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -170,37 +171,68 @@ def split_by_document(items: list, sources: dict, dev_share: float, seed: int, m
 
 @dataclass(frozen=True)
 class Estimate:
-    dsf_tokens: int  # tokens the fine-tune trains on, over all its epochs
-    raft_tokens: int  # about: RAFT's examples hold chunks that the index makes later
+    """What will train, and about how long it takes here: the training tokens per epoch of each
+    fine-tune, the epochs kept within max_train_tokens, and the host's LoRA rate."""
+
+    dsf_per_epoch: int  # tokens of one epoch of the knowledge fine-tune
+    raft_per_epoch: int  # about: RAFT's examples hold chunks that the index makes later
+    dsf_epochs: tuple  # the checkpoints that will be trained and scored
+    raft_epochs: int
+    dropped: str  # what max_train_tokens cut, in words ("" when nothing)
     tokens_per_s: float
     host: str
 
     @property
+    def tokens(self) -> int:
+        return self.dsf_per_epoch * max(self.dsf_epochs, default=0) + self.raft_per_epoch * self.raft_epochs
+
+    @property
     def seconds(self) -> float:
-        return (self.dsf_tokens + self.raft_tokens) / self.tokens_per_s
+        return self.tokens / self.tokens_per_s
 
     def sentence(self) -> str:
         took = f"{self.seconds:.0f} s" if self.seconds < 120 else f"{self.seconds / 60:.0f} minutes"
-        return (f"Training estimate: about {took} ({self.dsf_tokens:,} fine-tune and about {self.raft_tokens:,} RAFT "
-                f"tokens at {self.tokens_per_s:.0f} tokens/s, LoRA on this host: {self.host}); far less on a GPU.")
+        cut = f" {self.dropped}." if self.dropped else ""
+        return (f"Training estimate: about {took} ({self.tokens:,} tokens: the fine-tune {self.dsf_per_epoch:,} an epoch for "
+                f"{max(self.dsf_epochs, default=0)} epochs, RAFT about {self.raft_per_epoch:,} for {self.raft_epochs}; "
+                f"{self.tokens_per_s:.0f} tokens/s of LoRA on this host: {self.host}); far less on a GPU.{cut}")
+
+
+def training_plan(dsf_per_epoch: int, raft_per_epoch: int, dsf_epochs: list, raft_epochs: int,
+                  budget: int) -> tuple[tuple, int, str]:
+    """The epochs that fit `budget` training tokens: all of them when they fit; else, at the share f of
+    the budget over what they would take, the fine-tune's checkpoints up to f of its last (its first
+    at least) and f of RAFT's epochs (one at least). Deterministic: tokens, not seconds, decide.
+    Returns (checkpoints kept, RAFT epochs kept, what was dropped in words)."""
+    full = dsf_per_epoch * max(dsf_epochs, default=0) + raft_per_epoch * raft_epochs
+    if full <= budget:
+        return tuple(dsf_epochs), raft_epochs, ""
+    f = budget / full
+    kept = tuple(e for e in dsf_epochs if e <= f * max(dsf_epochs)) or tuple(dsf_epochs[:1])
+    raft_kept = max(1, math.floor(f * raft_epochs)) if raft_epochs else 0
+    return kept, raft_kept, (f"max_train_tokens={budget:,} keeps the fine-tune's checkpoints {list(kept)} of {list(dsf_epochs)} "
+                             f"and {raft_kept} of RAFT's {raft_epochs} epochs (the whole plan would train {full:,} tokens)")
 
 
 def estimate(params, inputs: CaseInputs) -> Estimate:
-    """Training tokens from the training data itself (the tokenizer only), at the reference LoRA rate
-    scaled by this host's measured speed (ragft.host)."""
+    """Training tokens from the training data itself (the tokenizer only), the epochs that fit
+    max_train_tokens (training_plan), at the reference LoRA rate scaled by this host's measured speed
+    (ragft.host)."""
     from transformers import AutoTokenizer
 
     from .. import host, models
     from ..train.data import tokenize
 
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
-    per_epoch = sum(len(t.input_ids) for t in tokenize(tok, dsf_examples(inputs, document_parts(inputs, tok, max(params.chunk_sizes)),
-                                                                           params.train_on_documents), 4096))
-    chunk = max(params.chunk_sizes)
-    raft_tokens = len(inputs.train) * ((params.n_distractors + 1) * chunk + 80) * params.raft_epochs
+    parts = document_parts(inputs, tok, max(params.chunk_sizes))
+    dsf = sum(len(t.input_ids) for t in tokenize(tok, dsf_examples(inputs, parts, params.train_on_documents), 4096))
+    # a RAFT example: the question, the oracle and the distractors at the largest chunk size, the quote and answer
+    raft_per_epoch = len(inputs.train) * ((params.n_distractors + 1) * max(params.chunk_sizes) + 80)
+    kept, raft_kept, dropped = training_plan(dsf, raft_per_epoch, params.dsf_epochs, params.raft_epochs if inputs.train else 0,
+                                             params.max_train_tokens)
     speed = host.measure(params.threads)
-    rate = host.REFERENCE_LORA_TOKENS_PER_S / speed.factor
-    return Estimate(per_epoch * max(params.dsf_epochs), raft_tokens, rate, speed.describe())
+    return Estimate(dsf, raft_per_epoch if inputs.train else 0, kept, raft_kept, dropped,
+                    host.REFERENCE_LORA_TOKENS_PER_S / speed.factor, speed.describe())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,9 +406,9 @@ class FineTune:
     skipped: str = ""  # why there is no fine-tune, when there is none
 
 
-def fine_tune(case: Case, idx: Index, choice: RetrievalChoice) -> FineTune:
+def fine_tune(case: Case, idx: Index, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     """LoRA at a constant rate after warm-up on the training questions (and the documents' text),
-    snapshots after each of dsf_epochs scored closed book on the training questions and the
+    snapshots after each of `epochs` (the estimate's, within max_train_tokens) scored closed book on the training questions and the
     development questions; the best development accuracy chooses (ties: the earlier)."""
     from ..train import load_artifact, tasks
     from ..train.trainer import snapshot_folder, train
@@ -387,12 +419,12 @@ def fine_tune(case: Case, idx: Index, choice: RetrievalChoice) -> FineTune:
                         skipped="it needs training questions (train_questions_file) or train_on_documents")
     parts = document_parts(inputs, case.lm.tokenizer, choice.chunk_size)
     examples = dsf_examples(inputs, parts, p.train_on_documents)
-    cfg = tasks.lora_config(p, max(p.dsf_epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
+    cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
     with run.stage("dsf_train"):
-        result = train(p.model, examples, cfg, label="case-dsf", snapshots=tuple(p.dsf_epochs))
+        result = train(p.model, examples, cfg, label="case-dsf", snapshots=tuple(epochs))
     rows, models = [], {}
     with run.stage("dsf_checkpoints"):
-        for epoch in p.dsf_epochs:
+        for epoch in epochs:
             folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
             lm = load_artifact(p.model, folder, cfg, merge=True)
             trained = ask(lm, inputs.train, None, "closed", p, f"DSF epoch {epoch}, training questions") if inputs.train else None
@@ -440,10 +472,10 @@ def raft_sources(inputs: CaseInputs, chunks: list) -> list:
     return out
 
 
-def train_raft(case: Case, idx: Index, choice: RetrievalChoice) -> Raft:
+def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> Raft:
     """RAFT (chapter 4's recipe) on the training questions: the oracle chunk kept in p_oracle of the
     examples, n_distractors retrieved chunks beside it (hard negatives, topped up at random), the
-    quote then the answer as the target; LoRA at a constant rate. Its fitness: its answers to its own
+    quote then the answer as the target; LoRA at a constant rate for `epochs` (the estimate's). Its fitness: its answers to its own
     training examples. Then RAFT + RAG on the test questions with the chosen chunks."""
     from ..train import tasks
     from ..train.trainer import train
@@ -458,7 +490,7 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice) -> Raft:
     negatives = {s.qid: [h.text for h in r] for s, r in zip(sources, found)}
     records = raft.build_raft(sources, [c.text for c in chunks], p.n_distractors, p.p_oracle, p.seed,
                               hard_negatives=negatives)
-    cfg = tasks.lora_config(p, p.raft_epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
+    cfg = tasks.lora_config(p, epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
     with run.stage("raft_train"):
         result = train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
     by_id = {it.qid: it for it in inputs.train}
