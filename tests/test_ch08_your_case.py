@@ -29,10 +29,22 @@ def test_the_split_keeps_whole_documents_apart_and_finds_sources_from_answers():
     assert not set(inputs.dev_docs) & set(inputs.test_docs)
     assert {inputs.sources[it.qid] for it in inputs.test} == set(inputs.test_docs)
     # the training questions name no doc_id: their source is the document that holds the answer
-    assert inputs.sources["t-orchard-dog"] == "orchard.txt" and inputs.sources["t-mill-loft"] == "mill.md"
+    assert inputs.train_sources["t-orchard-dog"] == "orchard.txt" and inputs.train_sources["t-mill-loft"] == "mill.md"
     again = ch08.read_inputs(params(max_questions=0))
     assert [it.qid for it in again.test] == [it.qid for it in inputs.test]  # seeded: the same split
     assert ch08.read_inputs(params(seed=1)).test_docs != () and len(ch08.read_inputs(params(max_questions=8)).train) == 8
+
+
+def test_training_questions_may_reuse_the_judged_questions_ids(tmp_path):
+    """Two files, two id spaces: a training file whose ids repeat the judged file's for other facts
+    (chapter 2's default ids are q1, q2 ... in both) keeps each question's own source document."""
+    judged = [json.loads(line)["id"] for line in (CASE / "questions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (CASE / "train_questions.jsonl").read_text().splitlines()]
+    tfile = tmp_path / "t.jsonl"  # training row i takes the id of judged row i + 4: a fact of the next document
+    tfile.write_text("".join(json.dumps({**r, "id": judged[(i + 4) % 12]}) + "\n" for i, r in enumerate(rows)))
+    base, other = ch08.read_inputs(params()), ch08.read_inputs(params(train_questions_file=str(tfile)))
+    assert other.sources == base.sources and other.test_docs == base.test_docs
+    assert other.train_sources[judged[4]] == "bakery.md" and base.sources[judged[4]] == "orchard.txt"
 
 
 @pytest.mark.parametrize("case, match", [

@@ -72,7 +72,8 @@ class CaseInputs:
     dev: list  # QAItems: every choice is made on these
     test: list  # QAItems: scored once
     train: list  # QAItems the fine-tunes train on (empty: none given)
-    sources: dict  # question id -> the document that answers it (given doc_id, else the first holding an answer)
+    sources: dict  # judged question id -> the document that answers it (its doc_id, else the first holding an answer)
+    train_sources: dict  # the same for the training questions (a file of its own: its ids may repeat the other's)
     dev_docs: tuple
     test_docs: tuple
     left_out: tuple  # ids of unanswerable questions (answers: []), which this chapter does not judge
@@ -82,7 +83,10 @@ class CaseInputs:
         rows = [{"set": "development", "questions": len(self.dev), "documents": ", ".join(self.dev_docs)},
                 {"set": "test", "questions": len(self.test), "documents": ", ".join(self.test_docs)},
                 {"set": "training questions", "questions": len(self.train),
-                 "documents": ", ".join(sorted({self.sources[it.qid] for it in self.train})) or "–"}]
+                 "documents": ", ".join(sorted({self.train_sources[it.qid] for it in self.train})) or "–"}]
+        if self.left_out:
+            rows.append({"set": "left out: answers [] (this chapter judges answers)", "questions": len(self.left_out),
+                         "documents": "–"})
         return pd.DataFrame(rows).set_index("set")
 
 
@@ -106,7 +110,7 @@ def read_inputs(params) -> CaseInputs:
     train = (rag.load_questions(tfile, documents, skipped) if tfile else [])[:cut]
     judged = [it for it in asked if it.kind != "unanswerable"]
     left_out = tuple(it.qid for it in asked if it.kind == "unanswerable")
-    sources = {**answer_sources(judged, corpus, qfile), **answer_sources(train, corpus, tfile)}
+    sources, train_sources = answer_sources(judged, corpus, qfile), answer_sources(train, corpus, tfile)
     same = sorted({it.question.casefold() for it in judged} & {it.question.casefold() for it in train})
     if same:
         raise CorpusError(f"{len(same)} training question(s) are word for word questions the arms are judged on "
@@ -114,8 +118,8 @@ def read_inputs(params) -> CaseInputs:
                           "not knowledge; reword them or leave them out of train_questions_file")
     dev, test, dev_docs, test_docs = split_by_document(judged, sources, params.dev_share, params.seed,
                                                        params.min_dev, params.min_test)
-    return CaseInputs(corpus, dev, test, [it for it in train if it.kind != "unanswerable"], sources, dev_docs,
-                      test_docs, left_out, {"corpus_dir": folder, "questions_file": qfile, "train_questions_file": tfile})
+    return CaseInputs(corpus, dev, test, [it for it in train if it.kind != "unanswerable"], sources, train_sources,
+                      dev_docs, test_docs, left_out, {"corpus_dir": folder, "questions_file": qfile, "train_questions_file": tfile})
 
 
 def answer_sources(items: list, corpus, path: str) -> dict[str, str]:
@@ -465,7 +469,7 @@ def raft_sources(inputs: CaseInputs, chunks: list) -> list:
     chunk boundary cuts is left out)."""
     out = []
     for it in inputs.train:
-        own = [c.text for c in chunks if c.doc_id == inputs.sources[it.qid] and metrics.contains(c.text, list(it.answers))]
+        own = [c.text for c in chunks if c.doc_id == inputs.train_sources[it.qid] and metrics.contains(c.text, list(it.answers))]
         if own:
             out.append(raft.RaftSource(it.qid, it.question, it.answers[0], (own[0],),
                                        (raft.closest_sentence(own[0], it.answers[0]),)))
