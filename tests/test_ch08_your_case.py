@@ -5,9 +5,13 @@ corpus written for these tests (tests/fixtures/case, not the sample), read back.
 import json
 import shutil
 
+import pandas as pd
+
 import pytest
 
 from conftest import ROOT
+from ragft.plan import the_plan
+from ragft.stats import NOT_FIT
 from ragft import config
 from ragft.experiments import ch08_your_case as ch08
 from ragft.rag import CorpusError
@@ -23,16 +27,20 @@ def params(**overrides):
 
 def test_the_split_keeps_whole_documents_apart_and_finds_sources_from_answers():
     inputs = ch08.read_inputs(params(max_questions=0))
-    # 12 questions, 4 per document; dev_share 0.4 wants >= 4.8 development questions: two documents
-    # (8 questions) go to development, the last one (4) to test
-    assert (len(inputs.dev), len(inputs.test), len(inputs.train)) == (8, 4, 12)
+    # 12 questions, 4 per document; dev_share 0.4 wants 4.8 development questions: one document (4,
+    # 0.8 from the target) is closer than two (8, 3.2 from it), so one goes to development, two to test
+    assert (len(inputs.dev), len(inputs.test), len(inputs.train)) == (4, 8, 12)
+    assert ch08.read_inputs(params(dev_share=0.6)).dev_docs == ("bakery.md", "orchard.txt")  # 7.2: 8 is closer than 4
     assert not set(inputs.dev_docs) & set(inputs.test_docs)
     assert {inputs.sources[it.qid] for it in inputs.test} == set(inputs.test_docs)
     # the training questions name no doc_id: their source is the document that holds the answer
     assert inputs.train_sources["t-orchard-dog"] == "orchard.txt" and inputs.train_sources["t-mill-loft"] == "mill.md"
     again = ch08.read_inputs(params(max_questions=0))
     assert [it.qid for it in again.test] == [it.qid for it in inputs.test]  # seeded: the same split
-    assert ch08.read_inputs(params(seed=1)).test_docs != () and len(ch08.read_inputs(params(max_questions=8)).train) == 8
+    assert ch08.read_inputs(params(seed=1)).dev_docs == ("mill.md",)  # another seed, another document order
+    assert len(ch08.read_inputs(params(max_questions=8)).train) == 8
+    # your own corpus without training questions: the fine-tune trains on the documents alone, RAFT is skipped
+    assert ch08.read_inputs(params(train_questions_file="")).train == []
 
 
 def test_training_questions_may_reuse_the_judged_questions_ids(tmp_path):
@@ -51,6 +59,7 @@ def test_training_questions_may_reuse_the_judged_questions_ids(tmp_path):
     ("empty folder", "holds no usable document"),
     ("answer in no document", "appear in no document .*bakery-open"),
     ("too few questions", "too few questions for a split by document: 3 answerable"),
+    ("a guessed source in two documents", "without a doc_id appear in more than one document .*bakery.md, mill.md"),
     ("test question trained on", "word for word"),
     ("own corpus, no questions", "questions_file is empty"),
 ])
@@ -70,6 +79,8 @@ def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, case, match):
         write(qfile, [{**rows[0], "answers": ["07:30"]}, *rows[1:]])
     elif case == "too few questions":
         write(qfile, rows[:3])
+    elif case == "a guessed source in two documents":  # "rye" is in the bakery's and the mill's text
+        write(qfile, [{"id": "grain", "question": "Which grain?", "answers": ["rye"]}, *rows[1:]])
     elif case == "test question trained on":
         write(tfile, rows[:2])
     else:
@@ -154,10 +165,18 @@ def test_your_case_runs_a_new_corpus_end_to_end_with_papermill(tmp_path, monkeyp
         assert label in shown
     assert "per month ($)" in shown and "against base + RAG" in shown and "Holm-adjusted p" in shown
     doc = json.loads((tmp_path / "run" / "results" / "08_your_case.json").read_text())
-    assert doc["params"]["corpus_dir"] == str(CASE / "docs") and doc["metrics"]["case_n_test"] == 4
-    assert set(doc["outcomes"]) >= set(ch08.ARMS) and all(len(doc["outcomes"][a]) == 4 for a in ch08.ARMS)
+    assert doc["params"]["corpus_dir"] == str(CASE / "docs") and doc["metrics"]["case_n_test"] == 8
+    assert set(doc["outcomes"]) >= set(ch08.ARMS) and all(len(doc["outcomes"][a]) == 8 for a in ch08.ARMS)
     assert {c["claim"] for c in doc["comparisons"]} == set(ch08.COMPARISONS)
-    assert all(c["p_adjusted"] >= c["p"] for c in doc["comparisons"])
+    # the chapter's verdicts are its family's (Holm over the five) and its fitness rules': as rejudged
+    from ragft.plan import rejudge
+
+    m = doc["metrics"]
+    for c, again in zip(doc["comparisons"], rejudge(doc)):
+        assert (c["p_adjusted"], c["verdict"]) == (again["p_adjusted"], again["verdict"])
+        trained = {"case_dsf": m["case_dsf_trained_acc"], "case_raft": m["case_raft_trained_acc"]}
+        if any(trained[f] < 0.9 for f in the_plan().get(c["claim"]).fitness):
+            assert c["verdict"] == NOT_FIT
     # the reader's volume reaches the costs: twice chapter 6's default 1 M queries
     assert [r["arm"] for r in doc["tables"]["costs"]] == [ch08.LABELS[a] for a in ch08.ARMS]
     assert doc["metrics"]["case_rag_monthly_usd"] > doc["metrics"]["case_base_monthly_usd"]
@@ -174,5 +193,45 @@ def test_the_training_plan_keeps_what_fits_the_token_budget():
     # checkpoints up to 0.6 x 12 = 7.2 epochs (4), floor(0.6 x 2) = 1 RAFT epoch
     kept, raft_kept, said = ch08.training_plan(36_000, 34_000, [4, 8, 12], 2, 300_000)
     assert (kept, raft_kept) == ((4,), 1) and "keeps the fine-tune's checkpoints [4] of [4, 8, 12]" in said
-    # nothing fits: the first checkpoint and one RAFT epoch all the same (said)
-    assert ch08.training_plan(36_000, 34_000, [4, 8], 3, 1_000)[:2] == ((4,), 1)
+    # nothing fits: the first checkpoint and one RAFT epoch all the same, and the sentence says so
+    kept, raft_kept, said = ch08.training_plan(36_000, 34_000, [4, 8], 3, 1_000)
+    assert (kept, raft_kept) == ((4,), 1) and "178,000 tokens: more than the budget" in said
+
+
+def test_a_fine_tune_no_question_checks_is_not_fit_and_a_skipped_arm_says_what_it_needs():
+    """Your own corpus without training questions: the fine-tune trains on the documents alone, so no
+    question measures its fitness and every comparison it is in reads not fit; RAFT is skipped, and
+    the closing table says what it would need. (Arms stubbed: nothing loads.)"""
+    from types import SimpleNamespace
+
+    from ragft import metrics
+    from ragft.results import ChapterRun
+
+    p = params(train_questions_file="")
+    inputs = ch08.read_inputs(p)
+    case = SimpleNamespace(run=ChapterRun(ch08.CHAPTER, p), inputs=inputs, params=p)
+    gen = SimpleNamespace(mean_prompt_tokens=40.0, mean_completion_tokens=5.0)
+    right = lambda arm, hits: ch08.Asked(arm, inputs.test, gen, [it.answers[0] if i < hits else "no" for i, it in enumerate(inputs.test)],  # noqa: E731
+                                         {})
+    asked = [right(ch08.BASE, 0), right(ch08.RAG, 6), right(ch08.DSF, 7), right(ch08.DSF_RAG, 8)]
+    for a in asked:
+        a.scores = metrics.score_answers(a.texts, a.items)
+        case.run.record(a.arm, metrics.answer_outcomes(a.items, a.texts)[0])
+    ft = ch08.FineTune(pd.DataFrame(), 4, float("nan"), False, 100, 1.0, None, asked[2:])
+    rf = ch08.Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
+    j = ch08.judged(case, asked, ft, rf)
+    verdicts = {c["claim"]: c for c in j.comparisons}
+    assert set(verdicts) == {"Y-rag-vs-base", "Y-dsf-vs-base", "Y-rag-vs-dsf", "Y-dsf-rag-vs-rag"}  # no RAFT arm
+    for cid in ("Y-dsf-vs-base", "Y-rag-vs-dsf", "Y-dsf-rag-vs-rag"):
+        assert verdicts[cid]["verdict"] == NOT_FIT and verdicts[cid]["unfit"] == ["fitness not measured: no training questions"]
+    # 6 of 8 against 0 of 8, every pair discordant one way: exact McNemar p = 2 x 0.5^6 = 1/32. Holm over
+    # the four held (the not-fit ones count: their p exists); DSF against base (7 of 8: 2 x 0.5^7 = 1/64)
+    # is the smallest, x 4 = 1/16; this one next, x 3 = 3/32
+    assert verdicts["Y-rag-vs-base"]["p"] == pytest.approx(1 / 32)
+    assert verdicts["Y-rag-vs-base"]["p_adjusted"] == pytest.approx(3 / 32)
+    table = ch08.comparisons_table(j)
+    assert (table["questions that would decide"] != "–").sum() == 1  # only the undecided one, not the not-fit
+    pr = SimpleNamespace(table=pd.DataFrame({"per month ($)": [1.0] * 4}, index=[ch08.LABELS[a.arm] for a in asked]))
+    closing = ch08.closing(j, pr, ft, rf)
+    assert closing.loc[ch08.LABELS[ch08.RAFT_RAG], "against base + RAG"] == "skipped: it needs training questions (train_questions_file)"
+    assert closing.loc[ch08.LABELS[ch08.DSF], "fit"] == "no"

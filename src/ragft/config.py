@@ -451,8 +451,9 @@ class YourCaseParams(Answering):
     train_on_documents: bool = param(True, "the fine-tune also trains on your documents' text (each chunk recited), not only on training questions")
     dsf_epochs: list = param([4, 8, 12], "epochs after which the fine-tune is scored on the development questions (one run, constant rate)", bounds=(1, 1_000))
     raft_epochs: int = param(2, "epochs of RAFT training", bounds=(1, 1_000))
-    max_train_tokens: int = param(300_000, "training tokens of both fine-tunes together, at most (about 18 minutes of LoRA on 2 cores of "
-                                  "the faster CPU kind): later checkpoints and epochs are dropped to fit, said before training",
+    max_train_tokens: int = param(300_000, "training tokens of both fine-tunes together (about 18 minutes of LoRA on 2 cores of the "
+                                  "faster CPU kind): later checkpoints and epochs are dropped to fit, said before training; the first "
+                                  "checkpoint and one RAFT epoch always train",
                                   bounds=(1_000, 10**12))
     n_distractors: int = param(2, "distractor chunks beside the oracle in a RAFT training example", bounds=(0, 50))
     p_oracle: float = param(0.8, "share of RAFT training examples that keep the oracle chunk")

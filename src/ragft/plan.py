@@ -337,6 +337,10 @@ def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str,
         c = dict(c)
         if c.get("test") in stats.TESTS:
             c["unfit"] = unfit(c, metrics or {}, plan)
+            if family == CASE and c["unfit"] is None and plan.family_of(c["claim"]) == CASE:
+                # a reader's case is one chapter: a fitness metric it did not record was not measured
+                # (a fine-tune on documents alone, no training question to check it), so not met
+                c["unfit"] = ["fitness not measured: no training questions"]
             raw = stats.decide(c, c["p"], plan.alpha)
             c["verdict"] = raw
         if c["claim"] in adjusted:
@@ -350,11 +354,15 @@ def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str,
 def rejudge(doc: dict, plan: Plan | None = None) -> list[dict]:
     """A results file's comparisons recomputed from its stored outcomes by this plan (each by its id,
     on the conditions it compared; one the plan does not declare is refused); figures rebuilt by
-    arithmetic are kept as they are."""
+    arithmetic are kept as they are. A reader's case (chapter 8) is adjusted as its own family, with
+    its chapter's fitness metrics, as the chapter did."""
     plan = plan or the_plan()
     outcomes = doc.get("outcomes") or {}
-    return [c if c.get("kind") == "computed" else judge(c["claim"], outcomes, c["a"], c["b"], plan).as_dict()
-            for c in doc.get("comparisons") or []]
+    out = [c if c.get("kind") == "computed" else judge(c["claim"], outcomes, c["a"], c["b"], plan).as_dict()
+           for c in doc.get("comparisons") or []]
+    if any(plan.family_of(c["claim"]) == CASE for c in out):  # chapter 8 adjusts its own family, as it ran
+        out = adjust(out, plan, {doc.get("chapter"): doc.get("metrics") or {}}, family=CASE)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

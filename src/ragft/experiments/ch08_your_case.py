@@ -44,10 +44,10 @@ from pathlib import Path
 import pandas as pd
 
 from .. import costs, metrics, raft, rag
-from ..plan import CASE, adjust, the_plan, unfit
+from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
 from ..results import ChapterRun, glue
-from ..stats import NOT_FIT, wilson_interval
+from ..stats import NOT_DECIDED, wilson_interval
 from .common import record_answers, start
 
 CHAPTER = "08_your_case"
@@ -127,16 +127,22 @@ def answer_sources(items: list, corpus, path: str) -> dict[str, str]:
     contains one of its answers. A question whose answers appear in none of its candidate documents
     is refused (the first five named)."""
     by_id = {s.doc_id: s for s in corpus.sources}
-    out, missing = {}, []
+    out, missing, ambiguous = {}, [], []
     for it in items:
         if it.kind == "unanswerable":
             continue
         candidates = [by_id[d] for d in it.gold_doc_ids] or corpus.sources
         holding = [s.doc_id for s in candidates if metrics.contains(s.text, list(it.answers))]
-        if holding:
-            out[it.qid] = holding[0]
-        else:
+        if not holding:
             missing.append(it.qid)
+        elif len(holding) > 1 and not it.gold_doc_ids:  # a guess could put its fact on both sides of the split
+            ambiguous.append(f"{it.qid} ({', '.join(holding[:3])})")
+        else:
+            out[it.qid] = holding[0]
+    if ambiguous:
+        raise CorpusError(f"{Path(path).name}: the answers of {len(ambiguous)} question(s) without a doc_id appear in "
+                          f"more than one document ({'; '.join(ambiguous[:3])}{' ...' if len(ambiguous) > 3 else ''}): "
+                          'name the document that answers each with "doc_id", so the split by document is sure')
     if missing:
         where = "the document its doc_id names" if any(it.gold_doc_ids for it in items) else "any document"
         raise CorpusError(f"{Path(path).name}: the answers of {len(missing)} question(s) appear in no document "
@@ -148,14 +154,14 @@ def answer_sources(items: list, corpus, path: str) -> dict[str, str]:
 def split_by_document(items: list, sources: dict, dev_share: float, seed: int, min_dev: int,
                       min_test: int) -> tuple[list, list, tuple, tuple]:
     """Development and test questions, whole source documents at a time (so no fact of a test question
-    is a development question's): the documents in a seeded order, each to development until it holds
-    dev_share of the questions, the rest to test."""
+    is a development question's): the documents in a seeded order, each to development while it brings
+    the development questions closer to dev_share of them (or below min_dev), the rest to test."""
     docs = sorted({sources[it.qid] for it in items})
     random.Random(seed).shuffle(docs)
     target, dev_docs, n_dev = dev_share * len(items), [], 0
     counts = {d: sum(sources[it.qid] == d for it in items) for d in docs}
     for d in docs[:-1]:  # the last document is always a test document
-        if n_dev >= target:
+        if n_dev >= min_dev and abs(n_dev + counts[d] - target) >= abs(n_dev - target):
             break
         dev_docs.append(d)
         n_dev += counts[d]
@@ -214,8 +220,10 @@ def training_plan(dsf_per_epoch: int, raft_per_epoch: int, dsf_epochs: list, raf
     f = budget / full
     kept = tuple(e for e in dsf_epochs if e <= f * max(dsf_epochs)) or tuple(dsf_epochs[:1])
     raft_kept = max(1, math.floor(f * raft_epochs)) if raft_epochs else 0
+    left = dsf_per_epoch * max(kept) + raft_per_epoch * raft_kept
+    over = f", {left:,} tokens: more than the budget, since the first checkpoint and one RAFT epoch always train" if left > budget else ""
     return kept, raft_kept, (f"max_train_tokens={budget:,} keeps the fine-tune's checkpoints {list(kept)} of {list(dsf_epochs)} "
-                             f"and {raft_kept} of RAFT's {raft_epochs} epochs (the whole plan would train {full:,} tokens)")
+                             f"and {raft_kept} of RAFT's {raft_epochs} epochs (the whole plan would train {full:,} tokens{over})")
 
 
 def estimate(params, inputs: CaseInputs) -> Estimate:
@@ -228,7 +236,8 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
     from ..train.data import tokenize
 
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
-    parts = document_parts(inputs, tok, max(params.chunk_sizes))
+    # at the smallest chunk size (the most parts, each with its prompt): an upper bound whatever size is chosen
+    parts = document_parts(inputs, tok, min(params.chunk_sizes))
     dsf = sum(len(t.input_ids) for t in tokenize(tok, dsf_examples(inputs, parts, params.train_on_documents), 4096))
     # a RAFT example: the question, the oracle and the distractors at the largest chunk size, the quote and answer
     raft_per_epoch = len(inputs.train) * ((params.n_distractors + 1) * max(params.chunk_sizes) + 80)
@@ -426,20 +435,21 @@ def fine_tune(case: Case, idx: Index, choice: RetrievalChoice, epochs: tuple) ->
     cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
     with run.stage("dsf_train"):
         result = train(p.model, examples, cfg, label="case-dsf", snapshots=tuple(epochs))
-    rows, models = [], {}
+    rows, lm = [], None
     with run.stage("dsf_checkpoints"):
         for epoch in epochs:
             folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
-            lm = load_artifact(p.model, folder, cfg, merge=True)
-            trained = ask(lm, inputs.train, None, "closed", p, f"DSF epoch {epoch}, training questions") if inputs.train else None
-            dev = ask(lm, inputs.dev, None, "closed", p, f"DSF epoch {epoch}, development")
+            here = load_artifact(p.model, folder, cfg, merge=True)
+            trained = ask(here, inputs.train, None, "closed", p, f"DSF epoch {epoch}, training questions") if inputs.train else None
+            dev = ask(here, inputs.dev, None, "closed", p, f"DSF epoch {epoch}, development")
             cost = result.metrics["snapshots"][str(epoch)]
             rows.append({"epoch": epoch, "trained_acc": trained.scores["contains"] if trained else float("nan"),
                          "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
-            models[epoch] = lm
+            if lm is None or dev.scores["contains"] > max(r["dev_acc"] for r in rows[:-1]):
+                lm = here  # only the best so far stays loaded (a strict gain: the earliest of equals)
+            del here
     table = pd.DataFrame(rows).set_index("epoch")
-    chosen = int(table.dev_acc.idxmax())  # idxmax: the first (earliest) of equal maxima
-    lm = models[chosen]
+    chosen = int(table.dev_acc.idxmax())  # idxmax: the first (earliest) of equal maxima, the model kept above
     trained_acc = float(table.loc[chosen, "trained_acc"])
     rule = the_plan().fitness["case_dsf"]
     ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, inputs.test)
@@ -487,13 +497,21 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
     p, inputs, run = case.params, case.inputs, case.run
     if not inputs.train:
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
+    from ..train.data import TrainingDataError
+
     chunks = idx.chunks[choice.chunk_size]
     sources = raft_sources(inputs, chunks)
+    if not sources:
+        return Raft(0, float("nan"), False, 0, 0.0, [], skipped=f"no training answer lies whole in one chunk of "
+                    f"{choice.chunk_size} tokens, so no example has an oracle")
     found = retrieve(case, idx, choice.chunk_size, p.n_distractors + 1, [it for it in inputs.train
                                                                         if it.qid in {s.qid for s in sources}])
     negatives = {s.qid: [h.text for h in r] for s, r in zip(sources, found)}
-    records = raft.build_raft(sources, [c.text for c in chunks], p.n_distractors, p.p_oracle, p.seed,
-                              hard_negatives=negatives)
+    try:
+        records = raft.build_raft(sources, [c.text for c in chunks], p.n_distractors, p.p_oracle, p.seed,
+                                  hard_negatives=negatives)
+    except TrainingDataError as e:  # a small corpus: too few chunks without the answer to be distractors
+        return Raft(0, float("nan"), False, 0, 0.0, [], skipped=f"{e} (use fewer n_distractors or a smaller chunk size)")
     cfg = tasks.lora_config(p, epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
     with run.stage("raft_train"):
         result = train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
@@ -541,9 +559,6 @@ def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
         if spec.a in ran and spec.b in ran:
             run.compare(cid)
     run.comparisons = adjust(run.comparisons, metrics={CHAPTER: run.metrics}, family=CASE)
-    for c in run.comparisons:  # a fitness no question measured (a fine-tune on documents alone) is not met
-        if unfit(c, {CHAPTER: run.metrics}) is None:
-            c["unfit"], c["verdict"] = ["fitness not measured: no training questions"], NOT_FIT
     skipped = {DSF: ft.skipped, DSF_RAG: ft.skipped, RAFT_RAG: rf.skipped}
     return Judged(pd.DataFrame(rows).set_index("arm"), list(run.comparisons),
                   {LABELS[k]: v for k, v in skipped.items() if v})
@@ -558,13 +573,13 @@ def comparisons_table(j: Judged) -> pd.DataFrame:
         rows.append({"comparison": f"{a} against {b}", "difference (points)": 100 * c["diff"],
                      "95 % CI": f"[{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]", "p": c["p"],
                      "Holm-adjusted p": c.get("p_adjusted"), "verdict": reading(c),
-                     "questions that would decide": c["n_needed"] if c["verdict"].startswith("not decided") else "–"})
+                     "questions that would decide": c["n_needed"] if c["verdict"] == NOT_DECIDED else "–"})
     return pd.DataFrame(rows).set_index("comparison")
 
 
 def reading(c: dict) -> str:
     """A case comparison's verdict in the reader's words: which arm is better, or why it is not said."""
-    from ..stats import NOT_DECIDED, SUPPORTED
+    from ..stats import SUPPORTED
 
     if c["verdict"] == SUPPORTED:
         return f"{LABELS[c['a']]} better"
