@@ -282,23 +282,18 @@ def setup(params, inputs: CaseInputs) -> Case:
 
 @dataclass
 class Index:
-    stores: dict  # chunk size -> ChunkStore
-    retrievers: dict  # chunk size -> Retriever
+    retrievers: dict  # chunk size -> Retriever (over its ChunkStore)
     chunks: dict  # chunk size -> every chunk (rag.Hit), in id order
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame({"chunk_size": list(self.chunks), "chunks": [len(c) for c in self.chunks.values()]}).set_index("chunk_size")
 
 
 def index(case: Case) -> Index:
-    stores, retrievers, chunks = {}, {}, {}
+    retrievers, chunks = {}, {}
     with case.run.stage("index"):
         for size in case.params.chunk_sizes:
-            stores[size] = case.open_store(size)
-            stores[size].ingest(case.inputs.corpus.sources, keep={s.path for s in case.inputs.corpus.skipped})
-            retrievers[size] = rag.Retriever(stores[size], case.embed_model)
-            chunks[size] = stores[size].all_chunks()
-    return Index(stores, retrievers, chunks)
+            store = case.open_store(size)
+            store.ingest(case.inputs.corpus.sources, keep={s.path for s in case.inputs.corpus.skipped})
+            retrievers[size], chunks[size] = rag.Retriever(store, case.embed_model), store.all_chunks()
+    return Index(retrievers, chunks)
 
 
 def hits(items: list, rankings: list, sources: dict) -> dict[str, int]:
@@ -311,6 +306,7 @@ class RetrievalChoice:
     chunk_size: int
     top_k: int
     dev: pd.DataFrame  # per chunk size and top-k: development hit rate and RAG answer accuracy
+    test_ranked: list  # the test questions' chunks at the choice, retrieved once for every reading arm
     test_hit: float  # the test questions' hit rate at the choice
 
 
@@ -330,9 +326,10 @@ def choose_retrieval(case: Case, idx: Index) -> RetrievalChoice:
     dev = pd.DataFrame(rows)
     best = dev.sort_values(["contains", "top_k", "chunk_size"], ascending=[False, True, True]).iloc[0]
     size, k = int(best.chunk_size), int(best.top_k)
-    test_hits = hits(inputs.test, retrieve(case, idx, size, k, inputs.test), inputs.sources)
+    test_ranked = retrieve(case, idx, size, k, inputs.test)
+    test_hits = hits(inputs.test, test_ranked, inputs.sources)
     case.run.record("case: retrieval hit", test_hits)
-    return RetrievalChoice(size, k, dev.set_index(["chunk_size", "top_k"]), mean(test_hits))
+    return RetrievalChoice(size, k, dev.set_index(["chunk_size", "top_k"]), test_ranked, mean(test_hits))
 
 
 def retrieve(case: Case, idx: Index, size: int, k: int, items: list) -> list:
@@ -370,9 +367,8 @@ def arm(case: Case, lm, name: str, rankings: list | None) -> Asked:
     return asked
 
 
-def base_arms(case: Case, idx: Index, choice: RetrievalChoice) -> list[Asked]:
-    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, case.inputs.test)
-    return [arm(case, case.lm, BASE, None), arm(case, case.lm, RAG, ranked)]
+def base_arms(case: Case, choice: RetrievalChoice) -> list[Asked]:
+    return [arm(case, case.lm, BASE, None), arm(case, case.lm, RAG, choice.test_ranked)]
 
 
 def mean(values) -> float:
@@ -419,7 +415,7 @@ class FineTune:
     skipped: str = ""  # why there is no fine-tune, when there is none
 
 
-def fine_tune(case: Case, idx: Index, choice: RetrievalChoice, epochs: tuple) -> FineTune:
+def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     """LoRA at a constant rate after warm-up on the training questions (and the documents' text),
     snapshots after each of `epochs` (the estimate's, within max_train_tokens) scored closed book on the training questions and the
     development questions; the best development accuracy chooses (ties: the earlier)."""
@@ -452,8 +448,7 @@ def fine_tune(case: Case, idx: Index, choice: RetrievalChoice, epochs: tuple) ->
     chosen = int(table.dev_acc.idxmax())  # idxmax: the first (earliest) of equal maxima, the model kept above
     trained_acc = float(table.loc[chosen, "trained_acc"])
     rule = the_plan().fitness["case_dsf"]
-    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, inputs.test)
-    asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, ranked)]
+    asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, choice.test_ranked)]
     return FineTune(table, chosen, trained_acc, trained_acc >= rule["min"], int(table.loc[chosen, "train_tokens"]),
                     float(table.loc[chosen, "seconds"]), lm, asked)
 
@@ -521,8 +516,7 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
         own = ask(result.lm, items, [[rag.Hit("", "", "", d, 0.0) for d in r.documents] for r in records], "raft", p,
                   "RAFT, its training examples")
     trained_acc = own.scores["contains"]
-    ranked = retrieve(case, idx, choice.chunk_size, choice.top_k, inputs.test)
-    asked = [arm(case, result.lm, RAFT_RAG, ranked)]
+    asked = [arm(case, result.lm, RAFT_RAG, choice.test_ranked)]
     return Raft(len(records), trained_acc, trained_acc >= the_plan().fitness["case_raft"]["min"],
                 int(result.metrics["train_tokens"]), float(result.metrics["train_s"]), asked)
 
@@ -609,7 +603,7 @@ def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, c
     p, run = case.params, case.run
     chunks = idx.chunks[choice.chunk_size]
     corpus_tokens = sum(len(case.lm.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks)
-    dims = case.embed_model.get_sentence_embedding_dimension() if hasattr(case.embed_model, "get_sentence_embedding_dimension") else 384
+    dims = rag.store.bare_encoder(case.embed_model).get_sentence_embedding_dimension()
     shared = dict(queries_per_month=p.queries_per_month, updates_per_month=p.updates_per_month, training=p.training_price,
                   training_life_months=p.training_life_months, reindex_tokens=float(corpus_tokens),
                   writes_per_update=float(len(chunks)), index_gb=len(chunks) * dims * 4 / 1e9)
