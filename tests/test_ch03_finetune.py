@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ragft import config
+from ragft import config, plots
 from ragft.experiments import ch03_finetune as ch03
 from ragft.generation import Generation
 from ragft.results import ChapterRun
@@ -216,7 +216,7 @@ def test_behaviour_table_shows_each_rate_with_its_interval():
                          ).set_index("condition")
     shown = ch03.behaviour_style(table).data
     assert shown.loc["c", "json_valid"] == "50% [15%, 85%]" and "json_valid_low" not in shown
-    fig = ch03.plot_structured(table)
+    fig = plots.structured_output(table)
     assert "n = 4" in fig.axes[0].get_xlabel()
 
 
@@ -370,6 +370,6 @@ def test_the_curve_plot_starts_from_the_base_model():
     table = f.knowledge.table.assign(trained_paraphrase=[0.0, None, None])
     base = ch03.base_point(ch03.Knowledge(table, None, [], 0.0), ch.known)
     assert base == {"trained_acc": 0.0, "heldout_acc": 0.0, "known_acc": 1.0}  # every known question, by construction
-    fig = ch03.plot_curve(f.curve.table, 0.5, f.chosen.exposures, base)
+    fig = plots.knowledge_curve(f.curve.table, 0.5, f.chosen.exposures, ch03.LOOKALIKES + 1, base)
     lines = [l for l in fig.axes[0].get_lines() if l.get_label() == "held-out phrasing"]
     assert list(lines[0].get_xdata()) == [0, *ch.params.curve_exposures]

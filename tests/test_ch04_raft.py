@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT
 
-from ragft import config, raft, settings
+from ragft import config, plots, raft, settings
 from ragft.experiments import ch04_raft as ch04
 from ragft.experiments import common
 from ragft.experiments.common import split_outcomes
@@ -193,39 +193,38 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
 
 
 def measured_chapter(p):
-    """A chapter whose sections have 'run': tables and per-question outcomes of a fake measurement."""
+    """A chapter and what its sections 'returned': tables and per-question outcomes of a fake
+    measurement."""
     ch = chapter(p, facts=[SimpleNamespace(qid=f"f{i}") for i in range(4)],
                  test_items=[item(f"f{i}") for i in range(4)] + [item("u0", (), "unanswerable")],
-                 train_sources=[object(), object()], lm=SimpleNamespace(n_params=lambda: 134_515_008),
-                 fits={"raft": SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0})},
-                 fitness=ch04.RaftFitness(2, 0.5, 0.5, 0.5))
+                 train_sources=[object(), object()], lm=SimpleNamespace(n_params=lambda: 134_515_008))
     names = list(ch04.MAIN.values())
     rows = [{"condition": n, "acc": 0.75, "chance": 0.25, "n": 4, "refusal_auroc": 0.5, "refusal_recall": 0.0,
              "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
              "quote_correct": 0.5 if n.startswith("RAFT") else None,
              "marker_rate": 0.9 if n.startswith("RAFT") else None} for n in names]
-    ch.table = pd.DataFrame(rows).set_index("condition")
-    ch.p_table = pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "acc": 0.5, "contains": 0.5}
-                               for x in p.p_values]).set_index("condition")
-    ch.d_table = pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "acc": 0.5, "contains": 0.5}
-                               for d in p.distractor_counts]).set_index("condition")
-    ch.curve = pd.DataFrame({ch04.BASE_READER: {k: 0.5 for k in p.top_ks}, ch.raft_reader: {k: 0.75 for k in p.top_ks},
-                             ch.least_reader: {k: 0.25 for k in p.top_ks}}).rename_axis("top-k")
-    ch.curve_contains = ch.curve * 0.5
-    ch.curve_tokens = {(r, k): 50.0 * k for r in ch.curve for k in p.top_ks}
+    main = ch04.MainTable(pd.DataFrame(rows).set_index("condition"), "", SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0}),
+                          ch04.RaftFitness(2, 0.5, 0.5, 0.5), {}, {})
+    abl = ch04.Ablations(pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "acc": 0.5, "contains": 0.5}
+                                       for x in p.p_values]).set_index("condition"),
+                         pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "acc": 0.5, "contains": 0.5}
+                                       for d in p.distractor_counts]).set_index("condition"))
+    curve = pd.DataFrame({ch04.BASE_READER: {k: 0.5 for k in p.top_ks}, ch.raft_reader: {k: 0.75 for k in p.top_ks},
+                          ch.least_reader: {k: 0.25 for k in p.top_ks}}).rename_axis("top-k")
+    curves = ch04.Curves(curve, curve * 0.5, {(r, k): 50.0 * k for r in curve for k in p.top_ks})
     ones, zeros = {f"f{i}": 1.0 for i in range(4)}, {f"f{i}": float(i % 2) for i in range(4)}
     for name in names + [ch04.p_outcome(x) for x in p.p_values] + [ch04.d_outcome(d) for d in p.distractor_counts]:
         ch.run.record(name, ones if "RAFT" in name else zeros)
-    for r in ch.curve:
+    for r in curve:
         for k in p.top_ks:
             ch.run.record(ch04.topk_outcome(r, k), ones if r == ch.raft_reader else zeros)
-    return ch
+    return ch, ch04.Findings(main, abl, curves, ch04.Benchmarks())
 
 
 def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
     p = params()
-    ch = measured_chapter(p)
-    m = ch04.headline_metrics(ch)
+    ch, found = measured_chapter(p)
+    m = ch04.headline_metrics(ch, found)
     rules = ch.run.metric_rules
     assert set(m) <= set(rules)
     assert rules["raft_best_p"]["kind"] == "choice"
@@ -250,8 +249,8 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
 
 def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
     p = params()  # smoke: p_values has no P = 1, no benchmark outcomes
-    ch = measured_chapter(p)
-    out = ch04.state_comparisons(ch)
+    ch, found = measured_chapter(p)
+    out = ch04.state_comparisons(ch, found)
     stated = {k: s.comparison.claim for k, s in out.items() if s.comparison is not None}
     assert set(stated) == {"F3-raft-vs-base-rag", "F3-raft-vs-dsf-rag", "F4-cot", "F5-distractors", "F5-topk-robust",
                            "F6-fewer-chunks", "K6-ladder", "K3-rag-vs-ft"} and all(k == v for k, v in stated.items())
@@ -271,23 +270,28 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
     p = config.resolve("04_raft", "cpu")
     assert ch04.not_here(p, ch04.ABLATION_COMPARISONS) and ch04.not_here(p, ch04.TOPK_COMPARISONS)
     assert ch04.not_here(p, ch04.PUBMEDQA_COMPARISONS) and not ch04.not_here(params(), ch04.ABLATION_COMPARISONS)
-    ch = measured_chapter(params())
+    ch, found = measured_chapter(params())
     ch.params = p
-    p_table, d_table = ch04.ablations(ch)  # returns before `fit`: nothing here could train
-    assert p_table.empty and d_table.empty and ch04.top_k_curves(ch).empty and ch.curve_contains.empty
-    ch04.pubmedqa(ch)
-    assert "PubMedQA is not run in the cpu profile" in ch.bench_notes[0]
-    m = ch04.headline_metrics(ch)
+    before = {name: id(value) for name, value in vars(ch).items()}
+    abl = ch04.ablations(ch, found.main)  # returns before `fit`: nothing here could train
+    curves = ch04.top_k_curves(ch, found.main, abl)
+    assert abl.empty and abl.d_table.empty and curves.empty and curves.contains.empty
+    bench = ch04.pubmedqa(ch)
+    assert "PubMedQA is not run in the cpu profile" in bench.notes[0] and not bench.rows
+    assert {name: id(value) for name, value in vars(ch).items()} == before  # each section returns, none writes on ch
+    found = ch04.Findings(found.main, abl, curves, bench)
+    m = ch04.headline_metrics(ch, found)
     assert not {"raft_best_p", "ablation_n", "topk_n", "raft_topk_spread"} & set(m) and "raft_rag_acc" in m
-    out = ch04.state_comparisons(ch)
+    out = ch04.state_comparisons(ch, found)
     for cid in ("F2-best-p", "F5-distractors", "F5-topk-robust", "F6-fewer-chunks", "F3-pubmedqa"):
         assert out[cid].comparison is None and "smoke and gpu profiles measure it" in out[cid].missing, cid
-    said = ch04.sentences(ch, m)
+    said = ch04.sentences(ch, found, m)
     assert said["p_sentence"] == "No P value is trained in this run" and "PubMedQA is not run" in said["pubmedqa_sentence"]
     assert "not measured in this run" in said["f5_spread_sentence"] == said["f6_tokens_sentence"]
     import matplotlib.pyplot as plt
 
-    for fig in (ch04.plot_ablations(ch), ch04.plot_top_k(ch.curve, p)):  # a figure that says why, for the glue key
+    for fig in (plots.raft_ablations(abl.p_table, abl.d_table, abl.why), plots.top_k_curves(curves.curve, curves.why)):
+        # a figure that says why, for the glue key
         assert "Not measured in this run" in " ".join(t.get_text() for t in fig.axes[0].texts)
         plt.close(fig)
 
@@ -301,30 +305,30 @@ def test_a_comparison_whose_raft_arm_missed_its_fitness_is_glued_as_not_fit(monk
 
     glued = {}
     monkeypatch.setattr(results, "glue", lambda key, value: glued.__setitem__(key, value))
-    ch = measured_chapter(params())
-    m = ch04.headline_metrics(ch)
+    ch, found = measured_chapter(params())
+    m = ch04.headline_metrics(ch, found)
     assert m["raft_dev_fitness"] == 0
-    results.glue_findings(m, ch04.state_comparisons(ch).values())
+    results.glue_findings(m, ch04.state_comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] == glued["f3_raft_vs_base_rag_verdict"] == NOT_FIT
     assert glued["f4_cot"].startswith(NOT_FIT + ": RAFT with the quote minus RAFT without it")
     assert glued["k6_ladder_verdict"] != NOT_FIT
     glued.clear()
-    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.state_comparisons(ch).values())
+    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.state_comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] != NOT_FIT
 
 
 def test_f2_is_stated_when_p_one_was_trained():
     p = params(p_values=[0.0, 0.8, 1.0])
-    ch = measured_chapter(p)
-    out = ch04.state_comparisons(ch)
+    ch, found = measured_chapter(p)
+    out = ch04.state_comparisons(ch, found)
     assert out["F2-best-p"].comparison.a == "RAFT P=0.8" and out["F2-best-p"].comparison.b == "RAFT P=1"
     assert [c["claim"] for c in ch.run.comparisons].count("F2-best-p") == 1
 
 
 def test_sentences_describe_without_verdicts():
     p = params()
-    ch = measured_chapter(p)
-    out = ch04.sentences(ch, ch04.headline_metrics(ch))
+    ch, found = measured_chapter(p)
+    out = ch04.sentences(ch, found, ch04.headline_metrics(ch, found))
     assert "the one trained with 0 spans 0 points and the base reader spans 0 points" in out["f5_spread_sentence"]
     assert "no data folder" in out["pubmedqa_sentence"] and "no data folder" in out["hotpotqa_sentence"]
     assert "AUROC 0.50 (base closed)" in out["refusal_sentence"] and "chance" not in out["refusal_sentence"]

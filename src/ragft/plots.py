@@ -145,3 +145,161 @@ def case_arms(scores: pd.DataFrame, n: int, checkpoints: pd.DataFrame | None = N
         ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, str], xlabel: str, title: str,
+                intervals: dict[str, tuple] | None = None):
+    """Two shares per condition as paired horizontal bars (a missing right-hand value draws as 0), with
+    error bars for the columns `intervals` gives as (low, high) sequences, one value per row."""
+    import matplotlib.pyplot as plt
+
+    def err(col):
+        if not intervals or col not in intervals:
+            return None
+        values = table[col].to_numpy(dtype=float)
+        low, high = (np.asarray(b, dtype=float) for b in intervals[col])
+        return np.nan_to_num(np.clip([values - low, high - values], 0, None))
+
+    fig, ax = plt.subplots(figsize=WIDE)
+    y = np.arange(len(table))
+    bars = {"capsize": 2, "error_kw": {"lw": 0.8}}
+    ax.barh(y - 0.2, table[left], 0.4, label=labels[0], xerr=err(left), **bars)
+    ax.barh(y + 0.2, table[right].fillna(0), 0.4, label=labels[1], xerr=err(right), **bars)
+    ax.set_yticks(y, table.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.05), xlabel=xlabel, title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3: fine-tuning
+
+
+def knowledge_curve(curve: pd.DataFrame, rag: float, chosen: int, n_choices: int, base: dict | None = None):
+    """The knowledge curve: accuracy on trained and held-out phrasings (test facts), and on the known
+    real-world questions, against exposures per fact and against training seconds, with base + RAG's
+    accuracy on the same held-out questions as a line, chance (1 of `n_choices`) as another, and the
+    chosen checkpoint marked. `base`: the base model's {trained_acc, heldout_acc, known_acc}, drawn at 0 exposures and
+    0 seconds."""
+    import matplotlib.pyplot as plt
+
+    if base:
+        curve = pd.concat([pd.DataFrame([{"exposures": 0, "seconds": 0.0, **base}]), curve], ignore_index=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, x, label in ((axes[0], "exposures", "exposures per fact (epochs x paraphrases)"),
+                         (axes[1], "seconds", "training seconds (this machine)")):
+        for col, name, style in (("trained_acc", "trained phrasing", "o-"), ("heldout_acc", "held-out phrasing", "s-"),
+                                 ("known_acc", "known real-world facts", "^--")):
+            if curve[col].notna().any():
+                ax.plot(curve[x], curve[col], style, label=name)
+        ax.axhline(rag, color="grey", ls=":", label="base + RAG (held-out)")
+        ax.axhline(1 / n_choices, color="lightgrey", ls="-", lw=0.8, label="chance")
+        ax.axvline(float(curve.loc[curve.exposures == chosen, x].iloc[0]), color="black", lw=0.6, alpha=0.5)
+        ax.set(xlabel=label, ylim=(0, 1.05))
+    axes[0].set(ylabel="gold ranked first", title="Knowledge curve (test facts)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def knowledge_bars(table: pd.DataFrame, n_choices: int):
+    """Held-out and trained-paraphrase accuracy per condition (the gold ranked first of `n_choices`),
+    as paired horizontal bars with 95 % Wilson intervals."""
+    from .stats import wilson_interval
+
+    def wilson(col):
+        bounds = [wilson_interval(v * n, int(n)) if pd.notna(v) else (v, v) for v, n in zip(table[col], table["n"])]
+        return [lo for lo, _ in bounds], [hi for _, hi in bounds]
+
+    return paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),
+                       f"gold ranked first of {n_choices} (chance {1 / n_choices:.0%}; "
+                       f"n = {int(table['n'].iloc[0])}, 95 % intervals)",
+                       "Facts: fine-tuned closed book against RAG",
+                       intervals={c: wilson(c) for c in ("held_out", "trained_paraphrase")})
+
+
+def structured_output(table: pd.DataFrame):
+    """Valid JSON, exact schema and fields right per condition, with 95 % intervals."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(table) + 1.2))
+    y = np.arange(len(table))
+    for i, (col, label) in enumerate([("json_valid", "valid JSON"), ("schema_adherence", "exact schema"),
+                                      ("fields_correct", "fields right")]):
+        err = None
+        if f"{col}_low" in table:
+            err = np.clip([table[col] - table[f"{col}_low"], table[f"{col}_high"] - table[col]], 0, None)
+        ax.barh(y + (i - 1) * 0.27, table[col], 0.27, label=label, xerr=err, capsize=2, error_kw={"lw": 0.8})
+    ax.set_yticks(y, table.index, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.05), xlabel=f"share of test products (n = {int(table['n'].iloc[0])}, 95 % intervals)",
+           title="Structured output: prompting, a grammar and fine-tuning")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 4: RAFT
+
+
+def raft_table(table: pd.DataFrame):
+    """Candidate accuracy (with its 95 % Wilson interval) and refusal AUROC per approach."""
+    return paired_bars(table, "acc", "refusal_auroc",
+                       ("gold ranked first among the candidates", "refusal AUROC (0.5: no signal)"),
+                       f"share / area (n = {int(table['n'].max())} questions, 95 % intervals)",
+                       "Knowledge-base questions, every approach",
+                       intervals={"acc": (table["acc_lo"], table["acc_hi"])})
+
+
+def raft_ablations(p_table: pd.DataFrame, d_table: pd.DataFrame, why: str = ""):
+    """F2 (accuracy and quote correctness against the oracle share P) beside F5 (accuracy per count of
+    training distractors), with 95 % Wilson intervals; `why` they were not measured, where they were not."""
+    import matplotlib.pyplot as plt
+
+    if p_table.empty:
+        return not_measured("F2, F5: the ablations", why)
+    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), sharey=True)
+    err = lambda t: [t.acc - t.acc_lo, t.acc_hi - t.acc]  # noqa: E731  (95 % Wilson)
+    axes[0].errorbar(p_table.p_oracle, p_table.acc, yerr=err(p_table), fmt="o-", capsize=3, label="gold ranked first")
+    axes[0].plot(p_table.p_oracle, p_table.quote_correct, "s--", label="quote correct")
+    axes[0].set(xlabel="P, share of examples with the oracle", ylabel="share of test questions", ylim=(0, 1),
+                title="F2: oracle share")
+    axes[0].legend(fontsize=8)
+    axes[1].bar(d_table.n_distractors.astype(int).astype(str), d_table.acc, yerr=err(d_table), capsize=3)
+    axes[1].set(xlabel="distractors per training example", title="Distractors in training")
+    return fig
+
+
+def top_k_curves(curve: pd.DataFrame, why: str = ""):
+    """Each reader's gold ranked first against the test-time top-k (F5, F6); `why` they were not
+    measured, where the curve is empty."""
+    import matplotlib.pyplot as plt
+
+    if curve.empty:
+        return not_measured("F5, F6: documents at test time", why)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name in curve:
+        ax.plot(curve.index, curve[name], "o-", label=name)
+    ax.set(xticks=list(curve.index), xlabel="retrieved chunks in the prompt (top-k)", ylabel="gold ranked first",
+           ylim=(0, 1), title="F5, F6: accuracy against documents at test time")
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5: freshness
+
+
+def changed_facts(table: pd.DataFrame):
+    """Accuracy on the changed facts before and after the change, per approach, with 95 % intervals:
+    `table` is indexed by (approach, set, world) with acc, acc_lo, acc_hi and n."""
+    changed = table.xs("changed", level="set")
+    wide = changed["acc"].unstack("world")
+    low, high = changed["acc_lo"].unstack("world"), changed["acc_hi"].unstack("world")
+    wide = wide.reindex(columns=["v1", "v2"])
+    return paired_bars(wide, "v1", "v2", ("before the change (v1 truth)", "after (v2 truth)"),
+                       f"gold ranked first on the changed facts (n = {int(changed['n'].max())}, 95 % intervals)",
+                       "Changed facts, before and after the change",
+                       intervals={"v1": (low["v1"].reindex(wide.index), high["v1"].reindex(wide.index)),
+                                  "v2": (low["v2"].reindex(wide.index), high["v2"].reindex(wide.index))})

@@ -87,29 +87,3 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict", "bound",
                "vs stated effect", "units to detect the smallest effect"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
-
-
-def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, str], xlabel: str, title: str,
-                intervals: dict[str, tuple] | None = None):
-    """Two shares per condition as paired horizontal bars (a missing right-hand value draws as 0), with
-    error bars for the columns `intervals` gives as (low, high) sequences, one value per row."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    def err(col):
-        if not intervals or col not in intervals:
-            return None
-        values = table[col].to_numpy(dtype=float)
-        low, high = (np.asarray(b, dtype=float) for b in intervals[col])
-        return np.nan_to_num(np.clip([values - low, high - values], 0, None))
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    y = np.arange(len(table))
-    bars = {"capsize": 2, "error_kw": {"lw": 0.8}}
-    ax.barh(y - 0.2, table[left], 0.4, label=labels[0], xerr=err(left), **bars)
-    ax.barh(y + 0.2, table[right].fillna(0), 0.4, label=labels[1], xerr=err(right), **bars)
-    ax.set_yticks(y, table.index, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1.05), xlabel=xlabel, title=title)
-    ax.legend(fontsize=8, loc="lower right")
-    return fig

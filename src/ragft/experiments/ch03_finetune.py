@@ -613,22 +613,6 @@ def knowledge_style(table: pd.DataFrame):
                                "exposures": "{:.0f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
-def plot_knowledge(table: pd.DataFrame):
-    """Held-out and trained-paraphrase accuracy per condition, as paired horizontal bars with 95 %
-    Wilson intervals."""
-    from ..stats import wilson_interval
-
-    def wilson(col):
-        bounds = [wilson_interval(v * n, int(n)) if pd.notna(v) else (v, v) for v, n in zip(table[col], table["n"])]
-        return [lo for lo, _ in bounds], [hi for _, hi in bounds]
-
-    return report.paired_bars(table, "held_out", "trained_paraphrase", ("held-out paraphrase", "trained paraphrase"),
-                              f"gold ranked first of {LOOKALIKES + 1} (chance {1 / (LOOKALIKES + 1):.0%}; "
-                              f"n = {int(table['n'].iloc[0])}, 95 % intervals)",
-                              "Facts: fine-tuned closed book against RAG",
-                              intervals={c: wilson(c) for c in ("held_out", "trained_paraphrase")})
-
-
 def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
     """Per-question JSON validity, exact-schema adherence (1 or 0) and share of fields right."""
     if len(questions) != len(gen.texts):
@@ -727,27 +711,6 @@ def behaviour_style(table: pd.DataFrame):
                              zip(table[column], table[f"{column}_low"], table[f"{column}_high"])]
     return shown.style.format({"prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
                                "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s"}, na_rep="-")
-
-
-def plot_structured(table: pd.DataFrame):
-    """Valid JSON, exact schema and fields right per condition, with 95 % intervals."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(table) + 1.2))
-    y = np.arange(len(table))
-    for i, (col, label) in enumerate([("json_valid", "valid JSON"), ("schema_adherence", "exact schema"),
-                                      ("fields_correct", "fields right")]):
-        err = None
-        if f"{col}_low" in table:
-            err = np.clip([table[col] - table[f"{col}_low"], table[f"{col}_high"] - table[col]], 0, None)
-        ax.barh(y + (i - 1) * 0.27, table[col], 0.27, label=label, xerr=err, capsize=2, error_kw={"lw": 0.8})
-    ax.set_yticks(y, table.index, fontsize=8)
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1.05), xlabel=f"share of test products (n = {int(table['n'].iloc[0])}, 95 % intervals)",
-           title="Structured output: prompting, a grammar and fine-tuning")
-    ax.legend(fontsize=8, loc="lower right")
-    return fig
 
 
 def output_examples(behaviour: Behaviour, n: int = 3) -> pd.DataFrame:
@@ -1223,29 +1186,3 @@ def save(ch: Chapter, f: Findings):
                       generated_answers=f.answers.to_dict("records") if f.answers is not None else [],
                       curve_run=f.curve.train, train_runs=f.methods.runs)
     return run.save(lm=ch.lm)
-
-
-def plot_curve(curve: pd.DataFrame, rag: float, chosen: int, base: dict | None = None):
-    """The knowledge curve: accuracy on trained and held-out phrasings (test facts), and on the known
-    real-world questions, against exposures per fact and against training seconds, with base + RAG's
-    accuracy on the same held-out questions as a line and the chosen checkpoint marked. `base`: the
-    base model's {trained_acc, heldout_acc, known_acc}, drawn at 0 exposures and 0 seconds."""
-    import matplotlib.pyplot as plt
-
-    if base:
-        curve = pd.concat([pd.DataFrame([{"exposures": 0, "seconds": 0.0, **base}]), curve], ignore_index=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    for ax, x, label in ((axes[0], "exposures", "exposures per fact (epochs x paraphrases)"),
-                         (axes[1], "seconds", "training seconds (this machine)")):
-        for col, name, style in (("trained_acc", "trained phrasing", "o-"), ("heldout_acc", "held-out phrasing", "s-"),
-                                 ("known_acc", "known real-world facts", "^--")):
-            if curve[col].notna().any():
-                ax.plot(curve[x], curve[col], style, label=name)
-        ax.axhline(rag, color="grey", ls=":", label="base + RAG (held-out)")
-        ax.axhline(1 / (LOOKALIKES + 1), color="lightgrey", ls="-", lw=0.8, label="chance")
-        ax.axvline(float(curve.loc[curve.exposures == chosen, x].iloc[0]), color="black", lw=0.6, alpha=0.5)
-        ax.set(xlabel=label, ylim=(0, 1.05))
-    axes[0].set(ylabel="gold ranked first", title="Knowledge curve (test facts)")
-    axes[1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig

@@ -81,8 +81,9 @@ BENCH_METRICS = [("PubMedQA", "RAFT + RAG", "acc", "pubmedqa_raft_acc"), ("PubMe
 
 @dataclass
 class Chapter:
-    """The chapter's state: parameters, results file, models, the index, the questions, RAFT's
-    training sources, and what each section measured."""
+    """The chapter's set-up: parameters, results file, models, the index, the questions and RAFT's
+    training sources. What each section measures is its own return value (`MainTable`, `Ablations`,
+    `Curves`, `Benchmarks`), handed on explicitly."""
 
     params: object
     dsf_params: object  # chapter 3's parameters for the same profile and model: the DSF rows are its fine-tune
@@ -102,22 +103,7 @@ class Chapter:
     main_records: list
     jsonl: Path
     dev: "DevQuestions"  # RAFT's development questions: its fitness is measured there, never on a test fact
-    dsf_source: str = ""  # the visible line that says where the DSF model came from
     facts_source: str = ""  # where the test facts came from
-    fits: dict = field(default_factory=dict)  # "raft" and distractor counts -> TrainResult
-    fitness: "RaftFitness | None" = None  # the main RAFT model's, on the development questions
-    gens: dict = field(default_factory=dict)  # outcome name -> Generation (a quoting reader's: all its items)
-    scored: dict = field(default_factory=dict)  # outcome name -> Scored (candidate log-likelihoods)
-    table: pd.DataFrame | None = None
-    p_table: pd.DataFrame | None = None
-    d_table: pd.DataFrame | None = None
-    curve: pd.DataFrame | None = None
-    curve_contains: pd.DataFrame | None = None  # generated answers with the gold, per reader and top-k
-    curve_tokens: dict = field(default_factory=dict)  # (reader, k) -> mean prompt tokens
-    bench_rows: list = field(default_factory=list)
-    bench_notes: list = field(default_factory=list)
-    pubmedqa_gold: list = field(default_factory=list)  # the test labels, for macro-F1's drift tolerance
-    hotpotqa_available: int = 0  # HotpotQA test questions the data folder holds after the train split
 
     @property
     def k(self) -> int:
@@ -203,7 +189,7 @@ def setup(params) -> Chapter:
         hard = {s.qid: [h.text for h in row] for s, row in zip(train_sources, hits)}
     ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
                  oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
-    ch.main_records = raft_data(ch)
+    ch.main_records = raft_data(ch)  # the main variant's training data, written once for the reader to see
     ch.jsonl = raft.save_jsonl(ch.main_records, settings.run_dir() / "raft" / "kb_train.jsonl")
     return ch
 
@@ -391,7 +377,6 @@ def read(ch: Chapter, model_lm, style: str, k: int, name: str, idx: list[int] | 
     a quoting reader ("raft") first generates its reasoning on the same items (returned, else None)."""
     sc, gen = rank(ch, model_lm, style, k, idx, name)
     ch.run.record(name, sc.outcomes)
-    ch.scored[name] = sc
     return sc, gen
 
 
@@ -413,7 +398,19 @@ def dsf_model(ch: Chapter):
 # Every approach on the same questions
 
 
-def main_table(ch: Chapter) -> pd.DataFrame:
+@dataclass
+class MainTable:
+    """The main table's six readers at top-k = rag_top_k, and what later sections reuse of them."""
+
+    table: pd.DataFrame  # one row per reader (TABLE_COLUMNS)
+    dsf_source: str  # the visible line that says where the DSF model came from
+    raft: object  # the main RAFT variant's TrainResult: its merged model reads in the ablations and curves
+    fitness: RaftFitness  # the main RAFT model's, on the development questions
+    scored: dict  # outcome name -> Scored (candidate log-likelihoods on every test item)
+    gens: dict  # outcome name -> Generation of a quoting reader, on every test item
+
+
+def main_table(ch: Chapter) -> MainTable:
     """The six rows at top-k = rag_top_k: candidate log-likelihood on every test item (accuracy,
     refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
     recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
@@ -421,12 +418,14 @@ def main_table(ch: Chapter) -> pd.DataFrame:
     from ..train.measure import release_memory
 
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
+    scored, gens = {}, {}
 
     def add(key, label, model_lm, style, k_read, quoting=False, **extra):
         name = MAIN[key]
         sc, full = read(ch, model_lm, style, k_read, name)
+        scored[name] = sc
         if full is not None:  # a quoting reader: its replies to every item, the subset's for the format view
-            ch.gens[name] = full
+            gens[name] = full
             extra["marker_rate"] = marker_rate(full)
         gen = full.subset(sub) if full is not None else ask(ch, model_lm, style, k_read, name + GENERATED, sub)
         rows.append({**score(ch, label, name + GENERATED, gen, sub, quoting=quoting, **extra), **sc.row()})
@@ -434,27 +433,25 @@ def main_table(ch: Chapter) -> pd.DataFrame:
     with run.stage("table"):
         add("base_closed", "base, closed book", ch.lm, "closed", 0)
         add("base_rag", f"base + RAG (top-{k})", ch.lm, "rag", k)
-        dsf_lm, ch.dsf_source = dsf_model(ch)
-        print(ch.dsf_source)
+        dsf_lm, dsf_source = dsf_model(ch)
+        print(dsf_source)
         add("dsf", "DSF, closed book", dsf_lm, "closed", 0)
         add("dsf_rag", f"DSF + RAG (top-{k})", dsf_lm, "rag", k)
         del dsf_lm
         release_memory()
-        ch.fits["raft"] = fit(ch, ch.main_records, "raft-kb")
-        run.artifacts["raft_adapter"] = str(ch.fits["raft"].artifact)  # the freshness chapter reads it
+        main = fit(ch, ch.main_records, "raft-kb")
+        run.artifacts["raft_adapter"] = str(main.artifact)  # the freshness chapter reads it
     with run.stage("raft_fitness"):
-        ch.fitness = raft_fitness(ch, ch.fits["raft"].lm)
+        fitness = raft_fitness(ch, main.lm)
     with run.stage("table"):
-        add("raft_rag", f"RAFT + RAG (top-{k})", ch.fits["raft"].lm, "raft", k, quoting=True,
-            train_s=ch.fits["raft"].metrics["train_s"])
+        add("raft_rag", f"RAFT + RAG (top-{k})", main.lm, "raft", k, quoting=True, train_s=main.metrics["train_s"])
         nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
         # it answers without quoting: a quote-correct rate would be 0 by construction, so it has none
         add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", nocot.lm, "raft-nocot", k,
             train_s=nocot.metrics["train_s"])
         del nocot
         release_memory()
-    ch.table = pd.DataFrame(rows).set_index("condition")
-    return ch.table
+    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens)
 
 
 TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
@@ -471,15 +468,6 @@ def table_style(table: pd.DataFrame):
     return table[cols].style.format({**pct, "refusal_auroc": "{:.2f}", "f1": "{:.2f}", "prompt_tokens": "{:.0f}",
                                      "completion_tokens": "{:.1f}", "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s",
                                      "n": "{:.0f}"}, na_rep="-")
-
-
-def plot_table(table: pd.DataFrame):
-    """Candidate accuracy (with its 95 % Wilson interval) and refusal AUROC per approach."""
-    return report.paired_bars(table, "acc", "refusal_auroc",
-                              ("gold ranked first among the candidates", "refusal AUROC (0.5: no signal)"),
-                              f"share / area (n = {int(table['n'].max())} questions, 95 % intervals)",
-                              "Knowledge-base questions, every approach",
-                              intervals={"acc": (table["acc_lo"], table["acc_hi"])})
 
 
 def paper_table() -> pd.DataFrame:
@@ -515,30 +503,45 @@ def elsewhere_label(comparison_id: str) -> str:
     return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
 
 
-def ablations(ch: Chapter) -> tuple[pd.DataFrame, pd.DataFrame]:
+@dataclass
+class Ablations:
+    """RAFT trained at every P and every distractor count (F2, F5), or why this profile does not."""
+
+    p_table: pd.DataFrame  # one row per P (p_values)
+    d_table: pd.DataFrame  # one row per training distractor count (distractor_counts)
+    fits: dict = field(default_factory=dict)  # distractor count -> TrainResult (the main variant's at its own)
+    scored: dict = field(default_factory=dict)  # outcome name -> Scored, on `Chapter.ablation_facts`
+    gens: dict = field(default_factory=dict)  # outcome name -> Generation, on the same facts
+    why: str = ""  # where the profile leaves them (`not_here`), "" when it runs them
+
+    @property
+    def empty(self) -> bool:
+        return self.p_table.empty
+
+
+def ablations(ch: Chapter, main: MainTable) -> Ablations:
     """RAFT trained at every P of p_values and every count of distractor_counts, asked the fact
     questions at the main table's top-k (generated, then scored after its reasoning); the main
-    variant's replies and scores are reused, not recomputed. Empty tables where the profile does not
-    run them (`not_here`)."""
+    variant's replies and scores (`main`) are reused, not recomputed. Empty tables where the profile
+    does not run them (`not_here`)."""
     from ..train.measure import release_memory
 
     p, k, idx = ch.params, ch.k, ch.ablation_facts
     why = not_here(p, ABLATION_COMPARISONS)
     if why:
         print(f"The ablations are not run in the {p.profile} profile: {why}.")
-        ch.p_table, ch.d_table = pd.DataFrame(), pd.DataFrame()
-        return ch.p_table, ch.d_table
-    main = MAIN["raft_rag"]
+        return Ablations(pd.DataFrame(), pd.DataFrame(), why=why)
+    main_name = MAIN["raft_rag"]
+    out = Ablations(pd.DataFrame(), pd.DataFrame())
     p_rows, d_rows = [], []
 
     def variant(outcome, model_lm):
         if model_lm is None:  # the main variant, on the ablations' facts
-            sc, gen = ch.scored[main].only(ch.ablation_qids), ch.gens[main].subset(idx)
+            sc, gen = main.scored[main_name].only(ch.ablation_qids), main.gens[main_name].subset(idx)
             ch.run.record(outcome, sc.outcomes)
-            ch.scored[outcome] = sc
         else:
             sc, gen = read(ch, model_lm, "raft", k, outcome, idx)
-        ch.gens[outcome] = gen
+        out.scored[outcome], out.gens[outcome] = sc, gen
         return sc, gen
 
     with ch.run.stage("ablations"):
@@ -550,13 +553,13 @@ def ablations(ch: Chapter) -> tuple[pd.DataFrame, pd.DataFrame]:
             del result
             release_memory()
         for d in p.distractor_counts:
-            ch.fits[d] = ch.fits["raft"] if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
-            sc, gen = variant(d_outcome(d), None if d == p.n_distractors else ch.fits[d].lm)
+            out.fits[d] = main.raft if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
+            sc, gen = variant(d_outcome(d), None if d == p.n_distractors else out.fits[d].lm)
             d_rows.append({**score(ch, f"{d} distractors", d_outcome(d) + GENERATED, gen, idx, quoting=True,
                                    n_distractors=d, marker_rate=marker_rate(gen)), **sc.row()})
-    ch.p_table = pd.DataFrame(p_rows).set_index("condition")
-    ch.d_table = pd.DataFrame(d_rows).set_index("condition")
-    return ch.p_table, ch.d_table
+    out.p_table = pd.DataFrame(p_rows).set_index("condition")
+    out.d_table = pd.DataFrame(d_rows).set_index("condition")
+    return out
 
 
 def best_p(p_table: pd.DataFrame) -> float:
@@ -565,32 +568,12 @@ def best_p(p_table: pd.DataFrame) -> float:
     return float(p_table.sort_values(["acc", "p_oracle"], ascending=[False, False]).p_oracle.iloc[0])
 
 
-def ablation_style(ch: Chapter):
-    if ch.p_table.empty:
+def ablation_style(abl: Ablations):
+    if abl.empty:
         return None  # `ablations` printed why
     cols = ["n", "acc", "acc_lo", "acc_hi", "contains", "quote_correct", "marker_rate", "prompt_tokens"]
-    return pd.concat([ch.p_table, ch.d_table])[cols].style.format(
+    return pd.concat([abl.p_table, abl.d_table])[cols].style.format(
         {"n": "{:.0f}", "prompt_tokens": "{:.0f}"} | {c: "{:.0%}" for c in cols[1:-1]})
-
-
-def plot_ablations(ch: Chapter):
-    import matplotlib.pyplot as plt
-
-    from .. import plots
-
-    p_table, d_table = ch.p_table, ch.d_table
-    if p_table.empty:
-        return plots.not_measured("F2, F5: the ablations", not_here(ch.params, ABLATION_COMPARISONS))
-    fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.8), sharey=True)
-    err = lambda t: [t.acc - t.acc_lo, t.acc_hi - t.acc]  # noqa: E731  (95 % Wilson)
-    axes[0].errorbar(p_table.p_oracle, p_table.acc, yerr=err(p_table), fmt="o-", capsize=3, label="gold ranked first")
-    axes[0].plot(p_table.p_oracle, p_table.quote_correct, "s--", label="quote correct")
-    axes[0].set(xlabel="P, share of examples with the oracle", ylabel="share of test questions", ylim=(0, 1),
-                title="F2: oracle share")
-    axes[0].legend(fontsize=8)
-    axes[1].bar(d_table.n_distractors.astype(int).astype(str), d_table.acc, yerr=err(d_table), capsize=3)
-    axes[1].set(xlabel="distractors per training example", title="Distractors in training")
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,7 +584,22 @@ def topk_outcome(reader: str, k: int) -> str:
     return f"{reader}, top-{k}"
 
 
-def top_k_curves(ch: Chapter) -> pd.DataFrame:
+@dataclass
+class Curves:
+    """Each reader's share of gold answers ranked first at every test-time top-k (F5, F6), or why this
+    profile does not measure them."""
+
+    curve: pd.DataFrame  # top-k x reader: gold ranked first
+    contains: pd.DataFrame  # top-k x reader: generated answers that contain the gold
+    tokens: dict = field(default_factory=dict)  # (reader, top-k) -> mean prompt tokens
+    why: str = ""  # where the profile leaves them (`not_here`), "" when it runs them
+
+    @property
+    def empty(self) -> bool:
+        return self.curve.empty
+
+
+def top_k_curves(ch: Chapter, main: MainTable, abl: Ablations) -> Curves:
     """Gold ranked first at every test-time top-k for the base reader and RAFT, and at the main
     table's and the largest top-k for the fewest-distractor RAFT (when trained), on `ablation_facts` only (the unanswerable ones would add prefill and
     no point); generated answers beside them (the RAFT readers' on the same questions, the base
@@ -610,52 +608,33 @@ def top_k_curves(ch: Chapter) -> pd.DataFrame:
     why = not_here(p, TOPK_COMPARISONS)
     if why:
         print(f"The top-k curves are not run in the {p.profile} profile: {why}.")
-        ch.curve, ch.curve_contains = pd.DataFrame(), pd.DataFrame()
-        return ch.curve
-    readers = {BASE_READER: (ch.lm, "rag", MAIN["base_rag"]), ch.raft_reader: (ch.fits["raft"].lm, "raft", MAIN["raft_rag"])}
+        return Curves(pd.DataFrame(), pd.DataFrame(), why=why)
+    readers = {BASE_READER: (ch.lm, "rag", MAIN["base_rag"]), ch.raft_reader: (main.raft.lm, "raft", MAIN["raft_rag"])}
     if ch.least_distractors != p.n_distractors:
-        readers[ch.least_reader] = (ch.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
-    curves, contains = {}, {}
+        readers[ch.least_reader] = (abl.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
+    scored, gens = {**main.scored, **abl.scored}, {**main.gens, **abl.gens}
+    curves, contains, tokens = {}, {}, {}
     with ch.run.stage("top_k"):
         for name, (model_lm, style, at_k) in readers.items():
             # the fewest-distractor reader only where a claim reads it (F5 at the largest top-k)
             for kk in p.top_ks if name != ch.least_reader else sorted({k, max(p.top_ks)}):
                 outcome = topk_outcome(name, kk)
                 if kk == k:  # measured already: the same scores, on the curves' facts, under the curve's name
-                    sc = ch.scored[at_k].only(ch.ablation_qids)
+                    sc = scored[at_k].only(ch.ablation_qids)
                     ch.run.record(outcome, sc.outcomes)
                 else:
                     sc, gen = read(ch, model_lm, style, kk, outcome, idx)
                 if style != "raft":  # the base reader in words, on the generated subset
-                    said = (ch.table.loc[f"base + RAG (top-{k})", "contains"] if kk == k else
+                    said = (main.table.loc[f"base + RAG (top-{k})", "contains"] if kk == k else
                             score(ch, name, outcome + GENERATED, ask(ch, model_lm, style, kk, outcome, sub), sub)["contains"])
                 else:  # a quoting reader's replies on the fact questions, generated for its scoring
                     if kk == k:
-                        gen = ch.gens[at_k].subset(idx) if at_k == MAIN["raft_rag"] else ch.gens[at_k]
+                        gen = gens[at_k].subset(idx) if at_k == MAIN["raft_rag"] else gens[at_k]
                     said = score(ch, name, outcome + GENERATED, gen, idx)["contains"]
                 contains.setdefault(name, {})[kk] = said
                 curves.setdefault(name, {})[kk] = sc.acc
-                ch.curve_tokens[name, kk] = sc.prompt_tokens
-    ch.curve = pd.DataFrame(curves).rename_axis("top-k")
-    ch.curve_contains = pd.DataFrame(contains).rename_axis("top-k")
-    return ch.curve
-
-
-def plot_top_k(curve: pd.DataFrame, params=None):
-    """The top-k curves; where `params`' profile does not run them (an empty curve), why."""
-    import matplotlib.pyplot as plt
-
-    from .. import plots
-
-    if curve.empty:
-        return plots.not_measured("F5, F6: documents at test time", not_here(params, TOPK_COMPARISONS) if params else "")
-    fig, ax = plt.subplots(figsize=(6, 3))
-    for name in curve:
-        ax.plot(curve.index, curve[name], "o-", label=name)
-    ax.set(xticks=list(curve.index), xlabel="retrieved chunks in the prompt (top-k)", ylabel="gold ranked first",
-           ylim=(0, 1), title="F5, F6: accuracy against documents at test time")
-    ax.legend(fontsize=8)
-    return fig
+                tokens[name, kk] = sc.prompt_tokens
+    return Curves(pd.DataFrame(curves).rename_axis("top-k"), pd.DataFrame(contains).rename_axis("top-k"), tokens)
 
 
 def base_best_k(curve: pd.DataFrame) -> int:
@@ -720,7 +699,25 @@ def _bench_limit(ch: Chapter, style: str) -> int:
     return ch.params.bench_max_new_tokens if style == "raft" else ch.params.max_new_tokens
 
 
-def pubmedqa(ch: Chapter) -> None:
+@dataclass
+class Benchmarks:
+    """The benchmark rows (PubMedQA, HotpotQA), and a note for each benchmark this run left out."""
+
+    rows: list = field(default_factory=list)  # one dict per benchmark and reader
+    notes: list = field(default_factory=list)
+    pubmedqa_gold: list = field(default_factory=list)  # the test labels, for macro-F1's drift tolerance
+    hotpotqa_available: int = 0  # HotpotQA test questions the data folder holds after the train split
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def value(self, benchmark: str, condition: str, column: str) -> float:
+        return next((r[column] for r in self.rows if r["benchmark"] == benchmark and r["condition"] == condition),
+                    float("nan"))
+
+
+def pubmedqa(ch: Chapter) -> Benchmarks:
     """PubMedQA rows: each reader's label of highest log-likelihood among yes / no / maybe, after a
     question that names them (RAFT: after its own generated quote and the final-answer marker);
     accuracy and macro-F1 beside the majority label, each reader recorded per item as
@@ -733,23 +730,22 @@ def pubmedqa(ch: Chapter) -> None:
     p = ch.params
     why = not_here(p, PUBMEDQA_COMPARISONS)
     if why:
-        ch.bench_notes.append(f"PubMedQA is not run in the {p.profile} profile: {why}")
-        return
+        return Benchmarks(notes=[f"PubMedQA is not run in the {p.profile} profile: {why}"])
     try:
         pub = raft.one_document(benchmarks.load_pubmedqa(p.data_dir or None))
     except benchmarks.DataUnavailable as e:
-        ch.bench_notes.append(f"PubMedQA is not in this run: {e}")
-        return
+        return Benchmarks(notes=[f"PubMedQA is not in this run: {e}"])
     pub = [replace(it, question=pubmedqa_question(it.question)) for it in pub]
     test, train_items = _pick(ch, pub, "test", p.pubmedqa_test), _pick(ch, pub, "train", p.bench_train)
-    gold = ch.pubmedqa_gold = [it.answers[0] for it in test]
+    gold = [it.answers[0] for it in test]
+    out = Benchmarks(pubmedqa_gold=gold)
     majority = pd.Series([it.answers[0] for it in pub if it.split == "train"]).mode()[0]
     retriever = _bench_store(ch, "pubmedqa", test + train_items, p.pubmedqa_chunk_size)
     docs = [[h.text for h in hits] for hits in retriever.dense([it.question for it in test], p.pubmedqa_top_k)]
     train_chunks = retriever.store.all_chunks(where={"doc_id": {"$in": [it.passages[0].pid for it in train_items]}})
     ch.run.record("PubMedQA majority class", {it.qid: float(majority == it.answers[0]) for it in test})
-    ch.bench_rows.append({"benchmark": "PubMedQA", "condition": "majority class", "n": len(gold),
-                          **raft.label_scores([majority] * len(gold), gold)})
+    out.rows.append({"benchmark": "PubMedQA", "condition": "majority class", "n": len(gold),
+                     **raft.label_scores([majority] * len(gold), gold)})
     readers = _bench_readers(ch, "pubmedqa", train_items, raft.chunk_sources(train_items, train_chunks),
                              [c.text for c in train_chunks], None)
     questions, labels = [it.question for it in test], [list(PUBMEDQA_LABELS)] * len(test)
@@ -759,15 +755,16 @@ def pubmedqa(ch: Chapter) -> None:
         gen, r = raft.read(model_lm, questions, read_docs, style, labels, gold_idx, p.bench_max_new_tokens,
                            p.batch_size, f"PubMedQA {name}")
         ch.run.record(f"PubMedQA {name}", r.outcomes([it.qid for it in test]))
-        ch.bench_rows.append({"benchmark": "PubMedQA", "condition": name, "n": len(gold),
-                              **raft.label_scores(raft.predicted_labels(r, PUBMEDQA_LABELS), gold),
-                              "chance": r.chance, "prompt_tokens": sum(r.prompt_tokens) / len(test),
-                              **({"marker_rate": marker_rate(gen)} if gen else {})})
+        out.rows.append({"benchmark": "PubMedQA", "condition": name, "n": len(gold),
+                         **raft.label_scores(raft.predicted_labels(r, PUBMEDQA_LABELS), gold),
+                         "chance": r.chance, "prompt_tokens": sum(r.prompt_tokens) / len(test),
+                         **({"marker_rate": marker_rate(gen)} if gen else {})})
     del readers
     release_memory()
+    return out
 
 
-def hotpotqa(ch: Chapter) -> None:
+def hotpotqa(ch: Chapter) -> Benchmarks:
     """HotpotQA rows (answer EM and F1, with a bootstrap interval on F1), each reader recorded per
     item as "HotpotQA <reader>" (F1); a note instead when the data is not there."""
     from ..corpus import benchmarks
@@ -778,10 +775,9 @@ def hotpotqa(ch: Chapter) -> None:
     try:
         hot = benchmarks.load_hotpotqa(p.data_dir or None)
     except benchmarks.DataUnavailable as e:
-        ch.bench_notes.append(f"HotpotQA is not in this run: {e}")
-        return
+        return Benchmarks(notes=[f"HotpotQA is not in this run: {e}"])
     test, train_items = _pick(ch, hot, "test", p.bench_test), _pick(ch, hot, "train", p.bench_train)
-    ch.hotpotqa_available = sum(it.split == "test" for it in hot)
+    out = Benchmarks(hotpotqa_available=sum(it.split == "test" for it in hot))
     # a paragraph is one chunk as far as the embedder reads whole (a longer one is split, never cut);
     # search filters to the question's ten
     retriever = _bench_store(ch, "hotpotqa", test, max_chunk_tokens(ch.params.embedder))
@@ -799,32 +795,33 @@ def hotpotqa(ch: Chapter) -> None:
         r = raft.score_row(name, gen, test, oracles if style == "raft" else None, p.price_per_mtok)
         f1s = f1_outcomes(test, gen.texts)
         ch.run.record(f"HotpotQA {name}", f1s, tokens=_tokens(test, gen))
-        ch.bench_rows.append({"benchmark": "HotpotQA", "condition": name, "n": len(test), "em": r["em"],
-                              "f1": sum(f1s.values()) / len(f1s),  # the official script's F1, as the outcomes
-                              "f1_ci": mean_interval(list(f1s.values())), "contains": r["contains"],
-                              "quote_correct": r.get("quote_correct"),
-                              "marker_rate": marker_rate(gen) if style == "raft" else None,
-                              "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens})
+        out.rows.append({"benchmark": "HotpotQA", "condition": name, "n": len(test), "em": r["em"],
+                         "f1": sum(f1s.values()) / len(f1s),  # the official script's F1, as the outcomes
+                         "f1_ci": mean_interval(list(f1s.values())), "contains": r["contains"],
+                         "quote_correct": r.get("quote_correct"),
+                         "marker_rate": marker_rate(gen) if style == "raft" else None,
+                         "prompt_tokens": gen.mean_prompt_tokens, "completion_tokens": gen.mean_completion_tokens})
     del readers
     release_memory()
+    return out
 
 
-def benchmark_rows(ch: Chapter) -> pd.DataFrame:
+def benchmark_rows(ch: Chapter) -> Benchmarks:
     """Both benchmarks, each timed as a stage; absent data leaves a note, not an error."""
     with ch.run.stage("pubmedqa"):
-        pubmedqa(ch)
+        pub = pubmedqa(ch)
     with ch.run.stage("hotpotqa"):
-        hotpotqa(ch)
-    return pd.DataFrame(ch.bench_rows)
+        hot = hotpotqa(ch)
+    return Benchmarks(pub.rows + hot.rows, pub.notes + hot.notes, pub.pubmedqa_gold, hot.hotpotqa_available)
 
 
-def benchmark_style(ch: Chapter):
+def benchmark_style(bench: Benchmarks):
     """The benchmark table with 95 % intervals (Wilson for accuracy, bootstrap for mean F1)."""
     from ..stats import wilson_interval
 
-    show = pd.DataFrame(ch.bench_rows)
+    show = bench.table
     if show.empty:
-        return pd.DataFrame({"note": ch.bench_notes})
+        return pd.DataFrame({"note": bench.notes})
     if "f1_ci" in show:
         show["f1_ci"] = show.f1_ci.map(lambda ci: f"{ci[0]:.2f}-{ci[1]:.2f}" if isinstance(ci, tuple) else "-")
     if "acc" in show:
@@ -838,6 +835,17 @@ def benchmark_style(ch: Chapter):
 
 # ---------------------------------------------------------------------------------------------
 # Headline metrics
+
+
+@dataclass
+class Findings:
+    """What the chapter's sections returned, in run order: the metrics, comparisons, sentences and
+    results file read these and nothing that a section left on the chapter."""
+
+    main: MainTable
+    ablations: Ablations
+    curves: Curves
+    bench: Benchmarks
 
 
 def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> float:
@@ -855,14 +863,14 @@ def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> 
     return min(1.0, flips * 4 / (len(labels) * min(present)))
 
 
-def _curve_metrics(ch: Chapter, put, n_gen: int, n_ablation: int) -> None:
+def _curve_metrics(ch: Chapter, curves: Curves, put, n_gen: int, n_ablation: int) -> None:
     """The top-k curves' metrics (headline_metrics, where the profile runs the curves)."""
-    curve = ch.curve
+    curve = curves.curve
     keys = {BASE_READER: "base_rag", ch.raft_reader: "raft_rag", ch.least_reader: f"raft_d{ch.least_distractors}_rag"}
     for name in curve:
         for kk, v in curve[name].dropna().items():
             put(f"{keys[name]}_top{kk}_acc", v, "rate", n=n_ablation)
-            put(f"{keys[name]}_top{kk}_contains", ch.curve_contains[name][kk], "rate",
+            put(f"{keys[name]}_top{kk}_contains", curves.contains[name][kk], "rate",
                 n=n_gen if name == BASE_READER else n_ablation)
     spread_tol = 2 * rate_tolerance(n_ablation)  # max - min: each end may move by a rate's tolerance
     spread = lambda c: c.max() - c.min()  # noqa: E731
@@ -876,7 +884,7 @@ def _curve_metrics(ch: Chapter, put, n_gen: int, n_ablation: int) -> None:
     put("topk_n", n_ablation, "exact")
 
 
-def headline_metrics(ch: Chapter) -> dict:
+def headline_metrics(ch: Chapter, f: Findings) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file. `<key>_acc`
     is candidate accuracy on every test fact (`<key>_n` of them); `<key>_contains`, `_em`, `_f1` and
     `_refusal_acc` are the generated answers on the subset (`generated_n` facts,
@@ -896,7 +904,7 @@ def headline_metrics(ch: Chapter) -> dict:
             put(f"{key}_refusal_auroc", r.refusal_auroc, "derived", tol=rate_tolerance(min(n_unanswerable, n_facts)))
             put(f"{key}_refusal_recall_at_5pct_fpr", r.refusal_recall, "rate", n=n_unanswerable)
 
-    table = ch.table
+    table = f.main.table
     for key, (_, r) in zip(MAIN, table.iterrows()):
         put(f"{key}_acc", r.acc, "rate", n=n_facts)
         put(f"{key}_chance", r.chance, "exact")
@@ -912,29 +920,30 @@ def headline_metrics(ch: Chapter) -> dict:
     put("n_test_facts", n_facts, "exact")
     put("n_unanswerable", n_unanswerable, "exact")
     put("n_train", len(ch.train_sources), "exact")
-    f = ch.fitness
-    put("raft_dev_fitness", int(f.met), "choice")  # the plan's `raft` rule: 1 met, 0 missed
-    put("raft_dev_quote_marker", f.quote_marker, "rate", n=f.n)
-    put("raft_dev_acc", f.acc, "rate", n=f.n)
-    put("raft_dev_base_acc", f.base_acc, "rate", n=f.n)
-    put("raft_dev_n", f.n, "exact")
+    dev = f.main.fitness
+    put("raft_dev_fitness", int(dev.met), "choice")  # the plan's `raft` rule: 1 met, 0 missed
+    put("raft_dev_quote_marker", dev.quote_marker, "rate", n=dev.n)
+    put("raft_dev_acc", dev.acc, "rate", n=dev.n)
+    put("raft_dev_base_acc", dev.base_acc, "rate", n=dev.n)
+    put("raft_dev_n", dev.n, "exact")
     put("raft_n_train", len(ch.train_sources), "exact")
     put("raft_epochs", ch.params.epochs, "exact")
 
-    if not ch.p_table.empty:
-        put("raft_best_p", best_p(ch.p_table), "choice")
+    abl = f.ablations
+    if not abl.empty:
+        put("raft_best_p", best_p(abl.p_table), "choice")
         put("ablation_n", n_ablation, "exact")
-    for _, r in ch.p_table.iterrows():
+    for _, r in abl.p_table.iterrows():
         put(f"raft_p{r.p_oracle * 100:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_p{r.p_oracle * 100:.0f}_contains", r.contains, "rate", n=n_ablation)
-    for _, r in ch.d_table.iterrows():
+    for _, r in abl.d_table.iterrows():
         put(f"raft_d{r.n_distractors:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_d{r.n_distractors:.0f}_contains", r.contains, "rate", n=n_ablation)
 
-    if not ch.curve.empty:
-        _curve_metrics(ch, put, n_gen, n_ablation)
+    if not f.curves.empty:
+        _curve_metrics(ch, f.curves, put, n_gen, n_ablation)
 
-    bench = pd.DataFrame(ch.bench_rows)
+    bench = f.bench.table
     if len(bench):
         for b, c, col, key in BENCH_METRICS:
             hit = bench[(bench.benchmark == b) & (bench.condition == c)]
@@ -942,16 +951,16 @@ def headline_metrics(ch: Chapter) -> dict:
                 continue
             n = int(hit.n.iloc[0])
             if col == "macro_f1":
-                put(key, hit[col].iloc[0], "derived", tol=macro_f1_tol(ch.pubmedqa_gold))
+                put(key, hit[col].iloc[0], "derived", tol=macro_f1_tol(f.bench.pubmedqa_gold))
             else:
                 put(key, hit[col].iloc[0], "mean" if col == "f1" else "rate", n=n)
         for name, n in bench.groupby("benchmark").n.first().items():
             put(f"{name.lower()}_n_test", int(n), "exact")
-        if ch.hotpotqa_available:
-            put("hotpotqa_n_available", ch.hotpotqa_available, "exact")
+        if f.bench.hotpotqa_available:
+            put("hotpotqa_n_available", f.bench.hotpotqa_available, "exact")
     put("model_params_m", ch.lm.n_params() / 1e6, "exact")
-    put("raft_train_s", ch.fits["raft"].metrics["train_s"], "machine")
-    put("raft_tokens_per_s", ch.fits["raft"].metrics["tokens_per_s"], "machine")
+    put("raft_train_s", f.main.raft.metrics["train_s"], "machine")
+    put("raft_tokens_per_s", f.main.raft.metrics["tokens_per_s"], "machine")
     # The questions behind each headline figure: a change of n is a change of design, never drift.
     for key in MAIN:
         put(f"{key}_n", n_facts, "exact")
@@ -964,7 +973,7 @@ def headline_metrics(ch: Chapter) -> dict:
 # Comparisons and sentences
 
 
-def _ablation_comparisons(ch: Chapter, state, missing) -> None:
+def _ablation_comparisons(ch: Chapter, curves: Curves, state, missing) -> None:
     """F2 and F5 (state_comparisons, where the profile runs the ablations and the top-k curves)."""
     p = ch.params
     if 1.0 in p.p_values and p.p_oracle != 1.0:
@@ -976,7 +985,7 @@ def _ablation_comparisons(ch: Chapter, state, missing) -> None:
         state("F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
               f"{p.n_distractors} training distractors", f"{least} training distractors")
         top = max(p.top_ks)
-        if ch.curve.empty:
+        if curves.empty:
             return  # F5-topk-robust reads the curves: `state_comparisons` says why they are absent
         state("F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
               f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}")
@@ -985,7 +994,7 @@ def _ablation_comparisons(ch: Chapter, state, missing) -> None:
             missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
 
 
-def _curve_comparisons(ch: Chapter, state) -> None:
+def _curve_comparisons(ch: Chapter, curves: Curves, state) -> None:
     """F6 (state_comparisons, where the profile runs the top-k curves)."""
     p = ch.params
     # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
@@ -993,12 +1002,12 @@ def _curve_comparisons(ch: Chapter, state) -> None:
     # base's best k on these same questions favours the base (its luck is kept), so a "supported"
     # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
     # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
-    low, base_k = min(p.top_ks), base_best_k(ch.curve)
+    low, base_k = min(p.top_ks), base_best_k(curves.curve)
     state("F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
           f"RAFT at top-{low}", f"the base model at top-{base_k}")
 
 
-def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
     """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed by
     glue key. Directions are the claims' own, whatever this run measured."""
     run, p = ch.run, ch.params
@@ -1013,10 +1022,10 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
     state("F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
     state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
-    if not ch.p_table.empty:
-        _ablation_comparisons(ch, state, missing)
-    if not ch.curve.empty:
-        _curve_comparisons(ch, state)
+    if not f.ablations.empty:
+        _ablation_comparisons(ch, f.curves, state, missing)
+    if not f.curves.empty:
+        _curve_comparisons(ch, f.curves, state)
     for cid in ABLATION_COMPARISONS + TOPK_COMPARISONS:
         if cid not in out:  # a section this profile leaves to others: the sentence says where it runs
             missing(cid, elsewhere_label(cid))
@@ -1035,40 +1044,41 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     return out
 
 
-def _ablation_sentences(ch: Chapter, m: dict) -> dict[str, str]:
+def _ablation_sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
     """F2's, F5's and F6's sentences (`sentences`), or where this run leaves them."""
     p, n_ablation = ch.params, len(ch.ablation_facts)
+    curve, tokens = f.curves.curve, f.curves.tokens
     out = {}
-    if ch.p_table.empty:
+    if f.ablations.empty:
         out["p_sentence"] = "No P value is trained in this run"
     else:
-        chosen, ties = m["raft_best_p"], ch.p_table.set_index("p_oracle").acc
+        chosen, ties = m["raft_best_p"], f.ablations.p_table.set_index("p_oracle").acc
         tied = [f"{x:g}" for x, v in ties.items() if x != chosen and v == ties[chosen]]
         out["p_sentence"] = (f"Of the P values trained ({', '.join(f'{x:g}' for x in p.p_values)}), P = {chosen:g} ranks the gold "
                              f"first most often ({ties[chosen]:.0%}" + (f", tied with P = {', '.join(tied)}; ties go to the larger P" if tied else "")
                              + f"). One test question is {1 / n_ablation:.1%} here")
-    if ch.curve.empty:
+    if f.curves.empty:
         out["f5_spread_sentence"] = out["f6_tokens_sentence"] = "The top-k curves are not measured in this run"
         return out
     lo, hi = min(p.top_ks), max(p.top_ks)
     spreads = [f"the reader trained with {p.n_distractors} distractors spans {100 * m['raft_topk_spread']:.0f} points"]
     least_key = f"raft_d{ch.least_distractors}_topk_spread"
     if least_key in m and ch.least_distractors != p.n_distractors:
-        asked = ch.curve[ch.least_reader].dropna().index
-        where = "" if len(asked) == len(ch.curve) else f" (asked at top-{' and top-'.join(map(str, asked))} only)"
+        asked = curve[ch.least_reader].dropna().index
+        where = "" if len(asked) == len(curve) else f" (asked at top-{' and top-'.join(map(str, asked))} only)"
         spreads.append(f"the one trained with {ch.least_distractors}{where} spans {100 * m[least_key]:.0f} points")
     spreads.append(f"the base reader spans {100 * m['base_topk_spread']:.0f} points")
     out["f5_spread_sentence"] = (f"Across top-k {lo} to {hi} (highest minus lowest share of gold answers ranked first), "
                                  + report.join_words(spreads))
-    base_k = base_best_k(ch.curve)
-    out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {ch.curve_tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
+    base_k = base_best_k(curve)
+    out["f6_tokens_sentence"] = (f"RAFT at top-{lo} reads {tokens[ch.raft_reader, lo]:.0f} prompt tokens per "
                                  f"question; the base model at top-{base_k}, its highest-scoring top-k, reads "
-                                 f"{ch.curve_tokens[BASE_READER, base_k]:.0f}"
+                                 f"{tokens[BASE_READER, base_k]:.0f}"
                                  + (" (the same top-k: no chunks can be saved here)" if base_k == lo else ""))
     return out
 
 
-def sentences(ch: Chapter, m: dict) -> dict[str, str]:
+def sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
     """Descriptive sentences of measurements (no verdicts: those are the glued comparisons)."""
     p, n_ablation = ch.params, len(ch.ablation_facts)
     out = {"quote_sentence": f"{m['raft_quote_correct']:.0%} of RAFT's generated answers quote only text that is "
@@ -1081,7 +1091,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
                                f"first {m['raft_rag_chance']:.0%} of the time; the generated answers (contains, EM, F1) are "
                                f"kept on the first {m['generated_n']:.0f} facts and {m['generated_unanswerable_n']:.0f} "
                                "unanswerable questions")
-    aurocs = {name: r.refusal_auroc for name, r in ch.table.iterrows() if pd.notna(r.refusal_auroc)}
+    aurocs = {name: r.refusal_auroc for name, r in f.main.table.iterrows() if pd.notna(r.refusal_auroc)}
     if not aurocs:
         out["refusal_sentence"] = "This run asked no unanswerable question"
     else:
@@ -1093,7 +1103,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
             f"{m.get('raft_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%} of the unanswerable questions and the base "
             f"model with RAG {m.get('base_rag_refusal_recall_at_5pct_fpr', float('nan')):.0%}. RAFT's recipe trains on "
             "answerable questions only")
-    out |= _ablation_sentences(ch, m)
+    out |= _ablation_sentences(ch, f, m)
     if "pubmedqa_raft_acc" in m:
         out["pubmedqa_sentence"] = (
             f"On {m['pubmedqa_n_test']:.0f} PubMedQA test questions, scored by the label of highest log-likelihood "
@@ -1101,7 +1111,7 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
             f"{m['pubmedqa_raft_macro_f1']:.2f}), the base model reading the same abstract chunks "
             f"{m['pubmedqa_base_rag_acc']:.0%} (macro-F1 {m['pubmedqa_base_rag_macro_f1']:.2f}) and closed book "
             f"{m['pubmedqa_base_closed_acc']:.0%}; always answering the majority label scores "
-            f"{m['pubmedqa_majority_acc']:.0%} (macro-F1 {_bench_value(ch, 'PubMedQA', 'majority class', 'macro_f1'):.2f}). "
+            f"{m['pubmedqa_majority_acc']:.0%} (macro-F1 {f.bench.value('PubMedQA', 'majority class', 'macro_f1'):.2f}). "
             f"{m.get('pubmedqa_raft_marker_rate', float('nan')):.0%} of RAFT's quotes reach the final-answer marker "
             f"within {p.bench_max_new_tokens} tokens")
     elif not_here(p, PUBMEDQA_COMPARISONS):
@@ -1122,27 +1132,22 @@ def sentences(ch: Chapter, m: dict) -> dict[str, str]:
     return out
 
 
-def _bench_value(ch: Chapter, benchmark: str, condition: str, column: str) -> float:
-    return next((r[column] for r in ch.bench_rows if r["benchmark"] == benchmark and r["condition"] == condition),
-                float("nan"))
-
-
-def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    results.glue_findings(headline, comparisons.values(), sentences(ch, headline))
+    results.glue_findings(headline, comparisons.values(), sentences(ch, f, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
-    glue("dsf_source", ch.dsf_source)
+    glue("dsf_source", f.main.dsf_source)
     glue("raft_fit_bar", RAFT_FIT_QUOTES)
-    glue("raft_fitness_label", "met" if ch.fitness.met else "not met")
+    glue("raft_fitness_label", "met" if f.main.fitness.met else "not met")
     glue("facts_source", ch.facts_source)
 
 
-def save(ch: Chapter) -> Path:
+def save(ch: Chapter, f: Findings) -> Path:
     run = ch.run
-    run.tables.update(table=ch.table.reset_index().to_dict("records"), p_ablation=ch.p_table.reset_index().to_dict("records"),
-                      distractor_ablation=ch.d_table.reset_index().to_dict("records"),
-                      top_k=ch.curve.reset_index().to_dict("records"),
-                      top_k_generated=ch.curve_contains.reset_index().to_dict("records"), benchmarks=ch.bench_rows,
-                      benchmark_notes=ch.bench_notes, paper_table1=raft.PAPER_TABLE1, dsf_source=ch.dsf_source)
+    records = lambda table: table.reset_index().to_dict("records")  # noqa: E731
+    run.tables.update(table=records(f.main.table), p_ablation=records(f.ablations.p_table),
+                      distractor_ablation=records(f.ablations.d_table), top_k=records(f.curves.curve),
+                      top_k_generated=records(f.curves.contains), benchmarks=f.bench.rows,
+                      benchmark_notes=f.bench.notes, paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source)
     return run.save(lm=ch.lm)

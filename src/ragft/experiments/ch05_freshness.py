@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import raft, report, results
+from .. import raft, results
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import tasks
@@ -340,19 +340,6 @@ def change_table(asked: list[Asked | None]) -> pd.DataFrame:
 def table_style(table: pd.DataFrame):
     pct = {c: "{:.0%}" for c in ("acc", "acc_lo", "acc_hi", "chance", "stale")}
     return table.style.format({**pct, "n": "{:.0f}"}, na_rep="-")
-
-
-def plot_changed(table: pd.DataFrame):
-    """Accuracy on the changed facts before and after the change, per approach, with 95 % intervals."""
-    changed = table.xs("changed", level="set")
-    wide = changed["acc"].unstack("world")
-    low, high = changed["acc_lo"].unstack("world"), changed["acc_hi"].unstack("world")
-    wide = wide.reindex(columns=["v1", "v2"])
-    return report.paired_bars(wide, "v1", "v2", ("before the change (v1 truth)", "after (v2 truth)"),
-                              f"gold ranked first on the changed facts (n = {int(changed['n'].max())}, 95 % intervals)",
-                              "Changed facts, before and after the change",
-                              intervals={"v1": (low["v1"].reindex(wide.index), high["v1"].reindex(wide.index)),
-                                         "v2": (low["v2"].reindex(wide.index), high["v2"].reindex(wide.index))})
 
 
 # ---------------------------------------------------------------------------------------------
