@@ -375,9 +375,15 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(notebook_ru
     assert m["n_changed_by_adjustment"] == sum(bool(c["verdict_raw"]) for c in family)
 
 
+@pytest.fixture(scope="module")
+def built_book(notebook_run, tmp_path_factory):
+    """The book built once from the run (warnings as errors), for the checks that read it."""
+    return runner.build_book(notebook_run["dir"], html_parent=tmp_path_factory.mktemp("book"))
+
+
 @pytest.mark.notebooks
-def test_book_builds_with_warnings_as_errors(notebook_run, tmp_path):
-    html = runner.build_book(notebook_run["dir"], html_parent=tmp_path)
+def test_book_builds_with_warnings_as_errors(built_book):
+    html = built_book
     for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "06_cost", "07_verdict", "08_your_case"):
         page = (html / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
@@ -391,7 +397,7 @@ def test_book_builds_with_warnings_as_errors(notebook_run, tmp_path):
 
 
 @pytest.mark.notebooks
-def test_the_built_book_passes_the_browser_check(notebook_run, tmp_path):
+def test_the_built_book_passes_the_browser_check(built_book):
     """Every page in headless Chromium: no JavaScript error, no unrendered glue, no broken image or
     link, nothing wider than 1280 pixels; a screenshot of each (tests/test_browser.py: the check itself)."""
     from ragft import browser
@@ -400,9 +406,9 @@ def test_the_built_book_passes_the_browser_check(notebook_run, tmp_path):
         if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
             pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
         pytest.skip(f"no Chromium here: {browser.INSTALL}")
-    html = runner.build_book(notebook_run["dir"], html_parent=tmp_path)
+    html = built_book
     assert browser.check_book(html) == []
-    assert len(list((tmp_path / "_build" / "screenshots").glob("*.png"))) == len(browser.pages(html))
+    assert len(list((html.parent / "screenshots").glob("*.png"))) == len(browser.pages(html))
 
 
 @pytest.mark.notebooks

@@ -161,7 +161,7 @@ def test_read_scores_a_quoting_reader_on_its_own_generation_as_rank_does(lm, kb)
     questions, docs = [q.test_text for q in qs], [[kb.doc(q.doc_ids[0]).text] for q in qs]
     cands = [kb.candidates(q, 3, 0) for q in qs]
     values, gold = [c for c, _ in cands], [g for _, g in cands]
-    for budget in (5, 40):
+    for budget in (5, 24):  # at 24, three of the five replies end before the budget
         gen, r = raft.read(lm, questions, docs, "raft", values, gold, budget, batch_size=3)
         asked = raft.ask(lm, questions, docs, "raft", budget, batch_size=3)
         assert gen.texts == asked.texts and gen.completion_tokens == asked.completion_tokens

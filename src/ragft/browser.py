@@ -48,10 +48,16 @@ def _local_targets(dom: str, attribute: str, tag: str) -> list[str]:
 def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
     """What is wrong with one page, each problem a line naming the page."""
     name = f"{page.parent.name}/{page.name}"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    shot = screenshots / f"{page.stem}.png"
+    shot.unlink(missing_ok=True)  # an earlier run's screenshot must not pass for this one
+    # one Chromium a page: the DOM and the screenshot of the same load (the probe beside the page, so
+    # its relative links resolve alike; it only adds a script that writes the widths into the title)
     probe = page.with_name(f".probe-{page.name}")
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
     try:
-        run = _chromium(chromium, f"--window-size={WIDTH},1000", "--virtual-time-budget=3000", "--dump-dom", probe.as_uri())
+        run = _chromium(chromium, f"--window-size={WIDTH},2400", "--virtual-time-budget=3000", "--dump-dom",
+                        f"--screenshot={shot}", probe.as_uri())
     finally:
         probe.unlink()
     problems = [f"{name}: JavaScript error: {line.split('] ', 1)[-1]}" for line in run.stderr.splitlines()
@@ -76,10 +82,6 @@ def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
             path = (page.parent / target.split("#")[0].split("?")[0]).resolve()
             if target.split("#")[0] and not path.exists():
                 problems.append(f"{name}: broken {kind} {target}")
-    screenshots.mkdir(parents=True, exist_ok=True)
-    shot = screenshots / f"{page.stem}.png"
-    shot.unlink(missing_ok=True)  # an earlier run's screenshot must not pass for this one
-    _chromium(chromium, f"--window-size={WIDTH},2400", "--virtual-time-budget=2000", f"--screenshot={shot}", page.as_uri())
     if not shot.exists():
         problems.append(f"{name}: no screenshot")
     return problems
