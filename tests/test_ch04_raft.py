@@ -2,6 +2,7 @@
 scores and refusal as a detector, the DSF and fact hand-over from chapter 3, metric kinds, macro-F1's
 drift tolerance and the stated comparisons."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -36,7 +37,9 @@ def chapter(p=None, **fields):
     p = p or params()
     ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], [], None,
                       [], settings.PROJECT_ROOT / "kb_train.jsonl", None)
+    known = {f.name for f in dataclasses.fields(ch04.Chapter)} | {"lm"}
     for name, value in fields.items():
+        assert name in known, f"Chapter has no field {name!r}"  # a removed field must not pass silently
         setattr(ch, name, value)
     return ch
 
@@ -290,7 +293,7 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
     assert "not measured in this run" in said["f5_spread_sentence"] == said["f6_tokens_sentence"]
     import matplotlib.pyplot as plt
 
-    for fig in (plots.raft_ablations(abl.p_table, abl.d_table, abl.why), plots.top_k_curves(curves.curve, curves.why)):
+    for fig in (plots.raft_ablations(abl.p_table, abl.d_table, abl.why), plots.raft_top_k(curves.curve, curves.why)):
         # a figure that says why, for the glue key
         assert "Not measured in this run" in " ".join(t.get_text() for t in fig.axes[0].texts)
         plt.close(fig)

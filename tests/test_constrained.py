@@ -43,3 +43,22 @@ def test_constrained_output_always_parses_and_fits_the_schema(lm, kb):
     assert sum(metrics.fields_correct(t, q.fields) for t, q in zip(gen.texts, products)) > 0  # it reads the document
     free = generate(lm, conversations[3:], 24, batch_size=4)  # without the grammar, no JSON
     assert not any(metrics.json_valid(t) for t in free.texts)
+
+
+def test_each_batch_gets_its_own_logits_processors(lm):
+    """A grammar's matchers hold per-row state, so `generate` asks `logits_processors` for a fresh list
+    for each batch: three prompts in batches of 2 and 1 meet two processors, each seeing one batch."""
+    seen = []
+
+    class Probe:
+        def __init__(self):
+            self.rows = []
+            seen.append(self)
+
+        def __call__(self, input_ids, scores):
+            self.rows.append(scores.shape[0])
+            return scores
+
+    conversations = [prompts.build_messages(q) for q in ("Hi?", "Why is the sky blue?", "Name a colour.")]
+    generate(lm, conversations, 2, batch_size=2, logits_processors=lambda: [Probe()])
+    assert sorted(p.rows for p in seen) == [[1, 1], [2, 2]]  # two tokens a row, one batch each

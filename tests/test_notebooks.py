@@ -376,6 +376,19 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(notebook_ru
 
 
 @pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium for the browser check: a skip without it, a failure where the run requires it."""
+    from ragft import browser
+
+    path = browser.find_chromium()
+    if path is None:
+        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
+            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
+        pytest.skip(f"no Chromium here: {browser.INSTALL}")
+    return path
+
+
+@pytest.fixture(scope="module")
 def built_book(notebook_run, tmp_path_factory):
     """The book built once from the run (warnings as errors), for the checks that read it."""
     return runner.build_book(notebook_run["dir"], html_parent=tmp_path_factory.mktemp("book"))
@@ -383,32 +396,26 @@ def built_book(notebook_run, tmp_path_factory):
 
 @pytest.mark.notebooks
 def test_book_builds_with_warnings_as_errors(built_book):
-    html = built_book
     for chapter in ("01_prompting", "02_rag", "03_finetune", "04_raft", "06_cost", "07_verdict", "08_your_case"):
-        page = (html / "chapters" / f"{chapter}.html").read_text()
+        page = (built_book / "chapters" / f"{chapter}.html").read_text()
         assert "<img" in page  # the glued figures rendered as images
         assert "np.float64" not in page and "{glue" not in page
         assert "What the text cites from this cell" not in page  # the reader's copies are dropped: each number once
         assert "colab.research.google.com" not in page  # no repository set, no launch button
         # the chapter's parameters cell, folded; papermill's injected one is not shown as a second one
         assert "tag_parameters" in page and "tag_hide-cell" in page and "tag_injected-parameters" not in page
-    status = (html / "chapters" / "execution_status.html").read_text()  # from papermill's metadata
+    status = (built_book / "chapters" / "execution_status.html").read_text()  # from papermill's metadata
     assert all(chapter in status for chapter in runner.toc_chapters()) and status.count("finished") == len(runner.toc_chapters())
 
 
 @pytest.mark.notebooks
-def test_the_built_book_passes_the_browser_check(built_book):
+def test_the_built_book_passes_the_browser_check(chromium, built_book):
     """Every page in headless Chromium: no JavaScript error, no unrendered glue, no broken image or
     link, nothing wider than 1280 pixels; a screenshot of each (tests/test_browser.py: the check itself)."""
     from ragft import browser
 
-    if browser.find_chromium() is None:
-        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
-            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
-        pytest.skip(f"no Chromium here: {browser.INSTALL}")
-    html = built_book
-    assert browser.check_book(html) == []
-    assert len(list((html.parent / "screenshots").glob("*.png"))) == len(browser.pages(html))
+    assert browser.check_book(built_book) == []
+    assert len(list((built_book.parent / "screenshots").glob("*.png"))) == len(browser.pages(built_book))
 
 
 @pytest.mark.notebooks

@@ -171,6 +171,8 @@ def test_read_scores_a_quoting_reader_on_its_own_generation_as_rank_does(lm, kb)
         assert r.prompt_tokens == again.prompt_tokens and r.seconds > 0
         if budget == 5:  # no reply reaches the marker: it is fed after the cache, with each candidate
             assert not any(map(raft.reached_marker, gen.texts))
+        else:  # and replies that end before the budget, beside ones it cuts
+            assert any(c < budget for c in gen.completion_tokens) and max(gen.completion_tokens) == budget
     with pytest.raises(ValueError, match="empty prefix"):
         rank_after_generating(lm, raft.conversations(questions[:1], docs[:1], "raft"), values[:1], gold[:1],
                               lambda reply: "", max_new_tokens=2)

@@ -1,5 +1,6 @@
-"""The chapters' figures, one home for all of them: each takes plain tables (the rows the results file
-stores) and returns a matplotlib figure; the chapters decide what to plot, never how."""
+"""The chapters' figures (chapters 2, 3, 4, 5 and 8; chapters 1, 6 and 7 still draw theirs in their own
+modules): each takes plain tables (the rows the results file stores) and returns a matplotlib figure;
+the chapters decide what to plot, never how."""
 
 from __future__ import annotations
 
@@ -271,7 +272,7 @@ def raft_ablations(p_table: pd.DataFrame, d_table: pd.DataFrame, why: str = ""):
     return fig
 
 
-def top_k_curves(curve: pd.DataFrame, why: str = ""):
+def raft_top_k(curve: pd.DataFrame, why: str = ""):
     """Each reader's gold ranked first against the test-time top-k (F5, F6); `why` they were not
     measured, where the curve is empty."""
     import matplotlib.pyplot as plt

@@ -1,13 +1,20 @@
 """Chapter 4, RAFT: a model fine-tuned to read retrieved documents, set beside RAG and DSF.
 
-Sections, in the order the chapter runs them:
+Sections, in the order the chapter runs them, each returning what it measured:
 
-  main table   the base model closed book and with RAG, chapter 3's closed-book fine-tune (DSF) alone
-               and with RAG, RAFT with and without the chain of thought, on the same retrieved chunks
-  ablations    RAFT trained with the oracle kept in a share P of the examples (F2), and with fewer
-               distractors per example (F5), on the fact questions
-  top-k        the base reader, RAFT and the fewest-distractor RAFT at every test-time top-k (F5, F6)
-  benchmarks   PubMedQA (label accuracy) and HotpotQA (answer F1) rows, when the data folder is there
+  main table   `main_table(ch)` -> MainTable: the base model closed book and with RAG, chapter 3's
+               closed-book fine-tune (DSF) alone and with RAG, RAFT with and without the chain of
+               thought, on the same retrieved chunks; RAFT's fitness on the development questions
+  ablations    `ablations(ch, main)` -> Ablations: RAFT trained with the oracle kept in a share P of
+               the examples (F2), and with fewer distractors per example (F5), on the fact questions
+  top-k        `top_k_curves(ch, main, ablations)` -> Curves: the base reader and RAFT at every
+               test-time top-k, the fewest-distractor RAFT at the main table's and the largest (F5, F6)
+  benchmarks   `benchmark_rows(ch)` -> Benchmarks: PubMedQA (label accuracy) and HotpotQA (answer F1)
+               rows, when the data folder is there
+
+`Findings(main, ablations, curves, bench)` then feeds `headline_metrics`, `state_comparisons`,
+`glue_findings` and `save`. `Chapter` holds the set-up only; every section records its per-question
+outcomes on `ch.run`, the results file.
 
 How a reader is scored. Knowledge-base questions are scored by candidate log-likelihood: the gold
 value and `n_candidates` look-alike values of the same attribute (`KnowledgeBase.candidates`, chance
@@ -26,7 +33,7 @@ the ablations' "RAFT P=<p>" and "RAFT <d> distractors", the curves' "<reader>, t
 "<condition> (generated)" 1 or 0 for a generated answer that contains the gold (what
 `raft.score_row` scores) and "<condition> (generated) refusal" for each unanswerable question
 refused in words. The benchmarks' are "PubMedQA <reader>" (1 when the label of highest
-log-likelihood is the gold one) and "HotpotQA <reader>" (answer F1 of the generated reply, a
+log-likelihood is the gold one, and "PubMedQA majority class" beside them) and "HotpotQA <reader>" (answer F1 of the generated reply, a
 continuous outcome).
 """
 
@@ -840,7 +847,7 @@ def benchmark_style(bench: Benchmarks):
 @dataclass
 class Findings:
     """What the chapter's sections returned, in run order: the metrics, comparisons, sentences and
-    results file read these and nothing that a section left on the chapter."""
+    results file read these and the set-up on `Chapter`, nothing else."""
 
     main: MainTable
     ablations: Ablations
