@@ -131,6 +131,20 @@ def kb_v2():
 
 
 @pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium for the browser checks: a skip without it, a failure where the run requires it
+    (RAGFT_BROWSER_REQUIRED=1, as in CI)."""
+    from ragft import browser
+
+    path = browser.find_chromium()
+    if path is None:
+        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
+            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
+        pytest.skip(f"no Chromium here: {browser.INSTALL}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def lm():
     """The offline default model (converted once into the cache on first use)."""
     from ragft import models, settings

@@ -2,23 +2,11 @@
 smoke book passes it (tests/test_notebooks.py). Needs Debian's chromium: `make chromium` installs it,
 CI always does (RAGFT_BROWSER_REQUIRED=1 turns a missing browser into a failure)."""
 
-import os
-
 import pytest
 
 from ragft import browser
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    path = browser.find_chromium()
-    if path is None:
-        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
-            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
-        pytest.skip(f"no Chromium here: {browser.INSTALL}")
-    return path
 
 
 def book(tmp_path, body: str):

@@ -376,19 +376,6 @@ def test_verdict_ledger_covers_every_claim_with_evidence_or_a_reason(notebook_ru
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    """Debian's Chromium for the browser check: a skip without it, a failure where the run requires it."""
-    from ragft import browser
-
-    path = browser.find_chromium()
-    if path is None:
-        if os.environ.get("RAGFT_BROWSER_REQUIRED") == "1":
-            pytest.fail(f"no Chromium, and this run requires the browser check: {browser.INSTALL}")
-        pytest.skip(f"no Chromium here: {browser.INSTALL}")
-    return path
-
-
-@pytest.fixture(scope="module")
 def built_book(notebook_run, tmp_path_factory):
     """The book built once from the run (warnings as errors), for the checks that read it."""
     return runner.build_book(notebook_run["dir"], html_parent=tmp_path_factory.mktemp("book"))
