@@ -109,7 +109,7 @@ def test_the_setup_cell_leaves_no_name_the_parameters_would_take_for_one():
 
 
 @pytest.mark.index
-@pytest.mark.start_early(fn=colab.resolve_on_colab)  # mostly a wait on the package index: it overlaps the other tests
+@pytest.mark.start_early(fn=colab.resolve_on_colab)  # started at collection, beside the other tests (conftest.py)
 def test_the_colab_install_resolves_on_colabs_python_without_replacing_torch(started):
     """requirements-colab.txt against Colab's published packages (data/colab, with its source and
     date) for Python 3.13, with pip's resolver and the package index: it resolves, torch stays
