@@ -41,26 +41,30 @@ def test_ranking_matches_full_sequence_log_likelihood_and_reads_documents(lm, kb
     ranked = rank_candidates(lm, convs, [c for c, _ in cands], [g for _, g in cands], batch_size=4)
     tok = lm.tokenizer
 
-    def plain(conv, c):  # one prompt and one candidate, scored without any cache or padding
+    def plain(conv, candidates):  # each candidate after the prompt, with no cache and no mask
         prompt = tok(tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True),
                      add_special_tokens=False)["input_ids"]
-        ids = tok(c, add_special_tokens=False)["input_ids"]
+        ids = [tok(c, add_special_tokens=False)["input_ids"] for c in candidates]
+        # one row per candidate, padded on the right: in a causal model a position never sees what
+        # follows it, so each row's own tokens score as that sequence alone would (one pass a question)
+        width = max(len(prompt) + len(x) for x in ids)
+        rows = [prompt + x + [tok.eos_token_id] * (width - len(prompt) - len(x)) for x in ids]
         with torch.inference_mode():
-            logp = torch.log_softmax(lm.model(torch.tensor([prompt + ids])).logits[0].float(), -1)
-        return sum(float(logp[len(prompt) - 1 + t, ids[t]]) for t in range(len(ids)))
+            logp = torch.log_softmax(lm.model(torch.tensor(rows)).logits.float(), -1)
+        return [sum(float(logp[r, len(prompt) - 1 + t, x[t]]) for t in range(len(x))) for r, x in enumerate(ids)]
 
     for i in range(len(qs)):  # batched (padded, in batches of 4 and 2) = every candidate alone
-        for j, c in enumerate(cands[i][0]):
-            assert ranked.scores[i][j] == pytest.approx(plain(convs[i], c), abs=1e-3)
+        for j, want in enumerate(plain(convs[i], cands[i][0])):
+            assert ranked.scores[i][j] == pytest.approx(want, abs=1e-3)
     # no shared prefix (different system prompts): plain left padding, and candidates of unequal counts
     convs2 = [prompts.build_messages(qs[0].test_text, system="Hi."), prompts.build_messages(qs[1].test_text)]
     cands2 = [cands[0][0], cands[1][0][:2] + ["I don't know"] + cands[1][0][2:]]
     ranked2 = rank_candidates(lm, convs2, cands2, [0, 0], max_cached_tokens=1)  # one question a batch
     ranked3 = rank_candidates(lm, convs2, cands2, [0, 0])
     for i, conv in enumerate(convs2):
-        for j, c in enumerate(cands2[i]):
-            assert ranked2.scores[i][j] == pytest.approx(plain(conv, c), abs=1e-3)
-            assert ranked3.scores[i][j] == pytest.approx(plain(conv, c), abs=1e-3)
+        for j, want in enumerate(plain(conv, cands2[i])):
+            assert ranked2.scores[i][j] == pytest.approx(want, abs=1e-3)
+            assert ranked3.scores[i][j] == pytest.approx(want, abs=1e-3)
     assert ranked.accuracy >= 5 / 6  # the answer is in the document: the model finds it
     assert ranked.chance == pytest.approx(0.25) and len(ranked.margins) == 6
     assert set(ranked.outcomes([q.qid for q in qs])) == {q.qid for q in qs}
