@@ -539,8 +539,7 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
         print(f"The ablations are not run in the {p.profile} profile: {why}.")
         return Ablations(pd.DataFrame(), pd.DataFrame(), why=why)
     main_name = MAIN["raft_rag"]
-    out = Ablations(pd.DataFrame(), pd.DataFrame())
-    p_rows, d_rows = [], []
+    p_rows, d_rows, fits, scored, gens = [], [], {}, {}, {}
 
     def variant(outcome, model_lm):
         if model_lm is None:  # the main variant, on the ablations' facts
@@ -548,7 +547,7 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
             ch.run.record(outcome, sc.outcomes)
         else:
             sc, gen = read(ch, model_lm, "raft", k, outcome, idx)
-        out.scored[outcome], out.gens[outcome] = sc, gen
+        scored[outcome], gens[outcome] = sc, gen
         return sc, gen
 
     with ch.run.stage("ablations"):
@@ -560,13 +559,12 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
             del result
             release_memory()
         for d in p.distractor_counts:
-            out.fits[d] = main.raft if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
-            sc, gen = variant(d_outcome(d), None if d == p.n_distractors else out.fits[d].lm)
+            fits[d] = main.raft if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
+            sc, gen = variant(d_outcome(d), None if d == p.n_distractors else fits[d].lm)
             d_rows.append({**score(ch, f"{d} distractors", d_outcome(d) + GENERATED, gen, idx, quoting=True,
                                    n_distractors=d, marker_rate=marker_rate(gen)), **sc.row()})
-    out.p_table = pd.DataFrame(p_rows).set_index("condition")
-    out.d_table = pd.DataFrame(d_rows).set_index("condition")
-    return out
+    return Ablations(pd.DataFrame(p_rows).set_index("condition"), pd.DataFrame(d_rows).set_index("condition"),
+                     fits, scored, gens)
 
 
 def best_p(p_table: pd.DataFrame) -> float:
