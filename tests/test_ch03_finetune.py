@@ -108,8 +108,10 @@ def _fake_chapter(profile="cpu"):
     record(f"DSF p{low} e{p.k5_exposures} held-out", lambda i: i % 4 == 0, facts)
     record("base + RAG", lambda i: i % 2, facts)
     record(f"DSF p{top} + RAG", lambda i: 1, facts)
+    record(ch03.GOLD, lambda i: int(i % 4 > 0), facts)
     rows = [{"condition": "base model, closed book", "held_out": 0.0, "trained_paraphrase": 0.0},
-            {"condition": "base model + RAG (top-1)", "held_out": 0.5}, {"condition": "DSF (chosen) + RAG", "held_out": 1.0}]
+            {"condition": ch03.RAG_ROW.format(k=p.rag_top_k), "held_out": 0.5}, {"condition": ch03.DSF_RAG_ROW, "held_out": 1.0},
+            {"condition": ch03.GOLD_ROW, "held_out": 0.75}]
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", len(facts))
     knowledge = ch03.Knowledge(table, None, [], 0.9)
@@ -129,8 +131,11 @@ def _fake_chapter(profile="cpu"):
         brows.append({"condition": name, "n": len(products), "json_valid": float(tuned), "schema_adherence": float(tuned),
                       "fields_correct": float(tuned), "prompt_tokens": 100.0 if tuned else 250.0,
                       "completion_tokens": 20.0, "cost_per_1k_usd": 0.1 if tuned else 0.25})
-    behaviour = ch03.Behaviour(pd.DataFrame(brows).set_index("condition"), {}, names[-1], p.structured_sizes[-1],
-                               ("JSON, LoRA", probe("JSON, LoRA", 2.05)))
+    dev = pd.DataFrame([{"size": s, "epochs": e, "n": p.n_structured_dev, "json_valid": 1.0, "schema_adherence": 1.0,
+                         "fields_correct": 0.5 + 0.001 * s} for s in p.structured_sizes for e in p.structured_epochs])
+    size, epochs = ch03.choose_json(dev)
+    behaviour = ch03.Behaviour(pd.DataFrame(brows).set_index("condition"), {}, ch03.lora_structured_name(size), size,
+                               epochs, dev, ("JSON, LoRA", probe("JSON, LoRA", 2.05)))
 
     cost = {k: 1.0 for k in ch03.COST_COLUMNS}
     runs = {m: {**cost, "peak_gflops": 100.0, "dtype": "float32", "device": "cpu"} for m in p.methods}
@@ -166,7 +171,7 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert rules["dsf_heldout_contains"] == {"kind": "rate", "n": n}
     assert rules["lora_quality"] == {"kind": "mean", "n": ch.params.n_method_facts}
     assert m["knowledge_chance"] == 0.25 and rules["knowledge_chance"] == {"kind": "exact"}
-    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
+    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag", "gold_document"):
         assert m[f"{key}_n"] == n >= 64, key  # issue 13: the headline knowledge comparisons pair >= 64 facts
     assert m["methods_n"] == ch.params.n_method_facts and m["dev_facts_n"] == ch.params.n_dev_facts
     # the issue's keys: the curve's checkpoint, its fitness and the seeds
@@ -191,6 +196,32 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
         assert m[f"json_{condition}_n"] == ch.params.n_structured_test
     assert rules["json_valid_constrained"] == {"kind": "rate", "n": ch.params.n_structured_test}
     assert rules["fields_correct_constrained"]["kind"] == "mean"
+    # RAG's rows are found by their labels, whatever their order in the table
+    assert (m["rag_contains_same_questions"], m["dsf_plus_rag_contains"], m["gold_document_contains"]) == (0.5, 1.0, 0.75)
+    # the JSON fine-tune is the development products' choice: the largest size has the most fields right there
+    assert m["json_lora_best_size"] == max(ch.params.structured_sizes) and m["json_lora_best_epochs"] == 1
+    assert m["json_dev_n"] == ch.params.n_structured_dev and rules["json_lora_best_epochs"] == {"kind": "choice"}
+
+
+def test_json_choice_takes_the_most_fields_right_then_the_cheaper_fine_tune():
+    def dev(*rows):
+        return pd.DataFrame([{"size": s, "epochs": e, "fields_correct": f} for s, e, f in rows])
+
+    assert ch03.choose_json(dev((10, 1, 0.50), (50, 1, 0.75))) == (50, 1)
+    # a tie goes to the fewer examples x epochs: 25 x 1 = 25 against 10 x 3 = 30 and 50 x 1
+    assert ch03.choose_json(dev((10, 3, 0.75), (25, 1, 0.75), (50, 1, 0.75), (10, 1, 0.5))) == (25, 1)
+    # equal cost, equal score: the fewer examples (less data to write)
+    assert ch03.choose_json(dev((20, 1, 0.9), (10, 2, 0.9))) == (10, 2)
+
+
+def test_json_runs_decay_to_zero_with_one_epoch_count_and_hold_the_rate_with_several():
+    """One epoch count keeps the published runs' linear decay (the same config hash: cached runs
+    stand); several are snapshots of one run, so the rate is held after warm-up."""
+    p = config.resolve(ch03.CHAPTER, "cpu")
+    assert p.structured_epochs == [1] and ch03.json_config(p).schedule == "linear" and ch03.json_config(p).epochs == 1
+    p = config.resolve(ch03.CHAPTER, "gpu")
+    cfg = ch03.json_config(p)
+    assert (cfg.schedule, cfg.epochs, cfg.warmup) == ("constant", max(p.structured_epochs), p.warmup_steps)
 
 
 def test_json_comparisons_set_the_fine_tune_against_zero_shot_few_shot_and_a_grammar():
@@ -367,9 +398,12 @@ def test_a_chosen_rate_at_the_end_of_its_grid_is_named():
 
 def test_the_curve_plot_starts_from_the_base_model():
     ch, f = _fake_chapter("cpu")
-    table = f.knowledge.table.assign(trained_paraphrase=[0.0, None, None])
+    table = f.knowledge.table.assign(trained_paraphrase=[0.0, None, None, None])
     base = ch03.base_point(ch03.Knowledge(table, None, [], 0.0), ch.known)
     assert base == {"trained_acc": 0.0, "heldout_acc": 0.0, "known_acc": 1.0}  # every known question, by construction
-    fig = plots.knowledge_curve(f.curve.table, 0.5, f.chosen.exposures, ch03.LOOKALIKES + 1, base)
-    lines = [l for l in fig.axes[0].get_lines() if l.get_label() == "held-out phrasing"]
-    assert list(lines[0].get_xdata()) == [0, *ch.params.curve_exposures]
+    fig = plots.knowledge_curve(f.curve.table, 0.5, f.chosen.exposures, ch03.LOOKALIKES + 1, base, gold=0.75)
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    assert list(lines["held-out phrasing"].get_xdata()) == [0, *ch.params.curve_exposures]
+    # retrieval's two lines: the retrieved chunk and the gold document
+    assert list(lines["base + RAG (held-out)"].get_ydata()) == [0.5, 0.5]
+    assert list(lines["base + gold document (held-out)"].get_ydata()) == [0.75, 0.75]

@@ -246,6 +246,22 @@ def test_structured_examples_come_from_other_worlds(kb):
     assert f"{q.fields['warranty_months']} months" in context and f"{q.fields['price_usd']:,}" in context
 
 
+def test_json_development_products_share_no_name_with_the_test_or_training_products(kb):
+    from ragft.train import tasks
+
+    dev = tasks.structured_dev_products(16, test_seed=0, most_examples=60)
+    names = [q.entity for _, q in dev]
+    test_names = {q.entity for q in kb.by_kind("structured")}
+    trained = {q.entity for _, q in tasks.training_products(60, test_seed=0)}
+    assert len(dev) == 16 and len(set(names)) == 16 and not set(names) & (test_names | trained)
+    # the 60 examples are drawn from those training products (one paraphrase each before any second)
+    assert {__import__("json").loads(e.answer)["name"] for e in tasks.structured_examples(60, test_seed=0)} <= trained
+    # each product is asked in its own world's document: its fields are in the context it is given
+    world, q = dev[0]
+    assert f"{q.fields['price_usd']:,}" in tasks.structured_context(world, q)
+    assert [q.qid for _, q in tasks.structured_dev_products(16, test_seed=0, most_examples=60)] == [q.qid for _, q in dev]
+
+
 def test_continued_training_starts_from_the_adapter_it_names(tiny, tmp_path):
     """init_from loads the adapter's weights before the first step: at a negligible learning rate the
     continued run ends where the adapter was; the artifact is keyed by its start; shapes must match."""

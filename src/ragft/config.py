@@ -238,8 +238,9 @@ class FinetuneParams(Answering):
     n_format_facts: int = param(8, "test facts also answered by generation, to show the answers' form", bounds=(1, 10_000))
     rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)", bounds=(1, 50))
     n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
+    n_structured_dev: int = param(16, "development products (other worlds, no test or training product's name): the JSON fine-tune is chosen on them", bounds=(1, 1_000))
     structured_sizes: list = param([10, 25, 50], "training examples (T4), one fine-tune each", bounds=(1, 100_000))
-    structured_epochs: int = param(1, "epochs of structured-output fine-tuning (one pass: sizes differ in data, not repetition)", bounds=(1, 100))
+    structured_epochs: list = param([1], "epochs tried per size, chosen on the development products (several: one run to the most, a constant rate)", bounds=(1, 100))
     forgetting_chars: int = param(4000, "characters of general English text for the perplexity probe", bounds=(200, 1_000_000))
     structured_max_new_tokens: int = param(48, "a JSON record is longer than a short answer", bounds=(8, 512))
 
@@ -252,6 +253,8 @@ class FinetuneParams(Answering):
               f"use increasing multiples of the most paraphrases ({top}): a checkpoint is a whole number of epochs")
         check(self.k5_exposures in self.curve_exposures and self.k5_exposures % low == 0, "k5_exposures",
               self.k5_exposures, f"use one of curve_exposures {self.curve_exposures} that is a multiple of {low}")
+        check(sorted(self.structured_epochs) == list(self.structured_epochs), "structured_epochs", self.structured_epochs,
+              "list the epochs in increasing order: each is a snapshot of one run")
         for name in ("sweep_exposures", "method_exposures"):
             check(getattr(self, name) % top == 0, name, getattr(self, name), f"use a multiple of the most paraphrases ({top})")
         for name in ("lora_lr", "full_lr"):

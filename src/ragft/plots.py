@@ -177,12 +177,13 @@ def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, s
 # Chapter 3: fine-tuning
 
 
-def knowledge_curve(curve: pd.DataFrame, rag: float, chosen: int, n_choices: int, base: dict | None = None):
+def knowledge_curve(curve: pd.DataFrame, rag: float, chosen: int, n_choices: int, base: dict | None = None,
+                    gold: float | None = None):
     """The knowledge curve: accuracy on trained and held-out phrasings (test facts), and on the known
     real-world questions, against exposures per fact and against training seconds, with base + RAG's
-    accuracy on the same held-out questions as a line, chance (1 of `n_choices`) as another, and the
-    chosen checkpoint marked. `base`: the base model's {trained_acc, heldout_acc, known_acc}, drawn at 0 exposures and
-    0 seconds."""
+    accuracy on the same held-out questions as a line (and the base model's with the gold document,
+    `gold`, as another), chance (1 of `n_choices`) as a third, and the chosen checkpoint marked.
+    `base`: the base model's {trained_acc, heldout_acc, known_acc}, drawn at 0 exposures and 0 seconds."""
     import matplotlib.pyplot as plt
 
     if base:
@@ -195,6 +196,8 @@ def knowledge_curve(curve: pd.DataFrame, rag: float, chosen: int, n_choices: int
             if curve[col].notna().any():
                 ax.plot(curve[x], curve[col], style, label=name)
         ax.axhline(rag, color="grey", ls=":", label="base + RAG (held-out)")
+        if gold is not None:
+            ax.axhline(gold, color="grey", ls="-.", lw=0.9, label="base + gold document (held-out)")
         ax.axhline(1 / n_choices, color="lightgrey", ls="-", lw=0.8, label="chance")
         ax.axvline(float(curve.loc[curve.exposures == chosen, x].iloc[0]), color="black", lw=0.6, alpha=0.5)
         ax.set(xlabel=label, ylim=(0, 1.05))

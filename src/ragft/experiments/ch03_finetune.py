@@ -11,10 +11,11 @@ Chapter holds the set-up only (parameters, models, facts, the known questions, t
                        phrasings and on real-world questions the base model knew
   choose_checkpoint    the plan's rule on the development facts picks the checkpoint that stands for
                        "the fine-tune" (and says whether it reached fitness)
-  knowledge            the base model closed book, the chosen checkpoint, RAG and DSF + RAG on the
-                       test facts' held-out phrasings
+  knowledge            the base model closed book, the chosen checkpoint, RAG, DSF + RAG and the base
+                       model with the gold document on the test facts' held-out phrasings
   paraphrase_variety   one paraphrase per fact at k5_exposures, beside the curve's checkpoint there
-  structured           strict JSON records: prompts, a grammar, LoRA fine-tunes per training size
+  structured           strict JSON records: prompts, a grammar, LoRA fine-tunes per training size, the
+                       one K4 tests chosen on development products (other worlds, never a test product)
   methods              the first n_method_facts test facts trained with every method at method_exposures
                        (LoRA with n_training_seeds seeds), each at its own chosen rate
   forgetting           each fine-tune's log-likelihood of general English text no fine-tune saw
@@ -22,7 +23,8 @@ Chapter holds the set-up only (parameters, models, facts, the known questions, t
 Every scored condition is recorded per question under these names: "<model> held-out" and "<model>
 trained paraphrase" (1 when the gold candidate has the highest log-likelihood), "<model> quality"
 (the mean of the two), "<model> known" (a real-world question the base model knew, still ranked
-right), "base + RAG" and "DSF p<n> + RAG", "<model> generated" (on the format subset), "<JSON
+right), "base + RAG", "DSF p<n> + RAG" and "base + gold document" (the fact's own document in the
+prompt), "<model> generated" (on the format subset), "<JSON
 condition>: json_valid | schema | fields", and "NLL: <model>" (the mean negative log-likelihood of
 each segment of the general texts, a continuous outcome: lower is better). The curve's checkpoints
 are "DSF p<n> e<exposures>"; the chosen one is also "DSF p<n>".
@@ -54,6 +56,9 @@ CHAPTER = "03_finetune"
 # forgetting comparison's interval is on the narrow side.
 SEGMENT_TOKENS = 32
 BASE = "base"
+GOLD = "base + gold document"  # the outcome of the base model reading each fact's own document
+# the knowledge table's rows read with a document in the prompt
+RAG_ROW, DSF_RAG_ROW, GOLD_ROW = "base model + RAG (top-{k})", "DSF (chosen) + RAG", "base model + gold document"
 LOOKALIKES = 3  # look-alike values ranked against each gold answer: chance is 1 in 4
 JSON_SCORES = ("json_valid", "schema", "fields")  # the suffixes of the structured conditions' names
 METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
@@ -507,21 +512,27 @@ def curve_style(table: pd.DataFrame):
 
 @dataclass
 class Knowledge:
-    """The knowledge table (one row per condition on the test facts' held-out phrasings), the chosen
-    fine-tune ready to answer, and the RAG conversations both models read."""
+    """The knowledge table (one row per condition on the test facts' held-out phrasings, RAG_ROW,
+    DSF_RAG_ROW and GOLD_ROW among them), the chosen fine-tune ready to answer, and the RAG
+    conversations both models read."""
 
     table: pd.DataFrame
     dsf_lm: object
     rag_conversations: list
     rag_recall: float  # share of test facts whose retrieved chunks hold the gold value
 
+    def held_out(self, label: str) -> float:
+        return float(self.table.loc[label, "held_out"])
+
 
 def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     """The base model closed book; the chosen checkpoint (its outcomes copied to "DSF p<n> ..."), and
-    the last one (converged); RAG with the base and with the chosen fine-tune on the held-out
+    the last one (converged); RAG with the base and with the chosen fine-tune, and the base model
+    given each fact's own document (what RAG would score if retrieval never missed), on the held-out
     questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
     (artifacts["dsf_adapter"], tables["dsf_facts"])."""
     from .. import rag, settings
+    from ..rag import answer as rag_answer
     from ..train import load_artifact
 
     p, run, count = ch.params, ch.run, ch.best_count
@@ -553,15 +564,24 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     recall = sum(any(metrics.contains(h.text, q.answers) for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
     conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
     qids = [q.qid for q in ch.facts]
-    labels = {"base + RAG": f"base model + RAG (top-{p.rag_top_k})", f"{name} + RAG": "DSF (chosen) + RAG"}
+    # the gold document: the fact's own document in the prompt, as if retrieval never missed
+    gold = [rag_answer.cited_messages(q.test_text, [gold_document(ch.kb, q)]) for q in ch.facts]
+    readers = ((RAG_ROW.format(k=p.rag_top_k), "base + RAG", ch.lm, conversations), (DSF_RAG_ROW, f"{name} + RAG", dsf_lm, conversations),
+               (GOLD_ROW, GOLD, ch.lm, gold))
     with run.stage("rag"):
-        for (outcome, label), model_lm in zip(labels.items(), (ch.lm, dsf_lm)):
-            ranking = rank_facts(ch, model_lm, conversations, ch.facts, outcome)
+        for label, outcome, model_lm, convs in readers:
+            ranking = rank_facts(ch, model_lm, convs, ch.facts, outcome)
             run.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
             rows.append({"condition": label, "held_out": ranking.accuracy})
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", ch.n_facts)  # every row asks the same test facts
     return Knowledge(table, dsf_lm, conversations, recall)
+
+
+def gold_document(kb, question) -> str:
+    """The document that holds the fact, as the knowledge base's document sources give it."""
+    d = kb.doc(question.doc_ids[0])
+    return f"## {d.title}\n\n{d.text}"
 
 
 def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
@@ -635,27 +655,51 @@ JSON_COLUMNS = {"json_valid": "json_valid", "schema_adherence": "schema", "field
 
 @dataclass
 class Behaviour:
-    """The structured-output section: its table (one row per condition), the answers of each
-    condition, the fine-tune K4 tests, and the forgetting probe of the largest JSON fine-tune."""
+    """The structured-output section: its table (one row per condition, on the test products), the
+    answers of each condition, the fine-tune K4 tests (chosen on the development products), the
+    development table it was chosen from, and the forgetting probe of the largest JSON fine-tune."""
 
     table: pd.DataFrame
     outputs: dict
     best: str
     best_size: int
+    best_epochs: int
+    dev: pd.DataFrame  # one row per (size, epochs) on the development products, the choice marked
     probe: tuple  # (label, ForgettingProbe)
+
+
+def json_config(params):
+    """A JSON fine-tune's training: one pass with the rate decayed to 0 where one epoch count is tried;
+    where several are, one run to the most at a constant rate after warm-up, so that the model after
+    e epochs (a snapshot) is what an e-epoch run gives."""
+    most = max(params.structured_epochs)
+    if len(params.structured_epochs) == 1:
+        return tasks.lora_config(params, most)
+    return tasks.lora_config(params, most, schedule="constant", warmup=params.warmup_steps)
+
+
+def choose_json(dev: pd.DataFrame) -> tuple[int, int]:
+    """The plan's rule for the JSON fine-tune: the most fields right on the development products,
+    ties to the fewer training examples times epochs (the cheaper fine-tune). Returns (size, epochs)."""
+    best = min(dev.itertuples(), key=lambda r: (-r.fields_correct, r.size * r.epochs, r.size))
+    return int(best.size), int(best.epochs)
 
 
 def structured(ch: Chapter) -> Behaviour:
     """The base model with a short, a long (zero-shot) and a long + two-example instruction, the base
     model under the record's JSON-schema grammar with the short instruction, then a LoRA fine-tune
-    per training size (one epoch each) with the short one; each condition's row (rates with 95 %
-    intervals) and per-product outcomes."""
+    per training size with the short one, each scored on the development products after every epoch
+    count of structured_epochs and on the test products at the count its development products chose;
+    the fine-tune K4 tests is the development products' choice among the sizes (choose_json). Each
+    test condition's row (rates with 95 % intervals) and per-product outcomes."""
     from ..stats import mean_interval, wilson_interval
-    from ..train import train
+    from ..train import load_artifact, train
     from ..train.measure import release_memory
+    from ..train.trainer import snapshot_folder
 
     p, run, kb = ch.params, ch.run, ch.kb
-    test = kb.sample("structured", p.n_structured_test, p.seed)
+    test = [(kb, q) for q in kb.sample("structured", p.n_structured_test, p.seed)]
+    dev = tasks.structured_dev_products(p.n_structured_dev, p.kb_seed, p.kb, max(p.structured_sizes))
     shots = [(m.messages[-1]["content"], m.answer) for m in
              tasks.structured_examples(2, p.kb_seed, p.kb, prompts.STRUCTURED_SYSTEM_LONG, first_seed=p.kb_seed + 1000)]
     conditions = {SHORT: (prompts.STRUCTURED_SYSTEM_SHORT, None), ZERO_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, None),
@@ -663,43 +707,63 @@ def structured(ch: Chapter) -> Behaviour:
     schema = json_schema(STRUCTURED_FIELDS)
     outputs = {}
 
-    def answer(model_lm, system, examples, name, constrained=False, **extra):
-        convs = [tasks.structured_messages(kb, q, q.test_text, system, examples) for q in test]
+    def replies(model_lm, products, system, examples, name, constrained=False) -> Generation:
+        convs = [tasks.structured_messages(world, q, q.test_text, system, examples) for world, q in products]
         if constrained:  # enough new tokens for the longest record the grammar allows: it always closes
-            gen = generate_json(model_lm, convs, schema, max_record_tokens(schema), p.batch_size, desc=name)
-        else:
-            gen = generate(model_lm, convs, p.structured_max_new_tokens, p.batch_size, desc=name)
-        row, scored = tasks.structured_row(name, gen, test, p.price_per_mtok, **extra), structured_outcomes(gen, test)
+            return generate_json(model_lm, convs, schema, max_record_tokens(schema), p.batch_size, desc=name)
+        return generate(model_lm, convs, p.structured_max_new_tokens, p.batch_size, desc=name)
+
+    def answer(model_lm, system, examples, name, constrained=False, **extra):
+        gen, questions = replies(model_lm, test, system, examples, name, constrained), [q for _, q in test]
+        row, scored = tasks.structured_row(name, gen, questions, p.price_per_mtok, **extra), structured_outcomes(gen, questions)
         for column, score in JSON_COLUMNS.items():
             outcomes = scored[score]
             run.record(f"{name}: {score}", outcomes,
-                       tokens={q.qid: (gen.prompt_tokens[i], gen.completion_tokens[i]) for i, q in enumerate(test)})
+                       tokens={q.qid: (gen.prompt_tokens[i], gen.completion_tokens[i]) for i, q in enumerate(questions)})
             values = list(outcomes.values())
             low, high = wilson_interval(sum(values), len(values)) if score != "fields" else mean_interval(values)
             row.update({f"{column}_low": low, f"{column}_high": high})
         outputs[name] = gen.texts
         return row
 
-    rows, json_probe = [], None
+    rows, dev_rows, json_probe, cfg = [], [], None, json_config(p)
     with run.stage("structured"):
         for name, (system, examples) in conditions.items():
             rows.append(answer(ch.lm, system, examples, name))
         rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
         for size in p.structured_sizes:
-            fit = answering(train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
-                                  tasks.lora_config(p, p.structured_epochs), label=f"json-{size}"))
-            rows.append(answer(fit.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
-                               train_s=fit.metrics["train_s"]))
+            result = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb), cfg, label=f"json-{size}",
+                           snapshots=tuple(p.structured_epochs[:-1]))
+            models_ = {}
+            for epochs in p.structured_epochs:
+                if epochs == cfg.epochs:
+                    models_[epochs] = answering(result).lm
+                else:
+                    models_[epochs] = load_artifact(p.model, snapshot_folder(result.artifact, epochs), cfg, merge=True)
+                name = f"{lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
+                gen = replies(models_[epochs], dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
+                scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
+                dev_rows.append({"size": size, "epochs": epochs, "n": len(dev),
+                                 **{k: scores[k] for k in JSON_COLUMNS}})
+            # each size answers the test products at the epochs its development products chose
+            _, epochs = choose_json(pd.DataFrame([r for r in dev_rows if r["size"] == size]))
+            seconds = result.metrics["snapshots"][str(epochs)]["train_s"] if epochs != cfg.epochs else result.metrics["train_s"]
+            rows.append(answer(models_[epochs], prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
+                               epochs=epochs, train_s=seconds))
             if size == max(p.structured_sizes):
                 label = f"JSON, LoRA ({size} examples)"
-                json_probe = (label, probe(run, label, fit.lm, ch.general))
-            del fit
+                json_probe = (label, probe(run, label, models_[epochs], ch.general))
+            del result, models_
             release_memory()
-    # K4's fine-tune is declared, not picked: the one trained on the most examples (picking the best
-    # size on these test products would favour the fine-tune by its luck on them)
-    best_size = max(p.structured_sizes)
+    dev_table = pd.DataFrame(dev_rows)
+    best_size, best_epochs = choose_json(dev_table)
+    dev_table["chosen"] = (dev_table["size"] == best_size) & (dev_table["epochs"] == best_epochs)
     return Behaviour(pd.DataFrame(rows).set_index("condition"), outputs, lora_structured_name(best_size), best_size,
-                     json_probe)
+                     best_epochs, dev_table, json_probe)
+
+
+def json_dev_style(table: pd.DataFrame):
+    return table.style.format({"json_valid": "{:.0%}", "schema_adherence": "{:.0%}", "fields_correct": "{:.0%}"})
 
 
 def behaviour_style(table: pd.DataFrame):
@@ -857,9 +921,10 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("base_closed_contains", k.iloc[0].held_out, "rate", n=n)
     put("dsf_heldout_contains", chosen.heldout_acc, "rate", n=n)
     put("dsf_train_contains", chosen.trained_acc, "rate", n=n)
-    put("rag_contains_same_questions", k.iloc[-2].held_out, "rate", n=n)
-    put("dsf_plus_rag_contains", k.iloc[-1].held_out, "rate", n=n)
+    put("rag_contains_same_questions", f.knowledge.held_out(RAG_ROW.format(k=p.rag_top_k)), "rate", n=n)
+    put("dsf_plus_rag_contains", f.knowledge.held_out(DSF_RAG_ROW), "rate", n=n)
     put("rag_recall", f.knowledge.rag_recall, "rate", n=n)
+    put("gold_document_contains", f.knowledge.held_out(GOLD_ROW), "rate", n=n)
     put("n_facts", n, "exact")
     # the curve and the checkpoint that stands for the fine-tune (chosen on the development facts)
     put("dsf_chosen_exposures", f.chosen.exposures, "choice")
@@ -884,7 +949,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("dsf_seed_spread", seed_spread(f.methods.seeds), "rate", n=len(ch.method_facts))
     # The rates above rank the gold value against LOOKALIKES look-alikes: guessing scores this.
     put("knowledge_chance", 1 / (LOOKALIKES + 1), "exact")
-    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag"):
+    for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag", "gold_document"):
         put(f"{key}_n", n, "exact")
     put("dev_facts_n", len(ch.dev_facts), "exact")
     put("methods_n", len(ch.method_facts), "exact")
@@ -925,6 +990,8 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     for condition in ("zero_shot", "long_prompt", "few_shot", "constrained", "lora_best"):  # every JSON row: the same products
         put(f"json_{condition}_n", n_json, "exact")
     put("json_lora_best_size", f.behaviour.best_size, "choice")
+    put("json_lora_best_epochs", f.behaviour.best_epochs, "choice")
+    put("json_dev_n", int(f.behaviour.dev["n"].iloc[0]), "exact")
 
     n_methods = len(ch.method_facts)
     for name, r in cost.iterrows():
@@ -1155,6 +1222,8 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("max_record_tokens", max_record_tokens(json_schema(STRUCTURED_FIELDS)))
     glue("min_structured_size", min(p.structured_sizes))
     glue("max_structured_size", max(p.structured_sizes))
+    glue("structured_sizes", report.join_words([str(n) for n in p.structured_sizes]))
+    glue("structured_epochs", report.join_words([str(n) for n in p.structured_epochs]))
     glue("max_paraphrases", ch.best_count)
     glue("min_paraphrases", min(p.paraphrase_counts))
     glue("method_exposures", p.method_exposures)
@@ -1179,6 +1248,7 @@ def save(ch: Chapter, f: Findings):
                       knowledge=f.knowledge.table.reset_index().to_dict("records"),
                       paraphrases=f.variety.reset_index().to_dict("records"),
                       behaviour=f.behaviour.table.reset_index().to_dict("records"),
+                      json_dev=f.behaviour.dev.to_dict("records"),
                       methods=f.methods.table.reset_index().to_dict("records"),
                       seeds=f.methods.seeds.reset_index().to_dict("records"),
                       forgetting=forgetting_table(f.probes(ch)).reset_index().to_dict("records"),

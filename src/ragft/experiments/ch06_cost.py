@@ -14,6 +14,7 @@ import pandas as pd
 from .. import costs, settings
 from ..costs import Approach, Check, Workload
 from ..results import ChapterRun, glue, read_chapter, read_published
+from .ch03_finetune import lora_structured_name
 
 CHAPTER = "06_cost"
 # Where each approach's tokens per query come from: (chapter, condition of its outcome_tokens).
@@ -420,7 +421,7 @@ def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
                                     lambda v: f"{v:.0%}", "the prompt tokens retrieval adds and the fine-tuned price premium"))
     best = m3.get("json_lora_best_size")
     long_prompt = Approach("long instruction", *mean_tokens(c.docs["03_finetune"], "base, long instruction: json_valid"), p.serving_price)
-    tuned = Approach("LoRA", *mean_tokens(c.docs["03_finetune"], f"LoRA on {best} examples, short instruction: json_valid"),
+    tuned = Approach("LoRA", *mean_tokens(c.docs["03_finetune"], f"{lora_structured_name(best)}: json_valid"),
                      costs.fine_tuned_row(p.serving_price))
     s8, s8_measured = costs.check_s8(long_prompt, tuned)
     checks.append(s8)

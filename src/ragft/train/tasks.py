@@ -83,18 +83,47 @@ def structured_examples(n: int, test_seed: int, kb_sizes=None, system: str = STR
     the one after test_seed), in a
     fixed order that uses every product's first paraphrase before any product's second. Worlds
     draw names from the same pools, so products named like a test product are left out."""
-    test_names = {q.entity for q in build_kb(test_seed, kb_sizes).by_kind("structured")}
     by_paraphrase: dict[int, list[SFTExample]] = {}
-    seed = test_seed + 1 if first_seed is None else first_seed
-    while sum(map(len, by_paraphrase.values())) < n:
-        world = build_kb(seed, kb_sizes)
-        for q in world.by_kind("structured"):
-            if q.entity in test_names:
-                continue
-            for i, text in enumerate(q.paraphrases):
-                by_paraphrase.setdefault(i, []).append(example(structured_messages(world, q, text, system), json.dumps(q.fields)))
-        seed += 1
+    for world, q in training_products(n, test_seed, kb_sizes, first_seed):
+        for i, text in enumerate(q.paraphrases):
+            by_paraphrase.setdefault(i, []).append(example(structured_messages(world, q, text, system), json.dumps(q.fields)))
     return [ex for i in sorted(by_paraphrase) for ex in by_paraphrase[i]][:n]
+
+
+def training_products(n: int, test_seed: int, kb_sizes=None, first_seed: int | None = None) -> list[tuple]:
+    """(world, product) pairs of the worlds structured_examples(n, ...) draws from, whole worlds,
+    none named like a test product."""
+    test_names = {q.entity for q in build_kb(test_seed, kb_sizes).by_kind("structured")}
+    products, seed = [], test_seed + 1 if first_seed is None else first_seed
+    while sum(len(q.paraphrases) for _, q in products) < n:
+        world = build_kb(seed, kb_sizes)
+        products += [(world, q) for q in world.by_kind("structured") if q.entity not in test_names]
+        seed += 1
+    return products
+
+
+# Development products come from worlds far from the training worlds (test_seed + 1, ...) and the
+# few-shot examples' (test_seed + 1000)
+DEV_WORLDS_FROM = 2000
+
+
+def structured_dev_products(n: int, test_seed: int, kb_sizes=None, most_examples: int = 0) -> list[tuple]:
+    """n development products, as (world, product) pairs, for choosing the JSON fine-tune: from
+    worlds seeded from test_seed + DEV_WORLDS_FROM, none named like a test product or like any
+    product of the worlds the largest training set (`most_examples`) draws from, so they share no
+    fact and no name with either. Asked their held-out phrasing, as the test products are."""
+    avoid = {q.entity for q in build_kb(test_seed, kb_sizes).by_kind("structured")}
+    avoid |= {q.entity for _, q in training_products(most_examples, test_seed, kb_sizes)} if most_examples else set()
+    products, seed = [], test_seed + DEV_WORLDS_FROM
+    while len(products) < n:
+        world = build_kb(seed, kb_sizes)
+        fresh = [(world, q) for q in world.by_kind("structured") if q.entity not in avoid]
+        if not fresh and seed >= test_seed + DEV_WORLDS_FROM + 100:
+            raise ValueError(f"no product name outside the test and training worlds in 100 worlds: n_structured_dev={n} is too many")
+        avoid |= {q.entity for _, q in fresh}  # one product per name
+        products += fresh
+        seed += 1
+    return products[:n]
 
 
 def general_texts(n_chars: int = 6000) -> dict[str, str]:
