@@ -407,3 +407,14 @@ def test_the_curve_plot_starts_from_the_base_model():
     # retrieval's two lines: the retrieved chunk and the gold document
     assert list(lines["base + RAG (held-out)"].get_ydata()) == [0.5, 0.5]
     assert list(lines["base + gold document (held-out)"].get_ydata()) == [0.75, 0.75]
+
+
+def test_the_gold_document_holds_each_fact_and_names_its_entity(kb):
+    """The gold-document line reads the one document that states the fact: its value is in it, and
+    the document is about the fact's entity (no neighbour's page is handed in its place)."""
+    from ragft import metrics
+
+    for q in kb.sample("single", 16, 0):
+        doc = ch03.gold_document(kb, q)
+        assert metrics.contains(doc, q.answers) and doc.startswith(f"## {kb.doc(q.doc_ids[0]).title}\n\n"), q.qid
+        assert q.entity in doc, q.qid

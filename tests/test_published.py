@@ -1,6 +1,7 @@
 """The committed cpu results: complete, with provenance, and the knowledge base's sanity properties."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -110,42 +111,78 @@ def test_raft_headline_keys_and_sanity():
     assert m["hotpotqa_n_test"] >= 16
 
 
-# Each chapter's cap in seconds in the notebook, cpu profile, on 2 cores of the faster CPU kind
-# (../shared/DESIGN.md), and the book's: 34 minutes there, about 68 on the AVX2-only kind, which ran
-# every chapter 2.0 times as long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install
-# about 4 minutes, `make test` at most 8, the book, the browser check about 1) stays within 81 of its
-# 90 minutes on either kind. Chapter 4 takes about 290 s of its 520 since the cpu profile leaves RAFT's
-# ablations, top-k curves and PubMedQA to the gpu profile (the plan's `profiles`), so 100 s of its cap
-# go to chapter 8 (issue 31: 150 + 100), whose sample case trains two fine-tunes (about 140 s of its
-# 235 on the host that published it); chapter 3, whose knowledge curve runs to fitness (24 exposures),
-# has its 600. The caps still sum to the book's.
-CAP_S = {"01_prompting": 190, "02_rag": 300, "03_finetune": 600, "04_raft": 420, "05_freshness": 230,
-         "06_cost": 40, "07_verdict": 10, "08_your_case": 250}
+# Each chapter's cap in seconds in the notebook, cpu profile, on 2 cores of the faster CPU kind, and
+# the book's: 34 minutes there, about 68 on the AVX2-only kind, which ran every chapter 2.0 times as
+# long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install about 4 minutes, `make
+# test` at most 8, the book, the browser check about 1) stays within 81 of its 90 minutes on either
+# kind. The book's cap is ../shared/DESIGN.md's; its split between chapters is not: chapter 4 takes
+# about 220 s of DESIGN.md's 520 since the cpu profile leaves RAFT's ablations, top-k curves and
+# PubMedQA to the gpu profile (the plan's `profiles`), and what it left went to chapter 8 (its
+# sample case trains two fine-tunes), chapter 3 (its knowledge curve runs to fitness, 24 exposures,
+# and the JSON fine-tune is chosen on development products: about 710 s at the reference's speed)
+# and chapter 2 (whole SQuAD articles: about 330 s). The caps still sum to the book's.
+CAP_S = {"01_prompting": 190, "02_rag": 340, "03_finetune": 730, "04_raft": 260, "05_freshness": 250,
+         "06_cost": 40, "07_verdict": 10, "08_your_case": 220}
 BOOK_CAP_S = 2040
+
+
+def publication_factor(published: Path = PUBLISHED) -> float:
+    """What the caps are multiplied by for the published run: its host's speed as the provenance
+    records it (x2.0 on the AVX2-only kind; on the faster kind the ratio of the reference matmul rate
+    to the host's, at most 2.0), or, where the host trained slower than its matmul rate says, the
+    ratio of its training throughput to the reference's (ragft.host.training_factor)."""
+    from ragft.host import factor_from_provenance, training_factor
+
+    chapters = [p for p in sorted(published.glob("0*.json")) if p.stem != "00_front"]
+    # one publication, one host: the slowest rate any chapter measured (the verdict loads no model)
+    provs = [json.loads(p.read_text())["provenance"] for p in chapters]
+    factor = max(factor_from_provenance(p) for p in provs if "matmul_gflops_fp32" in p)
+    # chapter 3's training throughput: the LoRA method run (the reference's run, 1,804 tokens) and the
+    # knowledge curve's run (75,000 tokens of the same kind of examples, at the same batch size). The
+    # short run is noisy (184 and 228 tokens/s on one host at two stops, its curve run 208 and 212),
+    # so the slower of the two rates counts, as the slowest matmul rate does
+    tables = json.loads((published / "03_finetune.json").read_text())["tables"]
+    lora, curve = tables["train_runs"]["lora"], tables.get("curve_run", {})
+    rates = ([lora["tokens_per_s"]] if lora["train_tokens"] == 1804 else []) + (
+        [curve["tokens_per_s"]] if curve.get("method") == "lora" else [])
+    return max([factor] + [training_factor(r) for r in rates])
 
 
 def test_published_cpu_budget():
     """Each chapter within its cap, as measured when published, scaled by the publishing host's
-    speed as its provenance records it (x2.0 on the AVX2-only kind; on the faster kind the ratio of
-    the reference matmul rate to the host's, at most 2.0). The front page's own time counts towards
-    the verdict's, as in DESIGN.md's table."""
-    from ragft.host import factor_from_provenance, training_factor
-
+    speed (publication_factor). The front page's own time counts towards the verdict's, as in
+    DESIGN.md's table."""
     front = json.loads((PUBLISHED / "00_front.json").read_text())
     times = {row["chapter"]: row["in the notebook (s)"] for row in front["tables"]["chapter_times"]}
     assert set(times) == set(CAP_S) and sum(CAP_S.values()) <= BOOK_CAP_S
     times["07_verdict"] += front["timings"]["wall_s"]
-    # one publication, one host: the slowest rate any chapter measured (the verdict loads no model)
-    provs = [json.loads((PUBLISHED / f"{c}.json").read_text())["provenance"] for c in times]
-    factor = max(factor_from_provenance(p) for p in provs if "matmul_gflops_fp32" in p)
-    # and the host's training throughput on chapter 3's LoRA method run, the same examples as the
-    # reference's: a host can match the reference's matmul rate and still run the book slower
-    lora = json.loads((PUBLISHED / "03_finetune.json").read_text())["tables"]["train_runs"]["lora"]
-    if lora["train_tokens"] == 1804:  # the reference's run; another size is another workload
-        factor = max(factor, training_factor(lora["tokens_per_s"]))
+    factor = publication_factor()
+    print(f"published cpu times against their caps, scaled x{factor:.2f} by the publishing host's speed: "
+          + ", ".join(f"{c} {t:.0f}/{CAP_S[c] * factor:.0f} s" for c, t in times.items()))
     over = {c: (t, CAP_S[c] * factor) for c, t in times.items() if t > CAP_S[c] * factor}
     assert not over, f"over the cap (seconds, scaled cap): {over}"
     assert sum(times.values()) <= BOOK_CAP_S * factor
+
+
+def test_publication_factor_takes_the_slowest_measured_rate(tmp_path):
+    """The matmul rate at the reference's gives x1; the training runs decide: the slower of the method
+    run (the reference's 1,804 tokens) and the curve run, 278 / 211.6 = 1.314."""
+    from ragft.host import REFERENCE_LORA_TOKENS_PER_S
+
+    prov = {"matmul_gflops_fp32": 190.6, "matmul_gflops_bf16": 800.0}
+    (tmp_path / "00_front.json").write_text(json.dumps({"provenance": {}}))  # no model: not read
+    (tmp_path / "01_prompting.json").write_text(json.dumps({"provenance": prov}))
+
+    def chapter3(method_tokens, method_rate, curve):
+        tables = {"train_runs": {"lora": {"train_tokens": method_tokens, "tokens_per_s": method_rate}}, **curve}
+        (tmp_path / "03_finetune.json").write_text(json.dumps({"provenance": prov, "tables": tables}))
+        return publication_factor(tmp_path)
+
+    assert chapter3(1804, 228.5, {"curve_run": {"method": "lora", "tokens_per_s": 211.6}}) == pytest.approx(
+        REFERENCE_LORA_TOKENS_PER_S / 211.6)
+    assert chapter3(1804, 184.5, {"curve_run": {"method": "lora", "tokens_per_s": 211.6}}) == pytest.approx(278 / 184.5)
+    assert chapter3(900, 100.0, {}) == 1.0  # another method run is another workload; no curve: the matmul rate alone
+    assert chapter3(1804, 400.0, {}) == 1.0  # never less than the reference's time
 
 
 def test_host_time_factor():
