@@ -206,17 +206,31 @@ def test_each_run_names_its_own_knowledge_base_collections():
     assert a.run_tag != b.run_tag and len(a.run_tag) == 8
 
 
+def test_the_chapter_holds_set_up_only():
+    """Steps hand their results on by returning them: the chapter is frozen, so a step that stored a
+    result on it would fail at once, and no field holds a step's result."""
+    import dataclasses
+
+    ch = ch02.Chapter(None, None, None, None, None, [], {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ch.best_k = 3
+    assert {f.name for f in dataclasses.fields(ch02.Chapter)} == {
+        "params", "run", "lm", "embed_model", "kb", "pages", "where", "nq", "own", "run_tag"}
+
+
 def test_a_section_left_out_of_sections_is_skipped_and_its_cells_run_through():
     """`sections` leaves the knowledge base out: its steps return a Skipped that every attribute,
     call and loop of the chapter's cells passes through, figures come back as None (glued and closed
     as nothing), and the step itself never runs (no model here to run it with)."""
     params = resolve("02_rag", "smoke", sections=["own_documents"])
     ch = ch02.Chapter(params, run=None, lm=None, embed_model=None, kb=None, pages=[], where={})
-    grid = ch02.retrieval_grid(ch)
+    index = ch02.ingest(ch)
+    assert isinstance(index, ch02.Skipped) and isinstance(index.styled(), ch02.Skipped)
+    grid = ch02.retrieval_grid(ch, index)  # handed a skipped step's result: skipped too
     assert isinstance(grid, ch02.Skipped) and "knowledge_base" in repr(grid)
     assert isinstance(grid.table.style.format("{:.1%}"), ch02.Skipped) and list(grid.stated) == []
-    assert ch02.heatmap(grid) is None and isinstance(ch02.methods_styled(ch02.retrieval_methods(ch)), ch02.Skipped)
-    assert isinstance(ch02.scale(ch), ch02.Skipped) and isinstance(ch02.real_data(ch, grid), ch02.Skipped)
+    assert ch02.heatmap(grid) is None and isinstance(ch02.methods_styled(ch02.retrieval_methods(ch, grid)), ch02.Skipped)
+    assert isinstance(ch02.scale(ch, index, grid), ch02.Skipped) and isinstance(ch02.real_data(ch, grid, None), ch02.Skipped)
     assert "not in this run's sections" in grid._repr_markdown_()
     with pytest.raises(AttributeError):
         grid._repr_html_  # IPython's look-ups find nothing, so the one-line markdown is what shows
@@ -261,9 +275,8 @@ def test_chunk_size_and_top_k_are_chosen_on_development_questions_only():
             return rows
 
     dev_items = [it for it in rag.kb_items(kb.by_kind("single")) if it.qid not in {t.qid for t in test}]
-    ch = SimpleNamespace(params=p, kb=kb, items=test, retrievers={128: Store(3), 256: Store(1)}, depth=3,
-                         score_ks=[1, 3], run=ChapterRun("02_rag", p))
-    out = ch02.development_choice(ch)
-    assert (ch.best_chunk, ch.best_k) == (256, 1) and out["n"] == min(p.n_retrieval_questions, len(dev_items))
+    ch = SimpleNamespace(params=p, kb=kb, depth=3, score_ks=[1, 3], run=ChapterRun("02_rag", p))
+    out = ch02.development_choice(ch, test, {128: Store(3), 256: Store(1)})
+    assert (out["chunk"], out["k"]) == (256, 1) and out["n"] == min(p.n_retrieval_questions, len(dev_items))
     assert not set(asked) & {t.question for t in test}  # no test question was read to choose
     assert [r["chunk_size"] for r in ch.run.tables["development_choice"]] == [128, 256]

@@ -1,6 +1,9 @@
 """Chapter 2, RAG with LlamaIndex and Chroma: every stage of a retrieval pipeline, measured.
 
-Sections, in the order the notebook runs them:
+Sections, in the order the notebook runs them. Each step takes its inputs and returns its result
+(ingest an Index of the stores, retrieval_grid a Grid: the test questions, the retrievers and the
+chunk size and top-k chosen on development questions, which the later steps are handed); the
+Chapter holds the set-up only.
 
   ingest               one fresh Chroma collection per chunk size; ingestion against the bare embedder
   retrieval_grid       recall@k by chunk size and top-k (dense): picks the chunk size and top-k
@@ -151,10 +154,12 @@ def rate(run: ChapterRun, key: str, value: float, n: int):
         run.metric(key, value, "rate", n=n)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Chapter:
-    """The chapter's state: parameters, results file, models, knowledge base, stores, the retrieval
-    questions and the choices the retrieval grid makes (chunk size, top-k)."""
+    """The chapter's set-up: parameters, results file, models, the knowledge base as pages, where
+    Chroma keeps its collections, NaturalQuestions-Open when the data folder has it, and the reader's
+    own inputs. No step writes here (frozen: a step that tried would fail): each returns what it
+    measured and chose (Index, Grid, ...)."""
 
     params: object
     run: ChapterRun
@@ -163,12 +168,6 @@ class Chapter:
     kb: object
     pages: list
     where: dict  # Chroma: a local folder or a server
-    stores: dict = field(default_factory=dict)  # chunk size -> ChunkStore
-    retrievers: dict = field(default_factory=dict)  # chunk size -> Retriever
-    items: list = field(default_factory=list)  # the retrieval grid's questions (QAItems)
-    query_vectors: np.ndarray | None = None
-    best_chunk: int | None = None
-    best_k: int | None = None
     nq: list = field(default_factory=list)  # NaturalQuestions-Open, when the data folder has it
     own: "OwnInputs | None" = None  # your documents and questions, read and checked before any model loads
     # names this run's knowledge-base collections, so ingestion is timed on fresh ones (issue 12)
@@ -179,23 +178,12 @@ class Chapter:
                               chunk_overlap=self.params.chunk_overlap, **self.where)
 
     @property
-    def questions(self) -> list[str]:
-        return [it.question for it in self.items]
-
-    @property
     def score_ks(self) -> list[int]:
         return sorted(set(self.params.top_ks) | {HEADLINE_K})
 
     @property
     def depth(self) -> int:
         return max(self.score_ks)
-
-    @property
-    def best(self):
-        """The retriever at the chosen chunk size."""
-        if self.best_chunk is None:
-            raise RuntimeError("run retrieval_grid first: it chooses the chunk size")
-        return self.retrievers[self.best_chunk]
 
     def summary(self) -> str:
         lm = self.lm
@@ -206,7 +194,9 @@ class Chapter:
 
 def setup(params) -> Chapter:
     """Seeds and threads; the language model and the embedder; the knowledge base as pages; a fresh
-    local Chroma folder (so ingestion is measured from scratch) or the configured server."""
+    local Chroma folder (so ingestion is measured from scratch) or the configured server;
+    NaturalQuestions-Open where the knowledge base's sections run and the data folder has it (the
+    refusal threshold's off-topic questions, and the real-data section's gold passages)."""
     from .. import settings
 
     own = read_own_inputs(params)  # a bad file fails here, in seconds, not after the whole chapter
@@ -214,38 +204,61 @@ def setup(params) -> Chapter:
     folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
     where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=folder)
-    return Chapter(params, run, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where, own=own)
+    nq = load_nq(params) if "knowledge_base" in params.sections else []
+    return Chapter(params, run, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where, nq, own)
+
+
+def load_nq(params) -> list:
+    """NaturalQuestions-Open from the data folder, or nothing (with a line saying why)."""
+    from ..corpus import benchmarks
+
+    try:
+        return benchmarks.load_nq_open(params.data_dir or None)
+    except benchmarks.DataUnavailable as e:
+        print(f"NaturalQuestions-Open not available: {e}")
+        return []
 
 
 # ---------------------------------------------------------------------------------------------
 # Ingestion
 
 
+@dataclass
+class Index:
+    """The knowledge base ingested at every chunk size."""
+
+    table: pd.DataFrame  # chunk size -> chunks, ingest and embedding seconds, what a second pass added
+    stores: dict  # chunk size -> ChunkStore
+
+    def styled(self):
+        return self.table.style.format({"ingest_s": "{:.2f} s", "embed_s": "{:.2f} s"})
+
+
 @section("knowledge_base")
-def ingest(ch: Chapter) -> pd.DataFrame:
+def ingest(ch: Chapter) -> Index:
     """Ingest the pages at every chunk size (twice: the second pass must add nothing) and time the
-    bare embedder on the same chunk texts. One row per chunk size."""
+    bare embedder on the same chunk texts. One row per chunk size, and the stores."""
     p, run = ch.params, ch.run
     encoder = rag.store.bare_encoder(ch.embed_model)
     encoder.encode(["warm-up"] * 8)  # the first call pays one-off set-up costs
-    rows = []
+    rows, stores = [], {}
     with run.stage("ingest"):
         for size in p.chunk_sizes:
             # a collection of this run's own (issue 12): a re-run against a Chroma server that holds
             # last run's collection would otherwise time an ingest that adds nothing
-            ch.stores[size] = ch.open_store(f"kb-{size}-{ch.run_tag}", size)
-            first = fresh_ingest(ch.stores[size], ch.pages)
-            again = ch.stores[size].ingest(ch.pages)
+            stores[size] = ch.open_store(f"kb-{size}-{ch.run_tag}", size)
+            first = fresh_ingest(stores[size], ch.pages)
+            again = stores[size].ingest(ch.pages)
             rows.append({"chunk_size": size, "chunks": first.chunks_added, "ingest_s": first.seconds,
                          "embed_s": first.embed_seconds, "chunks_added_again": again.chunks_added,
                          "docs_unchanged_again": again.docs_unchanged})
     table = pd.DataFrame(rows).set_index("chunk_size")
-    texts = [t for size in p.chunk_sizes for t in ch.stores[size].embed_texts(ch.pages)]
+    texts = [t for size in p.chunk_sizes for t in stores[size].embed_texts(ch.pages)]
     _, encoder_s = timed(lambda: encoder.encode(texts, batch_size=64))
     pipeline = run.metric("ingest_chunks_per_s", table.chunks.sum() / table.ingest_s.sum(), "machine")
     bare = run.metric("embedder_only_chunks_per_s", len(texts) / encoder_s, "machine")
     run.metric("ingest_share_of_embedder", pipeline / bare, "machine")
-    return table
+    return Index(table, stores)
 
 
 def fresh_ingest(store, pages: list):
@@ -268,67 +281,87 @@ def fresh_ingest(store, pages: list):
 
 @dataclass
 class Grid:
+    """The retrieval grid on the test questions, and what every later knowledge-base step reads: the
+    test questions, a retriever per chunk size, the questions' embeddings, and the chunk size and
+    top-k chosen on development questions."""
+
     table: pd.DataFrame  # chunk size -> recall@k for every scored k, and MRR
     top_ks: list[int]  # the columns the heat map shows
+    items: list  # the test questions (QAItems)
+    retrievers: dict  # chunk size -> Retriever
+    query_vectors: np.ndarray  # the test questions' embeddings
+    chunk: int  # the chunk size, chosen on development questions
+    k: int  # the top-k, chosen on the same
 
     @property
     def recall_cols(self) -> list[str]:
         return [f"recall_at_{k}" for k in self.top_ks]
 
+    @property
+    def questions(self) -> list[str]:
+        return [it.question for it in self.items]
+
+    @property
+    def best(self):
+        """The retriever at the chosen chunk size."""
+        return self.retrievers[self.chunk]
+
 
 @section("knowledge_base")
-def retrieval_grid(ch: Chapter) -> Grid:
+def retrieval_grid(ch: Chapter, index: Index) -> Grid:
     """Dense recall@k at every chunk size on the test questions. The chunk size (best MRR) and the
     top-k (the smallest within BEST_K_SHARE of the best recall there) that the answering experiments
     use are chosen on development questions: the knowledge base's other single-fact questions, which
     share no fact with the test ones (development_choice). Retrieval here is at the ceiling, so R1
     and R2 are compared on SQuAD articles (squad_articles)."""
     p, run = ch.params, ch.run
-    ch.items = rag.kb_items(ch.kb.sample("single", p.n_retrieval_questions, p.seed))
-    ch.retrievers = {size: rag.Retriever(ch.stores[size], ch.embed_model) for size in p.chunk_sizes}
-    ch.query_vectors = ch.retrievers[p.chunk_sizes[0]].embed(ch.questions)
+    items = rag.kb_items(ch.kb.sample("single", p.n_retrieval_questions, p.seed))
+    questions = [it.question for it in items]
+    retrievers = {size: rag.Retriever(index.stores[size], ch.embed_model) for size in p.chunk_sizes}
+    vectors = retrievers[p.chunk_sizes[0]].embed(questions)
     rows = []
     with run.stage("retrieval_grid"):
-        for size, retriever in ch.retrievers.items():
-            ranked = retriever.dense(ch.questions, ch.depth, vectors=ch.query_vectors)
-            rows.append({"chunk_size": size, **rag.retrieval_scores(ch.items, ranked, ch.score_ks)})
+        for size, retriever in retrievers.items():
+            ranked = retriever.dense(questions, ch.depth, vectors=vectors)
+            rows.append({"chunk_size": size, **rag.retrieval_scores(items, ranked, ch.score_ks)})
             for k in ch.score_ks:
-                run.record(retrieval_condition("dense", size, k), hits_at(ch.items, ranked, k))
-        dev = development_choice(ch)
+                run.record(retrieval_condition("dense", size, k), hits_at(items, ranked, k))
+        dev = development_choice(ch, items, retrievers)
     table = pd.DataFrame(rows).set_index("chunk_size")
-    n = len(ch.items)
-    run.metric("best_chunk_size", ch.best_chunk, "choice")
-    run.metric("best_top_k", ch.best_k, "choice")
+    n = len(items)
+    run.metric("best_chunk_size", dev["chunk"], "choice")
+    run.metric("best_top_k", dev["k"], "choice")
     run.metric("dev_retrieval_n", dev["n"], "exact")
-    run.metric("recall_at_5_best", table.loc[ch.best_chunk, f"recall_at_{HEADLINE_K}"], "rate", n=n)
-    run.metric("mrr_best", table.loc[ch.best_chunk, "mrr"], "mean", n=n)
+    run.metric("recall_at_5_best", table.loc[dev["chunk"], f"recall_at_{HEADLINE_K}"], "rate", n=n)
+    run.metric("mrr_best", table.loc[dev["chunk"], "mrr"], "mean", n=n)
     run.metric("n_retrieval_questions", n, "exact")
-    return Grid(table, list(p.top_ks))
+    return Grid(table, list(p.top_ks), items, retrievers, vectors, dev["chunk"], dev["k"])
 
 
-def development_choice(ch: Chapter) -> dict:
+def development_choice(ch: Chapter, test_items: list, retrievers: dict) -> dict:
     """The chunk size and top-k the answering experiments use, chosen on development questions: up to
     n_retrieval_questions of the knowledge base's single-fact questions that are not test questions
-    (one fact each, so none shares a fact with a test question). Sets ch.best_chunk and ch.best_k and
-    keeps the evidence (MRR and recall per chunk size) in the results' tables."""
+    (one fact each, so none shares a fact with a test question). Returns them ("chunk", "k") with the
+    number of development questions ("n") and keeps the evidence (MRR and recall per chunk size) in
+    the results' tables."""
     p = ch.params
-    test = {it.qid for it in ch.items}
+    test = {it.qid for it in test_items}
     pool = [q for q in ch.kb.sample("single", len(ch.kb.by_kind("single")), p.seed + 1) if q.qid not in test]
     dev = rag.kb_items(pool[:p.n_retrieval_questions])
     if not dev:
         raise ValueError("no development questions: every single-fact question of this knowledge base is a test "
                          "question; lower n_retrieval_questions or grow the knowledge base (kb)")
     questions = [it.question for it in dev]
-    vectors = ch.retrievers[p.chunk_sizes[0]].embed(questions)
+    vectors = retrievers[p.chunk_sizes[0]].embed(questions)
     rows = [{"chunk_size": size, **rag.retrieval_scores(dev, r.dense(questions, ch.depth, vectors=vectors), ch.score_ks)}
-            for size, r in ch.retrievers.items()]
+            for size, r in retrievers.items()]
     table = pd.DataFrame(rows).set_index("chunk_size")
-    ch.best_chunk = int(table["mrr"].idxmax())  # the size that ranks the relevant chunk highest
-    at_best = table.loc[ch.best_chunk, [f"recall_at_{k}" for k in p.top_ks]]
-    ch.best_k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
+    chunk = int(table["mrr"].idxmax())  # the size that ranks the relevant chunk highest
+    at_best = table.loc[chunk, [f"recall_at_{k}" for k in p.top_ks]]
+    k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
     ch.run.tables["development_choice"] = table.reset_index().to_dict("records")
     glue("best_k_share", f"{BEST_K_SHARE:.0%}")
-    return {"n": len(dev), "table": table}
+    return {"n": len(dev), "table": table, "chunk": chunk, "k": k}
 
 
 @section("knowledge_base", figure=True)
@@ -347,21 +380,21 @@ class Methods:
 
 
 @section("knowledge_base")
-def retrieval_methods(ch: Chapter) -> Methods:
+def retrieval_methods(ch: Chapter, grid: Grid) -> Methods:
     """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size, a table (at the
     ceiling here: hybrid against dense is compared on SQuAD articles). (Reranking is scored with the
     answers: the LL reranker reads the same prompt the answer scoring reads.)"""
-    run, best, size = ch.run, ch.best, ch.best_chunk
+    run, best, size, items = ch.run, grid.best, grid.chunk, grid.items
     rows = []
     for name in ("dense", "bm25", "hybrid"):
-        ranked, seconds = timed(lambda: best.search(ch.questions, ch.depth, name, vectors=ch.query_vectors))
-        rows.append({"method": name, "n": len(ch.items), **rag.retrieval_scores(ch.items, ranked, ch.score_ks),
-                     "ms_per_query": 1000 * seconds / len(ch.items)})
+        ranked, seconds = timed(lambda: best.search(grid.questions, ch.depth, name, vectors=grid.query_vectors))
+        rows.append({"method": name, "n": len(items), **rag.retrieval_scores(items, ranked, ch.score_ks),
+                     "ms_per_query": 1000 * seconds / len(items)})
         if name != "dense":  # dense at this size is the grid's, recorded there
             for k in ch.score_ks:
-                run.record(retrieval_condition(name, size, k), hits_at(ch.items, ranked, k))
+                run.record(retrieval_condition(name, size, k), hits_at(items, ranked, k))
     table = pd.DataFrame(rows).set_index("method")
-    n = len(ch.items)
+    n = len(items)
     for name in ("dense", "bm25", "hybrid"):
         run.metric(f"{name}_recall_at_5", table.loc[name, "recall_at_5"], "rate", n=n)
     if "recall_at_1" in table:
@@ -450,7 +483,7 @@ class ScoredAt:
     relevant_sources: dict = field(default_factory=dict)  # qid -> the source numbers that hold the gold sentence
 
 
-def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int]) -> dict[int, ScoredAt]:
+def score_top_ks(ch: Chapter, retriever, answerable: list, unanswerable: list, ks: list[int]) -> dict[int, ScoredAt]:
     """Retrieve each question's top max(ks) chunks (the configured method; a top-k is the first k of
     them), then rank its candidate replies given the numbered chunks at every k, and for the
     unanswerable questions at the fewest chunks only (ragft.scoring.rank_candidates). A question's
@@ -462,7 +495,7 @@ def score_top_ks(ch: Chapter, answerable: list, unanswerable: list, ks: list[int
     p = ch.params
     by_id = {q.qid: q for q in ch.kb.questions}
     asked = answerable + unanswerable
-    ranked = ch.best.search([it.question for it in asked], max(ks), p.retrieval)
+    ranked = retriever.search([it.question for it in asked], max(ks), p.retrieval)
     out = {k: ScoredAt(k, {}, 0.0, {}, {}, float("nan"), {}, {}, {}, {}, 0.0, 0) for k in ks}
     chances, shares, seconds = {k: [] for k in ks}, {k: [] for k in ks}, 0.0
     for it, hits_all in progress(list(zip(asked, ranked)), desc="scoring"):
@@ -526,19 +559,19 @@ def rate_row(name: str, outcomes: dict, chance: float, **extra) -> dict:
 
 
 @section("knowledge_base")
-def scored_answers(ch: Chapter) -> Scored:
+def scored_answers(ch: Chapter, grid: Grid) -> Scored:
     """The answers scored by candidate log-likelihood on n_scored_questions answerable questions at
     every answer top-k (K9: the fewest chunks against the most), and at the chosen top-k also
     attribution (which numbered source the gold answer is cited with), the listwise LL reranker
     (R3: its first source against the retrieval's first) and the LL refusal score on
     n_scored_unanswerable unanswerable questions at the fewest chunks (refusal as a detector)."""
-    p, run, best_k = ch.params, ch.run, ch.best_k
-    answerable = ch.items[:p.n_scored_questions]
+    p, run, best_k = ch.params, ch.run, grid.k
+    answerable = grid.items[:p.n_scored_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_scored_unanswerable, p.seed))
     ks = sorted(set(p.answer_top_ks) | {best_k})
     rows = []
     with run.stage("scored_answers"):
-        by_k = score_top_ks(ch, answerable, unanswerable, ks)
+        by_k = score_top_ks(ch, grid.best, answerable, unanswerable, ks)
         for k, sc in by_k.items():
             if k == ks[0]:
                 run.record(f"scored top-{k} unanswerable refusal score", {q: v for q, v in sc.refusal_score.items()
@@ -682,19 +715,19 @@ class Answers:
 
 
 @section("knowledge_base")
-def answers(ch: Chapter) -> Answers:
+def answers(ch: Chapter, grid: Grid) -> Answers:
     """Generated cited answers, the format view, on a small subset: n_answer_questions answerable
     questions at every answer top-k (and the chosen one) with the configured retrieval method, and
     n_unanswerable unanswerable ones at the chosen top-k. The claims are decided on the scored
     answers (scored_answers); these rates carry their intervals and no paired verdict."""
-    p, run, best_k = ch.params, ch.run, ch.best_k
-    answer_items = ch.items[:p.n_answer_questions]
+    p, run, best_k = ch.params, ch.run, grid.k
+    answer_items = grid.items[:p.n_answer_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_unanswerable, p.seed))
     rows, ks = [], sorted(set(p.answer_top_ks) | {best_k})  # the chosen top-k is always answered
     with run.stage("answers"):
         for k in ks:
             asked = answer_items + (unanswerable if k == best_k else [])  # refusals at the chosen top-k only
-            ranked = ch.best.search([it.question for it in asked], k, p.retrieval)
+            ranked = grid.best.search([it.question for it in asked], k, p.retrieval)
             gen, texts = rag.answer_batch(ch.lm, asked, ranked, p.max_new_tokens, p.batch_size, desc=f"top-{k}")
             row = answer_metrics.condition_row(f"top-{k}", gen, asked, p.price_per_mtok, top_k=k,
                                                **rag.retrieval_scores(asked, ranked, [k]),
@@ -707,13 +740,12 @@ def answers(ch: Chapter) -> Answers:
             record(run, f"answer top-{k} refusal", refused, tokens)
             record(run, f"citation top-{k}", citation_outcomes(asked, ranked, texts))
     table = pd.DataFrame(rows).set_index("condition")
-    _answer_metrics(ch, table, len(answer_items), len(unanswerable))
+    _answer_metrics(run, table.loc[f"top-{best_k}"], table, len(answer_items), len(unanswerable))
     return Answers(rows, table, len(unanswerable))
 
 
-def _answer_metrics(ch: Chapter, table: pd.DataFrame, n: int, n_unanswerable: int) -> None:
-    run = ch.run
-    main = table.loc[f"top-{ch.best_k}"]
+def _answer_metrics(run: ChapterRun, main: pd.Series, table: pd.DataFrame, n: int, n_unanswerable: int) -> None:
+    """The answers' metrics: `main` is the chosen top-k's row of `table`."""
     run.metric("rag_contains", main["contains"], "rate", n=n)
     # Wilson bounds move with the rate: one flipped answer moves them by about as much as the rate
     run.metric("rag_contains_lo", main["contains_lo"], "derived", tol=rate_tolerance(n))
@@ -769,30 +801,23 @@ class Refusal:
 
 
 @section("knowledge_base")
-def refusal_threshold(ch: Chapter) -> Refusal:
+def refusal_threshold(ch: Chapter, grid: Grid) -> Refusal:
     """Refuse whenever the best dense similarity is under a threshold: a sweep over thresholds for the
     knowledge base's unanswerable questions (near misses) and, when the data folder has them,
-    off-topic NaturalQuestions (loaded here; the real-data section reads them too)."""
-    from ..corpus import benchmarks
-
-    run, best = ch.run, ch.best
+    off-topic NaturalQuestions (the set-up's)."""
+    run, best = ch.run, grid.best
 
     def top_similarity(qs):
         return [h[0].score if h else 0.0 for h in best.dense(qs, 1)]
 
-    answerable_sim = top_similarity(ch.questions)
+    answerable_sim = top_similarity(grid.questions)
     near_miss = rag.kb_items(ch.kb.by_kind("unanswerable"))
     near_sim = top_similarity([it.question for it in near_miss])
-    try:
-        ch.nq = benchmarks.load_nq_open(ch.params.data_dir or None)
-    except benchmarks.DataUnavailable as e:
-        ch.nq = []
-        print(f"NaturalQuestions-Open not available: {e}")
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
     # The operating point: the threshold of highest Youden's J. With few unanswerable questions among
     # many answerable ones, the highest refusal F1 is refusing everything (precision = their share).
     best_t = best_threshold(sweep)
-    n_a, n_u = len(ch.items), len(near_miss)
+    n_a, n_u = len(grid.items), len(near_miss)
     f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 and J of refusals move with their two rates
     run.metric("refusal_f1_best", sweep.loc[best_t, "refusal_f1"], "derived", tol=f1_tol)
     run.metric("refusal_j_best", sweep.loc[best_t, "refusal_j"], "derived", tol=f1_tol)
@@ -844,12 +869,12 @@ class Latency:
 
 
 @section("knowledge_base")
-def latency(ch: Chapter) -> Latency:
+def latency(ch: Chapter, grid: Grid) -> Latency:
     """n_latency_queries questions answered one at a time, as a service would, each stage timed."""
     run, times = ch.run, []
     with run.stage("latency"):
-        for it in ch.items[:ch.params.n_latency_queries]:
-            _, _, t = rag.answer_live(it.question, ch.best, ch.lm, ch.best_k, max_new_tokens=ch.params.max_new_tokens)
+        for it in grid.items[:ch.params.n_latency_queries]:
+            _, _, t = rag.answer_live(it.question, grid.best, ch.lm, grid.k, max_new_tokens=ch.params.max_new_tokens)
             times.append(t)
     lat = evaluation.latency_summary(times)
     for key, stage in (("ttft_p50_ms", "ttft_ms"), ("embed_p50_ms", "embed_ms"), ("search_p50_ms", "search_ms"),
@@ -898,14 +923,14 @@ class Scale:
 
 
 @section("scale")
-def scale(ch: Chapter) -> Scale:
+def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     """Grow one collection through scale_sizes (real chunk vectors, then Gaussian fillers with their
     mean and covariance) and time HNSW against exact search at each size (ragft.rag.bench)."""
     from .. import settings
 
     p, run = ch.params, ch.run
-    real = np.concatenate([np.asarray(s.collection.get(include=["embeddings"])["embeddings"]) for s in ch.stores.values()])
-    queries = ch.query_vectors[:p.n_scale_queries]
+    real = np.concatenate([np.asarray(s.collection.get(include=["embeddings"])["embeddings"]) for s in index.stores.values()])
+    queries = grid.query_vectors[:p.n_scale_queries]
     with run.stage("scale"):
         rows, ef_rows, filler = bench.scale_benchmark(real, queries, p.scale_sizes, seed=p.seed, ef_search=p.ef_search,
                                                       ef_construction=EF_CONSTRUCTION, folder=settings.run_dir())
@@ -1181,7 +1206,7 @@ def real_data(ch: Chapter, grid: Grid, articles: Articles) -> RealData:
         rows.append({"data": "NaturalQuestions-Open, gold passage", "n": len(nq_read), "answered": len(nq_read),
                      "em": scores["em"], "f1": scores["f1"], "contains": scores["contains"]})
     m = run.metrics
-    kb_row = {"data": "knowledge base", "n": len(ch.items), **grid.table.loc[ch.best_chunk].to_dict(),
+    kb_row = {"data": "knowledge base", "n": len(grid.items), **grid.table.loc[grid.chunk].to_dict(),
               "answered": m["n_answer_questions"], "em": m["rag_em"], "f1": m["rag_f1"],
               "contains": m["rag_contains"]}
     return RealData(pd.DataFrame([kb_row] + rows).set_index("data"))
@@ -1271,7 +1296,7 @@ def own_documents(ch: Chapter) -> OwnDocuments:
 # Saving
 
 
-def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
+def finish(ch: Chapter, index: Index, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
            ref: Refusal, lat: Latency, sc: Scale, articles: Articles, real: RealData):
     """The model size, the tables, every metric glued, and the results file written."""
     from ..results import glue_metrics
@@ -1280,7 +1305,7 @@ def finish(ch: Chapter, ingest_table: pd.DataFrame, grid: Grid, methods: Methods
     run.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
     records = lambda table: table.reset_index().to_dict("records")
     if "knowledge_base" in ch.params.sections:
-        run.tables.update(ingest=records(ingest_table), grid=records(grid.table), methods=records(methods.table),
+        run.tables.update(ingest=records(index.table), grid=records(grid.table), methods=records(methods.table),
                           answers=ans.rows, scored=records(scored.table),
                           refusal_detectors=records(pd.concat([scored.detectors, ref.detectors])),
                           refusal=records(ref.sweep), latency=lat.summary)
