@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ragft import config
+from ragft import config, plots
 from ragft.experiments import ch01_prompting as ch01
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
@@ -81,34 +81,46 @@ def rank_planted(ch, name, group, items, right, refuse=(), tokens=100, **extra):
 
 
 def fill(ch, gold_right=range(100), haystack_right=((0, 1, 2), (0,))):
-    """Every condition of the chapter. Ranked: closed book always wrong and refusing nothing, the
-    instruction refusing every unanswerable question (and nothing else), few-shot k=1 right on the
-    first question, the gold document right on `gold_right`, the haystacks on the given indices.
-    Generated: the same pattern on the first questions."""
+    """Every section of the chapter, planted, as the four Sections its steps return. Ranked: closed
+    book always wrong and refusing nothing, the instruction refusing every unanswerable question (and
+    nothing else), few-shot k=1 right on the first question, the gold document right on
+    `gold_right`, the haystacks on the given indices. Generated: the same pattern on the first
+    questions."""
     test = ch.test
     unans = unanswerable_indices(test)
-    rank_planted(ch, "closed book", "test", test, set(), tokens=30)
-    rank_planted(ch, "instruction", "test", test, set(), refuse=unans, tokens=70)
+    closed = ch01.Section([rank_planted(ch, "closed book", "test", test, set(), tokens=30),
+                           rank_planted(ch, "instruction", "test", test, set(), refuse=unans, tokens=70)])
     items = ch.few_shot_items
-    base = ch.ranked["instruction"]
-    ch01.add_ranked(ch, "few-shot k=0", "few-shot", items,
-                    ch01.subset_ranking(base.ranking, [test.index(q) for q in items]), base.with_refusal, k=0)
-    rank_planted(ch, "few-shot k=1", "few-shot", items, {0}, tokens=110, k=1)
-    rank_planted(ch, "gold document", "test", test, set(gold_right), refuse=unans, tokens=220)
-    rank_planted(ch, "gold documents, two-hop", "test", ch.multihop, {0}, tokens=330)
-    ch.long_context_questions = ch.single[:3]
-    for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right, (400, 650)):
-        rank_planted(ch, name, "long context", ch.long_context_questions, set(right), tokens=tokens, documents=2)
+    base = closed.named("instruction")
+    few = ch01.Section([ch01.add_ranked(ch, "few-shot k=0", "few-shot", items,
+                                        ch01.subset_ranking(base.ranking, [test.index(q) for q in items]),
+                                        base.with_refusal, k=0),
+                        rank_planted(ch, "few-shot k=1", "few-shot", items, {0}, tokens=110, k=1)])
+    gold = ch01.Section([rank_planted(ch, "gold document", "test", test, set(gold_right), refuse=unans, tokens=220),
+                         rank_planted(ch, "gold documents, two-hop", "test", ch.multihop, {0}, tokens=330)])
+    asked = ch.single[:3]
+    haystacks = ch01.Section([rank_planted(ch, name, "long context", asked, set(right), tokens=tokens, documents=2)
+                              for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right,
+                                                             (400, 650))])
     shown = ch.generated_test
-    ch01.add_condition(ch, "closed book", "test", shown, gen(answers(shown, set()), 30))
-    ch01.add_condition(ch, "instruction", "test", shown, gen(answers(shown, unanswerable_indices(shown)), 70))
-    few = [q for q in shown if q in items]
-    ch01.add_condition(ch, "few-shot k=1", "few-shot", few, gen(answers(few, {0}), 110), k=1)
-    ch01.add_condition(ch, "gold document", "test", shown, gen(answers(shown, set(gold_right)), 220))
-    ch01.add_condition(ch, "gold documents, two-hop", "test", ch.multihop, gen(answers(ch.multihop, {0}), 330))
-    for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right, (400, 650)):
-        ch01.add_condition(ch, name, "long context", ch.long_context_questions,
-                           gen(answers(ch.long_context_questions, set(right)), tokens), documents=2)
+    closed.generated += [ch01.add_condition(ch, "closed book", "test", shown, gen(answers(shown, set()), 30)),
+                         ch01.add_condition(ch, "instruction", "test", shown,
+                                            gen(answers(shown, unanswerable_indices(shown)), 70))]
+    shown_few = [q for q in shown if q in items]
+    few.generated.append(ch01.add_condition(ch, "few-shot k=1", "few-shot", shown_few,
+                                            gen(answers(shown_few, {0}), 110), k=1))
+    gold.generated += [ch01.add_condition(ch, "gold document", "test", shown, gen(answers(shown, set(gold_right)), 220)),
+                       ch01.add_condition(ch, "gold documents, two-hop", "test", ch.multihop,
+                                          gen(answers(ch.multihop, {0}), 330))]
+    haystacks.generated += [ch01.add_condition(ch, name, "long context", asked, gen(answers(asked, set(right)), tokens),
+                                               documents=2)
+                            for name, right, tokens in zip(("haystack gold only", "haystack 600"), haystack_right,
+                                                           (400, 650))]
+    return closed, few, gold, haystacks
+
+
+def found(ch, **planted):
+    return ch01.Findings(*fill(ch, **planted))
 
 
 def test_outcomes_keep_answers_and_refusals_apart(kb):
@@ -141,30 +153,31 @@ def test_candidates_rank_the_refusal_only_beside_unanswerable_questions(chapter)
 
 
 def test_rankings_are_recorded_by_meaning_and_agree_with_their_rows(chapter):
-    fill(chapter, gold_right={0, 1, 2})
+    f = found(chapter, gold_right={0, 1, 2})
     outcomes = chapter.run.outcomes
     assert {"instruction", "instruction refusal", "closed book refusal", "few-shot k=1", "haystack 600",
             "instruction, generated", "instruction, generated refusal"} <= set(outcomes)
     assert "haystack 600 refusal" not in outcomes  # the haystacks ask answerable questions only
-    for r in chapter.ranked.values():
+    for r in f.ranked:
         scores = outcomes[r.name]
         assert len(scores) == r.row["n"] == sum(q.kind != "unanswerable" for q in r.items)
         assert sum(scores.values()) / len(scores) == pytest.approx(r.row["ll_acc"])
         assert r.row["chance"] == pytest.approx(1 / (ch01.CANDIDATES_K + 1))  # the refusal is no value
-    assert chapter.ranked["gold document"].row["ll_acc"] == pytest.approx(3 / 8)
-    assert chapter.ranked["gold document"].row["ll_lo"] < 3 / 8 < chapter.ranked["gold document"].row["ll_hi"]
+    gold = f.by_name["gold document"]
+    assert gold.row["ll_acc"] == pytest.approx(3 / 8) and gold.row["ll_lo"] < 3 / 8 < gold.row["ll_hi"]
     assert set(outcomes["instruction refusal"].values()) == {1.0} and set(outcomes["closed book refusal"].values()) == {0.0}
-    for cond in chapter.conditions.values():  # generated answers: their own names, the format view
+    for cond in f.generated:  # generated answers: their own names, the format view
         scores = outcomes[cond.name + ch01.GENERATED]
         assert sum(scores.values()) / len(scores) == pytest.approx(cond.row["contains"])
-    with pytest.raises(ValueError, match="already ranked"):
-        rank_planted(chapter, "instruction", "test", chapter.test, set())
+    # a name is one condition: sections that measured one twice cannot be put together
+    with pytest.raises(ValueError, match=r"\['instruction'\] are ranked twice"):
+        ch01.Findings(f, ch01.Section([f.by_name["instruction"]]))
+    with pytest.raises(ValueError, match=r"\['instruction'\] are generated twice"):
+        ch01.Findings(f, ch01.Section([], [f.answers["instruction"]]))
     with pytest.raises(ValueError, match="group"):
         rank_planted(chapter, "other", "closed", chapter.test, set())
     with pytest.raises(ValueError, match="ranked questions"):
         ch01.add_ranked(chapter, "short", "test", chapter.test, planted(chapter, chapter.single, set())[0], True)
-    with pytest.raises(ValueError, match="already measured"):
-        ch01.add_condition(chapter, "instruction", "test", chapter.test, gen(answers(chapter.test, set())))
 
 
 def test_refusal_is_read_as_a_detector(chapter):
@@ -183,8 +196,7 @@ def test_refusal_is_read_as_a_detector(chapter):
 
 
 def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
-    fill(chapter)
-    m = ch01.headline_metrics(chapter)
+    m = ch01.headline_metrics(chapter, found(chapter))
     assert set(PUBLISHED_KEYS + LL_KEYS) <= set(m)
     rules = chapter.run.metric_rules
     assert set(rules) == set(m) and all(r["kind"] in METRIC_KINDS for r in rules.values())
@@ -203,15 +215,14 @@ def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
 
 
 def test_best_few_shot_keeps_the_first_of_ties_and_can_leave_out_k0(chapter):
-    fill(chapter)
-    chapter.ranked["few-shot k=1"].row["ll_acc"] = 0.0  # all tied at zero
-    assert ch01.best_few_shot(chapter).name == "few-shot k=0"
-    assert ch01.best_few_shot(chapter, with_examples=True).name == "few-shot k=1"
+    f = found(chapter)
+    f.by_name["few-shot k=1"].row["ll_acc"] = 0.0  # all tied at zero
+    assert ch01.best_few_shot(f).name == "few-shot k=0"
+    assert ch01.best_few_shot(f, with_examples=True).name == "few-shot k=1"
 
 
 def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
-    fill(chapter)
-    stated = ch01.state_comparisons(chapter)
+    stated = ch01.state_comparisons(chapter, found(chapter))
     by_claim = {c["claim"]: c for c in chapter.run.comparisons}
     assert set(by_claim) == {"K9-long-context", "K1-gold-document", "prompting-few-shot", "refusal-instruction"}
     assert (by_claim["K9-long-context"]["a"], by_claim["K9-long-context"]["b"]) == ("haystack gold only", "haystack 600")
@@ -227,19 +238,20 @@ def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
 
 
 def test_comparisons_say_what_was_not_measured(chapter):
-    chapter.unanswerable = []
-    fill(chapter)
-    del chapter.ranked["haystack 600"]
-    stated = ch01.state_comparisons(chapter)
+    import dataclasses
+
+    chapter = dataclasses.replace(chapter, unanswerable=[])
+    closed, few, gold, haystacks = fill(chapter)
+    f = ch01.Findings(closed, few, gold, ch01.Section(haystacks.ranked[:1], haystacks.generated))  # no size fits
+    stated = ch01.state_comparisons(chapter, f)
     assert stated["K9-long-context"].comparison is None and "window" in stated["K9-long-context"].missing
     assert stated["refusal-instruction"].comparison is None
-    m = ch01.headline_metrics(chapter)
+    m = ch01.headline_metrics(chapter, f)
     assert "refusal_acc_instruction" not in m and "refusal_auroc_instruction" not in m
 
 
 def test_sanity_properties_hold_only_when_all_do(chapter):
-    fill(chapter)
-    planted_m = ch01.headline_metrics(chapter)
+    planted_m = ch01.headline_metrics(chapter, found(chapter))
     assert ch01.sanity_properties(planted_m)["holds"].tolist() == [True, True, True]
     above_chance = {**planted_m, "few_shot_best_ll_acc": planted_m["ll_chance"] + ch01.SANITY_CLOSED_BOOK_MAX + 0.01}
     assert ch01.sanity_properties(above_chance)["holds"].tolist() == [True, False, True]
@@ -264,13 +276,17 @@ def test_haystack_groups_ask_each_haystack_its_own_documents_questions(chapter):
 
 
 def test_tables_show_accuracy_against_chance_and_the_detector(chapter):
-    fill(chapter)
-    table = ch01.ranked_table(chapter, "test")
+    closed, few, gold, haystacks = fill(chapter)
+    table = ch01.ranked_table(closed, gold)  # the sections' conditions, in run order
     assert list(table.index) == ["closed book", "instruction", "gold document", "gold documents, two-hop"]
     assert table.loc["closed book", "chance"] == "25%" and table.loc["gold document", "questions"] == 8
-    refusals = ch01.refusal_table(chapter)
+    f = ch01.Findings(closed, few, gold, haystacks)
+    refusals = ch01.refusal_table(f)
     assert "gold documents, two-hop" not in refusals.index and refusals.loc["instruction", "AUROC"] == "1.00"
-    assert "few-shot k=1" in ch01.conditions_table(chapter).index
+    assert "few-shot k=1" in ch01.conditions_table(f).index
+    examples = ch01.answer_examples(closed, gold)  # 4 answerable and 2 unanswerable questions, three conditions
+    assert list(examples.columns) == ["question", "gold", *ch01.ANSWER_EXAMPLES] and len(examples) == 6
+    assert f.long_context_questions == chapter.single[:3]
 
 
 def test_figure_has_error_bars_for_every_condition(chapter):
@@ -279,10 +295,21 @@ def test_figure_has_error_bars_for_every_condition(chapter):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fill(chapter)
-    fig = ch01.plot_accuracy_vs_tokens(chapter)
+    f = found(chapter)
+    fig = plots.accuracy_vs_tokens(f.frame("test"), f.frame("few-shot"), f.frame("long context"), "fake")
     ax = fig.axes[0]
     assert len(ax.containers) == 3  # test conditions, few-shot, haystacks: each an errorbar container
-    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(chapter.ranked)
+    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(f.ranked)
     assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # chance
     plt.close(fig)
+
+
+def test_the_chapter_holds_set_up_only(chapter):
+    """Sections hand their conditions on by returning them: the chapter is frozen, so a section that
+    stored a result on it would fail at once."""
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        chapter.single = []
+    assert {f.name for f in dataclasses.fields(ch01.Chapter)} == {
+        "params", "run", "lm", "kb", "single", "multihop", "unanswerable"}

@@ -1,4 +1,4 @@
-"""The chapters' figures (chapters 2, 3, 4, 5 and 8; chapters 1, 6 and 7 still draw theirs in their own
+"""The chapters' figures (chapters 1, 2, 3, 4, 5 and 8; chapters 6 and 7 still draw theirs in their own
 modules): each takes plain tables (the rows the results file stores) and returns a matplotlib figure;
 the chapters decide what to plot, never how."""
 
@@ -170,6 +170,44 @@ def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, s
     ax.invert_yaxis()
     ax.set(xlim=(0, 1.05), xlabel=xlabel, title=title)
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 1: prompting
+
+
+def accuracy_vs_tokens(points: pd.DataFrame, shots: pd.DataFrame, haystacks: pd.DataFrame, model_name: str):
+    """Gold value ranked first (with its 95 % Wilson interval) against prompt tokens per query: the
+    test-set conditions (`points`) as points, few-shot (`shots`) and haystacks as lines, chance as a
+    dashed line. Each table: chapter 1's ranked rows by condition (ll_acc, ll_lo, ll_hi, chance,
+    prompt_tokens; k for the few-shot rows)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    def errors(frame):
+        return [frame["ll_acc"] - frame["ll_lo"], frame["ll_hi"] - frame["ll_acc"]]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.errorbar(points["prompt_tokens"], points["ll_acc"], yerr=errors(points), fmt="o", color="C0",
+                capsize=3, label="test set conditions")
+    for name, r in points.iterrows():
+        ax.annotate(name, (r["prompt_tokens"], r["ll_acc"]), fontsize=8, xytext=(4, 6), textcoords="offset points")
+    if len(shots):
+        ax.errorbar(shots["prompt_tokens"], shots["ll_acc"], yerr=errors(shots), fmt="s-", color="C2", capsize=3,
+                    label="few-shot, k = " + ", ".join(str(int(k)) for k in shots["k"]))
+    ax.errorbar(haystacks["prompt_tokens"], haystacks["ll_acc"], yerr=errors(haystacks), fmt="o--", color="C3",
+                capsize=3, label="long-context haystacks")
+    ax.axhline(points["chance"].iloc[0], color="grey", ls=":", lw=1, label="chance (1 of 4 values)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
+    ax.set_xlabel("prompt tokens per query (log scale)")
+    ax.set_ylabel("gold value ranked first (95 % interval)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{model_name}: knowledge against prompt tokens")
+    fig.tight_layout()
     return fig
 
 

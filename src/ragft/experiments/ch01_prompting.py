@@ -21,6 +21,10 @@ Recorded per question: "<name>" 1 when the gold value outscores its look-alikes 
 questions), "<name> refusal" 1 when the refusal outscores every look-alike value (unanswerable
 ones). Generated answers, on the first n_generated questions, are the format view (EM, F1,
 "contains", generated refusals): recorded as "<name>, generated" and "<name>, generated refusal".
+
+Each section (closed_book, few_shot, gold_documents, long_context) takes its inputs and returns a
+Section of what it measured; Findings gathers them for the tables, the figure, the metrics and the
+comparisons. The Chapter holds the set-up only.
 """
 
 from __future__ import annotations
@@ -76,9 +80,61 @@ class Ranked:
 
 
 @dataclass
+class Section:
+    """What one section measured, in the order it ran: its conditions ranked by candidate
+    log-likelihood, and its generated ones (the format view)."""
+
+    ranked: list  # Ranked
+    generated: list = field(default_factory=list)  # Condition
+
+    def ranked_rows(self, *groups: str) -> list[dict]:
+        """Rows of the ranked conditions in these groups (all when none is named), in run order."""
+        return [c.row for c in self.ranked if not groups or c.group in groups]
+
+    def rows(self, *groups: str) -> list[dict]:
+        """Rows of the generated conditions in these groups (all when none is named), in run order."""
+        return [c.row for c in self.generated if not groups or c.group in groups]
+
+    def named(self, name: str) -> Ranked:
+        return next(c for c in self.ranked if c.name == name)
+
+
+class Findings(Section):
+    """Every section's conditions together, in run order: by name (`by_name`, `answers`) for the
+    metrics and the comparisons, by group for the tables and the figure."""
+
+    def __init__(self, *sections: Section):
+        super().__init__([c for s in sections for c in s.ranked], [c for s in sections for c in s.generated])
+        for kind, conditions in (("ranked", self.ranked), ("generated", self.generated)):
+            names = [c.name for c in conditions]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"conditions {repeated} are {kind} twice: each name is one condition")
+
+    @property
+    def by_name(self) -> dict:
+        """name -> Ranked."""
+        return {c.name: c for c in self.ranked}
+
+    @property
+    def answers(self) -> dict:
+        """name -> Condition (the generated answers)."""
+        return {c.name: c for c in self.generated}
+
+    def frame(self, group: str) -> pd.DataFrame:
+        """The ranked rows of one group as a table, by condition."""
+        return pd.DataFrame(self.ranked_rows(group)).set_index("condition")
+
+    @property
+    def long_context_questions(self) -> list:
+        haystacks = [c for c in self.ranked if c.group == "long context"]
+        return haystacks[0].items if haystacks else []
+
+
+@dataclass(frozen=True)
 class Chapter:
-    """The chapter's state: parameters, results file, model, knowledge base, question sets and the
-    conditions measured so far (in the order they ran)."""
+    """The chapter's set-up: parameters, results file, model, knowledge base and question sets. No
+    section writes here (frozen): each returns a Section."""
 
     params: object
     run: ChapterRun
@@ -87,9 +143,6 @@ class Chapter:
     single: list
     multihop: list
     unanswerable: list
-    conditions: dict = field(default_factory=dict)  # name -> Condition (generated answers)
-    ranked: dict = field(default_factory=dict)  # name -> Ranked (log-likelihood scores)
-    long_context_questions: list = field(default_factory=list)
 
     @property
     def test(self) -> list:
@@ -111,14 +164,6 @@ class Chapter:
 
     def count_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def rows(self, *groups: str) -> list[dict]:
-        """Table rows of the generated conditions in these groups (all when none is named), in run order."""
-        return [c.row for c in self.conditions.values() if not groups or c.group in groups]
-
-    def ranked_rows(self, *groups: str) -> list[dict]:
-        """Rows of the log-likelihood conditions in these groups (all when none is named), in run order."""
-        return [c.row for c in self.ranked.values() if not groups or c.group in groups]
 
     def summary(self) -> str:
         lm, kb = self.lm, self.kb
@@ -195,11 +240,10 @@ def ranked_row(name: str, items: list, knowledge: Ranking, refusal_scores: dict,
 
 def add_ranked(ch: Chapter, name: str, group: str, items: list, ranking: Ranking, with_refusal: bool,
                **extra) -> Ranked:
-    """Split a ranking (candidate_lists' layout) into knowledge and refusal, record both, keep the row."""
+    """Split a ranking (candidate_lists' layout) into knowledge and refusal, record both on the
+    results file, and return the condition with its row."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r} is not allowed: use one of {list(GROUPS)}")
-    if name in ch.ranked:
-        raise ValueError(f"condition {name!r} is already ranked")
     if len(ranking.scores) != len(items):
         raise ValueError(f"{len(ranking.scores)} ranked questions for {len(items)} items")
     answerable = [i for i, q in enumerate(items) if q.kind != "unanswerable"]
@@ -215,8 +259,7 @@ def add_ranked(ch: Chapter, name: str, group: str, items: list, ranking: Ranking
     if refusals:
         ch.run.record(name + REFUSAL_SUFFIX, refusals, tokens={q: tokens[q] for q in refusals})
     row = ranked_row(name, items, knowledge, refusal, ranking.prompt_tokens, ranking.seconds, **extra)
-    ch.ranked[name] = Ranked(name, group, items, knowledge, refusal, row, ranking, with_refusal)
-    return ch.ranked[name]
+    return Ranked(name, group, items, knowledge, refusal, row, ranking, with_refusal)
 
 
 def rank(ch: Chapter, name: str, group: str, conversations: list, items: list, stage: str | None = None,
@@ -239,15 +282,12 @@ def subset_ranking(ranking: Ranking, indices: list[int]) -> Ranking:
 
 
 def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generation, **extra) -> Condition:
-    """Score, record and keep a condition whose answers are already generated."""
+    """Score and record a condition whose answers are already generated, and return it with its row."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r} is not allowed: use one of {list(GROUPS)}")
-    if name in ch.conditions:
-        raise ValueError(f"condition {name!r} is already measured")
     row = metrics.condition_row(name, gen, items, ch.params.price_per_mtok, **extra)
     record_answers(ch.run, name + GENERATED, items, gen)
-    ch.conditions[name] = Condition(name, group, items, gen, row)
-    return ch.conditions[name]
+    return Condition(name, group, items, gen, row)
 
 
 def measure(ch: Chapter, name: str, group: str, conversations: list, items: list, stage: str | None = None,
@@ -263,40 +303,40 @@ def measure(ch: Chapter, name: str, group: str, conversations: list, items: list
 # The chapter's sections
 
 
-def closed_book(ch: Chapter) -> tuple[Ranked, Ranked]:
+def closed_book(ch: Chapter) -> Section:
     """The test questions alone: with a plain system prompt, then with the instruction; ranked on
     every test question, answers generated on the first few."""
-    out = []
+    out = Section([])
     for name, system in (("closed book", prompts.PLAIN_SYSTEM), ("instruction", prompts.INSTRUCTION_SYSTEM)):
-        out.append(rank(ch, name, "test", [prompts.build_messages(q.test_text, system=system) for q in ch.test], ch.test))
-        measure(ch, name, "test", [prompts.build_messages(q.test_text, system=system) for q in ch.generated_test],
-                ch.generated_test)
-    return out[0], out[1]
+        out.ranked.append(rank(ch, name, "test", [prompts.build_messages(q.test_text, system=system) for q in ch.test],
+                               ch.test))
+        out.generated.append(measure(ch, name, "test", [prompts.build_messages(q.test_text, system=system)
+                                                       for q in ch.generated_test], ch.generated_test))
+    return out
 
 
-def few_shot(ch: Chapter) -> list[Ranked]:
+def few_shot(ch: Chapter, closed: Section) -> Section:
     """The instruction prompt with k examples from other facts' training paraphrases, for each k of
     few_shot_ks, ranked. With no examples the prompt is the instruction prompt, so k=0 reuses its
-    scores. The best k > 0 also generates answers on the first few questions (the format view)."""
-    if "instruction" not in ch.ranked:
-        raise RuntimeError("run closed_book first: k=0 reuses the instruction prompt's scores")
+    scores (closed_book's). The best k > 0 also generates answers on the first few questions (the
+    format view)."""
     items, exclude = ch.few_shot_items, {q.qid for q in ch.test}
-    out, examples_of = [], {}
+    out, examples_of = Section([]), {}
     for k in ch.params.few_shot_ks:
         name = f"few-shot k={k}"
         if k == 0:
-            base = ch.ranked["instruction"]
+            base = closed.named("instruction")
             picked = subset_ranking(base.ranking, [base.items.index(q) for q in items])
-            out.append(add_ranked(ch, name, "few-shot", items, picked, base.with_refusal, k=0))
+            out.ranked.append(add_ranked(ch, name, "few-shot", items, picked, base.with_refusal, k=0))
             continue
         examples_of[k] = prompts.few_shot_examples(ch.kb.questions, k, exclude, ch.params.seed)
         conversations = [prompts.build_messages(q.test_text, examples=examples_of[k]) for q in items]
-        out.append(rank(ch, name, "few-shot", conversations, items, k=k))
-    best = best_few_shot(ch, with_examples=True)
+        out.ranked.append(rank(ch, name, "few-shot", conversations, items, k=k))
+    best = best_few_shot(out, with_examples=True)
     if best is not None:
         shown = [q for q in ch.generated_test if q in items]
-        measure(ch, best.name, "few-shot", [prompts.build_messages(q.test_text, examples=examples_of[best.row["k"]])
-                                            for q in shown], shown, k=best.row["k"])
+        out.generated.append(measure(ch, best.name, "few-shot", [
+            prompts.build_messages(q.test_text, examples=examples_of[best.row["k"]]) for q in shown], shown, k=best.row["k"]))
     return out
 
 
@@ -305,27 +345,34 @@ def _with_documents(ch: Chapter, question, documents: list[str] | None = None) -
     return prompts.build_messages(question.test_text, system=prompts.CONTEXT_SYSTEM, passages=documents)
 
 
-def gold_documents(ch: Chapter) -> tuple[Ranked, Ranked]:
+def gold_documents(ch: Chapter) -> Section:
     """The document that holds the answer in the prompt (the nearest one for an unanswerable
     question), and both documents of each two-document question; ranked on every question, answers
     generated on the first few."""
-    gold = rank(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.test], ch.test)
-    measure(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.generated_test], ch.generated_test)
-    two_hop = rank(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in ch.multihop], ch.multihop)
+    out = Section([rank(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.test], ch.test)])
+    out.generated.append(measure(ch, "gold document", "test", [_with_documents(ch, q) for q in ch.generated_test],
+                                 ch.generated_test))
+    out.ranked.append(rank(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in ch.multihop],
+                           ch.multihop))
     shown = ch.multihop[: max(1, ch.params.n_generated // 2)]
     if shown:
-        measure(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in shown], shown)
-    return gold, two_hop
+        out.generated.append(measure(ch, "gold documents, two-hop", "test", [_with_documents(ch, q) for q in shown], shown))
+    return out
 
 
-def answer_examples(ch: Chapter) -> pd.DataFrame:
-    """The same few test questions (four answerable, two unanswerable) under three conditions."""
-    test = ch.generated_test
+ANSWER_EXAMPLES = ("closed book", "instruction", "gold document")  # the conditions answer_examples sets side by side
+
+
+def answer_examples(*sections: Section) -> pd.DataFrame:
+    """The same few test questions (four answerable, two unanswerable) under the ANSWER_EXAMPLES
+    conditions, which answered the same questions (from the sections that measured them)."""
+    answered = Findings(*sections).answers
+    test = answered[ANSWER_EXAMPLES[0]].items
     shown = ([i for i, q in enumerate(test) if q.kind == "single"][:4]
              + [i for i, q in enumerate(test) if q.kind == "unanswerable"][:2])
     table = {"question": [test[i].test_text for i in shown], "gold": [test[i].answer for i in shown]}
-    for name in ("closed book", "instruction", "gold document"):
-        table[name] = [ch.conditions[name].generation.texts[i] for i in shown]
+    for name in ANSWER_EXAMPLES:
+        table[name] = [answered[name].generation.texts[i] for i in shown]
     return pd.DataFrame(table)
 
 
@@ -350,21 +397,21 @@ def haystack_groups(ch: Chapter) -> list[tuple[list, list]]:
     return groups
 
 
-def long_context(ch: Chapter) -> list[Ranked]:
+def long_context(ch: Chapter) -> Section:
     """Groups of a few documents and all their single-fact questions, each group asked against its
     own haystack: the documents alone, then shuffled among others up to each size of
     long_context_tokens. Ranked on every question (one haystack prefill per group); answers generated
     for the first group's first questions, with the documents alone and in the largest haystack."""
     p = ch.params
     groups = haystack_groups(ch)
-    ch.long_context_questions = [q for _, asked in groups for q in asked]
+    questions = [q for _, asked in groups for q in asked]
     levels = haystack_levels(p, ch.lm.context_window)
     dropped = [t for t in p.long_context_tokens if t not in levels]
     if dropped:  # said, not silently skipped
         print(f"long_context_tokens {dropped} leave no room in {ch.lm.name}'s {ch.lm.context_window:,}-token window "
               f"for the question and the answer ({HAYSTACK_HEADROOM} tokens): those sizes are not run")
     shown_docs, shown = groups[0][0], groups[0][1][: max(1, p.n_generated // 2)]
-    out = []
+    out = Section([])
     for target in levels:
         name = f"haystack {target or 'gold only'}"
         parts, n_docs = [], []
@@ -377,27 +424,28 @@ def long_context(ch: Chapter) -> list[Ranked]:
                 n_docs.append(len(haystack))
         merged = Ranking([s for r in parts for s in r.scores], [x for r in parts for x in r.gold],
                          [t for r in parts for t in r.prompt_tokens], sum(r.seconds for r in parts))
-        out.append(add_ranked(ch, name, "long context", ch.long_context_questions, merged, False,
-                              documents=sum(n_docs) / len(n_docs)))
+        out.ranked.append(add_ranked(ch, name, "long context", questions, merged, False,
+                                     documents=sum(n_docs) / len(n_docs)))
         if target in (levels[0], levels[-1]):
             haystack = prompts.build_haystack(shown_docs, ch.kb.documents, target, ch.count_tokens, p.seed)
             with ch.run.stage(f"long context {target}{GENERATED}"):
                 gen = generate(ch.lm, [_with_documents(ch, q, haystack) for q in shown], p.max_new_tokens,
                                p.batch_size, desc=f"{name}{GENERATED}")
-            add_condition(ch, name, "long context", shown, gen, documents=len(haystack), prefill_s=gen.prefix_prefill_s)
+            out.generated.append(add_condition(ch, name, "long context", shown, gen, documents=len(haystack),
+                                               prefill_s=gen.prefix_prefill_s))
     return out
 
 
-def conditions_table(ch: Chapter, *groups: str) -> pd.DataFrame:
+def conditions_table(*sections: Section) -> pd.DataFrame:
     """The format view: generated answers' scores (contains, EM, F1, refusals), tokens, latency, cost."""
-    return report.conditions_table(ch.rows(*groups))
+    return report.conditions_table([r for s in sections for r in s.rows()])
 
 
-def ranked_table(ch: Chapter, *groups: str) -> pd.DataFrame:
+def ranked_table(*sections: Section) -> pd.DataFrame:
     """The knowledge view: the share of answerable questions whose gold value the model ranks above
-    its look-alikes, with its 95 % interval, against chance."""
+    its look-alikes, with its 95 % interval, against chance; the sections' conditions in run order."""
     lines = {}
-    for r in ch.ranked_rows(*groups):
+    for r in (r for s in sections for r in s.ranked_rows()):
         lines[r["condition"]] = {
             "questions": r["n"], "gold value ranked first [95 % CI]": f"{r['ll_acc']:.0%} [{r['ll_lo']:.0%}, {r['ll_hi']:.0%}]",
             "chance": f"{r['chance']:.0%}", "prompt tokens / query": f"{r['prompt_tokens']:,.0f}",
@@ -407,12 +455,12 @@ def ranked_table(ch: Chapter, *groups: str) -> pd.DataFrame:
     return table
 
 
-def refusal_table(ch: Chapter) -> pd.DataFrame:
+def refusal_table(*sections: Section) -> pd.DataFrame:
     """Refusal as a detector, per condition that asked unanswerable questions: the refusal score
     (log-likelihood of the refusal reply minus the best value's) separating unanswerable from
     answerable questions."""
     lines = {}
-    for r in ch.ranked_rows():
+    for r in (r for s in sections for r in s.ranked_rows()):
         if "refusal_auroc" in r:
             lines[r["condition"]] = {
                 "unanswerable / answerable": f"{r['n_unanswerable']} / {r['n']}",
@@ -423,45 +471,6 @@ def refusal_table(ch: Chapter) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(lines, orient="index")
     table.index.name = "condition"
     return table
-
-
-# ---------------------------------------------------------------------------------------------
-# The figure
-
-
-def plot_accuracy_vs_tokens(ch: Chapter):
-    """Gold value ranked first (with its 95 % Wilson interval) against prompt tokens per query: the
-    test-set conditions as points, few-shot and haystacks as lines, chance as a dashed line."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    def errors(frame):
-        return [frame["ll_acc"] - frame["ll_lo"], frame["ll_hi"] - frame["ll_acc"]]
-
-    points = pd.DataFrame(ch.ranked_rows("test")).set_index("condition")
-    shots = pd.DataFrame(ch.ranked_rows("few-shot")).set_index("condition")
-    haystacks = pd.DataFrame(ch.ranked_rows("long context")).set_index("condition")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar(points["prompt_tokens"], points["ll_acc"], yerr=errors(points), fmt="o", color="C0",
-                capsize=3, label="test set conditions")
-    for name, r in points.iterrows():
-        ax.annotate(name, (r["prompt_tokens"], r["ll_acc"]), fontsize=8, xytext=(4, 6), textcoords="offset points")
-    if len(shots):
-        ax.errorbar(shots["prompt_tokens"], shots["ll_acc"], yerr=errors(shots), fmt="s-", color="C2", capsize=3,
-                    label="few-shot, k = " + ", ".join(str(int(k)) for k in shots["k"]))
-    ax.errorbar(haystacks["prompt_tokens"], haystacks["ll_acc"], yerr=errors(haystacks), fmt="o--", color="C3",
-                capsize=3, label="long-context haystacks")
-    ax.axhline(points["chance"].iloc[0], color="grey", ls=":", lw=1, label="chance (1 of 4 values)")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
-    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
-    ax.set_xlabel("prompt tokens per query (log scale)")
-    ax.set_ylabel("gold value ranked first (95 % interval)")
-    ax.set_ylim(-0.03, 1.03)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"{ch.lm.name}: knowledge against prompt tokens")
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,27 +487,24 @@ def _cost_rule(params) -> dict:
     return {"kind": "derived", "tol": 1000 * params.max_new_tokens * price["output_per_mtok"] / 1e6}
 
 
-def few_shot_conditions(ch: Chapter) -> list[Ranked]:
-    return [c for c in ch.ranked.values() if c.group == "few-shot"]
-
-
-def best_few_shot(ch: Chapter, with_examples: bool = False) -> Ranked | None:
-    """The few-shot condition with the highest log-likelihood accuracy (the first in few_shot_ks order
-    on a tie); with_examples: among k > 0 only (what the examples add is then measured against k = 0)."""
-    pool = [c for c in few_shot_conditions(ch) if c.row["k"] > 0 or not with_examples]
+def best_few_shot(section: Section, with_examples: bool = False) -> Ranked | None:
+    """The section's few-shot condition with the highest log-likelihood accuracy (the first in
+    few_shot_ks order on a tie); with_examples: among k > 0 only (what the examples add is then
+    measured against k = 0)."""
+    pool = [c for c in section.ranked if c.group == "few-shot" and (c.row["k"] > 0 or not with_examples)]
     return max(pool, key=lambda c: c.row["ll_acc"]) if pool else None  # max keeps the first of ties
 
 
-def headline_metrics(ch: Chapter) -> dict:
+def headline_metrics(ch: Chapter, f: Findings) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file. The
     "_ll_acc" rates are the knowledge scores (all questions of the condition, n in "_n"); the
     "_contains", "_em", "_f1" and "refusal_acc_" rates are the generated answers' (the format view,
     on the first n_generated questions, n in "generated_n" and friends)."""
-    run, c, r = ch.run, ch.conditions, ch.ranked
+    run, c, r = ch.run, f.answers, f.by_name
     haystacks = [x for x in r.values() if x.group == "long context"]
     lc_gold_only, lc_largest = haystacks[0], haystacks[-1]
     gen_haystacks = [x for x in c.values() if x.group == "long context"]
-    best = best_few_shot(ch)
+    best = best_few_shot(f)
     gen_best = c.get(best.name) or c["instruction"]  # k=0's answers are the instruction's
     n_gen = _answerable(c["closed book"].items)
     cost = _cost_rule(ch.params)
@@ -564,10 +570,10 @@ def headline_metrics(ch: Chapter) -> dict:
     return out
 
 
-def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
     """The chapter's paired comparisons (claim ids of CLAIMS.md, or descriptive ones) on the
     log-likelihood outcomes, stored on the results file; keyed by glue key."""
-    run, r = ch.run, ch.ranked
+    run, r = ch.run, f.by_name
     out: dict[str, StatedComparison] = {}
 
     haystacks = [x for x in r.values() if x.group == "long context"]
@@ -586,7 +592,7 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
 
     # Examples change the form, not the knowledge: the chapter expects no support here. Picking the
     # best of several k before testing favours "supported", so a supported verdict is an upper bound.
-    best = best_few_shot(ch, with_examples=True)
+    best = best_few_shot(f, with_examples=True)
     baseline = "few-shot k=0" if "few-shot k=0" in r else "instruction"  # the same scores on the same questions
     if best is not None:
         cmp = run.compare("prompting-few-shot", best.name, baseline)
@@ -628,7 +634,7 @@ def sanity_wording(table: pd.DataFrame) -> str:
     return "hold" if table["holds"].all() else "do NOT all hold"
 
 
-def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the sanity wording, the comparison
     sentences, a few labels."""
     glue_metrics(headline)
@@ -636,7 +642,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     for stated in comparisons.values():
         stated.glue()
     glue("price_row", ch.params.price_per_mtok)
-    glue("lc_n", len(ch.long_context_questions))
+    glue("lc_n", len(f.long_context_questions))
     glue("lc_groups", len(haystack_groups(ch)))
     glue("haystack_documents", ch.params.haystack_documents)
     glue("candidates_k", CANDIDATES_K)
@@ -648,7 +654,7 @@ def glue_findings(ch: Chapter, headline: dict, comparisons: dict[str, StatedComp
     glue("context_window", ch.lm.context_window)
 
 
-def save(ch: Chapter):
-    ch.run.tables["conditions"] = ch.rows()
-    ch.run.tables["ranked"] = ch.ranked_rows()
+def save(ch: Chapter, f: Findings):
+    ch.run.tables["conditions"] = f.rows()
+    ch.run.tables["ranked"] = f.ranked_rows()
     return ch.run.save(lm=ch.lm)
