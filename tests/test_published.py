@@ -116,7 +116,7 @@ def test_raft_headline_keys_and_sanity():
 # long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install about 4 minutes, `make
 # test` at most 8, the book, the browser check about 1) stays within 81 of its 90 minutes on either
 # kind. The book's cap is ../shared/DESIGN.md's; its split between chapters is not: chapter 4 takes
-# about 220 s of DESIGN.md's 520 since the cpu profile leaves RAFT's ablations, top-k curves and
+# about 220 s of DESIGN.md's 520 (at the reference's speed, as every figure here) since the cpu profile leaves RAFT's ablations, top-k curves and
 # PubMedQA to the gpu profile (the plan's `profiles`), and what it left went to chapter 8 (its
 # sample case trains two fine-tunes), chapter 3 (its knowledge curve runs to fitness, 24 exposures,
 # and the JSON fine-tune is chosen on development products: about 710 s at the reference's speed)

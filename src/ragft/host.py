@@ -1,7 +1,8 @@
 """How fast this host is, and what a time budget set on the faster CPU kind means here.
 
 The book's time caps (../shared/DESIGN.md, `tests/test_published.py`) are seconds on 2 cores of the
-faster CPU kind (one that multiplies bf16 natively, AVX512-BF16 or AMX), measured at
+faster CPU kind (one whose bf16 matrix products run well ahead of its fp32 ones: AVX512-BF16 or AMX,
+4.1x, or the AMD EPYC that published the current results, 1.97-2.6x), measured at
 REFERENCE_GFLOPS fp32. The AVX2-only kind ran every chapter 2.0 times as long on a fresh clone
 (chapter 3: 719 s against 372; chapter 4: 1,339 against 624), while its fp32 matrix products
 measured 65-118 GFLOP/s: the matmul rate alone under-predicts it, so the kind decides the factor

@@ -96,7 +96,11 @@ class Section:
         return [c.row for c in self.generated if not groups or c.group in groups]
 
     def named(self, name: str) -> Ranked:
-        return next(c for c in self.ranked if c.name == name)
+        """The ranked condition of that name (few_shot reads the instruction's from closed_book's)."""
+        found = [c for c in self.ranked if c.name == name]
+        if not found:
+            raise KeyError(f"no ranked condition {name!r} in this section: it has {[c.name for c in self.ranked]}")
+        return found[0]
 
 
 class Findings(Section):

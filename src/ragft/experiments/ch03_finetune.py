@@ -59,6 +59,7 @@ BASE = "base"
 GOLD = "base + gold document"  # the outcome of the base model reading each fact's own document
 # the knowledge table's rows read with a document in the prompt
 RAG_ROW, DSF_RAG_ROW, GOLD_ROW = "base model + RAG (top-{k})", "DSF (chosen) + RAG", "base model + gold document"
+CLOSED_ROW = "base model, closed book"  # the knowledge table's first row
 LOOKALIKES = 3  # look-alike values ranked against each gold answer: chance is 1 in 4
 JSON_SCORES = ("json_valid", "schema", "fields")  # the suffixes of the structured conditions' names
 METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
@@ -500,7 +501,7 @@ def choose_checkpoint(curve: pd.DataFrame, rule: dict, n_dev: int) -> Checkpoint
 def base_point(found: Knowledge, known: list) -> dict:
     """The base model's place on the curve: its closed-book accuracies, and every known question
     right (that is how they were chosen)."""
-    row = found.table.loc["base model, closed book"]
+    row = found.table.loc[CLOSED_ROW]
     return {"trained_acc": row.trained_paraphrase, "heldout_acc": row.held_out, "known_acc": 1.0 if known else float("nan")}
 
 
@@ -537,7 +538,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
 
     p, run, count = ch.params, ch.run, ch.best_count
     held, seen = closed_book(ch, ch.lm, BASE)
-    rows = [{"condition": "base model, closed book", "held_out": share(held), "trained_paraphrase": share(seen)}]
+    rows = [{"condition": CLOSED_ROW, "held_out": share(held), "trained_paraphrase": share(seen)}]
     name = dsf_name(count)
     for part in ("held-out", "trained paraphrase", "quality", "known"):
         source = f"{dsf_name(count, chosen.exposures)} {part}"
@@ -669,13 +670,24 @@ class Behaviour:
 
 
 def json_config(params):
-    """A JSON fine-tune's training: one pass with the rate decayed to 0 where one epoch count is tried;
-    where several are, one run to the most at a constant rate after warm-up, so that the model after
-    e epochs (a snapshot) is what an e-epoch run gives."""
+    """A JSON fine-tune's training: where one epoch count is tried, one run of that many epochs with
+    the rate decayed to 0 (the published runs'); where several are, one run to the most at a constant
+    rate after warm-up, so that the model after e epochs (a snapshot) is what an e-epoch run gives."""
     most = max(params.structured_epochs)
     if len(params.structured_epochs) == 1:
         return tasks.lora_config(params, most)
     return tasks.lora_config(params, most, schedule="constant", warmup=params.warmup_steps)
+
+
+def model_after(params, result, cfg, epochs: int):
+    """A JSON fine-tune after `epochs` epochs: the run's own model (merged) after its last epoch,
+    else the snapshot saved after that epoch, loaded and merged."""
+    from ..train import load_artifact
+    from ..train.trainer import snapshot_folder
+
+    if epochs == cfg.epochs:
+        return result.lm
+    return load_artifact(params.model, snapshot_folder(result.artifact, epochs), cfg, merge=True)
 
 
 def choose_json(dev: pd.DataFrame) -> tuple[int, int]:
@@ -693,9 +705,8 @@ def structured(ch: Chapter) -> Behaviour:
     the fine-tune K4 tests is the development products' choice among the sizes (choose_json). Each
     test condition's row (rates with 95 % intervals) and per-product outcomes."""
     from ..stats import mean_interval, wilson_interval
-    from ..train import load_artifact, train
+    from ..train import train
     from ..train.measure import release_memory
-    from ..train.trainer import snapshot_folder
 
     p, run, kb = ch.params, ch.run, ch.kb
     test = [(kb, q) for q in kb.sample("structured", p.n_structured_test, p.seed)]
@@ -734,26 +745,25 @@ def structured(ch: Chapter) -> Behaviour:
         for size in p.structured_sizes:
             result = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb), cfg, label=f"json-{size}",
                            snapshots=tuple(p.structured_epochs[:-1]))
-            models_ = {}
+            answering(result)  # the last epoch's model, merged: result.lm
             for epochs in p.structured_epochs:
-                if epochs == cfg.epochs:
-                    models_[epochs] = answering(result).lm
-                else:
-                    models_[epochs] = load_artifact(p.model, snapshot_folder(result.artifact, epochs), cfg, merge=True)
+                model_lm = model_after(p, result, cfg, epochs)
                 name = f"{lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
-                gen = replies(models_[epochs], dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
+                gen = replies(model_lm, dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
                 scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
                 dev_rows.append({"size": size, "epochs": epochs, "n": len(dev),
                                  **{k: scores[k] for k in JSON_COLUMNS}})
+                del model_lm  # a snapshot is loaded again if its development products choose it
             # each size answers the test products at the epochs its development products chose
             _, epochs = choose_json(pd.DataFrame([r for r in dev_rows if r["size"] == size]))
+            model_lm = model_after(p, result, cfg, epochs)
             seconds = result.metrics["snapshots"][str(epochs)]["train_s"] if epochs != cfg.epochs else result.metrics["train_s"]
-            rows.append(answer(models_[epochs], prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
+            rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
                                epochs=epochs, train_s=seconds))
             if size == max(p.structured_sizes):
                 label = f"JSON, LoRA ({size} examples)"
-                json_probe = (label, probe(run, label, models_[epochs], ch.general))
-            del result, models_
+                json_probe = (label, probe(run, label, model_lm, ch.general))
+            del result, model_lm
             release_memory()
     dev_table = pd.DataFrame(dev_rows)
     best_size, best_epochs = choose_json(dev_table)
@@ -773,7 +783,7 @@ def behaviour_style(table: pd.DataFrame):
         if f"{column}_low" in table:
             shown[column] = [f"{v:.0%} [{lo:.0%}, {hi:.0%}]" for v, lo, hi in
                              zip(table[column], table[f"{column}_low"], table[f"{column}_high"])]
-    return shown.style.format({"prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}",
+    return shown.style.format({"prompt_tokens": "{:.0f}", "completion_tokens": "{:.1f}", "epochs": "{:.0f}",
                                "cost_per_1k_usd": "${:.3f}", "train_s": "{:.0f} s"}, na_rep="-")
 
 
@@ -910,7 +920,7 @@ def probe_chosen(ch: Chapter, found: Knowledge) -> ForgettingProbe:
 def headline_metrics(ch: Chapter, f: Findings) -> dict:
     """The chapter's headline metrics, each declared with its kind on the results file."""
     run, p, n = ch.run, ch.params, ch.n_facts
-    k, b, cost = f.knowledge.table, f.behaviour.table, f.methods.table
+    b, cost = f.behaviour.table, f.methods.table
     m: dict = {}
 
     def put(key, value, kind, **rule):
@@ -918,7 +928,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
 
     count, curve = ch.best_count, f.curve.table.set_index("exposures")
     chosen = curve.loc[f.chosen.exposures]
-    put("base_closed_contains", k.iloc[0].held_out, "rate", n=n)
+    put("base_closed_contains", f.knowledge.held_out(CLOSED_ROW), "rate", n=n)
     put("dsf_heldout_contains", chosen.heldout_acc, "rate", n=n)
     put("dsf_train_contains", chosen.trained_acc, "rate", n=n)
     put("rag_contains_same_questions", f.knowledge.held_out(RAG_ROW.format(k=p.rag_top_k)), "rate", n=n)
