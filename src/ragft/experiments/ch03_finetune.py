@@ -533,7 +533,6 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
     (artifacts["dsf_adapter"], tables["dsf_facts"])."""
     from .. import rag, settings
-    from ..rag import answer as rag_answer
     from ..train import load_artifact
 
     p, run, count = ch.params, ch.run, ch.best_count
@@ -566,7 +565,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
     qids = [q.qid for q in ch.facts]
     # the gold document: the fact's own document in the prompt, as if retrieval never missed
-    gold = [rag_answer.cited_messages(q.test_text, [gold_document(ch.kb, q)]) for q in ch.facts]
+    gold = [rag.cited_messages(q.test_text, [rag.document_text(ch.kb.doc(q.doc_ids[0]))]) for q in ch.facts]
     readers = ((RAG_ROW.format(k=p.rag_top_k), "base + RAG", ch.lm, conversations), (DSF_RAG_ROW, f"{name} + RAG", dsf_lm, conversations),
                (GOLD_ROW, GOLD, ch.lm, gold))
     with run.stage("rag"):
@@ -577,12 +576,6 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", ch.n_facts)  # every row asks the same test facts
     return Knowledge(table, dsf_lm, conversations, recall)
-
-
-def gold_document(kb, question) -> str:
-    """The document that holds the fact, as the knowledge base's document sources give it."""
-    d = kb.doc(question.doc_ids[0])
-    return f"## {d.title}\n\n{d.text}"
 
 
 def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
@@ -641,10 +634,6 @@ def structured_outcomes(gen: Generation, questions: list) -> dict[str, dict]:
     return {"json_valid": {q.qid: metrics.json_valid(t) for t, q in zip(gen.texts, questions)},
             "schema": {q.qid: metrics.schema_adherence(t, STRUCTURED_FIELDS) for t, q in zip(gen.texts, questions)},
             "fields": {q.qid: metrics.fields_correct(t, q.fields) for t, q in zip(gen.texts, questions)}}
-
-
-def lora_structured_name(size: int) -> str:
-    return f"LoRA on {size} examples, short instruction"
 
 
 # The JSON conditions on the base model. The long instruction is zero-shot: it names the keys and
@@ -748,7 +737,7 @@ def structured(ch: Chapter) -> Behaviour:
             answering(result)  # the last epoch's model, merged: result.lm
             for epochs in p.structured_epochs:
                 model_lm = model_after(p, result, cfg, epochs)
-                name = f"{lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
+                name = f"{tasks.lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
                 gen = replies(model_lm, dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
                 scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
                 dev_rows.append({"size": size, "epochs": epochs, "n": len(dev),
@@ -758,7 +747,7 @@ def structured(ch: Chapter) -> Behaviour:
             _, epochs = choose_json(pd.DataFrame([r for r in dev_rows if r["size"] == size]))
             model_lm = model_after(p, result, cfg, epochs)
             seconds = result.metrics["snapshots"][str(epochs)]["train_s"] if epochs != cfg.epochs else result.metrics["train_s"]
-            rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, lora_structured_name(size),
+            rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, tasks.lora_structured_name(size),
                                epochs=epochs, train_s=seconds))
             if size == max(p.structured_sizes):
                 label = f"JSON, LoRA ({size} examples)"
@@ -768,7 +757,7 @@ def structured(ch: Chapter) -> Behaviour:
     dev_table = pd.DataFrame(dev_rows)
     best_size, best_epochs = choose_json(dev_table)
     dev_table["chosen"] = (dev_table["size"] == best_size) & (dev_table["epochs"] == best_epochs)
-    return Behaviour(pd.DataFrame(rows).set_index("condition"), outputs, lora_structured_name(best_size), best_size,
+    return Behaviour(pd.DataFrame(rows).set_index("condition"), outputs, tasks.lora_structured_name(best_size), best_size,
                      best_epochs, dev_table, json_probe)
 
 
@@ -995,8 +984,8 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("s8_cost_saving", 1 - tuned.loc[best, "cost_per_1k_usd"] / long_prompt.cost_per_1k_usd,
         **cost_saving_rule(p, n_json, tuned.loc[best, "cost_per_1k_usd"], long_prompt.cost_per_1k_usd))
     for size in p.structured_sizes:
-        put(f"schema_adherence_lora_{size}", tuned.loc[lora_structured_name(size), "schema_adherence"], "rate", n=n_json)
-        put(f"fields_correct_lora_{size}", tuned.loc[lora_structured_name(size), "fields_correct"], "mean", n=n_json)
+        put(f"schema_adherence_lora_{size}", tuned.loc[tasks.lora_structured_name(size), "schema_adherence"], "rate", n=n_json)
+        put(f"fields_correct_lora_{size}", tuned.loc[tasks.lora_structured_name(size), "fields_correct"], "mean", n=n_json)
     for condition in ("zero_shot", "long_prompt", "few_shot", "constrained", "lora_best"):  # every JSON row: the same products
         put(f"json_{condition}_n", n_json, "exact")
     put("json_lora_best_size", f.behaviour.best_size, "choice")
@@ -1094,7 +1083,7 @@ def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
     sizes = p.structured_sizes
     if len(sizes) > 1:
         big, small = max(sizes), min(sizes)
-        state("T4-sizes", f"{lora_structured_name(big)}: schema", f"{lora_structured_name(small)}: schema",
+        state("T4-sizes", f"{tasks.lora_structured_name(big)}: schema", f"{tasks.lora_structured_name(small)}: schema",
               f"{big} training examples", f"{small} training examples")
     else:
         missing("T4-sizes", "structured_sizes has one size")

@@ -14,7 +14,7 @@ import pandas as pd
 from .. import costs, settings
 from ..costs import Approach, Check, Workload
 from ..results import ChapterRun, glue, read_chapter, read_published
-from .ch03_finetune import lora_structured_name
+from ..train.tasks import lora_structured_name
 
 CHAPTER = "06_cost"
 # Where each approach's tokens per query come from: (chapter, condition of its outcome_tokens).

@@ -124,7 +124,7 @@ def kb_pages(kb, docs_per_page: int = 8) -> list[Source]:
         for start in range(0, len(docs), docs_per_page):
             part = docs[start:start + docs_per_page]
             title = f"{kind.capitalize()} pages, part {start // docs_per_page + 1}"
-            text = "\n\n".join(f"## {d.title}\n\n{d.text}" for d in part)
+            text = "\n\n".join(document_text(d) for d in part)
             pages.append(Source(f"kb-{kind}-{start // docs_per_page + 1}", title, text, kb.version, kind))
     return pages
 
@@ -133,7 +133,12 @@ def kb_documents(kb) -> list[Source]:
     """The knowledge base one document to a source, under the document's own id: a changed document
     is re-indexed alone, as a documentation site re-indexes a changed page. The version is not part
     of a source (it is in its content hash): a document the new version left as it was stays indexed."""
-    return [Source(d.doc_id, d.title, f"## {d.title}\n\n{d.text}", "latest", d.kind) for d in kb.documents]
+    return [Source(d.doc_id, d.title, document_text(d), "latest", d.kind) for d in kb.documents]
+
+
+def document_text(d) -> str:
+    """A knowledge-base document as every source of it reads: its title as a heading, then its text."""
+    return f"## {d.title}\n\n{d.text}"
 
 
 def kb_items(questions) -> list[QAItem]:

@@ -90,6 +90,11 @@ def structured_examples(n: int, test_seed: int, kb_sizes=None, system: str = STR
     return [ex for i in sorted(by_paraphrase) for ex in by_paraphrase[i]][:n]
 
 
+def lora_structured_name(size: int) -> str:
+    """The JSON condition of a LoRA fine-tune on `size` structured_examples (chapters 3 and 6 read it)."""
+    return f"LoRA on {size} examples, short instruction"
+
+
 def training_products(n: int, test_seed: int, kb_sizes=None, first_seed: int | None = None) -> list[tuple]:
     """(world, product) pairs of the worlds structured_examples(n, ...) draws from, whole worlds,
     none named like a test product."""
@@ -116,10 +121,11 @@ def structured_dev_products(n: int, test_seed: int, kb_sizes=None, most_examples
     avoid |= {q.entity for _, q in training_products(most_examples, test_seed, kb_sizes)} if most_examples else set()
     products, seed = [], test_seed + DEV_WORLDS_FROM
     while len(products) < n:
+        if seed == test_seed + DEV_WORLDS_FROM + 100:
+            raise ValueError(f"100 worlds hold {len(products)} products named unlike any test or training one: "
+                             f"n_structured_dev={n} is too many")
         world = build_kb(seed, kb_sizes)
         fresh = [(world, q) for q in world.by_kind("structured") if q.entity not in avoid]
-        if not fresh and seed >= test_seed + DEV_WORLDS_FROM + 100:
-            raise ValueError(f"no product name outside the test and training worlds in 100 worlds: n_structured_dev={n} is too many")
         avoid |= {q.entity for _, q in fresh}  # one product per name
         products += fresh
         seed += 1
