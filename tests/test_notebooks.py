@@ -279,7 +279,7 @@ def test_prompting_results_are_sane(notebook_run):
 
 
 HEADLINE_02 = ["recall_at_5_best", "best_chunk_size", "best_top_k", "rag_contains", "hybrid_recall_at_5",
-               "rerank_recall_at_5", "refusal_f1_best", "citation_accuracy", "ingest_chunks_per_s",
+               "rerank_recall_at_5", "refusal_f1_at_chosen", "citation_accuracy", "ingest_chunks_per_s",
                "embedder_only_chunks_per_s", "ttft_p50_ms", "squad_recall_at_5", "squad_rag_f1"]
 
 

@@ -183,6 +183,18 @@ def test_refusal_sweep_counts():
     assert everything["refusal_f1"] == pytest.approx(2 * 0.4 / 1.4) and everything["refusal_j"] == 0.0
 
 
+def test_refusal_threshold_is_chosen_on_answerable_questions_alone():
+    # ten development similarities; refusing under t refuses those below it. At most 10 % (one of
+    # ten) may be refused: 0.45 refuses 0.3 only (10 %), 0.55 refuses 0.3 and 0.5 (20 %): 0.45
+    sims = [0.3, 0.5, 0.6, 0.7, 0.7, 0.8, 0.8, 0.9, 0.9, 0.95]
+    assert rag.threshold_for_false_refusals(sims, [0.55, 0.25, 0.45, 0.35], 0.1) == 0.45
+    assert rag.threshold_for_false_refusals(sims, [0.25, 0.55], 0.0) == 0.25  # refuses none of them
+    # every threshold refuses too many: the lowest, which refuses least
+    assert rag.threshold_for_false_refusals([0.1, 0.1], [0.2, 0.3], 0.05) == 0.2
+    with pytest.raises(ValueError, match="answerable development questions"):
+        rag.threshold_for_false_refusals([], [0.2], 0.05)
+
+
 def test_scale_benchmark_pieces(tmp_path):
     rng = np.random.default_rng(0)
     real = bench.normalize_rows(rng.standard_normal((60, 16)).astype(np.float32))

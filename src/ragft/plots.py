@@ -81,7 +81,7 @@ def answers_by_context(table: pd.DataFrame):
 
 def refusal_sweep(sweep: pd.DataFrame, offtopic: pd.DataFrame | None, threshold: float):
     """Shares refused at each similarity threshold (near misses, answerable, off-topic) and the
-    operating point."""
+    operating point chosen on development questions."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=WIDE)
@@ -89,7 +89,7 @@ def refusal_sweep(sweep: pd.DataFrame, offtopic: pd.DataFrame | None, threshold:
     ax.plot(sweep.index, sweep.answerable_refused, "s-", label="answerable questions refused")
     if offtopic is not None:
         ax.plot(offtopic.index, offtopic.refusal_recall, "^-", label="off-topic questions refused")
-    ax.axvline(threshold, color="grey", linestyle=":", label=f"near-miss operating point (highest J), {threshold:.2f}")
+    ax.axvline(threshold, color="grey", linestyle=":", label=f"operating point (chosen on development questions), {threshold:.2f}")
     ax.set(xlabel="similarity threshold", ylabel="share refused", title="Refusing under a similarity threshold")
     ax.legend(fontsize=8)
     return fig

@@ -49,7 +49,7 @@ from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
 from ..results import ChapterRun, StatedComparison, glue
 from ..corpus.kb import REFUSAL_ANSWER
-from ..stats import wilson_interval
+from ..stats import MAX_FALSE_REFUSALS, wilson_interval
 from .common import start
 
 CHAPTER = "02_rag"
@@ -292,6 +292,7 @@ class Grid:
     query_vectors: np.ndarray  # the test questions' embeddings
     chunk: int  # the chunk size, chosen on development questions
     k: int  # the top-k, chosen on the same
+    dev_questions: list[str]  # those development questions (they also choose R5's refusal threshold)
 
     @property
     def recall_cols(self) -> list[str]:
@@ -335,15 +336,15 @@ def retrieval_grid(ch: Chapter, index: Index) -> Grid:
     run.metric("recall_at_5_best", table.loc[dev["chunk"], f"recall_at_{HEADLINE_K}"], "rate", n=n)
     run.metric("mrr_best", table.loc[dev["chunk"], "mrr"], "mean", n=n)
     run.metric("n_retrieval_questions", n, "exact")
-    return Grid(table, list(p.top_ks), items, retrievers, vectors, dev["chunk"], dev["k"])
+    return Grid(table, list(p.top_ks), items, retrievers, vectors, dev["chunk"], dev["k"], dev["questions"])
 
 
 def development_choice(ch: Chapter, test_items: list, retrievers: dict) -> dict:
     """The chunk size and top-k the answering experiments use, chosen on development questions: up to
     n_retrieval_questions of the knowledge base's single-fact questions that are not test questions
     (one fact each, so none shares a fact with a test question). Returns them ("chunk", "k") with the
-    number of development questions ("n") and keeps the evidence (MRR and recall per chunk size) in
-    the results' tables."""
+    number of development questions ("n") and the questions themselves ("questions"), and keeps the
+    evidence (MRR and recall per chunk size) in the results' tables."""
     p = ch.params
     test = {it.qid for it in test_items}
     pool = [q for q in ch.kb.sample("single", len(ch.kb.by_kind("single")), p.seed + 1) if q.qid not in test]
@@ -361,7 +362,7 @@ def development_choice(ch: Chapter, test_items: list, retrievers: dict) -> dict:
     k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
     ch.run.tables["development_choice"] = table.reset_index().to_dict("records")
     glue("best_k_share", f"{BEST_K_SHARE:.0%}")
-    return {"n": len(dev), "table": table, "chunk": chunk, "k": k}
+    return {"n": len(dev), "table": table, "chunk": chunk, "k": k, "questions": questions}
 
 
 @section("knowledge_base", figure=True)
@@ -542,8 +543,6 @@ class Scored:
     pointwise_rerank_s: float  # what the pointwise yes/no reranker would cost a question here (estimate)
 
     def glue(self) -> None:
-        from ..stats import MAX_FALSE_REFUSALS
-
         glue("ll_k_list", ", ".join(f"top-{k}" for k in self.by_k))
         glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
         glue("pointwise_rerank_s", self.pointwise_rerank_s)
@@ -779,32 +778,41 @@ def context_plot(ans: Answers):
 @dataclass
 class Refusal:
     """R5 has no paired comparison here (a threshold trades refusals of unanswerable questions for
-    refusals of answerable ones): it is reported as rates with Wilson intervals."""
+    refusals of answerable ones): it is reported as rates with Wilson intervals, at a threshold chosen
+    on development questions."""
 
-    sweep: pd.DataFrame  # threshold -> refusal precision, recall, F1, answerable refused (near misses)
+    sweep: pd.DataFrame  # threshold -> refusal precision, recall, F1, J, answerable refused (near misses)
     offtopic: pd.DataFrame | None  # the same for off-topic questions, when NQ is available
     n_answerable: int
     n_near_miss: int
+    n_offtopic: int
     detectors: pd.DataFrame  # the top similarity as a refusal detector: AUROC, recall at <= 5 % false refusals
-    threshold: float  # the operating point: highest Youden's J on the near misses
+    threshold: float  # the operating point, chosen on development questions (dev_refusal_threshold)
 
     def glue(self, run: ChapterRun) -> None:
         m = run.metrics
-        for key, n in (("refusal_recall_at_best", self.n_near_miss), ("answerable_refused_at_best", self.n_answerable)):
+        for key, n in (("refusal_recall_at_chosen", self.n_near_miss), ("answerable_refused_at_chosen", self.n_answerable)):
             lo, hi = wilson_interval(m[key] * n, n)
             glue(f"{key}_lo", lo)
             glue(f"{key}_hi", hi)
         glue("n_near_miss", self.n_near_miss)
-        glue("offtopic_sentence", f"For off-topic questions the best threshold (highest J) reaches an F1 of "
-             f"{m['offtopic_refusal_f1_best']:.2f}." if self.offtopic is not None else
-             "The off-topic questions need NaturalQuestions-Open in the data folder; it is absent in this run.")
+        if self.offtopic is not None:
+            r = m["offtopic_refusal_recall_at_chosen"]
+            lo, hi = wilson_interval(r * self.n_offtopic, self.n_offtopic)
+            glue("offtopic_sentence", f"The same threshold refuses {r:.0%} (95 % interval {lo:.0%} to {hi:.0%}) "
+                 f"of {self.n_offtopic} off-topic questions.")
+        else:
+            glue("offtopic_sentence", "The off-topic questions need NaturalQuestions-Open in the data folder; "
+                 "it is absent in this run.")
 
 
 @section("knowledge_base")
 def refusal_threshold(ch: Chapter, grid: Grid) -> Refusal:
     """Refuse whenever the best dense similarity is under a threshold: a sweep over thresholds for the
     knowledge base's unanswerable questions (near misses) and, when the data folder has them,
-    off-topic NaturalQuestions (the set-up's)."""
+    off-topic NaturalQuestions (the set-up's), against the test questions. The operating point is
+    chosen on the development questions alone (dev_refusal_threshold), so its rates are not tuned
+    on the questions they are reported on."""
     run, best = ch.run, grid.best
 
     def top_similarity(qs):
@@ -814,33 +822,42 @@ def refusal_threshold(ch: Chapter, grid: Grid) -> Refusal:
     near_miss = rag.kb_items(ch.kb.by_kind("unanswerable"))
     near_sim = top_similarity([it.question for it in near_miss])
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-    # The operating point: the threshold of highest Youden's J. With few unanswerable questions among
-    # many answerable ones, the highest refusal F1 is refusing everything (precision = their share).
-    best_t = best_threshold(sweep)
+    t = dev_refusal_threshold(run, top_similarity(grid.dev_questions))
     n_a, n_u = len(grid.items), len(near_miss)
     f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 and J of refusals move with their two rates
-    run.metric("refusal_f1_best", sweep.loc[best_t, "refusal_f1"], "derived", tol=f1_tol)
-    run.metric("refusal_j_best", sweep.loc[best_t, "refusal_j"], "derived", tol=f1_tol)
+    run.metric("refusal_f1_at_chosen", sweep.loc[t, "refusal_f1"], "derived", tol=f1_tol)
+    run.metric("refusal_j_at_chosen", sweep.loc[t, "refusal_j"], "derived", tol=f1_tol)
+    run.metric("refusal_recall_at_chosen", sweep.loc[t, "refusal_recall"], "rate", n=n_u)
+    run.metric("answerable_refused_at_chosen", sweep.loc[t, "answerable_refused"], "rate", n=n_a)
+    # In hindsight, on the test questions themselves: what a threshold tuned on them would claim
+    # (highest J; highest F1, which with few near misses is close to refusing everything)
+    run.metric("refusal_j_max", sweep.refusal_j.max(), "derived", tol=f1_tol)
     run.metric("refusal_f1_max", sweep.refusal_f1.max(), "derived", tol=f1_tol)
     run.metric("refusal_f1_refuse_all", 2 * n_u / (2 * n_u + n_a), "exact")  # recall 1, precision n_u / (n_u + n_a)
-    run.metric("refusal_threshold_best", best_t, "choice")
-    run.metric("refusal_recall_at_best", sweep.loc[best_t, "refusal_recall"], "rate", n=n_u)
-    run.metric("answerable_refused_at_best", sweep.loc[best_t, "answerable_refused"], "rate", n=n_a)
     run.metric("refusal_near_miss_n", n_u, "exact")
     detectors = refusal_detectors(run, {"top retrieval similarity (negated)": (
         "refusal_sim", [-x for x in near_sim], [-x for x in answerable_sim])})
-    offtopic = None
+    offtopic, n_off = None, 0
     if ch.nq:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
+        n_off = len(offtopic_sim)
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-        run.metric("offtopic_refusal_f1_best", offtopic.refusal_f1[best_threshold(offtopic)], "derived",
-                   tol=rate_tolerance(n_a) + rate_tolerance(len(offtopic_sim)))
-    return Refusal(sweep, offtopic, n_a, n_u, detectors, best_t)
+        run.metric("offtopic_refusal_recall_at_chosen", offtopic.loc[t, "refusal_recall"], "rate", n=n_off)
+        run.metric("offtopic_refusal_f1_at_chosen", offtopic.loc[t, "refusal_f1"], "derived",
+                   tol=rate_tolerance(n_a) + rate_tolerance(n_off))
+    return Refusal(sweep, offtopic, n_a, n_u, n_off, detectors, t)
 
 
-def best_threshold(sweep: pd.DataFrame) -> float:
-    """The threshold of highest Youden's J (the lowest one when J is undefined: no unanswerable questions)."""
-    return sweep.refusal_j.fillna(-1.0).idxmax()
+def dev_refusal_threshold(run: ChapterRun, dev_similarities: list[float]) -> float:
+    """R5's operating point, chosen on the development questions (answerable, none a test question):
+    the highest swept threshold that refuses at most MAX_FALSE_REFUSALS of them. No unanswerable
+    question is looked at, so the near misses' and off-topic questions' rates at it are honest."""
+    t = evaluation.threshold_for_false_refusals(dev_similarities, REFUSAL_THRESHOLDS, MAX_FALSE_REFUSALS)
+    n = len(dev_similarities)
+    run.metric("refusal_threshold_chosen", t, "choice")
+    run.metric("refusal_dev_refused", float(np.mean(np.asarray(dev_similarities) < t)), "rate", n=n)
+    run.metric("refusal_dev_n", n, "exact")
+    return t
 
 
 @section("knowledge_base", figure=True)

@@ -65,6 +65,18 @@ def refusal_sweep(answerable: list[float], unanswerable: list[float], thresholds
     return rows
 
 
+def threshold_for_false_refusals(answerable: list[float], thresholds, max_share: float) -> float:
+    """The refusal threshold chosen without unanswerable questions: the highest of `thresholds` under
+    which at most `max_share` of these answerable questions' similarities fall (refusing means a
+    similarity under the threshold), else the lowest threshold. Hand it development questions: the
+    rates it gives on test questions are then not tuned on them."""
+    a = np.asarray(answerable, dtype=float)
+    if not len(a):
+        raise ValueError("a refusal threshold needs answerable development questions")
+    kept = [float(t) for t in sorted(thresholds) if (a < t).mean() <= max_share]
+    return kept[-1] if kept else float(min(thresholds))
+
+
 def latency_summary(times: list) -> dict[str, dict[str, float]]:
     """p50 and p95 of each stage over a list of StageTimes."""
     stages = ["embed_ms", "search_ms", "rerank_ms", "prompt_ms", "ttft_ms", "to_first_token_ms", "total_ms"]
