@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ragft import config, plots
+from ragft import config, plots, prompts
 from ragft.experiments import ch01_prompting as ch01
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
@@ -71,8 +71,12 @@ def unanswerable_indices(items):
 @pytest.fixture()
 def chapter(kb):
     params = config.resolve("01_prompting", "smoke")
+    single, unanswerable = kb.sample("single", 8, 0), kb.sample("unanswerable", 4, 0)
+    test = {q.qid for q in single + unanswerable}
+    examples = {1: prompts.few_shot_examples(kb.questions, 1, test, 0)}
     return ch01.Chapter(params, ChapterRun("01_prompting", params), SimpleNamespace(name="fake", context_window=2048),
-                        kb, kb.sample("single", 8, 0), kb.sample("multihop", 2, 0), kb.sample("unanswerable", 4, 0))
+                        kb, single, kb.sample("multihop", 2, 0), unanswerable, examples,
+                        ch01.development_questions(kb, test, examples, 4, 0))
 
 
 def rank_planted(ch, name, group, items, right, refuse=(), tokens=100, **extra):
@@ -95,6 +99,7 @@ def fill(ch, gold_right=range(100), haystack_right=((0, 1, 2), (0,))):
     few = ch01.Section([ch01.add_ranked(ch, "few-shot k=0", "few-shot", items,
                                         ch01.subset_ranking(base.ranking, [test.index(q) for q in items]),
                                         base.with_refusal, k=0),
+                        rank_planted(ch, "few-shot k=1, development", "development", ch.development, {0, 1}, k=1),
                         rank_planted(ch, "few-shot k=1", "few-shot", items, {0}, tokens=110, k=1)])
     gold = ch01.Section([rank_planted(ch, "gold document", "test", test, set(gold_right), refuse=unans, tokens=220),
                          rank_planted(ch, "gold documents, two-hop", "test", ch.multihop, {0}, tokens=330)])
@@ -206,7 +211,8 @@ def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
     assert rules["refusal_acc_instruction"]["kind"] == "rate" and rules["refusal_auroc_instruction"]["kind"] == "mean"
     assert rules["few_shot_best_k"]["kind"] == "choice" and rules["latency_long_context_s"]["kind"] == "machine"
     assert rules["cost_per_1k_gold_context_usd"]["kind"] == "exact"  # s4_actian prices input tokens only
-    assert m["few_shot_best_k"] == 1 and m["gold_context_ll_acc"] == 1.0 and m["closed_book_ll_acc"] == 0.0
+    assert m["few_shot_best_k"] == 1 and m["few_shot_dev_n"] == 4 and rules["few_shot_dev_n"] == {"kind": "exact"}
+    assert m["gold_context_ll_acc"] == 1.0 and m["closed_book_ll_acc"] == 0.0
     assert m["ll_chance"] == pytest.approx(0.25) and m["refusal_auroc_instruction"] == 1.0
     assert m["refusal_auroc_closed_book"] == pytest.approx(0.5)  # all tied: no refusal anywhere
     assert m["gold_context_contains"] == 1.0 and m["refusal_acc_instruction"] == 1.0
@@ -214,11 +220,30 @@ def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
     assert m["long_context_prompt_tokens"] == 650 and m["unanswerable_n"] == 4 and m["long_context_n"] == 3
 
 
-def test_best_few_shot_keeps_the_first_of_ties_and_can_leave_out_k0(chapter):
-    f = found(chapter)
-    f.by_name["few-shot k=1"].row["ll_acc"] = 0.0  # all tied at zero
-    assert ch01.best_few_shot(f).name == "few-shot k=0"
-    assert ch01.best_few_shot(f, with_examples=True).name == "few-shot k=1"
+def test_the_few_shot_k_is_chosen_on_development_questions_alone(chapter):
+    ch = chapter
+    _, few, _, _ = fill(ch)
+    assert ch01.chosen_few_shot(few).name == "few-shot k=1"
+    # k=3 ranks 3 of 4 development questions first against k=1's 2, but none of the test ones:
+    # the development questions choose it all the same (test scores play no part)
+    few.ranked += [rank_planted(ch, "few-shot k=3, development", "development", ch.development, {0, 1, 2}, k=3),
+                   rank_planted(ch, "few-shot k=3", "few-shot", ch.few_shot_items, set(), k=3)]
+    assert ch01.chosen_few_shot(few).name == "few-shot k=3"
+    # a tie on development keeps the first k in few_shot_ks order; no development row: no choice
+    few.ranked[-2].row["ll_acc"] = few.named("few-shot k=1, development").row["ll_acc"]
+    assert ch01.chosen_few_shot(few).name == "few-shot k=1"
+    assert ch01.chosen_few_shot(ch01.Section(few.ranked[:1])) is None
+
+
+def test_development_questions_share_nothing_with_the_test_or_the_examples(chapter, kb):
+    ch = chapter
+    test = {q.qid for q in ch.test}
+    shown = {t for picked in ch.examples.values() for t, _ in picked}
+    assert len(ch.development) == 4 and not test & {q.qid for q in ch.development}
+    assert not any(shown & set(q.train_texts) for q in ch.development)
+    assert all(q.kind == "single" for q in ch.development)
+    with pytest.raises(ValueError, match="n_few_shot_dev=100000"):
+        ch01.development_questions(kb, test, ch.examples, 100_000, 0)
 
 
 def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
@@ -299,7 +324,8 @@ def test_figure_has_error_bars_for_every_condition(chapter):
     fig = plots.accuracy_vs_tokens(f.frame("test"), f.frame("few-shot"), f.frame("long context"), "fake")
     ax = fig.axes[0]
     assert len(ax.containers) == 3  # test conditions, few-shot, haystacks: each an errorbar container
-    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(f.ranked)
+    # every ranked condition but the development rows, which only choose the few-shot k
+    assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(f.ranked) - 1
     assert any(line.get_linestyle() == ":" for line in ax.get_lines())  # chance
     plt.close(fig)
 
@@ -312,4 +338,4 @@ def test_the_chapter_holds_set_up_only(chapter):
     with pytest.raises(dataclasses.FrozenInstanceError):
         chapter.single = []
     assert {f.name for f in dataclasses.fields(ch01.Chapter)} == {
-        "params", "run", "lm", "kb", "single", "multihop", "unanswerable"}
+        "params", "run", "lm", "kb", "single", "multihop", "unanswerable", "examples", "development"}

@@ -142,6 +142,7 @@ class PromptingParams(Answering):
     n_unanswerable: int = param(29, "questions whose right answer is a refusal", bounds=(0, 10_000))
     few_shot_ks: list = param([0, 1, 3, 5], "numbers of few-shot examples to try", bounds=(0, 16))
     n_few_shot_questions: int = param(64, "few-shot runs: the first n single-fact and n/2 unanswerable questions", bounds=(1, 10_000))
+    n_few_shot_dev: int = param(64, "development questions (single-fact, no test question or example): they choose the few-shot k", bounds=(1, 10_000))
     long_context_tokens: list = param([1000, 2500], "haystack sizes", bounds=(300, 128_000))
     n_long_context_questions: int = param(64, "questions asked of the haystacks at each size", bounds=(1, 1_000))
     haystack_documents: int = param(2, "gold documents per haystack; each haystack is asked all their questions", bounds=(1, 100))
