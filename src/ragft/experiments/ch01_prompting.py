@@ -547,9 +547,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     rate("instruction_contains", c["instruction"].row["contains"], n_gen)
     rate("few_shot_best_contains", gen_best.row["contains"], _answerable(gen_best.items))
     out["few_shot_best_k"] = run.metric("few_shot_best_k", int(best.row["k"]), "choice")  # chosen on development
-    developed = [x for x in f.ranked if x.group == "development"]
-    if developed:
-        out["few_shot_dev_n"] = run.metric("few_shot_dev_n", len(developed[0].items), "exact")
+    out["few_shot_dev_n"] = run.metric("few_shot_dev_n", len(ch.development), "exact")
     rate("gold_context_contains", c["gold document"].row["contains"], n_gen)
     rate("gold_context_em", c["gold document"].row["em"], n_gen)
     rate("gold_context_wordy", c["gold document"].row["wordy"], n_gen)  # why EM is low: sentences, not phrases
