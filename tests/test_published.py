@@ -116,13 +116,14 @@ def test_raft_headline_keys_and_sanity():
 # long on a fresh clone (ragft.host.SLOWER_KIND_RATIO), so that CI (install about 4 minutes, `make
 # test` at most 8, the book, the browser check about 1) stays within 81 of its 90 minutes on either
 # kind. The book's cap is ../shared/DESIGN.md's; its split between chapters is not: chapter 4 takes
-# about 265 s of DESIGN.md's 520 (at the reference's speed, as every figure here; its RAFT adapters
-# trained, as in CI, whose cache starts empty) since the cpu profile leaves RAFT's ablations, top-k
-# curves and PubMedQA to the gpu profile (the plan's `profiles`), and what it left went to chapter 8
-# (its sample case trains two fine-tunes: about 185 s), chapter 3 (its knowledge curve runs to
-# fitness, 24 exposures, and the JSON fine-tune is chosen on development products: about 710 s) and
-# chapter 2 (whole SQuAD articles, and the refusal threshold chosen on development questions: about
-# 340 s). Chapter 5 (about 230 s) gave 10 s of its 250. The caps still sum to the book's.
+# about 240-265 s of DESIGN.md's 520 (at the reference's speed, as every figure here, in the last two
+# publications; its RAFT adapters trained, as in CI, whose cache starts empty) since the cpu profile
+# leaves RAFT's ablations, top-k curves and PubMedQA to the gpu profile (the plan's `profiles`), and
+# what it left went to chapter 8 (its sample case trains two fine-tunes: about 170-185 s), chapter 3
+# (its knowledge curve runs to fitness, 24 exposures, and the JSON fine-tune is chosen on development
+# products: about 665-710 s) and chapter 2 (whole SQuAD articles, and the refusal threshold chosen on
+# development questions: about 315-340 s). Chapter 5 (about 220-230 s) gave 10 s of its 250. The
+# caps still sum to the book's.
 CAP_S = {"01_prompting": 190, "02_rag": 350, "03_finetune": 730, "04_raft": 275, "05_freshness": 240,
          "06_cost": 40, "07_verdict": 10, "08_your_case": 205}
 BOOK_CAP_S = 2040
