@@ -180,7 +180,7 @@ def paired_bars(table: pd.DataFrame, left: str, right: str, labels: tuple[str, s
 def accuracy_vs_tokens(points: pd.DataFrame, shots: pd.DataFrame, haystacks: pd.DataFrame, model_name: str):
     """Gold value ranked first (with its 95 % Wilson interval) against prompt tokens per query: the
     test-set conditions (`points`) as points, few-shot (`shots`) and haystacks as lines, chance as a
-    dashed line. Each table: chapter 1's ranked rows by condition (ll_acc, ll_lo, ll_hi, chance,
+    dotted line. Each table: chapter 1's ranked rows by condition (ll_acc, ll_lo, ll_hi, chance,
     prompt_tokens; k for the few-shot rows)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter

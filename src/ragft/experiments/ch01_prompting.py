@@ -346,6 +346,10 @@ def few_shot(ch: Chapter, closed: Section) -> Section:
     answers on the first few questions (the format view)."""
     items = ch.few_shot_items
     out = Section([])
+
+    def shown_examples(k, questions):  # every question of this k after the same examples
+        return [prompts.build_messages(q.test_text, examples=ch.examples[k]) for q in questions]
+
     for k in ch.params.few_shot_ks:
         name = f"few-shot k={k}"
         if k == 0:
@@ -353,16 +357,13 @@ def few_shot(ch: Chapter, closed: Section) -> Section:
             picked = subset_ranking(base.ranking, [base.items.index(q) for q in items])
             out.ranked.append(add_ranked(ch, name, "few-shot", items, picked, base.with_refusal, k=0))
             continue
-        out.ranked.append(rank(ch, name + DEVELOPMENT, "development", [
-            prompts.build_messages(q.test_text, examples=ch.examples[k]) for q in ch.development], ch.development, k=k))
-        out.ranked.append(rank(ch, name, "few-shot", [
-            prompts.build_messages(q.test_text, examples=ch.examples[k]) for q in items], items, k=k))
+        out.ranked.append(rank(ch, name + DEVELOPMENT, "development", shown_examples(k, ch.development), ch.development, k=k))
+        out.ranked.append(rank(ch, name, "few-shot", shown_examples(k, items), items, k=k))
     chosen = chosen_few_shot(out)
     if chosen is not None:
         k = chosen.row["k"]
         shown = [q for q in ch.generated_test if q in items]
-        out.generated.append(measure(ch, chosen.name, "few-shot", [
-            prompts.build_messages(q.test_text, examples=ch.examples[k]) for q in shown], shown, k=k))
+        out.generated.append(measure(ch, chosen.name, "few-shot", shown_examples(k, shown), shown, k=k))
     return out
 
 
