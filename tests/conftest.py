@@ -91,6 +91,16 @@ def _language_models_only_where_marked(request, monkeypatch):
 
 
 _BUDGETS: list[tuple[str, float, float]] = []
+# The README's two test commands, whole, against issue 25's targets: `make test` within 8 minutes and
+# `make test-fast` within 2 on the slower kind, which runs these tests 1.95 times slower (measured:
+# `make test` at 1b14bc1 took 994 s there and 510 s on a host of the faster kind), so 240 s and 60 s
+# on the faster kind.
+RUN_TARGETS_S = {"": 240, "not lm and not notebooks and not index": 60}
+_SESSION: dict = {}
+
+
+def pytest_sessionstart(session):
+    _SESSION["start"] = time.time()
 
 
 def report_budget(what: str, seconds: float, target_s: float) -> None:
@@ -98,7 +108,12 @@ def report_budget(what: str, seconds: float, target_s: float) -> None:
     _BUDGETS.append((what, seconds, target_s))
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    markexpr = config.getoption("markexpr") or ""
+    whole = config.args_source != pytest.Config.ArgsSource.ARGS and not config.getoption("keyword")
+    if whole and markexpr in RUN_TARGETS_S:  # one of the README's commands, not a selection of tests
+        command = "make test-fast" if markexpr else "make test"
+        report_budget(f"{command}, every test", time.time() - _SESSION["start"], RUN_TARGETS_S[markexpr])
     if not _BUDGETS:
         return
     from ragft import host

@@ -134,6 +134,10 @@ def test_each_method_learns_saves_and_reloads_identically(tiny, method):
         merged = load_artifact(tiny, result.artifact, cfg, merge=True)
         assert not hasattr(merged.model, "peft_config")
         assert torch.allclose(before, logits(merged), atol=1e-4)
+        # merged into new tensors (safe_merge: no copy-on-write of the mapped weights): peft's in-place sum, bit for bit
+        plain = load_artifact(tiny, result.artifact, cfg)
+        plain.model = plain.model.merge_and_unload()
+        assert torch.equal(logits(merged), logits(plain))
         in_place = train_merged(cached.lm)  # a trained result, merged where it stands
         assert in_place is cached.lm and not hasattr(in_place.model, "peft_config")
         assert torch.allclose(before, logits(in_place), atol=1e-4)

@@ -198,14 +198,17 @@ def merged(lm: models.LoadedLM) -> models.LoadedLM:
     """The model with its LoRA adapter merged into the base weights, for answering: the same function
     up to float rounding, and cheaper, since an unmerged adapter adds its own matrix products to every
     linear layer (measured here, rank 8 on every linear layer of the 135M model, 24 prompts of 300
-    tokens: 17.2 s unmerged against 12.2 s merged). Merges in place, in fp32 only: a bf16 weight's
-    rounding step is as large as many LoRA updates, so a bf16 model (the gpu profile), a 4-bit base
-    (QLoRA) or a model without an adapter is returned as it is."""
+    tokens: 17.2 s unmerged against 12.2 s merged). In fp32 only: a bf16 weight's rounding step is as
+    large as many LoRA updates, so a bf16 model (the gpu profile), a 4-bit base (QLoRA) or a model
+    without an adapter is returned as it is. Each merged weight is written to a new tensor (peft's
+    safe_merge, which also refuses a sum that is not finite): the base weights are memory-mapped from
+    the cache's safetensors file, and an in-place sum copies each page on its first write (the 135 M
+    model: 0.85 s in place against 0.37 s, the same bits)."""
     import torch
     from peft import PeftModel
 
     if isinstance(getattr(lm, "model", None), PeftModel) and lm.quantization is None and lm.dtype == torch.float32:
-        lm.model = lm.model.merge_and_unload().eval()
+        lm.model = lm.model.merge_and_unload(safe_merge=True).eval()
     return lm
 
 
