@@ -14,6 +14,7 @@ against a target set on the faster CPU kind, and the summary at the end prints e
 target scaled by this host's measured speed (ragft.host), so CI's log shows them.
 """
 
+import json
 import os
 import shutil
 import socket
@@ -84,6 +85,56 @@ def _language_models_only_where_marked(request, monkeypatch):
         pytest.fail("this test loads a language model: mark it @pytest.mark.lm (make test-fast deselects those)")
 
     monkeypatch.setattr(models, "load_lm", refuse)
+
+
+# ---------------------------------------------------------------------------------------------
+# One run of every chapter for the notebook checks (tests/test_notebooks.py, and chapter 8's)
+
+# The smoke run of every chapter, on the faster CPU kind (reported against it, scaled by this host's
+# speed, never asserted: report_budget). Mostly kernel start-up, imports and model loads.
+SMOKE_TARGET_S = 300
+NETGUARD_LOG = "netguard.log"  # in the run folder, where .ci/run's book run writes it too
+
+
+def given_run(run: Path) -> dict:
+    """The run folder RAGFT_TEST_RUN names, refused unless it is a whole run of this commit."""
+    from ragft import run as runner
+    from ragft.results import _git
+
+    head = _git("rev-parse", "HEAD")
+    docs = {c: run / "results" / f"{c}.json" for c in runner.toc_chapters()}
+    missing = [c for c, f in docs.items() if not f.exists() or not (run / "notebooks" / "chapters" / f"{c}.ipynb").exists()]
+    if missing:
+        pytest.fail(f"RAGFT_TEST_RUN={run} lacks chapters {missing}: run `make book` (or unset it for a smoke run)")
+    provenance = {c: json.loads(f.read_text())["provenance"] for c, f in docs.items()}
+    stale = [c for c, p in provenance.items() if p.get("git_sha") != head or p.get("git_dirty")]
+    if stale:
+        pytest.fail(f"RAGFT_TEST_RUN={run}: chapters {stale} ran from another commit or a changed tree "
+                    f"(HEAD is {head[:10]}): run `make book` again (or unset it for a smoke run)")
+    profiles = {json.loads(f.read_text())["profile"] for f in docs.values()}
+    if len(profiles) != 1:
+        pytest.fail(f"RAGFT_TEST_RUN={run} mixes profiles {sorted(profiles)}")
+    return {"dir": run, "log": run / NETGUARD_LOG, "profile": profiles.pop()}
+
+
+@pytest.fixture(scope="session")
+def notebook_run(tmp_path_factory):
+    """{"dir", "log", "profile"} of the run the notebook checks read: RAGFT_TEST_RUN's (given_run), else
+    a smoke run of every chapter (tiny data, the real model) under tests/netguard, made by the first
+    test that asks for it."""
+    if os.environ.get("RAGFT_TEST_RUN"):
+        return given_run(Path(os.environ["RAGFT_TEST_RUN"]).resolve())
+    out = tmp_path_factory.mktemp("smoke")
+    log = out / "run" / NETGUARD_LOG
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
+           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
+    env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
+    t = time.time()
+    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
+                          env=env, capture_output=True, text=True)
+    report_budget("smoke run of every chapter", time.time() - t, SMOKE_TARGET_S)
+    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {"dir": out / "run", "log": log, "profile": "smoke"}
 
 
 # ---------------------------------------------------------------------------------------------

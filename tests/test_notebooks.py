@@ -1,7 +1,7 @@
 """Notebook and book level: sources are clean, and every chapter runs end to end offline.
 
-One run of every chapter (papermill, real model) serves all the checks below: by default a smoke run
-(tiny data) that the first check starts; or, with RAGFT_TEST_RUN naming a run folder that `make book`
+One run of every chapter (papermill, real model) serves all the checks below, and chapter 8's
+(conftest's notebook_run): by default a smoke run (tiny data) that the first check starts; or, with RAGFT_TEST_RUN naming a run folder that `make book`
 wrote from this commit under tests/netguard (as `.ci/run` does), that run, so that CI executes every
 notebook once, not twice. Either run has tests/netguard on PYTHONPATH, which refuses every
 non-loopback connection and DNS lookup in the runner and in every kernel, and logs any attempt: the
@@ -9,16 +9,12 @@ run must pass with an empty log.
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import ROOT, report_budget
+from conftest import NETGUARD_LOG, ROOT, given_run, report_budget
 from ragft import run as runner
 from ragft.experiments.ch07_verdict import COUNT_KEYS, LEDGER_KEYS
 from ragft.plan import CHECK
@@ -26,10 +22,6 @@ from ragft.stats import DECIDED, NOT_DECIDED, NOT_FIT, UNINFORMATIVE
 from ragft.verdict import NOT_AT_CPU, NOT_TESTABLE
 
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
-# The smoke run of every chapter, on the faster CPU kind (reported against it, scaled by this host's
-# speed, never asserted: conftest.report_budget). Mostly kernel start-up, imports and model loads.
-SMOKE_TARGET_S = 300
-NETGUARD_LOG = "netguard.log"  # in the run folder, where .ci/run's book run writes it too
 
 
 def test_every_toc_notebook_exists_and_every_notebook_is_in_the_toc_or_a_draft(monkeypatch):
@@ -89,26 +81,6 @@ def test_chapter_cells_are_short(path):
     assert not long, f"{path.name}: cells over 25 lines {long}"
 
 
-def _given_run(run: Path) -> dict:
-    """The run folder RAGFT_TEST_RUN names, refused unless it is a whole run of this commit."""
-    from ragft.results import _git
-
-    head = _git("rev-parse", "HEAD")
-    docs = {c: run / "results" / f"{c}.json" for c in runner.toc_chapters()}
-    missing = [c for c, f in docs.items() if not f.exists() or not (run / "notebooks" / "chapters" / f"{c}.ipynb").exists()]
-    if missing:
-        pytest.fail(f"RAGFT_TEST_RUN={run} lacks chapters {missing}: run `make book` (or unset it for a smoke run)")
-    provenance = {c: json.loads(f.read_text())["provenance"] for c, f in docs.items()}
-    stale = [c for c, p in provenance.items() if p.get("git_sha") != head or p.get("git_dirty")]
-    if stale:
-        pytest.fail(f"RAGFT_TEST_RUN={run}: chapters {stale} ran from another commit or a changed tree "
-                    f"(HEAD is {head[:10]}): run `make book` again (or unset it for a smoke run)")
-    profiles = {json.loads(f.read_text())["profile"] for f in docs.values()}
-    if len(profiles) != 1:
-        pytest.fail(f"RAGFT_TEST_RUN={run} mixes profiles {sorted(profiles)}")
-    return {"dir": run, "log": run / NETGUARD_LOG, "profile": profiles.pop()}
-
-
 def test_a_given_run_is_refused_unless_it_is_a_whole_run_of_this_commit(tmp_path):
     """RAGFT_TEST_RUN names the book's run for the notebook checks (CI): a folder that lacks a
     chapter, holds another commit's results or mixes profiles is refused with the fix, before any
@@ -129,32 +101,15 @@ def test_a_given_run_is_refused_unless_it_is_a_whole_run_of_this_commit(tmp_path
 
     plant(skip=("04_raft",))
     with pytest.raises(pytest.fail.Exception, match=r"lacks chapters \['04_raft'\]: run `make book`"):
-        _given_run(tmp_path)
+        given_run(tmp_path)
     plant(sha="0" * 40)
     with pytest.raises(pytest.fail.Exception, match="ran from another commit or a changed tree"):
-        _given_run(tmp_path)
+        given_run(tmp_path)
     plant(profile="smoke")
     with pytest.raises(pytest.fail.Exception, match="mixes profiles"):
-        _given_run(tmp_path)
+        given_run(tmp_path)
     plant()
-    assert _given_run(tmp_path) == {"dir": tmp_path, "log": tmp_path / NETGUARD_LOG, "profile": "cpu"}
-
-
-@pytest.fixture(scope="session")
-def notebook_run(tmp_path_factory):
-    if os.environ.get("RAGFT_TEST_RUN"):
-        return _given_run(Path(os.environ["RAGFT_TEST_RUN"]).resolve())
-    out = tmp_path_factory.mktemp("smoke")
-    log = out / "run" / NETGUARD_LOG
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
-           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
-    env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
-    t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
-                          env=env, capture_output=True, text=True)
-    report_budget("smoke run of every chapter", time.time() - t, SMOKE_TARGET_S)
-    assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return {"dir": out / "run", "log": log, "profile": "smoke"}
+    assert given_run(tmp_path) == {"dir": tmp_path, "log": tmp_path / NETGUARD_LOG, "profile": "cpu"}
 
 
 @pytest.mark.notebooks
