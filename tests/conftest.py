@@ -11,7 +11,8 @@ marker fails (the guard below), so the fast run cannot start loading one by acci
 
 Budgets are reported, never asserted: `report_budget(what, seconds, target_s)` records a timing
 against a target set on the faster CPU kind, and the summary at the end prints each one beside the
-target scaled by this host's measured speed (ragft.host), so CI's log shows them.
+target scaled by this host's measured speed (ragft.host), so CI's log shows them; `make test` and
+`make test-fast` also report their whole time against issue 25's targets (RUN_TARGETS_S).
 """
 
 import json
