@@ -92,7 +92,8 @@ def _language_models_only_where_marked(request, monkeypatch):
 # One run of every chapter for the notebook checks (tests/test_notebooks.py, and chapter 8's)
 
 # The smoke run of every chapter, on the faster CPU kind (reported against it, scaled by this host's
-# speed, never asserted: report_budget). Mostly kernel start-up, imports and model loads.
+# speed, never asserted: report_budget). Mostly the real model's forward passes on tiny data (about
+# 60 % of chapters 3, 4 and 8's time under py-spy), then each kernel's imports and model loads.
 SMOKE_TARGET_S = 300
 NETGUARD_LOG = "netguard.log"  # in the run folder, where .ci/run's book run writes it too
 
