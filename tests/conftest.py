@@ -148,7 +148,7 @@ _BUDGETS: list[tuple[str, float, float]] = []
 # `make test-fast` within 2 on the slower kind, which runs these tests 1.95 times slower (measured:
 # `make test` at 1b14bc1 took 994 s there and 510 s on a host of the faster kind), so 240 s and 60 s
 # on the faster kind.
-RUN_TARGETS_S = {"": 240, "not lm and not notebooks and not index": 60}
+RUN_TARGETS_S = {"": 240, "not lm and not notebooks and not index": 60}  # keyed by -m: the Makefile's, word for word
 _SESSION: dict = {}
 
 

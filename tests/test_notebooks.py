@@ -1,11 +1,11 @@
 """Notebook and book level: sources are clean, and every chapter runs end to end offline.
 
-One run of every chapter (papermill, real model) serves all the checks below, and chapter 8's
-(conftest's notebook_run): by default a smoke run (tiny data) that the first check starts; or, with RAGFT_TEST_RUN naming a run folder that `make book`
-wrote from this commit under tests/netguard (as `.ci/run` does), that run, so that CI executes every
-notebook once, not twice. Either run has tests/netguard on PYTHONPATH, which refuses every
-non-loopback connection and DNS lookup in the runner and in every kernel, and logs any attempt: the
-run must pass with an empty log.
+One run of every chapter (papermill, real model; conftest's notebook_run) serves all the checks below
+and chapter 8's: by default a smoke run (tiny data) that the first test asking for it starts; or, with
+RAGFT_TEST_RUN naming a run folder that `make book` wrote from this commit under tests/netguard (as
+`.ci/run` does), that run, so that CI executes every notebook once, not twice. Either run has
+tests/netguard on PYTHONPATH, which refuses every non-loopback connection and DNS lookup in the
+runner and in every kernel, and logs any attempt: the run must pass with an empty log.
 """
 
 import json
