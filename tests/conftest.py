@@ -132,7 +132,8 @@ def notebook_run(tmp_path_factory):
            "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "0"}
     env.pop("RAGFT_DATA_DIR", None)  # the benchmarks the repository carries (data/benchmarks), as a clone reads them
     t = time.time()
-    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--out", str(out / "run")],
+    # one kernel for every chapter, each from an empty namespace: the book run gives each its own
+    proc = subprocess.run([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--one-kernel", "--out", str(out / "run")],
                           env=env, capture_output=True, text=True)
     report_budget("smoke run of every chapter", time.time() - t, SMOKE_TARGET_S)
     assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -48,6 +48,34 @@ def test_a_chapter_rerun_keeps_the_other_chapters_times(tmp_path, monkeypatch):
     assert times[first] == 100.0 and times[second] < 100
 
 
+@pytest.mark.notebooks
+def test_chapters_in_one_kernel_each_start_from_an_empty_namespace(tmp_path):
+    """--one-kernel (the smoke run): a second notebook in the kernel sees none of the first one's
+    names and counts its cells from 1, while the modules the first imported stay imported."""
+    import papermill as pm
+
+    def notebook(*sources):
+        path = tmp_path / f"nb{len(list(tmp_path.glob('*.ipynb')))}.ipynb"
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources]), path)
+        return path
+
+    first = notebook("import sys, colorsys\nleft_behind = 1")
+    second = notebook("import sys\nassert 'left_behind' not in globals() and 'colorsys' not in globals()",
+                      "print('colorsys' in sys.modules)")
+    kernel = runner._shared_kernel(tmp_path)
+    try:
+        for nb in (first, second):
+            runner.fresh(kernel)
+            out = pm.execute_notebook(str(nb), str(nb.with_suffix(".out.ipynb")), kernel_name="python3", km=kernel,
+                                      progress_bar=False)
+        assert [c.execution_count for c in out.cells] == [1, 2]
+        assert out.cells[1].outputs[0]["text"] == "True\n"
+        assert kernel.is_alive() and len(kernel.clients) == 1  # papermill's client of the second notebook, open
+    finally:
+        runner._close_clients(kernel)
+        kernel.shutdown_kernel(now=True)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebooks_are_stripped(path):
     nb = nbformat.read(path, as_version=4)

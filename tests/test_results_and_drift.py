@@ -7,6 +7,22 @@ import pytest
 from ragft import config, drift, results
 
 
+@pytest.mark.parametrize("probe,products", [(1.2, [(256, 1)]), (150.0, [(256, 1), (1024, 3)])],
+                         ids=["emulated: the probe alone", "native: then the full measure"])
+def test_an_emulated_dtype_is_measured_on_the_probe_alone(monkeypatch, probe, products):
+    """bf16 on the AVX2 kind runs at 1-3 GFLOP/s: one n=1024 product there takes about a second, so
+    matmul_gflops stops at the 256 probe when it is under EMULATED_GFLOPS (20)."""
+    asked = []
+
+    def rate(dtype, n, repeats):
+        asked.append((n, repeats))
+        return probe if n == results.PROBE_N else 160.0
+
+    monkeypatch.setattr(results, "_product_rate", rate)
+    assert results.matmul_gflops("bf16", n=1024, repeats=3) == (probe if len(products) == 1 else 160.0)
+    assert asked == products
+
+
 def test_results_file_has_the_schema_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
     run = results.ChapterRun("01_prompting", config.resolve("01_prompting", "smoke"))

@@ -17,7 +17,7 @@ from .generation import Generation, generate
 
 MAX_STRING_CHARS = 40  # a product name is a few words; the bound makes every record finite
 MAX_INT = 10_000_000  # prices and months are below this; it bounds an integer to 8 digits
-_COMPILED: dict = {}  # (tokenizer id, schema) -> compiled grammar; compiling takes a second or two
+_COMPILED: dict = {}  # (tokenizer folder and size, model vocabulary, schema) -> compiled grammar; compiling takes a second or two
 
 
 def json_schema(fields: dict[str, type], max_string_chars: int = MAX_STRING_CHARS, max_int: int = MAX_INT) -> dict:
@@ -46,7 +46,9 @@ def compiled_grammar(lm, schema: dict):
     """The schema compiled against the model's tokenizer (cached per tokenizer and schema)."""
     import xgrammar as xgr
 
-    key = (id(lm.tokenizer), json.dumps(schema, sort_keys=True))
+    # by the tokenizer's folder and size, not its id(): a kernel that runs several chapters frees one
+    # tokenizer and may build the next at the same address
+    key = (lm.tokenizer.name_or_path, len(lm.tokenizer), lm.model.config.vocab_size, json.dumps(schema, sort_keys=True))
     if key not in _COMPILED:
         info = xgr.TokenizerInfo.from_huggingface(lm.tokenizer, vocab_size=lm.model.config.vocab_size,
                                                   stop_token_ids=[lm.tokenizer.eos_token_id])

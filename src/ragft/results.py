@@ -53,10 +53,23 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# A dtype whose products run below this is emulated: bf16 without AVX512-BF16 or AMX measured 1-3
+# GFLOP/s on the AVX2 kind, whose fp32 runs at 65-122 (and native bf16 at 400 and up on the faster kind)
+EMULATED_GFLOPS = 20.0
+PROBE_N = 256  # the product that tells an emulated dtype: 34 MFLOP, about 20 ms when emulated
+
+
 def matmul_gflops(dtype, n: int = 512, repeats: int = 4) -> float:
     """Measured CPU matrix-product throughput (GFLOP/s) in a torch dtype on this process's threads.
     Recorded with every run because it decides the dtype: bf16 is ~7x faster than fp32 on CPUs with
-    AMX, and emulated (~100x slower) on CPUs without it."""
+    AMX, and emulated (~100x slower) on CPUs without it. An emulated dtype is measured on one small
+    product (PROBE_N) and no more: at n=1024 each of its products takes about a second there."""
+    probe = _product_rate(dtype, PROBE_N, 1)
+    return probe if probe < EMULATED_GFLOPS else _product_rate(dtype, n, repeats)
+
+
+def _product_rate(dtype, n: int, repeats: int) -> float:
+    """GFLOP/s of `repeats` n x n products after one to warm up."""
     import torch
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

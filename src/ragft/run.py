@@ -6,6 +6,9 @@
 
 Each chapter runs in its own kernel with `profile` injected after its `parameters` cell and
 RAGFT_RUN_DIR pointing at the run folder, so its results land in <run>/results/<chapter>.json.
+`--one-kernel` (the tests' smoke run) executes every chapter in one kernel instead, each from an
+empty namespace: the modules one chapter imports (torch, transformers, peft: 15-20 s a kernel on
+the slower CPU kind) serve the next.
 The source notebooks are never written to: executed copies go to <run>/notebooks/.
 The book's root page (chapters/00_front) summarises the others, so it runs last.
 """
@@ -73,8 +76,58 @@ def published_seconds(profile: str) -> dict[str, float]:
     return {r["chapter"]: r["with kernel start and imports (s)"] for r in rows}
 
 
-def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None) -> dict[str, float]:
-    """Execute chapters in order; stop at the first failure (papermill marks the failing cell)."""
+# Run in one kernel, a chapter starts from what a new kernel holds (IPython's reset: its names, its
+# history and its execution count), its figures closed; the modules it imports stay imported
+FRESH_NAMESPACE = ("import sys\n"
+                   "if 'matplotlib.pyplot' in sys.modules:\n"
+                   "    sys.modules['matplotlib.pyplot'].close('all')\n"
+                   "get_ipython().reset(new_session=True)\n"
+                   "__import__('gc').collect()\n")
+
+
+def _shared_kernel(cwd: Path):
+    """A started python3 kernel for every chapter of a run. papermill asks it for a client per
+    notebook and, since it does not own the kernel, leaves that client open: the kernel keeps them,
+    and `fresh(kernel)` closes them before the next chapter."""
+    from jupyter_client.manager import KernelManager
+
+    class SharedKernel(KernelManager):
+        def client(self, **kwargs):
+            kc = super().client(**kwargs)
+            self.clients.append(kc)
+            return kc
+
+    kernel = SharedKernel(kernel_name="python3")
+    kernel.clients = []
+    kernel.start_kernel(cwd=str(cwd))
+    return kernel
+
+
+def _close_clients(kernel) -> None:
+    for kc in kernel.clients:
+        kc.stop_channels()
+    kernel.clients.clear()
+
+
+def fresh(kernel) -> None:
+    """Close the last chapter's clients, then empty the kernel's namespace (FRESH_NAMESPACE)."""
+    _close_clients(kernel)
+    kc = kernel.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive(FRESH_NAMESPACE, store_history=False, timeout=60, output_hook=lambda msg: None)
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"could not empty the kernel's namespace: {reply['content'].get('evalue')}")
+    finally:
+        _close_clients(kernel)
+
+
+def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict | None = None,
+                 one_kernel: bool = False) -> dict[str, float]:
+    """Execute chapters in order; stop at the first failure (papermill marks the failing cell).
+    `one_kernel`: every chapter in one kernel, each from an empty namespace (fresh); a chapter's time
+    then leaves out the kernel's start and the imports an earlier chapter made."""
     import papermill as pm
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,22 +140,38 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds, expected = {}, published_seconds(profile)
     order = execution_order(chapters)
-    for i, chapter in enumerate(order, 1):
-        src = PROJECT_ROOT / "chapters" / f"{chapter}.ipynb"
-        if not src.exists():
-            raise FileNotFoundError(f"no chapter {chapter!r}: expected {src}")
-        was = f", {expected[chapter]:.0f} s in the last published run" if chapter in expected else ""
-        print(f"[ragft.run] {profile}: {chapter} ({i} of {len(order)}{was})", flush=True)
-        t = time.time()
-        # cells done and time elapsed, on the terminal; a log file gets a line every minute at most
-        progress = {"desc": chapter, "file": sys.stderr, "mininterval": 1 if sys.stderr.isatty() else 60}
-        pm.execute_notebook(str(src), str(out_dir / src.name), parameters={"profile": profile, **(params or {})},
-                            kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
-                            execution_timeout=CELL_TIMEOUT_S, log_output=False)
-        seconds[chapter] = round(time.time() - t, 1)
-        # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
-        timings.write_text(json.dumps(earlier | seconds, indent=1) + "\n")
-        print(f"[ragft.run] {chapter} done in {seconds[chapter]} s", flush=True)
+    missing = [c for c in order if not (PROJECT_ROOT / "chapters" / f"{c}.ipynb").exists()]
+    if missing:
+        raise FileNotFoundError(f"no chapter {missing[0]!r}: expected {PROJECT_ROOT / 'chapters' / missing[0]}.ipynb")
+    kernel = _shared_kernel(PROJECT_ROOT / "chapters") if one_kernel else None
+    try:
+        for i, chapter in enumerate(order, 1):
+            seconds[chapter] = _run_chapter(pm, profile, chapter, f"{i} of {len(order)}", out_dir, expected, params, kernel)
+            # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
+            timings.write_text(json.dumps(earlier | seconds, indent=1) + "\n")
+    finally:
+        if kernel is not None:
+            _close_clients(kernel)
+            kernel.shutdown_kernel(now=True)
+    return seconds
+
+
+def _run_chapter(pm, profile: str, chapter: str, place: str, out_dir: Path, expected: dict, params: dict | None,
+                 kernel) -> float:
+    """One chapter by papermill, in a new kernel or in `kernel` (emptied first); its seconds."""
+    src = PROJECT_ROOT / "chapters" / f"{chapter}.ipynb"
+    was = f", {expected[chapter]:.0f} s in the last published run" if chapter in expected else ""
+    print(f"[ragft.run] {profile}: {chapter} ({place}{was})", flush=True)
+    t = time.time()
+    if kernel is not None:
+        fresh(kernel)
+    # cells done and time elapsed, on the terminal; a log file gets a line every minute at most
+    progress = {"desc": chapter, "file": sys.stderr, "mininterval": 1 if sys.stderr.isatty() else 60}
+    pm.execute_notebook(str(src), str(out_dir / src.name), parameters={"profile": profile, **(params or {})},
+                        kernel_name="python3", cwd=str(src.parent), progress_bar=progress,
+                        execution_timeout=CELL_TIMEOUT_S, log_output=False, **({"km": kernel} if kernel else {}))
+    seconds = round(time.time() - t, 1)
+    print(f"[ragft.run] {chapter} done in {seconds} s", flush=True)
     return seconds
 
 
@@ -211,14 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drafts", action="store_true", help=f"also run the draft chapters, not yet in the book: {list(DRAFTS)}")
     ap.add_argument("--out", type=Path, help="run folder (default: _build/run/<profile>)")
     ap.add_argument("--book", action="store_true", help="build the HTML book from this run (-W)")
+    ap.add_argument("--one-kernel", action="store_true",
+                    help="every chapter in one kernel, each from an empty namespace (the tests' smoke run; not for --book)")
     args = ap.parse_args(argv)
     known = all_chapters()
     chapters = args.chapters or (known if args.drafts else toc_chapters())
     unknown = [c for c in chapters if c not in known]
     if unknown:
         ap.error(f"unknown chapters {unknown}; the book has {toc_chapters()} and the drafts {list(DRAFTS)}")
+    if args.one_kernel and args.book:
+        ap.error("--one-kernel is for a quick check of the chapters: a book runs each chapter in its own kernel")
     run_dir = args.out or BUILD / "run" / args.profile
-    seconds = run_chapters(args.profile, chapters, run_dir)
+    seconds = run_chapters(args.profile, chapters, run_dir, one_kernel=args.one_kernel)
     print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
     if args.book:
         html = build_book(run_dir)
