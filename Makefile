@@ -36,7 +36,8 @@ accept: install
 	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN) --accept
 
 ## unit tests, one run of every notebook (offline, network refused) and the checks that read it, strict book build;
-## the run is a smoke run unless RAGFT_TEST_RUN names a run folder of this commit (CI: the cpu book's, under tests/netguard)
+## the run is a smoke run (every chapter in one kernel) unless RAGFT_TEST_RUN names a run folder of this commit
+## (CI: the cpu book's, under tests/netguard)
 test: install
 	$(PY) -m pytest -q -ra --durations=15
 
