@@ -62,8 +62,7 @@ def test_chapters_in_one_kernel_each_start_from_an_empty_namespace(tmp_path):
     first = notebook("import sys, colorsys\nleft_behind = 1")
     second = notebook("import sys\nassert 'left_behind' not in globals() and 'colorsys' not in globals()",
                       "print('colorsys' in sys.modules)")
-    kernel = runner._shared_kernel(tmp_path)
-    try:
+    with runner.shared_kernel(tmp_path) as kernel:
         for nb in (first, second):
             runner.fresh(kernel)
             out = pm.execute_notebook(str(nb), str(nb.with_suffix(".out.ipynb")), kernel_name="python3", km=kernel,
@@ -71,9 +70,7 @@ def test_chapters_in_one_kernel_each_start_from_an_empty_namespace(tmp_path):
         assert [c.execution_count for c in out.cells] == [1, 2]
         assert out.cells[1].outputs[0]["text"] == "True\n"
         assert kernel.is_alive() and len(kernel.clients) == 1  # papermill's client of the second notebook, open
-    finally:
-        runner._close_clients(kernel)
-        kernel.shutdown_kernel(now=True)
+    assert not kernel.is_alive() and not kernel.clients  # shut down on leaving, its clients closed
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
@@ -85,10 +86,11 @@ FRESH_NAMESPACE = ("import sys\n"
                    "__import__('gc').collect()\n")
 
 
-def _shared_kernel(cwd: Path):
-    """A started python3 kernel for every chapter of a run. papermill asks it for a client per
-    notebook and, since it does not own the kernel, leaves that client open: the kernel keeps them,
-    and `fresh(kernel)` closes them before the next chapter."""
+@contextmanager
+def shared_kernel(cwd: Path):
+    """A started python3 kernel for several notebooks, shut down on leaving. papermill asks it for a
+    client per notebook and, since it does not own the kernel, leaves that client open: the kernel
+    keeps them, and `fresh(kernel)` closes them before the next notebook."""
     from jupyter_client.manager import KernelManager
 
     class SharedKernel(KernelManager):
@@ -100,7 +102,11 @@ def _shared_kernel(cwd: Path):
     kernel = SharedKernel(kernel_name="python3")
     kernel.clients = []
     kernel.start_kernel(cwd=str(cwd))
-    return kernel
+    try:
+        yield kernel
+    finally:
+        _close_clients(kernel)
+        kernel.shutdown_kernel(now=True)
 
 
 def _close_clients(kernel) -> None:
@@ -143,16 +149,11 @@ def run_chapters(profile: str, chapters: list[str], run_dir: Path, params: dict 
     missing = [c for c in order if not (PROJECT_ROOT / "chapters" / f"{c}.ipynb").exists()]
     if missing:
         raise FileNotFoundError(f"no chapter {missing[0]!r}: expected {PROJECT_ROOT / 'chapters' / missing[0]}.ipynb")
-    kernel = _shared_kernel(PROJECT_ROOT / "chapters") if one_kernel else None
-    try:
+    with shared_kernel(PROJECT_ROOT / "chapters") if one_kernel else nullcontext() as kernel:
         for i, chapter in enumerate(order, 1):
             seconds[chapter] = _run_chapter(pm, profile, chapter, f"{i} of {len(order)}", out_dir, expected, params, kernel)
             # with kernel start and imports, which the chapter's own wall_s cannot see; the root page reads it
             timings.write_text(json.dumps(earlier | seconds, indent=1) + "\n")
-    finally:
-        if kernel is not None:
-            _close_clients(kernel)
-            kernel.shutdown_kernel(now=True)
     return seconds
 
 
