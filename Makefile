@@ -20,9 +20,11 @@ install: .venv/.installed
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if torch.cuda.is_available() or v.endswith('+cpu') else 'expected a CPU torch build, got ' + v)"
 	touch $@
 
-## the whole book on the offline default: run every chapter (papermill), check drift, build _build/html
+## the whole book on the offline default: run every chapter (papermill), check drift, build _build/html;
+## RUN_FLAGS=--one-kernel runs every chapter in one kernel (CI: the same results, the imports paid once)
+RUN_FLAGS ?=
 book: install
-	$(PY) -m ragft.run --profile $(PROFILE) --book
+	$(PY) -m ragft.run --profile $(PROFILE) --book $(RUN_FLAGS)
 	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN)
 
 run: install

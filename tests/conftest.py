@@ -34,7 +34,8 @@ os.environ.setdefault("RAGFT_ONLINE", "0")
 sys.path.insert(0, str(ROOT / "src"))
 
 # fixture -> the marker a test that uses it gets
-_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "notebook_run": "notebooks"}
+_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "notebook_run": "notebooks",
+                    "chapter_kernel": "notebooks"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -140,6 +141,35 @@ def notebook_run(tmp_path_factory):
     report_budget("smoke run of every chapter", time.time() - t, SMOKE_TARGET_S)
     assert proc.returncode == 0, f"smoke run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return {"dir": out / "run", "log": log, "profile": "smoke"}
+
+
+@pytest.fixture(scope="session")
+def chapter_kernel():
+    """One python3 kernel (started in chapters/, as papermill's cwd) for the tests that execute a
+    chapter with papermill (`execute_chapter`): each emptied first, as in the smoke run, so torch,
+    transformers and peft are imported once a session, not once a test."""
+    from ragft import run as runner
+
+    with runner.shared_kernel(ROOT / "chapters") as kernel:
+        yield kernel
+
+
+@pytest.fixture
+def execute_chapter(chapter_kernel, tmp_path):
+    """execute_chapter(chapter, parameters, run_dir=None): papermill's executed notebook of
+    chapters/<chapter>.ipynb, run in the session's kernel from an empty namespace with RAGFT_RUN_DIR
+    set to run_dir (tmp_path/run by default); written to tmp_path/<chapter>.out.ipynb."""
+    import papermill as pm
+
+    from ragft import run as runner
+
+    def execute(chapter: str, parameters: dict, run_dir: Path | None = None):
+        runner.fresh(chapter_kernel, env={"RAGFT_RUN_DIR": str(run_dir or tmp_path / "run")})
+        return pm.execute_notebook(str(ROOT / "chapters" / f"{chapter}.ipynb"), str(tmp_path / f"{chapter}.out.ipynb"),
+                                   parameters=parameters, kernel_name="python3", km=chapter_kernel,
+                                   cwd=str(ROOT / "chapters"), progress_bar=False)
+
+    return execute
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,8 +50,9 @@ def test_a_chapter_rerun_keeps_the_other_chapters_times(tmp_path, monkeypatch):
 
 @pytest.mark.notebooks
 def test_chapters_in_one_kernel_each_start_from_an_empty_namespace(tmp_path):
-    """--one-kernel (the smoke run): a second notebook in the kernel sees none of the first one's
-    names and counts its cells from 1, while the modules the first imported stay imported."""
+    """--one-kernel (the smoke run, CI's book, the tests' chapter_kernel): a second notebook in the
+    kernel sees none of the first one's names and counts its cells from 1, while the modules the
+    first imported stay imported; `fresh(kernel, env)` sets the variables the next notebook reads."""
     import papermill as pm
 
     def notebook(*sources):
@@ -61,14 +62,14 @@ def test_chapters_in_one_kernel_each_start_from_an_empty_namespace(tmp_path):
 
     first = notebook("import sys, colorsys\nleft_behind = 1")
     second = notebook("import sys\nassert 'left_behind' not in globals() and 'colorsys' not in globals()",
-                      "print('colorsys' in sys.modules)")
+                      "print('colorsys' in sys.modules, __import__('os').environ['RAGFT_RUN_DIR'])")
     with runner.shared_kernel(tmp_path) as kernel:
-        for nb in (first, second):
-            runner.fresh(kernel)
+        for i, nb in enumerate((first, second)):
+            runner.fresh(kernel, env={"RAGFT_RUN_DIR": f"/runs/{i}"})
             out = pm.execute_notebook(str(nb), str(nb.with_suffix(".out.ipynb")), kernel_name="python3", km=kernel,
                                       progress_bar=False)
         assert [c.execution_count for c in out.cells] == [1, 2]
-        assert out.cells[1].outputs[0]["text"] == "True\n"
+        assert out.cells[1].outputs[0]["text"] == "True /runs/1\n"
         assert kernel.is_alive() and len(kernel.clients) == 1  # papermill's client of the second notebook, open
     assert not kernel.is_alive() and not kernel.clients  # shut down on leaving, its clients closed
 
@@ -219,7 +220,7 @@ def test_an_executed_chapter_shows_its_figures_and_numbers_outside_the_book(note
 
 
 @pytest.mark.notebooks
-def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(notebook_run, tmp_path, monkeypatch):
+def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(notebook_run, chapter_kernel, tmp_path):
     """Run all, then Run all again in the same kernel (the chapter's own variables, `params` among
     them, are globals by then): the second pass validates the same parameters and shows the same."""
     import shutil
@@ -228,14 +229,14 @@ def test_a_chapter_runs_twice_in_one_kernel_with_the_same_result(notebook_run, t
 
     run_dir = tmp_path / "run"
     shutil.copytree(notebook_run["dir"] / "results", run_dir / "results")
-    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
+    runner.fresh(chapter_kernel, env={"RAGFT_RUN_DIR": str(run_dir)})  # the session's kernel, emptied
     nb = nbformat.read(ROOT / "chapters" / "07_verdict.ipynb", as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])) + 1
     profile = notebook_run["profile"]
     nb.cells.insert(at, nbformat.v4.new_code_cell(f'# Parameters\nprofile = "{profile}"\n'))  # as papermill injects it
     once = len(nb.cells)
     nb.cells = nb.cells + [nbformat.v4.new_code_cell(c.source) if c.cell_type == "code" else c for c in nb.cells]
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "chapters")}}).execute()
+    NotebookClient(nb, timeout=600, km=chapter_kernel, resources={"metadata": {"path": str(ROOT / "chapters")}}).execute()
     first = _glued_and_shown(nbformat.v4.new_notebook(cells=nb.cells[:once]))
     second = _glued_and_shown(nbformat.v4.new_notebook(cells=nb.cells[once:]))
     assert first["copies"] and first["copies"] == second["copies"] and first["values"] == second["values"]
@@ -398,13 +399,11 @@ def test_setting_the_repository_url_puts_a_colab_button_on_every_chapter(noteboo
     ("01_prompting", {"n_single": 0}, "n_single"),  # a bad value, named
     ("02_rag", {"max_fil_mb": 3}, "max_fil_mb.*it takes"),  # an unknown name, named with the known ones
 ], ids=["bad-value", "unknown-name"])
-def test_bad_parameter_stops_the_notebook_with_its_name(tmp_path, chapter, parameters, message):
+def test_bad_parameter_stops_the_notebook_with_its_name(execute_chapter, chapter, parameters, message):
     import papermill as pm
 
     with pytest.raises(pm.PapermillExecutionError, match=message):
-        pm.execute_notebook(str(ROOT / "chapters" / f"{chapter}.ipynb"), str(tmp_path / "out.ipynb"),
-                            parameters={"profile": "smoke", **parameters}, kernel_name="python3",
-                            cwd=str(ROOT / "chapters"), progress_bar=False)
+        execute_chapter(chapter, {"profile": "smoke", **parameters})
 
 
 HEADLINE_05 = ["rag_v2_changed_acc", "dsf_v2_changed_acc", "dsf_stale_rate", "dsf_rag_v2_changed_acc",
@@ -459,23 +458,18 @@ CHEAPEST_TIMINGS = {"n_ttft_repeats": 2, "n_latency_repeats": 2, "latency_new_to
 
 
 @pytest.mark.notebooks
-def test_cost_chapter_answers_a_readers_question_with_papermill(notebook_run, tmp_path, monkeypatch):
+def test_cost_chapter_answers_a_readers_question_with_papermill(notebook_run, execute_chapter, tmp_path):
     """`papermill chapters/06_cost.ipynb out.ipynb -p queries_per_month 2e6 -p updates_per_month 4`,
     in a run folder that holds chapters 1-5: the reader's volume and updates change the monthly costs."""
     import shutil
-
-    import papermill as pm
 
     run_dir = tmp_path / "run"
     shutil.copytree(notebook_run["dir"] / "results", run_dir / "results")
     before = json.loads((run_dir / "results" / "06_cost.json").read_text())
     queries = 2 * before["params"]["queries_per_month"]  # twice the run's own volume
     before = before["metrics"]
-    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
-    pm.execute_notebook(str(ROOT / "chapters" / "06_cost.ipynb"), str(tmp_path / "out.ipynb"),
-                        parameters={"profile": notebook_run["profile"], "queries_per_month": queries, "updates_per_month": 4.0,
-                                    **CHEAPEST_TIMINGS},
-                        kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
+    execute_chapter("06_cost", {"profile": notebook_run["profile"], "queries_per_month": queries, "updates_per_month": 4.0,
+                                **CHEAPEST_TIMINGS})
     doc = json.loads((run_dir / "results" / "06_cost.json").read_text())
     assert doc["params"]["queries_per_month"] == queries and doc["params"]["updates_per_month"] == 4.0
     assert doc["metrics"]["rag_monthly_usd"] > before["rag_monthly_usd"]  # twice the queries
@@ -483,7 +477,7 @@ def test_cost_chapter_answers_a_readers_question_with_papermill(notebook_run, tm
 
 
 @pytest.mark.notebooks
-def test_verdict_chapter_advises_a_readers_own_case_with_papermill(notebook_run, tmp_path, monkeypatch):
+def test_verdict_chapter_advises_a_readers_own_case_with_papermill(notebook_run, execute_chapter, tmp_path):
     """`papermill chapters/07_verdict.ipynb out.ipynb -p reader_task format ... -p reader_latency_budget_ms 500`
     in a run folder that holds chapters 1-6: each rule's advice for the reader's case, its latency
     budget set beside chapter 6's measured retrieval latency, a bad value refused by name."""
@@ -493,19 +487,15 @@ def test_verdict_chapter_advises_a_readers_own_case_with_papermill(notebook_run,
 
     run_dir = tmp_path / "run"
     shutil.copytree(notebook_run["dir"] / "results", run_dir / "results")
-    monkeypatch.setenv("RAGFT_RUN_DIR", str(run_dir))  # the kernel inherits it
     case = {"profile": notebook_run["profile"], "reader_task": "format", "reader_queries_per_month": 2e6, "reader_updates_per_month": 0.0,
             "reader_examples": 300, "reader_private_documents": False, "reader_latency_budget_ms": 500.0}
-    nb = pm.execute_notebook(str(ROOT / "chapters" / "07_verdict.ipynb"), str(tmp_path / "out.ipynb"), parameters=case,
-                             kernel_name="python3", cwd=str(ROOT / "chapters"), progress_bar=False)
+    nb = execute_chapter("07_verdict", case, run_dir)
     shown = "\n".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "the model gets the format wrong" in shown  # D1 for a format task
     assert "not yet: a RAG baseline has shipped" in shown  # D2's failing checks, named
     assert "within the 500 ms budget" in shown  # D3 says RAG at 2 M a month; retrieval measured in chapter 6
     with pytest.raises(pm.PapermillExecutionError, match="reader_latency_budget_ms"):
-        pm.execute_notebook(str(ROOT / "chapters" / "07_verdict.ipynb"), str(tmp_path / "bad.ipynb"),
-                            parameters={**case, "reader_latency_budget_ms": -1.0}, kernel_name="python3",
-                            cwd=str(ROOT / "chapters"), progress_bar=False)
+        execute_chapter("07_verdict", {**case, "reader_latency_budget_ms": -1.0}, run_dir)
 
 
 BYO_TARGET_S = 60  # the README's "about a minute" on the faster kind (reported, not asserted)

@@ -6,9 +6,11 @@
 
 Each chapter runs in its own kernel with `profile` injected after its `parameters` cell and
 RAGFT_RUN_DIR pointing at the run folder, so its results land in <run>/results/<chapter>.json.
-`--one-kernel` (the tests' smoke run) executes every chapter in one kernel instead, each from an
-empty namespace: the modules one chapter imports (torch, transformers, peft: 15-20 s a kernel on
-the slower CPU kind) serve the next.
+`--one-kernel` (the tests' smoke run, and CI's book) executes every chapter in one kernel instead,
+each from an empty namespace: the modules one chapter imports (torch, transformers, peft: 15-20 s a
+kernel on the slower CPU kind) serve the next. The results are the same bits (CI's drift check
+compares them with the published ones, which ran a kernel per chapter); a chapter's seconds then
+leave out the imports an earlier chapter made, so a published run keeps a kernel per chapter.
 The source notebooks are never written to: executed copies go to <run>/notebooks/.
 The book's root page (chapters/00_front) summarises the others, so it runs last.
 """
@@ -115,14 +117,17 @@ def _close_clients(kernel) -> None:
     kernel.clients.clear()
 
 
-def fresh(kernel) -> None:
-    """Close the last chapter's clients, then empty the kernel's namespace (FRESH_NAMESPACE)."""
+def fresh(kernel, env: dict[str, str] | None = None) -> None:
+    """Close the last chapter's clients, then empty the kernel's namespace (FRESH_NAMESPACE); `env` is
+    set in the kernel's environment (a started kernel no longer sees its parent's, so a test that runs
+    a chapter into its own folder sets RAGFT_RUN_DIR here)."""
     _close_clients(kernel)
     kc = kernel.client()
     kc.start_channels()
+    code = FRESH_NAMESPACE + (f"__import__('os').environ.update({dict(env)!r})\n" if env else "")
     try:
         kc.wait_for_ready(timeout=60)
-        reply = kc.execute_interactive(FRESH_NAMESPACE, store_history=False, timeout=60, output_hook=lambda msg: None)
+        reply = kc.execute_interactive(code, store_history=False, timeout=60, output_hook=lambda msg: None)
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"could not empty the kernel's namespace: {reply['content'].get('evalue')}")
     finally:
@@ -282,15 +287,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="run folder (default: _build/run/<profile>)")
     ap.add_argument("--book", action="store_true", help="build the HTML book from this run (-W)")
     ap.add_argument("--one-kernel", action="store_true",
-                    help="every chapter in one kernel, each from an empty namespace (the tests' smoke run; not for --book)")
+                    help="every chapter in one kernel, each from an empty namespace (the tests' smoke run, CI's book)")
     args = ap.parse_args(argv)
     known = all_chapters()
     chapters = args.chapters or (known if args.drafts else toc_chapters())
     unknown = [c for c in chapters if c not in known]
     if unknown:
         ap.error(f"unknown chapters {unknown}; the book has {toc_chapters()} and the drafts {list(DRAFTS)}")
-    if args.one_kernel and args.book:
-        ap.error("--one-kernel is for a quick check of the chapters: a book runs each chapter in its own kernel")
     run_dir = args.out or BUILD / "run" / args.profile
     seconds = run_chapters(args.profile, chapters, run_dir, one_kernel=args.one_kernel)
     print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
