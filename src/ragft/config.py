@@ -454,7 +454,7 @@ class YourCaseParams(Answering):
     retrieval: str = param("hybrid", "dense | bm25 | hybrid")
     train_on_documents: bool = param(True, "the fine-tune also trains on your documents' text (each chunk recited), not only on training questions")
     dsf_epochs: list = param([4, 8, 12], "epochs after which the fine-tune is scored on the development questions (one run, constant rate)", bounds=(1, 1_000))
-    raft_epochs: int = param(2, "epochs of RAFT training", bounds=(1, 1_000))
+    raft_epochs: int = param(2, "epochs of RAFT training; 0: no RAFT arm", bounds=(0, 1_000))
     max_train_tokens: int = param(300_000, "training tokens of both fine-tunes together (about 18 minutes of LoRA on 2 cores of the "
                                   "faster CPU kind): later checkpoints and epochs are dropped to fit, said before training; the first "
                                   "checkpoint and one RAFT epoch always train",

@@ -70,6 +70,7 @@ BASE_READER = "base + RAG"  # the base reader's column in the top-k curves
 ABLATION_COMPARISONS = ("F2-best-p", "F5-distractors")
 TOPK_COMPARISONS = ("F5-topk-robust", "F6-fewer-chunks")
 PUBMEDQA_COMPARISONS = ("F3-pubmedqa",)
+HOTPOTQA_COMPARISONS = ("F3-hotpotqa",)
 # Benchmark rows that become headline metrics: (benchmark, reader, column, metric key).
 BENCH_METRICS = [("PubMedQA", "RAFT + RAG", "acc", "pubmedqa_raft_acc"), ("PubMedQA", "base + RAG", "acc", "pubmedqa_base_rag_acc"),
                  ("PubMedQA", "majority class", "acc", "pubmedqa_majority_acc"),
@@ -777,6 +778,9 @@ def hotpotqa(ch: Chapter) -> Benchmarks:
     from ..train.measure import release_memory
 
     p = ch.params
+    why = not_here(p, HOTPOTQA_COMPARISONS)
+    if why:
+        return Benchmarks(notes=[f"HotpotQA is not run in the {p.profile} profile: {why}"])
     try:
         hot = benchmarks.load_hotpotqa(p.data_dir or None)
     except benchmarks.DataUnavailable as e:
@@ -1040,7 +1044,7 @@ def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         state("F3-hotpotqa", "HotpotQA RAFT + RAG", "HotpotQA base + RAG", "RAFT + RAG F1",
               "base + RAG F1")
     else:
-        missing("F3-hotpotqa", "no HotpotQA data")
+        missing("F3-hotpotqa", elsewhere_label("F3-hotpotqa") if not_here(p, HOTPOTQA_COMPARISONS) else "no HotpotQA data")
     if "PubMedQA RAFT + RAG" in run.outcomes:
         state("F3-pubmedqa", "PubMedQA RAFT + RAG", "PubMedQA base + RAG", "RAFT + RAG accuracy",
               "base + RAG accuracy")
@@ -1132,6 +1136,8 @@ def sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
             f"answer F1 {m['hotpotqa_raft_f1']:.2f} (EM {m['hotpotqa_raft_em']:.0%}, gold contained "
             f"{m['hotpotqa_raft_contains']:.0%}) and the base model reading the same paragraphs F1 "
             f"{m['hotpotqa_base_rag_f1']:.2f} (EM {m['hotpotqa_base_rag_em']:.0%}, contained {m['hotpotqa_base_rag_contains']:.0%})")
+    elif not_here(p, HOTPOTQA_COMPARISONS):
+        out["hotpotqa_sentence"] = "HotpotQA is not run in this profile"
     else:
         out["hotpotqa_sentence"] = "HotpotQA was not in this run (no data folder), so its rows are absent"
     return out

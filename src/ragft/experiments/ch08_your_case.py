@@ -492,6 +492,9 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
     p, inputs, run = case.params, case.inputs, case.run
     if not inputs.train:
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
+    if not epochs:
+        return Raft(0, float("nan"), False, 0, 0.0, [], skipped="raft_epochs = 0: no RAFT arm in this run (the cpu "
+                    "profile's default: on the sample case one epoch did not reach RAFT's fitness; set raft_epochs to train it)")
     from ..train.data import TrainingDataError
 
     chunks = idx.chunks[choice.chunk_size]
@@ -698,6 +701,7 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
              # the plan's rules, as the prose cites them (glued, never typed)
              "case_dsf_fitness_min": f"{plan.fitness['case_dsf']['min']:.0%}",
              "case_raft_fitness_min": f"{plan.fitness['case_raft']['min']:.0%}",
+             "case_raft_trained": f"it answers {rf.trained_acc:.0%}" if not rf.skipped else "it was not trained in this run",
              "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
     for key, value in words.items():
         glue(key, value)
