@@ -291,3 +291,77 @@ def replace_lr(cfg, lr):
     import dataclasses
 
     return dataclasses.replace(cfg, lr=lr)
+
+
+def test_a_non_finite_loss_stops_training_and_nothing_is_saved_or_cached(tiny, monkeypatch):
+    """A NaN planted in the third batch's loss: the run stops at that step with an error that names
+    it, the method, the dtype and the config; no checkpoint, snapshot or artifact is left under the
+    config's hash, so the same call without the plant trains afresh (the NaN adapter that was saved,
+    cached and scored as 0 % never exists)."""
+    from ragft.train import trainer
+
+    real, calls = trainer._loss, []
+
+    def planted(model, batch):
+        calls.append(1)
+        loss = real(model, batch)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=3, batch_size=2, checkpoint_every=1, dtype="fp32")
+    monkeypatch.setattr(trainer, "_loss", planted)
+    with pytest.raises(trainer.NonFiniteTraining, match=r"the loss is nan at optimizer step 3 \(epoch 2\) of lora "
+                                                         r"training in float32.*lr 0.01, rank 4, batch 2"):
+        train(tiny, data(), cfg, label="planted", snapshots=(1,))
+    assert not list(settings.cache_dir().glob("trained/planted-*"))  # step 2's checkpoint and epoch 1's snapshot too
+    monkeypatch.setattr(trainer, "_loss", real)
+    again = train(tiny, data(), cfg, label="planted", snapshots=(1,))
+    assert not again.cached and len(again.losses) == 6 and all(torch.isfinite(torch.tensor(again.losses)))
+
+
+def test_a_weight_made_non_finite_by_the_last_update_is_never_saved(tiny):
+    """The loss of the last step is finite, but its update leaves a weight at inf: refused at the save."""
+    from ragft.train import trainer
+
+    def poison(step, loss):
+        if step == 2:
+            lora = next(p for n, p in result_model[0].named_parameters() if "lora_A" in n)
+            lora.data[0, 0] = float("inf")
+
+    result_model = []
+    real_wrap = trainer._wrap
+
+    def wrap(lm, cfg):
+        model = real_wrap(lm, cfg)
+        result_model.append(model)
+        return model
+
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=1, batch_size=2, dtype="fp32")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "_wrap", wrap)
+        with pytest.raises(trainer.NonFiniteTraining, match="a trained weight is not finite at optimizer step 2"):
+            train(tiny, data(), cfg, label="poisoned", on_step=poison)
+    assert not list(settings.cache_dir().glob("trained/poisoned-*"))
+
+
+def test_a_cached_run_with_a_non_finite_loss_is_trained_again(tiny):
+    """A run saved with NaN losses before runs were refused is not reloaded: it trains again."""
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=1, batch_size=2, dtype="fp32")
+    first = train(tiny, data(), cfg, label="old")
+    done = first.artifact / "train_metrics.json"
+    saved = json.loads(done.read_text())
+    saved["losses"][-1] = float("nan")
+    done.write_text(json.dumps(saved))
+    again = train(tiny, data(), cfg, label="old")
+    assert not again.cached and again.losses == pytest.approx(first.losses)
+    assert json.loads(done.read_text())["losses"] == pytest.approx(first.losses)
+
+
+def test_lora_in_fp16_trains_with_loss_scaling_and_learns(tiny):
+    """fp16 (a T4's dtype) for LoRA: the gradients go through a GradScaler, whatever the method, and the
+    loss stays finite and falls (on the CPU here; the GPU self-check runs it on CUDA)."""
+    cfg = TrainConfig(rank=8, lr=1e-2, epochs=12, batch_size=2, dtype="fp16", device="cpu")
+    result = train(tiny, data(), cfg, label="fp16-lora")
+    m = result.metrics
+    assert m["dtype"] == "float16" and all(torch.isfinite(torch.tensor(result.losses)))
+    assert m["loss_scale"] > 1  # scaled: GradScaler starts at 2**16 and halves only on an overflow
+    assert m["loss_last"] < 0.5 * m["loss_first"], m

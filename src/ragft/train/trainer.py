@@ -81,6 +81,26 @@ class TrainConfig:
             bad("warmup", "use an integer >= 0")
 
 
+class NonFiniteTraining(RuntimeError):
+    """A training run whose loss or weights stopped being finite: nothing of it is saved or cached."""
+
+
+def _refuse_non_finite(what: str, folder: Path, label: str, cfg: TrainConfig, dtype, step: int, epoch: int) -> None:
+    """Delete everything the run wrote (checkpoint, snapshots) and stop with what went wrong and where."""
+    shutil.rmtree(folder, ignore_errors=True)
+    raise NonFiniteTraining(
+        f"{label}: {what} at optimizer step {step + 1} (epoch {epoch + 1}) of {cfg.method} training in "
+        f"{str(dtype).replace('torch.', '')}: nothing was saved or cached. Config: lr {cfg.lr:g}, rank "
+        f"{cfg.rank}, batch {cfg.batch_size}, schedule {cfg.schedule}, warm-up {cfg.warmup}, epochs {cfg.epochs}, "
+        f"max_len {cfg.max_len}. Try fp32 (dtype='fp32'), a lower lr, or a smaller batch")
+
+
+def _finite_weights(params: dict) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
 @dataclass
 class TrainResult:
     lm: models.LoadedLM  # the trained model, ready for generation.generate
@@ -260,7 +280,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     if cache and done.exists():
         saved = json.loads(done.read_text())
         kept = {int(e) for e in saved["metrics"].get("snapshots", {})}
-        if set(snapshots) <= kept:
+        if not all(math.isfinite(x) for x in saved["losses"]):
+            cache = False  # a non-finite run saved before runs were refused: never reloaded, trained again
+        elif set(snapshots) <= kept:
             return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"],
                                cached=True)
         cache = False  # the finished run lacks a snapshot asked for now: train it again
@@ -271,8 +293,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     compute = mixed_precision(cfg)
     base = _load_base(model_name, cfg, master_fp32=compute is not None)
     autocast = (lambda: torch.autocast(device_type=base.device, dtype=compute)) if compute else contextlib.nullcontext
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(base.device) if compute == torch.float16 else None
+    # fp16 gradients underflow without loss scaling, whatever the method (LoRA's fp32 adapters take their
+    # gradients through the fp16 base's activations); bf16 has fp32's range and needs none
+    scaler = torch.amp.GradScaler(base.device) if (compute or base.dtype) == torch.float16 else None
 
     body, head = measure.matmul_shapes(base.model)
     base_weight_mb = base.model.get_memory_footprint() / 2**20
@@ -310,6 +333,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                 t0 = time.perf_counter()
                 with autocast():
                     loss = _loss(model, batch)
+                value = loss.item()
+                if not math.isfinite(value):
+                    _refuse_non_finite(f"the loss is {value}", folder, label, cfg, compute or base.dtype, step, epoch)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -331,7 +357,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                 step_tokens.append(real)
                 answer_positions = int((batch[3] != -100).sum())
                 step_flops.append(measure.step_flops(body, head, real, answer_positions, cfg.method == "full"))
-                losses.append(loss.item())
+                losses.append(value)
                 step += 1
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -347,8 +373,14 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                 kept[str(epoch + 1)] = {"step": step, "train_s": sum(step_s), "train_tokens": sum(step_tokens),
                                         "flops": sum(step_flops)}
                 if epoch + 1 < cfg.epochs:
+                    if not _finite_weights(params):
+                        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, compute or base.dtype,
+                                           step - 1, epoch)
                     _save_artifact(model, base.tokenizer, cfg, snapshot_folder(folder, epoch + 1))
         bar.close()
+    if not _finite_weights(params):  # the last update can make a weight non-finite after a finite loss
+        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, compute or base.dtype, step - 1,
+                           cfg.epochs - 1)
     model.eval()
     if compute is not None:  # the trained weights serve, and are saved, in the compute dtype
         model.to(compute)
@@ -378,6 +410,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
         "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
         "flops": sum(step_flops), "snapshots": kept,
+        **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale
     }
     done.write_text(json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
     base.model = model
