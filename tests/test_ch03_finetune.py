@@ -178,8 +178,8 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     # the keys: the curve's checkpoint, its fitness and the seeds
     assert m["dsf_chosen_exposures"] == ch.params.k5_exposures  # the first checkpoint that met the rule
     assert m["dsf_fitness_reached"] == 1 and m["dsf_fitness_trained"] == 1.0
-    assert m["n_training_seeds"] == ch.params.n_training_seeds == 3
-    assert m["dsf_seed_spread"] == pytest.approx(0.125)  # seeds at 100 %, 93.75 %, 87.5 %
+    assert m["n_training_seeds"] == ch.params.n_training_seeds == 2
+    assert m["dsf_seed_spread"] == pytest.approx(0.0625)  # seeds at 100 % and 93.75 %
     assert rules["dsf_chosen_exposures"] == {"kind": "choice"} and rules["dsf_seed_spread"]["kind"] == "rate"
     assert m["forgetting_delta_dsf"] == pytest.approx(np.exp(0.1) - 1)
     assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}

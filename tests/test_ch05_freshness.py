@@ -65,6 +65,9 @@ def test_comparisons_it_cannot_make_say_why():
     assert out["U1-rag-vs-dsf"].comparison is None and "DSF" in out["U1-rag-vs-dsf"].missing
     assert set(out) == {"U1-rag-vs-dsf", "U1-retrain", "U2-seconds", "K8-stale", "U-replay", "U-dsf-rag", "N1-delimit"}
     assert out["U1-rag-vs-dsf"].key == "u1_rag_vs_dsf"  # the glue key derives from the plan's id
+    assert "replay" in out["U-replay"].missing  # smoke measures U-replay: its arm was not asked here
+    away = ch05.state_comparisons(SimpleNamespace(run=ChapterRun("05_freshness", config.resolve("05_freshness", "cpu"))))
+    assert away["U-replay"].missing == "the smoke and gpu profiles measure it (the analysis plan)"
 
 
 def test_bad_parameters_are_refused():

@@ -54,7 +54,7 @@ from ..models import max_chunk_tokens
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import MAX_FALSE_REFUSALS
 from ..train import tasks
-from .common import chapter3_facts, record_answers, start
+from .common import chapter3_facts, elsewhere_label, not_here, record_answers, start
 from .common import dsf_model as common_dsf_model
 
 CHAPTER = "04_raft"
@@ -493,22 +493,6 @@ def p_outcome(p: float) -> str:
 
 def d_outcome(d: int) -> str:
     return f"RAFT {d} distractors"
-
-
-def not_here(params, comparisons: tuple[str, ...]) -> str:
-    """Why this profile's run leaves a section's comparisons to other profiles (the plan's
-    `profiles`), or "" when it measures any of them."""
-    from ..plan import the_plan
-
-    away = the_plan().not_measured(params.profile)
-    return away[comparisons[0]] if all(c in away for c in comparisons) else ""
-
-
-def elsewhere_label(comparison_id: str) -> str:
-    """Where a comparison is measured, as its "not measured in this run" sentence says it."""
-    from ..plan import the_plan
-
-    return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
 
 
 @dataclass

@@ -47,7 +47,7 @@ from .. import raft, results
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import tasks
-from .common import chapter3_facts, dsf_adapter, start
+from .common import chapter3_facts, dsf_adapter, elsewhere_label, not_here, start
 
 CHAPTER = "05_freshness"
 RAFT_CHAPTER = "04_raft"
@@ -373,6 +373,8 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     replay = unchanged[:round(p.replay_share * len(changed))]
     plans = {"retrain": ([v2[q.qid] for q in ch.facts], None), "continued": (changed, ch.dsf_adapter),
              "replay": (changed + replay, ch.dsf_adapter)}
+    if not_here(p, ("U-replay",)):
+        del plans["replay"]  # the plan leaves replay (U-replay, exploratory) to other profiles
     rows, fits, asked = [], {}, []
     for key, (facts, start_from) in plans.items():
         with ch.run.stage(key):
@@ -638,8 +640,11 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("U2-seconds", U2_TRAIN, U2_INDEX, "a continued-training run on one fact",
           "its document's upsert", pct=False)
     state("K8-stale", stale_outcome(DSF), stale_outcome(BASE_RAG), "the fine-tune", "RAG")
-    state("U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
-          outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
+    if not not_here(run.params, ("U-replay",)):
+        state("U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
+              outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
+    else:
+        out["U-replay"] = StatedComparison("U-replay", None, missing=elsewhere_label("U-replay"))
     state("U-dsf-rag", changed(DSF_RAG), changed(BASE_RAG), "DSF + RAG", "base + RAG")
     state("N1-delimit", f"{PLANTED_PLAIN}: followed", f"{PLANTED_DELIMITED}: followed", "plain sources",
           "sources delimited as data")

@@ -8,6 +8,22 @@ from ..results import ChapterRun
 REFUSAL_SUFFIX = " refusal"  # the condition that holds a condition's unanswerable questions
 
 
+def not_here(params, comparisons: tuple[str, ...]) -> str:
+    """Why this profile's run leaves a section's comparisons to other profiles (the plan's
+    `profiles`), or "" when it measures any of them."""
+    from ..plan import the_plan
+
+    away = the_plan().not_measured(params.profile)
+    return away[comparisons[0]] if all(c in away for c in comparisons) else ""
+
+
+def elsewhere_label(comparison_id: str) -> str:
+    """Where a comparison is measured, as its "not measured in this run" sentence says it."""
+    from ..plan import the_plan
+
+    return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
+
+
 def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
     """Network policy, seeds and threads from the parameters; the chapter's results collector; the
     language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
