@@ -7,7 +7,7 @@ QUIET_PIP := sed -u '/^WARNING: Location .* is ignored/d'
 PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
 
-.PHONY: install book run drift accept test test-fast strip clean chromium browser lock
+.PHONY: install book run drift accept test test-fast strip clean chromium browser lock gpu-check
 
 install: .venv/.installed
 ## every package at the version of requirements.lock (the complete lock: nothing floats), then the book's package
@@ -59,6 +59,11 @@ test: install
 ## the tests that load no language model, execute no notebook and need no package index (about a minute)
 test-fast: install
 	$(PY) -m pytest -q -ra --durations=15 -m "not lm and not notebooks and not index"
+
+## the training self-check on this machine's device (a GPU where there is one): every method a few dozen
+## steps in the hardware's dtype and fp32, finite and falling losses, a table (ragft.gpucheck)
+gpu-check: install
+	$(PY) -m ragft.gpucheck
 
 ## Debian's chromium for the browser check (no browser download); needs root and Debian's package index
 chromium:

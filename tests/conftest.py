@@ -1,7 +1,8 @@
 """Shared fixtures, the markers that say what a test loads, and the time budgets the run reports.
 
 Markers (set here from the fixtures a test uses, or by hand where a test loads a model itself):
-  lm         loads a language model (the offline 135 M model, or a tiny random one)
+  lm         loads a language model (the offline 135 M model where a test needs its behaviour, or the
+             registry's tiny random one, smollm2-tiny, where any weights do)
   embedder   loads the MiniLM embedder
   chroma     talks to a real `chroma run` server (one per test session)
   notebooks  executes notebooks (the one smoke run of the book, or a chapter with papermill)
@@ -34,7 +35,7 @@ os.environ.setdefault("RAGFT_ONLINE", "0")
 sys.path.insert(0, str(ROOT / "src"))
 
 # fixture -> the marker a test that uses it gets
-_FIXTURE_MARKERS = {"lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "notebook_run": "notebooks",
+_FIXTURE_MARKERS = {"lm": "lm", "tiny_lm": "lm", "embed_model": "embedder", "chroma_server": "chroma", "notebook_run": "notebooks",
                     "chapter_kernel": "notebooks"}
 
 
@@ -253,6 +254,17 @@ def lm():
 
     settings.set_determinism(0, 2)
     return models.load_lm("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """The registry's tiny random model (smollm2-tiny: the real tokenizer and architecture, 2 layers of
+    width 64), for tests of code paths whose answer does not depend on the weights (two computations
+    that must agree): a forward pass costs a few % of the 135 M model's."""
+    from ragft import models, settings
+
+    settings.set_determinism(0, 2)
+    return models.load_lm("smollm2-tiny")
 
 
 @pytest.fixture(scope="session")

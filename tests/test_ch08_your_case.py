@@ -266,3 +266,32 @@ def test_raft_epochs_zero_leaves_raft_out_before_anything_trains():
     assert rf.skipped.startswith("raft_epochs = 0") and rf.asked == [] and rf.train_tokens == 0
     with pytest.raises(config.ParamError, match="raft_epochs"):
         params(raft_epochs=-1)
+
+
+@pytest.mark.lm
+def test_the_estimate_reads_a_hub_models_tokenizer_online_under_the_gpu_profile(monkeypatch):
+    """Under the gpu profile (a hub model, online: Colab's default) the training estimate, which runs
+    before `setup`, switches the run online before it asks for the tokenizer: it raised
+    ModelUnavailable ("this run is offline") on Colab. The hub is faked by the tiny model's folder,
+    handed out only to an online run."""
+    from ragft import models, settings
+
+    folder = models.model_source("smollm2-tiny")  # built offline, before the fake
+    p = config.resolve("08_your_case", "gpu", corpus_dir=str(CASE / "docs"), questions_file=str(CASE / "questions.jsonl"),
+                       train_questions_file=str(CASE / "train_questions.jsonl"), min_dev=2, min_test=4)
+    assert p.online and not models.get_spec(p.model).offline
+    asked = []
+
+    def hub(name):
+        asked.append((name, settings.offline()))
+        if settings.offline():
+            raise models.ModelUnavailable(f"model {name!r} comes from the model hub, and this run is offline")
+        return folder
+
+    monkeypatch.setattr(models, "model_source", hub)
+    settings.set_online(False)
+    try:
+        est = ch08.estimate(p, ch08.read_inputs(p))
+    finally:
+        settings.set_online(False)
+    assert asked == [(p.model, False)] and est.dsf_per_epoch > 0

@@ -75,6 +75,24 @@ def test_checksum_mismatch_is_refused(monkeypatch, tmp_path):
         models.ensure_converted(bad)
 
 
+@pytest.mark.lm
+def test_the_tiny_model_is_the_real_tokenizer_and_architecture_with_random_weights(tiny_lm, tmp_path, monkeypatch):
+    """smollm2-tiny, built from the same package through the same loading code: SmolLM2's tokenizer,
+    its Llama architecture and window at 2 layers of width 64 (about 3.2 M parameters, the registry's
+    shape), the same weights each time it is built (seed 0), and no weight read from the GGUF."""
+    import torch
+
+    spec = models.REGISTRY["smollm2-tiny"]
+    config = tiny_lm.model.config
+    assert type(tiny_lm.model).__name__ == "LlamaForCausalLM" and tiny_lm.context_window == 8192
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == spec.shape[1:]
+    assert tiny_lm.n_params() == pytest.approx(spec.shape[0], rel=0.05)
+    assert len(tiny_lm.tokenizer) == 49152 and tiny_lm.tokenizer.eos_token == "<|im_end|>"
+    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path))  # built again, from nothing
+    again = models.load_lm("smollm2-tiny")
+    assert all(torch.equal(a, b) for a, b in zip(tiny_lm.model.state_dict().values(), again.model.state_dict().values()))
+
+
 def test_device_and_dtype_selection():
     import torch
 
@@ -136,8 +154,10 @@ def test_embedder_ships_offline():
     assert (settings.Path(path) / "config.json").exists() or (settings.Path(path) / "modules.json").exists()
 
 
-def test_cached_batched_generation_matches_plain_single(lm, kb):
-    """Prompt caching + middle padding must give each prompt exactly its own uncached answer."""
+def test_cached_batched_generation_matches_plain_single(tiny_lm, kb):
+    """Prompt caching + middle padding must give each prompt exactly its own uncached answer (two
+    computations that must agree whatever the weights: the tiny random model)."""
+    lm = tiny_lm
     from ragft import generation, prompts
 
     docs = [d.text for d in kb.documents[:3]]
@@ -152,11 +172,13 @@ def test_cached_batched_generation_matches_plain_single(lm, kb):
     assert all(cached.texts) and lm.context_window == 8192
 
 
-def test_chunked_prefill_gives_the_same_answers_as_one_pass(lm, kb, monkeypatch):
+def test_chunked_prefill_gives_the_same_answers_as_one_pass(tiny_lm, kb, monkeypatch):
     """A batch's prompts prefilled in many small chunks (after a cached prefix or none, left-padded
-    to unequal lengths) answer exactly as when they are prefilled in one pass."""
+    to unequal lengths) answer exactly as when they are prefilled in one pass (whatever the weights:
+    the tiny random model)."""
     from ragft import generation, prompts
 
+    lm = tiny_lm
     if lm.device != "cpu":
         pytest.skip("prefill is chunked on the CPU only")
 

