@@ -256,7 +256,8 @@ def test_prompting_results_are_sane(notebook_run):
             assert 0.0 <= value <= 1.0, key
     # a document in the prompt costs more tokens than the bare question, and helps
     assert m["prompt_tokens_per_query_gold_context"] > m["prompt_tokens_per_query_closed_book"]
-    assert m["gold_context_contains"] > m["closed_book_contains"]
+    if notebook_run["profile"] != "smoke":  # the smoke run's random model reads nothing: code paths, not numbers
+        assert m["gold_context_contains"] > m["closed_book_contains"]
 
 
 HEADLINE_02 = ["recall_at_5_best", "best_chunk_size", "best_top_k", "rag_contains", "hybrid_recall_at_5",
@@ -274,7 +275,8 @@ def test_rag_results_are_sane(notebook_run):
             assert 0.0 <= value <= 1.0, key
     assert m["best_chunk_size"] in (128, 256) and m["best_top_k"] in (1, 3)
     # prefill of the retrieved chunks dominates the time to first token; retrieval is milliseconds
-    assert m["ttft_p50_ms"] > m["embed_p50_ms"] + m["search_p50_ms"]
+    if notebook_run["profile"] != "smoke":  # the tiny model's prefill is cheaper than the embedder's pass
+        assert m["ttft_p50_ms"] > m["embed_p50_ms"] + m["search_p50_ms"]
     assert m["prompt_tokens_top3"] > m["prompt_tokens_top1"]
 
 
