@@ -359,18 +359,24 @@ def test_lora_in_fp16_trains_with_loss_scaling_and_learns(tiny):
     assert m["loss_last"] < 0.5 * m["loss_first"], m
 
 
-def test_the_gpu_self_check_runs_on_the_cpu_and_prints_its_table(tiny, capsys):
+def test_the_gpu_self_check_runs_on_the_cpu_and_prints_its_table(tiny, capsys, monkeypatch):
     """`python -m ragft.gpucheck`'s CPU fallback on the tiny model: each method trains in fp32 (and in
     bf16 where this CPU multiplies it natively), its loss finite and falling, then ranks the facts'
-    values; one table, exit 0. (On a GPU: bf16 or fp16 by the card, and fp32.)"""
+    values; one table; exit 1 when a run failed. (On a GPU: bf16 or fp16 by the card, and fp32.)"""
     from ragft import gpucheck
 
-    rows = gpucheck.check(tiny, "cpu", n_facts=4, epochs=6, batch_size=2)
+    rows = gpucheck.check(tiny, "cpu", n_facts=2, epochs=6, batch_size=2)  # 4 examples: 2 steps an epoch
     assert {(r.method, r.dtype) for r in rows} >= {("lora", "fp32"), ("full", "fp32")}
     for r in rows:
         assert r.result == "ok" or r.result.startswith("skipped: "), r
         if r.result == "ok":
-            assert r.steps == 24 and r.loss_last_epoch < r.loss_first_epoch and 0 <= r.accuracy <= 1
-    assert gpucheck.main(["--model", tiny, "--device", "cpu", "--facts", "2", "--epochs", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "method  dtype  steps" in out and "runs ok or skipped" in out and "FAILED" not in out
+            assert r.steps == 12 and r.loss_last_epoch < r.loss_first_epoch and 0 <= r.accuracy <= 1
+    printed = gpucheck.table(rows)
+    assert printed.splitlines()[0].startswith("method  dtype  steps") and len(printed.splitlines()) == len(rows) + 2
+    # main: the table and the exit code, on these rows and on a failed one (nothing trains again)
+    failed = gpucheck.CheckRow("lora", "bf16", result="FAILED: the loss is nan at optimizer step 5")
+    for given, code in ((rows, 0), (rows + [failed], 1)):
+        monkeypatch.setattr(gpucheck, "check", lambda *args, given=given: given)
+        assert gpucheck.main(["--model", tiny, "--device", "cpu"]) == code
+        out = capsys.readouterr().out
+        assert "method  dtype  steps" in out and ("1 FAILED" in out) == (code == 1)
