@@ -51,6 +51,7 @@ from .common import chapter3_facts, dsf_adapter, elsewhere_label, not_here, star
 
 CHAPTER = "05_freshness"
 RAFT_CHAPTER = "04_raft"
+REPLAY_COMPARISONS = ("U-replay",)  # the replay update's: measured where the plan says
 SETS = ("changed", "unchanged", "new")
 # Readers by outcome-name prefix: the prompt style each reads with, and whether it reads documents.
 BASE_RAG, DSF, DSF_RAG, RAFT_RAG = "base + RAG", "DSF", "DSF + RAG", "RAFT + RAG"
@@ -373,7 +374,7 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     replay = unchanged[:round(p.replay_share * len(changed))]
     plans = {"retrain": ([v2[q.qid] for q in ch.facts], None), "continued": (changed, ch.dsf_adapter),
              "replay": (changed + replay, ch.dsf_adapter)}
-    if not_here(p, ("U-replay",)):
+    if not_here(p, REPLAY_COMPARISONS):
         del plans["replay"]  # the plan leaves replay (U-replay, exploratory) to other profiles
     rows, fits, asked = [], {}, []
     for key, (facts, start_from) in plans.items():
@@ -640,7 +641,7 @@ def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
     state("U2-seconds", U2_TRAIN, U2_INDEX, "a continued-training run on one fact",
           "its document's upsert", pct=False)
     state("K8-stale", stale_outcome(DSF), stale_outcome(BASE_RAG), "the fine-tune", "RAG")
-    if not not_here(run.params, ("U-replay",)):
+    if not not_here(run.params, REPLAY_COMPARISONS):
         state("U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
               outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
     else:

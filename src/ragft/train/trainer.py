@@ -295,11 +295,12 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     autocast = (lambda: torch.autocast(device_type=base.device, dtype=compute)) if compute else contextlib.nullcontext
     # fp16 gradients underflow without loss scaling, whatever the method (LoRA's fp32 adapters take their
     # gradients through the fp16 base's activations); bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(base.device) if (compute or base.dtype) == torch.float16 else None
+    train_dtype = compute or base.dtype  # what the passes compute in
+    scaler = torch.amp.GradScaler(base.device) if train_dtype == torch.float16 else None
 
     body, head = measure.matmul_shapes(base.model)
     base_weight_mb = base.model.get_memory_footprint() / 2**20
-    peak_gflops = _peak_gflops(compute or base.dtype, base.device)
+    peak_gflops = _peak_gflops(train_dtype, base.device)
     torch.manual_seed(cfg.seed)
     with measure.PeakMemory(base.device) as mem:
         model = _wrap(base, cfg)
@@ -335,7 +336,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     loss = _loss(model, batch)
                 value = loss.item()
                 if not math.isfinite(value):
-                    _refuse_non_finite(f"the loss is {value}", folder, label, cfg, compute or base.dtype, step, epoch)
+                    _refuse_non_finite(f"the loss is {value}", folder, label, cfg, train_dtype, step, epoch)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
@@ -374,12 +375,12 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                                         "flops": sum(step_flops)}
                 if epoch + 1 < cfg.epochs:
                     if not _finite_weights(params):
-                        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, compute or base.dtype,
+                        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, train_dtype,
                                            step - 1, epoch)
                     _save_artifact(model, base.tokenizer, cfg, snapshot_folder(folder, epoch + 1))
         bar.close()
     if not _finite_weights(params):  # the last update can make a weight non-finite after a finite loss
-        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, compute or base.dtype, step - 1,
+        _refuse_non_finite("a trained weight is not finite", folder, label, cfg, train_dtype, step - 1,
                            cfg.epochs - 1)
     model.eval()
     if compute is not None:  # the trained weights serve, and are saved, in the compute dtype
