@@ -94,7 +94,7 @@ def test_the_budget_is_the_largest_where_every_arm_is_below_the_bar_on_developme
     assert ch02.budget_k(510, 256) == 0 and ch02.budget_k(64, 512) == 8
 
 
-def articles_run(n=40):
+def articles_run(n=40, profile="smoke"):
     """Recorded SQuAD outcomes: 256-token chunks find 30 of 40 within the budget, 64-token ones 20."""
     run = ChapterRun("02_rag", None)
     hits = lambda found: {f"q{i}": int(i < found) for i in range(n)}
@@ -103,13 +103,18 @@ def articles_run(n=40):
         run.record(ch02.squad_hit("dense", size, 1), hits(at1))
         run.record(ch02.squad_hit("dense", size, 3), hits(at3))
     run.record(ch02.squad_hit("hybrid", 256, 3), hits(33))
-    return SimpleNamespace(run=run)
+    return SimpleNamespace(run=run, params=SimpleNamespace(profile=profile))
 
 
 def test_squad_comparisons_are_the_plans_r1_and_r2_at_the_chosen_budget():
-    stated = {s.comparison_id: s.comparison for s in ch02._articles_comparisons(articles_run(), [64, 256, 510], 512)}
+    said = {s.comparison_id: s for s in ch02._articles_comparisons(articles_run(), [64, 256, 510], 512)}
+    stated = {cid: s.comparison for cid, s in said.items()}
     assert set(stated) == set(ch02.SQUAD_COMPARISONS)
     assert stated["R1-reader"] is None  # no reader outcomes recorded: the sentence says the model answered none
+    assert "answered no SQuAD question" in said["R1-reader"].missing
+    # the cpu profile leaves R1-reader to the smoke and gpu profiles (the plan): its sentence says so
+    cpu = {s.comparison_id: s for s in ch02._articles_comparisons(articles_run(profile="cpu"), [64, 256, 510], 512)}
+    assert "smoke and gpu profiles measure it" in cpu["R1-reader"].missing
     r1 = stated["R1-small-chunks"]
     assert (r1.a, r1.b) == ("SQuAD dense 256-token hit within 512 tokens", "SQuAD dense 64-token hit within 512 tokens")
     assert r1.diff == pytest.approx(10 / 40)  # 30 against 20 of 40, every one of the 10 a discordant pair

@@ -97,6 +97,11 @@ def test_answer_readers():
     assert raft.quote_correct(text, ["Lab 3 opened. Lab 3 is run by  Person 3."]) == 1.0  # whitespace-insensitive
     assert raft.quote_correct(text, ["Lab 3 is run by Person 4."]) == 0.0
     assert raft.quote_correct("<ANSWER>: Person 3", ["Lab 3 is run by Person 3."]) == 0.0  # no quote
+    # a word doubled while copying is still a quote of the oracle; a word left out or changed is not
+    slip = "##begin_quote##Lab 3 is run run by Person 3.##end_quote##"
+    assert raft.quote_correct(slip, ["Lab 3 is run by Person 3."]) == 1.0
+    assert raft.quote_correct("##begin_quote##Lab 3 is by Person 3.##end_quote##", ["Lab 3 is run by Person 3."]) == 0.0
+    assert raft.copied("a  a b b b c a") == "a b c a"
     assert raft.reached_marker(text) and not raft.reached_marker("##begin_quote##Lab 3 is")
 
 

@@ -42,6 +42,20 @@ def test_the_sign_flip_test_on_0_1_outcomes_is_the_exact_mcnemar_test():
     assert stats.signflip_p(np.subtract(a, b)) == pytest.approx(stats.mcnemar_exact(a, b)) == pytest.approx(14 / 64)
 
 
+
+def test_mcnemar_stays_exact_beyond_the_enumerated_sign_patterns():
+    # 40 discordant pairs, 30 favouring a: more than EXACT_MAX, where a Monte Carlo estimate would stop
+    # at 1 / (1 + N_SIGNS) = 5e-05; the binomial tail P(|2K - 40| >= 20) = 2 * P(K >= 30) is 0.00222
+    a, b = [1] * 30 + [0] * 10 + [1] * 24, [0] * 30 + [1] * 10 + [1] * 24
+    assert stats.EXACT_MAX < 40
+    assert stats.signflip_p(np.subtract(a, b)) == pytest.approx(2 * sum(math.comb(40, k) for k in range(30, 41)) / 2**40)
+    assert stats.signflip_p(np.subtract(a, b)) == pytest.approx(0.00222, abs=1e-5)
+    # 60 discordant pairs all one way: 2 / 2**60, far below what 19,999 random sign patterns can show
+    assert stats.signflip_p(np.array([1.0] * 60)) == pytest.approx(2 / 2**60)
+    # one-sided: P(K >= 30) alone
+    assert stats.signflip_p(np.subtract(a, b), alternative="greater") == pytest.approx(0.00111, abs=1e-5)
+
+
 def test_a_planted_large_difference_is_supported_and_its_interval_excludes_zero():
     c = judge([1] * 56 + [0] * 8, [1] * 16 + [0] * 48)
     assert c.verdict == stats.SUPPORTED and c.n == 64 and c.diff == pytest.approx(40 / 64)

@@ -136,11 +136,20 @@ def quotes_in(text: str) -> list[str]:
     return [q.strip() for q in _QUOTE.findall(text) if q.strip()]
 
 
+def copied(text: str) -> str:
+    """The text as a quote is compared: white space folded and a word repeated at once kept once
+    ("is run run by" reads "is run by"), a slip of copying, not text from elsewhere (the analysis
+    plan's `raft` rule since issue 48); case, punctuation and every other word are kept."""
+    words = flat(text).split(" ")
+    return " ".join(w for i, w in enumerate(words) if i == 0 or w != words[i - 1])
+
+
 def quote_correct(text: str, oracles: list[str]) -> float:
-    """1.0 when the answer quotes at least once and every quote is a span of an oracle document."""
+    """1.0 when the answer quotes at least once and every quote is a span of an oracle document
+    (each compared as `copied` reads it)."""
     quotes = quotes_in(text)
-    folded = [flat(o) for o in oracles]
-    return float(bool(quotes) and all(any(flat(q) in o for o in folded) for q in quotes))
+    folded = [copied(o) for o in oracles]
+    return float(bool(quotes) and all(any(copied(q) in o for o in folded) for q in quotes))
 
 
 def reached_marker(text: str) -> bool:

@@ -158,14 +158,19 @@ def _tail(stat: np.ndarray, observed: float, scale: float, alternative: str, exa
 
 def signflip_p(d, delta: float = 0.0, alternative: str = "two-sided") -> float:
     """p of the paired sign-flip test that the differences `d` are symmetric about `delta` (their mean
-    is delta). Differences equal to delta carry no sign and are left out, so on 0/1 outcomes at
-    delta = 0 this is the exact McNemar test (a binomial test on the discordant pairs). Exact up to
-    EXACT_MAX non-zero differences, else a fixed-seed Monte Carlo estimate with the observed pattern
-    counted ((1 + hits) / (1 + N_SIGNS)), so it is never 0."""
+    is delta). Differences equal to delta carry no sign and are left out. Where the rest share one
+    magnitude (0/1 outcomes at delta = 0: the discordant pairs) the test is the sign test, computed
+    exactly at any n as a binomial tail: the exact McNemar test. Otherwise it is exact up to EXACT_MAX
+    non-zero differences, else a fixed-seed Monte Carlo estimate with the observed pattern counted
+    ((1 + hits) / (1 + N_SIGNS)), so it is never 0."""
     x = np.asarray(d, dtype=float) - delta
     x = x[np.abs(x) > 1e-12]
     if len(x) == 0:
         return 1.0
+    if np.allclose(np.abs(x), abs(x[0])):  # |S| >= |observed| is |2K - n| >= |2k - n|, K ~ binomial(n, 1/2)
+        if alternative not in ("two-sided", "greater", "less"):
+            raise ValueError(f"alternative={alternative!r}: use two-sided, greater or less")
+        return float(_st.binomtest(int((x > 0).sum()), len(x), 0.5, alternative).pvalue)
     return _tail(_sign_matrix(len(x)) @ x, x.sum(), np.abs(x).sum(), alternative, len(x) <= EXACT_MAX)
 
 

@@ -3,8 +3,9 @@
 Sections, in the order the chapter runs them, each returning what it measured:
 
   main table   `main_table(ch)` -> MainTable: the base model closed book and with RAG, chapter 3's
-               closed-book fine-tune (DSF) alone and with RAG, RAFT with and without the chain of
-               thought, on the same retrieved chunks; RAFT's fitness on the development questions
+               closed-book fine-tune (DSF) alone and with RAG, RAFT (and, where the profile measures
+               F4, RAFT without the chain of thought), on the same retrieved chunks; RAFT's fitness on
+               the development questions and its development row (`development_table`)
   ablations    `ablations(ch, main)` -> Ablations: RAFT trained with the oracle kept in a share P of
                the examples (F2), and with fewer distractors per example (F5), on the fact questions
   top-k        `top_k_curves(ch, main, ablations)` -> Curves: the base reader and RAFT at every
@@ -71,6 +72,7 @@ ABLATION_COMPARISONS = ("F2-best-p", "F5-distractors")
 TOPK_COMPARISONS = ("F5-topk-robust", "F6-fewer-chunks")
 PUBMEDQA_COMPARISONS = ("F3-pubmedqa",)
 HOTPOTQA_COMPARISONS = ("F3-hotpotqa",)
+NOCOT_COMPARISONS = ("F4-cot",)  # the only comparison of the reader trained without the chain of thought
 # Benchmark rows that become headline metrics: (benchmark, reader, column, metric key).
 BENCH_METRICS = [("PubMedQA", "RAFT + RAG", "acc", "pubmedqa_raft_acc"), ("PubMedQA", "base + RAG", "acc", "pubmedqa_base_rag_acc"),
                  ("PubMedQA", "majority class", "acc", "pubmedqa_majority_acc"),
@@ -257,6 +259,16 @@ def raft_fitness(ch: Chapter, raft_lm) -> RaftFitness:
     return RaftFitness(len(both), sum(both) / len(both), ranking.accuracy, base.accuracy)
 
 
+def development_table(ch: Chapter, main: "MainTable") -> pd.DataFrame:
+    """The RAFT configurations tried in this run with their fitness on the development questions (the
+    plan's `raft` rule): the one the plan's choices name, trained once (its CoT reader)."""
+    p, fit, m = ch.params, main.fitness, main.raft.metrics
+    return pd.DataFrame([{"n_train": len(ch.train_sources), "epochs": p.epochs, "batch": p.train_batch_size,
+                          "rank": p.lora_rank, "lr": p.lora_lr, "p_oracle": p.p_oracle, "distractors": p.n_distractors,
+                          "train_tokens": m["train_tokens"], "n_dev": fit.n, "quote_marker": fit.quote_marker,
+                          "acc": fit.acc, "base_acc": fit.base_acc, "met": int(fit.met)}])
+
+
 def example_record(ch: Chapter) -> pd.DataFrame:
     """One training example as the model sees it, and its target."""
     first = ch.main_records[0]
@@ -408,7 +420,8 @@ def dsf_model(ch: Chapter):
 
 @dataclass
 class MainTable:
-    """The main table's six readers at top-k = rag_top_k, and what later sections reuse of them."""
+    """The main table's readers at top-k = rag_top_k (six; five where the profile leaves F4, and the
+    reader without the chain of thought, to others), and what later sections reuse of them."""
 
     table: pd.DataFrame  # one row per reader (TABLE_COLUMNS)
     dsf_source: str  # the visible line that says where the DSF model came from
@@ -419,7 +432,7 @@ class MainTable:
 
 
 def main_table(ch: Chapter) -> MainTable:
-    """The six rows at top-k = rag_top_k: candidate log-likelihood on every test item (accuracy,
+    """The rows at top-k = rag_top_k (`MainTable`): candidate log-likelihood on every test item (accuracy,
     refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
     recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
     on the development questions (raft_fitness, the plan's `raft` rule) is measured."""
@@ -453,11 +466,12 @@ def main_table(ch: Chapter) -> MainTable:
         fitness = raft_fitness(ch, main.lm)
     with run.stage("table"):
         add("raft_rag", f"RAFT + RAG (top-{k})", main.lm, "raft", k, quoting=True, train_s=main.metrics["train_s"])
-        nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
-        # it answers without quoting: a quote-correct rate would be 0 by construction, so it has none
-        add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", nocot.lm, "raft-nocot", k,
-            train_s=nocot.metrics["train_s"])
-        del nocot
+        if not not_here(ch.params, NOCOT_COMPARISONS):  # F4's other arm: a RAFT training of its own
+            nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
+            # it answers without quoting: a quote-correct rate would be 0 by construction, so it has none
+            add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", nocot.lm, "raft-nocot", k,
+                train_s=nocot.metrics["train_s"])
+            del nocot
         release_memory()
     return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens)
 
@@ -1014,7 +1028,10 @@ def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
 
     state("F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
     state("F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
-    state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
+    if MAIN["raft_nocot_rag"] in run.outcomes:
+        state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
+    else:
+        missing("F4-cot", elsewhere_label("F4-cot"))
     if not f.ablations.empty:
         _ablation_comparisons(ch, f.curves, state, missing)
     if not f.curves.empty:
@@ -1144,5 +1161,6 @@ def save(ch: Chapter, f: Findings) -> Path:
     run.tables.update(table=records(f.main.table), p_ablation=records(f.ablations.p_table),
                       distractor_ablation=records(f.ablations.d_table), top_k=records(f.curves.curve),
                       top_k_generated=records(f.curves.contains), benchmarks=f.bench.rows,
-                      benchmark_notes=f.bench.notes, paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source)
+                      benchmark_notes=f.bench.notes, paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source,
+                      raft_dev=development_table(ch, f.main).to_dict("records"))
     return run.save(lm=ch.lm)
