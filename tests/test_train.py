@@ -10,7 +10,7 @@ from ragft import models, settings
 from ragft.train import TrainConfig, TrainingDataError, example, load_artifact, load_jsonl, save_jsonl, tokenize, train
 from ragft.train import merged as train_merged
 from ragft.train.data import batches, collate
-from ragft.train.trainer import _loss
+from ragft.train.trainer import _loss, attendable
 
 pytestmark = pytest.mark.lm  # a tiny random Llama, or the 135 M model
 
@@ -380,3 +380,59 @@ def test_the_gpu_self_check_runs_on_the_cpu_and_prints_its_table(tiny, capsys, m
         assert gpucheck.main(["--model", tiny, "--device", "cpu"]) == code
         out = capsys.readouterr().out
         assert "method  dtype  steps" in out and ("1 FAILED" in out) == (code == 1)
+
+
+def test_a_padded_batch_leaves_no_query_row_without_a_key():
+    # row 0 is left-padded by one: its padding query (position 0) attends to itself, never to nothing;
+    # the real queries see real keys only, causally; a batch without padding keeps its 2D mask
+    m = attendable(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    assert m.shape == (2, 1, 3, 3) and m.dtype == torch.bool
+    assert m[0, 0].tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+    assert m[1, 0].tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    full = torch.ones(2, 3, dtype=torch.long)
+    assert attendable(full) is full
+
+
+def _nan_where_unattended(monkeypatch):
+    """Attention as a GPU kernel computes it for a query row with no key to attend to: NaN (the CPU's
+    returns zeros). Installed in place of torch's scaled_dot_product_attention."""
+    import torch.nn.functional as F
+
+    real = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, **kwargs):
+        out = real(q, k, v, attn_mask=attn_mask, **kwargs)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            out = out.masked_fill(~attn_mask.any(-1, keepdim=True), float("nan"))
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+
+
+def test_a_padded_batch_trains_as_before_and_a_kernel_that_returns_nan_cannot_poison_it(tiny, monkeypatch):
+    """Issue 47's bf16 NaN, reproduced on the CPU: with the 2D mask, a padding row has no key, a kernel
+    that returns NaN there makes the loss NaN (0 * NaN reaches the real rows); with `attendable` the
+    loss is finite and, in fp32, the same bits as the 2D mask's on the CPU kernel, gradients too."""
+    from ragft.train import trainer
+
+    lm = models.load_lm(tiny, dtype="fp32")
+    toks = tokenize(lm.tokenizer, data(3), 128)
+    batch = collate(toks, [0, 1, 2], lm.tokenizer.pad_token_id)
+    assert not bool(batch[1].all())  # the three answers differ in length: the batch is padded
+
+    def loss_and_grads():
+        lm.model.zero_grad()
+        loss = _loss(lm.model, batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in lm.model.parameters() if p.grad is not None]
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "attendable", lambda mask: mask)  # the 2D mask, as before
+        plain, plain_grads = loss_and_grads()
+        _nan_where_unattended(m)
+        assert torch.isnan(_loss(lm.model, batch))  # the failure: NaN from a padding row
+    fixed, fixed_grads = loss_and_grads()
+    assert torch.equal(fixed, plain) and all(torch.equal(a, b) for a, b in zip(fixed_grads, plain_grads))
+    _nan_where_unattended(monkeypatch)
+    again, _ = loss_and_grads()
+    assert torch.equal(again, plain)  # the NaN kernel has no row to return NaN for

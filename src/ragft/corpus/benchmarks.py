@@ -87,7 +87,11 @@ def available(data_dir: str | None = None) -> dict[str, bool]:
 def _hub(name: str, data_dir: str | None):
     if settings.offline() or name not in _HUB:
         raise _missing(name, data_dir)
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
+    except ImportError as e:  # not installed on Colab (ragft.colab): the clone carries the benchmark files
+        raise DataUnavailable(f"{_missing(name, data_dir)} Fetching it from the dataset hub needs the `datasets` "
+                              "package: pip install datasets") from e
 
     repo, config, split = _HUB[name]
     return load_dataset(repo, config, split=split)

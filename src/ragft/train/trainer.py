@@ -246,11 +246,29 @@ def snapshot_folder(folder: str | Path, epoch: int) -> Path:
     return Path(folder) / "snapshots" / f"epoch-{epoch}"
 
 
+def attendable(mask):
+    """The attention mask a training batch is run with. Without padding: the 2D mask as it is (the
+    attention runs causal, with no mask). With left padding: the 4D boolean mask SDPA reads (True
+    attends: causal, real keys only), where each padding query also attends to itself. transformers
+    (5.x, `masking_utils.sdpa_mask`) leaves a left-padding query row with no key to attend to, and a
+    GPU's attention kernels return NaN for such a row; 0 * NaN then carries it into the real rows'
+    values and gradients (issue 47: bf16 LoRA went NaN at a padded batch and saved a NaN adapter). A
+    padding row's own output is never scored, and the real rows' mask is unchanged, so their numbers
+    are the same as with the 2D mask."""
+    import torch
+
+    if bool(mask.all()):
+        return mask
+    n = mask.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril()
+    return (causal[None, None] & mask.bool()[:, None, None, :]) | torch.eye(n, dtype=torch.bool, device=mask.device)
+
+
 def _loss(model, batch):
     import torch.nn.functional as F
 
     ids, mask, positions, labels, keep = batch
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+    logits = model(input_ids=ids, attention_mask=attendable(mask), position_ids=positions, logits_to_keep=keep,
                    use_cache=False).logits[:, :-1].float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
