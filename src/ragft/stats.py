@@ -56,12 +56,9 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def mcnemar_exact(a, b) -> float:
-    """Two-sided exact McNemar p-value for paired binary outcomes (1 = right)."""
-    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
-    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
-    if only_a + only_b == 0:
-        return 1.0
-    return float(_st.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    """Two-sided exact McNemar p-value for paired binary outcomes (1 = right): the sign-flip test on
+    their differences, which is exactly that test on 0/1 outcomes (`signflip_p`)."""
+    return signflip_p(np.subtract(np.asarray(a, dtype=int), np.asarray(b, dtype=int)))
 
 
 def auroc(positives, negatives) -> float:
