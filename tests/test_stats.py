@@ -169,3 +169,53 @@ def test_power_arithmetic():
 def test_results_are_deterministic():
     a, b = [1, 0, 1, 1, 0, 1, 1, 1] * 4, [0, 0, 1, 0, 0, 1, 0, 1] * 4
     assert judge(a, b).as_dict() == judge(a, b).as_dict()
+
+
+def test_tango_interval_matches_its_closed_forms_and_never_collapses():
+    z2 = stats._st.norm.ppf(0.975) ** 2  # 3.8415
+    # no discordant pair among 30: Z(delta) = -sqrt(n delta / (1 - delta)), so |Z| = z at delta = z^2 / (n + z^2)
+    low, high = stats.tango_interval(0, 0, 30)
+    assert high == pytest.approx(z2 / (30 + z2), abs=1e-9) == pytest.approx(0.1135, abs=1e-4) and low == pytest.approx(-high)
+    # all 32 pairs discordant for a (100 % against 0 %): Z = sqrt(n (1 - delta) / (1 + delta)), so the lower
+    # end is (n - z^2) / (n + z^2) = 0.786 and the upper end the bound itself
+    low, high = stats.tango_interval(32, 0, 32)
+    assert low == pytest.approx((32 - z2) / (32 + z2), abs=1e-9) and high == 1.0
+    # at delta = 0 the statistic is McNemar's (b - c) / sqrt(b + c)
+    assert stats.tango_z(5, 0, 64, 0.0) == pytest.approx(5 / math.sqrt(5))
+
+
+def test_binary_comparisons_have_an_exact_p_and_a_score_interval_that_keeps_its_width():
+    # 5 : 0 discordant pairs among 64: exact p = 2 / 2**5 = 0.0625 (not below 5 %), while the score interval
+    # excludes zero; the verdict reads the exact p, the interval is never the point [-5/64, -5/64] or cut at 0
+    c = judge([0] * 5 + [1] * 20 + [0] * 39, [1] * 25 + [0] * 39)  # 31 % against 39 %: clear of both bounds
+    assert c.p == pytest.approx(0.0625) and c.p_method == stats.EXACT_MCNEMAR and c.verdict == stats.NOT_DECIDED
+    assert c.ci_low < c.diff < c.ci_high < 0
+    # no disagreement at all: an interval around zero of width about +-11 points at n = 30 (not [0, 0])
+    c = judge([1] * 15 + [0] * 15, [1] * 15 + [0] * 15, floor=None, ceiling=None)
+    assert c.p == 1.0 and c.ci_low == pytest.approx(-0.1135, abs=1e-4) and c.ci_high == pytest.approx(0.1135, abs=1e-4)
+
+
+def test_monte_carlo_p_is_named_as_such():
+    rng = np.random.default_rng(1)
+    a, b = list(rng.normal(1.0, 1.0, 40)), list(rng.normal(0.0, 1.0, 40))
+    c = judge(a, b, kind="continuous", floor=None, ceiling=None)
+    assert c.p_method == stats.SIGNFLIP_MC and "(Monte Carlo)" in c.sentence()
+    c = judge(a[:10], b[:10], kind="continuous", floor=None, ceiling=None)
+    assert c.p_method == stats.SIGNFLIP_EXACT and "Monte Carlo" not in c.sentence()
+
+
+def test_supported_needs_the_interval_to_clear_the_smallest_effect():
+    # 40 against 0 discordant pairs among 400: +10 points, p tiny; Tango's lower end is about +7.3
+    a, b = [1] * 40 + [0] * 360, [0] * 400
+    assert judge(a, b, floor=None, ceiling=None, sesoi=0.05).verdict == stats.SUPPORTED
+    assert judge(a, b, floor=None, ceiling=None, sesoi=0.10).verdict == stats.DIRECTION_ONLY
+    # the same difference the other way round is contradicted whatever its size
+    assert judge(b, a, floor=None, ceiling=None, sesoi=0.10).verdict == stats.CONTRADICTED
+
+
+def test_one_arm_at_each_bound_is_uninformative():
+    # 100 % against 0 % on 32: each arm within 15 points of its bound
+    c = judge([1] * 32, [0] * 32, sesoi=0.15)
+    assert c.bound == stats.BOTH_BOUNDS and c.verdict == stats.UNINFORMATIVE[stats.BOTH_BOUNDS]
+    # 100 % against 70 %: only the higher arm at a bound, so the comparison stands
+    assert judge([1] * 32, [1] * 22 + [0] * 10, sesoi=0.15).bound is None

@@ -34,8 +34,8 @@ from .settings import PROJECT_ROOT
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
 BOOK, CASE = "book", "case"  # the families: the book's claims, and chapter 8's template for a reader's case
 FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
-          "ceiling", "role", "note", "fitness", "profiles"}
-REQUIRED = FIELDS - {"margin", "note", "fitness", "profiles"}
+          "ceiling", "role", "note", "fitness", "profiles", "caveat"}
+REQUIRED = FIELDS - {"margin", "note", "fitness", "profiles", "caveat"}
 ROLES = ("primary", "secondary")
 TESTS = (*stats.TESTS, "check")
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -66,6 +66,7 @@ class Planned:
     stated: tuple[float, float] | None = None  # the source's stated difference (claims.yaml, in points) as rates
     profiles: tuple[str, ...] = ()  # the profiles that measure it (empty: every one); `note` says why not the others
     family: str = BOOK  # BOOK, or CASE: chapter 8's family of its own (adjusted apart, no claim)
+    caveat: str = ""  # one line a reader needs beside its verdict (what an arm was given that no reader has)
 
     def condition_matches(self, template: str, name: str) -> bool:
         """A condition name against the plan's (a placeholder stands for any value the run chose)."""
@@ -106,6 +107,14 @@ class Plan:
     def members(self, family: str) -> list[str]:
         """A family's primary comparisons that are tested (BOOK: the claims'; CASE: chapter 8's)."""
         return [k for k, c in self.comparisons.items() if c.role == "primary" and c.test != "check" and c.family == family]
+
+    def family_size(self, family: str, profile: str | None = None) -> int:
+        """The size of a family as Holm and the power arithmetic both count it: its primary tested
+        comparisons that the profile measures (the plan's `profiles`; every one where no profile is
+        given). Fixed by the plan before any run, whatever the run's outcomes: a comparison at a bound
+        or with an unfit arm stays in it (leaving it out after seeing its result would select the
+        family on the data)."""
+        return sum(1 for k in self.members(family) if profile is None or self.measured_in(k, profile))
 
     def family_of(self, comparison_id: str) -> str:
         """The family a comparison id belongs to (a figure rebuilt by arithmetic: the book's)."""
@@ -244,7 +253,8 @@ def _comparison(cid: str, c, family_name: str, path: Path, claims: dict, rules: 
     return Planned(cid, claim, str(c["chapter"]), c["a"], c["b"], str(c["metric"]), str(c["unit"]), c["test"],
                        c["kind"], c["expect"], sesoi, c["sesoi_from"], n, bounds[0], bounds[1], c["role"],
                        margin, str(c.get("note") or ""), tuple(c.get("fitness") or ()),
-                       (span[0] / 100, span[1] / 100) if span else None, tuple(profiles), family_name)
+                       (span[0] / 100, span[1] / 100) if span else None, tuple(profiles), family_name,
+                       str(c.get("caveat") or ""))
 
 
 @lru_cache(maxsize=1)
@@ -268,10 +278,11 @@ def glue_key(comparison_id: str) -> str:
 
 
 def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b: str | None = None,
-          plan: Plan | None = None) -> stats.Comparison:
+          plan: Plan | None = None, profile: str | None = None) -> stats.Comparison:
     """One declared comparison from recorded outcomes ({condition: {unit id: score}}), raw: its test,
-    the interval the test inverts, its bound, its size against the stated effect, and the units that
-    would detect the smallest effect of interest at the family's strictest Holm level."""
+    its interval, its bound, its size against the stated effect, and the units that would detect the
+    smallest effect of interest at the family's strictest Holm level (the family the profile
+    measures: Plan.family_size)."""
     plan = plan or the_plan()
     spec = plan.get(comparison_id)
     a, b = spec.names(a, b)
@@ -280,8 +291,8 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, len(plan.members(spec.family)), spec.stated,
-                       plan.power)
+    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
+                       spec.stated, plan.power)
 
 
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
@@ -321,17 +332,21 @@ def unfit(comparison: dict, metrics: dict[str, dict], plan: Plan | None = None,
 
 
 def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None,
-           family: str = BOOK) -> list[dict]:
-    """A family's verdicts (BOOK, or CASE for chapter 8): Holm's adjusted p over the family's primary
-    comparisons held, each verdict
-    decided on it, the raw verdict kept where the adjustment changed it. Before p: an arm that missed
+           family: str = BOOK, profile: str | None = None) -> list[dict]:
+    """A family's verdicts (BOOK, or CASE for chapter 8): Holm's adjusted p over the family the
+    profile measures (Plan.family_size: the same count the power arithmetic divides alpha by; a
+    member this run does not hold counts with p = 1, so a partial run is never less strict), each
+    verdict decided on it, the raw verdict kept where the adjustment changed it. Before p: an arm that missed
     its declared fitness (the chapters' `metrics`, {chapter: metrics}) makes the comparison "not
     decided: an arm did not reach its fitness"; then a bound makes it uninformative. Secondary
     comparisons keep their raw verdict (exploratory); computed figures and checks are untouched."""
     plan = plan or the_plan()
     held = [c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS
             and plan.family_of(c["claim"]) == family]
-    adjusted = dict(zip([c["claim"] for c in held], stats.holm([c["p"] for c in held])))
+    # the book's family is fixed by the plan for the run's profile; a reader's case (chapter 8) is what
+    # its corpus allowed; without a profile, the comparisons given are the family
+    absent = max(plan.family_size(family, profile) - len(held), 0) if family == BOOK and profile else 0
+    adjusted = dict(zip([c["claim"] for c in held], stats.holm([c["p"] for c in held] + [1.0] * absent)))
     out = []
     for c in comparisons:
         c = dict(c)
@@ -358,10 +373,11 @@ def rejudge(doc: dict, plan: Plan | None = None) -> list[dict]:
     its chapter's fitness metrics, as the chapter did."""
     plan = plan or the_plan()
     outcomes = doc.get("outcomes") or {}
-    out = [c if c.get("kind") == "computed" else judge(c["claim"], outcomes, c["a"], c["b"], plan).as_dict()
+    profile = doc.get("profile")
+    out = [c if c.get("kind") == "computed" else judge(c["claim"], outcomes, c["a"], c["b"], plan, profile).as_dict()
            for c in doc.get("comparisons") or []]
     if any(plan.family_of(c["claim"]) == CASE for c in out):  # chapter 8 adjusts its own family, as it ran
-        out = adjust(out, plan, {doc.get("chapter"): doc.get("metrics") or {}}, family=CASE)
+        out = adjust(out, plan, {doc.get("chapter"): doc.get("metrics") or {}}, family=CASE, profile=profile)
     return out
 
 

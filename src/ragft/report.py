@@ -65,6 +65,7 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     """Every comparison the chapters' results files state, one line each, for reading: its test's
     interval and p (adjusted where chapter 7 has adjusted the family), its bound and its size against
     the source's stated effect."""
+    from .stats import SIGNFLIP_MC
     from .verdict import difference_text
 
     rows = []
@@ -73,6 +74,8 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
             computed = c.get("kind") == "computed"  # a cost figure rebuilt by arithmetic (chapter 6)
             check = c.get("test") == "check"
             p = "–" if computed or check else f"{c['p']:.2g}"
+            if c.get("p_method") == SIGNFLIP_MC:
+                p += " (Monte Carlo)"
             if c.get("p_adjusted") is not None:
                 p += f" (Holm {c['p_adjusted']:.2g})"
             rows.append({

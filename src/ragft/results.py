@@ -192,7 +192,7 @@ class ChapterRun:
         its sentence. Its test, direction, margin and bounds are the plan's, never the chapter's."""
         from .plan import judge
 
-        result = judge(comparison_id, self.outcomes, a, b)
+        result = judge(comparison_id, self.outcomes, a, b, profile=getattr(self.params, "profile", None))
         self.comparisons = [c for c in self.comparisons if c["claim"] != comparison_id] + [result.as_dict()]
         return result
 

@@ -3,14 +3,26 @@
 A comparison is declared in the analysis plan (data/analysis_plan.yaml, read by ragft.plan) and
 judged here from two conditions' per-unit outcomes ({unit id: score}) by `judge`:
 
-  paired      a sign-flip test on the paired differences (on 0/1 outcomes at zero difference, the
-              exact McNemar test), two-sided, and the interval of differences it does not reject
+  paired, 0/1 outcomes   the exact McNemar test (a binomial test on the discordant pairs, at any n),
+              two-sided, and Tango's score interval for the paired difference of rates (Tango 1998;
+              recommended by Fagerland, Lydersen and Laake 2014), which keeps its width when every
+              disagreement goes one way or none disagree. The interval inverts a score test, not the
+              exact one: at the margin (5 : 0 discordant pairs) it can exclude zero where the exact test,
+              which is conservative, does not reject; the verdict reads the exact p.
+  paired, continuous     a sign-flip test on the paired differences, two-sided, and the interval of
+              differences it does not reject: exact up to EXACT_MAX differences, else a fixed-seed
+              Monte Carlo estimate on N_SIGNS sign patterns (its floor, 1 / (1 + N_SIGNS) = 5e-05, lies
+              below every Holm threshold the book's family meets: alpha / 40 = 0.00125)
   welch-log   independent timed repetitions: Welch's t-test on log seconds and its own interval
 
-so a raw interval excludes zero exactly when the raw p is below alpha. An equivalence claim uses two
-one-sided tests against its margin and their 90 % interval. A comparison whose arms sit at the floor
-or ceiling of the metric by less than the smallest effect of interest is uninformative, whatever its
-p; the family's adjustment (Holm, ragft.plan.adjust) decides the book's verdicts.
+Each comparison records how its p was computed (`p_method`). An equivalence claim uses two one-sided
+tests against its margin and their 90 % interval. A verdict separates direction and size: a
+directional claim is "supported" when its p is below alpha with the claimed sign and its interval
+clears the smallest effect of interest; below alpha with the sign but an interval that reaches below
+that effect is "direction supported, size not shown". A comparison whose arms sit at the floor or
+ceiling of the metric by less than the smallest effect of interest (both at one bound, or one at each)
+is uninformative, whatever its p; the family's adjustment (Holm, ragft.plan.adjust) decides the book's
+verdicts.
 """
 
 from __future__ import annotations
@@ -59,6 +71,48 @@ def mcnemar_exact(a, b) -> float:
     """Two-sided exact McNemar p-value for paired binary outcomes (1 = right): the sign-flip test on
     their differences, which is exactly that test on 0/1 outcomes (`signflip_p`)."""
     return signflip_p(np.subtract(np.asarray(a, dtype=int), np.asarray(b, dtype=int)))
+
+
+def tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic for a paired difference of rates delta = P(a right, b wrong) - P(a wrong,
+    b right), from b and c discordant pairs (a right / b right) among n: (b - c - n delta) over its
+    standard error at the restricted maximum-likelihood estimate of P(a wrong, b right) (Tango 1998,
+    Stat Med 17:891). At delta = 0 it is McNemar's (b - c) / sqrt(b + c)."""
+    if not -1.0 <= delta <= 1.0 or n < 1:
+        raise ValueError(f"delta={delta} must lie in [-1, 1] and n={n} be at least 1")
+    aa, bb = 2.0 * n, -b - c + (2.0 * n - b + c) * delta
+    cc = -c * delta * (1.0 - delta)
+    q21 = (math.sqrt(max(bb * bb - 4.0 * aa * cc, 0.0)) - bb) / (2.0 * aa)
+    var = n * (2.0 * q21 + delta * (1.0 - delta))
+    num = b - c - n * delta
+    if var <= 0.0:  # no discordant pair expected: the statistic is 0 where the data match delta, else infinite
+        return 0.0 if abs(num) < 1e-12 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def tango_interval(b: int, c: int, n: int, alpha: float = ALPHA) -> tuple[float, float]:
+    """The paired differences of rates that Tango's two-sided score test at `alpha` does not reject:
+    the score interval, found by root-finding on each side of the observed difference (the statistic
+    falls as delta rises). It never has zero width while n is finite, whatever b and c are."""
+    from scipy.optimize import brentq
+
+    z, est = float(_st.norm.ppf(1 - alpha / 2)), (b - c) / n
+    f = lambda delta: tango_z(b, c, n, delta)  # noqa: E731
+    eps = 1e-12
+    low = -1.0 if f(-1.0 + eps) <= z else brentq(lambda x: f(x) - z, -1.0 + eps, est, xtol=1e-12)
+    high = 1.0 if f(1.0 - eps) >= -z else brentq(lambda x: f(x) + z, est, 1.0 - eps, xtol=1e-12)
+    return float(low), float(high)
+
+
+def tango_p(b: int, c: int, n: int, delta: float, alternative: str) -> float:
+    """One-sided p of Tango's score test against a difference `delta` (normal approximation):
+    'greater' tests that the difference exceeds delta, 'less' that it falls short of it."""
+    z = tango_z(b, c, n, delta)
+    if alternative == "greater":
+        return float(_st.norm.sf(z))
+    if alternative == "less":
+        return float(_st.norm.cdf(z))
+    raise ValueError(f"alternative={alternative!r}: use greater or less")
 
 
 def auroc(positives, negatives) -> float:
@@ -122,11 +176,19 @@ def n_needed(effect: float, sd: float = PLANNING_SD, alpha: float = ALPHA, power
 TESTS = ("paired", "welch-log")
 EXACT_MAX = 16  # up to 2**16 sign patterns are enumerated; above, N_SIGNS fixed-seed random ones
 N_SIGNS = 19_999
+# how a comparison's p was computed (its `p_method`)
+EXACT_MCNEMAR = "exact McNemar (binomial test on the discordant pairs)"
+SIGNFLIP_EXACT = "sign-flip, exact (every sign pattern)"
+SIGNFLIP_MC = f"sign-flip, Monte Carlo ({N_SIGNS:,} fixed-seed sign patterns)"
+TANGO_TOST = "two one-sided Tango score tests (normal approximation)"
+WELCH = "Welch's t on log seconds"
 # verdicts of one comparison (ragft.verdict adds those of a claim)
 NOT_DECIDED = "not decided at this n"
-FLOOR, CEILING = "floor", "ceiling"
-UNINFORMATIVE = {FLOOR: "uninformative here (floor)", CEILING: "uninformative here (ceiling)"}
-DECIDED = (SUPPORTED, CONTRADICTED)
+DIRECTION_ONLY = "direction supported, size not shown"  # p and sign as claimed; the interval reaches below the size
+FLOOR, CEILING, BOTH_BOUNDS = "floor", "ceiling", "floor and ceiling"
+UNINFORMATIVE = {FLOOR: "uninformative here (floor)", CEILING: "uninformative here (ceiling)",
+                 BOTH_BOUNDS: "uninformative here (one arm at the floor, one at the ceiling)"}
+DECIDED = (SUPPORTED, CONTRADICTED, DIRECTION_ONLY)
 
 
 @lru_cache(maxsize=64)
@@ -274,6 +336,8 @@ class Comparison:
     p_adjusted: float | None = None  # the family's Holm-adjusted p (set by chapter 7)
     verdict_raw: str | None = None  # the verdict at the raw p, where the adjustment changed it
     n_planned: int | None = None
+    p_method: str | None = None  # how p was computed (EXACT_MCNEMAR, SIGNFLIP_EXACT, SIGNFLIP_MC, TANGO_TOST, WELCH)
+    family_size: int | None = None  # the family's size that n_needed's level divides alpha by
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -300,6 +364,8 @@ def sentence(c: dict, a_label: str | None = None, b_label: str | None = None, pc
         span = (lambda x: f"{100 * x:+.0f}") if pct else (lambda x: f"{x:+.3g}")  # noqa: E731
         stat = (f"{a_label} minus {b_label}: {unit(c['diff'])} ({level} CI {span(c['ci_low'])} to "
                 f"{span(c['ci_high'])}, p = {c['p']:.2g}, n = {c['n']} paired {c['unit']}")
+    if c.get("p_method") == SIGNFLIP_MC:
+        stat += " (Monte Carlo)"
     if c.get("p_adjusted") is not None:
         stat += f", Holm-adjusted p = {c['p_adjusted']:.2g})"
     else:
@@ -314,12 +380,18 @@ def sentence(c: dict, a_label: str | None = None, b_label: str | None = None, pc
 
 def _bound(spec, mean_a: float, mean_b: float) -> str | None:
     """Floor or ceiling: the lower arm's room below the ceiling, or the higher arm's height above the
-    floor, is smaller than the smallest effect of interest, so no difference that matters could show."""
+    floor, is smaller than the smallest effect of interest, so no difference that matters could show.
+    Floor and ceiling: one arm within that effect of each bound (100 % against 0 %): the metric is
+    saturated at both ends, so it cannot say how large the difference is, only that the task is
+    trivial for one arm and impossible for the other."""
     low, high = min(mean_a, mean_b), max(mean_a, mean_b)
     if spec.ceiling is not None and spec.ceiling - low < spec.sesoi:
         return CEILING
     if spec.floor is not None and high - spec.floor < spec.sesoi:
         return FLOOR
+    if (spec.floor is not None and spec.ceiling is not None and low - spec.floor < spec.sesoi
+            and spec.ceiling - high < spec.sesoi):
+        return BOTH_BOUNDS
     return None
 
 
@@ -357,7 +429,7 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         sd = float(np.sqrt((np.var(np.log(va), ddof=1) + np.var(np.log(vb), ddof=1)) / 2)) or PLANNING_SD
         mde = math.sqrt(2) * min_detectable_effect(n, sd)
         need = n_per_arm(spec.sesoi, sd, alpha / family_size, power)
-        kind = "continuous"
+        kind, p_method = "continuous", WELCH
     else:
         _, va, vb = _paired(a, b)
         kind = spec.kind
@@ -366,12 +438,21 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         n, d = len(va), va - vb
         diff = float(d.mean())
         level_alpha = alpha if spec.expect != "equal" else 2 * alpha
-        low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
+        if kind == "binary":  # exact McNemar p; Tango's score interval and, for equivalence, its one-sided tests
+            nb, nc = int((d > 0).sum()), int((d < 0).sum())
+            low, high = tango_interval(nb, nc, n, level_alpha)
+            one_sided = lambda delta, alt: tango_p(nb, nc, n, delta, alt)  # noqa: E731
+            p_method = EXACT_MCNEMAR
+        else:
+            low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
+            one_sided = lambda delta, alt: signflip_p(d, delta, alt)  # noqa: E731
+            p_method = SIGNFLIP_EXACT if int((np.abs(d) > 1e-12).sum()) <= EXACT_MAX else SIGNFLIP_MC
         p = signflip_p(d)
         if spec.expect == "equal":  # two one-sided tests inside the margin; one outside it, where the data sit
             m = spec.margin
-            p = (max(signflip_p(d, -m, "greater"), signflip_p(d, m, "less")) if abs(diff) <= m
-                 else signflip_p(d, m, "greater") if diff > 0 else signflip_p(d, -m, "less"))
+            p = (max(one_sided(-m, "greater"), one_sided(m, "less")) if abs(diff) <= m
+                 else one_sided(m, "greater") if diff > 0 else one_sided(-m, "less"))
+            p_method = TANGO_TOST if kind == "binary" else p_method
         sd = _sd(d, kind)
         mde = min_detectable_effect(n, sd)
         need = (n_equivalence(spec.margin, sd, alpha / family_size, power) if spec.expect == "equal"
@@ -380,7 +461,8 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
     c = Comparison(spec.id, a_name, b_name, n, diff, low, high, p, NOT_DECIDED, spec.expect, kind, spec.margin,
                    mean_a, mean_b, mde, need, spec.unit, spec.test, 1 - (2 * alpha if spec.expect == "equal" else alpha),
                    spec.sesoi, spec.role, _bound(spec, mean_a, mean_b) if spec.test == "paired" else None,
-                   size_vs_stated(low, high, stated), list(stated) if stated else None, None, None, spec.n)
+                   size_vs_stated(low, high, stated), list(stated) if stated else None, None, None, spec.n,
+                   p_method, family_size)
     c.verdict = decide(c.as_dict(), p, alpha)
     return c
 
@@ -390,7 +472,11 @@ NOT_FIT = "not decided: an arm did not reach its fitness"
 
 def decide(c: dict, p: float, alpha: float = ALPHA) -> str:
     """A comparison's verdict at p (raw, or adjusted by its family): an arm that missed its declared
-    fitness first (`unfit`, set by the family), then a bound; then the test."""
+    fitness first (`unfit`, set by the family), then a bound; then the test, direction and size: a
+    difference in the claimed direction is "supported" when its interval clears the smallest effect
+    of interest (the claim's stated size, or the plan's rule for the metric), else "direction
+    supported, size not shown". An equivalence claim's size is its margin (the 90 % interval inside
+    it); a contradiction needs only the sign."""
     if c.get("unfit"):
         return NOT_FIT
     if c.get("bound"):
@@ -400,7 +486,10 @@ def decide(c: dict, p: float, alpha: float = ALPHA) -> str:
     if c["expect"] == "equal":
         return SUPPORTED if abs(c["diff"]) <= c["margin"] else CONTRADICTED
     sign = 1 if c["expect"] == "greater" else -1
-    return SUPPORTED if sign * c["diff"] > 0 else CONTRADICTED
+    if sign * c["diff"] <= 0:
+        return CONTRADICTED
+    near = c["ci_low"] if sign > 0 else -c["ci_high"]  # the interval's end nearer zero, in the claimed direction
+    return SUPPORTED if near >= (c.get("sesoi") or 0.0) - 1e-12 else DIRECTION_ONLY
 
 
 def _paired(a: dict, b: dict) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -12,7 +12,9 @@ holds only when every part does):
   effect of interest): **uninformative here (floor / ceiling)**;
 - a part is not decided at the adjusted level: **not decided at this n**, with the questions that
   would detect the smallest effect of interest;
-- every part decided and agreeing: that verdict (supported / contradicted);
+- every part decided and agreeing: that verdict (supported / contradicted); supported in direction by
+  every part, with some part's interval reaching below its smallest effect of interest: **direction
+  supported, size not shown**;
 - none held: **not testable here** (or **not testable at cpu scale** where only the gpu profile can
   run an arm), with the reason.
 Each row also carries the raw and adjusted p of the part it shows, whether the adjustment changed a
@@ -24,13 +26,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim
-from .stats import CONTRADICTED, DECIDED, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
+from .declared import record
+from .stats import CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
 
 DEPENDS = "depends"
 NOT_TESTABLE = "not testable here"
 NOT_AT_CPU = "not testable at cpu scale"
-VERDICTS = (SUPPORTED, CONTRADICTED, DEPENDS, NOT_DECIDED, UNINFORMATIVE["floor"], UNINFORMATIVE["ceiling"],
-            NOT_FIT, NOT_AT_CPU, NOT_TESTABLE)
+VERDICTS = (SUPPORTED, DIRECTION_ONLY, CONTRADICTED, DEPENDS, NOT_DECIDED, *UNINFORMATIVE.values(), NOT_FIT, NOT_AT_CPU,
+            NOT_TESTABLE)
 FEASIBLE_N = 100_000  # units beyond which "it would need N" stops meaning anything
 
 
@@ -54,6 +57,7 @@ class LedgerRow:
     bound: str | None = None
     test: str = "paired"
     level: float = 0.95
+    declared: str | None = None  # whether the parts it rests on were declared before any result ("yes" / "no: ...")
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
@@ -115,7 +119,8 @@ def judge(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] 
     bounded = [c for c in held if c["verdict"] in UNINFORMATIVE.values()]
     unfit = [c for c in held if c["verdict"] == NOT_FIT]
     undecided = [c for c in held if c not in decided and c not in bounded and c not in unfit]
-    if len({c["verdict"] for c in decided}) > 1:
+    kinds = {c["verdict"] for c in decided}
+    if len(kinds) > 1 and not kinds <= {SUPPORTED, DIRECTION_ONLY}:  # supported in direction by all parts agrees
         verdict, shown = DEPENDS, next((c for c in decided if c["verdict"] == DEPENDS), decided[0])
     elif unfit:  # an arm that did not learn what it was trained on speaks for no method
         verdict, shown = NOT_FIT, unfit[0]
@@ -123,8 +128,9 @@ def judge(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] 
         verdict, shown = bounded[0]["verdict"], bounded[0]
     elif undecided:
         verdict, shown = NOT_DECIDED, max(undecided, key=lambda c: c.get("n") or 0)
-    else:
-        verdict, shown = decided[0]["verdict"], decided[0]
+    else:  # agreeing; a part whose size was not shown makes the claim's size not shown
+        verdict = DIRECTION_ONLY if DIRECTION_ONLY in kinds else decided[0]["verdict"]
+        shown = next(c for c in decided if c["verdict"] == verdict)
     reason = "; ".join([_evidence(c) for c in held + shown_only] + [f"{k}: {why}" for k, why in away.items()])
     if verdict in (NOT_DECIDED, NOT_FIT, *UNINFORMATIVE.values()) and decided:
         reason = f"partly decided ({decided[0]['verdict']} in {len(decided)} of {len(held)} parts): {reason}"
@@ -146,11 +152,16 @@ def judge(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] 
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
                      shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
-                     "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95))
+                     "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95),
+                     declared_text([c for c in held if c.get("kind") != "computed"]))
 
 
 def bound_advice(c: dict) -> str:
     """What would move a comparison off its bound."""
+    if c.get("bound") == "floor and ceiling":
+        return (f"one arm sits within the smallest effect of interest ({100 * c.get('sesoi', 0):.0f} points) of the floor "
+                "and the other within it of the ceiling: the task is impossible for one and trivial for the other, so the "
+                "metric shows the direction but no size; a task both can partly do would show how far apart they are")
     if c.get("bound") == "ceiling":
         return (f"both arms sit within the smallest effect of interest ({100 * c.get('sesoi', 0):.0f} points) of the "
                 "ceiling: a harder task (a larger corpus, harder questions, a smaller k) would leave room to differ")
@@ -186,7 +197,26 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     for chapter, doc in chapter_results.items():  # a reader's case (chapter 8) is a family of its own
         found += [{**c, "chapter": chapter} for c in rejudge(doc) if plan.family_of(c["claim"]) == BOOK]
     metrics = {chapter: doc.get("metrics") or {} for chapter, doc in chapter_results.items()}
-    return {c["claim"]: c for c in adjust(found, metrics=metrics)}
+    profiles = {doc.get("profile") for doc in chapter_results.values()} - {None}
+    if len(profiles) > 1:
+        raise ValueError(f"the chapters' results come from several profiles ({sorted(profiles)}): one family is one profile's")
+    declared = record()  # when each was declared, and whether before any published result of it
+    return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS}}
+            for c in adjust(found, metrics=metrics, profile=next(iter(profiles), None))}
+
+
+DECLARED_KEYS = ("declared_in", "first_result_in", "declared_before_any_result")
+
+
+def declared_text(parts: list[dict]) -> str | None:
+    """Whether the comparisons a verdict rests on were declared in their present form before any
+    published result of them: "yes", or "no: ..." naming each part declared after a look."""
+    known = [c for c in parts if c.get("declared_in")]
+    if not known:
+        return None
+    late = [f"{c['claim']} (declared {c['declared_in'][:7]}, results since {c['first_result_in'][:7]})"
+            for c in known if not c.get("declared_before_any_result")]
+    return "yes" if not late else "no: after a look at results of " + "; ".join(late)
 
 
 def counts(rows: list[LedgerRow]) -> dict[str, int]:
@@ -200,20 +230,40 @@ def summary_sentence(doc: dict | None) -> str:
         return "The verdict chapter did not run in this run, so no claim has a verdict on this page."
     m = doc["metrics"]
     return (f"Of the {m['n_claims']} claims this book tests, {m['n_supported']} are supported by this run's "
-            f"measurements after the correction for the number of tests, {m['n_contradicted']} contradicted, "
+            f"measurements after the correction for the number of tests, {m.get('n_direction_only', 0)} supported in "
+            f"direction with a size the interval does not show, {m['n_contradicted']} contradicted, "
             f"{m['n_depends']} depend on the condition, {m['n_not_decided']} are not decided at the number of "
             f"questions this run affords, {m['n_uninformative']} are uninformative here (an arm at the floor or "
             f"ceiling of its metric), {m.get('n_not_fit', 0)} rest on a trained arm that did not reach its fitness, "
             f"{m.get('n_not_at_cpu_scale', 0)} are not testable at cpu scale and {m['n_not_testable']} are not "
-            "testable here (yet).")
+            "testable here (yet)."
+            + (f" Of the {m['n_claims_resting_on_comparisons']} claims whose verdict rests on comparisons, "
+               f"{m['n_claims_declared_before_any_result']} rest only on comparisons declared before any result of "
+               "them; the others' plan entries were written or changed after a look at earlier results."
+               if "n_claims_resting_on_comparisons" in m else ""))
 
 
 def decided_table(doc: dict | None):
-    """The decided claims of a verdict results file (supported, contradicted, depends), for reading."""
+    """The decided claims of a verdict results file (supported, supported in direction, contradicted,
+    depends), for reading: each claim in its own words, what was compared on what and at what n, the
+    difference, and the plan's caveat for the comparison shown."""
     import pandas as pd
 
-    rows = [{"claim": r["claim"], "verdict": r["verdict"], "chapter": r["chapter"], "n": "–" if r["n"] is None else r["n"],
-             "comparison": r["comparison"], "difference [95 % CI]": LedgerRow(**r).difference()}
-            for r in (doc or {}).get("tables", {}).get("ledger", []) if r["verdict"] in (SUPPORTED, CONTRADICTED, DEPENDS)]
-    columns = ["claim", "verdict", "chapter", "comparison", "n", "difference [95 % CI]"]
+    from .claims import load_claims
+    from .plan import the_plan
+
+    claims, plan, rows = load_claims(), the_plan(), []
+    for r in (doc or {}).get("tables", {}).get("ledger", []):
+        if r["verdict"] not in (*DECIDED, DEPENDS):
+            continue
+        spec = plan.comparisons.get(r["comparison"])
+        compared = (f"{spec.a} against {spec.b}: {spec.metric}, n = {r['n']} {spec.unit}" if spec and r["n"] is not None
+                    else r["comparison"])
+        rows.append({"claim": r["claim"], "what it says": claims[r["claim"]].claim if r["claim"] in claims else "–",
+                     "verdict": r["verdict"], "what was compared": compared,
+                     "difference [95 % CI]": LedgerRow(**r).difference(),
+                     "caveat": (spec.caveat if spec and spec.caveat else "–"),
+                     "declared before any result": r.get("declared") or "–"})
+    columns = ["claim", "what it says", "verdict", "what was compared", "difference [95 % CI]", "caveat",
+               "declared before any result"]
     return pd.DataFrame(rows, columns=columns).set_index("claim")

@@ -12,7 +12,7 @@ from .. import results, settings
 from ..claims import load_claims
 from ..results import ChapterRun, glue
 from ..plan import prose_terms, the_plan
-from ..stats import UNINFORMATIVE
+from ..stats import DIRECTION_ONLY, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge,
                        not_measured)
 
@@ -20,14 +20,16 @@ CHAPTER = "07_verdict"
 # the chapters whose comparisons the ledger reads (published results stand in when none has run here)
 EARLIER_CHAPTERS = ("01_prompting", "02_rag", "03_finetune", "04_raft", "05_freshness", "06_cost")
 # the counts the front page and the prose cite: the two bounds count together as uninformative
-COUNT_KEYS = {"supported": "n_supported", "contradicted": "n_contradicted", "depends": "n_depends",
+COUNT_KEYS = {"supported": "n_supported", DIRECTION_ONLY: "n_direction_only", "contradicted": "n_contradicted",
+              "depends": "n_depends",
               NOT_DECIDED: "n_not_decided", "uninformative": "n_uninformative", NOT_FIT: "n_not_fit",
               NOT_AT_CPU: "n_not_at_cpu_scale", NOT_TESTABLE: "n_not_testable"}
-COLOURS = {"supported": "tab:green", "contradicted": "tab:red", "depends": "tab:orange", NOT_DECIDED: "tab:gray",
-           UNINFORMATIVE["floor"]: "tab:purple", UNINFORMATIVE["ceiling"]: "tab:purple"}
+COLOURS = {"supported": "tab:green", DIRECTION_ONLY: "tab:olive", "contradicted": "tab:red", "depends": "tab:orange",
+           NOT_DECIDED: "tab:gray", **dict.fromkeys(UNINFORMATIVE.values(), "tab:purple")}
 # marker shape and fill tell the verdicts apart without colour (greyscale print, colour blindness)
-MARKERS = {"supported": ("o", True), "contradicted": ("X", True), "depends": ("s", True), NOT_DECIDED: ("o", False),
-           UNINFORMATIVE["floor"]: ("v", False), UNINFORMATIVE["ceiling"]: ("^", False)}
+MARKERS = {"supported": ("o", True), DIRECTION_ONLY: ("D", True), "contradicted": ("X", True), "depends": ("s", True),
+           NOT_DECIDED: ("o", False), UNINFORMATIVE["floor"]: ("v", False), UNINFORMATIVE["ceiling"]: ("^", False),
+           UNINFORMATIVE["floor and ceiling"]: ("d", False)}
 
 
 @dataclass
@@ -76,12 +78,14 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
         lines.append({"claim": r.claim, "what the sources say": c.claim, "sources": ", ".join(c.sources),
                       "their figure": c.figure, "measured here": measured, "p raw / Holm": p, "verdict": r.verdict,
                       "changed by the adjustment": "; ".join(r.changed_by_adjustment or []) or "–",
-                      "size vs stated": r.size or "–", "evidence or reason": r.reason, "chapter": r.chapter,
+                      "size vs stated": r.size or "–", "declared before any result": r.declared or "–",
+                      "evidence or reason": r.reason, "chapter": r.chapter,
                       "at larger scale": c.scales})
     return pd.DataFrame(lines).set_index("claim")
 
 
-REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "at larger scale"]  # long text: a table of their own
+REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "declared before any result",
+                  "at larger scale"]  # long text: a table of their own
 
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
@@ -147,7 +151,7 @@ def _once(ax, label: str, containers: bool = False) -> str | None:
 
 def headline(v: Verdicts) -> dict:
     run, tally = v.run, counts(v.rows)
-    tally["uninformative"] = tally.pop(UNINFORMATIVE["floor"]) + tally.pop(UNINFORMATIVE["ceiling"])
+    tally["uninformative"] = sum(tally.pop(text) for text in UNINFORMATIVE.values())
     run.metric("n_claims", len(v.rows), "exact")
     for verdict, key in COUNT_KEYS.items():
         run.metric(key, tally[verdict], "exact")
@@ -155,6 +159,17 @@ def headline(v: Verdicts) -> dict:
     family_rows = [c for c in v.comparisons.values() if c.get("p_adjusted") is not None]
     run.metric("n_family", len(family_rows), "exact")
     run.metric("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows), "exact")
+    # "declared before the run": the family's comparisons, and the claims whose verdict rests on
+    # comparisons all declared in their present form before any published result of them
+    early = sum(bool(c.get("declared_before_any_result")) for c in family_rows)
+    run.metric("n_family_declared_before_any_result", early, "exact")
+    glue("n_family_declared_before_any_result", early)
+    resting = [r for r in v.rows if r.declared is not None]
+    clean = sum(r.declared == "yes" for r in resting)
+    run.metric("n_claims_declared_before_any_result", clean, "exact")
+    run.metric("n_claims_resting_on_comparisons", len(resting), "exact")
+    glue("n_claims_declared_before_any_result", clean)
+    glue("n_claims_resting_on_comparisons", len(resting))
     glue("n_family", len(family_rows))
     glue("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows))
     for key, text in prose_terms().items():
@@ -180,26 +195,15 @@ def family_table(v: Verdicts) -> pd.DataFrame:
     return table
 
 
-def plan_history(v: Verdicts) -> tuple[str, pd.DataFrame]:
-    """The plan's last commit, and the comparisons whose plan entry changed after the commit of the
-    results that judge them (each chapter's git_sha): those verdicts rest on a plan their run did not
-    have. Empty where git or a commit is unavailable (a copy without history)."""
-    import yaml
-
-    from ..results import _git
-
-    plan_rel = str(the_plan().path.relative_to(settings.PROJECT_ROOT))
-    plan_sha = _git("log", "-1", "--format=%h %cs", "--", plan_rel) or "not committed"
-    lines, now = [], yaml.safe_load(the_plan().path.read_text())["comparisons"]
-    for chapter, doc in v.docs.items():
-        sha = (doc.get("provenance") or {}).get("git_sha")
-        then = yaml.safe_load(_git("show", f"{sha}:{plan_rel}") or "null") if sha else None
-        then = (then or {}).get("comparisons") or {}
-        for cid, entry in now.items():
-            if entry.get("chapter") == chapter and then.get(cid) != entry:
-                lines.append({"comparison": cid, "chapter": chapter, "results of": (sha or "?")[:12],
-                              "plan then": "not declared" if cid not in then else "declared differently"})
-    return plan_sha, pd.DataFrame(lines, columns=["comparison", "chapter", "results of", "plan then"]).set_index("comparison")
+def declared_table(v: Verdicts) -> pd.DataFrame:
+    """Each comparison of this run beside the commit that declared it in its present form, the first
+    commit with a published result of it, and whether the declaration came first (data/plan_declared.yaml,
+    built from git history by ragft.declared)."""
+    lines = [{"comparison": k, "role": c.get("role", "–"), "declared in its present form": c.get("declared_in") or "–",
+              "first published result": c.get("first_result_in") or "none",
+              "declared before any result": {True: "yes", False: "no"}.get(c.get("declared_before_any_result"), "–")}
+             for k, c in v.comparisons.items() if c.get("kind") != "computed"]
+    return pd.DataFrame(lines).set_index("comparison")
 
 
 def choices_table() -> pd.DataFrame:
