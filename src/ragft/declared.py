@@ -1,7 +1,7 @@
 """When each comparison of the analysis plan was declared in its present form, and whether results of
 it had been published before: the record behind "declared before the run" (data/plan_declared.yaml).
 
-A comparison's *form* is what decides its verdict: its plan entry without the prose (`note`) and the
+A comparison's *form* is what decides its verdict: its plan entry without the prose (`note`, `caveat`) and the
 profiles that measure it, the rule its smallest effect of interest comes from (or the effect its claim
 states), and the fitness rules its arms must meet. The form's *first commit* is the plan commit from
 which every later plan commit gives the same form. A *published result* of the comparison is a results
@@ -31,7 +31,7 @@ RECORD_FILE = PROJECT_ROOT / "data" / "plan_declared.yaml"
 PLAN_PATH = "data/analysis_plan.yaml"
 CLAIMS_PATH = "data/claims.yaml"
 RESULTS_PATH = "experiments/results"
-PROSE_FIELDS = ("note", "profiles")  # what an entry may change without changing its verdict
+PROSE_FIELDS = ("note", "caveat", "profiles")  # what an entry may change without changing its verdict
 
 
 def _git(*args: str, root: Path = PROJECT_ROOT) -> str:
