@@ -251,15 +251,18 @@ def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
     by_claim = {c["claim"]: c for c in chapter.run.comparisons}
     assert set(by_claim) == {"K9-long-context", "K1-gold-document", "prompting-few-shot", "refusal-instruction"}
     assert (by_claim["K9-long-context"]["a"], by_claim["K9-long-context"]["b"]) == ("haystack gold only", "haystack 600")
-    assert by_claim["K1-gold-document"]["n"] == 8 and by_claim["K1-gold-document"]["verdict"] == "supported"
-    assert by_claim["K9-long-context"]["verdict"] == "not decided at this n"  # 2 questions of 3
+    # the fake gold-document arm answers all 8 and the instruction arm sits at chance: one arm at each bound
+    assert by_claim["K1-gold-document"]["n"] == 8 and by_claim["K1-gold-document"]["bound"] == "floor and ceiling"
+    # 2 questions of 3 apart, gold-only right on all, the haystack at chance: one arm at each bound, which
+    # the verdict names before its p (not decided at this n either)
+    assert by_claim["K9-long-context"]["p"] > 0.05 and by_claim["K9-long-context"]["bound"] == "floor and ceiling"
     assert by_claim["prompting-few-shot"]["b"] == "few-shot k=0"
     assert (by_claim["refusal-instruction"]["a"], by_claim["refusal-instruction"]["b"]) == (
         "instruction refusal", "closed book refusal")
     assert by_claim["refusal-instruction"]["n"] == 4 and by_claim["refusal-instruction"]["mean_a"] == 1.0
     assert all(c["mde"] > 0 for c in by_claim.values())
     assert all(s.comparison is not None for s in stated.values())
-    assert stated["K1-gold-document"].comparison.sentence("gold document", "instruction prompt").startswith("supported:")
+    assert stated["K1-gold-document"].comparison.sentence("gold document", "instruction prompt").startswith("uninformative here")
 
 
 def test_comparisons_say_what_was_not_measured(chapter):

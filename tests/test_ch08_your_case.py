@@ -110,7 +110,7 @@ def test_the_case_comparisons_are_a_family_of_their_own():
 
     def c(cid, p):
         return {"claim": cid, "role": "primary", "test": "paired", "p": p, "diff": 0.2, "expect": "greater",
-                "bound": None, "margin": 0.0}
+                "bound": None, "margin": 0.0, "ci_low": 0.15, "ci_high": 0.25, "sesoi": 0.1}
 
     book = c("K3-rag-vs-ft", 0.01)
     out = {x["claim"]: x for x in adjust([c("Y-rag-vs-base", 0.01), c("Y-dsf-vs-base", 0.04), book], family=FAMILY)}
