@@ -577,10 +577,12 @@ def comparisons_table(j: Judged) -> pd.DataFrame:
 
 def reading(c: dict) -> str:
     """A case comparison's verdict in the reader's words: which arm is better, or why it is not said."""
-    from ..stats import SUPPORTED
+    from ..stats import DIRECTION_ONLY, SUPPORTED
 
     if c["verdict"] == SUPPORTED:
         return f"{LABELS[c['a']]} better"
+    if c["verdict"] == DIRECTION_ONLY:  # the interval reaches below the smallest effect of interest
+        return f"{LABELS[c['a']]} better, by an amount this n does not show to matter"
     if c["verdict"] == "contradicted":
         return f"{LABELS[c['b']]} better"
     if c["verdict"] == NOT_DECIDED:
