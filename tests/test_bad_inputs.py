@@ -143,3 +143,27 @@ def test_documents_in_utf16_are_read_and_binary_or_latin1_ones_skipped_with_the_
     assert [s.doc_id for s in corpus.sources] == ["windows.txt"] and "teal" in corpus.sources[0].text
     reasons = {s.path: s.reason for s in corpus.skipped}
     assert reasons["latin.txt"].startswith("not UTF-8") and reasons["nul.md"].startswith("binary")
+
+
+def test_a_folder_with_a_link_loop_a_pipe_and_utf16_without_its_mark_still_loads(tmp_path):
+    # issue 51: each of these is skipped with its reason, never fatal and never opened
+    import os
+
+    _file(tmp_path, "good.md", "# Good\n\nThe gate is teal.")
+    (tmp_path / "loop-a.md").symlink_to(tmp_path / "loop-b.md")
+    (tmp_path / "loop-b.md").symlink_to(tmp_path / "loop-a.md")  # a loop: resolving it raised RuntimeError
+    os.mkfifo(tmp_path / "pipe.txt")  # opening it would wait for a writer for ever
+    _file(tmp_path, "notepad.txt", "The gate is teal and the door is red.".encode("utf-16-le"))  # no mark
+    corpus = load_folder(tmp_path)
+    reasons = {s.path: s.reason for s in corpus.skipped}
+    assert [s.doc_id for s in corpus.sources] == ["good.md"]
+    assert reasons["loop-a.md"] == reasons["loop-b.md"] == "a loop of links: not read"
+    assert reasons["pipe.txt"].startswith("not a regular file (a named pipe")
+    assert reasons["notepad.txt"].startswith("UTF-16 (little-endian) without a byte-order mark")
+
+
+def test_chapter_8_takes_chapter_2s_range_of_file_sizes():
+    for bad in (-5, 0, 1e9):
+        with pytest.raises(ParamError, match=r"max_file_mb.*\(0, 1000\]"):
+            config.resolve("08_your_case", "smoke", max_file_mb=bad)
+    assert config.resolve("08_your_case", "smoke", max_file_mb=0.5).max_file_mb == 0.5

@@ -61,7 +61,9 @@ def test_training_questions_may_reuse_the_judged_questions_ids(tmp_path):
     ("answer in no document", "appear in no document .*bakery-open"),
     ("too few questions", "too few questions for a split by document: 3 answerable"),
     ("a guessed source in two documents", "without a doc_id appear in more than one document .*bakery.md, mill.md"),
-    ("test question trained on", "word for word"),
+    ("test question trained on", "in other clothes"),
+    # issue 51: a trailing "?" dropped and a space doubled were accepted as another question
+    ("test question reworded", r"in other clothes.*t\.jsonl line 1 .* and q\.jsonl line 1 "),
     ("own corpus, no questions", "questions_file is empty"),
 ])
 def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, case, match):
@@ -84,10 +86,23 @@ def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, case, match):
         write(qfile, [{"id": "grain", "question": "Which grain?", "answers": ["rye"]}, *rows[1:]])
     elif case == "test question trained on":
         write(tfile, rows[:2])
+    elif case == "test question reworded":
+        write(tfile, [{**rows[0], "id": "t1", "question": rows[0]["question"].rstrip("?").replace(" ", "  ", 1)}])
     else:
         overrides["questions_file"] = ""
     with pytest.raises(CorpusError, match=match):
         ch08.read_inputs(params(**overrides))
+
+
+def test_one_question_in_other_clothes_is_told_from_another_question():
+    from ragft.text import same_question
+
+    assert same_question("How heavy is widget 1?", "how heavy is  widget 1")  # case, punctuation, space
+    assert same_question("Widget 1: how heavy is it?", "How heavy is widget 1?")  # word order, stopwords
+    # 4 of 5 content words shared (Jaccard 0.8), none with a digit apart: one question
+    assert same_question("When does the Lisbon bakery open on Sundays?", "When does the Lisbon bakery open Sundays early?")
+    assert not same_question("How heavy is widget 1?", "How heavy is widget 2?")  # another fact: a digit differs
+    assert not same_question("Who manages the Lisbon site?", "Who manages the Porto site?")  # 2 of 4 shared
 
 
 def test_bad_parameters_are_refused_by_name():

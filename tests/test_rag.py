@@ -288,14 +288,16 @@ def test_a_file_going_bad_loses_nothing_already_indexed(embed_model, tmp_path):
 def test_questions_file(tmp_path):
     good = write(tmp_path / "q.jsonl", "\n".join([
         json.dumps({"id": "a", "question": "Where?", "answers": ["north"], "doc_id": "a.md"}),
-        json.dumps({"question": "When?", "answers": "nine"}), "",
+        json.dumps({"question": "When?", "answers": ["nine"]}), "",
         json.dumps({"question": "Unknown?", "answers": []})]))
     items = rag.load_questions(good)
     assert [(i.qid, i.answers, i.kind) for i in items] == [("a", ("north",), "single"), ("q2", ("nine",), "single"),
                                                          ("q4", (), "unanswerable")]
     assert items[0].gold_doc_ids == ("a.md",)
     cases = {"not JSON": "{nope", 'no "question"': json.dumps({"answers": ["x"]}),
-             "must be a string": json.dumps({"question": "Q?", "answers": [1]}), "holds no question": ""}
+             "must be a list of strings": json.dumps({"question": "Q?", "answers": [1]}), "holds no question": "",
+             # README's format is a list: one string is refused with the list to write (issue 51)
+             r'is one string, .nine.: give a list, \["nine"\]': json.dumps({"question": "When?", "answers": "nine"})}
     for message, text in cases.items():
         with pytest.raises(CorpusError, match=message):
             rag.load_questions(write(tmp_path / "bad.jsonl", text))

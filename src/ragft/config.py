@@ -477,6 +477,8 @@ class YourCaseParams(Answering):
         super().validate()
         share = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
         check(share(self.dev_share) and 0.1 <= self.dev_share <= 0.8, "dev_share", self.dev_share, "use a share in [0.1, 0.8]")
+        check(share(self.max_file_mb) and 0 < self.max_file_mb <= 1_000, "max_file_mb", self.max_file_mb,
+              "use a size in MB in (0, 1000]")  # chapter 2's range: 0 or less would skip every file
         check(share(self.p_oracle) and 0 <= self.p_oracle <= 1, "p_oracle", self.p_oracle, "use a share in [0, 1]")
         check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)

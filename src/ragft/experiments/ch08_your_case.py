@@ -48,6 +48,7 @@ from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
 from ..results import ChapterRun, glue
 from ..stats import NOT_DECIDED, wilson_interval
+from ..text import NEAR_DUPLICATE, same_question
 from .common import record_answers, start
 
 CHAPTER = "08_your_case"
@@ -93,7 +94,8 @@ class CaseInputs:
 def read_inputs(params) -> CaseInputs:
     """The reader's case, read and checked: refused with a CorpusError that says what is missing, for
     a folder with no usable document, a question whose answers appear in no document (no arm could be
-    judged on it fairly), a training question that is word for word a judged one, and too few questions
+    judged on it fairly), a training question that is a judged one in other clothes (ragft.text.same_question:
+    case, punctuation, white space and word order aside, or most content words shared), and too few questions
     for a split by document (at least min_dev development and min_test test questions, from two or
     more documents)."""
     sample = not params.corpus_dir
@@ -111,11 +113,14 @@ def read_inputs(params) -> CaseInputs:
     judged = [it for it in asked if it.kind != "unanswerable"]
     left_out = tuple(it.qid for it in asked if it.kind == "unanswerable")
     sources, train_sources = answer_sources(judged, corpus, qfile), answer_sources(train, corpus, tfile)
-    same = sorted({it.question.casefold() for it in judged} & {it.question.casefold() for it in train})
+    same = [(t, j) for t in train for j in judged if same_question(t.question, j.question)]
     if same:
-        raise CorpusError(f"{len(same)} training question(s) are word for word questions the arms are judged on "
-                          f"(first: {same[0]!r}): a fine-tune trained on a test question measures recall of it, "
-                          "not knowledge; reword them or leave them out of train_questions_file")
+        t, j = same[0]
+        raise CorpusError(f"{len(same)} training question(s) are questions the arms are judged on, in other clothes "
+                          f"(case, punctuation, white space, word order, or {NEAR_DUPLICATE:.0%} of their content words "
+                          f"shared): first, {Path(tfile).name} line {t.line} {t.question!r} and {Path(qfile).name} line "
+                          f"{j.line} {j.question!r}. A fine-tune trained on a test question measures recall of it, not "
+                          "knowledge: ask about other facts, or leave them out of train_questions_file")
     dev, test, dev_docs, test_docs = split_by_document(judged, sources, params.dev_share, params.seed,
                                                        params.min_dev, params.min_test)
     return CaseInputs(corpus, dev, test, [it for it in train if it.kind != "unanswerable"], sources, train_sources,

@@ -69,6 +69,7 @@ class QAItem:
     kind: str = "single"  # single | multihop | unanswerable
     gold_sentences: tuple[str, ...] = ()
     gold_doc_ids: tuple[str, ...] = ()
+    line: int = 0  # its line in the questions file it was read from (0: not read from a file)
 
     def is_relevant(self, doc_id: str, text: str) -> bool:
         """Does a retrieved chunk hold what answers this question? The most specific evidence wins."""
@@ -213,11 +214,30 @@ def _decode(raw: bytes) -> str:
         except UnicodeDecodeError as e:
             raise ValueError(f"not valid UTF-16 (byte {e.start}): re-save it as UTF-8") from None
     if b"\x00" in raw:
+        order = _utf16_without_mark(raw)
+        if order:
+            raise ValueError(f"UTF-16 ({order}) without a byte-order mark: re-save it as UTF-8 (or as UTF-16 with its mark)")
         raise ValueError("binary file (contains NUL bytes)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 (byte {e.start}): re-save it as UTF-8") from None
+
+
+def _utf16_without_mark(raw: bytes) -> str | None:
+    """'little-endian' or 'big-endian' where bytes with NULs read as UTF-16 text without a mark (text in
+    the Latin range has a zero high byte in nearly every pair), else None (a binary file)."""
+    if len(raw) < 4 or len(raw) % 2:
+        return None
+    for order, zeros, other in (("little-endian", raw[1::2], raw[0::2]), ("big-endian", raw[0::2], raw[1::2])):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
+            try:
+                text = raw.decode("utf-16-le" if order == "little-endian" else "utf-16-be")
+            except UnicodeDecodeError:
+                return None
+            shown = sum(c.isprintable() or c.isspace() for c in text)
+            return order if shown >= 0.95 * len(text) else None
+    return None
 
 
 def _walk(root: Path):
@@ -241,7 +261,11 @@ def _walk(root: Path):
             if name.startswith("."):
                 out.append((path, "hidden file: not read"))
             elif path.is_symlink():
-                target = path.resolve()
+                try:
+                    target = path.resolve()
+                except (RuntimeError, OSError):  # a loop of links (Python raises RuntimeError on one)
+                    out.append((path, "a loop of links: not read"))
+                    continue
                 if not target.exists():
                     out.append((path, f"a link to nothing ({os.readlink(path)})"))
                 elif not target.is_relative_to(inside):
@@ -252,6 +276,8 @@ def _walk(root: Path):
                     out.append((path, "a link to something that is not a file"))
             elif path.is_file():
                 out.append((path, ""))
+            else:  # never opened: reading a named pipe would wait for a writer for ever
+                out.append((path, "not a regular file (a named pipe, socket or device): not read"))
     return sorted(out, key=lambda entry: entry[0].relative_to(root).parts)  # path order: the first of two duplicates is kept
 
 
@@ -259,9 +285,11 @@ def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
     """Every usable document under a folder; the rest listed with the reason it was skipped.
 
     Skipped, never fatal, each with its reason in the skipped table: other file types, files over
-    `max_file_mb`, binary or non-UTF-8 files, empty files, exact duplicates of an earlier file,
-    hidden files and folders (.git, .DS_Store), and links: the folder is a boundary, so a link that
-    resolves outside it is not read (nor one to nothing, nor a linked folder). A folder with nothing
+    `max_file_mb`, binary or non-UTF-8 files (UTF-16 without a byte-order mark named as such), empty
+    files, exact duplicates of an earlier file, hidden files and folders (.git, .DS_Store), entries
+    that are not regular files (named pipes, sockets, devices: never opened), and links: the folder is
+    a boundary, so a link that resolves outside it is not read (nor one to nothing, nor a loop of
+    links, nor a linked folder). A folder with nothing
     usable raises CorpusError listing what it found."""
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -340,9 +368,11 @@ def load_questions(path: str | Path, documents: set[str] | None = None,
             raise CorpusError(f'{where} has no "answers": give the accepted answers as a list of strings, '
                               f'or "answers": [] for a question the documents cannot answer')
         answers = row["answers"]
-        answers = [answers] if isinstance(answers, str) else answers
+        if isinstance(answers, str):  # README's format is a list; one string is refused, not guessed at
+            raise CorpusError(f'{where}: "answers" is one string, {answers!r}: give a list, ["{answers}"] '
+                              f'(several accepted answers go in the one list)')
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-            raise CorpusError(f'{where}: "answers" must be a string or a list of strings, not {row["answers"]!r}')
+            raise CorpusError(f'{where}: "answers" must be a list of strings, not {row["answers"]!r}')
         if any(not a.strip() for a in answers):
             raise CorpusError(f'{where}: an empty answer can never be matched: remove it (an unanswerable '
                               f'question has "answers": [])')
@@ -361,7 +391,7 @@ def load_questions(path: str | Path, documents: set[str] | None = None,
             raise CorpusError(f'{where} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
         lines[qid] = n
         items.append(QAItem(qid, question.strip(), tuple(answers), "single" if answers else "unanswerable",
-                            (), tuple(doc_ids)))
+                            (), tuple(doc_ids), n))
     if not items:
         raise CorpusError(f"questions_file={str(path)!r} holds no question")
     return items
