@@ -35,7 +35,7 @@ CASES = [
     ("question kind", lambda tmp: build_kb(0).sample("trivia", 3, 0), ValueError, r"kind='trivia'"),
     ("question count", lambda tmp: build_kb(0).sample("single", -2, 0), ValueError, r"n=-2"),
     ("answers is a number", lambda tmp: load_questions(_questions(tmp, {"question": "Q?", "answers": 45})),
-     CorpusError, r'q.jsonl line 1: "answers" must be a string or a list of strings, not 45'),
+     CorpusError, r'q.jsonl line 1: "answers" must be a list of strings, not 45'),
     ("doc_id is a number", lambda tmp: load_questions(_questions(tmp, {"question": "Q?", "answers": ["a"], "doc_id": 5})),
      CorpusError, r'line 1: "doc_id"'),
     ("repeated question id", lambda tmp: load_questions(_questions(tmp, {"id": "a", "question": "Q?", "answers": []},
