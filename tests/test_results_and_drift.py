@@ -273,6 +273,11 @@ def test_outcomes_and_verdicts_are_checked_not_only_the_headline(tmp_path):
     missing["comparisons"] = missing["comparisons"][1:]
     (problem,) = _pair(tmp_path, _with_evidence(), missing)
     assert "comparison K1-x: in the committed results, missing from the run" in problem
+    # issue 51: a run holding K1-x twice, its first copy flipped, passed (the last copy hid the first)
+    doubled = _with_evidence(verdict="inconclusive at this n")
+    doubled["comparisons"].append(_with_evidence()["comparisons"][0])
+    problems = _pair(tmp_path, _with_evidence(), doubled)
+    assert problems == ["01_prompting: comparison K1-x: 2 copies in the run (an id names one comparison)"]
 
 
 def test_the_matmul_probe_takes_the_best_of_three(monkeypatch):
@@ -284,3 +289,18 @@ def test_the_matmul_probe_takes_the_best_of_three(monkeypatch):
     assert results.matmul_gflops("fp32") == 140.0
     rates = iter([1.5, 2.0, 1.8])
     assert results.matmul_gflops("bf16") == 2.0
+
+
+def test_a_failed_write_leaves_no_temporary_file_and_a_dead_writers_is_cleared(tmp_path):
+    # issue 51: a crash during save left .<name>.<pid>.tmp beside the results file
+    from ragft.results import write_atomically
+
+    target = tmp_path / "01_prompting.json"
+    write_atomically(target, "{}")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomically(target, "{\ud800}")  # fails while writing the temporary file
+    assert target.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["01_prompting.json"]
+    stale = tmp_path / ".01_prompting.json.999999999.tmp"  # a writer killed mid-write (no such process)
+    stale.write_text("{")
+    write_atomically(target, '{"a": 1}')
+    assert not stale.exists() and target.read_text() == '{"a": 1}'

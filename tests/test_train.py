@@ -215,6 +215,12 @@ def test_a_snapshot_is_the_model_a_run_of_that_length_gives(tiny):
     assert not snapshot_folder(long.artifact, 3).exists()  # the last epoch's model is the artifact itself
     again = train(tiny, data(), cfg(3), label="curve", snapshots=(2,))
     assert again.cached  # the snapshots asked for are kept
+    # issue 51: a finished-marker cut short raised a bare JSONDecodeError; now the path is named and the
+    # run trains again, to the same model
+    marker = long.artifact / "train_metrics.json"
+    marker.write_text(marker.read_text()[:40])
+    retrained = train(tiny, data(), cfg(3), label="curve", snapshots=(2,))
+    assert not retrained.cached and retrained.losses == long.losses and json.loads(marker.read_text())["losses"]
     with pytest.raises(ValueError, match="snapshots"):
         train(tiny, data(), cfg(3), label="curve", snapshots=(4,))
 

@@ -152,6 +152,10 @@ def compare_evidence(committed: dict, run: dict) -> list[str]:
     read differing in no more questions than a rate over them may move (timed conditions, in
     comparisons of measurements, are the machine's and not compared)."""
     drifts = []
+    for where, doc in (("committed results", committed), ("run", run)):  # one id, one comparison: a second copy
+        ids = [c.get("claim") for c in doc.get("comparisons") or []]  # would hide the first from this check
+        drifts += [f"comparison {cid}: {ids.count(cid)} copies in the {where} (an id names one comparison)"
+                   for cid in sorted({i for i in ids if ids.count(i) > 1}, key=str)]
     runs = {c.get("claim"): c for c in run.get("comparisons") or []}
     read = set()
     for c in committed.get("comparisons") or []:

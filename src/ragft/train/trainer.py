@@ -273,6 +273,20 @@ def _loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def _finished(done: Path) -> dict | None:
+    """A cached run's finished-marker (train_metrics.json), or None, with the path and what happens
+    next printed, when it cannot be read whole: the artifact beside it is not trusted, and the run
+    trains again."""
+    try:
+        saved = json.loads(done.read_text())
+        if not isinstance(saved, dict) or not {"metrics", "losses"} <= set(saved):
+            raise ValueError("missing metrics or losses")
+        return saved
+    except (ValueError, OSError) as e:  # json.JSONDecodeError is a ValueError
+        print(f"[ragft.train] {done} cannot be read ({e}): training again (the artifact beside it is not used)")
+        return None
+
+
 def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
           on_step=None, cache: bool = True, init_from: str | Path | None = None,
           snapshots: tuple[int, ...] = ()) -> TrainResult:
@@ -296,11 +310,12 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     folder = settings.cache_dir() / "trained" / f"{label}-{key}"
     done = folder / "train_metrics.json"
     if cache and done.exists():
-        saved = json.loads(done.read_text())
-        kept = {int(e) for e in saved["metrics"].get("snapshots", {})}
-        if not all(math.isfinite(x) for x in saved["losses"]):
+        saved = _finished(done)
+        if saved is None:  # a marker cut short (a full disk, a kill mid-write before writes were atomic)
+            cache = False
+        elif not all(math.isfinite(x) for x in saved["losses"]):
             cache = False  # a non-finite run saved before runs were refused: never reloaded, trained again
-        elif set(snapshots) <= kept:
+        elif set(snapshots) <= {int(e) for e in saved["metrics"].get("snapshots", {})}:
             return TrainResult(load_artifact(model_name, folder, cfg), folder, saved["metrics"], saved["losses"],
                                cached=True)
         cache = False  # the finished run lacks a snapshot asked for now: train it again
@@ -431,7 +446,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "flops": sum(step_flops), "snapshots": kept,
         **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale
     }
-    done.write_text(json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
+    from ..results import write_atomically
+
+    # the marker that the run finished, written whole or not at all (a reader never sees half of it)
+    write_atomically(done, json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
     base.model = model
     return TrainResult(base, folder, metrics, losses)
 
