@@ -277,6 +277,18 @@ def test_a_store_touches_only_its_own_collections(tmp_path):
     assert store.collection.metadata[rag.store.CREATED_BY] == rag.store.MARK
     store.ingest(corpus(1))
     assert open_store(tmp_path, name="mine").count() == store.count()  # and is reopened as its own
+    # issue 51: a foreign '<name>-manifest' crashed a plain ingest (KeyError 'chunk_ids'), and a fresh
+    # ingest deleted its records; now it is refused like the chunk collection, and left as it was
+    theirs = client.get_or_create_collection("shared" + rag.store.MANIFEST, embedding_function=None)
+    theirs.add(ids=["note"], embeddings=[[0.0]], metadatas=[{"author": "someone else"}])
+    with pytest.raises(ValueError, match="'shared-manifest' exists and was not created by ragft's ChunkStore.*'note'"):
+        open_store(tmp_path, name="shared")
+    assert theirs.count() == 1 and theirs.get(ids=["note"])["metadatas"] == [{"author": "someone else"}]
+    assert store.manifest.metadata[rag.store.CREATED_BY] == rag.store.MARK
+    # an unmarked manifest that an earlier version wrote (every record a manifest record) is adopted and marked
+    earlier = client.get_or_create_collection("earlier" + rag.store.MANIFEST, embedding_function=None)
+    earlier.add(ids=["a.md"], embeddings=[[0.0]], metadatas=[{"doc_hash": "h", "text_hash": "t", "chunk_ids": "[]"}])
+    assert open_store(tmp_path, name="earlier").manifest.metadata[rag.store.CREATED_BY] == rag.store.MARK
 
 
 def test_the_store_recognises_its_embedder_from_another_checkout(tmp_path):

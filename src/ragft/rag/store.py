@@ -131,6 +131,7 @@ class IngestReport:
 
 
 CREATED_BY, MARK = "created_by", "ragft.ChunkStore"  # the mark on every collection this store creates
+MANIFEST_KEYS = {"doc_hash", "text_hash", "chunk_ids"}  # what every manifest record holds
 
 
 def embedder_identity(model_name: str) -> str:
@@ -202,8 +203,18 @@ class ChunkStore:
         if stored != setting:
             raise ValueError(f"collection {self.name!r} was built with {stored}, not {setting}: "
                              "use another collection name (or delete it) for another chunking setting")
-        # one record per document, with a one-number placeholder vector (Chroma stores no record without one)
-        self.manifest = self.client.get_or_create_collection(self.name + MANIFEST, embedding_function=None)
+        # one record per document, with a one-number placeholder vector (Chroma stores no record without one);
+        # owned and checked like the chunks: a foreign collection of that name is refused, never written or deleted
+        owner = {CREATED_BY: MARK, "manifest_of": self.name}
+        self.manifest = self.client.get_or_create_collection(self.name + MANIFEST, embedding_function=None, metadata=owner)
+        if (self.manifest.metadata or {}).get(CREATED_BY) != MARK:
+            foreign = [i for got in _pages(self.manifest) for i, meta in zip(got["ids"], got["metadatas"])
+                       if not MANIFEST_KEYS <= set(meta or {})]
+            if foreign:
+                raise ValueError(f"collection {self.name + MANIFEST!r} exists and was not created by ragft's ChunkStore "
+                                 f"(its record {foreign[0]!r} is not a manifest record): ingesting would delete its records. "
+                                 "Use another collection name, or delete that collection yourself if it is yours to delete")
+            self.manifest.modify(metadata=owner)  # an unmarked manifest of an earlier version: its records are ours
 
     def reopen(self) -> "ChunkStore":
         """A fresh client on the same collection, as a new process would see it (Chroma shares one
