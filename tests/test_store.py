@@ -315,3 +315,42 @@ def test_a_chunk_size_the_embedder_would_cut_is_refused(tmp_path):
     rag.ChunkStore("fits", path=tmp_path, embed_model=HashEmbedding(), chunk_size=510, chunk_overlap=0)
     with pytest.raises(ValueError, match="reads at most 510 tokens"):
         rag.ChunkStore("cut", path=tmp_path, embed_model=HashEmbedding(), chunk_size=511, chunk_overlap=0)
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from ragft.rag import StoreBusy
+    from test_store import corpus, open_store
+    try:
+        open_store(sys.argv[1], lock_timeout=float(sys.argv[3])).ingest(corpus(int(sys.argv[2])))
+    except StoreBusy as e:
+        print("busy:", e, flush=True)
+        sys.exit(3)
+    print("done", flush=True)
+""")
+
+
+def test_two_writers_take_turns_and_leave_the_store_whole(tmp_path):
+    """Issue 51: two processes ingesting into one store at once both succeeded and left both versions
+    of every document. Now the second waits for the first (or, told not to wait, is refused naming it)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    child = lambda code, *args, **kw: subprocess.Popen([sys.executable, "-c", code, str(tmp_path), *map(str, args)],  # noqa: E731
+                                                      text=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, **kw)
+    first = child(CHILD, 1, stdin=subprocess.PIPE)  # pauses after each write batch, holding the lock
+    assert first.stdout.readline().strip() == "batch"
+    refused = child(WRITER, 2, 0)  # will not wait
+    out, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 3 and f"being written by another writer (pid {first.pid} on" in out
+    waiting = child(WRITER, 2, 120)  # waits for the first to finish
+    first.stdin.write("\n")  # let the first writer go on, batch by batch, to the end
+    first.stdin.flush()
+    for line in first.stdout:
+        if line.strip() == "done":
+            break
+        first.stdin.write("\n")
+        first.stdin.flush()
+    assert first.wait(timeout=60) == 0
+    out, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and out.strip().endswith("done")
+    store = open_store(tmp_path)
+    assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))

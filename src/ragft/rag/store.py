@@ -22,6 +22,7 @@ import json
 import re
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +144,10 @@ def embedder_identity(model_name: str) -> str:
     return "/".join(Path(model_name.replace("\\", "/")).parts[-2:])
 
 
+class StoreBusy(RuntimeError):
+    """Another writer holds the store's write lock (its pid, host and command in the message)."""
+
+
 class ChunkStore:
     """One Chroma collection of embedded chunks, for one chunking setting, and its manifest.
 
@@ -150,11 +155,16 @@ class ChunkStore:
     The chunking setting is written into the collection's metadata, and reopening a collection with
     another setting is refused: mixing chunk sizes in one collection would corrupt every measurement.
     write_batch: chunks per write call (Chroma's limit is about 5,461).
+    lock_timeout: seconds a writer waits for another to finish. One writer at a time: ingest, upsert,
+    delete and clear hold a lock on a file beside a local store (`.<name>.write-lock` in its folder),
+    and a second writer waits for it, then fails with StoreBusy naming the holder. Two writers at once
+    would leave both versions of a document in the store. A server store (host=...) has no folder to
+    lock: its writers are the server's users, who must take turns themselves.
     """
 
     def __init__(self, name: str, *, path: str | Path | None = None, host: str | None = None, port: int = 8000,
                  embed_model=None, chunk_size: int = 256, chunk_overlap: int = 32, hnsw: dict | None = None,
-                 write_batch: int = MAX_BATCH):
+                 write_batch: int = MAX_BATCH, lock_timeout: float = 600.0):
         import chromadb
 
         if not isinstance(name, str) or not NAME.fullmatch(name) or ".." in name:
@@ -164,6 +174,8 @@ class ChunkStore:
         _whole("chunk_size", chunk_size, 1)
         _whole("chunk_overlap", chunk_overlap, 0)
         _whole("write_batch", write_batch, 1, MAX_BATCH)
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout < 1e6:
+            raise ValueError(f"lock_timeout={lock_timeout!r}: give the seconds a writer waits for another, >= 0")
         if chunk_overlap >= chunk_size:
             raise ValueError(f"chunk_overlap={chunk_overlap} must be smaller than chunk_size={chunk_size}")
         if embed_model is not None:
@@ -179,7 +191,9 @@ class ChunkStore:
         else:
             self.client = chromadb.PersistentClient(path=str(path))
         self._open_args = dict(name=name, path=path, host=host, port=port, embed_model=embed_model, chunk_size=chunk_size,
-                               chunk_overlap=chunk_overlap, hnsw=hnsw, write_batch=write_batch)
+                               chunk_overlap=chunk_overlap, hnsw=hnsw, write_batch=write_batch, lock_timeout=lock_timeout)
+        self._lock_file = Path(path) / f".{name}.write-lock" if path is not None else None
+        self.lock_timeout, self._lock_depth, self._lock_handle = float(lock_timeout), 0, None
         self.name, self.embed_model, self.write_batch = name, embed_model, write_batch
         self.chunk_size, self.chunk_overlap = chunk_size, chunk_overlap
         self._open()
@@ -226,9 +240,56 @@ class ChunkStore:
 
     def clear(self) -> None:
         """Delete every chunk and manifest record (the collection is dropped and created again)."""
-        for name in (self.name, self.name + MANIFEST):
-            self.client.delete_collection(name)
-        self._open()
+        with self._writing():
+            for name in (self.name, self.name + MANIFEST):
+                self.client.delete_collection(name)
+            self._open()
+
+    @contextmanager
+    def _writing(self):
+        """Hold the store's write lock (re-entrant within this object): wait up to lock_timeout for
+        another writer, then StoreBusy naming it."""
+        if self._lock_file is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        import fcntl
+        import os
+        import socket
+        import sys
+
+        handle = open(self._lock_file, "a+")
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "a process that has not said who it is"
+                    handle.close()
+                    raise StoreBusy(f"store {self.name!r} in {self._lock_file.parent} is being written by another "
+                                    f"writer ({holder}); waited {self.lock_timeout:g} s (lock_timeout). Let it "
+                                    f"finish, or if no such process runs any more, delete {self._lock_file}") from None
+                time.sleep(0.2)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                     f"{' '.join(sys.argv)[:200]}")
+        handle.flush()
+        self._lock_depth = 1
+        try:
+            yield
+        finally:
+            self._lock_depth = 0
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
 
     # -- what is stored -------------------------------------------------------------------------
 
@@ -308,21 +369,24 @@ class ChunkStore:
         for arg, value in (("prune", prune), ("fresh", fresh)):
             if not isinstance(value, bool):
                 raise ValueError(f"{arg}={value!r}: give True or False")
-        return self._sync(_sources(sources), keep, prune, fresh)
+        with self._writing():
+            return self._sync(_sources(sources), keep, prune, fresh)
 
     def upsert(self, sources: list[Source]) -> IngestReport:
         """Add these documents or replace their chunks (repairing broken ones); others are left alone.
         Idempotent: a second call with the same sources finds them unchanged."""
-        return self._sync(_sources(sources), set(), prune=False, fresh=False)
+        with self._writing():
+            return self._sync(_sources(sources), set(), prune=False, fresh=False)
 
     def delete(self, doc_ids) -> IngestReport:
         """Delete these documents (manifest first, then chunks); ids not stored are ignored, so a
         second call does nothing."""
         doc_ids = _doc_ids("doc_ids", doc_ids)
         start, report = time.perf_counter(), IngestReport()
-        stored, manifests = self._stored(), self._manifests()
-        gone = [d for d in sorted(doc_ids) if d in stored or d in manifests]
-        report.chunks["deleted"] = self._remove(gone, stored)
+        with self._writing():
+            stored, manifests = self._stored(), self._manifests()
+            gone = [d for d in sorted(doc_ids) if d in stored or d in manifests]
+            report.chunks["deleted"] = self._remove(gone, stored)
         report.docs.update(dict.fromkeys(gone, "deleted"))
         report.seconds = time.perf_counter() - start
         return report
