@@ -167,3 +167,34 @@ def test_chapter_8_takes_chapter_2s_range_of_file_sizes():
         with pytest.raises(ParamError, match=r"max_file_mb.*\(0, 1000\]"):
             config.resolve("08_your_case", "smoke", max_file_mb=bad)
     assert config.resolve("08_your_case", "smoke", max_file_mb=0.5).max_file_mb == 0.5
+
+
+def test_the_gpu_profile_without_a_gpu_is_refused_before_it_goes_online(monkeypatch):
+    # issue 51: `-p profile gpu` here silently went online for the hub's larger model at GPU sizes
+    import torch
+
+    from ragft import settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings.set_online(False)
+    with pytest.raises(ParamError, match=r"profile='gpu' needs a CUDA GPU.*device='cpu'"):
+        settings.configure(config.resolve("01_prompting", "gpu"))
+    assert settings.offline()  # nothing was switched on
+    settings.configure(config.resolve("01_prompting", "gpu", device="cpu"))  # on purpose: allowed
+    settings.set_online(False)
+
+
+def test_an_offline_run_refuses_a_chroma_server_elsewhere():
+    # issue 51: an offline run would have contacted chroma_host; a server on this machine is no call out
+    with pytest.raises(ParamError, match=r"chroma_host.*this run is offline"):
+        config.resolve("02_rag", "cpu", chroma_host="chroma.example.org")
+    assert config.resolve("02_rag", "cpu", chroma_host="localhost").chroma_host == "localhost"
+    assert config.resolve("02_rag", "cpu", chroma_host="chroma.example.org", online=True).online
+
+
+def test_a_folder_named_like_a_registry_model_does_not_shadow_it(tmp_path, monkeypatch):
+    # issue 51: a folder "smollm2-135m" in the working directory was loaded instead of the registry model
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+    assert models.model_source("smollm2-135m") != "smollm2-135m"  # the registry's weights
+    assert models.model_source("./smollm2-135m") == "./smollm2-135m"  # a path says it is one

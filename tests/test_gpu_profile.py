@@ -56,7 +56,7 @@ def test_each_chapter_sets_up_under_the_gpu_profile_and_goes_online_before_its_f
     extra = {"corpus_dir": str(CASE_DIR / "docs"), "questions_file": str(CASE_DIR / "questions.jsonl"),
              "train_questions_file": str(CASE_DIR / "train_questions.jsonl"), "min_dev": 2, "min_test": 4} \
         if chapter == "08_your_case" else {}
-    p = config.resolve(chapter, "gpu", **extra)
+    p = config.resolve(chapter, "gpu", device="cpu", **extra)  # on this CPU on purpose (else refused)
     assert p.online and not models.get_spec(p.model).offline  # Colab's default: a hub model, online
     mod = chapter_module(chapter)
     with pytest.raises(Reached):
@@ -71,5 +71,5 @@ def test_each_chapter_sets_up_under_the_gpu_profile_and_goes_online_before_its_f
 
 @pytest.mark.parametrize("chapter", READS_ONLY)
 def test_the_chapters_that_read_results_set_up_under_the_gpu_profile(chapter, faked_hub):
-    chapter_module(chapter).setup(config.resolve(chapter, "gpu"))
+    chapter_module(chapter).setup(config.resolve(chapter, "gpu", device="cpu"))
     assert faked_hub == []

@@ -47,7 +47,7 @@ def test_gpu_profile_goes_online_and_resolves_hub_ids_without_a_download():
     transformers a hub id (nothing is fetched here)."""
     import huggingface_hub.constants as hub
 
-    params = config.resolve("01_prompting", "gpu")
+    params = config.resolve("01_prompting", "gpu", device="cpu")  # on this CPU on purpose (else refused)
     assert params.online
     try:
         settings.configure(params)

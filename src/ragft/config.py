@@ -209,6 +209,9 @@ class RagParams(Answering):
         # scored and answered questions are the retrieval grid's first ones
         check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)
         check_int("n_answer_questions", self.n_answer_questions, 1, self.n_retrieval_questions)
+        check(not self.chroma_host or self.online or self.chroma_host in LOOPBACK, "chroma_host", self.chroma_host,
+              "a Chroma server on another machine is a network call, and this run is offline: set online=True, "
+              "serve it on this machine (localhost), or leave chroma_host empty for the local store")
         check(isinstance(self.max_file_mb, (int, float)) and 0 < self.max_file_mb <= 1_000, "max_file_mb",
               self.max_file_mb, "use a size in MB in (0, 1000]")
 
@@ -579,6 +582,9 @@ def _is_literal(node) -> bool:
         return True
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return False
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")  # this machine: a server here is no network call out
 
 
 def default_profile() -> str:

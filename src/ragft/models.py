@@ -234,10 +234,18 @@ def ensure_converted(spec: ModelSpec) -> Path:
     return target
 
 
+def is_folder(name: str) -> bool:
+    """Whether a model name means a local folder (a model saved with save_pretrained: your own, or a
+    test's tiny one): an existing folder whose name is not a registry name. A registry name always
+    means the registry's model, so a folder of that name in the working directory does not shadow it;
+    write it as a path ("./smollm2-135m") to load the folder."""
+    return name not in REGISTRY and Path(name).is_dir()
+
+
 def model_source(name: str) -> str:
-    """A local folder (offline weights) or a hub id, for from_pretrained. A name that is an existing
-    folder is used as it is (a model saved with save_pretrained: your own, or a test's tiny one)."""
-    if Path(name).is_dir():
+    """A local folder (offline weights) or a hub id, for from_pretrained (`is_folder` says which names
+    are folders)."""
+    if is_folder(name):
         return name
     spec = get_spec(name)
     if spec.offline and spec.kind == "lm":
@@ -278,7 +286,7 @@ def load_lm(name: str, device: str = "auto", dtype: str = "auto", quantization: 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(name).is_dir():
+    if not is_folder(name):
         get_spec(name, "lm")
     device = select_device(device)
     torch_dtype = select_dtype(device, dtype)

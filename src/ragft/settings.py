@@ -78,7 +78,19 @@ def set_online(online: bool) -> None:
 
 
 def configure(params) -> None:
-    """Apply a chapter's parameters to the process: network policy, seeds, thread count."""
+    """Apply a chapter's parameters to the process: network policy, seeds, thread count. The gpu
+    profile on a machine without a CUDA GPU is refused before anything goes online, unless device
+    names the CPU on purpose: it would fetch the hub's larger model and run GPU-sized samples on the
+    CPU for hours."""
+    if getattr(params, "profile", None) == "gpu" and getattr(params, "device", "auto") in (None, "auto"):
+        import torch
+
+        if not torch.cuda.is_available():
+            from .config import ParamError
+
+            raise ParamError("profile='gpu' needs a CUDA GPU, and this machine has none: it would load the hub's "
+                             "larger model online and run GPU-sized samples on the CPU. Use profile='cpu' (offline, "
+                             "the published numbers), or pass device='cpu' to run the gpu profile here on purpose")
     set_online(params.online)
     set_determinism(params.seed, params.threads)
 
