@@ -446,7 +446,8 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         else:
             low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
             one_sided = lambda delta, alt: signflip_p(d, delta, alt)  # noqa: E731
-            p_method = SIGNFLIP_EXACT if int((np.abs(d) > 1e-12).sum()) <= EXACT_MAX else SIGNFLIP_MC
+            x = d[np.abs(d) > 1e-12]  # signflip_p is exact up to EXACT_MAX, and at any n where all share one size
+            p_method = SIGNFLIP_EXACT if len(x) <= EXACT_MAX or np.allclose(np.abs(x), abs(x[0])) else SIGNFLIP_MC
         p = signflip_p(d)
         if spec.expect == "equal":  # two one-sided tests inside the margin; one outside it, where the data sit
             m = spec.margin

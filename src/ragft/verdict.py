@@ -198,11 +198,11 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
         found += [{**c, "chapter": chapter} for c in rejudge(doc) if plan.family_of(c["claim"]) == BOOK]
     metrics = {chapter: doc.get("metrics") or {} for chapter, doc in chapter_results.items()}
     profiles = {doc.get("profile") for doc in chapter_results.values()} - {None}
-    if len(profiles) > 1:
-        raise ValueError(f"the chapters' results come from several profiles ({sorted(profiles)}): one family is one profile's")
+    # the family the plan fixes for one profile; results of several (a partial publication read beside
+    # another profile's) are adjusted over the comparisons they hold
     declared = record()  # when each was declared, and whether before any published result of it
     return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS}}
-            for c in adjust(found, metrics=metrics, profile=next(iter(profiles), None))}
+            for c in adjust(found, metrics=metrics, profile=next(iter(profiles)) if len(profiles) == 1 else None)}
 
 
 DECLARED_KEYS = ("declared_in", "first_result_in", "declared_before_any_result")
@@ -214,7 +214,7 @@ def declared_text(parts: list[dict]) -> str | None:
     known = [c for c in parts if c.get("declared_in")]
     if not known:
         return None
-    late = [f"{c['claim']} (declared {c['declared_in'][:7]}, results since {c['first_result_in'][:7]})"
+    late = [f"{c['claim']} (declared {c['declared_in'][:7]}, results since {(c.get('first_result_in') or '?')[:7]})"
             for c in known if not c.get("declared_before_any_result")]
     return "yes" if not late else "no: after a look at results of " + "; ".join(late)
 

@@ -173,7 +173,7 @@ def setup(params) -> Chapter:
     main variant's data, written as JSONL."""
     from .. import config, rag, settings
 
-    dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model)
+    dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model, device=params.device)
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
     with run.stage("index"):

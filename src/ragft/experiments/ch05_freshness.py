@@ -93,8 +93,8 @@ def setup(params) -> Chapter:
     from .. import config
     from ..corpus import build_kb
 
-    p3 = config.resolve("03_finetune", params.profile, model=params.model)
-    p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model)
+    p3 = config.resolve("03_finetune", params.profile, model=params.model, device=params.device)
+    p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model, device=params.device)  # the device asked for
     sizes = replace(params.kb, v2_change_share=params.change_share)  # v1's documents do not depend on it
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True, kb_sizes=sizes)
     kb2 = build_kb(params.kb_seed, sizes, "v2")

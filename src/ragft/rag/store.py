@@ -262,34 +262,33 @@ class ChunkStore:
         import sys
 
         handle = open(self._lock_file, "a+")
-        deadline = time.monotonic() + self.lock_timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    handle.seek(0)
-                    holder = handle.read().strip() or "a process that has not said who it is"
-                    handle.close()
-                    raise StoreBusy(f"store {self.name!r} in {self._lock_file.parent} is being written by another "
-                                    f"writer ({holder}); waited {self.lock_timeout:g} s (lock_timeout). Let it "
-                                    f"finish, or if no such process runs any more, delete {self._lock_file}") from None
-                time.sleep(0.2)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                     f"{' '.join(sys.argv)[:200]}")
-        handle.flush()
-        self._lock_depth = 1
-        try:
-            yield
-        finally:
-            self._lock_depth = 0
+        try:  # the handle is closed (and so the lock let go) however this ends
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip() or "a process that has not said who it is"
+                        raise StoreBusy(f"store {self.name!r} in {self._lock_file.parent} is being written by another "
+                                        f"writer ({holder}); waited {self.lock_timeout:g} s (lock_timeout). Let it "
+                                        f"finish, or if no such process runs any more, delete {self._lock_file}") from None
+                    time.sleep(0.2)
+            self._lock_depth = 1
             handle.seek(0)
             handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                         f"{' '.join(sys.argv)[:200]}")
+            handle.flush()
+            yield
+        finally:
+            if self._lock_depth:
+                self._lock_depth = 0
+                handle.seek(0)
+                handle.truncate()
+            handle.close()  # closing the last descriptor of the file lets the lock go
 
     # -- what is stored -------------------------------------------------------------------------
 
