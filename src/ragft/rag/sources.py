@@ -69,7 +69,7 @@ class QAItem:
     kind: str = "single"  # single | multihop | unanswerable
     gold_sentences: tuple[str, ...] = ()
     gold_doc_ids: tuple[str, ...] = ()
-    line: int = 0  # its line in the questions file it was read from (0: not read from a file)
+    line: int = field(default=0, kw_only=True)  # its line in the questions file it was read from (0: none)
 
     def is_relevant(self, doc_id: str, text: str) -> bool:
         """Does a retrieved chunk hold what answers this question? The most specific evidence wins."""
@@ -391,7 +391,7 @@ def load_questions(path: str | Path, documents: set[str] | None = None,
             raise CorpusError(f'{where} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
         lines[qid] = n
         items.append(QAItem(qid, question.strip(), tuple(answers), "single" if answers else "unanswerable",
-                            (), tuple(doc_ids), n))
+                            (), tuple(doc_ids), line=n))
     if not items:
         raise CorpusError(f"questions_file={str(path)!r} holds no question")
     return items
