@@ -238,7 +238,8 @@ def summary_sentence(doc: dict | None) -> str:
             f"{m.get('n_not_at_cpu_scale', 0)} are not testable at cpu scale and {m['n_not_testable']} are not "
             "testable here (yet)."
             + (f" Of the {m['n_claims_resting_on_comparisons']} claims whose verdict rests on comparisons, "
-               f"{m['n_claims_declared_before_any_result']} rest only on comparisons declared before any result of "
+               f"{m['n_claims_declared_before_any_result']} "
+               f"{'rests' if m['n_claims_declared_before_any_result'] == 1 else 'rest'} only on comparisons declared before any result of "
                "them; the others' plan entries were written or changed after a look at earlier results."
                if "n_claims_resting_on_comparisons" in m else ""))
 
