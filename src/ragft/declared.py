@@ -69,14 +69,6 @@ def _show(commit: str, path: str, root: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def _conditions_match(template: str, name: str) -> bool:
-    from .plan import Planned
-
-    probe = Planned("x", None, "", template, template, "", "", "paired", "binary", "greater", 0.0, "", 1, None, None,
-                    "primary")
-    return probe.condition_matches(template, name)
-
-
 def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
     """The record from the repository's history: for each comparison of today's plan, the commit of its
     present form, the first commit with a published result of it, and whether the form came first."""
@@ -87,11 +79,11 @@ def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
     for sha in plan_commits:
         plan = yaml.safe_load(_show(sha, PLAN_PATH, root) or "null") or {}
         claims = yaml.safe_load(_show(sha, CLAIMS_PATH, root) or "null") or {}
-        for cid, entry in _entries(plan).items():
+        entries = _entries(plan)
+        for cid, entry in entries.items():
             forms.setdefault(cid, []).append((sha, _form(cid, entry, plan, claims)))
-        for cid in forms:
-            if cid not in _entries(plan):
-                forms[cid].append((sha, None))
+        for cid in forms.keys() - entries.keys():  # removed at this commit
+            forms[cid].append((sha, None))
     head = yaml.safe_load((root / PLAN_PATH).read_text())
     now = _entries(head)
     first_result = _first_results(root, now)
@@ -115,9 +107,13 @@ def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
 
 def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
     """{comparison id: the oldest commit whose results files hold a result of it}."""
+    from .plan import condition_matches
+
     out: dict[str, str] = {}
     commits = _git("log", "--reverse", "--format=%H", "--", RESULTS_PATH, root=root).split()
-    claim_of = {cid: cid.split("-", 1)[0] for cid in now}
+    by_claim: dict[str, list[str]] = {}  # a renamed entry is looked for among its claim's comparisons
+    for cid in now:
+        by_claim.setdefault(cid.split("-", 1)[0], []).append(cid)
     for sha in commits:
         files = [f for f in _git("ls-tree", "-r", "--name-only", sha, "--", RESULTS_PATH, root=root).split()
                  if f.endswith(".json")]
@@ -127,14 +123,14 @@ def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
             except json.JSONDecodeError:
                 continue
             for c in doc.get("comparisons") or [] if isinstance(doc, dict) else []:
-                for cid, entry in now.items():
-                    if cid in out:
-                        continue
-                    same = c.get("claim") == cid or (
-                        str(c.get("claim", "")).split("-", 1)[0] == claim_of[cid] and "a" in entry
-                        and isinstance(c.get("a"), str) and isinstance(c.get("b"), str)
-                        and _conditions_match(entry["a"], c["a"]) and _conditions_match(entry["b"], c["b"]))
-                    if same:
+                found = str(c.get("claim", ""))
+                if found in now:
+                    out.setdefault(found, sha)
+                if not (isinstance(c.get("a"), str) and isinstance(c.get("b"), str)):
+                    continue
+                for cid in by_claim.get(found.split("-", 1)[0], ()):
+                    entry = now[cid]
+                    if cid not in out and condition_matches(entry["a"], c["a"]) and condition_matches(entry["b"], c["b"]):
                         out[cid] = sha
     return out
 

@@ -42,6 +42,13 @@ PLACEHOLDER = re.compile(r"\{(\w+)\}")
 CLAIM_PREFIX = re.compile(r"^([KRFTSUDN]\d+)-")
 
 
+def condition_matches(template: str, name: str) -> bool:
+    """A condition name against the plan's (a placeholder stands for any value the run chose)."""
+    parts = PLACEHOLDER.split(template)
+    pattern = "".join(re.escape(p) if i % 2 == 0 else r"[^,:]+?" for i, p in enumerate(parts))
+    return re.fullmatch(pattern, name) is not None
+
+
 @dataclass(frozen=True)
 class Planned:
     id: str
@@ -69,10 +76,7 @@ class Planned:
     caveat: str = ""  # one line a reader needs beside its verdict (what an arm was given that no reader has)
 
     def condition_matches(self, template: str, name: str) -> bool:
-        """A condition name against the plan's (a placeholder stands for any value the run chose)."""
-        parts = PLACEHOLDER.split(template)
-        pattern = "".join(re.escape(p) if i % 2 == 0 else r"[^,:]+?" for i, p in enumerate(parts))
-        return re.fullmatch(pattern, name) is not None
+        return condition_matches(template, name)
 
     def names(self, a: str | None, b: str | None) -> tuple[str, str]:
         """The conditions a chapter compares: the plan's own, or values for its placeholders that

@@ -215,6 +215,23 @@ def _tail(stat: np.ndarray, observed: float, scale: float, alternative: str, exa
     return float(hits.mean()) if exact else float((1 + hits.sum()) / (1 + len(stat)))
 
 
+def _signed(d, delta: float = 0.0) -> np.ndarray:
+    """The differences from delta that carry a sign (those equal to delta drop out)."""
+    x = np.asarray(d, dtype=float) - delta
+    return x[np.abs(x) > 1e-12]
+
+
+def _one_size(x: np.ndarray) -> bool:
+    return bool(np.allclose(np.abs(x), abs(x[0])))
+
+
+def signflip_method(d, delta: float = 0.0) -> str:
+    """How `signflip_p` computes its p on these differences: exact (a binomial tail where they share one
+    size, every sign pattern up to EXACT_MAX), else Monte Carlo."""
+    x = _signed(d, delta)
+    return SIGNFLIP_EXACT if len(x) <= EXACT_MAX or _one_size(x) else SIGNFLIP_MC
+
+
 def signflip_p(d, delta: float = 0.0, alternative: str = "two-sided") -> float:
     """p of the paired sign-flip test that the differences `d` are symmetric about `delta` (their mean
     is delta). Differences equal to delta carry no sign and are left out. Where the rest share one
@@ -222,11 +239,10 @@ def signflip_p(d, delta: float = 0.0, alternative: str = "two-sided") -> float:
     exactly at any n as a binomial tail: the exact McNemar test. Otherwise it is exact up to EXACT_MAX
     non-zero differences, else a fixed-seed Monte Carlo estimate with the observed pattern counted
     ((1 + hits) / (1 + N_SIGNS)), so it is never 0."""
-    x = np.asarray(d, dtype=float) - delta
-    x = x[np.abs(x) > 1e-12]
+    x = _signed(d, delta)
     if len(x) == 0:
         return 1.0
-    if np.allclose(np.abs(x), abs(x[0])):  # |S| >= |observed| is |2K - n| >= |2k - n|, K ~ binomial(n, 1/2)
+    if _one_size(x):  # |S| >= |observed| is |2K - n| >= |2k - n|, K ~ binomial(n, 1/2)
         if alternative not in ("two-sided", "greater", "less"):
             raise ValueError(f"alternative={alternative!r}: use two-sided, greater or less")
         return float(_st.binomtest(int((x > 0).sum()), len(x), 0.5, alternative).pvalue)
@@ -446,8 +462,7 @@ def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA
         else:
             low, high = signflip_interval(d, level_alpha) if n > 1 else (diff, diff)
             one_sided = lambda delta, alt: signflip_p(d, delta, alt)  # noqa: E731
-            x = d[np.abs(d) > 1e-12]  # signflip_p is exact up to EXACT_MAX, and at any n where all share one size
-            p_method = SIGNFLIP_EXACT if len(x) <= EXACT_MAX or np.allclose(np.abs(x), abs(x[0])) else SIGNFLIP_MC
+            p_method = signflip_method(d)
         p = signflip_p(d)
         if spec.expect == "equal":  # two one-sided tests inside the margin; one outside it, where the data sit
             m = spec.margin

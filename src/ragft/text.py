@@ -36,13 +36,19 @@ def content_words(question: str) -> frozenset[str]:
     return frozenset(w for w in normal_form(question).split() if w not in STOPWORDS)
 
 
-def same_question(a: str, b: str, threshold: float = NEAR_DUPLICATE) -> bool:
-    """Whether two questions are one question in other clothes: the same normal form, or content words
-    that overlap by at least `threshold` (Jaccard) where every word they do not share is free of digits
-    (so "widget 1" and "widget 2" stay two questions, whatever else they share)."""
-    if normal_form(a) == normal_form(b):
+def question_key(question: str) -> tuple[str, frozenset[str]]:
+    """What `same_question` compares, computed once per question: its normal form and content words."""
+    return normal_form(question), content_words(question)
+
+
+def same_question(a: str | tuple, b: str | tuple, threshold: float = NEAR_DUPLICATE) -> bool:
+    """Whether two questions (texts, or their `question_key`s) are one question in other clothes: the
+    same normal form, or content words that overlap by at least `threshold` (Jaccard) where every word
+    they do not share is free of digits (so "widget 1" and "widget 2" stay two questions, whatever
+    else they share)."""
+    (na, wa), (nb, wb) = (question_key(q) if isinstance(q, str) else q for q in (a, b))
+    if na == nb:
         return True
-    wa, wb = content_words(a), content_words(b)
     if not wa or not wb or any(any(ch.isdigit() for ch in w) for w in wa ^ wb):
         return False
     return len(wa & wb) / len(wa | wb) >= threshold

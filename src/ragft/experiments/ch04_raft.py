@@ -912,8 +912,9 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
             put(f"{key}_refusal_recall_at_5pct_fpr", r.refusal_recall, "rate", n=n_unanswerable)
 
     table = f.main.table
-    for key, (_, r) in zip(MAIN, table.iterrows()):
+    for key, (_, r) in zip(MAIN, table.iterrows()):  # the readers this run asked, in run order
         put(f"{key}_acc", r.acc, "rate", n=n_facts)
+        put(f"{key}_n", n_facts, "exact")  # the questions behind the figure: a change of n is design, never drift
         put(f"{key}_chance", r.chance, "exact")
         refusal(key, r)
         put(f"{key}_contains", r.contains, "rate", n=n_gen)
@@ -968,10 +969,6 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     put("model_params_m", ch.lm.n_params() / 1e6, "exact")
     put("raft_train_s", f.main.raft.metrics["train_s"], "machine")
     put("raft_tokens_per_s", f.main.raft.metrics["tokens_per_s"], "machine")
-    # The questions behind each headline figure (of the readers this run asked): a change of n is a
-    # change of design, never drift.
-    for key, _ in zip(MAIN, table.iterrows()):
-        put(f"{key}_n", n_facts, "exact")
     put("generated_n", n_gen, "exact")
     put("generated_unanswerable_n", n_gen_unanswerable, "exact")
     return m

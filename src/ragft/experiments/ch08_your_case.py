@@ -48,7 +48,7 @@ from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
 from ..results import ChapterRun, glue
 from ..stats import NOT_DECIDED, wilson_interval
-from ..text import NEAR_DUPLICATE, same_question
+from ..text import NEAR_DUPLICATE, question_key, same_question
 from .common import record_answers, start
 
 CHAPTER = "08_your_case"
@@ -113,7 +113,8 @@ def read_inputs(params) -> CaseInputs:
     judged = [it for it in asked if it.kind != "unanswerable"]
     left_out = tuple(it.qid for it in asked if it.kind == "unanswerable")
     sources, train_sources = answer_sources(judged, corpus, qfile), answer_sources(train, corpus, tfile)
-    same = [(t, j) for t in train for j in judged if same_question(t.question, j.question)]
+    keys = {id(it): question_key(it.question) for it in (*train, *judged)}  # each question normalised once
+    same = [(t, j) for t in train for j in judged if same_question(keys[id(t)], keys[id(j)])]
     if same:
         t, j = same[0]
         raise CorpusError(f"{len(same)} training question(s) are questions the arms are judged on, in other clothes "
