@@ -225,6 +225,28 @@ def test_a_snapshot_is_the_model_a_run_of_that_length_gives(tiny):
         train(tiny, data(), cfg(3), label="curve", snapshots=(4,))
 
 
+def test_a_gpu_run_says_its_expected_time_before_it_trains_and_trains_the_same(tiny, monkeypatch, capsys):
+    """Issue 47: on a GPU a run prints, before its first step, its training tokens and the time they
+    take at the device's measured rate; the CPU stands in for the GPU here. The timing passes must not
+    move the training: the same losses, bit for bit, as a run without them (no dropout draw, no
+    gradient kept)."""
+    from ragft.train import trainer
+    from transformers import AutoTokenizer
+
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=2, batch_size=2, dtype="fp32")
+    plain = train(tiny, data(), cfg, label="plain", cache=False)
+    assert "expected about" not in capsys.readouterr().out  # the CPU says nothing by default: it costs passes
+    monkeypatch.setattr(trainer, "ESTIMATE_DEVICES", ("cpu",))
+    before_first_step = []
+    timed = train(tiny, data(), cfg, label="timed", cache=False,
+                  on_step=lambda step, loss: before_first_step.append(capsys.readouterr().out) if step == 1 else None)
+    tokens = sum(len(t.input_ids) for t in tokenize(AutoTokenizer.from_pretrained(tiny), data(), cfg.max_len)) * 2
+    said = before_first_step[0]
+    assert "expected about" in said and f"{tokens:,} training tokens" in said and "measured on this cpu" in said
+    assert "(lora, float32)" in said
+    assert timed.losses == plain.losses
+
+
 def test_fact_examples_never_hold_the_test_paraphrase(kb):
     from ragft.train import tasks
 

@@ -273,6 +273,50 @@ def _loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+# The devices on which a run says, before it trains, how long it will take at the device's measured
+# rate (expected_time). On the CPU the chapters say it from the host's measured speed instead
+# (ragft.host), for free: timing passes there would cost seconds of the book's budget.
+ESTIMATE_DEVICES = ("cuda",)
+ESTIMATE_PASSES = 3  # timed forward and backward passes, after one warm-up pass
+
+
+def expected_time(model, data: list[Tokenized], cfg: TrainConfig, lm: models.LoadedLM, autocast, label: str,
+                  dtype, share_left: float = 1.0) -> str:
+    """What the run will take here, said before it trains: its training tokens (share_left of them
+    when a resumed run has some done) at the rate the device runs forward and backward passes of the
+    run's first batch in the run's dtype (one warm-up pass, then ESTIMATE_PASSES timed). The model
+    runs the passes in eval mode, so no dropout draws a random number, and their gradients are
+    dropped: the training that follows is the same as without them (tested). The optimizer's steps
+    are not timed, so the time is a lower bound, close for adapters."""
+    import torch
+
+    indices = batches(data, cfg.batch_size, cfg.seed, 0)[0]
+    batch = tuple(t.to(lm.device) if hasattr(t, "to") else t for t in collate(data, indices, lm.tokenizer.pad_token_id))
+    seconds = []
+    model.eval()
+    try:
+        for i in range(1 + ESTIMATE_PASSES):
+            t0 = time.perf_counter()
+            with autocast():
+                loss = _loss(model, batch)
+            loss.backward()
+            if lm.device == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                seconds.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train()
+    rate = int(batch[1].sum()) * len(seconds) / sum(seconds)
+    tokens = round(sum(len(d.input_ids) for d in data) * cfg.epochs * share_left)
+    took = tokens / rate
+    took = f"{took:.0f} s" if took < 120 else f"{took / 60:.0f} minutes"
+    where = torch.cuda.get_device_name() if lm.device == "cuda" else f"this {lm.device}"
+    return (f"[ragft.train] {label} ({cfg.method}, {str(dtype).replace('torch.', '')}): expected about {took} for "
+            f"{tokens:,} training tokens at {rate:,.0f} tokens/s, measured on {where} (forward and backward passes of "
+            "the first batch; the optimizer's steps add to it)")
+
+
 def _finished(done: Path) -> dict | None:
     """A cached run's finished-marker (train_metrics.json), or None, with the path and what happens
     next printed, when it cannot be read whole: the artifact beside it is not trusted, and the run
@@ -357,6 +401,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             schedule.load_state_dict(state["schedule"])
             step, losses = state["step"], state["losses"]
             kept = state.get("snapshots", {})
+        if base.device in ESTIMATE_DEVICES and step < total:
+            print(expected_time(model, data, cfg, base, autocast, label, train_dtype, (total - step) / total), flush=True)
         bar = progress(None, desc=f"{label} ({cfg.method})", total=total)
         bar.update(step)
         for epoch in range(cfg.epochs):
