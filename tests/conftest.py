@@ -105,9 +105,9 @@ NETGUARD_LOG = "netguard.log"  # in the run folder, where .ci/run's book run wri
 def given_run(run: Path) -> dict:
     """The run folder RAGFT_TEST_RUN names, refused unless it is a whole run of this commit."""
     from ragft import run as runner
-    from ragft.results import _git
+    from ragft.files import git
 
-    head = _git("rev-parse", "HEAD")
+    head = git("rev-parse", "HEAD").stdout.strip()
     docs = {c: run / "results" / f"{c}.json" for c in runner.toc_chapters()}
     missing = [c for c, f in docs.items() if not f.exists() or not (run / "notebooks" / "chapters" / f"{c}.ipynb").exists()]
     if missing:

@@ -172,13 +172,13 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is gone"),
 ])
 def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, why):
-    from ragft.experiments import ch03_finetune as ch03
+    from ragft.experiments import common
 
     if doc is not None:
         (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
     trained = []
-    monkeypatch.setattr(ch03, "development_facts", lambda kb, facts, n, seed: [])
-    monkeypatch.setattr(ch03, "curve_run", lambda p3, facts, dev, lr: trained.append(lr)
+    monkeypatch.setattr(common, "development_facts", lambda kb, facts, n, seed: [])
+    monkeypatch.setattr(common, "curve_run", lambda p3, facts, dev, lr: trained.append(lr)
                         or SimpleNamespace(lm="own", cached=False, artifact=run_dir / "curve",
                                            metrics={"epochs": max(p3.curve_exposures) // max(p3.paraphrase_counts)}))
     monkeypatch.setattr("ragft.train.load_artifact", lambda model, path, cfg, merge: ("own", str(path)))

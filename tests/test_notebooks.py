@@ -111,9 +111,9 @@ def test_a_given_run_is_refused_unless_it_is_a_whole_run_of_this_commit(tmp_path
     """RAGFT_TEST_RUN names the book's run for the notebook checks (CI): a folder that lacks a
     chapter, holds another commit's results or mixes profiles is refused with the fix, before any
     check reads it."""
-    from ragft.results import _git
+    from ragft.files import git
 
-    head = _git("rev-parse", "HEAD")
+    head = git("rev-parse", "HEAD").stdout.strip()
 
     def plant(sha=head, profile="cpu", skip=()):
         for c in runner.toc_chapters():

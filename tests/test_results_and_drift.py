@@ -173,12 +173,12 @@ def test_check_names_other_cpu_kernels_as_the_likely_cause(tmp_path, capsys):
 
 
 def test_accept_refuses_what_it_cannot_vouch_for(tmp_path, monkeypatch):
-    head = drift._git("rev-parse", "HEAD").stdout.strip()
+    head = drift.git("rev-parse", "HEAD").stdout.strip()
     clean = {"git_sha": head, "git_dirty": False}
     run_dir, target = tmp_path / "run", tmp_path / "published"
     (run_dir / "results").mkdir(parents=True)
     src = run_dir / "results" / "01_prompting.json"
-    real_git = drift._git
+    real_git = drift.git
 
     def git(dirty):
         def fake(*args):
@@ -187,7 +187,7 @@ def test_accept_refuses_what_it_cannot_vouch_for(tmp_path, monkeypatch):
             return real_git(*args)
         return fake
 
-    monkeypatch.setattr(drift, "_git", git(False))
+    monkeypatch.setattr(drift, "git", git(False))
     chapters = ["01_prompting"]
     src.write_text(json.dumps(_doc(provenance=clean)))
     assert [p.name for p in drift.accept("cpu", run_dir, target, chapters)] == ["01_prompting.json"]
@@ -205,7 +205,7 @@ def test_accept_refuses_what_it_cannot_vouch_for(tmp_path, monkeypatch):
     (run_dir / "results" / "notes.json").write_text(json.dumps(_doc(provenance=clean)))
     with pytest.raises(drift.ResultsError, match="not a chapter"):
         drift.accept("cpu", run_dir, target, chapters)
-    monkeypatch.setattr(drift, "_git", git(True))
+    monkeypatch.setattr(drift, "git", git(True))
     with pytest.raises(drift.ResultsError, match="uncommitted changes"):
         drift.accept("cpu", run_dir, target, chapters)
 
@@ -293,7 +293,7 @@ def test_the_matmul_probe_takes_the_best_of_three(monkeypatch):
 
 def test_a_failed_write_leaves_no_temporary_file_and_a_dead_writers_is_cleared(tmp_path):
     # issue 51: a crash during save left .<name>.<pid>.tmp beside the results file
-    from ragft.results import write_atomically
+    from ragft.files import write_atomically
 
     target = tmp_path / "01_prompting.json"
     write_atomically(target, "{}")

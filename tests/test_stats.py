@@ -23,7 +23,7 @@ def spec(**kw) -> Planned:
 
 
 def judge(a, b, **kw):
-    return stats.judge(spec(**kw), "a", _outcomes(a), "b", _outcomes(b))
+    return stats.compare(spec(**kw), "a", _outcomes(a), "b", _outcomes(b))
 
 
 def test_wilson_interval_matches_the_textbook_value():
@@ -89,8 +89,8 @@ def test_a_one_question_difference_at_n16_is_not_decided_and_sized_on_the_smalle
 
 def test_questions_needed_are_sized_at_the_familys_strictest_holm_level():
     a, b = [1, 0] * 8, [0, 1] * 8
-    one = stats.judge(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=1)
-    forty = stats.judge(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=40)
+    one = stats.compare(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=1)
+    forty = stats.compare(spec(), "a", _outcomes(a), "b", _outcomes(b), family_size=40)
     sd = stats._sd(np.subtract(a, b), "binary")  # every pair discordant: sd = 1.03
     assert one.n_needed == stats.n_needed(0.10, sd) and forty.n_needed == stats.n_needed(0.10, sd, 0.05 / 40)
     assert forty.n_needed > one.n_needed
@@ -127,7 +127,7 @@ def test_equivalence_claims_use_two_one_sided_tests_and_their_90_percent_interva
     rng = np.random.default_rng(3)
     for _ in range(6):
         x, y = rng.random(30), rng.random(30)
-        c = stats.judge(spec(kind="continuous", floor=None, ceiling=None, **{**eq, "n": 30}), "a", _outcomes(x + 0.5 * y),
+        c = stats.compare(spec(kind="continuous", floor=None, ceiling=None, **{**eq, "n": 30}), "a", _outcomes(x + 0.5 * y),
                         "b", _outcomes(0.5 * y + x + rng.normal(0, 0.02, 30)))
         assert (c.verdict == stats.SUPPORTED) == (-0.05 <= c.ci_low and c.ci_high <= 0.05)
 
@@ -135,11 +135,11 @@ def test_equivalence_claims_use_two_one_sided_tests_and_their_90_percent_interva
 def test_timed_repetitions_use_welch_on_log_seconds():
     fast, slow = [0.10, 0.12, 0.11, 0.09, 0.10, 0.13], [2.0, 2.4, 2.2, 1.9, 2.1, 2.6]
     s = spec(id="U2-x", claim="U2", test="welch-log", kind="continuous", sesoi=math.log(1.25), n=6, floor=None, ceiling=None)
-    c = stats.judge(s, "slow", _outcomes(slow), "fast", _outcomes(fast))
+    c = stats.compare(s, "slow", _outcomes(slow), "fast", _outcomes(fast))
     assert c.verdict == stats.SUPPORTED and c.ci_low > 0 and math.exp(c.diff) == pytest.approx(20, rel=0.1)
     assert "x (95 % CI" in c.sentence() and "independent" in c.sentence()
     with pytest.raises(ValueError, match="positive"):
-        stats.judge(s, "slow", _outcomes([0.0, 1.0]), "fast", _outcomes(fast))
+        stats.compare(s, "slow", _outcomes([0.0, 1.0]), "fast", _outcomes(fast))
 
 
 def test_holm_adjusts_step_down():
@@ -149,14 +149,14 @@ def test_holm_adjusts_step_down():
 
 
 def test_comparison_uses_only_shared_questions_and_refuses_bad_input():
-    c = stats.judge(spec(), "a", {"q1": 1, "q2": 0, "q3": 1}, "b", {"q2": 1, "q3": 1, "q9": 0})
+    c = stats.compare(spec(), "a", {"q1": 1, "q2": 0, "q3": 1}, "b", {"q2": 1, "q3": 1, "q9": 0})
     assert c.n == 2
     with pytest.raises(ValueError, match="share no question ids"):
-        stats.judge(spec(), "a", {"q1": 1}, "b", {"q2": 1})
+        stats.compare(spec(), "a", {"q1": 1}, "b", {"q2": 1})
     with pytest.raises(ValueError, match="0/1"):
-        stats.judge(spec(), "a", {"q1": 0.5}, "b", {"q1": 1})
+        stats.compare(spec(), "a", {"q1": 0.5}, "b", {"q1": 1})
     with pytest.raises(TypeError):
-        stats.judge(spec(), "a", [1, 0], "b", [0, 1])
+        stats.compare(spec(), "a", [1, 0], "b", [0, 1])
 
 
 def test_power_arithmetic():

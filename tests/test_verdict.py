@@ -4,7 +4,7 @@ import pytest
 
 from ragft.claims import Claim
 from ragft.stats import UNINFORMATIVE
-from ragft.verdict import DEPENDS, NOT_AT_CPU, NOT_FIT, NOT_TESTABLE, VERDICTS, counts, judge, ledger
+from ragft.verdict import DEPENDS, NOT_AT_CPU, NOT_FIT, NOT_TESTABLE, VERDICTS, claim_row, counts, ledger
 
 S, C, I = "supported", "contradicted", "not decided at this n"
 CEIL = UNINFORMATIVE["ceiling"]
@@ -29,7 +29,7 @@ CLAIM = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-a", 
     ([cmp("K1-a", S), cmp("K1-b", C, role="secondary")], S, "K1-a"),  # a secondary part is shown, never decides
 ], ids=["agree", "one-undecided", "disagree", "none-decided", "partial", "bound", "unfit", "secondary"])
 def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
-    row = judge(CLAIM, {c["claim"]: c for c in held})
+    row = claim_row(CLAIM, {c["claim"]: c for c in held})
     assert (row.verdict, row.comparison) == (verdict, shown)
     assert all(c["claim"] in row.reason for c in held)
     if verdict == I:
@@ -40,31 +40,31 @@ def test_a_claims_verdict_follows_its_comparisons(held, verdict, shown):
 
 
 def test_the_adjustment_and_the_sizes_show_on_the_row():
-    row = judge(CLAIM, {"K1-a": cmp("K1-a", I, verdict_raw=S, p_adjusted=0.2, size_vs_stated="larger")})
+    row = claim_row(CLAIM, {"K1-a": cmp("K1-a", I, verdict_raw=S, p_adjusted=0.2, size_vs_stated="larger")})
     assert row.changed_by_adjustment == ["K1-a: supported before the adjustment"]
     assert row.p_adjusted == 0.2 and row.size == "K1-a: larger than stated"
 
 
 def test_untested_and_unrun_claims_are_not_testable_with_a_reason():
     untested = Claim("S3", "words", ("heym2026",), "$", "06_cost", (), "a price computation")
-    assert judge(untested, {}).verdict == NOT_TESTABLE and judge(untested, {}).reason == "a price computation"
-    row = judge(CLAIM, {"other": cmp("other", S)})
+    assert claim_row(untested, {}).verdict == NOT_TESTABLE and claim_row(untested, {}).reason == "a price computation"
+    row = claim_row(CLAIM, {"other": cmp("other", S)})
     assert row.verdict == NOT_TESTABLE and "run chapter 03_finetune" in row.reason and row.n is None
     # an untestable claim may show what a comparison measured beside it: never as its verdict
     shown = Claim("R3", "words", ("heym2026",), "$", "02_rag", ("R3-rerank",), "no corpus of 10,000 documents")
-    row = judge(shown, {"R3-rerank": cmp("R3-rerank", S, role="secondary")})
+    row = claim_row(shown, {"R3-rerank": cmp("R3-rerank", S, role="secondary")})
     assert row.verdict == NOT_TESTABLE and row.n is None
     assert row.reason.startswith("no corpus of 10,000 documents (shown: R3-rerank") and S in row.reason
 
 
 def test_a_claim_the_profile_leaves_to_others_is_not_testable_at_cpu_scale_with_the_plans_reason():
     away = {"K1-a": "measured in the gpu profile only: why", "K1-b": "measured in the gpu profile only: why"}
-    row = judge(CLAIM, {}, away)
+    row = claim_row(CLAIM, {}, away)
     assert row.verdict == NOT_AT_CPU and row.n is None and row.reason.startswith("K1-a: measured in the gpu profile only")
     # one part here, one elsewhere: the part here decides, and the reason names the other
-    row = judge(CLAIM, {"K1-a": cmp("K1-a", S)}, {"K1-b": away["K1-b"]})
+    row = claim_row(CLAIM, {"K1-a": cmp("K1-a", S)}, {"K1-b": away["K1-b"]})
     assert row.verdict == S and "K1-b: measured in the gpu profile only: why" in row.reason
-    assert judge(CLAIM, {}).verdict == NOT_TESTABLE  # absent without a declaration: not run, not "at cpu scale"
+    assert claim_row(CLAIM, {}).verdict == NOT_TESTABLE  # absent without a declaration: not run, not "at cpu scale"
 
 
 def test_ledger_judges_every_chapter_by_the_plan_and_counts_every_verdict():
@@ -91,7 +91,7 @@ def computed(key, verdict):
     ([computed("K1-a", DEPENDS)], DEPENDS, "K1-a"),
 ], ids=["computed-agree", "computed-depends", "paired-and-computed", "depends-and-undecided", "depends-alone"])
 def test_computed_parts_carry_their_verdict_and_note(held, verdict, shown):
-    row = judge(CLAIM, {c["claim"]: c for c in held})
+    row = claim_row(CLAIM, {c["claim"]: c for c in held})
     assert (row.verdict, row.comparison) == (verdict, shown)
     for c in held:
         if c.get("kind") == "computed":

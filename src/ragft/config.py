@@ -14,15 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from .constants import PROFILES, PROJECT_ROOT, ParamError
 from .corpus.kb import KBSizes
-from .settings import PROJECT_ROOT
 
-PROFILES = ("smoke", "cpu", "gpu")
 PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
-
-
-class ParamError(ValueError):
-    """A chapter parameter with a value that is not allowed."""
 
 
 def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None,

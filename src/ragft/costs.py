@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import yaml
 
-from .settings import PROJECT_ROOT
+from .constants import DEPENDS, PROJECT_ROOT
 
 PRICING_FILE = PROJECT_ROOT / "data" / "pricing.yaml"
 SECTIONS = ("prices", "training", "embedding", "vector_db", "gpu", "stated")
@@ -284,7 +284,6 @@ def close(a: float, b: float, rel: float = REL_TOL) -> bool:
 
 def rule(follows: bool, lands: bool, unstated: str = "") -> str:
     from .stats import CONTRADICTED, SUPPORTED
-    from .verdict import DEPENDS
 
     if not follows:
         return CONTRADICTED

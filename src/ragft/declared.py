@@ -18,27 +18,20 @@ clears it), and the record's test (tests/test_declared.py) rebuilds it from hist
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from .settings import PROJECT_ROOT
+from .constants import PROJECT_ROOT
+from .files import git
 
 RECORD_FILE = PROJECT_ROOT / "data" / "plan_declared.yaml"
 PLAN_PATH = "data/analysis_plan.yaml"
 CLAIMS_PATH = "data/claims.yaml"
 RESULTS_PATH = "experiments/results"
 PROSE_FIELDS = ("note", "caveat", "profiles")  # what an entry may change without changing its verdict
-
-
-def _git(*args: str, root: Path = PROJECT_ROOT) -> str:
-    out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {root}: {out.stderr.strip()}")
-    return out.stdout
 
 
 def _entries(plan: dict) -> dict[str, dict]:
@@ -65,14 +58,14 @@ def _form(cid: str, entry: dict, plan: dict, claims: dict) -> str:
 
 
 def _show(commit: str, path: str, root: Path) -> str | None:
-    out = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True, text=True, timeout=60)
+    out = git("show", f"{commit}:{path}", root=root)
     return out.stdout if out.returncode == 0 else None
 
 
 def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
     """The record from the repository's history: for each comparison of today's plan, the commit of its
     present form, the first commit with a published result of it, and whether the form came first."""
-    plan_commits = _git("log", "--reverse", "--format=%H", "--", PLAN_PATH, root=root).split()
+    plan_commits = git("log", "--reverse", "--format=%H", "--", PLAN_PATH, root=root, check=True).stdout.split()
     if not plan_commits:
         raise RuntimeError(f"{PLAN_PATH} has no commit in {root}: the record is built from git history")
     forms: dict[str, list[tuple[str, str | None]]] = {}
@@ -110,13 +103,13 @@ def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
     from .plan import condition_matches
 
     out: dict[str, str] = {}
-    commits = _git("log", "--reverse", "--format=%H", "--", RESULTS_PATH, root=root).split()
+    commits = git("log", "--reverse", "--format=%H", "--", RESULTS_PATH, root=root, check=True).stdout.split()
     by_claim: dict[str, list[str]] = {}  # a renamed entry is looked for among its claim's comparisons
     for cid in now:
         by_claim.setdefault(cid.split("-", 1)[0], []).append(cid)
     for sha in commits:
-        files = [f for f in _git("ls-tree", "-r", "--name-only", sha, "--", RESULTS_PATH, root=root).split()
-                 if f.endswith(".json")]
+        listed = git("ls-tree", "-r", "--name-only", sha, "--", RESULTS_PATH, root=root, check=True).stdout
+        files = [f for f in listed.split() if f.endswith(".json")]
         for path in files:
             try:
                 doc = json.loads(_show(sha, path, root) or "{}")
@@ -136,8 +129,7 @@ def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
 
 
 def _is_ancestor(older: str, newer: str, root: Path) -> bool:
-    return subprocess.run(["git", "merge-base", "--is-ancestor", older, newer], cwd=root,
-                          capture_output=True, timeout=60).returncode == 0
+    return git("merge-base", "--is-ancestor", older, newer, root=root).returncode == 0
 
 
 @lru_cache(maxsize=1)

@@ -32,12 +32,12 @@ import argparse
 import json
 import math
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 from .results import METRIC_KINDS
-from .settings import PROJECT_ROOT
+from .constants import PROJECT_ROOT
+from .files import git
 
 FLIPS = 2  # answers that may flip between machines, at the least
 SHARE = 0.05  # ... or this share of the questions, when that is more
@@ -231,17 +231,13 @@ def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> lis
     return problems
 
 
-def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
-
-
 def accept(profile: str, run_dir: Path, target: Path | None = None, chapters: list[str] | None = None) -> list[Path]:
     """Copy a run's results over the committed ones, after checking that each is a results file of a
     book chapter in this profile, run from a clean commit of this repository's history, and that the
     tree is clean now (the accepted files then say exactly what produced them)."""
     from .run import toc_chapters
 
-    if _git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
         raise ResultsError("the working tree has uncommitted changes: commit them, rerun, then accept, "
                            "so the published results name the commit that produced them")
     chapters = chapters if chapters is not None else toc_chapters()
@@ -258,7 +254,7 @@ def accept(profile: str, run_dir: Path, target: Path | None = None, chapters: li
         sha = prov.get("git_sha")
         if prov.get("git_dirty") is not False or not sha:
             raise ResultsError(f"{src}: ran from a tree with uncommitted changes (or outside git); rerun from a clean commit")
-        if _git("merge-base", "--is-ancestor", sha, "HEAD").returncode != 0:
+        if git("merge-base", "--is-ancestor", sha, "HEAD").returncode != 0:
             raise ResultsError(f"{src}: ran from commit {sha[:12]}, which is not in this branch's history")
     target = target or PROJECT_ROOT / "experiments" / "results" / profile
     target.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ adjusted verdicts.
 
 - `load_plan` reads and checks the plan: each comparison's conditions, test, direction, smallest
   effect of interest, bounds and role.
-- `judge` computes one comparison from two conditions' outcomes (ragft.stats.judge), after checking
+- `judge` computes one comparison from two conditions' outcomes (ragft.stats.compare), after checking
   that the comparison and its conditions are declared; a chapter asks for comparisons by id
   (`ChapterRun.compare`) and never codes a test, a direction or a margin.
 - `adjust` decides a family: Holm's adjusted p for the primary comparisons, each verdict decided on
@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 
 from . import stats
-from .config import PROFILES
+from .constants import PROFILES
+from .files import git, read_json, write_atomically
 from .settings import PROJECT_ROOT
 
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
@@ -295,7 +296,7 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.judge(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
+    return stats.compare(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
                        spec.stated, plan.power)
 
 
@@ -393,7 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    from .results import _git, read_json, write_atomically
 
     parser = argparse.ArgumentParser(prog="python -m ragft.plan", description=main.__doc__)
     parser.add_argument("command", choices=["rejudge", "check"])
@@ -406,11 +406,11 @@ def main(argv: list[str] | None = None) -> int:
           + f"), {len(plan.members(CASE))} in the reader's case's")
     if args.command == "check":
         return 0
-    sha = _git("rev-parse", "HEAD")
+    sha = git("rev-parse", "HEAD").stdout.strip()
     for path in args.files:
         doc = read_json(path)
         doc["comparisons"] = rejudge(doc, plan)
-        doc["provenance"]["rejudged"] = {"git_sha": sha, "git_dirty": bool(_git("status", "--porcelain"))}
+        doc["provenance"]["rejudged"] = {"git_sha": sha, "git_dirty": bool(git("status", "--porcelain").stdout.strip())}
         write_atomically(path, json.dumps(doc, indent=1) + "\n")
         print(f"{path}: {len(doc['comparisons'])} comparisons rejudged")
     return 0

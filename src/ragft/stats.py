@@ -1,7 +1,7 @@
 """Intervals, paired tests, power arithmetic and the verdict of one planned comparison, on scipy.stats.
 
 A comparison is declared in the analysis plan (data/analysis_plan.yaml, read by ragft.plan) and
-judged here from two conditions' per-unit outcomes ({unit id: score}) by `judge`:
+judged here from two conditions' per-unit outcomes ({unit id: score}) by `compare`:
 
   paired, 0/1 outcomes   the exact McNemar test (a binomial test on the discordant pairs, at any n),
               two-sided, and Tango's score interval for the paired difference of rates (Tango 1998;
@@ -422,7 +422,7 @@ def size_vs_stated(low: float, high: float, stated) -> str | None:
     return "consistent"
 
 
-def judge(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA, family_size: int = 1,
+def compare(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA, family_size: int = 1,
           stated=None, power: float = POWER) -> Comparison:
     """One planned comparison (a ragft.plan.Planned) of two recorded conditions, with its raw verdict:
 

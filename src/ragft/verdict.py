@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim
+from .constants import DEPENDS
 from .declared import record
 from .stats import CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
 
-DEPENDS = "depends"
 NOT_TESTABLE = "not testable here"
 NOT_AT_CPU = "not testable at cpu scale"
 VERDICTS = (SUPPORTED, DIRECTION_ONLY, CONTRADICTED, DEPENDS, NOT_DECIDED, *UNINFORMATIVE.values(), NOT_FIT, NOT_AT_CPU,
@@ -94,7 +94,7 @@ def _deciding(c: dict) -> bool:
     return c.get("kind") == "computed" or (c.get("role", "primary") == "primary" and c.get("test", "paired") != "check")
 
 
-def judge(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] | None = None) -> LedgerRow:
+def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, str] | None = None) -> LedgerRow:
     """One claim's ledger row from the run's comparisons ({comparison id: comparison dict}, adjusted
     by the family); `elsewhere` ({comparison id: why}, from `not_measured`) names those the run's
     profile leaves to other profiles by the plan's declaration."""
@@ -173,7 +173,7 @@ def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[L
     """Every claim's row, in the claims file's order, from one run's chapter results: each chapter's
     comparisons recomputed from its outcomes by the plan, then adjusted as one family."""
     comparisons, elsewhere = family(chapter_results), not_measured(chapter_results)
-    return [judge(c, comparisons, elsewhere) for c in claims.values()]
+    return [claim_row(c, comparisons, elsewhere) for c in claims.values()]
 
 
 def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:

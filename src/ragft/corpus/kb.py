@@ -28,7 +28,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-REFUSAL_ANSWER = "I don't know"
+from ..constants import REFUSAL_ANSWER
+
 
 # Invented words; checked not to be common English or well-known brands.
 _SERIES = [

@@ -48,7 +48,7 @@ from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..rag import bench, evaluation
 from ..results import ChapterRun, StatedComparison, glue
-from ..corpus.kb import REFUSAL_ANSWER
+from ..constants import REFUSAL_ANSWER
 from ..stats import MAX_FALSE_REFUSALS, wilson_interval
 from .common import elsewhere_label, not_here, start
 

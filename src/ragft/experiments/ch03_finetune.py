@@ -47,7 +47,7 @@ from ..plan import prose_terms, the_plan
 from ..results import ChapterRun, StatedComparison, glue
 from ..scoring import rank_candidates
 from ..train import merged, tasks
-from .common import start
+from .common import checkpoint_folder, curve_run, development_facts, start
 
 CHAPTER = "03_finetune"
 # Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
@@ -155,17 +155,6 @@ def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
         if message and method != "lora":
             out[method] = message
     return out
-
-
-def development_facts(kb, test: list, n: int, seed: int) -> list:
-    """n single facts that are not test facts, drawn reproducibly: every choice of this chapter (the
-    learning rates, the checkpoint) is made on them, never on a test fact."""
-    taken = {q.qid for q in test}
-    pool = [q for q in kb.sample("single", len(kb.by_kind("single")), seed + 1) if q.qid not in taken]
-    if len(pool) < n:
-        raise ValueError(f"n_dev_facts={n}: only {len(pool)} single facts are left after {len(test)} test facts; "
-                         "lower n_facts or n_dev_facts, or use a larger knowledge base")
-    return pool[:n]
 
 
 def known_questions(run: ChapterRun, lm, params) -> list:
@@ -422,23 +411,6 @@ class Curve:
     folders: dict
     lr: float
     train: dict
-
-
-def curve_run(params, facts: list, dev_facts: list, lr: float):
-    """The curve's training run: the test and the development facts together, the most paraphrases,
-    up to the last of curve_exposures, with a snapshot after each checkpoint's epoch. Chapters 4 and
-    5 call it with chapter 3's parameters to reload the same run from the cache."""
-    count = max(params.paraphrase_counts)
-    return tasks.train_dsf(params, facts + dev_facts, count, max(params.curve_exposures), lr=lr, label=f"dsf-p{count}",
-                           snapshots=tuple(e // count for e in params.curve_exposures))
-
-
-def checkpoint_folder(result, exposures: int, count: int) -> str:
-    """The artifact folder of the curve's checkpoint after `exposures` exposures per fact."""
-    from ..train.trainer import snapshot_folder
-
-    epoch = exposures // count
-    return str(result.artifact if epoch == result.metrics["epochs"] else snapshot_folder(result.artifact, epoch))
 
 
 def knowledge_curve(ch: Chapter, lr: float) -> Curve:

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics, raft, report, results
-from ..corpus.kb import REFUSAL_ANSWER
+from ..constants import REFUSAL_ANSWER
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..models import max_chunk_tokens

@@ -13,7 +13,7 @@ from ..claims import load_claims
 from ..results import ChapterRun, glue
 from ..plan import prose_terms, the_plan
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
-from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, counts, family, judge,
+from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
                        not_measured)
 
 CHAPTER = "07_verdict"
@@ -60,7 +60,7 @@ def setup(params) -> Verdicts:
                       f"the {', '.join(sorted(set(origin.values())))} of chapters {', '.join(sorted(origin))}.")
         claims = load_claims()
         comparisons, elsewhere = family(chapter_results), not_measured(chapter_results)
-        rows = [judge(c, comparisons, elsewhere) for c in claims.values()]
+        rows = [claim_row(c, comparisons, elsewhere) for c in claims.values()]
     return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin, comparisons)
 
 

@@ -84,6 +84,36 @@ def chapter3_facts(kb, p3) -> tuple[list, str]:
     return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
 
 
+def development_facts(kb, test: list, n: int, seed: int) -> list:
+    """n single facts that are not test facts, drawn reproducibly: every choice of chapter 3 (the
+    learning rates, the checkpoint) is made on them, never on a test fact."""
+    taken = {q.qid for q in test}
+    pool = [q for q in kb.sample("single", len(kb.by_kind("single")), seed + 1) if q.qid not in taken]
+    if len(pool) < n:
+        raise ValueError(f"n_dev_facts={n}: only {len(pool)} single facts are left after {len(test)} test facts; "
+                         "lower n_facts or n_dev_facts, or use a larger knowledge base")
+    return pool[:n]
+
+
+def curve_run(params, facts: list, dev_facts: list, lr: float):
+    """The curve's training run: the test and the development facts together, the most paraphrases,
+    up to the last of curve_exposures, with a snapshot after each checkpoint's epoch. dsf_adapter calls
+    it with chapter 3's parameters for chapters 4 and 5, to reload the same run from the cache."""
+    from ..train import tasks
+
+    count = max(params.paraphrase_counts)
+    return tasks.train_dsf(params, facts + dev_facts, count, max(params.curve_exposures), lr=lr, label=f"dsf-p{count}",
+                           snapshots=tuple(e // count for e in params.curve_exposures))
+
+
+def checkpoint_folder(result, exposures: int, count: int) -> str:
+    """The artifact folder of the curve's checkpoint after `exposures` exposures per fact."""
+    from ..train.trainer import snapshot_folder
+
+    epoch = exposures // count
+    return str(result.artifact if epoch == result.metrics["epochs"] else snapshot_folder(result.artifact, epoch))
+
+
 def dsf_adapter(p3, kb, facts: list):
     """Chapter 3's closed-book fine-tune (DSF) on `facts`, handed over explicitly: the adapter chapter 3
     of this run names in its results (`artifacts["dsf_adapter"]`, its chosen checkpoint). When chapter 3
@@ -94,7 +124,6 @@ def dsf_adapter(p3, kb, facts: list):
     from pathlib import Path
 
     from ..results import read_chapter
-    from . import ch03_finetune as ch03
 
     doc = read_chapter(DSF_CHAPTER)
     adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
@@ -114,10 +143,10 @@ def dsf_adapter(p3, kb, facts: list):
     (lr, exposures), at = dsf_recipe(p3, published), recipe_words(p3, published)
     print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts), published)}",
           flush=True)
-    dev = ch03.development_facts(kb, facts, p3.n_dev_facts, p3.seed)
-    result = ch03.curve_run(p3, facts, dev, lr)
+    dev = development_facts(kb, facts, p3.n_dev_facts, p3.seed)
+    result = curve_run(p3, facts, dev, lr)
     how = "reloaded from the artifact cache" if result.cached else "trained now"
-    folder = ch03.checkpoint_folder(result, exposures, max(p3.paraphrase_counts))
+    folder = checkpoint_folder(result, exposures, max(p3.paraphrase_counts))
     return (folder, f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.", result)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..corpus.kb import REFUSAL_ANSWER
+from ..constants import REFUSAL_ANSWER
 from ..generation import generate, generate_streamed
 from ..metrics import CITATION, strip_citations
 from ..prompts import CITE_SYSTEM, build_messages

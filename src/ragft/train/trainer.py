@@ -492,7 +492,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "flops": sum(step_flops), "snapshots": kept,
         **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale
     }
-    from ..results import write_atomically
+    from ..files import write_atomically
 
     # the marker that the run finished, written whole or not at all (a reader never sees half of it)
     write_atomically(done, json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
