@@ -154,7 +154,7 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
         {"params": {"model": p.model}, "artifacts": {"dsf_adapter": str(adapter)}, "tables": {"dsf_facts": ["f1", "f2"]}}))
     loaded = []
-    monkeypatch.setattr("ragft.train.load_artifact",
+    monkeypatch.setattr(common, "load_artifact",
                         lambda model, path, cfg, merge: loaded.append((model, path, cfg, merge)) or "lm")
     monkeypatch.setattr(ch04.tasks, "train_dsf", lambda *a: pytest.fail("must not retrain chapter 3's adapter"))
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
@@ -172,8 +172,6 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is gone"),
 ])
 def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, why):
-    from ragft.experiments import common
-
     if doc is not None:
         (run_dir / "results" / "03_finetune.json").write_text(json.dumps(doc))
     trained = []
@@ -181,7 +179,7 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
     monkeypatch.setattr(common, "curve_run", lambda p3, facts, dev, lr: trained.append(lr)
                         or SimpleNamespace(lm="own", cached=False, artifact=run_dir / "curve",
                                            metrics={"epochs": max(p3.curve_exposures) // max(p3.paraphrase_counts)}))
-    monkeypatch.setattr("ragft.train.load_artifact", lambda model, path, cfg, merge: ("own", str(path)))
+    monkeypatch.setattr(common, "load_artifact", lambda model, path, cfg, merge: ("own", str(path)))
     # the published results' model: chapter 3's recipe is read from them only for the model they measured
     p = params(model="smollm2-135m")
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)

@@ -113,9 +113,7 @@ def test_packed_candidates_score_the_same_under_eager_attention(lm, kb):
     """The block mask is additive, so an attention implementation other than SDPA reads it the same."""
     qs = kb.sample("single", 3, 0)
     cands = [kb.candidates(q, 3, 0) for q in qs]
-    # the sentence that holds the fact, not its whole document: the same code path on shorter prompts
-    # (26 s -> 14 s on a host of the faster kind; it was among `make test`'s slowest)
-    convs = [prompts.build_messages(q.test_text, passages=[" ".join(q.gold_sentences)]) for q in qs]
+    convs = [prompts.build_messages(q.test_text, passages=[" ".join(q.gold_sentences)]) for q in qs]  # short prompts
     sdpa = rank_candidates(lm, convs, [c for c, _ in cands], [g for _, g in cands])
     lm.model.set_attn_implementation("eager")
     try:

@@ -26,6 +26,7 @@ import yaml
 
 from .constants import PROJECT_ROOT
 from .files import git
+from .plan import condition_matches
 
 RECORD_FILE = PROJECT_ROOT / "data" / "plan_declared.yaml"
 PLAN_PATH = "data/analysis_plan.yaml"
@@ -59,6 +60,8 @@ def _form(cid: str, entry: dict, plan: dict, claims: dict) -> str:
 
 def _show(commit: str, path: str, root: Path) -> str | None:
     out = git("show", f"{commit}:{path}", root=root)
+    if out.returncode == 127:  # git could not run: not the same as a file the commit lacks
+        raise RuntimeError(f"git show {commit}:{path} could not run in {root}: {out.stderr.strip()}")
     return out.stdout if out.returncode == 0 else None
 
 
@@ -100,8 +103,6 @@ def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
 
 def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
     """{comparison id: the oldest commit whose results files hold a result of it}."""
-    from .plan import condition_matches
-
     out: dict[str, str] = {}
     commits = git("log", "--reverse", "--format=%H", "--", RESULTS_PATH, root=root, check=True).stdout.split()
     by_claim: dict[str, list[str]] = {}  # a renamed entry is looked for among its claim's comparisons
@@ -129,7 +130,10 @@ def _first_results(root: Path, now: dict[str, dict]) -> dict[str, str]:
 
 
 def _is_ancestor(older: str, newer: str, root: Path) -> bool:
-    return git("merge-base", "--is-ancestor", older, newer, root=root).returncode == 0
+    out = git("merge-base", "--is-ancestor", older, newer, root=root)
+    if out.returncode not in (0, 1):  # 1: not an ancestor; anything else: git could not answer
+        raise RuntimeError(f"git merge-base --is-ancestor {older} {newer} failed in {root}: {out.stderr.strip()}")
+    return out.returncode == 0
 
 
 @lru_cache(maxsize=1)

@@ -237,7 +237,10 @@ def accept(profile: str, run_dir: Path, target: Path | None = None, chapters: li
     tree is clean now (the accepted files then say exactly what produced them)."""
     from .run import toc_chapters
 
-    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if status.returncode != 0:
+        raise ResultsError(f"git status failed ({status.stderr.strip()}): cannot tell whether the tree is clean")
+    if status.stdout.strip():
         raise ResultsError("the working tree has uncommitted changes: commit them, rerun, then accept, "
                            "so the published results name the commit that produced them")
     chapters = chapters if chapters is not None else toc_chapters()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from .progress import progress
 
 @dataclass
 class Generation:
@@ -79,8 +80,6 @@ def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batc
 
     import torch
     from transformers import LogitsProcessorList
-
-    from .progress import progress
 
     tok, model = lm.tokenizer, lm.model
     prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]

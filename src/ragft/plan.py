@@ -297,7 +297,7 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
     return stats.compare(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
-                       spec.stated, plan.power)
+                         spec.stated, plan.power)
 
 
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
@@ -393,7 +393,6 @@ def main(argv: list[str] | None = None) -> int:
     them, are untouched."""
     import argparse
     import json
-
 
     parser = argparse.ArgumentParser(prog="python -m ragft.plan", description=main.__doc__)
     parser.add_argument("command", choices=["rejudge", "check"])

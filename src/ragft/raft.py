@@ -26,10 +26,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .metrics import f1, final_answer, normalize, strip_citations
+from .corpus.benchmarks import BenchmarkItem, Passage
+from .costs import cost_per_1k_queries
+from .generation import generate
+from .metrics import f1, final_answer, normalize, score_answers, strip_citations
 from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_SYSTEM, TEACHER_SYSTEM, build_messages
+from .rag.answer import cited_messages
+from .scoring import rank_after_generating, rank_candidates
 from .text import flat, sentences
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
+from .train.tasks import dsf_messages
 
 _QUOTE = re.compile(re.escape(BEGIN_QUOTE) + r"(.*?)" + re.escape(END_QUOTE), re.DOTALL)
 
@@ -189,8 +195,6 @@ def teacher_quotes(lm, sources: list[RaftSource], references: list[str] | None =
     reference (the answer, or `references[i]` such as a conclusion). Returns the sources and how
     many quotes fell back to the lexical choice.
     """
-    from .generation import generate
-
     todo = [i for i, s in enumerate(sources) if not s.quotes]
     prompts = [build_messages(f"Question: {sources[i].question}\nAnswer: {sources[i].answer}", system=TEACHER_SYSTEM,
                               passages=list(sources[i].oracles)) for i in todo]
@@ -264,8 +268,6 @@ def chunk_sources(items, chunks) -> list[RaftSource]:
 
 def one_document(items) -> list:
     """Benchmark items with their passages joined into one document (a PubMed abstract's sections)."""
-    from .corpus.benchmarks import BenchmarkItem, Passage
-
     out = []
     for it in items:
         doc = Passage(f"{it.qid}-all", it.passages[0].title if it.passages else it.question,
@@ -288,17 +290,12 @@ def ask(lm, questions: list[str], documents: list[list[str]], style: str, max_ne
     """Answers from one model for many questions, in one of the book's prompt styles:
     "closed" (no documents, chapter 3's DSF prompt), "rag" (chapter 2's numbered sources with
     citations), "raft" or "raft-nocot" (the RAFT prompt). Returns a Generation."""
-    from .generation import generate
-
     return generate(lm, conversations(questions, documents, style), max_new_tokens, batch_size, desc=desc)
 
 
 def conversations(questions: list[str], documents: list[list[str]] | None, style: str) -> list[list[dict]]:
     """The prompts of one of the book's styles: "closed" (no documents, chapter 3's DSF prompt),
     "rag" (chapter 2's numbered sources with citations), "raft" or "raft-nocot" (the RAFT prompt)."""
-    from .rag.answer import cited_messages
-    from .train.tasks import dsf_messages
-
     if style == "closed":
         return [dsf_messages(q) for q in questions]
     if style not in ("rag", "raft", "raft-nocot"):
@@ -317,8 +314,6 @@ def rank(lm, questions: list[str], documents: list[list[str]] | None, style: str
     reader); each candidate is then scored after that reply's reasoning and the final-answer
     marker (the reasoning's own log-likelihood, the same for every candidate of a question, is left
     out of the scores)."""
-    from .scoring import rank_candidates
-
     prefixes = None
     if reasoning is not None:
         if len(reasoning) != len(questions):
@@ -337,8 +332,6 @@ def read(lm, questions: list[str], documents: list[list[str]] | None, style: str
     after its own reasoning, on the generation's own KV cache (`ragft.scoring.rank_after_generating`:
     the prompt is prefilled once, not once to answer and once to score). Returns (the Generation or
     None, the Ranking)."""
-    from .scoring import rank_after_generating
-
     if style != "raft":
         return None, rank(lm, questions, documents, style, candidates, gold, desc=desc)
     return rank_after_generating(lm, conversations(questions, documents, style),
@@ -355,9 +348,6 @@ def score_row(name: str, gen, items: list, oracles: list[list[str]] | None, pric
     """One row of the chapter's tables: gold contained, EM, F1 (answerable items), refusal accuracy
     (unanswerable items), quote correctness (replies whose quotes are all oracle spans; only for a
     quoting reader, `oracles` given), prompt tokens and cost per 1,000 queries."""
-    from .costs import cost_per_1k_queries
-    from .metrics import score_answers
-
     s = score_answers(answers_of(gen.texts), items)
     row = {"condition": name, "contains": s.get("contains"), "em": s.get("em"), "f1": s.get("f1"),
            "refusal_acc": s.get("refusal_acc")}

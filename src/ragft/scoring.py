@@ -16,7 +16,8 @@ import copy
 import time
 from dataclasses import dataclass
 
-from .generation import MIN_SHARED_PREFIX, Generation, _common_prefix_len
+from .generation import MIN_SHARED_PREFIX, Generation, _common_prefix_len, _decode_completion, generate
+from .progress import progress
 
 
 @dataclass
@@ -117,8 +118,6 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     (checked in the tests)."""
     import torch
 
-    from .progress import progress
-
     _check(conversations, candidates, gold)
     if reply_prefixes is not None and len(reply_prefixes) != len(conversations):
         raise ValueError(f"{len(reply_prefixes)} reply prefixes for {len(conversations)} conversations: they must pair up")
@@ -181,8 +180,6 @@ def rank_after_generating(lm, conversations: list[list[dict]], candidates: list[
     the prefix, as there. Returns (the generation, the ranking); the ranking's seconds are the
     scoring passes alone, and the generation's exclude them."""
     import torch
-
-    from .generation import _decode_completion, generate
 
     _check(conversations, candidates, gold)
     tok = lm.tokenizer

@@ -87,7 +87,6 @@ def configure(params) -> None:
         import torch
 
         if not torch.cuda.is_available():
-
             raise ParamError("profile='gpu' needs a CUDA GPU, and this machine has none: it would load the hub's "
                              "larger model online and run GPU-sized samples on the CPU. Use profile='cpu' (offline, "
                              "the published numbers), or pass device='cpu' to run the gpu profile here on purpose")

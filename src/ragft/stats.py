@@ -423,7 +423,7 @@ def size_vs_stated(low: float, high: float, stated) -> str | None:
 
 
 def compare(spec, a_name: str, a: dict, b_name: str, b: dict, alpha: float = ALPHA, family_size: int = 1,
-          stated=None, power: float = POWER) -> Comparison:
+            stated=None, power: float = POWER) -> Comparison:
     """One planned comparison (a ragft.plan.Planned) of two recorded conditions, with its raw verdict:
 
     - the test the plan declares: `paired` (sign-flip on per-unit differences; exact McNemar on 0/1

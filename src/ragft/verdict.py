@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .claims import Claim
+from .claims import Claim, load_claims
 from .constants import DEPENDS
 from .declared import record
+from .plan import BOOK, adjust, rejudge, the_plan
 from .stats import CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
 
 NOT_TESTABLE = "not testable here"
@@ -179,8 +180,6 @@ def ledger(claims: dict[str, Claim], chapter_results: dict[str, dict]) -> list[L
 def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:
     """{comparison id: why} for the comparisons of these chapters that their profile does not measure
     (the plan's `profiles`)."""
-    from .plan import the_plan
-
     plan, out = the_plan(), {}
     for chapter, doc in chapter_results.items():
         if doc.get("profile"):
@@ -191,8 +190,6 @@ def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:
 def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     """Every comparison of the chapters' results, recomputed from their outcomes by the plan and
     adjusted as one family: {comparison id: comparison dict with its chapter}."""
-    from .plan import BOOK, adjust, rejudge, the_plan
-
     found, plan = [], the_plan()
     for chapter, doc in chapter_results.items():  # a reader's case (chapter 8) is a family of its own
         found += [{**c, "chapter": chapter} for c in rejudge(doc) if plan.family_of(c["claim"]) == BOOK]
@@ -249,9 +246,6 @@ def decided_table(doc: dict | None):
     depends), for reading: each claim in its own words, what was compared on what and at what n, the
     difference, and the plan's caveat for the comparison shown."""
     import pandas as pd
-
-    from .claims import load_claims
-    from .plan import the_plan
 
     claims, plan, rows = load_claims(), the_plan(), []
     for r in (doc or {}).get("tables", {}).get("ledger", []):

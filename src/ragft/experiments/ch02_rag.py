@@ -42,14 +42,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import metrics as answer_metrics
-from .. import plots, rag, report
+from .. import metrics as answer_metrics, plots, rag, report, settings
+from ..constants import REFUSAL_ANSWER
+from ..corpus import benchmarks
 from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
+from ..progress import progress
 from ..rag import bench, evaluation
-from ..results import ChapterRun, StatedComparison, glue
-from ..constants import REFUSAL_ANSWER
-from ..stats import MAX_FALSE_REFUSALS, wilson_interval
+from ..results import ChapterRun, StatedComparison, glue, glue_metrics
+from ..scoring import rank_candidates
+from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
 from .common import elsewhere_label, not_here, start
 
 CHAPTER = "02_rag"
@@ -197,8 +199,6 @@ def setup(params) -> Chapter:
     local Chroma folder (so ingestion is measured from scratch) or the configured server;
     NaturalQuestions-Open where the knowledge base's sections run and the data folder has it (the
     refusal threshold's off-topic questions, and the real-data section's gold passages)."""
-    from .. import settings
-
     own = read_own_inputs(params)  # a bad file fails here, in seconds, not after the whole chapter
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     folder = settings.run_dir() / "chroma" / CHAPTER
@@ -210,8 +210,6 @@ def setup(params) -> Chapter:
 
 def load_nq(params) -> list:
     """NaturalQuestions-Open from the data folder, or nothing (with a line saying why)."""
-    from ..corpus import benchmarks
-
     try:
         return benchmarks.load_nq_open(params.data_dir or None)
     except benchmarks.DataUnavailable as e:
@@ -490,9 +488,6 @@ def score_top_ks(ch: Chapter, retriever, answerable: list, unanswerable: list, k
     unanswerable questions at the fewest chunks only (ragft.scoring.rank_candidates). A question's
     prompts at different k share their beginning (system prompt and its first chunks), so they are
     scored in one call that computes that beginning once."""
-    from ..progress import progress
-    from ..scoring import rank_candidates
-
     p = ch.params
     by_id = {q.qid: q for q in ch.kb.questions}
     asked = answerable + unanswerable
@@ -660,8 +655,6 @@ def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
     """Refusal as a detector, unanswerable questions the positives: {name: (metric key, scores of
     unanswerable questions, scores of answerable ones)}, a higher score meaning "refuse". Each gets
     its AUROC and its refusal recall at <= 5 % false refusals (with a Wilson interval), as metrics."""
-    from ..stats import auroc, recall_at_fpr
-
     rows = []
     for name, (key, pos, neg) in detectors.items():
         if not pos or not neg:
@@ -943,8 +936,6 @@ class Scale:
 def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     """Grow one collection through scale_sizes (real chunk vectors, then Gaussian fillers with their
     mean and covariance) and time HNSW against exact search at each size (ragft.rag.bench)."""
-    from .. import settings
-
     p, run = ch.params, ch.run
     real = np.concatenate([np.asarray(s.collection.get(include=["embeddings"])["embeddings"]) for s in index.stores.values()])
     queries = grid.query_vectors[:p.n_scale_queries]
@@ -1039,8 +1030,6 @@ def squad_articles(ch: Chapter) -> Articles:
     every compared chunk size stays below CEILING_BAR); the other articles' questions are the test
     questions. Sizes are compared at equal k and at an equal budget of retrieved tokens, and the
     model answers n_squad_read test questions at the budget from 64- and 256-token chunks."""
-    from ..corpus import benchmarks
-
     p, run = ch.params, ch.run
     try:
         found = benchmarks.load_squad_articles(p.data_dir or None)
@@ -1269,8 +1258,6 @@ class OwnInputs:
 def read_own_inputs(params) -> OwnInputs:
     """Read and check corpus_dir (default: the sample folder) and questions_file (default: the sample
     questions; none for a corpus_dir without one): errors name the file and line."""
-    from .. import settings
-
     sample = settings.PROJECT_ROOT / "data"
     folder = params.corpus_dir or str(sample / "sample_docs")
     qfile = params.questions_file or ("" if params.corpus_dir else str(sample / "sample_questions.jsonl"))
@@ -1319,8 +1306,6 @@ def own_documents(ch: Chapter) -> OwnDocuments:
 def finish(ch: Chapter, index: Index, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
            ref: Refusal, lat: Latency, sc: Scale, articles: Articles, real: RealData):
     """The model size, the tables, every metric glued, and the results file written."""
-    from ..results import glue_metrics
-
     run = ch.run
     run.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
     records = lambda table: table.reset_index().to_dict("records")

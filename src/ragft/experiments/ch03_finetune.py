@@ -37,16 +37,21 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics, prompts, report, results
+from .. import metrics, models, prompts, rag, report, results, settings
+from ..constrained import generate_json, json_schema, max_record_tokens
+from ..corpus.benchmarks import load_nq_open
 from ..corpus.kb import STRUCTURED_FIELDS
+from ..corpus.known import ranked_questions
 from ..costs import load_prices
 from ..drift import rate_tolerance
-from ..constrained import generate_json, json_schema, max_record_tokens
 from ..generation import Generation, generate
 from ..plan import prose_terms, the_plan
 from ..results import ChapterRun, StatedComparison, glue
 from ..scoring import rank_candidates
-from ..train import merged, tasks
+from ..stats import mean_interval, wilson_interval
+from ..train import load_artifact, memory, merged, tasks, train
+from ..train.measure import release_memory
+from ..train.trainer import snapshot_folder
 from .common import checkpoint_folder, curve_run, development_facts, start
 
 CHAPTER = "03_finetune"
@@ -140,9 +145,6 @@ EXAMPLE_TOKENS_MAX = 128  # a fact's training example with its chat template, pa
 def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
     """method -> why it is skipped, for the methods whose training would not fit the device's memory
     (estimated from the model's shape before any training; LoRA always runs: the chapter rests on it)."""
-    from .. import models
-    from ..train import memory
-
     spec = models.get_spec(params.model, "lm")
     if spec.shape is None:
         return {}
@@ -161,9 +163,6 @@ def known_questions(run: ChapterRun, lm, params) -> list:
     """The first n_known usable NQ-Open questions (corpus.known) that the base model ranks right closed
     book: facts it knew before any training. Recorded as "base known" (1 for each, by construction);
     a fine-tune's "<model> known" says which it still ranks right. Empty when n_known is 0."""
-    from ..corpus.benchmarks import load_nq_open
-    from ..corpus.known import ranked_questions
-
     if not params.n_known:
         return []
     screened = ranked_questions(load_nq_open(), params.n_known, LOOKALIKES, params.seed)
@@ -268,8 +267,6 @@ def share(outcomes: dict) -> float:
 def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str]:
     """Generated answers to the format subset's conversations, recorded as "<name> generated"
     (1 when the answer contains the gold): the form of the answers, beside the ranking's verdict."""
-    from .. import rag
-
     p, facts = ch.params, ch.format_facts
     gen = generate(model_lm, conversations, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
     texts = [rag.strip_citations(t) for t in gen.texts]
@@ -319,8 +316,6 @@ def learning_rate_sweep(ch: Chapter) -> pd.DataFrame:
     """Each method of sweep_methods trained on the development facts (most paraphrases,
     sweep_exposures per fact, constant rate) at each of its rates and scored on their held-out
     paraphrases; one row per (method, rate). pick_lrs applies the rule."""
-    from ..train.measure import release_memory
-
     p, facts, rows = ch.params, ch.dev_facts, []
     with ch.run.stage("lr_sweep"):
         for method in [m for m in p.sweep_methods if m not in ch.skipped]:
@@ -418,9 +413,6 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
     the test facts' trained and held-out phrasings (recorded as "DSF p<n> e<exposures> ..."), the
     development facts' (for the checkpoint rule), and the known real-world questions; with the
     training seconds and FLOPs up to that checkpoint."""
-    from ..train import load_artifact
-    from ..train.measure import release_memory
-
     p, count = ch.params, ch.best_count
     with ch.run.stage("dsf_curve"):
         result = curve_run(p, ch.facts, ch.dev_facts, lr)
@@ -504,9 +496,6 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     given each fact's own document (what RAG would score if retrieval never missed), on the held-out
     questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
     (artifacts["dsf_adapter"], tables["dsf_facts"])."""
-    from .. import rag, settings
-    from ..train import load_artifact
-
     p, run, count = ch.params, ch.run, ch.best_count
     held, seen = closed_book(ch, ch.lm, BASE)
     rows = [{"condition": CLOSED_ROW, "held_out": share(held), "trained_paraphrase": share(seen)}]
@@ -576,8 +565,6 @@ def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
     (k5_exposures epochs; the development facts are left out, for time: nothing is chosen on this
     run), asked the held-out phrasings; beside it the curve's checkpoint at the same exposures (the
     most paraphrases). One row per paraphrase count."""
-    from ..train.measure import release_memory
-
     p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
     rows = []
     with ch.run.stage("paraphrases"):
@@ -643,9 +630,6 @@ def json_config(params):
 def model_after(params, result, cfg, epochs: int):
     """A JSON fine-tune after `epochs` epochs: the run's own model (merged) after its last epoch,
     else the snapshot saved after that epoch, loaded and merged."""
-    from ..train import load_artifact
-    from ..train.trainer import snapshot_folder
-
     if epochs == cfg.epochs:
         return result.lm
     return load_artifact(params.model, snapshot_folder(result.artifact, epochs), cfg, merge=True)
@@ -665,10 +649,6 @@ def structured(ch: Chapter) -> Behaviour:
     count of structured_epochs and on the test products at the count its development products chose;
     the fine-tune K4 tests is the development products' choice among the sizes (choose_json). Each
     test condition's row (rates with 95 % intervals) and per-product outcomes."""
-    from ..stats import mean_interval, wilson_interval
-    from ..train import train
-    from ..train.measure import release_memory
-
     p, run, kb = ch.params, ch.run, ch.kb
     test = [(kb, q) for q in kb.sample("structured", p.n_structured_test, p.seed)]
     dev = tasks.structured_dev_products(p.n_structured_dev, p.kb_seed, p.kb, max(p.structured_sizes))
@@ -776,8 +756,6 @@ def methods(ch: Chapter, lrs: dict) -> Methods:
     rate) trained with every method of `methods` at its own chosen rate, LoRA once per seed of
     n_training_seeds: each run's closed-book quality ("methods <method> quality"), training costs and
     forgetting probe ("NLL: methods, <method>")."""
-    from ..train.measure import release_memory
-
     p, facts, count = ch.params, ch.method_facts, ch.best_count
     rows, seed_rows, probes, runs = [], [], {}, {}
     with ch.run.stage("methods"):

@@ -47,16 +47,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import metrics, raft, report, results
+from .. import config, metrics, raft, rag, report, results, settings
 from ..constants import REFUSAL_ANSWER
+from ..corpus import benchmarks
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..models import max_chunk_tokens
 from ..results import ChapterRun, StatedComparison, glue
-from ..stats import MAX_FALSE_REFUSALS
-from ..train import tasks
-from .common import chapter3_facts, elsewhere_label, not_here, record_answers, start
-from .common import dsf_model as common_dsf_model
+from ..scoring import Ranking
+from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
+from ..train import example, merged, tasks, train
+from ..train.measure import release_memory
+from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, record_answers, start
 
 CHAPTER = "04_raft"
 DSF_CHAPTER = "03_finetune"
@@ -171,8 +173,6 @@ def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the knowledge base indexed in
     Chroma in chunks; the test questions and their retrieved chunks; RAFT's training sources and the
     main variant's data, written as JSONL."""
-    from .. import config, rag, settings
-
     dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model, device=params.device)
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
@@ -290,8 +290,6 @@ def raft_data(ch: Chapter, p: float | None = None, k: int | None = None, cot: bo
 
 def fit(ch: Chapter, records: list, label: str):
     """A LoRA fine-tune on RAFT records (cached by configuration and data), merged for answering."""
-    from ..train import merged, train
-
     # batches pad to their own longest example, so a generous max_len costs nothing
     result = train(ch.params.model, [r.to_example() for r in records],
                    tasks.lora_config(ch.params, ch.params.epochs, max_len=4096), label=label)
@@ -343,16 +341,12 @@ class Scored:
 
     def refusal(self) -> tuple[float, float]:
         """(AUROC, refusal recall at <= 5 % false refusals), NaN without both kinds of question."""
-        from ..stats import auroc, recall_at_fpr
-
         if not self.refuse_pos or not self.refuse_neg:
             return float("nan"), float("nan")
         return auroc(self.refuse_pos, self.refuse_neg), recall_at_fpr(self.refuse_pos, self.refuse_neg)[0]
 
     def only(self, qids: list[str]) -> "Scored":
         """The same reader's scores on the answerable items among `qids` (a subset of its run)."""
-        from ..scoring import Ranking
-
         keep = set(qids)
         js = [j for j, q in enumerate(self.qids) if q in keep]
         r = self.ranking
@@ -361,8 +355,6 @@ class Scored:
                       sum(ranking.prompt_tokens) / max(1, len(js)))
 
     def row(self) -> dict:
-        from ..stats import wilson_interval
-
         area, recall = self.refusal()
         lo, hi = wilson_interval(sum(self.ranking.correct), len(self.qids))
         return {"acc": self.acc, "acc_lo": lo, "acc_hi": hi, "chance": self.ranking.chance, "n": len(self.qids),
@@ -374,8 +366,6 @@ def rank(ch: Chapter, model_lm, style: str, k: int, idx: list[int] | None = None
     """A reader's candidate log-likelihoods on the items at `idx` (all by default), reading their top-k
     chunks (`raft.read`); a quoting reader ("raft") generates its reasoning first and is scored after
     it, and its generation is returned (else None)."""
-    from ..scoring import Ranking
-
     p = ch.params
     idx = list(range(len(ch.test_items))) if idx is None else list(idx)
     docs = [[h.text for h in ch.ranked[i][:k]] for i in idx] if k else None
@@ -436,8 +426,6 @@ def main_table(ch: Chapter) -> MainTable:
     refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
     recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
     on the development questions (raft_fitness, the plan's `raft` rule) is measured."""
-    from ..train.measure import release_memory
-
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
     scored, gens = {}, {}
 
@@ -530,8 +518,6 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
     questions at the main table's top-k (generated, then scored after its reasoning); the main
     variant's replies and scores (`main`) are reused, not recomputed. Empty tables where the profile
     does not run them (`not_here`)."""
-    from ..train.measure import release_memory
-
     p, k, idx = ch.params, ch.k, ch.ablation_facts
     why = not_here(p, ABLATION_COMPARISONS)
     if why:
@@ -674,8 +660,6 @@ def _pick(ch: Chapter, items: list, split: str, n: int) -> list:
 
 
 def _bench_store(ch: Chapter, name: str, items: list, size: int):
-    from .. import rag, settings
-
     path = settings.run_dir() / "chroma" / f"{CHAPTER}-{name}"
     shutil.rmtree(path, ignore_errors=True)
     store = rag.ChunkStore(name, path=path, embed_model=ch.embed_model, chunk_size=size, chunk_overlap=0)
@@ -685,9 +669,6 @@ def _bench_store(ch: Chapter, name: str, items: list, size: int):
 
 def _bench_readers(ch: Chapter, name: str, train_items: list, sources: list, pool: list, negatives) -> list:
     """(row name, model, prompt style): the base model, optionally DSF, and RAFT trained on the train split."""
-    from .. import settings
-    from ..train import example, merged, train
-
     p = ch.params
     readers = [("base, closed book", ch.lm, "closed"), ("base + RAG", ch.lm, "rag")]
     if p.bench_dsf:
@@ -727,9 +708,6 @@ def pubmedqa(ch: Chapter) -> Benchmarks:
     accuracy and macro-F1 beside the majority label, each reader recorded per item as
     "PubMedQA <reader>"; a note instead when the data is not there."""
     from dataclasses import replace
-
-    from ..corpus import benchmarks
-    from ..train.measure import release_memory
 
     p = ch.params
     why = not_here(p, PUBMEDQA_COMPARISONS)
@@ -771,10 +749,6 @@ def pubmedqa(ch: Chapter) -> Benchmarks:
 def hotpotqa(ch: Chapter) -> Benchmarks:
     """HotpotQA rows (answer EM and F1, with a bootstrap interval on F1), each reader recorded per
     item as "HotpotQA <reader>" (F1); a note instead when the data is not there."""
-    from ..corpus import benchmarks
-    from ..stats import mean_interval
-    from ..train.measure import release_memory
-
     p = ch.params
     why = not_here(p, HOTPOTQA_COMPARISONS)
     if why:
@@ -824,8 +798,6 @@ def benchmark_rows(ch: Chapter) -> Benchmarks:
 
 def benchmark_style(bench: Benchmarks):
     """The benchmark table with 95 % intervals (Wilson for accuracy, bootstrap for mean F1)."""
-    from ..stats import wilson_interval
-
     show = bench.table
     if show.empty:
         return pd.DataFrame({"note": bench.notes})

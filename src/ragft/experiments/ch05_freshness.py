@@ -43,10 +43,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import raft, results
+from .. import config, metrics, raft, rag, results, settings, untrusted
+from ..corpus import build_kb
+from ..generation import generate
+from ..metrics import contains
+from ..plan import the_plan
+from ..rag.answer import cited_messages
+from ..rag.store import token_counter
 from ..results import ChapterRun, StatedComparison, glue
 from ..stats import wilson_interval
-from ..train import tasks
+from ..train import load_artifact, merged, tasks, train
+from ..train.measure import release_memory
+from . import ch04_raft as ch04, common
 from .common import chapter3_facts, dsf_adapter, elsewhere_label, not_here, start
 
 CHAPTER = "05_freshness"
@@ -90,9 +98,6 @@ class Chapter:
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; both worlds and the test sets;
     where the DSF adapter comes from (chapter 3's of this run, else trained here)."""
-    from .. import config
-    from ..corpus import build_kb
-
     p3 = config.resolve("03_finetune", params.profile, model=params.model, device=params.device)
     p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model, device=params.device)  # the device asked for
     sizes = replace(params.kb, v2_change_share=params.change_share)  # v1's documents do not depend on it
@@ -127,8 +132,6 @@ def dsf_recipe(p3, from_chapter_3: bool) -> tuple[float, int]:
     """(learning rate, exposures per fact) the DSF adapter was trained with: chapter 3's choice of this
     run when the adapter is chapter 3's (dsf_adapter trained nothing here), else what the fallback
     trains with (common.dsf_recipe); the updates below train with the same recipe."""
-    from . import common
-
     doc = results.read_chapter("03_finetune") if from_chapter_3 else None
     return common.dsf_recipe(p3, common.published_dsf(p3), doc)
 
@@ -180,8 +183,6 @@ def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str,
 
 def search(ch: Chapter, store, world: str, parts: tuple[str, ...]) -> dict:
     """{(world, set): the chunks each question of the set retrieves from the store as it is now}."""
-    from .. import rag
-
     retriever = rag.Retriever(store, ch.embed_model)  # a new one: BM25 is built from the store's chunks
     return {(world, part): retriever.search([q.test_text for q in ch.sets[(world, part)]], ch.params.rag_top_k, "hybrid")
             if ch.sets[(world, part)] else [] for part in parts}
@@ -199,8 +200,6 @@ class Readers:
 
 def readers(ch: Chapter) -> Readers:
     """Chapter 3's DSF (its chosen checkpoint) and chapter 4's RAFT reader, loaded and merged."""
-    from ..train import load_artifact
-
     dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, 1), merge=True)
     adapter, source = raft_adapter(ch)
     return Readers(dsf, load_artifact(ch.p4.model, adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True),
@@ -215,8 +214,6 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
     same = doc is not None and (doc.get("params") or {}).get("model") == ch.p4.model
     if adapter and same and Path(adapter).is_dir():
         return adapter, f"RAFT model: chapter 4's adapter from this run ({Path(adapter).name}), loaded, not retrained."
-    from . import ch04_raft as ch04
-
     why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
     c4 = ch04.setup(ch.p4)
     fit = ch04.fit(c4, c4.main_records, "raft-kb")
@@ -239,8 +236,6 @@ class Index:
 
 def index_v1(ch: Chapter) -> Index:
     """The v1 documents indexed in Chroma, one document to a source; the changed facts' v1 retrieval."""
-    from .. import rag, settings
-
     p = ch.params
     with ch.run.stage("index_v1"):
         store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=settings.run_dir() / "chroma" / CHAPTER,
@@ -272,9 +267,6 @@ def update_index(ch: Chapter, index: Index) -> IndexUpdate:
     """Apply the v2 change by document id to the v1 store: each changed or new document upserted alone
     (timed: a change arrives, its page is re-indexed), removed documents deleted; then the same change
     again (it must write nothing), and the store checked against the v2 documents chunk by chunk."""
-    from .. import rag
-    from ..rag.store import token_counter
-
     store, old, new = index.store, rag.kb_documents(ch.kb), rag.kb_documents(ch.kb2)
     before_hash = {s.doc_id: s.content_hash for s in old}
     changes = [s for s in new if before_hash.get(s.doc_id) != s.content_hash]
@@ -363,9 +355,6 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     the v1 adapter trained further on the changed facts only; and on them plus a replay sample of
     unchanged facts. Each scored closed book on the changed and the unchanged facts; beside them the
     index update (`update`) with base + RAG's accuracy from the change table."""
-    from ..train import merged, train
-    from ..train.measure import release_memory
-
     p, p3 = ch.params, ch.p3
     count = max(p3.paraphrase_counts)
     cfg = tasks.dsf_config(p3, count, ch.exposures, ch.lr)
@@ -411,10 +400,6 @@ def update_repetitions(ch: Chapter, upsert_s: dict) -> None:
     document's upsert took (timed on its own when the change was applied) and the seconds of a
     continued-training run of the knowledge fine-tune on that fact alone. No time is shared out or
     copied among facts."""
-    from ..plan import the_plan
-    from ..train import train
-    from ..train.measure import release_memory
-
     p3, count = ch.p3, max(ch.p3.paraphrase_counts)
     cfg = tasks.dsf_config(p3, count, ch.exposures, ch.lr)
     facts, docs = [], set()
@@ -452,8 +437,6 @@ def conflict(ch: Chapter, asked: list[Asked | None], update: IndexUpdate) -> dic
     """On the changed facts whose v1 value the DSF gives closed book (the old value sits in its
     weights) and whose retrieved chunks state the v2 value: how often DSF + RAG answers with the
     retrieved value (the context wins), with the stale one (the weights win), or with neither."""
-    from ..metrics import contains
-
     qs, cands = ch.sets[("v2", "changed")], ch.candidates[("v2", "changed")]
     closed = ch.run.outcomes.get(stale_outcome(DSF), {})
     reading = next((a.ranking for a in asked if a and (a.row["approach"], a.row["world"], a.row["set"])
@@ -494,10 +477,6 @@ def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
     the base model's generated reply with chapter 2's numbered sources, and with the sources delimited
     as data (recorded per question as "<reader>: followed" and "<reader>: answered"). The fine-tune
     reads no document at answer time: its row is 0 by construction, shown, not tested."""
-    from .. import metrics, untrusted
-    from ..generation import generate
-    from ..rag.answer import cited_messages
-
     p, qs = ch.params, ch.sets[("v2", "changed")]
     hits = update.ranked[("v2", "changed")]
     chosen = [(q, h[:p.rag_top_k]) for q, h in zip(qs, hits) if any(x.doc_id in q.doc_ids for x in h[:p.rag_top_k])]

@@ -11,10 +11,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from .. import costs, settings
+from .. import costs, models, settings
+from ..corpus import build_kb
 from ..costs import Approach, Check, Workload
-from ..results import ChapterRun, glue, read_chapter, read_published
+from ..results import ChapterRun, StatedComparison, glue, glue_findings, read_chapter, read_published
 from ..train.tasks import lora_structured_name
+from ..train.trainer import TARGETS
 
 CHAPTER = "06_cost"
 # Where each approach's tokens per query come from: (chapter, condition of its outcome_tokens).
@@ -271,8 +273,6 @@ def _timed_answer(model, ids, new_tokens: int) -> tuple[float, float]:
 
 def _prompt_ids(lm, params, n_tokens: float):
     """A prompt of n_tokens real knowledge-base text (its content does not change the time)."""
-    from ..corpus import build_kb
-
     text = " ".join(d.text for d in build_kb(params.kb_seed, params.kb).documents)
     n = max(1, int(round(n_tokens)))
     ids = lm.tokenizer(text, return_tensors="pt").input_ids[0]
@@ -287,9 +287,6 @@ def measure_latency(c: Costs) -> dict:
     import warnings
 
     from peft import LoraConfig, get_peft_model
-
-    from .. import models
-    from ..train.trainer import TARGETS
 
     p, run = c.params, c.run
     with run.stage("load_models"):
@@ -479,8 +476,6 @@ def measured_training(c: Costs) -> dict:
 
 
 def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
-    from ..results import glue_findings, StatedComparison
-
     w = c.workload
     glue_findings(c.run.metrics, [StatedComparison("T2-merged-latency", stated["T2"], "merged LoRA", "base model", pct=False),
                                   StatedComparison("T2-unmerged-latency", stated["T2-unmerged"], "unmerged LoRA", "base model", pct=False),

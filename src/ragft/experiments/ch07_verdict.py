@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import results, settings
+from .. import costs, report, results, settings
 from ..claims import load_claims
-from ..results import ChapterRun, glue
+from ..decide import Reader
 from ..plan import prose_terms, the_plan
+from ..results import ChapterRun, glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
                        not_measured)
@@ -188,8 +189,6 @@ LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", 
 def family_table(v: Verdicts) -> pd.DataFrame:
     """Every comparison of the family and beside it, one line each: raw and adjusted p, verdict, the
     raw verdict where the adjustment changed it, bound and size against the stated effect."""
-    from .. import report
-
     table = report.comparisons_table({"": {"comparisons": list(v.comparisons.values())}})
     table["before the adjustment"] = [v.comparisons[k].get("verdict_raw") or "–" for k in table.index]
     return table
@@ -251,8 +250,6 @@ def advice_table(v: Verdicts, readers: dict) -> pd.DataFrame:
 
 
 def _reader(reader):
-    from ..decide import Reader
-
     return reader if isinstance(reader, Reader) else Reader(**reader)
 
 
@@ -260,8 +257,6 @@ def reader_costs(v: Verdicts, readers: dict) -> pd.DataFrame | None:
     """Each reader's monthly cost per approach at their volume and update frequency, priced by chapter
     6's model with this run's measured tokens (None when chapter 6 has not run here)."""
     from dataclasses import replace
-
-    from .. import costs
 
     if "06_cost" not in v.docs:
         return None
@@ -292,8 +287,6 @@ def thresholds_table(v: Verdicts) -> pd.DataFrame | None:
     """The rules' volume thresholds, and below them the volume where, in this run's cost model, the
     fine-tune becomes cheaper than RAG at a few update frequencies (None when chapter 6 has not run here)."""
     from dataclasses import replace
-
-    from .. import costs
 
     if "06_cost" not in v.docs:
         return None

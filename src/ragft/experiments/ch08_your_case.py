@@ -43,12 +43,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import costs, metrics, raft, rag
+from .. import costs, host, metrics, models, raft, rag, settings
 from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
-from ..results import ChapterRun, glue
-from ..stats import NOT_DECIDED, wilson_interval
+from ..results import ChapterRun, glue, glue_metrics
+from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
 from ..text import NEAR_DUPLICATE, question_key, same_question
+from ..train import load_artifact, tasks
+from ..train.data import TrainingDataError, example, tokenize
+from ..train.tasks import dsf_messages
+from ..train.trainer import snapshot_folder, train
 from .common import record_answers, start
 
 CHAPTER = "08_your_case"
@@ -238,9 +242,6 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
     (ragft.host)."""
     from transformers import AutoTokenizer
 
-    from .. import host, models, settings
-    from ..train.data import tokenize
-
     settings.set_online(params.online)  # the gpu profile's hub model: its tokenizer comes from the hub
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
     # at the smallest chunk size (the most parts, each with its prompt): an upper bound whatever size is chosen
@@ -275,8 +276,6 @@ class Case:
 
 def setup(params, inputs: CaseInputs) -> Case:
     """Seeds and threads, the language model and the embedder, and a fresh local Chroma folder."""
-    from .. import settings
-
     run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
     folder = settings.run_dir() / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
@@ -400,9 +399,6 @@ def document_parts(inputs: CaseInputs, tokenizer, size: int) -> list[tuple[str, 
 def dsf_examples(inputs: CaseInputs, parts: list[tuple[str, str]], on_documents: bool) -> list:
     """The knowledge fine-tune's examples: each training question with its first answer (chapter 3's
     closed-book prompt), and with on_documents each part of the documents recited from its title."""
-    from ..train.data import example
-    from ..train.tasks import dsf_messages
-
     out = [example(dsf_messages(it.question), it.answers[0]) for it in inputs.train]
     if on_documents:
         out += [example(dsf_messages(f"Recite {where}."), text) for where, text in parts]
@@ -426,9 +422,6 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     """LoRA at a constant rate after warm-up on the training questions (and the documents' text),
     snapshots after each of `epochs` (the estimate's, within max_train_tokens) scored closed book on the training questions and the
     development questions; the best development accuracy chooses (ties: the earlier)."""
-    from ..train import load_artifact, tasks
-    from ..train.trainer import snapshot_folder, train
-
     p, inputs, run = case.params, case.inputs, case.run
     if not inputs.train and not p.train_on_documents:
         return FineTune(pd.DataFrame(), 0, float("nan"), False, 0, 0.0, None, [],
@@ -493,17 +486,12 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
     examples, n_distractors retrieved chunks beside it (hard negatives, topped up at random), the
     quote then the answer as the target; LoRA at a constant rate for `epochs` (the estimate's). Its fitness: its answers to its own
     training examples. Then RAFT + RAG on the test questions with the chosen chunks."""
-    from ..train import tasks
-    from ..train.trainer import train
-
     p, inputs, run = case.params, case.inputs, case.run
     if not inputs.train:
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
     if not epochs:
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped="raft_epochs = 0: no RAFT arm in this run (the cpu "
                     "profile's default: on the sample case one epoch did not reach RAFT's fitness; set raft_epochs to train it)")
-    from ..train.data import TrainingDataError
-
     chunks = idx.chunks[choice.chunk_size]
     sources = raft_sources(inputs, chunks)
     if not sources:
@@ -583,8 +571,6 @@ def comparisons_table(j: Judged) -> pd.DataFrame:
 
 def reading(c: dict) -> str:
     """A case comparison's verdict in the reader's words: which arm is better, or why it is not said."""
-    from ..stats import DIRECTION_ONLY, SUPPORTED
-
     if c["verdict"] == SUPPORTED:
         return f"{LABELS[c['a']]} better"
     if c["verdict"] == DIRECTION_ONLY:  # the interval reaches below the smallest effect of interest
@@ -682,8 +668,6 @@ def headline(j: Judged) -> dict[str, str]:
 def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoice, ft: FineTune, rf: Raft,
            j: Judged, pr: Priced) -> Path:
     """The metrics and tables of the results file, every metric glued, the file written."""
-    from ..results import glue_metrics
-
     run, records = case.run, (lambda t: t.reset_index().to_dict("records"))
     run.metric("case_n_docs", len(inputs.corpus.sources), "exact")
     run.metric("case_n_dev", len(inputs.dev), "exact")

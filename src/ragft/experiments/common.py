@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from .. import metrics
-from ..results import ChapterRun
+from .. import metrics, models, rag, settings
+from ..corpus import build_kb
+from ..plan import the_plan
+from ..results import ChapterRun, read_chapter, read_published
+from ..train import load_artifact, tasks
+from ..train.trainer import snapshot_folder
 
 REFUSAL_SUFFIX = " refusal"  # the condition that holds a condition's unanswerable questions
 
@@ -11,16 +15,12 @@ REFUSAL_SUFFIX = " refusal"  # the condition that holds a condition's unanswerab
 def not_here(params, comparisons: tuple[str, ...]) -> str:
     """Why this profile's run leaves a section's comparisons to other profiles (the plan's
     `profiles`), or "" when it measures any of them."""
-    from ..plan import the_plan
-
     away = the_plan().not_measured(params.profile)
     return away[comparisons[0]] if all(c in away for c in comparisons) else ""
 
 
 def elsewhere_label(comparison_id: str) -> str:
     """Where a comparison is measured, as its "not measured in this run" sentence says it."""
-    from ..plan import the_plan
-
     return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
 
 
@@ -29,9 +29,6 @@ def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
     language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
     default params.kb). Returns (run, lm, embed_model or None, kb)."""
     import gc
-
-    from .. import models, rag, settings
-    from ..corpus import build_kb
 
     settings.configure(params)
     run = ChapterRun(chapter, params)
@@ -73,8 +70,6 @@ def chapter3_facts(kb, p3) -> tuple[list, str]:
     """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
     this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
     Returns (facts, where they came from)."""
-    from ..results import read_chapter
-
     doc = read_chapter(DSF_CHAPTER) or {}
     qids, ran = (doc.get("tables") or {}).get("dsf_facts"), doc.get("params") or {}
     by_qid = {q.qid: q for q in kb.questions}
@@ -99,8 +94,6 @@ def curve_run(params, facts: list, dev_facts: list, lr: float):
     """The curve's training run: the test and the development facts together, the most paraphrases,
     up to the last of curve_exposures, with a snapshot after each checkpoint's epoch. dsf_adapter calls
     it with chapter 3's parameters for chapters 4 and 5, to reload the same run from the cache."""
-    from ..train import tasks
-
     count = max(params.paraphrase_counts)
     return tasks.train_dsf(params, facts + dev_facts, count, max(params.curve_exposures), lr=lr, label=f"dsf-p{count}",
                            snapshots=tuple(e // count for e in params.curve_exposures))
@@ -108,8 +101,6 @@ def curve_run(params, facts: list, dev_facts: list, lr: float):
 
 def checkpoint_folder(result, exposures: int, count: int) -> str:
     """The artifact folder of the curve's checkpoint after `exposures` exposures per fact."""
-    from ..train.trainer import snapshot_folder
-
     epoch = exposures // count
     return str(result.artifact if epoch == result.metrics["epochs"] else snapshot_folder(result.artifact, epoch))
 
@@ -122,8 +113,6 @@ def dsf_adapter(p3, kb, facts: list):
     parameters, and the checkpoint chapter 3 chose in its published results is taken.
     Returns (adapter folder, the line that says which happened, the TrainResult when trained here)."""
     from pathlib import Path
-
-    from ..results import read_chapter
 
     doc = read_chapter(DSF_CHAPTER)
     adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
@@ -153,8 +142,6 @@ def dsf_adapter(p3, kb, facts: list):
 def published_dsf(p3) -> tuple[dict, str] | None:
     """Chapter 3's published metrics for this model, with the label that says where they came from
     (ragft.results.read_published), or None: what a DSF trained outside chapter 3 follows."""
-    from ..results import read_published
-
     published = read_published(DSF_CHAPTER, p3.profile)
     if published is None or (published[0].get("params") or {}).get("model") != p3.model:
         return None
@@ -199,7 +186,5 @@ def recipe_words(p3, published: tuple[dict, str] | None) -> str:
 def dsf_model(p3, kb, facts: list):
     """The DSF model itself (`dsf_adapter`), ready to answer (the adapter merged). Returns (model, the
     line that says where it came from)."""
-    from ..train import load_artifact, tasks
-
     folder, line, _ = dsf_adapter(p3, kb, facts)
     return load_artifact(p3.model, folder, tasks.lora_config(p3, 1), merge=True), line

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import models, settings
+from ..files import write_atomically
 from ..progress import progress
 from . import measure
 from .data import SFTExample, Tokenized, batches, collate, tokenize
@@ -284,13 +285,13 @@ def expected_time(model, data: list[Tokenized], cfg: TrainConfig, lm: models.Loa
                   dtype, share_left: float = 1.0) -> str:
     """What the run will take here, said before it trains: its training tokens (share_left of them
     when a resumed run has some done) at the rate the device runs forward and backward passes of the
-    run's first batch in the run's dtype (one warm-up pass, then ESTIMATE_PASSES timed). The model
+    run's largest batch in the run's dtype (one warm-up pass, then ESTIMATE_PASSES timed). The model
     runs the passes in eval mode, so no dropout draws a random number, and their gradients are
     dropped: the training that follows is the same as without them (tested). The optimizer's steps
     are not timed, so the time is a lower bound, close for adapters."""
     import torch
 
-    indices = batches(data, cfg.batch_size, cfg.seed, 0)[0]
+    indices = max(batches(data, cfg.batch_size, cfg.seed, 0), key=lambda b: sum(len(data[i].input_ids) for i in b))
     batch = tuple(t.to(lm.device) if hasattr(t, "to") else t for t in collate(data, indices, lm.tokenizer.pad_token_id))
     seconds = []
     model.eval()
@@ -314,7 +315,7 @@ def expected_time(model, data: list[Tokenized], cfg: TrainConfig, lm: models.Loa
     where = torch.cuda.get_device_name() if lm.device == "cuda" else f"this {lm.device}"
     return (f"[ragft.train] {label} ({cfg.method}, {str(dtype).replace('torch.', '')}): expected about {took} for "
             f"{tokens:,} training tokens at {rate:,.0f} tokens/s, measured on {where} (forward and backward passes of "
-            "the first batch; the optimizer's steps add to it)")
+            "its largest batch; the optimizer's steps add to it)")
 
 
 def _finished(done: Path) -> dict | None:
@@ -492,8 +493,6 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "flops": sum(step_flops), "snapshots": kept,
         **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale
     }
-    from ..files import write_atomically
-
     # the marker that the run finished, written whole or not at all (a reader never sees half of it)
     write_atomically(done, json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
     base.model = model
