@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from .settings import PROJECT_ROOT
+from .constants import PROJECT_ROOT
 
 CLAIMS_FILE = PROJECT_ROOT / "data" / "claims.yaml"
 ID = re.compile(r"^[KRFTSUDN]\d+$")

@@ -19,7 +19,7 @@ import re
 
 import yaml
 
-from .settings import PROJECT_ROOT
+from .constants import PROJECT_ROOT
 
 # Notebook metadata that makes Colab open a chapter on a GPU runtime, a T4 unless the reader picks
 # another (Colab reads `accelerator` and `colab.gpuType`); written by `python -m ragft.strip`.

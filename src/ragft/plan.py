@@ -28,9 +28,8 @@ from pathlib import Path
 import yaml
 
 from . import stats
-from .constants import PROFILES
+from .constants import PROFILES, PROJECT_ROOT
 from .files import git, read_json, write_atomically
-from .settings import PROJECT_ROOT
 
 PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
 BOOK, CASE = "book", "case"  # the families: the book's claims, and chapter 8's template for a reader's case

@@ -31,8 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import PROFILES
-from .settings import PROJECT_ROOT
+from .constants import PROFILES, PROJECT_ROOT
 
 BUILD = PROJECT_ROOT / "_build"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
