@@ -54,9 +54,9 @@ def test_an_undeclared_comparison_or_condition_is_refused_before_any_test():
         run.compare("K1-gold-document", "gold document", "planted")
     # a placeholder takes a value the run chose, never an unrelated name
     spec = plan.load_plan().get("R1-small-chunks")
-    assert spec.condition_matches(spec.a, "SQuAD dense 256-token hit within 512 tokens")
-    assert not spec.condition_matches(spec.a, "SQuAD dense 256-token hit@3")
-    assert not spec.condition_matches(spec.a, "SQuAD dense 64-token hit within 512 tokens")
+    assert plan.condition_matches(spec.a, "SQuAD dense 256-token hit within 512 tokens")
+    assert not plan.condition_matches(spec.a, "SQuAD dense 256-token hit@3")
+    assert not plan.condition_matches(spec.a, "SQuAD dense 64-token hit within 512 tokens")
     assert run.compare("K1-gold-document").n == 2 and run.comparisons[0]["claim"] == "K1-gold-document"
 
 

@@ -35,9 +35,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from .results import METRIC_KINDS
 from .constants import PROJECT_ROOT
 from .files import git
+from .results import METRIC_KINDS
 
 FLIPS = 2  # answers that may flip between machines, at the least
 SHARE = 0.05  # ... or this share of the questions, when that is more

@@ -75,16 +75,13 @@ class Planned:
     family: str = BOOK  # BOOK, or CASE: chapter 8's family of its own (adjusted apart, no claim)
     caveat: str = ""  # one line a reader needs beside its verdict (what an arm was given that no reader has)
 
-    def condition_matches(self, template: str, name: str) -> bool:
-        return condition_matches(template, name)
-
     def names(self, a: str | None, b: str | None) -> tuple[str, str]:
         """The conditions a chapter compares: the plan's own, or values for its placeholders that
         match; anything else is a condition the plan does not declare."""
         out = []
         for side, template, name in (("a", self.a, a), ("b", self.b, b)):
             name = template if name is None else name
-            if PLACEHOLDER.search(name) or not self.condition_matches(template, name):
+            if PLACEHOLDER.search(name) or not condition_matches(template, name):
                 raise ValueError(f"comparison {self.id}: condition {side} {name!r} is not the plan's {template!r} "
                                  f"({PLAN_FILE.name})")
             out.append(name)

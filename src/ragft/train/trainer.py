@@ -274,6 +274,11 @@ def _loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def _on_device(data: list[Tokenized], indices: list[int], lm: models.LoadedLM) -> tuple:
+    """The batch of these examples (collate), its tensors on the model's device."""
+    return tuple(t.to(lm.device) if hasattr(t, "to") else t for t in collate(data, indices, lm.tokenizer.pad_token_id))
+
+
 # The devices on which a run says, before it trains, how long it will take at the device's measured
 # rate (expected_time). On the CPU the chapters say it from the host's measured speed instead
 # (ragft.host), for free: timing passes there would cost seconds of the book's budget.
@@ -292,7 +297,7 @@ def expected_time(model, data: list[Tokenized], cfg: TrainConfig, lm: models.Loa
     import torch
 
     indices = max(batches(data, cfg.batch_size, cfg.seed, 0), key=lambda b: sum(len(data[i].input_ids) for i in b))
-    batch = tuple(t.to(lm.device) if hasattr(t, "to") else t for t in collate(data, indices, lm.tokenizer.pad_token_id))
+    batch = _on_device(data, indices, lm)
     seconds = []
     model.eval()
     try:
@@ -410,7 +415,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             for b, indices in enumerate(batches(data, cfg.batch_size, cfg.seed, epoch)):
                 if epoch * steps_per_epoch + b < step:
                     continue  # done before the interruption
-                batch = tuple(t.to(base.device) if hasattr(t, "to") else t for t in collate(data, indices, base.tokenizer.pad_token_id))
+                batch = _on_device(data, indices, base)
                 t0 = time.perf_counter()
                 with autocast():
                     loss = _loss(model, batch)
