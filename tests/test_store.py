@@ -5,13 +5,19 @@ local and server mode give the same chunks, and the report says what was written
 The embedder here is a stand-in (whitespace tokens, a vector from the text's hash): which chunks are
 stored does not depend on it, and the tests need no model. tests/test_rag.py runs the real one."""
 
+import glob
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,11 +70,14 @@ def reference(tmp_path, sources) -> dict[str, list[str]]:
     return {s.doc_id: store.chunk_ids(s.doc_id) for s in sources}
 
 
-# The ingest process: says "batch" after each write call and waits, so the test kills it between two.
+# The ingest process: ingests the versions after the second argument whole first, then says "batch"
+# after each write call of the second argument's version and waits, so the test kills it between two.
 CHILD = textwrap.dedent("""
     import sys
     from test_store import corpus, open_store
     store = open_store(sys.argv[1])
+    for before in sys.argv[3:]:
+        store.ingest(corpus(int(before)))
     write = store._write_batch
     def write_and_wait(nodes):
         write(nodes)
@@ -80,10 +89,11 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_ingest(folder, version: int, kill_after: int | None) -> int:
-    """Ingest corpus(version) in a new process; SIGKILL it after `kill_after` write batches."""
+def run_ingest(folder, version: int, kill_after: int | None, before: tuple[int, ...] = ()) -> int:
+    """Ingest corpus(version) in a new process (after the versions `before`, whole, in the same one: a
+    process costs about 4 s of imports); SIGKILL it after `kill_after` write batches of `version`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(version)], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(version), *map(str, before)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     batches = 0
     for line in proc.stdout:
@@ -98,15 +108,9 @@ def run_ingest(folder, version: int, kill_after: int | None) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("start, kill_after", [("empty", 1), ("empty", 4), ("update", 2)])
-def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, start, kill_after):
-    folder = tmp_path / "store"
-    if start == "update":  # a complete version 1, then version 2 cut short
-        assert run_ingest(folder, 1, None) == 0
-    assert run_ingest(folder, 2 if start == "update" else 1, kill_after) == -signal.SIGKILL
-    target = corpus(2 if start == "update" else 1)
-    expected = reference(tmp_path, target)
-
+def repaired(folder, target: list[Source], expected: dict[str, list[str]]):
+    """The next run's report on a store a kill left half-written: it repairs every broken document,
+    leaves the chunks of an uninterrupted ingest (`expected`), and a run after it writes nothing."""
     store = open_store(folder)
     broken = store.check()
     assert broken, "the kill left nothing half-written: kill later"
@@ -120,19 +124,47 @@ def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, star
                                         and d in expected)
     again = store.ingest(target)
     assert (again.docs_unchanged, again.chunks_written) == (len(target), 0)
+    return report
 
 
-def test_an_empty_start_cut_short_reports_exactly_what_it_rewrites(tmp_path):
+# The processes a test kills (about 4 s of imports each) run in conftest's start_early threads: they
+# start when collection ends, in a folder of their own, beside the other tests (make test-fast keeps
+# one of the two cores busy), and the tests that check what they left run last.
+
+def killed_ingest(version: int, kill_after: int, before: tuple[int, ...] = ()) -> Path:
+    """A store in a new folder whose ingest of corpus(version) was SIGKILLed after `kill_after` write
+    batches (after the versions `before`, whole, in the same process)."""
+    folder = Path(tempfile.mkdtemp(prefix="ragft-store-")) / "store"
+    assert run_ingest(folder, version, kill_after, before) == -signal.SIGKILL
+    return folder
+
+
+@pytest.mark.parametrize("start, kill_after", [
+    pytest.param("empty", 1, marks=pytest.mark.start_early(fn=partial(killed_ingest, 1, 1))),
+    # a complete version 1, then version 2 cut short
+    pytest.param("update", 2, marks=pytest.mark.start_early(fn=partial(killed_ingest, 2, 2, (1,))))])
+def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, started, start, kill_after):
+    folder, version = started.result(), 2 if start == "update" else 1
+    try:
+        repaired(folder, corpus(version), reference(tmp_path, corpus(version)))
+    finally:
+        shutil.rmtree(folder.parent)
+
+
+@pytest.mark.start_early(fn=partial(killed_ingest, 1, 4))
+def test_an_empty_start_cut_short_reports_exactly_what_it_rewrites(tmp_path, started):
     """Killed after 4 batches of 3 chunks: documents whose manifest was committed (all chunks within the
     first 3 batches) are unchanged, the ones with some chunks written are repaired, the rest added."""
-    folder, sources = tmp_path / "store", corpus(1)
-    assert run_ingest(folder, 1, 4) == -signal.SIGKILL
-    expected, end, outcome = reference(tmp_path, sources), 0, {}
-    for s in sources:
-        start, end = end, end + len(expected[s.doc_id])
-        outcome[s.doc_id] = "unchanged" if end <= 3 * BATCH else "repaired" if start < 4 * BATCH else "added"
-    report = open_store(folder).ingest(sources)
-    assert report.docs == outcome and {"unchanged", "repaired", "added"} <= set(outcome.values())
+    folder, sources = started.result(), corpus(1)
+    try:
+        expected, end, outcome = reference(tmp_path, sources), 0, {}
+        for s in sources:
+            start, end = end, end + len(expected[s.doc_id])
+            outcome[s.doc_id] = "unchanged" if end <= 3 * BATCH else "repaired" if start < 4 * BATCH else "added"
+        report = repaired(folder, sources, expected)
+        assert report.docs == outcome and {"unchanged", "repaired", "added"} <= set(outcome.values())
+    finally:
+        shutil.rmtree(folder.parent)
 
 
 def test_missing_extra_and_unrecorded_chunks_are_found_and_repaired(tmp_path):
@@ -330,27 +362,53 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_two_writers_take_turns_and_leave_the_store_whole(tmp_path):
+def two_writers() -> dict:
+    """A writer paused after its first write batch, holding the lock; a second told not to wait, and a
+    third that waits (120 s), both started then; the first let go on to its end. The folder, and each
+    process's return code and output."""
+    folder = Path(tempfile.mkdtemp(prefix="ragft-store-"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    child = lambda code, *args, **kw: subprocess.Popen([sys.executable, "-c", code, str(folder), *map(str, args)],  # noqa: E731
+                                                      text=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, **kw)
+    procs = [child(CHILD, 1, stdin=subprocess.PIPE)]  # pauses after each write batch, holding the lock
+    try:
+        first = procs[0]
+        assert first.stdout.readline().strip() == "batch"
+        procs += [child(WRITER, 2, 0), child(WRITER, 2, 120)]
+        refused, waiting = procs[1:]
+        refused_out, _ = refused.communicate(timeout=120)
+        # the waiting writer holds the lock file open from before its first try until it ends: once it
+        # has it open (Linux's /proc), it is waiting on the first, which holds the lock
+        lock, deadline = (folder / ".crash-test.write-lock").resolve(), time.monotonic() + 120
+        while not any(Path(f).resolve() == lock for f in glob.glob(f"/proc/{waiting.pid}/fd/*")):
+            assert waiting.poll() is None and time.monotonic() < deadline, "the second writer never reached the lock"
+            time.sleep(0.05)
+        first.stdin.write("\n")  # let the first writer go on, batch by batch, to the end
+        first.stdin.flush()
+        for line in first.stdout:
+            if line.strip() == "done":
+                break
+            first.stdin.write("\n")
+            first.stdin.flush()
+        waiting_out, _ = waiting.communicate(timeout=120)
+        return {"folder": folder, "first": (first.pid, first.wait(timeout=60)),
+                "refused": (refused.returncode, refused_out), "waiting": (waiting.returncode, waiting_out)}
+    finally:
+        for proc in procs:  # none left running, however this ended
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.mark.start_early(fn=two_writers)
+def test_two_writers_take_turns_and_leave_the_store_whole(tmp_path, started):
     """Issue 51: two processes ingesting into one store at once both succeeded and left both versions
     of every document. Now the second waits for the first (or, told not to wait, is refused naming it)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    child = lambda code, *args, **kw: subprocess.Popen([sys.executable, "-c", code, str(tmp_path), *map(str, args)],  # noqa: E731
-                                                      text=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, **kw)
-    first = child(CHILD, 1, stdin=subprocess.PIPE)  # pauses after each write batch, holding the lock
-    assert first.stdout.readline().strip() == "batch"
-    refused = child(WRITER, 2, 0)  # will not wait
-    out, _ = refused.communicate(timeout=120)
-    assert refused.returncode == 3 and f"being written by another writer (pid {first.pid} on" in out
-    waiting = child(WRITER, 2, 120)  # waits for the first to finish
-    first.stdin.write("\n")  # let the first writer go on, batch by batch, to the end
-    first.stdin.flush()
-    for line in first.stdout:
-        if line.strip() == "done":
-            break
-        first.stdin.write("\n")
-        first.stdin.flush()
-    assert first.wait(timeout=60) == 0
-    out, _ = waiting.communicate(timeout=120)
-    assert waiting.returncode == 0 and out.strip().endswith("done")
-    store = open_store(tmp_path)
-    assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))
+    run = started.result()
+    (pid, first_rc), (refused_rc, refused_out), (waiting_rc, waiting_out) = run["first"], run["refused"], run["waiting"]
+    try:
+        assert refused_rc == 3 and f"being written by another writer (pid {pid} on" in refused_out
+        assert first_rc == 0 and waiting_rc == 0 and waiting_out.strip().endswith("done")
+        store = open_store(run["folder"])
+        assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))
+    finally:
+        shutil.rmtree(run["folder"])
