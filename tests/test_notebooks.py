@@ -504,7 +504,10 @@ def test_verdict_chapter_advises_a_readers_own_case_with_papermill(notebook_run,
     shown = "\n".join(o.get("data", {}).get("text/html", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "the model gets the format wrong" in shown  # D1 for a format task
     assert "not yet: a RAG baseline has shipped" in shown  # D2's failing checks, named
-    assert "within the 500 ms budget" in shown  # D3 says RAG at 2 M a month; retrieval measured in chapter 6
+    # D3 says RAG at 2 M a month; what retrieval added in chapter 6 of the run (the smoke run's shares
+    # the cores with other tests) set beside the budget
+    added = json.loads((run_dir / "results" / "06_cost.json").read_text())["metrics"]["retrieval_added_ms_p50"]
+    assert f"{'within' if added <= 500 else 'over'} the 500 ms budget" in shown
     with pytest.raises(pm.PapermillExecutionError, match="reader_latency_budget_ms"):
         execute_chapter("07_verdict", {**case, "reader_latency_budget_ms": -1.0}, run_dir)
 
