@@ -69,13 +69,25 @@ def pytest_collection_modifyitems(config, items):
 # a run that stops early still waits for f before the interpreter exits.
 
 _EARLY: dict = {}
+_SCRATCH: list[Path] = []
+
+
+def scratch(prefix: str) -> Path:
+    """A new folder for work that starts before the tests (the smoke run, start_early functions, which
+    have no tmp_path): under one folder of the session's, removed at the end when every test passed,
+    else kept and named in the summary."""
+    if not _SCRATCH:
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="ragft-tests-")))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=_SCRATCH[0]))
 
 
 def pytest_collection_finish(session):
     from concurrent.futures import ThreadPoolExecutor
 
-    if (not session.config.option.collectonly and not os.environ.get("RAGFT_TEST_RUN")
-            and any("notebook_run" in getattr(item, "fixturenames", ()) for item in session.items)):
+    if session.config.option.collectonly:
+        return
+    if not os.environ.get("RAGFT_TEST_RUN") and any("notebook_run" in getattr(item, "fixturenames", ())
+                                                   for item in session.items):
         _start_smoke_run()
     marked = [(item.nodeid, m.kwargs["fn"]) for item in session.items if (m := item.get_closest_marker("start_early"))]
     if marked:
@@ -143,9 +155,10 @@ _SMOKE: dict = {}
 def _start_smoke_run() -> None:
     """Start the smoke run of every chapter (tiny data, the tiny model) under tests/netguard, in its own
     process: at the end of collection, when a selected test reads it (pytest_collection_finish). The
-    tests that read it run last (pytest_collection_modifyitems), so it runs beside the others, which
-    mostly keep one of the two cores busy (make test at 228baab: 556 CPU-seconds in 415 s of wall)."""
-    out = Path(tempfile.mkdtemp(prefix="ragft-smoke-"))
+    tests that read it run after the others but the start_early ones (pytest_collection_modifyitems),
+    so it runs beside them, which mostly keep one of the two cores busy (make test at 228baab: 556
+    CPU-seconds in 415 s of wall)."""
+    out = scratch("smoke-")
     log = out / "run" / NETGUARD_LOG
     # OMP_WAIT_POLICY=PASSIVE: torch's threads sleep, not spin, while they wait for each other, so a
     # run that shares the cores slows down in proportion (spinning, a test beside it took 15 times as long)
@@ -157,25 +170,28 @@ def _start_smoke_run() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "ragft.run", "--profile", "smoke", "--drafts", "--one-kernel",
                                  "--out", str(out / "run")], env=env, stdout=stdout, stderr=stderr, cwd=ROOT)
     _SMOKE.update(proc=proc, out=out, log=log, start=time.time())
-    threading.Thread(target=_time_smoke_run, daemon=True).start()
+    _SMOKE["timer"] = threading.Thread(target=_time_smoke_run, daemon=True)
+    _SMOKE["timer"].start()
 
 
 def _time_smoke_run() -> None:
-    """The smoke run's own time, from its start to its end, whenever a test first asks for it."""
+    """The smoke run's own time, from its start to its end (the tests that read it may come later)."""
     _SMOKE["proc"].wait()
     _SMOKE["seconds"] = time.time() - _SMOKE["start"]
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """A smoke run still going when the session ends (a run stopped early) is stopped with it; a
-    finished one's folder goes when every test passed."""
-    if not _SMOKE:
-        return
-    if _SMOKE["proc"].poll() is None:
+    """A smoke run still going when the session ends (a run stopped early) is stopped with it."""
+    _SESSION["exitstatus"] = exitstatus
+    if _SMOKE and _SMOKE["proc"].poll() is None:
         _SMOKE["proc"].kill()
         _SMOKE["proc"].wait()
-    if exitstatus == 0:
-        shutil.rmtree(_SMOKE["out"], ignore_errors=True)
+
+
+def pytest_unconfigure(config):
+    """The session's scratch folder goes when every test passed (pytest_terminal_summary names it otherwise)."""
+    if _SCRATCH and _SESSION.get("exitstatus") == 0:
+        shutil.rmtree(_SCRATCH[0], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -186,12 +202,10 @@ def notebook_run():
         return given_run(Path(os.environ["RAGFT_TEST_RUN"]).resolve())
     if not _SMOKE:  # selected after collection (a plugin's doing): start it now
         _start_smoke_run()
-    proc, out = _SMOKE["proc"], _SMOKE["out"]
-    proc.wait()
-    while "seconds" not in _SMOKE:  # the thread that timed it is a moment behind the wait
-        time.sleep(0.01)
+    _SMOKE["timer"].join()
     report_budget("smoke run of every chapter, beside the other tests", _SMOKE["seconds"], SMOKE_TARGET_S)
-    if proc.returncode != 0:
+    out = _SMOKE["out"]
+    if _SMOKE["proc"].returncode != 0:
         tail = lambda name: (out / name).read_text()[-3000:]  # noqa: E731
         pytest.fail(f"smoke run failed (its folder: {out}):\n{tail('stdout.txt')}\n{tail('stderr.txt')}")
     return {"dir": out / "run", "log": _SMOKE["log"], "profile": "smoke"}
@@ -248,7 +262,9 @@ def report_budget(what: str, seconds: float, target_s: float) -> None:
     _BUDGETS.append((what, seconds, target_s))
 
 
-def pytest_terminal_summary(terminalreporter, config):
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _SCRATCH and exitstatus != 0:
+        terminalreporter.write_line(f"kept for a look: {_SCRATCH[0]} (the smoke run's and start_early work's folders)")
     markexpr = config.getoption("markexpr") or ""
     whole = config.args_source != pytest.Config.ArgsSource.ARGS and not config.getoption("keyword")
     if whole and markexpr in RUN_TARGETS_S:  # one of the README's commands, not a selection of tests

@@ -8,11 +8,9 @@ stored does not depend on it, and the tests need no model. tests/test_rag.py run
 import glob
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import replace
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, scratch
 from ragft import rag
 from ragft.rag.sources import Source
 
@@ -93,8 +91,9 @@ def run_ingest(folder, version: int, kill_after: int | None, before: tuple[int, 
     """Ingest corpus(version) in a new process (after the versions `before`, whole, in the same one: a
     process costs about 4 s of imports); SIGKILL it after `kill_after` write batches of `version`."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(version), *map(str, before)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    with open(Path(folder).parent / "stderr.txt", "w") as stderr:  # a failing child's traceback, for the test's message
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), str(version), *map(str, before)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT)
     batches = 0
     for line in proc.stdout:
         if line.strip() == "batch":
@@ -134,21 +133,21 @@ def repaired(folder, target: list[Source], expected: dict[str, list[str]]):
 def killed_ingest(version: int, kill_after: int, before: tuple[int, ...] = ()) -> Path:
     """A store in a new folder whose ingest of corpus(version) was SIGKILLed after `kill_after` write
     batches (after the versions `before`, whole, in the same process)."""
-    folder = Path(tempfile.mkdtemp(prefix="ragft-store-")) / "store"
-    assert run_ingest(folder, version, kill_after, before) == -signal.SIGKILL
+    folder = scratch("store-") / "store"
+    rc = run_ingest(folder, version, kill_after, before)
+    assert rc == -signal.SIGKILL, f"the ingest ended with {rc}:\n{(folder.parent / 'stderr.txt').read_text()[-3000:]}"
     return folder
 
 
-@pytest.mark.parametrize("start, kill_after", [
-    pytest.param("empty", 1, marks=pytest.mark.start_early(fn=partial(killed_ingest, 1, 1))),
-    # a complete version 1, then version 2 cut short
-    pytest.param("update", 2, marks=pytest.mark.start_early(fn=partial(killed_ingest, 2, 2, (1,))))])
-def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, started, start, kill_after):
-    folder, version = started.result(), 2 if start == "update" else 1
-    try:
-        repaired(folder, corpus(version), reference(tmp_path, corpus(version)))
-    finally:
-        shutil.rmtree(folder.parent)
+# (version, write batches before the kill, versions ingested whole first): from empty, and a complete
+# version 1 then version 2 cut short
+KILLS = [(1, 1, ()), (2, 2, (1,))]
+
+
+@pytest.mark.parametrize("version", [pytest.param(k[0], marks=pytest.mark.start_early(fn=partial(killed_ingest, *k)),
+                                                  id=f"v{k[0]}-killed-after-{k[1]}") for k in KILLS])
+def test_a_kill_between_write_batches_is_repaired_by_the_next_run(tmp_path, started, version):
+    repaired(started.result(), corpus(version), reference(tmp_path, corpus(version)))
 
 
 @pytest.mark.start_early(fn=partial(killed_ingest, 1, 4))
@@ -156,15 +155,12 @@ def test_an_empty_start_cut_short_reports_exactly_what_it_rewrites(tmp_path, sta
     """Killed after 4 batches of 3 chunks: documents whose manifest was committed (all chunks within the
     first 3 batches) are unchanged, the ones with some chunks written are repaired, the rest added."""
     folder, sources = started.result(), corpus(1)
-    try:
-        expected, end, outcome = reference(tmp_path, sources), 0, {}
-        for s in sources:
-            start, end = end, end + len(expected[s.doc_id])
-            outcome[s.doc_id] = "unchanged" if end <= 3 * BATCH else "repaired" if start < 4 * BATCH else "added"
-        report = repaired(folder, sources, expected)
-        assert report.docs == outcome and {"unchanged", "repaired", "added"} <= set(outcome.values())
-    finally:
-        shutil.rmtree(folder.parent)
+    expected, end, outcome = reference(tmp_path, sources), 0, {}
+    for s in sources:
+        start, end = end, end + len(expected[s.doc_id])
+        outcome[s.doc_id] = "unchanged" if end <= 3 * BATCH else "repaired" if start < 4 * BATCH else "added"
+    report = repaired(folder, sources, expected)
+    assert report.docs == outcome and {"unchanged", "repaired", "added"} <= set(outcome.values())
 
 
 def test_missing_extra_and_unrecorded_chunks_are_found_and_repaired(tmp_path):
@@ -366,14 +362,27 @@ def two_writers() -> dict:
     """A writer paused after its first write batch, holding the lock; a second told not to wait, and a
     third that waits (120 s), both started then; the first let go on to its end. The folder, and each
     process's return code and output."""
-    folder = Path(tempfile.mkdtemp(prefix="ragft-store-"))
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs Linux's /proc to see the second writer wait on the lock")
+    folder = scratch("store-")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    # each child's tracebacks and warnings in its output, for the test's message
     child = lambda code, *args, **kw: subprocess.Popen([sys.executable, "-c", code, str(folder), *map(str, args)],  # noqa: E731
-                                                      text=True, env=env, cwd=ROOT, stdout=subprocess.PIPE, **kw)
+                                                      text=True, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                                      stderr=subprocess.STDOUT, **kw)
+
+    def until(proc, word):  # read the child's lines up to the one that is `word`
+        seen = []
+        for line in proc.stdout:
+            if line.strip() == word:
+                return
+            seen.append(line)
+        raise AssertionError(f"the writer ended before saying {word!r}:\n{''.join(seen)[-3000:]}")
+
     procs = [child(CHILD, 1, stdin=subprocess.PIPE)]  # pauses after each write batch, holding the lock
     try:
         first = procs[0]
-        assert first.stdout.readline().strip() == "batch"
+        until(first, "batch")
         procs += [child(WRITER, 2, 0), child(WRITER, 2, 120)]
         refused, waiting = procs[1:]
         refused_out, _ = refused.communicate(timeout=120)
@@ -388,8 +397,9 @@ def two_writers() -> dict:
         for line in first.stdout:
             if line.strip() == "done":
                 break
-            first.stdin.write("\n")
-            first.stdin.flush()
+            if line.strip() == "batch":
+                first.stdin.write("\n")
+                first.stdin.flush()
         waiting_out, _ = waiting.communicate(timeout=120)
         return {"folder": folder, "first": (first.pid, first.wait(timeout=60)),
                 "refused": (refused.returncode, refused_out), "waiting": (waiting.returncode, waiting_out)}
@@ -405,10 +415,7 @@ def test_two_writers_take_turns_and_leave_the_store_whole(tmp_path, started):
     of every document. Now the second waits for the first (or, told not to wait, is refused naming it)."""
     run = started.result()
     (pid, first_rc), (refused_rc, refused_out), (waiting_rc, waiting_out) = run["first"], run["refused"], run["waiting"]
-    try:
-        assert refused_rc == 3 and f"being written by another writer (pid {pid} on" in refused_out
-        assert first_rc == 0 and waiting_rc == 0 and waiting_out.strip().endswith("done")
-        store = open_store(run["folder"])
-        assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))
-    finally:
-        shutil.rmtree(run["folder"])
+    assert refused_rc == 3 and f"being written by another writer (pid {pid} on" in refused_out, refused_out
+    assert first_rc == 0 and waiting_rc == 0 and waiting_out.strip().endswith("done"), waiting_out
+    store = open_store(run["folder"])
+    assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))
