@@ -1,5 +1,7 @@
 """Parameters: every profile resolves; every bad value stops with the name, the value and what is allowed."""
 
+import dataclasses
+
 import pytest
 
 from ragft import config
@@ -67,14 +69,12 @@ def test_raft_bad_values_are_refused(name, value):
 
 
 def _declared(chapter):
-    import dataclasses
-
     from ragft.config import CHAPTER_PARAMS
 
     return [f for f in dataclasses.fields(CHAPTER_PARAMS[chapter])]
 
 
-@pytest.mark.parametrize("chapter", ["01_prompting", "02_rag", "03_finetune", "04_raft"])
+@pytest.mark.parametrize("chapter", ["01_prompting", "02_rag", "03_finetune", "04_raft", "08_your_case"])
 def test_every_declared_range_and_type_is_enforced(chapter):
     """Each parameter is declared once (default, comment, range); validation follows the declaration."""
     from ragft.config import ParamError, resolve
@@ -88,6 +88,8 @@ def test_every_declared_range_and_type_is_enforced(chapter):
         if bounds is not None:
             lo, hi = bounds
             bad = [[lo - 1], [hi + 1], []] if f.type == "list" else [lo - 1, hi + 1, 1.5, True]
+        elif f.metadata.get("rate"):  # a learning rate: a number in (0, 1)
+            bad = [0.0, 1.0, 1.5, "3e-3"]
         elif f.type in ("str", "bool"):
             bad = [5]
         for value in bad:
@@ -121,3 +123,25 @@ def test_a_rerun_in_the_same_kernel_sees_the_same_parameters():
     first = from_notebook("02_rag", {**namespace, "In": cells[:4]})
     again = from_notebook("02_rag", {**namespace, "In": cells + cells, "params": first, "ch": object(), "table": 1})
     assert again == first and again.max_file_mb == 3.0
+
+
+def test_the_lora_and_retrieval_groups_are_declared_once():
+    """Every chapter that trains an adapter takes the LoRA fields from config.Lora, and every chunk size
+    and chunks-per-question field comes from config.Retrieval: the same range, comment where shared,
+    and checks (a learning rate in (0, 1); a chunk the embedder reads whole)."""
+    from ragft.config import CHAPTER_PARAMS, Lora
+
+    lora = {"lora_rank": Lora.rank(), "lora_alpha": Lora.alpha(), "lora_lr": Lora.lr(), "train_batch_size": Lora.batch(),
+            "warmup_steps": Lora.warmup()}
+    seen = 0
+    for chapter, cls in CHAPTER_PARAMS.items():
+        for f in dataclasses.fields(cls):
+            if f.name in lora:
+                seen += 1
+                assert {k: v for k, v in f.metadata.items() if k != "help"} == \
+                    {k: v for k, v in lora[f.name].metadata.items() if k != "help"}, (chapter, f.name)
+            if "chunk_size" in f.name:
+                assert f.metadata["chunk"] and f.metadata["bounds"] == (32, 4096), (chapter, f.name)
+            if f.name.endswith(("top_k", "top_ks")):
+                assert f.metadata["bounds"][0] == 1, (chapter, f.name)
+    assert seen == 15  # chapters 3, 4 and 8 (rank, alpha, rate, batch; warm-up in 3 and 8) and chapter 6's rank

@@ -21,16 +21,66 @@ PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
 
 def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None,
-          chunk: bool = False):
+          chunk: bool = False, rate: bool = False):
     """Declare a chapter parameter once: its default, the one-line comment that the notebook's
     parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`),
     for integers and lists of integers the allowed range, for a path whether it must be an existing
-    "folder" or "file" when given, and for a chunk size (chunk=True) that the embedder reads the
-    chunk whole (all checked by `Common.validate`, before any model loads)."""
-    meta = {"help": help, "bounds": bounds, "exists": exists, "chunk": chunk}
+    "folder" or "file" when given, for a chunk size (chunk=True) that the embedder reads the chunk
+    whole, and for a learning rate (rate=True) that it is a number in (0, 1) (all checked by
+    `Common.validate`, before any model loads)."""
+    meta = {"help": help, "bounds": bounds, "exists": exists, "chunk": chunk, "rate": rate}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+class Lora:
+    """The LoRA group, declared once: every chapter that trains or loads an adapter takes its fields from
+    here, at that chapter's own default where it differs (its profile sets the published values)."""
+
+    @staticmethod
+    def rank(help: str = "LoRA rank r"):
+        return param(8, help, bounds=(1, 1024))
+
+    @staticmethod
+    def alpha():
+        return param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
+
+    @staticmethod
+    def lr(help: str = "LoRA learning rate"):
+        return param(3e-3, help, rate=True)
+
+    @staticmethod
+    def batch(default: int = 8):
+        return param(default, "examples per optimizer step", bounds=(1, 512))
+
+    @staticmethod
+    def warmup():
+        return param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
+
+
+class Retrieval:
+    """The retrieval group, declared once: chunk sizes (one or a list, in the embedder's tokens, each read
+    whole: checked against the embedder's window), chunks per question (one or a list) and the method.
+    Each chapter says in its own words what its sizes are for."""
+
+    METHODS = ("dense", "bm25", "hybrid")
+
+    @staticmethod
+    def chunk_size(default, help: str):
+        return param(default, help, bounds=(32, 4096), chunk=True)
+
+    @staticmethod
+    def top_k(default, help: str, most: int = 50):
+        return param(default, help, bounds=(1, most))
+
+    @staticmethod
+    def method(help: str = "dense | bm25 | hybrid"):
+        return param("hybrid", help)
+
+    @staticmethod
+    def check_method(name: str, value) -> None:
+        check(value in Retrieval.METHODS, name, value, "use dense, bm25 or hybrid")
 
 
 def check(ok: bool, name: str, value, allowed: str) -> None:
@@ -95,6 +145,8 @@ class Common:
             elif f.type == "list" and isinstance(value, list):  # a repeated entry would run (or train) twice
                 repeated = sorted({repr(v) for v in value if value.count(v) > 1})
                 check(not repeated, f.name, value, f"list each value once (repeated: {', '.join(repeated)})")
+            if f.metadata.get("rate"):
+                check(isinstance(value, float) and 0 < value < 1, f.name, value, "use a learning rate in (0, 1)")
             bounds = f.metadata.get("bounds")
             if bounds is not None:
                 (check_int_list if f.type == "list" else check_int)(f.name, value, *bounds)
@@ -151,15 +203,15 @@ class PromptingParams(Answering):
 class RagParams(Answering):
     """Chapter 2: RAG with LlamaIndex and Chroma."""
 
-    chunk_sizes: list = param([64, 128, 256, 510], "knowledge-base chunk sizes, in the embedder's tokens (at most its window)", bounds=(32, 4096), chunk=True)
+    chunk_sizes: list = Retrieval.chunk_size([64, 128, 256, 510], "knowledge-base chunk sizes, in the embedder's tokens (at most its window)")
     chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
-    top_ks: list = param([1, 3, 5, 8], "chunks retrieved per question, for the retrieval grid", bounds=(1, 50))
+    top_ks: list = Retrieval.top_k([1, 3, 5, 8], "chunks retrieved per question, for the retrieval grid")
     docs_per_page: int = param(8, "knowledge-base documents per indexed page", bounds=(1, 1_000))
-    retrieval: str = param("hybrid", "dense | bm25 | hybrid: the method the answering experiments use")
+    retrieval: str = Retrieval.method("dense | bm25 | hybrid: the method the answering experiments use")
     n_retrieval_questions: int = param(200, "single-fact questions for the retrieval grid", bounds=(1, 100_000))
     n_scored_questions: int = param(64, "answerable questions scored by candidate log-likelihood at every answer top-k", bounds=(1, 100_000))
     n_scored_unanswerable: int = param(29, "unanswerable questions scored at the fewest chunks (refusal as a detector)", bounds=(0, 100_000))
-    answer_top_ks: list = param([1, 3, 5], "top-ks scored and answered (prefill grows with k)", bounds=(1, 50))
+    answer_top_ks: list = Retrieval.top_k([1, 3, 5], "top-ks scored and answered (prefill grows with k)")
     n_answer_questions: int = param(16, "generated answers at every answer top-k, to show their form", bounds=(1, 100_000))
     n_unanswerable: int = param(8, "unanswerable questions with generated answers", bounds=(0, 100_000))
     n_latency_queries: int = param(8, "live queries timed stage by stage", bounds=(1, 100_000))
@@ -168,7 +220,7 @@ class RagParams(Answering):
     n_scale_queries: int = param(100, "queries timed per index size", bounds=(1, 100_000))
     squad_articles: int = param(12, "SQuAD dev articles indexed whole, chunked at every squad_chunk_sizes (of 48)", bounds=(2, 48))
     squad_dev_articles: int = param(4, "of them, the articles whose questions are development questions (the rest: test)", bounds=(1, 47))
-    squad_chunk_sizes: list = param([64, 128, 256, 510], "SQuAD chunk sizes measured; R1 compares 64 with 256 when both are listed", bounds=(32, 4096), chunk=True)
+    squad_chunk_sizes: list = Retrieval.chunk_size([64, 128, 256, 510], "SQuAD chunk sizes measured; R1 compares 64 with 256 when both are listed")
     token_budgets: list = param([256, 512], "retrieved tokens per question at which chunk sizes are compared; development questions choose one", bounds=(32, 100_000))
     n_squad_questions: int = param(400, "SQuAD test questions for retrieval (R1, R2)", bounds=(1, 100_000))
     n_squad_read: int = param(48, "of them, questions the model answers at the chosen budget, at 64 and 256 tokens per chunk", bounds=(0, 100_000))
@@ -183,8 +235,8 @@ class RagParams(Answering):
     chroma_port: int = param(8000, "port of the Chroma server", bounds=(1, 65_535))
     sections: list = param(["own_documents", "knowledge_base", "scale", "benchmarks"],
                            "what runs; your documents alone (about a minute): -y 'sections: [own_documents]'")
-    own_chunk_size: int = param(256, "chunk size for your documents (the knowledge-base grid's choice in the cpu run)", bounds=(32, 4096), chunk=True)
-    own_top_k: int = param(3, "chunks retrieved per question of yours", bounds=(1, 50))
+    own_chunk_size: int = Retrieval.chunk_size(256, "chunk size for your documents (the knowledge-base grid's choice in the cpu run)")
+    own_top_k: int = Retrieval.top_k(3, "chunks retrieved per question of yours")
 
     SECTIONS = ("own_documents", "knowledge_base", "scale", "benchmarks")
 
@@ -200,7 +252,7 @@ class RagParams(Answering):
         check(isinstance(self.squad_dev_articles, int) and self.squad_dev_articles < self.squad_articles,
               "squad_dev_articles", self.squad_dev_articles,
               f"use fewer than squad_articles={self.squad_articles}: the test questions need articles of their own")
-        check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
+        Retrieval.check_method("retrieval", self.retrieval)
         # scored and answered questions are the retrieval grid's first ones
         check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)
         check_int("n_answer_questions", self.n_answer_questions, 1, self.n_retrieval_questions)
@@ -221,21 +273,21 @@ class FinetuneParams(Answering):
     curve_exposures: list = param([3, 6, 12], "exposures per fact (epochs x paraphrases) at which the knowledge curve is scored", bounds=(1, 10_000))
     k5_exposures: int = param(6, "exposures per fact at which K5 compares the paraphrase counts (one of curve_exposures)", bounds=(1, 10_000))
     sweep_exposures: int = param(12, "exposures per fact of each learning-rate sweep run (development facts): the curve's length, since a rate chosen on a short run can be too large for a long one", bounds=(1, 10_000))
-    warmup_steps: int = param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
-    lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
-    lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
-    lora_lr: float = param(3e-3, "LoRA and QLoRA: the middle of their sweep, or their rate without one")
-    full_lr: float = param(1e-4, "full fine-tuning: the middle of its sweep, or its rate without one")
+    warmup_steps: int = Lora.warmup()
+    lora_rank: int = Lora.rank()
+    lora_alpha: int = Lora.alpha()
+    lora_lr: float = Lora.lr("LoRA and QLoRA: the middle of their sweep, or their rate without one")
+    full_lr: float = param(1e-4, "full fine-tuning: the middle of its sweep, or its rate without one", rate=True)
     lr_factors: list = param([0.3, 1.0, 3.0], "the sweep tries each middle learning rate times these")
     sweep_methods: list = param(["lora", "full"], "methods swept on the development facts ([]: every rate as set here)")
-    train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
+    train_batch_size: int = Lora.batch()
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
     n_method_facts: int = param(16, "test facts the methods are compared on (T1, T3, K7): the first test facts", bounds=(1, 10_000))
     method_exposures: int = param(6, "exposures per fact of each method's run", bounds=(1, 10_000))
     n_training_seeds: int = param(3, "seeds of the LoRA method run: the seed spread of a trained arm", bounds=(1, 20))
     n_known: int = param(64, "real-world questions screened for facts the base model knows (NQ-Open)", bounds=(0, 2_000))
     n_format_facts: int = param(8, "test facts also answered by generation, to show the answers' form", bounds=(1, 10_000))
-    rag_top_k: int = param(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)", bounds=(1, 50))
+    rag_top_k: int = Retrieval.top_k(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)")
     n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
     n_structured_dev: int = param(16, "development products (other worlds, no test or training product's name): the JSON fine-tune is chosen on them", bounds=(1, 1_000))
     structured_sizes: list = param([10, 25, 50], "training examples (T4), one fine-tune each", bounds=(1, 100_000))
@@ -256,9 +308,6 @@ class FinetuneParams(Answering):
               "list the epochs in increasing order: each is a snapshot of one run")
         for name in ("sweep_exposures", "method_exposures"):
             check(getattr(self, name) % top == 0, name, getattr(self, name), f"use a multiple of the most paraphrases ({top})")
-        for name in ("lora_lr", "full_lr"):
-            value = getattr(self, name)
-            check(isinstance(value, float) and 0 < value < 1, name, value, "use a learning rate in (0, 1)")
         allowed = ["lora", "lora-attention", "qlora", "full"]
         check(isinstance(self.methods, list) and "lora" in self.methods and set(self.methods) <= set(allowed),
               "methods", self.methods, f"use a list from {allowed} that includes lora")
@@ -282,9 +331,9 @@ class RaftParams(Answering):
     n_candidates: int = param(3, "look-alike values ranked beside the gold per question (chance 1 / (n + 1))", bounds=(1, 20))
     n_generated: int = param(16, "test facts also answered in words (contains, EM, F1)", bounds=(1, 100_000))
     n_generated_unanswerable: int = param(8, "unanswerable questions also answered in words", bounds=(0, 10_000))
-    chunk_size: int = param(64, "tokens per chunk: the documents RAFT trains and answers on", bounds=(32, 4096), chunk=True)
-    rag_top_k: int = param(3, "chunks in the prompt for the main table")
-    top_ks: list = param([1, 3, 5, 8], "test-time documents (F5, F6)", bounds=(1, 50))
+    chunk_size: int = Retrieval.chunk_size(64, "tokens per chunk: the documents RAFT trains and answers on")
+    rag_top_k: int = Retrieval.top_k(3, "chunks in the prompt for the main table")
+    top_ks: list = Retrieval.top_k([1, 3, 5, 8], "test-time documents (F5, F6)")
     n_ablation_facts: int = param(0, "test facts the P and distractor ablations and the top-k curves ask (the first n; 0: all)", bounds=(0, 100_000))
     n_train: int = param(32, "RAFT training questions: other facts of the knowledge base, never a test fact", bounds=(1, 100_000))
     n_dev: int = param(24, "development questions RAFT's fitness is measured on: other facts, never a test or training one", bounds=(1, 10_000))
@@ -294,18 +343,18 @@ class RaftParams(Answering):
     p_values: list = param([0.0, 0.4, 0.8, 1.0], "P ablation (F2)")
     distractor_counts: list = param([0, 1, 3], "training distractors ablation (F5)", bounds=(0, 50))
     epochs: int = param(1, "epochs of RAFT training", bounds=(1, 100))
-    lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
-    lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
-    lora_lr: float = param(3e-3, "LoRA learning rate")
-    train_batch_size: int = param(4, "examples per optimizer step", bounds=(1, 512))
+    lora_rank: int = Lora.rank()
+    lora_alpha: int = Lora.alpha()
+    lora_lr: float = Lora.lr()
+    train_batch_size: int = Lora.batch(4)
     data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR, else the repository data/benchmarks", exists="folder")
     bench_train: int = param(16, "RAFT training questions per benchmark (their train split)", bounds=(1, 100_000))
     bench_test: int = param(32, "HotpotQA test questions (the data folder holds about 100 after the train split)", bounds=(1, 100_000))
     pubmedqa_test: int = param(100, "PubMedQA test questions, of its official 500", bounds=(1, 100_000))
     bench_distractors: int = param(1, "distractors per benchmark training example", bounds=(0, 8))
-    pubmedqa_chunk_size: int = param(128, "abstracts are indexed in chunks of this many tokens", bounds=(32, 4096), chunk=True)
-    pubmedqa_top_k: int = param(2, "abstract chunks in the prompt", bounds=(1, 20))
-    hotpotqa_top_k: int = param(3, "of the question's ten paragraphs", bounds=(1, 10))
+    pubmedqa_chunk_size: int = Retrieval.chunk_size(128, "abstracts are indexed in chunks of this many tokens")
+    pubmedqa_top_k: int = Retrieval.top_k(2, "abstract chunks in the prompt", most=20)
+    hotpotqa_top_k: int = Retrieval.top_k(3, "of the question's ten paragraphs", most=10)
     hotpotqa_quotes: int = param(1, "gold sentences a HotpotQA target quotes, those naming the answer first; 0 for all", bounds=(0, 10))
     bench_dsf: bool = param(False, "also train and test closed-book fine-tunes on the benchmarks")
     cot_max_new_tokens: int = param(48, "a quote and the answer", bounds=(8, 1024))
@@ -322,7 +371,6 @@ class RaftParams(Answering):
               and self.p_oracle in self.p_values, "p_values", self.p_values,
               f"use a list of shares in [0, 1] that includes p_oracle={self.p_oracle}")
         check(self.distractors in ("random", "retrieved"), "distractors", self.distractors, "use random or retrieved")
-        check(isinstance(self.lora_lr, float) and 0 < self.lora_lr < 1, "lora_lr", self.lora_lr, "use a learning rate in (0, 1)")
 
 
 @dataclass
@@ -333,8 +381,8 @@ class FreshnessParams(Answering):
     change_share: float = param(0.8, "share of the mutable facts the v2 world changes (the knowledge base's v2_change_share)")
     n_new: int = param(24, "facts about product lines that exist only in v2", bounds=(0, 100_000))
     n_candidates: int = param(3, "look-alike values ranked beside the gold (a changed fact's always hold its other value)", bounds=(1, 20))
-    chunk_size: int = param(64, "tokens per chunk (chapter 4's, which RAFT reads)", bounds=(32, 4096), chunk=True)
-    rag_top_k: int = param(3, "chunks in the prompt of every reader that reads", bounds=(1, 50))
+    chunk_size: int = Retrieval.chunk_size(64, "tokens per chunk (chapter 4's, which RAFT reads)")
+    rag_top_k: int = Retrieval.top_k(3, "chunks in the prompt of every reader that reads")
     replay_share: float = param(0.5, "unchanged facts replayed per changed fact in the replay update")
     update_exposures: int = param(0, "exposures per fact of each update of the fine-tune; 0: chapter 3's chosen checkpoint's", bounds=(0, 10_000))
     cot_max_new_tokens: int = param(48, "RAFT's quote and answer", bounds=(8, 1024))
@@ -377,7 +425,7 @@ class CostParams(Common):
     n_ttft_repeats: int = param(8, "timed prefills per approach (the long-context prompt: once, it costs seconds)", bounds=(1, 1_000))
     n_latency_repeats: int = param(10, "timed answers of the base, merged and unmerged LoRA models (T2)", bounds=(2, 1_000))
     latency_new_tokens: int = param(4, "tokens decoded per timed answer", bounds=(1, 512))
-    lora_rank: int = param(8, "LoRA rank of the adapter timed merged and unmerged", bounds=(1, 1024))
+    lora_rank: int = Lora.rank("LoRA rank of the adapter timed merged and unmerged")
 
     NUMBERS = ("queries_per_month", "updates_per_month", "train_tokens", "docs_per_update", "index_gb",
                "rag_prompt_tokens", "ft_prompt_tokens", "hybrid_prompt_tokens", "long_prompt_tokens", "completion_tokens")
@@ -446,10 +494,10 @@ class YourCaseParams(Answering):
     dev_share: float = param(0.4, "share of your questions, whole source documents at a time, kept for development (every choice)")
     min_dev: int = param(4, "fewest development questions a split may leave", bounds=(1, 10_000))
     min_test: int = param(8, "fewest test questions a split may leave", bounds=(2, 100_000))
-    chunk_sizes: list = param([64, 128], "chunk sizes tried on the development questions", bounds=(32, 4096), chunk=True)
+    chunk_sizes: list = Retrieval.chunk_size([64, 128], "chunk sizes tried on the development questions")
     chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
-    top_ks: list = param([1, 3], "chunks per question tried on the development questions", bounds=(1, 50))
-    retrieval: str = param("hybrid", "dense | bm25 | hybrid")
+    top_ks: list = Retrieval.top_k([1, 3], "chunks per question tried on the development questions")
+    retrieval: str = Retrieval.method()
     train_on_documents: bool = param(True, "the fine-tune also trains on your documents' text (each chunk recited), not only on training questions")
     dsf_epochs: list = param([4, 8, 12], "epochs after which the fine-tune is scored on the development questions (one run, constant rate)", bounds=(1, 1_000))
     raft_epochs: int = param(2, "epochs of RAFT training; 0: no RAFT arm", bounds=(0, 1_000))
@@ -459,11 +507,11 @@ class YourCaseParams(Answering):
                                   bounds=(1_000, 10**12))
     n_distractors: int = param(2, "distractor chunks beside the oracle in a RAFT training example", bounds=(0, 50))
     p_oracle: float = param(0.8, "share of RAFT training examples that keep the oracle chunk")
-    lora_rank: int = param(8, "LoRA rank r", bounds=(1, 1024))
-    lora_alpha: int = param(16, "LoRA scaling numerator (the scale is alpha / r)", bounds=(1, 4096))
-    lora_lr: float = param(3e-3, "LoRA learning rate (chapter 3's choice on its development facts)")
-    warmup_steps: int = param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
-    train_batch_size: int = param(8, "examples per optimizer step", bounds=(1, 512))
+    lora_rank: int = Lora.rank()
+    lora_alpha: int = Lora.alpha()
+    lora_lr: float = Lora.lr("LoRA learning rate (chapter 3's choice on its development facts)")
+    warmup_steps: int = Lora.warmup()
+    train_batch_size: int = Lora.batch()
     cot_max_new_tokens: int = param(64, "RAFT's quote and answer", bounds=(8, 1024))
     queries_per_month: float = param(1e6, "your volume: queries a month (chapter 6's cost model)")
     updates_per_month: float = param(1.0, "your documents change this often a month (re-indexed; a closed-book fine-tune retrained)")
@@ -478,10 +526,9 @@ class YourCaseParams(Answering):
         check(share(self.max_file_mb) and 0 < self.max_file_mb <= 1_000, "max_file_mb", self.max_file_mb,
               "use a size in MB in (0, 1000]")  # chapter 2's range: 0 or less would skip every file
         check(share(self.p_oracle) and 0 <= self.p_oracle <= 1, "p_oracle", self.p_oracle, "use a share in [0, 1]")
-        check(self.retrieval in ("dense", "bm25", "hybrid"), "retrieval", self.retrieval, "use dense, bm25 or hybrid")
+        Retrieval.check_method("retrieval", self.retrieval)
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check(sorted(self.dsf_epochs) == list(self.dsf_epochs), "dsf_epochs", self.dsf_epochs, "list the epochs in increasing order")
-        check(isinstance(self.lora_lr, float) and 0 < self.lora_lr < 1, "lora_lr", self.lora_lr, "use a learning rate in (0, 1)")
         number = lambda v: share(v) and v == v and 0 <= v < 1e15  # noqa: E731
         for name in ("queries_per_month", "updates_per_month"):
             check(number(getattr(self, name)), name, getattr(self, name), "use a number >= 0 (papermill: -p name 2e6)")
