@@ -219,3 +219,16 @@ def test_the_checkpoint_rule_is_checked_with_the_plan(tmp_path):
     bad.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="checkpoint takes dev_trained_min and heldout_slack"):
         plan.load_plan(bad)
+
+def test_a_chapters_comparisons_fill_the_plans_placeholders_from_the_runs_choices():
+    """plan.judge_chapter: prompting-few-shot compares "few-shot k={k}" with k=0 (and K9-long-context
+    names {tokens}); the run's choices name them. Without it the call says which choice is missing; with it, a condition not recorded is
+    said to be not asked. Four questions, k=3 right on all, k=0 on two: a difference of 0.5."""
+    from ragft.plan import judge_chapter
+
+    outcomes = {"few-shot k=3": dict.fromkeys("abcd", 1.0), "few-shot k=0": {"a": 1.0, "b": 1.0, "c": 0.0, "d": 0.0}}
+    with pytest.raises(KeyError, match=r"\{k\}"):
+        judge_chapter("01_prompting", outcomes, {"tokens": 2500})  # K9-long-context's "haystack {tokens}"
+    out = judge_chapter("01_prompting", outcomes, {"k": 3, "tokens": 2500}, profile="cpu")
+    assert out["prompting-few-shot"].a == "few-shot k=3" and out["prompting-few-shot"].diff == 0.5
+    assert all(isinstance(v, str) and v.endswith("was not asked in this run") for k, v in out.items() if k != "prompting-few-shot")

@@ -296,6 +296,33 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
                          spec.stated, plan.power)
 
 
+def judge_chapter(chapter: str, outcomes: dict[str, dict], choices: dict | None = None, plan: Plan | None = None,
+                  profile: str | None = None) -> dict[str, stats.Comparison | str]:
+    """Every comparison the plan declares for `chapter`, in the plan's order: judged (judge) where the
+    run recorded both of its conditions, else why not, as a "not measured in this run" sentence says
+    it: the profiles that measure it (the plan's `profiles`), or the condition this run did not ask.
+    `choices` gives the values of the plan's placeholders ({"k": 3} for "few-shot k={k}")."""
+    plan, choices = plan or the_plan(), choices or {}
+    out: dict[str, stats.Comparison | str] = {}
+    for cid, spec in plan.comparisons.items():
+        if spec.chapter != chapter:
+            continue
+        if profile is not None and not plan.measured_in(cid, profile):
+            out[cid] = f"the {' and '.join(spec.profiles)} profiles measure it (the analysis plan)"
+            continue
+        a, b = (PLACEHOLDER.sub(lambda m: _choice(cid, m.group(1), choices), t) for t in (spec.a, spec.b))
+        missing = [x for x in (a, b) if x not in outcomes]
+        out[cid] = f"{missing[0]} was not asked in this run" if missing else judge(cid, outcomes, a, b, plan, profile)
+    return out
+
+
+def _choice(comparison_id: str, name: str, choices: dict) -> str:
+    if name not in choices:
+        raise KeyError(f"comparison {comparison_id}: its conditions name {{{name}}}; give the run's choice of it "
+                       f"(choices={{{name!r}: ...}})")
+    return str(choices[name])
+
+
 def _check(spec: Planned, a: str, va: dict, b: str, vb: dict) -> stats.Comparison:
     """A quantity identical by construction: shown (its mean difference and spread), never tested."""
     import numpy as np

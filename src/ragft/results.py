@@ -188,6 +188,27 @@ class ChapterRun:
         self.comparisons = [c for c in self.comparisons if c["claim"] != comparison_id] + [result.as_dict()]
         return result
 
+    def compare_chapter(self, labels: dict[str, tuple[str, str]], choices: dict | None = None) -> dict[str, "StatedComparison"]:
+        """Every comparison the plan declares for this chapter (ragft.plan.judge_chapter), judged on the
+        recorded outcomes and kept for the results file, each with the labels its sentence gives its two
+        arms (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A
+        difference of two rates reads in points (the plan's kind "binary"), any other as a number."""
+        from .plan import judge_chapter, the_plan
+
+        plan = the_plan()
+        judged = judge_chapter(self.chapter, self.outcomes, choices, plan, getattr(self.params, "profile", None))
+        if set(labels) != set(judged):
+            raise ValueError(f"{self.chapter}: labels for {sorted(labels)}, but the plan declares {sorted(judged)} "
+                             "for this chapter: give each declared comparison its two labels, and no other")
+        out = {}
+        for cid, result in judged.items():
+            if isinstance(result, str):
+                out[cid] = StatedComparison(cid, None, missing=result)
+                continue
+            self.comparisons = [c for c in self.comparisons if c["claim"] != cid] + [result.as_dict()]
+            out[cid] = StatedComparison(cid, result, *labels[cid], pct=plan.get(cid).kind == "binary")
+        return out
+
     def stage(self, name: str):
         """Context manager that adds the wall time of a block to timings[name]."""
         run = self

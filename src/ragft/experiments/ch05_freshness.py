@@ -55,7 +55,7 @@ from ..stats import wilson_interval
 from ..train import load_artifact, merged, tasks, train
 from ..train.measure import release_memory
 from . import ch04_raft as ch04, common
-from .common import chapter3_facts, dsf_adapter, elsewhere_label, not_here, start
+from .common import chapter3_facts, dsf_adapter, not_here, start
 
 CHAPTER = "05_freshness"
 RAFT_CHAPTER = "04_raft"
@@ -601,34 +601,22 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     return m
 
 
-def state_comparisons(ch: Chapter) -> dict[str, StatedComparison]:
-    """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file."""
-    run = ch.run
-    out: dict[str, StatedComparison] = {}
+# What each comparison the plan declares for this chapter calls its two arms in its sentence
+LABELS = {
+    "U1-rag-vs-dsf": ("RAG on the updated index", "the fine-tune with its v1 weights"),
+    "U1-retrain": ("the fine-tune retrained on v2", "the same fine-tune before retraining"),
+    "U2-seconds": ("a continued-training run on one fact", "its document's upsert"),
+    "K8-stale": ("the fine-tune", "RAG"),
+    "U-replay": ("the update with replay", "the update without it"),
+    "U-dsf-rag": ("DSF + RAG", "base + RAG"),
+    "N1-delimit": ("plain sources", "sources delimited as data"),
+}
 
-    def state(claim, a, b, a_label, b_label, pct=True):
-        if a in run.outcomes and b in run.outcomes:
-            out[claim] = StatedComparison(claim, run.compare(claim, a, b), a_label, b_label, pct=pct)
-        else:
-            out[claim] = StatedComparison(claim, None, missing=f"{a if a not in run.outcomes else b} was not asked in this run")
 
-    changed = lambda approach: outcome(approach, "v2", "changed")  # noqa: E731
-    state("U1-rag-vs-dsf", changed(BASE_RAG), changed(DSF), "RAG on the updated index",
-          "the fine-tune with its v1 weights")
-    state("U1-retrain", changed(UPDATES["retrain"]), changed(DSF), "the fine-tune retrained on v2",
-          "the same fine-tune before retraining")
-    state("U2-seconds", U2_TRAIN, U2_INDEX, "a continued-training run on one fact",
-          "its document's upsert", pct=False)
-    state("K8-stale", stale_outcome(DSF), stale_outcome(BASE_RAG), "the fine-tune", "RAG")
-    if not not_here(run.params, REPLAY_COMPARISONS):
-        state("U-replay", outcome(UPDATES["replay"], "v2", "unchanged"),
-              outcome(UPDATES["continued"], "v2", "unchanged"), "the update with replay", "the update without it")
-    else:
-        out["U-replay"] = StatedComparison("U-replay", None, missing=elsewhere_label("U-replay"))
-    state("U-dsf-rag", changed(DSF_RAG), changed(BASE_RAG), "DSF + RAG", "base + RAG")
-    state("N1-delimit", f"{PLANTED_PLAIN}: followed", f"{PLANTED_DELIMITED}: followed", "plain sources",
-          "sources delimited as data")
-    return out
+def comparisons(ch: Chapter) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter, judged on the run's outcomes and
+    stored on the results file (ChapterRun.compare_chapter), with its arms' labels."""
+    return ch.run.compare_chapter(LABELS)
 
 
 def sentences(ch: Chapter, f: Findings) -> dict[str, str]:
