@@ -88,6 +88,8 @@ def test_every_declared_range_and_type_is_enforced(chapter):
         if bounds is not None:
             lo, hi = bounds
             bad = [[lo - 1], [hi + 1], []] if f.type == "list" else [lo - 1, hi + 1, 1.5, True]
+        elif f.metadata.get("choices"):  # a name from a fixed set
+            bad = ["nope", 5]
         elif f.metadata.get("rate"):  # a learning rate: a number in (0, 1)
             bad = [0.0, 1.0, 1.5, "3e-3"]
         elif f.type in ("str", "bool"):

@@ -21,14 +21,14 @@ PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
 
 def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None,
-          chunk: bool = False, rate: bool = False):
+          chunk: bool = False, rate: bool = False, choices: tuple[str, ...] = ()):
     """Declare a chapter parameter once: its default, the one-line comment that the notebook's
     parameters cell shows (the cell is generated from these declarations: `python -m ragft.strip`),
     for integers and lists of integers the allowed range, for a path whether it must be an existing
     "folder" or "file" when given, for a chunk size (chunk=True) that the embedder reads the chunk
-    whole, and for a learning rate (rate=True) that it is a number in (0, 1) (all checked by
-    `Common.validate`, before any model loads)."""
-    meta = {"help": help, "bounds": bounds, "exists": exists, "chunk": chunk, "rate": rate}
+    whole, for a learning rate (rate=True) that it is a number in (0, 1), and for a name with a fixed
+    set of values its `choices` (all checked by `Common.validate`, before any model loads)."""
+    meta = {"help": help, "bounds": bounds, "exists": exists, "chunk": chunk, "rate": rate, "choices": choices}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -76,11 +76,7 @@ class Retrieval:
 
     @staticmethod
     def method(help: str = "dense | bm25 | hybrid"):
-        return param("hybrid", help)
-
-    @staticmethod
-    def check_method(name: str, value) -> None:
-        check(value in Retrieval.METHODS, name, value, "use dense, bm25 or hybrid")
+        return param("hybrid", help, choices=Retrieval.METHODS)
 
 
 def check(ok: bool, name: str, value, allowed: str) -> None:
@@ -145,6 +141,9 @@ class Common:
             elif f.type == "list" and isinstance(value, list):  # a repeated entry would run (or train) twice
                 repeated = sorted({repr(v) for v in value if value.count(v) > 1})
                 check(not repeated, f.name, value, f"list each value once (repeated: {', '.join(repeated)})")
+            choices = f.metadata.get("choices")
+            if choices:
+                check(value in choices, f.name, value, f"use {', '.join(choices[:-1])} or {choices[-1]}")
             if f.metadata.get("rate"):
                 check(isinstance(value, float) and 0 < value < 1, f.name, value, "use a learning rate in (0, 1)")
             bounds = f.metadata.get("bounds")
@@ -252,7 +251,6 @@ class RagParams(Answering):
         check(isinstance(self.squad_dev_articles, int) and self.squad_dev_articles < self.squad_articles,
               "squad_dev_articles", self.squad_dev_articles,
               f"use fewer than squad_articles={self.squad_articles}: the test questions need articles of their own")
-        Retrieval.check_method("retrieval", self.retrieval)
         # scored and answered questions are the retrieval grid's first ones
         check_int("n_scored_questions", self.n_scored_questions, 1, self.n_retrieval_questions)
         check_int("n_answer_questions", self.n_answer_questions, 1, self.n_retrieval_questions)
@@ -526,7 +524,6 @@ class YourCaseParams(Answering):
         check(share(self.max_file_mb) and 0 < self.max_file_mb <= 1_000, "max_file_mb", self.max_file_mb,
               "use a size in MB in (0, 1000]")  # chapter 2's range: 0 or less would skip every file
         check(share(self.p_oracle) and 0 <= self.p_oracle <= 1, "p_oracle", self.p_oracle, "use a share in [0, 1]")
-        Retrieval.check_method("retrieval", self.retrieval)
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check(sorted(self.dsf_epochs) == list(self.dsf_epochs), "dsf_epochs", self.dsf_epochs, "list the epochs in increasing order")
         number = lambda v: share(v) and v == v and 0 <= v < 1e15  # noqa: E731

@@ -132,6 +132,11 @@ class Plan:
         return {k: f"measured in the {' and '.join(c.profiles)} profiles only: {c.note}"
                 for k, c in self.comparisons.items() if not self.measured_in(k, profile)}
 
+    def elsewhere(self, comparison_id: str) -> str:
+        """Where a comparison this profile leaves to others is measured, as its "not measured in this
+        run" sentence says it."""
+        return f"the {' and '.join(self.get(comparison_id).profiles)} profiles measure it (the analysis plan)"
+
     def get(self, comparison_id: str) -> Planned:
         if comparison_id not in self.comparisons:
             raise KeyError(f"comparison {comparison_id!r} is not declared in {self.path}: declare it (conditions, "
@@ -308,7 +313,7 @@ def judge_chapter(chapter: str, outcomes: dict[str, dict], choices: dict | None 
         if spec.chapter != chapter:
             continue
         if profile is not None and not plan.measured_in(cid, profile):
-            out[cid] = f"the {' and '.join(spec.profiles)} profiles measure it (the analysis plan)"
+            out[cid] = plan.elsewhere(cid)
             continue
         a, b = (PLACEHOLDER.sub(lambda m: _choice(cid, m.group(1), choices), t) for t in (spec.a, spec.b))
         missing = [x for x in (a, b) if x not in outcomes]

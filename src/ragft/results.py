@@ -184,8 +184,11 @@ class ChapterRun:
         its sentence. Its test, direction, margin and bounds are the plan's, never the chapter's."""
         from .plan import judge
 
-        result = judge(comparison_id, self.outcomes, a, b, profile=getattr(self.params, "profile", None))
-        self.comparisons = [c for c in self.comparisons if c["claim"] != comparison_id] + [result.as_dict()]
+        return self._keep(judge(comparison_id, self.outcomes, a, b, profile=getattr(self.params, "profile", None)))
+
+    def _keep(self, result):
+        """Keep a judged comparison for the results file, in place of an earlier one of the same id."""
+        self.comparisons = [c for c in self.comparisons if c["claim"] != result.claim] + [result.as_dict()]
         return result
 
     def compare_chapter(self, labels: dict[str, tuple[str, str]], choices: dict | None = None) -> dict[str, "StatedComparison"]:
@@ -205,8 +208,7 @@ class ChapterRun:
             if isinstance(result, str):
                 out[cid] = StatedComparison(cid, None, missing=result)
                 continue
-            self.comparisons = [c for c in self.comparisons if c["claim"] != cid] + [result.as_dict()]
-            out[cid] = StatedComparison(cid, result, *labels[cid], pct=plan.get(cid).kind == "binary")
+            out[cid] = StatedComparison(cid, self._keep(result), *labels[cid], pct=plan.get(cid).kind == "binary")
         return out
 
     def stage(self, name: str):

@@ -21,7 +21,7 @@ def not_here(params, comparisons: tuple[str, ...]) -> str:
 
 def elsewhere_label(comparison_id: str) -> str:
     """Where a comparison is measured, as its "not measured in this run" sentence says it."""
-    return f"the {' and '.join(the_plan().get(comparison_id).profiles)} profiles measure it (the analysis plan)"
+    return the_plan().elsewhere(comparison_id)
 
 
 def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
