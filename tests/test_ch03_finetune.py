@@ -1,6 +1,7 @@
 """Chapter 3's experiment module without a language model: outcomes, metric declarations, comparisons."""
 
 import json
+import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -284,7 +285,11 @@ def test_comparisons_use_the_claim_ids_and_directions():
         assert by_claim[f"K7-forgetting-{method}"]["b"] == "NLL: base model"
     assert by_claim["K7-forgetting-lora"]["a"] == "NLL: DSF, LoRA"  # the chosen fine-tune, not a method run
     assert by_claim["K7-known-facts"]["expect"] == "less" and by_claim["K7-known-facts"]["n"] == 8
-    assert all(s.comparison is not None for k, s in stated.items() if k != "T3-attention-only")
+    # the arms a reader could build from the documents run in the smoke and gpu profiles: each says so
+    reader = ("K1-rag-vs-reader", "K5-rewritten-documents", "K1-generated-documents")
+    for key in reader:
+        assert stated[key].comparison is None and "smoke and gpu profiles measure it" in stated[key].missing
+    assert all(s.comparison is not None for k, s in stated.items() if k not in ("T3-attention-only",) + reader)
 
 
 def test_comparisons_the_smoke_profile_cannot_make_say_why():
@@ -420,3 +425,33 @@ def test_the_gold_document_holds_each_fact_and_names_its_entity(kb):
         doc = rag.document_text(d)
         assert metrics.contains(doc, q.answers) and doc.startswith(f"## {d.title}\n\n"), q.qid
         assert q.entity in doc and doc in {s.text for s in rag.kb_documents(kb)}, q.qid
+
+
+def test_the_reader_arm_is_the_best_on_development_facts_ties_to_fewer_tokens():
+    # documents and generated both answer 12 of 20 development facts at their chosen checkpoints;
+    # generated costs more tokens, so documents stands for the reader's fine-tune
+    rows = [("documents", 3, 100, 0.40), ("documents", 6, 200, 0.60), ("generated", 3, 300, 0.60),
+            ("rewritten", 6, 210, 0.55)]
+    table = pd.DataFrame([{"arm": ch03.READER_ARMS[a], "exposures": e, "train_tokens": t, "dev_heldout_acc": d}
+                          for a, e, t, d in rows])
+    chosen = {"documents": ch03.Checkpoint(6, False, 6), "generated": ch03.Checkpoint(3, True, 3),
+              "rewritten": ch03.Checkpoint(6, False, 6)}
+    assert ch03.choose_reader(table, chosen) == "documents"
+    # the documents arm's earlier checkpoint chosen instead: 0.40 < 0.60, generated wins
+    assert ch03.choose_reader(table, {**chosen, "documents": ch03.Checkpoint(3, False, 6)}) == "generated"
+
+
+def test_the_curve_table_has_a_row_per_arm_and_checkpoint():
+    gold = pd.DataFrame([{c: 0.0 for c in ch03.CURVE_COLUMNS} | {"arm": ch03.GOLD_ARM, "exposures": e} for e in (3, 12, 24)])
+    curve = ch03.Curve(gold, {}, 3e-3, {})
+    reader = pd.DataFrame([{c: 0.5 for c in ch03.CURVE_COLUMNS + ch03.PROBE_COLUMNS} | {"arm": ch03.READER_ARMS["documents"],
+                                                                                        "exposures": 3}])
+    probe = ch03.ForgettingProbe(perplexity=math.e ** 2.5, segment_nll={})
+    table = ch03.curve_table(curve, ch03.Checkpoint(24, True, 24), ch03.Injection(reader, {}), 0.75, probe)
+    assert list(table.columns) == list(ch03.CURVE_COLUMNS + ch03.PROBE_COLUMNS)
+    assert list(zip(table.arm, table.exposures)) == [(ch03.GOLD_ARM, 3), (ch03.GOLD_ARM, 12), (ch03.GOLD_ARM, 24),
+                                                     (ch03.READER_ARMS["documents"], 3)]
+    # the gold curve's generated answers and general-text loss are measured at its chosen checkpoint only
+    assert table.heldout_generated.tolist()[:3] == [pytest.approx(x, nan_ok=True) for x in (math.nan, math.nan, 0.75)]
+    assert table.general_nll.iloc[2] == pytest.approx(2.5) and math.isnan(table.general_nll.iloc[0])
+    assert table.heldout_generated.iloc[3] == 0.5  # an injection arm's, measured at each checkpoint

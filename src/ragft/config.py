@@ -280,11 +280,13 @@ class FinetuneParams(Answering):
     sweep_methods: list = param(["lora", "full"], "methods swept on the development facts ([]: every rate as set here)")
     train_batch_size: int = Lora.batch()
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
+    injection_arms: list = param(["documents", "rewritten", "generated"], "knowledge-injection arms a reader could build, each trained on the documents that hold the test and development facts: documents (as they are), rewritten (each fact restated 3 ways), generated (cloze questions a rule writes from them); [] runs none")
+    injection_exposures: list = param([3, 6, 12], "exposures per fact at which each injection arm is scored (multiples of 3: a rewritten document's 3 variants state each fact once each)", bounds=(3, 10_000))
     n_method_facts: int = param(16, "test facts the methods are compared on (T1, T3, K7): the first test facts", bounds=(1, 10_000))
     method_exposures: int = param(6, "exposures per fact of each method's run", bounds=(1, 10_000))
     n_training_seeds: int = param(3, "seeds of the LoRA method run: the seed spread of a trained arm", bounds=(1, 20))
     n_known: int = param(64, "real-world questions screened for facts the base model knows (NQ-Open)", bounds=(0, 2_000))
-    n_format_facts: int = param(8, "test facts also answered by generation, to show the answers' form", bounds=(1, 10_000))
+    n_format_facts: int = param(8, "test facts whose generated answers the chapter shows (every test fact is answered by generation)", bounds=(1, 10_000))
     rag_top_k: int = Retrieval.top_k(1, "chunks retrieved for the RAG rows (chapter 2: the small model reads one chunk best)")
     n_structured_test: int = param(32, "structured-output test questions (knowledge-base products; the default base holds 36)", bounds=(1, 10_000))
     n_structured_dev: int = param(16, "development products (other worlds, no test or training product's name): the JSON fine-tune is chosen on them", bounds=(1, 1_000))
@@ -304,6 +306,12 @@ class FinetuneParams(Answering):
               self.k5_exposures, f"use one of curve_exposures {self.curve_exposures} that is a multiple of {low}")
         check(sorted(self.structured_epochs) == list(self.structured_epochs), "structured_epochs", self.structured_epochs,
               "list the epochs in increasing order: each is a snapshot of one run")
+        check(isinstance(self.injection_arms, list) and len(set(self.injection_arms)) == len(self.injection_arms)
+              and set(self.injection_arms) <= {"documents", "rewritten", "generated"}, "injection_arms",
+              self.injection_arms, "use [] or a list of distinct arms from documents, rewritten, generated")
+        check(sorted(set(self.injection_exposures)) == list(self.injection_exposures)
+              and all(e % 3 == 0 for e in self.injection_exposures), "injection_exposures", self.injection_exposures,
+              "use increasing multiples of 3: a checkpoint is a whole number of epochs of every arm")
         for name in ("sweep_exposures", "method_exposures"):
             check(getattr(self, name) % top == 0, name, getattr(self, name), f"use a multiple of the most paraphrases ({top})")
         allowed = ["lora", "lora-attention", "qlora", "full"]

@@ -32,6 +32,7 @@ are "DSF p<n> e<exposures>"; the chosen one is also "DSF p<n>".
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ import pandas as pd
 
 from .. import metrics, models, prompts, rag, report, results, settings
 from ..constrained import generate_json, json_schema, max_record_tokens
+from ..corpus import injection
 from ..corpus.benchmarks import load_nq_open
 from ..corpus.kb import STRUCTURED_FIELDS
 from ..corpus.known import ranked_questions
@@ -73,8 +75,9 @@ METHOD_LABELS = {"lora": "LoRA", "lora-attention": "attention-only LoRA", "qlora
 PERPLEXITY_TOL = 0.01
 FORGETTING_DELTA_TOL = 0.01
 ARTIFACT_MB_TOL = 0.01  # peft's adapter config names the base model's folder: the cache path moves bytes
-CURVE_COLUMNS = ("exposures", "trained_acc", "heldout_acc", "known_acc", "seconds", "flops",
+CURVE_COLUMNS = ("arm", "exposures", "train_tokens", "trained_acc", "heldout_acc", "known_acc", "seconds", "flops",
                  "dev_trained_acc", "dev_heldout_acc")
+PROBE_COLUMNS = ("heldout_generated", "general_nll")  # generated answers' accuracy, mean general-text loss (nats per token)
 
 
 @dataclass
@@ -199,8 +202,6 @@ def segment_means(token_nll: list[float], size: int = SEGMENT_TOKENS) -> dict[st
 def probe(run: ChapterRun, label: str, model_lm, general: dict) -> ForgettingProbe:
     """A model's forgetting probe: its perplexity on the general texts together (the headline figure),
     per text, and its per-segment NLL on each text, recorded as the outcomes "NLL: <label>"."""
-    import math
-
     segments, total, count, by_text = {}, 0.0, 0, {}
     for text_name, text in general.items():
         ppl, token_nll = tasks.perplexity_probe(model_lm, text)
@@ -265,9 +266,9 @@ def share(outcomes: dict) -> float:
 
 
 def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str]:
-    """Generated answers to the format subset's conversations, recorded as "<name> generated"
-    (1 when the answer contains the gold): the form of the answers, beside the ranking's verdict."""
-    p, facts = ch.params, ch.format_facts
+    """Generated answers to the test facts' conversations, recorded as "<name> generated" (1 when the
+    answer contains the gold): what a user would read, beside the ranking's verdict."""
+    p, facts = ch.params, ch.facts
     gen = generate(model_lm, conversations, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
     texts = [rag.strip_citations(t) for t in gen.texts]
     scores, tokens = contains_outcomes(facts, texts, gen)
@@ -430,7 +431,8 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
                 ch.run.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
                 known = sum(right) / len(right)
             cost = result.metrics["snapshots"][str(exposures // count)]
-            rows.append({"exposures": exposures, "trained_acc": share(seen), "heldout_acc": share(held), "known_acc": known,
+            rows.append({"arm": GOLD_ARM, "exposures": exposures, "train_tokens": cost["train_tokens"],
+                         "trained_acc": share(seen), "heldout_acc": share(held), "known_acc": known,
                          "seconds": cost["train_s"], "flops": cost["flops"], "dev_trained_acc": share(dev_seen),
                          "dev_heldout_acc": share(dev_held)})
             del model_lm
@@ -471,6 +473,7 @@ def base_point(found: Knowledge, known: list) -> dict:
 
 def curve_style(table: pd.DataFrame):
     return table.style.format({"trained_acc": "{:.0%}", "heldout_acc": "{:.0%}", "known_acc": "{:.0%}",
+                               "heldout_generated": "{:.0%}", "general_nll": "{:.2f}", "train_tokens": "{:,.0f}",
                                "seconds": "{:.0f} s", "flops": "{:.2e}", "dev_trained_acc": "{:.0%}",
                                "dev_heldout_acc": "{:.0%}"}, na_rep="-")
 
@@ -545,19 +548,153 @@ def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
     return f"DSF, {count} paraphrase{'s' if count > 1 else ''} per fact, {exposures} exposures{what}"
 
 
+# ---------------------------------------------------------------------------------------------
+# Knowledge injection as a reader would do it: fine-tuning on the documents alone
+
+
+GOLD_ARM = "gold questions (upper bound)"  # the curve above: questions about every test fact, in their own templates
+READER_ARMS = {"documents": "documents as they are", "rewritten": "documents rewritten",
+               "generated": "questions generated from the documents"}
+READER = "DSF from documents"  # the reader's fine-tune: the arm and checkpoint the development facts chose
+
+
+def arm_name(arm: str, exposures: int | None = None) -> str:
+    """The outcomes' name of an injection arm ("DSF documents"), or of its checkpoint ("DSF documents e6")."""
+    return f"DSF {arm}" + (f" e{exposures}" if exposures is not None else "")
+
+
+def stored(ch: Chapter, model_lm, arm: str, facts: list) -> dict:
+    """{qid: 1 or 0}: whether the model ranks each fact's value first where the arm's own training
+    text states it: its document (documents) or the document's first rewrite (rewritten), recited from
+    the title up to the value, or the rule's cloze question on the fact's sentence (generated). An arm
+    that never saw a question about the fact has stored it when it continues its own text."""
+    pairs = [candidates(ch, q) for q in facts]
+    gold = [g for _, g in pairs]
+    if arm == "generated":
+        conversations = [tasks.dsf_messages(injection.fact_cloze(ch.kb, q)) for q in facts]
+        ranking = rank_candidates(model_lm, conversations, [c for c, _ in pairs], gold, desc=f"{arm} stored")
+    else:
+        variant = None if arm == "documents" else 0
+        conversations = [tasks.recite_messages(ch.kb.doc(q.doc_ids[0])) for q in facts]
+        # the prefix ends before the value's space: each candidate is scored as the text's next word
+        ranking = rank_candidates(model_lm, conversations, [[" " + c for c in cands] for cands, _ in pairs], gold,
+                                  desc=f"{arm} stored",
+                                  reply_prefixes=[injection.statement_prefix(ch.kb, q, variant) for q in facts])
+    return dict(zip([q.qid for q in facts], ranking.correct))
+
+
+def generated_held_out(ch: Chapter, model_lm, name: str) -> float:
+    """The model's generated answers to the test facts' held-out questions, closed book, recorded as
+    "<name> held-out generated" (1 when the answer contains the gold): what a user would read."""
+    gen = generate(model_lm, [tasks.dsf_messages(q.test_text) for q in ch.facts], ch.params.max_new_tokens,
+                   ch.params.batch_size, desc=f"{name} (generated)")
+    scores, tokens = contains_outcomes(ch.facts, gen.texts, gen)
+    ch.run.record(f"{name} held-out generated", scores, tokens=tokens)
+    return share(scores)
+
+
+@dataclass
+class Injection:
+    """The injection arms' curves (one row per arm and checkpoint, CURVE_COLUMNS and the generated
+    and general-text columns), each arm's checkpoint chosen by the plan's rule on the development
+    facts, and the reader's fine-tune: the arm whose chosen checkpoint answers the most held-out
+    development questions (ties: fewer training tokens). Empty where the profile runs no arm."""
+
+    table: pd.DataFrame
+    chosen: dict  # arm -> Checkpoint
+    reader: str | None = None  # the arm that stands for the reader's fine-tune
+
+
+def injection_curves(ch: Chapter, lr: float) -> Injection:
+    """Each arm of injection_arms: one LoRA run at the curve's rate on the documents that hold the
+    test and development facts (tasks.injection_examples), scored after each of injection_exposures:
+    the test facts' held-out questions ranked ("DSF <arm> e<n> held-out") and generated, their values
+    where the arm's text states them ("... stored", the arm's trained phrasing), the known questions,
+    the general-text loss, and the development facts' held-out and stored (the checkpoint rule's)."""
+    p, run = ch.params, ch.run
+    rule = the_plan().fitness["injection"]["checkpoint"]
+    rows, chosen = [], {}
+    for arm in p.injection_arms:
+        per = tasks.INJECTION_ARMS[arm]
+        cfg = tasks.injection_config(p, arm, max(p.injection_exposures), lr)
+        with run.stage(f"injection_{arm}"):
+            result = train(p.model, tasks.injection_examples(ch.kb, ch.facts + ch.dev_facts, arm), cfg,
+                           label=f"inject-{arm}", snapshots=tuple(e // per for e in p.injection_exposures))
+            arm_rows = []
+            for exposures in p.injection_exposures:
+                model_lm = load_artifact(p.model, checkpoint_folder(result, exposures, per), cfg, merge=True)
+                name = arm_name(arm, exposures)
+                held, _ = closed_book(ch, model_lm, None)
+                run.record(f"{name} held-out", held)
+                seen = stored(ch, model_lm, arm, ch.facts)
+                run.record(f"{name} stored", seen)
+                dev_held, _ = closed_book(ch, model_lm, None, ch.dev_facts)
+                known = float("nan")
+                if ch.known:
+                    right = rank_known(model_lm, ch.known, f"{name} known").correct
+                    run.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
+                    known = sum(right) / len(right)
+                cost = result.metrics["snapshots"][str(exposures // per)]
+                arm_rows.append({"arm": READER_ARMS[arm], "exposures": exposures, "train_tokens": cost["train_tokens"],
+                                 "seconds": cost["train_s"], "flops": cost["flops"], "trained_acc": share(seen),
+                                 "heldout_acc": share(held), "known_acc": known,
+                                 "dev_trained_acc": share(stored(ch, model_lm, arm, ch.dev_facts)),
+                                 "dev_heldout_acc": share(dev_held),
+                                 "heldout_generated": generated_held_out(ch, model_lm, name),
+                                 "general_nll": math.log(probe(run, name, model_lm, ch.general).perplexity)})
+                del model_lm
+                release_memory()
+        table = pd.DataFrame(arm_rows)
+        chosen[arm] = choose_checkpoint(table, rule, len(ch.dev_facts))
+        rows += arm_rows
+    if not chosen:
+        return Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
+    table = pd.DataFrame(rows)
+    reader = choose_reader(table, chosen)
+    source = arm_name(reader, chosen[reader].exposures)
+    for part in ("held-out", "stored", "held-out generated", "known"):
+        if f"{source} {part}" in run.outcomes:
+            run.record(f"{READER} {part}", run.outcomes[f"{source} {part}"], tokens=run.outcome_tokens.get(f"{source} {part}"))
+    return Injection(table, chosen, reader)
+
+
+def choose_reader(table: pd.DataFrame, chosen: dict) -> str:
+    """The arm that stands for the reader's fine-tune: the one whose chosen checkpoint answers the
+    most held-out development questions, ties to fewer training tokens (then to the arm run first)."""
+    def score(arm):
+        row = table[(table.arm == READER_ARMS[arm]) & (table.exposures == chosen[arm].exposures)].iloc[0]
+        return (-row.dev_heldout_acc, row.train_tokens)
+
+    return min(chosen, key=score)
+
+
+def curve_table(curve: Curve, chosen: Checkpoint, injected: Injection, generated_share: float,
+                dsf_probe: ForgettingProbe | None) -> pd.DataFrame:
+    """The knowledge curve of every arm, one row per arm and checkpoint: the gold-questions curve (its
+    generated answers and general-text loss measured at the chosen checkpoint, where its verdicts
+    are; `generated_share` is NaN where the generated answers did not cover every test fact) and
+    the injection arms' (both measured at each checkpoint)."""
+    gold = curve.table.copy()
+    at = gold.exposures == chosen.exposures
+    gold["heldout_generated"] = [generated_share if a else float("nan") for a in at]
+    gold["general_nll"] = [math.log(dsf_probe.perplexity) if a and dsf_probe else float("nan") for a in at]
+    return pd.concat([gold, injected.table], ignore_index=True)[list(CURVE_COLUMNS) + list(PROBE_COLUMNS)]
+
+
 def format_view(ch: Chapter, found: Knowledge) -> pd.DataFrame:
-    """Generated answers on the format subset: the base model and the chosen fine-tune, closed book
-    and with RAG (recorded as "<name> generated")."""
+    """Generated answers to every test fact's held-out question: the base model and the chosen
+    fine-tune, closed book and with RAG (recorded as "<name> generated"); the table shows the
+    format subset's (the first n_format_facts)."""
     name = dsf_name(ch.best_count)
     with ch.run.stage("format_view"):
+        closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
         k = len(ch.format_facts)
-        closed = [tasks.dsf_messages(q.test_text) for q in ch.format_facts]
         return pd.DataFrame({
-            "question": [q.test_text for q in ch.format_facts], "gold": [q.answer for q in ch.format_facts],
+            "question": [q.test_text for q in ch.facts], "gold": [q.answer for q in ch.facts],
             "base, closed book": generated(ch, ch.lm, BASE, closed),
             "DSF (chosen), closed book": generated(ch, found.dsf_lm, name, closed),
-            "base + RAG": generated(ch, ch.lm, "base + RAG", found.rag_conversations[:k]),
-            "DSF + RAG": generated(ch, found.dsf_lm, f"{name} + RAG", found.rag_conversations[:k])})
+            "base + RAG": generated(ch, ch.lm, "base + RAG", found.rag_conversations),
+            "DSF + RAG": generated(ch, found.dsf_lm, f"{name} + RAG", found.rag_conversations)}).head(k)
 
 
 def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
@@ -843,6 +980,7 @@ class Findings:
     methods: Methods
     answers: pd.DataFrame | None = None  # format_view's generated answers
     dsf_probe: ForgettingProbe | None = None  # the chosen fine-tune's (probe_chosen)
+    injected: Injection | None = None  # the arms a reader could build (injection_curves)
 
     def probes(self, ch: Chapter) -> dict:
         """Every forgetting probe by its label, the base model's first."""
@@ -906,10 +1044,21 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     if f.answers is not None:
         generated_keys = {"base": BASE, "dsf": dsf_name(count), "rag": "base + RAG", "dsf_plus_rag": f"{dsf_name(count)} + RAG"}
         for key, name in generated_keys.items():
-            put(f"{key}_generated_contains", sum(run.outcomes[f"{name} generated"].values()) / len(ch.format_facts),
-                "rate", n=len(ch.format_facts))
+            put(f"{key}_generated_contains", share(run.outcomes[f"{name} generated"]), "rate", n=n)
     for method, lr in f.lrs.items():
         put(f"{method.replace('-', '_')}_lr_chosen", lr, "choice")
+    if f.injected is not None and f.injected.reader:
+        inj = f.injected
+        for arm, checkpoint in inj.chosen.items():
+            put(f"inject_{arm}_chosen_exposures", checkpoint.exposures, "choice")
+            put(f"inject_{arm}_fitness_reached", int(checkpoint.reached), "choice")
+        for row in inj.table.itertuples():
+            key = f"inject_{next(k for k, v in READER_ARMS.items() if v == row.arm)}_e{row.exposures}"
+            put(f"{key}_heldout_contains", row.heldout_acc, "rate", n=n)
+            put(f"{key}_stored", row.trained_acc, "rate", n=n)
+            put(f"{key}_generated_contains", row.heldout_generated, "rate", n=n)
+        put("injection_fitness_reached", int(inj.chosen[inj.reader].reached), "choice")
+        put("reader_heldout_contains", share(run.outcomes[f"{READER} held-out"]), "rate", n=n)
 
     n_json = int(b["n"].iloc[0])
     tuned = b[b.index.str.startswith("LoRA")]
@@ -1019,6 +1168,22 @@ def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         state("K7-known-facts", f"{dsf} known", f"{BASE} known", dsf_label, "the base model")
     else:
         missing("K7-known-facts", "n_known is 0")
+
+    # Knowledge injection as a reader would do it: the arms that train on the documents alone
+    inj, last = f.injected, max(p.injection_exposures)
+    plan = the_plan()
+    for cid, (a, b, a_label, b_label) in {
+            "K1-rag-vs-reader": ("base + RAG", f"{READER} held-out", "RAG", "the reader's fine-tune ({})"),
+            "K5-rewritten-documents": (f"{arm_name('rewritten', last)} held-out", f"{arm_name('documents', last)} held-out",
+                                       READER_ARMS["rewritten"], READER_ARMS["documents"]),
+            "K1-generated-documents": (f"{arm_name('generated', last)} held-out", f"{arm_name('documents', last)} held-out",
+                                       READER_ARMS["generated"], READER_ARMS["documents"])}.items():
+        if not plan.measured_in(cid, p.profile):
+            missing(cid, plan.elsewhere(cid))
+        elif inj is None or not inj.reader or not {a, b} <= set(run.outcomes):
+            missing(cid, "injection_arms does not name both of its arms in this run")
+        else:
+            state(cid, a, b, a_label, b_label.format(READER_ARMS[inj.reader]))
 
     best = f.behaviour.best
     # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values).
@@ -1165,6 +1330,11 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("heldout_slack", rule["heldout_slack"])
     glue("dsf_fitness", "reached" if f.chosen.reached else "did not reach")
     glue("curve_exposures", report.join_words([str(e) for e in p.curve_exposures]))
+    glue("injection_exposures", report.join_words([str(e) for e in p.injection_exposures]))
+    inj = f.injected
+    glue("injection_run", f"{READER_ARMS[inj.reader]} ({inj.chosen[inj.reader].exposures} exposures per fact) stands for "
+         "the reader's fine-tune" if inj is not None and inj.reader else
+         f"none runs ({the_plan().elsewhere('K1-rag-vs-reader')})")
     glue("chosen_is_last", "the last checkpoint" if f.chosen.exposures == f.chosen.converged else "an earlier checkpoint than the last")
     glue("dtype_name", f.methods.runs["lora"]["dtype"])
     glue("dtype_reason", dtype_reason(p, f))
@@ -1193,7 +1363,10 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
 
 def save(ch: Chapter, f: Findings):
     run = ch.run
-    run.tables.update(knowledge_curve=f.curve.table.to_dict("records"),
+    generated = run.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
+    covered = share(generated) if len(generated) == ch.n_facts else float("nan")  # every test fact, or none
+    injected = f.injected or Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
+    run.tables.update(knowledge_curve=curve_table(f.curve, f.chosen, injected, covered, f.dsf_probe).to_dict("records"),
                       knowledge=f.knowledge.table.reset_index().to_dict("records"),
                       paraphrases=f.variety.reset_index().to_dict("records"),
                       behaviour=f.behaviour.table.reset_index().to_dict("records"),

@@ -15,6 +15,7 @@ import json
 import math
 
 from ..corpus import build_kb
+from ..corpus import injection
 from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
 from ..text import sentences
 from .data import SFTExample, example
@@ -31,6 +32,46 @@ def dsf_messages(text: str) -> list[dict]:
 def dsf_examples(questions: list, n_paraphrases: int | None = None) -> list[SFTExample]:
     """Closed-book fact examples: up to n_paraphrases training paraphrases per question (None: all)."""
     return [example(dsf_messages(text), q.answer) for q in questions for text in q.train_texts[:n_paraphrases]]
+
+
+# The knowledge-injection arms a reader could build from the documents (ragft.corpus.injection), by
+# name: what each trains on, and how many exposures per fact one epoch gives (a rewritten document
+# comes in N_REWRITES variants, each stating every fact once)
+INJECTION_ARMS = {"documents": 1, "rewritten": injection.N_REWRITES, "generated": 1}
+
+
+def injection_documents(kb, facts: list) -> list:
+    """The documents that hold the facts, each once, in the knowledge base's order."""
+    wanted = {q.doc_ids[0] for q in facts}
+    return [d for d in kb.documents if d.doc_id in wanted]
+
+
+def injection_examples(kb, facts: list, arm: str) -> list[SFTExample]:
+    """One epoch of an injection arm on the documents that hold the facts: each document recited from
+    its title (documents: the loss on every token of it; rewritten: each of its N_REWRITES rewrites),
+    or the rule's cloze questions about each document (generated), in chapter 3's closed-book prompt."""
+    if arm not in INJECTION_ARMS:
+        raise ValueError(f"injection arm {arm!r} is not one of {list(INJECTION_ARMS)}")
+    docs = injection_documents(kb, facts)
+    if arm == "generated":
+        return [example(dsf_messages(g.question), g.answer) for d in docs for g in injection.generated_questions(d)]
+    texts = [[d.text] if arm == "documents" else [injection.rewritten_document(kb, d, v) for v in range(injection.N_REWRITES)]
+             for d in docs]
+    return [example(recite_messages(d), t) for d, variants in zip(docs, texts) for t in variants]
+
+
+def recite_messages(doc) -> list[dict]:
+    return [{"role": "user", "content": injection.recite_prompt(doc)}]
+
+
+def injection_config(params, arm: str, exposures: int, lr: float | None = None) -> TrainConfig:
+    """An injection arm's run: `exposures` per fact (epochs = exposures / INJECTION_ARMS[arm]) at a
+    constant rate after warm-up, as dsf_config, with room for a whole document."""
+    per = INJECTION_ARMS[arm]
+    if exposures % per:
+        raise ValueError(f"{exposures} exposures per fact is not a whole number of epochs of the {arm} arm ({per} per epoch)")
+    return lora_config(params, exposures // per, schedule="constant", warmup=params.warmup_steps, max_len=512,
+                       **({"lr": lr} if lr else {}))
 
 
 def lora_config(params, epochs: int, **overrides) -> TrainConfig:
