@@ -447,11 +447,12 @@ def test_the_curve_table_has_a_row_per_arm_and_checkpoint():
     reader = pd.DataFrame([{c: 0.5 for c in ch03.CURVE_COLUMNS + ch03.PROBE_COLUMNS} | {"arm": ch03.READER_ARMS["documents"],
                                                                                         "exposures": 3}])
     probe = ch03.ForgettingProbe(perplexity=math.e ** 2.5, segment_nll={})
-    table = ch03.curve_table(curve, ch03.Checkpoint(24, True, 24), ch03.Injection(reader, {}), 0.75, probe)
+    table = ch03.curve_table(curve, ch03.Checkpoint(24, True, 24), ch03.Injection(reader, {}), 0.75, 0.9, probe)
     assert list(table.columns) == list(ch03.CURVE_COLUMNS + ch03.PROBE_COLUMNS)
     assert list(zip(table.arm, table.exposures)) == [(ch03.GOLD_ARM, 3), (ch03.GOLD_ARM, 12), (ch03.GOLD_ARM, 24),
                                                      (ch03.READER_ARMS["documents"], 3)]
     # the gold curve's generated answers and general-text loss are measured at its chosen checkpoint only
     assert table.heldout_generated.tolist()[:3] == [pytest.approx(x, nan_ok=True) for x in (math.nan, math.nan, 0.75)]
     assert table.general_nll.iloc[2] == pytest.approx(2.5) and math.isnan(table.general_nll.iloc[0])
+    assert table.with_rag_acc.iloc[2] == 0.9 and math.isnan(table.with_rag_acc.iloc[1])
     assert table.heldout_generated.iloc[3] == 0.5  # an injection arm's, measured at each checkpoint

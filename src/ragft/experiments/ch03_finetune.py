@@ -14,6 +14,9 @@ Chapter holds the set-up only (parameters, models, facts, the known questions, t
   knowledge            the base model closed book, the chosen checkpoint, RAG, DSF + RAG and the base
                        model with the gold document on the test facts' held-out phrasings
   paraphrase_variety   one paraphrase per fact at k5_exposures, beside the curve's checkpoint there
+  injection_curves     the fine-tunes a reader could build from the documents alone (injection_arms:
+                       as they are, rewritten, questions a rule writes), one run each, scored after
+                       each of injection_exposures; the reader's arm chosen on development facts
   structured           strict JSON records: prompts, a grammar, LoRA fine-tunes per training size, the
                        one K4 tests chosen on development products (other worlds, never a test product)
   methods              the first n_method_facts test facts trained with every method at method_exposures
@@ -24,10 +27,12 @@ Every scored condition is recorded per question under these names: "<model> held
 trained paraphrase" (1 when the gold candidate has the highest log-likelihood), "<model> quality"
 (the mean of the two), "<model> known" (a real-world question the base model knew, still ranked
 right), "base + RAG", "DSF p<n> + RAG" and "base + gold document" (the fact's own document in the
-prompt), "<model> generated" (on the format subset), "<JSON
+prompt), "<model> generated" (every test fact's held-out question, answered by generation), "<JSON
 condition>: json_valid | schema | fields", and "NLL: <model>" (the mean negative log-likelihood of
 each segment of the general texts, a continuous outcome: lower is better). The curve's checkpoints
-are "DSF p<n> e<exposures>"; the chosen one is also "DSF p<n>".
+are "DSF p<n> e<exposures>"; the chosen one is also "DSF p<n>". An injection arm's checkpoints are
+"DSF <arm> e<exposures>" (held-out, stored: its value where the arm's own text states it, held-out
+generated, known), and the reader's chosen arm and checkpoint is also "DSF from documents".
 """
 
 from __future__ import annotations
@@ -77,7 +82,9 @@ FORGETTING_DELTA_TOL = 0.01
 ARTIFACT_MB_TOL = 0.01  # peft's adapter config names the base model's folder: the cache path moves bytes
 CURVE_COLUMNS = ("arm", "exposures", "train_tokens", "trained_acc", "heldout_acc", "known_acc", "seconds", "flops",
                  "dev_trained_acc", "dev_heldout_acc")
-PROBE_COLUMNS = ("heldout_generated", "general_nll")  # generated answers' accuracy, mean general-text loss (nats per token)
+# measured where the verdicts are: generated answers' accuracy, the held-out accuracy with RAG's chunk in
+# the prompt (does the fine-tune still read retrieved text), the mean general-text loss (nats per token)
+PROBE_COLUMNS = ("heldout_generated", "with_rag_acc", "general_nll")
 
 
 @dataclass
@@ -473,7 +480,8 @@ def base_point(found: Knowledge, known: list) -> dict:
 
 def curve_style(table: pd.DataFrame):
     return table.style.format({"trained_acc": "{:.0%}", "heldout_acc": "{:.0%}", "known_acc": "{:.0%}",
-                               "heldout_generated": "{:.0%}", "general_nll": "{:.2f}", "train_tokens": "{:,.0f}",
+                               "heldout_generated": "{:.0%}", "with_rag_acc": "{:.0%}", "general_nll": "{:.2f}",
+                               "train_tokens": "{:,.0f}",
                                "seconds": "{:.0f} s", "flops": "{:.2e}", "dev_trained_acc": "{:.0%}",
                                "dev_heldout_acc": "{:.0%}"}, na_rep="-")
 
@@ -605,12 +613,13 @@ class Injection:
     reader: str | None = None  # the arm that stands for the reader's fine-tune
 
 
-def injection_curves(ch: Chapter, lr: float) -> Injection:
+def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injection:
     """Each arm of injection_arms: one LoRA run at the curve's rate on the documents that hold the
     test and development facts (tasks.injection_examples), scored after each of injection_exposures:
-    the test facts' held-out questions ranked ("DSF <arm> e<n> held-out") and generated, their values
-    where the arm's text states them ("... stored", the arm's trained phrasing), the known questions,
-    the general-text loss, and the development facts' held-out and stored (the checkpoint rule's)."""
+    the test facts' held-out questions ranked ("DSF <arm> e<n> held-out"), with RAG's conversations
+    ("... + RAG") and generated, their values where the arm's text states them ("... stored", the
+    arm's trained phrasing), the known questions, the general-text loss, and the development facts'
+    held-out and stored (the checkpoint rule's)."""
     p, run = ch.params, ch.run
     rule = the_plan().fitness["injection"]["checkpoint"]
     rows, chosen = [], {}
@@ -628,6 +637,8 @@ def injection_curves(ch: Chapter, lr: float) -> Injection:
                 run.record(f"{name} held-out", held)
                 seen = stored(ch, model_lm, arm, ch.facts)
                 run.record(f"{name} stored", seen)
+                with_rag = rank_facts(ch, model_lm, rag_conversations, ch.facts, f"{name} + RAG")
+                run.record(f"{name} + RAG", with_rag.outcomes([q.qid for q in ch.facts]))
                 dev_held, _ = closed_book(ch, model_lm, None, ch.dev_facts)
                 known = float("nan")
                 if ch.known:
@@ -641,6 +652,7 @@ def injection_curves(ch: Chapter, lr: float) -> Injection:
                                  "dev_trained_acc": share(stored(ch, model_lm, arm, ch.dev_facts)),
                                  "dev_heldout_acc": share(dev_held),
                                  "heldout_generated": generated_held_out(ch, model_lm, name),
+                                 "with_rag_acc": with_rag.accuracy,
                                  "general_nll": math.log(probe(run, name, model_lm, ch.general).perplexity)})
                 del model_lm
                 release_memory()
@@ -668,15 +680,16 @@ def choose_reader(table: pd.DataFrame, chosen: dict) -> str:
     return min(chosen, key=score)
 
 
-def curve_table(curve: Curve, chosen: Checkpoint, injected: Injection, generated_share: float,
+def curve_table(curve: Curve, chosen: Checkpoint, injected: Injection, generated_share: float, with_rag: float,
                 dsf_probe: ForgettingProbe | None) -> pd.DataFrame:
     """The knowledge curve of every arm, one row per arm and checkpoint: the gold-questions curve (its
-    generated answers and general-text loss measured at the chosen checkpoint, where its verdicts
-    are; `generated_share` is NaN where the generated answers did not cover every test fact) and
-    the injection arms' (both measured at each checkpoint)."""
+    generated answers, accuracy with RAG (`with_rag`) and general-text loss measured at the chosen
+    checkpoint, where its verdicts are; `generated_share` is NaN where the generated answers did not
+    cover every test fact) and the injection arms' (measured at each checkpoint)."""
     gold = curve.table.copy()
     at = gold.exposures == chosen.exposures
     gold["heldout_generated"] = [generated_share if a else float("nan") for a in at]
+    gold["with_rag_acc"] = [with_rag if a else float("nan") for a in at]
     gold["general_nll"] = [math.log(dsf_probe.perplexity) if a and dsf_probe else float("nan") for a in at]
     return pd.concat([gold, injected.table], ignore_index=True)[list(CURVE_COLUMNS) + list(PROBE_COLUMNS)]
 
@@ -1331,6 +1344,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("dsf_fitness", "reached" if f.chosen.reached else "did not reach")
     glue("curve_exposures", report.join_words([str(e) for e in p.curve_exposures]))
     glue("injection_exposures", report.join_words([str(e) for e in p.injection_exposures]))
+    glue("base_general_nll", math.log(ch.base_probe.perplexity))
     inj = f.injected
     glue("injection_run", f"{READER_ARMS[inj.reader]} ({inj.chosen[inj.reader].exposures} exposures per fact) stands for "
          "the reader's fine-tune" if inj is not None and inj.reader else
@@ -1361,12 +1375,17 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("qlora_margin", f"{100 * the_plan().get('T3-qlora-vs-lora').margin:.0f} points")
 
 
-def save(ch: Chapter, f: Findings):
-    run = ch.run
-    generated = run.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
+def knowledge_curve_table(ch: Chapter, f: Findings) -> pd.DataFrame:
+    """Every arm's knowledge curve with what it cost and broke (curve_table), from the findings."""
+    generated = ch.run.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
     covered = share(generated) if len(generated) == ch.n_facts else float("nan")  # every test fact, or none
     injected = f.injected or Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
-    run.tables.update(knowledge_curve=curve_table(f.curve, f.chosen, injected, covered, f.dsf_probe).to_dict("records"),
+    return curve_table(f.curve, f.chosen, injected, covered, f.knowledge.held_out(DSF_RAG_ROW), f.dsf_probe)
+
+
+def save(ch: Chapter, f: Findings):
+    run = ch.run
+    run.tables.update(knowledge_curve=knowledge_curve_table(ch, f).to_dict("records"),
                       knowledge=f.knowledge.table.reset_index().to_dict("records"),
                       paraphrases=f.variety.reset_index().to_dict("records"),
                       behaviour=f.behaviour.table.reset_index().to_dict("records"),
