@@ -121,7 +121,7 @@ def _fake_chapter(profile="cpu"):
                             {"paraphrases": top, "exposures": p.k5_exposures, "held_out": 1.0, "trained_paraphrase": 1.0}
                             ]).set_index("paraphrases")
     for name in ("base", f"DSF p{top}", "base + RAG", f"DSF p{top} + RAG"):
-        record(f"{name} generated", lambda i: i % 2, ch.format_facts)
+        record(f"{name} generated", lambda i: i % 2, ch.facts)
 
     names = [ch03.SHORT, ch03.ZERO_SHOT, ch03.FEW_SHOT, ch03.CONSTRAINED]
     names += [tasks.lora_structured_name(s) for s in p.structured_sizes]
@@ -184,7 +184,7 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert rules["dsf_chosen_exposures"] == {"kind": "choice"} and rules["dsf_seed_spread"]["kind"] == "rate"
     assert m["forgetting_delta_dsf"] == pytest.approx(np.exp(0.1) - 1)
     assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}
-    assert rules["dsf_generated_contains"] == {"kind": "rate", "n": ch.params.n_format_facts}
+    assert rules["dsf_generated_contains"] == {"kind": "rate", "n": n}  # generated answers to every test fact (issue 50)
     for method in ch.params.methods:
         assert rules["forgetting_delta_" + method.replace("-", "_")]["kind"] == "derived"
     assert rules["fields_correct_lora_best"]["kind"] == "mean"
