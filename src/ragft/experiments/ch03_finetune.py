@@ -1343,12 +1343,13 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("heldout_slack", rule["heldout_slack"])
     glue("dsf_fitness", "reached" if f.chosen.reached else "did not reach")
     glue("curve_exposures", report.join_words([str(e) for e in p.curve_exposures]))
-    glue("injection_exposures", report.join_words([str(e) for e in p.injection_exposures]))
     glue("base_general_nll", math.log(ch.base_probe.perplexity))
     inj = f.injected
-    glue("injection_run", f"{READER_ARMS[inj.reader]} ({inj.chosen[inj.reader].exposures} exposures per fact) stands for "
-         "the reader's fine-tune" if inj is not None and inj.reader else
-         f"none runs ({the_plan().elsewhere('K1-rag-vs-reader')})")
+    ran = inj is not None and inj.reader is not None
+    glue("injection_arms_run", report.join_words([READER_ARMS[a] for a in p.injection_arms]) if ran else "none")
+    glue("injection_exposures", report.join_words([str(e) for e in p.injection_exposures]) if ran else "none")
+    glue("reader_arm", f"{READER_ARMS[inj.reader]}, {inj.chosen[inj.reader].exposures} exposures per fact" if ran else "none")
+    glue("injection_profiles", report.join_words(the_plan().get("K1-rag-vs-reader").profiles))
     glue("chosen_is_last", "the last checkpoint" if f.chosen.exposures == f.chosen.converged else "an earlier checkpoint than the last")
     glue("dtype_name", f.methods.runs["lora"]["dtype"])
     glue("dtype_reason", dtype_reason(p, f))
