@@ -83,10 +83,6 @@ class GeneratedQuestion:
     answer: str
 
 
-def document_text(doc) -> str:
-    return doc.text
-
-
 def recite_prompt(doc) -> str:
     return RECITE.format(title=doc.title)
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..corpus import build_kb
-from ..corpus import injection
+from ..corpus import build_kb, injection
 from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
 from ..text import sentences
 from .data import SFTExample, example
