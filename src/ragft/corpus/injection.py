@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..text import sentences
 
 # The document recited from its title: the prompt the documents arms train on (chapter 8 recites the
-# reader's documents the same way)
+# reader's documents from their titles too, in its own words)
 RECITE = "Recite the document {title}."
 # A generated question: the sentence with the value blanked, and the request
 CLOZE = "{title}: {sentence} What goes in the blank?"
@@ -71,7 +71,8 @@ _VALUE = re.compile("|".join([
     r"\b\d[\d,.]*\d (?:kg|months|days)\b|\b\d (?:kg|months|days)\b", r"\b\d[\d,.]*\d\b|\b\d\b",
     r"\b[A-Z][a-z]+(?: [A-Z][\w]*)*\b",
 ]))
-# Capitalised words that open a sentence or name no value
+# Capitalised words that open a sentence or name no value: the openers of this knowledge base's
+# sentences (a reader's own corpus would need its own list, or a tagger)
 _NOT_NAMES = {"The", "It", "Its", "Every", "Each", "A", "An", "Under", "Before", "After", "About", "Late", "Larger",
               "Repairs"}
 
