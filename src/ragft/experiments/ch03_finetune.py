@@ -591,14 +591,11 @@ def stored(ch: Chapter, model_lm, arm: str, facts: list) -> dict:
     return dict(zip([q.qid for q in facts], ranking.correct))
 
 
-def generated_held_out(ch: Chapter, model_lm, name: str) -> float:
-    """The model's generated answers to the test facts' held-out questions, closed book, recorded as
-    "<name> held-out generated" (1 when the answer contains the gold): what a user would read."""
-    gen = generate(model_lm, [tasks.dsf_messages(q.test_text) for q in ch.facts], ch.params.max_new_tokens,
-                   ch.params.batch_size, desc=f"{name} (generated)")
-    scores, tokens = contains_outcomes(ch.facts, gen.texts, gen)
-    ch.run.record(f"{name} held-out generated", scores, tokens=tokens)
-    return share(scores)
+def held_out(ch: Chapter, model_lm, facts: list, desc: str) -> dict:
+    """{qid: 1 or 0}: the model's closed-book ranking of each fact's held-out question alone (an arm
+    that trained on no question has no trained phrasing to rank beside it, as closed_book does)."""
+    ranking = rank_facts(ch, model_lm, [tasks.dsf_messages(q.test_text) for q in facts], facts, desc)
+    return ranking.outcomes([q.qid for q in facts])
 
 
 @dataclass
@@ -611,6 +608,18 @@ class Injection:
     table: pd.DataFrame
     chosen: dict  # arm -> Checkpoint
     reader: str | None = None  # the arm that stands for the reader's fine-tune
+
+
+def no_injection() -> Injection:
+    """The injection result of a profile that runs no arm: an empty table with the curve's columns."""
+    return Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
+
+
+def generated_share(ch: Chapter, model_lm, name: str) -> float:
+    """generated() on every test fact's held-out question, closed book ("<name> generated"): the
+    share whose answer contains the gold."""
+    generated(ch, model_lm, name, [tasks.dsf_messages(q.test_text) for q in ch.facts])
+    return share(ch.run.outcomes[f"{name} generated"])
 
 
 def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injection:
@@ -633,13 +642,13 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
             for exposures in p.injection_exposures:
                 model_lm = load_artifact(p.model, checkpoint_folder(result, exposures, per), cfg, merge=True)
                 name = arm_name(arm, exposures)
-                held, _ = closed_book(ch, model_lm, None)
+                held = held_out(ch, model_lm, ch.facts, name)
                 run.record(f"{name} held-out", held)
                 seen = stored(ch, model_lm, arm, ch.facts)
                 run.record(f"{name} stored", seen)
                 with_rag = rank_facts(ch, model_lm, rag_conversations, ch.facts, f"{name} + RAG")
                 run.record(f"{name} + RAG", with_rag.outcomes([q.qid for q in ch.facts]))
-                dev_held, _ = closed_book(ch, model_lm, None, ch.dev_facts)
+                dev_held = held_out(ch, model_lm, ch.dev_facts, "development")
                 known = float("nan")
                 if ch.known:
                     right = rank_known(model_lm, ch.known, f"{name} known").correct
@@ -651,7 +660,7 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
                                  "heldout_acc": share(held), "known_acc": known,
                                  "dev_trained_acc": share(stored(ch, model_lm, arm, ch.dev_facts)),
                                  "dev_heldout_acc": share(dev_held),
-                                 "heldout_generated": generated_held_out(ch, model_lm, name),
+                                 "heldout_generated": generated_share(ch, model_lm, f"{name} held-out"),
                                  "with_rag_acc": with_rag.accuracy,
                                  "general_nll": math.log(probe(run, name, model_lm, ch.general).perplexity)})
                 del model_lm
@@ -660,7 +669,7 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
         chosen[arm] = choose_checkpoint(table, rule, len(ch.dev_facts))
         rows += arm_rows
     if not chosen:
-        return Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
+        return no_injection()
     table = pd.DataFrame(rows)
     reader = choose_reader(table, chosen)
     source = arm_name(reader, chosen[reader].exposures)
@@ -1380,7 +1389,7 @@ def knowledge_curve_table(ch: Chapter, f: Findings) -> pd.DataFrame:
     """Every arm's knowledge curve with what it cost and broke (curve_table), from the findings."""
     generated = ch.run.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
     covered = share(generated) if len(generated) == ch.n_facts else float("nan")  # every test fact, or none
-    injected = f.injected or Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
+    injected = f.injected or no_injection()
     return curve_table(f.curve, f.chosen, injected, covered, f.knowledge.held_out(DSF_RAG_ROW), f.dsf_probe)
 
 
