@@ -247,7 +247,7 @@ def test_development_questions_share_nothing_with_the_test_or_the_examples(chapt
 
 
 def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
-    stated = ch01.state_comparisons(chapter, found(chapter))
+    stated = ch01.comparisons(chapter, found(chapter))
     by_claim = {c["claim"]: c for c in chapter.run.comparisons}
     assert set(by_claim) == {"K9-long-context", "K1-gold-document", "prompting-few-shot", "refusal-instruction"}
     assert (by_claim["K9-long-context"]["a"], by_claim["K9-long-context"]["b"]) == ("haystack gold only", "haystack 600")
@@ -271,7 +271,7 @@ def test_comparisons_say_what_was_not_measured(chapter):
     chapter = dataclasses.replace(chapter, unanswerable=[])
     closed, few, gold, haystacks = fill(chapter)
     f = ch01.Findings(closed, few, gold, ch01.Section(haystacks.ranked[:1], haystacks.generated))  # no size fits
-    stated = ch01.state_comparisons(chapter, f)
+    stated = ch01.comparisons(chapter, f)
     assert stated["K9-long-context"].comparison is None and "window" in stated["K9-long-context"].missing
     assert stated["refusal-instruction"].comparison is None
     m = ch01.headline_metrics(chapter, f)

@@ -228,7 +228,7 @@ def test_json_runs_decay_to_zero_with_one_epoch_count_and_hold_the_rate_with_sev
 
 def test_json_comparisons_set_the_fine_tune_against_zero_shot_few_shot_and_a_grammar():
     ch, f = _fake_chapter("cpu")
-    ch03.state_comparisons(ch, f)
+    ch03.comparisons(ch, f)
     by_claim = {c["claim"]: c for c in ch.run.comparisons}
     best = f.behaviour.best
     assert by_claim["K4-json"]["b"] == f"{ch03.ZERO_SHOT}: json_valid" and by_claim["K4-json"]["a"] == f"{best}: json_valid"
@@ -255,7 +255,7 @@ def test_behaviour_table_shows_each_rate_with_its_interval():
 
 def test_comparisons_use_the_claim_ids_and_directions():
     ch, f = _fake_chapter("cpu")
-    stated = ch03.state_comparisons(ch, f)
+    stated = ch03.comparisons(ch, f)
     by_claim = {c["claim"]: c for c in ch.run.comparisons}
     assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K7-known-facts",
                              "K5-rag-vs-dsf-rag", "K4-json", "K4-few-shot", "K4-constrained", "T4-sizes", "T1-lora-vs-full",
@@ -294,7 +294,7 @@ def test_comparisons_use_the_claim_ids_and_directions():
 
 def test_comparisons_the_smoke_profile_cannot_make_say_why():
     ch, f = _fake_chapter("smoke")  # one JSON size, no attention-only LoRA
-    stated = ch03.state_comparisons(ch, f)
+    stated = ch03.comparisons(ch, f)
     for key, why in (("T4-sizes", "one size"), ("T3-attention-only", "attention-only")):
         assert stated[key].comparison is None and why in stated[key].missing
     assert stated["K1-rag-vs-dsf"].comparison is not None
@@ -354,7 +354,7 @@ def test_the_curve_trains_whole_epochs_at_a_constant_rate():
 
 def test_seed_sensitivity_names_the_comparisons_a_seed_could_flip():
     ch, f = _fake_chapter("cpu")
-    stated = ch03.state_comparisons(ch, f)
+    stated = ch03.comparisons(ch, f)
     table = ch03.seed_sensitivity(stated, 0.5)
     # K1-rag-vs-dsf: RAG 50 % against a fine-tune at 100 %: a difference of 50 points, no larger than the spread
     assert table.loc["K1-rag-vs-dsf", "a_seed_could_flip_it"]

@@ -252,7 +252,7 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
 def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
     p = params()  # smoke: p_values has no P = 1, no benchmark outcomes
     ch, found = measured_chapter(p)
-    out = ch04.state_comparisons(ch, found)
+    out = ch04.comparisons(ch, found)
     stated = {k: s.comparison.claim for k, s in out.items() if s.comparison is not None}
     assert set(stated) == {"F3-raft-vs-base-rag", "F3-raft-vs-dsf-rag", "F4-cot", "F5-distractors", "F5-topk-robust",
                            "F6-fewer-chunks", "K6-ladder", "K3-rag-vs-ft"} and all(k == v for k, v in stated.items())
@@ -284,7 +284,7 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
     found = ch04.Findings(found.main, abl, curves, bench)
     m = ch04.headline_metrics(ch, found)
     assert not {"raft_best_p", "ablation_n", "topk_n", "raft_topk_spread"} & set(m) and "raft_rag_acc" in m
-    out = ch04.state_comparisons(ch, found)
+    out = ch04.comparisons(ch, found)
     for cid in ("F2-best-p", "F5-distractors", "F5-topk-robust", "F6-fewer-chunks", "F3-pubmedqa"):
         assert out[cid].comparison is None and "smoke and gpu profiles measure it" in out[cid].missing, cid
     said = ch04.sentences(ch, found, m)
@@ -310,19 +310,19 @@ def test_a_comparison_whose_raft_arm_missed_its_fitness_is_glued_as_not_fit(monk
     ch, found = measured_chapter(params())
     m = ch04.headline_metrics(ch, found)
     assert m["raft_dev_fitness"] == 0
-    results.glue_findings(m, ch04.state_comparisons(ch, found).values())
+    results.glue_findings(m, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] == glued["f3_raft_vs_base_rag_verdict"] == NOT_FIT
     assert glued["f4_cot"].startswith(NOT_FIT + ": RAFT with the quote minus RAFT without it")
     assert glued["k6_ladder_verdict"] != NOT_FIT
     glued.clear()
-    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.state_comparisons(ch, found).values())
+    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] != NOT_FIT
 
 
 def test_f2_is_stated_when_p_one_was_trained():
     p = params(p_values=[0.0, 0.8, 1.0])
     ch, found = measured_chapter(p)
-    out = ch04.state_comparisons(ch, found)
+    out = ch04.comparisons(ch, found)
     assert out["F2-best-p"].comparison.a == "RAFT P=0.8" and out["F2-best-p"].comparison.b == "RAFT P=1"
     assert [c["claim"] for c in ch.run.comparisons].count("F2-best-p") == 1
 

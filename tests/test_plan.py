@@ -232,3 +232,31 @@ def test_a_chapters_comparisons_fill_the_plans_placeholders_from_the_runs_choice
     out = judge_chapter("01_prompting", outcomes, {"k": 3, "tokens": 2500}, profile="cpu")
     assert out["prompting-few-shot"].a == "few-shot k=3" and out["prompting-few-shot"].diff == 0.5
     assert all(isinstance(v, str) and v.endswith("was not asked in this run") for k, v in out.items() if k != "prompting-few-shot")
+
+
+def test_a_chapters_own_reason_names_an_arm_its_parameters_leave_out():
+    """plan.judge_chapter(unmeasured=...): the chapter's reason stands for a comparison its parameters
+    leave without an arm, before any placeholder is filled (no k to give), behind the profile's
+    (K1-rag-vs-reader runs in smoke and gpu only); an id the plan does not give the chapter fails."""
+    from ragft.plan import judge_chapter, the_plan
+
+    out = judge_chapter("01_prompting", {}, {"tokens": 2500}, unmeasured={"prompting-few-shot": "few_shot_ks has no k > 0"})
+    assert out["prompting-few-shot"] == "few_shot_ks has no k > 0"
+    out = judge_chapter("03_finetune", {}, {"count": 3, "fewer": 1, "exposures": 3, "examples": 10, "more": 50},
+                        profile="cpu", unmeasured={"K1-rag-vs-reader": "no arm"})
+    assert out["K1-rag-vs-reader"] == the_plan().elsewhere("K1-rag-vs-reader")
+    with pytest.raises(KeyError, match="K3-rag-vs-ft"):
+        judge_chapter("01_prompting", {}, {"k": 3, "tokens": 2500}, unmeasured={"K3-rag-vs-ft": "elsewhere"})
+
+
+def test_a_comparisons_own_choices_come_before_the_chapters():
+    """T4-sizes and K5-paraphrases both name {fewer} (10 examples; 1 paraphrase): the comparison's own
+    value, under its id, is the one its condition gets."""
+    from ragft.plan import judge_chapter
+
+    outcomes = {"LoRA on 50 examples, short instruction: schema": {"a": 1.0, "b": 1.0},
+                "LoRA on 10 examples, short instruction: schema": {"a": 1.0, "b": 0.0}, "DSF p3 e3 held-out": {"a": 1.0}}
+    out = judge_chapter("03_finetune", outcomes, {"count": 3, "fewer": 1, "exposures": 3, "examples": 10,
+                                                  "T4-sizes": {"more": 50, "fewer": 10}})
+    assert out["T4-sizes"].b == "LoRA on 10 examples, short instruction: schema" and out["T4-sizes"].diff == 0.5
+    assert out["K5-paraphrases"] == "DSF p1 e3 held-out was not asked in this run"

@@ -302,18 +302,27 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
 
 
 def judge_chapter(chapter: str, outcomes: dict[str, dict], choices: dict | None = None, plan: Plan | None = None,
-                  profile: str | None = None) -> dict[str, stats.Comparison | str]:
+                  profile: str | None = None, unmeasured: dict[str, str] | None = None) -> dict[str, stats.Comparison | str]:
     """Every comparison the plan declares for `chapter`, in the plan's order: judged (judge) where the
     run recorded both of its conditions, else why not, as a "not measured in this run" sentence says
-    it: the profiles that measure it (the plan's `profiles`), or the condition this run did not ask.
-    `choices` gives the values of the plan's placeholders ({"k": 3} for "few-shot k={k}")."""
-    plan, choices = plan or the_plan(), choices or {}
+    it: the profiles that measure it (the plan's `profiles`), the chapter's own reason (`unmeasured`:
+    {comparison id: why}, where the run's parameters leave an arm out, e.g. one paraphrase count), or
+    the condition this run did not ask. `choices` gives the values of the plan's placeholders
+    ({"k": 3} for "few-shot k={k}"); where two comparisons of a chapter give one placeholder different
+    values, a comparison's own are under its id ({"F6-fewer-chunks": {"k": 5}, "k": 3})."""
+    plan, choices, unmeasured = plan or the_plan(), choices or {}, unmeasured or {}
+    unknown = sorted(set(unmeasured) - {c for c, s in plan.comparisons.items() if s.chapter == chapter})
+    if unknown:
+        raise KeyError(f"{chapter}: {unknown} are not comparisons the plan declares for this chapter")
     out: dict[str, stats.Comparison | str] = {}
     for cid, spec in plan.comparisons.items():
         if spec.chapter != chapter:
             continue
         if profile is not None and not plan.measured_in(cid, profile):
             out[cid] = plan.elsewhere(cid)
+            continue
+        if cid in unmeasured:
+            out[cid] = unmeasured[cid]
             continue
         a, b = (PLACEHOLDER.sub(lambda m: _choice(cid, m.group(1), choices), t) for t in (spec.a, spec.b))
         missing = [x for x in (a, b) if x not in outcomes]
@@ -322,6 +331,9 @@ def judge_chapter(chapter: str, outcomes: dict[str, dict], choices: dict | None 
 
 
 def _choice(comparison_id: str, name: str, choices: dict) -> str:
+    own = choices.get(comparison_id) or {}
+    if name in own:
+        return str(own[name])
     if name not in choices:
         raise KeyError(f"comparison {comparison_id}: its conditions name {{{name}}}; give the run's choice of it "
                        f"(choices={{{name!r}: ...}})")

@@ -90,3 +90,9 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict", "bound",
                "vs stated effect", "units to detect the smallest effect"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
+
+
+def stated_table(chapter: str, stated) -> pd.DataFrame:
+    """comparisons_table of one chapter's stated comparisons (ragft.results.StatedComparison) that
+    this run measured, as its notebook holds them."""
+    return comparisons_table({chapter: {"comparisons": [s.comparison.as_dict() for s in stated if s.comparison is not None]}})

@@ -191,15 +191,20 @@ class ChapterRun:
         self.comparisons = [c for c in self.comparisons if c["claim"] != result.claim] + [result.as_dict()]
         return result
 
-    def compare_chapter(self, labels: dict[str, tuple[str, str]], choices: dict | None = None) -> dict[str, "StatedComparison"]:
-        """Every comparison the plan declares for this chapter (ragft.plan.judge_chapter), judged on the
-        recorded outcomes and kept for the results file, each with the labels its sentence gives its two
-        arms (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A
-        difference of two rates reads in points (the plan's kind "binary"), any other as a number."""
+    def compare_chapter(self, labels: dict[str, tuple], choices: dict | None = None,
+                        unmeasured: dict[str, str] | None = None) -> dict[str, "StatedComparison"]:
+        """Every comparison the plan declares for this chapter (ragft.plan.judge_chapter, with the run's
+        `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters
+        leave out, `unmeasured`), judged on the recorded outcomes and kept for the results file, each
+        with the labels its sentence gives its two arms (`labels`: {comparison id: (a label, b label)},
+        one for each declared comparison). A difference of two rates reads in points (the plan's kind
+        "binary"), any other as a number, unless its labels carry a third item, True for points: a
+        continuous score on a 0-1 scale (a share of fields right) also reads in points."""
         from .plan import judge_chapter, the_plan
 
         plan = the_plan()
-        judged = judge_chapter(self.chapter, self.outcomes, choices, plan, getattr(self.params, "profile", None))
+        judged = judge_chapter(self.chapter, self.outcomes, choices, plan, getattr(self.params, "profile", None),
+                               unmeasured)
         if set(labels) != set(judged):
             raise ValueError(f"{self.chapter}: labels for {sorted(labels)}, but the plan declares {sorted(judged)} "
                              "for this chapter: give each declared comparison its two labels, and no other")
@@ -208,7 +213,9 @@ class ChapterRun:
             if isinstance(result, str):
                 out[cid] = StatedComparison(cid, None, missing=result)
                 continue
-            out[cid] = StatedComparison(cid, self._keep(result), *labels[cid], pct=plan.get(cid).kind == "binary")
+            a_label, b_label, *pct = labels[cid]
+            out[cid] = StatedComparison(cid, self._keep(result), a_label, b_label,
+                                        pct=pct[0] if pct else plan.get(cid).kind == "binary")
         return out
 
     def stage(self, name: str):

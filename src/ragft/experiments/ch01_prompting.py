@@ -601,46 +601,34 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     return out
 
 
-def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """The chapter's paired comparisons (claim ids of CLAIMS.md, or descriptive ones) on the
-    log-likelihood outcomes, stored on the results file; keyed by glue key."""
-    run, r = ch.run, f.by_name
-    out: dict[str, StatedComparison] = {}
-
+def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), on the
+    log-likelihood outcomes, with the run's choices for its placeholders and its arms' labels; stored
+    on the results file, keyed by comparison id."""
+    r = f.by_name
     haystacks = [x for x in r.values() if x.group == "long context"]
-    if len(haystacks) > 1:  # K9: large contexts dilute the signal, so the documents alone score higher
-        largest = haystacks[-1]
-        cmp = run.compare("K9-long-context", haystacks[0].name, largest.name)
-        out["K9-long-context"] = StatedComparison("K9-long-context", cmp, "the documents alone",
-                                                  f"the {largest.row['prompt_tokens']:,.0f}-token haystack")
-    else:
-        out["K9-long-context"] = StatedComparison("K9-long-context", None, "", "",
-                                                  "no haystack size fits the model's context window")
-
-    # K1: the knowledge is in the document, not in the prompt's wording.
-    cmp = run.compare("K1-gold-document", "gold document", "instruction")
-    out["K1-gold-document"] = StatedComparison("K1-gold-document", cmp, "gold document", "instruction prompt")
-
-    # Examples change the form, not the knowledge: the chapter expects no support here. The k is
-    # chosen on development questions, so the test questions are not picked in its favour.
+    largest = haystacks[-1] if len(haystacks) > 1 else None  # K9: the documents alone against the largest haystack
+    # The k is chosen on development questions, so the test questions are not picked in its favour.
     best = chosen_few_shot(f)
-    baseline = "few-shot k=0" if "few-shot k=0" in r else "instruction"  # the same scores on the same questions
-    if best is not None:
-        cmp = run.compare("prompting-few-shot", best.name, baseline)
-        out["prompting-few-shot"] = StatedComparison("prompting-few-shot", cmp, f"few-shot prompt (k={best.row['k']})",
-                                                    "no examples (k=0)")
-    else:
-        out["prompting-few-shot"] = StatedComparison("prompting-few-shot", None, "", "", "few_shot_ks has no k > 0")
-
-    # The instruction makes the refusal the model's first choice on more unanswerable questions.
-    refusals = ("instruction" + REFUSAL_SUFFIX, "closed book" + REFUSAL_SUFFIX)
-    if all(x in run.outcomes for x in refusals):
-        cmp = run.compare("refusal-instruction", *refusals)
-        out["refusal-instruction"] = StatedComparison("refusal-instruction", cmp, "refusals with the instruction",
-                                                      "with a plain prompt")
-    else:
-        out["refusal-instruction"] = StatedComparison("refusal-instruction", None, "", "", "no unanswerable questions")
-    return out
+    unmeasured = {}
+    if largest is None:
+        unmeasured["K9-long-context"] = "no haystack size fits the model's context window"
+    if best is None:
+        unmeasured["prompting-few-shot"] = "few_shot_ks has no k > 0"
+    if not _unanswerable(ch.test):
+        unmeasured["refusal-instruction"] = "no unanswerable questions"
+    choices = {"tokens": largest.name.removeprefix("haystack ") if largest else None, "k": best.row["k"] if best else None}
+    labels = {
+        # K9: large contexts dilute the signal, so the documents alone score higher
+        "K9-long-context": ("the documents alone", f"the {largest.row['prompt_tokens']:,.0f}-token haystack" if largest else ""),
+        # K1: the knowledge is in the document, not in the prompt's wording
+        "K1-gold-document": ("gold document", "instruction prompt"),
+        # examples change the form, not the knowledge: the chapter expects no support here
+        "prompting-few-shot": (f"few-shot prompt (k={best.row['k']})" if best else "", "no examples (k=0)"),
+        # the instruction makes the refusal the model's first choice on more unanswerable questions
+        "refusal-instruction": ("refusals with the instruction", "with a plain prompt"),
+    }
+    return ch.run.compare_chapter(labels, choices, unmeasured)
 
 
 def sanity_properties(headline: dict) -> pd.DataFrame:

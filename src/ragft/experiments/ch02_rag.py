@@ -782,15 +782,17 @@ class Refusal:
     detectors: pd.DataFrame  # the top similarity as a refusal detector: AUROC, recall at <= 5 % false refusals
     threshold: float  # the operating point, chosen on development questions (dev_refusal_threshold)
 
-    def glue(self, run: ChapterRun) -> None:
-        m = run.metrics
-        for key, n in (("refusal_recall_at_chosen", self.n_near_miss), ("answerable_refused_at_chosen", self.n_answerable)):
-            lo, hi = wilson_interval(m[key] * n, n)
+    def glue(self) -> None:
+        """The chosen threshold's rates with their intervals (the metrics refusal_threshold records)."""
+        at = self.sweep.loc[self.threshold]
+        for key, rate, n in (("refusal_recall_at_chosen", at["refusal_recall"], self.n_near_miss),
+                             ("answerable_refused_at_chosen", at["answerable_refused"], self.n_answerable)):
+            lo, hi = wilson_interval(rate * n, n)
             glue(f"{key}_lo", lo)
             glue(f"{key}_hi", hi)
         glue("n_near_miss", self.n_near_miss)
         if self.offtopic is not None:
-            r = m["offtopic_refusal_recall_at_chosen"]
+            r = self.offtopic.loc[self.threshold, "refusal_recall"]
             lo, hi = wilson_interval(r * self.n_offtopic, self.n_offtopic)
             glue("offtopic_sentence", f"The same threshold refuses {r:.0%} (95 % interval {lo:.0%} to {hi:.0%}) "
                  f"of {self.n_offtopic} off-topic questions.")

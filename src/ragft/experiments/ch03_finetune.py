@@ -1159,103 +1159,64 @@ TRAINED_COMPARISONS = ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6
                        "T1-lora-vs-full", "T3-qlora-vs-lora", "T3-attention-only")
 
 
-def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed
-    by glue key. Directions are the claims' own, whatever this run measured."""
-    run, p = ch.run, ch.params
-    out: dict[str, StatedComparison] = {}
-
-    def state(claim, a, b, a_label, b_label, pct=True):
-        out[claim] = StatedComparison(claim, run.compare(claim, a, b),
-                                    a_label, b_label, pct=pct)
-
-    def missing(claim, why):
-        out[claim] = StatedComparison(claim, None, missing=why)
-
-    top = ch.best_count
-    dsf, dsf_label = dsf_name(top), f"the chosen DSF ({f.chosen.exposures} exposures)"
-    held = f"{dsf} held-out"
-    state("K1-rag-vs-dsf", "base + RAG", held, "RAG", f"closed-book {dsf_label}")
-    # K1's other face: a fine-tune that learnt the facts would answer new phrasings as well as trained ones.
-    state("K1-memorisation", f"{dsf} trained paraphrase", held, "trained phrasings", "held-out phrasings")
-    low, e5 = min(p.paraphrase_counts), p.k5_exposures
-    if low < top:
-        state("K5-paraphrases", f"{dsf_name(top, e5)} held-out", f"{dsf_name(low, e5)} held-out",
-              f"{top} paraphrases per fact", f"{low} paraphrase{'s' if low > 1 else ''} per fact (both {e5} exposures)")
-    else:
-        missing("K5-paraphrases", "paraphrase_counts has one count")
-    state("K6-dsf-plus-rag", f"{dsf} + RAG", held, f"{dsf_label} + RAG", f"{dsf_label} alone")
-    state("K5-rag-vs-dsf-rag", "base + RAG", f"{dsf} + RAG", "RAG alone", f"{dsf_label} + RAG")
-    if ch.known:
-        state("K7-known-facts", f"{dsf} known", f"{BASE} known", dsf_label, "the base model")
-    else:
-        missing("K7-known-facts", "n_known is 0")
-
-    # Knowledge injection as a reader would do it: the arms that train on the documents alone
+def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), with
+    the run's choices for its placeholders and its arms' labels; stored on the results file, keyed by
+    comparison id. Directions are the claims' own, whatever this run measured."""
+    p, top = ch.params, ch.best_count
+    low, e5, sizes, ran = min(p.paraphrase_counts), p.k5_exposures, p.structured_sizes, f.methods.table.index
     inj, last = f.injected, max(p.injection_exposures)
-    plan = the_plan()
-    for cid, (a, b, a_label, b_label) in {
-            "K1-rag-vs-reader": ("base + RAG", f"{READER} held-out", "RAG", "the reader's fine-tune ({})"),
-            "K5-rewritten-documents": (f"{arm_name('rewritten', last)} held-out", f"{arm_name('documents', last)} held-out",
-                                       READER_ARMS["rewritten"], READER_ARMS["documents"]),
-            "K1-generated-documents": (f"{arm_name('generated', last)} held-out", f"{arm_name('documents', last)} held-out",
-                                       READER_ARMS["generated"], READER_ARMS["documents"])}.items():
-        if not plan.measured_in(cid, p.profile):
-            missing(cid, plan.elsewhere(cid))
-        elif inj is None or not inj.reader or not {a, b} <= set(run.outcomes):
-            missing(cid, "injection_arms does not name both of its arms in this run")
-        else:
-            state(cid, a, b, a_label, b_label.format(READER_ARMS[inj.reader]))
-
-    best = f.behaviour.best
-    # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values).
-    state("K4-json", f"{best}: json_valid", f"{ZERO_SHOT}: json_valid",
-          f"the best fine-tune ({best})", "the zero-shot long instruction")
-    # K4 says the fine-tune wins "even with examples in context": the exact schema against the few-shot prompt.
-    state("K4-few-shot", f"{best}: schema", f"{FEW_SHOT}: schema",
-          "the best fine-tune", "two worked examples in the prompt")
-    # K4's limit: constrained decoding forces the schema on the base model, so what is left to win is the values.
-    state("K4-constrained", f"{best}: fields", f"{CONSTRAINED}: fields",
-          "the best fine-tune", "the base model under a JSON-schema grammar")
-    sizes = p.structured_sizes
-    if len(sizes) > 1:
-        big, small = max(sizes), min(sizes)
-        state("T4-sizes", f"{tasks.lora_structured_name(big)}: schema", f"{tasks.lora_structured_name(small)}: schema",
-              f"{big} training examples", f"{small} training examples")
-    else:
-        missing("T4-sizes", "structured_sizes has one size")
-
-    ran = f.methods.table.index
-    quality = lambda method: f"{method_name(method)} quality"  # noqa: E731
-    if "full" in ran:
-        state("T1-lora-vs-full", quality("lora"), quality("full"), "LoRA", "full fine-tuning")
-    else:
-        missing("T1-lora-vs-full", "full fine-tuning is not in methods")
-    if "qlora" in ran:
-        state("T3-qlora-vs-lora", quality("qlora"), quality("lora"), "QLoRA", "LoRA")
-    else:
-        missing("T3-qlora-vs-lora", "QLoRA is not in methods")
-    if "lora-attention" in ran:
-        state("T3-attention-only", quality("lora"), quality("lora-attention"),
-              "adapters on every linear layer", "attention projections only")
-    else:
-        missing("T3-attention-only", "attention-only LoRA is not in methods")
-    # K7: fine-tuning forgets: the chosen fine-tune's loss on general text against the base model's (per
-    # segment, lower is better), and each method's run; full fine-tuning against LoRA on the same facts.
-    base_nll = "NLL: base model"
-    state("K7-forgetting-lora", f"NLL: {DSF_LABEL}", base_nll, "the chosen LoRA fine-tune", "the base model", pct=False)
-    for method in ("qlora", "full"):
-        if f"NLL: {method_label(method)}" in run.outcomes:
-            state(f"K7-forgetting-{method}", f"NLL: {method_label(method)}", base_nll, METHOD_LABELS[method],
-                  "the base model", pct=False)
-        else:
-            missing(f"K7-forgetting-{method}", f"{METHOD_LABELS[method]} is not in methods")
-    if "full" in ran:
-        state("K7-full-vs-lora", f"NLL: {method_label('full')}", f"NLL: {method_label('lora')}",
-              "full fine-tuning", "LoRA", pct=False)
-    else:
-        missing("K7-full-vs-lora", "full fine-tuning is not in methods")
-    return out
+    dsf_label = f"the chosen DSF ({f.chosen.exposures} exposures)"
+    reader = f"the reader's fine-tune ({READER_ARMS[inj.reader]})" if inj is not None and inj.reader else ""
+    choices = {"count": top, "examples": f.behaviour.best_size,
+               "K5-paraphrases": {"fewer": low, "exposures": e5},
+               "K5-rewritten-documents": {"exposures": last}, "K1-generated-documents": {"exposures": last},
+               "T4-sizes": {"more": max(sizes), "fewer": min(sizes)}}
+    unmeasured = {cid: why for cid, why in {
+        "K5-paraphrases": "paraphrase_counts has one count" if low >= top else "",
+        "K7-known-facts": "n_known is 0" if not ch.known else "",
+        "T4-sizes": "structured_sizes has one size" if len(sizes) < 2 else "",
+        "T1-lora-vs-full": "full fine-tuning is not in methods" if "full" not in ran else "",
+        "K7-full-vs-lora": "full fine-tuning is not in methods" if "full" not in ran else "",
+        "K7-forgetting-full": "full fine-tuning is not in methods" if "full" not in ran else "",
+        "T3-qlora-vs-lora": "QLoRA is not in methods" if "qlora" not in ran else "",
+        "K7-forgetting-qlora": "QLoRA is not in methods" if "qlora" not in ran else "",
+        "T3-attention-only": "attention-only LoRA is not in methods" if "lora-attention" not in ran else "",
+        **dict.fromkeys(("K1-rag-vs-reader", "K5-rewritten-documents", "K1-generated-documents"),
+                        "injection_arms does not name both of its arms in this run" if not reader else ""),
+    }.items() if why}
+    labels = {
+        "K1-rag-vs-dsf": ("RAG", f"closed-book {dsf_label}"),
+        # K1's other face: a fine-tune that learnt the facts would answer new phrasings as well as trained ones
+        "K1-memorisation": ("trained phrasings", "held-out phrasings"),
+        "K5-paraphrases": (f"{top} paraphrases per fact", f"{low} paraphrase{'s' if low > 1 else ''} per fact (both {e5} exposures)"),
+        "K6-dsf-plus-rag": (f"{dsf_label} + RAG", f"{dsf_label} alone"),
+        "K5-rag-vs-dsf-rag": ("RAG alone", f"{dsf_label} + RAG"),
+        "K7-known-facts": (dsf_label, "the base model"),
+        # knowledge injection as a reader would do it: the arms that train on the documents alone
+        "K1-rag-vs-reader": ("RAG", reader),
+        "K5-rewritten-documents": (READER_ARMS["rewritten"], READER_ARMS["documents"]),
+        "K1-generated-documents": (READER_ARMS["generated"], READER_ARMS["documents"]),
+        # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values)
+        "K4-json": (f"the best fine-tune ({f.behaviour.best})", "the zero-shot long instruction"),
+        # K4 says the fine-tune wins "even with examples in context": the exact schema against the few-shot prompt
+        "K4-few-shot": ("the best fine-tune", "two worked examples in the prompt"),
+        # K4's limit: constrained decoding forces the schema on the base model, so what is left to win is the
+        # values (a share of each product's fields: points)
+        "K4-constrained": ("the best fine-tune", "the base model under a JSON-schema grammar", True),
+        "T4-sizes": (f"{max(sizes)} training examples", f"{min(sizes)} training examples"),
+        # the methods' quality is a share of their facts' candidates ranked first: points
+        "T1-lora-vs-full": ("LoRA", "full fine-tuning", True),
+        "T3-qlora-vs-lora": ("QLoRA", "LoRA", True),
+        "T3-attention-only": ("adapters on every linear layer", "attention projections only", True),
+        # K7: fine-tuning forgets: the chosen fine-tune's loss on general text against the base model's (per
+        # segment, lower is better), and each method's run; full fine-tuning against LoRA on the same facts
+        "K7-forgetting-lora": ("the chosen LoRA fine-tune", "the base model"),
+        "K7-forgetting-qlora": (METHOD_LABELS["qlora"], "the base model"),
+        "K7-forgetting-full": (METHOD_LABELS["full"], "the base model"),
+        "K7-full-vs-lora": ("full fine-tuning", "LoRA"),
+    }
+    return ch.run.compare_chapter(labels, choices, unmeasured)
 
 
 def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) -> pd.DataFrame:

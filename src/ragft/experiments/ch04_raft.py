@@ -13,7 +13,7 @@ Sections, in the order the chapter runs them, each returning what it measured:
   benchmarks   `benchmark_rows(ch)` -> Benchmarks: PubMedQA (label accuracy) and HotpotQA (answer F1)
                rows, when the data folder is there
 
-`Findings(main, ablations, curves, bench)` then feeds `headline_metrics`, `state_comparisons`,
+`Findings(main, ablations, curves, bench)` then feeds `headline_metrics`, `comparisons`,
 `glue_findings` and `save`. `Chapter` holds the set-up only; every section records its per-question
 outcomes on `ch.run`, the results file.
 
@@ -950,78 +950,48 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
 # Comparisons and sentences
 
 
-def _ablation_comparisons(ch: Chapter, curves: Curves, state, missing) -> None:
-    """F2 and F5 (state_comparisons, where the profile runs the ablations and the top-k curves)."""
-    p = ch.params
-    if 1.0 in p.p_values and p.p_oracle != 1.0:
-        state("F2-best-p", p_outcome(p.p_oracle), p_outcome(1.0), f"P = {p.p_oracle:g}", "P = 1")
-    else:
-        missing("F2-best-p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
-    least = ch.least_distractors
-    if least < p.n_distractors:
-        state("F5-distractors", d_outcome(p.n_distractors), d_outcome(least),
-              f"{p.n_distractors} training distractors", f"{least} training distractors")
-        top = max(p.top_ks)
-        if curves.empty:
-            return  # F5-topk-robust reads the curves: `state_comparisons` says why they are absent
-        state("F5-topk-robust", topk_outcome(ch.raft_reader, top), topk_outcome(ch.least_reader, top),
-              f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}")
-    else:
+def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), with
+    the run's choices for its placeholders, its reasons for the arms its parameters leave out, and its
+    arms' labels; stored on the results file, keyed by comparison id. Directions are the claims' own,
+    whatever this run measured."""
+    p, least = ch.params, ch.least_distractors
+    low, top = min(p.top_ks), max(p.top_ks)
+    base_k = base_best_k(f.curves.curve) if not f.curves.empty else None
+    benchmarks = {r["benchmark"] for r in f.bench.rows if r["condition"] == MAIN["raft_rag"]}
+    # a section this profile leaves to others: the sentence says where it runs (F5-topk-robust needs both)
+    unmeasured = {cid: elsewhere_label(cid) for cid in
+                  (ABLATION_COMPARISONS + ("F5-topk-robust",) if f.ablations.empty else ())
+                  + (TOPK_COMPARISONS if f.curves.empty else ())}
+    if not (1.0 in p.p_values and p.p_oracle != 1.0):
+        unmeasured.setdefault("F2-best-p", f"p_values {p.p_values} has no P = 1 to set P = {p.p_oracle:g} against")
+    if least >= p.n_distractors:
         for cid in ("F5-distractors", "F5-topk-robust"):
-            missing(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
-
-
-def _curve_comparisons(ch: Chapter, curves: Curves, state) -> None:
-    """F6 (state_comparisons, where the profile runs the top-k curves)."""
-    p = ch.params
-    # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
-    # the fewest chunks tried against the base reader at the top-k where it scored highest. Picking the
-    # base's best k on these same questions favours the base (its luck is kept), so a "supported"
-    # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
-    # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
-    low, base_k = min(p.top_ks), base_best_k(curves.curve)
-    state("F6-fewer-chunks", topk_outcome(ch.raft_reader, low), topk_outcome(BASE_READER, base_k),
-          f"RAFT at top-{low}", f"the base model at top-{base_k}")
-
-
-def state_comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """The chapter's paired comparisons (claim ids of CLAIMS.md), stored on the results file; keyed by
-    glue key. Directions are the claims' own, whatever this run measured."""
-    run, p = ch.run, ch.params
-    out: dict[str, StatedComparison] = {}
-
-    def state(claim, a, b, a_label, b_label):
-        out[claim] = StatedComparison(claim, run.compare(claim, a, b), a_label, b_label)
-
-    def missing(claim, why):
-        out[claim] = StatedComparison(claim, None, missing=why)
-
-    state("F3-raft-vs-base-rag", MAIN["raft_rag"], MAIN["base_rag"], "RAFT + RAG", "base + RAG")
-    state("F3-raft-vs-dsf-rag", MAIN["raft_rag"], MAIN["dsf_rag"], "RAFT + RAG", "DSF + RAG")
-    if MAIN["raft_nocot_rag"] in run.outcomes:
-        state("F4-cot", MAIN["raft_rag"], MAIN["raft_nocot_rag"], "RAFT with the quote", "RAFT without it")
-    else:
-        missing("F4-cot", elsewhere_label("F4-cot"))
-    if not f.ablations.empty:
-        _ablation_comparisons(ch, f.curves, state, missing)
-    if not f.curves.empty:
-        _curve_comparisons(ch, f.curves, state)
-    for cid in ABLATION_COMPARISONS + TOPK_COMPARISONS:
-        if cid not in out:  # a section this profile leaves to others: the sentence says where it runs
-            missing(cid, elsewhere_label(cid))
-    state("K6-ladder", MAIN["dsf_rag"], MAIN["dsf"], "DSF + RAG", "DSF alone")
-    state("K3-rag-vs-ft", MAIN["base_rag"], MAIN["dsf"], "base + RAG", "DSF alone")
-    if "HotpotQA RAFT + RAG" in run.outcomes:
-        state("F3-hotpotqa", "HotpotQA RAFT + RAG", "HotpotQA base + RAG", "RAFT + RAG F1",
-              "base + RAG F1")
-    else:
-        missing("F3-hotpotqa", elsewhere_label("F3-hotpotqa") if not_here(p, HOTPOTQA_COMPARISONS) else "no HotpotQA data")
-    if "PubMedQA RAFT + RAG" in run.outcomes:
-        state("F3-pubmedqa", "PubMedQA RAFT + RAG", "PubMedQA base + RAG", "RAFT + RAG accuracy",
-              "base + RAG accuracy")
-    else:
-        missing("F3-pubmedqa", elsewhere_label("F3-pubmedqa") if not_here(p, PUBMEDQA_COMPARISONS) else "no PubMedQA data")
-    return out
+            unmeasured.setdefault(cid, f"distractor_counts {p.distractor_counts} trains no variant with fewer than {p.n_distractors}")
+    for cid, bench in (("F3-hotpotqa", "HotpotQA"), ("F3-pubmedqa", "PubMedQA")):
+        if bench not in benchmarks:
+            unmeasured[cid] = elsewhere_label(cid) if not_here(p, (cid,)) else f"no {bench} data"
+    choices = {"p": f"{p.p_oracle:g}", "more": p.n_distractors, "fewer": least, "k": top,
+               # F6 ("a fine-tuned reader needs fewer chunks for the same quality") as one paired test: RAFT with
+               # the fewest chunks tried against the base reader at the top-k where it scored highest. Picking the
+               # base's best k on these same questions favours the base (its luck is kept), so a "supported"
+               # verdict is conservative; "greater" rather than "equal" because RAFT ahead with fewer chunks is
+               # the claim a fortiori, while an equivalence test would count RAFT far ahead against it.
+               "F6-fewer-chunks": {"distractors": p.n_distractors, "fewer": low, "k": base_k}}
+    labels = {
+        "F3-raft-vs-base-rag": ("RAFT + RAG", "base + RAG"),
+        "F3-raft-vs-dsf-rag": ("RAFT + RAG", "DSF + RAG"),
+        "F4-cot": ("RAFT with the quote", "RAFT without it"),
+        "F2-best-p": (f"P = {p.p_oracle:g}", "P = 1"),
+        "F5-distractors": (f"{p.n_distractors} training distractors", f"{least} training distractors"),
+        "F5-topk-robust": (f"at top-{top}, the reader trained with {p.n_distractors} distractors", f"the one trained with {least}"),
+        "F6-fewer-chunks": (f"RAFT at top-{low}", f"the base model at top-{base_k}"),
+        "K6-ladder": ("DSF + RAG", "DSF alone"),
+        "K3-rag-vs-ft": ("base + RAG", "DSF alone"),
+        "F3-hotpotqa": ("RAFT + RAG F1", "base + RAG F1"),
+        "F3-pubmedqa": ("RAFT + RAG accuracy", "base + RAG accuracy"),
+    }
+    return ch.run.compare_chapter(labels, choices, unmeasured)
 
 
 def _ablation_sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
