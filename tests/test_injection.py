@@ -73,3 +73,26 @@ def test_a_rewrite_is_the_template_with_the_fact(small_kb):
     company = role.gold_sentences[0].rstrip(".").split(" at ")[-1]
     assert rewrite_sentence(role, 0) == f"{role.entity} is employed as {role.answer} at {company}."
     assert all(len(t) == N_REWRITES for t in REWRITES.values())
+
+
+def test_a_readers_text_is_cut_into_paragraphs_and_headings_before_sentences():
+    """A hard-wrapped paragraph is one (its lines joined), a markdown heading a paragraph of its own
+    without its marks, so no cloze question joins a heading to the sentence after it."""
+    from ragft.corpus.injection import cloze_questions, paragraphs
+
+    text = "# The Ferrow mill\n\nIts wheel has 24\npaddles.\n## Staff\nThe miller is Oda Kestrel."
+    assert paragraphs(text) == ["The Ferrow mill", "Its wheel has 24 paddles.", "Staff", "The miller is Oda Kestrel."]
+    asked = cloze_questions("Mill", text)
+    assert ("Mill: Its wheel has ___ paddles. What goes in the blank?", "24") in asked
+    assert [v for _, v in asked] == ["Ferrow", "24", "Staff", "Oda Kestrel"]  # "The" and "Its" open sentences
+
+
+def test_a_readers_corpus_names_its_own_non_values():
+    """A capitalised word the corpus also writes in lower case names no value ("Crew lockers" where it
+    says "the crew"); one it never writes so stays a name."""
+    from ragft.corpus.injection import not_names_of, values
+
+    not_names = not_names_of(["Crew lockers are in the Pell building.", "Most of the crew sail."])
+    assert "Crew" in not_names and "Pell" not in not_names and "Most" not in not_names
+    s = "Crew lockers are in the Pell building."
+    assert [s[a:b] for a, b in values(s, not_names=not_names)] == ["Pell"]

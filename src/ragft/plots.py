@@ -124,8 +124,8 @@ def not_measured(title: str, why: str):
 
 def case_arms(scores: pd.DataFrame, n: int, checkpoints: pd.DataFrame | None = None):
     """Chapter 8: each arm's share of test questions answered (a Wilson 95 % interval on n), and beside
-    it, where a fine-tune trained, its accuracy after each epoch on its own training questions and on
-    the development questions, which chose the checkpoint."""
+    it, where the fine-tune's arms trained, each arm's accuracy after each epoch on the development
+    questions, which chose the arm and checkpoint (solid), and on its own training data (dashed)."""
     import matplotlib.pyplot as plt
 
     from .stats import wilson_interval
@@ -139,11 +139,15 @@ def case_arms(scores: pd.DataFrame, n: int, checkpoints: pd.DataFrame | None = N
     ax.errorbar(rates, y, xerr=[rates - lows, highs - rates], fmt="o", capsize=3)
     ax.set(yticks=y, yticklabels=list(scores.index), xlim=(0, 1), xlabel=f"test questions answered (n = {n})")
     if two:
-        ax2 = axes[0][1]
-        ax2.plot(checkpoints.index, checkpoints.trained_acc, "o-", label="its training questions")
-        ax2.plot(checkpoints.index, checkpoints.dev_acc, "s-", label="development questions")
-        ax2.set(xlabel="epochs of the fine-tune", ylim=(0, 1.02), title="The fine-tune's checkpoints")
-        ax2.legend(fontsize=7)
+        ax2, checkpoints = axes[0][1], checkpoints.reset_index()  # one row per arm and epoch
+        for i, (arm, rows) in enumerate(checkpoints.groupby("arm", sort=False)):
+            colour = f"C{i}"
+            ax2.plot(rows.epoch, rows.dev_acc, "s-", color=colour, label=f"{arm}: development")
+            ax2.plot(rows.epoch, rows.trained_acc, "o--", color=colour, label=f"{arm}: its own training data")
+        chosen = checkpoints[checkpoints.chosen]
+        ax2.plot(chosen.epoch, chosen.dev_acc, "k*", markersize=12, label="chosen")
+        ax2.set(xlabel="epochs of the fine-tune", ylim=(0, 1.02), title="The fine-tune's arms")
+        ax2.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

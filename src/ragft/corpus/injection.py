@@ -112,27 +112,57 @@ def rewritten_document(kb, doc, variant: int) -> str:
     return text
 
 
-def values(sentence: str, skip: str = "") -> list[tuple[int, int]]:
+def values(sentence: str, skip: str = "", not_names: frozenset | set = _NOT_NAMES) -> list[tuple[int, int]]:
     """Where the value-like spans of a sentence are, as (start, end), in order, leaving out `skip`
-    (the document's own entity) and the capitalised words that name no value."""
+    (the document's own entity) and the capitalised words that name no value (`not_names`)."""
     out = []
     for m in _VALUE.finditer(sentence):
         start, words = m.start(), m.group(0).split()
-        while words and words[0] in _NOT_NAMES:  # "Every unit": a sentence's first word, not a name
+        while words and words[0] in not_names:  # "Every unit": a sentence's first word, not a name
             start += len(words.pop(0)) + 1
         if words and " ".join(words) != skip:
             out.append((start, m.end()))
     return out
 
 
-def generated_questions(doc) -> list[GeneratedQuestion]:
-    """The rule's cloze questions about one document: one for each value-like span of each sentence."""
+def cloze_questions(title: str, text: str, skip: str = "", not_names: frozenset | set = _NOT_NAMES) -> list[tuple[str, str]]:
+    """The rule's cloze questions about one text, as (question, value): one for each value-like span of
+    each sentence of each paragraph (a markdown heading is a paragraph of its own, its marks dropped)."""
     out = []
-    for s in sentences(doc.text):
-        for start, end in values(s, skip=doc.entity):
-            cloze = s[:start] + BLANK + s[end:]
-            out.append(GeneratedQuestion(doc.doc_id, CLOZE.format(title=doc.title, sentence=cloze), s[start:end]))
+    for s in (s for block in paragraphs(text) for s in sentences(block)):
+        for start, end in values(s, skip, not_names):
+            out.append((CLOZE.format(title=title, sentence=s[:start] + BLANK + s[end:]), s[start:end]))
     return out
+
+
+def paragraphs(text: str) -> list[str]:
+    """A text's paragraphs: lines up to a blank line, a markdown heading a paragraph of its own
+    without its marks."""
+    out, block = [], []
+    for line in text.splitlines() + [""]:
+        heading = line.lstrip().startswith("#")
+        if block and (not line.strip() or heading):
+            out.append(" ".join(block))
+            block = []
+        if heading:
+            out.append(line.strip().lstrip("#").strip())
+        elif line.strip():
+            block.append(line.strip())
+    return [b for b in out if b]
+
+
+def generated_questions(doc) -> list[GeneratedQuestion]:
+    """The rule's cloze questions about one document of the knowledge base."""
+    return [GeneratedQuestion(doc.doc_id, q, v) for q, v in cloze_questions(doc.title, doc.text, skip=doc.entity)]
+
+
+def not_names_of(texts: list[str]) -> frozenset:
+    """The capitalised words of a reader's corpus that name no value: those whose lower-case form the
+    corpus also uses ("Crew lockers" where it says "the crew"), and the openers the knowledge base's
+    rule knows. A name a corpus also writes in lower case ("Bath", "bath") is lost with them."""
+    lower = set(re.findall(r"\b[a-z]+\b", " ".join(texts)))
+    capitalised = set(re.findall(r"\b[A-Z][a-z]+\b", " ".join(texts)))
+    return frozenset(_NOT_NAMES | {w for w in capitalised if w.lower() in lower})
 
 
 def statement_prefix(kb, q, variant: int | None = None) -> str:

@@ -15,11 +15,12 @@ holds the set-up only):
   choose_retrieval  the chunk size and top-k with the best RAG answers on the development questions
                 (RetrievalChoice); the test questions' retrieval recall at that choice
   base_arms     the base model closed book and with RAG, on the test questions (a list of Asked)
-  fine_tune     the knowledge fine-tune (LoRA at a constant rate on the training questions and the
-                documents' text), scored after each of dsf_epochs on its own training questions and on
-                the development questions; the checkpoint with the best development accuracy stands,
-                fit when it answers its training questions as the plan's rule asks (FineTune); then
-                asked the test questions closed book and with RAG
+  fine_tune     the knowledge fine-tune's arms (dsf_arms: the documents as they are, questions a rule
+                writes from them, the reader's training questions), each LoRA at a constant rate on its
+                own data alone, scored after each of dsf_epochs on its own training data and on the
+                development questions; the arm and checkpoint with the best development accuracy
+                stands, fit when it has learnt its own training data as the plan's rule asks
+                (FineTune); then asked the test questions closed book and with RAG
   raft          RAFT trained on the training questions with their oracle chunk and retrieved
                 distractors; its fitness on its own training examples; asked the test questions with
                 the chosen chunks (Raft)
@@ -44,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import costs, host, metrics, models, raft, rag, settings
+from ..corpus import injection
 from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
 from ..results import ChapterRun, glue, glue_metrics
@@ -52,6 +54,7 @@ from ..text import NEAR_DUPLICATE, question_key, same_question
 from ..train import load_artifact, tasks
 from ..train.data import TrainingDataError, example, tokenize
 from ..train.tasks import dsf_messages
+from ..train.measure import release_memory
 from ..train.trainer import snapshot_folder, train
 from .common import record_answers, start
 
@@ -194,7 +197,7 @@ class Estimate:
     """What will train, and about how long it takes here: the training tokens per epoch of each
     fine-tune, the epochs kept within max_train_tokens, and the host's LoRA rate."""
 
-    dsf_per_epoch: int  # tokens of one epoch of the knowledge fine-tune
+    dsf_per_epoch: int  # tokens of one epoch of every arm of the knowledge fine-tune
     raft_per_epoch: int  # about: RAFT's examples hold chunks that the index makes later
     dsf_epochs: tuple  # the checkpoints that will be trained and scored
     raft_epochs: int
@@ -213,7 +216,7 @@ class Estimate:
     def sentence(self) -> str:
         took = f"{self.seconds:.0f} s" if self.seconds < 120 else f"{self.seconds / 60:.0f} minutes"
         cut = f" {self.dropped}." if self.dropped else ""
-        return (f"Training estimate: about {took} ({self.tokens:,} tokens: the fine-tune {self.dsf_per_epoch:,} an epoch for "
+        return (f"Training estimate: about {took} ({self.tokens:,} tokens: the fine-tune's arms {self.dsf_per_epoch:,} an epoch for "
                 f"{max(self.dsf_epochs, default=0)} epochs, RAFT about {self.raft_per_epoch:,} for {self.raft_epochs}; "
                 f"{self.tokens_per_s:.0f} tokens/s of LoRA on this host: {self.host}); far less on a GPU.{cut}")
 
@@ -246,7 +249,7 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
     # at the smallest chunk size (the most parts, each with its prompt): an upper bound whatever size is chosen
     parts = document_parts(inputs, tok, min(params.chunk_sizes))
-    dsf = sum(len(t.input_ids) for t in tokenize(tok, dsf_examples(inputs, parts, params.train_on_documents), 4096))
+    dsf = sum(len(t.input_ids) for d in arms_of(params, inputs, parts) for t in tokenize(tok, dsf_examples(d), 4096))
     # a RAFT example: the question, the oracle and the distractors at the largest chunk size, the quote and answer
     raft_per_epoch = len(inputs.train) * ((params.n_distractors + 1) * max(params.chunk_sizes) + 80)
     kept, raft_kept, dropped = training_plan(dsf, raft_per_epoch, params.dsf_epochs, params.raft_epochs if inputs.train else 0,
@@ -396,20 +399,65 @@ def document_parts(inputs: CaseInputs, tokenizer, size: int) -> list[tuple[str, 
     return out
 
 
-def dsf_examples(inputs: CaseInputs, parts: list[tuple[str, str]], on_documents: bool) -> list:
-    """The knowledge fine-tune's examples: each training question with its first answer (chapter 3's
-    closed-book prompt), and with on_documents each part of the documents recited from its title."""
-    out = [example(dsf_messages(it.question), it.answers[0]) for it in inputs.train]
-    if on_documents:
-        out += [example(dsf_messages(f"Recite {where}."), text) for where, text in parts]
-    return out
+# The knowledge fine-tune's arms, each trained on its own data alone (issue 50): what every reader has
+# (the documents), what a rule can write from them, and the reader's own training questions where given
+DSF_ARMS = {"documents": "your documents as they are", "generated": "questions a rule writes from your documents",
+            "questions": "your training questions"}
+RECITED_WORDS = 8  # the documents arm has learnt a part when it recites the part's first 8 words from its title
+
+
+@dataclass(frozen=True)
+class ArmData:
+    """One arm's training data (question, the text it learns to answer) and what its fitness asks:
+    the same questions, or for the documents each part's opening words (it has no question of its own)."""
+
+    arm: str
+    training: list  # rag.QAItem: the prompt and, as its first answer, the training target
+    own: list  # rag.QAItem: its fitness probe, answered closed book
+
+
+def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str) -> ArmData:
+    """An arm's data (DSF_ARMS): the documents' parts recited from their titles; the cloze questions
+    ragft.corpus.injection's rule writes from the documents (its capitalised non-values: the corpus's
+    own, ragft.corpus.injection.not_names_of); or the reader's training questions (none: no data)."""
+    if arm == "documents":
+        training = [rag.QAItem(f"part-{i}", f"Recite {where}.", (text,)) for i, (where, text) in enumerate(parts)]
+        own = [rag.QAItem(it.qid, it.question, (" ".join(it.answers[0].split()[:RECITED_WORDS]),)) for it in training]
+        return ArmData(arm, training, own)
+    if arm == "generated":
+        not_names = injection.not_names_of([s.text for s in inputs.corpus.sources])
+        cloze = [q for s in inputs.corpus.sources for q in injection.cloze_questions(s.title, s.text, not_names=not_names)]
+        training = [rag.QAItem(f"cloze-{i}", q, (v,)) for i, (q, v) in enumerate(cloze)]
+        return ArmData(arm, training, training)
+    if arm == "questions":
+        return ArmData(arm, list(inputs.train), list(inputs.train))
+    raise ValueError(f"arm={arm!r}: use one of {list(DSF_ARMS)}")
+
+
+def dsf_examples(data: ArmData) -> list:
+    """An arm's training examples: each prompt (chapter 3's closed-book prompt) with its first answer."""
+    return [example(dsf_messages(it.question), it.answers[0]) for it in data.training]
+
+
+def arms_of(params, inputs: CaseInputs, parts: list[tuple[str, str]]) -> list[ArmData]:
+    """The arms dsf_arms names that have data, in DSF_ARMS's order (the tie order of the choice)."""
+    return [d for d in (arm_data(inputs, parts, a) for a in DSF_ARMS if a in params.dsf_arms) if d.training]
+
+
+def chosen_checkpoint(rows: list[dict]) -> int:
+    """The row (arm and epoch, in training order) that stands for the fine-tune: the most development
+    questions answered, ties to fewer training tokens, then to the earlier row (the earlier arm in
+    DSF_ARMS's order)."""
+    return max(range(len(rows)), key=lambda i: (rows[i]["dev_acc"], -rows[i]["train_tokens"], -i))
 
 
 @dataclass
 class FineTune:
-    checkpoints: pd.DataFrame  # per epoch: training-question and development accuracy, seconds, tokens
+    checkpoints: pd.DataFrame  # per arm and epoch: its own training data, development accuracy, seconds, tokens
+    arm: str  # the arm that stands for "DSF" (DSF_ARMS), chosen on the development questions
     chosen_epoch: int
-    trained_acc: float  # its own training questions at the chosen checkpoint: the fitness measure
+    trained_acc: float  # the chosen arm's own training data at the chosen checkpoint: the fitness measure
+    n_own: int  # the questions (or parts) behind trained_acc
     fit: bool
     train_tokens: int  # up to the chosen checkpoint
     train_s: float
@@ -419,38 +467,43 @@ class FineTune:
 
 
 def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
-    """LoRA at a constant rate after warm-up on the training questions (and the documents' text),
-    snapshots after each of `epochs` (the estimate's, within max_train_tokens) scored closed book on the training questions and the
-    development questions; the best development accuracy chooses (ties: the earlier)."""
+    """Each arm of dsf_arms (ArmData) a LoRA run of its own at a constant rate after warm-up, snapshots
+    after each of `epochs` (the estimate's, within max_train_tokens) scored closed book on its own
+    training data and on the development questions. The most development questions answered stands,
+    ties to fewer training tokens, then to the earlier arm (the plan's choices); it is fit when its
+    own training data is learnt as the plan's rule asks. Then it answers the test questions closed
+    book and with RAG."""
     p, inputs, run = case.params, case.inputs, case.run
-    if not inputs.train and not p.train_on_documents:
-        return FineTune(pd.DataFrame(), 0, float("nan"), False, 0, 0.0, None, [],
-                        skipped="it needs training questions (train_questions_file) or train_on_documents")
-    parts = document_parts(inputs, case.lm.tokenizer, choice.chunk_size)
-    examples = dsf_examples(inputs, parts, p.train_on_documents)
+    data = arms_of(p, inputs, document_parts(inputs, case.lm.tokenizer, choice.chunk_size))
+    if not data:
+        return FineTune(pd.DataFrame(), "", 0, float("nan"), 0, False, 0, 0.0, None, [],
+                        skipped=f"dsf_arms {p.dsf_arms} has no data here: the questions arm needs training questions (train_questions_file)")
     cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
-    with run.stage("dsf_train"):
-        result = train(p.model, examples, cfg, label="case-dsf", snapshots=tuple(epochs))
     rows, lm = [], None
-    with run.stage("dsf_checkpoints"):
-        for epoch in epochs:
-            folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
-            here = load_artifact(p.model, folder, cfg, merge=True)
-            trained = ask(here, inputs.train, None, "closed", p, f"DSF epoch {epoch}, training questions") if inputs.train else None
-            dev = ask(here, inputs.dev, None, "closed", p, f"DSF epoch {epoch}, development")
-            cost = result.metrics["snapshots"][str(epoch)]
-            rows.append({"epoch": epoch, "trained_acc": trained.scores["contains"] if trained else float("nan"),
-                         "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
-            if lm is None or dev.scores["contains"] > max(r["dev_acc"] for r in rows[:-1]):
-                lm = here  # only the best so far stays loaded (a strict gain: the earliest of equals)
-            del here
-    table = pd.DataFrame(rows).set_index("epoch")
-    chosen = int(table.dev_acc.idxmax())  # idxmax: the first (earliest) of equal maxima, the model kept above
-    trained_acc = float(table.loc[chosen, "trained_acc"])
-    rule = the_plan().fitness["case_dsf"]
+    for d in data:
+        with run.stage("dsf_train"):
+            result = train(p.model, dsf_examples(d), cfg, label=f"case-dsf-{d.arm}", snapshots=tuple(epochs))
+        with run.stage("dsf_checkpoints"):
+            for epoch in epochs:
+                folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
+                here = load_artifact(p.model, folder, cfg, merge=True)
+                own = ask(here, d.own, None, "closed", p, f"DSF ({d.arm}) epoch {epoch}, its own training data")
+                dev = ask(here, inputs.dev, None, "closed", p, f"DSF ({d.arm}) epoch {epoch}, development")
+                cost = result.metrics["snapshots"][str(epoch)]
+                rows.append({"arm": d.arm, "epoch": epoch, "trained_acc": own.scores["contains"], "n_own": len(d.own),
+                             "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
+                if chosen_checkpoint(rows) == len(rows) - 1:
+                    lm = here  # only the best so far stays loaded
+                del here
+        del result
+        release_memory()
+    at = chosen_checkpoint(rows)
+    table = pd.DataFrame([{**r, "chosen": i == at} for i, r in enumerate(rows)]).set_index(["arm", "epoch"])
+    row = rows[at]
     asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, choice.test_ranked)]
-    return FineTune(table, chosen, trained_acc, trained_acc >= rule["min"], int(table.loc[chosen, "train_tokens"]),
-                    float(table.loc[chosen, "seconds"]), lm, asked)
+    return FineTune(table, row["arm"], int(row["epoch"]), float(row["trained_acc"]), int(row["n_own"]),
+                    row["trained_acc"] >= the_plan().fitness["case_dsf"]["min"], int(row["train_tokens"]),
+                    float(row["seconds"]), lm, asked)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,8 +585,8 @@ class Judged:
 
 def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
     run, n = case.run, len(case.inputs.test)
-    if not ft.skipped and case.inputs.train:  # fitness is measured on the training questions
-        run.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=len(case.inputs.train))
+    if not ft.skipped:  # fitness: the chosen arm's own training data
+        run.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=ft.n_own)
     if not rf.skipped:
         run.metric("case_raft_trained_acc", rf.trained_acc, "rate", n=rf.n_examples)
     rows = []
@@ -693,6 +746,10 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
              "case_updates_per_month": f"{case.params.updates_per_month:g}",
              # the plan's rules, as the prose cites them (glued, never typed)
              "case_dsf_fitness_min": f"{plan.fitness['case_dsf']['min']:.0%}",
+             "case_dsf_arm": DSF_ARMS[ft.arm] if not ft.skipped else "none: " + ft.skipped,
+             "case_dsf_arms": ", ".join(DSF_ARMS[a] for a in dict.fromkeys(ft.checkpoints.index.get_level_values("arm")))
+             if not ft.skipped else "none",
+             "case_recited_words": str(RECITED_WORDS),
              "case_raft_fitness_min": f"{plan.fitness['case_raft']['min']:.0%}",
              "case_raft_trained": f"it answers {rf.trained_acc:.0%}" if not rf.skipped else "it was not trained in this run",
              "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
