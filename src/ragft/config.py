@@ -16,6 +16,9 @@ import yaml
 
 from .constants import PROFILES, PROJECT_ROOT, ParamError
 from .corpus.kb import KBSizes
+from .costs import load_prices, row
+from .decide import Reader
+from .models import REGISTRY, max_chunk_tokens
 
 PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
@@ -98,7 +101,6 @@ def check_int_list(name: str, values, lo: int, hi: int) -> None:
 
 
 def check_price_row(name: str, value) -> None:
-    from .costs import load_prices
 
     rows = sorted(load_prices())
     check(value in rows, name, value, f"use a row of data/pricing.yaml: {rows}")
@@ -120,7 +122,6 @@ class Common:
     kb: KBSizes = field(default_factory=KBSizes, metadata={"help": "knowledge-base sizes, a mapping of KBSizes fields (pass with -y)"})
 
     def validate(self) -> None:
-        from .models import REGISTRY, max_chunk_tokens
 
         check(self.profile in PROFILES, "profile", self.profile, f"use one of {list(PROFILES)}")
         lms = sorted(n for n, s in REGISTRY.items() if s.kind == "lm")
@@ -446,7 +447,6 @@ class CostParams(Common):
               self.training_life_months, "use a number of months > 0")
         check(number(self.gpu_utilisation) and 0 < self.gpu_utilisation <= 1, "gpu_utilisation", self.gpu_utilisation,
               "use a share in (0, 1]")
-        from .costs import row
 
         for name, section in (("serving_price", "prices"), ("training_price", "training"), ("embedding_price", "embedding"),
                               ("vector_db", "vector_db"), ("gpu_price", "gpu")):
@@ -474,7 +474,6 @@ class VerdictParams(Common):
     reader_latency_budget_ms: float = param(0.0, "your case: the most an answer may take, ms (0: no budget)")
 
     def reader(self):
-        from .decide import Reader
 
         return Reader(**{f.name: getattr(self, f"reader_{f.name}") for f in dataclasses.fields(Reader)})
 
@@ -544,7 +543,6 @@ class YourCaseParams(Answering):
             check(number(getattr(self, name)), name, getattr(self, name), "use a number >= 0 (papermill: -p name 2e6)")
         check(number(self.training_life_months) and self.training_life_months > 0, "training_life_months",
               self.training_life_months, "use a number of months > 0")
-        from .costs import row
 
         for name, section in (("serving_price", "prices"), ("training_price", "training")):
             try:

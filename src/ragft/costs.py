@@ -19,6 +19,7 @@ from functools import lru_cache
 import yaml
 
 from .constants import DEPENDS, PROJECT_ROOT
+from .stats import CONTRADICTED, SUPPORTED
 
 PRICING_FILE = PROJECT_ROOT / "data" / "pricing.yaml"
 SECTIONS = ("prices", "training", "embedding", "vector_db", "gpu", "stated")
@@ -283,7 +284,6 @@ def close(a: float, b: float, rel: float = REL_TOL) -> bool:
 
 
 def rule(follows: bool, lands: bool, unstated: str = "") -> str:
-    from .stats import CONTRADICTED, SUPPORTED
 
     if not follows:
         return CONTRADICTED

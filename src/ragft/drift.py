@@ -38,6 +38,7 @@ from pathlib import Path
 from .constants import PROJECT_ROOT
 from .files import git
 from .results import METRIC_KINDS
+from .run import toc_chapters
 
 FLIPS = 2  # answers that may flip between machines, at the least
 SHARE = 0.05  # ... or this share of the questions, when that is more
@@ -235,7 +236,6 @@ def accept(profile: str, run_dir: Path, target: Path | None = None, chapters: li
     """Copy a run's results over the committed ones, after checking that each is a results file of a
     book chapter in this profile, run from a clean commit of this repository's history, and that the
     tree is clean now (the accepted files then say exactly what produced them)."""
-    from .run import toc_chapters
 
     status = git("status", "--porcelain", "--untracked-files=no")
     if status.returncode != 0:

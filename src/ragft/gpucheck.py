@@ -23,6 +23,11 @@ import sys
 from dataclasses import dataclass
 
 from . import models, settings
+from .corpus import build_kb
+from .scoring import rank_candidates
+from .train import tasks
+from .train.measure import release_memory
+from .train.trainer import NonFiniteTraining, TrainConfig, train
 
 # a learning rate per method: chapter 3's (LoRA's serves QLoRA: the same adapters)
 LR = {"lora": 3e-3, "qlora": 3e-3, "full": 3e-4}
@@ -63,12 +68,6 @@ def check(model: str = "smollm2-135m", device: str = "auto", n_facts: int = 16, 
           batch_size: int = 4, seed: int = 0, threads: int = 2) -> list[CheckRow]:
     """One row per method and dtype (see the module's docstring). n_facts facts, two training
     paraphrases each, `epochs` epochs at batch_size: with the defaults 8 steps an epoch, 32 in all."""
-    from .corpus import build_kb
-    from .scoring import rank_candidates
-    from .train import tasks
-    from .train.measure import release_memory
-    from .train.trainer import NonFiniteTraining, TrainConfig, train
-
     settings.set_determinism(seed, threads)
     device = models.select_device(device)
     kb = build_kb(0)

@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .results import EMULATED_GFLOPS, matmul_gflops
+
 REFERENCE_GFLOPS = 181.7  # fp32 matmul of the host the caps were set on (the published cpu run's provenance)
 SLOWER_KIND_RATIO = 2.0  # the AVX2-only kind's chapter times over the faster kind's, measured on a fresh clone
 # chapter 3's LoRA method run (16 facts, 3 paraphrases, one epoch: 48 examples, 1,804 tokens) on the
@@ -85,7 +87,6 @@ def measure(threads: int = 2) -> HostSpeed:
     """This host's fp32 and bf16 matmul rates on `threads` threads (best of three, about a second)."""
     import torch
 
-    from .results import matmul_gflops
 
     torch.set_num_threads(threads)
     fp32 = max(matmul_gflops(torch.float32, n=1024, repeats=3) for _ in range(3))
@@ -98,7 +99,6 @@ def run_factor(results: Path) -> float:
     chapter's provenance records (time_factor), or, where the host trained slower than its matmul rate
     says, the ratio of chapter 3's training throughput to the reference's (training_factor). Both
     the published budget (tests/test_published.py) and CI's closing line use it."""
-    from .results import EMULATED_GFLOPS
 
     chapters = [p for p in sorted(Path(results).glob("0*.json")) if p.stem != "00_front"]
     # one run, one host: the slowest rate any chapter measured (the verdict loads no model). fp32 is

@@ -15,6 +15,7 @@ import re
 import string
 from collections import Counter
 
+from .costs import cost_per_1k_queries
 from .prompts import ANSWER_MARKER
 from .stats import wilson_interval
 
@@ -210,7 +211,6 @@ def answer_outcomes(items: list, texts: list[str]) -> tuple[dict, dict]:
 def condition_row(name: str, gen, items: list, price_row: str, **extra) -> dict:
     """One row of a results table: scores (with a 95 % interval on "contains"), tokens per query,
     latency, cost per 1,000 queries."""
-    from .costs import cost_per_1k_queries
 
     scores = score_answers(gen.texts, items)
     n_answerable = sum(it.kind != "unanswerable" for it in items)

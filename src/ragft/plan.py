@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from . import stats
+from .claims import load_claims
 from .constants import PROFILES, PROJECT_ROOT
 from .files import git, read_json, write_atomically
 
@@ -155,7 +156,6 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
     the smallest effect of interest from a declared rule or the claim's stated figure, a primary
     comparison only where it tests a claim that lists it, and every comparison a claim lists declared
     here (tested, or computed by chapter 6's arithmetic)."""
-    from .claims import load_claims
 
     path = Path(path)
     raw = yaml.safe_load(path.read_text())

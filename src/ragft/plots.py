@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .stats import wilson_interval
+
 WIDE = (6.5, 3.2)  # one figure size for the book's line and bar plots
 
 
@@ -127,8 +129,6 @@ def case_arms(scores: pd.DataFrame, n: int, checkpoints: pd.DataFrame | None = N
     it, where the fine-tune's arms trained, each arm's accuracy after each epoch on the development
     questions, which chose the arm and checkpoint (solid), and on its own training data (dashed)."""
     import matplotlib.pyplot as plt
-
-    from .stats import wilson_interval
 
     two = checkpoints is not None and len(checkpoints)
     fig, axes = plt.subplots(1, 2 if two else 1, figsize=(WIDE[0], 3.2 if two else 2.6), squeeze=False)
@@ -252,8 +252,6 @@ def knowledge_curve(curve: pd.DataFrame, rag: float, chosen: int, n_choices: int
 def knowledge_bars(table: pd.DataFrame, n_choices: int):
     """Held-out and trained-paraphrase accuracy per condition (the gold ranked first of `n_choices`),
     as paired horizontal bars with 95 % Wilson intervals."""
-    from .stats import wilson_interval
-
     def wilson(col):
         bounds = [wilson_interval(v * n, int(n)) if pd.notna(v) else (v, v) for v, n in zip(table[col], table["n"])]
         return [lo for lo, _ in bounds], [hi for _, hi in bounds]

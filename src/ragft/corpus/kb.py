@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..constants import REFUSAL_ANSWER
+from ..metrics import normalize
 
 
 # Invented words; checked not to be common English or well-known brands.
@@ -211,8 +212,6 @@ class KnowledgeBase:
         An unanswerable question gets k + 1 values of its attribute and None: none of them is right
         (the model's preference for a refusal over them is a refusal score). `include`: values that
         must be among the look-alikes (a changed fact's value in the other version of the world)."""
-        from ..metrics import normalize
-
         if question.kind == "structured":
             raise ValueError(f"question {question.qid!r} is structured: it has no single value to rank")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:

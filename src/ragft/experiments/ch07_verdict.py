@@ -10,7 +10,8 @@ import pandas as pd
 
 from .. import costs, report, results, settings
 from ..claims import load_claims
-from ..decide import Reader
+from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
+                      decide)
 from ..plan import prose_terms, the_plan
 from ..results import ChapterRun, glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
@@ -235,8 +236,6 @@ TYPICAL_READERS = {
 def advice_table(v: Verdicts, readers: dict) -> pd.DataFrame:
     """Each reader's advice from each rule (D1-D3), with its reasons and this run's verdict on every
     claim a reason rests on."""
-    from ..decide import decide
-
     verdict_of = {r.claim: r.verdict for r in v.rows}
     retrieval_ms = v.docs.get("06_cost", {}).get("metrics", {}).get("retrieval_added_ms_p50")
     lines = []
@@ -272,12 +271,10 @@ def reader_costs(v: Verdicts, readers: dict) -> pd.DataFrame | None:
 
 # The volumes the rules name, in queries a month (decide.py holds them as the sources state them).
 def _rule_volumes():
-    from .. import decide
-
-    return [("D1", "over 100 K queries a day on a static task: consider fine-tuning", 30 * decide.HEYM_STATIC_QUERIES_PER_DAY),
-            ("D2", "over 50 K calls a month before fine-tuning", decide.ERGINI_MIN_CALLS_PER_MONTH),
-            ("D3 / S6", "under 10 M queries a month retrieval is cheaper", decide.ACTIAN_VOLUME_BANDS[0]),
-            ("D3 / S6", "over 50 M: fine-tune or hybrid", decide.ACTIAN_VOLUME_BANDS[1])]
+    return [("D1", "over 100 K queries a day on a static task: consider fine-tuning", 30 * HEYM_STATIC_QUERIES_PER_DAY),
+            ("D2", "over 50 K calls a month before fine-tuning", ERGINI_MIN_CALLS_PER_MONTH),
+            ("D3 / S6", "under 10 M queries a month retrieval is cheaper", ACTIAN_VOLUME_BANDS[0]),
+            ("D3 / S6", "over 50 M: fine-tune or hybrid", ACTIAN_VOLUME_BANDS[1])]
 
 
 UPDATES = (0.0, 1.0, 4.0)

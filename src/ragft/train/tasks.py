@@ -15,6 +15,9 @@ import json
 import math
 
 from ..corpus import build_kb, injection
+from ..corpus.kb import STRUCTURED_FIELDS
+from ..costs import cost_per_1k_queries
+from ..metrics import fields_correct, json_valid, schema_adherence
 from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
 from ..text import sentences
 from .data import SFTExample, example
@@ -236,10 +239,6 @@ def perplexity(lm, text: str, window: int = 512) -> float:
 
 def structured_row(name: str, gen, questions: list, price_row: str, **extra) -> dict:
     """JSON validity, schema adherence and field accuracy of structured answers, with tokens and cost."""
-    from ..costs import cost_per_1k_queries
-    from ..corpus.kb import STRUCTURED_FIELDS
-    from ..metrics import fields_correct, json_valid, schema_adherence
-
     n = len(questions)
     return {"condition": name, "n": n,
             "json_valid": sum(map(json_valid, gen.texts)) / n,

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import models, settings
 from ..files import write_atomically
 from ..progress import progress
+from ..results import matmul_gflops
 from . import measure
 from .data import SFTExample, Tokenized, batches, collate, tokenize
 
@@ -525,7 +526,5 @@ def _peak_gflops(dtype, device: str) -> float:
             torch.cuda.synchronize()
             _PEAK[key] = 2 * n**3 * 10 / (time.perf_counter() - t) / 1e9
         else:
-            from ..results import matmul_gflops
-
             _PEAK[key] = max(matmul_gflops(dtype, n=1024, repeats=3) for _ in range(2))
     return _PEAK[key]
