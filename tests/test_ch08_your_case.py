@@ -121,13 +121,13 @@ def test_each_arm_of_the_fine_tune_trains_on_one_kind_of_data_and_is_checked_on_
     """The test corpus's three documents, in parts of 1,000 characters (one part each): the documents
     arm recites each from its title and its fitness asks for the part's first 8 words; the rule writes
     a cloze question on each value-like span of each sentence and asks the same questions back; the
-    questions arm is the reader's 12. Without training questions that arm has no data and is left
-    out, in DSF_ARMS's order whatever the parameter's."""
-    p = params(dsf_arms=["questions", "generated", "documents"])
+    questions arm is the reader's 12, and both is those and the parts. Without training questions
+    these two have no data and are left out; the arms come in DSF_ARMS's order whatever the parameter's."""
+    p = params(dsf_arms=["both", "questions", "generated", "documents"])
     inputs = ch08.read_inputs(p)
     parts = [(f"{s.title}, part 1", s.text) for s in inputs.corpus.sources]
     arms = {d.arm: d for d in ch08.arms_of(p, inputs, parts)}
-    assert list(arms) == ["documents", "generated", "questions"]
+    assert list(arms) == ["documents", "generated", "questions", "both"]
     docs = arms["documents"]
     assert [it.question for it in docs.training] == [f"Recite {where}." for where, _ in parts]
     assert docs.own[0].answers == ("# The Quillon Street bakery The Quillon Street",)  # 8 words, the mark one of them
@@ -140,7 +140,9 @@ def test_each_arm_of_the_fine_tune_trains_on_one_kind_of_data_and_is_checked_on_
     assert "Its" not in answers and "Monday" in answers
     assert len(arms["questions"].training) == 12 and arms["questions"].own == arms["questions"].training
     assert len(ch08.dsf_examples(docs)) == 3 and ch08.dsf_examples(docs)[0].answer == parts[0][1]
-    alone = params(train_questions_file="", dsf_arms=["questions"])
+    # both: the 12 questions then the 3 parts; its fitness asks all 15
+    assert arms["both"].training == arms["questions"].training + docs.training and len(arms["both"].own) == 15
+    alone = params(train_questions_file="", dsf_arms=["questions", "both"])
     assert ch08.arms_of(alone, ch08.read_inputs(alone), parts) == []
 
 

@@ -503,9 +503,10 @@ class YourCaseParams(Answering):
     chunk_overlap: int = param(16, "tokens shared by neighbouring chunks")
     top_ks: list = Retrieval.top_k([1, 3], "chunks per question tried on the development questions")
     retrieval: str = Retrieval.method()
-    dsf_arms: list = param(["documents", "generated", "questions"], "the knowledge fine-tune's arms, each trained on its own data "
-                           "alone: documents (your documents recited from their titles), generated (cloze questions a rule writes "
-                           "from them), questions (your training questions); the development questions choose which stands")
+    dsf_arms: list = param(["documents", "generated", "questions", "both"], "the knowledge fine-tune's arms, each trained on its "
+                           "own data: documents (your documents recited from their titles), generated (cloze questions a rule "
+                           "writes from them), questions (your training questions), both (documents and training questions "
+                           "together); the development questions choose which stands")
     dsf_epochs: list = param([4, 8, 12], "epochs after which the fine-tune is scored on the development questions (one run, constant rate)", bounds=(1, 1_000))
     raft_epochs: int = param(2, "epochs of RAFT training; 0: no RAFT arm", bounds=(0, 1_000))
     max_train_tokens: int = param(300_000, "training tokens of both fine-tunes together (about 18 minutes of LoRA on 2 cores of the "
@@ -536,8 +537,8 @@ class YourCaseParams(Answering):
         check_int("chunk_overlap", self.chunk_overlap, 0, min(self.chunk_sizes) - 1)
         check(sorted(self.dsf_epochs) == list(self.dsf_epochs), "dsf_epochs", self.dsf_epochs, "list the epochs in increasing order")
         check(isinstance(self.dsf_arms, list) and self.dsf_arms and len(set(self.dsf_arms)) == len(self.dsf_arms)
-              and set(self.dsf_arms) <= {"documents", "generated", "questions"}, "dsf_arms", self.dsf_arms,
-              "use a list of distinct arms from documents, generated, questions")
+              and set(self.dsf_arms) <= {"documents", "generated", "questions", "both"}, "dsf_arms", self.dsf_arms,
+              "use a list of distinct arms from documents, generated, questions, both")
         number = lambda v: share(v) and v == v and 0 <= v < 1e15  # noqa: E731
         for name in ("queries_per_month", "updates_per_month"):
             check(number(getattr(self, name)), name, getattr(self, name), "use a number >= 0 (papermill: -p name 2e6)")

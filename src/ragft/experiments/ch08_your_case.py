@@ -16,8 +16,8 @@ holds the set-up only):
                 (RetrievalChoice); the test questions' retrieval recall at that choice
   base_arms     the base model closed book and with RAG, on the test questions (a list of Asked)
   fine_tune     the knowledge fine-tune's arms (dsf_arms: the documents as they are, questions a rule
-                writes from them, the reader's training questions), each LoRA at a constant rate on its
-                own data alone, scored after each of dsf_epochs on its own training data and on the
+                writes from them, the reader's training questions, or those and the documents together),
+                each LoRA at a constant rate on its own data, scored after each of dsf_epochs on its own training data and on the
                 development questions; the arm and checkpoint with the best development accuracy
                 stands, fit when it has learnt its own training data as the plan's rule asks
                 (FineTune); then asked the test questions closed book and with RAG
@@ -402,7 +402,7 @@ def document_parts(inputs: CaseInputs, tokenizer, size: int) -> list[tuple[str, 
 # The knowledge fine-tune's arms, each trained on its own data alone (issue 50): what every reader has
 # (the documents), what a rule can write from them, and the reader's own training questions where given
 DSF_ARMS = {"documents": "your documents as they are", "generated": "questions a rule writes from your documents",
-            "questions": "your training questions"}
+            "questions": "your training questions", "both": "your documents and your training questions together"}
 RECITED_WORDS = 8  # the documents arm has learnt a part when it recites the part's first 8 words from its title
 
 
@@ -419,7 +419,8 @@ class ArmData:
 def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str) -> ArmData:
     """An arm's data (DSF_ARMS): the documents' parts recited from their titles; the cloze questions
     ragft.corpus.injection's rule writes from the documents (its capitalised non-values: the corpus's
-    own, ragft.corpus.injection.not_names_of); or the reader's training questions (none: no data)."""
+    own, ragft.corpus.injection.not_names_of); the reader's training questions (none: no data); or
+    the training questions and the parts together, its fitness asked on both."""
     if arm == "documents":
         training = [rag.QAItem(f"part-{i}", f"Recite {where}.", (text,)) for i, (where, text) in enumerate(parts)]
         own = [rag.QAItem(it.qid, it.question, (" ".join(it.answers[0].split()[:RECITED_WORDS]),)) for it in training]
@@ -431,6 +432,9 @@ def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str) -> ArmD
         return ArmData(arm, training, training)
     if arm == "questions":
         return ArmData(arm, list(inputs.train), list(inputs.train))
+    if arm == "both":  # what a reader with training questions would train on: all of it, nothing without them
+        docs, questions = arm_data(inputs, parts, "documents"), arm_data(inputs, parts, "questions")
+        return ArmData(arm, questions.training + docs.training if inputs.train else [], questions.own + docs.own)
     raise ValueError(f"arm={arm!r}: use one of {list(DSF_ARMS)}")
 
 
@@ -477,7 +481,7 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     data = arms_of(p, inputs, document_parts(inputs, case.lm.tokenizer, choice.chunk_size))
     if not data:
         return FineTune(pd.DataFrame(), "", 0, float("nan"), 0, False, 0, 0.0, None, [],
-                        skipped=f"dsf_arms {p.dsf_arms} has no data here: the questions arm needs training questions (train_questions_file)")
+                        skipped=f"dsf_arms {p.dsf_arms} has no data here: the questions and both arms need training questions (train_questions_file)")
     cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
     rows, lm = [], None
     for d in data:
