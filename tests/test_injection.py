@@ -77,14 +77,16 @@ def test_a_rewrite_is_the_template_with_the_fact(small_kb):
 
 def test_a_readers_text_is_cut_into_paragraphs_and_headings_before_sentences():
     """A hard-wrapped paragraph is one (its lines joined), a markdown heading a paragraph of its own
-    without its marks, so no cloze question joins a heading to the sentence after it."""
+    without its marks, so no cloze question joins a heading to the sentence after it; a sentence that
+    is a value and nothing else gives no question (its blank would have no context)."""
     from ragft.corpus.injection import cloze_questions, paragraphs
 
     text = "# The Ferrow mill\n\nIts wheel has 24\npaddles.\n## Staff\nThe miller is Oda Kestrel."
     assert paragraphs(text) == ["The Ferrow mill", "Its wheel has 24 paddles.", "Staff", "The miller is Oda Kestrel."]
     asked = cloze_questions("Mill", text)
     assert ("Mill: Its wheel has ___ paddles. What goes in the blank?", "24") in asked
-    assert [v for _, v in asked] == ["Ferrow", "24", "Staff", "Oda Kestrel"]  # "The" and "Its" open sentences
+    # "The" and "Its" open sentences; the heading "Staff" is its value alone, so no question asks it
+    assert [v for _, v in asked] == ["Ferrow", "24", "Oda Kestrel"]
 
 
 def test_a_readers_corpus_names_its_own_non_values():

@@ -101,7 +101,6 @@ def check_int_list(name: str, values, lo: int, hi: int) -> None:
 
 
 def check_price_row(name: str, value) -> None:
-
     rows = sorted(load_prices())
     check(value in rows, name, value, f"use a row of data/pricing.yaml: {rows}")
 
@@ -122,7 +121,6 @@ class Common:
     kb: KBSizes = field(default_factory=KBSizes, metadata={"help": "knowledge-base sizes, a mapping of KBSizes fields (pass with -y)"})
 
     def validate(self) -> None:
-
         check(self.profile in PROFILES, "profile", self.profile, f"use one of {list(PROFILES)}")
         lms = sorted(n for n, s in REGISTRY.items() if s.kind == "lm")
         check(self.model in lms, "model", self.model, f"use a registry name: {lms}")
@@ -474,7 +472,6 @@ class VerdictParams(Common):
     reader_latency_budget_ms: float = param(0.0, "your case: the most an answer may take, ms (0: no budget)")
 
     def reader(self):
-
         return Reader(**{f.name: getattr(self, f"reader_{f.name}") for f in dataclasses.fields(Reader)})
 
     def validate(self) -> None:

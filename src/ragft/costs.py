@@ -284,7 +284,6 @@ def close(a: float, b: float, rel: float = REL_TOL) -> bool:
 
 
 def rule(follows: bool, lands: bool, unstated: str = "") -> str:
-
     if not follows:
         return CONTRADICTED
     return SUPPORTED if lands and not unstated else DEPENDS

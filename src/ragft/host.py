@@ -87,7 +87,6 @@ def measure(threads: int = 2) -> HostSpeed:
     """This host's fp32 and bf16 matmul rates on `threads` threads (best of three, about a second)."""
     import torch
 
-
     torch.set_num_threads(threads)
     fp32 = max(matmul_gflops(torch.float32, n=1024, repeats=3) for _ in range(3))
     bf16 = max(matmul_gflops(torch.bfloat16, n=1024, repeats=3) for _ in range(3))

@@ -100,7 +100,6 @@ class Plan:
     path: Path
     fitness: dict = None  # name -> {chapter, metric, min, why[, checkpoint]}: what a trained arm must reach to speak
 
-
     @property
     def primary(self) -> list[str]:
         """The book's family: primary comparisons that are tested (not sanity checks)."""

@@ -238,7 +238,6 @@ def _for_the_book(src: Path, dest: Path) -> None:
     (results.READER_COPY: the prose shows them where it cites them, so the page shows each once)."""
     import nbformat
 
-
     nb = nbformat.read(src, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])

@@ -131,7 +131,8 @@ def cloze_questions(title: str, text: str, skip: str = "", not_names: frozenset 
     out = []
     for s in (s for block in paragraphs(text) for s in sentences(block)):
         for start, end in values(s, skip, not_names):
-            out.append((CLOZE.format(title=title, sentence=s[:start] + BLANK + s[end:]), s[start:end]))
+            if s[:start].strip() or s[end:].strip(" ."):  # a sentence that is its value alone asks nothing
+                out.append((CLOZE.format(title=title, sentence=s[:start] + BLANK + s[end:]), s[start:end]))
     return out
 
 

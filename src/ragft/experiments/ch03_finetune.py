@@ -1182,8 +1182,9 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "T3-qlora-vs-lora": "QLoRA is not in methods" if "qlora" not in ran else "",
         "K7-forgetting-qlora": "QLoRA is not in methods" if "qlora" not in ran else "",
         "T3-attention-only": "attention-only LoRA is not in methods" if "lora-attention" not in ran else "",
-        **dict.fromkeys(("K1-rag-vs-reader", "K5-rewritten-documents", "K1-generated-documents"),
-                        "injection_arms does not name both of its arms in this run" if not reader else ""),
+        **{cid: "injection_arms does not name both of its arms in this run" if not reader or not arms <= set(p.injection_arms) else ""
+           for cid, arms in (("K1-rag-vs-reader", set()), ("K5-rewritten-documents", {"rewritten", "documents"}),
+                             ("K1-generated-documents", {"generated", "documents"}))},
     }.items() if why}
     labels = {
         "K1-rag-vs-dsf": ("RAG", f"closed-book {dsf_label}"),

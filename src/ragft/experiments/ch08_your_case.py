@@ -406,24 +406,31 @@ DSF_ARMS = {"documents": "your documents as they are", "generated": "questions a
 RECITED_WORDS = 8  # the documents arm has learnt a part when it recites the part's first 8 words from its title
 
 
+def recited_words(params) -> int:
+    """The opening words a recitation must reproduce: RECITED_WORDS, or fewer where max_new_tokens could
+    not hold them (about two tokens a word)."""
+    return max(1, min(RECITED_WORDS, params.max_new_tokens // 2))
+
+
 @dataclass(frozen=True)
 class ArmData:
     """One arm's training data (question, the text it learns to answer) and what its fitness asks:
-    the same questions, or for the documents each part's opening words (it has no question of its own)."""
+    the same questions, or for the documents each part's opening words (it has no question of its own:
+    `recited_words`)."""
 
     arm: str
     training: list  # rag.QAItem: the prompt and, as its first answer, the training target
     own: list  # rag.QAItem: its fitness probe, answered closed book
 
 
-def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str) -> ArmData:
+def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str, words: int = RECITED_WORDS) -> ArmData:
     """An arm's data (DSF_ARMS): the documents' parts recited from their titles; the cloze questions
     ragft.corpus.injection's rule writes from the documents (its capitalised non-values: the corpus's
     own, ragft.corpus.injection.not_names_of); the reader's training questions (none: no data); or
     the training questions and the parts together, its fitness asked on both."""
     if arm == "documents":
         training = [rag.QAItem(f"part-{i}", f"Recite {where}.", (text,)) for i, (where, text) in enumerate(parts)]
-        own = [rag.QAItem(it.qid, it.question, (" ".join(it.answers[0].split()[:RECITED_WORDS]),)) for it in training]
+        own = [rag.QAItem(it.qid, it.question, (" ".join(it.answers[0].split()[:words]),)) for it in training]
         return ArmData(arm, training, own)
     if arm == "generated":
         not_names = injection.not_names_of([s.text for s in inputs.corpus.sources])
@@ -433,7 +440,7 @@ def arm_data(inputs: CaseInputs, parts: list[tuple[str, str]], arm: str) -> ArmD
     if arm == "questions":
         return ArmData(arm, list(inputs.train), list(inputs.train))
     if arm == "both":  # what a reader with training questions would train on: all of it, nothing without them
-        docs, questions = arm_data(inputs, parts, "documents"), arm_data(inputs, parts, "questions")
+        docs, questions = arm_data(inputs, parts, "documents", words), arm_data(inputs, parts, "questions")
         return ArmData(arm, questions.training + docs.training if inputs.train else [], questions.own + docs.own)
     raise ValueError(f"arm={arm!r}: use one of {list(DSF_ARMS)}")
 
@@ -445,7 +452,8 @@ def dsf_examples(data: ArmData) -> list:
 
 def arms_of(params, inputs: CaseInputs, parts: list[tuple[str, str]]) -> list[ArmData]:
     """The arms dsf_arms names that have data, in DSF_ARMS's order (the tie order of the choice)."""
-    return [d for d in (arm_data(inputs, parts, a) for a in DSF_ARMS if a in params.dsf_arms) if d.training]
+    words = recited_words(params)
+    return [d for d in (arm_data(inputs, parts, a, words) for a in DSF_ARMS if a in params.dsf_arms) if d.training]
 
 
 def chosen_checkpoint(rows: list[dict]) -> int:
@@ -483,7 +491,7 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
         return FineTune(pd.DataFrame(), "", 0, float("nan"), 0, False, 0, 0.0, None, [],
                         skipped=f"dsf_arms {p.dsf_arms} has no data here: the questions and both arms need training questions (train_questions_file)")
     cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
-    rows, lm = [], None
+    rows, folders = [], []
     for d in data:
         with run.stage("dsf_train"):
             result = train(p.model, dsf_examples(d), cfg, label=f"case-dsf-{d.arm}", snapshots=tuple(epochs))
@@ -496,12 +504,12 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
                 cost = result.metrics["snapshots"][str(epoch)]
                 rows.append({"arm": d.arm, "epoch": epoch, "trained_acc": own.scores["contains"], "n_own": len(d.own),
                              "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
-                if chosen_checkpoint(rows) == len(rows) - 1:
-                    lm = here  # only the best so far stays loaded
+                folders.append(folder)
                 del here
         del result
         release_memory()
     at = chosen_checkpoint(rows)
+    lm = load_artifact(p.model, folders[at], cfg, merge=True)  # loaded again: no arm trains beside a kept model
     table = pd.DataFrame([{**r, "chosen": i == at} for i, r in enumerate(rows)]).set_index(["arm", "epoch"])
     row = rows[at]
     asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, choice.test_ranked)]
@@ -753,7 +761,7 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
              "case_dsf_arm": DSF_ARMS[ft.arm] if not ft.skipped else "none: " + ft.skipped,
              "case_dsf_arms": ", ".join(DSF_ARMS[a] for a in dict.fromkeys(ft.checkpoints.index.get_level_values("arm")))
              if not ft.skipped else "none",
-             "case_recited_words": str(RECITED_WORDS),
+             "case_recited_words": str(recited_words(case.params)),
              "case_raft_fitness_min": f"{plan.fitness['case_raft']['min']:.0%}",
              "case_raft_trained": f"it answers {rf.trained_acc:.0%}" if not rf.skipped else "it was not trained in this run",
              "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
