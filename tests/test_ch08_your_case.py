@@ -3,6 +3,7 @@ family apart from the book's, the closing words, on a small invented corpus writ
 (tests/fixtures/case, not the sample); and (notebooks) the run's chapter 8 read back, and the invented
 corpus given to the notebook by papermill's parameters."""
 
+import dataclasses
 import json
 import shutil
 
@@ -352,3 +353,19 @@ def test_the_estimate_reads_a_hub_models_tokenizer_online_under_the_gpu_profile(
     finally:
         settings.set_online(False)
     assert asked == [(p.model, False)] and est.dsf_per_epoch > 0
+
+
+def test_a_readers_own_documents_train_raft_where_the_published_sample_leaves_it_out(tmp_path):
+    """The cpu profile leaves RAFT out of the published sample's run alone (its `sample_case`): the same
+    profile on a reader's own documents takes the declared raft_epochs, and their estimate prices RAFT's
+    epochs; a reader who sets raft_epochs = 0 turns the rung off themselves."""
+    sample = config.resolve("08_your_case", "cpu")
+    assert sample.raft_epochs == 0
+    own = config.resolve("08_your_case", "cpu", corpus_dir=str(ch08.SAMPLE / "docs"),
+                         questions_file=str(ch08.SAMPLE / "questions.jsonl"),
+                         train_questions_file=str(ch08.SAMPLE / "train_questions.jsonl"))
+    declared = next(f for f in dataclasses.fields(config.CHAPTER_PARAMS["08_your_case"]) if f.name == "raft_epochs")
+    assert own.raft_epochs == declared.default > 0
+    assert config.resolve("08_your_case", "cpu", corpus_dir=str(ch08.SAMPLE / "docs"), raft_epochs=0).raft_epochs == 0
+    est = ch08.estimate(own, ch08.read_inputs(own))
+    assert est.raft_per_epoch > 0 and est.raft_epochs == own.raft_epochs and f"for {own.raft_epochs};" in est.sentence()

@@ -1,9 +1,11 @@
 """Parameters: every profile resolves; every bad value stops with the name, the value and what is allowed."""
 
 import dataclasses
+import os
 
 import pytest
 
+from conftest import ROOT
 from ragft import config
 from ragft.config import ParamError
 
@@ -147,3 +149,44 @@ def test_the_lora_and_retrieval_groups_are_declared_once():
             if f.name.endswith(("top_k", "top_ks")):
                 assert f.metadata["bounds"][0] == 1, (chapter, f.name)
     assert seen == 15  # chapters 3, 4 and 8 (rank, alpha, rate, batch; warm-up in 3 and 8) and chapter 6's rank
+
+
+def test_every_chapter_under_the_gpu_profile_on_a_cpu_machine_is_refused_with_no_network_look_up(tmp_path):
+    """On a machine without CUDA (this one), the gpu profile is refused in every chapter's parameters
+    cell (config.from_notebook) and in chapter 8's estimate, which used to switch the run online and
+    load the hub tokenizer first (19 blocked look-ups, then transformers' OSError): in a process under
+    tests/netguard, which logs every non-loopback connection and DNS look-up, each is refused with the
+    ParamError that says what to do, and the guard's log is empty."""
+    import subprocess
+    import sys
+
+    code = ("import torch\n"
+            "assert not torch.cuda.is_available()\n"
+            "from ragft import config\n"
+            "from ragft.constants import ParamError\n"
+            "from ragft.experiments import ch08_your_case as ch08\n"
+            "refused = []\n"
+            "for chapter in sorted(config.CHAPTER_PARAMS):\n"
+            "    try:\n"
+            "        config.from_notebook(chapter, {'profile': 'gpu'})\n"
+            "    except ParamError as e:\n"
+            "        refused.append(chapter if 'needs a CUDA GPU' in str(e) else str(e))\n"
+            "params = config.resolve('08_your_case', 'gpu')\n"
+            "try:\n"
+            "    ch08.estimate(params, None)\n"
+            "except ParamError as e:\n"
+            "    refused.append('estimate' if 'needs a CUDA GPU' in str(e) else str(e))\n"
+            "print(' '.join(refused))\n")
+    log = tmp_path / "netguard.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
+           "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == sorted(config_chapters()) + ["estimate"]
+    assert log.exists() and log.read_text() == ""  # guarded, and not one look-up
+
+
+def config_chapters():
+    from ragft.config import CHAPTER_PARAMS
+
+    return list(CHAPTER_PARAMS)

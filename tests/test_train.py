@@ -393,21 +393,28 @@ def test_the_gpu_self_check_runs_on_the_cpu_and_prints_its_table(tiny, capsys, m
     values; one table; exit 1 when a run failed. (On a GPU: bf16 or fp16 by the card, and fp32.)"""
     from ragft import gpucheck
 
-    rows = gpucheck.check(tiny, "cpu", n_facts=2, epochs=6, batch_size=2)  # 4 examples: 2 steps an epoch
-    assert {(r.method, r.dtype) for r in rows} >= {("lora", "fp32"), ("full", "fp32")}
+    # the facts: 4 examples, 2 steps an epoch; RAFT: 8 questions at batch 4, 2 steps an epoch
+    case = gpucheck.RaftCase(questions=8, epochs=3, batch=4, rank=4, lr=1e-2, length=64)
+    rows = gpucheck.check(tiny, "cpu", n_facts=2, epochs=6, batch_size=2, raft_case=case)
+    assert {(r.case, r.method, r.dtype) for r in rows} >= {("facts", "lora", "fp32"), ("facts", "full", "fp32"),
+                                                           ("RAFT", "lora", "fp32")}
     for r in rows:
         assert r.result == "ok" or r.result.startswith("skipped: "), r
-        if r.result == "ok":
+        if r.result == "ok" and r.case == "facts":
             assert r.steps == 12 and r.loss_last_epoch < r.loss_first_epoch and 0 <= r.accuracy <= 1
+    raft_row = next(r for r in rows if r.case == "RAFT" and r.dtype == "fp32")
+    assert raft_row.steps == 6 and raft_row.recipe == "float32 compute, fp32 adapters on a float32 base"
+    full_row = next(r for r in rows if r.case == "facts" and r.method == "full" and r.dtype == "fp32")
+    assert full_row.recipe == "float32 compute, float32 weights"
     printed = gpucheck.table(rows)
-    assert printed.splitlines()[0].startswith("method  dtype  steps") and len(printed.splitlines()) == len(rows) + 2
+    assert printed.splitlines()[0].startswith("case   method  dtype  recipe") and len(printed.splitlines()) == len(rows) + 2
     # main: the table and the exit code, on these rows and on a failed one (nothing trains again)
     failed = gpucheck.CheckRow("lora", "bf16", result="FAILED: the loss is nan at optimizer step 5")
     for given, code in ((rows, 0), (rows + [failed], 1)):
-        monkeypatch.setattr(gpucheck, "check", lambda *args, given=given: given)
+        monkeypatch.setattr(gpucheck, "check", lambda *args, given=given, **kwargs: given)
         assert gpucheck.main(["--model", tiny, "--device", "cpu"]) == code
         out = capsys.readouterr().out
-        assert "method  dtype  steps" in out and ("1 FAILED" in out) == (code == 1)
+        assert "case   method  dtype  recipe" in out and ("1 FAILED" in out) == (code == 1)
 
 
 def test_a_padded_batch_leaves_no_query_row_without_a_key():
@@ -493,3 +500,64 @@ def test_the_gpu_self_check_imports_where_only_torch_and_friends_are():
             "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_a_run_short_of_memory_lowers_its_batch_and_trains_as_the_whole_batch(tiny, monkeypatch, capsys):
+    """With the device's free memory set between what a step of 4 examples and a step of 2 need (by
+    train.memory's estimate), the run says so before it trains and runs each step as two micro-batches
+    of 2 whose gradients add up, each micro-batch's mean loss weighted by its share of the answer
+    tokens: the same effective batch and the same mean loss, so its losses are the whole-batch run's up
+    to float rounding (a different padding width changes the sums' order, not the arithmetic)."""
+    from ragft.train import memory, trainer
+
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=2, batch_size=4, dtype="fp32")
+    whole = train(tiny, data(), cfg, label="whole")
+    assert "micro_batch" not in whole.metrics  # memory was not short: nothing said, nothing recorded
+    from transformers import AutoTokenizer
+
+    longest = max(len(t.input_ids) for t in tokenize(AutoTokenizer.from_pretrained(tiny), data(), cfg.max_len))
+    shape = memory.shape_of(tiny)
+    need = {b: memory.training_bytes(shape, "lora", "fp32", b * longest)["total"] for b in (2, 4)}
+    monkeypatch.setattr(memory, "free_bytes", lambda device: (need[2] + need[4]) / 2)
+    capsys.readouterr()
+    split = train(tiny, data(), cfg, label="split", cache=False)
+    said = capsys.readouterr().out
+    assert "each step runs as 2 micro-batches of at most 2" in said and "the same effective batch of 4" in said
+    assert split.metrics["micro_batch"] == 2 and split.metrics["steps"] == whole.metrics["steps"] == 2
+    assert split.metrics["train_tokens"] == whole.metrics["train_tokens"]
+    assert torch.allclose(torch.tensor(split.losses), torch.tensor(whole.losses), rtol=1e-5)
+    before = logits(whole.lm)
+    assert torch.allclose(before, logits(split.lm), atol=1e-4)
+
+
+def test_a_run_that_does_not_fit_even_one_example_a_step_is_refused_before_it_loads(tiny, monkeypatch):
+    from ragft.train import memory, trainer
+
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(trainer, "_load_base", lambda *a, **k: pytest.fail("the base loaded"))
+    with pytest.raises(memory.DoesNotFit, match=r"lora of .* does not fit this cpu: even one example a step \(\d+ "
+                                                r"tokens\) needs about [\d.]+ GB .* and 0.0 GB is free"):
+        train(tiny, data(), TrainConfig(rank=4, epochs=1, batch_size=4, dtype="fp32"), label="too-big")
+    assert not list(settings.cache_dir().glob("trained/too-big-*"))
+
+
+def test_the_raft_case_is_long_padded_examples_at_the_flags_batch_and_bad_flags_are_refused(tiny, capsys):
+    """The self-check's RAFT case at its defaults: 64 questions, each with four chunks of about 128
+    tokens (the oracle kept for about 80 % of them), hundreds of tokens an example, so a batch of 8
+    pads its rows to the longest (the shape whose bf16 loss went NaN); a flag out of range stops the
+    command with its name before anything loads."""
+    from transformers import AutoTokenizer
+
+    from ragft import gpucheck
+    from ragft.corpus import build_kb
+    from ragft.train import tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    examples = gpucheck.raft_examples(build_kb(0), tok, gpucheck.RaftCase())
+    lengths = sorted(len(t.input_ids) for t in tokenize(tok, examples, 4096))
+    assert len(examples) == 64 and lengths[len(lengths) // 2] > 300 and lengths[-1] - lengths[0] > 50
+    for flags, says in ((["--batch", "0"], "--batch=0: use 1 or more"), (["--lr", "2"], "--lr=2.0"),
+                        (["--raft-epochs", "1"], "--raft-epochs=1: use 2 or more")):
+        with pytest.raises(SystemExit):
+            gpucheck.main(["--model", tiny, "--device", "cpu", *flags])
+        assert says in capsys.readouterr().err

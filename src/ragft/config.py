@@ -19,6 +19,7 @@ from .corpus.kb import KBSizes
 from .costs import load_prices, row
 from .decide import Reader
 from .models import REGISTRY, max_chunk_tokens
+from .settings import refuse_without_cuda
 
 PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
@@ -600,7 +601,9 @@ def from_notebook(chapter: str, namespace: dict):
                   "goes online to load hub models. To stay offline, set profile = \"cpu\" in the parameters cell "
                   "(papermill: -p profile cpu).")
         return params
-    return resolve(chapter, profile, **given)
+    params = resolve(chapter, profile, **given)
+    refuse_without_cuda(params)  # in the parameters cell, before any cell can go online
+    return params
 
 
 def parameter_names(cells: list[str]) -> list[str]:
@@ -649,11 +652,18 @@ def load_profile(profile: str) -> dict:
 
 
 def resolve(chapter: str, profile: str, **overrides):
-    """The chapter's validated parameters: profile values, then the non-None overrides."""
+    """The chapter's validated parameters: profile values (its `sample_case` ones only where no
+    corpus_dir is given), then the non-None overrides."""
     check(chapter in CHAPTER_PARAMS, "chapter", chapter, f"use one of {sorted(CHAPTER_PARAMS)}")
     cls = CHAPTER_PARAMS[chapter]
     data = load_profile(profile)
     values = {**(data.get("common") or {}), **((data.get("chapters") or {}).get(chapter) or {})}
+    # a profile's `sample_case` values apply to the chapter's own sample alone: a reader's documents
+    # (corpus_dir) keep the declared defaults, and a reader's own values win over both
+    sample_only = values.pop("sample_case", None) or {}
+    check(isinstance(sample_only, dict), "sample_case", sample_only, "a mapping of parameter names to values")
+    if not overrides.get("corpus_dir") and not values.get("corpus_dir"):
+        values.update(sample_only)
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["profile"] = profile
     names = {f.name for f in dataclasses.fields(cls)}

@@ -78,11 +78,10 @@ def set_online(online: bool) -> None:
         datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = not online
 
 
-def configure(params) -> None:
-    """Apply a chapter's parameters to the process: network policy, seeds, thread count. The gpu
-    profile on a machine without a CUDA GPU is refused before anything goes online, unless device
-    names the CPU on purpose: it would fetch the hub's larger model and run GPU-sized samples on the
-    CPU for hours."""
+def refuse_without_cuda(params) -> None:
+    """The gpu profile on a machine without a CUDA GPU, refused before anything goes online (the
+    parameters cell of every chapter, chapter 8's estimate, configure), unless device names the CPU on
+    purpose: it would fetch the hub's larger model and run GPU-sized samples on the CPU for hours."""
     if getattr(params, "profile", None) == "gpu" and getattr(params, "device", "auto") in (None, "auto"):
         import torch
 
@@ -90,6 +89,14 @@ def configure(params) -> None:
             raise ParamError("profile='gpu' needs a CUDA GPU, and this machine has none: it would load the hub's "
                              "larger model online and run GPU-sized samples on the CPU. Use profile='cpu' (offline, "
                              "the published numbers), or pass device='cpu' to run the gpu profile here on purpose")
+
+
+def configure(params) -> None:
+    """Apply a chapter's parameters to the process: network policy, seeds, thread count. The gpu
+    profile on a machine without a CUDA GPU is refused before anything goes online, unless device
+    names the CPU on purpose: it would fetch the hub's larger model and run GPU-sized samples on the
+    CPU for hours."""
+    refuse_without_cuda(params)
     set_online(params.online)
     set_determinism(params.seed, params.threads)
 

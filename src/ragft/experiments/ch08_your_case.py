@@ -245,6 +245,7 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
     (ragft.host)."""
     from transformers import AutoTokenizer
 
+    settings.refuse_without_cuda(params)  # before the gpu profile's hub tokenizer could go online
     settings.set_online(params.online)  # the gpu profile's hub model: its tokenizer comes from the hub
     tok = AutoTokenizer.from_pretrained(models.model_source(params.model))
     # at the smallest chunk size (the most parts, each with its prompt): an upper bound whatever size is chosen

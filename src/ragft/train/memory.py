@@ -72,3 +72,70 @@ def device_bytes(device: str) -> float:
     import os
 
     return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+class DoesNotFit(MemoryError):
+    """A training run that would not fit the device's free memory even one example a step."""
+
+
+def shape_of(model_name: str) -> Shape:
+    """The registry's shape of a model, or one read from its config (parameters from the layers'
+    and the embedding's sizes, about 12 H^2 a layer plus V H) for a model the registry does not size."""
+    from .. import models
+
+    try:
+        spec = models.get_spec(model_name, "lm")
+    except models.ModelUnavailable:  # a model folder or another hub id
+        spec = None
+    if spec is not None and spec.shape is not None:
+        return Shape(*spec.shape)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(models.model_source(model_name))
+    layers, hidden, vocab = config.num_hidden_layers, config.hidden_size, config.vocab_size
+    return Shape(12 * layers * hidden**2 + vocab * hidden, layers, hidden, vocab)
+
+
+def free_bytes(device: str) -> float:
+    """Memory free for a training run now: the GPU's free memory (what this process and others
+    already hold is not free), or the machine's available memory on a CPU (MemAvailable: free pages
+    and the cache the kernel can reclaim)."""
+    if device == "cuda":
+        import torch
+
+        return float(torch.cuda.mem_get_info()[0])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return device_bytes(device)
+
+
+def micro_batch(model: str, shape: Shape, method: str, dtype: str, batch_size: int, longest: int, device: str,
+                available: float) -> tuple[int, str | None]:
+    """The micro-batch a run of `batch_size` examples a step (the longest `longest` tokens, so a
+    padded step holds at most batch_size x longest) fits into `available` bytes, with the sentence
+    that says so when it is smaller than the batch: the batch then runs as micro-batches whose
+    gradients accumulate, the same effective batch. Raises DoesNotFit, with the numbers, when even one
+    example a step does not fit."""
+    gb = 2**30
+    need = training_bytes(shape, method, dtype, batch_size * longest)["total"]
+    micro = batch_size
+    while micro > 1 and training_bytes(shape, method, dtype, micro * longest)["total"] > available:
+        micro = (micro + 1) // 2
+    fits = training_bytes(shape, method, dtype, micro * longest)
+    if fits["total"] > available:
+        raise DoesNotFit(
+            f"{method} of {model} does not fit this {device}: even one example a step ({longest} tokens) needs about "
+            f"{fits['total'] / gb:.1f} GB (weights, gradients and optimizer state {fits['state'] / gb:.1f} GB, "
+            f"activations {fits['activations'] / gb:.1f} GB, with a {MARGIN:.1f}x margin) and {available / gb:.1f} GB "
+            "is free. Free memory (other models, other processes), use LoRA or QLoRA, or shorten the examples")
+    if micro == batch_size:
+        return micro, None
+    steps = -(-batch_size // micro)
+    return micro, (f"{method} of {model}: a step of {batch_size} examples up to {longest} tokens needs about "
+                   f"{need / gb:.1f} GB and this {device} has {available / gb:.1f} GB free, so each step runs as "
+                   f"{steps} micro-batches of at most {micro} whose gradients add up (gradient accumulation: the same "
+                   f"effective batch of {batch_size} and the same mean loss; about {fits['total'] / gb:.1f} GB)")

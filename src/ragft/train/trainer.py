@@ -23,7 +23,7 @@ from .. import models, settings
 from ..files import write_atomically
 from ..progress import progress
 from ..results import matmul_gflops
-from . import measure
+from . import measure, memory
 from .data import SFTExample, Tokenized, batches, collate, tokenize
 
 METHODS = ("lora", "qlora", "full")
@@ -275,9 +275,13 @@ def _loss(model, batch):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+def _to(batch: tuple, device: str) -> tuple:
+    return tuple(t.to(device) if hasattr(t, "to") else t for t in batch)
+
+
 def _on_device(data: list[Tokenized], indices: list[int], lm: models.LoadedLM) -> tuple:
     """The batch of these examples (collate), its tensors on the model's device."""
-    return tuple(t.to(lm.device) if hasattr(t, "to") else t for t in collate(data, indices, lm.tokenizer.pad_token_id))
+    return _to(collate(data, indices, lm.tokenizer.pad_token_id), lm.device)
 
 
 # The devices on which a run says, before it trains, how long it will take at the device's measured
@@ -375,6 +379,16 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     import contextlib
 
     compute = mixed_precision(cfg)
+    device = models.select_device(cfg.device)
+    method = "lora-attention" if cfg.method == "lora" and cfg.target == "attention" else cfg.method
+    # memory before the first step (before the base loads): a step of batch_size examples of the longest
+    # length, against what the device has free; where it does not fit, micro-batches (said), or a refusal
+    micro, note = memory.micro_batch(model_name, memory.shape_of(model_name), method,
+                                     models.dtype_name(compute or models.select_dtype(device, cfg.dtype)),
+                                     cfg.batch_size, max(len(d.input_ids) for d in data), device,
+                                     memory.free_bytes(device))
+    if note:
+        print(f"[ragft.train] {label}: {note}", flush=True)
     base = _load_base(model_name, cfg, master_fp32=compute is not None)
     autocast = (lambda: torch.autocast(device_type=base.device, dtype=compute)) if compute else contextlib.nullcontext
     # fp16 gradients underflow without loss scaling, whatever the method (LoRA's fp32 adapters take their
@@ -416,18 +430,24 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             for b, indices in enumerate(batches(data, cfg.batch_size, cfg.seed, epoch)):
                 if epoch * steps_per_epoch + b < step:
                     continue  # done before the interruption
-                batch = _on_device(data, indices, base)
+                cpu_batch = collate(data, indices, base.tokenizer.pad_token_id)
+                # counted on the host before the batch moves: reading them back from the device would make
+                # the host wait for the GPU three times a step instead of once
+                real, answer_positions = int(cpu_batch[1].sum()), int((cpu_batch[3] != -100).sum())
+                parts = [cpu_batch] if micro >= len(indices) else \
+                    [collate(data, indices[i:i + micro], base.tokenizer.pad_token_id) for i in range(0, len(indices), micro)]
+                batch = _to(cpu_batch, base.device) if len(parts) == 1 else None
                 t0 = time.perf_counter()
-                with autocast():
-                    loss = _loss(model, batch)
-                value = loss.item()
-                if not math.isfinite(value):
-                    _refuse_non_finite(f"the loss is {value}", folder, label, cfg, train_dtype, step, epoch)
+                loss = None
+                for part in parts:
+                    with autocast():
+                        part_loss = _loss(model, batch if batch is not None else _to(part, base.device))
+                    if len(parts) > 1:  # each micro-batch's mean weighted by its share of the answer tokens: the batch's mean
+                        part_loss = part_loss * (int((part[3] != -100).sum()) / answer_positions)
+                    (scaler.scale(part_loss) if scaler is not None else part_loss).backward()
+                    loss = part_loss.detach() if loss is None else loss + part_loss.detach()
                 if scaler is not None:
-                    scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
                 torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
                 if scaler is not None:
                     scaler.step(optimizer)
@@ -436,13 +456,15 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                if base.device == "cuda":
-                    torch.cuda.synchronize()
+                # the step's one read-back: the loss, which also waits for the device, so the step's time
+                # is its whole time. A non-finite loss refuses the run here, before anything is recorded,
+                # checkpointed or saved (its update has been made, but the run is thrown away)
+                value = loss.item()
                 step_s.append(time.perf_counter() - t0)
-                real = int(batch[1].sum())
-                pad += batch[1].numel() - real
+                if not math.isfinite(value):
+                    _refuse_non_finite(f"the loss is {value}", folder, label, cfg, train_dtype, step, epoch)
+                pad += sum(part[1].numel() for part in parts) - real
                 step_tokens.append(real)
-                answer_positions = int((batch[3] != -100).sum())
                 step_flops.append(measure.step_flops(body, head, real, answer_positions, cfg.method == "full"))
                 losses.append(value)
                 step += 1
@@ -498,6 +520,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
         "flops": sum(step_flops), "snapshots": kept,
         **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale
+        **({"micro_batch": micro} if micro < cfg.batch_size else {}),  # memory was short: gradient accumulation
     }
     # the marker that the run finished, written whole or not at all (a reader never sees half of it)
     write_atomically(done, json.dumps({"config": dataclasses.asdict(cfg), "metrics": metrics, "losses": losses}, indent=1))
