@@ -5,6 +5,7 @@ corpus given to the notebook by papermill's parameters."""
 
 import dataclasses
 import json
+import os
 import shutil
 
 import nbformat
@@ -74,7 +75,7 @@ def test_bad_inputs_are_refused_before_any_model_loads(tmp_path, case, match):
     qfile, tfile = tmp_path / "q.jsonl", tmp_path / "t.jsonl"
     write = lambda path, rs: path.write_text("".join(json.dumps(r) + "\n" for r in rs))  # noqa: E731
     write(qfile, rows)
-    write(tfile, [{**r, "id": "t-" + r["id"], "question": r["question"] + " (in other words)"} for r in rows])
+    shutil.copy(CASE / "train_questions.jsonl", tfile)  # the same facts in other words
     overrides = {"corpus_dir": str(docs), "questions_file": str(qfile), "train_questions_file": str(tfile)}
     if case == "empty folder":
         shutil.rmtree(docs)
@@ -104,6 +105,42 @@ def test_one_question_in_other_clothes_is_told_from_another_question():
     assert same_question("When does the Lisbon bakery open on Sundays?", "When does the Lisbon bakery open Sundays early?")
     assert not same_question("How heavy is widget 1?", "How heavy is widget 2?")  # another fact: a digit differs
     assert not same_question("Who manages the Lisbon site?", "Who manages the Porto site?")  # 2 of 4 shared
+
+
+def test_the_near_duplicate_rule_is_the_one_usage_states():
+    """USAGE: a training question with 80 % of the shorter question's content words, the others ordinary
+    words, is the judged question in other clothes. Under the Jaccard rule of c989bcc one changed word was
+    caught only in questions of nine content words or more, and north/south counted as one question."""
+    from ragft.text import ANOTHER_THING, SAME, near_duplicate
+
+    q = "How many passengers does the Corvane X2 ferry carry on the sailing to Brask?"  # 8 content words
+    assert near_duplicate(q, q.replace("sailing", "crossing")) == (SAME, ())  # 7 of 8: 87.5 % shared
+    short = "How many passengers does the Corvane X2 carry?"  # 5 content words: 4 of 5 is 80 %
+    for other in (short.replace("carry", "hold"), short.replace("carry", "cary"),  # a word changed, a typo
+                  short.replace("passengers", "pas\u00adsengers"), short.replace(" ", " \u200b", 2)):  # invisible
+        assert near_duplicate(short, other) == (SAME, ()), other
+    # a plain paraphrase is what training questions are: other words, not the same question
+    assert near_duplicate("What is the passenger capacity of the Corvane X2?", short) is None
+    # a word that names another thing: two questions, said and kept (chapter 8), not refused
+    north = "Which pump feeds the north wing boiler room?"
+    assert near_duplicate(north, north.replace("north", "south")) == (ANOTHER_THING, ("north", "south"))
+    assert near_duplicate("When does the Lisbon bakery open its doors on Sundays?", "When does the Porto bakery open its doors on Sundays?") \
+        == (ANOTHER_THING, ("lisbon", "porto"))  # 4 of 5 shared, the fifth a name
+    assert near_duplicate("How heavy is the steel widget 1 frame?", "How heavy is the steel widget 2 frame?") == (ANOTHER_THING, ("1", "2"))
+
+
+def test_a_training_question_about_another_thing_is_kept_and_said_and_a_reader_can_confirm_a_refused_one(tmp_path, capsys):
+    rows = [json.loads(line) for line in (CASE / "questions.jsonl").read_text().splitlines()]
+    qfile, tfile = tmp_path / "q.jsonl", tmp_path / "t.jsonl"
+    qfile.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    changed = {**rows[0], "id": "t1", "question": rows[0]["question"].rstrip("?") + " again?"}  # one ordinary word more
+    overrides = dict(corpus_dir=str(CASE / "docs"), questions_file=str(qfile), train_questions_file=str(tfile))
+    tfile.write_text(json.dumps(changed) + "\n")
+    with pytest.raises(CorpusError, match=rf'"distinct_from": \["{rows[0]["id"]}"\]'):
+        ch08.read_inputs(params(**overrides))
+    tfile.write_text(json.dumps({**changed, "distinct_from": [rows[0]["id"]]}) + "\n")
+    inputs = ch08.read_inputs(params(**overrides))
+    assert [t.qid for t in inputs.train] == ["t1"] and "as the training line says (distinct_from)" in capsys.readouterr().out
 
 
 def test_bad_parameters_are_refused_by_name():
@@ -332,9 +369,12 @@ def test_the_estimate_reads_a_hub_models_tokenizer_online_under_the_gpu_profile(
     before `setup`, switches the run online before it asks for the tokenizer: it raised
     ModelUnavailable ("this run is offline") on Colab. The hub is faked by the tiny model's folder,
     handed out only to an online run."""
+    import torch
+
     from ragft import models, settings
 
     folder = models.model_source("smollm2-tiny")  # built offline, before the fake
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # Colab's GPU: the estimate refuses the profile without one
     p = config.resolve("08_your_case", "gpu", corpus_dir=str(CASE / "docs"), questions_file=str(CASE / "questions.jsonl"),
                        train_questions_file=str(CASE / "train_questions.jsonl"), min_dev=2, min_test=4)
     assert p.online and not models.get_spec(p.model).offline
@@ -369,3 +409,38 @@ def test_a_readers_own_documents_train_raft_where_the_published_sample_leaves_it
     assert config.resolve("08_your_case", "cpu", corpus_dir=str(ch08.SAMPLE / "docs"), raft_epochs=0).raft_epochs == 0
     est = ch08.estimate(own, ch08.read_inputs(own))
     assert est.raft_per_epoch > 0 and est.raft_epochs == own.raft_epochs and f"for {own.raft_epochs};" in est.sentence()
+
+
+def test_a_second_run_of_a_chapter_in_the_same_run_folder_is_refused_before_it_deletes_or_writes(tmp_path, monkeypatch):
+    """Two runs sharing a run folder (notebooks by hand share _build/run/interactive): at c989bcc the second
+    chapter 8 deleted the first's Chroma folder outside any lock and both wrote one results file. Now the
+    first holds the chapter in the folder for its life; the second is refused, naming it, before its
+    set-up deletes anything or a model loads, and writes no results file. The same process again (a
+    notebook run twice) is not refused."""
+    import subprocess
+    import sys
+
+    from ragft.files import RunFolderBusy
+    from ragft.results import ChapterRun
+
+    monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
+    store = tmp_path / "chroma" / ch08.CHAPTER
+    store.mkdir(parents=True)
+    (store / "the first run's store").write_text("")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from ragft.results import ChapterRun\n"
+                               f"ChapterRun({ch08.CHAPTER!r}, None)\n"
+                               "print('held', flush=True)\n"
+                               "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RAGFT_RUN_DIR": str(tmp_path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=rf"chapter {ch08.CHAPTER} is already running in the run folder .*"
+                                                rf"\(pid {holder.pid} on .*RAGFT_RUN_DIR"):
+            ch08.setup(params(), None)
+        assert (store / "the first run's store").exists() and not (tmp_path / "results").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    ChapterRun(ch08.CHAPTER, None)  # the first has ended: its hold went with it
+    ChapterRun(ch08.CHAPTER, None)  # and this process holds it already

@@ -313,10 +313,45 @@ def test_a_store_touches_only_its_own_collections(tmp_path):
         open_store(tmp_path, name="shared")
     assert theirs.count() == 1 and theirs.get(ids=["note"])["metadatas"] == [{"author": "someone else"}]
     assert store.manifest.metadata[rag.store.CREATED_BY] == rag.store.MARK
-    # an unmarked manifest that an earlier version wrote (every record a manifest record) is adopted and marked
+    # an earlier version's unmarked store (its setting on the chunks, every manifest record one, the two
+    # agreeing on the chunk ids) is adopted and marked
+    setting = {k: v for k, v in store.collection.metadata.items() if k != rag.store.CREATED_BY}
+    chunks = client.get_or_create_collection("earlier", embedding_function=None, metadata=setting)
+    chunks.add(ids=["a.md#0"], embeddings=[[0.1] * 8], metadatas=[{rag.store.DOC_ID: "a.md", rag.store.HASH: "h"}])
     earlier = client.get_or_create_collection("earlier" + rag.store.MANIFEST, embedding_function=None)
-    earlier.add(ids=["a.md"], embeddings=[[0.0]], metadatas=[{"doc_hash": "h", "text_hash": "t", "chunk_ids": "[]"}])
-    assert open_store(tmp_path, name="earlier").manifest.metadata[rag.store.CREATED_BY] == rag.store.MARK
+    earlier.add(ids=["a.md"], embeddings=[[0.0]], metadatas=[{"doc_hash": "h", "text_hash": "t", "chunk_ids": '["a.md#0"]'}])
+    adopted = open_store(tmp_path, name="earlier")
+    assert adopted.manifest.metadata[rag.store.CREATED_BY] == adopted.collection.metadata[rag.store.CREATED_BY] == rag.store.MARK
+    assert adopted.chunk_ids() == ["a.md#0"]
+
+
+def test_look_alikes_of_a_store_are_refused_never_adopted_and_a_refused_open_leaves_nothing_behind(tmp_path):
+    """Issue 64, at c989bcc each adopted or changed: a foreign collection whose metadata happens to carry
+    chunk_size, chunk_overlap and embedder; a foreign manifest whose records carry doc_hash, text_hash and
+    chunk_ids (a fresh ingest then deleted them); an empty foreign manifest (its metadata overwritten);
+    and a refused open left an empty ragft collection behind."""
+    import chromadb
+
+    client = chromadb.PersistentClient(path=str(tmp_path))
+    mine = open_store(tmp_path, name="mine")
+    setting = {k: v for k, v in mine.collection.metadata.items() if k != rag.store.CREATED_BY}
+    look_alike = client.get_or_create_collection("look-alike", embedding_function=None, metadata=setting)
+    look_alike.add(ids=["theirs"], embeddings=[[0.1] * 8], documents=["someone else's record"])
+    with pytest.raises(ValueError, match="'look-alike' exists and was not created by ragft's ChunkStore"):
+        open_store(tmp_path, name="look-alike")
+    assert look_alike.count() == 1 and look_alike.metadata == setting
+    names = lambda: {c.name for c in client.list_collections()}  # noqa: E731
+    assert "look-alike" + rag.store.MANIFEST not in names()  # the refused open made no manifest
+    manifest_like = client.get_or_create_collection("notes" + rag.store.MANIFEST, embedding_function=None,
+                                                    metadata={"team": "theirs"})
+    manifest_like.add(ids=["x"], embeddings=[[0.0]], metadatas=[{"doc_hash": "h", "text_hash": "t", "chunk_ids": '["y"]'}])
+    empty = client.get_or_create_collection("empty" + rag.store.MANIFEST, embedding_function=None, metadata={"team": "theirs"})
+    for name, foreign in (("notes", manifest_like), ("empty", empty)):
+        before = (foreign.count(), foreign.metadata)
+        with pytest.raises(ValueError, match=f"'{name}-manifest' exists and was not created by ragft's ChunkStore"):
+            open_store(tmp_path, name=name).ingest(corpus(1), fresh=True)
+        assert (foreign.count(), foreign.metadata) == before  # neither adopted, deleted nor marked
+        assert name not in names()  # the chunk collection the refused open had made is gone again
 
 
 def test_the_store_recognises_its_embedder_from_another_checkout(tmp_path):
@@ -419,3 +454,72 @@ def test_two_writers_take_turns_and_leave_the_store_whole(tmp_path, started):
     assert first_rc == 0 and waiting_rc == 0 and waiting_out.strip().endswith("done"), waiting_out
     store = open_store(run["folder"])
     assert store.check() == {} and {d: store.chunk_ids(d) for d in store.documents()} == reference(tmp_path, corpus(2))
+
+
+FRESH = textwrap.dedent("""
+    import sys
+    from test_store import corpus, open_store
+    open_store(sys.argv[1]).ingest(corpus(int(sys.argv[2])), fresh=True)
+    print("done", flush=True)
+""")
+
+
+def rewrite_in_another_process(folder, version: int) -> None:
+    """corpus(version) ingested fresh (the collection dropped and made again) by another process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
+    done = subprocess.run([sys.executable, "-c", FRESH, str(folder), str(version)], text=True, env=env, cwd=ROOT,
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
+
+
+def test_a_writer_opened_before_another_process_rewrote_the_store_writes_to_the_store_as_it_is(tmp_path):
+    """Issue 64: a writer that opened the store, then waited while another process's fresh ingest dropped
+    and made the collection again, failed with chromadb's NotFoundError (its collection handle predated
+    the other's clear()). It now takes its handles again once it holds the lock, and the store ends whole."""
+    folder = tmp_path / "store"
+    open_store(folder).ingest(corpus(1))
+    writer = open_store(folder)  # opened before the rewrite
+    rewrite_in_another_process(folder, 2)
+    writer.ingest(corpus(1))  # c989bcc: NotFoundError: Collection [...] does not exist
+    assert writer.check() == {} and {d: writer.chunk_ids(d) for d in writer.documents()} == reference(tmp_path, corpus(1))
+
+
+def test_a_reader_that_searched_before_another_process_rewrote_the_store_looks_again(tmp_path):
+    """Issue 64: a reader whose index was loaded before another process re-ingested the store crashed
+    with TypeError ('NoneType' object is not subscriptable) on ids whose records were gone. It now looks
+    again with a client that reads the folder as it is, and finds the new version's chunks; where the
+    store still changes under it, it says so and names the last writer."""
+    folder = tmp_path / "store"
+    open_store(folder).ingest(corpus(1))
+    reader = open_store(folder)
+    d4 = next(h for h in reader.all_chunks() if h.doc_id == "d4")
+    query = HashEmbedding.get_text_embedding_batch([d4.text])
+    assert reader.search(query, 3)[0][0].chunk_id == d4.chunk_id  # a chunk's own text finds it first
+    rewrite_in_another_process(folder, 2)  # d4 is gone in version 2
+    hits = reader.search(query, 3)[0]  # c989bcc: TypeError at meta[DOC_ID]
+    assert hits and {h.doc_id for h in hits} <= {s.doc_id for s in corpus(2)}
+    assert reader.last_writer().startswith("pid ") and " -c " in reader.last_writer()
+
+
+def test_a_search_that_meets_vanished_records_after_a_fresh_look_names_the_last_writer(tmp_path, monkeypatch):
+    from ragft.rag.store import LAST_WRITER
+
+    store = open_store(tmp_path / "store")
+    store.ingest(corpus(1))
+    (tmp_path / "store" / ".crash-test.write-lock").write_text(f"{LAST_WRITER}pid 4242 on elsewhere since then: ingest")
+    real = type(store.collection)
+
+    class Stale:  # a collection whose index still holds ids whose records are gone, however often it is opened
+        def __init__(self, inner):
+            self.inner = inner
+
+        def query(self, **kw):
+            got = self.inner.query(**kw)
+            return {**got, "metadatas": [[None] * len(row) for row in got["metadatas"]]}
+
+    monkeypatch.setattr(type(store), "_open", lambda self, real_open=type(store)._open: (
+        real_open(self), setattr(self, "collection", Stale(self.collection)))[0])
+    store.collection = Stale(store.collection)
+    with pytest.raises(rag.StoreChanged, match=r"rewritten by another process .*the last writer: pid 4242 on elsewhere"):
+        store.search(HashEmbedding.get_text_embedding_batch(["gate"]), 2)
+    assert real  # the stand-in wrapped chromadb's own collection

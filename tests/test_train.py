@@ -333,6 +333,10 @@ def test_a_non_finite_loss_stops_training_and_nothing_is_saved_or_cached(tiny, m
                                                          r"training in float32.*lr 0.01, rank 4, batch 2"):
         train(tiny, data(), cfg, label="planted", snapshots=(1,))
     assert not list(settings.cache_dir().glob("trained/planted-*"))  # step 2's checkpoint and epoch 1's snapshot too
+    with pytest.raises(trainer.NonFiniteTraining) as refused:  # an fp32 run is not told to try fp32 (issue 64)
+        calls.clear()
+        train(tiny, data(), cfg, label="planted", snapshots=(1,))
+    assert "Try a lower lr, or a smaller batch" in str(refused.value) and "fp32 (dtype" not in str(refused.value)
     monkeypatch.setattr(trainer, "_loss", real)
     again = train(tiny, data(), cfg, label="planted", snapshots=(1,))
     assert not again.cached and len(again.losses) == 6 and all(torch.isfinite(torch.tensor(again.losses)))
@@ -561,3 +565,32 @@ def test_the_raft_case_is_long_padded_examples_at_the_flags_batch_and_bad_flags_
         with pytest.raises(SystemExit):
             gpucheck.main(["--model", tiny, "--device", "cpu", *flags])
         assert says in capsys.readouterr().err
+
+
+def test_a_run_whose_loss_climbs_is_flagged_trained_or_cached(tiny, monkeypatch, capsys):
+    """A loss that grows with every step (a planted factor: 1, 2, 3 ... times the real loss), as a full
+    fine-tune at the largest allowed rate did (12.95 -> 68.7, saved and cached without a word): the run's
+    metrics say `diverged` and a line says it; the cached run says it again, and a marker written before
+    runs were flagged (the key removed) is flagged from its own losses when it is reused."""
+    from ragft.train import trainer
+
+    real, calls = trainer._loss, []
+
+    def climbing(model, batch):
+        calls.append(1)
+        return real(model, batch) * len(calls)
+
+    cfg = TrainConfig(rank=4, lr=1e-3, epochs=3, batch_size=2, dtype="fp32")
+    monkeypatch.setattr(trainer, "_loss", climbing)
+    fit = train(tiny, data(), cfg, label="climbing")
+    assert fit.metrics["diverged"] is True and fit.metrics["loss_last_epoch"] > fit.metrics["loss_first_epoch"]
+    assert "climbing: DIVERGED" in capsys.readouterr().out
+    done = fit.artifact / "train_metrics.json"
+    saved = json.loads(done.read_text())
+    del saved["metrics"]["diverged"]  # as written before runs were flagged
+    done.write_text(json.dumps(saved))
+    again = train(tiny, data(), cfg, label="climbing")
+    assert again.cached and again.metrics["diverged"] is True and "climbing: DIVERGED" in capsys.readouterr().out
+    monkeypatch.setattr(trainer, "_loss", real)
+    learnt = train(tiny, data(), TrainConfig(rank=4, lr=1e-2, epochs=3, batch_size=2, dtype="fp32"), label="learnt")
+    assert "diverged" not in learnt.metrics and "DIVERGED" not in capsys.readouterr().out

@@ -62,3 +62,43 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not a readable results file ({e})") from None
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process runs the same chapter in the same run folder (its pid, host and command named)."""
+
+
+_HELD: dict[Path, object] = {}  # lock file -> the open handle that holds it, for this process's life
+
+
+def hold_chapter(run_dir: Path, chapter: str) -> None:
+    """Take this process's hold on `chapter` in `run_dir` (`.<chapter>.run-lock`) for the rest of its
+    life, before the chapter deletes or writes anything there (its Chroma folder, its results file):
+    two runs sharing a run folder (notebooks run by hand share _build/run/interactive) would delete
+    each other's store and write one results file. The second is refused, naming the first; the same
+    process again (a notebook run twice) holds it already. The hold goes with the process."""
+    import fcntl
+    import socket
+    import sys
+    import time
+
+    path = Path(run_dir) / f".{chapter}.run-lock"
+    if path in _HELD:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that has not said who it is"
+        handle.close()
+        raise RunFolderBusy(f"chapter {chapter} is already running in the run folder {path.parent} ({holder}): two "
+                            "runs there would delete each other's store and write one results file. Wait for it to "
+                            "finish, or give this run a folder of its own (RAGFT_RUN_DIR=another/folder)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"{' '.join(sys.argv)[:200]}")
+    handle.flush()
+    _HELD[path] = handle

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import settings, stats
 from .config import as_dict
-from .files import git, read_json, write_atomically
+from .files import git, hold_chapter, read_json, write_atomically
 from .plan import glue_key, judge, judge_chapter, the_plan, unfit
 from .stats import DECIDED, NOT_FIT
 
@@ -149,6 +149,10 @@ class ChapterRun:
     tables: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)  # named records beside the standard keys (the ledger)
+
+    def __post_init__(self):
+        # the chapter's hold on its run folder, before it deletes or writes anything there (files.hold_chapter)
+        hold_chapter(settings.run_dir(), self.chapter)
 
     def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None,
                none_means: str | None = None):

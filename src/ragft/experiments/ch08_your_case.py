@@ -50,7 +50,7 @@ from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
 from ..results import ChapterRun, glue, glue_metrics
 from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
-from ..text import NEAR_DUPLICATE, question_key, same_question
+from ..text import ANOTHER_THING, NEAR_DUPLICATE, SAME, near_duplicate, question_key
 from ..train import load_artifact, tasks
 from ..train.data import TrainingDataError, example, tokenize
 from ..train.tasks import dsf_messages
@@ -98,11 +98,33 @@ class CaseInputs:
         return pd.DataFrame(rows).set_index("set")
 
 
+def near_duplicates(train: list, judged: list, tfile: str, qfile: str) -> list[tuple]:
+    """The (training, judged) pairs that are one question in other clothes (ragft.text.near_duplicate),
+    less those a training line confirms are two ("distinct_from"). Pairs that share most words but
+    differ in one that names another thing (a number, a name, north and south) are two questions: said
+    in a line each, and kept."""
+    keys = {id(it): question_key(it.question) for it in (*train, *judged)}  # each question normalised once
+    same = []
+    for t in train:
+        for j in judged:
+            found = near_duplicate(keys[id(t)], keys[id(j)])
+            if found is None:
+                continue
+            where = f"{Path(tfile).name} line {t.line} {t.question!r} and {Path(qfile).name} line {j.line} {j.question!r}"
+            if j.qid in t.distinct_from:
+                print(f"Kept as two questions, as the training line says (distinct_from): {where}")
+            elif found[0] == ANOTHER_THING:
+                print(f"Kept as two questions (they differ in {', '.join(found[1])}, which name another thing; "
+                      f'"distinct_from" on the training line confirms it, removing the line drops it): {where}')
+            elif found[0] == SAME:
+                same.append((t, j))
+    return same
+
+
 def read_inputs(params) -> CaseInputs:
     """The reader's case, read and checked: refused with a CorpusError that says what is missing, for
     a folder with no usable document, a question whose answers appear in no document (no arm could be
-    judged on it fairly), a training question that is a judged one in other clothes (ragft.text.same_question:
-    case, punctuation, white space and word order aside, or most content words shared), and too few questions
+    judged on it fairly), a training question that is a judged one in other clothes (`near_duplicates`), and too few questions
     for a split by document (at least min_dev development and min_test test questions, from two or
     more documents)."""
     sample = not params.corpus_dir
@@ -120,15 +142,16 @@ def read_inputs(params) -> CaseInputs:
     judged = [it for it in asked if it.kind != "unanswerable"]
     left_out = tuple(it.qid for it in asked if it.kind == "unanswerable")
     sources, train_sources = answer_sources(judged, corpus, qfile), answer_sources(train, corpus, tfile)
-    keys = {id(it): question_key(it.question) for it in (*train, *judged)}  # each question normalised once
-    same = [(t, j) for t in train for j in judged if same_question(keys[id(t)], keys[id(j)])]
+    same = near_duplicates(train, judged, tfile, qfile)
     if same:
         t, j = same[0]
         raise CorpusError(f"{len(same)} training question(s) are questions the arms are judged on, in other clothes "
-                          f"(case, punctuation, white space, word order, or {NEAR_DUPLICATE:.0%} of their content words "
-                          f"shared): first, {Path(tfile).name} line {t.line} {t.question!r} and {Path(qfile).name} line "
-                          f"{j.line} {j.question!r}. A fine-tune trained on a test question measures recall of it, not "
-                          "knowledge: ask about other facts, or leave them out of train_questions_file")
+                          f"(case, punctuation, white space, invisible characters, word order, or {NEAR_DUPLICATE:.0%} "
+                          f"of the shorter one's content words shared, the others ordinary words): first, "
+                          f"{Path(tfile).name} line {t.line} {t.question!r} and {Path(qfile).name} line {j.line} "
+                          f"{j.question!r}. A fine-tune trained on a test question measures recall of it, not knowledge: "
+                          f'ask about other facts, leave them out of train_questions_file, or, if they are two questions, '
+                          f'say so on the training line: "distinct_from": ["{j.qid}"]')
     dev, test, dev_docs, test_docs = split_by_document(judged, sources, params.dev_share, params.seed,
                                                        params.min_dev, params.min_test)
     return CaseInputs(corpus, dev, test, [it for it in train if it.kind != "unanswerable"], sources, train_sources,

@@ -70,6 +70,9 @@ class QAItem:
     gold_sentences: tuple[str, ...] = ()
     gold_doc_ids: tuple[str, ...] = ()
     line: int = field(default=0, kw_only=True)  # its line in the questions file it was read from (0: none)
+    # ids of judged questions a reader confirms this (training) question is not, though the near-duplicate
+    # rule would call them one question (chapter 8's read_inputs keeps it and says so)
+    distinct_from: tuple[str, ...] = field(default=(), kw_only=True)
 
     def is_relevant(self, doc_id: str, text: str) -> bool:
         """Does a retrieved chunk hold what answers this question? The most specific evidence wins."""
@@ -332,7 +335,9 @@ def load_folder(folder: str | Path, max_file_mb: float = 2.0) -> Corpus:
     return Corpus(sources, skipped)
 
 
-QUESTION_KEYS = ("id", "question", "answers", "doc_id")  # answers: [] marks a question the corpus cannot answer
+# answers: [] marks a question the corpus cannot answer; distinct_from: ids of judged questions a training
+# question is confirmed not to be (chapter 8's near-duplicate rule)
+QUESTION_KEYS = ("id", "question", "answers", "doc_id", "distinct_from")
 
 
 def load_questions(path: str | Path, documents: set[str] | None = None,
@@ -385,13 +390,17 @@ def load_questions(path: str | Path, documents: set[str] | None = None,
                 why = f"it was skipped ({skipped[d]})" if skipped and d in skipped else "the corpus folder has no such document"
                 raise CorpusError(f'{where}: "doc_id" {d!r} names no indexed document: {why}; use a path '
                                   f"relative to the corpus folder, such as {sorted(documents)[:3]}")
+        distinct = row.get("distinct_from") or ()
+        distinct = (distinct,) if isinstance(distinct, str) else distinct
+        if not isinstance(distinct, (list, tuple)) or not all(isinstance(d, str) for d in distinct):
+            raise CorpusError(f'{where}: "distinct_from" must be a question id or a list of them, not {distinct!r}')
         qid = str(row.get("id", f"q{n}"))
         if qid in lines:
             # outcomes are kept per question id: two questions with one id would overwrite each other
             raise CorpusError(f'{where} repeats the id {qid!r} of line {lines[qid]}: give each question its own "id"')
         lines[qid] = n
         items.append(QAItem(qid, question.strip(), tuple(answers), "single" if answers else "unanswerable",
-                            (), tuple(doc_ids), line=n))
+                            (), tuple(doc_ids), line=n, distinct_from=tuple(distinct)))
     if not items:
         raise CorpusError(f"questions_file={str(path)!r} holds no question")
     return items

@@ -144,8 +144,16 @@ def embedder_identity(model_name: str) -> str:
     return "/".join(Path(model_name.replace("\\", "/")).parts[-2:])
 
 
+LAST_WRITER = "last written by "  # the lock file's record once a writer let go
+
+
 class StoreBusy(RuntimeError):
     """Another writer holds the store's write lock (its pid, host and command in the message)."""
+
+
+class StoreChanged(RuntimeError):
+    """Another process rewrote the store after this one opened it, and reopening did not bring it up
+    to date (the message names the last writer the lock file recorded)."""
 
 
 class ChunkStore:
@@ -202,13 +210,15 @@ class ChunkStore:
         args = self._open_args
         setting = {"chunk_size": self.chunk_size, "chunk_overlap": self.chunk_overlap,
                    "embedder": embedder_identity(getattr(self.embed_model, "model_name", "none"))}
+        existed = {c.name if hasattr(c, "name") else c for c in self.client.list_collections()}
         self.collection = self.client.get_or_create_collection(
             self.name, embedding_function=None,  # Chroma's default would download a model
             metadata={**setting, CREATED_BY: MARK}, configuration={"hnsw": {"space": "cosine", **(args["hnsw"] or {})}})
         found = self.collection.metadata or {}
+        marked = found.get(CREATED_BY) == MARK
         # a store touches only its own: a collection this class did not create (no mark, and not the
         # setting an earlier version wrote) is refused, never adopted, since ingest prunes what it holds
-        if found.get(CREATED_BY) != MARK and not set(setting) <= set(found):
+        if not marked and not set(setting) <= set(found):
             raise ValueError(f"collection {self.name!r} exists and was not created by ragft's ChunkStore (its metadata: "
                              f"{found or 'none'}): ingesting would delete its records. Use another collection name, "
                              "or delete that collection yourself if it is yours to delete")
@@ -221,14 +231,88 @@ class ChunkStore:
         # owned and checked like the chunks: a foreign collection of that name is refused, never written or deleted
         owner = {CREATED_BY: MARK, "manifest_of": self.name}
         self.manifest = self.client.get_or_create_collection(self.name + MANIFEST, embedding_function=None, metadata=owner)
-        if (self.manifest.metadata or {}).get(CREATED_BY) != MARK:
-            foreign = [i for got in _pages(self.manifest) for i, meta in zip(got["ids"], got["metadatas"])
-                       if not MANIFEST_KEYS <= set(meta or {})]
-            if foreign:
-                raise ValueError(f"collection {self.name + MANIFEST!r} exists and was not created by ragft's ChunkStore "
-                                 f"(its record {foreign[0]!r} is not a manifest record): ingesting would delete its records. "
-                                 "Use another collection name, or delete that collection yourself if it is yours to delete")
-            self.manifest.modify(metadata=owner)  # an unmarked manifest of an earlier version: its records are ours
+        if marked and (self.manifest.metadata or {}).get(CREATED_BY) == MARK:
+            return
+        problem = self._not_an_earlier_store(existed)
+        if problem:  # refused: what this open created is taken away again, what was there is left as it was
+            for name in (self.name, self.name + MANIFEST):
+                if name not in existed:
+                    self.client.delete_collection(name)
+            raise ValueError(problem)
+        # an earlier version's store, whole: its chunks and manifest agree, so their records are ours
+        self.collection.modify(metadata={**found, CREATED_BY: MARK})
+        self.manifest.modify(metadata=owner)
+
+    def _not_an_earlier_store(self, existed: set[str]) -> str | None:
+        """Why the unmarked collection(s) of this store's names are not an earlier version's store, or
+        None where they are: both were there before this open, every manifest record is one (doc_hash,
+        text_hash, chunk_ids), and the manifest's chunk ids are exactly the chunk collection's ids. A
+        look-alike (a foreign collection that happens to carry the same keys, an empty one, a manifest
+        beside a chunk collection this open created) is refused, never adopted or overwritten."""
+        refuse = ("collection {!r} exists and was not created by ragft's ChunkStore ({}): ingesting would delete its "
+                  "records. Use another collection name, or delete that collection yourself if it is yours to delete")
+        manifest = self.name + MANIFEST
+        records = [(i, meta) for got in _pages(self.manifest) for i, meta in zip(got["ids"], got["metadatas"])]
+        foreign = [i for i, meta in records if not MANIFEST_KEYS <= set(meta or {})]
+        if foreign:
+            return refuse.format(manifest, f"its record {foreign[0]!r} is not a manifest record")
+        if manifest not in existed or self.name not in existed:
+            alone = manifest if manifest in existed else self.name
+            return refuse.format(alone, "no mark, and no earlier store of ragft's beside it")
+        try:
+            listed = {c for _, meta in records for c in json.loads(meta["chunk_ids"])}
+        except (TypeError, ValueError):
+            return refuse.format(manifest, "its chunk_ids are not a list of ids")
+        held = {i for got in _pages(self.collection) for i in got["ids"]}
+        if not records or listed != held:
+            return refuse.format(manifest, f"no mark, and its records list {len(listed)} chunk ids where {self.name!r} "
+                                           f"holds {len(held)} others")
+        return None
+
+    def _refresh(self) -> None:
+        """This store's handles taken again, from a client of its own that reads the folder as it is now
+        (Chroma shares one client per folder within a process, whose index of a collection is the one it
+        loaded). A server store asks the server, which is always current."""
+        if self._open_args["path"] is not None:
+            import chromadb
+            from chromadb.api.client import SharedSystemClient
+
+            SharedSystemClient.clear_system_cache()
+            self.client = chromadb.PersistentClient(path=str(self._open_args["path"]))
+        self._open()
+
+    def _read(self, call):
+        """A read of the collection (`call()`, a query or a get), looked at again once with fresh handles
+        where another process rewrote the store after this one opened it (its collection dropped and made
+        again, or ids in this one's index whose records are gone); StoreChanged, naming the last writer,
+        where the second look still finds the store changing."""
+        from chromadb.errors import NotFoundError
+
+        for attempt in (0, 1):
+            try:
+                got = call()
+                metas = got["metadatas"]
+                rows = metas if metas and isinstance(metas[0], list) else [metas]  # query: a list per query vector
+                gone = sum(meta is None for row in rows for meta in row)
+                why = f"{gone} of the ids it found have no record any more"
+            except NotFoundError:
+                gone, why = 1, "its collection was dropped"
+            if not gone:
+                return got
+            if attempt:
+                raise StoreChanged(f"store {self.name!r} was rewritten by another process while this one read it ({why}; "
+                                   f"the last writer: {self.last_writer()}). Read again once that writer has finished")
+            self._refresh()
+
+    def last_writer(self) -> str:
+        """Who last wrote the store, as its lock file recorded it (a local store), or why that is not known."""
+        try:
+            text = self._lock_file.read_text().strip() if self._lock_file is not None else ""
+        except OSError:
+            text = ""
+        if text.startswith(LAST_WRITER):
+            return text[len(LAST_WRITER):]
+        return text or "a writer that left no record (an earlier version, or a server's user)"
 
     def reopen(self) -> "ChunkStore":
         """A fresh client on the same collection, as a new process would see it (Chroma shares one
@@ -277,17 +361,23 @@ class ChunkStore:
                                         f"finish, or if no such process runs any more, delete {self._lock_file}") from None
                     time.sleep(0.2)
             self._lock_depth = 1
+            me = (f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(sys.argv)[:200]}")
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                         f"{' '.join(sys.argv)[:200]}")
+            handle.write(me)
             handle.flush()
+            # another process may have rewritten the store while this one waited (a fresh ingest drops and
+            # creates the collection again): write through handles taken now, not the ones opened before
+            self._open()
             yield
         finally:
             if self._lock_depth:
                 self._lock_depth = 0
                 handle.seek(0)
                 handle.truncate()
+                handle.write(f"{LAST_WRITER}{me}")  # a reader that finds the store changed names it
+                handle.flush()
             handle.close()  # closing the last descriptor of the file lets the lock go
 
     # -- what is stored -------------------------------------------------------------------------
@@ -493,15 +583,15 @@ class ChunkStore:
     def search(self, query_vectors, k: int, where: dict | None = None) -> list[list[Hit]]:
         """Nearest chunks for each query vector (cosine similarity, best first)."""
         _whole("k", k, 1)
-        got = self.collection.query(query_embeddings=query_vectors, n_results=k, where=where,
-                                    include=["documents", "metadatas", "distances"])
+        got = self._read(lambda: self.collection.query(query_embeddings=query_vectors, n_results=k, where=where,
+                                                       include=["documents", "metadatas", "distances"]))
         return [[Hit(cid, meta[DOC_ID], meta.get("title", ""), text or "", 1.0 - dist)
                  for cid, text, meta, dist in zip(*row)]
                 for row in zip(got["ids"], got["documents"], got["metadatas"], got["distances"])]
 
     def all_chunks(self, where: dict | None = None) -> list[Hit]:
         """Every chunk (for keyword search and reranker features), in id order."""
-        got = self.collection.get(where=where, include=["documents", "metadatas"])
+        got = self._read(lambda: self.collection.get(where=where, include=["documents", "metadatas"]))
         rows = sorted(zip(got["ids"], got["documents"], got["metadatas"]))
         return [Hit(cid, meta[DOC_ID], meta.get("title", ""), text or "", 0.0) for cid, text, meta in rows]
 
