@@ -43,11 +43,11 @@ PYPI = "https://pypi.org/simple"
 # README's Pythons, each at the oldest release the lock installs on: numpy 2.4 and pandas 3 need 3.11,
 # soupsieve 4.1 needs 3.11.5
 PYTHONS = ("3.11.5", "3.12.0", "3.13.0")
-# pip's --platform tags of each target: manylinux down from glibc 2.28 (Debian 10, Ubuntu 20.04 and
-# later have it), the glibc versions wheels are built for (each tag costs pip time on every index link);
-# macOS 14 on Apple silicon (pip adds the older macOS versions and universal2 itself)
+# pip's --platform tags of each target: manylinux at every glibc from 2.28 (Debian 10, Ubuntu 20.04 and
+# later have it) down (pip does not add the older ones itself, and wheels are built for many: NCCL's for
+# 2.18); macOS 14 on Apple silicon (pip adds the older macOS versions and universal2 itself)
 PLATFORMS = {
-    "linux-x86_64": [f"manylinux_2_{minor}_x86_64" for minor in (28, 27, 26, 24, 17, 12, 5)]
+    "linux-x86_64": [f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)]
                     + ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"],
     "macos-arm64": ["macosx_14_0_arm64"],
 }
