@@ -147,8 +147,10 @@ def unmet(metadata: dict[str, dict], versions: dict[str, str], env: dict, nodeps
 
 def _pure(item: dict) -> bool:
     """The wheel pip chose is the same on every platform and Python 3 (`py3-none-any`)."""
-    name = item["download_info"]["url"].rsplit("/", 1)[-1]
-    return name.endswith("-none-any.whl") and "-py3" in name or "-py2.py3-" in name
+    from packaging.utils import parse_wheel_filename
+
+    tags = parse_wheel_filename(item["download_info"]["url"].rsplit("/", 1)[-1])[3]
+    return all(t.abi == "none" and t.platform == "any" and t.interpreter.startswith("py") for t in tags)
 
 
 def resolve(platform: str, home: Path = PROJECT_ROOT, pythons: tuple[str, ...] = PYTHONS, timeout_s: float = 600) -> dict:
@@ -166,10 +168,9 @@ def resolve(platform: str, home: Path = PROJECT_ROOT, pythons: tuple[str, ...] =
         # step 1: torch with its dependencies, held to the lock (pip evaluates markers for this host, which
         # is Linux x86-64, so the dependencies are resolved for that target only; elsewhere torch alone)
         torch_lines = torch_options + [str(r).split(";")[0].strip() for r in for_target(requirements(home / TORCH_FILE), env)]
-        if i == 0:  # what the torch step brings beside the lock (PyPI's CUDA libraries), at every Python
+        if i == 0:  # torch's step: what it brings beside the lock (PyPI's CUDA libraries) holds at every Python
             torch_step = dry_run(torch_lines, platform, python, deps=platform == "linux-x86_64",
                                  constraints=lines, timeout_s=timeout_s)
-        if i == 0:
             step2 = dry_run(lines, platform, python, timeout_s=timeout_s)
         else:
             again = [line for name, line in names.items() if name not in metadata or not _pure(metadata[name])]
