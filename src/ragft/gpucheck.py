@@ -35,6 +35,7 @@ from .scoring import rank_candidates
 from .text import sentences
 from .train import tasks
 from .train.measure import release_memory
+from .train.memory import DoesNotFit
 from .train.trainer import NonFiniteTraining, TrainConfig, train
 
 # a learning rate per method: chapter 3's (LoRA's serves QLoRA: the same adapters)
@@ -141,6 +142,9 @@ def _train_row(row: CheckRow, model: str, examples: list, cfg: TrainConfig):
     """Train one row's run; fills the row's measurements and returns the fit, or None when it failed."""
     try:
         fit = train(model, examples, cfg, label=f"gpucheck-{row.case}-{row.method}-{row.dtype}", cache=False)
+    except DoesNotFit as e:  # refused before it loaded: what it would need, and what the device has
+        row.result = f"skipped: {e}"
+        return None
     except (NonFiniteTraining, RuntimeError) as e:  # a non-finite run, or a kernel that refused (the table goes on)
         row.result = f"FAILED: {type(e).__name__}: {e}" if not isinstance(e, NonFiniteTraining) else f"FAILED: {e}"
         return None
