@@ -114,8 +114,8 @@ def near_duplicates(train: list, judged: list, tfile: str, qfile: str) -> list[t
             if j.qid in t.distinct_from:
                 print(f"Kept as two questions, as the training line says (distinct_from): {where}")
             elif found[0] == ANOTHER_THING:
-                print(f"Kept as two questions (they differ in {', '.join(found[1])}, which name another thing; "
-                      f'"distinct_from" on the training line confirms it, removing the line drops it): {where}')
+                print(f"Kept as two questions (they differ in {', '.join(found[1])}, which name another thing; if "
+                      f"they are one question after all, leave the training line out): {where}")
             elif found[0] == SAME:
                 same.append((t, j))
     return same
