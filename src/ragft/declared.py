@@ -92,10 +92,17 @@ def rule_code(show) -> dict[str, str]:
     return {f"{path}:{name}": h for path, names in RULE_CODE.items() for name, h in _code(show(path), names).items()}
 
 
-def _members(entries: dict[str, dict], family: str | None, profiles) -> dict[str, list[str]]:
+def _families(plan: dict) -> dict[str, str]:
+    """{comparison id: its family}: the book's comparisons, and the reader's case (chapter 8's own family)."""
+    plan = plan or {}
+    return {**{k: "book" for k in plan.get("comparisons") or {}},
+            **{k: "case" for k in ((plan.get("case") or {}).get("comparisons") or {})}}
+
+
+def _members(entries: dict[str, dict], families: dict[str, str], family: str, profiles) -> dict[str, list[str]]:
     """{profile: the primary tested members of a family that profile measures}, for each of `profiles`."""
     same = {k: e for k, e in entries.items()
-            if e.get("role") == "primary" and e.get("test") != "check" and e.get("family", "book") == family}
+            if e.get("role") == "primary" and e.get("test") != "check" and families.get(k) == family}
     return {p: sorted(k for k, e in same.items() if not e.get("profiles") or p in e["profiles"]) for p in profiles}
 
 
@@ -105,7 +112,8 @@ def _form(cid: str, entry: dict, plan: dict, claims: dict, code: dict | None = N
     profiles that measure it, the draw and the rule code."""
     entry = {k: v for k, v in entry.items() if k not in PROSE_FIELDS}
     if entry.get("role") == "primary" and entry.get("test") != "check" and entries is not None:
-        entry["family_members"] = _members(entries, entry.get("family", "book"),
+        families = _families(plan)
+        entry["family_members"] = _members(entries, families, families.get(cid, "book"),
                                            entry.get("profiles") or ["cpu", "gpu", "smoke"])
     entry["draw"] = (plan or {}).get("draw") or PILOT
     entry["rule_code"] = code or {}
