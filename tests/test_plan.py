@@ -260,3 +260,21 @@ def test_a_comparisons_own_choices_come_before_the_chapters():
                                                   "T4-sizes": {"more": 50, "fewer": 10}})
     assert out["T4-sizes"].b == "LoRA on 10 examples, short instruction: schema" and out["T4-sizes"].diff == 0.5
     assert out["K5-paraphrases"] == "DSF p1 e3 held-out was not asked in this run"
+
+
+def test_an_arm_given_what_no_reader_has_is_named_an_upper_bound(tmp_path):
+    p = plan.load_plan()
+    # chapter 3's gold-questions fine-tune and its copies in chapters 4 and 5, and the gold document
+    assert "gold question-answer pairs" in p.upper_bound("K1-rag-vs-dsf")
+    assert p.upper_bound("K6-ladder", short=True) == "DSF + RAG and DSF closed: gold questions"
+    assert p.upper_bound("U1-rag-vs-dsf", short=True) == "DSF, v2: changed: gold questions"
+    assert p.upper_bound("K1-gold-document", short=True) == "gold document: gold document"
+    # what a reader can build is no upper bound: RAG, the fine-tune on the documents alone, RAFT on other facts
+    for cid in ("K1-rag-vs-reader", "R2-top-k", "F3-raft-vs-base-rag", "Y-rag-vs-dsf"):
+        assert p.upper_bound(cid) is None, cid
+    raw = yaml.safe_load(plan.PLAN_FILE.read_text())
+    raw["upper_bounds"]["broken"] = {"arms": "^DSF"}  # a string, and no `given`
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="upper_bounds broken"):
+        plan.load_plan(path)

@@ -115,3 +115,12 @@ def test_the_verdict_chapter_alone_reads_the_published_results_and_says_so(tmp_p
     assert "the ledger reads the published cpu results of chapters 01_prompting" in capsys.readouterr().out
     published = json.loads((ROOT / "experiments" / "results" / "cpu" / "07_verdict.json").read_text())["ledger"]
     assert [r.verdict for r in v.rows] == [r["verdict"] for r in published]
+
+
+def test_a_row_resting_on_an_upper_bound_arm_says_which_and_what_it_was_given():
+    # K1-rag-vs-dsf's fine-tune trained on gold questions about every test fact; K1-rag-vs-reader's did not
+    claim = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-rag-vs-dsf", "K1-rag-vs-reader"))
+    row = claim_row(claim, {"K1-rag-vs-dsf": cmp("K1-rag-vs-dsf", S), "K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)})
+    assert row.upper_bound.startswith("K1-rag-vs-dsf: DSF p{count} held-out: fine-tuned on gold question-answer pairs")
+    assert "K1-rag-vs-reader" not in row.upper_bound
+    assert claim_row(claim, {"K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)}).upper_bound is None

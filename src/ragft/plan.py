@@ -99,6 +99,19 @@ class Plan:
     choices: tuple[dict, ...]
     path: Path
     fitness: dict = None  # name -> {chapter, metric, min, why[, checkpoint]}: what a trained arm must reach to speak
+    upper_bounds: dict = None  # name -> {arms: [regular expressions on condition templates], given: what no reader has}
+
+    def upper_bound(self, comparison_id: str, short: bool = False) -> str | None:
+        """What an arm of the comparison was given that no reader has (the plan's `upper_bounds`: the
+        arms it names, then what they were given, or with `short` the bound's name: "gold questions";
+        "; " between two kinds), or None: such an arm is an upper bound of its approach."""
+        spec = self.comparisons.get(comparison_id)
+        said = []
+        for name, bound in (self.upper_bounds or {}).items() if spec else ():
+            arms = [t for t in dict.fromkeys((spec.a, spec.b)) if any(re.search(p, t) for p in bound["arms"])]
+            if arms:
+                said.append(f"{' and '.join(arms)}: {name.replace('_', ' ') if short else bound['given']}")
+        return "; ".join(said) or None
 
     @property
     def primary(self) -> list[str]:
@@ -177,6 +190,13 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
                 raise ValueError(f"{path}: fitness {name}: checkpoint takes dev_trained_min and heldout_slack")
             _number(cp["dev_trained_min"], f"{path}: fitness {name}: checkpoint.dev_trained_min", 0)
             _number(cp["heldout_slack"], f"{path}: fitness {name}: checkpoint.heldout_slack", 0)
+    upper_bounds = raw.get("upper_bounds") or {}
+    for name, bound in upper_bounds.items():
+        if not isinstance(bound, dict) or set(bound) != {"arms", "given"} or not isinstance(bound["arms"], list):
+            raise ValueError(f"{path}: upper_bounds {name}: give arms (a list of regular expressions on condition "
+                             "names) and given (what those arms had that no reader has)")
+        for pattern in bound["arms"]:
+            re.compile(pattern)
     out = {}
     case = raw.get("case") or {}
     if case and (not isinstance(case, dict) or not isinstance(case.get("comparisons"), dict)):
@@ -204,7 +224,7 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
         if set(choice) != {"what", "chapter", "made_on", "evidence"} or choice["made_on"] not in ("development", "test", "fixed"):
             raise ValueError(f"{path}: choice {i}: give what, chapter, made_on (development | test | fixed) and evidence")
     return Plan(out, computed, alpha, _number(family.get("power", stats.POWER), f"{path}: family.power", 0),
-                family["adjustment"], tuple(raw.get("choices") or ()), path, fitness)
+                family["adjustment"], tuple(raw.get("choices") or ()), path, fitness, upper_bounds)
 
 
 def _comparison(cid: str, c, family_name: str, path: Path, claims: dict, rules: dict, fitness: dict) -> Planned:

@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from .plan import the_plan
 from .stats import SIGNFLIP_MC
 from .verdict import difference_text
 
@@ -86,9 +87,10 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
                 else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary"), c.get("test", "paired")),
                 "p": p, "verdict": c["verdict"], "bound": c.get("bound") or "–",
                 "vs stated effect": c.get("size_vs_stated") or "–",
-                "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–"})
+                "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–",
+                "upper bound": the_plan().upper_bound(c["claim"], short=True) or "–"})
     columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict", "bound",
-               "vs stated effect", "units to detect the smallest effect"]
+               "vs stated effect", "units to detect the smallest effect", "upper bound"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
 
 

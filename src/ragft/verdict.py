@@ -59,6 +59,7 @@ class LedgerRow:
     test: str = "paired"
     level: float = 0.95
     declared: str | None = None  # whether the parts it rests on were declared before any result ("yes" / "no: ...")
+    upper_bound: str | None = None  # the parts whose arm was given what no reader has, and what (the plan's upper_bounds)
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
@@ -154,7 +155,14 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
                      shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
                      "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95),
-                     declared_text([c for c in held if c.get("kind") != "computed"]))
+                     declared_text([c for c in held if c.get("kind") != "computed"]), upper_bound_text(held))
+
+
+def upper_bound_text(parts: list[dict]) -> str | None:
+    """The parts a verdict rests on whose arm was given what no reader has: "<id>: <arms>: <what>", or None."""
+    plan = the_plan()
+    said = [f"{c['claim']}: {plan.upper_bound(c['claim'])}" for c in parts if plan.upper_bound(c["claim"])]
+    return "; ".join(said) or None
 
 
 def bound_advice(c: dict) -> str:
@@ -258,7 +266,8 @@ def decided_table(doc: dict | None):
                      "verdict": r["verdict"], "what was compared": compared,
                      "difference [95 % CI]": LedgerRow(**r).difference(),
                      "caveat": (spec.caveat if spec and spec.caveat else "–"),
+                     "upper bound": plan.upper_bound(r["comparison"], short=True) or "–",
                      "declared before any result": r.get("declared") or "–"})
     columns = ["claim", "what it says", "verdict", "what was compared", "difference [95 % CI]", "caveat",
-               "declared before any result"]
+               "upper bound", "declared before any result"]
     return pd.DataFrame(rows, columns=columns).set_index("claim")

@@ -81,13 +81,15 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
                       "their figure": c.figure, "measured here": measured, "p raw / Holm": p, "verdict": r.verdict,
                       "changed by the adjustment": "; ".join(r.changed_by_adjustment or []) or "–",
                       "size vs stated": r.size or "–", "declared before any result": r.declared or "–",
+                      "upper bound": "yes: an arm had what no reader has" if r.upper_bound else "–",
+                      "what the upper bound was given": r.upper_bound or "–",
                       "evidence or reason": r.reason, "chapter": r.chapter,
                       "at larger scale": c.scales})
     return pd.DataFrame(lines).set_index("claim")
 
 
 REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "declared before any result",
-                  "at larger scale"]  # long text: a table of their own
+                  "what the upper bound was given", "at larger scale"]  # long text: a table of their own
 
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
@@ -184,7 +186,8 @@ def headline(v: Verdicts) -> dict:
     return {"counts": tally, "verdicts": VERDICTS}
 
 
-LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "p", "p_adjusted", "size", "reason")
+LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "p", "p_adjusted", "size", "reason",
+               "upper_bound")
 
 
 def family_table(v: Verdicts) -> pd.DataFrame:
