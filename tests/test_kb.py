@@ -117,3 +117,18 @@ def test_questions_about_documents_groups_questions_by_document(kb):
     assert all(q.kind == "single" and q.doc_ids[0] in ids for q in questions)
     assert all(d.doc_id.startswith("product-") for d in docs)
     assert kb.questions_about_documents(10, seed=0)[1] == questions
+
+
+def test_documents_are_drawn_among_the_richer_ones_and_give_every_fact_they_hold(kb):
+    counts = collections.Counter(q.doc_ids[0] for q in kb.by_kind("single"))
+    test = kb.documents_drawn(4, 0, min_facts=6)
+    dev = kb.documents_drawn(2, 1, min_facts=6, exclude=tuple(test))
+    assert test == kb.documents_drawn(4, 0, min_facts=6)  # the same seed draws the same documents
+    assert not set(test) & set(dev) and all(counts[d] >= 6 for d in test + dev)
+    facts = kb.facts_of(test)
+    # every single fact of each drawn document, document by document
+    assert len(facts) == sum(counts[d] for d in test) and [q.doc_ids[0] for q in facts] == sorted(
+        (q.doc_ids[0] for q in facts), key=test.index)
+    richer = sum(1 for c in counts.values() if c >= 6)
+    with pytest.raises(ValueError, match=f"this knowledge base holds {richer}"):
+        kb.documents_drawn(richer + 1, 0, min_facts=6)

@@ -205,6 +205,30 @@ class KnowledgeBase:
             questions += by_doc[doc_id]
         return docs, questions[:n]
 
+    def documents_drawn(self, n: int, seed: int, min_facts: int = 1, exclude: tuple[str, ...] = ()) -> list[str]:
+        """n document ids drawn reproducibly among the documents that hold at least `min_facts` single
+        facts (the richer ones), none of `exclude`: a study whose cost grows with its documents (a
+        fine-tune on the documents themselves) asks every fact of a few of them."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"n={n!r} is not allowed: use an integer >= 0")
+        counts: dict[str, int] = {}
+        for q in self.by_kind("single"):
+            counts[q.doc_ids[0]] = counts.get(q.doc_ids[0], 0) + 1
+        pool = sorted(d for d, c in counts.items() if c >= min_facts and d not in set(exclude))
+        if n > len(pool):
+            raise ValueError(f"asked for {n} documents with at least {min_facts} facts; this knowledge base holds "
+                             f"{len(pool)} (after {len(exclude)} excluded): ask fewer, lower min_facts or grow the base")
+        return random.Random(f"{seed}:documents").sample(pool, n)
+
+    def facts_of(self, doc_ids: list[str]) -> list[Question]:
+        """Every single fact each document holds, document by document in the given order, each
+        document's facts in the knowledge base's order."""
+        by_doc: dict[str, list[Question]] = {d: [] for d in doc_ids}
+        for q in self.by_kind("single"):
+            if q.doc_ids[0] in by_doc:
+                by_doc[q.doc_ids[0]].append(q)
+        return [q for d in doc_ids for q in by_doc[d]]
+
     def candidates(self, question: Question, k: int = 3, seed: int = 0, include: tuple[str, ...] = ()) -> tuple[list[str], int]:
         """The gold answer and up to `k` look-alikes: other values of the same attribute in this
         knowledge base (a price for a price, a person for a manager), none of which counts as right.
