@@ -206,7 +206,7 @@ def measured_chapter(p):
              "quote_correct": 0.5 if n.startswith("RAFT") else None,
              "marker_rate": 0.9 if n.startswith("RAFT") else None} for n in names]
     main = ch04.MainTable(pd.DataFrame(rows).set_index("condition"), "", SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0}),
-                          ch04.RaftFitness(2, 0.5, 0.5, 0.5), {}, {})
+                          ch04.RaftFitness(2, 0.5, 0.5, 0.5), {}, {}, dict(zip(ch04.MAIN, names)))
     abl = ch04.Ablations(pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "acc": 0.5, "contains": 0.5}
                                        for x in p.p_values]).set_index("condition"),
                          pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "acc": 0.5, "contains": 0.5}

@@ -78,3 +78,29 @@ def test_the_bottom_floor_imports_nothing_of_the_package():
     known = module_names()
     assert imported("ragft.constants", known["ragft.constants"], known) == set()
     assert imported("ragft.files", known["ragft.files"], known) == {"ragft.constants"}
+
+
+def reachable(start: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for m in graph[todo.pop()] - seen:
+            seen.add(m)
+            todo.append(m)
+    return seen
+
+
+def test_training_and_the_host_probe_sit_below_the_results_ledger():
+    # issue 65: the trainer measures its peak with the host probe (ragft.host), not through the ledger,
+    # so training depends on neither results nor what results reads (plan, stats, config ...)
+    known = module_names()
+    graph = {m: imported(m, p, known) for m, p in known.items()}
+    for low in ("ragft.train.trainer", "ragft.host"):
+        assert not reachable(low, graph) & {"ragft.results", "ragft.plan", "ragft.stats", "ragft.config"}, low
+    assert "ragft.host" in graph["ragft.results"]  # provenance comes from the host module
+
+
+def test_no_chapter_module_imports_another_chapter():
+    known = module_names()
+    chapters = {m for m in known if m.startswith("ragft.experiments.ch")}
+    for m in chapters:
+        assert not imported(m, known[m], known) & (chapters - {m}), m

@@ -239,3 +239,21 @@ def test_chunk_sources_quote_the_sentence_closest_to_the_conclusion():
     (s,) = raft.chunk_sources([it], chunks)
     assert s.oracles[0] in (text[:half], text[half:]) and s.quotes[0] in s.oracles[0]
     assert raft.chunk_sources([it], []) == []
+
+
+def test_the_recipe_draws_its_training_questions_from_the_facts_not_tested(kb):
+    from types import SimpleNamespace
+
+    # every document of the knowledge base as one chunk: each fact's gold sentence sits whole in one
+    chunks = [Hit(d.doc_id, d.doc_id, d.title, d.text, 1.0) for d in kb.documents]
+    tested = {q.qid for q in kb.sample("single", 10, 0)}
+    sources, others = raft.training_sources(kb, tested, chunks, 25, 0)
+    assert len(sources) == 25 and not {s.qid for s in sources} & tested
+    assert [s.qid for s in sources] == [q.qid for q in others][:25]  # the seeded order's first ones
+    params = SimpleNamespace(n_distractors=2, p_oracle=1.0, seed=0, distractors="random")
+    made = raft.records(sources, chunks, params)
+    # P = 1: every oracle kept, beside 2 distractors; 0 distractors is 0, not the parameters' 2
+    assert [len(r.documents) for r in made] == [len(s.oracles) + 2 for s in sources] and all(r.oracle_positions for r in made)
+    assert [len(r.documents) for r in raft.records(sources, chunks, params, n_distractors=0)] == [len(s.oracles) for s in sources]
+    assert raft.records(sources, chunks, params) == made  # one seed: the same records
+    assert raft.hard_negatives(None, sources, params) is None  # random distractors need no retriever

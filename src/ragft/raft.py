@@ -34,6 +34,7 @@ from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_S
 from .rag.answer import cited_messages
 from .scoring import rank_after_generating, rank_candidates
 from .text import flat, sentences
+from .train import merged, tasks, train
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
 from .train.tasks import dsf_messages
 
@@ -124,6 +125,46 @@ def build_raft(sources: list[RaftSource], distractor_pool: list[str], n_distract
         records.append(RaftRecord(s.qid, s.question, [t for t, _ in docs], [i for i, (_, o) in enumerate(docs) if o],
                                   list(s.quotes), s.answer, cot))
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# The book's RAFT recipe (chapter 4 trains it; chapter 5 reads, or retrains, the same reader)
+
+
+def training_sources(kb, tested: set[str], chunks: list, n_train: int, seed: int) -> tuple[list[RaftSource], list]:
+    """RAFT's training questions from the knowledge base: its single facts other than the `tested`
+    ones (ids), in the order drawn with seed + 1 (the development questions come from the same order's
+    other end), each in a training paraphrase with the chunks that hold its gold sentence whole; the
+    first n_train. Returns (the sources, every non-test fact in that order)."""
+    others = [q for q in kb.sample("single", len(kb.by_kind("single")), seed + 1) if q.qid not in tested]
+    return kb_sources(others, chunks, "train", seed)[:n_train], others
+
+
+def hard_negatives(retriever, sources: list[RaftSource], params) -> dict[str, list[str]] | None:
+    """{qid: the retriever's top hits} for the recipe's distractors where chapter 4's parameters ask for
+    retrieved ones (`distractors: retrieved`), else None (random chunks)."""
+    if params.distractors != "retrieved":
+        return None
+    hits = retriever.search([s.question for s in sources], max(params.distractor_counts) + 4, "hybrid")
+    return {s.qid: [h.text for h in row] for s, row in zip(sources, hits)}
+
+
+def records(sources: list[RaftSource], chunks: list, params, p_oracle: float | None = None,
+            n_distractors: int | None = None, cot: bool = True, hard: dict | None = None) -> list[RaftRecord]:
+    """The recipe's training records (build_raft): chapter 4's parameters' P and distractors unless
+    given (a variant differs in P, distractors or its target, never in its questions or seed)."""
+    return build_raft(sources, [c.text for c in chunks], params.n_distractors if n_distractors is None else n_distractors,
+                      params.p_oracle if p_oracle is None else p_oracle, params.seed, cot=cot, hard_negatives=hard)
+
+
+def train_reader(params, records: list[RaftRecord], label: str):
+    """A LoRA fine-tune on RAFT records with chapter 4's parameters (cached by configuration and data:
+    the same records train the same adapter once), merged for answering."""
+    # batches pad to their own longest example, so a generous max_len costs nothing
+    result = train(params.model, [r.to_example() for r in records],
+                   tasks.lora_config(params, params.epochs, max_len=4096), label=label)
+    merged(result.lm)  # it only answers from here on
+    return result
 
 
 def save_jsonl(records: list[RaftRecord], path: str | Path) -> Path:

@@ -177,11 +177,7 @@ def setup(params) -> Chapter:
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
     with run.stage("index"):
-        folder = settings.run_dir() / "chroma" / CHAPTER
-        shutil.rmtree(folder, ignore_errors=True)
-        store = rag.ChunkStore(f"kb-{params.chunk_size}", path=folder, embed_model=embed_model,
-                               chunk_size=params.chunk_size, chunk_overlap=0)
-        store.ingest(rag.kb_pages(kb, 8))
+        store = rag.kb_store(kb, params.chunk_size, embed_model, settings.run_dir() / "chroma" / CHAPTER)
     retriever = rag.Retriever(store, embed_model)
     chunks = store.all_chunks()
     asked = facts + kb.sample("unanswerable", params.n_unanswerable, params.seed)
@@ -189,14 +185,9 @@ def setup(params) -> Chapter:
     candidates = [kb.candidates(q, params.n_candidates, params.seed) for q in asked]
     oracles = [[c.text for c in chunks if it.is_relevant(c.doc_id, c.text)] for it in test_items]
     ranked = retriever.search([it.question for it in test_items], max(params.top_ks), "hybrid")
-    tested = {q.qid for q in facts}
-    others = [q for q in kb.sample("single", len(kb.by_kind("single")), params.seed + 1) if q.qid not in tested]
-    train_sources = raft.kb_sources(others, chunks, "train", params.seed)[:params.n_train]
+    train_sources, others = raft.training_sources(kb, {q.qid for q in facts}, chunks, params.n_train, params.seed)
     dev = development_questions(kb, retriever, chunks, others, {s.qid for s in train_sources}, params)
-    hard = None
-    if params.distractors == "retrieved":
-        hits = retriever.search([s.question for s in train_sources], max(params.distractor_counts) + 4, "hybrid")
-        hard = {s.qid: [h.text for h in row] for s, row in zip(train_sources, hits)}
+    hard = raft.hard_negatives(retriever, train_sources, params)
     ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
                  oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
     ch.main_records = raft_data(ch)  # the main variant's training data, written once for the reader to see
@@ -280,21 +271,14 @@ def example_record(ch: Chapter) -> pd.DataFrame:
 
 
 def raft_data(ch: Chapter, p: float | None = None, k: int | None = None, cot: bool = True) -> list:
-    """RAFT records of the training sources. One seed for every variant: the variants differ in P,
-    k or the target, not in their questions."""
-    p = ch.params.p_oracle if p is None else p
-    k = ch.params.n_distractors if k is None else k
-    return raft.build_raft(ch.train_sources, [c.text for c in ch.chunks], k, p, ch.params.seed, cot=cot,
-                           hard_negatives=ch.hard)
+    """RAFT records of the training sources (raft.records): one seed for every variant, which differ
+    in P, k or the target, not in their questions."""
+    return raft.records(ch.train_sources, ch.chunks, ch.params, p, k, cot, ch.hard)
 
 
 def fit(ch: Chapter, records: list, label: str):
-    """A LoRA fine-tune on RAFT records (cached by configuration and data), merged for answering."""
-    # batches pad to their own longest example, so a generous max_len costs nothing
-    result = train(ch.params.model, [r.to_example() for r in records],
-                   tasks.lora_config(ch.params, ch.params.epochs, max_len=4096), label=label)
-    merged(result.lm)  # it only answers from here on
-    return result
+    """A LoRA fine-tune on RAFT records with this chapter's parameters (raft.train_reader)."""
+    return raft.train_reader(ch.params, records, label)
 
 
 def ask(ch: Chapter, model_lm, style: str, k: int, desc: str, idx: list[int] | None = None) -> Generation:
@@ -419,6 +403,11 @@ class MainTable:
     fitness: RaftFitness  # the main RAFT model's, on the development questions
     scored: dict  # outcome name -> Scored (candidate log-likelihoods on every test item)
     gens: dict  # outcome name -> Generation of a quoting reader, on every test item
+    labels: dict = field(default_factory=dict)  # MAIN key -> its row's label in `table`, in run order
+
+    def row(self, key: str) -> pd.Series:
+        """A reader's row, found by its MAIN key (its label carries the run's top-k)."""
+        return self.table.loc[self.labels[key]]
 
 
 def main_table(ch: Chapter) -> MainTable:
@@ -427,10 +416,10 @@ def main_table(ch: Chapter) -> MainTable:
     recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
     on the development questions (raft_fitness, the plan's `raft` rule) is measured."""
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
-    scored, gens = {}, {}
+    scored, gens, labels = {}, {}, {}
 
     def add(key, label, model_lm, style, k_read, quoting=False, **extra):
-        name = MAIN[key]
+        name, labels[key] = MAIN[key], label
         sc, full = read(ch, model_lm, style, k_read, name)
         scored[name] = sc
         if full is not None:  # a quoting reader: its replies to every item, the subset's for the format view
@@ -461,7 +450,7 @@ def main_table(ch: Chapter) -> MainTable:
                 train_s=nocot.metrics["train_s"])
             del nocot
         release_memory()
-    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens)
+    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens, labels)
 
 
 TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
@@ -883,8 +872,8 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
             put(f"{key}_refusal_auroc", r.refusal_auroc, "derived", tol=rate_tolerance(min(n_unanswerable, n_facts)))
             put(f"{key}_refusal_recall_at_5pct_fpr", r.refusal_recall, "rate", n=n_unanswerable)
 
-    table = f.main.table
-    for key, (_, r) in zip(MAIN, table.iterrows()):  # the readers this run asked, in run order
+    for key in f.main.labels:  # the readers this run asked, in run order
+        r = f.main.row(key)
         put(f"{key}_acc", r.acc, "rate", n=n_facts)
         put(f"{key}_n", n_facts, "exact")  # the questions behind the figure: a change of n is design, never drift
         put(f"{key}_chance", r.chance, "exact")
@@ -895,8 +884,8 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
         put(f"{key}_prompt_tokens", r.prompt_tokens, "exact")
         if pd.notna(r.refusal_acc):
             put(f"{key}_refusal_acc", r.refusal_acc, "rate", n=n_gen_unanswerable)
-    put("raft_quote_correct", table.iloc[4].quote_correct, "rate", n=n_gen)
-    put("raft_marker_rate", table.iloc[4].marker_rate, "rate", n=len(ch.test_items))
+    put("raft_quote_correct", f.main.row("raft_rag").quote_correct, "rate", n=n_gen)
+    put("raft_marker_rate", f.main.row("raft_rag").marker_rate, "rate", n=len(ch.test_items))
     put("n_test_facts", n_facts, "exact")
     put("n_unanswerable", n_unanswerable, "exact")
     put("n_train", len(ch.train_sources), "exact")

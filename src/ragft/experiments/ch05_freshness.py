@@ -54,7 +54,7 @@ from ..results import ChapterRun, StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import load_artifact, merged, tasks, train
 from ..train.measure import release_memory
-from . import ch04_raft as ch04, common
+from . import common
 from .common import chapter3_facts, dsf_adapter, not_here, start
 
 CHAPTER = "05_freshness"
@@ -208,15 +208,20 @@ def readers(ch: Chapter) -> Readers:
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
     """Chapter 4's RAFT adapter of this run (`artifacts["raft_adapter"]`), else trained here with chapter
-    4's parameters and data. Returns (adapter folder, the line that says which happened)."""
+    4's recipe (ragft.raft) on chapter 4's chunks, in a store of this chapter's: the same records train
+    the same cached adapter. Returns (adapter folder, the line that says which happened)."""
     doc = results.read_chapter(RAFT_CHAPTER)
     adapter = ((doc or {}).get("artifacts") or {}).get("raft_adapter")
     same = doc is not None and (doc.get("params") or {}).get("model") == ch.p4.model
     if adapter and same and Path(adapter).is_dir():
         return adapter, f"RAFT model: chapter 4's adapter from this run ({Path(adapter).name}), loaded, not retrained."
     why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
-    c4 = ch04.setup(ch.p4)
-    fit = ch04.fit(c4, c4.main_records, "raft-kb")
+    p4 = ch.p4
+    store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, settings.run_dir() / "chroma" / f"{CHAPTER}-raft")
+    chunks = store.all_chunks()
+    sources, _ = raft.training_sources(ch.kb, {q.qid for q in ch.facts}, chunks, p4.n_train, p4.seed)
+    hard = raft.hard_negatives(rag.Retriever(store, ch.embed_model), sources, p4)
+    fit = raft.train_reader(p4, raft.records(sources, chunks, p4, hard=hard), "raft-kb")
     how = "reloaded from the artifact cache" if fit.cached else "trained now"
     return str(fit.artifact), f"RAFT model: fine-tuned here with chapter 4's parameters ({how}), because {why}."
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import models
-from .sources import Source
+from .sources import Source, kb_pages
 
 DOC_ID, HASH = "doc_id", "doc_hash"  # metadata keys this module relies on
 MAX_BATCH = 5000  # Chroma rejects larger writes (its limit is 5,461 here)
@@ -606,6 +607,16 @@ class ChunkStore:
 
 # ---------------------------------------------------------------------------------------------
 # Checks and small helpers
+
+
+def kb_store(kb, chunk_size: int, embed_model, folder: str | Path) -> ChunkStore:
+    """The knowledge base's pages (sources.kb_pages, 8 documents a page) in chunks of `chunk_size`
+    tokens without overlap, in a fresh store at `folder` (emptied first): chapter 4's index, and the
+    chunks its RAFT recipe draws oracles and distractors from wherever that recipe is rebuilt."""
+    shutil.rmtree(folder, ignore_errors=True)
+    store = ChunkStore(f"kb-{chunk_size}", path=folder, embed_model=embed_model, chunk_size=chunk_size, chunk_overlap=0)
+    store.ingest(kb_pages(kb, 8))
+    return store
 
 
 def _whole(arg: str, value, lo: int, hi: int | None = None) -> int:

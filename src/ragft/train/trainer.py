@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import models, settings
 from ..files import write_atomically
 from ..progress import progress
-from ..results import matmul_gflops
+from ..host import matmul_gflops
 from . import measure, memory
 from .data import SFTExample, Tokenized, batches, collate, tokenize
 
