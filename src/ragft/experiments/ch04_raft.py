@@ -410,11 +410,12 @@ class MainTable:
         return self.table.loc[self.labels[key]]
 
 
-def main_table(ch: Chapter) -> MainTable:
+def main_table(ch: Chapter, reader) -> MainTable:
     """The rows at top-k = rag_top_k (`MainTable`): candidate log-likelihood on every test item (accuracy,
     refusal AUROC and recall) and generated answers on the subset (`Chapter.generated`), each
-    recorded per question; prints where the DSF model came from. Right after RAFT trains, its fitness
-    on the development questions (raft_fitness, the plan's `raft` rule) is measured."""
+    recorded per question; prints where the DSF model came from. `reader`: the RAFT reader the
+    notebook trained with the recipe (raft.train_reader on setup's records); its fitness on the
+    development questions (raft_fitness, the plan's `raft` rule) is measured before it is asked."""
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
     scored, gens, labels = {}, {}, {}
 
@@ -437,7 +438,7 @@ def main_table(ch: Chapter) -> MainTable:
         add("dsf_rag", f"DSF + RAG (top-{k})", dsf_lm, "rag", k)
         del dsf_lm
         release_memory()
-        main = fit(ch, ch.main_records, "raft-kb")
+        main = reader
         run.artifacts["raft_adapter"] = str(main.artifact)  # the freshness chapter reads it
     with run.stage("raft_fitness"):
         fitness = raft_fitness(ch, main.lm)
