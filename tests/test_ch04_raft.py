@@ -302,20 +302,20 @@ def test_a_comparison_whose_raft_arm_missed_its_fitness_is_glued_as_not_fit(monk
     """The chapter's prose says what the ledger will: RAFT below its fitness bar (this chapter's
     `raft_dev_fitness` 0) makes F3 and F4 "not decided: an arm did not reach its fitness" whatever
     the raw p; a comparison without that rule (K6, whose rule is chapter 3's) keeps its raw verdict."""
-    from ragft import results
+    from ragft import prose
     from ragft.stats import NOT_FIT
 
     glued = {}
-    monkeypatch.setattr(results, "glue", lambda key, value: glued.__setitem__(key, value))
+    monkeypatch.setattr(prose, "glue", lambda key, value: glued.__setitem__(key, value))
     ch, found = measured_chapter(params())
     m = ch04.headline_metrics(ch, found)
     assert m["raft_dev_fitness"] == 0
-    results.glue_findings(m, ch04.comparisons(ch, found).values())
+    prose.glue_findings(m, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] == glued["f3_raft_vs_base_rag_verdict"] == NOT_FIT
     assert glued["f4_cot"].startswith(NOT_FIT + ": RAFT with the quote minus RAFT without it")
     assert glued["k6_ladder_verdict"] != NOT_FIT
     glued.clear()
-    results.glue_findings({**m, "raft_dev_fitness": 1}, ch04.comparisons(ch, found).values())
+    prose.glue_findings({**m, "raft_dev_fitness": 1}, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] != NOT_FIT
 
 

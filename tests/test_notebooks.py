@@ -176,7 +176,7 @@ def _glued_and_shown(nb) -> dict:
     the reader's copies of glued values as text)."""
     import ast
 
-    from ragft.results import READER_COPY
+    from ragft.prose import READER_COPY
 
     out = {"figures": set(), "values": {}, "images": set(), "copies": [], "shown": set()}
     for cell in nb.cells:

@@ -5,6 +5,7 @@ line."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -32,3 +33,16 @@ def write_rows(rows: list, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def json_safe(value):
+    """JSON-safe: numpy scalars to Python numbers, NaN to None."""
+    if hasattr(value, "item") and not isinstance(value, (list, dict)):
+        value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

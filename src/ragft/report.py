@@ -95,6 +95,6 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
 
 
 def stated_table(chapter: str, stated) -> pd.DataFrame:
-    """comparisons_table of one chapter's stated comparisons (ragft.results.StatedComparison) that
+    """comparisons_table of one chapter's stated comparisons (ragft.prose.StatedComparison) that
     this run measured, as its notebook holds them."""
     return comparisons_table({chapter: {"comparisons": [s.comparison.as_dict() for s in stated if s.comparison is not None]}})

@@ -1,5 +1,5 @@
-"""Results files with provenance (ragft.host measures the host), and the glue helpers chapters use to put
-numbers in prose.
+"""Results files with provenance (ragft.host measures the host); ragft.prose puts their numbers in the
+chapters' prose.
 
 Each chapter writes one file, <run dir>/results/<chapter>.json:
   chapter, profile, params,
@@ -17,31 +17,17 @@ Each chapter writes one file, <run dir>/results/<chapter>.json:
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import settings, stats
+from . import settings
 from .config import as_dict
 from .files import hold_chapter, read_json, write_atomically
 from .host import provenance
-from .plan import glue_key, judge, judge_chapter, the_plan, unfit
-from .stats import DECIDED, NOT_FIT
-
-def _clean(value):
-    """JSON-safe: numpy scalars to Python numbers, NaN to None."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict)):
-        value = value.item()
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
+from .jsonl import json_safe
+from .plan import judge, judge_chapter, the_plan
+from .prose import StatedComparison
 
 # Metric kinds: what a number is decides how a rerun may move it (ragft.drift holds the tolerances).
 METRIC_KINDS = {
@@ -158,7 +144,7 @@ class ChapterRun:
 
     def save(self, lm=None, extra_provenance: dict | None = None) -> Path:
         # A bad metric is reported by name, after the rest of a finished chapter is written (without it)
-        bad = {k: v for k, v in self.metrics.items() if not isinstance(_clean(v), (int, float))
+        bad = {k: v for k, v in self.metrics.items() if not isinstance(json_safe(v), (int, float))
                and not (v is None and "none_means" in self.metric_rules.get(k, {}))}
         undeclared = sorted(set(self.metrics) - set(self.metric_rules) - set(bad))
         metrics = {k: v for k, v in self.metrics.items() if k not in bad and k not in undeclared}
@@ -187,7 +173,7 @@ class ChapterRun:
         if bad or undeclared:
             doc["rejected_metrics"] = {**{k: repr(v) for k, v in bad.items()}, **{k: "no declared kind" for k in undeclared}}
         path = results_dir() / f"{self.chapter}.json"
-        write_atomically(path, json.dumps(_clean(doc), indent=1, sort_keys=False) + "\n")
+        write_atomically(path, json.dumps(json_safe(doc), indent=1, sort_keys=False) + "\n")
         if bad:
             raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}. The rest of the results "
                             f"is saved in {path}, without them (under rejected_metrics)")
@@ -208,60 +194,6 @@ def load_results(folder: Path) -> dict[str, dict]:
     return {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))}
 
 
-# Output metadata key of a reader's copy: what the book's prose glues, shown as a visible output for
-# whoever runs the notebook (Jupyter, Colab, papermill's output notebook), where `{glue:text}` roles
-# do not render. The book build drops these outputs (run.stage_book), so the HTML shows each once.
-READER_COPY = "ragft_reader_copy"
-_pending: list[str] = []  # this cell's glued numbers and words, shown together when the cell ends
-
-
-def glue(key: str, value) -> None:
-    """myst-nb glue without display (the book renders it where the prose cites it), with numpy
-    scalars made plain numbers first (glued numpy values render as np.float64(...) and fail the
-    strict build); in a running kernel also a reader's copy: a figure or table at once, numbers and
-    words listed at the end of the cell."""
-    from myst_nb import glue as _glue
-
-    value = _clean(value) if isinstance(value, (numbers.Number, str)) else value
-    _glue(key, value, display=False)
-    _reader_copy(key, value)
-
-
-def _reader_copy(key: str, value) -> None:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):  # a plain interpreter: nobody to show it to
-        return
-    from IPython.display import display
-
-    if value is None or isinstance(value, (numbers.Number, str)):  # None: a NaN made JSON-safe
-        if not _pending and _flush_pending not in shell.events.callbacks["post_execute"]:
-            shell.events.register("post_execute", _flush_pending)
-        _pending.append(f"{key}: {_plain(value)}")
-    else:  # a figure or a table, as the cell would show it
-        display(value, metadata={READER_COPY: key})
-
-
-def _plain(value) -> str:
-    if value is None:
-        return "not a finite number"
-    if isinstance(value, float) and not isinstance(value, bool):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
-def _flush_pending() -> None:
-    from IPython.display import display
-
-    if _pending:
-        text = "What the text cites from this cell:\n" + "\n".join(_pending)
-        display({"text/plain": text}, raw=True, metadata={READER_COPY: "values"})
-        _pending.clear()
-
-
 def read_published(chapter: str, profile: str) -> tuple[dict, str] | None:
     """A chapter's published results for a reader who runs a later chapter alone: the profile's,
     else the cpu run's (only cpu results are published until someone runs the gpu profile on a GPU).
@@ -277,71 +209,3 @@ def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:
     """Another chapter's results from this run (None when that chapter has not run here)."""
     path = results_dir(run_dir) / f"{chapter}.json"
     return read_json(path) if path.exists() else None
-
-
-def glue_comparison(key: str, comparison, a_label: str | None = None, b_label: str | None = None,
-                    pct: bool = True, metrics: dict | None = None) -> None:
-    """Glue a comparison for the prose: `<key>` is its full sentence (verdict, difference, interval,
-    p, n), `<key>_verdict` the verdict alone, `<key>_diff` the difference. With the chapter's
-    `metrics`, a trained arm that missed a fitness rule of this chapter makes both say so, as the
-    ledger will (ragft.plan.adjust), rather than show the raw verdict."""
-    c = comparison.as_dict()
-    chapter = the_plan().get(c["claim"]).chapter
-    if unfit(c, {chapter: metrics or {}}, known_only=True):  # this chapter's own rules; others wait for the ledger
-        c["verdict"] = NOT_FIT
-    glue(key, stats.sentence(c, a_label, b_label, pct))
-    glue(f"{key}_verdict", verdict_text(c))
-    glue(f"{key}_diff", comparison.diff)
-
-
-def verdict_text(c: dict) -> str:
-    """A chapter's verdict on one comparison, as the prose cites it: a primary comparison decided at
-    its raw p says that chapter 7 adjusts it for the book's number of tests; a secondary one says it
-    is exploratory."""
-    if c.get("role") == "secondary":
-        return f"exploratory, {c['verdict']}"
-    if c["verdict"] in DECIDED and c.get("p_adjusted") is None:
-        return f"{c['verdict']} at the raw p (chapter 7 adjusts it for the number of tests in the book's family)"
-    return c["verdict"]
-
-
-@dataclass
-class StatedComparison:
-    """A comparison the prose states, by its id in the analysis plan, with the labels its sentence
-    uses; `comparison` is None (and `missing` says why) when this run's parameters or data leave one
-    side unmeasured, so the sentence says so instead of the build failing on a missing glue key. Its
-    glue keys derive from the id (ragft.plan.glue_key): K1-rag-vs-dsf is glued as k1_rag_vs_dsf."""
-
-    comparison_id: str
-    comparison: object | None  # ragft.stats.Comparison
-    a_label: str = ""
-    b_label: str = ""
-    missing: str = ""
-    pct: bool = True  # differences of rates read as points; other scores as numbers
-
-    @property
-    def key(self) -> str:
-        return glue_key(self.comparison_id)
-
-    def glue(self, metrics: dict | None = None) -> None:
-        if self.comparison is not None:
-            glue_comparison(self.key, self.comparison, self.a_label, self.b_label, self.pct, metrics)
-        else:
-            glue(self.key, f"not measured in this run: {self.missing}")
-            glue(f"{self.key}_verdict", "not measured")
-            glue(f"{self.key}_diff", float("nan"))
-
-
-def glue_findings(metrics: dict, comparisons, sentences: dict | None = None) -> None:
-    """Glue what a chapter's prose cites: its metrics, its stated comparisons, its sentences."""
-    glue_metrics(metrics)
-    for stated in comparisons:
-        stated.glue(metrics)
-    for key, sentence in (sentences or {}).items():
-        glue(key, sentence)
-
-
-def glue_metrics(metrics: dict, prefix: str = "") -> None:
-    """Glue every metric so the prose can cite it with {glue:text}."""
-    for key, value in metrics.items():
-        glue(prefix + key, value)

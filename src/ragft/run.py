@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 from .constants import PROFILES, PROJECT_ROOT
-from .results import READER_COPY
+from .prose import READER_COPY
 
 BUILD = PROJECT_ROOT / "_build"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
@@ -235,7 +235,7 @@ def _for_the_book(src: Path, dest: Path) -> None:
     """Copy an executed notebook for the book: papermill's injected-parameters cell removed from the
     page (the chapter's own parameters cell, folded, already lists every parameter, and the injected
     one would show as a second parameters cell), and the reader's copies of glued values dropped
-    (results.READER_COPY: the prose shows them where it cites them, so the page shows each once)."""
+    (prose.READER_COPY: the prose shows them where it cites them, so the page shows each once)."""
     import nbformat
 
     nb = nbformat.read(src, as_version=4)

@@ -37,7 +37,8 @@ from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
 from ..plan import prose_terms
-from ..results import ChapterRun, StatedComparison, glue, glue_metrics
+from ..results import ChapterRun
+from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import Ranking, rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
 from .common import REFUSAL_SUFFIX, record_answers, start

@@ -49,7 +49,8 @@ from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..progress import progress
 from ..rag import bench, evaluation
-from ..results import ChapterRun, StatedComparison, glue, glue_metrics
+from ..results import ChapterRun
+from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
 from .common import elsewhere_label, not_here, start

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics, models, prompts, rag, report, results, settings
+from .. import metrics, models, prompts, prose, rag, report, settings
 from ..constrained import generate_json, json_schema, max_record_tokens
 from ..corpus import injection
 from ..corpus.benchmarks import load_nq_open
@@ -53,7 +53,8 @@ from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..generation import Generation, generate
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun, StatedComparison, glue
+from ..results import ChapterRun
+from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
 from ..train import load_artifact, memory, merged, tasks, train
@@ -1303,7 +1304,7 @@ def cost_sentences(f: Findings, m: dict) -> dict[str, str]:
 def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
     p = ch.params
-    results.glue_findings(headline, comparisons.values(), cost_sentences(f, headline))
+    prose.glue_findings(headline, comparisons.values(), cost_sentences(f, headline))
     glue("n_structured_test", int(f.behaviour.table["n"].iloc[0]))
     glue("json_best_condition", f.behaviour.best)
     for key, text in prose_terms().items():

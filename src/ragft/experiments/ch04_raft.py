@@ -47,13 +47,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, raft, rag, report, results, settings
+from .. import config, metrics, prose, raft, rag, report, settings
 from ..constants import REFUSAL_ANSWER
 from ..corpus import benchmarks
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..models import max_chunk_tokens
-from ..results import ChapterRun, StatedComparison, glue
+from ..results import ChapterRun
+from ..prose import StatedComparison, glue
 from ..scoring import Ranking
 from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
 from ..train import example, merged, tasks, train
@@ -1076,7 +1077,7 @@ def sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
 
 def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    results.glue_findings(headline, comparisons.values(), sentences(ch, f, headline))
+    prose.glue_findings(headline, comparisons.values(), sentences(ch, f, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", f.main.dsf_source)

@@ -43,14 +43,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, raft, rag, results, settings, untrusted
+from .. import config, metrics, prose, raft, rag, results, settings, untrusted
 from ..corpus import build_kb
 from ..generation import generate
 from ..metrics import contains
 from ..plan import the_plan
 from ..rag.answer import cited_messages
 from ..rag.store import token_counter
-from ..results import ChapterRun, StatedComparison, glue
+from ..results import ChapterRun
+from ..prose import StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import load_artifact, merged, tasks, train
 from ..train.measure import release_memory
@@ -653,7 +654,7 @@ PLANTED_RATES = [f"planted_{what}_{key}" for what in ("followed", "answered") fo
 
 
 def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
-    results.glue_findings(headline, comparisons.values(), sentences(ch, f))
+    prose.glue_findings(headline, comparisons.values(), sentences(ch, f))
     for key in PLANTED_RATES:  # no question retrieved its planted chunk: the prose shows nan, the table says n = 0
         if key not in headline:
             glue(key, float("nan"))

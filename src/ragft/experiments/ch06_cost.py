@@ -14,7 +14,8 @@ import pandas as pd
 from .. import costs, models, settings
 from ..corpus import build_kb
 from ..costs import Approach, Check, Workload
-from ..results import ChapterRun, StatedComparison, glue, glue_findings, read_chapter, read_published
+from ..results import ChapterRun, read_chapter, read_published
+from ..prose import StatedComparison, glue, glue_findings
 from ..train.tasks import lora_structured_name
 from ..train.trainer import TARGETS
 

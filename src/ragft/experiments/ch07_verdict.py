@@ -13,7 +13,8 @@ from ..claims import load_claims
 from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
                       decide)
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun, glue
+from ..results import ChapterRun
+from ..prose import glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
                        not_measured)

@@ -48,7 +48,8 @@ from .. import costs, host, metrics, models, raft, rag, settings
 from ..corpus import injection
 from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
-from ..results import ChapterRun, glue, glue_metrics
+from ..results import ChapterRun
+from ..prose import glue, glue_metrics
 from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
 from ..text import ANOTHER_THING, NEAR_DUPLICATE, SAME, near_duplicate, question_key
 from ..train import load_artifact, tasks
