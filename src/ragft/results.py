@@ -48,6 +48,7 @@ class ChapterRun:
     chapter: str
     params: object
     started: float = field(default_factory=time.time)
+    folder: Path = field(default_factory=lambda: settings.run_dir())  # the run folder, resolved once at the chapter's start
     metrics: dict = field(default_factory=dict)
     metric_rules: dict = field(default_factory=dict)
     outcomes: dict = field(default_factory=dict)
@@ -60,7 +61,7 @@ class ChapterRun:
 
     def __post_init__(self):
         # the chapter's hold on its run folder, before it deletes or writes anything there (files.hold_chapter)
-        hold_chapter(settings.run_dir(), self.chapter)
+        hold_chapter(self.folder, self.chapter)
 
     def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None,
                none_means: str | None = None):
@@ -172,7 +173,7 @@ class ChapterRun:
         doc.update(self.sections)
         if bad or undeclared:
             doc["rejected_metrics"] = {**{k: repr(v) for k, v in bad.items()}, **{k: "no declared kind" for k in undeclared}}
-        path = results_dir() / f"{self.chapter}.json"
+        path = results_dir(self.folder) / f"{self.chapter}.json"
         write_atomically(path, json.dumps(json_safe(doc), indent=1, sort_keys=False) + "\n")
         if bad:
             raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}. The rest of the results "

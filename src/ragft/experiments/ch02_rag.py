@@ -202,7 +202,7 @@ def setup(params) -> Chapter:
     refusal threshold's off-topic questions, and the real-data section's gold passages)."""
     own = read_own_inputs(params)  # a bad file fails here, in seconds, not after the whole chapter
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
-    folder = settings.run_dir() / "chroma" / CHAPTER
+    folder = run.folder / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
     where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=folder)
     nq = load_nq(params) if "knowledge_base" in params.sections else []
@@ -944,7 +944,7 @@ def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     queries = grid.query_vectors[:p.n_scale_queries]
     with run.stage("scale"):
         rows, ef_rows, filler = bench.scale_benchmark(real, queries, p.scale_sizes, seed=p.seed, ef_search=p.ef_search,
-                                                      ef_construction=EF_CONSTRUCTION, folder=settings.run_dir())
+                                                      ef_construction=EF_CONSTRUCTION, folder=run.folder)
     for r in rows:
         size = r["chunks"]
         tag = f"{size // 1000}k" if size >= 1000 else str(size)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics, models, prompts, prose, rag, report, settings
+from .. import metrics, models, prompts, prose, rag, report
 from ..constrained import generate_json, json_schema, max_record_tokens
 from ..corpus import injection
 from ..corpus.benchmarks import load_nq_open
@@ -529,7 +529,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     run.tables["dsf_facts"] = [q.qid for q in ch.facts]
     dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
                            merge=True)
-    chroma_folder = settings.run_dir() / "chroma" / CHAPTER
+    chroma_folder = run.folder / "chroma" / CHAPTER
     shutil.rmtree(chroma_folder, ignore_errors=True)
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
     store.ingest(rag.kb_pages(ch.kb, 8))

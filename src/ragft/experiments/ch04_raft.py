@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, prose, raft, rag, report, settings
+from .. import config, metrics, prose, raft, rag, report
 from ..constants import REFUSAL_ANSWER
 from ..corpus import benchmarks
 from ..drift import rate_tolerance
@@ -178,7 +178,7 @@ def setup(params) -> Chapter:
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
     with run.stage("index"):
-        store = rag.kb_store(kb, params.chunk_size, embed_model, settings.run_dir() / "chroma" / CHAPTER)
+        store = rag.kb_store(kb, params.chunk_size, embed_model, run.folder / "chroma" / CHAPTER)
     retriever = rag.Retriever(store, embed_model)
     chunks = store.all_chunks()
     asked = facts + kb.sample("unanswerable", params.n_unanswerable, params.seed)
@@ -192,7 +192,7 @@ def setup(params) -> Chapter:
     ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
                  oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
     ch.main_records = raft_data(ch)  # the main variant's training data, written once for the reader to see
-    ch.jsonl = raft.save_jsonl(ch.main_records, settings.run_dir() / "raft" / "kb_train.jsonl")
+    ch.jsonl = raft.save_jsonl(ch.main_records, run.folder / "raft" / "kb_train.jsonl")
     return ch
 
 
@@ -651,7 +651,7 @@ def _pick(ch: Chapter, items: list, split: str, n: int) -> list:
 
 
 def _bench_store(ch: Chapter, name: str, items: list, size: int):
-    path = settings.run_dir() / "chroma" / f"{CHAPTER}-{name}"
+    path = ch.run.folder / "chroma" / f"{CHAPTER}-{name}"
     shutil.rmtree(path, ignore_errors=True)
     store = rag.ChunkStore(name, path=path, embed_model=ch.embed_model, chunk_size=size, chunk_overlap=0)
     store.ingest([rag.Source(p.pid, p.title, p.text, kind=name) for it in items for p in it.passages])
@@ -667,7 +667,7 @@ def _bench_readers(ch: Chapter, name: str, train_items: list, sources: list, poo
         dsf_lm = merged(train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}").lm)
         readers += [("DSF, closed book", dsf_lm, "closed"), ("DSF + RAG", dsf_lm, "rag")]
     records = raft.build_raft(sources, pool, p.bench_distractors, p.p_oracle, p.seed, hard_negatives=negatives)
-    raft.save_jsonl(records, settings.run_dir() / "raft" / f"{name}_train.jsonl")
+    raft.save_jsonl(records, ch.run.folder / "raft" / f"{name}_train.jsonl")
     return readers + [("RAFT + RAG", fit(ch, records, f"raft-{name}").lm, "raft")]
 
 

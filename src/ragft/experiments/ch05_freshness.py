@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, prose, raft, rag, results, settings, untrusted
+from .. import config, metrics, prose, raft, rag, results, untrusted
 from ..corpus import build_kb
 from ..generation import generate
 from ..metrics import contains
@@ -218,7 +218,7 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
         return adapter, f"RAFT model: chapter 4's adapter from this run ({Path(adapter).name}), loaded, not retrained."
     why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
     p4 = ch.p4
-    store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, settings.run_dir() / "chroma" / f"{CHAPTER}-raft")
+    store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, ch.run.folder / "chroma" / f"{CHAPTER}-raft")
     chunks = store.all_chunks()
     sources, _ = raft.training_sources(ch.kb, {q.qid for q in ch.facts}, chunks, p4.n_train, p4.seed)
     hard = raft.hard_negatives(rag.Retriever(store, ch.embed_model), sources, p4)
@@ -244,7 +244,7 @@ def index_v1(ch: Chapter) -> Index:
     """The v1 documents indexed in Chroma, one document to a source; the changed facts' v1 retrieval."""
     p = ch.params
     with ch.run.stage("index_v1"):
-        store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=settings.run_dir() / "chroma" / CHAPTER,
+        store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=ch.run.folder / "chroma" / CHAPTER,
                                embed_model=ch.embed_model, chunk_size=p.chunk_size, chunk_overlap=0)
         first = store.ingest(rag.kb_documents(ch.kb), fresh=True)
         return Index(store, first.chunks_written, search(ch, store, "v1", ("changed",)))

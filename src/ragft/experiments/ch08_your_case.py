@@ -305,7 +305,7 @@ class Case:
 def setup(params, inputs: CaseInputs) -> Case:
     """Seeds and threads, the language model and the embedder, and a fresh local Chroma folder."""
     run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
-    folder = settings.run_dir() / "chroma" / CHAPTER
+    folder = run.folder / "chroma" / CHAPTER
     shutil.rmtree(folder, ignore_errors=True)
     return Case(params, run, lm, embed_model, inputs, folder)
 
