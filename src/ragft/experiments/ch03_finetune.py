@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import metrics, models, prompts, prose, rag, report
+from .. import handover, metrics, models, prompts, prose, rag, report
 from ..constrained import generate_json, json_schema, max_record_tokens
 from ..corpus import injection
 from ..corpus.benchmarks import load_nq_open
@@ -525,8 +525,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
         row = curve.table.set_index("exposures").loc[exposures]
         rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
                      "exposures": exposures, "train_s": row.seconds})
-    run.artifacts["dsf_adapter"] = curve.folders[chosen.exposures]
-    run.tables["dsf_facts"] = [q.qid for q in ch.facts]
+    handover.give_dsf(run, ch.facts, curve.folders[chosen.exposures])
     dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
                            merge=True)
     chroma_folder = run.folder / "chroma" / CHAPTER

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, prose, raft, rag, report
+from .. import config, handover, metrics, prose, raft, rag, report
 from ..constants import REFUSAL_ANSWER
 from ..corpus import benchmarks
 from ..drift import rate_tolerance
@@ -62,7 +62,6 @@ from ..train.measure import release_memory
 from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, record_answers, start
 
 CHAPTER = "04_raft"
-DSF_CHAPTER = "03_finetune"
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
 GENERATED = " (generated)"  # the suffix of a condition's generated answers (the format view)
 # Outcome names of the main table's conditions, by metric key prefix (run order).
@@ -174,7 +173,7 @@ def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the knowledge base indexed in
     Chroma in chunks; the test questions and their retrieved chunks; RAFT's training sources and the
     main variant's data, written as JSONL."""
-    dsf_params = config.resolve(DSF_CHAPTER, params.profile, model=params.model, device=params.device)
+    dsf_params = config.resolve(handover.DSF_CHAPTER, params.profile, model=params.model, device=params.device)
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
     with run.stage("index"):
@@ -440,7 +439,7 @@ def main_table(ch: Chapter, reader) -> MainTable:
         del dsf_lm
         release_memory()
         main = reader
-        run.artifacts["raft_adapter"] = str(main.artifact)  # the freshness chapter reads it
+        handover.give_raft(run, main.artifact)  # the freshness chapter reads it
     with run.stage("raft_fitness"):
         fitness = raft_fitness(ch, main.lm)
     with run.stage("table"):

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import config, metrics, prose, raft, rag, results, untrusted
+from .. import config, handover, metrics, prose, raft, rag, results, untrusted
 from ..corpus import build_kb
 from ..generation import generate
 from ..metrics import contains
@@ -59,7 +59,6 @@ from . import common
 from .common import chapter3_facts, dsf_adapter, not_here, start
 
 CHAPTER = "05_freshness"
-RAFT_CHAPTER = "04_raft"
 REPLAY_COMPARISONS = ("U-replay",)  # the replay update's: measured where the plan says
 SETS = ("changed", "unchanged", "new")
 # Readers by outcome-name prefix: the prompt style each reads with, and whether it reads documents.
@@ -100,7 +99,7 @@ def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; both worlds and the test sets;
     where the DSF adapter comes from (chapter 3's of this run, else trained here)."""
     p3 = config.resolve("03_finetune", params.profile, model=params.model, device=params.device)
-    p4 = config.resolve(RAFT_CHAPTER, params.profile, model=params.model, device=params.device)  # the device asked for
+    p4 = config.resolve(handover.RAFT_CHAPTER, params.profile, model=params.model, device=params.device)  # the device asked for
     sizes = replace(params.kb, v2_change_share=params.change_share)  # v1's documents do not depend on it
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True, kb_sizes=sizes)
     kb2 = build_kb(params.kb_seed, sizes, "v2")
@@ -211,12 +210,10 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
     """Chapter 4's RAFT adapter of this run (`artifacts["raft_adapter"]`), else trained here with chapter
     4's recipe (ragft.raft) on chapter 4's chunks, in a store of this chapter's: the same records train
     the same cached adapter. Returns (adapter folder, the line that says which happened)."""
-    doc = results.read_chapter(RAFT_CHAPTER)
-    adapter = ((doc or {}).get("artifacts") or {}).get("raft_adapter")
-    same = doc is not None and (doc.get("params") or {}).get("model") == ch.p4.model
-    if adapter and same and Path(adapter).is_dir():
-        return adapter, f"RAFT model: chapter 4's adapter from this run ({Path(adapter).name}), loaded, not retrained."
-    why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
+    handed = handover.raft(ch.p4.model)
+    if handed.usable:
+        return handed.adapter, f"RAFT model: chapter 4's adapter from this run ({Path(handed.adapter).name}), loaded, not retrained."
+    why = handed.why
     p4 = ch.p4
     store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, ch.run.folder / "chroma" / f"{CHAPTER}-raft")
     chunks = store.all_chunks()

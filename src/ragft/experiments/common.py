@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from .. import metrics, models, rag, settings
+from pathlib import Path
+
+from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
 from ..plan import the_plan
-from ..results import ChapterRun, read_chapter, read_published
+from ..handover import DSF_CHAPTER
+from ..results import ChapterRun, read_published
 from ..train import load_artifact, tasks
 from ..train.trainer import snapshot_folder
 
@@ -61,20 +64,16 @@ def record_answers(run: ChapterRun, name: str, items: list, gen, texts: list[str
 
 
 # ---------------------------------------------------------------------------------------------
-# Chapter 3's fine-tune, handed over to the chapters after it
-
-DSF_CHAPTER = "03_finetune"
+# Chapter 3's fine-tune, handed over to the chapters after it (ragft.handover)
 
 
 def chapter3_facts(kb, p3) -> tuple[list, str]:
     """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
     this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
     Returns (facts, where they came from)."""
-    doc = read_chapter(DSF_CHAPTER) or {}
-    qids, ran = (doc.get("tables") or {}).get("dsf_facts"), doc.get("params") or {}
+    qids = handover.dsf_facts(p3.model, p3.kb_seed)
     by_qid = {q.qid: q for q in kb.questions}
-    same = ran.get("model") == p3.model and ran.get("kb_seed", p3.kb_seed) == p3.kb_seed
-    if qids and same and all(q in by_qid for q in qids):
+    if qids and all(q in by_qid for q in qids):
         return [by_qid[q] for q in qids], "chapter 3's list from this run"
     return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
 
@@ -112,22 +111,11 @@ def dsf_adapter(p3, kb, facts: list):
     folder is gone, chapter 3's curve run is trained here (or reloaded from the cache) with chapter 3's
     parameters, and the checkpoint chapter 3 chose in its published results is taken.
     Returns (adapter folder, the line that says which happened, the TrainResult when trained here)."""
-    from pathlib import Path
-
-    doc = read_chapter(DSF_CHAPTER)
-    adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
-    if doc is None:
-        why = "chapter 3 has not run in this run folder"
-    elif not adapter:
-        why = "chapter 3's results name no DSF adapter"
-    elif (doc.get("params") or {}).get("model") != p3.model:
-        why = f"chapter 3 fine-tuned {doc['params'].get('model')!r}, this chapter reads with {p3.model!r}"
-    elif (doc.get("tables") or {}).get("dsf_facts", [q.qid for q in facts]) != [q.qid for q in facts]:
-        why = "chapter 3 fine-tuned other facts (other parameters) than this chapter's test facts"
-    elif not Path(adapter).is_dir():
-        why = f"chapter 3's adapter folder {adapter} is gone"
-    else:
-        return adapter, f"DSF model: chapter 3's adapter from this run ({Path(adapter).name}), loaded, not retrained.", None
+    handed = handover.dsf(p3.model, [q.qid for q in facts])
+    if handed.usable:
+        return (handed.adapter, f"DSF model: chapter 3's adapter from this run ({Path(handed.adapter).name}), loaded, "
+                "not retrained.", None)
+    why = handed.why
     published = published_dsf(p3)
     (lr, exposures), at = dsf_recipe(p3, published), recipe_words(p3, published)
     print(f"Chapter 3's fine-tune is trained here, because {why}: {training_estimate(p3, len(facts), published)}",

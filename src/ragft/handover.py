@@ -1,0 +1,81 @@
+"""What one chapter hands the chapters after it, through one door: chapter 3's chosen fine-tune (its
+adapter and the test facts it was trained on) and chapter 4's RAFT reader. The giving chapter writes
+them into its results file (`give_dsf`, `give_raft`: `artifacts` and `tables`, as published); a later
+chapter of the same run reads them back with `dsf` or `raft`, which check them once and say why a
+hand-over cannot be used (the giver has not run here, names no adapter, trained another model or
+other facts, or its folder is gone), so the reader can fall back and say so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .results import read_chapter
+
+DSF_CHAPTER, RAFT_CHAPTER = "03_finetune", "04_raft"
+
+
+@dataclass(frozen=True)
+class Handed:
+    """A hand-over as a later chapter reads it: the adapter folder, or `why` it cannot be used."""
+
+    adapter: str | None
+    why: str = ""
+    doc: dict | None = None  # the giving chapter's results of this run, where it ran here
+
+    @property
+    def usable(self) -> bool:
+        return not self.why
+
+
+def give_dsf(run, facts: list, adapter: str | Path) -> None:
+    """Chapter 3 hands over its chosen checkpoint and the test facts it was trained on."""
+    run.artifacts["dsf_adapter"] = str(adapter)
+    run.tables["dsf_facts"] = [q.qid for q in facts]
+
+
+def give_raft(run, adapter: str | Path) -> None:
+    """Chapter 4 hands over its main RAFT reader."""
+    run.artifacts["raft_adapter"] = str(adapter)
+
+
+def dsf_facts(model: str, kb_seed: int, folder: Path | None = None) -> list[str] | None:
+    """The ids of the test facts chapter 3 of this run fine-tuned, where it ran on this model and
+    knowledge base; else None (the reader draws them with chapter 3's parameters)."""
+    doc = read_chapter(DSF_CHAPTER, folder) or {}
+    ran = doc.get("params") or {}
+    if ran.get("model") != model or ran.get("kb_seed", kb_seed) != kb_seed:
+        return None
+    return (doc.get("tables") or {}).get("dsf_facts") or None
+
+
+def dsf(model: str, facts: list[str], folder: Path | None = None) -> Handed:
+    """Chapter 3's chosen fine-tune of this run, checked: it ran here, names its adapter, trained this
+    model on these test facts (`facts`: their ids), and the adapter's folder is still there."""
+    doc = read_chapter(DSF_CHAPTER, folder)
+    adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
+    if doc is None:
+        why = "chapter 3 has not run in this run folder"
+    elif not adapter:
+        why = "chapter 3's results name no DSF adapter"
+    elif (doc.get("params") or {}).get("model") != model:
+        why = f"chapter 3 fine-tuned {doc['params'].get('model')!r}, this chapter reads with {model!r}"
+    elif (doc.get("tables") or {}).get("dsf_facts", facts) != facts:
+        why = "chapter 3 fine-tuned other facts (other parameters) than this chapter's test facts"
+    elif not Path(adapter).is_dir():
+        why = f"chapter 3's adapter folder {adapter} is gone"
+    else:
+        why = ""
+    return Handed(adapter, why, doc)
+
+
+def raft(model: str, folder: Path | None = None) -> Handed:
+    """Chapter 4's RAFT reader of this run, checked: it ran here on this model, names its adapter, and
+    the adapter's folder is still there."""
+    doc = read_chapter(RAFT_CHAPTER, folder)
+    adapter = ((doc or {}).get("artifacts") or {}).get("raft_adapter")
+    same = doc is not None and (doc.get("params") or {}).get("model") == model
+    if adapter and same and Path(adapter).is_dir():
+        return Handed(adapter, "", doc)
+    why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
+    return Handed(adapter, why, doc)
