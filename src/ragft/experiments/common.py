@@ -7,7 +7,6 @@ from pathlib import Path
 from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
 from ..plan import the_plan
-from ..handover import DSF_CHAPTER
 from ..results import ChapterRun, read_published
 from ..train import load_artifact, tasks
 from ..train.trainer import snapshot_folder
@@ -130,7 +129,7 @@ def dsf_adapter(p3, kb, facts: list):
 def published_dsf(p3) -> tuple[dict, str] | None:
     """Chapter 3's published metrics for this model, with the label that says where they came from
     (ragft.results.read_published), or None: what a DSF trained outside chapter 3 follows."""
-    published = read_published(DSF_CHAPTER, p3.profile)
+    published = read_published(handover.DSF_CHAPTER, p3.profile)
     if published is None or (published[0].get("params") or {}).get("model") != p3.model:
         return None
     return published[0].get("metrics") or {}, published[1]
