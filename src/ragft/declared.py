@@ -14,8 +14,8 @@ comparison is a results file in experiments/results/ (any profile) of the same d
 same claim on the same two conditions (a renamed entry). The comparison was declared before any
 result when no such file exists in a commit that is an ancestor of the form's first commit.
 
-The record is built from git history by `python -m ragft.declared update` (after each plan commit, in
-a commit of its own) and read by chapter 7, so a copy without history (Colab, a wheel) reads the same
+The record is built from git history by `python -m ragft.declared update` (after each commit of the
+plan, the claims or the rule code, in a commit of its own) and read by chapter 7, so a copy without history (Colab, a wheel) reads the same
 ledger. An entry marked as declared after a look keeps that mark forever (`merged`: a rebuild never
 clears it), and the record's test (tests/test_declared.py) rebuilds it from history.
 """
