@@ -15,8 +15,8 @@ same claim on the same two conditions (a renamed entry). The comparison was decl
 result when no such file exists in a commit that is an ancestor of the form's first commit.
 
 The record is built from git history by `python -m ragft.declared update` (after each commit of the
-plan, the claims or the rule code, in a commit of its own) and read by chapter 7, so a copy without history (Colab, a wheel) reads the same
-ledger. An entry marked as declared after a look keeps that mark forever (`merged`: a rebuild never
+plan, the claims or the rule code, in a commit of its own) and read by chapter 7, so a copy without
+history (Colab, a wheel) reads the same ledger. An entry marked as declared after a look keeps that mark forever (`merged`: a rebuild never
 clears it), and the record's test (tests/test_declared.py) rebuilds it from history.
 """
 
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import yaml
 
-from .constants import PROJECT_ROOT
+from .constants import PROFILES, PROJECT_ROOT
 from .files import git
-from .plan import condition_matches
+from .plan import BOOK, CASE, condition_matches
 
 RECORD_FILE = PROJECT_ROOT / "data" / "plan_declared.yaml"
 PLAN_PATH = "data/analysis_plan.yaml"
@@ -95,8 +95,8 @@ def rule_code(show) -> dict[str, str]:
 def _families(plan: dict) -> dict[str, str]:
     """{comparison id: its family}: the book's comparisons, and the reader's case (chapter 8's own family)."""
     plan = plan or {}
-    return {**{k: "book" for k in plan.get("comparisons") or {}},
-            **{k: "case" for k in ((plan.get("case") or {}).get("comparisons") or {})}}
+    return {**{k: BOOK for k in plan.get("comparisons") or {}},
+            **{k: CASE for k in ((plan.get("case") or {}).get("comparisons") or {})}}
 
 
 def _members(entries: dict[str, dict], families: dict[str, str], family: str, profiles) -> dict[str, list[str]]:
@@ -113,8 +113,7 @@ def _form(cid: str, entry: dict, plan: dict, claims: dict, code: dict | None = N
     entry = {k: v for k, v in entry.items() if k not in PROSE_FIELDS}
     if entry.get("role") == "primary" and entry.get("test") != "check" and entries is not None:
         families = _families(plan)
-        entry["family_members"] = _members(entries, families, families.get(cid, "book"),
-                                           entry.get("profiles") or ["cpu", "gpu", "smoke"])
+        entry["family_members"] = _members(entries, families, families.get(cid, BOOK), entry.get("profiles") or PROFILES)
     entry["draw"] = (plan or {}).get("draw") or PILOT
     entry["rule_code"] = code or {}
     source = entry.get("sesoi_from")

@@ -161,7 +161,7 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
 def upper_bound_text(parts: list[dict]) -> str | None:
     """The parts a verdict rests on whose arm was given what no reader has: "<id>: <arms>: <what>", or None."""
     plan = the_plan()
-    said = [f"{c['claim']}: {plan.upper_bound(c['claim'])}" for c in parts if plan.upper_bound(c["claim"])]
+    said = [f"{c['claim']}: {bound}" for c in parts if (bound := plan.upper_bound(c["claim"]))]
     return "; ".join(said) or None
 
 

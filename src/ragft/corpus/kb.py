@@ -193,10 +193,7 @@ class KnowledgeBase:
     def questions_about_documents(self, n: int, seed: int, prefix: str = "product-") -> tuple[list[Document], list[Question]]:
         """Documents drawn at random (ids starting with `prefix`), with all their single-fact
         questions, until there are n questions: a few documents that many questions are asked about."""
-        by_doc: dict[str, list[Question]] = {}
-        for q in self.by_kind("single"):
-            if q.doc_ids[0].startswith(prefix):
-                by_doc.setdefault(q.doc_ids[0], []).append(q)
+        by_doc = {d: qs for d, qs in self.singles_by_document().items() if d.startswith(prefix)}
         docs, questions = [], []
         for doc_id in random.Random(seed).sample(sorted(by_doc), len(by_doc)):
             if len(questions) >= n:
@@ -205,16 +202,20 @@ class KnowledgeBase:
             questions += by_doc[doc_id]
         return docs, questions[:n]
 
+    def singles_by_document(self) -> dict[str, list[Question]]:
+        """{document id: the single facts it holds}, each list in the knowledge base's order."""
+        by_doc: dict[str, list[Question]] = {}
+        for q in self.by_kind("single"):
+            by_doc.setdefault(q.doc_ids[0], []).append(q)
+        return by_doc
+
     def documents_drawn(self, n: int, seed: int, min_facts: int = 1, exclude: tuple[str, ...] = ()) -> list[str]:
         """n document ids drawn reproducibly among the documents that hold at least `min_facts` single
         facts (the richer ones), none of `exclude`: a study whose cost grows with its documents (a
         fine-tune on the documents themselves) asks every fact of a few of them."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"n={n!r} is not allowed: use an integer >= 0")
-        counts: dict[str, int] = {}
-        for q in self.by_kind("single"):
-            counts[q.doc_ids[0]] = counts.get(q.doc_ids[0], 0) + 1
-        pool = sorted(d for d, c in counts.items() if c >= min_facts and d not in set(exclude))
+        pool = sorted(d for d, qs in self.singles_by_document().items() if len(qs) >= min_facts and d not in set(exclude))
         if n > len(pool):
             raise ValueError(f"asked for {n} documents with at least {min_facts} facts; this knowledge base holds "
                              f"{len(pool)} (after {len(exclude)} excluded): ask fewer, lower min_facts or grow the base")
@@ -223,11 +224,8 @@ class KnowledgeBase:
     def facts_of(self, doc_ids: list[str]) -> list[Question]:
         """Every single fact each document holds, document by document in the given order, each
         document's facts in the knowledge base's order."""
-        by_doc: dict[str, list[Question]] = {d: [] for d in doc_ids}
-        for q in self.by_kind("single"):
-            if q.doc_ids[0] in by_doc:
-                by_doc[q.doc_ids[0]].append(q)
-        return [q for d in doc_ids for q in by_doc[d]]
+        by_doc = self.singles_by_document()
+        return [q for d in doc_ids for q in by_doc.get(d, [])]
 
     def candidates(self, question: Question, k: int = 3, seed: int = 0, include: tuple[str, ...] = ()) -> tuple[list[str], int]:
         """The gold answer and up to `k` look-alikes: other values of the same attribute in this
