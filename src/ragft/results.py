@@ -26,7 +26,7 @@ from .config import as_dict
 from .files import hold_chapter, read_json, write_atomically
 from .host import provenance
 from .jsonl import json_safe
-from .plan import judge, judge_chapter, the_plan
+from .plan import judge_chapter, the_plan
 from .prose import StatedComparison
 
 # Metric kinds: what a number is decides how a rerun may move it (ragft.drift holds the tolerances).
@@ -41,33 +41,24 @@ METRIC_KINDS = {
 
 
 @dataclass
-class ChapterRun:
-    """Collects a chapter's metrics (with their kinds), per-question outcomes, comparisons, tables and
-    stage timings; `save` writes the results file."""
+class Measured:
+    """What one step of a chapter measured, returned to its caller: per-question outcomes by condition
+    (with their tokens), headline metrics with their kinds (METRIC_KINDS), tables and the artifacts later
+    chapters reuse. A step fills its own and returns it; nothing writes into another step's. The
+    chapter's one recording step hands them all to `ChapterRun.save`."""
 
-    chapter: str
-    params: object
-    started: float = field(default_factory=time.time)
-    folder: Path = field(default_factory=lambda: settings.run_dir())  # the run folder, resolved once at the chapter's start
-    metrics: dict = field(default_factory=dict)
-    metric_rules: dict = field(default_factory=dict)
     outcomes: dict = field(default_factory=dict)
     outcome_tokens: dict = field(default_factory=dict)
-    comparisons: list = field(default_factory=list)
-    artifacts: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    metric_rules: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
-    stages: dict = field(default_factory=dict)
-    sections: dict = field(default_factory=dict)  # named records beside the standard keys (the ledger)
-
-    def __post_init__(self):
-        # the chapter's hold on its run folder, before it deletes or writes anything there (files.hold_chapter)
-        hold_chapter(self.folder, self.chapter)
+    artifacts: dict = field(default_factory=dict)
 
     def metric(self, key: str, value, kind: str, n: int | None = None, tol: float | None = None,
                none_means: str | None = None):
-        """Record a headline metric with its kind (METRIC_KINDS); rates and means need their n,
-        derived metrics their tolerance; a metric that may be None says what None means (a crossover
-        that never happens). Returns the value."""
+        """A headline metric with its kind (METRIC_KINDS); rates and means need their n, derived metrics
+        their tolerance; a metric that may be None says what None means (a crossover that never
+        happens). Returns the value."""
         if kind not in METRIC_KINDS:
             raise ValueError(f"metric {key}: kind={kind!r} is not allowed: use one of {sorted(METRIC_KINDS)}")
         if kind in ("rate", "mean") and not (isinstance(n, int) and n >= 1):
@@ -76,6 +67,8 @@ class ChapterRun:
             raise ValueError(f"metric {key}: a derived metric needs its tolerance (tol >= 0), got {tol!r}")
         if value is None and none_means is None:
             raise ValueError(f"metric {key}: None is a number only where the metric says what it means (none_means)")
+        if key in self.metrics:
+            raise ValueError(f"metric {key} is measured twice by one step")
         self.metrics[key] = value
         self.metric_rules[key] = {"kind": kind, **({"n": n} if n is not None else {}),
                                   **({"tol": tol} if tol is not None else {}),
@@ -83,52 +76,103 @@ class ChapterRun:
         return value
 
     def record(self, condition: str, scores: dict, tokens: dict | None = None) -> None:
-        """Keep a condition's per-question outcomes: {question id: score} (1/0 for right/wrong, or a
+        """A condition's per-question outcomes: {question id: score} (1/0 for right/wrong, or a
         continuous score), and optionally {question id: (prompt tokens, completion tokens)}."""
         if not scores:
             raise ValueError(f"condition {condition!r}: no outcomes to record")
         if len({str(q) for q in scores}) != len(scores):
             raise ValueError(f"condition {condition!r}: question ids are not unique as strings")
+        if condition in self.outcomes:
+            raise ValueError(f"condition {condition!r} is recorded twice by one step")
         self.outcomes[condition] = {str(q): float(v) for q, v in scores.items()}
         if tokens is not None:
             self.outcome_tokens[condition] = {str(q): [int(p), int(c)] for q, (p, c) in tokens.items()}
 
-    def compare(self, comparison_id: str, a: str | None = None, b: str | None = None):
-        """The declared comparison `comparison_id` of data/analysis_plan.yaml on two recorded conditions
-        (the plan's names; `a` and `b` give the values of its placeholders), judged by the plan's
-        engine (ragft.plan.judge) and kept for the results file; returns it so the prose can glue
-        its sentence. Its test, direction, margin and bounds are the plan's, never the chapter's."""
-        return self._keep(judge(comparison_id, self.outcomes, a, b, profile=getattr(self.params, "profile", None)))
+    # It reads as its metrics: headline["closed_book_ll_acc"], "x" in headline, headline.get("x")
+    def __getitem__(self, key: str):
+        return self.metrics[key]
 
-    def _keep(self, result):
-        """Keep a judged comparison for the results file, in place of an earlier one of the same id."""
-        self.comparisons = [c for c in self.comparisons if c["claim"] != result.claim] + [result.as_dict()]
-        return result
+    def __contains__(self, key: str) -> bool:
+        return key in self.metrics
 
-    def compare_chapter(self, labels: dict[str, tuple], choices: dict | None = None,
-                        unmeasured: dict[str, str] | None = None) -> dict[str, "StatedComparison"]:
-        """Every comparison the plan declares for this chapter (ragft.plan.judge_chapter, with the run's
-        `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters
-        leave out, `unmeasured`), judged on the recorded outcomes and kept for the results file, each
-        with the labels its sentence gives its two arms (`labels`: {comparison id: (a label, b label)},
-        one for each declared comparison). A difference of two rates reads in points (the plan's kind
-        "binary"), any other as a number, unless its labels carry a third item, True for points: a
-        continuous score on a 0-1 scale (a share of fields right) also reads in points."""
-        plan = the_plan()
-        judged = judge_chapter(self.chapter, self.outcomes, choices, plan, getattr(self.params, "profile", None),
-                               unmeasured)
-        if set(labels) != set(judged):
-            raise ValueError(f"{self.chapter}: labels for {sorted(labels)}, but the plan declares {sorted(judged)} "
-                             "for this chapter: give each declared comparison its two labels, and no other")
-        out = {}
-        for cid, result in judged.items():
-            if isinstance(result, str):
-                out[cid] = StatedComparison(cid, None, missing=result)
+    def get(self, key: str, default=None):
+        return self.metrics.get(key, default)
+
+    def table(self, name: str, rows) -> None:
+        """A table of the results file (a list of row dicts, or any JSON-able value)."""
+        if name in self.tables:
+            raise ValueError(f"table {name!r} is kept twice by one step")
+        self.tables[name] = rows
+
+    @classmethod
+    def merged(cls, *parts: "Measured | None") -> "Measured":
+        """Several steps' records in one, in their order; a name two steps measured is an error (each
+        condition, metric, table and artifact has one author)."""
+        out = cls()
+        for part in parts:
+            if part is None:
                 continue
-            a_label, b_label, *pct = labels[cid]
-            out[cid] = StatedComparison(cid, self._keep(result), a_label, b_label,
-                                        pct=pct[0] if pct else plan.get(cid).kind == "binary")
+            for name in ("outcomes", "outcome_tokens", "metrics", "metric_rules", "tables", "artifacts"):
+                mine, theirs = getattr(out, name), getattr(part, name)
+                twice = sorted(set(mine) & set(theirs))
+                if twice:
+                    raise ValueError(f"{name} {twice} come from two steps: each has one author")
+                mine.update(theirs)
         return out
+
+
+def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], choices: dict | None = None,
+                      unmeasured: dict[str, str] | None = None, profile: str | None = None
+                      ) -> dict[str, StatedComparison]:
+    """Every comparison the plan declares for `chapter` (ragft.plan.judge_chapter, with the run's
+    `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters leave
+    out, `unmeasured`), judged on `outcomes`, each with the labels its sentence gives its two arms
+    (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A difference of
+    two rates reads in points (the plan's kind "binary"), any other as a number, unless its labels carry
+    a third item, True for points: a continuous score on a 0-1 scale (a share of fields right) also
+    reads in points. Writes nothing: the chapter's save keeps the judged ones (`judged_of`)."""
+    plan = the_plan()
+    judged = judge_chapter(chapter, outcomes, choices, plan, profile, unmeasured)
+    if set(labels) != set(judged):
+        raise ValueError(f"{chapter}: labels for {sorted(labels)}, but the plan declares {sorted(judged)} "
+                         "for this chapter: give each declared comparison its two labels, and no other")
+    out = {}
+    for cid, result in judged.items():
+        if isinstance(result, str):
+            out[cid] = StatedComparison(cid, None, missing=result)
+            continue
+        a_label, b_label, *pct = labels[cid]
+        out[cid] = StatedComparison(cid, result, a_label, b_label,
+                                    pct=pct[0] if pct else plan.get(cid).kind == "binary")
+    return out
+
+
+def judged_of(stated) -> list:
+    """The judged comparisons among stated ones (a dict or list of StatedComparison), as the results
+    file keeps them."""
+    values = stated.values() if isinstance(stated, dict) else stated
+    return [s.comparison for s in values if s.comparison is not None]
+
+
+@dataclass
+class ChapterRun:
+    """A chapter's run: its parameters, its run folder (resolved once, at the chapter's start, and
+    held), its stage timings; `save` records what the chapter's steps returned (Measured) with its
+    judged comparisons and writes the results file, once."""
+
+    chapter: str
+    params: object
+    started: float = field(default_factory=time.time)
+    folder: Path = field(default_factory=lambda: settings.run_dir())  # the run folder, resolved once at the chapter's start
+    stages: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # the chapter's hold on its run folder, before it deletes or writes anything there (files.hold_chapter)
+        hold_chapter(self.folder, self.chapter)
+
+    @property
+    def profile(self) -> str | None:
+        return getattr(self.params, "profile", None)
 
     def stage(self, name: str):
         """Context manager that adds the wall time of a block to timings[name]."""
@@ -143,13 +187,22 @@ class ChapterRun:
 
         return _Timer()
 
-    def save(self, lm=None, extra_provenance: dict | None = None) -> Path:
+    def save(self, measured: Measured, comparisons: list = (), sections: dict | None = None, lm=None,
+             extra_provenance: dict | None = None) -> Path:
+        """The chapter's one recording step: what its steps measured (`measured`, Measured.merged of
+        theirs), its judged comparisons (ragft.stats.Comparison, or their dicts), any named sections
+        beside the standard keys (the verdict chapter's ledger), written to the results file."""
         # A bad metric is reported by name, after the rest of a finished chapter is written (without it)
-        bad = {k: v for k, v in self.metrics.items() if not isinstance(json_safe(v), (int, float))
-               and not (v is None and "none_means" in self.metric_rules.get(k, {}))}
-        undeclared = sorted(set(self.metrics) - set(self.metric_rules) - set(bad))
-        metrics = {k: v for k, v in self.metrics.items() if k not in bad and k not in undeclared}
-        rules = {k: r for k, r in self.metric_rules.items() if k in metrics}
+        rules_in = measured.metric_rules
+        bad = {k: v for k, v in measured.metrics.items() if not isinstance(json_safe(v), (int, float))
+               and not (v is None and "none_means" in rules_in.get(k, {}))}
+        undeclared = sorted(set(measured.metrics) - set(rules_in) - set(bad))
+        metrics = {k: v for k, v in measured.metrics.items() if k not in bad and k not in undeclared}
+        rules = {k: r for k, r in rules_in.items() if k in metrics}
+        kept = [c if isinstance(c, dict) else c.as_dict() for c in comparisons]
+        twice = sorted({c["claim"] for c in kept if sum(x["claim"] == c["claim"] for x in kept) > 1})
+        if twice:
+            raise ValueError(f"comparisons {twice} are judged twice")
         params = as_dict(self.params)
         prov = provenance(params.get("seed", 0), params.get("threads", 0), self.started, lm)
         prov.update(extra_provenance or {})
@@ -159,18 +212,19 @@ class ChapterRun:
             "params": params,
             "metrics": metrics,
             "metric_rules": rules,
-            "outcomes": self.outcomes,
-            "outcome_tokens": self.outcome_tokens,
-            "comparisons": self.comparisons,
-            "artifacts": {k: str(v) for k, v in self.artifacts.items()},
-            "tables": self.tables,
+            "outcomes": measured.outcomes,
+            "outcome_tokens": measured.outcome_tokens,
+            "comparisons": kept,
+            "artifacts": {k: str(v) for k, v in measured.artifacts.items()},
+            "tables": measured.tables,
             "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.stages},
             "provenance": prov,
         }
-        clash = sorted(set(self.sections) & set(doc))
+        sections = sections or {}
+        clash = sorted(set(sections) & set(doc))
         if clash:
             raise ValueError(f"sections {clash} would overwrite the results file's own keys")
-        doc.update(self.sections)
+        doc.update(sections)
         if bad or undeclared:
             doc["rejected_metrics"] = {**{k: repr(v) for k, v in bad.items()}, **{k: "no declared kind" for k in undeclared}}
         path = results_dir(self.folder) / f"{self.chapter}.json"
@@ -179,7 +233,7 @@ class ChapterRun:
             raise TypeError(f"metrics must be numbers (flat name -> number); got {bad}. The rest of the results "
                             f"is saved in {path}, without them (under rejected_metrics)")
         if undeclared:
-            raise TypeError(f"metrics without a declared kind (use ChapterRun.metric): {undeclared}. The rest of "
+            raise TypeError(f"metrics without a declared kind (use Measured.metric): {undeclared}. The rest of "
                             f"the results is saved in {path}, without them")
         return path
 

@@ -30,6 +30,7 @@ comparisons. The Chapter holds the set-up only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -37,11 +38,11 @@ from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
 from ..plan import prose_terms
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import Ranking, rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
-from .common import REFUSAL_SUFFIX, record_answers, start
+from .common import REFUSAL_SUFFIX, answer_outcomes, start
 
 CHAPTER = "01_prompting"
 # Tokens a haystack must leave free in the context window for the question and the answer.
@@ -64,6 +65,7 @@ class Condition:
     items: list  # ragft.corpus.kb.Question objects, in the order asked
     generation: Generation
     row: dict  # ragft.metrics.condition_row
+    measured: Measured  # its per-question outcomes (answers, and refusals under " refusal")
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Ranked:
     row: dict
     ranking: Ranking  # every question, in candidate_lists' layout (the refusal last when ranked)
     with_refusal: bool
+    measured: Measured  # its per-question outcomes (knowledge, and refusals under " refusal")
 
 
 @dataclass
@@ -103,6 +106,11 @@ class Section:
         if not found:
             raise KeyError(f"no ranked condition {name!r} in this section: it has {[c.name for c in self.ranked]}")
         return found[0]
+
+    @property
+    def measured(self) -> Measured:
+        """Every condition's per-question outcomes, in run order."""
+        return Measured.merged(*(c.measured for c in self.ranked + self.generated))
 
 
 class Findings(Section):
@@ -264,8 +272,8 @@ def ranked_row(name: str, items: list, knowledge: Ranking, refusal_scores: dict,
 
 def add_ranked(ch: Chapter, name: str, group: str, items: list, ranking: Ranking, with_refusal: bool,
                **extra) -> Ranked:
-    """Split a ranking (candidate_lists' layout) into knowledge and refusal, record both on the
-    results file, and return the condition with its row."""
+    """Split a ranking (candidate_lists' layout) into knowledge and refusal, and return the condition
+    with its row and both parts' per-question outcomes."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r} is not allowed: use one of {list(GROUPS)}")
     if len(ranking.scores) != len(items):
@@ -276,14 +284,15 @@ def add_ranked(ch: Chapter, name: str, group: str, items: list, ranking: Ranking
                         [ranking.prompt_tokens[i] for i in answerable], ranking.seconds)
     refusal = ({q.qid: s[-1] - max(s[:-1]) for q, s in zip(items, ranking.scores)} if with_refusal else {})
     tokens = {q.qid: (t, 0) for q, t in zip(items, ranking.prompt_tokens)}
+    measured = Measured()
     if answerable:
         ids = [items[i].qid for i in answerable]
-        ch.run.record(name, knowledge.outcomes(ids), tokens={q: tokens[q] for q in ids})
+        measured.record(name, knowledge.outcomes(ids), tokens={q: tokens[q] for q in ids})
     refusals = {q.qid: int(refusal[q.qid] > 0) for q in items if q.kind == "unanswerable"}
     if refusals:
-        ch.run.record(name + REFUSAL_SUFFIX, refusals, tokens={q: tokens[q] for q in refusals})
+        measured.record(name + REFUSAL_SUFFIX, refusals, tokens={q: tokens[q] for q in refusals})
     row = ranked_row(name, items, knowledge, refusal, ranking.prompt_tokens, ranking.seconds, **extra)
-    return Ranked(name, group, items, knowledge, refusal, row, ranking, with_refusal)
+    return Ranked(name, group, items, knowledge, refusal, row, ranking, with_refusal, measured)
 
 
 def rank(ch: Chapter, name: str, group: str, conversations: list, items: list, stage: str | None = None,
@@ -306,12 +315,12 @@ def subset_ranking(ranking: Ranking, indices: list[int]) -> Ranking:
 
 
 def add_condition(ch: Chapter, name: str, group: str, items: list, gen: Generation, **extra) -> Condition:
-    """Score and record a condition whose answers are already generated, and return it with its row."""
+    """Score a condition whose answers are already generated, and return it with its row and its
+    per-question outcomes."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r} is not allowed: use one of {list(GROUPS)}")
     row = metrics.condition_row(name, gen, items, ch.params.price_per_mtok, **extra)
-    record_answers(ch.run, name + GENERATED, items, gen)
-    return Condition(name, group, items, gen, row)
+    return Condition(name, group, items, gen, row, answer_outcomes(name + GENERATED, items, gen))
 
 
 def measure(ch: Chapter, name: str, group: str, conversations: list, items: list, stage: str | None = None,
@@ -526,12 +535,12 @@ def chosen_few_shot(section: Section) -> Ranked | None:
     return section.named(best.name.removesuffix(DEVELOPMENT))
 
 
-def headline_metrics(ch: Chapter, f: Findings) -> dict:
+def headline_metrics(ch: Chapter, f: Findings) -> Measured:
     """The chapter's headline metrics, each declared with its kind on the results file. The
     "_ll_acc" rates are the knowledge scores (all questions of the condition, n in "_n"); the
     "_contains", "_em", "_f1" and "refusal_acc_" rates are the generated answers' (the format view,
     on the first n_generated questions, n in "generated_n" and friends)."""
-    run, c, r = ch.run, f.answers, f.by_name
+    c, r = f.answers, f.by_name
     haystacks = [x for x in r.values() if x.group == "long context"]
     lc_gold_only, lc_largest = haystacks[0], haystacks[-1]
     gen_haystacks = [x for x in c.values() if x.group == "long context"]
@@ -539,37 +548,37 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     gen_best = c.get(best.name) or c["instruction"]  # k=0's answers are the instruction's
     n_gen = _answerable(c["closed book"].items)
     cost = _cost_rule(ch.params)
-    out = {}
+    out = Measured()
 
     def rate(key, value, n):
-        out[key] = run.metric(key, value, "rate", n=n)
+        out.metric(key, value, "rate", n=n)
 
     # the format view: generated answers on the first questions
     rate("closed_book_contains", c["closed book"].row["contains"], n_gen)
     rate("instruction_contains", c["instruction"].row["contains"], n_gen)
     rate("few_shot_best_contains", gen_best.row["contains"], _answerable(gen_best.items))
-    out["few_shot_best_k"] = run.metric("few_shot_best_k", int(best.row["k"]), "choice")  # chosen on development
-    out["few_shot_dev_n"] = run.metric("few_shot_dev_n", len(ch.development), "exact")
+    out.metric("few_shot_best_k", int(best.row["k"]), "choice")  # chosen on development
+    out.metric("few_shot_dev_n", len(ch.development), "exact")
     rate("gold_context_contains", c["gold document"].row["contains"], n_gen)
     rate("gold_context_em", c["gold document"].row["em"], n_gen)
     rate("gold_context_wordy", c["gold document"].row["wordy"], n_gen)  # why EM is low: sentences, not phrases
-    out["gold_context_f1"] = run.metric("gold_context_f1", c["gold document"].row["f1"], "mean", n=n_gen)
+    out.metric("gold_context_f1", c["gold document"].row["f1"], "mean", n=n_gen)
     two_hop = c.get("gold documents, two-hop")
     if two_hop is not None:
         rate("multihop_gold_contains", two_hop.row["contains"], len(two_hop.items))
     rate("long_context_contains", gen_haystacks[-1].row["contains"], len(gen_haystacks[-1].items))
     rate("long_context_gold_only_contains", gen_haystacks[0].row["contains"], len(gen_haystacks[0].items))
     # the knowledge view: candidate log-likelihood on every question of each condition
-    out["ll_chance"] = run.metric("ll_chance", r["closed book"].row["chance"], "exact")
+    out.metric("ll_chance", r["closed book"].row["chance"], "exact")
     for key, cond in (("closed_book", r["closed book"]), ("instruction", r["instruction"]),
                       ("few_shot_best", best), ("gold_context", r["gold document"]),
                       ("multihop_gold", r["gold documents, two-hop"]), ("long_context", lc_largest),
                       ("long_context_gold_only", lc_gold_only)):
         rate(f"{key}_ll_acc", cond.row["ll_acc"], cond.row["n"])
-    out["long_context_prompt_tokens"] = run.metric("long_context_prompt_tokens", lc_largest.row["prompt_tokens"], "exact")
+    out.metric("long_context_prompt_tokens", lc_largest.row["prompt_tokens"], "exact")
     for key, cond in (("prompt_tokens_per_query_closed_book", r["closed book"]),
                       ("prompt_tokens_per_query_gold_context", r["gold document"])):
-        out[key] = run.metric(key, cond.row["prompt_tokens"], "exact")
+        out.metric(key, cond.row["prompt_tokens"], "exact")
     # refusals: generated (the refuse-or-not answers) and as a detector (threshold-free)
     n_unanswerable = _unanswerable(c["instruction"].items)
     if n_unanswerable:
@@ -580,16 +589,15 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
         row = cond.row
         if "refusal_auroc" in row:
             n_pos = row["n_unanswerable"]
-            out[f"refusal_auroc_{key}"] = run.metric(f"refusal_auroc_{key}", row["refusal_auroc"], "mean",
-                                                     n=min(n_pos, row["n"]))
+            out.metric(f"refusal_auroc_{key}", row["refusal_auroc"], "mean", n=min(n_pos, row["n"]))
             rate(f"refusal_recall_{key}", row["refusal_recall"], n_pos)
             rate(f"refusal_preferred_{key}", row["refusal_preferred"], n_pos)
             rate(f"false_refusal_{key}", row["false_refusal"], row["n"])
     gold_gen, largest_gen = c["gold document"], gen_haystacks[-1]
     for key, cond in (("cost_per_1k_gold_context_usd", gold_gen), ("cost_per_1k_long_context_usd", largest_gen)):
-        out[key] = run.metric(key, cond.row["cost_per_1k_usd"], **cost)
-    out["latency_gold_context_s"] = run.metric("latency_gold_context_s", gold_gen.row["latency_s"], "machine")
-    out["latency_long_context_s"] = run.metric("latency_long_context_s", largest_gen.row["latency_s"], "machine")
+        out.metric(key, cond.row["cost_per_1k_usd"], **cost)
+    out.metric("latency_gold_context_s", gold_gen.row["latency_s"], "machine")
+    out.metric("latency_long_context_s", largest_gen.row["latency_s"], "machine")
     # The questions behind each headline rate: a change of n is a change of design, never drift.
     ns = (("closed_book_n", r["closed book"].row["n"]), ("instruction_n", r["instruction"].row["n"]),
           ("few_shot_n", best.row["n"]), ("gold_context_n", r["gold document"].row["n"]),
@@ -598,14 +606,14 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
           ("generated_unanswerable_n", n_unanswerable), ("long_context_generated_n", len(largest_gen.items)),
           ("multihop_generated_n", len(two_hop.items) if two_hop is not None else 0))
     for key, n in ns:
-        out[key] = run.metric(key, n, "exact")
+        out.metric(key, n, "exact")
     return out
 
 
 def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), on the
-    log-likelihood outcomes, with the run's choices for its placeholders and its arms' labels; stored
-    on the results file, keyed by comparison id."""
+    """Every comparison the analysis plan declares for this chapter (ragft.results.state_comparisons), on
+    the log-likelihood outcomes, with the run's choices for its placeholders and its arms' labels, keyed
+    by comparison id; `save` keeps them on the results file."""
     r = f.by_name
     haystacks = [x for x in r.values() if x.group == "long context"]
     largest = haystacks[-1] if len(haystacks) > 1 else None  # K9: the documents alone against the largest haystack
@@ -629,7 +637,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         # the instruction makes the refusal the model's first choice on more unanswerable questions
         "refusal-instruction": ("refusals with the instruction", "with a plain prompt"),
     }
-    return ch.run.compare_chapter(labels, choices, unmeasured)
+    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, ch.params.profile)
 
 
 def sanity_properties(headline: dict) -> pd.DataFrame:
@@ -654,11 +662,11 @@ def sanity_wording(table: pd.DataFrame) -> str:
     return "hold" if table["holds"].all() else "do NOT all hold"
 
 
-def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the sanity wording, the comparison
     sentences, a few labels."""
-    glue_metrics(headline)
-    glue("sanity_holds", sanity_wording(sanity_properties(headline)))
+    glue_metrics(headline.metrics)
+    glue("sanity_holds", sanity_wording(sanity_properties(headline.metrics)))
     for stated in comparisons.values():
         stated.glue()
     glue("price_row", ch.params.price_per_mtok)
@@ -674,7 +682,8 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("context_window", ch.lm.context_window)
 
 
-def save(ch: Chapter, f: Findings):
-    ch.run.tables["conditions"] = f.rows()
-    ch.run.tables["ranked"] = f.ranked_rows()
-    return ch.run.save(lm=ch.lm)
+def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> Path:
+    """The chapter's one recording step: every condition's outcomes, the headline metrics, the judged
+    comparisons and the tables, written to the results file."""
+    tables = Measured(tables={"conditions": f.rows(), "ranked": f.ranked_rows()})
+    return ch.run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)

@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
 from ..plan import the_plan
-from ..results import ChapterRun, read_published
+from ..results import ChapterRun, Measured, read_published
 from ..train import load_artifact, tasks
 from ..train.trainer import snapshot_folder
 
@@ -56,10 +56,12 @@ def split_outcomes(items: list, gen, texts: list[str] | None = None) -> dict[str
             for part, scores in (("answer", answered), ("refusal", refused)) if scores}
 
 
-def record_answers(run: ChapterRun, name: str, items: list, gen, texts: list[str] | None = None) -> None:
-    """Record a condition's outcomes: answers under `name`, refusals under `name + " refusal"`."""
+def answer_outcomes(name: str, items: list, gen, texts: list[str] | None = None) -> Measured:
+    """A condition's per-question outcomes: answers under `name`, refusals under `name + " refusal"`."""
+    out = Measured()
     for part, (scores, tokens) in split_outcomes(items, gen, texts).items():
-        run.record(name if part == "answer" else name + REFUSAL_SUFFIX, scores, tokens=tokens)
+        out.record(name if part == "answer" else name + REFUSAL_SUFFIX, scores, tokens=tokens)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
