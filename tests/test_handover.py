@@ -21,13 +21,9 @@ def test_what_chapters_3_and_4_hand_over_is_read_back_checked(run_dir):
     dsf_folder.mkdir()
     raft_folder.mkdir()
     p3 = config.resolve("03_finetune", "smoke")
-    giver = ChapterRun("03_finetune", p3)
-    handover.give_dsf(giver, facts, dsf_folder)
-    giver.save()
+    ChapterRun("03_finetune", p3).save(handover.give_dsf(facts, dsf_folder))
     p4 = config.resolve("04_raft", "smoke")
-    giver = ChapterRun("04_raft", p4)
-    handover.give_raft(giver, raft_folder)
-    giver.save()
+    ChapterRun("04_raft", p4).save(handover.give_raft(raft_folder))
     assert handover.dsf_facts(p3.model, p3.kb_seed) == ["f1", "f2"]
     assert handover.dsf_facts("another-model", p3.kb_seed) is None  # another model's facts are not these
     assert handover.dsf_facts(p3.model, p3.kb_seed + 1) is None  # nor another knowledge base's

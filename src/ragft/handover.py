@@ -1,6 +1,6 @@
 """What one chapter hands the chapters after it, through one door: chapter 3's chosen fine-tune (its
-adapter and the test facts it was trained on) and chapter 4's RAFT reader. The giving chapter writes
-them into its results file (`give_dsf`, `give_raft`: `artifacts` and `tables`, as published); a later
+adapter and the test facts it was trained on) and chapter 4's RAFT reader. The giving chapter keeps
+them in its results file (`give_dsf`, `give_raft` return them as `artifacts` and `tables`, as published); a later
 chapter of the same run reads them back with `dsf` or `raft`, which check them once and say why a
 hand-over cannot be used (the giver has not run here, names no adapter, trained another model or
 other facts, or its folder is gone), so the reader can fall back and say so."""
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import read_chapter
+from .results import Measured, read_chapter
 
 DSF_CHAPTER, RAFT_CHAPTER = "03_finetune", "04_raft"
 
@@ -28,15 +28,15 @@ class Handed:
         return not self.why
 
 
-def give_dsf(run, facts: list, adapter: str | Path) -> None:
-    """Chapter 3 hands over its chosen checkpoint and the test facts it was trained on."""
-    run.artifacts["dsf_adapter"] = str(adapter)
-    run.tables["dsf_facts"] = [q.qid for q in facts]
+def give_dsf(facts: list, adapter: str | Path) -> Measured:
+    """What chapter 3 hands over, for its results file: its chosen checkpoint and the test facts it
+    was trained on."""
+    return Measured(tables={"dsf_facts": [q.qid for q in facts]}, artifacts={"dsf_adapter": str(adapter)})
 
 
-def give_raft(run, adapter: str | Path) -> None:
-    """Chapter 4 hands over its main RAFT reader."""
-    run.artifacts["raft_adapter"] = str(adapter)
+def give_raft(adapter: str | Path) -> Measured:
+    """What chapter 4 hands over, for its results file: its main RAFT reader."""
+    return Measured(artifacts={"raft_adapter": str(adapter)})
 
 
 def dsf_facts(model: str, kb_seed: int, folder: Path | None = None) -> list[str] | None:

@@ -104,20 +104,23 @@ class Measured:
             raise ValueError(f"table {name!r} is kept twice by one step")
         self.tables[name] = rows
 
+    def update(self, other: "Measured") -> None:
+        """Take in what a helper of the same step measured (answer_outcomes, a hand-over); a name both
+        hold is an error (each condition, metric, table and artifact has one author)."""
+        for name in ("outcomes", "outcome_tokens", "metrics", "metric_rules", "tables", "artifacts"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            twice = sorted(set(mine) & set(theirs))
+            if twice:
+                raise ValueError(f"{name} {twice} come from two steps: each has one author")
+            mine.update(theirs)
+
     @classmethod
     def merged(cls, *parts: "Measured | None") -> "Measured":
-        """Several steps' records in one, in their order; a name two steps measured is an error (each
-        condition, metric, table and artifact has one author)."""
+        """Several steps' records in one, in their order (None: a step that did not run)."""
         out = cls()
         for part in parts:
-            if part is None:
-                continue
-            for name in ("outcomes", "outcome_tokens", "metrics", "metric_rules", "tables", "artifacts"):
-                mine, theirs = getattr(out, name), getattr(part, name)
-                twice = sorted(set(mine) & set(theirs))
-                if twice:
-                    raise ValueError(f"{name} {twice} come from two steps: each has one author")
-                mine.update(theirs)
+            if part is not None:
+                out.update(part)
         return out
 
 

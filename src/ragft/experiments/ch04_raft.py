@@ -53,13 +53,13 @@ from ..corpus import benchmarks
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..models import max_chunk_tokens
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import Ranking
 from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
 from ..train import example, merged, tasks, train
 from ..train.measure import release_memory
-from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, record_answers, start
+from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, answer_outcomes, start
 
 CHAPTER = "04_raft"
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
@@ -291,13 +291,15 @@ def ask(ch: Chapter, model_lm, style: str, k: int, desc: str, idx: list[int] | N
     return raft.ask(model_lm, [ch.test_items[i].question for i in idx], docs, style, limit, p.batch_size, desc=desc)
 
 
-def score(ch: Chapter, label: str, outcome: str, gen: Generation, idx: list[int] | None = None,
+def score(ch: Chapter, into: Measured, label: str, outcome: str, gen: Generation, idx: list[int] | None = None,
           quoting: bool = False, **extra) -> dict:
     """A table row for a reader's generated answers to the items at `idx` (`raft.score_row`), its
-    outcomes recorded under `outcome` (and `outcome + " refusal"` for unanswerable items)."""
+    outcomes kept in `into`, the calling step's own record, under `outcome` (and `outcome + " refusal"`
+    for unanswerable items)."""
     idx = list(range(len(ch.test_items))) if idx is None else list(idx)
     items = [ch.test_items[i] for i in idx]
-    record_answers(ch.run, outcome, items, gen, raft.answers_of(gen.texts))  # scored as raft.score_row scores
+    # scored as raft.score_row scores
+    into.update(answer_outcomes(outcome, items, gen, raft.answers_of(gen.texts)))
     return raft.score_row(label, gen, items, [ch.oracles[i] for i in idx] if quoting else None,
                           ch.params.price_per_mtok, **extra)
 
@@ -366,11 +368,13 @@ def rank(ch: Chapter, model_lm, style: str, k: int, idx: list[int] | None = None
                   sum(r.prompt_tokens) / len(idx)), gen
 
 
-def read(ch: Chapter, model_lm, style: str, k: int, name: str, idx: list[int] | None = None) -> tuple[Scored, Generation | None]:
-    """A reader scored by candidate log-likelihood on the items at `idx` and recorded under `name`;
-    a quoting reader ("raft") first generates its reasoning on the same items (returned, else None)."""
+def read(ch: Chapter, into: Measured, model_lm, style: str, k: int, name: str,
+         idx: list[int] | None = None) -> tuple[Scored, Generation | None]:
+    """A reader scored by candidate log-likelihood on the items at `idx`, its outcomes kept in `into`
+    (the calling step's own record) under `name`; a quoting reader ("raft") first generates its
+    reasoning on the same items (returned, else None)."""
     sc, gen = rank(ch, model_lm, style, k, idx, name)
-    ch.run.record(name, sc.outcomes)
+    into.record(name, sc.outcomes)
     return sc, gen
 
 
@@ -404,6 +408,7 @@ class MainTable:
     scored: dict  # outcome name -> Scored (candidate log-likelihoods on every test item)
     gens: dict  # outcome name -> Generation of a quoting reader, on every test item
     labels: dict = field(default_factory=dict)  # MAIN key -> its row's label in `table`, in run order
+    measured: Measured = field(default_factory=Measured)  # every reader's outcomes; RAFT's adapter, handed over
 
     def row(self, key: str) -> pd.Series:
         """A reader's row, found by its MAIN key (its label carries the run's top-k)."""
@@ -417,17 +422,17 @@ def main_table(ch: Chapter, reader) -> MainTable:
     notebook trained with the recipe (raft.train_reader on setup's records); its fitness on the
     development questions (raft_fitness, the plan's `raft` rule) is measured before it is asked."""
     k, rows, run, sub = ch.k, [], ch.run, ch.generated
-    scored, gens, labels = {}, {}, {}
+    scored, gens, labels, measured = {}, {}, {}, Measured()
 
     def add(key, label, model_lm, style, k_read, quoting=False, **extra):
         name, labels[key] = MAIN[key], label
-        sc, full = read(ch, model_lm, style, k_read, name)
+        sc, full = read(ch, measured, model_lm, style, k_read, name)
         scored[name] = sc
         if full is not None:  # a quoting reader: its replies to every item, the subset's for the format view
             gens[name] = full
             extra["marker_rate"] = marker_rate(full)
         gen = full.subset(sub) if full is not None else ask(ch, model_lm, style, k_read, name + GENERATED, sub)
-        rows.append({**score(ch, label, name + GENERATED, gen, sub, quoting=quoting, **extra), **sc.row()})
+        rows.append({**score(ch, measured, label, name + GENERATED, gen, sub, quoting=quoting, **extra), **sc.row()})
 
     with run.stage("table"):
         add("base_closed", "base, closed book", ch.lm, "closed", 0)
@@ -439,7 +444,7 @@ def main_table(ch: Chapter, reader) -> MainTable:
         del dsf_lm
         release_memory()
         main = reader
-        handover.give_raft(run, main.artifact)  # the freshness chapter reads it
+        measured.update(handover.give_raft(main.artifact))  # the freshness chapter reads it
     with run.stage("raft_fitness"):
         fitness = raft_fitness(ch, main.lm)
     with run.stage("table"):
@@ -451,7 +456,8 @@ def main_table(ch: Chapter, reader) -> MainTable:
                 train_s=nocot.metrics["train_s"])
             del nocot
         release_memory()
-    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens, labels)
+    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens, labels,
+                     measured)
 
 
 TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
@@ -497,6 +503,7 @@ class Ablations:
     scored: dict = field(default_factory=dict)  # outcome name -> Scored, on `Chapter.ablation_facts`
     gens: dict = field(default_factory=dict)  # outcome name -> Generation, on the same facts
     why: str = ""  # where the profile leaves them (`not_here`), "" when it runs them
+    measured: Measured = field(default_factory=Measured)  # every variant's outcomes
 
     @property
     def empty(self) -> bool:
@@ -514,14 +521,14 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
         print(f"The ablations are not run in the {p.profile} profile: {why}.")
         return Ablations(pd.DataFrame(), pd.DataFrame(), why=why)
     main_name = MAIN["raft_rag"]
-    p_rows, d_rows, fits, scored, gens = [], [], {}, {}, {}
+    p_rows, d_rows, fits, scored, gens, measured = [], [], {}, {}, {}, Measured()
 
     def variant(outcome, model_lm):
         if model_lm is None:  # the main variant, on the ablations' facts
             sc, gen = main.scored[main_name].only(ch.ablation_qids), main.gens[main_name].subset(idx)
-            ch.run.record(outcome, sc.outcomes)
+            measured.record(outcome, sc.outcomes)
         else:
-            sc, gen = read(ch, model_lm, "raft", k, outcome, idx)
+            sc, gen = read(ch, measured, model_lm, "raft", k, outcome, idx)
         scored[outcome], gens[outcome] = sc, gen
         return sc, gen
 
@@ -529,17 +536,17 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
         for share in p.p_values:
             result = None if share == p.p_oracle else fit(ch, raft_data(ch, p=share), f"raft-kb-p{share:g}")
             sc, gen = variant(p_outcome(share), result.lm if result else None)
-            p_rows.append({**score(ch, f"P = {share:g}", p_outcome(share) + GENERATED, gen, idx, quoting=True,
+            p_rows.append({**score(ch, measured, f"P = {share:g}", p_outcome(share) + GENERATED, gen, idx, quoting=True,
                                    p_oracle=share, marker_rate=marker_rate(gen)), **sc.row()})
             del result
             release_memory()
         for d in p.distractor_counts:
             fits[d] = main.raft if d == p.n_distractors else fit(ch, raft_data(ch, k=d), f"raft-kb-d{d}")
             sc, gen = variant(d_outcome(d), None if d == p.n_distractors else fits[d].lm)
-            d_rows.append({**score(ch, f"{d} distractors", d_outcome(d) + GENERATED, gen, idx, quoting=True,
+            d_rows.append({**score(ch, measured, f"{d} distractors", d_outcome(d) + GENERATED, gen, idx, quoting=True,
                                    n_distractors=d, marker_rate=marker_rate(gen)), **sc.row()})
     return Ablations(pd.DataFrame(p_rows).set_index("condition"), pd.DataFrame(d_rows).set_index("condition"),
-                     fits, scored, gens)
+                     fits, scored, gens, measured=measured)
 
 
 def best_p(p_table: pd.DataFrame) -> float:
@@ -573,6 +580,7 @@ class Curves:
     contains: pd.DataFrame  # top-k x reader: generated answers that contain the gold
     tokens: dict = field(default_factory=dict)  # (reader, top-k) -> mean prompt tokens
     why: str = ""  # where the profile leaves them (`not_here`), "" when it runs them
+    measured: Measured = field(default_factory=Measured)  # every reader's outcomes at every top-k
 
     @property
     def empty(self) -> bool:
@@ -593,7 +601,7 @@ def top_k_curves(ch: Chapter, main: MainTable, abl: Ablations) -> Curves:
     if ch.least_distractors != p.n_distractors:
         readers[ch.least_reader] = (abl.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
     scored, gens = {**main.scored, **abl.scored}, {**main.gens, **abl.gens}
-    curves, contains, tokens = {}, {}, {}
+    curves, contains, tokens, measured = {}, {}, {}, Measured()
     with ch.run.stage("top_k"):
         for name, (model_lm, style, at_k) in readers.items():
             # the fewest-distractor reader only where a claim reads it (F5 at the largest top-k)
@@ -601,20 +609,22 @@ def top_k_curves(ch: Chapter, main: MainTable, abl: Ablations) -> Curves:
                 outcome = topk_outcome(name, kk)
                 if kk == k:  # measured already: the same scores, on the curves' facts, under the curve's name
                     sc = scored[at_k].only(ch.ablation_qids)
-                    ch.run.record(outcome, sc.outcomes)
+                    measured.record(outcome, sc.outcomes)
                 else:
-                    sc, gen = read(ch, model_lm, style, kk, outcome, idx)
+                    sc, gen = read(ch, measured, model_lm, style, kk, outcome, idx)
                 if style != "raft":  # the base reader in words, on the generated subset
                     said = (main.table.loc[f"base + RAG (top-{k})", "contains"] if kk == k else
-                            score(ch, name, outcome + GENERATED, ask(ch, model_lm, style, kk, outcome, sub), sub)["contains"])
+                            score(ch, measured, name, outcome + GENERATED, ask(ch, model_lm, style, kk, outcome, sub),
+                                  sub)["contains"])
                 else:  # a quoting reader's replies on the fact questions, generated for its scoring
                     if kk == k:
                         gen = gens[at_k].subset(idx) if at_k == MAIN["raft_rag"] else gens[at_k]
-                    said = score(ch, name, outcome + GENERATED, gen, idx)["contains"]
+                    said = score(ch, measured, name, outcome + GENERATED, gen, idx)["contains"]
                 contains.setdefault(name, {})[kk] = said
                 curves.setdefault(name, {})[kk] = sc.acc
                 tokens[name, kk] = sc.prompt_tokens
-    return Curves(pd.DataFrame(curves).rename_axis("top-k"), pd.DataFrame(contains).rename_axis("top-k"), tokens)
+    return Curves(pd.DataFrame(curves).rename_axis("top-k"), pd.DataFrame(contains).rename_axis("top-k"), tokens,
+                  measured=measured)
 
 
 def base_best_k(curve: pd.DataFrame) -> int:
@@ -682,6 +692,7 @@ class Benchmarks:
     notes: list = field(default_factory=list)
     pubmedqa_gold: list = field(default_factory=list)  # the test labels, for macro-F1's drift tolerance
     hotpotqa_available: int = 0  # HotpotQA test questions the data folder holds after the train split
+    measured: Measured = field(default_factory=Measured)  # every reader's outcomes, per benchmark item
 
     @property
     def table(self) -> pd.DataFrame:
@@ -715,7 +726,7 @@ def pubmedqa(ch: Chapter) -> Benchmarks:
     retriever = _bench_store(ch, "pubmedqa", test + train_items, p.pubmedqa_chunk_size)
     docs = [[h.text for h in hits] for hits in retriever.dense([it.question for it in test], p.pubmedqa_top_k)]
     train_chunks = retriever.store.all_chunks(where={"doc_id": {"$in": [it.passages[0].pid for it in train_items]}})
-    ch.run.record("PubMedQA majority class", {it.qid: float(majority == it.answers[0]) for it in test})
+    out.measured.record("PubMedQA majority class", {it.qid: float(majority == it.answers[0]) for it in test})
     out.rows.append({"benchmark": "PubMedQA", "condition": "majority class", "n": len(gold),
                      **raft.label_scores([majority] * len(gold), gold)})
     readers = _bench_readers(ch, "pubmedqa", train_items, raft.chunk_sources(train_items, train_chunks),
@@ -726,7 +737,7 @@ def pubmedqa(ch: Chapter) -> Benchmarks:
         read_docs = docs if style != "closed" else None
         gen, r = raft.read(model_lm, questions, read_docs, style, labels, gold_idx, p.bench_max_new_tokens,
                            p.batch_size, f"PubMedQA {name}")
-        ch.run.record(f"PubMedQA {name}", r.outcomes([it.qid for it in test]))
+        out.measured.record(f"PubMedQA {name}", r.outcomes([it.qid for it in test]))
         out.rows.append({"benchmark": "PubMedQA", "condition": name, "n": len(gold),
                          **raft.label_scores(raft.predicted_labels(r, PUBMEDQA_LABELS), gold),
                          "chance": r.chance, "prompt_tokens": sum(r.prompt_tokens) / len(test),
@@ -765,7 +776,7 @@ def hotpotqa(ch: Chapter) -> Benchmarks:
                        _bench_limit(ch, style), p.batch_size, f"HotpotQA {name}")
         r = raft.score_row(name, gen, test, oracles if style == "raft" else None, p.price_per_mtok)
         f1s = f1_outcomes(test, gen.texts)
-        ch.run.record(f"HotpotQA {name}", f1s, tokens=_tokens(test, gen))
+        out.measured.record(f"HotpotQA {name}", f1s, tokens=_tokens(test, gen))
         out.rows.append({"benchmark": "HotpotQA", "condition": name, "n": len(test), "em": r["em"],
                          "f1": sum(f1s.values()) / len(f1s),  # the official script's F1, as the outcomes
                          "f1_ci": mean_interval(list(f1s.values())), "contains": r["contains"],
@@ -783,7 +794,8 @@ def benchmark_rows(ch: Chapter) -> Benchmarks:
         pub = pubmedqa(ch)
     with ch.run.stage("hotpotqa"):
         hot = hotpotqa(ch)
-    return Benchmarks(pub.rows + hot.rows, pub.notes + hot.notes, pub.pubmedqa_gold, hot.hotpotqa_available)
+    return Benchmarks(pub.rows + hot.rows, pub.notes + hot.notes, pub.pubmedqa_gold, hot.hotpotqa_available,
+                      Measured.merged(pub.measured, hot.measured))
 
 
 def benchmark_style(bench: Benchmarks):
@@ -815,6 +827,11 @@ class Findings:
     ablations: Ablations
     curves: Curves
     bench: Benchmarks
+
+    @property
+    def measured(self) -> Measured:
+        """Every section's outcomes (and RAFT's hand-over), in run order."""
+        return Measured.merged(self.main.measured, self.ablations.measured, self.curves.measured, self.bench.measured)
 
 
 def macro_f1_tol(gold: list[str], labels: tuple[str, ...] = PUBMEDQA_LABELS) -> float:
@@ -853,20 +870,17 @@ def _curve_metrics(ch: Chapter, curves: Curves, put, n_gen: int, n_ablation: int
     put("topk_n", n_ablation, "exact")
 
 
-def headline_metrics(ch: Chapter, f: Findings) -> dict:
+def headline_metrics(ch: Chapter, f: Findings) -> Measured:
     """The chapter's headline metrics, each declared with its kind on the results file. `<key>_acc`
     is candidate accuracy on every test fact (`<key>_n` of them); `<key>_contains`, `_em`, `_f1` and
     `_refusal_acc` are the generated answers on the subset (`generated_n` facts,
     `generated_unanswerable_n` unanswerable questions)."""
-    run = ch.run
     n_facts, n_unanswerable, n_ablation = len(ch.facts), len(ch.test_items) - len(ch.facts), len(ch.ablation_facts)
     sub = ch.generated
     n_gen = len(ch.generated_facts)
     n_gen_unanswerable = len(sub) - n_gen
-    m: dict = {}
-
-    def put(key, value, kind, **rule):
-        m[key] = run.metric(key, value, kind, **rule)
+    m = Measured()
+    put = m.metric
 
     def refusal(key, r):
         if pd.notna(r.refusal_auroc):
@@ -941,9 +955,9 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
 
 
 def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), with
-    the run's choices for its placeholders, its reasons for the arms its parameters leave out, and its
-    arms' labels; stored on the results file, keyed by comparison id. Directions are the claims' own,
+    """Every comparison the analysis plan declares for this chapter (ragft.results.state_comparisons),
+    with the run's choices for its placeholders, its reasons for the arms its parameters leave out, and
+    its arms' labels, keyed by comparison id; `save` keeps them on the results file. Directions are the claims' own,
     whatever this run measured."""
     p, least = ch.params, ch.least_distractors
     low, top = min(p.top_ks), max(p.top_ks)
@@ -981,7 +995,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "F3-hotpotqa": ("RAFT + RAG F1", "base + RAG F1", True),  # a mean F1, 0 to 1: in points
         "F3-pubmedqa": ("RAFT + RAG accuracy", "base + RAG accuracy"),
     }
-    return ch.run.compare_chapter(labels, choices, unmeasured)
+    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, p.profile)
 
 
 def _ablation_sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
@@ -1074,9 +1088,9 @@ def sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:
     return out
 
 
-def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
-    prose.glue_findings(headline, comparisons.values(), sentences(ch, f, headline))
+    prose.glue_findings(headline.metrics, comparisons.values(), sentences(ch, f, headline))
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", f.main.dsf_source)
@@ -1085,12 +1099,14 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("facts_source", ch.facts_source)
 
 
-def save(ch: Chapter, f: Findings) -> Path:
-    run = ch.run
+def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> Path:
+    """The chapter's one recording step: every section's outcomes, RAFT's hand-over, the headline
+    metrics, the judged comparisons and the tables, written to the results file."""
     records = lambda table: table.reset_index().to_dict("records")  # noqa: E731
-    run.tables.update(table=records(f.main.table), p_ablation=records(f.ablations.p_table),
-                      distractor_ablation=records(f.ablations.d_table), top_k=records(f.curves.curve),
-                      top_k_generated=records(f.curves.contains), benchmarks=f.bench.rows,
-                      benchmark_notes=f.bench.notes, paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source,
-                      raft_dev=development_table(ch, f.main).to_dict("records"))
-    return run.save(lm=ch.lm)
+    tables = Measured(tables=dict(
+        table=records(f.main.table), p_ablation=records(f.ablations.p_table),
+        distractor_ablation=records(f.ablations.d_table), top_k=records(f.curves.curve),
+        top_k_generated=records(f.curves.contains), benchmarks=f.bench.rows, benchmark_notes=f.bench.notes,
+        paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source,
+        raft_dev=development_table(ch, f.main).to_dict("records")))
+    return ch.run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)
