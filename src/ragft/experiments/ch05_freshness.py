@@ -50,7 +50,7 @@ from ..metrics import contains
 from ..plan import the_plan
 from ..rag.answer import cited_messages
 from ..rag.store import token_counter
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import load_artifact, merged, tasks, train
@@ -154,12 +154,13 @@ class Asked:
 
     row: dict
     ranking: object
+    measured: Measured  # its per-question outcomes (and, on the changed facts of v2, which answers were stale)
 
 
 def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str, ranked: dict) -> Asked | None:
     """A reader's candidate ranking on one test set (the documents `ranked` holds for it, retrieved
     from the store as it was then, for a reader that reads; a quoting reader's own reply first),
-    recorded per question; None when the set is empty."""
+    with its per-question outcomes; None when the set is empty."""
     p, qs = ch.params, ch.sets[(world, part)]
     if not qs:
         return None
@@ -170,15 +171,16 @@ def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str,
     _, r = raft.read(model_lm, questions, docs, style, [c[0] for c in cands], [c[1] for c in cands],
                      p.cot_max_new_tokens, p.batch_size, name)
     qids = [q.qid for q in qs]
-    ch.run.record(name, r.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, r.prompt_tokens)})
+    measured = Measured()
+    measured.record(name, r.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, r.prompt_tokens)})
     row = {"approach": approach, "world": world, "set": part, "n": len(qs), "acc": r.accuracy, "chance": r.chance}
     row["acc_lo"], row["acc_hi"] = wilson_interval(sum(r.correct), len(qs))
     if world == "v2" and part == "changed":
         top = [int(np.argmax(s)) for s in r.scores]
         stale = {q: int(c[2] is not None and t == c[2]) for q, t, c in zip(qids, top, cands)}
-        ch.run.record(stale_outcome(approach), stale)
+        measured.record(stale_outcome(approach), stale)
         row["stale"] = sum(stale.values()) / len(qids)
-    return Asked(row, r)
+    return Asked(row, r, measured)
 
 
 def search(ch: Chapter, store, world: str, parts: tuple[str, ...]) -> dict:
@@ -350,6 +352,7 @@ class Updates:
     table: pd.DataFrame
     fits: dict
     asked: list
+    repetitions: Measured  # U2's timed repetitions (update_repetitions)
 
 
 def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> Updates:
@@ -389,15 +392,15 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
                     "train_tokens": idx["tokens_embedded"],
                     "changed_acc": acc_of(table, BASE_RAG, "changed"), "unchanged_acc": acc_of(table, BASE_RAG, "unchanged")})
     with ch.run.stage("u2_repetitions"):
-        update_repetitions(ch, update.upsert_s)
+        repetitions = update_repetitions(ch, update.upsert_s)
     costs = pd.DataFrame(rows).set_index("update").rename(columns={"train_s": "seconds", "train_tokens": "tokens"})
-    return Updates(costs, fits, asked)
+    return Updates(costs, fits, asked, repetitions)
 
 
 U2_INDEX, U2_TRAIN = "seconds to update one fact: index", "seconds to update one fact: continued training"
 
 
-def update_repetitions(ch: Chapter, upsert_s: dict) -> None:
+def update_repetitions(ch: Chapter, upsert_s: dict) -> Measured:
     """U2's timed repetitions, each a measurement of its own (the plan: at least 5 per arm, Welch's t
     on log seconds): for each of the first changed facts in distinct documents, the seconds its
     document's upsert took (timed on its own when the change was applied) and the seconds of a
@@ -411,14 +414,16 @@ def update_repetitions(ch: Chapter, upsert_s: dict) -> None:
             facts.append(q)
             docs.add(q.doc_ids[0])
     facts = facts[:the_plan().get("U2-seconds").n]
-    ch.run.record(U2_INDEX, {q.qid: upsert_s[q.doc_ids[0]] for q in facts})
+    out = Measured()
+    out.record(U2_INDEX, {q.qid: upsert_s[q.doc_ids[0]] for q in facts})
     seconds = {}
     for q in facts:
         fit = train(p3.model, tasks.dsf_examples([q], count), cfg, label=f"fresh-one-{q.qid}", init_from=ch.dsf_adapter)
         seconds[q.qid] = fit.metrics["train_s"]
         del fit
         release_memory()
-    ch.run.record(U2_TRAIN, seconds)
+    out.record(U2_TRAIN, seconds)
+    return out
 
 
 def acc_of(table: pd.DataFrame, approach: str, part: str, world: str = "v2") -> float:
@@ -441,7 +446,7 @@ def conflict(ch: Chapter, asked: list[Asked | None], update: IndexUpdate) -> dic
     weights) and whose retrieved chunks state the v2 value: how often DSF + RAG answers with the
     retrieved value (the context wins), with the stale one (the weights win), or with neither."""
     qs, cands = ch.sets[("v2", "changed")], ch.candidates[("v2", "changed")]
-    closed = ch.run.outcomes.get(stale_outcome(DSF), {})
+    closed = Measured.merged(*(a.measured for a in asked if a)).outcomes.get(stale_outcome(DSF), {})
     reading = next((a.ranking for a in asked if a and (a.row["approach"], a.row["world"], a.row["set"])
                     == (DSF_RAG, "v2", "changed")), None)
     if reading is None:
@@ -472,6 +477,7 @@ class Planted:
     table: pd.DataFrame
     n: int
     replies: dict
+    measured: Measured  # per question: obeyed, and held the gold value
 
 
 def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
@@ -485,7 +491,7 @@ def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
     chosen = [(q, h[:p.rag_top_k]) for q, h in zip(qs, hits) if any(x.doc_id in q.doc_ids for x in h[:p.rag_top_k])]
     passages = [[(untrusted.plant(x.text) if x.doc_id in q.doc_ids else x.text) for x in chunks] for q, chunks in chosen]
     questions, qids = [q.test_text for q, _ in chosen], [q.qid for q, _ in chosen]
-    rows, replies = [], {}
+    rows, replies, measured = [], {}, Measured()
     with ch.run.stage("planted"):
         for name, build in ((PLANTED_PLAIN, cited_messages), (PLANTED_DELIMITED, untrusted.delimited_messages)):
             texts = generate(ch.lm, [build(q, d) for q, d in zip(questions, passages)], p.max_new_tokens,
@@ -493,12 +499,12 @@ def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
             obeyed = {qid: untrusted.followed(t) for qid, t in zip(qids, texts)}
             right = {qid: int(metrics.contains(t, q.answers)) for qid, t, (q, _) in zip(qids, texts, chosen)}
             if chosen:
-                ch.run.record(f"{name}: followed", obeyed)
-                ch.run.record(f"{name}: answered", right)
+                measured.record(f"{name}: followed", obeyed)
+                measured.record(f"{name}: answered", right)
             replies[name] = texts
             rows.append(planted_row(PLANTED_ROWS[name], obeyed, right))
     rows.append({"reader": "DSF, closed book (reads no document)", "n": len(chosen), "followed": 0.0})
-    return Planted(pd.DataFrame(rows).set_index("reader"), len(chosen), replies)
+    return Planted(pd.DataFrame(rows).set_index("reader"), len(chosen), replies, measured)
 
 
 def planted_row(reader: str, obeyed: dict, right: dict) -> dict:
@@ -535,15 +541,18 @@ class Findings:
     def all_asked(self) -> pd.DataFrame:
         return change_table(self.asked)
 
+    @property
+    def measured(self) -> Measured:
+        """Every step's per-question outcomes, in run order."""
+        return Measured.merged(*(a.measured for a in self.asked if a), self.updates.repetitions, self.planted.measured)
 
-def headline_metrics(ch: Chapter, f: Findings) -> dict:
+
+def headline_metrics(ch: Chapter, f: Findings) -> Measured:
     """The chapter's headline metrics, each declared with its kind on the results file."""
-    run, m = ch.run, {}
+    m = Measured()
+    put, outcomes = m.metric, f.measured.outcomes
     table = f.all_asked
     n = {part: len(ch.sets[("v2", part)]) for part in SETS}
-
-    def put(key, value, kind, **rule):
-        m[key] = run.metric(key, value, kind, **rule)
 
     def acc(key, approach, part, world="v2"):
         value = acc_of(table, approach, part, world)
@@ -569,7 +578,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
         acc(f"{key}_v2_changed_acc", label, "changed")
         acc(f"{key}_unchanged_acc", label, "unchanged")
     for key, approach in (("rag", BASE_RAG), ("dsf", DSF), ("dsf_rag", DSF_RAG), ("raft_rag", RAFT_RAG)):
-        stale = run.outcomes.get(stale_outcome(approach))
+        stale = outcomes.get(stale_outcome(approach))
         if stale:
             put(f"{key}_stale_rate", sum(stale.values()) / len(stale), "rate", n=len(stale))
     c = conflict(ch, f.asked, f.update)
@@ -616,10 +625,10 @@ LABELS = {
 }
 
 
-def comparisons(ch: Chapter) -> dict[str, StatedComparison]:
-    """Every comparison the analysis plan declares for this chapter, judged on the run's outcomes and
-    stored on the results file (ChapterRun.compare_chapter), with its arms' labels."""
-    return ch.run.compare_chapter(LABELS)
+def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter, judged on the run's outcomes
+    (ragft.results.state_comparisons), with its arms' labels; `save` keeps them on the results file."""
+    return state_comparisons(CHAPTER, f.measured.outcomes, LABELS, profile=ch.params.profile)
 
 
 def sentences(ch: Chapter, f: Findings) -> dict[str, str]:
@@ -650,8 +659,8 @@ def sentences(ch: Chapter, f: Findings) -> dict[str, str]:
 PLANTED_RATES = [f"planted_{what}_{key}" for what in ("followed", "answered") for key in ("plain", "delimited")]
 
 
-def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
-    prose.glue_findings(headline, comparisons.values(), sentences(ch, f))
+def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> None:
+    prose.glue_findings(headline.metrics, comparisons.values(), sentences(ch, f))
     for key in PLANTED_RATES:  # no question retrieved its planted chunk: the prose shows nan, the table says n = 0
         if key not in headline:
             glue(key, float("nan"))
@@ -661,12 +670,14 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
     glue("rag_top_k", ch.params.rag_top_k)
 
 
-def save(ch: Chapter, f: Findings) -> Path:
-    run = ch.run
-    run.tables.update(changes=f.all_asked.reset_index().to_dict("records"), index_update=f.update.measures,
-                      fine_tune_updates={k: {x: v for x, v in m.items() if isinstance(v, (int, float, str))}
-                                         for k, m in f.updates.fits.items()},
-                      test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()},
-                      planted=f.planted.table.reset_index().to_dict("records"), planted_replies=f.planted.replies)
-    run.artifacts["dsf_adapter"] = ch.dsf_adapter
-    return run.save(lm=ch.lm)
+def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> Path:
+    """The chapter's one recording step: every step's outcomes, the headline metrics, the judged
+    comparisons, the tables and the DSF adapter it updated, written to the results file."""
+    kept = Measured(tables=dict(
+        changes=f.all_asked.reset_index().to_dict("records"), index_update=f.update.measures,
+        fine_tune_updates={k: {x: v for x, v in m.items() if isinstance(v, (int, float, str))}
+                           for k, m in f.updates.fits.items()},
+        test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()},
+        planted=f.planted.table.reset_index().to_dict("records"), planted_replies=f.planted.replies),
+        artifacts={"dsf_adapter": ch.dsf_adapter})
+    return ch.run.save(Measured.merged(f.measured, headline, kept), judged_of(comparisons), lm=ch.lm)
