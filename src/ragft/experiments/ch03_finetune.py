@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -53,7 +54,7 @@ from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..generation import Generation, generate
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
@@ -95,6 +96,14 @@ class ForgettingProbe:
     perplexity: float
     segment_nll: dict  # "<text>, tokens a-b" -> mean negative log-likelihood of those tokens
     by_text: dict = field(default_factory=dict)  # text name -> perplexity
+    label: str = ""  # whose probe: its outcomes are "NLL: <label>"
+
+    @property
+    def measured(self) -> "Measured":
+        """Its per-segment NLL as the outcomes "NLL: <label>"."""
+        out = Measured()
+        out.record(f"NLL: {self.label}", self.segment_nll)
+        return out
 
 
 @dataclass
@@ -113,6 +122,7 @@ class Chapter:
     known: list = field(default_factory=list)  # corpus.known.RankedQuestion the base model ranks right
     base_probe: ForgettingProbe | None = None
     skipped: dict = field(default_factory=dict)  # method -> why it does not fit the device
+    measured: Measured = field(default_factory=Measured)  # what setup measured: the known questions, the base probe
 
     @property
     def best_count(self) -> int:
@@ -142,8 +152,10 @@ def setup(params) -> Chapter:
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
     general = tasks.general_texts(params.forgetting_chars)
+    known, screened = known_questions(lm, params)
+    base_probe = probe("base model", lm, general)
     ch = Chapter(params, run, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
-                 general, known=known_questions(run, lm, params), base_probe=probe(run, "base model", lm, general))
+                 general, known=known, base_probe=base_probe, measured=Measured.merged(screened, base_probe.measured))
     ch.skipped = methods_that_do_not_fit(params, lm.device)
     for message in ch.skipped.values():
         print(message)
@@ -170,18 +182,20 @@ def methods_that_do_not_fit(params, device: str) -> dict[str, str]:
     return out
 
 
-def known_questions(run: ChapterRun, lm, params) -> list:
+def known_questions(lm, params) -> tuple[list, Measured]:
     """The first n_known usable NQ-Open questions (corpus.known) that the base model ranks right closed
-    book: facts it knew before any training. Recorded as "base known" (1 for each, by construction);
-    a fine-tune's "<model> known" says which it still ranks right. Empty when n_known is 0."""
+    book: facts it knew before any training, with their outcomes "base known" (1 for each, by
+    construction); a fine-tune's "<model> known" says which it still ranks right. Empty when n_known
+    is 0."""
+    out = Measured()
     if not params.n_known:
-        return []
+        return [], out
     screened = ranked_questions(load_nq_open(), params.n_known, LOOKALIKES, params.seed)
     ranking = rank_known(lm, screened, "known (screen)")
     known = [q for q, right in zip(screened, ranking.correct) if right]
     if known:
-        run.record(f"{BASE} known", {q.qid: 1 for q in known})
-    return known
+        out.record(f"{BASE} known", {q.qid: 1 for q in known})
+    return known, out
 
 
 def rank_known(model_lm, questions: list, desc: str):
@@ -207,18 +221,16 @@ def segment_means(token_nll: list[float], size: int = SEGMENT_TOKENS) -> dict[st
     return {f"tokens {a}-{b - 1}": sum(token_nll[a:b]) / (b - a) for a, b in zip(bounds, ends)}
 
 
-def probe(run: ChapterRun, label: str, model_lm, general: dict) -> ForgettingProbe:
+def probe(label: str, model_lm, general: dict) -> ForgettingProbe:
     """A model's forgetting probe: its perplexity on the general texts together (the headline figure),
-    per text, and its per-segment NLL on each text, recorded as the outcomes "NLL: <label>"."""
+    per text, and its per-segment NLL on each text (its outcomes "NLL: <label>")."""
     segments, total, count, by_text = {}, 0.0, 0, {}
     for text_name, text in general.items():
         ppl, token_nll = tasks.perplexity_probe(model_lm, text)
         by_text[text_name] = ppl
         total, count = total + sum(token_nll), count + len(token_nll)
         segments.update({f"{text_name}, {k}": v for k, v in segment_means(token_nll).items()})
-    result = ForgettingProbe(math.exp(total / count), segments, by_text)
-    run.record(f"NLL: {label}", result.segment_nll)
-    return result
+    return ForgettingProbe(math.exp(total / count), segments, by_text, label)
 
 
 def contains_outcomes(questions: list, texts: list[str], gen: Generation | None = None,
@@ -249,11 +261,12 @@ def rank_facts(ch: Chapter, model_lm, conversations: list, facts: list, desc: st
     return rank_candidates(model_lm, conversations, [c for c, _ in pairs], [g for _, g in pairs], desc=desc)
 
 
-def closed_book(ch: Chapter, model_lm, name: str | None, facts: list | None = None) -> tuple[dict, dict]:
+def closed_book(ch: Chapter, into: Measured | None, model_lm, name: str | None,
+                facts: list | None = None) -> tuple[dict, dict]:
     """A model's closed-book outcomes on the held-out and on the first trained paraphrase of each fact
     (default: the test facts), by candidate log-likelihood: ({qid: 1/0} held-out, {qid: 1/0} trained).
-    With a name they are recorded as "<name> held-out", "<name> trained paraphrase" and "<name>
-    quality" (the mean of the two per fact)."""
+    With a name they are kept in `into` (the calling step's record) as "<name> held-out", "<name>
+    trained paraphrase" and "<name> quality" (the mean of the two per fact)."""
     facts = ch.facts if facts is None else facts
     qids = [q.qid for q in facts]
     texts = [q.test_text for q in facts] + [q.train_texts[0] for q in facts]
@@ -263,9 +276,9 @@ def closed_book(ch: Chapter, model_lm, name: str | None, facts: list | None = No
     seen = dict(zip(qids, ranking.correct[n:]))
     if name:
         tokens = [(t, 0) for t in ranking.prompt_tokens]
-        ch.run.record(f"{name} held-out", held, tokens=dict(zip(qids, tokens[:n])))
-        ch.run.record(f"{name} trained paraphrase", seen, tokens=dict(zip(qids, tokens[n:])))
-        ch.run.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
+        into.record(f"{name} held-out", held, tokens=dict(zip(qids, tokens[:n])))
+        into.record(f"{name} trained paraphrase", seen, tokens=dict(zip(qids, tokens[n:])))
+        into.record(f"{name} quality", {q: (held[q] + seen[q]) / 2 for q in held})
     return held, seen
 
 
@@ -273,14 +286,14 @@ def share(outcomes: dict) -> float:
     return sum(outcomes.values()) / len(outcomes)
 
 
-def generated(ch: Chapter, model_lm, name: str, conversations: list) -> list[str]:
-    """Generated answers to the test facts' conversations, recorded as "<name> generated" (1 when the
-    answer contains the gold): what a user would read, beside the ranking's verdict."""
+def generated(ch: Chapter, into: Measured, model_lm, name: str, conversations: list) -> list[str]:
+    """Generated answers to the test facts' conversations, kept in `into` as "<name> generated" (1 when
+    the answer contains the gold): what a user would read, beside the ranking's verdict."""
     p, facts = ch.params, ch.facts
     gen = generate(model_lm, conversations, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
     texts = [rag.strip_citations(t) for t in gen.texts]
     scores, tokens = contains_outcomes(facts, texts, gen)
-    ch.run.record(f"{name} generated", scores, tokens=tokens)
+    into.record(f"{name} generated", scores, tokens=tokens)
     return texts
 
 
@@ -415,6 +428,7 @@ class Curve:
     folders: dict
     lr: float
     train: dict
+    measured: Measured = field(default_factory=Measured)  # every checkpoint's outcomes
 
 
 def knowledge_curve(ch: Chapter, lr: float) -> Curve:
@@ -422,7 +436,7 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
     the test facts' trained and held-out phrasings (recorded as "DSF p<n> e<exposures> ..."), the
     development facts' (for the checkpoint rule), and the known real-world questions; with the
     training seconds and FLOPs up to that checkpoint."""
-    p, count = ch.params, ch.best_count
+    p, count, measured = ch.params, ch.best_count, Measured()
     with ch.run.stage("dsf_curve"):
         result = curve_run(p, ch.facts, ch.dev_facts, lr)
         cfg = tasks.dsf_config(p, count, max(p.curve_exposures), lr)
@@ -431,12 +445,12 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
             folders[exposures] = checkpoint_folder(result, exposures, count)
             model_lm = load_artifact(p.model, folders[exposures], cfg, merge=True)
             name = dsf_name(count, exposures)
-            held, seen = closed_book(ch, model_lm, name)
-            dev_held, dev_seen = closed_book(ch, model_lm, None, ch.dev_facts)
+            held, seen = closed_book(ch, measured, model_lm, name)
+            dev_held, dev_seen = closed_book(ch, None, model_lm, None, ch.dev_facts)
             known = float("nan")
             if ch.known:
                 right = rank_known(model_lm, ch.known, f"{name} known").correct
-                ch.run.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
+                measured.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
                 known = sum(right) / len(right)
             cost = result.metrics["snapshots"][str(exposures // count)]
             rows.append({"arm": GOLD_ARM, "exposures": exposures, "train_tokens": cost["train_tokens"],
@@ -446,7 +460,7 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
             del model_lm
             release_memory()
     metrics_ = {k: v for k, v in result.metrics.items() if k != "snapshots"}
-    return Curve(pd.DataFrame(rows, columns=list(CURVE_COLUMNS)), folders, lr, metrics_)
+    return Curve(pd.DataFrame(rows, columns=list(CURVE_COLUMNS)), folders, lr, metrics_, measured)
 
 
 @dataclass
@@ -497,6 +511,7 @@ class Knowledge:
     dsf_lm: object
     rag_conversations: list
     rag_recall: float  # share of test facts whose retrieved chunks hold the gold value
+    measured: Measured = field(default_factory=Measured)  # every row's outcomes, and the hand-over to chapters 4 and 5
 
     def held_out(self, label: str) -> float:
         return float(self.table.loc[label, "held_out"])
@@ -508,14 +523,15 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     given each fact's own document (what RAG would score if retrieval never missed), on the held-out
     questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
     (artifacts["dsf_adapter"], tables["dsf_facts"])."""
-    p, run, count = ch.params, ch.run, ch.best_count
-    held, seen = closed_book(ch, ch.lm, BASE)
+    p, run, count, measured = ch.params, ch.run, ch.best_count, Measured()
+    held, seen = closed_book(ch, measured, ch.lm, BASE)
     rows = [{"condition": CLOSED_ROW, "held_out": share(held), "trained_paraphrase": share(seen)}]
     name = dsf_name(count)
     for part in ("held-out", "trained paraphrase", "quality", "known"):
         source = f"{dsf_name(count, chosen.exposures)} {part}"
-        if source in run.outcomes:
-            run.record(f"{name} {part}", run.outcomes[source], tokens=run.outcome_tokens.get(source))
+        if source in curve.measured.outcomes:
+            measured.record(f"{name} {part}", curve.measured.outcomes[source],
+                            tokens=curve.measured.outcome_tokens.get(source))
     # the last checkpoint gets a row of its own only where it is not the chosen one
     points = [(dsf_row_label(count, chosen.exposures, "chosen" if chosen.converged != chosen.exposures else "both"),
                chosen.exposures)]
@@ -525,7 +541,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
         row = curve.table.set_index("exposures").loc[exposures]
         rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
                      "exposures": exposures, "train_s": row.seconds})
-    handover.give_dsf(run, ch.facts, curve.folders[chosen.exposures])
+    measured.update(handover.give_dsf(ch.facts, curve.folders[chosen.exposures]))
     dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
                            merge=True)
     chroma_folder = run.folder / "chroma" / CHAPTER
@@ -543,11 +559,11 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     with run.stage("rag"):
         for label, outcome, model_lm, convs in readers:
             ranking = rank_facts(ch, model_lm, convs, ch.facts, outcome)
-            run.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
+            measured.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
             rows.append({"condition": label, "held_out": ranking.accuracy})
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", ch.n_facts)  # every row asks the same test facts
-    return Knowledge(table, dsf_lm, conversations, recall)
+    return Knowledge(table, dsf_lm, conversations, recall, measured)
 
 
 def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
@@ -608,6 +624,7 @@ class Injection:
     table: pd.DataFrame
     chosen: dict  # arm -> Checkpoint
     reader: str | None = None  # the arm that stands for the reader's fine-tune
+    measured: Measured = field(default_factory=Measured)  # every arm's checkpoints' outcomes, the reader's copied
 
 
 def no_injection() -> Injection:
@@ -615,11 +632,11 @@ def no_injection() -> Injection:
     return Injection(pd.DataFrame(columns=list(CURVE_COLUMNS) + list(PROBE_COLUMNS)), {})
 
 
-def generated_share(ch: Chapter, model_lm, name: str) -> float:
-    """generated() on every test fact's held-out question, closed book ("<name> generated"): the
-    share whose answer contains the gold."""
-    generated(ch, model_lm, name, [tasks.dsf_messages(q.test_text) for q in ch.facts])
-    return share(ch.run.outcomes[f"{name} generated"])
+def generated_share(ch: Chapter, into: Measured, model_lm, name: str) -> float:
+    """generated() on every test fact's held-out question, closed book ("<name> generated", kept in
+    `into`): the share whose answer contains the gold."""
+    generated(ch, into, model_lm, name, [tasks.dsf_messages(q.test_text) for q in ch.facts])
+    return share(into.outcomes[f"{name} generated"])
 
 
 def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injection:
@@ -629,7 +646,7 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
     ("... + RAG") and generated, their values where the arm's text states them ("... stored", the
     arm's trained phrasing), the known questions, the general-text loss, and the development facts'
     held-out and stored (the checkpoint rule's)."""
-    p, run = ch.params, ch.run
+    p, run, measured = ch.params, ch.run, Measured()
     rule = the_plan().fitness["injection"]["checkpoint"]
     rows, chosen = [], {}
     for arm in p.injection_arms:
@@ -643,26 +660,28 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
                 model_lm = load_artifact(p.model, checkpoint_folder(result, exposures, per), cfg, merge=True)
                 name = arm_name(arm, exposures)
                 held = held_out(ch, model_lm, ch.facts, name)
-                run.record(f"{name} held-out", held)
+                measured.record(f"{name} held-out", held)
                 seen = stored(ch, model_lm, arm, ch.facts)
-                run.record(f"{name} stored", seen)
+                measured.record(f"{name} stored", seen)
                 with_rag = rank_facts(ch, model_lm, rag_conversations, ch.facts, f"{name} + RAG")
-                run.record(f"{name} + RAG", with_rag.outcomes([q.qid for q in ch.facts]))
+                measured.record(f"{name} + RAG", with_rag.outcomes([q.qid for q in ch.facts]))
                 dev_held = held_out(ch, model_lm, ch.dev_facts, "development")
                 known = float("nan")
                 if ch.known:
                     right = rank_known(model_lm, ch.known, f"{name} known").correct
-                    run.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
+                    measured.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
                     known = sum(right) / len(right)
                 cost = result.metrics["snapshots"][str(exposures // per)]
-                arm_rows.append({"arm": READER_ARMS[arm], "exposures": exposures, "train_tokens": cost["train_tokens"],
-                                 "seconds": cost["train_s"], "flops": cost["flops"], "trained_acc": share(seen),
-                                 "heldout_acc": share(held), "known_acc": known,
-                                 "dev_trained_acc": share(stored(ch, model_lm, arm, ch.dev_facts)),
-                                 "dev_heldout_acc": share(dev_held),
-                                 "heldout_generated": generated_share(ch, model_lm, f"{name} held-out"),
-                                 "with_rag_acc": with_rag.accuracy,
-                                 "general_nll": math.log(probe(run, name, model_lm, ch.general).perplexity)})
+                row = {"arm": READER_ARMS[arm], "exposures": exposures, "train_tokens": cost["train_tokens"],
+                       "seconds": cost["train_s"], "flops": cost["flops"], "trained_acc": share(seen),
+                       "heldout_acc": share(held), "known_acc": known,
+                       "dev_trained_acc": share(stored(ch, model_lm, arm, ch.dev_facts)),
+                       "dev_heldout_acc": share(dev_held),
+                       "heldout_generated": generated_share(ch, measured, model_lm, f"{name} held-out"),
+                       "with_rag_acc": with_rag.accuracy}
+                forgetting = probe(name, model_lm, ch.general)
+                arm_rows.append({**row, "general_nll": math.log(forgetting.perplexity)})
+                measured.update(forgetting.measured)
                 del model_lm
                 release_memory()
         table = pd.DataFrame(arm_rows)
@@ -674,9 +693,10 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
     reader = choose_reader(table, chosen)
     source = arm_name(reader, chosen[reader].exposures)
     for part in ("held-out", "stored", "held-out generated", "known"):
-        if f"{source} {part}" in run.outcomes:
-            run.record(f"{READER} {part}", run.outcomes[f"{source} {part}"], tokens=run.outcome_tokens.get(f"{source} {part}"))
-    return Injection(table, chosen, reader)
+        if f"{source} {part}" in measured.outcomes:
+            measured.record(f"{READER} {part}", measured.outcomes[f"{source} {part}"],
+                            tokens=measured.outcome_tokens.get(f"{source} {part}"))
+    return Injection(table, chosen, reader, measured)
 
 
 def choose_reader(table: pd.DataFrame, chosen: dict) -> str:
@@ -703,33 +723,50 @@ def curve_table(curve: Curve, chosen: Checkpoint, injected: Injection, generated
     return pd.concat([gold, injected.table], ignore_index=True)[list(CURVE_COLUMNS) + list(PROBE_COLUMNS)]
 
 
-def format_view(ch: Chapter, found: Knowledge) -> pd.DataFrame:
+@dataclass
+class FormatView:
+    """The generated answers: the format subset's table, and every test fact's outcomes."""
+
+    table: pd.DataFrame
+    measured: Measured
+
+
+def format_view(ch: Chapter, found: Knowledge) -> FormatView:
     """Generated answers to every test fact's held-out question: the base model and the chosen
-    fine-tune, closed book and with RAG (recorded as "<name> generated"); the table shows the
+    fine-tune, closed book and with RAG (their outcomes "<name> generated"); the table shows the
     format subset's (the first n_format_facts)."""
-    name = dsf_name(ch.best_count)
+    name, measured = dsf_name(ch.best_count), Measured()
     with ch.run.stage("format_view"):
         closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
         k = len(ch.format_facts)
-        return pd.DataFrame({
+        table = pd.DataFrame({
             "question": [q.test_text for q in ch.facts], "gold": [q.answer for q in ch.facts],
-            "base, closed book": generated(ch, ch.lm, BASE, closed),
-            "DSF (chosen), closed book": generated(ch, found.dsf_lm, name, closed),
-            "base + RAG": generated(ch, ch.lm, "base + RAG", found.rag_conversations),
-            "DSF + RAG": generated(ch, found.dsf_lm, f"{name} + RAG", found.rag_conversations)}).head(k)
+            "base, closed book": generated(ch, measured, ch.lm, BASE, closed),
+            "DSF (chosen), closed book": generated(ch, measured, found.dsf_lm, name, closed),
+            "base + RAG": generated(ch, measured, ch.lm, "base + RAG", found.rag_conversations),
+            "DSF + RAG": generated(ch, measured, found.dsf_lm, f"{name} + RAG", found.rag_conversations)}).head(k)
+    return FormatView(table, measured)
 
 
-def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
+@dataclass
+class Variety:
+    """K5 at equal exposures: one row per paraphrase count, and the fewer-paraphrase run's outcomes."""
+
+    table: pd.DataFrame
+    measured: Measured
+
+
+def paraphrase_variety(ch: Chapter, curve: Curve) -> Variety:
     """K5 at equal exposures: one paraphrase per test fact trained for k5_exposures exposures
     (k5_exposures epochs; the development facts are left out, for time: nothing is chosen on this
     run), asked the held-out phrasings; beside it the curve's checkpoint at the same exposures (the
     most paraphrases). One row per paraphrase count."""
     p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
-    rows = []
+    rows, measured = [], Measured()
     with ch.run.stage("paraphrases"):
         if low < top:
             fit = answering(tasks.train_dsf(p, ch.facts, low, p.k5_exposures, lr=curve.lr))
-            held, seen = closed_book(ch, fit.lm, dsf_name(low, p.k5_exposures))
+            held, seen = closed_book(ch, measured, fit.lm, dsf_name(low, p.k5_exposures))
             rows.append({"paraphrases": low, "exposures": p.k5_exposures, "held_out": share(held),
                          "trained_paraphrase": share(seen), "train_s": fit.metrics["train_s"]})
             del fit
@@ -737,7 +774,7 @@ def paraphrase_variety(ch: Chapter, curve: Curve) -> pd.DataFrame:
         row = curve.table.set_index("exposures").loc[p.k5_exposures]
         rows.append({"paraphrases": top, "exposures": p.k5_exposures, "held_out": row.heldout_acc,
                      "trained_paraphrase": row.trained_acc, "train_s": row.seconds})
-    return pd.DataFrame(rows).set_index("paraphrases")
+    return Variety(pd.DataFrame(rows).set_index("paraphrases"), measured)
 
 
 def knowledge_style(table: pd.DataFrame):
@@ -774,6 +811,7 @@ class Behaviour:
     best_epochs: int
     dev: pd.DataFrame  # one row per (size, epochs) on the development products, the choice marked
     probe: tuple  # (label, ForgettingProbe)
+    measured: Measured = field(default_factory=Measured)  # every test condition's per-product outcomes, the probe's
 
 
 def json_config(params):
@@ -816,7 +854,7 @@ def structured(ch: Chapter) -> Behaviour:
     conditions = {SHORT: (prompts.STRUCTURED_SYSTEM_SHORT, None), ZERO_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, None),
                   FEW_SHOT: (prompts.STRUCTURED_SYSTEM_LONG, shots)}
     schema = json_schema(STRUCTURED_FIELDS)
-    outputs = {}
+    outputs, measured = {}, Measured()
 
     def replies(model_lm, products, system, examples, name, constrained=False) -> Generation:
         convs = [tasks.structured_messages(world, q, q.test_text, system, examples) for world, q in products]
@@ -829,7 +867,7 @@ def structured(ch: Chapter) -> Behaviour:
         row, scored = tasks.structured_row(name, gen, questions, p.price_per_mtok, **extra), structured_outcomes(gen, questions)
         for column, score in JSON_COLUMNS.items():
             outcomes = scored[score]
-            run.record(f"{name}: {score}", outcomes,
+            measured.record(f"{name}: {score}", outcomes,
                        tokens={q.qid: (gen.prompt_tokens[i], gen.completion_tokens[i]) for i, q in enumerate(questions)})
             values = list(outcomes.values())
             low, high = wilson_interval(sum(values), len(values)) if score != "fields" else mean_interval(values)
@@ -862,14 +900,15 @@ def structured(ch: Chapter) -> Behaviour:
                                epochs=epochs, train_s=seconds))
             if size == max(p.structured_sizes):
                 label = f"JSON, LoRA ({size} examples)"
-                json_probe = (label, probe(run, label, model_lm, ch.general))
+                json_probe = (label, probe(label, model_lm, ch.general))
+                measured.update(json_probe[1].measured)
             del result, model_lm
             release_memory()
     dev_table = pd.DataFrame(dev_rows)
     best_size, best_epochs = choose_json(dev_table)
     dev_table["chosen"] = (dev_table["size"] == best_size) & (dev_table["epochs"] == best_epochs)
     return Behaviour(pd.DataFrame(rows).set_index("condition"), outputs, tasks.lora_structured_name(best_size), best_size,
-                     best_epochs, dev_table, json_probe)
+                     best_epochs, dev_table, json_probe, measured)
 
 
 def json_dev_style(table: pd.DataFrame):
@@ -908,7 +947,7 @@ class Methods:
     seeds: pd.DataFrame
     probes: dict
     runs: dict
-
+    measured: Measured = field(default_factory=Measured)  # every run's outcomes and probe
 
 def methods(ch: Chapter, lrs: dict) -> Methods:
     """The first n_method_facts test facts (most paraphrases, method_exposures per fact, constant
@@ -916,23 +955,25 @@ def methods(ch: Chapter, lrs: dict) -> Methods:
     n_training_seeds: each run's closed-book quality ("methods <method> quality"), training costs and
     forgetting probe ("NLL: methods, <method>")."""
     p, facts, count = ch.params, ch.method_facts, ch.best_count
-    rows, seed_rows, probes, runs = [], [], {}, {}
+    rows, seed_rows, probes, runs, measured = [], [], {}, {}, Measured()
     with ch.run.stage("methods"):
         for name in [m for m in p.methods if m not in ch.skipped]:
             for seed in (range(p.n_training_seeds) if name == "lora" else [0]):
                 fit = answering(tasks.train_dsf(p, facts, count, p.method_exposures, lr=lrs[name], method=name,
                                                 seed=p.seed + seed, label=f"dsf-p{count}-{name}"))
-                held, seen = closed_book(ch, fit.lm, method_name(name, seed), facts)
+                held, seen = closed_book(ch, measured, fit.lm, method_name(name, seed), facts)
                 if name == "lora":
                     seed_rows.append({"seed": p.seed + seed, "held_out": share(held), "trained_paraphrase": share(seen)})
                 if seed == 0:
-                    probes[method_label(name)] = probe(ch.run, method_label(name), fit.lm, ch.general)
+                    probes[method_label(name)] = probe(method_label(name), fit.lm, ch.general)
+                    measured.update(probes[method_label(name)].measured)
                     runs[name] = fit.metrics
                     rows.append({"method": name, "lr": lrs[name], "held_out": share(held), "trained_paraphrase": share(seen),
                                  "quality": (share(held) + share(seen)) / 2, **{k: fit.metrics[k] for k in COST_COLUMNS}})
                 del fit
                 release_memory()
-    return Methods(pd.DataFrame(rows).set_index("method"), pd.DataFrame(seed_rows).set_index("seed"), probes, runs)
+    return Methods(pd.DataFrame(rows).set_index("method"), pd.DataFrame(seed_rows).set_index("seed"), probes, runs,
+                   measured)
 
 
 def seed_spread(seeds: pd.DataFrame) -> float:
@@ -997,12 +1038,24 @@ class Findings:
     curve: Curve
     chosen: Checkpoint
     knowledge: Knowledge
-    variety: pd.DataFrame
+    variety: Variety
     behaviour: Behaviour
     methods: Methods
-    answers: pd.DataFrame | None = None  # format_view's generated answers
+    answers: FormatView | None = None  # format_view's generated answers
     dsf_probe: ForgettingProbe | None = None  # the chosen fine-tune's (probe_chosen)
     injected: Injection | None = None  # the arms a reader could build (injection_curves)
+
+    @property
+    def measured(self) -> Measured:
+        """Every step's per-question outcomes (and chapter 3's hand-over), in run order."""
+        return Measured.merged(self.curve.measured, self.knowledge.measured, self.variety.measured,
+                               self.answers.measured if self.answers else None,
+                               self.injected.measured if self.injected else None, self.behaviour.measured,
+                               self.methods.measured, self.dsf_probe.measured if self.dsf_probe else None)
+
+    def outcomes(self, ch: Chapter) -> dict:
+        """Every condition's per-question outcomes, the set-up's with the steps'."""
+        return Measured.merged(ch.measured, self.measured).outcomes
 
     def probes(self, ch: Chapter) -> dict:
         """Every forgetting probe by its label, the base model's first."""
@@ -1013,17 +1066,15 @@ class Findings:
 def probe_chosen(ch: Chapter, found: Knowledge) -> ForgettingProbe:
     """The chosen fine-tune's forgetting probe ("NLL: DSF, LoRA"): K7 at the checkpoint that stands
     for fine-tuning."""
-    return probe(ch.run, DSF_LABEL, found.dsf_lm, ch.general)
+    return probe(DSF_LABEL, found.dsf_lm, ch.general)
 
 
-def headline_metrics(ch: Chapter, f: Findings) -> dict:
+def headline_metrics(ch: Chapter, f: Findings) -> Measured:
     """The chapter's headline metrics, each declared with its kind on the results file."""
-    run, p, n = ch.run, ch.params, ch.n_facts
+    p, n, outcomes = ch.params, ch.n_facts, f.outcomes(ch)
     b, cost = f.behaviour.table, f.methods.table
-    m: dict = {}
-
-    def put(key, value, kind, **rule):
-        m[key] = run.metric(key, value, kind, **rule)
+    m = Measured()
+    put = m.metric
 
     count, curve = ch.best_count, f.curve.table.set_index("exposures")
     chosen = curve.loc[f.chosen.exposures]
@@ -1050,7 +1101,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     for exposures, row in curve.iterrows():
         put(f"dsf_e{exposures}_heldout_contains", row.heldout_acc, "rate", n=n)
         put(f"dsf_e{exposures}_train_contains", row.trained_acc, "rate", n=n)
-    for count_, row in f.variety.iterrows():
+    for count_, row in f.variety.table.iterrows():
         put(f"dsf_p{count_}_heldout_contains", row.held_out, "rate", n=n)
         put(f"dsf_p{count_}_train_contains", row.trained_paraphrase, "rate", n=n)
     put("k5_exposures", p.k5_exposures, "exact")
@@ -1066,7 +1117,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
     if f.answers is not None:
         generated_keys = {"base": BASE, "dsf": dsf_name(count), "rag": "base + RAG", "dsf_plus_rag": f"{dsf_name(count)} + RAG"}
         for key, name in generated_keys.items():
-            put(f"{key}_generated_contains", share(run.outcomes[f"{name} generated"]), "rate", n=n)
+            put(f"{key}_generated_contains", share(outcomes[f"{name} generated"]), "rate", n=n)
     for method, lr in f.lrs.items():
         put(f"{method.replace('-', '_')}_lr_chosen", lr, "choice")
     if f.injected is not None and f.injected.reader:
@@ -1080,7 +1131,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> dict:
             put(f"{key}_stored", row.trained_acc, "rate", n=n)
             put(f"{key}_generated_contains", row.heldout_generated, "rate", n=n)
         put("injection_fitness_reached", int(inj.chosen[inj.reader].reached), "choice")
-        put("reader_heldout_contains", share(run.outcomes[f"{READER} held-out"]), "rate", n=n)
+        put("reader_heldout_contains", share(outcomes[f"{READER} held-out"]), "rate", n=n)
 
     n_json = int(b["n"].iloc[0])
     tuned = b[b.index.str.startswith("LoRA")]
@@ -1160,9 +1211,9 @@ TRAINED_COMPARISONS = ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6
 
 
 def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
-    """Every comparison the analysis plan declares for this chapter (ChapterRun.compare_chapter), with
-    the run's choices for its placeholders and its arms' labels; stored on the results file, keyed by
-    comparison id. Directions are the claims' own, whatever this run measured."""
+    """Every comparison the analysis plan declares for this chapter (ragft.results.state_comparisons),
+    with the run's choices for its placeholders and its arms' labels, keyed by comparison id; `save`
+    keeps them on the results file. Directions are the claims' own, whatever this run measured."""
     p, top = ch.params, ch.best_count
     low, e5, sizes, ran = min(p.paraphrase_counts), p.k5_exposures, p.structured_sizes, f.methods.table.index
     inj, last = f.injected, max(p.injection_exposures)
@@ -1217,7 +1268,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "K7-forgetting-full": (METHOD_LABELS["full"], "the base model"),
         "K7-full-vs-lora": ("full fine-tuning", "LoRA"),
     }
-    return ch.run.compare_chapter(labels, choices, unmeasured)
+    return state_comparisons(CHAPTER, f.outcomes(ch), labels, choices, unmeasured, p.profile)
 
 
 def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) -> pd.DataFrame:
@@ -1300,10 +1351,10 @@ def cost_sentences(f: Findings, m: dict) -> dict[str, str]:
     return out
 
 
-def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[str, StatedComparison]) -> None:
+def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> None:
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
     p = ch.params
-    prose.glue_findings(headline, comparisons.values(), cost_sentences(f, headline))
+    prose.glue_findings(headline.metrics, comparisons.values(), cost_sentences(f, headline))
     glue("n_structured_test", int(f.behaviour.table["n"].iloc[0]))
     glue("json_best_condition", f.behaviour.best)
     for key, text in prose_terms().items():
@@ -1349,23 +1400,26 @@ def glue_findings(ch: Chapter, f: Findings, headline: dict, comparisons: dict[st
 
 def knowledge_curve_table(ch: Chapter, f: Findings) -> pd.DataFrame:
     """Every arm's knowledge curve with what it cost and broke (curve_table), from the findings."""
-    generated = ch.run.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
+    generated = f.measured.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
     covered = share(generated) if len(generated) == ch.n_facts else float("nan")  # every test fact, or none
     injected = f.injected or no_injection()
     return curve_table(f.curve, f.chosen, injected, covered, f.knowledge.held_out(DSF_RAG_ROW), f.dsf_probe)
 
 
-def save(ch: Chapter, f: Findings):
-    run = ch.run
-    run.tables.update(knowledge_curve=knowledge_curve_table(ch, f).to_dict("records"),
-                      knowledge=f.knowledge.table.reset_index().to_dict("records"),
-                      paraphrases=f.variety.reset_index().to_dict("records"),
-                      behaviour=f.behaviour.table.reset_index().to_dict("records"),
-                      json_dev=f.behaviour.dev.to_dict("records"),
-                      methods=f.methods.table.reset_index().to_dict("records"),
-                      seeds=f.methods.seeds.reset_index().to_dict("records"),
-                      forgetting=forgetting_table(f.probes(ch)).reset_index().to_dict("records"),
-                      lr_sweep=f.sweep.reset_index().to_dict("records"),
-                      generated_answers=f.answers.to_dict("records") if f.answers is not None else [],
-                      curve_run=f.curve.train, train_runs=f.methods.runs)
-    return run.save(lm=ch.lm)
+def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, StatedComparison]) -> Path:
+    """The chapter's one recording step: the set-up's and every step's outcomes, the hand-over to
+    chapters 4 and 5, the headline metrics, the judged comparisons and the tables, written to the
+    results file."""
+    tables = Measured(tables=dict(
+        knowledge_curve=knowledge_curve_table(ch, f).to_dict("records"),
+        knowledge=f.knowledge.table.reset_index().to_dict("records"),
+        paraphrases=f.variety.table.reset_index().to_dict("records"),
+        behaviour=f.behaviour.table.reset_index().to_dict("records"),
+        json_dev=f.behaviour.dev.to_dict("records"),
+        methods=f.methods.table.reset_index().to_dict("records"),
+        seeds=f.methods.seeds.reset_index().to_dict("records"),
+        forgetting=forgetting_table(f.probes(ch)).reset_index().to_dict("records"),
+        lr_sweep=f.sweep.reset_index().to_dict("records"),
+        generated_answers=f.answers.table.to_dict("records") if f.answers is not None else [],
+        curve_run=f.curve.train, train_runs=f.methods.runs))
+    return ch.run.save(Measured.merged(ch.measured, f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)
