@@ -38,6 +38,7 @@ import shutil
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..progress import progress
 from ..rag import bench, evaluation
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
@@ -144,17 +145,17 @@ def citation_outcomes(items: list, rankings: list, answers: list[str]) -> dict[s
     return out
 
 
-def record(run: ChapterRun, condition: str, scores: dict, tokens: dict | None = None) -> None:
-    """Record a condition's outcomes when it has any (an empty part, e.g. no unanswerable questions,
-    is left out), with the tokens of its own questions."""
+def record(into: Measured, condition: str, scores: dict, tokens: dict | None = None) -> None:
+    """Keep a condition's outcomes in a step's record when it has any (an empty part, e.g. no
+    unanswerable questions, is left out), with the tokens of its own questions."""
     if scores:
-        run.record(condition, scores, {q: tokens[q] for q in scores} if tokens else None)
+        into.record(condition, scores, {q: tokens[q] for q in scores} if tokens else None)
 
 
-def rate(run: ChapterRun, key: str, value: float, n: int):
+def rate(into: Measured, key: str, value: float, n: int):
     """A share of n questions, left out when there were none (NaN is not a number the file keeps)."""
     if n and value is not None and not math.isnan(value):
-        run.metric(key, value, "rate", n=n)
+        into.metric(key, value, "rate", n=n)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ class Index:
 
     table: pd.DataFrame  # chunk size -> chunks, ingest and embedding seconds, what a second pass added
     stores: dict  # chunk size -> ChunkStore
+    measured: Measured = field(default_factory=Measured)  # the ingest's throughput
 
     def styled(self):
         return self.table.style.format({"ingest_s": "{:.2f} s", "embed_s": "{:.2f} s"})
@@ -240,7 +242,7 @@ def ingest(ch: Chapter) -> Index:
     p, run = ch.params, ch.run
     encoder = rag.store.bare_encoder(ch.embed_model)
     encoder.encode(["warm-up"] * 8)  # the first call pays one-off set-up costs
-    rows, stores = [], {}
+    rows, stores, measured = [], {}, Measured()
     with run.stage("ingest"):
         for size in p.chunk_sizes:
             # a collection of this run's own (issue 12): a re-run against a Chroma server that holds
@@ -254,10 +256,10 @@ def ingest(ch: Chapter) -> Index:
     table = pd.DataFrame(rows).set_index("chunk_size")
     texts = [t for size in p.chunk_sizes for t in stores[size].embed_texts(ch.pages)]
     _, encoder_s = timed(lambda: encoder.encode(texts, batch_size=64))
-    pipeline = run.metric("ingest_chunks_per_s", table.chunks.sum() / table.ingest_s.sum(), "machine")
-    bare = run.metric("embedder_only_chunks_per_s", len(texts) / encoder_s, "machine")
-    run.metric("ingest_share_of_embedder", pipeline / bare, "machine")
-    return Index(table, stores)
+    pipeline = measured.metric("ingest_chunks_per_s", table.chunks.sum() / table.ingest_s.sum(), "machine")
+    bare = measured.metric("embedder_only_chunks_per_s", len(texts) / encoder_s, "machine")
+    measured.metric("ingest_share_of_embedder", pipeline / bare, "machine")
+    return Index(table, stores, measured)
 
 
 def fresh_ingest(store, pages: list):
@@ -292,6 +294,7 @@ class Grid:
     chunk: int  # the chunk size, chosen on development questions
     k: int  # the top-k, chosen on the same
     dev_questions: list[str]  # those development questions (they also choose R5's refusal threshold)
+    measured: Measured = field(default_factory=Measured)  # dense hits per question and size, the choice and its evidence
 
     @property
     def recall_cols(self) -> list[str]:
@@ -319,31 +322,32 @@ def retrieval_grid(ch: Chapter, index: Index) -> Grid:
     questions = [it.question for it in items]
     retrievers = {size: rag.Retriever(index.stores[size], ch.embed_model) for size in p.chunk_sizes}
     vectors = retrievers[p.chunk_sizes[0]].embed(questions)
-    rows = []
+    rows, measured = [], Measured()
     with run.stage("retrieval_grid"):
         for size, retriever in retrievers.items():
             ranked = retriever.dense(questions, ch.depth, vectors=vectors)
             rows.append({"chunk_size": size, **rag.retrieval_scores(items, ranked, ch.score_ks)})
             for k in ch.score_ks:
-                run.record(retrieval_condition("dense", size, k), hits_at(items, ranked, k))
+                measured.record(retrieval_condition("dense", size, k), hits_at(items, ranked, k))
         dev = development_choice(ch, items, retrievers)
     table = pd.DataFrame(rows).set_index("chunk_size")
     n = len(items)
-    run.metric("best_chunk_size", dev["chunk"], "choice")
-    run.metric("best_top_k", dev["k"], "choice")
-    run.metric("dev_retrieval_n", dev["n"], "exact")
-    run.metric("recall_at_5_best", table.loc[dev["chunk"], f"recall_at_{HEADLINE_K}"], "rate", n=n)
-    run.metric("mrr_best", table.loc[dev["chunk"], "mrr"], "mean", n=n)
-    run.metric("n_retrieval_questions", n, "exact")
-    return Grid(table, list(p.top_ks), items, retrievers, vectors, dev["chunk"], dev["k"], dev["questions"])
+    measured.metric("best_chunk_size", dev["chunk"], "choice")
+    measured.metric("best_top_k", dev["k"], "choice")
+    measured.metric("dev_retrieval_n", dev["n"], "exact")
+    measured.metric("recall_at_5_best", table.loc[dev["chunk"], f"recall_at_{HEADLINE_K}"], "rate", n=n)
+    measured.metric("mrr_best", table.loc[dev["chunk"], "mrr"], "mean", n=n)
+    measured.metric("n_retrieval_questions", n, "exact")
+    measured.table("development_choice", dev["table"].reset_index().to_dict("records"))
+    return Grid(table, list(p.top_ks), items, retrievers, vectors, dev["chunk"], dev["k"], dev["questions"], measured)
 
 
 def development_choice(ch: Chapter, test_items: list, retrievers: dict) -> dict:
     """The chunk size and top-k the answering experiments use, chosen on development questions: up to
     n_retrieval_questions of the knowledge base's single-fact questions that are not test questions
     (one fact each, so none shares a fact with a test question). Returns them ("chunk", "k") with the
-    number of development questions ("n") and the questions themselves ("questions"), and keeps the
-    evidence (MRR and recall per chunk size) in the results' tables."""
+    number of development questions ("n"), the questions themselves ("questions") and the evidence
+    (MRR and recall per chunk size, "table", which the grid keeps on the results file)."""
     p = ch.params
     test = {it.qid for it in test_items}
     pool = [q for q in ch.kb.sample("single", len(ch.kb.by_kind("single")), p.seed + 1) if q.qid not in test]
@@ -359,7 +363,6 @@ def development_choice(ch: Chapter, test_items: list, retrievers: dict) -> dict:
     chunk = int(table["mrr"].idxmax())  # the size that ranks the relevant chunk highest
     at_best = table.loc[chunk, [f"recall_at_{k}" for k in p.top_ks]]
     k = min(k for k in p.top_ks if at_best[f"recall_at_{k}"] >= BEST_K_SHARE * at_best.max())
-    ch.run.tables["development_choice"] = table.reset_index().to_dict("records")
     glue("best_k_share", f"{BEST_K_SHARE:.0%}")
     return {"n": len(dev), "table": table, "chunk": chunk, "k": k, "questions": questions}
 
@@ -377,6 +380,7 @@ def heatmap(grid: Grid):
 class Methods:
     table: pd.DataFrame  # method -> n, recall@k, MRR, ms per query
     score_ks: list[int]
+    measured: Measured = field(default_factory=Measured)  # BM25's and hybrid's hits per question
 
 
 @section("knowledge_base")
@@ -384,23 +388,23 @@ def retrieval_methods(ch: Chapter, grid: Grid) -> Methods:
     """Dense, BM25 and hybrid on every retrieval question at the chosen chunk size, a table (at the
     ceiling here: hybrid against dense is compared on SQuAD articles). (Reranking is scored with the
     answers: the LL reranker reads the same prompt the answer scoring reads.)"""
-    run, best, size, items = ch.run, grid.best, grid.chunk, grid.items
-    rows = []
+    best, size, items = grid.best, grid.chunk, grid.items
+    rows, measured = [], Measured()
     for name in ("dense", "bm25", "hybrid"):
         ranked, seconds = timed(lambda: best.search(grid.questions, ch.depth, name, vectors=grid.query_vectors))
         rows.append({"method": name, "n": len(items), **rag.retrieval_scores(items, ranked, ch.score_ks),
                      "ms_per_query": 1000 * seconds / len(items)})
         if name != "dense":  # dense at this size is the grid's, recorded there
             for k in ch.score_ks:
-                run.record(retrieval_condition(name, size, k), hits_at(items, ranked, k))
+                measured.record(retrieval_condition(name, size, k), hits_at(items, ranked, k))
     table = pd.DataFrame(rows).set_index("method")
     n = len(items)
     for name in ("dense", "bm25", "hybrid"):
-        run.metric(f"{name}_recall_at_5", table.loc[name, "recall_at_5"], "rate", n=n)
+        measured.metric(f"{name}_recall_at_5", table.loc[name, "recall_at_5"], "rate", n=n)
     if "recall_at_1" in table:
-        run.metric("hybrid_recall_at_1", table.loc["hybrid", "recall_at_1"], "rate", n=n)
-    run.metric("hybrid_ms_per_query", table.loc["hybrid", "ms_per_query"], "machine")
-    return Methods(table, ch.score_ks)
+        measured.metric("hybrid_recall_at_1", table.loc["hybrid", "recall_at_1"], "rate", n=n)
+    measured.metric("hybrid_ms_per_query", table.loc["hybrid", "ms_per_query"], "machine")
+    return Methods(table, ch.score_ks, measured)
 
 
 @section("knowledge_base")
@@ -534,16 +538,16 @@ class Scored:
     by_k: dict  # answer top-k -> ScoredAt
     best_k: int
     table: pd.DataFrame  # one row per answer top-k: n, accuracy and its interval, chance, tokens, seconds
-    stated: list[StatedComparison]
     detectors: pd.DataFrame  # refusal detectors: AUROC and recall at <= 5 % false refusals
     pointwise_rerank_s: float  # what the pointwise yes/no reranker would cost a question here (estimate)
+    measured: Measured = field(default_factory=Measured)  # every top-k's outcomes, attribution and reranking
+    choices: dict = field(default_factory=dict)  # the plan's placeholders K9 and R3 are judged at
+    unmeasured: dict = field(default_factory=dict)  # comparison id -> why this run cannot judge it
 
     def glue(self) -> None:
         glue("ll_k_list", ", ".join(f"top-{k}" for k in self.by_k))
         glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
         glue("pointwise_rerank_s", self.pointwise_rerank_s)
-        for s in self.stated:
-            s.glue()
 
 
 def rate_row(name: str, outcomes: dict, chance: float, **extra) -> dict:
@@ -564,69 +568,68 @@ def scored_answers(ch: Chapter, grid: Grid) -> Scored:
     answerable = grid.items[:p.n_scored_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_scored_unanswerable, p.seed))
     ks = sorted(set(p.answer_top_ks) | {best_k})
-    rows = []
+    rows, measured = [], Measured()
     with run.stage("scored_answers"):
         by_k = score_top_ks(ch, grid.best, answerable, unanswerable, ks)
         for k, sc in by_k.items():
             if k == ks[0]:
-                run.record(f"scored top-{k} unanswerable refusal score", {q: v for q, v in sc.refusal_score.items()
+                measured.record(f"scored top-{k} unanswerable refusal score", {q: v for q, v in sc.refusal_score.items()
                                                                           if q not in sc.answer})
-            run.record(f"scored top-{k}", sc.answer, {q: (sc.prompt_tokens[q], 0) for q in sc.answer})
+            measured.record(f"scored top-{k}", sc.answer, {q: (sc.prompt_tokens[q], 0) for q in sc.answer})
             n = len(sc.answer)
             rows.append(rate_row(f"top-{k}", sc.answer, sc.chance, top_k=k,
                                  prompt_tokens=float(np.mean([sc.prompt_tokens[q] for q in sc.answer])),
                                  s_per_question=sc.seconds / len(sc.prompt_tokens)))
-            run.metric(f"ll_top{k}_acc", rows[-1]["accuracy"], "rate", n=n)
-            run.metric(f"ll_top{k}_n", n, "exact")
+            measured.metric(f"ll_top{k}_acc", rows[-1]["accuracy"], "rate", n=n)
+            measured.metric(f"ll_top{k}_n", n, "exact")
     table = pd.DataFrame(rows).set_index("condition")
     main = by_k[best_k]
     n = len(main.answer)
-    run.metric("rag_ll_acc", table.loc[f"top-{best_k}", "accuracy"], "rate", n=n)
-    run.metric("rag_ll_n", n, "exact")
-    run.metric("ll_chance", main.chance, "exact")
-    stated = []
-    if len(ks) > 1:
-        cmp = run.compare("K9-top-k", f"scored top-{ks[0]}", f"scored top-{ks[-1]}")
-        stated.append(StatedComparison("K9-top-k", cmp, f"answers at top-{ks[0]}", f"at top-{ks[-1]}"))
-    else:
-        stated.append(StatedComparison("K9-top-k", None,
-                                       missing=f"only top-{ks[0]} was scored, so there is nothing to compare"))
+    measured.metric("rag_ll_acc", table.loc[f"top-{best_k}", "accuracy"], "rate", n=n)
+    measured.metric("rag_ll_n", n, "exact")
+    measured.metric("ll_chance", main.chance, "exact")
+    choices = {"fewer": ks[0], "more": ks[-1]}
+    unmeasured = {} if len(ks) > 1 else {"K9-top-k": f"only top-{ks[0]} was scored, so there is nothing to compare"}
     # citations and reranking need two sources or more: at the chosen top-k, else the largest scored
-    stated += _attribution_and_rerank(ch, main if best_k >= 2 else by_k[ks[-1]])
+    reranked = _attribution_and_rerank(ch, measured, main if best_k >= 2 else by_k[ks[-1]])
+    choices["R3-rerank"] = reranked
+    if not reranked:
+        unmeasured["R3-rerank"] = f"the chosen top-k is {main.k}: one source leaves nothing to rerank"
     fewest = by_k[ks[0]]  # the refusal score is measured at the fewest chunks
     unans = sorted(q for q in fewest.refusal_score if q not in fewest.answer)
-    detectors = refusal_detectors(run, {"LL refusal score": (
+    detectors = refusal_detectors(measured, {"LL refusal score": (
         "refusal_ll", [fewest.refusal_score[q] for q in unans], [fewest.refusal_score[q] for q in fewest.answer])})
     glue("refusal_ll_k", ks[0])
     # the pointwise yes/no reranker this chapter used before reads one (question, chunk) prompt per
     # pool candidate, about a top-1 prompt each: its cost at this run's prefill speed
     per_chunk_s = fewest.seconds / len(fewest.prompt_tokens) / ks[0]
-    pointwise = run.metric("pointwise_rerank_s_per_query_est", POINTWISE_POOL * per_chunk_s, "machine")
-    return Scored(by_k, best_k, table, stated, detectors, pointwise)
+    pointwise = measured.metric("pointwise_rerank_s_per_query_est", POINTWISE_POOL * per_chunk_s, "machine")
+    return Scored(by_k, best_k, table, detectors, pointwise, measured, choices, unmeasured)
 
 
 POINTWISE_POOL = 8  # the pool the pointwise LM reranker reordered in the published runs before
 
 
-def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedComparison]:
-    run, k = ch.run, main.k
-    out = []
+def _attribution_and_rerank(ch: Chapter, measured: Measured, main: ScoredAt) -> dict:
+    """Attribution and the LL reranker at `main`'s top-k, kept in the step's record (`measured`);
+    returns R3's placeholders ({"method", "k"}), or {} where one source leaves nothing to rerank."""
+    k = main.k
     if main.attribution:
-        run.record(f"attribution top-{k}", main.attribution)
+        measured.record(f"attribution top-{k}", main.attribution)
         n = len(main.attribution)
         acc = sum(main.attribution.values()) / n
         lo, hi = wilson_interval(sum(main.attribution.values()), n)
-        run.metric("attribution_accuracy", acc, "rate", n=n)
-        run.metric("attribution_n", n, "exact")
-        run.metric("attribution_chance", main.attribution_chance, "derived", tol=rate_tolerance(n))
+        measured.metric("attribution_accuracy", acc, "rate", n=n)
+        measured.metric("attribution_n", n, "exact")
+        measured.metric("attribution_chance", main.attribution_chance, "derived", tol=rate_tolerance(n))
         glue("attribution_lo", lo)
         glue("attribution_hi", hi)
         # why it cannot cite: the source number it prefers, whichever source holds the answer
         position, count = Counter(main.cite_position.values()).most_common(1)[0]
-        run.metric("attribution_preferred_source", position, "exact")
-        run.metric("attribution_preferred_source_share", count / n, "rate", n=n)
+        measured.metric("attribution_preferred_source", position, "exact")
+        measured.metric("attribution_preferred_source_share", count / n, "rate", n=n)
         holds = sum(position in main.relevant_sources[q] for q in main.cite_position)
-        run.metric("attribution_preferred_source_relevant_share", holds / n, "rate", n=n)
+        measured.metric("attribution_preferred_source_relevant_share", holds / n, "rate", n=n)
         why = f"It cites source [{position}] for {count / n:.0%} of these questions, and that source holds the answer in {holds / n:.0%} of them"
         if acc < main.attribution_chance and count / n > 0.5:
             why += ": a preference for a position, not a reading of the sources, which is why it attributes below chance"
@@ -634,25 +637,20 @@ def _attribution_and_rerank(ch: Chapter, main: ScoredAt) -> list[StatedCompariso
     if main.rerank_hit1:
         method = ch.params.retrieval
         name, base = f"LL rerank of {method} top-{k} hit@1", f"{method} top-{k} hit@1 (scored questions)"
-        run.record(name, main.rerank_hit1)
-        run.record(base, main.retrieval_hit1)
+        measured.record(name, main.rerank_hit1)
+        measured.record(base, main.retrieval_hit1)
         n = len(main.rerank_hit1)
-        run.metric("rerank_recall_at_1", sum(main.rerank_hit1.values()) / n, "rate", n=n)
-        run.metric("rerank_subset_hybrid_recall_at_1", sum(main.retrieval_hit1.values()) / n, "rate", n=n)
+        measured.metric("rerank_recall_at_1", sum(main.rerank_hit1.values()) / n, "rate", n=n)
+        measured.metric("rerank_subset_hybrid_recall_at_1", sum(main.retrieval_hit1.values()) / n, "rate", n=n)
         # the reranked list is the same k chunks in another order: its recall@5 is the pool's recall@k
-        run.metric("rerank_recall_at_5", sum(main.pool_hit.values()) / n, "rate", n=n)
-        run.metric("rerank_n", n, "exact")
-        run.metric("rerank_ms_per_query", 1000 * main.seconds / len(main.prompt_tokens), "machine")
-        cmp = run.compare("R3-rerank", name, base)
-        out.append(StatedComparison("R3-rerank", cmp, "the LL reranker's first chunk",
-                                    f"the {ch.params.retrieval} ranking's first, on the same questions"))
-    else:
-        out.append(StatedComparison("R3-rerank", None,
-                                    missing=f"the chosen top-k is {k}: one source leaves nothing to rerank"))
-    return out
+        measured.metric("rerank_recall_at_5", sum(main.pool_hit.values()) / n, "rate", n=n)
+        measured.metric("rerank_n", n, "exact")
+        measured.metric("rerank_ms_per_query", 1000 * main.seconds / len(main.prompt_tokens), "machine")
+        return {"method": method, "k": k}
+    return {}
 
 
-def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
+def refusal_detectors(into: Measured, detectors: dict) -> pd.DataFrame:
     """Refusal as a detector, unanswerable questions the positives: {name: (metric key, scores of
     unanswerable questions, scores of answerable ones)}, a higher score meaning "refuse". Each gets
     its AUROC and its refusal recall at <= 5 % false refusals (with a Wilson interval), as metrics."""
@@ -663,10 +661,10 @@ def refusal_detectors(run: ChapterRun, detectors: dict) -> pd.DataFrame:
         area = auroc(pos, neg)
         recall, _ = recall_at_fpr(pos, neg)  # at most stats.MAX_FALSE_REFUSALS of the answerable refused
         lo, hi = wilson_interval(recall * len(pos), len(pos))
-        run.metric(f"{key}_auroc", area, "derived", tol=rate_tolerance(min(len(pos), len(neg))))
-        run.metric(f"{key}_recall_at_5pct_fpr", recall, "rate", n=len(pos))
-        run.metric(f"{key}_n_unanswerable", len(pos), "exact")
-        run.metric(f"{key}_n_answerable", len(neg), "exact")
+        into.metric(f"{key}_auroc", area, "derived", tol=rate_tolerance(min(len(pos), len(neg))))
+        into.metric(f"{key}_recall_at_5pct_fpr", recall, "rate", n=len(pos))
+        into.metric(f"{key}_n_unanswerable", len(pos), "exact")
+        into.metric(f"{key}_n_answerable", len(neg), "exact")
         rows.append({"detector": name, "unanswerable": len(pos), "answerable": len(neg), "AUROC": area,
                      "recall at <= 5 % false refusals": recall, "lo": lo, "hi": hi})
     return pd.DataFrame(rows).set_index("detector") if rows else pd.DataFrame()
@@ -701,6 +699,7 @@ class Answers:
     rows: list[dict]  # ragft.metrics.condition_row, one per answer top-k
     table: pd.DataFrame
     n_unanswerable: int
+    measured: Measured = field(default_factory=Measured)  # the generated answers' outcomes and metrics
 
     def glue(self, retrieval: str) -> None:
         glue("retrieval_method", retrieval)
@@ -717,6 +716,7 @@ def answers(ch: Chapter, grid: Grid) -> Answers:
     answer_items = grid.items[:p.n_answer_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_unanswerable, p.seed))
     rows, ks = [], sorted(set(p.answer_top_ks) | {best_k})  # the chosen top-k is always answered
+    measured = Measured()
     with run.stage("answers"):
         for k in ks:
             asked = answer_items + (unanswerable if k == best_k else [])  # refusals at the chosen top-k only
@@ -729,35 +729,35 @@ def answers(ch: Chapter, grid: Grid) -> Answers:
             rows.append(row)
             tokens = generation_tokens(asked, ranked, gen)
             answered, refused = answer_metrics.answer_outcomes(asked, gen.texts)
-            record(run, f"answer top-{k}", answered, tokens)
-            record(run, f"answer top-{k} refusal", refused, tokens)
-            record(run, f"citation top-{k}", citation_outcomes(asked, ranked, texts))
+            record(measured, f"answer top-{k}", answered, tokens)
+            record(measured, f"answer top-{k} refusal", refused, tokens)
+            record(measured, f"citation top-{k}", citation_outcomes(asked, ranked, texts))
     table = pd.DataFrame(rows).set_index("condition")
-    _answer_metrics(run, table.loc[f"top-{best_k}"], table, len(answer_items), len(unanswerable))
-    return Answers(rows, table, len(unanswerable))
+    _answer_metrics(measured, table.loc[f"top-{best_k}"], table, len(answer_items), len(unanswerable))
+    return Answers(rows, table, len(unanswerable), measured)
 
 
-def _answer_metrics(run: ChapterRun, main: pd.Series, table: pd.DataFrame, n: int, n_unanswerable: int) -> None:
+def _answer_metrics(into: Measured, main: pd.Series, table: pd.DataFrame, n: int, n_unanswerable: int) -> None:
     """The answers' metrics: `main` is the chosen top-k's row of `table`."""
-    run.metric("rag_contains", main["contains"], "rate", n=n)
+    into.metric("rag_contains", main["contains"], "rate", n=n)
     # Wilson bounds move with the rate: one flipped answer moves them by about as much as the rate
-    run.metric("rag_contains_lo", main["contains_lo"], "derived", tol=rate_tolerance(n))
-    run.metric("rag_contains_hi", main["contains_hi"], "derived", tol=rate_tolerance(n))
-    run.metric("rag_em", main["em"], "rate", n=n)
-    run.metric("rag_f1", main["f1"], "mean", n=n)
-    rate(run, "rag_refusal_acc", main.get("refusal_acc", np.nan), n_unanswerable)
-    run.metric("rag_false_refusal", main["false_refusal"], "rate", n=n)
-    rate(run, "citation_accuracy", main["citation_accuracy"], int(main["citation_n"]))
-    run.metric("citation_rate", main["citation_rate"], "rate", n=int(main["n"]))
-    run.metric("rag_prompt_tokens", main["prompt_tokens"], "exact")
-    run.metric("rag_cost_per_1k_usd", main["cost_per_1k_usd"], "exact")
-    run.metric("n_answer_questions", n, "exact")
-    run.metric("rag_contains_n", n, "exact")
-    run.metric("rag_refusal_n", n_unanswerable, "exact")
-    run.metric("citation_n", int(main["citation_n"]), "exact")
+    into.metric("rag_contains_lo", main["contains_lo"], "derived", tol=rate_tolerance(n))
+    into.metric("rag_contains_hi", main["contains_hi"], "derived", tol=rate_tolerance(n))
+    into.metric("rag_em", main["em"], "rate", n=n)
+    into.metric("rag_f1", main["f1"], "mean", n=n)
+    rate(into, "rag_refusal_acc", main.get("refusal_acc", np.nan), n_unanswerable)
+    into.metric("rag_false_refusal", main["false_refusal"], "rate", n=n)
+    rate(into, "citation_accuracy", main["citation_accuracy"], int(main["citation_n"]))
+    into.metric("citation_rate", main["citation_rate"], "rate", n=int(main["n"]))
+    into.metric("rag_prompt_tokens", main["prompt_tokens"], "exact")
+    into.metric("rag_cost_per_1k_usd", main["cost_per_1k_usd"], "exact")
+    into.metric("n_answer_questions", n, "exact")
+    into.metric("rag_contains_n", n, "exact")
+    into.metric("rag_refusal_n", n_unanswerable, "exact")
+    into.metric("citation_n", int(main["citation_n"]), "exact")
     for k, row in table.set_index("top_k").iterrows():
-        run.metric(f"contains_top{k}", row["contains"], "rate", n=n)
-        run.metric(f"prompt_tokens_top{k}", row["prompt_tokens"], "exact")
+        into.metric(f"contains_top{k}", row["contains"], "rate", n=n)
+        into.metric(f"prompt_tokens_top{k}", row["prompt_tokens"], "exact")
 
 
 @section("knowledge_base", figure=True)
@@ -782,6 +782,7 @@ class Refusal:
     n_offtopic: int
     detectors: pd.DataFrame  # the top similarity as a refusal detector: AUROC, recall at <= 5 % false refusals
     threshold: float  # the operating point, chosen on development questions (dev_refusal_threshold)
+    measured: Measured = field(default_factory=Measured)  # the rates at the chosen threshold, the detector
 
     def glue(self) -> None:
         """The chosen threshold's rates with their intervals (the metrics refusal_threshold records)."""
@@ -809,7 +810,7 @@ def refusal_threshold(ch: Chapter, grid: Grid) -> Refusal:
     off-topic NaturalQuestions (the set-up's), against the test questions. The operating point is
     chosen on the development questions alone (dev_refusal_threshold), so its rates are not tuned
     on the questions they are reported on."""
-    run, best = ch.run, grid.best
+    best, measured = grid.best, Measured()
 
     def top_similarity(qs):
         return [h[0].score if h else 0.0 for h in best.dense(qs, 1)]
@@ -818,41 +819,41 @@ def refusal_threshold(ch: Chapter, grid: Grid) -> Refusal:
     near_miss = rag.kb_items(ch.kb.by_kind("unanswerable"))
     near_sim = top_similarity([it.question for it in near_miss])
     sweep = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, near_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-    t = dev_refusal_threshold(run, top_similarity(grid.dev_questions))
+    t = dev_refusal_threshold(measured, top_similarity(grid.dev_questions))
     n_a, n_u = len(grid.items), len(near_miss)
     f1_tol = rate_tolerance(n_a) + rate_tolerance(n_u)  # F1 and J of refusals move with their two rates
-    run.metric("refusal_f1_at_chosen", sweep.loc[t, "refusal_f1"], "derived", tol=f1_tol)
-    run.metric("refusal_j_at_chosen", sweep.loc[t, "refusal_j"], "derived", tol=f1_tol)
-    run.metric("refusal_recall_at_chosen", sweep.loc[t, "refusal_recall"], "rate", n=n_u)
-    run.metric("answerable_refused_at_chosen", sweep.loc[t, "answerable_refused"], "rate", n=n_a)
+    measured.metric("refusal_f1_at_chosen", sweep.loc[t, "refusal_f1"], "derived", tol=f1_tol)
+    measured.metric("refusal_j_at_chosen", sweep.loc[t, "refusal_j"], "derived", tol=f1_tol)
+    measured.metric("refusal_recall_at_chosen", sweep.loc[t, "refusal_recall"], "rate", n=n_u)
+    measured.metric("answerable_refused_at_chosen", sweep.loc[t, "answerable_refused"], "rate", n=n_a)
     # In hindsight, on the test questions themselves: what a threshold tuned on them would claim
     # (highest J; highest F1, which with few near misses is close to refusing everything)
-    run.metric("refusal_j_max", sweep.refusal_j.max(), "derived", tol=f1_tol)
-    run.metric("refusal_f1_max", sweep.refusal_f1.max(), "derived", tol=f1_tol)
-    run.metric("refusal_f1_refuse_all", 2 * n_u / (2 * n_u + n_a), "exact")  # recall 1, precision n_u / (n_u + n_a)
-    run.metric("refusal_near_miss_n", n_u, "exact")
-    detectors = refusal_detectors(run, {"top retrieval similarity (negated)": (
+    measured.metric("refusal_j_max", sweep.refusal_j.max(), "derived", tol=f1_tol)
+    measured.metric("refusal_f1_max", sweep.refusal_f1.max(), "derived", tol=f1_tol)
+    measured.metric("refusal_f1_refuse_all", 2 * n_u / (2 * n_u + n_a), "exact")  # recall 1, precision n_u / (n_u + n_a)
+    measured.metric("refusal_near_miss_n", n_u, "exact")
+    detectors = refusal_detectors(measured, {"top retrieval similarity (negated)": (
         "refusal_sim", [-x for x in near_sim], [-x for x in answerable_sim])})
     offtopic, n_off = None, 0
     if ch.nq:
         offtopic_sim = top_similarity([it.question for it in ch.nq[:n_u]])
         n_off = len(offtopic_sim)
         offtopic = pd.DataFrame(evaluation.refusal_sweep(answerable_sim, offtopic_sim, REFUSAL_THRESHOLDS)).set_index("threshold")
-        run.metric("offtopic_refusal_recall_at_chosen", offtopic.loc[t, "refusal_recall"], "rate", n=n_off)
-        run.metric("offtopic_refusal_f1_at_chosen", offtopic.loc[t, "refusal_f1"], "derived",
-                   tol=rate_tolerance(n_a) + rate_tolerance(n_off))
-    return Refusal(sweep, offtopic, n_a, n_u, n_off, detectors, t)
+        measured.metric("offtopic_refusal_recall_at_chosen", offtopic.loc[t, "refusal_recall"], "rate", n=n_off)
+        measured.metric("offtopic_refusal_f1_at_chosen", offtopic.loc[t, "refusal_f1"], "derived",
+                        tol=rate_tolerance(n_a) + rate_tolerance(n_off))
+    return Refusal(sweep, offtopic, n_a, n_u, n_off, detectors, t, measured)
 
 
-def dev_refusal_threshold(run: ChapterRun, dev_similarities: list[float]) -> float:
+def dev_refusal_threshold(into: Measured, dev_similarities: list[float]) -> float:
     """R5's operating point, chosen on the development questions (answerable, none a test question):
     the highest swept threshold that refuses at most MAX_FALSE_REFUSALS of them. No unanswerable
     question is looked at, so the near misses' and off-topic questions' rates at it are honest."""
     t = evaluation.threshold_for_false_refusals(dev_similarities, REFUSAL_THRESHOLDS, MAX_FALSE_REFUSALS)
     n = len(dev_similarities)
-    run.metric("refusal_threshold_chosen", t, "choice")
-    run.metric("refusal_dev_refused", float(np.mean(np.asarray(dev_similarities) < t)), "rate", n=n)
-    run.metric("refusal_dev_n", n, "exact")
+    into.metric("refusal_threshold_chosen", t, "choice")
+    into.metric("refusal_dev_refused", float(np.mean(np.asarray(dev_similarities) < t)), "rate", n=n)
+    into.metric("refusal_dev_n", n, "exact")
     return t
 
 
@@ -869,6 +870,7 @@ def refusal_plot(ref: Refusal):
 class Latency:
     summary: dict  # stage -> {"p50", "p95"} in ms
     n: int
+    measured: Measured = field(default_factory=Measured)  # the stages' medians
 
     @property
     def table(self) -> pd.DataFrame:
@@ -884,7 +886,7 @@ class Latency:
 @section("knowledge_base")
 def latency(ch: Chapter, grid: Grid) -> Latency:
     """n_latency_queries questions answered one at a time, as a service would, each stage timed."""
-    run, times = ch.run, []
+    run, times, measured = ch.run, [], Measured()
     with run.stage("latency"):
         for it in grid.items[:ch.params.n_latency_queries]:
             _, _, t = rag.answer_live(it.question, grid.best, ch.lm, grid.k, max_new_tokens=ch.params.max_new_tokens)
@@ -892,10 +894,10 @@ def latency(ch: Chapter, grid: Grid) -> Latency:
     lat = evaluation.latency_summary(times)
     for key, stage in (("ttft_p50_ms", "ttft_ms"), ("embed_p50_ms", "embed_ms"), ("search_p50_ms", "search_ms"),
                        ("to_first_token_p50_ms", "to_first_token_ms"), ("total_p50_ms", "total_ms")):
-        run.metric(key, lat[stage]["p50"], "machine")
-    run.metric("retrieval_share_of_first_token",
-               (lat["embed_ms"]["p50"] + lat["search_ms"]["p50"]) / lat["to_first_token_ms"]["p50"], "machine")
-    return Latency(lat, len(times))
+        measured.metric(key, lat[stage]["p50"], "machine")
+    measured.metric("retrieval_share_of_first_token",
+                    (lat["embed_ms"]["p50"] + lat["search_ms"]["p50"]) / lat["to_first_token_ms"]["p50"], "machine")
+    return Latency(lat, len(times), measured)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -907,6 +909,7 @@ class Scale:
     rows: list[dict]  # by index size
     ef_rows: list[dict]  # by ef_search, at the largest size
     filler: dict
+    measured: Measured = field(default_factory=Measured)  # the timings and HNSW's recall
 
     @property
     def table(self) -> pd.DataFrame:
@@ -939,7 +942,7 @@ class Scale:
 def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     """Grow one collection through scale_sizes (real chunk vectors, then Gaussian fillers with their
     mean and covariance) and time HNSW against exact search at each size (ragft.rag.bench)."""
-    p, run = ch.params, ch.run
+    p, run, measured = ch.params, ch.run, Measured()
     real = np.concatenate([np.asarray(s.collection.get(include=["embeddings"])["embeddings"]) for s in index.stores.values()])
     queries = grid.query_vectors[:p.n_scale_queries]
     with run.stage("scale"):
@@ -948,15 +951,15 @@ def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     for r in rows:
         size = r["chunks"]
         tag = f"{size // 1000}k" if size >= 1000 else str(size)
-        run.metric(f"retrieval_p50_ms_{tag}", r["hnsw_p50_ms"], "machine")
-        run.metric(f"retrieval_p95_ms_{tag}", r["hnsw_p95_ms"], "machine")
-        run.metric(f"exact_p50_ms_{tag}", r["exact_p50_ms"], "machine")
+        measured.metric(f"retrieval_p50_ms_{tag}", r["hnsw_p50_ms"], "machine")
+        measured.metric(f"retrieval_p95_ms_{tag}", r["hnsw_p95_ms"], "machine")
+        measured.metric(f"exact_p50_ms_{tag}", r["exact_p50_ms"], "machine")
         # a mean over queries of the share of the exact top 10 that HNSW finds
-        run.metric(f"hnsw_recall_at_10_{tag}", r["hnsw_recall_at_10"], "mean", n=len(queries))
+        measured.metric(f"hnsw_recall_at_10_{tag}", r["hnsw_recall_at_10"], "mean", n=len(queries))
     for key in ("filler_nn_similarity", "real_nn_similarity"):
         if not math.isnan(filler[key]):
-            run.metric(key, filler[key], "derived", tol=SIMILARITY_TOL)
-    return Scale(rows, ef_rows, filler)
+            measured.metric(key, filler[key], "derived", tol=SIMILARITY_TOL)
+    return Scale(rows, ef_rows, filler, measured)
 
 
 @section("scale", figure=True)
@@ -999,12 +1002,11 @@ class Articles:
     dev: pd.DataFrame  # the same on development questions (other articles)
     budget: int  # the token budget the comparisons use, chosen on the development questions
     reader: pd.DataFrame  # chunk size -> generated answers at the budget: n, contains, F1, prompt tokens
-    stated: list[StatedComparison]
+    measured: Measured = field(default_factory=Measured)  # every size's hits and answers, per question
+    unmeasured: dict = field(default_factory=dict)  # comparison id -> why this run cannot judge it
 
     def glue(self) -> None:
         glue("ceiling_bar", CEILING_BAR)
-        for s in self.stated:
-            s.glue()
 
     def styled(self):
         fmt = {c: "{:.1%}" for c in self.table.columns if c.startswith(("hit", "recall"))}
@@ -1033,14 +1035,13 @@ def squad_articles(ch: Chapter) -> Articles:
     every compared chunk size stays below CEILING_BAR); the other articles' questions are the test
     questions. Sizes are compared at equal k and at an equal budget of retrieved tokens, and the
     model answers n_squad_read test questions at the budget from 64- and 256-token chunks."""
-    p, run = ch.params, ch.run
+    p, run, measured = ch.params, ch.run, Measured()
     try:
         found = benchmarks.load_squad_articles(p.data_dir or None)
     except benchmarks.DataUnavailable as e:
         print(f"SQuAD not available: {e}")
         why = f"SQuAD is not in the data folder ({e})"
-        return Articles(pd.DataFrame(), pd.DataFrame(), 0, pd.DataFrame(),
-                        [StatedComparison(c, None, missing=why) for c in SQUAD_COMPARISONS])
+        return Articles(pd.DataFrame(), pd.DataFrame(), 0, pd.DataFrame(), measured, dict.fromkeys(SQUAD_COMPARISONS, why))
     if p.squad_articles > len(found) or p.squad_dev_articles >= p.squad_articles:
         raise ValueError(f"squad_articles={p.squad_articles}, squad_dev_articles={p.squad_dev_articles}: the data "
                          f"holds {len(found)} articles, and test questions need at least one article that is not "
@@ -1071,20 +1072,20 @@ def squad_articles(ch: Chapter) -> Articles:
                 tables[name].append(row)
             rankings[size] = ranked  # the test questions'
             for k in ks:
-                run.record(squad_hit("dense", size, k), hits_at(test, ranked, k))
+                measured.record(squad_hit("dense", size, k), hits_at(test, ranked, k))
             for b in p.token_budgets:
                 if budget_k(size, b):
-                    run.record(squad_budget_hit(size, b), hits_at(test, ranked, budget_k(size, b)))
+                    measured.record(squad_budget_hit(size, b), hits_at(test, ranked, budget_k(size, b)))
             if size == SWEET_SPOT:  # hybrid against dense where the claim's sweet spot is
                 hybrid = retriever.hybrid([it.question for it in test], max(ks), vectors=vectors["test"])
                 for k in ks:
-                    run.record(squad_hit("hybrid", size, k), hits_at(test, hybrid, k))
+                    measured.record(squad_hit("hybrid", size, k), hits_at(test, hybrid, k))
         dev_table = pd.DataFrame(tables["dev"]).set_index("chunk_size")
         budget = choose_budget(dev_table, [s for s in (SMALL, SWEET_SPOT) if s in sizes], p.token_budgets)
-        reader = read_at_budget(ch, test[:p.n_squad_read], rankings, budget)
+        reader = read_at_budget(ch, measured, test[:p.n_squad_read], rankings, budget)
     table = pd.DataFrame(tables["test"]).set_index("chunk_size")
-    _articles_metrics(ch, chosen, dev, test, table, dev_table, budget, reader)
-    return Articles(table, dev_table, budget, reader, _articles_comparisons(ch, sizes, budget))
+    _articles_metrics(ch, measured, chosen, dev, test, table, dev_table, budget, reader)
+    return Articles(table, dev_table, budget, reader, measured, _articles_unmeasured(ch, measured, sizes, budget))
 
 
 def hits_share(items: list, rankings: list, k: int) -> float:
@@ -1100,12 +1101,12 @@ def choose_budget(dev: pd.DataFrame, sizes: list[int], budgets: list[int]) -> in
     return usable[-1] if usable else min(budgets)
 
 
-def read_at_budget(ch: Chapter, items: list, rankings: dict, budget: int) -> pd.DataFrame:
+def read_at_budget(ch: Chapter, measured: Measured, items: list, rankings: dict, budget: int) -> pd.DataFrame:
     """The model answers `items` from the chunks that fit the budget, at R1's two sizes: does a
     small chunk that covers the answer still give the reader enough context? One row per size; the
     small size only where the profile measures R1-reader (its only use), the other feeds the
     real-data table and `squad_rag_f1`."""
-    p, run, rows = ch.params, ch.run, []
+    p, rows = ch.params, []
     for size in ((SWEET_SPOT,) if not_here(p, ("R1-reader",)) else (SMALL, SWEET_SPOT)):
         if size not in rankings or not items or not budget_k(size, budget):
             continue
@@ -1113,64 +1114,50 @@ def read_at_budget(ch: Chapter, items: list, rankings: dict, budget: int) -> pd.
         gen, texts = rag.answer_batch(ch.lm, items, top, p.max_new_tokens, p.batch_size, desc=f"SQuAD {size}")
         texts = [rag.strip_citations(a) for a in texts]
         contains, _ = answer_metrics.answer_outcomes(items, texts)
-        record(run, squad_reader(size, budget), contains, generation_tokens(items, top, gen))
+        record(measured, squad_reader(size, budget), contains, generation_tokens(items, top, gen))
         scores = answer_metrics.score_answers(texts, items)
         rows.append({"chunk_size": size, "k": budget_k(size, budget), "n": len(items), "contains": scores["contains"],
                      "f1": scores["f1"], "em": scores["em"], "prompt_tokens": float(np.mean(gen.prompt_tokens))})
     return pd.DataFrame(rows).set_index("chunk_size") if rows else pd.DataFrame()
 
 
-def _articles_metrics(ch: Chapter, chosen: list, dev: list, test: list, table: pd.DataFrame, dev_table: pd.DataFrame,
-                      budget: int, reader: pd.DataFrame) -> None:
-    run, n = ch.run, len(test)
-    run.metric("embedder_window_tokens", rag.embedder_window(ch.embed_model), "exact")
-    run.metric("squad_articles", len(chosen), "exact")
-    run.metric("squad_dev_n", len(dev), "exact")
-    run.metric("squad_n", n, "exact")
-    run.metric("squad_budget", budget, "choice")
+def _articles_metrics(ch: Chapter, measured: Measured, chosen: list, dev: list, test: list, table: pd.DataFrame,
+                      dev_table: pd.DataFrame, budget: int, reader: pd.DataFrame) -> None:
+    n = len(test)
+    measured.metric("embedder_window_tokens", rag.embedder_window(ch.embed_model), "exact")
+    measured.metric("squad_articles", len(chosen), "exact")
+    measured.metric("squad_dev_n", len(dev), "exact")
+    measured.metric("squad_n", n, "exact")
+    measured.metric("squad_budget", budget, "choice")
     for size in table.index:
-        run.metric(f"squad_chunks_{size}", table.loc[size, "chunks"], "exact")
+        measured.metric(f"squad_chunks_{size}", table.loc[size, "chunks"], "exact")
         if budget_k(size, budget):  # a chunk larger than the budget has no hit rate within it
-            run.metric(f"squad_hit_budget_{size}", table.loc[size, f"hit_within_{budget}"], "rate", n=n)
-            run.metric(f"squad_dev_hit_budget_{size}", dev_table.loc[size, f"hit_within_{budget}"], "rate", n=len(dev))
+            measured.metric(f"squad_hit_budget_{size}", table.loc[size, f"hit_within_{budget}"], "rate", n=n)
+            measured.metric(f"squad_dev_hit_budget_{size}", dev_table.loc[size, f"hit_within_{budget}"], "rate", n=len(dev))
         for k in (R2_FEWER, R2_MORE):
-            run.metric(f"squad_hit{k}_{size}", table.loc[size, f"recall_at_{k}"], "rate", n=n)
+            measured.metric(f"squad_hit{k}_{size}", table.loc[size, f"recall_at_{k}"], "rate", n=n)
     if SWEET_SPOT in table.index:
-        run.metric("squad_recall_at_5", table.loc[SWEET_SPOT, "recall_at_5"], "rate", n=n)
-        run.metric("squad_mrr", table.loc[SWEET_SPOT, "mrr"], "mean", n=n)
+        measured.metric("squad_recall_at_5", table.loc[SWEET_SPOT, "recall_at_5"], "rate", n=n)
+        measured.metric("squad_mrr", table.loc[SWEET_SPOT, "mrr"], "mean", n=n)
     for size in reader.index:
         m = len(reader.loc[size]) and int(reader.loc[size, "n"])
-        run.metric(f"squad_reader_contains_{size}", reader.loc[size, "contains"], "rate", n=m)
-        run.metric(f"squad_reader_f1_{size}", reader.loc[size, "f1"], "mean", n=m)
+        measured.metric(f"squad_reader_contains_{size}", reader.loc[size, "contains"], "rate", n=m)
+        measured.metric(f"squad_reader_f1_{size}", reader.loc[size, "f1"], "mean", n=m)
     if SWEET_SPOT in reader.index:
-        run.metric("squad_rag_f1", reader.loc[SWEET_SPOT, "f1"], "mean", n=int(reader.loc[SWEET_SPOT, "n"]))
-        run.metric("squad_read_n", int(reader.loc[SWEET_SPOT, "n"]), "exact")
+        measured.metric("squad_rag_f1", reader.loc[SWEET_SPOT, "f1"], "mean", n=int(reader.loc[SWEET_SPOT, "n"]))
+        measured.metric("squad_read_n", int(reader.loc[SWEET_SPOT, "n"]), "exact")
 
 
-def _articles_comparisons(ch: Chapter, sizes: list[int], budget: int) -> list[StatedComparison]:
-    """R1 (the sweet spot against a small chunk, at the chosen budget; secondary: at equal k and read
-    by the model), R2 (top-3 against top-1 at the sweet spot) and hybrid against dense."""
-    run, out = ch.run, []
+def _articles_unmeasured(ch: Chapter, measured: Measured, sizes: list[int], budget: int) -> dict[str, str]:
+    """Why this run cannot judge R1 (the sweet spot against a small chunk, at the chosen budget;
+    secondary: at equal k and read by the model), R2 (top-3 against top-1 at the sweet spot) or hybrid
+    against dense: {comparison id: why}, empty where it judges them all."""
     if not {SMALL, SWEET_SPOT} <= set(sizes):
-        why = f"squad_chunk_sizes {sizes} lack {SMALL} or {SWEET_SPOT}, R1's arms"
-        return [StatedComparison(c, None, missing=why) for c in SQUAD_COMPARISONS]
-    pairs = [("R1-small-chunks", squad_budget_hit(SWEET_SPOT, budget), squad_budget_hit(SMALL, budget),
-              f"{SWEET_SPOT}-token chunks within {budget} tokens", f"{SMALL}-token chunks"),
-             ("R1-small-chunks-equal-k", squad_hit("dense", SWEET_SPOT, R2_MORE), squad_hit("dense", SMALL, R2_MORE),
-              f"top-{R2_MORE} of {SWEET_SPOT}-token chunks", f"top-{R2_MORE} of {SMALL}-token chunks"),
-             ("R2-top-k", squad_hit("dense", SWEET_SPOT, R2_MORE), squad_hit("dense", SWEET_SPOT, R2_FEWER),
-              f"hit@{R2_MORE}", f"hit@{R2_FEWER}"),
-             ("hybrid-vs-dense", squad_hit("hybrid", SWEET_SPOT, R2_MORE), squad_hit("dense", SWEET_SPOT, R2_MORE),
-              f"hybrid hit@{R2_MORE}", f"dense hit@{R2_MORE}")]
-    if squad_reader(SWEET_SPOT, budget) in run.outcomes and squad_reader(SMALL, budget) in run.outcomes:
-        pairs.append(("R1-reader", squad_reader(SWEET_SPOT, budget), squad_reader(SMALL, budget),
-                      f"answers from {SWEET_SPOT}-token chunks", f"from {SMALL}-token chunks"))
-    else:
-        out.append(StatedComparison("R1-reader", None, missing=elsewhere_label("R1-reader") if not_here(ch.params, ("R1-reader",))
-                                    else "the model answered no SQuAD question (n_squad_read)"))
-    for claim, a, b, label_a, label_b in pairs:
-        out.append(StatedComparison(claim, run.compare(claim, a, b), label_a, label_b))
-    return out
+        return dict.fromkeys(SQUAD_COMPARISONS, f"squad_chunk_sizes {sizes} lack {SMALL} or {SWEET_SPOT}, R1's arms")
+    if squad_reader(SWEET_SPOT, budget) in measured.outcomes and squad_reader(SMALL, budget) in measured.outcomes:
+        return {}
+    return {"R1-reader": elsewhere_label("R1-reader") if not_here(ch.params, ("R1-reader",))
+            else "the model answered no SQuAD question (n_squad_read)"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1180,6 +1167,7 @@ def _articles_comparisons(ch: Chapter, sizes: list[int], budget: int) -> list[St
 @dataclass
 class RealData:
     table: pd.DataFrame  # one row per data set: retrieval and answer scores
+    measured: Measured = field(default_factory=Measured)  # NaturalQuestions' answers
 
     def styled(self):
         t = self.table
@@ -1188,15 +1176,15 @@ class RealData:
 
 
 @section("benchmarks")
-def real_data(ch: Chapter, grid: Grid, articles: Articles) -> RealData:
-    """One row per data set: the knowledge base (its grid's chosen size), SQuAD articles (256-token
-    chunks; answers at the chosen budget) and NaturalQuestions-Open read with its gold passage."""
-    p, run = ch.params, ch.run
-    rows = []
+def real_data(ch: Chapter, grid: Grid, articles: Articles, ans: Answers) -> RealData:
+    """One row per data set: the knowledge base (its grid's chosen size, the answers' scores), SQuAD
+    articles (256-token chunks; answers at the chosen budget) and NaturalQuestions-Open read with its
+    gold passage."""
+    p, rows, measured = ch.params, [], Measured()
     if SWEET_SPOT in articles.table.index:
         t, r = articles.table.loc[SWEET_SPOT], articles.reader
-        rows.append({"data": f"SQuAD dev, {run.metrics['squad_articles']} articles whole ({SWEET_SPOT}-token chunks)",
-                     "n": run.metrics["squad_n"], **{c: t[c] for c in grid.table.columns if c in t},
+        rows.append({"data": f"SQuAD dev, {articles.measured['squad_articles']} articles whole ({SWEET_SPOT}-token chunks)",
+                     "n": articles.measured["squad_n"], **{c: t[c] for c in grid.table.columns if c in t},
                      **({"answered": int(r.loc[SWEET_SPOT, "n"]), "em": r.loc[SWEET_SPOT, "em"],
                          "f1": r.loc[SWEET_SPOT, "f1"], "contains": r.loc[SWEET_SPOT, "contains"]}
                         if SWEET_SPOT in r.index else {})})
@@ -1208,20 +1196,20 @@ def real_data(ch: Chapter, grid: Grid, articles: Articles) -> RealData:
         texts = [rag.strip_citations(a) for a in gen.texts]
         scores = answer_metrics.score_answers(texts, nq_read)
         answered, _ = answer_metrics.answer_outcomes(nq_read, texts)
-        record(run, "NQ gold passage", answered, {it.qid: (pt, ct) for it, pt, ct in
+        record(measured, "NQ gold passage", answered, {it.qid: (pt, ct) for it, pt, ct in
                                                   zip(nq_read, gen.prompt_tokens, gen.completion_tokens)})
         n = len(answered)
-        run.metric("nq_gold_em", scores["em"], "rate", n=n)
-        run.metric("nq_gold_f1", scores["f1"], "mean", n=n)
-        run.metric("nq_gold_contains", scores["contains"], "rate", n=n)
-        run.metric("nq_n", n, "exact")
+        measured.metric("nq_gold_em", scores["em"], "rate", n=n)
+        measured.metric("nq_gold_f1", scores["f1"], "mean", n=n)
+        measured.metric("nq_gold_contains", scores["contains"], "rate", n=n)
+        measured.metric("nq_n", n, "exact")
         rows.append({"data": "NaturalQuestions-Open, gold passage", "n": len(nq_read), "answered": len(nq_read),
                      "em": scores["em"], "f1": scores["f1"], "contains": scores["contains"]})
-    m = run.metrics
+    m = ans.measured
     kb_row = {"data": "knowledge base", "n": len(grid.items), **grid.table.loc[grid.chunk].to_dict(),
               "answered": m["n_answer_questions"], "em": m["rag_em"], "f1": m["rag_f1"],
               "contains": m["rag_contains"]}
-    return RealData(pd.DataFrame([kb_row] + rows).set_index("data"))
+    return RealData(pd.DataFrame([kb_row] + rows).set_index("data"), measured)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1235,6 +1223,7 @@ class OwnDocuments:
     answers: pd.DataFrame  # question, answer, sources
     scores: dict  # empty without a questions file
     n: dict = field(default_factory=dict)  # questions behind each score
+    measured: Measured = field(default_factory=Measured)  # the answers' outcomes and scores
 
     def summary(self) -> str:
         return (f"{len(self.corpus.sources)} documents indexed as {self.n_chunks} chunks; "
@@ -1276,7 +1265,7 @@ def own_documents(ch: Chapter) -> OwnDocuments:
     """Index corpus_dir (default: the sample folder) at own_chunk_size and answer questions_file's
     questions (default: the sample questions; none for a corpus_dir without one) from own_top_k chunks.
     It runs first and needs nothing of the knowledge base's sections."""
-    p, run, k = ch.params, ch.run, ch.params.own_top_k
+    p, k, measured = ch.params, ch.params.own_top_k, Measured()
     corpus, items, qfile = ch.own.corpus, ch.own.items, ch.own.questions_file
     store = ch.open_store("own-documents", p.own_chunk_size)
     store.ingest(corpus.sources, keep={s.path for s in corpus.skipped})
@@ -1290,41 +1279,78 @@ def own_documents(ch: Chapter) -> OwnDocuments:
             scores.update(rag.retrieval_scores(items, ranked, [k]))
         answered, refused = answer_metrics.answer_outcomes(items, texts)
         tokens = generation_tokens(items, ranked, gen)
-        record(run, f"own documents top-{k}", answered, tokens)
-        record(run, f"own documents top-{k} refusal", refused, tokens)
+        record(measured, f"own documents top-{k}", answered, tokens)
+        record(measured, f"own documents top-{k} refusal", refused, tokens)
         n_a, n_u = len(answerable), len(items) - len(answerable)
         for key, value in scores.items():
             n = n_u if key == "refusal_acc" else n_a
-            run.metric(f"own_{key}", value, "mean" if key in ("f1", "mrr") else "rate", n=n)
+            measured.metric(f"own_{key}", value, "mean" if key in ("f1", "mrr") else "rate", n=n)
     table = pd.DataFrame({"question": [it.question for it in items], "answer": texts,
                           "sources": [", ".join(h.doc_id for h in r) for r in ranked]})
     counts = {key: (n_u if key == "refusal_acc" else n_a) for key in scores} if qfile else {}
-    return OwnDocuments(corpus, store.count(), table, scores, counts)
+    return OwnDocuments(corpus, store.count(), table, scores, counts, measured)
 
 
 # ---------------------------------------------------------------------------------------------
 # Saving
 
 
-def finish(ch: Chapter, index: Index, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
-           ref: Refusal, lat: Latency, sc: Scale, articles: Articles, real: RealData):
-    """The model size, the tables, every metric glued, and the results file written."""
-    run = ch.run
-    run.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
-    records = lambda table: table.reset_index().to_dict("records")
+def comparisons(ch: Chapter, outcomes: dict, scored: Scored, articles: Articles) -> dict[str, StatedComparison]:
+    """Every comparison the analysis plan declares for this chapter (ragft.results.state_comparisons),
+    on the outcomes the sections returned, with the placeholders they measured at (the scored top-ks,
+    the reranked top-k, SQuAD's budget), the reasons they cannot judge one, and its arms' labels."""
+    unmeasured, choices = {}, {}
+    for part, section_, ids in ((scored, "knowledge_base", ("K9-top-k", "R3-rerank")),
+                                (articles, "benchmarks", SQUAD_COMPARISONS)):
+        if isinstance(part, Skipped):
+            unmeasured |= dict.fromkeys(ids, f"the {section_} section is not in this run's sections")
+        else:
+            unmeasured |= part.unmeasured
+    if not isinstance(scored, Skipped):
+        choices |= scored.choices
+    budget = 0 if isinstance(articles, Skipped) else articles.budget
+    choices["budget"] = budget
+    fewer, more = choices.get("fewer"), choices.get("more")
+    labels = {
+        "R1-small-chunks": (f"{SWEET_SPOT}-token chunks within {budget} tokens", f"{SMALL}-token chunks"),
+        "R1-small-chunks-equal-k": (f"top-{R2_MORE} of {SWEET_SPOT}-token chunks", f"top-{R2_MORE} of {SMALL}-token chunks"),
+        "R1-reader": (f"answers from {SWEET_SPOT}-token chunks", f"from {SMALL}-token chunks"),
+        "R2-top-k": (f"hit@{R2_MORE}", f"hit@{R2_FEWER}"),
+        "hybrid-vs-dense": (f"hybrid hit@{R2_MORE}", f"dense hit@{R2_MORE}"),
+        "K9-top-k": (f"answers at top-{fewer}", f"at top-{more}"),
+        "R3-rerank": ("the LL reranker's first chunk", f"the {ch.params.retrieval} ranking's first, on the same questions"),
+    }
+    return state_comparisons(CHAPTER, outcomes, labels, choices, unmeasured, ch.params.profile)
+
+
+def finish(ch: Chapter, own: OwnDocuments, index: Index, grid: Grid, methods: Methods, scored: Scored, ans: Answers,
+           ref: Refusal, lat: Latency, sc: Scale, articles: Articles, real: RealData) -> Path:
+    """The chapter's one recording step: every section's outcomes and metrics with the model size, the
+    comparisons the plan declares judged on them, the tables, every metric and sentence glued, and the
+    results file written."""
+    parts = [x.measured for x in (own, index, grid, methods, scored, ans, ref, lat, sc, articles, real)
+             if not isinstance(x, Skipped)]
+    records = lambda table: table.reset_index().to_dict("records")  # noqa: E731
+    kept = Measured()
+    kept.metric("model_params_m", ch.lm.n_params() / 1e6, "exact")
+    tables = {}
     if "knowledge_base" in ch.params.sections:
-        run.tables.update(ingest=records(index.table), grid=records(grid.table), methods=records(methods.table),
-                          answers=ans.rows, scored=records(scored.table),
-                          refusal_detectors=records(pd.concat([scored.detectors, ref.detectors])),
-                          refusal=records(ref.sweep), latency=lat.summary)
+        tables.update(ingest=records(index.table), grid=records(grid.table), methods=records(methods.table),
+                      answers=ans.rows, scored=records(scored.table),
+                      refusal_detectors=records(pd.concat([scored.detectors, ref.detectors])),
+                      refusal=records(ref.sweep), latency=lat.summary)
     if "scale" in ch.params.sections:
-        run.tables.update(scale=sc.rows, ef_search=sc.ef_rows)
+        tables.update(scale=sc.rows, ef_search=sc.ef_rows)
     if "benchmarks" in ch.params.sections:
-        run.tables.update(real_data=records(real.table), squad_articles=records(articles.table),
-                          squad_development=records(articles.dev), squad_reader=records(articles.reader))
-    run.tables["sections"] = list(ch.params.sections)
-    glue_metrics(run.metrics)
-    return run.save(lm=ch.lm)
+        tables.update(real_data=records(real.table), squad_articles=records(articles.table),
+                      squad_development=records(articles.dev), squad_reader=records(articles.reader))
+    tables["sections"] = list(ch.params.sections)
+    measured = Measured.merged(*parts, kept, Measured(tables=tables))
+    stated = comparisons(ch, measured.outcomes, scored, articles)
+    glue_metrics(measured.metrics)
+    for one in stated.values():
+        one.glue()
+    return ch.run.save(measured, judged_of(stated), lm=ch.lm)
 
 
 @section("knowledge_base")
