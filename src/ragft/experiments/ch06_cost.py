@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import pandas as pd
 from .. import costs, models, settings
 from ..corpus import build_kb
 from ..costs import Approach, Check, Workload
-from ..results import ChapterRun, read_chapter, read_published
+from ..results import ChapterRun, Measured, judged_of, read_chapter, read_published, state_comparisons
 from ..prose import StatedComparison, glue, glue_findings
 from ..train.tasks import lora_structured_name
 from ..train.trainer import TARGETS
@@ -41,8 +42,7 @@ class Costs:
     origin: dict  # chapter -> "this run" | the published file it fell back to
     approaches: dict[str, Approach]
     workload: Workload
-    checks: list[Check] = field(default_factory=list)
-    latency: dict = field(default_factory=dict)
+    measured: Measured = field(default_factory=Measured)  # what setup measured: each approach's tokens
     lm: object = None  # the model timed here (its dtype and device go into the provenance)
 
 
@@ -141,12 +141,13 @@ def setup(params) -> Costs:
         docs, origin = read_inputs(params.profile)
         approaches = build_approaches(docs, params)
         workload = build_workload(docs, params)
-    c = Costs(run, params, docs, origin, approaches, workload)
+    measured = Measured()
     for name, key in KEYS.items():
         a = approaches[name]
-        run.metric(f"{key}_prompt_tokens_per_query", a.prompt_tokens, "exact")
-        run.metric(f"{key}_completion_tokens_per_query", a.completion_tokens, "derived", tol=0.25 * a.completion_tokens + 1)
-    return c
+        measured.metric(f"{key}_prompt_tokens_per_query", a.prompt_tokens, "exact")
+        measured.metric(f"{key}_completion_tokens_per_query", a.completion_tokens, "derived",
+                        tol=0.25 * a.completion_tokens + 1)
+    return Costs(run, params, docs, origin, approaches, workload, measured)
 
 
 def sources_table(c: Costs) -> pd.DataFrame:
@@ -182,16 +183,21 @@ def monthly_table(c: Costs) -> pd.DataFrame:
 def crossovers(c: Costs) -> dict:
     """The volumes where the fine-tune and the hybrid become cheaper than RAG (None: never, at these inputs)."""
     a = c.approaches
-    ft = costs.crossover(a["fine-tune"], a["RAG"], c.workload)
-    hybrid = costs.crossover(a["hybrid (RAFT + RAG)"], a["RAG"], c.workload)
-    tol = lambda v: None if v is None else 0.1 * v  # completion lengths may move on another CPU
-    c.run.metric("crossover_queries_per_month_ft_vs_rag", ft, "derived", tol=tol(ft) or 0.0, none_means="never cheaper")
-    c.run.metric("crossover_queries_per_month_hybrid_vs_rag", hybrid, "derived", tol=tol(hybrid) or 0.0,
-                 none_means="never cheaper")
-    for name, appr in a.items():
+    return {"fine-tune": costs.crossover(a["fine-tune"], a["RAG"], c.workload),
+            "hybrid (RAFT + RAG)": costs.crossover(a["hybrid (RAFT + RAG)"], a["RAG"], c.workload)}
+
+
+def cost_metrics(c: Costs, cross: dict) -> Measured:
+    """The crossovers and each approach's monthly dollars at the reader's volume, as metrics."""
+    out, ft, hybrid = Measured(), cross["fine-tune"], cross["hybrid (RAFT + RAG)"]
+    tol = lambda v: None if v is None else 0.1 * v  # noqa: E731  completion lengths may move on another CPU
+    out.metric("crossover_queries_per_month_ft_vs_rag", ft, "derived", tol=tol(ft) or 0.0, none_means="never cheaper")
+    out.metric("crossover_queries_per_month_hybrid_vs_rag", hybrid, "derived", tol=tol(hybrid) or 0.0,
+               none_means="never cheaper")
+    for name, appr in c.approaches.items():
         total = costs.monthly_usd(appr, c.workload)
-        c.run.metric(f"{KEYS[name]}_monthly_usd", total, "derived", tol=0.1 * total)
-    return {"fine-tune": ft, "hybrid (RAFT + RAG)": hybrid}
+        out.metric(f"{KEYS[name]}_monthly_usd", total, "derived", tol=0.1 * total)
+    return out
 
 
 def volumes(lo: float = 1e3, hi: float = 1e9, n: int = 61) -> np.ndarray:
@@ -281,7 +287,16 @@ def _prompt_ids(lm, params, n_tokens: float):
     return ids.unsqueeze(0).to(lm.device)
 
 
-def measure_latency(c: Costs) -> dict:
+@dataclass
+class Timed:
+    """The latency section: the medians by approach and model variant, and the timed repetitions (the
+    outcomes T2 and S1 are judged on) with their metrics."""
+
+    latency: dict  # "ttft_ms", "answer_ms", "decode_ms_per_token": name -> median
+    measured: Measured
+
+
+def measure_latency(c: Costs) -> Timed:
     """Time to first token at each approach's measured prompt length, and answers of the base model,
     its LoRA unmerged and merged, interleaved run by run so the machine's drift falls on all alike."""
     import copy
@@ -289,7 +304,7 @@ def measure_latency(c: Costs) -> dict:
 
     from peft import LoraConfig, get_peft_model
 
-    p, run = c.params, c.run
+    p, run, measured = c.params, c.run, Measured()
     with run.stage("load_models"):
         lm = c.lm = models.load_lm(p.model, p.device, p.dtype)
     with run.stage("first_token"):
@@ -302,7 +317,7 @@ def measure_latency(c: Costs) -> dict:
                     continue  # once: one prefill of a haystack costs seconds
                 ttft[name][f"run {r}"] = _timed_answer(lm.model, ids, 0)[0]
         for name, times in ttft.items():
-            run.record(f"first token, {name}", times)
+            measured.record(f"first token, {name}", times)
     with run.stage("merged_vs_unmerged"):
         cfg = LoraConfig(r=p.lora_rank, lora_alpha=2 * p.lora_rank, lora_dropout=0.0, target_modules=TARGETS["all-linear"],
                          task_type="CAUSAL_LM")
@@ -326,32 +341,28 @@ def measure_latency(c: Costs) -> dict:
                 answer[name][f"run {r}"] = pre + dec
                 decode[name].append(dec / p.latency_new_tokens)
         for name, times in answer.items():
-            run.record(f"answer, {name}", times)
+            measured.record(f"answer, {name}", times)
         del unmerged, merged, variants
-    c.latency = {"ttft_ms": {k: float(np.median(list(v.values()))) for k, v in ttft.items()},
-                 "answer_ms": {k: float(np.median(list(v.values()))) for k, v in answer.items()},
-                 "decode_ms_per_token": {k: float(np.median(v)) for k, v in decode.items()}}
-    # merged weights have the base's shape: their latency is a sanity check, not a test (the plan's T2-merged-latency)
-    t2 = run.compare("T2-merged-latency")
-    t2_unmerged = run.compare("T2-unmerged-latency")
-    s1 = run.compare("S1-context-prefill")
-    ratio = lambda k: c.latency["answer_ms"][k] / c.latency["answer_ms"]["base"]
-    run.metric("merged_vs_base_latency_ratio", ratio("LoRA merged"), "machine")
-    run.metric("unmerged_vs_base_latency_ratio", ratio("LoRA unmerged"), "machine")
+    latency = {"ttft_ms": {k: float(np.median(list(v.values()))) for k, v in ttft.items()},
+               "answer_ms": {k: float(np.median(list(v.values()))) for k, v in answer.items()},
+               "decode_ms_per_token": {k: float(np.median(v)) for k, v in decode.items()}}
+    ratio = lambda k: latency["answer_ms"][k] / latency["answer_ms"]["base"]  # noqa: E731
+    measured.metric("merged_vs_base_latency_ratio", ratio("LoRA merged"), "machine")
+    measured.metric("unmerged_vs_base_latency_ratio", ratio("LoRA unmerged"), "machine")
     for name, key in KEYS.items():
-        run.metric(f"ttft_ms_{key}", c.latency["ttft_ms"][name], "machine")
-    return {"T2": t2, "T2-unmerged": t2_unmerged, "S1": s1}
+        measured.metric(f"ttft_ms_{key}", latency["ttft_ms"][name], "machine")
+    return Timed(latency, measured)
 
 
-def stage_table(c: Costs) -> pd.DataFrame:
+def stage_table(c: Costs, timed: Timed) -> pd.DataFrame:
     """Milliseconds to the first token and to the whole answer per approach: the retrieval stages
     chapter 2 timed, the prefill timed here, the decode of the approach's measured completion."""
     m2 = c.docs["02_rag"]["metrics"]
-    decode = c.latency["decode_ms_per_token"]["base"]
+    decode = timed.latency["decode_ms_per_token"]["base"]
     rows = {}
     for name, a in c.approaches.items():
         embed, search = (m2["embed_p50_ms"], m2["search_p50_ms"]) if a.retrieval else (0.0, 0.0)
-        rows[name] = {"embed query": embed, "vector search": search, "prefill (first token)": c.latency["ttft_ms"][name],
+        rows[name] = {"embed query": embed, "vector search": search, "prefill (first token)": timed.latency["ttft_ms"][name],
                       "decode the answer": a.completion_tokens * decode}
     table = pd.DataFrame(rows).T
     table["to first token"] = table[["embed query", "vector search", "prefill (first token)"]].sum(axis=1)
@@ -381,12 +392,21 @@ def latency_bars(table: pd.DataFrame):
 # The articles' figures, rebuilt (ragft.costs holds each check)
 
 
-def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
-    a, w, p, run = c.approaches, c.workload, c.params, c.run
+@dataclass
+class Checks:
+    """The articles' figures rebuilt: one Check each (a computed comparison on the results file), and
+    the metrics they rest on."""
+
+    checks: list[Check]
+    measured: Measured
+
+
+def article_checks(c: Costs, stages: pd.DataFrame) -> Checks:
+    a, w, p, measured = c.approaches, c.workload, c.params, Measured()
     m2, m3 = c.docs["02_rag"]["metrics"], c.docs["03_finetune"]["metrics"]
     ms = lambda v: f"{v:,.0f} ms" if v >= 10 else f"{v:.1f} ms"
     retrieval = m2["embed_p50_ms"] + m2["search_p50_ms"]
-    run.metric("retrieval_added_ms_p50", retrieval, "machine")
+    measured.metric("retrieval_added_ms_p50", retrieval, "machine")
     checks = [costs.range_check("S1-retrieval-ms", retrieval, *costs.stated("S1")["retrieval_ms"],
                                 "query embedding and vector search (chapter 2, p50)", ms,
                                 "where the embedder and the index run (here: in-process, on the CPU, beside the model)")]
@@ -394,13 +414,13 @@ def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
     checks.append(costs.check_s3(a["RAG"]))
     s4, s4_measured = costs.check_s4(a["RAG"])
     checks.append(s4)
-    run.metric("s4_monthly_usd_10m", costs.s4_rebuilt()[1e7], "exact")
-    run.metric("s4_monthly_usd_10m_measured", s4_measured[1e7], "exact")
+    measured.metric("s4_monthly_usd_10m", costs.s4_rebuilt()[1e7], "exact")
+    measured.metric("s4_monthly_usd_10m_measured", s4_measured[1e7], "exact")
     checks.append(costs.check_s5_table())
     at_100k = build_workload(c.docs, p, 1e5)
-    run.metric("s5_rag_monthly_usd_100k", costs.monthly_usd(a["RAG"], at_100k), "derived",
+    measured.metric("s5_rag_monthly_usd_100k", costs.monthly_usd(a["RAG"], at_100k), "derived",
                tol=0.1 * costs.monthly_usd(a["RAG"], at_100k))
-    run.metric("s5_ft_monthly_usd_100k", costs.monthly_usd(a["fine-tune"], at_100k), "derived",
+    measured.metric("s5_ft_monthly_usd_100k", costs.monthly_usd(a["fine-tune"], at_100k), "derived",
                tol=0.1 * costs.monthly_usd(a["fine-tune"], at_100k))
     cross = costs.crossover(a["fine-tune"], a["RAG"], w)
     count = lambda v: "never" if v is None else f"{v:,.0f} queries a month"
@@ -413,7 +433,7 @@ def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
     s7 = costs.stated("S7")
     static = build_workload(c.docs, p, 30 * s7["queries_per_day"], 0.0)
     saving = 1 - costs.monthly_usd(a["fine-tune"], static) / costs.monthly_usd(a["RAG"], static)
-    run.metric("s7_saving_measured", saving, "derived", tol=0.05)
+    measured.metric("s7_saving_measured", saving, "derived", tol=0.05)
     checks.append(costs.range_check("S7-saving", saving, *s7["saving"],
                                     f"the fine-tune's saving over RAG at {30 * s7['queries_per_day']:,} queries a month, static facts",
                                     lambda v: f"{v:.0%}", "the prompt tokens retrieval adds and the fine-tuned price premium"))
@@ -423,20 +443,17 @@ def article_checks(c: Costs, stages: pd.DataFrame) -> list[Check]:
                      costs.fine_tuned_row(p.serving_price))
     s8, s8_measured = costs.check_s8(long_prompt, tuned)
     checks.append(s8)
-    run.metric("s8_saving_measured", s8_measured, "derived", tol=0.05)
+    measured.metric("s8_saving_measured", s8_measured, "derived", tol=0.05)
     s9, s9_gb = costs.check_s9()
     checks.append(s9)
-    run.metric("s9_implied_storage_gb", s9_gb, "exact")
+    measured.metric("s9_implied_storage_gb", s9_gb, "exact")
     t5, lora_70b = costs.check_t5_lora_70b(p.gpu_price, p.gpu_utilisation, p.train_tokens)
     checks += [t5, costs.check_t5_api()]
-    run.metric("t5_lora_70b_usd", lora_70b, "exact")
-    run.metric("t5_full_7b_usd", costs.train_usd(7e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
-    run.metric("t5_lora_7b_usd", costs.train_usd(7e9, p.train_tokens, False, p.gpu_price, p.gpu_utilisation), "exact")
-    run.metric("t5_full_70b_usd", costs.train_usd(70e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
-    run.comparisons = [x for x in run.comparisons if x["claim"] not in {k.claim for k in checks}]
-    run.comparisons += [k.as_comparison() for k in checks]
-    c.checks = checks
-    return checks
+    measured.metric("t5_lora_70b_usd", lora_70b, "exact")
+    measured.metric("t5_full_7b_usd", costs.train_usd(7e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
+    measured.metric("t5_lora_7b_usd", costs.train_usd(7e9, p.train_tokens, False, p.gpu_price, p.gpu_utilisation), "exact")
+    measured.metric("t5_full_70b_usd", costs.train_usd(70e9, p.train_tokens, True, p.gpu_price, p.gpu_utilisation), "exact")
+    return Checks(checks, measured)
 
 
 def _volume_check(claim: str, volume: float | None, low: float, high: float, unit, depends_on: str) -> Check:
@@ -469,18 +486,32 @@ def training_table(c: Costs) -> pd.DataFrame:
 def measured_training(c: Costs) -> dict:
     """Chapter 3's CPU runs: utilisation reached and the LoRA / full step-time ratio (4/6 by the FLOP count)."""
     runs = c.docs["03_finetune"]["tables"]["train_runs"]
-    m = {"lora_mfu": runs["lora"]["mfu"], "full_mfu": runs["full"]["mfu"],
-         "lora_vs_full_step": runs["lora"]["step_s"] / runs["full"]["step_s"]}
-    c.run.metric("cpu_training_mfu_lora", m["lora_mfu"], "machine")
-    c.run.metric("lora_vs_full_step_ratio", m["lora_vs_full_step"], "machine")
-    return m
+    return {"lora_mfu": runs["lora"]["mfu"], "full_mfu": runs["full"]["mfu"],
+            "lora_vs_full_step": runs["lora"]["step_s"] / runs["full"]["step_s"]}
 
 
-def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
+# merged weights have the base's shape: their latency is a sanity check, not a test (the plan's T2-merged-latency)
+LABELS = {"T2-merged-latency": ("merged LoRA", "base model", False),
+          "T2-unmerged-latency": ("unmerged LoRA", "base model", False),
+          "S1-context-prefill": ("RAG prompt", "fine-tune prompt", False)}
+
+
+def findings(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict
+             ) -> tuple[Measured, dict[str, StatedComparison]]:
+    """What the chapter measured, together: the set-up's, the latency section's and the checks'
+    outcomes and metrics, the cost and training metrics derived from their sections' results; and
+    every comparison the plan declares here, judged on those outcomes (ragft.results.state_comparisons)."""
+    derived = cost_metrics(c, cross)
+    derived.metric("cpu_training_mfu_lora", training["lora_mfu"], "machine")
+    derived.metric("lora_vs_full_step_ratio", training["lora_vs_full_step"], "machine")
+    measured = Measured.merged(c.measured, timed.measured, checks.measured, derived)
+    return measured, state_comparisons(CHAPTER, measured.outcomes, LABELS, profile=c.params.profile)
+
+
+def glue_all(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict) -> None:
     w = c.workload
-    glue_findings(c.run.metrics, [StatedComparison("T2-merged-latency", stated["T2"], "merged LoRA", "base model", pct=False),
-                                  StatedComparison("T2-unmerged-latency", stated["T2-unmerged"], "unmerged LoRA", "base model", pct=False),
-                                  StatedComparison("S1-context-prefill", stated["S1"], "RAG prompt", "fine-tune prompt", pct=False)],
+    measured, stated = findings(c, cross, timed, checks, training)
+    glue_findings(measured.metrics, stated.values(),
                   {"crossover_ft_text": "never, at these inputs" if cross["fine-tune"] is None else f"{cross['fine-tune']:,.0f} queries a month",
                    "crossover_hybrid_text": "never, at these inputs" if cross["hybrid (RAFT + RAG)"] is None
                    else f"{cross['hybrid (RAFT + RAG)']:,.0f} queries a month",
@@ -492,7 +523,7 @@ def glue_all(c: Costs, cross: dict, stated: dict, training: dict) -> None:
                    "rag_top_k_text": str(c.docs["04_raft"]["params"]["rag_top_k"]),
                    "lora_mfu_text": f"{training['lora_mfu']:.0%}", "lora_step_text": f"{training['lora_vs_full_step']:.2f}",
                    **sources_figures()})
-    for k in c.checks:
+    for k in checks.checks:
         glue(f"verdict_{k.claim}", k.verdict)
 
 
@@ -505,12 +536,15 @@ def sources_figures() -> dict[str, str]:
             "lora_vs_full_flops_text": f"{lora / full:.2f}"}
 
 
-def save(c: Costs):
-    c.run.tables["checks"] = [{"claim": k.claim, "stated": k.stated, "computed": k.computed, "verdict": k.verdict,
-                               "note": k.note} for k in c.checks]
-    # the model itself, so the verdict chapter prices its readers' cases with this run's measurements
-    c.run.tables["cost_model"] = {"approaches": {n: asdict(a) for n, a in c.approaches.items()},
-                                  "workload": asdict(c.workload)}
-    c.run.tables["latency"] = c.latency
-    c.run.tables["inputs_from"] = c.origin
-    return c.run.save(lm=c.lm)
+def save(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict) -> Path:
+    """The chapter's one recording step: what its sections measured, the comparisons judged on it and
+    the computed checks, the tables (the cost model itself among them, so the verdict chapter prices
+    its readers' cases with this run's measurements), written to the results file."""
+    measured, stated = findings(c, cross, timed, checks, training)
+    tables = Measured(tables={
+        "checks": [{"claim": k.claim, "stated": k.stated, "computed": k.computed, "verdict": k.verdict, "note": k.note}
+                   for k in checks.checks],
+        "cost_model": {"approaches": {n: asdict(a) for n, a in c.approaches.items()}, "workload": asdict(c.workload)},
+        "latency": timed.latency, "inputs_from": c.origin})
+    judged = judged_of(stated) + [k.as_comparison() for k in checks.checks]
+    return c.run.save(Measured.merged(measured, tables), judged, lm=c.lm)
