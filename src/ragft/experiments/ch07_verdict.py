@@ -5,6 +5,7 @@ in seconds."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -13,7 +14,7 @@ from ..claims import load_claims
 from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
                       decide)
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured
 from ..prose import glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
@@ -154,29 +155,38 @@ def _once(ax, label: str, containers: bool = False) -> str | None:
     return None if label in [h.get_label() for h in drawn] else label
 
 
-def headline(v: Verdicts) -> dict:
-    run, tally = v.run, counts(v.rows)
-    tally["uninformative"] = sum(tally.pop(text) for text in UNINFORMATIVE.values())
-    run.metric("n_claims", len(v.rows), "exact")
+def tally(v: Verdicts) -> dict:
+    """Claims by verdict, the uninformative kinds together."""
+    out = counts(v.rows)
+    out["uninformative"] = sum(out.pop(text) for text in UNINFORMATIVE.values())
+    return out
+
+
+def headline_metrics(v: Verdicts) -> Measured:
+    """The ledger's counts as metrics: claims by verdict, the family, what the adjustment changed, and
+    what was declared in its present form before any published result of it."""
+    m, by_verdict = Measured(), tally(v)
+    m.metric("n_claims", len(v.rows), "exact")
     for verdict, key in COUNT_KEYS.items():
-        run.metric(key, tally[verdict], "exact")
-        glue(key, tally[verdict])
+        m.metric(key, by_verdict[verdict], "exact")
     family_rows = [c for c in v.comparisons.values() if c.get("p_adjusted") is not None]
-    run.metric("n_family", len(family_rows), "exact")
-    run.metric("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows), "exact")
+    m.metric("n_family", len(family_rows), "exact")
+    m.metric("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows), "exact")
     # "declared before the run": the family's comparisons, and the claims whose verdict rests on
     # comparisons all declared in their present form before any published result of them
-    early = sum(bool(c.get("declared_before_any_result")) for c in family_rows)
-    run.metric("n_family_declared_before_any_result", early, "exact")
-    glue("n_family_declared_before_any_result", early)
+    m.metric("n_family_declared_before_any_result",
+             sum(bool(c.get("declared_before_any_result")) for c in family_rows), "exact")
     resting = [r for r in v.rows if r.declared is not None]
-    clean = sum(r.declared == "yes" for r in resting)
-    run.metric("n_claims_declared_before_any_result", clean, "exact")
-    run.metric("n_claims_resting_on_comparisons", len(resting), "exact")
-    glue("n_claims_declared_before_any_result", clean)
-    glue("n_claims_resting_on_comparisons", len(resting))
-    glue("n_family", len(family_rows))
-    glue("n_changed_by_adjustment", sum(bool(c.get("verdict_raw")) for c in family_rows))
+    m.metric("n_claims_declared_before_any_result", sum(r.declared == "yes" for r in resting), "exact")
+    m.metric("n_claims_resting_on_comparisons", len(resting), "exact")
+    return m
+
+
+def headline(v: Verdicts) -> dict:
+    m, by_verdict = headline_metrics(v), tally(v)
+    for key in [*COUNT_KEYS.values(), "n_family_declared_before_any_result", "n_claims_declared_before_any_result",
+                "n_claims_resting_on_comparisons", "n_family", "n_changed_by_adjustment"]:
+        glue(key, m[key])
     for key, text in prose_terms().items():
         glue(key, text)
     glue("n_claims", len(v.rows))
@@ -184,7 +194,7 @@ def headline(v: Verdicts) -> dict:
     model, hardware = model_and_hardware(v)
     glue("verdict_model", model)
     glue("verdict_hardware", hardware)
-    return {"counts": tally, "verdicts": VERDICTS}
+    return {"counts": by_verdict, "verdicts": VERDICTS}
 
 
 LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", "p", "p_adjusted", "size", "reason",
@@ -215,11 +225,12 @@ def choices_table() -> pd.DataFrame:
     return pd.DataFrame(the_plan().choices).set_index("what")
 
 
-def save(v: Verdicts):
-    v.run.comparisons = list(v.comparisons.values())
-    v.run.sections["ledger"] = [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]
-    v.run.tables["ledger"] = [r.as_dict() for r in v.rows]  # with the comparison shown and its kind
-    return v.run.save()
+def save(v: Verdicts) -> Path:
+    """The chapter's one recording step: the counts, every comparison as the ledger judged it, the
+    ledger itself (and as a table, with the comparison shown and its kind)."""
+    kept = Measured.merged(headline_metrics(v), Measured(tables={"ledger": [r.as_dict() for r in v.rows]}))
+    return v.run.save(kept, list(v.comparisons.values()),
+                      sections={"ledger": [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]})
 
 
 # A few readers the articles write for, to show the helper at work (your own: the reader_ parameters).

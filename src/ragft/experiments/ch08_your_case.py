@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +48,7 @@ from .. import costs, host, metrics, models, raft, rag, settings
 from ..corpus import injection
 from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
-from ..results import ChapterRun
+from ..results import ChapterRun, Measured, judged_of, state_comparisons
 from ..prose import glue, glue_metrics
 from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
 from ..text import ANOTHER_THING, NEAR_DUPLICATE, SAME, near_duplicate, question_key
@@ -57,7 +57,7 @@ from ..train.data import TrainingDataError, example, tokenize
 from ..train.tasks import dsf_messages
 from ..train.measure import release_memory
 from ..train.trainer import snapshot_folder, train
-from .common import record_answers, start
+from .common import answer_outcomes, start
 
 CHAPTER = "08_your_case"
 SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample_case"
@@ -342,6 +342,7 @@ class RetrievalChoice:
     dev: pd.DataFrame  # per chunk size and top-k: development hit rate and RAG answer accuracy
     test_ranked: list  # the test questions' chunks at the choice, retrieved once for every reading arm
     test_hit: float  # the test questions' hit rate at the choice
+    measured: Measured = field(default_factory=Measured)  # the test questions' retrieval hits
 
 
 def choose_retrieval(case: Case, idx: Index) -> RetrievalChoice:
@@ -362,8 +363,9 @@ def choose_retrieval(case: Case, idx: Index) -> RetrievalChoice:
     size, k = int(best.chunk_size), int(best.top_k)
     test_ranked = retrieve(case, idx, size, k, inputs.test)
     test_hits = hits(inputs.test, test_ranked, inputs.sources)
-    case.run.record("case: retrieval hit", test_hits)
-    return RetrievalChoice(size, k, dev.set_index(["chunk_size", "top_k"]), test_ranked, mean(test_hits))
+    measured = Measured()
+    measured.record("case: retrieval hit", test_hits)
+    return RetrievalChoice(size, k, dev.set_index(["chunk_size", "top_k"]), test_ranked, mean(test_hits), measured)
 
 
 def retrieve(case: Case, idx: Index, size: int, k: int, items: list) -> list:
@@ -381,6 +383,7 @@ class Asked:
     gen: object  # Generation
     texts: list  # the answers scored (RAFT: after its answer marker)
     scores: dict  # ragft.metrics.score_answers
+    measured: Measured = field(default_factory=Measured)  # an arm's per-question outcomes on the test questions (arm)
 
 
 def ask(lm, items: list, rankings: list | None, style: str, params, desc: str) -> Asked:
@@ -393,11 +396,11 @@ def ask(lm, items: list, rankings: list | None, style: str, params, desc: str) -
 
 
 def arm(case: Case, lm, name: str, rankings: list | None) -> Asked:
-    """An arm on the test questions, its outcomes recorded under its condition name."""
+    """An arm on the test questions, with its outcomes under its condition name."""
     with case.run.stage(KEYS[name]):
         asked = ask(lm, case.inputs.test, rankings, STYLE[name], case.params, LABELS[name])
     asked.arm = name
-    record_answers(case.run, name, case.inputs.test, asked.gen, asked.texts)
+    asked.measured = answer_outcomes(name, case.inputs.test, asked.gen, asked.texts)
     return asked
 
 
@@ -618,10 +621,14 @@ class Judged:
     scores: pd.DataFrame  # per arm that ran: contains with its 95 % interval, EM, F1, tokens
     comparisons: list  # the plan's case comparisons whose arms ran, Holm-adjusted among themselves
     skipped: dict  # arm -> what it would need
+    measured: Measured = field(default_factory=Measured)  # every arm's outcomes, the scores and fitness metrics
 
 
 def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
-    run, n = case.run, len(case.inputs.test)
+    """Each arm's scores on the test questions, and every case comparison the plan declares judged on
+    their outcomes (ragft.results.state_comparisons), then Holm-adjusted among themselves (the CASE
+    family), an arm that missed its fitness named."""
+    run, n = Measured.merged(*(a.measured for a in asked)), len(case.inputs.test)
     if not ft.skipped:  # fitness: the chosen arm's own training data
         run.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=ft.n_own)
     if not rf.skipped:
@@ -635,15 +642,14 @@ def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
         rows.append({"arm": LABELS[a.arm], "contains": s["contains"], "95 % interval": f"[{low:.2f}, {high:.2f}]",
                      "em": s["em"], "f1": s["f1"], "prompt tokens": a.gen.mean_prompt_tokens,
                      "completion tokens": a.gen.mean_completion_tokens})
-    ran = {a.arm for a in asked}
-    for cid in COMPARISONS:
-        spec = the_plan().get(cid)
-        if spec.a in ran and spec.b in ran:
-            run.compare(cid)
-    run.comparisons = adjust(run.comparisons, metrics={CHAPTER: run.metrics}, family=CASE)
     skipped = {DSF: ft.skipped, DSF_RAG: ft.skipped, RAFT_RAG: rf.skipped}
-    return Judged(pd.DataFrame(rows).set_index("arm"), list(run.comparisons),
-                  {LABELS[k]: v for k, v in skipped.items() if v})
+    plan = the_plan()
+    labels = {cid: (LABELS[plan.get(cid).a], LABELS[plan.get(cid).b]) for cid in COMPARISONS}
+    unmeasured = {cid: skipped.get(plan.get(cid).a) or skipped.get(plan.get(cid).b) for cid in COMPARISONS}
+    stated = state_comparisons(CHAPTER, run.outcomes, labels, None, {c: why for c, why in unmeasured.items() if why},
+                               case.params.profile)
+    comparisons = adjust([c.as_dict() for c in judged_of(stated)], metrics={CHAPTER: run.metrics}, family=CASE)
+    return Judged(pd.DataFrame(rows).set_index("arm"), comparisons, {LABELS[k]: v for k, v in skipped.items() if v}, run)
 
 
 def comparisons_table(j: Judged) -> pd.DataFrame:
@@ -680,6 +686,7 @@ def reading(c: dict) -> str:
 class Priced:
     table: pd.DataFrame  # per arm: dollars a month by part, and in all
     workload: dict  # what every arm shares: volumes, price rows, index
+    measured: Measured = field(default_factory=Measured)  # each arm's monthly dollars
 
 
 def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, choice: RetrievalChoice) -> Priced:
@@ -688,7 +695,7 @@ def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, c
     and re-indexing the corpus per update; trained arms their training run (this run's training
     tokens at the training row), redone at every update for the closed-book fine-tune, whose facts
     are in its weights, else amortised over training_life_months."""
-    p, run = case.params, case.run
+    p, run = case.params, Measured()
     chunks = idx.chunks[choice.chunk_size]
     corpus_tokens = sum(len(case.lm.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks)
     dims = rag.store.bare_encoder(case.embed_model).get_sentence_embedding_dimension()
@@ -707,7 +714,7 @@ def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, c
         # derived from measured token counts: a reply a token longer moves it (chapter 6's tolerance)
         total = run.metric(f"case_{KEYS[a.arm]}_monthly_usd", sum(parts.values()), "derived", tol=0.1 * sum(parts.values()))
         rows.append({"arm": LABELS[a.arm], **{f"{k} ($)": v for k, v in parts.items()}, "per month ($)": total})
-    return Priced(pd.DataFrame(rows).set_index("arm"), shared)
+    return Priced(pd.DataFrame(rows).set_index("arm"), shared, run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,8 +764,10 @@ def headline(j: Judged) -> dict[str, str]:
 
 def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoice, ft: FineTune, rf: Raft,
            j: Judged, pr: Priced) -> Path:
-    """The metrics and tables of the results file, every metric glued, the file written."""
-    run, records = case.run, (lambda t: t.reset_index().to_dict("records"))
+    """The chapter's one recording step: what its steps returned (the retrieval hits, the arms'
+    outcomes and scores, the prices) with the set-up's counts and choices, the judged comparisons, the
+    tables, every metric glued, and the results file written."""
+    run, records = Measured(), (lambda t: t.reset_index().to_dict("records"))  # noqa: E731
     run.metric("case_n_docs", len(inputs.corpus.sources), "exact")
     run.metric("case_n_dev", len(inputs.dev), "exact")
     run.metric("case_n_test", len(inputs.test), "exact")
@@ -777,7 +786,8 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
                       dsf_checkpoints=records(ft.checkpoints) if not ft.skipped else [],
                       scores=records(j.scores), costs=records(pr.table), cost_workload=pr.workload,
                       skipped=j.skipped, files=inputs.files)
-    glue_metrics(run.metrics)
+    measured = Measured.merged(choice.measured, j.measured, pr.measured, run)
+    glue_metrics(measured.metrics)
     plan = the_plan()
     words = {**headline(j), "case_queries_per_month": f"{case.params.queries_per_month:,.0f}",
              "case_updates_per_month": f"{case.params.updates_per_month:g}",
@@ -792,4 +802,4 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
              "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
     for key, value in words.items():
         glue(key, value)
-    return run.save(lm=case.lm)
+    return case.run.save(measured, j.comparisons, lm=case.lm)
