@@ -10,7 +10,7 @@ from ragft import config, plots, prompts
 from ragft.experiments import ch01_prompting as ch01
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
-from ragft.results import METRIC_KINDS, ChapterRun
+from ragft.results import METRIC_KINDS, ChapterRun, judged_of
 from ragft.scoring import Ranking
 
 PUBLISHED_KEYS = [
@@ -159,7 +159,7 @@ def test_candidates_rank_the_refusal_only_beside_unanswerable_questions(chapter)
 
 def test_rankings_are_recorded_by_meaning_and_agree_with_their_rows(chapter):
     f = found(chapter, gold_right={0, 1, 2})
-    outcomes = chapter.run.outcomes
+    outcomes = f.measured.outcomes  # what the sections returned, nothing written into the run
     assert {"instruction", "instruction refusal", "closed book refusal", "few-shot k=1", "haystack 600",
             "instruction, generated", "instruction, generated refusal"} <= set(outcomes)
     assert "haystack 600 refusal" not in outcomes  # the haystacks ask answerable questions only
@@ -202,9 +202,9 @@ def test_refusal_is_read_as_a_detector(chapter):
 
 def test_headline_metrics_keep_the_published_keys_with_declared_kinds(chapter):
     m = ch01.headline_metrics(chapter, found(chapter))
-    assert set(PUBLISHED_KEYS + LL_KEYS) <= set(m)
-    rules = chapter.run.metric_rules
-    assert set(rules) == set(m) and all(r["kind"] in METRIC_KINDS for r in rules.values())
+    assert set(PUBLISHED_KEYS + LL_KEYS) <= set(m.metrics)
+    rules = m.metric_rules
+    assert set(rules) == set(m.metrics) and all(r["kind"] in METRIC_KINDS for r in rules.values())
     n_gen = len(chapter.single[:chapter.params.n_generated])
     assert rules["closed_book_contains"] == {"kind": "rate", "n": n_gen} and m["generated_n"] == n_gen
     assert rules["closed_book_ll_acc"] == {"kind": "rate", "n": 8} and m["closed_book_n"] == 8
@@ -248,7 +248,7 @@ def test_development_questions_share_nothing_with_the_test_or_the_examples(chapt
 
 def test_comparisons_state_the_chapter_claims_on_the_rankings(chapter):
     stated = ch01.comparisons(chapter, found(chapter))
-    by_claim = {c["claim"]: c for c in chapter.run.comparisons}
+    by_claim = {c.claim: c.as_dict() for c in judged_of(stated)}
     assert set(by_claim) == {"K9-long-context", "K1-gold-document", "prompting-few-shot", "refusal-instruction"}
     assert (by_claim["K9-long-context"]["a"], by_claim["K9-long-context"]["b"]) == ("haystack gold only", "haystack 600")
     # the fake gold-document arm answers all 8 and the instruction arm sits at chance: one arm at each bound
@@ -279,7 +279,7 @@ def test_comparisons_say_what_was_not_measured(chapter):
 
 
 def test_sanity_properties_hold_only_when_all_do(chapter):
-    planted_m = ch01.headline_metrics(chapter, found(chapter))
+    planted_m = ch01.headline_metrics(chapter, found(chapter)).metrics
     assert ch01.sanity_properties(planted_m)["holds"].tolist() == [True, True, True]
     above_chance = {**planted_m, "few_shot_best_ll_acc": planted_m["ll_chance"] + ch01.SANITY_CLOSED_BOOK_MAX + 0.01}
     assert ch01.sanity_properties(above_chance)["holds"].tolist() == [True, False, True]

@@ -14,7 +14,7 @@ from ragft.experiments import ch02_rag as ch02
 from ragft.generation import Generation
 from ragft.rag.sources import CorpusError, QAItem
 from ragft.rag.store import Hit
-from ragft.results import ChapterRun
+from ragft.results import Measured
 
 GOLD = "The Corvane X2 weighs 4 kg."
 
@@ -64,10 +64,10 @@ def test_citation_outcomes_cover_questions_whose_relevant_chunk_was_a_source():
 
 
 def test_record_leaves_out_an_empty_part_and_keeps_tokens_of_its_own_questions():
-    run = ChapterRun("02_rag", None)
-    ch02.record(run, "answer top-1 refusal", {})
-    ch02.record(run, "answer top-1", {"q1": 1}, {"q1": (10, 2), "u1": (12, 3)})
-    assert list(run.outcomes) == ["answer top-1"] and run.outcome_tokens["answer top-1"] == {"q1": [10, 2]}
+    measured = Measured()
+    ch02.record(measured, "answer top-1 refusal", {})
+    ch02.record(measured, "answer top-1", {"q1": 1}, {"q1": (10, 2), "u1": (12, 3)})
+    assert list(measured.outcomes) == ["answer top-1"] and measured.outcome_tokens["answer top-1"] == {"q1": [10, 2]}
 
 
 ARTICLE = "Brockmere is a town on the river Ald. It was founded in 1204 by weavers.\n\nThe Ald flows north."
@@ -94,27 +94,30 @@ def test_the_budget_is_the_largest_where_every_arm_is_below_the_bar_on_developme
     assert ch02.budget_k(510, 256) == 0 and ch02.budget_k(64, 512) == 8
 
 
-def articles_run(n=40, profile="smoke"):
-    """Recorded SQuAD outcomes: 256-token chunks find 30 of 40 within the budget, 64-token ones 20."""
-    run = ChapterRun("02_rag", None)
-    hits = lambda found: {f"q{i}": int(i < found) for i in range(n)}
+def articles_judged(sizes=(64, 256, 510), n=40, profile="smoke") -> dict:
+    """Every comparison of the chapter judged on recorded SQuAD outcomes alone (the knowledge base's
+    sections skipped): 256-token chunks find 30 of 40 within the budget, 64-token ones 20."""
+    measured = Measured()
+    hits = lambda found: {f"q{i}": int(i < found) for i in range(n)}  # noqa: E731
     for size, within, at1, at3 in ((64, 20, 10, 25), (256, 30, 15, 28)):
-        run.record(ch02.squad_budget_hit(size, 512), hits(within))
-        run.record(ch02.squad_hit("dense", size, 1), hits(at1))
-        run.record(ch02.squad_hit("dense", size, 3), hits(at3))
-    run.record(ch02.squad_hit("hybrid", 256, 3), hits(33))
-    return SimpleNamespace(run=run, params=SimpleNamespace(profile=profile))
+        measured.record(ch02.squad_budget_hit(size, 512), hits(within))
+        measured.record(ch02.squad_hit("dense", size, 1), hits(at1))
+        measured.record(ch02.squad_hit("dense", size, 3), hits(at3))
+    measured.record(ch02.squad_hit("hybrid", 256, 3), hits(33))
+    ch = SimpleNamespace(params=SimpleNamespace(profile=profile, retrieval="hybrid"))
+    articles = SimpleNamespace(budget=512, unmeasured=ch02._articles_unmeasured(ch, measured, list(sizes), 512))
+    return ch02.comparisons(ch, measured.outcomes, ch02.Skipped("knowledge_base"), articles)
 
 
 def test_squad_comparisons_are_the_plans_r1_and_r2_at_the_chosen_budget():
-    said = {s.comparison_id: s for s in ch02._articles_comparisons(articles_run(), [64, 256, 510], 512)}
+    said = articles_judged()
     stated = {cid: s.comparison for cid, s in said.items()}
-    assert set(stated) == set(ch02.SQUAD_COMPARISONS)
+    assert set(stated) == set(ch02.SQUAD_COMPARISONS) | {"K9-top-k", "R3-rerank"}
+    assert stated["K9-top-k"] is None and "knowledge_base section is not in" in said["K9-top-k"].missing
     assert stated["R1-reader"] is None  # no reader outcomes recorded: the sentence says the model answered none
     assert "answered no SQuAD question" in said["R1-reader"].missing
     # the cpu profile leaves R1-reader to the smoke and gpu profiles (the plan): its sentence says so
-    cpu = {s.comparison_id: s for s in ch02._articles_comparisons(articles_run(profile="cpu"), [64, 256, 510], 512)}
-    assert "smoke and gpu profiles measure it" in cpu["R1-reader"].missing
+    assert "smoke and gpu profiles measure it" in articles_judged(profile="cpu")["R1-reader"].missing
     r1 = stated["R1-small-chunks"]
     assert (r1.a, r1.b) == ("SQuAD dense 256-token hit within 512 tokens", "SQuAD dense 64-token hit within 512 tokens")
     assert r1.diff == pytest.approx(10 / 40)  # 30 against 20 of 40, every one of the 10 a discordant pair
@@ -123,9 +126,9 @@ def test_squad_comparisons_are_the_plans_r1_and_r2_at_the_chosen_budget():
 
 
 def test_squad_comparisons_without_the_claims_sizes_say_so():
-    stated = ch02._articles_comparisons(articles_run(), [128, 256], 512)
-    assert [s.comparison_id for s in stated] == list(ch02.SQUAD_COMPARISONS)  # every sentence says why
-    assert all(s.comparison is None and "lack 64" in s.missing for s in stated)
+    stated = articles_judged(sizes=(128, 256))
+    assert all(stated[c].comparison is None and "lack 64" in stated[c].missing  # every sentence says why
+               for c in ch02.SQUAD_COMPARISONS)
 
 
 def test_own_inputs_are_read_before_any_model_loads(tmp_path):
@@ -170,7 +173,7 @@ def test_question_outcomes_read_answer_citation_rerank_and_refusal():
 
 
 def test_refusal_detectors_report_auroc_and_recall_at_five_percent_false_refusals():
-    run = ChapterRun("02_rag", None)
+    run = Measured()
     answerable = [i / 100 for i in range(100)]
     table = ch02.refusal_detectors(run, {"perfect": ("perfect", [2.0, 3.0], answerable),
                                          "useless": ("useless", answerable[::10], answerable),
@@ -235,7 +238,7 @@ def test_a_section_left_out_of_sections_is_skipped_and_its_cells_run_through():
     assert isinstance(grid, ch02.Skipped) and "knowledge_base" in repr(grid)
     assert isinstance(grid.table.style.format("{:.1%}"), ch02.Skipped) and list(grid.stated) == []
     assert ch02.heatmap(grid) is None and isinstance(ch02.methods_styled(ch02.retrieval_methods(ch, grid)), ch02.Skipped)
-    assert isinstance(ch02.scale(ch, index, grid), ch02.Skipped) and isinstance(ch02.real_data(ch, grid, None), ch02.Skipped)
+    assert isinstance(ch02.scale(ch, index, grid), ch02.Skipped) and isinstance(ch02.real_data(ch, grid, None, None), ch02.Skipped)
     assert "not in this run's sections" in grid._repr_markdown_()
     with pytest.raises(AttributeError):
         grid._repr_html_  # IPython's look-ups find nothing, so the one-line markdown is what shows
@@ -280,8 +283,8 @@ def test_chunk_size_and_top_k_are_chosen_on_development_questions_only():
             return rows
 
     dev_items = [it for it in rag.kb_items(kb.by_kind("single")) if it.qid not in {t.qid for t in test}]
-    ch = SimpleNamespace(params=p, kb=kb, depth=3, score_ks=[1, 3], run=ChapterRun("02_rag", p))
+    ch = SimpleNamespace(params=p, kb=kb, depth=3, score_ks=[1, 3])
     out = ch02.development_choice(ch, test, {128: Store(3), 256: Store(1)})
     assert (out["chunk"], out["k"]) == (256, 1) and out["n"] == min(p.n_retrieval_questions, len(dev_items))
     assert not set(asked) & {t.question for t in test}  # no test question was read to choose
-    assert [r["chunk_size"] for r in ch.run.tables["development_choice"]] == [128, 256]
+    assert list(out["table"].index) == [128, 256]  # the evidence, which the grid keeps on the results file

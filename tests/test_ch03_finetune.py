@@ -13,7 +13,7 @@ import pytest
 from ragft import config, plots
 from ragft.experiments import ch03_finetune as ch03
 from ragft.generation import Generation
-from ragft.results import ChapterRun
+from ragft.results import ChapterRun, Measured, judged_of
 from ragft.train import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +68,12 @@ def test_ratio_tolerance_and_cost_saving_rule():
 
 
 def _fake_chapter(profile="cpu"):
-    """A chapter whose steps 'ran': the results each step would return and the outcomes it would
-    record, from the profile's sizes, with a fine-tune that learnt its facts so every comparison has
+    """A chapter whose steps 'ran': the results each step would return and the outcomes they would
+    return with them (all of them kept as the set-up's, `ch.measured`, which the findings' outcomes
+    include), from the profile's sizes, with a fine-tune that learnt its facts so every comparison has
     something to say. Returns (chapter, findings)."""
     p = config.resolve("03_finetune", profile)
-    run = ChapterRun(ch03.CHAPTER, p)
+    run, rec = ChapterRun(ch03.CHAPTER, p), Measured()
     facts = [_q(f"f{i}") for i in range(p.n_facts)]
     products = [_q(f"s{i}") for i in range(p.n_structured_test)]
     known = [SimpleNamespace(qid=f"k{i}") for i in range(8)]
@@ -83,12 +84,14 @@ def _fake_chapter(profile="cpu"):
     top, low = ch.best_count, min(p.paraphrase_counts)
 
     def record(name, score, items):
-        run.record(name, {q.qid: score(i) for i, q in enumerate(items)})
+        rec.record(name, {q.qid: score(i) for i, q in enumerate(items)})
 
-    def probe(label, nll):
+    def probe(label, nll, kept=True):  # the chosen fine-tune's probe carries its outcomes itself (Findings)
         segments = {f"{text}, tokens {i}": nll + 0.01 * (i % 3) for text in general for i in range(20)}
-        run.record(f"NLL: {label}", segments)
-        return ch03.ForgettingProbe(float(np.exp(nll)), segments, {t: float(np.exp(nll)) for t in general})
+        out = ch03.ForgettingProbe(float(np.exp(nll)), segments, {t: float(np.exp(nll)) for t in general}, label)
+        if kept:
+            rec.update(out.measured)
+        return out
 
     ch.base_probe = probe("base model", 2.0)
     record("base held-out", lambda i: 0, facts)
@@ -106,7 +109,7 @@ def _fake_chapter(profile="cpu"):
                        3e-3, {})
     chosen = ch03.choose_checkpoint(curve.table, {"dev_trained_min": 0.95, "heldout_slack": 1}, p.n_dev_facts)
     for part in ("held-out", "trained paraphrase", "known"):
-        run.record(f"DSF p{top} {part}", run.outcomes[f"DSF p{top} e{chosen.exposures} {part}"])
+        rec.record(f"DSF p{top} {part}", rec.outcomes[f"DSF p{top} e{chosen.exposures} {part}"])
     record(f"DSF p{low} e{p.k5_exposures} held-out", lambda i: i % 4 == 0, facts)
     record("base + RAG", lambda i: i % 2, facts)
     record(f"DSF p{top} + RAG", lambda i: 1, facts)
@@ -117,9 +120,10 @@ def _fake_chapter(profile="cpu"):
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", len(facts))
     knowledge = ch03.Knowledge(table, None, [], 0.9)
-    variety = pd.DataFrame([{"paraphrases": low, "exposures": p.k5_exposures, "held_out": 0.25, "trained_paraphrase": 1.0},
-                            {"paraphrases": top, "exposures": p.k5_exposures, "held_out": 1.0, "trained_paraphrase": 1.0}
-                            ]).set_index("paraphrases")
+    variety = ch03.Variety(pd.DataFrame([
+        {"paraphrases": low, "exposures": p.k5_exposures, "held_out": 0.25, "trained_paraphrase": 1.0},
+        {"paraphrases": top, "exposures": p.k5_exposures, "held_out": 1.0, "trained_paraphrase": 1.0}
+    ]).set_index("paraphrases"), Measured())
     for name in ("base", f"DSF p{top}", "base + RAG", f"DSF p{top} + RAG"):
         record(f"{name} generated", lambda i: i % 2, ch.facts)
 
@@ -155,8 +159,9 @@ def _fake_chapter(profile="cpu"):
                                           ).set_index(["method", "lr"]), lrs)
     embeddings = SimpleNamespace(weight=SimpleNamespace(numel=lambda: 30))
     ch.lm = SimpleNamespace(n_params=lambda: 135, model=SimpleNamespace(get_input_embeddings=lambda: embeddings))
-    found = ch03.Findings(sweep, lrs, curve, chosen, knowledge, variety, behaviour, methods, pd.DataFrame(),
-                          dsf_probe=probe(ch03.DSF_LABEL, 2.1))
+    found = ch03.Findings(sweep, lrs, curve, chosen, knowledge, variety, behaviour, methods,
+                          ch03.FormatView(pd.DataFrame(), Measured()), dsf_probe=probe(ch03.DSF_LABEL, 2.1, kept=False))
+    ch.measured = rec
     return ch, found
 
 
@@ -166,9 +171,9 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     published = json.loads(PUBLISHED.read_text())["metrics"]
     # Per-size JSON keys follow structured_sizes (the published run may have had other sizes).
     size_keys = re.compile(r"(schema_adherence|fields_correct)_lora_\d+$")
-    assert not sorted(k for k in set(published) - set(m) if not size_keys.match(k)), "a published metric is no longer written"
-    rules = ch.run.metric_rules
-    assert set(rules) == set(m)
+    assert not sorted(k for k in set(published) - set(m.metrics) if not size_keys.match(k)), "a published metric is no longer written"
+    rules = m.metric_rules
+    assert set(rules) == set(m.metrics)
     n = ch.params.n_facts
     assert rules["dsf_heldout_contains"] == {"kind": "rate", "n": n}
     assert rules["lora_quality"] == {"kind": "mean", "n": ch.params.n_method_facts}
@@ -228,8 +233,7 @@ def test_json_runs_decay_to_zero_with_one_epoch_count_and_hold_the_rate_with_sev
 
 def test_json_comparisons_set_the_fine_tune_against_zero_shot_few_shot_and_a_grammar():
     ch, f = _fake_chapter("cpu")
-    ch03.comparisons(ch, f)
-    by_claim = {c["claim"]: c for c in ch.run.comparisons}
+    by_claim = {c.claim: c.as_dict() for c in judged_of(ch03.comparisons(ch, f))}
     best = f.behaviour.best
     assert by_claim["K4-json"]["b"] == f"{ch03.ZERO_SHOT}: json_valid" and by_claim["K4-json"]["a"] == f"{best}: json_valid"
     assert by_claim["K4-few-shot"]["b"] == f"{ch03.FEW_SHOT}: schema"
@@ -256,7 +260,7 @@ def test_behaviour_table_shows_each_rate_with_its_interval():
 def test_comparisons_use_the_claim_ids_and_directions():
     ch, f = _fake_chapter("cpu")
     stated = ch03.comparisons(ch, f)
-    by_claim = {c["claim"]: c for c in ch.run.comparisons}
+    by_claim = {c.claim: c.as_dict() for c in judged_of(stated)}
     assert set(by_claim) == {"K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6-dsf-plus-rag", "K7-known-facts",
                              "K5-rag-vs-dsf-rag", "K4-json", "K4-few-shot", "K4-constrained", "T4-sizes", "T1-lora-vs-full",
                              "T3-qlora-vs-lora", "K7-forgetting-lora", "K7-forgetting-qlora",

@@ -16,7 +16,7 @@ from ragft.experiments import ch04_raft as ch04
 from ragft.experiments import common
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
-from ragft.results import ChapterRun
+from ragft.results import ChapterRun, Measured, judged_of
 from ragft.scoring import Ranking
 
 
@@ -205,8 +205,9 @@ def measured_chapter(p):
              "contains": 0.5, "f1": 0.5, "em": 0.25, "refusal_acc": 0.0, "prompt_tokens": 30.0,
              "quote_correct": 0.5 if n.startswith("RAFT") else None,
              "marker_rate": 0.9 if n.startswith("RAFT") else None} for n in names]
+    rec = Measured()  # every section's outcomes, here all returned with the main table
     main = ch04.MainTable(pd.DataFrame(rows).set_index("condition"), "", SimpleNamespace(metrics={"train_s": 1.0, "tokens_per_s": 9.0}),
-                          ch04.RaftFitness(2, 0.5, 0.5, 0.5), {}, {}, dict(zip(ch04.MAIN, names)))
+                          ch04.RaftFitness(2, 0.5, 0.5, 0.5), {}, {}, dict(zip(ch04.MAIN, names)), rec)
     abl = ch04.Ablations(pd.DataFrame([{"condition": f"P = {x:g}", "p_oracle": x, "acc": 0.5, "contains": 0.5}
                                        for x in p.p_values]).set_index("condition"),
                          pd.DataFrame([{"condition": f"{d} distractors", "n_distractors": d, "acc": 0.5, "contains": 0.5}
@@ -216,10 +217,10 @@ def measured_chapter(p):
     curves = ch04.Curves(curve, curve * 0.5, {(r, k): 50.0 * k for r in curve for k in p.top_ks})
     ones, zeros = {f"f{i}": 1.0 for i in range(4)}, {f"f{i}": float(i % 2) for i in range(4)}
     for name in names + [ch04.p_outcome(x) for x in p.p_values] + [ch04.d_outcome(d) for d in p.distractor_counts]:
-        ch.run.record(name, ones if "RAFT" in name else zeros)
+        rec.record(name, ones if "RAFT" in name else zeros)
     for r in curve:
         for k in p.top_ks:
-            ch.run.record(ch04.topk_outcome(r, k), ones if r == ch.raft_reader else zeros)
+            rec.record(ch04.topk_outcome(r, k), ones if r == ch.raft_reader else zeros)
     return ch, ch04.Findings(main, abl, curves, ch04.Benchmarks())
 
 
@@ -227,8 +228,8 @@ def test_headline_metrics_declare_every_kind_and_keep_the_published_keys():
     p = params()
     ch, found = measured_chapter(p)
     m = ch04.headline_metrics(ch, found)
-    rules = ch.run.metric_rules
-    assert set(m) <= set(rules)
+    rules = m.metric_rules
+    assert set(m.metrics) == set(rules)
     assert rules["raft_best_p"]["kind"] == "choice"
     assert rules["raft_rag_acc"] == {"kind": "rate", "n": 4}  # candidate accuracy on every test fact
     assert rules["raft_rag_contains"] == {"kind": "rate", "n": p.n_generated}  # generated answers on the subset
@@ -256,7 +257,7 @@ def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
     stated = {k: s.comparison.claim for k, s in out.items() if s.comparison is not None}
     assert set(stated) == {"F3-raft-vs-base-rag", "F3-raft-vs-dsf-rag", "F4-cot", "F5-distractors", "F5-topk-robust",
                            "F6-fewer-chunks", "K6-ladder", "K3-rag-vs-ft"} and all(k == v for k, v in stated.items())
-    assert {c["claim"] for c in ch.run.comparisons} == set(stated.values())  # stored for the results file
+    assert {c.claim for c in judged_of(out)} == set(stated.values())  # what save keeps on the results file
     assert {k for k, s in out.items() if s.comparison is None} == {"F2-best-p", "F3-hotpotqa", "F3-pubmedqa"}
     assert "no P = 1" in out["F2-best-p"].missing and out["F2-best-p"].key == "f2_best_p"
     assert all(s.comparison.expect == "greater" for s in out.values() if s.comparison is not None)
@@ -283,7 +284,7 @@ def test_a_profile_the_plan_leaves_the_ablations_to_says_so_instead_of_measuring
     assert {name: id(value) for name, value in vars(ch).items()} == before  # each section returns, none writes on ch
     found = ch04.Findings(found.main, abl, curves, bench)
     m = ch04.headline_metrics(ch, found)
-    assert not {"raft_best_p", "ablation_n", "topk_n", "raft_topk_spread"} & set(m) and "raft_rag_acc" in m
+    assert not {"raft_best_p", "ablation_n", "topk_n", "raft_topk_spread"} & set(m.metrics) and "raft_rag_acc" in m
     out = ch04.comparisons(ch, found)
     for cid in ("F2-best-p", "F5-distractors", "F5-topk-robust", "F6-fewer-chunks", "F3-pubmedqa"):
         assert out[cid].comparison is None and "smoke and gpu profiles measure it" in out[cid].missing, cid
@@ -310,12 +311,12 @@ def test_a_comparison_whose_raft_arm_missed_its_fitness_is_glued_as_not_fit(monk
     ch, found = measured_chapter(params())
     m = ch04.headline_metrics(ch, found)
     assert m["raft_dev_fitness"] == 0
-    prose.glue_findings(m, ch04.comparisons(ch, found).values())
+    prose.glue_findings(m.metrics, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] == glued["f3_raft_vs_base_rag_verdict"] == NOT_FIT
     assert glued["f4_cot"].startswith(NOT_FIT + ": RAFT with the quote minus RAFT without it")
     assert glued["k6_ladder_verdict"] != NOT_FIT
     glued.clear()
-    prose.glue_findings({**m, "raft_dev_fitness": 1}, ch04.comparisons(ch, found).values())
+    prose.glue_findings({**m.metrics, "raft_dev_fitness": 1}, ch04.comparisons(ch, found).values())
     assert glued["f4_cot_verdict"] != NOT_FIT
 
 
@@ -324,7 +325,7 @@ def test_f2_is_stated_when_p_one_was_trained():
     ch, found = measured_chapter(p)
     out = ch04.comparisons(ch, found)
     assert out["F2-best-p"].comparison.a == "RAFT P=0.8" and out["F2-best-p"].comparison.b == "RAFT P=1"
-    assert [c["claim"] for c in ch.run.comparisons].count("F2-best-p") == 1
+    assert [c.claim for c in judged_of(out)].count("F2-best-p") == 1
 
 
 def test_sentences_describe_without_verdicts():

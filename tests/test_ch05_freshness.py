@@ -11,7 +11,7 @@ from ragft import config, rag
 from ragft.corpus import build_kb
 from ragft.corpus.kb import KnowledgeBase
 from ragft.experiments import ch05_freshness as ch05
-from ragft.results import ChapterRun
+from ragft.results import Measured, judged_of, state_comparisons
 from test_store import HashEmbedding
 
 
@@ -56,37 +56,39 @@ def test_a_changed_facts_candidates_hold_its_other_value(kb, kb_v2):
         kb.candidates(changed[0], 1, 0, include=("a", "b"))
 
 
+def findings(outcomes: dict):
+    """Findings whose steps returned these outcomes (one asked reader holds them all)."""
+    asked = ch05.Asked({}, None, Measured(outcomes=outcomes))
+    return SimpleNamespace(measured=Measured.merged(asked.measured))
+
+
 def test_comparisons_it_cannot_make_say_why():
-    p = config.resolve("05_freshness", "smoke")
-    run = ChapterRun("05_freshness", p)
-    ch = SimpleNamespace(run=run)
-    run.record(ch05.outcome(ch05.BASE_RAG, "v2", "changed"), {"a": 1, "b": 1})
-    out = ch05.comparisons(ch)
+    ch = SimpleNamespace(params=config.resolve("05_freshness", "smoke"))
+    out = ch05.comparisons(ch, findings({ch05.outcome(ch05.BASE_RAG, "v2", "changed"): {"a": 1, "b": 1}}))
     assert out["U1-rag-vs-dsf"].comparison is None and "DSF" in out["U1-rag-vs-dsf"].missing
     assert set(out) == {"U1-rag-vs-dsf", "U1-retrain", "U2-seconds", "K8-stale", "U-replay", "U-dsf-rag", "N1-delimit"}
     assert out["U1-rag-vs-dsf"].key == "u1_rag_vs_dsf"  # the glue key derives from the plan's id
     assert "replay" in out["U-replay"].missing  # smoke measures U-replay: its arm was not asked here
-    away = ch05.comparisons(SimpleNamespace(run=ChapterRun("05_freshness", config.resolve("05_freshness", "cpu"))))
+    away = ch05.comparisons(SimpleNamespace(params=config.resolve("05_freshness", "cpu")), findings({}))
     assert away["U-replay"].missing == "the smoke and gpu profiles measure it (the analysis plan)"
-    assert run.comparisons == []  # nothing judged, nothing stored
+    assert judged_of(out) == []  # nothing judged, nothing for the results file
 
 
 def test_the_chapters_comparisons_come_from_the_plan_with_their_labels():
-    """ChapterRun.compare_chapter judges what the plan declares for the chapter and stores it; labels
-    for another set of comparisons are refused by name. Two questions: the fine-tune right on both, RAG
-    on one; U2-seconds compares seconds, so its difference reads as a number, not points."""
-    run = ChapterRun("05_freshness", config.resolve("05_freshness", "smoke"))
-    run.record(ch05.outcome(ch05.BASE_RAG, "v2", "changed"), {"a": 1, "b": 0})
-    run.record(ch05.outcome(ch05.DSF, "v2", "changed"), {"a": 1, "b": 1})
-    run.record(ch05.U2_TRAIN, {"a": 2.0, "b": 3.0})
-    run.record(ch05.U2_INDEX, {"a": 0.5, "b": 0.4})
-    out = run.compare_chapter(ch05.LABELS)
+    """The chapter's comparisons are what the plan declares for it, judged on what its steps returned;
+    labels for another set of comparisons are refused by name. Two questions: the fine-tune right on
+    both, RAG on one; U2-seconds compares seconds, so its difference reads as a number, not points."""
+    ch = SimpleNamespace(params=config.resolve("05_freshness", "smoke"))
+    outcomes = {ch05.outcome(ch05.BASE_RAG, "v2", "changed"): {"a": 1, "b": 0},
+                ch05.outcome(ch05.DSF, "v2", "changed"): {"a": 1, "b": 1},
+                ch05.U2_TRAIN: {"a": 2.0, "b": 3.0}, ch05.U2_INDEX: {"a": 0.5, "b": 0.4}}
+    out = ch05.comparisons(ch, findings(outcomes))
     u1 = out["U1-rag-vs-dsf"]
     assert (u1.comparison.mean_a, u1.comparison.mean_b, u1.a_label, u1.pct) == (0.5, 1.0, "RAG on the updated index", True)
     assert out["U2-seconds"].comparison is not None and out["U2-seconds"].pct is False
-    assert [c["claim"] for c in run.comparisons] == ["U1-rag-vs-dsf", "U2-seconds"]
+    assert [c.claim for c in judged_of(out)] == ["U1-rag-vs-dsf", "U2-seconds"]
     with pytest.raises(ValueError, match="U1-retrain"):
-        run.compare_chapter({k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"})
+        state_comparisons(ch05.CHAPTER, outcomes, {k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"})
 
 
 def test_bad_parameters_are_refused():

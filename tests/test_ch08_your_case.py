@@ -317,18 +317,18 @@ def test_a_fine_tune_below_its_fitness_is_not_fit_and_a_skipped_arm_says_what_it
     from types import SimpleNamespace
 
     from ragft import metrics
-    from ragft.results import ChapterRun
+    from ragft.results import Measured
 
     p = params(train_questions_file="")
     inputs = ch08.read_inputs(p)
-    case = SimpleNamespace(run=ChapterRun(ch08.CHAPTER, p), inputs=inputs, params=p)
+    case = SimpleNamespace(inputs=inputs, params=p)  # judged reads the arms' own outcomes, not a run
     gen = SimpleNamespace(mean_prompt_tokens=40.0, mean_completion_tokens=5.0)
     right = lambda arm, hits: ch08.Asked(arm, inputs.test, gen, [it.answers[0] if i < hits else "no" for i, it in enumerate(inputs.test)],  # noqa: E731
                                          {})
     asked = [right(ch08.BASE, 0), right(ch08.RAG, 6), right(ch08.DSF, 7), right(ch08.DSF_RAG, 8)]
     for a in asked:
         a.scores = metrics.score_answers(a.texts, a.items)
-        case.run.record(a.arm, metrics.answer_outcomes(a.items, a.texts)[0])
+        a.measured = Measured(outcomes={a.arm: metrics.answer_outcomes(a.items, a.texts)[0]})
     ft = ch08.FineTune(pd.DataFrame(), "documents", 4, 0.5, 10, False, 100, 1.0, None, asked[2:])
     rf = ch08.Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
     j = ch08.judged(case, asked, ft, rf)
