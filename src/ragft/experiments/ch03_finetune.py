@@ -282,6 +282,14 @@ def closed_book(ch: Chapter, into: Measured | None, model_lm, name: str | None,
     return held, seen
 
 
+def shared_n(table: pd.DataFrame) -> int:
+    """The number of questions every row of a table asked (its `n` column holds one value)."""
+    values = set(table["n"])
+    if len(values) != 1:
+        raise ValueError(f"the rows of this table asked different numbers of questions: {sorted(values)}")
+    return int(values.pop())
+
+
 def share(outcomes: dict) -> float:
     return sum(outcomes.values()) / len(outcomes)
 
@@ -1133,7 +1141,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put("injection_fitness_reached", int(inj.chosen[inj.reader].reached), "choice")
         put("reader_heldout_contains", share(outcomes[f"{READER} held-out"]), "rate", n=n)
 
-    n_json = int(b["n"].iloc[0])
+    n_json = shared_n(b)
     tuned = b[b.index.str.startswith("LoRA")]
     best, long_prompt, zero_shot = f.behaviour.best, b.loc[ZERO_SHOT], b.loc[SHORT]
     few_shot, grammar = b.loc[FEW_SHOT], b.loc[CONSTRAINED]
@@ -1162,7 +1170,7 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put(f"json_{condition}_n", n_json, "exact")
     put("json_lora_best_size", f.behaviour.best_size, "choice")
     put("json_lora_best_epochs", f.behaviour.best_epochs, "choice")
-    put("json_dev_n", int(f.behaviour.dev["n"].iloc[0]), "exact")
+    put("json_dev_n", shared_n(f.behaviour.dev), "exact")
 
     n_methods = len(ch.method_facts)
     for name, r in cost.iterrows():
@@ -1355,7 +1363,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     """Everything the prose cites: the headline metrics, the comparison sentences, a few labels."""
     p = ch.params
     prose.glue_findings(headline.metrics, comparisons.values(), cost_sentences(f, headline))
-    glue("n_structured_test", int(f.behaviour.table["n"].iloc[0]))
+    glue("n_structured_test", shared_n(f.behaviour.table))
     glue("json_best_condition", f.behaviour.best)
     for key, text in prose_terms().items():
         glue(key, text)

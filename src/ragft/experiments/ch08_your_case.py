@@ -628,17 +628,17 @@ def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
     """Each arm's scores on the test questions, and every case comparison the plan declares judged on
     their outcomes (ragft.results.state_comparisons), then Holm-adjusted among themselves (the CASE
     family), an arm that missed its fitness named."""
-    run, n = Measured.merged(*(a.measured for a in asked)), len(case.inputs.test)
+    measured, n = Measured.merged(*(a.measured for a in asked)), len(case.inputs.test)
     if not ft.skipped:  # fitness: the chosen arm's own training data
-        run.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=ft.n_own)
+        measured.metric("case_dsf_trained_acc", ft.trained_acc, "rate", n=ft.n_own)
     if not rf.skipped:
-        run.metric("case_raft_trained_acc", rf.trained_acc, "rate", n=rf.n_examples)
+        measured.metric("case_raft_trained_acc", rf.trained_acc, "rate", n=rf.n_examples)
     rows = []
     for a in asked:
         s = a.scores
         low, high = wilson_interval(s["contains"] * n, n)
-        run.metric(f"case_{KEYS[a.arm]}_contains", s["contains"], "rate", n=n)
-        run.metric(f"case_{KEYS[a.arm]}_f1", s["f1"], "mean", n=n)
+        measured.metric(f"case_{KEYS[a.arm]}_contains", s["contains"], "rate", n=n)
+        measured.metric(f"case_{KEYS[a.arm]}_f1", s["f1"], "mean", n=n)
         rows.append({"arm": LABELS[a.arm], "contains": s["contains"], "95 % interval": f"[{low:.2f}, {high:.2f}]",
                      "em": s["em"], "f1": s["f1"], "prompt tokens": a.gen.mean_prompt_tokens,
                      "completion tokens": a.gen.mean_completion_tokens})
@@ -646,10 +646,10 @@ def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
     plan = the_plan()
     labels = {cid: (LABELS[plan.get(cid).a], LABELS[plan.get(cid).b]) for cid in COMPARISONS}
     unmeasured = {cid: skipped.get(plan.get(cid).a) or skipped.get(plan.get(cid).b) for cid in COMPARISONS}
-    stated = state_comparisons(CHAPTER, run.outcomes, labels, None, {c: why for c, why in unmeasured.items() if why},
+    stated = state_comparisons(CHAPTER, measured.outcomes, labels, None, {c: why for c, why in unmeasured.items() if why},
                                case.params.profile)
-    comparisons = adjust([c.as_dict() for c in judged_of(stated)], metrics={CHAPTER: run.metrics}, family=CASE)
-    return Judged(pd.DataFrame(rows).set_index("arm"), comparisons, {LABELS[k]: v for k, v in skipped.items() if v}, run)
+    comparisons = adjust([c.as_dict() for c in judged_of(stated)], metrics={CHAPTER: measured.metrics}, family=CASE)
+    return Judged(pd.DataFrame(rows).set_index("arm"), comparisons, {LABELS[k]: v for k, v in skipped.items() if v}, measured)
 
 
 def comparisons_table(j: Judged) -> pd.DataFrame:
@@ -695,7 +695,7 @@ def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, c
     and re-indexing the corpus per update; trained arms their training run (this run's training
     tokens at the training row), redone at every update for the closed-book fine-tune, whose facts
     are in its weights, else amortised over training_life_months."""
-    p, run = case.params, Measured()
+    p, measured = case.params, Measured()
     chunks = idx.chunks[choice.chunk_size]
     corpus_tokens = sum(len(case.lm.tokenizer(c.text, add_special_tokens=False)["input_ids"]) for c in chunks)
     dims = rag.store.bare_encoder(case.embed_model).get_sentence_embedding_dimension()
@@ -712,9 +712,9 @@ def priced(case: Case, asked: list[Asked], ft: FineTune, rf: Raft, idx: Index, c
         w = costs.Workload(**shared, train_tokens=float(trained_tokens.get(a.arm, 0)))
         parts = costs.monthly_parts(approach, w)
         # derived from measured token counts: a reply a token longer moves it (chapter 6's tolerance)
-        total = run.metric(f"case_{KEYS[a.arm]}_monthly_usd", sum(parts.values()), "derived", tol=0.1 * sum(parts.values()))
+        total = measured.metric(f"case_{KEYS[a.arm]}_monthly_usd", sum(parts.values()), "derived", tol=0.1 * sum(parts.values()))
         rows.append({"arm": LABELS[a.arm], **{f"{k} ($)": v for k, v in parts.items()}, "per month ($)": total})
-    return Priced(pd.DataFrame(rows).set_index("arm"), shared, run)
+    return Priced(pd.DataFrame(rows).set_index("arm"), shared, measured)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -767,26 +767,26 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
     """The chapter's one recording step: what its steps returned (the retrieval hits, the arms'
     outcomes and scores, the prices) with the set-up's counts and choices, the judged comparisons, the
     tables, every metric glued, and the results file written."""
-    run, records = Measured(), (lambda t: t.reset_index().to_dict("records"))  # noqa: E731
-    run.metric("case_n_docs", len(inputs.corpus.sources), "exact")
-    run.metric("case_n_dev", len(inputs.dev), "exact")
-    run.metric("case_n_test", len(inputs.test), "exact")
-    run.metric("case_n_train", len(inputs.train), "exact")
-    run.metric("case_chunk_size", choice.chunk_size, "choice")
-    run.metric("case_top_k", choice.top_k, "choice")
-    run.metric("case_retrieval_hit", choice.test_hit, "rate", n=len(inputs.test))
-    run.metric("case_estimate_s", est.seconds, "machine")
+    kept, records = Measured(), (lambda t: t.reset_index().to_dict("records"))  # noqa: E731
+    kept.metric("case_n_docs", len(inputs.corpus.sources), "exact")
+    kept.metric("case_n_dev", len(inputs.dev), "exact")
+    kept.metric("case_n_test", len(inputs.test), "exact")
+    kept.metric("case_n_train", len(inputs.train), "exact")
+    kept.metric("case_chunk_size", choice.chunk_size, "choice")
+    kept.metric("case_top_k", choice.top_k, "choice")
+    kept.metric("case_retrieval_hit", choice.test_hit, "rate", n=len(inputs.test))
+    kept.metric("case_estimate_s", est.seconds, "machine")
     if not ft.skipped:
-        run.metric("case_dsf_chosen_epoch", ft.chosen_epoch, "choice")
-        run.metric("case_dsf_train_s", ft.train_s, "machine")
+        kept.metric("case_dsf_chosen_epoch", ft.chosen_epoch, "choice")
+        kept.metric("case_dsf_train_s", ft.train_s, "machine")
     if not rf.skipped:
-        run.metric("case_raft_train_s", rf.train_s, "machine")
-        run.metric("case_raft_examples", rf.n_examples, "exact")
-    run.tables.update(split=records(inputs.split_table()), retrieval_dev=records(choice.dev),
+        kept.metric("case_raft_train_s", rf.train_s, "machine")
+        kept.metric("case_raft_examples", rf.n_examples, "exact")
+    kept.tables.update(split=records(inputs.split_table()), retrieval_dev=records(choice.dev),
                       dsf_checkpoints=records(ft.checkpoints) if not ft.skipped else [],
                       scores=records(j.scores), costs=records(pr.table), cost_workload=pr.workload,
                       skipped=j.skipped, files=inputs.files)
-    measured = Measured.merged(choice.measured, j.measured, pr.measured, run)
+    measured = Measured.merged(choice.measured, j.measured, pr.measured, kept)
     glue_metrics(measured.metrics)
     plan = the_plan()
     words = {**headline(j), "case_queries_per_month": f"{case.params.queries_per_month:,.0f}",
