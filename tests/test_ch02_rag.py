@@ -173,15 +173,15 @@ def test_question_outcomes_read_answer_citation_rerank_and_refusal():
 
 
 def test_refusal_detectors_report_auroc_and_recall_at_five_percent_false_refusals():
-    run = Measured()
+    measured = Measured()
     answerable = [i / 100 for i in range(100)]
-    table = ch02.refusal_detectors(run, {"perfect": ("perfect", [2.0, 3.0], answerable),
+    table = ch02.refusal_detectors(measured, {"perfect": ("perfect", [2.0, 3.0], answerable),
                                          "useless": ("useless", answerable[::10], answerable),
                                          "empty": ("empty", [], answerable)})
     assert list(table.index) == ["perfect", "useless"]  # a detector with no positives is left out
-    assert run.metrics["perfect_auroc"] == 1.0 and run.metrics["perfect_recall_at_5pct_fpr"] == 1.0
-    assert abs(run.metrics["useless_auroc"] - 0.5) < 0.06 and run.metrics["useless_recall_at_5pct_fpr"] <= 0.1
-    assert run.metrics["perfect_n_unanswerable"] == 2 and run.metrics["perfect_n_answerable"] == 100
+    assert measured["perfect_auroc"] == 1.0 and measured["perfect_recall_at_5pct_fpr"] == 1.0
+    assert abs(measured["useless_auroc"] - 0.5) < 0.06 and measured["useless_recall_at_5pct_fpr"] <= 0.1
+    assert measured["perfect_n_unanswerable"] == 2 and measured["perfect_n_answerable"] == 100
 
 
 class FakeStore:

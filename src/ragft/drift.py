@@ -121,7 +121,7 @@ def compare(committed: dict, run: dict, rules: dict, run_rules: dict | None = No
     for key, old in committed.items():
         rule = rules.get(key)
         if rule is None:
-            drifts.append(f"{key}: no declared kind, so it cannot be compared (declare it with ChapterRun.metric)")
+            drifts.append(f"{key}: no declared kind, so it cannot be compared (declare it with Measured.metric)")
             continue
         if run_rules is not None and key in run_rules and run_rules[key] != rule:
             drifts.append(f"{key}: its rule changed from {rule} to {run_rules[key]} (a rule is the committed file's)")

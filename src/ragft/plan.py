@@ -5,8 +5,9 @@ adjusted verdicts.
 - `load_plan` reads and checks the plan: each comparison's conditions, test, direction, smallest
   effect of interest, bounds and role.
 - `judge` computes one comparison from two conditions' outcomes (ragft.stats.compare), after checking
-  that the comparison and its conditions are declared; a chapter asks for comparisons by id
-  (`ChapterRun.compare`) and never codes a test, a direction or a margin.
+  that the comparison and its conditions are declared; `judge_chapter` judges every comparison the
+  plan declares for a chapter (a chapter's one recording step asks for them through
+  ragft.results.state_comparisons) and no chapter codes a test, a direction or a margin.
 - `adjust` decides a family: Holm's adjusted p for the primary comparisons, each verdict decided on
   it, and the verdicts the adjustment changed flagged.
 - `rejudge` recomputes a results file's comparisons from its stored outcomes (the measurement is

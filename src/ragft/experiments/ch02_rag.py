@@ -18,7 +18,9 @@ Chapter holds the set-up only.
   real_data            SQuAD retrieval and answers, NaturalQuestions-Open read with its gold passage
   own_documents        the reader's folder (corpus_dir, questions_file), indexed with the same code
 
-Per-question outcomes (ChapterRun.record), one condition per meaning:
+`finish`, the chapter's one recording step, judges the comparisons the plan declares on what the
+sections returned (each its own `Measured`) and writes the results file. Per-question outcomes,
+one condition per meaning:
 
   "<method> <size>-token hit@<k>"       1 when a relevant chunk is in the top k (retrieval)
   "scored top-<k>"                      1 when the gold value outscores its 3 look-alikes (chance 1/4)

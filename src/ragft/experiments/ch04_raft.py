@@ -13,9 +13,10 @@ Sections, in the order the chapter runs them, each returning what it measured:
   benchmarks   `benchmark_rows(ch)` -> Benchmarks: PubMedQA (label accuracy) and HotpotQA (answer F1)
                rows, when the data folder is there
 
-`Findings(main, ablations, curves, bench)` then feeds `headline_metrics`, `comparisons`,
-`glue_findings` and `save`. `Chapter` holds the set-up only; every section records its per-question
-outcomes on `ch.run`, the results file.
+`Findings(main, ablations, curves, bench)` then feeds `headline_metrics`, `comparisons` and
+`glue_findings`; `save`, the one recording step, writes them with every section's per-question
+outcomes (each section returns its own, a `Measured`) to the results file. `Chapter` holds the
+set-up only.
 
 How a reader is scored. Knowledge-base questions are scored by candidate log-likelihood: the gold
 value and `n_candidates` look-alike values of the same attribute (`KnowledgeBase.candidates`, chance
