@@ -88,7 +88,8 @@ def test_the_chapters_comparisons_come_from_the_plan_with_their_labels():
     assert out["U2-seconds"].comparison is not None and out["U2-seconds"].pct is False
     assert [c.claim for c in judged_of(out)] == ["U1-rag-vs-dsf", "U2-seconds"]
     with pytest.raises(ValueError, match="U1-retrain"):
-        state_comparisons(ch05.CHAPTER, outcomes, {k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"})
+        state_comparisons(ch05.CHAPTER, outcomes, {k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"},
+                          profile="smoke")
 
 
 def test_bad_parameters_are_refused():

@@ -91,7 +91,7 @@ def test_each_condition_metric_and_table_has_one_author():
     with pytest.raises(ValueError, match="measured twice"):
         a.metric("acc", 0.5, "rate", n=2)
     b.record("rag", {"q2": 1})
-    with pytest.raises(ValueError, match=r"outcomes \['rag'\] come from two steps"):
+    with pytest.raises(ValueError, match=r"outcomes \['rag'\] are measured twice"):
         results.Measured.merged(a, b)
     merged = results.Measured.merged(a, None, results.Measured(tables={"t": [1]}))  # None: a step that did not run
     assert merged.outcomes == {"rag": {"q1": 1.0}} and merged["acc"] == 0.5 and merged.tables == {"t": [1]}
@@ -108,7 +108,7 @@ def test_outcomes_and_comparisons_reach_the_results_file(tmp_path, monkeypatch):
     labels = {"K9-long-context": ("", ""), "K1-gold-document": ("gold document", "instruction prompt"),
               "prompting-few-shot": ("", ""), "refusal-instruction": ("", "")}
     stated = results.state_comparisons("01_prompting", measured.outcomes, labels, {"tokens": 600, "k": 3},
-                                       {"refusal-instruction": "no unanswerable questions"}, "smoke")
+                                       {"refusal-instruction": "no unanswerable questions"}, profile="smoke")
     c = stated["K1-gold-document"].comparison
     assert c.verdict == "supported" and c.n == 40
     # an arm this run did not ask is said, not judged; a reason the chapter gives is kept as given
@@ -121,7 +121,7 @@ def test_outcomes_and_comparisons_reach_the_results_file(tmp_path, monkeypatch):
     assert doc["metric_rules"]["rag_contains"] == {"kind": "rate", "n": 40}
     with pytest.raises(ValueError, match="give each declared comparison its two labels"):
         results.state_comparisons("01_prompting", measured.outcomes, {"K1-gold-document": ("a", "b")},
-                                  {"tokens": 600, "k": 3})
+                                  {"tokens": 600, "k": 3}, profile="smoke")
     with pytest.raises(ValueError, match="judged twice"):
         run.save(measured, results.judged_of(stated) * 2)
 

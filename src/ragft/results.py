@@ -11,7 +11,7 @@ Each chapter writes one file, <run dir>/results/<chapter>.json:
   comparisons   the paired comparisons the chapter states (ragft.stats.Comparison as dicts)
   artifacts     name -> path of what later chapters of the same run reuse (trained adapters)
   tables (name -> list of row dicts), timings (wall_s and per-stage seconds), provenance,
-  and any named sections a chapter adds (the verdict chapter's `ledger`).
+  and any named records a chapter adds beside them (`extra_keys`: the verdict chapter's `ledger`).
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ class Measured:
             mine, theirs = getattr(self, name), getattr(other, name)
             twice = sorted(set(mine) & set(theirs))
             if twice:
-                raise ValueError(f"{name} {twice} come from two steps: each has one author")
+                raise ValueError(f"{name} {twice} are measured twice: each condition, metric, table and "
+                                 "artifact has one author")
             mine.update(theirs)
 
     @classmethod
@@ -125,7 +126,7 @@ class Measured:
 
 
 def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], choices: dict | None = None,
-                      unmeasured: dict[str, str] | None = None, profile: str | None = None
+                      unmeasured: dict[str, str] | None = None, *, profile: str | None
                       ) -> dict[str, StatedComparison]:
     """Every comparison the plan declares for `chapter` (ragft.plan.judge_chapter, with the run's
     `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters leave
@@ -133,7 +134,9 @@ def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], ch
     (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A difference of
     two rates reads in points (the plan's kind "binary"), any other as a number, unless its labels carry
     a third item, True for points: a continuous score on a 0-1 scale (a share of fields right) also
-    reads in points. Writes nothing: the chapter's save keeps the judged ones (`judged_of`)."""
+    reads in points. `profile` is the run's, always given: the plan's `profiles` say which
+    comparisons it measures, and the family it counts (None, outside any profile, measures every one).
+    Writes nothing: the chapter's save keeps the judged ones (`judged_of`)."""
     plan = the_plan()
     judged = judge_chapter(chapter, outcomes, choices, plan, profile, unmeasured)
     if set(labels) != set(judged):
@@ -190,10 +193,10 @@ class ChapterRun:
 
         return _Timer()
 
-    def save(self, measured: Measured, comparisons: list = (), sections: dict | None = None, lm=None,
+    def save(self, measured: Measured, comparisons: list = (), extra_keys: dict | None = None, lm=None,
              extra_provenance: dict | None = None) -> Path:
         """The chapter's one recording step: what its steps measured (`measured`, Measured.merged of
-        theirs), its judged comparisons (ragft.stats.Comparison, or their dicts), any named sections
+        theirs), its judged comparisons (ragft.stats.Comparison, or their dicts), any named records
         beside the standard keys (the verdict chapter's ledger), written to the results file."""
         # A bad metric is reported by name, after the rest of a finished chapter is written (without it)
         rules_in = measured.metric_rules
@@ -223,11 +226,11 @@ class ChapterRun:
             "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.stages},
             "provenance": prov,
         }
-        sections = sections or {}
-        clash = sorted(set(sections) & set(doc))
+        extra_keys = extra_keys or {}
+        clash = sorted(set(extra_keys) & set(doc))
         if clash:
-            raise ValueError(f"sections {clash} would overwrite the results file's own keys")
-        doc.update(sections)
+            raise ValueError(f"extra keys {clash} would overwrite the results file's own keys")
+        doc.update(extra_keys)
         if bad or undeclared:
             doc["rejected_metrics"] = {**{k: repr(v) for k, v in bad.items()}, **{k: "no declared kind" for k in undeclared}}
         path = results_dir(self.folder) / f"{self.chapter}.json"

@@ -637,7 +637,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         # the instruction makes the refusal the model's first choice on more unanswerable questions
         "refusal-instruction": ("refusals with the instruction", "with a plain prompt"),
     }
-    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, ch.params.profile)
+    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, profile=ch.params.profile)
 
 
 def sanity_properties(headline: dict) -> pd.DataFrame:

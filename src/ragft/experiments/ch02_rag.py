@@ -1322,7 +1322,7 @@ def comparisons(ch: Chapter, outcomes: dict, scored: Scored, articles: Articles)
         "K9-top-k": (f"answers at top-{fewer}", f"at top-{more}"),
         "R3-rerank": ("the LL reranker's first chunk", f"the {ch.params.retrieval} ranking's first, on the same questions"),
     }
-    return state_comparisons(CHAPTER, outcomes, labels, choices, unmeasured, ch.params.profile)
+    return state_comparisons(CHAPTER, outcomes, labels, choices, unmeasured, profile=ch.params.profile)
 
 
 def finish(ch: Chapter, own: OwnDocuments, index: Index, grid: Grid, methods: Methods, scored: Scored, ans: Answers,

@@ -152,10 +152,10 @@ def setup(params) -> Chapter:
     run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
     general = tasks.general_texts(params.forgetting_chars)
-    known, screened = known_questions(lm, params)
+    known, known_outcomes = known_questions(lm, params)
     base_probe = probe("base model", lm, general)
     ch = Chapter(params, run, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
-                 general, known=known, base_probe=base_probe, measured=Measured.merged(screened, base_probe.measured))
+                 general, known=known, base_probe=base_probe, measured=Measured.merged(known_outcomes, base_probe.measured))
     ch.skipped = methods_that_do_not_fit(params, lm.device)
     for message in ch.skipped.values():
         print(message)
@@ -1276,7 +1276,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "K7-forgetting-full": (METHOD_LABELS["full"], "the base model"),
         "K7-full-vs-lora": ("full fine-tuning", "LoRA"),
     }
-    return state_comparisons(CHAPTER, f.outcomes(ch), labels, choices, unmeasured, p.profile)
+    return state_comparisons(CHAPTER, f.outcomes(ch), labels, choices, unmeasured, profile=p.profile)
 
 
 def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) -> pd.DataFrame:

@@ -996,7 +996,7 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "F3-hotpotqa": ("RAFT + RAG F1", "base + RAG F1", True),  # a mean F1, 0 to 1: in points
         "F3-pubmedqa": ("RAFT + RAG accuracy", "base + RAG accuracy"),
     }
-    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, p.profile)
+    return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, profile=p.profile)
 
 
 def _ablation_sentences(ch: Chapter, f: Findings, m: dict) -> dict[str, str]:

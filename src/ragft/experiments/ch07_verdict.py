@@ -230,7 +230,7 @@ def save(v: Verdicts) -> Path:
     ledger itself (and as a table, with the comparison shown and its kind)."""
     kept = Measured.merged(headline_metrics(v), Measured(tables={"ledger": [r.as_dict() for r in v.rows]}))
     return v.run.save(kept, list(v.comparisons.values()),
-                      sections={"ledger": [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]})
+                      extra_keys={"ledger": [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]})
 
 
 # A few readers the articles write for, to show the helper at work (your own: the reader_ parameters).

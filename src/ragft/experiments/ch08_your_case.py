@@ -383,7 +383,7 @@ class Asked:
     gen: object  # Generation
     texts: list  # the answers scored (RAFT: after its answer marker)
     scores: dict  # ragft.metrics.score_answers
-    measured: Measured = field(default_factory=Measured)  # an arm's per-question outcomes on the test questions (arm)
+    measured: Measured = field(default_factory=Measured)  # its per-question outcomes, under the arm's condition name (`arm`)
 
 
 def ask(lm, items: list, rankings: list | None, style: str, params, desc: str) -> Asked:
@@ -647,7 +647,7 @@ def judged(case: Case, asked: list[Asked], ft: FineTune, rf: Raft) -> Judged:
     labels = {cid: (LABELS[plan.get(cid).a], LABELS[plan.get(cid).b]) for cid in COMPARISONS}
     unmeasured = {cid: skipped.get(plan.get(cid).a) or skipped.get(plan.get(cid).b) for cid in COMPARISONS}
     stated = state_comparisons(CHAPTER, measured.outcomes, labels, None, {c: why for c, why in unmeasured.items() if why},
-                               case.params.profile)
+                               profile=case.params.profile)
     comparisons = adjust([c.as_dict() for c in judged_of(stated)], metrics={CHAPTER: measured.metrics}, family=CASE)
     return Judged(pd.DataFrame(rows).set_index("arm"), comparisons, {LABELS[k]: v for k, v in skipped.items() if v}, measured)
 

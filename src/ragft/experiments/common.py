@@ -27,8 +27,8 @@ def elsewhere_label(comparison_id: str) -> str:
 
 
 def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
-    """Network policy, seeds and threads from the parameters; the chapter's results collector; the
-    language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
+    """Network policy, seeds and threads from the parameters; the chapter's run (its hold on the run
+    folder, its stage timer and its one recording step, ChapterRun); the language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
     default params.kb). Returns (run, lm, embed_model or None, kb)."""
     import gc
 
