@@ -70,6 +70,17 @@ def test_raft_bad_values_are_refused(name, value):
     assert name in str(err.value) and repr(value) in str(err.value)
 
 
+@pytest.mark.parametrize("chapter,name,value,alike", [
+    ("02_rag", "scale_sizes", [1_500, 1_800], "1500, 1800"),  # both "1k" in retrieval_p50_ms_1k
+    ("04_raft", "p_values", [0.0, 0.333, 0.334, 0.8], "0.333, 0.334"),  # both "33" in raft_p33_acc
+])
+def test_values_a_metric_name_would_read_alike_are_refused(chapter, name, value, alike):
+    """Each would measure one metric twice (Measured refuses that after the run): refused here first."""
+    with pytest.raises(ParamError, match=f"{alike} would share one metric name"):
+        config.resolve(chapter, "smoke", **{name: value})
+    assert config.scale_tag(10_000) == "10k" and config.scale_tag(500) == "500" and config.percent_tag(0.4) == "40"
+
+
 def _declared(chapter):
     from ragft.config import CHAPTER_PARAMS
 

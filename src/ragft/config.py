@@ -101,6 +101,24 @@ def check_int_list(name: str, values, lo: int, hi: int) -> None:
     check(ok, name, values, f"use a non-empty list of integers in [{lo}, {hi}]{hint}")
 
 
+def scale_tag(size: int) -> str:
+    """An index size as chapter 2's scale metrics name it: 10000 -> "10k", 500 -> "500"."""
+    return f"{size // 1000}k" if size >= 1000 else str(size)
+
+
+def percent_tag(share: float) -> str:
+    """A share as chapter 4's P-ablation metrics name it: 0.4 -> "40"."""
+    return f"{share * 100:.0f}"
+
+
+def check_tags(name: str, values: list, tag) -> None:
+    """Two values that a metric's name would read alike (1500 and 1800 both "1k") would measure one
+    metric twice: refused before any model loads."""
+    tags = [tag(v) for v in values]
+    alike = sorted({repr(v) for v, t in zip(values, tags) if tags.count(t) > 1})
+    check(not alike, name, values, f"{', '.join(alike)} would share one metric name: choose values that differ there")
+
+
 def check_price_row(name: str, value) -> None:
     rows = sorted(load_prices())
     check(value in rows, name, value, f"use a row of data/pricing.yaml: {rows}")
@@ -243,6 +261,7 @@ class RagParams(Answering):
         super().validate()
         check(isinstance(self.sections, list) and self.sections and set(self.sections) <= set(self.SECTIONS),
               "sections", self.sections, f"use a non-empty list from {list(self.SECTIONS)} (papermill: -y \"sections: [own_documents]\")")
+        check_tags("scale_sizes", self.scale_sizes, scale_tag)
         needs = [s for s in ("scale", "benchmarks") if s in self.sections and "knowledge_base" not in self.sections]
         check(not needs, "sections", self.sections, f"{needs} read the knowledge base's index: add knowledge_base")
         # the overlap applies to every chunk size, the grid's and your documents' alike
@@ -376,6 +395,7 @@ class RaftParams(Answering):
         check(isinstance(self.p_values, list) and self.p_values and all(map(check_share, self.p_values))
               and self.p_oracle in self.p_values, "p_values", self.p_values,
               f"use a list of shares in [0, 1] that includes p_oracle={self.p_oracle}")
+        check_tags("p_values", self.p_values, percent_tag)
         check(self.distractors in ("random", "retrieved"), "distractors", self.distractors, "use random or retrieved")
 
 

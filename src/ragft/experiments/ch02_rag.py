@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .. import metrics as answer_metrics, plots, rag, report, settings
+from ..config import scale_tag
 from ..constants import REFUSAL_ANSWER
 from ..corpus import benchmarks
 from ..drift import rate_tolerance
@@ -952,7 +953,7 @@ def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
                                                       ef_construction=EF_CONSTRUCTION, folder=run.folder)
     for r in rows:
         size = r["chunks"]
-        tag = f"{size // 1000}k" if size >= 1000 else str(size)
+        tag = scale_tag(size)
         measured.metric(f"retrieval_p50_ms_{tag}", r["hnsw_p50_ms"], "machine")
         measured.metric(f"retrieval_p95_ms_{tag}", r["hnsw_p95_ms"], "machine")
         measured.metric(f"exact_p50_ms_{tag}", r["exact_p50_ms"], "machine")

@@ -919,8 +919,8 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put("raft_best_p", best_p(abl.p_table), "choice")
         put("ablation_n", n_ablation, "exact")
     for _, r in abl.p_table.iterrows():
-        put(f"raft_p{r.p_oracle * 100:.0f}_acc", r.acc, "rate", n=n_ablation)
-        put(f"raft_p{r.p_oracle * 100:.0f}_contains", r.contains, "rate", n=n_ablation)
+        put(f"raft_p{config.percent_tag(r.p_oracle)}_acc", r.acc, "rate", n=n_ablation)
+        put(f"raft_p{config.percent_tag(r.p_oracle)}_contains", r.contains, "rate", n=n_ablation)
     for _, r in abl.d_table.iterrows():
         put(f"raft_d{r.n_distractors:.0f}_acc", r.acc, "rate", n=n_ablation)
         put(f"raft_d{r.n_distractors:.0f}_contains", r.contains, "rate", n=n_ablation)
