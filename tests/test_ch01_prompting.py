@@ -10,7 +10,7 @@ from ragft import config, plots, prompts
 from ragft.experiments import ch01_prompting as ch01
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
-from ragft.results import METRIC_KINDS, ChapterRun, judged_of
+from ragft.results import METRIC_KINDS, Clock, judged_of
 from ragft.scoring import Ranking
 
 PUBLISHED_KEYS = [
@@ -74,7 +74,7 @@ def chapter(kb):
     single, unanswerable = kb.sample("single", 8, 0), kb.sample("unanswerable", 4, 0)
     test = {q.qid for q in single + unanswerable}
     examples = {1: prompts.few_shot_examples(kb.questions, 1, test, 0)}
-    return ch01.Chapter(params, ChapterRun("01_prompting", params), SimpleNamespace(name="fake", context_window=2048),
+    return ch01.Chapter(params, Clock(), None, SimpleNamespace(name="fake", context_window=2048),
                         kb, single, kb.sample("multihop", 2, 0), unanswerable, examples,
                         ch01.development_questions(kb, test, examples, 4, 0))
 
@@ -341,4 +341,4 @@ def test_the_chapter_holds_set_up_only(chapter):
     with pytest.raises(dataclasses.FrozenInstanceError):
         chapter.single = []
     assert {f.name for f in dataclasses.fields(ch01.Chapter)} == {
-        "params", "run", "lm", "kb", "single", "multihop", "unanswerable", "examples", "development"}
+        "params", "clock", "folder", "lm", "kb", "single", "multihop", "unanswerable", "examples", "development"}

@@ -210,7 +210,7 @@ def test_ingestion_throughput_is_measured_on_a_fresh_collection_only():
 
 
 def test_each_run_names_its_own_knowledge_base_collections():
-    a, b = (ch02.Chapter(None, None, None, None, None, [], {}) for _ in range(2))
+    a, b = (ch02.Chapter(None, None, None, None, None, None, [], {}) for _ in range(2))
     assert a.run_tag != b.run_tag and len(a.run_tag) == 8
 
 
@@ -219,11 +219,11 @@ def test_the_chapter_holds_set_up_only():
     result on it would fail at once, and no field holds a step's result."""
     import dataclasses
 
-    ch = ch02.Chapter(None, None, None, None, None, [], {})
+    ch = ch02.Chapter(None, None, None, None, None, None, [], {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         ch.best_k = 3
     assert {f.name for f in dataclasses.fields(ch02.Chapter)} == {
-        "params", "run", "lm", "embed_model", "kb", "pages", "where", "nq", "own", "run_tag"}
+        "params", "clock", "folder", "lm", "embed_model", "kb", "pages", "where", "nq", "own", "run_tag"}
 
 
 def test_a_section_left_out_of_sections_is_skipped_and_its_cells_run_through():
@@ -231,7 +231,7 @@ def test_a_section_left_out_of_sections_is_skipped_and_its_cells_run_through():
     call and loop of the chapter's cells passes through, figures come back as None (glued and closed
     as nothing), and the step itself never runs (no model here to run it with)."""
     params = resolve("02_rag", "smoke", sections=["own_documents"])
-    ch = ch02.Chapter(params, run=None, lm=None, embed_model=None, kb=None, pages=[], where={})
+    ch = ch02.Chapter(params, clock=None, folder=None, lm=None, embed_model=None, kb=None, pages=[], where={})
     index = ch02.ingest(ch)
     assert isinstance(index, ch02.Skipped) and isinstance(index.styled(), ch02.Skipped)
     grid = ch02.retrieval_grid(ch, index)  # handed a skipped step's result: skipped too

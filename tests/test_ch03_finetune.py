@@ -13,7 +13,7 @@ import pytest
 from ragft import config, plots
 from ragft.experiments import ch03_finetune as ch03
 from ragft.generation import Generation
-from ragft.results import ChapterRun, Measured, judged_of
+from ragft.results import Clock, Measured, judged_of
 from ragft.train import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,12 +73,12 @@ def _fake_chapter(profile="cpu"):
     include), from the profile's sizes, with a fine-tune that learnt its facts so every comparison has
     something to say. Returns (chapter, findings)."""
     p = config.resolve("03_finetune", profile)
-    run, rec = ChapterRun(ch03.CHAPTER, p), Measured()
+    rec = Measured()
     facts = [_q(f"f{i}") for i in range(p.n_facts)]
     products = [_q(f"s{i}") for i in range(p.n_structured_test)]
     known = [SimpleNamespace(qid=f"k{i}") for i in range(8)]
     general = {"help topics": "", "module docs": ""}
-    ch = ch03.Chapter(p, run, lm=None, embed_model=None, kb=None, facts=facts,
+    ch = ch03.Chapter(p, Clock(), None, lm=None, embed_model=None, kb=None, facts=facts,
                       dev_facts=[_q(f"d{i}") for i in range(p.n_dev_facts)], general=general, known=known)
     lrs = {m: (1e-4 if m == "full" else 3e-3) for m in p.methods}
     top, low = ch.best_count, min(p.paraphrase_counts)

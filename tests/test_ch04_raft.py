@@ -16,7 +16,7 @@ from ragft.experiments import ch04_raft as ch04
 from ragft.experiments import common
 from ragft.experiments.common import split_outcomes
 from ragft.generation import Generation
-from ragft.results import ChapterRun, Measured, judged_of
+from ragft.results import Clock, Measured, judged_of
 from ragft.scoring import Ranking
 
 
@@ -35,7 +35,7 @@ def params(**overrides):
 def chapter(p=None, **fields):
     """A Chapter with only what the tested functions read."""
     p = p or params()
-    ch = ch04.Chapter(p, None, ChapterRun(ch04.CHAPTER, p), None, None, None, None, [], [], [], [], [], [], [], None,
+    ch = ch04.Chapter(p, None, Clock(), None, None, None, None, None, [], [], [], [], [], [], [], None,
                       [], settings.PROJECT_ROOT / "kb_train.jsonl", None)
     known = {f.name for f in dataclasses.fields(ch04.Chapter)} | {"lm"}
     for name, value in fields.items():

@@ -31,7 +31,7 @@ def test_the_index_update_is_exact_idempotent_and_leaves_no_stale_chunk(tmp_path
     store = rag.ChunkStore("fresh", path=tmp_path, embed_model=embed, chunk_size=64, chunk_overlap=0)
     store.ingest(rag.kb_documents(kb), fresh=True)
     ch = SimpleNamespace(kb=kb, kb2=kb2, embed_model=embed, params=SimpleNamespace(rag_top_k=1),
-                         run=SimpleNamespace(stage=lambda name: nullcontext()), sets={("v2", s): [] for s in ch05.SETS})
+                         clock=SimpleNamespace(stage=lambda name: nullcontext()), sets={("v2", s): [] for s in ch05.SETS})
     update = ch05.update_index(ch, ch05.Index(store, 0, {}))
     idx = update.measures
     assert idx["docs_deleted"] == 1 and idx["docs_added"] >= 1 and idx["docs_changed"] >= 1

@@ -356,7 +356,7 @@ def test_raft_epochs_zero_leaves_raft_out_before_anything_trains():
     from types import SimpleNamespace
 
     p = params(raft_epochs=0)
-    case = SimpleNamespace(params=p, inputs=ch08.read_inputs(p), run=None)
+    case = SimpleNamespace(params=p, inputs=ch08.read_inputs(p), clock=None, folder=None)
     rf = ch08.train_raft(case, None, None, p.raft_epochs)
     assert rf.skipped.startswith("raft_epochs = 0") and rf.asked == [] and rf.train_tokens == 0
     with pytest.raises(config.ParamError, match="raft_epochs"):

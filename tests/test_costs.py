@@ -207,14 +207,14 @@ def test_the_verdict_chapter_prices_readers_with_chapter_6s_model():
     doc = {"tables": {"cost_model": {"approaches": {a.name: asdict(a) for a in (RAG, FT, HYBRID)}, "workload": asdict(w)}}}
     approaches, again = costs.model_from_results(doc)
     assert again == w and approaches["fine-tune"] == FT
-    v = Verdicts(run=None, rows=[], claims={}, chapters=["06_cost"], docs={"06_cost": doc})
+    v = Verdicts(clock=None, folder=None, params=None, rows=[], claims={}, chapters=["06_cost"], docs={"06_cost": doc})
     table = reader_costs(v, {"static, 10 M a month": dict(task="facts", queries_per_month=1e7, updates_per_month=0)})
     static = Workload(**{**asdict(w), "queries_per_month": 1e7, "updates_per_month": 0.0})
     assert table.loc["static, 10 M a month", "RAG ($/month)"] == round(costs.monthly_usd(RAG, static))
     assert table.loc["static, 10 M a month", "cheapest"] == costs.cheapest([RAG, FT, HYBRID], static)
     rows = thresholds_table(v)["queries a month"].tolist()
     assert rows[:4] == ["3,000,000", "50,000", "10,000,000", "50,000,000"] and len(rows) == 7
-    assert reader_costs(Verdicts(None, [], {}, [], {}), {}) is None  # chapter 6 not in the run: said, not a crash
+    assert reader_costs(Verdicts(None, None, None, [], {}, [], {}), {}) is None  # chapter 6 not in the run: said, not a crash
 
 
 @pytest.mark.parametrize("effects,ok", [({"K1-a": [5, 10]}, True), ({"K1-b": [5, 10]}, False), ({"K1-a": [10, 5]}, False),

@@ -25,9 +25,10 @@ def test_an_emulated_dtype_is_measured_on_the_probe_alone(monkeypatch, probe, pr
 
 def test_results_file_has_the_schema_and_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("RAGFT_RUN_DIR", str(tmp_path))
-    run = results.ChapterRun("01_prompting", config.resolve("01_prompting", "smoke"))
-    with run.stage("work"):
+    clock = results.Clock()
+    with clock.stage("work"):
         pass
+    run = results.ChapterRun("01_prompting", config.resolve("01_prompting", "smoke"), tmp_path, clock)
     measured = results.Measured()
     measured.metric("closed_book_contains", 0.0, "rate", n=12)
     measured.metric("prompt_tokens_per_query_gold_context", 200.5, "exact")

@@ -161,37 +161,55 @@ def judged_of(stated) -> list:
 
 
 @dataclass
-class ChapterRun:
-    """A chapter's run: its parameters, its run folder (resolved once, at the chapter's start, and
-    held), its stage timings; `save` records what the chapter's steps returned (Measured) with its
-    judged comparisons and writes the results file, once."""
+class Clock:
+    """A chapter's clock: when it started, and the wall seconds of each stage (`stage`), which its
+    results file keeps as its timings. The set-up objects carry it; it measures time, never a result."""
 
-    chapter: str
-    params: object
     started: float = field(default_factory=time.time)
-    folder: Path = field(default_factory=lambda: settings.run_dir())  # the run folder, resolved once at the chapter's start
     stages: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        # the chapter's hold on its run folder, before it deletes or writes anything there (files.hold_chapter)
-        hold_chapter(self.folder, self.chapter)
-
-    @property
-    def profile(self) -> str | None:
-        return getattr(self.params, "profile", None)
 
     def stage(self, name: str):
         """Context manager that adds the wall time of a block to timings[name]."""
-        run = self
+        clock = self
 
         class _Timer:
             def __enter__(self):
                 self.t = time.perf_counter()
 
             def __exit__(self, *exc):
-                run.stages[name] = round(run.stages.get(name, 0.0) + time.perf_counter() - self.t, 3)
+                clock.stages[name] = round(clock.stages.get(name, 0.0) + time.perf_counter() - self.t, 3)
 
         return _Timer()
+
+
+def open_chapter(chapter: str) -> tuple[Path, Clock]:
+    """A chapter's start: its run folder, resolved once and held for it (files.hold_chapter) before it
+    deletes or writes anything there, and its clock, started now."""
+    folder = settings.run_dir()
+    hold_chapter(folder, chapter)
+    return folder, Clock()
+
+
+@dataclass
+class ChapterRun:
+    """A chapter's one recording step: `save` writes what the chapter's steps returned (Measured) with
+    its judged comparisons, its parameters, its clock's timings and the provenance to the results file
+    of its run folder. A chapter creates it there, in its `save`; a page without set-up (the front
+    page) at its start."""
+
+    chapter: str
+    params: object
+    folder: Path = field(default_factory=lambda: settings.run_dir())  # the run folder the chapter holds
+    clock: Clock = field(default_factory=Clock)
+
+    def __post_init__(self):
+        # the chapter's hold on its run folder (files.hold_chapter: the same process holds it already
+        # where the chapter opened it with open_chapter)
+        hold_chapter(self.folder, self.chapter)
+
+    @property
+    def started(self) -> float:
+        return self.clock.started
 
     def save(self, measured: Measured, comparisons: list = (), extra_keys: dict | None = None, lm=None,
              extra_provenance: dict | None = None) -> Path:
@@ -223,7 +241,7 @@ class ChapterRun:
             "comparisons": kept,
             "artifacts": {k: str(v) for k, v in measured.artifacts.items()},
             "tables": measured.tables,
-            "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.stages},
+            "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.clock.stages},
             "provenance": prov,
         }
         extra_keys = extra_keys or {}

@@ -38,7 +38,7 @@ from .. import metrics, prompts, report
 from ..costs import load_prices
 from ..generation import Generation, generate
 from ..plan import prose_terms
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import Ranking, rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
@@ -151,7 +151,8 @@ class Chapter:
     section writes here (frozen): each returns a Section."""
 
     params: object
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     kb: object
     single: list
@@ -191,11 +192,11 @@ class Chapter:
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model; the knowledge base; the sampled question sets,
     the few-shot examples and the development questions that choose among them."""
-    run, lm, _, kb = start(CHAPTER, params)
+    folder, clock, lm, _, kb = start(CHAPTER, params)
     single, unanswerable = kb.sample("single", params.n_single, params.seed), kb.sample("unanswerable", params.n_unanswerable, params.seed)
     test = {q.qid for q in single + unanswerable}
     examples = {k: prompts.few_shot_examples(kb.questions, k, test, params.seed) for k in params.few_shot_ks if k > 0}
-    return Chapter(params, run, lm, kb, single, kb.sample("multihop", params.n_multihop, params.seed), unanswerable,
+    return Chapter(params, clock, folder, lm, kb, single, kb.sample("multihop", params.n_multihop, params.seed), unanswerable,
                    examples, development_questions(kb, test, examples, params.n_few_shot_dev, params.seed))
 
 
@@ -299,7 +300,7 @@ def rank(ch: Chapter, name: str, group: str, conversations: list, items: list, s
          **extra) -> Ranked:
     """Rank each question's candidates after its prompt (timed as a stage of the results file)."""
     cands, golds, with_refusal = candidate_lists(ch, items)
-    with ch.run.stage(stage or name):
+    with ch.clock.stage(stage or name):
         ranking = rank_candidates(ch.lm, conversations, cands, golds, desc=name, batch_size=ch.params.batch_size)
     return add_ranked(ch, name, group, items, ranking, with_refusal, **extra)
 
@@ -327,7 +328,7 @@ def measure(ch: Chapter, name: str, group: str, conversations: list, items: list
             **extra) -> Condition:
     """Generate the answers of one condition (timed as a stage of the results file), then score it."""
     p = ch.params
-    with ch.run.stage(stage or name + GENERATED):
+    with ch.clock.stage(stage or name + GENERATED):
         gen = generate(ch.lm, conversations, p.max_new_tokens, p.batch_size, desc=name)
     return add_condition(ch, name, group, items, gen, **extra)
 
@@ -452,7 +453,7 @@ def long_context(ch: Chapter) -> Section:
     for target in levels:
         name = f"haystack {target or 'gold only'}"
         parts, n_docs = [], []
-        with ch.run.stage(f"long context {target}"):
+        with ch.clock.stage(f"long context {target}"):
             for g, (docs, asked) in enumerate(groups):
                 haystack = prompts.build_haystack(docs, ch.kb.documents, target, ch.count_tokens, p.seed + g)
                 cands, golds, _ = candidate_lists(ch, asked)
@@ -465,7 +466,7 @@ def long_context(ch: Chapter) -> Section:
                                      documents=sum(n_docs) / len(n_docs)))
         if target in (levels[0], levels[-1]):
             haystack = prompts.build_haystack(shown_docs, ch.kb.documents, target, ch.count_tokens, p.seed)
-            with ch.run.stage(f"long context {target}{GENERATED}"):
+            with ch.clock.stage(f"long context {target}{GENERATED}"):
                 gen = generate(ch.lm, [_with_documents(ch, q, haystack) for q in shown], p.max_new_tokens,
                                p.batch_size, desc=f"{name}{GENERATED}")
             out.generated.append(add_condition(ch, name, "long context", shown, gen, documents=len(haystack),
@@ -686,4 +687,5 @@ def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, St
     """The chapter's one recording step: every condition's outcomes, the headline metrics, the judged
     comparisons and the tables, written to the results file."""
     tables = Measured(tables={"conditions": f.rows(), "ranked": f.ranked_rows()})
-    return ch.run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)
+    run = ChapterRun(CHAPTER, ch.params, ch.folder, ch.clock)
+    return run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)

@@ -53,7 +53,7 @@ from ..drift import rate_tolerance
 from ..generation import Generation, generate, timed
 from ..progress import progress
 from ..rag import bench, evaluation
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue, glue_metrics
 from ..scoring import rank_candidates
 from ..stats import MAX_FALSE_REFUSALS, auroc, recall_at_fpr, wilson_interval
@@ -169,7 +169,8 @@ class Chapter:
     measured and chose (Index, Grid, ...)."""
 
     params: object
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     embed_model: object
     kb: object
@@ -205,12 +206,12 @@ def setup(params) -> Chapter:
     NaturalQuestions-Open where the knowledge base's sections run and the data folder has it (the
     refusal threshold's off-topic questions, and the real-data section's gold passages)."""
     own = read_own_inputs(params)  # a bad file fails here, in seconds, not after the whole chapter
-    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
-    folder = run.folder / "chroma" / CHAPTER
-    shutil.rmtree(folder, ignore_errors=True)
-    where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=folder)
+    folder, clock, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
+    chroma = folder / "chroma" / CHAPTER
+    shutil.rmtree(chroma, ignore_errors=True)
+    where = dict(host=params.chroma_host, port=params.chroma_port) if params.chroma_host else dict(path=chroma)
     nq = load_nq(params) if "knowledge_base" in params.sections else []
-    return Chapter(params, run, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where, nq, own)
+    return Chapter(params, clock, folder, lm, embed_model, kb, rag.kb_pages(kb, params.docs_per_page), where, nq, own)
 
 
 def load_nq(params) -> list:
@@ -242,11 +243,11 @@ class Index:
 def ingest(ch: Chapter) -> Index:
     """Ingest the pages at every chunk size (twice: the second pass must add nothing) and time the
     bare embedder on the same chunk texts. One row per chunk size, and the stores."""
-    p, run = ch.params, ch.run
+    p, clock = ch.params, ch.clock
     encoder = rag.store.bare_encoder(ch.embed_model)
     encoder.encode(["warm-up"] * 8)  # the first call pays one-off set-up costs
     rows, stores, measured = [], {}, Measured()
-    with run.stage("ingest"):
+    with clock.stage("ingest"):
         for size in p.chunk_sizes:
             # a collection of this run's own (issue 12): a re-run against a Chroma server that holds
             # last run's collection would otherwise time an ingest that adds nothing
@@ -320,13 +321,13 @@ def retrieval_grid(ch: Chapter, index: Index) -> Grid:
     use are chosen on development questions: the knowledge base's other single-fact questions, which
     share no fact with the test ones (development_choice). Retrieval here is at the ceiling, so R1
     and R2 are compared on SQuAD articles (squad_articles)."""
-    p, run = ch.params, ch.run
+    p, clock = ch.params, ch.clock
     items = rag.kb_items(ch.kb.sample("single", p.n_retrieval_questions, p.seed))
     questions = [it.question for it in items]
     retrievers = {size: rag.Retriever(index.stores[size], ch.embed_model) for size in p.chunk_sizes}
     vectors = retrievers[p.chunk_sizes[0]].embed(questions)
     rows, measured = [], Measured()
-    with run.stage("retrieval_grid"):
+    with clock.stage("retrieval_grid"):
         for size, retriever in retrievers.items():
             ranked = retriever.dense(questions, ch.depth, vectors=vectors)
             rows.append({"chunk_size": size, **rag.retrieval_scores(items, ranked, ch.score_ks)})
@@ -567,12 +568,12 @@ def scored_answers(ch: Chapter, grid: Grid) -> Scored:
     attribution (which numbered source the gold answer is cited with), the listwise LL reranker
     (R3: its first source against the retrieval's first) and the LL refusal score on
     n_scored_unanswerable unanswerable questions at the fewest chunks (refusal as a detector)."""
-    p, run, best_k = ch.params, ch.run, grid.k
+    p, clock, best_k = ch.params, ch.clock, grid.k
     answerable = grid.items[:p.n_scored_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_scored_unanswerable, p.seed))
     ks = sorted(set(p.answer_top_ks) | {best_k})
     rows, measured = [], Measured()
-    with run.stage("scored_answers"):
+    with clock.stage("scored_answers"):
         by_k = score_top_ks(ch, grid.best, answerable, unanswerable, ks)
         for k, sc in by_k.items():
             if k == ks[0]:
@@ -715,12 +716,12 @@ def answers(ch: Chapter, grid: Grid) -> Answers:
     questions at every answer top-k (and the chosen one) with the configured retrieval method, and
     n_unanswerable unanswerable ones at the chosen top-k. The claims are decided on the scored
     answers (scored_answers); these rates carry their intervals and no paired verdict."""
-    p, run, best_k = ch.params, ch.run, grid.k
+    p, clock, best_k = ch.params, ch.clock, grid.k
     answer_items = grid.items[:p.n_answer_questions]
     unanswerable = rag.kb_items(ch.kb.sample("unanswerable", p.n_unanswerable, p.seed))
     rows, ks = [], sorted(set(p.answer_top_ks) | {best_k})  # the chosen top-k is always answered
     measured = Measured()
-    with run.stage("answers"):
+    with clock.stage("answers"):
         for k in ks:
             asked = answer_items + (unanswerable if k == best_k else [])  # refusals at the chosen top-k only
             ranked = grid.best.search([it.question for it in asked], k, p.retrieval)
@@ -889,8 +890,8 @@ class Latency:
 @section("knowledge_base")
 def latency(ch: Chapter, grid: Grid) -> Latency:
     """n_latency_queries questions answered one at a time, as a service would, each stage timed."""
-    run, times, measured = ch.run, [], Measured()
-    with run.stage("latency"):
+    clock, times, measured = ch.clock, [], Measured()
+    with clock.stage("latency"):
         for it in grid.items[:ch.params.n_latency_queries]:
             _, _, t = rag.answer_live(it.question, grid.best, ch.lm, grid.k, max_new_tokens=ch.params.max_new_tokens)
             times.append(t)
@@ -945,12 +946,12 @@ class Scale:
 def scale(ch: Chapter, index: Index, grid: Grid) -> Scale:
     """Grow one collection through scale_sizes (real chunk vectors, then Gaussian fillers with their
     mean and covariance) and time HNSW against exact search at each size (ragft.rag.bench)."""
-    p, run, measured = ch.params, ch.run, Measured()
+    p, clock, measured = ch.params, ch.clock, Measured()
     real = np.concatenate([np.asarray(s.collection.get(include=["embeddings"])["embeddings"]) for s in index.stores.values()])
     queries = grid.query_vectors[:p.n_scale_queries]
-    with run.stage("scale"):
+    with clock.stage("scale"):
         rows, ef_rows, filler = bench.scale_benchmark(real, queries, p.scale_sizes, seed=p.seed, ef_search=p.ef_search,
-                                                      ef_construction=EF_CONSTRUCTION, folder=run.folder)
+                                                      ef_construction=EF_CONSTRUCTION, folder=ch.folder)
     for r in rows:
         size = r["chunks"]
         tag = scale_tag(size)
@@ -1038,7 +1039,7 @@ def squad_articles(ch: Chapter) -> Articles:
     every compared chunk size stays below CEILING_BAR); the other articles' questions are the test
     questions. Sizes are compared at equal k and at an equal budget of retrieved tokens, and the
     model answers n_squad_read test questions at the budget from 64- and 256-token chunks."""
-    p, run, measured = ch.params, ch.run, Measured()
+    p, clock, measured = ch.params, ch.clock, Measured()
     try:
         found = benchmarks.load_squad_articles(p.data_dir or None)
     except benchmarks.DataUnavailable as e:
@@ -1058,7 +1059,7 @@ def squad_articles(ch: Chapter) -> Articles:
     ks = sorted(set(ch.score_ks) | {R2_MORE, R2_FEWER})
     depth = max(ks + [budget_k(min(sizes), b) for b in p.token_budgets])
     tables, rankings, chunks = {"dev": [], "test": []}, {}, {}
-    with run.stage("squad_articles"):
+    with clock.stage("squad_articles"):
         encoder = rag.Retriever(None, ch.embed_model)  # query vectors do not depend on the chunking
         vectors = {"dev": encoder.embed([it.question for it in dev]), "test": encoder.embed([it.question for it in test])}
         for size in sizes:
@@ -1353,7 +1354,7 @@ def finish(ch: Chapter, own: OwnDocuments, index: Index, grid: Grid, methods: Me
     glue_metrics(measured.metrics)
     for one in stated.values():
         one.glue()
-    return ch.run.save(measured, judged_of(stated), lm=ch.lm)
+    return ChapterRun(CHAPTER, ch.params, ch.folder, ch.clock).save(measured, judged_of(stated), lm=ch.lm)
 
 
 @section("knowledge_base")

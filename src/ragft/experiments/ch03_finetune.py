@@ -54,7 +54,7 @@ from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..generation import Generation, generate
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
@@ -112,7 +112,8 @@ class Chapter:
     the base model knows, and the base model's forgetting probe. No step writes here."""
 
     params: object
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     embed_model: object
     kb: object
@@ -149,12 +150,12 @@ class Chapter:
 def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the test and development facts;
     the real-world questions the base model knows; the base model's forgetting probe."""
-    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
+    folder, clock, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
     general = tasks.general_texts(params.forgetting_chars)
     known, known_outcomes = known_questions(lm, params)
     base_probe = probe("base model", lm, general)
-    ch = Chapter(params, run, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
+    ch = Chapter(params, clock, folder, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
                  general, known=known, base_probe=base_probe, measured=Measured.merged(known_outcomes, base_probe.measured))
     ch.skipped = methods_that_do_not_fit(params, lm.device)
     for message in ch.skipped.values():
@@ -347,7 +348,7 @@ def learning_rate_sweep(ch: Chapter) -> pd.DataFrame:
     sweep_exposures per fact, constant rate) at each of its rates and scored on their held-out
     paraphrases; one row per (method, rate). pick_lrs applies the rule."""
     p, facts, rows = ch.params, ch.dev_facts, []
-    with ch.run.stage("lr_sweep"):
+    with ch.clock.stage("lr_sweep"):
         for method in [m for m in p.sweep_methods if m not in ch.skipped]:
             for lr in sweep_lrs(p, method):
                 fit = answering(tasks.train_dsf(p, facts, ch.best_count, p.sweep_exposures, lr=lr, method=method,
@@ -445,7 +446,7 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
     development facts' (for the checkpoint rule), and the known real-world questions; with the
     training seconds and FLOPs up to that checkpoint."""
     p, count, measured = ch.params, ch.best_count, Measured()
-    with ch.run.stage("dsf_curve"):
+    with ch.clock.stage("dsf_curve"):
         result = curve_run(p, ch.facts, ch.dev_facts, lr)
         cfg = tasks.dsf_config(p, count, max(p.curve_exposures), lr)
         rows, folders = [], {}
@@ -531,7 +532,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     given each fact's own document (what RAG would score if retrieval never missed), on the held-out
     questions, ranked by candidate log-likelihood. Hands the chosen adapter to chapters 4 and 5
     (artifacts["dsf_adapter"], tables["dsf_facts"])."""
-    p, run, count, measured = ch.params, ch.run, ch.best_count, Measured()
+    p, clock, count, measured = ch.params, ch.clock, ch.best_count, Measured()
     held, seen = closed_book(ch, measured, ch.lm, BASE)
     rows = [{"condition": CLOSED_ROW, "held_out": share(held), "trained_paraphrase": share(seen)}]
     name = dsf_name(count)
@@ -552,7 +553,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     measured.update(handover.give_dsf(ch.facts, curve.folders[chosen.exposures]))
     dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
                            merge=True)
-    chroma_folder = run.folder / "chroma" / CHAPTER
+    chroma_folder = ch.folder / "chroma" / CHAPTER
     shutil.rmtree(chroma_folder, ignore_errors=True)
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
     store.ingest(rag.kb_pages(ch.kb, 8))
@@ -564,7 +565,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     gold = [rag.cited_messages(q.test_text, [rag.document_text(ch.kb.doc(q.doc_ids[0]))]) for q in ch.facts]
     readers = ((RAG_ROW.format(k=p.rag_top_k), "base + RAG", ch.lm, conversations), (DSF_RAG_ROW, f"{name} + RAG", dsf_lm, conversations),
                (GOLD_ROW, GOLD, ch.lm, gold))
-    with run.stage("rag"):
+    with clock.stage("rag"):
         for label, outcome, model_lm, convs in readers:
             ranking = rank_facts(ch, model_lm, convs, ch.facts, outcome)
             measured.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
@@ -654,13 +655,13 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
     ("... + RAG") and generated, their values where the arm's text states them ("... stored", the
     arm's trained phrasing), the known questions, the general-text loss, and the development facts'
     held-out and stored (the checkpoint rule's)."""
-    p, run, measured = ch.params, ch.run, Measured()
+    p, clock, measured = ch.params, ch.clock, Measured()
     rule = the_plan().fitness["injection"]["checkpoint"]
     rows, chosen = [], {}
     for arm in p.injection_arms:
         per = tasks.INJECTION_ARMS[arm]
         cfg = tasks.injection_config(p, arm, max(p.injection_exposures), lr)
-        with run.stage(f"injection_{arm}"):
+        with clock.stage(f"injection_{arm}"):
             result = train(p.model, tasks.injection_examples(ch.kb, ch.facts + ch.dev_facts, arm), cfg,
                            label=f"inject-{arm}", snapshots=tuple(e // per for e in p.injection_exposures))
             arm_rows = []
@@ -744,7 +745,7 @@ def format_view(ch: Chapter, found: Knowledge) -> FormatView:
     fine-tune, closed book and with RAG (their outcomes "<name> generated"); the table shows the
     format subset's (the first n_format_facts)."""
     name, measured = dsf_name(ch.best_count), Measured()
-    with ch.run.stage("format_view"):
+    with ch.clock.stage("format_view"):
         closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
         k = len(ch.format_facts)
         table = pd.DataFrame({
@@ -771,7 +772,7 @@ def paraphrase_variety(ch: Chapter, curve: Curve) -> Variety:
     most paraphrases). One row per paraphrase count."""
     p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
     rows, measured = [], Measured()
-    with ch.run.stage("paraphrases"):
+    with ch.clock.stage("paraphrases"):
         if low < top:
             fit = answering(tasks.train_dsf(p, ch.facts, low, p.k5_exposures, lr=curve.lr))
             held, seen = closed_book(ch, measured, fit.lm, dsf_name(low, p.k5_exposures))
@@ -854,7 +855,7 @@ def structured(ch: Chapter) -> Behaviour:
     count of structured_epochs and on the test products at the count its development products chose;
     the fine-tune K4 tests is the development products' choice among the sizes (choose_json). Each
     test condition's row (rates with 95 % intervals) and per-product outcomes."""
-    p, run, kb = ch.params, ch.run, ch.kb
+    p, clock, kb = ch.params, ch.clock, ch.kb
     test = [(kb, q) for q in kb.sample("structured", p.n_structured_test, p.seed)]
     dev = tasks.structured_dev_products(p.n_structured_dev, p.kb_seed, p.kb, max(p.structured_sizes))
     shots = [(m.messages[-1]["content"], m.answer) for m in
@@ -884,7 +885,7 @@ def structured(ch: Chapter) -> Behaviour:
         return row
 
     rows, dev_rows, json_probe, cfg = [], [], None, json_config(p)
-    with run.stage("structured"):
+    with clock.stage("structured"):
         for name, (system, examples) in conditions.items():
             rows.append(answer(ch.lm, system, examples, name))
         rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
@@ -964,7 +965,7 @@ def methods(ch: Chapter, lrs: dict) -> Methods:
     forgetting probe ("NLL: methods, <method>")."""
     p, facts, count = ch.params, ch.method_facts, ch.best_count
     rows, seed_rows, probes, runs, measured = [], [], {}, {}, Measured()
-    with ch.run.stage("methods"):
+    with ch.clock.stage("methods"):
         for name in [m for m in p.methods if m not in ch.skipped]:
             for seed in (range(p.n_training_seeds) if name == "lora" else [0]):
                 fit = answering(tasks.train_dsf(p, facts, count, p.method_exposures, lr=lrs[name], method=name,
@@ -1430,4 +1431,5 @@ def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, St
         lr_sweep=f.sweep.reset_index().to_dict("records"),
         generated_answers=f.answers.table.to_dict("records") if f.answers is not None else [],
         curve_run=f.curve.train, train_runs=f.methods.runs))
-    return ch.run.save(Measured.merged(ch.measured, f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)
+    run = ChapterRun(CHAPTER, ch.params, ch.folder, ch.clock)
+    return run.save(Measured.merged(ch.measured, f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)

@@ -54,7 +54,7 @@ from ..corpus import benchmarks
 from ..drift import rate_tolerance
 from ..generation import Generation
 from ..models import max_chunk_tokens
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import Ranking
 from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
@@ -100,7 +100,8 @@ class Chapter:
 
     params: object
     dsf_params: object  # chapter 3's parameters for the same profile and model: the DSF rows are its fine-tune
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     embed_model: object
     kb: object
@@ -175,10 +176,10 @@ def setup(params) -> Chapter:
     Chroma in chunks; the test questions and their retrieved chunks; RAFT's training sources and the
     main variant's data, written as JSONL."""
     dsf_params = config.resolve(handover.DSF_CHAPTER, params.profile, model=params.model, device=params.device)
-    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
+    folder, clock, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
     facts, facts_source = chapter3_facts(kb, dsf_params)
-    with run.stage("index"):
-        store = rag.kb_store(kb, params.chunk_size, embed_model, run.folder / "chroma" / CHAPTER)
+    with clock.stage("index"):
+        store = rag.kb_store(kb, params.chunk_size, embed_model, folder / "chroma" / CHAPTER)
     retriever = rag.Retriever(store, embed_model)
     chunks = store.all_chunks()
     asked = facts + kb.sample("unanswerable", params.n_unanswerable, params.seed)
@@ -189,10 +190,10 @@ def setup(params) -> Chapter:
     train_sources, others = raft.training_sources(kb, {q.qid for q in facts}, chunks, params.n_train, params.seed)
     dev = development_questions(kb, retriever, chunks, others, {s.qid for s in train_sources}, params)
     hard = raft.hard_negatives(retriever, train_sources, params)
-    ch = Chapter(params, dsf_params, run, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
+    ch = Chapter(params, dsf_params, clock, folder, lm, embed_model, kb, retriever, chunks, facts, test_items, candidates,
                  oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
     ch.main_records = raft_data(ch)  # the main variant's training data, written once for the reader to see
-    ch.jsonl = raft.save_jsonl(ch.main_records, run.folder / "raft" / "kb_train.jsonl")
+    ch.jsonl = raft.save_jsonl(ch.main_records, folder / "raft" / "kb_train.jsonl")
     return ch
 
 
@@ -422,7 +423,7 @@ def main_table(ch: Chapter, reader) -> MainTable:
     recorded per question; prints where the DSF model came from. `reader`: the RAFT reader the
     notebook trained with the recipe (raft.train_reader on setup's records); its fitness on the
     development questions (raft_fitness, the plan's `raft` rule) is measured before it is asked."""
-    k, rows, run, sub = ch.k, [], ch.run, ch.generated
+    k, rows, clock, sub = ch.k, [], ch.clock, ch.generated
     scored, gens, labels, measured = {}, {}, {}, Measured()
 
     def add(key, label, model_lm, style, k_read, quoting=False, **extra):
@@ -435,7 +436,7 @@ def main_table(ch: Chapter, reader) -> MainTable:
         gen = full.subset(sub) if full is not None else ask(ch, model_lm, style, k_read, name + GENERATED, sub)
         rows.append({**score(ch, measured, label, name + GENERATED, gen, sub, quoting=quoting, **extra), **sc.row()})
 
-    with run.stage("table"):
+    with clock.stage("table"):
         add("base_closed", "base, closed book", ch.lm, "closed", 0)
         add("base_rag", f"base + RAG (top-{k})", ch.lm, "rag", k)
         dsf_lm, dsf_source = dsf_model(ch)
@@ -446,9 +447,9 @@ def main_table(ch: Chapter, reader) -> MainTable:
         release_memory()
         main = reader
         measured.update(handover.give_raft(main.artifact))  # the freshness chapter reads it
-    with run.stage("raft_fitness"):
+    with clock.stage("raft_fitness"):
         fitness = raft_fitness(ch, main.lm)
-    with run.stage("table"):
+    with clock.stage("table"):
         add("raft_rag", f"RAFT + RAG (top-{k})", main.lm, "raft", k, quoting=True, train_s=main.metrics["train_s"])
         if not not_here(ch.params, NOCOT_COMPARISONS):  # F4's other arm: a RAFT training of its own
             nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
@@ -533,7 +534,7 @@ def ablations(ch: Chapter, main: MainTable) -> Ablations:
         scored[outcome], gens[outcome] = sc, gen
         return sc, gen
 
-    with ch.run.stage("ablations"):
+    with ch.clock.stage("ablations"):
         for share in p.p_values:
             result = None if share == p.p_oracle else fit(ch, raft_data(ch, p=share), f"raft-kb-p{share:g}")
             sc, gen = variant(p_outcome(share), result.lm if result else None)
@@ -603,7 +604,7 @@ def top_k_curves(ch: Chapter, main: MainTable, abl: Ablations) -> Curves:
         readers[ch.least_reader] = (abl.fits[ch.least_distractors].lm, "raft", d_outcome(ch.least_distractors))
     scored, gens = {**main.scored, **abl.scored}, {**main.gens, **abl.gens}
     curves, contains, tokens, measured = {}, {}, {}, Measured()
-    with ch.run.stage("top_k"):
+    with ch.clock.stage("top_k"):
         for name, (model_lm, style, at_k) in readers.items():
             # the fewest-distractor reader only where a claim reads it (F5 at the largest top-k)
             for kk in p.top_ks if name != ch.least_reader else sorted({k, max(p.top_ks)}):
@@ -661,7 +662,7 @@ def _pick(ch: Chapter, items: list, split: str, n: int) -> list:
 
 
 def _bench_store(ch: Chapter, name: str, items: list, size: int):
-    path = ch.run.folder / "chroma" / f"{CHAPTER}-{name}"
+    path = ch.folder / "chroma" / f"{CHAPTER}-{name}"
     shutil.rmtree(path, ignore_errors=True)
     store = rag.ChunkStore(name, path=path, embed_model=ch.embed_model, chunk_size=size, chunk_overlap=0)
     store.ingest([rag.Source(p.pid, p.title, p.text, kind=name) for it in items for p in it.passages])
@@ -677,7 +678,7 @@ def _bench_readers(ch: Chapter, name: str, train_items: list, sources: list, poo
         dsf_lm = merged(train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}").lm)
         readers += [("DSF, closed book", dsf_lm, "closed"), ("DSF + RAG", dsf_lm, "rag")]
     records = raft.build_raft(sources, pool, p.bench_distractors, p.p_oracle, p.seed, hard_negatives=negatives)
-    raft.save_jsonl(records, ch.run.folder / "raft" / f"{name}_train.jsonl")
+    raft.save_jsonl(records, ch.folder / "raft" / f"{name}_train.jsonl")
     return readers + [("RAFT + RAG", fit(ch, records, f"raft-{name}").lm, "raft")]
 
 
@@ -791,9 +792,9 @@ def hotpotqa(ch: Chapter) -> Benchmarks:
 
 def benchmark_rows(ch: Chapter) -> Benchmarks:
     """Both benchmarks, each timed as a stage; absent data leaves a note, not an error."""
-    with ch.run.stage("pubmedqa"):
+    with ch.clock.stage("pubmedqa"):
         pub = pubmedqa(ch)
-    with ch.run.stage("hotpotqa"):
+    with ch.clock.stage("hotpotqa"):
         hot = hotpotqa(ch)
     return Benchmarks(pub.rows + hot.rows, pub.notes + hot.notes, pub.pubmedqa_gold, hot.hotpotqa_available,
                       Measured.merged(pub.measured, hot.measured))
@@ -1110,4 +1111,5 @@ def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, St
         top_k_generated=records(f.curves.contains), benchmarks=f.bench.rows, benchmark_notes=f.bench.notes,
         paper_table1=raft.PAPER_TABLE1, dsf_source=f.main.dsf_source,
         raft_dev=development_table(ch, f.main).to_dict("records")))
-    return ch.run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)
+    run = ChapterRun(CHAPTER, ch.params, ch.folder, ch.clock)
+    return run.save(Measured.merged(f.measured, headline, tables), judged_of(comparisons), lm=ch.lm)

@@ -50,7 +50,7 @@ from ..metrics import contains
 from ..plan import the_plan
 from ..rag.answer import cited_messages
 from ..rag.store import token_counter
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..stats import wilson_interval
 from ..train import load_artifact, merged, tasks, train
@@ -75,7 +75,8 @@ class Chapter:
     params: object
     p3: object  # chapter 3's parameters (the DSF recipe)
     p4: object  # chapter 4's (the RAFT reader)
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     embed_model: object
     kb: object  # v1
@@ -101,7 +102,7 @@ def setup(params) -> Chapter:
     p3 = config.resolve("03_finetune", params.profile, model=params.model, device=params.device)
     p4 = config.resolve(handover.RAFT_CHAPTER, params.profile, model=params.model, device=params.device)  # the device asked for
     sizes = replace(params.kb, v2_change_share=params.change_share)  # v1's documents do not depend on it
-    run, lm, embed_model, kb = start(CHAPTER, params, embedder=True, kb_sizes=sizes)
+    folder, clock, lm, embed_model, kb = start(CHAPTER, params, embedder=True, kb_sizes=sizes)
     kb2 = build_kb(params.kb_seed, sizes, "v2")
     facts, facts_source = chapter3_facts(kb, p3)
     v2 = {q.qid: q for q in kb2.questions}
@@ -120,10 +121,10 @@ def setup(params) -> Chapter:
             values, gold = base.candidates(q, params.n_candidates, params.seed, include=(alt,) if alt else ())
             cands.append((values, gold, values.index(alt) if alt in values else None))
         candidates[(world, part)] = cands
-    with run.stage("dsf_handover"):
+    with clock.stage("dsf_handover"):
         adapter, source, trained = dsf_adapter(p3, kb, facts)
     lr, exposures = dsf_recipe(p3, trained is None)
-    ch = Chapter(params, p3, p4, run, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
+    ch = Chapter(params, p3, p4, clock, folder, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
                  f"{source} Test facts: {facts_source}.", lr, params.update_exposures or exposures, exposures)
     return ch
 
@@ -217,7 +218,7 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
         return handed.adapter, f"RAFT model: chapter 4's adapter from this run ({Path(handed.adapter).name}), loaded, not retrained."
     why = handed.why
     p4 = ch.p4
-    store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, ch.run.folder / "chroma" / f"{CHAPTER}-raft")
+    store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, ch.folder / "chroma" / f"{CHAPTER}-raft")
     chunks = store.all_chunks()
     sources, _ = raft.training_sources(ch.kb, {q.qid for q in ch.facts}, chunks, p4.n_train, p4.seed)
     hard = raft.hard_negatives(rag.Retriever(store, ch.embed_model), sources, p4)
@@ -242,8 +243,8 @@ class Index:
 def index_v1(ch: Chapter) -> Index:
     """The v1 documents indexed in Chroma, one document to a source; the changed facts' v1 retrieval."""
     p = ch.params
-    with ch.run.stage("index_v1"):
-        store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=ch.run.folder / "chroma" / CHAPTER,
+    with ch.clock.stage("index_v1"):
+        store = rag.ChunkStore(f"fresh-{p.chunk_size}", path=ch.folder / "chroma" / CHAPTER,
                                embed_model=ch.embed_model, chunk_size=p.chunk_size, chunk_overlap=0)
         first = store.ingest(rag.kb_documents(ch.kb), fresh=True)
         return Index(store, first.chunks_written, search(ch, store, "v1", ("changed",)))
@@ -253,7 +254,7 @@ def before(ch: Chapter, readers: Readers, index: Index) -> list[Asked]:
     """The two readers U1 and K8 set against each other, base + RAG and the closed-book fine-tune, asked
     the changed facts in the v1 world: what each knew before the change (the readers that only combine
     them, DSF + RAG and RAFT + RAG, are asked after it; issue 46: about 60 s of the cpu book)."""
-    with ch.run.stage("before"):
+    with ch.clock.stage("before"):
         return [ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed", index.ranked),
                 ask(ch, DSF, readers.dsf, "closed", "v1", "changed", index.ranked)]
 
@@ -290,7 +291,7 @@ def update_index(ch: Chapter, index: Index) -> IndexUpdate:
             outcomes.update(report.docs)
         return seconds, outcomes, written
 
-    with ch.run.stage("index_update"):
+    with ch.clock.stage("index_update"):
         t = time.perf_counter()
         upsert_s, outcomes, written = apply()
         total_s = time.perf_counter() - t
@@ -319,7 +320,7 @@ def update_index(ch: Chapter, index: Index) -> IndexUpdate:
 def after(ch: Chapter, readers: Readers, update: IndexUpdate) -> list[Asked]:
     """Every approach in the v2 world: the readers on the updated index, the fine-tunes with v1 weights."""
     asked = []
-    with ch.run.stage("after"):
+    with ch.clock.stage("after"):
         for part in SETS:
             asked.append(ask(ch, BASE_RAG, ch.lm, "rag", "v2", part, update.ranked))
             asked.append(ask(ch, DSF, readers.dsf, "closed", "v2", part, update.ranked))
@@ -373,7 +374,7 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
         del plans["replay"]  # the plan leaves replay (U-replay, exploratory) to other profiles
     rows, fits, asked = [], {}, []
     for key, (facts, start_from) in plans.items():
-        with ch.run.stage(key):
+        with ch.clock.stage(key):
             fit = train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}", init_from=start_from)
             fits[key] = {**fit.metrics, "facts": len(facts)}
             answerer = merged(fit.lm)
@@ -391,7 +392,7 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     rows.insert(0, {"update": "index (upsert by document id)", "facts_trained": 0, "train_s": idx["seconds"],
                     "train_tokens": idx["tokens_embedded"],
                     "changed_acc": acc_of(table, BASE_RAG, "changed"), "unchanged_acc": acc_of(table, BASE_RAG, "unchanged")})
-    with ch.run.stage("u2_repetitions"):
+    with ch.clock.stage("u2_repetitions"):
         repetitions = update_repetitions(ch, update.upsert_s)
     costs = pd.DataFrame(rows).set_index("update").rename(columns={"train_s": "seconds", "train_tokens": "tokens"})
     return Updates(costs, fits, asked, repetitions)
@@ -492,7 +493,7 @@ def planted_instruction(ch: Chapter, update: IndexUpdate) -> Planted:
     passages = [[(untrusted.plant(x.text) if x.doc_id in q.doc_ids else x.text) for x in chunks] for q, chunks in chosen]
     questions, qids = [q.test_text for q, _ in chosen], [q.qid for q, _ in chosen]
     rows, replies, measured = [], {}, Measured()
-    with ch.run.stage("planted"):
+    with ch.clock.stage("planted"):
         for name, build in ((PLANTED_PLAIN, cited_messages), (PLANTED_DELIMITED, untrusted.delimited_messages)):
             texts = generate(ch.lm, [build(q, d) for q, d in zip(questions, passages)], p.max_new_tokens,
                              p.batch_size, desc=name).texts if chosen else []
@@ -680,4 +681,5 @@ def save(ch: Chapter, f: Findings, headline: Measured, comparisons: dict[str, St
         test_sets={f"{w} {s}": [q.qid for q in qs] for (w, s), qs in ch.sets.items()},
         planted=f.planted.table.reset_index().to_dict("records"), planted_replies=f.planted.replies),
         artifacts={"dsf_adapter": ch.dsf_adapter})
-    return ch.run.save(Measured.merged(f.measured, headline, kept), judged_of(comparisons), lm=ch.lm)
+    run = ChapterRun(CHAPTER, ch.params, ch.folder, ch.clock)
+    return run.save(Measured.merged(f.measured, headline, kept), judged_of(comparisons), lm=ch.lm)

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import costs, models, settings
 from ..corpus import build_kb
 from ..costs import Approach, Check, Workload
-from ..results import ChapterRun, Measured, judged_of, read_chapter, read_published, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, open_chapter, read_chapter, read_published, state_comparisons
 from ..prose import StatedComparison, glue, glue_findings
 from ..train.tasks import lora_structured_name
 from ..train.trainer import TARGETS
@@ -36,7 +36,8 @@ COLOURS = {"long-context prompting": "tab:purple", "RAG": "tab:blue", "fine-tune
 
 @dataclass
 class Costs:
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     params: object
     docs: dict  # chapter -> results document the inputs come from
     origin: dict  # chapter -> "this run" | the published file it fell back to
@@ -136,8 +137,8 @@ def build_workload(docs: dict, params, queries_per_month: float | None = None,
 
 def setup(params) -> Costs:
     settings.configure(params)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("inputs"):
+    folder, clock = open_chapter(CHAPTER)
+    with clock.stage("inputs"):
         docs, origin = read_inputs(params.profile)
         approaches = build_approaches(docs, params)
         workload = build_workload(docs, params)
@@ -147,7 +148,7 @@ def setup(params) -> Costs:
         measured.metric(f"{key}_prompt_tokens_per_query", a.prompt_tokens, "exact")
         measured.metric(f"{key}_completion_tokens_per_query", a.completion_tokens, "derived",
                         tol=0.25 * a.completion_tokens + 1)
-    return Costs(run, params, docs, origin, approaches, workload, measured)
+    return Costs(clock, folder, params, docs, origin, approaches, workload, measured)
 
 
 def sources_table(c: Costs) -> pd.DataFrame:
@@ -304,10 +305,10 @@ def measure_latency(c: Costs) -> Timed:
 
     from peft import LoraConfig, get_peft_model
 
-    p, run, measured = c.params, c.run, Measured()
-    with run.stage("load_models"):
+    p, clock, measured = c.params, c.clock, Measured()
+    with clock.stage("load_models"):
         lm = c.lm = models.load_lm(p.model, p.device, p.dtype)
-    with run.stage("first_token"):
+    with clock.stage("first_token"):
         prompts = {name: _prompt_ids(lm, p, a.prompt_tokens) for name, a in c.approaches.items()}
         _timed_answer(lm.model, prompts["RAG"], 1)  # warm-up: the first pass pays for allocation
         ttft = {name: {} for name in prompts}
@@ -318,7 +319,7 @@ def measure_latency(c: Costs) -> Timed:
                 ttft[name][f"run {r}"] = _timed_answer(lm.model, ids, 0)[0]
         for name, times in ttft.items():
             measured.record(f"first token, {name}", times)
-    with run.stage("merged_vs_unmerged"):
+    with clock.stage("merged_vs_unmerged"):
         cfg = LoraConfig(r=p.lora_rank, lora_alpha=2 * p.lora_rank, lora_dropout=0.0, target_modules=TARGETS["all-linear"],
                          task_type="CAUSAL_LM")
         with warnings.catch_warnings():  # peft asks a deprecated transformers property; nothing to act on
@@ -547,4 +548,4 @@ def save(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict) ->
         "cost_model": {"approaches": {n: asdict(a) for n, a in c.approaches.items()}, "workload": asdict(c.workload)},
         "latency": timed.latency, "inputs_from": c.origin})
     judged = judged_of(stated) + [k.as_comparison() for k in checks.checks]
-    return c.run.save(Measured.merged(measured, tables), judged, lm=c.lm)
+    return ChapterRun(CHAPTER, c.params, c.folder, c.clock).save(Measured.merged(measured, tables), judged, lm=c.lm)

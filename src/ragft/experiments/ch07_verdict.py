@@ -14,7 +14,7 @@ from ..claims import load_claims
 from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
                       decide)
 from ..plan import prose_terms, the_plan
-from ..results import ChapterRun, Measured
+from ..results import ChapterRun, Clock, Measured, open_chapter
 from ..prose import glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
@@ -38,7 +38,9 @@ MARKERS = {"supported": ("o", True), DIRECTION_ONLY: ("D", True), "contradicted"
 
 @dataclass
 class Verdicts:
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
+    params: object
     rows: list[LedgerRow]
     claims: dict
     chapters: list[str]  # the chapters whose results the ledger read
@@ -49,8 +51,8 @@ class Verdicts:
 
 def setup(params) -> Verdicts:
     settings.configure(params)
-    run = ChapterRun(CHAPTER, params)
-    with run.stage("ledger"):
+    folder, clock = open_chapter(CHAPTER)
+    with clock.stage("ledger"):
         chapter_results = {k: v for k, v in results.load_results(results.results_dir()).items()
                            if k not in ("00_front", CHAPTER)}
         origin = dict.fromkeys(chapter_results, "this run")
@@ -65,7 +67,7 @@ def setup(params) -> Verdicts:
         claims = load_claims()
         comparisons, elsewhere = family(chapter_results), not_measured(chapter_results)
         rows = [claim_row(c, comparisons, elsewhere) for c in claims.values()]
-    return Verdicts(run, rows, claims, sorted(chapter_results), chapter_results, origin, comparisons)
+    return Verdicts(clock, folder, params, rows, claims, sorted(chapter_results), chapter_results, origin, comparisons)
 
 
 def ledger_table(v: Verdicts) -> pd.DataFrame:
@@ -229,7 +231,7 @@ def save(v: Verdicts) -> Path:
     """The chapter's one recording step: the counts, every comparison as the ledger judged it, the
     ledger itself (and as a table, with the comparison shown and its kind)."""
     kept = Measured.merged(headline_metrics(v), Measured(tables={"ledger": [r.as_dict() for r in v.rows]}))
-    return v.run.save(kept, list(v.comparisons.values()),
+    return ChapterRun(CHAPTER, v.params, v.folder, v.clock).save(kept, list(v.comparisons.values()),
                       extra_keys={"ledger": [{k: getattr(r, k) for k in LEDGER_KEYS} for r in v.rows]})
 
 

@@ -48,7 +48,7 @@ from .. import costs, host, metrics, models, raft, rag, settings
 from ..corpus import injection
 from ..plan import CASE, adjust, the_plan
 from ..rag import CorpusError
-from ..results import ChapterRun, Measured, judged_of, state_comparisons
+from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import glue, glue_metrics
 from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
 from ..text import ANOTHER_THING, NEAR_DUPLICATE, SAME, near_duplicate, question_key
@@ -291,7 +291,8 @@ def estimate(params, inputs: CaseInputs) -> Estimate:
 @dataclass
 class Case:
     params: object
-    run: ChapterRun
+    clock: Clock  # the chapter's stage timer (ragft.results.open_chapter)
+    folder: Path  # its run folder, resolved once at its start and held
     lm: object
     embed_model: object
     inputs: CaseInputs
@@ -304,10 +305,10 @@ class Case:
 
 def setup(params, inputs: CaseInputs) -> Case:
     """Seeds and threads, the language model and the embedder, and a fresh local Chroma folder."""
-    run, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
-    folder = run.folder / "chroma" / CHAPTER
-    shutil.rmtree(folder, ignore_errors=True)
-    return Case(params, run, lm, embed_model, inputs, folder)
+    folder, clock, lm, embed_model, _ = start(CHAPTER, params, embedder=True)
+    chroma = folder / "chroma" / CHAPTER
+    shutil.rmtree(chroma, ignore_errors=True)
+    return Case(params, clock, folder, lm, embed_model, inputs, chroma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +323,7 @@ class Index:
 
 def index(case: Case) -> Index:
     retrievers, chunks = {}, {}
-    with case.run.stage("index"):
+    with case.clock.stage("index"):
         for size in case.params.chunk_sizes:
             store = case.open_store(size)
             store.ingest(case.inputs.corpus.sources, keep={s.path for s in case.inputs.corpus.skipped})
@@ -350,7 +351,7 @@ def choose_retrieval(case: Case, idx: Index) -> RetrievalChoice:
     RAG answers; the best answer accuracy wins (ties: fewer tokens, so the smaller k, then size)."""
     p, inputs = case.params, case.inputs
     rows = []
-    with case.run.stage("choose_retrieval"):
+    with case.clock.stage("choose_retrieval"):
         for size in p.chunk_sizes:
             ranked = idx.retrievers[size].search([it.question for it in inputs.dev], max(p.top_ks), p.retrieval)
             for k in p.top_ks:
@@ -397,7 +398,7 @@ def ask(lm, items: list, rankings: list | None, style: str, params, desc: str) -
 
 def arm(case: Case, lm, name: str, rankings: list | None) -> Asked:
     """An arm on the test questions, with its outcomes under its condition name."""
-    with case.run.stage(KEYS[name]):
+    with case.clock.stage(KEYS[name]):
         asked = ask(lm, case.inputs.test, rankings, STYLE[name], case.params, LABELS[name])
     asked.arm = name
     asked.measured = answer_outcomes(name, case.inputs.test, asked.gen, asked.texts)
@@ -513,7 +514,7 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     ties to fewer training tokens, then to the earlier arm (the plan's choices); it is fit when its
     own training data is learnt as the plan's rule asks. Then it answers the test questions closed
     book and with RAG."""
-    p, inputs, run = case.params, case.inputs, case.run
+    p, inputs, clock = case.params, case.inputs, case.clock
     data = arms_of(p, inputs, document_parts(inputs, case.lm.tokenizer, choice.chunk_size))
     if not data:
         return FineTune(pd.DataFrame(), "", 0, float("nan"), 0, False, 0, 0.0, None, [],
@@ -521,9 +522,9 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     cfg = tasks.lora_config(p, max(epochs), schedule="constant", warmup=p.warmup_steps, max_len=1024)
     rows, folders = [], []
     for d in data:
-        with run.stage("dsf_train"):
+        with clock.stage("dsf_train"):
             result = train(p.model, dsf_examples(d), cfg, label=f"case-dsf-{d.arm}", snapshots=tuple(epochs))
-        with run.stage("dsf_checkpoints"):
+        with clock.stage("dsf_checkpoints"):
             for epoch in epochs:
                 folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
                 here = load_artifact(p.model, folder, cfg, merge=True)
@@ -579,7 +580,7 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
     examples, n_distractors retrieved chunks beside it (hard negatives, topped up at random), the
     quote then the answer as the target; LoRA at a constant rate for `epochs` (the estimate's). Its fitness: its answers to its own
     training examples. Then RAFT + RAG on the test questions with the chosen chunks."""
-    p, inputs, run = case.params, case.inputs, case.run
+    p, inputs, clock = case.params, case.inputs, case.clock
     if not inputs.train:
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped="it needs training questions (train_questions_file)")
     if not epochs:
@@ -599,11 +600,11 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
     except TrainingDataError as e:  # a small corpus: too few chunks without the answer to be distractors
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped=f"{e} (use fewer n_distractors or a smaller chunk size)")
     cfg = tasks.lora_config(p, epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
-    with run.stage("raft_train"):
+    with clock.stage("raft_train"):
         result = train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
     by_id = {it.qid: it for it in inputs.train}
     items = [by_id[r.qid] for r in records]
-    with run.stage("raft_fitness"):
+    with clock.stage("raft_fitness"):
         own = ask(result.lm, items, [[rag.Hit("", "", "", d, 0.0) for d in r.documents] for r in records], "raft", p,
                   "RAFT, its training examples")
     trained_acc = own.scores["contains"]
@@ -802,4 +803,4 @@ def finish(case: Case, inputs: CaseInputs, est: Estimate, choice: RetrievalChoic
              "case_sesoi": f"{100 * plan.get(COMPARISONS[0]).sesoi:.0f}"}
     for key, value in words.items():
         glue(key, value)
-    return case.run.save(measured, j.comparisons, lm=case.lm)
+    return ChapterRun(CHAPTER, case.params, case.folder, case.clock).save(measured, j.comparisons, lm=case.lm)

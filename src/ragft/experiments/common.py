@@ -7,7 +7,7 @@ from pathlib import Path
 from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
 from ..plan import the_plan
-from ..results import ChapterRun, Measured, read_published
+from ..results import Measured, open_chapter, read_published
 from ..train import load_artifact, tasks
 from ..train.trainer import snapshot_folder
 
@@ -27,14 +27,15 @@ def elsewhere_label(comparison_id: str) -> str:
 
 
 def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
-    """Network policy, seeds and threads from the parameters; the chapter's run (its hold on the run
-    folder, its stage timer and its one recording step, ChapterRun); the language model (and the embedder, on the model's device); the knowledge base (of `kb_sizes`,
-    default params.kb). Returns (run, lm, embed_model or None, kb)."""
+    """Network policy, seeds and threads from the parameters; the chapter's run folder, held, and its
+    clock (ragft.results.open_chapter); the language model (and the embedder, on the model's device);
+    the knowledge base (of `kb_sizes`, default params.kb). Returns (folder, clock, lm, embed_model or
+    None, kb)."""
     import gc
 
     settings.configure(params)
-    run = ChapterRun(chapter, params)
-    with run.stage("load_models"):
+    folder, clock = open_chapter(chapter)
+    with clock.stage("load_models"):
         lm = models.load_lm(params.model, params.device, params.dtype)
         embed_model = rag.load_embedder(params.embedder, lm.device) if embedder else None
     kb = build_kb(params.kb_seed, kb_sizes or params.kb)
@@ -42,7 +43,7 @@ def start(chapter: str, params, embedder: bool = False, kb_sizes=None):
     # collector's sight, each full collection (release_memory before every training) skips their
     # ~700,000 objects, 0.5 s a collection on these CPUs
     gc.freeze()
-    return run, lm, embed_model, kb
+    return folder, clock, lm, embed_model, kb
 
 
 def split_outcomes(items: list, gen, texts: list[str] | None = None) -> dict[str, tuple[dict, dict]]:
