@@ -1,6 +1,12 @@
 """Results files with provenance (ragft.host measures the host); ragft.prose puts their numbers in the
 chapters' prose.
 
+One channel: each step of a chapter returns what it measured in a `Measured` (with its typed result);
+`state_comparisons` judges every comparison the plan declares for the chapter on those outcomes,
+writing nothing; the chapter's one recording step makes a `ChapterRun` (its parameters, its run
+folder, its `Clock`) and saves them together, once. A chapter opens its run folder and starts its
+clock with `open_chapter`.
+
 Each chapter writes one file, <run dir>/results/<chapter>.json:
   chapter, profile, params,
   metrics       flat name -> number: the headline figures
