@@ -420,9 +420,9 @@ def article_checks(c: Costs, stages: pd.DataFrame) -> Checks:
     checks.append(costs.check_s5_table())
     at_100k = build_workload(c.docs, p, 1e5)
     measured.metric("s5_rag_monthly_usd_100k", costs.monthly_usd(a["RAG"], at_100k), "derived",
-               tol=0.1 * costs.monthly_usd(a["RAG"], at_100k))
+                    tol=0.1 * costs.monthly_usd(a["RAG"], at_100k))
     measured.metric("s5_ft_monthly_usd_100k", costs.monthly_usd(a["fine-tune"], at_100k), "derived",
-               tol=0.1 * costs.monthly_usd(a["fine-tune"], at_100k))
+                    tol=0.1 * costs.monthly_usd(a["fine-tune"], at_100k))
     cross = costs.crossover(a["fine-tune"], a["RAG"], w)
     count = lambda v: "never" if v is None else f"{v:,.0f} queries a month"
     low, high = costs.stated("S5")["crossover_calls_per_month"]
