@@ -213,10 +213,6 @@ class ChapterRun:
         # where the chapter opened it with open_chapter)
         hold_chapter(self.folder, self.chapter)
 
-    @property
-    def started(self) -> float:
-        return self.clock.started
-
     def save(self, measured: Measured, comparisons: list = (), extra_keys: dict | None = None, lm=None,
              extra_provenance: dict | None = None) -> Path:
         """The chapter's one recording step: what its steps measured (`measured`, Measured.merged of
@@ -234,7 +230,7 @@ class ChapterRun:
         if twice:
             raise ValueError(f"comparisons {twice} are judged twice")
         params = as_dict(self.params)
-        prov = provenance(params.get("seed", 0), params.get("threads", 0), self.started, lm)
+        prov = provenance(params.get("seed", 0), params.get("threads", 0), self.clock.started, lm)
         prov.update(extra_provenance or {})
         doc = {
             "chapter": self.chapter,
@@ -247,7 +243,7 @@ class ChapterRun:
             "comparisons": kept,
             "artifacts": {k: str(v) for k, v in measured.artifacts.items()},
             "tables": measured.tables,
-            "timings": {"wall_s": round(time.time() - self.started, 2), "stages": self.clock.stages},
+            "timings": {"wall_s": round(time.time() - self.clock.started, 2), "stages": self.clock.stages},
             "provenance": prov,
         }
         extra_keys = extra_keys or {}

@@ -509,9 +509,10 @@ def findings(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict
     return measured, state_comparisons(CHAPTER, measured.outcomes, LABELS, profile=c.params.profile)
 
 
-def glue_all(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict) -> None:
+def glue_all(c: Costs, cross: dict, measured: Measured, stated: dict[str, StatedComparison], checks: Checks,
+             training: dict) -> None:
+    """Everything the prose cites, from what `findings` put together: metrics, comparisons, sentences."""
     w = c.workload
-    measured, stated = findings(c, cross, timed, checks, training)
     glue_findings(measured.metrics, stated.values(),
                   {"crossover_ft_text": "never, at these inputs" if cross["fine-tune"] is None else f"{cross['fine-tune']:,.0f} queries a month",
                    "crossover_hybrid_text": "never, at these inputs" if cross["hybrid (RAFT + RAG)"] is None
@@ -537,11 +538,10 @@ def sources_figures() -> dict[str, str]:
             "lora_vs_full_flops_text": f"{lora / full:.2f}"}
 
 
-def save(c: Costs, cross: dict, timed: Timed, checks: Checks, training: dict) -> Path:
-    """The chapter's one recording step: what its sections measured, the comparisons judged on it and
-    the computed checks, the tables (the cost model itself among them, so the verdict chapter prices
-    its readers' cases with this run's measurements), written to the results file."""
-    measured, stated = findings(c, cross, timed, checks, training)
+def save(c: Costs, measured: Measured, stated: dict[str, StatedComparison], timed: Timed, checks: Checks) -> Path:
+    """The chapter's one recording step: what its sections measured and the comparisons judged on it
+    (`findings`), the computed checks, the tables (the cost model itself among them, so the verdict
+    chapter prices its readers' cases with this run's measurements), written to the results file."""
     tables = Measured(tables={
         "checks": [{"claim": k.claim, "stated": k.stated, "computed": k.computed, "verdict": k.verdict, "note": k.note}
                    for k in checks.checks],
