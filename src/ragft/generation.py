@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from .progress import progress
+from .replay import replayable
 
 @dataclass
 class Generation:
@@ -55,6 +56,7 @@ def _common_prefix_len(ids: list[list[int]]) -> int:
     return n
 
 
+@replayable("generate")
 def generate(lm, conversations: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 16,
              desc: str = "generating", reuse_prefix: bool = True, logits_processors=None,
              on_batch=None) -> Generation:

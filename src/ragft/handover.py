@@ -3,7 +3,8 @@ adapter and the test facts it was trained on) and chapter 4's RAFT reader. The g
 them in its results file (`give_dsf`, `give_raft` return them as `artifacts` and `tables`, as published); a later
 chapter of the same run reads them back with `dsf` or `raft`, which check them once and say why a
 hand-over cannot be used (the giver has not run here, names no adapter, trained another model or
-other facts, or its folder is gone), so the reader can fall back and say so."""
+other facts, or its unit is not stored), so the reader can fall back and say so. An adapter is named as a
+unit checkpoint (ragft.train.units), never as a folder."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .results import Measured, read_chapter
+from .train import units
 
 DSF_CHAPTER, RAFT_CHAPTER = "03_finetune", "04_raft"
 
 
 @dataclass(frozen=True)
 class Handed:
-    """A hand-over as a later chapter reads it: the adapter folder, or `why` it cannot be used."""
+    """A hand-over as a later chapter reads it: the adapter (a unit checkpoint), or `why` it cannot be used."""
 
     adapter: str | None
     why: str = ""
@@ -39,6 +41,15 @@ def give_raft(adapter: str | Path) -> Measured:
     return Measured(artifacts={"raft_adapter": str(adapter)})
 
 
+def _stored(ref: str) -> bool:
+    """Whether a hand-over names a unit checkpoint that is stored (units.Trained.ref)."""
+    try:
+        units.by_ref(ref)
+    except units.UnitError:
+        return False
+    return True
+
+
 def dsf_facts(model: str, kb_seed: int, folder: Path | None = None) -> list[str] | None:
     """The ids of the test facts chapter 3 of this run fine-tuned, where it ran on this model and
     knowledge base; else None (the reader draws them with chapter 3's parameters)."""
@@ -50,8 +61,8 @@ def dsf_facts(model: str, kb_seed: int, folder: Path | None = None) -> list[str]
 
 
 def dsf(model: str, facts: list[str], folder: Path | None = None) -> Handed:
-    """Chapter 3's chosen fine-tune of this run, checked: it ran here, names its adapter, trained this
-    model on these test facts (`facts`: their ids), and the adapter's folder is still there."""
+    """Chapter 3's chosen fine-tune of this run, checked: it ran here, names its adapter (a unit
+    checkpoint), trained this model on these test facts (`facts`: their ids), and the unit is stored."""
     doc = read_chapter(DSF_CHAPTER, folder)
     adapter = ((doc or {}).get("artifacts") or {}).get("dsf_adapter")
     if doc is None:
@@ -62,20 +73,20 @@ def dsf(model: str, facts: list[str], folder: Path | None = None) -> Handed:
         why = f"chapter 3 fine-tuned {doc['params'].get('model')!r}, this chapter reads with {model!r}"
     elif (doc.get("tables") or {}).get("dsf_facts", facts) != facts:
         why = "chapter 3 fine-tuned other facts (other parameters) than this chapter's test facts"
-    elif not Path(adapter).is_dir():
-        why = f"chapter 3's adapter folder {adapter} is gone"
+    elif not _stored(adapter):
+        why = f"chapter 3's adapter {adapter} is not a stored unit checkpoint"
     else:
         why = ""
     return Handed(adapter, why, doc)
 
 
 def raft(model: str, folder: Path | None = None) -> Handed:
-    """Chapter 4's RAFT reader of this run, checked: it ran here on this model, names its adapter, and
-    the adapter's folder is still there."""
+    """Chapter 4's RAFT reader of this run, checked: it ran here on this model, names its adapter (a
+    unit checkpoint), and the unit is stored."""
     doc = read_chapter(RAFT_CHAPTER, folder)
     adapter = ((doc or {}).get("artifacts") or {}).get("raft_adapter")
     same = doc is not None and (doc.get("params") or {}).get("model") == model
-    if adapter and same and Path(adapter).is_dir():
+    if adapter and same and _stored(adapter):
         return Handed(adapter, "", doc)
     why = "chapter 4 has not run in this run folder" if doc is None else "chapter 4's results name no RAFT adapter for this model"
     return Handed(adapter, why, doc)

@@ -34,7 +34,7 @@ from .prompts import ANSWER_MARKER, BEGIN_QUOTE, END_QUOTE, NOCOT_SYSTEM, RAFT_S
 from .rag.answer import cited_messages
 from .scoring import rank_after_generating, rank_candidates
 from .text import flat, sentences
-from .train import merged, tasks, train
+from .train import tasks, units
 from .train.data import SFTExample, TrainingDataError, example, read_jsonl, write_jsonl
 from .train.tasks import dsf_messages
 
@@ -158,13 +158,12 @@ def records(sources: list[RaftSource], chunks: list, params, p_oracle: float | N
 
 
 def train_reader(params, records: list[RaftRecord], label: str):
-    """A LoRA fine-tune on RAFT records with chapter 4's parameters (cached by configuration and data:
-    the same records train the same adapter once), merged for answering."""
+    """A LoRA fine-tune on RAFT records with chapter 4's parameters (a unit, ragft.train.units: the same
+    records train the same adapter once), merged for answering."""
     # batches pad to their own longest example, so a generous max_len costs nothing
-    result = train(params.model, [r.to_example() for r in records],
-                   tasks.lora_config(params, params.epochs, max_len=4096), label=label)
-    merged(result.lm)  # it only answers from here on
-    return result
+    result = units.train(params.model, [r.to_example() for r in records],
+                         tasks.lora_config(params, params.epochs, max_len=4096), label=label)
+    return result.merge()  # it only answers from here on
 
 
 def save_jsonl(records: list[RaftRecord], path: str | Path) -> Path:

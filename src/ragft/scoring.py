@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .generation import MIN_SHARED_PREFIX, Generation, _common_prefix_len, _decode_completion, generate
 from .progress import progress
+from .replay import replayable
 
 
 @dataclass
@@ -98,6 +99,7 @@ def _check(conversations: list, candidates: list[list[str]], gold: list[int]) ->
             raise ValueError(f"question {i}: gold={g!r} is not an index into its {len(cands)} candidates")
 
 
+@replayable("rank_candidates")
 def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
                     desc: str = "scoring", batch_size: int = 16, max_cached_tokens: int = 8192,
                     reply_prefixes: list[str] | None = None) -> Ranking:
@@ -164,6 +166,7 @@ def rank_candidates(lm, conversations: list[list[dict]], candidates: list[list[s
     return Ranking(scores, list(gold), [len(x) for x in ids], time.perf_counter() - start)
 
 
+@replayable("rank_after_generating")
 def rank_after_generating(lm, conversations: list[list[dict]], candidates: list[list[str]], gold: list[int],
                           reply_prefix, max_new_tokens: int, batch_size: int = 16,
                           desc: str = "answering") -> tuple[Generation, Ranking]:

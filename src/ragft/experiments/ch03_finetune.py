@@ -58,10 +58,9 @@ from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
-from ..train import load_artifact, memory, merged, tasks, train
+from ..train import memory, tasks, units
 from ..train.measure import release_memory
-from ..train.trainer import snapshot_folder
-from .common import checkpoint_folder, curve_run, development_facts, start
+from .common import checkpoint_ref, curve_run, development_facts, start
 
 CHAPTER = "03_finetune"
 # Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
@@ -330,7 +329,7 @@ def answering(result):
     (`train.merged`: the same function up to float rounding, and cheaper to run), as chapters 4 and 5
     answer with theirs; QLoRA, bf16 and full fine-tunes as they are. The adapter itself was saved when
     it was trained, and its costs measured."""
-    merged(result.lm)
+    result.merge()
     return result
 
 
@@ -451,8 +450,8 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
         cfg = tasks.dsf_config(p, count, max(p.curve_exposures), lr)
         rows, folders = [], {}
         for exposures in p.curve_exposures:
-            folders[exposures] = checkpoint_folder(result, exposures, count)
-            model_lm = load_artifact(p.model, folders[exposures], cfg, merge=True)
+            folders[exposures] = checkpoint_ref(result, exposures, count)
+            model_lm = result.at(exposures // count)
             name = dsf_name(count, exposures)
             held, seen = closed_book(ch, measured, model_lm, name)
             dev_held, dev_seen = closed_book(ch, None, model_lm, None, ch.dev_facts)
@@ -551,8 +550,7 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
         rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
                      "exposures": exposures, "train_s": row.seconds})
     measured.update(handover.give_dsf(ch.facts, curve.folders[chosen.exposures]))
-    dsf_lm = load_artifact(p.model, curve.folders[chosen.exposures], tasks.dsf_config(p, count, chosen.exposures, curve.lr),
-                           merge=True)
+    dsf_lm = units.model(curve.folders[chosen.exposures])
     chroma_folder = ch.folder / "chroma" / CHAPTER
     shutil.rmtree(chroma_folder, ignore_errors=True)
     store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
@@ -662,11 +660,11 @@ def injection_curves(ch: Chapter, lr: float, rag_conversations: list) -> Injecti
         per = tasks.INJECTION_ARMS[arm]
         cfg = tasks.injection_config(p, arm, max(p.injection_exposures), lr)
         with clock.stage(f"injection_{arm}"):
-            result = train(p.model, tasks.injection_examples(ch.kb, ch.facts + ch.dev_facts, arm), cfg,
-                           label=f"inject-{arm}", snapshots=tuple(e // per for e in p.injection_exposures))
+            result = units.train(p.model, tasks.injection_examples(ch.kb, ch.facts + ch.dev_facts, arm), cfg,
+                                 label=f"inject-{arm}", snapshots=tuple(e // per for e in p.injection_exposures))
             arm_rows = []
             for exposures in p.injection_exposures:
-                model_lm = load_artifact(p.model, checkpoint_folder(result, exposures, per), cfg, merge=True)
+                model_lm = result.at(exposures // per)
                 name = arm_name(arm, exposures)
                 held = held_out(ch, model_lm, ch.facts, name)
                 measured.record(f"{name} held-out", held)
@@ -833,12 +831,9 @@ def json_config(params):
     return tasks.lora_config(params, most, schedule="constant", warmup=params.warmup_steps)
 
 
-def model_after(params, result, cfg, epochs: int):
-    """A JSON fine-tune after `epochs` epochs: the run's own model (merged) after its last epoch,
-    else the snapshot saved after that epoch, loaded and merged."""
-    if epochs == cfg.epochs:
-        return result.lm
-    return load_artifact(params.model, snapshot_folder(result.artifact, epochs), cfg, merge=True)
+def model_after(result, epochs: int):
+    """A JSON fine-tune after `epochs` epochs (its unit's checkpoint), merged to answer."""
+    return result.at(epochs)
 
 
 def choose_json(dev: pd.DataFrame) -> tuple[int, int]:
@@ -890,11 +885,10 @@ def structured(ch: Chapter) -> Behaviour:
             rows.append(answer(ch.lm, system, examples, name))
         rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
         for size in p.structured_sizes:
-            result = train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb), cfg, label=f"json-{size}",
-                           snapshots=tuple(p.structured_epochs[:-1]))
-            answering(result)  # the last epoch's model, merged: result.lm
+            result = units.train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb), cfg, label=f"json-{size}",
+                                 snapshots=tuple(p.structured_epochs[:-1]))
             for epochs in p.structured_epochs:
-                model_lm = model_after(p, result, cfg, epochs)
+                model_lm = model_after(result, epochs)
                 name = f"{tasks.lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
                 gen = replies(model_lm, dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
                 scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
@@ -903,7 +897,7 @@ def structured(ch: Chapter) -> Behaviour:
                 del model_lm  # a snapshot is loaded again if its development products choose it
             # each size answers the test products at the epochs its development products chose
             _, epochs = choose_json(pd.DataFrame([r for r in dev_rows if r["size"] == size]))
-            model_lm = model_after(p, result, cfg, epochs)
+            model_lm = model_after(result, epochs)
             seconds = result.metrics["snapshots"][str(epochs)]["train_s"] if epochs != cfg.epochs else result.metrics["train_s"]
             rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, tasks.lora_structured_name(size),
                                epochs=epochs, train_s=seconds))

@@ -58,7 +58,7 @@ from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import Ranking
 from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
-from ..train import example, merged, tasks, train
+from ..train import example, tasks, units
 from ..train.measure import release_memory
 from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, answer_outcomes, start
 
@@ -446,7 +446,7 @@ def main_table(ch: Chapter, reader) -> MainTable:
         del dsf_lm
         release_memory()
         main = reader
-        measured.update(handover.give_raft(main.artifact))  # the freshness chapter reads it
+        measured.update(handover.give_raft(main.ref()))  # the freshness chapter reads it
     with clock.stage("raft_fitness"):
         fitness = raft_fitness(ch, main.lm)
     with clock.stage("table"):
@@ -675,7 +675,7 @@ def _bench_readers(ch: Chapter, name: str, train_items: list, sources: list, poo
     readers = [("base, closed book", ch.lm, "closed"), ("base + RAG", ch.lm, "rag")]
     if p.bench_dsf:
         examples = [example(tasks.dsf_messages(it.question), it.answers[0]) for it in train_items]
-        dsf_lm = merged(train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}").lm)
+        dsf_lm = units.train(p.model, examples, tasks.lora_config(p, p.epochs), label=f"dsf-{name}").merge().lm
         readers += [("DSF, closed book", dsf_lm, "closed"), ("DSF + RAG", dsf_lm, "rag")]
     records = raft.build_raft(sources, pool, p.bench_distractors, p.p_oracle, p.seed, hard_negatives=negatives)
     raft.save_jsonl(records, ch.folder / "raft" / f"{name}_train.jsonl")

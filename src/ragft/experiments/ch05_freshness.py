@@ -53,7 +53,7 @@ from ..rag.store import token_counter
 from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..stats import wilson_interval
-from ..train import load_artifact, merged, tasks, train
+from ..train import tasks, units
 from ..train.measure import release_memory
 from . import common
 from .common import chapter3_facts, dsf_adapter, not_here, start
@@ -203,19 +203,17 @@ class Readers:
 
 def readers(ch: Chapter) -> Readers:
     """Chapter 3's DSF (its chosen checkpoint) and chapter 4's RAFT reader, loaded and merged."""
-    dsf = load_artifact(ch.p3.model, ch.dsf_adapter, tasks.lora_config(ch.p3, 1), merge=True)
     adapter, source = raft_adapter(ch)
-    return Readers(dsf, load_artifact(ch.p4.model, adapter, tasks.lora_config(ch.p4, ch.p4.epochs), merge=True),
-                   adapter, source)
+    return Readers(units.model(ch.dsf_adapter), units.model(adapter), adapter, source)
 
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
     """Chapter 4's RAFT adapter of this run (`artifacts["raft_adapter"]`), else trained here with chapter
     4's recipe (ragft.raft) on chapter 4's chunks, in a store of this chapter's: the same records train
-    the same cached adapter. Returns (adapter folder, the line that says which happened)."""
+    the same unit. Returns (the adapter's unit checkpoint, the line that says which happened)."""
     handed = handover.raft(ch.p4.model)
     if handed.usable:
-        return handed.adapter, f"RAFT model: chapter 4's adapter from this run ({Path(handed.adapter).name}), loaded, not retrained."
+        return handed.adapter, f"RAFT model: chapter 4's adapter from this run ({handed.adapter.split('@')[0][5:]}), read, not retrained."
     why = handed.why
     p4 = ch.p4
     store = rag.kb_store(ch.kb, p4.chunk_size, ch.embed_model, ch.folder / "chroma" / f"{CHAPTER}-raft")
@@ -223,8 +221,8 @@ def raft_adapter(ch: Chapter) -> tuple[str, str]:
     sources, _ = raft.training_sources(ch.kb, {q.qid for q in ch.facts}, chunks, p4.n_train, p4.seed)
     hard = raft.hard_negatives(rag.Retriever(store, ch.embed_model), sources, p4)
     fit = raft.train_reader(p4, raft.records(sources, chunks, p4, hard=hard), "raft-kb")
-    how = "reloaded from the artifact cache" if fit.cached else "trained now"
-    return str(fit.artifact), f"RAFT model: fine-tuned here with chapter 4's parameters ({how}), because {why}."
+    how = "read from its unit" if fit.cached else "trained now"
+    return fit.ref(), f"RAFT model: fine-tuned here with chapter 4's parameters ({how}), because {why}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,9 +373,10 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     rows, fits, asked = [], {}, []
     for key, (facts, start_from) in plans.items():
         with ch.clock.stage(key):
-            fit = train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}", init_from=start_from)
+            fit = units.train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}",
+                              start=units.start_of(start_from) if start_from else None)
             fits[key] = {**fit.metrics, "facts": len(facts)}
-            answerer = merged(fit.lm)
+            answerer = fit.merge().lm
             accs = {}
             for part in ("changed", "unchanged"):
                 a = ask(ch, UPDATES[key], answerer, "closed", "v2", part, update.ranked)
@@ -419,7 +418,8 @@ def update_repetitions(ch: Chapter, upsert_s: dict) -> Measured:
     out.record(U2_INDEX, {q.qid: upsert_s[q.doc_ids[0]] for q in facts})
     seconds = {}
     for q in facts:
-        fit = train(p3.model, tasks.dsf_examples([q], count), cfg, label=f"fresh-one-{q.qid}", init_from=ch.dsf_adapter)
+        fit = units.train(p3.model, tasks.dsf_examples([q], count), cfg, label=f"fresh-one-{q.qid}",
+                          start=units.start_of(ch.dsf_adapter))
         seconds[q.qid] = fit.metrics["train_s"]
         del fit
         release_memory()

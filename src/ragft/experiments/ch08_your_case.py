@@ -52,11 +52,10 @@ from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import glue, glue_metrics
 from ..stats import DIRECTION_ONLY, NOT_DECIDED, SUPPORTED, wilson_interval
 from ..text import ANOTHER_THING, NEAR_DUPLICATE, SAME, near_duplicate, question_key
-from ..train import load_artifact, tasks
+from ..train import tasks, units
 from ..train.data import TrainingDataError, example, tokenize
 from ..train.tasks import dsf_messages
 from ..train.measure import release_memory
-from ..train.trainer import snapshot_folder, train
 from .common import answer_outcomes, start
 
 CHAPTER = "08_your_case"
@@ -523,22 +522,21 @@ def fine_tune(case: Case, choice: RetrievalChoice, epochs: tuple) -> FineTune:
     rows, folders = [], []
     for d in data:
         with clock.stage("dsf_train"):
-            result = train(p.model, dsf_examples(d), cfg, label=f"case-dsf-{d.arm}", snapshots=tuple(epochs))
+            result = units.train(p.model, dsf_examples(d), cfg, label=f"case-dsf-{d.arm}", snapshots=tuple(epochs))
         with clock.stage("dsf_checkpoints"):
             for epoch in epochs:
-                folder = result.artifact if epoch == cfg.epochs else snapshot_folder(result.artifact, epoch)
-                here = load_artifact(p.model, folder, cfg, merge=True)
+                here = result.at(epoch)
                 own = ask(here, d.own, None, "closed", p, f"DSF ({d.arm}) epoch {epoch}, its own training data")
                 dev = ask(here, inputs.dev, None, "closed", p, f"DSF ({d.arm}) epoch {epoch}, development")
                 cost = result.metrics["snapshots"][str(epoch)]
                 rows.append({"arm": d.arm, "epoch": epoch, "trained_acc": own.scores["contains"], "n_own": len(d.own),
                              "dev_acc": dev.scores["contains"], "train_tokens": cost["train_tokens"], "seconds": cost["train_s"]})
-                folders.append(folder)
+                folders.append(result.ref(epoch))
                 del here
         del result
         release_memory()
     at = chosen_checkpoint(rows)
-    lm = load_artifact(p.model, folders[at], cfg, merge=True)  # loaded again: no arm trains beside a kept model
+    lm = units.model(folders[at])
     table = pd.DataFrame([{**r, "chosen": i == at} for i, r in enumerate(rows)]).set_index(["arm", "epoch"])
     row = rows[at]
     asked = [arm(case, lm, DSF, None), arm(case, lm, DSF_RAG, choice.test_ranked)]
@@ -601,7 +599,7 @@ def train_raft(case: Case, idx: Index, choice: RetrievalChoice, epochs: int) -> 
         return Raft(0, float("nan"), False, 0, 0.0, [], skipped=f"{e} (use fewer n_distractors or a smaller chunk size)")
     cfg = tasks.lora_config(p, epochs, schedule="constant", warmup=p.warmup_steps, max_len=1024)
     with clock.stage("raft_train"):
-        result = train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
+        result = units.train(p.model, [r.to_example() for r in records], cfg, label="case-raft")
     by_id = {it.qid: it for it in inputs.train}
     items = [by_id[r.qid] for r in records]
     with clock.stage("raft_fitness"):

@@ -8,8 +8,7 @@ from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
 from ..plan import the_plan
 from ..results import Measured, open_chapter, read_published
-from ..train import load_artifact, tasks
-from ..train.trainer import snapshot_folder
+from ..train import tasks, units
 
 REFUSAL_SUFFIX = " refusal"  # the condition that holds a condition's unanswerable questions
 
@@ -100,10 +99,9 @@ def curve_run(params, facts: list, dev_facts: list, lr: float):
                            snapshots=tuple(e // count for e in params.curve_exposures))
 
 
-def checkpoint_folder(result, exposures: int, count: int) -> str:
-    """The artifact folder of the curve's checkpoint after `exposures` exposures per fact."""
-    epoch = exposures // count
-    return str(result.artifact if epoch == result.metrics["epochs"] else snapshot_folder(result.artifact, epoch))
+def checkpoint_ref(result, exposures: int, count: int) -> str:
+    """The curve unit's checkpoint after `exposures` exposures per fact, by name (units.Trained.ref)."""
+    return result.ref(exposures // count)
 
 
 def dsf_adapter(p3, kb, facts: list):
@@ -112,11 +110,12 @@ def dsf_adapter(p3, kb, facts: list):
     has not run here (a later chapter alone), fine-tuned other facts or another model, or its adapter
     folder is gone, chapter 3's curve run is trained here (or reloaded from the cache) with chapter 3's
     parameters, and the checkpoint chapter 3 chose in its published results is taken.
-    Returns (adapter folder, the line that says which happened, the TrainResult when trained here)."""
+    Returns (the adapter's unit checkpoint, units.Trained.ref; the line that says which happened; the unit
+    when it was asked for here)."""
     handed = handover.dsf(p3.model, [q.qid for q in facts])
     if handed.usable:
-        return (handed.adapter, f"DSF model: chapter 3's adapter from this run ({Path(handed.adapter).name}), loaded, "
-                "not retrained.", None)
+        return (handed.adapter, f"DSF model: chapter 3's adapter from this run ({handed.adapter.split('@')[0][5:]}), "
+                "read, not retrained.", None)
     why = handed.why
     published = published_dsf(p3)
     (lr, exposures), at = dsf_recipe(p3, published), recipe_words(p3, published)
@@ -124,9 +123,9 @@ def dsf_adapter(p3, kb, facts: list):
           flush=True)
     dev = development_facts(kb, facts, p3.n_dev_facts, p3.seed)
     result = curve_run(p3, facts, dev, lr)
-    how = "reloaded from the artifact cache" if result.cached else "trained now"
-    folder = checkpoint_folder(result, exposures, max(p3.paraphrase_counts))
-    return (folder, f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.", result)
+    how = "read from its unit" if result.cached else "trained now"
+    ref = checkpoint_ref(result, exposures, max(p3.paraphrase_counts))
+    return (ref, f"DSF model: fine-tuned here with chapter 3's parameters {at} ({how}), because {why}.", result)
 
 
 def published_dsf(p3) -> tuple[dict, str] | None:
@@ -176,5 +175,5 @@ def recipe_words(p3, published: tuple[dict, str] | None) -> str:
 def dsf_model(p3, kb, facts: list):
     """The DSF model itself (`dsf_adapter`), ready to answer (the adapter merged). Returns (model, the
     line that says where it came from)."""
-    folder, line, _ = dsf_adapter(p3, kb, facts)
-    return load_artifact(p3.model, folder, tasks.lora_config(p3, 1), merge=True), line
+    ref, line, _ = dsf_adapter(p3, kb, facts)
+    return units.model(ref), line

@@ -20,6 +20,8 @@ from ..costs import cost_per_1k_queries
 from ..metrics import fields_correct, json_valid, schema_adherence
 from ..prompts import DSF_SYSTEM, STRUCTURED_SYSTEM_SHORT, build_messages
 from ..text import sentences
+from ..replay import replayable
+from . import units
 from .data import SFTExample, example
 from .trainer import TrainConfig, TrainResult, train
 
@@ -98,13 +100,13 @@ def dsf_config(params, n_paraphrases: int, exposures: int, lr: float | None = No
 
 
 def train_dsf(params, facts: list, n_paraphrases: int, exposures: int, lr: float | None = None, method: str = "lora",
-              label: str | None = None, seed: int | None = None, snapshots: tuple[int, ...] = ()) -> TrainResult:
+              label: str | None = None, seed: int | None = None, snapshots: tuple[int, ...] = ()) -> units.Trained:
     """Chapter 3's closed-book fine-tune on the facts (dsf_config), saving the model after each epoch
     in `snapshots`. Chapters 4 and 5 call it with chapter 3's parameters, learning rate and facts, so
-    the same model, config and data hash to the same cached run: reloaded, not retrained."""
+    the same model, config and data hash to the same unit (ragft.train.units): read, not retrained."""
     cfg = dsf_config(params, n_paraphrases, exposures, lr, method, seed)
-    return train(params.model, dsf_examples(facts, n_paraphrases), cfg, label=label or f"dsf-p{n_paraphrases}",
-                 snapshots=snapshots)
+    return units.train(params.model, dsf_examples(facts, n_paraphrases), cfg, label=label or f"dsf-p{n_paraphrases}",
+                       snapshots=snapshots)
 
 
 def structured_context(kb, question) -> str:
@@ -210,6 +212,7 @@ def general_text(n_chars: int = 6000) -> str:
     return text[:n_chars]
 
 
+@replayable("perplexity_probe")
 def perplexity_probe(lm, text: str, window: int = 512) -> tuple[float, list[float]]:
     """Token-level perplexity of `text` under the model, in non-overlapping windows, and the negative
     log-likelihood of each predicted token in text order, from the same forward passes (so the

@@ -230,6 +230,8 @@ def merged(lm: models.LoadedLM) -> models.LoadedLM:
     import torch
     from peft import PeftModel
 
+    if hasattr(lm, "as_merged"):  # a trained unit's model (ragft.units): its answers are read or stored merged
+        return lm.as_merged()
     if isinstance(getattr(lm, "model", None), PeftModel) and lm.quantization is None and lm.dtype == torch.float32:
         lm.model = lm.model.merge_and_unload(safe_merge=True).eval()
     return lm
@@ -345,16 +347,22 @@ def _finished(done: Path) -> dict | None:
 
 def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
           on_step=None, cache: bool = True, init_from: str | Path | None = None,
-          snapshots: tuple[int, ...] = ()) -> TrainResult:
+          snapshots: tuple[int, ...] = (), load: bool = True, stop_after: int | None = None) -> TrainResult:
     """Fine-tune `model_name` on `examples`. `on_step(step, loss)` is called after every optimizer
     step (for tests that interrupt a run). With cache=True a finished artifact is reused.
     `init_from`: a LoRA adapter folder trained with the same method, rank and target, whose weights
     the run starts from (continued training) instead of fresh adapters. `snapshots`: epochs after
     which the model is saved as an artifact of its own (snapshot_folder), with the run's seconds,
-    tokens and FLOPs up to there in metrics["snapshots"]; the last epoch's is the artifact itself."""
+    tokens and FLOPs up to there in metrics["snapshots"]; the last epoch's is the artifact itself.
+    `load=False`: a cached run returns its artifact folder without loading the model (lm is None).
+    `stop_after`: the same schedule (the rate of an `epochs`-long run), stopped after that epoch, whose
+    model is the artifact (a unit's prefix, checked by ragft.units; never cached: cache=False)."""
     import torch
 
     cfg.validate()
+    if stop_after is not None and (cache or not (isinstance(stop_after, int) and 1 <= stop_after <= cfg.epochs)):
+        raise ValueError(f"stop_after={stop_after!r}: use an epoch between 1 and epochs={cfg.epochs}, with cache=False "
+                         "(a run stopped early is not the run its config names)")
     snapshots = tuple(sorted(set(snapshots)))
     if snapshots and not all(isinstance(e, int) and 1 <= e <= cfg.epochs for e in snapshots):
         raise ValueError(f"snapshots={list(snapshots)}: use epochs between 1 and epochs={cfg.epochs}")
@@ -373,7 +381,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             cache = False  # a non-finite run saved before runs were refused: never reloaded, trained again
         elif set(snapshots) <= {int(e) for e in saved["metrics"].get("snapshots", {})}:
             # a run saved before runs were flagged is flagged now, from its own losses
-            return TrainResult(load_artifact(model_name, folder, cfg), folder, flag_divergence(saved["metrics"], label),
+            return TrainResult(load_artifact(model_name, folder, cfg) if load else None, folder,
+                               flag_divergence(saved["metrics"], label),
                                saved["losses"], cached=True)
         cache = False  # the finished run lacks a snapshot asked for now: train it again
     if not cache:
@@ -479,11 +488,13 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
                 if on_step is not None:
                     on_step(step, losses[-1])
+            if stop_after is not None and epoch + 1 == stop_after:
+                break
             if epoch + 1 in snapshots and str(epoch + 1) not in kept:
                 # seconds and FLOPs of the steps so far (a resumed run counts the steps it ran itself)
                 kept[str(epoch + 1)] = {"step": step, "train_s": sum(step_s), "train_tokens": sum(step_tokens),
                                         "flops": sum(step_flops)}
-                if epoch + 1 < cfg.epochs:
+                if epoch + 1 < (stop_after or cfg.epochs):
                     if not _finite_weights(params):
                         _refuse_non_finite("a trained weight is not finite", folder, label, cfg, train_dtype,
                                            step - 1, epoch)

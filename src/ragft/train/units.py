@@ -1,0 +1,730 @@
+"""Trained units: every training run computed once, committed, read by every run, checked by rotation.
+
+A unit is one training run and the scoring of the checkpoints asked of it. Its spec is everything that
+decides its numbers: the training records, every hyperparameter resolved (the dtype by name, never
+"auto"), the seed, the base weights by sha256, the versions of torch, transformers and peft, and, for
+a run that continues another, that unit's key and epoch. Its key is a hash of the spec. Each question
+set it is scored on (the prompts fully formed, retrieved contexts and candidates included) is stored
+with its own hash, and each scoring at a checkpoint with its outcome, so the unit holds the
+per-question outcomes of every condition at every checkpoint, its losses, tokens and seconds, and
+where it ran. A unit is a JSON file, `experiments/units/<label>-<key>.json`: no weights, no pickles.
+
+`train(...)` is the chapters' door: a unit found is read, a unit missing is trained and stored, and
+the models it returns (`UnitLM`) answer every scoring (`ragft.replay`) from the unit, computing and
+storing what it lacks. The mode (RAGFT_UNITS) says what a run may do:
+  use        (default) read what is stored; train and score what is missing, into RAGFT_UNITS_DIR
+             (default the cache's units/; `make units` names experiments/units)
+  committed  read the committed units only (`make book`, CI): a missing unit or question set stops
+             the run, naming the unit and the command that computes it
+  recompute  train and score live, reading and storing nothing (a reader who wants to watch it train)
+
+The trainer's and the scorer's code are not in the key: the tests train and score a tiny reference
+unit and compare it with a committed one, and a change that moves it raises FORMAT, which makes every
+unit stale. `rotation` recomputes one committed unit a run (its prefix to the first checkpoint it was
+scored at) and judges the recomputed outcomes against the stored ones by the plan's rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import models, settings
+from ..constants import PROJECT_ROOT
+from ..files import git, write_atomically
+from . import trainer
+from .data import SFTExample, example
+
+FORMAT = 1  # raise when the trainer or the scorers change what a unit computes: every unit goes stale
+COMMITTED = PROJECT_ROOT / "experiments" / "units"
+MODES = ("use", "committed", "recompute")
+COMPUTE_COMMAND = "make units PROFILE={profile}"
+# The scorers a unit's model answers through (ragft.replay), by the name a unit stores them under
+OPS = {"generate": "ragft.generation:generate", "rank_candidates": "ragft.scoring:rank_candidates",
+       "rank_after_generating": "ragft.scoring:rank_after_generating",
+       "perplexity_probe": "ragft.train.tasks:perplexity_probe"}
+NOT_INPUTS = ("desc",)  # arguments that name a progress bar, not a question set
+VERSIONED = ("torch", "transformers", "peft")
+
+
+class UnitError(RuntimeError):
+    """A unit that cannot be used: missing where only committed units may be read, stale, or refused."""
+
+
+class UnitRefused(UnitError):
+    """A unit file that is not what it says: truncated, edited, another model's, non-finite."""
+
+
+def mode() -> str:
+    value = os.environ.get("RAGFT_UNITS", "use")
+    if value not in MODES:
+        raise UnitError(f"RAGFT_UNITS={value!r} is not a mode: use one of {list(MODES)}")
+    return value
+
+
+def store_dir() -> Path:
+    """Where computed units go: RAGFT_UNITS_DIR, or the cache's units/ (a reader's run never writes
+    into the repository unless it asks to)."""
+    value = os.environ.get("RAGFT_UNITS_DIR")
+    return Path(value).expanduser() if value else settings.cache_dir() / "units"
+
+
+def search_dirs() -> list[Path]:
+    """Where units are read from, committed first; a committed-only run reads nothing else."""
+    if mode() == "committed":
+        return [COMMITTED]
+    dirs = [COMMITTED, store_dir()]
+    return [d for i, d in enumerate(dirs) if d.resolve() not in {x.resolve() for x in dirs[:i]}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical JSON and hashes
+
+
+def canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_of(value) -> str:
+    return hashlib.sha256(canonical(value).encode()).hexdigest()
+
+
+def _plain(value):
+    """JSON's own types (tuples as lists), so a value hashes the same before and after a round trip."""
+    return json.loads(canonical(value))
+
+
+def _non_finite(value, where: str = "") -> str | None:
+    """The path of the first number in `value` that is not finite, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "."
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (bad := _non_finite(v, f"{where}/{k}")) is not None:
+                return bad
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if (bad := _non_finite(v, f"{where}/{i}")) is not None:
+                return bad
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The spec: what decides a unit's numbers
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    return {p: metadata.version(p).split("+")[0] for p in VERSIONED}
+
+
+def base_sha256(model_name: str) -> str:
+    """The base weights' sha256: the registry's GGUF for a package-shipped model (a random-weight test
+    model shares its GGUF and differs by name), the weights files of a local folder."""
+    if models.is_folder(model_name):
+        h = hashlib.sha256()
+        for f in sorted(Path(model_name).glob("*.safetensors")):
+            h.update(f.read_bytes())
+        return h.hexdigest()
+    spec = models.get_spec(model_name, "lm")
+    if not spec.sha256:
+        raise UnitError(f"model {model_name!r} has no pinned sha256 in ragft.models.REGISTRY: a unit needs its base "
+                        "weights by hash (a hub model's revision is not pinned); train it live (RAGFT_UNITS=recompute)")
+    return spec.sha256
+
+
+def resolved_config(cfg: trainer.TrainConfig) -> dict:
+    """The config as it trains: the dtype by name ("auto" resolved on this device), without the device
+    (a GPU in fp32 with TF32 off computes the units a CPU does) and the checkpoint interval."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "checkpoint_every")}
+    out["dtype"] = models.dtype_name(models.select_dtype(models.select_device(cfg.device), cfg.dtype))
+    return out
+
+
+@dataclass(frozen=True)
+class Start:
+    """A checkpoint of another unit that a run continues from (chapter 5's continued training)."""
+
+    key: str
+    label: str
+    epoch: int
+
+    def as_dict(self) -> dict:
+        return {"unit": self.key, "label": self.label, "epoch": self.epoch}
+
+
+def make_spec(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig, snapshots=(),
+              start: Start | None = None) -> dict:
+    cfg.validate()
+    records = [e.to_json() for e in examples]
+    if not records:
+        raise UnitError("a unit needs at least one training record")
+    return _plain({"model": model_name, "base_sha256": base_sha256(model_name), "config": resolved_config(cfg),
+                   "versions": versions(), "start": start.as_dict() if start else None,
+                   "snapshots": sorted(set(int(e) for e in snapshots)),
+                   "records_sha256": sha256_of(records), "records": records})
+
+
+def key_of(spec: dict) -> str:
+    """The unit's key: the spec's hash, snapshots aside (which epochs are kept does not change a number)."""
+    return sha256_of([FORMAT, {k: v for k, v in spec.items() if k not in ("snapshots", "records")}])[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a unit ran
+
+
+def _cpu_flags() -> tuple[str, str]:
+    vendor, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id") and not vendor:
+                vendor = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = next((name for name, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags),
+               "other")
+    return vendor or "unknown", isa
+
+
+def family(device: str | None = None) -> str:
+    """The host family whose units reproduce exactly: a GPU by name; a CPU by vendor and widest vector
+    unit (Intel with AMX, AMD with AVX512, AMD with AVX2 only are three families)."""
+    import torch
+
+    device = device or models.select_device("auto")
+    if device == "cuda":
+        return f"cuda/{torch.cuda.get_device_name(0)}"
+    vendor, isa = _cpu_flags()
+    return f"cpu/{vendor}/{isa}"
+
+
+def where(device: str, dtype: str) -> dict:
+    import torch
+
+    from ..host import _cpu_model
+
+    sha = git("rev-parse", "HEAD", timeout=10).stdout.strip()
+    return {"family": family(device), "device": device, "cpu": _cpu_model(),
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "dtype": dtype,
+            "threads": torch.get_num_threads(), "commit": sha if re.fullmatch(r"[0-9a-f]{40}", sha) else None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip()),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The unit file
+
+
+@dataclass
+class Unit:
+    path: Path
+    doc: dict
+
+    @property
+    def key(self) -> str:
+        return self.doc["key"]
+
+    @property
+    def label(self) -> str:
+        return self.doc["label"]
+
+    @property
+    def spec(self) -> dict:
+        return self.doc["spec"]
+
+    @property
+    def metrics(self) -> dict:
+        return self.doc["training"]["metrics"]
+
+    @property
+    def losses(self) -> list:
+        return self.doc["training"]["losses"]
+
+    def save(self) -> None:
+        body = {k: v for k, v in self.doc.items() if k != "sha256"}
+        bad = _non_finite(body)
+        if bad is not None:
+            raise UnitError(f"unit {self.label}-{self.key}: {bad} is not finite: not stored")
+        self.doc = {**body, "sha256": sha256_of(body)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, json.dumps(self.doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+
+    def examples(self) -> list[SFTExample]:
+        return [example(r["messages"], r["answer"]) for r in self.spec["records"]]
+
+    def config(self) -> trainer.TrainConfig:
+        c = dict(self.spec["config"])
+        return trainer.TrainConfig(**{**c, "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+                                      .get(c["dtype"], c["dtype"])})
+
+
+def _refuse(path: Path, reason: str) -> UnitRefused:
+    return UnitRefused(f"unit file {path} is refused: {reason}; nothing is computed on top of it. Delete it and "
+                       "compute the unit again (make units), or restore it from git")
+
+
+_OPEN: dict[Path, Unit] = {}  # the units this process has read or written, one object a file: a scoring
+# added by one holder of a unit is never lost to another holder's save
+
+
+def read(path: str | Path) -> Unit:
+    """The unit of a file, read and verified once a process (`verify`)."""
+    path = Path(path).resolve()
+    if path not in _OPEN:
+        _OPEN[path] = verify(path)
+    return _OPEN[path]
+
+
+def verify(path: str | Path) -> Unit:
+    """A unit file, verified: whole JSON, its own hash, its key from its spec, the base weights of a
+    model this package ships, every number finite. Anything else is refused with the path and why."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise _refuse(path, f"it cannot be read ({e})") from e
+
+    def no_constant(name):
+        raise ValueError(f"the number {name}")
+
+    try:
+        doc = json.loads(text, parse_constant=no_constant)
+    except ValueError as e:
+        raise _refuse(path, f"it is not whole JSON (truncated?): {e}") from e
+    if not isinstance(doc, dict) or not {"format", "key", "label", "spec", "training", "questions", "scored",
+                                         "where", "sha256"} <= set(doc):
+        raise _refuse(path, "it lacks the fields of a unit (format, key, label, spec, training, questions, scored, "
+                            "where, sha256)")
+    bad = _non_finite(doc)
+    if bad is not None:
+        raise _refuse(path, f"it carries a non-finite number at {bad}")
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    if sha256_of(body) != doc["sha256"]:
+        raise _refuse(path, "it fails its own hash (edited after it was computed)")
+    spec = doc["spec"]
+    if sha256_of(spec.get("records")) != spec.get("records_sha256"):
+        raise _refuse(path, "its training records do not match their hash")
+    if doc["format"] == FORMAT and key_of(spec) != doc["key"]:
+        raise _refuse(path, f"its key {doc['key']} is not its spec's ({key_of(spec)})")
+    try:
+        expected = base_sha256(spec["model"])
+    except (UnitError, KeyError, ValueError) as e:
+        raise _refuse(path, f"it names a model this package does not ship ({spec.get('model')!r}: {e})") from e
+    if spec["base_sha256"] != expected:
+        raise _refuse(path, f"it names other base weights for {spec['model']!r} (sha256 {spec['base_sha256'][:12]}, "
+                            f"this package ships {expected[:12]})")
+    return Unit(path, doc)
+
+
+def unit_files(dirs: list[Path] | None = None) -> list[Path]:
+    return sorted(p for d in (dirs or search_dirs()) if d.is_dir() for p in d.glob("*.json"))
+
+
+def _find(label: str, key: str) -> Unit | None:
+    for d in search_dirs():
+        path = d / f"{label}-{key}.json"
+        if path.exists():
+            return read(path)
+    return None
+
+
+def _stale_reason(label: str, spec: dict) -> str:
+    """Why a unit of this label is not the one asked for: the other units of the label, and what in their
+    spec differs (the format, a hyperparameter, the records, the versions, the start)."""
+    found = []
+    for path in unit_files():
+        if not path.name.startswith(f"{label}-") or not re.fullmatch(rf"{re.escape(label)}-[0-9a-f]{{16}}\.json", path.name):
+            continue
+        try:
+            doc = json.loads(path.read_text())
+        except ValueError:
+            continue
+        other, diffs = doc.get("spec", {}), []
+        if doc.get("format") != FORMAT:
+            diffs.append(f"format {doc.get('format')} (now {FORMAT})")
+        for k in ("model", "base_sha256", "versions", "start"):
+            if other.get(k) != spec[k]:
+                diffs.append(f"{k} {other.get(k)!r} (now {spec[k]!r})")
+        for k, v in spec["config"].items():
+            if other.get("config", {}).get(k) != v:
+                diffs.append(f"config.{k} {other.get('config', {}).get(k)!r} (now {v!r})")
+        if other.get("records_sha256") != spec["records_sha256"]:
+            mine, theirs = spec["records"], other.get("records", [])
+            changed = sum(a != b for a, b in zip(mine, theirs)) + abs(len(mine) - len(theirs))
+            diffs.append(f"records: {changed} of {len(mine)} differ")
+        found.append(f"{path.name} is stale: " + "; ".join(diffs or ["its key"]))
+    return (" " + " ".join(found)) if found else " No unit of that label is stored."
+
+
+# ---------------------------------------------------------------------------------------------
+# Question sets and their outcomes
+
+
+def _op_function(op: str):
+    import importlib
+
+    module, name = OPS[op].split(":")
+    fn = getattr(importlib.import_module(module), name)
+    return getattr(fn, "unwrapped", fn)
+
+
+def question_set(op: str, fn, args: tuple, kwargs: dict) -> dict:
+    """A scoring call's inputs as JSON: every argument but the model and the progress bar's name; a
+    function argument (a reader's reasoning prefix) by its import name."""
+    if op not in OPS:
+        raise UnitError(f"{op!r} is not a scoring a unit can store: {sorted(OPS)}")
+    bound = inspect.signature(fn).bind(None, *args, **kwargs)
+    bound.apply_defaults()
+    inputs = dict(list(bound.arguments.items())[1:])
+    for name in NOT_INPUTS:
+        inputs.pop(name, None)
+    for name in ("logits_processors", "on_batch"):
+        if inputs.get(name) is not None:
+            raise UnitError(f"{op}: a unit's model is not scored with {name} (per-call state a unit cannot store)")
+        inputs.pop(name, None)
+    for name, value in list(inputs.items()):
+        if callable(value):
+            qualname = getattr(value, "__qualname__", "")
+            if "<" in qualname or not getattr(value, "__module__", None):
+                raise UnitError(f"{op}: argument {name} is {value!r}; a unit stores a function by its import name, "
+                                "so it must be a module-level function")
+            inputs[name] = {"function": f"{value.__module__}:{qualname}"}
+    return _plain({"op": op, "inputs": inputs})
+
+
+def _call_inputs(qset: dict) -> dict:
+    import importlib
+
+    inputs = dict(qset["inputs"])
+    for name, value in inputs.items():
+        if isinstance(value, dict) and set(value) == {"function"}:
+            module, qualname = value["function"].split(":")
+            obj = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            inputs[name] = obj
+    return inputs
+
+
+def encode(op: str, out) -> dict:
+    if op == "rank_after_generating":
+        gen, ranking = out
+        return {"generation": dataclasses.asdict(gen), "ranking": dataclasses.asdict(ranking)}
+    if op == "perplexity_probe":
+        return {"perplexity": out[0], "token_nll": list(out[1])}
+    return dataclasses.asdict(out)
+
+
+def decode(op: str, stored: dict):
+    from ..generation import Generation
+    from ..scoring import Ranking
+
+    if op == "generate":
+        return Generation(**stored)
+    if op == "rank_candidates":
+        return Ranking(**stored)
+    if op == "rank_after_generating":
+        return Generation(**stored["generation"]), Ranking(**stored["ranking"])
+    return stored["perplexity"], list(stored["token_nll"])
+
+
+def scored_key(epoch: int, form: str, qsha: str) -> str:
+    return f"e{epoch}/{form}/{qsha[:16]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights, when a unit has to be computed
+
+
+def _start_folder(start: dict | None) -> Path | None:
+    if start is None:
+        return None
+    parent = _find(start["label"], start["unit"])
+    if parent is None:
+        raise UnitError(f"unit {start['label']}-{start['unit']}, which this unit continues, is not stored")
+    return checkpoint_folder(parent, start["epoch"])
+
+
+def train_unit(unit_spec: dict, label: str, cache: bool = True, stop_after: int | None = None,
+               snapshots: tuple = ()) -> trainer.TrainResult:
+    """Train a unit's spec (the trainer's cache answers a run it has finished). `stop_after`: the same
+    schedule, stopped after that epoch (the rotation's prefix)."""
+    records = [example(r["messages"], r["answer"]) for r in unit_spec["records"]]
+    c = dict(unit_spec["config"])
+    cfg = trainer.TrainConfig(**{**c, "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(c["dtype"],
+                                                                                                            c["dtype"])})
+    kept = tuple(sorted(set(unit_spec["snapshots"]) | set(snapshots)))
+    if stop_after is not None:
+        kept = tuple(e for e in kept if e <= stop_after)
+    return trainer.train(unit_spec["model"], records, cfg, label=label, cache=cache,
+                         init_from=_start_folder(unit_spec["start"]), snapshots=kept, load=False,
+                         stop_after=stop_after)
+
+
+def checkpoint_folder(unit: Unit, epoch: int) -> Path:
+    """The artifact of a unit's checkpoint, trained (or found in the trainer's cache) from its spec."""
+    epochs = unit.spec["config"]["epochs"]
+    result = train_unit(unit.spec, unit.label, snapshots=(epoch,) if epoch < epochs else ())
+    return result.artifact if epoch == epochs else trainer.snapshot_folder(result.artifact, epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# A unit's model
+
+
+class UnitLM:
+    """A unit's model at one checkpoint, as the scorers see it: `ragft.replay` hands it every scoring,
+    which it answers from the unit, or computes on the real model (loaded at its first such call) and
+    stores. `form`: "merged" (the adapter merged into the base weights, as chapters answer) or
+    "adapter" (the model as the trainer returns it)."""
+
+    def __init__(self, trained: "Trained", epoch: int, form: str):
+        self.trained, self.epoch, self.form = trained, epoch, form
+        self.name = trained.unit.spec["model"]
+        self.quantization = "nf4" if trained.unit.spec["config"]["method"] == "qlora" else None
+        self._real = None
+        self._tokenizer = None
+
+    @property
+    def unit(self) -> Unit:
+        return self.trained.unit
+
+    @property
+    def tokenizer(self):
+        if self._real is not None:
+            return self._real.tokenizer
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(models.model_source(self.name))
+            self._tokenizer.padding_side = "left"
+        return self._tokenizer
+
+    @property
+    def device(self) -> str:
+        return models.select_device("auto")
+
+    @property
+    def dtype(self):
+        return getattr(__import__("torch"), self.unit.spec["config"]["dtype"])
+
+    def as_merged(self) -> "UnitLM":
+        return self if self.form == "merged" else UnitLM(self.trained, self.epoch, "merged")
+
+    def real(self):
+        """The trained model itself (loaded once): for a computation, never for a read."""
+        if self._real is None:
+            if mode() == "committed":
+                raise UnitError(f"unit {self.unit.label}-{self.unit.key}: a committed-only run loads no trained model")
+            folder = checkpoint_folder(self.unit, self.epoch)
+            self._real = trainer.load_artifact(self.name, folder, self.trained.unit.config(), merge=self.form == "merged")
+        return self._real
+
+    def unit_call(self, op: str, fn, args: tuple, kwargs: dict):
+        qset = question_set(op, fn, args, kwargs)
+        qsha = sha256_of(qset)
+        key = scored_key(self.epoch, self.form, qsha)
+        unit = self.unit
+        if key in unit.doc["scored"]:
+            return decode(op, unit.doc["scored"][key])
+        if mode() == "committed":
+            raise UnitError(f"unit {unit.label}-{unit.key} ({unit.path}) has no outcomes for a {op} of "
+                            f"{_size(qset)} at epoch {self.epoch} ({self.form}): the question set changed since it "
+                            f"was computed (stale). Compute it: {COMPUTE_COMMAND.format(profile=_profile())}")
+        out = fn(self.real(), *args, **kwargs)
+        stored = _plain(encode(op, out))
+        bad = _non_finite(stored)
+        if bad is not None:
+            raise UnitError(f"unit {unit.label}-{unit.key}: a {op} at epoch {self.epoch} gave a non-finite number "
+                            f"({bad}): not stored")
+        unit.doc["questions"].setdefault(qsha, qset)
+        unit.doc["scored"][key] = stored
+        unit.save()
+        return out
+
+
+def _size(qset: dict) -> str:
+    inputs = qset["inputs"]
+    n = len(inputs.get("conversations") or []) or (1 if "text" in inputs else 0)
+    return f"{n} question(s)"
+
+
+def _profile() -> str:
+    return os.environ.get("RAGFT_PROFILE", "cpu")
+
+
+@dataclass
+class Trained:
+    """A unit as a chapter uses it: its training's measurements and its models by checkpoint."""
+
+    unit: Unit
+    cached: bool  # read from a stored unit, not trained by this run
+    form: str = "adapter"  # how `lm` answers: as the trainer returns it, or merged (`merge`)
+
+    def merge(self) -> "Trained":
+        """Answer merged from now on (trainer.merged, for the model `lm` gives)."""
+        self.form = "merged"
+        return self
+
+    @property
+    def key(self) -> str:
+        return self.unit.key
+
+    @property
+    def label(self) -> str:
+        return self.unit.label
+
+    @property
+    def metrics(self) -> dict:
+        return self.unit.metrics
+
+    @property
+    def losses(self) -> list:
+        return self.unit.losses
+
+    @property
+    def epochs(self) -> int:
+        return self.unit.spec["config"]["epochs"]
+
+    @property
+    def lm(self) -> UnitLM:
+        """The model after the last epoch, as the trainer returns it, or merged after `merge`."""
+        return UnitLM(self, self.epochs, self.form)
+
+    def at(self, epoch: int | None = None) -> UnitLM:
+        """The model after `epoch` (the last by default), merged for answering."""
+        epoch = self.epochs if epoch is None else epoch
+        if epoch != self.epochs and epoch not in self.unit.spec["snapshots"]:
+            raise UnitError(f"unit {self.label}: epoch {epoch} is not one of its checkpoints "
+                            f"{self.unit.spec['snapshots'] + [self.epochs]}")
+        return UnitLM(self, epoch, "merged")
+
+    def start(self, epoch: int | None = None) -> Start:
+        """A checkpoint of this unit for another run to continue from."""
+        return Start(self.key, self.label, self.epochs if epoch is None else epoch)
+
+    def ref(self, epoch: int | None = None) -> str:
+        """The checkpoint by name, for a hand-over between chapters: "unit:<label>-<key>@<epoch>"."""
+        return f"unit:{self.label}-{self.key}@{self.epochs if epoch is None else epoch}"
+
+
+class Live:
+    """A run trained live (RAGFT_UNITS=recompute): the trainer's result, with the units' interface."""
+
+    def __init__(self, result: trainer.TrainResult, model_name: str, cfg: trainer.TrainConfig, spec: dict, label: str):
+        self.result, self.model_name, self.cfg, self.spec, self.label = result, model_name, cfg, spec, label
+        self.key = key_of(spec)
+        self.cached = False
+        self.metrics, self.losses = result.metrics, result.losses
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.epochs
+
+    @property
+    def lm(self):
+        return self.result.lm
+
+    def merge(self) -> "Live":
+        trainer.merged(self.result.lm)
+        return self
+
+    def at(self, epoch: int | None = None):
+        epoch = self.epochs if epoch is None else epoch
+        folder = self.result.artifact if epoch == self.epochs else trainer.snapshot_folder(self.result.artifact, epoch)
+        return trainer.load_artifact(self.model_name, folder, self.cfg, merge=True)
+
+    def start(self, epoch: int | None = None) -> Start:
+        return Start(self.key, self.label, self.epochs if epoch is None else epoch)
+
+    def ref(self, epoch: int | None = None) -> str:
+        return f"unit:{self.label}-{self.key}@{self.epochs if epoch is None else epoch}"
+
+
+def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig, label: str,
+          snapshots: tuple[int, ...] = (), start: Start | None = None) -> Trained | Live:
+    """The unit of this training run: read where stored, trained and stored where missing (the mode
+    allowing), or trained live (RAGFT_UNITS=recompute). `start`: another unit's checkpoint to continue
+    from. In a committed-only run a missing unit stops the run here, before any model loads."""
+    if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", label):
+        raise ValueError(f"unit label {label!r}: use letters, digits and . _ = + - (it names a file)")
+    spec = make_spec(model_name, examples, cfg, snapshots, start)
+    key = key_of(spec)
+    if mode() == "recompute":
+        folder = _start_folder(spec["start"]) if start else None
+        result = trainer.train(model_name, examples, cfg, label=label, snapshots=tuple(spec["snapshots"]),
+                               init_from=folder)
+        return Live(result, model_name, cfg, spec, label)
+    found = _find(label, key)
+    if found is not None:
+        if found.doc["format"] != FORMAT:
+            found = None if mode() != "committed" else _stale(label, key, spec, found)
+        else:
+            missing = sorted(set(spec["snapshots"]) - set(found.spec["snapshots"]))
+            if not missing:
+                return Trained(found, cached=True)
+            if mode() == "committed":
+                raise UnitError(f"unit {label}-{key} ({found.path}) kept no checkpoint at epoch(s) {missing}, "
+                                f"now asked for: compute it again: {COMPUTE_COMMAND.format(profile=_profile())}")
+    if mode() == "committed":
+        raise UnitError(f"unit {label}-{key} is not among the committed units ({COMMITTED}), and a committed-only run "
+                        f"trains nothing.{_stale_reason(label, spec)} Compute it: "
+                        f"{COMPUTE_COMMAND.format(profile=_profile())}")
+    t0 = time.perf_counter()
+    result = train_unit(spec, label)
+    dtype = result.metrics.get("dtype", spec["config"]["dtype"])
+    unit = Unit((store_dir() / f"{label}-{key}.json").resolve(),
+                {"format": FORMAT, "key": key, "label": label, "spec": spec,
+                 "training": {"metrics": _plain(result.metrics), "losses": _plain(result.losses),
+                              "seconds": round(time.perf_counter() - t0, 2)},
+                 "questions": {}, "scored": {}, "where": where(result.metrics.get("device", "cpu"), dtype)})
+    unit.save()
+    _OPEN[unit.path] = unit
+    return Trained(unit, cached=False)
+
+
+def _stale(label: str, key: str, spec: dict, found: Unit):
+    raise UnitError(f"unit {label}-{key} ({found.path}) is stale: format {found.doc['format']}, now {FORMAT} (the "
+                    f"trainer or a scorer changed what units compute). Compute it: "
+                    f"{COMPUTE_COMMAND.format(profile=_profile())}")
+
+
+def by_ref(ref: str) -> Trained:
+    """A unit named by `Trained.ref` (a chapter's hand-over), and its epoch: (Trained, epoch)."""
+    m = re.fullmatch(r"unit:(?P<label>.+)-(?P<key>[0-9a-f]{16})@(?P<epoch>\d+)", str(ref))
+    if not m:
+        raise UnitError(f"{ref!r} does not name a unit checkpoint (unit:<label>-<key>@<epoch>)")
+    found = _find(m["label"], m["key"])
+    if found is None:
+        raise UnitError(f"unit {m['label']}-{m['key']} named by {ref!r} is not stored in {search_dirs()}")
+    return Trained(found, cached=True), int(m["epoch"])
+
+
+def model(ref: str) -> UnitLM:
+    """The model of a checkpoint named by `Trained.ref` (a hand-over), merged for answering."""
+    trained, epoch = by_ref(ref)
+    return trained.at(epoch)
+
+
+def start_of(ref: str) -> Start:
+    """A checkpoint named by `Trained.ref`, for a run that continues from it."""
+    trained, epoch = by_ref(ref)
+    return trained.start(epoch)
+
+
+def is_ref(value) -> bool:
+    return isinstance(value, str) and value.startswith("unit:")
