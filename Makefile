@@ -7,7 +7,7 @@ QUIET_PIP := sed -u '/^WARNING: Location .* is ignored/d'
 PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
 
-.PHONY: install gpu-install book run drift accept test test-fast strip clean chromium browser lock gpu-check
+.PHONY: install gpu-install book units run drift accept test test-fast strip clean chromium browser lock gpu-check
 
 install: .venv/.installed
 ## torch first, with its dependencies (requirements-torch.txt: the CPU-only build where its index is reachable,
@@ -55,8 +55,17 @@ lock:
 ## RUN_FLAGS=--one-kernel runs every chapter in one kernel (CI: the same results, the imports paid once)
 RUN_FLAGS ?=
 book: install
-	$(PY) -m ragft.run --profile $(PROFILE) --book $(RUN_FLAGS)
+	RAGFT_UNITS=committed $(PY) -m ragft.run --profile $(PROFILE) --book $(RUN_FLAGS)
 	$(PY) -m ragft.drift --profile $(PROFILE) --run $(RUN)
+
+## every trained unit the profile asks for that experiments/units lacks, trained and scored on this machine
+## (ragft.train.units): the chapters that train run, reading the units stored and computing the missing ones
+## into experiments/units, each stored when done (an interrupted run loses only the unit it was in)
+TRAINING_CHAPTERS := 03_finetune 04_raft 05_freshness 08_your_case
+units: install
+	RAGFT_UNITS=use RAGFT_UNITS_DIR=$(CURDIR)/experiments/units $(PY) -m ragft.run --profile $(PROFILE) \
+	  --chapters $(TRAINING_CHAPTERS) --out _build/run/units-$(PROFILE) --one-kernel
+	$(PY) -m ragft.train.units verify
 
 run: install
 	$(PY) -m ragft.run --profile $(PROFILE)

@@ -31,6 +31,7 @@ from . import settings
 from .config import as_dict
 from .files import hold_chapter, read_json, write_atomically
 from .host import provenance
+from .train import units
 from .jsonl import json_safe
 from .plan import judge_chapter, the_plan
 from .prose import StatedComparison
@@ -245,6 +246,8 @@ class ChapterRun:
             "tables": measured.tables,
             "timings": {"wall_s": round(time.time() - self.clock.started, 2), "stages": self.clock.stages},
             "provenance": prov,
+            # the units (ragft.train.units) its trained conditions came from, by label
+            "units": units.asked_since(self.clock.started),
         }
         extra_keys = extra_keys or {}
         clash = sorted(set(extra_keys) & set(doc))

@@ -33,6 +33,7 @@ import yaml
 
 from .constants import PROFILES, PROJECT_ROOT
 from .prose import READER_COPY
+from .train import units
 
 BUILD = PROJECT_ROOT / "_build"
 BOOK_FILES = ["_config.yml", "_toc.yml", "references.bib"]
@@ -295,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown chapters {unknown}; the book has {toc_chapters()} and the drafts {list(DRAFTS)}")
     run_dir = args.out or BUILD / "run" / args.profile
+    if units.mode() == "committed":  # a refused or stale unit stops the run before any model loads
+        print(f"[ragft.run] reading committed units only: {len(units.check_committed())} verified", flush=True)
     seconds = run_chapters(args.profile, chapters, run_dir, one_kernel=args.one_kernel)
     print(f"[ragft.run] {args.profile}: {len(seconds)} chapters in {sum(seconds.values()):.0f} s -> {run_dir}")
     if args.book:

@@ -45,7 +45,7 @@ from . import trainer
 from .data import SFTExample, example
 
 FORMAT = 1  # raise when the trainer or the scorers change what a unit computes: every unit goes stale
-COMMITTED = PROJECT_ROOT / "experiments" / "units"
+COMMITTED = PROJECT_ROOT / "experiments" / "units"  # the book's units, committed with it
 MODES = ("use", "committed", "recompute")
 COMPUTE_COMMAND = "make units PROFILE={profile}"
 # The scorers a unit's model answers through (ragft.replay), by the name a unit stores them under
@@ -71,6 +71,13 @@ def mode() -> str:
     return value
 
 
+def committed_dir() -> Path:
+    """The committed units: the repository's experiments/units (RAGFT_COMMITTED_UNITS names another
+    folder, for a test's own committed set)."""
+    value = os.environ.get("RAGFT_COMMITTED_UNITS")
+    return Path(value).expanduser() if value else COMMITTED
+
+
 def store_dir() -> Path:
     """Where computed units go: RAGFT_UNITS_DIR, or the cache's units/ (a reader's run never writes
     into the repository unless it asks to)."""
@@ -81,8 +88,8 @@ def store_dir() -> Path:
 def search_dirs() -> list[Path]:
     """Where units are read from, committed first; a committed-only run reads nothing else."""
     if mode() == "committed":
-        return [COMMITTED]
-    dirs = [COMMITTED, store_dir()]
+        return [committed_dir()]
+    dirs = [committed_dir(), store_dir()]
     return [d for i, d in enumerate(dirs) if d.resolve() not in {x.resolve() for x in dirs[:i]}]
 
 
@@ -277,6 +284,8 @@ def _refuse(path: Path, reason: str) -> UnitRefused:
                        "compute the unit again (make units), or restore it from git")
 
 
+_ASKED: list[tuple] = []  # (when, label, key, read, file): the units this process asked for, as
+# provenance (the results file names the units its trained conditions came from: `asked_since`)
 _OPEN: dict[Path, Unit] = {}  # the units this process has read or written, one object a file: a scoring
 # added by one holder of a unit is never lost to another holder's save
 
@@ -660,15 +669,14 @@ def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig,
     """The unit of this training run: read where stored, trained and stored where missing (the mode
     allowing), or trained live (RAGFT_UNITS=recompute). `start`: another unit's checkpoint to continue
     from. In a committed-only run a missing unit stops the run here, before any model loads."""
-    if not re.fullmatch(r"[A-Za-z0-9_.=+-]+", label):
-        raise ValueError(f"unit label {label!r}: use letters, digits and . _ = + - (it names a file)")
+    label = re.sub(r"[^A-Za-z0-9_.=+-]", "_", label)  # it names a file: "fresh-one-single:x" -> "fresh-one-single_x"
     spec = make_spec(model_name, examples, cfg, snapshots, start)
     key = key_of(spec)
     if mode() == "recompute":
         folder = _start_folder(spec["start"]) if start else None
         result = trainer.train(model_name, examples, cfg, label=label, snapshots=tuple(spec["snapshots"]),
                                init_from=folder)
-        return Live(result, model_name, cfg, spec, label)
+        return _asked(Live(result, model_name, cfg, spec, label))
     found = _find(label, key)
     if found is not None:
         if found.doc["format"] != FORMAT:
@@ -676,12 +684,12 @@ def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig,
         else:
             missing = sorted(set(spec["snapshots"]) - set(found.spec["snapshots"]))
             if not missing:
-                return Trained(found, cached=True)
+                return _asked(Trained(found, cached=True))
             if mode() == "committed":
                 raise UnitError(f"unit {label}-{key} ({found.path}) kept no checkpoint at epoch(s) {missing}, "
                                 f"now asked for: compute it again: {COMPUTE_COMMAND.format(profile=_profile())}")
     if mode() == "committed":
-        raise UnitError(f"unit {label}-{key} is not among the committed units ({COMMITTED}), and a committed-only run "
+        raise UnitError(f"unit {label}-{key} is not among the committed units ({committed_dir()}), and a committed-only run "
                         f"trains nothing.{_stale_reason(label, spec)} Compute it: "
                         f"{COMPUTE_COMMAND.format(profile=_profile())}")
     t0 = time.perf_counter()
@@ -694,7 +702,29 @@ def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig,
                  "questions": {}, "scored": {}, "where": where(result.metrics.get("device", "cpu"), dtype)})
     unit.save()
     _OPEN[unit.path] = unit
-    return Trained(unit, cached=False)
+    return _asked(Trained(unit, cached=False))
+
+
+def _asked(trained):
+    path = getattr(getattr(trained, "unit", None), "path", None)
+    if path is None:
+        file = "trained live, not stored"
+    else:
+        file = str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+    _ASKED.append((time.time(), trained.label, trained.key, trained.cached, file))
+    return trained
+
+
+def asked_since(started: float) -> dict[str, dict]:
+    """The units asked for since `started` (a chapter's start), by label: key, file and whether it was
+    read or computed. A chapter's results file names them (ragft.results)."""
+    out = {}
+    for when, label, key, read_, file in _ASKED:
+        if when >= started:
+            out.setdefault(label, {"key": key, "file": file, "read": read_})
+            if out[label]["key"] != key:  # one label, two units (a sweep's rates): each by its key
+                out[f"{label}-{key}"] = {"key": key, "file": file, "read": read_}
+    return out
 
 
 def _stale(label: str, key: str, spec: dict, found: Unit):
@@ -717,7 +747,7 @@ def by_ref(ref: str) -> Trained:
 def model(ref: str) -> UnitLM:
     """The model of a checkpoint named by `Trained.ref` (a hand-over), merged for answering."""
     trained, epoch = by_ref(ref)
-    return trained.at(epoch)
+    return _asked(trained).at(epoch)
 
 
 def start_of(ref: str) -> Start:
@@ -728,3 +758,42 @@ def start_of(ref: str) -> Start:
 
 def is_ref(value) -> bool:
     return isinstance(value, str) and value.startswith("unit:")
+
+
+def check_committed(folder: Path | None = None) -> list[Unit]:
+    """Every committed unit, verified, before a committed-only run loads any model: a refused or stale
+    file stops it here, each named with the reason."""
+    folder = folder or committed_dir()
+    found, problems = [], []
+    for path in unit_files([folder]):
+        try:
+            unit = read(path)
+        except UnitRefused as e:
+            problems.append(str(e))
+            continue
+        if unit.doc["format"] != FORMAT:
+            problems.append(f"unit file {path} is stale: format {unit.doc['format']}, now {FORMAT}")
+            continue
+        found.append(unit)
+    if problems:
+        raise UnitError(f"{len(problems)} of {len(found) + len(problems)} committed units cannot be used:\n  "
+                        + "\n  ".join(problems) + f"\nCompute them again: {COMPUTE_COMMAND.format(profile=_profile())}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ragft.train.units", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("verify", help="verify every committed unit (hash, key, base weights, finite numbers, format)")
+    args = ap.parse_args(argv)
+    if args.command == "verify":
+        found = check_committed()
+        size = sum(u.path.stat().st_size for u in found)
+        print(f"[ragft.units] {len(found)} committed units verified ({size / 2**20:.1f} MiB) in {committed_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
