@@ -212,17 +212,32 @@ def test_published_verdict_has_every_claim_and_matches_the_chapters():
     assert verdict["metrics"]["n_supported"] == tally["supported"] and verdict["metrics"]["n_claims"] == len(rows)
 
 
-def test_ci_budget_line_scales_75_minutes_on_the_slower_kind_by_the_runs_host(tmp_path):
-    """CI's closing line: 75 minutes on the slower kind is 2,250 s at the reference speed; a run whose
-    host measured half the reference's fp32 rate (native bf16) gets x2.0, the slower kind's 4,500 s;
-    2,700 s there is 60 % of it and about 45 minutes on the slower kind."""
+def test_ci_budget_line_scales_45_minutes_at_the_reference_by_the_runs_host(tmp_path):
+    """CI's closing line: 45 minutes at the reference speed is 2,700 s; a run whose host measured half
+    the reference's fp32 rate (native bf16) gets x2.0, 5,400 s; 2,700 s there is 50 % of it and about
+    22 minutes at the reference speed."""
     from ragft import host
 
-    assert host.ci_budget_s(1.0) == 2250 and host.ci_budget_s(host.SLOWER_KIND_RATIO) == 4500
+    assert host.ci_budget_s(1.0) == 2700 and host.ci_budget_s(host.SLOWER_KIND_RATIO) == 5400
     prov = {"matmul_gflops_fp32": host.REFERENCE_GFLOPS / 2, "matmul_gflops_bf16": 4 * host.REFERENCE_GFLOPS}
     tables = {"train_runs": {"lora": {"train_tokens": 1804, "tokens_per_s": 278.0}}}
     (tmp_path / "03_finetune.json").write_text(json.dumps({"provenance": prov, "tables": tables}))
     line = host.ci_line(2700, tmp_path)
-    assert "2,700 s (45.0 min) against 4,500 s (75.0 min)" in line and "x2.00 (the book's run)" in line
-    assert "60% of it" in line
-    assert "about 45 minutes on the slower kind" in line
+    assert "2,700 s (45.0 min) against 5,400 s (90.0 min)" in line and "x2.00 (the book's run)" in line
+    assert "50% of it" in line
+    assert "about 22 minutes at the reference speed" in line
+
+
+def test_run_factor_leaves_out_the_training_of_units_read(tmp_path):
+    """A run that read chapter 3's units did not train: their throughput is the computing host's, so
+    only the matmul rate gives the factor (x1 here, where the units' 139 tokens/s would say 2.0)."""
+    from ragft import host
+
+    prov = {"matmul_gflops_fp32": host.REFERENCE_GFLOPS, "matmul_gflops_bf16": 4 * host.REFERENCE_GFLOPS}
+    tables = {"train_runs": {"lora": {"train_tokens": 1804, "tokens_per_s": 139.0}}}
+    doc = {"provenance": prov, "tables": tables, "units": {"dsf-p3": {"key": "0" * 16, "read": True}}}
+    (tmp_path / "03_finetune.json").write_text(json.dumps(doc))
+    assert host.run_factor(tmp_path) == 1.0
+    doc["units"]["dsf-p3"]["read"] = False  # trained here: its throughput is this host's
+    (tmp_path / "03_finetune.json").write_text(json.dumps(doc))
+    assert host.run_factor(tmp_path) == host.SLOWER_KIND_RATIO

@@ -114,9 +114,10 @@ REFERENCE_LORA_TOKENS_PER_S = 278.0
 # 2.0 called an EPYC that measured 1.97x the slower kind, and gave its publication the slower kind's
 # factor whatever its measured speed
 NATIVE_BF16_RATIO = 1.5
-# ../shared/DESIGN.md: `.ci/run` (install, the cpu book, the tests on its run) within 75 minutes on the
-# slower kind with an empty cache, so 37.5 at the reference speed
-CI_BUDGET_SLOWER_KIND_S = 75 * 60
+# ../shared/DESIGN.md: `.ci/run` (install, the cpu book from its committed units, the rotation check, the
+# tests on its run) within 45 minutes at the reference speed with an empty cache, so that the slower kind
+# (x2.0) still finishes inside CI's hard limit of 90
+CI_BUDGET_REFERENCE_S = 45 * 60
 
 
 def native_bf16(fp32_gflops: float, bf16_gflops: float) -> bool:
@@ -193,7 +194,11 @@ def run_factor(results: Path) -> float:
     # knowledge curve's run (75,000 tokens of the same kind of examples, at the same batch size). The
     # short run is noisy (184 and 228 tokens/s on one host at two stops, its curve run 208 and 212),
     # so the slower of the two rates counts, as the slowest matmul rate does
-    tables = json.loads((Path(results) / "03_finetune.json").read_text())["tables"]
+    doc = json.loads((Path(results) / "03_finetune.json").read_text())
+    units = doc.get("units")
+    if units and all(u.get("read") for u in units.values()):
+        return factor  # chapter 3 read its trained units: their throughput is the computing host's, not this one's
+    tables = doc["tables"]
     lora, curve = tables["train_runs"]["lora"], tables.get("curve_run", {})
     rates = ([lora["tokens_per_s"]] if lora["train_tokens"] == 1804 else []) + (
         [curve["tokens_per_s"]] if curve.get("method") == "lora" else [])
@@ -201,8 +206,8 @@ def run_factor(results: Path) -> float:
 
 
 def ci_budget_s(factor: float) -> float:
-    """CI's budget on a host of this time factor: 75 minutes on the slower kind, 37.5 at the reference."""
-    return CI_BUDGET_SLOWER_KIND_S / SLOWER_KIND_RATIO * factor
+    """CI's budget on a host of this time factor: 45 minutes at the reference, 90 on the slower kind."""
+    return CI_BUDGET_REFERENCE_S * factor
 
 
 def ci_line(total_s: float, results: Path | None = None) -> str:
@@ -215,9 +220,8 @@ def ci_line(total_s: float, results: Path | None = None) -> str:
         factor, how = speed.factor, speed.describe()
     budget = ci_budget_s(factor)
     return (f"[ci] total {total_s:,.0f} s ({total_s / 60:.1f} min) against {budget:,.0f} s ({budget / 60:.1f} min) on "
-            f"this host: {CI_BUDGET_SLOWER_KIND_S // 60} minutes on the slower CPU kind at x{SLOWER_KIND_RATIO:.1f}, "
-            f"this host x{factor:.2f} ({how}); {total_s / budget:.0%} of it, about "
-            f"{total_s * SLOWER_KIND_RATIO / factor / 60:.0f} minutes on the slower kind")
+            f"this host: {CI_BUDGET_REFERENCE_S // 60} minutes at the reference speed, this host x{factor:.2f} "
+            f"({how}); {total_s / budget:.0%} of it, about {total_s / factor / 60:.0f} minutes at the reference speed")
 
 
 if __name__ == "__main__":

@@ -307,11 +307,16 @@ def verify(path: str | Path) -> Unit:
     except OSError as e:
         raise _refuse(path, f"it cannot be read ({e})") from e
 
+    class NonFinite(ValueError):
+        pass
+
     def no_constant(name):
-        raise ValueError(f"the number {name}")
+        raise NonFinite(name)
 
     try:
         doc = json.loads(text, parse_constant=no_constant)
+    except NonFinite as e:
+        raise _refuse(path, f"it carries a non-finite number ({e})") from e
     except ValueError as e:
         raise _refuse(path, f"it is not whole JSON (truncated?): {e}") from e
     if not isinstance(doc, dict) or not {"format", "key", "label", "spec", "training", "questions", "scored",
@@ -327,15 +332,15 @@ def verify(path: str | Path) -> Unit:
     spec = doc["spec"]
     if sha256_of(spec.get("records")) != spec.get("records_sha256"):
         raise _refuse(path, "its training records do not match their hash")
-    if doc["format"] == FORMAT and key_of(spec) != doc["key"]:
-        raise _refuse(path, f"its key {doc['key']} is not its spec's ({key_of(spec)})")
     try:
         expected = base_sha256(spec["model"])
-    except (UnitError, KeyError, ValueError) as e:
+    except (UnitError, KeyError, ValueError, models.ModelUnavailable) as e:
         raise _refuse(path, f"it names a model this package does not ship ({spec.get('model')!r}: {e})") from e
     if spec["base_sha256"] != expected:
         raise _refuse(path, f"it names other base weights for {spec['model']!r} (sha256 {spec['base_sha256'][:12]}, "
                             f"this package ships {expected[:12]})")
+    if doc["format"] == FORMAT and key_of(spec) != doc["key"]:
+        raise _refuse(path, f"its key {doc['key']} is not its spec's ({key_of(spec)})")
     return Unit(path, doc)
 
 
@@ -764,19 +769,20 @@ def check_committed(folder: Path | None = None) -> list[Unit]:
     """Every committed unit, verified, before a committed-only run loads any model: a refused or stale
     file stops it here, each named with the reason."""
     folder = folder or committed_dir()
-    found, problems = [], []
+    found, problems, refused = [], [], False
     for path in unit_files([folder]):
         try:
             unit = read(path)
         except UnitRefused as e:
             problems.append(str(e))
+            refused = True
             continue
         if unit.doc["format"] != FORMAT:
             problems.append(f"unit file {path} is stale: format {unit.doc['format']}, now {FORMAT}")
             continue
         found.append(unit)
     if problems:
-        raise UnitError(f"{len(problems)} of {len(found) + len(problems)} committed units cannot be used:\n  "
+        raise (UnitRefused if refused else UnitError)(f"{len(problems)} of {len(found) + len(problems)} committed units cannot be used:\n  "
                         + "\n  ".join(problems) + f"\nCompute them again: {COMPUTE_COMMAND.format(profile=_profile())}")
     return found
 

@@ -1,0 +1,257 @@
+"""Trained units (ragft.train.units) on the registry's tiny random model: a unit is computed once and
+read back without a model; a committed-only run refuses a missing or stale unit, naming it; a unit file
+that is truncated, edited, another model's or non-finite is refused; the rotation check holds a
+recomputed unit to what it stores, and fails on a planted change; and a tiny reference unit, committed,
+guards the trainer's and the scorers' code."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ragft import settings
+from ragft.generation import generate
+from ragft.scoring import rank_candidates
+from ragft.train import TrainConfig, example, trainer, units
+from ragft.train.tasks import perplexity_probe
+
+pytestmark = pytest.mark.lm  # the tiny random Llama: a few seconds to train
+
+MODEL = "smollm2-tiny"  # by registry name, so a unit's key is the same on every machine
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "units"
+FACTS = [("What colour is the Quarrington gate?", "The Quarrington gate is teal.", ["teal", "red", "blue"]),
+         ("Who runs the Voskar lab?", "Ilse Marrow runs the Voskar lab.", ["Ilse Marrow", "Bob Hale", "Ann Lee"]),
+         ("When did the Fennick site open?", "The Fennick site opened in 2019.", ["2019", "2018", "2017"]),
+         ("How long is the Corvane X2 warranty?", "The Corvane X2 has a 30-month warranty.",
+          ["30-month", "12-month", "6-month"])]
+CONVERSATIONS = [[{"role": "user", "content": q}] for q, _, _ in FACTS]
+CANDIDATES = [c for _, _, c in FACTS]
+
+
+def records(answers=None):
+    return [example([{"role": "user", "content": q}], a) for (q, _, _), a in zip(FACTS, answers or [a for _, a, _ in FACTS])]
+
+
+# three epochs, scored after the first and the last: the rotation's prefix is one epoch of three
+CONFIG = TrainConfig(rank=4, alpha=8, lr=1e-2, epochs=3, batch_size=2, dtype="fp32", schedule="constant")
+
+
+def score(trained, epochs=(1, 3)):
+    """What a chapter asks of the unit: ranked and generated answers, and a general-text probe."""
+    out = {}
+    for e in epochs:
+        lm = trained.at(e)
+        out[e] = (rank_candidates(lm, CONVERSATIONS, CANDIDATES, [0] * 4).scores,
+                  generate(lm, CONVERSATIONS, max_new_tokens=8).texts,
+                  perplexity_probe(lm, "The Quarrington gate is teal. " * 4)[0])
+    return out
+
+
+@pytest.fixture(autouse=True)
+def folders(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGFT_UNITS_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("RAGFT_COMMITTED_UNITS", str(tmp_path / "committed"))
+    monkeypatch.delenv("RAGFT_UNITS", raising=False)
+    units._OPEN.clear()  # a unit read by another test is read again from this test's files
+    settings.set_determinism(0, 2)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory):
+    """One tiny unit, trained and scored in `use` mode: its file and what its scorings returned."""
+    import os
+
+    base = tmp_path_factory.mktemp("computed")
+    env = {"RAGFT_CACHE_DIR": str(base / "cache"), "RAGFT_UNITS_DIR": str(base / "store")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings.set_determinism(0, 2)
+        trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+        scored = score(trained)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        units._OPEN.clear()
+    return trained.unit.path, scored
+
+
+def commit(computed, folders) -> Path:
+    """The computed unit copied into the test's committed folder."""
+    target = folders / "committed" / computed[0].name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(computed[0], target)
+    return target
+
+
+def test_a_stored_unit_is_read_without_training_or_loading_a_model(computed, folders, monkeypatch):
+    """Committed-only: the same spec finds its unit, and every scoring it stores comes back to the bit,
+    with the trainer and the model loader never called."""
+    commit(computed, folders)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed-only run must not train"))
+    monkeypatch.setattr(trainer, "load_artifact", lambda *a, **k: pytest.fail("nor load a trained model"))
+    started = time.time()
+    trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+    assert trained.cached and score(trained) == computed[1]
+    assert units.asked_since(started)["tiny"] == {"key": trained.key, "file": str(trained.unit.path), "read": True}
+
+
+def test_a_missing_unit_stops_a_committed_run_naming_it_and_the_command(folders, monkeypatch):
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a committed-only run must not train"))
+    with pytest.raises(units.UnitError, match=r"unit tiny-[0-9a-f]{16} is not among the committed units.*make units"):
+        units.train(MODEL, records(), CONFIG, label="tiny")
+
+
+def test_an_edited_training_record_makes_its_unit_stale_and_named(computed, folders, monkeypatch):
+    """A chapter whose records changed asks for another key: the committed unit of that label is named
+    stale, with what differs (one record of four), and never read."""
+    commit(computed, folders)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    edited = records([a for _, a, _ in FACTS[:3]] + ["The Corvane X2 has a 36-month warranty."])
+    with pytest.raises(units.UnitError, match=r"tiny-[0-9a-f]{16}\.json is stale: records: 1 of 4 differ"):
+        units.train(MODEL, edited, CONFIG, label="tiny", snapshots=(1,))
+    # a changed hyperparameter is named the same way
+    with pytest.raises(units.UnitError, match=r"is stale: config.lr 0.01 \(now 0.02\)"):
+        units.train(MODEL, records(), TrainConfig(**{**CONFIG.__dict__, "lr": 2e-2}), label="tiny", snapshots=(1,))
+
+
+def test_a_changed_question_set_is_stale_in_a_committed_run(computed, folders, monkeypatch):
+    commit(computed, folders)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    lm = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,)).at(3)
+    with pytest.raises(units.UnitError, match=r"no outcomes for a rank_candidates of 3 question\(s\) at epoch 3.*stale"):
+        rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)
+
+
+def rewrite(path: Path, change) -> None:
+    """Change a unit file's document and store it with its hash made whole again, as a computation
+    that stored these numbers would have (so that only the change itself is judged)."""
+    doc = json.loads(path.read_text())
+    change(doc)
+    unit = units.Unit(path, doc)
+    unit.save()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: p.write_text(p.read_text()[:-200]), "not whole JSON"),
+    (lambda p: p.write_text(p.read_text().replace('"lr": 0.01', '"lr": 0.02', 1)), "fails its own hash"),
+    (lambda p: rewrite(p, lambda d: d["spec"].update(base_sha256="0" * 64)), "names other base weights"),
+    (lambda p: rewrite(p, lambda d: d["spec"].update(model="not-a-model")), "does not ship"),
+    (lambda p: p.write_text(p.read_text().replace('"loss_first": ', '"loss_first": NaN, "x": ', 1)), "non-finite number"),
+    (lambda p: rewrite(p, lambda d: d.update(key="0" * 16)), "is not its spec's"),
+])
+def test_a_damaged_unit_file_is_refused_with_its_path_and_reason(computed, folders, monkeypatch, damage, reason):
+    path = commit(computed, folders)
+    damage(path)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    with pytest.raises(units.UnitRefused, match=reason) as refused:
+        units.check_committed()
+    assert str(path) in str(refused.value) and "nothing is computed on top of it" in str(refused.value)
+
+
+def seeds(folders, moved: int) -> Path:
+    """A published chapter 3 whose two LoRA seeds differ on `moved` of 8 method-fact questions."""
+    folder = folders / "published"
+    folder.mkdir(exist_ok=True)
+    a = {f"q{i}": 1.0 for i in range(4)}
+    b = {f"q{i}": (0.0 if i < moved else 1.0) for i in range(4)}
+    outcomes = {"methods lora held-out": a, "methods lora trained paraphrase": a,
+                "methods lora seed 1 held-out": b, "methods lora seed 1 trained paraphrase": a}
+    (folder / "03_finetune.json").write_text(json.dumps({"outcomes": outcomes}))
+    return folder
+
+
+def test_the_rotation_check_holds_a_unit_recomputed_on_its_own_family(computed, folders, monkeypatch, capsys):
+    """Recomputed here, where it was computed: its prefix (epoch 1 of 3: the schedule of three epochs,
+    stopped early) gives every stored number again; the line says so."""
+    commit(computed, folders)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    lines = units.rotation(600, seeds(folders, 1), run_number=0)
+    assert len(lines) == 1 and lines[0].endswith(": held")
+    # at epoch 1 the unit stores one ranking (4 questions), one generation (4) and one probe (1 text): 9
+    assert lines[0].startswith(f"unit {computed[0].stem[-16:]} tiny seed 0 e1: 9/9 agree, accuracy ")
+
+
+def test_a_planted_change_in_one_stored_outcome_fails_the_rotation_check(computed, folders, monkeypatch):
+    """One stored ranking at the first checkpoint given another best candidate: on its own family the
+    recomputation disagrees on that question, and the check fails, naming the unit."""
+    path = commit(computed, folders)
+
+    def plant(doc):  # question 0's gold candidate (index 0) moved past the others, or below them
+        key = next(k for k in doc["scored"] if k.startswith("e1/") and "scores" in doc["scored"][k])
+        scores = doc["scored"][key]["scores"][0]
+        right = all(scores[0] > x for x in scores[1:])
+        scores[0] = min(scores) - 1.0 if right else max(scores) + 1.0
+
+    rewrite(path, plant)
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    with pytest.raises(units.UnitError, match=r"rotation check failed:\n  unit [0-9a-f]{16} tiny seed 0 e1: 8/9 agree.*: failed"):
+        units.rotation(600, seeds(folders, 1), run_number=0)
+
+
+def test_another_family_may_move_what_a_second_seed_moves():
+    """On another family the rule allows the published seed pair's share of moved questions: 1 of 8
+    moved there, so 1 of 9 here holds (0.111 <= 0.125) and 2 of 9 fails."""
+    unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/GenuineIntel/amx"}, "spec": {"config": {"seed": 0}},
+                                       "key": "0" * 16, "label": "x"})
+    here = {"family": "cpu/AuthenticAMD/avx2"}
+    r = units.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here)
+    assert units.judge(r, 1 / 8)
+    assert not units.judge(units.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here), 1 / 8)
+    # on its own family only identical numbers hold, whatever the agreement
+    same = {"family": "cpu/GenuineIntel/amx"}
+    assert not units.judge(units.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same), 1 / 8)
+    assert units.judge(units.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same), 1 / 8)
+
+
+def test_the_rotation_order_reaches_every_unit_in_turn():
+    found = [units.Unit(Path(f"{k}.json"), {"key": k}) for k in ("c" * 16, "a" * 16, "b" * 16)]
+    firsts = [units.rotation_order(found, n)[0].key[0] for n in range(6)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_the_reference_unit_guards_the_trainer_and_the_scorers(folders):
+    """The committed reference (tests/fixtures/units): the same spec hashes to the same key (the
+    units' FORMAT and spec are unchanged), and training and scoring it again gives its outcomes: the
+    ranked answers and generated texts exactly, every score, probe and loss within 1e-4 (another CPU
+    family rounds differently in the last bits; a code change that moves results moves them more).
+    A change that moves it: raise units.FORMAT, then `python tests/test_units.py` writes the reference."""
+    reference = units.verify(next(REFERENCE.glob("tiny-*.json")))
+    trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+    assert trained.key == reference.key, "the spec or units.FORMAT changed: write the reference again"
+    score(trained)
+    ours = trained.unit.doc
+    assert ours["training"]["losses"] == pytest.approx(reference.losses, rel=1e-4)
+    assert set(ours["scored"]) == set(reference.doc["scored"])
+    for key, stored in reference.doc["scored"].items():
+        now = ours["scored"][key]
+        if "texts" in stored:
+            assert now["texts"] == stored["texts"], key
+        elif "scores" in stored:
+            assert [max(range(len(s)), key=s.__getitem__) for s in now["scores"]] == \
+                   [max(range(len(s)), key=s.__getitem__) for s in stored["scores"]], key
+            assert sum(now["scores"], []) == pytest.approx(sum(stored["scores"], []), rel=1e-4), key
+        else:
+            assert now["token_nll"] == pytest.approx(stored["token_nll"], rel=1e-4), key
+
+
+if __name__ == "__main__":  # write the reference unit again (after raising units.FORMAT)
+    import os
+    import tempfile
+
+    os.environ["RAGFT_UNITS_DIR"] = tempfile.mkdtemp()
+    os.environ["RAGFT_CACHE_DIR"] = tempfile.mkdtemp()
+    settings.set_determinism(0, 2)
+    unit = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+    score(unit)
+    for old in REFERENCE.glob("tiny-*.json"):
+        old.unlink()
+    REFERENCE.mkdir(parents=True, exist_ok=True)
+    shutil.copy(unit.unit.path, REFERENCE / unit.unit.path.name)
+    print(f"wrote {REFERENCE / unit.unit.path.name}")
