@@ -146,22 +146,22 @@ def run_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
+ADAPTER = f"unit:dsf-p3-{'a' * 16}@8"  # chapter 3's chosen checkpoint, as its hand-over names it
+
+
 def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
-    adapter = run_dir / "dsf-adapter"
-    adapter.mkdir()
     facts = [SimpleNamespace(qid="f1"), SimpleNamespace(qid="f2")]
     p = params()
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
-        {"params": {"model": p.model}, "artifacts": {"dsf_adapter": str(adapter)}, "tables": {"dsf_facts": ["f1", "f2"]}}))
+        {"params": {"model": p.model}, "artifacts": {"dsf_adapter": ADAPTER}, "tables": {"dsf_facts": ["f1", "f2"]}}))
     loaded = []
-    monkeypatch.setattr(common, "load_artifact",
-                        lambda model, path, cfg, merge: loaded.append((model, path, cfg, merge)) or "lm")
+    monkeypatch.setattr(common.handover.units, "by_ref", lambda ref: (None, 8))  # the unit is stored
+    monkeypatch.setattr(common.units, "model", lambda ref: loaded.append(ref) or "lm")
     monkeypatch.setattr(ch04.tasks, "train_dsf", lambda *a: pytest.fail("must not retrain chapter 3's adapter"))
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
     lm, line = ch04.dsf_model(chapter(p, dsf_params=dsf_params, facts=facts))
     assert lm == "lm" and "chapter 3's adapter from this run" in line
-    assert loaded[0][1] == str(adapter) and loaded[0][2].method == "lora"
-    assert loaded[0][3]  # merged: it only answers
+    assert loaded == [ADAPTER]  # its unit's checkpoint, merged: it only answers (units.model)
 
 
 @pytest.mark.parametrize("doc, why", [
@@ -169,7 +169,7 @@ def test_dsf_is_chapter_3s_adapter_when_chapter_3_ran(run_dir, monkeypatch):
     ({"params": {"model": "smollm2-135m"}, "artifacts": {}}, "no DSF adapter"),
     ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}, "tables": {"dsf_facts": ["x"]}},
      "other facts"),
-    ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is gone"),
+    ({"params": {"model": "smollm2-135m"}, "artifacts": {"dsf_adapter": "/nowhere"}}, "is not a stored unit"),
 ])
 def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, why):
     if doc is not None:
@@ -177,9 +177,8 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
     trained = []
     monkeypatch.setattr(common, "development_facts", lambda kb, facts, n, seed: [])
     monkeypatch.setattr(common, "curve_run", lambda p3, facts, dev, lr: trained.append(lr)
-                        or SimpleNamespace(lm="own", cached=False, artifact=run_dir / "curve",
-                                           metrics={"epochs": max(p3.curve_exposures) // max(p3.paraphrase_counts)}))
-    monkeypatch.setattr(common, "load_artifact", lambda model, path, cfg, merge: ("own", str(path)))
+                        or SimpleNamespace(cached=False, ref=lambda epoch: f"unit:dsf-p3-{'c' * 16}@{epoch}"))
+    monkeypatch.setattr(common.units, "model", lambda ref: ("own", ref))
     # the published results' model: chapter 3's recipe is read from them only for the model they measured
     p = params(model="smollm2-135m")
     dsf_params = config.resolve("03_finetune", "smoke", model=p.model)
@@ -189,8 +188,7 @@ def test_dsf_is_trained_here_and_says_why_otherwise(run_dir, monkeypatch, doc, w
     published = json.loads((ROOT / "experiments" / "results" / "cpu" / "03_finetune.json").read_text())["metrics"]
     assert lm == "own" and trained == [published["lora_lr_chosen"]]
     epoch = published["dsf_chosen_exposures"] // max(dsf_params.paraphrase_counts)
-    assert folder == str(run_dir / "curve" if epoch == max(dsf_params.curve_exposures) // 3
-                         else run_dir / "curve" / "snapshots" / f"epoch-{epoch}")
+    assert folder == f"unit:dsf-p3-{'c' * 16}@{epoch}"  # the curve unit's checkpoint chapter 3 chose
     assert "fine-tuned here" in line and why in line and "published cpu results" in line
 
 

@@ -15,30 +15,34 @@ def run_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_what_chapters_3_and_4_hand_over_is_read_back_checked(run_dir):
+DSF_REF, RAFT_REF = f"unit:dsf-p3-{'a' * 16}@8", f"unit:raft-kb-{'b' * 16}@1"
+
+
+def test_what_chapters_3_and_4_hand_over_is_read_back_checked(run_dir, monkeypatch):
+    """The hand-over names unit checkpoints (ragft.train.units.Trained.ref); a later chapter checks the
+    unit is stored (here: a set of stored refs stands for the units folder)."""
+    stored = {DSF_REF, RAFT_REF}
+
+    def by_ref(ref):
+        if ref not in stored:
+            raise handover.units.UnitError(f"{ref} is not stored")
+        return None, 0
+
+    monkeypatch.setattr(handover.units, "by_ref", by_ref)
     facts = [SimpleNamespace(qid="f1"), SimpleNamespace(qid="f2")]
-    dsf_folder, raft_folder = run_dir / "dsf", run_dir / "raft"
-    dsf_folder.mkdir()
-    raft_folder.mkdir()
     p3 = config.resolve("03_finetune", "smoke")
-    ChapterRun("03_finetune", p3).save(handover.give_dsf(facts, dsf_folder))
+    ChapterRun("03_finetune", p3).save(handover.give_dsf(facts, DSF_REF))
     p4 = config.resolve("04_raft", "smoke")
-    ChapterRun("04_raft", p4).save(handover.give_raft(raft_folder))
+    ChapterRun("04_raft", p4).save(handover.give_raft(RAFT_REF))
     assert handover.dsf_facts(p3.model, p3.kb_seed) == ["f1", "f2"]
     assert handover.dsf_facts("another-model", p3.kb_seed) is None  # another model's facts are not these
     assert handover.dsf_facts(p3.model, p3.kb_seed + 1) is None  # nor another knowledge base's
     got = handover.dsf(p3.model, ["f1", "f2"])
-    assert got.usable and got.adapter == str(dsf_folder)
-    assert handover.raft(p4.model).adapter == str(raft_folder)
+    assert got.usable and got.adapter == DSF_REF
+    assert handover.raft(p4.model).adapter == RAFT_REF
     # each way a hand-over cannot be used says why, for the reader's line
     assert "other facts" in handover.dsf(p3.model, ["f1"]).why
     assert "reads with 'other'" in handover.dsf("other", ["f1", "f2"]).why
     assert "no RAFT adapter for this model" in handover.raft("other").why
-    dsf_folder.rmdir()
-    assert "is gone" in handover.dsf(p3.model, ["f1", "f2"]).why
-
-
-def test_a_chapter_that_has_not_run_hands_over_nothing(run_dir):
-    assert handover.dsf("m", ["f1"]).why == "chapter 3 has not run in this run folder"
-    assert handover.raft("m").why == "chapter 4 has not run in this run folder"
-    assert handover.dsf_facts("m", 0) is None
+    stored.clear()
+    assert "is not a stored unit checkpoint" in handover.dsf(p3.model, ["f1", "f2"]).why

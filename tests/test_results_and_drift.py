@@ -34,7 +34,7 @@ def test_results_file_has_the_schema_and_provenance(tmp_path, monkeypatch):
     measured.metric("prompt_tokens_per_query_gold_context", 200.5, "exact")
     doc = json.loads(run.save(measured).read_text())
     assert set(doc) == {"chapter", "profile", "params", "metrics", "metric_rules", "outcomes", "outcome_tokens",
-                        "comparisons", "artifacts", "tables", "timings", "provenance"}
+                        "comparisons", "artifacts", "tables", "timings", "provenance", "units"}
     assert doc["profile"] == "smoke" and "wall_s" in doc["timings"] and "work" in doc["timings"]["stages"]
     prov = doc["provenance"]
     for key in ("git_sha", "git_dirty", "python", "packages", "cpu", "threads", "seed", "started_utc"):
@@ -336,3 +336,18 @@ def test_a_failed_write_leaves_no_temporary_file_and_a_dead_writers_is_cleared(t
     stale.write_text("{")
     write_atomically(target, '{"a": 1}')
     assert not stale.exists() and target.read_text() == '{"a": 1}'
+
+
+def test_a_unit_whose_key_moved_is_drift():
+    """The results name the units their trained conditions came from; a run that asked for another
+    key under a label, or not for a label at all, drifted (units asked for only by the run are new)."""
+    from ragft.drift import compare_units
+
+    k1, k2 = "1" * 16, "2" * 16
+    committed = {"units": {"dsf-p3": {"key": k1, "read": True}, "raft-kb": {"key": k2, "read": True}}}
+    assert compare_units(committed, {"units": {"dsf-p3": {"key": k1, "read": False}, "raft-kb": {"key": k2},
+                                               "json-10": {"key": k1}}}) == []
+    drifts = compare_units(committed, {"units": {"dsf-p3": {"key": k2}}})
+    assert drifts == [f"unit dsf-p3: key {k1} -> {k2} (another training run)",
+                      f"unit raft-kb: named by the committed results ({k2}), not asked for by the run"]
+    assert compare_units({}, {"units": {"dsf-p3": {"key": k1}}}) == []  # results from before units

@@ -186,6 +186,21 @@ def compare_evidence(committed: dict, run: dict) -> list[str]:
     return drifts
 
 
+def compare_units(committed: dict, run: dict) -> list[str]:
+    """Drift in where the trained conditions came from: every unit the committed results name
+    (ragft.train.units, by label) named by the run with the same key. A key that moved is another
+    training run (its records, hyperparameters, base weights, versions or the units' format)."""
+    was, now = committed.get("units") or {}, run.get("units") or {}
+    drifts = []
+    for label, unit in sorted(was.items()):
+        mine = now.get(label)
+        if mine is None:
+            drifts.append(f"unit {label}: named by the committed results ({unit.get('key')}), not asked for by the run")
+        elif mine.get("key") != unit.get("key"):
+            drifts.append(f"unit {label}: key {unit.get('key')} -> {mine.get('key')} (another training run)")
+    return drifts
+
+
 def measures_the_machine(comparison: dict) -> bool:
     """A comparison of timings (first tokens, answers, seconds to fresh): its verdict may move with the
     host, as a `machine` metric does."""
@@ -221,7 +236,7 @@ def check(profile: str, run_dir: Path, committed_dir: Path | None = None) -> lis
             continue
         # the committed file defines every rule; the run's may only differ by being drift
         drifts, notes = compare(was["metrics"], now["metrics"], was.get("metric_rules", {}), now.get("metric_rules", {}))
-        drifts += compare_evidence(was, now)
+        drifts += compare_evidence(was, now) + compare_units(was, now)
         kernels = [(doc.get("provenance") or {}).get("cpu_kernels") for doc in (was, now)]
         if None not in kernels and kernels[0] != kernels[1]:  # the likely cause of any drift above
             notes.append(f"computed with PyTorch's {kernels[1]} CPU kernels, published with {kernels[0]} "
