@@ -62,6 +62,10 @@ class Lora:
     def warmup():
         return param(2, "optimizer steps of warm-up before the constant learning rate", bounds=(0, 10_000))
 
+    @staticmethod
+    def recompute():
+        return param(False, "train and score every fine-tune live instead of reading its trained unit (ragft.train.units); nothing is stored")
+
 
 class Retrieval:
     """The retrieval group, declared once: chunk sizes (one or a list, in the embedder's tokens, each read
@@ -298,6 +302,7 @@ class FinetuneParams(Answering):
     lr_factors: list = param([0.3, 1.0, 3.0], "the sweep tries each middle learning rate times these")
     sweep_methods: list = param(["lora", "full"], "methods swept on the development facts ([]: every rate as set here)")
     train_batch_size: int = Lora.batch()
+    recompute: bool = Lora.recompute()
     methods: list = param(["lora", "lora-attention", "qlora", "full"], "compared on the DSF data")
     injection_arms: list = param(["documents", "rewritten", "generated"], "knowledge-injection arms a reader could build, each trained on the documents that hold the test and development facts: documents (as they are), rewritten (each fact restated 3 ways), generated (cloze questions a rule writes from them); [] runs none")
     injection_exposures: list = param([3, 6, 12], "exposures per fact at which each injection arm is scored (multiples of 3: a rewritten document's 3 variants state each fact once each)", bounds=(3, 10_000))
@@ -372,6 +377,7 @@ class RaftParams(Answering):
     lora_alpha: int = Lora.alpha()
     lora_lr: float = Lora.lr()
     train_batch_size: int = Lora.batch(4)
+    recompute: bool = Lora.recompute()
     data_dir: str = param("", "benchmark folder; empty: RAGFT_DATA_DIR, else the repository data/benchmarks", exists="folder")
     bench_train: int = param(16, "RAFT training questions per benchmark (their train split)", bounds=(1, 100_000))
     bench_test: int = param(32, "HotpotQA test questions (the data folder holds about 100 after the train split)", bounds=(1, 100_000))
@@ -411,6 +417,7 @@ class FreshnessParams(Answering):
     rag_top_k: int = Retrieval.top_k(3, "chunks in the prompt of every reader that reads")
     replay_share: float = param(0.5, "unchanged facts replayed per changed fact in the replay update")
     update_exposures: int = param(0, "exposures per fact of each update of the fine-tune; 0: chapter 3's chosen checkpoint's", bounds=(0, 10_000))
+    recompute: bool = Lora.recompute()
     cot_max_new_tokens: int = param(48, "RAFT's quote and answer", bounds=(8, 1024))
 
     def validate(self) -> None:
@@ -538,6 +545,7 @@ class YourCaseParams(Answering):
     lora_lr: float = Lora.lr("LoRA learning rate (chapter 3's choice on its development facts)")
     warmup_steps: int = Lora.warmup()
     train_batch_size: int = Lora.batch()
+    recompute: bool = Lora.recompute()
     cot_max_new_tokens: int = param(64, "RAFT's quote and answer", bounds=(8, 1024))
     queries_per_month: float = param(1e6, "your volume: queries a month (chapter 6's cost model)")
     updates_per_month: float = param(1.0, "your documents change this often a month (re-indexed; a closed-book fine-tune retrained)")

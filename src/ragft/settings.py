@@ -5,6 +5,8 @@ Environment variables (all optional):
   RAGFT_CACHE_DIR  converted models and trained artifacts (default ~/.cache/ragft)
   RAGFT_RUN_DIR    the current run's folder; chapters write their results there (set by the runner)
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
+  RAGFT_UNITS      use | committed | recompute: how trained units are read (ragft.train.units; a chapter's
+                   recompute=True sets recompute)
   ATEN_CPU_CAPABILITY, MKL_CBWR   the CPU kernels (CPU_KERNELS: AVX2 on x86 unless set)
 """
 
@@ -99,6 +101,8 @@ def configure(params) -> None:
     refuse_without_cuda(params)
     set_online(params.online)
     set_determinism(params.seed, params.threads)
+    if getattr(params, "recompute", False):  # a chapter that trains live (ragft.train.units reads the mode)
+        os.environ["RAGFT_UNITS"] = "recompute"
 
 
 def cache_dir() -> Path:
