@@ -75,6 +75,13 @@ def _product_rate(dtype, n: int, repeats: int) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
 
 
+def commit_state() -> tuple[str | None, bool]:
+    """(the commit checked out, or None outside git; whether tracked files differ from it)."""
+    sha = git("rev-parse", "HEAD", timeout=10).stdout.strip()
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip())
+    return (sha if re.fullmatch(r"[0-9a-f]{40}", sha) else None), dirty
+
+
 def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
     torch = sys.modules.get("torch")  # asked only if the chapter loaded it: importing it costs ~5 s
 
@@ -84,9 +91,10 @@ def provenance(seed: int, threads: int, started: float, lm=None) -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
+    sha, dirty = commit_state()
     info = {
-        "git_sha": sha if re.fullmatch(r"[0-9a-f]{40}", sha := git("rev-parse", "HEAD", timeout=10).stdout.strip()) else None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip()),
+        "git_sha": sha,
+        "git_dirty": dirty,
         "python": platform.python_version(),
         "packages": versions,
         "cpu": _cpu_model(),

@@ -221,14 +221,13 @@ def family(device: str | None = None) -> str:
 def where(device: str, dtype: str) -> dict:
     import torch
 
-    from ..host import _cpu_model
+    from ..host import _cpu_model, commit_state
 
-    sha = git("rev-parse", "HEAD", timeout=10).stdout.strip()
+    sha, dirty = commit_state()
     return {"family": family(device), "device": device, "cpu": _cpu_model(),
             "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "dtype": dtype,
-            "threads": torch.get_num_threads(), "commit": sha if re.fullmatch(r"[0-9a-f]{40}", sha) else None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", timeout=10).stdout.strip()),
+            "threads": torch.get_num_threads(), "commit": sha, "dirty": dirty,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -270,13 +269,15 @@ class Unit:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(self.path, json.dumps(self.doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
-    def examples(self) -> list[SFTExample]:
-        return [example(r["messages"], r["answer"]) for r in self.spec["records"]]
-
     def config(self) -> trainer.TrainConfig:
-        c = dict(self.spec["config"])
-        return trainer.TrainConfig(**{**c, "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-                                      .get(c["dtype"], c["dtype"])})
+        return spec_config(self.spec)
+
+
+def spec_config(spec: dict) -> trainer.TrainConfig:
+    """A spec's config as the trainer takes it (its dtype by the trainer's name: float32 -> fp32)."""
+    c = dict(spec["config"])
+    return trainer.TrainConfig(**{**c, "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+                                  .get(c["dtype"], c["dtype"])})
 
 
 def _refuse(path: Path, reason: str) -> UnitRefused:
@@ -478,9 +479,7 @@ def train_unit(unit_spec: dict, label: str, cache: bool = True, stop_after: int 
     """Train a unit's spec (the trainer's cache answers a run it has finished). `stop_after`: the same
     schedule, stopped after that epoch (the rotation's prefix)."""
     records = [example(r["messages"], r["answer"]) for r in unit_spec["records"]]
-    c = dict(unit_spec["config"])
-    cfg = trainer.TrainConfig(**{**c, "dtype": {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(c["dtype"],
-                                                                                                            c["dtype"])})
+    cfg = spec_config(unit_spec)
     kept = tuple(sorted(set(unit_spec["snapshots"]) | set(snapshots)))
     if stop_after is not None:
         kept = tuple(e for e in kept if e <= stop_after)
@@ -581,8 +580,20 @@ def _profile() -> str:
     return os.environ.get("RAGFT_PROFILE", "cpu")
 
 
+class _Checkpoints:
+    """What a trained run names for other runs: its checkpoints (`key`, `label`, `epochs` its own)."""
+
+    def start(self, epoch: int | None = None) -> Start:
+        """A checkpoint of this unit for another run to continue from."""
+        return Start(self.key, self.label, self.epochs if epoch is None else epoch)
+
+    def ref(self, epoch: int | None = None) -> str:
+        """The checkpoint by name, for a hand-over between chapters: "unit:<label>-<key>@<epoch>"."""
+        return f"unit:{self.label}-{self.key}@{self.epochs if epoch is None else epoch}"
+
+
 @dataclass
-class Trained:
+class Trained(_Checkpoints):
     """A unit as a chapter uses it: its training's measurements and its models by checkpoint."""
 
     unit: Unit
@@ -627,16 +638,8 @@ class Trained:
                             f"{self.unit.spec['snapshots'] + [self.epochs]}")
         return UnitLM(self, epoch, "merged")
 
-    def start(self, epoch: int | None = None) -> Start:
-        """A checkpoint of this unit for another run to continue from."""
-        return Start(self.key, self.label, self.epochs if epoch is None else epoch)
 
-    def ref(self, epoch: int | None = None) -> str:
-        """The checkpoint by name, for a hand-over between chapters: "unit:<label>-<key>@<epoch>"."""
-        return f"unit:{self.label}-{self.key}@{self.epochs if epoch is None else epoch}"
-
-
-class Live:
+class Live(_Checkpoints):
     """A run trained live (RAGFT_UNITS=recompute): the trainer's result, with the units' interface."""
 
     def __init__(self, result: trainer.TrainResult, model_name: str, cfg: trainer.TrainConfig, spec: dict, label: str):
@@ -661,12 +664,6 @@ class Live:
         epoch = self.epochs if epoch is None else epoch
         folder = self.result.artifact if epoch == self.epochs else trainer.snapshot_folder(self.result.artifact, epoch)
         return trainer.load_artifact(self.model_name, folder, self.cfg, merge=True)
-
-    def start(self, epoch: int | None = None) -> Start:
-        return Start(self.key, self.label, self.epochs if epoch is None else epoch)
-
-    def ref(self, epoch: int | None = None) -> str:
-        return f"unit:{self.label}-{self.key}@{self.epochs if epoch is None else epoch}"
 
 
 def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig, label: str,
