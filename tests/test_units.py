@@ -218,26 +218,27 @@ def test_the_rotation_order_reaches_every_unit_in_turn():
 
 def test_the_reference_unit_guards_the_trainer_and_the_scorers(folders):
     """The committed reference (tests/fixtures/units): the same spec hashes to the same key (the
-    units' FORMAT and spec are unchanged), and training and scoring it again gives its outcomes: the
-    ranked answers and generated texts exactly, every score, probe and loss within 1e-4 (another CPU
-    family rounds differently in the last bits; a code change that moves results moves them more).
-    A change that moves it: raise units.FORMAT, then `python tests/test_units.py` writes the reference."""
+    units' FORMAT and spec are unchanged), and training and scoring it again gives what it stores: on
+    the CPU family that computed it every number and text to the bit; on another family (which rounds
+    differently in the last bits, and a random model's greedy text is a row of near ties) the losses,
+    scores and probes within 1e-4. A code change that moves results moves them further: then raise
+    units.FORMAT and write the reference again (`python tests/test_units.py`)."""
     reference = units.verify(next(REFERENCE.glob("tiny-*.json")))
     trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
     assert trained.key == reference.key, "the spec or units.FORMAT changed: write the reference again"
     score(trained)
     ours = trained.unit.doc
-    assert ours["training"]["losses"] == pytest.approx(reference.losses, rel=1e-4)
     assert set(ours["scored"]) == set(reference.doc["scored"])
+    if reference.doc["where"]["family"] == units.family():
+        assert ours["training"]["losses"] == reference.losses
+        assert units._numbers(ours["scored"]) == units._numbers(reference.doc["scored"])
+        return
+    assert ours["training"]["losses"] == pytest.approx(reference.losses, rel=1e-4)
     for key, stored in reference.doc["scored"].items():
         now = ours["scored"][key]
-        if "texts" in stored:
-            assert now["texts"] == stored["texts"], key
-        elif "scores" in stored:
-            assert [max(range(len(s)), key=s.__getitem__) for s in now["scores"]] == \
-                   [max(range(len(s)), key=s.__getitem__) for s in stored["scores"]], key
+        if "scores" in stored:
             assert sum(now["scores"], []) == pytest.approx(sum(stored["scores"], []), rel=1e-4), key
-        else:
+        elif "token_nll" in stored:
             assert now["token_nll"] == pytest.approx(stored["token_nll"], rel=1e-4), key
 
 
