@@ -65,7 +65,7 @@ TRAINING_CHAPTERS := 03_finetune 04_raft 05_freshness 08_your_case
 units: install
 	RAGFT_UNITS=use RAGFT_UNITS_DIR=$(CURDIR)/experiments/units $(PY) -m ragft.run --profile $(PROFILE) \
 	  --chapters $(TRAINING_CHAPTERS) --out _build/run/units-$(PROFILE) --one-kernel
-	$(PY) -m ragft.train.units verify
+	$(PY) -m ragft.train.rotation verify
 
 run: install
 	$(PY) -m ragft.run --profile $(PROFILE)

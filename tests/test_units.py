@@ -14,7 +14,7 @@ import pytest
 from ragft import settings
 from ragft.generation import generate
 from ragft.scoring import rank_candidates
-from ragft.train import TrainConfig, example, trainer, units
+from ragft.train import TrainConfig, example, rotation, trainer, units
 from ragft.train.tasks import perplexity_probe
 
 pytestmark = pytest.mark.lm  # the tiny random Llama: a few seconds to train
@@ -172,7 +172,7 @@ def test_the_rotation_check_holds_a_unit_recomputed_on_its_own_family(computed, 
     stopped early) gives every stored number again; the line says so."""
     commit(computed, folders)
     monkeypatch.setenv("RAGFT_UNITS", "committed")
-    lines = units.rotation(600, seeds(folders, 1), run_number=0)
+    lines = rotation.rotation(600, seeds(folders, 1), run_number=0)
     assert len(lines) == 1 and lines[0].endswith(": held")
     # at epoch 1 the unit stores one ranking (4 questions), one generation (4) and one probe (1 text): 9
     assert lines[0].startswith(f"unit {computed[0].stem[-16:]} tiny seed 0 e1: 9/9 agree, accuracy ")
@@ -192,7 +192,7 @@ def test_a_planted_change_in_one_stored_outcome_fails_the_rotation_check(compute
     rewrite(path, plant)
     monkeypatch.setenv("RAGFT_UNITS", "committed")
     with pytest.raises(units.UnitError, match=r"rotation check failed:\n  unit [0-9a-f]{16} tiny seed 0 e1: 8/9 agree.*: failed"):
-        units.rotation(600, seeds(folders, 1), run_number=0)
+        rotation.rotation(600, seeds(folders, 1), run_number=0)
 
 
 def test_another_family_may_move_what_a_second_seed_moves():
@@ -201,18 +201,18 @@ def test_another_family_may_move_what_a_second_seed_moves():
     unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/GenuineIntel/amx"}, "spec": {"config": {"seed": 0}},
                                        "key": "0" * 16, "label": "x"})
     here = {"family": "cpu/AuthenticAMD/avx2"}
-    r = units.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here)
-    assert units.judge(r, 1 / 8)
-    assert not units.judge(units.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here), 1 / 8)
+    r = rotation.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here)
+    assert rotation.judge(r, 1 / 8)
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here), 1 / 8)
     # on its own family only identical numbers hold, whatever the agreement
     same = {"family": "cpu/GenuineIntel/amx"}
-    assert not units.judge(units.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same), 1 / 8)
-    assert units.judge(units.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same), 1 / 8)
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same), 1 / 8)
+    assert rotation.judge(rotation.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same), 1 / 8)
 
 
 def test_the_rotation_order_reaches_every_unit_in_turn():
     found = [units.Unit(Path(f"{k}.json"), {"key": k}) for k in ("c" * 16, "a" * 16, "b" * 16)]
-    firsts = [units.rotation_order(found, n)[0].key[0] for n in range(6)]
+    firsts = [rotation.rotation_order(found, n)[0].key[0] for n in range(6)]
     assert firsts == ["a", "b", "c", "a", "b", "c"]
 
 
@@ -231,7 +231,7 @@ def test_the_reference_unit_guards_the_trainer_and_the_scorers(folders):
     assert set(ours["scored"]) == set(reference.doc["scored"])
     if reference.doc["where"]["family"] == units.family():
         assert ours["training"]["losses"] == reference.losses
-        assert units._numbers(ours["scored"]) == units._numbers(reference.doc["scored"])
+        assert rotation._numbers(ours["scored"]) == rotation._numbers(reference.doc["scored"])
         return
     assert ours["training"]["losses"] == pytest.approx(reference.losses, rel=1e-4)
     for key, stored in reference.doc["scored"].items():
