@@ -216,6 +216,20 @@ def test_the_rotation_order_reaches_every_unit_in_turn():
     assert firsts == ["a", "b", "c", "a", "b", "c"]
 
 
+def test_a_unit_computed_again_from_its_file_alone_in_processes_of_its_own(computed, folders):
+    """`python -m ragft.train.rotation recompute`: the committed file's spec and question sets are all
+    it takes; trained afresh in a spawned process (as a GPU's parallel jobs are), every checkpoint and
+    question set scored again, it is the same unit: the same key and the same outcomes, to the bit on
+    this family."""
+    path = commit(computed, folders)
+    before = json.loads(path.read_text())
+    assert rotation.recompute_files([path], jobs=2) == 0
+    after = units.verify(path)  # the same key: the same file, written again
+    assert after.doc["training"]["losses"] == before["training"]["losses"]
+    assert rotation._numbers(after.doc["scored"]) == rotation._numbers(before["scored"])
+    assert after.doc["where"]["date"] >= before["where"]["date"]
+
+
 def test_the_reference_unit_guards_the_trainer_and_the_scorers(folders):
     """The committed reference (tests/fixtures/units): the same spec hashes to the same key (the
     units' FORMAT and spec are unchanged), and training and scoring it again gives what it stores: on
