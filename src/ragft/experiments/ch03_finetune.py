@@ -429,8 +429,9 @@ def sweep_style(table: pd.DataFrame):
 
 @dataclass
 class Curve:
-    """The knowledge curve: one row per checkpoint (CURVE_COLUMNS), the artifact folder of each
-    checkpoint by its exposures per fact, the rate it trained at and the run's training metrics."""
+    """The knowledge curve: one row per checkpoint (CURVE_COLUMNS), each checkpoint by its exposures
+    per fact (a unit checkpoint, units.Trained.ref), the rate it trained at and the run's training
+    metrics."""
 
     table: pd.DataFrame
     folders: dict
@@ -447,7 +448,6 @@ def knowledge_curve(ch: Chapter, lr: float) -> Curve:
     p, count, measured = ch.params, ch.best_count, Measured()
     with ch.clock.stage("dsf_curve"):
         result = curve_run(p, ch.facts, ch.dev_facts, lr)
-        cfg = tasks.dsf_config(p, count, max(p.curve_exposures), lr)
         rows, folders = [], {}
         for exposures in p.curve_exposures:
             folders[exposures] = checkpoint_ref(result, exposures, count)
