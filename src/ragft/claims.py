@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from .constants import PROJECT_ROOT
+from .constants import DATA_DIR, PROJECT_ROOT
 
-CLAIMS_FILE = PROJECT_ROOT / "data" / "claims.yaml"
+CLAIMS_FILE = DATA_DIR / "claims.yaml"
 ID = re.compile(r"^[KRFTSUDN]\d+$")
 COMPARISON_ID = re.compile(r"^([KRFTSUDN]\d+)-")  # a comparison key that names the claim it tests
 

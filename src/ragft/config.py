@@ -14,14 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from .constants import PROFILES, PROJECT_ROOT, ParamError
+from .constants import PROFILE_DIR, PROFILES, PROJECT_ROOT, ParamError
 from .corpus.kb import KBSizes
 from .costs import load_prices, row
 from .decide import Reader
 from .models import REGISTRY, max_chunk_tokens
 from .settings import refuse_without_cuda
 
-PROFILE_DIR = PROJECT_ROOT / "experiments" / "profiles"
 
 
 def param(default, help: str, bounds: tuple[int, int] | None = None, exists: str | None = None,

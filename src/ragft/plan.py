@@ -30,10 +30,11 @@ import yaml
 
 from . import stats
 from .claims import load_claims
-from .constants import PROFILES, PROJECT_ROOT
+from .constants import DATA_DIR, PROFILES, PROJECT_ROOT
 from .files import git, read_json, write_atomically
 
-PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
+PLAN_FILE = DATA_DIR / "analysis_plan.yaml"
+BARS = {"quote_min", "marker_min"}  # the bars a fitness rule may state besides its metric's min (RAFT's, draw d2)
 BOOK, CASE = "book", "case"  # the families: the book's claims, and chapter 8's template for a reader's case
 FIELDS = {"chapter", "a", "b", "metric", "unit", "test", "kind", "expect", "sesoi_from", "margin", "n", "floor",
           "ceiling", "role", "note", "fitness", "profiles", "caveat"}
@@ -182,9 +183,13 @@ def load_plan(path: str | Path = PLAN_FILE, claims: dict | None = None) -> Plan:
     fitness = raw.get("fitness") or {}
     for name, rule in fitness.items():
         if not isinstance(rule, dict) or not {"chapter", "metric", "min", "why"} <= set(rule) <= {
-                "chapter", "metric", "min", "why", "checkpoint"}:
-            raise ValueError(f"{path}: fitness {name}: give chapter, metric, min and why (and optionally checkpoint)")
+                "chapter", "metric", "min", "why", "checkpoint", *BARS}:
+            raise ValueError(f"{path}: fitness {name}: give chapter, metric, min and why (and optionally checkpoint, "
+                             f"{', '.join(BARS)})")
         _number(rule["min"], f"{path}: fitness {name}: min", 0)
+        for bar in BARS.intersection(rule):  # a rule's own bars (RAFT's quote and marker rates), shares in [0, 1]
+            if not 0 <= _number(rule[bar], f"{path}: fitness {name}: {bar}", 0) <= 1:
+                raise ValueError(f"{path}: fitness {name}: {bar} is a share: give a number in [0, 1]")
         if "checkpoint" in rule:  # the rule that picks a curve's checkpoint on development facts
             cp = rule["checkpoint"]
             if not isinstance(cp, dict) or set(cp) != {"dev_trained_min", "heldout_slack"}:

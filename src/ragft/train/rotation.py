@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models, settings
-from ..constants import PROJECT_ROOT
+from ..constants import DATA_DIR, PROJECT_ROOT
 from ..files import git
 from . import trainer
 from .units import (FORMAT, Unit, UnitError, _call_inputs, _find, _op_function, _plain, check_committed,
@@ -136,7 +136,7 @@ def _numbers(out: dict):
     return out
 
 
-PLAN_FILE = PROJECT_ROOT / "data" / "analysis_plan.yaml"
+PLAN_FILE = DATA_DIR / "analysis_plan.yaml"
 ROTATION_FIELDS = {"order", "checkpoint", "slice_minutes", "same_family", "other_family", "why"}
 
 
