@@ -289,6 +289,11 @@ class FinetuneParams(Answering):
 
     n_facts: int = param(16, "test facts fine-tuned closed book (DSF) and asked with RAG", bounds=(1, 10_000))
     n_dev_facts: int = param(16, "development facts: the learning-rate sweep and the checkpoint choice, never test facts", bounds=(1, 10_000))
+    test_documents: int = param(0, "test facts drawn as whole documents: every fact of this many documents (0: n_facts facts sampled across the base)", bounds=(0, 10_000))
+    dev_documents: int = param(3, "with test_documents: development facts drawn as every fact of this many other documents", bounds=(1, 10_000))
+    documents_min_facts: int = param(6, "with test_documents: the documents drawn hold at least this many facts", bounds=(1, 100))
+    study_lrs: list = param([], "the knowledge study's rate grid: every arm (gold questions and each injection arm) trains at each rate at its first seed, then at its chosen rate with every seed of n_training_seeds ([]: the curve at lora_lr and one seed per arm)")
+    arm_exposures: dict = param({}, "exposures per fact at which an injection arm is scored, by arm (an arm not named: injection_exposures)")
     paraphrase_counts: list = param([1, 3], "training paraphrases per fact: the curve trains the most, K5 sets the fewest beside it")
     curve_exposures: list = param([3, 6, 12], "exposures per fact (epochs x paraphrases) at which the knowledge curve is scored", bounds=(1, 10_000))
     k5_exposures: int = param(6, "exposures per fact at which K5 compares the paraphrase counts (one of curve_exposures)", bounds=(1, 10_000))
@@ -335,6 +340,16 @@ class FinetuneParams(Answering):
         check(sorted(set(self.injection_exposures)) == list(self.injection_exposures)
               and all(e % 3 == 0 for e in self.injection_exposures), "injection_exposures", self.injection_exposures,
               "use increasing multiples of 3: a checkpoint is a whole number of epochs of every arm")
+        check(isinstance(self.study_lrs, list) and all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 < r < 1
+                                                       for r in self.study_lrs) and sorted(set(self.study_lrs)) == list(self.study_lrs),
+              "study_lrs", self.study_lrs, "use [] or increasing learning rates in (0, 1)")
+        check(isinstance(self.arm_exposures, dict) and set(self.arm_exposures) <= {"documents", "rewritten", "generated"},
+              "arm_exposures", self.arm_exposures, "use a mapping from injection arms (documents, rewritten, generated) to exposures")
+        for arm, exposures in self.arm_exposures.items():
+            per = 3 if arm == "rewritten" else 1
+            check(isinstance(exposures, list) and exposures and sorted(set(exposures)) == list(exposures)
+                  and all(isinstance(e, int) and e > 0 and e % per == 0 for e in exposures), "arm_exposures", self.arm_exposures,
+                  f"{arm}: use increasing exposures per fact, each a whole number of its epochs ({per} per epoch)")
         for name in ("sweep_exposures", "method_exposures"):
             check(getattr(self, name) % top == 0, name, getattr(self, name), f"use a multiple of the most paraphrases ({top})")
         allowed = ["lora", "lora-attention", "qlora", "full"]

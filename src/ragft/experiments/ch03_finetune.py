@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -150,16 +150,29 @@ def setup(params) -> Chapter:
     """Seeds, threads and network policy; the model and the embedder; the test and development facts;
     the real-world questions the base model knows; the base model's forgetting probe."""
     folder, clock, lm, embed_model, kb = start(CHAPTER, params, embedder=True)
-    facts = kb.sample("single", params.n_facts, params.seed)  # chapter 4 draws the same test facts
+    facts, dev_facts = drawn_facts(kb, params)  # chapter 4 draws the same test facts
     general = tasks.general_texts(params.forgetting_chars)
     known, known_outcomes = known_questions(lm, params)
     base_probe = probe("base model", lm, general)
-    ch = Chapter(params, clock, folder, lm, embed_model, kb, facts, development_facts(kb, facts, params.n_dev_facts, params.seed),
+    ch = Chapter(params, clock, folder, lm, embed_model, kb, facts, dev_facts,
                  general, known=known, base_probe=base_probe, measured=Measured.merged(known_outcomes, base_probe.measured))
     ch.skipped = methods_that_do_not_fit(params, lm.device)
     for message in ch.skipped.values():
         print(message)
     return ch
+
+
+def drawn_facts(kb, params) -> tuple[list, list]:
+    """(test facts, development facts). With test_documents (a draw of whole documents, the plan's
+    `draw`): every single fact of test_documents documents drawn among those holding documents_min_facts
+    or more, and every fact of dev_documents others. Without: n_facts facts sampled across the base and
+    n_dev_facts other ones (the pilot's draw)."""
+    if not params.test_documents:
+        facts = kb.sample("single", params.n_facts, params.seed)
+        return facts, development_facts(kb, facts, params.n_dev_facts, params.seed)
+    test = kb.documents_drawn(params.test_documents, 0, params.documents_min_facts)
+    dev = kb.documents_drawn(params.dev_documents, 1, params.documents_min_facts, exclude=tuple(test))
+    return kb.facts_of(test), kb.facts_of(dev)
 
 
 EXAMPLE_TOKENS_MAX = 128  # a fact's training example with its chat template, padded: about 40-100 tokens
@@ -551,16 +564,8 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
                      "exposures": exposures, "train_s": row.seconds})
     measured.update(handover.give_dsf(ch.facts, curve.folders[chosen.exposures]))
     dsf_lm = units.model(curve.folders[chosen.exposures])
-    chroma_folder = ch.folder / "chroma" / CHAPTER
-    shutil.rmtree(chroma_folder, ignore_errors=True)
-    store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
-    store.ingest(rag.kb_pages(ch.kb, 8))
-    ranked = rag.Retriever(store, ch.embed_model).search([q.test_text for q in ch.facts], p.rag_top_k, "hybrid")
-    recall = sum(any(metrics.contains(h.text, q.answers) for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
-    conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
+    conversations, recall, gold = retrieved(ch)
     qids = [q.qid for q in ch.facts]
-    # the gold document: the fact's own document in the prompt, as if retrieval never missed
-    gold = [rag.cited_messages(q.test_text, [rag.document_text(ch.kb.doc(q.doc_ids[0]))]) for q in ch.facts]
     readers = ((RAG_ROW.format(k=p.rag_top_k), "base + RAG", ch.lm, conversations), (DSF_RAG_ROW, f"{name} + RAG", dsf_lm, conversations),
                (GOLD_ROW, GOLD, ch.lm, gold))
     with clock.stage("rag"):
@@ -571,6 +576,22 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     table = pd.DataFrame(rows).set_index("condition")
     table.insert(0, "n", ch.n_facts)  # every row asks the same test facts
     return Knowledge(table, dsf_lm, conversations, recall, measured)
+
+
+def retrieved(ch: Chapter) -> tuple[list, float, list]:
+    """Chapter 3's retrieval for the test facts' held-out questions (the knowledge base's pages in
+    256-token chunks, hybrid search, rag_top_k chunks): (the RAG conversations, the share of facts
+    whose chunks hold the gold value, the conversations with each fact's own document instead: as if
+    retrieval never missed)."""
+    chroma_folder = ch.folder / "chroma" / CHAPTER
+    shutil.rmtree(chroma_folder, ignore_errors=True)
+    store = rag.ChunkStore("kb-256", path=chroma_folder, embed_model=ch.embed_model, chunk_size=256, chunk_overlap=16)
+    store.ingest(rag.kb_pages(ch.kb, 8))
+    ranked = rag.Retriever(store, ch.embed_model).search([q.test_text for q in ch.facts], ch.params.rag_top_k, "hybrid")
+    recall = sum(any(metrics.contains(h.text, q.answers) for h in hits) for q, hits in zip(ch.facts, ranked)) / len(ch.facts)
+    conversations = [rag.rag_messages(q.test_text, hits) for q, hits in zip(ch.facts, ranked)]
+    gold = [rag.cited_messages(q.test_text, [rag.document_text(ch.kb.doc(q.doc_ids[0]))]) for q in ch.facts]
+    return conversations, recall, gold
 
 
 def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
@@ -728,6 +749,245 @@ def curve_table(curve: Curve, chosen: Checkpoint, injected: Injection, generated
     gold["with_rag_acc"] = [with_rag if a else float("nan") for a in at]
     gold["general_nll"] = [math.log(dsf_probe.perplexity) if a and dsf_probe else float("nan") for a in at]
     return pd.concat([gold, injected.table], ignore_index=True)[list(CURVE_COLUMNS) + list(PROBE_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The knowledge study (a draw with study_lrs, the plan's `study` and `seeds`): every arm, the gold
+# questions' among them, at every rate at its first seed, then at its chosen rate with every seed
+
+
+GOLD = "gold"  # the study's name for the curve's arm: gold questions about every fact (an upper bound)
+STUDY_COLUMNS = ("arm", "lr", "seed", "exposures", "train_tokens", "seconds", "flops", "dev_trained_acc",
+                 "dev_heldout_acc", "trained_acc", "heldout_acc", "heldout_generated", "with_rag_acc", "known_acc",
+                 "general_nll")
+
+
+def seed_tag(k: int) -> str:
+    """The suffix of a seeded arm's outcomes from its k-th training seed (1, 2, 3: the plan's `seeds`)."""
+    return f" (seed {k})"
+
+
+def training_seeds(params) -> list[int]:
+    """The training seeds of every seeded arm: seed, seed + 1, ..."""
+    return [params.seed + i for i in range(params.n_training_seeds)]
+
+
+def study_arms(params) -> list[str]:
+    return [GOLD, *params.injection_arms]
+
+
+def arm_exposures(params, arm: str) -> list[int]:
+    """The checkpoints an arm is scored at, in exposures per fact."""
+    if arm == GOLD:
+        return list(params.curve_exposures)
+    return list(params.arm_exposures.get(arm) or params.injection_exposures)
+
+
+def per_epoch(ch: Chapter, arm: str) -> int:
+    """Exposures per fact one epoch of the arm gives."""
+    return ch.best_count if arm == GOLD else tasks.INJECTION_ARMS[arm]
+
+
+def checkpoint_name(arm: str, exposures: int, count: int) -> str:
+    """A study checkpoint's outcomes' name: "DSF p3 e12" (gold) or "DSF generated e12"."""
+    return dsf_name(count, exposures) if arm == GOLD else arm_name(arm, exposures)
+
+
+def train_arm(ch: Chapter, arm: str, lr: float, seed: int):
+    """One run of an arm on the documents that hold the test and development facts (gold: the gold
+    questions about their facts), a snapshot at each of its checkpoints: a unit."""
+    p, exposures, per = ch.params, arm_exposures(ch.params, arm), per_epoch(ch, arm)
+    snapshots = tuple(e // per for e in exposures)
+    if arm == GOLD:
+        return tasks.train_dsf(p, ch.facts + ch.dev_facts, per, max(exposures), lr=lr, label=f"dsf-p{per}", seed=seed,
+                               snapshots=snapshots)
+    cfg = replace(tasks.injection_config(p, arm, max(exposures), lr), seed=seed)
+    return units.train(p.model, tasks.injection_examples(ch.kb, ch.facts + ch.dev_facts, arm), cfg, label=f"inject-{arm}",
+                       snapshots=snapshots)
+
+
+def development(ch: Chapter, arm: str, model_lm) -> tuple[dict, dict]:
+    """({qid: 1/0} held-out, {qid: 1/0} trained phrasing) on the development facts: the gold arm's
+    trained question, another arm's own text's statement of the fact (stored)."""
+    if arm == GOLD:
+        return closed_book(ch, None, model_lm, None, ch.dev_facts)
+    return held_out(ch, model_lm, ch.dev_facts, "development"), stored(ch, model_lm, arm, ch.dev_facts)
+
+
+@dataclass
+class ArmRun:
+    """One run of an arm: its rate, seed, unit and one row per checkpoint (development columns; the
+    test facts' where it was scored on them)."""
+
+    arm: str
+    lr: float
+    seed: int
+    result: object
+    rows: list
+
+
+def run_arm(ch: Chapter, arm: str, lr: float, seed: int) -> ArmRun:
+    """An arm's run at one rate and seed, scored on the development facts at each checkpoint."""
+    p, per, rows = ch.params, per_epoch(ch, arm), []
+    with ch.clock.stage(f"study_{arm}"):
+        result = train_arm(ch, arm, lr, seed)
+        for exposures in arm_exposures(p, arm):
+            model_lm = result.at(exposures // per)
+            held, seen = development(ch, arm, model_lm)
+            cost = result.metrics["snapshots"][str(exposures // per)]
+            rows.append({"arm": arm, "lr": lr, "seed": seed, "exposures": exposures, "train_tokens": cost["train_tokens"],
+                         "seconds": cost["train_s"], "flops": cost["flops"], "dev_trained_acc": share(seen),
+                         "dev_heldout_acc": share(held), "dev_held": held, "dev_seen": seen})
+            del model_lm
+            release_memory()
+    return ArmRun(arm, lr, seed, result, rows)
+
+
+def choose_rate(runs: list[ArmRun], rule: dict, n_dev: int) -> float:
+    """The plan's rate rule at the first seed: each rate's checkpoint by the arm's checkpoint rule on
+    its development facts; a fit one before an unfit one, then the most held-out development questions
+    answered there, then fewer training tokens, then the smaller rate."""
+    def key(run):
+        table = pd.DataFrame(run.rows)
+        cp = choose_checkpoint(table, rule, n_dev)
+        row = table.set_index("exposures").loc[cp.exposures]
+        return (not cp.reached, -row.dev_heldout_acc, row.train_tokens, run.lr)
+
+    return min(runs, key=key).lr
+
+
+def seed_mean_curve(runs: list[ArmRun]) -> pd.DataFrame:
+    """The development columns at each checkpoint, the mean over the runs' seeds (and their training
+    cost, the mean too): what the checkpoint rule reads at the chosen rate."""
+    table = pd.DataFrame([r for run in runs for r in run.rows])
+    return table.groupby("exposures", sort=True)[["dev_trained_acc", "dev_heldout_acc", "train_tokens", "seconds", "flops"]].mean().reset_index()
+
+
+def mean_outcomes(per_seed: list[dict]) -> dict:
+    """{qid: mean score} over the seeds' {qid: score} (the same questions in each)."""
+    if any(set(o) != set(per_seed[0]) for o in per_seed):
+        raise ValueError("the seeds' outcomes cover different questions: a seed mean pairs the same questions")
+    return {q: sum(o[q] for o in per_seed) / len(per_seed) for q in per_seed[0]}
+
+
+def record_seeds(into: Measured, name: str, per_seed: list[dict], tokens: list | None = None) -> dict:
+    """Each seed's outcomes as "<name> (seed k)" and their mean as "<name>"; the mean returned."""
+    for k, outcomes in enumerate(per_seed, 1):
+        into.record(name + seed_tag(k), outcomes, tokens=tokens[k - 1] if tokens else None)
+    mean = mean_outcomes(per_seed)
+    into.record(name, mean)
+    return mean
+
+
+def score_test(ch: Chapter, arm: str, model_lm, name: str, rag_conversations: list) -> tuple[dict, Measured]:
+    """A checkpoint of one seed on the test facts: the held-out questions ranked (closed book, and with
+    chapter 3's retrieved chunk) and answered by generation, the arm's trained phrasing, the known
+    questions and the general-text loss. ({column: value}, its outcomes under `name`)."""
+    out = Measured()
+    if arm == GOLD:
+        held, seen = closed_book(ch, out, model_lm, name)
+        part = "trained paraphrase"
+    else:
+        held, seen = held_out(ch, model_lm, ch.facts, name), stored(ch, model_lm, arm, ch.facts)
+        out.record(f"{name} held-out", held)
+        out.record(f"{name} stored", seen)
+        part = "stored"
+    with_rag = rank_facts(ch, model_lm, rag_conversations, ch.facts, f"{name} + RAG")
+    out.record(f"{name} + RAG", with_rag.outcomes([q.qid for q in ch.facts]))
+    generated(ch, out, model_lm, f"{name} held-out", [tasks.dsf_messages(q.test_text) for q in ch.facts])
+    known = float("nan")
+    if ch.known:
+        right = rank_known(model_lm, ch.known, f"{name} known").correct
+        out.record(f"{name} known", dict(zip([q.qid for q in ch.known], right)))
+        known = sum(right) / len(right)
+    forgetting = probe(name, model_lm, ch.general)
+    out.update(forgetting.measured)
+    row = {"trained_acc": share(seen), "heldout_acc": share(held), "known_acc": known, "with_rag_acc": with_rag.accuracy,
+           "heldout_generated": share(out.outcomes[f"{name} held-out generated"]),
+           "general_nll": math.log(forgetting.perplexity), "trained_part": part}
+    return row, out
+
+
+@dataclass
+class ArmChoice:
+    """An arm's chosen rate and checkpoint (on development facts), and its seeds' runs at that rate."""
+
+    arm: str
+    lr: float
+    checkpoint: Checkpoint
+    runs: list  # ArmRun per seed at the chosen rate, the first seed's first
+    grid: list  # ArmRun per rate at the first seed
+    per: int  # exposures per fact of one epoch
+
+
+@dataclass
+class Study:
+    """The knowledge study: one row per arm, rate, seed and checkpoint (STUDY_COLUMNS; the test
+    columns where the run was scored on test facts: the chosen rate's seeds), each arm's choice, the
+    reader's arm, and every outcome (per seed and at the seed mean)."""
+
+    table: pd.DataFrame
+    choices: dict  # arm -> ArmChoice
+    reader: str | None
+    measured: Measured = field(default_factory=Measured)
+
+    def refs(self, arm: str) -> list[str]:
+        """The arm's chosen checkpoint in each seed's run, as unit references (a hand-over)."""
+        c = self.choices[arm]
+        return [run.result.ref(c.checkpoint.exposures // c.per) for run in c.runs]
+
+
+def study(ch: Chapter, rag_conversations: list) -> Study:
+    """Every arm of the study (the gold questions and each injection arm): at each rate of study_lrs at
+    the first training seed, scored on the development facts; the rate rule picks its rate; its other
+    seeds train at that rate; the checkpoint rule on the seed mean of the development outcomes picks
+    one checkpoint for its seeds; the chosen rate's seeds are scored on the test facts at every
+    checkpoint (score_test), each seed's outcomes and their mean recorded. The reader's arm: the
+    injection arm whose chosen checkpoint answers the most held-out development questions at the seed
+    mean (ties: fewer training tokens, then the order of injection_arms)."""
+    p, plan, measured = ch.params, the_plan(), Measured()
+    seeds, n_dev, rows, choices = training_seeds(p), len(ch.dev_facts), [], {}
+    for arm in study_arms(p):
+        rule = plan.fitness["dsf" if arm == GOLD else "injection"]["checkpoint"]
+        grid = [run_arm(ch, arm, lr, seeds[0]) for lr in p.study_lrs]
+        lr = choose_rate(grid, rule, n_dev)
+        runs = [next(r for r in grid if r.lr == lr)] + [run_arm(ch, arm, lr, s) for s in seeds[1:]]
+        checkpoint = choose_checkpoint(seed_mean_curve(runs), rule, n_dev)
+        per = per_epoch(ch, arm)
+        choices[arm] = ArmChoice(arm, lr, checkpoint, runs, grid, per)
+        with ch.clock.stage(f"study_{arm}_test"):
+            for exposures in arm_exposures(p, arm):
+                name = checkpoint_name(arm, exposures, ch.best_count)
+                scored, outs = [], []
+                for k, run in enumerate(runs, 1):
+                    model_lm = run.result.at(exposures // per)
+                    row, out = score_test(ch, arm, model_lm, name + seed_tag(k), rag_conversations)
+                    scored.append(row)
+                    outs.append(out)
+                    next(r for r in run.rows if r["exposures"] == exposures).update(row)
+                    del model_lm
+                    release_memory()
+                for part in outs[0].outcomes:
+                    base = part.replace(seed_tag(1), "")
+                    record_seeds(measured, base, [o.outcomes[part.replace(seed_tag(1), seed_tag(k))] for k, o in enumerate(outs, 1)],
+                                 tokens=[o.outcome_tokens.get(part.replace(seed_tag(1), seed_tag(k))) for k, o in enumerate(outs, 1)])
+        rows += [r for run in grid if run.lr != lr for r in run.rows] + [r for run in runs for r in run.rows]
+    table = pd.DataFrame([{k: r.get(k, float("nan")) for k in STUDY_COLUMNS} for r in rows], columns=list(STUDY_COLUMNS))
+    readers = [a for a in p.injection_arms if a in choices]
+    reader = None
+    if readers:
+        def dev_at_choice(arm):
+            c = choices[arm]
+            row = seed_mean_curve(c.runs).set_index("exposures").loc[c.checkpoint.exposures]
+            return (-row.dev_heldout_acc, row.train_tokens, readers.index(arm))
+        reader = min(readers, key=dev_at_choice)
+        source = checkpoint_name(reader, choices[reader].checkpoint.exposures, ch.best_count)
+        for name in [n for n in measured.outcomes if n.startswith(source + " ")]:
+            measured.record(READER + name[len(source):], measured.outcomes[name])
+        nll = f"NLL: {source}"
+        for name in [n for n in measured.outcomes if n == nll or n.startswith(nll + " (")]:
+            measured.record(f"NLL: {READER}" + name[len(nll):], measured.outcomes[name])
+    return Study(table, choices, reader, measured)
 
 
 @dataclass
