@@ -767,6 +767,12 @@ def seed_tag(k: int) -> str:
     return f" (seed {k})"
 
 
+def seeded(params) -> bool:
+    """Whether every fine-tune arm trains with every seed of n_training_seeds: a draw with the
+    knowledge study (study_lrs; the plan's `seeds`). Otherwise LoRA's method run alone does."""
+    return bool(params.study_lrs)
+
+
 def training_seeds(params) -> list[int]:
     """The training seeds of every seeded arm: seed, seed + 1, ..."""
     return [params.seed + i for i in range(params.n_training_seeds)]
@@ -937,6 +943,25 @@ class Study:
         return [run.result.ref(c.checkpoint.exposures // c.per) for run in c.runs]
 
 
+def study_curve(ch: Chapter, found: Study) -> tuple[Curve, Checkpoint]:
+    """The gold arm of the study as chapter 3's knowledge curve: its chosen rate's seed-mean row per
+    checkpoint (CURVE_COLUMNS), each checkpoint by its first seed's unit reference, its first seed's
+    training metrics, its outcomes; and its chosen checkpoint."""
+    c = found.choices[GOLD]
+    table = found.table[(found.table.arm == GOLD) & (found.table.lr == c.lr)]
+    mean = table.groupby("exposures", sort=True).mean(numeric_only=True).reset_index()
+    mean.insert(0, "arm", GOLD_ARM)
+    names = tuple(dsf_name(ch.best_count, e) + " " for e in mean.exposures)
+    measured = Measured()
+    for name, outcomes in found.measured.outcomes.items():
+        if name.startswith(names):
+            measured.record(name, outcomes, tokens=found.measured.outcome_tokens.get(name))
+    first = c.runs[0].result
+    folders = {int(e): first.ref(int(e) // c.per) for e in mean.exposures}
+    metrics_ = {k: v for k, v in first.metrics.items() if k != "snapshots"}
+    return Curve(mean[list(CURVE_COLUMNS)], folders, c.lr, metrics_, measured), c.checkpoint
+
+
 def study(ch: Chapter, rag_conversations: list) -> Study:
     """Every arm of the study (the gold questions and each injection arm): at each rate of study_lrs at
     the first training seed, scored on the development facts; the rate rule picks its rate; its other
@@ -1030,6 +1055,8 @@ def paraphrase_variety(ch: Chapter, curve: Curve) -> Variety:
     most paraphrases). One row per paraphrase count."""
     p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
     rows, measured = [], Measured()
+    if seeded(p):
+        return seeded_variety(ch, curve)
     with ch.clock.stage("paraphrases"):
         if low < top:
             fit = answering(tasks.train_dsf(p, ch.facts, low, p.k5_exposures, lr=curve.lr))
@@ -1038,6 +1065,36 @@ def paraphrase_variety(ch: Chapter, curve: Curve) -> Variety:
                          "trained_paraphrase": share(seen), "train_s": fit.metrics["train_s"]})
             del fit
             release_memory()
+        row = curve.table.set_index("exposures").loc[p.k5_exposures]
+        rows.append({"paraphrases": top, "exposures": p.k5_exposures, "held_out": row.heldout_acc,
+                     "trained_paraphrase": row.trained_acc, "train_s": row.seconds})
+    return Variety(pd.DataFrame(rows).set_index("paraphrases"), measured)
+
+
+def seeded_variety(ch: Chapter, curve: Curve) -> Variety:
+    """paraphrase_variety() with every training seed (the plan's `seeds`): the fewer-paraphrase run at
+    the curve's rate once per seed, its outcomes per seed and at the mean; the curve's row at the same
+    exposures is the seed mean the study recorded."""
+    p, low, top = ch.params, min(ch.params.paraphrase_counts), ch.best_count
+    rows, measured = [], Measured()
+    with ch.clock.stage("paraphrases"):
+        if low < top:
+            outs, seconds = [], []
+            for k, seed in enumerate(training_seeds(p), 1):
+                fit = answering(tasks.train_dsf(p, ch.facts, low, p.k5_exposures, lr=curve.lr, seed=seed))
+                out = Measured()
+                closed_book(ch, out, fit.lm, dsf_name(low, p.k5_exposures) + seed_tag(k))
+                outs.append(out)
+                seconds.append(fit.metrics["train_s"])
+                del fit
+                release_memory()
+            means = {}
+            for part in ("held-out", "trained paraphrase", "quality"):
+                name = f"{dsf_name(low, p.k5_exposures)} {part}"
+                means[part] = record_seeds(measured, name, [o.outcomes[f"{dsf_name(low, p.k5_exposures)}{seed_tag(k)} {part}"]
+                                                            for k, o in enumerate(outs, 1)])
+            rows.append({"paraphrases": low, "exposures": p.k5_exposures, "held_out": share(means["held-out"]),
+                         "trained_paraphrase": share(means["trained paraphrase"]), "train_s": sum(seconds) / len(seconds)})
         row = curve.table.set_index("exposures").loc[p.k5_exposures]
         rows.append({"paraphrases": top, "exposures": p.k5_exposures, "held_out": row.heldout_acc,
                      "trained_paraphrase": row.trained_acc, "train_s": row.seconds})
@@ -1139,33 +1196,59 @@ def structured(ch: Chapter) -> Behaviour:
         outputs[name] = gen.texts
         return row
 
+    def answer_seeds(models: list, name: str, **extra) -> dict:
+        """Each seed's fine-tune on the test products ("<name>: <score> (seed k)"), and the seed mean
+        ("<name>: <score>"): the table's row holds the mean's rates and the first seed's tokens."""
+        gens, questions = [replies(m, test, prompts.STRUCTURED_SYSTEM_SHORT, None, f"{name}{seed_tag(k)}")
+                           for k, m in enumerate(models, 1)], [q for _, q in test]
+        row = tasks.structured_row(name, gens[0], questions, p.price_per_mtok, **extra)
+        scored = [structured_outcomes(g, questions) for g in gens]
+        for column, score in JSON_COLUMNS.items():
+            tokens = [{q.qid: (g.prompt_tokens[i], g.completion_tokens[i]) for i, q in enumerate(questions)} for g in gens]
+            mean = record_seeds(measured, f"{name}: {score}", [sc[score] for sc in scored], tokens)
+            values = list(mean.values())
+            row[column] = sum(values) / len(values)
+            row.update(dict(zip((f"{column}_low", f"{column}_high"), mean_interval(values))))
+        outputs[name] = gens[0].texts
+        return row
+
     rows, dev_rows, json_probe, cfg = [], [], None, json_config(p)
     with clock.stage("structured"):
         for name, (system, examples) in conditions.items():
             rows.append(answer(ch.lm, system, examples, name))
         rows.append(answer(ch.lm, prompts.STRUCTURED_SYSTEM_SHORT, None, CONSTRAINED, constrained=True))
+        seeds = training_seeds(p) if seeded(p) else [None]  # a draw with the study seeds every fine-tune
         for size in p.structured_sizes:
-            result = units.train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb), cfg, label=f"json-{size}",
-                                 snapshots=tuple(p.structured_epochs[:-1]))
+            results = [units.train(p.model, tasks.structured_examples(size, p.kb_seed, p.kb),
+                                   cfg if seed is None else replace(cfg, seed=seed), label=f"json-{size}",
+                                   snapshots=tuple(p.structured_epochs[:-1])) for seed in seeds]
             for epochs in p.structured_epochs:
-                model_lm = model_after(result, epochs)
-                name = f"{tasks.lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
-                gen = replies(model_lm, dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name)
-                scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
-                dev_rows.append({"size": size, "epochs": epochs, "n": len(dev),
-                                 **{k: scores[k] for k in JSON_COLUMNS}})
-                del model_lm  # a snapshot is loaded again if its development products choose it
+                per_seed = []
+                for k, result in enumerate(results, 1):
+                    model_lm = model_after(result, epochs)
+                    name = f"{tasks.lora_structured_name(size)}, {epochs} epoch{'s' if epochs > 1 else ''} (development)"
+                    gen = replies(model_lm, dev, prompts.STRUCTURED_SYSTEM_SHORT, None, name + (seed_tag(k) if seeds != [None] else ""))
+                    scores = tasks.structured_row(name, gen, [q for _, q in dev], p.price_per_mtok)
+                    per_seed.append({k_: scores[k_] for k_ in JSON_COLUMNS})
+                    del model_lm  # a snapshot is loaded again if its development products choose it
+                dev_rows.append({"size": size, "epochs": epochs, "n": len(dev),  # the seed mean of each rate
+                                 **{k_: sum(r[k_] for r in per_seed) / len(per_seed) for k_ in JSON_COLUMNS}})
             # each size answers the test products at the epochs its development products chose
             _, epochs = choose_json(pd.DataFrame([r for r in dev_rows if r["size"] == size]))
+            result = results[0]
             model_lm = model_after(result, epochs)
             seconds = result.metrics["snapshots"][str(epochs)]["train_s"] if epochs != cfg.epochs else result.metrics["train_s"]
-            rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, tasks.lora_structured_name(size),
-                               epochs=epochs, train_s=seconds))
+            if seeds == [None]:
+                rows.append(answer(model_lm, prompts.STRUCTURED_SYSTEM_SHORT, None, tasks.lora_structured_name(size),
+                                   epochs=epochs, train_s=seconds))
+            else:
+                rows.append(answer_seeds([model_lm] + [model_after(r, epochs) for r in results[1:]],
+                                         tasks.lora_structured_name(size), epochs=epochs, train_s=seconds))
             if size == max(p.structured_sizes):
                 label = f"JSON, LoRA ({size} examples)"
                 json_probe = (label, probe(label, model_lm, ch.general))
                 measured.update(json_probe[1].measured)
-            del result, model_lm
+            del results, result, model_lm
             release_memory()
     dev_table = pd.DataFrame(dev_rows)
     best_size, best_epochs = choose_json(dev_table)
@@ -1219,6 +1302,8 @@ def methods(ch: Chapter, lrs: dict) -> Methods:
     forgetting probe ("NLL: methods, <method>")."""
     p, facts, count = ch.params, ch.method_facts, ch.best_count
     rows, seed_rows, probes, runs, measured = [], [], {}, {}, Measured()
+    if seeded(p):
+        return seeded_methods(ch, lrs)
     with ch.clock.stage("methods"):
         for name in [m for m in p.methods if m not in ch.skipped]:
             for seed in (range(p.n_training_seeds) if name == "lora" else [0]):
@@ -1237,6 +1322,43 @@ def methods(ch: Chapter, lrs: dict) -> Methods:
                 release_memory()
     return Methods(pd.DataFrame(rows).set_index("method"), pd.DataFrame(seed_rows).set_index("seed"), probes, runs,
                    measured)
+
+
+def seeded_methods(ch: Chapter, lrs: dict) -> Methods:
+    """methods() where every method trains with every training seed (the plan's `seeds`): each seed's
+    outcomes "methods <method> ... (seed k)" and their mean "methods <method> ..."; each seed's
+    forgetting probe ("NLL: methods, <method> (seed k)") and the mean per segment; the table's row
+    holds the mean's accuracies and the first seed's costs, the seeds table one row per method and seed."""
+    p, facts, count = ch.params, ch.method_facts, ch.best_count
+    rows, seed_rows, probes, runs, measured = [], [], {}, {}, Measured()
+    with ch.clock.stage("methods"):
+        for name in [m for m in p.methods if m not in ch.skipped]:
+            outs, nll, first = [], [], None
+            for k, seed in enumerate(training_seeds(p), 1):
+                fit = answering(tasks.train_dsf(p, facts, count, p.method_exposures, lr=lrs[name], method=name,
+                                                seed=seed, label=f"dsf-p{count}-{name}"))
+                out = Measured()
+                held, seen = closed_book(ch, out, fit.lm, method_name(name) + seed_tag(k), facts)
+                outs.append(out)
+                seed_rows.append({"method": name, "seed": seed, "held_out": share(held), "trained_paraphrase": share(seen)})
+                found = probe(method_label(name) + seed_tag(k), fit.lm, ch.general)
+                nll.append(found)
+                first = first or (fit.metrics, found)
+                del fit
+                release_memory()
+            parts = {}
+            for part in ("held-out", "trained paraphrase", "quality"):
+                tagged = [f"{method_name(name)}{seed_tag(k)} {part}" for k in range(1, len(outs) + 1)]
+                parts[part] = record_seeds(measured, f"{method_name(name)} {part}", [o.outcomes[t] for o, t in zip(outs, tagged)])
+            mean_nll = record_seeds(measured, f"NLL: {method_label(name)}", [f.segment_nll for f in nll])
+            runs[name] = first[0]
+            probes[method_label(name)] = ForgettingProbe(math.exp(sum(math.log(f.perplexity) for f in nll) / len(nll)), mean_nll,
+                                                         first[1].by_text, method_label(name))
+            rows.append({"method": name, "lr": lrs[name], "held_out": share(parts["held-out"]),
+                         "trained_paraphrase": share(parts["trained paraphrase"]), "quality": share(parts["quality"]),
+                         **{k: first[0][k] for k in COST_COLUMNS}})
+    return Methods(pd.DataFrame(rows).set_index("method"), pd.DataFrame(seed_rows).set_index(["method", "seed"]), probes,
+                   runs, measured)
 
 
 def seed_spread(seeds: pd.DataFrame) -> float:
