@@ -113,7 +113,7 @@ def _fake_chapter(profile="cpu"):
     record(f"DSF p{low} e{p.k5_exposures} held-out", lambda i: i % 4 == 0, facts)
     record("base + RAG", lambda i: i % 2, facts)
     record(f"DSF p{top} + RAG", lambda i: 1, facts)
-    record(ch03.GOLD, lambda i: int(i % 4 > 0), facts)
+    record(ch03.GOLD_DOCUMENT, lambda i: int(i % 4 > 0), facts)
     rows = [{"condition": ch03.CLOSED_ROW, "held_out": 0.0, "trained_paraphrase": 0.0},
             {"condition": ch03.RAG_ROW.format(k=p.rag_top_k), "held_out": 0.5}, {"condition": ch03.DSF_RAG_ROW, "held_out": 1.0},
             {"condition": ch03.GOLD_ROW, "held_out": 0.75}]

@@ -36,6 +36,12 @@ def give_dsf(facts: list, adapter: str | Path) -> Measured:
     return Measured(tables={"dsf_facts": [q.qid for q in facts]}, artifacts={"dsf_adapter": str(adapter)})
 
 
+def give_seeds(dsf: list[str], reader: list[str], reader_arm: str | None) -> Measured:
+    """What chapter 3 hands over on a seeded draw (the plan's `seeds`), beside give_dsf: the chosen
+    checkpoint of the gold-questions arm in each training seed's run, and of the reader's arm."""
+    return Measured(tables={"dsf_adapters": list(dsf), "reader_adapters": list(reader), "reader_arm": reader_arm or ""})
+
+
 def give_raft(adapter: str | Path) -> Measured:
     """What chapter 4 hands over, for its results file: its main RAFT reader."""
     return Measured(artifacts={"raft_adapter": str(adapter)})

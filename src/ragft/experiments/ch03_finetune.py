@@ -69,7 +69,7 @@ CHAPTER = "03_finetune"
 # forgetting comparison's interval is on the narrow side.
 SEGMENT_TOKENS = 32
 BASE = "base"
-GOLD = "base + gold document"  # the outcome of the base model reading each fact's own document
+GOLD_DOCUMENT = "base + gold document"  # the outcome of the base model reading each fact's own document
 # the knowledge table's rows read with a document in the prompt
 RAG_ROW, DSF_RAG_ROW, GOLD_ROW = "base model + RAG (top-{k})", "DSF (chosen) + RAG", "base model + gold document"
 CLOSED_ROW = "base model, closed book"  # the knowledge table's first row
@@ -96,13 +96,25 @@ class ForgettingProbe:
     segment_nll: dict  # "<text>, tokens a-b" -> mean negative log-likelihood of those tokens
     by_text: dict = field(default_factory=dict)  # text name -> perplexity
     label: str = ""  # whose probe: its outcomes are "NLL: <label>"
+    per_seed: list = field(default_factory=list)  # a seeded arm's: each seed's segment NLL (segment_nll is their mean)
 
     @property
     def measured(self) -> "Measured":
-        """Its per-segment NLL as the outcomes "NLL: <label>"."""
+        """Its per-segment NLL as the outcomes "NLL: <label>" (and each seed's, "NLL: <label> (seed k)")."""
         out = Measured()
-        out.record(f"NLL: {self.label}", self.segment_nll)
+        if self.per_seed:
+            record_seeds(out, f"NLL: {self.label}", self.per_seed)
+        else:
+            out.record(f"NLL: {self.label}", self.segment_nll)
         return out
+
+
+def seed_mean_probe(label: str, probes: list) -> "ForgettingProbe":
+    """The probe of a seeded arm: each seed's per-segment NLL, their mean, the geometric mean of the
+    seeds' perplexities (a mean of log-likelihoods) and the first seed's per-text perplexities."""
+    mean = mean_outcomes([p.segment_nll for p in probes])
+    return ForgettingProbe(math.exp(sum(math.log(p.perplexity) for p in probes) / len(probes)), mean, probes[0].by_text,
+                           label, [p.segment_nll for p in probes])
 
 
 @dataclass
@@ -538,7 +550,8 @@ class Knowledge:
         return float(self.table.loc[label, "held_out"])
 
 
-def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
+def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint, found: "Study | None" = None,
+              retrieval: tuple | None = None) -> Knowledge:
     """The base model closed book; the chosen checkpoint (its outcomes copied to "DSF p<n> ..."), and
     the last one (converged); RAG with the base and with the chosen fine-tune, and the base model
     given each fact's own document (what RAG would score if retrieval never missed), on the held-out
@@ -548,11 +561,17 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
     held, seen = closed_book(ch, measured, ch.lm, BASE)
     rows = [{"condition": CLOSED_ROW, "held_out": share(held), "trained_paraphrase": share(seen)}]
     name = dsf_name(count)
-    for part in ("held-out", "trained paraphrase", "quality", "known"):
+    parts = ("held-out", "trained paraphrase", "quality", "known")
+    if found is not None:  # a seeded draw: each seed's outcomes, their mean, RAG's row and the generated answers
+        parts += ("+ RAG", "held-out generated")
+    tags = [""] + ([seed_tag(k) for k in range(1, len(found.choices[GOLD].runs) + 1)] if found is not None else [])
+    for part in parts:
         source = f"{dsf_name(count, chosen.exposures)} {part}"
-        if source in curve.measured.outcomes:
-            measured.record(f"{name} {part}", curve.measured.outcomes[source],
-                            tokens=curve.measured.outcome_tokens.get(source))
+        target = f"{name} {'generated' if part == 'held-out generated' else part}"
+        for tag in tags:
+            if source + tag in curve.measured.outcomes:
+                measured.record(target + tag, curve.measured.outcomes[source + tag],
+                                tokens=curve.measured.outcome_tokens.get(source + tag))
     # the last checkpoint gets a row of its own only where it is not the chosen one
     points = [(dsf_row_label(count, chosen.exposures, "chosen" if chosen.converged != chosen.exposures else "both"),
                chosen.exposures)]
@@ -563,13 +582,18 @@ def knowledge(ch: Chapter, curve: Curve, chosen: Checkpoint) -> Knowledge:
         rows.append({"condition": label, "held_out": row.heldout_acc, "trained_paraphrase": row.trained_acc,
                      "exposures": exposures, "train_s": row.seconds})
     measured.update(handover.give_dsf(ch.facts, curve.folders[chosen.exposures]))
+    if found is not None:
+        measured.update(handover.give_seeds(found.refs(GOLD), found.refs(found.reader) if found.reader else [], found.reader))
     dsf_lm = units.model(curve.folders[chosen.exposures])
-    conversations, recall, gold = retrieved(ch)
+    conversations, recall, gold = retrieval or retrieved(ch)
     qids = [q.qid for q in ch.facts]
     readers = ((RAG_ROW.format(k=p.rag_top_k), "base + RAG", ch.lm, conversations), (DSF_RAG_ROW, f"{name} + RAG", dsf_lm, conversations),
-               (GOLD_ROW, GOLD, ch.lm, gold))
+               (GOLD_ROW, GOLD_DOCUMENT, ch.lm, gold))
     with clock.stage("rag"):
         for label, outcome, model_lm, convs in readers:
+            if outcome in measured.outcomes:  # a seeded draw's DSF + RAG: the seed mean the study measured
+                rows.append({"condition": label, "held_out": share(measured.outcomes[outcome])})
+                continue
             ranking = rank_facts(ch, model_lm, convs, ch.facts, outcome)
             measured.record(outcome, ranking.outcomes(qids), tokens={q: (t, 0) for q, t in zip(qids, ranking.prompt_tokens)})
             rows.append({"condition": label, "held_out": ranking.accuracy})
@@ -943,6 +967,41 @@ class Study:
         return [run.result.ref(c.checkpoint.exposures // c.per) for run in c.runs]
 
 
+def study_injection(found: "Study") -> Injection:
+    """The study's injection arms as chapter 3's injection section: one row per arm and checkpoint at
+    its chosen rate (the seed mean), each arm's chosen checkpoint, the reader's arm, their outcomes
+    (each seed's and the mean, the reader's copied as "DSF from documents ...")."""
+    readers = [a for a in found.choices if a != GOLD]
+    if not readers:
+        return no_injection()
+    rows = []
+    for arm in readers:
+        c = found.choices[arm]
+        table = found.table[(found.table.arm == arm) & (found.table.lr == c.lr)]
+        mean = table.groupby("exposures", sort=True).mean(numeric_only=True).reset_index()
+        mean.insert(0, "arm", READER_ARMS[arm])
+        rows.append(mean)
+    measured = Measured()
+    prefixes = tuple(f"{arm_name(a)} e" for a in readers) + (f"{READER} ", f"NLL: {READER}") + tuple(f"NLL: {arm_name(a)} e" for a in readers)
+    for name, outcomes in found.measured.outcomes.items():
+        if name.startswith(prefixes):
+            measured.record(name, outcomes, tokens=found.measured.outcome_tokens.get(name))
+    table = pd.concat(rows, ignore_index=True)[list(CURVE_COLUMNS) + list(PROBE_COLUMNS)]
+    return Injection(table, {a: found.choices[a].checkpoint for a in readers}, found.reader, measured)
+
+
+def study_table(found: "Study") -> pd.DataFrame:
+    """The study's every run, one row per arm, rate, seed and checkpoint (STUDY_COLUMNS: the test
+    columns only on the chosen rate's seeds, the others were never scored on a test fact), the arm
+    by its name (the gold questions named an upper bound), each row marked where it is the arm's
+    chosen rate and checkpoint."""
+    table = found.table.copy()
+    table["chosen"] = [r.lr == found.choices[r.arm].lr and r.exposures == found.choices[r.arm].checkpoint.exposures
+                       for r in table.itertuples()]
+    table["arm"] = [GOLD_ARM if a == GOLD else READER_ARMS[a] for a in table.arm]
+    return table
+
+
 def study_curve(ch: Chapter, found: Study) -> tuple[Curve, Checkpoint]:
     """The gold arm of the study as chapter 3's knowledge curve: its chosen rate's seed-mean row per
     checkpoint (CURVE_COLUMNS), each checkpoint by its first seed's unit reference, its first seed's
@@ -1023,11 +1082,14 @@ class FormatView:
     measured: Measured
 
 
-def format_view(ch: Chapter, found: Knowledge) -> FormatView:
+def format_view(ch: Chapter, found: Knowledge, study_: "Study | None" = None) -> FormatView:
     """Generated answers to every test fact's held-out question: the base model and the chosen
     fine-tune, closed book and with RAG (their outcomes "<name> generated"); the table shows the
-    format subset's (the first n_format_facts)."""
+    format subset's (the first n_format_facts). On a seeded draw (`study_`) the fine-tune's closed-book
+    answers are the study's (its first seed's shown), and it answers with RAG once per seed."""
     name, measured = dsf_name(ch.best_count), Measured()
+    if study_ is not None:
+        return seeded_format_view(ch, found, study_)
     with ch.clock.stage("format_view"):
         closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
         k = len(ch.format_facts)
@@ -1037,6 +1099,30 @@ def format_view(ch: Chapter, found: Knowledge) -> FormatView:
             "DSF (chosen), closed book": generated(ch, measured, found.dsf_lm, name, closed),
             "base + RAG": generated(ch, measured, ch.lm, "base + RAG", found.rag_conversations),
             "DSF + RAG": generated(ch, measured, found.dsf_lm, f"{name} + RAG", found.rag_conversations)}).head(k)
+    return FormatView(table, measured)
+
+
+def seeded_format_view(ch: Chapter, found: Knowledge, study_: "Study") -> FormatView:
+    """format_view() on a seeded draw: the base model closed book and with RAG; the chosen fine-tune's
+    closed-book answers as the study generated them (its first seed's shown: read back from its unit),
+    and with RAG once per seed ("DSF p<n> + RAG generated (seed k)", and their mean)."""
+    p, name, measured = ch.params, dsf_name(ch.best_count), Measured()
+    models = [units.model(ref) for ref in study_.refs(GOLD)]
+    with ch.clock.stage("format_view"):
+        closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
+        first = generate(models[0], closed, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
+        outs, texts = [], []
+        for k, model_lm in enumerate(models, 1):
+            out = Measured()
+            texts.append(generated(ch, out, model_lm, f"{name} + RAG{seed_tag(k)}", found.rag_conversations))
+            outs.append(out.outcomes[f"{name} + RAG{seed_tag(k)} generated"])
+        record_seeds(measured, f"{name} + RAG generated", outs)
+        table = pd.DataFrame({
+            "question": [q.test_text for q in ch.facts], "gold": [q.answer for q in ch.facts],
+            "base, closed book": generated(ch, measured, ch.lm, BASE, closed),
+            "DSF (chosen), closed book": [rag.strip_citations(t) for t in first.texts],
+            "base + RAG": generated(ch, measured, ch.lm, "base + RAG", found.rag_conversations),
+            "DSF + RAG": texts[0]}).head(len(ch.format_facts))
     return FormatView(table, measured)
 
 
@@ -1350,10 +1436,9 @@ def seeded_methods(ch: Chapter, lrs: dict) -> Methods:
             for part in ("held-out", "trained paraphrase", "quality"):
                 tagged = [f"{method_name(name)}{seed_tag(k)} {part}" for k in range(1, len(outs) + 1)]
                 parts[part] = record_seeds(measured, f"{method_name(name)} {part}", [o.outcomes[t] for o, t in zip(outs, tagged)])
-            mean_nll = record_seeds(measured, f"NLL: {method_label(name)}", [f.segment_nll for f in nll])
             runs[name] = first[0]
-            probes[method_label(name)] = ForgettingProbe(math.exp(sum(math.log(f.perplexity) for f in nll) / len(nll)), mean_nll,
-                                                         first[1].by_text, method_label(name))
+            probes[method_label(name)] = seed_mean_probe(method_label(name), nll)
+            measured.update(probes[method_label(name)].measured)
             rows.append({"method": name, "lr": lrs[name], "held_out": share(parts["held-out"]),
                          "trained_paraphrase": share(parts["trained paraphrase"]), "quality": share(parts["quality"]),
                          **{k: first[0][k] for k in COST_COLUMNS}})
@@ -1428,7 +1513,8 @@ class Findings:
     methods: Methods
     answers: FormatView | None = None  # format_view's generated answers
     dsf_probe: ForgettingProbe | None = None  # the chosen fine-tune's (probe_chosen)
-    injected: Injection | None = None  # the arms a reader could build (injection_curves)
+    injected: Injection | None = None  # the arms a reader could build (injection_curves, or study_injection)
+    study: "Study | None" = None  # a seeded draw's knowledge study (every arm, rate and seed)
 
     @property
     def measured(self) -> Measured:
@@ -1448,10 +1534,12 @@ class Findings:
                 self.behaviour.probe[0]: self.behaviour.probe[1], **self.methods.probes}
 
 
-def probe_chosen(ch: Chapter, found: Knowledge) -> ForgettingProbe:
+def probe_chosen(ch: Chapter, found: Knowledge, study_: "Study | None" = None) -> ForgettingProbe:
     """The chosen fine-tune's forgetting probe ("NLL: DSF, LoRA"): K7 at the checkpoint that stands
-    for fine-tuning."""
-    return probe(DSF_LABEL, found.dsf_lm, ch.general)
+    for fine-tuning; on a seeded draw each seed's (read back from the study's units) and their mean."""
+    if study_ is None:
+        return probe(DSF_LABEL, found.dsf_lm, ch.general)
+    return seed_mean_probe(DSF_LABEL, [probe(DSF_LABEL, units.model(ref), ch.general) for ref in study_.refs(GOLD)])
 
 
 def headline_metrics(ch: Chapter, f: Findings) -> Measured:
@@ -1490,8 +1578,18 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put(f"dsf_p{count_}_heldout_contains", row.held_out, "rate", n=n)
         put(f"dsf_p{count_}_train_contains", row.trained_paraphrase, "rate", n=n)
     put("k5_exposures", p.k5_exposures, "exact")
-    put("n_training_seeds", len(f.methods.seeds), "exact")
-    put("dsf_seed_spread", seed_spread(f.methods.seeds), "rate", n=len(ch.method_facts))
+    if f.study is None:
+        put("n_training_seeds", len(f.methods.seeds), "exact")
+        put("dsf_seed_spread", seed_spread(f.methods.seeds), "rate", n=len(ch.method_facts))
+    else:  # a seeded draw: each arm's spread at its chosen rate and checkpoint, from its own seeds' runs
+        put("n_training_seeds", len(training_seeds(p)), "exact")
+        for arm, c in f.study.choices.items():
+            key = "dsf" if arm == GOLD else f"inject_{arm}"
+            at = [next(r for r in run.rows if r["exposures"] == c.checkpoint.exposures) for run in c.runs]
+            put(f"{key}_seed_spread", max(r["heldout_acc"] for r in at) - min(r["heldout_acc"] for r in at), "rate", n=n)
+            put(f"{key}_lr_study", c.lr, "choice")
+        if f.study.reader:
+            put("reader_seed_spread", m[f"inject_{f.study.reader}_seed_spread"], "rate", n=n)
     # The rates above rank the gold value against LOOKALIKES look-alikes: guessing scores this.
     put("knowledge_chance", 1 / (LOOKALIKES + 1), "exact")
     for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag", "gold_document"):
@@ -1595,13 +1693,20 @@ TRAINED_COMPARISONS = ("K1-rag-vs-dsf", "K1-memorisation", "K5-paraphrases", "K6
                        "T1-lora-vs-full", "T3-qlora-vs-lora", "T3-attention-only")
 
 
+def equal_exposures(params) -> int:
+    """The exposures at which the injection arms are compared with one another (K5-rewritten-documents,
+    K1-generated-documents): the last checkpoint every arm of injection_arms is scored at."""
+    shared = set.intersection(*(set(arm_exposures(params, a)) for a in params.injection_arms)) if params.injection_arms else set()
+    return max(shared) if shared else max(params.injection_exposures)
+
+
 def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
     """Every comparison the analysis plan declares for this chapter (ragft.results.state_comparisons),
     with the run's choices for its placeholders and its arms' labels, keyed by comparison id; `save`
     keeps them on the results file. Directions are the claims' own, whatever this run measured."""
     p, top = ch.params, ch.best_count
     low, e5, sizes, ran = min(p.paraphrase_counts), p.k5_exposures, p.structured_sizes, f.methods.table.index
-    inj, last = f.injected, max(p.injection_exposures)
+    inj, last = f.injected, equal_exposures(p)
     dsf_label = f"the chosen DSF ({f.chosen.exposures} exposures)"
     reader = f"the reader's fine-tune ({READER_ARMS[inj.reader]})" if inj is not None and inj.reader else ""
     choices = {"count": top, "examples": f.behaviour.best_size,
@@ -1620,7 +1725,8 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "T3-attention-only": "attention-only LoRA is not in methods" if "lora-attention" not in ran else "",
         **{cid: "injection_arms does not name both of its arms in this run" if not reader or not arms <= set(p.injection_arms) else ""
            for cid, arms in (("K1-rag-vs-reader", set()), ("K5-rewritten-documents", {"rewritten", "documents"}),
-                             ("K1-generated-documents", {"generated", "documents"}))},
+                             ("K1-generated-documents", {"generated", "documents"}), ("K1-reader-equivalent", set()),
+                             ("K5-rag-vs-reader-rag", set()), ("K6-reader-plus-rag", set()), ("K7-forgetting-reader", set()))},
     }.items() if why}
     labels = {
         "K1-rag-vs-dsf": ("RAG", f"closed-book {dsf_label}"),
@@ -1632,6 +1738,10 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "K7-known-facts": (dsf_label, "the base model"),
         # knowledge injection as a reader would do it: the arms that train on the documents alone
         "K1-rag-vs-reader": ("RAG", reader),
+        "K1-reader-equivalent": ("RAG", reader),
+        "K5-rag-vs-reader-rag": ("RAG alone", f"{reader} + RAG"),
+        "K6-reader-plus-rag": (f"{reader} + RAG", f"{reader} alone"),
+        "K7-forgetting-reader": (reader, "the base model"),
         "K5-rewritten-documents": (READER_ARMS["rewritten"], READER_ARMS["documents"]),
         "K1-generated-documents": (READER_ARMS["generated"], READER_ARMS["documents"]),
         # K4: the fine-tune against zero-shot prompting at its strongest (the long instruction, no example values)
@@ -1653,6 +1763,10 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "K7-forgetting-full": (METHOD_LABELS["full"], "the base model"),
         "K7-full-vs-lora": ("full fine-tuning", "LoRA"),
     }
+    # the reader arms' K1, K5, K6 and K7 comparisons are a draw's own (the plan declares them from draw d2 on)
+    declared = {cid for cid, spec in the_plan().comparisons.items() if spec.chapter == CHAPTER}
+    labels = {cid: v for cid, v in labels.items() if cid in declared}
+    unmeasured = {cid: why for cid, why in unmeasured.items() if cid in declared}
     return state_comparisons(CHAPTER, f.outcomes(ch), labels, choices, unmeasured, profile=p.profile)
 
 
@@ -1784,7 +1898,10 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
 
 
 def knowledge_curve_table(ch: Chapter, f: Findings) -> pd.DataFrame:
-    """Every arm's knowledge curve with what it cost and broke (curve_table), from the findings."""
+    """Every arm's knowledge curve with what it cost and broke (curve_table), from the findings; on a
+    seeded draw the study's every run (study_table)."""
+    if f.study is not None:
+        return study_table(f.study)
     generated = f.measured.outcomes.get(f"{dsf_name(ch.best_count)} generated", {})
     covered = share(generated) if len(generated) == ch.n_facts else float("nan")  # every test fact, or none
     injected = f.injected or no_injection()
