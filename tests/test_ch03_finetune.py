@@ -15,6 +15,8 @@ from ragft.experiments import ch03_finetune as ch03
 from ragft.generation import Generation
 from ragft.results import Clock, Measured, judged_of
 from ragft.train import tasks
+from ragft.corpus import build_kb
+from ragft.corpus.kb import KBSizes
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "experiments" / "results" / "cpu" / "03_finetune.json"
@@ -460,3 +462,70 @@ def test_the_curve_table_has_a_row_per_arm_and_checkpoint():
     assert table.general_nll.iloc[2] == pytest.approx(2.5) and math.isnan(table.general_nll.iloc[0])
     assert table.with_rag_acc.iloc[2] == 0.9 and math.isnan(table.with_rag_acc.iloc[1])
     assert table.heldout_generated.iloc[3] == 0.5  # an injection arm's, measured at each checkpoint
+
+
+# --- the knowledge study on a seeded draw (the plan's `study` and `seeds`)
+
+def _run(lr: float, rows: list[tuple]) -> "ch03.ArmRun":
+    """An arm's run: rows of (exposures, dev_trained_acc, dev_heldout_acc, train_tokens)."""
+    return ch03.ArmRun("documents", lr, 1, None, [{"exposures": e, "dev_trained_acc": t, "dev_heldout_acc": h,
+                                                    "train_tokens": tok, "seconds": 1.0, "flops": 1.0}
+                                                   for e, t, h, tok in rows])
+
+
+RULE = {"dev_trained_min": 0.95, "heldout_slack": 1}
+
+
+def test_the_rate_rule_prefers_a_fit_checkpoint_then_more_held_out_then_fewer_tokens_then_the_smaller_rate():
+    # 20 development facts (slack 1 fact = 0.05). 1e-3 never reaches the bar (trained 0.9): unfit, though
+    # its held-out is highest; 3e-3 and 1e-2 are fit at 0.60 held-out, 1e-2 one checkpoint earlier
+    # (fewer tokens): 1e-2 stands
+    slow = _run(1e-3, [(6, 0.5, 0.6, 100), (12, 0.9, 0.8, 200)])
+    mid = _run(3e-3, [(6, 0.8, 0.4, 100), (12, 1.0, 0.6, 200)])
+    fast = _run(1e-2, [(6, 1.0, 0.6, 100), (12, 1.0, 0.55, 200)])
+    assert ch03.choose_rate([slow, mid, fast], RULE, 20) == 1e-2
+    # the same held-out and tokens: the smaller rate
+    twin = _run(3e-3, [(6, 1.0, 0.6, 100), (12, 1.0, 0.55, 200)])
+    assert ch03.choose_rate([fast, twin], RULE, 20) == 3e-3
+
+
+def test_the_checkpoint_of_a_seeded_arm_is_chosen_on_its_seeds_mean():
+    # seed 1 fit at 6, seed 2 only at 12: the mean is trained (0.9 + 1.0) / 2 = 0.95 at 6, so 6 meets
+    # the bar if its held-out (0.55) is within one fact (0.05) of the mean curve's best (0.6)
+    one = _run(3e-3, [(6, 1.0, 0.6, 100), (12, 1.0, 0.6, 200)])
+    two = _run(3e-3, [(6, 0.9, 0.5, 100), (12, 1.0, 0.6, 200)])
+    mean = ch03.seed_mean_curve([one, two])
+    assert mean.dev_trained_acc.tolist() == [0.95, 1.0] and mean.dev_heldout_acc.tolist() == [0.55, 0.6]
+    assert ch03.choose_checkpoint(mean, RULE, 20).exposures == 6
+    # each seed's own fitness there: seed 1 yes; seed 2 no (trained 0.9 < 0.95)
+    assert ch03.fit_at(pd.DataFrame(one.rows), 6, RULE, 20) and not ch03.fit_at(pd.DataFrame(two.rows), 6, RULE, 20)
+
+
+def test_each_seed_is_recorded_beside_the_seed_mean():
+    into = Measured()
+    mean = ch03.record_seeds(into, "DSF p3 held-out", [{"a": 1, "b": 0}, {"a": 1, "b": 1}, {"a": 0, "b": 1}])
+    assert mean == {"a": 2 / 3, "b": 2 / 3}
+    assert sorted(into.outcomes) == ["DSF p3 held-out", "DSF p3 held-out (seed 1)", "DSF p3 held-out (seed 2)",
+                                     "DSF p3 held-out (seed 3)"]
+    with pytest.raises(ValueError, match="different questions"):
+        ch03.mean_outcomes([{"a": 1}, {"b": 1}])
+
+
+def test_the_injection_arms_are_compared_at_the_last_checkpoint_they_all_share():
+    p = SimpleNamespace(injection_arms=["documents", "rewritten", "generated"], injection_exposures=[3, 6],
+                        arm_exposures={"documents": [6, 12, 24, 36, 48], "rewritten": [6, 12, 24, 36, 48],
+                                       "generated": [6, 12, 24, 36]})
+    assert ch03.equal_exposures(p) == 36
+    assert ch03.equal_exposures(SimpleNamespace(injection_arms=[], injection_exposures=[3, 6], arm_exposures={})) == 6
+
+
+def test_a_draw_of_whole_documents_takes_every_fact_of_its_documents_and_keeps_development_apart():
+    kb = build_kb(2, KBSizes(n_series=3, models_per_series=2, n_people=6, n_sites=3, n_policies=2))
+    p = SimpleNamespace(test_documents=2, dev_documents=1, documents_min_facts=6, n_facts=4, n_dev_facts=2, seed=1)
+    test, dev = ch03.drawn_facts(kb, p)
+    test_docs, dev_docs = {q.doc_ids[0] for q in test}, {q.doc_ids[0] for q in dev}
+    assert len(test_docs) == 2 and len(dev_docs) == 1 and not test_docs & dev_docs
+    assert test == kb.facts_of(sorted(test_docs, key=[q.doc_ids[0] for q in test].index))  # every fact of each
+    pilot = SimpleNamespace(**{**vars(p), "test_documents": 0})
+    test, dev = ch03.drawn_facts(kb, pilot)
+    assert len(test) == 4 and len(dev) == 2 and not {q.qid for q in test} & {q.qid for q in dev}

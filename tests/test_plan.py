@@ -286,3 +286,46 @@ def test_an_arm_given_what_no_reader_has_is_named_an_upper_bound(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match="upper_bounds broken"):
         plan.load_plan(path)
+
+
+def _seeded_outcomes(seed_rows: list[list[int]], other: list[int]) -> dict:
+    """A seeded arm's outcomes per seed ("B (seed k)") and their mean ("B"), beside an arm without seeds."""
+    ids = [f"q{i}" for i in range(len(other))]
+    out = {"A": dict(zip(ids, other))}
+    for k, row in enumerate(seed_rows, 1):
+        out[f"B (seed {k})"] = dict(zip(ids, row))
+    out["B"] = {q: sum(r[i] for r in seed_rows) / len(seed_rows) for i, q in enumerate(ids)}
+    return out
+
+
+def test_a_seeded_arm_is_judged_on_its_mean_and_each_seed_beside_it():
+    # 20 questions; A right on all; seeds of B right on 0, 10 and 20 of them: the mean (0.5) is tested by
+    # the sign-flip test (continuous), each seed alone by exact McNemar (its 0/1 outcomes)
+    spec = plan.Planned("K1-x", "K1", "03_finetune", "A", "B", "m", "questions", "paired", "continuous", "greater",
+                        0.10, 0.0, 20, 0.0, 1.0, "primary")
+    p = plan.load_plan()
+    outcomes = _seeded_outcomes([[0] * 20, [1] * 10 + [0] * 10, [1] * 20], [1] * 20)
+    seeds = plan.judge_seeds(spec, "A", "B", outcomes, p)
+    assert [s["seed"] for s in seeds] == [1, 2, 3]
+    assert [s["b"] for s in seeds] == ["B (seed 1)", "B (seed 2)", "B (seed 3)"] and {s["a"] for s in seeds} == {"A"}
+    assert [s["kind"] for s in seeds] == ["binary"] * 3
+    assert [round(s["diff"], 2) for s in seeds] == [1.0, 0.5, 0.0]
+    # seed 1: 20 discordant pairs all one way: McNemar p = 2 * 0.5**20; seed 3: none discordant, p = 1
+    assert seeds[0]["p"] == pytest.approx(2 * 0.5 ** 20) and seeds[2]["p"] == 1.0
+    assert plan.judge_seeds(spec, "A", "A", outcomes, p) is None  # no seeded arm: nothing per seed
+
+
+def test_seed_verdicts_take_the_holm_factor_of_their_comparison_and_mark_disagreement_fragile():
+    # a family of two primaries: the smaller p gets Holm's factor 2, the larger 1; a seed's p is
+    # multiplied by its comparison's factor (seed p 0.03 * 2 = 0.06: not decided at 0.05)
+    base = {"role": "primary", "test": "paired", "expect": "greater", "kind": "binary", "margin": 0.0, "sesoi": 0.1,
+            "bound": None, "ci_low": 0.2, "ci_high": 0.6, "diff": 0.4}
+    first = {**base, "claim": "K1-rag-vs-dsf", "p": 0.001,
+             "seeds": [{**base, "seed": 1, "p": 0.001}, {**base, "seed": 2, "p": 0.03}]}
+    second = {**base, "claim": "K1-gold-document", "p": 0.01, "seeds": [{**base, "seed": 1, "p": 0.01}]}
+    p = plan.load_plan()
+    out = {c["claim"]: c for c in plan.seed_verdicts([first, second], p)}
+    assert [s["p_adjusted"] for s in out["K1-rag-vs-dsf"]["seeds"]] == pytest.approx([0.002, 0.06])
+    assert [s["verdict"] for s in out["K1-rag-vs-dsf"]["seeds"]] == [stats.SUPPORTED, stats.NOT_DECIDED]
+    assert out["K1-rag-vs-dsf"]["fragile"] is True
+    assert out["K1-gold-document"]["seeds"][0]["p_adjusted"] == pytest.approx(0.01) and out["K1-gold-document"]["fragile"] is False

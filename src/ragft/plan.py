@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -308,6 +308,45 @@ def glue_key(comparison_id: str) -> str:
     return comparison_id.lower().replace("-", "_")
 
 
+def seed_tag(k: int) -> str:
+    """The suffix of a seeded arm's outcomes from its k-th training seed (the plan's `seeds`): each
+    seed's are "<condition> (seed k)", their mean "<condition>"."""
+    return f" (seed {k})"
+
+
+def seeded_names(name: str, outcomes: dict[str, dict]) -> list[str]:
+    """A condition's per-seed names recorded in `outcomes` ("<name> (seed 1)", ...), [] for an arm
+    without seeds."""
+    out, k = [], 1
+    while name + seed_tag(k) in outcomes:
+        out.append(name + seed_tag(k))
+        k += 1
+    return out
+
+
+def judge_seeds(spec: "Planned", a: str, b: str, outcomes: dict[str, dict], plan: "Plan",
+                profile: str | None = None) -> list[dict] | None:
+    """The comparison on each training seed's outcomes alone (the plan's `seeds.per_seed`): a seeded
+    arm's seed k against the other arm's seed k, or the other arm itself where it has no seeds; each
+    tested by the test for its outcomes' kind (0/1 outcomes: exact McNemar with Tango's interval).
+    Raw p and verdict; None where neither arm has seeds."""
+    names_a, names_b = seeded_names(a, outcomes), seeded_names(b, outcomes)
+    if not names_a and not names_b:
+        return None
+    k = max(len(names_a), len(names_b))
+    if names_a and names_b and len(names_a) != len(names_b):
+        raise ValueError(f"comparison {spec.id}: {a} has {len(names_a)} seeds and {b} {len(names_b)}")
+    out = []
+    for i in range(k):
+        sa, sb = (names_a[i] if names_a else a), (names_b[i] if names_b else b)
+        values = [v for name in (sa, sb) for v in outcomes[name].values()]
+        seed_spec = replace(spec, kind="binary") if all(v in (0, 1) for v in values) else spec
+        c = stats.compare(seed_spec, sa, outcomes[sa], sb, outcomes[sb], plan.alpha,
+                          plan.family_size(spec.family, profile), spec.stated, plan.power)
+        out.append({**c.as_dict(), "seed": i + 1})
+    return out
+
+
 def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b: str | None = None,
           plan: Plan | None = None, profile: str | None = None) -> stats.Comparison:
     """One declared comparison from recorded outcomes ({condition: {unit id: score}}), raw: its test,
@@ -322,8 +361,10 @@ def judge(comparison_id: str, outcomes: dict[str, dict], a: str | None = None, b
         raise KeyError(f"comparison {comparison_id}: no outcomes recorded for {missing}")
     if spec.test == "check":
         return _check(spec, a, outcomes[a], b, outcomes[b])
-    return stats.compare(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
-                         spec.stated, plan.power)
+    found = stats.compare(spec, a, outcomes[a], b, outcomes[b], plan.alpha, plan.family_size(spec.family, profile),
+                          spec.stated, plan.power)
+    found.seeds = judge_seeds(spec, a, b, outcomes, plan, profile)
+    return found
 
 
 def judge_chapter(chapter: str, outcomes: dict[str, dict], choices: dict | None = None, plan: Plan | None = None,
@@ -432,6 +473,40 @@ def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str,
             c["p_adjusted"] = adjusted[c["claim"]]
             c["verdict"] = stats.decide(c, c["p_adjusted"], plan.alpha)
             c["verdict_raw"] = raw if raw != c["verdict"] else None
+        out.append(c)
+    return out
+
+
+FRAGILE = "fragile (training seed)"  # the mark beside a verdict whose training seeds disagree (the plan's `seeds.fragile`)
+
+
+def seed_verdicts(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None,
+                  family: str = BOOK, profile: str | None = None) -> list[dict]:
+    """Each training seed's verdict beside an adjusted family's comparisons (the plan's
+    `seeds.per_seed`): a seed's p multiplied by the factor Holm gave its comparison (the family's size
+    less the comparison's rank among the family's raw p, as `adjust` counts them; a secondary's p as it
+    is), capped at 1; its fitness that seed's own (a fitness metric "<metric>_seed<k>" where the chapter
+    records one, else the arm's); its verdict by the same rules (stats.decide). A comparison whose
+    seeds' verdicts are not all the same is marked `fragile`; its verdict stays the seed mean's."""
+    plan = plan or the_plan()
+    held = sorted((c for c in comparisons if c.get("role") == "primary" and c.get("test") in stats.TESTS
+                   and plan.family_of(c["claim"]) == family), key=lambda c: c["p"])
+    size = max(plan.family_size(family, profile) if family == BOOK and profile else len(held), len(held))
+    factor = {c["claim"]: size - rank for rank, c in enumerate(held)}
+    out = []
+    for c in comparisons:
+        c = dict(c)
+        if c.get("seeds"):
+            seeds = []
+            for s in c["seeds"]:
+                per_seed_metrics = {ch: {k: m.get(f"{k}_seed{s['seed']}", v) for k, v in m.items()}
+                                    for ch, m in (metrics or {}).items()}
+                s = {**s, "unfit": unfit(c, per_seed_metrics, plan)}
+                s["p_adjusted"] = min(1.0, factor[c["claim"]] * s["p"]) if c["claim"] in factor else None
+                s["verdict"] = stats.decide(s, s["p_adjusted"] if s["p_adjusted"] is not None else s["p"], plan.alpha)
+                seeds.append(s)
+            c["seeds"] = seeds
+            c["fragile"] = len({s["verdict"] for s in seeds}) > 1
         out.append(c)
     return out
 

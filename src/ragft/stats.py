@@ -354,6 +354,7 @@ class Comparison:
     n_planned: int | None = None
     p_method: str | None = None  # how p was computed (EXACT_MCNEMAR, SIGNFLIP_EXACT, SIGNFLIP_MC, TANGO_TOST, WELCH)
     family_size: int | None = None  # the family's size that n_needed's level divides alpha by
+    seeds: list | None = None  # a seeded arm's: the same comparison on each training seed's outcomes (raw; ragft.plan)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from .claims import Claim, load_claims
 from .constants import DEPENDS
 from .declared import record
-from .plan import BOOK, adjust, rejudge, the_plan
+from .plan import BOOK, FRAGILE, adjust, rejudge, seed_verdicts, the_plan
 from .stats import CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
 
 NOT_TESTABLE = "not testable here"
@@ -60,6 +60,7 @@ class LedgerRow:
     level: float = 0.95
     declared: str | None = None  # whether the parts it rests on were declared before any result ("yes" / "no: ...")
     upper_bound: str | None = None  # the parts whose arm was given what no reader has, and what (the plan's upper_bounds)
+    fragile: str | None = None  # the parts whose training seeds' verdicts disagree, with each seed's (the plan's `seeds`)
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
@@ -155,7 +156,16 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
                      shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
                      shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
                      "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95),
-                     declared_text([c for c in held if c.get("kind") != "computed"]), upper_bound_text(held))
+                     declared_text([c for c in held if c.get("kind") != "computed"]), upper_bound_text(held),
+                     fragile_text(held))
+
+
+def fragile_text(parts: list[dict]) -> str | None:
+    """The parts a verdict rests on whose training seeds disagree: "fragile (training seed): <id>:
+    seed 1 <verdict>, seed 2 <verdict>, ...", or None."""
+    said = [f"{c['claim']}: " + ", ".join(f"seed {s['seed']} {s['verdict']}" for s in c["seeds"])
+            for c in parts if c.get("fragile")]
+    return f"{FRAGILE}: " + "; ".join(said) if said else None
 
 
 def upper_bound_text(parts: list[dict]) -> str | None:
@@ -206,8 +216,10 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     # the family the plan fixes for one profile; results of several (a partial publication read beside
     # another profile's) are adjusted over the comparisons they hold
     declared = record()  # when each was declared, and whether before any published result of it
+    profile = next(iter(profiles)) if len(profiles) == 1 else None
+    adjusted = seed_verdicts(adjust(found, metrics=metrics, profile=profile), metrics=metrics, profile=profile)
     return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS}}
-            for c in adjust(found, metrics=metrics, profile=next(iter(profiles)) if len(profiles) == 1 else None)}
+            for c in adjusted}
 
 
 DECLARED_KEYS = ("declared_in", "first_result_in", "declared_before_any_result")
@@ -263,7 +275,7 @@ def decided_table(doc: dict | None):
         compared = (f"{spec.a} against {spec.b}: {spec.metric}, n = {r['n']} {spec.unit}" if spec and r["n"] is not None
                     else r["comparison"])
         rows.append({"claim": r["claim"], "what it says": claims[r["claim"]].claim if r["claim"] in claims else "–",
-                     "verdict": r["verdict"], "what was compared": compared,
+                     "verdict": r["verdict"] + (f"; {FRAGILE}" if r.get("fragile") else ""), "what was compared": compared,
                      "difference [95 % CI]": LedgerRow(**r).difference(),
                      "caveat": (spec.caveat if spec and spec.caveat else "–"),
                      "upper bound": plan.upper_bound(r["comparison"], short=True) or "–",

@@ -53,7 +53,7 @@ from ..corpus.known import ranked_questions
 from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..generation import Generation, generate
-from ..plan import prose_terms, the_plan
+from ..plan import prose_terms, seed_tag, the_plan
 from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
@@ -519,6 +519,15 @@ def choose_checkpoint(curve: pd.DataFrame, rule: dict, n_dev: int) -> Checkpoint
     return Checkpoint(int(curve.exposures[curve.dev_heldout_acc.idxmax()]), False, last)
 
 
+def fit_at(curve: pd.DataFrame, exposures: int, rule: dict, n_dev: int) -> bool:
+    """Whether a curve meets the checkpoint rule's bar at a given checkpoint: its development facts'
+    trained phrasings at dev_trained_min or above and their held-out accuracy within heldout_slack facts
+    of the best the curve reaches (a seed's own fitness at the checkpoint its arm's seed mean chose)."""
+    row = curve.set_index("exposures").loc[exposures]
+    best = curve.dev_heldout_acc.max()
+    return bool(row.dev_trained_acc >= rule["dev_trained_min"] and row.dev_heldout_acc >= best - rule["heldout_slack"] / n_dev - 1e-9)
+
+
 def base_point(found: Knowledge, known: list) -> dict:
     """The base model's place on the curve: its closed-book accuracies, and every known question
     right (that is how they were chosen)."""
@@ -786,11 +795,6 @@ STUDY_COLUMNS = ("arm", "lr", "seed", "exposures", "train_tokens", "seconds", "f
                  "general_nll")
 
 
-def seed_tag(k: int) -> str:
-    """The suffix of a seeded arm's outcomes from its k-th training seed (1, 2, 3: the plan's `seeds`)."""
-    return f" (seed {k})"
-
-
 def seeded(params) -> bool:
     """Whether every fine-tune arm trains with every seed of n_training_seeds: a draw with the
     knowledge study (study_lrs; the plan's `seeds`). Otherwise LoRA's method run alone does."""
@@ -877,11 +881,11 @@ def choose_rate(runs: list[ArmRun], rule: dict, n_dev: int) -> float:
     """The plan's rate rule at the first seed: each rate's checkpoint by the arm's checkpoint rule on
     its development facts; a fit one before an unfit one, then the most held-out development questions
     answered there, then fewer training tokens, then the smaller rate."""
-    def key(run):
-        table = pd.DataFrame(run.rows)
+    def key(arm_run):
+        table = pd.DataFrame(arm_run.rows)
         cp = choose_checkpoint(table, rule, n_dev)
         row = table.set_index("exposures").loc[cp.exposures]
-        return (not cp.reached, -row.dev_heldout_acc, row.train_tokens, run.lr)
+        return (not cp.reached, -row.dev_heldout_acc, row.train_tokens, arm_run.lr)
 
     return min(runs, key=key).lr
 
@@ -889,7 +893,7 @@ def choose_rate(runs: list[ArmRun], rule: dict, n_dev: int) -> float:
 def seed_mean_curve(runs: list[ArmRun]) -> pd.DataFrame:
     """The development columns at each checkpoint, the mean over the runs' seeds (and their training
     cost, the mean too): what the checkpoint rule reads at the chosen rate."""
-    table = pd.DataFrame([r for run in runs for r in run.rows])
+    table = pd.DataFrame([r for arm_run in runs for r in arm_run.rows])
     return table.groupby("exposures", sort=True)[["dev_trained_acc", "dev_heldout_acc", "train_tokens", "seconds", "flops"]].mean().reset_index()
 
 
@@ -964,7 +968,7 @@ class Study:
     def refs(self, arm: str) -> list[str]:
         """The arm's chosen checkpoint in each seed's run, as unit references (a hand-over)."""
         c = self.choices[arm]
-        return [run.result.ref(c.checkpoint.exposures // c.per) for run in c.runs]
+        return [arm_run.result.ref(c.checkpoint.exposures // c.per) for arm_run in c.runs]
 
 
 def study_injection(found: "Study") -> Injection:
@@ -1043,19 +1047,19 @@ def study(ch: Chapter, rag_conversations: list) -> Study:
             for exposures in arm_exposures(p, arm):
                 name = checkpoint_name(arm, exposures, ch.best_count)
                 scored, outs = [], []
-                for k, run in enumerate(runs, 1):
-                    model_lm = run.result.at(exposures // per)
+                for k, arm_run in enumerate(runs, 1):
+                    model_lm = arm_run.result.at(exposures // per)
                     row, out = score_test(ch, arm, model_lm, name + seed_tag(k), rag_conversations)
                     scored.append(row)
                     outs.append(out)
-                    next(r for r in run.rows if r["exposures"] == exposures).update(row)
+                    next(r for r in arm_run.rows if r["exposures"] == exposures).update(row)
                     del model_lm
                     release_memory()
                 for part in outs[0].outcomes:
                     base = part.replace(seed_tag(1), "")
                     record_seeds(measured, base, [o.outcomes[part.replace(seed_tag(1), seed_tag(k))] for k, o in enumerate(outs, 1)],
                                  tokens=[o.outcome_tokens.get(part.replace(seed_tag(1), seed_tag(k))) for k, o in enumerate(outs, 1)])
-        rows += [r for run in grid if run.lr != lr for r in run.rows] + [r for run in runs for r in run.rows]
+        rows += [r for arm_run in grid if arm_run.lr != lr for r in arm_run.rows] + [r for arm_run in runs for r in arm_run.rows]
     table = pd.DataFrame([{k: r.get(k, float("nan")) for k in STUDY_COLUMNS} for r in rows], columns=list(STUDY_COLUMNS))
     readers = [a for a in p.injection_arms if a in choices]
     reader = None
@@ -1585,9 +1589,18 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put("n_training_seeds", len(training_seeds(p)), "exact")
         for arm, c in f.study.choices.items():
             key = "dsf" if arm == GOLD else f"inject_{arm}"
-            at = [next(r for r in run.rows if r["exposures"] == c.checkpoint.exposures) for run in c.runs]
+            at = [next(r for r in arm_run.rows if r["exposures"] == c.checkpoint.exposures) for arm_run in c.runs]
             put(f"{key}_seed_spread", max(r["heldout_acc"] for r in at) - min(r["heldout_acc"] for r in at), "rate", n=n)
             put(f"{key}_lr_study", c.lr, "choice")
+            # each seed's own fitness at the arm's checkpoint (the plan's seeds.per_seed): the fitness
+            # metric with "_seed<k>", which chapter 7 reads for that seed's verdict
+            rule = the_plan().fitness["dsf" if arm == GOLD else "injection"]["checkpoint"]
+            for k, arm_run in enumerate(c.runs, 1):
+                fit = fit_at(pd.DataFrame(arm_run.rows), c.checkpoint.exposures, rule, len(ch.dev_facts))
+                if arm == GOLD:
+                    put(f"dsf_fitness_reached_seed{k}", int(fit), "choice")
+                elif arm == f.study.reader:
+                    put(f"injection_fitness_reached_seed{k}", int(fit), "choice")
         if f.study.reader:
             put("reader_seed_spread", m[f"inject_{f.study.reader}_seed_spread"], "rate", n=n)
     # The rates above rank the gold value against LOOKALIKES look-alikes: guessing scores this.

@@ -13,7 +13,7 @@ from .. import costs, report, results, settings
 from ..claims import load_claims
 from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
                       decide)
-from ..plan import prose_terms, the_plan
+from ..plan import FRAGILE, prose_terms, the_plan
 from ..results import ChapterRun, Clock, Measured, open_chapter
 from ..prose import glue
 from ..stats import DIRECTION_ONLY, UNINFORMATIVE
@@ -82,7 +82,9 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
             measured = f"{r.difference()}, n = {r.n} ({r.comparison})"
         p = "–" if r.p is None else f"{r.p:.2g}" + ("" if r.p_adjusted is None else f" / {r.p_adjusted:.2g}")
         lines.append({"claim": r.claim, "what the sources say": c.claim, "sources": ", ".join(c.sources),
-                      "their figure": c.figure, "measured here": measured, "p raw / Holm": p, "verdict": r.verdict,
+                      "their figure": c.figure, "measured here": measured, "p raw / Holm": p,
+                      "verdict": r.verdict + (f"; {FRAGILE}" if r.fragile else ""),
+                      "each training seed": r.fragile or "–",
                       "changed by the adjustment": "; ".join(r.changed_by_adjustment or []) or "–",
                       "size vs stated": r.size or "–", "declared before any result": r.declared or "–",
                       "upper bound": "yes: an arm had what no reader has" if r.upper_bound else "–",
@@ -93,7 +95,7 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
 
 
 REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "declared before any result",
-                  "what the upper bound was given", "at larger scale"]  # long text: a table of their own
+                  "what the upper bound was given", "each training seed", "at larger scale"]  # long text: a table of their own
 
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
