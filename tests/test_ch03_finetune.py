@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ragft import config, plots
-from ragft.experiments import ch03_finetune as ch03
+from ragft.experiments import ch03_finetune as ch03, common
 from ragft.generation import Generation
 from ragft.results import Clock, Measured, judged_of
 from ragft.train import tasks
@@ -316,11 +316,11 @@ def test_cost_sentences_carry_no_quality_verdict():
 
 def test_development_facts_are_never_test_facts(kb):
     test = kb.sample("single", 64, 0)
-    dev = ch03.development_facts(kb, test, 16, 0)
+    dev = common.development_facts(kb, test, 16, 0)
     assert len(dev) == 16 and not {q.qid for q in dev} & {q.qid for q in test}
-    assert [q.qid for q in dev] == [q.qid for q in ch03.development_facts(kb, test, 16, 0)]  # reproducible
+    assert [q.qid for q in dev] == [q.qid for q in common.development_facts(kb, test, 16, 0)]  # reproducible
     with pytest.raises(ValueError, match="n_dev_facts"):
-        ch03.development_facts(kb, test, len(kb.by_kind("single")), 0)
+        common.development_facts(kb, test, len(kb.by_kind("single")), 0)
 
 
 def _curve(dev_trained, dev_heldout, exposures=(3, 6, 12)):

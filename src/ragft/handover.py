@@ -86,6 +86,28 @@ def dsf(model: str, facts: list[str], folder: Path | None = None) -> Handed:
     return Handed(adapter, why, doc)
 
 
+@dataclass
+class Seeded:
+    """Chapter 3's chosen checkpoints of every training seed on a seeded draw (give_seeds), checked as
+    `dsf` checks its one: the gold-questions arm's, the reader's arm's, and why they are not usable."""
+
+    gold: list
+    reader: list
+    reader_arm: str
+    why: str
+
+
+def seeded_dsf(model: str, facts: list[str], folder: Path | None = None) -> Seeded:
+    """Chapter 3's every-seed hand-over of this run, checked like `dsf`, each checkpoint stored."""
+    handed = dsf(model, facts, folder)
+    tables = ((handed.doc or {}).get("tables") or {})
+    gold, reader = list(tables.get("dsf_adapters") or []), list(tables.get("reader_adapters") or [])
+    why = handed.why or ("chapter 3's results name no checkpoint per training seed" if not gold else "")
+    if not why and not all(_stored(ref) for ref in gold + reader):
+        why = "a checkpoint chapter 3's results name per seed is not a stored unit"
+    return Seeded(gold, reader, tables.get("reader_arm") or "", why)
+
+
 def raft(model: str, folder: Path | None = None) -> Handed:
     """Chapter 4's RAFT reader of this run, checked: it ran here on this model, names its adapter (a
     unit checkpoint), and the unit is stored."""

@@ -140,6 +140,27 @@ def training_sources(kb, tested: set[str], chunks: list, n_train: int, seed: int
     return kb_sources(others, chunks, "train", seed)[:n_train], others
 
 
+def cloze_sources(kb, chunks: list, n: int, seed: int) -> list[RaftSource]:
+    """RAFT's training questions as a reader could write them (draw d2's reader RAFT): the rule's cloze
+    questions about every document of the knowledge base (ragft.corpus.injection: each value-like span
+    of each sentence blanked), the test documents' included, since a reader has every document; each
+    with the chunks that hold its sentence whole and the sentence as its quote; n of them drawn with
+    `seed`. Never a gold question."""
+    from .corpus import injection
+
+    out = []
+    for doc in kb.documents:
+        for i, g in enumerate(injection.generated_questions(doc)):
+            sentence = g.question[len(doc.title) + 2:-len(" What goes in the blank?")].replace(injection.BLANK, g.answer, 1)
+            oracles = tuple(dict.fromkeys(c.text for c in chunks if flat(sentence) in flat(c.text)))
+            if oracles:
+                out.append(RaftSource(f"cloze:{doc.doc_id}:{i}", g.question, g.answer, oracles, (sentence,)))
+    if len(out) < n:
+        raise ValueError(f"asked for {n} cloze questions; the knowledge base's documents give {len(out)} whose "
+                         "sentence a chunk holds whole: lower n_train or grow the base")
+    return random.Random(f"{seed}:cloze").sample(out, n)
+
+
 def hard_negatives(retriever, sources: list[RaftSource], params) -> dict[str, list[str]] | None:
     """{qid: the retriever's top hits} for the recipe's distractors where chapter 4's parameters ask for
     retrieved ones (`distractors: retrieved`), else None (random chunks)."""
@@ -157,12 +178,13 @@ def records(sources: list[RaftSource], chunks: list, params, p_oracle: float | N
                       params.p_oracle if p_oracle is None else p_oracle, params.seed, cot=cot, hard_negatives=hard)
 
 
-def train_reader(params, records: list[RaftRecord], label: str):
+def train_reader(params, records: list[RaftRecord], label: str, seed: int | None = None):
     """A LoRA fine-tune on RAFT records with chapter 4's parameters (a unit, ragft.train.units: the same
-    records train the same adapter once), merged for answering."""
+    records train the same adapter once), merged for answering; `seed`: another training seed on the
+    same records (the plan's `seeds`)."""
     # batches pad to their own longest example, so a generous max_len costs nothing
-    result = units.train(params.model, [r.to_example() for r in records],
-                         tasks.lora_config(params, params.epochs, max_len=4096), label=label)
+    cfg = tasks.lora_config(params, params.epochs, max_len=4096, **({"seed": seed} if seed is not None else {}))
+    result = units.train(params.model, [r.to_example() for r in records], cfg, label=label)
     return result.merge()  # it only answers from here on
 
 

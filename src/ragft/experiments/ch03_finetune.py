@@ -60,7 +60,7 @@ from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
 from ..train import memory, tasks, units
 from ..train.measure import release_memory
-from .common import checkpoint_ref, curve_run, development_facts, start
+from .common import checkpoint_ref, curve_run, drawn_facts, mean_outcomes, record_seeds, seeded, start, training_seeds
 
 CHAPTER = "03_finetune"
 # Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
@@ -172,19 +172,6 @@ def setup(params) -> Chapter:
     for message in ch.skipped.values():
         print(message)
     return ch
-
-
-def drawn_facts(kb, params) -> tuple[list, list]:
-    """(test facts, development facts). With test_documents (a draw of whole documents, the plan's
-    `draw`): every single fact of test_documents documents drawn among those holding documents_min_facts
-    or more, and every fact of dev_documents others. Without: n_facts facts sampled across the base and
-    n_dev_facts other ones (the pilot's draw)."""
-    if not params.test_documents:
-        facts = kb.sample("single", params.n_facts, params.seed)
-        return facts, development_facts(kb, facts, params.n_dev_facts, params.seed)
-    test = kb.documents_drawn(params.test_documents, 0, params.documents_min_facts)
-    dev = kb.documents_drawn(params.dev_documents, 1, params.documents_min_facts, exclude=tuple(test))
-    return kb.facts_of(test), kb.facts_of(dev)
 
 
 EXAMPLE_TOKENS_MAX = 128  # a fact's training example with its chat template, padded: about 40-100 tokens
@@ -795,17 +782,6 @@ STUDY_COLUMNS = ("arm", "lr", "seed", "exposures", "train_tokens", "seconds", "f
                  "general_nll")
 
 
-def seeded(params) -> bool:
-    """Whether every fine-tune arm trains with every seed of n_training_seeds: a draw with the
-    knowledge study (study_lrs; the plan's `seeds`). Otherwise LoRA's method run alone does."""
-    return bool(params.study_lrs)
-
-
-def training_seeds(params) -> list[int]:
-    """The training seeds of every seeded arm: seed, seed + 1, ..."""
-    return [params.seed + i for i in range(params.n_training_seeds)]
-
-
 def study_arms(params) -> list[str]:
     return [GOLD, *params.injection_arms]
 
@@ -895,22 +871,6 @@ def seed_mean_curve(runs: list[ArmRun]) -> pd.DataFrame:
     cost, the mean too): what the checkpoint rule reads at the chosen rate."""
     table = pd.DataFrame([r for arm_run in runs for r in arm_run.rows])
     return table.groupby("exposures", sort=True)[["dev_trained_acc", "dev_heldout_acc", "train_tokens", "seconds", "flops"]].mean().reset_index()
-
-
-def mean_outcomes(per_seed: list[dict]) -> dict:
-    """{qid: mean score} over the seeds' {qid: score} (the same questions in each)."""
-    if any(set(o) != set(per_seed[0]) for o in per_seed):
-        raise ValueError("the seeds' outcomes cover different questions: a seed mean pairs the same questions")
-    return {q: sum(o[q] for o in per_seed) / len(per_seed) for q in per_seed[0]}
-
-
-def record_seeds(into: Measured, name: str, per_seed: list[dict], tokens: list | None = None) -> dict:
-    """Each seed's outcomes as "<name> (seed k)" and their mean as "<name>"; the mean returned."""
-    for k, outcomes in enumerate(per_seed, 1):
-        into.record(name + seed_tag(k), outcomes, tokens=tokens[k - 1] if tokens else None)
-    mean = mean_outcomes(per_seed)
-    into.record(name, mean)
-    return mean
 
 
 def score_test(ch: Chapter, arm: str, model_lm, name: str, rag_conversations: list) -> tuple[dict, Measured]:

@@ -60,14 +60,17 @@ from ..scoring import Ranking
 from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wilson_interval
 from ..train import example, tasks, units
 from ..train.measure import release_memory
-from .common import chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, answer_outcomes, start
+from ..plan import seed_tag, the_plan
+from .common import (answer_outcomes, chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, record_seeds,
+                     seeded, start, training_seeds)
 
 CHAPTER = "04_raft"
 PUBMEDQA_LABELS = ("yes", "no", "maybe")
 GENERATED = " (generated)"  # the suffix of a condition's generated answers (the format view)
 # Outcome names of the main table's conditions, by metric key prefix (run order).
 MAIN = {"base_closed": "base closed", "base_rag": "base + RAG", "dsf": "DSF closed", "dsf_rag": "DSF + RAG",
-        "raft_rag": "RAFT + RAG", "raft_nocot_rag": "RAFT no-CoT + RAG"}
+        "reader_dsf": "DSF from documents closed", "reader_dsf_rag": "DSF from documents + RAG",
+        "raft_rag": "RAFT + RAG", "reader_raft_rag": "RAFT from documents + RAG", "raft_nocot_rag": "RAFT no-CoT + RAG"}
 BASE_READER = "base + RAG"  # the base reader's column in the top-k curves
 # The comparisons each optional section serves: a profile whose plan entry leaves all of them to other
 # profiles (the plan's `profiles`) skips the section, and its figure and sentences say why.
@@ -118,6 +121,8 @@ class Chapter:
     jsonl: Path
     dev: "DevQuestions"  # RAFT's development questions: its fitness is measured there, never on a test fact
     facts_source: str = ""  # where the test facts came from
+    seeds: list = field(default_factory=list)  # a seeded draw's training seeds (chapter 3's parameters), else []
+    reader_records: list = field(default_factory=list)  # a seeded draw's: the reader's RAFT, from the rule's questions
 
     @property
     def k(self) -> int:
@@ -194,6 +199,10 @@ def setup(params) -> Chapter:
                  oracles, ranked, train_sources, hard, [], Path(), dev, facts_source=facts_source)
     ch.main_records = raft_data(ch)  # the main variant's training data, written once for the reader to see
     ch.jsonl = raft.save_jsonl(ch.main_records, folder / "raft" / "kb_train.jsonl")
+    if seeded(dsf_params):  # a draw with the study: every RAFT per seed, and the reader's RAFT beside the gold one
+        ch.seeds = training_seeds(dsf_params)
+        cloze = raft.cloze_sources(kb, chunks, len(train_sources), params.seed)
+        ch.reader_records = raft.records(cloze, chunks, params, hard=raft.hard_negatives(retriever, cloze, params))
     return ch
 
 
@@ -235,9 +244,16 @@ class RaftFitness:
     quote_marker: float  # replies that quote only oracle text and reach the answer marker
     acc: float  # gold ranked first after its own reasoning
     base_acc: float  # the base reader's, with the same chunks
+    quote: float = float("nan")  # replies that quote only oracle text
+    marker: float = float("nan")  # replies that reach the answer marker
 
     @property
     def met(self) -> bool:
+        """The plan's `raft` rule: its own quote and marker bars where it states them (draw d2), else
+        quote-and-marker at RAFT_FIT_QUOTES; and more gold values ranked first than the base reader."""
+        rule = the_plan().fitness["raft"]
+        if "quote_min" in rule:
+            return self.quote >= rule["quote_min"] and self.marker >= rule["marker_min"] and self.acc > self.base_acc
         return self.quote_marker >= RAFT_FIT_QUOTES and self.acc > self.base_acc
 
 
@@ -248,8 +264,11 @@ def raft_fitness(ch: Chapter, raft_lm) -> RaftFitness:
                              p.batch_size, "RAFT, development questions")
     _, base = raft.read(ch.lm, dev.questions, dev.docs, "rag", dev.values, dev.gold, p.max_new_tokens, p.batch_size,
                         "base + RAG, development questions")
-    both = [raft.quote_correct(t, o) == 1.0 and raft.reached_marker(t) for t, o in zip(gen.texts, dev.oracles)]
-    return RaftFitness(len(both), sum(both) / len(both), ranking.accuracy, base.accuracy)
+    quoted = [raft.quote_correct(t, o) == 1.0 for t, o in zip(gen.texts, dev.oracles)]
+    marked = [raft.reached_marker(t) for t in gen.texts]
+    both = [q and m for q, m in zip(quoted, marked)]
+    return RaftFitness(len(both), sum(both) / len(both), ranking.accuracy, base.accuracy, sum(quoted) / len(quoted),
+                       sum(marked) / len(marked))
 
 
 def development_table(ch: Chapter, main: "MainTable") -> pd.DataFrame:
@@ -411,6 +430,7 @@ class MainTable:
     gens: dict  # outcome name -> Generation of a quoting reader, on every test item
     labels: dict = field(default_factory=dict)  # MAIN key -> its row's label in `table`, in run order
     measured: Measured = field(default_factory=Measured)  # every reader's outcomes; RAFT's adapter, handed over
+    seed_fitness: dict = field(default_factory=dict)  # a seeded draw's: MAIN key of a RAFT -> its fitness per seed
 
     def row(self, key: str) -> pd.Series:
         """A reader's row, found by its MAIN key (its label carries the run's top-k)."""
@@ -460,6 +480,74 @@ def main_table(ch: Chapter, reader) -> MainTable:
         release_memory()
     return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, main, fitness, scored, gens, labels,
                      measured)
+
+
+def seeded_main_table(ch: Chapter, readers: dict) -> MainTable:
+    """main_table on a seeded draw (the plan's `seeds`): every trained reader once per training seed,
+    each seed's outcomes "<condition> (seed k)" and their mean "<condition>", its row the seeds' mean:
+    chapter 3's gold-questions fine-tune and the reader's fine-tune (chapter 3's hand-over of every
+    seed), alone and with RAG; `readers` {"raft_rag": gold RAFT per seed, "reader_raft_rag": the reader's
+    RAFT per seed}, each seed's fitness on the development questions measured before it is asked. The
+    scored, generated and handed-over RAFT of the later sections is the first seed's."""
+    k, rows, clock, sub = ch.k, [], ch.clock, ch.generated
+    scored, gens, labels, measured = {}, {}, {}, Measured()
+
+    def add(key, label, models, style, k_read, quoting=False, **extra):
+        name, labels[key], per_seed, outs = MAIN[key], label, [], []
+        for s, model_lm in enumerate(models, 1):
+            tag, out = (seed_tag(s) if len(models) > 1 else ""), Measured()
+            sc, full = read(ch, out, model_lm, style, k_read, name + tag)
+            more = {**extra, **({"marker_rate": marker_rate(full)} if full is not None else {})}
+            gen = full.subset(sub) if full is not None else ask(ch, model_lm, style, k_read, name + tag + GENERATED, sub)
+            per_seed.append({**score(ch, out, label, name + tag + GENERATED, gen, sub, quoting=quoting, **more), **sc.row()})
+            outs.append(out)
+            if s == 1:
+                scored[name] = sc
+                gens.update({name: full} if full is not None else {})
+        if len(models) == 1:
+            measured.update(outs[0])
+        else:
+            for part in outs[0].outcomes:
+                record_seeds(measured, part.replace(seed_tag(1), ""),
+                             [o.outcomes[part.replace(seed_tag(1), seed_tag(s))] for s, o in enumerate(outs, 1)])
+        rows.append({c: (sum(r[c] for r in per_seed) / len(per_seed) if isinstance(per_seed[0][c], (int, float)) else per_seed[0][c])
+                     for c in per_seed[0]})
+
+    handed = handover.seeded_dsf(ch.dsf_params.model, [q.qid for q in ch.facts])
+    if handed.why:
+        raise ValueError(f"chapter 4 on a seeded draw reads chapter 3's fine-tune of every seed from this run folder, "
+                         f"but {handed.why}: run chapter 3 first (it reads its committed units)")
+    dsf_source = (f"DSF models: chapter 3's chosen checkpoints of its {len(handed.gold)} training seeds from this run "
+                  f"(the gold questions, and the reader's arm: {handed.reader_arm or 'none'}), read, not retrained.")
+    print(dsf_source)
+    with clock.stage("table"):
+        add("base_closed", "base, closed book", [ch.lm], "closed", 0)
+        add("base_rag", f"base + RAG (top-{k})", [ch.lm], "rag", k)
+        gold = [units.model(ref) for ref in handed.gold]
+        add("dsf", "DSF, closed book", gold, "closed", 0)
+        add("dsf_rag", f"DSF + RAG (top-{k})", gold, "rag", k)
+        if handed.reader:
+            mine = [units.model(ref) for ref in handed.reader]
+            add("reader_dsf", "DSF from documents, closed book", mine, "closed", 0)
+            add("reader_dsf_rag", f"DSF from documents + RAG (top-{k})", mine, "rag", k)
+        del gold
+        release_memory()
+        measured.update(handover.give_raft(readers["raft_rag"][0].ref()))  # the freshness chapter reads its first seed
+    with clock.stage("raft_fitness"):
+        fitness = {key: [raft_fitness(ch, r.lm) for r in found] for key, found in readers.items()}
+    with clock.stage("table"):
+        add("raft_rag", f"RAFT + RAG (top-{k})", [r.lm for r in readers["raft_rag"]], "raft", k, quoting=True,
+            train_s=readers["raft_rag"][0].metrics["train_s"])
+        if readers.get("reader_raft_rag"):
+            add("reader_raft_rag", f"RAFT from documents + RAG (top-{k})", [r.lm for r in readers["reader_raft_rag"]], "raft", k,
+                quoting=True, train_s=readers["reader_raft_rag"][0].metrics["train_s"])
+        if not not_here(ch.params, NOCOT_COMPARISONS):  # F4's other arm: the first seed only (the plan's seeds)
+            nocot = fit(ch, raft_data(ch, cot=False), "raft-kb-nocot")
+            add("raft_nocot_rag", f"RAFT without CoT + RAG (top-{k})", [nocot.lm], "raft-nocot", k, train_s=nocot.metrics["train_s"])
+            del nocot
+        release_memory()
+    return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, readers["raft_rag"][0], fitness["raft_rag"][0],
+                     scored, gens, labels, measured, seed_fitness=fitness)
 
 
 TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
@@ -912,6 +1000,19 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
     put("raft_dev_acc", dev.acc, "rate", n=dev.n)
     put("raft_dev_base_acc", dev.base_acc, "rate", n=dev.n)
     put("raft_dev_n", dev.n, "exact")
+    # a seeded draw: each seed's fitness ("<metric>_seed<k>", chapter 7's per-seed verdicts read it); the
+    # arm's is every seed's (the plan's raft rule: the seed-mean comparison needs every seed fit)
+    for key, metric in (("raft_rag", "raft_dev_fitness"), ("reader_raft_rag", "raft_reader_dev_fitness")):
+        fits = f.main.seed_fitness.get(key) or []
+        for s, fit_ in enumerate(fits, 1):
+            put(f"{metric}_seed{s}", int(fit_.met), "choice")
+            put(f"{metric.replace('_fitness', '')}_quote_seed{s}", fit_.quote, "rate", n=fit_.n)
+            put(f"{metric.replace('_fitness', '')}_marker_seed{s}", fit_.marker, "rate", n=fit_.n)
+            put(f"{metric.replace('_fitness', '')}_acc_seed{s}", fit_.acc, "rate", n=fit_.n)
+        if fits and key == "reader_raft_rag":
+            put(metric, int(all(x.met for x in fits)), "choice")
+    if f.main.seed_fitness.get("raft_rag"):
+        m.metrics["raft_dev_fitness"] = int(all(x.met for x in f.main.seed_fitness["raft_rag"]))
     put("raft_n_train", len(ch.train_sources), "exact")
     put("raft_epochs", ch.params.epochs, "exact")
 
@@ -996,7 +1097,17 @@ def comparisons(ch: Chapter, f: Findings) -> dict[str, StatedComparison]:
         "K3-rag-vs-ft": ("base + RAG", "DSF alone"),
         "F3-hotpotqa": ("RAFT + RAG F1", "base + RAG F1", True),  # a mean F1, 0 to 1: in points
         "F3-pubmedqa": ("RAFT + RAG accuracy", "base + RAG accuracy"),
+        # a seeded draw's: what a reader could build (the plan declares them from draw d2 on)
+        "F3-reader-raft-vs-base-rag": ("RAFT from the rule's questions + RAG", "base + RAG"),
+        "F3-reader-raft-vs-reader-rag": ("RAFT from the rule's questions + RAG", "the reader's fine-tune + RAG"),
+        "K6-ladder-reader": ("the reader's fine-tune + RAG", "the reader's fine-tune alone"),
+        "K3-rag-vs-reader": ("base + RAG", "the reader's fine-tune alone"),
     }
+    declared = {cid for cid, spec in the_plan().comparisons.items() if spec.chapter == CHAPTER}
+    labels = {cid: v for cid, v in labels.items() if cid in declared}
+    if not f.main.seed_fitness.get("reader_raft_rag"):
+        unmeasured.update({cid: "this run trains no reader's RAFT (a draw without the study)" for cid in
+                           ("F3-reader-raft-vs-base-rag", "F3-reader-raft-vs-reader-rag") if cid in declared})
     return state_comparisons(CHAPTER, f.measured.outcomes, labels, choices, unmeasured, profile=p.profile)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import handover, metrics, models, rag, settings
 from ..corpus import build_kb
-from ..plan import the_plan
+from ..plan import seed_tag, the_plan
 from ..results import Measured, open_chapter, read_published
 from ..train import tasks, units
 
@@ -65,6 +65,50 @@ def answer_outcomes(name: str, items: list, gen, texts: list[str] | None = None)
 
 
 # ---------------------------------------------------------------------------------------------
+# The draw's test facts and its training seeds (the plan's `draw` and `seeds`)
+
+
+def drawn_facts(kb, params) -> tuple[list, list]:
+    """(test facts, development facts). With test_documents (a draw of whole documents, the plan's
+    `draw`): every single fact of test_documents documents drawn among those holding documents_min_facts
+    or more, and every fact of dev_documents others. Without: n_facts facts sampled across the base and
+    n_dev_facts other ones (the pilot's draw)."""
+    if not params.test_documents:
+        facts = kb.sample("single", params.n_facts, params.seed)
+        return facts, development_facts(kb, facts, params.n_dev_facts, params.seed)
+    test = kb.documents_drawn(params.test_documents, 0, params.documents_min_facts)
+    dev = kb.documents_drawn(params.dev_documents, 1, params.documents_min_facts, exclude=tuple(test))
+    return kb.facts_of(test), kb.facts_of(dev)
+
+
+def seeded(params) -> bool:
+    """Whether every fine-tune arm trains with every seed of n_training_seeds: a draw with the
+    knowledge study (study_lrs; the plan's `seeds`). Otherwise LoRA's method run alone does."""
+    return bool(params.study_lrs)
+
+
+def training_seeds(params) -> list[int]:
+    """The training seeds of every seeded arm: seed, seed + 1, ..."""
+    return [params.seed + i for i in range(params.n_training_seeds)]
+
+
+def mean_outcomes(per_seed: list[dict]) -> dict:
+    """{qid: mean score} over the seeds' {qid: score} (the same questions in each)."""
+    if any(set(o) != set(per_seed[0]) for o in per_seed):
+        raise ValueError("the seeds' outcomes cover different questions: a seed mean pairs the same questions")
+    return {q: sum(o[q] for o in per_seed) / len(per_seed) for q in per_seed[0]}
+
+
+def record_seeds(into: Measured, name: str, per_seed: list[dict], tokens: list | None = None) -> dict:
+    """Each seed's outcomes as "<name> (seed k)" and their mean as "<name>"; the mean returned."""
+    for k, outcomes in enumerate(per_seed, 1):
+        into.record(name + seed_tag(k), outcomes, tokens=tokens[k - 1] if tokens else None)
+    mean = mean_outcomes(per_seed)
+    into.record(name, mean)
+    return mean
+
+
+# ---------------------------------------------------------------------------------------------
 # Chapter 3's fine-tune, handed over to the chapters after it (ragft.handover)
 
 
@@ -76,7 +120,7 @@ def chapter3_facts(kb, p3) -> tuple[list, str]:
     by_qid = {q.qid: q for q in kb.questions}
     if qids and all(q in by_qid for q in qids):
         return [by_qid[q] for q in qids], "chapter 3's list from this run"
-    return kb.sample("single", p3.n_facts, p3.seed), "drawn with chapter 3's parameters"
+    return drawn_facts(kb, p3)[0], "drawn with chapter 3's parameters"
 
 
 def development_facts(kb, test: list, n: int, seed: int) -> list:
