@@ -37,7 +37,7 @@ document upserted on its own, or one continued-training run of the fine-tune on 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +47,16 @@ from .. import config, handover, metrics, prose, raft, rag, results, untrusted
 from ..corpus import build_kb
 from ..generation import generate
 from ..metrics import contains
-from ..plan import the_plan
+from ..plan import seed_tag, the_plan
 from ..rag.answer import cited_messages
 from ..rag.store import token_counter
 from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
-from ..stats import wilson_interval
+from ..stats import mean_interval, wilson_interval
 from ..train import tasks, units
 from ..train.measure import release_memory
 from . import common
-from .common import chapter3_facts, dsf_adapter, not_here, start
+from .common import chapter3_facts, dsf_adapter, not_here, record_seeds, seeded, start, training_seeds
 
 CHAPTER = "05_freshness"
 REPLAY_COMPARISONS = ("U-replay",)  # the replay update's: measured where the plan says
@@ -89,6 +89,7 @@ class Chapter:
     lr: float  # the DSF's learning rate, for every update
     exposures: int  # exposures per fact of every update (update_exposures, else the DSF's own)
     dsf_exposures: int  # the DSF's exposures per fact (chapter 3's chosen checkpoint)
+    dsf_seeds: list = field(default_factory=list)  # a seeded draw's: chapter 3's chosen checkpoint of each training seed
 
     def summary(self) -> str:
         n = {s: len(self.sets[("v2", s)]) for s in SETS}
@@ -124,8 +125,15 @@ def setup(params) -> Chapter:
     with clock.stage("dsf_handover"):
         adapter, source, trained = dsf_adapter(p3, kb, facts)
     lr, exposures = dsf_recipe(p3, trained is None)
+    seeds = []
+    if seeded(p3):  # a draw with the study: every seed of chapter 3's fine-tune, from its hand-over of this run
+        handed = handover.seeded_dsf(p3.model, [q.qid for q in facts])
+        if handed.why:
+            raise ValueError(f"chapter 5 on a seeded draw reads chapter 3's fine-tune of every seed from this run folder, "
+                             f"but {handed.why}: run chapter 3 first (it reads its committed units)")
+        seeds, source = handed.gold, f"DSF models: chapter 3's chosen checkpoints of its {len(handed.gold)} training seeds from this run."
     ch = Chapter(params, p3, p4, clock, folder, lm, embed_model, kb, kb2, facts, sets, candidates, adapter,
-                 f"{source} Test facts: {facts_source}.", lr, params.update_exposures or exposures, exposures)
+                 f"{source} Test facts: {facts_source}.", lr, params.update_exposures or exposures, exposures, seeds)
     return ch
 
 
@@ -184,6 +192,25 @@ def ask(ch: Chapter, approach: str, model_lm, style: str, world: str, part: str,
     return Asked(row, r, measured)
 
 
+def ask_seeds(ch: Chapter, approach: str, models: list, style: str, world: str, part: str, ranked: dict) -> Asked | None:
+    """ask() with one model per training seed (a seeded draw; one model: ask itself): each seed's
+    outcomes "<outcome> (seed k)" and their mean "<outcome>", the row the seeds' mean (the first seed's
+    ranking kept)."""
+    if len(models) == 1:
+        return ask(ch, approach, models[0], style, world, part, ranked)
+    found = [ask(ch, approach + seed_tag(k), m, style, world, part, ranked) for k, m in enumerate(models, 1)]
+    if found[0] is None:
+        return None
+    measured = Measured()
+    for name in found[0].measured.outcomes:  # "<approach> (seed 1), v2: changed" -> "<approach>, v2: changed"
+        record_seeds(measured, name.replace(seed_tag(1), ""),
+                     [a.measured.outcomes[name.replace(seed_tag(1), seed_tag(k))] for k, a in enumerate(found, 1)])
+    row = {c: (sum(a.row[c] for a in found) / len(found) if isinstance(v, float) else v) for c, v in found[0].row.items()}
+    row["approach"] = approach
+    row["acc_lo"], row["acc_hi"] = mean_interval(list(measured.outcomes[outcome(approach, world, part)].values()))
+    return Asked(row, found[0].ranking, measured)
+
+
 def search(ch: Chapter, store, world: str, parts: tuple[str, ...]) -> dict:
     """{(world, set): the chunks each question of the set retrieves from the store as it is now}."""
     retriever = rag.Retriever(store, ch.embed_model)  # a new one: BM25 is built from the store's chunks
@@ -199,12 +226,19 @@ class Readers:
     raft: object
     raft_adapter: str
     raft_source: str
+    dsf_seeds: list = field(default_factory=list)  # a seeded draw's: the fine-tune of every seed (the first is `dsf`)
+
+    @property
+    def fine_tunes(self) -> list:
+        """The fine-tune's models: one per training seed, or the one."""
+        return self.dsf_seeds or [self.dsf]
 
 
 def readers(ch: Chapter) -> Readers:
     """Chapter 3's DSF (its chosen checkpoint) and chapter 4's RAFT reader, loaded and merged."""
     adapter, source = raft_adapter(ch)
-    return Readers(units.model(ch.dsf_adapter), units.model(adapter), adapter, source)
+    seeds = [units.model(ref) for ref in ch.dsf_seeds]
+    return Readers(seeds[0] if seeds else units.model(ch.dsf_adapter), units.model(adapter), adapter, source, seeds)
 
 
 def raft_adapter(ch: Chapter) -> tuple[str, str]:
@@ -254,7 +288,7 @@ def before(ch: Chapter, readers: Readers, index: Index) -> list[Asked]:
     them, DSF + RAG and RAFT + RAG, are asked after it; issue 46: about 60 s of the cpu book)."""
     with ch.clock.stage("before"):
         return [ask(ch, BASE_RAG, ch.lm, "rag", "v1", "changed", index.ranked),
-                ask(ch, DSF, readers.dsf, "closed", "v1", "changed", index.ranked)]
+                ask_seeds(ch, DSF, readers.fine_tunes, "closed", "v1", "changed", index.ranked)]
 
 
 @dataclass
@@ -321,9 +355,9 @@ def after(ch: Chapter, readers: Readers, update: IndexUpdate) -> list[Asked]:
     with ch.clock.stage("after"):
         for part in SETS:
             asked.append(ask(ch, BASE_RAG, ch.lm, "rag", "v2", part, update.ranked))
-            asked.append(ask(ch, DSF, readers.dsf, "closed", "v2", part, update.ranked))
+            asked.append(ask_seeds(ch, DSF, readers.fine_tunes, "closed", "v2", part, update.ranked))
         for part in ("changed", "new"):
-            asked.append(ask(ch, DSF_RAG, readers.dsf, "rag", "v2", part, update.ranked))
+            asked.append(ask_seeds(ch, DSF_RAG, readers.fine_tunes, "rag", "v2", part, update.ranked))
         asked.append(ask(ch, RAFT_RAG, readers.raft, "raft", "v2", "changed", update.ranked))
     return asked
 
@@ -371,21 +405,27 @@ def update_fine_tune(ch: Chapter, update: IndexUpdate, table: pd.DataFrame) -> U
     if not_here(p, REPLAY_COMPARISONS):
         del plans["replay"]  # the plan leaves replay (U-replay, exploratory) to other profiles
     rows, fits, asked = [], {}, []
+    # a seeded draw: each update once per training seed, retrained with that seed or continued from that
+    # seed's fine-tune (the plan's `seeds`); otherwise the one fine-tune
+    starts = ch.dsf_seeds or [ch.dsf_adapter]
+    seeds = training_seeds(p3) if ch.dsf_seeds else [None]
     for key, (facts, start_from) in plans.items():
         with ch.clock.stage(key):
-            fit = units.train(p3.model, tasks.dsf_examples(facts, count), cfg, label=f"fresh-{key}",
-                              start=units.start_of(start_from) if start_from else None)
+            found = [units.train(p3.model, tasks.dsf_examples(facts, count), cfg if seed is None else replace(cfg, seed=seed),
+                                 label=f"fresh-{key}", start=units.start_of(first) if start_from else None)
+                     for seed, first in zip(seeds, starts)]
+            fit = found[0]
             fits[key] = {**fit.metrics, "facts": len(facts)}
-            answerer = fit.merge().lm
+            answerers = [f_.merge().lm for f_ in found]
             accs = {}
             for part in ("changed", "unchanged"):
-                a = ask(ch, UPDATES[key], answerer, "closed", "v2", part, update.ranked)
+                a = ask_seeds(ch, UPDATES[key], answerers, "closed", "v2", part, update.ranked)
                 asked.append(a)
                 accs[part] = a.row["acc"] if a else None
         rows.append({"update": UPDATES[key], "facts_trained": len(facts), "train_s": fit.metrics["train_s"],
                      "train_tokens": fit.metrics.get("train_tokens"), "changed_acc": accs["changed"],
                      "unchanged_acc": accs["unchanged"]})
-        del fit, answerer
+        del fit, found, answerers
         release_memory()
     idx = update.measures
     rows.insert(0, {"update": "index (upsert by document id)", "facts_trained": 0, "train_s": idx["seconds"],
