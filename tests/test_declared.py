@@ -81,3 +81,40 @@ def test_a_fresh_draw_keeps_the_pilots_lines_and_starts_its_own():
     assert declared.earlier_draws({"comparisons": fresh, "earlier_draws": {"pilot": pilot}}, fresh) == {"pilot": pilot}
     # a line without a draw is the pilot's
     assert declared.draw_of({}) == "pilot" and declared.draw_of({"draw": {"name": "d2"}}) == "d2"
+
+
+def test_a_draw_declared_ahead_is_dated_from_its_declaration_not_its_publication(tmp_path):
+    # a repository's history: the pilot plan and a pilot result of K1-a; the draw d2 declared in
+    # data/draws/d2 (K1-a, and K1-b new); d2's plan published as the plan file; then a d2 result. Each d2
+    # entry dates from the declaration's commit and came before any result of d2 (the pilot's is another draw's)
+    import json
+
+    import yaml
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    def commit(files: dict, message: str) -> str:
+        for path, text in files.items():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text)
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+        return git("rev-parse", "HEAD")
+
+    git("init", "-q")
+    rules = {"rules": {"accuracy": {"sesoi": 0.1}}, "family": {"alpha": 0.05, "adjustment": "holm"}}
+    pilot = yaml.safe_dump({**rules, "comparisons": {"K1-a": ENTRY}})
+    d2 = yaml.safe_dump({**rules, "draw": {"name": "d2"}, "comparisons": {"K1-a": ENTRY, "K1-b": ENTRY}})
+    result = lambda draw: json.dumps({"params": {"draw": draw} if draw else {}, "comparisons": [{"claim": "K1-a", "a": "x", "b": "y"}]})  # noqa: E731
+    commit({declared.PLAN_PATH: pilot, declared.CLAIMS_PATH: "{}"}, "pilot plan")
+    commit({"experiments/results/cpu/03.json": result(None)}, "pilot result")
+    declared_in = commit({"data/draws/d2/analysis_plan.yaml": d2, "data/draws/d2/claims.yaml": "{}"}, "declare d2")
+    (tmp_path / "data/draws/d2/analysis_plan.yaml").unlink()
+    (tmp_path / "data/draws/d2/claims.yaml").unlink()
+    commit({declared.PLAN_PATH: d2}, "publish d2")
+    first = commit({"experiments/results/cpu/03.json": result("d2")}, "d2 result")
+    record = declared.build(tmp_path)
+    assert record["K1-a"]["draw"] == "d2" and record["K1-a"]["declared_in"] == declared_in[:12]
+    assert record["K1-a"]["first_result_in"] == first[:12] and record["K1-a"]["declared_before_any_result"] is True
+    assert record["K1-b"]["declared_in"] == declared_in[:12] and record["K1-b"]["declared_before_any_result"] is True

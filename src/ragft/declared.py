@@ -33,14 +33,14 @@ import yaml
 
 from .constants import PROFILES, PROJECT_ROOT
 from .files import git
-from .plan import BOOK, CASE, condition_matches
+from .plan import BOOK, CASE, PILOT, condition_matches, draw_of
 
 RECORD_FILE = PROJECT_ROOT / "data" / "plan_declared.yaml"
 PLAN_PATH = "data/analysis_plan.yaml"
 CLAIMS_PATH = "data/claims.yaml"
+DRAWS_PATH = "data/draws"  # a draw declared ahead of its publication (ragft.constants.DRAWS_DIR)
 RESULTS_PATH = "experiments/results"
 PROSE_FIELDS = ("note", "caveat")  # what an entry may change without changing its verdict
-PILOT = "pilot"  # the draw of a plan without `draw` and of a results file whose params name none
 # the code that turns a comparison's test into its verdict and its family's adjustment: file -> functions
 # ("Class.method" for a method); the form holds a hash of their code (docstrings and comments left out)
 RULE_CODE = {"src/ragft/stats.py": ("decide", "holm", "_bound"),
@@ -51,11 +51,6 @@ def _entries(plan: dict) -> dict[str, dict]:
     """Every comparison of a plan file's text, the book's and the reader's case's, by id."""
     plan = plan or {}
     return {**(plan.get("comparisons") or {}), **((plan.get("case") or {}).get("comparisons") or {})}
-
-
-def draw_of(plan: dict) -> str:
-    """The draw a plan judges its comparisons on: its `draw`'s name, or the pilot's."""
-    return str(((plan or {}).get("draw") or {}).get("name") or PILOT)
 
 
 def _code(text: str | None, names: tuple[str, ...]) -> dict[str, str]:
@@ -136,28 +131,48 @@ def _show(commit: str, path: str, root: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def draft_paths(draw: str) -> tuple[str, str]:
+    """Where a draw declared ahead of its publication keeps its plan and claims (ragft.constants.DRAWS_DIR)."""
+    return f"{DRAWS_PATH}/{draw}/analysis_plan.yaml", f"{DRAWS_PATH}/{draw}/claims.yaml"
+
+
+def _declared_at(sha: str, root: Path, draw: str) -> tuple[dict, dict]:
+    """The plan and claims of `draw` as commit `sha` held them: the plan file where it names that draw,
+    else the draw's declaration ahead of its publication (data/draws/<draw>), else the plan file."""
+    plan = yaml.safe_load(_show(sha, PLAN_PATH, root) or "null") or {}
+    claims_path = CLAIMS_PATH
+    if draw != PILOT and draw_of(plan) != draw:
+        plan_draft, claims_draft = draft_paths(draw)
+        draft = yaml.safe_load(_show(sha, plan_draft, root) or "null") or {}
+        if draft:
+            plan, claims_path = draft, claims_draft
+    return plan, yaml.safe_load(_show(sha, claims_path, root) or "null") or {}
+
+
 def build(root: Path = PROJECT_ROOT) -> dict[str, dict]:
     """The record from the repository's history: for each comparison of today's plan, the commit of its
-    present form, the first commit with a published result of it, and whether the form came first."""
+    present form, the first commit with a published result of it, and whether the form came first. A
+    draw declared ahead of its publication is dated from its declaration's commits (draft_paths)."""
     if not git("log", "-1", "--format=%H", "--", PLAN_PATH, root=root, check=True).stdout.strip():
         raise RuntimeError(f"{PLAN_PATH} has no commit in {root}: the record is built from git history")
-    commits = git("log", "--reverse", "--format=%H", "--", PLAN_PATH, CLAIMS_PATH, *RULE_CODE,
+    head = yaml.safe_load((root / PLAN_PATH).read_text())
+    draw = draw_of(head)
+    drafts = draft_paths(draw) if draw != PILOT else ()
+    commits = git("log", "--reverse", "--format=%H", "--", PLAN_PATH, CLAIMS_PATH, *RULE_CODE, *drafts,
                   root=root, check=True).stdout.split()
     forms: dict[str, list[tuple[str, str | None]]] = {}
     for sha in commits:
-        plan = yaml.safe_load(_show(sha, PLAN_PATH, root) or "null") or {}
+        plan, claims = _declared_at(sha, root, draw)
         if not plan:
             continue  # before the plan's first commit
-        claims = yaml.safe_load(_show(sha, CLAIMS_PATH, root) or "null") or {}
         code = rule_code(lambda path: _show(sha, path, root))
         entries = _entries(plan)
         for cid, entry in entries.items():
             forms.setdefault(cid, []).append((sha, _form(cid, entry, plan, claims, code, entries)))
         for cid in forms.keys() - entries.keys():  # removed at this commit
             forms[cid].append((sha, None))
-    head = yaml.safe_load((root / PLAN_PATH).read_text())
     now = _entries(head)
-    first_result = _first_results(root, now, draw_of(head))
+    first_result = _first_results(root, now, draw)
     record = {}
     for cid in now:
         history = forms.get(cid, [])

@@ -288,6 +288,20 @@ def _comparison(cid: str, c, family_name: str, path: Path, claims: dict, rules: 
                        str(c.get("caveat") or ""))
 
 
+PILOT = "pilot"  # the draw of a plan without `draw` and of a results file whose params name none
+
+
+def draw_of(plan: dict) -> str:
+    """The draw a plan (as its file reads) judges its comparisons on: its `draw`'s name, or the pilot's."""
+    return str(((plan or {}).get("draw") or {}).get("name") or PILOT)
+
+
+@lru_cache(maxsize=1)
+def the_draw() -> str:
+    """The draw the repository's plan judges its comparisons on (results files of another draw name it)."""
+    return draw_of(yaml.safe_load(PLAN_FILE.read_text()) or {})
+
+
 @lru_cache(maxsize=1)
 def the_plan() -> Plan:
     """The repository's plan, read once per process."""

@@ -33,7 +33,7 @@ from .files import hold_chapter, read_json, write_atomically
 from .host import provenance
 from .train import units
 from .jsonl import json_safe
-from .plan import judge_chapter, the_plan
+from .plan import PILOT, judge_chapter, the_draw, the_plan
 from .prose import StatedComparison
 
 # Metric kinds: what a number is decides how a rerun may move it (ragft.drift holds the tolerances).
@@ -231,6 +231,8 @@ class ChapterRun:
         if twice:
             raise ValueError(f"comparisons {twice} are judged twice")
         params = as_dict(self.params)
+        if the_draw() != PILOT:  # the draw its test items and plan are (ragft.declared counts a result by it)
+            params["draw"] = the_draw()
         prov = provenance(params.get("seed", 0), params.get("threads", 0), self.clock.started, lm)
         prov.update(extra_provenance or {})
         doc = {
