@@ -257,3 +257,25 @@ def test_the_recipe_draws_its_training_questions_from_the_facts_not_tested(kb):
     assert [len(r.documents) for r in raft.records(sources, chunks, params, n_distractors=0)] == [len(s.oracles) for s in sources]
     assert raft.records(sources, chunks, params) == made  # one seed: the same records
     assert raft.hard_negatives(None, sources, params) is None  # random distractors need no retriever
+
+
+def test_the_readers_raft_questions_are_the_rules_cloze_questions_with_their_sentence_as_quote():
+    # a reader's RAFT (draw d2) trains on questions a rule writes from the documents, never a gold
+    # question: each blanks a value of a sentence, quotes that sentence, and finds it in an oracle chunk
+    from types import SimpleNamespace
+
+    from ragft.corpus import build_kb, injection
+    from ragft.corpus.kb import KBSizes
+
+    kb = build_kb(2, KBSizes(n_series=3, models_per_series=2, n_people=6, n_sites=3, n_policies=2))
+    chunks = [SimpleNamespace(text=d.text) for d in kb.documents]  # each document one chunk
+    found = raft.cloze_sources(kb, chunks, 20, 1)
+    assert len(found) == 20 and len({s.qid for s in found}) == 20
+    assert found == raft.cloze_sources(kb, chunks, 20, 1)  # reproducible
+    gold = {q.test_text for q in kb.questions} | {t for q in kb.questions for t in q.train_texts}
+    for s in found:
+        assert s.question.endswith("What goes in the blank?") and injection.BLANK in s.question and s.question not in gold
+        assert s.quotes[0] == s.question[s.question.index(": ") + 2:-len(" What goes in the blank?")].replace(injection.BLANK, s.answer, 1)
+        assert s.answer in s.quotes[0] and all(" ".join(s.quotes[0].split()) in " ".join(o.split()) for o in s.oracles)
+    with pytest.raises(ValueError, match="cloze questions"):
+        raft.cloze_sources(kb, chunks, 10 ** 6, 1)
