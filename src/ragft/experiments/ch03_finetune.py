@@ -1006,11 +1006,10 @@ def study(ch: Chapter, rag_conversations: list) -> Study:
         with ch.clock.stage(f"study_{arm}_test"):
             for exposures in arm_exposures(p, arm):
                 name = checkpoint_name(arm, exposures, ch.best_count)
-                scored, outs = [], []
+                outs = []
                 for k, arm_run in enumerate(runs, 1):
                     model_lm = arm_run.result.at(exposures // per)
                     row, out = score_test(ch, arm, model_lm, name + seed_tag(k), rag_conversations)
-                    scored.append(row)
                     outs.append(out)
                     next(r for r in arm_run.rows if r["exposures"] == exposures).update(row)
                     del model_lm
