@@ -10,7 +10,6 @@ import pytest
 
 from ragft.constants import DRAWS_DIR, PROJECT_ROOT
 
-pytestmark = pytest.mark.unit
 
 def _python(code: str, draw: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAGFT_DRAW"}
