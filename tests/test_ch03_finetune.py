@@ -529,3 +529,17 @@ def test_a_draw_of_whole_documents_takes_every_fact_of_its_documents_and_keeps_d
     pilot = SimpleNamespace(**{**vars(p), "test_documents": 0})
     test, dev = ch03.drawn_facts(kb, pilot)
     assert len(test) == 4 and len(dev) == 2 and not {q.qid for q in test} & {q.qid for q in dev}
+
+
+def test_a_seeded_arms_records_merge_with_each_seeds_tag_at_the_end_and_their_mean():
+    # each seed's step recorded its own names with its tag inside them ("<x> (seed k) generated");
+    # merged: each at the end ("<x> generated (seed k)"), the mean under the plain name, tokens kept
+    outs = []
+    for k, scores in enumerate(({"a": 1, "b": 0}, {"a": 0, "b": 0}), 1):
+        out = Measured()
+        out.record(f"DSF closed (seed {k}) (generated)", scores, tokens={"a": (10, 2), "b": (11, 3)})
+        outs.append(out)
+    merged = ch03.merge_seeds(outs)
+    assert merged.outcomes["DSF closed (generated)"] == {"a": 0.5, "b": 0.0}
+    assert merged.outcomes["DSF closed (generated) (seed 2)"] == {"a": 0.0, "b": 0.0}
+    assert merged.outcome_tokens["DSF closed (generated) (seed 1)"] == {"a": [10, 2], "b": [11, 3]}

@@ -60,7 +60,8 @@ from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
 from ..train import memory, tasks, units
 from ..train.measure import release_memory
-from .common import checkpoint_ref, curve_run, drawn_facts, mean_outcomes, record_seeds, seeded, start, training_seeds
+from .common import (checkpoint_ref, curve_run, drawn_facts, mean_outcomes, merge_seeds, record_seeds, seeded, start,
+                     training_seeds)
 
 CHAPTER = "03_finetune"
 # Tokens of general text per forgetting outcome. The perplexity windows (512 tokens) give only two
@@ -1014,10 +1015,7 @@ def study(ch: Chapter, rag_conversations: list) -> Study:
                     next(r for r in arm_run.rows if r["exposures"] == exposures).update(row)
                     del model_lm
                     release_memory()
-                for part in outs[0].outcomes:
-                    base = part.replace(seed_tag(1), "")
-                    record_seeds(measured, base, [o.outcomes[part.replace(seed_tag(1), seed_tag(k))] for k, o in enumerate(outs, 1)],
-                                 tokens=[o.outcome_tokens.get(part.replace(seed_tag(1), seed_tag(k))) for k, o in enumerate(outs, 1)])
+                measured.update(merge_seeds(outs))
         rows += [r for arm_run in grid if arm_run.lr != lr for r in arm_run.rows] + [r for arm_run in runs for r in arm_run.rows]
     table = pd.DataFrame([{k: r.get(k, float("nan")) for k in STUDY_COLUMNS} for r in rows], columns=list(STUDY_COLUMNS))
     readers = [a for a in p.injection_arms if a in choices]
@@ -1074,12 +1072,10 @@ def seeded_format_view(ch: Chapter, found: Knowledge, study_: "Study") -> Format
     with ch.clock.stage("format_view"):
         closed = [tasks.dsf_messages(q.test_text) for q in ch.facts]
         first = generate(models[0], closed, p.max_new_tokens, p.batch_size, desc=f"{name} (generated)")
-        outs, texts = [], []
-        for k, model_lm in enumerate(models, 1):
-            out = Measured()
+        outs, texts = [Measured() for _ in models], []
+        for k, (model_lm, out) in enumerate(zip(models, outs), 1):
             texts.append(generated(ch, out, model_lm, f"{name} + RAG{seed_tag(k)}", found.rag_conversations))
-            outs.append(out.outcomes[f"{name} + RAG{seed_tag(k)} generated"])
-        record_seeds(measured, f"{name} + RAG generated", outs)
+        measured.update(merge_seeds(outs))
         table = pd.DataFrame({
             "question": [q.test_text for q in ch.facts], "gold": [q.answer for q in ch.facts],
             "base, closed book": generated(ch, measured, ch.lm, BASE, closed),
@@ -1137,11 +1133,9 @@ def seeded_variety(ch: Chapter, curve: Curve) -> Variety:
                 seconds.append(fit.metrics["train_s"])
                 del fit
                 release_memory()
-            means = {}
-            for part in ("held-out", "trained paraphrase", "quality"):
-                name = f"{dsf_name(low, p.k5_exposures)} {part}"
-                means[part] = record_seeds(measured, name, [o.outcomes[f"{dsf_name(low, p.k5_exposures)}{seed_tag(k)} {part}"]
-                                                            for k, o in enumerate(outs, 1)])
+            measured.update(merge_seeds(outs))
+            means = {part: measured.outcomes[f"{dsf_name(low, p.k5_exposures)} {part}"]
+                     for part in ("held-out", "trained paraphrase")}
             rows.append({"paraphrases": low, "exposures": p.k5_exposures, "held_out": share(means["held-out"]),
                          "trained_paraphrase": share(means["trained paraphrase"]), "train_s": sum(seconds) / len(seconds)})
         row = curve.table.set_index("exposures").loc[p.k5_exposures]
@@ -1395,10 +1389,9 @@ def seeded_methods(ch: Chapter, lrs: dict) -> Methods:
                 first = first or (fit.metrics, found)
                 del fit
                 release_memory()
-            parts = {}
-            for part in ("held-out", "trained paraphrase", "quality"):
-                tagged = [f"{method_name(name)}{seed_tag(k)} {part}" for k in range(1, len(outs) + 1)]
-                parts[part] = record_seeds(measured, f"{method_name(name)} {part}", [o.outcomes[t] for o, t in zip(outs, tagged)])
+            merged = merge_seeds(outs)
+            measured.update(merged)
+            parts = {part: merged.outcomes[f"{method_name(name)} {part}"] for part in ("held-out", "trained paraphrase", "quality")}
             runs[name] = first[0]
             probes[method_label(name)] = seed_mean_probe(method_label(name), nll)
             measured.update(probes[method_label(name)].measured)

@@ -61,7 +61,7 @@ from ..stats import MAX_FALSE_REFUSALS, auroc, mean_interval, recall_at_fpr, wil
 from ..train import example, tasks, units
 from ..train.measure import release_memory
 from ..plan import seed_tag, the_plan
-from .common import (answer_outcomes, chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, record_seeds,
+from .common import (answer_outcomes, chapter3_facts, dsf_model as common_dsf_model, elsewhere_label, not_here, merge_seeds,
                      seeded, start, training_seeds)
 
 CHAPTER = "04_raft"
@@ -507,9 +507,7 @@ def seeded_main_table(ch: Chapter, readers: dict) -> MainTable:
         if len(models) == 1:
             measured.update(outs[0])
         else:
-            for part in outs[0].outcomes:
-                record_seeds(measured, part.replace(seed_tag(1), ""),
-                             [o.outcomes[part.replace(seed_tag(1), seed_tag(s))] for s, o in enumerate(outs, 1)])
+            measured.update(merge_seeds(outs))
         rows.append({c: (sum(r[c] for r in per_seed) / len(per_seed) if isinstance(per_seed[0][c], (int, float)) else per_seed[0][c])
                      for c in per_seed[0]})
 

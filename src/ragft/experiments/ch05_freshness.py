@@ -56,7 +56,7 @@ from ..stats import mean_interval, wilson_interval
 from ..train import tasks, units
 from ..train.measure import release_memory
 from . import common
-from .common import chapter3_facts, dsf_adapter, not_here, record_seeds, seeded, start, training_seeds
+from .common import chapter3_facts, dsf_adapter, merge_seeds, not_here, seeded, start, training_seeds
 
 CHAPTER = "05_freshness"
 REPLAY_COMPARISONS = ("U-replay",)  # the replay update's: measured where the plan says
@@ -201,10 +201,7 @@ def ask_seeds(ch: Chapter, approach: str, models: list, style: str, world: str, 
     found = [ask(ch, approach + seed_tag(k), m, style, world, part, ranked) for k, m in enumerate(models, 1)]
     if found[0] is None:
         return None
-    measured = Measured()
-    for name in found[0].measured.outcomes:  # "<approach> (seed 1), v2: changed" -> "<approach>, v2: changed"
-        record_seeds(measured, name.replace(seed_tag(1), ""),
-                     [a.measured.outcomes[name.replace(seed_tag(1), seed_tag(k))] for k, a in enumerate(found, 1)])
+    measured = merge_seeds([a.measured for a in found])  # "<approach> (seed 1), v2: changed" -> "... changed (seed 1)"
     row = {c: (sum(a.row[c] for a in found) / len(found) if isinstance(v, float) else v) for c, v in found[0].row.items()}
     row["approach"] = approach
     row["acc_lo"], row["acc_hi"] = mean_interval(list(measured.outcomes[outcome(approach, world, part)].values()))

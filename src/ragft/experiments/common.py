@@ -112,6 +112,18 @@ def record_seeds(into: Measured, name: str, per_seed: list[dict], tokens: list |
 # Chapter 3's fine-tune, handed over to the chapters after it (ragft.handover)
 
 
+def merge_seeds(outs: list[Measured]) -> Measured:
+    """One seeded arm's records from its seeds' own (`outs`, the k-th seed's names carrying seed_tag(k)
+    anywhere: "DSF closed (seed 2) (generated)"): each condition per seed ("<condition> (seed k)") and
+    their mean, with each seed's tokens (record_seeds)."""
+    out = Measured()
+    for part in outs[0].outcomes:
+        names = [part.replace(seed_tag(1), seed_tag(k)) for k in range(1, len(outs) + 1)]
+        record_seeds(out, part.replace(seed_tag(1), ""), [o.outcomes[n] for o, n in zip(outs, names)],
+                     tokens=[o.outcome_tokens.get(n) for o, n in zip(outs, names)])
+    return out
+
+
 def chapter3_facts(kb, p3) -> tuple[list, str]:
     """Chapter 3's test facts: the list its results name (`tables["dsf_facts"]`) when chapter 3 ran in
     this run folder on the same model and knowledge base, else the sample chapter 3's parameters draw.
