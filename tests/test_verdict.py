@@ -7,6 +7,7 @@ from ragft.stats import UNINFORMATIVE
 from ragft.verdict import DEPENDS, NOT_AT_CPU, NOT_FIT, NOT_TESTABLE, VERDICTS, claim_row, counts, ledger
 
 S, C, I = "supported", "contradicted", "not decided at this n"
+DIRECTION = "direction supported, size not shown"
 CEIL = UNINFORMATIVE["ceiling"]
 
 
@@ -124,3 +125,30 @@ def test_a_row_resting_on_an_upper_bound_arm_says_which_and_what_it_was_given():
     assert row.upper_bound.startswith("K1-rag-vs-dsf: DSF p{count} held-out: fine-tuned on gold question-answer pairs")
     assert "K1-rag-vs-reader" not in row.upper_bound
     assert claim_row(claim, {"K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)}).upper_bound is None
+
+
+@pytest.mark.parametrize("equivalence,difference,verdict,shown", [
+    (S, I, C, "K1-eq"),  # within the margin of RAG: the claim (RAG wins) is contradicted, the difference test decides nothing
+    (I, S, S, "K1-diff"),  # not shown equivalent: the difference test answers alone
+    (I, I, I, "K1-diff"),
+    (C, DIRECTION, DIRECTION, "K1-diff"),  # shown outside the margin: says nothing the difference test does not
+], ids=["equivalent", "rag-wins", "neither", "outside-margin"])
+def test_an_equivalence_listed_against_a_claim_answers_with_its_pair(equivalence, difference, verdict, shown):
+    claim = Claim("K1", "RAG is the tool", ("heym2026",), "a figure", "03_finetune", ("K1-eq", "K1-diff", "K1-other"),
+                  against=("K1-eq",))
+    parts = [cmp("K1-eq", equivalence, a="RAG", b="reader", diff=0.02), cmp("K1-diff", difference, a="RAG", b="reader", diff=0.02)]
+    other = cmp("K1-other", verdict if verdict != C else C, a="RAG", b="gold")  # another pair of arms, agreeing
+    row = claim_row(claim, {c["claim"]: c for c in parts + [other]})
+    assert (row.verdict, row.comparison) == (verdict, shown)
+    assert "K1-eq" in row.reason and "K1-diff" in row.reason  # both shown, whichever decides
+    assert ("equivalent within its margin, which contradicts the claim" in row.reason) == (equivalence == S)
+
+
+def test_a_claim_lists_against_itself_only_its_own_comparisons(tmp_path):
+    from ragft.claims import load_claims
+
+    path = tmp_path / "claims.yaml"
+    path.write_text("K1:\n  claim: c\n  sources: [s]\n  figure: f\n  chapter: 03_finetune\n  scales: s\n"
+                    "  comparisons: [K1-a]\n  against: [K1-b]\n")
+    with pytest.raises(ValueError, match="against names \\['K1-b'\\], not among its comparisons"):
+        load_claims(path)

@@ -27,6 +27,9 @@ class Claim:
     untested: str | None = None  # why no comparison carries it (yet)
     scales: str = ""  # whether the verdict should hold for larger models, and why
     effects: dict = field(default_factory=dict)  # comparison key -> (low, high): the source's stated difference, in points
+    # equivalence comparisons whose support contradicts the claim (a fine-tune shown within the margin of
+    # RAG answers "retrieval is the tool" with no): ragft.verdict.claim_row reads them with their pair
+    against: tuple[str, ...] = ()
 
 
 def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
@@ -43,7 +46,7 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
         missing = [k for k in ("claim", "sources", "figure", "chapter", "scales") if not c.get(k)]
         if missing:
             raise ValueError(f"{where}: missing {missing}")
-        unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested", "effects"}
+        unknown = set(c) - {"claim", "sources", "figure", "chapter", "scales", "comparisons", "untested", "effects", "against"}
         if unknown:
             raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
         if not c.get("comparisons") and not c.get("untested"):
@@ -54,7 +57,11 @@ def load_claims(path: str | Path = CLAIMS_FILE) -> dict[str, Claim]:
             if key not in (c.get("comparisons") or ()) or not (
                     isinstance(span, list) and len(span) == 2 and all(isinstance(v, (int, float)) for v in span) and span[0] <= span[1]):
                 raise ValueError(f"{where}: effects[{key!r}] must be [low, high] points for one of its comparisons")
+        against = c.get("against") or []
+        if not set(against) <= set(c.get("comparisons") or ()):
+            raise ValueError(f"{where}: against names {sorted(set(against) - set(c.get('comparisons') or ()))}, "
+                             "not among its comparisons")
         out[cid] = Claim(cid, c["claim"], tuple(c["sources"]), str(c["figure"]), c["chapter"],
                          tuple(c.get("comparisons") or ()), c.get("untested"), c["scales"],
-                         {k: tuple(v) for k, v in effects.items()})
+                         {k: tuple(v) for k, v in effects.items()}, tuple(against))
     return out

@@ -15,6 +15,9 @@ holds only when every part does):
 - every part decided and agreeing: that verdict (supported / contradicted); supported in direction by
   every part, with some part's interval reaching below its smallest effect of interest: **direction
   supported, size not shown**;
+- an equivalence the claim lists `against` itself (claims.yaml) answers with the parts that test the
+  same two arms: shown, it is a part contradicted and they decide nothing; not shown, it decides
+  nothing and they answer;
 - none held: **not testable here** (or **not testable at cpu scale** where only the gpu profile can
   run an arm), with the reason.
 Each row also carries the raw and adjusted p of the part it shows, whether the adjustment changed a
@@ -83,7 +86,29 @@ def difference_text(diff: float, low: float, high: float, kind: str = "binary", 
     return f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
 
 
+def _read_against(claim: Claim, held: list[dict], shown_only: list[dict]) -> tuple[list[dict], list[dict]]:
+    """A claim's parts with its `against` equivalences read as answers to it. An equivalence the claim
+    lists against itself (a fine-tune within the margin of RAG, where the claim says RAG wins) and the
+    parts that test the same two arms for a difference are one question with three answers: the
+    equivalence shown contradicts the claim and the others decide nothing; not shown, it decides
+    nothing and the others answer. Either way the parts that decide nothing are shown beside it."""
+    for key in claim.against:
+        found = next((c for c in held if c["claim"] == key), None)
+        if found is None:
+            continue
+        pair = [c for c in held if c is not found and (c["a"], c["b"]) == (found["a"], found["b"])]
+        if found["verdict"] == SUPPORTED:
+            held = [({**c, "verdict": CONTRADICTED, "against": True} if c is found else c) for c in held if c not in pair]
+            shown_only = shown_only + pair
+        else:
+            held, shown_only = [c for c in held if c is not found], shown_only + [found]
+    return held, shown_only
+
+
 def _evidence(c: dict) -> str:
+    if c.get("against"):  # an equivalence shown, read against the claim it is listed under
+        return (f"{c['claim']} ({c['a']} vs {c['b']}): equivalent within its margin, which contradicts the claim, "
+                f"at n = {c['n']}, p = {c['p']:.2g}" + (f", adjusted {c['p_adjusted']:.2g}" if c.get("p_adjusted") is not None else ""))
     if c.get("kind") == "computed":  # a figure rebuilt by arithmetic: its note says from what
         return f"{c['claim']}: {c['verdict']}: {c['note']}"
     if c.get("test") == "check":  # equal by construction: shown with what was measured, never tested
@@ -109,6 +134,7 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
                          claim.untested + (f" (shown: {shown})" if shown else ""))
     held = [c for c in listed if _deciding(c)]
     shown_only = [c for c in listed if not _deciding(c)]
+    held, shown_only = _read_against(claim, held, shown_only)
     if not held and away and not shown_only:
         return LedgerRow(claim.id, NOT_AT_CPU, claim.chapter, None, None, None, None,
                          "; ".join(f"{k}: {why}" for k, why in away.items()))
