@@ -25,10 +25,15 @@ def book(tmp_path, body: str):
     ('<a href="../elsewhere.html">x</a>', "broken link ../elsewhere.html"),
     ('<p>{glue:text}`key`</p>', "a glue value that did not render"),
     ('<div style="width: 3000px">wide</div>', "scrolls sideways"),
-], ids=["good", "no-alt", "js-error", "image", "link", "glue", "wide"])
+    # a theme's wrapper scrolls a wide table inside the page: the page fits, the table does not
+    ('<div style="overflow-x: auto; width: 600px"><table><tr><th>wide</th><td style="min-width: 900px">x</td></tr>'
+     '</table></div>', "table 1 ('wide') runs 3"),
+    ('<table><tr><th>tall</th><td style="height: 1000px">x</td></tr></table>', "has a row 10"),
+    ('<div style="width: 600px"><table><tr><th>fits</th><td>x</td></tr></table></div>', None),
+], ids=["good", "no-alt", "js-error", "image", "link", "glue", "wide", "wide-table", "tall-row", "table-fits"])
 def test_the_check_finds_what_is_wrong(chromium, tmp_path, body, problem):
     html, page = book(tmp_path, body)
-    problems = browser.check_page(chromium, page, tmp_path / "shots")
+    problems = browser.check_page(chromium, page, tmp_path / "shots", fit_tables=True)
     if problem is None:
         assert problems == []
     else:
@@ -49,3 +54,13 @@ def test_a_relative_book_path_is_checked(chromium, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert browser.main(["html"]) == 0
     assert (tmp_path / "screenshots" / "page.png").exists()
+
+
+def test_only_the_front_pages_tables_are_held_to_the_screen(chromium, tmp_path):
+    """A chapter's wide data table scrolls sideways in its own box; the front page's tables must fit."""
+    wide = '<div style="overflow-x: auto; width: 600px"><table><tr><th>wide</th><td style="min-width: 900px">x</td></tr></table></div>'
+    html, page = book(tmp_path, wide)
+    assert browser.check_page(chromium, page, tmp_path / "shots") == []
+    front = page.with_name(browser.FIT_PAGES[0])
+    front.write_text(page.read_text())
+    assert any("runs" in p for p in browser.check_page(chromium, front, tmp_path / "shots"))

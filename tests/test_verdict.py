@@ -152,3 +152,54 @@ def test_a_claim_lists_against_itself_only_its_own_comparisons(tmp_path):
                     "  comparisons: [K1-a]\n  against: [K1-b]\n")
     with pytest.raises(ValueError, match="against names \\['K1-b'\\], not among its comparisons"):
         load_claims(path)
+
+
+def test_the_front_pages_claims_are_one_line_each_with_numbered_notes():
+    """The decided claims and the title question's (K1-K3) whatever their verdict; an undecided claim
+    outside them is left out. Long texts (what was compared, the caveat, what an upper-bound arm was
+    given) live in the notes, numbered as the rows."""
+    from ragft.verdict import decided_table
+
+    def row(claim, verdict, comparison, **extra):
+        return {"claim": claim, "verdict": verdict, "chapter": "03_finetune", "n": 64, "diff": -0.125, "ci_low": -0.23,
+                "ci_high": -0.06, "reason": "why", "comparison": comparison, "kind": "binary", **extra}
+
+    doc = {"tables": {"ledger": [row("K1", CEIL, "K1-rag-vs-dsf"), row("K4", I, "K4-json"),
+                                 row("K8", S, "K8-stale", fragile="fragile (training seed): K8-stale: seed 1 supported")]},
+           "comparisons": [{"claim": "K1-rag-vs-dsf", "a": "base + RAG", "b": "DSF p3 held-out"}]}
+    decided = decided_table(doc)
+    assert list(decided.table.index) == ["K1", "K8"]
+    assert list(decided.table.columns) == ["what it says", "verdict", "difference [95 % CI]", "upper bound", "note"]
+    k1, k8 = decided.table.loc["K1"], decided.table.loc["K8"]
+    assert (k1.verdict, k1["difference [95 % CI]"], k1["upper bound"], k1.note) == (CEIL, "-12 points [-23, -6]", "gold questions", "1")
+    assert k8.verdict == "supported; fragile (training seed)" and k8.note == "2"
+    first, second = decided.notes.split("\n\n")
+    # the arms by the names the run gave them (DSF p3, not the plan's DSF p{count})
+    assert first.startswith("**1. K1**, K1-rag-vs-dsf: base + RAG against DSF p3 held-out, gold value ranked first of 4, n = 64 questions.")
+    assert "Caveat: " in first and "Upper bound: DSF p{count} held-out: fine-tuned on gold question-answer pairs" in first
+    assert second.startswith("**2. K8**, K8-stale: ") and second.endswith("Fragile (training seed): K8-stale: seed 1 supported.")
+
+
+def test_the_title_answer_reads_the_reader_arm_against_rag_from_chapters_3_and_7():
+    from ragft.verdict import title_answer
+
+    def c(key, mean_a, mean_b, verdict, **extra):
+        return {"claim": key, "mean_a": mean_a, "mean_b": mean_b, "diff": mean_a - mean_b, "ci_low": -0.04,
+                "ci_high": 0.08, "verdict": verdict, "role": "primary", **extra}
+
+    verdict_doc = {"comparisons": [c("K1-rag-vs-reader", 0.875, 0.855, I), c("K1-reader-equivalent", 0.875, 0.855, S),
+                                   c("K1-rag-vs-dsf", 0.875, 0.95, C, fragile=True), c("K6-reader-plus-rag", 0.9, 0.855, I)]}
+    curve = [{"arm": "gold questions (upper bound)", "chosen": True, "seconds": 9.0, "train_tokens": 10},
+             {"arm": "questions generated from the documents", "chosen": True, "seconds": 1000.0, "train_tokens": 100_000},
+             {"arm": "questions generated from the documents", "chosen": True, "seconds": 1100.0, "train_tokens": 100_000},
+             {"arm": "questions generated from the documents", "chosen": False, "seconds": 99.0, "train_tokens": 1}]
+    finetune = {"metrics": {"n_facts": 104, "reader_seed_spread": 0.0385},
+                "tables": {"reader_arm": "generated", "knowledge_curve": curve}}
+    answer = title_answer(finetune, verdict_doc)
+    # RAG 0.875 against the reader's 0.855: +2 points, interval [-4, +8]; the chosen rows' mean 1,050 s
+    assert (answer.reader, answer.rag, answer.difference) == ("86%", "88%", "+2 points [-4, +8]")
+    assert (answer.reader_arm, answer.verdict, answer.equivalence) == ("questions generated from the documents", I, S)
+    assert (answer.gold, answer.reader_rag, answer.spread) == ("95%", "90%", "4 points")
+    assert (answer.train_s, answer.train_tokens, answer.fragile, answer.n_facts) == ("1,050", "100,000", "K1-rag-vs-dsf", "104")
+    with pytest.raises(ValueError, match="the pilot measured no fine-tune a reader could build"):
+        title_answer({"metrics": {}, "tables": {}}, {"comparisons": verdict_doc["comparisons"][2:]})

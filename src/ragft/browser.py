@@ -1,13 +1,16 @@
 """The browser check of the built book: every page opened in headless Chromium (Debian's `chromium`
 package; no browser download), failing on a JavaScript error, a glue value that did not render, a
-broken image or local link, an image without alt text, or a page wider than a 1280-pixel window; a
-screenshot of each page is saved beside the book (<html>/../screenshots).
+broken image or local link, an image without alt text, a page wider than a 1280-pixel window, or, on
+the front page, a table that runs past its column (cut off, or scrolled sideways inside the page) or
+holds a row taller than a 1280 x 800 laptop screen (the chapters' wide data tables scroll sideways
+inside their own box, by the theme's design); a screenshot of each page is saved beside the book (<html>/../screenshots).
 
   python -m ragft.browser _build/html          (make browser: installs chromium first where it can)
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -16,11 +19,26 @@ from html import unescape
 from pathlib import Path
 
 WIDTH = 1280
+FIT_PAGES = ("00_front.html",)  # the pages whose every table must fit a laptop's screen: the front page
+SCREEN_HEIGHT = 800  # a laptop's screen at WIDTH (1280 x 800): a table row taller than this cannot be read at once
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 INSTALL = "apt-get install -y chromium (Debian's package; `make browser` runs it)"
-# A probe appended to a copy of the page: the page's width and the window's, after the page's own scripts ran.
-PROBE = ('<script>window.addEventListener("load", () => setTimeout(() => {document.title = "ragft-probe "'
-         ' + document.documentElement.scrollWidth + " " + document.documentElement.clientWidth;}, 500));</script>')
+# A probe appended to a copy of the page: after the page's own scripts ran, the page's width and the
+# window's go into the title, and each table's measure into the body's data-ragft-tables: how far it
+# runs past the box that holds it (a theme's scrolling wrapper hides, not fits, a wide table) and the
+# height of its tallest row, with its first header's text to name it.
+PROBE = ('<script>window.addEventListener("load", () => setTimeout(() => {'
+         'const tables = [...document.querySelectorAll("table")].map(t => {'
+         'let box = t.parentElement; while (box.parentElement && getComputedStyle(box).overflowX === "visible")'
+         ' box = box.parentElement;'
+         'const over = Math.max(t.getBoundingClientRect().width - box.clientWidth,'
+         ' t.getBoundingClientRect().right - document.documentElement.clientWidth);'
+         'const rows = [...t.querySelectorAll("tr")].map(r => r.getBoundingClientRect().height);'
+         'const head = [...t.querySelectorAll("th")].map(h => h.textContent.trim()).find(h => h) || "";'
+         'return [Math.round(over), Math.round(Math.max(0, ...rows)), head.slice(0, 40)];});'
+         'document.body.setAttribute("data-ragft-tables", JSON.stringify(tables));'
+         'document.title = "ragft-probe " + document.documentElement.scrollWidth + " " + document.documentElement.clientWidth;'
+         '}, 500));</script>')
 
 
 def find_chromium() -> str | None:
@@ -45,8 +63,9 @@ def _local_targets(dom: str, attribute: str, tag: str) -> list[str]:
     return [unescape(t) for t in found if t and not re.match(r"^(https?:|mailto:|data:|javascript:|#)", t)]
 
 
-def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
-    """What is wrong with one page, each problem a line naming the page."""
+def check_page(chromium: str, page: Path, screenshots: Path, fit_tables: bool | None = None) -> list[str]:
+    """What is wrong with one page, each problem a line naming the page; `fit_tables` (default: a page
+    of FIT_PAGES) holds its tables to the laptop's screen."""
     name = f"{page.parent.name}/{page.name}"
     screenshots.mkdir(parents=True, exist_ok=True)
     shot = screenshots / f"{page.stem}.png"
@@ -70,6 +89,8 @@ def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
         problems.append(f"{name}: the page did not finish loading")
     elif int(width.group(1)) > int(width.group(2)):
         problems.append(f"{name}: {width.group(1)} px wide in a {width.group(2)} px window (scrolls sideways)")
+    if page.name in FIT_PAGES if fit_tables is None else fit_tables:
+        problems += _table_problems(name, dom)
     for marker in ("{glue", "np.float64", "KeyError"):
         if marker in dom:
             problems.append(f"{name}: {marker!r} on the page (a glue value that did not render)")
@@ -84,6 +105,22 @@ def check_page(chromium: str, page: Path, screenshots: Path) -> list[str]:
                 problems.append(f"{name}: broken {kind} {target}")
     if not shot.exists():
         problems.append(f"{name}: no screenshot")
+    return problems
+
+
+def _table_problems(name: str, dom: str) -> list[str]:
+    """Each table that runs past the box holding it (cut off, or scrolled sideways inside the page) or
+    has a row taller than a laptop's screen, from the probe's measures."""
+    found = re.search(r'data-ragft-tables="([^"]*)"', dom)
+    if found is None:
+        return [f"{name}: the table probe did not run"]
+    problems = []
+    for k, (over, row, head) in enumerate(json.loads(unescape(found.group(1))), 1):
+        label = f"table {k}" + (f" ({head!r})" if head else "")
+        if over > 1:  # a pixel of rounding
+            problems.append(f"{name}: {label} runs {over} px past its column (cut off or scrolled sideways)")
+        if row > SCREEN_HEIGHT:
+            problems.append(f"{name}: {label} has a row {row} px tall, taller than a {SCREEN_HEIGHT} px screen")
     return problems
 
 

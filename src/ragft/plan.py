@@ -107,13 +107,21 @@ class Plan:
         """What an arm of the comparison was given that no reader has (the plan's `upper_bounds`: the
         arms it names, then what they were given, or with `short` the bound's name: "gold questions";
         "; " between two kinds), or None: such an arm is an upper bound of its approach."""
-        spec = self.comparisons.get(comparison_id)
-        said = []
+        said = [f"{' and '.join(arms)}: {name if short else given}" for arms, name, given in self._bounds(comparison_id)]
+        return "; ".join(said) or None
+
+    def upper_bound_names(self, comparison_id: str) -> list[str]:
+        """The names of the upper bounds an arm of the comparison is ("gold questions"), none where no arm is."""
+        return [name for _, name, _ in self._bounds(comparison_id)]
+
+    def _bounds(self, comparison_id: str) -> list[tuple[list[str], str, str]]:
+        """(the comparison's arms a bound names, the bound's name, what they were given), per bound."""
+        spec, out = self.comparisons.get(comparison_id), []
         for name, bound in (self.upper_bounds or {}).items() if spec else ():
             arms = [t for t in dict.fromkeys((spec.a, spec.b)) if any(re.search(p, t) for p in bound["arms"])]
             if arms:
-                said.append(f"{' and '.join(arms)}: {name.replace('_', ' ') if short else bound['given']}")
-        return "; ".join(said) or None
+                out.append((arms, name.replace("_", " "), bound["given"]))
+        return out
 
     @property
     def primary(self) -> list[str]:

@@ -65,10 +65,20 @@ def show_full_text(table: pd.DataFrame) -> None:
         display(table)
 
 
+def show_with_notes(table: pd.DataFrame, notes: str) -> None:
+    """A table whose long texts are numbered notes below it (markdown), so that each row stays a line."""
+    from IPython.display import Markdown, display
+
+    with pd.option_context("display.max_colwidth", None):
+        # the theme's table look (its class) with the texts read from the left
+        display(table.style.set_properties(**{"text-align": "left"}).set_table_attributes('class="dataframe"'))
+    display(Markdown(notes))
+
+
 def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     """Every comparison the chapters' results files state, one line each, for reading: its test's
-    interval and p (adjusted where chapter 7 has adjusted the family), its bound and its size against
-    the source's stated effect."""
+    interval and p (adjusted where chapter 7 has adjusted the family), its verdict (which names a bound
+    it sits at) and its size against the source's stated effect."""
     rows = []
     for chapter, doc in chapter_results.items():
         for c in doc.get("comparisons", []):
@@ -80,16 +90,16 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
             if c.get("p_adjusted") is not None:
                 p += f" (Holm {c['p_adjusted']:.2g})"
             rows.append({
-                "comparison": c["claim"], "chapter": c.get("chapter", chapter), "role": c.get("role", "primary"),
+                "comparison": c["claim"], "chapter": c.get("chapter", chapter), "role": "computed check" if computed else c.get("role", "primary"),
                 "conditions": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
                 "n": "–" if computed else c["n"],
                 "difference [interval]": f"{c['computed']} (stated {c['stated']})" if computed
                 else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary"), c.get("test", "paired")),
-                "p": p, "verdict": c["verdict"], "bound": c.get("bound") or "–",
+                "p": p, "verdict": c["verdict"],  # a bound shows in it: "uninformative here (floor)"
                 "vs stated effect": c.get("size_vs_stated") or "–",
                 "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–",
                 "upper bound": the_plan().upper_bound(c["claim"], short=True) or "–"})
-    columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict", "bound",
+    columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict",
                "vs stated effect", "units to detect the smallest effect", "upper bound"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim, load_claims
+from .corpus.injection import ARM_LABELS
 from .constants import DEPENDS
 from .declared import record
 from .plan import BOOK, FRAGILE, adjust, rejudge, seed_verdicts, the_plan
@@ -287,25 +288,99 @@ def summary_sentence(doc: dict | None) -> str:
                if "n_claims_resting_on_comparisons" in m else ""))
 
 
-def decided_table(doc: dict | None):
+# The claims that ask the book's title question (RAG or fine-tuning for knowledge): the front page's
+# table of decided claims shows them whatever their verdict
+TITLE_CLAIMS = ("K1", "K2", "K3")
+
+
+@dataclass
+class Decided:
+    """The front page's claims: one short line each (`table`) and a numbered note each (`notes`, markdown)."""
+    table: object  # a DataFrame indexed by claim
+    notes: str
+
+
+def decided_table(doc: dict | None) -> Decided:
     """The decided claims of a verdict results file (supported, supported in direction, contradicted,
-    depends), for reading: each claim in its own words, what was compared on what and at what n, the
-    difference, and the plan's caveat for the comparison shown."""
+    depends) and the title question's (TITLE_CLAIMS) whatever their verdict, for reading on a laptop:
+    one line each (the claim in its own words, the verdict, the difference with its interval, the upper
+    bound an arm of it was, the number of its note) and below them the notes: the comparison the
+    row shows (arms, metric, n), the plan's caveat, what the upper-bound arm was given, whether it
+    was declared before any result, and which training seeds disagree."""
     import pandas as pd
 
-    claims, plan, rows = load_claims(), the_plan(), []
+    claims, plan, rows, notes = load_claims(), the_plan(), [], []
+    measured = {c["claim"]: c for c in (doc or {}).get("comparisons", [])}  # the arms by the names the run gave them
     for r in (doc or {}).get("tables", {}).get("ledger", []):
-        if r["verdict"] not in (*DECIDED, DEPENDS):
+        if r["verdict"] not in (*DECIDED, DEPENDS) and r["claim"] not in TITLE_CLAIMS:
             continue
-        spec = plan.comparisons.get(r["comparison"])
-        compared = (f"{spec.a} against {spec.b}: {spec.metric}, n = {r['n']} {spec.unit}" if spec and r["n"] is not None
-                    else r["comparison"])
+        shown = r.get("comparison")
+        spec = plan.comparisons.get(shown) if shown else None
+        bounds = plan.upper_bound_names(shown) if shown else []
         rows.append({"claim": r["claim"], "what it says": claims[r["claim"]].claim if r["claim"] in claims else "–",
-                     "verdict": r["verdict"] + (f"; {FRAGILE}" if r.get("fragile") else ""), "what was compared": compared,
-                     "difference [95 % CI]": LedgerRow(**r).difference(),
-                     "caveat": (spec.caveat if spec and spec.caveat else "–"),
-                     "upper bound": plan.upper_bound(r["comparison"], short=True) or "–",
-                     "declared before any result": r.get("declared") or "–"})
-    columns = ["claim", "what it says", "verdict", "what was compared", "difference [95 % CI]", "caveat",
-               "upper bound", "declared before any result"]
-    return pd.DataFrame(rows, columns=columns).set_index("claim")
+                     "verdict": r["verdict"] + (f"; {FRAGILE}" if r.get("fragile") else ""),
+                     "difference [95 % CI]": LedgerRow(**r).difference(), "upper bound": "; ".join(bounds) or "–",
+                     "note": str(len(rows) + 1)})
+        if spec and r["n"] is not None:
+            arms = measured.get(shown) or {"a": spec.a, "b": spec.b}
+            compared = f"{shown}: {arms['a']} against {arms['b']}, {spec.metric}, n = {r['n']} {spec.unit}"
+        else:
+            compared = shown or r["reason"]
+        said = [f"**{len(rows)}. {r['claim']}**, {compared}."]
+        said += [f"Caveat: {spec.caveat.rstrip('.')}."] if spec and spec.caveat else []
+        said += [f"Upper bound: {plan.upper_bound(shown)}."] if bounds else []
+        said += [f"Declared before any result: {r['declared']}."] if r.get("declared") else []
+        said += [f"{r['fragile'][0].upper()}{r['fragile'][1:]}."] if r.get("fragile") else []
+        notes.append(" ".join(said))
+    columns = ["claim", "what it says", "verdict", "difference [95 % CI]", "upper bound", "note"]
+    return Decided(pd.DataFrame(rows, columns=columns).set_index("claim"), "\n\n".join(notes))
+
+
+@dataclass
+class TitleAnswer:
+    """The book's answer to its title question on a seeded draw, as the front page's first paragraph
+    glues it: each value a number, a verdict or a short label (the paragraph's words are its markdown)."""
+    n_facts: str  # the test facts
+    reader_arm: str  # the arm the development documents chose for the reader's fine-tune
+    reader: str  # its held-out accuracy, the mean of its training seeds
+    rag: str  # RAG's on the same questions
+    difference: str  # RAG minus the reader's fine-tune, with its 95 % interval
+    verdict: str  # K1-rag-vs-reader's verdict (adjusted in the family)
+    equivalence: str  # K1-reader-equivalent's: within 10 points of RAG or not
+    spread: str  # how far the reader's training seeds' own accuracies spread
+    gold: str  # the gold-questions fine-tune, an upper bound no reader has
+    reader_rag: str  # the reader's fine-tune with RAG
+    train_s: str  # the reader's training seconds to its chosen checkpoint (mean over seeds)
+    train_tokens: str
+    fragile: str  # the primary comparisons whose training seeds disagree ("none")
+
+    def glue_all(self, glue) -> None:
+        for name, value in asdict(self).items():
+            glue(f"answer_{name}", value)
+
+
+def title_answer(finetune: dict, verdict_doc: dict) -> TitleAnswer:
+    """The title question answered from chapter 3's results (the reader's arm, its seeds' spread and
+    training cost) and chapter 7's (every comparison adjusted in the family, with its seeds' verdicts):
+    the fine-tune a reader could build against RAG, the gold-questions upper bound, the two together."""
+    comparisons = {c["claim"]: c for c in verdict_doc["comparisons"]}
+    missing = [k for k in ("K1-rag-vs-reader", "K1-reader-equivalent", "K1-rag-vs-dsf", "K6-reader-plus-rag")
+               if k not in comparisons]
+    if missing or "reader_arm" not in finetune.get("tables", {}):
+        raise ValueError(f"the title answer needs a seeded draw's chapter 3 (its reader's arm) and chapter 7's {missing or ''}"
+                         " comparisons: this run has none (the pilot measured no fine-tune a reader could build)")
+    m, arm = finetune["metrics"], finetune["tables"]["reader_arm"]
+    vs, eq = comparisons["K1-rag-vs-reader"], comparisons["K1-reader-equivalent"]
+    chosen = [r for r in finetune["tables"]["knowledge_curve"] if r["arm"] == ARM_LABELS[arm] and r["chosen"]]
+    if not chosen:
+        raise ValueError(f"chapter 3's knowledge curve marks no chosen checkpoint of the reader's arm {arm!r}")
+    pct = "{:.0%}".format
+    fragile = [c["claim"] for c in verdict_doc["comparisons"] if c.get("fragile") and c.get("role") == "primary"]
+    return TitleAnswer(
+        n_facts=str(m["n_facts"]), reader_arm=ARM_LABELS[arm], reader=pct(vs["mean_b"]), rag=pct(vs["mean_a"]),
+        difference=difference_text(vs["diff"], vs["ci_low"], vs["ci_high"], "binary"),
+        verdict=vs["verdict"], equivalence=eq["verdict"], spread=f"{100 * m['reader_seed_spread']:.0f} points",
+        gold=pct(comparisons["K1-rag-vs-dsf"]["mean_b"]), reader_rag=pct(comparisons["K6-reader-plus-rag"]["mean_a"]),
+        train_s=f"{sum(r['seconds'] for r in chosen) / len(chosen):,.0f}",
+        train_tokens=f"{sum(r['train_tokens'] for r in chosen) / len(chosen):,.0f}",
+        fragile=", ".join(fragile) or "none")

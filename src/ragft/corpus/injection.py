@@ -62,6 +62,9 @@ REWRITES = {
     "owner": ("{v} owns the {name}.", "The owner of the {name} is {v}.", "The {name} belongs to {v}."),
 }
 N_REWRITES = 3
+# The arms a reader could build from the documents, by key, with the name a reader reads
+ARM_LABELS = {"documents": "documents as they are", "rewritten": "documents rewritten",
+              "generated": "questions generated from the documents"}
 
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
 # Value-like spans, the longest first where two start together: a date, a month and year, a sum of

@@ -626,8 +626,7 @@ def dsf_row_label(count: int, exposures: int, which: str = "") -> str:
 
 
 GOLD_ARM = "gold questions (upper bound)"  # the curve above: questions about every test fact, in their own templates
-READER_ARMS = {"documents": "documents as they are", "rewritten": "documents rewritten",
-               "generated": "questions generated from the documents"}
+READER_ARMS = injection.ARM_LABELS
 READER = "DSF from documents"  # the reader's fine-tune: the arm and checkpoint the development facts chose
 
 
