@@ -203,3 +203,18 @@ def test_the_title_answer_reads_the_reader_arm_against_rag_from_chapters_3_and_7
     assert (answer.train_s, answer.train_tokens, answer.fragile, answer.n_facts) == ("1,050", "100,000", "K1-rag-vs-dsf", "104")
     with pytest.raises(ValueError, match="the pilot measured no fine-tune a reader could build"):
         title_answer({"metrics": {}, "tables": {}}, {"comparisons": verdict_doc["comparisons"][2:]})
+
+
+def test_a_seed_mean_of_right_wrong_outcomes_reads_in_points():
+    """A seeded arm's outcome is the mean of its seeds' 0/1 outcomes: tested as continuous (sign-flip),
+    read as a rate, in points, like a binary comparison; a continuous score stays a number."""
+    from ragft.stats import RATE, score_kind
+    from ragft.verdict import difference_text
+
+    seeded = cmp("K1-a", S, diff=0.048, kind="continuous", seeds=[{"kind": "binary"}] * 3)
+    assert score_kind(seeded) == RATE and score_kind(cmp("K1-a", S, kind="continuous")) == "continuous"
+    assert score_kind(cmp("K1-a", S, kind="continuous", seeds=[{"kind": "continuous"}])) == "continuous"
+    row = claim_row(CLAIM, {"K1-a": seeded})
+    # 0.048 [-0.052, 0.148] -> +5 points [-5, +15]
+    assert row.kind == RATE and row.difference() == "+5 points [-5, +15]"
+    assert difference_text(0.048, -0.052, 0.148, "continuous") == "+0.048 [-0.052, +0.148]"

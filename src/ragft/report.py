@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from .plan import the_plan
-from .stats import SIGNFLIP_MC
+from .stats import SIGNFLIP_MC, score_kind
 from .verdict import difference_text
 
 # row key -> (column header, formatter); columns appear in this order when present.
@@ -94,7 +94,7 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
                 "conditions": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
                 "n": "–" if computed else c["n"],
                 "difference [interval]": f"{c['computed']} (stated {c['stated']})" if computed
-                else difference_text(c["diff"], c["ci_low"], c["ci_high"], c.get("kind", "binary"), c.get("test", "paired")),
+                else difference_text(c["diff"], c["ci_low"], c["ci_high"], score_kind(c), c.get("test", "paired")),
                 "p": p, "verdict": c["verdict"],  # a bound shows in it: "uninformative here (floor)"
                 "vs stated effect": c.get("size_vs_stated") or "–",
                 "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–",

@@ -35,6 +35,7 @@ from .train import units
 from .jsonl import json_safe
 from .plan import PILOT, judge_chapter, the_draw, the_plan
 from .prose import StatedComparison
+from .stats import RATE, score_kind
 
 # Metric kinds: what a number is decides how a rerun may move it (ragft.drift holds the tolerances).
 METRIC_KINDS = {
@@ -139,7 +140,8 @@ def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], ch
     `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters leave
     out, `unmeasured`), judged on `outcomes`, each with the labels its sentence gives its two arms
     (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A difference of
-    two rates reads in points (the plan's kind "binary"), any other as a number, unless its labels carry
+    two rates reads in points (the plan's kind "binary", or a seeded arm's mean of right/wrong outcomes), any
+    other as a number, unless its labels carry
     a third item, True for points: a continuous score on a 0-1 scale (a share of fields right) also
     reads in points. `profile` is the run's, always given: the plan's `profiles` say which
     comparisons it measures, and the family it counts (None, outside any profile, measures every one).
@@ -156,7 +158,7 @@ def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], ch
             continue
         a_label, b_label, *pct = labels[cid]
         out[cid] = StatedComparison(cid, result, a_label, b_label,
-                                    pct=pct[0] if pct else plan.get(cid).kind == "binary")
+                                    pct=pct[0] if pct else score_kind(result.as_dict()) in ("binary", RATE))
     return out
 
 

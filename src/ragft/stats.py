@@ -364,6 +364,19 @@ class Comparison:
         return sentence(self.as_dict(), a_label, b_label, pct)
 
 
+RATE = "rate"  # a seeded arm's outcome: the mean of its seeds' 0/1 outcomes, a rate (tested as continuous)
+
+
+def score_kind(c: dict) -> str:
+    """What a comparison's difference is a difference of, for reading it: "rate" where a continuous
+    test compares the seed means of right/wrong outcomes (each seed's own comparison binary), else
+    its kind (binary, continuous, computed)."""
+    seeds = c.get("seeds") or []
+    if c.get("kind") == "continuous" and seeds and all(s.get("kind") == "binary" for s in seeds):
+        return RATE
+    return c.get("kind", "binary")
+
+
 def sentence(c: dict, a_label: str | None = None, b_label: str | None = None, pct: bool = True) -> str:
     """A comparison (as stored) as a sentence: its verdict, difference, interval, p (raw, and adjusted
     once the family is), n, and for an undecided one the n that would decide it."""

@@ -33,7 +33,8 @@ from .corpus.injection import ARM_LABELS
 from .constants import DEPENDS
 from .declared import record
 from .plan import BOOK, FRAGILE, adjust, rejudge, seed_verdicts, the_plan
-from .stats import CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, SUPPORTED, UNINFORMATIVE
+from .stats import (CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, RATE, SUPPORTED, UNINFORMATIVE,
+                    score_kind)
 
 NOT_TESTABLE = "not testable here"
 NOT_AT_CPU = "not testable at cpu scale"
@@ -53,7 +54,7 @@ class LedgerRow:
     ci_high: float | None
     reason: str
     comparison: str | None = None  # the comparison whose numbers the row shows
-    kind: str = "binary"  # its score: binary (a difference of rates, in points), continuous, or computed
+    kind: str = "binary"  # its score: binary or rate (a difference of rates, in points), continuous, or computed
     measured: str | None = None  # a computed check's figure (a price rebuilt from measured tokens)
     p: float | None = None  # raw p of the shown comparison
     p_adjusted: float | None = None  # its Holm-adjusted p in the book's family
@@ -82,7 +83,7 @@ def difference_text(diff: float, low: float, high: float, kind: str = "binary", 
 
     if test == "welch-log":
         return f"{math.exp(diff):.3g}x [{math.exp(low):.3g}, {math.exp(high):.3g}]"
-    if kind == "binary":
+    if kind in ("binary", RATE):
         return f"{100 * diff:+.0f} points [{100 * low:+.0f}, {100 * high:+.0f}]"
     return f"{diff:+.3g} [{low:+.3g}, {high:+.3g}]"
 
@@ -180,7 +181,7 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
     sizes = [f"{c['claim']}: {c['size_vs_stated']} than stated" if c["size_vs_stated"] != "consistent"
              else f"{c['claim']}: consistent with the stated effect" for c in held if c.get("size_vs_stated")]
     return LedgerRow(claim.id, verdict, shown.get("chapter", claim.chapter), shown["n"], shown["diff"],
-                     shown["ci_low"], shown["ci_high"], reason, shown["claim"], shown.get("kind", "binary"),
+                     shown["ci_low"], shown["ci_high"], reason, shown["claim"], score_kind(shown),
                      shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
                      "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95),
                      declared_text([c for c in held if c.get("kind") != "computed"]), upper_bound_text(held),

@@ -16,7 +16,7 @@ from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STAT
 from ..plan import FRAGILE, prose_terms, the_plan
 from ..results import ChapterRun, Clock, Measured, open_chapter
 from ..prose import glue
-from ..stats import DIRECTION_ONLY, UNINFORMATIVE
+from ..stats import DIRECTION_ONLY, RATE, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
                        not_measured)
 
@@ -125,7 +125,7 @@ def forest(v: Verdicts):
     """Each tested claim's measured difference with its 95 % interval, coloured by verdict."""
     import matplotlib.pyplot as plt
 
-    shown = [r for r in v.rows if r.n is not None and r.kind == "binary" and r.test == "paired"]  # one axis: points
+    shown = [r for r in v.rows if r.n is not None and r.kind in ("binary", RATE) and r.test == "paired"]  # one axis: points
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(shown) + 1.2))
     for y, r in enumerate(shown):
         stated = v.claims[r.claim].effects.get(r.comparison)
