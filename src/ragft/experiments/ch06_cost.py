@@ -16,6 +16,7 @@ from .. import costs, models, settings
 from ..corpus import build_kb
 from ..costs import Approach, Check, Workload
 from ..results import ChapterRun, Clock, Measured, judged_of, open_chapter, read_chapter, read_published, state_comparisons
+from ..plan import seed_tag
 from ..prose import StatedComparison, glue, glue_findings
 from ..train.tasks import lora_structured_name
 from ..train.trainer import TARGETS
@@ -78,12 +79,15 @@ def usable(chapter: str, doc: dict | None, profile: str) -> bool:
 
 
 def mean_tokens(doc: dict, condition: str) -> tuple[float, float]:
-    """(mean prompt tokens, mean completion tokens) of a condition's outcome_tokens."""
-    tokens = (doc.get("outcome_tokens") or {}).get(condition)
-    if not tokens:
+    """(mean prompt tokens, mean completion tokens) of a condition's outcome_tokens; a seeded arm's
+    (its answers recorded per training seed, "<condition> (seed k)") over every seed's answers."""
+    recorded = doc.get("outcome_tokens") or {}
+    seeds = [recorded[name] for k in range(1, len(recorded) + 1) if (name := condition + seed_tag(k)) in recorded]
+    parts = [recorded[condition]] if recorded.get(condition) else seeds
+    if not parts or not all(parts):
         raise KeyError(f"chapter {doc.get('chapter')} recorded no tokens for {condition!r}; it has "
-                       f"{sorted(doc.get('outcome_tokens') or {})}")
-    arr = np.array(list(tokens.values()), dtype=float)
+                       f"{sorted(recorded)}")
+    arr = np.array([t for part in parts for t in part.values()], dtype=float)
     return float(arr[:, 0].mean()), float(arr[:, 1].mean())
 
 
