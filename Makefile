@@ -60,13 +60,14 @@ book: install
 
 ## every trained unit the profile asks for that experiments/units lacks, trained and scored on this machine
 ## (ragft.train.units): the chapters that train run, reading the units stored and computing the missing ones
-## into experiments/units, each stored when done (an interrupted run loses only the unit it was in)
+## into experiments/units, each stored when done; an interrupted run resumes the unit it was in from its last
+## checkpoint (every 20 steps, in the cache: RAGFT_CHECKPOINT_EVERY), to the same outcomes
 ## DRAW=<name>: a draw declared ahead of its publication (data/draws/<name>, RAGFT_DRAW): its units go to
 ## experiments/units/<name>, outside the published book until it is published (its results stay in _build)
 TRAINING_CHAPTERS := 03_finetune 04_raft 05_freshness 08_your_case
 UNITS_OUT := $(CURDIR)/experiments/units$(if $(DRAW),/$(DRAW))
 units: install
-	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) RAGFT_UNITS=use RAGFT_UNITS_DIR=$(UNITS_OUT) \
+	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) RAGFT_UNITS=use RAGFT_UNITS_DIR=$(UNITS_OUT) RAGFT_CHECKPOINT_EVERY=20 \
 	  $(PY) -m ragft.run --profile $(PROFILE) --chapters $(TRAINING_CHAPTERS) \
 	  --out _build/run/units-$(PROFILE)$(if $(DRAW),-$(DRAW)) --one-kernel
 	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) $(PY) -m ragft.train.rotation verify

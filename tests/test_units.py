@@ -270,3 +270,15 @@ if __name__ == "__main__":  # write the reference unit again (after raising unit
     REFERENCE.mkdir(parents=True, exist_ok=True)
     shutil.copy(unit.unit.path, REFERENCE / unit.unit.path.name)
     print(f"wrote {REFERENCE / unit.unit.path.name}")
+
+
+def test_the_checkpoint_interval_is_a_whole_number_of_steps(monkeypatch):
+    from ragft import settings
+    from ragft.constants import ParamError
+
+    assert settings.checkpoint_every() == 0  # unset: no checkpoints
+    monkeypatch.setenv("RAGFT_CHECKPOINT_EVERY", "20")
+    assert settings.checkpoint_every() == 20
+    monkeypatch.setenv("RAGFT_CHECKPOINT_EVERY", "-1")
+    with pytest.raises(ParamError, match="RAGFT_CHECKPOINT_EVERY='-1' is not allowed"):
+        settings.checkpoint_every()

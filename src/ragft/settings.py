@@ -7,6 +7,8 @@ Environment variables (all optional):
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
   RAGFT_UNITS      use | committed | recompute: how trained units are read (ragft.train.units; a chapter's
                    recompute=True sets recompute)
+  RAGFT_CHECKPOINT_EVERY  steps between a computed unit's checkpoints (0, the default: none): an
+                   interrupted `make units` resumes its unit from the last one, to the same outcomes
   ATEN_CPU_CAPABILITY, MKL_CBWR   the CPU kernels (CPU_KERNELS: AVX2 on x86 unless set)
 """
 
@@ -122,6 +124,14 @@ def data_dir(override: str | None = None) -> Path | None:
     if value:
         return Path(value).expanduser()
     return BUNDLED_DATA if BUNDLED_DATA.is_dir() else None
+
+
+def checkpoint_every() -> int:
+    """RAGFT_CHECKPOINT_EVERY: steps between the checkpoints of a unit computed here (0: none)."""
+    value = os.environ.get("RAGFT_CHECKPOINT_EVERY", "0")
+    if not value.isdigit():
+        raise ParamError(f"RAGFT_CHECKPOINT_EVERY={value!r} is not allowed: use a whole number of steps >= 0 (0: none)")
+    return int(value)
 
 
 def run_dir() -> Path:

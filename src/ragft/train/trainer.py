@@ -433,6 +433,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             schedule.load_state_dict(state["schedule"])
             step, losses = state["step"], state["losses"]
             kept = state.get("snapshots", {})
+            # the interrupted steps' own seconds, tokens and FLOPs: the run's totals count every step once
+            step_s, step_tokens, step_flops = state.get("step_s", []), state.get("step_tokens", []), state.get("step_flops", [])
+            pad = state.get("pad", 0)
         if base.device in ESTIMATE_DEVICES and step < total:
             print(expected_time(model, data, cfg, base, autocast, label, train_dtype, (total - step) / total), flush=True)
         bar = progress(None, desc=f"{label} ({cfg.method})", total=total)
@@ -484,14 +487,15 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                     folder.mkdir(parents=True, exist_ok=True)
                     torch.save({"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
                                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                "step": step, "losses": losses, "snapshots": kept}, ckpt.with_suffix(".tmp"))
+                                "step": step, "losses": losses, "snapshots": kept, "step_s": step_s,
+                                "step_tokens": step_tokens, "step_flops": step_flops, "pad": pad}, ckpt.with_suffix(".tmp"))
                     ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
                 if on_step is not None:
                     on_step(step, losses[-1])
             if stop_after is not None and epoch + 1 == stop_after:
                 break
             if epoch + 1 in snapshots and str(epoch + 1) not in kept:
-                # seconds and FLOPs of the steps so far (a resumed run counts the steps it ran itself)
+                # seconds, tokens and FLOPs of the steps so far (a resumed run's with those before its interruption)
                 kept[str(epoch + 1)] = {"step": step, "train_s": sum(step_s), "train_tokens": sum(step_tokens),
                                         "flops": sum(step_flops)}
                 if epoch + 1 < (stop_after or cfg.epochs):

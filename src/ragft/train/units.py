@@ -474,11 +474,12 @@ def _start_folder(start: dict | None) -> Path | None:
 
 
 def train_unit(unit_spec: dict, label: str, cache: bool = True, stop_after: int | None = None,
-               snapshots: tuple = ()) -> trainer.TrainResult:
+               snapshots: tuple = (), checkpoint_every: int = 0) -> trainer.TrainResult:
     """Train a unit's spec (the trainer's cache answers a run it has finished). `stop_after`: the same
-    schedule, stopped after that epoch (the rotation's prefix)."""
+    schedule, stopped after that epoch (the rotation's prefix). `checkpoint_every`: steps between the
+    trainer's checkpoints, from which an interrupted run resumes to the same outcomes (not in the key)."""
     records = [example(r["messages"], r["answer"]) for r in unit_spec["records"]]
-    cfg = spec_config(unit_spec)
+    cfg = dataclasses.replace(spec_config(unit_spec), checkpoint_every=checkpoint_every)
     kept = tuple(sorted(set(unit_spec["snapshots"]) | set(snapshots)))
     if stop_after is not None:
         kept = tuple(e for e in kept if e <= stop_after)
@@ -694,7 +695,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig,
                         f"trains nothing.{_stale_reason(label, spec)} Compute it: "
                         f"{COMPUTE_COMMAND.format(profile=_profile())}")
     t0 = time.perf_counter()
-    result = train_unit(spec, label)
+    result = train_unit(spec, label, checkpoint_every=settings.checkpoint_every())
     dtype = result.metrics.get("dtype", spec["config"]["dtype"])
     unit = Unit((store_dir() / f"{label}-{key}.json").resolve(),
                 {"format": FORMAT, "key": key, "label": label, "spec": spec,
