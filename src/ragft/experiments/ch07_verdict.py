@@ -100,7 +100,7 @@ REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs st
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
     """Some of the ledger's columns as HTML, each chapter a link to its page (the book's pages sit side
-    by side). Two calls, the short columns and then REASON_COLUMNS, keep each table readable at 1280 px."""
+    by side): the short columns; REASON_COLUMNS go to a list (show_reasons)."""
     from html import escape
 
     from IPython.display import HTML, display
@@ -109,6 +109,32 @@ def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:
     if "chapter" in columns:
         shown["chapter"] = [f'<a href="{escape(ch)}.html">{escape(ch)}</a>' for ch in table["chapter"]]
     display(HTML(shown.to_html(escape=False, justify="left")))
+
+
+def show_as_list(items: list[tuple[str, dict]]) -> None:
+    """Long texts as a list, one entry per (title, {label: text}), the dashes left out: a table of
+    them has rows taller than a laptop's screen (chapter 7's reasons and choices: 1,059 and 1,717
+    pixels at 1280), a list reads down the page."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    entries = []
+    for title, parts in items:
+        said = "; ".join(f"<em>{escape(label)}</em>: {escape(str(text))}" for label, text in parts.items()
+                         if str(text) not in ("–", "", "None"))
+        entries.append(f"<dt>{escape(title)}</dt><dd>{said}</dd>")
+    display(HTML(f"<dl>{''.join(entries)}</dl>"))
+
+
+def show_reasons(table: pd.DataFrame) -> None:
+    """The ledger's long columns (REASON_COLUMNS), each claim an entry of a list."""
+    show_as_list([(claim, dict(row)) for claim, row in table[REASON_COLUMNS].iterrows()])
+
+
+def show_choices() -> None:
+    """The plan's choices, each an entry of a list: what was chosen, in which chapter, on what data, and the evidence."""
+    show_as_list([(c["what"], {k: v for k, v in c.items() if k != "what"}) for c in the_plan().choices])
 
 
 def model_and_hardware(v: Verdicts) -> tuple[str, str]:
@@ -222,11 +248,6 @@ def declared_table(v: Verdicts) -> pd.DataFrame:
               "declared before any result": {True: "yes", False: "no"}.get(c.get("declared_before_any_result"), "–")}
              for k, c in v.comparisons.items() if c.get("kind") != "computed"]
     return pd.DataFrame(lines).set_index("comparison")
-
-
-def choices_table() -> pd.DataFrame:
-    """The plan's record of the choices that shape a reported number, and what each was made on."""
-    return pd.DataFrame(the_plan().choices).set_index("what")
 
 
 def save(v: Verdicts) -> Path:
