@@ -90,7 +90,8 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
             if c.get("p_adjusted") is not None:
                 p += f" (Holm {c['p_adjusted']:.2g})"
             rows.append({
-                "comparison": c["claim"], "chapter": c.get("chapter", chapter), "role": "computed check" if computed else c.get("role", "primary"),
+                "comparison": c["claim"], "chapter": c.get("chapter", chapter),
+                "role": "computed check" if computed else c.get("role", "primary"),
                 "conditions": "stated figure vs rebuilt" if computed else f"{c['a']} vs {c['b']}",
                 "n": "–" if computed else c["n"],
                 "difference [interval]": f"{c['computed']} (stated {c['stated']})" if computed

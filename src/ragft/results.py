@@ -140,10 +140,9 @@ def state_comparisons(chapter: str, outcomes: dict, labels: dict[str, tuple], ch
     `choices` for the plan's placeholders and the chapter's reasons for the arms its parameters leave
     out, `unmeasured`), judged on `outcomes`, each with the labels its sentence gives its two arms
     (`labels`: {comparison id: (a label, b label)}, one for each declared comparison). A difference of
-    two rates reads in points (the plan's kind "binary", or a seeded arm's mean of right/wrong outcomes), any
-    other as a number, unless its labels carry
-    a third item, True for points: a continuous score on a 0-1 scale (a share of fields right) also
-    reads in points. `profile` is the run's, always given: the plan's `profiles` say which
+    two rates reads in points (the plan's kind "binary", or a seeded arm's mean of right/wrong outcomes),
+    any other as a number, unless its labels carry a third item, True for points: a continuous score on
+    a 0-1 scale (a share of fields right) also reads in points. `profile` is the run's, always given: the plan's `profiles` say which
     comparisons it measures, and the family it counts (None, outside any profile, measures every one).
     Writes nothing: the chapter's save keeps the judged ones (`judged_of`)."""
     plan = the_plan()

@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .claims import Claim, load_claims
-from .corpus.injection import ARM_LABELS
 from .constants import DEPENDS
+from .corpus.injection import ARM_LABELS
 from .declared import record
 from .plan import BOOK, FRAGILE, adjust, rejudge, seed_verdicts, the_plan
 from .stats import (CONTRADICTED, DECIDED, DIRECTION_ONLY, NOT_DECIDED, NOT_FIT, RATE, SUPPORTED, UNINFORMATIVE,
@@ -368,8 +368,10 @@ def title_answer(finetune: dict, verdict_doc: dict) -> TitleAnswer:
     missing = [k for k in ("K1-rag-vs-reader", "K1-reader-equivalent", "K1-rag-vs-dsf", "K6-reader-plus-rag")
                if k not in comparisons]
     if missing or "reader_arm" not in finetune.get("tables", {}):
-        raise ValueError(f"the title answer needs a seeded draw's chapter 3 (its reader's arm) and chapter 7's {missing or ''}"
-                         " comparisons: this run has none (the pilot measured no fine-tune a reader could build)")
+        raise ValueError(f"the title answer needs a seeded draw's chapter 3 (its reader's arm) and chapter 7's "
+                         f"comparisons of it ({', '.join(missing) or 'present'}; the reader's arm "
+                         f"{'present' if 'reader_arm' in finetune.get('tables', {}) else 'missing'}): the pilot "
+                         "measured no fine-tune a reader could build")
     m, arm = finetune["metrics"], finetune["tables"]["reader_arm"]
     vs, eq = comparisons["K1-rag-vs-reader"], comparisons["K1-reader-equivalent"]
     chosen = [r for r in finetune["tables"]["knowledge_curve"] if r["arm"] == ARM_LABELS[arm] and r["chosen"]]
@@ -379,7 +381,7 @@ def title_answer(finetune: dict, verdict_doc: dict) -> TitleAnswer:
     fragile = [c["claim"] for c in verdict_doc["comparisons"] if c.get("fragile") and c.get("role") == "primary"]
     return TitleAnswer(
         n_facts=str(m["n_facts"]), reader_arm=ARM_LABELS[arm], reader=pct(vs["mean_b"]), rag=pct(vs["mean_a"]),
-        difference=difference_text(vs["diff"], vs["ci_low"], vs["ci_high"], "binary"),
+        difference=difference_text(vs["diff"], vs["ci_low"], vs["ci_high"], RATE),  # accuracies: in points
         verdict=vs["verdict"], equivalence=eq["verdict"], spread=f"{100 * m['reader_seed_spread']:.0f} points",
         gold=pct(comparisons["K1-rag-vs-dsf"]["mean_b"]), reader_rag=pct(comparisons["K6-reader-plus-rag"]["mean_a"]),
         train_s=f"{sum(r['seconds'] for r in chosen) / len(chosen):,.0f}",
