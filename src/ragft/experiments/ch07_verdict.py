@@ -95,7 +95,7 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
 
 
 REASON_COLUMNS = ["evidence or reason", "changed by the adjustment", "size vs stated", "declared before any result",
-                  "what the upper bound was given", "each training seed", "at larger scale"]  # long text: a table of their own
+                  "what the upper bound was given", "each training seed", "at larger scale"]  # long text: a list of their own (show_reasons)
 
 
 def show_ledger(table: pd.DataFrame, columns: list[str]) -> None:

@@ -108,10 +108,6 @@ def record_seeds(into: Measured, name: str, per_seed: list[dict], tokens: list |
     return mean
 
 
-# ---------------------------------------------------------------------------------------------
-# Chapter 3's fine-tune, handed over to the chapters after it (ragft.handover)
-
-
 def merge_seeds(outs: list[Measured]) -> Measured:
     """One seeded arm's records from its seeds' own (`outs`, the k-th seed's names carrying seed_tag(k)
     anywhere: "DSF closed (seed 2) (generated)"): each condition per seed ("<condition> (seed k)") and
@@ -122,6 +118,10 @@ def merge_seeds(outs: list[Measured]) -> Measured:
         record_seeds(out, part.replace(seed_tag(1), ""), [o.outcomes[n] for o, n in zip(outs, names)],
                      tokens=[o.outcome_tokens.get(n) for o, n in zip(outs, names)])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 3's fine-tune, handed over to the chapters after it (ragft.handover)
 
 
 def chapter3_facts(kb, p3) -> tuple[list, str]:
