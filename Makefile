@@ -7,7 +7,7 @@ QUIET_PIP := sed -u '/^WARNING: Location .* is ignored/d'
 PROFILE ?= cpu
 RUN     := _build/run/$(PROFILE)
 
-.PHONY: install gpu-install book units run drift accept test test-fast strip clean chromium browser lock gpu-check
+.PHONY: install gpu-install book units jobs units-jobs run drift accept test test-fast strip clean chromium browser lock gpu-check
 
 install: .venv/.installed
 ## torch first, with its dependencies (requirements-torch.txt: the CPU-only build where its index is reachable,
@@ -71,6 +71,26 @@ units: install
 	  $(PY) -m ragft.run --profile $(PROFILE) --chapters $(TRAINING_CHAPTERS) \
 	  --out _build/run/units-$(PROFILE)$(if $(DRAW),-$(DRAW)) --one-kernel
 	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) $(PY) -m ragft.train.rotation verify
+
+## units computed apart from the chapters, many at once (ragft.train.jobs; a GPU, or machines of a job
+## array): `make jobs` runs the chapters that train collecting what they would compute as job files
+## (_build/jobs/<profile>[-<draw>]: nothing trained, the chapters answered from placeholders), then
+## `make units-jobs PARALLEL=auto SHARD=1/1` computes them into experiments/units[/<draw>]; repeat the two
+## until `make jobs` writes none (a round for each choice a chapter makes on what it trained). A bare GPU
+## machine runs scripts/units_on_gpu.sh on the job folder instead of units-jobs
+JOBS_DIR := $(CURDIR)/_build/jobs/$(PROFILE)$(if $(DRAW),-$(DRAW))
+PARALLEL ?= 1
+SHARD ?= 1/1
+jobs: install
+	rm -rf $(JOBS_DIR)
+	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) RAGFT_UNITS=collect RAGFT_JOBS_DIR=$(JOBS_DIR) \
+	  RAGFT_UNITS_DIR=$(UNITS_OUT) $(PY) -m ragft.run --profile $(PROFILE) --chapters $(TRAINING_CHAPTERS) \
+	  --out _build/run/jobs-$(PROFILE)$(if $(DRAW),-$(DRAW)) --one-kernel
+	@if [ -d $(JOBS_DIR) ]; then $(PY) -m ragft.train.jobs list $(JOBS_DIR); else echo "no job: every unit is stored"; fi
+
+units-jobs: install
+	$(if $(DRAW),RAGFT_DRAW=$(DRAW) RAGFT_COMMITTED_UNITS=$(UNITS_OUT)) $(PY) -m ragft.train.jobs run $(JOBS_DIR) \
+	  --out $(UNITS_OUT) --parallel $(PARALLEL) --shard $(SHARD) --report _build/jobs/report-$(PROFILE).json
 
 run: install
 	$(PY) -m ragft.run --profile $(PROFILE)

@@ -252,6 +252,8 @@ class ChapterRun:
             # the units (ragft.train.units) its trained conditions came from, by label
             "units": units.asked_since(self.clock.started),
         }
+        if units.mode() == "collect":  # its trained conditions answered from placeholders: not results
+            doc["placeholders"] = PLACEHOLDERS
         extra_keys = extra_keys or {}
         clash = sorted(set(extra_keys) & set(doc))
         if clash:
@@ -276,9 +278,19 @@ def results_dir(run_dir: Path | None = None) -> Path:
     return path
 
 
+PLACEHOLDERS = ("a collecting run (RAGFT_UNITS=collect) wrote this file: its trained conditions answered from "
+                "placeholders, so none of its numbers is a result")
+
+
+def _not_placeholders(path: Path, doc: dict) -> dict:
+    if "placeholders" in doc and units.mode() != "collect":
+        raise ValueError(f"{path}: {doc['placeholders']}")
+    return doc
+
+
 def load_results(folder: Path) -> dict[str, dict]:
-    """chapter -> results document, for every results file in a folder."""
-    return {p.stem: read_json(p) for p in sorted(Path(folder).glob("*.json"))}
+    """chapter -> results document, for every results file in a folder (a collecting run's refused)."""
+    return {p.stem: _not_placeholders(p, read_json(p)) for p in sorted(Path(folder).glob("*.json"))}
 
 
 def read_published(chapter: str, profile: str) -> tuple[dict, str] | None:
@@ -295,4 +307,4 @@ def read_published(chapter: str, profile: str) -> tuple[dict, str] | None:
 def read_chapter(chapter: str, run_dir: Path | None = None) -> dict | None:
     """Another chapter's results from this run (None when that chapter has not run here)."""
     path = results_dir(run_dir) / f"{chapter}.json"
-    return read_json(path) if path.exists() else None
+    return _not_placeholders(path, read_json(path)) if path.exists() else None

@@ -5,8 +5,9 @@ Environment variables (all optional):
   RAGFT_CACHE_DIR  converted models and trained artifacts (default ~/.cache/ragft)
   RAGFT_RUN_DIR    the current run's folder; chapters write their results there (set by the runner)
   RAGFT_ONLINE     "1" lets hub ids load; the default is offline, so a run makes no network call
-  RAGFT_UNITS      use | committed | recompute: how trained units are read (ragft.train.units; a chapter's
-                   recompute=True sets recompute)
+  RAGFT_UNITS      use | committed | recompute | collect: how trained units are read (ragft.train.units; a
+                   chapter's recompute=True sets recompute; collect writes what is missing as jobs)
+  RAGFT_JOBS_DIR   where a collecting run writes its jobs (ragft.train.jobs computes them)
   RAGFT_CHECKPOINT_EVERY  steps between a computed unit's checkpoints (0, the default: none): an
                    interrupted `make units` resumes its unit from the last one, to the same outcomes
   ATEN_CPU_CAPABILITY, MKL_CBWR   the CPU kernels (CPU_KERNELS: AVX2 on x86 unless set)

@@ -25,6 +25,7 @@ from .. import models, settings
 from ..constants import DATA_DIR, PROJECT_ROOT
 from ..files import git
 from . import trainer
+from .jobs import exact_fp32, in_waves
 from .units import (FORMAT, Unit, UnitError, _call_inputs, _find, _op_function, _plain, check_committed,
                     committed_dir, encode, family, key_of, train_unit, unit_files, verify, where)
 
@@ -227,22 +228,12 @@ def rotation(slice_s: float, results: Path, run_number: int | None = None, folde
     return lines
 
 
-def _exact_fp32() -> None:
-    """fp32 as a CPU computes it: no TF32 on a GPU (whose matrix products would otherwise round to
-    10-bit mantissas), so a GPU computes the units a CPU does."""
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-
-
 def recompute_unit(path: Path, parents: dict[str, str] | None = None) -> Path:
     """A unit computed again from its file alone: its spec trained afresh on this machine (a continued
     run from its parent's new key, `parents`: old key -> new), every stored question set scored again
     at the checkpoint and in the form it was scored in, stored under the current FORMAT (the old file
     removed when the key moved)."""
-    _exact_fp32()
+    exact_fp32()
     old = verify(path)
     spec = json.loads(json.dumps(old.spec))
     if spec["start"] is not None and parents and spec["start"]["unit"] in parents:
@@ -292,15 +283,8 @@ def recompute_files(files: list[Path], jobs: int = 1, threads: int = 2) -> int:
     if not files:
         files = [p for p in unit_files([committed_dir()]) if verify(p).doc["format"] != FORMAT]
     docs = {Path(p): verify(p).doc for p in files}
-    waves, done, parents = [], set(), {}
-    pending = dict(docs)
-    while pending:
-        keys_pending = {d["key"] for d in pending.values()}
-        wave = [p for p, d in pending.items() if d["spec"]["start"] is None or d["spec"]["start"]["unit"] not in keys_pending]
-        waves.append(wave)
-        for p in wave:
-            del pending[p]
-    for wave in waves:
+    done, parents = set(), {}
+    for wave in in_waves(docs):
         with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             for old_path, new_key in pool.map(_recompute_worker, [(str(p), dict(parents), threads) for p in wave]):
                 parents[docs[Path(old_path)]["key"]] = new_key

@@ -17,6 +17,9 @@ storing what it lacks. The mode (RAGFT_UNITS) says what a run may do:
   committed  read the committed units only (`make book`, CI): a missing unit or question set stops
              the run, naming the unit and the command that computes it
   recompute  train and score live, reading and storing nothing (a reader who wants to watch it train)
+  collect    compute nothing: a unit or a scoring that is not stored is written as a job (RAGFT_JOBS_DIR,
+             default the cache's jobs/) and the chapter goes on with placeholder outcomes, never stored;
+             ragft.train.jobs computes the jobs, many at once, on any machine with torch (`make jobs`)
 
 The trainer's and the scorer's code are not in the key: the tests train and score a tiny reference
 unit and compare it with a committed one, and a change that moves it raises FORMAT, which makes every
@@ -45,7 +48,7 @@ from .data import SFTExample, example
 
 FORMAT = 1  # raise when the trainer or the scorers change what a unit computes: every unit goes stale
 COMMITTED = PROJECT_ROOT / "experiments" / "units"  # the book's units, committed with it
-MODES = ("use", "committed", "recompute")
+MODES = ("use", "committed", "recompute", "collect")
 COMPUTE_COMMAND = "make units PROFILE={profile}"
 # The scorers a unit's model answers through (ragft.replay), by the name a unit stores them under
 OPS = {"generate": "ragft.generation:generate", "rank_candidates": "ragft.scoring:rank_candidates",
@@ -82,6 +85,12 @@ def store_dir() -> Path:
     into the repository unless it asks to)."""
     value = os.environ.get("RAGFT_UNITS_DIR")
     return Path(value).expanduser() if value else settings.cache_dir() / "units"
+
+
+def jobs_dir() -> Path:
+    """Where a collecting run writes its jobs: RAGFT_JOBS_DIR, or the cache's jobs/."""
+    value = os.environ.get("RAGFT_JOBS_DIR")
+    return Path(value).expanduser() if value else settings.cache_dir() / "jobs"
 
 
 def search_dirs() -> list[Path]:
@@ -353,6 +362,8 @@ def _find(label: str, key: str) -> Unit | None:
         path = d / f"{label}-{key}.json"
         if path.exists():
             return read(path)
+    if mode() == "collect":  # a unit this collecting run (or an earlier kernel of it) wrote as a job
+        return _pending_job(label, key)
     return None
 
 
@@ -461,6 +472,115 @@ def scored_key(epoch: int, form: str, qsha: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Collecting (RAGFT_UNITS=collect): what a run would compute, written as jobs for ragft.train.jobs
+
+PENDING_TEXT = "(pending)"  # a placeholder's generated text: what a collecting run's chapters see
+_JOBS: dict[str, Unit] = {}  # label-key -> the job of this collecting process, one object a unit
+
+
+def job_path(label: str, key: str) -> Path:
+    return jobs_dir() / f"{label}-{key}.json"
+
+
+def placeholder_training(spec: dict) -> dict:
+    """A job's training as a collecting run's chapters read it: its steps counted from its records, every
+    cost 1 a step, losses falling from 1 to 0.5 (so nothing divides by zero and no arm reads as diverged);
+    never stored in a unit."""
+    cfg = spec["config"]
+    per = math.ceil(len(spec["records"]) / cfg["batch_size"])
+    steps = per * cfg["epochs"]
+    cost = {str(e): {"step": per * e, "train_s": float(per * e), "train_tokens": per * e, "flops": float(per * e)}
+            for e in spec["snapshots"]}
+    metrics = {"method": cfg["method"], "target": cfg.get("target", "all"), "examples": len(spec["records"]),
+               "steps": steps, "epochs": cfg["epochs"], "train_tokens": steps, "trainable_params": 1, "total_params": 1,
+               "trainable_share": 1.0, "step_s": 1.0, "train_s": float(steps), "tokens_per_s": 1.0, "mfu": 0.0,
+               "peak_gflops": 1.0, "pad_share": 0.0, "peak_mb": 1.0, "train_growth_mb": 1.0, "base_weight_mb": 1.0,
+               "artifact_mb": 1.0, "loss_first": 1.0, "loss_last": 0.5, "loss_first_epoch": 1.0, "loss_last_epoch": 0.5,
+               "dtype": cfg["dtype"], "device": "pending", "master_weights": cfg["dtype"], "flops": float(steps),
+               "snapshots": cost}
+    return {"metrics": metrics, "losses": [1.0 - 0.5 * i / max(1, steps - 1) for i in range(steps)], "seconds": 0.0}
+
+
+def placeholder(op: str, qset: dict):
+    """What a collecting run's chapter gets for a scoring not computed yet: every candidate tied (so
+    every ranked answer counts as wrong), every generated text PENDING_TEXT, a perplexity of 1."""
+    from ..generation import Generation
+    from ..scoring import Ranking
+
+    inputs = qset["inputs"]
+    if op == "perplexity_probe":
+        return 1.0, [0.0] * max(1, len(inputs["text"]))
+    n = len(inputs["conversations"])
+    gen = Generation([PENDING_TEXT] * n, [1] * n, [1] * n, 1.0, [1.0 / max(1, n)] * n)
+    if op == "generate":
+        return gen
+    ranking = Ranking([[0.0] * len(c) for c in inputs["candidates"]], list(inputs["gold"]), [1] * n, 1.0)
+    return ranking if op == "rank_candidates" else (gen, ranking)
+
+
+def _new_job(label: str, key: str, spec: dict) -> Unit:
+    """A unit this collecting run asks for and nothing stores: a job (its training a placeholder)."""
+    job = Unit(job_path(label, key), {"format": FORMAT, "key": key, "label": label, "spec": spec,
+                                      "training": placeholder_training(spec), "questions": {}, "scored": {},
+                                      "where": None, "job": {"asked": [], "stored": None}})
+    _JOBS[f"{label}-{key}"] = job
+    save_job(job)
+    return job
+
+
+def _job_of(unit: Unit) -> Unit:
+    """The job that computes what a unit lacks: the unit itself where it is a job; for a stored unit, a
+    job that carries it whole (its training, where and scorings kept) and adds the scorings asked."""
+    if "job" in unit.doc:
+        return unit
+    name = f"{unit.label}-{unit.key}"
+    if _pending_job(unit.label, unit.key) is None:  # an earlier kernel of this run may have begun it
+        doc = {k: v for k, v in json.loads(json.dumps(unit.doc)).items() if k != "sha256"}
+        _JOBS[name] = Unit(job_path(unit.label, unit.key), {**doc, "job": {"asked": [], "stored": unit.path.name}})
+    return _JOBS[name]
+
+
+def save_job(job: Unit) -> None:
+    """A job's file: the unit as the job computes it from (a new one's training left out)."""
+    doc = dict(job.doc)
+    if doc["job"]["stored"] is None:
+        doc["training"] = None
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(job.path, json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def read_job(path: str | Path) -> Unit:
+    """A job file, checked: a unit's fields and the job's, its key its spec's, its format this one's."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UnitError(f"job file {path} cannot be read as JSON: {e}") from e
+    need = {"format", "key", "label", "spec", "training", "questions", "scored", "where", "job"}
+    if not isinstance(doc, dict) or not need <= set(doc) or not isinstance(doc["job"], dict) or \
+            not {"asked", "stored"} <= set(doc["job"]):
+        raise UnitError(f"job file {path} is not a job (it needs {sorted(need)}, and job.asked, job.stored): "
+                        "write jobs with a collecting run (make jobs)")
+    if doc["format"] != FORMAT:
+        raise UnitError(f"job file {path} is of format {doc['format']}, this trainer's is {FORMAT}: collect it again")
+    if key_of(doc["spec"]) != doc["key"]:
+        raise UnitError(f"job file {path}: its key {doc['key']} is not its spec's ({key_of(doc['spec'])})")
+    for k in doc["job"]["asked"]:
+        if not re.fullmatch(r"e\d+/(adapter|merged)/[0-9a-f]{16}", k) or not any(q.startswith(k[-16:]) for q in doc["questions"]):
+            raise UnitError(f"job file {path}: asked scoring {k!r} names no question set of the job")
+    if doc["job"]["stored"] is None:
+        doc["training"] = placeholder_training(doc["spec"])
+    return Unit(path, doc)
+
+
+def _pending_job(label: str, key: str) -> Unit | None:
+    name = f"{label}-{key}"
+    if name not in _JOBS and job_path(label, key).exists():
+        _JOBS[name] = read_job(job_path(label, key))
+    return _JOBS.get(name)
+
+
+# ---------------------------------------------------------------------------------------------
 # Weights, when a unit has to be computed
 
 
@@ -541,8 +661,9 @@ class UnitLM:
     def real(self):
         """The trained model itself (loaded once): for a computation, never for a read."""
         if self._real is None:
-            if mode() == "committed":
-                raise UnitError(f"unit {self.unit.label}-{self.unit.key}: a committed-only run loads no trained model")
+            if mode() in ("committed", "collect"):
+                raise UnitError(f"unit {self.unit.label}-{self.unit.key}: a {mode()} run (RAGFT_UNITS={mode()}) loads no "
+                                "trained model")
             folder = checkpoint_folder(self.unit, self.epoch)
             self._real = trainer.load_artifact(self.name, folder, self.trained.unit.config(), merge=self.form == "merged")
         return self._real
@@ -554,6 +675,13 @@ class UnitLM:
         unit = self.unit
         if key in unit.doc["scored"]:
             return decode(op, unit.doc["scored"][key])
+        if mode() == "collect":
+            job = _job_of(unit)
+            job.doc["questions"].setdefault(qsha, qset)
+            if key not in job.doc["job"]["asked"]:
+                job.doc["job"]["asked"].append(key)
+            save_job(job)
+            return placeholder(op, qset)
         if mode() == "committed":
             raise UnitError(f"unit {unit.label}-{unit.key} ({unit.path}) has no outcomes for a {op} of "
                             f"{_size(qset)} at epoch {self.epoch} ({self.form}): the question set changed since it "
@@ -690,6 +818,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: trainer.TrainConfig,
             if mode() == "committed":
                 raise UnitError(f"unit {label}-{key} ({found.path}) kept no checkpoint at epoch(s) {missing}, "
                                 f"now asked for: compute it again: {COMPUTE_COMMAND.format(profile=_profile())}")
+    if mode() == "collect":
+        return _asked(Trained(_new_job(label, key, spec), cached=False))
     if mode() == "committed":
         raise UnitError(f"unit {label}-{key} is not among the committed units ({committed_dir()}), and a committed-only run "
                         f"trains nothing.{_stale_reason(label, spec)} Compute it: "
