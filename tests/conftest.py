@@ -288,6 +288,43 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # Models, data and servers, loaded once per session
 
 
+@pytest.fixture
+def unit_folders(tmp_path, monkeypatch):
+    """A test's own unit folders (cache, store, committed, jobs) and a fresh read of every unit file:
+    trained units (ragft.train.units) written by one test are never read by another."""
+    from ragft import settings
+    from ragft.train import units
+
+    for var, name in (("RAGFT_CACHE_DIR", "cache"), ("RAGFT_UNITS_DIR", "store"), ("RAGFT_COMMITTED_UNITS", "committed"),
+                      ("RAGFT_JOBS_DIR", "jobs")):
+        monkeypatch.setenv(var, str(tmp_path / name))
+    monkeypatch.delenv("RAGFT_UNITS", raising=False)
+    units._OPEN.clear()  # a unit read by another test is read again from this test's files
+    units._JOBS.clear()
+    settings.set_determinism(0, 2)
+    return tmp_path
+
+
+GPU_MACHINE_LACKS = ("llama_index", "chromadb", "papermill", "bitsandbytes", "xgrammar", "bm25s", "matplotlib", "nbformat",
+                     "jupyter_client", "ipykernel")
+
+
+def run_as_on_a_gpu_machine(code: str):
+    """`code` run in a python of its own where the book's libraries that a lent GPU machine lacks
+    (../shared/ENVIRONMENT.md: it has torch, transformers, peft, numpy, scipy, pandas and pyyaml) refuse
+    to import: its completed process."""
+    import subprocess
+    import sys
+
+    refuse = ("import sys\n"
+              "class Refuse:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              f"        if name.split('.')[0] in {sorted(GPU_MACHINE_LACKS)!r}:\n"
+              "            raise ImportError(f'{name} is not on this machine')\n"
+              "sys.meta_path.insert(0, Refuse())\n")
+    return subprocess.run([sys.executable, "-c", refuse + code], capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def kb():
     from ragft.corpus import build_kb

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ragft import settings
+from conftest import run_as_on_a_gpu_machine
 from ragft.generation import generate
 from ragft.scoring import rank_candidates
 from ragft.train import TrainConfig, example, jobs, trainer, units
@@ -49,16 +49,8 @@ def chapter() -> dict:
 
 
 @pytest.fixture(autouse=True)
-def folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAGFT_UNITS_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("RAGFT_COMMITTED_UNITS", str(tmp_path / "committed"))
-    monkeypatch.setenv("RAGFT_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.delenv("RAGFT_UNITS", raising=False)
-    units._OPEN.clear()
-    units._JOBS.clear()
-    settings.set_determinism(0, 2)
-    return tmp_path
+def folders(unit_folders):
+    return unit_folders
 
 
 def no_training(monkeypatch):
@@ -183,21 +175,10 @@ def test_the_job_runner_imports_where_only_torch_and_friends_are():
     """`python -m ragft.train.jobs run` computes units on a GPU machine with torch, transformers, peft,
     numpy, scipy, pandas and pyyaml and none of the book's other libraries: it and every scorer a job
     names load with those refused."""
-    import subprocess
-    import sys
-
-    absent = {"llama_index", "chromadb", "papermill", "bitsandbytes", "xgrammar", "bm25s", "matplotlib", "nbformat",
-              "jupyter_client", "ipykernel"}
-    code = ("import sys\n"
-            "class Refuse:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            f"        if name.split('.')[0] in {sorted(absent)!r}:\n"
-            "            raise ImportError(f'{name} is not on this machine')\n"
-            "sys.meta_path.insert(0, Refuse())\n"
-            "from ragft.train import jobs, units\n"
+    code = ("from ragft.train import jobs, units\n"
             "for op in units.OPS: units._op_function(op)\n"
             "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = run_as_on_a_gpu_machine(code)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

@@ -12,6 +12,8 @@ from ragft.train import merged as train_merged
 from ragft.train.data import batches, collate
 from ragft.train.trainer import _loss, attendable
 
+from conftest import run_as_on_a_gpu_machine
+
 pytestmark = pytest.mark.lm  # a tiny random Llama, or the 135 M model
 
 FACTS = [("What colour is the Quarrington gate?", "The Quarrington gate is teal."),
@@ -489,18 +491,7 @@ def test_the_gpu_self_check_imports_where_only_torch_and_friends_are():
     """`python -m ragft.gpucheck` runs on a lent GPU machine, which has torch, transformers, peft,
     numpy, scipy, pandas and pyyaml but none of the book's other libraries (../shared/ENVIRONMENT.md):
     everything it imports, at the top and in `check`, loads with those refused."""
-    import subprocess
-    import sys
-
-    absent = {"llama_index", "chromadb", "papermill", "bitsandbytes", "xgrammar", "bm25s", "matplotlib", "nbformat",
-              "jupyter_client", "ipykernel"}
-    code = ("import sys\n"
-            "class Refuse:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            f"        if name.split('.')[0] in {sorted(absent)!r}:\n"
-            "            raise ImportError(f'{name} is not on this machine')\n"
-            "sys.meta_path.insert(0, Refuse())\n"
-            "import ragft.gpucheck\n"
+    code = ("import ragft.gpucheck\n"
             "from ragft.corpus import build_kb\n"
             "from ragft.scoring import rank_candidates\n"
             "from ragft.train import tasks\n"
@@ -510,7 +501,7 @@ def test_the_gpu_self_check_imports_where_only_torch_and_friends_are():
             "tasks.dsf_examples(kb.by_kind('single')[:2], 1)\n"
             "kb.candidates(kb.by_kind('single')[0], 3, 0)\n"
             "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = run_as_on_a_gpu_machine(code)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

@@ -50,14 +50,8 @@ def score(trained, epochs=(1, 3)):
 
 
 @pytest.fixture(autouse=True)
-def folders(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGFT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAGFT_UNITS_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("RAGFT_COMMITTED_UNITS", str(tmp_path / "committed"))
-    monkeypatch.delenv("RAGFT_UNITS", raising=False)
-    units._OPEN.clear()  # a unit read by another test is read again from this test's files
-    settings.set_determinism(0, 2)
-    return tmp_path
+def folders(unit_folders):
+    return unit_folders
 
 
 @pytest.fixture(scope="module")

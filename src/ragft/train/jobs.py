@@ -284,7 +284,9 @@ def report(done: list[dict], wall: float, p: Plan) -> dict:
     bound = peak * 1e9 / per_token if per_token else None
     rate = tokens / wall if wall > 0 else None
     return {"device": device_name(p.device), "family": units.family(p.device), "parallel": p.parallel,
-            "threads": p.threads, "units": sorted(done, key=lambda r: r["file"]),
+            "threads": p.threads, "cores": os.cpu_count(),
+            # the host's 1-minute load at the end: above the run's own processes, others shared the CPU
+            "load_1min": round(os.getloadavg()[0], 2), "units": sorted(done, key=lambda r: r["file"]),
             "aggregate": {"units": len(done), "train_tokens": tokens, "wall_s": round(wall, 2),
                           "tokens_per_s": round(rate, 1) if rate else None,
                           "flops_per_token": round(per_token) if per_token else None, "peak_gflops": peak,
