@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_as_on_a_gpu_machine
+from ragft import settings
 from ragft.generation import generate
 from ragft.scoring import rank_candidates
 from ragft.train import TrainConfig, example, jobs, trainer, units
@@ -82,7 +83,17 @@ def test_jobs_computed_in_parallel_rounds_are_the_units_a_chapters_own_run_compu
     """The chapter run once in `use` mode (in this process, one unit at a time), and again from an empty
     store in rounds of collect, then `jobs.run` with 2 processes at once (another cache: every unit
     trained afresh), until a round collects nothing. The same outcomes the chapter saw, and the same
-    unit files (losses and scorings), to the bit on this machine."""
+    unit files (losses and scorings), to the bit on this machine. One thread a process, both ways (the
+    thread count is part of what decides fp32 numbers): 2 processes of 2 threads on a 2-core host would
+    spin against each other for minutes."""
+    settings.set_determinism(0, 1)
+    try:
+        _rounds(folders, monkeypatch)
+    finally:
+        settings.set_determinism(0, 2)  # the tests' count, for the tests after this one
+
+
+def _rounds(folders, monkeypatch):
     sequential = chapter()
     seq_files = {p.name: json.loads(p.read_text()) for p in (folders / "store").glob("*.json")}
 
@@ -99,7 +110,8 @@ def test_jobs_computed_in_parallel_rounds_are_the_units_a_chapters_own_run_compu
             break
         rounds += 1
         assert rounds <= 3, "a chapter with one choice needs at most a second round, then one that finds all"
-        jobs.run(jobs.plan([folders / f"jobs-{rounds - 1}"], folders / "store-jobs", parallel=2), say=lines.append)
+        jobs.run(jobs.plan([folders / f"jobs-{rounds - 1}"], folders / "store-jobs", parallel=2, threads=1),
+                 say=lines.append)
     assert rounds >= 1 and any("tokens/s" in line for line in lines)
     monkeypatch.setenv("RAGFT_UNITS", "committed")
     monkeypatch.setenv("RAGFT_COMMITTED_UNITS", str(folders / "store-jobs"))
@@ -202,3 +214,21 @@ def test_the_gpu_script_names_a_bad_argument(args, message, tmp_path):
     done = subprocess.run(["bash", str(SCRIPT)] + [a.format(**paths) for a in args], capture_output=True, text=True,
                           cwd=SCRIPT.parents[1], timeout=60)
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_a_collecting_runs_results_are_refused_by_every_reader(folders, monkeypatch):
+    """A results file a collecting run wrote (marked `placeholders` by ragft.results) holds placeholder
+    numbers: the drift check, `make accept` (both through drift.read_results) and a later chapter
+    (results.read_chapter) refuse it; only another collecting run's chapters read it (the hand-overs)."""
+    from ragft import drift, results
+
+    run = folders / "run"
+    (run / "results").mkdir(parents=True)
+    doc = {"chapter": "03_finetune", "metrics": {}, "metric_rules": {}, "placeholders": results.PLACEHOLDERS}
+    (run / "results" / "03_finetune.json").write_text(json.dumps(doc))
+    with pytest.raises(drift.ResultsError, match="placeholders"):
+        drift.read_results(run / "results" / "03_finetune.json")
+    with pytest.raises(ValueError, match="none of its numbers is a result"):
+        results.read_chapter("03_finetune", run)
+    monkeypatch.setenv("RAGFT_UNITS", "collect")
+    assert results.read_chapter("03_finetune", run)["chapter"] == "03_finetune"

@@ -101,6 +101,8 @@ def read_results(path: Path, chapter: str | None = None) -> dict:
         raise ResultsError(f"{path}: not a chapter results file (no `metrics` mapping)")
     if chapter is not None and doc.get("chapter") != chapter:
         raise ResultsError(f"{path}: holds chapter {doc.get('chapter')!r}, expected {chapter!r}")
+    if "placeholders" in doc:  # ragft.results marks a collecting run's file: never checked, never accepted
+        raise ResultsError(f"{path}: {doc['placeholders']}")
     bad = {k: v for k, v in doc["metrics"].items() if not _is_number(v)}
     if bad:
         raise ResultsError(f"{path}: metrics must be numbers; got {bad}")
