@@ -450,7 +450,7 @@ def _command(args) -> int:
         for rep in runs:
             a = rep["aggregate"]
             print(f"{PROGRESS} bench, {rep['parallel']} at once: {a['tokens_per_s']:,.0f} tokens/s "
-                  f"({a['share_of_bound']:.1%} of the fp32 bound {a['bound_tokens_per_s']:,.0f}) on {rep['device']}")
+                  f"({a['share_of_bound']:.1%} of the bound {a['bound_tokens_per_s']:,.0f} at its dtype) on {rep['device']}")
         return 0
     return 2
 
