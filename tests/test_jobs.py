@@ -249,3 +249,20 @@ def test_a_job_that_continues_a_unit_not_at_hand_is_named_before_any_model_loads
     (folders / "committed").mkdir()
     (folders / "committed" / f"toy-{'a' * 16}.json").write_text("{}")  # stored: the plan goes on
     assert list(jobs.plan([folders / "jobs"], folders / "out").jobs) == [f"toy-more-{job['key']}"]
+
+
+def test_units_a_guess_asked_for_are_named_by_the_runs_that_use_the_others(folders, capsys):
+    """Three unit files, two of which a run's results name (chapters 3 and 4, one each): the third is
+    unused, and --delete removes it alone."""
+    store, run = folders / "store", folders / "run"
+    (run / "results").mkdir(parents=True)
+    store.mkdir()
+    for key in ("a" * 16, "b" * 16, "c" * 16):
+        (store / f"toy-{key}.json").write_text("{}")
+    (run / "results" / "03_finetune.json").write_text(json.dumps({"units": {"toy": {"key": "a" * 16}}}))
+    (run / "results" / "04_raft.json").write_text(json.dumps({"units": {"toy-" + "c" * 16: {"key": "c" * 16}}}))
+    assert jobs.unused(store, [run]) == [store / f"toy-{'b' * 16}.json"]
+    assert jobs.main(["unused", str(store), "--run", str(run), "--delete"]) == 0
+    assert sorted(p.name for p in store.iterdir()) == [f"toy-{'a' * 16}.json", f"toy-{'c' * 16}.json"]
+    assert jobs.main(["unused", str(store), "--run", str(folders / "empty")]) == 2
+    assert "no results files" in capsys.readouterr().err

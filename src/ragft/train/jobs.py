@@ -15,10 +15,12 @@ A collecting run's chapters answer from placeholders, and what they choose on th
 checkpoint, a reader's arm) is a guess: the units asked after a choice may be the wrong ones. Collecting
 again once the jobs are computed asks for what the guesses missed; a study is complete when a collecting
 run writes no job (its rounds: one per choice that decides what trains next). Units a guess asked for and
-no chapter uses stay in --out; `make units` never reads them, and they are not committed.
+no chapter uses stay in --out, where no chapter reads them: `unused` names them (by the units the last
+run's results files name) and `--delete` removes them before a commit.
 
   python -m ragft.train.jobs run JOBS --out DIR [--parallel N|auto] [--shard I/N] [--archive FILE] [--report FILE]
   python -m ragft.train.jobs list JOBS [--shard I/N]
+  python -m ragft.train.jobs unused DIR --run RUN [--delete]
   python -m ragft.train.jobs bench UNIT... --report FILE [--parallel N ...]   training throughput, nothing stored
 """
 
@@ -335,6 +337,19 @@ def archive(files: list[str], out: Path, target: Path) -> Path:
     return target
 
 
+def unused(folder: Path, runs: list[Path]) -> list[Path]:
+    """The unit files of `folder` that no results file of the runs names (their `units`, the units each
+    chapter asked for): a guess's units, after the last round's run has asked for every one it uses."""
+    asked = set()
+    for run in runs:
+        found = sorted((Path(run) / "results").glob("*.json"))
+        if not found:
+            raise UnitError(f"--run {run}: no results files (run/results/*.json) to say which units are used")
+        for path in found:
+            asked |= {u["key"] for u in (json.loads(path.read_text()).get("units") or {}).values()}
+    return [p for p in units.unit_files([Path(folder)]) if p.stem.rsplit("-", 1)[-1] not in asked]
+
+
 # ---------------------------------------------------------------------------------------------
 # Throughput of training alone: the benchmark
 
@@ -402,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("list", help="the jobs (of a shard) and what each asks")
     ls.add_argument("jobs", nargs="+", type=Path)
     ls.add_argument("--shard")
+    un = sub.add_parser("unused", help="the unit files no chapter of a run asked for (a guess's)")
+    un.add_argument("folder", type=Path)
+    un.add_argument("--run", type=Path, nargs="+", required=True, help="run folders whose results name the units used")
+    un.add_argument("--delete", action="store_true")
     b = sub.add_parser("bench", help="training throughput on a mix of units' specs (nothing stored)")
     b.add_argument("units", nargs="+", type=Path, help="unit files whose specs make the mix")
     b.add_argument("--epochs", type=int, default=1, help="epochs each trains (its schedule, stopped there)")
@@ -427,6 +446,14 @@ def _command(args) -> int:
             what = "scorings for the stored unit" if job.doc["job"]["stored"] else "train, then scorings"
             print(f"{name}: {what}: {len(job.doc['job']['asked'])} at epochs "
                   f"{sorted({e for e, _, _ in checkpoints_asked(job.doc)})}")
+        return 0
+    if args.command == "unused":
+        found = unused(args.folder, args.run)
+        for path in found:
+            print(f"{PROGRESS} {'deleted' if args.delete else 'unused'}: {path}")
+            if args.delete:
+                path.unlink()
+        print(f"{PROGRESS} {len(found)} unit file(s) of {args.folder} no chapter of {[str(r) for r in args.run]} asked for")
         return 0
     if args.command == "run":
         p = plan(args.jobs, args.out, args.parallel, args.shard, args.threads, args.device)
