@@ -352,7 +352,7 @@ class TitleAnswer:
     gold: str  # the gold-questions fine-tune, an upper bound no reader has
     reader_rag: str  # the reader's fine-tune with RAG
     # the reader's training seconds to its chosen checkpoint, its fastest seed: a CPU shared with other
-    # work only ever adds seconds (d2's units beside a session's tests took up to twice as long)
+    # work only ever adds seconds (d2's units beside a session's tests took up to three times as long)
     train_s: str
     train_tokens: str  # its training tokens to that checkpoint (the mean over seeds)
     fragile: str  # the primary comparisons whose training seeds disagree ("none")
