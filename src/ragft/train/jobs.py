@@ -145,15 +145,15 @@ def checkpoints_asked(doc: dict) -> list[tuple[int, str, list[str]]]:
     return [(e, form, keys) for (e, form), keys in groups.items()]
 
 
-def compute(job: Unit, out: Path, checkpoint_every: int = 0) -> dict:
-    """A job computed here, as a chapter's `use` run computes it: the spec trained (or its finished run
-    found in the trainer's cache), each checkpoint asked loaded in its form and its question sets scored,
-    the unit stored in `out`. Returns its measurements (tokens, seconds) for the run's report."""
+def compute(job: Unit, out: Path, checkpoint_every: int = 0, cache: bool = True) -> dict:
+    """A job computed here, as a chapter's `use` run computes it: the spec trained (or, `cache`, its
+    finished run found in the trainer's cache), each checkpoint asked loaded in its form and its question
+    sets scored, the unit stored in `out`. Returns its measurements (tokens, seconds) for the run's report."""
     doc, t0 = job.doc, time.perf_counter()
     spec, label = doc["spec"], doc["label"]
     asked = checkpoints_asked(doc)
     epochs = spec["config"]["epochs"]
-    result = units.train_unit(spec, label, snapshots=tuple(e for e, _, _ in asked if e < epochs),
+    result = units.train_unit(spec, label, cache=cache, snapshots=tuple(e for e, _, _ in asked if e < epochs),
                               checkpoint_every=checkpoint_every)
     train_wall = time.perf_counter() - t0
     training = doc["training"] if doc["job"]["stored"] else \
@@ -168,7 +168,7 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0) -> dict:
         folder = result.artifact if epoch == epochs else trainer.snapshot_folder(result.artifact, epoch)
         lm = trainer.load_artifact(spec["model"], folder, unit.config(), merge=form == "merged")
         for k in keys:
-            qset = doc["questions"][next(q for q in doc["questions"] if q.startswith(k[-16:]))]
+            qset = doc["questions"][units.qsha_of(doc, k)]
             stored = units._plain(units.encode(qset["op"], units._op_function(qset["op"])(lm, **units._call_inputs(qset))))
             bad = units._non_finite(stored)
             if bad is not None:
@@ -177,12 +177,17 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0) -> dict:
             unit.doc["scored"][k] = stored
         del lm
     unit.save()
-    m = result.metrics
-    return {"label": label, "key": doc["key"], "file": unit.path.name, "trained": not doc["job"]["stored"],
-            "train_tokens": m["train_tokens"], "train_s": round(m["train_s"], 3), "flops": m["flops"],
-            "peak_gflops": m["peak_gflops"], "tokens_per_s": round(m["train_tokens"] / max(m["train_s"], 1e-9), 1),
-            "scorings": len(doc["job"]["asked"]), "score_s": round(time.perf_counter() - s0, 3),
-            "wall_s": round(time.perf_counter() - t0, 3)}
+    return row(label, doc["key"], unit.path.name, result.metrics, trained=not doc["job"]["stored"],
+               scorings=len(doc["job"]["asked"]), score_s=time.perf_counter() - s0, wall_s=time.perf_counter() - t0)
+
+
+def row(label: str, key: str, file: str, m: dict, trained: bool = True, scorings: int = 0, score_s: float = 0.0,
+        wall_s: float | None = None) -> dict:
+    """One unit's line of a report: its training tokens, seconds and FLOPs (the trainer's metrics `m`)."""
+    return {"label": label, "key": key, "file": file, "trained": trained, "train_tokens": m["train_tokens"],
+            "train_s": round(m["train_s"], 3), "flops": m["flops"], "peak_gflops": m["peak_gflops"],
+            "tokens_per_s": round(m["train_tokens"] / max(m["train_s"], 1e-9), 1), "scorings": scorings,
+            "score_s": round(score_s, 3), "wall_s": round(m["train_s"] if wall_s is None else wall_s, 3)}
 
 
 def _worker(args: tuple) -> dict:
@@ -390,11 +395,8 @@ def _bench_worker(args: tuple) -> dict:
 
     result = units.train_unit(spec, f"bench-{label}", cache=False, stop_after=min(epochs, spec["config"]["epochs"]))
     shutil.rmtree(result.artifact, ignore_errors=True)
-    m = result.metrics
-    return {"label": label, "key": units.key_of(spec), "file": f"{label}-{units.key_of(spec)}", "trained": True,
-            "train_tokens": m["train_tokens"], "train_s": round(m["train_s"], 3), "flops": m["flops"],
-            "peak_gflops": m["peak_gflops"], "tokens_per_s": round(m["train_tokens"] / max(m["train_s"], 1e-9), 1),
-            "scorings": 0, "score_s": 0.0, "wall_s": round(m["train_s"], 3)}
+    key = units.key_of(spec)
+    return row(label, key, f"{label}-{key}", result.metrics)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from .. import models, settings
 from ..constants import DATA_DIR, PROJECT_ROOT
 from ..files import git
 from . import trainer
-from .jobs import exact_fp32, in_waves
+from .jobs import compute, exact_fp32, in_waves
 from .units import (FORMAT, Unit, UnitError, _call_inputs, _find, _op_function, _plain, check_committed,
-                    committed_dir, encode, family, key_of, train_unit, unit_files, verify, where)
+                    committed_dir, encode, family, key_of, qsha_of, train_unit, unit_files, verify, where)
 
 @dataclass
 class Recomputed:
@@ -70,7 +70,7 @@ def prefix_cost_s(unit: Unit, epoch: int) -> float:
     score_s = 0.0
     for key, out in unit.doc["scored"].items():
         if key.startswith(f"e{epoch}/"):
-            op = unit.doc["questions"][_qsha_of(unit, key)]["op"]
+            op = unit.doc["questions"][qsha_of(unit.doc, key)]["op"]
             parts = [out["generation"], out["ranking"]] if op == "rank_after_generating" else [out]
             score_s += sum(p.get("seconds", 0.0) for p in parts)
     start = unit.spec["start"]
@@ -78,11 +78,6 @@ def prefix_cost_s(unit: Unit, epoch: int) -> float:
         parent = _find(start["label"], start["unit"])
         train_s += prefix_cost_s(parent, start["epoch"]) if parent is not None else 0.0
     return train_s + score_s
-
-
-def _qsha_of(unit: Unit, scored_key_: str) -> str:
-    short = scored_key_.rsplit("/", 1)[1]
-    return next(q for q in unit.doc["questions"] if q.startswith(short))
 
 
 def first_checkpoint(unit: Unit) -> int:
@@ -112,7 +107,7 @@ def recompute(unit: Unit, epoch: int | None = None) -> Recomputed:
                 continue
             lm = trainer.load_artifact(unit.spec["model"], result.artifact, unit.config(), merge=form == "merged")
             for key in keys:
-                qset = unit.doc["questions"][_qsha_of(unit, key)]
+                qset = unit.doc["questions"][qsha_of(unit.doc, key)]
                 out = _plain(encode(qset["op"], _op_function(qset["op"])(lm, **_call_inputs(qset))))
                 stored = unit.doc["scored"][key]
                 then, then_right = _per_question(qset["op"], stored)
@@ -231,39 +226,21 @@ def rotation(slice_s: float, results: Path, run_number: int | None = None, folde
 def recompute_unit(path: Path, parents: dict[str, str] | None = None) -> Path:
     """A unit computed again from its file alone: its spec trained afresh on this machine (a continued
     run from its parent's new key, `parents`: old key -> new), every stored question set scored again
-    at the checkpoint and in the form it was scored in, stored under the current FORMAT (the old file
-    removed when the key moved)."""
+    at the checkpoint and in the form it was scored in (the job runner's `compute`, nothing taken from the
+    trainer's cache), stored under the current FORMAT (the old file removed when the key moved)."""
     exact_fp32()
     old = verify(path)
     spec = json.loads(json.dumps(old.spec))
     if spec["start"] is not None and parents and spec["start"]["unit"] in parents:
         spec["start"]["unit"] = parents[spec["start"]["unit"]]
     key = key_of(spec)
-    t0 = time.perf_counter()
-    result = train_unit(spec, old.label, cache=False,
-                        snapshots=tuple(int(k.split("/")[0][1:]) for k in old.doc["scored"]))
-    unit = Unit(path.parent / f"{old.label}-{key}.json",
-                {"format": FORMAT, "key": key, "label": old.label, "spec": spec,
-                 "training": {"metrics": _plain(result.metrics), "losses": _plain(result.losses),
-                              "seconds": round(time.perf_counter() - t0, 2)},
-                 "questions": old.doc["questions"], "scored": {},
-                 "where": where(result.metrics.get("device", "cpu"), result.metrics.get("dtype", spec["config"]["dtype"]))})
-    epochs = spec["config"]["epochs"]
-    by_checkpoint: dict[tuple[int, str], list[str]] = {}
-    for k in old.doc["scored"]:
-        e, form, _ = k.split("/")
-        by_checkpoint.setdefault((int(e[1:]), form), []).append(k)
-    for (epoch, form), keys in sorted(by_checkpoint.items()):
-        folder = result.artifact if epoch == epochs else trainer.snapshot_folder(result.artifact, epoch)
-        lm = trainer.load_artifact(spec["model"], folder, unit.config(), merge=form == "merged")
-        for k in keys:
-            qset = old.doc["questions"][_qsha_of(old, k)]
-            unit.doc["scored"][k] = _plain(encode(qset["op"], _op_function(qset["op"])(lm, **_call_inputs(qset))))
-        del lm
-    unit.save()
-    if unit.path.resolve() != Path(path).resolve():
+    job = Unit(Path(path), {"format": FORMAT, "key": key, "label": old.label, "spec": spec, "training": None,
+                            "questions": old.doc["questions"], "scored": {}, "where": None,
+                            "job": {"asked": sorted(old.doc["scored"]), "stored": None}})
+    new = Path(path).parent / compute(job, Path(path).parent, cache=False)["file"]
+    if new.resolve() != Path(path).resolve():
         Path(path).unlink()
-    return unit.path
+    return new
 
 
 def _recompute_worker(args: tuple) -> tuple[str, str]:

@@ -471,6 +471,12 @@ def scored_key(epoch: int, form: str, qsha: str) -> str:
     return f"e{epoch}/{form}/{qsha[:16]}"
 
 
+def qsha_of(doc: dict, scored_key_: str) -> str | None:
+    """The full hash of the question set a scored key names (its last part is the hash's first 16), or None."""
+    short = scored_key_.rsplit("/", 1)[1]
+    return next((q for q in doc["questions"] if q.startswith(short)), None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Collecting (RAGFT_UNITS=collect): what a run would compute, written as jobs for ragft.train.jobs
 
@@ -566,7 +572,7 @@ def read_job(path: str | Path) -> Unit:
     if key_of(doc["spec"]) != doc["key"]:
         raise UnitError(f"job file {path}: its key {doc['key']} is not its spec's ({key_of(doc['spec'])})")
     for k in doc["job"]["asked"]:
-        if not re.fullmatch(r"e\d+/(adapter|merged)/[0-9a-f]{16}", k) or not any(q.startswith(k[-16:]) for q in doc["questions"]):
+        if not re.fullmatch(r"e\d+/(adapter|merged)/[0-9a-f]{16}", k) or qsha_of(doc, k) is None:
             raise UnitError(f"job file {path}: asked scoring {k!r} names no question set of the job")
     if doc["job"]["stored"] is None:
         doc["training"] = placeholder_training(doc["spec"])
