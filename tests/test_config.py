@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from conftest import CHILD_TIMEOUT_S, ROOT
 from ragft import config
 from ragft.config import ParamError
 
@@ -191,7 +191,7 @@ def test_every_chapter_under_the_gpu_profile_on_a_cpu_machine_is_refused_with_no
     log = tmp_path / "netguard.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "netguard"), str(ROOT / "src")]),
            "RAGFT_NETGUARD_LOG": str(log), "RAGFT_ONLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == sorted(config_chapters()) + ["estimate"]
     assert log.exists() and log.read_text() == ""  # guarded, and not one look-up

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import CHILD_TIMEOUT_S
 from ragft.constants import DRAWS_DIR, PROJECT_ROOT
 
 
@@ -16,7 +17,7 @@ def _python(code: str, draw: str | None) -> subprocess.CompletedProcess:
     if draw is not None:
         env["RAGFT_DRAW"] = draw
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=CHILD_TIMEOUT_S)
 
 def test_an_unknown_draw_is_refused_with_the_known_ones():
     out = _python("import ragft.plan", "no-such-draw")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_as_on_a_gpu_machine
+from conftest import CHILD_TIMEOUT_S, run_as_on_a_gpu_machine
 from ragft import settings
 from ragft.generation import generate
 from ragft.scoring import rank_candidates
@@ -212,7 +212,7 @@ def test_the_gpu_script_names_a_bad_argument(args, message, tmp_path):
     (tmp_path / "jobs" / "x.json").write_text("{}")
     paths = {k: str(tmp_path / k) for k in ("missing", "out", "pkgs", "empty", "jobs")}
     done = subprocess.run(["bash", str(SCRIPT)] + [a.format(**paths) for a in args], capture_output=True, text=True,
-                          cwd=SCRIPT.parents[1], timeout=60)
+                          cwd=SCRIPT.parents[1], timeout=CHILD_TIMEOUT_S)
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
@@ -266,3 +266,23 @@ def test_units_a_guess_asked_for_are_named_by_the_runs_that_use_the_others(folde
     assert sorted(p.name for p in store.iterdir()) == [f"toy-{'a' * 16}.json", f"toy-{'c' * 16}.json"]
     assert jobs.main(["unused", str(store), "--run", str(folders / "empty")]) == 2
     assert "no results files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, parallel, threads, bound", [
+    # two processes of one thread on 4 cores: each measured 10 GFLOP/s on its own core, the host 20;
+    # 3,000 tokens of 1e12 FLOPs: 3.33e8 FLOPs a token, so 20e9 / 3.33e8 = 60 tokens/s
+    ("cpu", 2, 1, 60.0),
+    # 4 processes of 2 threads on 4 cores: only 2 run at once on cores of their own
+    ("cpu", 4, 2, 60.0),
+    # on a GPU every process measures the one device they share: its peak once, 30 tokens/s
+    ("cuda", 2, 1, 30.0),
+])
+def test_the_report_sets_the_aggregate_beside_the_devices_bound(monkeypatch, device, parallel, threads, bound):
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(jobs, "device_name", lambda d: d)  # no CUDA here: the device's names are not asked
+    monkeypatch.setattr(jobs.units, "family", lambda d: d)
+    done = [{"file": f, "train_tokens": 1500, "flops": 5e11, "peak_gflops": peak} for f, peak in (("b", 10.0), ("a", 9.0))]
+    rep = jobs.report(done, 100.0, jobs.Plan({}, Path("."), parallel, threads, device))
+    a = rep["aggregate"]
+    assert (a["tokens_per_s"], a["bound_tokens_per_s"]) == (30.0, bound)  # 3,000 tokens in 100 s
+    assert a["share_of_bound"] == round(30.0 / bound, 4) and [u["file"] for u in rep["units"]] == ["a", "b"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, scratch
+from conftest import CHILD_TIMEOUT_S, ROOT, scratch
 from ragft import rag
 from ragft.rag.sources import Source
 
@@ -103,7 +103,7 @@ def run_ingest(folder, version: int, kill_after: int | None, before: tuple[int, 
                 break
             proc.stdin.write("\n")
             proc.stdin.flush()
-    proc.wait(timeout=60)
+    proc.wait(timeout=CHILD_TIMEOUT_S)
     return proc.returncode
 
 
@@ -395,7 +395,7 @@ WRITER = textwrap.dedent("""
 
 def two_writers() -> dict:
     """A writer paused after its first write batch, holding the lock; a second told not to wait, and a
-    third that waits (120 s), both started then; the first let go on to its end. The folder, and each
+    third that waits (CHILD_TIMEOUT_S), both started then; the first let go on to its end. The folder, and each
     process's return code and output."""
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs Linux's /proc to see the second writer wait on the lock")
@@ -418,12 +418,12 @@ def two_writers() -> dict:
     try:
         first = procs[0]
         until(first, "batch")
-        procs += [child(WRITER, 2, 0), child(WRITER, 2, 120)]
+        procs += [child(WRITER, 2, 0), child(WRITER, 2, CHILD_TIMEOUT_S)]
         refused, waiting = procs[1:]
-        refused_out, _ = refused.communicate(timeout=120)
+        refused_out, _ = refused.communicate(timeout=CHILD_TIMEOUT_S)
         # the waiting writer holds the lock file open from before its first try until it ends: once it
         # has it open (Linux's /proc), it is waiting on the first, which holds the lock
-        lock, deadline = (folder / ".crash-test.write-lock").resolve(), time.monotonic() + 120
+        lock, deadline = (folder / ".crash-test.write-lock").resolve(), time.monotonic() + CHILD_TIMEOUT_S
         while not any(Path(f).resolve() == lock for f in glob.glob(f"/proc/{waiting.pid}/fd/*")):
             assert waiting.poll() is None and time.monotonic() < deadline, "the second writer never reached the lock"
             time.sleep(0.05)
@@ -435,8 +435,8 @@ def two_writers() -> dict:
             if line.strip() == "batch":
                 first.stdin.write("\n")
                 first.stdin.flush()
-        waiting_out, _ = waiting.communicate(timeout=120)
-        return {"folder": folder, "first": (first.pid, first.wait(timeout=60)),
+        waiting_out, _ = waiting.communicate(timeout=CHILD_TIMEOUT_S)
+        return {"folder": folder, "first": (first.pid, first.wait(timeout=CHILD_TIMEOUT_S)),
                 "refused": (refused.returncode, refused_out), "waiting": (waiting.returncode, waiting_out)}
     finally:
         for proc in procs:  # none left running, however this ended
@@ -468,7 +468,7 @@ def rewrite_in_another_process(folder, version: int) -> None:
     """corpus(version) ingested fresh (the collection dropped and made again) by another process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])}
     done = subprocess.run([sys.executable, "-c", FRESH, str(folder), str(version)], text=True, env=env, cwd=ROOT,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=CHILD_TIMEOUT_S)
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
 
 

@@ -306,7 +306,12 @@ def run(p: Plan, say=print) -> dict:
 def report(done: list[dict], wall: float, p: Plan) -> dict:
     tokens = sum(r["train_tokens"] for r in done)
     flops = sum(r["flops"] for r in done)
+    # each process measured the matrix-product peak of what it has: on a GPU, the one device all of them
+    # share (so the best of their measures is the device's); on a CPU, its own threads (so the host's is
+    # that times the processes running at once on cores of their own)
     peak = max((r["peak_gflops"] for r in done), default=0.0)
+    if p.device == "cpu":
+        peak *= max(1, min(p.parallel, (os.cpu_count() or 1) // p.threads))
     per_token = flops / tokens if tokens else None
     bound = peak * 1e9 / per_token if per_token else None
     rate = tokens / wall if wall > 0 else None
