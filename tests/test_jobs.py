@@ -183,6 +183,20 @@ def test_a_job_file_whose_key_is_not_its_spec_is_refused(folders):
         units.read_job(path)
 
 
+def test_a_stored_units_job_is_computed_only_on_the_family_that_trained_it(folders, monkeypatch):
+    """A job that adds scorings to a stored unit would train its weights again: on another family (here a
+    GPU, for a unit a CPU trained) those are other weights, so the job stops before anything trains."""
+    spec = units.make_spec(MODEL, RECORDS, config(1e-2))
+    where = {"family": "cpu/AuthenticAMD/avx2"}
+    job = units.Unit(folders / "toy.json", {"format": units.FORMAT, "key": units.key_of(spec), "label": "toy",
+                                            "spec": spec, "training": {}, "questions": {}, "scored": {}, "where": where,
+                                            "job": {"asked": [], "stored": "toy.json"}})
+    monkeypatch.setattr(units, "family", lambda device=None: "cuda/NVIDIA H200")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("nothing trains for a job refused"))
+    with pytest.raises(units.UnitError, match=r"trained on cpu/AuthenticAMD/avx2 and this host is cuda/NVIDIA H200"):
+        jobs.compute(job, folders / "out")
+
+
 def test_the_job_runner_imports_where_only_torch_and_friends_are():
     """`python -m ragft.train.jobs run` computes units on a GPU machine with torch, transformers, peft,
     numpy, scipy, pandas and pyyaml and none of the book's other libraries: it and every scorer a job

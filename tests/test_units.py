@@ -123,6 +123,21 @@ def test_a_changed_question_set_is_stale_in_a_committed_run(computed, folders, m
         rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)
 
 
+def test_a_unit_trained_on_another_family_takes_no_new_scoring_here(computed, folders, monkeypatch):
+    """Its weights are not stored: a new scoring would load them trained again here, on another CPU
+    family, which trains other weights than the ones its stored outcomes came from. Stored scorings still
+    read back; a new one stops before anything trains, naming both families and the two ways out."""
+    commit(computed, folders)
+    trained_on = json.loads(computed[0].read_text())["where"]["family"]
+    monkeypatch.setattr(units, "family", lambda device=None: "cpu/OtherVendor/avx2")
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("nothing trains for a scoring refused"))
+    trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+    assert score(trained) == computed[1]  # what it stores is read, whatever the host
+    with pytest.raises(units.UnitError, match=rf"trained on {trained_on} and this host is cpu/OtherVendor/avx2.*"
+                                              r"on a .* host \(make units there\), or delete its file"):
+        rank_candidates(trained.at(3), CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)
+
+
 def rewrite(path: Path, change) -> None:
     """Change a unit file's document and store it with its hash made whole again, as a computation
     that stored these numbers would have (so that only the change itself is judged)."""

@@ -151,6 +151,8 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0, cache: bool = True)
     sets scored, the unit stored in `out`. Returns its measurements (tokens, seconds) for the run's report."""
     doc, t0 = job.doc, time.perf_counter()
     spec, label = doc["spec"], doc["label"]
+    if doc["job"]["stored"]:
+        units.check_scorable_here(doc)
     asked = checkpoints_asked(doc)
     epochs = spec["config"]["epochs"]
     result = units.train_unit(spec, label, cache=cache, snapshots=tuple(e for e, _, _ in asked if e < epochs),

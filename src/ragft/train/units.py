@@ -226,6 +226,19 @@ def family(device: str | None = None) -> str:
     return f"cpu/{vendor}/{isa}"
 
 
+def check_scorable_here(doc: dict, device: str | None = None) -> None:
+    """A stored unit takes a new scoring only on the family that trained it. Its weights are not kept:
+    a scoring loads them trained again from its spec, which reproduces them to the bit on that family
+    alone; trained again on another, they are other weights than the ones its training record and its
+    stored outcomes came from, so a scoring of them would be stored under a unit it does not belong to."""
+    trained_on, here = doc["where"]["family"], family(device)
+    if trained_on != here:
+        raise UnitError(f"unit {doc['label']}-{doc['key']} was trained on {trained_on} and this host is {here}: its "
+                        "weights trained again here would not be the ones its stored outcomes came from, so a new "
+                        f"scoring of it is not computed. Compute its missing scorings on a {trained_on} host "
+                        "(make units there), or delete its file to train and score it whole here")
+
+
 def where(device: str, dtype: str) -> dict:
     import torch
 
@@ -670,6 +683,7 @@ class UnitLM:
             if mode() in ("committed", "collect"):
                 raise UnitError(f"unit {self.unit.label}-{self.unit.key}: a {mode()} run (RAGFT_UNITS={mode()}) loads no "
                                 "trained model")
+            check_scorable_here(self.unit.doc)
             folder = checkpoint_folder(self.unit, self.epoch)
             self._real = trainer.load_artifact(self.name, folder, self.trained.unit.config(), merge=self.form == "merged")
         return self._real
