@@ -183,18 +183,24 @@ def test_a_job_file_whose_key_is_not_its_spec_is_refused(folders):
         units.read_job(path)
 
 
-def test_a_stored_units_job_is_computed_only_on_the_family_that_trained_it(folders, monkeypatch):
-    """A job that adds scorings to a stored unit would train its weights again: on another family (here a
-    GPU, for a unit a CPU trained) those are other weights, so the job stops before anything trains."""
-    spec = units.make_spec(MODEL, RECORDS, config(1e-2))
-    where = {"family": "cpu/AuthenticAMD/avx2"}
-    job = units.Unit(folders / "toy.json", {"format": units.FORMAT, "key": units.key_of(spec), "label": "toy",
-                                            "spec": spec, "training": {}, "questions": {}, "scored": {}, "where": where,
-                                            "job": {"asked": [], "stored": "toy.json"}})
+@pytest.mark.lm
+def test_a_stored_units_job_on_another_family_is_scored_on_its_twin_and_says_so(folders, monkeypatch):
+    """A job that adds a scoring to a stored unit trains its weights again; on another family (here a
+    GPU, for a unit this CPU trained) that is a twin, and the scoring is stored with the GPU's family
+    beside it (scored_on); the unit's training record and where stay its own."""
+    trained = units.train(MODEL, RECORDS, config(1e-2), label="toy")
+    rank_candidates(trained.at(), CONVERSATIONS, CANDIDATES, [0] * 3)
+    stored = json.loads(trained.unit.path.read_text())
+    units._OPEN.clear()
+    monkeypatch.setenv("RAGFT_UNITS", "collect")
+    generate(units.train(MODEL, RECORDS, config(1e-2), label="toy").at(), CONVERSATIONS[:2], max_new_tokens=4)
+    (path,) = (folders / "jobs").glob("*.json")
     monkeypatch.setattr(units, "family", lambda device=None: "cuda/NVIDIA H200")
-    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("nothing trains for a job refused"))
-    with pytest.raises(units.UnitError, match=r"trained on cpu/AuthenticAMD/avx2 and this host is cuda/NVIDIA H200"):
-        jobs.compute(job, folders / "out")
+    jobs.compute(units.read_job(path), folders / "out")
+    doc = units.verify(folders / "out" / trained.unit.path.name).doc
+    (new,) = set(doc["scored"]) - set(stored["scored"])
+    assert doc["scored_on"] == {new: "cuda/NVIDIA H200"}
+    assert (doc["where"], doc["training"]) == (stored["where"], stored["training"])
 
 
 def test_the_job_runner_imports_where_only_torch_and_friends_are():

@@ -123,19 +123,39 @@ def test_a_changed_question_set_is_stale_in_a_committed_run(computed, folders, m
         rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)
 
 
-def test_a_unit_trained_on_another_family_takes_no_new_scoring_here(computed, folders, monkeypatch):
-    """Its weights are not stored: a new scoring would load them trained again here, on another CPU
-    family, which trains other weights than the ones its stored outcomes came from. Stored scorings still
-    read back; a new one stops before anything trains, naming both families and the two ways out."""
-    commit(computed, folders)
-    trained_on = json.loads(computed[0].read_text())["where"]["family"]
+def test_a_new_scoring_on_another_family_is_its_twins_and_says_so(computed, folders, monkeypatch, capsys):
+    """Its weights are not stored: on another CPU family a new scoring loads them trained again here, a
+    twin (same spec and seed, other rounding). What the unit stores reads back untouched; the new
+    scoring is stored with this host's family beside it (scored_on), the file verifies, and the
+    rotation check here holds the twin's scoring to the bit and the rest to the other-family rule."""
+    path = commit(computed, folders)
+    before = json.loads(path.read_text())
     monkeypatch.setattr(units, "family", lambda device=None: "cpu/OtherVendor/avx2")
-    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("nothing trains for a scoring refused"))
     trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
-    assert score(trained) == computed[1]  # what it stores is read, whatever the host
-    with pytest.raises(units.UnitError, match=rf"trained on {trained_on} and this host is cpu/OtherVendor/avx2.*"
-                                              r"on a .* host \(make units there\), or delete its file"):
-        rank_candidates(trained.at(3), CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)
+    assert score(trained) == computed[1]  # stored scorings are read, whatever the host
+    rank_candidates(trained.at(3), CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3)  # a question set it lacks
+    doc = units.verify(path).doc
+    (new,) = set(doc["scored"]) - set(before["scored"])
+    assert doc["scored_on"] == {new: "cpu/OtherVendor/avx2"} and doc["where"] == before["where"]
+    assert units.family_of_scoring(doc, new) == "cpu/OtherVendor/avx2"
+    assert "trained again here (cpu/OtherVendor/avx2)" in capsys.readouterr().out
+    monkeypatch.setenv("RAGFT_UNITS", "committed")
+    r = rotation.recompute(units.verify(path), epoch=3)
+    # at epoch 3: the unit's own ranking, generation and probe (4 + 4 + 1) and the twin's ranking (3)
+    assert (r.agree, r.n, r.exact) == (12, 12, (3, 3)) and rotation.judge(r, 0.0)
+
+
+def test_a_scoring_is_judged_by_the_family_that_computed_it():
+    """12 questions: 4 a twin computed on this host's family (to the bit, all agreeing), 8 the unit's
+    own family elsewhere (one moved: 1/8 = 0.125, within a tolerance of 1/8, not of 1/9)."""
+    unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/AuthenticAMD/avx2"}, "spec": {"config": {"seed": 0}},
+                                       "key": "0" * 16, "label": "x"})
+    here = {"family": "cpu/GenuineIntel/amx"}
+    r = rotation.Recomputed(unit, 1, 11, 12, True, None, None, 1.0, here, (4, 4))
+    assert rotation.judge(r, 1 / 8) and not rotation.judge(r, 1 / 9)
+    # one of the twin's own questions moved: its family's rule (identical) fails, whatever the tolerance
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 11, 12, True, None, None, 1.0, here, (3, 4)), 1.0)
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 12, 12, False, None, None, 1.0, here, (4, 4)), 1.0)
 
 
 def rewrite(path: Path, change) -> None:
@@ -154,6 +174,7 @@ def rewrite(path: Path, change) -> None:
     (lambda p: rewrite(p, lambda d: d["spec"].update(model="not-a-model")), "does not ship"),
     (lambda p: p.write_text(p.read_text().replace('"loss_first": ', '"loss_first": NaN, "x": ', 1)), "non-finite number"),
     (lambda p: rewrite(p, lambda d: d.update(key="0" * 16)), "is not its spec's"),
+    (lambda p: rewrite(p, lambda d: d.update(scored_on={"e9/merged/" + "0" * 16: "cpu/Other/avx2"})), "its scored_on"),
 ])
 def test_a_damaged_unit_file_is_refused_with_its_path_and_reason(computed, folders, monkeypatch, damage, reason):
     path = commit(computed, folders)

@@ -151,8 +151,9 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0, cache: bool = True)
     sets scored, the unit stored in `out`. Returns its measurements (tokens, seconds) for the run's report."""
     doc, t0 = job.doc, time.perf_counter()
     spec, label = doc["spec"], doc["label"]
-    if doc["job"]["stored"]:
-        units.check_scorable_here(doc)
+    elsewhere = units.scored_elsewhere(doc) if doc["job"]["stored"] else None  # a stored unit's twin scores here
+    if elsewhere:
+        units.say_elsewhere(doc, elsewhere)
     asked = checkpoints_asked(doc)
     epochs = spec["config"]["epochs"]
     result = units.train_unit(spec, label, cache=cache, snapshots=tuple(e for e, _, _ in asked if e < epochs),
@@ -164,7 +165,8 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0, cache: bool = True)
                 {"format": doc["format"], "key": doc["key"], "label": label, "spec": spec, "training": training,
                  "questions": doc["questions"], "scored": dict(doc["scored"]),
                  "where": doc["where"] or units.where(result.metrics.get("device", "cpu"),
-                                                      result.metrics.get("dtype", spec["config"]["dtype"]))})
+                                                      result.metrics.get("dtype", spec["config"]["dtype"])),
+                 **({"scored_on": dict(doc["scored_on"])} if doc.get("scored_on") else {})})
     s0 = time.perf_counter()
     for epoch, form, keys in asked:
         folder = result.artifact if epoch == epochs else trainer.snapshot_folder(result.artifact, epoch)
@@ -177,6 +179,8 @@ def compute(job: Unit, out: Path, checkpoint_every: int = 0, cache: bool = True)
                 raise UnitError(f"job {label}-{doc['key']}: a {qset['op']} at epoch {epoch} gave a non-finite number "
                                 f"({bad}): not stored")
             unit.doc["scored"][k] = stored
+            if elsewhere:
+                unit.doc.setdefault("scored_on", {})[k] = elsewhere
         del lm
     unit.save()
     return row(label, doc["key"], unit.path.name, result.metrics, trained=not doc["job"]["stored"],

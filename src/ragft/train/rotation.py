@@ -3,8 +3,9 @@ files alone (ragft.train.units holds the units themselves).
 
 The rotation check (the analysis plan's `units.rotation`) recomputes, on this machine, the unit whose
 turn it is (the commit count picks it) up to the first checkpoint it was scored at (its schedule,
-stopped early), then further units while the plan's slice lasts, and judges each: identical on the CPU
-family or GPU that computed it; elsewhere moving at most what a second training seed moves. A unit
+stopped early), then further units while the plan's slice lasts, and judges each scoring: identical on
+the CPU family or GPU that computed it (the unit's, or its twin's: `scored_on`); elsewhere moving at most
+what a second training seed moves. A unit
 recomputed whole (`recompute`) trains its spec afresh and scores every question set it stores, in
 parallel processes, fp32 without TF32, so that a GPU computes the units a CPU would.
 
@@ -27,7 +28,8 @@ from ..files import git
 from . import trainer
 from .jobs import compute, exact_fp32, in_waves
 from .units import (FORMAT, Unit, UnitError, _call_inputs, _find, _op_function, _plain, check_committed,
-                    committed_dir, encode, family, key_of, qsha_of, train_unit, unit_files, verify, where)
+                    committed_dir, encode, family, family_of_scoring, key_of, qsha_of, train_unit, unit_files, verify,
+                    where)
 
 @dataclass
 class Recomputed:
@@ -38,11 +40,18 @@ class Recomputed:
     epoch: int
     agree: int
     n: int
-    identical: bool  # every stored number and text the same, to the bit
+    identical: bool  # every number and text this host's family stored the same, to the bit
     acc_stored: float | None  # the share of ranked questions right, stored and recomputed
     acc_now: float | None
     seconds: float
     where: dict
+    exact: tuple[int, int] | None = None  # (agree, n) of the scorings this host's family computed; None: all
+    # of them where the unit was trained here, none elsewhere (a unit without a twin's scorings)
+
+    def exact_part(self) -> tuple[int, int]:
+        if self.exact is not None:
+            return self.exact
+        return (self.agree, self.n) if self.where["family"] == self.unit.doc["where"]["family"] else (0, 0)
 
     @property
     def seed(self) -> int:
@@ -95,9 +104,10 @@ def recompute(unit: Unit, epoch: int | None = None) -> Recomputed:
 
     epoch = first_checkpoint(unit) if epoch is None else epoch
     t0 = time.perf_counter()
+    here = where(models.select_device("auto"), unit.spec["config"]["dtype"])
     result = train_unit(unit.spec, f"rotation-{unit.label}", cache=False, stop_after=epoch)
     try:
-        agree = n = 0
+        agree = n = exact_agree = exact_n = 0
         identical = True
         right_stored: list[int] = []
         right_now: list[int] = []
@@ -112,17 +122,21 @@ def recompute(unit: Unit, epoch: int | None = None) -> Recomputed:
                 stored = unit.doc["scored"][key]
                 then, then_right = _per_question(qset["op"], stored)
                 now, now_right = _per_question(qset["op"], out)
-                agree += sum(a == b for a, b in zip(then, now))
+                same = sum(a == b for a, b in zip(then, now))
+                agree += same
                 n += len(then)
                 right_stored += then_right
                 right_now += now_right
-                identical &= _numbers(stored) == _numbers(out)
+                if family_of_scoring(unit.doc, key) == here["family"]:  # computed by this family: to the bit
+                    exact_agree += same
+                    exact_n += len(then)
+                    identical &= _numbers(stored) == _numbers(out)
             del lm
     finally:
         shutil.rmtree(result.artifact, ignore_errors=True)
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     return Recomputed(unit, epoch, agree, n, identical, mean(right_stored), mean(right_now),
-                      time.perf_counter() - t0, where(models.select_device("auto"), unit.spec["config"]["dtype"]))
+                      time.perf_counter() - t0, here, (exact_agree, exact_n))
 
 
 def _numbers(out: dict):
@@ -180,11 +194,13 @@ def seed_movement(results: Path) -> tuple[float, int]:
 
 
 def judge(r: Recomputed, tolerance: float) -> bool:
-    """The plan's rule (units.rotation): identical on the family that computed the unit; on another,
-    at most `tolerance` of the questions moved (what a second training seed moves)."""
-    if r.where["family"] == r.unit.doc["where"]["family"]:
-        return r.identical and r.agree == r.n
-    return (r.n - r.agree) / max(1, r.n) <= tolerance
+    """The plan's rule (units.rotation), scoring by scoring: identical where this host's family computed
+    it (the unit, or its twin: `scored_on`); elsewhere at most `tolerance` of those questions moved
+    (what a second training seed moves)."""
+    exact_agree, exact_n = r.exact_part()
+    moved, other_n = (r.n - exact_n) - (r.agree - exact_agree), r.n - exact_n
+    exact_held = exact_n == 0 or (r.identical and exact_agree == exact_n)
+    return exact_held and moved / max(1, other_n) <= tolerance
 
 
 def rotation_line(r: Recomputed, held: bool) -> str:

@@ -21,6 +21,11 @@ storing what it lacks. The mode (RAGFT_UNITS) says what a run may do:
              default the cache's jobs/) and the chapter goes on with placeholder outcomes, never stored;
              ragft.train.jobs computes the jobs, many at once, on any machine with torch (`make jobs`)
 
+A unit's weights are not stored: a scoring it lacks loads them trained again from its spec, to the bit
+on the CPU family (or GPU) that trained it. On another family that is a twin (the same spec and seed,
+other rounding): its scorings are stored with that family beside them (`scored_on`), so a draw can be
+finished on whatever host comes, and the rotation check judges each scoring by the family that computed it.
+
 The trainer's and the scorer's code are not in the key: the tests train and score a tiny reference
 unit and compare it with a committed one, and a change that moves it raises FORMAT, which makes every
 unit stale. ragft.train.rotation recomputes committed units (CI's rotation check, a whole recomputation).
@@ -226,17 +231,25 @@ def family(device: str | None = None) -> str:
     return f"cpu/{vendor}/{isa}"
 
 
-def check_scorable_here(doc: dict, device: str | None = None) -> None:
-    """A stored unit takes a new scoring only on the family that trained it. Its weights are not kept:
-    a scoring loads them trained again from its spec, which reproduces them to the bit on that family
-    alone; trained again on another, they are other weights than the ones its training record and its
-    stored outcomes came from, so a scoring of them would be stored under a unit it does not belong to."""
-    trained_on, here = doc["where"]["family"], family(device)
-    if trained_on != here:
-        raise UnitError(f"unit {doc['label']}-{doc['key']} was trained on {trained_on} and this host is {here}: its "
-                        "weights trained again here would not be the ones its stored outcomes came from, so a new "
-                        f"scoring of it is not computed. Compute its missing scorings on a {trained_on} host "
-                        "(make units there), or delete its file to train and score it whole here")
+def scored_elsewhere(doc: dict, device: str | None = None) -> str | None:
+    """The family of this host where it is not the one that trained the unit, else None. A unit's weights
+    are not kept: a new scoring loads them trained again from its spec, which reproduces them to the bit
+    on the family that trained them alone; on another family they are a twin (the same spec, seed and
+    records, other rounding), and the scoring is stored with that family beside it (`scored_on`), so the
+    rotation check judges it by the rule for another family (what a second training seed moves)."""
+    here = family(device)
+    return here if here != doc["where"]["family"] else None
+
+
+_SAID_ELSEWHERE: set[str] = set()
+
+
+def say_elsewhere(doc: dict, here: str) -> None:
+    name = f"{doc['label']}-{doc['key']}"
+    if name not in _SAID_ELSEWHERE:
+        _SAID_ELSEWHERE.add(name)
+        print(f"[ragft.units] unit {name} was trained on {doc['where']['family']}; its new scorings are computed "
+              f"on its twin trained again here ({here}) and stored as such (scored_on)", flush=True)
 
 
 def where(device: str, dtype: str) -> dict:
@@ -363,7 +376,16 @@ def verify(path: str | Path) -> Unit:
                             f"this package ships {expected[:12]})")
     if doc["format"] == FORMAT and key_of(spec) != doc["key"]:
         raise _refuse(path, f"its key {doc['key']} is not its spec's ({key_of(spec)})")
+    elsewhere = doc.get("scored_on", {})
+    if not isinstance(elsewhere, dict) or not set(elsewhere) <= set(doc["scored"]) or \
+            doc["where"]["family"] in elsewhere.values():
+        raise _refuse(path, "its scored_on names a scoring it does not store, or the family that trained it")
     return Unit(path, doc)
+
+
+def family_of_scoring(doc: dict, scored_key_: str) -> str:
+    """The family whose weights gave a stored scoring: the unit's own, or its twin's (`scored_on`)."""
+    return doc.get("scored_on", {}).get(scored_key_, doc["where"]["family"])
 
 
 def unit_files(dirs: list[Path] | None = None) -> list[Path]:
@@ -683,7 +705,6 @@ class UnitLM:
             if mode() in ("committed", "collect"):
                 raise UnitError(f"unit {self.unit.label}-{self.unit.key}: a {mode()} run (RAGFT_UNITS={mode()}) loads no "
                                 "trained model")
-            check_scorable_here(self.unit.doc)
             folder = checkpoint_folder(self.unit, self.epoch)
             self._real = trainer.load_artifact(self.name, folder, self.trained.unit.config(), merge=self.form == "merged")
         return self._real
@@ -706,6 +727,9 @@ class UnitLM:
             raise UnitError(f"unit {unit.label}-{unit.key} ({unit.path}) has no outcomes for a {op} of "
                             f"{_size(qset)} at epoch {self.epoch} ({self.form}): the question set changed since it "
                             f"was computed (stale). Compute it: {COMPUTE_COMMAND.format(profile=_profile())}")
+        elsewhere = scored_elsewhere(unit.doc)
+        if elsewhere:
+            say_elsewhere(unit.doc, elsewhere)
         out = fn(self.real(), *args, **kwargs)
         stored = _plain(encode(op, out))
         bad = _non_finite(stored)
@@ -714,6 +738,8 @@ class UnitLM:
                             f"({bad}): not stored")
         unit.doc["questions"].setdefault(qsha, qset)
         unit.doc["scored"][key] = stored
+        if elsewhere:
+            unit.doc.setdefault("scored_on", {})[key] = elsewhere
         unit.save()
         return out
 
