@@ -145,6 +145,27 @@ def test_a_new_scoring_on_another_family_is_its_twins_and_says_so(computed, fold
     assert (r.agree, r.n, r.exact) == (12, 12, (3, 3)) and rotation.judge(r, 0.0)
 
 
+def test_a_checkpoint_a_scoring_asks_for_trains_only_up_to_it_and_is_the_whole_runs(computed, folders, monkeypatch):
+    """A stored unit asked a new scoring at epoch 1 of 3 with the trainer's cache empty (a new machine)
+    trains that epoch alone (2 steps: 4 records in batches of 2, not 6), cached under a name of its own;
+    asked again, nothing trains; and it answers as the whole run's snapshot at epoch 1 does, to the bit."""
+    commit(computed, folders)
+    steps, real_train = [], trainer.train
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: real_train(*a, on_step=lambda s, _: steps.append(s), **k))
+    trained = units.train(MODEL, records(), CONFIG, label="tiny", snapshots=(1,))
+    got = rank_candidates(trained.at(1), CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3).scores
+    assert steps == [1, 2]
+    assert [p.name[-6:] for p in (folders / "cache" / "trained").iterdir()] == ["-to-e1"]
+    generate(trained.at(1), CONVERSATIONS[:2], max_new_tokens=4)  # another question set, the same checkpoint
+    assert steps == [1, 2]
+    whole = real_train(MODEL, records(), CONFIG, label="whole", snapshots=(1,), load=False)
+    lm = trainer.load_artifact(MODEL, trainer.snapshot_folder(whole.artifact, 1), CONFIG, merge=True)
+    assert rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3).scores == got
+    # and where the whole run is in the cache with that epoch kept, it answers: no prefix is trained
+    assert real_train(MODEL, records(), CONFIG, label="whole", stop_after=1, load=False).artifact == \
+        trainer.snapshot_folder(whole.artifact, 1)
+
+
 def test_a_scoring_is_judged_by_the_family_that_computed_it():
     """12 questions: 4 a twin computed on this host's family (to the bit, all agreeing), 8 the unit's
     own family elsewhere (one moved: 1/8 = 0.125, within a tolerance of 1/8, not of 1/9)."""

@@ -356,13 +356,16 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     tokens and FLOPs up to there in metrics["snapshots"]; the last epoch's is the artifact itself.
     `load=False`: a cached run returns its artifact folder without loading the model (lm is None).
     `stop_after`: the same schedule (the rate of an `epochs`-long run), stopped after that epoch, whose
-    model is the artifact (a unit's prefix, checked by ragft.units; never cached: cache=False)."""
+    model is the artifact: the weights the whole run has after that epoch, at a fraction of its cost (a
+    unit's prefix: the rotation's, or a checkpoint a scoring asks for). A finished whole run that kept
+    that epoch answers it; else the prefix is a run of its own, cached under its own name."""
     import torch
 
     cfg.validate()
-    if stop_after is not None and (cache or not (isinstance(stop_after, int) and 1 <= stop_after <= cfg.epochs)):
-        raise ValueError(f"stop_after={stop_after!r}: use an epoch between 1 and epochs={cfg.epochs}, with cache=False "
-                         "(a run stopped early is not the run its config names)")
+    if stop_after is not None and not (isinstance(stop_after, int) and 1 <= stop_after <= cfg.epochs):
+        raise ValueError(f"stop_after={stop_after!r}: use an epoch between 1 and epochs={cfg.epochs}")
+    if stop_after == cfg.epochs:
+        stop_after = None  # stopped after its last epoch: the whole run
     snapshots = tuple(sorted(set(snapshots)))
     if snapshots and not all(isinstance(e, int) and 1 <= e <= cfg.epochs for e in snapshots):
         raise ValueError(f"snapshots={list(snapshots)}: use epochs between 1 and epochs={cfg.epochs}")
@@ -372,6 +375,14 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
     key = artifact_key(model_name, cfg, data, start)
     folder = settings.cache_dir() / "trained" / f"{label}-{key}"
+    if stop_after is not None:
+        whole = _finished(folder / "train_metrics.json") if cache and (folder / "train_metrics.json").exists() else None
+        if whole is not None and str(stop_after) in whole["metrics"].get("snapshots", {}) and \
+                all(math.isfinite(x) for x in whole["losses"]):
+            kept_at = snapshot_folder(folder, stop_after)
+            return TrainResult(load_artifact(model_name, kept_at, cfg) if load else None, kept_at, whole["metrics"],
+                               whole["losses"], cached=True)
+        folder = folder.with_name(f"{folder.name}-to-e{stop_after}")  # a run stopped early is a run of its own
     done = folder / "train_metrics.json"
     if cache and done.exists():
         saved = _finished(done)

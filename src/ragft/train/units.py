@@ -642,18 +642,20 @@ def train_unit(unit_spec: dict, label: str, cache: bool = True, stop_after: int 
     records = [example(r["messages"], r["answer"]) for r in unit_spec["records"]]
     cfg = dataclasses.replace(spec_config(unit_spec), checkpoint_every=checkpoint_every)
     kept = tuple(sorted(set(unit_spec["snapshots"]) | set(snapshots)))
-    if stop_after is not None:
-        kept = tuple(e for e in kept if e <= stop_after)
+    if stop_after is not None:  # the epoch it stops after is the artifact itself
+        kept = tuple(e for e in kept if e < stop_after)
     return trainer.train(unit_spec["model"], records, cfg, label=label, cache=cache,
                          init_from=_start_folder(unit_spec["start"]), snapshots=kept, load=False,
                          stop_after=stop_after)
 
 
 def checkpoint_folder(unit: Unit, epoch: int) -> Path:
-    """The artifact of a unit's checkpoint, trained (or found in the trainer's cache) from its spec."""
+    """The artifact of a unit's checkpoint, found in the trainer's cache or trained from its spec up to
+    that epoch only (the same schedule stopped there: the weights the whole run has there), checkpointed
+    every RAGFT_CHECKPOINT_EVERY steps so that an interrupted run resumes to the same weights."""
     epochs = unit.spec["config"]["epochs"]
-    result = train_unit(unit.spec, unit.label, snapshots=(epoch,) if epoch < epochs else ())
-    return result.artifact if epoch == epochs else trainer.snapshot_folder(result.artifact, epoch)
+    return train_unit(unit.spec, unit.label, stop_after=epoch if epoch < epochs else None,
+                      checkpoint_every=settings.checkpoint_every()).artifact
 
 
 # ---------------------------------------------------------------------------------------------
