@@ -148,7 +148,8 @@ def test_a_new_scoring_on_another_family_is_its_twins_and_says_so(computed, fold
 def test_a_checkpoint_a_scoring_asks_for_trains_only_up_to_it_and_is_the_whole_runs(computed, folders, monkeypatch):
     """A stored unit asked a new scoring at epoch 1 of 3 with the trainer's cache empty (a new machine)
     trains that epoch alone (2 steps: 4 records in batches of 2, not 6), cached under a name of its own;
-    asked again, nothing trains; and it answers as the whole run's snapshot at epoch 1 does, to the bit."""
+    asked again, nothing trains; asked at epoch 3, it goes on from there; and both answer as the whole
+    run does at those epochs, to the bit."""
     commit(computed, folders)
     steps, real_train = [], trainer.train
     monkeypatch.setattr(trainer, "train", lambda *a, **k: real_train(*a, on_step=lambda s, _: steps.append(s), **k))
@@ -158,9 +159,14 @@ def test_a_checkpoint_a_scoring_asks_for_trains_only_up_to_it_and_is_the_whole_r
     assert [p.name[-6:] for p in (folders / "cache" / "trained").iterdir()] == ["-to-e1"]
     generate(trained.at(1), CONVERSATIONS[:2], max_new_tokens=4)  # another question set, the same checkpoint
     assert steps == [1, 2]
+    # the last epoch asked next goes on from epoch 1's prefix: steps 3 to 6, not 1 to 6 again
+    last = rank_candidates(trained.at(3), CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3).scores
+    assert steps == [1, 2, 3, 4, 5, 6]
     whole = real_train(MODEL, records(), CONFIG, label="whole", snapshots=(1,), load=False)
-    lm = trainer.load_artifact(MODEL, trainer.snapshot_folder(whole.artifact, 1), CONFIG, merge=True)
-    assert rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3).scores == got
+    for epoch, scores in ((1, got), (3, last)):
+        folder = trainer.snapshot_folder(whole.artifact, 1) if epoch == 1 else whole.artifact
+        lm = trainer.load_artifact(MODEL, folder, CONFIG, merge=True)
+        assert rank_candidates(lm, CONVERSATIONS[:3], CANDIDATES[:3], [0] * 3).scores == scores
     # and where the whole run is in the cache with that epoch kept, it answers: no prefix is trained
     assert real_train(MODEL, records(), CONFIG, label="whole", stop_after=1, load=False).artifact == \
         trainer.snapshot_folder(whole.artifact, 1)

@@ -51,6 +51,8 @@ class Recomputed:
     def exact_part(self) -> tuple[int, int]:
         if self.exact is not None:
             return self.exact
+        if self.unit.doc.get("scored_on"):
+            raise ValueError(f"unit {self.unit.key} stores a twin's scorings: say which this family computed (exact)")
         return (self.agree, self.n) if self.where["family"] == self.unit.doc["where"]["family"] else (0, 0)
 
     @property

@@ -345,6 +345,44 @@ def _finished(done: Path) -> dict | None:
         return None
 
 
+RESUME = "resume.pt"  # a finished prefix's last state: a longer run of the same key starts from it
+
+
+def _state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad) -> dict:
+    """A run's state after `step` steps, all it needs to go on to the same outcomes (a checkpoint)."""
+    return {"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step, "losses": losses,
+            "snapshots": kept, "step_s": step_s, "step_tokens": step_tokens, "step_flops": step_flops, "pad": pad}
+
+
+def _resume_from_shorter_prefix(folder: Path, target: int, snapshots: tuple[int, ...]) -> None:
+    """A run about to train (a prefix up to `target` epochs, or the whole run) starts from the longest
+    finished shorter prefix of the same key that kept every snapshot it asks for below that prefix's
+    end, where it has none of its own checkpoints: that prefix's last state becomes its checkpoint and
+    its snapshots are copied beside it, so that scoring a stored unit's checkpoints in rising order
+    trains each epoch once (resuming is exact, as after an interruption)."""
+    whole = folder.name.rsplit("-to-e", 1)[0] if "-to-e" in folder.name else folder.name
+    if (folder / "checkpoint.pt").exists() or (folder / "train_metrics.json").exists():
+        return
+    shorter = []
+    for p in folder.parent.glob(f"{whole}-to-e*"):
+        epoch = p.name.rsplit("-to-e", 1)[1]
+        if not (epoch.isdigit() and int(epoch) < target and (p / RESUME).exists() and (p / "train_metrics.json").exists()):
+            continue
+        saved = _finished(p / "train_metrics.json")
+        kept = {int(e) for e in (saved or {}).get("metrics", {}).get("snapshots", {})}
+        if saved is not None and {e for e in snapshots if e < int(epoch)} <= kept:
+            shorter.append((int(epoch), p))
+    if not shorter:
+        return
+    _, prefix = max(shorter)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (prefix / "snapshots").is_dir():
+        shutil.copytree(prefix / "snapshots", folder / "snapshots", dirs_exist_ok=True)
+    shutil.copyfile(prefix / RESUME, folder / "checkpoint.tmp")
+    (folder / "checkpoint.tmp").replace(folder / "checkpoint.pt")
+
+
 def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: str = "run",
           on_step=None, cache: bool = True, init_from: str | Path | None = None,
           snapshots: tuple[int, ...] = (), load: bool = True, stop_after: int | None = None) -> TrainResult:
@@ -398,6 +436,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         cache = False  # the finished run lacks a snapshot asked for now: train it again
     if not cache:
         shutil.rmtree(folder, ignore_errors=True)
+    else:
+        _resume_from_shorter_prefix(folder, stop_after or cfg.epochs, snapshots)
     import contextlib
 
     compute = mixed_precision(cfg)
@@ -496,10 +536,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     folder.mkdir(parents=True, exist_ok=True)
-                    torch.save({"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
-                                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                "step": step, "losses": losses, "snapshots": kept, "step_s": step_s,
-                                "step_tokens": step_tokens, "step_flops": step_flops, "pad": pad}, ckpt.with_suffix(".tmp"))
+                    torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad),
+                               ckpt.with_suffix(".tmp"))
                     ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
                 if on_step is not None:
                     on_step(step, losses[-1])
@@ -523,6 +561,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         model.to(compute)
         base.dtype = compute
     _save_artifact(model, base.tokenizer, cfg, folder)
+    if stop_after is not None and cache:  # a longer run of the same key resumes from here, not from step 0
+        torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad),
+                   (folder / RESUME).with_suffix(".tmp"))
+        (folder / RESUME).with_suffix(".tmp").replace(folder / RESUME)
     ckpt.unlink(missing_ok=True)
     timed = step_s[1:] or step_s  # the first step pays one-off set-up costs
     n_params = measure.logical_params(model.parameters())

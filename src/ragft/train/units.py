@@ -236,7 +236,8 @@ def scored_elsewhere(doc: dict, device: str | None = None) -> str | None:
     are not kept: a new scoring loads them trained again from its spec, which reproduces them to the bit
     on the family that trained them alone; on another family they are a twin (the same spec, seed and
     records, other rounding), and the scoring is stored with that family beside it (`scored_on`), so the
-    rotation check judges it by the rule for another family (what a second training seed moves)."""
+    rotation check judges it by the family that computed it: identical there, within what a second
+    training seed moves elsewhere (the unit's own family included)."""
     here = family(device)
     return here if here != doc["where"]["family"] else None
 
@@ -637,7 +638,8 @@ def _start_folder(start: dict | None) -> Path | None:
 def train_unit(unit_spec: dict, label: str, cache: bool = True, stop_after: int | None = None,
                snapshots: tuple = (), checkpoint_every: int = 0) -> trainer.TrainResult:
     """Train a unit's spec (the trainer's cache answers a run it has finished). `stop_after`: the same
-    schedule, stopped after that epoch (the rotation's prefix). `checkpoint_every`: steps between the
+    schedule, stopped after that epoch (the rotation's prefix, or a checkpoint a scoring asks for: the
+    weights the whole run has there). `checkpoint_every`: steps between the
     trainer's checkpoints, from which an interrupted run resumes to the same outcomes (not in the key)."""
     records = [example(r["messages"], r["answer"]) for r in unit_spec["records"]]
     cfg = dataclasses.replace(spec_config(unit_spec), checkpoint_every=checkpoint_every)
