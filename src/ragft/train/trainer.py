@@ -487,8 +487,9 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
             # the interrupted steps' own seconds, tokens and FLOPs: the run's totals count every step once
             step_s, step_tokens, step_flops = state.get("step_s", []), state.get("step_tokens", []), state.get("step_flops", [])
             pad = state.get("pad", 0)
-        if base.device in ESTIMATE_DEVICES and step < total:
-            print(expected_time(model, data, cfg, base, autocast, label, train_dtype, (total - step) / total), flush=True)
+        end = steps_per_epoch * (stop_after or cfg.epochs)  # a prefix's last step
+        if base.device in ESTIMATE_DEVICES and step < end:
+            print(expected_time(model, data, cfg, base, autocast, label, train_dtype, (end - step) / total), flush=True)
         bar = progress(None, desc=f"{label} ({cfg.method})", total=total)
         bar.update(step)
         for epoch in range(cfg.epochs):
