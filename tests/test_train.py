@@ -377,6 +377,34 @@ def test_a_weight_made_non_finite_by_the_last_update_is_never_saved(tiny):
     assert not list(settings.cache_dir().glob("trained/poisoned-*"))
 
 
+def test_a_cached_run_or_checkpoint_of_another_device_family_is_not_reused(tiny, monkeypatch, capsys):
+    """Weights are the same to the bit within a device family only (models.device_family): a cache
+    carried from another family (its run, or an interrupted run's checkpoint) is trained again here,
+    said so, and the run records the family that trained it."""
+    cfg = TrainConfig(rank=4, lr=1e-2, epochs=2, batch_size=2, checkpoint_every=2, dtype="fp32")
+    here = models.device_family("cpu")
+    first = train(tiny, data(), cfg, label="carried")
+    assert first.metrics["family"] == here and train(tiny, data(), cfg, label="carried").cached
+    monkeypatch.setattr(models, "device_family", lambda device=None: "cpu/OtherVendor/avx2")
+    again = train(tiny, data(), cfg, label="carried")
+    assert not again.cached and again.metrics["family"] == "cpu/OtherVendor/avx2"
+    assert f"trained on {here}, this is cpu/OtherVendor/avx2: training again" in capsys.readouterr().out
+
+    class Stop(Exception):
+        pass
+
+    def crash(step, loss):
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):  # step 2's checkpoint, of the other family, survives
+        train(tiny, data(), cfg, label="halted", on_step=crash)
+    monkeypatch.setattr(models, "device_family", lambda device=None: here)
+    steps = []
+    train(tiny, data(), cfg, label="halted", on_step=lambda step, _: steps.append(step))
+    assert steps == [1, 2, 3, 4] and "its checkpoint was computed on cpu/OtherVendor/avx2" in capsys.readouterr().out
+
+
 def test_a_cached_run_with_a_non_finite_loss_is_trained_again(tiny):
     """A run saved with NaN losses before runs were refused is not reloaded: it trains again."""
     cfg = TrainConfig(rank=4, lr=1e-2, epochs=1, batch_size=2, dtype="fp32")

@@ -348,14 +348,21 @@ def _finished(done: Path) -> dict | None:
 RESUME = "resume.pt"  # a finished prefix's last state: a longer run of the same key starts from it
 
 
-def _state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad) -> dict:
-    """A run's state after `step` steps, all it needs to go on to the same outcomes (a checkpoint)."""
-    return {"weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
+def _state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad, family) -> dict:
+    """A run's state after `step` steps, all it needs to go on to the same outcomes (a checkpoint), and
+    the device family that computed it (another family's state would not go on to the same weights)."""
+    return {"family": family, "weights": {n: p.detach().clone() for n, p in _trainable(model).items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "step": step, "losses": losses,
             "snapshots": kept, "step_s": step_s, "step_tokens": step_tokens, "step_flops": step_flops, "pad": pad}
 
 
-def _resume_from_shorter_prefix(folder: Path, target: int, snapshots: tuple[int, ...]) -> None:
+def _ours(saved: dict | None, here: str) -> bool:
+    """A cached run (its train_metrics.json) this device family computed: its weights are what training
+    here gives, to the bit. A run from before runs recorded their family counts as ours."""
+    return saved is not None and saved["metrics"].get("family", here) == here
+
+
+def _resume_from_shorter_prefix(folder: Path, target: int, snapshots: tuple[int, ...], here: str) -> None:
     """A run about to train (a prefix up to `target` epochs, or the whole run) starts from the longest
     finished shorter prefix of the same key that kept every snapshot it asks for below that prefix's
     end, where it has none of its own checkpoints: that prefix's last state becomes its checkpoint and
@@ -371,7 +378,7 @@ def _resume_from_shorter_prefix(folder: Path, target: int, snapshots: tuple[int,
             continue
         saved = _finished(p / "train_metrics.json")
         kept = {int(e) for e in (saved or {}).get("metrics", {}).get("snapshots", {})}
-        if saved is not None and {e for e in snapshots if e < int(epoch)} <= kept:
+        if _ours(saved, here) and {e for e in snapshots if e < int(epoch)} <= kept:
             shorter.append((int(epoch), p))
     if not shorter:
         return
@@ -413,9 +420,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
     key = artifact_key(model_name, cfg, data, start)
     folder = settings.cache_dir() / "trained" / f"{label}-{key}"
+    here = models.device_family(models.select_device(cfg.device))
     if stop_after is not None:
         whole = _finished(folder / "train_metrics.json") if cache and (folder / "train_metrics.json").exists() else None
-        if whole is not None and str(stop_after) in whole["metrics"].get("snapshots", {}) and \
+        if _ours(whole, here) and str(stop_after) in whole["metrics"].get("snapshots", {}) and \
                 all(math.isfinite(x) for x in whole["losses"]):
             kept_at = snapshot_folder(folder, stop_after)
             return TrainResult(load_artifact(model_name, kept_at, cfg) if load else None, kept_at, whole["metrics"],
@@ -425,6 +433,10 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     if cache and done.exists():
         saved = _finished(done)
         if saved is None:  # a marker cut short (a full disk, a kill mid-write before writes were atomic)
+            cache = False
+        elif not _ours(saved, here):  # a cache carried from another device family: not this family's weights
+            print(f"[ragft.train] {label}: the cached run was trained on {saved['metrics']['family']}, this is "
+                  f"{here}: training again here", flush=True)
             cache = False
         elif not all(math.isfinite(x) for x in saved["losses"]):
             cache = False  # a non-finite run saved before runs were refused: never reloaded, trained again
@@ -437,7 +449,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     if not cache:
         shutil.rmtree(folder, ignore_errors=True)
     else:
-        _resume_from_shorter_prefix(folder, stop_after or cfg.epochs, snapshots)
+        _resume_from_shorter_prefix(folder, stop_after or cfg.epochs, snapshots, here)
     import contextlib
 
     compute = mixed_precision(cfg)
@@ -477,8 +489,12 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         ckpt = folder / "checkpoint.pt"
         step, losses, step_s, step_tokens, step_flops, pad = 0, [], [], [], [], 0
         kept: dict = {}  # epoch -> the run's cost up to its snapshot
-        if ckpt.exists():
-            state = torch.load(ckpt, weights_only=True)  # tensors, numbers and lists only: no code runs on load
+        state = torch.load(ckpt, weights_only=True) if ckpt.exists() else None  # tensors, numbers, lists: no code runs
+        if state is not None and state.get("family", here) != here:
+            print(f"[ragft.train] {label}: its checkpoint was computed on {state['family']}, this is {here}: "
+                  "starting over", flush=True)
+            state = None
+        if state is not None:
             model.load_state_dict(state["weights"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
@@ -537,7 +553,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
                 bar.update(1)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     folder.mkdir(parents=True, exist_ok=True)
-                    torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad),
+                    torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad, here),
                                ckpt.with_suffix(".tmp"))
                     ckpt.with_suffix(".tmp").replace(ckpt)  # atomic: a crash mid-save keeps the old one
                 if on_step is not None:
@@ -563,7 +579,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         base.dtype = compute
     _save_artifact(model, base.tokenizer, cfg, folder)
     if stop_after is not None and cache:  # a longer run of the same key resumes from here, not from step 0
-        torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad),
+        torch.save(_state(model, optimizer, schedule, step, losses, kept, step_s, step_tokens, step_flops, pad, here),
                    (folder / RESUME).with_suffix(".tmp"))
         (folder / RESUME).with_suffix(".tmp").replace(folder / RESUME)
     ckpt.unlink(missing_ok=True)
@@ -587,7 +603,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
         # the first and last steps' losses are of different batches
         "loss_first_epoch": sum(losses[:steps_per_epoch]) / len(losses[:steps_per_epoch]),
         "loss_last_epoch": sum(losses[-steps_per_epoch:]) / len(losses[-steps_per_epoch:]),
-        "dtype": str(base.dtype).replace("torch.", ""), "device": base.device,
+        "dtype": str(base.dtype).replace("torch.", ""), "device": base.device, "family": here,
         "master_weights": "fp32" if compute is not None else str(base.dtype).replace("torch.", ""),
         "flops": sum(step_flops), "snapshots": kept,
         **({"loss_scale": scaler.get_scale()} if scaler is not None else {}),  # fp16: GradScaler's last scale

@@ -204,31 +204,9 @@ def key_of(spec: dict) -> str:
 # Where a unit ran
 
 
-def _cpu_flags() -> tuple[str, str]:
-    vendor, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id") and not vendor:
-                vendor = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = next((name for name, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags),
-               "other")
-    return vendor or "unknown", isa
-
-
 def family(device: str | None = None) -> str:
-    """The host family whose units reproduce exactly: a GPU by name; a CPU by vendor and widest vector
-    unit (Intel with AMX, AMD with AVX512, AMD with AVX2 only are three families)."""
-    import torch
-
-    device = device or models.select_device("auto")
-    if device == "cuda":
-        return f"cuda/{torch.cuda.get_device_name(0)}"
-    vendor, isa = _cpu_flags()
-    return f"cpu/{vendor}/{isa}"
+    """The host family whose units reproduce exactly (`models.device_family`)."""
+    return models.device_family(device)
 
 
 def scored_elsewhere(doc: dict, device: str | None = None) -> str | None:
