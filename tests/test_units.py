@@ -257,14 +257,14 @@ def test_another_family_may_move_what_a_second_seed_moves():
     moved there, so 1 of 9 here holds (0.111 <= 0.125) and 2 of 9 fails."""
     unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/GenuineIntel/amx"}, "spec": {"config": {"seed": 0}},
                                        "key": "0" * 16, "label": "x"})
-    here = {"family": "cpu/AuthenticAMD/avx2"}
-    r = rotation.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here)
+    here = {"family": "cpu/AuthenticAMD/avx2"}  # none of its scorings computed on this family: (0, 0) exact
+    r = rotation.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here, (0, 0))
     assert rotation.judge(r, 1 / 8)
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here), 1 / 8)
-    # on its own family only identical numbers hold, whatever the agreement
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here, (0, 0)), 1 / 8)
+    # on its own family only identical numbers hold, whatever the agreement (every scoring exact)
     same = {"family": "cpu/GenuineIntel/amx"}
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same), 1 / 8)
-    assert rotation.judge(rotation.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same), 1 / 8)
+    assert not rotation.judge(rotation.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same, (9, 9)), 1 / 8)
+    assert rotation.judge(rotation.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same, (9, 9)), 1 / 8)
 
 
 def test_the_rotation_order_reaches_every_unit_in_turn():

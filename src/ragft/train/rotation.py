@@ -45,15 +45,7 @@ class Recomputed:
     acc_now: float | None
     seconds: float
     where: dict
-    exact: tuple[int, int] | None = None  # (agree, n) of the scorings this host's family computed; None: all
-    # of them where the unit was trained here, none elsewhere (a unit without a twin's scorings)
-
-    def exact_part(self) -> tuple[int, int]:
-        if self.exact is not None:
-            return self.exact
-        if self.unit.doc.get("scored_on"):
-            raise ValueError(f"unit {self.unit.key} stores a twin's scorings: say which this family computed (exact)")
-        return (self.agree, self.n) if self.where["family"] == self.unit.doc["where"]["family"] else (0, 0)
+    exact: tuple[int, int]  # (agree, n) of the scorings this host's family computed (judged to the bit)
 
     @property
     def seed(self) -> int:
@@ -199,7 +191,7 @@ def judge(r: Recomputed, tolerance: float) -> bool:
     """The plan's rule (units.rotation), scoring by scoring: identical where this host's family computed
     it (the unit, or its twin: `scored_on`); elsewhere at most `tolerance` of those questions moved
     (what a second training seed moves)."""
-    exact_agree, exact_n = r.exact_part()
+    exact_agree, exact_n = r.exact
     moved, other_n = (r.n - exact_n) - (r.agree - exact_agree), r.n - exact_n
     exact_held = exact_n == 0 or (r.identical and exact_agree == exact_n)
     return exact_held and moved / max(1, other_n) <= tolerance

@@ -362,13 +362,12 @@ def _ours(saved: dict | None, here: str) -> bool:
     return saved is not None and saved["metrics"].get("family", here) == here
 
 
-def _resume_from_shorter_prefix(folder: Path, target: int, snapshots: tuple[int, ...], here: str) -> None:
+def _resume_from_shorter_prefix(folder: Path, whole: str, target: int, snapshots: tuple[int, ...], here: str) -> None:
     """A run about to train (a prefix up to `target` epochs, or the whole run) starts from the longest
     finished shorter prefix of the same key that kept every snapshot it asks for below that prefix's
     end, where it has none of its own checkpoints: that prefix's last state becomes its checkpoint and
     its snapshots are copied beside it, so that scoring a stored unit's checkpoints in rising order
     trains each epoch once (resuming is exact, as after an interruption)."""
-    whole = folder.name.rsplit("-to-e", 1)[0] if "-to-e" in folder.name else folder.name
     if (folder / "checkpoint.pt").exists() or (folder / "train_metrics.json").exists():
         return
     shorter = []
@@ -419,7 +418,8 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     start = _adapter_weights(init_from, cfg) if init_from is not None else None
     data = tokenize(AutoTokenizer.from_pretrained(models.model_source(model_name)), examples, cfg.max_len)
     key = artifact_key(model_name, cfg, data, start)
-    folder = settings.cache_dir() / "trained" / f"{label}-{key}"
+    whole_run = f"{label}-{key}"  # the whole run's folder; a prefix's is named after it
+    folder = settings.cache_dir() / "trained" / whole_run
     here = models.device_family(models.select_device(cfg.device))
     if stop_after is not None:
         whole = _finished(folder / "train_metrics.json") if cache and (folder / "train_metrics.json").exists() else None
@@ -449,7 +449,7 @@ def train(model_name: str, examples: list[SFTExample], cfg: TrainConfig, label: 
     if not cache:
         shutil.rmtree(folder, ignore_errors=True)
     else:
-        _resume_from_shorter_prefix(folder, stop_after or cfg.epochs, snapshots, here)
+        _resume_from_shorter_prefix(folder, whole_run, stop_after or cfg.epochs, snapshots, here)
     import contextlib
 
     compute = mixed_precision(cfg)
