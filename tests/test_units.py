@@ -142,7 +142,9 @@ def test_a_new_scoring_on_another_family_is_its_twins_and_says_so(computed, fold
     monkeypatch.setenv("RAGFT_UNITS", "committed")
     r = rotation.recompute(units.verify(path), epoch=3)
     # at epoch 3: the unit's own ranking, generation and probe (4 + 4 + 1) and the twin's ranking (3)
-    assert (r.agree, r.n, r.exact) == (12, 12, (3, 3)) and rotation.judge(r, 0.0)
+    assert (r.agree, r.n, r.exact) == (12, 12, (3, 3)) and rotation.judge(r, 0.01)
+    # the unit's own ranking (4 questions), computed on the other family, is what the direction test reads
+    assert len(r.other_right[0]) == 4 and r.other_right[0] == r.other_right[1]
 
 
 def test_a_checkpoint_a_scoring_asks_for_trains_only_up_to_it_and_is_the_whole_runs(computed, folders, monkeypatch):
@@ -172,17 +174,22 @@ def test_a_checkpoint_a_scoring_asks_for_trains_only_up_to_it_and_is_the_whole_r
         trainer.snapshot_folder(whole.artifact, 1)
 
 
-def test_a_scoring_is_judged_by_the_family_that_computed_it():
-    """12 questions: 4 a twin computed on this host's family (to the bit, all agreeing), 8 the unit's
-    own family elsewhere (one moved: 1/8 = 0.125, within a tolerance of 1/8, not of 1/9)."""
+def recomputed(here: str, agree: int, n: int, identical: bool, exact: tuple, other: tuple = ((), ())):
+    """A recomputation of an AMD-computed unit at epoch 1, as `judge` reads it."""
     unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/AuthenticAMD/avx2"}, "spec": {"config": {"seed": 0}},
                                        "key": "0" * 16, "label": "x"})
-    here = {"family": "cpu/GenuineIntel/amx"}
-    r = rotation.Recomputed(unit, 1, 11, 12, True, None, None, 1.0, here, (4, 4))
-    assert rotation.judge(r, 1 / 8) and not rotation.judge(r, 1 / 9)
-    # one of the twin's own questions moved: its family's rule (identical) fails, whatever the tolerance
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 11, 12, True, None, None, 1.0, here, (3, 4)), 1.0)
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 12, 12, False, None, None, 1.0, here, (4, 4)), 1.0)
+    return rotation.Recomputed(unit, 1, agree, n, identical, None, None, 1.0, {"family": here}, exact, other)
+
+
+def test_a_scoring_is_judged_by_the_family_that_computed_it():
+    """12 questions: 4 a twin computed on this host's family (to the bit), 8 the unit's own family
+    elsewhere (ranked: one moved right to wrong, one wrong to right; McNemar p 1.0): held. One of the
+    twin's questions moved, or a number of it changed: its family's rule (identical) fails, whatever moved
+    elsewhere."""
+    stored, now = (1, 1, 1, 1, 0, 0, 0, 0), (0, 1, 1, 1, 1, 0, 0, 0)
+    assert rotation.judge(recomputed("cpu/GenuineIntel/amx", 10, 12, True, (4, 4), (stored, now)), 0.01)
+    assert not rotation.judge(recomputed("cpu/GenuineIntel/amx", 9, 12, True, (3, 4), (stored, now)), 0.01)
+    assert not rotation.judge(recomputed("cpu/GenuineIntel/amx", 10, 12, False, (4, 4), (stored, now)), 0.01)
 
 
 def rewrite(path: Path, change) -> None:
@@ -212,24 +219,12 @@ def test_a_damaged_unit_file_is_refused_with_its_path_and_reason(computed, folde
     assert str(path) in str(refused.value) and "nothing is computed on top of it" in str(refused.value)
 
 
-def seeds(folders, moved: int) -> Path:
-    """A published chapter 3 whose two LoRA seeds differ on `moved` of 8 method-fact questions."""
-    folder = folders / "published"
-    folder.mkdir(exist_ok=True)
-    a = {f"q{i}": 1.0 for i in range(4)}
-    b = {f"q{i}": (0.0 if i < moved else 1.0) for i in range(4)}
-    outcomes = {"methods lora held-out": a, "methods lora trained paraphrase": a,
-                "methods lora seed 1 held-out": b, "methods lora seed 1 trained paraphrase": a}
-    (folder / "03_finetune.json").write_text(json.dumps({"outcomes": outcomes}))
-    return folder
-
-
 def test_the_rotation_check_holds_a_unit_recomputed_on_its_own_family(computed, folders, monkeypatch, capsys):
     """Recomputed here, where it was computed: its prefix (epoch 1 of 3: the schedule of three epochs,
     stopped early) gives every stored number again; the line says so."""
     commit(computed, folders)
     monkeypatch.setenv("RAGFT_UNITS", "committed")
-    lines = rotation.rotation(600, seeds(folders, 1), run_number=0)
+    lines = rotation.rotation(600, 0.01, run_number=0)
     assert len(lines) == 1 and lines[0].endswith(": held")
     # at epoch 1 the unit stores one ranking (4 questions), one generation (4) and one probe (1 text): 9
     assert lines[0].startswith(f"unit {computed[0].stem[-16:]} tiny seed 0 e1: 9/9 agree, accuracy ")
@@ -249,22 +244,26 @@ def test_a_planted_change_in_one_stored_outcome_fails_the_rotation_check(compute
     rewrite(path, plant)
     monkeypatch.setenv("RAGFT_UNITS", "committed")
     with pytest.raises(units.UnitError, match=r"rotation check failed:\n  unit [0-9a-f]{16} tiny seed 0 e1: 8/9 agree.*: failed"):
-        rotation.rotation(600, seeds(folders, 1), run_number=0)
+        rotation.rotation(600, 0.01, run_number=0)
 
 
-def test_another_family_may_move_what_a_second_seed_moves():
-    """On another family the rule allows the published seed pair's share of moved questions: 1 of 8
-    moved there, so 1 of 9 here holds (0.111 <= 0.125) and 2 of 9 fails."""
-    unit = units.Unit(Path("x.json"), {"where": {"family": "cpu/GenuineIntel/amx"}, "spec": {"config": {"seed": 0}},
-                                       "key": "0" * 16, "label": "x"})
-    here = {"family": "cpu/AuthenticAMD/avx2"}  # none of its scorings computed on this family: (0, 0) exact
-    r = rotation.Recomputed(unit, 1, 8, 9, False, None, None, 1.0, here, (0, 0))
-    assert rotation.judge(r, 1 / 8)
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 7, 9, False, None, None, 1.0, here, (0, 0)), 1 / 8)
+def test_another_family_may_move_answers_in_no_direction():
+    """On another family ranked answers may move, but not one way. Stop 81's continued update: 19 of 64
+    moved, 13 right to wrong and 6 wrong to right: the exact McNemar p is 2 P(K <= 6), K ~ Bin(19, 1/2),
+    = 2 * 43,796 / 2**19 = 0.167, held at 0.01. Nine moved, all right to wrong: 2 / 2**9 = 0.0039, failed
+    (a trainer that stopped learning moves them so). Nothing moved, or no ranked question: p 1."""
+    stored = (1,) * 51 + (0,) * 13
+    now = (0,) * 13 + (1,) * 38 + (1,) * 6 + (0,) * 7
+    r = recomputed("cpu/GenuineIntel/amx", 45, 64, False, (0, 0), (stored, now))
+    assert rotation.direction_p(r) == pytest.approx(2 * 43796 / 2**19) and rotation.judge(r, 0.01)
+    assert "13 right to wrong, 6 wrong to right (p 0.167): held" in rotation.rotation_line(r, True)
+    one_way = recomputed("cpu/GenuineIntel/amx", 55, 64, False, (0, 0), (stored, (0,) * 9 + stored[9:]))
+    assert rotation.direction_p(one_way) == pytest.approx(2 / 2**9) and not rotation.judge(one_way, 0.01)
+    assert rotation.direction_p(recomputed("cpu/GenuineIntel/amx", 64, 64, False, (0, 0), (stored, stored))) == 1.0
+    assert rotation.judge(recomputed("cpu/GenuineIntel/amx", 3, 9, False, (0, 0)), 0.01)  # texts only: counted
     # on its own family only identical numbers hold, whatever the agreement (every scoring exact)
-    same = {"family": "cpu/GenuineIntel/amx"}
-    assert not rotation.judge(rotation.Recomputed(unit, 1, 9, 9, False, None, None, 1.0, same, (9, 9)), 1 / 8)
-    assert rotation.judge(rotation.Recomputed(unit, 1, 9, 9, True, None, None, 1.0, same, (9, 9)), 1 / 8)
+    assert not rotation.judge(recomputed("cpu/AuthenticAMD/avx2", 9, 9, False, (9, 9)), 0.01)
+    assert rotation.judge(recomputed("cpu/AuthenticAMD/avx2", 9, 9, True, (9, 9)), 0.01)
 
 
 def test_the_rotation_order_reaches_every_unit_in_turn():

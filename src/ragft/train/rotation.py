@@ -4,8 +4,8 @@ files alone (ragft.train.units holds the units themselves).
 The rotation check (the analysis plan's `units.rotation`) recomputes, on this machine, the unit whose
 turn it is (the commit count picks it) up to the first checkpoint it was scored at (its schedule,
 stopped early), then further units while the plan's slice lasts, and judges each scoring: identical on
-the CPU family or GPU that computed it (the unit's, or its twin's: `scored_on`); elsewhere moving at most
-what a second training seed moves. A unit
+the CPU family or GPU that computed it (the unit's, or its twin's: `scored_on`); elsewhere, the ranked
+questions whose answer moved moving in no direction (the exact McNemar test). A unit
 recomputed whole (`recompute`) trains its spec afresh and scores every question set it stores, in
 parallel processes, fp32 without TF32, so that a GPU computes the units a CPU would.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import models, settings
-from ..constants import DATA_DIR, PROJECT_ROOT
+from ..constants import DATA_DIR
 from ..files import git
 from . import trainer
 from .jobs import compute, exact_fp32, in_waves
@@ -46,6 +46,8 @@ class Recomputed:
     seconds: float
     where: dict
     exact: tuple[int, int]  # (agree, n) of the scorings this host's family computed (judged to the bit)
+    # the ranked questions of the scorings another family computed, right (1) or wrong (0): (stored, now)
+    other_right: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
     @property
     def seed(self) -> int:
@@ -105,6 +107,8 @@ def recompute(unit: Unit, epoch: int | None = None) -> Recomputed:
         identical = True
         right_stored: list[int] = []
         right_now: list[int] = []
+        other_stored: list[int] = []
+        other_now: list[int] = []
         for form in ("adapter", "merged"):
             keys = [k for k in unit.doc["scored"] if k.startswith(f"e{epoch}/{form}/")]
             if not keys:
@@ -125,12 +129,15 @@ def recompute(unit: Unit, epoch: int | None = None) -> Recomputed:
                     exact_agree += same
                     exact_n += len(then)
                     identical &= _numbers(stored) == _numbers(out)
+                else:
+                    other_stored += then_right
+                    other_now += now_right
             del lm
     finally:
         shutil.rmtree(result.artifact, ignore_errors=True)
     mean = (lambda xs: sum(xs) / len(xs) if xs else None)
     return Recomputed(unit, epoch, agree, n, identical, mean(right_stored), mean(right_now),
-                      time.perf_counter() - t0, here, (exact_agree, exact_n))
+                      time.perf_counter() - t0, here, (exact_agree, exact_n), (tuple(other_stored), tuple(other_now)))
 
 
 def _numbers(out: dict):
@@ -141,7 +148,7 @@ def _numbers(out: dict):
 
 
 PLAN_FILE = DATA_DIR / "analysis_plan.yaml"
-ROTATION_FIELDS = {"order", "checkpoint", "slice_minutes", "same_family", "other_family", "why"}
+ROTATION_FIELDS = {"order", "checkpoint", "slice_minutes", "same_family", "other_family", "alpha", "why"}
 
 
 def rotation_rule(path: Path = PLAN_FILE) -> dict:
@@ -151,11 +158,14 @@ def rotation_rule(path: Path = PLAN_FILE) -> dict:
     rule = ((yaml.safe_load(Path(path).read_text()) or {}).get("units") or {}).get("rotation")
     if not isinstance(rule, dict) or set(rule) != ROTATION_FIELDS:
         raise UnitError(f"{path}: units.rotation must give {sorted(ROTATION_FIELDS)}")
-    if rule["checkpoint"] != "first" or rule["same_family"] != "identical" or rule["other_family"] != "seed_movement":
+    if rule["checkpoint"] != "first" or rule["same_family"] != "identical" or rule["other_family"] != "no_direction":
         raise UnitError(f"{path}: units.rotation: the engine implements checkpoint: first, same_family: identical and "
-                        "other_family: seed_movement")
-    if not (isinstance(rule["slice_minutes"], (int, float)) and rule["slice_minutes"] > 0):
-        raise UnitError(f"{path}: units.rotation.slice_minutes must be a positive number")
+                        "other_family: no_direction")
+    for field in ("slice_minutes", "alpha"):
+        if not (isinstance(rule[field], (int, float)) and rule[field] > 0):
+            raise UnitError(f"{path}: units.rotation.{field} must be a positive number")
+    if rule["alpha"] >= 1:
+        raise UnitError(f"{path}: units.rotation.alpha must be below 1")
     return rule
 
 
@@ -174,36 +184,39 @@ def commit_count() -> int:
     return int(out.stdout.strip())
 
 
-def seed_movement(results: Path) -> tuple[float, int]:
-    """What a second training seed moves: the share of method-fact questions (held-out and trained
-    phrasings) whose outcome differs between the published LoRA runs of seed 0 and seed 1 (chapter 3's
-    methods), and their count."""
-    doc = json.loads((results / "03_finetune.json").read_text())
-    moved = n = 0
-    for part in ("held-out", "trained paraphrase"):
-        a, b = doc["outcomes"][f"methods lora {part}"], doc["outcomes"][f"methods lora seed 1 {part}"]
-        moved += sum(a[q] != b[q] for q in a)
-        n += len(a)
-    return moved / n, n
+def direction_p(r: Recomputed) -> float:
+    """The exact McNemar p of the ranked questions that moved between the stored scorings another family
+    computed and their recomputation here: right to wrong against wrong to right (1 where none moved)."""
+    from ..stats import mcnemar_exact
+
+    stored, now = r.other_right
+    return mcnemar_exact(stored, now) if stored else 1.0
 
 
-def judge(r: Recomputed, tolerance: float) -> bool:
+def judge(r: Recomputed, alpha: float) -> bool:
     """The plan's rule (units.rotation), scoring by scoring: identical where this host's family computed
-    it (the unit, or its twin: `scored_on`); elsewhere at most `tolerance` of those questions moved
-    (what a second training seed moves)."""
+    it (the unit, or its twin: `scored_on`); elsewhere the ranked questions that moved moved in no
+    direction (`direction_p` at least `alpha`): another rounding, amplified by training, moves answers
+    both ways, as a second seed does; a change of code or data that the key does not see moves them one."""
     exact_agree, exact_n = r.exact
-    moved, other_n = (r.n - exact_n) - (r.agree - exact_agree), r.n - exact_n
     exact_held = exact_n == 0 or (r.identical and exact_agree == exact_n)
-    return exact_held and moved / max(1, other_n) <= tolerance
+    return exact_held and direction_p(r) >= alpha
 
 
 def rotation_line(r: Recomputed, held: bool) -> str:
     acc = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    stored, now = r.other_right
+    other = ""
+    if stored:  # the other family's ranked questions: how many moved each way, and the test's p
+        lost = sum(a > b for a, b in zip(stored, now))
+        gained = sum(a < b for a, b in zip(stored, now))
+        other = (f", another family's ranked answers {lost} right to wrong, {gained} wrong to right "
+                 f"(p {direction_p(r):.3g})")
     return (f"unit {r.unit.key} {r.unit.label} seed {r.seed} e{r.epoch}: {r.agree}/{r.n} agree, accuracy "
-            f"{acc(r.acc_now)} vs {acc(r.acc_stored)}: {'held' if held else 'failed'}")
+            f"{acc(r.acc_now)} vs {acc(r.acc_stored)}{other}: {'held' if held else 'failed'}")
 
 
-def rotation(slice_s: float, results: Path, run_number: int | None = None, folder: Path | None = None) -> list[str]:
+def rotation(slice_s: float, alpha: float, run_number: int | None = None, folder: Path | None = None) -> list[str]:
     """The rotation check (the plan's units.rotation): the unit at the run's place in the rotation
     (rotation_order) is recomputed here up to its first scored checkpoint and judged (judge), then the
     units after it whose prefix fits what is left of `slice_s` (as long as it took where it was
@@ -214,14 +227,13 @@ def rotation(slice_s: float, results: Path, run_number: int | None = None, folde
     if not found:
         raise UnitError("no committed unit with outcomes to check")
     order = rotation_order(found, commit_count() if run_number is None else run_number)
-    tolerance, _ = seed_movement(results)
     lines, failed, spent = [], [], 0.0
     for unit in order:
         if lines and prefix_cost_s(unit, first_checkpoint(unit)) > slice_s - spent:
             continue  # the unit whose turn it is goes whatever its cost; the others while the slice lasts
         r = recompute(unit)
         spent += r.seconds
-        held = judge(r, tolerance)
+        held = judge(r, alpha)
         lines.append(rotation_line(r, held))
         print(lines[-1], flush=True)
         if not held:
@@ -288,8 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("verify", help="verify every committed unit (hash, key, base weights, finite numbers, format)")
     rot = sub.add_parser("check", help="the rotation check: recompute this run's units of the rotation and judge them")
-    rot.add_argument("--results", type=Path, default=PROJECT_ROOT / "experiments" / "results" / "cpu",
-                     help="the published results whose seeds say what a second seed moves")
     rot.add_argument("--run-number", type=int, help="the run's place in the rotation (default: the commit count)")
     redo = sub.add_parser("recompute", help="compute committed units again from their files alone (spec and question "
                                             "sets), every checkpoint, in parallel processes; store them")
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         slice_s = rule["slice_minutes"] * 60 * speed.factor
         print(f"[ragft.rotation] {rule['slice_minutes']} minutes on the faster CPU kind, {slice_s:.0f} s on this "
               f"host ({speed.describe()}); family {family()}", flush=True)
-        rotation(slice_s, args.results, args.run_number)
+        rotation(slice_s, rule["alpha"], args.run_number)
         return 0
     if args.command == "recompute":
         return recompute_files(args.files, args.jobs)

@@ -214,8 +214,8 @@ def scored_elsewhere(doc: dict, device: str | None = None) -> str | None:
     are not kept: a new scoring loads them trained again from its spec, which reproduces them to the bit
     on the family that trained them alone; on another family they are a twin (the same spec, seed and
     records, other rounding), and the scoring is stored with that family beside it (`scored_on`), so the
-    rotation check judges it by the family that computed it: identical there, within what a second
-    training seed moves elsewhere (the unit's own family included)."""
+    rotation check judges it by the family that computed it: identical there; elsewhere (the unit's own
+    family included) its ranked answers may move, in no direction."""
     here = family(device)
     return here if here != doc["where"]["family"] else None
 
