@@ -4,8 +4,8 @@ files alone (ragft.train.units holds the units themselves).
 The rotation check (the analysis plan's `units.rotation`) recomputes, on this machine, the unit whose
 turn it is (the commit count picks it) up to the first checkpoint it was scored at (its schedule,
 stopped early), then further units while the plan's slice lasts, and judges each scoring: identical on
-the CPU family or GPU that computed it (the unit's, or its twin's: `scored_on`); elsewhere, the ranked
-questions whose answer moved moving in no direction (the exact McNemar test). A unit
+the CPU family or GPU that computed it (the unit's, or its twin's: `scored_on`); elsewhere, its ranked
+answers moving in no direction (the exact McNemar test). A unit
 recomputed whole (`recompute`) trains its spec afresh and scores every question set it stores, in
 parallel processes, fp32 without TF32, so that a GPU computes the units a CPU would.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from .. import models, settings
 from ..constants import DATA_DIR
 from ..files import git
+from ..stats import mcnemar_exact
 from . import trainer
 from .jobs import compute, exact_fp32, in_waves
 from .units import (FORMAT, Unit, UnitError, _call_inputs, _find, _op_function, _plain, check_committed,
@@ -187,8 +188,6 @@ def commit_count() -> int:
 def direction_p(r: Recomputed) -> float:
     """The exact McNemar p of the ranked questions that moved between the stored scorings another family
     computed and their recomputation here: right to wrong against wrong to right (1 where none moved)."""
-    from ..stats import mcnemar_exact
-
     stored, now = r.other_right
     return mcnemar_exact(stored, now) if stored else 1.0
 
