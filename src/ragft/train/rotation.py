@@ -47,8 +47,9 @@ class Recomputed:
     seconds: float
     where: dict
     exact: tuple[int, int]  # (agree, n) of the scorings this host's family computed (judged to the bit)
-    # the ranked questions of the scorings another family computed, right (1) or wrong (0): (stored, now)
-    other_right: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    # the ranked questions of the scorings another family computed, right (1) or wrong (0): (stored, now);
+    # required, as `exact` is, so that no constructor leaves the direction test silently empty
+    other_right: tuple[tuple[int, ...], tuple[int, ...]]
 
     @property
     def seed(self) -> int:
