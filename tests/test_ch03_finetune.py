@@ -177,7 +177,7 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     rules = m.metric_rules
     assert set(rules) == set(m.metrics)
     n = ch.params.n_facts
-    assert rules["dsf_heldout_contains"] == {"kind": "rate", "n": n}
+    assert rules["dsf_heldout_ranked"] == {"kind": "rate", "n": n}
     assert rules["lora_quality"] == {"kind": "mean", "n": ch.params.n_method_facts}
     assert m["knowledge_chance"] == 0.25 and rules["knowledge_chance"] == {"kind": "exact"}
     for key in ("base_closed", "dsf_heldout", "dsf_train", "rag", "dsf_plus_rag", "gold_document"):
@@ -206,7 +206,7 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert rules["json_valid_constrained"] == {"kind": "rate", "n": ch.params.n_structured_test}
     assert rules["fields_correct_constrained"]["kind"] == "mean"
     # RAG's rows are found by their labels, whatever their order in the table
-    assert (m["rag_contains_same_questions"], m["dsf_plus_rag_contains"], m["gold_document_contains"]) == (0.5, 1.0, 0.75)
+    assert (m["rag_same_questions_ranked"], m["dsf_plus_rag_ranked"], m["gold_document_ranked"]) == (0.5, 1.0, 0.75)
     # the JSON fine-tune is the development products' choice: the largest size has the most fields right there
     assert m["json_lora_best_size"] == max(ch.params.structured_sizes) and m["json_lora_best_epochs"] == 1
     assert m["json_dev_n"] == ch.params.n_structured_dev and rules["json_lora_best_epochs"] == {"kind": "choice"}

@@ -280,7 +280,7 @@ def test_rag_results_are_sane(notebook_run):
     assert m["prompt_tokens_top3"] > m["prompt_tokens_top1"]
 
 
-HEADLINE_03 = ["dsf_heldout_contains", "dsf_train_contains", "dsf_plus_rag_contains", "rag_contains_same_questions",
+HEADLINE_03 = ["dsf_heldout_ranked", "dsf_train_ranked", "dsf_plus_rag_ranked", "rag_same_questions_ranked",
                "json_valid_zero_shot", "json_valid_lora_best", "schema_adherence_lora_best", "lora_trainable_share",
                "lora_step_s", "full_step_s", "qlora_step_s", "lora_peak_mb", "full_peak_mb", "qlora_peak_mb",
                "lora_quality_ratio_vs_full", "forgetting_delta_lora", "forgetting_delta_full", "lora_mfu"]

@@ -1506,13 +1506,13 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
 
     count, curve = ch.best_count, f.curve.table.set_index("exposures")
     chosen = curve.loc[f.chosen.exposures]
-    put("base_closed_contains", f.knowledge.held_out(CLOSED_ROW), "rate", n=n)
-    put("dsf_heldout_contains", chosen.heldout_acc, "rate", n=n)
-    put("dsf_train_contains", chosen.trained_acc, "rate", n=n)
-    put("rag_contains_same_questions", f.knowledge.held_out(RAG_ROW.format(k=p.rag_top_k)), "rate", n=n)
-    put("dsf_plus_rag_contains", f.knowledge.held_out(DSF_RAG_ROW), "rate", n=n)
+    put("base_closed_ranked", f.knowledge.held_out(CLOSED_ROW), "rate", n=n)
+    put("dsf_heldout_ranked", chosen.heldout_acc, "rate", n=n)
+    put("dsf_train_ranked", chosen.trained_acc, "rate", n=n)
+    put("rag_same_questions_ranked", f.knowledge.held_out(RAG_ROW.format(k=p.rag_top_k)), "rate", n=n)
+    put("dsf_plus_rag_ranked", f.knowledge.held_out(DSF_RAG_ROW), "rate", n=n)
     put("rag_recall", f.knowledge.rag_recall, "rate", n=n)
-    put("gold_document_contains", f.knowledge.held_out(GOLD_ROW), "rate", n=n)
+    put("gold_document_ranked", f.knowledge.held_out(GOLD_ROW), "rate", n=n)
     put("n_facts", n, "exact")
     # the curve and the checkpoint that stands for the fine-tune (chosen on the development facts)
     put("dsf_chosen_exposures", f.chosen.exposures, "choice")
@@ -1527,11 +1527,11 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
         put("known_n", len(ch.known), "exact")
         put("dsf_known_acc", chosen.known_acc, "rate", n=len(ch.known))
     for exposures, row in curve.iterrows():
-        put(f"dsf_e{exposures}_heldout_contains", row.heldout_acc, "rate", n=n)
-        put(f"dsf_e{exposures}_train_contains", row.trained_acc, "rate", n=n)
+        put(f"dsf_e{exposures}_heldout_ranked", row.heldout_acc, "rate", n=n)
+        put(f"dsf_e{exposures}_train_ranked", row.trained_acc, "rate", n=n)
     for count_, row in f.variety.table.iterrows():
-        put(f"dsf_p{count_}_heldout_contains", row.held_out, "rate", n=n)
-        put(f"dsf_p{count_}_train_contains", row.trained_paraphrase, "rate", n=n)
+        put(f"dsf_p{count_}_heldout_ranked", row.held_out, "rate", n=n)
+        put(f"dsf_p{count_}_train_ranked", row.trained_paraphrase, "rate", n=n)
     put("k5_exposures", p.k5_exposures, "exact")
     if f.study is None:
         put("n_training_seeds", len(f.methods.seeds), "exact")
@@ -1574,11 +1574,11 @@ def headline_metrics(ch: Chapter, f: Findings) -> Measured:
             put(f"inject_{arm}_fitness_reached", int(checkpoint.reached), "choice")
         for row in inj.table.itertuples():
             key = f"inject_{next(k for k, v in READER_ARMS.items() if v == row.arm)}_e{row.exposures}"
-            put(f"{key}_heldout_contains", row.heldout_acc, "rate", n=n)
+            put(f"{key}_heldout_ranked", row.heldout_acc, "rate", n=n)
             put(f"{key}_stored", row.trained_acc, "rate", n=n)
             put(f"{key}_generated_contains", row.heldout_generated, "rate", n=n)
         put("injection_fitness_reached", int(inj.chosen[inj.reader].reached), "choice")
-        put("reader_heldout_contains", share(outcomes[f"{READER} held-out"]), "rate", n=n)
+        put("reader_heldout_ranked", share(outcomes[f"{READER} held-out"]), "rate", n=n)
 
     n_json = shared_n(b)
     tuned = b[b.index.str.startswith("LoRA")]
