@@ -352,6 +352,25 @@ def test_raft_fitness_needs_the_quote_and_the_marker_and_a_better_reader(quote, 
     assert ch04.RaftFitness(24, min(quote, marker), acc, base_acc, quote, marker).met is met
 
 
+def test_the_development_table_has_a_row_for_each_raft_and_seed_it_trained():
+    p = params()
+    ch, found = measured_chapter(p)
+    fit = lambda quote: ch04.RaftFitness(24, quote, 0.6, 0.5, quote, 1.0)  # noqa: E731
+    trained = lambda n: {"examples": n, "train_tokens": 10 * n}  # noqa: E731
+    # the pilot: the one RAFT, its fitness and training as the main table holds them
+    main = dataclasses.replace(found.main, raft=SimpleNamespace(metrics=trained(2)), fitness=fit(0.75))
+    (row,) = ch04.development_table(ch, main).to_dict("records")
+    assert (row["reader"], row["seed"], row["n_train"], row["train_tokens"], row["met"]) == ("RAFT + RAG", p.seed, 2, 20, 1)
+    # a seeded draw: each RAFT at each seed, the reader's on its own questions; a seed whose replies quote
+    # on 16 of 24 (0.67, under the plan's 70 %) misses the bar alone
+    main = dataclasses.replace(main, seed_fitness={"raft_rag": [fit(0.75), fit(16 / 24)], "reader_raft_rag": [fit(0.75)] * 2},
+                               seed_training={"raft_rag": [trained(2)] * 2, "reader_raft_rag": [trained(5)] * 2})
+    rows = ch04.development_table(ch, main)
+    assert rows[["reader", "seed", "n_train", "met"]].values.tolist() == [
+        ["RAFT + RAG", p.seed, 2, 1], ["RAFT + RAG", p.seed + 1, 2, 0],
+        ["RAFT from documents + RAG", p.seed, 5, 1], ["RAFT from documents + RAG", p.seed + 1, 5, 1]]
+
+
 def test_development_questions_never_share_a_fact_with_training():
     """Three facts besides the test ones: two train, so two development questions would take one of
     them; refused before any model reads."""

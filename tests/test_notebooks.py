@@ -336,9 +336,12 @@ def test_raft_results_are_sane(notebook_run):
     # documents in the prompt cost tokens; RAFT's training data was written for reuse
     assert m["raft_rag_prompt_tokens"] > m["base_closed_prompt_tokens"]
     assert (notebook_run["dir"] / "raft" / "kb_train.jsonl").stat().st_size > 0
-    # the development row of the RAFT configuration trained (issue 48), its fitness as the metric says
-    (dev,) = doc["tables"]["raft_dev"]
-    assert dev["n_train"] == m["raft_n_train"] and dev["met"] == m["raft_dev_fitness"] and dev["train_tokens"] > 0
+    # the development rows of the RAFT configuration trained (issue 48), a row for each RAFT and seed: the
+    # gold RAFT's fitness is every seed's, as the metric says
+    dev = doc["tables"]["raft_dev"]
+    gold = [r for r in dev if r["reader"] == "RAFT + RAG"]
+    assert gold and all(r["n_train"] == m["raft_n_train"] for r in gold) and all(r["train_tokens"] > 0 for r in dev)
+    assert int(all(r["met"] for r in gold)) == m["raft_dev_fitness"]
 
 
 @pytest.mark.notebooks

@@ -272,13 +272,21 @@ def raft_fitness(ch: Chapter, raft_lm) -> RaftFitness:
 
 
 def development_table(ch: Chapter, main: "MainTable") -> pd.DataFrame:
-    """The RAFT configurations tried in this run with their fitness on the development questions (the
-    plan's `raft` rule): the one the plan's choices name, trained once (its CoT reader)."""
-    p, fit, m = ch.params, main.fitness, main.raft.metrics
-    return pd.DataFrame([{"n_train": len(ch.train_sources), "epochs": p.epochs, "batch": p.train_batch_size,
-                          "rank": p.lora_rank, "lr": p.lora_lr, "p_oracle": p.p_oracle, "distractors": p.n_distractors,
-                          "train_tokens": m["train_tokens"], "n_dev": fit.n, "quote_marker": fit.quote_marker,
-                          "acc": fit.acc, "base_acc": fit.base_acc, "met": int(fit.met)}])
+    """The RAFT configurations trained in this run with their fitness on the development questions (the
+    plan's `raft` rule): one row per RAFT and training seed on a seeded draw (the rule holds each seed),
+    else the one RAFT the plan's choices name; with the training tokens each cost."""
+    p = ch.params
+    fits = main.seed_fitness or {"raft_rag": [main.fitness]}
+    trained = main.seed_training or {"raft_rag": [main.raft.metrics]}
+    rows = []
+    for key, seeds in fits.items():
+        for s, (fit_, m) in enumerate(zip(seeds, trained[key])):
+            rows.append({"reader": MAIN[key], "seed": p.seed + s, "n_train": m["examples"],
+                         "epochs": p.epochs, "batch": p.train_batch_size, "rank": p.lora_rank, "lr": p.lora_lr,
+                         "p_oracle": p.p_oracle, "distractors": p.n_distractors, "train_tokens": m["train_tokens"],
+                         "n_dev": fit_.n, "quote": fit_.quote, "marker": fit_.marker, "quote_marker": fit_.quote_marker,
+                         "acc": fit_.acc, "base_acc": fit_.base_acc, "met": int(fit_.met)})
+    return pd.DataFrame(rows)
 
 
 def example_record(ch: Chapter) -> pd.DataFrame:
@@ -431,6 +439,7 @@ class MainTable:
     labels: dict = field(default_factory=dict)  # MAIN key -> its row's label in `table`, in run order
     measured: Measured = field(default_factory=Measured)  # every reader's outcomes; RAFT's adapter, handed over
     seed_fitness: dict = field(default_factory=dict)  # a seeded draw's: MAIN key of a RAFT -> its fitness per seed
+    seed_training: dict = field(default_factory=dict)  # and its training metrics per seed (examples, tokens)
 
     def row(self, key: str) -> pd.Series:
         """A reader's row, found by its MAIN key (its label carries the run's top-k)."""
@@ -545,7 +554,8 @@ def seeded_main_table(ch: Chapter, readers: dict) -> MainTable:
             del nocot
         release_memory()
     return MainTable(pd.DataFrame(rows).set_index("condition"), dsf_source, readers["raft_rag"][0], fitness["raft_rag"][0],
-                     scored, gens, labels, measured, seed_fitness=fitness)
+                     scored, gens, labels, measured, seed_fitness=fitness,
+                     seed_training={key: [r.metrics for r in found] for key, found in readers.items()})
 
 
 TABLE_COLUMNS = ["n", "acc", "acc_lo", "acc_hi", "chance", "refusal_auroc", "refusal_recall", "contains", "em", "f1",
@@ -1205,8 +1215,13 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     glue("size_ratio", raft.PAPER_MODEL_PARAMS / ch.lm.n_params())
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", f.main.dsf_source)
-    glue("raft_fit_bar", RAFT_FIT_QUOTES)
-    glue("raft_fitness_label", "met" if f.main.fitness.met else "not met")
+    rule = the_plan().fitness["raft"]
+    glue("raft_fit_quote", rule.get("quote_min", RAFT_FIT_QUOTES))
+    glue("raft_fit_marker", rule.get("marker_min", RAFT_FIT_QUOTES))
+    fits = f.main.seed_fitness or {"raft_rag": [f.main.fitness]}
+    for key, label in (("raft_rag", "raft_fitness_label"), ("reader_raft_rag", "reader_raft_fitness_label")):
+        seeds = fits.get(key) or []
+        glue(label, f"{sum(x.met for x in seeds)} of {len(seeds)}" if seeds else "not trained")
     glue("facts_source", ch.facts_source)
 
 
