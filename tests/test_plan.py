@@ -245,14 +245,13 @@ def test_a_chapters_comparisons_fill_the_plans_placeholders_from_the_runs_choice
 def test_a_chapters_own_reason_names_an_arm_its_parameters_leave_out():
     """plan.judge_chapter(unmeasured=...): the chapter's reason stands for a comparison its parameters
     leave without an arm, before any placeholder is filled (no k to give), behind the profile's
-    (K1-rag-vs-reader runs in smoke and gpu only); an id the plan does not give the chapter fails."""
+    (F4-cot runs in smoke and gpu only); an id the plan does not give the chapter fails."""
     from ragft.plan import judge_chapter, the_plan
 
     out = judge_chapter("01_prompting", {}, {"tokens": 2500}, unmeasured={"prompting-few-shot": "few_shot_ks has no k > 0"})
     assert out["prompting-few-shot"] == "few_shot_ks has no k > 0"
-    out = judge_chapter("03_finetune", {}, {"count": 3, "fewer": 1, "exposures": 3, "examples": 10, "more": 50},
-                        profile="cpu", unmeasured={"K1-rag-vs-reader": "no arm"})
-    assert out["K1-rag-vs-reader"] == the_plan().elsewhere("K1-rag-vs-reader")
+    out = judge_chapter("04_raft", {}, {}, profile="cpu", unmeasured={"F4-cot": "no arm"})
+    assert out["F4-cot"] == the_plan().elsewhere("F4-cot")
     with pytest.raises(KeyError, match="K3-rag-vs-ft"):
         judge_chapter("01_prompting", {}, {"k": 3, "tokens": 2500}, unmeasured={"K3-rag-vs-ft": "elsewhere"})
 
@@ -277,8 +276,11 @@ def test_an_arm_given_what_no_reader_has_is_named_an_upper_bound(tmp_path):
     assert p.upper_bound("K6-ladder", short=True) == "DSF + RAG and DSF closed: gold questions"
     assert p.upper_bound("U1-rag-vs-dsf", short=True) == "DSF, v2: changed: gold questions"
     assert p.upper_bound("K1-gold-document", short=True) == "gold document: gold document"
-    # what a reader can build is no upper bound: RAG, the fine-tune on the documents alone, RAFT on other facts
-    for cid in ("K1-rag-vs-reader", "R2-top-k", "F3-raft-vs-base-rag", "Y-rag-vs-dsf"):
+    # RAFT trained on gold question-answer pairs (about other facts) is one too: a reader has documents
+    assert "gold question-answer pairs" in p.upper_bound("F3-raft-vs-base-rag")
+    # what a reader can build is no upper bound: RAG, the fine-tune on the documents alone, RAFT on the
+    # questions a rule writes from the documents, the reader's own case
+    for cid in ("K1-rag-vs-reader", "R2-top-k", "F3-reader-raft-vs-base-rag", "Y-rag-vs-dsf"):
         assert p.upper_bound(cid) is None, cid
     raw = yaml.safe_load(plan.PLAN_FILE.read_text())
     raw["upper_bounds"]["broken"] = {"arms": "^DSF"}  # a string, and no `given`
