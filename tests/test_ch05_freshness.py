@@ -11,6 +11,7 @@ from ragft import config, rag
 from ragft.corpus import build_kb
 from ragft.corpus.kb import KnowledgeBase
 from ragft.experiments import ch05_freshness as ch05
+from ragft.experiments.common import record_seeds
 from ragft.results import Measured, judged_of, state_comparisons
 from test_store import HashEmbedding
 
@@ -79,16 +80,17 @@ def test_the_chapters_comparisons_come_from_the_plan_with_their_labels():
     labels for another set of comparisons are refused by name. Two questions: the fine-tune right on
     both, RAG on one; U2-seconds compares seconds, so its difference reads as a number, not points."""
     ch = SimpleNamespace(params=config.resolve("05_freshness", "smoke"))
-    outcomes = {ch05.outcome(ch05.BASE_RAG, "v2", "changed"): {"a": 1, "b": 0},
-                ch05.outcome(ch05.DSF, "v2", "changed"): {"a": 1, "b": 1},
-                ch05.U2_TRAIN: {"a": 2.0, "b": 3.0}, ch05.U2_INDEX: {"a": 0.5, "b": 0.4}}
-    out = ch05.comparisons(ch, findings(outcomes))
+    measured = Measured(outcomes={ch05.outcome(ch05.BASE_RAG, "v2", "changed"): {"a": 1, "b": 0},
+                                  ch05.U2_TRAIN: {"a": 2.0, "b": 3.0}, ch05.U2_INDEX: {"a": 0.5, "b": 0.4}})
+    # the fine-tune is a seeded arm (the plan's seeds): each seed's outcomes and their mean, which U1 tests
+    record_seeds(measured, ch05.outcome(ch05.DSF, "v2", "changed"), [{"a": 1, "b": 1}] * 3)
+    out = ch05.comparisons(ch, findings(measured.outcomes))
     u1 = out["U1-rag-vs-dsf"]
     assert (u1.comparison.mean_a, u1.comparison.mean_b, u1.a_label, u1.pct) == (0.5, 1.0, "RAG on the updated index", True)
     assert out["U2-seconds"].comparison is not None and out["U2-seconds"].pct is False
     assert [c.claim for c in judged_of(out)] == ["U1-rag-vs-dsf", "U2-seconds"]
     with pytest.raises(ValueError, match="U1-retrain"):
-        state_comparisons(ch05.CHAPTER, outcomes, {k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"},
+        state_comparisons(ch05.CHAPTER, measured.outcomes, {k: v for k, v in ch05.LABELS.items() if k != "U1-retrain"},
                           profile="smoke")
 
 
