@@ -14,7 +14,7 @@ from conftest import ROOT
 from ragft import config, plots, raft, settings
 from ragft.experiments import ch04_raft as ch04
 from ragft.experiments import common
-from ragft.experiments.common import split_outcomes
+from ragft.experiments.common import record_seeds, split_outcomes
 from ragft.generation import Generation
 from ragft.results import Clock, Measured, judged_of
 from ragft.scoring import Ranking
@@ -116,7 +116,9 @@ def test_marker_rate_counts_replies_that_reach_the_answer():
 def test_chapter3_facts_follow_its_list_else_its_draw(run_dir, kb):
     p3 = config.resolve("03_finetune", "smoke")
     drawn, where = common.chapter3_facts(kb, p3)
-    assert [q.qid for q in drawn] == [q.qid for q in kb.sample("single", p3.n_facts, p3.seed)] and "drawn" in where
+    # chapter 3's own draw (d2: every fact of test_documents whole documents), not a sample of its own
+    assert [q.qid for q in drawn] == [q.qid for q in common.drawn_facts(kb, p3)[0]] and "drawn" in where
+    assert [q.qid for q in drawn] != [q.qid for q in kb.sample("single", len(drawn), p3.seed)]
     chosen = [q.qid for q in kb.by_kind("single")[5:12]]  # any size, in chapter 3's order
     (run_dir / "results" / "03_finetune.json").write_text(json.dumps(
         {"params": {"model": p3.model, "kb_seed": p3.kb_seed}, "tables": {"dsf_facts": chosen}}))
@@ -215,7 +217,10 @@ def measured_chapter(p):
     curves = ch04.Curves(curve, curve * 0.5, {(r, k): 50.0 * k for r in curve for k in p.top_ks})
     ones, zeros = {f"f{i}": 1.0 for i in range(4)}, {f"f{i}": float(i % 2) for i in range(4)}
     for name in names + [ch04.p_outcome(x) for x in p.p_values] + [ch04.d_outcome(d) for d in p.distractor_counts]:
-        rec.record(name, ones if "RAFT" in name else zeros)
+        if name in names and ("RAFT" in name or "DSF" in name):  # the main table's trained readers are seeded
+            record_seeds(rec, name, [ones if "RAFT" in name else zeros] * 3)  # arms: each seed's and their mean
+        else:
+            rec.record(name, ones if "RAFT" in name else zeros)
     for r in curve:
         for k in p.top_ks:
             rec.record(ch04.topk_outcome(r, k), ones if r == ch.raft_reader else zeros)
@@ -254,9 +259,12 @@ def test_comparisons_carry_the_claim_ids_and_say_what_was_not_measured():
     out = ch04.comparisons(ch, found)
     stated = {k: s.comparison.claim for k, s in out.items() if s.comparison is not None}
     assert set(stated) == {"F3-raft-vs-base-rag", "F3-raft-vs-dsf-rag", "F4-cot", "F5-distractors", "F5-topk-robust",
-                           "F6-fewer-chunks", "K6-ladder", "K3-rag-vs-ft"} and all(k == v for k, v in stated.items())
+                           "F6-fewer-chunks", "K6-ladder", "K3-rag-vs-ft", "K6-ladder-reader", "K3-rag-vs-reader"}
+    assert all(k == v for k, v in stated.items())
     assert {c.claim for c in judged_of(out)} == set(stated.values())  # what save keeps on the results file
-    assert {k for k, s in out.items() if s.comparison is None} == {"F2-best-p", "F3-hotpotqa", "F3-pubmedqa"}
+    # this fake trains no reader's RAFT (its fitness is not among the main table's)
+    assert {k for k, s in out.items() if s.comparison is None} == {"F2-best-p", "F3-hotpotqa", "F3-pubmedqa",
+                                                                  "F3-reader-raft-vs-base-rag", "F3-reader-raft-vs-reader-rag"}
     assert "no P = 1" in out["F2-best-p"].missing and out["F2-best-p"].key == "f2_best_p"
     assert all(s.comparison.expect == "greater" for s in out.values() if s.comparison is not None)
     f6 = out["F6-fewer-chunks"].comparison  # RAFT at the fewest chunks against the base at its best top-k
