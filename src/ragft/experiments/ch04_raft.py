@@ -206,10 +206,6 @@ def setup(params) -> Chapter:
     return ch
 
 
-# The plan's `raft` fitness rule: on the development questions, the share of replies that quote only
-# oracle text and reach the answer marker, and a gold ranked first more often than the base reader's
-RAFT_FIT_QUOTES = 0.9
-
 
 @dataclass
 class DevQuestions:
@@ -249,12 +245,10 @@ class RaftFitness:
 
     @property
     def met(self) -> bool:
-        """The plan's `raft` rule: its own quote and marker bars where it states them (draw d2), else
-        quote-and-marker at RAFT_FIT_QUOTES; and more gold values ranked first than the base reader."""
+        """The plan's `raft` rule: replies that quote an oracle and replies that reach the marker, each at
+        its bar, and more gold values ranked first than the base reader."""
         rule = the_plan().fitness["raft"]
-        if "quote_min" in rule:
-            return self.quote >= rule["quote_min"] and self.marker >= rule["marker_min"] and self.acc > self.base_acc
-        return self.quote_marker >= RAFT_FIT_QUOTES and self.acc > self.base_acc
+        return self.quote >= rule["quote_min"] and self.marker >= rule["marker_min"] and self.acc > self.base_acc
 
 
 def raft_fitness(ch: Chapter, raft_lm) -> RaftFitness:
@@ -276,7 +270,7 @@ def development_table(ch: Chapter, main: "MainTable") -> pd.DataFrame:
     plan's `raft` rule): one row per RAFT and training seed on a seeded draw (the rule holds each seed),
     else the one RAFT the plan's choices name; with the training tokens each cost."""
     p = ch.params
-    fits = main.seed_fitness or {"raft_rag": [main.fitness]}
+    fits = main.fitness_per_seed
     trained = main.seed_training or {"raft_rag": [main.raft.metrics]}
     rows = []
     for key, seeds in fits.items():
@@ -440,6 +434,11 @@ class MainTable:
     measured: Measured = field(default_factory=Measured)  # every reader's outcomes; RAFT's adapter, handed over
     seed_fitness: dict = field(default_factory=dict)  # a seeded draw's: MAIN key of a RAFT -> its fitness per seed
     seed_training: dict = field(default_factory=dict)  # and its training metrics per seed (examples, tokens)
+
+    @property
+    def fitness_per_seed(self) -> dict:
+        """Each RAFT's fitness per training seed: a seeded draw's, else the one RAFT's."""
+        return self.seed_fitness or {"raft_rag": [self.fitness]}
 
     def row(self, key: str) -> pd.Series:
         """A reader's row, found by its MAIN key (its label carries the run's top-k)."""
@@ -1216,9 +1215,9 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     glue("max_false_refusals", f"{MAX_FALSE_REFUSALS:.0%}")
     glue("dsf_source", f.main.dsf_source)
     rule = the_plan().fitness["raft"]
-    glue("raft_fit_quote", rule.get("quote_min", RAFT_FIT_QUOTES))
-    glue("raft_fit_marker", rule.get("marker_min", RAFT_FIT_QUOTES))
-    fits = f.main.seed_fitness or {"raft_rag": [f.main.fitness]}
+    glue("raft_fit_quote", rule["quote_min"])
+    glue("raft_fit_marker", rule["marker_min"])
+    fits = f.main.fitness_per_seed
     for key, label in (("raft_rag", "raft_fitness_label"), ("reader_raft_rag", "reader_raft_fitness_label")):
         seeds = fits.get(key) or []
         glue(label, f"{sum(x.met for x in seeds)} of {len(seeds)}" if seeds else "not trained")
