@@ -184,6 +184,9 @@ def test_the_published_family_is_adjusted_and_judged_by_this_plan():
         assert verdict[cid]["verdict"] == c["verdict"], cid
         if c.get("p_adjusted") is not None:
             assert verdict[cid]["p_adjusted"] == pytest.approx(c["p_adjusted"]), cid
+    # an arm given what no reader has carries the plan's caveat beside its comparison; a base-model arm none
+    assert now["K1-rag-vs-dsf"]["upper_bound"].startswith("DSF p{count} held-out: fine-tuned on gold question-answer pairs")
+    assert "upper_bound" not in now["R1-small-chunks"]
 
 
 def test_claims_and_plan_agree(tmp_path):

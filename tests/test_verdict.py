@@ -180,6 +180,21 @@ def test_the_front_pages_claims_are_one_line_each_with_numbered_notes():
     assert second.startswith("**2. K8**, K8-stale: ") and second.endswith("Fragile (training seed): K8-stale: seed 1 supported.")
 
 
+def test_a_row_shows_each_training_seeds_verdict_whether_they_agree_or_not():
+    """The plan's `seeds.per_seed`: every seeded part's verdict on each seed alone beside the row; the
+    fragile mark only where they disagree."""
+    def seeds(*verdicts):
+        return [{"seed": k, "verdict": v} for k, v in enumerate(verdicts, 1)]
+
+    row = claim_row(CLAIM, {"K1-a": cmp("K1-a", S, seeds=seeds(S, S, S), fragile=False),
+                            "K1-b": cmp("K1-b", S, seeds=seeds(S, I, S), fragile=True)})
+    assert row.seeds == ("K1-a: seed 1 supported, seed 2 supported, seed 3 supported; "
+                         "K1-b: seed 1 supported, seed 2 not decided at this n, seed 3 supported")
+    assert row.fragile == "fragile (training seed): K1-b: seed 1 supported, seed 2 not decided at this n, seed 3 supported"
+    row = claim_row(CLAIM, {"K1-a": cmp("K1-a", S)})  # no seeded arm: nothing to show
+    assert (row.seeds, row.fragile) == (None, None)
+
+
 def test_the_title_answer_reads_the_reader_arm_against_rag_from_chapters_3_and_7():
     from ragft.verdict import title_answer
 
@@ -187,22 +202,28 @@ def test_the_title_answer_reads_the_reader_arm_against_rag_from_chapters_3_and_7
         return {"claim": key, "mean_a": mean_a, "mean_b": mean_b, "diff": mean_a - mean_b, "ci_low": -0.04,
                 "ci_high": 0.08, "verdict": verdict, "role": "primary", **extra}
 
-    verdict_doc = {"comparisons": [c("K1-rag-vs-reader", 0.875, 0.855, I), c("K1-reader-equivalent", 0.875, 0.855, S),
+    verdict_doc = {"comparisons": [c("K1-rag-vs-reader", 0.875, 0.855, I, fragile=True), c("K1-reader-equivalent", 0.875, 0.855, S),
                                    c("K1-rag-vs-dsf", 0.875, 0.95, C, fragile=True), c("K6-reader-plus-rag", 0.9, 0.855, I)]}
     curve = [{"arm": "gold questions (upper bound)", "chosen": True, "seconds": 9.0, "train_tokens": 10},
              {"arm": "questions generated from the documents", "chosen": True, "seconds": 1000.0, "train_tokens": 100_000},
              {"arm": "questions generated from the documents", "chosen": True, "seconds": 1100.0, "train_tokens": 100_000},
              {"arm": "questions generated from the documents", "chosen": False, "seconds": 99.0, "train_tokens": 1}]
-    finetune = {"metrics": {"n_facts": 104, "reader_seed_spread": 0.0385},
+    finetune = {"metrics": {"n_facts": 104, "reader_seed_spread": 0.0385}, "params": {"n_training_seeds": 3},
                 "tables": {"reader_arm": "generated", "knowledge_curve": curve}}
     answer = title_answer(finetune, verdict_doc)
     # RAG 0.875 against the reader's 0.855: +2 points, interval [-4, +8]; the faster chosen seed's 1,000 s
     assert (answer.reader, answer.rag, answer.difference) == ("86%", "88%", "+2 points [-4, +8]")
-    assert (answer.reader_arm, answer.verdict, answer.equivalence) == ("questions generated from the documents", I, S)
+    # the verdict whose seeds disagree says so; the seeds and the margin are the run's and the plan's, not typed
+    assert (answer.reader_arm, answer.verdict, answer.equivalence) == (
+        "questions generated from the documents", f"{I}; fragile (training seed)", S)
+    assert (answer.n_seeds, answer.margin) == ("3", "10 points")
     assert (answer.gold, answer.reader_rag, answer.spread) == ("95%", "90%", "4 points")
-    assert (answer.train_s, answer.train_tokens, answer.fragile, answer.n_facts) == ("1,000", "100,000", "K1-rag-vs-dsf", "104")
+    assert (answer.train_s, answer.train_tokens, answer.fragile, answer.n_facts) == ("1,000", "100,000", "K1-rag-vs-reader, K1-rag-vs-dsf", "104")
     with pytest.raises(ValueError, match="the pilot measured no fine-tune a reader could build"):
         title_answer({"metrics": {}, "tables": {}}, {"comparisons": verdict_doc["comparisons"][2:]})
+    # a front page run without chapter 3 or 7 says so in every value, as its summary sentence does
+    for docs in [(None, verdict_doc), (finetune, None)]:
+        assert set(vars(title_answer(*docs)).values()) == {"not measured"}
 
 
 def test_a_seed_mean_of_right_wrong_outcomes_reads_in_points():
@@ -211,10 +232,26 @@ def test_a_seed_mean_of_right_wrong_outcomes_reads_in_points():
     from ragft.stats import RATE, score_kind
     from ragft.verdict import difference_text
 
-    seeded = cmp("K1-a", S, diff=0.048, kind="continuous", seeds=[{"kind": "binary"}] * 3)
+    seeded = cmp("K1-a", S, diff=0.048, kind="continuous", seeds=[{"kind": "binary", "seed": k, "verdict": S} for k in (1, 2, 3)])
     assert score_kind(seeded) == RATE and score_kind(cmp("K1-a", S, kind="continuous")) == "continuous"
     assert score_kind(cmp("K1-a", S, kind="continuous", seeds=[{"kind": "continuous"}])) == "continuous"
     row = claim_row(CLAIM, {"K1-a": seeded})
     # 0.048 [-0.052, 0.148] -> +5 points [-5, +15]
     assert row.kind == RATE and row.difference() == "+5 points [-5, +15]"
     assert difference_text(0.048, -0.052, 0.148, "continuous") == "+0.048 [-0.052, +0.148]"
+
+
+def test_the_family_table_shows_each_seeds_verdict_and_marks_a_fragile_one():
+    """Chapter 7's table of the family: each seed's verdict beside a seeded comparison, the mark where
+    they disagree; a comparison without seeds shows neither."""
+    from types import SimpleNamespace
+
+    from ragft.experiments.ch07_verdict import family_table
+
+    seeded = cmp("K1-rag-vs-reader", S, p_adjusted=0.02, fragile=True,
+                 seeds=[{"seed": 1, "verdict": S}, {"seed": 2, "verdict": I}, {"seed": 3, "verdict": S}])
+    plain = cmp("R1-small-chunks", C, p_adjusted=0.01)
+    table = family_table(SimpleNamespace(comparisons={c["claim"]: c for c in (seeded, plain)}))
+    assert table.loc["K1-rag-vs-reader", "verdict"] == "supported; fragile (training seed)"
+    assert table.loc["K1-rag-vs-reader", "each training seed"] == "seed 1 supported, seed 2 not decided at this n, seed 3 supported"
+    assert tuple(table.loc["R1-small-chunks", ["verdict", "each training seed"]]) == (C, "–")

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .plan import the_plan
 from .stats import SIGNFLIP_MC, score_kind
-from .verdict import difference_text
+from .verdict import difference_text, marked
 
 # row key -> (column header, formatter); columns appear in this order when present.
 _PCT = "{:.0%}".format
@@ -78,7 +78,8 @@ def show_with_notes(table: pd.DataFrame, notes: str) -> None:
 def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
     """Every comparison the chapters' results files state, one line each, for reading: its test's
     interval and p (adjusted where chapter 7 has adjusted the family), its verdict (which names a bound
-    it sits at) and its size against the source's stated effect."""
+    it sits at, and reads "fragile (training seed)" where its seeds' verdicts disagree) and its size
+    against the source's stated effect."""
     rows = []
     for chapter, doc in chapter_results.items():
         for c in doc.get("comparisons", []):
@@ -96,7 +97,8 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
                 "n": "–" if computed else c["n"],
                 "difference [interval]": f"{c['computed']} (stated {c['stated']})" if computed
                 else difference_text(c["diff"], c["ci_low"], c["ci_high"], score_kind(c), c.get("test", "paired")),
-                "p": p, "verdict": c["verdict"],  # a bound shows in it: "uninformative here (floor)"
+                # a bound shows in it ("uninformative here (floor)"), and whether its training seeds disagree
+                "p": p, "verdict": marked(c),
                 "vs stated effect": c.get("size_vs_stated") or "–",
                 "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–",
                 "upper bound": the_plan().upper_bound(c["claim"], short=True) or "–"})

@@ -26,7 +26,7 @@ part's verdict, and the parts' size judgments against the sources' stated effect
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .claims import Claim, load_claims
 from .constants import DEPENDS
@@ -66,6 +66,7 @@ class LedgerRow:
     declared: str | None = None  # whether the parts it rests on were declared before any result ("yes" / "no: ...")
     upper_bound: str | None = None  # the parts whose arm was given what no reader has, and what (the plan's upper_bounds)
     fragile: str | None = None  # the parts whose training seeds' verdicts disagree, with each seed's (the plan's `seeds`)
+    seeds: str | None = None  # each training seed's verdict of every part that has seeds, agreeing or not
 
     def difference(self) -> str:
         """The measured difference with its interval, in points for rates, as numbers otherwise."""
@@ -185,14 +186,25 @@ def claim_row(claim: Claim, comparisons: dict[str, dict], elsewhere: dict[str, s
                      shown.get("computed"), shown.get("p"), shown.get("p_adjusted"), changed or None,
                      "; ".join(sizes) or None, shown.get("bound"), shown.get("test", "paired"), shown.get("level", 0.95),
                      declared_text([c for c in held if c.get("kind") != "computed"]), upper_bound_text(held),
-                     fragile_text(held))
+                     fragile_text(held), seeds_text(held))
+
+
+def seed_verdicts_text(c: dict) -> str:
+    """A seeded comparison's verdict on each training seed alone: "seed 1 <verdict>, seed 2 <verdict>, ..."."""
+    return ", ".join(f"seed {s['seed']} {s['verdict']}" for s in c["seeds"])
+
+
+def seeds_text(parts: list[dict]) -> str | None:
+    """Each training seed's verdict of the parts a verdict rests on that have seeds (the plan's
+    `seeds.per_seed`), whether they agree or not: "<id>: seed 1 <verdict>, ...; <id>: ...", or None."""
+    said = [f"{c['claim']}: {seed_verdicts_text(c)}" for c in parts if c.get("seeds")]
+    return "; ".join(said) or None
 
 
 def fragile_text(parts: list[dict]) -> str | None:
     """The parts a verdict rests on whose training seeds disagree: "fragile (training seed): <id>:
     seed 1 <verdict>, seed 2 <verdict>, ...", or None."""
-    said = [f"{c['claim']}: " + ", ".join(f"seed {s['seed']} {s['verdict']}" for s in c["seeds"])
-            for c in parts if c.get("fragile")]
+    said = [f"{c['claim']}: {seed_verdicts_text(c)}" for c in parts if c.get("fragile")]
     return f"{FRAGILE}: " + "; ".join(said) if said else None
 
 
@@ -235,7 +247,9 @@ def not_measured(chapter_results: dict[str, dict]) -> dict[str, str]:
 
 def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     """Every comparison of the chapters' results, recomputed from their outcomes by the plan and
-    adjusted as one family: {comparison id: comparison dict with its chapter}."""
+    adjusted as one family: {comparison id: comparison dict with its chapter, its declaration record
+    (DECLARED_KEYS) and, where an arm was given what no reader has, `upper_bound`: the arms and what
+    they were given (the plan's caveat of an upper bound)}."""
     found, plan = [], the_plan()
     for chapter, doc in chapter_results.items():  # a reader's case (chapter 8) is a family of its own
         found += [{**c, "chapter": chapter} for c in rejudge(doc) if plan.family_of(c["claim"]) == BOOK]
@@ -246,7 +260,8 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     declared = record()  # when each was declared, and whether before any published result of it
     profile = next(iter(profiles)) if len(profiles) == 1 else None
     adjusted = seed_verdicts(adjust(found, metrics=metrics, profile=profile), metrics=metrics, profile=profile)
-    return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS}}
+    return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS},
+                         **({"upper_bound": bound} if (bound := plan.upper_bound(c["claim"])) else {})}
             for c in adjusted}
 
 
@@ -289,6 +304,11 @@ def summary_sentence(doc: dict | None) -> str:
                if "n_claims_resting_on_comparisons" in m else ""))
 
 
+def marked(entry: dict) -> str:
+    """A comparison's or a ledger row's verdict, with the FRAGILE mark where its training seeds disagree."""
+    return entry["verdict"] + (f"; {FRAGILE}" if entry.get("fragile") else "")
+
+
 # The claims that ask the book's title question (RAG or fine-tuning for knowledge): the front page's
 # table of decided claims shows them whatever their verdict
 TITLE_CLAIMS = ("K1", "K2", "K3")
@@ -319,7 +339,7 @@ def decided_table(doc: dict | None) -> Decided:
         spec = plan.comparisons.get(shown) if shown else None
         bounds = plan.upper_bound_names(shown) if shown else []
         rows.append({"claim": r["claim"], "what it says": claims[r["claim"]].claim if r["claim"] in claims else "–",
-                     "verdict": r["verdict"] + (f"; {FRAGILE}" if r.get("fragile") else ""),
+                     "verdict": marked(r),
                      "difference [95 % CI]": LedgerRow(**r).difference(), "upper bound": "; ".join(bounds) or "–",
                      "note": str(len(rows) + 1)})
         if spec and r["n"] is not None:
@@ -342,12 +362,14 @@ class TitleAnswer:
     """The book's answer to its title question on a seeded draw, as the front page's first paragraph
     glues it: each value a number, a verdict or a short label (the paragraph's words are its markdown)."""
     n_facts: str  # the test facts
+    n_seeds: str  # the training seeds of each fine-tune arm (the plan's `seeds`)
+    margin: str  # K1-reader-equivalent's margin, in points
     reader_arm: str  # the arm the development documents chose for the reader's fine-tune
     reader: str  # its held-out accuracy, the mean of its training seeds
     rag: str  # RAG's on the same questions
     difference: str  # RAG minus the reader's fine-tune, with its 95 % interval
-    verdict: str  # K1-rag-vs-reader's verdict (adjusted in the family)
-    equivalence: str  # K1-reader-equivalent's: within 10 points of RAG or not
+    verdict: str  # K1-rag-vs-reader's verdict (adjusted in the family; "; fragile (training seed)" where seeds disagree)
+    equivalence: str  # K1-reader-equivalent's: within its margin of RAG or not (marked so too)
     spread: str  # how far the reader's training seeds' own accuracies spread
     gold: str  # the gold-questions fine-tune, an upper bound no reader has
     reader_rag: str  # the reader's fine-tune with RAG
@@ -362,10 +384,16 @@ class TitleAnswer:
             glue(f"answer_{name}", value)
 
 
-def title_answer(finetune: dict, verdict_doc: dict) -> TitleAnswer:
+NOT_RUN = "not measured"  # every value of the title answer where chapter 3 or 7 did not run
+
+
+def title_answer(finetune: dict | None, verdict_doc: dict | None) -> TitleAnswer:
     """The title question answered from chapter 3's results (the reader's arm, its seeds' spread and
     training cost) and chapter 7's (every comparison adjusted in the family, with its seeds' verdicts):
-    the fine-tune a reader could build against RAG, the gold-questions upper bound, the two together."""
+    the fine-tune a reader could build against RAG, the gold-questions upper bound, the two together.
+    Where either chapter did not run (None), every value reads NOT_RUN, as summary_sentence says."""
+    if not finetune or not verdict_doc:
+        return TitleAnswer(**{f.name: NOT_RUN for f in fields(TitleAnswer)})
     comparisons = {c["claim"]: c for c in verdict_doc["comparisons"]}
     missing = [k for k in ("K1-rag-vs-reader", "K1-reader-equivalent", "K1-rag-vs-dsf", "K6-reader-plus-rag")
                if k not in comparisons]
@@ -382,9 +410,11 @@ def title_answer(finetune: dict, verdict_doc: dict) -> TitleAnswer:
     pct = "{:.0%}".format
     fragile = [c["claim"] for c in verdict_doc["comparisons"] if c.get("fragile") and c.get("role") == "primary"]
     return TitleAnswer(
-        n_facts=str(m["n_facts"]), reader_arm=ARM_LABELS[arm], reader=pct(vs["mean_b"]), rag=pct(vs["mean_a"]),
+        n_facts=str(m["n_facts"]), n_seeds=str(finetune["params"]["n_training_seeds"]),
+        margin=f"{100 * the_plan().get('K1-reader-equivalent').margin:.0f} points",
+        reader_arm=ARM_LABELS[arm], reader=pct(vs["mean_b"]), rag=pct(vs["mean_a"]),
         difference=difference_text(vs["diff"], vs["ci_low"], vs["ci_high"], RATE),  # accuracies: in points
-        verdict=vs["verdict"], equivalence=eq["verdict"], spread=f"{100 * m['reader_seed_spread']:.0f} points",
+        verdict=marked(vs), equivalence=marked(eq), spread=f"{100 * m['reader_seed_spread']:.0f} points",
         gold=pct(comparisons["K1-rag-vs-dsf"]["mean_b"]), reader_rag=pct(comparisons["K6-reader-plus-rag"]["mean_a"]),
         train_s=f"{min(r['seconds'] for r in chosen):,.0f}",
         train_tokens=f"{sum(r['train_tokens'] for r in chosen) / len(chosen):,.0f}",

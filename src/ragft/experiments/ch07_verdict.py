@@ -13,12 +13,12 @@ from .. import costs, report, results, settings
 from ..claims import load_claims
 from ..decide import (ACTIAN_VOLUME_BANDS, ERGINI_MIN_CALLS_PER_MONTH, HEYM_STATIC_QUERIES_PER_DAY, Reader,
                       decide)
-from ..plan import FRAGILE, prose_terms, the_plan
+from ..plan import prose_terms, the_plan
 from ..results import ChapterRun, Clock, Measured, open_chapter
 from ..prose import glue
 from ..stats import DIRECTION_ONLY, RATE, UNINFORMATIVE
 from ..verdict import (NOT_AT_CPU, NOT_DECIDED, NOT_FIT, NOT_TESTABLE, VERDICTS, LedgerRow, claim_row, counts, family,
-                       not_measured)
+                       marked, not_measured, seed_verdicts_text)
 
 CHAPTER = "07_verdict"
 # the chapters whose comparisons the ledger reads (published results stand in when none has run here)
@@ -83,8 +83,7 @@ def ledger_table(v: Verdicts) -> pd.DataFrame:
         p = "–" if r.p is None else f"{r.p:.2g}" + ("" if r.p_adjusted is None else f" / {r.p_adjusted:.2g}")
         lines.append({"claim": r.claim, "what the sources say": c.claim, "sources": ", ".join(c.sources),
                       "their figure": c.figure, "measured here": measured, "p raw / Holm": p,
-                      "verdict": r.verdict + (f"; {FRAGILE}" if r.fragile else ""),
-                      "each training seed": r.fragile or "–",
+                      "verdict": marked(r.as_dict()), "each training seed": r.seeds or "–",
                       "changed by the adjustment": "; ".join(r.changed_by_adjustment or []) or "–",
                       "size vs stated": r.size or "–", "declared before any result": r.declared or "–",
                       "upper bound": "yes: an arm had what no reader has" if r.upper_bound else "–",
@@ -233,9 +232,12 @@ LEDGER_KEYS = ("claim", "verdict", "chapter", "n", "diff", "ci_low", "ci_high", 
 
 def family_table(v: Verdicts) -> pd.DataFrame:
     """Every comparison of the family and beside it, one line each: raw and adjusted p, verdict, the
-    raw verdict where the adjustment changed it, bound and size against the stated effect."""
+    raw verdict where the adjustment changed it, bound and size against the stated effect, and each
+    training seed's verdict where its arms have seeds."""
     table = report.comparisons_table({"": {"comparisons": list(v.comparisons.values())}})
     table["before the adjustment"] = [v.comparisons[k].get("verdict_raw") or "–" for k in table.index]
+    table["each training seed"] = [seed_verdicts_text(v.comparisons[k]) if v.comparisons[k].get("seeds") else "–"
+                                   for k in table.index]
     return table
 
 
