@@ -186,8 +186,8 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     # the issue's keys: the curve's checkpoint, its fitness and the seeds
     assert m["dsf_chosen_exposures"] == ch.params.k5_exposures  # the first checkpoint that met the rule
     assert m["dsf_fitness_reached"] == 1 and m["dsf_fitness_trained"] == 1.0
-    assert m["n_training_seeds"] == ch.params.n_training_seeds == 2
-    assert m["dsf_seed_spread"] == pytest.approx(0.0625)  # seeds at 100 % and 93.75 %
+    assert m["n_training_seeds"] == ch.params.n_training_seeds == 3  # the plan's `seeds`
+    assert m["dsf_seed_spread"] == pytest.approx(0.125)  # seeds at 100, 93.75 and 87.5 %
     assert rules["dsf_chosen_exposures"] == {"kind": "choice"} and rules["dsf_seed_spread"]["kind"] == "rate"
     assert m["forgetting_delta_dsf"] == pytest.approx(np.exp(0.1) - 1)
     assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}
@@ -371,6 +371,23 @@ def test_seed_sensitivity_names_the_comparisons_a_seed_could_flip():
     assert table.loc["K1-rag-vs-dsf", "a_seed_could_flip_it"]
     assert not table.loc["K5-paraphrases", "a_seed_could_flip_it"]  # 75 points apart
     assert set(table.index) <= set(ch03.TRAINED_COMPARISONS)
+
+
+def test_on_a_seeded_draw_each_seeds_verdict_says_which_comparisons_a_seed_could_turn():
+    """Where arms have training seeds, each seeded comparison's verdict on every seed alone replaces
+    the spread heuristic; a comparison without seeds (the base model against RAG) is not listed."""
+    def stated(diff, verdict, *seeds):
+        return SimpleNamespace(comparison=SimpleNamespace(diff=diff, verdict=verdict, seeds=[
+            {"seed": k, "verdict": v} for k, v in enumerate(seeds, 1)] or None))
+
+    S, I = "supported", "not decided at this n"
+    table = ch03.seed_verdict_table({"K1-rag-vs-reader": stated(0.02, I, I, I, I), "K6-reader-plus-rag": stated(0.1, S, S, I, S),
+                                     "K4-json": stated(0.5, S), "K1-gone": "not measured in this run"})
+    assert list(table.index) == ["K1-rag-vs-reader", "K6-reader-plus-rag"]
+    assert list(table.seeds_disagree) == [False, True]
+    assert table.loc["K6-reader-plus-rag", "each training seed"] == "seed 1 supported, seed 2 not decided at this n, seed 3 supported"
+    ch, f = _fake_chapter("cpu")  # no seeded arm: the spread heuristic, as before
+    assert ch03.seed_verdict_table(ch03.comparisons(ch, f)).empty
 
 
 def test_learning_rates_one_rule_for_every_method():

@@ -69,15 +69,18 @@ def test_rag_compares_chunk_sizes_the_embedder_reads_whole_and_off_the_ceiling()
 
 
 def test_finetune_headline_keys_and_performance_goals():
-    m = json.loads((PUBLISHED / "03_finetune.json").read_text())["metrics"]
+    doc = json.loads((PUBLISHED / "03_finetune.json").read_text())
+    m, compared = doc["metrics"], {c["claim"]: c for c in doc["comparisons"]}
     from test_notebooks import HEADLINE_03
 
     for key in HEADLINE_03:
         assert key in m, key
     # issue 71: at least 100 test facts, so that a reader's arm within a few points of RAG can be called
-    # equivalent within 10 points; every headline knowledge rate pairs all of them
+    # equivalent within 10 points; the title question's comparisons pair all of them (n: the questions
+    # both arms' outcomes hold, counted by the test)
     assert m["n_facts"] >= 100
-    assert all(m[f"{key}_n"] == m["n_facts"] for key in ("base_closed", "dsf_heldout", "rag", "dsf_plus_rag", "gold_document"))
+    for cid in ("K1-rag-vs-dsf", "K1-rag-vs-reader", "K1-reader-equivalent", "K5-rag-vs-reader-rag", "K6-reader-plus-rag"):
+        assert compared[cid]["n"] == m["n_facts"], cid
     # issue 4's goals that hold at this scale with a margin, as measured by the chapter's own benchmark.
     # The step-time ratio and QLoRA's base-weight ratio (the unquantized embedding is a fifth of the
     # model) are reported and explained in the chapter instead: LoRA's step took 0.77 of full

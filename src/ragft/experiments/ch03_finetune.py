@@ -60,6 +60,7 @@ from ..scoring import rank_candidates
 from ..stats import mean_interval, wilson_interval
 from ..train import memory, tasks, units
 from ..train.measure import release_memory
+from ..verdict import seed_verdicts_text
 from .common import (checkpoint_ref, curve_run, drawn_facts, mean_outcomes, merge_seeds, record_seeds, seeded, start,
                      training_seeds)
 
@@ -1748,8 +1749,30 @@ def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) ->
     return pd.DataFrame(rows, columns=["comparison", "difference", "seed_spread", "a_seed_could_flip_it"]).set_index("comparison")
 
 
-def seed_style(table: pd.DataFrame):
-    return table.style.format({"difference": "{:+.0%}", "seed_spread": "{:.0%}"})
+def seed_verdict_table(comparisons: dict[str, StatedComparison]) -> pd.DataFrame:
+    """On a seeded draw, each comparison of an arm trained with several seeds: its difference at the
+    seed mean, its verdict there and on each training seed alone (raw: chapter 7 judges them at the
+    family's adjusted p), and whether the seeds' verdicts disagree. Empty without seeded arms."""
+    rows = []
+    for claim, stated in comparisons.items():
+        c = getattr(stated, "comparison", None)
+        if c is None or not c.seeds:
+            continue
+        rows.append({"comparison": claim, "difference": c.diff, "verdict (seed mean)": c.verdict,
+                     "each training seed": seed_verdicts_text({"seeds": c.seeds}),
+                     "seeds_disagree": len({s["verdict"] for s in c.seeds}) > 1})
+    columns = ["comparison", "difference", "verdict (seed mean)", "each training seed", "seeds_disagree"]
+    return pd.DataFrame(rows, columns=columns).set_index("comparison")
+
+
+def seeds_view(comparisons: dict[str, StatedComparison], spread: float):
+    """What another training seed could do to the chapter's comparisons, styled: each seeded
+    comparison's verdict on every seed (seed_verdict_table) on a seeded draw, else the comparisons no larger
+    than the measured seed spread (seed_sensitivity)."""
+    table = seed_verdict_table(comparisons)
+    if len(table):
+        return table.style.format({"difference": "{:+.3g}"})
+    return seed_sensitivity(comparisons, spread).style.format({"difference": "{:+.0%}", "seed_spread": "{:.0%}"})
 
 
 def dtype_reason(params, f: Findings) -> str:
@@ -1832,9 +1855,14 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     inj = f.injected
     ran = inj is not None and inj.reader is not None
     glue("injection_arms_run", report.join_words([READER_ARMS[a] for a in p.injection_arms]) if ran else "none")
-    glue("injection_exposures", report.join_words([str(e) for e in p.injection_exposures]) if ran else "none")
+    glue("injection_exposures", "; ".join(f"{READER_ARMS[a]} {report.join_words([str(e) for e in arm_exposures(p, a)])}"
+                                          for a in p.injection_arms) if ran else "none")
     glue("reader_arm", f"{READER_ARMS[inj.reader]}, {inj.chosen[inj.reader].exposures} exposures per fact" if ran else "none")
-    glue("injection_profiles", report.join_words(the_plan().get("K1-rag-vs-reader").profiles))
+    # the study's grid and seeds (a draw without the study: one rate, the curve's, and one seed per arm)
+    glue("study_rates", report.join_words([f"{lr:g}" for lr in p.study_lrs]) if f.study else "one rate (LoRA's, above)")
+    glue("arm_seeds", len(training_seeds(p)) if f.study else 1)
+    glue("injection_rates", "; ".join(f"{READER_ARMS[a]} {c.lr:g}" for a, c in f.study.choices.items() if a != GOLD)
+         if f.study and ran else "none")
     glue("chosen_is_last", "the last checkpoint" if f.chosen.exposures == f.chosen.converged else "an earlier checkpoint than the last")
     glue("dtype_name", f.methods.runs["lora"]["dtype"])
     glue("dtype_reason", dtype_reason(p, f))
@@ -1852,9 +1880,18 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     glue("sweep_methods", report.join_words([METHOD_LABELS[m] for m in p.sweep_methods]) or "none in this profile")
     glue("general_texts", report.join_words(ch.general))
     glue("lr_edge_sentence", lr_edge_sentence(f.sweep))
-    spread = headline["dsf_seed_spread"]
-    flips = seed_sensitivity(comparisons, spread)
-    could = [c for c, v in flips["a_seed_could_flip_it"].items() if v]
+    # which comparisons another training seed could turn: on a seeded draw those whose verdicts on one
+    # seed alone disagree (each judged, raw); else those no larger than the method run's seed spread
+    by_seed = seed_verdict_table(comparisons)
+    if len(by_seed):
+        could = list(by_seed.index[by_seed.seeds_disagree])
+        glue("seed_spread_arm", "the gold-question fine-tune's held-out accuracy on the test facts")
+        glue("seed_flip_rule", "their verdicts on one seed alone disagree")
+    else:
+        flips = seed_sensitivity(comparisons, headline["dsf_seed_spread"])
+        could = [c for c, v in flips["a_seed_could_flip_it"].items() if v]
+        glue("seed_spread_arm", "LoRA's held-out accuracy on the method facts")
+        glue("seed_flip_rule", "their difference is no larger than that spread")
     glue("seed_flip_list", report.join_words(could) if could else "none of them")
     # the equivalence margins are the plan's (data/analysis_plan.yaml), in points of quality
     glue("t1_margin", f"{100 * the_plan().get('T1-lora-vs-full').margin:.0f} points")
