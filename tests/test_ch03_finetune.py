@@ -374,18 +374,22 @@ def test_seed_sensitivity_names_the_comparisons_a_seed_could_flip():
 
 
 def test_on_a_seeded_draw_each_seeds_verdict_says_which_comparisons_a_seed_could_turn():
-    """Where arms have training seeds, each seeded comparison's verdict on every seed alone replaces
-    the spread heuristic; a comparison without seeds (the base model against RAG) is not listed."""
+    """Where arms have training seeds, each seeded comparison's raw verdict on every seed alone replaces
+    the spread heuristic; a comparison whose arms have no seeds (K4's JSON prompts) is not listed."""
     def stated(diff, verdict, *seeds):
-        return SimpleNamespace(comparison=SimpleNamespace(diff=diff, verdict=verdict, seeds=[
-            {"seed": k, "verdict": v} for k, v in enumerate(seeds, 1)] or None))
+        said = {"seeds": [{"seed": k, "verdict": v, "kind": "binary"} for k, v in enumerate(seeds, 1)] or None,
+                "kind": "continuous"}
+        return SimpleNamespace(comparison=SimpleNamespace(diff=diff, ci_low=diff - 0.05, ci_high=diff + 0.05, verdict=verdict,
+                                                          seeds=said["seeds"], as_dict=lambda: said))
 
     S, I = "supported", "not decided at this n"
     table = ch03.seed_verdict_table({"K1-rag-vs-reader": stated(0.02, I, I, I, I), "K6-reader-plus-rag": stated(0.1, S, S, I, S),
                                      "K4-json": stated(0.5, S), "K1-gone": "not measured in this run"})
     assert list(table.index) == ["K1-rag-vs-reader", "K6-reader-plus-rag"]
     assert list(table.seeds_disagree) == [False, True]
-    assert table.loc["K6-reader-plus-rag", "each training seed"] == "seed 1 supported, seed 2 not decided at this n, seed 3 supported"
+    assert table.loc["K6-reader-plus-rag", "each training seed (raw)"] == "seed 1 supported, seed 2 not decided at this n, seed 3 supported"
+    # a seed mean of 0/1 outcomes is a rate: +10 points [+5, +15] (0.1 +- 0.05)
+    assert table.loc["K6-reader-plus-rag", "difference (seed mean)"] == "+10 points [+5, +15]"
     ch, f = _fake_chapter("cpu")  # no seeded arm: the spread heuristic, as before
     assert ch03.seed_verdict_table(ch03.comparisons(ch, f)).empty
 

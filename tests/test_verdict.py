@@ -121,8 +121,10 @@ def test_the_verdict_chapter_alone_reads_the_published_results_and_says_so(tmp_p
 def test_a_row_resting_on_an_upper_bound_arm_says_which_and_what_it_was_given():
     # K1-rag-vs-dsf's fine-tune trained on gold questions about every test fact; K1-rag-vs-reader's did not
     claim = Claim("K1", "words", ("heym2026",), "a figure", "03_finetune", ("K1-rag-vs-dsf", "K1-rag-vs-reader"))
-    row = claim_row(claim, {"K1-rag-vs-dsf": cmp("K1-rag-vs-dsf", S), "K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)})
-    assert row.upper_bound.startswith("K1-rag-vs-dsf: DSF p{count} held-out: fine-tuned on gold question-answer pairs")
+    # the arm by the name the run gave it (the plan's DSF p{count}, filled)
+    row = claim_row(claim, {"K1-rag-vs-dsf": cmp("K1-rag-vs-dsf", S, a="base + RAG", b="DSF p3 held-out"),
+                            "K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)})
+    assert row.upper_bound.startswith("K1-rag-vs-dsf: DSF p3 held-out: fine-tuned on gold question-answer pairs")
     assert "K1-rag-vs-reader" not in row.upper_bound
     assert claim_row(claim, {"K1-rag-vs-reader": cmp("K1-rag-vs-reader", S)}).upper_bound is None
 
@@ -176,7 +178,7 @@ def test_the_front_pages_claims_are_one_line_each_with_numbered_notes():
     first, second = decided.notes.split("\n\n")
     # the arms by the names the run gave them (DSF p3, not the plan's DSF p{count})
     assert first.startswith("**1. K1**, K1-rag-vs-dsf: base + RAG against DSF p3 held-out, gold value ranked first of 4, n = 64 questions.")
-    assert "Caveat: " in first and "Upper bound: DSF p{count} held-out: fine-tuned on gold question-answer pairs" in first
+    assert "Caveat: " in first and "Upper bound: DSF p3 held-out: fine-tuned on gold question-answer pairs" in first
     assert second.startswith("**2. K8**, K8-stale: ") and second.endswith("Fragile (training seed): K8-stale: seed 1 supported.")
 
 
@@ -255,3 +257,22 @@ def test_the_family_table_shows_each_seeds_verdict_and_marks_a_fragile_one():
     assert table.loc["K1-rag-vs-reader", "verdict"] == "supported; fragile (training seed)"
     assert table.loc["K1-rag-vs-reader", "each training seed"] == "seed 1 supported, seed 2 not decided at this n, seed 3 supported"
     assert tuple(table.loc["R1-small-chunks", ["verdict", "each training seed"]]) == (C, "–")
+
+
+def test_the_ledger_table_marks_a_fragile_verdict_and_lists_each_seeds():
+    """Chapter 7's ledger: the verdict column carries the fragile mark where a part's seeds disagree,
+    and "each training seed" every seeded part's verdicts, agreeing or not."""
+    from types import SimpleNamespace
+
+    from ragft.experiments.ch07_verdict import ledger_table
+
+    def seeds(*verdicts):
+        return [{"seed": k, "verdict": v} for k, v in enumerate(verdicts, 1)]
+
+    k2 = Claim("K2", "w", ("s",), "f", "03_finetune", ("K2-a",), scales="why")
+    rows = [claim_row(CLAIM, {"K1-a": cmp("K1-a", S, seeds=seeds(S, I), fragile=True)}),
+            claim_row(k2, {"K2-a": cmp("K2-a", S, seeds=seeds(S, S), fragile=False)})]
+    table = ledger_table(SimpleNamespace(rows=rows, claims={"K1": CLAIM, "K2": k2}))
+    assert table.loc["K1", "verdict"] == "supported; fragile (training seed)"
+    assert table.loc["K1", "each training seed"] == "K1-a: seed 1 supported, seed 2 not decided at this n"
+    assert (table.loc["K2", "verdict"], table.loc["K2", "each training seed"]) == (S, "K2-a: seed 1 supported, seed 2 supported")

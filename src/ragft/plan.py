@@ -103,11 +103,15 @@ class Plan:
     fitness: dict = None  # name -> {chapter, metric, min, why[, checkpoint]}: what a trained arm must reach to speak
     upper_bounds: dict = None  # name -> {arms: [regular expressions on condition templates], given: what no reader has}
 
-    def upper_bound(self, comparison_id: str, short: bool = False) -> str | None:
+    def upper_bound(self, comparison_id: str, short: bool = False, named: tuple[str, str] | None = None) -> str | None:
         """What an arm of the comparison was given that no reader has (the plan's `upper_bounds`: the
         arms it names, then what they were given, or with `short` the bound's name: "gold questions";
-        "; " between two kinds), or None: such an arm is an upper bound of its approach."""
-        said = [f"{' and '.join(arms)}: {name if short else given}" for arms, name, given in self._bounds(comparison_id)]
+        "; " between two kinds), or None: such an arm is an upper bound of its approach. `named`: the
+        comparison's (a, b) as a run named them ("DSF p3 held-out" for the plan's "DSF p{count} held-out")."""
+        spec = self.comparisons.get(comparison_id)
+        as_run = dict(zip((spec.a, spec.b), named)) if spec and named else {}
+        said = [f"{' and '.join(as_run.get(a, a) for a in arms)}: {name if short else given}"
+                for arms, name, given in self._bounds(comparison_id)]
         return "; ".join(said) or None
 
     def upper_bound_names(self, comparison_id: str) -> list[str]:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from .plan import the_plan
 from .stats import SIGNFLIP_MC, score_kind
-from .verdict import difference_text, marked
+from .verdict import difference_text, marked, run_names
 
 # row key -> (column header, formatter); columns appear in this order when present.
 _PCT = "{:.0%}".format
@@ -101,7 +101,7 @@ def comparisons_table(chapter_results: dict[str, dict]) -> pd.DataFrame:
                 "p": p, "verdict": marked(c),
                 "vs stated effect": c.get("size_vs_stated") or "–",
                 "units to detect the smallest effect": f"{c['n_needed']:,}" if c.get("n_needed") else "–",
-                "upper bound": the_plan().upper_bound(c["claim"], short=True) or "–"})
+                "upper bound": the_plan().upper_bound(c["claim"], short=True, named=None if computed else run_names(c)) or "–"})
     columns = ["comparison", "chapter", "role", "conditions", "n", "difference [interval]", "p", "verdict",
                "vs stated effect", "units to detect the smallest effect", "upper bound"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")

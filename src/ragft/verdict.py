@@ -208,10 +208,15 @@ def fragile_text(parts: list[dict]) -> str | None:
     return f"{FRAGILE}: " + "; ".join(said) if said else None
 
 
+def run_names(c: dict) -> tuple[str, str] | None:
+    """A comparison's two arms as the run named them (the plan's placeholders filled), where it records them."""
+    return (c["a"], c["b"]) if "a" in c and "b" in c else None
+
+
 def upper_bound_text(parts: list[dict]) -> str | None:
     """The parts a verdict rests on whose arm was given what no reader has: "<id>: <arms>: <what>", or None."""
     plan = the_plan()
-    said = [f"{c['claim']}: {bound}" for c in parts if (bound := plan.upper_bound(c["claim"]))]
+    said = [f"{c['claim']}: {bound}" for c in parts if (bound := plan.upper_bound(c["claim"], named=run_names(c)))]
     return "; ".join(said) or None
 
 
@@ -261,7 +266,7 @@ def family(chapter_results: dict[str, dict]) -> dict[str, dict]:
     profile = next(iter(profiles)) if len(profiles) == 1 else None
     adjusted = seed_verdicts(adjust(found, metrics=metrics, profile=profile), metrics=metrics, profile=profile)
     return {c["claim"]: {**c, **{k: v for k, v in (declared.get(c["claim"]) or {}).items() if k in DECLARED_KEYS},
-                         **({"upper_bound": bound} if (bound := plan.upper_bound(c["claim"])) else {})}
+                         **({"upper_bound": bound} if (bound := plan.upper_bound(c["claim"], named=run_names(c))) else {})}
             for c in adjusted}
 
 
@@ -342,14 +347,14 @@ def decided_table(doc: dict | None) -> Decided:
                      "verdict": marked(r),
                      "difference [95 % CI]": LedgerRow(**r).difference(), "upper bound": "; ".join(bounds) or "–",
                      "note": str(len(rows) + 1)})
+        arms = measured.get(shown) or ({"a": spec.a, "b": spec.b} if spec else {})
         if spec and r["n"] is not None:
-            arms = measured.get(shown) or {"a": spec.a, "b": spec.b}
             compared = f"{shown}: {arms['a']} against {arms['b']}, {spec.metric}, n = {r['n']} {spec.unit}"
         else:
             compared = shown or r["reason"]
         said = [f"**{len(rows)}. {r['claim']}**, {compared}."]
         said += [f"Caveat: {spec.caveat.rstrip('.')}."] if spec and spec.caveat else []
-        said += [f"Upper bound: {plan.upper_bound(shown)}."] if bounds else []
+        said += [f"Upper bound: {plan.upper_bound(shown, named=(arms['a'], arms['b']) if arms else None)}."] if bounds else []
         said += [f"Declared before any result: {r['declared']}."] if r.get("declared") else []
         said += [f"{r['fragile'][0].upper()}{r['fragile'][1:]}."] if r.get("fragile") else []
         notes.append(" ".join(said))

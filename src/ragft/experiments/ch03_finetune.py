@@ -57,10 +57,10 @@ from ..plan import prose_terms, seed_tag, the_plan
 from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
-from ..stats import mean_interval, wilson_interval
+from ..stats import mean_interval, score_kind, wilson_interval
 from ..train import memory, tasks, units
 from ..train.measure import release_memory
-from ..verdict import seed_verdicts_text
+from ..verdict import difference_text, seed_verdicts_text
 from .common import (checkpoint_ref, curve_run, drawn_facts, mean_outcomes, merge_seeds, record_seeds, seeded, start,
                      training_seeds)
 
@@ -1751,17 +1751,19 @@ def seed_sensitivity(comparisons: dict[str, StatedComparison], spread: float) ->
 
 def seed_verdict_table(comparisons: dict[str, StatedComparison]) -> pd.DataFrame:
     """On a seeded draw, each comparison of an arm trained with several seeds: its difference at the
-    seed mean, its verdict there and on each training seed alone (raw: chapter 7 judges them at the
-    family's adjusted p), and whether the seeds' verdicts disagree. Empty without seeded arms."""
+    seed mean with its interval, its verdict on each training seed alone (raw, without the fitness
+    rules: chapter 7 judges each seed at the family's adjusted p and its own fitness), and whether the
+    seeds' verdicts disagree. Empty without seeded arms."""
     rows = []
     for claim, stated in comparisons.items():
         c = getattr(stated, "comparison", None)
         if c is None or not c.seeds:
             continue
-        rows.append({"comparison": claim, "difference": c.diff, "verdict (seed mean)": c.verdict,
-                     "each training seed": seed_verdicts_text({"seeds": c.seeds}),
+        said = c.as_dict()
+        rows.append({"comparison": claim, "difference (seed mean)": difference_text(c.diff, c.ci_low, c.ci_high, score_kind(said)),
+                     "each training seed (raw)": seed_verdicts_text(said),
                      "seeds_disagree": len({s["verdict"] for s in c.seeds}) > 1})
-    columns = ["comparison", "difference", "verdict (seed mean)", "each training seed", "seeds_disagree"]
+    columns = ["comparison", "difference (seed mean)", "each training seed (raw)", "seeds_disagree"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
 
 
@@ -1771,7 +1773,7 @@ def seeds_view(comparisons: dict[str, StatedComparison], spread: float):
     than the measured seed spread (seed_sensitivity)."""
     table = seed_verdict_table(comparisons)
     if len(table):
-        return table.style.format({"difference": "{:+.3g}"})
+        return table.style
     return seed_sensitivity(comparisons, spread).style.format({"difference": "{:+.0%}", "seed_spread": "{:.0%}"})
 
 
@@ -1859,7 +1861,7 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
                                           for a in p.injection_arms) if ran else "none")
     glue("reader_arm", f"{READER_ARMS[inj.reader]}, {inj.chosen[inj.reader].exposures} exposures per fact" if ran else "none")
     # the study's grid and seeds (a draw without the study: one rate, the curve's, and one seed per arm)
-    glue("study_rates", report.join_words([f"{lr:g}" for lr in p.study_lrs]) if f.study else "one rate (LoRA's, above)")
+    glue("study_rates", report.join_words([f"{lr:g}" for lr in p.study_lrs]) if f.study else f"{f.curve.lr:g}")
     glue("arm_seeds", len(training_seeds(p)) if f.study else 1)
     glue("injection_rates", "; ".join(f"{READER_ARMS[a]} {c.lr:g}" for a, c in f.study.choices.items() if a != GOLD)
          if f.study and ran else "none")
@@ -1885,13 +1887,10 @@ def glue_findings(ch: Chapter, f: Findings, headline: Measured, comparisons: dic
     by_seed = seed_verdict_table(comparisons)
     if len(by_seed):
         could = list(by_seed.index[by_seed.seeds_disagree])
-        glue("seed_spread_arm", "the gold-question fine-tune's held-out accuracy on the test facts")
-        glue("seed_flip_rule", "their verdicts on one seed alone disagree")
     else:
         flips = seed_sensitivity(comparisons, headline["dsf_seed_spread"])
         could = [c for c, v in flips["a_seed_could_flip_it"].items() if v]
-        glue("seed_spread_arm", "LoRA's held-out accuracy on the method facts")
-        glue("seed_flip_rule", "their difference is no larger than that spread")
+    glue("seed_spread_arm", "the gold-question fine-tune" if f.study else "LoRA's method run")  # dsf_seed_spread's arm
     glue("seed_flip_list", report.join_words(could) if could else "none of them")
     # the equivalence margins are the plan's (data/analysis_plan.yaml), in points of quality
     glue("t1_margin", f"{100 * the_plan().get('T1-lora-vs-full').margin:.0f} points")
