@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -167,8 +168,33 @@ def _fake_chapter(profile="cpu"):
     return ch, found
 
 
+def _with_study(ch, f):
+    """The fake chapter's findings on a seeded draw: every arm of the knowledge study at one rate with the
+    plan's seeds, each seed's held-out accuracy 1/16 below the one before (1, 0.9375, 0.875), every
+    checkpoint fit on the development facts; the reader's arm the first injection arm, its outcomes
+    recorded as the study records them."""
+    p = ch.params
+    choices, rows = {}, []
+    for arm in ch03.study_arms(p):
+        exposures = ch03.arm_exposures(p, arm)
+        runs = [ch03.ArmRun(arm, 3e-3, seed, None, [{"exposures": e, "heldout_acc": 1.0 - 0.0625 * k, "trained_acc": 1.0,
+                                                       "dev_trained_acc": 1.0, "dev_heldout_acc": 1.0} for e in exposures])
+                for k, seed in enumerate(common.training_seeds(p))]
+        choices[arm] = ch03.ArmChoice(arm, 3e-3, ch03.Checkpoint(exposures[0], True, exposures[-1]), runs, runs[:1], 1)
+        if arm != ch03.GOLD:
+            rows += [{"arm": ch03.READER_ARMS[arm], "exposures": e, "trained_acc": 1.0, "heldout_acc": 0.5,
+                      "heldout_generated": 0.25} for e in exposures]
+    reader = p.injection_arms[0]
+    injected = ch03.Injection(pd.DataFrame(rows, columns=list(ch03.CURVE_COLUMNS) + list(ch03.PROBE_COLUMNS)),
+                              {a: choices[a].checkpoint for a in p.injection_arms}, reader)
+    ch.measured.record(f"{ch03.READER} held-out", {q.qid: i % 2 for i, q in enumerate(ch.facts)})
+    study = ch03.Study(pd.DataFrame(columns=list(ch03.STUDY_COLUMNS)), choices, reader)
+    return replace(f, study=study, injected=injected)
+
+
 def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     ch, f = _fake_chapter("cpu")
+    f = _with_study(ch, f)  # the published draw's chapter has the knowledge study
     m = ch03.headline_metrics(ch, f)
     published = json.loads(PUBLISHED.read_text())["metrics"]
     # Per-size JSON keys follow structured_sizes (the published run may have had other sizes).
@@ -188,6 +214,9 @@ def test_headline_metrics_keep_every_published_key_with_a_declared_kind():
     assert m["dsf_fitness_reached"] == 1 and m["dsf_fitness_trained"] == 1.0
     assert m["n_training_seeds"] == ch.params.n_training_seeds == 3  # the plan's `seeds`
     assert m["dsf_seed_spread"] == pytest.approx(0.125)  # seeds at 100, 93.75 and 87.5 %
+    # the reader's arm: its own seeds' spread (the same fake seeds), its outcomes right on every other fact
+    assert m["reader_seed_spread"] == pytest.approx(0.125) and m["reader_heldout_ranked"] == 0.5
+    assert m["injection_fitness_reached"] == 1 and rules["reader_heldout_ranked"] == {"kind": "rate", "n": n}
     assert rules["dsf_chosen_exposures"] == {"kind": "choice"} and rules["dsf_seed_spread"]["kind"] == "rate"
     assert m["forgetting_delta_dsf"] == pytest.approx(np.exp(0.1) - 1)
     assert m["lora_lr_chosen"] == 3e-3 and rules["full_lr_chosen"] == {"kind": "choice"}
