@@ -354,7 +354,7 @@ def decided_table(doc: dict | None) -> Decided:
             compared = shown or r["reason"]
         said = [f"**{len(rows)}. {r['claim']}**, {compared}."]
         said += [f"Caveat: {spec.caveat.rstrip('.')}."] if spec and spec.caveat else []
-        said += [f"Upper bound: {plan.upper_bound(shown, named=(arms['a'], arms['b']) if arms else None)}."] if bounds else []
+        said += [f"Upper bound: {plan.upper_bound(shown, named=run_names(arms))}."] if bounds else []
         said += [f"Declared before any result: {r['declared']}."] if r.get("declared") else []
         said += [f"{r['fragile'][0].upper()}{r['fragile'][1:]}."] if r.get("fragile") else []
         notes.append(" ".join(said))
