@@ -69,11 +69,14 @@ def test_a_claim_the_profile_leaves_to_others_is_not_testable_at_cpu_scale_with_
 
 
 def test_ledger_judges_every_chapter_by_the_plan_and_counts_every_verdict():
-    claim = Claim("K1", "words", ("heym2026",), "a figure", "01_prompting", ("K1-gold-document",), scales="why")
-    doc = {"chapter": "01_prompting", "comparisons": [{"claim": "K1-gold-document", "a": "gold document", "b": "instruction"}],
-           "outcomes": {"gold document": {f"q{i}": 1 for i in range(40)},
-                        "instruction": {f"q{i}": int(i < 15) for i in range(40)}}}  # 0.375: off the floor (0.25 + 0.10)
-    rows = ledger({"K1": claim}, {"01_prompting": doc, "00_front": {}})
+    # K9-long-context: chapter 1's primary (K1-gold-document, at the floor and the ceiling by construction,
+    # is secondary since draw d2's plan)
+    claim = Claim("K9", "words", ("heym2026",), "a figure", "01_prompting", ("K9-long-context",), scales="why")
+    doc = {"chapter": "01_prompting",
+           "comparisons": [{"claim": "K9-long-context", "a": "haystack gold only", "b": "haystack 2500"}],
+           "outcomes": {"haystack gold only": {f"q{i}": 1 for i in range(40)},
+                        "haystack 2500": {f"q{i}": int(i < 15) for i in range(40)}}}  # 0.375: off the floor (0.25 + 0.10)
+    rows = ledger({"K9": claim}, {"01_prompting": doc, "00_front": {}})
     assert [r.verdict for r in rows] == [S] and rows[0].p_adjusted == rows[0].p  # a family of one
     assert counts(rows) == {v: int(v == S) for v in VERDICTS}
 
