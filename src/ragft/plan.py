@@ -506,6 +506,11 @@ def adjust(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str,
 FRAGILE = "fragile (training seed)"  # the mark beside a verdict whose training seeds disagree (the plan's `seeds.fragile`)
 
 
+def seeds_disagree(seeds: list[dict]) -> bool:
+    """The plan's `seeds.fragile` rule: the training seeds' verdicts, each judged alone, are not all the same."""
+    return len({s["verdict"] for s in seeds}) > 1
+
+
 def seed_verdicts(comparisons: list[dict], plan: Plan | None = None, metrics: dict[str, dict] | None = None,
                   family: str = BOOK, profile: str | None = None) -> list[dict]:
     """Each training seed's verdict beside an adjusted family's comparisons (the plan's
@@ -532,7 +537,7 @@ def seed_verdicts(comparisons: list[dict], plan: Plan | None = None, metrics: di
                 s["verdict"] = stats.decide(s, s["p_adjusted"] if s["p_adjusted"] is not None else s["p"], plan.alpha)
                 seeds.append(s)
             c["seeds"] = seeds
-            c["fragile"] = len({s["verdict"] for s in seeds}) > 1
+            c["fragile"] = seeds_disagree(seeds)
         out.append(c)
     return out
 

@@ -53,7 +53,7 @@ from ..corpus.known import ranked_questions
 from ..costs import load_prices
 from ..drift import rate_tolerance
 from ..generation import Generation, generate
-from ..plan import prose_terms, seed_tag, the_plan
+from ..plan import prose_terms, seed_tag, seeds_disagree, the_plan
 from ..results import ChapterRun, Clock, Measured, judged_of, state_comparisons
 from ..prose import StatedComparison, glue
 from ..scoring import rank_candidates
@@ -1762,7 +1762,7 @@ def seed_verdict_table(comparisons: dict[str, StatedComparison]) -> pd.DataFrame
         said = c.as_dict()
         rows.append({"comparison": claim, "difference (seed mean)": difference_text(c.diff, c.ci_low, c.ci_high, score_kind(said)),
                      "each training seed (raw)": seed_verdicts_text(said),
-                     "seeds_disagree": len({s["verdict"] for s in c.seeds}) > 1})
+                     "seeds_disagree": seeds_disagree(c.seeds)})
     columns = ["comparison", "difference (seed mean)", "each training seed (raw)", "seeds_disagree"]
     return pd.DataFrame(rows, columns=columns).set_index("comparison")
 
